@@ -1,0 +1,27 @@
+"""The embedding store: the only contract between extraction and everything trained from it."""
+
+from mito.cache.store import (
+    DEFAULT_CHUNK_ROWS,
+    Store,
+    StoreError,
+    Variant,
+    create_store,
+    format_zoom,
+    open_store,
+    parse_variant,
+    store_format,
+    tile_list_hash,
+)
+
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "Store",
+    "StoreError",
+    "Variant",
+    "create_store",
+    "format_zoom",
+    "open_store",
+    "parse_variant",
+    "store_format",
+    "tile_list_hash",
+]

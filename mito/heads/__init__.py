@@ -1,0 +1,1 @@
+"""Heads trained from the embedding store: features, noise, training loop, save/load, predict."""

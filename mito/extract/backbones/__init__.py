@@ -1,0 +1,28 @@
+"""Backbone registry: one spec per model, one constructor."""
+
+from mito.extract.backbones import imagenet, pathology  # noqa: F401  (registers the specs)
+from mito.extract.backbones.registry import (
+    BackboneSpec,
+    Encoder,
+    WeightsSource,
+    available,
+    create_backbone,
+    get_backbone,
+    list_backbones,
+    register,
+    resolve_weights,
+    spec_summary,
+)
+
+__all__ = [
+    "BackboneSpec",
+    "Encoder",
+    "WeightsSource",
+    "available",
+    "create_backbone",
+    "get_backbone",
+    "list_backbones",
+    "register",
+    "resolve_weights",
+    "spec_summary",
+]

@@ -1,0 +1,335 @@
+"""The extractor: tiles -> frozen backbone -> one float16 array per (backbone, zoom, colour) in the store."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from contextlib import nullcontext
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch.utils.data import DataLoader, Dataset
+
+import mito
+from mito.cache import DEFAULT_CHUNK_ROWS, Store, StoreError, Variant, create_store, open_store, tile_list_hash
+from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
+from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
+from mito.extract.errors import ExtractError
+from mito.extract.sources import TileSource, open_source
+from mito.extract.variants import COLORS, Preprocess, preprocess
+
+
+class ExtractConfig(BaseModel):
+    """Everything one `mito extract` run needs (validated; unknown fields are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    store: str
+    points: str | None = None
+    backbones: list[str] = Field(default_factory=lambda: ["efficientnet_lite0"])
+    weights: dict[str, str] = Field(default_factory=dict)
+    zooms: list[float] = Field(default_factory=lambda: [1.0])
+    colors: list[str] = Field(default_factory=lambda: ["rgb"])
+    fit: Literal["resize", "pad"] = "resize"
+    pad_mode: Literal["reflect", "white"] = "reflect"
+    input_size: int | None = None
+    tile_size: int = 224
+    task: str | None = None
+    label_column: str | None = None
+    batch_size: int = 64
+    num_workers: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    compile: bool = False
+    limit: int | None = None
+    progress: bool = True
+
+    @field_validator("zooms")
+    @classmethod
+    def _zooms(cls, v: list[float]) -> list[float]:
+        if not v or any(z <= 0 for z in v):
+            raise ValueError("zooms must be positive numbers, e.g. 1,2 or 0.5,1")
+        return sorted(set(v), key=v.index)
+
+    @field_validator("colors")
+    @classmethod
+    def _colors(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in COLORS]
+        if not v or bad:
+            raise ValueError(f"colors must be among {', '.join(COLORS)} (got {', '.join(bad) or 'none'})")
+        return sorted(set(v), key=v.index)
+
+    @field_validator("backbones")
+    @classmethod
+    def _backbones(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one backbone")
+        return sorted(set(v), key=v.index)
+
+    @field_validator("batch_size", "chunk_rows", "tile_size")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ExtractError("--device cuda asked for, but torch sees no CUDA GPU")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding workers: most cores on a GPU box; one on a small CPU box (the model needs the rest)."""
+    n = os.cpu_count() or 1
+    return min(16, max(1, n - 1)) if device.type == "cuda" else min(4, max(0, n // 2))
+
+
+def variant_plan(cfg: ExtractConfig, backbone: str) -> list[tuple[Variant, Preprocess]]:
+    """The (variant, preprocessing) pairs one backbone contributes, in zoom-then-colour order."""
+    spec = get_backbone(backbone)
+    size = cfg.input_size or spec.input_size
+    out = []
+    for z in cfg.zooms:
+        for c in cfg.colors:
+            p = Preprocess(size, spec.mean, spec.std, zoom=z, color=c, fit=cfg.fit, pad_mode=cfg.pad_mode)
+            out.append((Variant(backbone, z, c), p))
+    return out
+
+
+class _TileDataset(Dataset):
+    """Reads each tile once at the widest field of view and returns every variant of it."""
+
+    def __init__(self, source: TileSource, rows: np.ndarray, preps: list[Preprocess]) -> None:
+        self.source, self.rows, self.preps = source, rows, preps
+        self.context = max(1.0, 1.0 / min(p.zoom for p in preps))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor, bool]:
+        row = int(self.rows[k])
+        size = self.preps[0].input_size
+        try:
+            img = self.source.read(row, self.context)
+            # zoom relative to the region actually read (it is wider than the tile when context > 1)
+            xs = [preprocess(img, Preprocess(**{**p.as_dict(), "zoom": p.zoom * self.context})) for p in self.preps]
+            return row, torch.stack(xs), False
+        except OSError:
+            return row, torch.zeros(len(self.preps), 3, size, size), True
+
+
+def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, source: TileSource) -> dict[str, Any]:
+    import timm
+
+    return {
+        "backbone": spec.name,
+        "weights_sha256": weights_sha256,
+        "preprocessing": prep.as_dict(),
+        "spec": spec_summary(spec),
+        "tile_size": source.tile_size,
+        "versions": {"mito": mito.__version__, "timm": timm.__version__, "torch": torch.__version__},
+    }
+
+
+def _open_or_create(cfg: ExtractConfig, source: TileSource) -> Store:
+    tiles = source.tiles
+    meta = {
+        "source": {"path": source.root, "kind": source.kind, "points": cfg.points, "tile_size": source.tile_size},
+        "tasks": [cfg.task or "label"] if (cfg.task or "label") in tiles else [],
+        "versions": {"mito": mito.__version__, "torch": torch.__version__},
+    }
+    if "://" in cfg.store or os.path.exists(cfg.store):
+        store = open_store(cfg.store, mode="a")
+        if store.meta.get("tile_list_sha256") != tile_list_hash(tiles["tile_id"].astype(str).tolist()):
+            store.close()
+            raise StoreError(
+                f"{cfg.store} was made from a different tile list ({store.n_tiles} tiles from "
+                f"{store.meta.get('source', {}).get('path')}); use a new --store"
+            )
+        return store
+    return create_store(cfg.store, tiles, meta, chunk_rows=cfg.chunk_rows)
+
+
+class _Writer:
+    """Writes finished chunks on a background thread so the model never waits for compression or disk."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while (item := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    for key, chunk, feats, bad in item:
+                        self.store.write_chunk(key, chunk, feats, bad)
+                except BaseException as e:  # surfaced on the main thread
+                    self.error = e
+
+    def put(self, item: list[tuple[str, int, np.ndarray, np.ndarray]]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(item)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.t.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} tiles/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def extract(cfg: ExtractConfig) -> dict[str, Any]:
+    """Embed every tile of ``cfg.source`` with each backbone/variant, skipping chunks already done."""
+    device = pick_device(cfg.device)
+    for b in cfg.backbones:  # fail before any work when a backbone or its weights are missing
+        resolve_weights(get_backbone(b), cfg.weights.get(b))
+    source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column)
+    if cfg.limit is not None:
+        source.tiles = source.tiles.iloc[: cfg.limit].reset_index(drop=True)
+    if min(cfg.zooms) < 1 and not source.has_context:
+        raise ExtractError(
+            f"zoom {min(cfg.zooms):g} needs pixels around each tile, but {source.kind} tiles are fixed crops; "
+            "use zooms >= 1 (or a slide with --points)"
+        )
+    store = _open_or_create(cfg, source)
+    summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
+    try:
+        for b in cfg.backbones:
+            summary["backbones"][b] = _extract_backbone(cfg, b, source, store, device)
+        bad = np.flatnonzero(store.unreadable)
+        summary["unreadable"] = store.tiles["tile_id"].iloc[bad].astype(str).tolist()
+        store.record("unreadable_tiles", summary["unreadable"])
+        store.record("last_run", {k: v for k, v in summary.items() if k != "unreadable"})
+    finally:
+        store.close()
+    return summary
+
+
+def _extract_backbone(cfg: ExtractConfig, name: str, source: TileSource, store: Store, device: torch.device) -> dict[str, Any]:
+    plan = variant_plan(cfg, name)
+    spec = get_backbone(name)
+    weights = resolve_weights(spec, cfg.weights.get(name))
+    sha = file_sha256(weights) if weights is not None else RANDOM_SHA
+    keys = [v.key for v, _ in plan]
+    for v, p in plan:  # refuse mismatched preprocessing before loading the model
+        store.ensure_variant(v.key, spec.embed_dim, _provenance(spec, sha, p, source))
+    todo = np.zeros(store.n_chunks, bool)
+    done = {k: store.done_chunks(k) for k in keys}
+    for k in keys:
+        todo |= ~done[k]
+    if not todo.any():
+        return {"variants": keys, "rows": 0, "skipped_chunks": int(store.n_chunks), "seconds": 0.0, "tiles_per_s": None}
+
+    enc = create_backbone(name, weights=cfg.weights.get(name), device=device)
+    rows = np.concatenate([np.arange(*store.chunk_rows_range(int(c))) for c in np.flatnonzero(todo)])
+    ds = _TileDataset(source, rows, [p for _, p in plan])
+    workers = cfg.num_workers if cfg.num_workers is not None else default_workers(device)
+    cuda = device.type == "cuda"
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=cuda,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    model = enc.model
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    forward = enc.embed
+    if cfg.compile:
+        forward = torch.compile(enc.embed, dynamic=False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    n_var = len(plan)
+
+    buffers: dict[int, dict[str, Any]] = {}
+    writer = _Writer(store)
+    t0 = time.perf_counter()
+    n_done = 0
+    try:
+        with _progress(cfg.progress) as bar, torch.inference_mode(), autocast:
+            task = bar.add_task(f"{name} x{n_var}", total=len(rows), rate="-")
+            for idx, x, bad in loader:
+                b = x.shape[0]
+                x = x.view(b * n_var, *x.shape[2:])
+                if cuda:
+                    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                pad = cfg.batch_size - b if cfg.compile else 0
+                if pad:  # a ragged last batch would trigger a recompile
+                    x = torch.cat([x, x[-1:].expand(pad * n_var, *x.shape[1:])])
+                emb = forward(x)[: b * n_var].float().view(b, n_var, -1).cpu().numpy()
+                emb[bad.numpy()] = np.nan
+                _collect(store, buffers, idx.numpy(), emb, bad.numpy(), keys, done, writer)
+                n_done += b
+                rate = n_done / (time.perf_counter() - t0)
+                bar.update(task, advance=b, rate=f"{rate:.1f}")
+    finally:
+        writer.close()
+    secs = time.perf_counter() - t0
+    return {
+        "variants": keys,
+        "rows": int(n_done),
+        "skipped_chunks": int((~todo).sum()),
+        "seconds": round(secs, 2),
+        "tiles_per_s": round(n_done / secs, 2) if secs > 0 else None,
+        "weights_sha256": enc.weights_sha256,
+        "workers": workers,
+    }
+
+
+def _collect(
+    store: Store,
+    buffers: dict[int, dict[str, Any]],
+    idx: np.ndarray,
+    emb: np.ndarray,
+    bad: np.ndarray,
+    keys: list[str],
+    done: dict[str, np.ndarray],
+    writer: _Writer,
+) -> None:
+    """Gather rows into their chunk's buffer; hand each chunk to the writer once all its rows arrived."""
+    for c in np.unique(idx // store.chunk_rows):
+        c = int(c)
+        start, stop = store.chunk_rows_range(c)
+        buf = buffers.setdefault(
+            c, {"emb": np.empty((stop - start, len(keys), emb.shape[-1]), np.float32), "bad": np.zeros(stop - start, bool), "n": 0}
+        )
+        sel = (idx // store.chunk_rows) == c
+        local = idx[sel] - start
+        buf["emb"][local] = emb[sel]
+        buf["bad"][local] = bad[sel]
+        buf["n"] += int(sel.sum())
+        if buf["n"] == stop - start:
+            item = [(k, c, buf["emb"][:, j], buf["bad"]) for j, k in enumerate(keys) if not done[k][c]]
+            writer.put(item)
+            del buffers[c]

@@ -85,6 +85,167 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 # (foundation section)
 
 
+def _parse_weights(values: list[str], backbones: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if sep and not Path(v).exists():
+            out[name.strip()] = path.strip()
+        elif len(backbones) == 1:
+            out[backbones[0]] = v
+        else:
+            raise UserError("with several backbones, pass --weights NAME=PATH for each")
+    return out
+
+
+def _extract_config(**kw: Any) -> Any:
+    from pydantic import ValidationError
+
+    from mito.extract import ExtractConfig
+
+    try:
+        return ExtractConfig(**kw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "option"
+        raise UserError(f"--{where.replace('_', '-')}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def _floats(value: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in split_list(value)]
+    except ValueError:
+        raise UserError(f"{what} must be numbers separated by commas, got {value!r}") from None
+
+
+@app.command()
+@friendly
+def extract(
+    source: Path = typer.Argument(..., help="Folder of tiles (label = subfolder), CSV manifest (path,label,...), or a slide with --points."),
+    store: str = typer.Option(..., "--store", "-s", help="Output store: a .zarr folder (default) or a .h5 file; fsspec URLs work for Zarr."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name(s), comma-separated (see `mito backbones`)."),
+    weights: list[str] = typer.Option([], "--weights", "-w", help="Weight file or snapshot folder; NAME=PATH with several backbones."),
+    zooms: str = typer.Option("1", help="Magnifications relative to the tile, e.g. 1,2 (2 = central half); <1 needs a slide."),
+    colors: str = typer.Option("rgb", help="Colour modes: rgb, gray (luminance x3), or both."),
+    fit: str = typer.Option("resize", help="Bring crops to the backbone input: resize (aspect kept) or pad (native scale)."),
+    pad_mode: str = typer.Option("reflect", help="Padding for --fit pad: reflect or white."),
+    input_size: Optional[int] = typer.Option(None, help="Backbone input side in px (default: the backbone's own)."),
+    points: Optional[Path] = typer.Option(None, help="CSV of x,y[,label,...] crop centres on a slide SOURCE."),
+    tile_size: int = typer.Option(224, help="Slides: side of the base crop in level-0 pixels."),
+    task: Optional[str] = typer.Option(None, help="Name of the label column (e.g. mitosis); default 'label'."),
+    label_column: Optional[str] = typer.Option(None, help="Manifest column holding the labels (default: label)."),
+    batch_size: int = typer.Option(64, help="Tiles per forward pass."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader decoding workers (default: by device and cores)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    chunk_rows: int = typer.Option(1024, help="Rows per store chunk (the unit of resume)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (CUDA; last batch padded)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N tiles (for a quick look)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Embed every tile with each backbone, zoom and colour into a chunked store (re-run to resume)."""
+    from mito.extract import extract as run_extract
+
+    backbones = split_list(backbone)
+    cfg = _extract_config(
+        source=str(source), store=store, points=str(points) if points else None, backbones=backbones,
+        weights=_parse_weights(weights, backbones), zooms=_floats(zooms, "--zooms"), colors=split_list(colors),
+        fit=fit, pad_mode=pad_mode, input_size=input_size, tile_size=tile_size, task=task, label_column=label_column,
+        batch_size=batch_size, num_workers=workers, device=device, chunk_rows=chunk_rows, compile=compile,
+        limit=limit, progress=not quiet,
+    )
+    summary = run_extract(cfg)
+    for name, b in summary["backbones"].items():
+        rate = f"{b['tiles_per_s']} tiles/s" if b["tiles_per_s"] else "nothing left to do"
+        console.print(f"{name}: {b['rows']} tiles embedded, {b['skipped_chunks']} chunks already done, {rate}")
+    if summary["unreadable"]:
+        shown = ", ".join(summary["unreadable"][:10])
+        more = f" (+{len(summary['unreadable']) - 10} more)" if len(summary["unreadable"]) > 10 else ""
+        console.print(f"[yellow]{len(summary['unreadable'])} unreadable tiles skipped:[/] {shown}{more}")
+    console.print(f"store: {summary['store']} ({summary['n_tiles']} tiles)")
+
+
+@app.command()
+@friendly
+def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the backbone registry: name, architecture, dimension, weights source, available here?"""
+    from mito.extract import available, list_backbones, spec_summary
+
+    specs = list_backbones()
+    if as_json:
+        print(json.dumps([{**spec_summary(s), "available": available(s)} for s in specs], indent=2))
+        return
+    t = Table(title="mito backbones (random_<name> = random-init control)")
+    for col in ("name", "arch", "dim", "input", "pooling", "weights", "available"):
+        t.add_column(col)
+    for s in specs:
+        ws = s.weights
+        src = f"pip {ws.package}" if ws.package else f"{ws.hf_id}{' (gated)' if ws.gated else ''}: {ws.files[0]}"
+        t.add_row(s.name, s.arch, str(s.embed_dim), str(s.input_size), s.pooling, src, "yes" if available(s) else "no: --weights")
+    console.print(t)
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    console.print(f"[bold]{info['path']}[/] ({info['format']}), {info['n_tiles']} tiles, chunks of {info['chunk_rows']} rows")
+    src = info.get("source") or {}
+    console.print(f"source: {src.get('path')} ({src.get('kind')}); tile list sha256 {str(info['tile_list_sha256'])[:16]}...")
+    for task, counts in info["tasks"].items():
+        console.print(f"task {task}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    console.print(f"columns: {', '.join(info['columns'])}")
+    if info["unreadable"]:
+        console.print(f"[yellow]unreadable tiles: {info['unreadable']}[/]")
+    t = Table()
+    for col in ("feature", "dim", "done %", "input", "fit", "weights sha256"):
+        t.add_column(col)
+    for key, v in info["variants"].items():
+        p = v.get("preprocessing", {})
+        t.add_row(key, str(v["dim"]), f"{v['done_pct']:g}", str(p.get("input_size")), str(p.get("fit")), str(v.get("weights_sha256", ""))[:12])
+    console.print(t)
+    if info.get("versions"):
+        console.print("made with " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f", created {info['created']}")
+
+
+@cache_app.command("info")
+@friendly
+def cache_info(store: str = typer.Argument(..., help="Store path"), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Tiles, labels, variants, dimensions, provenance and how much is done."""
+    from mito.cache import open_store
+
+    with open_store(store) as s:
+        info = s.info()
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        _print_info(info)
+
+
+@cache_app.command("verify")
+@friendly
+def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
+    """Exit 0 only if every variant is complete and every written row is sound."""
+    from mito.cache import open_store
+
+    with open_store(store) as s:
+        problems = s.verify()
+        n, nv = s.n_tiles, len(s.variants)
+    if problems:
+        for p in problems:
+            err_console.print(f"[red]problem:[/] {p}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"ok: {n} tiles x {nv} variants, complete and sound")
+
+
+@app.command()
+@friendly
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its store, model and report."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Run the whole pipeline on the bundled AMi-Br sample with the default backbone."""
+    from mito.demo import run_demo
+
+    run_demo(out, device=device, console=console)
+
+
 # ==================================================================== heads: fit-head / predict
 # (heads section)
 

@@ -1,1 +1,30 @@
 """Heads trained from the embedding store: features, noise, training loop, save/load, predict."""
+
+from mito.heads.base import HeadError, head_class, head_names, load_head, make_head, noise_variance, register_head
+from mito.heads import torch_heads, sklearn_heads, lgbm  # noqa: F401  (registration order = HEAD_NAMES)
+from mito.heads.features import FeaturePipeline, metadata_categories, one_hot, select_features
+from mito.heads.split import make_split
+from mito.heads.train import FitConfig, fit_head, make_fit_config
+from mito.heads.predict import load_model, predict
+
+HEAD_NAMES: tuple[str, ...] = head_names()
+
+__all__ = [
+    "HEAD_NAMES",
+    "FeaturePipeline",
+    "FitConfig",
+    "HeadError",
+    "fit_head",
+    "head_class",
+    "load_head",
+    "load_model",
+    "make_fit_config",
+    "make_head",
+    "make_split",
+    "metadata_categories",
+    "noise_variance",
+    "one_hot",
+    "predict",
+    "register_head",
+    "select_features",
+]

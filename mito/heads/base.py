@@ -1,0 +1,271 @@
+"""What every head shares: the error type, label encoding, input checks, feature noise and save/load."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+import mito
+
+HEAD_FILE = "head.json"
+NOISE_MODES = ("global", "per-dim", "absolute")
+_ROWS_PER_BLOCK = 16384
+
+
+class HeadError(ValueError):
+    """Bad input or options for a head (the message is one line for the user)."""
+
+
+# ---------------------------------------------------------------- registry
+_REGISTRY: dict[str, type[Head]] = {}
+
+
+def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
+    """Class decorator: make a head available to make_head/load_head under ``name`` (duplicates fail)."""
+
+    def deco(cls: type[Head]) -> type[Head]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"head {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def head_class(name: str) -> type[Head]:
+    """The head class registered under ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise HeadError(f"unknown head {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+
+
+def head_names() -> tuple[str, ...]:
+    """Registered head names in registration order."""
+    return tuple(_REGISTRY)
+
+
+def make_head(name: str, **params: Any) -> Head:
+    """Build a head by name; unknown or invalid options raise HeadError."""
+    cls = head_class(name)
+    allowed = cls._get_param_names()
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise HeadError(f"head {name!r} has no option {', '.join(unknown)} (it takes: {', '.join(allowed)})")
+    head = cls(**params)
+    head._validate_params()
+    return head
+
+
+def load_head(path: str | os.PathLike) -> Head:
+    """Load a head saved with ``head.save(path)``."""
+    path = Path(path)
+    f = path / HEAD_FILE
+    if not f.is_file():
+        raise HeadError(f"no saved head in {path} (missing {HEAD_FILE})")
+    meta = json.loads(f.read_text())
+    head = make_head(meta["head"], **meta["params"])
+    head.classes_ = np.asarray(meta["classes"])
+    head.n_features_in_ = int(meta["n_features_in"])
+    head._load_state(path, meta.get("state", {}))
+    return head
+
+
+# ---------------------------------------------------------------- the shared contract
+class Head(ClassifierMixin, BaseEstimator):
+    """Shared plumbing for heads: sklearn-style params, label encoding, predict, save; subclasses add the model."""
+
+    name: str = ""
+
+    # -- subclasses implement these
+    def _validate_params(self) -> None:
+        _check_noise(self)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _save_state(self, path: Path) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load_state(self, path: Path, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # -- the public interface
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> Head:
+        """Train on (X, y); (X_val, y_val), when given, drive early stopping. Returns self."""
+        self._validate_params()
+        X = check_X(X)
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(X):
+            raise HeadError(f"y must be one label per row of X ({len(X)} rows), got shape {y.shape}")
+        if len(y) and _has_missing(y):
+            raise HeadError("y holds missing labels; drop unlabelled rows before fitting")
+        classes, yi = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise HeadError(f"need at least two classes to train, got {len(classes)} ({', '.join(map(str, classes))})")
+        self.classes_ = classes
+        self.n_features_in_ = X.shape[1]
+        yv = None
+        if X_val is not None or y_val is not None:
+            if X_val is None or y_val is None:
+                raise HeadError("give both X_val and y_val, or neither")
+            X_val = check_X(X_val, self.n_features_in_)
+            yv = self._encode(y_val)
+            if len(yv) != len(X_val):
+                raise HeadError(f"y_val has {len(yv)} labels for {len(X_val)} rows")
+            if len(yv) == 0:
+                X_val, yv = None, None
+        self._fit(X, yi.astype(np.int64), X_val, yv)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, one column per entry of ``classes_``."""
+        self._check_fitted()
+        X = check_X(X, self.n_features_in_)
+        return np.asarray(self._proba(X), dtype=np.float64)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row."""
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the head to a folder: head.json plus the model file (safetensors or native)."""
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = self._save_state(path)
+        meta = {
+            "head": self.name,
+            "params": self.get_params(),
+            "classes": self.classes_.tolist(),
+            "n_features_in": int(self.n_features_in_),
+            "state": state,
+            "mito_version": mito.__version__,
+        }
+        (path / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    # -- helpers
+    def _encode(self, y: Any) -> np.ndarray:
+        y = np.asarray(y)
+        index = {c: i for i, c in enumerate(self.classes_.tolist())}
+        try:
+            return np.array([index[v] for v in y.tolist()], dtype=np.int64)
+        except KeyError as e:
+            raise HeadError(f"label {e.args[0]!r} was not among the training classes {self.classes_.tolist()}") from None
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classes_"):
+            raise HeadError(f"this {self.name} head is not fitted yet; call fit first")
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+
+def _has_missing(y: np.ndarray) -> bool:
+    if y.dtype.kind == "f":
+        return bool(np.isnan(y).any())
+    if y.dtype.kind == "O":
+        return any(v is None or (isinstance(v, float) and np.isnan(v)) for v in y.tolist())
+    return False
+
+
+# ---------------------------------------------------------------- inputs
+def iter_blocks(n: int, size: int = _ROWS_PER_BLOCK) -> Iterator[slice]:
+    """Row slices of at most ``size`` rows covering range(n)."""
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def check_X(X: Any, n_features: int | None = None) -> np.ndarray:
+    """A 2-D float array (float16 kept as is, to bound memory); NaN/inf or a wrong width raise HeadError."""
+    if not isinstance(X, np.ndarray) or X.dtype.kind != "f":
+        try:
+            X = np.asarray(X, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise HeadError("features must be numbers") from None
+    if X.ndim != 2:
+        raise HeadError(f"features must be a 2-D array (rows x dims), got {X.ndim}-D")
+    if X.shape[0] == 0:
+        raise HeadError("no rows to work on")
+    if n_features is not None and X.shape[1] != n_features:
+        raise HeadError(f"features have {X.shape[1]} dims, the head was trained on {n_features}")
+    for s in iter_blocks(len(X)):
+        if not np.isfinite(X[s]).all():
+            raise HeadError("features hold NaN or infinite values (unreadable tiles?); drop those rows first")
+    return X
+
+
+def column_variance(X: np.ndarray) -> np.ndarray:
+    """Per-column variance computed block by block in float64 (no full-size temporary)."""
+    total = np.zeros(X.shape[1])
+    sq = np.zeros(X.shape[1])
+    for s in iter_blocks(len(X)):
+        b = X[s].astype(np.float64)
+        total += b.sum(axis=0)
+        sq += np.square(b).sum(axis=0)
+    mean = total / len(X)
+    return np.maximum(sq / len(X) - mean**2, 0.0)
+
+
+# ---------------------------------------------------------------- feature noise
+def _check_noise(head: Any) -> None:
+    noise, mode = getattr(head, "noise", 0.0), getattr(head, "noise_mode", "global")
+    if not isinstance(noise, (int, float)) or noise < 0 or not np.isfinite(noise):
+        raise HeadError(f"noise must be a number >= 0, got {noise!r}")
+    if mode not in NOISE_MODES:
+        raise HeadError(f"noise_mode must be one of {', '.join(NOISE_MODES)}, got {mode!r}")
+
+
+def noise_variance(X: np.ndarray, noise: float, mode: str) -> np.ndarray:
+    """Per-dimension variance of the training noise.
+
+    ``global``: one sigma for every dimension, ``noise`` times the root-mean-square spread of the features;
+    ``per-dim``: dimension j gets ``noise`` times its own standard deviation;
+    ``absolute``: ``noise`` is the sigma itself, in feature units.
+    """
+    d = X.shape[1]
+    if noise == 0:
+        return np.zeros(d)
+    if mode == "absolute":
+        return np.full(d, float(noise) ** 2)
+    var = column_variance(X)
+    if mode == "per-dim":
+        return noise**2 * var
+    return np.full(d, noise**2 * float(var.mean()))
+
+
+def augment_with_noise(
+    X: np.ndarray, y: np.ndarray, noise: float, mode: str, copies: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training set plus ``copies`` noisy copies (a fresh draw each): feature noise for heads without batches."""
+    if noise == 0 or copies == 0:
+        return X, y
+    sd = np.sqrt(noise_variance(X, noise, mode)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    X32 = X.astype(np.float32, copy=False)
+    noisy = [X32 + rng.standard_normal(X.shape, dtype=np.float32) * sd for _ in range(copies)]
+    return np.concatenate([X32, *noisy]), np.concatenate([y] * (copies + 1))
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency weights n / (k * n_c), mean 1 over the training rows."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    return len(y) / (n_classes * np.maximum(counts, 1.0))
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y`` (no warning when a class is absent)."""
+    present = np.unique(y)
+    return float(np.mean([(pred[y == c] == c).mean() for c in present]))

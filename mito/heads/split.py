@@ -1,0 +1,86 @@
+"""Train/val/test assignment: from a split column, or stratified and grouped by slide so no slide spans two sides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from mito.heads.base import HeadError
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def carve(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of about ``fraction`` of the rows, stratified by y, taking whole groups only."""
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise HeadError("cannot split: all rows come from one slide/group; give a split column or more slides")
+    k = int(min(max(2, round(1 / fraction)), n_groups))
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    _, held = next(folds.split(np.zeros(len(y)), y, groups))
+    mask = np.zeros(len(y), bool)
+    mask[held] = True
+    return mask
+
+
+def make_split(
+    tiles: pd.DataFrame,
+    labels: pd.Series,
+    usable: np.ndarray,
+    split_column: str | None = None,
+    group_column: str | None = "group",
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> np.ndarray:
+    """``train``/``val``/``test`` per tile ('' for tiles not used).
+
+    With ``split_column``: its train/val/test values (val also as valid/validation) are used; when it has no val
+    rows, val is carved from train by slide. Without it: test and val are carved from all usable rows by slide.
+    ``group_column=None`` splits tiles independently (only safe when each slide gives one tile).
+    """
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise HeadError(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in [0, 1) and sum below 1")
+    n = len(tiles)
+    if group_column is not None and group_column not in tiles:
+        raise HeadError(
+            f"no group column {group_column!r} in the tile table (it has: {', '.join(tiles.columns)}); "
+            "pass --group-column COL, or --group-column none to split tiles independently"
+        )
+    groups = (
+        tiles[group_column].astype(str).to_numpy() if group_column is not None else np.arange(n).astype(str)
+    )
+    y = labels.astype(str).to_numpy()
+    out = np.full(n, "", dtype=object)
+    if split_column is not None:
+        if split_column not in tiles:
+            raise HeadError(f"no split column {split_column!r} in the tile table (it has: {', '.join(tiles.columns)})")
+        raw = tiles[split_column].astype(object)
+        norm = raw.map(lambda v: "" if v is None or v != v else str(v).strip().lower())
+        bad = sorted(set(norm[(norm != "") & ~norm.isin(list(SPLIT_NAMES))]))
+        if bad:
+            raise HeadError(
+                f"split column {split_column!r} holds {', '.join(map(repr, bad[:5]))}; expected train, val (or valid) and test"
+            )
+        out[:] = norm.map(lambda v: SPLIT_NAMES.get(v, "")).to_numpy()
+        out[~usable] = ""
+        if not (out == "train").any():
+            raise HeadError(f"split column {split_column!r} marks no labelled tile as train")
+        if not (out == "val").any():
+            tr = np.flatnonzero(out == "train")
+            held = carve(y[tr], groups[tr], val_fraction, seed)
+            out[tr[held]] = "val"
+        return out.astype(str)
+    idx = np.flatnonzero(usable)
+    if len(idx) == 0:
+        raise HeadError("no labelled tiles to train on")
+    rest = idx
+    if test_fraction > 0:
+        held = carve(y[idx], groups[idx], test_fraction, seed)
+        out[idx[held]] = "test"
+        rest = idx[~held]
+    held = carve(y[rest], groups[rest], val_fraction / (1 - test_fraction), seed + 1)
+    out[rest[held]] = "val"
+    out[rest[~held]] = "train"
+    return out.astype(str)

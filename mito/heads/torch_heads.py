@@ -1,0 +1,273 @@
+"""Torch heads (mlp, linear): one training loop with feature noise, focal loss, class balance and early stopping."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mito.heads.base import (
+    Head,
+    HeadError,
+    _check_noise,
+    balanced_accuracy,
+    class_weights,
+    iter_blocks,
+    noise_variance,
+    register_head,
+)
+
+MODEL_FILE = "model.safetensors"
+LOSSES = ("focal", "ce")
+BALANCES = ("weights", "sampler", "none")
+PRECISIONS = ("fp32", "bf16")
+
+
+class _Net(nn.Module):
+    """first Linear -> (ReLU -> Dropout -> Linear when hidden); noise enters through the first layer."""
+
+    def __init__(self, d: int, n_classes: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.first = nn.Linear(d, hidden or n_classes)
+        self.rest = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)) if hidden else nn.Identity()
+
+    def forward(self, x: torch.Tensor, noise_var: torch.Tensor | None = None, gen: torch.Generator | None = None) -> torch.Tensor:
+        h = self.first(x)
+        if noise_var is not None:
+            h = h + first_layer_noise(self.first.weight, noise_var, x.shape[0], gen).to(h.dtype)
+        return self.rest(h)
+
+
+def first_layer_noise(weight: torch.Tensor, noise_var: torch.Tensor, n: int, gen: torch.Generator | None) -> torch.Tensor:
+    """W @ e for n fresh draws e ~ N(0, diag(noise_var)), sampled in the layer's output space.
+
+    W e is Gaussian with covariance W diag(var) W^T, so drawing z ~ N(0, I_h) and returning L z (L its Cholesky
+    factor) has exactly the distribution of adding the noise to the embeddings, with h instead of d random
+    numbers per row; gradients flow through L, so the regularising effect on W is kept.
+    """
+    w = weight.float()
+    cov = ((w * noise_var) @ w.T).double()
+    jitter = 1e-6 * cov.diagonal().mean().clamp_min(1e-12)
+    chol = torch.linalg.cholesky(cov + jitter * torch.eye(cov.shape[0], dtype=cov.dtype)).float()
+    z = torch.randn(n, cov.shape[0], generator=gen)
+    return z @ chol.T
+
+
+def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, weight: torch.Tensor | None) -> torch.Tensor:
+    """Weighted focal loss, sum(w_y (1-p_y)^gamma * -log p_y) / sum(w_y); gamma 0 is weighted cross-entropy."""
+    logp = torch.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
+    loss = -logp if gamma == 0 else -((1 - logp.exp()).clamp_min(0) ** gamma) * logp
+    w = weight[y] if weight is not None else torch.ones_like(loss)
+    return (w * loss).sum() / w.sum()
+
+
+class _TorchHead(Head):
+    """Shared fit/predict/save for the torch heads; subclasses only declare their options."""
+
+    hidden: int
+    dropout: float
+
+    def _validate_params(self) -> None:
+        _check_noise(self)
+        p = self.get_params()
+        if "hidden" in p and (not isinstance(p["hidden"], int) or p["hidden"] < 1):
+            raise HeadError(f"hidden must be a whole number >= 1, got {p['hidden']!r}")
+        if not 0 <= p.get("dropout", 0.0) < 1:
+            raise HeadError(f"dropout must be in [0, 1), got {p['dropout']}")
+        if self.loss not in LOSSES:
+            raise HeadError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.gamma < 0:
+            raise HeadError(f"gamma must be >= 0, got {self.gamma}")
+        if self.balance not in BALANCES:
+            raise HeadError(f"balance must be one of {', '.join(BALANCES)}, got {self.balance!r}")
+        if self.precision not in PRECISIONS:
+            raise HeadError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for k in ("epochs", "patience"):
+            if int(getattr(self, k)) < 1:
+                raise HeadError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise HeadError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise HeadError("lr must be > 0 and weight_decay >= 0")
+
+    def _arch(self) -> tuple[int, float]:
+        return 0, 0.0
+
+    def _build(self, d: int, n_classes: int) -> _Net:
+        hidden, dropout = self._arch()
+        return _Net(d, n_classes, hidden, dropout)
+
+    def _batch(self, n: int) -> int:
+        """Batch size: as given, or 256 rows, growing with the data (n/64, up to 2048) so big sets train fast."""
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        return int(min(2048, max(256, n // 64)))
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        torch.manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        n, d = X.shape
+        k = len(self.classes_)
+        net = self._build(d, k)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        Xt = torch.from_numpy(np.ascontiguousarray(X))
+        yt = torch.from_numpy(y)
+        cw = torch.tensor(class_weights(y, k), dtype=torch.float32)
+        loss_w = cw if self.balance == "weights" else None
+        row_w = cw[yt] if self.balance == "sampler" else None
+        gamma = float(self.gamma) if self.loss == "focal" else 0.0
+        nv = None
+        if self.noise > 0:
+            nv = torch.tensor(noise_variance(X, self.noise, self.noise_mode), dtype=torch.float32)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        bs = self._batch(n)
+
+        best: tuple[float, float] = (-1.0, float("inf"))
+        best_state, best_epoch, waited = None, 0, 0
+        history = []
+        t0 = time.perf_counter()
+        for epoch in range(1, int(self.epochs) + 1):
+            net.train()
+            order = torch.multinomial(row_w, n, replacement=True, generator=gen) if row_w is not None else torch.randperm(n, generator=gen)
+            total = 0.0
+            for s in range(0, n, bs):
+                idx = order[s : s + bs]
+                xb = Xt[idx].to(dtype)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    logits = net(xb, nv, gen)
+                loss = focal_loss(logits, yt[idx], gamma, loss_w)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            rec: dict[str, float] = {"epoch": epoch, "train_loss": total / n}
+            if X_val is not None:
+                vlogits = _logits(net, X_val)
+                vloss = float(focal_loss(vlogits, torch.from_numpy(y_val), gamma, loss_w))
+                vba = balanced_accuracy(y_val, vlogits.argmax(1).numpy())
+                rec.update(val_loss=vloss, val_balanced_accuracy=vba)
+                if vba > best[0] + 1e-9 or (abs(vba - best[0]) <= 1e-9 and vloss < best[1]):
+                    best, best_epoch, waited = (vba, vloss), epoch, 0
+                    best_state = copy.deepcopy(net.state_dict())
+                else:
+                    waited += 1
+            history.append(rec)
+            if X_val is not None and waited >= self.patience:
+                break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+        self.net_ = net
+        self.best_epoch_ = best_epoch or len(history)
+        self.epochs_run_ = len(history)
+        self.history_ = history
+        self.fit_seconds_ = time.perf_counter() - t0
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        return torch.softmax(_logits(self.net_, X), dim=1).numpy()
+
+    def _save_state(self, path: Path) -> dict[str, Any]:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.net_.state_dict().items()}, str(path / MODEL_FILE))
+        return {"file": MODEL_FILE, "best_epoch": self.best_epoch_, "epochs_run": self.epochs_run_}
+
+    def _load_state(self, path: Path, state: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        net = self._build(self.n_features_in_, len(self.classes_))
+        try:
+            net.load_state_dict(load_file(str(path / state.get("file", MODEL_FILE))))
+        except (RuntimeError, OSError) as e:
+            raise HeadError(f"cannot load {self.name} weights from {path}: {str(e).splitlines()[0]}") from None
+        net.eval()
+        self.net_ = net
+        self.best_epoch_ = state.get("best_epoch")
+        self.epochs_run_ = state.get("epochs_run")
+
+
+@torch.no_grad()
+def _logits(net: nn.Module, X: np.ndarray) -> torch.Tensor:
+    was = net.training
+    net.eval()
+    out = torch.cat([net(torch.from_numpy(np.ascontiguousarray(X[s])).float()) for s in iter_blocks(len(X), 8192)])
+    net.train(was)
+    return out
+
+
+@register_head("mlp")
+class MLPHead(_TorchHead):
+    """One dense hidden layer + dropout + classifier, trained with Adam on focal or cross-entropy loss."""
+
+    def __init__(
+        self,
+        hidden: int = 256,
+        dropout: float = 0.3,
+        loss: str = "focal",
+        gamma: float = 2.0,
+        balance: str = "weights",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        epochs: int = 100,
+        patience: int = 15,
+        batch_size: int | None = None,
+        noise: float = 0.0,
+        noise_mode: str = "global",
+        precision: str = "fp32",
+        seed: int = 0,
+    ) -> None:
+        self.hidden = hidden
+        self.dropout = dropout
+        self.loss = loss
+        self.gamma = gamma
+        self.balance = balance
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.noise = noise
+        self.noise_mode = noise_mode
+        self.precision = precision
+        self.seed = seed
+
+    def _arch(self) -> tuple[int, float]:
+        return int(self.hidden), float(self.dropout)
+
+
+@register_head("linear")
+class LinearHead(_TorchHead):
+    """A single linear layer trained by the same loop as mlp (a torch linear probe)."""
+
+    def __init__(
+        self,
+        loss: str = "ce",
+        gamma: float = 2.0,
+        balance: str = "weights",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        epochs: int = 100,
+        patience: int = 15,
+        batch_size: int | None = None,
+        noise: float = 0.0,
+        noise_mode: str = "global",
+        precision: str = "fp32",
+        seed: int = 0,
+    ) -> None:
+        self.loss = loss
+        self.gamma = gamma
+        self.balance = balance
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.patience = patience
+        self.batch_size = batch_size
+        self.noise = noise
+        self.noise_mode = noise_mode
+        self.precision = precision
+        self.seed = seed

@@ -1,0 +1,253 @@
+"""fit_head: store -> features -> split -> pipeline -> head -> model directory (config, weights, metrics)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+import mito
+from mito.bench.metrics import classification_metrics
+from mito.cache import Store, open_store, parse_variant
+from mito.heads.base import HeadError, head_names, make_head
+from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories, one_hot, select_features
+from mito.heads.split import make_split
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+_VOLATILE = ("added",)
+
+
+class FitConfig(BaseModel):
+    """Everything one `mito fit-head` run needs (validated; unknown fields are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str
+    out: str | None = None
+    task: str | None = None
+    head: str = "mlp"
+    features: list[str] = Field(default_factory=list)
+    metadata_columns: list[str] = Field(default_factory=list)
+    standardize: bool = False
+    pca: int | None = None
+    split_column: str | None = None
+    group_column: str | None = "group"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    head_params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    overwrite: bool = False
+
+    @field_validator("head")
+    @classmethod
+    def _head(cls, v: str) -> str:
+        if v not in head_names():
+            raise ValueError(f"unknown head {v!r}; choose one of {', '.join(head_names())}")
+        return v
+
+    @field_validator("pca")
+    @classmethod
+    def _pca(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("pca must be >= 1 components")
+        return v
+
+
+def make_fit_config(**kw: Any) -> FitConfig:
+    """FitConfig from keyword arguments, with validation problems as one-line HeadErrors."""
+    try:
+        return FitConfig(**kw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise HeadError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def default_features(store: Store) -> list[str]:
+    """The store's first complete variant (usually <backbone>:z1:rgb)."""
+    for k in store.variants:
+        if store.is_complete(k):
+            return [k]
+    raise HeadError(f"{store.path} has no complete feature variant; run mito extract first")
+
+
+def resolve_task(store: Store, task: str | None) -> str:
+    """The label column to learn: as given, or the store's only task."""
+    if task is None:
+        if len(store.tasks) == 1:
+            return store.tasks[0]
+        raise HeadError(f"choose a task with --task (the store has: {', '.join(store.tasks) or 'no label columns'})")
+    if task not in store.tiles:
+        raise HeadError(f"no label column {task!r} in {store.path} (tasks: {', '.join(store.tasks) or 'none'})")
+    return task
+
+
+def extract_settings(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One ExtractConfig-shaped dict per backbone: what `mito predict <folder>` needs to embed new tiles the same way."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, info in variants.items():
+        v = parse_variant(key)
+        prep = info.get("preprocessing") or {}
+        cfg = out.setdefault(
+            v.backbone,
+            {
+                "backbones": [v.backbone],
+                "zooms": [],
+                "colors": [],
+                "fit": prep.get("fit", "resize"),
+                "pad_mode": prep.get("pad_mode", "reflect"),
+                "input_size": prep.get("input_size"),
+                **({"tile_size": info["tile_size"]} if info.get("tile_size") else {}),
+            },
+        )
+        for field_, val in (("fit", prep.get("fit", "resize")), ("pad_mode", prep.get("pad_mode", "reflect")), ("input_size", prep.get("input_size"))):
+            if cfg[field_] != val:
+                raise HeadError(f"features of {v.backbone} mix {field_} settings; use variants extracted in one run")
+        if v.zoom not in cfg["zooms"]:
+            cfg["zooms"].append(v.zoom)
+        if v.color not in cfg["colors"]:
+            cfg["colors"].append(v.color)
+    return list(out.values())
+
+
+def fit_head(cfg: FitConfig) -> dict[str, Any]:
+    """Train a head from a store as ``cfg`` says; write the model directory when ``cfg.out`` is set; return the metrics."""
+    if cfg.out is not None and os.path.exists(cfg.out) and not cfg.overwrite:
+        raise HeadError(f"{cfg.out} already exists; choose another --out or pass --overwrite")
+    head = make_head(cfg.head, **{"seed": cfg.seed, **cfg.head_params})
+    t_start = time.perf_counter()
+    with open_store(cfg.store, "r") as store:
+        task = resolve_task(store, cfg.task)
+        keys = list(cfg.features) or default_features(store)
+        dims = feature_dims(store, keys)
+        tiles = store.tiles
+        labels = tiles[task]
+        usable = labels.notna().to_numpy() & ~store.unreadable
+        if labels.dtype == object:
+            usable &= (labels.astype(str) != "").to_numpy()
+        if not usable.any():
+            raise HeadError(f"no tile has a {task!r} label (and readable features) in {cfg.store}")
+        side = make_split(
+            tiles, labels, usable, cfg.split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, cfg.seed
+        )
+        parts = {name: np.flatnonzero(side == name) for name in ("train", "val", "test")}
+        if len(parts["train"]) == 0:
+            raise HeadError("the split left no training rows")
+        rows = np.concatenate([parts["train"], parts["val"], parts["test"]])
+        cats = metadata_categories(tiles, cfg.metadata_columns)
+        # float16, as stored: the features are the only full-size array kept in memory
+        X = select_features(store, keys, rows, categories={}, dtype=np.float16)
+        variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
+        store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
+        y = labels.to_numpy()[rows]
+        meta_block = one_hot(tiles, rows, cats)
+        groups = tiles[cfg.group_column].astype(str).to_numpy()[rows] if cfg.group_column in tiles else None
+
+    n_tr, n_va = len(parts["train"]), len(parts["val"])
+    pipe = FeaturePipeline(standardize=cfg.standardize, pca=cfg.pca).fit(X[:n_tr], seed=cfg.seed)
+    if pipe.pca:
+        X = pipe.transform(X)
+    else:
+        pipe.transform(X, out=X)
+    if meta_block.shape[1]:
+        X = np.concatenate([X, meta_block.astype(X.dtype)], axis=1)
+    X_tr, X_va, X_te = X[:n_tr], X[n_tr : n_tr + n_va], X[n_tr + n_va :]
+    y_tr, y_va, y_te = y[:n_tr], y[n_tr : n_tr + n_va], y[n_tr + n_va :]
+
+    t0 = time.perf_counter()
+    head.fit(X_tr, y_tr, X_va if n_va else None, y_va if n_va else None)
+    train_seconds = time.perf_counter() - t0
+
+    classes = head.classes_.tolist()
+    metrics: dict[str, Any] = {}
+    evals = {}
+    for name, Xs, ys in (("val", X_va, y_va), ("test", X_te, y_te)):
+        if len(ys):
+            evals[name] = classification_metrics(ys, head.predict_proba(Xs), head.classes_)
+    if not evals:
+        raise HeadError("no validation or test rows to measure the head on")
+    main = "test" if "test" in evals else "val"
+    shared = 0
+    if groups is not None:
+        g = {name: set(groups[a:b]) for name, a, b in (("train", 0, n_tr), ("val", n_tr, n_tr + n_va), ("test", n_tr + n_va, len(rows)))}
+        shared = len(g["train"] & g["test"]) + len(g["train"] & g["val"]) + len(g["val"] & g["test"])
+    metrics = {
+        **evals[main],
+        "evaluated_on": main,
+        "train_seconds": round(train_seconds, 3),
+        "total_seconds": round(time.perf_counter() - t_start, 3),
+        "n_train": n_tr,
+        "n_val": n_va,
+        "n_test": len(parts["test"]),
+        "groups_shared_between_sides": shared,
+        **({"val": evals["val"]} if main == "test" and "val" in evals else {}),
+        **{k: getattr(head, k) for k in ("best_epoch_", "epochs_run_", "best_iteration_", "C_") if hasattr(head, k)},
+    }
+    metrics = {k.rstrip("_"): v for k, v in metrics.items()}
+    config = {
+        "mito_version": mito.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "task": task,
+        "classes": classes,
+        "features": keys,
+        "feature_dims": dims,
+        "variants": variants,
+        "metadata_columns": list(cfg.metadata_columns),
+        "metadata_categories": cats,
+        "pipeline": pipe.config(),
+        "n_features_in": int(X.shape[1]),
+        "head": {"name": head.name, "params": head.get_params()},
+        "extract": extract_settings(variants),
+        "training": {
+            "store": store_meta,
+            "split_column": cfg.split_column,
+            "group_column": cfg.group_column,
+            "val_fraction": cfg.val_fraction,
+            "test_fraction": cfg.test_fraction,
+            "seed": cfg.seed,
+        },
+    }
+    if cfg.out is not None:
+        _write_model_dir(Path(cfg.out), head, pipe, config, metrics, cfg.overwrite)
+        metrics["model_dir"] = str(cfg.out)
+    return metrics
+
+
+def _write_model_dir(out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool) -> None:
+    """Write into a hidden sibling, then move it into place: a crash never leaves a half-written model."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.writing")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    head.save(tmp)
+    pipe.save(tmp)
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=_json_default) + "\n")
+    (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
+    if out.exists():
+        if not overwrite:
+            shutil.rmtree(tmp)
+            raise HeadError(f"{out} already exists; choose another --out or pass --overwrite")
+        old = out.with_name(f".{out.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")

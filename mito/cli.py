@@ -250,6 +250,112 @@ def demo(
 # (heads section)
 
 
+def _head_params(pairs: list[str], **given: Any) -> dict[str, Any]:
+    """Head options: the explicit flags that were set, plus --param KEY=VALUE (VALUE parsed as JSON when it can be)."""
+    out = {k: v for k, v in given.items() if v is not None}
+    for p in pairs:
+        key, sep, raw = p.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--param takes KEY=VALUE, got {p!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def _print_metrics(m: dict[str, Any]) -> None:
+    t = Table(title=f"{m['evaluated_on']} split: {m['n']} tiles (trained on {m['n_train']}, early-stopped on {m['n_val']})")
+    for col in ("balanced acc", "AUROC", "kappa", "weighted F1", "train s"):
+        t.add_column(col, justify="right")
+    t.add_row(*(f"{m[k]:.3f}" for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), f"{m['train_seconds']:.2f}")
+    console.print(t)
+    console.print(f"confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}")
+
+
+@app.command("fit-head")
+@friendly
+def fit_head_cmd(
+    store: str = typer.Option(..., "--store", "-s", help="Embedding store made by mito extract."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (config.json, weights, metrics.json)."),
+    task: Optional[str] = typer.Option(None, help="Label column to learn (default: the store's only task)."),
+    head: str = typer.Option("mlp", help="mlp, linear, logreg, knn or lightgbm."),
+    features: Optional[str] = typer.Option(None, help="Variants to concatenate in this order, e.g. efficientnet_lite0:z1:rgb,efficientnet_lite0:z1:gray (default: the store's first)."),
+    metadata: Optional[str] = typer.Option(None, help="Tile-table columns added as one-hot side inputs, e.g. dataset,scanner."),
+    standardize: bool = typer.Option(False, "--standardize/--no-standardize", help="Scale each feature to zero mean, unit variance (training rows)."),
+    pca: Optional[int] = typer.Option(None, help="Reduce the features to N principal components (after --standardize)."),
+    split_column: Optional[str] = typer.Option(None, help="Column with train/val/test per tile; val is carved from train by slide when absent."),
+    group_column: str = typer.Option("group", help="Slide column for grouped splits ('none': split tiles independently)."),
+    val_fraction: float = typer.Option(0.2, help="Share of training rows held out (by slide) for early stopping."),
+    test_fraction: float = typer.Option(0.2, help="Share held out (by slide) for the metrics when there is no split column."),
+    noise: Optional[float] = typer.Option(None, help="Training-time Gaussian feature noise SIGMA (see --noise-mode); 0 = off."),
+    noise_mode: Optional[str] = typer.Option(None, help="global: SIGMA x the features' RMS spread, same for every dim; per-dim: SIGMA x each dim's std; absolute: SIGMA in feature units."),
+    hidden: Optional[int] = typer.Option(None, help="mlp: hidden layer width (default 256)."),
+    dropout: Optional[float] = typer.Option(None, help="mlp: dropout after the hidden layer (default 0.3)."),
+    loss: Optional[str] = typer.Option(None, help="mlp/linear: focal or ce."),
+    gamma: Optional[float] = typer.Option(None, help="mlp/linear: focal loss gamma (default 2)."),
+    balance: Optional[str] = typer.Option(None, help="mlp/linear: weights (class-weighted loss), sampler (balanced batches) or none."),
+    epochs: Optional[int] = typer.Option(None, help="mlp/linear: maximum epochs."),
+    patience: Optional[int] = typer.Option(None, help="Epochs (boosting rounds for lightgbm) without validation gain before stopping."),
+    lr: Optional[float] = typer.Option(None, help="mlp/linear: Adam learning rate."),
+    batch_size: Optional[int] = typer.Option(None, help="mlp/linear: rows per batch (default grows with the data, 256..2048)."),
+    precision: Optional[str] = typer.Option(None, help="mlp/linear: fp32, or bf16 matmuls for big stores on CPUs that support it."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Any other head option as KEY=VALUE, e.g. -p C=auto -p n_neighbors=25."),
+    seed: int = typer.Option(0, help="Seed for splits, initialisation, batches and noise."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of a table."),
+) -> None:
+    """Train a head on stored embeddings in seconds; write the model directory and print its metrics."""
+    from mito.heads import fit_head, make_fit_config
+
+    cfg = make_fit_config(
+        store=store, out=str(out), task=task, head=head, features=split_list(features), metadata_columns=split_list(metadata),
+        standardize=standardize, pca=pca, split_column=split_column,
+        group_column=None if group_column.lower() == "none" else group_column,
+        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, overwrite=overwrite,
+        head_params=_head_params(
+            param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
+            balance=balance, epochs=epochs, patience=patience, lr=lr, batch_size=batch_size, precision=precision,
+        ),
+    )
+    m = fit_head(cfg)
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    _print_metrics(m)
+    console.print(f"model: {out}")
+
+
+@app.command("predict")
+@friendly
+def predict_cmd(
+    source: Optional[str] = typer.Argument(None, help="New tiles (folder, CSV manifest or slide) to embed the model's way; or use --store."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model directory made by mito fit-head."),
+    store: Optional[str] = typer.Option(None, "--store", "-s", help="Predict the tiles of an existing store instead."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV to write: path (or slide,x,y), label when known, pred, p_<class>."),
+    device: str = typer.Option("auto", help="Extraction device for SOURCE: auto, cpu or cuda."),
+    weights: list[str] = typer.Option([], "--weights", "-w", help="Backbone weight file for SOURCE, NAME=PATH (checked against the model's hash)."),
+) -> None:
+    """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
+    from mito.heads import predict
+
+    if source is not None and store is not None:
+        raise UserError("give either tiles to embed (SOURCE) or --store, not both")
+    w = {}
+    for v in weights:
+        name, sep, path = v.partition("=")
+        if not sep:
+            raise UserError(f"--weights takes NAME=PATH, got {v!r}")
+        w[name.strip()] = path.strip()
+    df = predict(model, store=store, source=source, out_csv=out, device=device, weights=w or None)
+    counts = ", ".join(f"{k} {v}" for k, v in df["pred"].value_counts().items())
+    line = f"{len(df)} tiles predicted ({counts}) -> {out}"
+    if "label" in df:
+        known = df["label"].notna()
+        line += f"; agreement with known labels {(df['pred'][known].astype(str) == df['label'][known].astype(str)).mean():.3f}"
+    console.print(line)
+
+
 # ==================================================================== bench: bench / lora / umap / report
 # (bench section)
 

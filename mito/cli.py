@@ -141,9 +141,15 @@ def extract(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (CUDA; last batch padded)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N tiles (for a quick look)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    gpus: int = typer.Option(1, "--gpus", help="Run N ranks via torchrun (one per GPU), each writing whole chunks of the store."),
 ) -> None:
     """Embed every tile with each backbone, zoom and colour into a chunked store (re-run to resume)."""
     from mito.extract import extract as run_extract
+
+    if gpus != 1:
+        from mito.extract.distributed import launch, strip_option
+
+        raise typer.Exit(launch(gpus, strip_option(sys.argv[1:], "--gpus")))
 
     backbones = split_list(backbone)
     cfg = _extract_config(
@@ -154,6 +160,8 @@ def extract(
         limit=limit, progress=not quiet,
     )
     summary = run_extract(cfg)
+    if summary.get("rank", 0):  # under torchrun only rank 0 reports
+        return
     for name, b in summary["backbones"].items():
         rate = f"{b['tiles_per_s']} tiles/s" if b["tiles_per_s"] else "nothing left to do"
         console.print(f"{name}: {b['rows']} tiles embedded, {b['skipped_chunks']} chunks already done, {rate}")

@@ -85,6 +85,25 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def is_url(path: str | os.PathLike) -> bool:
+    """True for fsspec URLs (``s3://``, ``memory://``, ``file://`` ...), False for local paths."""
+    return "://" in str(path)
+
+
+def store_exists(path: str | os.PathLike) -> bool:
+    """True when something already lives at ``path`` (a local path, or a Zarr group at an fsspec URL)."""
+    path = str(path)
+    if not is_url(path):
+        return os.path.exists(path)
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        return bool(fs.exists(root.rstrip("/") + "/zarr.json"))
+    except Exception as e:  # fsspec raises many types for bad URLs, missing drivers or credentials
+        raise StoreError(f"cannot reach {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
 def store_format(path: str | os.PathLike) -> str:
     """``hdf5`` for .h5/.hdf5 paths, ``zarr`` otherwise (the default)."""
     return "hdf5" if str(path).lower().endswith((".h5", ".hdf5")) else "zarr"
@@ -96,8 +115,10 @@ class _ZarrBackend:
         import zarr
 
         self.path = path
+        # fsspec URLs (s3://, gs://, memory://, file://) go through zarr's FsspecStore
+        opts = {"storage_options": {"auto_mkdir": True}} if path.startswith("file://") else {}
         try:
-            self.root = zarr.open_group(path, mode=mode, zarr_format=3)
+            self.root = zarr.open_group(path, mode=mode, zarr_format=3, **opts)
         except Exception as e:  # zarr raises several types for a missing or foreign folder
             raise StoreError(f"cannot open Zarr store {path}: {e}") from None
 
@@ -144,6 +165,8 @@ class _H5Backend:
         import h5py
 
         self.path = path
+        if is_url(path):
+            raise StoreError(f"HDF5 stores must be local files ({path}); use a .zarr store for fsspec URLs")
         h5mode = {"r": "r", "a": "a", "w": "w"}[mode]
         try:
             self.f = h5py.File(path, h5mode, libver="latest")
@@ -218,6 +241,14 @@ class Store:
     def close(self) -> None:
         """Close the underlying file (a no-op for Zarr)."""
         self._b.close()
+
+    def refresh(self) -> None:
+        """Re-read attributes another process wrote (e.g. variants rank 0 added in a distributed run)."""
+        mode = "a" if self.writable else "r"
+        self._b.close()
+        self._b = _backend(self.path, mode, self.format)
+        self.meta = self._b.get_attrs()
+        self._tiles = None
 
     # -- description
     @property
@@ -520,7 +551,7 @@ def create_store(
         raise StoreError("no tiles to store")
     if chunk_rows < 1:
         raise StoreError("chunk_rows must be >= 1")
-    if "://" not in path and os.path.exists(path):
+    if store_exists(path):
         raise StoreError(f"{path} already exists")
     fmt = store_format(path)
     tmp = path if "://" in path else _tmp_sibling(path)
@@ -573,6 +604,6 @@ def open_store(path: str | os.PathLike, mode: str = "r") -> Store:
     path = str(path)
     if mode not in ("r", "a"):
         raise StoreError(f"mode must be 'r' or 'a', not {mode!r}")
-    if "://" not in path and not os.path.exists(path):
+    if not store_exists(path):
         raise StoreError(f"no store at {path}")
     return Store(_backend(path, mode), path, writable=(mode == "a"))

@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 
 import mito
 from mito.cache import DEFAULT_CHUNK_ROWS, Store, StoreError, Variant, create_store, open_store, tile_list_hash
+from mito.cache.store import store_exists, store_format
+from mito.extract import distributed
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
 from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
 from mito.extract.errors import ExtractError
@@ -148,7 +150,7 @@ def _open_or_create(cfg: ExtractConfig, source: TileSource) -> Store:
         "tasks": [cfg.task or "label"] if (cfg.task or "label") in tiles else [],
         "versions": {"mito": mito.__version__, "torch": torch.__version__},
     }
-    if "://" in cfg.store or os.path.exists(cfg.store):
+    if store_exists(cfg.store):
         store = open_store(cfg.store, mode="a")
         if store.meta.get("tile_list_sha256") != tile_list_hash(tiles["tile_id"].astype(str).tolist()):
             store.close()
@@ -208,8 +210,22 @@ def _progress(enabled: bool) -> Any:
 
 
 def extract(cfg: ExtractConfig) -> dict[str, Any]:
-    """Embed every tile of ``cfg.source`` with each backbone/variant, skipping chunks already done."""
-    device = pick_device(cfg.device)
+    """Embed every tile of ``cfg.source`` with each backbone/variant, skipping chunks already done.
+
+    Under torchrun each rank embeds its share of the chunks (see :mod:`mito.extract.distributed`).
+    """
+    dist = distributed.setup()
+    try:
+        return _extract(cfg, dist)
+    except Exception as e:
+        dist.fail(e)  # the other ranks stop at their next sync instead of waiting forever
+        raise
+
+
+def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
+    device = dist.device(pick_device(cfg.device))
+    if dist.active and store_format(cfg.store) == "hdf5":
+        raise ExtractError("several ranks cannot write one HDF5 file: use a .zarr store with torchrun")
     for b in cfg.backbones:  # fail before any work when a backbone or its weights are missing
         resolve_weights(get_backbone(b), cfg.weights.get(b))
     source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column)
@@ -220,11 +236,19 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
             f"zoom {min(cfg.zooms):g} needs pixels around each tile, but {source.kind} tiles are fixed crops; "
             "use zooms >= 1 (or a slide with --points)"
         )
-    store = _open_or_create(cfg, source)
+    store = dist.on_main(lambda: _open_or_create(cfg, source))  # only rank 0 creates; the others wait
+    if store is None:
+        store = _open_or_create(cfg, source)
     summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
+    if dist.active:
+        summary.update(rank=dist.rank, world_size=dist.world)
     try:
         for b in cfg.backbones:
-            summary["backbones"][b] = _extract_backbone(cfg, b, source, store, device)
+            summary["backbones"][b] = _extract_backbone(cfg, b, source, store, device, dist)
+        parts = dist.sync(payload=summary["backbones"])  # every rank's chunks are on disk past this point
+        if not dist.main:
+            return summary
+        summary["backbones"] = {b: distributed.merge_summaries([p[b] for p in parts]) for b in cfg.backbones} if dist.active else parts[0]
         bad = np.flatnonzero(store.unreadable)
         summary["unreadable"] = store.tiles["tile_id"].iloc[bad].astype(str).tolist()
         store.record("unreadable_tiles", summary["unreadable"])
@@ -234,20 +258,26 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
     return summary
 
 
-def _extract_backbone(cfg: ExtractConfig, name: str, source: TileSource, store: Store, device: torch.device) -> dict[str, Any]:
+def _extract_backbone(
+    cfg: ExtractConfig, name: str, source: TileSource, store: Store, device: torch.device, dist: distributed.Dist
+) -> dict[str, Any]:
     plan = variant_plan(cfg, name)
     spec = get_backbone(name)
     weights = resolve_weights(spec, cfg.weights.get(name))
     sha = file_sha256(weights) if weights is not None else RANDOM_SHA
     keys = [v.key for v, _ in plan]
-    for v, p in plan:  # refuse mismatched preprocessing before loading the model
-        store.ensure_variant(v.key, spec.embed_dim, _provenance(spec, sha, p, source))
+    # refuse mismatched preprocessing before loading the model; rank 0 adds the variants, the others re-read them
+    dist.on_main(lambda: [store.ensure_variant(v.key, spec.embed_dim, _provenance(spec, sha, p, source)) for v, p in plan])
+    if not dist.main:
+        store.refresh()
     todo = np.zeros(store.n_chunks, bool)
     done = {k: store.done_chunks(k) for k in keys}
     for k in keys:
         todo |= ~done[k]
+    skipped = int((~todo).sum())  # chunks finished before this run (the same on every rank)
+    todo &= dist.owned(store.n_chunks)  # rank r embeds chunks c with c % world == r
     if not todo.any():
-        return {"variants": keys, "rows": 0, "skipped_chunks": int(store.n_chunks), "seconds": 0.0, "tiles_per_s": None}
+        return {"variants": keys, "rows": 0, "skipped_chunks": skipped, "seconds": 0.0, "tiles_per_s": None}
 
     enc = create_backbone(name, weights=cfg.weights.get(name), device=device)
     rows = np.concatenate([np.arange(*store.chunk_rows_range(int(c))) for c in np.flatnonzero(todo)])
@@ -277,7 +307,7 @@ def _extract_backbone(cfg: ExtractConfig, name: str, source: TileSource, store: 
     t0 = time.perf_counter()
     n_done = 0
     try:
-        with _progress(cfg.progress) as bar, torch.inference_mode(), autocast:
+        with _progress(cfg.progress and dist.main) as bar, torch.inference_mode(), autocast:
             task = bar.add_task(f"{name} x{n_var}", total=len(rows), rate="-")
             for idx, x, bad in loader:
                 b = x.shape[0]
@@ -299,7 +329,7 @@ def _extract_backbone(cfg: ExtractConfig, name: str, source: TileSource, store: 
     return {
         "variants": keys,
         "rows": int(n_done),
-        "skipped_chunks": int((~todo).sum()),
+        "skipped_chunks": skipped,
         "seconds": round(secs, 2),
         "tiles_per_s": round(n_done / secs, 2) if secs > 0 else None,
         "weights_sha256": enc.weights_sha256,

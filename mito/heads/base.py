@@ -136,7 +136,8 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the head to a folder: head.json plus the model file (safetensors or native)."""

@@ -13,13 +13,17 @@ import numpy as np
 
 from mito.heads.base import Head, HeadError, augment_with_noise, balanced_accuracy, class_weights, register_head
 from mito.heads.sklearn_heads import _check_copies
+from mito.heads.torch_heads import SMALL_DATA
 
 MODEL_FILE = "model.lgb.txt"
 
 
 @register_head("lightgbm")
 class LightGBMHead(Head):
-    """Boosted trees (lightgbm.train); with a validation set, stops after ``patience`` rounds without gain."""
+    """Boosted trees (lightgbm.train); with a validation set, stops after ``patience`` rounds without gain.
+
+    n_jobs=None uses one thread for small data (OpenMP sync costs more than it saves there), else up to two.
+    """
 
     def __init__(
         self,
@@ -64,7 +68,7 @@ class LightGBMHead(Head):
         if self.learning_rate <= 0:
             raise HeadError(f"learning_rate must be > 0, got {self.learning_rate}")
 
-    def _params(self, n_classes: int) -> dict[str, Any]:
+    def _params(self, n_classes: int, n_values: int) -> dict[str, Any]:
         binary = n_classes == 2
         return {
             "objective": "binary" if binary else "multiclass",
@@ -76,7 +80,7 @@ class LightGBMHead(Head):
             "bagging_freq": 1 if self.subsample < 1 else 0,
             "feature_fraction": self.colsample,
             "lambda_l2": self.reg_lambda,
-            "num_threads": self.n_jobs or min(2, os.cpu_count() or 1),
+            "num_threads": self.n_jobs or (1 if n_values < SMALL_DATA else min(2, os.cpu_count() or 1)),
             "seed": self.seed,
             "deterministic": True,
             "force_row_wise": True,
@@ -104,7 +108,7 @@ class LightGBMHead(Head):
                 "feval": bal_acc,
                 "callbacks": [lgb.early_stopping(self.patience, first_metric_only=True, verbose=False)],
             }
-        self.booster_ = lgb.train(self._params(k), train, num_boost_round=self.n_estimators, **kw)
+        self.booster_ = lgb.train(self._params(k, Xa.size), train, num_boost_round=self.n_estimators, **kw)
         self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
 
     def _proba(self, X: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ MODEL_FILE = "model.safetensors"
 LOSSES = ("focal", "ce")
 BALANCES = ("weights", "sampler", "none")
 PRECISIONS = ("fp32", "bf16")
+SMALL_DATA = 8_000_000  # rows x dims below which one thread trains fastest
 
 
 class _Net(nn.Module):
@@ -90,6 +91,8 @@ class _TorchHead(Head):
         for k in ("epochs", "patience"):
             if int(getattr(self, k)) < 1:
                 raise HeadError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.n_threads is not None and self.n_threads < 1:
+            raise HeadError(f"n_threads must be >= 1, got {self.n_threads}")
         if self.batch_size is not None and self.batch_size < 1:
             raise HeadError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0 or self.weight_decay < 0:
@@ -108,7 +111,21 @@ class _TorchHead(Head):
             return int(self.batch_size)
         return int(min(2048, max(256, n // 64)))
 
+    def _threads(self, n: int, d: int) -> int:
+        """Threads: as given; else one for small data (thread sync costs more than it saves there), else torch's default."""
+        if self.n_threads is not None:
+            return int(self.n_threads)
+        return 1 if n * d < SMALL_DATA else torch.get_num_threads()
+
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(self._threads(*X.shape))
+        try:
+            self._train(X, y, X_val, y_val)
+        finally:
+            torch.set_num_threads(before)
+
+    def _train(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         n, d = X.shape
@@ -219,6 +236,7 @@ class MLPHead(_TorchHead):
         noise: float = 0.0,
         noise_mode: str = "global",
         precision: str = "fp32",
+        n_threads: int | None = None,
         seed: int = 0,
     ) -> None:
         self.hidden = hidden
@@ -234,6 +252,7 @@ class MLPHead(_TorchHead):
         self.noise = noise
         self.noise_mode = noise_mode
         self.precision = precision
+        self.n_threads = n_threads
         self.seed = seed
 
     def _arch(self) -> tuple[int, float]:
@@ -257,6 +276,7 @@ class LinearHead(_TorchHead):
         noise: float = 0.0,
         noise_mode: str = "global",
         precision: str = "fp32",
+        n_threads: int | None = None,
         seed: int = 0,
     ) -> None:
         self.loss = loss
@@ -270,4 +290,5 @@ class LinearHead(_TorchHead):
         self.noise = noise
         self.noise_mode = noise_mode
         self.precision = precision
+        self.n_threads = n_threads
         self.seed = seed

@@ -1,0 +1,72 @@
+"""Train/val/test assignment on the real AMi-Br tile table: slides never leak, classes stay represented."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mito.heads import HeadError, make_split
+
+from .conftest import amibr_tiles
+
+
+@pytest.fixture(scope="module")
+def tiles() -> pd.DataFrame:
+    return amibr_tiles()
+
+
+def _groups(t: pd.DataFrame, side: np.ndarray, name: str) -> set[str]:
+    return set(t["group"][side == name])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_split_never_leaks_a_slide(tiles: pd.DataFrame, seed: int) -> None:
+    train = tiles[tiles["split"] == "train"].reset_index(drop=True)
+    usable = np.ones(len(train), bool)
+    side = make_split(train, train["mitosis"], usable, val_fraction=0.2, test_fraction=0.2, seed=seed)
+    assert set(side) == {"train", "val", "test"}
+    g = {n: _groups(train, side, n) for n in ("train", "val", "test")}
+    assert not g["train"] & g["val"] and not g["train"] & g["test"] and not g["val"] & g["test"]
+    for name, frac in (("val", 0.2), ("test", 0.2)):
+        part = train["mitosis"][side == name]
+        assert abs(len(part) / len(train) - frac) < 0.07
+        assert set(part) == {"Atypical", "Normal"}
+        # stratified: the minority share stays near the whole set's
+        assert abs((part == "Atypical").mean() - (train["mitosis"] == "Atypical").mean()) < 0.08
+
+
+def test_split_column_carves_val_from_train_by_slide(tiles: pd.DataFrame) -> None:
+    usable = np.ones(len(tiles), bool)
+    usable[:5] = False
+    side = make_split(tiles, tiles["mitosis"], usable, split_column="split", seed=0)
+    assert (side[:5] == "").all()
+    published_test = (tiles["split"] == "test").to_numpy() & usable
+    assert ((side == "test") == published_test).all()
+    assert not _groups(tiles, side, "train") & _groups(tiles, side, "val")
+    assert 0.12 < (side == "val").sum() / (tiles["split"] == "train").sum() < 0.28
+
+
+def test_split_column_with_val_values_and_errors(tiles: pd.DataFrame) -> None:
+    t = tiles.head(40).copy()
+    t["fold"] = ["Train"] * 20 + ["valid"] * 10 + ["test"] * 5 + [None] * 5
+    side = make_split(t, t["mitosis"], np.ones(40, bool), split_column="fold")
+    assert list(side) == ["train"] * 20 + ["val"] * 10 + ["test"] * 5 + [""] * 5
+    t["fold"] = "holdout"
+    with pytest.raises(HeadError, match="holds 'holdout'"):
+        make_split(t, t["mitosis"], np.ones(40, bool), split_column="fold")
+    with pytest.raises(HeadError, match="no split column 'nope'"):
+        make_split(t, t["mitosis"], np.ones(40, bool), split_column="nope")
+    with pytest.raises(HeadError, match="no group column 'slide_id'"):
+        make_split(t, t["mitosis"], np.ones(40, bool), group_column="slide_id")
+    with pytest.raises(HeadError, match="sum below 1"):
+        make_split(t, t["mitosis"], np.ones(40, bool), val_fraction=0.6, test_fraction=0.5)
+    one = t.assign(group="same-slide")
+    with pytest.raises(HeadError, match="one slide"):
+        make_split(one, one["mitosis"], np.ones(40, bool))
+
+
+def test_ungrouped_split_uses_every_tile(tiles: pd.DataFrame) -> None:
+    t = tiles.head(200)
+    side = make_split(t, t["mitosis"], np.ones(200, bool), group_column=None, seed=0)
+    assert (side != "").all() and 25 < (side == "val").sum() < 55

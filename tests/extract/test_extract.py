@@ -1,0 +1,115 @@
+"""End-to-end extraction into real Zarr and HDF5 stores: determinism, resume, kill -9, corrupt images, refusals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mito.cache import StoreError, open_store
+from mito.extract import ExtractConfig, ExtractError, extract
+
+FAST = dict(task="mitosis", input_size=64, chunk_rows=8, batch_size=8, num_workers=0, progress=False)
+
+
+def _cfg(src: Path, store: Path, **kw: object) -> ExtractConfig:
+    return ExtractConfig(source=str(src), store=str(store), **{**FAST, **kw})
+
+
+def test_zarr_and_hdf5_hold_the_same_embeddings_and_provenance(amibr_dir: Path, tmp_path: Path) -> None:
+    extract(_cfg(amibr_dir, tmp_path / "a.zarr", colors=["rgb", "gray"]))
+    extract(_cfg(amibr_dir, tmp_path / "a.h5", colors=["rgb", "gray"]))
+    z, h = open_store(tmp_path / "a.zarr"), open_store(tmp_path / "a.h5")
+    keys = ["efficientnet_lite0:z1:rgb", "efficientnet_lite0:z1:gray"]
+    assert z.variants == keys and h.variants == keys and z.verify() == [] and h.verify() == []
+    a, b = z.read(keys), h.read(keys)
+    assert a.shape == (48, 2560) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a[:, :1280], a[:, 1280:])  # gray differs from rgb
+    info = z.variant_info(keys[1])
+    assert info["weights_sha256"].startswith("579344248a93")
+    assert info["preprocessing"]["color"] == "gray" and info["preprocessing"]["input_size"] == 64
+    assert info["versions"]["torch"] and z.meta["tile_list_sha256"] and z.meta["created"]
+    assert z.tiles["tile_id"].tolist() == h.tiles["tile_id"].tolist()
+
+
+def test_deterministic_and_adding_a_variant_extracts_only_what_is_missing(amibr_dir: Path, tmp_path: Path) -> None:
+    s1 = extract(_cfg(amibr_dir, tmp_path / "a.zarr"))
+    again = extract(_cfg(amibr_dir, tmp_path / "a.zarr"))
+    assert again["backbones"]["efficientnet_lite0"]["rows"] == 0
+    before = open_store(tmp_path / "a.zarr").read(["efficientnet_lite0:z1:rgb"])
+    more = extract(_cfg(amibr_dir, tmp_path / "a.zarr", zooms=[1.0, 2.0]))
+    assert s1["backbones"]["efficientnet_lite0"]["rows"] == 48
+    assert more["backbones"]["efficientnet_lite0"]["variants"] == ["efficientnet_lite0:z1:rgb", "efficientnet_lite0:z2:rgb"]
+    s = open_store(tmp_path / "a.zarr")
+    np.testing.assert_array_equal(s.read(["efficientnet_lite0:z1:rgb"]), before)
+    extract(_cfg(amibr_dir, tmp_path / "b.zarr", zooms=[2.0]))
+    np.testing.assert_allclose(
+        open_store(tmp_path / "b.zarr").read(["efficientnet_lite0:z2:rgb"]), s.read(["efficientnet_lite0:z2:rgb"]), atol=2e-3
+    )
+
+
+def test_refuses_other_tiles_or_other_preprocessing(amibr_dir: Path, tmp_path: Path) -> None:
+    extract(_cfg(amibr_dir, tmp_path / "a.zarr", limit=16))
+    with pytest.raises(StoreError, match="different tile list"):
+        extract(_cfg(amibr_dir, tmp_path / "a.zarr", limit=24))
+    with pytest.raises(StoreError, match="made differently.*preprocessing"):
+        extract(_cfg(amibr_dir, tmp_path / "a.zarr", limit=16, fit="pad"))
+    with pytest.raises(ExtractError, match="fixed crops"):
+        extract(_cfg(amibr_dir, tmp_path / "c.zarr", zooms=[0.5, 1.0]))
+    assert not (tmp_path / "c.zarr").exists()
+    assert open_store(tmp_path / "a.zarr").verify() == []
+
+
+def test_corrupt_images_are_skipped_listed_and_never_stop_the_run(amibr_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(amibr_dir, src)
+    (src / "Normal" / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    victim = sorted((src / "Atypical").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:300])
+    summary = extract(_cfg(src, tmp_path / "a.zarr"))
+    assert sorted(summary["unreadable"]) == sorted([f"Atypical/{victim.name}", "Normal/zz_broken.jpg"])
+    s = open_store(tmp_path / "a.zarr")
+    x = s.read(["efficientnet_lite0:z1:rgb"])
+    bad = s.unreadable
+    assert bad.sum() == 2 and np.isnan(x[bad]).all() and np.isfinite(x[~bad]).all()
+    assert s.verify() == [] and s.meta["unreadable_tiles"] == summary["unreadable"]
+
+
+def _done(store: Path) -> int:
+    try:
+        s = open_store(store)
+        return int(s.done_chunks(s.variants[0]).sum()) if s.variants else 0
+    except (StoreError, IndexError, KeyError, FileNotFoundError, ValueError):
+        return 0
+
+
+def test_resume_after_kill_9_matches_an_uninterrupted_run(amibr_dir: Path, tmp_path: Path) -> None:
+    killed = tmp_path / "killed.zarr"
+    args = [sys.executable, "-m", "mito", "extract", str(amibr_dir), "--store", str(killed), "--task", "mitosis",
+            "--input-size", "128", "--chunk-rows", "4", "--batch-size", "4", "--workers", "0", "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while _done(killed) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = _done(killed)
+    assert 3 <= n_before < 12, "the run should have been killed part-way"
+    s = open_store(killed)
+    assert any("not written" in p for p in s.verify())
+    resumed = extract(_cfg(amibr_dir, killed, input_size=128, chunk_rows=4, batch_size=4))
+    assert resumed["backbones"]["efficientnet_lite0"]["skipped_chunks"] >= n_before
+    extract(_cfg(amibr_dir, tmp_path / "full.zarr", input_size=128, chunk_rows=4, batch_size=4))
+    a = open_store(killed).read(["efficientnet_lite0:z1:rgb"])
+    b = open_store(tmp_path / "full.zarr").read(["efficientnet_lite0:z1:rgb"])
+    assert open_store(killed).verify() == []
+    for i in range(len(a)):  # row by row, to float16 rounding
+        np.testing.assert_allclose(a[i], b[i], rtol=2e-3, atol=2e-3, err_msg=f"row {i}")

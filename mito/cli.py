@@ -183,8 +183,9 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
         print(json.dumps([{**spec_summary(s), "available": available(s)} for s in specs], indent=2))
         return
     t = Table(title="mito backbones (random_<name> = random-init control)")
-    for col in ("name", "arch", "dim", "input", "pooling", "weights", "available"):
-        t.add_column(col)
+    t.add_column("name", no_wrap=True)
+    for col in ("arch", "dim", "input", "pooling", "weights", "available"):
+        t.add_column(col, overflow="fold")
     for s in specs:
         ws = s.weights
         src = f"pip {ws.package}" if ws.package else f"{ws.hf_id}{' (gated)' if ws.gated else ''}: {ws.files[0]}"
@@ -366,6 +367,168 @@ def predict_cmd(
 
 # ==================================================================== bench: bench / lora / umap / report
 # (bench section)
+
+
+def _bench_floats(value: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in split_list(value)]
+    except ValueError:
+        raise UserError(f"{what} must be numbers separated by commas, got {value!r}") from None
+
+
+def _bench_params(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """--param HEAD.KEY=VALUE (VALUE parsed as JSON when it can be) -> {head: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in pairs:
+        key, sep, raw = p.partition("=")
+        head, dot, name = key.strip().partition(".")
+        if not sep or not dot or not head or not name:
+            raise UserError(f"--param takes HEAD.KEY=VALUE (e.g. mlp.hidden=512), got {p!r}")
+        try:
+            out.setdefault(head, {})[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            out.setdefault(head, {})[name] = raw
+    return out
+
+
+@app.command("bench")
+@friendly
+def bench_cmd(
+    store: str = typer.Option(..., "--store", "-s", help="Embedding store made by mito extract."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for leaderboard.csv/.json, predictions, PNGs and report.html."),
+    task: Optional[str] = typer.Option(None, help="Task to rank: a proxy task (mitosis, phase, atypia, dataset) or a label column (default: the store's first task)."),
+    proxy: Optional[str] = typer.Option(None, help="'all' or comma-separated tasks: one leaderboard over several proxy tasks (overrides --task)."),
+    features: Optional[str] = typer.Option(None, help="Comma-separated feature sets: all (default), a backbone name (all its sets), or variant keys joined by '+'."),
+    heads: Optional[str] = typer.Option(None, help="Comma-separated heads (default: every head)."),
+    noise: Optional[str] = typer.Option(None, help="Comma-separated feature-noise levels, one row each (default: each head's default)."),
+    param: list[str] = typer.Option([], "--param", help="Head option HEAD.KEY=VALUE, e.g. mlp.hidden=512 (repeatable)."),
+    folds: int = typer.Option(5, help="Number of folds."),
+    cv: str = typer.Option("auto", help="auto (the split column when the task has one, else kfold), kfold (stratified group k-fold by slide) or split."),
+    seed: int = typer.Option(0, help="Seed of the folds and bootstrap."),
+    jobs: int = typer.Option(0, help="Parallel worker processes (0 = every core)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the 95% CI (0 = none)."),
+    standardize: bool = typer.Option(False, "--standardize/--no-standardize", help="Scale each feature on the training rows first."),
+    pca: Optional[int] = typer.Option(None, help="Reduce the features to N principal components first."),
+    include: list[str] = typer.Option([], "--with", help="Another leaderboard folder to merge in, e.g. a mito lora --out (its folds must match; repeatable)."),
+    umap: bool = typer.Option(True, "--umap/--no-umap", help="UMAP of the best feature set, coloured by each task."),
+    top: int = typer.Option(20, help="Rows per task to print."),
+) -> None:
+    """Rank every feature set x head of a store on slide-grouped folds; write the leaderboard and report.html."""
+    from mito.bench import BenchConfig, available_tasks, build_report, leaderboard_table, run_bench, save_leaderboard
+    from mito.bench.umap import umap_plots
+    from mito.cache import open_store
+
+    with open_store(store) as s:
+        tiles, store_tasks = s.tiles, s.tasks
+    if proxy:
+        tasks = available_tasks(tiles, store_tasks) if proxy.strip() == "all" else split_list(proxy)
+    else:
+        tasks = [task or (store_tasks[0] if store_tasks else "mitosis")]
+    cfg = BenchConfig(
+        store=store,
+        tasks=tasks,
+        features=split_list(features) or None,
+        heads=split_list(heads) or None,
+        noise=_bench_floats(noise, "--noise") if noise else None,
+        head_params=_bench_params(param),
+        n_folds=folds,
+        cv=cv,
+        seed=seed,
+        n_jobs=jobs,
+        n_boot=n_boot,
+        standardize=standardize,
+        pca=pca,
+        include=include,
+    )
+    lb = run_bench(cfg)
+    save_leaderboard(lb, out)
+    if umap:
+        best = lb.rows[lb.rows["kind"] == "head"].sort_values("rank")
+        if len(best):
+            keys = list(best.iloc[0]["keys"])
+            err_console.print(f"UMAP of {' + '.join(keys)} ...")
+            umap_plots(store, keys, tasks, [out / f"umap_{t}.png" for t in tasks])
+    report = build_report(out)
+    console.print(leaderboard_table(lb.rows, top=top))
+    console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {report}")
+
+
+@app.command("lora")
+@friendly
+def lora_cmd(
+    source: str = typer.Argument(..., help="The tiles: an ImageFolder folder or CSV manifest (the same one the store was extracted from)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints (resumable), fold models, leaderboard files."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone to fine-tune."),
+    task: str = typer.Option("mitosis", help="Task: a proxy task or label column, as in mito bench."),
+    mode: str = typer.Option("lora", help="lora (peft adapters + linear classifier), linear-probe (frozen backbone) or full (end-to-end)."),
+    weights: Optional[str] = typer.Option(None, help="Backbone weight file or folder (default: resolved as mito extract does)."),
+    label_name: Optional[str] = typer.Option(None, help="Name the folder labels got at extraction (mito extract --task; default: mitosis for proxy tasks, else the task)."),
+    rank: int = typer.Option(8, help="LoRA rank."),
+    alpha: int = typer.Option(16, help="LoRA alpha."),
+    dropout: float = typer.Option(0.3, help="LoRA dropout."),
+    targets: Optional[str] = typer.Option(None, help="Comma-separated layer names (suffixes) to adapt (default: attention+MLP for ViTs, non-grouped convs for CNNs)."),
+    lr: float = typer.Option(1e-4, help="Adam learning rate."),
+    weight_decay: float = typer.Option(1e-5, help="Adam weight decay."),
+    batch_size: int = typer.Option(32, help="Batch size."),
+    epochs: int = typer.Option(100, help="Maximum epochs per fold."),
+    patience: int = typer.Option(15, help="Epochs without validation gain before stopping."),
+    epoch_samples: Optional[int] = typer.Option(None, help="Tiles drawn (class-balanced, with replacement) per epoch (default: the training-set size)."),
+    val_samples: Optional[int] = typer.Option(None, help="Score early stopping on at most this many validation tiles (a fixed subset)."),
+    input_size: Optional[int] = typer.Option(None, help="Input pixels (default: the crops' native size)."),
+    folds: int = typer.Option(5, help="Number of folds (as in mito bench, so the rows join its leaderboard)."),
+    run_folds: Optional[int] = typer.Option(None, help="Train only the first N folds (a budget)."),
+    cv: str = typer.Option("auto", help="auto, kfold or split, as in mito bench."),
+    seed: int = typer.Option(0, help="Seed of folds, sampling and initialisation."),
+    max_minutes: Optional[float] = typer.Option(None, help="Training-time cap per fold (a budget; the best epoch so far is kept)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, 90-degree rotations and mild colour jitter."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    workers: Optional[int] = typer.Option(None, help="Image-decoding workers (default: 0 on CPU, up to 8 on GPU)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the 95% CI."),
+) -> None:
+    """Fine-tune a backbone (LoRA, linear probe or full) on the leaderboard's folds; re-running resumes."""
+    from mito.bench import FinetuneConfig, leaderboard_table, run_finetune
+
+    cfg = FinetuneConfig(
+        source=source, out=str(out), backbone=backbone, task=task, mode=mode, weights=weights, label_name=label_name,
+        rank=rank, alpha=alpha, dropout=dropout, targets=split_list(targets) or None, lr=lr, weight_decay=weight_decay,
+        batch_size=batch_size, max_epochs=epochs, patience=patience, epoch_samples=epoch_samples, val_samples=val_samples,
+        input_size=input_size, n_folds=folds, folds=run_folds, cv=cv, seed=seed, max_minutes=max_minutes, augment=augment,
+        device=device, num_workers=workers, n_boot=n_boot,
+    )
+    lb = run_finetune(cfg)
+    console.print(leaderboard_table(lb.rows))
+    r = lb.rows.iloc[0]
+    console.print(f"budget: {r['budget']}")
+    console.print(f"models: {', '.join(r['models'])} (use with mito predict --model)")
+    console.print(f"join the heads' leaderboard: mito bench --store STORE --task {task} --with {out} --out REPORT_DIR")
+
+
+@app.command("umap")
+@friendly
+def umap_cmd(
+    store: str = typer.Option(..., "--store", "-s", help="Embedding store."),
+    features: str = typer.Option(..., help="Variant keys to concatenate, comma-separated, e.g. efficientnet_lite0:z1:rgb."),
+    color_by: str = typer.Option(..., "--color-by", help="A label column or proxy task to colour the points by."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    neighbors: int = typer.Option(15, help="UMAP n_neighbors."),
+    min_dist: float = typer.Option(0.1, help="UMAP min_dist."),
+    max_points: int = typer.Option(20000, help="Subsample to at most this many tiles."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """2-D UMAP of a feature set, coloured by a label column; saved as PNG."""
+    from mito.bench import umap_plot
+
+    path = umap_plot(store, split_list(features), color_by, out, n_neighbors=neighbors, min_dist=min_dist, max_points=max_points, seed=seed)
+    console.print(f"wrote {path}")
+
+
+@app.command("report")
+@friendly
+def report_cmd(folder: Path = typer.Argument(..., help="A folder written by mito bench or mito lora.")) -> None:
+    """(Re)build report.html (self-contained) and its PNGs from a leaderboard folder."""
+    from mito.bench import build_report
+
+    console.print(f"wrote {build_report(folder)}")
 
 
 def main() -> None:

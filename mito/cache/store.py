@@ -120,7 +120,7 @@ class _ZarrBackend:
         try:
             self.root = zarr.open_group(path, mode=mode, zarr_format=3, **opts)
         except Exception as e:  # zarr raises several types for a missing or foreign folder
-            raise StoreError(f"cannot open Zarr store {path}: {e}") from None
+            raise StoreError(f"{path} is not a mito store (not a readable Zarr v3 group: {type(e).__name__})") from None
 
     def get_attrs(self) -> dict[str, Any]:
         return dict(self.root.attrs.get("mito", {}))

@@ -38,14 +38,19 @@ class _Net(nn.Module):
         self.rest = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)) if hidden else nn.Identity()
 
     def forward(self, x: torch.Tensor, noise_var: torch.Tensor | None = None, gen: torch.Generator | None = None) -> torch.Tensor:
+        if noise_var is None:
+            return self.rest(self.first(x))
+        noise = None
+        if x.shape[1] > self.first.out_features:  # cheaper to draw in the (narrower) output space
+            noise = first_layer_noise(self.first.weight, noise_var, x.shape[0], gen)
+        if noise is None:
+            return self.rest(self.first(x + torch.randn(x.shape, generator=gen) * noise_var.sqrt()))
         h = self.first(x)
-        if noise_var is not None:
-            h = h + first_layer_noise(self.first.weight, noise_var, x.shape[0], gen).to(h.dtype)
-        return self.rest(h)
+        return self.rest(h + noise.to(h.dtype))
 
 
-def first_layer_noise(weight: torch.Tensor, noise_var: torch.Tensor, n: int, gen: torch.Generator | None) -> torch.Tensor:
-    """W @ e for n fresh draws e ~ N(0, diag(noise_var)), sampled in the layer's output space.
+def first_layer_noise(weight: torch.Tensor, noise_var: torch.Tensor, n: int, gen: torch.Generator | None) -> torch.Tensor | None:
+    """W @ e for n fresh draws e ~ N(0, diag(noise_var)), sampled in the layer's output space (None if W is degenerate).
 
     W e is Gaussian with covariance W diag(var) W^T, so drawing z ~ N(0, I_h) and returning L z (L its Cholesky
     factor) has exactly the distribution of adding the noise to the embeddings, with h instead of d random
@@ -53,10 +58,13 @@ def first_layer_noise(weight: torch.Tensor, noise_var: torch.Tensor, n: int, gen
     """
     w = weight.float()
     cov = ((w * noise_var) @ w.T).double()
-    jitter = 1e-6 * cov.diagonal().mean().clamp_min(1e-12)
-    chol = torch.linalg.cholesky(cov + jitter * torch.eye(cov.shape[0], dtype=cov.dtype)).float()
-    z = torch.randn(n, cov.shape[0], generator=gen)
-    return z @ chol.T
+    eye = torch.eye(cov.shape[0], dtype=cov.dtype)
+    scale = cov.diagonal().mean().clamp_min(1e-12)
+    for jitter in (1e-6, 1e-4):  # float32 rounding in cov can make it slightly indefinite
+        chol, info = torch.linalg.cholesky_ex(cov + jitter * scale * eye)
+        if int(info) == 0:
+            return torch.randn(n, cov.shape[0], generator=gen) @ chol.float().T
+    return None
 
 
 def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, weight: torch.Tensor | None) -> torch.Tensor:

@@ -113,3 +113,26 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(amibr_dir: Path, tmp_p
     assert open_store(killed).verify() == []
     for i in range(len(a)):  # row by row, to float16 rounding
         np.testing.assert_allclose(a[i], b[i], rtol=2e-3, atol=2e-3, err_msg=f"row {i}")
+
+
+def test_slide_with_points_at_three_zooms(tmp_path: Path) -> None:
+    import pandas as pd
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (768, 768, 3), dtype=np.uint8)
+    slide = tmp_path / "slide.tif"
+    with tifffile.TiffWriter(slide) as tw:
+        tw.write(img, tile=(256, 256), subifds=1, photometric="rgb")
+        tw.write(img[::2, ::2], tile=(256, 256), subfiletype=1, photometric="rgb")
+    pts = tmp_path / "pts.csv"
+    pd.DataFrame({"x": [100, 400, 700], "y": [300, 384, 50], "label": ["a", "b", "a"], "scanner": "S1"}).to_csv(pts, index=False)
+    cfg = ExtractConfig(source=str(slide), points=str(pts), store=str(tmp_path / "s.zarr"), zooms=[0.5, 1, 2], tile_size=64,
+                        input_size=64, chunk_rows=2, batch_size=2, num_workers=0, progress=False, task="kind")
+    extract(cfg)
+    s = open_store(tmp_path / "s.zarr")
+    assert s.variants == [f"efficientnet_lite0:z{z}:rgb" for z in ("0.5", "1", "2")]
+    assert s.tiles["kind"].tolist() == ["a", "b", "a"] and set(s.tiles["scanner"]) == {"S1"}
+    x = s.read(s.variants)
+    assert x.shape == (3, 3 * 1280) and np.isfinite(x).all() and s.verify() == []
+    assert not np.allclose(x[:, :1280], x[:, 1280:2560], atol=1e-2)  # more context is a different input

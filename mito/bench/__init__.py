@@ -1,5 +1,67 @@
-"""Metrics, cross-validation, leaderboards, LoRA runs, UMAP and reports."""
+"""Metrics, cross-validation, leaderboards, LoRA runs, UMAP and reports.
 
-from mito.bench.metrics import METRIC_NAMES, classification_metrics
+Torch, peft, umap and matplotlib load only when their functions are first used.
+"""
 
-__all__ = ["METRIC_NAMES", "classification_metrics"]
+from __future__ import annotations
+
+from typing import Any
+
+from mito.bench.cv import CVPlan, Fold, make_folds
+from mito.bench.errors import BenchError
+from mito.bench.leaderboard import (
+    BenchConfig,
+    FeatureSet,
+    Leaderboard,
+    all_feature_sets,
+    leaderboard_table,
+    load_leaderboard,
+    merge_leaderboards,
+    run_bench,
+    save_leaderboard,
+)
+from mito.bench.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
+from mito.bench.tasks import PROXY_TASKS, TaskSpec, available_tasks, resolve_task
+
+_LAZY = {
+    "FinetuneConfig": "mito.bench.finetune",
+    "run_finetune": "mito.bench.finetune",
+    "load_finetuned": "mito.bench.finetune",
+    "is_finetuned": "mito.bench.finetune",
+    "umap_plot": "mito.bench.umap",
+    "build_report": "mito.bench.report",
+    "quick_bench": "mito.bench.report",
+}
+
+__all__ = [
+    "METRIC_NAMES",
+    "PROXY_TASKS",
+    "BenchConfig",
+    "BenchError",
+    "CVPlan",
+    "FeatureSet",
+    "Fold",
+    "Leaderboard",
+    "TaskSpec",
+    "all_feature_sets",
+    "available_tasks",
+    "bootstrap_ci",
+    "classification_metrics",
+    "fold_summary",
+    "leaderboard_table",
+    "load_leaderboard",
+    "make_folds",
+    "merge_leaderboards",
+    "resolve_task",
+    "run_bench",
+    "save_leaderboard",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mito.bench' has no attribute {name!r}")

@@ -46,8 +46,131 @@ def classification_metrics(y_true: Sequence[Any], proba: np.ndarray, classes: Se
         out["pr_auc"] = float(skm.average_precision_score(yi, proba[:, 1]))
     else:
         onehot = np.eye(len(classes))[yi][:, present]
-        p = proba[:, present]
-        p = p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+        p = _present_proba(proba, present)
         out["auroc"] = float(skm.roc_auc_score(onehot, p, average="macro", multi_class="ovr"))
         out["pr_auc"] = float(skm.average_precision_score(onehot, p, average="macro"))
     return out
+
+
+def _present_proba(proba: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Columns of the classes present in y_true, renormalised only when some are absent (rescaling breaks ties)."""
+    if present.size == proba.shape[1]:
+        return proba
+    p = proba[:, present]
+    return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+
+
+def metric_score(name: str, yi: np.ndarray, proba: np.ndarray) -> float:
+    """One metric of :data:`METRIC_NAMES` from class indices ``yi`` and probabilities (columns = classes)."""
+    if name not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {name!r}; use one of {', '.join(METRIC_NAMES)}")
+    k = proba.shape[1]
+    if name in ("auroc", "pr_auc"):
+        present = np.unique(yi)
+        if present.size < 2:
+            return float("nan")
+        if k == 2:
+            fn = skm.roc_auc_score if name == "auroc" else skm.average_precision_score
+            return float(fn(yi, proba[:, 1]))
+        onehot = np.eye(k)[yi][:, present]
+        p = _present_proba(proba, present)
+        if name == "auroc":
+            return float(skm.roc_auc_score(onehot, p, average="macro", multi_class="ovr"))
+        return float(skm.average_precision_score(onehot, p, average="macro"))
+    pred = proba.argmax(axis=1)
+    if name == "balanced_accuracy":
+        return float(skm.balanced_accuracy_score(yi, pred))
+    if name == "kappa":
+        return float(skm.cohen_kappa_score(yi, pred, labels=list(range(k))))
+    return float(skm.f1_score(yi, pred, average="weighted", labels=list(range(k)), zero_division=0))
+
+
+def fold_summary(per_fold: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean and standard deviation (numpy's, ddof=0; NaN for a single fold) over folds of every metric in :data:`METRIC_NAMES`."""
+    out: dict[str, float] = {}
+    for name in METRIC_NAMES:
+        vals = np.array([m.get(name, np.nan) for m in per_fold], dtype=np.float64)
+        ok = vals[~np.isnan(vals)]
+        out[name] = float(ok.mean()) if ok.size else float("nan")
+        out[f"{name}_std"] = float(ok.std()) if ok.size > 1 else float("nan")
+    return out
+
+
+def confusion_metric(name: str, cm: np.ndarray) -> np.ndarray:
+    """Balanced accuracy, kappa or weighted F1 of a stack of confusion matrices (..., K, K; rows = truth).
+
+    The same formulas as scikit-learn's scorers (tested against them); used to score thousands of
+    bootstrap replicates at once.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    support = cm.sum(axis=-1)
+    predicted = cm.sum(axis=-2)
+    diag = np.diagonal(cm, axis1=-2, axis2=-1)
+    total = support.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if name == "balanced_accuracy":
+            recall = np.where(support > 0, diag / support, np.nan)
+            return np.nanmean(recall, axis=-1)
+        if name == "kappa":
+            po = diag.sum(axis=-1) / total
+            pe = (support * predicted).sum(axis=-1) / total**2
+            return np.where(pe < 1, (po - pe) / (1 - pe), np.nan)
+        if name == "weighted_f1":
+            denom = support + predicted
+            f1 = np.where(denom > 0, 2 * diag / denom, 0.0)
+            return (f1 * support).sum(axis=-1) / total
+    raise ValueError(f"{name!r} is not a confusion-matrix metric")
+
+
+def bootstrap_ci(
+    y_true: Sequence[Any],
+    proba: np.ndarray,
+    classes: Sequence[Any],
+    metric: str = "balanced_accuracy",
+    fold: np.ndarray | None = None,
+    tile: np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean-over-folds ``metric``, resampling tiles with replacement.
+
+    Each prediction row belongs to a ``fold`` and a ``tile``; a tile scored by several folds (a shared test
+    split) is drawn once per replicate and counts in every fold that scored it. Without ``fold``/``tile``
+    every row is its own tile in a single fold.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    yi = np.array([index[v] for v in np.asarray(y_true)], dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    n, k = len(yi), len(index)
+    fold = np.zeros(n, np.int64) if fold is None else np.asarray(fold)
+    tile = np.arange(n) if tile is None else np.asarray(tile)
+    tiles, tpos = np.unique(tile, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, tiles.size, (n_boot, tiles.size))
+    counts = np.zeros((n_boot, tiles.size), np.int32)  # how often each tile is drawn in each replicate
+    np.add.at(counts, (np.repeat(np.arange(n_boot), tiles.size), draws.ravel()), 1)
+    per_fold = []
+    for f in np.unique(fold):
+        sel = np.flatnonzero(fold == f)
+        w = counts[:, tpos[sel]]
+        if metric in ("balanced_accuracy", "kappa", "weighted_f1"):
+            cell = yi[sel] * k + proba[sel].argmax(axis=1)
+            cm = np.zeros((n_boot, k * k))
+            for c in np.unique(cell):
+                cm[:, c] = w[:, cell == c].sum(axis=1)
+            per_fold.append(confusion_metric(metric, cm.reshape(n_boot, k, k)))
+        else:
+            vals = np.empty(n_boot)
+            for b in range(n_boot):
+                rows = np.repeat(sel, w[b])
+                vals[b] = metric_score(metric, yi[rows], proba[rows]) if rows.size else np.nan
+            per_fold.append(vals)
+    with np.errstate(invalid="ignore"):
+        stats = np.nanmean(np.vstack(per_fold), axis=0) if per_fold else np.array([np.nan])
+    stats = stats[~np.isnan(stats)]
+    if stats.size == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(stats, [tail, 100 - tail])
+    return float(lo), float(hi)

@@ -1,0 +1,127 @@
+"""Cross-validation folds grouped by slide: the same folds for every row of a leaderboard."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from mito.bench.errors import BenchError
+
+CV_MODES = ("auto", "kfold", "split")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Row indices (into the tile table) to train on, to early-stop on, and to score."""
+
+    index: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+@dataclass(frozen=True)
+class CVPlan:
+    """All folds of one task, how they were made, and a fingerprint that changes when any assignment does."""
+
+    mode: str
+    folds: list[Fold]
+    fingerprint: str
+    description: str
+
+
+def has_split(tiles: pd.DataFrame, y: pd.Series) -> bool:
+    """True when labelled tiles exist on both sides of a train/test ``split`` column."""
+    if "split" not in tiles:
+        return False
+    side = tiles["split"].astype(str)
+    return all(y[y.notna() & (side == s)].nunique() >= 2 for s in ("train", "test"))
+
+
+def _group_folds(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
+    """Split ``rows`` into ``n`` parts, stratified by label, never splitting a group."""
+    n_groups = len(np.unique(groups))
+    if n_groups < n:
+        raise BenchError(f"{n} folds need at least {n} slides/groups, the labelled tiles have {n_groups}")
+    sgkf = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
+    return [rows[te] for _, te in sgkf.split(rows, y, groups)]
+
+
+def _carve_val(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Set about ``fraction`` of ``rows`` aside (whole groups) for early stopping; returns (train, val)."""
+    n = min(max(2, round(1 / fraction)), len(np.unique(groups)))
+    if n < 2:
+        return rows, rows[:0]
+    sgkf = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
+    tr, va = next(iter(sgkf.split(rows, y, groups)))
+    return rows[tr], rows[va]
+
+
+def make_folds(
+    tiles: pd.DataFrame,
+    y: pd.Series,
+    n_folds: int = 5,
+    cv: str = "auto",
+    seed: int = 0,
+    exclude: np.ndarray | None = None,
+    val_fraction: float = 0.15,
+) -> CVPlan:
+    """Stratified group k-fold by slide, or (``split``) k models trained on the train split and scored on its test split.
+
+    ``y`` is aligned with ``tiles`` (None = unlabelled); ``exclude`` masks rows to drop (e.g. unreadable tiles).
+    In ``kfold`` mode each fold tests on one part and early-stops on a slice of whole slides of the rest; in
+    ``split`` mode fold k early-stops on part k of the train split, trains on the others and tests on the test split.
+    """
+    if cv not in CV_MODES:
+        raise BenchError(f"cv must be one of {', '.join(CV_MODES)}, not {cv!r}")
+    if n_folds < 2:
+        raise BenchError("need at least 2 folds")
+    if "group" not in tiles:
+        raise BenchError("the tile table has no group column to keep slides together")
+    labelled = y.notna().to_numpy().copy()
+    if exclude is not None:
+        labelled = labelled & ~np.asarray(exclude, bool)
+    split_ok = has_split(tiles, y.where(labelled, None))
+    if cv == "split" and not split_ok:
+        raise BenchError("cv=split needs labelled tiles in both split=train and split=test")
+    mode = "split" if (cv == "split" or (cv == "auto" and split_ok)) else "kfold"
+    groups = tiles["group"].astype(str).to_numpy()
+    labels = y.astype(object).to_numpy()
+    folds: list[Fold] = []
+    if mode == "split":
+        side = tiles["split"].astype(str).to_numpy()
+        train_rows = np.flatnonzero(labelled & (side == "train"))
+        test_rows = np.flatnonzero(labelled & (side == "test"))
+        parts = _group_folds(train_rows, labels[train_rows].astype(str), groups[train_rows], n_folds, seed)
+        for k, val in enumerate(parts):
+            train = np.setdiff1d(train_rows, val)
+            folds.append(Fold(k, train, np.sort(val), test_rows))
+        desc = f"{n_folds} models, each trained on the train split minus one slide-grouped part (its early-stopping set), all scored on the test split"
+    else:
+        rows = np.flatnonzero(labelled)
+        parts = _group_folds(rows, labels[rows].astype(str), groups[rows], n_folds, seed)
+        for k, test in enumerate(parts):
+            rest = np.setdiff1d(rows, test)
+            train, val = _carve_val(rest, labels[rest].astype(str), groups[rest], val_fraction, seed + 1 + k)
+            folds.append(Fold(k, np.sort(train), np.sort(val), np.sort(test)))
+        desc = f"stratified group {n_folds}-fold by slide; {val_fraction:.0%} of each training part (whole slides) held out for early stopping"
+    return CVPlan(mode, folds, fold_fingerprint(tiles, folds), desc)
+
+
+def fold_fingerprint(tiles: pd.DataFrame, folds: list[Fold]) -> str:
+    """sha256 over (tile id, role in every fold): equal fingerprints mean identical folds."""
+    roles = np.full((len(folds), len(tiles)), "-", dtype="<U1")
+    for f in folds:
+        roles[f.index, f.train] = "t"
+        roles[f.index, f.val] = "v"
+        roles[f.index, f.test] = "e"
+    ids = tiles["tile_id"].astype(str).to_numpy()
+    order = np.argsort(ids, kind="stable")
+    h = hashlib.sha256()
+    for i in order:
+        h.update(f"{ids[i]}\t{''.join(roles[:, i])}\n".encode())
+    return h.hexdigest()

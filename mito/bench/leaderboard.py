@@ -1,0 +1,517 @@
+"""Leaderboards: every feature set x head in a store, scored on the same slide-grouped folds, ranked per task."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mito.bench.cv import CVPlan, Fold, make_folds
+from mito.bench.errors import BenchError
+from mito.bench.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
+from mito.bench.tasks import TaskSpec, resolve_task, task_labels
+
+RANDOM_PREFIX = "random_"
+COLUMNS = [
+    "rank",
+    "task",
+    "backbone",
+    "features",
+    "head",
+    "noise",
+    "kind",
+    *[c for m in METRIC_NAMES for c in (m, f"{m}_std")],
+    "main_metric",
+    "ci_low",
+    "ci_high",
+    "train_seconds",
+    "predict_seconds",
+    "n_train",
+    "n_val",
+    "n_test",
+    "n_folds",
+    "cv",
+    "budget",
+    "params",
+    "row_id",
+]
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Store variants read side by side as one feature matrix."""
+
+    backbone: str
+    name: str
+    keys: tuple[str, ...]
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark: tasks, feature sets (None = all), heads (None = all), noise levels, folds."""
+
+    store: str
+    tasks: list[str] = field(default_factory=lambda: ["mitosis"])
+    features: list[str] | None = None
+    heads: list[str] | None = None
+    noise: list[float] | None = None
+    head_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    n_folds: int = 5
+    cv: str = "auto"
+    seed: int = 0
+    n_jobs: int = 0
+    n_boot: int = 1000
+    standardize: bool = False
+    pca: int | None = None
+    include: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Leaderboard:
+    """Ranked rows, each row's test-set predictions per fold, and how the run was made."""
+
+    rows: pd.DataFrame
+    predictions: dict[str, dict[str, np.ndarray]]
+    meta: dict[str, Any]
+
+
+# ------------------------------------------------------------------ feature sets
+def _split_key(key: str) -> tuple[str, str, str]:
+    bb, zoom, color = key.split(":")
+    return bb, zoom, color
+
+
+def describe_keys(keys: Sequence[str]) -> tuple[str, str]:
+    """(backbone, features) labels for a list of variant keys, e.g. ``("efficientnet_lite0", "z1+z2:rgb+gray")``."""
+    parts = [_split_key(k) for k in keys]
+    bbs = list(dict.fromkeys(p[0] for p in parts))
+    zooms = list(dict.fromkeys(p[1] for p in parts))
+    colors = list(dict.fromkeys(p[2] for p in parts))
+    full_product = len(parts) == len(bbs) * len(zooms) * len(colors) and len(set(parts)) == len(parts)
+    if full_product:
+        return "+".join(bbs), f"{'+'.join(zooms)}:{'+'.join(colors)}"
+    return "+".join(bbs), "+".join(f"{p[0]}:{p[1]}:{p[2]}" if len(bbs) > 1 else f"{p[1]}:{p[2]}" for p in parts)
+
+
+def _fs(keys: Sequence[str]) -> FeatureSet:
+    bb, name = describe_keys(keys)
+    return FeatureSet(bb, name, tuple(keys))
+
+
+def all_feature_sets(variants: Sequence[str]) -> list[FeatureSet]:
+    """Every variant alone, RGB+gray per zoom, multi-zoom per colour, everything per backbone, and the backbones concatenated."""
+    by_bb: dict[str, list[tuple[str, str, str]]] = {}
+    for k in variants:
+        bb, z, c = _split_key(k)
+        by_bb.setdefault(bb, []).append((bb, z, c))
+    out: list[FeatureSet] = []
+    for bb, parts in by_bb.items():
+        zooms = list(dict.fromkeys(p[1] for p in parts))
+        colors = list(dict.fromkeys(p[2] for p in parts))
+        have = {(p[1], p[2]) for p in parts}
+        key = lambda z, c: f"{bb}:{z}:{c}"  # noqa: E731
+        out += [_fs([key(z, c)]) for z, c in ((p[1], p[2]) for p in parts)]
+        if len(colors) > 1:
+            out += [_fs([key(z, c) for c in colors]) for z in zooms if all((z, c) in have for c in colors)]
+        if len(zooms) > 1:
+            out += [_fs([key(z, c) for z in zooms]) for c in colors if all((z, c) in have for z in zooms)]
+        if len(zooms) > 1 and len(colors) > 1 and len(have) == len(zooms) * len(colors):
+            out.append(_fs([key(z, c) for z in zooms for c in colors]))
+    trained = [bb for bb in by_bb if not bb.startswith(RANDOM_PREFIX)]
+    if len(trained) > 1:
+        common = [zc for zc in ((p[1], p[2]) for p in by_bb[trained[0]]) if all(zc in {(p[1], p[2]) for p in by_bb[b]} for b in trained)]
+        if common:
+            z, c = ("z1", "rgb") if ("z1", "rgb") in common else common[0]
+            out.append(_fs([f"{bb}:{z}:{c}" for bb in trained]))
+    return out
+
+
+def parse_feature_sets(specs: Sequence[str] | None, variants: Sequence[str]) -> list[FeatureSet]:
+    """User feature sets: ``all``, a backbone name (all its sets), or variant keys joined by ``+``."""
+    if not specs or list(specs) == ["all"]:
+        return all_feature_sets(variants)
+    out: list[FeatureSet] = []
+    for spec in specs:
+        if ":" not in spec:
+            sets = [fs for fs in all_feature_sets([v for v in variants if v.startswith(spec + ":")])]
+            if not sets:
+                raise BenchError(f"no features of backbone {spec!r} in the store (it has: {', '.join(variants)})")
+            out += sets
+            continue
+        keys = [k.strip() for k in spec.split("+") if k.strip()]
+        missing = [k for k in keys if k not in variants]
+        if missing:
+            raise BenchError(f"feature {missing[0]!r} is not in the store (it has: {', '.join(variants)})")
+        out.append(_fs(keys))
+    return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------ fitting (runs in worker processes)
+_X_CACHE: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+
+
+def _features(store_path: str, keys: tuple[str, ...]) -> np.ndarray:
+    from mito.cache import open_store
+
+    ck = (store_path, keys)
+    if ck not in _X_CACHE:
+        _X_CACHE.clear()  # one feature set at a time per worker: jobs arrive grouped by feature set
+        with open_store(store_path) as s:
+            _X_CACHE[ck] = s.read(list(keys))
+    return _X_CACHE[ck]
+
+
+def _fit_one(
+    store_path: str,
+    keys: tuple[str, ...],
+    head: str,
+    params: dict[str, Any],
+    fold: Fold,
+    y: np.ndarray,
+    classes: list[str],
+    standardize: bool = False,
+    pca: int | None = None,
+) -> dict[str, Any]:
+    """Fit one head on one fold (after the heads' optional standardise/PCA pipeline, fitted on the training rows).
+
+    Returns the test probabilities (columns = ``classes``) and timings.
+    """
+    from mito.heads import FeaturePipeline, make_head
+
+    X = _features(store_path, keys)
+    h = make_head(head, **params)
+    t0 = time.perf_counter()
+    pipe = FeaturePipeline(standardize=standardize, pca=pca).fit(X[fold.train])
+    Xtr = pipe.transform(X[fold.train])
+    if fold.val.size:
+        h.fit(Xtr, y[fold.train], pipe.transform(X[fold.val]), y[fold.val])
+    else:
+        h.fit(Xtr, y[fold.train])
+    t1 = time.perf_counter()
+    raw = np.asarray(h.predict_proba(pipe.transform(X[fold.test])), dtype=np.float64)
+    t2 = time.perf_counter()
+    proba = np.zeros((len(fold.test), len(classes)))
+    col = {str(c): i for i, c in enumerate(classes)}
+    for j, c in enumerate(h.classes_):
+        proba[:, col[str(c)]] = raw[:, j]
+    hp = h.get_params()
+    return {
+        "proba": proba,
+        "train_seconds": t1 - t0,
+        "predict_seconds": t2 - t1,
+        "params": {k: v for k, v in hp.items() if _jsonable(v)},
+    }
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------ rows
+def row_id(task: str, backbone: str, features: str, head: str, noise: float, extra: str = "") -> str:
+    """A short stable id for a leaderboard row (keys its predictions)."""
+    return hashlib.sha1(f"{task}|{backbone}|{features}|{head}|{noise!r}|{extra}".encode()).hexdigest()[:12]
+
+
+def score_row(
+    base: dict[str, Any],
+    spec: TaskSpec,
+    plan: CVPlan,
+    y: np.ndarray,
+    classes: list[str],
+    fold_results: Sequence[dict[str, Any]],
+    folds: Sequence[Fold],
+    n_boot: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metrics per fold -> mean/std, a bootstrap CI of the main metric, summed confusion matrix; and the predictions."""
+    per_fold = []
+    preds = {"fold": [], "row": [], "y": [], "proba": []}
+    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    index = {c: i for i, c in enumerate(classes)}
+    for f, r in zip(folds, fold_results):
+        m = classification_metrics(y[f.test], r["proba"], classes)
+        per_fold.append(m)
+        cm += np.asarray(m["confusion_matrix"], dtype=np.int64)
+        preds["fold"].append(np.full(len(f.test), f.index))
+        preds["row"].append(f.test)
+        preds["y"].append(np.array([index[v] for v in y[f.test]]))
+        preds["proba"].append(r["proba"].astype(np.float32))
+    arrays = {k: np.concatenate(v) for k, v in preds.items()}
+    lo, hi = (
+        bootstrap_ci(
+            np.asarray(classes, dtype=object)[arrays["y"]],
+            arrays["proba"],
+            classes,
+            spec.main_metric,
+            fold=arrays["fold"],
+            tile=arrays["row"],
+            n_boot=n_boot,
+            seed=seed,
+        )
+        if n_boot > 0
+        else (math.nan, math.nan)
+    )
+    row = {
+        **base,
+        **fold_summary(per_fold),
+        "main_metric": spec.main_metric,
+        "ci_low": lo,
+        "ci_high": hi,
+        "train_seconds": float(np.mean([r["train_seconds"] for r in fold_results])),
+        "predict_seconds": float(np.mean([r.get("predict_seconds", math.nan) for r in fold_results])),
+        "n_train": int(round(np.mean([len(f.train) for f in folds]))),
+        "n_val": int(round(np.mean([len(f.val) for f in folds]))),
+        "n_test": int(round(np.mean([len(f.test) for f in folds]))),
+        "n_folds": len(folds),
+        "cv": plan.mode,
+        "fold_fingerprint": plan.fingerprint,
+        "classes": list(classes),
+        "confusion_matrix": cm.tolist(),
+        "per_fold": [{k: m[k] for k in METRIC_NAMES} for m in per_fold],
+    }
+    return row, arrays
+
+
+def rank_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Sort by task, then the task's main metric (best first), and number the rows per task."""
+    if rows.empty:
+        return rows
+    rows = rows.copy()
+    rows["_score"] = [r[r["main_metric"]] for _, r in rows.iterrows()]
+    rows = rows.sort_values(["task", "_score", "auroc"], ascending=[True, False, False], na_position="last", kind="stable")
+    rows["rank"] = rows.groupby("task").cumcount() + 1
+    return rows.drop(columns="_score").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ the run
+def task_plan(tiles: pd.DataFrame, task: str, n_folds: int, cv: str, seed: int, exclude: np.ndarray | None) -> tuple[TaskSpec, np.ndarray, list[str], CVPlan]:
+    """Resolve a task on a tile table: its spec, labels (object array, None = out), classes and folds."""
+    spec = resolve_task(tiles, task)
+    y, classes = task_labels(tiles, spec, min_per_class=n_folds)
+    plan = make_folds(tiles, y, n_folds=n_folds, cv=cv, seed=seed, exclude=exclude)
+    return spec, y.astype(object).to_numpy(), classes, plan
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
+    """Fit every (task, feature set, head, noise) on every fold in parallel and rank the rows."""
+    from joblib import Parallel, delayed
+
+    from mito.cache import open_store
+
+    try:
+        from mito.heads import HEAD_NAMES
+    except ImportError as e:
+        raise BenchError(f"heads are not available: {e}") from None
+    heads = list(cfg.heads or HEAD_NAMES)
+    unknown = [h for h in heads if h not in HEAD_NAMES]
+    if unknown:
+        raise BenchError(f"unknown head {unknown[0]!r}; use {', '.join(HEAD_NAMES)}")
+    with open_store(cfg.store) as store:
+        tiles = store.tiles
+        exclude = store.unreadable
+        complete = [k for k in store.variants if store.is_complete(k)]
+        meta_store = {"path": str(cfg.store), "n_tiles": store.n_tiles, "tile_list_sha256": store.meta.get("tile_list_sha256")}
+        variant_info = {k: store.variant_info(k) for k in complete}
+    if not complete:
+        raise BenchError(f"{cfg.store} has no complete feature variant; run mito extract first")
+    sets = parse_feature_sets(cfg.features, complete)
+    noises: list[float | None] = list(cfg.noise) if cfg.noise else [None]
+
+    plans = {t: task_plan(tiles, t, cfg.n_folds, cfg.cv, cfg.seed, exclude) for t in cfg.tasks}
+    jobs = []
+    for fs in sets:  # grouped by feature set so each worker reads a matrix once
+        for t, (spec, y, classes, plan) in plans.items():
+            for head in heads:
+                for nz in noises:
+                    params = dict(cfg.head_params.get(head, {}))
+                    if nz is not None:
+                        params["noise"] = nz
+                    for f in plan.folds:
+                        jobs.append((t, fs, head, nz, params, f))
+    n_jobs = cfg.n_jobs or os.cpu_count() or 1
+    calls = (
+        delayed(_fit_one)(str(cfg.store), fs.keys, head, params, f, plans[t][1], plans[t][2], cfg.standardize, cfg.pca)
+        for t, fs, head, nz, params, f in jobs
+    )
+    results = _run_parallel(Parallel, calls, len(jobs), n_jobs, progress, "fitting heads")
+
+    grouped: dict[tuple[Any, ...], list[tuple[Fold, dict[str, Any]]]] = {}
+    for (t, fs, head, nz, params, f), r in zip(jobs, results):
+        grouped.setdefault((t, fs, head, nz), []).append((f, r))
+    score_calls = []
+    for (t, fs, head, nz), items in grouped.items():
+        spec, y, classes, plan = plans[t]
+        noise = float(items[0][1]["params"].get("noise", nz if nz is not None else 0.0) or 0.0)
+        rid = row_id(t, fs.backbone, fs.name, head, noise)
+        base = {
+            "task": t,
+            "backbone": fs.backbone,
+            "features": fs.name,
+            "head": head,
+            "noise": noise,
+            "kind": "head",
+            "budget": f"{len(items)}/{len(plan.folds)} folds, head's own stopping rule" + (", standardised" if cfg.standardize else "") + (f", pca {cfg.pca}" if cfg.pca else ""),
+            "params": json.dumps(items[0][1]["params"], sort_keys=True),
+            "row_id": rid,
+            "keys": list(fs.keys),
+        }
+        score_calls.append(
+            delayed(score_row)(base, spec, plan, y, classes, [r for _, r in items], [f for f, _ in items], cfg.n_boot, cfg.seed)
+        )
+    scored = _run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring rows")
+    lb = Leaderboard(
+        rank_rows(pd.DataFrame([r for r, _ in scored])),
+        {r["row_id"]: a for r, a in scored},
+        {
+            "store": meta_store,
+            "variants": variant_info,
+            "tasks": {
+                t: {"description": s.description, "main_metric": s.main_metric, "classes": c, "cv": p.mode, "cv_description": p.description,
+                    "n_folds": len(p.folds), "fold_fingerprint": p.fingerprint}
+                for t, (s, _, c, p) in plans.items()
+            },
+            "config": asdict(cfg),
+            "tile_ids": tiles["tile_id"].astype(str).tolist(),
+        },
+    )
+    for inc in cfg.include:
+        lb = merge_leaderboards(lb, load_leaderboard(inc))
+    return lb
+
+
+def _run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, progress: bool, what: str) -> list[Any]:
+    """Run joblib calls keeping their order, with a rich progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    calls = list(calls)
+    if n_jobs == 1:
+        gen: Iterable[Any] = (fn(*a, **kw) for fn, a, kw in calls)
+    else:
+        gen = Parallel(n_jobs=n_jobs, return_as="generator")(calls)
+    out = []
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        disable=not progress, transient=False,
+    ) as bar:
+        tid = bar.add_task(what, total=total)
+        for r in gen:
+            out.append(r)
+            bar.advance(tid)
+    return out
+
+
+# ------------------------------------------------------------------ save / load / merge
+def _atomic_write(path: Path, write: Any, suffix: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
+    """Write leaderboard.csv (flat columns), leaderboard.json (rows + meta) and predictions.npz into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = lb.rows
+    flat = rows[[c for c in COLUMNS if c in rows]]
+    _atomic_write(out / "leaderboard.csv", lambda p: flat.to_csv(p, index=False, float_format="%.4f"), ".csv")
+    records = json.loads(rows.to_json(orient="records"))
+    doc = {"meta": lb.meta, "rows": records}
+    _atomic_write(out / "leaderboard.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1, default=_json_default)), ".json")
+    arrays = {f"{rid}.{k}": v for rid, a in lb.predictions.items() for k, v in a.items()}
+    _atomic_write(out / "predictions.npz", lambda p: np.savez_compressed(open(p, "wb"), **arrays), ".npz")
+    return out
+
+
+def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
+    """Read a directory written by :func:`save_leaderboard`."""
+    d = Path(path)
+    if not (d / "leaderboard.json").is_file():
+        raise BenchError(f"no leaderboard.json in {d}: run mito bench (or mito lora) with --out {d} first")
+    try:
+        doc = json.loads((d / "leaderboard.json").read_text())
+    except json.JSONDecodeError as e:
+        raise BenchError(f"{d / 'leaderboard.json'} is not valid JSON: {e}") from None
+    preds: dict[str, dict[str, np.ndarray]] = {}
+    if (d / "predictions.npz").is_file():
+        with np.load(d / "predictions.npz") as z:
+            for k in z.files:
+                rid, part = k.split(".", 1)
+                preds.setdefault(rid, {})[part] = z[k]
+    rows = pd.DataFrame(doc.get("rows", []))
+    return Leaderboard(rows, preds, doc.get("meta", {}))
+
+
+def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:
+    """Rows of both, re-ranked; a task present in both must have been scored on identical folds."""
+    ta, tb = a.meta.get("tasks", {}), b.meta.get("tasks", {})
+    for t in set(ta) & set(tb):
+        if ta[t].get("fold_fingerprint") != tb[t].get("fold_fingerprint"):
+            raise BenchError(f"task {t!r} was scored on different folds in the two leaderboards (tiles, labels, --folds, --cv or --seed differ)")
+    rows = pd.concat([a.rows, b.rows[~b.rows["row_id"].isin(a.rows["row_id"])]], ignore_index=True) if len(b.rows) else a.rows
+    meta = {**b.meta, **a.meta, "tasks": {**tb, **ta}, "merged": [*a.meta.get("merged", []), *b.meta.get("merged", []), b.meta.get("source", "")]}
+    return Leaderboard(rank_rows(rows), {**b.predictions, **a.predictions}, meta)
+
+
+def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = False) -> Any:
+    """A rich Table of the best rows of each task (main metric with ± std over folds and its 95% CI); ``compact`` fits 80 columns."""
+    from rich.table import Table
+
+    many_tasks = rows["task"].nunique() > 1
+    noisy = bool((rows["noise"].fillna(0) != 0).any())
+    main = rows["main_metric"].iloc[0] if len(rows) and rows["main_metric"].nunique() == 1 else "main metric"
+    table = Table(title=f"leaderboard (ranked by {main})", pad_edge=False)
+    cols = [("#", "rank")] + ([("task", "task")] if many_tasks else []) + [("backbone", "backbone"), ("features", "features"), ("head", "head")]
+    short = {"balanced_accuracy": "bal acc", "weighted_f1": "wF1", "auroc": "AUROC", "pr_auc": "PR-AUC"}.get(main, main)
+    cols += ([("noise", "noise")] if noisy else []) + [(short, "_main"), ("95% CI", "_ci"), ("AUROC", "auroc"), ("kappa", "kappa"), ("wF1", "weighted_f1"), ("train s", "train_seconds"), ("train/test", "_n")]
+    if compact:
+        cols = [c for c in cols if c[1] not in ("_ci", "kappa", "weighted_f1", "_n")]
+    for title, key in cols:
+        text = key in ("task", "backbone", "features", "head")
+        width = {"task": 7, "backbone": 10, "features": 8, "head": 6}.get(key)
+        table.add_column(title, justify="left" if text else "right", overflow="fold", no_wrap=not text, min_width=width)
+    shown = rows if top is None else rows[rows["rank"] <= top]
+    for _, r in shown.iterrows():
+        m = r["main_metric"]
+        std = r.get(f"{m}_std", math.nan)
+        cells = {
+            "_main": f"{r[m]:.3f}" + ("" if std is None or math.isnan(std) else f"±{std:.3f}"),
+            "_ci": "" if math.isnan(r.get("ci_low", math.nan)) else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}",
+            "_n": f"{r['n_train']}/{r['n_test']}",
+            "train_seconds": f"{r['train_seconds']:.3g}",
+            "noise": f"{r['noise']:g}",
+        }
+        table.add_row(*[cells[k] if k in cells else (f"{r[k]:.3f}" if k in METRIC_NAMES else str(r[k])) for _, k in cols])
+    return table

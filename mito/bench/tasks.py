@@ -1,0 +1,108 @@
+"""Proxy tasks: a label (derived from the tile table), its classes and the metric that ranks a leaderboard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from mito.bench.errors import BenchError
+
+NOT_LABELS = frozenset({"tile_id", "path", "group", "split", "slide", "x", "y", "slide_x", "slide_y", "uid"})
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A classification task on the tile table: how to get its labels and how to rank it."""
+
+    name: str
+    description: str
+    columns: tuple[str, ...]
+    labels: Callable[[pd.DataFrame], pd.Series]
+    main_metric: str = "balanced_accuracy"
+
+
+def _missing(v: object) -> bool:
+    return v is None or v == "" or (not isinstance(v, str) and bool(pd.isna(v)))
+
+
+def _column(name: str) -> Callable[[pd.DataFrame], pd.Series]:
+    def labels(tiles: pd.DataFrame) -> pd.Series:
+        return pd.Series([None if _missing(v) else str(v) for v in tiles[name]], index=tiles.index, dtype=object)
+
+    return labels
+
+
+def _expert_consensus(prefix: str) -> Callable[[pd.DataFrame], pd.Series]:
+    """The sub-label both experts gave (``NMF metaphase`` -> ``metaphase``); crops they disagree on are left out."""
+
+    def labels(tiles: pd.DataFrame) -> pd.Series:
+        e1, e2 = tiles["expert1_label"].astype(object), tiles["expert2_label"].astype(object)
+        agree = e1.notna() & (e1 == e2) & e1.astype(str).str.startswith(prefix + " ")
+        return pd.Series([str(v)[len(prefix) + 1 :] if ok else None for v, ok in zip(e1, agree)], index=tiles.index, dtype=object)
+
+    return labels
+
+
+PROXY_TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec("mitosis", "atypical vs normal mitotic figure", ("mitosis",), _column("mitosis")),
+        TaskSpec(
+            "phase",
+            "phase of normal mitoses (expert 1 and 2 agree; AMi-Br training split)",
+            ("expert1_label", "expert2_label"),
+            _expert_consensus("NMF"),
+        ),
+        TaskSpec(
+            "atypia",
+            "subtype of atypical mitoses (expert 1 and 2 agree; AMi-Br training split)",
+            ("expert1_label", "expert2_label"),
+            _expert_consensus("AMF"),
+        ),
+        TaskSpec(
+            "dataset",
+            "source dataset / scanner (domain-shift probe: high scores mean scanner signal in the features)",
+            ("dataset",),
+            _column("dataset"),
+        ),
+    )
+}
+
+
+def available_tasks(tiles: pd.DataFrame, label_columns: list[str] | None = None) -> list[str]:
+    """Registry tasks whose columns the tile table has, then every other label column of the manifest."""
+    names = [t.name for t in PROXY_TASKS.values() if all(c in tiles for c in t.columns)]
+    covered = {c for n in names for c in PROXY_TASKS[n].columns if len(PROXY_TASKS[n].columns) == 1}
+    for c in label_columns or []:
+        if c in tiles and c not in covered and c not in names and c not in NOT_LABELS:
+            names.append(c)
+    return names
+
+
+def resolve_task(tiles: pd.DataFrame, name: str) -> TaskSpec:
+    """The registry task ``name``, or a task made from the tile-table column of that name."""
+    spec = PROXY_TASKS.get(name)
+    if spec is not None:
+        missing = [c for c in spec.columns if c not in tiles]
+        if not missing:
+            return spec
+        if name not in tiles:
+            raise BenchError(f"task {name!r} needs column(s) {', '.join(missing)}, which the tile table lacks")
+    if name in tiles and name not in NOT_LABELS:
+        return TaskSpec(name, f"label column {name!r}", (name,), _column(name))
+    have = [c for c in tiles.columns if c not in NOT_LABELS]
+    raise BenchError(f"unknown task {name!r}: use one of {', '.join(sorted(PROXY_TASKS))} or a label column ({', '.join(have)})")
+
+
+def task_labels(tiles: pd.DataFrame, spec: TaskSpec, min_per_class: int = 2) -> tuple[pd.Series, list[str]]:
+    """Labels aligned with the tile table (None = not in the task) and the classes, rare ones dropped."""
+    y = spec.labels(tiles)
+    counts = y.dropna().value_counts()
+    classes = sorted(str(c) for c, n in counts.items() if n >= min_per_class)
+    keep = set(classes)
+    y = pd.Series([v if v in keep else None for v in y], index=y.index, dtype=object)
+    if len(classes) < 2:
+        raise BenchError(f"task {spec.name!r} has fewer than two classes with >= {min_per_class} labelled tiles")
+    return y, classes

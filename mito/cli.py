@@ -415,7 +415,7 @@ def bench_cmd(
 ) -> None:
     """Rank every feature set x head of a store on slide-grouped folds; write the leaderboard and report.html."""
     from mito.bench import BenchConfig, available_tasks, build_report, leaderboard_table, run_bench, save_leaderboard
-    from mito.bench.umap import umap_plots
+    from mito.bench.umap import leaderboard_umaps
     from mito.cache import open_store
 
     with open_store(store) as s:
@@ -441,15 +441,14 @@ def bench_cmd(
         include=include,
     )
     lb = run_bench(cfg)
+    for t, why in lb.meta.get("skipped_tasks", {}).items():
+        err_console.print(f"[yellow]skipped task {t}:[/] {why}", highlight=False)
     save_leaderboard(lb, out)
     if umap:
-        best = lb.rows[lb.rows["kind"] == "head"].sort_values("rank")
-        if len(best):
-            keys = list(best.iloc[0]["keys"])
-            err_console.print(f"UMAP of {' + '.join(keys)} ...")
-            umap_plots(store, keys, tasks, [out / f"umap_{t}.png" for t in tasks])
+        err_console.print("UMAP of the best feature set ...")
+        leaderboard_umaps(store, lb, out)
     report = build_report(out)
-    console.print(leaderboard_table(lb.rows, top=top))
+    console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
     console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {report}")
 
 
@@ -496,7 +495,7 @@ def lora_cmd(
         device=device, num_workers=workers, n_boot=n_boot,
     )
     lb = run_finetune(cfg)
-    console.print(leaderboard_table(lb.rows))
+    console.print(leaderboard_table(lb.rows, compact=console.width < 120))
     r = lb.rows.iloc[0]
     console.print(f"budget: {r['budget']}")
     console.print(f"models: {', '.join(r['models'])} (use with mito predict --model)")

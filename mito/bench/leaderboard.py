@@ -332,7 +332,21 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     sets = parse_feature_sets(cfg.features, complete)
     noises: list[float | None] = list(cfg.noise) if cfg.noise else [None]
 
-    plans = {t: task_plan(tiles, t, cfg.n_folds, cfg.cv, cfg.seed, exclude) for t in cfg.tasks}
+    plans, skipped = {}, {}
+    for t in dict.fromkeys(cfg.tasks):
+        try:
+            plans[t] = task_plan(tiles, t, cfg.n_folds, cfg.cv, cfg.seed, exclude)
+        except BenchError as e:
+            if len(cfg.tasks) == 1:
+                raise
+            skipped[t] = str(e)  # several tasks: rank the usable ones, say why the others were left out
+    if not plans:
+        raise BenchError("no usable task: " + "; ".join(f"{t}: {why}" for t, why in skipped.items()))
+    included = [load_leaderboard(p) for p in cfg.include]
+    for other in included:  # fail before fitting anything
+        for t, info in other.meta.get("tasks", {}).items():
+            if t in plans and info.get("fold_fingerprint") != plans[t][3].fingerprint:
+                raise BenchError(f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ)")
     jobs = []
     for fs in sets:  # grouped by feature set so each worker reads a matrix once
         for t, (spec, y, classes, plan) in plans.items():
@@ -385,12 +399,13 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
                     "n_folds": len(p.folds), "fold_fingerprint": p.fingerprint}
                 for t, (s, _, c, p) in plans.items()
             },
+            "skipped_tasks": skipped,
             "config": asdict(cfg),
             "tile_ids": tiles["tile_id"].astype(str).tolist(),
         },
     )
-    for inc in cfg.include:
-        lb = merge_leaderboards(lb, load_leaderboard(inc))
+    for other in included:
+        lb = merge_leaderboards(lb, other)
     return lb
 
 
@@ -471,7 +486,7 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
                 rid, part = k.split(".", 1)
                 preds.setdefault(rid, {})[part] = z[k]
     rows = pd.DataFrame(doc.get("rows", []))
-    return Leaderboard(rows, preds, doc.get("meta", {}))
+    return Leaderboard(rows, preds, {**doc.get("meta", {}), "source": str(d)})
 
 
 def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:

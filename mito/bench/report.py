@@ -1,0 +1,295 @@
+"""report.html: one self-contained page (images inlined) per leaderboard folder, with the PNGs written beside it."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mito.bench.errors import BenchError
+from mito.bench.leaderboard import Leaderboard, _atomic_write, load_leaderboard
+
+HEAD_KIND = "head"
+FT_KINDS = ("lora", "linear-probe", "full")
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(r: pd.Series, width: int = 60) -> str:
+    s = f"{r['backbone']} {r['features']} {r['head']}" + (f" σ={r['noise']:g}" if r.get("noise") else "")
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def _save(fig: Any, path: Path) -> Path:
+    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110), ".png")
+    _plt().close(fig)
+    return path
+
+
+def time_comparison(rows: pd.DataFrame) -> dict[str, Any]:
+    """Train seconds per fold of fine-tuning rows vs head rows (best head, median head) and their ratios."""
+    heads = rows[rows["kind"] == HEAD_KIND]
+    out: dict[str, Any] = {}
+    if heads.empty:
+        return out
+    best = heads.iloc[0]
+    out["best_head"] = {"label": _label(best, 200), "train_seconds": float(best["train_seconds"])}
+    out["median_head_train_seconds"] = float(heads["train_seconds"].median())
+    for _, r in rows[rows["kind"].isin(FT_KINDS)].iterrows():
+        s = float(r["train_seconds"])
+        out.setdefault("finetune", []).append(
+            {
+                "label": _label(r, 200),
+                "kind": r["kind"],
+                "train_seconds": s,
+                "budget": r.get("budget", ""),
+                "ratio_vs_best_head": s / max(float(best["train_seconds"]), 1e-9),
+                "ratio_vs_median_head": s / max(out["median_head_train_seconds"], 1e-9),
+            }
+        )
+    return out
+
+
+# ------------------------------------------------------------------ figures
+def bar_chart(rows: pd.DataFrame, metric: str, path: Path, top: int = 20) -> Path:
+    """Horizontal bars of the main metric (mean over folds) with the bootstrap 95% CI as error bars."""
+    plt = _plt()
+    r = rows.head(top).iloc[::-1]
+    vals = r[metric].to_numpy(float)
+    lo = np.clip(vals - r["ci_low"].to_numpy(float), 0, None)
+    hi = np.clip(r["ci_high"].to_numpy(float) - vals, 0, None)
+    err = np.nan_to_num(np.vstack([lo, hi]))
+    colors = ["#d95f02" if k in FT_KINDS else ("#999999" if str(b).startswith("random_") else "#1b9e77") for k, b in zip(r["kind"], r["backbone"])]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(r) + 1.2))
+    ax.barh(range(len(r)), vals, xerr=err, color=colors, capsize=2, error_kw={"lw": 0.8})
+    ax.set_yticks(range(len(r)), [_label(x) for _, x in r.iterrows()], fontsize=7)
+    finite = vals[np.isfinite(vals)]
+    ax.set_xlim(max(0.0, (finite.min() if finite.size else 0.5) - 0.1), 1.0)
+    ax.set_xlabel(f"{metric} (mean over folds; bars: bootstrap 95% CI)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def roc_figure(rows: pd.DataFrame, lb: Leaderboard, path: Path, top: int = 5) -> Path | None:
+    """ROC curves of the best rows (test predictions pooled over folds; micro-average one-vs-rest when multi-class)."""
+    from sklearn.metrics import auc, roc_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    picked = list(rows.head(top).iterrows())
+    ft = rows[rows["kind"].isin(FT_KINDS)]
+    picked += [x for x in ft.head(2).iterrows() if x[1]["row_id"] not in {p[1]["row_id"] for p in picked}]
+    drawn = 0
+    for _, r in picked:
+        p = lb.predictions.get(r["row_id"])
+        if p is None:
+            continue
+        k = p["proba"].shape[1]
+        if k == 2:
+            fpr, tpr, _ = roc_curve(p["y"], p["proba"][:, 1])
+        else:
+            onehot = np.eye(k)[p["y"]]
+            fpr, tpr, _ = roc_curve(onehot.ravel(), p["proba"].ravel())
+        ax.plot(fpr, tpr, lw=1.2, ls="--" if r["kind"] in FT_KINDS else "-", label=f"{_label(r, 45)} ({auc(fpr, tpr):.3f})")
+        drawn += 1
+    if not drawn:
+        _plt().close(fig)
+        return None
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC, test predictions pooled over folds" + ("" if k == 2 else " (micro-average)"), fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_figure(rows: pd.DataFrame, path: Path, top: int = 3) -> Path | None:
+    """Confusion matrices (summed over folds, shaded by row share) of the best rows and the best fine-tuned row."""
+    plt = _plt()
+    picked = [r for _, r in rows.head(top).iterrows()]
+    ft = rows[rows["kind"].isin(FT_KINDS)]
+    if len(ft) and ft.iloc[0]["row_id"] not in {r["row_id"] for r in picked}:
+        picked.append(ft.iloc[0])
+    picked = [r for r in picked if isinstance(r.get("confusion_matrix"), list)]
+    if not picked:
+        return None
+    k = len(picked[0]["classes"])
+    fig, axes = plt.subplots(1, len(picked), figsize=(max(3.2, 0.5 * k + 2.2) * len(picked), max(3.2, 0.45 * k + 2)), squeeze=False)
+    for ax, r in zip(axes[0], picked):
+        cm = np.asarray(r["confusion_matrix"], dtype=float)
+        share = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+        names = [str(c)[:14] for c in r["classes"]]
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        ax.set_title(_label(r, 38), fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def time_figure(rows: pd.DataFrame, path: Path) -> Path | None:
+    """Training seconds per fold (log scale): every head on the best feature set vs the fine-tuning runs."""
+    plt = _plt()
+    heads = rows[rows["kind"] == HEAD_KIND]
+    ft = rows[rows["kind"].isin(FT_KINDS)]
+    if heads.empty or ft.empty:
+        return None
+    best_fs = heads.iloc[0][["backbone", "features"]].tolist()
+    on_best = heads[(heads["backbone"] == best_fs[0]) & (heads["features"] == best_fs[1])].drop_duplicates("head")
+    r = pd.concat([on_best, ft]).sort_values("train_seconds")
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(r) + 1.3))
+    colors = ["#d95f02" if k in FT_KINDS else "#1b9e77" for k in r["kind"]]
+    ax.barh(range(len(r)), r["train_seconds"].clip(lower=1e-3), color=colors)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(r)), [_label(x, 50) for _, x in r.iterrows()], fontsize=7)
+    for i, s in enumerate(r["train_seconds"]):
+        ax.text(max(s, 1e-3) * 1.1, i, f"{s:.3g} s", va="center", fontsize=7)
+    ax.set_xlabel("training seconds per fold (log scale); heads exclude the one-off embedding pass")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------ html
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
+h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}h3{font-size:1rem}
+table{border-collapse:collapse;font-size:12px;margin:.5rem 0}th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
+td.w{white-space:normal;text-align:left;min-width:14rem}.figs{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-start}figure{margin:0}
+th{background:#f4f4f4}td.l,th.l{text-align:left}tr.ft{background:#fff3e6}tr.rnd{color:#888}
+img{max-width:100%;border:1px solid #eee;margin:.5rem 0}.meta{color:#555;font-size:13px}code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None or not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption class="meta">{html.escape(path.name)}</figcaption></figure>'
+
+
+def _fmt(v: Any, std: Any = None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    s = f"{v:.{digits}f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        s += f" ± {std:.{digits}f}"
+    return s
+
+
+def _table(rows: pd.DataFrame, metric: str) -> str:
+    cols = ["rank", "backbone", "features", "head", "noise", metric, "ci", "auroc", "kappa", "weighted_f1", "pr_auc", "train_seconds", "n_train", "n_test", "budget"]
+    left = {"backbone", "features", "head", "budget"}
+    head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape("95% CI" if c == "ci" else c)}</th>' for c in cols)
+    body = []
+    for _, r in rows.iterrows():
+        cells = []
+        for c in cols:
+            if c == "ci":
+                v = f"[{_fmt(r.get('ci_low'))}, {_fmt(r.get('ci_high'))}]"
+            elif c in ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc"):
+                v = _fmt(r.get(c), r.get(f"{c}_std"))
+            elif c == "train_seconds":
+                v = _fmt(r.get(c), digits=2)
+            elif c == "noise":
+                v = f"{r.get(c, 0):g}"
+            else:
+                v = str(r.get(c, ""))
+            cells.append(f'<td class="{"w" if c == "budget" else ("l" if c in left else "")}">{html.escape(v)}</td>')
+        cls = "ft" if r["kind"] in FT_KINDS else ("rnd" if str(r["backbone"]).startswith("random_") else "")
+        body.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
+    """(Re)build ``out_dir/report.html`` and its PNGs from the leaderboard files (and any umap*.png) in that folder."""
+    d = Path(out_dir)
+    lb = load_leaderboard(d)
+    if lb.rows.empty:
+        raise BenchError(f"the leaderboard in {d} has no rows")
+    tasks_meta = lb.meta.get("tasks", {})
+    sections, summary = [], {}
+    for task in sorted(lb.rows["task"].unique()):
+        rows = lb.rows[lb.rows["task"] == task].sort_values("rank")
+        tm = tasks_meta.get(task, {})
+        metric = tm.get("main_metric", rows.iloc[0]["main_metric"])
+        tc = time_comparison(rows)
+        summary[task] = {"best": rows.iloc[0][["backbone", "features", "head", metric, "ci_low", "ci_high", "auroc"]].to_dict(), "time": tc}
+        figs = [
+            (bar_chart(rows, metric, d / f"{task}_bars.png"), f"{task}: {metric} with 95% CI"),
+            (roc_figure(rows, lb, d / f"{task}_roc.png"), f"{task}: ROC"),
+            (confusion_figure(rows, d / f"{task}_confusion.png"), f"{task}: confusion matrices"),
+            (time_figure(rows, d / f"{task}_time.png"), f"{task}: training time"),
+        ]
+        umaps = sorted(d.glob(f"umap*{task}*.png")) or (sorted(d.glob("umap*.png")) if len(lb.rows["task"].unique()) == 1 else [])
+        ratio = ""
+        for f in tc.get("finetune", []):
+            ratio += (
+                f"<li><b>{html.escape(f['label'])}</b>: {f['train_seconds']:.1f} s per fold = "
+                f"{f['ratio_vs_best_head']:.0f}× the best head ({tc['best_head']['train_seconds']:.2f} s), "
+                f"{f['ratio_vs_median_head']:.0f}× the median head ({tc['median_head_train_seconds']:.2f} s); budget: {html.escape(str(f['budget']))}</li>"
+            )
+        classes = ", ".join(map(str, tm.get("classes", rows.iloc[0].get("classes", []))))
+        sections.append(
+            f"<h2>Task <code>{html.escape(task)}</code></h2>"
+            f"<p class='meta'>{html.escape(tm.get('description', ''))}. Classes: {html.escape(classes)}. "
+            f"Ranked by {html.escape(metric)} (mean ± std over folds, bootstrap 95% CI over tiles). "
+            f"Folds: {html.escape(tm.get('cv_description', ''))}; fingerprint {html.escape(str(tm.get('fold_fingerprint', ''))[:12])}.</p>"
+            + _table(rows.head(top), metric)
+            + (f"<details><summary>all {len(rows)} rows</summary>{_table(rows, metric)}</details>" if len(rows) > top else "")
+            + "<div class='figs'>" + "".join(_img(p, a) for p, a in figs) + "</div>"
+            + (f"<h3>Heads vs fine-tuning: training time</h3><ul>{ratio}</ul>" if ratio else "")
+            + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
+        )
+    store = lb.meta.get("store", {})
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    from mito import __version__
+
+    page = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>mito bench report</title>"
+        f"<style>{CSS}</style></head><body><h1>mito bench report</h1>"
+        f"<p class='meta'>store <code>{html.escape(str(store.get('path', '')))}</code> ({store.get('n_tiles', '?')} tiles); "
+        f"mito {__version__}; built {created}. Green: frozen backbone + head; orange: fine-tuned; grey: random-init control.</p>"
+        + "".join(sections)
+        + "</body></html>"
+    )
+    _atomic_write(d / "report.html", lambda p: Path(p).write_text(page, encoding="utf-8"), ".html")
+    _atomic_write(d / "report_summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1, default=float)), ".json")
+    return d / "report.html"
+
+
+def quick_bench(store: str | os.PathLike, out: str | os.PathLike, task: str = "mitosis", n_jobs: int = 0, progress: bool = True) -> Path:
+    """A small leaderboard (z1 RGB of every backbone x logreg/knn/mlp, 3 folds), a UMAP and the report; for mito demo."""
+    from mito.bench.leaderboard import BenchConfig, run_bench, save_leaderboard
+    from mito.bench.umap import umap_plot
+    from mito.cache import open_store
+
+    with open_store(store) as s:
+        keys = [k for k in s.variants if k.endswith(":z1:rgb") and s.is_complete(k)] or [k for k in s.variants if s.is_complete(k)][:1]
+    if not keys:
+        raise BenchError(f"{store} has no complete feature variant")
+    lb = run_bench(BenchConfig(store=str(store), tasks=[task], features=keys, heads=["logreg", "knn", "mlp"], n_folds=3, n_jobs=n_jobs, n_boot=500), progress=progress)
+    save_leaderboard(lb, out)
+    umap_plot(store, [keys[0]], task, Path(out) / f"umap_{task}.png")
+    return build_report(out)

@@ -1,0 +1,109 @@
+"""The bench / umap / report commands end to end on the small real store, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mito.cli import app
+
+runner = CliRunner()
+REQUIRED = ["task", "backbone", "features", "head", "noise", "balanced_accuracy", "auroc", "kappa", "weighted_f1", "train_seconds", "n_train", "n_test"]
+
+
+def _one_line_error(result, text: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert text in result.output
+    assert "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
+
+
+@pytest.fixture(scope="module")
+def bench_out(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "mitosis"
+    r = runner.invoke(
+        app,
+        ["bench", "--store", str(amibr_store), "--task", "mitosis", "--out", str(out),
+         "--features", "efficientnet_lite0:z1:rgb,efficientnet_lite0:z1:rgb+efficientnet_lite0:z2:rgb",
+         "--heads", "logreg,knn", "--folds", "3", "--jobs", "2", "--n-boot", "200"],
+    )
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_bench_writes_leaderboard_report_and_umap(bench_out: Path) -> None:
+    df = pd.read_csv(bench_out / "leaderboard.csv")
+    assert set(REQUIRED) <= set(df.columns)
+    assert len(df) == 4 and set(df["head"]) == {"logreg", "knn"}
+    assert set(df["features"]) == {"z1:rgb", "z1+z2:rgb"}
+    assert df["rank"].tolist() == [1, 2, 3, 4]
+    assert df["balanced_accuracy"].is_monotonic_decreasing
+    assert (df["n_train"] > 0).all() and (df["train_seconds"] >= 0).all()
+    assert df["balanced_accuracy"].between(0, 1).all() and (df["ci_low"] <= df["ci_high"]).all()
+    doc = json.loads((bench_out / "leaderboard.json").read_text())
+    assert len(doc["rows"]) == 4 and doc["meta"]["tasks"]["mitosis"]["n_folds"] == 3
+    assert all(len(r["per_fold"]) == 3 for r in doc["rows"])
+    for name in ("report.html", "umap_mitosis.png", "mitosis_bars.png", "mitosis_roc.png", "mitosis_confusion.png"):
+        assert (bench_out / name).stat().st_size > 1000, name
+    page = (bench_out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "http" not in page.split("<body>")[1].split("</style>")[0]
+
+
+def test_report_rebuilds_and_errors(bench_out: Path, tmp_path: Path) -> None:
+    (bench_out / "report.html").unlink()
+    r = runner.invoke(app, ["report", str(bench_out)])
+    assert r.exit_code == 0, r.output
+    assert (bench_out / "report.html").stat().st_size > 1000
+    _one_line_error(runner.invoke(app, ["report", str(tmp_path)]), "no leaderboard.json")
+
+
+def test_bench_refuses_to_merge_other_folds(amibr_store: Path, bench_out: Path, tmp_path: Path) -> None:
+    r = runner.invoke(
+        app,
+        ["bench", "--store", str(amibr_store), "--out", str(tmp_path / "b"), "--features", "efficientnet_lite0:z1:rgb",
+         "--heads", "knn", "--folds", "2", "--jobs", "1", "--no-umap", "--with", str(bench_out)],
+    )
+    _one_line_error(r, "different folds")
+
+
+def test_proxy_tasks_on_one_leaderboard(amibr_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "proxies"
+    r = runner.invoke(
+        app,
+        ["bench", "--store", str(amibr_store), "--proxy", "mitosis,dataset", "--out", str(out), "--features", "efficientnet_lite0:z1:gray",
+         "--heads", "knn", "--folds", "2", "--jobs", "1", "--n-boot", "50", "--no-umap"],
+    )
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out / "leaderboard.csv")
+    assert sorted(df["task"]) == ["dataset", "mitosis"]
+    assert "Task <code>dataset</code>" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "--store", "/nonexistent.zarr", "--out", "x"], "no store at"),
+        (["umap", "--store", "STORE", "--features", "efficientnet_lite0:z1:rgb", "--color-by", "mitosis", "--out", "u.jpg"], "must end in .png"),
+        (["umap", "--store", "STORE", "--features", "efficientnet_lite0:z1:rgb", "--color-by", "nope", "--out", "u.png"], "cannot colour by"),
+        (["bench", "--store", "STORE", "--out", "OUT", "--task", "nope"], "unknown task"),
+        (["bench", "--store", "STORE", "--out", "OUT", "--heads", "svm"], "unknown head"),
+        (["bench", "--store", "STORE", "--out", "OUT", "--features", "vit:z1:rgb"], "not in the store"),
+        (["bench", "--store", "STORE", "--out", "OUT", "--param", "hidden=3"], "HEAD.KEY=VALUE"),
+        (["lora", "SRC", "--out", "OUT", "--mode", "half"], "mode must be one of"),
+        (["lora", "/nonexistent/folder", "--out", "OUT"], "no such file or folder"),
+    ],
+)
+def test_bad_input_is_one_line(args: list[str], message: str, amibr_store: Path, amibr_dir: Path, tmp_path: Path) -> None:
+    sub = {"STORE": str(amibr_store), "OUT": str(tmp_path / "o"), "SRC": str(amibr_dir)}
+    _one_line_error(runner.invoke(app, [sub.get(a, a) for a in args]), message)
+
+
+def test_umap_command(amibr_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "u.png"
+    r = runner.invoke(app, ["umap", "--store", str(amibr_store), "--features", "efficientnet_lite0:z1:rgb", "--color-by", "dataset", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000

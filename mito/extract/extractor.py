@@ -296,9 +296,7 @@ def _extract_backbone(
     model = enc.model
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    forward = enc.embed
-    if cfg.compile:
-        forward = torch.compile(enc.embed, dynamic=False)
+    forward = _compiled(enc.embed) if cfg.compile else enc.embed
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     n_var = len(plan)
 
@@ -309,6 +307,17 @@ def _extract_backbone(
     try:
         with _progress(cfg.progress and dist.main) as bar, torch.inference_mode(), autocast:
             task = bar.add_task(f"{name} x{n_var}", total=len(rows), rate="-")
+
+            def finish(idx: torch.Tensor, out: torch.Tensor, bad: torch.Tensor, ready: Any) -> int:
+                if ready is not None:
+                    ready.synchronize()  # the copy back from the GPU has landed
+                emb = out.view(len(idx), n_var, -1).numpy()
+                emb[bad.numpy()] = np.nan
+                _collect(store, buffers, idx.numpy(), emb, bad.numpy(), keys, done, writer)
+                bar.update(task, advance=len(idx), rate=f"{(n_done + len(idx)) / (time.perf_counter() - t0):.1f}")
+                return len(idx)
+
+            pending = None  # the previous batch: handled on the CPU while the device runs the next one
             for idx, x, bad in loader:
                 b = x.shape[0]
                 x = x.view(b * n_var, *x.shape[2:])
@@ -317,12 +326,15 @@ def _extract_backbone(
                 pad = cfg.batch_size - b if cfg.compile else 0
                 if pad:  # a ragged last batch would trigger a recompile
                     x = torch.cat([x, x[-1:].expand(pad * n_var, *x.shape[1:])])
-                emb = forward(x)[: b * n_var].float().view(b, n_var, -1).cpu().numpy()
-                emb[bad.numpy()] = np.nan
-                _collect(store, buffers, idx.numpy(), emb, bad.numpy(), keys, done, writer)
-                n_done += b
-                rate = n_done / (time.perf_counter() - t0)
-                bar.update(task, advance=b, rate=f"{rate:.1f}")
+                out, ready = forward(x)[: b * n_var].float(), None
+                if cuda:  # start the copy back without waiting for it
+                    out, ready = out.to("cpu", non_blocking=True), torch.cuda.Event()
+                    ready.record()
+                if pending is not None:
+                    n_done += finish(*pending)
+                pending = (idx, out, bad, ready)
+            if pending is not None:
+                n_done += finish(*pending)
     finally:
         writer.close()
     secs = time.perf_counter() - t0
@@ -335,6 +347,29 @@ def _extract_backbone(
         "weights_sha256": enc.weights_sha256,
         "workers": workers,
     }
+
+
+def _compiled(fn: Any) -> Any:
+    """``torch.compile(fn)`` that falls back to eager, once and with a warning, when compiling fails
+    (no C++ compiler, an unsupported op ...). Inductor caches compiled graphs on disk between runs."""
+    import warnings
+
+    compiled = torch.compile(fn, dynamic=False)
+    state = {"fn": None}  # decided by the first call
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        if state["fn"] is not None:
+            return state["fn"](x)
+        try:
+            out = compiled(x)
+            state["fn"] = compiled
+        except Exception as e:  # compile errors surface on the first call
+            warnings.warn(f"torch.compile failed, running eager: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            state["fn"] = fn
+            out = fn(x)
+        return out
+
+    return call
 
 
 def _collect(

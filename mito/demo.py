@@ -36,4 +36,29 @@ def run_demo(out: Path, device: str = "auto", console: Console | None = None) ->
     from mito.cli import _print_info
 
     _print_info(info)
-    return {"extract": summary, "store": str(store)}
+    result: dict[str, Any] = {"extract": summary, "store": str(store)}
+
+    from mito.heads import fit_head, make_fit_config
+
+    keys = [f"efficientnet_lite0:z{z:g}:{c}" for z in DEMO_ZOOMS for c in DEMO_COLORS]
+    console.rule("2. fit-head: mlp + feature noise on the published train split, scored on its test split")
+    cfg = make_fit_config(
+        store=str(store), task="mitosis", head="mlp", features=keys, split_column="split",
+        head_params={"noise": 0.5}, out=str(out / "model"), overwrite=True,
+    )
+    metrics = fit_head(cfg)
+    console.print(
+        f"{metrics['evaluated_on']} ({metrics['n_test'] or metrics['n_val']} crops): "
+        + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1"))
+        + f"; trained in {metrics['train_seconds']:.2f} s -> {out / 'model'}"
+    )
+    result["fit_head"] = metrics
+
+    from mito.bench import leaderboard_table, load_leaderboard, quick_bench
+
+    console.rule("3. bench: a small leaderboard, a UMAP and the HTML report")
+    report = quick_bench(store, out / "report", task="mitosis")
+    console.print(leaderboard_table(load_leaderboard(out / "report").rows, top=6, compact=True))
+    console.print(f"report: {report}")
+    result["report"] = str(report)
+    return result

@@ -28,6 +28,7 @@ _LAZY = {
     "run_finetune": "mito.bench.finetune",
     "load_finetuned": "mito.bench.finetune",
     "is_finetuned": "mito.bench.finetune",
+    "predict_finetuned": "mito.bench.finetune",
     "umap_plot": "mito.bench.umap",
     "build_report": "mito.bench.report",
     "quick_bench": "mito.bench.report",

@@ -30,7 +30,6 @@ from mito.bench.leaderboard import Leaderboard, _atomic_write, rank_rows, row_id
 from mito.bench.tasks import PROXY_TASKS
 
 FT_MODES = ("lora", "linear-probe", "full")
-VIT_TARGETS = ("qkv", "proj", "fc1", "fc2", "query", "key", "value", "dense")
 MODEL_KIND = "finetuned"
 
 
@@ -95,9 +94,9 @@ class FinetuneNet(nn.Module):
 
 
 def default_targets(model: nn.Module, family: str) -> list[str]:
-    """LoRA targets: attention and MLP projections for ViTs; every ordinary (non-grouped) conv for CNNs."""
+    """LoRA targets: every linear layer (attention and MLP projections) for ViTs; every non-grouped conv for CNNs."""
     if family == "vit":
-        return sorted({n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in VIT_TARGETS})
+        return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
 
 
@@ -493,3 +492,55 @@ def load_finetuned(model_dir: str | os.PathLike, weights: str | None = None, dev
     prep = Preprocess(**{**p, "mean": tuple(p["mean"]), "std": tuple(p["std"])})
     dev = pick_device(device)
     return FinetunedModel(net.to(dev).eval(), list(config["classes"]), prep, config, dev)
+
+
+def predict_finetuned(
+    model_dir: str | os.PathLike,
+    source: str | os.PathLike,
+    out_csv: str | os.PathLike | None = None,
+    device: str = "auto",
+    weights: str | None = None,
+    batch_size: int = 64,
+) -> pd.DataFrame:
+    """Predict the tiles of a folder / manifest with a fine-tuned model: path (or tile_id), label when known, pred, p_<class>.
+
+    The same columns as ``mito predict`` writes for heads; tiles that cannot be decoded are left out.
+    """
+    from mito.extract import open_source
+
+    model = load_finetuned(model_dir, weights=weights, device=device)
+    task = model.config.get("task", "mitosis")
+    src = open_source(source, task="mitosis" if task in PROXY_TASKS else task)
+    tiles = src.tiles
+    keep, probs = [], []
+    for start in range(0, len(tiles), batch_size):
+        imgs, idx = [], []
+        for i in range(start, min(len(tiles), start + batch_size)):
+            try:
+                imgs.append(src.read(i))
+                idx.append(i)
+            except OSError:
+                continue
+        if imgs:
+            probs.append(model.predict_proba(imgs, batch_size=batch_size))
+            keep += idx
+    if not keep:
+        raise BenchError(f"no readable tile in {source}")
+    proba = np.concatenate(probs)
+    id_col = "path" if "path" in tiles and tiles["path"].notna().all() else "tile_id"
+    df = tiles.iloc[keep][[id_col]].reset_index(drop=True)
+    if task in PROXY_TASKS:
+        labels = PROXY_TASKS[task].labels(tiles) if all(c in tiles for c in PROXY_TASKS[task].columns) else None
+    else:
+        labels = tiles[task] if task in tiles else None
+    if labels is not None and labels.iloc[keep].notna().any():
+        df["label"] = labels.iloc[keep].to_numpy()
+    classes = np.asarray(model.classes_)
+    df["pred"] = classes[proba.argmax(axis=1)]
+    for j, c in enumerate(model.classes_):
+        df[f"p_{c}"] = proba[:, j]
+    if out_csv is not None:
+        out = Path(out_csv)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out, lambda p: df.to_csv(p, index=False), ".csv")
+    return df

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,7 +108,8 @@ def confusion_metric(name: str, cm: np.ndarray) -> np.ndarray:
     predicted = cm.sum(axis=-2)
     diag = np.diagonal(cm, axis1=-2, axis2=-1)
     total = support.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN replicate (no class present) stays NaN
         if name == "balanced_accuracy":
             recall = np.where(support > 0, diag / support, np.nan)
             return np.nanmean(recall, axis=-1)
@@ -166,7 +168,8 @@ def bootstrap_ci(
                 rows = np.repeat(sel, w[b])
                 vals[b] = metric_score(metric, yi[rows], proba[rows]) if rows.size else np.nan
             per_fold.append(vals)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         stats = np.nanmean(np.vstack(per_fold), axis=0) if per_fold else np.array([np.nan])
     stats = stats[~np.isnan(stats)]
     if stats.size == 0:

@@ -98,6 +98,19 @@ def test_run_resume_save_and_predict(amibr_dir: Path, tmp_path: Path, monkeypatc
     with np.load(tmp_path / "lora" / "fold0" / "result.npz") as z:
         np.testing.assert_allclose(proba, z["proba"], atol=1e-5)  # the saved model is the scored model
 
+    from mito.bench import predict_finetuned
+
+    new = tmp_path / "new"  # unseen images in a plain folder (no metadata CSV)
+    picks = [Path(p) for p in src.tiles["path"].iloc[test_rows[:3]]]
+    for p in picks:
+        (new / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (new / p.parent.name / p.name).write_bytes(p.read_bytes())
+    df = predict_finetuned(model_dir, new, out_csv=tmp_path / "pred.csv", device="cpu")
+    assert list(df.columns) == ["path", "label", "pred", "p_Atypical", "p_Normal"] and len(df) == 3
+    assert (tmp_path / "pred.csv").is_file()
+    got = df.set_index(df["path"].map(lambda p: Path(p).name)).loc[[p.name for p in picks], ["p_Atypical", "p_Normal"]].to_numpy()
+    np.testing.assert_allclose(got, proba[:3], atol=1e-5)
+
     mtime = (tmp_path / "lora" / "fold0" / "result.json").stat().st_mtime
     again = run_finetune(cfg, progress=False)  # a finished fold is skipped
     assert (tmp_path / "lora" / "fold0" / "result.json").stat().st_mtime == mtime

@@ -465,7 +465,7 @@ def lora_cmd(
     rank: int = typer.Option(8, help="LoRA rank."),
     alpha: int = typer.Option(16, help="LoRA alpha."),
     dropout: float = typer.Option(0.3, help="LoRA dropout."),
-    targets: Optional[str] = typer.Option(None, help="Comma-separated layer names (suffixes) to adapt (default: attention+MLP for ViTs, non-grouped convs for CNNs)."),
+    targets: Optional[str] = typer.Option(None, help="Comma-separated layer names (suffixes) to adapt (default: every linear layer, i.e. attention + MLP, for ViTs; every non-grouped conv for CNNs)."),
     lr: float = typer.Option(1e-4, help="Adam learning rate."),
     weight_decay: float = typer.Option(1e-5, help="Adam weight decay."),
     batch_size: int = typer.Option(32, help="Batch size."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import mito
 HEAD_FILE = "head.json"
 NOISE_MODES = ("global", "per-dim", "absolute")
 _ROWS_PER_BLOCK = 16384
+SMALL_DATA = 50_000_000  # rows x dims below which one thread is fastest (thread sync costs more, worse on a shared CPU)
 
 
 class HeadError(ValueError):
@@ -125,14 +127,16 @@ class Head(ClassifierMixin, BaseEstimator):
                 raise HeadError(f"y_val has {len(yv)} labels for {len(X_val)} rows")
             if len(yv) == 0:
                 X_val, yv = None, None
-        self._fit(X, yi.astype(np.int64), X_val, yv)
+        with cpu_threads(X.size, self._requested_threads()):
+            self._fit(X, yi.astype(np.int64), X_val, yv)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, one column per entry of ``classes_``."""
         self._check_fitted()
         X = check_X(X, self.n_features_in_)
-        return np.asarray(self._proba(X), dtype=np.float64)
+        with cpu_threads(X.size, self._requested_threads()):
+            return np.asarray(self._proba(X), dtype=np.float64)
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
@@ -156,6 +160,9 @@ class Head(ClassifierMixin, BaseEstimator):
         (path / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     # -- helpers
+    def _requested_threads(self) -> int | None:
+        return getattr(self, "n_threads", None) or getattr(self, "n_jobs", None)
+
     def _encode(self, y: Any) -> np.ndarray:
         y = np.asarray(y)
         index = {c: i for i, c in enumerate(self.classes_.tolist())}
@@ -180,6 +187,25 @@ def _has_missing(y: np.ndarray) -> bool:
     if y.dtype.kind == "O":
         return any(v is None or (isinstance(v, float) and np.isnan(v)) for v in y.tolist())
     return False
+
+
+@contextmanager
+def cpu_threads(n_values: int, requested: int | None = None) -> Iterator[None]:
+    """Run torch and BLAS/OpenMP with ``requested`` threads, or one thread for small data, then restore."""
+    n = requested or (1 if n_values < SMALL_DATA else None)
+    if n is None:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(n):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- inputs

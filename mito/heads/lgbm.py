@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from mito.heads.base import Head, HeadError, augment_with_noise, balanced_accuracy, class_weights, register_head
+from mito.heads.base import SMALL_DATA, Head, HeadError, augment_with_noise, balanced_accuracy, class_weights, register_head
 from mito.heads.sklearn_heads import _check_copies
-from mito.heads.torch_heads import SMALL_DATA
 
 MODEL_FILE = "model.lgb.txt"
 

@@ -26,7 +26,6 @@ MODEL_FILE = "model.safetensors"
 LOSSES = ("focal", "ce")
 BALANCES = ("weights", "sampler", "none")
 PRECISIONS = ("fp32", "bf16")
-SMALL_DATA = 8_000_000  # rows x dims below which one thread trains fastest
 # first_layer_noise costs ~h*h*d per batch against b*d random draws for plain input noise: it pays off for big batches
 PROJECT_NOISE_ROWS_PER_UNIT = 4
 
@@ -130,21 +129,7 @@ class _TorchHead(Head):
             return int(self.batch_size)
         return int(min(2048, max(256, n // 64)))
 
-    def _threads(self, n: int, d: int) -> int:
-        """Threads: as given; else one for small data (thread sync costs more than it saves there), else torch's default."""
-        if self.n_threads is not None:
-            return int(self.n_threads)
-        return 1 if n * d < SMALL_DATA else torch.get_num_threads()
-
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
-        before = torch.get_num_threads()
-        torch.set_num_threads(self._threads(*X.shape))
-        try:
-            self._train(X, y, X_val, y_val)
-        finally:
-            torch.set_num_threads(before)
-
-    def _train(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         n, d = X.shape

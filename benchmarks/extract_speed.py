@@ -11,6 +11,8 @@
 ``efficiency``           tiles_per_s / forward_tiles_per_s (both measured in this run, best of --repeat,
                          interleaved so a noisy neighbour hits both alike).
 ``loop_tiles_per_s``     the extractor's own rate once the model is built (excludes startup).
+``cpu_efficiency``       forward CPU ms per tile / extract CPU ms per tile (workers included): the share of
+                         the CPU the model gets, robust to neighbours on a shared machine.
 ``mfu``                  tiles_per_s x FLOPs per tile / peak; FLOPs from torch.utils.flop_counter; the peak
                          is stated in ``peak_flops`` (800e12 for cuda, as issue 6; CPU: unknown, so mfu is null).
 
@@ -51,17 +53,33 @@ def make_source(n: int, dest: Path, src: Path = AMIBR) -> Path:
     return dest
 
 
-def flops_per_tile(embed, x1: torch.Tensor) -> float:
-    """FLOPs of one tile's forward (counted on a batch of one, eager)."""
+def flops_per_tile(spec, size: int, enc=None) -> float:
+    """FLOPs of one tile's forward at ``size`` px, counted by torch.utils.flop_counter on the meta device
+    (no memory, no compute; the 1B-parameter models cost nothing), else on ``enc`` itself."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from mito.extract.backbones.registry import Encoder, _timm_model
+
+    try:
+        with torch.device("meta"):
+            enc, dev = Encoder(_timm_model(spec).eval(), spec, "", None), "meta"
+    except Exception:  # e.g. a transformers model: count on the real one
+        dev = next(enc.model.parameters()).device
     with FlopCounterMode(display=False) as fc, torch.inference_mode():
-        embed(x1)
+        enc.embed(torch.zeros(1, 3, size, size, device=dev))
     return float(fc.get_total_flops())
 
 
-def forward_rate(forward, x: torch.Tensor, n_tiles: int, device: torch.device, warmup: int = 2) -> float:
-    """Tiles/s of the bare forward on a pre-loaded batch, repeated to cover about ``n_tiles``."""
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its reaped children (the DataLoader workers)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def forward_rate(forward, x: torch.Tensor, n_tiles: int, device: torch.device, warmup: int = 2) -> tuple[float, float]:
+    """Tiles/s of the bare forward on a pre-loaded batch, repeated to cover about ``n_tiles``; and CPU ms per tile."""
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     steps = max(2, round(n_tiles / x.shape[0]))
@@ -70,11 +88,12 @@ def forward_rate(forward, x: torch.Tensor, n_tiles: int, device: torch.device, w
             forward(x).float().cpu()
         if cuda:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         for _ in range(steps):
             out = forward(x)
         out.float().cpu()  # waits for the device
-        return steps * x.shape[0] / (time.perf_counter() - t0)
+        n = steps * x.shape[0]
+        return n / (time.perf_counter() - t0), 1000 * (cpu_seconds() - c0) / n
 
 
 def main() -> None:
@@ -83,7 +102,7 @@ def main() -> None:
     ap.add_argument("--arch", default="efficientnet_lite0", help="registry name (see `mito backbones`)")
     ap.add_argument("--random-weights", action="store_true", help="random init (gated models without their weights)")
     ap.add_argument("--batch-size", type=int, default=None, help="default 64 on CPU, 256 on CUDA")
-    ap.add_argument("--n", type=int, default=None, help="tiles (default 384 on CPU, 16384 on CUDA)")
+    ap.add_argument("--n", type=int, default=None, help="tiles (default 384 on CPU, 65536 on CUDA)")
     ap.add_argument("--compile", action="store_true", help="torch.compile in both measurements")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the extractor's)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -94,7 +113,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from mito.extract import ExtractConfig, create_backbone, extract, get_backbone, pick_device
-    from mito.extract.extractor import default_workers
+    from mito.extract.extractor import default_workers, tune_cpu_allocator
     from mito.extract.variants import Preprocess, preprocess
     from mito.extract.sources import _read_image
 
@@ -102,10 +121,12 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     device = pick_device(a.device)
     cuda = device.type == "cuda"
+    if not cuda:
+        tune_cpu_allocator()  # as extract() does on CPU, so the bare forward gets the same allocator
     name = f"random_{a.arch}" if a.random_weights and not a.arch.startswith("random_") else a.arch
     spec = get_backbone(name)
     bs = a.batch_size or (256 if cuda else 64)
-    n = a.n or (16384 if cuda else 384)
+    n = a.n or (65536 if cuda else 384)  # on CUDA: ~40 s at the 1,650 tiles/s goal, so model start-up is amortised
     size = a.input_size or spec.input_size
     workers = a.workers if a.workers is not None else default_workers(device)
     peak = a.peak_tflops * 1e12 if a.peak_tflops else (CUDA_PEAK if cuda else None)
@@ -126,19 +147,22 @@ def main() -> None:
         x = x.to(device)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        flops = flops_per_tile(enc.embed, x[:1])
+        flops = flops_per_tile(spec, size, enc)
         forward = torch.compile(enc.embed, dynamic=False) if a.compile else enc.embed
 
-        fwd, e2e, loop, startup = [], [], [], []
+        fwd, e2e, loop, startup, cpu_fwd, cpu_e2e = [], [], [], [], [], []
         for r in range(a.repeat):
-            fwd.append(forward_rate(forward, x, n, device))
+            rate, cpu_ms = forward_rate(forward, x, n, device)
+            fwd.append(rate)
+            cpu_fwd.append(cpu_ms)
             cfg = ExtractConfig(
                 source=str(src), store=str(work / f"run{r}.zarr"), backbones=[name], input_size=a.input_size,
                 batch_size=bs, num_workers=workers, device=device.type, compile=a.compile, progress=False,
             )
-            t0 = time.perf_counter()
+            c0, t0 = cpu_seconds(), time.perf_counter()
             summary = extract(cfg)
             wall = time.perf_counter() - t0
+            cpu_e2e.append(1000 * (cpu_seconds() - c0) / n)
             b = summary["backbones"][name]
             e2e.append(n / wall)
             loop.append(float(b["tiles_per_s"]))
@@ -161,9 +185,15 @@ def main() -> None:
             "loop_tiles_per_s": round(max(loop), 2),
             "loop_efficiency": round(max(loop) / ftps, 3),
             "startup_s": round(min(startup), 2),
+            "cpu_ms_per_tile": round(min(cpu_e2e), 2),
+            "forward_cpu_ms_per_tile": round(min(cpu_fwd), 2),
+            "cpu_efficiency": round(min(cpu_fwd) / min(cpu_e2e), 3),
             "gflops_per_tile": round(flops / 1e9, 3),
             "peak_flops": peak,
-            "peak_note": "stated peak (bf16 dense), not measured" if peak else "peak unknown on this CPU: mfu omitted",
+            "peak_note": ("given by --peak-tflops" if a.peak_tflops else "stated bf16 dense peak (issue 6), not measured")
+            if peak
+            else "peak unknown on this CPU: mfu omitted",
+            "ceiling_tiles_per_s": round(peak / flops, 1) if peak else None,
             "mfu": round(tps * flops / peak, 4) if peak else None,
             "forward_mfu": round(ftps * flops / peak, 4) if peak else None,
             "runs": {"tiles_per_s": [round(v, 1) for v in e2e], "forward_tiles_per_s": [round(v, 1) for v in fwd]},

@@ -308,7 +308,8 @@ def fit_head_cmd(
     patience: Optional[int] = typer.Option(None, help="Epochs (boosting rounds for lightgbm) without validation gain before stopping."),
     lr: Optional[float] = typer.Option(None, help="mlp/linear: Adam learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="mlp/linear: rows per batch (default grows with the data, 256..2048)."),
-    precision: Optional[str] = typer.Option(None, help="mlp/linear: fp32, or bf16 matmuls for big stores on CPUs that support it."),
+    precision: Optional[str] = typer.Option(None, help="mlp/linear: auto (bf16 matmuls for big training sets on CPUs with native bf16), fp32 or bf16."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: 1 for small data, else the cores left idle by other processes)."),
     param: list[str] = typer.Option([], "--param", "-p", help="Any other head option as KEY=VALUE, e.g. -p C=auto -p n_neighbors=25."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation, batches and noise."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
@@ -325,6 +326,7 @@ def fit_head_cmd(
         head_params=_head_params(
             param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
             balance=balance, epochs=epochs, patience=patience, lr=lr, batch_size=batch_size, precision=precision,
+            n_threads=threads,
         ),
     )
     m = fit_head(cfg)

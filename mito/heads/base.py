@@ -88,7 +88,7 @@ class Head(ClassifierMixin, BaseEstimator):
 
     # -- subclasses implement these
     def _validate_params(self) -> None:
-        _check_noise(self)
+        _check_common(self)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         raise NotImplementedError
@@ -161,7 +161,7 @@ class Head(ClassifierMixin, BaseEstimator):
 
     # -- helpers
     def _requested_threads(self) -> int | None:
-        return getattr(self, "n_threads", None) or getattr(self, "n_jobs", None)
+        return getattr(self, "n_threads", None)
 
     def _encode(self, y: Any) -> np.ndarray:
         y = np.asarray(y)
@@ -191,14 +191,11 @@ def _has_missing(y: np.ndarray) -> bool:
 
 @contextmanager
 def cpu_threads(n_values: int, requested: int | None = None) -> Iterator[None]:
-    """Run torch and BLAS/OpenMP with ``requested`` threads, or one thread for small data, then restore."""
-    n = requested or (1 if n_values < SMALL_DATA else None)
-    if n is None:
-        yield
-        return
+    """Run torch and BLAS/OpenMP with ``requested`` threads, else a default (see default_threads), then restore."""
     import torch
     from threadpoolctl import threadpool_limits
 
+    n = requested or default_threads(n_values, torch.get_num_threads())
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -206,6 +203,21 @@ def cpu_threads(n_values: int, requested: int | None = None) -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(before)
+
+
+def default_threads(n_values: int, available: int) -> int:
+    """One thread for small data; for big data, the cores other processes leave idle (1-minute load), at least one.
+
+    Threads that wait on a core busy with another process stall every parallel step: on a shared 2-core
+    machine two threads trained 3x slower than one.
+    """
+    if n_values < SMALL_DATA:
+        return 1
+    try:
+        idle = (os.cpu_count() or 1) - os.getloadavg()[0]
+    except OSError:
+        idle = available
+    return int(max(1, min(available, round(idle))))
 
 
 # ---------------------------------------------------------------- inputs
@@ -247,7 +259,11 @@ def column_variance(X: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- feature noise
-def _check_noise(head: Any) -> None:
+def _check_common(head: Any) -> None:
+    """Options every head shares: noise, noise_mode, n_threads."""
+    threads = getattr(head, "n_threads", None)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise HeadError(f"n_threads must be a whole number >= 1, got {threads!r}")
     noise, mode = getattr(head, "noise", 0.0), getattr(head, "noise_mode", "global")
     if not isinstance(noise, (int, float)) or noise < 0 or not np.isfinite(noise):
         raise HeadError(f"noise must be a number >= 0, got {noise!r}")

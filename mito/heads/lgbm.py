@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mito.heads.base import SMALL_DATA, Head, HeadError, augment_with_noise, balanced_accuracy, class_weights, register_head
+from mito.heads.base import Head, default_threads, HeadError, augment_with_noise, balanced_accuracy, class_weights, register_head
 from mito.heads.sklearn_heads import _check_copies
 
 MODEL_FILE = "model.lgb.txt"
@@ -21,7 +21,7 @@ MODEL_FILE = "model.lgb.txt"
 class LightGBMHead(Head):
     """Boosted trees (lightgbm.train); with a validation set, stops after ``patience`` rounds without gain.
 
-    n_jobs=None uses one thread for small data (OpenMP sync costs more than it saves there), else up to two.
+    n_threads=None: one thread for small data, else the idle cores (see base.default_threads).
     """
 
     def __init__(
@@ -38,7 +38,7 @@ class LightGBMHead(Head):
         noise: float = 0.0,
         noise_mode: str = "global",
         noise_copies: int = 4,
-        n_jobs: int | None = None,
+        n_threads: int | None = None,
         seed: int = 0,
     ) -> None:
         self.n_estimators = n_estimators
@@ -53,7 +53,7 @@ class LightGBMHead(Head):
         self.noise = noise
         self.noise_mode = noise_mode
         self.noise_copies = noise_copies
-        self.n_jobs = n_jobs
+        self.n_threads = n_threads
         self.seed = seed
 
     def _validate_params(self) -> None:
@@ -79,7 +79,7 @@ class LightGBMHead(Head):
             "bagging_freq": 1 if self.subsample < 1 else 0,
             "feature_fraction": self.colsample,
             "lambda_l2": self.reg_lambda,
-            "num_threads": self.n_jobs or (1 if n_values < SMALL_DATA else min(2, os.cpu_count() or 1)),
+            "num_threads": self.n_threads or default_threads(n_values, os.cpu_count() or 1),
             "seed": self.seed,
             "deterministic": True,
             "force_row_wise": True,

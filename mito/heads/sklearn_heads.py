@@ -14,14 +14,14 @@ from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
-from mito.heads.base import Head, HeadError, _check_noise, augment_with_noise, balanced_accuracy, register_head
+from mito.heads.base import Head, HeadError, _check_common, augment_with_noise, balanced_accuracy, register_head
 
 MODEL_FILE = "model.safetensors"
 AUTO_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
 def _check_copies(head: Any) -> None:
-    _check_noise(head)
+    _check_common(head)
     if not isinstance(head.noise_copies, int) or head.noise_copies < 0:
         raise HeadError(f"noise_copies must be a whole number >= 0, got {head.noise_copies!r}")
 
@@ -38,6 +38,7 @@ class LogRegHead(Head):
         noise: float = 0.0,
         noise_mode: str = "global",
         noise_copies: int = 4,
+        n_threads: int | None = None,
         seed: int = 0,
     ) -> None:
         self.C = C
@@ -46,6 +47,7 @@ class LogRegHead(Head):
         self.noise = noise
         self.noise_mode = noise_mode
         self.noise_copies = noise_copies
+        self.n_threads = n_threads
         self.seed = seed
 
     def _validate_params(self) -> None:
@@ -101,6 +103,7 @@ class KNNHead(Head):
         noise: float = 0.0,
         noise_mode: str = "global",
         noise_copies: int = 4,
+        n_threads: int | None = None,
         seed: int = 0,
     ) -> None:
         self.n_neighbors = n_neighbors
@@ -110,6 +113,7 @@ class KNNHead(Head):
         self.noise = noise
         self.noise_mode = noise_mode
         self.noise_copies = noise_copies
+        self.n_threads = n_threads
         self.seed = seed
 
     def _validate_params(self) -> None:

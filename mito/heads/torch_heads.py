@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from mito.heads.base import (
+    SMALL_DATA,
     Head,
     HeadError,
-    _check_noise,
+    _check_common,
     balanced_accuracy,
     class_weights,
     iter_blocks,
@@ -25,7 +26,7 @@ from mito.heads.base import (
 MODEL_FILE = "model.safetensors"
 LOSSES = ("focal", "ce")
 BALANCES = ("weights", "sampler", "none")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 # first_layer_noise costs ~h*h*d per batch against b*d random draws for plain input noise: it pays off for big batches
 PROJECT_NOISE_ROWS_PER_UNIT = 4
 
@@ -69,6 +70,22 @@ def first_layer_noise(weight: torch.Tensor, noise_var: torch.Tensor, n: int, gen
     return None
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 matmuls run about twice as fast."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, n_values: int) -> str:
+    """``auto``: bf16 matmuls for big training sets on CPUs with native bf16, fp32 otherwise (small sets stay exact)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if n_values >= SMALL_DATA and cpu_has_fast_bf16() else "fp32"
+
+
 def _adam(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """Adam, fused where this torch supports it on CPU (several times faster per step for small heads)."""
     try:
@@ -92,7 +109,7 @@ class _TorchHead(Head):
     dropout: float
 
     def _validate_params(self) -> None:
-        _check_noise(self)
+        _check_common(self)
         p = self.get_params()
         if "hidden" in p and (not isinstance(p["hidden"], int) or p["hidden"] < 1):
             raise HeadError(f"hidden must be a whole number >= 1, got {p['hidden']!r}")
@@ -109,8 +126,6 @@ class _TorchHead(Head):
         for k in ("epochs", "patience"):
             if int(getattr(self, k)) < 1:
                 raise HeadError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.n_threads is not None and self.n_threads < 1:
-            raise HeadError(f"n_threads must be >= 1, got {self.n_threads}")
         if self.batch_size is not None and self.batch_size < 1:
             raise HeadError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0 or self.weight_decay < 0:
@@ -145,7 +160,9 @@ class _TorchHead(Head):
         nv = None
         if self.noise > 0:
             nv = torch.tensor(noise_variance(X, self.noise, self.noise_mode), dtype=torch.float32)
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.precision_ = resolve_precision(self.precision, X.size)
+        self.threads_ = torch.get_num_threads()
+        dtype = torch.bfloat16 if self.precision_ == "bf16" else torch.float32
         bs = self._batch(n)
 
         best: tuple[float, float] = (-1.0, float("inf"))
@@ -239,7 +256,7 @@ class MLPHead(_TorchHead):
         batch_size: int | None = None,
         noise: float = 0.0,
         noise_mode: str = "global",
-        precision: str = "fp32",
+        precision: str = "auto",
         n_threads: int | None = None,
         seed: int = 0,
     ) -> None:
@@ -279,7 +296,7 @@ class LinearHead(_TorchHead):
         batch_size: int | None = None,
         noise: float = 0.0,
         noise_mode: str = "global",
-        precision: str = "fp32",
+        precision: str = "auto",
         n_threads: int | None = None,
         seed: int = 0,
     ) -> None:

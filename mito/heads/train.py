@@ -189,7 +189,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         "n_test": len(parts["test"]),
         "groups_shared_between_sides": shared,
         **({"val": evals["val"]} if main == "test" and "val" in evals else {}),
-        **{k: getattr(head, k) for k in ("best_epoch_", "epochs_run_", "best_iteration_", "C_") if hasattr(head, k)},
+        **{k: getattr(head, k) for k in ("best_epoch_", "epochs_run_", "best_iteration_", "C_", "precision_", "threads_") if hasattr(head, k)},
     }
     metrics = {k.rstrip("_"): v for k, v in metrics.items()}
     config = {

@@ -169,3 +169,20 @@ def test_bad_inputs() -> None:
         make_head("logreg", C="auto").fit(X, y)
     with pytest.raises(HeadError, match="no saved head"):
         load_head("/nonexistent/head")
+
+
+def test_thread_and_precision_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mito.heads import base
+    from mito.heads.torch_heads import resolve_precision
+
+    assert base.default_threads(1000, 8) == 1
+    monkeypatch.setattr(base.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(base.os, "getloadavg", lambda: (5.2, 0.0, 0.0))
+    assert base.default_threads(10**9, 8) == 3  # three cores idle
+    monkeypatch.setattr(base.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert base.default_threads(10**9, 8) == 1
+    assert resolve_precision("auto", 1000) == "fp32" and resolve_precision("bf16", 1000) == "bf16"
+    with pytest.raises(HeadError, match="n_threads must be"):
+        make_head("logreg", n_threads=0)
+    with pytest.raises(HeadError, match="precision must be one of"):
+        make_head("mlp", precision="fp8")

@@ -246,11 +246,16 @@ def check_X(X: Any, n_features: int | None = None) -> np.ndarray:
     return X
 
 
+def stat_block_rows(d: int) -> int:
+    """Rows per block for float64 column statistics: about 16 MiB per block whatever the width."""
+    return max(64, (1 << 21) // max(1, d))
+
+
 def column_variance(X: np.ndarray) -> np.ndarray:
     """Per-column variance computed block by block in float64 (no full-size temporary)."""
     total = np.zeros(X.shape[1])
     sq = np.zeros(X.shape[1])
-    for s in iter_blocks(len(X)):
+    for s in iter_blocks(len(X), stat_block_rows(X.shape[1])):
         b = X[s].astype(np.float64)
         total += b.sum(axis=0)
         sq += np.square(b).sum(axis=0)

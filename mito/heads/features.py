@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mito.cache import Store, StoreError, open_store
-from mito.heads.base import HeadError, iter_blocks
+from mito.heads.base import HeadError, iter_blocks, stat_block_rows
 
 PIPELINE_FILE = "pipeline.safetensors"
 PCA_FIT_ROWS = 50_000
@@ -112,7 +112,7 @@ class FeaturePipeline:
             raise HeadError(f"pca must be between 1 and min(rows, dims) = {min(n, d)}, got {self.pca}")
         if self.standardize:
             total, sq = np.zeros(d), np.zeros(d)
-            for s in iter_blocks(n):
+            for s in iter_blocks(n, stat_block_rows(d)):
                 b = X[s].astype(np.float64)
                 total += b.sum(axis=0)
                 sq += np.square(b).sum(axis=0)

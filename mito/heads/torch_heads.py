@@ -60,13 +60,13 @@ def first_layer_noise(weight: torch.Tensor, noise_var: torch.Tensor, n: int, gen
     numbers per row; gradients flow through L, so the regularising effect on W is kept.
     """
     w = weight.float()
-    cov = ((w * noise_var) @ w.T).double()
+    cov = ((w * noise_var) @ w.T).float()  # bf16 under autocast: rounding is far below the noise itself
     eye = torch.eye(cov.shape[0], dtype=cov.dtype)
-    scale = cov.diagonal().mean().clamp_min(1e-12)
-    for jitter in (1e-6, 1e-4):  # float32 rounding in cov can make it slightly indefinite
+    scale = cov.diagonal().mean().detach().clamp_min(1e-12)
+    for jitter in (1e-5, 1e-3):  # rounding in cov can make it slightly indefinite
         chol, info = torch.linalg.cholesky_ex(cov + jitter * scale * eye)
         if int(info) == 0:
-            return torch.randn(n, cov.shape[0], generator=gen) @ chol.float().T
+            return torch.randn(n, cov.shape[0], generator=gen) @ chol.T
     return None
 
 

@@ -94,7 +94,7 @@ def _done(store: Path) -> int:
 def test_resume_after_kill_9_matches_an_uninterrupted_run(amibr_dir: Path, tmp_path: Path) -> None:
     killed = tmp_path / "killed.zarr"
     args = [sys.executable, "-m", "mito", "extract", str(amibr_dir), "--store", str(killed), "--task", "mitosis",
-            "--input-size", "128", "--chunk-rows", "4", "--batch-size", "4", "--workers", "0", "--quiet"]
+            "--zooms", "1", "--colors", "rgb", "--input-size", "128", "--chunk-rows", "4", "--batch-size", "4", "--workers", "0", "--quiet"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     while _done(killed) < 3 and time.time() < deadline and proc.poll() is None:

@@ -49,6 +49,7 @@ def _extract_tmp(config: dict[str, Any], source: str, tmp: str, device: str, wei
             ecfg = ExtractConfig(
                 source=source,
                 store=path,
+                task=config["task"],  # labels found with the tiles (e.g. subfolders) then show up in the CSV
                 device=device,
                 progress=False,
                 **settings,

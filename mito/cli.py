@@ -274,7 +274,7 @@ def _head_params(pairs: list[str], **given: Any) -> dict[str, Any]:
 
 
 def _print_metrics(m: dict[str, Any]) -> None:
-    t = Table(title=f"{m['evaluated_on']} split: {m['n']} tiles (trained on {m['n_train']}, early-stopped on {m['n_val']})")
+    t = Table(title=f"{m['evaluated_on']}: {m['n']} tiles (train {m['n_train']}, val {m['n_val']})")
     for col in ("balanced acc", "AUROC", "kappa", "weighted F1", "train s"):
         t.add_column(col, justify="right")
     t.add_row(*(f"{m[k]:.3f}" for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), f"{m['train_seconds']:.2f}")

@@ -105,9 +105,6 @@ def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, weight: torc
 class _TorchHead(Head):
     """Shared fit/predict/save for the torch heads; subclasses only declare their options."""
 
-    hidden: int
-    dropout: float
-
     def _validate_params(self) -> None:
         _check_common(self)
         p = self.get_params()

@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--ft-backbone", default="efficientnet_lite0")
     ap.add_argument("--ft-modes", default="lora,full")
     ap.add_argument("--ft-folds", type=int, default=2, help="Fine-tune only the first N folds (a budget).")
-    ap.add_argument("--ft-minutes", type=float, default=3.0, help="Training-time cap per fold and mode.")
+    ap.add_argument("--ft-minutes", type=float, default=2.5, help="Training-time cap per fold and mode.")
     ap.add_argument("--ft-epoch-samples", type=int, default=256, help="Class-balanced draws per epoch (early stopping checks each epoch).")
     ap.add_argument("--ft-val-samples", type=int, default=128, help="Early-stopping tiles scored per epoch.")
     ap.add_argument("--skip-ft", action="store_true")
@@ -95,6 +95,7 @@ def main() -> None:
     print(f"store {args.store}: {', '.join(variants)}; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
     heads = args.heads.split(",") if args.heads else None
     timings: dict[str, float] = {}
+    load_start = os.getloadavg()[0]
 
     if not stage(out, "heads"):
         t = time.perf_counter()
@@ -151,14 +152,19 @@ def main() -> None:
         lines.append(
             f"- {f['label']}: {f['train_seconds']:.1f} s training per fold = {f['ratio_vs_best_head']:.0f}x the best head "
             f"({tc['best_head']['train_seconds']:.2f} s) and {f['ratio_vs_median_head']:.0f}x the median head "
-            f"({tc['median_head_train_seconds']:.2f} s); budget: {f['budget']}"
+            f"({tc['median_head_train_seconds']:.2f} s); {f['samples_per_second']:.1f} training tiles/s, i.e. about "
+            f"{f['epoch_seconds']:.0f} s per pass over the training set; budget: {f['budget']}"
         )
     if (out / "proxies" / "leaderboard.json").is_file():
         prox = load_leaderboard(out / "proxies").rows
         lines += ["", "Proxy tasks (z1 RGB of each backbone; best row per task and backbone):", ""]
         best = prox.sort_values("rank").groupby(["task", "backbone"], sort=True).head(1)
         lines.append(markdown(best.sort_values(["task", "rank"]), len(best)))
-    lines += ["", "Stage wall seconds: " + json.dumps({k: round(v) for k, v in timings.items()})]
+    lines += [
+        "",
+        "Stage wall seconds: " + json.dumps({k: round(v) for k, v in timings.items()}),
+        f"1-minute load average at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} (other jobs share these cores)",
+    ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[4:]))
     print(f"wrote {out / 'mitosis' / 'report.html'} and {out / 'summary.md'}")

@@ -7,13 +7,13 @@ A run writes, under ``out``: ``fold<k>/checkpoint.pt`` (resumable, replaced atom
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,15 +164,31 @@ def train_step(net: FinetuneNet, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     return float(loss.detach())
 
 
+@contextlib.contextmanager
+def merged_adapters(net: nn.Module) -> Iterator[None]:
+    """Fold LoRA weights into their base layers for inference (the unmerged extra convs are slow on CPU), then undo it."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in net.modules() if isinstance(m, LoraLayer) and not m.merged]
+    for m in layers:
+        m.merge()
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.unmerge()
+
+
 @torch.no_grad()
 def predict_batches(net: FinetuneNet, loader: Any, device: torch.device, amp: bool = False) -> np.ndarray:
-    """Softmax probabilities for every batch of a loader (net in eval mode)."""
+    """Softmax probabilities for every batch of a loader (net in eval mode, LoRA adapters merged meanwhile)."""
     net.eval()
     out = []
-    for x, _ in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(x.to(device, non_blocking=True)).float()
-        out.append(torch.softmax(logits, dim=1).cpu().numpy())
+    with merged_adapters(net):
+        for x, _ in loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = net(x.to(device, non_blocking=True)).float()
+            out.append(torch.softmax(logits, dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, net.head.out_features))
 
 
@@ -274,7 +290,7 @@ def _run_fold(
         val_rows = np.sort(np.random.default_rng(cfg.seed + fold.index).choice(val_rows, cfg.val_samples, replace=False))
     val_dl = _loader(Crops(source, val_rows, yi[val_rows], prep, False), cfg.batch_size * 2, workers)
 
-    state = {"epoch": 0, "best_score": -math.inf, "best": trainable_state(net, cfg.mode), "bad": 0, "seconds": 0.0, "steps": 0, "history": []}
+    state = {"epoch": 0, "best_score": -math.inf, "best": trainable_state(net, cfg.mode), "bad": 0, "seconds": 0.0, "steps": 0, "samples": 0, "history": []}
     ckpt = fold_dir / "checkpoint.pt"
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -300,6 +316,7 @@ def _run_fold(
         for x, y in train_dl:
             losses.append(train_step(net, opt, x.to(device, non_blocking=True), y.to(device), amp))
             state["steps"] += 1
+            state["samples"] = state.get("samples", 0) + len(y)
             progress.advance(bar)
             if state["seconds"] + time.perf_counter() - t0 >= cap:
                 break
@@ -329,6 +346,7 @@ def _run_fold(
         "predict_seconds": predict_seconds,
         "epochs": state["epoch"],
         "steps": state["steps"],
+        "samples_seen": state.get("samples", 0),
         "stopped": stop,
         "best_val_score": state["best_score"],
         "history": state["history"],
@@ -414,6 +432,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> Leaderboard:
                               "rank": cfg.rank if cfg.mode == "lora" else None, "alpha": cfg.alpha if cfg.mode == "lora" else None,
                               "dropout": cfg.dropout if cfg.mode == "lora" else None, "device": results[0]["device"]}, sort_keys=True),
         "row_id": rid,
+        "samples_seen": float(np.mean([r.get("samples_seen", 0) for r in results])),
         "models": [str(out / f"fold{f.index}" / "model") for f in folds],
     }
     row, arrays = score_row(base, spec_task, plan, y, classes, results, folds, cfg.n_boot, cfg.seed)
@@ -491,6 +510,9 @@ def load_finetuned(model_dir: str | os.PathLike, weights: str | None = None, dev
     p = config["preprocess"]
     prep = Preprocess(**{**p, "mean": tuple(p["mean"]), "std": tuple(p["std"])})
     dev = pick_device(device)
+    for m in net.modules():  # inference only: fold the adapters in once
+        if hasattr(m, "merge") and hasattr(m, "merged") and not m.merged:
+            m.merge()
     return FinetunedModel(net.to(dev).eval(), list(config["classes"]), prep, config, dev)
 
 

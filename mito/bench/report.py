@@ -52,8 +52,12 @@ def time_comparison(rows: pd.DataFrame) -> dict[str, Any]:
     out["median_head_train_seconds"] = float(heads["train_seconds"].median())
     for _, r in rows[rows["kind"].isin(FT_KINDS)].iterrows():
         s = float(r["train_seconds"])
+        seen = float(r.get("samples_seen") or 0.0)
+        rate = seen / s if seen and s > 0 else math.nan
         out.setdefault("finetune", []).append(
             {
+                "samples_per_second": rate,
+                "epoch_seconds": float(r["n_train"]) / rate if rate == rate and rate > 0 else math.nan,
                 "label": _label(r, 200),
                 "kind": r["kind"],
                 "train_seconds": s,
@@ -248,7 +252,10 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             ratio += (
                 f"<li><b>{html.escape(f['label'])}</b>: {f['train_seconds']:.1f} s per fold = "
                 f"{f['ratio_vs_best_head']:.0f}× the best head ({tc['best_head']['train_seconds']:.2f} s), "
-                f"{f['ratio_vs_median_head']:.0f}× the median head ({tc['median_head_train_seconds']:.2f} s); budget: {html.escape(str(f['budget']))}</li>"
+                f"{f['ratio_vs_median_head']:.0f}× the median head ({tc['median_head_train_seconds']:.2f} s); budget: {html.escape(str(f['budget']))}"
+                + (f"; {f['samples_per_second']:.1f} training tiles/s, so one pass over the training set takes about {f['epoch_seconds']:.0f} s"
+                   if f["epoch_seconds"] == f["epoch_seconds"] else "")
+                + "</li>"
             )
         classes = ", ".join(map(str, tm.get("classes", rows.iloc[0].get("classes", []))))
         sections.append(

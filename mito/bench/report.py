@@ -71,9 +71,11 @@ def time_comparison(rows: pd.DataFrame) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ figures
 def bar_chart(rows: pd.DataFrame, metric: str, path: Path, top: int = 20) -> Path:
-    """Horizontal bars of the main metric (mean over folds) with the bootstrap 95% CI as error bars."""
+    """Bars of the main metric (mean over folds, bootstrap 95% CI as error bars): the best rows, plus the best row
+    of every other backbone and every fine-tuning row, so controls and LoRA always show."""
     plt = _plt()
-    r = rows.head(top).iloc[::-1]
+    extra = pd.concat([rows.drop_duplicates("backbone"), rows[rows["kind"].isin(FT_KINDS)]])
+    r = pd.concat([rows.head(top), extra]).drop_duplicates("row_id").sort_values("rank").iloc[::-1]
     vals = r[metric].to_numpy(float)
     lo = np.clip(vals - r["ci_low"].to_numpy(float), 0, None)
     hi = np.clip(r["ci_high"].to_numpy(float) - vals, 0, None)
@@ -177,10 +179,10 @@ def time_figure(rows: pd.DataFrame, path: Path) -> Path | None:
 
 # ------------------------------------------------------------------ html
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1400px;color:#222;padding:0 1rem}
 h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}h3{font-size:1rem}
 table{border-collapse:collapse;font-size:12px;margin:.5rem 0}th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
-td.w{white-space:normal;text-align:left;min-width:14rem}.figs{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-start}figure{margin:0}
+td.w{white-space:normal;text-align:left;min-width:12rem;font-size:11px}.figs{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-start}figure{margin:0}
 th{background:#f4f4f4}td.l,th.l{text-align:left}tr.ft{background:#fff3e6}tr.rnd{color:#888}
 img{max-width:100%;border:1px solid #eee;margin:.5rem 0}.meta{color:#555;font-size:13px}code{background:#f4f4f4;padding:0 3px}
 """
@@ -203,7 +205,9 @@ def _fmt(v: Any, std: Any = None, digits: int = 3) -> str:
 
 
 def _table(rows: pd.DataFrame, metric: str) -> str:
-    cols = ["rank", "backbone", "features", "head", "noise", metric, "ci", "auroc", "kappa", "weighted_f1", "pr_auc", "train_seconds", "n_train", "n_test", "budget"]
+    noisy = bool((rows["noise"].fillna(0) != 0).any())
+    cols = ["rank", "backbone", "features", "head"] + (["noise"] if noisy else [])
+    cols += [metric, "ci", "auroc", "kappa", "weighted_f1", "pr_auc", "train_seconds", "train/test", "budget"]
     left = {"backbone", "features", "head", "budget"}
     head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape("95% CI" if c == "ci" else c)}</th>' for c in cols)
     body = []
@@ -218,6 +222,8 @@ def _table(rows: pd.DataFrame, metric: str) -> str:
                 v = _fmt(r.get(c), digits=2)
             elif c == "noise":
                 v = f"{r.get(c, 0):g}"
+            elif c == "train/test":
+                v = f"{r.get('n_train')}/{r.get('n_test')}"
             else:
                 v = str(r.get(c, ""))
             cells.append(f'<td class="{"w" if c == "budget" else ("l" if c in left else "")}">{html.escape(v)}</td>')

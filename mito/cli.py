@@ -358,7 +358,16 @@ def predict_cmd(
         if not sep:
             raise UserError(f"--weights takes NAME=PATH, got {v!r}")
         w[name.strip()] = path.strip()
-    df = predict(model, store=store, source=source, out_csv=out, device=device, weights=w or None)
+    from mito.bench import is_finetuned, predict_finetuned
+
+    if is_finetuned(model):  # a fine-tuned network embeds its own images: it cannot read a store
+        if source is None:
+            raise UserError(f"{model} is a fine-tuned model: give new tiles (SOURCE), not --store")
+        if len(w) > 1:
+            raise UserError("a fine-tuned model takes one --weights NAME=PATH")
+        df = predict_finetuned(model, source, out_csv=out, device=device, weights=next(iter(w.values()), None))
+    else:
+        df = predict(model, store=store, source=source, out_csv=out, device=device, weights=w or None)
     counts = ", ".join(f"{k} {v}" for k, v in df["pred"].value_counts().items())
     line = f"{len(df)} tiles predicted ({counts}) -> {out}"
     if "label" in df:

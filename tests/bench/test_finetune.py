@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -110,6 +111,15 @@ def test_run_resume_save_and_predict(amibr_dir: Path, tmp_path: Path, monkeypatc
     assert (tmp_path / "pred.csv").is_file()
     got = df.set_index(df["path"].map(lambda p: Path(p).name)).loc[[p.name for p in picks], ["p_Atypical", "p_Normal"]].to_numpy()
     np.testing.assert_allclose(got, proba[:3], atol=1e-5)
+    from typer.testing import CliRunner
+
+    from mito.cli import app
+
+    r = CliRunner().invoke(app, ["predict", str(new), "--model", str(model_dir), "--out", str(tmp_path / "cli.csv"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "3 tiles predicted" in r.output and len(pd.read_csv(tmp_path / "cli.csv")) == 3
+    r = CliRunner().invoke(app, ["predict", "--model", str(model_dir), "--store", str(tmp_path / "x.zarr"), "--out", str(tmp_path / "y.csv")])
+    assert r.exit_code == 2 and "fine-tuned model" in r.output
 
     mtime = (tmp_path / "lora" / "fold0" / "result.json").stat().st_mtime
     again = run_finetune(cfg, progress=False)  # a finished fold is skipped

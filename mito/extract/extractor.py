@@ -6,6 +6,7 @@ import os
 import queue
 import threading
 import time
+from dataclasses import replace
 from contextlib import nullcontext
 from typing import Any, Literal
 
@@ -134,8 +135,10 @@ class _TileDataset(Dataset):
     """Reads each tile once at the widest field of view and returns every variant of it."""
 
     def __init__(self, source: TileSource, rows: np.ndarray, preps: list[Preprocess]) -> None:
-        self.source, self.rows, self.preps = source, rows, preps
+        self.source, self.rows = source, rows
         self.context = max(1.0, 1.0 / min(p.zoom for p in preps))
+        # zoom relative to the region actually read (it is wider than the tile when context > 1)
+        self.preps = [replace(p, zoom=p.zoom * self.context) for p in preps]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -145,8 +148,7 @@ class _TileDataset(Dataset):
         size = self.preps[0].input_size
         try:
             img = self.source.read(row, self.context)
-            # zoom relative to the region actually read (it is wider than the tile when context > 1)
-            xs = [preprocess(img, Preprocess(**{**p.as_dict(), "zoom": p.zoom * self.context})) for p in self.preps]
+            xs = [preprocess(img, p) for p in self.preps]
             return row, torch.stack(xs), False
         except OSError:
             return row, torch.zeros(len(self.preps), 3, size, size), True

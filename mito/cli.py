@@ -312,6 +312,8 @@ def fit_head_cmd(
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: 1 for small data, else the cores left idle by other processes)."),
     param: list[str] = typer.Option([], "--param", "-p", help="Any other head option as KEY=VALUE, e.g. -p C=auto -p n_neighbors=25."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation, batches and noise."),
+    stream: Optional[bool] = typer.Option(None, "--stream/--in-memory", help="mlp/linear: read features from the store chunk by chunk every epoch (bounded memory) or load them once (default: stream only when they would fill half the free memory)."),
+    buffer_rows: Optional[int] = typer.Option(None, help="--stream: rows mixed in the shuffle buffer (default 65,536; memory ~ 2 x rows x dims x 2 bytes)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of a table."),
 ) -> None:
@@ -323,6 +325,7 @@ def fit_head_cmd(
         standardize=standardize, pca=pca, split_column=split_column,
         group_column=None if group_column.lower() == "none" else group_column,
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, overwrite=overwrite,
+        stream=stream, progress=not as_json, **({"buffer_rows": buffer_rows} if buffer_rows is not None else {}),
         head_params=_head_params(
             param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
             balance=balance, epochs=epochs, patience=patience, lr=lr, batch_size=batch_size, precision=precision,

@@ -440,14 +440,21 @@ class Store:
         return np.concatenate(out, axis=0)
 
     def iter_chunks(
-        self, keys: Sequence[str], rows: np.ndarray | None = None, dtype: Any = np.float32
+        self,
+        keys: Sequence[str],
+        rows: np.ndarray | None = None,
+        dtype: Any = np.float32,
+        chunks: Sequence[int] | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (row_indices, features) one storage chunk at a time: memory stays bounded by a chunk."""
+        """Yield (row_indices, features) one storage chunk at a time (in ``chunks`` order when given): memory stays bounded by a chunk."""
         vs = self._check_readable(keys, allow_incomplete=False)
         wanted = None if rows is None else np.zeros(self.n_tiles, bool)
         if wanted is not None:
             wanted[rows] = True
-        for c in range(self.n_chunks):
+        for c in range(self.n_chunks) if chunks is None else chunks:
+            c = int(c)
+            if not 0 <= c < self.n_chunks:
+                raise StoreError(f"chunk {c} out of range for a store of {self.n_chunks} chunks")
             start, stop = self.chunk_rows_range(c)
             idx = np.arange(start, stop)
             if wanted is not None:

@@ -4,6 +4,7 @@ from mito.heads.base import HeadError, head_class, head_names, load_head, make_h
 from mito.heads import torch_heads, sklearn_heads, lgbm  # noqa: F401  (registration order = HEAD_NAMES)
 from mito.heads.features import FeaturePipeline, metadata_categories, one_hot, select_features
 from mito.heads.split import make_split
+from mito.heads.stream import FeatureStream, fit_pipeline_stream, stream_proba
 from mito.heads.train import FitConfig, fit_head, make_fit_config
 from mito.heads.predict import load_model, predict
 
@@ -12,9 +13,11 @@ HEAD_NAMES: tuple[str, ...] = head_names()
 __all__ = [
     "HEAD_NAMES",
     "FeaturePipeline",
+    "FeatureStream",
     "FitConfig",
     "HeadError",
     "fit_head",
+    "fit_pipeline_stream",
     "head_class",
     "load_head",
     "load_model",
@@ -27,4 +30,5 @@ __all__ = [
     "predict",
     "register_head",
     "select_features",
+    "stream_proba",
 ]

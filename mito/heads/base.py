@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,7 @@ class Head(ClassifierMixin, BaseEstimator):
     """Shared plumbing for heads: sklearn-style params, label encoding, predict, save; subclasses add the model."""
 
     name: str = ""
+    supports_stream: bool = False  # True when the head can train from a FeatureStream (fit_stream)
 
     # -- subclasses implement these
     def _validate_params(self) -> None:
@@ -130,6 +131,38 @@ class Head(ClassifierMixin, BaseEstimator):
         with cpu_threads(X.size, self._requested_threads()):
             self._fit(X, yi.astype(np.int64), X_val, yv)
         return self
+
+    def fit_stream(self, train: Any, val: Any = None) -> Head:
+        """Train from FeatureStreams (features read from the store chunk by chunk); only heads with ``supports_stream``."""
+        if not self.supports_stream:
+            raise HeadError(
+                f"the {self.name} head needs its training features in memory; "
+                f"streaming from the store works with {', '.join(n for n, c in _REGISTRY.items() if c.supports_stream)}"
+            )
+        self._validate_params()
+        y = np.asarray(train.labels)
+        if len(y) == 0:
+            raise HeadError("no rows to work on")
+        if _has_missing(y):
+            raise HeadError("y holds missing labels; drop unlabelled rows before fitting")
+        classes, yi = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise HeadError(f"need at least two classes to train, got {len(classes)} ({', '.join(map(str, classes))})")
+        self.classes_ = classes
+        self.n_features_in_ = train.d
+        yv = None
+        if val is not None:
+            if val.d != train.d:
+                raise HeadError(f"validation features have {val.d} dims, training features {train.d}")
+            yv = self._encode(val.labels)
+            if len(yv) == 0:
+                val, yv = None, None
+        with cpu_threads(train.n * train.d, self._requested_threads()):
+            self._fit_stream(train, yi.astype(np.int64), val, yv)
+        return self
+
+    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None) -> None:
+        raise NotImplementedError
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, one column per entry of ``classes_``."""
@@ -220,6 +253,20 @@ def default_threads(n_values: int, available: int) -> int:
     return int(max(1, min(available, round(idle))))
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says are available now (MemAvailable), None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 # ---------------------------------------------------------------- inputs
 def iter_blocks(n: int, size: int = _ROWS_PER_BLOCK) -> Iterator[slice]:
     """Row slices of at most ``size`` rows covering range(n)."""
@@ -251,16 +298,25 @@ def stat_block_rows(d: int) -> int:
     return max(64, (1 << 21) // max(1, d))
 
 
+def column_moments(blocks: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and variance of row blocks, accumulated in float64 (one pass, no full-size temporary)."""
+    n, total, sq = 0, None, None
+    for block in blocks:
+        d = block.shape[1]
+        for s in iter_blocks(len(block), stat_block_rows(d)):
+            b = block[s].astype(np.float64)
+            total = b.sum(axis=0) if total is None else total + b.sum(axis=0)
+            sq = np.square(b).sum(axis=0) if sq is None else sq + np.square(b).sum(axis=0)
+        n += len(block)
+    if not n or total is None or sq is None:
+        raise HeadError("no rows to compute feature statistics on")
+    mean = total / n
+    return mean, np.maximum(sq / n - mean**2, 0.0)
+
+
 def column_variance(X: np.ndarray) -> np.ndarray:
     """Per-column variance computed block by block in float64 (no full-size temporary)."""
-    total = np.zeros(X.shape[1])
-    sq = np.zeros(X.shape[1])
-    for s in iter_blocks(len(X), stat_block_rows(X.shape[1])):
-        b = X[s].astype(np.float64)
-        total += b.sum(axis=0)
-        sq += np.square(b).sum(axis=0)
-    mean = total / len(X)
-    return np.maximum(sq / len(X) - mean**2, 0.0)
+    return column_moments([X])[1]
 
 
 # ---------------------------------------------------------------- feature noise
@@ -283,12 +339,16 @@ def noise_variance(X: np.ndarray, noise: float, mode: str) -> np.ndarray:
     ``per-dim``: dimension j gets ``noise`` times its own standard deviation;
     ``absolute``: ``noise`` is the sigma itself, in feature units.
     """
-    d = X.shape[1]
+    return noise_variance_from(lambda: column_variance(X), X.shape[1], noise, mode)
+
+
+def noise_variance_from(variance: Callable[[], np.ndarray], d: int, noise: float, mode: str) -> np.ndarray:
+    """noise_variance with the features' per-column variance given by a callable (called only when a mode needs it)."""
     if noise == 0:
         return np.zeros(d)
     if mode == "absolute":
         return np.full(d, float(noise) ** 2)
-    var = column_variance(X)
+    var = variance()
     if mode == "per-dim":
         return noise**2 * var
     return np.full(d, noise**2 * float(var.mean()))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mito.cache import Store, StoreError, open_store
-from mito.heads.base import HeadError, iter_blocks, stat_block_rows
+from mito.heads.base import HeadError, column_moments, iter_blocks
 
 PIPELINE_FILE = "pipeline.safetensors"
 PCA_FIT_ROWS = 50_000
@@ -108,25 +108,38 @@ class FeaturePipeline:
     def fit(self, X: np.ndarray, seed: int = 0) -> FeaturePipeline:
         """Learn the mean/scale (all rows, in blocks) and PCA (on at most PCA_FIT_ROWS rows)."""
         n, d = X.shape
+        mean, var = column_moments([X]) if self.standardize else (None, None)
+
+        def sample(k: int) -> np.ndarray:
+            rng = np.random.default_rng(seed)
+            pick = np.sort(rng.choice(n, k, replace=False)) if n > k else slice(None)
+            return X[pick].astype(np.float32)
+
+        return self.fit_from(n, d, mean, var, sample, seed)
+
+    def fit_from(
+        self,
+        n: int,
+        d: int,
+        mean: np.ndarray | None,
+        var: np.ndarray | None,
+        sample: Callable[[int], np.ndarray],
+        seed: int = 0,
+    ) -> FeaturePipeline:
+        """Fit from column moments of the n x d training features and ``sample(k)``, k random rows of them (for PCA)."""
         if self.pca is not None and not 1 <= self.pca <= min(n, d):
             raise HeadError(f"pca must be between 1 and min(rows, dims) = {min(n, d)}, got {self.pca}")
         if self.standardize:
-            total, sq = np.zeros(d), np.zeros(d)
-            for s in iter_blocks(n, stat_block_rows(d)):
-                b = X[s].astype(np.float64)
-                total += b.sum(axis=0)
-                sq += np.square(b).sum(axis=0)
-            mean = total / n
-            sd = np.sqrt(np.maximum(sq / n - mean**2, 0.0))
+            if mean is None or var is None:
+                raise HeadError("standardize needs the column mean and variance")
+            sd = np.sqrt(var)
             self.mean_ = mean.astype(np.float32)
             self.scale_ = np.where(sd > 1e-8, sd, 1.0).astype(np.float32)
         if self.pca:
             from sklearn.decomposition import PCA
 
-            rng = np.random.default_rng(seed)
-            pick = np.sort(rng.choice(n, PCA_FIT_ROWS, replace=False)) if n > PCA_FIT_ROWS else slice(None)
-            sample = self._standardized(X[pick].astype(np.float32))
-            p = PCA(n_components=self.pca, random_state=seed, svd_solver="auto").fit(sample)
+            rows = self._standardized(sample(PCA_FIT_ROWS).astype(np.float32, copy=False))
+            p = PCA(n_components=self.pca, random_state=seed, svd_solver="auto").fit(rows)
             self.components_ = p.components_.astype(np.float32)
             self.pca_mean_ = p.mean_.astype(np.float32)
             self.explained_variance_ratio_ = float(p.explained_variance_ratio_.sum())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from mito.heads.base import (
     class_weights,
     iter_blocks,
     noise_variance,
+    noise_variance_from,
     register_head,
 )
 
@@ -105,6 +107,9 @@ def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, weight: torc
 class _TorchHead(Head):
     """Shared fit/predict/save for the torch heads; subclasses only declare their options."""
 
+    supports_stream = True
+    on_epoch: Callable[[dict[str, float], int], None] | None = None  # progress hook, called after each epoch
+
     def _validate_params(self) -> None:
         _check_common(self)
         p = self.get_params()
@@ -142,22 +147,62 @@ class _TorchHead(Head):
         return int(min(2048, max(256, n // 64)))
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+        n, d = X.shape
+        Xt = torch.from_numpy(np.ascontiguousarray(X))
+
+        def epoch(gen: torch.Generator, bs: int, row_w: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            order = torch.multinomial(row_w, n, replacement=True, generator=gen) if row_w is not None else torch.randperm(n, generator=gen)
+            for s in range(0, n, bs):
+                idx = order[s : s + bs]
+                yield Xt[idx], idx
+
+        val = (lambda net: _logits(net, X_val)) if X_val is not None else None
+        nv = noise_variance(X, self.noise, self.noise_mode) if self.noise > 0 else None
+        self._train(n, d, y, epoch, val, y_val, nv)
+
+    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None) -> None:
+        seed = int(self.seed)
+
+        def epoch(gen: torch.Generator, bs: int, row_w: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            e = next(counter)
+            for pos, block, order in train.shuffled(np.random.default_rng([seed, e])):
+                xt, pt = torch.from_numpy(block), torch.from_numpy(pos)
+                # class balance: sample the buffer's rows with replacement, as the in-memory sampler does over all rows
+                j_all = torch.multinomial(row_w[pt], len(pt), replacement=True, generator=gen) if row_w is not None else torch.from_numpy(order)
+                for s in range(0, len(pt), bs):
+                    j = j_all[s : s + bs]
+                    yield xt[j], pt[j]
+
+        counter = iter(range(1 << 62))
+        val_fn = (lambda net: _stream_logits(net, val)) if val is not None else None
+        nv = None
+        if self.noise > 0:
+            nv = noise_variance_from(lambda: train.moments()[1], train.d, self.noise, self.noise_mode)
+        self._train(train.n, train.d, y, epoch, val_fn, y_val, nv)
+
+    def _train(
+        self,
+        n: int,
+        d: int,
+        y: np.ndarray,
+        epoch_batches: Callable[[torch.Generator, int, torch.Tensor | None], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+        val_logits: Callable[[nn.Module], torch.Tensor] | None,
+        y_val: np.ndarray | None,
+        noise_var: np.ndarray | None,
+    ) -> None:
+        """The training loop: ``epoch_batches`` yields (features, row positions) for one epoch, ``val_logits`` scores the val rows."""
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
-        n, d = X.shape
         k = len(self.classes_)
         net = self._build(d, k)
         opt = _adam(net, self.lr, self.weight_decay)
-        Xt = torch.from_numpy(np.ascontiguousarray(X))
         yt = torch.from_numpy(y)
         cw = torch.tensor(class_weights(y, k), dtype=torch.float32)
         loss_w = cw if self.balance == "weights" else None
         row_w = cw[yt] if self.balance == "sampler" else None
         gamma = float(self.gamma) if self.loss == "focal" else 0.0
-        nv = None
-        if self.noise > 0:
-            nv = torch.tensor(noise_variance(X, self.noise, self.noise_mode), dtype=torch.float32)
-        self.precision_ = resolve_precision(self.precision, X.size)
+        nv = torch.tensor(noise_var, dtype=torch.float32) if noise_var is not None else None
+        self.precision_ = resolve_precision(self.precision, n * d)
         self.threads_ = torch.get_num_threads()
         dtype = torch.bfloat16 if self.precision_ == "bf16" else torch.float32
         bs = self._batch(n)
@@ -166,33 +211,33 @@ class _TorchHead(Head):
         best_state, best_epoch, waited = None, 0, 0
         history = []
         t0 = time.perf_counter()
-        for epoch in range(1, int(self.epochs) + 1):
+        for ep in range(1, int(self.epochs) + 1):
             net.train()
-            order = torch.multinomial(row_w, n, replacement=True, generator=gen) if row_w is not None else torch.randperm(n, generator=gen)
-            total = 0.0
-            for s in range(0, n, bs):
-                idx = order[s : s + bs]
-                xb = Xt[idx].to(dtype)
+            total, seen = 0.0, 0
+            for xb, idx in epoch_batches(gen, bs, row_w):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                    logits = net(xb, nv, gen)
+                    logits = net(xb.to(dtype), nv, gen)
                 loss = focal_loss(logits, yt[idx], gamma, loss_w)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
-            rec: dict[str, float] = {"epoch": epoch, "train_loss": total / n}
-            if X_val is not None:
-                vlogits = _logits(net, X_val)
+                seen += len(idx)
+            rec: dict[str, float] = {"epoch": ep, "train_loss": total / max(seen, 1), "seconds": round(time.perf_counter() - t0, 3)}
+            if val_logits is not None and y_val is not None:
+                vlogits = val_logits(net)
                 vloss = float(focal_loss(vlogits, torch.from_numpy(y_val), gamma, loss_w))
                 vba = balanced_accuracy(y_val, vlogits.argmax(1).numpy())
                 rec.update(val_loss=vloss, val_balanced_accuracy=vba)
                 if vba > best[0] + 1e-9 or (abs(vba - best[0]) <= 1e-9 and vloss < best[1]):
-                    best, best_epoch, waited = (vba, vloss), epoch, 0
+                    best, best_epoch, waited = (vba, vloss), ep, 0
                     best_state = copy.deepcopy(net.state_dict())
                 else:
                     waited += 1
             history.append(rec)
-            if X_val is not None and waited >= self.patience:
+            if self.on_epoch is not None:
+                self.on_epoch(rec, int(self.epochs))
+            if val_logits is not None and waited >= self.patience:
                 break
         if best_state is not None:
             net.load_state_dict(best_state)
@@ -310,3 +355,13 @@ class LinearHead(_TorchHead):
         self.precision = precision
         self.n_threads = n_threads
         self.seed = seed
+
+
+@torch.no_grad()
+def _stream_logits(net: nn.Module, stream: Any) -> torch.Tensor:
+    """Logits of every row of a FeatureStream, in row order."""
+    parts = [(pos, _logits(net, X)) for pos, X in stream.blocks()]
+    out = torch.empty(stream.n, parts[0][1].shape[1])
+    for pos, lg in parts:
+        out[torch.from_numpy(pos)] = lg
+    return out

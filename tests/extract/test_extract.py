@@ -136,3 +136,24 @@ def test_slide_with_points_at_three_zooms(tmp_path: Path) -> None:
     x = s.read(s.variants)
     assert x.shape == (3, 3 * 1280) and np.isfinite(x).all() and s.verify() == []
     assert not np.allclose(x[:, :1280], x[:, 1280:2560], atol=1e-2)  # more context is a different input
+
+
+def test_store_rows_are_the_backbone_applied_to_preprocess(amibr_store: Path) -> None:
+    """uint8 crops cross to the model and are normalised there: the same numbers as preprocess() then embed()."""
+    import torch
+    from PIL import Image
+
+    from mito.extract import Preprocess, create_backbone, get_backbone, preprocess
+
+    spec = get_backbone("efficientnet_lite0")
+    enc = create_backbone("efficientnet_lite0")
+    with open_store(amibr_store) as s:
+        rows = np.array([0, 5, 17, 40])
+        for zoom, color in ((1.0, "rgb"), (2.0, "gray")):
+            stored = s.read([f"efficientnet_lite0:z{zoom:g}:{color}"], rows)
+            prep = Preprocess(128, spec.mean, spec.std, zoom=zoom, color=color)
+            imgs = [np.asarray(Image.open(s.tiles["path"].iloc[r]).convert("RGB")) for r in rows]
+            with torch.inference_mode():
+                direct = enc.embed(torch.stack([preprocess(im, prep) for im in imgs])).numpy()
+            np.testing.assert_allclose(stored, direct.astype(np.float16).astype(np.float32), rtol=1e-2, atol=1e-2)
+            assert not np.allclose(stored[0], stored[1], atol=1e-2)

@@ -86,15 +86,18 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 
 def _parse_weights(values: list[str], backbones: list[str]) -> dict[str, str]:
+    """--weights values as {backbone: path}: NAME=PATH, or a bare PATH when there is one backbone."""
     out: dict[str, str] = {}
     for v in values:
         name, sep, path = v.partition("=")
-        if sep and not Path(v).exists():
+        if sep and name.strip() and not Path(v).exists():
             out[name.strip()] = path.strip()
         elif len(backbones) == 1:
             out[backbones[0]] = v
-        else:
+        elif backbones:
             raise UserError("with several backbones, pass --weights NAME=PATH for each")
+        else:
+            raise UserError(f"--weights takes NAME=PATH, got {v!r}")
     return out
 
 
@@ -102,13 +105,12 @@ def _extract_config(**kw: Any) -> Any:
     from pydantic import ValidationError
 
     from mito.extract import ExtractConfig
+    from mito.validation import one_line
 
     try:
         return ExtractConfig(**kw)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "option"
-        raise UserError(f"--{where.replace('_', '-')}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise UserError(one_line(e, as_option=True)) from None
 
 
 def _floats(value: str, what: str) -> list[float]:
@@ -252,7 +254,7 @@ def demo(
     """Run the whole pipeline on the bundled AMi-Br sample with the default backbone."""
     from mito.demo import run_demo
 
-    run_demo(out, device=device, console=console)
+    run_demo(out, device=device, console=console, show_store=_print_info)
 
 
 # ==================================================================== heads: fit-head / predict
@@ -355,12 +357,7 @@ def predict_cmd(
 
     if source is not None and store is not None:
         raise UserError("give either tiles to embed (SOURCE) or --store, not both")
-    w = {}
-    for v in weights:
-        name, sep, path = v.partition("=")
-        if not sep:
-            raise UserError(f"--weights takes NAME=PATH, got {v!r}")
-        w[name.strip()] = path.strip()
+    w = _parse_weights(weights, [])
     from mito.bench import is_finetuned, predict_finetuned
 
     if is_finetuned(model):  # a fine-tuned network embeds its own images: it cannot read a store

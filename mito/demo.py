@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ def sample_dir() -> Path:
     return Path(str(resources.files("mito") / "data" / "sample" / "amibr"))
 
 
-def run_demo(out: Path, device: str = "auto", console: Console | None = None) -> dict[str, Any]:
-    """Extract the sample, then run every later stage that is installed; returns what each stage produced."""
+def run_demo(
+    out: Path, device: str = "auto", console: Console | None = None, show_store: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Extract the sample, fit a head, bench; returns what each stage produced (``show_store`` prints the store's info)."""
     from mito.cache import open_store
     from mito.extract import ExtractConfig, extract
 
@@ -33,9 +36,8 @@ def run_demo(out: Path, device: str = "auto", console: Console | None = None) ->
     )
     with open_store(store) as s:
         info = s.info()
-    from mito.cli import _print_info
-
-    _print_info(info)
+    if show_store is not None:
+        show_store(info)
     result: dict[str, Any] = {"extract": summary, "store": str(store)}
 
     from mito.heads import fit_head, make_fit_config

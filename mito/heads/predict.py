@@ -16,6 +16,7 @@ from mito.cache import open_store
 from mito.heads.base import HEAD_FILE, HeadError, load_head
 from mito.heads.features import FeaturePipeline, check_store_matches, one_hot
 from mito.heads.train import CONFIG_FILE
+from mito.validation import one_line
 
 
 def load_model(model_dir: str | os.PathLike) -> tuple[dict[str, Any], Any, FeaturePipeline]:
@@ -56,7 +57,7 @@ def _extract_tmp(config: dict[str, Any], source: str, tmp: str, device: str, wei
                 **({"weights": {bb: weights[bb]}} if weights and bb in weights else {}),
             )
         except ValidationError as e:
-            raise HeadError(f"cannot rebuild the model's extraction settings: {e.errors()[0]['msg']}") from None
+            raise HeadError(f"cannot rebuild the model's extraction settings: {one_line(e)}") from None
         extract(ecfg)
     return path
 

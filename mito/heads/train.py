@@ -22,6 +22,7 @@ from mito.heads.base import HeadError, available_memory, head_class, head_names,
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories, one_hot, select_features
 from mito.heads.split import make_split
 from mito.heads.stream import DEFAULT_BUFFER_ROWS, FeatureStream, fit_pipeline_stream, stream_proba
+from mito.validation import one_line
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -73,9 +74,7 @@ def make_fit_config(**kw: Any) -> FitConfig:
     try:
         return FitConfig(**kw)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise HeadError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise HeadError(one_line(e)) from None
 
 
 def default_features(store: Store) -> list[str]:

@@ -157,3 +157,31 @@ def test_store_rows_are_the_backbone_applied_to_preprocess(amibr_store: Path) ->
                 direct = enc.embed(torch.stack([preprocess(im, prep) for im in imgs])).numpy()
             np.testing.assert_allclose(stored, direct.astype(np.float16).astype(np.float32), rtol=1e-2, atol=1e-2)
             assert not np.allclose(stored[0], stored[1], atol=1e-2)
+
+
+def test_compiled_extraction_matches_eager_with_a_ragged_last_batch(amibr_dir: Path, tmp_path: Path) -> None:
+    """torch.compile (static shapes, the last batch of 20 rows padded to 8s) writes what eager writes."""
+    extract(_cfg(amibr_dir, tmp_path / "eager.zarr", limit=20))
+    s = extract(_cfg(amibr_dir, tmp_path / "compiled.zarr", limit=20, compile=True))
+    assert s["backbones"]["efficientnet_lite0"]["rows"] == 20
+    key = ["efficientnet_lite0:z1:rgb"]
+    a, b = open_store(tmp_path / "eager.zarr").read(key), open_store(tmp_path / "compiled.zarr").read(key)
+    assert a.shape == (20, 1280)
+    np.testing.assert_allclose(b, a, rtol=1e-2, atol=1e-2)
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(amibr_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    def broken(fn: object, **kw: object) -> object:
+        def call(*a: object) -> object:
+            raise RuntimeError("no C++ compiler found")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    extract(_cfg(amibr_dir, tmp_path / "eager.zarr", limit=12))
+    with pytest.warns(UserWarning, match="torch.compile failed, running eager: RuntimeError: no C"):
+        extract(_cfg(amibr_dir, tmp_path / "fallback.zarr", limit=12, compile=True))
+    key = ["efficientnet_lite0:z1:rgb"]
+    np.testing.assert_array_equal(open_store(tmp_path / "fallback.zarr").read(key), open_store(tmp_path / "eager.zarr").read(key))

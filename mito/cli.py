@@ -282,6 +282,8 @@ def _print_metrics(m: dict[str, Any]) -> None:
     t.add_row(*(f"{m[k]:.3f}" for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), f"{m['train_seconds']:.2f}")
     console.print(t)
     console.print(f"confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}")
+    if m.get("streamed"):
+        console.print("features streamed from the store chunk by chunk (--stream), never loaded whole")
 
 
 @app.command("fit-head")

@@ -113,7 +113,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from mito.extract import ExtractConfig, create_backbone, extract, get_backbone, pick_device
-    from mito.extract.extractor import default_workers, tune_cpu_allocator
+    from mito.extract.extractor import default_batch_size, default_workers, tune_cpu_allocator
     from mito.extract.variants import Preprocess, preprocess
     from mito.extract.sources import _read_image
 
@@ -125,7 +125,7 @@ def main() -> None:
         tune_cpu_allocator()  # as extract() does on CPU, so the bare forward gets the same allocator
     name = f"random_{a.arch}" if a.random_weights and not a.arch.startswith("random_") else a.arch
     spec = get_backbone(name)
-    bs = a.batch_size or (256 if cuda else 64)
+    bs = a.batch_size or default_batch_size(device)
     n = a.n or (65536 if cuda else 384)  # on CUDA: ~40 s at the 1,650 tiles/s goal, so model start-up is amortised
     size = a.input_size or spec.input_size
     workers = a.workers if a.workers is not None else default_workers(device)

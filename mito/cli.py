@@ -136,7 +136,7 @@ def extract(
     tile_size: int = typer.Option(224, help="Slides: side of the base crop in level-0 pixels."),
     task: Optional[str] = typer.Option(None, help="Name of the label column (e.g. mitosis); default 'label'."),
     label_column: Optional[str] = typer.Option(None, help="Manifest column holding the labels (default: label)."),
-    batch_size: int = typer.Option(64, help="Tiles per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, help="Tiles per forward pass (default 256 on CUDA, 64 on CPU)."),
     workers: Optional[int] = typer.Option(None, help="DataLoader decoding workers (default: by device and cores)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     chunk_rows: int = typer.Option(1024, help="Rows per store chunk (the unit of resume)."),

@@ -44,7 +44,7 @@ class ExtractConfig(BaseModel):
     tile_size: int = 224
     task: str | None = None
     label_column: str | None = None
-    batch_size: int = 64
+    batch_size: int | None = None  # None: default_batch_size(device)
     num_workers: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     chunk_rows: int = DEFAULT_CHUNK_ROWS
@@ -76,8 +76,8 @@ class ExtractConfig(BaseModel):
 
     @field_validator("batch_size", "chunk_rows", "tile_size")
     @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
             raise ValueError("must be >= 1")
         return v
 
@@ -111,6 +111,11 @@ def tune_cpu_allocator() -> bool:
         )
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         return False
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Tiles per forward: 256 on a GPU (bf16 ViTs reach their best rate there), 64 on CPU."""
+    return 256 if device.type == "cuda" else 64
 
 
 def default_workers(device: torch.device) -> int:
@@ -309,10 +314,11 @@ def _extract_backbone(
     rows = np.concatenate([np.arange(*store.chunk_rows_range(int(c))) for c in np.flatnonzero(todo)])
     ds = _TileDataset(source, rows, [p for _, p in plan])
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers(device)
+    batch_size = cfg.batch_size or default_batch_size(device)
     cuda = device.type == "cuda"
     loader = DataLoader(
         ds,
-        batch_size=cfg.batch_size,
+        batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         pin_memory=cuda,
@@ -355,7 +361,7 @@ def _extract_backbone(
                 x = x.view(b * n_var, *x.shape[2:])
                 if cuda:
                     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                pad = cfg.batch_size - b if cfg.compile else 0
+                pad = batch_size - b if cfg.compile else 0
                 if pad:  # a ragged last batch would trigger a recompile
                     x = torch.cat([x, x[-1:].expand(pad * n_var, *x.shape[1:])])
                 out, ready = forward(x)[: b * n_var].float(), None
@@ -378,6 +384,7 @@ def _extract_backbone(
         "tiles_per_s": round(n_done / secs, 2) if secs > 0 else None,
         "weights_sha256": enc.weights_sha256,
         "workers": workers,
+        "batch_size": batch_size,
     }
 
 

@@ -46,7 +46,7 @@ def test_deterministic_and_adding_a_variant_extracts_only_what_is_missing(amibr_
     assert again["backbones"]["efficientnet_lite0"]["rows"] == 0
     before = open_store(tmp_path / "a.zarr").read(["efficientnet_lite0:z1:rgb"])
     more = extract(_cfg(amibr_dir, tmp_path / "a.zarr", zooms=[1.0, 2.0]))
-    assert s1["backbones"]["efficientnet_lite0"]["rows"] == 48
+    assert s1["backbones"]["efficientnet_lite0"]["rows"] == 48 and s1["backbones"]["efficientnet_lite0"]["batch_size"] == 8
     assert more["backbones"]["efficientnet_lite0"]["variants"] == ["efficientnet_lite0:z1:rgb", "efficientnet_lite0:z2:rgb"]
     s = open_store(tmp_path / "a.zarr")
     np.testing.assert_array_equal(s.read(["efficientnet_lite0:z1:rgb"]), before)

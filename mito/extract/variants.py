@@ -72,7 +72,7 @@ def prepare(img: np.ndarray, p: Preprocess) -> torch.Tensor:
 
 def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """uint8 [..., 3, S, S] -> float32 (x / 255 - mean) / std, the same arithmetic on any device."""
-    x = x.float().div_(255.0)
+    x = x.to(torch.float32).div(255.0)  # a new tensor even when x is already float32
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
     return (x - mean) / std

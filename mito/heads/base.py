@@ -158,7 +158,8 @@ class Head(ClassifierMixin, BaseEstimator):
             yv = self._encode(val.labels)
             if len(yv) == 0:
                 val, yv = None, None
-        with cpu_threads(train.n * train.d, self._requested_threads()):
+        # one core stays with the thread that reads and decompresses the next shuffle buffer
+        with cpu_threads(train.n * train.d, self._requested_threads(), reserve=1):
             self._fit_stream(train, yi.astype(np.int64), val, yv)
         return self
 
@@ -224,12 +225,13 @@ def _has_missing(y: np.ndarray) -> bool:
 
 
 @contextmanager
-def cpu_threads(n_values: int, requested: int | None = None) -> Iterator[None]:
-    """Run torch and BLAS/OpenMP with ``requested`` threads, else a default (see default_threads), then restore."""
+def cpu_threads(n_values: int, requested: int | None = None, reserve: int = 0) -> Iterator[None]:
+    """Run torch and BLAS/OpenMP with ``requested`` threads, else a default (see default_threads) less ``reserve``
+    cores kept for other work of this process (at least one thread), then restore."""
     import torch
     from threadpoolctl import threadpool_limits
 
-    n = requested or default_threads(n_values, torch.get_num_threads())
+    n = requested or max(1, default_threads(n_values, torch.get_num_threads()) - reserve)
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -289,17 +291,36 @@ def idle_cores(window: float = 0.25) -> float | None:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory the kernel says are available now (MemAvailable), None when unknown."""
+    """Bytes this process may still take: MemAvailable, capped by a cgroup limit (Slurm, Docker, Kubernetes); None if unknown."""
+    free = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                free = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    if free is None:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    room = _cgroup_room()
+    if room is not None:
+        free = room if free is None else min(free, room)
+    return free
+
+
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Memory limit minus usage of this process's cgroup (v2, else v1), None when unlimited or unknown."""
+    for limit_file, usage_file in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = (root / limit_file).read_text().strip()
+            if limit == "max" or int(limit) >= 1 << 60:  # v1 writes a huge number for "no limit"
+                return None
+            return max(0, int(limit) - int((root / usage_file).read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 # ---------------------------------------------------------------- inputs
@@ -360,6 +381,9 @@ def _check_common(head: Any) -> None:
     threads = getattr(head, "n_threads", None)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise HeadError(f"n_threads must be a whole number >= 1, got {threads!r}")
+    seed = getattr(head, "seed", 0)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise HeadError(f"seed must be a whole number in [0, 2**32), got {seed!r}")
     noise, mode = getattr(head, "noise", 0.0), getattr(head, "noise_mode", "global")
     if not isinstance(noise, (int, float)) or noise < 0 or not np.isfinite(noise):
         raise HeadError(f"noise must be a number >= 0, got {noise!r}")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mito.cache import Store
-from mito.heads.base import HeadError, column_moments
+from mito.heads.base import HeadError, check_X, column_moments, cpu_threads
 from mito.heads.features import FeaturePipeline, feature_dims, one_hot
 
 DEFAULT_BUFFER_ROWS = 65_536
@@ -91,23 +91,30 @@ class FeatureStream:
         Two buffers alternate: a thread fills one while the caller trains on the other, so memory stays at two
         buffers. A buffer is reused once the caller asks for the next one: copy anything kept beyond that.
         """
-        cap = self.buffer_rows + self.store.chunk_rows
-        free: queue.Queue = queue.Queue()
-        for _ in range(2):
-            free.put((np.empty(cap, np.int64), np.empty((cap, self.d), np.float16)))
+        fill_to = min(self.buffer_rows, self.n)
+        cap = fill_to + self.store.chunk_rows
+        try:
+            free: queue.Queue = queue.Queue()
+            for _ in range(2):
+                free.put((np.empty(cap, np.int64), np.empty((cap, self.d), np.float16)))
+        except MemoryError:
+            raise HeadError(
+                f"two shuffle buffers of {cap:,} x {self.d} do not fit in memory; lower --buffer-rows"
+            ) from None
         chunk_order = rng.permutation(self.chunks())
+        stop = threading.Event()
 
         def fill() -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
             item = free.get()
             m = 0
             for pos, block in self._read(chunk_order):
-                if item is None:
+                if item is None or stop.is_set():
                     return
                 p, x = item
                 p[m : m + len(pos)] = pos
                 x[m : m + len(pos)] = block
                 m += len(pos)
-                if m >= self.buffer_rows:
+                if m >= fill_to:
                     yield p, x, m
                     item, m = free.get(), 0
             if m and item is not None:
@@ -119,7 +126,8 @@ class FeatureStream:
                 yield p[:m], x[:m], rng.permutation(m)
                 free.put((p, x))
         finally:
-            free.put(None)  # a producer waiting for a buffer stops
+            stop.set()  # a producer filling a buffer stops at its next chunk
+            free.put(None)  # one waiting for a buffer stops too
             it.close()
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
@@ -143,9 +151,11 @@ def fit_pipeline_stream(pipeline: FeaturePipeline, stream: FeatureStream, seed: 
 
 def stream_proba(head: Any, stream: FeatureStream) -> np.ndarray:
     """Class probabilities of every row of ``stream`` (in row order), predicted block by block."""
+    head._check_fitted()
     out = np.zeros((stream.n, len(head.classes_)))
-    for pos, X in stream.blocks():
-        out[pos] = head.predict_proba(X)
+    with cpu_threads(stream.n * stream.d, head._requested_threads()):  # set up once, not per block
+        for pos, X in stream.blocks():
+            out[pos] = head._proba(check_X(X, head.n_features_in_))
     return out
 
 

@@ -169,8 +169,11 @@ class _TorchHead(Head):
                 xt, pt = torch.from_numpy(block), torch.from_numpy(pos)
                 # class balance: sample the buffer's rows with replacement, as the in-memory sampler does over all rows
                 j_all = torch.multinomial(row_w[pt], len(pt), replacement=True, generator=gen) if row_w is not None else torch.from_numpy(order)
-                for s in range(0, len(pt), bs):
-                    j = j_all[s : s + bs]
+                edges = list(range(0, len(pt), bs))
+                if len(edges) > 1 and len(pt) - edges[-1] < bs:  # the remainder joins the last full batch
+                    edges.pop()
+                for a, b in zip(edges, [*edges[1:], len(pt)]):
+                    j = j_all[a:b]
                     yield xt[j], pt[j]
 
         counter = iter(range(1 << 62))

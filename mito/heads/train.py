@@ -48,7 +48,7 @@ class FitConfig(BaseModel):
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     head_params: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     overwrite: bool = False
     stream: bool | None = None
     buffer_rows: int = Field(DEFAULT_BUFFER_ROWS, ge=1)

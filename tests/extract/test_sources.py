@@ -97,3 +97,19 @@ def test_variants_zoom_colour_and_fit(amibr_dir: Path) -> None:
     assert big.shape == (224, 224, 3)
     wide = fit_to(img[:64], 128, "resize", "white")  # aspect kept: 128 x 64 region -> 128 x 64 + white bands
     assert wide.shape == (128, 128, 3) and (wide[:32] == 255).all()
+
+
+def test_normalize_matches_preprocess_and_leaves_its_input_alone() -> None:
+    import torch
+
+    from mito.extract.variants import normalize, prepare
+
+    img = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    p = Preprocess(32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    u8 = prepare(img, p)
+    assert u8.dtype == torch.uint8 and tuple(u8.shape) == (3, 32, 32)
+    assert torch.equal(normalize(u8, p.mean, p.std), preprocess(img, p))
+    f = u8.float()
+    before = f.clone()
+    normalize(f, p.mean, p.std)
+    assert torch.equal(f, before)

@@ -153,3 +153,37 @@ def test_stream_choice(synth_store: Path, tmp_path: Path) -> None:
     assert json.loads(r.output)["streamed"] is True
     r = runner.invoke(app, ["fit-head", "--store", str(synth_store), "--out", str(tmp_path / "m2"), "--stream", "--buffer-rows", "0"])
     assert r.exit_code == 2 and "buffer_rows" in r.output
+
+
+def test_buffer_larger_than_the_stream_is_sized_to_it(synth_store: Path) -> None:
+    with open_store(synth_store) as s:
+        rows = np.flatnonzero(s.tiles["split"] == "train")
+        st = _stream(s, rows, buffer_rows=2_000_000_000)  # would be 2 x 256 GB if sized by the option
+        parts = list(st.shuffled(np.random.default_rng(0)))
+    assert len(parts) == 1 and sorted(parts[0][0].tolist()) == list(range(len(rows)))
+
+
+def test_memory_headroom_respects_cgroup_limits(tmp_path: Path) -> None:
+    from mito.heads.base import _cgroup_room, available_memory
+
+    assert _cgroup_room(tmp_path) is None  # no cgroup files: no limit known
+    (tmp_path / "memory.max").write_text("max\n")
+    assert _cgroup_room(tmp_path) is None
+    (tmp_path / "memory.max").write_text(str(8 << 30))
+    (tmp_path / "memory.current").write_text(str(3 << 30))
+    assert _cgroup_room(tmp_path) == 5 << 30
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(str(2 << 30))
+    (v1 / "memory.usage_in_bytes").write_text(str(3 << 30))
+    assert _cgroup_room(tmp_path / "v1") == 0
+    free = available_memory()
+    assert free is not None and 0 < free < 1 << 50
+
+
+def test_negative_seed_is_refused_in_one_line(synth_store: Path, tmp_path: Path) -> None:
+    for head in ("mlp", "logreg", "lightgbm"):
+        with pytest.raises(HeadError, match="seed must be"):
+            make_head(head, seed=-1)
+    r = runner.invoke(app, ["fit-head", "--store", str(synth_store), "--out", str(tmp_path / "m"), "--seed", "-1"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "seed" in r.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,7 +177,7 @@ class _TorchHead(Head):
                     j = j_all[a:b]
                     yield xt[j], pt[j]
 
-        counter = iter(range(1 << 62))
+        counter = itertools.count()  # the epoch number, for a fresh shuffle each epoch
         val_fn = (lambda net: _stream_logits(net, val)) if val is not None else None
         nv = None
         if self.noise > 0:

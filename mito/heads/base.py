@@ -55,6 +55,12 @@ def head_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def not_streamable(name: str) -> HeadError:
+    """The error for a head that cannot train from a FeatureStream, naming those that can."""
+    can = ", ".join(n for n, c in _REGISTRY.items() if c.supports_stream)
+    return HeadError(f"the {name} head needs its features in memory; --stream works with {can}")
+
+
 def make_head(name: str, **params: Any) -> Head:
     """Build a head by name; unknown or invalid options raise HeadError."""
     cls = head_class(name)
@@ -112,12 +118,7 @@ class Head(ClassifierMixin, BaseEstimator):
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != len(X):
             raise HeadError(f"y must be one label per row of X ({len(X)} rows), got shape {y.shape}")
-        if len(y) and _has_missing(y):
-            raise HeadError("y holds missing labels; drop unlabelled rows before fitting")
-        classes, yi = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise HeadError(f"need at least two classes to train, got {len(classes)} ({', '.join(map(str, classes))})")
-        self.classes_ = classes
+        yi = self._learn_classes(y)
         self.n_features_in_ = X.shape[1]
         yv = None
         if X_val is not None or y_val is not None:
@@ -136,20 +137,12 @@ class Head(ClassifierMixin, BaseEstimator):
     def fit_stream(self, train: Any, val: Any = None) -> Head:
         """Train from FeatureStreams (features read from the store chunk by chunk); only heads with ``supports_stream``."""
         if not self.supports_stream:
-            raise HeadError(
-                f"the {self.name} head needs its training features in memory; "
-                f"streaming from the store works with {', '.join(n for n, c in _REGISTRY.items() if c.supports_stream)}"
-            )
+            raise not_streamable(self.name)
         self._validate_params()
         y = np.asarray(train.labels)
         if len(y) == 0:
             raise HeadError("no rows to work on")
-        if _has_missing(y):
-            raise HeadError("y holds missing labels; drop unlabelled rows before fitting")
-        classes, yi = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise HeadError(f"need at least two classes to train, got {len(classes)} ({', '.join(map(str, classes))})")
-        self.classes_ = classes
+        yi = self._learn_classes(y)
         self.n_features_in_ = train.d
         yv = None
         if val is not None:
@@ -195,6 +188,16 @@ class Head(ClassifierMixin, BaseEstimator):
         (path / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     # -- helpers
+    def _learn_classes(self, y: np.ndarray) -> np.ndarray:
+        """Set ``classes_`` from training labels (no missing ones, at least two classes); the labels as class indices."""
+        if len(y) and _has_missing(y):
+            raise HeadError("y holds missing labels; drop unlabelled rows before fitting")
+        classes, yi = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise HeadError(f"need at least two classes to train, got {len(classes)} ({', '.join(map(str, classes))})")
+        self.classes_ = classes
+        return yi
+
     def _requested_threads(self) -> int | None:
         return getattr(self, "n_threads", None)
 

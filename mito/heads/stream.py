@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +130,16 @@ class FeatureStream:
             free.put(None)  # one waiting for a buffer stops too
             it.close()
 
+    def map(self, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """``fn`` applied block by block, its rows put back in row order (one output row per stream row)."""
+        parts = [(pos, np.asarray(fn(X))) for pos, X in self.blocks()]
+        if not parts:
+            raise HeadError("no rows to work on")
+        out = np.empty((self.n, *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
+        for pos, y in parts:
+            out[pos] = y
+        return out
+
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-column mean and variance over all rows (one pass)."""
         return column_moments(b for _, b in self.blocks())
@@ -152,11 +162,8 @@ def fit_pipeline_stream(pipeline: FeaturePipeline, stream: FeatureStream, seed: 
 def stream_proba(head: Any, stream: FeatureStream) -> np.ndarray:
     """Class probabilities of every row of ``stream`` (in row order), predicted block by block."""
     head._check_fitted()
-    out = np.zeros((stream.n, len(head.classes_)))
     with cpu_threads(stream.n * stream.d, head._requested_threads()):  # set up once, not per block
-        for pos, X in stream.blocks():
-            out[pos] = head._proba(check_X(X, head.n_features_in_))
-    return out
+        return stream.map(lambda X: np.asarray(head._proba(check_X(X, head.n_features_in_)), dtype=np.float64))
 
 
 def read_ahead(it: Iterator[Any], depth: int = 1) -> Iterator[Any]:

@@ -361,11 +361,6 @@ class LinearHead(_TorchHead):
         self.seed = seed
 
 
-@torch.no_grad()
 def _stream_logits(net: nn.Module, stream: Any) -> torch.Tensor:
     """Logits of every row of a FeatureStream, in row order."""
-    parts = [(pos, _logits(net, X)) for pos, X in stream.blocks()]
-    out = torch.empty(stream.n, parts[0][1].shape[1])
-    for pos, lg in parts:
-        out[torch.from_numpy(pos)] = lg
-    return out
+    return torch.from_numpy(stream.map(lambda X: _logits(net, X).numpy()))

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 import mito
 from mito.bench.metrics import classification_metrics
 from mito.cache import Store, open_store, parse_variant
-from mito.heads.base import HeadError, available_memory, head_class, head_names, make_head
+from mito.heads.base import HeadError, available_memory, head_names, make_head, not_streamable
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories, one_hot, select_features
 from mito.heads.split import make_split
 from mito.heads.stream import DEFAULT_BUFFER_ROWS, FeatureStream, fit_pipeline_stream, stream_proba
@@ -216,10 +216,7 @@ def use_stream(stream: bool | None, head: Any, feature_bytes: int) -> bool:
     """Whether to train from the store chunk by chunk: as asked, or (auto) when a streaming head's features would fill memory."""
     if stream is not None:
         if stream and not head.supports_stream:
-            raise HeadError(
-                f"the {head.name} head needs its features in memory; --stream works with "
-                f"{', '.join(n for n in head_names() if head_class(n).supports_stream)}"
-            )
+            raise not_streamable(head.name)
         return stream
     free = available_memory()
     return bool(head.supports_stream and free is not None and feature_bytes > STREAM_MEMORY_SHARE * free)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mito import __version__
+from mito.errors import MitoError, os_error_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Embed pathology tiles once, train heads in seconds.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and check embedding stores.")
@@ -22,47 +23,39 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-class UserError(Exception):
+class UserError(MitoError):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from mito.cache import StoreError
-
-    errs: list[type[BaseException]] = [UserError, StoreError, FileNotFoundError, PermissionError]
-    try:
-        from mito.extract import ExtractError
-
-        errs.append(ExtractError)
-    except ImportError:
-        pass
-    try:
-        from mito.heads import HeadError
-
-        errs.append(HeadError)
-    except ImportError:
-        pass
-    try:
-        from mito.bench import BenchError
-
-        errs.append(BenchError)
-    except ImportError:
-        pass
-    return tuple(errs)
+RESUME_HINT = "finished chunks are kept; re-run the same command to resume"
 
 
-def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn known user errors into one red line and exit code 2; Ctrl-C into exit 130."""
+def friendly(fn: Callable[..., Any] | None = None, *, on_interrupt: str = "nothing half-written was kept") -> Any:
+    """Turn mito's errors (and OS errors such as a full disk) into one red line and exit 2; Ctrl-C into exit 130.
+
+    ``on_interrupt`` says what the user has after Ctrl-C (only commands that resume promise a resume).
+    """
+    if fn is None:
+        return functools.partial(friendly, on_interrupt=on_interrupt)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pydantic import ValidationError
+
+        from mito.validation import one_line
+
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted: finished chunks are kept; re-run the same command to resume[/]")
+            err_console.print(f"[yellow]interrupted: {on_interrupt}[/]")
             raise typer.Exit(130) from None
-        except _user_errors() as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        except (MitoError, ValidationError, OSError) as e:
+            if isinstance(e, ValidationError):
+                msg = one_line(e, as_option=True)
+            elif isinstance(e, OSError) and not isinstance(e, MitoError):
+                msg = os_error_line(e)
+            else:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             err_console.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -121,7 +114,7 @@ def _floats(value: str, what: str) -> list[float]:
 
 
 @app.command()
-@friendly
+@friendly(on_interrupt=RESUME_HINT)
 def extract(
     source: Path = typer.Argument(..., help="Folder of tiles (label = subfolder), CSV manifest (path,label,...), or a slide with --points."),
     store: str = typer.Option(..., "--store", "-s", help="Output store: a .zarr folder (default) or a .h5 file; fsspec URLs work for Zarr."),

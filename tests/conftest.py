@@ -12,15 +12,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MITO_SHARED", ROOT.parent / "shared"))
-AMIBR = SHARED / "data" / "amibr"
+SAMPLE = ROOT / "mito" / "data" / "sample" / "amibr"
+# the full AMi-Br set when ../shared is beside the clone, else the 300-crop sample bundled with the package
+AMIBR = SHARED / "data" / "amibr" if (SHARED / "data" / "amibr").is_dir() else SAMPLE
+FULL_AMIBR = AMIBR != SAMPLE
+
+
+def needs_full_amibr() -> None:
+    """Skip a test that needs all 3,720 crops when only the bundled sample is here."""
+    if not FULL_AMIBR:
+        pytest.skip(f"needs the full AMi-Br set at {SHARED / 'data' / 'amibr'}")
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def amibr_subset(dest: Path, n_per_class: int, seed: int = 0) -> Path:
     """Copy n crops per class (train and test split mixed) into an AMi-Br-shaped folder at ``dest``."""
-    if not AMIBR.is_dir():
-        pytest.skip(f"AMi-Br data not found at {AMIBR}")
     meta = pd.read_csv(AMIBR / "amibr_train_split.csv")
     train_stems = set(meta["dataset_uid"].str.rsplit(".", n=1).str[0])
     for label in ("Atypical", "Normal"):

@@ -20,8 +20,8 @@ from mito.bench.leaderboard import (
     run_bench,
     save_leaderboard,
 )
-from mito.bench.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
-from mito.bench.tasks import PROXY_TASKS, TaskSpec, available_tasks, resolve_task
+from mito.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
+from mito.tasks import PROXY_TASKS, TaskSpec, available_tasks, resolve_task
 
 _LAZY = {
     "FinetuneConfig": "mito.bench.finetune",

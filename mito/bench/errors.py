@@ -1,5 +1,7 @@
 """The bench's user-facing error."""
 
+from mito.errors import MitoError
 
-class BenchError(Exception):
+
+class BenchError(MitoError):
     """Bad input for a benchmark (unknown task or feature, too few classes, mismatched folds): one line for the user."""

@@ -25,9 +25,10 @@ from torch import nn
 
 from mito.bench.cv import Fold
 from mito.bench.errors import BenchError
-from mito.bench.metrics import metric_score
-from mito.bench.leaderboard import Leaderboard, _atomic_write, rank_rows, row_id, save_leaderboard, score_row, task_plan
-from mito.bench.tasks import PROXY_TASKS
+from mito.metrics import metric_score
+from mito.io import atomic_write
+from mito.bench.leaderboard import Leaderboard, rank_rows, row_id, save_leaderboard, score_row, task_plan
+from mito.tasks import PROXY_TASKS
 
 FT_MODES = ("lora", "linear-probe", "full")
 MODEL_KIND = "finetuned"
@@ -233,7 +234,7 @@ def _save_model(path: Path, net: FinetuneNet, cfg: FinetuneConfig, info: dict[st
 
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in trainable_state(net, cfg.mode).items()}
-    _atomic_write(path / "model.safetensors", lambda p: save_file(state, p), ".safetensors")
+    atomic_write(path / "model.safetensors", lambda p: save_file(state, p), ".safetensors")
     config = {
         "kind": MODEL_KIND,
         "mito_version": __version__,
@@ -249,7 +250,7 @@ def _save_model(path: Path, net: FinetuneNet, cfg: FinetuneConfig, info: dict[st
         "config_hash": _config_hash(cfg),
         **extra,
     }
-    _atomic_write(path / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=1)), ".json")
+    atomic_write(path / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=1)), ".json")
 
 
 def _run_fold(
@@ -332,7 +333,7 @@ def _run_fold(
         else:
             state["bad"] += 1
         snapshot = {"config_hash": _config_hash(cfg), "current": trainable_state(net, cfg.mode), "opt": opt.state_dict(), "gen": gen.get_state(), "state": state}
-        _atomic_write(ckpt, lambda p: torch.save(snapshot, p), ".pt")
+        atomic_write(ckpt, lambda p: torch.save(snapshot, p), ".pt")
     else:
         stop = "max_epochs"
     net.load_state_dict(state["best"], strict=False)
@@ -355,8 +356,8 @@ def _run_fold(
         "device": str(device),
     }
     _save_model(fold_dir / "model", net, cfg, info, classes, prep, {"fold": fold.index, "trained": {k: res[k] for k in ("epochs", "steps", "stopped", "train_seconds")}})
-    _atomic_write(fold_dir / "result.npz", lambda p: np.savez(open(p, "wb"), proba=proba), ".npz")
-    _atomic_write(done_json, lambda p: Path(p).write_text(json.dumps(res, indent=1, default=float)), ".json")
+    atomic_write(fold_dir / "result.npz", lambda p: np.savez(open(p, "wb"), proba=proba), ".npz")
+    atomic_write(done_json, lambda p: Path(p).write_text(json.dumps(res, indent=1, default=float)), ".json")
     ckpt.unlink(missing_ok=True)
     res["proba"] = proba
     return res
@@ -564,5 +565,5 @@ def predict_finetuned(
     if out_csv is not None:
         out = Path(out_csv)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out, lambda p: df.to_csv(p, index=False), ".csv")
+        atomic_write(out, lambda p: df.to_csv(p, index=False), ".csv")
     return df

@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,8 +17,10 @@ import pandas as pd
 
 from mito.bench.cv import CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
-from mito.bench.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
-from mito.bench.tasks import TaskSpec, resolve_task, task_labels
+from mito.errors import MitoError
+from mito.io import atomic_write, json_default
+from mito.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
+from mito.tasks import TaskSpec, resolve_task, task_labels
 
 RANDOM_PREFIX = "random_"
 COLUMNS = [
@@ -336,7 +337,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     for t in dict.fromkeys(cfg.tasks):
         try:
             plans[t] = task_plan(tiles, t, cfg.n_folds, cfg.cv, cfg.seed, exclude)
-        except BenchError as e:
+        except MitoError as e:
             if len(cfg.tasks) == 1:
                 raise
             skipped[t] = str(e)  # several tasks: rank the usable ones, say why the others were left out
@@ -431,42 +432,18 @@ def _run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, 
 
 
 # ------------------------------------------------------------------ save / load / merge
-def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
-
-
 def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     """Write leaderboard.csv (flat columns), leaderboard.json (rows + meta) and predictions.npz into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = lb.rows
     flat = rows[[c for c in COLUMNS if c in rows]]
-    _atomic_write(out / "leaderboard.csv", lambda p: flat.to_csv(p, index=False, float_format="%.4f"), ".csv")
+    atomic_write(out / "leaderboard.csv", lambda p: flat.to_csv(p, index=False, float_format="%.4f"), ".csv")
     records = json.loads(rows.to_json(orient="records"))
     doc = {"meta": lb.meta, "rows": records}
-    _atomic_write(out / "leaderboard.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1, default=_json_default)), ".json")
+    atomic_write(out / "leaderboard.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1, default=json_default)), ".json")
     arrays = {f"{rid}.{k}": v for rid, a in lb.predictions.items() for k, v in a.items()}
-    _atomic_write(out / "predictions.npz", lambda p: np.savez_compressed(open(p, "wb"), **arrays), ".npz")
+    atomic_write(out / "predictions.npz", lambda p: np.savez_compressed(open(p, "wb"), **arrays), ".npz")
     return out
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from mito.bench.errors import BenchError
-from mito.bench.leaderboard import Leaderboard, _atomic_write, load_leaderboard
+from mito.bench.leaderboard import Leaderboard, load_leaderboard
+from mito.io import atomic_write
 
 HEAD_KIND = "head"
 FT_KINDS = ("lora", "linear-probe", "full")
@@ -36,7 +37,7 @@ def _label(r: pd.Series, width: int = 60) -> str:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110), ".png")
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110), ".png")
     _plt().close(fig)
     return path
 
@@ -287,8 +288,8 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
         + "".join(sections)
         + "</body></html>"
     )
-    _atomic_write(d / "report.html", lambda p: Path(p).write_text(page, encoding="utf-8"), ".html")
-    _atomic_write(d / "report_summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1, default=float)), ".json")
+    atomic_write(d / "report.html", lambda p: Path(p).write_text(page, encoding="utf-8"), ".html")
+    atomic_write(d / "report_summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1, default=float)), ".json")
     return d / "report.html"
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from mito.bench.errors import BenchError
-from mito.bench.leaderboard import _atomic_write
-from mito.bench.tasks import PROXY_TASKS, resolve_task
+from mito.io import atomic_write
+from mito.tasks import PROXY_TASKS, resolve_task
 
 
 def color_labels(tiles: pd.DataFrame, color_by: str) -> pd.Series:
@@ -59,7 +59,7 @@ def _scatter(emb: np.ndarray, v: pd.Series, title: str, path: Path) -> Path:
     ax.set_yticks([])
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda p: fig.savefig(p, format="png"), ".png")
+    atomic_write(path, lambda p: fig.savefig(p, format="png"), ".png")
     plt.close(fig)
     return path
 

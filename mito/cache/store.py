@@ -28,11 +28,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mito.errors import MitoError
+
 STORE_VERSION = 1
 DEFAULT_CHUNK_ROWS = 1024
 
 
-class StoreError(Exception):
+class StoreError(MitoError):
     """A store cannot be opened, written or read as asked (the message is one line for the user)."""
 
 

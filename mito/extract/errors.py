@@ -1,5 +1,7 @@
 """The extractor's user-facing error."""
 
+from mito.errors import MitoError
 
-class ExtractError(Exception):
+
+class ExtractError(MitoError):
     """Bad input for extraction (missing weights, unknown backbone, unreadable source): one line for the user."""

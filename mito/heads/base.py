@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 import mito
+from mito.errors import MitoError
+from mito.resources import available_memory, idle_cores  # noqa: F401  (re-exported; tests patch idle_cores here)
 
 HEAD_FILE = "head.json"
 NOISE_MODES = ("global", "per-dim", "absolute")
@@ -21,7 +22,7 @@ _ROWS_PER_BLOCK = 16384
 SMALL_DATA = 50_000_000  # rows x dims below which one thread is fastest (thread sync costs more, worse on a shared CPU)
 
 
-class HeadError(ValueError):
+class HeadError(MitoError, ValueError):
     """Bad input or options for a head (the message is one line for the user)."""
 
 
@@ -259,71 +260,6 @@ def default_threads(n_values: int, available: int) -> int:
         except OSError:
             idle = available
     return int(max(1, min(available, round(idle))))
-
-
-def idle_cores(window: float = 0.25) -> float | None:
-    """Cores of this process's CPU set left idle by everyone over the next ``window`` seconds (/proc/stat), None off Linux.
-
-    Sampled now, while this process waits, unlike the 1-minute load average, which still counts this
-    process's own work of the last minute (reading the features) as load.
-    """
-    try:
-        cpus = {f"cpu{c}" for c in os.sched_getaffinity(0)}
-    except (AttributeError, OSError):
-        return None
-
-    def sample() -> tuple[int, int]:
-        idle = total = 0
-        for line in Path("/proc/stat").read_text().splitlines():
-            f = line.split()
-            if f and f[0] in cpus:
-                ticks = [int(v) for v in f[1:9]]  # user nice system idle iowait irq softirq steal
-                idle += ticks[3] + ticks[4]
-                total += sum(ticks)
-        return idle, total
-
-    try:
-        i0, t0 = sample()
-        time.sleep(window)
-        i1, t1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    if t1 <= t0:
-        return None
-    return len(cpus) * (i1 - i0) / (t1 - t0)
-
-
-def available_memory() -> int | None:
-    """Bytes this process may still take: MemAvailable, capped by a cgroup limit (Slurm, Docker, Kubernetes); None if unknown."""
-    free = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                free = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    if free is None:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            pass
-    room = _cgroup_room()
-    if room is not None:
-        free = room if free is None else min(free, room)
-    return free
-
-
-def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """Memory limit minus usage of this process's cgroup (v2, else v1), None when unlimited or unknown."""
-    for limit_file, usage_file in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        try:
-            limit = (root / limit_file).read_text().strip()
-            if limit == "max" or int(limit) >= 1 << 60:  # v1 writes a huge number for "no limit"
-                return None
-            return max(0, int(limit) - int((root / usage_file).read_text().strip()))
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 # ---------------------------------------------------------------- inputs

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from mito.bench import BenchError, all_feature_sets, available_tasks, make_folds, resolve_task
-from mito.bench.tasks import task_labels
+from mito.errors import TaskError
+from mito.tasks import task_labels
 
 
 def _tiles(n_slides: int = 20, per_slide: int = 6, n_test: int = 30, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
@@ -124,9 +125,9 @@ def test_any_label_column_is_a_task_and_unknown_names_fail() -> None:
     df = _expert_tiles()
     assert resolve_task(df, "scanner_score").name == "scanner_score"
     assert available_tasks(df, ["mitosis", "scanner_score"]) == ["mitosis", "phase", "atypia", "dataset", "scanner_score"]
-    with pytest.raises(BenchError, match="unknown task 'nope'"):
+    with pytest.raises(TaskError, match="unknown task 'nope'"):
         resolve_task(df, "nope")
-    with pytest.raises(BenchError, match="fewer than two classes"):
+    with pytest.raises(TaskError, match="fewer than two classes"):
         task_labels(df, resolve_task(df, "phase"))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mito.bench.metrics import bootstrap_ci, classification_metrics, confusion_metric, fold_summary, metric_score
+from mito.metrics import bootstrap_ci, classification_metrics, confusion_metric, fold_summary, metric_score
 
 # five tiles: truth A A B B B, predicted A B B B A (P(B) = 0.1 0.6 0.7 0.8 0.4)
 Y = ["A", "A", "B", "B", "B"]

@@ -10,7 +10,7 @@ import pytest
 
 from mito.cache import create_store
 
-AMIBR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "amibr"
+from tests.conftest import AMIBR
 PROV = {
     "backbone": "fakenet",
     "weights_sha256": "a" * 64,
@@ -20,8 +20,6 @@ PROV = {
 
 def amibr_tiles(n: int | None = None, seed: int = 0) -> pd.DataFrame:
     """The AMi-Br tile table (tile_id, path, mitosis, slide/group, dataset, split), optionally a stratified sample."""
-    if not AMIBR.is_dir():
-        pytest.skip(f"AMi-Br data not found at {AMIBR}")
     meta = pd.read_csv(AMIBR / "amibr_train_split.csv")
     meta["stem"] = meta["dataset_uid"].str.rsplit(".", n=1).str[0]
     by_stem = meta.set_index("stem")
@@ -43,7 +41,7 @@ def amibr_tiles(n: int | None = None, seed: int = 0) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if n is not None:
         rng = np.random.default_rng(seed)
-        keep = [rng.choice(ix, max(1, round(len(ix) * n / len(df))), replace=False) for ix in df.groupby(["mitosis", "split"]).indices.values()]
+        keep = [rng.choice(ix, max(1, min(len(ix), round(len(ix) * n / len(df)))), replace=False) for ix in df.groupby(["mitosis", "split"]).indices.values()]
         df = df.iloc[np.sort(np.concatenate(keep))].reset_index(drop=True)
     return df
 

@@ -63,7 +63,7 @@ def test_predict_store_matches_training_metrics(model: tuple[Path, dict], synth_
     with open_store(synth_store) as s:
         test = (s.tiles["split"] == "test").to_numpy()
     assert (df["pred"] == np.where(df["p_Atypical"] > df["p_Normal"], "Atypical", "Normal")).all()
-    from mito.bench.metrics import classification_metrics
+    from mito.metrics import classification_metrics
 
     again = classification_metrics(df["label"][test], df[["p_Atypical", "p_Normal"]][test].to_numpy(), ["Atypical", "Normal"])
     assert again["balanced_accuracy"] == pytest.approx(m["balanced_accuracy"])

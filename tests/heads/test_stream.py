@@ -164,7 +164,7 @@ def test_buffer_larger_than_the_stream_is_sized_to_it(synth_store: Path) -> None
 
 
 def test_memory_headroom_respects_cgroup_limits(tmp_path: Path) -> None:
-    from mito.heads.base import _cgroup_room, available_memory
+    from mito.resources import available_memory, cgroup_room as _cgroup_room
 
     assert _cgroup_room(tmp_path) is None  # no cgroup files: no limit known
     (tmp_path / "memory.max").write_text("max\n")

@@ -1,4 +1,6 @@
-"""Proxy tasks: a label (derived from the tile table), its classes and the metric that ranks a leaderboard."""
+"""The one task resolver: a task name -> its labels on a tile table (proxy tasks or label columns), classes and main metric.
+
+Used by fit-head, bench, lora, umap and predict alike."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mito.bench.errors import BenchError
+from mito.errors import TaskError
 
 NOT_LABELS = frozenset({"tile_id", "path", "group", "split", "slide", "x", "y", "slide_x", "slide_y", "uid"})
 
@@ -89,11 +91,11 @@ def resolve_task(tiles: pd.DataFrame, name: str) -> TaskSpec:
         if not missing:
             return spec
         if name not in tiles:
-            raise BenchError(f"task {name!r} needs column(s) {', '.join(missing)}, which the tile table lacks")
+            raise TaskError(f"task {name!r} needs column(s) {', '.join(missing)}, which the tile table lacks")
     if name in tiles and name not in NOT_LABELS:
         return TaskSpec(name, f"label column {name!r}", (name,), _column(name))
     have = [c for c in tiles.columns if c not in NOT_LABELS]
-    raise BenchError(f"unknown task {name!r}: use one of {', '.join(sorted(PROXY_TASKS))} or a label column ({', '.join(have)})")
+    raise TaskError(f"unknown task {name!r}: use one of {', '.join(sorted(PROXY_TASKS))} or a label column ({', '.join(have)})")
 
 
 def task_labels(tiles: pd.DataFrame, spec: TaskSpec, min_per_class: int = 2) -> tuple[pd.Series, list[str]]:
@@ -104,5 +106,5 @@ def task_labels(tiles: pd.DataFrame, spec: TaskSpec, min_per_class: int = 2) -> 
     keep = set(classes)
     y = pd.Series([v if v in keep else None for v in y], index=y.index, dtype=object)
     if len(classes) < 2:
-        raise BenchError(f"task {spec.name!r} has fewer than two classes with >= {min_per_class} labelled tiles")
+        raise TaskError(f"task {spec.name!r} has fewer than two classes with >= {min_per_class} labelled tiles")
     return y, classes

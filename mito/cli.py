@@ -16,6 +16,22 @@ from rich.table import Table
 from mito import __version__
 from mito.errors import MitoError, os_error_line
 
+def _hide_flag_types() -> None:
+    """Recent typer prints ``<bool>`` beside every on/off flag; a flag takes no value, so show no type for it."""
+    from typer.core import TyperOption
+
+    show = getattr(TyperOption, "display_type_rich", None)
+    if show is None or getattr(show, "_mito", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> Any:
+        return None if getattr(self, "is_flag", False) else show(self, ctx)
+
+    display_type_rich._mito = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Embed pathology tiles once, train heads in seconds.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and check embedding stores.")
 app.add_typer(cache_app, name="cache")

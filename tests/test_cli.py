@@ -92,3 +92,21 @@ def test_bad_input_gets_one_clear_line(args: list[str], message: str, amibr_dir:
     assert message in out and "Traceback" not in out
     assert len([line for line in out.splitlines() if line.strip()]) <= 3
     assert not (tmp_path / "a.zarr").exists()
+
+
+def _all_commands() -> list[list[str]]:
+    import typer.main
+
+    root = typer.main.get_command(app)
+    out = []
+    for name, cmd in root.commands.items():
+        subs = getattr(cmd, "commands", None)
+        out += [[name, s] for s in subs] if subs else [[name]]
+    return out
+
+
+@pytest.mark.parametrize("cmd", _all_commands(), ids=lambda c: " ".join(c))
+def test_help_shows_no_type_beside_flags(cmd: list[str]) -> None:
+    code, out = _run(*cmd, "--help")
+    assert code == 0 and "Usage" in out
+    assert "<bool>" not in out  # on/off flags take no value

@@ -1,7 +1,9 @@
 """The embedding store: the only contract between extraction and everything trained from it."""
 
+from mito.cache.backend import Capabilities, StoreBackend
 from mito.cache.store import (
     DEFAULT_CHUNK_ROWS,
+    LockedError,
     Store,
     StoreError,
     Variant,
@@ -15,7 +17,10 @@ from mito.cache.store import (
 
 __all__ = [
     "DEFAULT_CHUNK_ROWS",
+    "Capabilities",
+    "LockedError",
     "Store",
+    "StoreBackend",
     "StoreError",
     "Variant",
     "create_store",

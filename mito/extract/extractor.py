@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -172,7 +173,7 @@ def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, sourc
     }
 
 
-def _open_or_create(cfg: ExtractConfig, source: TileSource) -> Store:
+def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True) -> Store:
     tiles = source.tiles
     meta = {
         "source": {"path": source.root, "kind": source.kind, "points": cfg.points, "tile_size": source.tile_size},
@@ -180,7 +181,7 @@ def _open_or_create(cfg: ExtractConfig, source: TileSource) -> Store:
         "versions": {"mito": mito.__version__, "torch": torch.__version__},
     }
     if store_exists(cfg.store):
-        store = open_store(cfg.store, mode="a")
+        store = open_store(cfg.store, mode="a", lock=lock)
         if store.meta.get("tile_list_sha256") != tile_list_hash(tiles["tile_id"].astype(str).tolist()):
             store.close()
             raise StoreError(
@@ -268,8 +269,10 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
             "use zooms >= 1 (or a slide with --points)"
         )
     store = dist.on_main(lambda: _open_or_create(cfg, source))  # only rank 0 creates; the others wait
-    if store is None:
-        store = _open_or_create(cfg, source)
+    if store is None:  # rank 0 holds the writer lock for the whole job
+        store = _open_or_create(cfg, source, lock=False)
+    if dist.main and not store.capabilities.resumable_per_chunk:
+        print(f"note: {cfg.store} is HDF5: a run that is stopped keeps nothing of itself (use a .zarr store for long runs, it resumes per chunk)", file=sys.stderr)
     summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
     if dist.active:
         summary.update(rank=dist.rank, world_size=dist.world)
@@ -302,7 +305,7 @@ def _extract_backbone(
     if not dist.main:
         store.refresh()
     todo = np.zeros(store.n_chunks, bool)
-    done = {k: store.done_chunks(k) for k in keys}
+    done = {k: store.sound_done_chunks(k) for k in keys}  # a chunk that fails its checksum is redone
     for k in keys:
         todo |= ~done[k]
     skipped = int((~todo).sum())  # chunks finished before this run (the same on every rank)

@@ -233,7 +233,7 @@ def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
         n, nv = (s.n_tiles, len(s.variants)) if not problems else (0, 0)
     if problems:
         for p in problems:
-            err_console.print(f"[red]problem:[/] {p}", highlight=False)
+            err_console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"ok: {n} tiles x {nv} variants, complete and sound")
 

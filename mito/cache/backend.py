@@ -6,6 +6,7 @@ Code above this layer asks a backend's :class:`Capabilities` instead of checking
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -120,8 +121,10 @@ class ZarrBackend:
         zmode = {"r": "r", "a": "r+", "w": "w"}[mode]  # r+ never creates: a foreign folder gets no zarr.json
         try:
             self.root = zarr.open_group(path, mode=zmode, zarr_format=3, **self._opts)
-        except OSError:
-            raise
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS):
+                raise
+            raise StoreError(f"{path} is not a mito store (not a readable Zarr v3 group: {type(e).__name__})") from None
         except Exception as e:  # zarr raises several types for a missing or foreign folder
             raise StoreError(f"{path} is not a mito store (not a readable Zarr v3 group: {type(e).__name__})") from None
 

@@ -77,7 +77,7 @@ def test_a_truncated_chunk_is_reported_and_refused(amibr_store: Path, tmp_path: 
     f.write_bytes(f.read_bytes()[:7])
     code, out = _cli("cache", "verify", str(store))
     assert code == 1 and "features/efficientnet_lite0/z2/gray chunk 2 is damaged" in out
-    code, out = _cli("fit-head", "--store", str(store), "--task", "mitosis", "--features", "z2:gray", "--out", str(tmp_path / "m"))
+    code, out = _cli("fit-head", "--store", str(store), "--task", "mitosis", "--features", "efficientnet_lite0:z2:gray", "--out", str(tmp_path / "m"))
     assert code != 0 and "chunk 2 is damaged" in out and not (tmp_path / "m").exists()
 
 

@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,28 @@ class ZarrBackend:
         pass
 
 
+RESERVE_BYTES = 512 << 10  # HDF5 writes its metadata when it likes: keep this much free, so a full disk fails in Python
+
+
+def _quiet_unraisable() -> None:
+    """After a failed HDF5 write, h5py objects may fail again as they are freed; keep that out of the user's terminal."""
+    previous = sys.unraisablehook
+
+    def hook(u: Any) -> None:
+        if not (isinstance(u.exc_value, (RuntimeError, OSError)) and "h5py" in repr(u.object) + repr(u.exc_traceback)):
+            previous(u)
+
+    sys.unraisablehook = hook
+
+
+def _h5_os_error(e: Exception, path: str) -> OSError:
+    """HDF5 reports a full disk as a RuntimeError mentioning errno 28; give it back as the OSError it is."""
+    if isinstance(e, OSError):
+        return e
+    code = errno.ENOSPC if "errno = 28" in str(e) else errno.EIO
+    return OSError(code, os.strerror(code), path)
+
+
 class H5Backend:
     """HDF5: one local file, fletcher32 on every chunk. Writing goes to a copy (``.<name>.writing``) that
     replaces the file only when the writer closes cleanly, so a kill or a full disk leaves the previous file."""
@@ -229,6 +252,7 @@ class H5Backend:
             self.f = None
             try:
                 tmp.unlink(missing_ok=True)  # left by a killed writer: never the store itself
+                self._ensure_space(p.stat().st_size, p.parent)
                 shutil.copyfile(p, tmp)
             except OSError:
                 tmp.unlink(missing_ok=True)
@@ -237,6 +261,23 @@ class H5Backend:
             self.tmp = tmp
             self._open(tmp, "a")
         return self.f
+
+    def _ensure_space(self, nbytes: int, where: Path | None = None) -> None:
+        where = where or Path(self.f.filename).parent
+        if shutil.disk_usage(where).free < nbytes + RESERVE_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
+    def _guarded(self, nbytes: int, fn: Any) -> Any:
+        """Run an HDF5 write after checking the disk has room; a failure becomes an OSError."""
+        f = self._writable()
+        self._ensure_space(nbytes)
+        try:
+            out = fn(f)
+            f.flush()
+            return out
+        except (RuntimeError, OSError) as e:
+            _quiet_unraisable()
+            raise _h5_os_error(e, self.path) from None
 
     def get_attrs(self, fresh: bool = False) -> dict[str, Any]:
         raw = self.f.attrs.get("mito")
@@ -249,28 +290,33 @@ class H5Backend:
         return meta if isinstance(meta, dict) else {"_unparsable": str(raw)[:60]}
 
     def set_attrs(self, meta: dict[str, Any]) -> None:
-        f = self._writable()
-        f.attrs["mito"] = json.dumps(meta)
-        f.flush()
+        text = json.dumps(meta)
+        self._guarded(len(text), lambda f: f.attrs.__setitem__("mito", text))
 
     def has(self, name: str) -> bool:
         return name in self.f
 
     def create(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], fill: Any, dims: list[str]) -> None:
-        f = self._writable()
-        if name in f:
-            del f[name]
         kw: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if np.dtype(dtype) == np.float16 else {}
-        f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, fletcher32=True, **kw)
+
+        def make(f: Any) -> None:
+            if name in f:
+                del f[name]
+            f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, fletcher32=True, **kw)
+
+        self._guarded(int(np.prod(chunks)) * np.dtype(dtype).itemsize, make)
 
     def write_strings(self, name: str, values: np.ndarray, chunk: int, dims: list[str]) -> None:
-        f = self._writable()
-        if name in f:
-            del f[name]
         enc = np.array([str(v).encode("utf-8") for v in values], dtype=bytes)
         if enc.dtype.itemsize == 0:
             enc = enc.astype("S1")
-        f.create_dataset(name, data=enc, chunks=(chunk,), fletcher32=True)
+
+        def make(f: Any) -> None:
+            if name in f:
+                del f[name]
+            f.create_dataset(name, data=enc, chunks=(chunk,), fletcher32=True)
+
+        self._guarded(enc.nbytes, make)
 
     def read(self, name: str, sel: Any = slice(None)) -> np.ndarray:
         ds = self.f[name]
@@ -282,9 +328,7 @@ class H5Backend:
         return out
 
     def write(self, name: str, sel: Any, value: np.ndarray) -> None:
-        f = self._writable()
-        f[name][sel] = value
-        f.flush()
+        self._guarded(np.asarray(value).nbytes, lambda f: f[name].__setitem__(sel, value))
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.f[name].shape)
@@ -313,10 +357,11 @@ class H5Backend:
         tmp, self.tmp = self.tmp, None
         try:
             self.f.close()
-        except Exception:
+        except Exception as e:  # a full disk at the last flush
+            _quiet_unraisable()
             commit = False
             if tmp is None:
-                raise
+                raise _h5_os_error(e, self.path) from None
         finally:
             self.f = None
         if tmp is None:

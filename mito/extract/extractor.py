@@ -272,7 +272,7 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
     if store is None:  # rank 0 holds the writer lock for the whole job
         store = _open_or_create(cfg, source, lock=False)
     if dist.main and not store.capabilities.resumable_per_chunk:
-        print(f"note: {cfg.store} is HDF5: a run that is stopped keeps nothing of itself (use a .zarr store for long runs, it resumes per chunk)", file=sys.stderr)
+        print(f"note: {cfg.store} is HDF5: a killed run or a full disk loses that run's chunks (a .zarr store resumes per chunk: use one for long runs)", file=sys.stderr)
     summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
     if dist.active:
         summary.update(rank=dist.rank, world_size=dist.world)

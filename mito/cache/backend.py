@@ -215,6 +215,9 @@ def _h5_os_error(e: Exception, path: str) -> OSError:
     return OSError(code, os.strerror(code), path)
 
 
+_H5_WRITERS: set[str] = set()
+
+
 class H5Backend:
     """HDF5: one local file, fletcher32 on every chunk. Writing goes to a copy (``.<name>.writing``) that
     replaces the file only when the writer closes cleanly, so a kill or a full disk leaves the previous file."""
@@ -231,7 +234,16 @@ class H5Backend:
         self.mode = mode
         self.f: Any = None
         self.tmp: Path | None = None  # the copy being written (mode "a", after the first write)
-        self._open(path, "w" if mode == "w" else "r")
+        self._key = os.path.abspath(path)
+        if mode == "a":  # two writers in one process would share one copy (the OS lock lets a process in twice)
+            if self._key in _H5_WRITERS:
+                raise StoreError(f"{path} is already open for writing in this process; close it first")
+            _H5_WRITERS.add(self._key)
+        try:
+            self._open(path, "w" if mode == "w" else "r")
+        except BaseException:
+            _H5_WRITERS.discard(self._key)
+            raise
 
     def _open(self, path: str | Path, mode: str) -> None:
         import h5py
@@ -354,6 +366,8 @@ class H5Backend:
     def close(self, commit: bool = True) -> None:
         if self.f is None:
             return
+        if self.mode == "a":
+            _H5_WRITERS.discard(self._key)
         tmp, self.tmp = self.tmp, None
         try:
             self.f.close()

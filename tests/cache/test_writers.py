@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mito.cache import LockedError, create_store, open_store
+from mito.cache import LockedError, StoreError, create_store, open_store
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SMALL = ["--task", "mitosis", "--zooms", "1", "--colors", "gray", "--input-size", "64", "--workers", "0", "--device", "cpu", "--quiet"]
@@ -105,6 +105,16 @@ def test_attribute_updates_keep_what_another_writer_added(tmp_path: Path) -> Non
     a.close(), b.close()
     with open_store(path) as s:
         assert s.variants == ["bb:z1:gray", "bb:z2:gray"] and s.meta["last_run"] == {"rows": 6}
+
+
+def test_one_process_cannot_open_an_hdf5_store_twice_for_writing(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    with create_store(path, _tiles(4), {}) as s:
+        with pytest.raises(StoreError, match="already open for writing in this process"):
+            open_store(path, "a")
+        s.record("note", 1)
+    with open_store(path, "a") as s:  # closed: free again
+        assert s.meta["note"] == 1
 
 
 def test_creating_a_store_someone_else_is_writing_is_refused(tmp_path: Path) -> None:

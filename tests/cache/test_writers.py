@@ -26,7 +26,7 @@ SMALL = ["--task", "mitosis", "--zooms", "1", "--colors", "gray", "--input-size"
 
 
 def _mito(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mito", *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run([sys.executable, "-m", "mito", *args], check=False, capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
 def _one_error_line(r: subprocess.CompletedProcess) -> str:
@@ -41,13 +41,13 @@ def _one_error_line(r: subprocess.CompletedProcess) -> str:
 @contextlib.contextmanager
 def _tmpfs(where: Path, opts: str) -> Iterator[Path]:
     where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], check=False, capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
     try:
         yield where
     finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
 
 
 def _tiles(n: int) -> pd.DataFrame:

@@ -1,9 +1,9 @@
 """The embedding store: the only contract between extraction and everything trained from it."""
 
 from mito.cache.backend import Capabilities, StoreBackend
+from mito.cache.errors import LockedError
 from mito.cache.store import (
     DEFAULT_CHUNK_ROWS,
-    LockedError,
     Store,
     StoreError,
     Variant,

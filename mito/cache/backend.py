@@ -30,6 +30,7 @@ class Capabilities:
     atomic_chunk_writes: bool  # a chunk is replaced whole or not at all (a kill never leaves half a chunk)
     resumable_per_chunk: bool  # a killed run keeps every chunk it finished (else: per run)
     supports_urls: bool  # fsspec URLs (s3://, memory:// ...) work
+    shared_writers: bool  # several processes (torchrun ranks) may write different chunks at once
 
 
 @runtime_checkable
@@ -224,7 +225,8 @@ class H5Backend:
 
     format = "hdf5"
     capabilities = Capabilities(
-        supports_checksums=True, supports_locking=True, atomic_chunk_writes=False, resumable_per_chunk=False, supports_urls=False
+        supports_checksums=True, supports_locking=True, atomic_chunk_writes=False, resumable_per_chunk=False,
+        supports_urls=False, shared_writers=False,
     )
 
     def __init__(self, path: str, mode: str) -> None:
@@ -399,7 +401,7 @@ def backend_capabilities(path: str, fmt: str) -> Capabilities:
         return H5Backend.capabilities
     url = is_url(path)
     return Capabilities(supports_checksums=True, supports_locking=not url, atomic_chunk_writes=not url,
-                        resumable_per_chunk=True, supports_urls=True)
+                        resumable_per_chunk=True, supports_urls=True, shared_writers=True)
 
 
 def open_backend(path: str, mode: str, fmt: str) -> StoreBackend:

@@ -6,9 +6,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
-COLUMN_KINDS = ("str", "int", "float", "bool")
-
-
 class TileColumn(BaseModel):
     """One column of the tile table and how it is stored."""
 

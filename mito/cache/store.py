@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from mito.cache.backend import Capabilities, StoreBackend, backend_capabilities, is_url, open_backend
-from mito.cache.errors import LockedError, StoreError
+from mito.cache.errors import StoreError
 from mito.cache.lock import StoreLock
 from mito.cache.meta import meta_problems
 from mito.errors import os_error_line
@@ -46,9 +46,6 @@ DEFAULT_CHUNK_ROWS = 1024
 TILE_DIMS = ["tile"]
 FEATURE_DIMS = ["tile", "feature"]
 DONE_DIMS = ["chunk"]
-
-__all__ = ["LockedError", "StoreError"]
-
 
 @dataclass(frozen=True)
 class Variant:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import mito
 from mito.cache import DEFAULT_CHUNK_ROWS, Store, StoreError, Variant, create_store, open_store, tile_list_hash
+from mito.cache.backend import backend_capabilities
 from mito.cache.store import store_exists, store_format
 from mito.extract import distributed
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
@@ -256,7 +257,7 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
     device = dist.device(pick_device(cfg.device))
     if device.type == "cpu":
         tune_cpu_allocator()
-    if dist.active and store_format(cfg.store) == "hdf5":
+    if dist.active and not backend_capabilities(cfg.store, store_format(cfg.store)).shared_writers:
         raise ExtractError("several ranks cannot write one HDF5 file: use a .zarr store with torchrun")
     for b in cfg.backbones:  # fail before any work when a backbone or its weights are missing
         resolve_weights(get_backbone(b), cfg.weights.get(b))

@@ -59,9 +59,9 @@ def test_backends_declare_their_capabilities(tmp_path: Path) -> None:
     create_store(tmp_path / "s.h5", tiles, {}).close()
     z, h = open_backend(str(tmp_path / "s.zarr"), "r", "zarr"), open_backend(str(tmp_path / "s.h5"), "r", "hdf5")
     assert isinstance(z, StoreBackend) and isinstance(h, StoreBackend)
-    assert z.capabilities == Capabilities(True, True, True, True, True)
+    assert z.capabilities == Capabilities(True, True, True, True, True, True)
     assert h.capabilities.supports_checksums and h.capabilities.supports_locking
-    assert not h.capabilities.resumable_per_chunk and not h.capabilities.supports_urls
+    assert not h.capabilities.resumable_per_chunk and not h.capabilities.supports_urls and not h.capabilities.shared_writers
     h.close()
     url = f"memory://caps-{tmp_path.name}/s.zarr"
     with create_store(url, tiles, {}) as s:  # fsspec URLs cannot flock: unlocked, and they say so

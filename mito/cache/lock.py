@@ -55,10 +55,13 @@ class StoreLock:
             except OSError:
                 fh.close()
                 raise
-            fh.seek(0)
-            fh.truncate()
-            fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _dt.datetime.now().isoformat(timespec="seconds")}))
-            fh.flush()
+            try:  # who holds it, for the refusal line (best effort: a full disk must not stop the lock)
+                fh.seek(0)
+                fh.truncate()
+                fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _dt.datetime.now().isoformat(timespec="seconds")}))
+                fh.flush()
+            except OSError:
+                pass
             _HELD[self.file] = [fh, 1]
             self.held = True
             return self

@@ -244,12 +244,12 @@ def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
     """Exit 0 only if every variant is complete and every written row is sound."""
     from mito.cache import open_store
 
-    with open_store(store) as s:
+    with open_store(store, lenient=True) as s:  # lenient: report what is wrong with a damaged store, do not refuse it
         problems = s.verify()
-        n, nv = s.n_tiles, len(s.variants)
+        n, nv = (s.n_tiles, len(s.variants)) if not problems else (0, 0)
     if problems:
         for p in problems:
-            err_console.print(f"[red]problem:[/] {p}", highlight=False)
+            err_console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"ok: {n} tiles x {nv} variants, complete and sound")
 

@@ -1,5 +1,7 @@
 """The embedding store: the only contract between extraction and everything trained from it."""
 
+from mito.cache.backend import Capabilities, StoreBackend
+from mito.cache.errors import LockedError
 from mito.cache.store import (
     DEFAULT_CHUNK_ROWS,
     Store,
@@ -15,7 +17,10 @@ from mito.cache.store import (
 
 __all__ = [
     "DEFAULT_CHUNK_ROWS",
+    "Capabilities",
+    "LockedError",
     "Store",
+    "StoreBackend",
     "StoreError",
     "Variant",
     "create_store",

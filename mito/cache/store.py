@@ -3,24 +3,31 @@
 Layout (identical in Zarr v3 and HDF5):
 
     attrs["mito"]                 JSON: version, created, source, tile_list_sha256, chunk_rows, variants
-    tiles/<column>                one 1-D array per tile-table column (strings as UTF-8)
+    tiles/<column>                one 1-D array per tile-table column (strings as UTF-8; yes/no as int8, -1 = missing)
     unreadable                    bool (n,): the tile could not be decoded (its feature rows are NaN)
     features/<bb>/z<zoom>/<color> float16 (n, dim), chunked by rows
     done/<bb>/z<zoom>/<color>     bool (n_chunks,), one storage chunk per flag
 
-A chunk's done flag is written only after its rows are on disk, and every Zarr write replaces
-a whole file atomically, so a killed writer never leaves a wrong row marked done.
+What it guarantees (the backend's :class:`~mito.cache.backend.Capabilities` say which format gives what):
+
+- every chunk carries a checksum (Zarr: crc32c codec; HDF5: fletcher32); a reader refuses a damaged chunk
+  in one line, and :meth:`Store.verify` names every defect it finds;
+- a chunk's done flag is written only after its rows are on disk, and a done chunk that fails its checksum
+  counts as not done, so re-running extract rewrites it;
+- one writer at a time: an OS lock beside the store (never stale after kill -9). fsspec URLs are unlocked;
+- Zarr resumes per chunk (each chunk file is replaced atomically); HDF5 is written to a copy that replaces
+  the file when the writer closes, so a killed run leaves the previous file (HDF5 resumes per run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
-import json
 import math
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +35,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mito.errors import MitoError
+from mito.cache.backend import Capabilities, StoreBackend, backend_capabilities, is_url, open_backend
+from mito.cache.errors import StoreError
+from mito.cache.lock import StoreLock
+from mito.cache.meta import meta_problems
+from mito.errors import os_error_line
 
 STORE_VERSION = 1
 DEFAULT_CHUNK_ROWS = 1024
-
-
-class StoreError(MitoError):
-    """A store cannot be opened, written or read as asked (the message is one line for the user)."""
-
+TILE_DIMS = ["tile"]
+FEATURE_DIMS = ["tile", "feature"]
+DONE_DIMS = ["chunk"]
 
 @dataclass(frozen=True)
 class Variant:
@@ -87,16 +96,11 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def is_url(path: str | os.PathLike) -> bool:
-    """True for fsspec URLs (``s3://``, ``memory://``, ``file://`` ...), False for local paths."""
-    return "://" in str(path)
-
-
 def store_exists(path: str | os.PathLike) -> bool:
-    """True when something already lives at ``path`` (a local path, or a Zarr group at an fsspec URL)."""
+    """True when something already lives at ``path`` (a local file or non-empty folder, or a Zarr group at an fsspec URL)."""
     path = str(path)
     if not is_url(path):
-        return os.path.exists(path)
+        return os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path))  # an empty folder is free
     import fsspec
 
     try:
@@ -111,127 +115,70 @@ def store_format(path: str | os.PathLike) -> str:
     return "hdf5" if str(path).lower().endswith((".h5", ".hdf5")) else "zarr"
 
 
-# ---------------------------------------------------------------- backends
-class _ZarrBackend:
-    def __init__(self, path: str, mode: str) -> None:
-        import zarr
-
-        self.path = path
-        # fsspec URLs (s3://, gs://, memory://, file://) go through zarr's FsspecStore
-        opts = {"storage_options": {"auto_mkdir": True}} if path.startswith("file://") else {}
-        try:
-            self.root = zarr.open_group(path, mode=mode, zarr_format=3, **opts)
-        except Exception as e:  # zarr raises several types for a missing or foreign folder
-            raise StoreError(f"{path} is not a mito store (not a readable Zarr v3 group: {type(e).__name__})") from None
-
-    def get_attrs(self) -> dict[str, Any]:
-        return dict(self.root.attrs.get("mito", {}))
-
-    def set_attrs(self, meta: dict[str, Any]) -> None:
-        self.root.attrs["mito"] = meta
-
-    def has(self, name: str) -> bool:
-        try:
-            self.root[name]
-            return True
-        except KeyError:
-            return False
-
-    def create(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], fill: Any) -> None:
-        from zarr.codecs import BloscCodec
-
-        kw: dict[str, Any] = {"fill_value": fill}
-        if np.dtype(dtype) == np.float16:
-            kw["compressors"] = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
-        self.root.create_array(name, shape=shape, dtype=dtype, chunks=chunks, overwrite=True, **kw)
-
-    def write_strings(self, name: str, values: np.ndarray, chunk: int) -> None:
-        arr = self.root.create_array(name, shape=values.shape, dtype=str, chunks=(chunk,), overwrite=True)
-        arr[:] = values.astype(str)
-
-    def read(self, name: str, sel: Any = slice(None)) -> np.ndarray:
-        return np.asarray(self.root[name][sel])
-
-    def write(self, name: str, sel: Any, value: np.ndarray) -> None:
-        self.root[name][sel] = value
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.root[name].shape)
-
-    def close(self) -> None:
-        pass
-
-
-class _H5Backend:
-    def __init__(self, path: str, mode: str) -> None:
-        import h5py
-
-        self.path = path
-        if is_url(path):
-            raise StoreError(f"HDF5 stores must be local files ({path}); use a .zarr store for fsspec URLs")
-        h5mode = {"r": "r", "a": "a", "w": "w"}[mode]
-        try:
-            self.f = h5py.File(path, h5mode, libver="latest")
-        except (OSError, ValueError) as e:
-            raise StoreError(f"cannot open HDF5 store {path}: {e}") from None
-
-    def get_attrs(self) -> dict[str, Any]:
-        raw = self.f.attrs.get("mito")
-        return json.loads(raw) if raw is not None else {}
-
-    def set_attrs(self, meta: dict[str, Any]) -> None:
-        self.f.attrs["mito"] = json.dumps(meta)
-        self.f.flush()
-
-    def has(self, name: str) -> bool:
-        return name in self.f
-
-    def create(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], fill: Any) -> None:
-        if name in self.f:
-            del self.f[name]
-        kw: dict[str, Any] = {}
-        if np.dtype(dtype) == np.float16:
-            kw = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-        self.f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, **kw)
-
-    def write_strings(self, name: str, values: np.ndarray, chunk: int) -> None:
-        import h5py
-
-        if name in self.f:
-            del self.f[name]
-        self.f.create_dataset(name, data=values.astype(str).astype(object), dtype=h5py.string_dtype())
-
-    def read(self, name: str, sel: Any = slice(None)) -> np.ndarray:
-        ds = self.f[name]
-        out = ds[sel]
-        if ds.dtype.kind == "O":
-            out = np.asarray(ds.asstr()[sel], dtype=object)
-        return np.asarray(out)
-
-    def write(self, name: str, sel: Any, value: np.ndarray) -> None:
-        self.f[name][sel] = value
-        self.f.flush()
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.f[name].shape)
-
-    def close(self) -> None:
-        self.f.close()
-
-
 # ---------------------------------------------------------------- the store
+# ---------------------------------------------------------------- the store
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+
+
+def _damage(e: BaseException) -> str:
+    """What a failed read says about the data, in a few words."""
+    if isinstance(e, KeyError):
+        return "missing"
+    msg = _first_line(e)
+    if "checksum" in msg.lower():
+        return "checksum mismatch"
+    if "filter returned failure" in msg:
+        return "checksum or decompression failure"
+    return f"cannot be decoded: {type(e).__name__}: {msg}"
+
+
+def _pos_int(x: Any) -> int | None:
+    return x if type(x) is int and x >= 1 else None
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key.sub: the store has A, this run B`` for every leaf of ``new`` that ``old`` holds differently."""
+    out = []
+    for k, b in new.items():
+        a = old.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: the store has {a}, this run {b}")
+    return out
+
+
 class Store:
     """An open embedding store; use :func:`create_store` or :func:`open_store`."""
 
-    def __init__(self, backend: _ZarrBackend | _H5Backend, path: str, writable: bool) -> None:
+    def __init__(
+        self, backend: StoreBackend, path: str, writable: bool, lock: StoreLock | None = None, strict: bool = True
+    ) -> None:
         self._b = backend
         self.path = path
         self.writable = writable
-        self.meta: dict[str, Any] = backend.get_attrs()
-        if not self.meta or self.meta.get("store_version") is None:
-            backend.close()
-            raise StoreError(f"{path} is not a mito store (no mito attributes)")
+        self._lock = lock
+        self._failed = False  # a write failed: HDF5 then drops this session's copy on close
         self._tiles: pd.DataFrame | None = None
+        self.meta: dict[str, Any] = backend.get_attrs()
+        self.meta_problems = meta_problems(self.meta)
+        if not self.meta or self.meta.get("store_version") is None:
+            self._abort()
+            raise StoreError(f"{path} is not a mito store (no mito attributes)")
+        if strict:
+            found = self.meta_problems or self._structure_problems()
+            if found:
+                self._abort()
+                more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
+                raise StoreError(f"{path} is damaged: {found[0]}{more}; run `mito cache verify {path}` for every defect")
+
+    def _abort(self) -> None:
+        try:
+            self._b.close(commit=False)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     # -- context manager
     def __enter__(self) -> Store:
@@ -241,22 +188,32 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Close the underlying file (a no-op for Zarr)."""
-        self._b.close()
+        """Close the store (HDF5: put this session's copy in place) and release the writer lock."""
+        try:
+            self._b.close(commit=not self._failed)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def refresh(self) -> None:
         """Re-read attributes another process wrote (e.g. variants rank 0 added in a distributed run)."""
         mode = "a" if self.writable else "r"
-        self._b.close()
-        self._b = _backend(self.path, mode, self.format)
+        self._b.close(commit=not self._failed)
+        self._b = open_backend(self.path, mode, self.format)
         self.meta = self._b.get_attrs()
+        self.meta_problems = meta_problems(self.meta)
         self._tiles = None
 
     # -- description
     @property
     def format(self) -> str:
         """``zarr`` or ``hdf5``."""
-        return "hdf5" if isinstance(self._b, _H5Backend) else "zarr"
+        return self._b.format
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this store's backend guarantees (checksums, locking, resume per chunk ...)."""
+        return self._b.capabilities
 
     @property
     def n_tiles(self) -> int:
@@ -294,20 +251,62 @@ class Store:
         have = ", ".join(self.variants) or "none"
         return f"feature {key!r} is not in {self.path} (it has: {have})"
 
+    # -- reading, every failure one StoreError naming the array and chunk
+    def _read(self, name: str, sel: Any = slice(None)) -> np.ndarray:
+        try:
+            return self._b.read(name, sel)
+        except StoreError:
+            raise
+        except Exception as e:  # codecs, checksums, h5py and fsspec raise many types
+            raise self._read_error(name, sel, e) from None
+
+    def _read_error(self, name: str, sel: Any, e: BaseException) -> StoreError:
+        if isinstance(e, KeyError) or not self._has(name):
+            return StoreError(f"{self.path}: {name} is missing; run `mito cache verify {self.path}` for every defect")
+        bad = self._bad_chunks(name, sel)
+        where = f" chunk {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}" if bad else ""
+        fix = "re-run mito extract to rewrite it" if name.startswith("features/") else f"run `mito cache verify {self.path}`"
+        return StoreError(f"{self.path}: {name}{where} is damaged ({_damage(e)}); {fix}")
+
+    def _has(self, name: str) -> bool:
+        try:
+            return self._b.has(name)
+        except Exception:  # an unreadable group's metadata
+            return False
+
+    def _chunk_error(self, name: str, c: int, rows: int) -> BaseException | None:
+        """The error reading storage chunk ``c`` (``rows`` rows per chunk) raises, or None when it reads."""
+        try:
+            n = self._b.shape(name)[0]
+            self._b.read(name, slice(c * rows, min(n, (c + 1) * rows)))
+        except Exception as e:  # any failure is the answer
+            return e
+        return None
+
+    def _bad_chunks(self, name: str, sel: Any = slice(None)) -> list[int]:
+        """Storage chunks of ``name`` (within a row slice ``sel``) that cannot be read."""
+        try:
+            rows, n = self._b.chunks(name)[0], self._b.shape(name)[0]
+        except Exception:
+            return []
+        lo, hi = (sel.start or 0, n if sel.stop is None else sel.stop) if isinstance(sel, slice) else (0, n)
+        return [c for c in range(lo // rows, math.ceil(min(hi, n) / rows)) if self._chunk_error(name, c, rows) is not None]
+
     @property
     def tiles(self) -> pd.DataFrame:
         """The tile table (one row per tile, aligned with every feature array)."""
         if self._tiles is None:
-            cols = self.meta["tile_columns"]
             data = {}
-            for c in cols:
-                v = self._b.read(f"tiles/{c['name']}")
+            for c in self.meta["tile_columns"]:
+                v = self._read(f"tiles/{c['name']}")
                 kind = c["kind"]
                 if kind == "str":
                     s = pd.Series(v.astype(object), dtype=object)
                     data[c["name"]] = s.where(s != "", None)
                 elif kind == "float":
                     data[c["name"]] = v.astype(np.float64)
+                elif kind == "bool":
+                    data[c["name"]] = pd.Series(v == 1, dtype="boolean").mask(v < 0)
                 else:
                     data[c["name"]] = v.astype(np.int64)
             self._tiles = pd.DataFrame(data)
@@ -316,12 +315,39 @@ class Store:
     @property
     def unreadable(self) -> np.ndarray:
         """Boolean mask of tiles that could not be decoded."""
-        return self._b.read("unreadable").astype(bool)
+        return self._read("unreadable").astype(bool)
 
     def done_chunks(self, key: str) -> np.ndarray:
         """Boolean mask over row chunks: True where the chunk is fully written for this variant."""
         self.variant_info(key)
-        return self._b.read(f"done/{parse_variant(key).path}").astype(bool)
+        return self._read(f"done/{parse_variant(key).path}").astype(bool)
+
+    def sound_done_chunks(self, key: str) -> np.ndarray:
+        """Like :meth:`done_chunks`, but a chunk whose flag, rows or checksum cannot be trusted counts as not done
+        (extract calls this, so re-running rewrites damaged chunks). Reads every done chunk once."""
+        self.variant_info(key)
+        v = parse_variant(key)
+        flags = f"done/{v.path}"
+        try:
+            done = self._b.read(flags).astype(bool)
+        except Exception:  # some flags are damaged: keep the ones that read
+            done = np.zeros(self.n_chunks, bool)
+            for c in range(self.n_chunks):
+                with contextlib.suppress(Exception):
+                    done[c] = bool(self._b.read(flags, slice(c, c + 1))[0])
+        if done.shape != (self.n_chunks,):
+            raise StoreError(f"{self.path}: {flags} has {done.size} flags for {self.n_chunks} chunks; run `mito cache verify {self.path}`")
+        for c in np.flatnonzero(done):
+            start, stop = self.chunk_rows_range(int(c))
+            try:
+                block = self._b.read(f"features/{v.path}", slice(start, stop))
+                bad = self._b.read("unreadable", slice(start, stop)).astype(bool)
+            except Exception:  # checksum, codec or missing array: the chunk is redone
+                done[c] = False
+                continue
+            holes = np.isnan(block).any(axis=1) & ~bad
+            done[c] = block.shape[0] == stop - start and not holes.any() and not np.isinf(block).any()
+        return done
 
     def is_complete(self, key: str) -> bool:
         """True when every chunk of the variant is written."""
@@ -332,34 +358,55 @@ class Store:
         start = chunk * self.chunk_rows
         return start, min(self.n_tiles, start + self.chunk_rows)
 
-    # -- writing
+    # -- writing (only with the writer lock, taken by open_store(path, "a"))
     def _require_writable(self) -> None:
         if not self.writable:
             raise StoreError(f"{self.path} is open read-only")
 
-    def _save_meta(self) -> None:
-        self._b.set_attrs(self.meta)
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write becomes one line; HDF5 then drops this run's copy, Zarr keeps every finished chunk."""
+        self._require_writable()
+        try:
+            yield
+        except BaseException as e:
+            self._failed = True
+            if isinstance(e, OSError) and not isinstance(e, StoreError):
+                kept = (
+                    "finished chunks are kept; free space and re-run to resume"
+                    if self.capabilities.resumable_per_chunk
+                    else "the store stays as it was before this run"
+                )
+                raise StoreError(f"cannot write {self.path}: {os_error_line(e)} ({kept})") from None
+            raise
+
+    def _update_meta(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Re-read the attributes from storage, apply ``change`` to them and write them back: never a stale copy."""
+        with self._writing():
+            meta = self._b.get_attrs(fresh=True) or dict(self.meta)
+            change(meta)
+            self._b.set_attrs(meta)
+        self.meta = meta
 
     def ensure_variant(self, key: str, dim: int, provenance: dict[str, Any]) -> bool:
         """Create a variant's arrays, or check an existing one matches; returns True if newly created."""
         self._require_writable()
         v = parse_variant(key)
+        self.meta = self._b.get_attrs(fresh=True) or self.meta
         existing = self.meta.get("variants", {}).get(key)
         if existing is not None:
-            old = {k: existing.get(k) for k in provenance}
-            if existing.get("dim") != dim or old != provenance:
-                diff = sorted(k for k in provenance if existing.get(k) != provenance[k])
-                if existing.get("dim") != dim:
-                    diff.insert(0, "dim")
+            diff = _differences(existing, {"dim": int(dim), **provenance})
+            if diff:
                 raise StoreError(
-                    f"{self.path} already holds {key} made differently ({', '.join(diff)} differ); "
+                    f"{self.path} already holds {key} made differently ({'; '.join(diff)}); "
                     "use a new --store or remove that variant first"
                 )
             return False
-        self._b.create(f"features/{v.path}", (self.n_tiles, dim), "float16", (self.chunk_rows, dim), np.nan)
-        self._b.create(f"done/{v.path}", (self.n_chunks,), "bool", (1,), False)
-        self.meta.setdefault("variants", {})[key] = {"dim": int(dim), **provenance, "added": _now()}
-        self._save_meta()
+        rows = min(self.chunk_rows, self.n_tiles)
+        with self._writing():
+            self._b.create(f"features/{v.path}", (self.n_tiles, dim), "float16", (rows, dim), np.nan, FEATURE_DIMS)
+            self._b.create(f"done/{v.path}", (self.n_chunks,), "bool", (1,), False, DONE_DIMS)
+        self._update_meta(lambda m: m.setdefault("variants", {}).__setitem__(key, {"dim": int(dim), **provenance, "added": _now()}))
         return True
 
     def write_chunk(self, key: str, chunk: int, features: np.ndarray, unreadable: np.ndarray | None = None) -> None:
@@ -369,28 +416,33 @@ class Store:
         start, stop = self.chunk_rows_range(chunk)
         if features.shape[0] != stop - start:
             raise StoreError(f"chunk {chunk} of {key} needs {stop - start} rows, got {features.shape[0]}")
-        if unreadable is not None and unreadable.any():
-            cur = self._b.read("unreadable", slice(start, stop)).astype(bool)
-            self._b.write("unreadable", slice(start, stop), cur | unreadable)
-        self._b.write(f"features/{v.path}", slice(start, stop), features.astype(np.float16))
-        self._b.write(f"done/{v.path}", slice(chunk, chunk + 1), np.array([True]))
+        with self._writing():
+            if unreadable is not None:
+                try:
+                    cur = self._b.read("unreadable", slice(start, stop)).astype(bool)
+                except Exception:  # a damaged flag chunk is rewritten whole
+                    cur = None
+                if cur is None or unreadable.any():
+                    self._b.write("unreadable", slice(start, stop), unreadable if cur is None else cur | unreadable)
+            self._b.write(f"features/{v.path}", slice(start, stop), features.astype(np.float16))
+            self._b.write(f"done/{v.path}", slice(chunk, chunk + 1), np.array([True]))
 
     def remove_variant(self, key: str) -> None:
-        """Forget a variant (its arrays are emptied and its provenance dropped)."""
+        """Forget a variant: its provenance is dropped and its arrays deleted."""
         self._require_writable()
         self.variant_info(key)
         v = parse_variant(key)
-        self._b.create(f"done/{v.path}", (self.n_chunks,), "bool", (1,), False)
-        del self.meta["variants"][key]
-        self._save_meta()
+        self._update_meta(lambda m: m.get("variants", {}).pop(key, None))
+        with self._writing():
+            self._b.delete(f"done/{v.path}")
+            self._b.delete(f"features/{v.path}")
 
     def record(self, name: str, value: Any) -> None:
         """Store a JSON-able value in the store's attributes (e.g. the last run's summary)."""
         self._require_writable()
-        self.meta[name] = value
-        self._save_meta()
+        self._update_meta(lambda m: m.__setitem__(name, value))
 
-    # -- reading
+    # -- reading features
     def _check_readable(self, keys: Sequence[str], allow_incomplete: bool) -> list[Variant]:
         if not keys:
             raise StoreError("no features chosen")
@@ -426,18 +478,18 @@ class Store:
             inv = np.empty_like(order)
             inv[order] = np.arange(order.size)
             return out[inv]
-        parts = [self._b.read(f"features/{v.path}", sel) for v in vs]
+        parts = [self._read(f"features/{v.path}", sel) for v in vs]
         return np.concatenate(parts, axis=1).astype(dtype, copy=False)
 
     def _read_rows(self, name: str, sorted_rows: np.ndarray) -> np.ndarray:
         """Read sorted row indices chunk by chunk (bounded memory, works for Zarr and HDF5)."""
         if sorted_rows.size == 0:
-            return self._b.read(name, slice(0, 0))
+            return self._read(name, slice(0, 0))
         out = []
         chunk_of = sorted_rows // self.chunk_rows
         for c in np.unique(chunk_of):
             start, stop = self.chunk_rows_range(int(c))
-            block = self._b.read(name, slice(start, stop))
+            block = self._read(name, slice(start, stop))
             out.append(block[sorted_rows[chunk_of == c] - start])
         return np.concatenate(out, axis=0)
 
@@ -463,7 +515,7 @@ class Store:
                 keep = wanted[start:stop]
                 if not keep.any():
                     continue
-            block = np.concatenate([self._b.read(f"features/{v.path}", slice(start, stop)) for v in vs], axis=1)
+            block = np.concatenate([self._read(f"features/{v.path}", slice(start, stop)) for v in vs], axis=1)
             if wanted is not None:
                 idx, block = idx[keep], block[keep]
             yield idx, block.astype(dtype, copy=False)
@@ -493,54 +545,166 @@ class Store:
             "tile_list_sha256": self.meta.get("tile_list_sha256"),
             "created": self.meta.get("created"),
             "versions": self.meta.get("versions"),
+            "capabilities": dict(self.capabilities.__dict__),
         }
 
-    def verify(self) -> list[str]:
-        """Problems that make the store incomplete or unsound (empty list = sound and complete)."""
-        problems: list[str] = []
-        tiles = self.tiles
-        if len(tiles) != self.n_tiles:
-            problems.append(f"tile table has {len(tiles)} rows, attributes say {self.n_tiles}")
-        if "tile_id" in tiles and tile_list_hash(tiles["tile_id"].astype(str).tolist()) != self.meta.get("tile_list_sha256"):
-            problems.append("tile list hash does not match the tile table")
-        if not self.variants:
-            problems.append("no feature variants")
-        bad = self.unreadable
-        for k in self.variants:
+    def _array_problem(self, name: str, shape: tuple[int | None, ...] | None) -> str | None:
+        """Why array ``name`` is unusable (missing, unreadable metadata, wrong shape), or None."""
+        try:
+            if not self._b.has(name):
+                return f"{name} is missing"
+            got = self._b.shape(name)
+        except Exception as e:  # damaged array metadata
+            return f"{name} cannot be opened ({_first_line(e)})"
+        if shape is not None and (len(got) != len(shape) or any(s is not None and g != s for g, s in zip(got, shape))):
+            return f"{name} has shape {got}, the attributes say {tuple(shape)}"
+        return None
+
+    def _structure_problems(self) -> list[str]:
+        """Missing arrays and shapes that disagree with the attributes (metadata only, no chunk is read)."""
+        n, out = self.n_tiles, []
+        for c in self.meta["tile_columns"]:
+            out.append(self._array_problem(f"tiles/{c['name']}", (n,)))
+        out.append(self._array_problem("unreadable", (n,)))
+        for k, vi in self.meta.get("variants", {}).items():
             v = parse_variant(k)
-            dim = self.variant_info(k)["dim"]
-            shape = self._b.shape(f"features/{v.path}")
-            if shape != (self.n_tiles, dim):
-                problems.append(f"{k}: shape {shape}, expected {(self.n_tiles, dim)}")
-                continue
-            done = self.done_chunks(k)
-            if not done.all():
-                problems.append(f"{k}: {int((~done).sum())} of {done.size} chunks not written")
-            for idx, block in self._iter_raw(v, done):
-                nan_rows = np.isnan(block).any(axis=1)
-                if (nan_rows & ~bad[idx]).any():
-                    problems.append(f"{k}: {int((nan_rows & ~bad[idx]).sum())} readable rows hold NaN in written chunks")
-                if np.isinf(block).any():
-                    problems.append(f"{k}: infinite values in written chunks")
+            out.append(self._array_problem(f"features/{v.path}", (n, vi["dim"])))
+            out.append(self._array_problem(f"done/{v.path}", (self.n_chunks,)))
+            if out[-2] is None:
+                rows = self._b.chunks(f"features/{v.path}")[0]
+                if rows not in (self.chunk_rows, min(self.chunk_rows, n)):
+                    out.append(f"features/{v.path} is stored in chunks of {rows} rows, the attributes say chunk_rows {self.chunk_rows}")
+        return [p for p in out if p is not None]
+
+    def verify(self) -> list[str]:
+        """Every problem that makes the store incomplete or unsound, one line each (empty = sound and complete).
+
+        Checks the attributes, that every array is there with the shape they say, every chunk's checksum,
+        and that written rows hold no NaN (unless the tile was unreadable) or inf. Never raises."""
+        problems: list[str] = list(self.meta_problems)
+        try:
+            self._verify(problems)
+        except Exception as e:  # a defect the checks above did not foresee: still a verdict, not a traceback
+            problems.append(f"could not check further: {type(e).__name__}: {_first_line(e)}")
         return problems
 
-    def _iter_raw(self, v: Variant, done: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for c in np.flatnonzero(done):
-            start, stop = self.chunk_rows_range(int(c))
-            yield np.arange(start, stop), self._b.read(f"features/{v.path}", slice(start, stop))
+    def _scan(self, name: str, problems: list[str], prefix: str = "") -> bool:
+        """Read every storage chunk of ``name``; one problem per damaged chunk. True when all read."""
+        rows, n = self._b.chunks(name)[0], self._b.shape(name)[0]
+        ok = True
+        for c in range(math.ceil(n / rows)):
+            e = self._chunk_error(name, c, rows)
+            if e is not None:
+                problems.append(f"{prefix}{name} chunk {c} is damaged ({_damage(e)})")
+                ok = False
+        return ok
 
-
-def _backend(path: str, mode: str, fmt: str | None = None) -> _ZarrBackend | _H5Backend:
-    fmt = fmt or store_format(path)
-    return _H5Backend(path, mode) if fmt == "hdf5" else _ZarrBackend(path, mode)
+    def _verify(self, problems: list[str]) -> None:
+        meta = self.meta
+        n, cr = _pos_int(meta.get("n_tiles")), _pos_int(meta.get("chunk_rows"))
+        n_chunks = math.ceil(n / cr) if n and cr else None
+        cols = meta.get("tile_columns") if isinstance(meta.get("tile_columns"), list) else []
+        for c in cols:
+            name = c.get("name") if isinstance(c, dict) else None
+            if isinstance(name, str):
+                p = self._array_problem(f"tiles/{name}", (n,) if n else None)
+                problems.append(p) if p else self._scan(f"tiles/{name}", problems)
+        if self._array_problem("tiles/tile_id", None) is None and self._bad_chunks("tiles/tile_id") == []:
+            ids = self._b.read("tiles/tile_id")
+            if tile_list_hash([str(t) for t in ids]) != meta.get("tile_list_sha256"):
+                problems.append("tile list hash does not match the tile table")
+        bad: np.ndarray | None = None
+        p = self._array_problem("unreadable", (n,) if n else None)
+        if p:
+            problems.append(p)
+        elif self._scan("unreadable", problems):
+            bad = self._b.read("unreadable").astype(bool)
+        variants = meta.get("variants") if isinstance(meta.get("variants"), dict) else {}
+        if not variants:
+            problems.append("no feature variants")
+        known = set()
+        for k, vi in variants.items():
+            try:
+                v = parse_variant(k)
+            except StoreError:
+                continue  # reported with the attributes
+            known.add(v.path)
+            dim = _pos_int(vi.get("dim")) if isinstance(vi, dict) else None
+            feats, flags = f"features/{v.path}", f"done/{v.path}"
+            p = self._array_problem(feats, (n, dim))
+            feats_ok = p is None
+            if p:
+                problems.append(f"{k}: {p}")
+            elif cr and self._b.chunks(feats)[0] not in (cr, min(cr, n or cr)):
+                problems.append(f"{k}: {feats} is stored in chunks of {self._b.chunks(feats)[0]} rows, the attributes say chunk_rows {cr}")
+                feats_ok = False
+            p = self._array_problem(flags, (n_chunks,))
+            if p:
+                problems.append(f"{k}: {p}")
+                continue
+            done = np.zeros(self._b.shape(flags)[0], bool)
+            for c in range(done.size):
+                try:
+                    done[c] = bool(self._b.read(flags, slice(c, c + 1))[0])
+                except Exception as e:  # a damaged flag
+                    problems.append(f"{k}: {flags} chunk {c} is damaged ({_damage(e)})")
+            if not done.all():
+                problems.append(f"{k}: {int((~done).sum())} of {done.size} chunks not written")
+            if not feats_ok or not n or not cr:
+                continue
+            nan_rows = inf = 0
+            for c in np.flatnonzero(done):
+                start, stop = int(c) * cr, min(n, (int(c) + 1) * cr)
+                try:
+                    block = self._b.read(feats, slice(start, stop))
+                except Exception as e:  # checksum, codec, truncation
+                    problems.append(f"{k}: {feats} chunk {c} is damaged ({_damage(e)})")
+                    continue
+                holes = np.isnan(block).any(axis=1)
+                if bad is not None:
+                    holes &= ~bad[start:stop]
+                nan_rows += int(holes.sum())
+                inf += int(np.isinf(block).any())
+            if nan_rows:
+                problems.append(f"{k}: {nan_rows} readable rows hold NaN in written chunks")
+            if inf:
+                problems.append(f"{k}: infinite values in {inf} written chunks")
+        for a in self._b.arrays("features"):
+            if a.removeprefix("features/") not in known:
+                problems.append(f"{a} is on disk but not in the attributes (left by an interrupted or concurrent writer)")
 
 
 def _column_kind(s: pd.Series) -> str:
-    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_integer_dtype(s):
+    if pd.api.types.is_bool_dtype(s):
+        return "bool"
+    if pd.api.types.is_integer_dtype(s):
         return "int"
     if pd.api.types.is_float_dtype(s):
         return "float"
+    present = s.dropna()
+    if len(present) and present.map(lambda x: isinstance(x, (bool, np.bool_))).all():
+        return "bool"  # yes/no with missing values (object column of True/False/None)
     return "str"
+
+
+def _write_tiles(b: StoreBackend, tiles: pd.DataFrame) -> list[dict[str, str]]:
+    cols = []
+    chunk = max(1, min(len(tiles), 65536))
+    for name in tiles.columns:
+        s = tiles[name]
+        kind = _column_kind(s)
+        if kind == "str":
+            vals = s.map(lambda x: "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)).to_numpy()
+            b.write_strings(f"tiles/{name}", vals, chunk, TILE_DIMS)
+        else:
+            if kind == "bool":
+                arr = np.where(s.isna().to_numpy(), -1, s.fillna(False).astype(bool).to_numpy()).astype(np.int8)
+            else:
+                arr = s.to_numpy(dtype=np.int64 if kind == "int" else np.float64)
+            b.create(f"tiles/{name}", arr.shape, arr.dtype, (chunk,), -1 if kind == "bool" else 0, TILE_DIMS)
+            b.write(f"tiles/{name}", slice(None), arr)
+        cols.append({"name": str(name), "kind": kind})
+    return cols
 
 
 def create_store(
@@ -549,7 +713,9 @@ def create_store(
     meta: dict[str, Any],
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Store:
-    """Create a new store holding ``tiles`` (needs a unique ``tile_id`` column); refuses to overwrite."""
+    """Create a new store holding ``tiles`` (needs a unique ``tile_id`` column); refuses to overwrite.
+
+    The store is built in a hidden sibling and moved into place, so a failure leaves nothing behind."""
     path = str(path)
     if "tile_id" not in tiles:
         raise StoreError("the tile table needs a tile_id column")
@@ -560,43 +726,52 @@ def create_store(
         raise StoreError("no tiles to store")
     if chunk_rows < 1:
         raise StoreError("chunk_rows must be >= 1")
-    if store_exists(path):
-        raise StoreError(f"{path} already exists")
     fmt = store_format(path)
-    tmp = path if "://" in path else _tmp_sibling(path)
-    b = _backend(tmp, "w", fmt)
+    if not backend_capabilities(path, fmt).supports_urls and is_url(path):
+        raise StoreError(f"{fmt} stores must be local files ({path}); use a .zarr store for fsspec URLs")
+    lock = StoreLock(path).acquire() if backend_capabilities(path, fmt).supports_locking else None
     try:
-        cols = []
-        for name in tiles.columns:
-            s = tiles[name]
-            kind = _column_kind(s)
-            if kind == "str":
-                vals = s.map(lambda x: "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)).to_numpy()
-                b.write_strings(f"tiles/{name}", vals, max(1, min(len(s), 65536)))
-            else:
-                arr = s.to_numpy(dtype=np.int64 if kind == "int" else np.float64)
-                b.create(f"tiles/{name}", arr.shape, arr.dtype, (max(1, min(len(s), 65536)),), 0)
-                b.write(f"tiles/{name}", slice(None), arr)
-            cols.append({"name": str(name), "kind": kind})
-        n = len(tiles)
-        b.create("unreadable", (n,), "bool", (chunk_rows,), False)
-        full = {
-            "store_version": STORE_VERSION,
-            "format": fmt,
-            "created": _now(),
-            "n_tiles": n,
-            "chunk_rows": int(chunk_rows),
-            "tile_columns": cols,
-            "tile_list_sha256": tile_list_hash(tiles["tile_id"].astype(str).tolist()),
-            "variants": {},
-            **meta,
-        }
-        b.set_attrs(full)
+        if store_exists(path):
+            raise StoreError(f"{path} already exists")
+        tmp = path if is_url(path) else _tmp_sibling(path)
+        try:
+            b = open_backend(tmp, "w", fmt)
+            try:
+                cols = _write_tiles(b, tiles)
+                n = len(tiles)
+                b.create("unreadable", (n,), "bool", (min(chunk_rows, n),), False, TILE_DIMS)
+                b.set_attrs({
+                    "store_version": STORE_VERSION,
+                    "format": fmt,
+                    "created": _now(),
+                    "n_tiles": n,
+                    "chunk_rows": int(chunk_rows),
+                    "tile_columns": cols,
+                    "tile_list_sha256": tile_list_hash(tiles["tile_id"].astype(str).tolist()),
+                    "checksums": "fletcher32" if fmt == "hdf5" else "crc32c",
+                    "variants": {},
+                    **meta,
+                })
+            finally:
+                b.close()
+            if tmp != path:
+                os.replace(tmp, path)
+        except BaseException as e:
+            if tmp != path:
+                _remove(tmp)
+            if isinstance(e, OSError) and not isinstance(e, StoreError):
+                raise StoreError(f"cannot create {path}: {os_error_line(e)} (nothing was left behind)") from None
+            raise
+        return open_store(path, mode="a")
     finally:
-        b.close()
-    if tmp != path:
-        os.replace(tmp, path)
-    return open_store(path, mode="a")
+        if lock is not None:
+            lock.release()
+
+
+def _remove(path: str | Path) -> None:
+    p = Path(path)
+    with contextlib.suppress(OSError):
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 def _tmp_sibling(path: str) -> str:
@@ -608,11 +783,21 @@ def _tmp_sibling(path: str) -> str:
     return str(tmp)
 
 
-def open_store(path: str | os.PathLike, mode: str = "r") -> Store:
-    """Open an existing store for reading (``r``) or appending variants (``a``)."""
+def open_store(path: str | os.PathLike, mode: str = "r", *, lock: bool = True, lenient: bool = False) -> Store:
+    """Open an existing store for reading (``r``) or appending variants (``a``, which takes the writer lock).
+
+    ``lock=False`` is for the ranks of one torchrun job, whose rank 0 holds the lock for all of them.
+    ``lenient`` opens a store with malformed attributes or missing arrays (for :meth:`Store.verify`)."""
     path = str(path)
     if mode not in ("r", "a"):
         raise StoreError(f"mode must be 'r' or 'a', not {mode!r}")
     if not store_exists(path):
         raise StoreError(f"no store at {path}")
-    return Store(_backend(path, mode), path, writable=(mode == "a"))
+    fmt = store_format(path)
+    held = StoreLock(path).acquire() if mode == "a" and lock and backend_capabilities(path, fmt).supports_locking else None
+    try:
+        return Store(open_backend(path, mode, fmt), path, writable=(mode == "a"), lock=held, strict=not lenient)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import mito
 from mito.cache import DEFAULT_CHUNK_ROWS, Store, StoreError, Variant, create_store, open_store, tile_list_hash
+from mito.cache.backend import backend_capabilities
 from mito.cache.store import store_exists, store_format
 from mito.extract import distributed
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
@@ -172,7 +174,7 @@ def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, sourc
     }
 
 
-def _open_or_create(cfg: ExtractConfig, source: TileSource) -> Store:
+def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True) -> Store:
     tiles = source.tiles
     meta = {
         "source": {"path": source.root, "kind": source.kind, "points": cfg.points, "tile_size": source.tile_size},
@@ -180,7 +182,7 @@ def _open_or_create(cfg: ExtractConfig, source: TileSource) -> Store:
         "versions": {"mito": mito.__version__, "torch": torch.__version__},
     }
     if store_exists(cfg.store):
-        store = open_store(cfg.store, mode="a")
+        store = open_store(cfg.store, mode="a", lock=lock)
         if store.meta.get("tile_list_sha256") != tile_list_hash(tiles["tile_id"].astype(str).tolist()):
             store.close()
             raise StoreError(
@@ -255,7 +257,7 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
     device = dist.device(pick_device(cfg.device))
     if device.type == "cpu":
         tune_cpu_allocator()
-    if dist.active and store_format(cfg.store) == "hdf5":
+    if dist.active and not backend_capabilities(cfg.store, store_format(cfg.store)).shared_writers:
         raise ExtractError("several ranks cannot write one HDF5 file: use a .zarr store with torchrun")
     for b in cfg.backbones:  # fail before any work when a backbone or its weights are missing
         resolve_weights(get_backbone(b), cfg.weights.get(b))
@@ -268,8 +270,10 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
             "use zooms >= 1 (or a slide with --points)"
         )
     store = dist.on_main(lambda: _open_or_create(cfg, source))  # only rank 0 creates; the others wait
-    if store is None:
-        store = _open_or_create(cfg, source)
+    if store is None:  # rank 0 holds the writer lock for the whole job
+        store = _open_or_create(cfg, source, lock=False)
+    if dist.main and not store.capabilities.resumable_per_chunk:
+        print(f"note: {cfg.store} is HDF5: a killed run or a full disk loses that run's chunks (a .zarr store resumes per chunk: use one for long runs)", file=sys.stderr)
     summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
     if dist.active:
         summary.update(rank=dist.rank, world_size=dist.world)
@@ -302,7 +306,7 @@ def _extract_backbone(
     if not dist.main:
         store.refresh()
     todo = np.zeros(store.n_chunks, bool)
-    done = {k: store.done_chunks(k) for k in keys}
+    done = {k: store.sound_done_chunks(k) for k in keys}  # a chunk that fails its checksum is redone
     for k in keys:
         todo |= ~done[k]
     skipped = int((~todo).sum())  # chunks finished before this run (the same on every rank)

@@ -156,7 +156,7 @@ def _join_known_metadata(root: Path, df: pd.DataFrame) -> pd.DataFrame:
     df["group"] = df["slide"].where(df["slide"].notna(), "unknown-slide:" + df["_stem"])
     for c in ("expert1_atypical", "expert2_atypical", "expert3_atypical", "majority_atypical"):
         if c in df:
-            df[c] = df[c].map({True: "True", False: "False"}).astype(object)
+            df[c] = df[c].astype("boolean")
     return df.drop(columns="_stem")
 
 

@@ -14,16 +14,10 @@ from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
-from mito.heads.base import Head, HeadError, _check_common, augment_with_noise, balanced_accuracy, register_head
+from mito.heads.base import Head, HeadError, augment_with_noise, balanced_accuracy, check_copy_params, register_head
 
 MODEL_FILE = "model.safetensors"
 AUTO_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
-
-
-def _check_copies(head: Any) -> None:
-    _check_common(head)
-    if not isinstance(head.noise_copies, int) or head.noise_copies < 0:
-        raise HeadError(f"noise_copies must be a whole number >= 0, got {head.noise_copies!r}")
 
 
 @register_head("logreg")
@@ -51,7 +45,7 @@ class LogRegHead(Head):
         self.seed = seed
 
     def _validate_params(self) -> None:
-        _check_copies(self)
+        check_copy_params(self)
         if self.C != "auto" and (not isinstance(self.C, (int, float)) or self.C <= 0):
             raise HeadError(f"C must be a number > 0 or 'auto', got {self.C!r}")
 
@@ -117,7 +111,7 @@ class KNNHead(Head):
         self.seed = seed
 
     def _validate_params(self) -> None:
-        _check_copies(self)
+        check_copy_params(self)
         if not isinstance(self.n_neighbors, int) or self.n_neighbors < 1:
             raise HeadError(f"n_neighbors must be a whole number >= 1, got {self.n_neighbors!r}")
         if self.weights not in ("uniform", "distance"):

@@ -2,6 +2,7 @@
 
 from mito.heads.base import HeadError, head_class, head_names, load_head, make_head, noise_variance, register_head
 from mito.heads import torch_heads, sklearn_heads, lgbm  # noqa: F401  (registration order = HEAD_NAMES)
+from mito.heads.fit import FitResult, fit_on_rows
 from mito.heads.features import FeaturePipeline, metadata_categories, one_hot, select_features
 from mito.heads.split import make_split
 from mito.heads.stream import FeatureStream, fit_pipeline_stream, stream_proba
@@ -15,8 +16,10 @@ __all__ = [
     "FeaturePipeline",
     "FeatureStream",
     "FitConfig",
+    "FitResult",
     "HeadError",
     "fit_head",
+    "fit_on_rows",
     "fit_pipeline_stream",
     "head_class",
     "load_head",

@@ -155,8 +155,8 @@ def check_predict_out(
     source: str | os.PathLike | None = None, overwrite: bool = False,
 ) -> Path:
     """Refuse a predictions CSV inside a model directory or a store, on an input, or on an existing file (unless overwrite)."""
-    protect = [model_dir, *(p for p in (store, source) if p is not None and not Path(p).is_dir())]
-    return check_output_file(out_csv, overwrite=overwrite, protect=tuple(protect))
+    protect = tuple(p for p in (store, source) if p is not None and not Path(p).is_dir())  # model dirs and stores: always
+    return check_output_file(out_csv, overwrite=overwrite, protect=protect)
 
 
 def predict(

@@ -77,7 +77,7 @@ class BenchConfig:
     include: list[str] = field(default_factory=list)
     metadata_columns: list[str] = field(default_factory=list)
     stream: bool | None = None  # None: stream a job's features when they would not fit its share of memory_budget
-    memory_budget: int | None = None  # bytes all workers may use for features (default: the memory available now)
+    memory_budget: int | None = None  # bytes all workers may use for features (default: FEATURE_BUDGET or less when less is free)
     buffer_rows: int | None = None  # streamed jobs: shuffle-buffer rows (default: the heads' default)
 
 
@@ -163,6 +163,7 @@ def parse_feature_sets(specs: Sequence[str] | None, variants: Sequence[str]) -> 
 
 # ------------------------------------------------------------------ fitting (runs in worker processes)
 _STORES: dict[str, Any] = {}
+FEATURE_BUDGET = 2 << 30  # default bytes of features all bench workers together may hold; beyond it streaming heads stream
 
 
 def _features(store_path: str) -> Any:
@@ -226,7 +227,8 @@ def fit_options(cfg: BenchConfig, n_jobs: int) -> dict[str, Any]:
     """_fit_one's keyword options from a BenchConfig: each of ``n_jobs`` workers gets its share of the memory budget."""
     from mito.resources import available_memory
 
-    budget = cfg.memory_budget if cfg.memory_budget is not None else available_memory()
+    free = available_memory()
+    budget = cfg.memory_budget if cfg.memory_budget is not None else min(free or FEATURE_BUDGET, FEATURE_BUDGET)
     return {
         "metadata_columns": list(cfg.metadata_columns),
         "stream": cfg.stream,

@@ -1,0 +1,124 @@
+"""Peak memory of `mito bench` on a big store: 300,000 tiles x 1,536 dims (float16), 2 worker processes.
+
+Builds a synthetic store (class-dependent features, a tile table with slide groups and a published split), then
+runs the bench command in a child process and samples the resident memory of its whole process tree (the bench
+process and its joblib workers, summed) every 0.1 s:
+
+    python benchmarks/bench_memory.py --out /tmp/mito-bench-mem            # build (once) and measure
+    python benchmarks/bench_memory.py --out /tmp/mito-bench-mem --keep     # reuse the store
+
+Goal (issue 10, "one fit path"): under 2 GiB peak. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+KEY = "synthetic:z1:rgb"
+SIGNAL_DIMS = 32
+
+
+def build_store(store: str, n: int, dim: int, chunk_rows: int, seed: int) -> float:
+    """Write the store one chunk at a time (float16; 30 % 'mitotic'; 1,000 slides, a fifth of them published as test)."""
+    import pandas as pd
+
+    from mito.cache import create_store
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.3
+    slides = np.arange(n) // max(1, n // 1000)
+    tiles = pd.DataFrame(
+        {
+            "tile_id": [f"s{s}_{i}" for s, i in zip(slides, range(n))],
+            "label": np.where(y, "mitotic", "non-mitotic"),
+            "group": np.char.add("slide", slides.astype(str)),
+            "split": np.where(slides % 5 == 0, "test", "train"),
+        }
+    )
+    with create_store(store, tiles, {"tasks": ["label"], "source": {"kind": "synthetic", "seed": seed}}, chunk_rows=chunk_rows) as s:
+        s.ensure_variant(KEY, dim, {"backbone": "synthetic", "note": f"random normal, signal in the first {SIGNAL_DIMS} dims"})
+        for c in range(s.n_chunks):
+            a, b = s.chunk_rows_range(c)
+            x = np.random.default_rng([seed, c]).standard_normal((b - a, dim), dtype=np.float32)
+            x[:, :SIGNAL_DIMS] += np.where(y[a:b], 0.35, -0.15)[:, None]
+            s.write_chunk(KEY, c, x.astype(np.float16))
+    return time.perf_counter() - t0
+
+
+def tree_rss(proc: object) -> int:
+    """Resident bytes of a process and all its descendants."""
+    import psutil
+
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(cmd: list[str]) -> dict:
+    """Run ``cmd``; its wall time and the peak of its process tree's summed RSS (sampled every 0.1 s)."""
+    import psutil
+
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = psutil.Process(child.pid)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, tree_rss(proc))
+        time.sleep(0.1)
+    out = child.stdout.read() if child.stdout else ""
+    if child.returncode != 0:
+        raise SystemExit(f"bench failed ({child.returncode}):\n{out[-4000:]}")
+    return {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss_gib": round(peak / 2**30, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="/tmp/mito-bench-mem")
+    ap.add_argument("--n", type=int, default=300_000)
+    ap.add_argument("--dim", type=int, default=1536)
+    ap.add_argument("--chunk-rows", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--heads", default="mlp,linear", help="heads to bench (logreg/knn/lightgbm cannot stream: they hold their rows)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2, help="epochs of the torch heads (a budget: memory, not accuracy, is measured)")
+    ap.add_argument("--keep", action="store_true", help="reuse an existing store")
+    a = ap.parse_args()
+    root = Path(a.out)
+    root.mkdir(parents=True, exist_ok=True)
+    store = str(root / f"synthetic_{a.n}x{a.dim}.zarr")
+    build_s = None
+    if not (a.keep and Path(store).exists()):
+        shutil.rmtree(store, ignore_errors=True)
+        build_s = round(build_store(store, a.n, a.dim, a.chunk_rows, a.seed), 1)
+    report = root / "report"
+    shutil.rmtree(report, ignore_errors=True)
+    params = [p for h in a.heads.split(",") if h in ("mlp", "linear") for p in ("--param", f"{h}.epochs={a.epochs}")]
+    cmd = [
+        sys.executable, "-m", "mito", "bench", "--store", store, "--out", str(report), "--task", "label",
+        "--features", KEY, "--heads", a.heads, "--folds", "2", "--cv", "kfold", "--jobs", str(a.jobs),
+        "--n-boot", "0", "--no-umap", *params,
+    ]
+    m = run_measured(cmd)
+    rows = json.loads((report / "leaderboard.json").read_text())["rows"]
+    print(json.dumps({
+        "n": a.n, "dim": a.dim, "heads": a.heads, "jobs": a.jobs, "folds": 2, "epochs": a.epochs,
+        "store_build_s": build_s, **m, "goal_gib": 2.0, "under_goal": m["peak_rss_gib"] < 2.0,
+        "balanced_accuracy": {r["head"]: round(r["balanced_accuracy"], 3) for r in rows},
+    }))
+
+
+if __name__ == "__main__":
+    main()

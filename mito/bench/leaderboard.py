@@ -163,7 +163,7 @@ def parse_feature_sets(specs: Sequence[str] | None, variants: Sequence[str]) -> 
 
 # ------------------------------------------------------------------ fitting (runs in worker processes)
 _STORES: dict[str, Any] = {}
-FEATURE_BUDGET = 2 << 30  # default bytes of features all bench workers together may hold; beyond it streaming heads stream
+FEATURE_BUDGET = 1 << 30  # default bytes of features all bench workers together may hold; beyond it streaming heads stream
 
 
 def _features(store_path: str) -> Any:

@@ -22,6 +22,7 @@ from mito.heads.stream import DEFAULT_BUFFER_ROWS, FeatureStream, fit_pipeline_s
 from mito.resources import available_memory
 
 STREAM_MEMORY_SHARE = 0.5  # auto: stream when the features would take more than this share of the memory budget
+BUFFER_MEMORY_SHARE = 0.25  # streamed under an explicit memory budget: the two shuffle buffers take at most this share
 PARTS = ("train", "val", "test")
 
 Scored = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -87,6 +88,9 @@ def fit_on_rows(
     n_rows = sum(len(r) for r in rows.values())
     feature_bytes = n_rows * sum(feature_dims(store, keys)) * np.dtype(np.float16).itemsize
     streamed = use_stream(stream, head, feature_bytes, memory_budget)
+    if streamed and memory_budget is not None:  # two float16 shuffle buffers within their share of the budget
+        width = sum(feature_dims(store, keys)) + sum(len(c) for c in cats.values())
+        buffer_rows = max(1, min(buffer_rows, int(BUFFER_MEMORY_SHARE * memory_budget) // (2 * 2 * max(1, width))))
     fit = _fit_streamed if streamed else _fit_in_memory
     result = fit(store, keys, rows, labels, head, tiles, cats, FeaturePipeline(standardize=standardize, pca=pca), seed, buffer_rows)
     result.streamed = streamed

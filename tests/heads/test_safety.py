@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mito.cache import open_store
 from mito.cli import app
-from mito.heads import HeadError, load_head, load_model, predict, select_features
+from mito.heads import HeadError, load_head, load_model, select_features
 
 RGB, GRAY = "fakenet:z1:rgb", "fakenet:z1:gray"
 runner = CliRunner()

@@ -161,20 +161,14 @@ def parse_feature_sets(specs: Sequence[str] | None, variants: Sequence[str]) -> 
 
 
 # ------------------------------------------------------------------ fitting (runs in worker processes)
-_STORES: dict[str, Any] = {}
 FEATURE_BUDGET = 1 << 30  # default bytes of features all bench workers together may hold; beyond it streaming heads stream
 
 
 def _features(store_path: str) -> Any:
-    """The store, opened once per worker process and kept open (features are read per job, float16, never cached whole)."""
+    """The store, opened for one job (features are read per job as float16, never cached whole; the caller closes it)."""
     from mito.cache import open_store
 
-    if store_path not in _STORES:
-        for s in _STORES.values():
-            s.close()
-        _STORES.clear()
-        _STORES[store_path] = open_store(store_path)
-    return _STORES[store_path]
+    return open_store(store_path)
 
 
 def _fit_one(
@@ -199,14 +193,14 @@ def _fit_one(
     """
     from mito.heads import fit_on_rows, make_head, metadata_categories
 
-    store = _features(store_path)
     h = make_head(head, **params)
-    cats = metadata_categories(store.tiles, metadata_columns) if metadata_columns else {}
-    r = fit_on_rows(
-        store, keys, {"train": fold.train, "val": fold.val, "test": fold.test}, y, h, standardize=standardize, pca=pca,
-        categories=cats, stream=stream, memory_budget=memory_budget, seed=int(params.get("seed", 0)),
-        **({"buffer_rows": buffer_rows} if buffer_rows else {}),
-    )
+    with _features(store_path) as store:
+        cats = metadata_categories(store.tiles, metadata_columns) if metadata_columns else {}
+        r = fit_on_rows(
+            store, keys, {"train": fold.train, "val": fold.val, "test": fold.test}, y, h, standardize=standardize, pca=pca,
+            categories=cats, stream=stream, memory_budget=memory_budget, seed=int(params.get("seed", 0)),
+            **({"buffer_rows": buffer_rows} if buffer_rows else {}),
+        )
     raw = np.asarray(r.scored["test"][1], dtype=np.float64)
     proba = np.zeros((len(fold.test), len(classes)))
     col = {str(c): i for i, c in enumerate(classes)}

@@ -72,9 +72,9 @@ def select_features(
     if len(rows) and (rows.min() < 0 or rows.max() >= s.n_tiles):
         raise HeadError(f"row index out of range for a store of {s.n_tiles} tiles")
     if categories is None:
-        categories = metadata_categories(s.tiles, metadata_columns)
+        categories = metadata_categories(s.tiles, metadata_columns) if metadata_columns else {}
     d = sum(feature_dims(s, keys))
-    meta = one_hot(s.tiles, rows, categories)
+    meta = one_hot(s.tiles, rows, categories) if categories else np.zeros((len(rows), 0), np.float32)  # no tile table read
     out = np.empty((len(rows), d + meta.shape[1]), dtype=dtype)
     where = np.full(s.n_tiles, -1, np.int64)
     where[rows] = np.arange(len(rows))

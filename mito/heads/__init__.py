@@ -1,7 +1,6 @@
 """Heads trained from the embedding store: features, noise, training loop, save/load, predict."""
 
 from mito.heads.base import HeadError, head_class, head_names, make_head, noise_variance, register_head
-from mito.heads import torch_heads, sklearn_heads, lgbm  # noqa: F401  (registration order = HEAD_NAMES)
 from mito.heads.fit import FitResult, fit_on_rows
 from mito.heads.features import FeaturePipeline, metadata_categories, one_hot, select_features
 from mito.heads.split import make_split

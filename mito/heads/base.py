@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import sys
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -29,6 +31,14 @@ class HeadError(MitoError, ValueError):
 
 # ---------------------------------------------------------------- registry
 _REGISTRY: dict[str, type[Head]] = {}
+# built-in heads, imported on first use: a process that never trains a torch head never imports torch (~0.5 GB)
+BUILTIN_HEADS: dict[str, str] = {
+    "mlp": "mito.heads.torch_heads",
+    "linear": "mito.heads.torch_heads",
+    "logreg": "mito.heads.sklearn_heads",
+    "knn": "mito.heads.sklearn_heads",
+    "lightgbm": "mito.heads.lgbm",
+}
 
 
 def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
@@ -45,21 +55,23 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
 
 
 def head_class(name: str) -> type[Head]:
-    """The head class registered under ``name``."""
+    """The head class registered under ``name`` (a built-in head's module is imported on first use)."""
+    if name not in _REGISTRY and name in BUILTIN_HEADS:
+        importlib.import_module(BUILTIN_HEADS[name])
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise HeadError(f"unknown head {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+        raise HeadError(f"unknown head {name!r}; choose one of {', '.join(head_names())}") from None
 
 
 def head_names() -> tuple[str, ...]:
-    """Registered head names in registration order."""
-    return tuple(_REGISTRY)
+    """Built-in head names, then any registered by other code, in registration order."""
+    return tuple(dict.fromkeys([*BUILTIN_HEADS, *_REGISTRY]))
 
 
 def not_streamable(name: str) -> HeadError:
     """The error for a head that cannot train from a FeatureStream, naming those that can."""
-    can = ", ".join(n for n, c in _REGISTRY.items() if c.supports_stream)
+    can = ", ".join(n for n in head_names() if head_class(n).supports_stream)
     return HeadError(f"the {name} head needs its features in memory; --stream works with {can}")
 
 
@@ -293,17 +305,20 @@ def _has_missing(y: np.ndarray) -> bool:
 def cpu_threads(n_values: int, requested: int | None = None, reserve: int = 0) -> Iterator[None]:
     """Run torch and BLAS/OpenMP with ``requested`` threads, else a default (see default_threads) less ``reserve``
     cores kept for other work of this process (at least one thread), then restore."""
-    import torch
     from threadpoolctl import threadpool_limits
 
-    n = requested or max(1, default_threads(n_values, torch.get_num_threads()) - reserve)
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch = sys.modules.get("torch")  # torch's own pool only matters once torch is in use; never import it for this
+    available = torch.get_num_threads() if torch is not None else (os.cpu_count() or 1)
+    n = requested or max(1, default_threads(n_values, available) - reserve)
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(n)
     try:
         with threadpool_limits(n):
             yield
     finally:
-        torch.set_num_threads(before)
+        if torch is not None and before is not None:
+            torch.set_num_threads(before)
 
 
 def default_threads(n_values: int, available: int) -> int:

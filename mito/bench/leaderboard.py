@@ -76,7 +76,7 @@ class BenchConfig:
     include: list[str] = field(default_factory=list)
     metadata_columns: list[str] = field(default_factory=list)
     stream: bool | None = None  # None: stream a job's features when they would not fit its share of memory_budget
-    memory_budget: int | None = None  # bytes all workers may use for features (default: FEATURE_BUDGET or less when less is free)
+    memory_budget: int | None = None  # bytes all workers together may use for features (default: JOB_FEATURE_BUDGET per job)
     buffer_rows: int | None = None  # streamed jobs: shuffle-buffer rows (default: the heads' default)
 
 
@@ -161,7 +161,10 @@ def parse_feature_sets(specs: Sequence[str] | None, variants: Sequence[str]) -> 
 
 
 # ------------------------------------------------------------------ fitting (runs in worker processes)
-FEATURE_BUDGET = 1 << 30  # default bytes of features all bench workers together may hold; beyond it streaming heads stream
+# Bytes of features one bench job may hold (in memory up to half of it, else streamed with buffers in a quarter).
+# Fixed, not a share of the free memory or of the cores: whether a head streams, hence its scores, must not
+# depend on the machine the leaderboard runs on.
+JOB_FEATURE_BUDGET = 256 << 20
 
 
 def _features(store_path: str) -> Any:
@@ -217,15 +220,13 @@ def _fit_one(
 
 
 def fit_options(cfg: BenchConfig, n_jobs: int) -> dict[str, Any]:
-    """_fit_one's keyword options from a BenchConfig: each of ``n_jobs`` workers gets its share of the memory budget."""
-    from mito.resources import available_memory
-
-    free = available_memory()
-    budget = cfg.memory_budget if cfg.memory_budget is not None else min(free or FEATURE_BUDGET, FEATURE_BUDGET)
+    """_fit_one's keyword options from a BenchConfig: each job's feature budget (JOB_FEATURE_BUDGET, or its share of
+    ``cfg.memory_budget`` over ``n_jobs`` workers)."""
+    budget = JOB_FEATURE_BUDGET if cfg.memory_budget is None else cfg.memory_budget // max(1, n_jobs)
     return {
         "metadata_columns": list(cfg.metadata_columns),
         "stream": cfg.stream,
-        "memory_budget": None if budget is None else budget // max(1, n_jobs),
+        "memory_budget": budget,
         "buffer_rows": cfg.buffer_rows,
     }
 

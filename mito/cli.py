@@ -302,11 +302,11 @@ def fit_head_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (config.json, weights, metrics.json)."),
     task: Optional[str] = typer.Option(None, help="Label column to learn (default: the store's only task)."),
     head: str = typer.Option("mlp", help="mlp, linear, logreg, knn or lightgbm."),
-    features: Optional[str] = typer.Option(None, help="Variants to concatenate in this order, e.g. efficientnet_lite0:z1:rgb,efficientnet_lite0:z1:gray (default: the store's first)."),
+    features: Optional[str] = typer.Option(None, help="Variants to concatenate in this order, e.g. efficientnet_lite0:z1:rgb,efficientnet_lite0:z1:gray (default: every complete variant of the store's first backbone)."),
     metadata: Optional[str] = typer.Option(None, help="Tile-table columns added as one-hot side inputs, e.g. dataset,scanner."),
     standardize: bool = typer.Option(False, "--standardize/--no-standardize", help="Scale each feature to zero mean, unit variance (training rows)."),
     pca: Optional[int] = typer.Option(None, help="Reduce the features to N principal components (after --standardize)."),
-    split_column: Optional[str] = typer.Option(None, help="Column with train/val/test per tile; val is carved from train by slide when absent."),
+    split_column: str = typer.Option("auto", help="Column with train/val/test per tile (val carved from train by slide when absent); auto: the store's published 'split' column when it has one; none: a random split by slide."),
     group_column: str = typer.Option("group", help="Slide column for grouped splits ('none': split tiles independently)."),
     val_fraction: float = typer.Option(0.2, help="Share of training rows held out (by slide) for early stopping."),
     test_fraction: float = typer.Option(0.2, help="Share held out (by slide) for the metrics when there is no split column."),
@@ -335,7 +335,7 @@ def fit_head_cmd(
 
     cfg = make_fit_config(
         store=store, out=str(out), task=task, head=head, features=split_list(features), metadata_columns=split_list(metadata),
-        standardize=standardize, pca=pca, split_column=split_column,
+        standardize=standardize, pca=pca, split_column=None if split_column.lower() == "none" else split_column,
         group_column=None if group_column.lower() == "none" else group_column,
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, overwrite=overwrite,
         stream=stream, progress=not as_json, **({"buffer_rows": buffer_rows} if buffer_rows is not None else {}),
@@ -349,6 +349,9 @@ def fit_head_cmd(
     if as_json:
         print(json.dumps(m, indent=2))
         return
+    how = " (default: every complete variant of the first backbone; choose with --features)" if m["features_default"] else ""
+    console.print(f"features: {', '.join(m['features'])}{how}", highlight=False)
+    console.print(f"split: {m['split']}", highlight=False)
     _print_metrics(m)
     console.print(f"model: {out}")
 
@@ -360,14 +363,22 @@ def predict_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="Model directory made by mito fit-head."),
     store: Optional[str] = typer.Option(None, "--store", "-s", help="Predict the tiles of an existing store instead."),
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write: path (or slide,x,y), label when known, pred, p_<class>."),
+    points: Optional[Path] = typer.Option(None, help="SOURCE is a slide: CSV of x,y[,label,...] tile centres (level-0 pixels)."),
+    tile_size: Optional[int] = typer.Option(None, help="SOURCE is a slide: side of the tile in level-0 pixels (default: the model's, else 224)."),
     device: str = typer.Option("auto", help="Extraction device for SOURCE: auto, cpu or cuda."),
     weights: list[str] = typer.Option([], "--weights", "-w", help="Backbone weight file for SOURCE, NAME=PATH (checked against the model's hash)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
     from mito.heads import predict
+    from mito.heads.predict import check_predict_out
 
     if source is not None and store is not None:
         raise UserError("give either tiles to embed (SOURCE) or --store, not both")
+    if (points is not None or tile_size is not None) and source is None:
+        raise UserError("--points and --tile-size go with a slide SOURCE, not --store")
+    check_predict_out(out, model, store, source, overwrite)  # before any work, whatever kind of model
     w = _parse_weights(weights, [])
     from mito.bench import is_finetuned, predict_finetuned
 
@@ -376,9 +387,14 @@ def predict_cmd(
             raise UserError(f"{model} is a fine-tuned model: give new tiles (SOURCE), not --store")
         if len(w) > 1:
             raise UserError("a fine-tuned model takes one --weights NAME=PATH")
+        if points is not None or tile_size is not None:
+            raise UserError("a fine-tuned model predicts tile images (a folder or CSV), not slide points")
         df = predict_finetuned(model, source, out_csv=out, device=device, weights=next(iter(w.values()), None))
     else:
-        df = predict(model, store=store, source=source, out_csv=out, device=device, weights=w or None)
+        df = predict(
+            model, store=store, source=source, out_csv=out, device=device, weights=w or None,
+            points=points, tile_size=tile_size, overwrite=overwrite, progress=not quiet,
+        )
     counts = ", ".join(f"{k} {v}" for k, v in df["pred"].value_counts().items())
     line = f"{len(df)} tiles predicted ({counts}) -> {out}"
     if "label" in df:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,6 +74,10 @@ class BenchConfig:
     standardize: bool = False
     pca: int | None = None
     include: list[str] = field(default_factory=list)
+    metadata_columns: list[str] = field(default_factory=list)
+    stream: bool | None = None  # None: stream a job's features when they would not fit its share of memory_budget
+    memory_budget: int | None = None  # bytes all workers together may use for features (default: JOB_FEATURE_BUDGET per job)
+    buffer_rows: int | None = None  # streamed jobs: shuffle-buffer rows (default: the heads' default)
 
 
 @dataclass
@@ -158,18 +161,17 @@ def parse_feature_sets(specs: Sequence[str] | None, variants: Sequence[str]) -> 
 
 
 # ------------------------------------------------------------------ fitting (runs in worker processes)
-_X_CACHE: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+# Bytes of features one bench job may hold (in memory up to half of it, else streamed with buffers in a quarter).
+# Fixed, not a share of the free memory or of the cores: whether a head streams, hence its scores, must not
+# depend on the machine the leaderboard runs on.
+JOB_FEATURE_BUDGET = 256 << 20
 
 
-def _features(store_path: str, keys: tuple[str, ...]) -> np.ndarray:
+def _features(store_path: str) -> Any:
+    """The store, opened for one job (features are read per job as float16, never cached whole; the caller closes it)."""
     from mito.cache import open_store
 
-    ck = (store_path, keys)
-    if ck not in _X_CACHE:
-        _X_CACHE.clear()  # one feature set at a time per worker: jobs arrive grouped by feature set
-        with open_store(store_path) as s:
-            _X_CACHE[ck] = s.read(list(keys))
-    return _X_CACHE[ck]
+    return open_store(store_path)
 
 
 def _fit_one(
@@ -182,25 +184,27 @@ def _fit_one(
     classes: list[str],
     standardize: bool = False,
     pca: int | None = None,
+    metadata_columns: Sequence[str] = (),
+    stream: bool | None = None,
+    memory_budget: int | None = None,
+    buffer_rows: int | None = None,
 ) -> dict[str, Any]:
-    """Fit one head on one fold (after the heads' optional standardise/PCA pipeline, fitted on the training rows).
+    """Fit one head on one fold through mito.heads.fit_on_rows (the one fit path: float16 features, streamed when they
+    would not fit ``memory_budget``, metadata one-hots, the optional standardise/PCA pipeline fitted on the training rows).
 
     Returns the test probabilities (columns = ``classes``) and timings.
     """
-    from mito.heads import FeaturePipeline, make_head
+    from mito.heads import fit_on_rows, make_head, metadata_categories
 
-    X = _features(store_path, keys)
     h = make_head(head, **params)
-    t0 = time.perf_counter()
-    pipe = FeaturePipeline(standardize=standardize, pca=pca).fit(X[fold.train])
-    Xtr = pipe.transform(X[fold.train])
-    if fold.val.size:
-        h.fit(Xtr, y[fold.train], pipe.transform(X[fold.val]), y[fold.val])
-    else:
-        h.fit(Xtr, y[fold.train])
-    t1 = time.perf_counter()
-    raw = np.asarray(h.predict_proba(pipe.transform(X[fold.test])), dtype=np.float64)
-    t2 = time.perf_counter()
+    with _features(store_path) as store:
+        cats = metadata_categories(store.tiles, metadata_columns) if metadata_columns else {}
+        r = fit_on_rows(
+            store, keys, {"train": fold.train, "val": fold.val, "test": fold.test}, y, h, standardize=standardize, pca=pca,
+            categories=cats, stream=stream, memory_budget=memory_budget, seed=int(params.get("seed", 0)),
+            **({"buffer_rows": buffer_rows} if buffer_rows else {}),
+        )
+    raw = np.asarray(r.scored["test"][1], dtype=np.float64)
     proba = np.zeros((len(fold.test), len(classes)))
     col = {str(c): i for i, c in enumerate(classes)}
     for j, c in enumerate(h.classes_):
@@ -208,9 +212,22 @@ def _fit_one(
     hp = h.get_params()
     return {
         "proba": proba,
-        "train_seconds": t1 - t0,
-        "predict_seconds": t2 - t1,
+        "train_seconds": r.pipeline_seconds + r.train_seconds,
+        "predict_seconds": r.predict_seconds,
+        "streamed": r.streamed,
         "params": {k: v for k, v in hp.items() if _jsonable(v)},
+    }
+
+
+def fit_options(cfg: BenchConfig, n_jobs: int) -> dict[str, Any]:
+    """_fit_one's keyword options from a BenchConfig: each job's feature budget (JOB_FEATURE_BUDGET, or its share of
+    ``cfg.memory_budget`` over ``n_jobs`` workers)."""
+    budget = JOB_FEATURE_BUDGET if cfg.memory_budget is None else cfg.memory_budget // max(1, n_jobs)
+    return {
+        "metadata_columns": list(cfg.metadata_columns),
+        "stream": cfg.stream,
+        "memory_budget": budget,
+        "buffer_rows": cfg.buffer_rows,
     }
 
 
@@ -359,8 +376,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
                     for f in plan.folds:
                         jobs.append((t, fs, head, nz, params, f))
     n_jobs = cfg.n_jobs or os.cpu_count() or 1
+    options = fit_options(cfg, n_jobs)
     calls = (
-        delayed(_fit_one)(str(cfg.store), fs.keys, head, params, f, plans[t][1], plans[t][2], cfg.standardize, cfg.pca)
+        delayed(_fit_one)(str(cfg.store), fs.keys, head, params, f, plans[t][1], plans[t][2], cfg.standardize, cfg.pca, **options)
         for t, fs, head, nz, params, f in jobs
     )
     results = _run_parallel(Parallel, calls, len(jobs), n_jobs, progress, "fitting heads")

@@ -1,12 +1,12 @@
 """Heads trained from the embedding store: features, noise, training loop, save/load, predict."""
 
-from mito.heads.base import HeadError, head_class, head_names, load_head, make_head, noise_variance, register_head
-from mito.heads import torch_heads, sklearn_heads, lgbm  # noqa: F401  (registration order = HEAD_NAMES)
+from mito.heads.base import HeadError, head_class, head_names, make_head, noise_variance, register_head
+from mito.heads.fit import FitResult, fit_on_rows
 from mito.heads.features import FeaturePipeline, metadata_categories, one_hot, select_features
 from mito.heads.split import make_split
 from mito.heads.stream import FeatureStream, fit_pipeline_stream, stream_proba
 from mito.heads.train import FitConfig, fit_head, make_fit_config
-from mito.heads.predict import load_model, predict
+from mito.heads.predict import Model, load_head, load_model, predict
 
 HEAD_NAMES: tuple[str, ...] = head_names()
 
@@ -15,8 +15,11 @@ __all__ = [
     "FeaturePipeline",
     "FeatureStream",
     "FitConfig",
+    "FitResult",
     "HeadError",
+    "Model",
     "fit_head",
+    "fit_on_rows",
     "fit_pipeline_stream",
     "head_class",
     "load_head",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
+import sys
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -28,6 +31,14 @@ class HeadError(MitoError, ValueError):
 
 # ---------------------------------------------------------------- registry
 _REGISTRY: dict[str, type[Head]] = {}
+# built-in heads, imported on first use: a process that never trains a torch head never imports torch (~0.5 GB)
+BUILTIN_HEADS: dict[str, str] = {
+    "mlp": "mito.heads.torch_heads",
+    "linear": "mito.heads.torch_heads",
+    "logreg": "mito.heads.sklearn_heads",
+    "knn": "mito.heads.sklearn_heads",
+    "lightgbm": "mito.heads.lgbm",
+}
 
 
 def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
@@ -44,21 +55,23 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
 
 
 def head_class(name: str) -> type[Head]:
-    """The head class registered under ``name``."""
+    """The head class registered under ``name`` (a built-in head's module is imported on first use)."""
+    if name not in _REGISTRY and name in BUILTIN_HEADS:
+        importlib.import_module(BUILTIN_HEADS[name])
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise HeadError(f"unknown head {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+        raise HeadError(f"unknown head {name!r}; choose one of {', '.join(head_names())}") from None
 
 
 def head_names() -> tuple[str, ...]:
-    """Registered head names in registration order."""
-    return tuple(_REGISTRY)
+    """Built-in head names, then any registered by other code, in registration order."""
+    return tuple(dict.fromkeys([*BUILTIN_HEADS, *_REGISTRY]))
 
 
 def not_streamable(name: str) -> HeadError:
     """The error for a head that cannot train from a FeatureStream, naming those that can."""
-    can = ", ".join(n for n, c in _REGISTRY.items() if c.supports_stream)
+    can = ", ".join(n for n in head_names() if head_class(n).supports_stream)
     return HeadError(f"the {name} head needs its features in memory; --stream works with {can}")
 
 
@@ -74,17 +87,69 @@ def make_head(name: str, **params: Any) -> Head:
     return head
 
 
+def read_json_file(f: Path, what: str = "file") -> dict[str, Any]:
+    """A JSON object from ``f``; a missing, empty or invalid file is a one-line HeadError naming it."""
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HeadError(f"{f} is missing ({what})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HeadError(f"{f} is not a valid {what}: {str(e).splitlines()[0] or type(e).__name__}") from None
+    if not isinstance(doc, dict):
+        raise HeadError(f"{f} is not a valid {what}: expected a JSON object")
+    return doc
+
+
+def file_sha256(f: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_sha256(f: Path, want: str | None) -> None:
+    """Refuse a file whose SHA-256 is not the one recorded when it was written (nothing recorded: nothing checked)."""
+    if want is None:
+        return
+    if not f.is_file():
+        raise HeadError(f"{f} is missing")
+    if file_sha256(f) != want:
+        raise HeadError(f"{f} was changed or damaged after it was saved (SHA-256 mismatch); re-train or restore it")
+
+
 def load_head(path: str | os.PathLike) -> Head:
-    """Load a head saved with ``head.save(path)``."""
+    """Load a bare head saved with ``head.save(path)``; damaged files are one-line HeadErrors naming the file.
+
+    For a model directory written by fit-head, ``mito.heads.load_head`` (mito.heads.predict.load_head) also
+    applies the saved standardise/PCA pipeline.
+    """
     path = Path(path)
     f = path / HEAD_FILE
     if not f.is_file():
         raise HeadError(f"no saved head in {path} (missing {HEAD_FILE})")
-    meta = json.loads(f.read_text())
-    head = make_head(meta["head"], **meta["params"])
-    head.classes_ = np.asarray(meta["classes"])
-    head.n_features_in_ = int(meta["n_features_in"])
-    head._load_state(path, meta.get("state", {}))
+    meta = read_json_file(f, "head description")
+    try:
+        head = make_head(meta["head"], **meta["params"])
+        classes = np.asarray(meta["classes"])
+        n_features = int(meta["n_features_in"])
+        state = meta.get("state", {})
+        if classes.ndim != 1 or len(classes) < 2 or n_features < 1 or not isinstance(state, dict):
+            raise ValueError("classes, n_features_in or state out of range")
+    except (KeyError, TypeError, ValueError) as e:
+        raise HeadError(f"{f} is not a valid head description: {type(e).__name__} {e}") from None
+    for name, want in (meta.get("sha256") or {}).items():
+        check_sha256(path / name, want)
+    head.classes_ = classes
+    head.n_features_in_ = n_features
+    try:
+        head._load_state(path, state)
+    except HeadError:
+        raise
+    except Exception as e:  # any library's error on a damaged weight file (safetensors, LightGBM, torch) becomes one line
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise HeadError(f"cannot load the {head.name} weights in {path}: {msg}") from None
     return head
 
 
@@ -97,7 +162,7 @@ class Head(ClassifierMixin, BaseEstimator):
 
     # -- subclasses implement these
     def _validate_params(self) -> None:
-        _check_common(self)
+        check_common_params(self)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         raise NotImplementedError
@@ -167,6 +232,12 @@ class Head(ClassifierMixin, BaseEstimator):
         with cpu_threads(X.size, self._requested_threads()):
             return np.asarray(self._proba(X), dtype=np.float64)
 
+    def predict_proba_stream(self, stream: Any) -> np.ndarray:
+        """Class probabilities of every row of a FeatureStream (in row order), predicted block by block."""
+        self._check_fitted()
+        with cpu_threads(stream.n * stream.d, self._requested_threads()):  # set up once, not per block
+            return stream.map(lambda X: np.asarray(self._proba(check_X(X, self.n_features_in_)), dtype=np.float64))
+
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
         proba = self.predict_proba(X)
@@ -178,12 +249,14 @@ class Head(ClassifierMixin, BaseEstimator):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = self._save_state(path)
+        files = [state["file"]] if isinstance(state.get("file"), str) else []
         meta = {
             "head": self.name,
             "params": self.get_params(),
             "classes": self.classes_.tolist(),
             "n_features_in": int(self.n_features_in_),
             "state": state,
+            "sha256": {name: file_sha256(path / name) for name in files},
             "mito_version": mito.__version__,
         }
         (path / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -232,17 +305,20 @@ def _has_missing(y: np.ndarray) -> bool:
 def cpu_threads(n_values: int, requested: int | None = None, reserve: int = 0) -> Iterator[None]:
     """Run torch and BLAS/OpenMP with ``requested`` threads, else a default (see default_threads) less ``reserve``
     cores kept for other work of this process (at least one thread), then restore."""
-    import torch
     from threadpoolctl import threadpool_limits
 
-    n = requested or max(1, default_threads(n_values, torch.get_num_threads()) - reserve)
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch = sys.modules.get("torch")  # torch's own pool only matters once torch is in use; never import it for this
+    available = torch.get_num_threads() if torch is not None else (os.cpu_count() or 1)
+    n = requested or max(1, default_threads(n_values, available) - reserve)
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(n)
     try:
         with threadpool_limits(n):
             yield
     finally:
-        torch.set_num_threads(before)
+        if torch is not None and before is not None:
+            torch.set_num_threads(before)
 
 
 def default_threads(n_values: int, available: int) -> int:
@@ -315,8 +391,8 @@ def column_variance(X: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- feature noise
-def _check_common(head: Any) -> None:
-    """Options every head shares: noise, noise_mode, n_threads."""
+def check_common_params(head: Any) -> None:
+    """Check the options every head shares: noise, noise_mode, n_threads, seed."""
     threads = getattr(head, "n_threads", None)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise HeadError(f"n_threads must be a whole number >= 1, got {threads!r}")
@@ -328,6 +404,16 @@ def _check_common(head: Any) -> None:
         raise HeadError(f"noise must be a number >= 0, got {noise!r}")
     if mode not in NOISE_MODES:
         raise HeadError(f"noise_mode must be one of {', '.join(NOISE_MODES)}, got {mode!r}")
+
+
+_check_common = check_common_params  # old name, still imported by torch_heads (another branch moves its loop)
+
+
+def check_copy_params(head: Any) -> None:
+    """Check the shared options plus ``noise_copies`` (heads that train on noisy copies of whole arrays)."""
+    check_common_params(head)
+    if not isinstance(head.noise_copies, int) or head.noise_copies < 0:
+        raise HeadError(f"noise_copies must be a whole number >= 0, got {head.noise_copies!r}")
 
 
 def noise_variance(X: np.ndarray, noise: float, mode: str) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mito.cache import Store, StoreError, open_store
-from mito.heads.base import HeadError, column_moments, iter_blocks
+from mito.heads.base import HeadError, check_sha256, column_moments, file_sha256, iter_blocks
 
 PIPELINE_FILE = "pipeline.safetensors"
 PCA_FIT_ROWS = 50_000
@@ -72,9 +72,9 @@ def select_features(
     if len(rows) and (rows.min() < 0 or rows.max() >= s.n_tiles):
         raise HeadError(f"row index out of range for a store of {s.n_tiles} tiles")
     if categories is None:
-        categories = metadata_categories(s.tiles, metadata_columns)
+        categories = metadata_categories(s.tiles, metadata_columns) if metadata_columns else {}
     d = sum(feature_dims(s, keys))
-    meta = one_hot(s.tiles, rows, categories)
+    meta = one_hot(s.tiles, rows, categories) if categories else np.zeros((len(rows), 0), np.float32)  # no tile table read
     out = np.empty((len(rows), d + meta.shape[1]), dtype=dtype)
     where = np.full(s.n_tiles, -1, np.int64)
     where[rows] = np.arange(len(rows))
@@ -168,28 +168,53 @@ class FeaturePipeline:
         """Settings for config.json."""
         return {"standardize": self.standardize, "pca": self.pca, "pca_explained_variance": self.explained_variance_ratio_}
 
-    def save(self, path: Path) -> None:
-        """Write the fitted arrays to pipeline.safetensors (nothing when inactive)."""
+    def save(self, path: Path) -> str | None:
+        """Write the fitted arrays to pipeline.safetensors (nothing when inactive); return the file's SHA-256."""
         from safetensors.numpy import save_file
 
         arrays = {k: getattr(self, k) for k in ("mean_", "scale_", "components_", "pca_mean_") if getattr(self, k) is not None}
-        if arrays:
-            save_file({k.rstrip("_"): np.ascontiguousarray(v) for k, v in arrays.items()}, str(path / PIPELINE_FILE))
+        if not arrays:
+            return None
+        save_file({k.rstrip("_"): np.ascontiguousarray(v) for k, v in arrays.items()}, str(path / PIPELINE_FILE))
+        return file_sha256(path / PIPELINE_FILE)
 
     @classmethod
     def load(cls, path: Path, cfg: Mapping[str, Any]) -> FeaturePipeline:
         """Rebuild from config.json settings and pipeline.safetensors."""
         from safetensors.numpy import load_file
 
-        p = cls(standardize=bool(cfg.get("standardize")), pca=cfg.get("pca"))
+        pca = cfg.get("pca")
+        if pca is not None and (not isinstance(pca, int) or isinstance(pca, bool) or pca < 1):
+            raise HeadError(f"{path / 'config.json'} has an invalid pipeline setting pca={pca!r}")
+        p = cls(standardize=bool(cfg.get("standardize")), pca=pca)
         p.explained_variance_ratio_ = cfg.get("pca_explained_variance")
         if p.active:
             f = path / PIPELINE_FILE
             if not f.is_file():
                 raise HeadError(f"{path} lacks {PIPELINE_FILE} for its standardize/pca settings")
-            for k, v in load_file(str(f)).items():
+            check_sha256(f, cfg.get("sha256"))
+            try:
+                arrays = load_file(str(f))
+            except Exception as e:  # safetensors' error on a damaged file becomes one line naming it
+                raise HeadError(f"cannot load {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            unknown = set(arrays) - {"mean", "scale", "components", "pca_mean"}
+            if unknown:
+                raise HeadError(f"{f} holds unexpected arrays {', '.join(sorted(unknown))}")
+            for k, v in arrays.items():
                 setattr(p, k + "_", v)
+            if p.standardize and (p.mean_ is None or p.scale_ is None):
+                raise HeadError(f"{f} lacks the standardisation arrays")
+            if p.pca and (p.components_ is None or p.pca_mean_ is None or p.components_.shape[0] != p.pca):
+                raise HeadError(f"{f} lacks the PCA arrays for pca={p.pca}")
         return p
+
+    @property
+    def in_dim(self) -> int | None:
+        """Width of the raw features the fitted pipeline expects (None when inactive)."""
+        for a in (self.mean_, self.pca_mean_):
+            if a is not None:
+                return int(a.shape[-1])
+        return None
 
 
 def check_store_matches(store: Store, variants: Mapping[str, Mapping[str, Any]]) -> None:

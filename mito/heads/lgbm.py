@@ -11,8 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from mito.heads.base import Head, default_threads, HeadError, augment_with_noise, balanced_accuracy, class_weights, register_head
-from mito.heads.sklearn_heads import _check_copies
+from mito.heads.base import (
+    Head,
+    HeadError,
+    augment_with_noise,
+    balanced_accuracy,
+    check_copy_params,
+    class_weights,
+    default_threads,
+    register_head,
+)
 
 MODEL_FILE = "model.lgb.txt"
 
@@ -57,7 +65,7 @@ class LightGBMHead(Head):
         self.seed = seed
 
     def _validate_params(self) -> None:
-        _check_copies(self)
+        check_copy_params(self)
         for k in ("n_estimators", "num_leaves", "min_child_samples", "patience"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
                 raise HeadError(f"{k} must be a whole number >= 1, got {getattr(self, k)!r}")

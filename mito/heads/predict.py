@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +15,94 @@ import pandas as pd
 from pydantic import ValidationError
 
 from mito.cache import open_store
-from mito.heads.base import HEAD_FILE, HeadError, load_head
-from mito.heads.features import FeaturePipeline, check_store_matches, one_hot
+from mito.heads.base import HEAD_FILE, Head, HeadError, read_json_file
+from mito.heads.base import load_head as load_head_file
+from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
 from mito.heads.train import CONFIG_FILE
+from mito.io import atomic_write, check_output_file
+from mito.progress import add_task, advance, progress_bar
 from mito.validation import one_line
 
 
-def load_model(model_dir: str | os.PathLike) -> tuple[dict[str, Any], Any, FeaturePipeline]:
-    """(config, head, pipeline) of a model directory written by fit_head."""
+@dataclass
+class Model:
+    """A model directory loaded whole: config, head and the saved standardise/PCA pipeline.
+
+    ``predict_proba(X)`` takes the RAW store features (the variants of ``config['features']`` side by side, as
+    ``select_features`` reads them) and applies the pipeline and metadata one-hots exactly as ``mito predict`` does.
+    ``config, head, pipeline = load_model(d)`` still unpacks.
+    """
+
+    config: dict[str, Any]
+    head: Head
+    pipeline: FeaturePipeline
+    path: Path
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.config, self.head, self.pipeline))
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The classes, in the order of predict_proba's columns."""
+        return self.head.classes_
+
+    @property
+    def n_features_in_(self) -> int:
+        """Width of the raw features the model takes (before its pipeline)."""
+        return int(sum(self.config["feature_dims"]))
+
+    def transform(self, X: Any, metadata: pd.DataFrame | None = None) -> np.ndarray:
+        """Raw features (float32) -> what the head takes: the pipeline, then metadata one-hots from ``metadata`` (a
+        table with one row per row of X and the model's metadata columns)."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise HeadError(
+                f"the model takes {self.n_features_in_} raw feature columns ({', '.join(self.config['features'])}), got shape {X.shape}"
+            )
+        X = self.pipeline.transform(X)
+        cats = self.config.get("metadata_categories") or {}
+        if cats:
+            if metadata is None or len(metadata) != len(X):
+                raise HeadError(f"the model also needs metadata columns {', '.join(cats)}: pass metadata=, a table with one row per row of X")
+            X = np.concatenate([X, one_hot(metadata, np.arange(len(X)), cats).astype(X.dtype)], axis=1)
+        return X
+
+    def predict_proba(self, X: Any, metadata: pd.DataFrame | None = None) -> np.ndarray:
+        """Class probabilities from raw store features, as mito predict computes them."""
+        return self.head.predict_proba(self.transform(X, metadata))
+
+    def predict(self, X: Any, metadata: pd.DataFrame | None = None) -> np.ndarray:
+        """The most probable class of each row of raw store features."""
+        return self.classes_[self.predict_proba(X, metadata).argmax(axis=1)]
+
+
+def load_model(model_dir: str | os.PathLike) -> Model:
+    """The Model in a directory written by fit_head; a missing or damaged file is a one-line HeadError naming it."""
     path = Path(model_dir)
     if not (path / CONFIG_FILE).is_file() or not (path / HEAD_FILE).is_file():
         raise HeadError(f"{path} is not a mito model directory (needs {CONFIG_FILE} and {HEAD_FILE}; made by mito fit-head)")
-    config = json.loads((path / CONFIG_FILE).read_text())
-    return config, load_head(path), FeaturePipeline.load(path, config["pipeline"])
+    config = read_json_file(path / CONFIG_FILE, "model config")
+    missing = [k for k in ("task", "features", "feature_dims", "variants", "pipeline") if k not in config]
+    if missing or not isinstance(config.get("pipeline"), dict) or not isinstance(config.get("features"), list):
+        raise HeadError(f"{path / CONFIG_FILE} is not a valid model config (missing or bad: {', '.join(missing) or 'pipeline/features'})")
+    head = load_head_file(path)
+    pipeline = FeaturePipeline.load(path, config["pipeline"])
+    raw_d = int(sum(config["feature_dims"]))
+    if pipeline.in_dim is not None and pipeline.in_dim != raw_d:
+        raise HeadError(f"{path / PIPELINE_FILE} expects {pipeline.in_dim} features, {CONFIG_FILE} says {raw_d}")
+    width = pipeline.out_dim(raw_d) + sum(len(c) for c in (config.get("metadata_categories") or {}).values())
+    if width != head.n_features_in_:
+        raise HeadError(f"{path / CONFIG_FILE} describes {width} head inputs, {path / HEAD_FILE} says {head.n_features_in_}")
+    return Model(config, head, pipeline, path)
+
+
+def load_head(path: str | os.PathLike) -> Head | Model:
+    """Load what ``path`` holds: a model directory made by fit-head -> its Model (predicts from raw store features,
+    pipeline applied, like mito predict); a folder written by ``head.save`` -> the bare head."""
+    p = Path(path)
+    if (p / CONFIG_FILE).is_file():
+        return load_model(p)
+    return load_head_file(p)
 
 
 def id_columns(tiles: pd.DataFrame) -> list[str]:
@@ -38,7 +115,11 @@ def id_columns(tiles: pd.DataFrame) -> list[str]:
     return ["tile_id"]
 
 
-def _extract_tmp(config: dict[str, Any], source: str, tmp: str, device: str, weights: dict[str, str] | None) -> str:
+def _extract_tmp(
+    config: dict[str, Any], source: str, tmp: str, device: str, weights: dict[str, str] | None,
+    points: str | None = None, tile_size: int | None = None, progress: bool = False,
+) -> str:
+    """Embed ``source`` (folder, CSV manifest, or slide with ``points``) into a temporary store the model's way."""
     try:
         from mito.extract import ExtractConfig, extract
     except ImportError:
@@ -46,13 +127,20 @@ def _extract_tmp(config: dict[str, Any], source: str, tmp: str, device: str, wei
     path = os.path.join(tmp, "tiles.zarr")
     for settings in config["extract"]:
         bb = settings["backbones"][0]
+        settings = dict(settings)
+        trained = settings.pop("tile_size", None)
+        if trained is not None and tile_size is not None and int(tile_size) != int(trained):
+            raise HeadError(f"the model was trained on {trained}-px slide tiles; --tile-size {tile_size} would crop differently")
+        size = trained if trained is not None else tile_size
         try:
             ecfg = ExtractConfig(
                 source=source,
                 store=path,
                 task=config["task"],  # labels found with the tiles (e.g. subfolders) then show up in the CSV
                 device=device,
-                progress=False,
+                progress=progress,
+                **({"points": str(points)} if points is not None else {}),
+                **({"tile_size": int(size)} if size is not None else {}),
                 **settings,
                 **({"weights": {bb: weights[bb]}} if weights and bb in weights else {}),
             )
@@ -62,6 +150,15 @@ def _extract_tmp(config: dict[str, Any], source: str, tmp: str, device: str, wei
     return path
 
 
+def check_predict_out(
+    out_csv: str | os.PathLike, model_dir: str | os.PathLike, store: str | os.PathLike | None = None,
+    source: str | os.PathLike | None = None, overwrite: bool = False,
+) -> Path:
+    """Refuse a predictions CSV inside a model directory or a store, on an input, or on an existing file (unless overwrite)."""
+    protect = tuple(p for p in (store, source) if p is not None and not Path(p).is_dir())  # model dirs and stores: always
+    return check_output_file(out_csv, overwrite=overwrite, protect=protect)
+
+
 def predict(
     model_dir: str | os.PathLike,
     store: str | os.PathLike | None = None,
@@ -69,24 +166,35 @@ def predict(
     out_csv: str | os.PathLike | None = None,
     device: str = "auto",
     weights: dict[str, str] | None = None,
+    points: str | os.PathLike | None = None,
+    tile_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> pd.DataFrame:
-    """Predict every readable tile of ``store`` (or of ``source``, embedded the model's way); optionally write a CSV."""
+    """Predict every readable tile of ``store`` (or of ``source``, embedded the model's way: a folder, a CSV manifest,
+    or a slide with ``points``); optionally write a CSV (never over an existing file unless ``overwrite``)."""
     if (store is None) == (source is None):
         raise HeadError("give exactly one of a store (--store) or a folder/CSV/slide of new tiles")
-    config, head, pipe = load_model(model_dir)
-    with tempfile.TemporaryDirectory(prefix="mito-predict-") as tmp:
-        store_path = str(store) if store is not None else _extract_tmp(config, str(source), tmp, device, weights)
-        df = _predict_store(config, head, pipe, store_path)
+    if store is not None and (points is not None or tile_size is not None):
+        raise HeadError("--points and --tile-size are for new slide tiles, not for --store")
+    model = load_model(model_dir)
     if out_csv is not None:
-        out = Path(out_csv)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        part = out.with_name(f".{out.name}.writing")
-        df.to_csv(part, index=False)
-        os.replace(part, out)
+        check_predict_out(out_csv, model_dir, store, source, overwrite)
+    with tempfile.TemporaryDirectory(prefix="mito-predict-") as tmp:
+        if store is not None:
+            store_path = str(store)
+        else:
+            store_path = _extract_tmp(
+                model.config, str(source), tmp, device, weights, None if points is None else str(points), tile_size, progress
+            )
+        df = _predict_store(model, store_path, progress)
+    if out_csv is not None:
+        atomic_write(out_csv, lambda p: df.to_csv(p, index=False), ".csv")
     return df
 
 
-def _predict_store(config: dict[str, Any], head: Any, pipe: FeaturePipeline, store_path: str) -> pd.DataFrame:
+def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.DataFrame:
+    config = model.config
     keys = config["features"]
     with open_store(store_path, "r") as s:
         check_store_matches(s, config["variants"])
@@ -95,16 +203,19 @@ def _predict_store(config: dict[str, Any], head: Any, pipe: FeaturePipeline, sto
         if len(rows) == 0:
             raise HeadError(f"{store_path} has no readable tile to predict")
         probs, order = [], []
-        for idx, block in s.iter_chunks(keys, rows):
-            X = pipe.transform(block)
-            meta = one_hot(tiles, idx, config["metadata_categories"])
-            if meta.shape[1]:
-                X = np.concatenate([X, meta.astype(X.dtype)], axis=1)
-            probs.append(head.predict_proba(X))
-            order.append(idx)
+        cats = config.get("metadata_categories") or {}
+        with progress_bar("tiles", enabled=progress, transient=True) as bar:
+            task = add_task(bar, "scoring", len(rows))
+            t0, done = time.perf_counter(), 0
+            for idx, block in s.iter_chunks(keys, rows):
+                meta = tiles.iloc[idx].reset_index(drop=True) if cats else None
+                probs.append(model.predict_proba(block, meta))
+                order.append(idx)
+                done += len(idx)
+                advance(bar, task, len(idx), t0, done)
     idx = np.concatenate(order)
     proba = np.concatenate(probs)
-    classes = head.classes_
+    classes = model.classes_
     df = tiles.iloc[idx][id_columns(tiles)].reset_index(drop=True)
     task = config["task"]
     if task in tiles and tiles[task].iloc[idx].notna().any():

@@ -12,18 +12,13 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
 
-from mito.heads.base import Head, HeadError, _check_common, augment_with_noise, balanced_accuracy, register_head
+from mito.heads.base import Head, HeadError, augment_with_noise, balanced_accuracy, check_copy_params, register_head
 
 MODEL_FILE = "model.safetensors"
 AUTO_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
-
-
-def _check_copies(head: Any) -> None:
-    _check_common(head)
-    if not isinstance(head.noise_copies, int) or head.noise_copies < 0:
-        raise HeadError(f"noise_copies must be a whole number >= 0, got {head.noise_copies!r}")
+DIST_DECIMALS = 9  # knn: cosine distances rounded to this many decimals (float64 noise is ~1e-15: reproducible)
+_BLOCK_VALUES = 1 << 22  # knn: distances computed in blocks of at most this many (32 MiB of float64)
 
 
 @register_head("logreg")
@@ -51,7 +46,7 @@ class LogRegHead(Head):
         self.seed = seed
 
     def _validate_params(self) -> None:
-        _check_copies(self)
+        check_copy_params(self)
         if self.C != "auto" and (not isinstance(self.C, (int, float)) or self.C <= 0):
             raise HeadError(f"C must be a number > 0 or 'auto', got {self.C!r}")
 
@@ -84,6 +79,9 @@ class LogRegHead(Head):
 
     def _load_state(self, path: Path, state: dict[str, Any]) -> None:
         arrays = load_file(str(path / state["file"]))
+        k = 1 if len(self.classes_) == 2 else len(self.classes_)
+        if arrays.get("coef", np.zeros(0)).shape != (k, self.n_features_in_) or arrays.get("intercept", np.zeros(0)).shape != (k,):
+            raise HeadError(f"{path / state['file']} does not hold this logreg head's coefficients")
         m = self._model(state["C"])
         m.coef_, m.intercept_ = arrays["coef"], arrays["intercept"]
         m.classes_ = np.arange(len(self.classes_))
@@ -92,7 +90,14 @@ class LogRegHead(Head):
 
 @register_head("knn")
 class KNNHead(Head):
-    """k nearest neighbours (cosine by default); balance=True divides the vote shares by the class priors."""
+    """k nearest neighbours (cosine by default); balance=True divides the vote shares by the class priors.
+
+    Exact and reproducible: a row's probabilities depend on that row alone, never on the other rows predicted with
+    it, the thread count or the BLAS. Cosine distances are computed in float64 and rounded to DIST_DECIMALS
+    decimals (float64 rounding noise is ~1e-15, so the rounded value is the same on every machine, and a tile at
+    distance 0 of a training row is exactly 0); euclidean and manhattan use scipy's cdist, whose loops are exact for
+    identical rows and do not depend on BLAS. Ties are broken by training-row index.
+    """
 
     def __init__(
         self,
@@ -117,7 +122,7 @@ class KNNHead(Head):
         self.seed = seed
 
     def _validate_params(self) -> None:
-        _check_copies(self)
+        check_copy_params(self)
         if not isinstance(self.n_neighbors, int) or self.n_neighbors < 1:
             raise HeadError(f"n_neighbors must be a whole number >= 1, got {self.n_neighbors!r}")
         if self.weights not in ("uniform", "distance"):
@@ -126,29 +131,75 @@ class KNNHead(Head):
             raise HeadError(f"metric must be cosine, euclidean or manhattan, got {self.metric!r}")
 
     def _set(self, X: np.ndarray, y: np.ndarray) -> None:
-        k = min(self.n_neighbors, len(X))
-        self.model_ = KNeighborsClassifier(n_neighbors=k, metric=self.metric, weights=self.weights, algorithm="brute")
-        self.model_.fit(X, y)
-        self.X_, self.y_ = X, y
-        prior = np.bincount(y, minlength=len(self.classes_)) / len(y)
+        self.X_ = np.ascontiguousarray(X, dtype=np.float32)
+        self.y_ = np.asarray(y, dtype=np.int64)
+        if self.y_.ndim != 1 or len(self.y_) != len(self.X_) or len(self.X_) == 0:
+            raise HeadError(f"knn training arrays disagree: {self.X_.shape} rows, {self.y_.shape} labels")
+        if self.y_.min() < 0 or self.y_.max() >= len(self.classes_):
+            raise HeadError("knn training labels out of range for the classes")
+        self.norms_ = np.sqrt(np.einsum("ij,ij->i", self.X_.astype(np.float64), self.X_.astype(np.float64)))
+        prior = np.bincount(self.y_, minlength=len(self.classes_)) / len(self.y_)
         self.prior_ = np.maximum(prior, 1e-12)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed)
-        self._set(Xa.astype(np.float32, copy=False), ya)
+        self._set(Xa, ya)
+
+    def _distances(self, Q: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Distances (float64, rounded) from the query rows to training rows start:stop."""
+        T = self.X_[start:stop].astype(np.float64)
+        if self.metric == "cosine":
+            q = Q.astype(np.float64)
+            qn = np.sqrt(np.einsum("ij,ij->i", q, q))
+            denom = np.outer(np.where(qn > 0, qn, 1.0), np.where(self.norms_[start:stop] > 0, self.norms_[start:stop], 1.0))
+            D = 1.0 - (q @ T.T) / denom
+            np.clip(D, 0.0, 2.0, out=D)
+            return np.round(D, DIST_DECIMALS)
+        from scipy.spatial.distance import cdist
+
+        return cdist(Q.astype(np.float64), T, metric="cityblock" if self.metric == "manhattan" else "euclidean")
+
+    def _neighbours(self, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, training-row indices) of the k nearest rows of each query row, nearest first, ties by index."""
+        n, k = len(self.X_), min(self.n_neighbors, len(self.X_))
+        step = max(1, _BLOCK_VALUES // max(1, len(Q)))
+        best_d = np.empty((len(Q), 0))
+        best_i = np.empty((len(Q), 0), np.int64)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            D = np.concatenate([best_d, self._distances(Q, start, stop)], axis=1)
+            I = np.concatenate([best_i, np.broadcast_to(np.arange(start, stop), (len(Q), stop - start))], axis=1)
+            order = np.lexsort((I, D), axis=1)[:, :k]  # by distance, then index: deterministic under ties
+            best_d = np.take_along_axis(D, order, axis=1)
+            best_i = np.take_along_axis(I, order, axis=1)
+        return best_d, best_i
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
+        rows = max(1, min(len(X), _BLOCK_VALUES // max(1, min(len(self.X_), _BLOCK_VALUES))))
         p = np.zeros((len(X), len(self.classes_)))
-        p[:, self.model_.classes_] = self.model_.predict_proba(X.astype(np.float32, copy=False))
+        for s in range(0, len(X), rows):
+            d, idx = self._neighbours(X[s : s + rows])
+            if self.weights == "distance":
+                exact = d == 0
+                with np.errstate(divide="ignore"):
+                    w = np.where(exact.any(axis=1, keepdims=True), exact.astype(np.float64), 1.0 / d)
+            else:
+                w = np.ones_like(d)
+            labels = self.y_[idx]
+            for c in range(len(self.classes_)):
+                p[s : s + rows, c] = np.where(labels == c, w, 0.0).sum(axis=1)
+        p = p / p.sum(axis=1, keepdims=True)
         if self.balance:
             p = p / self.prior_
             p = p / p.sum(axis=1, keepdims=True)
         return p
 
     def _save_state(self, path: Path) -> dict[str, Any]:
-        save_file({"X": np.ascontiguousarray(self.X_), "y": self.y_}, str(path / MODEL_FILE))
+        save_file({"X": self.X_, "y": self.y_}, str(path / MODEL_FILE))
         return {"file": MODEL_FILE}
 
     def _load_state(self, path: Path, state: dict[str, Any]) -> None:
         arrays = load_file(str(path / state["file"]))
+        if set(arrays) != {"X", "y"} or arrays["X"].ndim != 2 or arrays["X"].shape[1] != self.n_features_in_:
+            raise HeadError(f"{path / state['file']} does not hold this knn head's training rows")
         self._set(arrays["X"], arrays["y"])

@@ -9,6 +9,23 @@ from sklearn.model_selection import StratifiedGroupKFold
 from mito.heads.base import HeadError
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+AUTO = "auto"  # split_column value: the published split column when the store has one, else a random grouped split
+PUBLISHED_SPLIT = "split"  # the column name mito extract gives a published split (e.g. AMi-Br's train/test)
+
+
+def _normalized(values: pd.Series) -> pd.Series:
+    return values.astype(object).map(lambda v: "" if v is None or v != v else str(v).strip().lower())
+
+
+def published_split(tiles: pd.DataFrame, usable: np.ndarray, column: str = PUBLISHED_SPLIT) -> bool:
+    """True when ``column`` is a published split: only train/val/test values, with train and test among the usable tiles."""
+    if column not in tiles:
+        return False
+    norm = _normalized(tiles[column])
+    if not norm[(norm != "")].isin(list(SPLIT_NAMES)).all():
+        return False
+    sides = set(norm[usable].map(lambda v: SPLIT_NAMES.get(v, "")))
+    return {"train", "test"} <= sides
 
 
 def carve(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -53,11 +70,12 @@ def make_split(
     )
     y = labels.astype(str).to_numpy()
     out = np.full(n, "", dtype=object)
+    if split_column == AUTO:
+        split_column = PUBLISHED_SPLIT if published_split(tiles, usable) else None
     if split_column is not None:
         if split_column not in tiles:
             raise HeadError(f"no split column {split_column!r} in the tile table (it has: {', '.join(tiles.columns)})")
-        raw = tiles[split_column].astype(object)
-        norm = raw.map(lambda v: "" if v is None or v != v else str(v).strip().lower())
+        norm = _normalized(tiles[split_column])
         bad = sorted(set(norm[(norm != "") & ~norm.isin(list(SPLIT_NAMES))]))
         if bad:
             raise HeadError(

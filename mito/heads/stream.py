@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mito.cache import Store
-from mito.heads.base import HeadError, check_X, column_moments, cpu_threads
+from mito.heads.base import HeadError, column_moments
 from mito.heads.features import FeaturePipeline, feature_dims, one_hot
 
 DEFAULT_BUFFER_ROWS = 65_536
@@ -161,9 +161,7 @@ def fit_pipeline_stream(pipeline: FeaturePipeline, stream: FeatureStream, seed: 
 
 def stream_proba(head: Any, stream: FeatureStream) -> np.ndarray:
     """Class probabilities of every row of ``stream`` (in row order), predicted block by block."""
-    head._check_fitted()
-    with cpu_threads(stream.n * stream.d, head._requested_threads()):  # set up once, not per block
-        return stream.map(lambda X: np.asarray(head._proba(check_X(X, head.n_features_in_)), dtype=np.float64))
+    return head.predict_proba_stream(stream)
 
 
 def read_ahead(it: Iterator[Any], depth: int = 1) -> Iterator[Any]:

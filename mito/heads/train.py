@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,17 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 import mito
 from mito.metrics import classification_metrics
 from mito.cache import Store, open_store, parse_variant
-from mito.heads.base import HeadError, available_memory, head_names, make_head, not_streamable
-from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories, one_hot, select_features
-from mito.heads.split import make_split
-from mito.heads.stream import DEFAULT_BUFFER_ROWS, FeatureStream, fit_pipeline_stream, stream_proba
-from mito.io import json_default
+from mito.errors import OutputError
+from mito.heads.base import HEAD_FILE, HeadError, head_names, make_head
+from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
+from mito.heads.fit import fit_on_rows
+from mito.heads.split import AUTO, PUBLISHED_SPLIT, make_split, published_split
+from mito.heads.stream import DEFAULT_BUFFER_ROWS
+from mito.io import atomic_dir, check_output_dir, write_json
 from mito.validation import one_line
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 _VOLATILE = ("added",)
-STREAM_MEMORY_SHARE = 0.5  # auto: stream when the features would take more than this share of available memory
 
 
 class FitConfig(BaseModel):
@@ -44,7 +43,7 @@ class FitConfig(BaseModel):
     metadata_columns: list[str] = Field(default_factory=list)
     standardize: bool = False
     pca: int | None = None
-    split_column: str | None = None
+    split_column: str | None = AUTO  # "auto": the store's published `split` column when it has one; None: random by group
     group_column: str | None = "group"
     val_fraction: float = 0.2
     test_fraction: float = 0.2
@@ -131,10 +130,32 @@ def extract_settings(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]
     return list(out.values())
 
 
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """True for a model directory written by fit-head (config.json and head.json)."""
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG_FILE).is_file() and (p / HEAD_FILE).is_file()
+
+
+def check_model_out(out: str | os.PathLike, store: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse a model --out that exists (without overwrite), is not a model directory, is or holds the store, or is '.', '/', a file."""
+    p = Path(out)
+    if (p.exists() or p.is_symlink()) and not overwrite:
+        raise HeadError(f"{out} already exists; choose another --out or pass --overwrite")
+    return check_output_dir(p, overwrite, is_model_dir, protect=(store,), what="model directory (--out)")
+
+
+def split_description(split_column: str | None, group_column: str | None, val_fraction: float, test_fraction: float) -> str:
+    """How the rows were split, in words (printed by fit-head, saved in metrics.json)."""
+    by = f"by {group_column!r}" if group_column else "tile by tile"
+    if split_column is not None:
+        return f"the store's {split_column!r} column (val carved from train {by} when it has none; --split-column none to opt out)"
+    return f"random {by}: test {test_fraction:g}, val {val_fraction:g}"
+
+
 def fit_head(cfg: FitConfig) -> dict[str, Any]:
     """Train a head from a store as ``cfg`` says; write the model directory when ``cfg.out`` is set; return the metrics."""
-    if cfg.out is not None and os.path.exists(cfg.out) and not cfg.overwrite:
-        raise HeadError(f"{cfg.out} already exists; choose another --out or pass --overwrite")
+    if cfg.out is not None:
+        check_model_out(cfg.out, cfg.store, cfg.overwrite)
     head = make_head(cfg.head, **{"seed": cfg.seed, **cfg.head_params})
     t_start = time.perf_counter()
     with open_store(cfg.store, "r") as store:
@@ -148,8 +169,11 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
             usable &= (labels.astype(str) != "").to_numpy()
         if not usable.any():
             raise HeadError(f"no tile has a {task!r} label (and readable features) in {cfg.store}")
+        split_column = cfg.split_column
+        if split_column == AUTO:
+            split_column = PUBLISHED_SPLIT if published_split(tiles, usable, PUBLISHED_SPLIT) else None
         side = make_split(
-            tiles, labels, usable, cfg.split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, cfg.seed
+            tiles, labels, usable, split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, cfg.seed
         )
         parts = {name: np.flatnonzero(side == name) for name in ("train", "val", "test")}
         if len(parts["train"]) == 0:
@@ -158,14 +182,15 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
         groups = tiles[cfg.group_column].astype(str).to_numpy() if cfg.group_column in tiles else None
-        feature_bytes = sum(len(r) for r in parts.values()) * sum(dims) * np.dtype(np.float16).itemsize
-        streamed = use_stream(cfg.stream, head, feature_bytes)
-        fit = _fit_streamed if streamed else _fit_in_memory
         with _epoch_progress(cfg.progress, head):
-            pipe, n_features_in, scored, train_seconds = fit(cfg, store, head, keys, parts, labels.to_numpy(), tiles, cats)
+            fitted = fit_on_rows(
+                store, keys, parts, labels.to_numpy(), head, standardize=cfg.standardize, pca=cfg.pca, categories=cats,
+                tiles=tiles, stream=cfg.stream, seed=cfg.seed, buffer_rows=cfg.buffer_rows,
+            )
+    pipe, streamed = fitted.pipeline, fitted.streamed
 
     classes = head.classes_.tolist()
-    evals = {name: classification_metrics(ys, proba, head.classes_) for name, (ys, proba) in scored.items()}
+    evals = {name: classification_metrics(ys, proba, head.classes_) for name, (ys, proba) in fitted.scored.items()}
     if not evals:
         raise HeadError("no validation or test rows to measure the head on")
     main = "test" if "test" in evals else "val"
@@ -174,16 +199,21 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         g = {name: set(groups[r]) for name, r in parts.items()}
         shared = len(g["train"] & g["test"]) + len(g["train"] & g["val"]) + len(g["val"] & g["test"])
     n_tr, n_va = len(parts["train"]), len(parts["val"])
+    split = split_description(split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction)
     metrics = {
         **evals[main],
         "evaluated_on": main,
-        "train_seconds": round(train_seconds, 3),
+        "train_seconds": round(fitted.train_seconds, 3),
         "total_seconds": round(time.perf_counter() - t_start, 3),
         "n_train": n_tr,
         "n_val": n_va,
         "n_test": len(parts["test"]),
         "groups_shared_between_sides": shared,
         "streamed": streamed,
+        "features": keys,
+        "features_default": not cfg.features,
+        "split_column": split_column,
+        "split": split,
         **({"val": evals["val"]} if main == "test" and "val" in evals else {}),
         **{k: getattr(head, k) for k in ("best_epoch_", "epochs_run_", "best_iteration_", "C_", "precision_", "threads_") if hasattr(head, k)},
     }
@@ -199,12 +229,13 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         "metadata_columns": list(cfg.metadata_columns),
         "metadata_categories": cats,
         "pipeline": pipe.config(),
-        "n_features_in": int(n_features_in),
+        "n_features_in": int(fitted.n_features_in),
         "head": {"name": head.name, "params": head.get_params()},
         "extract": extract_settings(variants),
         "training": {
             "store": store_meta,
-            "split_column": cfg.split_column,
+            "split_column": split_column,
+            "split": split,
             "group_column": cfg.group_column,
             "val_fraction": cfg.val_fraction,
             "test_fraction": cfg.test_fraction,
@@ -217,66 +248,6 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         _write_model_dir(Path(cfg.out), head, pipe, config, metrics, cfg.overwrite)
         metrics["model_dir"] = str(cfg.out)
     return metrics
-
-
-def use_stream(stream: bool | None, head: Any, feature_bytes: int) -> bool:
-    """Whether to train from the store chunk by chunk: as asked, or (auto) when a streaming head's features would fill memory."""
-    if stream is not None:
-        if stream and not head.supports_stream:
-            raise not_streamable(head.name)
-        return stream
-    free = available_memory()
-    return bool(head.supports_stream and free is not None and feature_bytes > STREAM_MEMORY_SHARE * free)
-
-
-Scored = dict[str, tuple[np.ndarray, np.ndarray]]
-
-
-def _fit_in_memory(
-    cfg: FitConfig, store: Store, head: Any, keys: list[str], parts: dict[str, np.ndarray], labels: np.ndarray,
-    tiles: Any, cats: dict[str, list[str]],
-) -> tuple[FeaturePipeline, int, Scored, float]:
-    """All chosen features in one float16 array (the only full-size array), then fit and score."""
-    rows = np.concatenate([parts["train"], parts["val"], parts["test"]])
-    X = select_features(store, keys, rows, categories={}, dtype=np.float16)
-    y = labels[rows]
-    meta_block = one_hot(tiles, rows, cats)
-    n_tr, n_va = len(parts["train"]), len(parts["val"])
-    pipe = FeaturePipeline(standardize=cfg.standardize, pca=cfg.pca).fit(X[:n_tr], seed=cfg.seed)
-    if pipe.pca:
-        X = pipe.transform(X)
-    else:
-        pipe.transform(X, out=X)
-    if meta_block.shape[1]:
-        X = np.concatenate([X, meta_block.astype(X.dtype)], axis=1)
-    X_tr, X_va, X_te = X[:n_tr], X[n_tr : n_tr + n_va], X[n_tr + n_va :]
-    y_tr, y_va, y_te = y[:n_tr], y[n_tr : n_tr + n_va], y[n_tr + n_va :]
-    t0 = time.perf_counter()
-    head.fit(X_tr, y_tr, X_va if n_va else None, y_va if n_va else None)
-    train_seconds = time.perf_counter() - t0
-    scored = {name: (ys, head.predict_proba(Xs)) for name, Xs, ys in (("val", X_va, y_va), ("test", X_te, y_te)) if len(ys)}
-    return pipe, X.shape[1], scored, train_seconds
-
-
-def _fit_streamed(
-    cfg: FitConfig, store: Store, head: Any, keys: list[str], parts: dict[str, np.ndarray], labels: np.ndarray,
-    tiles: Any, cats: dict[str, list[str]],
-) -> tuple[FeaturePipeline, int, Scored, float]:
-    """Fit the pipeline, train and score reading the store chunk by chunk: memory bounded by the shuffle buffer."""
-
-    def stream(name: str, pipe: FeaturePipeline | None) -> FeatureStream:
-        r = parts[name]
-        return FeatureStream(store, keys, r, labels[r], tiles, cats, pipe, cfg.buffer_rows)
-
-    pipe = FeaturePipeline(standardize=cfg.standardize, pca=cfg.pca)
-    if pipe.active:
-        fit_pipeline_stream(pipe, stream("train", None), seed=cfg.seed)
-    streams = {name: stream(name, pipe) for name in parts}
-    t0 = time.perf_counter()
-    head.fit_stream(streams["train"], streams["val"] if len(parts["val"]) else None)
-    train_seconds = time.perf_counter() - t0
-    scored = {name: (streams[name].labels, stream_proba(head, streams[name])) for name in ("val", "test") if len(parts[name])}
-    return pipe, streams["train"].d, scored, train_seconds
 
 
 @contextmanager
@@ -309,24 +280,20 @@ def _epoch_progress(enabled: bool, head: Any) -> Iterator[None]:
 
 
 def _write_model_dir(out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool) -> None:
-    """Write into a hidden sibling, then move it into place: a crash never leaves a half-written model."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.writing")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    head.save(tmp)
-    pipe.save(tmp)
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=json_default) + "\n")
-    (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=json_default) + "\n")
-    if out.exists():
-        if not overwrite:
-            shutil.rmtree(tmp)
-            raise HeadError(f"{out} already exists; choose another --out or pass --overwrite")
-        old = out.with_name(f".{out.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
+    """Write into a hidden sibling, then move it into place (mito.io.atomic_dir): a crash never leaves a half-written
+    model, and only a model directory (or an empty folder) is ever replaced."""
+
+    def fill(tmp: Path) -> None:
+        head.save(tmp)
+        sha = pipe.save(tmp)
+        doc = {**config, "pipeline": {**config["pipeline"], **({"sha256": sha} if sha else {})}}
+        write_json(tmp / CONFIG_FILE, doc)
+        write_json(tmp / METRICS_FILE, metrics)
+
+    def replace(p: Path) -> bool:
+        return overwrite and (is_model_dir(p) or (p.is_dir() and not p.is_symlink() and not any(p.iterdir())))
+
+    try:
+        atomic_dir(out, fill, replace)
+    except OutputError as e:
+        raise HeadError(f"{e}; only a model directory made by mito fit-head is replaced (with --overwrite)") from None

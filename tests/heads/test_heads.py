@@ -195,3 +195,25 @@ def test_thread_and_precision_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         make_head("logreg", n_threads=0)
     with pytest.raises(HeadError, match="precision must be one of"):
         make_head("mlp", precision="fp8")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_knn_is_exact_whatever_the_batch_threads_or_reload(metric: str, tmp_path: Path) -> None:
+    from threadpoolctl import threadpool_limits
+
+    X, y = blobs(300, 64, seed=3)
+    X = X.astype(np.float16).astype(np.float32)  # store values
+    head = make_head("knn", metric=metric).fit(X, y)
+    full = head.predict_proba(X)
+    # a training row is its own neighbour at distance exactly 0: all its weight goes to its own class
+    assert (full.max(axis=1) == 1.0).all() and (head.classes_[full.argmax(axis=1)] == y).all()
+    Q = X[::7] + np.float32(0.01)
+    ref = head.predict_proba(Q)
+    one_by_one = np.concatenate([head.predict_proba(Q[i : i + 1]) for i in range(len(Q))])
+    rev = head.predict_proba(Q[::-1])[::-1]
+    with threadpool_limits(1):
+        single = head.predict_proba(Q)
+    head.save(tmp_path / "knn")
+    again = load_head(tmp_path / "knn").predict_proba(Q)
+    for other in (one_by_one, rev, single, again, make_head("knn", metric=metric, n_threads=2).fit(X, y).predict_proba(Q)):
+        np.testing.assert_array_equal(other, ref)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mito.cache import create_store, open_store
 from mito.cli import app
 from mito.heads import FeaturePipeline, FeatureStream, HeadError, fit_head, fit_pipeline_stream, make_fit_config, make_head, predict, select_features
-from mito.heads.train import use_stream
+from mito.heads.fit import use_stream
 
 from .conftest import PROV
 

@@ -29,7 +29,7 @@ from mito.bench.errors import BenchError
 from mito.metrics import metric_score
 from mito.io import atomic_write, check_output_dir
 from mito.progress import add_task, advance, progress_bar
-from mito.bench.leaderboard import Leaderboard, rank_rows, row_id, save_leaderboard, score_row, task_plan
+from mito.bench.leaderboard import Leaderboard, is_run_folder, rank_rows, row_id, save_leaderboard, score_row, task_plan
 from mito.errors import TaskError
 from mito.tasks import PROXY_TASKS, resolve_task
 
@@ -452,12 +452,6 @@ def open_tiles(cfg: FinetuneConfig) -> Any:
 
     label = cfg.label_name or ("mitosis" if cfg.task in PROXY_TASKS else cfg.task)
     return open_source(cfg.source, task=label)
-
-
-def is_run_folder(path: str | os.PathLike) -> bool:
-    """True for a folder written by mito bench or mito lora (a leaderboard, or fine-tuning folds)."""
-    p = Path(path)
-    return (p / "leaderboard.json").is_file() or any(p.glob("fold*/result.json")) or any(p.glob("fold*/checkpoint.pt"))
 
 
 def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> Leaderboard:

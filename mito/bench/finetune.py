@@ -201,13 +201,17 @@ def merged_adapters(net: nn.Module) -> Iterator[None]:
     from peft.tuners.lora import LoraLayer
 
     layers = [m for m in net.modules() if isinstance(m, LoraLayer) and not m.merged]
+    # unmerge() subtracts the adapter again, which leaves rounding error in the frozen weights after every validation,
+    # so a resumed run (fresh frozen weights) would drift from an uninterrupted one: restore the exact weights instead
+    base = [{k: v.detach().clone() for k, v in m.get_base_layer().state_dict().items()} for m in layers]
     for m in layers:
         m.merge()
     try:
         yield
     finally:
-        for m in layers:
+        for m, state in zip(layers, base):
             m.unmerge()
+            m.get_base_layer().load_state_dict(state)
 
 
 @torch.no_grad()

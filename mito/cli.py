@@ -375,6 +375,24 @@ def predict_cmd(
 # (bench section)
 
 
+BENCH_OPTIONS = {"n_folds": "folds", "n_jobs": "jobs", "tasks": "task", "include": "with", "head_params": "param"}
+LORA_OPTIONS = {"n_folds": "folds", "folds": "run_folds", "max_epochs": "epochs", "num_workers": "workers"}
+
+
+def _bench_config(cls: Any, options: dict[str, str], **kw: Any) -> Any:
+    """A pydantic bench/lora config; a validation error names the CLI option, not the field."""
+    from pydantic import ValidationError
+
+    from mito.validation import one_line
+
+    try:
+        return cls(**kw)
+    except ValidationError as e:
+        field, _, msg = one_line(e).partition(": ")
+        name = options.get(field.split(".")[0], field.split(".")[0])
+        raise UserError(f"--{name.replace('_', '-')}: {msg}") from None
+
+
 def _bench_floats(value: str, what: str) -> list[float]:
     try:
         return [float(v) for v in split_list(value)]
@@ -434,7 +452,9 @@ def bench_cmd(
         tasks = available_tasks(tiles, store_tasks) if proxy.strip() == "all" else split_list(proxy)
     else:
         tasks = [task or (store_tasks[0] if store_tasks else "mitosis")]
-    cfg = BenchConfig(
+    cfg = _bench_config(
+        BenchConfig,
+        BENCH_OPTIONS,
         store=store,
         tasks=tasks,
         features=split_list(features) or None,
@@ -502,7 +522,9 @@ def lora_cmd(
     from mito.bench import FinetuneConfig, leaderboard_table, run_finetune
     from mito.bench.leaderboard import sigterm_as_interrupt
 
-    cfg = FinetuneConfig(
+    cfg = _bench_config(
+        FinetuneConfig,
+        LORA_OPTIONS,
         source=source, out=str(out), backbone=backbone, task=task, mode=mode, weights=weights, label_name=label_name,
         rank=rank, alpha=alpha, dropout=dropout, targets=split_list(targets) or None, lr=lr, weight_decay=weight_decay,
         batch_size=batch_size, max_epochs=epochs, patience=patience, epoch_samples=epoch_samples, val_samples=val_samples,

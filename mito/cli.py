@@ -407,6 +407,24 @@ def predict_cmd(
 # (bench section)
 
 
+BENCH_OPTIONS = {"n_folds": "folds", "n_jobs": "jobs", "tasks": "task", "include": "with", "head_params": "param"}
+LORA_OPTIONS = {"n_folds": "folds", "folds": "run_folds", "max_epochs": "epochs", "num_workers": "workers"}
+
+
+def _bench_config(cls: Any, options: dict[str, str], **kw: Any) -> Any:
+    """A pydantic bench/lora config; a validation error names the CLI option, not the field."""
+    from pydantic import ValidationError
+
+    from mito.validation import one_line
+
+    try:
+        return cls(**kw)
+    except ValidationError as e:
+        field, _, msg = one_line(e).partition(": ")
+        name = options.get(field.split(".")[0], field.split(".")[0])
+        raise UserError(f"--{name.replace('_', '-')}: {msg}") from None
+
+
 def _bench_floats(value: str, what: str) -> list[float]:
     try:
         return [float(v) for v in split_list(value)]
@@ -430,7 +448,7 @@ def _bench_params(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 @app.command("bench")
-@friendly
+@friendly(on_interrupt="nothing was written; re-run to start over")
 def bench_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Embedding store made by mito extract."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for leaderboard.csv/.json, predictions, PNGs and report.html."),
@@ -450,19 +468,25 @@ def bench_cmd(
     include: list[str] = typer.Option([], "--with", help="Another leaderboard folder to merge in, e.g. a mito lora --out (its folds must match; repeatable)."),
     umap: bool = typer.Option(True, "--umap/--no-umap", help="UMAP of the best feature set, coloured by each task."),
     top: int = typer.Option(20, help="Rows per task to print."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only one that mito bench or mito lora wrote)."),
 ) -> None:
     """Rank every feature set x head of a store on slide-grouped folds; write the leaderboard and report.html."""
     from mito.bench import BenchConfig, available_tasks, build_report, leaderboard_table, run_bench, save_leaderboard
+    from mito.bench.leaderboard import is_run_folder, sigterm_as_interrupt
     from mito.bench.umap import leaderboard_umaps
     from mito.cache import open_store
+    from mito.io import atomic_dir, check_output_dir
 
+    check_output_dir(out, overwrite, is_ours=is_run_folder, protect=(store, *include), what="bench folder")
     with open_store(store) as s:
         tiles, store_tasks = s.tiles, s.tasks
     if proxy:
         tasks = available_tasks(tiles, store_tasks) if proxy.strip() == "all" else split_list(proxy)
     else:
         tasks = [task or (store_tasks[0] if store_tasks else "mitosis")]
-    cfg = BenchConfig(
+    cfg = _bench_config(
+        BenchConfig,
+        BENCH_OPTIONS,
         store=store,
         tasks=tasks,
         features=split_list(features) or None,
@@ -478,20 +502,24 @@ def bench_cmd(
         pca=pca,
         include=include,
     )
-    lb = run_bench(cfg)
-    for t, why in lb.meta.get("skipped_tasks", {}).items():
-        err_console.print(f"[yellow]skipped task {t}:[/] {why}", highlight=False)
-    save_leaderboard(lb, out)
-    if umap:
-        err_console.print("UMAP of the best feature set ...")
-        leaderboard_umaps(store, lb, out)
-    report = build_report(out)
+    with sigterm_as_interrupt():
+        lb = run_bench(cfg)
+        for t, why in lb.meta.get("skipped_tasks", {}).items():
+            err_console.print(f"skipped task {t}: {why}", style="yellow", highlight=False, markup=False)
+
+        def fill(tmp: Path) -> None:
+            save_leaderboard(lb, tmp)
+            if umap:
+                leaderboard_umaps(store, lb, tmp, progress=True)
+            build_report(tmp)
+
+        atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
     console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
-    console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {report}")
+    console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {out / 'report.html'}")
 
 
 @app.command("lora")
-@friendly
+@friendly(on_interrupt="finished epochs are kept (a checkpoint per fold); re-run the same command to resume")
 def lora_cmd(
     source: str = typer.Argument(..., help="The tiles: an ImageFolder folder or CSV manifest (the same one the store was extracted from)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints (resumable), fold models, leaderboard files."),
@@ -516,7 +544,7 @@ def lora_cmd(
     run_folds: Optional[int] = typer.Option(None, help="Train only the first N folds (a budget)."),
     cv: str = typer.Option("auto", help="auto, kfold or split, as in mito bench."),
     seed: int = typer.Option(0, help="Seed of folds, sampling and initialisation."),
-    max_minutes: Optional[float] = typer.Option(None, help="Training-time cap per fold (a budget; the best epoch so far is kept)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Training-time cap per fold in minutes, > 0 (a budget; the best epoch so far is kept). Default on CPU: 10; on GPU: none."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, 90-degree rotations and mild colour jitter."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: Optional[int] = typer.Option(None, help="Image-decoding workers (default: 0 on CPU, up to 8 on GPU)."),
@@ -524,15 +552,19 @@ def lora_cmd(
 ) -> None:
     """Fine-tune a backbone (LoRA, linear probe or full) on the leaderboard's folds; re-running resumes."""
     from mito.bench import FinetuneConfig, leaderboard_table, run_finetune
+    from mito.bench.leaderboard import sigterm_as_interrupt
 
-    cfg = FinetuneConfig(
+    cfg = _bench_config(
+        FinetuneConfig,
+        LORA_OPTIONS,
         source=source, out=str(out), backbone=backbone, task=task, mode=mode, weights=weights, label_name=label_name,
         rank=rank, alpha=alpha, dropout=dropout, targets=split_list(targets) or None, lr=lr, weight_decay=weight_decay,
         batch_size=batch_size, max_epochs=epochs, patience=patience, epoch_samples=epoch_samples, val_samples=val_samples,
         input_size=input_size, n_folds=folds, folds=run_folds, cv=cv, seed=seed, max_minutes=max_minutes, augment=augment,
         device=device, num_workers=workers, n_boot=n_boot,
     )
-    lb = run_finetune(cfg)
+    with sigterm_as_interrupt():
+        lb = run_finetune(cfg)
     console.print(leaderboard_table(lb.rows, compact=console.width < 120))
     r = lb.rows.iloc[0]
     console.print(f"budget: {r['budget']}")
@@ -544,18 +576,23 @@ def lora_cmd(
 @friendly
 def umap_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Embedding store."),
-    features: str = typer.Option(..., help="Variant keys to concatenate, comma-separated, e.g. efficientnet_lite0:z1:rgb."),
-    color_by: str = typer.Option(..., "--color-by", help="A label column or proxy task to colour the points by."),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+    features: Optional[str] = typer.Option(None, help="Variant keys to concatenate, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: every complete variant of the store's first backbone, as fit-head)."),
+    color_by: Optional[str] = typer.Option(None, "--color-by", help="A label column or proxy task to colour the points by (default: the store's first task)."),
     neighbors: int = typer.Option(15, help="UMAP n_neighbors."),
     min_dist: float = typer.Option(0.1, help="UMAP min_dist."),
     max_points: int = typer.Option(20000, help="Subsample to at most this many tiles."),
     seed: int = typer.Option(0, help="Seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing PNG."),
 ) -> None:
     """2-D UMAP of a feature set, coloured by a label column; saved as PNG."""
     from mito.bench import umap_plot
+    from mito.io import check_output_file
 
-    path = umap_plot(store, split_list(features), color_by, out, n_neighbors=neighbors, min_dist=min_dist, max_points=max_points, seed=seed)
+    if out.suffix.lower() == ".png":
+        check_output_file(out, overwrite=overwrite, protect=(store,))
+    path = umap_plot(store, split_list(features) or None, color_by, out, n_neighbors=neighbors, min_dist=min_dist,
+                     max_points=max_points, seed=seed, progress=True)
     console.print(f"wrote {path}")
 
 

@@ -47,13 +47,18 @@ def _group_folds(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, n: int, se
     n_groups = len(np.unique(groups))
     if n_groups < n:
         raise BenchError(f"{n} folds need at least {n} slides/groups, the labelled tiles have {n_groups}")
+    for c in np.unique(y):
+        k = len(np.unique(groups[y == c]))
+        if k < n:
+            raise BenchError(f"{n} folds need every class on at least {n} slides/groups; class {c!r} is on {k} (use fewer --folds)")
     sgkf = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
     return [rows[te] for _, te in sgkf.split(rows, y, groups)]
 
 
 def _carve_val(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Set about ``fraction`` of ``rows`` aside (whole groups) for early stopping; returns (train, val)."""
-    n = min(max(2, round(1 / fraction)), len(np.unique(groups)))
+    largest = int(np.unique(y, return_counts=True)[1].max()) if len(y) else 0
+    n = min(max(2, round(1 / fraction)), len(np.unique(groups)), largest)  # sklearn needs n <= some class's size
     if n < 2:
         return rows, rows[:0]
     sgkf = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)

@@ -14,29 +14,36 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from mito.bench.cv import Fold
+from mito.bench.cv import CV_MODES, Fold
 from mito.bench.errors import BenchError
 from mito.metrics import metric_score
-from mito.io import atomic_write
-from mito.bench.leaderboard import Leaderboard, rank_rows, row_id, save_leaderboard, score_row, task_plan
-from mito.tasks import PROXY_TASKS
+from mito.io import atomic_write, check_output_dir
+from mito.progress import add_task, advance, progress_bar
+from mito.bench.leaderboard import Leaderboard, is_run_folder, rank_rows, row_id, save_leaderboard, score_row, task_plan
+from mito.errors import TaskError
+from mito.tasks import PROXY_TASKS, resolve_task
 
 FT_MODES = ("lora", "linear-probe", "full")
 MODEL_KIND = "finetuned"
 
 
-@dataclass
-class FinetuneConfig:
-    """A fine-tuning run: backbone, mode, LoRA and optimiser settings, and the budget per fold."""
+CPU_DEFAULT_MINUTES = 10.0  # a CPU fold without --max-minutes stops here (100 LoRA epochs would take hours)
+
+
+class FinetuneConfig(BaseModel):
+    """A fine-tuning run: backbone, mode, LoRA and optimiser settings, and the budget per fold (validated; unknown fields are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     source: str
     out: str
@@ -45,28 +52,51 @@ class FinetuneConfig:
     mode: str = "lora"
     weights: str | None = None
     label_name: str | None = None
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.3
+    rank: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
     targets: list[str] | None = None
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    batch_size: int = 32
-    max_epochs: int = 100
-    patience: int = 15
-    epoch_samples: int | None = None
-    val_samples: int | None = None
-    input_size: int | None = None
-    folds: int | None = None
-    n_folds: int = 5
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    batch_size: int = Field(32, ge=1)
+    max_epochs: int = Field(100, ge=1)
+    patience: int = Field(15, ge=1)
+    epoch_samples: int | None = Field(None, ge=1)
+    val_samples: int | None = Field(None, ge=1)
+    input_size: int | None = Field(None, ge=8, le=4096)
+    folds: int | None = Field(None, ge=1)
+    n_folds: int = Field(5, ge=2)
     cv: str = "auto"
-    seed: int = 0
-    max_minutes: float | None = None
+    seed: int = Field(0, ge=0, lt=2**32)
+    max_minutes: float | None = Field(None, gt=0, allow_inf_nan=False)
     augment: bool = True
     device: str = "auto"
-    num_workers: int | None = None
-    n_boot: int = 1000
-    extra: dict[str, Any] = field(default_factory=dict)
+    num_workers: int | None = Field(None, ge=0, le=256)
+    n_boot: int = Field(1000, ge=0)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        if v not in FT_MODES:
+            raise ValueError(f"mode must be one of {', '.join(FT_MODES)}, not {v!r}")
+        return v
+
+    @field_validator("cv")
+    @classmethod
+    def _cv(cls, v: str) -> str:
+        if v not in CV_MODES:
+            raise ValueError(f"cv must be one of {', '.join(CV_MODES)}, not {v!r}")
+        return v
+
+
+def time_cap_minutes(cfg: FinetuneConfig, device: torch.device) -> tuple[float | None, bool]:
+    """The training-time cap per fold in minutes (None = none) and whether it is the CPU default."""
+    if cfg.max_minutes is not None:
+        return cfg.max_minutes, False
+    if device.type == "cpu":
+        return CPU_DEFAULT_MINUTES, True
+    return None, False
 
 
 def head_name(cfg: FinetuneConfig) -> str:
@@ -76,7 +106,7 @@ def head_name(cfg: FinetuneConfig) -> str:
 
 def _config_hash(cfg: FinetuneConfig) -> str:
     """Hash of everything that changes what a fold computes (not the budget knobs that only stop it earlier)."""
-    keep = {k: v for k, v in asdict(cfg).items() if k not in ("out", "folds", "max_minutes", "max_epochs", "device", "num_workers", "n_boot")}
+    keep = {k: v for k, v in cfg.model_dump().items() if k not in ("out", "folds", "max_minutes", "max_epochs", "device", "num_workers", "n_boot")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -171,13 +201,17 @@ def merged_adapters(net: nn.Module) -> Iterator[None]:
     from peft.tuners.lora import LoraLayer
 
     layers = [m for m in net.modules() if isinstance(m, LoraLayer) and not m.merged]
+    # unmerge() subtracts the adapter again, which leaves rounding error in the frozen weights after every validation,
+    # so a resumed run (fresh frozen weights) would drift from an uninterrupted one: restore the exact weights instead
+    base = [{k: v.detach().clone() for k, v in m.get_base_layer().state_dict().items()} for m in layers]
     for m in layers:
         m.merge()
     try:
         yield
     finally:
-        for m in layers:
+        for m, state in zip(layers, base):
             m.unmerge()
+            m.get_base_layer().load_state_dict(state)
 
 
 @torch.no_grad()
@@ -253,6 +287,35 @@ def _save_model(path: Path, net: FinetuneNet, cfg: FinetuneConfig, info: dict[st
     atomic_write(path / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=1)), ".json")
 
 
+def bar_total(done: int, epoch_steps: int, seconds_per_step: float, seconds_left: float) -> int:
+    """Steps a fold's bar counts to: all epochs' steps, or fewer when the time cap will stop it first (so the ETA is the cap's)."""
+    if not math.isfinite(seconds_left):
+        return max(epoch_steps, done)
+    return max(done, min(epoch_steps, done + int(seconds_left / max(seconds_per_step, 1e-9))))
+
+
+def _read_result(fold_dir: Path, cfg: FinetuneConfig) -> dict[str, Any] | None:
+    """A finished fold's result (None when the fold is not finished); a damaged or foreign one is refused naming the file."""
+    done_json = fold_dir / "result.json"
+    if not done_json.is_file():
+        return None
+    try:
+        res = json.loads(done_json.read_text())
+        if not isinstance(res, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise BenchError(f"cannot read {done_json} ({str(e).splitlines()[0]}); delete the fold folder to redo it") from None
+    if res.get("config_hash") != _config_hash(cfg):
+        raise BenchError(f"{fold_dir} holds a fold of a different run (other settings); use a new --out")
+    npz = fold_dir / "result.npz"
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            res["proba"] = np.asarray(z["proba"], dtype=np.float64)
+    except Exception as e:  # numpy/zipfile raise many kinds for a truncated file
+        raise BenchError(f"cannot read {npz} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'damaged'}); delete the fold folder to redo it") from None
+    return res
+
+
 def _run_fold(
     cfg: FinetuneConfig,
     source: Any,
@@ -264,17 +327,15 @@ def _run_fold(
     fold_dir: Path,
     progress: Any,
     main: str = "balanced_accuracy",
+    cap_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Train (resuming from a checkpoint), early-stop on the fold's val set, score its test set, save the model."""
+    from mito.heads.loop import CheckpointError, Checkpointer, EarlyStopping, TimeBudget, train_loop
+
     fold_dir.mkdir(parents=True, exist_ok=True)
-    done_json = fold_dir / "result.json"
-    if done_json.is_file():
-        res = json.loads(done_json.read_text())
-        if res.get("config_hash") == _config_hash(cfg):
-            with np.load(fold_dir / "result.npz") as z:
-                res["proba"] = z["proba"]
-            return res
-        raise BenchError(f"{fold_dir} holds a fold of a different run (other settings); use a new --out")
+    done = _read_result(fold_dir, cfg)
+    if done is not None:
+        return done
     amp = device.type == "cuda"
     workers = cfg.num_workers if cfg.num_workers is not None else (min(8, os.cpu_count() or 1) if amp else 0)
     net, info = build_net(cfg, len(classes), device)
@@ -291,87 +352,96 @@ def _run_fold(
         val_rows = np.sort(np.random.default_rng(cfg.seed + fold.index).choice(val_rows, cfg.val_samples, replace=False))
     val_dl = _loader(Crops(source, val_rows, yi[val_rows], prep, False), cfg.batch_size * 2, workers)
 
-    state = {"epoch": 0, "best_score": -math.inf, "best": trainable_state(net, cfg.mode), "bad": 0, "seconds": 0.0, "steps": 0, "samples": 0, "history": []}
-    ckpt = fold_dir / "checkpoint.pt"
-    if ckpt.is_file():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if saved.get("config_hash") != _config_hash(cfg):
-            raise BenchError(f"{ckpt} was written by a run with other settings; use a new --out")
-        net.load_state_dict(saved["current"], strict=False)
-        opt.load_state_dict(saved["opt"])
-        gen.set_state(saved["gen"])
-        state = saved["state"]
-    cap = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    stop = "max_epochs"
-    bar = progress.add_task(f"fold {fold.index}", total=cfg.max_epochs * len(train_dl), completed=state["epoch"] * len(train_dl))
-    while state["epoch"] < cfg.max_epochs:
-        if state["bad"] >= cfg.patience:
-            stop = "early_stopping"
-            break
-        if state["seconds"] >= cap:
-            stop = "time_budget"
-            break
-        t0 = time.perf_counter()
+    ckpt = Checkpointer(fold_dir / "checkpoint.pt", _config_hash(cfg), get_model=lambda: trainable_state(net, cfg.mode),
+                        set_model=lambda st: net.load_state_dict(st, strict=False), optimizer=opt, generators={"sampler": gen})
+    budget = TimeBudget(cap_minutes * 60 if cap_minutes else math.inf)
+    per_epoch = len(train_dl)
+    label = f"fold {fold.index}" + (f" (cap {cap_minutes:g} min)" if cap_minutes else "")
+    bar = add_task(progress, label, cfg.max_epochs * per_epoch)
+    run = {"steps": 0, "steps_in_epoch": 0, "t0": time.perf_counter(), "spent0": 0.0, "started": False}
+
+    def tick(epoch: int) -> None:
+        """Advance the bar one step; under a time cap the total is what the cap still allows, so the ETA follows the binding budget."""
+        run["steps"] += 1
+        done_steps = (epoch - 1) * per_epoch + (run["steps_in_epoch"])
+        per_step = (budget.elapsed() - run["spent0"]) / run["steps"]
+        total = bar_total(done_steps, cfg.max_epochs * per_epoch, per_step, budget.remaining())
+        progress.update(bar, completed=done_steps, total=total)
+        advance(progress, bar, 0, run["t0"], run["steps"])
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        if not run["started"]:
+            run["started"], run["spent0"], run["t0"] = True, budget.spent, time.perf_counter()
         set_train_mode(net, cfg.mode)
-        losses = []
-        for x, y in train_dl:
-            losses.append(train_step(net, opt, x.to(device, non_blocking=True), y.to(device), amp))
-            state["steps"] += 1
-            state["samples"] = state.get("samples", 0) + len(y)
-            progress.advance(bar)
-            if state["seconds"] + time.perf_counter() - t0 >= cap:
+        losses, seen = [], 0
+        run["steps_in_epoch"] = 0
+        for x, yb in train_dl:
+            losses.append(train_step(net, opt, x.to(device, non_blocking=True), yb.to(device), amp))
+            seen += len(yb)
+            run["steps_in_epoch"] += 1
+            tick(epoch)
+            if budget.exhausted():
                 break
-        score = math.nan
-        if len(val_rows):
-            pv = predict_batches(net, val_dl, device, amp)
-            score = metric_score(main, yi[val_rows], pv)
-        state["epoch"] += 1
-        state["seconds"] += time.perf_counter() - t0
-        state["history"].append({"epoch": state["epoch"], "loss": float(np.mean(losses)) if losses else math.nan, f"val_{main}": score})
-        if not len(val_rows) or score > state["best_score"]:
-            state["best_score"], state["best"], state["bad"] = score, trainable_state(net, cfg.mode), 0
-        else:
-            state["bad"] += 1
-        snapshot = {"config_hash": _config_hash(cfg), "current": trainable_state(net, cfg.mode), "opt": opt.state_dict(), "gen": gen.get_state(), "state": state}
-        atomic_write(ckpt, lambda p: torch.save(snapshot, p), ".pt")
-    else:
-        stop = "max_epochs"
-    net.load_state_dict(state["best"], strict=False)
+        return {"train_loss": float(np.mean(losses)) if losses else math.nan, "steps": len(losses), "samples": seen}
+
+    def validate() -> tuple[float, float]:
+        pv = predict_batches(net, val_dl, device, amp)
+        yv = yi[val_rows]
+        loss = float(-np.mean(np.log(np.clip(pv[np.arange(len(yv)), yv], 1e-12, None))))
+        return metric_score(main, yv, pv), loss
+
+    try:
+        result = train_loop(
+            run_epoch,
+            cfg.max_epochs,
+            validate=validate if len(val_rows) else None,
+            stopping=EarlyStopping(cfg.patience),
+            snapshot=lambda: trainable_state(net, cfg.mode),
+            metric=main,
+            budget=budget,
+            checkpoint=ckpt,
+        )
+    except CheckpointError as e:
+        raise BenchError(str(e)) from None
+    if result.best_state is not None:
+        net.load_state_dict(result.best_state, strict=False)
     t1 = time.perf_counter()
     test_dl = _loader(Crops(source, fold.test, yi[fold.test], prep, False), cfg.batch_size * 2, workers)
     proba = predict_batches(net, test_dl, device, amp)
     predict_seconds = time.perf_counter() - t1
     res = {
         "fold": fold.index,
-        "train_seconds": state["seconds"],
+        "train_seconds": result.seconds,
         "predict_seconds": predict_seconds,
-        "epochs": state["epoch"],
-        "steps": state["steps"],
-        "samples_seen": state.get("samples", 0),
-        "stopped": stop,
-        "best_val_score": state["best_score"],
-        "history": state["history"],
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "steps": int(sum(h.get("steps", 0) for h in result.history)),
+        "samples_seen": int(sum(h.get("samples", 0) for h in result.history)),
+        "stopped": result.stopped,
+        "best_val_score": result.best_score,
+        "history": result.history,
         "config_hash": _config_hash(cfg),
         "params": {k: v for k, v in info.items() if k != "lora"} | ({"lora_targets": len(info["lora"]["targets"])} if info.get("lora") else {}),
         "device": str(device),
     }
     _save_model(fold_dir / "model", net, cfg, info, classes, prep, {"fold": fold.index, "trained": {k: res[k] for k in ("epochs", "steps", "stopped", "train_seconds")}})
     atomic_write(fold_dir / "result.npz", lambda p: np.savez(open(p, "wb"), proba=proba), ".npz")
-    atomic_write(done_json, lambda p: Path(p).write_text(json.dumps(res, indent=1, default=float)), ".json")
-    ckpt.unlink(missing_ok=True)
+    atomic_write(fold_dir / "result.json", lambda p: Path(p).write_text(json.dumps(res, indent=1, default=float)), ".json")
+    ckpt.path.unlink(missing_ok=True)
     res["proba"] = proba
     return res
 
 
 # ------------------------------------------------------------------ the run
-def _budget(cfg: FinetuneConfig, results: Sequence[dict[str, Any]], n_total: int, input_size: int, n_train: int) -> str:
+def _budget(cfg: FinetuneConfig, results: Sequence[dict[str, Any]], n_total: int, input_size: int, n_train: int,
+            cap_minutes: float | None = None, cpu_default: bool = False) -> str:
     parts = [f"{len(results)}/{n_total} folds"]
     eps = [r["epochs"] for r in results]
     per_epoch = cfg.epoch_samples or n_train
     parts.append(f"{min(eps)}-{max(eps)} ep" if eps and min(eps) != max(eps) else f"{eps[0] if eps else 0} ep")
     parts.append(f"x {per_epoch} samples (max {cfg.max_epochs} ep, patience {cfg.patience})")
-    if cfg.max_minutes:
-        parts.append(f"cap {cfg.max_minutes:g} min/fold")
+    if cap_minutes:
+        parts.append(f"cap {cap_minutes:g} min/fold" + (" (CPU default; --max-minutes to change)" if cpu_default else ""))
     parts.append(f"{input_size} px")
     if cfg.val_samples:
         parts.append(f"val <= {cfg.val_samples}")
@@ -390,14 +460,11 @@ def open_tiles(cfg: FinetuneConfig) -> Any:
 
 def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> Leaderboard:
     """Fine-tune on each fold (resuming finished work), score like the heads, and write a leaderboard in ``cfg.out``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.console import Console
 
     from mito.extract import Preprocess, get_backbone, pick_device
 
-    if cfg.mode not in FT_MODES:
-        raise BenchError(f"mode must be one of {', '.join(FT_MODES)}, not {cfg.mode!r}")
-    if cfg.rank < 1 or cfg.batch_size < 1 or cfg.max_epochs < 1 or cfg.lr <= 0:
-        raise BenchError("rank, batch size and epochs must be >= 1 and the learning rate > 0")
+    check_output_dir(cfg.out, overwrite=True, is_ours=is_run_folder, protect=(cfg.source,), what="run folder")
     src = open_tiles(cfg)
     tiles = src.tiles
     spec_task, y, classes, plan = task_plan(tiles, cfg.task, cfg.n_folds, cfg.cv, cfg.seed, None)
@@ -406,18 +473,20 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> Leaderboard:
     size = cfg.input_size or int(min(src.read(int(plan.folds[0].train[0])).shape[:2]))
     prep = Preprocess(input_size=size, mean=tuple(spec.mean), std=tuple(spec.std))
     device = pick_device(cfg.device)
+    cap, cpu_default = time_cap_minutes(cfg, device)
+    if cpu_default and progress:
+        Console(stderr=True).print(f"[yellow]training on CPU: each fold stops after {cap:g} minutes (pass --max-minutes to change)[/]", highlight=False)
     folds = plan.folds[: cfg.folds] if cfg.folds else plan.folds
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=not progress,
-    ) as bar:
+    with progress_bar(unit="steps", enabled=progress) as bar:
         for f in folds:
             try:
-                results.append(_run_fold(cfg, src, f, yi, classes, prep, device, out / f"fold{f.index}", bar, spec_task.main_metric))
+                results.append(_run_fold(cfg, src, f, yi, classes, prep, device, out / f"fold{f.index}", bar, spec_task.main_metric, cap))
             except OSError as e:
+                if e.filename is not None and Path(str(e.filename)).is_relative_to(out):
+                    raise
                 raise BenchError(f"cannot read a tile: {str(e).splitlines()[0]}") from None
     features = f"image:rgb@{size}px"
     rid = row_id(cfg.task, cfg.backbone, features, head_name(cfg), 0.0, extra=_config_hash(cfg))
@@ -428,7 +497,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> Leaderboard:
         "head": head_name(cfg),
         "noise": 0.0,
         "kind": cfg.mode,
-        "budget": _budget(cfg, results, len(plan.folds), size, int(np.mean([len(f.train) for f in folds]))),
+        "budget": _budget(cfg, results, len(plan.folds), size, int(np.mean([len(f.train) for f in folds])), cap, cpu_default),
         "params": json.dumps({**results[0]["params"], "lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size,
                               "rank": cfg.rank if cfg.mode == "lora" else None, "alpha": cfg.alpha if cfg.mode == "lora" else None,
                               "dropout": cfg.dropout if cfg.mode == "lora" else None, "device": results[0]["device"]}, sort_keys=True),
@@ -444,7 +513,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> Leaderboard:
             "source": str(cfg.out),
             "tasks": {cfg.task: {"description": spec_task.description, "main_metric": spec_task.main_metric, "classes": classes, "cv": plan.mode,
                                  "cv_description": plan.description, "n_folds": len(plan.folds), "fold_fingerprint": plan.fingerprint}},
-            "finetune": {**asdict(cfg), "config_hash": _config_hash(cfg)},
+            "finetune": {**cfg.model_dump(), "config_hash": _config_hash(cfg)},
         },
     )
     save_leaderboard(lb, out)
@@ -493,17 +562,29 @@ def load_finetuned(model_dir: str | os.PathLike, weights: str | None = None, dev
     d = Path(model_dir)
     try:
         config = json.loads((d / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise BenchError(f"cannot read {d / 'config.json'}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise BenchError(f"cannot read {d / 'config.json'}: {str(e).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise BenchError(f"{d / 'config.json'} is not a model configuration (a JSON object)")
     if config.get("kind") != MODEL_KIND:
         raise BenchError(f"{d} is not a fine-tuned model (config.json kind is {config.get('kind')!r})")
+    missing_keys = [k for k in ("backbone", "mode", "classes", "weights_sha256", "preprocess") if k not in config]
+    if missing_keys:
+        raise BenchError(f"{d / 'config.json'} lacks {', '.join(missing_keys)}")
+    wname = str(config.get("weights_file", "model.safetensors"))
+    if Path(wname).name != wname:
+        raise BenchError(f"{d / 'config.json'} names a weights file outside the model folder: {wname!r}")
     lora = config.get("lora") or {}
     cfg = FinetuneConfig(source="", out="", backbone=config["backbone"], mode=config["mode"], weights=weights,
                          rank=lora.get("rank", 8), alpha=lora.get("alpha", 16), dropout=lora.get("dropout", 0.0), targets=lora.get("targets"))
     net, info = build_net(cfg, len(config["classes"]))
     if config["mode"] != "full" and info["weights_sha256"] != config["weights_sha256"]:
         raise BenchError(f"{d} was trained on other {config['backbone']} weights (sha256 {config['weights_sha256'][:12]}...); pass the same --weights")
-    state = load_file(str(d / config.get("weights_file", "model.safetensors")))
+    wfile = d / wname
+    try:
+        state = load_file(str(wfile))
+    except Exception as e:  # safetensors raises its own error type (and OSError) for a damaged file
+        raise BenchError(f"cannot read {wfile} ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
     missing = set(trainable_state(net, config["mode"])) - set(state)
     if missing:
         raise BenchError(f"{d} lacks {len(missing)} weight tensors (e.g. {sorted(missing)[0]})")
@@ -552,10 +633,10 @@ def predict_finetuned(
     proba = np.concatenate(probs)
     id_col = "path" if "path" in tiles and tiles["path"].notna().all() else "tile_id"
     df = tiles.iloc[keep][[id_col]].reset_index(drop=True)
-    if task in PROXY_TASKS:
-        labels = PROXY_TASKS[task].labels(tiles) if all(c in tiles for c in PROXY_TASKS[task].columns) else None
-    else:
-        labels = tiles[task] if task in tiles else None
+    try:
+        labels = resolve_task(tiles, task).labels(tiles)
+    except TaskError:  # new tiles need not carry the task's columns
+        labels = None
     if labels is not None and labels.iloc[keep].notna().any():
         df["label"] = labels.iloc[keep].to_numpy()
     classes = np.asarray(model.classes_)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mito.bench.cv import CVPlan, Fold, make_folds
+from mito.bench.cv import CV_MODES, CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
 from mito.errors import MitoError
 from mito.io import atomic_write, json_default
@@ -56,28 +60,43 @@ class FeatureSet:
     keys: tuple[str, ...]
 
 
-@dataclass
-class BenchConfig:
-    """What to benchmark: tasks, feature sets (None = all), heads (None = all), noise levels, folds."""
+class BenchConfig(BaseModel):
+    """What to benchmark: tasks, feature sets (None = all), heads (None = all), noise levels, folds (validated; unknown fields are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     store: str
-    tasks: list[str] = field(default_factory=lambda: ["mitosis"])
+    tasks: list[str] = Field(default_factory=lambda: ["mitosis"], min_length=1)
     features: list[str] | None = None
     heads: list[str] | None = None
     noise: list[float] | None = None
-    head_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    n_folds: int = 5
+    head_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    n_folds: int = Field(5, ge=2, le=100)
     cv: str = "auto"
-    seed: int = 0
-    n_jobs: int = 0
-    n_boot: int = 1000
+    seed: int = Field(0, ge=0, lt=2**32)
+    n_jobs: int = Field(0, ge=0, le=1024)
+    n_boot: int = Field(1000, ge=0, le=1_000_000)
     standardize: bool = False
-    pca: int | None = None
-    include: list[str] = field(default_factory=list)
-    metadata_columns: list[str] = field(default_factory=list)
+    pca: int | None = Field(None, ge=1)
+    include: list[str] = Field(default_factory=list)
+    metadata_columns: list[str] = Field(default_factory=list)
     stream: bool | None = None  # None: stream a job's features when they would not fit its share of memory_budget
-    memory_budget: int | None = None  # bytes all workers together may use for features (default: JOB_FEATURE_BUDGET per job)
-    buffer_rows: int | None = None  # streamed jobs: shuffle-buffer rows (default: the heads' default)
+    memory_budget: int | None = Field(None, ge=1)  # bytes all workers together may use for features (default: JOB_FEATURE_BUDGET per job)
+    buffer_rows: int | None = Field(None, ge=1)  # streamed jobs: shuffle-buffer rows (default: the heads' default)
+
+    @field_validator("cv")
+    @classmethod
+    def _cv(cls, v: str) -> str:
+        if v not in CV_MODES:
+            raise ValueError(f"cv must be one of {', '.join(CV_MODES)}, not {v!r}")
+        return v
+
+    @field_validator("noise")
+    @classmethod
+    def _noise(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(math.isfinite(x) and x >= 0 for x in v):
+            raise ValueError("noise levels must be finite numbers >= 0")
+        return v
 
 
 @dataclass
@@ -419,7 +438,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
                 for t, (s, _, c, p) in plans.items()
             },
             "skipped_tasks": skipped,
-            "config": asdict(cfg),
+            "config": cfg.model_dump(),
             "tile_ids": tiles["tile_id"].astype(str).tolist(),
         },
     )
@@ -438,15 +457,50 @@ def _run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, 
     else:
         gen = Parallel(n_jobs=n_jobs, return_as="generator")(calls)
     out = []
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=not progress, transient=False,
-    ) as bar:
-        tid = bar.add_task(what, total=total)
-        for r in gen:
-            out.append(r)
-            bar.advance(tid)
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            disable=not progress, transient=False,
+        ) as bar:
+            tid = bar.add_task(what, total=total)
+            for r in gen:
+                out.append(r)
+                bar.advance(tid)
+    except BaseException:  # Ctrl-C, SIGTERM (see stop_workers_on_sigterm) or a failed job: no worker may outlive the bench
+        if n_jobs != 1:
+            kill_workers()
+        raise
     return out
+
+
+def kill_workers() -> None:
+    """Terminate joblib's reusable loky workers (they would otherwise keep computing after an interrupted bench)."""
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt, so the cleanup of an interrupted run (workers, temporary folders) happens."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """True for a folder written by mito bench or mito lora (a leaderboard, or fine-tuning folds)."""
+    p = Path(path)
+    return p.is_dir() and ((p / "leaderboard.json").is_file() or any(p.glob("fold*/result.json")) or any(p.glob("fold*/checkpoint.pt")))
 
 
 # ------------------------------------------------------------------ save / load / merge
@@ -465,22 +519,51 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     return out
 
 
+NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "main_metric", "cv", "budget", "params", "row_id")]
+TEXT_COLUMNS = ("task", "backbone", "features", "head", "kind", "main_metric", "row_id")
+
+
 def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
-    """Read a directory written by :func:`save_leaderboard`."""
+    """Read a directory written by :func:`save_leaderboard`; a damaged or malformed file is refused in one line naming it."""
     d = Path(path)
-    if not (d / "leaderboard.json").is_file():
+    lj, npz = d / "leaderboard.json", d / "predictions.npz"
+    if not lj.is_file():
         raise BenchError(f"no leaderboard.json in {d}: run mito bench (or mito lora) with --out {d} first")
     try:
-        doc = json.loads((d / "leaderboard.json").read_text())
-    except json.JSONDecodeError as e:
-        raise BenchError(f"{d / 'leaderboard.json'} is not valid JSON: {e}") from None
+        doc = json.loads(lj.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise BenchError(f"{lj} is not valid JSON: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows", []), list) or not isinstance(doc.get("meta", {}), dict):
+        raise BenchError(f"{lj} is not a leaderboard (expected an object with a 'rows' list and a 'meta' object)")
+    records = doc.get("rows", [])
+    if not all(isinstance(r, dict) for r in records):
+        raise BenchError(f"{lj} is not a leaderboard (every row must be an object)")
+    rows = pd.DataFrame(records)
+    missing = [c for c in ("task", "backbone", "features", "head", "kind", "main_metric", "row_id", "rank") if len(rows) and c not in rows]
+    if missing:
+        raise BenchError(f"{lj} is not a leaderboard: rows lack {', '.join(missing)}")
+    for c in NUMERIC_COLUMNS:
+        if c in rows:
+            try:
+                rows[c] = pd.to_numeric(rows[c], errors="raise")
+            except (ValueError, TypeError):
+                raise BenchError(f"{lj} is not a leaderboard: column {c!r} holds a value that is not a number") from None
+    for c in TEXT_COLUMNS:
+        if c in rows:
+            rows[c] = rows[c].map(lambda v: "" if v is None else str(v))
+    if len(rows) and not rows["main_metric"].isin(METRIC_NAMES).all():
+        raise BenchError(f"{lj} is not a leaderboard: main_metric must be one of {', '.join(METRIC_NAMES)}")
     preds: dict[str, dict[str, np.ndarray]] = {}
-    if (d / "predictions.npz").is_file():
-        with np.load(d / "predictions.npz") as z:
-            for k in z.files:
-                rid, part = k.split(".", 1)
-                preds.setdefault(rid, {})[part] = z[k]
-    rows = pd.DataFrame(doc.get("rows", []))
+    if npz.is_file():
+        try:
+            with np.load(npz, allow_pickle=False) as z:
+                for k in z.files:
+                    rid, sep, part = k.partition(".")
+                    if not sep:
+                        raise ValueError(f"unexpected entry {k!r}")
+                    preds.setdefault(rid, {})[part] = np.asarray(z[k])
+        except Exception as e:  # numpy and zipfile raise many kinds for a truncated or tampered file
+            raise BenchError(f"cannot read {npz} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'damaged'})") from None
     return Leaderboard(rows, preds, {**doc.get("meta", {}), "source": str(d)})
 
 

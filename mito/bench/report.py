@@ -16,7 +16,7 @@ import pandas as pd
 
 from mito.bench.errors import BenchError
 from mito.bench.leaderboard import Leaderboard, load_leaderboard
-from mito.io import atomic_write
+from mito.io import atomic_write, safe_name
 
 HEAD_KIND = "head"
 FT_KINDS = ("lora", "linear-probe", "full")
@@ -71,7 +71,12 @@ def time_comparison(rows: pd.DataFrame) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ figures
-def bar_chart(rows: pd.DataFrame, metric: str, path: Path, top: int = 20) -> Path:
+def chance_level(metric: str, n_classes: int) -> float | None:
+    """What guessing scores: 1/k balanced accuracy, 0.5 AUROC, 0 kappa (None where it depends on the class mix)."""
+    return {"balanced_accuracy": 1.0 / max(n_classes, 1), "auroc": 0.5, "kappa": 0.0}.get(metric)
+
+
+def bar_chart(rows: pd.DataFrame, metric: str, path: Path, top: int = 20, n_classes: int = 2) -> Path:
     """Bars of the main metric (mean over folds, bootstrap 95% CI as error bars): the best rows, plus the best row
     of every other backbone and every fine-tuning row, so controls and LoRA always show."""
     plt = _plt()
@@ -86,8 +91,12 @@ def bar_chart(rows: pd.DataFrame, metric: str, path: Path, top: int = 20) -> Pat
     ax.barh(range(len(r)), vals, xerr=err, color=colors, capsize=2, error_kw={"lw": 0.8})
     ax.set_yticks(range(len(r)), [_label(x) for _, x in r.iterrows()], fontsize=7)
     finite = vals[np.isfinite(vals)]
-    ax.set_xlim(max(0.0, (finite.min() if finite.size else 0.5) - 0.1), 1.0)
-    ax.set_xlabel(f"{metric} (mean over folds; bars: bootstrap 95% CI)")
+    ax.set_xlim(min(0.0, float(finite.min()) - 0.05) if finite.size else 0.0, 1.0)
+    level = chance_level(metric, n_classes)
+    if level is not None:
+        ax.axvline(level, color="#444444", ls="--", lw=0.9, zorder=3)
+        ax.text(level, len(r) - 0.4, f" chance {level:.2g}", fontsize=7, va="bottom", ha="left", color="#444444")
+    ax.set_xlabel(f"{metric} (mean over folds; bars: bootstrap 95% CI; dashed: chance)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -113,7 +122,9 @@ def roc_figure(rows: pd.DataFrame, lb: Leaderboard, path: Path, top: int = 5) ->
         else:
             onehot = np.eye(k)[p["y"]]
             fpr, tpr, _ = roc_curve(onehot.ravel(), p["proba"].ravel())
-        ax.plot(fpr, tpr, lw=1.2, ls="--" if r["kind"] in FT_KINDS else "-", label=f"{_label(r, 45)} ({auc(fpr, tpr):.3f})")
+        table = r.get("auroc")
+        folds = f", table {float(table):.3f}" if table is not None and np.isfinite(float(table)) else ""
+        ax.plot(fpr, tpr, lw=1.2, ls="--" if r["kind"] in FT_KINDS else "-", label=f"{_label(r, 40)} (pooled {auc(fpr, tpr):.3f}{folds})")
         drawn += 1
     if not drawn:
         _plt().close(fig)
@@ -121,14 +132,24 @@ def roc_figure(rows: pd.DataFrame, lb: Leaderboard, path: Path, top: int = 5) ->
     ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("ROC, test predictions pooled over folds" + ("" if k == 2 else " (micro-average)"), fontsize=9)
+    ax.set_title("ROC, test predictions pooled over folds" + ("" if k == 2 else " (micro-average)")
+                 + "\nlegend: pooled AUROC, and the table's mean over folds", fontsize=8)
     ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
 
 
+def counts_note(r: pd.Series) -> str:
+    """What a row's confusion counts are: one fold's test set, or test sets summed over k folds."""
+    k = int(r.get("n_folds") or 1)
+    if k == 1:
+        return "counts: 1 fold's test set"
+    shared = " (the same test split k times)" if r.get("cv") == "split" else ""
+    return f"counts summed over {k} folds{shared}"
+
+
 def confusion_figure(rows: pd.DataFrame, path: Path, top: int = 3) -> Path | None:
-    """Confusion matrices (summed over folds, shaded by row share) of the best rows and the best fine-tuned row."""
+    """Confusion matrices (counts summed over each row's folds, as each title says; shaded by row share) of the best rows and the best fine-tuned row."""
     plt = _plt()
     picked = [r for _, r in rows.head(top).iterrows()]
     ft = rows[rows["kind"].isin(FT_KINDS)]
@@ -151,7 +172,7 @@ def confusion_figure(rows: pd.DataFrame, path: Path, top: int = 3) -> Path | Non
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
-        ax.set_title(_label(r, 38), fontsize=7)
+        ax.set_title(f"{_label(r, 38)}\n{counts_note(r)}", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -239,21 +260,23 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
     lb = load_leaderboard(d)
     if lb.rows.empty:
         raise BenchError(f"the leaderboard in {d} has no rows")
-    tasks_meta = lb.meta.get("tasks", {})
+    tasks_meta = lb.meta.get("tasks") if isinstance(lb.meta.get("tasks"), dict) else {}
     sections, summary = [], {}
     for task in sorted(lb.rows["task"].unique()):
         rows = lb.rows[lb.rows["task"] == task].sort_values("rank")
-        tm = tasks_meta.get(task, {})
+        tm = tasks_meta.get(task) if isinstance(tasks_meta.get(task), dict) else {}
         metric = tm.get("main_metric", rows.iloc[0]["main_metric"])
         tc = time_comparison(rows)
         summary[task] = {"best": rows.iloc[0][["backbone", "features", "head", metric, "ci_low", "ci_high", "auroc"]].to_dict(), "time": tc}
+        n_classes = len(tm.get("classes") or rows.iloc[0].get("classes") or [0, 1])
+        stem = safe_name(task, "task")  # a task name is the user's text: never a path
         figs = [
-            (bar_chart(rows, metric, d / f"{task}_bars.png"), f"{task}: {metric} with 95% CI"),
-            (roc_figure(rows, lb, d / f"{task}_roc.png"), f"{task}: ROC"),
-            (confusion_figure(rows, d / f"{task}_confusion.png"), f"{task}: confusion matrices"),
-            (time_figure(rows, d / f"{task}_time.png"), f"{task}: training time"),
+            (bar_chart(rows, metric, d / f"{stem}_bars.png", n_classes=n_classes), f"{task}: {metric} with 95% CI"),
+            (roc_figure(rows, lb, d / f"{stem}_roc.png"), f"{task}: ROC"),
+            (confusion_figure(rows, d / f"{stem}_confusion.png"), f"{task}: confusion matrices"),
+            (time_figure(rows, d / f"{stem}_time.png"), f"{task}: training time"),
         ]
-        umaps = sorted(d.glob(f"umap*{task}*.png")) or (sorted(d.glob("umap*.png")) if len(lb.rows["task"].unique()) == 1 else [])
+        umaps = [d / f"umap_{stem}.png"] if (d / f"umap_{stem}.png").is_file() else (sorted(d.glob("umap*.png")) if len(lb.rows["task"].unique()) == 1 else [])
         ratio = ""
         for f in tc.get("finetune", []):
             ratio += (
@@ -276,14 +299,14 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             + (f"<h3>Heads vs fine-tuning: training time</h3><ul>{ratio}</ul>" if ratio else "")
             + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
         )
-    store = lb.meta.get("store", {})
+    store = lb.meta.get("store") if isinstance(lb.meta.get("store"), dict) else {}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     from mito import __version__
 
     page = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>mito bench report</title>"
         f"<style>{CSS}</style></head><body><h1>mito bench report</h1>"
-        f"<p class='meta'>store <code>{html.escape(str(store.get('path', '')))}</code> ({store.get('n_tiles', '?')} tiles); "
+        f"<p class='meta'>store <code>{html.escape(str(store.get('path', '')))}</code> ({html.escape(str(store.get('n_tiles', '?')))} tiles); "
         f"mito {__version__}; built {created}. Green: frozen backbone + head; orange: fine-tuned; grey: random-init control.</p>"
         + "".join(sections)
         + "</body></html>"
@@ -305,5 +328,5 @@ def quick_bench(store: str | os.PathLike, out: str | os.PathLike, task: str = "m
         raise BenchError(f"{store} has no complete feature variant")
     lb = run_bench(BenchConfig(store=str(store), tasks=[task], features=keys, heads=["logreg", "knn", "mlp"], n_folds=3, n_jobs=n_jobs, n_boot=500), progress=progress)
     save_leaderboard(lb, out)
-    umap_plot(store, [keys[0]], task, Path(out) / f"umap_{task}.png")
+    umap_plot(store, [keys[0]], task, Path(out) / f"umap_{safe_name(task, 'task')}.png")
     return build_report(out)

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from mito.bench.errors import BenchError
-from mito.io import atomic_write
+from mito.io import atomic_write, safe_name
+from mito.progress import status
 from mito.tasks import PROXY_TASKS, resolve_task
 
 
@@ -75,16 +76,18 @@ def _plt() -> Any:
 
 def umap_plots(
     store: str | os.PathLike,
-    features: Sequence[str],
+    features: Sequence[str] | None,
     color_by: Sequence[str],
     outs: Sequence[str | os.PathLike],
     n_neighbors: int = 15,
     min_dist: float = 0.1,
     max_points: int | None = 20000,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[Path]:
-    """One UMAP of the readable tiles' ``features`` (variant keys, concatenated), one PNG per colouring."""
+    """One UMAP of the readable tiles' ``features`` (variant keys, concatenated; None = the heads' default set), one PNG per colouring."""
     from mito.cache import open_store
+    from mito.heads.train import default_features
 
     paths = [Path(o) for o in outs]
     bad = [p.name for p in paths if p.suffix.lower() != ".png"]
@@ -92,7 +95,8 @@ def umap_plots(
         raise BenchError(f"UMAP output must end in .png, got {bad[0]}")
     if len(paths) != len(color_by):
         raise BenchError("give one output path per colouring")
-    with open_store(store) as s:
+    with status("reading features ...", progress), open_store(store) as s:
+        keys = list(features) if features else default_features(s)
         tiles = s.tiles
         values = [color_labels(tiles, c) for c in color_by]
         rows = np.flatnonzero(~s.unreadable)
@@ -100,29 +104,40 @@ def umap_plots(
             rows = np.sort(np.random.default_rng(seed).choice(rows, max_points, replace=False))
         if len(rows) < 5:
             raise BenchError(f"UMAP needs at least 5 readable tiles, {store} has {len(rows)}")
-        X = s.read(list(features), rows)
-    emb = umap_embedding(X, n_neighbors, min_dist, seed=seed)
-    return [
-        _scatter(emb, v.iloc[rows].reset_index(drop=True), f"UMAP of {' + '.join(features)}\ncoloured by {c}, {len(rows)} tiles", p)
-        for c, v, p in zip(color_by, values, paths)
-    ]
+        X = s.read(keys, rows)
+    with status(f"UMAP of {len(rows)} tiles x {X.shape[1]} dims ...", progress):
+        emb = umap_embedding(X, n_neighbors, min_dist, seed=seed)
+    with status("plotting ...", progress):
+        return [
+            _scatter(emb, v.iloc[rows].reset_index(drop=True), f"UMAP of {' + '.join(keys)}\ncoloured by {c}, {len(rows)} tiles", p)
+            for c, v, p in zip(color_by, values, paths)
+        ]
 
 
 def umap_plot(
     store: str | os.PathLike,
-    features: Sequence[str],
-    color_by: str,
+    features: Sequence[str] | None,
+    color_by: str | None,
     out: str | os.PathLike,
     n_neighbors: int = 15,
     min_dist: float = 0.1,
     max_points: int | None = 20000,
     seed: int = 0,
+    progress: bool = False,
 ) -> Path:
-    """Embed the readable tiles' ``features`` with UMAP and save a scatter coloured by ``color_by`` at ``out`` (PNG)."""
-    return umap_plots(store, features, [color_by], [out], n_neighbors, min_dist, max_points, seed)[0]
+    """Embed the readable tiles' ``features`` (None = the heads' default set) with UMAP and save a scatter coloured by
+    ``color_by`` (None = the store's first task) at ``out`` (PNG)."""
+    if color_by is None:
+        from mito.cache import open_store
+
+        with open_store(store) as s:
+            if not s.tasks:
+                raise BenchError(f"{store} has no label column to colour by; pass --color-by COLUMN")
+            color_by = s.tasks[0]
+    return umap_plots(store, features, [color_by], [out], n_neighbors, min_dist, max_points, seed, progress)[0]
 
 
-def leaderboard_umaps(store: str | os.PathLike, lb: Any, out: str | os.PathLike) -> list[Path]:
+def leaderboard_umaps(store: str | os.PathLike, lb: Any, out: str | os.PathLike, progress: bool = False) -> list[Path]:
     """``out/umap_<task>.png`` for every task of a leaderboard: one UMAP of its first task's best head feature set."""
     rows = lb.rows[lb.rows["kind"] == "head"]
     if rows.empty:
@@ -130,4 +145,4 @@ def leaderboard_umaps(store: str | os.PathLike, lb: Any, out: str | os.PathLike)
     tasks = list(dict.fromkeys(lb.meta.get("tasks", {}))) or list(rows["task"].unique())
     tasks = [t for t in tasks if t in set(rows["task"])]
     best = rows[rows["task"] == tasks[0]].sort_values("rank").iloc[0]
-    return umap_plots(store, list(best["keys"]), tasks, [Path(out) / f"umap_{t}.png" for t in tasks])
+    return umap_plots(store, list(best["keys"]), tasks, [Path(out) / f"umap_{safe_name(t, 'task')}.png" for t in tasks], progress=progress)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from mito.heads.base import (
     noise_variance_from,
     register_head,
 )
+from mito.heads.loop import EarlyStopping, train_loop
 
 MODEL_FILE = "model.safetensors"
 LOSSES = ("focal", "ce")
@@ -211,11 +211,9 @@ class _TorchHead(Head):
         dtype = torch.bfloat16 if self.precision_ == "bf16" else torch.float32
         bs = self._batch(n)
 
-        best: tuple[float, float] = (-1.0, float("inf"))
-        best_state, best_epoch, waited = None, 0, 0
-        history = []
-        t0 = time.perf_counter()
-        for ep in range(1, int(self.epochs) + 1):
+        yv = torch.from_numpy(y_val) if y_val is not None else None
+
+        def run_epoch(ep: int) -> dict[str, float]:
             net.train()
             total, seen = 0.0, 0
             for xb, idx in epoch_batches(gen, bs, row_w):
@@ -227,30 +225,29 @@ class _TorchHead(Head):
                 opt.step()
                 total += float(loss.detach()) * len(idx)
                 seen += len(idx)
-            rec: dict[str, float] = {"epoch": ep, "train_loss": total / max(seen, 1), "seconds": round(time.perf_counter() - t0, 3)}
-            if val_logits is not None and y_val is not None:
-                vlogits = val_logits(net)
-                vloss = float(focal_loss(vlogits, torch.from_numpy(y_val), gamma, loss_w))
-                vba = balanced_accuracy(y_val, vlogits.argmax(1).numpy())
-                rec.update(val_loss=vloss, val_balanced_accuracy=vba)
-                if vba > best[0] + 1e-9 or (abs(vba - best[0]) <= 1e-9 and vloss < best[1]):
-                    best, best_epoch, waited = (vba, vloss), ep, 0
-                    best_state = copy.deepcopy(net.state_dict())
-                else:
-                    waited += 1
-            history.append(rec)
-            if self.on_epoch is not None:
-                self.on_epoch(rec, int(self.epochs))
-            if val_logits is not None and waited >= self.patience:
-                break
-        if best_state is not None:
-            net.load_state_dict(best_state)
+            return {"train_loss": total / max(seen, 1)}
+
+        def validate() -> tuple[float, float]:
+            vlogits = val_logits(net)
+            vloss = float(focal_loss(vlogits, yv, gamma, loss_w))
+            return balanced_accuracy(y_val, vlogits.argmax(1).numpy()), vloss
+
+        result = train_loop(
+            run_epoch,
+            int(self.epochs),
+            validate=validate if val_logits is not None and y_val is not None else None,
+            stopping=EarlyStopping(int(self.patience)),
+            snapshot=lambda: copy.deepcopy(net.state_dict()),
+            on_epoch=self.on_epoch,
+        )
+        if result.best_state is not None:
+            net.load_state_dict(result.best_state)
         net.eval()
         self.net_ = net
-        self.best_epoch_ = best_epoch or len(history)
-        self.epochs_run_ = len(history)
-        self.history_ = history
-        self.fit_seconds_ = time.perf_counter() - t0
+        self.best_epoch_ = result.best_epoch
+        self.epochs_run_ = result.epochs_run
+        self.history_ = result.history
+        self.fit_seconds_ = result.seconds
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
         return torch.softmax(_logits(self.net_, X), dim=1).numpy()

@@ -98,6 +98,11 @@ def test_proxy_tasks_on_one_leaderboard(amibr_store: Path, tmp_path: Path) -> No
         (["bench", "--store", "STORE", "--out", "OUT", "--param", "hidden=3"], "HEAD.KEY=VALUE"),
         (["lora", "SRC", "--out", "OUT", "--mode", "half"], "mode must be one of"),
         (["lora", "/nonexistent/folder", "--out", "OUT"], "no such file or folder"),
+        (["bench", "--store", "STORE", "--out", "OUT", "--folds", "1"], "--folds: "),
+        (["bench", "--store", "STORE", "--out", "OUT", "--cv", "loo"], "--cv: cv must be one of"),
+        (["bench", "--store", "STORE", "--out", "OUT", "--noise", "nan"], "--noise: "),
+        (["lora", "SRC", "--out", "OUT", "--epochs", "0"], "--epochs: "),
+        (["lora", "SRC", "--out", "OUT", "--workers", "-1"], "--workers: "),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], message: str, amibr_store: Path, amibr_dir: Path, tmp_path: Path) -> None:
@@ -110,3 +115,59 @@ def test_umap_command(amibr_store: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["umap", "--store", str(amibr_store), "--features", "efficientnet_lite0:z1:rgb", "--color-by", "dataset", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_report_figures_say_what_they_show(bench_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mito.bench.report as rep
+
+    figs = {}
+
+    def keep(fig, path: Path) -> Path:
+        figs[path.name] = fig
+        return path
+
+    monkeypatch.setattr(rep, "_save", keep)
+    rep.build_report(bench_out)
+    bars = figs["mitosis_bars.png"].axes[0]
+    assert bars.get_xlim()[0] == 0.0  # bars start at zero
+    assert [ln.get_xdata()[0] for ln in bars.lines if ln.get_linestyle() == "--"] == [0.5]  # chance for 2-class balanced accuracy
+    legend = [t.get_text() for t in figs["mitosis_roc.png"].axes[0].get_legend().get_texts()]
+    assert legend and all("pooled" in t and "table" in t for t in legend)
+    titles = [ax.get_title() for ax in figs["mitosis_confusion.png"].axes]
+    assert titles and all("summed over 3 folds" in t for t in titles)
+    assert rep.chance_level("balanced_accuracy", 4) == 0.25 and rep.counts_note(pd.Series({"n_folds": 1})) == "counts: 1 fold's test set"
+
+
+def test_umap_defaults_to_the_heads_features_and_the_first_task(amibr_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "d.png"
+    r = runner.invoke(app, ["umap", "--store", str(amibr_store), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _one_line_error(runner.invoke(app, ["umap", "--store", str(amibr_store), "--out", str(out)]), "--overwrite")
+
+
+def test_umap_shows_each_step(amibr_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
+    import mito.bench.umap as um
+
+    steps = []
+
+    @contextlib.contextmanager
+    def record(message: str, enabled: bool = True):
+        steps.append((message, enabled))
+        yield
+
+    monkeypatch.setattr(um, "status", record)
+    path = um.umap_plot(amibr_store, None, None, tmp_path / "s.png", progress=True)
+    assert path.is_file()
+    assert [m.split()[0] for m, on in steps if on] == ["reading", "UMAP", "plotting"]
+
+
+def test_bench_config_refuses_unknown_fields() -> None:
+    from pydantic import ValidationError
+
+    from mito.bench import BenchConfig
+
+    with pytest.raises(ValidationError, match="extra"):
+        BenchConfig(store="s", n_fold=3)

@@ -1,0 +1,184 @@
+"""mito bench with hostile or awkward input: impossible tasks, existing outputs, path-like task names, tampered files, interrupts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mito.cli import app
+from tests.heads.conftest import amibr_tiles, synthetic_store
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = ["--features", "efficientnet_lite0:z1:rgb", "--heads", "knn", "--jobs", "1", "--n-boot", "0", "--no-umap"]
+
+
+def _one_line_error(result, text: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert text in result.output, result.output
+    assert "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
+
+
+@pytest.fixture(scope="module")
+def small_bench(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("safety") / "lb"
+    r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--out", str(out), "--folds", "3", *QUICK])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_proxy_all_skips_impossible_tasks_with_their_reason(amibr_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "all"  # 48 crops: phase has classes on too few slides for 5 folds (sklearn used to crash on it)
+    r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--proxy", "all", "--out", str(out), *QUICK])
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output and "skipped task phase" in r.output
+    doc = json.loads((out / "leaderboard.json").read_text())
+    skipped = doc["meta"]["skipped_tasks"]
+    assert "slides/groups" in skipped["phase"] and "atypia" in skipped
+    assert set(pd.read_csv(out / "leaderboard.csv")["task"]) == {"mitosis", "dataset"}
+
+
+def test_a_single_impossible_task_is_one_line(amibr_store: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--task", "phase", "--out", str(tmp_path / "a"), *QUICK])
+    _one_line_error(r, "slides/groups")
+    assert not (tmp_path / "a").exists()
+
+
+def test_existing_out_needs_overwrite_and_must_be_a_bench_folder(amibr_store: Path, small_bench: Path, tmp_path: Path) -> None:
+    args = ["bench", "--store", str(amibr_store), "--folds", "3", *QUICK]
+    before = (small_bench / "leaderboard.json").read_bytes()
+    _one_line_error(runner.invoke(app, [*args, "--out", str(small_bench)]), "--overwrite")
+    assert (small_bench / "leaderboard.json").read_bytes() == before
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    _one_line_error(runner.invoke(app, [*args, "--out", str(foreign), "--overwrite"]), "did not write")
+    assert (foreign / "thesis.tex").read_text() == "precious"
+    _one_line_error(runner.invoke(app, [*args, "--out", str(amibr_store / "x"), "--overwrite"]), str(amibr_store))
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in small_bench.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    (copy / "stale.png").write_bytes(b"old")
+    r = runner.invoke(app, [*args, "--out", str(copy), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert not (copy / "stale.png").exists() and (copy / "report.html").is_file()
+
+
+def test_a_path_like_task_name_stays_inside_out(tmp_path: Path) -> None:
+    tiles = amibr_tiles(120)
+    tiles["../../x"] = tiles["mitosis"]
+    store = synthetic_store(tmp_path / "deep" / "s.h5", tiles, {"fakenet:z1:rgb": 8})
+    out = tmp_path / "deep" / "a" / "b" / "out"
+    r = runner.invoke(app, ["bench", "--store", str(store), "--task", "../../x", "--out", str(out), "--folds", "2",
+                            "--features", "fakenet:z1:rgb", "--heads", "knn", "--jobs", "1", "--n-boot", "0"])
+    assert r.exit_code == 0, r.output
+    outside = {p for p in (tmp_path / "deep").rglob("*") if not p.is_relative_to(out)}
+    assert outside == {tmp_path / "deep" / "s.h5", tmp_path / "deep" / "a", tmp_path / "deep" / "a" / "b"}, outside
+    assert {p.name for p in out.iterdir()} >= {"x_bars.png", "umap_x.png", "report.html"}
+
+
+def test_tampered_leaderboard_values_are_escaped_in_the_report(small_bench: Path, tmp_path: Path) -> None:
+    d = tmp_path / "t"
+    d.mkdir()
+    for f in small_bench.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    doc = json.loads((d / "leaderboard.json").read_text())
+    evil = "<script>alert(1)</script>"
+    for k in ("features", "backbone", "head", "budget", "task", "cv"):
+        doc["rows"][0][k] = evil
+    doc["meta"]["store"] = {"path": evil, "n_tiles": evil}
+    doc["meta"]["tasks"] = {evil: {"description": evil, "classes": [evil, "b"], "cv_description": evil, "fold_fingerprint": evil}}
+    (d / "leaderboard.json").write_text(json.dumps(doc))
+    r = runner.invoke(app, ["report", str(d)])
+    assert r.exit_code == 0, r.output
+    page = (d / "report.html").read_text()
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert all(p.parent == d for p in d.rglob("*.png"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "predictions.npz").write_bytes((d / "predictions.npz").read_bytes()[:200]), "predictions.npz"),
+        (lambda d: (d / "leaderboard.json").write_text("[1, 2]"), "leaderboard.json is not a leaderboard"),
+        (lambda d: (d / "leaderboard.json").write_text('{"rows": [{"task": "m", "balanced_accuracy": "high"}]}'), "leaderboard.json"),
+        (lambda d: (d / "leaderboard.json").write_text("{"), "leaderboard.json is not valid JSON"),
+    ],
+)
+def test_damaged_leaderboard_files_are_one_line(small_bench: Path, tmp_path: Path, damage, message: str) -> None:
+    d = tmp_path / "t"
+    d.mkdir()
+    for f in small_bench.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    damage(d)
+    _one_line_error(runner.invoke(app, ["report", str(d)]), message)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(p.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_bench_leaves_no_worker_and_no_output(amibr_store: Path, tmp_path: Path, sig: int) -> None:
+    if not Path("/proc/self/stat").is_file():
+        pytest.skip("needs /proc to list child processes")
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "mito", "bench", "--store", str(amibr_store), "--out", str(out), "--features", "efficientnet_lite0:z1:rgb",
+           "--heads", "mlp", "--param", "mlp.epochs=100000000", "--param", "mlp.patience=100000000", "--folds", "2", "--jobs", "2",
+           "--n-boot", "0", "--no-umap"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen: set[int] = set()
+        for _ in range(600):  # until both loky workers run (they train "forever")
+            seen |= _descendants(proc.pid)
+            if len([p for p in seen if _alive(p)]) >= 2 or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(1.0)
+        seen |= _descendants(proc.pid)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "nothing was written" in err and "resume" not in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".o.*"))
+    for _ in range(120):
+        if not any(_alive(p) for p in seen):
+            break
+        time.sleep(0.5)
+    assert not [p for p in seen if _alive(p)], "worker processes survived the interrupted bench"

@@ -153,6 +153,15 @@ def extract(
     limit: Optional[int] = typer.Option(None, help="Only the first N tiles (for a quick look)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     gpus: int = typer.Option(1, "--gpus", help="Run N ranks via torchrun (one per GPU), each writing whole chunks of the store."),
+    mpp: Optional[float] = typer.Option(None, help="Whole slides: tiles at M um/px over tissue (SOURCE: a slide, folder of slides or slide manifest CSV)."),
+    tile_px: Optional[int] = typer.Option(None, help="Whole slides: tile side in pixels at --mpp (default 224)."),
+    tile_um: Optional[float] = typer.Option(None, help="Whole slides: tile side in micrometres (instead of --mpp or --tile-px)."),
+    stride: Optional[int] = typer.Option(None, help="Whole slides: grid step in pixels at --mpp (default: the tile size)."),
+    min_tissue: float = typer.Option(0.5, help="Whole slides: keep grid tiles at least this much on tissue."),
+    slide_mpp: Optional[float] = typer.Option(None, help="Whole slides: um/px of level 0 when a slide records none (a manifest mpp column wins)."),
+    reader: str = typer.Option("auto", help="Whole slides: auto, openslide or tifffile."),
+    annotations: Optional[Path] = typer.Option(None, help="Whole slides: QuPath GeoJSON file, or folder of <slide stem>.geojson; tile label = region holding its centre."),
+    label_overlap: Optional[float] = typer.Option(None, help="Whole slides: drop labelled tiles their region covers less than this."),
 ) -> None:
     """Embed every tile with each backbone, zoom and colour into a chunked store (re-run to resume)."""
     from mito.extract import extract as run_extract
@@ -168,7 +177,9 @@ def extract(
         weights=_parse_weights(weights, backbones), zooms=_floats(zooms, "--zooms"), colors=split_list(colors),
         fit=fit, pad_mode=pad_mode, input_size=input_size, tile_size=tile_size, task=task, label_column=label_column,
         batch_size=batch_size, num_workers=workers, device=device, chunk_rows=chunk_rows, compile=compile,
-        limit=limit, progress=not quiet,
+        limit=limit, progress=not quiet, mpp=mpp, tile_px=tile_px, tile_um=tile_um, stride=stride,
+        min_tissue=min_tissue, slide_mpp=slide_mpp, reader=reader,
+        annotations=str(annotations) if annotations else None, label_overlap=label_overlap,
     )
     summary = run_extract(cfg)
     if summary.get("rank", 0):  # under torchrun only rank 0 reports
@@ -180,6 +191,8 @@ def extract(
         shown = ", ".join(summary["unreadable"][:10])
         more = f" (+{len(summary['unreadable']) - 10} more)" if len(summary["unreadable"]) > 10 else ""
         console.print(f"[yellow]{len(summary['unreadable'])} unreadable tiles skipped:[/] {shown}{more}")
+    for s in summary.get("skipped_slides", []):
+        console.print(f"[yellow]slide skipped:[/] {s['reason']}")
     console.print(f"store: {summary['store']} ({summary['n_tiles']} tiles)")
 
 

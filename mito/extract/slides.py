@@ -158,9 +158,12 @@ def _open_tifffile(path: str) -> Slide:
         log.setLevel(level)
     try:
         series = tif.series[0]
+        stores = [series.aszarr(level=lv) for lv in range(len(series.levels))]
+        if len(stores) == 1:  # e.g. an .svs without its thumbnail page: take the tiled reduced pages as levels
+            stores += _reduced_pages(tif, series.shape)
         levels = []
-        for lv in range(len(series.levels)):
-            arr = zarr.open(series.aszarr(level=lv), mode="r")
+        for store in stores:
+            arr = zarr.open(store, mode="r")
             shape = arr.shape
             if len(shape) == 3 and shape[0] in (3, 4) and shape[2] not in (3, 4):
                 raise SlideReadError(f"{Path(path).name}: planar (channel-first) slides are not supported")
@@ -177,6 +180,20 @@ def _open_tifffile(path: str) -> Slide:
     dims = [(int(a.shape[1]), int(a.shape[0])) for a in levels]
     downs = [dims[0][0] / d[0] for d in dims]
     return Slide(path, "tifffile", dims, downs, mpp, (tif, levels))
+
+
+def _reduced_pages(tif: Any, shape: tuple[int, ...]) -> list[Any]:
+    """Tiled pages with level 0's aspect ratio and a smaller size, largest first (zarr stores)."""
+    h0, w0 = shape[0], shape[1]
+    pages = []
+    for page in tif.pages[1:]:
+        if not page.is_tiled or len(page.shape) < 2:
+            continue
+        h, w = page.shape[0], page.shape[1]
+        if w < w0 and abs(w / h - w0 / h0) < 0.02 * (w0 / h0):
+            pages.append(page)
+    pages.sort(key=lambda pg: -pg.shape[1])
+    return [pg.aszarr() for pg in pages]
 
 
 def close_slide(slide: Slide) -> None:

@@ -375,6 +375,7 @@ def predict_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write: path (or slide,x,y), label when known, pred, p_<class>."),
     device: str = typer.Option("auto", help="Extraction device for SOURCE: auto, cpu or cuda."),
     weights: list[str] = typer.Option([], "--weights", "-w", help="Backbone weight file for SOURCE, NAME=PATH (checked against the model's hash)."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for per-slide PNG heatmaps of the predicted probability (slide stores, with --store)."),
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
     from mito.heads import predict
@@ -392,6 +393,8 @@ def predict_cmd(
         df = predict_finetuned(model, source, out_csv=out, device=device, weights=next(iter(w.values()), None))
     else:
         df = predict(model, store=store, source=source, out_csv=out, device=device, weights=w or None)
+    if heatmaps is not None:
+        _heatmaps(df, store, heatmaps)
     counts = ", ".join(f"{k} {v}" for k, v in df["pred"].value_counts().items())
     line = f"{len(df)} tiles predicted ({counts}) -> {out}"
     if "label" in df:
@@ -563,6 +566,56 @@ def report_cmd(folder: Path = typer.Argument(..., help="A folder written by mito
     from mito.bench import build_report
 
     console.print(f"wrote {build_report(folder)}")
+
+
+# ==================================================================== whole slides: qc / export / heatmaps
+
+
+slides_app = typer.Typer(no_args_is_help=True, help="Whole-slide stores: QC pictures.")
+app.add_typer(slides_app, name="slides")
+
+
+@slides_app.command("qc")
+@friendly
+def slides_qc_cmd(
+    store: str = typer.Argument(..., help="Store made by mito extract --mpp ... from slides."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for <slide>.png (thumbnail, tissue outline, kept tiles) and skipped.csv."),
+    reader: str = typer.Option("auto", help="auto, openslide or tifffile."),
+) -> None:
+    """Per slide: its thumbnail with the tissue mask outlined and every kept tile drawn (PNG)."""
+    from mito.extract.slide_qc import qc_store
+
+    res = qc_store(store, out, reader)
+    console.print(f"wrote {len(res['written'])} QC pictures to {out}")
+    for sk in res["skipped"]:
+        console.print(f"[yellow]slide skipped:[/] {sk['reason']}")
+
+
+@app.command("export")
+@friendly
+def export_cmd(
+    store: str = typer.Option(..., "--store", "-s", help="Store made by mito extract --mpp ... from slides."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for one <slide>.h5 per slide."),
+    format: str = typer.Option("trident", "--format", help="trident: HDF5 with features (N x D) and coords (N x 2, level-0 top-left), as TRIDENT/CLAM read."),
+    features: Optional[str] = typer.Option(None, help="Variant key to export, e.g. efficientnet_lite0:z1:rgb (default: the first complete one)."),
+) -> None:
+    """Write a slide store's features per slide for MIL tools (TRIDENT / CLAM layout)."""
+    from mito.cache.export import export
+
+    paths = export(store, format, out, features)
+    console.print(f"wrote {len(paths)} slide files to {out}")
+
+
+def _heatmaps(df: Any, store: Optional[str], folder: Path) -> None:
+    from mito.cache import open_store
+    from mito.heads.heatmaps import write_heatmaps
+
+    if store is None:
+        raise UserError("--heatmaps needs --store (a store extracted from slides)")
+    with open_store(store, "r") as s:
+        tiles = s.tiles
+    paths = write_heatmaps(df, tiles, folder)
+    console.print(f"wrote {len(paths)} heatmaps to {folder}")
 
 
 def main() -> None:

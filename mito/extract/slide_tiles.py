@@ -1,8 +1,9 @@
 """Slides as a dataset: tissue masks, a micron-defined tile grid (or points), annotations and context views.
 
 Tissue mask (documented, deliberately simple): a thumbnail is converted to HSV; pixels whose saturation is
-above Otsu's threshold (never below 20/255, so blank glass is not split into noise) and whose value is
-above 30/255 (black pen, dust, scanner borders) are tissue; the mask is opened once, holes are filled and
+above Otsu's threshold clipped into 20..40 /255 (never lower, so blank glass is not split into noise; never
+higher, so a slide that is all tissue is not split into pale and dark tissue) and whose value is above
+30/255 (black pen, dust, scanner borders) are tissue; the mask is opened once, holes are filled and
 specks smaller than 0.05% of the thumbnail are dropped. A grid tile is kept when at least ``min_tissue`` of
 the mask pixels under its box are tissue.
 """
@@ -35,6 +36,7 @@ from mito.extract.slides import (
     thumbnail,
 )
 
+SAT_MIN, SAT_MAX = 20.0, 40.0  # Otsu's saturation threshold is clipped into this range (0..255)
 MASK_TILE_PX = 16  # a tile spans at least this many mask pixels (when the slide allows)
 MASK_MAX_SIDE = 8192
 OPEN_SLIDES = 4  # handles kept open per DataLoader worker
@@ -104,7 +106,7 @@ def tissue_mask(thumb: np.ndarray) -> np.ndarray:
 
     hsv = np.asarray(Image.fromarray(thumb).convert("HSV"))
     sat, val = hsv[..., 1], hsv[..., 2]
-    t = max(otsu(sat), 20.0)
+    t = min(max(otsu(sat), SAT_MIN), SAT_MAX)
     mask = (sat > t) & (val > 30)
     mask = ndimage.binary_opening(mask, iterations=1)
     mask = ndimage.binary_fill_holes(mask)

@@ -22,7 +22,7 @@ from mito.extract import distributed
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
 from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
 from mito.extract.errors import ExtractError
-from mito.extract.slide_tiles import options_from, record_slides
+from mito.extract.slide_tiles import options_from, record_slides, slide_tiling
 from mito.extract.sources import TileSource, open_source
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
 
@@ -184,6 +184,7 @@ def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, sourc
         "preprocessing": prep.as_dict(),
         "spec": spec_summary(spec),
         "tile_size": source.tile_size,
+        **({"slide_tiling": slide_tiling(source.slides["opts"])} if source.slides is not None else {}),
         "versions": {"mito": mito.__version__, "timm": timm.__version__, "torch": torch.__version__},
     }
 

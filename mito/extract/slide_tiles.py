@@ -490,6 +490,11 @@ def slide_source(
     return tiles, {"opts": opts, "info": info}
 
 
+def slide_tiling(opts: SlideOptions) -> dict[str, Any]:
+    """What makes slide features comparable (recorded per variant; a model refuses a store tiled otherwise)."""
+    return {"mpp": opts.mpp, "tile_px": opts.tile_px}
+
+
 def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
     """Write the per-slide records and skipped slides into the store, and each tissue mask as GeoJSON beside it."""
     from mito.io import safe_name, write_json

@@ -84,6 +84,16 @@ def test_predict_writes_a_heatmap_per_slide(slide_store: Path, tmp_path: Path) -
     for name in ("a.svs", "b.ome.tif"):
         img = _png(tmp_path / "heat" / f"{name}.heatmap.png")
         assert img.shape[0] > 200 and img.std() > 10
-    res = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--store", str(slide_store), "--out", str(tmp_path / "p2.csv"),
-                              "--heatmaps", str(tmp_path / "heat2"), "--help"])
-    assert "--heatmaps" in res.output
+    # new slides are embedded the model's way (0.5 um/px, 64 px tiles): the same predictions as from the store
+    res = runner.invoke(app, ["predict", str(slide_store.parent / "slides" / "a.svs"), "--model", str(tmp_path / "m"),
+                              "--out", str(tmp_path / "p2.csv"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    again = pd.read_csv(tmp_path / "p2.csv")
+    mine = preds[preds["slide"] == "a.svs"].reset_index(drop=True)
+    assert again[["slide", "x", "y", "pred"]].equals(mine[["slide", "x", "y", "pred"]])
+    # a store tiled at another mpp is refused
+    other = tmp_path / "other.zarr"
+    extract(ExtractConfig(source=str(slide_store.parent / "slides" / "a.svs"), store=str(other), mpp=0.25, tile_px=64, input_size=64,
+                          zooms=[1.0], colors=["rgb"], limit=4, num_workers=0, progress=False))
+    res = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--store", str(other), "--out", str(tmp_path / "p3.csv")])
+    assert res.exit_code == 2 and "slide_tiling" in res.output

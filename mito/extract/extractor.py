@@ -22,7 +22,7 @@ from mito.extract import distributed
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
 from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
 from mito.extract.errors import ExtractError
-from mito.extract.slide_tiles import options_from, record_slides, slide_tiling
+from mito.extract.slide_tiles import check_slide_set, options_from, record_slides, slide_tiling
 from mito.extract.sources import TileSource, open_source
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
 
@@ -288,6 +288,7 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
             f"zoom {min(cfg.zooms):g} needs pixels around each tile, but {source.kind} tiles are fixed crops; "
             "use zooms >= 1 (or a slide with --points)"
         )
+    check_slide_set(cfg.store, source)
     store = dist.on_main(lambda: _open_or_create(cfg, source))  # only rank 0 creates; the others wait
     if store is None:
         store = _open_or_create(cfg, source)

@@ -67,7 +67,16 @@ def options_from(
 ) -> SlideOptions | None:
     """SlideOptions from the extract options, or None when no micron tiling was asked for."""
     if mpp is None and tile_um is None:
+        given = [n for n, v in (("--tile-px", tile_px), ("--stride", kw.get("stride_px")), ("--slide-mpp", kw.get("slide_mpp")),
+                                ("--annotations", kw.get("annotations")), ("--label-overlap", kw.get("label_overlap"))) if v is not None]
+        given += [n for n, v, d in (("--min-tissue", kw.get("min_tissue"), 0.5), ("--reader", kw.get("reader"), "auto")) if v not in (None, d)]
+        if given:
+            raise ExtractError(f"{', '.join(given)} tile whole slides: also give --mpp M (or --tile-um U)")
         return None
+    if kw.get("annotations") is not None and not Path(kw["annotations"]).expanduser().exists():
+        raise ExtractError(f"no such annotations file or folder: {kw['annotations']}")
+    if kw.get("label_overlap") is not None and kw.get("annotations") is None:
+        raise ExtractError("--label-overlap needs --annotations")
     if tile_um is not None and mpp is not None:
         if tile_px is not None:
             raise ExtractError("give two of --mpp, --tile-px and --tile-um, not all three")
@@ -488,6 +497,32 @@ def slide_source(
         tiles["group"] = tiles["slide"]
     tiles["group"] = tiles["group"].astype(str)
     return tiles, {"opts": opts, "info": info}
+
+
+def check_slide_set(store_path: str, source: Any) -> None:
+    """Refuse, naming them, slides added to (or missing from) an existing slide store: its tile list is fixed."""
+    from mito.cache import open_store
+    from mito.cache.store import store_exists
+
+    if source.slides is None or not store_exists(store_path):
+        return
+    try:
+        with open_store(store_path, "r") as s:
+            rec = s.meta.get("slides") or {}
+    except Exception:  # not readable as a store: the store's own checks report it
+        return
+    if not rec:
+        return
+    had = {r["slide"] for r in rec.get("slides", [])}
+    now = {r["slide"] for r in source.slides["info"]["slides"]}
+    new, gone = sorted(now - had), sorted(had - now)
+    if new or gone:
+        parts = ([f"{len(new)} new ({', '.join(new[:5])}{' ...' if len(new) > 5 else ''})"] if new else []) + (
+            [f"{len(gone)} missing ({', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''})"] if gone else [])
+        raise ExtractError(
+            f"{store_path} holds {len(had)} slides and SOURCE has {' and '.join(parts)}: a store's tile list is fixed, "
+            "so extract the new slides into a new --store"
+        )
 
 
 def slide_tiling(opts: SlideOptions) -> dict[str, Any]:

@@ -185,13 +185,13 @@ def test_kill_9_mid_run_then_resume_equals_a_clean_run(slides: Path, tmp_path: P
             "--zooms", "1,0.25", "--colors", "rgb", "--store", str(killed), "--chunk-rows", "8", "--batch-size", "8",
             "--workers", "0", "--annotations", str(slides / "a.geojson"), "--quiet"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 180
-    while _done(killed) < 2 and time.time() < deadline and proc.poll() is None:
+    deadline = time.time() + 600  # generous: the 2 cores are shared
+    while _done(killed) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     n_before = _done(killed)
-    assert 2 <= n_before < 11, "the run should have been killed part-way"
+    assert 1 <= n_before < 12, "the run should have been killed part-way (12 chunks of 8 tiles)"
     cfg = dict(SMALL, chunk_rows=8, batch_size=8, zooms=[1.0, 0.25], annotations=str(slides / "a.geojson"))
     resumed = extract(ExtractConfig(source=str(slides / "slides"), store=str(killed), **cfg))
     assert resumed["backbones"]["efficientnet_lite0"]["skipped_chunks"] >= n_before
@@ -227,3 +227,17 @@ def test_slide_options_need_mpp_and_added_slides_are_named(slides: Path, tmp_pat
                               "--colors", "rgb", "--store", str(tmp_path / "one.zarr"), "-q"])
     assert res.exit_code == 2 and "holds 1 slides and SOURCE has 1 new (b.ome.tif)" in " ".join(res.output.split())
     np.testing.assert_array_equal(open_store(tmp_path / "one.zarr").read(["efficientnet_lite0:z1:rgb"]), before)
+
+
+def test_tile_size_in_microns() -> None:
+    from mito.extract import ExtractError
+    from mito.extract.slide_tiles import options_from
+
+    assert options_from(None, None, None, [1.0]) is None
+    o = options_from(None, 64, 32.0, [1.0])
+    assert (o.mpp, o.tile_px) == (0.5, 64)
+    o = options_from(0.25, None, 56.0, [1.0, 0.25])
+    assert (o.mpp, o.tile_px, o.zooms) == (0.25, 224, (1.0, 0.25))
+    assert options_from(0.5, None, None, [1.0]).tile_px == 224
+    with pytest.raises(ExtractError, match="not all three"):
+        options_from(0.5, 64, 32.0, [1.0])

@@ -81,7 +81,6 @@ def read_rate(source, n: int, workers: int) -> tuple[float, float]:
 
 def forward_rate(n: int) -> tuple[float, float]:
     from mito.extract import create_backbone
-
     from mito.extract.extractor import tune_cpu_allocator
 
     tune_cpu_allocator()  # as extract() does on CPU

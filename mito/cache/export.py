@@ -48,14 +48,14 @@ def export_trident(store_path: str, out_dir: str | os.PathLike, feature: str | N
             if stem.lower().endswith(".ome"):
                 stem = stem[:-4]
 
-            def write(tmp: str, feats: np.ndarray = feats, coords: np.ndarray = coords, rec: dict[str, Any] = rec) -> None:
+            def write(tmp: str, feats: np.ndarray = feats, coords: np.ndarray = coords, rec: dict[str, Any] = rec, stem: str = stem) -> None:
                 with h5py.File(tmp, "w") as f:
                     fd = f.create_dataset("features", data=feats.astype(np.float32))
                     fd.attrs.update(encoder=key.split(":")[0], variant=key, store=str(store_path))
                     cd = f.create_dataset("coords", data=coords)
                     cd.attrs.update(
                         patch_size=int(opts.get("tile_px", 0)),
-                        patch_size_level0=int(round(rec["tile_side_level0"])),
+                        patch_size_level0=round(rec["tile_side_level0"]),
                         target_mpp=float(opts.get("mpp", np.nan)),
                         level0_mpp=float(rec["mpp"]),
                         overlap=int(opts.get("tile_px", 0)) - int(opts.get("stride_px") or opts.get("tile_px", 0)),

@@ -10,6 +10,7 @@ the mask pixels under its box are tissue.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -27,12 +28,12 @@ from mito.extract.slides import (
     WSI_EXTS,
     Slide,
     SlideReadError,
+    best_level,
     check_mpp,
     close_slide,
     open_slide,
     outside_fraction,
     read_box,
-    best_level,
     thumbnail,
 )
 
@@ -144,7 +145,7 @@ def mask_geojson(mask: np.ndarray, downsample: float, name: str) -> dict[str, An
     polys = []
     for pts, offs in zip(points, offsets):
         rings = []
-        for a, b in zip(offs[:-1], offs[1:]):
+        for a, b in itertools.pairwise(offs):
             ring = (pts[a:b] - 1 + 0.5) * downsample  # mask pixel centres -> level-0 pixels
             rings.append(np.round(ring, 1).tolist())
         polys.append(rings)
@@ -308,7 +309,7 @@ def _boxes_for(slide: Slide, opts: SlideOptions, smpp: float, centres: np.ndarra
         return np.stack([centres[:, 0] - side0 / 2, centres[:, 1] - side0 / 2, centres[:, 0] + side0 / 2, centres[:, 1] + side0 / 2], axis=1)
     step0 = opts.stride * opts.mpp / smpp
     W, H = slide.dimensions
-    nx, ny = int(math.floor((W - side0) / step0)) + 1, int(math.floor((H - side0) / step0)) + 1
+    nx, ny = math.floor((W - side0) / step0) + 1, math.floor((H - side0) / step0) + 1
     if nx < 1 or ny < 1:
         return np.zeros((0, 4))
     gx, gy = np.meshgrid(np.arange(nx) * step0, np.arange(ny) * step0)  # row-major: tiles ordered top to bottom

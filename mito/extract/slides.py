@@ -8,6 +8,7 @@ Nothing is ever rounded to an objective power, and no reader loads a whole level
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -70,10 +71,8 @@ def open_slide(path: str | os.PathLike, reader: str = "auto") -> Slide:
     if reader == "openslide" or (reader == "auto" and not _is_ome(p) and _openslide_format(p)):
         slide = _open_openslide(p)
         if slide.mpp is None and reader == "auto" and p.lower().endswith(TIFF_EXTS):
-            try:  # a generic TIFF: tifffile also reads OME-XML and resolution tags
+            with contextlib.suppress(Exception):  # a generic TIFF: tifffile also reads OME-XML and resolution tags
                 slide.mpp = _tiff_mpp(p)
-            except Exception:
-                pass
         return slide
     return _open_tifffile(p)
 
@@ -255,9 +254,9 @@ def read_box(slide: Slide, box: tuple[float, float, float, float], out_w: int, o
     d = slide.level_downsamples[level]
     bx0, by0, bx1, by1 = x0 / d, y0 / d, x1 / d, y1 / d
     scale = max((bx1 - bx0) / out_w, (by1 - by0) / out_h, 1.0)
-    margin = int(math.ceil(3 * scale)) + 1  # Lanczos support, so the borders are filtered like the inside
-    ix0, iy0 = int(math.floor(bx0)) - margin, int(math.floor(by0)) - margin
-    ix1, iy1 = int(math.ceil(bx1)) + margin, int(math.ceil(by1)) + margin
+    margin = math.ceil(3 * scale) + 1  # Lanczos support, so the borders are filtered like the inside
+    ix0, iy0 = math.floor(bx0) - margin, math.floor(by0) - margin
+    ix1, iy1 = math.ceil(bx1) + margin, math.ceil(by1) + margin
     region = read_region(slide, level, ix0, iy0, ix1 - ix0, iy1 - iy0)
     img = Image.fromarray(region).resize(
         (out_w, out_h), Image.Resampling.LANCZOS, box=(bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0)

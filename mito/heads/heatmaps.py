@@ -37,7 +37,7 @@ def draw_heatmap(slide_name: str, slide_path: str, tiles: pd.DataFrame, cols: li
         heat = np.full((h, w), np.nan)
         p = tiles[col].to_numpy()
         for (x0, y0, x1, y1), v in zip(b, p):  # painted in table order; with a stride < tile, later tiles win
-            heat[max(0, int(round(y0))) : int(round(y1)), max(0, int(round(x0))) : int(round(x1))] = v
+            heat[max(0, round(y0)) : round(y1), max(0, round(x0)) : round(x1)] = v
         ax.imshow(thumb)
         im = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.6, interpolation="nearest")
         ax.set_axis_off()

@@ -19,11 +19,18 @@ from mito.cache import StoreError, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract, open_source
 from mito.extract.slide_tiles import SlideOptions, read_views
-from mito.extract.slides import SlideReadError, check_mpp, close_slide, open_slide, read_box, read_region
-from tests.extract.slide_data import REGIONS, mosaic, slide_folder, write_geojson
+from mito.extract.slides import (
+    SlideReadError,
+    check_mpp,
+    close_slide,
+    open_slide,
+    read_box,
+    read_region,
+)
+from tests.extract.slide_data import REGIONS, slide_folder, write_geojson
 
 runner = CliRunner()
-SMALL = dict(mpp=0.5, tile_px=64, input_size=64, colors=["rgb"], chunk_rows=16, batch_size=16, num_workers=0, progress=False)
+SMALL = {"mpp": 0.5, "tile_px": 64, "input_size": 64, "colors": ["rgb"], "chunk_rows": 16, "batch_size": 16, "num_workers": 0, "progress": False}
 
 
 @pytest.fixture(scope="module")

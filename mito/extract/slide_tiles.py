@@ -448,21 +448,31 @@ def _annotate(df: pd.DataFrame, opts: SlideOptions, name: str, n_slides: int) ->
 # ---------------------------------------------------------------- reading in workers
 
 
+_HANDLES: OrderedDict[tuple[int, str, str], Slide] = OrderedDict()  # per process: (pid, path, reader) -> open slide
+
+
+def slide_handle(path: str, reader: str) -> Slide:
+    """An open slide for this process (DataLoader worker), kept among the last OPEN_SLIDES used.
+
+    Keyed by process id: a forked worker never reuses a handle (and file offset) of its parent."""
+    key = (os.getpid(), path, reader)
+    slide = _HANDLES.get(key)
+    if slide is None:
+        slide = open_slide(path, reader)
+        _HANDLES[key] = slide
+        mine = [k for k in _HANDLES if k[0] == key[0]]
+        for old in mine[: max(0, len(mine) - OPEN_SLIDES)]:
+            close_slide(_HANDLES.pop(old))
+    _HANDLES.move_to_end(key)
+    return slide
+
+
 def read_views(source: Any, i: int, zooms: list[float]) -> list[np.ndarray]:
     """One tile_px x tile_px image per zoom for tile ``i``: zoom z covers 1/z of the tile's side around its centre,
     read from the level that fits that resolution (z < 1: real context). Handles stay open per worker."""
     opts: SlideOptions = source.slides["opts"]
     t = source.tiles
-    path = t["slide_path"].iat[i]
-    cache = source._slide if isinstance(source._slide, OrderedDict) else OrderedDict()
-    source._slide = cache
-    slide = cache.get(path)
-    if slide is None:
-        slide = open_slide(path, opts.reader)
-        cache[path] = slide
-        while len(cache) > OPEN_SLIDES:
-            close_slide(cache.popitem(last=False)[1])
-    cache.move_to_end(path)
+    slide = slide_handle(str(t["slide_path"].iat[i]), opts.reader)
     x0, y0, x1, y1 = (float(t[c].iat[i]) for c in ("x0", "y0", "x1", "y1"))
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
     out: dict[float, np.ndarray] = {}

@@ -476,10 +476,16 @@ def read_views(source: Any, i: int, zooms: list[float]) -> list[np.ndarray]:
     x0, y0, x1, y1 = (float(t[c].iat[i]) for c in ("x0", "y0", "x1", "y1"))
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
     out: dict[float, np.ndarray] = {}
-    for z in zooms:
-        if z not in out:
-            h = half / z
-            out[z], _ = read_box(slide, (cx - h, cy - h, cx + h, cy + h), opts.tile_px)
+    try:
+        for z in zooms:
+            if z not in out:
+                h = half / z
+                out[z], _ = read_box(slide, (cx - h, cy - h, cx + h, cy + h), opts.tile_px)
+    except SlideReadError:  # OpenSlide handles stay in an error state: the next tile reopens the slide
+        key = (os.getpid(), str(t["slide_path"].iat[i]), opts.reader)
+        if _HANDLES.get(key) is slide:
+            close_slide(_HANDLES.pop(key))
+        raise
     return [out[z] for z in zooms]
 
 

@@ -253,3 +253,31 @@ def test_tile_size_in_microns() -> None:
     assert options_from(0.5, None, None, [1.0]).tile_px == 224
     with pytest.raises(ExtractError, match="not all three"):
         options_from(0.5, 64, 32.0, [1.0])
+
+
+def test_a_corrupt_tile_marks_only_the_tiles_that_touch_it(slides: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import tifffile
+
+    bad = tmp_path / "bad.svs"
+    shutil.copy(slides / "slides" / "a.svs", bad)
+    with tifffile.TiffFile(bad) as t:  # level 1, file tile 5 = level-1 x 512..768, y 256..512
+        page = t.pages[1]
+        off, n = page.dataoffsets[5], page.databytecounts[5]
+    with open(bad, "r+b") as f:
+        f.seek(off + 2)
+        f.write(b"\xff\xd9" * ((n - 4) // 2))
+    src = open_source(bad, slide_options=SlideOptions(mpp=0.5, tile_px=64), progress=False)
+    failed = []
+    for i in range(len(src)):
+        try:
+            read_views(src, i, [1.0])
+        except OSError as e:
+            assert "bad.svs" in str(e)
+            failed.append(i)
+    t = src.tiles
+    touches = (t["x1"] / 2 + 4 > 512) & (t["y1"] / 2 + 4 > 256) & (t["y0"] / 2 - 4 < 512)  # with the filter margin
+    assert failed and set(failed) == set(np.flatnonzero(touches))
+    assert any(i not in failed for i in range(min(failed), len(t)))  # reads after a failure succeed (handle reopened)
+    assert len(failed) < len(t) // 2

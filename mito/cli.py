@@ -153,6 +153,15 @@ def extract(
     limit: Optional[int] = typer.Option(None, help="Only the first N tiles (for a quick look)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     gpus: int = typer.Option(1, "--gpus", help="Run N ranks via torchrun (one per GPU), each writing whole chunks of the store."),
+    mpp: Optional[float] = typer.Option(None, help="Whole slides: tiles at M um/px over tissue (SOURCE: a slide, folder of slides or slide manifest CSV)."),
+    tile_px: Optional[int] = typer.Option(None, help="Whole slides: tile side in pixels at --mpp (default 224)."),
+    tile_um: Optional[float] = typer.Option(None, help="Whole slides: tile side in micrometres (instead of --mpp or --tile-px)."),
+    stride: Optional[int] = typer.Option(None, help="Whole slides: grid step in pixels at --mpp (default: the tile size)."),
+    min_tissue: float = typer.Option(0.5, help="Whole slides: keep grid tiles at least this much on tissue."),
+    slide_mpp: Optional[float] = typer.Option(None, help="Whole slides: um/px of level 0 when a slide records none (a manifest mpp column wins)."),
+    reader: str = typer.Option("auto", help="Whole slides: auto, openslide or tifffile."),
+    annotations: Optional[Path] = typer.Option(None, help="Whole slides: QuPath GeoJSON file, or folder of <slide stem>.geojson; tile label = region holding its centre."),
+    label_overlap: Optional[float] = typer.Option(None, help="Whole slides: drop labelled tiles their region covers less than this."),
 ) -> None:
     """Embed every tile with each backbone, zoom and colour into a chunked store (re-run to resume)."""
     from mito.extract import extract as run_extract
@@ -168,7 +177,9 @@ def extract(
         weights=_parse_weights(weights, backbones), zooms=_floats(zooms, "--zooms"), colors=split_list(colors),
         fit=fit, pad_mode=pad_mode, input_size=input_size, tile_size=tile_size, task=task, label_column=label_column,
         batch_size=batch_size, num_workers=workers, device=device, chunk_rows=chunk_rows, compile=compile,
-        limit=limit, progress=not quiet,
+        limit=limit, progress=not quiet, mpp=mpp, tile_px=tile_px, tile_um=tile_um, stride=stride,
+        min_tissue=min_tissue, slide_mpp=slide_mpp, reader=reader,
+        annotations=str(annotations) if annotations else None, label_overlap=label_overlap,
     )
     summary = run_extract(cfg)
     if summary.get("rank", 0):  # under torchrun only rank 0 reports
@@ -180,6 +191,8 @@ def extract(
         shown = ", ".join(summary["unreadable"][:10])
         more = f" (+{len(summary['unreadable']) - 10} more)" if len(summary["unreadable"]) > 10 else ""
         console.print(f"[yellow]{len(summary['unreadable'])} unreadable tiles skipped:[/] {shown}{more}")
+    for s in summary.get("skipped_slides", []):
+        console.print(f"[yellow]slide skipped:[/] {s['reason']}")
     console.print(f"store: {summary['store']} ({summary['n_tiles']} tiles)")
 
 
@@ -369,6 +382,7 @@ def predict_cmd(
     weights: list[str] = typer.Option([], "--weights", "-w", help="Backbone weight file for SOURCE, NAME=PATH (checked against the model's hash)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for per-slide PNG heatmaps of the predicted probability (slide stores, with --store)."),
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
     from mito.heads import predict
@@ -395,6 +409,8 @@ def predict_cmd(
             model, store=store, source=source, out_csv=out, device=device, weights=w or None,
             points=points, tile_size=tile_size, overwrite=overwrite, progress=not quiet,
         )
+    if heatmaps is not None:
+        _heatmaps(df, store, heatmaps)
     counts = ", ".join(f"{k} {v}" for k, v in df["pred"].value_counts().items())
     line = f"{len(df)} tiles predicted ({counts}) -> {out}"
     if "label" in df:
@@ -603,6 +619,56 @@ def report_cmd(folder: Path = typer.Argument(..., help="A folder written by mito
     from mito.bench import build_report
 
     console.print(f"wrote {build_report(folder)}")
+
+
+# ==================================================================== whole slides: qc / export / heatmaps
+
+
+slides_app = typer.Typer(no_args_is_help=True, help="Whole-slide stores: QC pictures.")
+app.add_typer(slides_app, name="slides")
+
+
+@slides_app.command("qc")
+@friendly
+def slides_qc_cmd(
+    store: str = typer.Argument(..., help="Store made by mito extract --mpp ... from slides."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for <slide>.png (thumbnail, tissue outline, kept tiles) and skipped.csv."),
+    reader: str = typer.Option("auto", help="auto, openslide or tifffile."),
+) -> None:
+    """Per slide: its thumbnail with the tissue mask outlined and every kept tile drawn (PNG)."""
+    from mito.extract.slide_qc import qc_store
+
+    res = qc_store(store, out, reader)
+    console.print(f"wrote {len(res['written'])} QC pictures to {out}")
+    for sk in res["skipped"]:
+        console.print(f"[yellow]slide skipped:[/] {sk['reason']}")
+
+
+@app.command("export")
+@friendly
+def export_cmd(
+    store: str = typer.Option(..., "--store", "-s", help="Store made by mito extract --mpp ... from slides."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for one <slide>.h5 per slide."),
+    format: str = typer.Option("trident", "--format", help="trident: HDF5 with features (N x D) and coords (N x 2, level-0 top-left), as TRIDENT/CLAM read."),
+    features: Optional[str] = typer.Option(None, help="Variant key to export, e.g. efficientnet_lite0:z1:rgb (default: the first complete one)."),
+) -> None:
+    """Write a slide store's features per slide for MIL tools (TRIDENT / CLAM layout)."""
+    from mito.cache.export import export
+
+    paths = export(store, format, out, features)
+    console.print(f"wrote {len(paths)} slide files to {out}")
+
+
+def _heatmaps(df: Any, store: Optional[str], folder: Path) -> None:
+    from mito.cache import open_store
+    from mito.heads.heatmaps import write_heatmaps
+
+    if store is None:
+        raise UserError("--heatmaps needs --store (a store extracted from slides)")
+    with open_store(store, "r") as s:
+        tiles = s.tiles
+    paths = write_heatmaps(df, tiles, folder)
+    console.print(f"wrote {len(paths)} heatmaps to {folder}")
 
 
 def main() -> None:

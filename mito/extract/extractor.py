@@ -24,6 +24,7 @@ from mito.extract import distributed
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
 from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
 from mito.extract.errors import ExtractError
+from mito.extract.slide_tiles import check_slide_set, options_from, record_slides, slide_tiling
 from mito.extract.sources import TileSource, open_source
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
 
@@ -53,6 +54,16 @@ class ExtractConfig(BaseModel):
     compile: bool = False
     limit: int | None = None
     progress: bool = True
+    # whole slides (mito.extract.slide_tiles): tiles of tile_px pixels at mpp um/px over tissue
+    mpp: float | None = Field(default=None, gt=0)
+    tile_px: int | None = Field(default=None, ge=8)
+    tile_um: float | None = Field(default=None, gt=0)
+    stride: int | None = Field(default=None, ge=1)
+    min_tissue: float = Field(default=0.5, ge=0, le=1)
+    slide_mpp: float | None = Field(default=None, gt=0)
+    reader: Literal["auto", "openslide", "tifffile"] = "auto"
+    annotations: str | None = None
+    label_overlap: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("zooms")
     @classmethod
@@ -143,9 +154,11 @@ class _TileDataset(Dataset):
 
     def __init__(self, source: TileSource, rows: np.ndarray, preps: list[Preprocess]) -> None:
         self.source, self.rows = source, rows
-        self.context = max(1.0, 1.0 / min(p.zoom for p in preps))
+        self.zooms = [p.zoom for p in preps]
+        self.views = source.kind == "slides"  # whole slides: each zoom read at its own resolution
+        self.context = 1.0 if self.views else max(1.0, 1.0 / min(self.zooms))
         # zoom relative to the region actually read (it is wider than the tile when context > 1)
-        self.preps = [replace(p, zoom=p.zoom * self.context) for p in preps]
+        self.preps = [replace(p, zoom=1.0 if self.views else p.zoom * self.context) for p in preps]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -155,6 +168,9 @@ class _TileDataset(Dataset):
         row = int(self.rows[k])
         size = self.preps[0].input_size
         try:
+            if self.views:
+                imgs = self.source.read_views(row, self.zooms)
+                return row, torch.stack([prepare(im, p) for im, p in zip(imgs, self.preps)]), False
             img = self.source.read(row, self.context)
             return row, torch.stack([prepare(img, p) for p in self.preps]), False
         except OSError:
@@ -170,6 +186,7 @@ def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, sourc
         "preprocessing": prep.as_dict(),
         "spec": spec_summary(spec),
         "tile_size": source.tile_size,
+        **({"slide_tiling": slide_tiling(source.slides["opts"])} if source.slides is not None else {}),
         "versions": {"mito": mito.__version__, "timm": timm.__version__, "torch": torch.__version__},
     }
 
@@ -261,7 +278,11 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         raise ExtractError("several ranks cannot write one HDF5 file: use a .zarr store with torchrun")
     for b in cfg.backbones:  # fail before any work when a backbone or its weights are missing
         resolve_weights(get_backbone(b), cfg.weights.get(b))
-    source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column)
+    slide_opts = options_from(
+        cfg.mpp, cfg.tile_px, cfg.tile_um, cfg.zooms, stride_px=cfg.stride, min_tissue=cfg.min_tissue,
+        slide_mpp=cfg.slide_mpp, reader=cfg.reader, annotations=cfg.annotations, label_overlap=cfg.label_overlap,
+    )
+    source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column, slide_opts, cfg.progress)
     if cfg.limit is not None:
         source.tiles = source.tiles.iloc[: cfg.limit].reset_index(drop=True)
     if min(cfg.zooms) < 1 and not source.has_context:
@@ -269,12 +290,17 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
             f"zoom {min(cfg.zooms):g} needs pixels around each tile, but {source.kind} tiles are fixed crops; "
             "use zooms >= 1 (or a slide with --points)"
         )
+    check_slide_set(cfg.store, source)
     store = dist.on_main(lambda: _open_or_create(cfg, source))  # only rank 0 creates; the others wait
     if store is None:  # rank 0 holds the writer lock for the whole job
         store = _open_or_create(cfg, source, lock=False)
     if dist.main and not store.capabilities.resumable_per_chunk:
         print(f"note: {cfg.store} is HDF5: a killed run or a full disk loses that run's chunks (a .zarr store resumes per chunk: use one for long runs)", file=sys.stderr)
     summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
+    if source.slides is not None:
+        summary["skipped_slides"] = source.slides["info"]["skipped"]
+        if dist.main:
+            record_slides(store, cfg.store, source.slides["info"])
     if dist.active:
         summary.update(rank=dist.rank, world_size=dist.world)
     try:

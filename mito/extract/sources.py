@@ -40,28 +40,37 @@ def centre_crop(img: np.ndarray, side: int) -> np.ndarray:
 class TileSource:
     """Tiles to embed: a table plus a reader of square regions centred on each tile."""
 
-    kind: str  # folder | manifest | slide
+    kind: str  # folder | manifest | slide | slides (micron tiles of whole slides, mito.extract.slide_tiles)
     root: str
     tiles: pd.DataFrame
     tile_size: int | None = None  # slides: the base field of view in level-0 pixels
     slide_path: str | None = None
+    slides: Any = None  # kind "slides": {"opts": SlideOptions, "info": per-slide records, skipped slides, masks}
     _slide: Any = field(default=None, repr=False)
 
     @property
     def has_context(self) -> bool:
         """True when pixels exist beyond the base tile (slides), so zooms below 1 are possible."""
-        return self.kind == "slide"
+        return self.kind in ("slide", "slides")
 
     def __len__(self) -> int:
         return len(self.tiles)
 
     def read(self, i: int, context: float = 1.0) -> np.ndarray:
         """uint8 HxWx3 region centred on tile ``i``; ``context`` > 1 widens the field of view (slides only)."""
+        if self.kind == "slides":
+            return self.read_views(i, [1.0 / context])[0]
         if self.kind == "slide":
             return self._read_slide(i, context)
         if context > 1.0:
             raise ExtractError("zoom below 1 needs context around the tile: only slide sources have it")
         return _read_image(self.tiles["path"].iat[i])
+
+    def read_views(self, i: int, zooms: list[float]) -> list[np.ndarray]:
+        """Kind "slides": one tile_px image per zoom, each read from the pyramid level that fits it."""
+        from mito.extract.slide_tiles import read_views
+
+        return read_views(self, i, zooms)
 
     def _read_slide(self, i: int, context: float) -> np.ndarray:
         if self._slide is None:  # opened lazily, once per DataLoader worker
@@ -208,11 +217,22 @@ def open_source(
     task: str | None = None,
     tile_size: int = 224,
     label_column: str | None = None,
+    slide_options: Any = None,
+    progress: bool = True,
 ) -> TileSource:
-    """Open a folder (ImageFolder layout: label = subfolder), a CSV manifest, or a slide with a points CSV."""
+    """Open a folder (ImageFolder layout: label = subfolder), a CSV manifest, or a slide with a points CSV;
+    with ``slide_options`` (tiles in microns) a slide, folder of slides or slide manifest."""
     p = Path(path).expanduser()
     if not p.exists():
         raise ExtractError(f"no such file or folder: {p}")
+    if slide_options is not None:
+        from mito.extract.slide_tiles import slide_source
+
+        pts_path = Path(points).expanduser() if points is not None else None
+        if pts_path is not None and not pts_path.is_file():
+            raise ExtractError(f"no such points file: {pts_path}")
+        df, slides = slide_source(p, pts_path, task, slide_options, progress)
+        return TileSource("slides", str(p.resolve()), df, slides=slides)
     if points is not None:
         pts = Path(points).expanduser()
         if not pts.is_file():
@@ -228,5 +248,5 @@ def open_source(
     if p.suffix.lower() == ".csv":
         return TileSource("manifest", str(p.resolve()), _manifest(p, task, label_column))
     if p.name.lower().endswith(SLIDE_EXTS):
-        raise ExtractError(f"{p.name} is a slide: pass --points points.csv with x,y columns (crop centres)")
+        raise ExtractError(f"{p.name} is a slide: tile it with --mpp M --tile-px P, or pass --points points.csv with x,y columns")
     raise ExtractError(f"cannot use {p} as a tile source: give a folder of images, a CSV manifest, or a slide with --points")

@@ -226,7 +226,7 @@ def check_store_matches(store: Store, variants: Mapping[str, Mapping[str, Any]])
             raise HeadError(
                 f"{store.path} has no {key} features, which the model needs (it has: {', '.join(store.variants) or 'none'})"
             ) from None
-        for field_ in ("backbone", "weights_sha256", "dim", "preprocessing"):
+        for field_ in ("backbone", "weights_sha256", "dim", "preprocessing", "slide_tiling"):
             if have.get(field_) != want.get(field_):
                 if field_ == "preprocessing":
                     diff = sorted(

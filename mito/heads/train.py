@@ -118,6 +118,7 @@ def extract_settings(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]
                 "pad_mode": prep.get("pad_mode", "reflect"),
                 "input_size": prep.get("input_size"),
                 **({"tile_size": info["tile_size"]} if info.get("tile_size") else {}),
+                **(info.get("slide_tiling") or {}),  # whole slides: mpp and tile_px
             },
         )
         for field_, val in (("fit", prep.get("fit", "resize")), ("pad_mode", prep.get("pad_mode", "reflect")), ("input_size", prep.get("input_size"))):

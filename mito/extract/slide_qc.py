@@ -1,0 +1,100 @@
+"""QC pictures of a slide store: each slide's thumbnail with its tissue mask outlined and the kept tiles drawn."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mito.extract.errors import ExtractError
+from mito.extract.slides import SlideReadError, close_slide, open_slide, thumbnail
+
+
+def slide_thumbnail(path: str, reader: str = "auto", max_side: int = 1024) -> tuple[np.ndarray, float]:
+    """(RGB thumbnail at most ``max_side`` px, level-0 pixels per thumbnail pixel)."""
+    slide = open_slide(path, reader)
+    try:
+        ds = max(1.0, max(slide.dimensions) / max_side)
+        return thumbnail(slide, ds), ds
+    finally:
+        close_slide(slide)
+
+
+def slide_records(store: Any) -> dict[str, Any]:
+    """The ``slides`` record mito extract wrote into a slide store (refused for other stores)."""
+    rec = store.meta.get("slides")
+    if not rec:
+        raise ExtractError(f"{store.path} was not made from whole slides (no --mpp/--tile-um extraction)")
+    return rec
+
+
+def _mask_rings(rec: dict[str, Any]) -> list[np.ndarray]:
+    p = rec.get("mask_geojson")
+    if not p or not os.path.isfile(p):
+        return []
+    doc = json.loads(Path(p).read_text(encoding="utf-8"))
+    rings = []
+    for f in doc.get("features", []):
+        for poly in f["geometry"]["coordinates"]:
+            rings += [np.asarray(r) for r in poly]
+    return rings
+
+
+def draw_qc(rec: dict[str, Any], tiles: pd.DataFrame, reader: str, out: Path) -> Path:
+    """One PNG: thumbnail, tissue outline (cyan), kept tiles (yellow boxes), title with the counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from mito.io import atomic_write
+
+    thumb, ds = slide_thumbnail(rec["path"], reader)
+    h, w = thumb.shape[:2]
+    fig, ax = plt.subplots(figsize=(max(4.0, w / 100), max(3.0, h / 100) + 0.5), dpi=100)
+    ax.imshow(thumb)
+    for ring in _mask_rings(rec):
+        ax.plot(ring[:, 0] / ds, ring[:, 1] / ds, color="cyan", linewidth=1.0)
+    b = tiles[["x0", "y0", "x1", "y1"]].to_numpy() / ds
+    boxes = [[(x0, y0), (x1, y0), (x1, y1), (x0, y1)] for x0, y0, x1, y1 in b]
+    ax.add_collection(PolyCollection(boxes, facecolors="none", edgecolors="yellow", linewidths=0.6))
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_axis_off()
+    tissue = rec.get("tissue_fraction")
+    ax.set_title(
+        f"{rec['slide']}: {len(tiles)} tiles, level-0 {rec['mpp']:g} um/px"
+        + (f", tissue {100 * tissue:.0f}% of the slide" if tissue is not None else ""),
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path = atomic_write(out, lambda p: fig.savefig(p, format="png"), ".png")
+    plt.close(fig)
+    return path
+
+
+def qc_store(store_path: str, out_dir: str | os.PathLike, reader: str = "auto") -> dict[str, Any]:
+    """Write <slide>.png per slide of a slide store (plus skipped.csv); returns what was written and skipped."""
+    from mito.cache import open_store
+    from mito.io import atomic_write_text, safe_name
+
+    out = Path(out_dir)
+    with open_store(store_path, "r") as s:
+        rec = slide_records(s)
+        tiles = s.tiles
+    out.mkdir(parents=True, exist_ok=True)
+    written, failed = [], []
+    for r in rec["slides"]:
+        try:
+            written.append(draw_qc(r, tiles[tiles["slide"] == r["slide"]], reader, out / f"{safe_name(r['slide'])}.png"))
+        except SlideReadError as e:
+            failed.append({"slide": r["slide"], "path": r["path"], "reason": str(e)})
+    skipped = rec.get("skipped", []) + failed
+    if skipped:
+        atomic_write_text(out / "skipped.csv", pd.DataFrame(skipped).to_csv(index=False))
+    return {"written": [str(p) for p in written], "skipped": skipped}

@@ -1,0 +1,561 @@
+"""Slides as a dataset: tissue masks, a micron-defined tile grid (or points), annotations and context views.
+
+Tissue mask (documented, deliberately simple): a thumbnail is converted to HSV; pixels whose saturation is
+above Otsu's threshold clipped into 20..40 /255 (never lower, so blank glass is not split into noise; never
+higher, so a slide that is all tissue is not split into pale and dark tissue) and whose value is above
+30/255 (black pen, dust, scanner borders) are tissue; the mask is opened once, holes are filled and
+specks smaller than 0.05% of the thumbnail are dropped. A grid tile is kept when at least ``min_tissue`` of
+the mask pixels under its box are tissue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from mito.extract.errors import ExtractError
+from mito.extract.slides import (
+    WSI_EXTS,
+    Slide,
+    SlideReadError,
+    best_level,
+    check_mpp,
+    close_slide,
+    open_slide,
+    outside_fraction,
+    read_box,
+    thumbnail,
+)
+
+SAT_MIN, SAT_MAX = 20.0, 40.0  # Otsu's saturation threshold is clipped into this range (0..255)
+MASK_TILE_PX = 16  # a tile spans at least this many mask pixels (when the slide allows)
+MASK_MAX_SIDE = 8192
+OPEN_SLIDES = 4  # handles kept open per DataLoader worker
+
+
+@dataclass(frozen=True)
+class SlideOptions:
+    """How slides become tiles: size in microns, grid, tissue threshold, reader, overrides, annotations."""
+
+    mpp: float
+    tile_px: int
+    zooms: tuple[float, ...] = (1.0,)
+    stride_px: int | None = None  # at ``mpp``; default: tile_px (no overlap)
+    min_tissue: float = 0.5
+    slide_mpp: float | None = None
+    reader: str = "auto"
+    annotations: str | None = None
+    label_overlap: float | None = None
+
+    @property
+    def stride(self) -> int:
+        """Grid step in output pixels."""
+        return self.stride_px or self.tile_px
+
+
+def options_from(
+    mpp: float | None, tile_px: int | None, tile_um: float | None, zooms: list[float], **kw: Any
+) -> SlideOptions | None:
+    """SlideOptions from the extract options, or None when no micron tiling was asked for."""
+    if mpp is None and tile_um is None:
+        given = [n for n, v in (("--tile-px", tile_px), ("--stride", kw.get("stride_px")), ("--slide-mpp", kw.get("slide_mpp")),
+                                ("--annotations", kw.get("annotations")), ("--label-overlap", kw.get("label_overlap"))) if v is not None]
+        given += [n for n, v, d in (("--min-tissue", kw.get("min_tissue"), 0.5), ("--reader", kw.get("reader"), "auto")) if v not in (None, d)]
+        if given:
+            raise ExtractError(f"{', '.join(given)} tile whole slides: also give --mpp M (or --tile-um U)")
+        return None
+    if kw.get("annotations") is not None and not Path(kw["annotations"]).expanduser().exists():
+        raise ExtractError(f"no such annotations file or folder: {kw['annotations']}")
+    if kw.get("label_overlap") is not None and kw.get("annotations") is None:
+        raise ExtractError("--label-overlap needs --annotations")
+    if tile_um is not None and mpp is not None:
+        if tile_px is not None:
+            raise ExtractError("give two of --mpp, --tile-px and --tile-um, not all three")
+        tile_px = max(1, round(tile_um / mpp))
+    elif tile_um is not None:
+        tile_px = tile_px or 224
+        mpp = tile_um / tile_px
+    tile_px = tile_px or 224
+    assert mpp is not None
+    if tile_px < 8:
+        raise ExtractError("--tile-px must be at least 8 pixels")
+    return SlideOptions(mpp=float(mpp), tile_px=int(tile_px), zooms=tuple(zooms), **kw)
+
+
+# ---------------------------------------------------------------- tissue
+
+
+def otsu(values: np.ndarray) -> float:
+    """Otsu's threshold of uint8 values (between-class variance maximised over the 256-bin histogram)."""
+    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
+    total = hist.sum()
+    if total == 0:
+        return 0.0
+    w0 = np.cumsum(hist)
+    m0 = np.cumsum(hist * np.arange(256))
+    w1 = total - w0
+    mean0 = np.divide(m0, w0, out=np.zeros(256), where=w0 > 0)
+    mean1 = np.divide(m0[-1] - m0, w1, out=np.zeros(256), where=w1 > 0)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(np.argmax(between))
+
+
+def tissue_mask(thumb: np.ndarray) -> np.ndarray:
+    """Boolean tissue mask of an RGB thumbnail (see the module docstring for the recipe)."""
+    from scipy import ndimage
+
+    hsv = np.asarray(Image.fromarray(thumb).convert("HSV"))
+    sat, val = hsv[..., 1], hsv[..., 2]
+    t = min(max(otsu(sat), SAT_MIN), SAT_MAX)
+    mask = (sat > t) & (val > 30)
+    mask = ndimage.binary_opening(mask, iterations=1)
+    mask = ndimage.binary_fill_holes(mask)
+    labels, n = ndimage.label(mask)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < max(4, 0.0005 * mask.size)
+        small[0] = False
+        mask[small[labels]] = False
+    return mask
+
+
+def mask_downsample(slide: Slide, tile_side0: float) -> float:
+    """Level-0 pixels per mask pixel: tiles span >= MASK_TILE_PX mask pixels, the mask stays <= MASK_MAX_SIDE."""
+    big = max(slide.dimensions)
+    return max(1.0, min(tile_side0 / MASK_TILE_PX, big / 1024), big / MASK_MAX_SIDE)
+
+
+def mask_geojson(mask: np.ndarray, downsample: float, name: str) -> dict[str, Any]:
+    """The mask as a GeoJSON FeatureCollection of tissue polygons (with holes) in level-0 pixels."""
+    import contourpy
+
+    z = np.pad(mask.astype(np.float64), 1)
+    gen = contourpy.contour_generator(z=z, fill_type=contourpy.FillType.OuterOffset)
+    points, offsets = gen.filled(0.5, 1.5)
+    polys = []
+    for pts, offs in zip(points, offsets):
+        rings = []
+        for a, b in itertools.pairwise(offs):
+            ring = (pts[a:b] - 1 + 0.5) * downsample  # mask pixel centres -> level-0 pixels
+            rings.append(np.round(ring, 1).tolist())
+        polys.append(rings)
+    return {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "MultiPolygon", "coordinates": polys},
+                "properties": {"objectType": "annotation", "name": f"tissue {name}", "classification": {"name": "Tissue"}},
+            }
+        ],
+    }
+
+
+def tissue_fraction(mask: np.ndarray, downsample: float, boxes: np.ndarray) -> np.ndarray:
+    """Share of mask pixels (by centre) inside each level-0 box (N x 4: x0, y0, x1, y1) that are tissue."""
+    ii = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = mask.shape
+    c0 = np.clip(np.ceil(boxes[:, 0] / downsample - 0.5), 0, w).astype(int)
+    c1 = np.clip(np.ceil(boxes[:, 2] / downsample - 0.5), 0, w).astype(int)
+    r0 = np.clip(np.ceil(boxes[:, 1] / downsample - 0.5), 0, h).astype(int)
+    r1 = np.clip(np.ceil(boxes[:, 3] / downsample - 0.5), 0, h).astype(int)
+    n = (c1 - c0) * (r1 - r0)
+    s = ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]
+    return np.where(n > 0, s / np.maximum(n, 1), 0.0)
+
+
+# ---------------------------------------------------------------- annotations
+
+
+@dataclass
+class Region:
+    """One annotated region: its class and polygons (each a list of rings, the first the outline)."""
+
+    label: str
+    polygons: list[list[np.ndarray]]
+
+    def contains(self, pts: np.ndarray) -> np.ndarray:
+        """Which (N x 2) level-0 points lie inside (inside an outline and outside its holes)."""
+        from matplotlib.path import Path as MplPath
+
+        inside = np.zeros(len(pts), bool)
+        for rings in self.polygons:
+            if len(rings[0]) < 3:
+                continue
+            hit = MplPath(rings[0]).contains_points(pts)
+            for hole in rings[1:]:
+                if len(hole) >= 3:
+                    hit &= ~MplPath(hole).contains_points(pts)
+            inside |= hit
+        return inside
+
+
+def load_regions(path: Path) -> list[Region]:
+    """Polygon / MultiPolygon features with ``classification.name`` from a QuPath GeoJSON export."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExtractError(f"cannot read annotations {path}: {str(e).splitlines()[0]}") from None
+    feats = doc.get("features", [doc]) if isinstance(doc, dict) else doc
+    regions = []
+    for f in feats if isinstance(feats, list) else []:
+        if not isinstance(f, dict):
+            continue
+        geom, props = f.get("geometry") or {}, f.get("properties") or {}
+        cls = props.get("classification") or {}
+        label = cls.get("name") if isinstance(cls, dict) else None
+        if not label:
+            continue
+        kind, coords = geom.get("type"), geom.get("coordinates")
+        polys = [coords] if kind == "Polygon" else coords if kind == "MultiPolygon" else None
+        if not polys:
+            continue
+        try:
+            regions.append(Region(str(label), [[np.asarray(r, np.float64)[:, :2] for r in p] for p in polys]))
+        except (ValueError, IndexError, TypeError):
+            raise ExtractError(f"{path}: a {kind} of class {label!r} has malformed coordinates") from None
+    return regions
+
+
+def stem(name: str) -> str:
+    """A slide's file name without its (double) extension."""
+    low = name.lower()
+    for ext in (".ome.tiff", ".ome.tif", ".ome.btf"):
+        if low.endswith(ext):
+            return name[: -len(ext)]
+    return name.rsplit(".", 1)[0]
+
+
+def annotation_file(annotations: str, slide_name: str, n_slides: int) -> Path | None:
+    """The GeoJSON for a slide: <stem>.geojson/.json in a folder, or the one file (by stem, or for a single slide)."""
+    a = Path(annotations).expanduser()
+    s = stem(slide_name)
+    if a.is_dir():
+        for ext in (".geojson", ".json"):
+            if (a / f"{s}{ext}").is_file():
+                return a / f"{s}{ext}"
+        return None
+    return a if (stem(a.name) == s or n_slides == 1) else None
+
+
+def label_tiles(regions: list[Region], boxes: np.ndarray, samples: int = 8) -> tuple[list[str | None], np.ndarray]:
+    """Per tile: the class of the first region holding its centre (or None) and the share of the tile it covers
+    (measured on a samples x samples grid of points)."""
+    n = len(boxes)
+    labels: list[str | None] = [None] * n
+    cover = np.zeros(n)
+    if not regions or n == 0:
+        return labels, cover
+    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+    owner = np.full(n, -1)
+    for k, r in enumerate(regions):
+        free = owner < 0
+        if free.any():
+            hit = r.contains(centres[free])
+            owner[np.flatnonzero(free)[hit]] = k
+    f = (np.arange(samples) + 0.5) / samples
+    gx, gy = np.meshgrid(f, f)
+    for k in np.unique(owner[owner >= 0]):
+        sel = np.flatnonzero(owner == k)
+        b = boxes[sel]
+        px = b[:, None, 0] + gx.ravel()[None] * (b[:, None, 2] - b[:, None, 0])
+        py = b[:, None, 1] + gy.ravel()[None] * (b[:, None, 3] - b[:, None, 1])
+        inside = regions[k].contains(np.stack([px.ravel(), py.ravel()], axis=1)).reshape(len(sel), -1)
+        cover[sel] = inside.mean(axis=1)
+        for i in sel:
+            labels[i] = regions[k].label
+    return labels, cover
+
+
+# ---------------------------------------------------------------- the dataset
+
+
+def list_slides(path: Path) -> pd.DataFrame:
+    """One row per slide (path + any manifest columns) from a slide file, a folder of slides or a slide manifest CSV."""
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.name.lower().endswith(WSI_EXTS) and not f.name.startswith("."))
+        if not files:
+            raise ExtractError(f"no slides ({', '.join(WSI_EXTS)}) in {path}")
+        return pd.DataFrame({"path": [str(f.resolve()) for f in files]})
+    if path.suffix.lower() == ".csv":
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise ExtractError(f"cannot parse slide manifest {path}: {str(e).splitlines()[0]}") from None
+        if "path" not in df:
+            raise ExtractError(f"slide manifest {path} needs a 'path' column (has: {', '.join(map(str, df.columns))})")
+        if df.empty:
+            raise ExtractError(f"slide manifest {path} lists no slides")
+        df["path"] = [p if os.path.isabs(p) else str((path.parent / p).resolve()) for p in df["path"].astype(str)]
+        if "mpp" in df and not pd.api.types.is_numeric_dtype(df["mpp"]):
+            raise ExtractError(f"the mpp column of {path} must hold numbers (empty where the slide knows its own)")
+        return df.reset_index(drop=True)
+    return pd.DataFrame({"path": [str(path.resolve())]})
+
+
+def _boxes_for(slide: Slide, opts: SlideOptions, smpp: float, centres: np.ndarray | None) -> np.ndarray:
+    side0 = opts.tile_px * opts.mpp / smpp
+    if centres is not None:
+        return np.stack([centres[:, 0] - side0 / 2, centres[:, 1] - side0 / 2, centres[:, 0] + side0 / 2, centres[:, 1] + side0 / 2], axis=1)
+    step0 = opts.stride * opts.mpp / smpp
+    W, H = slide.dimensions
+    nx, ny = math.floor((W - side0) / step0) + 1, math.floor((H - side0) / step0) + 1
+    if nx < 1 or ny < 1:
+        return np.zeros((0, 4))
+    gx, gy = np.meshgrid(np.arange(nx) * step0, np.arange(ny) * step0)  # row-major: tiles ordered top to bottom
+    x0, y0 = gx.ravel(), gy.ravel()
+    return np.stack([x0, y0, x0 + side0, y0 + side0], axis=1)
+
+
+def slide_tiles(
+    slide: Slide, opts: SlideOptions, smpp: float, centres: np.ndarray | None = None
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any] | None]:
+    """(tile table, slide record, tissue GeoJSON) of one open slide: the tissue grid, or boxes at given centres."""
+    boxes = _boxes_for(slide, opts, smpp, centres)
+    side0 = opts.tile_px * opts.mpp / smpp
+    geo = None
+    record: dict[str, Any] = {
+        "slide": slide.name, "path": slide.path, "reader": slide.reader, "mpp": smpp, "mpp_recorded": slide.mpp,
+        "dimensions": list(slide.dimensions), "level_downsamples": slide.level_downsamples, "tile_side_level0": side0,
+    }
+    if centres is None:
+        ds = mask_downsample(slide, side0)
+        mask = tissue_mask(thumbnail(slide, ds))
+        geo = mask_geojson(mask, ds, slide.name)
+        frac = tissue_fraction(mask, ds, boxes)
+        keep = frac >= opts.min_tissue
+        boxes, frac = boxes[keep], frac[keep]
+        record.update(mask_downsample=ds, tissue_fraction=float(mask.mean()))
+    else:
+        frac = np.full(len(boxes), np.nan)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    level = best_level(slide, opts.mpp / smpp)
+    df = pd.DataFrame(
+        {
+            "slide": slide.name,
+            "slide_path": slide.path,
+            "x": np.floor(cx).astype(np.int64),
+            "y": np.floor(cy).astype(np.int64),
+            "x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
+            "level": np.int64(level),
+            "source_mpp": smpp * slide.level_downsamples[level],
+            "slide_mpp": smpp,
+            "tissue": frac,
+        }
+    )
+    for z in opts.zooms:
+        if z == 1.0:
+            continue
+        zl = best_level(slide, opts.mpp / z / smpp)
+        df[f"level_z{z:g}"] = np.int64(zl)
+    for z in sorted(set(opts.zooms) | {1.0}):
+        half = side0 / z / 2
+        df[f"outside_z{z:g}"] = [outside_fraction(slide, (x - half, y - half, x + half, y + half)) for x, y in zip(cx, cy)]
+    df.insert(0, "tile_id", [f"{slide.name}:{x}:{y}" for x, y in zip(df["x"], df["y"])])
+    record["n_tiles"] = len(df)
+    return df, record, geo
+
+
+def build_slide_table(
+    path: Path, opts: SlideOptions, points: pd.DataFrame | None = None, progress: bool = True
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The tile table of every readable slide, and what to record: per-slide records, skipped slides, masks."""
+    from mito.progress import progress_bar
+
+    slides = list_slides(path)
+    if points is not None and len(slides) != 1:
+        raise ExtractError("--points needs a single slide as SOURCE")
+    extra = [c for c in slides.columns if c not in ("path", "mpp")]
+    parts, records, skipped, masks = [], [], [], {}
+    with progress_bar("slides", enabled=progress and len(slides) > 1) as bar:
+        task = bar.add_task("tissue + grid", total=len(slides), rate="-", info="")
+        for _, row in slides.iterrows():
+            p = str(row["path"])
+            override = row.get("mpp") if "mpp" in slides else None
+            override = float(override) if override is not None and pd.notna(override) else opts.slide_mpp
+            try:
+                slide = open_slide(p, opts.reader)
+            except SlideReadError as e:
+                skipped.append({"slide": Path(p).name, "path": p, "reason": str(e)})
+                bar.update(task, advance=1)
+                continue
+            try:
+                smpp = check_mpp(slide, override)
+                centres = points[["x", "y"]].to_numpy(np.float64) if points is not None else None
+                if centres is not None:
+                    W, H = slide.dimensions
+                    out = (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= W) | (centres[:, 1] >= H)
+                    if out.any():
+                        x, y = centres[np.argmax(out)]
+                        raise ExtractError(f"point ({x:g}, {y:g}) lies outside the {W}x{H} slide {slide.name}")
+                df, rec, geo = slide_tiles(slide, opts, smpp, centres)
+                if points is not None:
+                    keep = [c for c in points.columns if c not in ("x", "y") and c not in df]
+                    df = pd.concat([df, points[keep].reset_index(drop=True)], axis=1)
+                    df["tile_id"] = df["tile_id"] + [f"#{i}" if d else "" for i, d in enumerate(df["tile_id"].duplicated(keep=False))]
+            except SlideReadError as e:
+                skipped.append({"slide": slide.name, "path": p, "reason": str(e)})
+                bar.update(task, advance=1)
+                continue
+            finally:
+                close_slide(slide)
+            if opts.annotations is not None:
+                df = _annotate(df, opts, slide.name, len(slides))
+            for c in extra:
+                df[c if not (c == "label" and "label" in df) else "slide_label"] = row[c]
+            if "patient" in df and "group" not in df:
+                df["group"] = df["patient"].astype(str)
+            rec["n_tiles"] = len(df)
+            parts.append(df)
+            records.append(rec)
+            if geo is not None:
+                masks[slide.name] = geo
+            bar.update(task, advance=1)
+    if not parts:
+        reasons = "; ".join(f"{s['reason']}" for s in skipped[:3])
+        raise ExtractError(f"no slide in {path} could be tiled: {reasons}")
+    tiles = pd.concat(parts, ignore_index=True)
+    if tiles.empty:
+        raise ExtractError(f"no tiles on tissue in {path}: lower --min-tissue (now {opts.min_tissue:g}) or check the slides")
+    info = {"options": asdict(opts), "slides": records, "skipped": skipped, "masks": masks}
+    return tiles, info
+
+
+def _annotate(df: pd.DataFrame, opts: SlideOptions, name: str, n_slides: int) -> pd.DataFrame:
+    assert opts.annotations is not None
+    f = annotation_file(opts.annotations, name, n_slides)
+    regions = load_regions(f) if f is not None else []
+    labels, cover = label_tiles(regions, df[["x0", "y0", "x1", "y1"]].to_numpy())
+    if "label" in df:
+        df = df.rename(columns={"label": "point_label"})
+    df["label"] = pd.Series(labels, dtype=object)
+    df["label_cover"] = cover
+    if opts.label_overlap is not None:  # labelled tiles that their region covers too little are ambiguous
+        df = df[df["label"].isna() | (df["label_cover"] >= opts.label_overlap)].reset_index(drop=True)
+    return df
+
+
+# ---------------------------------------------------------------- reading in workers
+
+
+_HANDLES: OrderedDict[tuple[int, str, str], Slide] = OrderedDict()  # per process: (pid, path, reader) -> open slide
+
+
+def slide_handle(path: str, reader: str) -> Slide:
+    """An open slide for this process (DataLoader worker), kept among the last OPEN_SLIDES used.
+
+    Keyed by process id: a forked worker never reuses a handle (and file offset) of its parent."""
+    key = (os.getpid(), path, reader)
+    slide = _HANDLES.get(key)
+    if slide is None:
+        slide = open_slide(path, reader)
+        _HANDLES[key] = slide
+        mine = [k for k in _HANDLES if k[0] == key[0]]
+        for old in mine[: max(0, len(mine) - OPEN_SLIDES)]:
+            close_slide(_HANDLES.pop(old))
+    _HANDLES.move_to_end(key)
+    return slide
+
+
+def read_views(source: Any, i: int, zooms: list[float]) -> list[np.ndarray]:
+    """One tile_px x tile_px image per zoom for tile ``i``: zoom z covers 1/z of the tile's side around its centre,
+    read from the level that fits that resolution (z < 1: real context). Handles stay open per worker."""
+    opts: SlideOptions = source.slides["opts"]
+    t = source.tiles
+    slide = slide_handle(str(t["slide_path"].iat[i]), opts.reader)
+    x0, y0, x1, y1 = (float(t[c].iat[i]) for c in ("x0", "y0", "x1", "y1"))
+    cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    out: dict[float, np.ndarray] = {}
+    try:
+        for z in zooms:
+            if z not in out:
+                h = half / z
+                out[z], _ = read_box(slide, (cx - h, cy - h, cx + h, cy + h), opts.tile_px)
+    except SlideReadError:  # OpenSlide handles stay in an error state: the next tile reopens the slide
+        key = (os.getpid(), str(t["slide_path"].iat[i]), opts.reader)
+        if _HANDLES.get(key) is slide:
+            close_slide(_HANDLES.pop(key))
+        raise
+    return [out[z] for z in zooms]
+
+
+def slide_source(
+    path: Path, points: Path | None, task: str | None, opts: SlideOptions, progress: bool = True
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(tile table, {"opts", "info"}) for a slide dataset, or for one slide with a points CSV of level-0 centres."""
+    pts = None
+    if points is not None:
+        try:
+            pts = pd.read_csv(points)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise ExtractError(f"cannot parse points {points}: {str(e).splitlines()[0]}") from None
+        if not {"x", "y"} <= set(pts.columns) or pts.empty:
+            raise ExtractError(f"points file {points} needs x and y columns and at least one row")
+        if not (pd.api.types.is_numeric_dtype(pts["x"]) and pd.api.types.is_numeric_dtype(pts["y"])):
+            raise ExtractError(f"x and y in {points} must be numbers")
+        if path.is_dir() or path.suffix.lower() == ".csv":
+            raise ExtractError(f"--points needs a slide image, but {path} is a folder or manifest")
+    tiles, info = build_slide_table(path, opts, pts, progress)
+    if "label" in tiles and task and task != "label":
+        if task in tiles:
+            raise ExtractError(f"task name {task!r} clashes with an existing column")
+        tiles = tiles.rename(columns={"label": task})
+    if "group" not in tiles:
+        tiles["group"] = tiles["slide"]
+    tiles["group"] = tiles["group"].astype(str)
+    return tiles, {"opts": opts, "info": info}
+
+
+def check_slide_set(store_path: str, source: Any) -> None:
+    """Refuse, naming them, slides added to (or missing from) an existing slide store: its tile list is fixed."""
+    from mito.cache import open_store
+    from mito.cache.store import store_exists
+
+    if source.slides is None or not store_exists(store_path):
+        return
+    try:
+        with open_store(store_path, "r") as s:
+            rec = s.meta.get("slides") or {}
+    except Exception:  # not readable as a store: the store's own checks report it
+        return
+    if not rec:
+        return
+    had = {r["slide"] for r in rec.get("slides", [])}
+    now = {r["slide"] for r in source.slides["info"]["slides"]}
+    new, gone = sorted(now - had), sorted(had - now)
+    if new or gone:
+        parts = ([f"{len(new)} new ({', '.join(new[:5])}{' ...' if len(new) > 5 else ''})"] if new else []) + (
+            [f"{len(gone)} missing ({', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''})"] if gone else [])
+        raise ExtractError(
+            f"{store_path} holds {len(had)} slides and SOURCE has {' and '.join(parts)}: a store's tile list is fixed, "
+            "so extract the new slides into a new --store"
+        )
+
+
+def slide_tiling(opts: SlideOptions) -> dict[str, Any]:
+    """What makes slide features comparable (recorded per variant; a model refuses a store tiled otherwise)."""
+    return {"mpp": opts.mpp, "tile_px": opts.tile_px}
+
+
+def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
+    """Write the per-slide records and skipped slides into the store, and each tissue mask as GeoJSON beside it."""
+    from mito.io import safe_name, write_json
+
+    mask_dir = None
+    if info["masks"] and "://" not in store_path:
+        mask_dir = Path(f"{str(store_path).rstrip('/')}.slides")
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        for name, geo in info["masks"].items():
+            write_json(mask_dir / f"{safe_name(name)}.tissue.geojson", geo, indent=0)
+    slides = [dict(r, mask_geojson=str(mask_dir / f"{safe_name(r['slide'])}.tissue.geojson") if mask_dir and r["slide"] in info["masks"] else None) for r in info["slides"]]
+    store.record("slides", {"options": info["options"], "slides": slides, "skipped": info["skipped"]})

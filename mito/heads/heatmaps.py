@@ -1,0 +1,67 @@
+"""Per-slide heatmaps of predicted probabilities over the slide thumbnail (PNG with a colour bar and the slide name)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mito.heads.base import HeadError
+
+
+def prob_columns(preds: pd.DataFrame) -> list[str]:
+    """The p_<class> columns to draw: the positive (second) class of a binary model, else every class."""
+    cols = [c for c in preds.columns if c.startswith("p_")]
+    if not cols:
+        raise HeadError("the predictions have no p_<class> columns to draw")
+    return cols[1:] if len(cols) == 2 else cols
+
+
+def draw_heatmap(slide_name: str, slide_path: str, tiles: pd.DataFrame, cols: list[str], out: Path, reader: str = "auto") -> Path:
+    """One PNG: the thumbnail with each tile's probability painted over it (one panel per class), colour bar, title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mito.extract.slide_qc import slide_thumbnail
+    from mito.io import atomic_write
+
+    thumb, ds = slide_thumbnail(slide_path, reader, max_side=800)
+    h, w = thumb.shape[:2]
+    fig, axes = plt.subplots(1, len(cols), figsize=(len(cols) * max(4.0, w / 110) + 1.0, max(3.0, h / 110) + 0.6), dpi=100, squeeze=False)
+    b = tiles[["x0", "y0", "x1", "y1"]].to_numpy() / ds
+    for ax, col in zip(axes[0], cols):
+        heat = np.full((h, w), np.nan)
+        p = tiles[col].to_numpy()
+        for (x0, y0, x1, y1), v in zip(b, p):  # painted in table order; with a stride < tile, later tiles win
+            heat[max(0, round(y0)) : round(y1), max(0, round(x0)) : round(x1)] = v
+        ax.imshow(thumb)
+        im = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.6, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"{slide_name}: P({col[2:]}), {len(tiles)} tiles", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, label=f"P({col[2:]})")
+    fig.tight_layout()
+    path = atomic_write(out, lambda t: fig.savefig(t, format="png"), ".png")
+    plt.close(fig)
+    return path
+
+
+def write_heatmaps(preds: pd.DataFrame, tiles: pd.DataFrame, out_dir: str | os.PathLike, reader: str = "auto") -> list[Path]:
+    """Heatmaps for every slide in ``preds`` (rows named slide,x,y) using a slide store's tile table (boxes, paths)."""
+    from mito.io import safe_name
+
+    need = {"slide", "x", "y"}
+    if not need <= set(preds.columns) or not {"slide_path", "x0", "y0", "x1", "y1"} <= set(tiles.columns):
+        raise HeadError("--heatmaps needs a store extracted from whole slides (mito extract --mpp ...)")
+    cols = prob_columns(preds)
+    merged = preds.merge(tiles[["slide", "x", "y", "slide_path", "x0", "y0", "x1", "y1"]].drop_duplicates(["slide", "x", "y"]),
+                         on=["slide", "x", "y"], how="inner")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        draw_heatmap(name, str(g["slide_path"].iat[0]), g, cols, out / f"{safe_name(name)}.heatmap.png", reader)
+        for name, g in merged.groupby("slide", sort=True)
+    ]

@@ -113,9 +113,10 @@ def main() -> None:
     a = ap.parse_args()
 
     from mito.extract import ExtractConfig, create_backbone, extract, get_backbone, pick_device
-    from mito.extract.extractor import default_batch_size, default_workers, tune_cpu_allocator
+    from mito.extract.extractor import default_batch_size, default_workers
+    from mito.resources import tune_cpu_allocator
     from mito.extract.variants import Preprocess, preprocess
-    from mito.extract.sources import _read_image
+    from mito.extract.sources import read_image
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -141,7 +142,7 @@ def main() -> None:
             model.to(memory_format=torch.channels_last)
         prep = Preprocess(size, spec.mean, spec.std)
         files = sorted(src.rglob("*.jpg"))[:bs]
-        x = torch.stack([preprocess(_read_image(str(f)), prep) for f in files])
+        x = torch.stack([preprocess(read_image(str(f)), prep) for f in files])
         while x.shape[0] < bs:
             x = torch.cat([x, x])[:bs]
         x = x.to(device)

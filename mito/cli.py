@@ -110,16 +110,23 @@ def _parse_weights(values: list[str], backbones: list[str]) -> dict[str, str]:
     return out
 
 
+EXTRACT_OPTIONS = {"num_workers": "--workers", "backbones": "--backbone", "source": "SOURCE", "progress": "--quiet"}
+
+
 def _extract_config(**kw: Any) -> Any:
     from pydantic import ValidationError
 
     from mito.extract import ExtractConfig
-    from mito.validation import one_line
 
     try:
         return ExtractConfig(**kw)
     except ValidationError as e:
-        raise UserError(one_line(e, as_option=True)) from None
+        err = e.errors()[0]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not err["loc"]:  # a check across options names them itself
+            raise UserError(msg) from None
+        field = str(err["loc"][0])
+        raise UserError(f"{EXTRACT_OPTIONS.get(field, '--' + field.replace('_', '-'))}: {msg}") from None
 
 
 def _floats(value: str, what: str) -> list[float]:
@@ -145,7 +152,7 @@ def extract(
     tile_size: int = typer.Option(224, help="Slides: side of the base crop in level-0 pixels."),
     task: Optional[str] = typer.Option(None, help="Name of the label column (e.g. mitosis); default 'label'."),
     label_column: Optional[str] = typer.Option(None, help="Manifest column holding the labels (default: label)."),
-    batch_size: Optional[int] = typer.Option(None, help="Tiles per forward pass (default 256 on CUDA, 64 on CPU)."),
+    batch_size: Optional[int] = typer.Option(None, help="Tiles per forward pass, one variant at a time (default 256 on CUDA, 32 on CPU)."),
     workers: Optional[int] = typer.Option(None, help="DataLoader decoding workers (default: by device and cores)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     chunk_rows: int = typer.Option(1024, help="Rows per store chunk (the unit of resume)."),
@@ -186,7 +193,11 @@ def extract(
         return
     for name, b in summary["backbones"].items():
         rate = f"{b['tiles_per_s']} tiles/s" if b["tiles_per_s"] else "nothing left to do"
-        console.print(f"{name}: {b['rows']} tiles embedded, {b['skipped_chunks']} chunks already done, {rate}")
+        line = f"{name}: {b['rows']} tiles embedded, {b['skipped_chunks']} chunks already done, {rate}"
+        counts = b.get("variant_rows") or {}
+        if b["rows"] and any(n < b["rows"] for n in counts.values()):  # some variants were already in the store
+            line += " (new rows: " + ", ".join(f"{k.split(':', 1)[-1]} {n}" for k, n in counts.items() if n) + ")"
+        console.print(line, highlight=False)
     if summary["unreadable"]:
         shown = ", ".join(summary["unreadable"][:10])
         more = f" (+{len(summary['unreadable']) - 10} more)" if len(summary["unreadable"]) > 10 else ""

@@ -1,4 +1,4 @@
-"""What the machine has right now: idle cores, available memory (cgroup-aware), and the CPU allocator setting."""
+"""What the machine has right now: idle cores, available memory (cgroup-aware), peak RSS, and the CPU allocator setting."""
 
 from __future__ import annotations
 
@@ -79,3 +79,27 @@ def peak_rss_bytes() -> int:
 
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r if sys.platform == "darwin" else r * 1024)
+
+
+def tune_cpu_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20, top_pad: int = 64 << 20) -> bool:
+    """glibc only: keep up to ``trim_threshold`` of freed heap in the process instead of handing it back after every op.
+
+    Otherwise each batch's activations come back as fresh zeroed pages, and on a small VM the page faults
+    (system time) cost as much as the convolutions. Process-wide (DataLoader workers forked later inherit it),
+    so the retained memory is bounded: at most ``trim_threshold`` + ``top_pad`` per heap, blocks over
+    ``mmap_threshold`` always go back to the kernel. Returns True when applied.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        return all(
+            libc.mallopt(opt, val) == 1
+            for opt, val in ((m_mmap_threshold, mmap_threshold), (m_trim_threshold, trim_threshold), (m_top_pad, top_pad))
+        )
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        return False

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import math
 import os
 import queue
 import sys
 import threading
 import time
-from dataclasses import replace
+from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch.utils.data import DataLoader, Dataset
 
 import mito
@@ -27,10 +30,17 @@ from mito.extract.errors import ExtractError
 from mito.extract.slide_tiles import check_slide_set, options_from, record_slides, slide_tiling
 from mito.extract.sources import TileSource, open_source
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
+from mito.progress import add_task, advance, progress_bar, status
+from mito.resources import available_memory, tune_cpu_allocator
+
+MAX_ZOOM = 64.0
+MAX_CHUNK_ROWS = 1 << 20
+MAX_TILE_SIZE = 16384
+GiB = 1 << 30
 
 
 class ExtractConfig(BaseModel):
-    """Everything one `mito extract` run needs (validated; unknown fields are errors)."""
+    """Everything one `mito extract` run needs (validated; unknown fields are errors; sizes bounded by the machine)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -43,16 +53,16 @@ class ExtractConfig(BaseModel):
     colors: list[str] = Field(default_factory=lambda: ["rgb"])
     fit: Literal["resize", "pad"] = "resize"
     pad_mode: Literal["reflect", "white"] = "reflect"
-    input_size: int | None = None
-    tile_size: int = 224
+    input_size: int | None = Field(None, ge=16, le=4096)
+    tile_size: int = Field(224, ge=8, le=MAX_TILE_SIZE)
     task: str | None = None
     label_column: str | None = None
-    batch_size: int | None = None  # None: default_batch_size(device)
-    num_workers: int | None = None
+    batch_size: int | None = Field(None, ge=1, le=65536)  # None: default_batch_size(device)
+    num_workers: int | None = Field(None, ge=0, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, ge=1, le=MAX_CHUNK_ROWS)
     compile: bool = False
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1)
     progress: bool = True
     # whole slides (mito.extract.slide_tiles): tiles of tile_px pixels at mpp um/px over tissue
     mpp: float | None = Field(default=None, gt=0)
@@ -68,8 +78,10 @@ class ExtractConfig(BaseModel):
     @field_validator("zooms")
     @classmethod
     def _zooms(cls, v: list[float]) -> list[float]:
-        if not v or any(z <= 0 for z in v):
+        if not v or any(not math.isfinite(z) or z <= 0 for z in v):
             raise ValueError("zooms must be positive numbers, e.g. 1,2 or 0.5,1")
+        if max(v) > MAX_ZOOM or min(v) < 1 / MAX_ZOOM:
+            raise ValueError(f"zooms must lie between {1 / MAX_ZOOM:g} and {MAX_ZOOM:g} (got {', '.join(f'{z:g}' for z in v)})")
         return sorted(set(v), key=v.index)
 
     @field_validator("colors")
@@ -87,12 +99,45 @@ class ExtractConfig(BaseModel):
             raise ValueError("give at least one backbone")
         return sorted(set(v), key=v.index)
 
-    @field_validator("batch_size", "chunk_rows", "tile_size")
-    @classmethod
-    def _positive(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    @model_validator(mode="after")
+    def _fits(self) -> ExtractConfig:
+        stray = [b for b in self.weights if b not in self.backbones]
+        if stray:
+            raise ValueError(
+                f"--weights names {stray[0]}, which is not among --backbone ({', '.join(self.backbones)}): its weights would be ignored"
+            )
+        free = available_memory()
+        if free is None:
+            return self
+        specs = []
+        for b in self.backbones:
+            try:
+                specs.append(get_backbone(b))
+            except ExtractError:  # reported later, with the known names
+                pass
+        n_var = len(self.zooms) * len(self.colors)
+        dims = sum(sp.embed_dim for sp in specs) * n_var
+        if self.chunk_rows * dims * 4 > free // 4:
+            raise ValueError(
+                f"--chunk-rows {self.chunk_rows} x {dims} dims x 4 bytes = {self.chunk_rows * dims * 4 / GiB:.1f} GiB, "
+                f"more than a quarter of the {free / GiB:.1f} GiB available; use fewer rows per chunk"
+            )
+        side = max([self.input_size or sp.input_size for sp in specs] or [self.input_size or 224])
+        if self.batch_size is not None and self.batch_size * 3 * side * side * 4 * 16 > free // 2:
+            raise ValueError(
+                f"--batch-size {self.batch_size} at {side} px needs about "
+                f"{self.batch_size * 3 * side * side * 64 / GiB:.1f} GiB for one forward, more than half the "
+                f"{free / GiB:.1f} GiB available; use a smaller batch"
+            )
+        if self.points is not None:
+            region = round(self.tile_size * max(1.0, 1.0 / min(self.zooms)))
+            if region * region * 3 * 4 > free // 4:
+                raise ValueError(
+                    f"--tile-size {self.tile_size} at zoom {min(self.zooms):g} reads {region} x {region} px regions "
+                    f"({region * region * 12 / GiB:.1f} GiB with their copies), more than a quarter of the "
+                    f"{free / GiB:.1f} GiB available"
+                )
+        return self
 
 
 def pick_device(name: str) -> torch.device:
@@ -104,31 +149,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def tune_cpu_allocator() -> bool:
-    """glibc only: keep freed memory in the process instead of handing it back to the kernel after every op.
-
-    Otherwise each batch's activations come back as fresh zeroed pages, and on a small VM the page faults
-    (system time) cost as much as the convolutions. Process-wide; returns True when applied.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-        return all(
-            libc.mallopt(opt, val) == 1
-            for opt, val in ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 1 << 30), (m_top_pad, 256 << 20))
-        )
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        return False
-
-
 def default_batch_size(device: torch.device) -> int:
-    """Tiles per forward: 256 on a GPU (bf16 ViTs reach their best rate there), 64 on CPU."""
-    return 256 if device.type == "cuda" else 64
+    """Tiles per forward: 256 on a GPU (bf16 ViTs reach their best rate there), 32 on CPU (as fast per tile as 64
+    on efficientnet_lite0, with half the activation memory)."""
+    return 256 if device.type == "cuda" else 32
 
 
 def default_workers(device: torch.device) -> int:
@@ -150,10 +174,11 @@ def variant_plan(cfg: ExtractConfig, backbone: str) -> list[tuple[Variant, Prepr
 
 
 class _TileDataset(Dataset):
-    """Reads each tile once at the widest field of view and returns every variant of it."""
+    """Reads each tile once at the widest field of view and returns the variants its chunk still needs."""
 
-    def __init__(self, source: TileSource, rows: np.ndarray, preps: list[Preprocess]) -> None:
+    def __init__(self, source: TileSource, rows: np.ndarray, preps: list[Preprocess], need: np.ndarray, chunk_rows: int) -> None:
         self.source, self.rows = source, rows
+        self.need, self.chunk_rows = need, chunk_rows  # need[chunk, variant]: not yet in the store
         self.zooms = [p.zoom for p in preps]
         self.views = source.kind == "slides"  # whole slides: each zoom read at its own resolution
         self.context = 1.0 if self.views else max(1.0, 1.0 / min(self.zooms))
@@ -164,17 +189,54 @@ class _TileDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, k: int) -> tuple[int, torch.Tensor, bool]:
-        """(row, uint8 [variants, 3, S, S], unreadable): uint8 crosses processes and the PCIe bus, 4x less than float."""
+        """(row, uint8 [variants, 3, S, S], unreadable): uint8 crosses processes and the PCIe bus, 4x less than float.
+        Variants the row's chunk already has stay zeros (neither prepared nor embedded)."""
         row = int(self.rows[k])
         size = self.preps[0].input_size
+        out = torch.zeros(len(self.preps), 3, size, size, dtype=torch.uint8)
         try:
+            needed = np.flatnonzero(self.need[row // self.chunk_rows])
             if self.views:
                 imgs = self.source.read_views(row, self.zooms)
-                return row, torch.stack([prepare(im, p) for im, p in zip(imgs, self.preps)]), False
+                for j in needed:
+                    out[j] = prepare(imgs[j], self.preps[j])
+                return row, out, False
             img = self.source.read(row, self.context)
-            return row, torch.stack([prepare(img, p) for p in self.preps]), False
+            for j in needed:
+                out[j] = prepare(img, self.preps[j])
+            return row, out, False
         except OSError:
-            return row, torch.zeros(len(self.preps), 3, size, size, dtype=torch.uint8), True
+            return row, out, True
+
+
+class _Batches:
+    """Index batches of ``batch_size`` with a short first one, so the progress bar moves as soon as a few tiles are in."""
+
+    def __init__(self, n: int, batch_size: int, first: int) -> None:
+        self.n, self.batch_size, self.first = n, batch_size, max(1, min(first, batch_size, n))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.n:
+            yield list(range(self.first))
+        for i in range(self.first, self.n, self.batch_size):
+            yield list(range(i, min(self.n, i + self.batch_size)))
+
+    def __len__(self) -> int:
+        return (self.n > 0) + -(-(self.n - self.first) // self.batch_size)
+
+
+def input_budget() -> int:
+    """Bytes the queued input batches (DataLoader prefetch) may take: 512 MiB, less on a machine with little free memory."""
+    free = available_memory()
+    return min(512 << 20, max(64 << 20, (free or 4 << 30) // 8))
+
+
+def loader_plan(workers: int, batch_bytes: int, budget: int) -> tuple[int, int | None]:
+    """(workers, prefetch_factor) so that workers x prefetch x batch_bytes stays within ``budget`` (at least one batch)."""
+    if workers == 0:
+        return 0, None
+    workers = max(1, min(workers, budget // max(1, batch_bytes)))
+    return workers, max(1, min(2, budget // max(1, batch_bytes * workers)))
 
 
 def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, source: TileSource) -> dict[str, Any]:
@@ -241,22 +303,6 @@ class _Writer:
             raise self.error
 
 
-def _progress(enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} tiles/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
-
-
 def extract(cfg: ExtractConfig) -> dict[str, Any]:
     """Embed every tile of ``cfg.source`` with each backbone/variant, skipping chunks already done.
 
@@ -282,18 +328,20 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         cfg.mpp, cfg.tile_px, cfg.tile_um, cfg.zooms, stride_px=cfg.stride, min_tissue=cfg.min_tissue,
         slide_mpp=cfg.slide_mpp, reader=cfg.reader, annotations=cfg.annotations, label_overlap=cfg.label_overlap,
     )
-    source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column, slide_opts, cfg.progress)
-    if cfg.limit is not None:
-        source.tiles = source.tiles.iloc[: cfg.limit].reset_index(drop=True)
-    if min(cfg.zooms) < 1 and not source.has_context:
-        raise ExtractError(
-            f"zoom {min(cfg.zooms):g} needs pixels around each tile, but {source.kind} tiles are fixed crops; "
-            "use zooms >= 1 (or a slide with --points)"
-        )
-    check_slide_set(cfg.store, source)
-    store = dist.on_main(lambda: _open_or_create(cfg, source))  # only rank 0 creates; the others wait
-    if store is None:  # rank 0 holds the writer lock for the whole job
-        store = _open_or_create(cfg, source, lock=False)
+    # slide tiling shows its own per-slide bar; rich allows one live display at a time
+    with status(f"reading the tile list of {cfg.source} ...", enabled=cfg.progress and dist.main and slide_opts is None):
+        source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column, slide_opts, cfg.progress)
+        if cfg.limit is not None:
+            source.tiles = source.tiles.iloc[: cfg.limit].reset_index(drop=True)
+        if min(cfg.zooms) < 1 and not source.has_context:
+            raise ExtractError(
+                f"zoom {min(cfg.zooms):g} needs pixels around each tile, but {source.kind} tiles are fixed crops; "
+                "use zooms >= 1 (or a slide with --points)"
+            )
+        check_slide_set(cfg.store, source)
+        store = dist.on_main(lambda: _open_or_create(cfg, source))  # only rank 0 creates; the others wait
+        if store is None:  # rank 0 holds the writer lock for the whole job
+            store = _open_or_create(cfg, source, lock=False)
     if dist.main and not store.capabilities.resumable_per_chunk:
         print(f"note: {cfg.store} is HDF5: a killed run or a full disk loses that run's chunks (a .zarr store resumes per chunk: use one for long runs)", file=sys.stderr)
     summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
@@ -312,8 +360,9 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         summary["backbones"] = {b: distributed.merge_summaries([p[b] for p in parts]) for b in cfg.backbones} if dist.active else parts[0]
         bad = np.flatnonzero(store.unreadable)
         summary["unreadable"] = store.tiles["tile_id"].iloc[bad].astype(str).tolist()
-        store.record("unreadable_tiles", summary["unreadable"])
-        store.record("last_run", {k: v for k, v in summary.items() if k != "unreadable"})
+        if any(b["rows"] for b in summary["backbones"].values()):  # a no-op run keeps the record of the run that did the work
+            store.record("unreadable_tiles", summary["unreadable"])
+            store.record("last_run", {k: v for k, v in summary.items() if k != "unreadable"})
     finally:
         store.close()
     return summary
@@ -338,77 +387,43 @@ def _extract_backbone(
     skipped = int((~todo).sum())  # chunks finished before this run (the same on every rank)
     todo &= dist.owned(store.n_chunks)  # rank r embeds chunks c with c % world == r
     if not todo.any():
-        return {"variants": keys, "rows": 0, "skipped_chunks": skipped, "seconds": 0.0, "tiles_per_s": None}
+        return {"variants": keys, "rows": 0, "variant_rows": dict.fromkeys(keys, 0), "skipped_chunks": skipped, "seconds": 0.0, "tiles_per_s": None}
 
-    enc = create_backbone(name, weights=cfg.weights.get(name), device=device)
+    n_var = len(plan)
+    need = np.stack([~done[k] for k in keys], axis=1) & todo[:, None]  # need[chunk, variant]
     rows = np.concatenate([np.arange(*store.chunk_rows_range(int(c))) for c in np.flatnonzero(todo)])
-    ds = _TileDataset(source, rows, [p for _, p in plan])
-    workers = cfg.num_workers if cfg.num_workers is not None else default_workers(device)
+    size = plan[0][1].input_size
+    ds = _TileDataset(source, rows, [p for _, p in plan], need, store.chunk_rows)
     batch_size = cfg.batch_size or default_batch_size(device)
     cuda = device.type == "cuda"
+    workers, prefetch = loader_plan(
+        cfg.num_workers if cfg.num_workers is not None else default_workers(device), batch_size * n_var * 3 * size * size, input_budget()
+    )
+    first = max(1, batch_size // 8)  # a short first batch moves the bar early
     loader = DataLoader(
         ds,
-        batch_size=batch_size,
-        shuffle=False,
+        batch_sampler=_Batches(len(rows), batch_size, first=first),
         num_workers=workers,
         pin_memory=cuda,
         persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=prefetch,
     )
-    model = enc.model
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
-    std = torch.tensor(spec.std, dtype=torch.float32, device=device)
-
-    def embed(x: torch.Tensor) -> torch.Tensor:  # normalising on the device fuses into the compiled graph
-        return enc.embed(normalize(x, mean, std))
-
-    forward = _compiled(embed) if cfg.compile else embed
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    n_var = len(plan)
-
-    buffers: dict[int, dict[str, Any]] = {}
-    writer = _Writer(store)
-    t0 = time.perf_counter()
-    n_done = 0
-    try:
-        with _progress(cfg.progress and dist.main) as bar, torch.inference_mode(), autocast:
-            task = bar.add_task(f"{name} x{n_var}", total=len(rows), rate="-")
-
-            def finish(idx: torch.Tensor, out: torch.Tensor, bad: torch.Tensor, ready: Any) -> int:
-                if ready is not None:
-                    ready.synchronize()  # the copy back from the GPU has landed
-                emb = out.view(len(idx), n_var, -1).numpy()
-                emb[bad.numpy()] = np.nan
-                _collect(store, buffers, idx.numpy(), emb, bad.numpy(), keys, done, writer)
-                bar.update(task, advance=len(idx), rate=f"{(n_done + len(idx)) / (time.perf_counter() - t0):.1f}")
-                return len(idx)
-
-            pending = None  # the previous batch: handled on the CPU while the device runs the next one
-            for idx, x, bad in loader:
-                b = x.shape[0]
-                x = x.view(b * n_var, *x.shape[2:])
-                if cuda:
-                    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                pad = batch_size - b if cfg.compile else 0
-                if pad:  # a ragged last batch would trigger a recompile
-                    x = torch.cat([x, x[-1:].expand(pad * n_var, *x.shape[1:])])
-                out, ready = forward(x)[: b * n_var].float(), None
-                if cuda:  # start the copy back without waiting for it
-                    out, ready = out.to("cpu", non_blocking=True), torch.cuda.Event()
-                    ready.record()
-                if pending is not None:
-                    n_done += finish(*pending)
-                pending = (idx, out, bad, ready)
-            if pending is not None:
-                n_done += finish(*pending)
-    finally:
-        writer.close()
-    secs = time.perf_counter() - t0
+    with progress_bar("tiles", enabled=cfg.progress and dist.main, info=True) as bar:
+        task = add_task(bar, f"{name} x{n_var}", total=len(rows))
+        bar.update(task, info=f"starting {workers} decoding worker(s) ..." if workers else "")
+        gc.freeze()  # the forked workers' collections then never touch (and so copy) the parent's objects
+        try:
+            batches = iter(loader)  # workers fork now, before the model exists, and decode while it loads
+        finally:
+            gc.unfreeze()
+        bar.update(task, info=f"loading {name} weights ...")
+        enc = create_backbone(name, weights=cfg.weights.get(name), device=device)
+        bar.update(task, info="embedding the first batch ...")
+        n_done, counts, secs = _embed_all(cfg, enc, device, batches, batch_size, n_var, keys, need, store, bar, task)
     return {
         "variants": keys,
         "rows": int(n_done),
+        "variant_rows": counts,
         "skipped_chunks": skipped,
         "seconds": round(secs, 2),
         "tiles_per_s": round(n_done / secs, 2) if secs > 0 else None,
@@ -418,20 +433,103 @@ def _extract_backbone(
     }
 
 
-def _compiled(fn: Any) -> Any:
-    """``torch.compile(fn)`` that falls back to eager, once and with a warning, when compiling fails
-    (no C++ compiler, an unsupported op ...). Inductor caches compiled graphs on disk between runs."""
+def _embed_all(
+    cfg: ExtractConfig,
+    enc: Any,
+    device: torch.device,
+    batches: Any,
+    batch_size: int,
+    n_var: int,
+    keys: list[str],
+    need: np.ndarray,
+    store: Store,
+    bar: Any,
+    task: Any,
+) -> tuple[int, dict[str, int], float]:
+    """Embed every batch, one forward per variant still needed (at most ``batch_size`` tiles each, so memory does
+    not grow with the number of variants); returns (tiles, rows per variant, seconds)."""
+    spec = enc.spec
+    model = enc.model
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=device)
+
+    def embed(x: torch.Tensor) -> torch.Tensor:  # normalising on the device fuses into the compiled graph
+        return enc.embed(normalize(x, mean, std))
+
+    forward = _compiled(embed, batch_size) if cfg.compile else embed
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    counts = dict.fromkeys(keys, 0)
+    buffers: dict[int, dict[str, Any]] = {}
+    writer = _Writer(store)
+    t0 = time.perf_counter()
+    n_done = 0
+    try:
+        with torch.inference_mode(), autocast:
+
+            def finish(idx: torch.Tensor, out: torch.Tensor, bad: torch.Tensor, ready: Any) -> int:
+                if ready is not None:
+                    ready.synchronize()  # the copy back from the GPU has landed
+                emb = out.numpy()
+                emb[bad.numpy()] = np.nan
+                _collect(store, buffers, idx.numpy(), emb, bad.numpy(), keys, need, writer)
+                advance(bar, task, len(idx), t0, n_done + len(idx))
+                if n_done == 0:
+                    bar.update(task, info="")
+                return len(idx)
+
+            pending = None  # CUDA: the previous batch, handled on the CPU while the device runs the next one
+            for idx, x, bad in batches:
+                b = x.shape[0]
+                rows_need = need[idx.numpy() // store.chunk_rows]  # [b, variants]
+                out = torch.zeros(b, n_var, spec.embed_dim, dtype=torch.float32, device=device)
+                if cuda:  # uint8 from pinned memory, one transfer per batch
+                    x = x.to(device, non_blocking=True)
+                for j in np.flatnonzero(rows_need.any(axis=0)):
+                    sel = torch.from_numpy(np.flatnonzero(rows_need[:, j])).to(device)
+                    xj = x[sel, int(j)]
+                    if cuda:
+                        xj = xj.contiguous(memory_format=torch.channels_last)
+                    out[sel, int(j)] = forward(xj).float()
+                    counts[keys[j]] += len(sel)
+                if not cuda:  # nothing runs asynchronously on a CPU: hand the rows on (and move the bar) now
+                    n_done += finish(idx, out, bad, None)
+                    continue
+                out, ready = out.to("cpu", non_blocking=True), torch.cuda.Event()  # start the copy back, do not wait
+                ready.record()
+                if pending is not None:
+                    n_done += finish(*pending)
+                pending = (idx, out, bad, ready)
+            if pending is not None:
+                n_done += finish(*pending)
+    finally:
+        writer.close()
+    return n_done, counts, time.perf_counter() - t0
+
+
+def _compiled(fn: Any, batch_size: int) -> Any:
+    """``torch.compile(fn)`` on batches padded to ``batch_size`` (a ragged batch would recompile), falling back to
+    plain eager ``fn``, once and with a warning, when compiling fails (no C++ compiler, an unsupported op ...).
+    Inductor caches compiled graphs on disk between runs."""
     import warnings
 
     compiled = torch.compile(fn, dynamic=False)
     state = {"fn": None}  # decided by the first call
 
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if n < batch_size:
+            x = torch.cat([x, x[-1:].expand(batch_size - n, *x.shape[1:])])
+        return compiled(x)[:n]
+
     def call(x: torch.Tensor) -> torch.Tensor:
         if state["fn"] is not None:
             return state["fn"](x)
         try:
-            out = compiled(x)
-            state["fn"] = compiled
+            out = padded(x)
+            state["fn"] = padded
         except Exception as e:  # compile errors surface on the first call
             warnings.warn(f"torch.compile failed, running eager: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             state["fn"] = fn
@@ -448,22 +546,24 @@ def _collect(
     emb: np.ndarray,
     bad: np.ndarray,
     keys: list[str],
-    done: dict[str, np.ndarray],
+    need: np.ndarray,
     writer: _Writer,
 ) -> None:
-    """Gather rows into their chunk's buffer; hand each chunk to the writer once all its rows arrived."""
-    for c in np.unique(idx // store.chunk_rows):
+    """Gather rows into their chunk's float16 buffer (only the variants that chunk needs); hand each chunk to the
+    writer once all its rows arrived. The store keeps float16, so rounding here writes the same bits."""
+    chunk_of = idx // store.chunk_rows
+    for c in np.unique(chunk_of):
         c = int(c)
         start, stop = store.chunk_rows_range(c)
+        cols = np.flatnonzero(need[c])
         buf = buffers.setdefault(
-            c, {"emb": np.empty((stop - start, len(keys), emb.shape[-1]), np.float32), "bad": np.zeros(stop - start, bool), "n": 0}
+            c, {"emb": np.empty((stop - start, len(cols), emb.shape[-1]), np.float16), "bad": np.zeros(stop - start, bool), "n": 0}
         )
-        sel = (idx // store.chunk_rows) == c
+        sel = chunk_of == c
         local = idx[sel] - start
-        buf["emb"][local] = emb[sel]
+        buf["emb"][local] = emb[sel][:, cols]
         buf["bad"][local] = bad[sel]
         buf["n"] += int(sel.sum())
         if buf["n"] == stop - start:
-            item = [(k, c, buf["emb"][:, j], buf["bad"]) for j, k in enumerate(keys) if not done[k][c]]
-            writer.put(item)
+            writer.put([(keys[j], c, buf["emb"][:, i], buf["bad"]) for i, j in enumerate(cols)])
             del buffers[c]

@@ -6,7 +6,9 @@ and reads a square region centred on a tile at a given field of view.
 
 from __future__ import annotations
 
+import csv
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,40 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 SLIDE_EXTS = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff", ".btf")
 
 
-def _read_image(path: str) -> np.ndarray:
+HIGH_BIT_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 16}  # PIL mode -> bits per sample
+# (PIL opens 16-bit grey PNGs and TIFFs as I;16*, some versions as I; 16-bit RGB(A) it already reduces to 8 bits)
+
+
+def to_uint8_rgb(im: Image.Image) -> np.ndarray:
+    """HxWx3 uint8 from any PIL image: 16-bit grey scaled down by its bit depth (never clipped to white)."""
+    bits = HIGH_BIT_MODES.get(im.mode)
+    if bits is not None:
+        a = np.asarray(im).astype(np.int64)
+        a = np.clip(a, 0, (1 << bits) - 1) >> (bits - 8)
+        return np.repeat(a.astype(np.uint8)[..., None], 3, axis=2)
+    if im.mode == "F":
+        raise OSError("floating-point pixels (mode F); save it as 8- or 16-bit")
+    return np.asarray(im.convert("RGB"))
+
+
+def read_image(path: str) -> np.ndarray:
+    """uint8 HxWx3 pixels of an image file; OSError (one line) for anything undecodable, a decompression bomb included."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise OSError(f"unreadable image {path}: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, as an error
+            with Image.open(path) as im:
+                w, h = im.size
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and w * h > limit:
+                    raise OSError(f"{w}x{h} pixels, more than PIL's decompression-bomb limit of {limit}")
+                return to_uint8_rgb(im)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
+        raise OSError(f"unreadable image {safe_text(path)}: {e}") from None
+
+
+def safe_text(s: str) -> str:
+    """A file name as valid UTF-8 text: bytes that are not UTF-8 (os.fsdecode's surrogates) become \\xNN escapes."""
+    return os.fsencode(s).decode("utf-8", "backslashreplace")
 
 
 def centre_crop(img: np.ndarray, side: int) -> np.ndarray:
@@ -46,6 +76,7 @@ class TileSource:
     tile_size: int | None = None  # slides: the base field of view in level-0 pixels
     slide_path: str | None = None
     slides: Any = None  # kind "slides": {"opts": SlideOptions, "info": per-slide records, skipped slides, masks}
+    fs_paths: dict[str, str] = field(default_factory=dict)  # table path -> the name on disk, where they differ (non-UTF-8 bytes)
     _slide: Any = field(default=None, repr=False)
 
     @property
@@ -64,7 +95,8 @@ class TileSource:
             return self._read_slide(i, context)
         if context > 1.0:
             raise ExtractError("zoom below 1 needs context around the tile: only slide sources have it")
-        return _read_image(self.tiles["path"].iat[i])
+        p = self.tiles["path"].iat[i]
+        return read_image(self.fs_paths.get(p, p))
 
     def read_views(self, i: int, zooms: list[float]) -> list[np.ndarray]:
         """Kind "slides": one tile_px image per zoom, each read from the pyramid level that fits it."""
@@ -130,23 +162,33 @@ def _finish(df: pd.DataFrame, task: str | None, label_col: str | None) -> pd.Dat
     return df.reset_index(drop=True)
 
 
-def _folder(root: Path, task: str | None) -> pd.DataFrame:
+def _folder(root: Path, task: str | None) -> tuple[pd.DataFrame, dict[str, str]]:
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     rows = []
+    fs_paths: dict[str, str] = {}
+
+    def add(f: Path, tile_id: str, label: str | None) -> None:
+        path = os.path.abspath(f)  # as the user gave it: a symlink stays a symlink
+        shown = safe_text(path)
+        if shown != path:
+            fs_paths[shown] = path
+        rows.append({"tile_id": safe_text(tile_id), "path": shown, "label": None if label is None else safe_text(label)})
+
     if subdirs:
         for d in subdirs:
             for f in sorted(d.rglob("*")):
                 if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
-                    rows.append({"tile_id": f.relative_to(root).as_posix(), "path": str(f.resolve()), "label": d.name})
+                    add(f, f.relative_to(root).as_posix(), d.name)
     for f in sorted(root.iterdir()):
         if f.is_file() and f.suffix.lower() in IMAGE_EXTS:
-            rows.append({"tile_id": f.name, "path": str(f.resolve()), "label": None})
+            add(f, f.name, None)
     if not rows:
-        raise ExtractError(f"no images ({', '.join(IMAGE_EXTS)}) in {root}")
+        raise ExtractError(f"no images ({', '.join(IMAGE_EXTS)}) in {safe_text(str(root))}")
     df = pd.DataFrame(rows)
     labelled = df["label"].notna().any()
     df = _join_known_metadata(root, df)
-    return _finish(df, task, "label" if labelled else None) if labelled else _finish(df.drop(columns="label"), task, None)
+    df = _finish(df, task, "label" if labelled else None) if labelled else _finish(df.drop(columns="label"), task, None)
+    return df, fs_paths
 
 
 def _join_known_metadata(root: Path, df: pd.DataFrame) -> pd.DataFrame:
@@ -169,21 +211,43 @@ def _join_known_metadata(root: Path, df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns="_stem")
 
 
-def _manifest(csv: Path, task: str | None, label_column: str | None) -> pd.DataFrame:
+def _check_manifest_rows(path: Path) -> None:
+    """Every row has as many fields as the header (pandas would silently turn extra fields into an index)."""
     try:
-        df = pd.read_csv(csv)
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                return
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise ExtractError(
+                        f"manifest {path} line {reader.line_num}: {len(row)} fields, the header has {len(header)} "
+                        "(a stray comma? quote values that contain commas)"
+                    )
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ExtractError(f"cannot parse manifest {path}: {str(e).splitlines()[0]}") from None
+
+
+def _manifest(csv_path: Path, task: str | None, label_column: str | None) -> pd.DataFrame:
+    _check_manifest_rows(csv_path)
+    try:
+        df = pd.read_csv(csv_path, index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ExtractError(f"cannot parse manifest {csv}: {str(e).splitlines()[0]}") from None
+        raise ExtractError(f"cannot parse manifest {csv_path}: {str(e).splitlines()[0]}") from None
     if "path" not in df:
-        raise ExtractError(f"manifest {csv} needs a 'path' column (has: {', '.join(map(str, df.columns))})")
+        raise ExtractError(f"manifest {csv_path} needs a 'path' column (has: {', '.join(map(str, df.columns))})")
     if df.empty:
-        raise ExtractError(f"manifest {csv} lists no tiles")
-    base = csv.parent
+        raise ExtractError(f"manifest {csv_path} lists no tiles")
+    empty = df["path"].isna() | (df["path"].astype(str).str.strip() == "")
+    if empty.any():
+        raise ExtractError(f"manifest {csv_path} line {int(np.flatnonzero(empty.to_numpy())[0]) + 2}: empty path")
+    base = csv_path.parent
     df["tile_id"] = df["path"].astype(str)
-    df["path"] = [str((base / p).resolve()) if not os.path.isabs(p) else p for p in df["path"].astype(str)]
+    df["path"] = [p if os.path.isabs(p) else os.path.abspath(base / p) for p in df["path"].astype(str)]
     label_col = label_column or ("label" if "label" in df else None)
     if label_column and label_column not in df:
-        raise ExtractError(f"manifest {csv} has no column {label_column!r}")
+        raise ExtractError(f"manifest {csv_path} has no column {label_column!r}")
     return _finish(df, task, label_col)
 
 
@@ -242,11 +306,12 @@ def open_source(
         if tile_size < 8:
             raise ExtractError("--tile-size must be at least 8 pixels")
         df = _points(p, pts, task, tile_size)
-        return TileSource("slide", str(p.resolve()), df, tile_size=tile_size, slide_path=str(p.resolve()))
+        return TileSource("slide", os.path.abspath(p), df, tile_size=tile_size, slide_path=os.path.abspath(p))
     if p.is_dir():
-        return TileSource("folder", str(p.resolve()), _folder(p, task))
+        df, fs_paths = _folder(p, task)
+        return TileSource("folder", safe_text(os.path.abspath(p)), df, fs_paths=fs_paths)
     if p.suffix.lower() == ".csv":
-        return TileSource("manifest", str(p.resolve()), _manifest(p, task, label_column))
+        return TileSource("manifest", os.path.abspath(p), _manifest(p, task, label_column))
     if p.name.lower().endswith(SLIDE_EXTS):
         raise ExtractError(f"{p.name} is a slide: tile it with --mpp M --tile-px P, or pass --points points.csv with x,y columns")
     raise ExtractError(f"cannot use {p} as a tile source: give a folder of images, a CSV manifest, or a slide with --points")

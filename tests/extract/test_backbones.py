@@ -115,3 +115,39 @@ def test_unknown_backbone_lists_known_ones() -> None:
     with pytest.raises(ExtractError, match="unknown backbone 'virchow3'.*efficientnet_lite0"):
         get_backbone("virchow3")
     assert get_backbone("random_uni").random and get_backbone("random_uni").embed_dim == 1024
+
+
+def test_loader_table_declares_each_family_and_a_new_one_plugs_in() -> None:
+    """Families are a declared table (timm, transformers; open_clip next), not if/else on spec.loader."""
+    from dataclasses import replace
+
+    from mito.extract.backbones import LOADERS, register_loader
+    from mito.extract.backbones.registry import BackboneSpec, WeightsSource
+
+    assert {"timm", "transformers"} <= set(LOADERS)
+    assert {s.loader for s in list_backbones()} <= set(LOADERS)
+    calls: list[str] = []
+
+    def build(spec: BackboneSpec, path: Path | None) -> torch.nn.Module:
+        calls.append(f"build {spec.name} {path}")
+        return torch.nn.Conv2d(3, 5, 3)
+
+    def embed(model: torch.nn.Module, spec: BackboneSpec, x: torch.Tensor) -> torch.Tensor:
+        calls.append("embed")
+        return model(x).mean(dim=(2, 3))
+
+    register_loader("toy-family", build, embed)
+    try:
+        with pytest.raises(ValueError, match="twice"):
+            register_loader("toy-family", build, embed)
+        with pytest.raises(ValueError, match="names loader 'nope'"):
+            register(replace(get_backbone("uni"), name="toy-unknown", loader="nope"))
+        register(BackboneSpec(name="random_toy", arch="toy", embed_dim=5, loader="toy-family", weights=WeightsSource()))
+        enc = create_backbone("random_toy")
+        out = enc.embed(torch.zeros(2, 3, 8, 8))
+        assert tuple(out.shape) == (2, 5) and calls == ["build random_toy None", "embed"]
+    finally:
+        from mito.extract.backbones import registry
+
+        LOADERS.pop("toy-family", None)
+        registry._REGISTRY.pop("random_toy", None)

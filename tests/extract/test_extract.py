@@ -185,3 +185,58 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(amibr_dir: Path, tmp
         extract(_cfg(amibr_dir, tmp_path / "fallback.zarr", limit=12, compile=True))
     key = ["efficientnet_lite0:z1:rgb"]
     np.testing.assert_array_equal(open_store(tmp_path / "fallback.zarr").read(key), open_store(tmp_path / "eager.zarr").read(key))
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """Count, in this process (workers=0), every preprocessing per zoom and the size of every forward."""
+    import mito.extract.extractor as ex
+
+    seen: dict[str, list[int]] = {"prepare": [], "forward": []}
+    real_prepare, real_create = ex.prepare, ex.create_backbone
+
+    def prepare(img: np.ndarray, p: object) -> object:
+        seen["prepare"].append(p.zoom)  # type: ignore[attr-defined]
+        return real_prepare(img, p)  # type: ignore[arg-type]
+
+    def create(*a: object, **kw: object) -> object:
+        enc = real_create(*a, **kw)  # type: ignore[arg-type]
+        embed = enc.embed
+
+        def counted(x: object) -> object:
+            seen["forward"].append(int(x.shape[0]))  # type: ignore[attr-defined]
+            return embed(x)  # type: ignore[arg-type]
+
+        enc.embed = counted  # type: ignore[method-assign]
+        return enc
+
+    monkeypatch.setattr(ex, "prepare", prepare)
+    monkeypatch.setattr(ex, "create_backbone", create)
+    return seen
+
+
+def test_adding_a_zoom_computes_only_that_zoom_and_matches_a_one_shot_run(
+    amibr_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _counting(monkeypatch)
+    extract(_cfg(amibr_dir, tmp_path / "inc.zarr", limit=20))
+    assert sorted(set(seen["prepare"])) == [1.0] and len(seen["prepare"]) == 20
+    seen["prepare"].clear()
+    seen["forward"].clear()
+    more = extract(_cfg(amibr_dir, tmp_path / "inc.zarr", limit=20, zooms=[1.0, 2.0]))
+    b = more["backbones"]["efficientnet_lite0"]
+    assert b["variant_rows"] == {"efficientnet_lite0:z1:rgb": 0, "efficientnet_lite0:z2:rgb": 20}
+    assert seen["prepare"] == [2.0] * 20 and sum(seen["forward"]) == 20  # z1 neither preprocessed nor embedded again
+    extract(_cfg(amibr_dir, tmp_path / "once.zarr", limit=20, zooms=[1.0, 2.0]))
+    keys = ["efficientnet_lite0:z1:rgb", "efficientnet_lite0:z2:rgb"]
+    np.testing.assert_array_equal(open_store(tmp_path / "inc.zarr").read(keys), open_store(tmp_path / "once.zarr").read(keys))
+
+
+def test_forward_size_is_bounded_by_the_batch_whatever_the_number_of_variants(
+    amibr_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 variants at batch 8: no forward sees more than 8 tiles (it was batch x variants = 96 before)."""
+    seen = _counting(monkeypatch)
+    s = extract(_cfg(amibr_dir, tmp_path / "a.zarr", limit=16, zooms=[1.0, 1.5, 2.0, 3.0, 4.0, 6.0], colors=["rgb", "gray"]))
+    assert s["backbones"]["efficientnet_lite0"]["rows"] == 16
+    assert max(seen["forward"]) <= 8 and sum(seen["forward"]) == 16 * 12
+    assert open_store(tmp_path / "a.zarr").verify() == []

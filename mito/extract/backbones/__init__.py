@@ -2,6 +2,8 @@
 
 from mito.extract.backbones import imagenet, pathology  # noqa: F401  (registers the specs)
 from mito.extract.backbones.registry import (
+    LOADERS,
+    BackboneLoader,
     BackboneSpec,
     Encoder,
     WeightsSource,
@@ -10,11 +12,14 @@ from mito.extract.backbones.registry import (
     get_backbone,
     list_backbones,
     register,
+    register_loader,
     resolve_weights,
     spec_summary,
 )
 
 __all__ = [
+    "LOADERS",
+    "BackboneLoader",
     "BackboneSpec",
     "Encoder",
     "WeightsSource",
@@ -23,6 +28,7 @@ __all__ = [
     "get_backbone",
     "list_backbones",
     "register",
+    "register_loader",
     "resolve_weights",
     "spec_summary",
 ]

@@ -46,7 +46,7 @@ class BackboneSpec:
     std: tuple[float, float, float] = IMNET[1]
     pooling: str = "avg"  # avg | cls | cls+mean (mean over patch tokens, prefix tokens excluded)
     family: str = "cnn"  # cnn | vit
-    loader: str = "timm"  # timm | transformers
+    loader: str = "timm"  # a key of LOADERS: timm | transformers (open_clip next)
     kwargs: dict[str, Any] = field(default_factory=dict)
     weights: WeightsSource = field(default_factory=WeightsSource)
     license: str = "unknown"
@@ -66,6 +66,8 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     """Add a spec to the registry; a duplicate name is an error (timm only warns)."""
     if spec.name in _REGISTRY:
         raise ValueError(f"backbone {spec.name!r} is registered twice")
+    if spec.loader not in LOADERS:
+        raise ValueError(f"backbone {spec.name!r} names loader {spec.loader!r}; known: {', '.join(LOADERS)}")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -84,6 +86,39 @@ def get_backbone(name: str) -> BackboneSpec:
         return replace(base, name=name, weights=WeightsSource(), license="n/a", note=f"random-init control for {base.name}")
     known = ", ".join(sorted(_REGISTRY))
     raise ExtractError(f"unknown backbone {name!r}; known: {known} (or random_<name>)")
+
+
+# ------------------------------------------------------------------ loaders
+BuildFn = Callable[[BackboneSpec, Path | None], nn.Module]
+EmbedFn = Callable[[nn.Module, BackboneSpec, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BackboneLoader:
+    """How one model family is built (``build(spec, weights_path or None)``) and pooled (``embed(model, spec, x)``)."""
+
+    name: str
+    build: BuildFn
+    embed: EmbedFn
+
+
+LOADERS: dict[str, BackboneLoader] = {}
+
+
+def register_loader(name: str, build: BuildFn, embed: EmbedFn) -> BackboneLoader:
+    """Declare a model family (``timm``, ``transformers``; ``open_clip`` next) that specs name in ``loader``."""
+    if name in LOADERS:
+        raise ValueError(f"loader {name!r} is registered twice")
+    LOADERS[name] = BackboneLoader(name, build, embed)
+    return LOADERS[name]
+
+
+def get_loader(name: str) -> BackboneLoader:
+    """The loader a spec names; an unknown one is a one-line error."""
+    try:
+        return LOADERS[name]
+    except KeyError:
+        raise ExtractError(f"unknown backbone loader {name!r}; known: {', '.join(LOADERS)}") from None
 
 
 # ------------------------------------------------------------------ weights
@@ -262,13 +297,7 @@ class Encoder:
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled tile embeddings [B, embed_dim] for a normalised batch [B, 3, H, W]."""
-        if self.spec.loader == "transformers":
-            out = self.model(pixel_values=x).last_hidden_state
-            return pool_tokens(self.spec, out, 1 + int(getattr(self.model.config, "num_register_tokens", 0) or 0))
-        if self.spec.pooling == "avg":
-            return self.model(x)
-        tokens = self.model.forward_features(x)
-        return pool_tokens(self.spec, tokens, int(getattr(self.model, "num_prefix_tokens", 1)))
+        return get_loader(self.spec.loader).embed(self.model, self.spec, x)
 
 
 def create_backbone(
@@ -280,10 +309,7 @@ def create_backbone(
         spec = get_backbone(RANDOM_PREFIX + name)
     path = resolve_weights(spec, weights)
     torch.manual_seed(0)  # random controls are the same network every run
-    if spec.loader == "transformers":
-        model = _hf_model(spec, path if path is not None else None)
-    else:
-        model = _timm_model_with_weights(spec, path) if path is not None else _timm_model(spec)
+    model = get_loader(spec.loader).build(spec, path)
     model.eval().requires_grad_(False)
     model.to(device)
     sha = file_sha256(path) if path is not None else RANDOM_SHA
@@ -321,3 +347,23 @@ def _swiglu() -> dict[str, Callable[..., Any]]:
     import timm.layers
 
     return {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": torch.nn.SiLU}
+
+
+def _timm_build(spec: BackboneSpec, path: Path | None) -> nn.Module:
+    return _timm_model_with_weights(spec, path) if path is not None else _timm_model(spec)
+
+
+def _timm_embed(model: nn.Module, spec: BackboneSpec, x: torch.Tensor) -> torch.Tensor:
+    if spec.pooling == "avg":
+        return model(x)
+    tokens = model.forward_features(x)
+    return pool_tokens(spec, tokens, int(getattr(model, "num_prefix_tokens", 1)))
+
+
+def _hf_embed(model: nn.Module, spec: BackboneSpec, x: torch.Tensor) -> torch.Tensor:
+    out = model(pixel_values=x).last_hidden_state
+    return pool_tokens(spec, out, 1 + int(getattr(model.config, "num_register_tokens", 0) or 0))
+
+
+register_loader("timm", _timm_build, _timm_embed)
+register_loader("transformers", _hf_model, _hf_embed)

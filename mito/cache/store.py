@@ -116,7 +116,6 @@ def store_format(path: str | os.PathLike) -> str:
 
 
 # ---------------------------------------------------------------- the store
-# ---------------------------------------------------------------- the store
 def _first_line(e: BaseException) -> str:
     return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
 
@@ -792,6 +791,8 @@ def open_store(path: str | os.PathLike, mode: str = "r", *, lock: bool = True, l
     if mode not in ("r", "a"):
         raise StoreError(f"mode must be 'r' or 'a', not {mode!r}")
     if not store_exists(path):
+        if not is_url(path) and os.path.isdir(path):
+            raise StoreError(f"{path} is not a mito store (an empty folder)")
         raise StoreError(f"no store at {path}")
     fmt = store_format(path)
     held = StoreLock(path).acquire() if mode == "a" and lock and backend_capabilities(path, fmt).supports_locking else None

@@ -210,19 +210,21 @@ class _TileDataset(Dataset):
 
 
 class _Batches:
-    """Index batches of ``batch_size`` with a short first one, so the progress bar moves as soon as a few tiles are in."""
+    """Index batches that never straddle a chunk, each chunk cut the same way whichever rank or run embeds it, so
+    a store's rows do not depend on how the job was split or resumed (CPU kernels round by batch shape)."""
 
-    def __init__(self, n: int, batch_size: int, first: int) -> None:
-        self.n, self.batch_size, self.first = n, batch_size, max(1, min(first, batch_size, n))
+    def __init__(self, chunk_sizes: list[int], batch_size: int) -> None:
+        self.sizes, self.batch_size = chunk_sizes, batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self.n:
-            yield list(range(self.first))
-        for i in range(self.first, self.n, self.batch_size):
-            yield list(range(i, min(self.n, i + self.batch_size)))
+        offset = 0
+        for n in self.sizes:
+            for a in range(0, n, self.batch_size):
+                yield list(range(offset + a, offset + min(n, a + self.batch_size)))
+            offset += n
 
     def __len__(self) -> int:
-        return (self.n > 0) + -(-(self.n - self.first) // self.batch_size)
+        return sum(-(-n // self.batch_size) for n in self.sizes)
 
 
 def input_budget() -> int:
@@ -399,10 +401,10 @@ def _extract_backbone(
     workers, prefetch = loader_plan(
         cfg.num_workers if cfg.num_workers is not None else default_workers(device), batch_size * n_var * 3 * size * size, input_budget()
     )
-    first = max(1, batch_size // 8)  # a short first batch moves the bar early
+    sizes = [b - a for a, b in (store.chunk_rows_range(int(c)) for c in np.flatnonzero(todo))]
     loader = DataLoader(
         ds,
-        batch_sampler=_Batches(len(rows), batch_size, first=first),
+        batch_sampler=_Batches(sizes, batch_size),
         num_workers=workers,
         pin_memory=cuda,
         persistent_workers=False,

@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from typing import Literal, get_args
+
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mito.bench.errors import BenchError
 
-CV_MODES = ("auto", "kfold", "split")
+CVMode = Literal["auto", "kfold", "split"]
+CV_MODES: tuple[str, ...] = get_args(CVMode)
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from mito.bench.cv import CV_MODES, Fold
+from mito.bench.cv import CVMode, Fold
 from mito.bench.errors import BenchError
 from mito.metrics import metric_score
 from mito.io import atomic_write, check_output_dir
@@ -33,7 +33,8 @@ from mito.bench.leaderboard import Leaderboard, is_run_folder, rank_rows, row_id
 from mito.errors import TaskError
 from mito.tasks import PROXY_TASKS, resolve_task
 
-FT_MODES = ("lora", "linear-probe", "full")
+FTMode = Literal["lora", "linear-probe", "full"]
+FT_MODES: tuple[str, ...] = get_args(FTMode)
 MODEL_KIND = "finetuned"
 
 
@@ -49,7 +50,7 @@ class FinetuneConfig(BaseModel):
     out: str
     backbone: str = "efficientnet_lite0"
     task: str = "mitosis"
-    mode: str = "lora"
+    mode: FTMode = "lora"
     weights: str | None = None
     label_name: str | None = None
     rank: int = Field(8, ge=1)
@@ -66,7 +67,7 @@ class FinetuneConfig(BaseModel):
     input_size: int | None = Field(None, ge=8, le=4096)
     folds: int | None = Field(None, ge=1)
     n_folds: int = Field(5, ge=2)
-    cv: str = "auto"
+    cv: CVMode = "auto"
     seed: int = Field(0, ge=0, lt=2**32)
     max_minutes: float | None = Field(None, gt=0, allow_inf_nan=False)
     augment: bool = True
@@ -75,19 +76,6 @@ class FinetuneConfig(BaseModel):
     n_boot: int = Field(1000, ge=0)
     extra: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("mode")
-    @classmethod
-    def _mode(cls, v: str) -> str:
-        if v not in FT_MODES:
-            raise ValueError(f"mode must be one of {', '.join(FT_MODES)}, not {v!r}")
-        return v
-
-    @field_validator("cv")
-    @classmethod
-    def _cv(cls, v: str) -> str:
-        if v not in CV_MODES:
-            raise ValueError(f"cv must be one of {', '.join(CV_MODES)}, not {v!r}")
-        return v
 
 
 def time_cap_minutes(cfg: FinetuneConfig, device: torch.device) -> tuple[float | None, bool]:

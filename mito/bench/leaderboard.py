@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mito.bench.cv import CV_MODES, CVPlan, Fold, make_folds
+from mito.bench.cv import CVMode, CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
 from mito.errors import MitoError
 from mito.io import atomic_write, json_default
@@ -72,7 +72,7 @@ class BenchConfig(BaseModel):
     noise: list[float] | None = None
     head_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     n_folds: int = Field(5, ge=2, le=100)
-    cv: str = "auto"
+    cv: CVMode = "auto"
     seed: int = Field(0, ge=0, lt=2**32)
     n_jobs: int = Field(0, ge=0, le=1024)
     n_boot: int = Field(1000, ge=0, le=1_000_000)
@@ -83,13 +83,6 @@ class BenchConfig(BaseModel):
     stream: bool | None = None  # None: stream a job's features when they would not fit its share of memory_budget
     memory_budget: int | None = Field(None, ge=1)  # bytes all workers together may use for features (default: JOB_FEATURE_BUDGET per job)
     buffer_rows: int | None = Field(None, ge=1)  # streamed jobs: shuffle-buffer rows (default: the heads' default)
-
-    @field_validator("cv")
-    @classmethod
-    def _cv(cls, v: str) -> str:
-        if v not in CV_MODES:
-            raise ValueError(f"cv must be one of {', '.join(CV_MODES)}, not {v!r}")
-        return v
 
     @field_validator("noise")
     @classmethod

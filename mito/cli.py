@@ -397,7 +397,7 @@ def predict_cmd(
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
     from mito.heads import predict
-    from mito.heads.predict import check_predict_out
+    from mito.heads import check_predict_out
 
     if source is not None and store is not None:
         raise UserError("give either tiles to embed (SOURCE) or --store, not both")
@@ -510,7 +510,9 @@ def bench_cmd(
     if proxy:
         tasks = available_tasks(tiles, store_tasks) if proxy.strip() == "all" else split_list(proxy)
     else:
-        tasks = [task or (store_tasks[0] if store_tasks else "mitosis")]
+        if task is None and not store_tasks:
+            raise UserError(f"{store} has no label column to rank: name one with --task (a proxy task or a tile-table column)")
+        tasks = [task or store_tasks[0]]
     cfg = _bench_config(
         BenchConfig,
         BENCH_OPTIONS,

@@ -156,3 +156,13 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, is_ours: Callable
         if not overwrite:
             raise OutputError(f"{path} already exists; choose another {what} or pass --overwrite")
     return p
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compressed: bool = True) -> Path:
+    """Write numpy arrays to an .npz file atomically (the handle closed before the file is moved into place)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a path would get ".npz" appended by numpy
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+
+    return atomic_write(path, write, ".npz")

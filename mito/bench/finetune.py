@@ -27,7 +27,7 @@ from torch import nn
 from mito.bench.cv import CVMode, Fold
 from mito.bench.errors import BenchError
 from mito.metrics import metric_score
-from mito.io import atomic_write, check_output_dir
+from mito.io import atomic_write, check_output_dir, write_npz
 from mito.progress import add_task, advance, progress_bar
 from mito.bench.leaderboard import Leaderboard, is_run_folder, rank_rows, row_id, save_leaderboard, score_row, task_plan
 from mito.errors import TaskError
@@ -318,7 +318,7 @@ def _run_fold(
     cap_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Train (resuming from a checkpoint), early-stop on the fold's val set, score its test set, save the model."""
-    from mito.heads.loop import CheckpointError, Checkpointer, EarlyStopping, TimeBudget, train_loop
+    from mito.heads import CheckpointError, Checkpointer, EarlyStopping, TimeBudget, train_loop
 
     fold_dir.mkdir(parents=True, exist_ok=True)
     done = _read_result(fold_dir, cfg)
@@ -413,7 +413,7 @@ def _run_fold(
         "device": str(device),
     }
     _save_model(fold_dir / "model", net, cfg, info, classes, prep, {"fold": fold.index, "trained": {k: res[k] for k in ("epochs", "steps", "stopped", "train_seconds")}})
-    atomic_write(fold_dir / "result.npz", lambda p: np.savez(open(p, "wb"), proba=proba), ".npz")
+    write_npz(fold_dir / "result.npz", {"proba": proba}, compressed=False)
     atomic_write(fold_dir / "result.json", lambda p: Path(p).write_text(json.dumps(res, indent=1, default=float)), ".json")
     ckpt.path.unlink(missing_ok=True)
     res["proba"] = proba
@@ -601,7 +601,7 @@ def predict_finetuned(
     from mito.extract import open_source
 
     model = load_finetuned(model_dir, weights=weights, device=device)
-    task = model.config.get("task", "mitosis")
+    task = model.config["task"]
     src = open_source(source, task="mitosis" if task in PROXY_TASKS else task)
     tiles = src.tiles
     keep, probs = [], []

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mito.bench.cv import CVMode, CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
 from mito.errors import MitoError
-from mito.io import atomic_write, json_default
+from mito.io import atomic_write, json_default, write_npz
 from mito.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
 from mito.tasks import TaskSpec, resolve_task, task_labels
 
@@ -66,7 +66,7 @@ class BenchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     store: str
-    tasks: list[str] = Field(default_factory=lambda: ["mitosis"], min_length=1)
+    tasks: list[str] = Field(min_length=1)
     features: list[str] | None = None
     heads: list[str] | None = None
     noise: list[float] | None = None
@@ -442,7 +442,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
 
 def _run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, progress: bool, what: str) -> list[Any]:
     """Run joblib calls keeping their order, with a rich progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    import time
+
+    from mito.progress import add_task, advance, progress_bar
 
     calls = list(calls)
     if n_jobs == 1:
@@ -451,14 +453,11 @@ def _run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, 
         gen = Parallel(n_jobs=n_jobs, return_as="generator")(calls)
     out = []
     try:
-        with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-            disable=not progress, transient=False,
-        ) as bar:
-            tid = bar.add_task(what, total=total)
+        with progress_bar(unit="jobs", enabled=progress) as bar:
+            tid, t0 = add_task(bar, what, total), time.perf_counter()
             for r in gen:
                 out.append(r)
-                bar.advance(tid)
+                advance(bar, tid, 1, t0, len(out))
     except BaseException:  # Ctrl-C, SIGTERM (see stop_workers_on_sigterm) or a failed job: no worker may outlive the bench
         if n_jobs != 1:
             kill_workers()
@@ -508,7 +507,7 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     doc = {"meta": lb.meta, "rows": records}
     atomic_write(out / "leaderboard.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1, default=json_default)), ".json")
     arrays = {f"{rid}.{k}": v for rid, a in lb.predictions.items() for k, v in a.items()}
-    atomic_write(out / "predictions.npz", lambda p: np.savez_compressed(open(p, "wb"), **arrays), ".npz")
+    write_npz(out / "predictions.npz", arrays)
     return out
 
 

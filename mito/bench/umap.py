@@ -87,7 +87,7 @@ def umap_plots(
 ) -> list[Path]:
     """One UMAP of the readable tiles' ``features`` (variant keys, concatenated; None = the heads' default set), one PNG per colouring."""
     from mito.cache import open_store
-    from mito.heads.train import default_features
+    from mito.heads import default_features
 
     paths = [Path(o) for o in outs]
     bad = [p.name for p in paths if p.suffix.lower() != ".png"]

@@ -1,6 +1,6 @@
 """The embedding store: the only contract between extraction and everything trained from it."""
 
-from mito.cache.backend import Capabilities, StoreBackend
+from mito.cache.backend import Capabilities, StoreBackend, backend_capabilities
 from mito.cache.errors import LockedError
 from mito.cache.store import (
     DEFAULT_CHUNK_ROWS,
@@ -11,6 +11,7 @@ from mito.cache.store import (
     format_zoom,
     open_store,
     parse_variant,
+    store_exists,
     store_format,
     tile_list_hash,
 )
@@ -23,10 +24,12 @@ __all__ = [
     "StoreBackend",
     "StoreError",
     "Variant",
+    "backend_capabilities",
     "create_store",
     "format_zoom",
     "open_store",
     "parse_variant",
+    "store_exists",
     "store_format",
     "tile_list_hash",
 ]

@@ -20,9 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch.utils.data import DataLoader, Dataset
 
 import mito
-from mito.cache import DEFAULT_CHUNK_ROWS, Store, StoreError, Variant, create_store, open_store, tile_list_hash
-from mito.cache.backend import backend_capabilities
-from mito.cache.store import store_exists, store_format
+from mito.cache import (
+    DEFAULT_CHUNK_ROWS,
+    Store,
+    StoreError,
+    Variant,
+    backend_capabilities,
+    create_store,
+    open_store,
+    store_exists,
+    store_format,
+    tile_list_hash,
+)
 from mito.extract import distributed
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
 from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
@@ -330,9 +339,11 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         cfg.mpp, cfg.tile_px, cfg.tile_um, cfg.zooms, stride_px=cfg.stride, min_tissue=cfg.min_tissue,
         slide_mpp=cfg.slide_mpp, reader=cfg.reader, annotations=cfg.annotations, label_overlap=cfg.label_overlap,
     )
+    if dist.main and not backend_capabilities(cfg.store, store_format(cfg.store)).resumable_per_chunk:
+        print(f"note: {cfg.store} is HDF5: a killed run or a full disk loses that run's chunks (a .zarr store resumes per chunk: use one for long runs)", file=sys.stderr)
     # slide tiling shows its own per-slide bar; rich allows one live display at a time
     with status(f"reading the tile list of {cfg.source} ...", enabled=cfg.progress and dist.main and slide_opts is None):
-        source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column, slide_opts, cfg.progress)
+        source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column, slide_opts, cfg.progress and dist.main)
         if cfg.limit is not None:
             source.tiles = source.tiles.iloc[: cfg.limit].reset_index(drop=True)
         if min(cfg.zooms) < 1 and not source.has_context:
@@ -344,16 +355,14 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         store = dist.on_main(lambda: _open_or_create(cfg, source))  # only rank 0 creates; the others wait
         if store is None:  # rank 0 holds the writer lock for the whole job
             store = _open_or_create(cfg, source, lock=False)
-    if dist.main and not store.capabilities.resumable_per_chunk:
-        print(f"note: {cfg.store} is HDF5: a killed run or a full disk loses that run's chunks (a .zarr store resumes per chunk: use one for long runs)", file=sys.stderr)
-    summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
-    if source.slides is not None:
-        summary["skipped_slides"] = source.slides["info"]["skipped"]
-        if dist.main:
-            record_slides(store, cfg.store, source.slides["info"])
-    if dist.active:
-        summary.update(rank=dist.rank, world_size=dist.world)
-    try:
+    try:  # from here on the store (and its writer lock) is closed whatever happens
+        summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
+        if source.slides is not None:
+            summary["skipped_slides"] = source.slides["info"]["skipped"]
+            if dist.main:
+                record_slides(store, cfg.store, source.slides["info"])
+        if dist.active:
+            summary.update(rank=dist.rank, world_size=dist.world)
         for b in cfg.backbones:
             summary["backbones"][b] = _extract_backbone(cfg, b, source, store, device, dist)
         parts = dist.sync(payload=summary["backbones"])  # every rank's chunks are on disk past this point

@@ -5,13 +5,22 @@ from mito.heads.fit import FitResult, fit_on_rows
 from mito.heads.features import FeaturePipeline, metadata_categories, one_hot, select_features
 from mito.heads.split import make_split
 from mito.heads.stream import FeatureStream, fit_pipeline_stream, stream_proba
-from mito.heads.train import FitConfig, fit_head, make_fit_config
-from mito.heads.predict import Model, load_head, load_model, predict
+from mito.heads.loop import CheckpointError, Checkpointer, EarlyStopping, LoopResult, TimeBudget, train_loop
+from mito.heads.train import FitConfig, default_features, fit_head, make_fit_config
+from mito.heads.predict import Model, check_predict_out, load_head, load_model, predict
 
 HEAD_NAMES: tuple[str, ...] = head_names()
 
 __all__ = [
     "HEAD_NAMES",
+    "CheckpointError",
+    "Checkpointer",
+    "EarlyStopping",
+    "LoopResult",
+    "TimeBudget",
+    "check_predict_out",
+    "default_features",
+    "train_loop",
     "FeaturePipeline",
     "FeatureStream",
     "FitConfig",

@@ -406,7 +406,6 @@ def check_common_params(head: Any) -> None:
         raise HeadError(f"noise_mode must be one of {', '.join(NOISE_MODES)}, got {mode!r}")
 
 
-_check_common = check_common_params  # old name, still imported by torch_heads (another branch moves its loop)
 
 
 def check_copy_params(head: Any) -> None:

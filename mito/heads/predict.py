@@ -20,6 +20,8 @@ from mito.heads.base import load_head as load_head_file
 from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
 from mito.heads.train import CONFIG_FILE
 from mito.io import atomic_write, check_output_file
+from mito.errors import TaskError
+from mito.tasks import resolve_task as resolve_spec
 from mito.progress import add_task, advance, progress_bar
 from mito.validation import one_line
 
@@ -217,10 +219,18 @@ def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.
     proba = np.concatenate(probs)
     classes = model.classes_
     df = tiles.iloc[idx][id_columns(tiles)].reset_index(drop=True)
-    task = config["task"]
-    if task in tiles and tiles[task].iloc[idx].notna().any():
-        df["label"] = tiles[task].iloc[idx].to_numpy()
+    known = task_labels_or_none(tiles, config["task"])
+    if known is not None and known.iloc[idx].notna().any():
+        df["label"] = known.iloc[idx].to_numpy()
     df["pred"] = classes[proba.argmax(axis=1)]
     for j, c in enumerate(classes.tolist()):
         df[f"p_{c}"] = proba[:, j]
     return df
+
+
+def task_labels_or_none(tiles: pd.DataFrame, task: str) -> pd.Series | None:
+    """The model's task labels on a tile table (through the one task resolver), or None when the table lacks them."""
+    try:
+        return resolve_spec(tiles, task).labels(tiles)
+    except TaskError:
+        return None

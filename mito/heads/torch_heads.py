@@ -16,7 +16,7 @@ from mito.heads.base import (
     SMALL_DATA,
     Head,
     HeadError,
-    _check_common,
+    check_common_params,
     balanced_accuracy,
     class_weights,
     iter_blocks,
@@ -112,7 +112,7 @@ class _TorchHead(Head):
     on_epoch: Callable[[dict[str, float], int], None] | None = None  # progress hook, called after each epoch
 
     def _validate_params(self) -> None:
-        _check_common(self)
+        check_common_params(self)
         p = self.get_params()
         if "hidden" in p and (not isinstance(p["hidden"], int) or p["hidden"] < 1):
             raise HeadError(f"hidden must be a whole number >= 1, got {p['hidden']!r}")

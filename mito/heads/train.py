@@ -23,6 +23,9 @@ from mito.heads.fit import fit_on_rows
 from mito.heads.split import AUTO, PUBLISHED_SPLIT, make_split, published_split
 from mito.heads.stream import DEFAULT_BUFFER_ROWS
 from mito.io import atomic_dir, check_output_dir, write_json
+from mito.progress import add_task, progress_bar
+from mito.tasks import TaskSpec
+from mito.tasks import resolve_task as resolve_spec
 from mito.validation import one_line
 
 CONFIG_FILE = "config.json"
@@ -91,15 +94,13 @@ def default_features(store: Store) -> list[str]:
     return [k for k in complete if parse_variant(k).backbone == first]
 
 
-def resolve_task(store: Store, task: str | None) -> str:
-    """The label column to learn: as given, or the store's only task."""
+def resolve_task(store: Store, task: str | None) -> TaskSpec:
+    """The task to learn (a proxy task such as phase/atypia/dataset, or a label column), or the store's only task."""
     if task is None:
-        if len(store.tasks) == 1:
-            return store.tasks[0]
-        raise HeadError(f"choose a task with --task (the store has: {', '.join(store.tasks) or 'no label columns'})")
-    if task not in store.tiles:
-        raise HeadError(f"no label column {task!r} in {store.path} (tasks: {', '.join(store.tasks) or 'none'})")
-    return task
+        if len(store.tasks) != 1:
+            raise HeadError(f"choose a task with --task (the store has: {', '.join(store.tasks) or 'no label columns'})")
+        task = store.tasks[0]
+    return resolve_spec(store.tiles, task)
 
 
 def extract_settings(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -160,14 +161,13 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
     head = make_head(cfg.head, **{"seed": cfg.seed, **cfg.head_params})
     t_start = time.perf_counter()
     with open_store(cfg.store, "r") as store:
-        task = resolve_task(store, cfg.task)
+        spec = resolve_task(store, cfg.task)
+        task = spec.name
         keys = list(cfg.features) or default_features(store)
         dims = feature_dims(store, keys)
         tiles = store.tiles
-        labels = tiles[task]
+        labels = spec.labels(tiles)  # the one task resolver: None where a tile is not in the task
         usable = labels.notna().to_numpy() & ~store.unreadable
-        if labels.dtype == object:
-            usable &= (labels.astype(str) != "").to_numpy()
         if not usable.any():
             raise HeadError(f"no tile has a {task!r} label (and readable features) in {cfg.store}")
         split_column = cfg.split_column
@@ -257,20 +257,16 @@ def _epoch_progress(enabled: bool, head: Any) -> Iterator[None]:
     if not enabled or not hasattr(head, "on_epoch"):
         yield
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("training {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs {task.fields[info]}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-    )
-    task = bar.add_task(head.name, total=None, info="")
+    bar = progress_bar(unit="epochs", transient=True, info=True)
+    task = add_task(bar, f"training {head.name}", None)
+    t0 = time.perf_counter()
 
     def on_epoch(rec: dict[str, float], max_epochs: int) -> None:
         info = f"loss {rec['train_loss']:.4f}"
         if "val_balanced_accuracy" in rec:
             info += f", val bal acc {rec['val_balanced_accuracy']:.3f}"
-        bar.update(task, total=max_epochs, completed=rec["epoch"], info=info)
+        rate = rec["epoch"] / max(time.perf_counter() - t0, 1e-9)
+        bar.update(task, total=max_epochs, completed=rec["epoch"], info=info, rate=f"{rate:.2f}")
 
     head.on_epoch = on_epoch
     try:

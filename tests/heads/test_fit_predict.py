@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from mito.cache import open_store
 from mito.cli import app
 from mito.heads import FitConfig, HeadError, fit_head, load_model, make_fit_config, predict
+from mito.errors import TaskError
 
 from .conftest import PROV, amibr_tiles, synthetic_store
 
@@ -94,7 +95,7 @@ def test_fit_head_without_split_column_and_errors(synth_store: Path, tmp_path: P
         make_fit_config(store=str(synth_store), head="svm")
     with pytest.raises(HeadError, match="typo"):
         make_fit_config(store=str(synth_store), typo=1)
-    with pytest.raises(HeadError, match="no label column 'grade'"):
+    with pytest.raises(TaskError, match="unknown task 'grade'"):
         fit_head(FitConfig(store=str(synth_store), task="grade"))
     with pytest.raises(Exception, match="feature 'fakenet:z9:rgb' is not in"):
         fit_head(FitConfig(store=str(synth_store), features=["fakenet:z9:rgb"]))

@@ -124,3 +124,24 @@ def test_predict_keeps_the_path_the_user_gave(model: Path, amibr_dir: Path, tmp_
     assert r.exit_code == 0, r.output
     df = pd.read_csv(tmp_path / "p.csv")
     assert sorted(df["path"]) == sorted(str(link / "Normal" / f.name) for f in real.iterdir())
+
+
+def test_fit_head_and_predict_take_every_proxy_task_through_the_one_resolver(tmp_path: Path) -> None:
+    """`phase` is not a column: it is derived from the expert labels, as bench derives it (mito.tasks)."""
+    from tests.heads.conftest import amibr_tiles, synthetic_store
+
+    tiles = amibr_tiles(300)
+    phases = np.array(["NMF metaphase", "NMF anaphase"])[(tiles["mitosis"] == "Atypical").to_numpy().astype(int)]
+    tiles["expert1_label"] = phases
+    tiles["expert2_label"] = phases
+    tiles.loc[tiles.index[::7], "expert2_label"] = "NMF prophase"  # experts disagree: left out of the task
+    store = synthetic_store(tmp_path / "s.zarr", tiles, {"fakenet:z1:rgb": 16})
+    r = runner.invoke(app, ["fit-head", "--store", str(store), "--task", "phase", "--head", "logreg", "--split-column", "none",
+                            "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["task"] == "phase" and cfg["classes"] == ["anaphase", "metaphase"]
+    m = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert m["n_train"] + m["n_val"] + m["n_test"] == int((tiles["expert1_label"] == tiles["expert2_label"]).sum())
+    df = predict(tmp_path / "m", store=store)
+    assert set(df["label"].dropna()) == {"anaphase", "metaphase"} and df["label"].isna().sum() == len(range(0, len(tiles), 7))

@@ -66,7 +66,7 @@ class ExtractConfig(BaseModel):
     progress: bool = True
     # whole slides (mito.extract.slide_tiles): tiles of tile_px pixels at mpp um/px over tissue
     mpp: float | None = Field(default=None, gt=0)
-    tile_px: int | None = Field(default=None, ge=8)
+    tile_px: int | None = Field(default=None, ge=8, le=MAX_TILE_SIZE)
     tile_um: float | None = Field(default=None, gt=0)
     stride: int | None = Field(default=None, ge=1)
     min_tissue: float = Field(default=0.5, ge=0, le=1)
@@ -327,7 +327,7 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
     for b in cfg.backbones:  # fail before any work when a backbone or its weights are missing
         resolve_weights(get_backbone(b), cfg.weights.get(b))
     slide_opts = options_from(
-        cfg.mpp, cfg.tile_px, cfg.tile_um, cfg.zooms, stride_px=cfg.stride, min_tissue=cfg.min_tissue,
+        cfg.mpp, cfg.tile_px, cfg.tile_um, cfg.zooms, workers=cfg.num_workers or 1, stride_px=cfg.stride, min_tissue=cfg.min_tissue,
         slide_mpp=cfg.slide_mpp, reader=cfg.reader, annotations=cfg.annotations, label_overlap=cfg.label_overlap,
     )
     # slide tiling shows its own per-slide bar; rich allows one live display at a time

@@ -40,6 +40,7 @@ from mito.extract.slides import (
 SAT_MIN, SAT_MAX = 20.0, 40.0  # Otsu's saturation threshold is clipped into this range (0..255)
 MASK_TILE_PX = 16  # a tile spans at least this many mask pixels (when the slide allows)
 MASK_MAX_SIDE = 8192
+MAX_TILE_PX = 16384  # as ExtractConfig's tile_size
 OPEN_SLIDES = 4  # handles kept open per DataLoader worker
 
 
@@ -64,9 +65,11 @@ class SlideOptions:
 
 
 def options_from(
-    mpp: float | None, tile_px: int | None, tile_um: float | None, zooms: list[float], **kw: Any
+    mpp: float | None, tile_px: int | None, tile_um: float | None, zooms: list[float], workers: int = 1, **kw: Any
 ) -> SlideOptions | None:
-    """SlideOptions from the extract options, or None when no micron tiling was asked for."""
+    """SlideOptions from the extract options, or None when no micron tiling was asked for.
+
+    The tile and its widest context view (tile_px / min zoom, RGB, once per decoding worker) must fit in memory."""
     if mpp is None and tile_um is None:
         given = [n for n, v in (("--tile-px", tile_px), ("--stride", kw.get("stride_px")), ("--slide-mpp", kw.get("slide_mpp")),
                                 ("--annotations", kw.get("annotations")), ("--label-overlap", kw.get("label_overlap"))) if v is not None]
@@ -89,7 +92,24 @@ def options_from(
     assert mpp is not None
     if tile_px < 8:
         raise ExtractError("--tile-px must be at least 8 pixels")
+    if tile_px > MAX_TILE_PX:
+        raise ExtractError(f"a tile of {tile_px} px at {mpp:g} um/px is more than {MAX_TILE_PX} px: use a larger --mpp or a smaller --tile-um/--tile-px")
+    check_view_memory(tile_px, zooms, workers)
     return SlideOptions(mpp=float(mpp), tile_px=int(tile_px), zooms=tuple(zooms), **kw)
+
+
+def check_view_memory(tile_px: int, zooms: list[float], workers: int = 1) -> None:
+    """Refuse a widest view (tile_px / min zoom, RGB uint8, one per worker) that needs more than half the free memory."""
+    from mito.resources import available_memory
+
+    free = available_memory()
+    side = math.ceil(tile_px / min([*zooms, 1.0]))
+    need = side * side * 3 * max(1, workers)
+    if free is not None and need > free // 2:
+        raise ExtractError(
+            f"a {side} x {side} px view (tile {tile_px} px at zoom {min([*zooms, 1.0]):g}) x {max(1, workers)} worker(s) needs "
+            f"{need / 2**30:.1f} GiB, more than half the {free / 2**30:.1f} GiB available: use smaller tiles or zooms nearer 1"
+        )
 
 
 # ---------------------------------------------------------------- tissue

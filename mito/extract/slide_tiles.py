@@ -34,6 +34,7 @@ from mito.extract.slides import (
     open_slide,
     outside_fraction,
     read_box,
+    stem,
     thumbnail,
 )
 
@@ -245,15 +246,6 @@ def load_regions(path: Path) -> list[Region]:
         except (ValueError, IndexError, TypeError):
             raise ExtractError(f"{path}: a {kind} of class {label!r} has malformed coordinates") from None
     return regions
-
-
-def stem(name: str) -> str:
-    """A slide's file name without its (double) extension."""
-    low = name.lower()
-    for ext in (".ome.tiff", ".ome.tif", ".ome.btf"):
-        if low.endswith(ext):
-            return name[: -len(ext)]
-    return name.rsplit(".", 1)[0]
 
 
 def annotation_file(annotations: str, slide_name: str, n_slides: int) -> Path | None:

@@ -297,3 +297,11 @@ def test_tile_size_is_bounded_and_the_widest_view_must_fit_in_memory(monkeypatch
     assert options_from(0.5, 1024, None, [1.0]).tile_px == 1024  # 3 MiB
     with pytest.raises(ExtractError, match=r"4096 x 4096 px view .* x 3 worker"):
         options_from(0.5, 1024, None, [1.0, 0.25], workers=3)  # 48 MiB x 3
+
+
+def test_one_slide_stem_for_annotations_and_export() -> None:
+    from mito.cache import export
+    from mito.extract import slide_tiles, slides
+
+    assert slide_tiles.stem is slides.stem and not hasattr(export, "stem")
+    assert [slides.stem(n) for n in ("a.svs", "b.ome.tif", "C.OME.TIFF", "d.x.tiff")] == ["a", "b", "C", "d.x"]

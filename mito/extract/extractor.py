@@ -197,9 +197,9 @@ class _TileDataset(Dataset):
         try:
             needed = np.flatnonzero(self.need[row // self.chunk_rows])
             if self.views:
-                imgs = self.source.read_views(row, self.zooms)
-                for j in needed:
-                    out[j] = prepare(imgs[j], self.preps[j])
+                imgs = self.source.read_views(row, [self.zooms[j] for j in needed])  # only the zooms this chunk lacks
+                for j, img in zip(needed, imgs):
+                    out[j] = prepare(img, self.preps[j])
                 return row, out, False
             img = self.source.read(row, self.context)
             for j in needed:

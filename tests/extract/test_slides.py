@@ -305,3 +305,18 @@ def test_one_slide_stem_for_annotations_and_export() -> None:
 
     assert slide_tiles.stem is slides.stem and not hasattr(export, "stem")
     assert [slides.stem(n) for n in ("a.svs", "b.ome.tif", "C.OME.TIFF", "d.x.tiff")] == ["a", "b", "C", "d.x"]
+
+
+def test_a_rerun_reads_only_the_zooms_still_missing(slides: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mito.extract.sources import TileSource
+
+    store = tmp_path / "z.zarr"
+    cfg = dict(SMALL, source=str(slides / "slides" / "a.svs"), store=str(store), limit=8)
+    extract(ExtractConfig(zooms=[1.0], **cfg))
+    asked: list[list[float]] = []
+    real = TileSource.read_views
+    monkeypatch.setattr(TileSource, "read_views", lambda self, i, zooms: asked.append(list(zooms)) or real(self, i, zooms))
+    extract(ExtractConfig(zooms=[1.0, 0.5], **cfg))
+    assert len(asked) == 8 and all(z == [0.5] for z in asked)
+    s = open_store(store)
+    assert s.is_complete("efficientnet_lite0:z0.5:rgb") and not s.unreadable.any()

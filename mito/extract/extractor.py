@@ -332,7 +332,7 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
     )
     # slide tiling shows its own per-slide bar; rich allows one live display at a time
     with status(f"reading the tile list of {cfg.source} ...", enabled=cfg.progress and dist.main and slide_opts is None):
-        source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column, slide_opts, cfg.progress)
+        source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column, slide_opts, cfg.progress and dist.main)
         if cfg.limit is not None:
             source.tiles = source.tiles.iloc[: cfg.limit].reset_index(drop=True)
         if min(cfg.zooms) < 1 and not source.has_context:

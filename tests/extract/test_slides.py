@@ -320,3 +320,20 @@ def test_a_rerun_reads_only_the_zooms_still_missing(slides: Path, tmp_path: Path
     assert len(asked) == 8 and all(z == [0.5] for z in asked)
     s = open_store(store)
     assert s.is_complete("efficientnet_lite0:z0.5:rgb") and not s.unreadable.any()
+
+
+def test_only_the_main_rank_draws_the_slide_progress(slides: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mito.extract import distributed, extractor
+
+    seen: list[bool] = []
+
+    def fake_open_source(*args: object) -> None:
+        seen.append(bool(args[-1]))
+        raise SlideReadError("stop here")
+
+    monkeypatch.setattr(extractor, "open_source", fake_open_source)
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "setup", lambda rank=rank: distributed.Dist(rank=rank, world=1))
+        with pytest.raises(SlideReadError, match="stop here"):
+            extract(ExtractConfig(**dict(SMALL, progress=True), source=str(slides / "slides"), store=str(tmp_path / "r.zarr"), zooms=[1.0]))
+    assert seen == [True, False]

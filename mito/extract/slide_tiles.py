@@ -293,7 +293,19 @@ def label_tiles(regions: list[Region], boxes: np.ndarray, samples: int = 8) -> t
 
 
 def list_slides(path: Path) -> pd.DataFrame:
-    """One row per slide (path + any manifest columns) from a slide file, a folder of slides or a slide manifest CSV."""
+    """One row per slide (path + any manifest columns) from a slide file, a folder of slides or a slide manifest CSV;
+    two slides with one file name are refused (the name is the slide's id in tile ids, masks and exports)."""
+    df = _list_slides(path)
+    seen: dict[str, str] = {}
+    for p in df["path"]:
+        name = Path(p).name
+        if name in seen:
+            raise ExtractError(f"two slides are named {name}: {seen[name]} and {p}; rename one (a slide's file name is its id)")
+        seen[name] = p
+    return df
+
+
+def _list_slides(path: Path) -> pd.DataFrame:
     if path.is_dir():
         files = sorted(f for f in path.rglob("*") if f.is_file() and f.name.lower().endswith(WSI_EXTS) and not f.name.startswith("."))
         if not files:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -337,3 +338,15 @@ def test_only_the_main_rank_draws_the_slide_progress(slides: Path, tmp_path: Pat
         with pytest.raises(SlideReadError, match="stop here"):
             extract(ExtractConfig(**dict(SMALL, progress=True), source=str(slides / "slides"), store=str(tmp_path / "r.zarr"), zooms=[1.0]))
     assert seen == [True, False]
+
+
+def test_same_named_slides_in_two_subfolders_are_refused_naming_both(slides: Path, tmp_path: Path) -> None:
+    src = tmp_path / "two"
+    for sub in ("x", "y"):
+        (src / sub).mkdir(parents=True)
+        shutil.copy(slides / "slides" / "a.svs", src / sub / "a.svs")
+    res = runner.invoke(app, ["extract", str(src), "--mpp", "0.5", "--tile-px", "64", "--store", str(tmp_path / "t.zarr"), "-q"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "two slides are named a.svs" in out and "Traceback" not in out, res.output
+    assert "two/x/a.svs" in out.replace(" ", "") and "two/y/a.svs" in out.replace(" ", "")
+    assert not (tmp_path / "t.zarr").exists()

@@ -27,7 +27,7 @@ from mito.extract import distributed
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
 from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
 from mito.extract.errors import ExtractError
-from mito.extract.slide_tiles import check_slide_set, options_from, record_slides, slide_tiling
+from mito.extract.slide_tiles import check_slide_set, close_handles, options_from, record_slides, slide_tiling
 from mito.extract.sources import TileSource, open_source
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
 from mito.progress import add_task, advance, progress_bar, status
@@ -316,6 +316,8 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
     except Exception as e:
         dist.fail(e)  # the other ranks stop at their next sync instead of waiting forever
         raise
+    finally:
+        close_handles()  # slides read in this process (no DataLoader workers)
 
 
 def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:

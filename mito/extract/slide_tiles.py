@@ -491,6 +491,13 @@ def slide_handle(path: str, reader: str) -> Slide:
     return slide
 
 
+def close_handles() -> None:
+    """Close the slides this process keeps open (call at the end of a run; workers' handles die with them)."""
+    pid = os.getpid()
+    for key in [k for k in _HANDLES if k[0] == pid]:
+        close_slide(_HANDLES.pop(key))
+
+
 def read_views(source: Any, i: int, zooms: list[float]) -> list[np.ndarray]:
     """One tile_px x tile_px image per zoom for tile ``i``: zoom z covers 1/z of the tile's side around its centre,
     read from the level that fits that resolution (z < 1: real context). Handles stay open per worker."""

@@ -350,3 +350,23 @@ def test_same_named_slides_in_two_subfolders_are_refused_naming_both(slides: Pat
     assert res.exit_code == 2 and "two slides are named a.svs" in out and "Traceback" not in out, res.output
     assert "two/x/a.svs" in out.replace(" ", "") and "two/y/a.svs" in out.replace(" ", "")
     assert not (tmp_path / "t.zarr").exists()
+
+
+def _open_fds(target: Path) -> int:
+    fds = Path("/proc/self/fd")
+    n = 0
+    for fd in fds.iterdir():
+        try:
+            n += os.readlink(fd) == str(target.resolve())
+        except OSError:
+            pass
+    return n
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to see open files")
+def test_no_slide_stays_open_after_an_extract_without_workers(slides: Path, tmp_path: Path) -> None:
+    a = tmp_path / "c.ome.tif"  # tifffile keeps its file open while the handle lives
+    shutil.copy(slides / "slides" / "b.ome.tif", a)
+    extract(ExtractConfig(**dict(SMALL, source=str(a), store=str(tmp_path / "h.zarr"), zooms=[1.0], limit=4)))
+    assert open_store(tmp_path / "h.zarr").is_complete("efficientnet_lite0:z1:rgb")
+    assert _open_fds(a) == 0

@@ -580,7 +580,7 @@ def slide_tiling(opts: SlideOptions) -> dict[str, Any]:
 
 def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
     """Write the per-slide records and skipped slides into the store, and each tissue mask as GeoJSON beside it."""
-    from mito.io import safe_name, write_json
+    from mito.io import json_default, safe_name, write_json
 
     mask_dir = None
     if info["masks"] and "://" not in store_path:
@@ -589,4 +589,6 @@ def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
         for name, geo in info["masks"].items():
             write_json(mask_dir / f"{safe_name(name)}.tissue.geojson", geo, indent=0)
     slides = [dict(r, mask_geojson=str(mask_dir / f"{safe_name(r['slide'])}.tissue.geojson") if mask_dir and r["slide"] in info["masks"] else None) for r in info["slides"]]
-    store.record("slides", {"options": info["options"], "slides": slides, "skipped": info["skipped"]})
+    doc = json.loads(json.dumps({"options": info["options"], "slides": slides, "skipped": info["skipped"]}, default=json_default))
+    if store.meta.get("slides") != doc:  # a no-op re-run leaves the store alone (an HDF5 record rewrites the file)
+        store.record("slides", doc)

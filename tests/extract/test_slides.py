@@ -370,3 +370,17 @@ def test_no_slide_stays_open_after_an_extract_without_workers(slides: Path, tmp_
     extract(ExtractConfig(**dict(SMALL, source=str(a), store=str(tmp_path / "h.zarr"), zooms=[1.0], limit=4)))
     assert open_store(tmp_path / "h.zarr").is_complete("efficientnet_lite0:z1:rgb")
     assert _open_fds(a) == 0
+
+
+def test_a_no_op_rerun_does_not_rewrite_the_slide_record(slides: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mito.cache.store import Store
+
+    written: list[str] = []
+    real = Store.record
+    monkeypatch.setattr(Store, "record", lambda self, name, value: written.append(name) or real(self, name, value))
+    cfg = ExtractConfig(**dict(SMALL, source=str(slides / "slides" / "a.svs"), store=str(tmp_path / "n.h5"), zooms=[1.0], limit=4))
+    extract(cfg)
+    assert written.count("slides") == 1
+    extract(cfg)
+    assert written.count("slides") == 1
+    assert open_store(tmp_path / "n.h5").meta["slides"]["slides"][0]["slide"] == "a.svs"

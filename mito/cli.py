@@ -393,7 +393,7 @@ def predict_cmd(
     weights: list[str] = typer.Option([], "--weights", "-w", help="Backbone weight file for SOURCE, NAME=PATH (checked against the model's hash)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for per-slide PNG heatmaps of the predicted probability (slide stores, with --store)."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for per-slide PNG heatmaps of the predicted probability (slide stores, with --store; --overwrite replaces an earlier one)."),
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
     from mito.heads import predict

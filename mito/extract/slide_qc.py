@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 
 from mito.extract.errors import ExtractError
-from mito.extract.slides import READERS, SlideReadError, close_slide, open_slide, thumbnail
+from mito.extract.slides import (
+    READERS,
+    SlideReadError,
+    close_slide,
+    open_slide,
+    thumbnail,
+)
 
 
 def slide_thumbnail(path: str, reader: str = "auto", max_side: int = 1024) -> tuple[np.ndarray, float]:

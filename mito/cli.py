@@ -393,7 +393,7 @@ def predict_cmd(
     weights: list[str] = typer.Option([], "--weights", "-w", help="Backbone weight file for SOURCE, NAME=PATH (checked against the model's hash)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for per-slide PNG heatmaps of the predicted probability (slide stores, with --store)."),
+    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for per-slide PNG heatmaps of the predicted probability (slide stores, with --store; --overwrite replaces an earlier one)."),
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
     from mito.heads import predict
@@ -403,6 +403,12 @@ def predict_cmd(
         raise UserError("give either tiles to embed (SOURCE) or --store, not both")
     if (points is not None or tile_size is not None) and source is None:
         raise UserError("--points and --tile-size go with a slide SOURCE, not --store")
+    if heatmaps is not None:  # before any work
+        if store is None:
+            raise UserError("--heatmaps needs --store (a store extracted from slides)")
+        from mito.heads.heatmaps import check_heatmap_dir
+
+        check_heatmap_dir(heatmaps, overwrite, protect=(store, model))
     check_predict_out(out, model, store, source, overwrite)  # before any work, whatever kind of model
     w = _parse_weights(weights, [])
     from mito.bench import is_finetuned, predict_finetuned
@@ -421,7 +427,7 @@ def predict_cmd(
             points=points, tile_size=tile_size, overwrite=overwrite, progress=not quiet,
         )
     if heatmaps is not None:
-        _heatmaps(df, store, heatmaps)
+        _heatmaps(df, store, heatmaps, overwrite, model)
     counts = ", ".join(f"{k} {v}" for k, v in df["pred"].value_counts().items())
     line = f"{len(df)} tiles predicted ({counts}) -> {out}"
     if "label" in df:
@@ -647,11 +653,12 @@ def slides_qc_cmd(
     store: str = typer.Argument(..., help="Store made by mito extract --mpp ... from slides."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for <slide>.png (thumbnail, tissue outline, kept tiles) and skipped.csv."),
     reader: str = typer.Option("auto", help="auto, openslide or tifffile."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only one that mito slides qc wrote)."),
 ) -> None:
     """Per slide: its thumbnail with the tissue mask outlined and every kept tile drawn (PNG)."""
     from mito.extract.slide_qc import qc_store
 
-    res = qc_store(store, out, reader)
+    res = qc_store(store, out, reader, overwrite)
     console.print(f"wrote {len(res['written'])} QC pictures to {out}")
     for sk in res["skipped"]:
         console.print(f"[yellow]slide skipped:[/] {sk['reason']}")
@@ -664,15 +671,16 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for one <slide>.h5 per slide."),
     format: str = typer.Option("trident", "--format", help="trident: HDF5 with features (N x D) and coords (N x 2, level-0 top-left), as TRIDENT/CLAM read."),
     features: Optional[str] = typer.Option(None, help="Variant key to export, e.g. efficientnet_lite0:z1:rgb (default: the first complete one)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only one that mito export wrote)."),
 ) -> None:
     """Write a slide store's features per slide for MIL tools (TRIDENT / CLAM layout)."""
     from mito.cache.export import export
 
-    paths = export(store, format, out, features)
+    paths = export(store, format, out, features, overwrite)
     console.print(f"wrote {len(paths)} slide files to {out}")
 
 
-def _heatmaps(df: Any, store: Optional[str], folder: Path) -> None:
+def _heatmaps(df: Any, store: Optional[str], folder: Path, overwrite: bool, model: Path) -> None:
     from mito.cache import open_store
     from mito.heads.heatmaps import write_heatmaps
 
@@ -680,7 +688,7 @@ def _heatmaps(df: Any, store: Optional[str], folder: Path) -> None:
         raise UserError("--heatmaps needs --store (a store extracted from slides)")
     with open_store(store, "r") as s:
         tiles = s.tiles
-    paths = write_heatmaps(df, tiles, folder)
+    paths = write_heatmaps(df, tiles, folder, overwrite=overwrite, protect=(store, model))
     console.print(f"wrote {len(paths)} heatmaps to {folder}")
 
 

@@ -13,7 +13,7 @@ from mito.cache.store import StoreError, open_store
 FORMATS = ("trident",)
 
 
-def export_trident(store_path: str, out_dir: str | os.PathLike, feature: str | None = None) -> list[Path]:
+def export_trident(store_path: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False) -> list[Path]:
     """One <slide stem>.h5 per slide: ``features`` (N x D float32) and ``coords`` (N x 2 int64, level-0 top-left).
 
     Attributes follow TRIDENT: coords carry patch_size, patch_size_level0, target and level-0 mpp and the
@@ -21,9 +21,10 @@ def export_trident(store_path: str, out_dir: str | os.PathLike, feature: str | N
     """
     import h5py
 
-    from mito.io import atomic_write, safe_name
+    from mito.extract.slides import stem as slide_stem
+    from mito.io import atomic_dir, check_output_dir, safe_name
 
-    out = Path(out_dir)
+    out = check_output_dir(out_dir, overwrite, is_ours=is_export_dir, protect=(store_path,), what="export folder")
     with open_store(store_path, "r") as s:
         slides: dict[str, Any] = s.meta.get("slides") or {}
         if not slides:
@@ -38,37 +39,46 @@ def export_trident(store_path: str, out_dir: str | os.PathLike, feature: str | N
         tiles = s.tiles
         ok = ~s.unreadable
         opts = slides.get("options", {})
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for rec in slides.get("slides", []):
-            rows = np.flatnonzero((tiles["slide"] == rec["slide"]).to_numpy() & ok)
-            feats = s.read([key], rows)
-            coords = np.stack([np.floor(tiles["x0"].to_numpy()[rows]), np.floor(tiles["y0"].to_numpy()[rows])], axis=1).astype(np.int64)
-            stem = rec["slide"].rsplit(".", 1)[0]
-            if stem.lower().endswith(".ome"):
-                stem = stem[:-4]
+        names: list[str] = []
 
-            def write(tmp: str, feats: np.ndarray = feats, coords: np.ndarray = coords, rec: dict[str, Any] = rec, stem: str = stem) -> None:
-                with h5py.File(tmp, "w") as f:
-                    fd = f.create_dataset("features", data=feats.astype(np.float32))
-                    fd.attrs.update(encoder=key.split(":")[0], variant=key, store=str(store_path))
-                    cd = f.create_dataset("coords", data=coords)
-                    cd.attrs.update(
-                        patch_size=int(opts.get("tile_px", 0)),
-                        patch_size_level0=round(rec["tile_side_level0"]),
-                        target_mpp=float(opts.get("mpp", np.nan)),
-                        level0_mpp=float(rec["mpp"]),
-                        overlap=int(opts.get("tile_px", 0)) - int(opts.get("stride_px") or opts.get("tile_px", 0)),
-                        name=stem,
-                        slide_path=rec["path"],
-                    )
+        def fill(tmp: Path) -> None:
+            for rec in slides.get("slides", []):
+                names.append(_write_slide(h5py, s, key, tiles, ok, opts, rec, store_path, tmp / f"{safe_name(slide_stem(rec['slide']))}.h5"))
 
-            written.append(atomic_write(out / f"{safe_name(stem)}.h5", write, ".h5"))
-    return written
+        atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_export_dir(p)))
+    return [out / n for n in names]
 
 
-def export(store_path: str, fmt: str, out_dir: str | os.PathLike, feature: str | None = None) -> list[Path]:
+def is_export_dir(path: Path) -> bool:
+    """True for a folder holding only <slide>.h5 files (what export writes)."""
+    return path.is_dir() and all(f.is_file() and f.suffix == ".h5" for f in path.iterdir())
+
+
+def _write_slide(h5py: Any, s: Any, key: str, tiles: Any, ok: np.ndarray, opts: dict[str, Any], rec: dict[str, Any],
+                 store_path: str, path: Path) -> str:
+    from mito.extract.slides import stem as slide_stem
+
+    rows = np.flatnonzero((tiles["slide"] == rec["slide"]).to_numpy() & ok)
+    feats = s.read([key], rows)
+    coords = np.stack([np.floor(tiles["x0"].to_numpy()[rows]), np.floor(tiles["y0"].to_numpy()[rows])], axis=1).astype(np.int64)
+    with h5py.File(path, "w") as f:
+        fd = f.create_dataset("features", data=feats.astype(np.float32))
+        fd.attrs.update(encoder=key.split(":")[0], variant=key, store=str(store_path))
+        cd = f.create_dataset("coords", data=coords)
+        cd.attrs.update(
+            patch_size=int(opts.get("tile_px", 0)),
+            patch_size_level0=round(rec["tile_side_level0"]),
+            target_mpp=float(opts.get("mpp", np.nan)),
+            level0_mpp=float(rec["mpp"]),
+            overlap=int(opts.get("tile_px", 0)) - int(opts.get("stride_px") or opts.get("tile_px", 0)),
+            name=slide_stem(rec["slide"]),
+            slide_path=rec["path"],
+        )
+    return path.name
+
+
+def export(store_path: str, fmt: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False) -> list[Path]:
     """Export ``store_path`` in format ``fmt`` (trident) to ``out_dir``."""
     if fmt not in FORMATS:
         raise StoreError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return export_trident(store_path, out_dir, feature)
+    return export_trident(store_path, out_dir, feature, overwrite)

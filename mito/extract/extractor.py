@@ -36,7 +36,7 @@ from mito.extract import distributed
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
 from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
 from mito.extract.errors import ExtractError
-from mito.extract.slide_tiles import check_slide_set, options_from, record_slides, slide_tiling
+from mito.extract.slide_tiles import check_slide_set, close_handles, options_from, record_slides, slide_tiling
 from mito.extract.sources import TileSource, open_source
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
 from mito.progress import add_task, advance, progress_bar, status
@@ -75,7 +75,7 @@ class ExtractConfig(BaseModel):
     progress: bool = True
     # whole slides (mito.extract.slide_tiles): tiles of tile_px pixels at mpp um/px over tissue
     mpp: float | None = Field(default=None, gt=0)
-    tile_px: int | None = Field(default=None, ge=8)
+    tile_px: int | None = Field(default=None, ge=8, le=MAX_TILE_SIZE)
     tile_um: float | None = Field(default=None, gt=0)
     stride: int | None = Field(default=None, ge=1)
     min_tissue: float = Field(default=0.5, ge=0, le=1)
@@ -206,9 +206,9 @@ class _TileDataset(Dataset):
         try:
             needed = np.flatnonzero(self.need[row // self.chunk_rows])
             if self.views:
-                imgs = self.source.read_views(row, self.zooms)
-                for j in needed:
-                    out[j] = prepare(imgs[j], self.preps[j])
+                imgs = self.source.read_views(row, [self.zooms[j] for j in needed])  # only the zooms this chunk lacks
+                for j, img in zip(needed, imgs):
+                    out[j] = prepare(img, self.preps[j])
                 return row, out, False
             img = self.source.read(row, self.context)
             for j in needed:
@@ -325,6 +325,8 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
     except Exception as e:
         dist.fail(e)  # the other ranks stop at their next sync instead of waiting forever
         raise
+    finally:
+        close_handles()  # slides read in this process (no DataLoader workers)
 
 
 def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
@@ -336,7 +338,7 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
     for b in cfg.backbones:  # fail before any work when a backbone or its weights are missing
         resolve_weights(get_backbone(b), cfg.weights.get(b))
     slide_opts = options_from(
-        cfg.mpp, cfg.tile_px, cfg.tile_um, cfg.zooms, stride_px=cfg.stride, min_tissue=cfg.min_tissue,
+        cfg.mpp, cfg.tile_px, cfg.tile_um, cfg.zooms, workers=cfg.num_workers or 1, stride_px=cfg.stride, min_tissue=cfg.min_tissue,
         slide_mpp=cfg.slide_mpp, reader=cfg.reader, annotations=cfg.annotations, label_overlap=cfg.label_overlap,
     )
     if dist.main and not backend_capabilities(cfg.store, store_format(cfg.store)).resumable_per_chunk:

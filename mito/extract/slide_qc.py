@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 
 from mito.extract.errors import ExtractError
-from mito.extract.slides import SlideReadError, close_slide, open_slide, thumbnail
+from mito.extract.slides import (
+    READERS,
+    SlideReadError,
+    close_slide,
+    open_slide,
+    thumbnail,
+)
 
 
 def slide_thumbnail(path: str, reader: str = "auto", max_side: int = 1024) -> tuple[np.ndarray, float]:
@@ -36,11 +42,14 @@ def _mask_rings(rec: dict[str, Any]) -> list[np.ndarray]:
     p = rec.get("mask_geojson")
     if not p or not os.path.isfile(p):
         return []
-    doc = json.loads(Path(p).read_text(encoding="utf-8"))
-    rings = []
-    for f in doc.get("features", []):
-        for poly in f["geometry"]["coordinates"]:
-            rings += [np.asarray(r) for r in poly]
+    try:
+        doc = json.loads(Path(p).read_text(encoding="utf-8"))
+        rings = []
+        for f in doc.get("features", []):
+            for poly in f["geometry"]["coordinates"]:
+                rings += [np.asarray(r, np.float64).reshape(-1, 2) for r in poly]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ExtractError(f"damaged tissue mask {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return rings
 
 
@@ -78,23 +87,32 @@ def draw_qc(rec: dict[str, Any], tiles: pd.DataFrame, reader: str, out: Path) ->
     return path
 
 
-def qc_store(store_path: str, out_dir: str | os.PathLike, reader: str = "auto") -> dict[str, Any]:
-    """Write <slide>.png per slide of a slide store (plus skipped.csv); returns what was written and skipped."""
-    from mito.cache import open_store
-    from mito.io import atomic_write_text, safe_name
+def is_qc_dir(path: Path) -> bool:
+    """True for a folder holding only <slide>.png files and skipped.csv (what qc_store writes)."""
+    return path.is_dir() and all(f.is_file() and (f.suffix == ".png" or f.name == "skipped.csv") for f in path.iterdir())
 
-    out = Path(out_dir)
+
+def qc_store(store_path: str, out_dir: str | os.PathLike, reader: str = "auto", overwrite: bool = False) -> dict[str, Any]:
+    """Write <slide>.png per slide of a slide store (plus skipped.csv) as one new folder; returns what was written and skipped."""
+    from mito.cache import open_store
+    from mito.io import atomic_dir, atomic_write_text, check_output_dir, safe_name
+
+    if reader not in READERS:
+        raise ExtractError(f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
+    out = check_output_dir(out_dir, overwrite, is_ours=is_qc_dir, protect=(store_path,), what="QC folder")
     with open_store(store_path, "r") as s:
         rec = slide_records(s)
         tiles = s.tiles
-    out.mkdir(parents=True, exist_ok=True)
-    written, failed = [], []
-    for r in rec["slides"]:
-        try:
-            written.append(draw_qc(r, tiles[tiles["slide"] == r["slide"]], reader, out / f"{safe_name(r['slide'])}.png"))
-        except SlideReadError as e:
-            failed.append({"slide": r["slide"], "path": r["path"], "reason": str(e)})
-    skipped = rec.get("skipped", []) + failed
-    if skipped:
-        atomic_write_text(out / "skipped.csv", pd.DataFrame(skipped).to_csv(index=False))
-    return {"written": [str(p) for p in written], "skipped": skipped}
+    names, failed = [], []
+
+    def fill(tmp: Path) -> None:
+        for r in rec["slides"]:
+            try:
+                names.append(draw_qc(r, tiles[tiles["slide"] == r["slide"]], reader, tmp / f"{safe_name(r['slide'])}.png").name)
+            except SlideReadError as e:
+                failed.append({"slide": r["slide"], "path": r["path"], "reason": str(e)})
+        if rec.get("skipped", []) + failed:
+            atomic_write_text(tmp / "skipped.csv", pd.DataFrame(rec.get("skipped", []) + failed).to_csv(index=False))
+
+    atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_qc_dir(p)))
+    return {"written": [str(out / n) for n in names], "skipped": rec.get("skipped", []) + failed}

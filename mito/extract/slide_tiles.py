@@ -34,12 +34,14 @@ from mito.extract.slides import (
     open_slide,
     outside_fraction,
     read_box,
+    stem,
     thumbnail,
 )
 
 SAT_MIN, SAT_MAX = 20.0, 40.0  # Otsu's saturation threshold is clipped into this range (0..255)
 MASK_TILE_PX = 16  # a tile spans at least this many mask pixels (when the slide allows)
 MASK_MAX_SIDE = 8192
+MAX_TILE_PX = 16384  # as ExtractConfig's tile_size
 OPEN_SLIDES = 4  # handles kept open per DataLoader worker
 
 
@@ -64,9 +66,11 @@ class SlideOptions:
 
 
 def options_from(
-    mpp: float | None, tile_px: int | None, tile_um: float | None, zooms: list[float], **kw: Any
+    mpp: float | None, tile_px: int | None, tile_um: float | None, zooms: list[float], workers: int = 1, **kw: Any
 ) -> SlideOptions | None:
-    """SlideOptions from the extract options, or None when no micron tiling was asked for."""
+    """SlideOptions from the extract options, or None when no micron tiling was asked for.
+
+    The tile and its widest context view (tile_px / min zoom, RGB, once per decoding worker) must fit in memory."""
     if mpp is None and tile_um is None:
         given = [n for n, v in (("--tile-px", tile_px), ("--stride", kw.get("stride_px")), ("--slide-mpp", kw.get("slide_mpp")),
                                 ("--annotations", kw.get("annotations")), ("--label-overlap", kw.get("label_overlap"))) if v is not None]
@@ -89,7 +93,24 @@ def options_from(
     assert mpp is not None
     if tile_px < 8:
         raise ExtractError("--tile-px must be at least 8 pixels")
+    if tile_px > MAX_TILE_PX:
+        raise ExtractError(f"a tile of {tile_px} px at {mpp:g} um/px is more than {MAX_TILE_PX} px: use a larger --mpp or a smaller --tile-um/--tile-px")
+    check_view_memory(tile_px, zooms, workers)
     return SlideOptions(mpp=float(mpp), tile_px=int(tile_px), zooms=tuple(zooms), **kw)
+
+
+def check_view_memory(tile_px: int, zooms: list[float], workers: int = 1) -> None:
+    """Refuse a widest view (tile_px / min zoom, RGB uint8, one per worker) that needs more than half the free memory."""
+    from mito.resources import available_memory
+
+    free = available_memory()
+    side = math.ceil(tile_px / min([*zooms, 1.0]))
+    need = side * side * 3 * max(1, workers)
+    if free is not None and need > free // 2:
+        raise ExtractError(
+            f"a {side} x {side} px view (tile {tile_px} px at zoom {min([*zooms, 1.0]):g}) x {max(1, workers)} worker(s) needs "
+            f"{need / 2**30:.1f} GiB, more than half the {free / 2**30:.1f} GiB available: use smaller tiles or zooms nearer 1"
+        )
 
 
 # ---------------------------------------------------------------- tissue
@@ -227,15 +248,6 @@ def load_regions(path: Path) -> list[Region]:
     return regions
 
 
-def stem(name: str) -> str:
-    """A slide's file name without its (double) extension."""
-    low = name.lower()
-    for ext in (".ome.tiff", ".ome.tif", ".ome.btf"):
-        if low.endswith(ext):
-            return name[: -len(ext)]
-    return name.rsplit(".", 1)[0]
-
-
 def annotation_file(annotations: str, slide_name: str, n_slides: int) -> Path | None:
     """The GeoJSON for a slide: <stem>.geojson/.json in a folder, or the one file (by stem, or for a single slide)."""
     a = Path(annotations).expanduser()
@@ -281,7 +293,19 @@ def label_tiles(regions: list[Region], boxes: np.ndarray, samples: int = 8) -> t
 
 
 def list_slides(path: Path) -> pd.DataFrame:
-    """One row per slide (path + any manifest columns) from a slide file, a folder of slides or a slide manifest CSV."""
+    """One row per slide (path + any manifest columns) from a slide file, a folder of slides or a slide manifest CSV;
+    two slides with one file name are refused (the name is the slide's id in tile ids, masks and exports)."""
+    df = _list_slides(path)
+    seen: dict[str, str] = {}
+    for p in df["path"]:
+        name = Path(p).name
+        if name in seen:
+            raise ExtractError(f"two slides are named {name}: {seen[name]} and {p}; rename one (a slide's file name is its id)")
+        seen[name] = p
+    return df
+
+
+def _list_slides(path: Path) -> pd.DataFrame:
     if path.is_dir():
         files = sorted(f for f in path.rglob("*") if f.is_file() and f.name.lower().endswith(WSI_EXTS) and not f.name.startswith("."))
         if not files:
@@ -467,6 +491,13 @@ def slide_handle(path: str, reader: str) -> Slide:
     return slide
 
 
+def close_handles() -> None:
+    """Close the slides this process keeps open (call at the end of a run; workers' handles die with them)."""
+    pid = os.getpid()
+    for key in [k for k in _HANDLES if k[0] == pid]:
+        close_slide(_HANDLES.pop(key))
+
+
 def read_views(source: Any, i: int, zooms: list[float]) -> list[np.ndarray]:
     """One tile_px x tile_px image per zoom for tile ``i``: zoom z covers 1/z of the tile's side around its centre,
     read from the level that fits that resolution (z < 1: real context). Handles stay open per worker."""
@@ -549,7 +580,7 @@ def slide_tiling(opts: SlideOptions) -> dict[str, Any]:
 
 def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
     """Write the per-slide records and skipped slides into the store, and each tissue mask as GeoJSON beside it."""
-    from mito.io import safe_name, write_json
+    from mito.io import json_default, safe_name, write_json
 
     mask_dir = None
     if info["masks"] and "://" not in store_path:
@@ -558,4 +589,6 @@ def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
         for name, geo in info["masks"].items():
             write_json(mask_dir / f"{safe_name(name)}.tissue.geojson", geo, indent=0)
     slides = [dict(r, mask_geojson=str(mask_dir / f"{safe_name(r['slide'])}.tissue.geojson") if mask_dir and r["slide"] in info["masks"] else None) for r in info["slides"]]
-    store.record("slides", {"options": info["options"], "slides": slides, "skipped": info["skipped"]})
+    doc = json.loads(json.dumps({"options": info["options"], "slides": slides, "skipped": info["skipped"]}, default=json_default))
+    if store.meta.get("slides") != doc:  # a no-op re-run leaves the store alone (an HDF5 record rewrites the file)
+        store.record("slides", doc)

@@ -14,12 +14,13 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from PIL import Image
 
-READERS = ("auto", "openslide", "tifffile")
+Reader = Literal["auto", "openslide", "tifffile"]
+READERS: tuple[str, ...] = get_args(Reader)
 OPENSLIDE_EXTS = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
 TIFF_EXTS = (".tif", ".tiff", ".btf", ".ome.tif", ".ome.tiff", ".ome.btf")
 WSI_EXTS = OPENSLIDE_EXTS + TIFF_EXTS
@@ -50,6 +51,15 @@ class Slide:
     def name(self) -> str:
         """File name, the slide's id in tile tables."""
         return Path(self.path).name
+
+
+def stem(name: str) -> str:
+    """A slide's file name without its (double) extension: a.svs -> a, b.ome.tif -> b."""
+    low = name.lower()
+    for ext in (".ome.tiff", ".ome.tif", ".ome.btf"):
+        if low.endswith(ext):
+            return name[: -len(ext)]
+    return name.rsplit(".", 1)[0]
 
 
 def _first_line(e: BaseException) -> str:

@@ -49,9 +49,25 @@ def draw_heatmap(slide_name: str, slide_path: str, tiles: pd.DataFrame, cols: li
     return path
 
 
-def write_heatmaps(preds: pd.DataFrame, tiles: pd.DataFrame, out_dir: str | os.PathLike, reader: str = "auto") -> list[Path]:
-    """Heatmaps for every slide in ``preds`` (rows named slide,x,y) using a slide store's tile table (boxes, paths)."""
-    from mito.io import safe_name
+def is_heatmap_dir(path: Path) -> bool:
+    """True for a folder holding only <slide>.heatmap.png files (what write_heatmaps writes)."""
+    return path.is_dir() and all(f.is_file() and f.name.endswith(".heatmap.png") for f in path.iterdir())
+
+
+def check_heatmap_dir(out_dir: str | os.PathLike, overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Refuse a heatmap folder inside a store or model, on an input, or already written (without ``overwrite``)."""
+    from mito.io import check_output_dir
+
+    return check_output_dir(out_dir, overwrite, is_ours=is_heatmap_dir, protect=protect, what="heatmap folder")
+
+
+def write_heatmaps(preds: pd.DataFrame, tiles: pd.DataFrame, out_dir: str | os.PathLike, reader: str = "auto",
+                   overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
+    """Heatmaps for every slide in ``preds`` (rows named slide,x,y) using a slide store's tile table (boxes, paths);
+    the folder is written whole (atomically) and replaces an earlier one only with ``overwrite``."""
+    from mito.io import atomic_dir, safe_name
+
+    out = check_heatmap_dir(out_dir, overwrite, protect)
 
     need = {"slide", "x", "y"}
     if not need <= set(preds.columns) or not {"slide_path", "x0", "y0", "x1", "y1"} <= set(tiles.columns):
@@ -59,9 +75,11 @@ def write_heatmaps(preds: pd.DataFrame, tiles: pd.DataFrame, out_dir: str | os.P
     cols = prob_columns(preds)
     merged = preds.merge(tiles[["slide", "x", "y", "slide_path", "x0", "y0", "x1", "y1"]].drop_duplicates(["slide", "x", "y"]),
                          on=["slide", "x", "y"], how="inner")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return [
-        draw_heatmap(name, str(g["slide_path"].iat[0]), g, cols, out / f"{safe_name(name)}.heatmap.png", reader)
-        for name, g in merged.groupby("slide", sort=True)
-    ]
+    names: list[str] = []
+
+    def fill(tmp: Path) -> None:
+        for name, g in merged.groupby("slide", sort=True):
+            names.append(draw_heatmap(name, str(g["slide_path"].iat[0]), g, cols, tmp / f"{safe_name(name)}.heatmap.png", reader).name)
+
+    atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_heatmap_dir(p)))
+    return [out / n for n in names]

@@ -97,3 +97,56 @@ def test_predict_writes_a_heatmap_per_slide(slide_store: Path, tmp_path: Path) -
                           zooms=[1.0], colors=["rgb"], limit=4, num_workers=0, progress=False))
     res = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--store", str(other), "--out", str(tmp_path / "p3.csv")])
     assert res.exit_code == 2 and "slide_tiling" in res.output
+
+
+def test_heatmaps_without_a_store_are_refused_before_any_work(slide_store: Path, tmp_path: Path) -> None:
+    a = slide_store.parent / "slides" / "a.svs"
+    res = runner.invoke(app, ["predict", str(a), "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "p.csv"),
+                              "--heatmaps", str(tmp_path / "heat")])
+    assert res.exit_code == 2 and "--heatmaps needs --store" in res.output
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "heat").exists()
+
+
+def test_outputs_refuse_stores_and_earlier_outputs_without_overwrite(slide_store: Path, tmp_path: Path) -> None:
+    for cmd in (["export", "--store", str(slide_store)], ["slides", "qc", str(slide_store)]):
+        res = runner.invoke(app, [*cmd, "--out", str(slide_store / "inside")])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert not (slide_store / "inside").exists()
+        out = tmp_path / cmd[0]
+        assert runner.invoke(app, [*cmd, "--out", str(out)]).exit_code == 0
+        before = {f.name: f.stat().st_mtime_ns for f in out.iterdir()}
+        res = runner.invoke(app, [*cmd, "--out", str(out)])
+        assert res.exit_code == 2 and "--overwrite" in res.output
+        assert {f.name: f.stat().st_mtime_ns for f in out.iterdir()} == before
+        res = runner.invoke(app, [*cmd, "--out", str(out), "--overwrite"])
+        assert res.exit_code == 0 and sorted(f.name for f in out.iterdir()) == sorted(before)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    res = runner.invoke(app, ["export", "--store", str(slide_store), "--out", str(tmp_path / "mine"), "--overwrite"])
+    assert res.exit_code == 2 and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_predict_heatmaps_refuse_a_folder_inside_the_store_before_any_work(slide_store: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["fit-head", "--store", str(slide_store), "--out", str(tmp_path / "m"), "--head", "logreg",
+                              "--group-column", "none", "--features", KEY])
+    assert res.exit_code == 0, res.output
+    for heat in (slide_store / "heat", tmp_path / "m" / "heat"):
+        res = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--store", str(slide_store), "--out", str(tmp_path / "p.csv"),
+                                  "--heatmaps", str(heat)])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert not heat.exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_qc_names_a_damaged_mask_file_and_refuses_an_unknown_reader(slide_store: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["slides", "qc", str(slide_store), "--out", str(tmp_path / "q0"), "--reader", "foo"])
+    assert res.exit_code == 2 and "--reader must be one of auto, openslide, tifffile" in res.output
+    mask = Path(f"{slide_store}.slides") / "a.svs.tissue.geojson"
+    text = mask.read_text()
+    try:
+        for bad in (text[: len(text) // 2], '{"features": [{"geometry": {}}]}'):
+            mask.write_text(bad)
+            res = runner.invoke(app, ["slides", "qc", str(slide_store), "--out", str(tmp_path / "q1")])
+            assert res.exit_code == 2 and "a.svs.tissue.geojson" in res.output and "Traceback" not in res.output, res.output
+            assert not (tmp_path / "q1").exists()
+    finally:
+        mask.write_text(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -281,3 +282,105 @@ def test_a_corrupt_tile_marks_only_the_tiles_that_touch_it(slides: Path, tmp_pat
     assert failed and set(failed) == set(np.flatnonzero(touches))
     assert any(i not in failed for i in range(min(failed), len(t)))  # reads after a failure succeed (handle reopened)
     assert len(failed) < len(t) // 2
+
+
+def test_tile_size_is_bounded_and_the_widest_view_must_fit_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from mito.extract import ExtractError
+    from mito.extract.slide_tiles import options_from
+
+    with pytest.raises(ExtractError, match="more than 16384 px"):
+        options_from(0.001, None, 500.0, [1.0])
+    with pytest.raises(ValidationError, match="16384"):
+        ExtractConfig(source="x", store="y.zarr", mpp=0.5, tile_px=20000)
+    monkeypatch.setattr("mito.resources.available_memory", lambda: 64 << 20)
+    assert options_from(0.5, 1024, None, [1.0]).tile_px == 1024  # 3 MiB
+    with pytest.raises(ExtractError, match=r"4096 x 4096 px view .* x 3 worker"):
+        options_from(0.5, 1024, None, [1.0, 0.25], workers=3)  # 48 MiB x 3
+
+
+def test_one_slide_stem_for_annotations_and_export() -> None:
+    from mito.cache import export
+    from mito.extract import slide_tiles, slides
+
+    assert slide_tiles.stem is slides.stem and not hasattr(export, "stem")
+    assert [slides.stem(n) for n in ("a.svs", "b.ome.tif", "C.OME.TIFF", "d.x.tiff")] == ["a", "b", "C", "d.x"]
+
+
+def test_a_rerun_reads_only_the_zooms_still_missing(slides: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mito.extract.sources import TileSource
+
+    store = tmp_path / "z.zarr"
+    cfg = dict(SMALL, source=str(slides / "slides" / "a.svs"), store=str(store), limit=8)
+    extract(ExtractConfig(zooms=[1.0], **cfg))
+    asked: list[list[float]] = []
+    real = TileSource.read_views
+    monkeypatch.setattr(TileSource, "read_views", lambda self, i, zooms: asked.append(list(zooms)) or real(self, i, zooms))
+    extract(ExtractConfig(zooms=[1.0, 0.5], **cfg))
+    assert len(asked) == 8 and all(z == [0.5] for z in asked)
+    s = open_store(store)
+    assert s.is_complete("efficientnet_lite0:z0.5:rgb") and not s.unreadable.any()
+
+
+def test_only_the_main_rank_draws_the_slide_progress(slides: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mito.extract import distributed, extractor
+
+    seen: list[bool] = []
+
+    def fake_open_source(*args: object) -> None:
+        seen.append(bool(args[-1]))
+        raise SlideReadError("stop here")
+
+    monkeypatch.setattr(extractor, "open_source", fake_open_source)
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "setup", lambda rank=rank: distributed.Dist(rank=rank, world=1))
+        with pytest.raises(SlideReadError, match="stop here"):
+            extract(ExtractConfig(**dict(SMALL, progress=True), source=str(slides / "slides"), store=str(tmp_path / "r.zarr"), zooms=[1.0]))
+    assert seen == [True, False]
+
+
+def test_same_named_slides_in_two_subfolders_are_refused_naming_both(slides: Path, tmp_path: Path) -> None:
+    src = tmp_path / "two"
+    for sub in ("x", "y"):
+        (src / sub).mkdir(parents=True)
+        shutil.copy(slides / "slides" / "a.svs", src / sub / "a.svs")
+    res = runner.invoke(app, ["extract", str(src), "--mpp", "0.5", "--tile-px", "64", "--store", str(tmp_path / "t.zarr"), "-q"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "two slides are named a.svs" in out and "Traceback" not in out, res.output
+    assert "two/x/a.svs" in out.replace(" ", "") and "two/y/a.svs" in out.replace(" ", "")
+    assert not (tmp_path / "t.zarr").exists()
+
+
+def _open_fds(target: Path) -> int:
+    fds = Path("/proc/self/fd")
+    n = 0
+    for fd in fds.iterdir():
+        try:
+            n += os.readlink(fd) == str(target.resolve())
+        except OSError:
+            pass
+    return n
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to see open files")
+def test_no_slide_stays_open_after_an_extract_without_workers(slides: Path, tmp_path: Path) -> None:
+    a = tmp_path / "c.ome.tif"  # tifffile keeps its file open while the handle lives
+    shutil.copy(slides / "slides" / "b.ome.tif", a)
+    extract(ExtractConfig(**dict(SMALL, source=str(a), store=str(tmp_path / "h.zarr"), zooms=[1.0], limit=4)))
+    assert open_store(tmp_path / "h.zarr").is_complete("efficientnet_lite0:z1:rgb")
+    assert _open_fds(a) == 0
+
+
+def test_a_no_op_rerun_does_not_rewrite_the_slide_record(slides: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mito.cache.store import Store
+
+    written: list[str] = []
+    real = Store.record
+    monkeypatch.setattr(Store, "record", lambda self, name, value: written.append(name) or real(self, name, value))
+    cfg = ExtractConfig(**dict(SMALL, source=str(slides / "slides" / "a.svs"), store=str(tmp_path / "n.h5"), zooms=[1.0], limit=4))
+    extract(cfg)
+    assert written.count("slides") == 1
+    extract(cfg)
+    assert written.count("slides") == 1
+    assert open_store(tmp_path / "n.h5").meta["slides"]["slides"][0]["slide"] == "a.svs"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from mito.errors import TaskError
@@ -108,3 +109,11 @@ def task_labels(tiles: pd.DataFrame, spec: TaskSpec, min_per_class: int = 2) -> 
     if len(classes) < 2:
         raise TaskError(f"task {spec.name!r} has fewer than two classes with >= {min_per_class} labelled tiles")
     return y, classes
+
+
+def group_ids(tiles: pd.DataFrame, column: str = "group") -> np.ndarray:
+    """The group (slide) of each tile as a string; a tile with no group value is a group of its own.
+
+    (pandas 3 keeps missing values as NaN through ``astype(str)``, which breaks sorting mixed with strings.)
+    """
+    return np.array([f"<no {column}>:{i}" if _missing(v) else str(v) for i, v in enumerate(tiles[column].tolist())], dtype=str)

@@ -12,6 +12,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mito.bench.errors import BenchError
+from mito.tasks import group_ids
 
 CVMode = Literal["auto", "kfold", "split"]
 CV_MODES: tuple[str, ...] = get_args(CVMode)
@@ -97,7 +98,7 @@ def make_folds(
     if cv == "split" and not split_ok:
         raise BenchError("cv=split needs labelled tiles in both split=train and split=test")
     mode = "split" if (cv == "split" or (cv == "auto" and split_ok)) else "kfold"
-    groups = tiles["group"].astype(str).to_numpy()
+    groups = group_ids(tiles, "group")
     labels = y.astype(object).to_numpy()
     folds: list[Fold] = []
     if mode == "split":

@@ -7,6 +7,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mito.heads.base import HeadError
+from mito.tasks import group_ids
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 AUTO = "auto"  # split_column value: the published split column when the store has one, else a random grouped split
@@ -66,7 +67,7 @@ def make_split(
             "pass --group-column COL, or --group-column none to split tiles independently"
         )
     groups = (
-        tiles[group_column].astype(str).to_numpy() if group_column is not None else np.arange(n).astype(str)
+        group_ids(tiles, group_column) if group_column is not None else np.arange(n).astype(str)
     )
     y = labels.astype(str).to_numpy()
     out = np.full(n, "", dtype=object)

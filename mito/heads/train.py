@@ -24,7 +24,7 @@ from mito.heads.split import AUTO, PUBLISHED_SPLIT, make_split, published_split
 from mito.heads.stream import DEFAULT_BUFFER_ROWS
 from mito.io import atomic_dir, check_output_dir, write_json
 from mito.progress import add_task, progress_bar
-from mito.tasks import TaskSpec
+from mito.tasks import TaskSpec, group_ids
 from mito.tasks import resolve_task as resolve_spec
 from mito.validation import one_line
 
@@ -182,7 +182,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         cats = metadata_categories(tiles, cfg.metadata_columns)
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
-        groups = tiles[cfg.group_column].astype(str).to_numpy() if cfg.group_column in tiles else None
+        groups = group_ids(tiles, cfg.group_column) if cfg.group_column in tiles else None
         with _epoch_progress(cfg.progress, head):
             fitted = fit_on_rows(
                 store, keys, parts, labels.to_numpy(), head, standardize=cfg.standardize, pca=cfg.pca, categories=cats,

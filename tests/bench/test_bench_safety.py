@@ -145,6 +145,13 @@ def test_damaged_leaderboard_files_are_one_line(small_bench: Path, tmp_path: Pat
     _one_line_error(runner.invoke(app, ["report", str(d)]), message)
 
 
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"LokyProcess" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for p in Path("/proc").iterdir():
@@ -181,13 +188,13 @@ def test_interrupted_bench_leaves_no_worker_and_no_output(amibr_store: Path, tmp
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         seen: set[int] = set()
-        for _ in range(600):  # until both loky workers run (they train "forever")
+        for _ in range(600):  # until both loky workers run (they train "forever"); loky's resource tracker does not count
             seen |= _descendants(proc.pid)
-            if len([p for p in seen if _alive(p)]) >= 2 or proc.poll() is not None:
+            if len([p for p in seen if _alive(p) and _is_worker(p)]) >= 2 or proc.poll() is not None:
                 break
             time.sleep(0.5)
         assert proc.poll() is None, proc.communicate()
-        time.sleep(1.0)
+        time.sleep(3.0)  # the workers import mito and start training (slow on a loaded machine)
         seen |= _descendants(proc.pid)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=300)

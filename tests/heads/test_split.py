@@ -70,3 +70,24 @@ def test_ungrouped_split_uses_every_tile(tiles: pd.DataFrame) -> None:
     t = tiles.head(200)
     side = make_split(t, t["mitosis"], np.ones(200, bool), group_column=None, seed=0)
     assert (side != "").all() and 25 < (side == "val").sum() < 55
+
+
+def test_tiles_without_a_group_are_groups_of_their_own(tmp_path) -> None:
+    """An empty slide cell in a manifest used to crash fit-head and bench (pandas 3 keeps NaN through astype(str))."""
+    from typer.testing import CliRunner
+
+    from mito.cli import app
+    from mito.tasks import group_ids
+    from tests.heads.conftest import amibr_tiles, synthetic_store
+
+    tiles = amibr_tiles(160)
+    tiles.loc[tiles.index[:5], "group"] = None
+    ids = group_ids(tiles)
+    assert len(set(ids[:5])) == 5 and not set(ids[:5]) & set(ids[5:])
+    store = synthetic_store(tmp_path / "s.zarr", tiles, {"fakenet:z1:rgb": 8})
+    runner = CliRunner()
+    r = runner.invoke(app, ["fit-head", "--store", str(store), "--head", "knn", "--split-column", "none", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["bench", "--store", str(store), "--heads", "knn", "--folds", "2", "--cv", "kfold", "--jobs", "1",
+                            "--n-boot", "0", "--no-umap", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output

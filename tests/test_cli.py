@@ -110,3 +110,13 @@ def test_help_shows_no_type_beside_flags(cmd: list[str]) -> None:
     code, out = _run(*cmd, "--help")
     assert code == 0 and "Usage" in out
     assert "<bool>" not in out  # on/off flags take no value
+
+
+def test_a_store_inside_a_model_folder_is_refused(amibr_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "head.json").write_text("{}")
+    code, out = _run("extract", str(amibr_dir), "--store", str(model / "s.zarr"), "-q")
+    assert code == 2 and "a mito store or model" in out and "Traceback" not in out
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "head.json"]

@@ -536,9 +536,10 @@ def is_finetuned(model_dir: str | os.PathLike) -> bool:
     """True when ``model_dir/config.json`` says ``"kind": "finetuned"``."""
     p = Path(model_dir) / "config.json"
     try:
-        return json.loads(p.read_text()).get("kind") == MODEL_KIND
-    except (OSError, json.JSONDecodeError):
+        doc = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
+    return isinstance(doc, dict) and doc.get("kind") == MODEL_KIND
 
 
 def load_finetuned(model_dir: str | os.PathLike, weights: str | None = None, device: str = "cpu") -> FinetunedModel:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +40,7 @@ from mito.extract.errors import ExtractError
 from mito.extract.slide_tiles import check_slide_set, close_handles, options_from, record_slides, slide_tiling
 from mito.extract.sources import TileSource, open_source
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
+from mito.io import containing_artifact
 from mito.progress import add_task, advance, progress_bar, status
 from mito.resources import available_memory, tune_cpu_allocator
 
@@ -83,6 +85,19 @@ class ExtractConfig(BaseModel):
     reader: Literal["auto", "openslide", "tifffile"] = "auto"
     annotations: str | None = None
     label_overlap: float | None = Field(default=None, ge=0, le=1)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if "://" in v:
+            return v
+        p = Path(v).expanduser()
+        if not p.name or p.resolve() == Path("/"):
+            raise ValueError(f"{v} cannot be a store: give a new .zarr folder or .h5 file, e.g. runs/tiles.zarr")
+        owner = containing_artifact(p.parent)
+        if owner is not None:
+            raise ValueError(f"{v} lies inside {owner}, a mito store or model; choose another --store")
+        return v
 
     @field_validator("zooms")
     @classmethod

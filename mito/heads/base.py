@@ -391,6 +391,19 @@ def column_variance(X: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- feature noise
+def check_number(name: str, value: Any, low: float, high: float, *, integer: bool = False, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    """One-line HeadError unless ``value`` is a finite number (a whole one when ``integer``) within [low, high]
+    (bounds excluded where ``low_open``/``high_open``); options reach heads as given on the command line."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and bool(np.isfinite(value))
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+        raise HeadError(f"{name} must be a {'whole ' if integer else ''}number in {lo}, {hi}, got {value!r}")
+
+
 def check_common_params(head: Any) -> None:
     """Check the options every head shares: noise, noise_mode, n_threads, seed."""
     threads = getattr(head, "n_threads", None)

@@ -17,6 +17,7 @@ from mito.heads.base import (
     Head,
     HeadError,
     check_common_params,
+    check_number,
     balanced_accuracy,
     class_weights,
     iter_blocks,
@@ -32,6 +33,8 @@ BALANCES = ("weights", "sampler", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 # first_layer_noise costs ~h*h*d per batch against b*d random draws for plain input noise: it pays off for big batches
 PROJECT_NOISE_ROWS_PER_UNIT = 4
+
+MAX_HIDDEN = 65536  # wider hidden layers than this are a typo, and would try to allocate terabytes
 
 
 class _Net(nn.Module):
@@ -114,25 +117,23 @@ class _TorchHead(Head):
     def _validate_params(self) -> None:
         check_common_params(self)
         p = self.get_params()
-        if "hidden" in p and (not isinstance(p["hidden"], int) or p["hidden"] < 1):
-            raise HeadError(f"hidden must be a whole number >= 1, got {p['hidden']!r}")
-        if not 0 <= p.get("dropout", 0.0) < 1:
-            raise HeadError(f"dropout must be in [0, 1), got {p['dropout']}")
+        if "hidden" in p:
+            check_number("hidden", p["hidden"], 1, MAX_HIDDEN, integer=True)
+        if "dropout" in p:
+            check_number("dropout", p["dropout"], 0, 1, high_open=True)
+        check_number("gamma", self.gamma, 0, 100)
+        check_number("lr", self.lr, 0, 10, low_open=True)
+        check_number("weight_decay", self.weight_decay, 0, 10)
+        for k in ("epochs", "patience"):
+            check_number(k, getattr(self, k), 1, 10**9, integer=True)
+        if self.batch_size is not None:
+            check_number("batch_size", self.batch_size, 1, 10**7, integer=True)
         if self.loss not in LOSSES:
             raise HeadError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.gamma < 0:
-            raise HeadError(f"gamma must be >= 0, got {self.gamma}")
         if self.balance not in BALANCES:
             raise HeadError(f"balance must be one of {', '.join(BALANCES)}, got {self.balance!r}")
         if self.precision not in PRECISIONS:
             raise HeadError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for k in ("epochs", "patience"):
-            if int(getattr(self, k)) < 1:
-                raise HeadError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise HeadError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise HeadError("lr must be > 0 and weight_decay >= 0")
 
     def _arch(self) -> tuple[int, float]:
         return 0, 0.0

@@ -133,6 +133,8 @@ def _damage(model: Path, tmp_path: Path, name: str, how: str) -> Path:
         f.write_bytes(b"")
     elif how == "invalid":
         f.write_text('{"task": ')
+    elif how == "not-an-object":
+        f.write_text("[1, 2, 3]")
     elif how == "missing":
         f.unlink()
     return bad
@@ -146,6 +148,7 @@ def _damage(model: Path, tmp_path: Path, name: str, how: str) -> Path:
         ("model.safetensors", "header"),
         ("config.json", "empty"),
         ("config.json", "invalid"),
+        ("config.json", "not-an-object"),
         ("head.json", "empty"),
         ("head.json", "invalid"),
         ("pipeline.safetensors", "missing"),
@@ -162,3 +165,20 @@ def test_damaged_model_file_is_one_line_naming_it(model: Path, synth_store: Path
     assert r.exit_code == 2 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert name in r.output or (how == "missing" and name in r.output), r.output
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--lr", "nan", "lr must be a number"),
+        ("--lr", "inf", "lr must be a number"),
+        ("--gamma", "nan", "gamma must be a number"),
+        ("--hidden", "1000000000000", "hidden must be a whole number"),
+        ("-p", "lr=abc", "lr must be a number"),
+        ("-p", "dropout=nan", "dropout must be a number"),
+    ],
+)
+def test_bad_head_option_values_are_one_line(synth_store: Path, tmp_path: Path, option: str, value: str, message: str) -> None:
+    r = runner.invoke(app, ["fit-head", "--store", str(synth_store), "--head", "mlp", option, value, "--out", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert message in r.output and not (tmp_path / "m").exists()

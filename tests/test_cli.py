@@ -73,6 +73,7 @@ def test_verify_fails_on_incomplete_store(tmp_path: Path) -> None:
         (["extract", "{empty}", "--store", "{tmp}/a.zarr"], "no images"),
         (["cache", "info", "{tmp}/none.zarr"], "no store at"),
         (["cache", "verify", "{empty}"], "not a mito store"),
+        (["extract", "{data}", "--store", "/"], "/ cannot be a store"),
     ],
 )
 def test_bad_input_gets_one_clear_line(args: list[str], message: str, amibr_dir: Path, tmp_path: Path) -> None:

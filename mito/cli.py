@@ -78,6 +78,21 @@ def friendly(fn: Callable[..., Any] | None = None, *, on_interrupt: str = "nothi
     return wrapper
 
 
+# scikit-learn's notes on tiny folds and classes absent from a test part: mito reports those itself (skipped tasks, metrics)
+_SKLEARN_NOTES = ("sklearn.model_selection._split", "sklearn.metrics._classification", "sklearn.metrics._ranking")
+
+
+def _quiet_library_warnings() -> None:
+    """Keep scikit-learn's UserWarnings off the user's terminal, here and in bench's worker processes."""
+    import os
+    import warnings
+
+    for mod in _SKLEARN_NOTES:
+        warnings.filterwarnings("ignore", category=UserWarning, module=mod.replace(".", r"\."))
+    extra = ",".join(f"ignore::UserWarning:{mod}" for mod in _SKLEARN_NOTES)
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS", ""), extra]))
+
+
 def split_list(value: Optional[str]) -> list[str]:
     """Split a comma-separated option into stripped non-empty items."""
     return [v.strip() for v in (value or "").split(",") if v.strip()]
@@ -85,6 +100,7 @@ def split_list(value: Optional[str]) -> list[str]:
 
 @app.callback(invoke_without_command=True)
 def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    _quiet_library_warnings()
     if version:
         console.print(f"mito {__version__}")
         raise typer.Exit()

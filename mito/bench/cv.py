@@ -54,7 +54,7 @@ def _group_folds(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, n: int, se
     for c in np.unique(y):
         k = len(np.unique(groups[y == c]))
         if k < n:
-            raise BenchError(f"{n} folds need every class on at least {n} slides/groups; class {c!r} is on {k} (use fewer --folds)")
+            raise BenchError(f"{n} folds need every class on at least {n} slides/groups; class '{c}' is on {k} (use fewer --folds)")
     sgkf = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
     return [rows[te] for _, te in sgkf.split(rows, y, groups)]
 

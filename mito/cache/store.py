@@ -170,7 +170,8 @@ class Store:
             if found:
                 self._abort()
                 more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
-                raise StoreError(f"{path} is damaged: {found[0]}{more}; run `mito cache verify {path}` for every defect")
+                raise StoreError(f"{path} is damaged: {found[0]}{more}; `mito cache verify {path}` lists every defect; "
+                                 "a store missing its own bookkeeping cannot be repaired in place: extract into a new --store")
 
     def _abort(self) -> None:
         try:
@@ -652,6 +653,7 @@ class Store:
             if not feats_ok or not n or not cr:
                 continue
             nan_rows = inf = 0
+            holed: list[int] = []
             for c in np.flatnonzero(done):
                 start, stop = int(c) * cr, min(n, (int(c) + 1) * cr)
                 try:
@@ -663,9 +665,12 @@ class Store:
                 if bad is not None:
                     holes &= ~bad[start:stop]
                 nan_rows += int(holes.sum())
+                holed += [int(c)] if holes.any() else []
                 inf += int(np.isinf(block).any())
             if nan_rows:
-                problems.append(f"{k}: {nan_rows} readable rows hold NaN in written chunks")
+                where = ", ".join(map(str, holed[:5])) + (" ..." if len(holed) > 5 else "")
+                problems.append(f"{k}: {nan_rows} readable rows hold NaN in written chunks ({where}: a chunk file missing or "
+                                "overwritten); re-run mito extract to rewrite them")
             if inf:
                 problems.append(f"{k}: infinite values in {inf} written chunks")
         for a in self._b.arrays("features"):

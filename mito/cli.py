@@ -89,8 +89,9 @@ def _quiet_library_warnings() -> None:
 
     for mod in _SKLEARN_NOTES:
         warnings.filterwarnings("ignore", category=UserWarning, module=mod.replace(".", r"\."))
-    extra = ",".join(f"ignore::UserWarning:{mod}" for mod in _SKLEARN_NOTES)
-    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS", ""), extra]))
+    have = [w for w in os.environ.get("PYTHONWARNINGS", "").split(",") if w]
+    want = [f"ignore::UserWarning:{mod}" for mod in _SKLEARN_NOTES]
+    os.environ["PYTHONWARNINGS"] = ",".join(have + [w for w in want if w not in have])
 
 
 def split_list(value: Optional[str]) -> list[str]:

@@ -185,7 +185,10 @@ def test_interrupted_bench_leaves_no_worker_and_no_output(amibr_store: Path, tmp
     cmd = [sys.executable, "-m", "mito", "bench", "--store", str(amibr_store), "--out", str(out), "--features", "efficientnet_lite0:z1:rgb",
            "--heads", "mlp", "--param", "mlp.epochs=100000000", "--param", "mlp.patience=100000000", "--folds", "2", "--jobs", "2",
            "--n-boot", "0", "--no-umap"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job (CI runners, `cmd &`) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the child the default disposition, as a terminal would
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen: set[int] = set()
         for _ in range(600):  # until both loky workers run (they train "forever"); loky's resource tracker does not count

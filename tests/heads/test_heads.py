@@ -134,7 +134,7 @@ def test_balanced_sampler_and_ce_train() -> None:
         ("mlp", {"noise_mode": "radial"}, "noise_mode must be one of"),
         ("mlp", {"loss": "hinge"}, "loss must be one of"),
         ("mlp", {"hidden": 0}, "hidden must be"),
-        ("mlp", {"dropout": 1.0}, "dropout must be in"),
+        ("mlp", {"dropout": 1.0}, "dropout must be a number in"),
         ("linear", {"balance": "smote"}, "balance must be one of"),
         ("logreg", {"C": -1}, "C must be"),
         ("knn", {"n_neighbors": 0}, "n_neighbors must be"),

@@ -312,15 +312,9 @@ def _list_slides(path: Path) -> pd.DataFrame:
             raise ExtractError(f"no slides ({', '.join(WSI_EXTS)}) in {path}")
         return pd.DataFrame({"path": [str(f.resolve()) for f in files]})
     if path.suffix.lower() == ".csv":
-        try:
-            df = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise ExtractError(f"cannot parse slide manifest {path}: {str(e).splitlines()[0]}") from None
-        if "path" not in df:
-            raise ExtractError(f"slide manifest {path} needs a 'path' column (has: {', '.join(map(str, df.columns))})")
-        if df.empty:
-            raise ExtractError(f"slide manifest {path} lists no slides")
-        df["path"] = [p if os.path.isabs(p) else str((path.parent / p).resolve()) for p in df["path"].astype(str)]
+        from mito.extract.sources import read_path_manifest  # sources calls into this module
+
+        df, _ = read_path_manifest(path, "slide manifest", "slides")
         if "mpp" in df and not pd.api.types.is_numeric_dtype(df["mpp"]):
             raise ExtractError(f"the mpp column of {path} must hold numbers (empty where the slide knows its own)")
         return df.reset_index(drop=True)

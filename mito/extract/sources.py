@@ -229,22 +229,29 @@ def _check_manifest_rows(path: Path) -> None:
         raise ExtractError(f"cannot parse manifest {path}: {str(e).splitlines()[0]}") from None
 
 
-def _manifest(csv_path: Path, task: str | None, label_column: str | None) -> pd.DataFrame:
+def read_path_manifest(csv_path: Path, what: str = "manifest", items: str = "tiles") -> tuple[pd.DataFrame, list[str]]:
+    """A CSV with a ``path`` column (tiles or slides): rows checked, no empty path, paths made absolute as given
+    (relative to the CSV, symlinks not resolved); returns the table and the paths as written."""
     _check_manifest_rows(csv_path)
     try:
         df = pd.read_csv(csv_path, index_col=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ExtractError(f"cannot parse manifest {csv_path}: {str(e).splitlines()[0]}") from None
+        raise ExtractError(f"cannot parse {what} {csv_path}: {str(e).splitlines()[0]}") from None
     if "path" not in df:
-        raise ExtractError(f"manifest {csv_path} needs a 'path' column (has: {', '.join(map(str, df.columns))})")
+        raise ExtractError(f"{what} {csv_path} needs a 'path' column (has: {', '.join(map(str, df.columns))})")
     if df.empty:
-        raise ExtractError(f"manifest {csv_path} lists no tiles")
+        raise ExtractError(f"{what} {csv_path} lists no {items}")
     empty = df["path"].isna() | (df["path"].astype(str).str.strip() == "")
     if empty.any():
-        raise ExtractError(f"manifest {csv_path} line {int(np.flatnonzero(empty.to_numpy())[0]) + 2}: empty path")
-    base = csv_path.parent
-    df["tile_id"] = df["path"].astype(str)
-    df["path"] = [p if os.path.isabs(p) else os.path.abspath(base / p) for p in df["path"].astype(str)]
+        raise ExtractError(f"{what} {csv_path} line {int(np.flatnonzero(empty.to_numpy())[0]) + 2}: empty path")
+    given = df["path"].astype(str)
+    df["path"] = [p if os.path.isabs(p) else os.path.abspath(csv_path.parent / p) for p in given]
+    return df, given.tolist()
+
+
+def _manifest(csv_path: Path, task: str | None, label_column: str | None) -> pd.DataFrame:
+    df, given = read_path_manifest(csv_path)
+    df["tile_id"] = given
     label_col = label_column or ("label" if "label" in df else None)
     if label_column and label_column not in df:
         raise ExtractError(f"manifest {csv_path} has no column {label_column!r}")

@@ -310,7 +310,7 @@ def _list_slides(path: Path) -> pd.DataFrame:
         files = sorted(f for f in path.rglob("*") if f.is_file() and f.name.lower().endswith(WSI_EXTS) and not f.name.startswith("."))
         if not files:
             raise ExtractError(f"no slides ({', '.join(WSI_EXTS)}) in {path}")
-        return pd.DataFrame({"path": [str(f.resolve()) for f in files]})
+        return pd.DataFrame({"path": [os.path.abspath(f) for f in files]})
     if path.suffix.lower() == ".csv":
         from mito.extract.sources import read_path_manifest  # sources calls into this module
 
@@ -318,7 +318,7 @@ def _list_slides(path: Path) -> pd.DataFrame:
         if "mpp" in df and not pd.api.types.is_numeric_dtype(df["mpp"]):
             raise ExtractError(f"the mpp column of {path} must hold numbers (empty where the slide knows its own)")
         return df.reset_index(drop=True)
-    return pd.DataFrame({"path": [str(path.resolve())]})
+    return pd.DataFrame({"path": [os.path.abspath(path)]})
 
 
 def _boxes_for(slide: Slide, opts: SlideOptions, smpp: float, centres: np.ndarray | None) -> np.ndarray:

@@ -453,6 +453,41 @@ def predict_cmd(
     console.print(line)
 
 
+@app.command("zero-shot")
+@friendly
+def zero_shot_cmd(
+    store: str = typer.Option(..., "--store", "-s", help="Store extracted with a vision-language backbone (conch, plip, quiltnet-b-32)."),
+    backbone: str = typer.Option(..., "--backbone", "-b", help="The vision-language backbone whose features and text tower to use."),
+    prompts: str = typer.Option(..., "--prompts", help="JSON {class: [prompt, ...]}, or a shipped set: mitosis, tissue."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV to write: tile_id, path, label when known, pred, p_<class>."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weight file or snapshot folder (as for mito extract)."),
+    task: Optional[str] = typer.Option(None, help="Label column / proxy task for metrics and the class set (default: the store's first task)."),
+    prompt_context: Optional[str] = typer.Option(None, "--prompt-context", help="Tile-table columns formatted into every prompt, e.g. '{dataset} scanner' (a {context} slot in a prompt, else appended)."),
+    variant: Optional[str] = typer.Option(None, help="Store variant to score, e.g. z1:rgb (default z1:rgb, else the backbone's first)."),
+    device: str = typer.Option("auto", help="Text-tower device: auto, cpu or cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+) -> None:
+    """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
+    from mito.extract import pick_device
+    from mito.heads.zeroshot import run_zero_shot
+    from mito.io import atomic_write, check_output_file
+
+    check_output_file(out, overwrite, protect=(store,))
+    r = run_zero_shot(store, backbone, prompts, weights=weights, task=task, context=prompt_context, variant=variant, device=str(pick_device(device)))
+    atomic_write(out, lambda p: r.predictions.to_csv(p, index=False, float_format="%.6g"), ".csv")
+    how = "computed and cached" if r.computed else "read from the cache"
+    console.print(f"text embeddings {how}: {r.text_file}", highlight=False)
+    counts = ", ".join(f"{k} {v}" for k, v in r.predictions["pred"].value_counts().items())
+    console.print(f"{len(r.predictions)} tiles scored from {r.feature} ({counts}) in {r.seconds:.1f} s -> {out}", highlight=False)
+    if r.metrics:
+        m = r.metrics
+        console.print(
+            f"{m['n']} labelled tiles: balanced acc {m['balanced_accuracy']:.3f}, AUROC {m['auroc']:.3f}, kappa {m['kappa']:.3f}, "
+            f"weighted F1 {m['weighted_f1']:.3f}; confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}",
+            highlight=False,
+        )
+
+
 # ==================================================================== bench: bench / lora / umap / report
 # (bench section)
 

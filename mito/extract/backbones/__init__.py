@@ -1,6 +1,6 @@
 """Backbone registry: one spec per model, one constructor."""
 
-from mito.extract.backbones import imagenet, pathology  # noqa: F401  (registers the specs)
+from mito.extract.backbones import imagenet, pathology, vlm  # noqa: F401  (registers the specs)
 from mito.extract.backbones.registry import (
     LOADERS,
     BackboneLoader,

@@ -46,7 +46,7 @@ class BackboneSpec:
     std: tuple[float, float, float] = IMNET[1]
     pooling: str = "avg"  # avg | cls | cls+mean (mean over patch tokens, prefix tokens excluded)
     family: str = "cnn"  # cnn | vit
-    loader: str = "timm"  # a key of LOADERS: timm | transformers (open_clip next)
+    loader: str = "timm"  # a key of LOADERS: timm | transformers | open_clip | conch
     kwargs: dict[str, Any] = field(default_factory=dict)
     weights: WeightsSource = field(default_factory=WeightsSource)
     license: str = "unknown"
@@ -106,7 +106,7 @@ LOADERS: dict[str, BackboneLoader] = {}
 
 
 def register_loader(name: str, build: BuildFn, embed: EmbedFn) -> BackboneLoader:
-    """Declare a model family (``timm``, ``transformers``; ``open_clip`` next) that specs name in ``loader``."""
+    """Declare a model family (``timm``, ``transformers``, ``open_clip``, ``conch``) that specs name in ``loader``."""
     if name in LOADERS:
         raise ValueError(f"loader {name!r} is registered twice")
     LOADERS[name] = BackboneLoader(name, build, embed)
@@ -218,6 +218,11 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict):
         raise ExtractError(f"{path} holds no state dict")
     return sd
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors or torch file (a ``state_dict`` entry unwrapped); bad files are one-line errors."""
+    return _load_state_dict(path)
 
 
 def _apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], spec: BackboneSpec, path: Path, assign: bool = False) -> None:

@@ -1,0 +1,324 @@
+"""Zero-shot tile classification with a vision-language backbone: prompts -> class text embeddings -> cosine x scale.
+
+Text embeddings are computed once per (backbone, weights, prompts) and cached beside the store as JSON
+(``<store>.text/<backbone>-<key>.json``, with the tokenizer and weights sha256), one entry per distinct prompt context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mito.heads.base import HeadError
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "data" / "prompts"
+DEFAULT_PROMPTS = {"mitosis": "mitosis.json", "tissue": "tissue.json"}
+
+
+# ------------------------------------------------------------------ prompts
+def load_prompts(path: str | Path) -> dict[str, list[str]]:
+    """Prompt templates per class from a JSON object ``{"class": ["prompt", ...]}``; a shipped set by name (mitosis, tissue)."""
+    p = Path(path)
+    if not p.exists() and str(path) in DEFAULT_PROMPTS:
+        p = PROMPTS_DIR / DEFAULT_PROMPTS[str(path)]
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HeadError(f"prompts file {p} does not exist (or name a shipped set: {', '.join(DEFAULT_PROMPTS)})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise HeadError(f"prompts file {p} is not valid JSON: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict) or len(doc) < 2:
+        raise HeadError(f"prompts file {p} must map at least two class names to lists of prompts")
+    out: dict[str, list[str]] = {}
+    for c, prompts in doc.items():
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(t, str) and t.strip() for t in prompts):
+            raise HeadError(f"prompts file {p}: class {c!r} needs a non-empty list of prompt strings")
+        out[str(c)] = [t.strip() for t in prompts]
+    return out
+
+
+def default_prompts(task: str | None) -> Path | None:
+    """The shipped prompt set for a task (mitosis), if there is one."""
+    name = DEFAULT_PROMPTS.get(task or "")
+    return PROMPTS_DIR / name if name else None
+
+
+def with_context(prompt: str, context: str) -> str:
+    """A prompt with its tile's context: ``{context}`` in the prompt is replaced, else the context is appended."""
+    if not context:
+        return prompt.replace("{context}", "").strip()
+    return prompt.replace("{context}", context) if "{context}" in prompt else f"{prompt}, {context}"
+
+
+def tile_contexts(tiles: pd.DataFrame, template: str | None) -> list[str]:
+    """The context text of every tile: ``template`` formatted with its tile-table columns ('' without a template)."""
+    if not template:
+        return [""] * len(tiles)
+    import string
+
+    names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    missing = [n for n in names if n not in tiles]
+    if missing:
+        raise HeadError(f"--prompt-context names column {missing[0]!r}, which the tile table lacks (it has: {', '.join(map(str, tiles.columns))})")
+    out = []
+    for row in tiles[names].itertuples(index=False) if names else [()] * len(tiles):
+        vals = dict(zip(names, row))
+        if any(v is None or (isinstance(v, float) and math.isnan(v)) or v == "" for v in vals.values()):
+            out.append("")  # a tile without the metadata gets the plain prompts
+        else:
+            out.append(template.format(**{k: str(v) for k, v in vals.items()}))
+    return out
+
+
+# ------------------------------------------------------------------ scoring
+def ensemble(prompt_embeddings: np.ndarray) -> np.ndarray:
+    """Prompt ensembling: the mean of L2-normalised prompt embeddings [n, D], renormalised to unit length [D]."""
+    e = np.asarray(prompt_embeddings, dtype=np.float64)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
+    m = e.mean(axis=0)
+    return m / max(float(np.linalg.norm(m)), 1e-12)
+
+
+def zero_shot_logits(features: np.ndarray, text: np.ndarray, scale: float) -> np.ndarray:
+    """``scale`` x cosine similarity of each feature row [n, D] with each class text embedding [k, D] -> [n, k]."""
+    X = np.asarray(features, dtype=np.float64)
+    T = np.asarray(text, dtype=np.float64)
+    if X.shape[1] != T.shape[1]:
+        raise HeadError(f"features have {X.shape[1]} dims, the text embeddings {T.shape[1]}: use one variant of the same backbone")
+    X = X / np.linalg.norm(X, axis=1, keepdims=True).clip(1e-12)
+    T = T / np.linalg.norm(T, axis=1, keepdims=True).clip(1e-12)
+    return scale * X @ T.T
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def zero_shot_proba(features: np.ndarray, text: np.ndarray, scale: float, context_index: np.ndarray | None = None) -> np.ndarray:
+    """Class probabilities; ``text`` is [k, D], or [n_contexts, k, D] with each row's ``context_index``."""
+    text = np.asarray(text)
+    if text.ndim == 2:
+        return softmax(zero_shot_logits(features, text, scale))
+    out = np.zeros((len(features), text.shape[1]))
+    for c in np.unique(context_index):
+        rows = context_index == c
+        out[rows] = softmax(zero_shot_logits(features[rows], text[c], scale))
+    return out
+
+
+# ------------------------------------------------------------------ the text-embedding cache
+@dataclass
+class TextEmbeddings:
+    """Class text embeddings of one (backbone, weights, prompts), per prompt context ('' = the plain prompts)."""
+
+    backbone: str
+    weights_sha256: str
+    prompts: dict[str, list[str]]
+    logit_scale: float = 100.0
+    tokenizer: str = ""
+    tokenizer_sha256: str = ""
+    contexts: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in prompt-file order."""
+        return list(self.prompts)
+
+    def matrix(self, context: str = "", classes: list[str] | None = None) -> np.ndarray:
+        """[k, D] unit-length class embeddings for ``classes`` (default: all, in prompt order)."""
+        rows = self.contexts[context]
+        idx = [self.classes.index(c) for c in (classes or self.classes)]
+        return np.asarray([rows[i] for i in idx], dtype=np.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able document."""
+        return {
+            "kind": "mito text embeddings", "backbone": self.backbone, "weights_sha256": self.weights_sha256,
+            "tokenizer": self.tokenizer, "tokenizer_sha256": self.tokenizer_sha256, "logit_scale": self.logit_scale,
+            "classes": self.classes, "prompts": self.prompts, "contexts": self.contexts,
+        }
+
+
+def cache_key(backbone: str, weights_sha256: str, prompts: dict[str, list[str]]) -> str:
+    """Identifies a text-embedding file: backbone, weights and the prompts themselves."""
+    doc = json.dumps({"backbone": backbone, "weights": weights_sha256, "prompts": prompts}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def cache_path(store: str | Path, backbone: str, weights_sha256: str, prompts: dict[str, list[str]]) -> Path:
+    """Where the text embeddings of a store's backbone live: ``<store>.text/<backbone>-<key>.json`` beside the store."""
+    s = Path(str(store).rstrip("/"))
+    return s.parent / (s.name + ".text") / f"{backbone}-{cache_key(backbone, weights_sha256, prompts)}.json"
+
+
+def read_text_embeddings(path: str | Path) -> TextEmbeddings:
+    """Read a text-embedding file written by mito zero-shot (or bench --zero-shot); bad files are one-line errors."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+        te = TextEmbeddings(
+            backbone=str(doc["backbone"]), weights_sha256=str(doc["weights_sha256"]), prompts=dict(doc["prompts"]),
+            logit_scale=float(doc["logit_scale"]), tokenizer=str(doc.get("tokenizer", "")),
+            tokenizer_sha256=str(doc.get("tokenizer_sha256", "")), contexts=dict(doc["contexts"]),
+        )
+    except FileNotFoundError:
+        raise HeadError(f"text embeddings {p} do not exist: run mito zero-shot (it writes them and prints the path)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HeadError(f"{p} is not a mito text-embedding file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if "" not in te.contexts and not te.contexts:
+        raise HeadError(f"{p} holds no text embeddings")
+    return te
+
+
+def write_text_embeddings(te: TextEmbeddings, path: Path) -> Path:
+    """Write (atomically) a text-embedding file."""
+    from mito.io import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_json(path, te.to_json(), indent=None)
+
+
+def text_embeddings(
+    store: str, backbone: str, weights_sha256: str, prompts: dict[str, list[str]], contexts: list[str],
+    encoder_factory: Any, progress: bool = False,
+) -> tuple[TextEmbeddings, Path, bool]:
+    """The cached text embeddings for ``contexts``, computing (and caching) only the missing ones.
+
+    ``encoder_factory()`` builds the VLM encoder, called only on a cache miss. Returns (embeddings, file, computed).
+    """
+    path = cache_path(store, backbone, weights_sha256, prompts)
+    te = read_text_embeddings(path) if path.is_file() else TextEmbeddings(backbone, weights_sha256, prompts)
+    todo = [c for c in dict.fromkeys(contexts) if c not in te.contexts]
+    if not todo:
+        return te, path, False
+    from mito.extract.backbones.vlm import encode_texts, logit_scale, tokenizer_for
+
+    enc = encoder_factory()
+    tok = tokenizer_for(enc)
+    classes = te.classes
+    texts = [with_context(p, ctx) for ctx in todo for c in classes for p in prompts[c]]
+    emb = encode_texts(enc, tok, texts).numpy()
+    pos = 0
+    for ctx in todo:
+        rows = []
+        for c in classes:
+            n = len(prompts[c])
+            rows.append([round(float(v), 7) for v in ensemble(emb[pos : pos + n])])
+            pos += n
+        te.contexts[ctx] = rows
+    te.logit_scale, te.tokenizer, te.tokenizer_sha256 = logit_scale(enc), tok.name, tok.sha256
+    try:
+        write_text_embeddings(te, path)
+    except OSError:  # a read-only place beside the store: keep going without the cache
+        pass
+    return te, path, True
+
+
+# ------------------------------------------------------------------ mito zero-shot
+@dataclass
+class ZeroShotResult:
+    """Per-tile predictions, metrics on the labelled tiles (None without labels) and where the text embeddings are."""
+
+    predictions: pd.DataFrame
+    metrics: dict[str, Any] | None
+    text_file: Path
+    feature: str
+    classes: list[str]
+    computed: bool
+    seconds: float
+
+
+def pick_variant(variants: list[str], backbone: str, wanted: str | None = None) -> str:
+    """The store key zero-shot scores: ``wanted``, else ``<backbone>:z1:rgb``, else the backbone's first variant."""
+    own = [k for k in variants if k.split(":")[0] == backbone]
+    if wanted:
+        key = wanted if ":" in wanted else f"{backbone}:{wanted}"
+        if key not in own:
+            raise HeadError(f"variant {key!r} is not in the store (its {backbone} variants: {', '.join(own) or 'none'})")
+        return key
+    if not own:
+        have = sorted({k.split(':')[0] for k in variants})
+        raise HeadError(f"the store has no {backbone} features (it has: {', '.join(have) or 'none'}); run mito extract --backbone {backbone} first")
+    return f"{backbone}:z1:rgb" if f"{backbone}:z1:rgb" in own else own[0]
+
+
+def task_classes(prompts: dict[str, list[str]], classes: list[str], where: str) -> None:
+    """Every task class needs prompts."""
+    missing = [c for c in classes if c not in prompts]
+    if missing:
+        raise HeadError(f"{where} has no prompts for class {missing[0]!r} (task classes: {', '.join(classes)}; prompt classes: {', '.join(prompts)})")
+
+
+def run_zero_shot(
+    store: str, backbone: str, prompts_file: str, weights: str | None = None, task: str | None = None,
+    context: str | None = None, variant: str | None = None, device: str = "cpu", progress: bool = False,
+) -> ZeroShotResult:
+    """Score every tile of ``store`` against the prompts' classes with ``backbone``'s text tower."""
+    from mito.cache import open_store
+    from mito.extract.backbones import create_backbone, get_backbone, resolve_weights
+    from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
+    from mito.extract.backbones.vlm import vlm_spec
+    from mito.metrics import classification_metrics
+    from mito.tasks import resolve_task, task_labels
+
+    t0 = time.perf_counter()
+    spec = vlm_spec(backbone)
+    prompts = load_prompts(prompts_file)
+    with open_store(store) as s:
+        key = pick_variant([k for k in s.variants if s.is_complete(k)], backbone, variant)
+        tiles = s.tiles
+        unreadable = np.asarray(s.unreadable, dtype=bool)
+        info = s.variant_info(key)
+        y, classes = None, list(prompts)
+        if task or s.tasks:
+            spec_t = resolve_task(tiles, task or s.tasks[0])
+            y, classes = task_labels(tiles, spec_t, min_per_class=1)
+            task_classes(prompts, classes, str(prompts_file))
+        path = resolve_weights(get_backbone(spec.name), weights)
+        sha = file_sha256(path) if path is not None else RANDOM_SHA
+        stored = info.get("weights_sha256")
+        if stored and stored != sha:
+            raise HeadError(f"{key} was extracted with other {backbone} weights (sha256 {str(stored)[:12]}..., these are {sha[:12]}...)")
+        ctx = tile_contexts(tiles, context)
+        te, tfile, computed = text_embeddings(
+            store, backbone, sha, prompts, ctx, lambda: create_backbone(spec.name, weights=weights, device=device), progress
+        )
+        distinct = list(dict.fromkeys(ctx))
+        cidx = np.array([distinct.index(c) for c in ctx]) if len(distinct) > 1 else np.zeros(len(ctx), int)
+        T = np.stack([te.matrix(c, classes) for c in distinct])
+        proba = np.zeros((s.n_tiles, len(classes)))
+        for rows, X in s.iter_chunks([key]):
+            proba[rows] = zero_shot_proba(X, T, te.logit_scale, cidx[rows])
+    df = pd.DataFrame({"tile_id": tiles["tile_id"].astype(str)})
+    for col in ("path", "slide", "x", "y"):
+        if col in tiles:
+            df[col] = tiles[col].to_numpy()
+    if context:
+        df["context"] = ctx
+    if y is not None:
+        df["label"] = y.to_numpy()
+    df["pred"] = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+    for j, c in enumerate(classes):
+        df[f"p_{c}"] = proba[:, j]
+    df = df[~unreadable].reset_index(drop=True)
+    proba = proba[~unreadable]
+    metrics = None
+    if y is not None:
+        known = df["label"].notna().to_numpy()
+        if known.sum():
+            metrics = classification_metrics(df["label"][known].astype(str).tolist(), proba[known], classes)
+            metrics["n"] = int(known.sum())
+    return ZeroShotResult(df, metrics, tfile, key, classes, computed, time.perf_counter() - t0)

@@ -551,6 +551,7 @@ def bench_cmd(
     standardize: bool = typer.Option(False, "--standardize/--no-standardize", help="Scale each feature on the training rows first."),
     pca: Optional[int] = typer.Option(None, help="Reduce the features to N principal components first."),
     include: list[str] = typer.Option([], "--with", help="Another leaderboard folder to merge in, e.g. a mito lora --out (its folds must match; repeatable)."),
+    zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="Prompts JSON (or: mitosis, tissue): a zero-shot row per vision-language backbone and the text-linear head."),
     umap: bool = typer.Option(True, "--umap/--no-umap", help="UMAP of the best feature set, coloured by each task."),
     top: int = typer.Option(20, help="Rows per task to print."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only one that mito bench or mito lora wrote)."),
@@ -588,11 +589,14 @@ def bench_cmd(
         standardize=standardize,
         pca=pca,
         include=include,
+        zero_shot=zero_shot,
     )
     with sigterm_as_interrupt():
         lb = run_bench(cfg)
         for t, why in lb.meta.get("skipped_tasks", {}).items():
             err_console.print(f"skipped task {t}: {why}", style="yellow", highlight=False, markup=False)
+        for why in lb.meta.get("zero_shot", {}).get("skipped", []):
+            err_console.print(why, style="yellow", highlight=False, markup=False)
 
         def fill(tmp: Path) -> None:
             save_leaderboard(lb, tmp)

@@ -83,6 +83,7 @@ class BenchConfig(BaseModel):
     stream: bool | None = None  # None: stream a job's features when they would not fit its share of memory_budget
     memory_budget: int | None = Field(None, ge=1)  # bytes all workers together may use for features (default: JOB_FEATURE_BUDGET per job)
     buffer_rows: int | None = Field(None, ge=1)  # streamed jobs: shuffle-buffer rows (default: the heads' default)
+    zero_shot: str | None = None  # prompts JSON: a zero-shot row per VLM backbone, and the text-linear head (mito.bench.zeroshot)
 
     @field_validator("noise")
     @classmethod
@@ -344,13 +345,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     from mito.cache import open_store
 
     try:
-        from mito.heads import HEAD_NAMES
+        from mito.heads import HEAD_NAMES, head_names
     except ImportError as e:
         raise BenchError(f"heads are not available: {e}") from None
-    heads = list(cfg.heads or HEAD_NAMES)
-    unknown = [h for h in heads if h not in HEAD_NAMES]
+    from mito.bench.zeroshot import TEXT_HEADS, plan_text, text_head_params, zero_shot_rows
+
+    heads = list(cfg.heads or [*HEAD_NAMES, *(TEXT_HEADS if cfg.zero_shot else ())])
+    unknown = [h for h in heads if h not in head_names()]
     if unknown:
-        raise BenchError(f"unknown head {unknown[0]!r}; use {', '.join(HEAD_NAMES)}")
+        raise BenchError(f"unknown head {unknown[0]!r}; use {', '.join(head_names())}")
     with open_store(cfg.store) as store:
         tiles = store.tiles
         exclude = store.unreadable
@@ -377,12 +380,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
         for t, info in other.meta.get("tasks", {}).items():
             if t in plans and info.get("fold_fingerprint") != plans[t][3].fingerprint:
                 raise BenchError(f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ)")
+    text = plan_text(str(cfg.store), cfg.zero_shot, complete, variant_info, heads, progress)
     jobs = []
     for fs in sets:  # grouped by feature set so each worker reads a matrix once
         for t, (spec, y, classes, plan) in plans.items():
             for head in heads:
                 for nz in noises:
-                    params = dict(cfg.head_params.get(head, {}))
+                    params = text_head_params(head, fs.backbone, dict(cfg.head_params.get(head, {})), text)
+                    if params is None:  # a text head on features without text embeddings
+                        continue
                     if nz is not None:
                         params["noise"] = nz
                     for f in plan.folds:
@@ -419,6 +425,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             delayed(score_row)(base, spec, plan, y, classes, [r for _, r in items], [f for f, _ in items], cfg.n_boot, cfg.seed)
         )
     scored = _run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring rows")
+    scored += zero_shot_rows(text, str(cfg.store), plans, cfg.n_boot, cfg.seed)
     lb = Leaderboard(
         rank_rows(pd.DataFrame([r for r, _ in scored])),
         {r["row_id"]: a for r, a in scored},
@@ -431,6 +438,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
                 for t, (s, _, c, p) in plans.items()
             },
             "skipped_tasks": skipped,
+            "zero_shot": {"prompts": text.prompts, "text_embeddings": text.files, "skipped": text.skipped},
             "config": cfg.model_dump(),
             "tile_ids": tiles["tile_id"].astype(str).tolist(),
         },

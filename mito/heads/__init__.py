@@ -1,6 +1,6 @@
 """Heads trained from the embedding store: features, noise, training loop, save/load, predict."""
 
-from mito.heads.base import HeadError, head_class, head_names, make_head, noise_variance, register_head
+from mito.heads.base import OPTIONAL_HEADS, HeadError, head_class, head_names, make_head, noise_variance, register_head
 from mito.heads.fit import FitResult, fit_on_rows
 from mito.heads.features import FeaturePipeline, metadata_categories, one_hot, select_features
 from mito.heads.split import make_split
@@ -9,10 +9,12 @@ from mito.heads.loop import CheckpointError, Checkpointer, EarlyStopping, LoopRe
 from mito.heads.train import FitConfig, default_features, fit_head, make_fit_config
 from mito.heads.predict import Model, check_predict_out, load_head, load_model, predict
 
-HEAD_NAMES: tuple[str, ...] = head_names()
+# the default set: heads that need only features (OPTIONAL_HEADS such as text-linear are asked for by name)
+HEAD_NAMES: tuple[str, ...] = tuple(n for n in head_names() if n not in OPTIONAL_HEADS)
 
 __all__ = [
     "HEAD_NAMES",
+    "OPTIONAL_HEADS",
     "CheckpointError",
     "Checkpointer",
     "EarlyStopping",

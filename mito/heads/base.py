@@ -39,6 +39,8 @@ BUILTIN_HEADS: dict[str, str] = {
     "knn": "mito.heads.sklearn_heads",
     "lightgbm": "mito.heads.lgbm",
 }
+# heads that need more than features (class text embeddings): usable by name, left out of the default set (HEAD_NAMES)
+OPTIONAL_HEADS: dict[str, str] = {"text-linear": "mito.heads.text_linear"}
 
 
 def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
@@ -56,8 +58,8 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
 
 def head_class(name: str) -> type[Head]:
     """The head class registered under ``name`` (a built-in head's module is imported on first use)."""
-    if name not in _REGISTRY and name in BUILTIN_HEADS:
-        importlib.import_module(BUILTIN_HEADS[name])
+    if name not in _REGISTRY and (name in BUILTIN_HEADS or name in OPTIONAL_HEADS):
+        importlib.import_module(BUILTIN_HEADS.get(name) or OPTIONAL_HEADS[name])
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -65,8 +67,8 @@ def head_class(name: str) -> type[Head]:
 
 
 def head_names() -> tuple[str, ...]:
-    """Built-in head names, then any registered by other code, in registration order."""
-    return tuple(dict.fromkeys([*BUILTIN_HEADS, *_REGISTRY]))
+    """Built-in head names, the optional ones (text-linear), then any registered by other code, in registration order."""
+    return tuple(dict.fromkeys([*BUILTIN_HEADS, *OPTIONAL_HEADS, *_REGISTRY]))
 
 
 def not_streamable(name: str) -> HeadError:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mito.extract import ExtractError, create_backbone, get_backbone, list_backbones, register, resolve_weights
-from mito.extract.backbones.registry import _hf_model, _timm_model
+from mito.extract.backbones.registry import _hf_model, _timm_model, get_loader
 
 NAMES = [s.name for s in list_backbones()]
 
@@ -29,7 +29,10 @@ def test_each_entry_builds_and_gives_its_dimension(name: str) -> None:
 
     spec = get_backbone(name)
     with torch.device("meta"):
-        model = _hf_model(spec, None) if spec.loader == "transformers" else _timm_model(spec)
+        if spec.loader in ("timm", "transformers"):
+            model = _hf_model(spec, None) if spec.loader == "transformers" else _timm_model(spec)
+        else:  # open_clip / conch (vision-language models, mito[vlm])
+            model = get_loader(spec.loader).build(spec, None)
         enc = Encoder(model=model.eval(), spec=spec, weights_sha256="", weights_path=None)
         out = enc.embed(torch.empty(2, 3, spec.input_size, spec.input_size))
     assert tuple(out.shape) == (2, spec.embed_dim)

@@ -287,12 +287,16 @@ def run_zero_shot(
             spec_t = resolve_task(tiles, task or s.tasks[0])
             y, classes = task_labels(tiles, spec_t, min_per_class=1)
             task_classes(prompts, classes, str(prompts_file))
-        path = resolve_weights(get_backbone(spec.name), weights)
-        sha = file_sha256(path) if path is not None else RANDOM_SHA
-        stored = info.get("weights_sha256")
-        if stored and stored != sha:
-            raise HeadError(f"{key} was extracted with other {backbone} weights (sha256 {str(stored)[:12]}..., these are {sha[:12]}...)")
         ctx = tile_contexts(tiles, context)
+        stored = str(info.get("weights_sha256") or "")
+        cached = cache_path(store, backbone, stored, prompts)
+        sha = stored
+        # the weights are needed only for texts not cached yet (or to check the ones given against the store)
+        if weights is not None or not stored or not cached.is_file() or not set(ctx) <= set(read_text_embeddings(cached).contexts):
+            path = resolve_weights(get_backbone(spec.name), weights)
+            sha = file_sha256(path) if path is not None else RANDOM_SHA
+            if stored and stored != sha:
+                raise HeadError(f"{key} was extracted with other {backbone} weights (sha256 {stored[:12]}..., these are {sha[:12]}...)")
         te, tfile, computed = text_embeddings(
             store, backbone, sha, prompts, ctx, lambda: create_backbone(spec.name, weights=weights, device=device), progress
         )

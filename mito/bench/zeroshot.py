@@ -33,7 +33,13 @@ def plan_text(store: str, prompts_file: str | None, complete: Sequence[str], var
     from mito.extract.backbones import create_backbone, get_backbone, resolve_weights
     from mito.extract.backbones.registry import RANDOM_SHA, file_sha256, weights_help
     from mito.extract.backbones.vlm import is_vlm, vlm_names
-    from mito.heads.zeroshot import cache_path, load_prompts, pick_variant, read_text_embeddings, text_embeddings
+    from mito.heads.zeroshot import (
+        cache_path,
+        load_prompts,
+        pick_variant,
+        read_text_embeddings,
+        text_embeddings,
+    )
 
     plan = TextPlan(prompts_file)
     if not prompts_file:
@@ -67,7 +73,7 @@ def plan_text(store: str, prompts_file: str | None, complete: Sequence[str], var
                 if found != sha:
                     plan.skipped.append(f"zero-shot {bb} skipped: the weights found ({wpath}) are not those the store was extracted with")
                     continue
-                te, path, _ = text_embeddings(store, bb, sha, prompts, [""], lambda: create_backbone(bb), progress)
+                te, path, _ = text_embeddings(store, bb, sha, prompts, [""], lambda bb=bb: create_backbone(bb), progress)
         except MitoError as e:
             why = str(e).splitlines()[0] if "needs" in str(e) else f"{str(e).splitlines()[0]}; {weights_help(get_backbone(bb))}"
             plan.skipped.append(f"zero-shot {bb} skipped (no cached text embeddings for these prompts, no weights): {why}")

@@ -4,7 +4,6 @@ users call; tokenisers; the whole zero-shot path on real crops; bench --zero-sho
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,11 @@ import torch
 
 pytest.importorskip("open_clip")
 
-from typer.testing import CliRunner  # noqa: E402
+from typer.testing import CliRunner
 
-from mito.cli import app  # noqa: E402
-from mito.extract import ExtractError, create_backbone, get_backbone, resolve_weights  # noqa: E402
-from mito.extract.backbones.vlm import (  # noqa: E402
+from mito.cli import app
+from mito.extract import ExtractError, create_backbone, get_backbone, resolve_weights
+from mito.extract.backbones.vlm import (
     CONCH_TOKENIZER,
     ConchModel,
     clip_model,
@@ -27,7 +26,7 @@ from mito.extract.backbones.vlm import (  # noqa: E402
     hf_clip_to_open_clip,
     tokenizer_for,
 )
-from tests.conftest import amibr_subset  # noqa: E402
+from tests.conftest import amibr_subset
 
 runner = CliRunner()
 VLMS = ("conch", "plip", "quiltnet-b-32")
@@ -85,8 +84,8 @@ def test_missing_weights_name_the_file_and_repo(monkeypatch: pytest.MonkeyPatch,
 def test_plip_hf_weights_are_renamed_to_open_clip_exactly(tmp_path: Path) -> None:
     """PLIP ships transformers CLIPModel weights: renamed, open_clip computes the same image and text features."""
     transformers = pytest.importorskip("transformers")
-    tc = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77)
-    vc = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16)
+    tc = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77}
+    vc = {"hidden_size": 96, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 64, "patch_size": 16}
     torch.manual_seed(0)
     hf = transformers.CLIPModel(transformers.CLIPConfig(text_config=tc, vision_config=vc, projection_dim=32)).eval()
     oc_cfg = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 64, "layers": 2, "width": 96, "patch_size": 16, "head_width": 24},

@@ -11,7 +11,17 @@ import torch
 
 from mito.cache import open_store
 from mito.heads import HEAD_NAMES, HeadError, load_head, make_head
-from mito.heads.zeroshot import TextEmbeddings, ensemble, load_prompts, softmax, tile_contexts, with_context, write_text_embeddings, zero_shot_logits, zero_shot_proba
+from mito.heads.zeroshot import (
+    TextEmbeddings,
+    ensemble,
+    load_prompts,
+    softmax,
+    tile_contexts,
+    with_context,
+    write_text_embeddings,
+    zero_shot_logits,
+    zero_shot_proba,
+)
 
 KEY = "efficientnet_lite0:z1:rgb"
 

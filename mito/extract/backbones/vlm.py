@@ -229,7 +229,8 @@ def clip_tokenizer(context_length: int = 77) -> Tokenizer:
     from open_clip.tokenizer import SimpleTokenizer, default_bpe
 
     tok = SimpleTokenizer(context_length=context_length)
-    sha = hashlib.sha256(gzip.open(default_bpe()).read()).hexdigest() if default_bpe() else "unknown"
+    with gzip.open(default_bpe()) as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
     return Tokenizer(f"open_clip {oc.__version__} CLIP BPE, {context_length} tokens", sha, lambda texts: tok(list(texts)))
 
 
@@ -241,7 +242,7 @@ def conch_tokenizer(tokenizer_file: Path) -> Tokenizer:
         raise ExtractError("the CONCH tokenizer needs the tokenizers package: pip install tokenizers") from None
     try:
         tok = HFTokenizer.from_file(str(tokenizer_file))
-    except Exception as e:  # the tokenizers library raises its own exception type for a bad file
+    except Exception as e:  # noqa: BLE001  (the tokenizers library raises its own exception type for a bad file)
         raise ExtractError(f"cannot read the CONCH tokenizer {tokenizer_file}: {str(e).splitlines()[0]}") from None
     pad, bos, eos = (tok.token_to_id(t) for t in ("<pad>", "<start_of_text>", "<end_of_text>"))
     if None in (pad, bos, eos):

@@ -29,6 +29,11 @@ class TextPlan:
 def plan_text(store: str, prompts_file: str | None, complete: Sequence[str], variant_info: dict[str, dict[str, Any]],
               heads: Sequence[str], progress: bool = False) -> TextPlan:
     """Find (or compute once and cache) the class text embeddings of every VLM backbone in the store."""
+    plan = TextPlan(prompts_file)
+    if not prompts_file:
+        if any(h in TEXT_HEADS for h in heads):
+            plan.skipped.append("text-linear skipped: it needs class prompts, give --zero-shot PROMPTS.json")
+        return plan
     from mito.errors import MitoError
     from mito.extract.backbones import create_backbone, get_backbone, resolve_weights
     from mito.extract.backbones.registry import RANDOM_SHA, file_sha256, weights_help
@@ -41,11 +46,6 @@ def plan_text(store: str, prompts_file: str | None, complete: Sequence[str], var
         text_embeddings,
     )
 
-    plan = TextPlan(prompts_file)
-    if not prompts_file:
-        if any(h in TEXT_HEADS for h in heads):
-            plan.skipped.append("text-linear skipped: it needs class prompts, give --zero-shot PROMPTS.json")
-        return plan
     prompts = load_prompts(prompts_file)
     backbones = []
     for k in complete:

@@ -124,27 +124,25 @@ def confusion_metric(name: str, cm: np.ndarray) -> np.ndarray:
     raise ValueError(f"{name!r} is not a confusion-matrix metric")
 
 
-def bootstrap_ci(
-    y_true: Sequence[Any],
+def bootstrap_replicates(
+    yi: np.ndarray,
     proba: np.ndarray,
-    classes: Sequence[Any],
-    metric: str = "balanced_accuracy",
+    metric: str,
     fold: np.ndarray | None = None,
     tile: np.ndarray | None = None,
     n_boot: int = 1000,
-    level: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean-over-folds ``metric``, resampling tiles with replacement.
+) -> np.ndarray:
+    """The mean-over-folds ``metric`` of ``n_boot`` bootstrap replicates (NaN where a replicate cannot be scored).
 
-    Each prediction row belongs to a ``fold`` and a ``tile``; a tile scored by several folds (a shared test
-    split) is drawn once per replicate and counts in every fold that scored it. Without ``fold``/``tile``
-    every row is its own tile in a single fold.
+    ``yi`` holds class indices (columns of ``proba``). Each prediction row belongs to a ``fold`` and a ``tile``; a
+    tile scored by several folds (a shared test split) is drawn once per replicate and counts in every fold that
+    scored it. Without ``fold``/``tile`` every row is its own tile in a single fold. The draws depend only on the
+    sorted distinct tiles, ``n_boot`` and ``seed``: two prediction sets on the same tiles get the same resamples.
     """
-    index = {c: i for i, c in enumerate(classes)}
-    yi = np.array([index[v] for v in np.asarray(y_true)], dtype=np.int64)
+    yi = np.asarray(yi, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
-    n, k = len(yi), len(index)
+    n, k = len(yi), proba.shape[1]
     fold = np.zeros(n, np.int64) if fold is None else np.asarray(fold)
     tile = np.arange(n) if tile is None else np.asarray(tile)
     tiles, tpos = np.unique(tile, return_inverse=True)
@@ -170,7 +168,29 @@ def bootstrap_ci(
             per_fold.append(vals)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        stats = np.nanmean(np.vstack(per_fold), axis=0) if per_fold else np.array([np.nan])
+        return np.nanmean(np.vstack(per_fold), axis=0) if per_fold else np.full(n_boot, np.nan)
+
+
+def bootstrap_ci(
+    y_true: Sequence[Any],
+    proba: np.ndarray,
+    classes: Sequence[Any],
+    metric: str = "balanced_accuracy",
+    fold: np.ndarray | None = None,
+    tile: np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean-over-folds ``metric``, resampling tiles with replacement.
+
+    Each prediction row belongs to a ``fold`` and a ``tile``; a tile scored by several folds (a shared test
+    split) is drawn once per replicate and counts in every fold that scored it. Without ``fold``/``tile``
+    every row is its own tile in a single fold (see :func:`bootstrap_replicates`).
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    yi = np.array([index[v] for v in np.asarray(y_true)], dtype=np.int64)
+    stats = bootstrap_replicates(yi, proba, metric, fold=fold, tile=tile, n_boot=n_boot, seed=seed)
     stats = stats[~np.isnan(stats)]
     if stats.size == 0:
         return float("nan"), float("nan")

@@ -10,6 +10,9 @@ import numpy as np
 from sklearn import metrics as skm
 
 METRIC_NAMES = ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc")
+# lower is better; summarised per row like the metrics above but never a main metric
+CALIBRATION_NAMES = ("ece", "brier")
+ECE_BINS = 15
 
 
 def classification_metrics(y_true: Sequence[Any], proba: np.ndarray, classes: Sequence[Any]) -> dict[str, Any]:
@@ -37,6 +40,8 @@ def classification_metrics(y_true: Sequence[Any], proba: np.ndarray, classes: Se
         "accuracy": float(skm.accuracy_score(yi, pred)),
         "confusion_matrix": skm.confusion_matrix(yi, pred, labels=labels).tolist(),
         "classes": [str(c) for c in classes],
+        "ece": expected_calibration_error(yi, proba),
+        "brier": brier_score(yi, proba),
     }
     present = np.unique(yi)
     if present.size < 2:
@@ -59,6 +64,50 @@ def _present_proba(proba: np.ndarray, present: np.ndarray) -> np.ndarray:
         return proba
     p = proba[:, present]
     return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+
+
+def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-mass bins of predicted confidence: mean confidence, observed frequency and count per bin.
+
+    Two classes: the probability of the second (positive) class against how often it is the truth. More classes:
+    top-label, the highest probability against how often the argmax is right. Rows sorted by confidence (stably)
+    are cut into ``n_bins`` runs whose sizes differ by at most one.
+    """
+    yi = np.asarray(yi, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.shape[1] == 2:
+        conf, hit = proba[:, 1], (yi == 1).astype(np.float64)
+    else:
+        conf, hit = proba.max(axis=1), (proba.argmax(axis=1) == yi).astype(np.float64)
+    if len(yi) == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
+    order = np.argsort(conf, kind="stable")
+    parts = [p for p in np.array_split(order, min(n_bins, len(order))) if p.size]
+    return (
+        np.array([conf[p].mean() for p in parts]),
+        np.array([hit[p].mean() for p in parts]),
+        np.array([p.size for p in parts], dtype=np.int64),
+    )
+
+
+def expected_calibration_error(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE over equal-mass bins (see :func:`reliability_bins`): sum over bins of count/n * |confidence - frequency|."""
+    conf, freq, count = reliability_bins(yi, proba, n_bins)
+    if count.sum() == 0:
+        return float("nan")
+    return float(np.sum(count * np.abs(conf - freq)) / count.sum())
+
+
+def brier_score(yi: np.ndarray, proba: np.ndarray) -> float:
+    """Brier score (scikit-learn's): mean squared error of the positive-class probability with two classes, of the
+    whole probability vector against the one-hot truth (summed over classes) with more."""
+    yi = np.asarray(yi, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    if len(yi) == 0:
+        return float("nan")
+    if proba.shape[1] == 2:
+        return float(skm.brier_score_loss(yi, proba[:, 1], pos_label=1))
+    return float(skm.brier_score_loss(yi, proba, labels=list(range(proba.shape[1]))))
 
 
 def metric_score(name: str, yi: np.ndarray, proba: np.ndarray) -> float:
@@ -87,9 +136,9 @@ def metric_score(name: str, yi: np.ndarray, proba: np.ndarray) -> float:
 
 
 def fold_summary(per_fold: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Mean and standard deviation (numpy's, ddof=0; NaN for a single fold) over folds of every metric in :data:`METRIC_NAMES`."""
+    """Mean and standard deviation (numpy's, ddof=0; NaN for a single fold) over folds of every metric in :data:`METRIC_NAMES` and :data:`CALIBRATION_NAMES`."""
     out: dict[str, float] = {}
-    for name in METRIC_NAMES:
+    for name in (*METRIC_NAMES, *CALIBRATION_NAMES):
         vals = np.array([m.get(name, np.nan) for m in per_fold], dtype=np.float64)
         ok = vals[~np.isnan(vals)]
         out[name] = float(ok.mean()) if ok.size else float("nan")

@@ -274,3 +274,114 @@ def friedman_nemenyi(scores: np.ndarray, methods: Sequence[str], alpha: float = 
     k, n = s.shape[1], s.shape[0]
     cd = nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6 * n))
     return FriedmanResult(list(methods), ranks.mean(axis=0).tolist(), float(stat), float(p), float(cd), n, alpha)
+
+
+# ------------------------------------------------------------------ leaderboard rows
+PAIRED_COLUMNS = ["delta_vs_best", "p_vs_best", "tied_with_best", "auroc_delta_vs_best", "auroc_p_vs_best", "paired_note"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two leaderboard rows compared on the same test tiles: each metric's paired bootstrap and (binary) DeLong's test."""
+
+    n_tiles: int
+    n_folds: int
+    n_predictions: int
+    paired: dict[str, PairedResult]
+    delong: DelongResult | None
+    note: str = ""
+
+
+def align_predictions(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(y, proba_a, proba_b, fold, tile) of two rows' predictions sorted by (fold, tile); refused unless both rows
+    scored exactly the same tiles in the same folds with the same labels."""
+    for name, p in (("first", a), ("second", b)):
+        if not all(k in p for k in ("fold", "row", "y", "proba")):
+            raise BenchError(f"the {name} row kept no test predictions")
+    oa = np.lexsort((a["row"], a["fold"]))
+    ob = np.lexsort((b["row"], b["fold"]))
+    if len(oa) != len(ob) or not (np.array_equal(a["fold"][oa], b["fold"][ob]) and np.array_equal(a["row"][oa], b["row"][ob])):
+        raise BenchError("the rows were not scored on the same test tiles in the same folds")
+    if not np.array_equal(a["y"][oa], b["y"][ob]):
+        raise BenchError("the rows give the same tiles different labels")
+    pa, pb = np.asarray(a["proba"], np.float64)[oa], np.asarray(b["proba"], np.float64)[ob]
+    if pa.shape != pb.shape:
+        raise BenchError(f"the rows predict different numbers of classes ({pa.shape[1]} and {pb.shape[1]})")
+    return np.asarray(a["y"])[oa].astype(np.int64), pa, pb, np.asarray(a["fold"])[oa], np.asarray(a["row"])[oa]
+
+
+def compare_predictions(
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray], metrics: Sequence[str], n_boot: int = 1000, seed: int = 0
+) -> Comparison:
+    """Row a minus row b on their shared test tiles: a paired bootstrap per metric, DeLong's test when binary."""
+    y, pa, pb, fold, tile = align_predictions(a, b)
+    classes = list(range(pa.shape[1]))
+    paired = {m: paired_bootstrap(y, pa, pb, classes, m, fold=fold, tile=tile, n_boot=n_boot, seed=seed) for m in metrics}
+    delong, note = None, ""
+    if pa.shape[1] == 2:
+        try:
+            delong = delong_folds(y, pa[:, 1], pb[:, 1], fold, tile)
+        except BenchError as e:
+            note = f"no DeLong test: {e}"
+    else:
+        note = "multi-class: AUROC compared by paired bootstrap only"
+    return Comparison(int(np.unique(tile).size), int(np.unique(fold).size), len(y), paired, delong, note)
+
+
+def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]], n_boot: int = 1000, seed: int = 0) -> Any:
+    """Every ranked row against its task's best row (rank 1): ``delta_vs_best`` (row - best, main metric, the same
+    value the leaderboard shows), ``p_vs_best`` (paired bootstrap, Holm-adjusted within the task), ``tied_with_best``
+    (not significantly worse at 0.05), and for binary tasks DeLong's AUROC difference and Holm-adjusted p.
+
+    Rows that cannot be paired with the best row (other folds, other tiles, no predictions) get NaN and the reason
+    in ``paired_note``.
+    """
+    import pandas as pd
+
+    rows = rows.copy()
+    if rows.empty:
+        for c in PAIRED_COLUMNS:
+            rows[c] = pd.Series(dtype=object)
+        return rows
+    out = {c: [math.nan] * len(rows) for c in PAIRED_COLUMNS}
+    out["tied_with_best"] = [None] * len(rows)
+    out["paired_note"] = [""] * len(rows)
+    pos = {idx: i for i, idx in enumerate(rows.index)}
+    for _, group in rows.groupby("task", sort=False):
+        best = group.sort_values("rank").iloc[0]
+        raw_p, raw_auc_p, members = [], [], []
+        for idx, r in group.iterrows():
+            i = pos[idx]
+            if r["row_id"] == best["row_id"]:
+                out["delta_vs_best"][i], out["auroc_delta_vs_best"][i] = 0.0, 0.0
+                out["tied_with_best"][i], out["paired_note"][i] = True, "best row"
+                continue
+            why = ""
+            fa, fb = r.get("fold_fingerprint"), best.get("fold_fingerprint")
+            if isinstance(fa, str) and isinstance(fb, str) and fa != fb:
+                why = "scored on other folds than the best row"
+            elif r["row_id"] not in predictions or best["row_id"] not in predictions:
+                why = "no test predictions kept"
+            if not why:
+                try:
+                    c = compare_predictions(predictions[r["row_id"]], predictions[best["row_id"]], [r["main_metric"]], n_boot, seed)
+                except BenchError as e:
+                    why = str(e)
+            if why:
+                out["paired_note"][i] = why
+                continue
+            pr = c.paired[r["main_metric"]]
+            out["delta_vs_best"][i] = pr.delta
+            members.append(i)
+            raw_p.append(pr.p_value)
+            raw_auc_p.append(c.delong.p_value if c.delong else math.nan)
+            if c.delong:
+                out["auroc_delta_vs_best"][i] = c.delong.delta
+            out["paired_note"][i] = c.note if pr.n_boot else "no bootstrap (n_boot 0)"
+        for i, p, pa in zip(members, holm(raw_p), holm(raw_auc_p)):
+            out["p_vs_best"][i] = float(p)
+            out["auroc_p_vs_best"][i] = float(pa)
+            out["tied_with_best"][i] = None if math.isnan(p) else bool(p >= 0.05 or out["delta_vs_best"][i] >= 0)
+    for c in PAIRED_COLUMNS:
+        rows[c] = out[c]
+    return rows

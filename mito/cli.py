@@ -570,6 +570,32 @@ def bench_cmd(
     console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {out / 'report.html'}")
 
 
+@app.command("compare")
+@friendly
+def compare_cmd(
+    bench: Path = typer.Option(..., "--bench", help="A folder written by mito bench (leaderboard.json + predictions.npz)."),
+    rows: str = typer.Option(..., "--rows", help="Two rows, A,B: rank numbers or row ids (from leaderboard.csv)."),
+    task: Optional[str] = typer.Option(None, "--task", help="The task whose ranks --rows means (when the bench has several)."),
+    n_boot: Optional[int] = typer.Option(None, "--n-boot", min=1, max=1_000_000, help="Bootstrap replicates (default: the bench's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Bootstrap seed (default: the bench's)."),
+) -> None:
+    """One paired comparison of two leaderboard rows on the same test tiles: every metric's A - B with CI and p, DeLong."""
+    from rich.console import Console
+
+    from mito.bench import BenchError, load_leaderboard
+    from mito.bench.stats import compare_rows, comparison_text
+
+    refs = split_list(rows)
+    if len(refs) != 2:
+        raise BenchError("--rows takes two rows, e.g. --rows 1,2 (rank numbers) or two row ids")
+    lb = load_leaderboard(bench)
+    a, b, comp = compare_rows(lb, refs[0], refs[1], task=task, n_boot=n_boot, seed=seed)
+    cv = ((lb.meta.get("tasks") or {}).get(a["task"]) or {}).get("cv_description", "")
+    console = Console()
+    for part in comparison_text(a, b, comp, cv):
+        console.print(part)
+
+
 @app.command("lora")
 @friendly(on_interrupt="finished epochs are kept (a checkpoint per fold); re-run the same command to resume")
 def lora_cmd(

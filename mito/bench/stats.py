@@ -385,3 +385,78 @@ def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]],
     for c in PAIRED_COLUMNS:
         rows[c] = out[c]
     return rows
+
+
+# ------------------------------------------------------------------ mito compare
+def find_row(rows: Any, ref: str, task: str | None = None) -> Any:
+    """One leaderboard row by rank number (within ``task`` when the leaderboard has several) or by row id (or its prefix)."""
+    ref = ref.strip()
+    sel = rows if task is None else rows[rows["task"] == task]
+    if task is not None and sel.empty:
+        raise BenchError(f"no task {task!r} in this leaderboard (it has: {', '.join(sorted(rows['task'].unique()))})")
+    if ref.isdigit():
+        hit = sel[sel["rank"] == int(ref)]
+        if len(hit) > 1:
+            raise BenchError(f"rank {ref} exists in several tasks ({', '.join(sorted(hit['task']))}): add --task or use row ids")
+    else:
+        hit = sel[sel["row_id"].astype(str).str.startswith(ref)] if ref else sel.iloc[:0]
+        if len(hit) > 1:
+            raise BenchError(f"row id {ref!r} is ambiguous ({len(hit)} rows start with it)")
+    if hit.empty:
+        raise BenchError(f"no row {ref!r} in this leaderboard (give a rank number or a row id from leaderboard.csv)")
+    return hit.iloc[0]
+
+
+def compare_rows(lb: Any, ref_a: str, ref_b: str, task: str | None = None, n_boot: int | None = None, seed: int | None = None) -> tuple[Any, Any, Comparison]:
+    """Two rows of a leaderboard compared in full on every metric (row a minus row b), with the run's n_boot and seed by default."""
+    from mito.metrics import METRIC_NAMES
+
+    a, b = find_row(lb.rows, ref_a, task), find_row(lb.rows, ref_b, task)
+    if a["task"] != b["task"]:
+        raise BenchError(f"the rows belong to different tasks ({a['task']} and {b['task']}); compare rows of one task")
+    if a["row_id"] == b["row_id"]:
+        raise BenchError("that is the same row twice")
+    fa, fb = a.get("fold_fingerprint"), b.get("fold_fingerprint")
+    if isinstance(fa, str) and isinstance(fb, str) and fa != fb:
+        raise BenchError("the rows were scored on different folds; a paired comparison needs the same folds and test tiles")
+    for r in (a, b):
+        if r["row_id"] not in lb.predictions:
+            raise BenchError(f"row {r['rank']} ({r['row_id']}) kept no test predictions in {lb.meta.get('source', 'this leaderboard')}")
+    cfg = lb.meta.get("config") or {}
+    n_boot = int(cfg.get("n_boot", 1000) or 1000) if n_boot is None else n_boot
+    seed = int(cfg.get("seed", 0)) if seed is None else seed
+    comp = compare_predictions(lb.predictions[a["row_id"]], lb.predictions[b["row_id"]], list(METRIC_NAMES), n_boot, seed)
+    return a, b, comp
+
+
+def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]:
+    """Rich renderables describing one paired comparison (what is compared, a table per metric, DeLong's test)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    def label(r: Any) -> str:
+        return f"#{r['rank']} {r['backbone']} {r['features']} {r['head']}" + (f" noise={r['noise']:g}" if r.get("noise") else "") + f" [{r['row_id']}]"
+
+    head = (
+        f"task {a['task']}: A = {label(a)}\n            B = {label(b)}\n"
+        f"{comp.n_tiles} test tiles, {comp.n_folds} folds ({comp.n_predictions} predictions){'; ' + cv if cv else ''}\n"
+        f"paired bootstrap: {next(iter(comp.paired.values())).n_boot} replicates, the same resampled tiles for both rows; "
+        "metric per fold, averaged over folds; 95% percentile interval; two-sided p (not adjusted)"
+    )
+    t = Table(title="A - B", pad_edge=False)
+    for c in ("metric", "A", "B", "A - B", "95% CI", "p"):
+        t.add_column(c, justify="left" if c == "metric" else "right")
+    for m, r in comp.paired.items():
+        star = " *" if m == a["main_metric"] else ""
+        fmt = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+        t.add_row(m + star, fmt(a.get(m)), fmt(b.get(m)), f"{r.delta:+.4f}", f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", "–" if math.isnan(r.p_value) else f"{r.p_value:.4g}")
+    out: list[Any] = [Text(head), t, Text("* main metric of the task")]
+    if comp.delong is not None:
+        d = comp.delong
+        out.append(Text(
+            f"DeLong's test (AUROC, {d.n_pos} positive / {d.n_neg} negative test cases): AUC A {d.auc_a:.4f}, B {d.auc_b:.4f}, "
+            f"A - B {d.delta:+.4f} (se {d.se:.4f}), z = {d.z:.3f}, p = {d.p_value:.4g}"
+        ))
+    if comp.note:
+        out.append(Text(comp.note))
+    return out

@@ -25,7 +25,7 @@ def _plt() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110), ".png")
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"), ".png")
     _plt().close(fig)
     return path
 

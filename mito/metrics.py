@@ -70,8 +70,9 @@ def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) 
     """Equal-mass bins of predicted confidence: mean confidence, observed frequency and count per bin.
 
     Two classes: the probability of the second (positive) class against how often it is the truth. More classes:
-    top-label, the highest probability against how often the argmax is right. Rows sorted by confidence (stably)
-    are cut into ``n_bins`` runs whose sizes differ by at most one.
+    top-label, the highest probability against how often the argmax is right. Bin edges are the confidence
+    quantiles at i/n_bins, so bins hold equally many rows (to within one) except that equal confidences always
+    share a bin (a constant prediction is one bin, not n_bins pieces of it).
     """
     yi = np.asarray(yi, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
@@ -81,8 +82,11 @@ def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) 
         conf, hit = proba.max(axis=1), (proba.argmax(axis=1) == yi).astype(np.float64)
     if len(yi) == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
-    order = np.argsort(conf, kind="stable")
-    parts = [p for p in np.array_split(order, min(n_bins, len(order))) if p.size]
+    n = len(conf)
+    ranked = np.sort(conf)
+    edges = ranked[[int(round(i * n / n_bins)) for i in range(1, n_bins) if 0 < round(i * n / n_bins) < n]]
+    which = np.searchsorted(edges, conf, side="right")
+    parts = [p for p in (np.flatnonzero(which == b) for b in range(n_bins)) if p.size]
     return (
         np.array([conf[p].mean() for p in parts]),
         np.array([hit[p].mean() for p in parts]),

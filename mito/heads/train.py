@@ -197,7 +197,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
     if cfg.calibrate == "temperature":
         raw = {name: classification_metrics(ys, proba, head.classes_) for name, (ys, proba) in scored.items()}
         scored, calibration = calibrate_scored(scored, classes)
-        calibration.update({f"{n}_{k}_before": raw[n][k] for n in ("test",) if n in raw for k in ("ece", "brier")})
+        calibration.update({f"{n}_{k}_before": raw[n][k] for n in ("test",) if n in raw for k in ("ece", "brier", "balanced_accuracy")})
     evals = {name: classification_metrics(ys, proba, head.classes_) for name, (ys, proba) in scored.items()}
     if not evals:
         raise HeadError("no validation or test rows to measure the head on")

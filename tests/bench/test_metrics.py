@@ -134,3 +134,16 @@ def test_ece_and_brier_by_hand() -> None:
     assert m["ece"] == pytest.approx(expected_calibration_error(ym, pm)) and m["brier"] == pytest.approx(0.34)
     s = fold_summary([m, m])
     assert s["ece"] == pytest.approx(m["ece"]) and s["brier_std"] == 0
+
+
+def test_ece_keeps_equal_confidences_in_one_bin() -> None:
+    from mito.metrics import expected_calibration_error, reliability_bins
+
+    y = np.array([0, 1] * 10)
+    flat = np.full((20, 2), 0.5)
+    assert expected_calibration_error(y, flat) == 0.0  # perfectly calibrated, whatever the bins
+    conf, freq, count = reliability_bins(y, flat)
+    assert count.tolist() == [20]
+    p1 = np.linspace(0.01, 0.99, 45)
+    _, _, count = reliability_bins(np.zeros(45, int), np.column_stack([1 - p1, p1]))
+    assert count.tolist() == [3] * 15

@@ -157,3 +157,13 @@ def test_friedman_nemenyi() -> None:
     assert r.critical_difference == pytest.approx(2.343 * math.sqrt(3 * 4 / (6 * 4)), abs=1e-3)
     two = friedman_nemenyi(scores[:, :2], ["a", "b"])
     assert math.isnan(two.statistic) and two.mean_ranks == pytest.approx([1.25, 1.75])
+
+
+def test_delong_standard_error_agrees_with_the_bootstrap() -> None:
+    """An independent check of DeLong's variance: the spread of the paired-bootstrap AUROC difference (seeded)."""
+    from mito.metrics import bootstrap_replicates
+
+    y, pa, pb = two_rows(400, seed=5, gap=0.8)
+    d = delong_test(y, pa[:, 1], pb[:, 1])
+    diffs = bootstrap_replicates(y, pa, "auroc", n_boot=400, seed=1) - bootstrap_replicates(y, pb, "auroc", n_boot=400, seed=1)
+    assert d.se == pytest.approx(np.std(diffs), rel=0.15)

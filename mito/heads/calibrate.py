@@ -67,7 +67,7 @@ def calibrate_scored(
         "method": "temperature",
         "temperature": t,
         "fitted_on": "val",
-        "n_val": int(len(yi)),
+        "n_val": len(yi),
         "val_nll_before": nll(yi, p),
         "val_nll_after": nll(yi, p, t),
         "val_ece_before": expected_calibration_error(yi, p),

@@ -12,7 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from mito.bench import load_leaderboard
-from mito.bench.stats import add_paired_columns, align_predictions, delong_folds, holm, paired_bootstrap
+from mito.bench.stats import (
+    add_paired_columns,
+    align_predictions,
+    delong_folds,
+    holm,
+    paired_bootstrap,
+)
 from mito.cli import app
 
 runner = CliRunner()

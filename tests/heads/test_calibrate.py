@@ -12,7 +12,14 @@ from scipy.special import softmax
 from typer.testing import CliRunner
 
 from mito.cli import app
-from mito.heads import FitConfig, HeadError, fit_head, load_model, make_fit_config, predict
+from mito.heads import (
+    FitConfig,
+    HeadError,
+    fit_head,
+    load_model,
+    make_fit_config,
+    predict,
+)
 from mito.heads.calibrate import apply_temperature, fit_temperature, nll
 from mito.metrics import expected_calibration_error
 
@@ -43,7 +50,7 @@ def test_apply_temperature_refuses_bad_values() -> None:
 @pytest.fixture(scope="module")
 def pair(synth_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Path, dict]:
     d = tmp_path_factory.mktemp("calib")
-    common = dict(store=str(synth_store), task="mitosis", features=[RGB], head="logreg", split_column="split", seed=3)
+    common: dict = {"store": str(synth_store), "task": "mitosis", "features": [RGB], "head": "logreg", "split_column": "split", "seed": 3}
     plain = fit_head(FitConfig(out=str(d / "plain"), **common))
     calib = fit_head(FitConfig(out=str(d / "calib"), calibrate="temperature", **common))
     return d / "plain", plain, d / "calib", calib

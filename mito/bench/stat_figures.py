@@ -50,9 +50,11 @@ def reliability_figure(rows: pd.DataFrame, predictions: dict[str, dict[str, np.n
         conf, freq, _ = reliability_bins(p["y"], p["proba"])
         ece = expected_calibration_error(p["y"], p["proba"])
         ax.plot(conf, freq, marker="o", ms=3.5, lw=1.2, label=f"{row_label(r, 40)} (ECE {ece:.3f})")
-    what = "predicted probability of the positive class" if k == 2 else "top-label confidence"
+    classes = shown[0][0].get("classes")
+    positive = f"'{classes[1]}'" if isinstance(classes, list) and len(classes) == 2 else "the positive class"
+    what = f"predicted probability of {positive}" if k == 2 else "top-label confidence"
     ax.set_xlabel(what)
-    ax.set_ylabel("observed frequency" if k == 2 else "accuracy of the top label")
+    ax.set_ylabel(f"observed frequency of {positive}" if k == 2 else "accuracy of the top label")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")

@@ -368,6 +368,7 @@ def fit_head_cmd(
     seed: int = typer.Option(0, help="Seed for splits, initialisation, batches and noise."),
     stream: Optional[bool] = typer.Option(None, "--stream/--in-memory", help="mlp/linear: read features from the store chunk by chunk every epoch (bounded memory) or load them once (default: stream only when they would fill half the free memory)."),
     buffer_rows: Optional[int] = typer.Option(None, help="--stream: rows mixed in the shuffle buffer (default 65,536; memory ~ 2 x rows x dims x 2 bytes)."),
+    calibrate: str = typer.Option("none", "--calibrate", help="temperature: fit temperature scaling on the validation split (saved in the model, applied by predict; predictions unchanged, probabilities calibrated); none."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of a table."),
 ) -> None:
@@ -379,7 +380,7 @@ def fit_head_cmd(
         standardize=standardize, pca=pca, split_column=None if split_column.lower() == "none" else split_column,
         group_column=None if group_column.lower() == "none" else group_column,
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, overwrite=overwrite,
-        stream=stream, progress=not as_json, **({"buffer_rows": buffer_rows} if buffer_rows is not None else {}),
+        stream=stream, progress=not as_json, calibrate=calibrate, **({"buffer_rows": buffer_rows} if buffer_rows is not None else {}),
         head_params=_head_params(
             param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
             balance=balance, epochs=epochs, patience=patience, lr=lr, batch_size=batch_size, precision=precision,
@@ -394,6 +395,10 @@ def fit_head_cmd(
     console.print(f"features: {', '.join(m['features'])}{how}", highlight=False)
     console.print(f"split: {m['split']}", highlight=False)
     _print_metrics(m)
+    if "calibration" in m:
+        c = m["calibration"]
+        console.print(f"temperature scaling: T = {c['temperature']:.3f} (fitted on {c['n_val']} validation rows); "
+                      f"{m['evaluated_on']} ECE {c.get(m['evaluated_on'] + '_ece_before', c['val_ece_before']):.3f} -> {m['ece']:.3f}", highlight=False)
     console.print(f"model: {out}")
 
 
@@ -607,6 +612,32 @@ def bench_cmd(
         atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
     console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
     console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {out / 'report.html'}")
+
+
+@app.command("compare")
+@friendly
+def compare_cmd(
+    bench: Path = typer.Option(..., "--bench", help="A folder written by mito bench (leaderboard.json + predictions.npz)."),
+    rows: str = typer.Option(..., "--rows", help="Two rows, A,B: rank numbers or row ids (from leaderboard.csv)."),
+    task: Optional[str] = typer.Option(None, "--task", help="The task whose ranks --rows means (when the bench has several)."),
+    n_boot: Optional[int] = typer.Option(None, "--n-boot", min=1, max=1_000_000, help="Bootstrap replicates (default: the bench's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Bootstrap seed (default: the bench's)."),
+) -> None:
+    """One paired comparison of two leaderboard rows on the same test tiles: every metric's A - B with CI and p, DeLong."""
+    from rich.console import Console
+
+    from mito.bench import BenchError, load_leaderboard
+    from mito.bench.stats import compare_rows, comparison_text
+
+    refs = split_list(rows)
+    if len(refs) != 2:
+        raise BenchError("--rows takes two rows, e.g. --rows 1,2 (rank numbers) or two row ids")
+    lb = load_leaderboard(bench)
+    a, b, comp = compare_rows(lb, refs[0], refs[1], task=task, n_boot=n_boot, seed=seed)
+    cv = ((lb.meta.get("tasks") or {}).get(a["task"]) or {}).get("cv_description", "")
+    console = Console()
+    for part in comparison_text(a, b, comp, cv):
+        console.print(part)
 
 
 @app.command("lora")

@@ -10,6 +10,9 @@ import numpy as np
 from sklearn import metrics as skm
 
 METRIC_NAMES = ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc")
+# lower is better; summarised per row like the metrics above but never a main metric
+CALIBRATION_NAMES = ("ece", "brier")
+ECE_BINS = 15
 
 
 def classification_metrics(y_true: Sequence[Any], proba: np.ndarray, classes: Sequence[Any]) -> dict[str, Any]:
@@ -37,6 +40,8 @@ def classification_metrics(y_true: Sequence[Any], proba: np.ndarray, classes: Se
         "accuracy": float(skm.accuracy_score(yi, pred)),
         "confusion_matrix": skm.confusion_matrix(yi, pred, labels=labels).tolist(),
         "classes": [str(c) for c in classes],
+        "ece": expected_calibration_error(yi, proba),
+        "brier": brier_score(yi, proba),
     }
     present = np.unique(yi)
     if present.size < 2:
@@ -59,6 +64,54 @@ def _present_proba(proba: np.ndarray, present: np.ndarray) -> np.ndarray:
         return proba
     p = proba[:, present]
     return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+
+
+def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-mass bins of predicted confidence: mean confidence, observed frequency and count per bin.
+
+    Two classes: the probability of the second (positive) class against how often it is the truth. More classes:
+    top-label, the highest probability against how often the argmax is right. Bin edges are the confidence
+    quantiles at i/n_bins, so bins hold equally many rows (to within one) except that equal confidences always
+    share a bin (a constant prediction is one bin, not n_bins pieces of it).
+    """
+    yi = np.asarray(yi, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.shape[1] == 2:
+        conf, hit = proba[:, 1], (yi == 1).astype(np.float64)
+    else:
+        conf, hit = proba.max(axis=1), (proba.argmax(axis=1) == yi).astype(np.float64)
+    if len(yi) == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
+    n = len(conf)
+    ranked = np.sort(conf)
+    edges = ranked[[int(round(i * n / n_bins)) for i in range(1, n_bins) if 0 < round(i * n / n_bins) < n]]
+    which = np.searchsorted(edges, conf, side="right")
+    parts = [p for p in (np.flatnonzero(which == b) for b in range(n_bins)) if p.size]
+    return (
+        np.array([conf[p].mean() for p in parts]),
+        np.array([hit[p].mean() for p in parts]),
+        np.array([p.size for p in parts], dtype=np.int64),
+    )
+
+
+def expected_calibration_error(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE over equal-mass bins (see :func:`reliability_bins`): sum over bins of count/n * |confidence - frequency|."""
+    conf, freq, count = reliability_bins(yi, proba, n_bins)
+    if count.sum() == 0:
+        return float("nan")
+    return float(np.sum(count * np.abs(conf - freq)) / count.sum())
+
+
+def brier_score(yi: np.ndarray, proba: np.ndarray) -> float:
+    """Brier score (scikit-learn's): mean squared error of the positive-class probability with two classes, of the
+    whole probability vector against the one-hot truth (summed over classes) with more."""
+    yi = np.asarray(yi, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    if len(yi) == 0:
+        return float("nan")
+    if proba.shape[1] == 2:
+        return float(skm.brier_score_loss(yi, proba[:, 1], pos_label=1))
+    return float(skm.brier_score_loss(yi, proba, labels=list(range(proba.shape[1]))))
 
 
 def metric_score(name: str, yi: np.ndarray, proba: np.ndarray) -> float:
@@ -87,9 +140,9 @@ def metric_score(name: str, yi: np.ndarray, proba: np.ndarray) -> float:
 
 
 def fold_summary(per_fold: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Mean and standard deviation (numpy's, ddof=0; NaN for a single fold) over folds of every metric in :data:`METRIC_NAMES`."""
+    """Mean and standard deviation (numpy's, ddof=0; NaN for a single fold) over folds of every metric in :data:`METRIC_NAMES` and :data:`CALIBRATION_NAMES`."""
     out: dict[str, float] = {}
-    for name in METRIC_NAMES:
+    for name in (*METRIC_NAMES, *CALIBRATION_NAMES):
         vals = np.array([m.get(name, np.nan) for m in per_fold], dtype=np.float64)
         ok = vals[~np.isnan(vals)]
         out[name] = float(ok.mean()) if ok.size else float("nan")
@@ -124,27 +177,25 @@ def confusion_metric(name: str, cm: np.ndarray) -> np.ndarray:
     raise ValueError(f"{name!r} is not a confusion-matrix metric")
 
 
-def bootstrap_ci(
-    y_true: Sequence[Any],
+def bootstrap_replicates(
+    yi: np.ndarray,
     proba: np.ndarray,
-    classes: Sequence[Any],
-    metric: str = "balanced_accuracy",
+    metric: str,
     fold: np.ndarray | None = None,
     tile: np.ndarray | None = None,
     n_boot: int = 1000,
-    level: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean-over-folds ``metric``, resampling tiles with replacement.
+) -> np.ndarray:
+    """The mean-over-folds ``metric`` of ``n_boot`` bootstrap replicates (NaN where a replicate cannot be scored).
 
-    Each prediction row belongs to a ``fold`` and a ``tile``; a tile scored by several folds (a shared test
-    split) is drawn once per replicate and counts in every fold that scored it. Without ``fold``/``tile``
-    every row is its own tile in a single fold.
+    ``yi`` holds class indices (columns of ``proba``). Each prediction row belongs to a ``fold`` and a ``tile``; a
+    tile scored by several folds (a shared test split) is drawn once per replicate and counts in every fold that
+    scored it. Without ``fold``/``tile`` every row is its own tile in a single fold. The draws depend only on the
+    sorted distinct tiles, ``n_boot`` and ``seed``: two prediction sets on the same tiles get the same resamples.
     """
-    index = {c: i for i, c in enumerate(classes)}
-    yi = np.array([index[v] for v in np.asarray(y_true)], dtype=np.int64)
+    yi = np.asarray(yi, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
-    n, k = len(yi), len(index)
+    n, k = len(yi), proba.shape[1]
     fold = np.zeros(n, np.int64) if fold is None else np.asarray(fold)
     tile = np.arange(n) if tile is None else np.asarray(tile)
     tiles, tpos = np.unique(tile, return_inverse=True)
@@ -170,7 +221,29 @@ def bootstrap_ci(
             per_fold.append(vals)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        stats = np.nanmean(np.vstack(per_fold), axis=0) if per_fold else np.array([np.nan])
+        return np.nanmean(np.vstack(per_fold), axis=0) if per_fold else np.full(n_boot, np.nan)
+
+
+def bootstrap_ci(
+    y_true: Sequence[Any],
+    proba: np.ndarray,
+    classes: Sequence[Any],
+    metric: str = "balanced_accuracy",
+    fold: np.ndarray | None = None,
+    tile: np.ndarray | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean-over-folds ``metric``, resampling tiles with replacement.
+
+    Each prediction row belongs to a ``fold`` and a ``tile``; a tile scored by several folds (a shared test
+    split) is drawn once per replicate and counts in every fold that scored it. Without ``fold``/``tile``
+    every row is its own tile in a single fold (see :func:`bootstrap_replicates`).
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    yi = np.array([index[v] for v in np.asarray(y_true)], dtype=np.int64)
+    stats = bootstrap_replicates(yi, proba, metric, fold=fold, tile=tile, n_boot=n_boot, seed=seed)
     stats = stats[~np.isnan(stats)]
     if stats.size == 0:
         return float("nan"), float("nan")

@@ -20,6 +20,7 @@ from mito.bench.leaderboard import (
     run_bench,
     save_leaderboard,
 )
+from mito.bench.stats import DelongResult, FriedmanResult, PairedResult, delong_test, friedman_nemenyi, holm, paired_bootstrap
 from mito.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
 from mito.tasks import PROXY_TASKS, TaskSpec, available_tasks, resolve_task
 
@@ -40,19 +41,26 @@ __all__ = [
     "BenchConfig",
     "BenchError",
     "CVPlan",
+    "DelongResult",
     "FeatureSet",
+    "FriedmanResult",
     "Fold",
     "Leaderboard",
+    "PairedResult",
     "TaskSpec",
     "all_feature_sets",
     "available_tasks",
     "bootstrap_ci",
     "classification_metrics",
+    "delong_test",
+    "friedman_nemenyi",
+    "holm",
     "fold_summary",
     "leaderboard_table",
     "load_leaderboard",
     "make_folds",
     "merge_leaderboards",
+    "paired_bootstrap",
     "resolve_task",
     "run_bench",
     "save_leaderboard",

@@ -22,7 +22,8 @@ from mito.bench.cv import CVMode, CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
 from mito.errors import MitoError
 from mito.io import atomic_write, json_default, write_npz
-from mito.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
+from mito.bench.stats import PAIRED_COLUMNS, add_paired_columns
+from mito.metrics import CALIBRATION_NAMES, METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
 from mito.tasks import TaskSpec, resolve_task, task_labels
 
 RANDOM_PREFIX = "random_"
@@ -38,6 +39,8 @@ COLUMNS = [
     "main_metric",
     "ci_low",
     "ci_high",
+    *PAIRED_COLUMNS,
+    *CALIBRATION_NAMES,
     "train_seconds",
     "predict_seconds",
     "n_train",
@@ -426,9 +429,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
         )
     scored = _run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring rows")
     scored += zero_shot_rows(text, str(cfg.store), plans, cfg.n_boot, cfg.seed)
+    preds = {r["row_id"]: a for r, a in scored}
     lb = Leaderboard(
-        rank_rows(pd.DataFrame([r for r, _ in scored])),
-        {r["row_id"]: a for r, a in scored},
+        add_paired_columns(rank_rows(pd.DataFrame([r for r, _ in scored])), preds, cfg.n_boot, cfg.seed),
+        preds,
         {
             "store": meta_store,
             "variants": variant_info,
@@ -519,8 +523,8 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     return out
 
 
-NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "main_metric", "cv", "budget", "params", "row_id")]
-TEXT_COLUMNS = ("task", "backbone", "features", "head", "kind", "main_metric", "row_id")
+NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "main_metric", "cv", "budget", "params", "row_id", "tied_with_best", "paired_note")]
+TEXT_COLUMNS = ("task", "backbone", "features", "head", "kind", "main_metric", "row_id", "paired_note")
 
 
 def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
@@ -575,7 +579,9 @@ def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:
             raise BenchError(f"task {t!r} was scored on different folds in the two leaderboards (tiles, labels, --folds, --cv or --seed differ)")
     rows = pd.concat([a.rows, b.rows[~b.rows["row_id"].isin(a.rows["row_id"])]], ignore_index=True) if len(b.rows) else a.rows
     meta = {**b.meta, **a.meta, "tasks": {**tb, **ta}, "merged": [*a.meta.get("merged", []), *b.meta.get("merged", []), b.meta.get("source", "")]}
-    return Leaderboard(rank_rows(rows), {**b.predictions, **a.predictions}, meta)
+    preds = {**b.predictions, **a.predictions}
+    cfg = a.meta.get("config") or {}
+    return Leaderboard(add_paired_columns(rank_rows(rows), preds, int(cfg.get("n_boot", 1000)), int(cfg.get("seed", 0))), preds, meta)
 
 
 def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = False) -> Any:
@@ -588,9 +594,13 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
     table = Table(title=f"leaderboard (ranked by {main})", pad_edge=False)
     cols = [("#", "rank")] + ([("task", "task")] if many_tasks else []) + [("backbone", "backbone"), ("features", "features"), ("head", "head")]
     short = {"balanced_accuracy": "bal acc", "weighted_f1": "wF1", "auroc": "AUROC", "pr_auc": "PR-AUC"}.get(main, main)
-    cols += ([("noise", "noise")] if noisy else []) + [(short, "_main"), ("95% CI", "_ci"), ("AUROC", "auroc"), ("kappa", "kappa"), ("wF1", "weighted_f1"), ("train s", "train_seconds"), ("train/test", "_n")]
+    cols += ([("noise", "noise")] if noisy else []) + [(short, "_main"), ("95% CI", "_ci"), ("Δ #1", "_delta"), ("p vs #1", "_p"), ("AUROC", "auroc"), ("ECE", "ece"), ("kappa", "kappa"), ("wF1", "weighted_f1"), ("train s", "train_seconds"), ("train/test", "_n")]
     if compact:
-        cols = [c for c in cols if c[1] not in ("_ci", "kappa", "weighted_f1", "_n")]
+        cols = [c for c in cols if c[1] not in ("_ci", "kappa", "weighted_f1", "_n", "_delta", "ece")]
+    if "p_vs_best" not in rows:
+        cols = [c for c in cols if c[1] not in ("_delta", "_p")]
+    if "ece" not in rows:
+        cols = [c for c in cols if c[1] != "ece"]
     for title, key in cols:
         text = key in ("task", "backbone", "features", "head")
         width = {"task": 7, "backbone": 10, "features": 8, "head": 6}.get(key)
@@ -605,6 +615,18 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
             "_n": f"{r['n_train']}/{r['n_test']}",
             "train_seconds": f"{r['train_seconds']:.3g}",
             "noise": f"{r['noise']:g}",
+            **paired_cells(r),
         }
-        table.add_row(*[cells[k] if k in cells else (f"{r[k]:.3f}" if k in METRIC_NAMES else str(r[k])) for _, k in cols])
+        table.add_row(*[cells[k] if k in cells else (f"{r[k]:.3f}" if k in (*METRIC_NAMES, *CALIBRATION_NAMES) else str(r[k])) for _, k in cols])
     return table
+
+
+def paired_cells(r: Any) -> dict[str, str]:
+    """Table cells of a row's paired comparison with its task's best row: Δ and Holm-adjusted p ('tie' when not worse at 0.05)."""
+    delta, p = r.get("delta_vs_best", math.nan), r.get("p_vs_best", math.nan)
+    if r.get("rank") == 1:
+        return {"_delta": "", "_p": "best"}
+    if delta is None or (isinstance(delta, float) and math.isnan(delta)):
+        return {"_delta": "", "_p": "n/a"}
+    tie = " tie" if r.get("tied_with_best") is True else ""
+    return {"_delta": f"{delta:+.3f}", "_p": ("" if p is None or math.isnan(p) else f"{p:.3g}") + tie}

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from mito.bench.errors import BenchError
-from mito.bench.leaderboard import Leaderboard, load_leaderboard
+from mito.bench.leaderboard import Leaderboard, load_leaderboard, paired_cells
+from mito.bench.stat_figures import cd_figure, reliability_figure
 from mito.io import atomic_write, safe_name
 
 HEAD_KIND = "head"
@@ -229,7 +230,9 @@ def _fmt(v: Any, std: Any = None, digits: int = 3) -> str:
 def _table(rows: pd.DataFrame, metric: str) -> str:
     noisy = bool((rows["noise"].fillna(0) != 0).any())
     cols = ["rank", "backbone", "features", "head"] + (["noise"] if noisy else [])
-    cols += [metric, "ci", "auroc", "kappa", "weighted_f1", "pr_auc", "train_seconds", "train/test", "budget"]
+    cols += [metric, "ci"] + (["Δ vs #1", "p vs #1"] if "p_vs_best" in rows else [])
+    cols += ["AUROC p vs #1"] if "auroc_p_vs_best" in rows and rows["auroc_p_vs_best"].notna().any() else [] + ["auroc", "kappa", "weighted_f1", "pr_auc"]
+    cols += [c for c in ("ece", "brier") if c in rows] + ["train_seconds", "train/test", "budget"]
     left = {"backbone", "features", "head", "budget"}
     head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape("95% CI" if c == "ci" else c)}</th>' for c in cols)
     body = []
@@ -238,7 +241,11 @@ def _table(rows: pd.DataFrame, metric: str) -> str:
         for c in cols:
             if c == "ci":
                 v = f"[{_fmt(r.get('ci_low'))}, {_fmt(r.get('ci_high'))}]"
-            elif c in ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc"):
+            elif c == "AUROC p vs #1":
+                v = _fmt(r.get("auroc_p_vs_best"), digits=3) if r.get("rank") != 1 else ""
+            elif c in ("Δ vs #1", "p vs #1"):
+                v = paired_cells(r)["_delta" if c == "Δ vs #1" else "_p"]
+            elif c in ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc", "ece", "brier"):
                 v = _fmt(r.get(c), r.get(f"{c}_std"))
             elif c == "train_seconds":
                 v = _fmt(r.get(c), digits=2)
@@ -252,6 +259,28 @@ def _table(rows: pd.DataFrame, metric: str) -> str:
         cls = "ft" if r["kind"] in FT_KINDS else ("rnd" if str(r["backbone"]).startswith("random_") else "")
         body.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+PAIRED_NOTE = (
+    "Δ vs #1: the row's main metric minus the best row's; p vs #1: paired bootstrap over the same resampled test tiles, "
+    "Holm-adjusted within the task ('tie': not significantly worse at 0.05); AUROC p vs #1: DeLong's test (binary tasks), "
+    "Holm-adjusted. ECE: 15 equal-mass bins (positive class "
+    "when binary, top label otherwise), mean over folds; Brier: scikit-learn's."
+)
+
+
+def cd_section(rows: pd.DataFrame, d: Path) -> list[str]:
+    """The critical-difference diagram across tasks (a bench of two or more tasks), as one report section."""
+    got = cd_figure(rows, d / "critical_difference.png")
+    if got is None:
+        return []
+    path, res, what = got
+    return [
+        "<h2>Across tasks: critical-difference diagram</h2>"
+        f"<p class='meta'>Each {html.escape(what)} ranked by its best row's main metric in each task (1 = best); Friedman test over "
+        f"{res.n_tasks} tasks, Nemenyi critical difference {res.critical_difference:.2f} at α = {res.alpha:g}. With few tasks the CD is "
+        "wide: a joined group is not evidence of equality.</p><div class='figs'>" + _img(path, "critical-difference diagram") + "</div>"
+    ]
 
 
 def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
@@ -275,6 +304,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             (roc_figure(rows, lb, d / f"{stem}_roc.png"), f"{task}: ROC"),
             (confusion_figure(rows, d / f"{stem}_confusion.png"), f"{task}: confusion matrices"),
             (time_figure(rows, d / f"{stem}_time.png"), f"{task}: training time"),
+            (reliability_figure(rows, lb.predictions, d / f"{stem}_reliability.png"), f"{task}: reliability"),
         ]
         umaps = [d / f"umap_{stem}.png"] if (d / f"umap_{stem}.png").is_file() else (sorted(d.glob("umap*.png")) if len(lb.rows["task"].unique()) == 1 else [])
         ratio = ""
@@ -292,13 +322,15 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             f"<h2>Task <code>{html.escape(task)}</code></h2>"
             f"<p class='meta'>{html.escape(tm.get('description', ''))}. Classes: {html.escape(classes)}. "
             f"Ranked by {html.escape(metric)} (mean ± std over folds, bootstrap 95% CI over tiles). "
-            f"Folds: {html.escape(tm.get('cv_description', ''))}; fingerprint {html.escape(str(tm.get('fold_fingerprint', ''))[:12])}.</p>"
+            f"Folds: {html.escape(tm.get('cv_description', ''))}; fingerprint {html.escape(str(tm.get('fold_fingerprint', ''))[:12])}. "
+            f"{html.escape(PAIRED_NOTE)}</p>"
             + _table(rows.head(top), metric)
             + (f"<details><summary>all {len(rows)} rows</summary>{_table(rows, metric)}</details>" if len(rows) > top else "")
             + "<div class='figs'>" + "".join(_img(p, a) for p, a in figs) + "</div>"
             + (f"<h3>Heads vs fine-tuning: training time</h3><ul>{ratio}</ul>" if ratio else "")
             + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
         )
+    sections += cd_section(lb.rows, d)
     store = lb.meta.get("store") if isinstance(lb.meta.get("store"), dict) else {}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     from mito import __version__

@@ -22,6 +22,7 @@ from mito.heads.train import CONFIG_FILE
 from mito.io import atomic_write, check_output_file
 from mito.errors import TaskError
 from mito.tasks import resolve_task as resolve_spec
+from mito.heads.calibrate import apply_temperature, model_temperature
 from mito.progress import add_task, advance, progress_bar
 from mito.validation import one_line
 
@@ -70,8 +71,11 @@ class Model:
         return X
 
     def predict_proba(self, X: Any, metadata: pd.DataFrame | None = None) -> np.ndarray:
-        """Class probabilities from raw store features, as mito predict computes them."""
-        return self.head.predict_proba(self.transform(X, metadata))
+        """Class probabilities from raw store features, as mito predict computes them (temperature-scaled when the
+        model was fitted with --calibrate temperature)."""
+        proba = self.head.predict_proba(self.transform(X, metadata))
+        t = model_temperature(self.config)
+        return proba if t is None else apply_temperature(proba, t)
 
     def predict(self, X: Any, metadata: pd.DataFrame | None = None) -> np.ndarray:
         """The most probable class of each row of raw store features."""

@@ -18,6 +18,7 @@ from mito.metrics import classification_metrics
 from mito.cache import Store, open_store, parse_variant
 from mito.errors import OutputError
 from mito.heads.base import HEAD_FILE, HeadError, head_names, make_head
+from mito.heads.calibrate import Calibration, calibrate_scored
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
 from mito.heads.fit import fit_on_rows
 from mito.heads.split import AUTO, PUBLISHED_SPLIT, make_split, published_split
@@ -56,6 +57,7 @@ class FitConfig(BaseModel):
     stream: bool | None = None
     buffer_rows: int = Field(DEFAULT_BUFFER_ROWS, ge=1)
     progress: bool = False
+    calibrate: Calibration = "none"  # "temperature": fit temperature scaling on the validation split, saved in the model
 
     @field_validator("head")
     @classmethod
@@ -191,7 +193,12 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
     pipe, streamed = fitted.pipeline, fitted.streamed
 
     classes = head.classes_.tolist()
-    evals = {name: classification_metrics(ys, proba, head.classes_) for name, (ys, proba) in fitted.scored.items()}
+    scored, calibration = fitted.scored, None
+    if cfg.calibrate == "temperature":
+        raw = {name: classification_metrics(ys, proba, head.classes_) for name, (ys, proba) in scored.items()}
+        scored, calibration = calibrate_scored(scored, classes)
+        calibration.update({f"{n}_{k}_before": raw[n][k] for n in ("test",) if n in raw for k in ("ece", "brier", "balanced_accuracy")})
+    evals = {name: classification_metrics(ys, proba, head.classes_) for name, (ys, proba) in scored.items()}
     if not evals:
         raise HeadError("no validation or test rows to measure the head on")
     main = "test" if "test" in evals else "val"
@@ -219,6 +226,8 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         **{k: getattr(head, k) for k in ("best_epoch_", "epochs_run_", "best_iteration_", "C_", "precision_", "threads_") if hasattr(head, k)},
     }
     metrics = {k.rstrip("_"): v for k, v in metrics.items()}
+    if calibration is not None:
+        metrics["calibration"] = calibration
     config = {
         "mito_version": mito.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -232,6 +241,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         "pipeline": pipe.config(),
         "n_features_in": int(fitted.n_features_in),
         "head": {"name": head.name, "params": head.get_params()},
+        **({"calibration": {k: calibration[k] for k in ("method", "temperature", "fitted_on", "n_val")}} if calibration else {}),
         "extract": extract_settings(variants),
         "training": {
             "store": store_meta,

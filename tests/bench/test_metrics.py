@@ -111,3 +111,39 @@ def test_bootstrap_shared_test_split_draws_tiles_once() -> None:
     one = bootstrap_ci(y, p, [0, 1], n_boot=300, seed=0)
     two = bootstrap_ci(np.tile(y, 2), np.vstack([p, p]), [0, 1], fold=np.repeat([0, 1], 50), tile=np.tile(np.arange(50), 2), n_boot=300, seed=0)
     assert two == pytest.approx(one)
+
+
+def test_ece_and_brier_by_hand() -> None:
+    from mito.metrics import brier_score, expected_calibration_error, reliability_bins
+
+    # binary, 4 bins of 2 rows over the positive-class probability (sorted: .1 .2 | .3 .4 | .6 .7 | .8 .9)
+    p1 = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4])
+    y = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+    proba = np.column_stack([1 - p1, p1])
+    conf, freq, count = reliability_bins(y, proba, n_bins=4)
+    assert np.allclose(conf, [0.15, 0.35, 0.65, 0.85]) and np.allclose(freq, [0.5, 0.0, 0.5, 1.0]) and count.tolist() == [2, 2, 2, 2]
+    assert expected_calibration_error(y, proba, n_bins=4) == pytest.approx((0.35 + 0.35 + 0.15 + 0.15) / 4)
+    assert brier_score(y, proba) == pytest.approx(np.mean((p1 - y) ** 2))
+    # multi-class: top-label confidence .7 .8 .4 .5 against argmax right/wrong 1 1 1 0; one bin of all four
+    pm = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
+    ym = np.array([0, 1, 2, 1])
+    assert expected_calibration_error(ym, pm, n_bins=1) == pytest.approx(abs(0.6 - 0.75))
+    assert expected_calibration_error(ym, pm, n_bins=2) == pytest.approx(0.5 * abs(0.45 - 0.5) + 0.5 * abs(0.75 - 1.0))
+    assert brier_score(ym, pm) == pytest.approx((0.14 + 0.06 + 0.54 + 0.62) / 4)
+    m = classification_metrics(ym, pm, [0, 1, 2])
+    assert m["ece"] == pytest.approx(expected_calibration_error(ym, pm)) and m["brier"] == pytest.approx(0.34)
+    s = fold_summary([m, m])
+    assert s["ece"] == pytest.approx(m["ece"]) and s["brier_std"] == 0
+
+
+def test_ece_keeps_equal_confidences_in_one_bin() -> None:
+    from mito.metrics import expected_calibration_error, reliability_bins
+
+    y = np.array([0, 1] * 10)
+    flat = np.full((20, 2), 0.5)
+    assert expected_calibration_error(y, flat) == 0.0  # perfectly calibrated, whatever the bins
+    conf, freq, count = reliability_bins(y, flat)
+    assert count.tolist() == [20]
+    p1 = np.linspace(0.01, 0.99, 45)
+    _, _, count = reliability_bins(np.zeros(45, int), np.column_stack([1 - p1, p1]))
+    assert count.tolist() == [3] * 15

@@ -1,0 +1,139 @@
+"""Figures of the paired statistics: reliability diagrams of the best rows and a critical-difference diagram across tasks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mito.bench.errors import BenchError
+from mito.bench.stats import FriedmanResult, friedman_nemenyi
+from mito.io import atomic_write
+from mito.metrics import ECE_BINS, expected_calibration_error, reliability_bins
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"), ".png")
+    _plt().close(fig)
+    return path
+
+
+def row_label(r: pd.Series, width: int = 48) -> str:
+    """'#rank backbone features head' cut to ``width`` characters."""
+    s = f"#{r['rank']} {r['backbone']} {r['features']} {r['head']}" + (f" σ={r['noise']:g}" if r.get("noise") else "")
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def reliability_figure(rows: pd.DataFrame, predictions: dict[str, dict[str, np.ndarray]], path: Path, top: int = 4) -> Path | None:
+    """Reliability diagram of the best rows of one task: test predictions pooled over folds, 15 equal-mass bins."""
+    shown = [(r, predictions[r["row_id"]]) for _, r in rows.head(top).iterrows() if r["row_id"] in predictions]
+    shown = [(r, p) for r, p in shown if "proba" in p and "y" in p and len(p["y"])]
+    if not shown:
+        return None
+    plt = _plt()
+    k = shown[0][1]["proba"].shape[1]
+    fig, ax = plt.subplots(figsize=(5.6, 6.2))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfectly calibrated")
+    for r, p in shown:
+        conf, freq, _ = reliability_bins(p["y"], p["proba"])
+        ece = expected_calibration_error(p["y"], p["proba"])
+        ax.plot(conf, freq, marker="o", ms=3.5, lw=1.2, label=f"{row_label(r, 40)} (ECE {ece:.3f})")
+    classes = shown[0][0].get("classes")
+    positive = f"'{classes[1]}'" if isinstance(classes, list) and len(classes) == 2 else "the positive class"
+    what = f"predicted probability of {positive}" if k == 2 else "top-label confidence"
+    ax.set_xlabel(what)
+    ax.set_ylabel(f"observed frequency of {positive}" if k == 2 else "accuracy of the top label")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_title(f"Reliability, test predictions pooled over folds\n({ECE_BINS} equal-mass bins; {'positive class' if k == 2 else 'top-label'})", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False, title="pooled ECE", title_fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cd_scores(rows: pd.DataFrame, by: str = "backbone") -> tuple[np.ndarray, list[str], list[str], str]:
+    """(tasks x methods scores, methods, tasks, what a method is): the best main-metric value of each method in each task.
+
+    Methods are backbones when the leaderboard has two or more in every task, else feature set + head combinations;
+    only methods scored in every task count.
+    """
+    rows = rows.copy()
+    rows["_score"] = [r[r["main_metric"]] for _, r in rows.iterrows()]
+    tasks = sorted(rows["task"].unique())
+    what = by
+    if rows.groupby("task")[by].nunique().min() < 2:
+        rows["_m"] = rows["backbone"].astype(str) + " " + rows["features"].astype(str) + " " + rows["head"].astype(str)
+        by, what = "_m", "backbone + features + head"
+    table = rows.groupby(["task", by])["_score"].max().unstack(by)
+    table = table.loc[tasks].dropna(axis=1)
+    return table.to_numpy(dtype=np.float64), [str(c) for c in table.columns], tasks, what
+
+
+def cd_diagram(result: FriedmanResult, path: Path, title: str = "") -> Path:
+    """Demšar's critical-difference diagram: mean ranks on an axis (1 = best, left), bars join methods closer than the CD."""
+    plt = _plt()
+    k = len(result.methods)
+    order = np.argsort(result.mean_ranks, kind="stable")
+    ranks = np.asarray(result.mean_ranks)[order]
+    names = [result.methods[i] for i in order]
+    half = math.ceil(k / 2)
+    height = 1.6 + 0.32 * half
+    fig, ax = plt.subplots(figsize=(7.5, height))
+    ax.set_xlim(0.5, k + 0.5)
+    ax.set_ylim(-(half + 1.2), 1.8)
+    ax.axis("off")
+    ax.hlines(0, 1, k, color="black", lw=1)
+    for t in range(1, k + 1):
+        ax.vlines(t, 0, 0.15, color="black", lw=1)
+        ax.text(t, 0.3, str(t), ha="center", va="bottom", fontsize=8)
+    # critical difference bar
+    cd = result.critical_difference
+    ax.hlines(1.3, 1, min(k, 1 + cd), color="tab:red", lw=2)
+    ax.text(1 + min(cd, k - 1) / 2, 1.45, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8, color="tab:red")
+    for i, (r, name) in enumerate(zip(ranks, names)):
+        left = i < half
+        level = -(i + 0.8) if left else -(k - i - 0.2)
+        x_text = 0.6 if left else k + 0.4
+        ax.plot([r, r, x_text], [0, level, level], color="0.3", lw=0.8)
+        ax.text(x_text, level, f"{name} ({r:.2f})", ha="left" if not left else "right", va="center", fontsize=7.5,
+                transform=ax.transData, clip_on=False)
+    # cliques: maximal runs of methods whose rank spread is below the CD
+    cliques = []
+    for i in range(k):
+        j = i
+        while j + 1 < k and ranks[j + 1] - ranks[i] < cd:
+            j += 1
+        if j > i and not any(a <= i and j <= b for a, b in cliques):
+            cliques.append((i, j))
+    for n, (i, j) in enumerate(cliques):
+        y = -0.25 - 0.18 * n
+        ax.hlines(y, ranks[i] - 0.03, ranks[j] + 0.03, color="black", lw=3)
+    stat = "" if math.isnan(result.statistic) else f"Friedman χ² = {result.statistic:.2f}, p = {result.p_value:.3g}; "
+    ax.set_title((title + "\n" if title else "") + f"{stat}Nemenyi α = {result.alpha:g}, {result.n_tasks} tasks; joined = not significantly different", fontsize=8.5)
+    fig.subplots_adjust(left=0.28, right=0.72, top=0.8, bottom=0.02)
+    return _save(fig, path)
+
+
+def cd_figure(rows: pd.DataFrame, path: Path) -> tuple[Path, FriedmanResult, str] | None:
+    """The critical-difference diagram of a leaderboard spanning two or more tasks (None when it cannot be drawn)."""
+    if rows["task"].nunique() < 2:
+        return None
+    scores, methods, tasks, what = cd_scores(rows)
+    try:
+        res = friedman_nemenyi(scores, methods)
+    except BenchError:
+        return None
+    return cd_diagram(res, path, f"Mean rank of each {what} over {len(tasks)} tasks (best row per task)"), res, what

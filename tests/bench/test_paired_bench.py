@@ -1,0 +1,126 @@
+"""Paired columns of a real two-task bench, mito compare, the critical-difference diagram and the report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mito.bench import load_leaderboard
+from mito.bench.stats import (
+    add_paired_columns,
+    align_predictions,
+    delong_folds,
+    holm,
+    paired_bootstrap,
+)
+from mito.cli import app
+
+runner = CliRunner()
+N_BOOT = 120
+
+
+@pytest.fixture(scope="module")
+def bench2(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("paired") / "b"
+    r = runner.invoke(
+        app,
+        ["bench", "--store", str(amibr_store), "--proxy", "mitosis,dataset", "--out", str(out),
+         "--features", "efficientnet_lite0:z1:gray,efficientnet_lite0:z1:rgb", "--heads", "knn,logreg",
+         "--folds", "2", "--jobs", "1", "--n-boot", str(N_BOOT), "--no-umap"],
+    )
+    assert r.exit_code == 0, r.output
+    assert "p vs #1" in r.output or "Δ #1" in r.output
+    return out
+
+
+def test_paired_columns_match_a_recomputation(bench2: Path) -> None:
+    df = pd.read_csv(bench2 / "leaderboard.csv")
+    for c in ("delta_vs_best", "p_vs_best", "tied_with_best", "auroc_delta_vs_best", "auroc_p_vs_best", "paired_note", "ece", "brier"):
+        assert c in df.columns, c
+    assert df["ece"].between(0, 1).all() and df["brier"].between(0, 1).all()
+    lb = load_leaderboard(bench2)
+    for task, rows in lb.rows.groupby("task"):
+        rows = rows.sort_values("rank")
+        best = rows.iloc[0]
+        assert best["delta_vs_best"] == 0 and bool(best["tied_with_best"]) and math.isnan(best["p_vs_best"])
+        others = rows.iloc[1:]
+        raw, raw_auc = [], []
+        for _, r in others.iterrows():
+            y, pa, pb, fold, tile = align_predictions(lb.predictions[r["row_id"]], lb.predictions[best["row_id"]])
+            pr = paired_bootstrap(y, pa, pb, [0, 1], r["main_metric"], fold=fold, tile=tile, n_boot=N_BOOT, seed=0)
+            assert r["delta_vs_best"] == pytest.approx(pr.delta)
+            assert r["delta_vs_best"] == pytest.approx(r[r["main_metric"]] - best[best["main_metric"]])
+            raw.append(pr.p_value)
+            raw_auc.append(delong_folds(y, pa[:, 1], pb[:, 1], fold, tile).p_value)
+        assert others["p_vs_best"].to_numpy() == pytest.approx(holm(raw))
+        assert others["auroc_p_vs_best"].to_numpy() == pytest.approx(holm(raw_auc))
+        assert (others["tied_with_best"] == (others["p_vs_best"] >= 0.05)).all()
+    doc = json.loads((bench2 / "leaderboard.json").read_text())
+    assert all("p_vs_best" in r and "ece" in r for r in doc["rows"])
+
+
+def test_rows_that_cannot_be_paired_get_nan_and_a_reason(bench2: Path) -> None:
+    lb = load_leaderboard(bench2)
+    rows = lb.rows[lb.rows["task"] == "mitosis"].copy()
+    other = rows.iloc[1]["row_id"]
+    rows.loc[rows["row_id"] == other, "fold_fingerprint"] = "f" * 64
+    gone = rows.iloc[2]["row_id"]
+    preds = {k: v for k, v in lb.predictions.items() if k != gone}
+    out = add_paired_columns(rows, preds, n_boot=50)
+    a = out[out["row_id"] == other].iloc[0]
+    assert math.isnan(a["p_vs_best"]) and a["tied_with_best"] is None and "other folds" in a["paired_note"]
+    b = out[out["row_id"] == gone].iloc[0]
+    assert math.isnan(b["delta_vs_best"]) and "no test predictions" in b["paired_note"]
+    assert out.iloc[3]["p_vs_best"] >= 0  # the one comparable row is its own Holm family
+
+
+def test_multiclass_rows_get_bootstrap_but_no_delong() -> None:
+    rng = np.random.default_rng(0)
+    n = 90
+    y = rng.integers(0, 3, n)
+    good = np.eye(3)[y] * 2 + rng.random((n, 3))
+    bad = rng.random((n, 3))
+    preds = {
+        rid: {"fold": np.zeros(n, int), "row": np.arange(n), "y": y, "proba": (p / p.sum(1, keepdims=True)).astype(np.float32)}
+        for rid, p in (("a", good), ("b", bad))
+    }
+    rows = pd.DataFrame({"task": ["t", "t"], "rank": [1, 2], "row_id": ["a", "b"], "main_metric": ["balanced_accuracy"] * 2})
+    out = add_paired_columns(rows, preds, n_boot=200)
+    r = out.iloc[1]
+    assert r["delta_vs_best"] < -0.3 and r["p_vs_best"] < 0.05 and r["tied_with_best"] is not None and not r["tied_with_best"]
+    assert math.isnan(r["auroc_p_vs_best"]) and "multi-class" in r["paired_note"]
+
+
+def test_compare_command(bench2: Path) -> None:
+    df = pd.read_csv(bench2 / "leaderboard.csv")
+    second = df[(df["task"] == "mitosis") & (df["rank"] == 2)].iloc[0]
+    r = runner.invoke(app, ["compare", "--bench", str(bench2), "--rows", "2,1", "--task", "mitosis"])
+    assert r.exit_code == 0, r.output
+    out = r.output
+    for text in ("test tiles", "2 folds", "balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc", "DeLong", second["row_id"]):
+        assert text in out, text
+    assert f"{second['delta_vs_best']:+.4f}" in out
+    by_id = runner.invoke(app, ["compare", "--bench", str(bench2), "--rows", f"{second['row_id']},1", "--task", "mitosis"])
+    assert by_id.exit_code == 0 and f"{second['delta_vs_best']:+.4f}" in by_id.output
+    for args, msg in (
+        (["--rows", "1,2"], "several tasks"),
+        (["--rows", "1"], "two rows"),
+        (["--rows", "1,99", "--task", "mitosis"], "no row '99'"),
+        (["--rows", "1,1", "--task", "mitosis"], "same row"),
+    ):
+        bad = runner.invoke(app, ["compare", "--bench", str(bench2), *args])
+        assert bad.exit_code == 2 and msg in bad.output and "Traceback" not in bad.output, bad.output
+        assert len([x for x in bad.output.splitlines() if x.strip()]) == 1
+
+
+def test_report_has_calibration_and_critical_difference(bench2: Path) -> None:
+    for name in ("critical_difference.png", "mitosis_reliability.png", "dataset_reliability.png"):
+        assert (bench2 / name).stat().st_size > 5000, name
+    page = (bench2 / "report.html").read_text()
+    assert "critical-difference diagram" in page and "p vs #1" in page and "ECE" in page

@@ -1,0 +1,99 @@
+"""Temperature scaling: recovers a known temperature, keeps every argmax, round trip through save/load/predict and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import softmax
+from typer.testing import CliRunner
+
+from mito.cli import app
+from mito.heads import (
+    FitConfig,
+    HeadError,
+    fit_head,
+    load_model,
+    make_fit_config,
+    predict,
+)
+from mito.heads.calibrate import apply_temperature, fit_temperature, nll
+from mito.metrics import expected_calibration_error
+
+RGB = "fakenet:z1:rgb"
+runner = CliRunner()
+
+
+def test_fit_temperature_recovers_a_known_temperature() -> None:
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, (20000, 3))
+    y = np.array([rng.choice(3, p=p) for p in softmax(z, axis=1)])
+    overconfident = softmax(3.0 * z, axis=1)  # logits three times too large: T = 3 undoes it
+    t = fit_temperature(y, overconfident)
+    assert t == pytest.approx(3.0, rel=0.05)
+    fixed = apply_temperature(overconfident, t)
+    assert np.allclose(fixed, softmax(z, axis=1), atol=0.03)
+    assert nll(y, overconfident, t) < nll(y, overconfident)
+    assert expected_calibration_error(y, fixed) < expected_calibration_error(y, overconfident) / 3
+    assert (fixed.argmax(axis=1) == overconfident.argmax(axis=1)).all()
+    assert np.allclose(fixed.sum(axis=1), 1)
+
+
+def test_apply_temperature_refuses_bad_values() -> None:
+    with pytest.raises(HeadError, match="finite number > 0"):
+        apply_temperature(np.array([[0.5, 0.5]]), 0.0)
+
+
+@pytest.fixture(scope="module")
+def pair(synth_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Path, dict]:
+    d = tmp_path_factory.mktemp("calib")
+    common: dict = {"store": str(synth_store), "task": "mitosis", "features": [RGB], "head": "logreg", "split_column": "split", "seed": 3}
+    plain = fit_head(FitConfig(out=str(d / "plain"), **common))
+    calib = fit_head(FitConfig(out=str(d / "calib"), calibrate="temperature", **common))
+    return d / "plain", plain, d / "calib", calib
+
+
+def test_temperature_leaves_predictions_and_balanced_accuracy(pair: tuple[Path, dict, Path, dict]) -> None:
+    _, plain, _, calib = pair
+    assert calib["balanced_accuracy"] == plain["balanced_accuracy"]
+    assert calib["confusion_matrix"] == plain["confusion_matrix"] and calib["kappa"] == plain["kappa"]
+    c = calib["calibration"]
+    assert c["method"] == "temperature" and c["temperature"] > 0 and c["temperature"] != pytest.approx(1.0)
+    assert c["val_nll_after"] <= c["val_nll_before"]
+    assert c["test_ece_before"] == pytest.approx(plain["ece"]) and calib["ece"] != pytest.approx(plain["ece"])
+    assert "calibration" not in plain
+
+
+def test_temperature_round_trip_save_load_predict(pair: tuple[Path, dict, Path, dict], synth_store: Path, tmp_path: Path) -> None:
+    plain_dir, _, calib_dir, calib = pair
+    t = json.loads((calib_dir / "config.json").read_text())["calibration"]["temperature"]
+    assert t == calib["calibration"]["temperature"]
+    a = predict(plain_dir, store=synth_store)
+    b = predict(calib_dir, store=synth_store, out_csv=tmp_path / "p.csv")
+    cols = ["p_Atypical", "p_Normal"]
+    assert np.allclose(b[cols].to_numpy(), apply_temperature(a[cols].to_numpy(), t), atol=1e-12)
+    assert not np.allclose(b[cols].to_numpy(), a[cols].to_numpy())
+    assert (a["pred"] == b["pred"]).all()
+    on_disk = pd.read_csv(tmp_path / "p.csv")
+    assert np.allclose(on_disk["p_Normal"], b["p_Normal"])
+    m = load_model(calib_dir)
+    from mito.cache import open_store
+
+    with open_store(synth_store) as s:
+        X = np.concatenate([blk for _, blk in s.iter_chunks([RGB], np.arange(20))])
+    assert np.allclose(m.predict_proba(X), b[cols].to_numpy()[:20])
+
+
+def test_cli_calibrate(synth_store: Path, tmp_path: Path) -> None:
+    args = ["fit-head", "--store", str(synth_store), "--task", "mitosis", "--features", RGB, "--head", "logreg", "--split-column", "split"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "m"), "--calibrate", "temperature"])
+    assert r.exit_code == 0, r.output
+    assert "temperature scaling: T = " in r.output and "test ECE" in r.output
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "n"), "--calibrate", "platt"])
+    assert bad.exit_code == 2 and "calibrate" in bad.output and "Traceback" not in bad.output
+    assert len([x for x in bad.output.splitlines() if x.strip()]) == 1
+    with pytest.raises(HeadError):
+        make_fit_config(store="x", calibrate="isotonic")

@@ -509,7 +509,8 @@ def bench_cmd(
     noise: Optional[str] = typer.Option(None, help="Comma-separated feature-noise levels, one row each (default: each head's default)."),
     param: list[str] = typer.Option([], "--param", help="Head option HEAD.KEY=VALUE, e.g. mlp.hidden=512 (repeatable)."),
     folds: int = typer.Option(5, help="Number of folds."),
-    cv: str = typer.Option("auto", help="auto (the split column when the task has one, else kfold), kfold (stratified group k-fold by slide) or split."),
+    cv: str = typer.Option("auto", help="auto (the split column when the task has one, else kfold), kfold (stratified group k-fold by slide), split, or leave-group-out (only the --shift-column rows)."),
+    shift_column: Optional[str] = typer.Option(None, help="Domain shift: also hold out each value of this column (e.g. dataset) in turn, train on the others; rows 'tested on' it, with the gap to in-domain."),
     seed: int = typer.Option(0, help="Seed of the folds and bootstrap."),
     jobs: int = typer.Option(0, help="Parallel worker processes (0 = every core)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the 95% CI (0 = none)."),
@@ -547,6 +548,7 @@ def bench_cmd(
         head_params=_bench_params(param),
         n_folds=folds,
         cv=cv,
+        shift_column=shift_column,
         seed=seed,
         n_jobs=jobs,
         n_boot=n_boot,
@@ -558,6 +560,8 @@ def bench_cmd(
         lb = run_bench(cfg)
         for t, why in lb.meta.get("skipped_tasks", {}).items():
             err_console.print(f"skipped task {t}: {why}", style="yellow", highlight=False, markup=False)
+        for g, why in lb.meta.get("shift", {}).get("skipped", {}).items():
+            err_console.print(f"skipped held-out group {g}: {why}", style="yellow", highlight=False, markup=False)
 
         def fill(tmp: Path) -> None:
             save_leaderboard(lb, tmp)

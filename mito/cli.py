@@ -351,6 +351,9 @@ def fit_head_cmd(
     group_column: str = typer.Option("group", help="Slide column for grouped splits ('none': split tiles independently)."),
     val_fraction: float = typer.Option(0.2, help="Share of training rows held out (by slide) for early stopping."),
     test_fraction: float = typer.Option(0.2, help="Share held out (by slide) for the metrics when there is no split column."),
+    test_group: Optional[str] = typer.Option(None, help="Domain shift: test on the tiles of COL=VALUE (e.g. dataset=TUPAC16), train on the other values of COL (val carved by slide)."),
+    train_groups: Optional[str] = typer.Option(None, help="With --test-group: train only on these values of COL, comma-separated (default: all others)."),
+    ensemble: Optional[str] = typer.Option(None, help="Average K heads' probabilities, saved as one model: K (seeds seed..seed+K-1, same split), folds (5 fold models of the training rows, by slide) or folds:K."),
     noise: Optional[float] = typer.Option(None, help="Training-time Gaussian feature noise SIGMA (see --noise-mode); 0 = off."),
     noise_mode: Optional[str] = typer.Option(None, help="global: SIGMA x the features' RMS spread, same for every dim; per-dim: SIGMA x each dim's std; absolute: SIGMA in feature units."),
     hidden: Optional[int] = typer.Option(None, help="mlp: hidden layer width (default 256)."),
@@ -379,6 +382,7 @@ def fit_head_cmd(
         standardize=standardize, pca=pca, split_column=None if split_column.lower() == "none" else split_column,
         group_column=None if group_column.lower() == "none" else group_column,
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, overwrite=overwrite,
+        test_group=test_group, train_groups=split_list(train_groups), ensemble=ensemble,
         stream=stream, progress=not as_json, **({"buffer_rows": buffer_rows} if buffer_rows is not None else {}),
         head_params=_head_params(
             param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
@@ -394,6 +398,10 @@ def fit_head_cmd(
     console.print(f"features: {', '.join(m['features'])}{how}", highlight=False)
     console.print(f"split: {m['split']}", highlight=False)
     _print_metrics(m)
+    if "ensemble" in m:
+        e = m["ensemble"]
+        console.print(f"ensemble of {e['members']} heads ({e['mode']}); member balanced accuracy on {e['member_scores_on']}: "
+                      + ", ".join(f"{v:.3f}" for v in e["member_balanced_accuracy"]) + f" (std {e['member_balanced_accuracy_std']:.3f})", highlight=False)
     console.print(f"model: {out}")
 
 

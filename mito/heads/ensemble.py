@@ -39,8 +39,8 @@ class EnsembleSpec:
 
 
 def parse_ensemble(value: str | int | None) -> EnsembleSpec | None:
-    """``--ensemble`` text -> spec: ``K`` (2..100 seeds), ``folds`` (5 fold models) or ``folds:K``; None/'' -> None."""
-    if value is None or str(value).strip() in ("", "none", "1"):
+    """``--ensemble`` text -> spec: ``K`` (2..100 seeds), ``folds`` (5 fold models) or ``folds:K``; None, '' or none -> None."""
+    if value is None or str(value).strip().lower() in ("", "none"):
         return None
     text = str(value).strip().lower()
     mode, _, k = text.partition(":") if text.startswith("folds") else ("seeds", "", text)

@@ -16,7 +16,6 @@ from pydantic import ValidationError
 
 from mito.cache import open_store
 from mito.heads.base import HEAD_FILE, Head, HeadError, read_json_file
-from mito.heads.base import load_head as load_head_file
 from mito.heads.ensemble import load_any_head
 from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
 from mito.heads.train import CONFIG_FILE

@@ -569,7 +569,7 @@ def bench_cmd(
         for t, why in lb.meta.get("skipped_tasks", {}).items():
             err_console.print(f"skipped task {t}: {why}", style="yellow", highlight=False, markup=False)
         for g, why in lb.meta.get("shift", {}).get("skipped", {}).items():
-            err_console.print(f"skipped held-out group {g}: {why}", style="yellow", highlight=False, markup=False)
+            err_console.print(f"no shift rows for {g}: {why}", style="yellow", highlight=False, markup=False)
 
         def fill(tmp: Path) -> None:
             save_leaderboard(lb, tmp)

@@ -375,7 +375,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     sets = parse_feature_sets(cfg.features, complete)
     noises: list[float | None] = list(cfg.noise) if cfg.noise else [None]
 
-    plans, skipped, shifts = {}, {}, {}
+    plans, skipped, shifts, shifts_skipped = {}, {}, {}, {}
     domain_cv = "auto" if cfg.cv == LEAVE_GROUP_OUT else cfg.cv
     for t in dict.fromkeys(cfg.tasks):
         try:
@@ -385,6 +385,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
         except MitoError as e:
             if len(cfg.tasks) == 1:
                 raise
+            if t in plans and cfg.cv != LEAVE_GROUP_OUT:  # no shift rows for this task (e.g. task dataset, shift column dataset)
+                shifts_skipped[t] = str(e)
+                continue
+            plans.pop(t, None)
             skipped[t] = str(e)  # several tasks: rank the usable ones, say why the others were left out
     if not plans:
         raise BenchError("no usable task: " + "; ".join(f"{t}: {why}" for t, why in skipped.items()))
@@ -462,7 +466,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
                 "column": cfg.shift_column,
                 "tasks": {t: {g: {"cv_description": sp.description, "n_folds": len(sp.folds), "fold_fingerprint": sp.fingerprint} for g, sp in sps.items()}
                           for t, (sps, _) in shifts.items()},
-                "skipped": {f"{t}/{g}": why for t, (_, sk) in shifts.items() for g, why in sk.items()},
+                "skipped": {**{f"{t}/{g}": why for t, (_, sk) in shifts.items() for g, why in sk.items()}, **shifts_skipped},
             }} if cfg.shift_column else {}),
             "config": cfg.model_dump(),
             "tile_ids": tiles["tile_id"].astype(str).tolist(),
@@ -619,7 +623,7 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
         cols = [c for c in cols if c[1] not in ("_ci", "kappa", "weighted_f1", "_n")]
     for title, key in cols:
         text = key in ("task", "backbone", "features", "head", "_held")
-        width = {"task": 7, "backbone": 10, "features": 8, "head": 6}.get(key)
+        width = {"task": 7, "backbone": 10, "features": 8, "head": 6, "_held": 9}.get(key)
         table.add_column(title, justify="left" if text else "right", overflow="fold", no_wrap=not text, min_width=width)
     shown = rows if top is None else rows[rows["rank"] <= top]
     for _, r in shown.iterrows():

@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="ensembles per protocol (each of K heads)")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
+    ap.add_argument("--features", default=None, help="variant keys, comma-separated (default: fit-head's default)")
     args = ap.parse_args()
     table = []
     for name in args.protocols.split(","):
@@ -40,7 +41,8 @@ def main() -> None:
         ens = {"balanced_accuracy": [], "auroc": []}
         t0 = time.perf_counter()
         for j in range(args.runs):
-            cfg = make_fit_config(store=args.store, head=args.head, ensemble=str(args.k), seed=args.k * j, **PROTOCOLS[name])
+            cfg = make_fit_config(store=args.store, head=args.head, ensemble=str(args.k), seed=args.k * j, **PROTOCOLS[name],
+                                  features=args.features.split(",") if args.features else [])
             m = fit_head(cfg)
             for metric in single:
                 single[metric] += m["ensemble"][f"member_{metric}"]

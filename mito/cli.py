@@ -351,6 +351,9 @@ def fit_head_cmd(
     group_column: str = typer.Option("group", help="Slide column for grouped splits ('none': split tiles independently)."),
     val_fraction: float = typer.Option(0.2, help="Share of training rows held out (by slide) for early stopping."),
     test_fraction: float = typer.Option(0.2, help="Share held out (by slide) for the metrics when there is no split column."),
+    test_group: Optional[str] = typer.Option(None, help="Domain shift: test on the tiles of COL=VALUE (e.g. dataset=TUPAC16), train on the other values of COL (val carved by slide)."),
+    train_groups: Optional[str] = typer.Option(None, help="With --test-group: train only on these values of COL, comma-separated (default: all others)."),
+    ensemble: Optional[str] = typer.Option(None, help="Average K heads' probabilities, saved as one model: K (seeds seed..seed+K-1, same split), folds (5 fold models of the training rows, by slide) or folds:K."),
     noise: Optional[float] = typer.Option(None, help="Training-time Gaussian feature noise SIGMA (see --noise-mode); 0 = off."),
     noise_mode: Optional[str] = typer.Option(None, help="global: SIGMA x the features' RMS spread, same for every dim; per-dim: SIGMA x each dim's std; absolute: SIGMA in feature units."),
     hidden: Optional[int] = typer.Option(None, help="mlp: hidden layer width (default 256)."),
@@ -380,6 +383,7 @@ def fit_head_cmd(
         standardize=standardize, pca=pca, split_column=None if split_column.lower() == "none" else split_column,
         group_column=None if group_column.lower() == "none" else group_column,
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, overwrite=overwrite,
+        test_group=test_group, train_groups=split_list(train_groups), ensemble=ensemble,
         stream=stream, progress=not as_json, calibrate=calibrate, **({"buffer_rows": buffer_rows} if buffer_rows is not None else {}),
         head_params=_head_params(
             param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
@@ -399,6 +403,10 @@ def fit_head_cmd(
         c = m["calibration"]
         console.print(f"temperature scaling: T = {c['temperature']:.3f} (fitted on {c['n_val']} validation rows); "
                       f"{m['evaluated_on']} ECE {c.get(m['evaluated_on'] + '_ece_before', c['val_ece_before']):.3f} -> {m['ece']:.3f}", highlight=False)
+    if "ensemble" in m:
+        e = m["ensemble"]
+        console.print(f"ensemble of {e['members']} heads ({e['mode']}); member balanced accuracy on {e['member_scores_on']}: "
+                      + ", ".join(f"{v:.3f}" for v in e["member_balanced_accuracy"]) + f" (std {e['member_balanced_accuracy_std']:.3f})", highlight=False)
     console.print(f"model: {out}")
 
 
@@ -549,7 +557,8 @@ def bench_cmd(
     noise: Optional[str] = typer.Option(None, help="Comma-separated feature-noise levels, one row each (default: each head's default)."),
     param: list[str] = typer.Option([], "--param", help="Head option HEAD.KEY=VALUE, e.g. mlp.hidden=512 (repeatable)."),
     folds: int = typer.Option(5, help="Number of folds."),
-    cv: str = typer.Option("auto", help="auto (the split column when the task has one, else kfold), kfold (stratified group k-fold by slide) or split."),
+    cv: str = typer.Option("auto", help="auto (the split column when the task has one, else kfold), kfold (stratified group k-fold by slide), split, or leave-group-out (only the --shift-column rows)."),
+    shift_column: Optional[str] = typer.Option(None, help="Domain shift: also hold out each value of this column (e.g. dataset) in turn, train on the others; rows 'tested on' it, with the gap to in-domain."),
     seed: int = typer.Option(0, help="Seed of the folds and bootstrap."),
     jobs: int = typer.Option(0, help="Parallel worker processes (0 = every core)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the 95% CI (0 = none)."),
@@ -588,6 +597,7 @@ def bench_cmd(
         head_params=_bench_params(param),
         n_folds=folds,
         cv=cv,
+        shift_column=shift_column,
         seed=seed,
         n_jobs=jobs,
         n_boot=n_boot,
@@ -602,6 +612,8 @@ def bench_cmd(
             err_console.print(f"skipped task {t}: {why}", style="yellow", highlight=False, markup=False)
         for why in lb.meta.get("zero_shot", {}).get("skipped", []):
             err_console.print(why, style="yellow", highlight=False, markup=False)
+        for g, why in lb.meta.get("shift", {}).get("skipped", {}).items():
+            err_console.print(f"no shift rows for {g}: {why}", style="yellow", highlight=False, markup=False)
 
         def fill(tmp: Path) -> None:
             save_leaderboard(lb, tmp)

@@ -12,14 +12,15 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mito.bench.cv import CVMode, CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
+from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
 from mito.errors import MitoError
 from mito.io import atomic_write, json_default, write_npz
 from mito.bench.stats import PAIRED_COLUMNS, add_paired_columns
@@ -35,12 +36,14 @@ COLUMNS = [
     "head",
     "noise",
     "kind",
+    "held_out",
     *[c for m in METRIC_NAMES for c in (m, f"{m}_std")],
     "main_metric",
     "ci_low",
     "ci_high",
     *PAIRED_COLUMNS,
     *CALIBRATION_NAMES,
+    "gap",
     "train_seconds",
     "predict_seconds",
     "n_train",
@@ -75,7 +78,8 @@ class BenchConfig(BaseModel):
     noise: list[float] | None = None
     head_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     n_folds: int = Field(5, ge=2, le=100)
-    cv: CVMode = "auto"
+    cv: CVMode | Literal["leave-group-out"] = "auto"  # leave-group-out: only the shift rows of shift_column
+    shift_column: str | None = None  # also score each value of this column held out (trained on the others)
     seed: int = Field(0, ge=0, lt=2**32)
     n_jobs: int = Field(0, ge=0, le=1024)
     n_boot: int = Field(1000, ge=0, le=1_000_000)
@@ -94,6 +98,12 @@ class BenchConfig(BaseModel):
         if v is not None and not all(math.isfinite(x) and x >= 0 for x in v):
             raise ValueError("noise levels must be finite numbers >= 0")
         return v
+
+    @model_validator(mode="after")
+    def _shift(self) -> BenchConfig:
+        if self.cv == LEAVE_GROUP_OUT and not self.shift_column:
+            raise ValueError("cv leave-group-out needs shift_column (e.g. --shift-column dataset)")
+        return self
 
 
 @dataclass
@@ -327,9 +337,12 @@ def rank_rows(rows: pd.DataFrame) -> pd.DataFrame:
         return rows
     rows = rows.copy()
     rows["_score"] = [r[r["main_metric"]] for _, r in rows.iterrows()]
-    rows = rows.sort_values(["task", "_score", "auroc"], ascending=[True, False, False], na_position="last", kind="stable")
-    rows["rank"] = rows.groupby("task").cumcount() + 1
-    return rows.drop(columns="_score").reset_index(drop=True)
+    by = ["task", "held_out"] if "held_out" in rows else ["task"]  # shift rows rank among rows of their held-out group
+    if "held_out" in rows:
+        rows["held_out"] = rows["held_out"].fillna("").astype(str)
+    rows = rows.sort_values([*by, "_score", "auroc"], ascending=[True] * len(by) + [False, False], na_position="last", kind="stable")
+    rows["rank"] = rows.groupby(by).cumcount() + 1
+    return add_gaps(rows.drop(columns="_score").reset_index(drop=True))
 
 
 # ------------------------------------------------------------------ the run
@@ -368,13 +381,20 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     sets = parse_feature_sets(cfg.features, complete)
     noises: list[float | None] = list(cfg.noise) if cfg.noise else [None]
 
-    plans, skipped = {}, {}
+    plans, skipped, shifts, shifts_skipped = {}, {}, {}, {}
+    domain_cv = "auto" if cfg.cv == LEAVE_GROUP_OUT else cfg.cv
     for t in dict.fromkeys(cfg.tasks):
         try:
-            plans[t] = task_plan(tiles, t, cfg.n_folds, cfg.cv, cfg.seed, exclude)
+            plans[t] = task_plan(tiles, t, cfg.n_folds, domain_cv, cfg.seed, exclude)
+            if cfg.shift_column:
+                shifts[t] = shift_plans(tiles, pd.Series(plans[t][1], index=tiles.index), cfg.shift_column, cfg.n_folds, cfg.seed, exclude)
         except MitoError as e:
             if len(cfg.tasks) == 1:
                 raise
+            if t in plans and cfg.cv != LEAVE_GROUP_OUT:  # no shift rows for this task (e.g. task dataset, shift column dataset)
+                shifts_skipped[t] = str(e)
+                continue
+            plans.pop(t, None)
             skipped[t] = str(e)  # several tasks: rank the usable ones, say why the others were left out
     if not plans:
         raise BenchError("no usable task: " + "; ".join(f"{t}: {why}" for t, why in skipped.items()))
@@ -384,9 +404,17 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             if t in plans and info.get("fold_fingerprint") != plans[t][3].fingerprint:
                 raise BenchError(f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ)")
     text = plan_text(str(cfg.store), cfg.zero_shot, complete, variant_info, heads, progress)
+    # (task, held-out group) -> folds; "" = in-domain
+    evals = {} if cfg.cv == LEAVE_GROUP_OUT else {(t, ""): p[3] for t, p in plans.items()}
+    evals.update({(t, g): sp for t, (sps, _) in shifts.items() for g, sp in sps.items()})
+    if cfg.cv == LEAVE_GROUP_OUT:
+        for t in plans:  # the leaderboard's folds are the shift folds
+            sps = shifts[t][0]
+            fp = hashlib.sha256("".join(sp.fingerprint for sp in sps.values()).encode()).hexdigest()
+            plans[t] = (*plans[t][:3], CVPlan(LEAVE_GROUP_OUT, [], fp, "; ".join(f"held out {g}: {sp.description}" for g, sp in sps.items())))
     jobs = []
     for fs in sets:  # grouped by feature set so each worker reads a matrix once
-        for t, (spec, y, classes, plan) in plans.items():
+        for (t, g), plan in evals.items():
             for head in heads:
                 for nz in noises:
                     params = text_head_params(head, fs.backbone, dict(cfg.head_params.get(head, {})), text)
@@ -395,23 +423,25 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
                     if nz is not None:
                         params["noise"] = nz
                     for f in plan.folds:
-                        jobs.append((t, fs, head, nz, params, f))
+                        jobs.append((t, g, fs, head, nz, params, f))
     n_jobs = cfg.n_jobs or os.cpu_count() or 1
     options = fit_options(cfg, n_jobs)
     calls = (
         delayed(_fit_one)(str(cfg.store), fs.keys, head, params, f, plans[t][1], plans[t][2], cfg.standardize, cfg.pca, **options)
-        for t, fs, head, nz, params, f in jobs
+        for t, g, fs, head, nz, params, f in jobs
     )
     results = _run_parallel(Parallel, calls, len(jobs), n_jobs, progress, "fitting heads")
 
     grouped: dict[tuple[Any, ...], list[tuple[Fold, dict[str, Any]]]] = {}
-    for (t, fs, head, nz, params, f), r in zip(jobs, results):
-        grouped.setdefault((t, fs, head, nz), []).append((f, r))
+    for (t, g, fs, head, nz, params, f), r in zip(jobs, results):
+        grouped.setdefault((t, g, fs, head, nz), []).append((f, r))
     score_calls = []
-    for (t, fs, head, nz), items in grouped.items():
-        spec, y, classes, plan = plans[t]
+    for (t, g, fs, head, nz), items in grouped.items():
+        spec, y, classes, _ = plans[t]
+        plan = evals[(t, g)]
         noise = float(items[0][1]["params"].get("noise", nz if nz is not None else 0.0) or 0.0)
-        rid = row_id(t, fs.backbone, fs.name, head, noise)
+        rid = row_id(t, fs.backbone, fs.name, head, noise, f"shift:{cfg.shift_column}={g}" if g else "")
+        trained_on = f", trained on {cfg.shift_column} other than {g}, tested on {g}" if g else ""
         base = {
             "task": t,
             "backbone": fs.backbone,
@@ -419,7 +449,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             "head": head,
             "noise": noise,
             "kind": "head",
-            "budget": f"{len(items)}/{len(plan.folds)} folds, head's own stopping rule" + (", standardised" if cfg.standardize else "") + (f", pca {cfg.pca}" if cfg.pca else ""),
+            "held_out": g,
+            "budget": f"{len(items)}/{len(plan.folds)} folds{trained_on}, head's own stopping rule" + (", standardised" if cfg.standardize else "") + (f", pca {cfg.pca}" if cfg.pca else ""),
             "params": json.dumps(items[0][1]["params"], sort_keys=True),
             "row_id": rid,
             "keys": list(fs.keys),
@@ -443,6 +474,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             },
             "skipped_tasks": skipped,
             "zero_shot": {"prompts": text.prompts, "text_embeddings": text.files, "skipped": text.skipped},
+            **({"shift": {
+                "column": cfg.shift_column,
+                "tasks": {t: {g: {"cv_description": sp.description, "n_folds": len(sp.folds), "fold_fingerprint": sp.fingerprint} for g, sp in sps.items()}
+                          for t, (sps, _) in shifts.items()},
+                "skipped": {**{f"{t}/{g}": why for t, (_, sk) in shifts.items() for g, why in sk.items()}, **shifts_skipped},
+            }} if cfg.shift_column else {}),
             "config": cfg.model_dump(),
             "tile_ids": tiles["tile_id"].astype(str).tolist(),
         },
@@ -523,8 +560,8 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     return out
 
 
-NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "main_metric", "cv", "budget", "params", "row_id", "tied_with_best", "paired_note")]
-TEXT_COLUMNS = ("task", "backbone", "features", "head", "kind", "main_metric", "row_id", "paired_note")
+NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "held_out", "main_metric", "cv", "budget", "params", "row_id", "tied_with_best", "paired_note")]
+TEXT_COLUMNS = ("task", "backbone", "features", "head", "kind", "held_out", "main_metric", "row_id", "paired_note")
 
 
 def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
@@ -594,7 +631,8 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
     table = Table(title=f"leaderboard (ranked by {main})", pad_edge=False)
     cols = [("#", "rank")] + ([("task", "task")] if many_tasks else []) + [("backbone", "backbone"), ("features", "features"), ("head", "head")]
     short = {"balanced_accuracy": "bal acc", "weighted_f1": "wF1", "auroc": "AUROC", "pr_auc": "PR-AUC"}.get(main, main)
-    cols += ([("noise", "noise")] if noisy else []) + [(short, "_main"), ("95% CI", "_ci"), ("Δ #1", "_delta"), ("p vs #1", "_p"), ("AUROC", "auroc"), ("ECE", "ece"), ("kappa", "kappa"), ("wF1", "weighted_f1"), ("train s", "train_seconds"), ("train/test", "_n")]
+    shifted = "held_out" in rows and bool((rows["held_out"].fillna("") != "").any())
+    cols += ([("noise", "noise")] if noisy else []) + ([("tested on", "_held"), ("gap", "_gap")] if shifted else []) + [(short, "_main"), ("95% CI", "_ci"), ("Δ #1", "_delta"), ("p vs #1", "_p"), ("AUROC", "auroc"), ("ECE", "ece"), ("kappa", "kappa"), ("wF1", "weighted_f1"), ("train s", "train_seconds"), ("train/test", "_n")]
     if compact:
         cols = [c for c in cols if c[1] not in ("_ci", "kappa", "weighted_f1", "_n", "_delta", "ece")]
     if "p_vs_best" not in rows:
@@ -602,8 +640,8 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
     if "ece" not in rows:
         cols = [c for c in cols if c[1] != "ece"]
     for title, key in cols:
-        text = key in ("task", "backbone", "features", "head")
-        width = {"task": 7, "backbone": 10, "features": 8, "head": 6}.get(key)
+        text = key in ("task", "backbone", "features", "head", "_held")
+        width = {"task": 7, "backbone": 10, "features": 8, "head": 6, "_held": 9}.get(key)
         table.add_column(title, justify="left" if text else "right", overflow="fold", no_wrap=not text, min_width=width)
     shown = rows if top is None else rows[rows["rank"] <= top]
     for _, r in shown.iterrows():
@@ -616,6 +654,8 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
             "train_seconds": f"{r['train_seconds']:.3g}",
             "noise": f"{r['noise']:g}",
             **paired_cells(r),
+            "_held": str(r.get("held_out") or "in-domain"),
+            "_gap": "" if not isinstance(r.get("gap"), float) or math.isnan(r["gap"]) else f"{r['gap']:+.3f}",
         }
         table.add_row(*[cells[k] if k in cells else (f"{r[k]:.3f}" if k in (*METRIC_NAMES, *CALIBRATION_NAMES) else str(r[k])) for _, k in cols])
     return table

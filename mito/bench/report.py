@@ -17,6 +17,8 @@ import pandas as pd
 from mito.bench.errors import BenchError
 from mito.bench.leaderboard import Leaderboard, load_leaderboard, paired_cells
 from mito.bench.stat_figures import cd_figure, reliability_figure
+from mito.bench.leaderboard import Leaderboard, load_leaderboard
+from mito.bench.shift import shift_section
 from mito.io import atomic_write, safe_name
 
 HEAD_KIND = "head"
@@ -295,6 +297,9 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
         rows = lb.rows[lb.rows["task"] == task].sort_values("rank")
         tm = tasks_meta.get(task) if isinstance(tasks_meta.get(task), dict) else {}
         metric = tm.get("main_metric", rows.iloc[0]["main_metric"])
+        shift = shift_section(rows, metric, d / f"{safe_name(task, 'task')}_shift.png", lb.meta.get("shift"))
+        if "held_out" in rows and (rows["held_out"].fillna("") == "").any():
+            rows = rows[rows["held_out"].fillna("") == ""]  # the figures and table below are in-domain
         tc = time_comparison(rows)
         summary[task] = {"best": rows.iloc[0][["backbone", "features", "head", metric, "ci_low", "ci_high", "auroc"]].to_dict(), "time": tc}
         n_classes = len(tm.get("classes") or rows.iloc[0].get("classes") or [0, 1])
@@ -327,6 +332,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             + _table(rows.head(top), metric)
             + (f"<details><summary>all {len(rows)} rows</summary>{_table(rows, metric)}</details>" if len(rows) > top else "")
             + "<div class='figs'>" + "".join(_img(p, a) for p, a in figs) + "</div>"
+            + shift
             + (f"<h3>Heads vs fine-tuning: training time</h3><ul>{ratio}</ul>" if ratio else "")
             + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
         )

@@ -347,7 +347,8 @@ def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]],
     out["tied_with_best"] = [None] * len(rows)
     out["paired_note"] = [""] * len(rows)
     pos = {idx: i for i, idx in enumerate(rows.index)}
-    for _, group in rows.groupby("task", sort=False):
+    by = ["task", "held_out"] if "held_out" in rows else ["task"]  # shift rows: against the best row tested on the same group
+    for _, group in rows.groupby(by, sort=False):
         best = group.sort_values("rank").iloc[0]
         raw_p, raw_auc_p, members = [], [], []
         for idx, r in group.iterrows():

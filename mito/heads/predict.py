@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from mito.cache import open_store
 from mito.heads.base import HEAD_FILE, Head, HeadError, read_json_file
-from mito.heads.base import load_head as load_head_file
+from mito.heads.ensemble import load_any_head
 from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
 from mito.heads.train import CONFIG_FILE
 from mito.io import atomic_write, check_output_file
@@ -91,7 +91,7 @@ def load_model(model_dir: str | os.PathLike) -> Model:
     missing = [k for k in ("task", "features", "feature_dims", "variants", "pipeline") if k not in config]
     if missing or not isinstance(config.get("pipeline"), dict) or not isinstance(config.get("features"), list):
         raise HeadError(f"{path / CONFIG_FILE} is not a valid model config (missing or bad: {', '.join(missing) or 'pipeline/features'})")
-    head = load_head_file(path)
+    head = load_any_head(path)  # a head, or an Ensemble of heads (mito.heads.ensemble)
     pipeline = FeaturePipeline.load(path, config["pipeline"])
     raw_d = int(sum(config["feature_dims"]))
     if pipeline.in_dim is not None and pipeline.in_dim != raw_d:
@@ -108,7 +108,7 @@ def load_head(path: str | os.PathLike) -> Head | Model:
     p = Path(path)
     if (p / CONFIG_FILE).is_file():
         return load_model(p)
-    return load_head_file(p)
+    return load_any_head(p)
 
 
 def id_columns(tiles: pd.DataFrame) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import mito
 from mito.metrics import classification_metrics
@@ -19,8 +19,10 @@ from mito.cache import Store, open_store, parse_variant
 from mito.errors import OutputError
 from mito.heads.base import HEAD_FILE, HeadError, head_names, make_head
 from mito.heads.calibrate import Calibration, calibrate_scored
+from mito.heads.ensemble import fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
 from mito.heads.fit import fit_on_rows
+from mito.heads.shift_split import group_split, group_split_description
 from mito.heads.split import AUTO, PUBLISHED_SPLIT, make_split, published_split
 from mito.heads.stream import DEFAULT_BUFFER_ROWS
 from mito.io import atomic_dir, check_output_dir, write_json
@@ -58,6 +60,23 @@ class FitConfig(BaseModel):
     buffer_rows: int = Field(DEFAULT_BUFFER_ROWS, ge=1)
     progress: bool = False
     calibrate: Calibration = "none"  # "temperature": fit temperature scaling on the validation split, saved in the model
+    test_group: str | None = None  # COL=VALUE: test on those tiles, train on the other values of COL (domain shift)
+    train_groups: list[str] = Field(default_factory=list)  # with test_group: train only on these values of COL
+    ensemble: str | None = None  # K (seeds), "folds" or "folds:K": average K heads' probabilities (mito.heads.ensemble)
+
+    @field_validator("ensemble")
+    @classmethod
+    def _ensemble(cls, v: str | None) -> str | None:
+        parse_ensemble(v)  # a bad value is a HeadError (a ValueError) -> one validation line
+        return v
+
+    @model_validator(mode="after")
+    def _groups(self) -> FitConfig:
+        if self.train_groups and not self.test_group:
+            raise ValueError("train_groups needs test_group (--test-group COL=VALUE)")
+        if self.test_group and self.split_column not in (AUTO, None):
+            raise ValueError("give either split_column or test_group, not both")
+        return self
 
     @field_validator("head")
     @classmethod
@@ -175,9 +194,13 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         split_column = cfg.split_column
         if split_column == AUTO:
             split_column = PUBLISHED_SPLIT if published_split(tiles, usable, PUBLISHED_SPLIT) else None
-        side = make_split(
-            tiles, labels, usable, split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, cfg.seed
-        )
+        if cfg.test_group:
+            split_column = None
+            side = group_split(tiles, labels, usable, cfg.test_group, cfg.train_groups or None, cfg.group_column, cfg.val_fraction, cfg.seed)
+        else:
+            side = make_split(
+                tiles, labels, usable, split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, cfg.seed
+            )
         parts = {name: np.flatnonzero(side == name) for name in ("train", "val", "test")}
         if len(parts["train"]) == 0:
             raise HeadError("the split left no training rows")
@@ -185,11 +208,18 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
         groups = group_ids(tiles, cfg.group_column) if cfg.group_column in tiles else None
-        with _epoch_progress(cfg.progress, head):
-            fitted = fit_on_rows(
-                store, keys, parts, labels.to_numpy(), head, standardize=cfg.standardize, pca=cfg.pca, categories=cats,
-                tiles=tiles, stream=cfg.stream, seed=cfg.seed, buffer_rows=cfg.buffer_rows,
+        fit_kw = dict(standardize=cfg.standardize, pca=cfg.pca, categories=cats, tiles=tiles, stream=cfg.stream, buffer_rows=cfg.buffer_rows)
+        ens = parse_ensemble(cfg.ensemble)
+        if ens is not None:
+            base_seed = int(cfg.head_params.get("seed", cfg.seed))
+            fitted = fit_ensemble(
+                ens, lambda s: make_head(cfg.head, **{**cfg.head_params, "seed": s}), base_seed, store, keys, parts,
+                labels.to_numpy(), groups, cfg.progress, **fit_kw,
             )
+            head = fitted.head
+        else:
+            with _epoch_progress(cfg.progress, head):
+                fitted = fit_on_rows(store, keys, parts, labels.to_numpy(), head, seed=cfg.seed, **fit_kw)
     pipe, streamed = fitted.pipeline, fitted.streamed
 
     classes = head.classes_.tolist()
@@ -207,7 +237,8 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         g = {name: set(groups[r]) for name, r in parts.items()}
         shared = len(g["train"] & g["test"]) + len(g["train"] & g["val"]) + len(g["val"] & g["test"])
     n_tr, n_va = len(parts["train"]), len(parts["val"])
-    split = split_description(split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction)
+    split = (group_split_description(cfg.test_group, cfg.train_groups, cfg.group_column, cfg.val_fraction) if cfg.test_group
+             else split_description(split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction))
     metrics = {
         **evals[main],
         "evaluated_on": main,
@@ -223,6 +254,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         "split_column": split_column,
         "split": split,
         **({"val": evals["val"]} if main == "test" and "val" in evals else {}),
+        **({"ensemble": head.report} if ens is not None else {}),
         **{k: getattr(head, k) for k in ("best_epoch_", "epochs_run_", "best_iteration_", "C_", "precision_", "threads_") if hasattr(head, k)},
     }
     metrics = {k.rstrip("_"): v for k, v in metrics.items()}
@@ -252,6 +284,8 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
             "test_fraction": cfg.test_fraction,
             "seed": cfg.seed,
             "streamed": streamed,
+            **({"test_group": cfg.test_group, "train_groups": cfg.train_groups} if cfg.test_group else {}),
+            **({"ensemble": cfg.ensemble} if ens is not None else {}),
             **({"buffer_rows": cfg.buffer_rows} if streamed else {}),
         },
     }

@@ -357,7 +357,7 @@ def fit_head_cmd(
     val_fraction: float = typer.Option(0.2, help="Share of training rows held out (by slide) for early stopping."),
     test_fraction: float = typer.Option(0.2, help="Share held out (by slide) for the metrics when there is no split column."),
     noise: Optional[float] = typer.Option(None, help="Training-time Gaussian feature noise SIGMA (see --noise-mode); 0 = off."),
-    noise_mode: Optional[str] = typer.Option(None, help="global: SIGMA x the features' RMS spread, same for every dim; per-dim: SIGMA x each dim's std; absolute: SIGMA in feature units."),
+    noise_mode: Optional[str] = typer.Option(None, help="global: SIGMA x the features' RMS spread, same for every dim; per-dim: SIGMA x each dim's std; absolute: SIGMA in feature units; views: each epoch a tile is one of its augmented views or itself (mito extract --augment); view-cov: Gaussian noise with the covariance of the tile's views, x SIGMA (default 1)."),
     hidden: Optional[int] = typer.Option(None, help="mlp: hidden layer width (default 256)."),
     dropout: Optional[float] = typer.Option(None, help="mlp: dropout after the hidden layer (default 0.3)."),
     loss: Optional[str] = typer.Option(None, help="mlp/linear: focal or ce."),

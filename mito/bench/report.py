@@ -300,6 +300,8 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
         )
     store = lb.meta.get("store") if isinstance(lb.meta.get("store"), dict) else {}
+    from mito.bench.invariance import invariance_section
+
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     from mito import __version__
 
@@ -309,6 +311,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
         f"<p class='meta'>store <code>{html.escape(str(store.get('path', '')))}</code> ({html.escape(str(store.get('n_tiles', '?')))} tiles); "
         f"mito {__version__}; built {created}. Green: frozen backbone + head; orange: fine-tuned; grey: random-init control.</p>"
         + "".join(sections)
+        + invariance_section(store.get("path"))
         + "</body></html>"
     )
     atomic_write(d / "report.html", lambda p: Path(p).write_text(page, encoding="utf-8"), ".html")

@@ -1,0 +1,462 @@
+"""Paired comparisons of leaderboard rows: paired bootstrap, DeLong's test, Holm's adjustment, Friedman + Nemenyi.
+
+scipy has the Friedman test and the studentized range; the paired bootstrap reuses the resampling of
+:func:`mito.metrics.bootstrap_replicates`; DeLong (fast algorithm of Sun & Xu 2014) and Holm are written here
+and tested against brute force and published values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from mito.bench.errors import BenchError
+from mito.metrics import bootstrap_replicates, metric_score
+
+
+# ------------------------------------------------------------------ paired bootstrap
+@dataclass(frozen=True)
+class PairedResult:
+    """Row a minus row b: the difference on the full data, its percentile bootstrap interval and two-sided p-value."""
+
+    metric: str
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_boot: int
+    n_tiles: int
+
+
+def fold_mean_metric(yi: np.ndarray, proba: np.ndarray, metric: str, fold: np.ndarray | None = None) -> float:
+    """``metric`` per fold, averaged over the folds that can be scored (the leaderboard's value of a row)."""
+    fold = np.zeros(len(yi), np.int64) if fold is None else np.asarray(fold)
+    vals = [metric_score(metric, yi[fold == f], proba[fold == f]) for f in np.unique(fold)]
+    ok = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(ok)) if ok else math.nan
+
+
+def bootstrap_p_value(diffs: np.ndarray) -> float:
+    """Two-sided p-value of 'no difference' from bootstrap replicates of a difference: twice the smaller tail at 0.
+
+    Counts ties with zero in both tails and adds one to numerator and denominator, so identical rows get p = 1
+    and no p-value is 0. It is the smallest alpha whose (1 - alpha) percentile interval excludes zero.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[~np.isnan(d)]
+    if d.size == 0:
+        return math.nan
+    lo = (np.count_nonzero(d <= 0) + 1) / (d.size + 1)
+    hi = (np.count_nonzero(d >= 0) + 1) / (d.size + 1)
+    return float(min(1.0, 2 * min(lo, hi)))
+
+
+def class_indices(y: np.ndarray, classes: Sequence[Any]) -> np.ndarray:
+    """Labels as indices into ``classes`` (labels that already are those indices pass through)."""
+    y = np.asarray(y)
+    index = {c: i for i, c in enumerate(classes)}
+    if all(v in index for v in y.tolist()):
+        return np.array([index[v] for v in y.tolist()], dtype=np.int64)
+    if np.issubdtype(y.dtype, np.integer) and (len(y) == 0 or (y.min() >= 0 and y.max() < len(classes))):
+        return y.astype(np.int64)
+    raise BenchError(f"labels not among the classes {list(classes)}")
+
+
+def paired_bootstrap(
+    y: np.ndarray,
+    proba_a: np.ndarray,
+    proba_b: np.ndarray,
+    classes: Sequence[Any],
+    metric: str,
+    *,
+    fold: np.ndarray | None = None,
+    tile: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> PairedResult:
+    """Paired bootstrap of metric(a) - metric(b): both rows are scored on the SAME resampled tiles in each replicate.
+
+    ``y`` (class labels or indices), ``fold`` and ``tile`` are shared by both rows, row i of ``proba_a`` and of
+    ``proba_b`` predicting the same tile in the same fold; folds are handled as by :func:`mito.metrics.bootstrap_ci`
+    (metric per fold, averaged; a tile in several folds drawn once per replicate).
+    """
+    yi = class_indices(y, classes)
+    pa, pb = np.asarray(proba_a, np.float64), np.asarray(proba_b, np.float64)
+    if pa.shape != pb.shape or pa.shape != (len(yi), len(classes)):
+        raise BenchError(f"both rows need predictions of shape ({len(yi)}, {len(classes)}), got {pa.shape} and {pb.shape}")
+    delta = fold_mean_metric(yi, pa, metric, fold) - fold_mean_metric(yi, pb, metric, fold)
+    n_tiles = len(yi) if tile is None else int(np.unique(tile).size)
+    if n_boot <= 0:
+        return PairedResult(metric, delta, math.nan, math.nan, math.nan, 0, n_tiles)
+    ra = bootstrap_replicates(yi, pa, metric, fold=fold, tile=tile, n_boot=n_boot, seed=seed)
+    rb = bootstrap_replicates(yi, pb, metric, fold=fold, tile=tile, n_boot=n_boot, seed=seed)
+    diffs = ra - rb
+    ok = diffs[~np.isnan(diffs)]
+    if ok.size == 0:
+        return PairedResult(metric, delta, math.nan, math.nan, math.nan, n_boot, n_tiles)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(ok, [tail, 100 - tail])
+    return PairedResult(metric, float(delta), float(lo), float(hi), bootstrap_p_value(ok), n_boot, n_tiles)
+
+
+# ------------------------------------------------------------------ DeLong
+@dataclass(frozen=True)
+class DelongResult:
+    """DeLong's test of two correlated AUCs on the same cases: AUCs, their difference a - b, z and two-sided p."""
+
+    auc_a: float
+    auc_b: float
+    delta: float
+    se: float
+    z: float
+    p_value: float
+    n_pos: int
+    n_neg: int
+
+
+def midrank(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given the mean of their ranks (scipy's rankdata, 'average')."""
+    return sps.rankdata(x, method="average")
+
+
+def delong_components(y_binary: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUCs and DeLong's structural components of several scores (rows of ``scores``) by midranks (Sun & Xu 2014).
+
+    Returns ``auc`` (s,), ``v10`` (s, m positives) and ``v01`` (s, n negatives): v10[i] is the fraction of negatives a
+    positive i out-scores (ties count one half), v01[j] the fraction of positives that out-score negative j.
+    """
+    y = np.asarray(y_binary).astype(bool)
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    m, n = int(y.sum()), int((~y).sum())
+    if m == 0 or n == 0:
+        raise BenchError("DeLong's test needs both positive and negative cases")
+    pos, neg = scores[:, y], scores[:, ~y]
+    v10 = np.empty((len(scores), m))
+    v01 = np.empty((len(scores), n))
+    for s in range(len(scores)):
+        tz = midrank(np.concatenate([pos[s], neg[s]]))
+        tx, ty = midrank(pos[s]), midrank(neg[s])
+        v10[s] = (tz[:m] - tx) / n
+        v01[s] = 1.0 - (tz[m:] - ty) / m
+    return v10.mean(axis=1), v10, v01
+
+
+def delong_covariance(v10: np.ndarray, v01: np.ndarray) -> np.ndarray:
+    """DeLong's covariance of the AUC estimates: S10/m + S01/n (sample covariances of the components)."""
+    m, n = v10.shape[1], v01.shape[1]
+    s10 = np.cov(v10) if m > 1 else np.zeros((len(v10), len(v10)))
+    s01 = np.cov(v01) if n > 1 else np.zeros((len(v01), len(v01)))
+    return np.atleast_2d(s10) / m + np.atleast_2d(s01) / n
+
+
+def z_test(delta: float, var: float) -> tuple[float, float, float]:
+    """(se, z, two-sided p) of a normal difference; a zero difference with zero variance is p = 1."""
+    se = math.sqrt(max(var, 0.0))
+    if se == 0:
+        return se, (0.0 if delta == 0 else math.copysign(math.inf, delta)), (1.0 if delta == 0 else 0.0)
+    z = delta / se
+    return se, float(z), float(2 * sps.norm.sf(abs(z)))
+
+
+def delong_test(y_binary: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> DelongResult:
+    """DeLong, DeLong & Clarke-Pearson (1988) test of AUC(a) = AUC(b) on the same cases (fast midrank algorithm)."""
+    y = np.asarray(y_binary)
+    if len(y) != len(score_a) or len(y) != len(score_b):
+        raise BenchError("DeLong's test needs one score of each row per case")
+    auc, v10, v01 = delong_components(y, np.vstack([score_a, score_b]))
+    cov = delong_covariance(v10, v01)
+    delta = float(auc[0] - auc[1])
+    se, z, p = z_test(delta, cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    return DelongResult(float(auc[0]), float(auc[1]), delta, se, z, p, v10.shape[1], v01.shape[1])
+
+
+def delong_folds(
+    y_binary: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, fold: np.ndarray, tile: np.ndarray
+) -> DelongResult:
+    """DeLong's test of the mean-over-folds AUC difference.
+
+    Disjoint test folds (k-fold) are independent samples: the fold AUCs are averaged and the variance is the sum of
+    the per-fold variances over F^2. Folds that all score the same tiles (a shared test split) give every tile the
+    mean of its structural components over the folds (the mean AUC is then one generalised U-statistic). Anything
+    in between is refused.
+    """
+    y, sa, sb = np.asarray(y_binary), np.asarray(score_a, np.float64), np.asarray(score_b, np.float64)
+    fold, tile = np.asarray(fold), np.asarray(tile)
+    folds = np.unique(fold)
+    sets = [np.sort(tile[fold == f]) for f in folds]
+    if len(folds) == 1 or all(np.array_equal(s, sets[0]) for s in sets[1:]):
+        order = [np.flatnonzero(fold == f)[np.argsort(tile[fold == f], kind="stable")] for f in folds]
+        yy = y[order[0]]
+        if any(not np.array_equal(y[o], yy) for o in order[1:]):
+            raise BenchError("a tile has different labels in different folds")
+        parts = [delong_components(yy, np.vstack([sa[o], sb[o]])) for o in order]
+        v10 = np.mean([p[1] for p in parts], axis=0)
+        v01 = np.mean([p[2] for p in parts], axis=0)
+        auc = v10.mean(axis=1)
+        cov = delong_covariance(v10, v01)
+        m, n = v10.shape[1], v01.shape[1]
+    elif np.unique(tile).size == tile.size:
+        aucs, cov = [], np.zeros((2, 2))
+        m = n = 0
+        for f in folds:
+            sel = fold == f
+            a, v10, v01 = delong_components(y[sel], np.vstack([sa[sel], sb[sel]]))
+            aucs.append(a)
+            cov += delong_covariance(v10, v01)
+            m, n = m + v10.shape[1], n + v01.shape[1]
+        auc = np.mean(aucs, axis=0)
+        cov /= len(folds) ** 2
+    else:
+        raise BenchError("the folds share some test tiles but not all; DeLong's test needs disjoint or identical test sets")
+    delta = float(auc[0] - auc[1])
+    se, z, p = z_test(delta, cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    return DelongResult(float(auc[0]), float(auc[1]), delta, se, z, p, m, n)
+
+
+# ------------------------------------------------------------------ multiple comparisons
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error); NaN entries stay NaN and do not count in the family."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if ok.size == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = order.size
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adj
+    return out
+
+
+# ------------------------------------------------------------------ Friedman + Nemenyi
+@dataclass(frozen=True)
+class FriedmanResult:
+    """Friedman test over tasks (blocks) of several methods, their mean ranks (1 = best) and Nemenyi's critical difference."""
+
+    methods: list[str]
+    mean_ranks: list[float]
+    statistic: float
+    p_value: float
+    critical_difference: float
+    n_tasks: int
+    alpha: float
+
+
+def nemenyi_q(k: int, alpha: float = 0.05) -> float:
+    """Nemenyi's q_alpha for k methods: the studentized range quantile (infinite df) over sqrt(2) (Demšar 2006, Table 5)."""
+    return float(sps.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2))
+
+
+def friedman_nemenyi(scores: np.ndarray, methods: Sequence[str], alpha: float = 0.05) -> FriedmanResult:
+    """Friedman's test and Nemenyi's critical difference of ``scores`` (tasks x methods, higher is better).
+
+    Ranks are 1 for the best method of a task (ties share their mean rank). scipy's Friedman test needs three or
+    more methods; with two its statistic and p are NaN (the ranks and the critical difference are still given).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[1] != len(methods):
+        raise BenchError("scores must be a (tasks, methods) table")
+    if s.shape[0] < 2 or s.shape[1] < 2:
+        raise BenchError("a critical-difference diagram needs at least 2 tasks and 2 methods")
+    if np.isnan(s).any():
+        raise BenchError("every method needs a score on every task")
+    ranks = np.vstack([sps.rankdata(-row, method="average") for row in s])
+    if s.shape[1] >= 3:
+        stat, p = sps.friedmanchisquare(*s.T)
+    else:
+        stat, p = math.nan, math.nan
+    k, n = s.shape[1], s.shape[0]
+    cd = nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6 * n))
+    return FriedmanResult(list(methods), ranks.mean(axis=0).tolist(), float(stat), float(p), float(cd), n, alpha)
+
+
+# ------------------------------------------------------------------ leaderboard rows
+PAIRED_COLUMNS = ["delta_vs_best", "p_vs_best", "tied_with_best", "auroc_delta_vs_best", "auroc_p_vs_best", "paired_note"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two leaderboard rows compared on the same test tiles: each metric's paired bootstrap and (binary) DeLong's test."""
+
+    n_tiles: int
+    n_folds: int
+    n_predictions: int
+    paired: dict[str, PairedResult]
+    delong: DelongResult | None
+    note: str = ""
+
+
+def align_predictions(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(y, proba_a, proba_b, fold, tile) of two rows' predictions sorted by (fold, tile); refused unless both rows
+    scored exactly the same tiles in the same folds with the same labels."""
+    for name, p in (("first", a), ("second", b)):
+        if not all(k in p for k in ("fold", "row", "y", "proba")):
+            raise BenchError(f"the {name} row kept no test predictions")
+    oa = np.lexsort((a["row"], a["fold"]))
+    ob = np.lexsort((b["row"], b["fold"]))
+    if len(oa) != len(ob) or not (np.array_equal(a["fold"][oa], b["fold"][ob]) and np.array_equal(a["row"][oa], b["row"][ob])):
+        raise BenchError("the rows were not scored on the same test tiles in the same folds")
+    if not np.array_equal(a["y"][oa], b["y"][ob]):
+        raise BenchError("the rows give the same tiles different labels")
+    pa, pb = np.asarray(a["proba"], np.float64)[oa], np.asarray(b["proba"], np.float64)[ob]
+    if pa.shape != pb.shape:
+        raise BenchError(f"the rows predict different numbers of classes ({pa.shape[1]} and {pb.shape[1]})")
+    return np.asarray(a["y"])[oa].astype(np.int64), pa, pb, np.asarray(a["fold"])[oa], np.asarray(a["row"])[oa]
+
+
+def compare_predictions(
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray], metrics: Sequence[str], n_boot: int = 1000, seed: int = 0
+) -> Comparison:
+    """Row a minus row b on their shared test tiles: a paired bootstrap per metric, DeLong's test when binary."""
+    y, pa, pb, fold, tile = align_predictions(a, b)
+    classes = list(range(pa.shape[1]))
+    paired = {m: paired_bootstrap(y, pa, pb, classes, m, fold=fold, tile=tile, n_boot=n_boot, seed=seed) for m in metrics}
+    delong, note = None, ""
+    if pa.shape[1] == 2:
+        try:
+            delong = delong_folds(y, pa[:, 1], pb[:, 1], fold, tile)
+        except BenchError as e:
+            note = f"no DeLong test: {e}"
+    else:
+        note = "multi-class: AUROC compared by paired bootstrap only"
+    return Comparison(int(np.unique(tile).size), int(np.unique(fold).size), len(y), paired, delong, note)
+
+
+def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]], n_boot: int = 1000, seed: int = 0) -> Any:
+    """Every ranked row against its task's best row (rank 1): ``delta_vs_best`` (row - best, main metric, the same
+    value the leaderboard shows), ``p_vs_best`` (paired bootstrap, Holm-adjusted within the task), ``tied_with_best``
+    (not significantly worse at 0.05), and for binary tasks DeLong's AUROC difference and Holm-adjusted p.
+
+    Rows that cannot be paired with the best row (other folds, other tiles, no predictions) get NaN and the reason
+    in ``paired_note``.
+    """
+    import pandas as pd
+
+    rows = rows.copy()
+    if rows.empty:
+        for c in PAIRED_COLUMNS:
+            rows[c] = pd.Series(dtype=object)
+        return rows
+    out = {c: [math.nan] * len(rows) for c in PAIRED_COLUMNS}
+    out["tied_with_best"] = [None] * len(rows)
+    out["paired_note"] = [""] * len(rows)
+    pos = {idx: i for i, idx in enumerate(rows.index)}
+    for _, group in rows.groupby("task", sort=False):
+        best = group.sort_values("rank").iloc[0]
+        raw_p, raw_auc_p, members = [], [], []
+        for idx, r in group.iterrows():
+            i = pos[idx]
+            if r["row_id"] == best["row_id"]:
+                out["delta_vs_best"][i], out["auroc_delta_vs_best"][i] = 0.0, 0.0
+                out["tied_with_best"][i], out["paired_note"][i] = True, "best row"
+                continue
+            why = ""
+            fa, fb = r.get("fold_fingerprint"), best.get("fold_fingerprint")
+            if isinstance(fa, str) and isinstance(fb, str) and fa != fb:
+                why = "scored on other folds than the best row"
+            elif r["row_id"] not in predictions or best["row_id"] not in predictions:
+                why = "no test predictions kept"
+            if not why:
+                try:
+                    c = compare_predictions(predictions[r["row_id"]], predictions[best["row_id"]], [r["main_metric"]], n_boot, seed)
+                except BenchError as e:
+                    why = str(e)
+            if why:
+                out["paired_note"][i] = why
+                continue
+            pr = c.paired[r["main_metric"]]
+            out["delta_vs_best"][i] = pr.delta
+            members.append(i)
+            raw_p.append(pr.p_value)
+            raw_auc_p.append(c.delong.p_value if c.delong else math.nan)
+            if c.delong:
+                out["auroc_delta_vs_best"][i] = c.delong.delta
+            out["paired_note"][i] = c.note if pr.n_boot else "no bootstrap (n_boot 0)"
+        for i, p, pa in zip(members, holm(raw_p), holm(raw_auc_p)):
+            out["p_vs_best"][i] = float(p)
+            out["auroc_p_vs_best"][i] = float(pa)
+            out["tied_with_best"][i] = None if math.isnan(p) else bool(p >= 0.05 or out["delta_vs_best"][i] >= 0)
+    for c in PAIRED_COLUMNS:
+        rows[c] = out[c]
+    return rows
+
+
+# ------------------------------------------------------------------ mito compare
+def find_row(rows: Any, ref: str, task: str | None = None) -> Any:
+    """One leaderboard row by rank number (within ``task`` when the leaderboard has several) or by row id (or its prefix)."""
+    ref = ref.strip()
+    sel = rows if task is None else rows[rows["task"] == task]
+    if task is not None and sel.empty:
+        raise BenchError(f"no task {task!r} in this leaderboard (it has: {', '.join(sorted(rows['task'].unique()))})")
+    if ref.isdigit():
+        hit = sel[sel["rank"] == int(ref)]
+        if len(hit) > 1:
+            raise BenchError(f"rank {ref} exists in several tasks ({', '.join(sorted(hit['task']))}): add --task or use row ids")
+    else:
+        hit = sel[sel["row_id"].astype(str).str.startswith(ref)] if ref else sel.iloc[:0]
+        if len(hit) > 1:
+            raise BenchError(f"row id {ref!r} is ambiguous ({len(hit)} rows start with it)")
+    if hit.empty:
+        raise BenchError(f"no row {ref!r} in this leaderboard (give a rank number or a row id from leaderboard.csv)")
+    return hit.iloc[0]
+
+
+def compare_rows(lb: Any, ref_a: str, ref_b: str, task: str | None = None, n_boot: int | None = None, seed: int | None = None) -> tuple[Any, Any, Comparison]:
+    """Two rows of a leaderboard compared in full on every metric (row a minus row b), with the run's n_boot and seed by default."""
+    from mito.metrics import METRIC_NAMES
+
+    a, b = find_row(lb.rows, ref_a, task), find_row(lb.rows, ref_b, task)
+    if a["task"] != b["task"]:
+        raise BenchError(f"the rows belong to different tasks ({a['task']} and {b['task']}); compare rows of one task")
+    if a["row_id"] == b["row_id"]:
+        raise BenchError("that is the same row twice")
+    fa, fb = a.get("fold_fingerprint"), b.get("fold_fingerprint")
+    if isinstance(fa, str) and isinstance(fb, str) and fa != fb:
+        raise BenchError("the rows were scored on different folds; a paired comparison needs the same folds and test tiles")
+    for r in (a, b):
+        if r["row_id"] not in lb.predictions:
+            raise BenchError(f"row {r['rank']} ({r['row_id']}) kept no test predictions in {lb.meta.get('source', 'this leaderboard')}")
+    cfg = lb.meta.get("config") or {}
+    n_boot = int(cfg.get("n_boot", 1000) or 1000) if n_boot is None else n_boot
+    seed = int(cfg.get("seed", 0)) if seed is None else seed
+    comp = compare_predictions(lb.predictions[a["row_id"]], lb.predictions[b["row_id"]], list(METRIC_NAMES), n_boot, seed)
+    return a, b, comp
+
+
+def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]:
+    """Rich renderables describing one paired comparison (what is compared, a table per metric, DeLong's test)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    def label(r: Any) -> str:
+        return f"#{r['rank']} {r['backbone']} {r['features']} {r['head']}" + (f" noise={r['noise']:g}" if r.get("noise") else "") + f" [{r['row_id']}]"
+
+    head = (
+        f"task {a['task']}: A = {label(a)}\n            B = {label(b)}\n"
+        f"{comp.n_tiles} test tiles, {comp.n_folds} folds ({comp.n_predictions} predictions){'; ' + cv if cv else ''}\n"
+        f"paired bootstrap: {next(iter(comp.paired.values())).n_boot} replicates, the same resampled tiles for both rows; "
+        "metric per fold, averaged over folds; 95% percentile interval; two-sided p (not adjusted)"
+    )
+    t = Table(title="A - B", pad_edge=False)
+    for c in ("metric", "A", "B", "A - B", "95% CI", "p"):
+        t.add_column(c, justify="left" if c == "metric" else "right")
+    for m, r in comp.paired.items():
+        star = " *" if m == a["main_metric"] else ""
+        fmt = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+        t.add_row(m + star, fmt(a.get(m)), fmt(b.get(m)), f"{r.delta:+.4f}", f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", "–" if math.isnan(r.p_value) else f"{r.p_value:.4g}")
+    out: list[Any] = [Text(head), t, Text("* main metric of the task")]
+    if comp.delong is not None:
+        d = comp.delong
+        out.append(Text(
+            f"DeLong's test (AUROC, {d.n_pos} positive / {d.n_neg} negative test cases): AUC A {d.auc_a:.4f}, B {d.auc_b:.4f}, "
+            f"A - B {d.delta:+.4f} (se {d.se:.4f}), z = {d.z:.3f}, p = {d.p_value:.4g}"
+        ))
+    if comp.note:
+        out.append(Text(comp.note))
+    return out

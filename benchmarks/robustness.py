@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,8 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated row names (see CONFIGS)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", default=None, help="write the table (and every seed's metrics) as JSON here")
+    ap.add_argument("--cache", default=None, help="folder keeping each fit's test probabilities (keyed by the store's tile list, "
+                    "protocol, row and seed), so a second run, e.g. on a copy of the store with more variants, refits nothing")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -77,6 +80,7 @@ def main() -> None:
             t2 = tiles.assign(_side=side_col)
             results[proto] = {}
             test_rows = None
+            tag = store.meta.get("tile_list_sha256", "")[:16]
             for name in names:
                 colours, params, _ = CONFIGS[name]
                 rec: dict[str, Any] = {"proba": [], "metrics": [], "seconds": []}
@@ -85,15 +89,23 @@ def main() -> None:
                     parts = {p: np.flatnonzero(side == p) for p in ("train", "val", "test")}
                     test_rows = parts["test"] if test_rows is None else test_rows
                     assert np.array_equal(test_rows, parts["test"])  # every row and seed scores the same tiles
-                    head = make_head("mlp", seed=seed, **params)
+                    cached = Path(args.cache) / f"{tag}_{proto}_{name}_{seed}.npz".replace(" ", "").replace("/", "_") if args.cache else None
                     t0 = time.perf_counter()
-                    fit = fit_on_rows(store, sets[colours], parts, y_all, head, seed=seed, stream=False)
-                    yt, proba = fit.scored["test"]
-                    m = classification_metrics(yt, proba, head.classes_)
+                    if cached is not None and cached.is_file():
+                        z_ = np.load(cached, allow_pickle=False)
+                        yt, proba, classes = z_["y"].astype(object), z_["proba"], z_["classes"].astype(object)
+                    else:
+                        head = make_head("mlp", seed=seed, **params)
+                        fit = fit_on_rows(store, sets[colours], parts, y_all, head, seed=seed, stream=False)
+                        (yt, proba), classes = fit.scored["test"], head.classes_
+                        if cached is not None:
+                            cached.parent.mkdir(parents=True, exist_ok=True)
+                            np.savez(cached, y=np.asarray(yt).astype(str), proba=proba, classes=np.asarray(classes).astype(str))
+                    m = classification_metrics(yt, proba, classes)
                     rec["proba"].append(proba)
                     rec["metrics"].append({k: m[k] for k in METRICS})
                     rec["seconds"].append(time.perf_counter() - t0)
-                    rec["classes"], rec["y"] = head.classes_, yt
+                    rec["classes"], rec["y"] = classes, yt
                     print(f"{proto:18s} {name:22s} seed {seed}: bal acc {m['balanced_accuracy']:.3f} AUROC {m['auroc']:.3f} "
                           f"({rec['seconds'][-1]:.1f} s, {len(parts['train'])}/{len(parts['val'])}/{len(parts['test'])})", flush=True)
                 results[proto][name] = rec

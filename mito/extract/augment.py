@@ -84,7 +84,7 @@ def _skimage_color():  # noqa: ANN202 - the module
     try:
         from skimage import color
     except ImportError:
-        raise ExtractError("HED views and --colors hema need scikit-image: pip install 'mito[augment]'") from None
+        raise ExtractError("HED views and --colors hema need scikit-image: pip install scikit-image") from None
     return color
 
 

@@ -161,7 +161,10 @@ def extract(
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name(s), comma-separated (see `mito backbones`)."),
     weights: list[str] = typer.Option([], "--weights", "-w", help="Weight file or snapshot folder; NAME=PATH with several backbones."),
     zooms: str = typer.Option("1,2", help="Magnifications relative to the tile (2 = central half; <1 needs a slide). 1,2 won on AMi-Br."),
-    colors: str = typer.Option("rgb,gray", help="Colour modes: rgb, gray (luminance x3), or both (the AMi-Br winner)."),
+    colors: str = typer.Option("rgb,gray", help="Colour modes: rgb, gray (luminance x3), hema (haematoxylin from colour deconvolution x3); rgb,gray won on AMi-Br."),
+    augment: Optional[str] = typer.Option(None, help="Also embed augmented views as extra arrays <variant>:<view>: hed:K[:S] (HED stain jitter), flip, vflip, rot90; e.g. hed:4,flip."),
+    augment_colors: str = typer.Option("rgb", help="Colour modes that get the --augment views."),
+    augment_seed: int = typer.Option(0, help="Seed of the HED jitter (per tile: seed and tile id)."),
     fit: str = typer.Option("resize", help="Bring crops to the backbone input: resize (aspect kept) or pad (native scale)."),
     pad_mode: str = typer.Option("reflect", help="Padding for --fit pad: reflect or white."),
     input_size: Optional[int] = typer.Option(None, help="Backbone input side in px (default: the backbone's own)."),
@@ -199,6 +202,7 @@ def extract(
     cfg = _extract_config(
         source=str(source), store=store, points=str(points) if points else None, backbones=backbones,
         weights=_parse_weights(weights, backbones), zooms=_floats(zooms, "--zooms"), colors=split_list(colors),
+        augment=augment, augment_colors=split_list(augment_colors), augment_seed=augment_seed,
         fit=fit, pad_mode=pad_mode, input_size=input_size, tile_size=tile_size, task=task, label_column=label_column,
         batch_size=batch_size, num_workers=workers, device=device, chunk_rows=chunk_rows, compile=compile,
         limit=limit, progress=not quiet, mpp=mpp, tile_px=tile_px, tile_um=tile_um, stride=stride,
@@ -255,7 +259,8 @@ def _print_info(info: dict[str, Any]) -> None:
     if info["unreadable"]:
         console.print(f"[yellow]unreadable tiles: {info['unreadable']}[/]")
     t = Table()
-    for col in ("feature", "dim", "done %", "input", "fit", "weights sha256"):
+    t.add_column("feature", no_wrap=True)  # view keys (<variant>:<view>) are long
+    for col in ("dim", "done %", "input", "fit", "weights sha256"):
         t.add_column(col)
     for key, v in info["variants"].items():
         p = v.get("preprocessing", {})
@@ -355,7 +360,7 @@ def fit_head_cmd(
     train_groups: Optional[str] = typer.Option(None, help="With --test-group: train only on these values of COL, comma-separated (default: all others)."),
     ensemble: Optional[str] = typer.Option(None, help="Average K heads' probabilities, saved as one model: K (seeds seed..seed+K-1, same split), folds (5 fold models of the training rows, by slide) or folds:K."),
     noise: Optional[float] = typer.Option(None, help="Training-time Gaussian feature noise SIGMA (see --noise-mode); 0 = off."),
-    noise_mode: Optional[str] = typer.Option(None, help="global: SIGMA x the features' RMS spread, same for every dim; per-dim: SIGMA x each dim's std; absolute: SIGMA in feature units."),
+    noise_mode: Optional[str] = typer.Option(None, help="global: SIGMA x the features' RMS spread, same for every dim; per-dim: SIGMA x each dim's std; absolute: SIGMA in feature units; views: each epoch a tile is one of its augmented views or itself (mito extract --augment); view-cov: Gaussian noise with the covariance of the tile's views, x SIGMA (default 1)."),
     hidden: Optional[int] = typer.Option(None, help="mlp: hidden layer width (default 256)."),
     dropout: Optional[float] = typer.Option(None, help="mlp: dropout after the hidden layer (default 0.3)."),
     loss: Optional[str] = typer.Option(None, help="mlp/linear: focal or ce."),

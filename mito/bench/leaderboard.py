@@ -117,7 +117,7 @@ class Leaderboard:
 
 # ------------------------------------------------------------------ feature sets
 def _split_key(key: str) -> tuple[str, str, str]:
-    bb, zoom, color = key.split(":")
+    bb, zoom, color = key.split(":", 2)  # an augmented view keeps its suffix in the colour: rgb:hed0
     return bb, zoom, color
 
 
@@ -142,6 +142,8 @@ def all_feature_sets(variants: Sequence[str]) -> list[FeatureSet]:
     """Every variant alone, RGB+gray per zoom, multi-zoom per colour, everything per backbone, and the backbones concatenated."""
     by_bb: dict[str, list[tuple[str, str, str]]] = {}
     for k in variants:
+        if k.count(":") == 3:  # augmented views (mito extract --augment) are views of a feature, not feature sets
+            continue
         bb, z, c = _split_key(k)
         by_bb.setdefault(bb, []).append((bb, z, c))
     out: list[FeatureSet] = []
@@ -373,7 +375,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     with open_store(cfg.store) as store:
         tiles = store.tiles
         exclude = store.unreadable
-        complete = [k for k in store.variants if store.is_complete(k)]
+        complete = [k for k in store.variants if store.is_complete(k)]  # views too: `--features` may name them
         meta_store = {"path": str(cfg.store), "n_tiles": store.n_tiles, "tile_list_sha256": store.meta.get("tile_list_sha256")}
         variant_info = {k: store.variant_info(k) for k in complete}
     if not complete:

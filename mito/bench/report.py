@@ -338,6 +338,8 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
         )
     sections += cd_section(lb.rows, d)
     store = lb.meta.get("store") if isinstance(lb.meta.get("store"), dict) else {}
+    from mito.bench.invariance import invariance_section
+
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     from mito import __version__
 
@@ -347,6 +349,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
         f"<p class='meta'>store <code>{html.escape(str(store.get('path', '')))}</code> ({html.escape(str(store.get('n_tiles', '?')))} tiles); "
         f"mito {__version__}; built {created}. Green: frozen backbone + head; orange: fine-tuned; grey: random-init control.</p>"
         + "".join(sections)
+        + invariance_section(store.get("path"))
         + "</body></html>"
     )
     atomic_write(d / "report.html", lambda p: Path(p).write_text(page, encoding="utf-8"), ".html")
@@ -358,10 +361,10 @@ def quick_bench(store: str | os.PathLike, out: str | os.PathLike, task: str = "m
     """A small leaderboard (z1 RGB of every backbone x logreg/knn/mlp, 3 folds), a UMAP and the report; for mito demo."""
     from mito.bench.leaderboard import BenchConfig, run_bench, save_leaderboard
     from mito.bench.umap import umap_plot
-    from mito.cache import open_store
+    from mito.cache import is_view, open_store
 
     with open_store(store) as s:
-        keys = [k for k in s.variants if k.endswith(":z1:rgb") and s.is_complete(k)] or [k for k in s.variants if s.is_complete(k)][:1]
+        keys = [k for k in s.variants if k.endswith(":z1:rgb") and s.is_complete(k)] or [k for k in s.variants if not is_view(k) and s.is_complete(k)][:1]
     if not keys:
         raise BenchError(f"{store} has no complete feature variant")
     lb = run_bench(BenchConfig(store=str(store), tasks=[task], features=keys, heads=["logreg", "knn", "mlp"], n_folds=3, n_jobs=n_jobs, n_boot=500), progress=progress)

@@ -9,11 +9,13 @@ from mito.cache.store import (
     Variant,
     create_store,
     format_zoom,
+    is_view,
     open_store,
     parse_variant,
     store_exists,
     store_format,
     tile_list_hash,
+    views_of,
 )
 
 __all__ = [
@@ -27,9 +29,11 @@ __all__ = [
     "backend_capabilities",
     "create_store",
     "format_zoom",
+    "is_view",
     "open_store",
     "parse_variant",
     "store_exists",
     "store_format",
     "tile_list_hash",
+    "views_of",
 ]

@@ -48,7 +48,7 @@ class StoreMeta(BaseModel):
     def _keys(cls, v: dict[str, VariantMeta]) -> dict[str, VariantMeta]:
         for k in v:
             parts = k.split(":")
-            ok = len(parts) == 3 and parts[1].startswith("z") and all(parts)
+            ok = len(parts) in (3, 4) and parts[1].startswith("z") and all(parts) and (len(parts) == 3 or parts[3].isalnum())
             try:
                 ok = ok and float(parts[1][1:]) > 0
             except ValueError:

@@ -49,21 +49,28 @@ DONE_DIMS = ["chunk"]
 
 @dataclass(frozen=True)
 class Variant:
-    """One embedding variant: a backbone seen at one zoom in one colour mode."""
+    """One embedding variant: a backbone seen at one zoom in one colour mode, optionally an augmented view of it
+    (``view`` e.g. ``hed0`` or ``flip``: row i holds tile i's augmented image, see mito.extract.augment)."""
 
     backbone: str
     zoom: float
     color: str
+    view: str = ""
 
     @property
     def key(self) -> str:
-        """The user-facing name, e.g. ``efficientnet_lite0:z1:rgb``."""
-        return f"{self.backbone}:z{format_zoom(self.zoom)}:{self.color}"
+        """The user-facing name, e.g. ``efficientnet_lite0:z1:rgb`` (a view: ``efficientnet_lite0:z1:rgb:hed0``)."""
+        return f"{self.backbone}:z{format_zoom(self.zoom)}:{self.color}" + (f":{self.view}" if self.view else "")
 
     @property
     def path(self) -> str:
-        """The array path inside the store."""
-        return f"{self.backbone}/z{format_zoom(self.zoom)}/{self.color}"
+        """The array path inside the store (a view sits beside its variant: ``.../rgb.hed0``)."""
+        return f"{self.backbone}/z{format_zoom(self.zoom)}/{self.color}" + (f".{self.view}" if self.view else "")
+
+    @property
+    def base(self) -> str:
+        """Key of the variant this is a view of (its own key when it is no view)."""
+        return f"{self.backbone}:z{format_zoom(self.zoom)}:{self.color}"
 
 
 def format_zoom(zoom: float) -> str:
@@ -72,15 +79,25 @@ def format_zoom(zoom: float) -> str:
 
 
 def parse_variant(key: str) -> Variant:
-    """Parse ``backbone:z<zoom>:<color>`` into a Variant."""
+    """Parse ``backbone:z<zoom>:<color>[:<view>]`` into a Variant."""
     parts = key.split(":")
-    if len(parts) != 3 or not parts[1].startswith("z"):
+    if len(parts) not in (3, 4) or not parts[1].startswith("z") or (len(parts) == 4 and not parts[3].isalnum()):
         raise StoreError(f"bad feature name {key!r}: expected backbone:z<zoom>:<color>, e.g. efficientnet_lite0:z1:rgb")
     try:
         zoom = float(parts[1][1:])
     except ValueError:
         raise StoreError(f"bad zoom in feature name {key!r}: expected z1, z2, z0.5 ...") from None
-    return Variant(parts[0], zoom, parts[2])
+    return Variant(parts[0], zoom, parts[2], parts[3] if len(parts) == 4 else "")
+
+
+def is_view(key: str) -> bool:
+    """True for an augmented view (``backbone:z<zoom>:<color>:<view>``), which is never a feature set of its own."""
+    return key.count(":") == 3
+
+
+def views_of(variants: Sequence[str], key: str) -> list[str]:
+    """Keys of the augmented views of variant ``key`` among ``variants``, in store order."""
+    return [k for k in variants if is_view(k) and k.rsplit(":", 1)[0] == key]
 
 
 def tile_list_hash(tile_ids: Sequence[str]) -> str:

@@ -34,6 +34,7 @@ from mito.cache import (
     tile_list_hash,
 )
 from mito.extract import distributed
+from mito.extract.augment import View, apply_view, parse_augment
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
 from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
 from mito.extract.errors import ExtractError
@@ -62,6 +63,9 @@ class ExtractConfig(BaseModel):
     weights: dict[str, str] = Field(default_factory=dict)
     zooms: list[float] = Field(default_factory=lambda: [1.0])
     colors: list[str] = Field(default_factory=lambda: ["rgb"])
+    augment: str | None = None  # augmented views, e.g. "hed:4,flip" (mito.extract.augment)
+    augment_colors: list[str] = Field(default_factory=lambda: ["rgb"])  # the colour variants that get views
+    augment_seed: int = Field(0, ge=0, lt=2**32)
     fit: Literal["resize", "pad"] = "resize"
     pad_mode: Literal["reflect", "white"] = "reflect"
     input_size: int | None = Field(None, ge=16, le=4096)
@@ -116,6 +120,23 @@ class ExtractConfig(BaseModel):
             raise ValueError(f"colors must be among {', '.join(COLORS)} (got {', '.join(bad) or 'none'})")
         return sorted(set(v), key=v.index)
 
+    @field_validator("augment_colors")
+    @classmethod
+    def _augment_colors(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c not in COLORS]
+        if bad:
+            raise ValueError(f"augment colors must be among {', '.join(COLORS)} (got {', '.join(bad)})")
+        return sorted(set(v), key=v.index)
+
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, v: str | None) -> str | None:
+        try:
+            parse_augment(v)
+        except ExtractError as e:
+            raise ValueError(str(e)) from None
+        return v or None
+
     @field_validator("backbones")
     @classmethod
     def _backbones(cls, v: list[str]) -> list[str]:
@@ -139,7 +160,7 @@ class ExtractConfig(BaseModel):
                 specs.append(get_backbone(b))
             except ExtractError:  # reported later, with the known names
                 pass
-        n_var = len(self.zooms) * len(self.colors)
+        n_var = len(self.zooms) * (len(self.colors) + len(set(self.colors) & set(self.augment_colors)) * len(parse_augment(self.augment)))
         dims = sum(sp.embed_dim for sp in specs) * n_var
         if self.chunk_rows * dims * 4 > free // 4:
             raise ValueError(
@@ -185,23 +206,33 @@ def default_workers(device: torch.device) -> int:
     return min(16, max(1, n - 1)) if device.type == "cuda" else min(4, max(0, n // 2))
 
 
-def variant_plan(cfg: ExtractConfig, backbone: str) -> list[tuple[Variant, Preprocess]]:
-    """The (variant, preprocessing) pairs one backbone contributes, in zoom-then-colour order."""
+def variant_plan(cfg: ExtractConfig, backbone: str) -> list[tuple[Variant, Preprocess, View | None]]:
+    """The (variant, preprocessing, view) triples one backbone contributes, in zoom-then-colour order, each colour
+    in ``augment_colors`` followed by its augmented views."""
     spec = get_backbone(backbone)
     size = cfg.input_size or spec.input_size
-    out = []
+    views = parse_augment(cfg.augment)
+    out: list[tuple[Variant, Preprocess, View | None]] = []
     for z in cfg.zooms:
         for c in cfg.colors:
             p = Preprocess(size, spec.mean, spec.std, zoom=z, color=c, fit=cfg.fit, pad_mode=cfg.pad_mode)
-            out.append((Variant(backbone, z, c), p))
+            out.append((Variant(backbone, z, c), p, None))
+            if c in cfg.augment_colors:
+                out += [(Variant(backbone, z, c, v.name), p, v) for v in views]
     return out
 
 
 class _TileDataset(Dataset):
     """Reads each tile once at the widest field of view and returns the variants its chunk still needs."""
 
-    def __init__(self, source: TileSource, rows: np.ndarray, preps: list[Preprocess], need: np.ndarray, chunk_rows: int) -> None:
+    def __init__(
+        self, source: TileSource, rows: np.ndarray, preps: list[Preprocess], need: np.ndarray, chunk_rows: int,
+        views: list[View | None] | None = None, seed: int = 0,
+    ) -> None:
         self.source, self.rows = source, rows
+        self.aug = views or [None] * len(preps)  # the augmented view each variant embeds (None: the tile itself)
+        self.seed = seed
+        self.ids = source.tiles["tile_id"].astype(str).to_numpy() if any(self.aug) else None
         self.need, self.chunk_rows = need, chunk_rows  # need[chunk, variant]: not yet in the store
         self.zooms = [p.zoom for p in preps]
         self.views = source.kind == "slides"  # whole slides: each zoom read at its own resolution
@@ -223,14 +254,28 @@ class _TileDataset(Dataset):
             if self.views:
                 imgs = self.source.read_views(row, [self.zooms[j] for j in needed])  # only the zooms this chunk lacks
                 for j, img in zip(needed, imgs):
-                    out[j] = prepare(img, self.preps[j])
+                    out[j] = prepare(self._view(img, j, row), self.preps[j])
                 return row, out, False
             img = self.source.read(row, self.context)
+            seen: dict[str, np.ndarray] = {}  # one augmented image per view, shared by the colours that embed it
             for j in needed:
-                out[j] = prepare(img, self.preps[j])
+                out[j] = prepare(self._view(img, j, row, seen), self.preps[j])
             return row, out, False
         except OSError:
             return row, out, True
+
+
+    def _view(self, img: np.ndarray, j: int, row: int, seen: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """The image variant j embeds: the tile itself, or its augmented view (seeded by the tile id)."""
+        v = self.aug[j]
+        if v is None or self.ids is None:
+            return img
+        if seen is not None and v.name in seen:
+            return seen[v.name]
+        out = apply_view(img, v, self.seed, self.ids[row])
+        if seen is not None:
+            seen[v.name] = out
+        return out
 
 
 class _Batches:
@@ -265,10 +310,11 @@ def loader_plan(workers: int, batch_bytes: int, budget: int) -> tuple[int, int |
     return workers, max(1, min(2, budget // max(1, batch_bytes * workers)))
 
 
-def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, source: TileSource) -> dict[str, Any]:
+def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, source: TileSource, view: View | None = None, seed: int = 0) -> dict[str, Any]:
     import timm
 
     return {
+        **({"view": view.as_dict(seed)} if view is not None else {}),
         "backbone": spec.name,
         "weights_sha256": weights_sha256,
         "preprocessing": prep.as_dict(),
@@ -403,9 +449,10 @@ def _extract_backbone(
     spec = get_backbone(name)
     weights = resolve_weights(spec, cfg.weights.get(name))
     sha = file_sha256(weights) if weights is not None else RANDOM_SHA
-    keys = [v.key for v, _ in plan]
+    keys = [v.key for v, _, _ in plan]
     # refuse mismatched preprocessing before loading the model; rank 0 adds the variants, the others re-read them
-    dist.on_main(lambda: [store.ensure_variant(v.key, spec.embed_dim, _provenance(spec, sha, p, source)) for v, p in plan])
+    seed = cfg.augment_seed
+    dist.on_main(lambda: [store.ensure_variant(v.key, spec.embed_dim, _provenance(spec, sha, p, source, w, seed)) for v, p, w in plan])
     if not dist.main:
         store.refresh()
     todo = np.zeros(store.n_chunks, bool)
@@ -421,7 +468,7 @@ def _extract_backbone(
     need = np.stack([~done[k] for k in keys], axis=1) & todo[:, None]  # need[chunk, variant]
     rows = np.concatenate([np.arange(*store.chunk_rows_range(int(c))) for c in np.flatnonzero(todo)])
     size = plan[0][1].input_size
-    ds = _TileDataset(source, rows, [p for _, p in plan], need, store.chunk_rows)
+    ds = _TileDataset(source, rows, [p for _, p, _ in plan], need, store.chunk_rows, [w for _, _, w in plan], seed)
     batch_size = cfg.batch_size or default_batch_size(device)
     cuda = device.type == "cuda"
     workers, prefetch = loader_plan(

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-COLORS = ("rgb", "gray")
+COLORS = ("rgb", "gray", "hema")
 FITS = ("resize", "pad")
 PAD_MODES = ("reflect", "white")
 
@@ -66,6 +66,10 @@ def prepare(img: np.ndarray, p: Preprocess) -> torch.Tensor:
         img = img[top : top + side, left : left + side]
     if p.color == "gray":
         img = to_gray(img)
+    elif p.color == "hema":
+        from mito.extract.augment import to_hema
+
+        img = to_hema(np.ascontiguousarray(img))
     img = fit_to(np.ascontiguousarray(img), p.input_size, p.fit, p.pad_mode)
     return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)
 

@@ -20,7 +20,7 @@ from mito.errors import MitoError
 from mito.resources import available_memory, idle_cores  # noqa: F401  (re-exported; tests patch idle_cores here)
 
 HEAD_FILE = "head.json"
-NOISE_MODES = ("global", "per-dim", "absolute")
+NOISE_MODES = ("global", "per-dim", "absolute", "views", "view-cov")  # the last two: mito.heads.views
 _ROWS_PER_BLOCK = 16384
 SMALL_DATA = 50_000_000  # rows x dims below which one thread is fastest (thread sync costs more, worse on a shared CPU)
 
@@ -453,9 +453,16 @@ def noise_variance_from(variance: Callable[[], np.ndarray], d: int, noise: float
 
 
 def augment_with_noise(
-    X: np.ndarray, y: np.ndarray, noise: float, mode: str, copies: int, seed: int
+    X: np.ndarray, y: np.ndarray, noise: float, mode: str, copies: int, seed: int, views: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Training set plus ``copies`` noisy copies (a fresh draw each): feature noise for heads without batches."""
+    """Training set plus ``copies`` noisy copies (a fresh draw each): feature noise for heads without batches.
+    ``views`` (V, n, d): the rows' augmented views, for the noise modes ``views`` and ``view-cov``."""
+    if mode in ("views", "view-cov"):
+        from mito.heads.views import augment_with_views
+
+        if views is None:
+            raise HeadError(f"noise_mode {mode} needs the tiles' augmented views: train through fit-head or bench")
+        return augment_with_views(X, y, views, mode, copies, float(noise) or 1.0, seed)
     if noise == 0 or copies == 0:
         return X, y
     sd = np.sqrt(noise_variance(X, noise, mode)).astype(np.float32)

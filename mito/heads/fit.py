@@ -18,6 +18,7 @@ from mito.cache import Store
 from mito.heads.base import Head, HeadError, not_streamable
 from mito.heads.features import FeaturePipeline, feature_dims, one_hot, select_features
 from mito.heads.stream import DEFAULT_BUFFER_ROWS, FeatureStream, fit_pipeline_stream
+from mito.heads.views import VIEW_NOISE_MODES, read_views
 from mito.resources import available_memory
 
 STREAM_MEMORY_SHARE = 0.5  # auto: stream when the features would take more than this share of the memory budget
@@ -86,7 +87,10 @@ def fit_on_rows(
     labels = np.asarray(labels)
     n_rows = sum(len(r) for r in rows.values())
     feature_bytes = n_rows * sum(feature_dims(store, keys)) * np.dtype(np.float16).itemsize
-    streamed = use_stream(stream, head, feature_bytes, memory_budget)
+    on_views = getattr(head, "noise_mode", None) in VIEW_NOISE_MODES
+    if on_views and stream:
+        raise HeadError(f"noise_mode {head.noise_mode} trains from memory: use --no-stream")
+    streamed = False if on_views else use_stream(stream, head, feature_bytes, memory_budget)
     if streamed and memory_budget is not None:  # two float16 shuffle buffers within their share of the budget
         width = sum(feature_dims(store, keys)) + sum(len(c) for c in cats.values())
         buffer_rows = max(1, min(buffer_rows, int(BUFFER_MEMORY_SHARE * memory_budget) // (2 * 2 * max(1, width))))
@@ -116,7 +120,17 @@ def _fit_in_memory(
     t1 = time.perf_counter()
     X_tr, X_va, X_te = X[:n_tr], X[n_tr : n_tr + n_va], X[n_tr + n_va :]
     y_tr, y_va, y_te = y[:n_tr], y[n_tr : n_tr + n_va], y[n_tr + n_va :]
-    head.fit(X_tr, y_tr, X_va if n_va else None, y_va if n_va else None)
+    if getattr(head, "noise_mode", None) in VIEW_NOISE_MODES:  # the training rows' views, through the same pipeline
+        views = read_views(store, keys, parts["train"])
+        views = np.stack([pipe.transform(v) if pipe.pca else pipe.transform(v, out=v) for v in views])
+        if cats:
+            extra = one_hot(tiles, parts["train"], cats).astype(views.dtype)
+            views = np.concatenate([views, np.broadcast_to(extra, (len(views), *extra.shape))], axis=2)
+        head.train_views_ = views
+    try:
+        head.fit(X_tr, y_tr, X_va if n_va else None, y_va if n_va else None)
+    finally:
+        head.__dict__.pop("train_views_", None)
     t2 = time.perf_counter()
     out = FitResult(head, pipe, X.shape[1], pipeline_seconds=t1 - t0, train_seconds=t2 - t1)
     for name, Xs, ys in (("val", X_va, y_va), ("test", X_te, y_te)):

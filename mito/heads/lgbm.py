@@ -99,7 +99,7 @@ class LightGBMHead(Head):
         import lightgbm as lgb
 
         k = len(self.classes_)
-        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed)
+        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, getattr(self, "train_views_", None))
         w = class_weights(ya, k)[ya] if self.balance else None
         train = lgb.Dataset(Xa.astype(np.float32, copy=False), ya, weight=w, free_raw_data=True)
         kw: dict[str, Any] = {}

@@ -56,7 +56,7 @@ class LogRegHead(Head):
         )
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
-        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed)
+        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, getattr(self, "train_views_", None))
         Xa = Xa.astype(np.float32, copy=False)
         if self.C == "auto":
             if X_val is None:
@@ -142,7 +142,7 @@ class KNNHead(Head):
         self.prior_ = np.maximum(prior, 1e-12)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
-        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed)
+        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, getattr(self, "train_views_", None))
         self._set(Xa, ya)
 
     def _distances(self, Q: np.ndarray, start: int, stop: int) -> np.ndarray:

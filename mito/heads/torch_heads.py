@@ -26,6 +26,7 @@ from mito.heads.base import (
     register_head,
 )
 from mito.heads.loop import EarlyStopping, train_loop
+from mito.heads.views import VIEW_NOISE_MODES, pick_views, view_cov_noise
 
 MODEL_FILE = "model.safetensors"
 LOSSES = ("focal", "ce")
@@ -151,18 +152,34 @@ class _TorchHead(Head):
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         n, d = X.shape
         Xt = torch.from_numpy(np.ascontiguousarray(X))
+        stack = self._view_stack(X)  # [V+1, n, d] for the noise modes views / view-cov, else None
+        mode, scale = self.noise_mode, float(self.noise) or 1.0
 
         def epoch(gen: torch.Generator, bs: int, row_w: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             order = torch.multinomial(row_w, n, replacement=True, generator=gen) if row_w is not None else torch.randperm(n, generator=gen)
             for s in range(0, n, bs):
                 idx = order[s : s + bs]
-                yield Xt[idx], idx
+                if stack is None:
+                    yield Xt[idx], idx
+                else:
+                    yield (pick_views(stack, idx, gen) if mode == "views" else view_cov_noise(stack, idx, gen, scale)), idx
 
         val = (lambda net: _logits(net, X_val)) if X_val is not None else None
-        nv = noise_variance(X, self.noise, self.noise_mode) if self.noise > 0 else None
+        nv = noise_variance(X, self.noise, self.noise_mode) if self.noise > 0 and stack is None else None
         self._train(n, d, y, epoch, val, y_val, nv)
 
+    def _view_stack(self, X: np.ndarray) -> torch.Tensor | None:
+        """The rows and their augmented views, [V+1, n, d], when the noise mode trains on views."""
+        if self.noise_mode not in VIEW_NOISE_MODES:
+            return None
+        views = getattr(self, "train_views_", None)
+        if views is None or views.shape[1:] != X.shape:
+            raise HeadError(f"noise_mode {self.noise_mode} needs the tiles' augmented views: train through fit-head or bench")
+        return torch.from_numpy(np.concatenate([X[None], views.astype(X.dtype, copy=False)]))
+
     def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None) -> None:
+        if self.noise_mode in VIEW_NOISE_MODES:
+            raise HeadError(f"noise_mode {self.noise_mode} trains from memory: use --no-stream")
         seed = int(self.seed)
 
         def epoch(gen: torch.Generator, bs: int, row_w: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

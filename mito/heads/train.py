@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 import mito
 from mito.metrics import classification_metrics
-from mito.cache import Store, open_store, parse_variant
+from mito.cache import Store, is_view, open_store, parse_variant
 from mito.errors import OutputError
 from mito.heads.base import HEAD_FILE, HeadError, head_names, make_head
 from mito.heads.calibrate import Calibration, calibrate_scored
@@ -108,7 +108,7 @@ def default_features(store: Store) -> list[str]:
     leaderboard: z1 rgb alone 0.62 balanced accuracy, all four variants 0.69-0.70), so training on all of
     them is the pipeline's best known default; one backbone, because mixing backbones is a choice to make.
     """
-    complete = [k for k in store.variants if store.is_complete(k)]
+    complete = [k for k in store.variants if not is_view(k) and store.is_complete(k)]  # views are not features of their own
     if not complete:
         raise HeadError(f"{store.path} has no complete feature variant; run mito extract first")
     first = parse_variant(complete[0]).backbone

@@ -1,0 +1,87 @@
+"""How stable each backbone's embedding is under colour and geometry changes, read straight from the store.
+
+For every RGB variant (backbone, zoom) the mean cosine similarity of a tile's embedding to its gray / hema variant
+and to its augmented views (``mito extract --augment``: HED stain jitter averaged over its K draws, flips, rot90).
+1 means the backbone does not see the change at all; a user reads, before training anything, which backbone is
+stable under stain change.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import numpy as np
+import pandas as pd
+
+from mito.cache import Store, format_zoom, is_view, open_store, parse_variant, views_of
+
+COLOR_COLUMNS = ("gray", "hema")
+
+
+def mean_cosine(store: Store, a: str, b: str, rows: np.ndarray | None = None) -> float:
+    """Mean over tiles (readable ones, or ``rows``) of cos(embedding in ``a``, embedding in ``b``), read chunk by chunk."""
+    total, n = 0.0, 0
+    d = store.variant_info(a)["dim"]
+    for _, block in store.iter_chunks([a, b], rows, dtype=np.float32):
+        x, y = block[:, :d].astype(np.float64), block[:, d:].astype(np.float64)
+        ok = ~(np.isnan(x).any(1) | np.isnan(y).any(1))
+        nx, ny = np.linalg.norm(x[ok], axis=1), np.linalg.norm(y[ok], axis=1)
+        good = (nx > 0) & (ny > 0)
+        total += float(((x[ok][good] * y[ok][good]).sum(1) / (nx[good] * ny[good])).sum())
+        n += int(good.sum())
+    return total / n if n else float("nan")
+
+
+def _view_kind(key: str) -> str:
+    v = parse_variant(key).view
+    return "hed" if v.startswith("hed") and v[3:].isdigit() else v
+
+
+def invariance_table(store: Store) -> pd.DataFrame:
+    """One row per complete RGB variant (backbone, zoom): mean cosine similarity to gray, hema and each view kind."""
+    complete = [k for k in store.variants if store.is_complete(k)]
+    rows = []
+    for key in complete:
+        v = parse_variant(key)
+        if is_view(key) or v.color != "rgb":
+            continue
+        row: dict[str, object] = {"backbone": v.backbone, "zoom": format_zoom(v.zoom), "n_tiles": int((~store.unreadable).sum())}
+        for c in COLOR_COLUMNS:
+            other = f"{v.backbone}:z{format_zoom(v.zoom)}:{c}"
+            if other in complete:
+                row[c] = mean_cosine(store, key, other)
+        kinds: dict[str, list[float]] = {}
+        for vk in views_of(complete, key):
+            kinds.setdefault(_view_kind(vk), []).append(mean_cosine(store, key, vk))
+        row.update({k: float(np.mean(s)) for k, s in kinds.items()})
+        if len(row) > 3:
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def invariance_section(store_path: str | os.PathLike | None) -> str:
+    """An HTML section with the invariance table of the store, or "" when it has no gray/hema variant or views
+    (or cannot be opened: a report is rebuilt from its folder, and the store may have moved)."""
+    if not store_path:
+        return ""
+    try:
+        with open_store(store_path) as s:
+            table = invariance_table(s)
+    except Exception:  # a missing or damaged store only costs this section
+        return ""
+    if table.empty:
+        return ""
+    cols = [c for c in table.columns if c not in ("backbone", "zoom", "n_tiles")]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["backbone", "zoom", *cols, "tiles"])
+    body = "".join(
+        "<tr>" + f"<td>{html.escape(str(r['backbone']))}</td><td>z{html.escape(str(r['zoom']))}</td>"
+        + "".join(f"<td>{r[c]:.3f}</td>" if pd.notna(r.get(c)) else "<td>–</td>" for c in cols)
+        + f"<td>{int(r['n_tiles'])}</td></tr>"
+        for _, r in table.iterrows()
+    )
+    return (
+        "<h2>Invariance of the embeddings</h2><p class='meta'>Mean cosine similarity of a tile's RGB embedding to its "
+        "gray / hema variant and to its augmented views (hed: HED stain jitter, mean over its draws; flip, rot90: "
+        "geometry). Near 1: the backbone hardly sees the change.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )

@@ -34,6 +34,7 @@ COLUMNS = [
     "head",
     "noise",
     "kind",
+    "shots",
     *[c for m in METRIC_NAMES for c in (m, f"{m}_std")],
     "main_metric",
     "ci_low",
@@ -44,6 +45,7 @@ COLUMNS = [
     "n_val",
     "n_test",
     "n_folds",
+    "draws",
     "cv",
     "budget",
     "params",
@@ -83,6 +85,15 @@ class BenchConfig(BaseModel):
     stream: bool | None = None  # None: stream a job's features when they would not fit its share of memory_budget
     memory_budget: int | None = Field(None, ge=1)  # bytes all workers together may use for features (default: JOB_FEATURE_BUDGET per job)
     buffer_rows: int | None = Field(None, ge=1)  # streamed jobs: shuffle-buffer rows (default: the heads' default)
+    few_shot: list[int | str] | None = None  # labelled tiles per class for learning-curve rows (mito.bench.fewshot); 'all' = the normal rows
+    few_shot_draws: int | None = Field(None, ge=1, le=1000)  # seeded draws per K (default fewshot.DEFAULT_DRAWS)
+
+    @field_validator("few_shot")
+    @classmethod
+    def _few_shot(cls, v: list[int | str] | None) -> list[int | str] | None:
+        from mito.bench.fewshot import parse_shots
+
+        return None if v is None else parse_shots(v)
 
     @field_validator("noise")
     @classmethod
@@ -318,14 +329,17 @@ def score_row(
 
 
 def rank_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """Sort by task, then the task's main metric (best first), and number the rows per task."""
+    """Sort by task, then the task's main metric (best first), and number the rows per task (K-shot rows: per task and K, after the normal rows)."""
     if rows.empty:
         return rows
     rows = rows.copy()
     rows["_score"] = [r[r["main_metric"]] for _, r in rows.iterrows()]
-    rows = rows.sort_values(["task", "_score", "auroc"], ascending=[True, False, False], na_position="last", kind="stable")
-    rows["rank"] = rows.groupby("task").cumcount() + 1
-    return rows.drop(columns="_score").reset_index(drop=True)
+    shots = rows["shots"].map(lambda v: "all" if v is None or str(v) in ("", "nan", "None") else str(v)) if "shots" in rows else pd.Series("all", index=rows.index)
+    rows["shots"] = shots
+    rows["_k"] = [int(v) if v.isdigit() else 0 for v in shots]
+    rows = rows.sort_values(["task", "_k", "_score", "auroc"], ascending=[True, True, False, False], na_position="last", kind="stable")
+    rows["rank"] = rows.groupby(["task", "_k"]).cumcount() + 1
+    return rows.drop(columns=["_score", "_k"]).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------ the run
@@ -410,6 +424,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             "head": head,
             "noise": noise,
             "kind": "head",
+            "shots": "all",
             "budget": f"{len(items)}/{len(plan.folds)} folds, head's own stopping rule" + (", standardised" if cfg.standardize else "") + (f", pca {cfg.pca}" if cfg.pca else ""),
             "params": json.dumps(items[0][1]["params"], sort_keys=True),
             "row_id": rid,
@@ -419,9 +434,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             delayed(score_row)(base, spec, plan, y, classes, [r for _, r in items], [f for f, _ in items], cfg.n_boot, cfg.seed)
         )
     scored = _run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring rows")
+    rows, preds, few_meta = [r for r, _ in scored], {r["row_id"]: a for r, a in scored}, None
+    if cfg.few_shot and any(k != "all" for k in cfg.few_shot):
+        from mito.bench.fewshot import fewshot_rows
+
+        few, few_preds, few_meta = fewshot_rows(cfg, plans, sets, heads, noises, n_jobs, options, progress)
+        rows, preds = rows + few, {**preds, **few_preds}
     lb = Leaderboard(
-        rank_rows(pd.DataFrame([r for r, _ in scored])),
-        {r["row_id"]: a for r, a in scored},
+        rank_rows(pd.DataFrame(rows)),
+        preds,
         {
             "store": meta_store,
             "variants": variant_info,
@@ -431,6 +452,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
                 for t, (s, _, c, p) in plans.items()
             },
             "skipped_tasks": skipped,
+            **({"few_shot": few_meta} if few_meta else {}),
             "config": cfg.model_dump(),
             "tile_ids": tiles["tile_id"].astype(str).tolist(),
         },
@@ -463,6 +485,9 @@ def _run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, 
             kill_workers()
         raise
     return out
+
+
+fit_one, run_parallel = _fit_one, _run_parallel  # public names for mito.bench.fewshot
 
 
 def kill_workers() -> None:
@@ -511,8 +536,8 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     return out
 
 
-NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "main_metric", "cv", "budget", "params", "row_id")]
-TEXT_COLUMNS = ("task", "backbone", "features", "head", "kind", "main_metric", "row_id")
+NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "shots", "main_metric", "cv", "budget", "params", "row_id")]
+TEXT_COLUMNS = ("task", "backbone", "features", "head", "kind", "shots", "main_metric", "row_id")
 
 
 def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
@@ -587,6 +612,8 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
         text = key in ("task", "backbone", "features", "head")
         width = {"task": 7, "backbone": 10, "features": 8, "head": 6}.get(key)
         table.add_column(title, justify="left" if text else "right", overflow="fold", no_wrap=not text, min_width=width)
+    if "shots" in rows:  # K-shot rows are shown as learning curves (mito.bench.fewshot.curve_rich_table)
+        rows = rows[rows["shots"].astype(str).isin(["all", "", "nan", "None"])]
     shown = rows if top is None else rows[rows["rank"] <= top]
     for _, r in shown.iterrows():
         m = r["main_metric"]

@@ -366,8 +366,13 @@ def learning_curve_figure(rows: pd.DataFrame, metric: str, path: Path, chance: f
         x = g["k"].fillna(x_all).to_numpy(float)
         v = g[metric].to_numpy(float)
         c = colors(fs_names.index(g["backbone"].iloc[0] + " " + g["features"].iloc[0]) % colors.N)
-        ax.plot(x, v, marker="o", ms=3.5, lw=1.4, color=c, ls=styles.get(str(g["head"].iloc[0]), "-"), label=line)
-        ax.fill_between(x, g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float), color=c, alpha=0.13, lw=0)
+        few = ~g["k"].isna().to_numpy()
+        ax.plot(x[few], v[few], marker="o", ms=3.5, lw=1.4, color=c, ls=styles.get(str(g["head"].iloc[0]), "-"), label=line)
+        ax.fill_between(x, g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float), color=c, alpha=0.12, lw=0)
+        if not few.all() and few.any():  # 'all' sits at an arbitrary x: joined by a thin dotted line, drawn as a square
+            last = np.flatnonzero(few)[-1]
+            ax.plot([x[last], x_all], [v[last], v[~few][0]], color=c, lw=0.8, ls=":")
+            ax.plot([x_all], [v[~few][0]], marker="s", ms=5, color=c, ls="none")
     zs = rows[_is_zero_shot(rows)]
     for j, (_, r) in enumerate(zs.iterrows()):
         ax.axhline(float(r[metric]), color="#7b3294", lw=1.3, ls=(0, (6, 2)), label=f"zero-shot {r['backbone']} {r['features']}")
@@ -377,7 +382,7 @@ def learning_curve_figure(rows: pd.DataFrame, metric: str, path: Path, chance: f
         ax.axhline(chance, color="#444444", lw=0.9, ls="--")
         ax.text(ks[0] if ks else 1, chance, f" chance {chance:.2g}", fontsize=7, va="bottom", color="#444444")
     ax.set_xscale("log", base=2)
-    all_label = f"all\n(~{int(n_all.mean()):,} tiles)" if len(n_all) else "all"
+    all_label = f"all\n(~{int(n_all.mean()):,} in total)" if len(n_all) else "all"
     ax.set_xticks([*ks, x_all], [*map(str, ks), all_label], fontsize=8)
     ax.minorticks_off()
     ax.set_xlabel("labelled training tiles per class (log scale); 'all' = every training tile, with early stopping")
@@ -447,6 +452,16 @@ def _f(v: Any) -> str:
         return "–"
 
 
+def _two_lines(cell: str) -> str:
+    """'0.712 [0.650, 0.770]' -> '0.712' over '.65 to .77' (fits a narrow terminal)."""
+    mean, _, ci = cell.partition(" [")
+    if not ci:
+        return mean
+    lo, _, hi = ci.rstrip("]").partition(", ")
+    short = [f"{float(v):.2f}".replace("0.", ".", 1) for v in (lo, hi)]
+    return f"{mean}\n{short[0]} to {short[1]}"
+
+
 def curve_rich_table(rows: pd.DataFrame) -> Any:
     """A rich Table of the learning curve(s) of a leaderboard, per task; None without K-shot rows."""
     from rich.table import Table
@@ -458,11 +473,11 @@ def curve_rich_table(rows: pd.DataFrame) -> Any:
         if wide.empty:
             continue
         t = Table(title=f"{task}: {metric} vs labelled tiles per class (mean [95% CI])", pad_edge=False)
-        t.add_column("feature set, head", overflow="fold")
+        t.add_column("feature set, head", overflow="fold", min_width=18)
         for c in wide.columns:
-            t.add_column(f"K={c}" if c != SHOTS_ALL else "all", justify="right")
+            t.add_column(f"K={c}" if c != SHOTS_ALL else "all", justify="right", no_wrap=True)
         for line, r in wide.iterrows():
-            t.add_row(str(line), *[str(v).replace(" [", "\n[") for v in r])
+            t.add_row(str(line), *[_two_lines(str(v)) for v in r])
         tables.append(t)
     if not tables:
         return None

@@ -159,3 +159,16 @@ def test_bad_few_shot_is_one_line(args: list[str], message: str, amibr_store: Pa
     assert message in r.output and "Traceback" not in r.output
     assert len([line for line in r.output.splitlines() if line.strip()]) == 1, r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_zero_shot_rows_are_a_horizontal_line(fewshot_out: Path, tmp_path: Path) -> None:
+    from mito.bench import load_leaderboard
+    from mito.bench.fewshot import curves, learning_curve_figure, report_section
+
+    rows = load_leaderboard(fewshot_out).rows
+    zs = rows[rows["shots"] == "all"].iloc[[0]].assign(head="zero-shot", kind="zero-shot", balanced_accuracy=0.61, row_id="zs")
+    both = pd.concat([rows, zs], ignore_index=True)
+    assert set(curves(both)["head"]) == {"linear", "knn"}  # a zero-shot row is no curve point
+    assert learning_curve_figure(both, "balanced_accuracy", tmp_path / "c.png", 0.5).stat().st_size > 5000
+    page = report_section(both, "balanced_accuracy", tmp_path / "d.png", 0.5, lambda p, alt: f"<img {alt}>")
+    assert "zero-shot efficientnet_lite0: 0.610" in page and "<img few-shot learning curve>" in page

@@ -574,6 +574,8 @@ def bench_cmd(
     umap: bool = typer.Option(True, "--umap/--no-umap", help="UMAP of the best feature set, coloured by each task."),
     top: int = typer.Option(20, help="Rows per task to print."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only one that mito bench or mito lora wrote)."),
+    few_shot: Optional[str] = typer.Option(None, "--few-shot", help="Learning curve: labelled tiles per class, e.g. 1,2,4,8,16,32,all: extra rows with each head trained on K tiles per class drawn from each fold's training part ('all' = the normal rows)."),
+    few_shot_draws: Optional[int] = typer.Option(None, "--few-shot-draws", help="Seeded draws per K (default 5; one when K covers every class)."),
 ) -> None:
     """Rank every feature set x head of a store on slide-grouped folds; write the leaderboard and report.html."""
     from mito.bench import BenchConfig, available_tasks, build_report, leaderboard_table, run_bench, save_leaderboard
@@ -610,6 +612,8 @@ def bench_cmd(
         pca=pca,
         include=include,
         zero_shot=zero_shot,
+        few_shot=split_list(few_shot) if few_shot is not None else None,
+        few_shot_draws=few_shot_draws,
     )
     with sigterm_as_interrupt():
         lb = run_bench(cfg)
@@ -628,6 +632,10 @@ def bench_cmd(
 
         atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
     console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
+    if cfg.few_shot:
+        from mito.bench.fewshot import curve_rich_table
+
+        console.print(curve_rich_table(lb.rows) or "")
     console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {out / 'report.html'}")
 
 

@@ -37,6 +37,7 @@ COLUMNS = [
     "noise",
     "kind",
     "held_out",
+    "shots",
     *[c for m in METRIC_NAMES for c in (m, f"{m}_std")],
     "main_metric",
     "ci_low",
@@ -50,6 +51,7 @@ COLUMNS = [
     "n_val",
     "n_test",
     "n_folds",
+    "draws",
     "cv",
     "budget",
     "params",
@@ -91,6 +93,15 @@ class BenchConfig(BaseModel):
     memory_budget: int | None = Field(None, ge=1)  # bytes all workers together may use for features (default: JOB_FEATURE_BUDGET per job)
     buffer_rows: int | None = Field(None, ge=1)  # streamed jobs: shuffle-buffer rows (default: the heads' default)
     zero_shot: str | None = None  # prompts JSON: a zero-shot row per VLM backbone, and the text-linear head (mito.bench.zeroshot)
+    few_shot: list[int | str] | None = None  # labelled tiles per class for learning-curve rows (mito.bench.fewshot); 'all' = the normal rows
+    few_shot_draws: int | None = Field(None, ge=1, le=1000)  # seeded draws per K (default fewshot.DEFAULT_DRAWS)
+
+    @field_validator("few_shot")
+    @classmethod
+    def _few_shot(cls, v: list[int | str] | None) -> list[int | str] | None:
+        from mito.bench.fewshot import parse_shots
+
+        return None if v is None else parse_shots(v)
 
     @field_validator("noise")
     @classmethod
@@ -334,7 +345,7 @@ def score_row(
 
 
 def rank_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """Sort by task, then the task's main metric (best first), and number the rows per task."""
+    """Sort by task, then the task's main metric (best first), and number the rows per task (K-shot rows: per task and K, after the normal rows)."""
     if rows.empty:
         return rows
     rows = rows.copy()
@@ -342,9 +353,13 @@ def rank_rows(rows: pd.DataFrame) -> pd.DataFrame:
     by = ["task", "held_out"] if "held_out" in rows else ["task"]  # shift rows rank among rows of their held-out group
     if "held_out" in rows:
         rows["held_out"] = rows["held_out"].fillna("").astype(str)
+    shots = rows["shots"].map(lambda v: "all" if v is None or str(v) in ("", "nan", "None") else str(v)) if "shots" in rows else pd.Series("all", index=rows.index)
+    rows["shots"] = shots
+    rows["_k"] = [int(v) if v.isdigit() else 0 for v in shots]  # K-shot rows rank among rows of the same K
+    by = [*by, "_k"]
     rows = rows.sort_values([*by, "_score", "auroc"], ascending=[True] * len(by) + [False, False], na_position="last", kind="stable")
     rows["rank"] = rows.groupby(by).cumcount() + 1
-    return add_gaps(rows.drop(columns="_score").reset_index(drop=True))
+    return add_gaps(rows.drop(columns=["_score", "_k"]).reset_index(drop=True))
 
 
 # ------------------------------------------------------------------ the run
@@ -452,6 +467,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             "noise": noise,
             "kind": "head",
             "held_out": g,
+            "shots": "all",
             "budget": f"{len(items)}/{len(plan.folds)} folds{trained_on}, head's own stopping rule" + (", standardised" if cfg.standardize else "") + (f", pca {cfg.pca}" if cfg.pca else ""),
             "params": json.dumps(items[0][1]["params"], sort_keys=True),
             "row_id": rid,
@@ -462,9 +478,14 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
         )
     scored = _run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring rows")
     scored += zero_shot_rows(text, str(cfg.store), plans, cfg.n_boot, cfg.seed)
-    preds = {r["row_id"]: a for r, a in scored}
+    rows, preds, few_meta = [r for r, _ in scored], {r["row_id"]: a for r, a in scored}, None
+    if cfg.few_shot and any(k != "all" for k in cfg.few_shot):
+        from mito.bench.fewshot import fewshot_rows
+
+        few, few_preds, few_meta = fewshot_rows(cfg, plans, sets, heads, noises, n_jobs, options, progress)
+        rows, preds = rows + few, {**preds, **few_preds}
     lb = Leaderboard(
-        add_paired_columns(rank_rows(pd.DataFrame([r for r, _ in scored])), preds, cfg.n_boot, cfg.seed),
+        add_paired_columns(rank_rows(pd.DataFrame(rows)), preds, cfg.n_boot, cfg.seed),
         preds,
         {
             "store": meta_store,
@@ -482,6 +503,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
                           for t, (sps, _) in shifts.items()},
                 "skipped": {**{f"{t}/{g}": why for t, (_, sk) in shifts.items() for g, why in sk.items()}, **shifts_skipped},
             }} if cfg.shift_column else {}),
+            **({"few_shot": few_meta} if few_meta else {}),
             "config": cfg.model_dump(),
             "tile_ids": tiles["tile_id"].astype(str).tolist(),
         },
@@ -514,6 +536,9 @@ def _run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, 
             kill_workers()
         raise
     return out
+
+
+fit_one, run_parallel = _fit_one, _run_parallel  # public names for mito.bench.fewshot
 
 
 def kill_workers() -> None:
@@ -562,8 +587,8 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     return out
 
 
-NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "held_out", "main_metric", "cv", "budget", "params", "row_id", "tied_with_best", "paired_note")]
-TEXT_COLUMNS = ("task", "backbone", "features", "head", "kind", "held_out", "main_metric", "row_id", "paired_note")
+NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "held_out", "shots", "main_metric", "cv", "budget", "params", "row_id", "tied_with_best", "paired_note")]
+TEXT_COLUMNS = ("task", "backbone", "features", "head", "kind", "held_out", "shots", "main_metric", "row_id", "paired_note")
 
 
 def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
@@ -645,6 +670,8 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
         text = key in ("task", "backbone", "features", "head", "_held")
         width = {"task": 7, "backbone": 10, "features": 8, "head": 6, "_held": 9}.get(key)
         table.add_column(title, justify="left" if text else "right", overflow="fold", no_wrap=not text, min_width=width)
+    if "shots" in rows:  # K-shot rows are shown as learning curves (mito.bench.fewshot.curve_rich_table)
+        rows = rows[rows["shots"].astype(str).isin(["all", "", "nan", "None"])]
     shown = rows if top is None else rows[rows["rank"] <= top]
     for _, r in shown.iterrows():
         m = r["main_metric"]

@@ -293,8 +293,11 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
         raise BenchError(f"the leaderboard in {d} has no rows")
     tasks_meta = lb.meta.get("tasks") if isinstance(lb.meta.get("tasks"), dict) else {}
     sections, summary = [], {}
+    from mito.bench.fewshot import main_rows, report_section
+
     for task in sorted(lb.rows["task"].unique()):
-        rows = lb.rows[lb.rows["task"] == task].sort_values("rank")
+        task_rows = lb.rows[lb.rows["task"] == task]
+        rows = main_rows(task_rows).sort_values("rank")  # K-shot rows: the learning-curve section below
         tm = tasks_meta.get(task) if isinstance(tasks_meta.get(task), dict) else {}
         metric = tm.get("main_metric", rows.iloc[0]["main_metric"])
         shift = shift_section(rows, metric, d / f"{safe_name(task, 'task')}_shift.png", lb.meta.get("shift"))
@@ -334,6 +337,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             + "<div class='figs'>" + "".join(_img(p, a) for p, a in figs) + "</div>"
             + shift
             + (f"<h3>Heads vs fine-tuning: training time</h3><ul>{ratio}</ul>" if ratio else "")
+            + report_section(task_rows, metric, d / f"{stem}_fewshot.png", chance_level(metric, n_classes), _img)
             + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
         )
     sections += cd_section(lb.rows, d)

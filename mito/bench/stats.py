@@ -347,7 +347,8 @@ def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]],
     out["tied_with_best"] = [None] * len(rows)
     out["paired_note"] = [""] * len(rows)
     pos = {idx: i for i, idx in enumerate(rows.index)}
-    by = ["task", "held_out"] if "held_out" in rows else ["task"]  # shift rows: against the best row tested on the same group
+    # shift rows: against the best row tested on the same group; K-shot rows: against the best row with the same K
+    by = ["task", *[c for c in ("held_out", "shots") if c in rows]]
     for _, group in rows.groupby(by, sort=False):
         best = group.sort_values("rank").iloc[0]
         raw_p, raw_auc_p, members = [], [], []

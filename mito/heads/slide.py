@@ -286,3 +286,60 @@ def _top_tiles(paths: list[str], a: np.ndarray, title: str, out: Path, top_k: in
 def describe_head(head: MILHead) -> str:
     """A one-line summary of a slide-level head's main options."""
     return f"{head.name} (max_tiles {head.max_tiles}, tile_dropout {head.tile_dropout}, loss {head.loss}, noise {head.noise})"
+
+
+def refuse_ignored(ignored: dict[str, Any], level: str = "--level slide") -> None:
+    """One-line HeadError naming the first option given that ``level`` does not use."""
+    given = [k for k, v in ignored.items() if v is not None]
+    if given:
+        raise HeadError(f"{given[0]} does not apply to {level}")
+
+
+def fit_slide_head_cli(console: Any, *, store: str, out: Path, task: str | None, head: str, features: list[str],
+                       bag_column: str | None, bag_label: str | None, group_column: str | None, val_fraction: float,
+                       test_fraction: float, seed: int, overwrite: bool, as_json: bool, ignored: dict[str, Any],
+                       head_params: dict[str, Any]) -> dict[str, Any]:
+    """`mito fit-head --level slide`: check options, train, print the metrics (``group`` = the CLI default: by bag)."""
+    import json as _json
+
+    refuse_ignored(ignored)
+    if task is None:
+        raise HeadError("--level slide needs --task (the tile-table column giving the bag label, or with --bag-label any:VALUE the tile label)")
+    if head == "mlp":  # the tile-level default
+        head = "abmil"
+    cfg = make_slide_fit_config(
+        store=store, out=str(out), task=task, head=head, features=features, bag_column=bag_column, bag_label=bag_label,
+        group_column=None if group_column in ("group", "none") else group_column, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed, overwrite=overwrite, progress=not as_json, head_params=head_params,
+    )
+    m = fit_slide_head(cfg)
+    if as_json:
+        print(_json.dumps(m, indent=2, default=str))
+        return m
+    console.print(f"task: {m['task']} ({m['task_description']}); classes {', '.join(m['classes'])}", highlight=False, markup=False)
+    console.print(f"bags: train {m['n_train']}, val {m['n_val']}, test {m['n_test']} (median {m['n_tiles_per_bag_median']:g} tiles); split {m['split']}", highlight=False, markup=False)
+    console.print(
+        f"{m['evaluated_on']}: balanced acc {m['balanced_accuracy']:.3f}, AUROC {m['auroc']:.3f}, kappa {m['kappa']:.3f}, "
+        f"weighted F1 {m['weighted_f1']:.3f}; {m['epochs_run']} epochs (best {m['best_epoch']}), {m['train_seconds']:.1f} s",
+        highlight=False, markup=False,
+    )
+    console.print(f"confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}", highlight=False, markup=False)
+    console.print(f"model: {out}", highlight=False, markup=False)
+    return m
+
+
+def predict_slides_cli(console: Any, model: Path, store: str | None, source: str | None, out: Path,
+                       pictures: Path | None, overwrite: bool) -> None:
+    """`mito predict` with a slide-level model: slides.csv, slides.tiles.csv, optional pictures; prints a summary."""
+    if store is None or source is not None:
+        raise HeadError(f"{model} is a slide-level model: predict the bags of a store with --store (new tiles: mito extract them first)")
+    slides, tile_df = predict_slides(model, store, out, pictures, overwrite)
+    counts = ", ".join(f"{k} {v}" for k, v in slides["pred"].value_counts().items())
+    line = f"{len(slides)} bags predicted ({counts}) -> {out}; tile weights -> {tiles_csv_path(out)}"
+    if "label" in slides:
+        known = slides["label"].astype(str) != ""
+        if known.any():
+            line += f"; agreement with known labels {(slides['pred'][known].astype(str) == slides['label'][known].astype(str)).mean():.3f}"
+    console.print(line, highlight=False, markup=False)
+    if pictures is not None:
+        console.print(f"wrote {len(slides)} pictures to {pictures}", highlight=False, markup=False)

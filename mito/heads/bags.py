@@ -118,7 +118,7 @@ def make_bags(
             distinct = sorted({str(v) for v in ys})
             if len(distinct) > 1:
                 raise HeadError(
-                    f"bag {names[i]!r} mixes {task!r} labels ({', '.join(distinct[:4])}); a slide-level label must be constant "
+                    f"bag {str(names[i])!r} mixes {task!r} labels ({', '.join(distinct[:4])}); a slide-level label must be constant "
                     "within a bag (use --bag-label any:VALUE for a derived one)"
                 )
             labels[i] = distinct[0]
@@ -129,7 +129,7 @@ def make_bags(
         for i in range(len(names)):
             distinct = {str(v) for v in g_all[offsets[i] : offsets[i + 1]]}
             if len(distinct) > 1:
-                raise HeadError(f"bag {names[i]!r} spans several {group_column!r} values; a bag must belong to one group")
+                raise HeadError(f"bag {str(names[i])!r} spans several {group_column!r} values; a bag must belong to one group")
             groups[i] = distinct.pop()
     if task is None:
         return Bags(names.astype(str), offsets, idx.astype(np.int64), labels.astype(str), np.asarray(groups).astype(str), [], "", "")

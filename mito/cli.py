@@ -382,7 +382,7 @@ def fit_head_cmd(
     if level not in ("tile", "slide"):
         raise UserError(f"--level must be tile or slide, got {level!r}")
     if level == "slide":
-        from mito.heads.slide import fit_slide_head_cli
+        from mito.heads import fit_slide_head_cli
 
         fit_slide_head_cli(
             console, store=store, out=out, task=task, head=head, features=split_list(features), bag_column=bag_column,
@@ -450,7 +450,7 @@ def predict_cmd(
 
         check_heatmap_dir(heatmaps, overwrite, protect=(store, model))
     check_predict_out(out, model, store, source, overwrite)  # before any work, whatever kind of model
-    from mito.heads.slide import is_slide_model, predict_slides_cli
+    from mito.heads import is_slide_model, predict_slides_cli
 
     if is_slide_model(model):
         predict_slides_cli(console, model, store, source, out, heatmaps, overwrite)
@@ -556,7 +556,7 @@ def bench_cmd(
     if level not in ("tile", "slide"):
         raise UserError(f"--level must be tile or slide, got {level!r}")
     if level == "slide":
-        from mito.bench.slide_bench import slide_bench_cli
+        from mito.bench import slide_bench_cli
 
         slide_bench_cli(
             console, store=store, out=out, task=task, features=split_list(features), heads=split_list(heads), params=_bench_params(param),
@@ -744,7 +744,7 @@ def export_cmd(
 
 
 def _is_slide_model(model: Path) -> bool:
-    from mito.heads.slide import is_slide_model
+    from mito.heads import is_slide_model
 
     return is_slide_model(model)
 

@@ -39,9 +39,7 @@ class SlideBenchConfig(BaseModel):
 def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard:
     """Fit every slide-level head on every fold of bags (stratified group k-fold) and rank them like tile heads."""
     from mito.cache import open_store
-    from mito.heads.bags import BagReader, make_bags
-    from mito.heads.mil import make_mil_head, mil_head_names
-    from mito.heads.train import default_features
+    from mito.heads import BagReader, default_features, make_bags, make_mil_head, mil_head_names
 
     unknown = [h for h in cfg.heads if h not in mil_head_names()]
     if unknown:
@@ -108,7 +106,7 @@ def slide_bench_cli(console: Any, *, store: str, out: Any, task: str | None, fea
 
     from mito.bench.leaderboard import is_run_folder, leaderboard_table, save_leaderboard
     from mito.bench.report import build_report
-    from mito.heads.slide import refuse_ignored
+    from mito.heads import refuse_ignored
     from mito.io import atomic_dir, check_output_dir
     from mito.validation import one_line
 

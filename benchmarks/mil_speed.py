@@ -9,6 +9,8 @@ few planted tiles shifted along a random direction; the rest is Gaussian noise. 
 (mito.heads.bags.BagReader) with --max-tiles tiles per bag and epoch.
 
 ``seconds_per_epoch``   median wall seconds of a training epoch (reading + forward + backward), validation excluded
+``cpu_seconds_per_epoch`` median CPU seconds of this process per epoch (all its threads; epoch incl. validation):
+                        on a shared machine, CPU seconds / cores is the idle-machine estimate
 ``peak_rss_gib``        peak resident memory of the training process (ru_maxrss)
 ``peak_chunk_rows``     most store rows the reader held at once (cache + batch): bounded by the batch, not the store
 """
@@ -93,7 +95,14 @@ def main() -> None:
         val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
         reader = BagReader(store, ["synth:z1:rgb"])
         head = make_mil_head(a.head, epochs=a.epochs, patience=a.epochs + 1, max_tiles=a.max_tiles, batch_bags=a.batch_bags)
-        head.on_epoch = lambda rec, m: print(f"epoch {rec['epoch']}/{m}: {rec['seconds']:.1f} s, loss {rec['train_loss']:.4f}, val bal acc {rec.get('val_balanced_accuracy', float('nan')):.3f}", file=sys.stderr, flush=True)
+        cpu = [time.process_time()]
+
+        def on_epoch(rec: dict, m: int) -> None:
+            cpu.append(time.process_time())
+            print(f"epoch {rec['epoch']}/{m}: {rec['seconds']:.1f} s, {cpu[-1] - cpu[-2]:.1f} CPU s, loss {rec['train_loss']:.4f}, "
+                  f"val bal acc {rec.get('val_balanced_accuracy', float('nan')):.3f}, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+
+        head.on_epoch = on_epoch
         t0 = time.perf_counter()
         head.fit(reader, bags, train, val)
         total = time.perf_counter() - t0
@@ -101,7 +110,7 @@ def main() -> None:
     print(json.dumps({
         "store": f"{a.slides} slides x {a.tiles} tiles x {a.dims} dims (float16)", "head": a.head, "max_tiles": a.max_tiles,
         "batch_bags": a.batch_bags, "epochs": len(head.history_), "seconds_total": round(total, 1),
-        "seconds_per_epoch": round(float(np.median(secs)), 2), "val_balanced_accuracy_last": head.history_[-1].get("val_balanced_accuracy"),
+        "seconds_per_epoch": round(float(np.median(secs)), 2), "cpu_seconds_per_epoch": round(float(np.median(np.diff(cpu))), 2), "val_balanced_accuracy_last": head.history_[-1].get("val_balanced_accuracy"),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "peak_chunk_rows": reader.peak_chunk_rows, "chunks_read": reader.chunks_read, "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 1),

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import mito
 from mito.cache import open_store
+from mito.errors import MitoError
 from mito.heads.bags import BagReader, Bags, make_bags
 from mito.heads.base import HeadError, read_json_file
 from mito.heads.features import check_store_matches, feature_dims
@@ -193,7 +194,7 @@ def _known_labels(tiles: pd.DataFrame, cfg: dict[str, Any], bags: Bags) -> np.nd
     """Bag labels when the store has the task (bags whose label is not defined get '')."""
     try:
         labelled = make_bags(tiles, cfg["task"], cfg["bag_column"], cfg.get("bag_label"), None, None, min_per_class=1)
-    except HeadError:
+    except MitoError:  # the store lacks the task's column, or its bags are not labelled the model's way
         return None
     by_name = dict(zip(labelled.names, labelled.labels))
     return np.array([by_name.get(n, "") for n in bags.names], dtype=object)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from mito.cache import create_store, open_store
 from mito.cli import app
+from mito.errors import OutputError
 from mito.heads.bags import BagReader, make_bags
 from mito.heads.base import HeadError
 from mito.heads.mil import load_mil_head, make_mil_head
@@ -199,3 +200,40 @@ def test_cli_bad_slide_options_one_line(amibr_store: Path, tmp_path: Path, args:
     text = " ".join(r.output.split())
     assert message in text and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_attention_heatmaps_on_a_slide_store(tmp_path: Path) -> None:
+    """A store extracted from real (synthetic-mosaic) slides: predict draws attention over each slide's thumbnail."""
+    from PIL import Image
+
+    from mito.extract import ExtractConfig, extract
+    from mito.heads.slide import predict_slides
+    from mito.io import write_json
+    from tests.extract.slide_data import slide_folder
+
+    slide_folder(tmp_path / "slides")
+    store = tmp_path / "s.zarr"
+    extract(ExtractConfig(source=str(tmp_path / "slides" / "a.svs"), store=str(store), mpp=0.5, tile_px=64, input_size=64,
+                          zooms=[1.0], colors=["rgb"], chunk_rows=32, batch_size=32, num_workers=0, progress=False))
+    key = "efficientnet_lite0:z1:rgb"
+    with open_store(store) as s:
+        tiles = s.tiles.copy()
+        # training bags: quarters of the slide, labelled by their side (only to get a fitted head on these features)
+        tiles["region"] = [f"{int(x) // 2000}-{int(y) // 2000}" for x, y in zip(tiles["x"], tiles["y"])]
+        tiles["side"] = np.where(tiles["x"].astype(float) < tiles["x"].astype(float).median(), "left", "right")
+        tiles["region"] = tiles["side"] + tiles["region"]
+        bags = make_bags(tiles, "side", "region", min_per_class=1)
+        head = make_mil_head("abmil", epochs=2, hidden=16, attention=8).fit(BagReader(s, [key]), bags, np.arange(len(bags)))
+        variants = {key: {f: v for f, v in s.variant_info(key).items() if f != "added"}}
+    model = tmp_path / "m"
+    head.save(model)
+    write_json(model / "config.json", {"level": "slide", "task": "side", "bag_column": "slide", "bag_label": None,
+                                      "features": [key], "variants": variants, "classes": list(bags.classes)})
+    slides, per_tile = predict_slides(model, store, tmp_path / "slides.csv", tmp_path / "heat")
+    assert list(slides["slide"]) == ["a.svs"] and len(per_tile) == slides["n_tiles"].iat[0] > 4
+    png = tmp_path / "heat" / "a.svs.attention.png"
+    with Image.open(png) as im:
+        a = np.asarray(im.convert("RGB")).astype(int)
+    assert a.shape[0] > 200 and a.std() > 20  # a drawn thumbnail with a colour map, not a blank canvas
+    with pytest.raises(OutputError, match="already exists"):  # nothing written over without --overwrite
+        predict_slides(model, store, tmp_path / "slides.csv", None)

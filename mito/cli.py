@@ -379,9 +379,32 @@ def fit_head_cmd(
     calibrate: str = typer.Option("none", "--calibrate", help="temperature: fit temperature scaling on the validation split (saved in the model, applied by predict; predictions unchanged, probabilities calibrated); none."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of a table."),
+    level: str = typer.Option("tile", help="tile: one label per tile; slide: one per bag of tiles (heads mean-linear, mean-mlp, abmil)."),
+    bag_column: Optional[str] = typer.Option(None, help="--level slide: tile-table column grouping tiles into bags (default: slide)."),
+    bag_label: Optional[str] = typer.Option(None, help="--level slide: any:VALUE = the bag is 'yes' when any tile's --task label is VALUE (default: --task is constant within each bag)."),
+    max_tiles: Optional[int] = typer.Option(None, help="--level slide: tiles drawn at random per bag and epoch (default 512)."),
+    tile_dropout: Optional[float] = typer.Option(None, help="--level slide: share of a bag's tiles dropped at random per epoch (default 0)."),
 ) -> None:
     """Train a head on stored embeddings in seconds; write the model directory and print its metrics."""
     from mito.heads import fit_head, make_fit_config
+
+    if level not in ("tile", "slide"):
+        raise UserError(f"--level must be tile or slide, got {level!r}")
+    if level == "slide":
+        from mito.heads import fit_slide_head_cli
+
+        fit_slide_head_cli(
+            console, store=store, out=out, task=task, head=head, features=split_list(features), bag_column=bag_column,
+            bag_label=bag_label, group_column=group_column, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+            overwrite=overwrite, as_json=as_json, ignored={"--metadata": metadata, "--pca": pca, "--standardize": standardize or None,
+            "--stream/--in-memory": stream, "--batch-size": batch_size, "--precision": precision, "--threads": threads},
+            head_params=_head_params(param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
+                                     epochs=epochs, patience=patience, lr=lr, max_tiles=max_tiles, tile_dropout=tile_dropout,
+                                     balance=None if balance is None else balance != "none"),
+        )
+        return
+    if bag_column or bag_label or max_tiles is not None or tile_dropout is not None:
+        raise UserError("--bag-column, --bag-label, --max-tiles and --tile-dropout go with --level slide")
 
     cfg = make_fit_config(
         store=store, out=str(out), task=task, head=head, features=split_list(features), metadata_columns=split_list(metadata),
@@ -438,13 +461,18 @@ def predict_cmd(
         raise UserError("give either tiles to embed (SOURCE) or --store, not both")
     if (points is not None or tile_size is not None) and source is None:
         raise UserError("--points and --tile-size go with a slide SOURCE, not --store")
-    if heatmaps is not None:  # before any work
+    if heatmaps is not None and not _is_slide_model(model):  # before any work
         if store is None:
             raise UserError("--heatmaps needs --store (a store extracted from slides)")
         from mito.heads.heatmaps import check_heatmap_dir
 
         check_heatmap_dir(heatmaps, overwrite, protect=(store, model))
     check_predict_out(out, model, store, source, overwrite)  # before any work, whatever kind of model
+    from mito.heads import is_slide_model, predict_slides_cli
+
+    if is_slide_model(model):
+        predict_slides_cli(console, model, store, source, out, heatmaps, overwrite)
+        return
     w = _parse_weights(weights, [])
     from mito.bench import is_finetuned, predict_finetuned
 
@@ -576,8 +604,26 @@ def bench_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only one that mito bench or mito lora wrote)."),
     few_shot: Optional[str] = typer.Option(None, "--few-shot", help="Learning curve: labelled tiles per class, e.g. 1,2,4,8,16,32,all: extra rows with each head trained on K tiles per class drawn from each fold's training part ('all' = the normal rows)."),
     few_shot_draws: Optional[int] = typer.Option(None, "--few-shot-draws", help="Seeded draws per K (default 5; one when K covers every class)."),
+    level: str = typer.Option("tile", help="tile, or slide: rank slide-level heads (default mean-linear,abmil) on folds of bags."),
+    bag_column: Optional[str] = typer.Option(None, help="--level slide: column grouping tiles into bags (default: slide)."),
+    bag_label: Optional[str] = typer.Option(None, help="--level slide: any:VALUE = a bag is 'yes' when any tile's --task label is VALUE."),
+    group_column: Optional[str] = typer.Option(None, help="--level slide: keep bags of one group (e.g. patient) in one fold (default: by bag)."),
 ) -> None:
     """Rank every feature set x head of a store on slide-grouped folds; write the leaderboard and report.html."""
+    if level not in ("tile", "slide"):
+        raise UserError(f"--level must be tile or slide, got {level!r}")
+    if level == "slide":
+        from mito.bench import slide_bench_cli
+
+        slide_bench_cli(
+            console, store=store, out=out, task=task, features=split_list(features), heads=split_list(heads), params=_bench_params(param),
+            folds=folds, seed=seed, n_boot=n_boot, bag_column=bag_column, bag_label=bag_label, group_column=group_column,
+            overwrite=overwrite, top=top, ignored={"--proxy": proxy, "--noise": noise, "--pca": pca, "--with": include or None,
+            "--standardize": standardize or None, "--cv": None if cv == "auto" else cv},
+        )
+        return
+    if bag_column or bag_label or group_column:
+        raise UserError("--bag-column, --bag-label and --group-column go with --level slide")
     from mito.bench import BenchConfig, available_tasks, build_report, leaderboard_table, run_bench, save_leaderboard
     from mito.bench.leaderboard import is_run_folder, sigterm_as_interrupt
     from mito.bench.umap import leaderboard_umaps
@@ -790,6 +836,12 @@ def export_cmd(
 
     paths = export(store, format, out, features, overwrite)
     console.print(f"wrote {len(paths)} slide files to {out}")
+
+
+def _is_slide_model(model: Path) -> bool:
+    from mito.heads import is_slide_model
+
+    return is_slide_model(model)
 
 
 def _heatmaps(df: Any, store: Optional[str], folder: Path, overwrite: bool, model: Path) -> None:

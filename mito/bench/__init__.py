@@ -9,6 +9,7 @@ from typing import Any
 
 from mito.bench.cv import CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
+from mito.bench.slide_bench import SlideBenchConfig, run_slide_bench, slide_bench_cli
 from mito.bench.leaderboard import (
     BenchConfig,
     FeatureSet,
@@ -36,6 +37,9 @@ _LAZY = {
 }
 
 __all__ = [
+    "SlideBenchConfig",
+    "run_slide_bench",
+    "slide_bench_cli",
     "METRIC_NAMES",
     "PROXY_TASKS",
     "BenchConfig",

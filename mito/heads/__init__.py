@@ -8,6 +8,12 @@ from mito.heads.stream import FeatureStream, fit_pipeline_stream, stream_proba
 from mito.heads.loop import CheckpointError, Checkpointer, EarlyStopping, LoopResult, TimeBudget, train_loop
 from mito.heads.train import FitConfig, default_features, fit_head, make_fit_config
 from mito.heads.predict import Model, check_predict_out, load_head, load_model, predict
+from mito.heads.bags import BagReader, Bags, make_bags
+from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
+from mito.heads.slide import (
+    SlideFitConfig, fit_slide_head, fit_slide_head_cli, is_slide_model, make_slide_fit_config, predict_slides,
+    predict_slides_cli, refuse_ignored,
+)
 
 # the default set: heads that need only features (OPTIONAL_HEADS such as text-linear are asked for by name)
 HEAD_NAMES: tuple[str, ...] = tuple(n for n in head_names() if n not in OPTIONAL_HEADS)
@@ -15,6 +21,21 @@ HEAD_NAMES: tuple[str, ...] = tuple(n for n in head_names() if n not in OPTIONAL
 __all__ = [
     "HEAD_NAMES",
     "OPTIONAL_HEADS",
+    "BagReader",
+    "Bags",
+    "MILHead",
+    "SlideFitConfig",
+    "fit_slide_head",
+    "fit_slide_head_cli",
+    "is_slide_model",
+    "load_mil_head",
+    "make_bags",
+    "make_mil_head",
+    "make_slide_fit_config",
+    "mil_head_names",
+    "predict_slides",
+    "predict_slides_cli",
+    "refuse_ignored",
     "CheckpointError",
     "Checkpointer",
     "EarlyStopping",

@@ -1,0 +1,132 @@
+"""Slide-level leaderboards: MIL heads scored on folds of bags (grouped by patient, else by slide), same metrics and CIs."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from mito.bench.cv import make_folds
+from mito.bench.errors import BenchError
+from mito.bench.leaderboard import Leaderboard, describe_keys, rank_rows, row_id, score_row
+from mito.progress import add_task, progress_bar
+from mito.tasks import TaskSpec
+
+DEFAULT_SLIDE_HEADS = ("mean-linear", "abmil")
+
+
+class SlideBenchConfig(BaseModel):
+    """What `mito bench --level slide` ranks (validated; unknown fields are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str
+    task: str
+    features: list[str] = Field(default_factory=list)
+    heads: list[str] = Field(default_factory=lambda: list(DEFAULT_SLIDE_HEADS))
+    head_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    bag_column: str | None = None
+    bag_label: str | None = None
+    group_column: str | None = None
+    n_folds: int = Field(5, ge=2, le=100)
+    seed: int = Field(0, ge=0, lt=2**32)
+    n_boot: int = Field(1000, ge=0, le=1_000_000)
+
+
+def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard:
+    """Fit every slide-level head on every fold of bags (stratified group k-fold) and rank them like tile heads."""
+    from mito.cache import open_store
+    from mito.heads import BagReader, default_features, make_bags, make_mil_head, mil_head_names
+
+    unknown = [h for h in cfg.heads if h not in mil_head_names()]
+    if unknown:
+        raise BenchError(f"unknown slide-level head {unknown[0]!r}; use {', '.join(mil_head_names())}")
+    for h in cfg.heads:  # bad options fail before any fitting
+        make_mil_head(h, **cfg.head_params.get(h, {}))
+    with open_store(cfg.store) as store:
+        keys = list(cfg.features) or default_features(store)
+        bags = make_bags(store.tiles, cfg.task, cfg.bag_column, cfg.bag_label, cfg.group_column, store.unreadable,
+                         min_per_class=cfg.n_folds)
+        table = bags.table()
+        y_series = table["label"].astype(object)
+        plan = make_folds(table, y_series, n_folds=cfg.n_folds, cv="kfold", seed=cfg.seed)
+        y = y_series.to_numpy()
+        reader = BagReader(store, keys)
+        backbone, fs_name = describe_keys(keys)
+        spec = TaskSpec(bags.task, bags.description, (), lambda t: t["label"])
+        bar = progress_bar(unit="fits", enabled=progress, info=True)
+        task_id = add_task(bar, "fitting slide heads", len(cfg.heads) * len(plan.folds))
+        rows, preds = [], {}
+        with bar:
+            for h in cfg.heads:
+                results = []
+                for f in plan.folds:
+                    head = make_mil_head(h, **{"seed": cfg.seed, **cfg.head_params.get(h, {})})
+                    t0 = time.perf_counter()
+                    head.fit(reader, bags, f.train, f.val)
+                    t1 = time.perf_counter()
+                    proba, _, _ = head.predict_proba(reader, bags, f.test)
+                    results.append({"proba": proba, "train_seconds": t1 - t0, "predict_seconds": time.perf_counter() - t1})
+                    bar.update(task_id, advance=1, info=f"{h} fold {f.index + 1}")
+                params = head.params()
+                base = {
+                    "task": bags.task, "backbone": backbone, "features": fs_name, "head": h, "noise": float(head.noise),
+                    "kind": "slide head", "budget": f"{len(plan.folds)} folds of bags, early stopping on whole slides",
+                    "params": json.dumps(params, sort_keys=True), "row_id": row_id(bags.task, backbone, fs_name, h, float(head.noise), "slide"),
+                    "keys": keys,
+                }
+                row, arrays = score_row(base, spec, plan, y, bags.classes, results, plan.folds, cfg.n_boot, cfg.seed)
+                rows.append(row)
+                preds[row["row_id"]] = arrays
+        meta = {
+            "level": "slide",
+            "store": {"path": str(cfg.store), "n_tiles": store.n_tiles, "tile_list_sha256": store.meta.get("tile_list_sha256")},
+            "variants": {k: store.variant_info(k) for k in keys},
+            "tasks": {bags.task: {"description": bags.description, "main_metric": spec.main_metric, "classes": bags.classes,
+                                  "cv": plan.mode, "cv_description": plan.description.replace("by slide", f"by {cfg.group_column or 'slide'}")
+                                  + f" (units: {len(bags)} bags, median {float(np.median(bags.sizes)):g} tiles)",
+                                  "n_folds": len(plan.folds), "fold_fingerprint": plan.fingerprint}},
+            "skipped_tasks": {},
+            "config": cfg.model_dump(),
+            "tile_ids": bags.names.tolist(),
+        }
+    import pandas as pd
+
+    return Leaderboard(rank_rows(pd.DataFrame(rows)), preds, meta)
+
+
+def slide_bench_cli(console: Any, *, store: str, out: Any, task: str | None, features: list[str], heads: list[str],
+                    params: dict[str, dict[str, Any]], folds: int, seed: int, n_boot: int, bag_column: str | None,
+                    bag_label: str | None, group_column: str | None, overwrite: bool, top: int, ignored: dict[str, Any]) -> None:
+    """`mito bench --level slide`: check options, rank the slide heads, write the leaderboard folder and report, print it."""
+    from pydantic import ValidationError
+
+    from mito.bench.leaderboard import is_run_folder, leaderboard_table, save_leaderboard
+    from mito.bench.report import build_report
+    from mito.heads import refuse_ignored
+    from mito.io import atomic_dir, check_output_dir
+    from mito.validation import one_line
+
+    refuse_ignored(ignored)
+    if task is None:
+        raise BenchError("--level slide needs --task (the bag label column, or the tile label with --bag-label any:VALUE)")
+    check_output_dir(out, overwrite, is_ours=is_run_folder, protect=(store,), what="bench folder")
+    try:
+        cfg = SlideBenchConfig(store=store, task=task, features=features, heads=heads or list(DEFAULT_SLIDE_HEADS), head_params=params,
+                               bag_column=bag_column, bag_label=bag_label, group_column=group_column, n_folds=folds, seed=seed, n_boot=n_boot)
+    except ValidationError as e:
+        raise BenchError(one_line(e)) from None
+    lb = run_slide_bench(cfg)
+
+    def fill(tmp: Any) -> None:
+        save_leaderboard(lb, tmp)
+        build_report(tmp)
+
+    atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
+    t = lb.meta["tasks"][lb.rows["task"].iat[0]]
+    console.print(f"{t['description']}; {t['cv_description']}", highlight=False, markup=False)
+    console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
+    console.print(f"wrote {out}/leaderboard.csv, leaderboard.json and report.html", highlight=False, markup=False)

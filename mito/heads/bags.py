@@ -1,0 +1,245 @@
+"""Bags of tiles for slide-level (multiple-instance) heads: which rows form each bag, its label, and per-batch reading.
+
+A bag is every readable tile sharing a value of the bag column (``slide`` by default). Its label is either a
+tile-table column constant within the bag, or derived (``any:VALUE``: the bag holds at least one tile whose task
+label is VALUE). Features are read from the store one batch of bags at a time, through a small bounded cache of
+decoded chunks, so memory follows the batch, never the store.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mito.cache import Store
+from mito.heads.base import HeadError
+from mito.tasks import resolve_task
+
+ANY_PREFIX = "any:"
+DEFAULT_CACHE_BYTES = 256 << 20  # decoded chunks kept between batches (small stores are then read once)
+NEGATIVE, POSITIVE = "no", "yes"  # classes of a derived any:VALUE bag label
+
+
+@dataclass
+class Bags:
+    """Bags of a store: names, the sorted store rows of each (CSR: ``rows[offsets[i]:offsets[i+1]]``), labels, groups."""
+
+    names: np.ndarray
+    offsets: np.ndarray
+    rows: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    classes: list[str]
+    task: str
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def bag_rows(self, i: int) -> np.ndarray:
+        """Store rows of bag ``i`` (sorted)."""
+        return self.rows[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Tiles per bag."""
+        return np.diff(self.offsets)
+
+    def table(self) -> pd.DataFrame:
+        """One row per bag (tile_id = bag name, group, label): what the bench's fold maker takes."""
+        return pd.DataFrame({"tile_id": self.names, "group": self.groups, "label": self.labels, "n_tiles": self.sizes})
+
+
+def parse_bag_label(spec: str | None) -> str | None:
+    """The VALUE of ``any:VALUE`` (None when the bag label is a column constant within the bag)."""
+    if spec is None:
+        return None
+    if not spec.startswith(ANY_PREFIX) or not spec[len(ANY_PREFIX):].strip():
+        raise HeadError(f"--bag-label takes any:VALUE (a bag is positive when any tile's label is VALUE), got {spec!r}")
+    return spec[len(ANY_PREFIX):].strip()
+
+
+def make_bags(
+    tiles: pd.DataFrame,
+    task: str | None,
+    bag_column: str | None = None,
+    bag_label: str | None = None,
+    group_column: str | None = None,
+    exclude: np.ndarray | None = None,
+    min_per_class: int = 2,
+) -> Bags:
+    """Group the tile table into labelled bags; a bag whose label is not constant is refused in one line naming it.
+
+    ``task`` names the tile-table column (or proxy task) giving the labels (None: unlabelled bags, for predict); ``bag_label='any:VALUE'`` makes the bag
+    label ``yes`` when any tile has VALUE, else ``no``. Tiles with no bag value or in ``exclude`` are left out;
+    ``group_column`` (e.g. patient) must be constant within a bag and keeps bags of a group on one side of a split.
+    """
+    bag_column = bag_column or "slide"
+    if bag_column not in tiles:
+        raise HeadError(f"no bag column {bag_column!r} in the tile table (it has: {', '.join(tiles.columns)}); pass --bag-column COL")
+    if group_column is not None and group_column not in tiles:
+        raise HeadError(f"no group column {group_column!r} in the tile table (it has: {', '.join(tiles.columns)})")
+    value = parse_bag_label(bag_label)
+    if task is None:
+        tile_y = np.full(len(tiles), "", dtype=object)
+        value = None
+    else:
+        tile_y = resolve_task(tiles, task).labels(tiles).to_numpy(dtype=object)
+    bag_of = tiles[bag_column].astype(object).to_numpy()
+    has_bag = np.array([not (v is None or v == "" or (not isinstance(v, str) and pd.isna(v))) for v in bag_of], bool)
+    keep = has_bag & ~(np.zeros(len(tiles), bool) if exclude is None else np.asarray(exclude, bool))
+    if value is None:
+        keep &= np.array([v is not None for v in tile_y], bool)
+    idx = np.flatnonzero(keep)
+    if len(idx) == 0:
+        raise HeadError(f"no tile has both a {bag_column!r} value and a {task!r} label" if task else f"no tile has a {bag_column!r} value")
+    names_all = np.array([str(v) for v in bag_of[idx]], dtype=str)
+    order = np.lexsort((idx, names_all))
+    idx, names_all = idx[order], names_all[order]
+    names, starts = np.unique(names_all, return_index=True)
+    offsets = np.append(starts, len(idx)).astype(np.int64)
+    labels = np.empty(len(names), dtype=object)
+    if value is not None:
+        seen = {str(v) for v in tile_y if v is not None}
+        if value not in seen:
+            raise HeadError(f"--bag-label {bag_label}: no tile of task {task!r} has the label {value!r} (it has: {', '.join(sorted(seen))})")
+    for i in range(len(names)):
+        if task is None:
+            labels[i] = ""
+            continue
+        ys = tile_y[idx[offsets[i] : offsets[i + 1]]]
+        if value is not None:
+            labels[i] = POSITIVE if any(v == value for v in ys) else NEGATIVE
+        else:
+            distinct = sorted({str(v) for v in ys})
+            if len(distinct) > 1:
+                raise HeadError(
+                    f"bag {str(names[i])!r} mixes {task!r} labels ({', '.join(distinct[:4])}); a slide-level label must be constant "
+                    "within a bag (use --bag-label any:VALUE for a derived one)"
+                )
+            labels[i] = distinct[0]
+    groups = names.astype(object)
+    if group_column is not None:
+        g_all = tiles[group_column].astype(object).to_numpy()[idx]
+        groups = np.empty(len(names), dtype=object)
+        for i in range(len(names)):
+            distinct = {str(v) for v in g_all[offsets[i] : offsets[i + 1]]}
+            if len(distinct) > 1:
+                raise HeadError(f"bag {str(names[i])!r} spans several {group_column!r} values; a bag must belong to one group")
+            groups[i] = distinct.pop()
+    if task is None:
+        return Bags(names.astype(str), offsets, idx.astype(np.int64), labels.astype(str), np.asarray(groups).astype(str), [], "", "")
+    counts = pd.Series(labels).value_counts()
+    classes = sorted(str(c) for c, n in counts.items() if n >= min_per_class)
+    if len(classes) < 2:
+        raise HeadError(
+            f"slide-level task {task!r} needs two classes with >= {min_per_class} bags each; the bags have "
+            + ", ".join(f"{c}: {n}" for c, n in counts.items())
+        )
+    ok = np.isin(labels.astype(str), classes)
+    if not ok.all():  # bags of a rare class are left out, as rare tile classes are
+        sel = np.flatnonzero(ok)
+        rows = np.concatenate([idx[offsets[i] : offsets[i + 1]] for i in sel])
+        offsets = np.append(0, np.cumsum(np.diff(offsets)[sel])).astype(np.int64)
+        names, labels, groups, idx = names[sel], labels[sel], groups[sel], rows
+    if value is not None:
+        desc = f"{POSITIVE} = the {bag_column} has at least one tile labelled {value!r} in {task!r}, {NEGATIVE} = none has"
+        name = f"{task}:{ANY_PREFIX}{value}"
+    else:
+        desc = f"the {task!r} label of the {bag_column} (constant within each {bag_column})"
+        name = task
+    # row order within a bag: sorted store rows (reads come chunk by chunk)
+    rows = np.concatenate([np.sort(idx[offsets[i] : offsets[i + 1]]) for i in range(len(names))]).astype(np.int64)
+    return Bags(names.astype(str), offsets, rows, labels.astype(str), np.asarray(groups).astype(str), classes, name, desc)
+
+
+def subsample(rows: np.ndarray, max_tiles: int | None, dropout: float, rng: np.random.Generator | None) -> np.ndarray:
+    """The rows a bag shows this epoch: tile dropout (each tile kept with 1 - ``dropout``, at least one), then at most
+    ``max_tiles`` at random (sorted). Without ``rng`` (scoring) only the cap applies, deterministically (evenly spaced)."""
+    if rng is None:
+        if max_tiles is not None and len(rows) > max_tiles:
+            return rows[np.linspace(0, len(rows) - 1, max_tiles).round().astype(np.int64)]
+        return rows
+    if dropout > 0 and len(rows) > 1:
+        keep = rng.random(len(rows)) >= dropout
+        if not keep.any():
+            keep[rng.integers(len(rows))] = True
+        rows = rows[keep]
+    if max_tiles is not None and len(rows) > max_tiles:
+        rows = np.sort(rng.choice(rows, max_tiles, replace=False))
+    return rows
+
+
+@dataclass
+class BagReader:
+    """Reads the tiles of a batch of bags from the store (float16, the variants side by side), chunk by chunk.
+
+    Decoded chunks stay in an LRU cache of at most ``cache_bytes`` (0 = none); ``peak_chunk_rows`` records the most
+    store rows held at once (cache plus the batch), the figure that must not grow with the store.
+    """
+
+    store: Store
+    keys: Sequence[str]
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    peak_chunk_rows: int = 0
+    chunks_read: int = 0
+    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _cached_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.keys = list(self.keys)
+        self.d = sum(int(self.store.variant_info(k)["dim"]) for k in self.keys)
+
+    def _chunk(self, c: int, held: dict[int, np.ndarray]) -> np.ndarray:
+        if c in held:
+            return held[c]
+        if c in self._cache:
+            self._cache.move_to_end(c)
+            return self._cache[c]
+        _, block = next(iter(self.store.iter_chunks(self.keys, None, dtype=np.float16, chunks=[c])))
+        self.chunks_read += 1
+        if not np.isfinite(block).all():
+            block = block.copy()
+            block[~np.isfinite(block)] = 0  # unreadable tiles are excluded from bags; their rows are never used
+        if self.cache_bytes > 0 and block.nbytes <= self.cache_bytes:
+            self._cache[c] = block
+            self._cached_bytes += block.nbytes
+            while self._cached_bytes > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= old.nbytes
+        return block
+
+    def read(self, bag_rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Features (float16, one array per bag, rows in the given order) of a batch of bags."""
+        cr = self.store.chunk_rows
+        all_rows = np.concatenate(bag_rows) if len(bag_rows) else np.zeros(0, np.int64)
+        held: dict[int, np.ndarray] = {}
+        out = [np.empty((len(r), self.d), np.float16) for r in bag_rows]
+        for c in np.unique(all_rows // cr):
+            held[int(c)] = self._chunk(int(c), held)
+        rows_held = sum(len(b) for b in held.values()) + sum(len(b) for c, b in self._cache.items() if c not in held)
+        self.peak_chunk_rows = max(self.peak_chunk_rows, rows_held)
+        for o, r in zip(out, bag_rows):
+            ch = r // cr
+            for c in np.unique(ch):
+                m = ch == c
+                o[m] = held[int(c)][r[m] - int(c) * cr]
+        return out
+
+    def batches(self, bags: Bags, which: np.ndarray, batch_bags: int, rng: np.random.Generator | None = None,
+                max_tiles: int | None = None, dropout: float = 0.0) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
+        """(bag indices, store rows per bag, features per bag) batch by batch over the bags ``which`` (in that order)."""
+        for s in range(0, len(which), batch_bags):
+            sel = which[s : s + batch_bags]
+            rows = [subsample(bags.bag_rows(int(i)), max_tiles, dropout, rng) for i in sel]
+            yield sel, rows, self.read(rows)
+
+    def moments(self, bags: Bags, which: np.ndarray, batch_bags: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Per-column mean and variance over every tile of the bags ``which`` (one pass, batch by batch)."""
+        from mito.heads.base import column_moments
+
+        return column_moments(x for _, _, xs in self.batches(bags, which, batch_bags) for x in xs)

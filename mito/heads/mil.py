@@ -1,0 +1,306 @@
+"""Slide-level (multiple-instance) heads: mean pooling (mean-linear, mean-mlp) and gated attention (abmil, Ilse et al. 2018).
+
+They train on bags read batch by batch from the store (mito.heads.bags) with per-tile feature noise, tile dropout,
+focal or cross-entropy loss, class weights and early stopping (mito.heads.loop.train_loop); they save as
+head.json + model.safetensors like the tile heads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import mito
+from mito.heads.bags import BagReader, Bags
+from mito.heads.base import (
+    HEAD_FILE,
+    HeadError,
+    balanced_accuracy,
+    check_number,
+    check_sha256,
+    class_weights,
+    cpu_threads,
+    file_sha256,
+    noise_variance_from,
+    read_json_file,
+)
+from mito.heads.loop import EarlyStopping, train_loop
+from mito.heads.torch_heads import LOSSES, focal_loss
+
+MODEL_FILE = "model.safetensors"
+MIL_HEADS: dict[str, str] = {
+    "mean-linear": "mean pooling of the tile features, then one linear layer",
+    "mean-mlp": "mean pooling, then one hidden layer (ReLU, dropout) and a linear classifier",
+    "abmil": "gated attention pooling over tile embeddings (Ilse et al. 2018), then a linear classifier",
+}
+
+
+def mil_head_names() -> tuple[str, ...]:
+    """The slide-level heads, in registration order."""
+    return tuple(MIL_HEADS)
+
+
+class MeanPool(nn.Module):
+    """Masked mean of the tiles, then a linear layer (hidden=0) or an MLP."""
+
+    def __init__(self, d: int, k: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, k)) if hidden else nn.Linear(d, k)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = mask.float() / mask.float().sum(1, keepdim=True).clamp_min(1)
+        return self.net((x * w[..., None]).sum(1)), w
+
+
+class GatedAttention(nn.Module):
+    """ABMIL: h = ReLU(W x); a = softmax_bag(w^T (tanh(V h) * sigmoid(U h))); logits = C (sum a h)."""
+
+    def __init__(self, d: int, k: int, hidden: int, attention: int, dropout: float) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.v = nn.Linear(hidden, attention)
+        self.u = nn.Linear(hidden, attention)
+        self.w = nn.Linear(attention, 1)
+        self.classify = nn.Linear(hidden, k)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.embed(x)
+        score = self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)
+        a = torch.softmax(score.masked_fill(~mask, float("-inf")), dim=1)
+        return self.classify((a[..., None] * h).sum(1)), a
+
+
+@dataclass
+class MILHead:
+    """A slide-level head: its options (saved in head.json), and after fitting its classes and network."""
+
+    name: str = "abmil"
+    hidden: int = 128
+    attention: int = 64
+    dropout: float = 0.25
+    loss: str = "ce"
+    gamma: float = 2.0
+    balance: bool = True
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    epochs: int = 50
+    patience: int = 10
+    batch_bags: int = 16
+    max_tiles: int | None = 512
+    tile_dropout: float = 0.0
+    noise: float = 0.0
+    noise_mode: str = "global"
+    seed: int = 0
+    classes_: np.ndarray | None = field(default=None, repr=False)
+    n_features_in_: int = 0
+    net_: nn.Module | None = field(default=None, repr=False)
+    history_: list[dict[str, float]] = field(default_factory=list, repr=False)
+    best_epoch_: int = 0
+    on_epoch: Callable[[dict[str, float], int], None] | None = field(default=None, repr=False)
+
+    def params(self) -> dict[str, Any]:
+        """The options, as saved."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if not k.endswith("_") and k not in ("on_epoch", "name")}
+
+    def validate(self) -> None:
+        """One-line HeadError for an option out of range."""
+        if self.name not in MIL_HEADS:
+            raise HeadError(f"unknown slide-level head {self.name!r}; choose one of {', '.join(MIL_HEADS)}")
+        check_number("hidden", self.hidden, 1, 65536, integer=True)
+        check_number("attention", self.attention, 1, 65536, integer=True)
+        check_number("dropout", self.dropout, 0, 1, high_open=True)
+        check_number("tile_dropout", self.tile_dropout, 0, 1, high_open=True)
+        check_number("gamma", self.gamma, 0, 100)
+        check_number("lr", self.lr, 0, 10, low_open=True)
+        check_number("weight_decay", self.weight_decay, 0, 10)
+        check_number("noise", self.noise, 0, 1e6)
+        for k in ("epochs", "patience", "batch_bags"):
+            check_number(k, getattr(self, k), 1, 10**9, integer=True)
+        if self.max_tiles is not None:
+            check_number("max_tiles", self.max_tiles, 1, 10**9, integer=True)
+        check_number("seed", self.seed, 0, 2**32 - 1, integer=True)
+        if self.loss not in LOSSES:
+            raise HeadError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.noise_mode not in ("global", "per-dim", "absolute"):
+            raise HeadError(f"noise_mode must be global, per-dim or absolute, got {self.noise_mode!r}")
+        if not isinstance(self.balance, bool):
+            raise HeadError(f"balance must be true or false, got {self.balance!r}")
+
+    def build(self, d: int, k: int) -> nn.Module:
+        """A fresh network for d-dim tiles and k classes."""
+        if self.name == "abmil":
+            return GatedAttention(d, k, int(self.hidden), int(self.attention), float(self.dropout))
+        return MeanPool(d, k, int(self.hidden) if self.name == "mean-mlp" else 0, float(self.dropout))
+
+    # -- training
+    def fit(self, reader: BagReader, bags: Bags, train: np.ndarray, val: np.ndarray | None = None) -> MILHead:
+        """Train on the bags ``train`` (indices into ``bags``), early-stopping on ``val``."""
+        self.validate()
+        with cpu_threads(int(bags.sizes[train].sum()) * reader.d):
+            return self._fit(reader, bags, train, val)
+
+    def _fit(self, reader: BagReader, bags: Bags, train: np.ndarray, val: np.ndarray | None) -> MILHead:
+        torch.manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        self.classes_ = np.asarray(bags.classes)
+        self.n_features_in_ = reader.d
+        index = {c: i for i, c in enumerate(bags.classes)}
+        y = np.array([index[v] for v in bags.labels], dtype=np.int64)
+        k = len(bags.classes)
+        net = self.build(reader.d, k)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        cw = torch.tensor(class_weights(y[train], k), dtype=torch.float32) if self.balance else None
+        gamma = float(self.gamma) if self.loss == "focal" else 0.0
+        sd = None
+        if self.noise > 0:
+            var = noise_variance_from(lambda: reader.moments(bags, train)[1], reader.d, self.noise, self.noise_mode)
+            sd = torch.tensor(np.sqrt(var), dtype=torch.float32)
+
+        def run_epoch(ep: int) -> dict[str, float]:
+            net.train()
+            rng = np.random.default_rng([self.seed, ep])
+            order = rng.permutation(train)
+            total, seen = 0.0, 0
+            for sel, _, xs in reader.batches(bags, order, int(self.batch_bags), rng, self.max_tiles, float(self.tile_dropout)):
+                x, mask = pad(xs)
+                if sd is not None:
+                    x = x + torch.randn(x.shape, generator=gen) * sd
+                logits, _ = net(x, mask)
+                loss = focal_loss(logits, torch.from_numpy(y[sel]), gamma, cw)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(sel)
+                seen += len(sel)
+            return {"train_loss": total / max(seen, 1)}
+
+        def validate() -> tuple[float, float]:
+            logits = self._logits(net, reader, bags, val)[0]
+            loss = float(focal_loss(logits, torch.from_numpy(y[val]), gamma, cw))
+            return balanced_accuracy(y[val], logits.argmax(1).numpy()), loss
+
+        has_val = val is not None and len(val) > 0
+        result = train_loop(
+            run_epoch, int(self.epochs), validate=validate if has_val else None, stopping=EarlyStopping(int(self.patience)),
+            snapshot=lambda: copy.deepcopy(net.state_dict()), on_epoch=self.on_epoch,
+        )
+        if result.best_state is not None:
+            net.load_state_dict(result.best_state)
+        net.eval()
+        self.net_, self.history_, self.best_epoch_ = net, result.history, result.best_epoch
+        return self
+
+    @torch.no_grad()
+    def _logits(self, net: nn.Module, reader: BagReader, bags: Bags, which: np.ndarray) -> tuple[torch.Tensor, list[np.ndarray], list[np.ndarray]]:
+        was = net.training
+        net.eval()
+        out, rows_out, att_out = [], [], []
+        for _, rows, xs in reader.batches(bags, which, int(self.batch_bags), None, None):  # scoring sees every tile
+            x, mask = pad(xs)
+            logits, a = net(x, mask)
+            out.append(logits)
+            rows_out += rows
+            att_out += [a[i, : len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)]
+        net.train(was)
+        return (torch.cat(out) if out else torch.zeros(0, len(self.classes_))), rows_out, att_out
+
+    def predict_proba(self, reader: BagReader, bags: Bags, which: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """Class probabilities per bag (columns = ``classes_``), and per bag its store rows and tile weights
+        (attention for abmil; 1/n for mean pooling)."""
+        if self.net_ is None or self.classes_ is None:
+            raise HeadError(f"this {self.name} head is not fitted yet")
+        if reader.d != self.n_features_in_:
+            raise HeadError(f"features have {reader.d} dims, the head was trained on {self.n_features_in_}")
+        which = np.arange(len(bags)) if which is None else which
+        with cpu_threads(int(bags.sizes[which].sum()) * reader.d):
+            logits, rows, att = self._logits(self.net_, reader, bags, which)
+        return torch.softmax(logits, 1).numpy().astype(np.float64), rows, att
+
+    # -- save / load
+    def save(self, path: str | Path) -> None:
+        """head.json (options, classes, width, weight hash) and model.safetensors."""
+        from safetensors.torch import save_file
+
+        if self.net_ is None or self.classes_ is None:
+            raise HeadError(f"this {self.name} head is not fitted yet")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.net_.state_dict().items()}, str(path / MODEL_FILE))
+        meta = {
+            "head": self.name, "level": "slide", "params": self.params(), "classes": self.classes_.tolist(),
+            "n_features_in": int(self.n_features_in_), "state": {"file": MODEL_FILE, "best_epoch": int(self.best_epoch_),
+            "epochs_run": len(self.history_)}, "sha256": {MODEL_FILE: file_sha256(path / MODEL_FILE)},
+            "mito_version": mito.__version__,
+        }
+        (path / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def make_mil_head(name: str, **params: Any) -> MILHead:
+    """A slide-level head by name; unknown options or values out of range are one-line HeadErrors."""
+    if name not in MIL_HEADS:
+        raise HeadError(f"unknown slide-level head {name!r}; choose one of {', '.join(MIL_HEADS)}")
+    allowed = sorted(MILHead().params())
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise HeadError(f"slide-level head {name!r} has no option {', '.join(unknown)} (it takes: {', '.join(allowed)})")
+    head = MILHead(name=name, **params)
+    head.validate()
+    return head
+
+
+def is_mil_head_dir(path: str | Path) -> bool:
+    """True when ``path`` holds a saved slide-level head."""
+    f = Path(path) / HEAD_FILE
+    if not f.is_file():
+        return False
+    try:
+        return json.loads(f.read_text(encoding="utf-8")).get("level") == "slide"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_mil_head(path: str | Path) -> MILHead:
+    """Load a head written by MILHead.save; damaged files are one-line HeadErrors naming them."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    f = path / HEAD_FILE
+    meta = read_json_file(f, "head description")
+    try:
+        head = make_mil_head(meta["head"], **meta["params"])
+        head.classes_ = np.asarray(meta["classes"])
+        head.n_features_in_ = int(meta["n_features_in"])
+        head.best_epoch_ = int(meta.get("state", {}).get("best_epoch", 0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise HeadError(f"{f} is not a valid slide-level head description: {type(e).__name__} {e}") from None
+    for name, want in (meta.get("sha256") or {}).items():
+        check_sha256(path / name, want)
+    net = head.build(head.n_features_in_, len(head.classes_))
+    try:
+        net.load_state_dict(load_file(str(path / MODEL_FILE)))
+    except Exception as e:  # safetensors / torch errors on a damaged file become one line
+        raise HeadError(f"cannot load the {head.name} weights in {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    net.eval()
+    head.net_ = net
+    return head
+
+
+def pad(xs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of bags as one zero-padded float32 tensor (bags x max tiles x dims) and its mask."""
+    n = max(len(x) for x in xs)
+    d = xs[0].shape[1]
+    out = np.zeros((len(xs), n, d), np.float32)
+    mask = np.zeros((len(xs), n), bool)
+    for i, x in enumerate(xs):
+        out[i, : len(x)] = x
+        mask[i, : len(x)] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)

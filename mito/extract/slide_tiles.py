@@ -541,32 +541,6 @@ def slide_source(
     return tiles, {"opts": opts, "info": info}
 
 
-def check_slide_set(store_path: str, source: Any) -> None:
-    """Refuse, naming them, slides added to (or missing from) an existing slide store: its tile list is fixed."""
-    from mito.cache import open_store
-    from mito.cache.store import store_exists
-
-    if source.slides is None or not store_exists(store_path):
-        return
-    try:
-        with open_store(store_path, "r") as s:
-            rec = s.meta.get("slides") or {}
-    except Exception:  # not readable as a store: the store's own checks report it
-        return
-    if not rec:
-        return
-    had = {r["slide"] for r in rec.get("slides", [])}
-    now = {r["slide"] for r in source.slides["info"]["slides"]}
-    new, gone = sorted(now - had), sorted(had - now)
-    if new or gone:
-        parts = ([f"{len(new)} new ({', '.join(new[:5])}{' ...' if len(new) > 5 else ''})"] if new else []) + (
-            [f"{len(gone)} missing ({', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''})"] if gone else [])
-        raise ExtractError(
-            f"{store_path} holds {len(had)} slides and SOURCE has {' and '.join(parts)}: a store's tile list is fixed, "
-            "so extract the new slides into a new --store"
-        )
-
-
 def slide_tiling(opts: SlideOptions) -> dict[str, Any]:
     """What makes slide features comparable (recorded per variant; a model refuses a store tiled otherwise)."""
     return {"mpp": opts.mpp, "tile_px": opts.tile_px}
@@ -583,6 +557,11 @@ def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
         for name, geo in info["masks"].items():
             write_json(mask_dir / f"{safe_name(name)}.tissue.geojson", geo, indent=0)
     slides = [dict(r, mask_geojson=str(mask_dir / f"{safe_name(r['slide'])}.tissue.geojson") if mask_dir and r["slide"] in info["masks"] else None) for r in info["slides"]]
+    now = {r["slide"] for r in slides}
+    held = set(store.tiles["slide"]) if "slide" in store.tiles else set()
+    for r in (store.meta.get("slides") or {}).get("slides", []):  # slides no longer in SOURCE keep their rows and record
+        if r.get("slide") not in now and r.get("slide") in held:
+            slides.append(dict(r, in_source=False))
     doc = json.loads(json.dumps({"options": info["options"], "slides": slides, "skipped": info["skipped"]}, default=json_default))
     if store.meta.get("slides") != doc:  # a no-op re-run leaves the store alone (an HDF5 record rewrites the file)
         store.record("slides", doc)

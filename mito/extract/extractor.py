@@ -278,7 +278,8 @@ def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, sourc
         "preprocessing": prep.as_dict(),
         "spec": spec_summary(spec),
         "tile_size": source.tile_size,
-        **({"slide_tiling": slide_tiling(source.slides["opts"])} if source.slides is not None else {}),
+        # micron tiles only: level-0 crops at points compare with crops, as they always did
+        **({"slide_tiling": slide_tiling(source.slides["opts"])} if source.slides is not None and source.slides["opts"].mpp is not None else {}),
         "versions": {"mito": mito.__version__, "timm": timm.__version__, "torch": torch.__version__},
     }
 

@@ -373,3 +373,31 @@ def test_a_no_op_rerun_does_not_rewrite_the_slide_record(slides: Path, tmp_path:
     extract(cfg)
     assert written.count("slides") == 1
     assert open_store(tmp_path / "n.h5").meta["slides"]["slides"][0]["slide"] == "a.svs"
+
+
+def test_points_with_and_without_mpp_go_through_the_one_slide_reader(slides: Path, tmp_path: Path) -> None:
+    from mito.extract import sources
+
+    svs = slides / "slides" / "a.svs"
+    pts = tmp_path / "points.csv"
+    pd.DataFrame({"x": [300, 1000], "y": [300, 500], "label": ["a", "b"]}).to_csv(pts, index=False)
+    common = ["--input-size", "64", "--zooms", "1", "--colors", "rgb", "--workers", "0", "-q"]
+    res = runner.invoke(app, ["extract", str(svs), "--points", str(pts), "--tile-size", "64", "--store", str(tmp_path / "n.zarr"), *common])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["extract", str(svs), "--points", str(pts), "--mpp", "0.25", "--tile-px", "64", "--store", str(tmp_path / "m.zarr"), *common])
+    assert res.exit_code == 0, res.output
+    n, m = open_store(tmp_path / "n.zarr"), open_store(tmp_path / "m.zarr")
+    assert n.meta["source"]["kind"] == m.meta["source"]["kind"] == "slides" and not hasattr(sources, "_open_slide")
+    assert n.tiles["tile_id"].tolist() == m.tiles["tile_id"].tolist() == ["a.svs:300:300", "a.svs:1000:500"]
+    assert (n.tiles["level"] == 0).all() and n.tiles[["x0", "y0"]].to_numpy().tolist() == [[268, 268], [968, 468]]
+    # at the slide's own 0.25 um/px both forms read the same 64 level-0 pixels, so they embed alike
+    np.testing.assert_allclose(n.read(["efficientnet_lite0:z1:rgb"]), m.read(["efficientnet_lite0:z1:rgb"]), atol=2e-3)
+    src = open_source(svs, points=pts, tile_size=64)
+    s = open_slide(svs)
+    np.testing.assert_array_equal(src.read(0), read_region(s, 0, 268, 268, 64, 64))  # level 0 as it is, no resampling
+    close_slide(s)
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"x": ["left"], "y": [1]}).to_csv(bad, index=False)
+    for extra in ([], ["--mpp", "0.25"]):  # one parser for both forms
+        res = runner.invoke(app, ["extract", str(svs), "--points", str(bad), *extra, "--store", str(tmp_path / "b.zarr")])
+        assert res.exit_code == 2 and "x and y in" in res.output and "must be numbers" in res.output, res.output

@@ -41,7 +41,7 @@ from mito.extract.slide_tiles import close_handles, options_from, record_slides,
 from mito.extract.sources import TileSource, open_source
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
 from mito.io import containing_artifact
-from mito.progress import add_task, advance, progress_bar, status
+from mito.progress import add_task, advance, group_progress, progress_bar, status
 from mito.resources import available_memory, tune_cpu_allocator
 
 MAX_ZOOM = 64.0
@@ -465,6 +465,7 @@ def _extract_backbone(
     )
     with progress_bar("tiles", enabled=cfg.progress and dist.main, info=True) as bar:
         task = add_task(bar, f"{name} x{n_var}", total=len(rows))
+        per_slide = group_progress(bar, rows, source.tiles["slide"], "slides") if source.kind == "slides" and cfg.progress and dist.main else None
         bar.update(task, info=f"starting {workers} decoding worker(s) ..." if workers else "")
         gc.freeze()  # the forked workers' collections then never touch (and so copy) the parent's objects
         try:
@@ -474,7 +475,7 @@ def _extract_backbone(
         bar.update(task, info=f"loading {name} weights ...")
         enc = create_backbone(name, weights=cfg.weights.get(name), device=device)
         bar.update(task, info="embedding the first batch ...")
-        n_done, counts, secs = _embed_all(cfg, enc, device, batches, batch_size, n_var, keys, need, keep, store, bar, task)
+        n_done, counts, secs = _embed_all(cfg, enc, device, batches, batch_size, n_var, keys, need, keep, store, bar, task, per_slide)
     return {
         "variants": keys,
         "rows": int(n_done),
@@ -501,6 +502,7 @@ def _embed_all(
     store: Store,
     bar: Any,
     task: Any,
+    per_slide: Any = None,
 ) -> tuple[int, dict[str, int], float]:
     """Embed every batch, one forward per variant still needed (at most ``batch_size`` tiles each, so memory does
     not grow with the number of variants); returns (tiles, rows per variant, seconds)."""
@@ -532,6 +534,8 @@ def _embed_all(
                 emb[bad.numpy()] = np.nan
                 _collect(store, buffers, idx.numpy(), emb, bad.numpy(), keys, need, keep, writer)
                 advance(bar, task, len(idx), t0, n_done + len(idx))
+                if per_slide is not None:  # which slide, and its tiles done / total in this run
+                    per_slide.advance(idx.numpy())
                 if n_done == 0:
                     bar.update(task, info="")
                 return len(idx)

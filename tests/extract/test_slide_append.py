@@ -55,16 +55,29 @@ def _source(two: dict[str, Path], d: Path, slides: list[str]) -> Path:
     return d
 
 
-def test_adding_a_slide_embeds_only_its_tiles_and_keeps_old_rows_bit_for_bit(two: dict[str, Path], tmp_path: Path) -> None:
+def test_adding_a_slide_embeds_only_its_tiles_and_keeps_old_rows_bit_for_bit(
+    two: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mito.progress import GroupProgress
+
+    seen: list[tuple[str, int, int]] = []  # the per-slide line under the overall bar: slide, done, total
+    real = GroupProgress.advance
+
+    def spy(self: GroupProgress, items: np.ndarray) -> None:
+        real(self, items)
+        seen.append((self.names[self.current], int(self.done[self.current]), int(self.totals[self.current])))
+
+    monkeypatch.setattr(GroupProgress, "advance", spy)
     root = two["root"]
     src = _source(two, tmp_path / "src", ["a.svs"])
     store = tmp_path / "s.zarr"
     shutil.copytree(two["one"], store)
     before = open_store(store).read([KEY], dtype=np.float16)
     os.symlink(root / "both" / "b.ome.tif", src / "b.ome.tif")
-    res = runner.invoke(app, ["extract", str(src), "--store", str(store), *CLI])
+    res = runner.invoke(app, ["extract", str(src), "--store", str(store), *CLI[:-1]])  # with progress
     out = " ".join(res.output.split())
     assert res.exit_code == 0, res.output
+    assert seen[-1] == ("b.ome.tif", 48, 48) and {x[0] for x in seen} == {"b.ome.tif"}  # only the new slide was read
     assert "efficientnet_lite0: 48 tiles embedded" in out and "added 48 tiles from 1 new slide(s) (b.ome.tif)" in out
     s = open_store(store)
     assert s.n_tiles == 96 and s.verify() == [] and s.is_complete(KEY)
@@ -171,3 +184,17 @@ def test_new_crops_in_a_tile_folder_are_appended_to_an_hdf5_store(tmp_path: Path
     assert got.keys() == want.keys()
     for t in want:
         np.testing.assert_allclose(got[t].astype(np.float32), want[t].astype(np.float32), rtol=2e-3, atol=2e-3, err_msg=t)
+
+
+def test_the_per_slide_line_follows_the_slide_being_embedded() -> None:
+    from mito.progress import group_progress, progress_bar
+
+    with progress_bar("tiles", enabled=False) as bar:
+        g = group_progress(bar, np.arange(2, 7), np.array(["a.svs"] * 4 + ["b.svs"] * 3), "slides")
+        assert g.totals.tolist() == [2, 3]  # rows 2..6: two of a.svs, three of b.svs
+        g.advance(np.array([2, 3]))
+        t = bar.tasks[g.task]
+        assert (t.description.strip(), t.completed, t.total) == ("a.svs", 2, 2)
+        g.advance(np.array([4]))
+        t = bar.tasks[g.task]
+        assert (t.description.strip(), t.completed, t.total) == ("b.svs", 1, 3)

@@ -294,7 +294,7 @@ def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True) -
     if store_exists(cfg.store):
         store = open_store(cfg.store, mode="a", lock=lock)
         try:  # new slides (or crops) become new rows; the source's table is then the store's
-            return store, grow_store(store, source, cfg.store, may_write=lock)
+            return store, grow_store(store, source, cfg.store, may_write=lock, limited=cfg.limit is not None)
         except BaseException:
             store.close()
             raise

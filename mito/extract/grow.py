@@ -38,9 +38,10 @@ def _refuse(store: Store, path: str, why: str = "") -> StoreError:
     return StoreError(f"{path} was made from a different tile list ({store.n_tiles} tiles from {src}){why}; use a new --store")
 
 
-def grow_store(store: Store, source: TileSource, path: str, may_write: bool = True) -> Growth | None:
+def grow_store(store: Store, source: TileSource, path: str, may_write: bool = True, limited: bool = False) -> Growth | None:
     """Append the tiles of ``source`` that ``store`` lacks (finishing an interrupted append) and align
-    ``source.tiles`` with the store's rows; None when the store holds exactly this tile list already."""
+    ``source.tiles`` with the store's rows; None when the store holds exactly this tile list already.
+    ``limited`` (a --limit run) never grows a store: its list is a cut, not new data."""
     ids = source.tiles["tile_id"].astype(str)
     pending = store.meta.get("append")
     if not pending and store.meta.get("tile_list_sha256") == tile_list_hash(ids.tolist()):
@@ -48,13 +49,15 @@ def grow_store(store: Store, source: TileSource, path: str, may_write: bool = Tr
     made = store.meta.get("source") or {}
     if source.kind not in APPENDABLE or made.get("kind") != source.kind or (source.kind != "slides" and made.get("path") != source.root):
         raise _refuse(store, path)
+    if limited:
+        raise _refuse(store, path, "; --limit takes a fixed cut of SOURCE, so it never adds tiles")
     held = store.tiles
     old = held["tile_id"].astype(str)
     growth = Growth()
     if source.kind == "slides":
         for s in sorted(set(held["slide"]) & set(source.tiles["slide"])):
             if set(old[held["slide"] == s]) != set(ids[source.tiles["slide"] == s]):
-                raise _refuse(store, path, f": slide {s} now gives other tiles (other --mpp, --stride, --min-tissue, --limit or annotations?)")
+                raise _refuse(store, path, f": slide {s} now gives other tiles (other --mpp, --stride, --min-tissue or annotations?)")
     new = source.tiles[~ids.isin(set(old)).to_numpy()].reset_index(drop=True)
     gone = ~old.isin(set(ids)).to_numpy()
     growth.kept_tiles = int(gone.sum())

@@ -192,6 +192,7 @@ def extract(
 ) -> None:
     """Embed every tile with each backbone, zoom and colour into a chunked store (re-run to resume)."""
     from mito.extract import extract as run_extract
+    from mito.extract import growth_lines
 
     if gpus != 1:
         from mito.extract.distributed import launch, strip_option
@@ -225,6 +226,8 @@ def extract(
         console.print(f"[yellow]{len(summary['unreadable'])} unreadable tiles skipped:[/] {shown}{more}")
     for s in summary.get("skipped_slides", []):
         console.print(f"[yellow]slide skipped:[/] {s['reason']}")
+    for line in growth_lines(summary["grown"]) if "grown" in summary else []:
+        console.print(line, highlight=False)
     console.print(f"store: {summary['store']} ({summary['n_tiles']} tiles)")
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from rich.console import Console
 
@@ -41,6 +44,47 @@ def advance(bar: Any, task: Any, n: float, started: float, done: float) -> None:
 
     dt = max(time.perf_counter() - started, 1e-9)
     bar.update(task, advance=n, rate=f"{done / dt:.1f}")
+
+
+@dataclass
+class GroupProgress:
+    """A second line under an overall bar: the group (e.g. slide) the latest items belong to, and its items done/total."""
+
+    bar: Any
+    task: Any
+    codes: np.ndarray  # group code of every item index
+    names: list[str]
+    totals: np.ndarray  # items per group in this run
+    done: np.ndarray
+    current: int = -1
+    since: tuple[float, int] = (0.0, 0)  # (perf_counter, items done) when the line switched to the current group
+
+    def advance(self, items: np.ndarray) -> None:
+        """Count ``items`` (indices) as done; the line follows the group of the last one."""
+        import time
+
+        if len(items) == 0:
+            return
+        c = self.codes[items]
+        before = int(self.done[int(c[-1])])
+        np.add.at(self.done, c, 1)
+        g = int(c[-1])
+        now = time.perf_counter()
+        if g != self.current:  # a new group: restart the line (its rate and ETA are its own)
+            self.current, self.since = g, (now - 1e-9, before)
+            self.bar.reset(self.task, total=int(self.totals[g]), completed=int(self.done[g]), description=f"  {self.names[g]}")
+        rate = (int(self.done[g]) - self.since[1]) / max(now - self.since[0], 1e-9)
+        self.bar.update(self.task, completed=int(self.done[g]), rate=f"{rate:.1f}")
+
+
+def group_progress(bar: Any, items: np.ndarray, groups: Any, unit: str = "") -> GroupProgress:
+    """Add a per-group line (e.g. per slide) to ``bar`` for the item indices ``items``; ``groups`` labels every index."""
+    import pandas as pd
+
+    codes, names = pd.factorize(pd.Series(groups).astype(str))
+    totals = np.bincount(codes[items], minlength=len(names))
+    task = bar.add_task(f"  {unit}", total=None, rate="", info="")
+    return GroupProgress(bar, task, np.asarray(codes), [str(n) for n in names], totals, np.zeros(len(names), np.int64))
 
 
 @contextmanager

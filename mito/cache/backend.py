@@ -31,6 +31,7 @@ class Capabilities:
     resumable_per_chunk: bool  # a killed run keeps every chunk it finished (else: per run)
     supports_urls: bool  # fsspec URLs (s3://, memory:// ...) work
     shared_writers: bool  # several processes (torchrun ranks) may write different chunks at once
+    resizable_rows: bool = True  # arrays can grow along the tile axis (adding tiles to a store)
 
 
 @runtime_checkable
@@ -83,6 +84,14 @@ class StoreBackend(Protocol):
 
     def delete(self, name: str) -> None:
         """Remove an array (no error when it is absent)."""
+        ...
+
+    def resize(self, name: str, rows: int) -> None:
+        """Grow or shrink an array along its first (tile) axis; new rows read as the fill value."""
+        ...
+
+    def write_strings_at(self, name: str, start: int, values: np.ndarray) -> None:
+        """Write UTF-8 strings into rows ``start ...`` of a string array (widening it where the backend must)."""
         ...
 
     def close(self, commit: bool = True) -> None:
@@ -189,6 +198,13 @@ class ZarrBackend:
     def delete(self, name: str) -> None:
         if self.has(name):
             del self.root[name]
+
+    def resize(self, name: str, rows: int) -> None:
+        arr = self.root[name]
+        arr.resize((rows, *arr.shape[1:]))  # one metadata file, replaced atomically
+
+    def write_strings_at(self, name: str, start: int, values: np.ndarray) -> None:
+        self.root[name][start : start + len(values)] = np.asarray(values).astype(str)
 
     def close(self, commit: bool = True) -> None:
         pass
@@ -316,7 +332,8 @@ class H5Backend:
         def make(f: Any) -> None:
             if name in f:
                 del f[name]
-            f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, fletcher32=True, **kw)
+            f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, fletcher32=True,
+                             maxshape=(None, *shape[1:]), **kw)
 
         self._guarded(int(np.prod(chunks)) * np.dtype(dtype).itemsize, make)
 
@@ -328,7 +345,7 @@ class H5Backend:
         def make(f: Any) -> None:
             if name in f:
                 del f[name]
-            f.create_dataset(name, data=enc, chunks=(chunk,), fletcher32=True)
+            f.create_dataset(name, data=enc, chunks=(chunk,), fletcher32=True, maxshape=(None,))
 
         self._guarded(enc.nbytes, make)
 
@@ -364,6 +381,36 @@ class H5Backend:
     def delete(self, name: str) -> None:
         if name in self.f:
             del self._writable()[name]
+
+    def resize(self, name: str, rows: int, dtype: Any = None) -> None:
+        def grow(f: Any) -> None:
+            ds = f[name]
+            if dtype is None and (ds.maxshape[0] is None or ds.maxshape[0] >= rows):
+                ds.resize(rows, axis=0)
+                return
+            # made before datasets were resizable (or strings that need more bytes): copy into a new dataset
+            tmp = f"{name}.resizing"
+            if tmp in f:
+                del f[tmp]
+            kw = {"compression": ds.compression, "compression_opts": ds.compression_opts, "shuffle": ds.shuffle}
+            new = f.create_dataset(tmp, shape=(rows, *ds.shape[1:]), maxshape=(None, *ds.shape[1:]), dtype=dtype or ds.dtype,
+                                   chunks=ds.chunks, fillvalue=ds.fillvalue, fletcher32=True, **kw)
+            step = ds.chunks[0] if ds.chunks else max(1, ds.shape[0])
+            for a in range(0, min(rows, ds.shape[0]), step):  # one chunk at a time: memory stays bounded
+                b = min(rows, ds.shape[0], a + step)
+                new[a:b] = ds[a:b]
+            del f[name]
+            f.move(tmp, name)
+
+        ds = self.f[name]
+        self._guarded(max(0, rows - ds.shape[0]) * int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize, grow)
+
+    def write_strings_at(self, name: str, start: int, values: np.ndarray) -> None:
+        enc = np.array([str(v).encode("utf-8") for v in values], dtype=bytes)
+        ds = self.f[name]
+        if ds.dtype.kind == "S" and enc.dtype.itemsize > ds.dtype.itemsize:  # fixed-width strings: widen first
+            self.resize(name, ds.shape[0], dtype=enc.dtype)
+        self.write(name, slice(start, start + len(enc)), enc)
 
     def close(self, commit: bool = True) -> None:
         if self.f is None:

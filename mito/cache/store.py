@@ -16,7 +16,10 @@ What it guarantees (the backend's :class:`~mito.cache.backend.Capabilities` say 
   counts as not done, so re-running extract rewrites it;
 - one writer at a time: an OS lock beside the store (never stale after kill -9). fsspec URLs are unlocked;
 - Zarr resumes per chunk (each chunk file is replaced atomically); HDF5 is written to a copy that replaces
-  the file when the writer closes, so a killed run leaves the previous file (HDF5 resumes per run).
+  the file when the writer closes, so a killed run leaves the previous file (HDF5 resumes per run);
+- tiles can be added (:meth:`Store.append_tiles`): the intent is written to the attributes first, then every
+  array grows, then one attribute write commits the new length and tile-list hash. A store whose append was
+  killed part-way opens only for writing, where the same append (re-run) finishes it; old rows never change.
 """
 
 from __future__ import annotations
@@ -182,7 +185,10 @@ class Store:
         if not self.meta or self.meta.get("store_version") is None:
             self._abort()
             raise StoreError(f"{path} is not a mito store (no mito attributes)")
-        if strict:
+        if strict and self.meta.get("append") and not writable:
+            self._abort()
+            raise StoreError(f"{path}: adding tiles to it was interrupted; re-run the same `mito extract ... --store {path}` to finish it")
+        if strict and not self.meta.get("append"):  # a pending append is finished (or undone) before anything is read
             found = self.meta_problems or self._structure_problems()
             if found:
                 self._abort()
@@ -315,7 +321,7 @@ class Store:
         if self._tiles is None:
             data = {}
             for c in self.meta["tile_columns"]:
-                v = self._read(f"tiles/{c['name']}")
+                v = self._read(f"tiles/{c['name']}", slice(0, self.n_tiles))  # a pending append may have grown the array
                 kind = c["kind"]
                 if kind == "str":
                     s = pd.Series(v.astype(object), dtype=object)
@@ -332,7 +338,7 @@ class Store:
     @property
     def unreadable(self) -> np.ndarray:
         """Boolean mask of tiles that could not be decoded."""
-        return self._read("unreadable").astype(bool)
+        return self._read("unreadable", slice(0, self.n_tiles)).astype(bool)
 
     def done_chunks(self, key: str) -> np.ndarray:
         """Boolean mask over row chunks: True where the chunk is fully written for this variant."""
@@ -443,6 +449,105 @@ class Store:
                     self._b.write("unreadable", slice(start, stop), unreadable if cur is None else cur | unreadable)
             self._b.write(f"features/{v.path}", slice(start, stop), features.astype(np.float16))
             self._b.write(f"done/{v.path}", slice(chunk, chunk + 1), np.array([True]))
+
+    def kept_rows(self, key: str, chunk: int) -> int:
+        """Rows at the start of chunk ``chunk`` that already hold ``key``'s embeddings while the chunk is not done
+        (the old rows of the chunk an append made grow); 0 for any other chunk."""
+        return int((self.meta.get("partial_chunks") or {}).get(str(chunk), {}).get(key, 0))
+
+    def append_tiles(self, new: pd.DataFrame, note: dict[str, Any] | None = None) -> None:
+        """Add ``new`` rows at the end of the tile table; every variant's new rows start not done, old rows and their
+        embeddings stay as they are. Safe to kill at any point: re-running the same append finishes it."""
+        self._require_writable()
+        if not self.capabilities.resizable_rows:
+            raise StoreError(f"{self.path}: this store format cannot grow; extract into a new --store")
+        self.meta = self._b.get_attrs(fresh=True) or self.meta
+        n_old, cols, pend = self.n_tiles, self.meta["tile_columns"], self.meta.get("append")
+        names = [c["name"] for c in cols]
+        if set(new.columns) != set(names):
+            extra, missing = sorted(set(new.columns) - set(names)), sorted(set(names) - set(new.columns))
+            raise StoreError(f"the new tiles' columns differ from {self.path}'s ("
+                             + "; ".join(x for x in (f"new: {', '.join(extra)}" if extra else "", f"missing: {', '.join(missing)}" if missing else "") if x)
+                             + "); extract them into a new --store")
+        old_ids = [str(t) for t in self._read("tiles/tile_id", slice(0, n_old))]
+        new_ids = new["tile_id"].astype(str).tolist()
+        ids = pd.Series(new_ids)
+        clash = sorted(set(old_ids) & set(new_ids)) or ids[ids.duplicated()].tolist()
+        if clash:
+            raise StoreError(f"tile id {clash[0]!r} would be in {self.path} twice")
+        n_new = n_old + len(new)
+        sha = tile_list_hash(old_ids + new_ids)
+        keys = self.variants
+        cr = self.chunk_rows
+        if keys:  # a store smaller than one chunk is stored in chunks of its own size: keep that as the chunk
+            cr = min(cr, self._b.chunks(f"features/{parse_variant(keys[0]).path}")[0])
+        last = (n_old - 1) // cr
+        if pend and pend.get("from") == n_old and pend.get("chunk_rows") == cr:
+            straddle, was_done = dict(pend["straddle"]), list(pend["was_done"])  # read before the flags were reset
+        else:
+            straddle, was_done = {}, []
+            kept = (self.meta.get("partial_chunks") or {}).get(str(last), {})
+            for k in keys if n_old % cr else []:
+                if bool(self._read(f"done/{parse_variant(k).path}", slice(last, last + 1))[0]):
+                    straddle[k] = n_old - last * cr
+                    was_done.append(k)
+                elif kept.get(k):
+                    straddle[k] = int(kept[k])
+        intent = {"from": n_old, "to": n_new, "chunk_rows": cr, "tile_list_sha256": sha, "straddle": straddle, "was_done": was_done}
+        self._update_meta(lambda m: m.__setitem__("append", intent))
+        n_chunks = math.ceil(n_new / cr)
+        first = last if n_old % cr else n_old // cr  # the first chunk that is not done any more
+        with self._writing():
+            for c in cols:
+                name, kind = f"tiles/{c['name']}", c["kind"]
+                try:
+                    arr = _column_array(new[c["name"]].reset_index(drop=True), kind)
+                except (TypeError, ValueError):
+                    raise StoreError(f"column {c['name']} of the new tiles does not fit its type in {self.path} ({kind})") from None
+                self._b.resize(name, n_new)
+                if kind == "str":
+                    self._b.write_strings_at(name, n_old, arr)
+                else:
+                    self._b.write(name, slice(n_old, n_new), arr)
+            self._b.resize("unreadable", n_new)
+            self._b.write("unreadable", slice(n_old, n_new), np.zeros(n_new - n_old, bool))
+            for k in keys:
+                v = parse_variant(k)
+                self._b.resize(f"features/{v.path}", n_new)  # new rows read NaN (the fill value) until written
+                self._b.resize(f"done/{v.path}", n_chunks)
+                self._b.write(f"done/{v.path}", slice(first, n_chunks), np.zeros(n_chunks - first, bool))
+
+        def commit(m: dict[str, Any]) -> None:
+            partial = dict(m.get("partial_chunks") or {})
+            if straddle:
+                partial[str(last)] = straddle
+            m.update(n_tiles=n_new, chunk_rows=cr, tile_list_sha256=sha, partial_chunks=partial)
+            m["appends"] = [*m.get("appends", []), {"rows": [n_old, n_new], "added": _now(), **(note or {})}]
+            m.pop("append", None)
+
+        self._update_meta(commit)
+        self._tiles = None
+
+    def cancel_append(self) -> None:
+        """Undo an interrupted append (its tiles are no longer wanted): arrays back to the committed rows."""
+        self._require_writable()
+        self.meta = self._b.get_attrs(fresh=True) or self.meta
+        pend = self.meta.get("append")
+        if not pend:
+            return
+        n, cr = self.n_tiles, int(pend["chunk_rows"])
+        with self._writing():
+            for c in self.meta["tile_columns"]:
+                self._b.resize(f"tiles/{c['name']}", n)
+            self._b.resize("unreadable", n)
+            for k in self.variants:
+                v = parse_variant(k)
+                self._b.resize(f"features/{v.path}", n)
+                self._b.resize(f"done/{v.path}", self.n_chunks)
+                if k in pend["was_done"]:
+                    self._b.write(f"done/{v.path}", slice((n - 1) // cr, (n - 1) // cr + 1), np.array([True]))
+        self._update_meta(lambda m: m.pop("append", None))
+        self._tiles = None
 
     def remove_variant(self, key: str) -> None:
         """Forget a variant: its provenance is dropped and its arrays deleted."""
@@ -618,6 +723,10 @@ class Store:
 
     def _verify(self, problems: list[str]) -> None:
         meta = self.meta
+        if isinstance(meta.get("append"), dict):
+            a = meta["append"]
+            problems.append(f"adding tiles {a.get('from')}..{a.get('to')} was interrupted: re-run the same mito extract to finish it")
+            return
         n, cr = _pos_int(meta.get("n_tiles")), _pos_int(meta.get("chunk_rows"))
         n_chunks = math.ceil(n / cr) if n and cr else None
         cols = meta.get("tile_columns") if isinstance(meta.get("tile_columns"), list) else []
@@ -708,6 +817,15 @@ def _column_kind(s: pd.Series) -> str:
     return "str"
 
 
+def _column_array(s: pd.Series, kind: str) -> np.ndarray:
+    """A tile-table column as stored: strings ('' = missing), int8 yes/no (-1 = missing), int64 or float64."""
+    if kind == "str":
+        return s.map(lambda x: "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)).to_numpy()
+    if kind == "bool":
+        return np.where(s.isna().to_numpy(), -1, s.fillna(False).astype(bool).to_numpy()).astype(np.int8)
+    return s.to_numpy(dtype=np.int64 if kind == "int" else np.float64)
+
+
 def _write_tiles(b: StoreBackend, tiles: pd.DataFrame) -> list[dict[str, str]]:
     cols = []
     chunk = max(1, min(len(tiles), 65536))
@@ -715,13 +833,9 @@ def _write_tiles(b: StoreBackend, tiles: pd.DataFrame) -> list[dict[str, str]]:
         s = tiles[name]
         kind = _column_kind(s)
         if kind == "str":
-            vals = s.map(lambda x: "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)).to_numpy()
-            b.write_strings(f"tiles/{name}", vals, chunk, TILE_DIMS)
+            b.write_strings(f"tiles/{name}", _column_array(s, kind), chunk, TILE_DIMS)
         else:
-            if kind == "bool":
-                arr = np.where(s.isna().to_numpy(), -1, s.fillna(False).astype(bool).to_numpy()).astype(np.int8)
-            else:
-                arr = s.to_numpy(dtype=np.int64 if kind == "int" else np.float64)
+            arr = _column_array(s, kind)
             b.create(f"tiles/{name}", arr.shape, arr.dtype, (chunk,), -1 if kind == "bool" else 0, TILE_DIMS)
             b.write(f"tiles/{name}", slice(None), arr)
         cols.append({"name": str(name), "kind": kind})

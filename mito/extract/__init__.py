@@ -14,6 +14,7 @@ from mito.extract.backbones import (
 )
 from mito.extract.errors import ExtractError
 from mito.extract.extractor import ExtractConfig, extract, pick_device
+from mito.extract.grow import growth_lines
 from mito.extract.sources import TileSource, open_source
 from mito.extract.variants import COLORS, FITS, PAD_MODES, Preprocess, preprocess
 
@@ -32,6 +33,7 @@ __all__ = [
     "create_backbone",
     "extract",
     "get_backbone",
+    "growth_lines",
     "list_backbones",
     "open_source",
     "pick_device",

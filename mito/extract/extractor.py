@@ -31,18 +31,18 @@ from mito.cache import (
     open_store,
     store_exists,
     store_format,
-    tile_list_hash,
 )
 from mito.extract import distributed
 from mito.extract.augment import View, apply_view, parse_augment
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
 from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
 from mito.extract.errors import ExtractError
-from mito.extract.slide_tiles import check_slide_set, close_handles, options_from, record_slides, slide_tiling
+from mito.extract.grow import Growth, grow_store
+from mito.extract.slide_tiles import close_handles, options_from, record_slides, slide_tiling
 from mito.extract.sources import TileSource, open_source
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
 from mito.io import containing_artifact
-from mito.progress import add_task, advance, progress_bar, status
+from mito.progress import add_task, advance, group_progress, progress_bar, status
 from mito.resources import available_memory, tune_cpu_allocator
 
 MAX_ZOOM = 64.0
@@ -227,13 +227,14 @@ class _TileDataset(Dataset):
 
     def __init__(
         self, source: TileSource, rows: np.ndarray, preps: list[Preprocess], need: np.ndarray, chunk_rows: int,
-        views: list[View | None] | None = None, seed: int = 0,
+        views: list[View | None] | None = None, seed: int = 0, keep: np.ndarray | None = None,
     ) -> None:
         self.source, self.rows = source, rows
         self.aug = views or [None] * len(preps)  # the augmented view each variant embeds (None: the tile itself)
         self.seed = seed
         self.ids = source.tiles["tile_id"].astype(str).to_numpy() if any(self.aug) else None
         self.need, self.chunk_rows = need, chunk_rows  # need[chunk, variant]: not yet in the store
+        self.keep = np.zeros(need.shape, np.int64) if keep is None else keep  # keep[chunk, variant]: first rows already in it
         self.zooms = [p.zoom for p in preps]
         self.views = source.kind == "slides"  # whole slides: each zoom read at its own resolution
         self.context = 1.0 if self.views else max(1.0, 1.0 / min(self.zooms))
@@ -250,7 +251,8 @@ class _TileDataset(Dataset):
         size = self.preps[0].input_size
         out = torch.zeros(len(self.preps), 3, size, size, dtype=torch.uint8)
         try:
-            needed = np.flatnonzero(self.need[row // self.chunk_rows])
+            c = row // self.chunk_rows
+            needed = np.flatnonzero(self.need[c] & (row - c * self.chunk_rows >= self.keep[c]))
             if self.views:
                 imgs = self.source.read_views(row, [self.zooms[j] for j in needed])  # only the zooms this chunk lacks
                 for j, img in zip(needed, imgs):
@@ -320,12 +322,13 @@ def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, sourc
         "preprocessing": prep.as_dict(),
         "spec": spec_summary(spec),
         "tile_size": source.tile_size,
-        **({"slide_tiling": slide_tiling(source.slides["opts"])} if source.slides is not None else {}),
+        # micron tiles only: level-0 crops at points compare with crops, as they always did
+        **({"slide_tiling": slide_tiling(source.slides["opts"])} if source.slides is not None and source.slides["opts"].mpp is not None else {}),
         "versions": {"mito": mito.__version__, "timm": timm.__version__, "torch": torch.__version__},
     }
 
 
-def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True) -> Store:
+def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True) -> tuple[Store, Growth | None]:
     tiles = source.tiles
     meta = {
         "source": {"path": source.root, "kind": source.kind, "points": cfg.points, "tile_size": source.tile_size},
@@ -334,14 +337,31 @@ def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True) -
     }
     if store_exists(cfg.store):
         store = open_store(cfg.store, mode="a", lock=lock)
-        if store.meta.get("tile_list_sha256") != tile_list_hash(tiles["tile_id"].astype(str).tolist()):
+        try:  # new slides (or crops) become new rows; the source's table is then the store's
+            return store, grow_store(store, source, cfg.store, may_write=lock, limited=cfg.limit is not None)
+        except BaseException:
             store.close()
-            raise StoreError(
-                f"{cfg.store} was made from a different tile list ({store.n_tiles} tiles from "
-                f"{store.meta.get('source', {}).get('path')}); use a new --store"
-            )
-        return store
-    return create_store(cfg.store, tiles, meta, chunk_rows=cfg.chunk_rows)
+            raise
+    return create_store(cfg.store, tiles, meta, chunk_rows=cfg.chunk_rows), None
+
+
+def kept_rows(store: Store, keys: list[str], need: np.ndarray) -> np.ndarray:
+    """keep[chunk, variant]: rows at the start of a chunk still to write that already hold sound embeddings (the old
+    rows of a chunk that grew when tiles were added); 0 where they do not read back whole."""
+    keep = np.zeros(need.shape, np.int64)
+    for c, j in zip(*np.nonzero(need)):
+        k = store.kept_rows(keys[j], int(c))
+        start, stop = store.chunk_rows_range(int(c))
+        if not 0 < k < stop - start:
+            continue
+        try:
+            block = store.read([keys[j]], slice(start, start + k), allow_incomplete=True)
+            bad = store.unreadable[start : start + k]
+        except StoreError:  # damaged since: the whole chunk is embedded again
+            continue
+        if not (np.isnan(block).any(axis=1) & ~bad).any():
+            keep[c, j] = k
+    return keep
 
 
 class _Writer:
@@ -414,12 +434,14 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
                 f"zoom {min(cfg.zooms):g} needs pixels around each tile, but {source.kind} tiles are fixed crops; "
                 "use zooms >= 1 (or a slide with --points)"
             )
-        check_slide_set(cfg.store, source)
-        store = dist.on_main(lambda: _open_or_create(cfg, source))  # only rank 0 creates; the others wait
-        if store is None:  # rank 0 holds the writer lock for the whole job
-            store = _open_or_create(cfg, source, lock=False)
+        opened = dist.on_main(lambda: _open_or_create(cfg, source))  # only rank 0 creates or grows; the others wait
+        if opened is None:  # rank 0 holds the writer lock for the whole job
+            opened = _open_or_create(cfg, source, lock=False)
+        store, growth = opened
     try:  # from here on the store (and its writer lock) is closed whatever happens
         summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
+        if growth is not None and (growth.added_tiles or growth.kept_tiles):
+            summary["grown"] = growth.as_dict()
         if source.slides is not None:
             summary["skipped_slides"] = source.slides["info"]["skipped"]
             if dist.main:
@@ -466,15 +488,18 @@ def _extract_backbone(
 
     n_var = len(plan)
     need = np.stack([~done[k] for k in keys], axis=1) & todo[:, None]  # need[chunk, variant]
-    rows = np.concatenate([np.arange(*store.chunk_rows_range(int(c))) for c in np.flatnonzero(todo)])
+    keep = kept_rows(store, keys, need)
+    first = np.where(need, keep, store.chunk_rows).min(axis=1)  # rows before this one no variant needs
+    spans = [(a + int(first[c]), b) for c, (a, b) in ((int(c), store.chunk_rows_range(int(c))) for c in np.flatnonzero(todo))]
+    rows = np.concatenate([np.arange(a, b) for a, b in spans])
     size = plan[0][1].input_size
-    ds = _TileDataset(source, rows, [p for _, p, _ in plan], need, store.chunk_rows, [w for _, _, w in plan], seed)
+    ds = _TileDataset(source, rows, [p for _, p, _ in plan], need, store.chunk_rows, [w for _, _, w in plan], seed, keep)
     batch_size = cfg.batch_size or default_batch_size(device)
     cuda = device.type == "cuda"
     workers, prefetch = loader_plan(
         cfg.num_workers if cfg.num_workers is not None else default_workers(device), batch_size * n_var * 3 * size * size, input_budget()
     )
-    sizes = [b - a for a, b in (store.chunk_rows_range(int(c)) for c in np.flatnonzero(todo))]
+    sizes = [b - a for a, b in spans]
     loader = DataLoader(
         ds,
         batch_sampler=_Batches(sizes, batch_size),
@@ -485,6 +510,7 @@ def _extract_backbone(
     )
     with progress_bar("tiles", enabled=cfg.progress and dist.main, info=True) as bar:
         task = add_task(bar, f"{name} x{n_var}", total=len(rows))
+        per_slide = group_progress(bar, rows, source.tiles["slide"], "slides") if source.kind == "slides" and cfg.progress and dist.main else None
         bar.update(task, info=f"starting {workers} decoding worker(s) ..." if workers else "")
         gc.freeze()  # the forked workers' collections then never touch (and so copy) the parent's objects
         try:
@@ -494,7 +520,7 @@ def _extract_backbone(
         bar.update(task, info=f"loading {name} weights ...")
         enc = create_backbone(name, weights=cfg.weights.get(name), device=device)
         bar.update(task, info="embedding the first batch ...")
-        n_done, counts, secs = _embed_all(cfg, enc, device, batches, batch_size, n_var, keys, need, store, bar, task)
+        n_done, counts, secs = _embed_all(cfg, enc, device, batches, batch_size, n_var, keys, need, keep, store, bar, task, per_slide)
     return {
         "variants": keys,
         "rows": int(n_done),
@@ -517,9 +543,11 @@ def _embed_all(
     n_var: int,
     keys: list[str],
     need: np.ndarray,
+    keep: np.ndarray,
     store: Store,
     bar: Any,
     task: Any,
+    per_slide: Any = None,
 ) -> tuple[int, dict[str, int], float]:
     """Embed every batch, one forward per variant still needed (at most ``batch_size`` tiles each, so memory does
     not grow with the number of variants); returns (tiles, rows per variant, seconds)."""
@@ -549,8 +577,10 @@ def _embed_all(
                     ready.synchronize()  # the copy back from the GPU has landed
                 emb = out.numpy()
                 emb[bad.numpy()] = np.nan
-                _collect(store, buffers, idx.numpy(), emb, bad.numpy(), keys, need, writer)
+                _collect(store, buffers, idx.numpy(), emb, bad.numpy(), keys, need, keep, writer)
                 advance(bar, task, len(idx), t0, n_done + len(idx))
+                if per_slide is not None:  # which slide, and its tiles done / total in this run
+                    per_slide.advance(idx.numpy())
                 if n_done == 0:
                     bar.update(task, info="")
                 return len(idx)
@@ -558,7 +588,8 @@ def _embed_all(
             pending = None  # CUDA: the previous batch, handled on the CPU while the device runs the next one
             for idx, x, bad in batches:
                 b = x.shape[0]
-                rows_need = need[idx.numpy() // store.chunk_rows]  # [b, variants]
+                chunk_of = idx.numpy() // store.chunk_rows
+                rows_need = need[chunk_of] & ((idx.numpy() - chunk_of * store.chunk_rows)[:, None] >= keep[chunk_of])  # [b, variants]
                 out = torch.zeros(b, n_var, spec.embed_dim, dtype=torch.float32, device=device)
                 if cuda:  # uint8 from pinned memory, one transfer per batch
                     x = x.to(device, non_blocking=True)
@@ -622,21 +653,30 @@ def _collect(
     bad: np.ndarray,
     keys: list[str],
     need: np.ndarray,
+    keep: np.ndarray,
     writer: _Writer,
 ) -> None:
     """Gather rows into their chunk's float16 buffer (only the variants that chunk needs); hand each chunk to the
-    writer once all its rows arrived. The store keeps float16, so rounding here writes the same bits."""
+    writer once all its rows arrived. The store keeps float16, so rounding here writes the same bits. Rows a
+    chunk already holds (``keep``: the old rows of a chunk that grew when tiles were added) are copied as they are."""
     chunk_of = idx // store.chunk_rows
     for c in np.unique(chunk_of):
         c = int(c)
         start, stop = store.chunk_rows_range(c)
         cols = np.flatnonzero(need[c])
-        buf = buffers.setdefault(
-            c, {"emb": np.empty((stop - start, len(cols), emb.shape[-1]), np.float16), "bad": np.zeros(stop - start, bool), "n": 0}
-        )
+        if c not in buffers:
+            buf = {"emb": np.empty((stop - start, len(cols), emb.shape[-1]), np.float16), "bad": np.zeros(stop - start, bool), "n": 0}
+            for i, j in enumerate(cols):
+                if keep[c, j]:
+                    buf["emb"][: keep[c, j], i] = store.read([keys[j]], slice(start, start + int(keep[c, j])), np.float16, allow_incomplete=True)
+            buf["n"] = int(keep[c, cols].min()) if len(cols) else 0
+            buffers[c] = buf
+        buf = buffers[c]
         sel = chunk_of == c
         local = idx[sel] - start
-        buf["emb"][local] = emb[sel][:, cols]
+        for i, j in enumerate(cols):
+            fresh = local >= keep[c, j]
+            buf["emb"][local[fresh], i] = emb[sel][fresh, j]
         buf["bad"][local] = bad[sel]
         buf["n"] += int(sel.sum())
         if buf["n"] == stop - start:

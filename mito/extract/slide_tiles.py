@@ -47,9 +47,11 @@ OPEN_SLIDES = 4  # handles kept open per DataLoader worker
 
 @dataclass(frozen=True)
 class SlideOptions:
-    """How slides become tiles: size in microns, grid, tissue threshold, reader, overrides, annotations."""
+    """How slides become tiles: size in microns, grid, tissue threshold, reader, overrides, annotations.
 
-    mpp: float
+    ``mpp=None`` (``--points`` without ``--mpp``): a tile is ``tile_px`` level-0 pixels, read at level 0 as they are."""
+
+    mpp: float | None
     tile_px: int
     zooms: tuple[float, ...] = (1.0,)
     stride_px: int | None = None  # at ``mpp``; default: tile_px (no overlap)
@@ -58,6 +60,10 @@ class SlideOptions:
     reader: str = "auto"
     annotations: str | None = None
     label_overlap: float | None = None
+
+    def scale(self, slide_mpp: float) -> float:
+        """Level-0 pixels per output pixel on a slide of ``slide_mpp`` um/px (1 for native level-0 tiles)."""
+        return 1.0 if self.mpp is None else self.mpp / slide_mpp
 
     @property
     def stride(self) -> int:
@@ -322,10 +328,13 @@ def _list_slides(path: Path) -> pd.DataFrame:
 
 
 def _boxes_for(slide: Slide, opts: SlideOptions, smpp: float, centres: np.ndarray | None) -> np.ndarray:
-    side0 = opts.tile_px * opts.mpp / smpp
+    side0 = opts.tile_px * opts.scale(smpp)
+    if centres is not None and opts.mpp is None:  # level-0 crops on whole pixels: x - side // 2 ... as the points say
+        x0, y0 = centres[:, 0] - opts.tile_px // 2, centres[:, 1] - opts.tile_px // 2
+        return np.stack([x0, y0, x0 + opts.tile_px, y0 + opts.tile_px], axis=1)
     if centres is not None:
         return np.stack([centres[:, 0] - side0 / 2, centres[:, 1] - side0 / 2, centres[:, 0] + side0 / 2, centres[:, 1] + side0 / 2], axis=1)
-    step0 = opts.stride * opts.mpp / smpp
+    step0 = opts.stride * opts.scale(smpp)
     W, H = slide.dimensions
     nx, ny = math.floor((W - side0) / step0) + 1, math.floor((H - side0) / step0) + 1
     if nx < 1 or ny < 1:
@@ -340,10 +349,10 @@ def slide_tiles(
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any] | None]:
     """(tile table, slide record, tissue GeoJSON) of one open slide: the tissue grid, or boxes at given centres."""
     boxes = _boxes_for(slide, opts, smpp, centres)
-    side0 = opts.tile_px * opts.mpp / smpp
+    side0 = opts.tile_px * opts.scale(smpp)
     geo = None
     record: dict[str, Any] = {
-        "slide": slide.name, "path": slide.path, "reader": slide.reader, "mpp": smpp, "mpp_recorded": slide.mpp,
+        "slide": slide.name, "path": slide.path, "reader": slide.reader, "mpp": smpp if math.isfinite(smpp) else None, "mpp_recorded": slide.mpp,
         "dimensions": list(slide.dimensions), "level_downsamples": slide.level_downsamples, "tile_side_level0": side0,
     }
     if centres is None:
@@ -357,7 +366,7 @@ def slide_tiles(
     else:
         frac = np.full(len(boxes), np.nan)
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    level = best_level(slide, opts.mpp / smpp)
+    level = best_level(slide, opts.scale(smpp))
     df = pd.DataFrame(
         {
             "slide": slide.name,
@@ -374,7 +383,7 @@ def slide_tiles(
     for z in opts.zooms:
         if z == 1.0:
             continue
-        zl = best_level(slide, opts.mpp / z / smpp)
+        zl = best_level(slide, opts.scale(smpp) / z)
         df[f"level_z{z:g}"] = np.int64(zl)
     for z in sorted(set(opts.zooms) | {1.0}):
         half = side0 / z / 2
@@ -408,8 +417,10 @@ def build_slide_table(
                 bar.update(task, advance=1)
                 continue
             try:
-                smpp = check_mpp(slide, override)
+                smpp = check_mpp(slide, override) if opts.mpp is not None else override or slide.mpp or math.nan
                 centres = points[["x", "y"]].to_numpy(np.float64) if points is not None else None
+                if centres is not None and opts.mpp is None:
+                    centres = np.round(centres)
                 if centres is not None:
                     W, H = slide.dimensions
                     out = (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= W) | (centres[:, 1] >= H)
@@ -494,7 +505,9 @@ def close_handles() -> None:
 
 def read_views(source: Any, i: int, zooms: list[float]) -> list[np.ndarray]:
     """One tile_px x tile_px image per zoom for tile ``i``: zoom z covers 1/z of the tile's side around its centre,
-    read from the level that fits that resolution (z < 1: real context). Handles stay open per worker."""
+    read from the level that fits that resolution (z < 1: real context). A view holding fewer level-0 pixels than
+    tile_px (z > 1 on native level-0 tiles) is read at its own size, never upsampled: the backbone's resize is the
+    only resampling, as for a crop. Handles stay open per worker."""
     opts: SlideOptions = source.slides["opts"]
     t = source.tiles
     slide = slide_handle(str(t["slide_path"].iat[i]), opts.reader)
@@ -505,7 +518,8 @@ def read_views(source: Any, i: int, zooms: list[float]) -> list[np.ndarray]:
         for z in zooms:
             if z not in out:
                 h = half / z
-                out[z], _ = read_box(slide, (cx - h, cy - h, cx + h, cy + h), opts.tile_px)
+                side = max(1, min(opts.tile_px, round(2 * h)))
+                out[z], _ = read_box(slide, (cx - h, cy - h, cx + h, cy + h), side)
     except SlideReadError:  # OpenSlide handles stay in an error state: the next tile reopens the slide
         key = (os.getpid(), str(t["slide_path"].iat[i]), opts.reader)
         if _HANDLES.get(key) is slide:
@@ -520,16 +534,11 @@ def slide_source(
     """(tile table, {"opts", "info"}) for a slide dataset, or for one slide with a points CSV of level-0 centres."""
     pts = None
     if points is not None:
-        try:
-            pts = pd.read_csv(points)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise ExtractError(f"cannot parse points {points}: {str(e).splitlines()[0]}") from None
-        if not {"x", "y"} <= set(pts.columns) or pts.empty:
-            raise ExtractError(f"points file {points} needs x and y columns and at least one row")
-        if not (pd.api.types.is_numeric_dtype(pts["x"]) and pd.api.types.is_numeric_dtype(pts["y"])):
-            raise ExtractError(f"x and y in {points} must be numbers")
+        from mito.extract.sources import read_points  # sources calls into this module
+
         if path.is_dir() or path.suffix.lower() == ".csv":
             raise ExtractError(f"--points needs a slide image, but {path} is a folder or manifest")
+        pts = read_points(points)
     tiles, info = build_slide_table(path, opts, pts, progress)
     if "label" in tiles and task and task != "label":
         if task in tiles:
@@ -539,32 +548,6 @@ def slide_source(
         tiles["group"] = tiles["slide"]
     tiles["group"] = tiles["group"].astype(str)
     return tiles, {"opts": opts, "info": info}
-
-
-def check_slide_set(store_path: str, source: Any) -> None:
-    """Refuse, naming them, slides added to (or missing from) an existing slide store: its tile list is fixed."""
-    from mito.cache import open_store
-    from mito.cache.store import store_exists
-
-    if source.slides is None or not store_exists(store_path):
-        return
-    try:
-        with open_store(store_path, "r") as s:
-            rec = s.meta.get("slides") or {}
-    except Exception:  # not readable as a store: the store's own checks report it
-        return
-    if not rec:
-        return
-    had = {r["slide"] for r in rec.get("slides", [])}
-    now = {r["slide"] for r in source.slides["info"]["slides"]}
-    new, gone = sorted(now - had), sorted(had - now)
-    if new or gone:
-        parts = ([f"{len(new)} new ({', '.join(new[:5])}{' ...' if len(new) > 5 else ''})"] if new else []) + (
-            [f"{len(gone)} missing ({', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''})"] if gone else [])
-        raise ExtractError(
-            f"{store_path} holds {len(had)} slides and SOURCE has {' and '.join(parts)}: a store's tile list is fixed, "
-            "so extract the new slides into a new --store"
-        )
 
 
 def slide_tiling(opts: SlideOptions) -> dict[str, Any]:
@@ -583,6 +566,11 @@ def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
         for name, geo in info["masks"].items():
             write_json(mask_dir / f"{safe_name(name)}.tissue.geojson", geo, indent=0)
     slides = [dict(r, mask_geojson=str(mask_dir / f"{safe_name(r['slide'])}.tissue.geojson") if mask_dir and r["slide"] in info["masks"] else None) for r in info["slides"]]
+    now = {r["slide"] for r in slides}
+    held = set(store.tiles["slide"]) if "slide" in store.tiles else set()
+    for r in (store.meta.get("slides") or {}).get("slides", []):  # slides no longer in SOURCE keep their rows and record
+        if r.get("slide") not in now and r.get("slide") in held:
+            slides.append(dict(r, in_source=False))
     doc = json.loads(json.dumps({"options": info["options"], "slides": slides, "skipped": info["skipped"]}, default=json_default))
     if store.meta.get("slides") != doc:  # a no-op re-run leaves the store alone (an HDF5 record rewrites the file)
         store.record("slides", doc)

@@ -70,19 +70,17 @@ def centre_crop(img: np.ndarray, side: int) -> np.ndarray:
 class TileSource:
     """Tiles to embed: a table plus a reader of square regions centred on each tile."""
 
-    kind: str  # folder | manifest | slide | slides (micron tiles of whole slides, mito.extract.slide_tiles)
+    kind: str  # folder | manifest | slides (whole slides or points on one, read by mito.extract.slides)
     root: str
     tiles: pd.DataFrame
-    tile_size: int | None = None  # slides: the base field of view in level-0 pixels
-    slide_path: str | None = None
+    tile_size: int | None = None  # points without --mpp: the tile side in level-0 pixels
     slides: Any = None  # kind "slides": {"opts": SlideOptions, "info": per-slide records, skipped slides, masks}
     fs_paths: dict[str, str] = field(default_factory=dict)  # table path -> the name on disk, where they differ (non-UTF-8 bytes)
-    _slide: Any = field(default=None, repr=False)
 
     @property
     def has_context(self) -> bool:
         """True when pixels exist beyond the base tile (slides), so zooms below 1 are possible."""
-        return self.kind in ("slide", "slides")
+        return self.kind == "slides"
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -91,8 +89,6 @@ class TileSource:
         """uint8 HxWx3 region centred on tile ``i``; ``context`` > 1 widens the field of view (slides only)."""
         if self.kind == "slides":
             return self.read_views(i, [1.0 / context])[0]
-        if self.kind == "slide":
-            return self._read_slide(i, context)
         if context > 1.0:
             raise ExtractError("zoom below 1 needs context around the tile: only slide sources have it")
         p = self.tiles["path"].iat[i]
@@ -103,50 +99,6 @@ class TileSource:
         from mito.extract.slide_tiles import read_views
 
         return read_views(self, i, zooms)
-
-    def _read_slide(self, i: int, context: float) -> np.ndarray:
-        if self._slide is None:  # opened lazily, once per DataLoader worker
-            self._slide = _open_slide(self.slide_path or "")
-        arr, (h, w) = self._slide
-        side = int(round((self.tile_size or 224) * context))
-        cx, cy = int(self.tiles["x"].iat[i]), int(self.tiles["y"].iat[i])
-        x0, y0 = cx - side // 2, cy - side // 2
-        out = np.full((side, side, 3), 255, np.uint8)  # outside the slide reads as white glass
-        xs, ys = max(0, x0), max(0, y0)
-        xe, ye = min(w, x0 + side), min(h, y0 + side)
-        if xe > xs and ye > ys:
-            region = np.asarray(arr[ys:ye, xs:xe])
-            if region.ndim == 2:
-                region = np.repeat(region[..., None], 3, axis=2)
-            out[ys - y0 : ye - y0, xs - x0 : xe - x0] = region[..., :3]
-        return out
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_slide"] = None  # open handles do not cross process boundaries
-        return state
-
-
-def _open_slide(path: str) -> tuple[Any, tuple[int, int]]:
-    """Level 0 of a (pyramidal) TIFF as a lazily read zarr array, never the whole slide in memory."""
-    import tifffile
-    import zarr
-
-    try:
-        tif = tifffile.TiffFile(path)
-        series = tif.series[0]
-        arr = zarr.open(series.aszarr(level=0), mode="r")
-    except Exception as e:  # tifffile raises many types for foreign files
-        raise ExtractError(f"cannot read slide {path}: {str(e).splitlines()[0]}") from None
-    shape = arr.shape
-    if len(shape) == 3 and shape[0] in (3, 4) and shape[2] not in (3, 4):
-        raise ExtractError(f"{path}: planar (channel-first) slides are not supported")
-    return arr, (int(shape[0]), int(shape[1]))
-
-
-def slide_size(path: str) -> tuple[int, int]:
-    """(height, width) of a slide's level 0."""
-    return _open_slide(path)[1]
 
 
 def _finish(df: pd.DataFrame, task: str | None, label_col: str | None) -> pd.DataFrame:
@@ -258,7 +210,8 @@ def _manifest(csv_path: Path, task: str | None, label_column: str | None) -> pd.
     return _finish(df, task, label_col)
 
 
-def _points(slide: Path, points: Path, task: str | None, tile_size: int) -> pd.DataFrame:
+def read_points(points: Path) -> pd.DataFrame:
+    """A points CSV: x, y (level-0 pixel centres, numbers) and any other columns, at least one row."""
     try:
         df = pd.read_csv(points)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -269,17 +222,7 @@ def _points(slide: Path, points: Path, task: str | None, tile_size: int) -> pd.D
         raise ExtractError(f"points file {points} lists no points")
     if not (pd.api.types.is_numeric_dtype(df["x"]) and pd.api.types.is_numeric_dtype(df["y"])):
         raise ExtractError(f"x and y in {points} must be numbers")
-    h, w = slide_size(str(slide))
-    outside = (df["x"] < 0) | (df["y"] < 0) | (df["x"] >= w) | (df["y"] >= h)
-    if outside.any():
-        r = df[outside].iloc[0]
-        raise ExtractError(f"point ({r['x']}, {r['y']}) lies outside the {w}x{h} slide {slide.name}")
-    df["x"] = df["x"].round().astype(np.int64)
-    df["y"] = df["y"].round().astype(np.int64)
-    df.insert(0, "tile_id", [f"{slide.name}:{x}:{y}" for x, y in zip(df["x"], df["y"])])
-    if "slide" not in df:
-        df["slide"] = slide.name
-    return _finish(df, task, "label" if "label" in df else None)
+    return df
 
 
 def open_source(
@@ -296,24 +239,23 @@ def open_source(
     p = Path(path).expanduser()
     if not p.exists():
         raise ExtractError(f"no such file or folder: {p}")
+    if points is not None and slide_options is None:  # level-0 crops of tile_size px around each point
+        from mito.extract.slide_tiles import SlideOptions
+
+        if not p.is_file():
+            raise ExtractError(f"--points needs a slide image, but {p} is a folder")
+        if tile_size < 8:
+            raise ExtractError("--tile-size must be at least 8 pixels")
+        slide_options = SlideOptions(mpp=None, tile_px=tile_size)
     if slide_options is not None:
         from mito.extract.slide_tiles import slide_source
 
         pts_path = Path(points).expanduser() if points is not None else None
         if pts_path is not None and not pts_path.is_file():
             raise ExtractError(f"no such points file: {pts_path}")
-        df, slides = slide_source(p, pts_path, task, slide_options, progress)
-        return TileSource("slides", str(p.resolve()), df, slides=slides)
-    if points is not None:
-        pts = Path(points).expanduser()
-        if not pts.is_file():
-            raise ExtractError(f"no such points file: {pts}")
-        if not p.is_file():
-            raise ExtractError(f"--points needs a slide image, but {p} is a folder")
-        if tile_size < 8:
-            raise ExtractError("--tile-size must be at least 8 pixels")
-        df = _points(p, pts, task, tile_size)
-        return TileSource("slide", os.path.abspath(p), df, tile_size=tile_size, slide_path=os.path.abspath(p))
+        df, slides = slide_source(p, pts_path, task, slide_options, progress and pts_path is None)
+        native = slide_options.mpp is None
+        return TileSource("slides", str(p.resolve()), df, tile_size=tile_size if native else None, slides=slides)
     if p.is_dir():
         df, fs_paths = _folder(p, task)
         return TileSource("folder", safe_text(os.path.abspath(p)), df, fs_paths=fs_paths)

@@ -220,7 +220,7 @@ def test_kill_9_mid_run_then_resume_equals_a_clean_run(slides: Path, tmp_path: P
     assert geo["features"][0]["geometry"]["type"] == "MultiPolygon" and geo["features"][0]["geometry"]["coordinates"]
 
 
-def test_slide_options_need_mpp_and_added_slides_are_named(slides: Path, tmp_path: Path) -> None:
+def test_slide_options_need_mpp(slides: Path, tmp_path: Path) -> None:
     d = slides / "slides"
     res = runner.invoke(app, ["extract", str(d / "a.svs"), "--tile-px", "64", "--min-tissue", "0.3", "--store", str(tmp_path / "x.zarr")])
     assert res.exit_code == 2 and "--tile-px, --min-tissue tile whole slides: also give --mpp" in " ".join(res.output.split())
@@ -229,17 +229,6 @@ def test_slide_options_need_mpp_and_added_slides_are_named(slides: Path, tmp_pat
     res = runner.invoke(app, ["extract", str(d / "a.svs"), "--mpp", "0.5", "--annotations", str(tmp_path / "nope"), "--store", str(tmp_path / "x.zarr")])
     assert res.exit_code == 2 and "no such annotations" in res.output
     assert not (tmp_path / "x.zarr").exists()
-    one = tmp_path / "one"
-    one.mkdir()
-    os.symlink(d / "a.svs", one / "a.svs")
-    cfg = dict(SMALL, zooms=[1.0], limit=None)
-    extract(ExtractConfig(source=str(one), store=str(tmp_path / "one.zarr"), **cfg))
-    before = open_store(tmp_path / "one.zarr").read(["efficientnet_lite0:z1:rgb"])
-    os.symlink(d / "b.ome.tif", one / "b.ome.tif")
-    res = runner.invoke(app, ["extract", str(one), "--mpp", "0.5", "--tile-px", "64", "--input-size", "64", "--zooms", "1",
-                              "--colors", "rgb", "--store", str(tmp_path / "one.zarr"), "-q"])
-    assert res.exit_code == 2 and "holds 1 slides and SOURCE has 1 new (b.ome.tif)" in " ".join(res.output.split())
-    np.testing.assert_array_equal(open_store(tmp_path / "one.zarr").read(["efficientnet_lite0:z1:rgb"]), before)
 
 
 def test_tile_size_in_microns() -> None:
@@ -384,3 +373,31 @@ def test_a_no_op_rerun_does_not_rewrite_the_slide_record(slides: Path, tmp_path:
     extract(cfg)
     assert written.count("slides") == 1
     assert open_store(tmp_path / "n.h5").meta["slides"]["slides"][0]["slide"] == "a.svs"
+
+
+def test_points_with_and_without_mpp_go_through_the_one_slide_reader(slides: Path, tmp_path: Path) -> None:
+    from mito.extract import sources
+
+    svs = slides / "slides" / "a.svs"
+    pts = tmp_path / "points.csv"
+    pd.DataFrame({"x": [300, 1000], "y": [300, 500], "label": ["a", "b"]}).to_csv(pts, index=False)
+    common = ["--input-size", "64", "--zooms", "1", "--colors", "rgb", "--workers", "0", "-q"]
+    res = runner.invoke(app, ["extract", str(svs), "--points", str(pts), "--tile-size", "64", "--store", str(tmp_path / "n.zarr"), *common])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["extract", str(svs), "--points", str(pts), "--mpp", "0.25", "--tile-px", "64", "--store", str(tmp_path / "m.zarr"), *common])
+    assert res.exit_code == 0, res.output
+    n, m = open_store(tmp_path / "n.zarr"), open_store(tmp_path / "m.zarr")
+    assert n.meta["source"]["kind"] == m.meta["source"]["kind"] == "slides" and not hasattr(sources, "_open_slide")
+    assert n.tiles["tile_id"].tolist() == m.tiles["tile_id"].tolist() == ["a.svs:300:300", "a.svs:1000:500"]
+    assert (n.tiles["level"] == 0).all() and n.tiles[["x0", "y0"]].to_numpy().tolist() == [[268, 268], [968, 468]]
+    # at the slide's own 0.25 um/px both forms read the same 64 level-0 pixels, so they embed alike
+    np.testing.assert_allclose(n.read(["efficientnet_lite0:z1:rgb"]), m.read(["efficientnet_lite0:z1:rgb"]), atol=2e-3)
+    src = open_source(svs, points=pts, tile_size=64)
+    s = open_slide(svs)
+    np.testing.assert_array_equal(src.read(0), read_region(s, 0, 268, 268, 64, 64))  # level 0 as it is, no resampling
+    close_slide(s)
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"x": ["left"], "y": [1]}).to_csv(bad, index=False)
+    for extra in ([], ["--mpp", "0.25"]):  # one parser for both forms
+        res = runner.invoke(app, ["extract", str(svs), "--points", str(bad), *extra, "--store", str(tmp_path / "b.zarr")])
+        assert res.exit_code == 2 and "x and y in" in res.output and "must be numbers" in res.output, res.output

@@ -58,9 +58,11 @@ def test_slide_points_read_centred_crops_lazily(tmp_path: Path) -> None:
     src = open_source(path, points=pts, task="mitosis", tile_size=64)
     assert src.tiles["tile_id"].tolist() == ["slide.ome.tif:400:300", "slide.ome.tif:1520:20"]
     np.testing.assert_array_equal(src.read(0), img[268:332, 368:432])
-    wide = src.read(0, context=2.0)
-    assert wide.shape == (128, 128, 3)
-    np.testing.assert_array_equal(wide[32:96, 32:96], img[268:332, 368:432])
+    assert src.kind == "slides" and src.tiles["level"].tolist() == [0, 0]  # the one slide reader, level 0 as it is
+    wide = src.read(0, context=2.0)  # twice the field, same output size, read from level 1 (img[::2, ::2])
+    assert wide.shape == (64, 64, 3)
+    np.testing.assert_array_equal(wide, img[236:364:2, 336:464:2])
+    np.testing.assert_array_equal(wide[16:48, 16:48], img[268:332:2, 368:432:2])
     edge = src.read(1)  # 12 px above and 16 px right of the slide read as white glass
     assert (edge[:12] == 255).all() and (edge[:, -16:] == 255).all()
     np.testing.assert_array_equal(edge[12:, :48], img[0:52, 1488:1536])

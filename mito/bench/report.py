@@ -17,7 +17,6 @@ import pandas as pd
 from mito.bench.errors import BenchError
 from mito.bench.leaderboard import Leaderboard, load_leaderboard, paired_cells
 from mito.bench.stat_figures import cd_figure, reliability_figure
-from mito.bench.leaderboard import Leaderboard, load_leaderboard
 from mito.bench.shift import shift_section
 from mito.io import atomic_write, safe_name
 

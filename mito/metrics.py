@@ -84,7 +84,7 @@ def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) 
         return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
     n = len(conf)
     ranked = np.sort(conf)
-    edges = ranked[[int(round(i * n / n_bins)) for i in range(1, n_bins) if 0 < round(i * n / n_bins) < n]]
+    edges = ranked[[round(i * n / n_bins) for i in range(1, n_bins) if 0 < round(i * n / n_bins) < n]]
     which = np.searchsorted(edges, conf, side="right")
     parts = [p for p in (np.flatnonzero(which == b) for b in range(n_bins)) if p.size]
     return (

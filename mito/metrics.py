@@ -84,7 +84,7 @@ def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) 
         return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
     n = len(conf)
     ranked = np.sort(conf)
-    edges = ranked[[int(round(i * n / n_bins)) for i in range(1, n_bins) if 0 < round(i * n / n_bins) < n]]
+    edges = ranked[[round(i * n / n_bins) for i in range(1, n_bins) if 0 < round(i * n / n_bins) < n]]
     which = np.searchsorted(edges, conf, side="right")
     parts = [p for p in (np.flatnonzero(which == b) for b in range(n_bins)) if p.size]
     return (
@@ -213,6 +213,8 @@ def bootstrap_replicates(
             for c in np.unique(cell):
                 cm[:, c] = w[:, cell == c].sum(axis=1)
             per_fold.append(confusion_metric(metric, cm.reshape(n_boot, k, k)))
+        elif metric == "auroc" and k == 2:
+            per_fold.append(weighted_binary_auc(yi[sel] == 1, proba[sel, 1], w))
         else:
             vals = np.empty(n_boot)
             for b in range(n_boot):
@@ -222,6 +224,26 @@ def bootstrap_replicates(
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(np.vstack(per_fold), axis=0) if per_fold else np.full(n_boot, np.nan)
+
+
+def weighted_binary_auc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray, block: int = 64) -> np.ndarray:
+    """Binary AUROC (Mann-Whitney, ties count one half: scikit-learn's value) of each row of ``weights`` (replicates x
+    samples: how often each sample counts), all replicates at once; NaN where a replicate lacks a class."""
+    positive = np.asarray(positive, bool)
+    order = np.argsort(score, kind="stable")
+    _, start = np.unique(np.asarray(score)[order], return_index=True)
+    pos_sorted = positive[order]
+    out = np.empty(len(weights))
+    for b in range(0, len(weights), block):  # memory grows with the block, not with the number of replicates
+        w = np.asarray(weights[b : b + block], dtype=np.float64)[:, order]
+        neg = np.add.reduceat(np.where(pos_sorted, 0.0, w), start, axis=1)
+        pos = np.add.reduceat(np.where(pos_sorted, w, 0.0), start, axis=1)
+        below = np.cumsum(neg, axis=1) - neg
+        num = (pos * (below + 0.5 * neg)).sum(axis=1)
+        denom = pos.sum(axis=1) * neg.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[b : b + block] = np.where(denom > 0, num / np.where(denom > 0, denom, 1), np.nan)
+    return out
 
 
 def bootstrap_ci(

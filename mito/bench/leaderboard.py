@@ -697,5 +697,5 @@ def paired_cells(r: Any) -> dict[str, str]:
         return {"_delta": "", "_p": "best"}
     if delta is None or (isinstance(delta, float) and math.isnan(delta)):
         return {"_delta": "", "_p": "n/a"}
-    tie = " tie" if r.get("tied_with_best") is True else ""
+    tie = " tie" if r.get("tied_with_best") in (True,) else ""  # numpy or Python bool; None and NaN are not ties
     return {"_delta": f"{delta:+.3f}", "_p": ("" if p is None or math.isnan(p) else f"{p:.3g}") + tie}

@@ -147,3 +147,20 @@ def test_ece_keeps_equal_confidences_in_one_bin() -> None:
     p1 = np.linspace(0.01, 0.99, 45)
     _, _, count = reliability_bins(np.zeros(45, int), np.column_stack([1 - p1, p1]))
     assert count.tolist() == [3] * 15
+
+
+def test_weighted_binary_auc_matches_sklearn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from mito.metrics import weighted_binary_auc
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 60)
+    s = np.round(rng.random(60) + 0.3 * y, 1)  # many ties
+    w = rng.integers(0, 3, (150, 60))
+    got = weighted_binary_auc(y == 1, s, w, block=16)
+    for b in range(150):
+        rows = np.repeat(np.arange(60), w[b])
+        want = roc_auc_score(y[rows], s[rows]) if len(np.unique(y[rows])) == 2 else np.nan
+        assert got[b] == pytest.approx(want, abs=1e-12, nan_ok=True)
+    assert np.isnan(weighted_binary_auc(np.ones(3, bool), np.arange(3.0), np.ones((1, 3))))[0]

@@ -34,7 +34,12 @@ import pandas as pd
 
 from mito.bench.cv import Fold
 from mito.bench.errors import BenchError
-from mito.metrics import METRIC_NAMES, classification_metrics, confusion_metric, metric_score
+from mito.metrics import (
+    METRIC_NAMES,
+    classification_metrics,
+    confusion_metric,
+    metric_score,
+)
 
 SHOTS_ALL = "all"
 DEFAULT_DRAWS = 5
@@ -55,10 +60,10 @@ def parse_shots(values: str | Sequence[Any]) -> list[int | str]:
             has_all = True
             continue
         try:
-            k = int(s) if not isinstance(v, float) or float(v).is_integer() else None
+            k = int(s)
         except ValueError:
             k = None
-        if k is None or k < 1 or k > MAX_SHOTS or isinstance(v, bool):
+        if k is None or k < 1 or k > MAX_SHOTS:
             raise ValueError(f"labels per class must be whole numbers from 1 to {MAX_SHOTS:,} or 'all', got {v!r}")
         out.add(k)
     if not out and not has_all:

@@ -48,9 +48,11 @@ def main() -> None:
     few = rows[rows["kind"] == "few-shot"]
     lines += [
         "",
-        f"{len(rows)} rows ({len(main_rows(rows))} normal), {len(few)} K-shot rows; {seconds:.0f} s wall for the whole run "
-        f"(--jobs {a.jobs}); mean train seconds per K-shot fit {few['train_seconds'].mean():.2f}, per normal fit "
-        f"{main_rows(rows)['train_seconds'].mean():.2f}; test tiles per fold {int(rows['n_test'].iloc[0])}.",
+        (
+            f"{len(rows)} rows ({len(main_rows(rows))} normal), {len(few)} K-shot rows; {seconds:.0f} s wall for the whole run "
+            f"(--jobs {a.jobs}); mean train seconds per K-shot fit {few['train_seconds'].mean():.2f}, per normal fit "
+            f"{main_rows(rows)['train_seconds'].mean():.2f}; test tiles per fold {int(rows['n_test'].iloc[0])}."
+        ),
         f"meta: {lb.meta.get('few_shot', {}).get('description', '')}",
     ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")

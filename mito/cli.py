@@ -682,7 +682,7 @@ def bench_cmd(
         atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
     console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
     if cfg.few_shot:
-        from mito.bench.fewshot import curve_rich_table
+        from mito.bench import curve_rich_table
 
         console.print(curve_rich_table(lb.rows) or "")
     console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {out / 'report.html'}")

@@ -34,6 +34,10 @@ _LAZY = {
     "umap_plot": "mito.bench.umap",
     "build_report": "mito.bench.report",
     "quick_bench": "mito.bench.report",
+    "draw_shots": "mito.bench.fewshot",
+    "parse_shots": "mito.bench.fewshot",
+    "learning_curve_figure": "mito.bench.fewshot",
+    "curve_rich_table": "mito.bench.fewshot",
 }
 
 __all__ = [

@@ -34,7 +34,12 @@ import pandas as pd
 
 from mito.bench.cv import Fold
 from mito.bench.errors import BenchError
-from mito.metrics import METRIC_NAMES, classification_metrics, confusion_metric, metric_score
+from mito.metrics import (
+    METRIC_NAMES,
+    classification_metrics,
+    confusion_metric,
+    metric_score,
+)
 
 SHOTS_ALL = "all"
 DEFAULT_DRAWS = 5
@@ -55,10 +60,10 @@ def parse_shots(values: str | Sequence[Any]) -> list[int | str]:
             has_all = True
             continue
         try:
-            k = int(s) if not isinstance(v, float) or float(v).is_integer() else None
+            k = int(s)
         except ValueError:
             k = None
-        if k is None or k < 1 or k > MAX_SHOTS or isinstance(v, bool):
+        if k is None or k < 1 or k > MAX_SHOTS:
             raise ValueError(f"labels per class must be whole numbers from 1 to {MAX_SHOTS:,} or 'all', got {v!r}")
         out.add(k)
     if not out and not has_all:
@@ -380,7 +385,7 @@ def learning_curve_figure(rows: pd.DataFrame, metric: str, path: Path, chance: f
             ax.axhspan(float(r["ci_low"]), float(r["ci_high"]), color="#7b3294", alpha=0.07, lw=0)
     if chance is not None:
         ax.axhline(chance, color="#444444", lw=0.9, ls="--")
-        ax.text(ks[0] if ks else 1, chance, f" chance {chance:.2g}", fontsize=7, va="bottom", color="#444444")
+        ax.text(x_all, chance, f"chance {chance:.2g} ", fontsize=7, va="top", ha="right", color="#444444")
     ax.set_xscale("log", base=2)
     all_label = f"all\n(~{int(n_all.mean()):,} in total)" if len(n_all) else "all"
     ax.set_xticks([*ks, x_all], [*map(str, ks), all_label], fontsize=8)
@@ -422,7 +427,7 @@ def report_section(rows: pd.DataFrame, metric: str, path: Path, chance: float | 
     if png is None:
         return ""
     wide = curve_table(rows, metric)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in wide.columns)
+    head = "".join(f"<th>{html.escape(c if c == SHOTS_ALL else f'K={c}')}</th>" for c in wide.columns)
     body = "".join(
         f"<tr><td class='l'>{html.escape(str(line))}</td>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
         for line, r in wide.iterrows()

@@ -25,12 +25,12 @@ def _labels(n_c: int = 12) -> np.ndarray:
 
 def test_draws_are_stratified_seeded_and_nested() -> None:
     y = _labels()
-    train = np.flatnonzero(y != None)[::2]  # noqa: E711 - 60 A, 25 B, 6 C
+    train = np.flatnonzero(y != None)[::2]
     rows, short = draw_shots(train, y, 5, seed=0, fold=0, draw=0)
     assert sorted(pd.Series(y[rows]).value_counts().items()) == [("A", 5), ("B", 5), ("C", 5)]
     assert set(rows) <= set(train) and short == {}
     assert np.array_equal(rows, draw_shots(train, y, 5, seed=0, fold=0, draw=0)[0])  # same seed, same tiles
-    for other in (dict(seed=0, fold=0, draw=1), dict(seed=1, fold=0, draw=0), dict(seed=0, fold=1, draw=0)):
+    for other in ({"seed": 0, "fold": 0, "draw": 1}, {"seed": 1, "fold": 0, "draw": 0}, {"seed": 0, "fold": 1, "draw": 0}):
         assert not np.array_equal(rows, draw_shots(train, y, 5, **other)[0]), other
     small = draw_shots(train, y, 2, seed=0, fold=0, draw=0)[0]
     assert set(small) < set(rows)  # nested: a draw at K=2 is part of the same draw at K=5

@@ -192,6 +192,11 @@ class BagReader:
 
     def __post_init__(self) -> None:
         self.keys = list(self.keys)
+        if not self.keys:
+            raise HeadError("choose at least one feature variant")
+        for k in self.keys:
+            if not self.store.is_complete(k):
+                raise HeadError(f"{k} in {self.store.path} is incomplete; re-run mito extract to finish it")
         self.d = sum(int(self.store.variant_info(k)["dim"]) for k in self.keys)
 
     def _chunk(self, c: int, held: dict[int, np.ndarray]) -> np.ndarray:
@@ -200,7 +205,9 @@ class BagReader:
         if c in self._cache:
             self._cache.move_to_end(c)
             return self._cache[c]
-        _, block = next(iter(self.store.iter_chunks(self.keys, None, dtype=np.float16, chunks=[c])))
+        a, b = self.store.chunk_rows_range(c)
+        # completeness was checked once in __post_init__ (checking per chunk re-reads every variant's done flags)
+        block = self.store.read(self.keys, slice(a, b), dtype=np.float16, allow_incomplete=True)
         self.chunks_read += 1
         if not np.isfinite(block).all():
             block = block.copy()

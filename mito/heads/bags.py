@@ -240,8 +240,12 @@ class BagReader:
     def batches(self, bags: Bags, which: np.ndarray, batch_bags: int, rng: np.random.Generator | None = None,
                 max_tiles: int | None = None, dropout: float = 0.0) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
         """(bag indices, store rows per bag, features per bag) batch by batch over the bags ``which`` (in that order)."""
-        for s in range(0, len(which), batch_bags):
-            sel = which[s : s + batch_bags]
+        yield from self.read_batches(bags, [which[s : s + batch_bags] for s in range(0, len(which), batch_bags)], rng, max_tiles, dropout)
+
+    def read_batches(self, bags: Bags, batches: Sequence[np.ndarray], rng: np.random.Generator | None = None,
+                     max_tiles: int | None = None, dropout: float = 0.0) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
+        """(bag indices, store rows per bag, features per bag) for each batch of bag indices given."""
+        for sel in batches:
             rows = [subsample(bags.bag_rows(int(i)), max_tiles, dropout, rng) for i in sel]
             yield sel, rows, self.read(rows)
 
@@ -250,3 +254,17 @@ class BagReader:
         from mito.heads.base import column_moments
 
         return column_moments(x for _, _, xs in self.batches(bags, which, batch_bags) for x in xs)
+
+
+def local_batches(bags: Bags, which: np.ndarray, batch_bags: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch's batches: bags in store order cut into batches at a random offset, the batches in random order.
+
+    Neighbouring bags share store chunks, so each chunk is decoded about once per epoch instead of once per bag
+    (a chunk holds several small bags, or a big bag spans several chunks); the offset changes which bags meet.
+    """
+    first = bags.rows[bags.offsets[which]]
+    ordered = np.asarray(which)[np.argsort(first, kind="stable")]
+    shift = int(rng.integers(batch_bags)) if len(ordered) > batch_bags else 0
+    cuts = list(range(shift, len(ordered), batch_bags))
+    parts = [p for p in np.split(ordered, cuts) if len(p)]
+    return [parts[i] for i in rng.permutation(len(parts))]

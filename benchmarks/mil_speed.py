@@ -8,7 +8,7 @@ once in a child process under --dir, so the peak RSS printed is the training pro
 few planted tiles shifted along a random direction; the rest is Gaussian noise. Training reads bags batch by batch
 (mito.heads.bags.BagReader) with --max-tiles tiles per bag and epoch.
 
-``seconds_per_epoch``   median wall seconds of a training epoch (reading + forward + backward), validation excluded
+``seconds_per_epoch``   median wall seconds per epoch (reading + forward + backward, then scoring the validation bags)
 ``cpu_seconds_per_epoch`` median CPU seconds of this process per epoch (all its threads; epoch incl. validation):
                         on a shared machine, CPU seconds / cores is the idle-machine estimate
 ``peak_rss_gib``        peak resident memory of the training process (ru_maxrss)

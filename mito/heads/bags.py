@@ -192,6 +192,11 @@ class BagReader:
 
     def __post_init__(self) -> None:
         self.keys = list(self.keys)
+        if not self.keys:
+            raise HeadError("choose at least one feature variant")
+        for k in self.keys:
+            if not self.store.is_complete(k):
+                raise HeadError(f"{k} in {self.store.path} is incomplete; re-run mito extract to finish it")
         self.d = sum(int(self.store.variant_info(k)["dim"]) for k in self.keys)
 
     def _chunk(self, c: int, held: dict[int, np.ndarray]) -> np.ndarray:
@@ -200,7 +205,9 @@ class BagReader:
         if c in self._cache:
             self._cache.move_to_end(c)
             return self._cache[c]
-        _, block = next(iter(self.store.iter_chunks(self.keys, None, dtype=np.float16, chunks=[c])))
+        a, b = self.store.chunk_rows_range(c)
+        # completeness was checked once in __post_init__ (checking per chunk re-reads every variant's done flags)
+        block = self.store.read(self.keys, slice(a, b), dtype=np.float16, allow_incomplete=True)
         self.chunks_read += 1
         if not np.isfinite(block).all():
             block = block.copy()
@@ -233,8 +240,12 @@ class BagReader:
     def batches(self, bags: Bags, which: np.ndarray, batch_bags: int, rng: np.random.Generator | None = None,
                 max_tiles: int | None = None, dropout: float = 0.0) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
         """(bag indices, store rows per bag, features per bag) batch by batch over the bags ``which`` (in that order)."""
-        for s in range(0, len(which), batch_bags):
-            sel = which[s : s + batch_bags]
+        yield from self.read_batches(bags, [which[s : s + batch_bags] for s in range(0, len(which), batch_bags)], rng, max_tiles, dropout)
+
+    def read_batches(self, bags: Bags, batches: Sequence[np.ndarray], rng: np.random.Generator | None = None,
+                     max_tiles: int | None = None, dropout: float = 0.0) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
+        """(bag indices, store rows per bag, features per bag) for each batch of bag indices given."""
+        for sel in batches:
             rows = [subsample(bags.bag_rows(int(i)), max_tiles, dropout, rng) for i in sel]
             yield sel, rows, self.read(rows)
 
@@ -243,3 +254,17 @@ class BagReader:
         from mito.heads.base import column_moments
 
         return column_moments(x for _, _, xs in self.batches(bags, which, batch_bags) for x in xs)
+
+
+def local_batches(bags: Bags, which: np.ndarray, batch_bags: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch's batches: bags in store order cut into batches at a random offset, the batches in random order.
+
+    Neighbouring bags share store chunks, so each chunk is decoded about once per epoch instead of once per bag
+    (a chunk holds several small bags, or a big bag spans several chunks); the offset changes which bags meet.
+    """
+    first = bags.rows[bags.offsets[which]]
+    ordered = np.asarray(which)[np.argsort(first, kind="stable")]
+    shift = int(rng.integers(batch_bags)) if len(ordered) > batch_bags else 0
+    cuts = list(range(shift, len(ordered), batch_bags))
+    parts = [p for p in np.split(ordered, cuts) if len(p)]
+    return [parts[i] for i in rng.permutation(len(parts))]

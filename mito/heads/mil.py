@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import mito
-from mito.heads.bags import BagReader, Bags
+from mito.heads.bags import BagReader, Bags, local_batches
 from mito.heads.base import (
     HEAD_FILE,
     HeadError,
@@ -168,9 +168,9 @@ class MILHead:
         def run_epoch(ep: int) -> dict[str, float]:
             net.train()
             rng = np.random.default_rng([self.seed, ep])
-            order = rng.permutation(train)
+            batches = local_batches(bags, train, int(self.batch_bags), rng)
             total, seen = 0.0, 0
-            for sel, _, xs in reader.batches(bags, order, int(self.batch_bags), rng, self.max_tiles, float(self.tile_dropout)):
+            for sel, _, xs in reader.read_batches(bags, batches, rng, self.max_tiles, float(self.tile_dropout)):
                 x, mask = pad(xs)
                 if sd is not None:
                     x = x + torch.randn(x.shape, generator=gen) * sd

@@ -81,6 +81,12 @@ def test_bag_label_must_be_constant() -> None:
         make_bags(tiles, "grade", bag_label="all:G1")
     b = make_bags(tiles, "grade", bag_label="any:G2", min_per_class=1)
     assert dict(zip(b.names, b.labels)) == {"s1": "yes", "s2": "no", "s3": "yes"}
+    tiles["patient"] = ["p1", "p1", "p1", "p1", "p2", "p3"]
+    with pytest.raises(HeadError, match="bag 's3' spans several 'patient' values"):
+        make_bags(tiles, "grade", bag_label="any:G2", group_column="patient", min_per_class=1)
+    tiles["patient"] = ["p1", "p1", "p1", "p1", "p2", "p2"]
+    b = make_bags(tiles, "grade", bag_label="any:G2", group_column="patient", min_per_class=1)
+    assert list(b.groups) == ["p1", "p1", "p2"] and list(b.table()["group"]) == ["p1", "p1", "p2"]
 
 
 def test_reading_is_per_batch_of_bags(planted: tuple[Path, np.ndarray]) -> None:

@@ -446,9 +446,11 @@ def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]
     t = Table(title="A - B", pad_edge=False)
     for c in ("metric", "A", "B", "A - B", "95% CI", "p"):
         t.add_column(c, justify="left" if c == "metric" else "right")
+    def fmt(v: Any) -> str:
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
     for m, r in comp.paired.items():
         star = " *" if m == a["main_metric"] else ""
-        fmt = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
         t.add_row(m + star, fmt(a.get(m)), fmt(b.get(m)), f"{r.delta:+.4f}", f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", "–" if math.isnan(r.p_value) else f"{r.p_value:.4g}")
     out: list[Any] = [Text(head), t, Text("* main metric of the task")]
     if comp.delong is not None:

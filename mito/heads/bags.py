@@ -17,7 +17,7 @@ import pandas as pd
 
 from mito.cache import Store
 from mito.heads.base import HeadError
-from mito.tasks import resolve_task
+from mito.tasks import PROXY_TASKS, resolve_task
 
 ANY_PREFIX = "any:"
 DEFAULT_CACHE_BYTES = 256 << 20  # decoded chunks kept between batches (small stores are then read once)
@@ -61,6 +61,21 @@ def parse_bag_label(spec: str | None) -> str | None:
     if not spec.startswith(ANY_PREFIX) or not spec[len(ANY_PREFIX):].strip():
         raise HeadError(f"--bag-label takes any:VALUE (a bag is positive when any tile's label is VALUE), got {spec!r}")
     return spec[len(ANY_PREFIX):].strip()
+
+
+def bag_table(store: Store, task: str | None, bag_column: str | None = None, group_column: str | None = None,
+              extra: Sequence[str] = ()) -> pd.DataFrame:
+    """The tile-table columns bags need (bag, group, the task's columns, ``extra``): a 4M-tile table read whole
+    holds every column in memory. When a named column is missing the whole table comes back, so make_bags' error
+    lists every column there is."""
+    have = store.tile_column_names
+    want = [bag_column or "slide", *([group_column] if group_column else []), *extra]
+    if task is not None:
+        spec = PROXY_TASKS.get(task)
+        want += [task] if spec is None or not all(c in have for c in spec.columns) else list(spec.columns)
+    if any(c not in have for c in want if c not in extra):
+        return store.tiles
+    return store.tile_table(want)
 
 
 def make_bags(

@@ -135,6 +135,8 @@ class ZarrBackend:
         self.capabilities = backend_capabilities(path, "zarr")
         # fsspec URLs (s3://, gs://, memory://, file://) go through zarr's FsspecStore
         self._opts = {"storage_options": {"auto_mkdir": True}} if path.startswith("file://") else {}
+        # read-only: array handles are kept (opening one re-reads its zarr.json, ~1.5 ms a chunk read)
+        self._arrays: dict[str, Any] | None = {} if mode == "r" else None
         zmode = {"r": "r", "a": "r+", "w": "w"}[mode]  # r+ never creates: a foreign folder gets no zarr.json
         try:
             self.root = zarr.open_group(path, mode=zmode, zarr_format=3, **self._opts)
@@ -180,7 +182,12 @@ class ZarrBackend:
         arr[:] = values.astype(str)
 
     def read(self, name: str, sel: Any = slice(None)) -> np.ndarray:
-        return np.asarray(self.root[name][sel])
+        if self._arrays is None:
+            return np.asarray(self.root[name][sel])
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = self.root[name]
+        return np.asarray(arr[sel])
 
     def write(self, name: str, sel: Any, value: np.ndarray) -> None:
         self.root[name][sel] = value

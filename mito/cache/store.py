@@ -615,7 +615,7 @@ class Store:
             inv[order] = np.arange(order.size)
             return out[inv]
         parts = [self._read(f"features/{v.path}", sel) for v in vs]
-        return np.concatenate(parts, axis=1).astype(dtype, copy=False)
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)).astype(dtype, copy=False)
 
     def _read_rows(self, name: str, sorted_rows: np.ndarray) -> np.ndarray:
         """Read sorted row indices chunk by chunk (bounded memory, works for Zarr and HDF5)."""

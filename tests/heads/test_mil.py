@@ -257,3 +257,10 @@ def test_attention_heatmaps_on_a_slide_store(tmp_path: Path) -> None:
     assert a.shape[0] > 200 and a.std() > 20  # a drawn thumbnail with a colour map, not a blank canvas
     with pytest.raises(OutputError, match="already exists"):  # nothing written over without --overwrite
         predict_slides(model, store, tmp_path / "slides.csv", None)
+
+
+def test_finite16_matches_isfinite_on_every_float16() -> None:
+    from mito.heads.bags import finite16
+
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    assert (finite16(every) == np.isfinite(every)).all() and (~finite16(every)).sum() == 2 * 1024  # +-inf and the NaNs

@@ -84,11 +84,11 @@ def main() -> None:
         print(f"built {path} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
     from mito.cache import open_store
-    from mito.heads.bags import BagReader, make_bags
+    from mito.heads.bags import BagReader, bag_table, make_bags
     from mito.heads.mil import make_mil_head
 
     with open_store(path) as store:
-        bags = make_bags(store.tiles, "label", "slide")
+        bags = make_bags(bag_table(store, "label", "slide"), "label", "slide")
         rng = np.random.default_rng(0)
         order = rng.permutation(len(bags))
         n_val = len(bags) // 5

@@ -39,7 +39,7 @@ class SlideBenchConfig(BaseModel):
 def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard:
     """Fit every slide-level head on every fold of bags (stratified group k-fold) and rank them like tile heads."""
     from mito.cache import open_store
-    from mito.heads import BagReader, default_features, make_bags, make_mil_head, mil_head_names
+    from mito.heads import BagReader, bag_table, default_features, make_bags, make_mil_head, mil_head_names
 
     unknown = [h for h in cfg.heads if h not in mil_head_names()]
     if unknown:
@@ -48,7 +48,7 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
         make_mil_head(h, **cfg.head_params.get(h, {}))
     with open_store(cfg.store) as store:
         keys = list(cfg.features) or default_features(store)
-        bags = make_bags(store.tiles, cfg.task, cfg.bag_column, cfg.bag_label, cfg.group_column, store.unreadable,
+        bags = make_bags(bag_table(store, cfg.task, cfg.bag_column, cfg.group_column), cfg.task, cfg.bag_column, cfg.bag_label, cfg.group_column, store.unreadable,
                          min_per_class=cfg.n_folds)
         table = bags.table()
         y_series = table["label"].astype(object)

@@ -20,6 +20,12 @@ import numpy as np
 
 from mito.cache.errors import StoreError
 
+# Codec of new float16 feature arrays (Zarr). lz4hc decodes 4-8x faster than the former Blosc-zstd clevel 3 (0.9 vs
+# 3.7-7.8 ms per 1,024 x 1,280 chunk of efficientnet_lite0 features) for 16% more bytes (ratio 0.75 vs 0.65); reads
+# are what repeat (every epoch of a streamed or slide-level head), writes happen once. Stores written with zstd keep
+# reading: the codec is recorded in each array's zarr.json.
+FEATURE_BLOSC: dict[str, Any] = {"cname": "lz4hc", "clevel": 4, "shuffle": "shuffle"}
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -129,6 +135,8 @@ class ZarrBackend:
         self.capabilities = backend_capabilities(path, "zarr")
         # fsspec URLs (s3://, gs://, memory://, file://) go through zarr's FsspecStore
         self._opts = {"storage_options": {"auto_mkdir": True}} if path.startswith("file://") else {}
+        # read-only: array handles are kept (opening one re-reads its zarr.json, ~1.5 ms a chunk read)
+        self._arrays: dict[str, Any] | None = {} if mode == "r" else None
         zmode = {"r": "r", "a": "r+", "w": "w"}[mode]  # r+ never creates: a foreign folder gets no zarr.json
         try:
             self.root = zarr.open_group(path, mode=zmode, zarr_format=3, **self._opts)
@@ -158,7 +166,7 @@ class ZarrBackend:
     def create(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], fill: Any, dims: list[str]) -> None:
         from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-        first = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle") if np.dtype(dtype) == np.float16 else ZstdCodec()
+        first = BloscCodec(**FEATURE_BLOSC) if np.dtype(dtype) == np.float16 else ZstdCodec()
         self.root.create_array(
             name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill, overwrite=True,
             compressors=[first, Crc32cCodec()], dimension_names=dims,
@@ -174,7 +182,12 @@ class ZarrBackend:
         arr[:] = values.astype(str)
 
     def read(self, name: str, sel: Any = slice(None)) -> np.ndarray:
-        return np.asarray(self.root[name][sel])
+        if self._arrays is None:
+            return np.asarray(self.root[name][sel])
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = self.root[name]
+        return np.asarray(arr[sel])
 
     def write(self, name: str, sel: Any, value: np.ndarray) -> None:
         self.root[name][sel] = value

@@ -319,21 +319,35 @@ class Store:
     def tiles(self) -> pd.DataFrame:
         """The tile table (one row per tile, aligned with every feature array)."""
         if self._tiles is None:
-            data = {}
-            for c in self.meta["tile_columns"]:
-                v = self._read(f"tiles/{c['name']}", slice(0, self.n_tiles))  # a pending append may have grown the array
-                kind = c["kind"]
-                if kind == "str":
-                    s = pd.Series(v.astype(object), dtype=object)
-                    data[c["name"]] = s.where(s != "", None)
-                elif kind == "float":
-                    data[c["name"]] = v.astype(np.float64)
-                elif kind == "bool":
-                    data[c["name"]] = pd.Series(v == 1, dtype="boolean").mask(v < 0)
-                else:
-                    data[c["name"]] = v.astype(np.int64)
-            self._tiles = pd.DataFrame(data)
+            self._tiles = self.tile_table()
         return self._tiles
+
+    @property
+    def tile_column_names(self) -> list[str]:
+        """Names of the tile table's columns (nothing is read)."""
+        return [c["name"] for c in self.meta["tile_columns"]]
+
+    def tile_table(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The tile table, or only ``columns`` of it (in the store's order; unknown names are skipped): reading a few
+        columns of a million-tile table takes a fraction of the memory of all of them."""
+        if self._tiles is not None:
+            return self._tiles if columns is None else self._tiles[[c for c in self._tiles.columns if c in set(columns)]]
+        data = {}
+        for c in self.meta["tile_columns"]:
+            if columns is not None and c["name"] not in columns:
+                continue
+            v = self._read(f"tiles/{c['name']}", slice(0, self.n_tiles))  # a pending append may have grown the array
+            kind = c["kind"]
+            if kind == "str":
+                s = pd.Series(v.astype(object), dtype=object)
+                data[c["name"]] = s.where(s != "", None)
+            elif kind == "float":
+                data[c["name"]] = v.astype(np.float64)
+            elif kind == "bool":
+                data[c["name"]] = pd.Series(v == 1, dtype="boolean").mask(v < 0)
+            else:
+                data[c["name"]] = v.astype(np.int64)
+        return pd.DataFrame(data, index=pd.RangeIndex(self.n_tiles))
 
     @property
     def unreadable(self) -> np.ndarray:
@@ -601,7 +615,7 @@ class Store:
             inv[order] = np.arange(order.size)
             return out[inv]
         parts = [self._read(f"features/{v.path}", sel) for v in vs]
-        return np.concatenate(parts, axis=1).astype(dtype, copy=False)
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)).astype(dtype, copy=False)
 
     def _read_rows(self, name: str, sorted_rows: np.ndarray) -> np.ndarray:
         """Read sorted row indices chunk by chunk (bounded memory, works for Zarr and HDF5)."""

@@ -17,7 +17,7 @@ import pandas as pd
 
 from mito.cache import Store
 from mito.heads.base import HeadError
-from mito.tasks import resolve_task
+from mito.tasks import PROXY_TASKS, resolve_task
 
 ANY_PREFIX = "any:"
 DEFAULT_CACHE_BYTES = 256 << 20  # decoded chunks kept between batches (small stores are then read once)
@@ -61,6 +61,21 @@ def parse_bag_label(spec: str | None) -> str | None:
     if not spec.startswith(ANY_PREFIX) or not spec[len(ANY_PREFIX):].strip():
         raise HeadError(f"--bag-label takes any:VALUE (a bag is positive when any tile's label is VALUE), got {spec!r}")
     return spec[len(ANY_PREFIX):].strip()
+
+
+def bag_table(store: Store, task: str | None, bag_column: str | None = None, group_column: str | None = None,
+              extra: Sequence[str] = ()) -> pd.DataFrame:
+    """The tile-table columns bags need (bag, group, the task's columns, ``extra``): a 4M-tile table read whole
+    holds every column in memory. When a named column is missing the whole table comes back, so make_bags' error
+    lists every column there is."""
+    have = store.tile_column_names
+    want = [bag_column or "slide", *([group_column] if group_column else []), *extra]
+    if task is not None:
+        spec = PROXY_TASKS.get(task)
+        want += [task] if spec is None or not all(c in have for c in spec.columns) else list(spec.columns)
+    if any(c not in have for c in want if c not in extra):
+        return store.tiles
+    return store.tile_table(want)
 
 
 def make_bags(
@@ -174,6 +189,11 @@ def subsample(rows: np.ndarray, max_tiles: int | None, dropout: float, rng: np.r
     return rows
 
 
+def finite16(x: np.ndarray) -> np.ndarray:
+    """np.isfinite of a float16 array from its exponent bits (13x faster than np.isfinite on float16)."""
+    return (x.view(np.uint16) & 0x7C00) != 0x7C00
+
+
 @dataclass
 class BagReader:
     """Reads the tiles of a batch of bags from the store (float16, the variants side by side), chunk by chunk.
@@ -209,9 +229,9 @@ class BagReader:
         # completeness was checked once in __post_init__ (checking per chunk re-reads every variant's done flags)
         block = self.store.read(self.keys, slice(a, b), dtype=np.float16, allow_incomplete=True)
         self.chunks_read += 1
-        if not np.isfinite(block).all():
+        if not finite16(block).all():
             block = block.copy()
-            block[~np.isfinite(block)] = 0  # unreadable tiles are excluded from bags; their rows are never used
+            block[~finite16(block)] = 0  # unreadable tiles are excluded from bags; their rows are never used
         if self.cache_bytes > 0 and block.nbytes <= self.cache_bytes:
             self._cache[c] = block
             self._cached_bytes += block.nbytes

@@ -33,6 +33,7 @@ from mito.heads.base import (
     read_json_file,
 )
 from mito.heads.loop import EarlyStopping, train_loop
+from mito.heads.stream import read_ahead
 from mito.heads.torch_heads import LOSSES, focal_loss
 
 MODEL_FILE = "model.safetensors"
@@ -145,7 +146,7 @@ class MILHead:
     def fit(self, reader: BagReader, bags: Bags, train: np.ndarray, val: np.ndarray | None = None) -> MILHead:
         """Train on the bags ``train`` (indices into ``bags``), early-stopping on ``val``."""
         self.validate()
-        with cpu_threads(int(bags.sizes[train].sum()) * reader.d):
+        with cpu_threads(int(bags.sizes[train].sum()) * reader.d, reserve=1):  # one core reads ahead (read_ahead)
             return self._fit(reader, bags, train, val)
 
     def _fit(self, reader: BagReader, bags: Bags, train: np.ndarray, val: np.ndarray | None) -> MILHead:
@@ -170,8 +171,8 @@ class MILHead:
             rng = np.random.default_rng([self.seed, ep])
             batches = local_batches(bags, train, int(self.batch_bags), rng)
             total, seen = 0.0, 0
-            for sel, _, xs in reader.read_batches(bags, batches, rng, self.max_tiles, float(self.tile_dropout)):
-                x, mask = pad(xs)
+            read = reader.read_batches(bags, batches, rng, self.max_tiles, float(self.tile_dropout))
+            for sel, x, mask in read_ahead((sel, *pad(xs)) for sel, _, xs in read):  # decode + pad overlap training
                 if sd is not None:
                     x = x + torch.randn(x.shape, generator=gen) * sd
                 logits, _ = net(x, mask)
@@ -204,8 +205,8 @@ class MILHead:
         was = net.training
         net.eval()
         out, rows_out, att_out = [], [], []
-        for _, rows, xs in reader.batches(bags, which, int(self.batch_bags), None, None):  # scoring sees every tile
-            x, mask = pad(xs)
+        read = reader.batches(bags, which, int(self.batch_bags), None, None)  # scoring sees every tile
+        for rows, x, mask in read_ahead((rows, *pad(xs)) for _, rows, xs in read):
             logits, a = net(x, mask)
             out.append(logits)
             rows_out += rows
@@ -221,7 +222,7 @@ class MILHead:
         if reader.d != self.n_features_in_:
             raise HeadError(f"features have {reader.d} dims, the head was trained on {self.n_features_in_}")
         which = np.arange(len(bags)) if which is None else which
-        with cpu_threads(int(bags.sizes[which].sum()) * reader.d):
+        with cpu_threads(int(bags.sizes[which].sum()) * reader.d, reserve=1):
             logits, rows, att = self._logits(self.net_, reader, bags, which)
         return torch.softmax(logits, 1).numpy().astype(np.float64), rows, att
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import mito
 from mito.cache import open_store
 from mito.errors import MitoError
-from mito.heads.bags import BagReader, Bags, make_bags
+from mito.heads.bags import BagReader, Bags, bag_table, make_bags
 from mito.heads.base import HeadError, read_json_file
 from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
@@ -87,7 +87,7 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
     with open_store(cfg.store, "r") as store:
         keys = list(cfg.features) or default_features(store)
         dims = feature_dims(store, keys)
-        tiles = store.tiles
+        tiles = bag_table(store, cfg.task, cfg.bag_column, cfg.group_column)
         bags = make_bags(tiles, cfg.task, cfg.bag_column, cfg.bag_label, cfg.group_column, store.unreadable)
         parts = bag_split(bags, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         reader = BagReader(store, keys)

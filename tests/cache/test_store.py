@@ -95,3 +95,34 @@ def test_bad_input_errors(tmp_path: Path) -> None:
         parse_variant("nope")
     with pytest.raises(StoreError, match="read-only"):
         s.ensure_variant("bb:z1:rgb", 3, {})
+
+
+def test_new_feature_arrays_use_lz4hc_and_a_store_written_with_zstd_still_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from mito.cache import backend
+
+    def codecs(path: Path) -> list[dict]:
+        return json.loads((path / "features/bb/z1/rgb/zarr.json").read_text())["codecs"]
+
+    s = create_store(tmp_path / "new.zarr", _tiles(10), {"tasks": ["mitosis"]}, chunk_rows=4)
+    _fill(s, "bb:z1:rgb", 3)
+    s.close()
+    blosc = [c for c in codecs(tmp_path / "new.zarr") if c["name"] == "blosc"]
+    assert blosc and blosc[0]["configuration"]["cname"] == "lz4hc"
+    assert codecs(tmp_path / "new.zarr")[-1]["name"] == "crc32c"  # the checksum stays last
+
+    # a store written before the switch (Blosc-zstd) reads, verifies and takes more chunks as it is
+    monkeypatch.setattr(backend, "FEATURE_BLOSC", {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"})
+    s = create_store(tmp_path / "old.zarr", _tiles(10), {"tasks": ["mitosis"]}, chunk_rows=4)
+    full = _fill(s, "bb:z1:rgb", 3, skip=(2,))
+    s.close()
+    monkeypatch.undo()
+    assert [c for c in codecs(tmp_path / "old.zarr") if c["name"] == "blosc"][0]["configuration"]["cname"] == "zstd"
+    s = open_store(tmp_path / "old.zarr", mode="a")
+    s.write_chunk("bb:z1:rgb", 2, full[8:10])
+    s.close()
+    s = open_store(tmp_path / "old.zarr")
+    assert s.verify() == []
+    np.testing.assert_array_equal(s.read(["bb:z1:rgb"], dtype=np.float16), full)
+    assert [c for c in codecs(tmp_path / "old.zarr") if c["name"] == "blosc"][0]["configuration"]["cname"] == "zstd"

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from mito.cache import create_store, open_store
 from mito.cli import app
 from mito.errors import OutputError
-from mito.heads.bags import BagReader, make_bags
+from mito.heads.bags import BagReader, bag_table, make_bags
 from mito.heads.base import HeadError
 from mito.heads.mil import load_mil_head, make_mil_head
 
@@ -68,6 +68,20 @@ def test_bags_from_real_amibr_store(amibr_store: Path) -> None:
     for i in range(len(anyb)):  # rows of a bag are its slide's tiles, sorted
         r = anyb.bag_rows(i)
         assert (np.diff(r) > 0).all() and (tiles["slide"].iloc[r] == anyb.names[i]).all()
+
+
+def test_bag_table_reads_only_the_columns_bags_need_and_gives_the_same_bags(amibr_store: Path) -> None:
+    with open_store(amibr_store) as s:
+        few = bag_table(s, "mitosis", "slide", "dataset")
+        assert list(few.columns) == ["mitosis", "slide", "dataset"] and len(few) == s.n_tiles
+        assert len(s.tile_column_names) > 4
+        missing = bag_table(s, "no_such_task", "slide")  # a missing column: the whole table, so errors list every column
+        assert list(missing.columns) == s.tile_column_names
+        tiles = s.tiles
+    for task, label in (("dataset", None), ("mitosis", "any:Atypical")):
+        a = make_bags(tiles, task, "slide", label, min_per_class=1)
+        b = make_bags(few, task, "slide", label, min_per_class=1)
+        assert (a.names == b.names).all() and (a.labels == b.labels).all() and (a.rows == b.rows).all()
 
 
 def test_bag_label_must_be_constant() -> None:
@@ -243,3 +257,10 @@ def test_attention_heatmaps_on_a_slide_store(tmp_path: Path) -> None:
     assert a.shape[0] > 200 and a.std() > 20  # a drawn thumbnail with a colour map, not a blank canvas
     with pytest.raises(OutputError, match="already exists"):  # nothing written over without --overwrite
         predict_slides(model, store, tmp_path / "slides.csv", None)
+
+
+def test_finite16_matches_isfinite_on_every_float16() -> None:
+    from mito.heads.bags import finite16
+
+    every = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    assert (finite16(every) == np.isfinite(every)).all() and (~finite16(every)).sum() == 2 * 1024  # +-inf and the NaNs

@@ -114,6 +114,8 @@ class BenchConfig(BaseModel):
     def _shift(self) -> BenchConfig:
         if self.cv == LEAVE_GROUP_OUT and not self.shift_column:
             raise ValueError("cv leave-group-out needs shift_column (e.g. --shift-column dataset)")
+        if self.cv == LEAVE_GROUP_OUT and self.few_shot and any(k != "all" for k in self.few_shot):
+            raise ValueError("few_shot rows are scored on the in-domain folds, which cv leave-group-out has none of; use --cv auto with --shift-column")
         return self
 
 
@@ -477,7 +479,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             delayed(score_row)(base, spec, plan, y, classes, [r for _, r in items], [f for f, _ in items], cfg.n_boot, cfg.seed)
         )
     scored = _run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring rows")
-    scored += zero_shot_rows(text, str(cfg.store), plans, cfg.n_boot, cfg.seed)
+    if cfg.cv == LEAVE_GROUP_OUT and text.texts:  # zero-shot rows are scored on the in-domain folds only
+        text.skipped.append("no zero-shot rows with --cv leave-group-out (they are scored on in-domain folds); the text-linear head's shift rows are kept")
+    scored += zero_shot_rows(text, str(cfg.store), {} if cfg.cv == LEAVE_GROUP_OUT else plans, cfg.n_boot, cfg.seed)
     rows, preds, few_meta = [r for r, _ in scored], {r["row_id"]: a for r, a in scored}, None
     if cfg.few_shot and any(k != "all" for k in cfg.few_shot):
         from mito.bench.fewshot import fewshot_rows

@@ -232,7 +232,8 @@ def _table(rows: pd.DataFrame, metric: str) -> str:
     noisy = bool((rows["noise"].fillna(0) != 0).any())
     cols = ["rank", "backbone", "features", "head"] + (["noise"] if noisy else [])
     cols += [metric, "ci"] + (["Δ vs #1", "p vs #1"] if "p_vs_best" in rows else [])
-    cols += ["AUROC p vs #1"] if "auroc_p_vs_best" in rows and rows["auroc_p_vs_best"].notna().any() else [] + ["auroc", "kappa", "weighted_f1", "pr_auc"]
+    cols += ["AUROC p vs #1"] if "auroc_p_vs_best" in rows and rows["auroc_p_vs_best"].notna().any() else []
+    cols += ["auroc", "kappa", "weighted_f1", "pr_auc"]
     cols += [c for c in ("ece", "brier") if c in rows] + ["train_seconds", "train/test", "budget"]
     left = {"backbone", "features", "head", "budget"}
     head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape("95% CI" if c == "ci" else c)}</th>' for c in cols)
@@ -268,6 +269,14 @@ PAIRED_NOTE = (
     "Holm-adjusted. ECE: 15 equal-mass bins (positive class "
     "when binary, top label otherwise), mean over folds; Brier: scikit-learn's."
 )
+
+
+def in_domain_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The normal rows: trained on every training tile (no K-shot rows) and tested in-domain (no shift rows)."""
+    from mito.bench.fewshot import main_rows
+
+    rows = main_rows(rows)
+    return rows[rows["held_out"].fillna("") == ""] if "held_out" in rows else rows
 
 
 def cd_section(rows: pd.DataFrame, d: Path) -> list[str]:
@@ -339,7 +348,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             + report_section(task_rows, metric, d / f"{stem}_fewshot.png", chance_level(metric, n_classes), _img)
             + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
         )
-    sections += cd_section(lb.rows, d)
+    sections += cd_section(in_domain_rows(lb.rows), d)
     store = lb.meta.get("store") if isinstance(lb.meta.get("store"), dict) else {}
     from mito.bench.invariance import invariance_section
 

@@ -294,10 +294,17 @@ class Comparison:
 
 def align_predictions(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(y, proba_a, proba_b, fold, tile) of two rows' predictions sorted by (fold, tile); refused unless both rows
-    scored exactly the same tiles in the same folds with the same labels."""
+    scored exactly the same tiles in the same folds with the same labels. K-shot rows (a ``draw`` array) are paired per
+    (draw, fold) fit: the returned ``fold`` numbers those fits, so per-fold metrics average over draws x folds."""
     for name, p in (("first", a), ("second", b)):
         if not all(k in p for k in ("fold", "row", "y", "proba")):
             raise BenchError(f"the {name} row kept no test predictions")
+    if ("draw" in a) != ("draw" in b):
+        raise BenchError("a K-shot row (several draws per fold) cannot be paired with a row trained on every tile")
+    if "draw" in a:  # K-shot rows: each (draw, fold) fit is a unit, as in the row's mean over draws x folds
+        n_draws = int(max(np.max(a["draw"], initial=0), np.max(b["draw"], initial=0))) + 1
+        a = {**a, "fold": np.asarray(a["fold"], np.int64) * n_draws + np.asarray(a["draw"], np.int64)}
+        b = {**b, "fold": np.asarray(b["fold"], np.int64) * n_draws + np.asarray(b["draw"], np.int64)}
     oa = np.lexsort((a["row"], a["fold"]))
     ob = np.lexsort((b["row"], b["fold"]))
     if len(oa) != len(ob) or not (np.array_equal(a["fold"][oa], b["fold"][ob]) and np.array_equal(a["row"][oa], b["row"][ob])):

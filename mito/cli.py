@@ -400,7 +400,9 @@ def fit_head_cmd(
             console, store=store, out=out, task=task, head=head, features=split_list(features), bag_column=bag_column,
             bag_label=bag_label, group_column=group_column, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
             overwrite=overwrite, as_json=as_json, ignored={"--metadata": metadata, "--pca": pca, "--standardize": standardize or None,
-            "--stream/--in-memory": stream, "--batch-size": batch_size, "--precision": precision, "--threads": threads},
+            "--stream/--in-memory": stream, "--batch-size": batch_size, "--precision": precision, "--threads": threads,
+            "--split-column": None if split_column == "auto" else split_column, "--test-group": test_group, "--train-groups": train_groups,
+            "--ensemble": ensemble, "--calibrate": None if calibrate == "none" else calibrate, "--buffer-rows": buffer_rows},
             head_params=_head_params(param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
                                      epochs=epochs, patience=patience, lr=lr, max_tiles=max_tiles, tile_dropout=tile_dropout,
                                      balance=None if balance is None else balance != "none"),
@@ -622,7 +624,8 @@ def bench_cmd(
             console, store=store, out=out, task=task, features=split_list(features), heads=split_list(heads), params=_bench_params(param),
             folds=folds, seed=seed, n_boot=n_boot, bag_column=bag_column, bag_label=bag_label, group_column=group_column,
             overwrite=overwrite, top=top, ignored={"--proxy": proxy, "--noise": noise, "--pca": pca, "--with": include or None,
-            "--standardize": standardize or None, "--cv": None if cv == "auto" else cv},
+            "--standardize": standardize or None, "--cv": None if cv == "auto" else cv, "--shift-column": shift_column,
+            "--zero-shot": zero_shot, "--few-shot": few_shot, "--few-shot-draws": few_shot_draws},
         )
         return
     if bag_column or bag_label or group_column:

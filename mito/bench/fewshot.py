@@ -328,7 +328,9 @@ def _is_zero_shot(rows: pd.DataFrame) -> pd.Series:
 
 def curves(rows: pd.DataFrame) -> pd.DataFrame:
     """Learning-curve points of one task: one line per (backbone, features, head, noise) with K-shot rows, its K-shot
-    rows and its 'all' row (x = K, or NaN for 'all'), sorted by line and K."""
+    rows and its in-domain 'all' row (x = K, or NaN for 'all'), sorted by line and K (shift rows are no curve points)."""
+    if "held_out" in rows:
+        rows = rows[rows["held_out"].fillna("").astype(str) == ""]
     shots = shots_of(rows)
     few = rows[shots != SHOTS_ALL]
     if few.empty:

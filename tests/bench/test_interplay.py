@@ -81,3 +81,12 @@ def test_a_bare_rank_means_the_in_domain_row_when_shift_and_k_shot_rows_share_it
     shift_only = rank_rows(pd.DataFrame([_row(0.7, held_out="A"), _row(0.6, held_out="B")]))
     with pytest.raises(BenchError, match="use row ids"):
         find_row(shift_only, "1")
+
+
+def test_learning_curve_table_ignores_shift_rows() -> None:
+    from mito.bench.fewshot import curve_table
+
+    rows = rank_rows(pd.DataFrame([_row(0.80), _row(0.70, held_out="TUPAC16"), _row(0.65, held_out="MIDOG21"), _row(0.60, shots="4")]))
+    rows["ci_low"], rows["ci_high"] = math.nan, math.nan
+    wide = curve_table(rows, "balanced_accuracy")
+    assert wide.loc["b z1 rgb mlp", "all"] == "0.800" and wide.loc["b z1 rgb mlp", "4"] == "0.600"

@@ -228,6 +228,9 @@ def extract(
         console.print(f"[yellow]slide skipped:[/] {s['reason']}")
     for line in growth_lines(summary["grown"]) if "grown" in summary else []:
         console.print(line, highlight=False)
+    if summary.get("incomplete"):
+        console.print(f"[yellow]not complete (this run did not extract them):[/] {', '.join(summary['incomplete'])}; "
+                      "re-run with the zooms, colours and --augment views that made them", highlight=False)
     console.print(f"store: {summary['store']} ({summary['n_tiles']} tiles)")
 
 

@@ -523,7 +523,7 @@ def zero_shot_cmd(
 ) -> None:
     """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
     from mito.extract import pick_device
-    from mito.heads.zeroshot import run_zero_shot
+    from mito.heads import run_zero_shot
     from mito.io import atomic_write, check_output_file
 
     check_output_file(out, overwrite, protect=(store,))
@@ -706,8 +706,7 @@ def compare_cmd(
     """One paired comparison of two leaderboard rows on the same test tiles: every metric's A - B with CI and p, DeLong."""
     from rich.console import Console
 
-    from mito.bench import BenchError, load_leaderboard
-    from mito.bench.stats import compare_rows, comparison_text
+    from mito.bench import BenchError, compare_rows, comparison_text, load_leaderboard
 
     refs = split_list(rows)
     if len(refs) != 2:

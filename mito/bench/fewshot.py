@@ -235,14 +235,17 @@ def fewshot_rows(
     n_jobs: int,
     options: dict[str, Any],
     progress: bool = True,
+    text: Any = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], dict[str, Any]]:
     """Fit every (task, feature set, head, noise, K, draw, fold) of a bench config's --few-shot list; score the K-shot rows.
 
-    Returns the rows, their predictions (by row id) and a description for the leaderboard's meta.
+    ``text`` (the bench's :class:`mito.bench.zeroshot.TextPlan`) gives text heads their class text embeddings, as for
+    the normal rows. Returns the rows, their predictions (by row id) and a description for the leaderboard's meta.
     """
     from joblib import Parallel, delayed
 
     from mito.bench.leaderboard import fit_one, row_id, run_parallel
+    from mito.bench.zeroshot import text_head_params
 
     shots = finite_shots(cfg.few_shot)
     n_draws = int(cfg.few_shot_draws or DEFAULT_DRAWS)
@@ -256,6 +259,10 @@ def fewshot_rows(
             for head in heads:
                 for nz in noises:
                     params = dict(cfg.head_params.get(head, {}))
+                    if text is not None:
+                        params = text_head_params(head, fs.backbone, params, text)
+                        if params is None:  # a text head on features without text embeddings
+                            continue
                     if nz is not None:
                         params["noise"] = nz
                     for k in shots:

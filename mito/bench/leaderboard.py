@@ -486,7 +486,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     if cfg.few_shot and any(k != "all" for k in cfg.few_shot):
         from mito.bench.fewshot import fewshot_rows
 
-        few, few_preds, few_meta = fewshot_rows(cfg, plans, sets, heads, noises, n_jobs, options, progress)
+        few, few_preds, few_meta = fewshot_rows(cfg, plans, sets, heads, noises, n_jobs, options, progress, text)
         rows, preds = rows + few, {**preds, **few_preds}
     lb = Leaderboard(
         add_paired_columns(rank_rows(pd.DataFrame(rows)), preds, cfg.n_boot, cfg.seed),

@@ -255,5 +255,10 @@ def test_views_left_behind_by_added_tiles_are_named_and_finished_by_a_rerun_with
     text = " ".join(res.output.split())
     assert f"not complete (this run did not extract them): {KEY}:flip" in text
     assert open_store(store).is_complete(KEY) and not open_store(store).is_complete(f"{KEY}:flip")
+    from mito.heads import HeadError
+    from mito.heads.views import read_views
+
+    with pytest.raises(HeadError, match="lack some tiles"):  # training on views says why, not 'add them'
+        read_views(open_store(store), [KEY], np.arange(4))
     summary = extract(ExtractConfig(source=str(crops), store=str(store), augment="flip", **cfg))
     assert summary["incomplete"] == [] and open_store(store).verify() == []

@@ -142,3 +142,5 @@ def test_leave_group_out_gives_only_shift_rows_and_needs_a_column(amibr_store: P
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out / "leaderboard.csv", keep_default_na=False)
     assert sorted(df["held_out"]) == ["MIDOG21", "TUPAC16"] and (df["gap"] == "").all()
+    page = (out / "report.html").read_text()  # the main table says which group each rank-1 row was tested on
+    assert '<th class="l">tested on</th>' in page and page.index("<td class=\"l\">MIDOG21</td>") < page.index("<td class=\"l\">TUPAC16</td>")

@@ -417,11 +417,6 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             skipped[t] = str(e)  # several tasks: rank the usable ones, say why the others were left out
     if not plans:
         raise BenchError("no usable task: " + "; ".join(f"{t}: {why}" for t, why in skipped.items()))
-    included = [load_leaderboard(p) for p in cfg.include]
-    for other in included:  # fail before fitting anything
-        for t, info in other.meta.get("tasks", {}).items():
-            if t in plans and info.get("fold_fingerprint") != plans[t][3].fingerprint:
-                raise BenchError(f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ)")
     text = plan_text(str(cfg.store), cfg.zero_shot, complete, variant_info, heads, progress)
     # (task, held-out group) -> folds; "" = in-domain
     evals = {} if cfg.cv == LEAVE_GROUP_OUT else {(t, ""): p[3] for t, p in plans.items()}
@@ -431,6 +426,11 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             sps = shifts[t][0]
             fp = hashlib.sha256("".join(sp.fingerprint for sp in sps.values()).encode()).hexdigest()
             plans[t] = (*plans[t][:3], CVPlan(LEAVE_GROUP_OUT, [], fp, "; ".join(f"held out {g}: {sp.description}" for g, sp in sps.items())))
+    included = [load_leaderboard(p) for p in cfg.include]
+    for other in included:  # fail before fitting anything (leave-group-out: against its shift folds)
+        for t, info in other.meta.get("tasks", {}).items():
+            if t in plans and info.get("fold_fingerprint") != plans[t][3].fingerprint:
+                raise BenchError(f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ)")
     jobs = []
     for fs in sets:  # grouped by feature set so each worker reads a matrix once
         for (t, g), plan in evals.items():

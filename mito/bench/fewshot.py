@@ -35,6 +35,7 @@ import pandas as pd
 from mito.bench.cv import Fold
 from mito.bench.errors import BenchError
 from mito.metrics import (
+    CALIBRATION_NAMES,
     METRIC_NAMES,
     classification_metrics,
     confusion_metric,
@@ -183,7 +184,7 @@ def score_shot_row(
     per_fit = [classification_metrics(y[f.test], r["proba"], classes) for (_, f), r in zip(fits, results)]
     draw_ids = np.array([d for d, _ in fits])
     summary: dict[str, float] = {}
-    for m in METRIC_NAMES:
+    for m in (*METRIC_NAMES, *CALIBRATION_NAMES):  # ECE and Brier too, as the normal rows have them
         vals = np.array([float(p[m]) for p in per_fit])
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -228,6 +228,9 @@ def extract(
         console.print(f"[yellow]slide skipped:[/] {s['reason']}")
     for line in growth_lines(summary["grown"]) if "grown" in summary else []:
         console.print(line, highlight=False)
+    if summary.get("incomplete"):
+        console.print(f"[yellow]not complete (this run did not extract them):[/] {', '.join(summary['incomplete'])}; "
+                      "re-run with the zooms, colours and --augment views that made them", highlight=False)
     console.print(f"store: {summary['store']} ({summary['n_tiles']} tiles)")
 
 
@@ -400,7 +403,9 @@ def fit_head_cmd(
             console, store=store, out=out, task=task, head=head, features=split_list(features), bag_column=bag_column,
             bag_label=bag_label, group_column=group_column, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
             overwrite=overwrite, as_json=as_json, ignored={"--metadata": metadata, "--pca": pca, "--standardize": standardize or None,
-            "--stream/--in-memory": stream, "--batch-size": batch_size, "--precision": precision, "--threads": threads},
+            "--stream/--in-memory": stream, "--batch-size": batch_size, "--precision": precision, "--threads": threads,
+            "--split-column": None if split_column == "auto" else split_column, "--test-group": test_group, "--train-groups": train_groups,
+            "--ensemble": ensemble, "--calibrate": None if calibrate == "none" else calibrate, "--buffer-rows": buffer_rows},
             head_params=_head_params(param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
                                      epochs=epochs, patience=patience, lr=lr, max_tiles=max_tiles, tile_dropout=tile_dropout,
                                      balance=None if balance is None else balance != "none"),
@@ -518,7 +523,7 @@ def zero_shot_cmd(
 ) -> None:
     """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
     from mito.extract import pick_device
-    from mito.heads.zeroshot import run_zero_shot
+    from mito.heads import run_zero_shot
     from mito.io import atomic_write, check_output_file
 
     check_output_file(out, overwrite, protect=(store,))
@@ -622,7 +627,8 @@ def bench_cmd(
             console, store=store, out=out, task=task, features=split_list(features), heads=split_list(heads), params=_bench_params(param),
             folds=folds, seed=seed, n_boot=n_boot, bag_column=bag_column, bag_label=bag_label, group_column=group_column,
             overwrite=overwrite, top=top, ignored={"--proxy": proxy, "--noise": noise, "--pca": pca, "--with": include or None,
-            "--standardize": standardize or None, "--cv": None if cv == "auto" else cv},
+            "--standardize": standardize or None, "--cv": None if cv == "auto" else cv, "--shift-column": shift_column,
+            "--zero-shot": zero_shot, "--few-shot": few_shot, "--few-shot-draws": few_shot_draws},
         )
         return
     if bag_column or bag_label or group_column:
@@ -700,8 +706,7 @@ def compare_cmd(
     """One paired comparison of two leaderboard rows on the same test tiles: every metric's A - B with CI and p, DeLong."""
     from rich.console import Console
 
-    from mito.bench import BenchError, load_leaderboard
-    from mito.bench.stats import compare_rows, comparison_text
+    from mito.bench import BenchError, compare_rows, comparison_text, load_leaderboard
 
     refs = split_list(rows)
     if len(refs) != 2:

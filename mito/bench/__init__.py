@@ -21,7 +21,10 @@ from mito.bench.leaderboard import (
     run_bench,
     save_leaderboard,
 )
-from mito.bench.stats import DelongResult, FriedmanResult, PairedResult, delong_test, friedman_nemenyi, holm, paired_bootstrap
+from mito.bench.stats import (
+    DelongResult, FriedmanResult, PairedResult, add_paired_columns, compare_rows, comparison_text, delong_test, friedman_nemenyi, holm,
+    paired_bootstrap,
+)
 from mito.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
 from mito.tasks import PROXY_TASKS, TaskSpec, available_tasks, resolve_task
 
@@ -41,6 +44,9 @@ _LAZY = {
 }
 
 __all__ = [
+    "add_paired_columns",
+    "compare_rows",
+    "comparison_text",
     "SlideBenchConfig",
     "run_slide_bench",
     "slide_bench_cli",

@@ -35,6 +35,7 @@ import pandas as pd
 from mito.bench.cv import Fold
 from mito.bench.errors import BenchError
 from mito.metrics import (
+    CALIBRATION_NAMES,
     METRIC_NAMES,
     classification_metrics,
     confusion_metric,
@@ -183,7 +184,7 @@ def score_shot_row(
     per_fit = [classification_metrics(y[f.test], r["proba"], classes) for (_, f), r in zip(fits, results)]
     draw_ids = np.array([d for d, _ in fits])
     summary: dict[str, float] = {}
-    for m in METRIC_NAMES:
+    for m in (*METRIC_NAMES, *CALIBRATION_NAMES):  # ECE and Brier too, as the normal rows have them
         vals = np.array([float(p[m]) for p in per_fit])
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -235,14 +236,17 @@ def fewshot_rows(
     n_jobs: int,
     options: dict[str, Any],
     progress: bool = True,
+    text: Any = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], dict[str, Any]]:
     """Fit every (task, feature set, head, noise, K, draw, fold) of a bench config's --few-shot list; score the K-shot rows.
 
-    Returns the rows, their predictions (by row id) and a description for the leaderboard's meta.
+    ``text`` (the bench's :class:`mito.bench.zeroshot.TextPlan`) gives text heads their class text embeddings, as for
+    the normal rows. Returns the rows, their predictions (by row id) and a description for the leaderboard's meta.
     """
     from joblib import Parallel, delayed
 
     from mito.bench.leaderboard import fit_one, row_id, run_parallel
+    from mito.bench.zeroshot import text_head_params
 
     shots = finite_shots(cfg.few_shot)
     n_draws = int(cfg.few_shot_draws or DEFAULT_DRAWS)
@@ -256,6 +260,10 @@ def fewshot_rows(
             for head in heads:
                 for nz in noises:
                     params = dict(cfg.head_params.get(head, {}))
+                    if text is not None:
+                        params = text_head_params(head, fs.backbone, params, text)
+                        if params is None:  # a text head on features without text embeddings
+                            continue
                     if nz is not None:
                         params["noise"] = nz
                     for k in shots:
@@ -328,7 +336,9 @@ def _is_zero_shot(rows: pd.DataFrame) -> pd.Series:
 
 def curves(rows: pd.DataFrame) -> pd.DataFrame:
     """Learning-curve points of one task: one line per (backbone, features, head, noise) with K-shot rows, its K-shot
-    rows and its 'all' row (x = K, or NaN for 'all'), sorted by line and K."""
+    rows and its in-domain 'all' row (x = K, or NaN for 'all'), sorted by line and K (shift rows are no curve points)."""
+    if "held_out" in rows:
+        rows = rows[rows["held_out"].fillna("").astype(str) == ""]
     shots = shots_of(rows)
     few = rows[shots != SHOTS_ALL]
     if few.empty:

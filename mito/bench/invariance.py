@@ -37,22 +37,38 @@ def _view_kind(key: str) -> str:
     return "hed" if v.startswith("hed") and v[3:].isdigit() else v
 
 
-def invariance_table(store: Store) -> pd.DataFrame:
-    """One row per complete RGB variant (backbone, zoom): mean cosine similarity to gray, hema and each view kind."""
+MAX_TILES = 20_000  # a report reads at most about this many tiles per pair of variants
+
+
+def sample_rows(store: Store, max_tiles: int = MAX_TILES) -> np.ndarray:
+    """The readable rows of whole chunks spread evenly over the store, about ``max_tiles`` of them (all when fewer)."""
+    readable = np.flatnonzero(~np.asarray(store.unreadable, bool))
+    if len(readable) <= max_tiles:
+        return readable
+    cr = int(store.chunk_rows)
+    n_chunks = -(-store.n_tiles // cr)
+    take = np.unique(np.linspace(0, n_chunks - 1, max(1, max_tiles // cr)).round().astype(np.int64))
+    return readable[np.isin(readable // cr, take)]
+
+
+def invariance_table(store: Store, max_tiles: int = MAX_TILES) -> pd.DataFrame:
+    """One row per complete RGB variant (backbone, zoom): mean cosine similarity to gray, hema and each view kind
+    (over the readable tiles of evenly spread chunks, at most about ``max_tiles``: a report of a huge store stays quick)."""
     complete = [k for k in store.variants if store.is_complete(k)]
+    sample = sample_rows(store, max_tiles)
     rows = []
     for key in complete:
         v = parse_variant(key)
         if is_view(key) or v.color != "rgb":
             continue
-        row: dict[str, object] = {"backbone": v.backbone, "zoom": format_zoom(v.zoom), "n_tiles": int((~store.unreadable).sum())}
+        row: dict[str, object] = {"backbone": v.backbone, "zoom": format_zoom(v.zoom), "n_tiles": len(sample)}
         for c in COLOR_COLUMNS:
             other = f"{v.backbone}:z{format_zoom(v.zoom)}:{c}"
             if other in complete:
-                row[c] = mean_cosine(store, key, other)
+                row[c] = mean_cosine(store, key, other, sample)
         kinds: dict[str, list[float]] = {}
         for vk in views_of(complete, key):
-            kinds.setdefault(_view_kind(vk), []).append(mean_cosine(store, key, vk))
+            kinds.setdefault(_view_kind(vk), []).append(mean_cosine(store, key, vk, sample))
         row.update({k: float(np.mean(s)) for k, s in kinds.items()})
         if len(row) > 3:
             rows.append(row)

@@ -114,6 +114,8 @@ class BenchConfig(BaseModel):
     def _shift(self) -> BenchConfig:
         if self.cv == LEAVE_GROUP_OUT and not self.shift_column:
             raise ValueError("cv leave-group-out needs shift_column (e.g. --shift-column dataset)")
+        if self.cv == LEAVE_GROUP_OUT and self.few_shot and any(k != "all" for k in self.few_shot):
+            raise ValueError("few_shot rows are scored on the in-domain folds, which cv leave-group-out has none of; use --cv auto with --shift-column")
         return self
 
 
@@ -415,11 +417,6 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             skipped[t] = str(e)  # several tasks: rank the usable ones, say why the others were left out
     if not plans:
         raise BenchError("no usable task: " + "; ".join(f"{t}: {why}" for t, why in skipped.items()))
-    included = [load_leaderboard(p) for p in cfg.include]
-    for other in included:  # fail before fitting anything
-        for t, info in other.meta.get("tasks", {}).items():
-            if t in plans and info.get("fold_fingerprint") != plans[t][3].fingerprint:
-                raise BenchError(f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ)")
     text = plan_text(str(cfg.store), cfg.zero_shot, complete, variant_info, heads, progress)
     # (task, held-out group) -> folds; "" = in-domain
     evals = {} if cfg.cv == LEAVE_GROUP_OUT else {(t, ""): p[3] for t, p in plans.items()}
@@ -429,6 +426,11 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             sps = shifts[t][0]
             fp = hashlib.sha256("".join(sp.fingerprint for sp in sps.values()).encode()).hexdigest()
             plans[t] = (*plans[t][:3], CVPlan(LEAVE_GROUP_OUT, [], fp, "; ".join(f"held out {g}: {sp.description}" for g, sp in sps.items())))
+    included = [load_leaderboard(p) for p in cfg.include]
+    for other in included:  # fail before fitting anything (leave-group-out: against its shift folds)
+        for t, info in other.meta.get("tasks", {}).items():
+            if t in plans and info.get("fold_fingerprint") != plans[t][3].fingerprint:
+                raise BenchError(f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ)")
     jobs = []
     for fs in sets:  # grouped by feature set so each worker reads a matrix once
         for (t, g), plan in evals.items():
@@ -477,12 +479,14 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             delayed(score_row)(base, spec, plan, y, classes, [r for _, r in items], [f for f, _ in items], cfg.n_boot, cfg.seed)
         )
     scored = _run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring rows")
-    scored += zero_shot_rows(text, str(cfg.store), plans, cfg.n_boot, cfg.seed)
+    if cfg.cv == LEAVE_GROUP_OUT and text.texts:  # zero-shot rows are scored on the in-domain folds only
+        text.skipped.append("no zero-shot rows with --cv leave-group-out (they are scored on in-domain folds); the text-linear head's shift rows are kept")
+    scored += zero_shot_rows(text, str(cfg.store), {} if cfg.cv == LEAVE_GROUP_OUT else plans, cfg.n_boot, cfg.seed)
     rows, preds, few_meta = [r for r, _ in scored], {r["row_id"]: a for r, a in scored}, None
     if cfg.few_shot and any(k != "all" for k in cfg.few_shot):
         from mito.bench.fewshot import fewshot_rows
 
-        few, few_preds, few_meta = fewshot_rows(cfg, plans, sets, heads, noises, n_jobs, options, progress)
+        few, few_preds, few_meta = fewshot_rows(cfg, plans, sets, heads, noises, n_jobs, options, progress, text)
         rows, preds = rows + few, {**preds, **few_preds}
     lb = Leaderboard(
         add_paired_columns(rank_rows(pd.DataFrame(rows)), preds, cfg.n_boot, cfg.seed),

@@ -230,11 +230,13 @@ def _fmt(v: Any, std: Any = None, digits: int = 3) -> str:
 
 def _table(rows: pd.DataFrame, metric: str) -> str:
     noisy = bool((rows["noise"].fillna(0) != 0).any())
-    cols = ["rank", "backbone", "features", "head"] + (["noise"] if noisy else [])
+    shifted = "held_out" in rows and bool((rows["held_out"].fillna("").astype(str) != "").any())  # --cv leave-group-out
+    cols = ["rank", "backbone", "features", "head"] + (["noise"] if noisy else []) + (["tested on"] if shifted else [])
     cols += [metric, "ci"] + (["Δ vs #1", "p vs #1"] if "p_vs_best" in rows else [])
-    cols += ["AUROC p vs #1"] if "auroc_p_vs_best" in rows and rows["auroc_p_vs_best"].notna().any() else [] + ["auroc", "kappa", "weighted_f1", "pr_auc"]
+    cols += ["AUROC p vs #1"] if "auroc_p_vs_best" in rows and rows["auroc_p_vs_best"].notna().any() else []
+    cols += ["auroc", "kappa", "weighted_f1", "pr_auc"]
     cols += [c for c in ("ece", "brier") if c in rows] + ["train_seconds", "train/test", "budget"]
-    left = {"backbone", "features", "head", "budget"}
+    left = {"backbone", "features", "head", "tested on", "budget"}
     head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape("95% CI" if c == "ci" else c)}</th>' for c in cols)
     body = []
     for _, r in rows.iterrows():
@@ -252,6 +254,8 @@ def _table(rows: pd.DataFrame, metric: str) -> str:
                 v = _fmt(r.get(c), digits=2)
             elif c == "noise":
                 v = f"{r.get(c, 0):g}"
+            elif c == "tested on":
+                v = str(r.get("held_out") or "in-domain")
             elif c == "train/test":
                 v = f"{r.get('n_train')}/{r.get('n_test')}"
             else:
@@ -268,6 +272,14 @@ PAIRED_NOTE = (
     "Holm-adjusted. ECE: 15 equal-mass bins (positive class "
     "when binary, top label otherwise), mean over folds; Brier: scikit-learn's."
 )
+
+
+def in_domain_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The normal rows: trained on every training tile (no K-shot rows) and tested in-domain (no shift rows)."""
+    from mito.bench.fewshot import main_rows
+
+    rows = main_rows(rows)
+    return rows[rows["held_out"].fillna("") == ""] if "held_out" in rows else rows
 
 
 def cd_section(rows: pd.DataFrame, d: Path) -> list[str]:
@@ -296,7 +308,8 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
 
     for task in sorted(lb.rows["task"].unique()):
         task_rows = lb.rows[lb.rows["task"] == task]
-        rows = main_rows(task_rows).sort_values("rank")  # K-shot rows: the learning-curve section below
+        rows = main_rows(task_rows)  # K-shot rows: the learning-curve section below; shift rows ranked per held-out group
+        rows = rows.sort_values([c for c in ("held_out", "rank") if c in rows], kind="stable")
         tm = tasks_meta.get(task) if isinstance(tasks_meta.get(task), dict) else {}
         metric = tm.get("main_metric", rows.iloc[0]["main_metric"])
         shift = shift_section(rows, metric, d / f"{safe_name(task, 'task')}_shift.png", lb.meta.get("shift"))
@@ -339,7 +352,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             + report_section(task_rows, metric, d / f"{stem}_fewshot.png", chance_level(metric, n_classes), _img)
             + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
         )
-    sections += cd_section(lb.rows, d)
+    sections += cd_section(in_domain_rows(lb.rows), d)
     store = lb.meta.get("store") if isinstance(lb.meta.get("store"), dict) else {}
     from mito.bench.invariance import invariance_section
 

@@ -91,9 +91,11 @@ def add_gaps(rows: pd.DataFrame) -> pd.DataFrame:
     rows["held_out"] = rows["held_out"].fillna("").astype(str)
     score = pd.Series([r[r["main_metric"]] for _, r in rows.iterrows()], index=rows.index, dtype=float)
     key = rows[SAME_MODEL].astype(str).agg("|".join, axis=1)
-    domain = rows["held_out"] == ""
+    full = rows["shots"].astype(str).isin(["all", "", "nan", "None"]) if "shots" in rows else pd.Series(True, index=rows.index)
+    domain = (rows["held_out"] == "") & full  # the in-domain row trained on every tile, not a K-shot row of the same model
     ref = dict(zip(key[domain], score[domain]))
-    rows["gap"] = [score[i] - ref[key[i]] if not domain[i] and key[i] in ref else math.nan for i in rows.index]
+    shifted = rows["held_out"] != ""
+    rows["gap"] = [score[i] - ref[key[i]] if shifted[i] and key[i] in ref else math.nan for i in rows.index]
     return rows
 
 

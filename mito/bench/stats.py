@@ -294,10 +294,17 @@ class Comparison:
 
 def align_predictions(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(y, proba_a, proba_b, fold, tile) of two rows' predictions sorted by (fold, tile); refused unless both rows
-    scored exactly the same tiles in the same folds with the same labels."""
+    scored exactly the same tiles in the same folds with the same labels. K-shot rows (a ``draw`` array) are paired per
+    (draw, fold) fit: the returned ``fold`` numbers those fits, so per-fold metrics average over draws x folds."""
     for name, p in (("first", a), ("second", b)):
         if not all(k in p for k in ("fold", "row", "y", "proba")):
             raise BenchError(f"the {name} row kept no test predictions")
+    if ("draw" in a) != ("draw" in b):
+        raise BenchError("a K-shot row (several draws per fold) cannot be paired with a row trained on every tile")
+    if "draw" in a:  # K-shot rows: each (draw, fold) fit is a unit, as in the row's mean over draws x folds
+        n_draws = int(max(np.max(a["draw"], initial=0), np.max(b["draw"], initial=0))) + 1
+        a = {**a, "fold": np.asarray(a["fold"], np.int64) * n_draws + np.asarray(a["draw"], np.int64)}
+        b = {**b, "fold": np.asarray(b["fold"], np.int64) * n_draws + np.asarray(b["draw"], np.int64)}
     oa = np.lexsort((a["row"], a["fold"]))
     ob = np.lexsort((b["row"], b["fold"]))
     if len(oa) != len(ob) or not (np.array_equal(a["fold"][oa], b["fold"][ob]) and np.array_equal(a["row"][oa], b["row"][ob])):
@@ -391,15 +398,25 @@ def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]],
 
 # ------------------------------------------------------------------ mito compare
 def find_row(rows: Any, ref: str, task: str | None = None) -> Any:
-    """One leaderboard row by rank number (within ``task`` when the leaderboard has several) or by row id (or its prefix)."""
+    """One leaderboard row by rank number (within ``task`` when the leaderboard has several; among the in-domain rows
+    trained on every tile when shift or K-shot rows share the rank) or by row id (or its prefix)."""
+    import pandas as pd
+
     ref = ref.strip()
     sel = rows if task is None else rows[rows["task"] == task]
     if task is not None and sel.empty:
         raise BenchError(f"no task {task!r} in this leaderboard (it has: {', '.join(sorted(rows['task'].unique()))})")
     if ref.isdigit():
         hit = sel[sel["rank"] == int(ref)]
-        if len(hit) > 1:
+        if len(hit) > 1:  # shift rows rank per held-out group and K-shot rows per K: a bare rank means the normal rows
+            held = hit["held_out"].fillna("").astype(str) if "held_out" in hit else pd.Series("", index=hit.index)
+            shots = hit["shots"].fillna("all").astype(str) if "shots" in hit else pd.Series("all", index=hit.index)
+            main = hit[(held == "") & shots.isin(["all", "", "nan", "None"])]
+            hit = main if len(main) else hit
+        if len(hit) > 1 and hit["task"].nunique() > 1:
             raise BenchError(f"rank {ref} exists in several tasks ({', '.join(sorted(hit['task']))}): add --task or use row ids")
+        if len(hit) > 1:
+            raise BenchError(f"rank {ref} exists among several held-out groups or K-shot rows of task {hit['task'].iloc[0]}: use row ids")
     else:
         hit = sel[sel["row_id"].astype(str).str.startswith(ref)] if ref else sel.iloc[:0]
         if len(hit) > 1:

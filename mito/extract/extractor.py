@@ -456,6 +456,7 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         summary["backbones"] = {b: distributed.merge_summaries([p[b] for p in parts]) for b in cfg.backbones} if dist.active else parts[0]
         bad = np.flatnonzero(store.unreadable)
         summary["unreadable"] = store.tiles["tile_id"].iloc[bad].astype(str).tolist()
+        summary["incomplete"] = [k for k in store.variants if not store.is_complete(k)]  # e.g. views of an earlier --augment after added tiles
         if any(b["rows"] for b in summary["backbones"].values()):  # a no-op run keeps the record of the run that did the work
             store.record("unreadable_tiles", summary["unreadable"])
             store.record("last_run", {k: v for k, v in summary.items() if k != "unreadable"})

@@ -14,12 +14,22 @@ from mito.heads.slide import (
     SlideFitConfig, fit_slide_head, fit_slide_head_cli, is_slide_model, make_slide_fit_config, predict_slides,
     predict_slides_cli, refuse_ignored,
 )
+from mito.heads.ensemble import Ensemble, load_ensemble, parse_ensemble
+from mito.heads.calibrate import apply_temperature, fit_temperature
+from mito.heads.zeroshot import run_zero_shot, zero_shot_proba
 
 # the default set: heads that need only features (OPTIONAL_HEADS such as text-linear are asked for by name)
 HEAD_NAMES: tuple[str, ...] = tuple(n for n in head_names() if n not in OPTIONAL_HEADS)
 
 __all__ = [
     "HEAD_NAMES",
+    "Ensemble",
+    "load_ensemble",
+    "parse_ensemble",
+    "apply_temperature",
+    "fit_temperature",
+    "run_zero_shot",
+    "zero_shot_proba",
     "OPTIONAL_HEADS",
     "BagReader",
     "Bags",

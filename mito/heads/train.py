@@ -76,6 +76,10 @@ class FitConfig(BaseModel):
             raise ValueError("train_groups needs test_group (--test-group COL=VALUE)")
         if self.test_group and self.split_column not in (AUTO, None):
             raise ValueError("give either split_column or test_group, not both")
+        spec = parse_ensemble(self.ensemble)
+        if self.calibrate == "temperature" and spec is not None and spec.mode == "folds":
+            # each fold member trained on the others' validation rows: no held-out rows score the averaged model
+            raise ValueError("--calibrate temperature needs validation rows no member trained on; --ensemble folds has none (use --ensemble K)")
         return self
 
     @field_validator("head")

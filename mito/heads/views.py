@@ -34,6 +34,10 @@ def read_views(store: Store, keys: Sequence[str], rows: np.ndarray, dtype: type 
     from mito.heads.features import select_features
 
     names = view_names(store, keys)
+    partial = sorted({v for k in keys for v in views_of(store.variants, k) if not store.is_complete(v)})
+    if not names and partial:
+        raise HeadError(f"the augmented views {', '.join(partial)} in {store.path} lack some tiles (added after them); "
+                        "finish them with mito extract --augment (the same views)")
     if not names:
         raise HeadError(
             f"noise mode views/view-cov needs augmented views of {', '.join(keys)} in {store.path}; "

@@ -131,6 +131,7 @@ def test_bench_few_shot_rows_and_learning_curve(fewshot_out: Path) -> None:
     k16 = few[few["shots"] == "16"]  # 48 crops: every fold's training part has fewer than 16 per class
     assert (k16["draws"] == 1).all() and (k16["n_train"] == main["n_train"].iloc[0]).all()
     assert (few["ci_low"] <= few["balanced_accuracy"] + 1e-9).all() and (few["balanced_accuracy"] <= few["ci_high"] + 1e-9).all()
+    assert few["ece"].between(0, 1).all() and few["brier"].between(0, 2).all()  # calibration columns as for the normal rows
     doc = json.loads((fewshot_out / "leaderboard.json").read_text())
     rows16 = [r for r in doc["rows"] if r["shots"] == "16"]
     assert rows16 and all(r["short_classes"] for r in rows16) and "fewer than 16" in rows16[0]["budget"]

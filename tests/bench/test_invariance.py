@@ -50,6 +50,10 @@ def test_invariance_matches_a_hand_computation(tmp_path: Path) -> None:
         assert r["hed"] == pytest.approx(0.0, abs=1e-3) and r["n_tiles"] == n - 1
         assert "hema" not in t.columns
         assert mean_cosine(s, "bb:z1:rgb", "bb:z1:rgb:hed0") == pytest.approx(1.0, abs=1e-6)
+        few = invariance_table(s, max_tiles=16)  # chunks of 16 rows: one whole chunk read, not every tile
+        assert few.iloc[0]["n_tiles"] == 15  # chunk 0's readable rows (row 3 is not)
+        f16 = lambda a: a.astype(np.float16).astype(np.float64)[:16][ok[:16]]
+        assert few.iloc[0]["gray"] == pytest.approx(hand(f16(rgb), f16(gray)), abs=1e-9)
     html = invariance_section(tmp_path / "s.zarr")
     assert "Invariance" in html and f"{r['gray']:.3f}" in html and "<td>bb</td><td>z1</td>" in html
     assert invariance_section(tmp_path / "missing.zarr") == "" and invariance_section(None) == ""

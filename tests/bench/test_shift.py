@@ -142,3 +142,13 @@ def test_leave_group_out_gives_only_shift_rows_and_needs_a_column(amibr_store: P
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out / "leaderboard.csv", keep_default_na=False)
     assert sorted(df["held_out"]) == ["MIDOG21", "TUPAC16"] and (df["gap"] == "").all()
+    more = runner.invoke(  # another leave-group-out run on the same folds merges (its folds are the shift folds)
+        app,
+        ["bench", "--store", str(amibr_store), "--task", "mitosis", "--out", str(tmp_path / "lgo2"), "--features", "efficientnet_lite0:z1:rgb",
+         "--heads", "knn", "--folds", "3", "--jobs", "1", "--n-boot", "0", "--no-umap", "--cv", "leave-group-out", "--shift-column", "dataset",
+         "--with", str(out)],
+    )
+    assert more.exit_code == 0, more.output
+    assert sorted(pd.read_csv(tmp_path / "lgo2" / "leaderboard.csv")["head"]) == ["knn", "knn", "logreg", "logreg"]
+    page = (out / "report.html").read_text()  # the main table says which group each rank-1 row was tested on
+    assert '<th class="l">tested on</th>' in page and page.index("<td class=\"l\">MIDOG21</td>") < page.index("<td class=\"l\">TUPAC16</td>")

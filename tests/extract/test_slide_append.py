@@ -235,3 +235,30 @@ def test_an_interrupted_append_no_longer_wanted_is_undone(tmp_path: Path, fmt: s
     s = open_store(path)
     assert s.n_tiles == 5 and s.verify() == [] and s.done_chunks("bb:z1:rgb").all() and "append" not in s.meta
     np.testing.assert_array_equal(s.read(["bb:z1:rgb"], dtype=np.float16), x)
+
+
+def test_views_left_behind_by_added_tiles_are_named_and_finished_by_a_rerun_with_augment(tmp_path: Path) -> None:
+    crops = amibr_subset(tmp_path / "crops", 2)
+    cfg = {**SMALL, "chunk_rows": 3, "batch_size": 4}
+    for k in ("mpp", "tile_px"):
+        cfg.pop(k)
+    store = tmp_path / "v.zarr"
+    extract(ExtractConfig(source=str(crops), store=str(store), augment="flip", **cfg))
+    have = {f.name for f in crops.rglob("*.jpg")}
+    extra = [f for f in sorted((AMIBR / "Normal").glob("*.jpg")) if f.name not in have][:2]
+    for f in extra:
+        shutil.copy(f, crops / "Normal" / f.name)
+    args = ["extract", str(crops), "--store", str(store), "--zooms", "1", "--colors", "rgb", "--input-size", "64",
+            "--chunk-rows", "3", "--batch-size", "4", "--workers", "0", "-q"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert f"not complete (this run did not extract them): {KEY}:flip" in text
+    assert open_store(store).is_complete(KEY) and not open_store(store).is_complete(f"{KEY}:flip")
+    from mito.heads import HeadError
+    from mito.heads.views import read_views
+
+    with pytest.raises(HeadError, match="lack some tiles"):  # training on views says why, not 'add them'
+        read_views(open_store(store), [KEY], np.arange(4))
+    summary = extract(ExtractConfig(source=str(crops), store=str(store), augment="flip", **cfg))
+    assert summary["incomplete"] == [] and open_store(store).verify() == []

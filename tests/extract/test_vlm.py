@@ -222,6 +222,18 @@ def test_bench_zero_shot_row_same_folds_trains_nothing_and_text_linear(quilt: di
     assert r.exit_code == 2 and "text_embeddings" in r.output
 
 
+def test_bench_few_shot_text_linear_gets_the_text_embeddings(quilt: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MITO_WEIGHTS_QUILTNET_B_32", str(quilt["root"]))
+    out = tmp_path / "bench"
+    r = runner.invoke(app, ["bench", "--store", str(quilt["store"]), "--task", "mitosis", "--zero-shot", "mitosis", "--heads", "text-linear",
+                            "--param", "text-linear.epochs=2", "--few-shot", "2", "--few-shot-draws", "1", "--folds", "2", "--cv", "kfold",
+                            "--jobs", "1", "--n-boot", "0", "--no-umap", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]
+    shot = [row for row in rows if row["shots"] == "2"]
+    assert [row["head"] for row in shot] == ["text-linear"] and "text_embeddings" in json.loads(shot[0]["params"])
+
+
 def te_path(doc: dict) -> str:
     return doc["meta"]["zero_shot"]["text_embeddings"]["quiltnet-b-32"]
 

@@ -97,3 +97,25 @@ def test_cli_calibrate(synth_store: Path, tmp_path: Path) -> None:
     assert len([x for x in bad.output.splitlines() if x.strip()]) == 1
     with pytest.raises(HeadError):
         make_fit_config(store="x", calibrate="isotonic")
+
+
+def test_ensemble_temperature_is_applied_once_to_the_averaged_probabilities(synth_store: Path, tmp_path: Path) -> None:
+    from mito.heads import load_head
+
+    common: dict = {"store": str(synth_store), "task": "mitosis", "features": [RGB], "head": "mlp", "split_column": "split",
+                    "seed": 3, "head_params": {"hidden": 8, "epochs": 3}, "ensemble": "2"}
+    m = fit_head(FitConfig(out=str(tmp_path / "e"), calibrate="temperature", **common))
+    t = json.loads((tmp_path / "e" / "config.json").read_text())["calibration"]["temperature"]
+    assert t == m["calibration"]["temperature"] and t != pytest.approx(1.0)
+    model = load_model(tmp_path / "e")
+    from mito.cache import open_store
+
+    with open_store(synth_store) as s:
+        X = s.read([RGB]).astype(np.float32)
+    Z = model.pipeline.transform(X.copy())
+    mean = np.mean([load_head(tmp_path / "e" / f"member{i}").predict_proba(Z) for i in range(2)], axis=0)
+    np.testing.assert_allclose(model.predict_proba(X), apply_temperature(mean, t), atol=1e-9)
+    got = predict(tmp_path / "e", store=synth_store)
+    np.testing.assert_allclose(got[["p_Atypical", "p_Normal"]].to_numpy(), apply_temperature(mean, t), atol=1e-6)
+    with pytest.raises(ValueError, match="--ensemble folds has none"):
+        FitConfig(out=str(tmp_path / "f"), calibrate="temperature", **{**common, "ensemble": "folds:3"})

@@ -390,6 +390,18 @@ def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]],
 
 
 # ------------------------------------------------------------------ mito compare
+def row_group(row: Any) -> str:
+    """Which ranking a leaderboard row is in: '' for the main one, else its held-out group and/or K shots."""
+    parts = []
+    held = row.get("held_out")
+    if isinstance(held, str) and held:
+        parts.append(f"tested on {held}")
+    shots = row.get("shots")
+    if shots is not None and str(shots) not in ("", "all", "nan", "None"):
+        parts.append(f"K={shots}")
+    return ", ".join(parts)
+
+
 def find_row(rows: Any, ref: str, task: str | None = None) -> Any:
     """One leaderboard row by rank number (within ``task`` when the leaderboard has several) or by row id (or its prefix)."""
     ref = ref.strip()
@@ -398,8 +410,14 @@ def find_row(rows: Any, ref: str, task: str | None = None) -> Any:
         raise BenchError(f"no task {task!r} in this leaderboard (it has: {', '.join(sorted(rows['task'].unique()))})")
     if ref.isdigit():
         hit = sel[sel["rank"] == int(ref)]
+        if len(hit) > 1:  # shift and few-shot rows are ranked apart: a rank number means the main (in-domain, all labels) ranking
+            main = hit[[row_group(r) == "" for _, r in hit.iterrows()]]
+            hit = main if len(main) else hit
         if len(hit) > 1:
-            raise BenchError(f"rank {ref} exists in several tasks ({', '.join(sorted(hit['task']))}): add --task or use row ids")
+            tasks = sorted(set(hit["task"]))
+            if len(tasks) > 1:
+                raise BenchError(f"rank {ref} exists in several tasks ({', '.join(tasks)}): add --task or use row ids")
+            raise BenchError(f"rank {ref} names {len(hit)} rows (held-out groups / shots): give row ids from leaderboard.csv")
     else:
         hit = sel[sel["row_id"].astype(str).str.startswith(ref)] if ref else sel.iloc[:0]
         if len(hit) > 1:
@@ -418,6 +436,9 @@ def compare_rows(lb: Any, ref_a: str, ref_b: str, task: str | None = None, n_boo
         raise BenchError(f"the rows belong to different tasks ({a['task']} and {b['task']}); compare rows of one task")
     if a["row_id"] == b["row_id"]:
         raise BenchError("that is the same row twice")
+    ga, gb = row_group(a), row_group(b)
+    if ga != gb:
+        raise BenchError(f"the rows were scored on different test tiles ({ga or 'in-domain'} vs {gb or 'in-domain'}); compare rows of one held-out group and shot count")
     fa, fb = a.get("fold_fingerprint"), b.get("fold_fingerprint")
     if isinstance(fa, str) and isinstance(fb, str) and fa != fb:
         raise BenchError("the rows were scored on different folds; a paired comparison needs the same folds and test tiles")

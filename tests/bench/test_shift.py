@@ -127,6 +127,19 @@ def test_bench_shift_rows_carry_held_out_group_and_gap(shift_bench: Path, amibr_
     assert (shift_bench / "mitosis_shift.png").stat().st_size > 1000
 
 
+def test_compare_rank_numbers_mean_in_domain_rows_and_shift_rows_go_by_id(shift_bench: Path) -> None:
+    df = pd.read_csv(shift_bench / "leaderboard.csv", keep_default_na=False)
+    r = runner.invoke(app, ["compare", "--bench", str(shift_bench), "--rows", "1,2"])
+    assert r.exit_code == 0, r.output
+    dom = df[df["held_out"] == ""].sort_values("rank")
+    assert dom.iloc[0]["head"] in r.output and dom.iloc[1]["head"] in r.output
+    tup = df[df["held_out"] == "TUPAC16"].sort_values("rank")
+    r = runner.invoke(app, ["compare", "--bench", str(shift_bench), "--rows", f"{tup.iloc[0]['row_id']},{tup.iloc[1]['row_id']}"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["compare", "--bench", str(shift_bench), "--rows", f"{tup.iloc[0]['row_id']},1"])
+    assert r.exit_code != 0 and "different test tiles" in r.output and "Traceback" not in r.output
+
+
 def test_leave_group_out_gives_only_shift_rows_and_needs_a_column(amibr_store: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--out", str(tmp_path / "x"), "--cv", "leave-group-out"])
     assert r.exit_code == 2 and "shift_column" in r.output and "Traceback" not in r.output

@@ -191,6 +191,10 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
     "args, message",
     [
         (["fit-head", "--level", "slide", "--task", "dataset", "--pca", "8"], "--pca does not apply to --level slide"),
+        (["fit-head", "--level", "slide", "--task", "dataset", "--ensemble", "3"], "--ensemble does not apply to --level slide"),
+        (["fit-head", "--level", "slide", "--task", "dataset", "--calibrate", "temperature"], "--calibrate does not apply to --level slide"),
+        (["fit-head", "--level", "slide", "--task", "dataset", "--test-group", "dataset=TUPAC16"], "--test-group does not apply"),
+        (["fit-head", "--level", "slide", "--task", "dataset", "--split-column", "split"], "--split-column does not apply"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--bag-label", "Atypical"], "any:VALUE"),
         (["fit-head", "--level", "slide", "--task", "mitosis"], "mixes 'mitosis' labels"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--bag-column", "nope"], "no bag column 'nope'"),

@@ -625,7 +625,8 @@ def bench_cmd(
             console, store=store, out=out, task=task, features=split_list(features), heads=split_list(heads), params=_bench_params(param),
             folds=folds, seed=seed, n_boot=n_boot, bag_column=bag_column, bag_label=bag_label, group_column=group_column,
             overwrite=overwrite, top=top, ignored={"--proxy": proxy, "--noise": noise, "--pca": pca, "--with": include or None,
-            "--standardize": standardize or None, "--cv": None if cv == "auto" else cv},
+            "--standardize": standardize or None, "--cv": None if cv == "auto" else cv, "--shift-column": shift_column,
+            "--few-shot": few_shot, "--few-shot-draws": few_shot_draws, "--zero-shot": zero_shot},
         )
         return
     if bag_column or bag_label or group_column:

@@ -202,6 +202,9 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
         (["fit-head", "--level", "pixel", "--task", "dataset"], "--level must be tile or slide"),
         (["fit-head", "--task", "dataset", "--bag-label", "any:x"], "go with --level slide"),
         (["bench", "--level", "slide", "--task", "dataset", "--heads", "mlp"], "unknown slide-level head 'mlp'"),
+        (["bench", "--level", "slide", "--task", "dataset", "--shift-column", "dataset"], "--shift-column does not apply to --level slide"),
+        (["bench", "--level", "slide", "--task", "dataset", "--few-shot", "1,2"], "--few-shot does not apply to --level slide"),
+        (["bench", "--level", "slide", "--task", "dataset", "--zero-shot", "mitosis"], "--zero-shot does not apply to --level slide"),
     ],
 )
 def test_cli_bad_slide_options_one_line(amibr_store: Path, tmp_path: Path, args: list[str], message: str) -> None:

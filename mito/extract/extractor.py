@@ -151,6 +151,12 @@ class ExtractConfig(BaseModel):
             raise ValueError(
                 f"--weights names {stray[0]}, which is not among --backbone ({', '.join(self.backbones)}): its weights would be ignored"
             )
+        missing = [c for c in self.augment_colors if c not in self.colors] if self.augment else []
+        if missing:
+            raise ValueError(
+                f"--augment-colors {missing[0]} is not among --colors ({', '.join(self.colors)}): it would get no views; "
+                f"add it to --colors or pass --augment-colors {','.join(c for c in self.colors)}"
+            )
         free = available_memory()
         if free is None:
             return self

@@ -35,9 +35,11 @@ def read_views(store: Store, keys: Sequence[str], rows: np.ndarray, dtype: type 
 
     names = view_names(store, keys)
     if not names:
+        colors = list(dict.fromkeys(k.split(":")[2] for k in keys if k.count(":") >= 2))
+        also = f" --augment-colors {','.join(colors)}" if colors and colors != ["rgb"] else ""
         raise HeadError(
             f"noise mode views/view-cov needs augmented views of {', '.join(keys)} in {store.path}; "
-            "add them with mito extract --augment hed:4,flip"
+            f"add them with mito extract --augment hed:4,flip{also}"
         )
     have = set(store.variants)
     out = []

@@ -70,7 +70,7 @@ def test_read_views_aligns_rows_and_falls_back_to_the_tile(view_store: Path) -> 
         assert v.shape == (3, 3, 32)
         np.testing.assert_array_equal(v[2, :, :16], s.read(["fakenet:z1:rgb:flip"], rows).astype(np.float16))
         np.testing.assert_array_equal(v[0, :, 16:], s.read(["fakenet:z1:gray"], rows).astype(np.float16))
-        with pytest.raises(HeadError, match="--augment"):
+        with pytest.raises(HeadError, match="--augment hed:4,flip --augment-colors gray"):  # the default rgb would add none
             read_views(s, ["fakenet:z1:gray"], rows)
         with pytest.raises(HeadError, match="no-stream"):
             fit_on_rows(s, ["fakenet:z1:rgb"], {"train": np.arange(100)}, s.tiles["mitosis"].to_numpy(),

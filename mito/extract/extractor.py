@@ -460,6 +460,8 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         if not dist.main:
             return summary
         summary["backbones"] = {b: distributed.merge_summaries([p[b] for p in parts]) for b in cfg.backbones} if dist.active else parts[0]
+        if "grown" in summary and summary["grown"]["added_tiles"]:  # variants this run did not name now lack the new rows
+            summary["grown"]["incomplete"] = [v for v in store.variants if not store.is_complete(v)]
         bad = np.flatnonzero(store.unreadable)
         summary["unreadable"] = store.tiles["tile_id"].iloc[bad].astype(str).tolist()
         if any(b["rows"] for b in summary["backbones"].values()):  # a no-op run keeps the record of the run that did the work

@@ -235,3 +235,24 @@ def test_an_interrupted_append_no_longer_wanted_is_undone(tmp_path: Path, fmt: s
     s = open_store(path)
     assert s.n_tiles == 5 and s.verify() == [] and s.done_chunks("bb:z1:rgb").all() and "append" not in s.meta
     np.testing.assert_array_equal(s.read(["bb:z1:rgb"], dtype=np.float16), x)
+
+
+def test_an_append_run_names_the_variants_it_left_without_the_new_tiles(tmp_path: Path) -> None:
+    """Appending with fewer --colors than the store has used to say only 'added N tiles'; gray then silently lacked them."""
+    from mito.extract import growth_lines
+
+    crops = amibr_subset(tmp_path / "crops", 2)
+    cfg = {**SMALL, "chunk_rows": 3, "batch_size": 4, "colors": ["rgb", "gray"]}
+    for k in ("mpp", "tile_px"):
+        cfg.pop(k)
+    store = tmp_path / "g.zarr"
+    extract(ExtractConfig(source=str(crops), store=str(store), **cfg))
+    have = {f.name for f in crops.rglob("*.jpg")}
+    extra = [f for f in sorted((AMIBR / "Normal").glob("*.jpg")) if f.name not in have][:1]
+    shutil.copy(extra[0], crops / "Normal" / extra[0].name)
+    summary = extract(ExtractConfig(source=str(crops), store=str(store), **{**cfg, "colors": ["rgb"]}))
+    assert summary["grown"]["incomplete"] == ["efficientnet_lite0:z1:gray"]
+    text = " ".join(growth_lines(summary["grown"]))
+    assert "efficientnet_lite0:z1:gray lacks the new tiles" in text and "--colors" in text
+    done = extract(ExtractConfig(source=str(crops), store=str(store), **cfg))
+    assert "grown" not in done and open_store(store).verify() == []

@@ -133,8 +133,8 @@ class ExtractConfig(BaseModel):
     def _augment(cls, v: str | None) -> str | None:
         try:
             parse_augment(v)
-        except ExtractError as e:
-            raise ValueError(str(e)) from None
+        except ExtractError as e:  # the CLI names the option already
+            raise ValueError(str(e).removeprefix("--augment").lstrip(": ")) from None
         return v or None
 
     @field_validator("backbones")

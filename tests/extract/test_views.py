@@ -138,6 +138,7 @@ def test_cli_extract_augment(amibr_dir: Path, tmp_path: Path) -> None:
     assert f"{BB}:z1:rgb:flip" in info.stdout and f"{BB}:z1:rgb:rot90" in info.stdout
     bad = subprocess.run(cmd[:-9] + ["--augment", "hed:0", "-q"], capture_output=True, text=True)
     assert bad.returncode == 2 and "hed:K" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr
+    assert "--augment: --augment" not in " ".join((bad.stderr + bad.stdout).split())  # the option is named once
 
 
 def test_augment_colors_outside_colors_is_refused(amibr_dir: Path, tmp_path: Path) -> None:

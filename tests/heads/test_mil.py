@@ -174,6 +174,12 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
     assert len(tiles) == slides["n_tiles"].sum()
     assert np.allclose(tiles.groupby("slide")["attention"].sum(), 1, atol=1e-5)
     assert sorted(p.name for p in pics.iterdir()) == sorted(f"{n.replace('/', '_')}.topk.png" for n in slides["slide"])
+    from PIL import Image
+
+    assert (slides["n_tiles"] < 3).any()  # small bags: their picture must still be wide enough for the title line
+    for p in pics.iterdir():
+        with Image.open(p) as im:
+            assert im.width >= 440, (p.name, im.size)
 
     r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--level", "slide", "--task", "dataset", "--heads", "mean-linear,abmil",
                             "--folds", "2", "--n-boot", "50", "--param", "abmil.epochs=3", "--param", "mean-linear.epochs=3",

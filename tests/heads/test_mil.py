@@ -198,6 +198,7 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
     [
         (["fit-head", "--level", "slide", "--task", "dataset", "--pca", "8"], "--pca does not apply to --level slide"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--ensemble", "3"], "--ensemble does not apply to --level slide"),
+        (["fit-head", "--level", "slide", "--task", "dataset", "--noise-mode", "views"], "views and view-cov are for tile-level heads"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--calibrate", "temperature"], "--calibrate does not apply to --level slide"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--test-group", "dataset=TUPAC16"], "--test-group does not apply"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--split-column", "split"], "--split-column does not apply"),

@@ -155,3 +155,20 @@ def test_leave_group_out_gives_only_shift_rows_and_needs_a_column(amibr_store: P
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out / "leaderboard.csv", keep_default_na=False)
     assert sorted(df["held_out"]) == ["MIDOG21", "TUPAC16"] and (df["gap"] == "").all()
+
+
+def test_gap_figure_keeps_a_long_legend_inside_the_picture(tmp_path: Path) -> None:
+    """Four held-out groups with long names (e.g. --shift-column slide): the legend used to run off the right edge."""
+    from PIL import Image
+
+    from mito.bench.shift import gap_figure
+
+    groups = [f"a_rather_long_slide_name_{i}_stitched.tif" for i in range(4)]
+    base = {"task": "mitosis", "backbone": "efficientnet_lite0", "features": "z1:rgb", "head": "logreg", "noise": 0.0}
+    shift = pd.DataFrame([{**base, "held_out": g, "rank": 1, "balanced_accuracy": 0.5 + 0.05 * i} for i, g in enumerate(groups)])
+    domain = pd.DataFrame([{**base, "held_out": "", "rank": 1, "balanced_accuracy": 0.6}])
+    out = gap_figure(shift, domain, "balanced_accuracy", tmp_path / "s.png")
+    with Image.open(out) as im:
+        w = im.width
+    # every legend label fits: the picture is wider than the fixed 8.5-inch canvas the legend overflowed
+    assert w > int(8.5 * 110) + 10, w

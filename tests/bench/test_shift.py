@@ -172,3 +172,21 @@ def test_gap_figure_keeps_a_long_legend_inside_the_picture(tmp_path: Path) -> No
         w = im.width
     # every legend label fits: the picture is wider than the fixed 8.5-inch canvas the legend overflowed
     assert w > int(8.5 * 110) + 10, w
+
+
+def test_confusion_titles_say_which_group_a_shift_row_was_tested_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """leave-group-out rows of different held-out groups used to get indistinguishable confusion-matrix titles."""
+    from mito.bench import report
+
+    titles: list[str] = []
+
+    def keep(fig, path):  # noqa: ANN001, ANN202
+        titles.extend(ax.get_title() for ax in fig.axes)
+        return path
+
+    monkeypatch.setattr(report, "_save", keep)
+    base = {"task": "mitosis", "backbone": "efficientnet_lite0", "features": "z1:rgb", "head": "logreg", "noise": 0.0, "kind": "head",
+            "confusion_matrix": [[3, 1], [1, 3]], "classes": ["Atypical", "Normal"], "n_folds": 2, "cv": "shift"}
+    rows = pd.DataFrame([{**base, "held_out": g, "rank": 1, "row_id": g} for g in ("MIDOG21", "TUPAC16")])
+    report.confusion_figure(rows, tmp_path / "c.png")
+    assert len(titles) == 2 and "tested on MIDOG21" in titles[0] and "tested on TUPAC16" in titles[1]

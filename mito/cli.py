@@ -713,6 +713,8 @@ def compare_cmd(
     lb = load_leaderboard(bench)
     a, b, comp = compare_rows(lb, refs[0], refs[1], task=task, n_boot=n_boot, seed=seed)
     cv = ((lb.meta.get("tasks") or {}).get(a["task"]) or {}).get("cv_description", "")
+    if isinstance(a.get("held_out"), str) and a["held_out"]:  # a shift row: its own protocol
+        cv = ((((lb.meta.get("shift") or {}).get("tasks") or {}).get(a["task"]) or {}).get(a["held_out"]) or {}).get("cv_description", cv)
     console = Console()
     for part in comparison_text(a, b, comp, cv):
         console.print(part)

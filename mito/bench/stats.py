@@ -436,9 +436,9 @@ def compare_rows(lb: Any, ref_a: str, ref_b: str, task: str | None = None, n_boo
         raise BenchError(f"the rows belong to different tasks ({a['task']} and {b['task']}); compare rows of one task")
     if a["row_id"] == b["row_id"]:
         raise BenchError("that is the same row twice")
-    ga, gb = row_group(a), row_group(b)
-    if ga != gb:
-        raise BenchError(f"the rows were scored on different test tiles ({ga or 'in-domain'} vs {gb or 'in-domain'}); compare rows of one held-out group and shot count")
+    ga, gb = (str(r.get("held_out") or "") for r in (a, b))
+    if ga != gb:  # shift rows: each held-out group is its own test set (rows with other K shots share the test tiles)
+        raise BenchError(f"the rows were scored on different test tiles ({ga or 'in-domain'} vs {gb or 'in-domain'}); compare rows of one held-out group")
     fa, fb = a.get("fold_fingerprint"), b.get("fold_fingerprint")
     if isinstance(fa, str) and isinstance(fb, str) and fa != fb:
         raise BenchError("the rows were scored on different folds; a paired comparison needs the same folds and test tiles")
@@ -458,7 +458,9 @@ def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]
     from rich.text import Text
 
     def label(r: Any) -> str:
-        return f"#{r['rank']} {r['backbone']} {r['features']} {r['head']}" + (f" noise={r['noise']:g}" if r.get("noise") else "") + f" [{r['row_id']}]"
+        group = row_group(r)
+        return (f"#{r['rank']} {r['backbone']} {r['features']} {r['head']}" + (f" noise={r['noise']:g}" if r.get("noise") else "")
+                + (f" ({group})" if group else "") + f" [{r['row_id']}]")
 
     head = (
         f"task {a['task']}: A = {label(a)}\n            B = {label(b)}\n"

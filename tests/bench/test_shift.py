@@ -136,6 +136,8 @@ def test_compare_rank_numbers_mean_in_domain_rows_and_shift_rows_go_by_id(shift_
     tup = df[df["held_out"] == "TUPAC16"].sort_values("rank")
     r = runner.invoke(app, ["compare", "--bench", str(shift_bench), "--rows", f"{tup.iloc[0]['row_id']},{tup.iloc[1]['row_id']}"])
     assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "(tested on TUPAC16)" in text and "scored on dataset = TUPAC16" in text
     r = runner.invoke(app, ["compare", "--bench", str(shift_bench), "--rows", f"{tup.iloc[0]['row_id']},1"])
     assert r.exit_code != 0 and "different test tiles" in r.output and "Traceback" not in r.output
 

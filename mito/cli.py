@@ -228,7 +228,7 @@ def extract(
         console.print(f"[yellow]slide skipped:[/] {s['reason']}")
     for line in growth_lines(summary["grown"]) if "grown" in summary else []:
         console.print(line, highlight=False)
-    if summary.get("incomplete"):
+    if summary.get("incomplete") and not summary.get("grown", {}).get("incomplete"):  # an append run already named them
         console.print(f"[yellow]not complete (this run did not extract them):[/] {', '.join(summary['incomplete'])}; "
                       "re-run with the zooms, colours and --augment views that made them", highlight=False)
     console.print(f"store: {summary['store']} ({summary['n_tiles']} tiles)")
@@ -714,6 +714,8 @@ def compare_cmd(
     lb = load_leaderboard(bench)
     a, b, comp = compare_rows(lb, refs[0], refs[1], task=task, n_boot=n_boot, seed=seed)
     cv = ((lb.meta.get("tasks") or {}).get(a["task"]) or {}).get("cv_description", "")
+    if isinstance(a.get("held_out"), str) and a["held_out"]:  # a shift row: its own protocol
+        cv = ((((lb.meta.get("shift") or {}).get("tasks") or {}).get(a["task"]) or {}).get(a["held_out"]) or {}).get("cv_description", cv)
     console = Console()
     for part in comparison_text(a, b, comp, cv):
         console.print(part)

@@ -174,7 +174,9 @@ def confusion_figure(rows: pd.DataFrame, path: Path, top: int = 3) -> Path | Non
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
-        ax.set_title(f"{_label(r, 38)}\n{counts_note(r)}", fontsize=7)
+        held = r.get("held_out")
+        where = f"tested on {held}\n" if isinstance(held, str) and held else ""
+        ax.set_title(f"{_label(r, 38)}\n{where}{counts_note(r)}", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -135,7 +135,8 @@ def gap_figure(shift: pd.DataFrame, domain: pd.DataFrame, metric: str, path: Pat
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False)
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110), ".png")
+    # tight: a legend of many or long group names grows the picture instead of running off its edge
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"), ".png")
     plt.close(fig)
     return path
 

@@ -397,26 +397,35 @@ def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]],
 
 
 # ------------------------------------------------------------------ mito compare
+def row_group(row: Any) -> str:
+    """Which ranking a leaderboard row is in: '' for the main one, else its held-out group and/or K shots."""
+    parts = []
+    held = row.get("held_out")
+    if isinstance(held, str) and held:
+        parts.append(f"tested on {held}")
+    shots = row.get("shots")
+    if shots is not None and str(shots) not in ("", "all", "nan", "None"):
+        parts.append(f"K={shots}")
+    return ", ".join(parts)
+
+
 def find_row(rows: Any, ref: str, task: str | None = None) -> Any:
     """One leaderboard row by rank number (within ``task`` when the leaderboard has several; among the in-domain rows
     trained on every tile when shift or K-shot rows share the rank) or by row id (or its prefix)."""
-    import pandas as pd
-
     ref = ref.strip()
     sel = rows if task is None else rows[rows["task"] == task]
     if task is not None and sel.empty:
         raise BenchError(f"no task {task!r} in this leaderboard (it has: {', '.join(sorted(rows['task'].unique()))})")
     if ref.isdigit():
         hit = sel[sel["rank"] == int(ref)]
-        if len(hit) > 1:  # shift rows rank per held-out group and K-shot rows per K: a bare rank means the normal rows
-            held = hit["held_out"].fillna("").astype(str) if "held_out" in hit else pd.Series("", index=hit.index)
-            shots = hit["shots"].fillna("all").astype(str) if "shots" in hit else pd.Series("all", index=hit.index)
-            main = hit[(held == "") & shots.isin(["all", "", "nan", "None"])]
+        if len(hit) > 1:  # shift and few-shot rows are ranked apart: a rank number means the main (in-domain, all labels) ranking
+            main = hit[[row_group(r) == "" for _, r in hit.iterrows()]]
             hit = main if len(main) else hit
-        if len(hit) > 1 and hit["task"].nunique() > 1:
-            raise BenchError(f"rank {ref} exists in several tasks ({', '.join(sorted(hit['task']))}): add --task or use row ids")
         if len(hit) > 1:
-            raise BenchError(f"rank {ref} exists among several held-out groups or K-shot rows of task {hit['task'].iloc[0]}: use row ids")
+            tasks = sorted(set(hit["task"]))
+            if len(tasks) > 1:
+                raise BenchError(f"rank {ref} exists in several tasks ({', '.join(tasks)}): add --task or use row ids")
+            raise BenchError(f"rank {ref} names {len(hit)} rows (held-out groups / shots): give row ids from leaderboard.csv")
     else:
         hit = sel[sel["row_id"].astype(str).str.startswith(ref)] if ref else sel.iloc[:0]
         if len(hit) > 1:
@@ -435,6 +444,9 @@ def compare_rows(lb: Any, ref_a: str, ref_b: str, task: str | None = None, n_boo
         raise BenchError(f"the rows belong to different tasks ({a['task']} and {b['task']}); compare rows of one task")
     if a["row_id"] == b["row_id"]:
         raise BenchError("that is the same row twice")
+    ga, gb = (str(r.get("held_out") or "") for r in (a, b))
+    if ga != gb:  # shift rows: each held-out group is its own test set (rows with other K shots share the test tiles)
+        raise BenchError(f"the rows were scored on different test tiles ({ga or 'in-domain'} vs {gb or 'in-domain'}); compare rows of one held-out group")
     fa, fb = a.get("fold_fingerprint"), b.get("fold_fingerprint")
     if isinstance(fa, str) and isinstance(fb, str) and fa != fb:
         raise BenchError("the rows were scored on different folds; a paired comparison needs the same folds and test tiles")
@@ -454,7 +466,9 @@ def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]
     from rich.text import Text
 
     def label(r: Any) -> str:
-        return f"#{r['rank']} {r['backbone']} {r['features']} {r['head']}" + (f" noise={r['noise']:g}" if r.get("noise") else "") + f" [{r['row_id']}]"
+        group = row_group(r)
+        return (f"#{r['rank']} {r['backbone']} {r['features']} {r['head']}" + (f" noise={r['noise']:g}" if r.get("noise") else "")
+                + (f" ({group})" if group else "") + f" [{r['row_id']}]")
 
     head = (
         f"task {a['task']}: A = {label(a)}\n            B = {label(b)}\n"

@@ -133,8 +133,8 @@ class ExtractConfig(BaseModel):
     def _augment(cls, v: str | None) -> str | None:
         try:
             parse_augment(v)
-        except ExtractError as e:
-            raise ValueError(str(e)) from None
+        except ExtractError as e:  # the CLI names the option already
+            raise ValueError(str(e).removeprefix("--augment").lstrip(": ")) from None
         return v or None
 
     @field_validator("backbones")
@@ -150,6 +150,12 @@ class ExtractConfig(BaseModel):
         if stray:
             raise ValueError(
                 f"--weights names {stray[0]}, which is not among --backbone ({', '.join(self.backbones)}): its weights would be ignored"
+            )
+        missing = [c for c in self.augment_colors if c not in self.colors] if self.augment else []
+        if missing:
+            raise ValueError(
+                f"--augment-colors {missing[0]} is not among --colors ({', '.join(self.colors)}): it would get no views; "
+                f"add it to --colors or pass --augment-colors {','.join(c for c in self.colors)}"
             )
         free = available_memory()
         if free is None:
@@ -454,6 +460,8 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         if not dist.main:
             return summary
         summary["backbones"] = {b: distributed.merge_summaries([p[b] for p in parts]) for b in cfg.backbones} if dist.active else parts[0]
+        if "grown" in summary and summary["grown"]["added_tiles"]:  # variants this run did not name now lack the new rows
+            summary["grown"]["incomplete"] = [v for v in store.variants if not store.is_complete(v)]
         bad = np.flatnonzero(store.unreadable)
         summary["unreadable"] = store.tiles["tile_id"].iloc[bad].astype(str).tolist()
         summary["incomplete"] = [k for k in store.variants if not store.is_complete(k)]  # e.g. views of an earlier --augment after added tiles

@@ -132,7 +132,8 @@ class MILHead:
         if self.loss not in LOSSES:
             raise HeadError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.noise_mode not in ("global", "per-dim", "absolute"):
-            raise HeadError(f"noise_mode must be global, per-dim or absolute, got {self.noise_mode!r}")
+            also = " (views and view-cov are for tile-level heads)" if self.noise_mode in ("views", "view-cov") else ""
+            raise HeadError(f"noise_mode must be global, per-dim or absolute, got {self.noise_mode!r}{also}")
         if not isinstance(self.balance, bool):
             raise HeadError(f"balance must be true or false, got {self.balance!r}")
 

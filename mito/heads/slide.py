@@ -268,7 +268,8 @@ def _top_tiles(paths: list[str], a: np.ndarray, title: str, out: Path, top_k: in
     order = np.argsort(-a, kind="stable")[:top_k]
     cols = min(4, len(order))
     nrows = int(np.ceil(len(order) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 2.4 * nrows + 0.4), dpi=100, squeeze=False)
+    # at least two tile widths, so the title line (bag, prediction, label) fits above a bag of one tile
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(2.2 * cols, 4.4), 2.4 * nrows + 0.4), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, j in zip(axes.flat, order):

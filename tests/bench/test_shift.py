@@ -127,6 +127,21 @@ def test_bench_shift_rows_carry_held_out_group_and_gap(shift_bench: Path, amibr_
     assert (shift_bench / "mitosis_shift.png").stat().st_size > 1000
 
 
+def test_compare_rank_numbers_mean_in_domain_rows_and_shift_rows_go_by_id(shift_bench: Path) -> None:
+    df = pd.read_csv(shift_bench / "leaderboard.csv", keep_default_na=False)
+    r = runner.invoke(app, ["compare", "--bench", str(shift_bench), "--rows", "1,2"])
+    assert r.exit_code == 0, r.output
+    dom = df[df["held_out"] == ""].sort_values("rank")
+    assert dom.iloc[0]["head"] in r.output and dom.iloc[1]["head"] in r.output
+    tup = df[df["held_out"] == "TUPAC16"].sort_values("rank")
+    r = runner.invoke(app, ["compare", "--bench", str(shift_bench), "--rows", f"{tup.iloc[0]['row_id']},{tup.iloc[1]['row_id']}"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "(tested on TUPAC16)" in text and "scored on dataset = TUPAC16" in text
+    r = runner.invoke(app, ["compare", "--bench", str(shift_bench), "--rows", f"{tup.iloc[0]['row_id']},1"])
+    assert r.exit_code != 0 and "different test tiles" in r.output and "Traceback" not in r.output
+
+
 def test_leave_group_out_gives_only_shift_rows_and_needs_a_column(amibr_store: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--out", str(tmp_path / "x"), "--cv", "leave-group-out"])
     assert r.exit_code == 2 and "shift_column" in r.output and "Traceback" not in r.output
@@ -152,3 +167,38 @@ def test_leave_group_out_gives_only_shift_rows_and_needs_a_column(amibr_store: P
     assert sorted(pd.read_csv(tmp_path / "lgo2" / "leaderboard.csv")["head"]) == ["knn", "knn", "logreg", "logreg"]
     page = (out / "report.html").read_text()  # the main table says which group each rank-1 row was tested on
     assert '<th class="l">tested on</th>' in page and page.index("<td class=\"l\">MIDOG21</td>") < page.index("<td class=\"l\">TUPAC16</td>")
+
+
+def test_gap_figure_keeps_a_long_legend_inside_the_picture(tmp_path: Path) -> None:
+    """Four held-out groups with long names (e.g. --shift-column slide): the legend used to run off the right edge."""
+    from PIL import Image
+
+    from mito.bench.shift import gap_figure
+
+    groups = [f"a_rather_long_slide_name_{i}_stitched.tif" for i in range(4)]
+    base = {"task": "mitosis", "backbone": "efficientnet_lite0", "features": "z1:rgb", "head": "logreg", "noise": 0.0}
+    shift = pd.DataFrame([{**base, "held_out": g, "rank": 1, "balanced_accuracy": 0.5 + 0.05 * i} for i, g in enumerate(groups)])
+    domain = pd.DataFrame([{**base, "held_out": "", "rank": 1, "balanced_accuracy": 0.6}])
+    out = gap_figure(shift, domain, "balanced_accuracy", tmp_path / "s.png")
+    with Image.open(out) as im:
+        w = im.width
+    # every legend label fits: the picture is wider than the fixed 8.5-inch canvas the legend overflowed
+    assert w > int(8.5 * 110) + 10, w
+
+
+def test_confusion_titles_say_which_group_a_shift_row_was_tested_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """leave-group-out rows of different held-out groups used to get indistinguishable confusion-matrix titles."""
+    from mito.bench import report
+
+    titles: list[str] = []
+
+    def keep(fig, path):  # noqa: ANN001, ANN202
+        titles.extend(ax.get_title() for ax in fig.axes)
+        return path
+
+    monkeypatch.setattr(report, "_save", keep)
+    base = {"task": "mitosis", "backbone": "efficientnet_lite0", "features": "z1:rgb", "head": "logreg", "noise": 0.0, "kind": "head",
+            "confusion_matrix": [[3, 1], [1, 3]], "classes": ["Atypical", "Normal"], "n_folds": 2, "cv": "shift"}
+    rows = pd.DataFrame([{**base, "held_out": g, "rank": 1, "row_id": g} for g in ("MIDOG21", "TUPAC16")])
+    report.confusion_figure(rows, tmp_path / "c.png")
+    assert len(titles) == 2 and "tested on MIDOG21" in titles[0] and "tested on TUPAC16" in titles[1]

@@ -253,7 +253,7 @@ def test_views_left_behind_by_added_tiles_are_named_and_finished_by_a_rerun_with
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
-    assert f"not complete (this run did not extract them): {KEY}:flip" in text
+    assert f"{KEY}:flip lacks the new tiles" in text  # named once, by the append summary
     assert open_store(store).is_complete(KEY) and not open_store(store).is_complete(f"{KEY}:flip")
     from mito.heads import HeadError
     from mito.heads.views import read_views
@@ -262,3 +262,22 @@ def test_views_left_behind_by_added_tiles_are_named_and_finished_by_a_rerun_with
         read_views(open_store(store), [KEY], np.arange(4))
     summary = extract(ExtractConfig(source=str(crops), store=str(store), augment="flip", **cfg))
     assert summary["incomplete"] == [] and open_store(store).verify() == []
+def test_an_append_run_names_the_variants_it_left_without_the_new_tiles(tmp_path: Path) -> None:
+    """Appending with fewer --colors than the store has used to say only 'added N tiles'; gray then silently lacked them."""
+    from mito.extract import growth_lines
+
+    crops = amibr_subset(tmp_path / "crops", 2)
+    cfg = {**SMALL, "chunk_rows": 3, "batch_size": 4, "colors": ["rgb", "gray"]}
+    for k in ("mpp", "tile_px"):
+        cfg.pop(k)
+    store = tmp_path / "g.zarr"
+    extract(ExtractConfig(source=str(crops), store=str(store), **cfg))
+    have = {f.name for f in crops.rglob("*.jpg")}
+    extra = [f for f in sorted((AMIBR / "Normal").glob("*.jpg")) if f.name not in have][:1]
+    shutil.copy(extra[0], crops / "Normal" / extra[0].name)
+    summary = extract(ExtractConfig(source=str(crops), store=str(store), **{**cfg, "colors": ["rgb"]}))
+    assert summary["grown"]["incomplete"] == ["efficientnet_lite0:z1:gray"]
+    text = " ".join(growth_lines(summary["grown"]))
+    assert "efficientnet_lite0:z1:gray lacks the new tiles" in text and "--colors" in text
+    done = extract(ExtractConfig(source=str(crops), store=str(store), **cfg))
+    assert "grown" not in done and open_store(store).verify() == []

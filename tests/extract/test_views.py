@@ -138,3 +138,17 @@ def test_cli_extract_augment(amibr_dir: Path, tmp_path: Path) -> None:
     assert f"{BB}:z1:rgb:flip" in info.stdout and f"{BB}:z1:rgb:rot90" in info.stdout
     bad = subprocess.run(cmd[:-9] + ["--augment", "hed:0", "-q"], capture_output=True, text=True)
     assert bad.returncode == 2 and "hed:K" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr
+    assert "--augment: --augment" not in " ".join((bad.stderr + bad.stdout).split())  # the option is named once
+
+
+def test_augment_colors_outside_colors_is_refused(amibr_dir: Path, tmp_path: Path) -> None:
+    """--augment-colors gray with --colors rgb used to embed nothing and say 'nothing left to do'."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="--augment-colors gray is not among --colors"):
+        ExtractConfig(source=str(amibr_dir), store=str(tmp_path / "a.zarr"), zooms=[1.0], colors=["rgb"], augment="flip",
+                      augment_colors=["gray"], **SMALL)
+    with pytest.raises(ValidationError, match="--augment-colors rgb is not among --colors"):
+        ExtractConfig(source=str(amibr_dir), store=str(tmp_path / "b.zarr"), zooms=[1.0], colors=["gray"], augment="flip", **SMALL)
+    ok = ExtractConfig(source=str(amibr_dir), store=str(tmp_path / "c.zarr"), zooms=[1.0], colors=["gray"], **SMALL)
+    assert ok.augment is None  # no --augment: --augment-colors is not checked

@@ -188,6 +188,12 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
     assert len(tiles) == slides["n_tiles"].sum()
     assert np.allclose(tiles.groupby("slide")["attention"].sum(), 1, atol=1e-5)
     assert sorted(p.name for p in pics.iterdir()) == sorted(f"{n.replace('/', '_')}.topk.png" for n in slides["slide"])
+    from PIL import Image
+
+    assert (slides["n_tiles"] < 3).any()  # small bags: their picture must still be wide enough for the title line
+    for p in pics.iterdir():
+        with Image.open(p) as im:
+            assert im.width >= 440, (p.name, im.size)
 
     r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--level", "slide", "--task", "dataset", "--heads", "mean-linear,abmil",
                             "--folds", "2", "--n-boot", "50", "--param", "abmil.epochs=3", "--param", "mean-linear.epochs=3",
@@ -205,6 +211,11 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
     "args, message",
     [
         (["fit-head", "--level", "slide", "--task", "dataset", "--pca", "8"], "--pca does not apply to --level slide"),
+        (["fit-head", "--level", "slide", "--task", "dataset", "--ensemble", "3"], "--ensemble does not apply to --level slide"),
+        (["fit-head", "--level", "slide", "--task", "dataset", "--noise-mode", "views"], "views and view-cov are for tile-level heads"),
+        (["fit-head", "--level", "slide", "--task", "dataset", "--calibrate", "temperature"], "--calibrate does not apply to --level slide"),
+        (["fit-head", "--level", "slide", "--task", "dataset", "--test-group", "dataset=TUPAC16"], "--test-group does not apply"),
+        (["fit-head", "--level", "slide", "--task", "dataset", "--split-column", "split"], "--split-column does not apply"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--bag-label", "Atypical"], "any:VALUE"),
         (["fit-head", "--level", "slide", "--task", "mitosis"], "mixes 'mitosis' labels"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--bag-column", "nope"], "no bag column 'nope'"),

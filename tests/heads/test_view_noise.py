@@ -70,7 +70,7 @@ def test_read_views_aligns_rows_and_falls_back_to_the_tile(view_store: Path) -> 
         assert v.shape == (3, 3, 32)
         np.testing.assert_array_equal(v[2, :, :16], s.read(["fakenet:z1:rgb:flip"], rows).astype(np.float16))
         np.testing.assert_array_equal(v[0, :, 16:], s.read(["fakenet:z1:gray"], rows).astype(np.float16))
-        with pytest.raises(HeadError, match="--augment"):
+        with pytest.raises(HeadError, match="--augment hed:4,flip --augment-colors gray"):  # the default rgb would add none
             read_views(s, ["fakenet:z1:gray"], rows)
         with pytest.raises(HeadError, match="no-stream"):
             fit_on_rows(s, ["fakenet:z1:rgb"], {"train": np.arange(100)}, s.tiles["mitosis"].to_numpy(),
@@ -99,3 +99,17 @@ def test_view_cov_noise_has_the_views_covariance() -> None:
     X, y = imgs[0], np.array([1])
     Xa, ya = augment_with_views(X, y, imgs[1:], "views", 0, 1.0, 0)
     assert Xa.shape == (5, 3) and (ya == 1).all()
+
+
+def test_incomplete_views_say_finish_not_add(tmp_path: Path) -> None:
+    """Views that exist but lack rows (an append run without --augment) used to get 'add them with --augment'."""
+    tiles = amibr_tiles(40)
+    s = create_store(tmp_path / "i.zarr", tiles, {"tasks": ["mitosis"]}, chunk_rows=16)
+    for key in ("fakenet:z1:rgb", "fakenet:z1:rgb:flip"):
+        s.ensure_variant(key, 4, {**PROV, "preprocessing": {**PROV["preprocessing"], "color": "rgb"}})
+        for c in range(s.n_chunks if key == "fakenet:z1:rgb" else 1):
+            a, b = s.chunk_rows_range(c)
+            s.write_chunk(key, c, np.ones((b - a, 4), np.float16))
+    s.close()
+    with open_store(tmp_path / "i.zarr") as s, pytest.raises(HeadError, match="fakenet:z1:rgb:flip is incomplete"):
+        read_views(s, ["fakenet:z1:rgb"], np.arange(5))

@@ -79,7 +79,7 @@ def test_a_bare_rank_means_the_in_domain_row_when_shift_and_k_shot_rows_share_it
     rows = rank_rows(pd.DataFrame([_row(0.80), _row(0.70, held_out="TUPAC16"), _row(0.60, shots="4"), _row(0.75, head="knn")]))
     assert find_row(rows, "1")["row_id"] == "mlp--all" and find_row(rows, "2", task="mitosis")["row_id"] == "knn--all"
     shift_only = rank_rows(pd.DataFrame([_row(0.7, held_out="A"), _row(0.6, held_out="B")]))
-    with pytest.raises(BenchError, match="use row ids"):
+    with pytest.raises(BenchError, match="give row ids"):
         find_row(shift_only, "1")
 
 

@@ -39,12 +39,6 @@ def read_views(store: Store, keys: Sequence[str], rows: np.ndarray, dtype: type 
         raise HeadError(f"the augmented views {', '.join(partial)} in {store.path} lack some tiles (added after them); "
                         "finish them with mito extract --augment (the same views)")
     if not names:
-        partial = [v for k in keys for v in views_of(store.variants, k)]
-        if partial:
-            raise HeadError(
-                f"noise mode views/view-cov: {', '.join(partial)} {'is' if len(partial) == 1 else 'are'} incomplete in {store.path} "
-                "(tiles added without --augment?); re-run mito extract with the store's --augment to finish them"
-            )
         colors = list(dict.fromkeys(k.split(":")[2] for k in keys if k.count(":") >= 2))
         also = f" --augment-colors {','.join(colors)}" if colors and colors != ["rgb"] else ""
         raise HeadError(

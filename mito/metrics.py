@@ -195,35 +195,47 @@ def bootstrap_replicates(
     """
     yi = np.asarray(yi, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
-    n, k = len(yi), proba.shape[1]
+    n = len(yi)
     fold = np.zeros(n, np.int64) if fold is None else np.asarray(fold)
     tile = np.arange(n) if tile is None else np.asarray(tile)
-    tiles, tpos = np.unique(tile, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, tiles.size, (n_boot, tiles.size))
-    counts = np.zeros((n_boot, tiles.size), np.int32)  # how often each tile is drawn in each replicate
-    np.add.at(counts, (np.repeat(np.arange(n_boot), tiles.size), draws.ravel()), 1)
+    tpos, counts = tile_draw_counts(tile, n_boot, np.random.default_rng(seed))
     per_fold = []
     for f in np.unique(fold):
         sel = np.flatnonzero(fold == f)
-        w = counts[:, tpos[sel]]
-        if metric in ("balanced_accuracy", "kappa", "weighted_f1"):
-            cell = yi[sel] * k + proba[sel].argmax(axis=1)
-            cm = np.zeros((n_boot, k * k))
-            for c in np.unique(cell):
-                cm[:, c] = w[:, cell == c].sum(axis=1)
-            per_fold.append(confusion_metric(metric, cm.reshape(n_boot, k, k)))
-        elif metric == "auroc" and k == 2:
-            per_fold.append(weighted_binary_auc(yi[sel] == 1, proba[sel, 1], w))
-        else:
-            vals = np.empty(n_boot)
-            for b in range(n_boot):
-                rows = np.repeat(sel, w[b])
-                vals[b] = metric_score(metric, yi[rows], proba[rows]) if rows.size else np.nan
-            per_fold.append(vals)
+        per_fold.append(weighted_metric(metric, yi[sel], proba[sel], counts[:, tpos[sel]]))
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(np.vstack(per_fold), axis=0) if per_fold else np.full(n_boot, np.nan)
+
+
+def tile_draw_counts(tile: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's index among the sorted distinct tiles, and how often each tile is drawn in each of ``n_boot``
+    replicates (tiles drawn with replacement)."""
+    tiles, tpos = np.unique(tile, return_inverse=True)
+    draws = rng.integers(0, tiles.size, (n_boot, tiles.size))
+    counts = np.zeros((n_boot, tiles.size), np.int32)
+    np.add.at(counts, (np.repeat(np.arange(n_boot), tiles.size), draws.ravel()), 1)
+    return tpos, counts
+
+
+def weighted_metric(metric: str, yi: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``metric`` of each row of ``weights`` (replicates x samples: how often each sample counts); NaN where a
+    replicate cannot be scored. Confusion-matrix metrics and binary AUROC are computed for all replicates at once."""
+    n_boot, k = len(weights), proba.shape[1]
+    if metric in ("balanced_accuracy", "kappa", "weighted_f1"):
+        cell = yi * k + proba.argmax(axis=1)
+        cm = np.zeros((n_boot, k * k))
+        for c in np.unique(cell):
+            cm[:, c] = weights[:, cell == c].sum(axis=1)
+        return confusion_metric(metric, cm.reshape(n_boot, k, k))
+    if metric == "auroc" and k == 2:
+        return weighted_binary_auc(yi == 1, proba[:, 1], weights)
+    vals = np.empty(n_boot)
+    rows_all = np.arange(len(yi))
+    for b in range(n_boot):
+        rows = np.repeat(rows_all, weights[b])
+        vals[b] = metric_score(metric, yi[rows], proba[rows]) if rows.size else np.nan
+    return vals
 
 
 def weighted_binary_auc(positive: np.ndarray, score: np.ndarray, weights: np.ndarray, block: int = 64) -> np.ndarray:

@@ -38,8 +38,8 @@ from mito.metrics import (
     CALIBRATION_NAMES,
     METRIC_NAMES,
     classification_metrics,
-    confusion_metric,
-    metric_score,
+    tile_draw_counts,
+    weighted_metric,
 )
 
 SHOTS_ALL = "all"
@@ -134,27 +134,13 @@ def draw_fold_ci(
     fit j's draw. Each replicate draws the tiles with replacement (a tile counts in every fit that scored it),
     then the draws with replacement, and averages the chosen draws' per-fit metrics.
     """
-    k = proba.shape[1]
-    tiles, tpos = np.unique(tile, return_inverse=True)
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, tiles.size, (n_boot, tiles.size))
-    counts = np.zeros((n_boot, tiles.size), np.int32)
-    np.add.at(counts, (np.repeat(np.arange(n_boot), tiles.size), picks.ravel()), 1)
+    tpos, counts = tile_draw_counts(tile, n_boot, rng)
     n_fits = len(draw_of_fit)
     stats = np.full((n_boot, n_fits), np.nan)
     for j in range(n_fits):
         sel = np.flatnonzero(fit == j)
-        w = counts[:, tpos[sel]]
-        if metric in ("balanced_accuracy", "kappa", "weighted_f1"):
-            cell = yi[sel] * k + proba[sel].argmax(axis=1)
-            cm = np.zeros((n_boot, k * k))
-            for c in np.unique(cell):
-                cm[:, c] = w[:, cell == c].sum(axis=1)
-            stats[:, j] = confusion_metric(metric, cm.reshape(n_boot, k, k))
-        else:
-            for b in range(n_boot):
-                rows = np.repeat(sel, w[b])
-                stats[b, j] = metric_score(metric, yi[rows], proba[rows]) if rows.size else np.nan
+        stats[:, j] = weighted_metric(metric, yi[sel], proba[sel], counts[:, tpos[sel]])
     draws = np.unique(draw_of_fit)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

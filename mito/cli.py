@@ -559,6 +559,8 @@ def _bench_config(cls: Any, options: dict[str, str], **kw: Any) -> Any:
     try:
         return cls(**kw)
     except ValidationError as e:
+        if not e.errors()[0]["loc"]:  # a check across several fields names its options itself
+            raise UserError(one_line(e)) from None
         field, _, msg = one_line(e).partition(": ")
         name = options.get(field.split(".")[0], field.split(".")[0])
         raise UserError(f"--{name.replace('_', '-')}: {msg}") from None

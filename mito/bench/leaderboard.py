@@ -113,7 +113,7 @@ class BenchConfig(BaseModel):
     @model_validator(mode="after")
     def _shift(self) -> BenchConfig:
         if self.cv == LEAVE_GROUP_OUT and not self.shift_column:
-            raise ValueError("cv leave-group-out needs shift_column (e.g. --shift-column dataset)")
+            raise ValueError("--cv leave-group-out needs --shift-column (e.g. --shift-column dataset)")
         if self.cv == LEAVE_GROUP_OUT and self.few_shot and any(k != "all" for k in self.few_shot):
             raise ValueError("few_shot rows are scored on the in-domain folds, which cv leave-group-out has none of; use --cv auto with --shift-column")
         return self

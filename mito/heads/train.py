@@ -36,6 +36,9 @@ METRICS_FILE = "metrics.json"
 _VOLATILE = ("added",)
 
 
+DETERMINISTIC_HEADS = ("knn", "logreg")  # a seed changes nothing: seed ensembles of them are K copies
+
+
 class FitConfig(BaseModel):
     """Everything one `mito fit-head` run needs (validated; unknown fields are errors)."""
 
@@ -77,6 +80,9 @@ class FitConfig(BaseModel):
         if self.test_group and self.split_column not in (AUTO, None):
             raise ValueError("give either split_column or test_group, not both")
         spec = parse_ensemble(self.ensemble)
+        if spec is not None and spec.mode == "seeds" and self.head in DETERMINISTIC_HEADS:
+            raise ValueError(f"--ensemble {spec.k} trains {self.head} {spec.k} times with other seeds, which changes nothing for {self.head}: "
+                             "use --ensemble folds (members trained on different data)")
         if self.calibrate == "temperature" and spec is not None and spec.mode == "folds":
             # each fold member trained on the others' validation rows: no held-out rows score the averaged model
             raise ValueError("--calibrate temperature needs validation rows no member trained on; --ensemble folds has none (use --ensemble K)")

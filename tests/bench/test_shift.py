@@ -144,7 +144,7 @@ def test_compare_rank_numbers_mean_in_domain_rows_and_shift_rows_go_by_id(shift_
 
 def test_leave_group_out_gives_only_shift_rows_and_needs_a_column(amibr_store: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--out", str(tmp_path / "x"), "--cv", "leave-group-out"])
-    assert r.exit_code == 2 and "shift_column" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "--shift-column" in r.output and "Traceback" not in r.output
     assert len([x for x in r.output.splitlines() if x.strip()]) == 1, r.output
     r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--out", str(tmp_path / "y"), "--shift-column", "scanner", "--heads", "logreg"])
     assert r.exit_code == 2 and "no shift column 'scanner'" in r.output and "Traceback" not in r.output

@@ -136,3 +136,6 @@ def test_cli_refusals(amibr_store: Path, tmp_path: Path) -> None:
 def test_fit_config_validates_ensemble() -> None:
     with pytest.raises(HeadError, match="--ensemble"):
         make_fit_config(store="s", ensemble="many")
+    with pytest.raises(HeadError, match="changes nothing for knn"):  # K identical members
+        make_fit_config(store="s", head="knn", ensemble="3")
+    assert make_fit_config(store="s", head="knn", ensemble="folds:3").ensemble == "folds:3"

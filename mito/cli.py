@@ -462,22 +462,19 @@ def predict_cmd(
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for per-slide PNG heatmaps of the predicted probability (slide stores, with --store; --overwrite replaces an earlier one)."),
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
-    from mito.heads import predict
-    from mito.heads import check_predict_out
+    from mito.heads import check_predict_out, is_slide_model, predict, predict_slides_cli
 
     if source is not None and store is not None:
         raise UserError("give either tiles to embed (SOURCE) or --store, not both")
     if (points is not None or tile_size is not None) and source is None:
         raise UserError("--points and --tile-size go with a slide SOURCE, not --store")
-    if heatmaps is not None and not _is_slide_model(model):  # before any work
+    if heatmaps is not None and not is_slide_model(model):  # before any work
         if store is None:
             raise UserError("--heatmaps needs --store (a store extracted from slides)")
         from mito.heads.heatmaps import check_heatmap_dir
 
         check_heatmap_dir(heatmaps, overwrite, protect=(store, model))
     check_predict_out(out, model, store, source, overwrite)  # before any work, whatever kind of model
-    from mito.heads import is_slide_model, predict_slides_cli
-
     if is_slide_model(model):
         predict_slides_cli(console, model, store, source, out, heatmaps, overwrite)
         return
@@ -848,12 +845,6 @@ def export_cmd(
 
     paths = export(store, format, out, features, overwrite)
     console.print(f"wrote {len(paths)} slide files to {out}")
-
-
-def _is_slide_model(model: Path) -> bool:
-    from mito.heads import is_slide_model
-
-    return is_slide_model(model)
 
 
 def _heatmaps(df: Any, store: Optional[str], folder: Path, overwrite: bool, model: Path) -> None:

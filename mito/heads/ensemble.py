@@ -124,12 +124,9 @@ class Ensemble:
 
 def is_ensemble(path: str | Path) -> bool:
     """True when ``path/head.json`` describes an ensemble."""
-    f = Path(path) / HEAD_FILE
-    if not f.is_file():
-        return False
     try:
-        return json.loads(f.read_text(encoding="utf-8")).get("head") == ENSEMBLE
-    except (OSError, ValueError, AttributeError):
+        return read_json_file(Path(path) / HEAD_FILE).get("head") == ENSEMBLE
+    except HeadError:  # missing or not a JSON object: not an ensemble
         return False
 
 

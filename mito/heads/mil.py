@@ -261,12 +261,9 @@ def make_mil_head(name: str, **params: Any) -> MILHead:
 
 def is_mil_head_dir(path: str | Path) -> bool:
     """True when ``path`` holds a saved slide-level head."""
-    f = Path(path) / HEAD_FILE
-    if not f.is_file():
-        return False
     try:
-        return json.loads(f.read_text(encoding="utf-8")).get("level") == "slide"
-    except (OSError, ValueError, AttributeError):
+        return read_json_file(Path(path) / HEAD_FILE).get("level") == "slide"
+    except HeadError:  # missing or not a JSON object: not a slide-level head
         return False
 
 

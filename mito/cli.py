@@ -322,6 +322,10 @@ def demo(
 # (heads section)
 
 
+POSITIVE_HELP = ("Two-class tasks: the positive class of PR-AUC, ECE/Brier, ROC, reliability and DeLong (default: the minority "
+                 "class of the training rows; ties: the alphabetically second).")
+
+
 def _head_params(pairs: list[str], **given: Any) -> dict[str, Any]:
     """Head options: the explicit flags that were set, plus --param KEY=VALUE (VALUE parsed as JSON when it can be)."""
     out = {k: v for k, v in given.items() if v is not None}
@@ -343,6 +347,14 @@ def _print_metrics(m: dict[str, Any]) -> None:
     t.add_row(*(f"{m[k]:.3f}" for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), f"{m['train_seconds']:.2f}")
     console.print(t)
     console.print(f"confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}")
+    from mito.metrics import per_class_line
+    from mito.tasks import positive_line
+
+    if m.get("positive"):
+        console.print(positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}, ECE {m['ece']:.3f}",
+                      highlight=False, markup=False, soft_wrap=True)
+    elif isinstance(m.get("per_class"), dict):
+        console.print(per_class_line(m["per_class"]), highlight=False, markup=False, soft_wrap=True)
     if m.get("streamed"):
         console.print("features streamed from the store chunk by chunk (--stream), never loaded whole")
 
@@ -385,6 +397,7 @@ def fit_head_cmd(
     calibrate: str = typer.Option("none", "--calibrate", help="temperature: fit temperature scaling on the validation split (saved in the model, applied by predict; predictions unchanged, probabilities calibrated); none."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of a table."),
+    positive: Optional[str] = typer.Option(None, "--positive", help=POSITIVE_HELP),
     level: str = typer.Option("tile", help="tile: one label per tile; slide: one per bag of tiles (heads mean-linear, mean-mlp, abmil)."),
     bag_column: Optional[str] = typer.Option(None, help="--level slide: tile-table column grouping tiles into bags (default: slide)."),
     bag_label: Optional[str] = typer.Option(None, help="--level slide: any:VALUE = the bag is 'yes' when any tile's --task label is VALUE (default: --task is constant within each bag)."),
@@ -402,7 +415,7 @@ def fit_head_cmd(
         fit_slide_head_cli(
             console, store=store, out=out, task=task, head=head, features=split_list(features), bag_column=bag_column,
             bag_label=bag_label, group_column=group_column, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-            overwrite=overwrite, as_json=as_json, ignored={"--metadata": metadata, "--pca": pca, "--standardize": standardize or None,
+            overwrite=overwrite, as_json=as_json, positive=positive, ignored={"--metadata": metadata, "--pca": pca, "--standardize": standardize or None,
             "--stream/--in-memory": stream, "--batch-size": batch_size, "--precision": precision, "--threads": threads,
             "--split-column": None if split_column == "auto" else split_column, "--test-group": test_group, "--train-groups": train_groups,
             "--ensemble": ensemble, "--calibrate": None if calibrate == "none" else calibrate, "--buffer-rows": buffer_rows},
@@ -419,7 +432,7 @@ def fit_head_cmd(
         standardize=standardize, pca=pca, split_column=None if split_column.lower() == "none" else split_column,
         group_column=None if group_column.lower() == "none" else group_column,
         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, overwrite=overwrite,
-        test_group=test_group, train_groups=split_list(train_groups), ensemble=ensemble,
+        test_group=test_group, train_groups=split_list(train_groups), ensemble=ensemble, positive=positive,
         stream=stream, progress=not as_json, calibrate=calibrate, **({"buffer_rows": buffer_rows} if buffer_rows is not None else {}),
         head_params=_head_params(
             param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
@@ -435,7 +448,9 @@ def fit_head_cmd(
     console.print(f"features: {', '.join(m['features'])}{how}", highlight=False)
     console.print(f"split: {m['split']}", highlight=False)
     _print_metrics(m)
-    if "calibration" in m:
+    if "calibration" in m and m["calibration"].get("skipped"):
+        err_console.print(m["calibration"]["skipped"], style="yellow", highlight=False, markup=False, soft_wrap=True)
+    elif "calibration" in m:
         c = m["calibration"]
         console.print(f"temperature scaling: T = {c['temperature']:.3f} (fitted on {c['n_val']} validation rows); "
                       f"{m['evaluated_on']} ECE {c.get(m['evaluated_on'] + '_ece_before', c['val_ece_before']):.3f} -> {m['ece']:.3f}", highlight=False)
@@ -517,6 +532,7 @@ def zero_shot_cmd(
     variant: Optional[str] = typer.Option(None, help="Store variant to score, e.g. z1:rgb (default z1:rgb, else the backbone's first)."),
     device: str = typer.Option("auto", help="Text-tower device: auto, cpu or cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    positive: Optional[str] = typer.Option(None, "--positive", help="Two-class tasks: the positive class of PR-AUC and ECE (default: the minority class of the labelled tiles)."),
 ) -> None:
     """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
     from mito.extract import pick_device
@@ -524,7 +540,8 @@ def zero_shot_cmd(
     from mito.io import atomic_write, check_output_file
 
     check_output_file(out, overwrite, protect=(store,))
-    r = run_zero_shot(store, backbone, prompts, weights=weights, task=task, context=prompt_context, variant=variant, device=str(pick_device(device)))
+    r = run_zero_shot(store, backbone, prompts, weights=weights, task=task, context=prompt_context, variant=variant, device=str(pick_device(device)),
+                      positive=positive)
     atomic_write(out, lambda p: r.predictions.to_csv(p, index=False, float_format="%.6g"), ".csv")
     how = "computed and cached" if r.computed else "read from the cache"
     console.print(f"text embeddings {how}: {r.text_file}", highlight=False)
@@ -537,6 +554,10 @@ def zero_shot_cmd(
             f"weighted F1 {m['weighted_f1']:.3f}; confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}",
             highlight=False,
         )
+        if m.get("positive"):
+            from mito.tasks import positive_line
+
+            console.print(positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}", highlight=False, markup=False)
 
 
 # ==================================================================== bench: bench / lora / umap / report
@@ -615,6 +636,7 @@ def bench_cmd(
     bag_column: Optional[str] = typer.Option(None, help="--level slide: column grouping tiles into bags (default: slide)."),
     bag_label: Optional[str] = typer.Option(None, help="--level slide: any:VALUE = a bag is 'yes' when any tile's --task label is VALUE."),
     group_column: Optional[str] = typer.Option(None, help="--level slide: keep bags of one group (e.g. patient) in one fold (default: by bag)."),
+    positive: Optional[str] = typer.Option(None, "--positive", help=POSITIVE_HELP + " With several tasks: those that have that class."),
 ) -> None:
     """Rank every feature set x head of a store on slide-grouped folds; write the leaderboard and report.html."""
     if level not in ("tile", "slide"):
@@ -625,7 +647,7 @@ def bench_cmd(
         slide_bench_cli(
             console, store=store, out=out, task=task, features=split_list(features), heads=split_list(heads), params=_bench_params(param),
             folds=folds, seed=seed, n_boot=n_boot, bag_column=bag_column, bag_label=bag_label, group_column=group_column,
-            overwrite=overwrite, top=top, ignored={"--proxy": proxy, "--noise": noise, "--pca": pca, "--with": include or None,
+            overwrite=overwrite, top=top, positive=positive, ignored={"--proxy": proxy, "--noise": noise, "--pca": pca, "--with": include or None,
             "--standardize": standardize or None, "--cv": None if cv == "auto" else cv, "--shift-column": shift_column,
             "--zero-shot": zero_shot, "--few-shot": few_shot, "--few-shot-draws": few_shot_draws},
         )
@@ -633,7 +655,7 @@ def bench_cmd(
     if bag_column or bag_label or group_column:
         raise UserError("--bag-column, --bag-label and --group-column go with --level slide")
     from mito.bench import BenchConfig, available_tasks, build_report, leaderboard_table, run_bench, save_leaderboard
-    from mito.bench.leaderboard import is_run_folder, sigterm_as_interrupt
+    from mito.bench.leaderboard import is_run_folder, sigterm_as_interrupt, task_summary_lines
     from mito.bench.umap import leaderboard_umaps
     from mito.cache import open_store
     from mito.io import atomic_dir, check_output_dir
@@ -668,6 +690,7 @@ def bench_cmd(
         zero_shot=zero_shot,
         few_shot=split_list(few_shot) if few_shot is not None else None,
         few_shot_draws=few_shot_draws,
+        positive=positive,
     )
     with sigterm_as_interrupt():
         lb = run_bench(cfg)
@@ -686,6 +709,8 @@ def bench_cmd(
 
         atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
     console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
+    for line in task_summary_lines(lb):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     if cfg.few_shot:
         from mito.bench import curve_rich_table
 
@@ -751,10 +776,11 @@ def lora_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: Optional[int] = typer.Option(None, help="Image-decoding workers (default: 0 on CPU, up to 8 on GPU)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the 95% CI."),
+    positive: Optional[str] = typer.Option(None, "--positive", help=POSITIVE_HELP),
 ) -> None:
     """Fine-tune a backbone (LoRA, linear probe or full) on the leaderboard's folds; re-running resumes."""
     from mito.bench import FinetuneConfig, leaderboard_table, run_finetune
-    from mito.bench.leaderboard import sigterm_as_interrupt
+    from mito.bench.leaderboard import sigterm_as_interrupt, task_summary_lines
 
     cfg = _bench_config(
         FinetuneConfig,
@@ -763,15 +789,17 @@ def lora_cmd(
         rank=rank, alpha=alpha, dropout=dropout, targets=split_list(targets) or None, lr=lr, weight_decay=weight_decay,
         batch_size=batch_size, max_epochs=epochs, patience=patience, epoch_samples=epoch_samples, val_samples=val_samples,
         input_size=input_size, n_folds=folds, folds=run_folds, cv=cv, seed=seed, max_minutes=max_minutes, augment=augment,
-        device=device, num_workers=workers, n_boot=n_boot,
+        device=device, num_workers=workers, n_boot=n_boot, positive=positive,
     )
     with sigterm_as_interrupt():
         lb = run_finetune(cfg)
     console.print(leaderboard_table(lb.rows, compact=console.width < 120))
+    for line in task_summary_lines(lb):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     r = lb.rows.iloc[0]
     console.print(f"budget: {r['budget']}")
     console.print(f"models: {', '.join(r['models'])} (use with mito predict --model)")
-    console.print(f"join the heads' leaderboard: mito bench --store STORE --task {task} --with {out} --out REPORT_DIR")
+    console.print(f"join the heads' leaderboard: mito bench --store STORE --task {task} --with {out} --out REPORT_DIR" + (f" --positive {positive}" if positive else ""))
 
 
 @app.command("umap")

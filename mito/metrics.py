@@ -15,16 +15,45 @@ CALIBRATION_NAMES = ("ece", "brier")
 ECE_BINS = 15
 
 
-def classification_metrics(y_true: Sequence[Any], proba: np.ndarray, classes: Sequence[Any]) -> dict[str, Any]:
-    """Balanced accuracy, AUROC (one-vs-rest macro when multi-class), Cohen's kappa, weighted F1, PR-AUC, confusion matrix.
+def positive_index(classes: Sequence[Any], positive: Any = None) -> int:
+    """Column of a two-class task's positive class: ``positive`` when given, else the second class (the rule mito
+    used before the positive class was chosen and recorded; callers pass the task's positive class)."""
+    classes = list(classes)
+    if positive is None:
+        return 1
+    index = {str(c): i for i, c in enumerate(classes)}
+    if str(positive) not in index:
+        raise ValueError(f"positive class {positive!r} is not among the classes {', '.join(map(str, classes))}")
+    return index[str(positive)]
 
-    ``proba`` has one column per entry of ``classes`` (in that order); ``y_true`` holds class labels.
+
+def per_class_scores(yi: np.ndarray, pred: np.ndarray, classes: Sequence[Any]) -> dict[str, dict[str, float]]:
+    """Recall, precision and support of each class (scikit-learn's; precision NaN for a class never predicted,
+    recall NaN for a class absent from the truth)."""
+    labels = list(range(len(classes)))
+    prec, rec, _, support = skm.precision_recall_fscore_support(yi, pred, labels=labels, zero_division=np.nan)
+    return {
+        str(c): {"recall": float(rec[i]), "precision": float(prec[i]), "support": int(support[i])}
+        for i, c in enumerate(classes)
+    }
+
+
+def classification_metrics(y_true: Sequence[Any], proba: np.ndarray, classes: Sequence[Any], positive: Any = None) -> dict[str, Any]:
+    """Balanced accuracy, AUROC (one-vs-rest macro when multi-class), Cohen's kappa, weighted F1, PR-AUC, confusion
+    matrix, ECE, Brier and each class's recall and precision.
+
+    ``proba`` has one column per entry of ``classes`` (in that order); ``y_true`` holds class labels. Two classes:
+    ``positive`` is the class whose probability PR-AUC (average precision), ECE and Brier score (None: the second
+    class, mito's rule before the positive class was chosen; callers pass the task's positive class).
     """
     classes = list(classes)
     y_true = np.asarray(y_true)
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or proba.shape != (len(y_true), len(classes)):
         raise ValueError(f"proba must be (n, {len(classes)}), got {proba.shape}")
+    if positive is not None and len(classes) != 2:
+        raise ValueError(f"a positive class applies to two-class tasks; these classes are {', '.join(map(str, classes))}")
+    pos = positive_index(classes, positive) if len(classes) == 2 else 1
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({str(v) for v in y_true if v not in index})
     if unknown:
@@ -40,16 +69,18 @@ def classification_metrics(y_true: Sequence[Any], proba: np.ndarray, classes: Se
         "accuracy": float(skm.accuracy_score(yi, pred)),
         "confusion_matrix": skm.confusion_matrix(yi, pred, labels=labels).tolist(),
         "classes": [str(c) for c in classes],
-        "ece": expected_calibration_error(yi, proba),
-        "brier": brier_score(yi, proba),
+        **({"positive": str(classes[pos])} if len(classes) == 2 else {}),
+        "ece": expected_calibration_error(yi, proba, positive=pos),
+        "brier": brier_score(yi, proba, positive=pos),
+        "per_class": per_class_scores(yi, pred, classes),
     }
     present = np.unique(yi)
     if present.size < 2:
         out["auroc"] = float("nan")
         out["pr_auc"] = float("nan")
     elif len(classes) == 2:
-        out["auroc"] = float(skm.roc_auc_score(yi, proba[:, 1]))
-        out["pr_auc"] = float(skm.average_precision_score(yi, proba[:, 1]))
+        out["auroc"] = float(skm.roc_auc_score(yi == pos, proba[:, pos]))
+        out["pr_auc"] = float(skm.average_precision_score(yi == pos, proba[:, pos]))
     else:
         onehot = np.eye(len(classes))[yi][:, present]
         p = _present_proba(proba, present)
@@ -66,10 +97,10 @@ def _present_proba(proba: np.ndarray, present: np.ndarray) -> np.ndarray:
     return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
 
 
-def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS, positive: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Equal-mass bins of predicted confidence: mean confidence, observed frequency and count per bin.
 
-    Two classes: the probability of the second (positive) class against how often it is the truth. More classes:
+    Two classes: the probability of the positive class (column ``positive``) against how often it is the truth. More classes:
     top-label, the highest probability against how often the argmax is right. Bin edges are the confidence
     quantiles at i/n_bins, so bins hold equally many rows (to within one) except that equal confidences always
     share a bin (a constant prediction is one bin, not n_bins pieces of it).
@@ -77,7 +108,7 @@ def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) 
     yi = np.asarray(yi, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     if proba.shape[1] == 2:
-        conf, hit = proba[:, 1], (yi == 1).astype(np.float64)
+        conf, hit = proba[:, positive], (yi == positive).astype(np.float64)
     else:
         conf, hit = proba.max(axis=1), (proba.argmax(axis=1) == yi).astype(np.float64)
     if len(yi) == 0:
@@ -94,28 +125,29 @@ def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) 
     )
 
 
-def expected_calibration_error(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) -> float:
+def expected_calibration_error(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS, positive: int = 1) -> float:
     """ECE over equal-mass bins (see :func:`reliability_bins`): sum over bins of count/n * |confidence - frequency|."""
-    conf, freq, count = reliability_bins(yi, proba, n_bins)
+    conf, freq, count = reliability_bins(yi, proba, n_bins, positive)
     if count.sum() == 0:
         return float("nan")
     return float(np.sum(count * np.abs(conf - freq)) / count.sum())
 
 
-def brier_score(yi: np.ndarray, proba: np.ndarray) -> float:
-    """Brier score (scikit-learn's): mean squared error of the positive-class probability with two classes, of the
-    whole probability vector against the one-hot truth (summed over classes) with more."""
+def brier_score(yi: np.ndarray, proba: np.ndarray, positive: int = 1) -> float:
+    """Brier score (scikit-learn's): mean squared error of the positive-class probability (column ``positive``) with
+    two classes, of the whole probability vector against the one-hot truth (summed over classes) with more."""
     yi = np.asarray(yi, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     if len(yi) == 0:
         return float("nan")
     if proba.shape[1] == 2:
-        return float(skm.brier_score_loss(yi, proba[:, 1], pos_label=1))
+        return float(skm.brier_score_loss(yi == positive, proba[:, positive], pos_label=True))
     return float(skm.brier_score_loss(yi, proba, labels=list(range(proba.shape[1]))))
 
 
-def metric_score(name: str, yi: np.ndarray, proba: np.ndarray) -> float:
-    """One metric of :data:`METRIC_NAMES` from class indices ``yi`` and probabilities (columns = classes)."""
+def metric_score(name: str, yi: np.ndarray, proba: np.ndarray, positive: int = 1) -> float:
+    """One metric of :data:`METRIC_NAMES` from class indices ``yi`` and probabilities (columns = classes); two
+    classes: PR-AUC of column ``positive``."""
     if name not in METRIC_NAMES:
         raise ValueError(f"unknown metric {name!r}; use one of {', '.join(METRIC_NAMES)}")
     k = proba.shape[1]
@@ -125,7 +157,7 @@ def metric_score(name: str, yi: np.ndarray, proba: np.ndarray) -> float:
             return float("nan")
         if k == 2:
             fn = skm.roc_auc_score if name == "auroc" else skm.average_precision_score
-            return float(fn(yi, proba[:, 1]))
+            return float(fn(yi == positive, proba[:, positive]))
         onehot = np.eye(k)[yi][:, present]
         p = _present_proba(proba, present)
         if name == "auroc":
@@ -148,6 +180,27 @@ def fold_summary(per_fold: Sequence[dict[str, Any]]) -> dict[str, float]:
         out[name] = float(ok.mean()) if ok.size else float("nan")
         out[f"{name}_std"] = float(ok.std()) if ok.size > 1 else float("nan")
     return out
+
+
+def per_class_summary(per_fold: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each class's recall and precision, mean over the folds where they are defined (NaN where none is)."""
+    out: dict[str, dict[str, float]] = {}
+    for c in map(str, classes):
+        out[c] = {}
+        for k in ("recall", "precision"):
+            vals = np.array([float(m.get("per_class", {}).get(c, {}).get(k, float("nan"))) for m in per_fold], dtype=np.float64)
+            ok = vals[~np.isnan(vals)]
+            out[c][k] = float(ok.mean()) if ok.size else float("nan")
+    return out
+
+
+def per_class_line(per_class: dict[str, dict[str, float]]) -> str:
+    """'recall / precision per class: a 0.71 / 0.55, b ...' ('–' where undefined: a class never predicted or absent)."""
+
+    def f(v: Any) -> str:
+        return "–" if v is None or v != v else f"{v:.2f}"
+
+    return "recall / precision per class: " + ", ".join(f"{c} {f(d.get('recall'))} / {f(d.get('precision'))}" for c, d in per_class.items())
 
 
 def confusion_metric(name: str, cm: np.ndarray) -> np.ndarray:
@@ -185,6 +238,7 @@ def bootstrap_replicates(
     tile: np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    positive: int = 1,
 ) -> np.ndarray:
     """The mean-over-folds ``metric`` of ``n_boot`` bootstrap replicates (NaN where a replicate cannot be scored).
 
@@ -202,7 +256,7 @@ def bootstrap_replicates(
     per_fold = []
     for f in np.unique(fold):
         sel = np.flatnonzero(fold == f)
-        per_fold.append(weighted_metric(metric, yi[sel], proba[sel], counts[:, tpos[sel]]))
+        per_fold.append(weighted_metric(metric, yi[sel], proba[sel], counts[:, tpos[sel]], positive))
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(np.vstack(per_fold), axis=0) if per_fold else np.full(n_boot, np.nan)
@@ -218,9 +272,9 @@ def tile_draw_counts(tile: np.ndarray, n_boot: int, rng: np.random.Generator) ->
     return tpos, counts
 
 
-def weighted_metric(metric: str, yi: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def weighted_metric(metric: str, yi: np.ndarray, proba: np.ndarray, weights: np.ndarray, positive: int = 1) -> np.ndarray:
     """``metric`` of each row of ``weights`` (replicates x samples: how often each sample counts); NaN where a
-    replicate cannot be scored. Confusion-matrix metrics and binary AUROC are computed for all replicates at once."""
+    replicate cannot be scored; two classes: column ``positive`` is the positive class. Confusion-matrix metrics and binary AUROC are computed for all replicates at once."""
     n_boot, k = len(weights), proba.shape[1]
     if metric in ("balanced_accuracy", "kappa", "weighted_f1"):
         cell = yi * k + proba.argmax(axis=1)
@@ -229,12 +283,12 @@ def weighted_metric(metric: str, yi: np.ndarray, proba: np.ndarray, weights: np.
             cm[:, c] = weights[:, cell == c].sum(axis=1)
         return confusion_metric(metric, cm.reshape(n_boot, k, k))
     if metric == "auroc" and k == 2:
-        return weighted_binary_auc(yi == 1, proba[:, 1], weights)
+        return weighted_binary_auc(yi == positive, proba[:, positive], weights)
     vals = np.empty(n_boot)
     rows_all = np.arange(len(yi))
     for b in range(n_boot):
         rows = np.repeat(rows_all, weights[b])
-        vals[b] = metric_score(metric, yi[rows], proba[rows]) if rows.size else np.nan
+        vals[b] = metric_score(metric, yi[rows], proba[rows], positive) if rows.size else np.nan
     return vals
 
 
@@ -268,8 +322,10 @@ def bootstrap_ci(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    positive: Any = None,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean-over-folds ``metric``, resampling tiles with replacement.
+    """Percentile bootstrap interval of the mean-over-folds ``metric``, resampling tiles with replacement (two
+    classes: ``positive`` is the positive class label, as in :func:`classification_metrics`).
 
     Each prediction row belongs to a ``fold`` and a ``tile``; a tile scored by several folds (a shared test
     split) is drawn once per replicate and counts in every fold that scored it. Without ``fold``/``tile``
@@ -277,7 +333,8 @@ def bootstrap_ci(
     """
     index = {c: i for i, c in enumerate(classes)}
     yi = np.array([index[v] for v in np.asarray(y_true)], dtype=np.int64)
-    stats = bootstrap_replicates(yi, proba, metric, fold=fold, tile=tile, n_boot=n_boot, seed=seed)
+    pos = positive_index(classes, positive) if len(classes) == 2 else 1
+    stats = bootstrap_replicates(yi, proba, metric, fold=fold, tile=tile, n_boot=n_boot, seed=seed, positive=pos)
     stats = stats[~np.isnan(stats)]
     if stats.size == 0:
         return float("nan"), float("nan")

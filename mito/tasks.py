@@ -4,8 +4,9 @@ Used by fit-head, bench, lora, umap and predict alike."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,8 @@ class TaskSpec:
     columns: tuple[str, ...]
     labels: Callable[[pd.DataFrame], pd.Series]
     main_metric: str = "balanced_accuracy"
+    positive: str | None = None  # two classes: the class PR-AUC, ECE, Brier, ROC and DeLong score (see choose_positive)
+    positive_source: str = ""  # how it was chosen, in words (printed and recorded beside it)
 
 
 def _missing(v: object) -> bool:
@@ -117,3 +120,60 @@ def group_ids(tiles: pd.DataFrame, column: str = "group") -> np.ndarray:
     (pandas 3 keeps missing values as NaN through ``astype(str)``, which breaks sorting mixed with strings.)
     """
     return np.array([f"<no {column}>:{i}" if _missing(v) else str(v) for i, v in enumerate(tiles[column].tolist())], dtype=str)
+
+
+# How a two-class task's positive class was chosen (printed and recorded beside it).
+POSITIVE_GIVEN = "--positive"
+POSITIVE_MINORITY = "minority of the training rows"
+POSITIVE_TIE = "the classes are equally frequent in the training rows: the alphabetically second"
+POSITIVE_LEGACY = "not recorded (made by an older mito): the alphabetically second class, the rule it used"
+
+
+def choose_positive(train_labels: Iterable[object], classes: Sequence[str], requested: str | None = None) -> tuple[str | None, str]:
+    """The positive class of a task and how it was chosen: ``requested`` (--positive) when given, else the minority
+    class of ``train_labels`` (ties: the alphabetically second class, the rule mito used before). Multi-class: None.
+
+    A requested class that is not among ``classes``, or a request on a task of more than two classes, is a TaskError.
+    """
+    classes = [str(c) for c in classes]
+    if len(classes) != 2:
+        if requested is not None:
+            raise TaskError(f"--positive {requested!r}: the task has {len(classes)} classes ({', '.join(classes)}); --positive applies to two-class tasks")
+        return None, ""
+    if requested is not None:
+        if str(requested) not in classes:
+            raise TaskError(f"--positive {requested!r} is not a class of the task; its classes are {classes[0]} and {classes[1]}")
+        return str(requested), POSITIVE_GIVEN
+    counts = Counter(str(v) for v in train_labels if not _missing(v))
+    a, b = sorted(classes)
+    if counts[a] == counts[b]:
+        return b, POSITIVE_TIE
+    return (a if counts[a] < counts[b] else b), POSITIVE_MINORITY
+
+
+def with_positive(spec: TaskSpec, train_labels: Iterable[object], classes: Sequence[str], requested: str | None = None) -> TaskSpec:
+    """``spec`` with its positive class chosen by :func:`choose_positive`."""
+    positive, source = choose_positive(train_labels, classes, requested)
+    return replace(spec, positive=positive, positive_source=source)
+
+
+def positive_line(positive: str | None, source: str, task: str | None = None) -> str:
+    """One line saying which class is positive and why, e.g. 'positive class: Atypical (minority of the training rows;
+    --positive to choose)'; empty for a multi-class task."""
+    if positive is None:
+        return ""
+    why = source if source == POSITIVE_GIVEN else f"{source}; --positive to choose"
+    return (f"task {task}: " if task else "") + f"positive class: {positive} ({why})"
+
+
+def recorded_positive(info: object, classes: Sequence[object] | None = None) -> tuple[str | None, str]:
+    """The positive class recorded in a task's or row's metadata (``positive``, ``positive_source``), or for a folder
+    written before it was recorded the class its binary metrics used: the second class (:data:`POSITIVE_LEGACY`)."""
+    d = info if isinstance(info, dict) else {}
+    cls = d.get("classes", classes)
+    pos = d.get("positive")
+    if isinstance(pos, str) and pos:
+        return pos, str(d.get("positive_source") or "")
+    if isinstance(cls, (list, tuple)) and len(cls) == 2:
+        return str(cls[1]), POSITIVE_LEGACY
+    return None, ""

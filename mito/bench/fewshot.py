@@ -38,6 +38,8 @@ from mito.metrics import (
     CALIBRATION_NAMES,
     METRIC_NAMES,
     classification_metrics,
+    per_class_summary,
+    positive_index,
     tile_draw_counts,
     weighted_metric,
 )
@@ -127,8 +129,10 @@ def draw_fold_ci(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    positive: int = 1,
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean over draws x folds, resampling test tiles and draws.
+    """Percentile bootstrap CI of the mean over draws x folds, resampling test tiles and draws (two classes: column
+    ``positive`` is the positive class).
 
     Prediction row i belongs to ``fit[i]`` (one (draw, fold) model) and test ``tile[i]``; ``draw_of_fit[j]`` is
     fit j's draw. Each replicate draws the tiles with replacement (a tile counts in every fit that scored it),
@@ -140,7 +144,7 @@ def draw_fold_ci(
     stats = np.full((n_boot, n_fits), np.nan)
     for j in range(n_fits):
         sel = np.flatnonzero(fit == j)
-        stats[:, j] = weighted_metric(metric, yi[sel], proba[sel], counts[:, tpos[sel]])
+        stats[:, j] = weighted_metric(metric, yi[sel], proba[sel], counts[:, tpos[sel]], positive)
     draws = np.unique(draw_of_fit)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -164,10 +168,14 @@ def score_shot_row(
     fits: Sequence[tuple[int, Fold]],
     n_boot: int,
     seed: int,
+    positive: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """A K-shot row: metrics per (draw, fold) fit, their mean, the spread over draws, the two-level bootstrap CI; and the predictions."""
+    """A K-shot row: metrics per (draw, fold) fit, their mean, the spread over draws, the two-level bootstrap CI; and
+    the predictions (two classes: ``positive`` is the task's positive class, as in score_row)."""
     index = {c: i for i, c in enumerate(classes)}
-    per_fit = [classification_metrics(y[f.test], r["proba"], classes) for (_, f), r in zip(fits, results)]
+    positive = positive if len(classes) == 2 else None
+    pos = positive_index(classes, positive) if positive is not None else 1
+    per_fit = [classification_metrics(y[f.test], r["proba"], classes, positive) for (_, f), r in zip(fits, results)]
     draw_ids = np.array([d for d, _ in fits])
     summary: dict[str, float] = {}
     for m in (*METRIC_NAMES, *CALIBRATION_NAMES):  # ECE and Brier too, as the normal rows have them
@@ -183,10 +191,11 @@ def score_shot_row(
         "row": np.concatenate([f.test for _, f in fits]),
         "y": np.concatenate([np.array([index[v] for v in y[f.test]]) for _, f in fits]),
         "proba": np.concatenate([r["proba"].astype(np.float32) for r in results]),
+        **({"positive": np.array(pos, dtype=np.int64)} if positive is not None else {}),
     }
     fit_of_row = np.concatenate([np.full(len(f.test), j) for j, (_, f) in enumerate(fits)])
     lo, hi = (
-        draw_fold_ci(arrays["y"], arrays["proba"].astype(np.float64), fit_of_row, arrays["row"], draw_ids, main_metric, n_boot=n_boot, seed=seed)
+        draw_fold_ci(arrays["y"], arrays["proba"].astype(np.float64), fit_of_row, arrays["row"], draw_ids, main_metric, n_boot=n_boot, seed=seed, positive=pos)
         if n_boot > 0
         else (math.nan, math.nan)
     )
@@ -206,7 +215,9 @@ def score_shot_row(
         "n_folds": len({f.index for _, f in fits}),
         "draws": n_draws,
         "classes": list(classes),
+        "positive": positive,
         "confusion_matrix": cm.tolist(),
+        "per_class": per_class_summary(per_fit, classes),
         "per_fold": [{"draw": int(d), "fold": int(f.index), **{k: p[k] for k in METRIC_NAMES}} for (d, f), p in zip(fits, per_fit)],
     }
     return row, arrays
@@ -287,7 +298,7 @@ def fewshot_rows(
             "keys": list(fs.keys),
         }
         score_calls.append(
-            delayed(score_shot_row)(base, spec.main_metric, y, classes, [r for _, r in items], [df for df, _ in items], cfg.n_boot, cfg.seed)
+            delayed(score_shot_row)(base, spec.main_metric, y, classes, [r for _, r in items], [df for df, _ in items], cfg.n_boot, cfg.seed, spec.positive)
         )
     scored = run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring few-shot rows")
     meta = {

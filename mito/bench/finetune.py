@@ -26,10 +26,10 @@ from torch import nn
 
 from mito.bench.cv import CVMode, Fold
 from mito.bench.errors import BenchError
-from mito.metrics import metric_score
+from mito.metrics import metric_score, positive_index
 from mito.io import atomic_write, check_output_dir, write_npz
 from mito.progress import add_task, advance, progress_bar
-from mito.bench.leaderboard import Leaderboard, is_run_folder, rank_rows, row_id, save_leaderboard, score_row, task_plan
+from mito.bench.leaderboard import Leaderboard, is_run_folder, positive_meta, rank_rows, row_id, save_leaderboard, score_row, task_plan
 from mito.errors import TaskError
 from mito.tasks import PROXY_TASKS, resolve_task
 
@@ -74,6 +74,7 @@ class FinetuneConfig(BaseModel):
     device: str = "auto"
     num_workers: int | None = Field(None, ge=0, le=256)
     n_boot: int = Field(1000, ge=0)
+    positive: str | None = None  # two classes: the positive class of the scores (default: the minority of the training rows)
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -93,8 +94,9 @@ def head_name(cfg: FinetuneConfig) -> str:
 
 
 def _config_hash(cfg: FinetuneConfig) -> str:
-    """Hash of everything that changes what a fold computes (not the budget knobs that only stop it earlier)."""
-    keep = {k: v for k, v in cfg.model_dump().items() if k not in ("out", "folds", "max_minutes", "max_epochs", "device", "num_workers", "n_boot")}
+    """Hash of everything that changes what a fold computes (not the budget knobs that only stop it earlier, nor the
+    positive class, which only scores the saved predictions: early stopping is on the task's balanced accuracy)."""
+    keep = {k: v for k, v in cfg.model_dump().items() if k not in ("out", "folds", "max_minutes", "max_epochs", "device", "num_workers", "n_boot", "positive")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -316,6 +318,7 @@ def _run_fold(
     progress: Any,
     main: str = "balanced_accuracy",
     cap_minutes: float | None = None,
+    positive: int = 1,
 ) -> dict[str, Any]:
     """Train (resuming from a checkpoint), early-stop on the fold's val set, score its test set, save the model."""
     from mito.heads import CheckpointError, Checkpointer, EarlyStopping, TimeBudget, train_loop
@@ -376,7 +379,7 @@ def _run_fold(
         pv = predict_batches(net, val_dl, device, amp)
         yv = yi[val_rows]
         loss = float(-np.mean(np.log(np.clip(pv[np.arange(len(yv)), yv], 1e-12, None))))
-        return metric_score(main, yv, pv), loss
+        return metric_score(main, yv, pv, positive), loss
 
     try:
         result = train_loop(
@@ -455,7 +458,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> Leaderboard:
     check_output_dir(cfg.out, overwrite=True, is_ours=is_run_folder, protect=(cfg.source,), what="run folder")
     src = open_tiles(cfg)
     tiles = src.tiles
-    spec_task, y, classes, plan = task_plan(tiles, cfg.task, cfg.n_folds, cfg.cv, cfg.seed, None)
+    spec_task, y, classes, plan = task_plan(tiles, cfg.task, cfg.n_folds, cfg.cv, cfg.seed, None, cfg.positive)
+    pos = positive_index(classes, spec_task.positive) if spec_task.positive is not None else 1
     yi = np.array([classes.index(v) if v is not None else -1 for v in y])
     spec = get_backbone(cfg.backbone)
     size = cfg.input_size or int(min(src.read(int(plan.folds[0].train[0])).shape[:2]))
@@ -471,7 +475,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> Leaderboard:
     with progress_bar(unit="steps", enabled=progress) as bar:
         for f in folds:
             try:
-                results.append(_run_fold(cfg, src, f, yi, classes, prep, device, out / f"fold{f.index}", bar, spec_task.main_metric, cap))
+                results.append(_run_fold(cfg, src, f, yi, classes, prep, device, out / f"fold{f.index}", bar, spec_task.main_metric, cap, pos))
             except OSError as e:
                 if e.filename is not None and Path(str(e.filename)).is_relative_to(out):
                     raise
@@ -499,7 +503,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> Leaderboard:
         {rid: arrays},
         {
             "source": str(cfg.out),
-            "tasks": {cfg.task: {"description": spec_task.description, "main_metric": spec_task.main_metric, "classes": classes, "cv": plan.mode,
+            "tasks": {cfg.task: {"description": spec_task.description, "main_metric": spec_task.main_metric, "classes": classes,
+                                 **positive_meta(spec_task), "cv": plan.mode,
                                  "cv_description": plan.description, "n_folds": len(plan.folds), "fold_fingerprint": plan.fingerprint}},
             "finetune": {**cfg.model_dump(), "config_hash": _config_hash(cfg)},
         },

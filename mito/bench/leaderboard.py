@@ -23,9 +23,9 @@ from mito.bench.errors import BenchError
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
 from mito.errors import MitoError
 from mito.io import atomic_write, json_default, write_npz
-from mito.bench.stats import PAIRED_COLUMNS, add_paired_columns
-from mito.metrics import CALIBRATION_NAMES, METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
-from mito.tasks import TaskSpec, resolve_task, task_labels
+from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns
+from mito.metrics import CALIBRATION_NAMES, METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary, per_class_line, per_class_summary, positive_index
+from mito.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
 
 RANDOM_PREFIX = "random_"
 COLUMNS = [
@@ -38,6 +38,7 @@ COLUMNS = [
     "kind",
     "held_out",
     "shots",
+    "positive",
     *[c for m in METRIC_NAMES for c in (m, f"{m}_std")],
     "main_metric",
     "ci_low",
@@ -95,6 +96,7 @@ class BenchConfig(BaseModel):
     zero_shot: str | None = None  # prompts JSON: a zero-shot row per VLM backbone, and the text-linear head (mito.bench.zeroshot)
     few_shot: list[int | str] | None = None  # labelled tiles per class for learning-curve rows (mito.bench.fewshot); 'all' = the normal rows
     few_shot_draws: int | None = Field(None, ge=1, le=1000)  # seeded draws per K (default fewshot.DEFAULT_DRAWS)
+    positive: str | None = None  # two-class tasks: the positive class (default: each task's minority class of the training rows)
 
     @field_validator("few_shot")
     @classmethod
@@ -297,13 +299,15 @@ def score_row(
     n_boot: int,
     seed: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Metrics per fold -> mean/std, a bootstrap CI of the main metric, summed confusion matrix; and the predictions."""
+    """Metrics per fold -> mean/std, a bootstrap CI of the main metric, summed confusion matrix, per-class recall and
+    precision; and the predictions (with the column of the task's positive class when it has two)."""
     per_fold = []
     preds = {"fold": [], "row": [], "y": [], "proba": []}
     cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
     index = {c: i for i, c in enumerate(classes)}
+    positive = spec.positive if len(classes) == 2 else None
     for f, r in zip(folds, fold_results):
-        m = classification_metrics(y[f.test], r["proba"], classes)
+        m = classification_metrics(y[f.test], r["proba"], classes, positive)
         per_fold.append(m)
         cm += np.asarray(m["confusion_matrix"], dtype=np.int64)
         preds["fold"].append(np.full(len(f.test), f.index))
@@ -311,6 +315,8 @@ def score_row(
         preds["y"].append(np.array([index[v] for v in y[f.test]]))
         preds["proba"].append(r["proba"].astype(np.float32))
     arrays = {k: np.concatenate(v) for k, v in preds.items()}
+    if positive is not None:
+        arrays["positive"] = np.array(positive_index(classes, positive), dtype=np.int64)
     lo, hi = (
         bootstrap_ci(
             np.asarray(classes, dtype=object)[arrays["y"]],
@@ -321,6 +327,7 @@ def score_row(
             tile=arrays["row"],
             n_boot=n_boot,
             seed=seed,
+            positive=positive,
         )
         if n_boot > 0
         else (math.nan, math.nan)
@@ -340,7 +347,9 @@ def score_row(
         "cv": plan.mode,
         "fold_fingerprint": plan.fingerprint,
         "classes": list(classes),
+        "positive": positive,
         "confusion_matrix": cm.tolist(),
+        "per_class": per_class_summary(per_fold, classes),
         "per_fold": [{k: m[k] for k in METRIC_NAMES} for m in per_fold],
     }
     return row, arrays
@@ -365,12 +374,70 @@ def rank_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ the run
-def task_plan(tiles: pd.DataFrame, task: str, n_folds: int, cv: str, seed: int, exclude: np.ndarray | None) -> tuple[TaskSpec, np.ndarray, list[str], CVPlan]:
-    """Resolve a task on a tile table: its spec, labels (object array, None = out), classes and folds."""
+def task_plan(tiles: pd.DataFrame, task: str, n_folds: int, cv: str, seed: int, exclude: np.ndarray | None,
+              positive: str | None = None) -> tuple[TaskSpec, np.ndarray, list[str], CVPlan]:
+    """Resolve a task on a tile table: its spec (with the positive class of a two-class task: ``positive``, else the
+    minority class of the folds' training rows), labels (object array, None = out), classes and folds."""
     spec = resolve_task(tiles, task)
     y, classes = task_labels(tiles, spec, min_per_class=n_folds)
     plan = make_folds(tiles, y, n_folds=n_folds, cv=cv, seed=seed, exclude=exclude)
-    return spec, y.astype(object).to_numpy(), classes, plan
+    y = y.astype(object).to_numpy()
+    return plan_positive(spec, y, classes, plan, positive), y, classes, plan
+
+
+def training_rows(plan: CVPlan) -> np.ndarray:
+    """Every row some fold trains on (its training and early-stopping parts)."""
+    parts = [np.asarray(p, dtype=np.int64) for f in plan.folds for p in (f.train, f.val)]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def plan_positive(spec: TaskSpec, y: np.ndarray, classes: Sequence[str], plan: CVPlan, requested: str | None = None) -> TaskSpec:
+    """``spec`` with its positive class: ``requested`` (--positive), else the minority class of the rows the folds
+    train on (mito.tasks.choose_positive)."""
+    return with_positive(spec, y[training_rows(plan)], classes, requested)
+
+
+def task_positive_lines(meta: dict[str, Any]) -> list[str]:
+    """One line per two-class task of a leaderboard: its positive class and why (task named when there are several)."""
+    tasks = meta.get("tasks") if isinstance(meta.get("tasks"), dict) else {}
+    out = []
+    for t, info in tasks.items():
+        pos, source = recorded_positive(info)
+        if pos is not None:
+            out.append(positive_line(pos, source, t if len(tasks) > 1 else None))
+    return out
+
+
+def task_summary_lines(lb: Leaderboard) -> list[str]:
+    """Lines printed under the leaderboard table: each two-class task's positive class, each multi-class task's
+    per-class recall and precision of its best in-domain row, and which rows were paired with #1 on fewer folds."""
+    out = task_positive_lines(lb.meta)
+    rows = lb.rows
+    if rows.empty:
+        return out
+    for t in rows["task"].unique():
+        sel = rows[rows["task"] == t]
+        sel = sel[sel["shots"].astype(str).isin(["all", "", "nan", "None"])] if "shots" in sel else sel
+        sel = sel[sel["held_out"].fillna("") == ""] if "held_out" in sel else sel
+        if sel.empty:
+            continue
+        best = sel.sort_values("rank").iloc[0]
+        classes = best.get("classes")
+        if isinstance(classes, list) and len(classes) > 2 and isinstance(best.get("per_class"), dict):
+            out.append(f"task {t}, #1 {best['backbone']} {best['features']} {best['head']}: " + per_class_line(best["per_class"]) + " (mean over folds)")
+    partial = rows[rows["paired_note"].fillna("").astype(str).str.startswith(PARTIAL_FOLDS)] if "paired_note" in rows else rows.iloc[:0]
+    for _, r in partial.iterrows():
+        out.append(f"† {r['task']} #{r['rank']} {r['backbone']} {r['features']} {r['head']}: {r['paired_note']}")
+    return out
+
+
+def check_positive_agrees(task: str, ours: TaskSpec, info: Any, where: str) -> None:
+    """Refuse to put rows of ``task`` scored with another positive class (recorded, or an older folder's) beside ours."""
+    theirs, source = recorded_positive(info)
+    if ours.positive is None or theirs is None or theirs == ours.positive:
+        return
+    raise BenchError(f"task {task!r}: {where} scored {theirs!r} as the positive class ({source}), this run {ours.positive!r} "
+                     f"({ours.positive_source}); pass --positive {theirs}, or re-run it with --positive {ours.positive}")
 
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
@@ -417,6 +484,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             skipped[t] = str(e)  # several tasks: rank the usable ones, say why the others were left out
     if not plans:
         raise BenchError("no usable task: " + "; ".join(f"{t}: {why}" for t, why in skipped.items()))
+    resolve_positives(plans, cfg.positive)
     text = plan_text(str(cfg.store), cfg.zero_shot, complete, variant_info, heads, progress)
     # (task, held-out group) -> folds; "" = in-domain
     evals = {} if cfg.cv == LEAVE_GROUP_OUT else {(t, ""): p[3] for t, p in plans.items()}
@@ -431,6 +499,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
         for t, info in other.meta.get("tasks", {}).items():
             if t in plans and info.get("fold_fingerprint") != plans[t][3].fingerprint:
                 raise BenchError(f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ)")
+            if t in plans:
+                check_positive_agrees(t, plans[t][0], info, other.meta.get("source") or "the --with leaderboard")
     jobs = []
     for fs in sets:  # grouped by feature set so each worker reads a matrix once
         for (t, g), plan in evals.items():
@@ -495,8 +565,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             "store": meta_store,
             "variants": variant_info,
             "tasks": {
-                t: {"description": s.description, "main_metric": s.main_metric, "classes": c, "cv": p.mode, "cv_description": p.description,
-                    "n_folds": len(p.folds), "fold_fingerprint": p.fingerprint}
+                t: {"description": s.description, "main_metric": s.main_metric, "classes": c, **positive_meta(s), "cv": p.mode,
+                    "cv_description": p.description, "n_folds": len(p.folds), "fold_fingerprint": p.fingerprint}
                 for t, (s, _, c, p) in plans.items()
             },
             "skipped_tasks": skipped,
@@ -515,6 +585,24 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     for other in included:
         lb = merge_leaderboards(lb, other)
     return lb
+
+
+def positive_meta(spec: TaskSpec) -> dict[str, Any]:
+    """The positive class of a task and how it was chosen, as recorded in leaderboard.json (nothing when multi-class)."""
+    return {"positive": spec.positive, "positive_source": spec.positive_source} if spec.positive is not None else {}
+
+
+def resolve_positives(plans: dict[str, Any], requested: str | None) -> None:
+    """Give each planned task its positive class (in place): ``requested`` (--positive) for the two-class tasks that
+    have that class, the minority class of the training rows for the others. With one task a class that is not
+    its own is refused (mito.tasks.choose_positive); with several, a class no two-class task has."""
+    binary = {t: p for t, p in plans.items() if len(p[2]) == 2}
+    if requested is not None and len(plans) > 1 and not any(requested in p[2] for p in binary.values()):
+        have = "; ".join(f"{t}: {', '.join(p[2])}" for t, p in binary.items()) or "none has two classes"
+        raise BenchError(f"--positive {requested!r} is not a class of any two-class task ({have})")
+    for t, (spec, y, classes, plan) in plans.items():
+        ask = requested if len(plans) == 1 or (len(classes) == 2 and requested in classes) else None
+        plans[t] = (plan_positive(spec, y, classes, plan, ask), y, classes, plan)
 
 
 def _run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, progress: bool, what: str) -> list[Any]:
@@ -591,7 +679,7 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     return out
 
 
-NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "held_out", "shots", "main_metric", "cv", "budget", "params", "row_id", "tied_with_best", "paired_note")]
+NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "held_out", "shots", "positive", "main_metric", "cv", "budget", "params", "row_id", "tied_with_best", "paired_note")]
 TEXT_COLUMNS = ("task", "backbone", "features", "head", "kind", "held_out", "shots", "main_metric", "row_id", "paired_note")
 
 
@@ -645,6 +733,9 @@ def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:
     for t in set(ta) & set(tb):
         if ta[t].get("fold_fingerprint") != tb[t].get("fold_fingerprint"):
             raise BenchError(f"task {t!r} was scored on different folds in the two leaderboards (tiles, labels, --folds, --cv or --seed differ)")
+        pa, sa = recorded_positive(ta[t])
+        if pa is not None:
+            check_positive_agrees(t, TaskSpec(t, "", (), lambda x: x, positive=pa, positive_source=sa), tb[t], b.meta.get("source") or "the other leaderboard")
     rows = pd.concat([a.rows, b.rows[~b.rows["row_id"].isin(a.rows["row_id"])]], ignore_index=True) if len(b.rows) else a.rows
     meta = {**b.meta, **a.meta, "tasks": {**tb, **ta}, "merged": [*a.meta.get("merged", []), *b.meta.get("merged", []), b.meta.get("source", "")]}
     preds = {**b.predictions, **a.predictions}
@@ -702,4 +793,5 @@ def paired_cells(r: Any) -> dict[str, str]:
     if delta is None or (isinstance(delta, float) and math.isnan(delta)):
         return {"_delta": "", "_p": "n/a"}
     tie = " tie" if r.get("tied_with_best") in (True,) else ""  # numpy or Python bool; None and NaN are not ties
-    return {"_delta": f"{delta:+.3f}", "_p": ("" if p is None or math.isnan(p) else f"{p:.3g}") + tie}
+    partial = "†" if str(r.get("paired_note") or "").startswith(PARTIAL_FOLDS) else ""  # compared on the folds both rows scored
+    return {"_delta": f"{delta:+.3f}{partial}", "_p": ("" if p is None or math.isnan(p) else f"{p:.3g}") + tie + partial}

@@ -17,8 +17,10 @@ import pandas as pd
 from mito.bench.errors import BenchError
 from mito.bench.leaderboard import Leaderboard, load_leaderboard, paired_cells
 from mito.bench.stat_figures import cd_figure, reliability_figure
+from mito.bench.stats import prediction_positive
 from mito.bench.shift import shift_section
 from mito.io import atomic_write, safe_name
+from mito.tasks import recorded_positive
 
 HEAD_KIND = "head"
 FT_KINDS = ("lora", "linear-probe", "full")
@@ -105,7 +107,8 @@ def bar_chart(rows: pd.DataFrame, metric: str, path: Path, top: int = 20, n_clas
 
 
 def roc_figure(rows: pd.DataFrame, lb: Leaderboard, path: Path, top: int = 5) -> Path | None:
-    """ROC curves of the best rows (test predictions pooled over folds; micro-average one-vs-rest when multi-class)."""
+    """ROC curves of the best rows (test predictions pooled over folds; the recorded positive class when binary,
+    micro-average one-vs-rest when multi-class)."""
     from sklearn.metrics import auc, roc_curve
 
     plt = _plt()
@@ -120,7 +123,8 @@ def roc_figure(rows: pd.DataFrame, lb: Leaderboard, path: Path, top: int = 5) ->
             continue
         k = p["proba"].shape[1]
         if k == 2:
-            fpr, tpr, _ = roc_curve(p["y"], p["proba"][:, 1])
+            pos = prediction_positive(p)
+            fpr, tpr, _ = roc_curve(np.asarray(p["y"]) == pos, p["proba"][:, pos])
         else:
             onehot = np.eye(k)[p["y"]]
             fpr, tpr, _ = roc_curve(onehot.ravel(), p["proba"].ravel())
@@ -134,7 +138,8 @@ def roc_figure(rows: pd.DataFrame, lb: Leaderboard, path: Path, top: int = 5) ->
     ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("ROC, test predictions pooled over folds" + ("" if k == 2 else " (micro-average)")
+    what = f"positive class: {positive_of(picked[0][1], lb)}" if k == 2 else "micro-average"
+    ax.set_title(f"ROC, test predictions pooled over folds ({what})"
                  + "\nlegend: pooled AUROC, and the table's mean over folds", fontsize=8)
     ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
@@ -271,9 +276,42 @@ def _table(rows: pd.DataFrame, metric: str) -> str:
 PAIRED_NOTE = (
     "Δ vs #1: the row's main metric minus the best row's; p vs #1: paired bootstrap over the same resampled test tiles, "
     "Holm-adjusted within the task ('tie': not significantly worse at 0.05); AUROC p vs #1: DeLong's test (binary tasks), "
-    "Holm-adjusted. ECE: 15 equal-mass bins (positive class "
+    "Holm-adjusted; † : the row and #1 scored different folds (a fine-tuning run on some of them), so Δ and p compare "
+    "them on the folds both scored. ECE: 15 equal-mass bins (positive class "
     "when binary, top label otherwise), mean over folds; Brier: scikit-learn's."
 )
+
+
+def positive_of(row: pd.Series, lb: Leaderboard) -> str:
+    """The positive class a two-class row was scored with: recorded, else (an older folder) its second class."""
+    tasks = lb.meta.get("tasks") if isinstance(lb.meta.get("tasks"), dict) else {}
+    info = tasks.get(row["task"]) if isinstance(tasks.get(row["task"]), dict) else {}
+    pos = row.get("positive")
+    if isinstance(pos, str) and pos:
+        return pos
+    return str(recorded_positive(info, row.get("classes"))[0])
+
+
+def positive_sentence(tm: dict[str, Any], classes: list[Any]) -> str:
+    """'Positive class: Atypical (minority of the training rows).' for a two-class task, '' otherwise."""
+    pos, source = recorded_positive(tm, classes)
+    return f"Positive class: {pos} ({source}): PR-AUC, ECE, Brier, ROC, reliability and DeLong use it. " if pos is not None else ""
+
+
+def per_class_table(rows: pd.DataFrame, top: int = 5) -> str:
+    """Recall and precision of each class (mean over folds) for the best rows of a multi-class task."""
+    rows = rows[[isinstance(v, dict) for v in rows.get("per_class", pd.Series(None, index=rows.index))]] if "per_class" in rows else rows.iloc[:0]
+    if rows.empty:
+        return ""
+    classes = list(rows.iloc[0]["per_class"])
+    head = "<th>rank</th><th class='l'>row</th>" + "".join(f"<th>{html.escape(str(c))}<br>recall / precision</th>" for c in classes)
+    body = []
+    for _, r in rows.head(top).iterrows():
+        cells = "".join(f"<td>{_fmt(r['per_class'].get(c, {}).get('recall'), digits=2)} / {_fmt(r['per_class'].get(c, {}).get('precision'), digits=2)}</td>" for c in classes)
+        body.append(f"<tr><td>{html.escape(str(r['rank']))}</td><td class='l'>{html.escape(_label(r))}</td>{cells}</tr>")
+    return ("<h3>Per class (mean over folds)</h3><p class='meta'>Recall (share of a class's tiles predicted as it) and precision "
+            "(share of the tiles predicted as a class that are it; – when a fold never predicts it).</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
 
 def in_domain_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -326,7 +364,8 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             (roc_figure(rows, lb, d / f"{stem}_roc.png"), f"{task}: ROC"),
             (confusion_figure(rows, d / f"{stem}_confusion.png"), f"{task}: confusion matrices"),
             (time_figure(rows, d / f"{stem}_time.png"), f"{task}: training time"),
-            (reliability_figure(rows, lb.predictions, d / f"{stem}_reliability.png"), f"{task}: reliability"),
+            (reliability_figure(rows, lb.predictions, d / f"{stem}_reliability.png", positive_of(rows.iloc[0], lb) if n_classes == 2 else None),
+             f"{task}: reliability"),
         ]
         umaps = [d / f"umap_{stem}.png"] if (d / f"umap_{stem}.png").is_file() else (sorted(d.glob("umap*.png")) if len(lb.rows["task"].unique()) == 1 else [])
         ratio = ""
@@ -343,11 +382,13 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
         sections.append(
             f"<h2>Task <code>{html.escape(task)}</code></h2>"
             f"<p class='meta'>{html.escape(tm.get('description', ''))}. Classes: {html.escape(classes)}. "
+            f"{html.escape(positive_sentence(tm, list(tm.get('classes', rows.iloc[0].get('classes', [])))))}"
             f"Ranked by {html.escape(metric)} (mean ± std over folds, bootstrap 95% CI over tiles). "
             f"Folds: {html.escape(tm.get('cv_description', ''))}; fingerprint {html.escape(str(tm.get('fold_fingerprint', ''))[:12])}. "
             f"{html.escape(PAIRED_NOTE)}</p>"
             + _table(rows.head(top), metric)
             + (f"<details><summary>all {len(rows)} rows</summary>{_table(rows, metric)}</details>" if len(rows) > top else "")
+            + (per_class_table(rows) if n_classes > 2 else "")
             + "<div class='figs'>" + "".join(_img(p, a) for p, a in figs) + "</div>"
             + shift
             + (f"<h3>Heads vs fine-tuning: training time</h3><ul>{ratio}</ul>" if ratio else "")

@@ -34,12 +34,15 @@ class SlideBenchConfig(BaseModel):
     n_folds: int = Field(5, ge=2, le=100)
     seed: int = Field(0, ge=0, lt=2**32)
     n_boot: int = Field(1000, ge=0, le=1_000_000)
+    positive: str | None = None  # two classes: the positive class (default: 'yes' with --bag-label any:VALUE, else the minority of the training bags)
 
 
 def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard:
     """Fit every slide-level head on every fold of bags (stratified group k-fold) and rank them like tile heads."""
     from mito.cache import open_store
+    from mito.bench.leaderboard import positive_meta, training_rows
     from mito.heads import BagReader, bag_table, default_features, make_bags, make_mil_head, mil_head_names
+    from mito.heads.slide import bag_positive
 
     unknown = [h for h in cfg.heads if h not in mil_head_names()]
     if unknown:
@@ -56,7 +59,8 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
         y = y_series.to_numpy()
         reader = BagReader(store, keys)
         backbone, fs_name = describe_keys(keys)
-        spec = TaskSpec(bags.task, bags.description, (), lambda t: t["label"])
+        positive, source = bag_positive(bags, training_rows(plan), cfg.bag_label, cfg.positive)
+        spec = TaskSpec(bags.task, bags.description, (), lambda t: t["label"], positive=positive, positive_source=source)
         bar = progress_bar(unit="fits", enabled=progress, info=True)
         task_id = add_task(bar, "fitting slide heads", len(cfg.heads) * len(plan.folds))
         rows, preds = [], {}
@@ -85,7 +89,7 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
             "level": "slide",
             "store": {"path": str(cfg.store), "n_tiles": store.n_tiles, "tile_list_sha256": store.meta.get("tile_list_sha256")},
             "variants": {k: store.variant_info(k) for k in keys},
-            "tasks": {bags.task: {"description": bags.description, "main_metric": spec.main_metric, "classes": bags.classes,
+            "tasks": {bags.task: {"description": bags.description, "main_metric": spec.main_metric, "classes": bags.classes, **positive_meta(spec),
                                   "cv": plan.mode, "cv_description": plan.description.replace("by slide", f"by {cfg.group_column or 'slide'}")
                                   + f" (units: {len(bags)} bags, median {float(np.median(bags.sizes)):g} tiles)",
                                   "n_folds": len(plan.folds), "fold_fingerprint": plan.fingerprint}},
@@ -100,11 +104,12 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
 
 def slide_bench_cli(console: Any, *, store: str, out: Any, task: str | None, features: list[str], heads: list[str],
                     params: dict[str, dict[str, Any]], folds: int, seed: int, n_boot: int, bag_column: str | None,
-                    bag_label: str | None, group_column: str | None, overwrite: bool, top: int, ignored: dict[str, Any]) -> None:
+                    bag_label: str | None, group_column: str | None, overwrite: bool, top: int, ignored: dict[str, Any],
+                    positive: str | None = None) -> None:
     """`mito bench --level slide`: check options, rank the slide heads, write the leaderboard folder and report, print it."""
     from pydantic import ValidationError
 
-    from mito.bench.leaderboard import is_run_folder, leaderboard_table, save_leaderboard
+    from mito.bench.leaderboard import is_run_folder, leaderboard_table, save_leaderboard, task_positive_lines
     from mito.bench.report import build_report
     from mito.heads import refuse_ignored
     from mito.io import atomic_dir, check_output_dir
@@ -116,7 +121,8 @@ def slide_bench_cli(console: Any, *, store: str, out: Any, task: str | None, fea
     check_output_dir(out, overwrite, is_ours=is_run_folder, protect=(store,), what="bench folder")
     try:
         cfg = SlideBenchConfig(store=store, task=task, features=features, heads=heads or list(DEFAULT_SLIDE_HEADS), head_params=params,
-                               bag_column=bag_column, bag_label=bag_label, group_column=group_column, n_folds=folds, seed=seed, n_boot=n_boot)
+                               bag_column=bag_column, bag_label=bag_label, group_column=group_column, n_folds=folds, seed=seed, n_boot=n_boot,
+                               positive=positive)
     except ValidationError as e:
         raise BenchError(one_line(e)) from None
     lb = run_slide_bench(cfg)
@@ -128,5 +134,7 @@ def slide_bench_cli(console: Any, *, store: str, out: Any, task: str | None, fea
     atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
     t = lb.meta["tasks"][lb.rows["task"].iat[0]]
     console.print(f"{t['description']}; {t['cv_description']}", highlight=False, markup=False)
+    for line in task_positive_lines(lb.meta):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
     console.print(f"wrote {out}/leaderboard.csv, leaderboard.json and report.html", highlight=False, markup=False)

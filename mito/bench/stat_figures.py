@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from mito.bench.errors import BenchError
-from mito.bench.stats import FriedmanResult, friedman_nemenyi
+from mito.bench.stats import FriedmanResult, friedman_nemenyi, prediction_positive
 from mito.io import atomic_write
 from mito.metrics import ECE_BINS, expected_calibration_error, reliability_bins
 
@@ -36,8 +36,10 @@ def row_label(r: pd.Series, width: int = 48) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
-def reliability_figure(rows: pd.DataFrame, predictions: dict[str, dict[str, np.ndarray]], path: Path, top: int = 4) -> Path | None:
-    """Reliability diagram of the best rows of one task: test predictions pooled over folds, 15 equal-mass bins."""
+def reliability_figure(rows: pd.DataFrame, predictions: dict[str, dict[str, np.ndarray]], path: Path, positive: str | None = None,
+                       top: int = 4) -> Path | None:
+    """Reliability diagram of the best rows of one task: test predictions pooled over folds, 15 equal-mass bins; two
+    classes: the probability of each row's recorded positive class (named ``positive``)."""
     shown = [(r, predictions[r["row_id"]]) for _, r in rows.head(top).iterrows() if r["row_id"] in predictions]
     shown = [(r, p) for r, p in shown if "proba" in p and "y" in p and len(p["y"])]
     if not shown:
@@ -47,18 +49,18 @@ def reliability_figure(rows: pd.DataFrame, predictions: dict[str, dict[str, np.n
     fig, ax = plt.subplots(figsize=(5.6, 6.2))
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfectly calibrated")
     for r, p in shown:
-        conf, freq, _ = reliability_bins(p["y"], p["proba"])
-        ece = expected_calibration_error(p["y"], p["proba"])
+        pos = prediction_positive(p) if k == 2 else 1
+        conf, freq, _ = reliability_bins(p["y"], p["proba"], positive=pos)
+        ece = expected_calibration_error(p["y"], p["proba"], positive=pos)
         ax.plot(conf, freq, marker="o", ms=3.5, lw=1.2, label=f"{row_label(r, 40)} (ECE {ece:.3f})")
-    classes = shown[0][0].get("classes")
-    positive = f"'{classes[1]}'" if isinstance(classes, list) and len(classes) == 2 else "the positive class"
-    what = f"predicted probability of {positive}" if k == 2 else "top-label confidence"
-    ax.set_xlabel(what)
-    ax.set_ylabel(f"observed frequency of {positive}" if k == 2 else "accuracy of the top label")
+    name = f"'{positive}'" if positive else "the positive class"
+    ax.set_xlabel(f"predicted probability of {name}" if k == 2 else "top-label confidence")
+    ax.set_ylabel(f"observed frequency of {name}" if k == 2 else "accuracy of the top label")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
-    ax.set_title(f"Reliability, test predictions pooled over folds\n({ECE_BINS} equal-mass bins; {'positive class' if k == 2 else 'top-label'})", fontsize=9)
+    what = f"positive class: {positive}" if k == 2 and positive else ("positive class" if k == 2 else "top-label")
+    ax.set_title(f"Reliability, test predictions pooled over folds\n({ECE_BINS} equal-mass bins; {what})", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False, title="pooled ECE", title_fontsize=7)
     fig.tight_layout()
     return _save(fig, path)

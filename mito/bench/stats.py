@@ -31,12 +31,15 @@ class PairedResult:
     p_value: float
     n_boot: int
     n_tiles: int
+    value_a: float = math.nan  # each row's metric on the compared predictions (mean over their folds)
+    value_b: float = math.nan
 
 
-def fold_mean_metric(yi: np.ndarray, proba: np.ndarray, metric: str, fold: np.ndarray | None = None) -> float:
-    """``metric`` per fold, averaged over the folds that can be scored (the leaderboard's value of a row)."""
+def fold_mean_metric(yi: np.ndarray, proba: np.ndarray, metric: str, fold: np.ndarray | None = None, positive: int = 1) -> float:
+    """``metric`` per fold, averaged over the folds that can be scored (the leaderboard's value of a row); two
+    classes: column ``positive`` is the positive class."""
     fold = np.zeros(len(yi), np.int64) if fold is None else np.asarray(fold)
-    vals = [metric_score(metric, yi[fold == f], proba[fold == f]) for f in np.unique(fold)]
+    vals = [metric_score(metric, yi[fold == f], proba[fold == f], positive) for f in np.unique(fold)]
     ok = [v for v in vals if not math.isnan(v)]
     return float(np.mean(ok)) if ok else math.nan
 
@@ -79,30 +82,33 @@ def paired_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    positive: int = 1,
 ) -> PairedResult:
     """Paired bootstrap of metric(a) - metric(b): both rows are scored on the SAME resampled tiles in each replicate.
 
     ``y`` (class labels or indices), ``fold`` and ``tile`` are shared by both rows, row i of ``proba_a`` and of
     ``proba_b`` predicting the same tile in the same fold; folds are handled as by :func:`mito.metrics.bootstrap_ci`
-    (metric per fold, averaged; a tile in several folds drawn once per replicate).
+    (metric per fold, averaged; a tile in several folds drawn once per replicate). Two classes: column ``positive``
+    of the probabilities is the positive class (PR-AUC).
     """
     yi = class_indices(y, classes)
     pa, pb = np.asarray(proba_a, np.float64), np.asarray(proba_b, np.float64)
     if pa.shape != pb.shape or pa.shape != (len(yi), len(classes)):
         raise BenchError(f"both rows need predictions of shape ({len(yi)}, {len(classes)}), got {pa.shape} and {pb.shape}")
-    delta = fold_mean_metric(yi, pa, metric, fold) - fold_mean_metric(yi, pb, metric, fold)
+    va, vb = fold_mean_metric(yi, pa, metric, fold, positive), fold_mean_metric(yi, pb, metric, fold, positive)
+    delta = va - vb
     n_tiles = len(yi) if tile is None else int(np.unique(tile).size)
     if n_boot <= 0:
-        return PairedResult(metric, delta, math.nan, math.nan, math.nan, 0, n_tiles)
-    ra = bootstrap_replicates(yi, pa, metric, fold=fold, tile=tile, n_boot=n_boot, seed=seed)
-    rb = bootstrap_replicates(yi, pb, metric, fold=fold, tile=tile, n_boot=n_boot, seed=seed)
+        return PairedResult(metric, delta, math.nan, math.nan, math.nan, 0, n_tiles, va, vb)
+    ra = bootstrap_replicates(yi, pa, metric, fold=fold, tile=tile, n_boot=n_boot, seed=seed, positive=positive)
+    rb = bootstrap_replicates(yi, pb, metric, fold=fold, tile=tile, n_boot=n_boot, seed=seed, positive=positive)
     diffs = ra - rb
     ok = diffs[~np.isnan(diffs)]
     if ok.size == 0:
-        return PairedResult(metric, delta, math.nan, math.nan, math.nan, n_boot, n_tiles)
+        return PairedResult(metric, delta, math.nan, math.nan, math.nan, n_boot, n_tiles, va, vb)
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(ok, [tail, 100 - tail])
-    return PairedResult(metric, float(delta), float(lo), float(hi), bootstrap_p_value(ok), n_boot, n_tiles)
+    return PairedResult(metric, float(delta), float(lo), float(hi), bootstrap_p_value(ok), n_boot, n_tiles, va, vb)
 
 
 # ------------------------------------------------------------------ DeLong
@@ -290,6 +296,46 @@ class Comparison:
     paired: dict[str, PairedResult]
     delong: DelongResult | None
     note: str = ""
+    positive: int | None = None  # two classes: the column of the positive class (PR-AUC, DeLong's positive cases)
+    folds_note: str = ""  # rows that scored different folds: the folds both scored, on which they were compared
+
+
+# The paired note of rows compared on the folds both scored (a row of a `mito lora --run-folds` run, say).
+PARTIAL_FOLDS = "paired on the folds both rows scored"
+
+
+def prediction_positive(p: dict[str, np.ndarray]) -> int:
+    """The column of a two-class row's positive class in its predictions: recorded as ``positive`` by this mito; an
+    older folder's rows scored the second class (column 1)."""
+    v = p.get("positive")
+    if v is None:
+        return 1
+    a = np.asarray(v)
+    if a.size != 1 or not np.issubdtype(a.dtype, np.integer):
+        raise BenchError("a row's recorded positive class is not one class index")
+    return int(a.reshape(()))
+
+
+def common_folds(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str]:
+    """Two rows' predictions restricted to the folds both scored, and a note saying so when one scored folds the
+    other did not (a fine-tuning run on --run-folds of the same folds); refused when they share no fold."""
+    for name, p in (("first", a), ("second", b)):
+        if "fold" not in p:
+            raise BenchError(f"the {name} row kept no test predictions")
+    fa, fb = np.unique(a["fold"]), np.unique(b["fold"])
+    if np.array_equal(fa, fb):
+        return a, b, ""
+    common = np.intersect1d(fa, fb)
+    if common.size == 0:
+        raise BenchError(f"the rows scored no fold in common (folds {', '.join(map(str, fa))} and {', '.join(map(str, fb))})")
+
+    def keep(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sel = np.isin(p["fold"], common)
+        return {k: (np.asarray(v)[sel] if np.ndim(v) and len(v) == len(sel) else v) for k, v in p.items()}
+
+    note = (f"{PARTIAL_FOLDS} (fold {', '.join(map(str, common))}; the rows scored {fa.size} and {fb.size} folds): "
+            "Δ, p and DeLong are on those folds only")
+    return keep(a), keep(b), note
 
 
 def align_predictions(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -320,19 +366,26 @@ def align_predictions(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tup
 def compare_predictions(
     a: dict[str, np.ndarray], b: dict[str, np.ndarray], metrics: Sequence[str], n_boot: int = 1000, seed: int = 0
 ) -> Comparison:
-    """Row a minus row b on their shared test tiles: a paired bootstrap per metric, DeLong's test when binary."""
+    """Row a minus row b on their shared test tiles (on the folds both scored, said in ``folds_note``): a paired
+    bootstrap per metric, DeLong's test when binary, both with the rows' recorded positive class."""
+    a, b, folds_note = common_folds(a, b)
     y, pa, pb, fold, tile = align_predictions(a, b)
     classes = list(range(pa.shape[1]))
-    paired = {m: paired_bootstrap(y, pa, pb, classes, m, fold=fold, tile=tile, n_boot=n_boot, seed=seed) for m in metrics}
-    delong, note = None, ""
+    pos = None
     if pa.shape[1] == 2:
-        try:
-            delong = delong_folds(y, pa[:, 1], pb[:, 1], fold, tile)
+        pos = prediction_positive(a)
+        if prediction_positive(b) != pos:
+            raise BenchError("the rows were scored with different positive classes")
+    paired = {m: paired_bootstrap(y, pa, pb, classes, m, fold=fold, tile=tile, n_boot=n_boot, seed=seed, positive=pos or 1) for m in metrics}
+    delong, note = None, ""
+    if pos is not None:
+        try:  # the positive cases are the positive class's rows, scored by its probability (AUROC is the same either way)
+            delong = delong_folds(y == pos, pa[:, pos], pb[:, pos], fold, tile)
         except BenchError as e:
             note = f"no DeLong test: {e}"
     else:
         note = "multi-class: AUROC compared by paired bootstrap only"
-    return Comparison(int(np.unique(tile).size), int(np.unique(fold).size), len(y), paired, delong, note)
+    return Comparison(int(np.unique(tile).size), int(np.unique(fold).size), len(y), paired, delong, note, pos, folds_note)
 
 
 def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]], n_boot: int = 1000, seed: int = 0) -> Any:
@@ -386,7 +439,7 @@ def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]],
             raw_auc_p.append(c.delong.p_value if c.delong else math.nan)
             if c.delong:
                 out["auroc_delta_vs_best"][i] = c.delong.delta
-            out["paired_note"][i] = c.note if pr.n_boot else "no bootstrap (n_boot 0)"
+            out["paired_note"][i] = "; ".join(x for x in (c.folds_note, c.note if pr.n_boot else "no bootstrap (n_boot 0)") if x)
         for i, p, pa in zip(members, holm(raw_p), holm(raw_auc_p)):
             out["p_vs_best"][i] = float(p)
             out["auroc_p_vs_best"][i] = float(pa)
@@ -484,14 +537,34 @@ def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]
 
     for m, r in comp.paired.items():
         star = " *" if m == a["main_metric"] else ""
-        t.add_row(m + star, fmt(a.get(m)), fmt(b.get(m)), f"{r.delta:+.4f}", f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", "–" if math.isnan(r.p_value) else f"{r.p_value:.4g}")
+        va, vb = (r.value_a, r.value_b) if comp.folds_note else (a.get(m), b.get(m))  # on the folds both scored
+        t.add_row(m + star, fmt(va), fmt(vb), f"{r.delta:+.4f}", f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", "–" if math.isnan(r.p_value) else f"{r.p_value:.4g}")
     out: list[Any] = [Text(head), t, Text("* main metric of the task")]
+    positive = positive_name(a, comp.positive)
+    if positive is not None:
+        out.append(Text(positive))
     if comp.delong is not None:
         d = comp.delong
         out.append(Text(
             f"DeLong's test (AUROC, {d.n_pos} positive / {d.n_neg} negative test cases): AUC A {d.auc_a:.4f}, B {d.auc_b:.4f}, "
             f"A - B {d.delta:+.4f} (se {d.se:.4f}), z = {d.z:.3f}, p = {d.p_value:.4g}"
         ))
-    if comp.note:
-        out.append(Text(comp.note))
+    for note in (comp.folds_note, comp.note):
+        if note:
+            out.append(Text(note))
     return out
+
+
+def positive_name(row: Any, column: int | None) -> str | None:
+    """'positive class: Atypical (...)' for a two-class row: its recorded positive class, or for a row of an older
+    folder the class in ``column`` (the second), said so; None when multi-class."""
+    from mito.tasks import POSITIVE_LEGACY
+
+    if column is None:
+        return None
+    pos = row.get("positive")
+    if isinstance(pos, str) and pos:
+        return f"positive class: {pos} (recorded with the rows; PR-AUC and DeLong's positive cases)"
+    classes = row.get("classes")
+    name = str(classes[column]) if isinstance(classes, list) and len(classes) > column else f"column {column}"
+    return f"positive class: {name} ({POSITIVE_LEGACY})"

@@ -21,6 +21,10 @@ CALIBRATIONS = ("none", "temperature")
 Calibration = Literal["none", "temperature"]
 LOG_T_BOUNDS = (-5.0, 5.0)  # T between 0.0067 and 148
 EPS = 1e-12
+# Fewer validation rows than this cannot pin one temperature down (one confident mistake of a knn head's vote
+# fractions alone drives the NLL optimum to the search bound); fit-head refuses --calibrate temperature below it.
+MIN_CALIBRATION_ROWS = 30
+BOUND_TOLERANCE = 1e-3  # |log T - bound| below this: the search stopped at its bound, not at an optimum
 
 
 def _log_proba(proba: np.ndarray) -> np.ndarray:
@@ -49,19 +53,47 @@ def fit_temperature(yi: np.ndarray, proba: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
+def at_search_bound(temperature: float) -> bool:
+    """True when a fitted temperature sits on the edge of the search (T = e^-5 or e^5): the validation NLL kept
+    falling towards the bound, so T is no estimate (e^5: 'the probabilities carry no information', every one ~1/k)."""
+    lt = math.log(temperature)
+    return min(abs(lt - LOG_T_BOUNDS[0]), abs(lt - LOG_T_BOUNDS[1])) < BOUND_TOLERANCE
+
+
 def calibrate_scored(
-    scored: dict[str, tuple[np.ndarray, np.ndarray]], classes: Sequence[Any]
+    scored: dict[str, tuple[np.ndarray, np.ndarray]], classes: Sequence[Any], positive: Any = None
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """Fit T on ``scored['val']`` (labels, probabilities) and apply it to every split; returns the rescaled splits and
-    what was done (T, NLL and ECE on validation before and after, saved in the model's config)."""
-    from mito.metrics import expected_calibration_error
+    what was done (T, NLL and ECE on validation before and after, saved in the model's config; ECE of the two-class
+    ``positive`` class, as :func:`mito.metrics.classification_metrics`).
+
+    A T on its search bound (or one that drives the validation NLL to 0: every row separated, T -> 0) is not applied:
+    the splits come back unchanged, with ``method`` 'none' and ``skipped`` saying why (the caller warns), so a model
+    is never saved with a bound-hitting temperature.
+    """
+    from mito.metrics import expected_calibration_error, positive_index
 
     if "val" not in scored or len(scored["val"][0]) == 0:
         raise HeadError("--calibrate temperature needs validation rows (use a split with a validation part)")
     index = {c: i for i, c in enumerate(classes)}
+    pos = positive_index(classes, positive) if len(classes) == 2 else 1
     y, p = scored["val"]
     yi = np.array([index[v] for v in np.asarray(y).tolist()], dtype=np.int64)
     t = fit_temperature(yi, p)
+    if at_search_bound(t) or nll(yi, p, t) < 1e-9:  # the second: separated perfectly, the NLL flat at 0 before the bound
+        why = ("the head's probabilities carry no information (T -> infinity: every probability ~1/k)" if t > 1
+               else "the head separates them perfectly (T -> 0: every probability 0 or 1)")
+        return dict(scored), {
+            "method": "none",
+            "requested": "temperature",
+            "skipped": f"temperature scaling skipped: the fitted T ({t:.4g}) runs to its search bound: on these {len(yi)} validation rows "
+                       f"{why}; the model is saved uncalibrated",
+            "temperature_at_bound": t,
+            "fitted_on": "val",
+            "n_val": len(yi),
+            "val_nll_before": nll(yi, p),
+            "val_ece_before": expected_calibration_error(yi, p, positive=pos),
+        }
     out = {name: (ys, apply_temperature(ps, t)) for name, (ys, ps) in scored.items()}
     info = {
         "method": "temperature",
@@ -70,8 +102,8 @@ def calibrate_scored(
         "n_val": len(yi),
         "val_nll_before": nll(yi, p),
         "val_nll_after": nll(yi, p, t),
-        "val_ece_before": expected_calibration_error(yi, p),
-        "val_ece_after": expected_calibration_error(yi, out["val"][1]),
+        "val_ece_before": expected_calibration_error(yi, p, positive=pos),
+        "val_ece_after": expected_calibration_error(yi, out["val"][1], positive=pos),
     }
     return out, info
 

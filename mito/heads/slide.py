@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import mito
 from mito.cache import open_store
 from mito.errors import MitoError
-from mito.heads.bags import BagReader, Bags, bag_table, make_bags
+from mito.heads.bags import BagReader, Bags, bag_table, make_bags, parse_bag_label
 from mito.heads.base import HeadError, read_json_file
 from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
@@ -24,6 +24,7 @@ from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default
 from mito.io import atomic_dir, atomic_write, check_output_dir, check_output_file, safe_name, write_json
 from mito.metrics import classification_metrics
 from mito.progress import add_task, progress_bar
+from mito.tasks import choose_positive, positive_line
 from mito.validation import one_line
 
 TOP_K = 8
@@ -48,6 +49,15 @@ class SlideFitConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**32)
     overwrite: bool = False
     progress: bool = False
+    positive: str | None = None  # two classes: the positive class (default: 'yes' with --bag-label any:VALUE, else the training bags' minority)
+
+
+def bag_positive(bags: Bags, train: np.ndarray, bag_label: str | None, requested: str | None) -> tuple[str | None, str]:
+    """The positive class of a two-class bag task: ``requested``; else with ``--bag-label any:VALUE`` the 'yes' bags
+    (the class that option defines); else the minority class of the training bags (see mito.tasks.choose_positive)."""
+    if requested is None and bag_label is not None and sorted(map(str, bags.classes)) == ["no", "yes"]:
+        return "yes", f"--bag-label {bag_label}: the bags holding a {parse_bag_label(bag_label)!r} tile"
+    return choose_positive(bags.labels[train], bags.classes, requested)
 
 
 def make_slide_fit_config(**kw: Any) -> SlideFitConfig:
@@ -90,6 +100,7 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
         tiles = bag_table(store, cfg.task, cfg.bag_column, cfg.group_column)
         bags = make_bags(tiles, cfg.task, cfg.bag_column, cfg.bag_label, cfg.group_column, store.unreadable)
         parts = bag_split(bags, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        positive, positive_source = bag_positive(bags, parts["train"], cfg.bag_label, cfg.positive)
         reader = BagReader(store, keys)
         bar = progress_bar(unit="epochs", transient=True, info=True, enabled=cfg.progress)
         task_id = add_task(bar, f"training {head.name} on {len(parts['train'])} bags", head.epochs)
@@ -107,7 +118,7 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
         for name in ("val", "test"):
             if len(parts[name]):
                 proba, _, _ = head.predict_proba(reader, bags, parts[name])
-                evals[name] = classification_metrics(bags.labels[parts[name]], proba, bags.classes)
+                evals[name] = classification_metrics(bags.labels[parts[name]], proba, bags.classes, positive)
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f != "added"} for k in keys}
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
     if not evals:
@@ -115,7 +126,7 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
     main = "test" if "test" in evals else "val"
     bag_column = cfg.bag_column or "slide"
     metrics = {
-        **evals[main], "evaluated_on": main, "level": "slide", "task": bags.task, "task_description": bags.description,
+        **evals[main], **({"positive_source": positive_source} if positive is not None else {}), "evaluated_on": main, "level": "slide", "task": bags.task, "task_description": bags.description,
         "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
         "n_tiles_per_bag_median": float(np.median(bags.sizes)), "train_seconds": round(t_train, 3),
         "best_epoch": head.best_epoch_, "epochs_run": len(head.history_), "features": keys, "features_default": not cfg.features,
@@ -126,7 +137,8 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
         "mito_version": mito.__version__, "level": "slide",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "task": cfg.task, "bag_column": bag_column, "bag_label": cfg.bag_label, "group_column": cfg.group_column,
-        "task_description": bags.description, "classes": list(bags.classes), "features": keys, "feature_dims": dims,
+        "task_description": bags.description, "classes": list(bags.classes),
+        **({"positive": positive, "positive_source": positive_source} if positive is not None else {}), "features": keys, "feature_dims": dims,
         "variants": variants, "n_features_in": reader.d, "head": {"name": head.name, "params": head.params()},
         "training": {"store": store_meta, "seed": cfg.seed, "split": metrics["split"]},
     }
@@ -300,7 +312,7 @@ def refuse_ignored(ignored: dict[str, Any], level: str = "--level slide") -> Non
 def fit_slide_head_cli(console: Any, *, store: str, out: Path, task: str | None, head: str, features: list[str],
                        bag_column: str | None, bag_label: str | None, group_column: str | None, val_fraction: float,
                        test_fraction: float, seed: int, overwrite: bool, as_json: bool, ignored: dict[str, Any],
-                       head_params: dict[str, Any]) -> dict[str, Any]:
+                       head_params: dict[str, Any], positive: str | None = None) -> dict[str, Any]:
     """`mito fit-head --level slide`: check options, train, print the metrics (``group`` = the CLI default: by bag)."""
     import json as _json
 
@@ -312,7 +324,7 @@ def fit_slide_head_cli(console: Any, *, store: str, out: Path, task: str | None,
     cfg = make_slide_fit_config(
         store=store, out=str(out), task=task, head=head, features=features, bag_column=bag_column, bag_label=bag_label,
         group_column=None if group_column in ("group", "none") else group_column, val_fraction=val_fraction,
-        test_fraction=test_fraction, seed=seed, overwrite=overwrite, progress=not as_json, head_params=head_params,
+        test_fraction=test_fraction, seed=seed, overwrite=overwrite, progress=not as_json, head_params=head_params, positive=positive,
     )
     m = fit_slide_head(cfg)
     if as_json:
@@ -326,6 +338,8 @@ def fit_slide_head_cli(console: Any, *, store: str, out: Path, task: str | None,
         highlight=False, markup=False,
     )
     console.print(f"confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}", highlight=False, markup=False)
+    if m.get("positive"):
+        console.print(positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}", highlight=False, markup=False)
     console.print(f"model: {out}", highlight=False, markup=False)
     return m
 

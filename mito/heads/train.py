@@ -18,7 +18,7 @@ from mito.metrics import classification_metrics
 from mito.cache import Store, is_view, open_store, parse_variant
 from mito.errors import OutputError
 from mito.heads.base import HEAD_FILE, HeadError, head_names, make_head
-from mito.heads.calibrate import Calibration, calibrate_scored
+from mito.heads.calibrate import MIN_CALIBRATION_ROWS, Calibration, calibrate_scored
 from mito.heads.ensemble import fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
 from mito.heads.fit import fit_on_rows
@@ -27,7 +27,7 @@ from mito.heads.split import AUTO, PUBLISHED_SPLIT, make_split, published_split
 from mito.heads.stream import DEFAULT_BUFFER_ROWS
 from mito.io import atomic_dir, check_output_dir, write_json
 from mito.progress import add_task, progress_bar
-from mito.tasks import TaskSpec, group_ids
+from mito.tasks import TaskSpec, choose_positive, group_ids
 from mito.tasks import resolve_task as resolve_spec
 from mito.validation import one_line
 
@@ -66,6 +66,7 @@ class FitConfig(BaseModel):
     test_group: str | None = None  # COL=VALUE: test on those tiles, train on the other values of COL (domain shift)
     train_groups: list[str] = Field(default_factory=list)  # with test_group: train only on these values of COL
     ensemble: str | None = None  # K (seeds), "folds" or "folds:K": average K heads' probabilities (mito.heads.ensemble)
+    positive: str | None = None  # two classes: the positive class of PR-AUC, ECE, Brier (default: the training rows' minority)
 
     @field_validator("ensemble")
     @classmethod
@@ -214,6 +215,12 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         parts = {name: np.flatnonzero(side == name) for name in ("train", "val", "test")}
         if len(parts["train"]) == 0:
             raise HeadError("the split left no training rows")
+        if cfg.calibrate == "temperature" and 0 < len(parts["val"]) < MIN_CALIBRATION_ROWS:
+            raise HeadError(f"--calibrate temperature needs at least {MIN_CALIBRATION_ROWS} validation rows to fit a temperature; "
+                            f"this split has {len(parts['val'])} (raise --val-fraction, or drop --calibrate)")
+        train_labels = labels.to_numpy()[parts["train"]]
+        train_classes = sorted({str(v) for v in train_labels})
+        positive, positive_source = choose_positive(train_labels, train_classes, cfg.positive) if len(train_classes) > 1 else (None, "")
         cats = metadata_categories(tiles, cfg.metadata_columns)
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
@@ -235,10 +242,10 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
     classes = head.classes_.tolist()
     scored, calibration = fitted.scored, None
     if cfg.calibrate == "temperature":
-        raw = {name: classification_metrics(ys, proba, head.classes_) for name, (ys, proba) in scored.items()}
-        scored, calibration = calibrate_scored(scored, classes)
+        raw = {name: classification_metrics(ys, proba, head.classes_, positive) for name, (ys, proba) in scored.items()}
+        scored, calibration = calibrate_scored(scored, classes, positive)
         calibration.update({f"{n}_{k}_before": raw[n][k] for n in ("test",) if n in raw for k in ("ece", "brier", "balanced_accuracy")})
-    evals = {name: classification_metrics(ys, proba, head.classes_) for name, (ys, proba) in scored.items()}
+    evals = {name: classification_metrics(ys, proba, head.classes_, positive) for name, (ys, proba) in scored.items()}
     if not evals:
         raise HeadError("no validation or test rows to measure the head on")
     main = "test" if "test" in evals else "val"
@@ -251,6 +258,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
              else split_description(split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction))
     metrics = {
         **evals[main],
+        **({"positive_source": positive_source} if positive is not None else {}),
         "evaluated_on": main,
         "train_seconds": round(fitted.train_seconds, 3),
         "total_seconds": round(time.perf_counter() - t_start, 3),
@@ -275,6 +283,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "task": task,
         "classes": classes,
+        **({"positive": positive, "positive_source": positive_source} if positive is not None else {}),
         "features": keys,
         "feature_dims": dims,
         "variants": variants,
@@ -283,7 +292,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         "pipeline": pipe.config(),
         "n_features_in": int(fitted.n_features_in),
         "head": {"name": head.name, "params": head.get_params()},
-        **({"calibration": {k: calibration[k] for k in ("method", "temperature", "fitted_on", "n_val")}} if calibration else {}),
+        **({"calibration": {k: calibration[k] for k in ("method", "temperature", "fitted_on", "n_val")}} if calibration and calibration["method"] == "temperature" else {}),
         "extract": extract_settings(variants),
         "training": {
             "store": store_meta,

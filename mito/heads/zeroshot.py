@@ -264,15 +264,16 @@ def task_classes(prompts: dict[str, list[str]], classes: list[str], where: str) 
 
 def run_zero_shot(
     store: str, backbone: str, prompts_file: str, weights: str | None = None, task: str | None = None,
-    context: str | None = None, variant: str | None = None, device: str = "cpu", progress: bool = False,
+    context: str | None = None, variant: str | None = None, device: str = "cpu", progress: bool = False, positive: str | None = None,
 ) -> ZeroShotResult:
-    """Score every tile of ``store`` against the prompts' classes with ``backbone``'s text tower."""
+    """Score every tile of ``store`` against the prompts' classes with ``backbone``'s text tower (two classes: metrics
+    of ``positive``, else of the minority class of the labelled tiles, as there are no training rows)."""
     from mito.cache import open_store
     from mito.extract.backbones import create_backbone, get_backbone, resolve_weights
     from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
     from mito.extract.backbones.vlm import vlm_spec
     from mito.metrics import classification_metrics
-    from mito.tasks import resolve_task, task_labels
+    from mito.tasks import choose_positive, resolve_task, task_labels
 
     t0 = time.perf_counter()
     spec = vlm_spec(backbone)
@@ -282,11 +283,12 @@ def run_zero_shot(
         tiles = s.tiles
         unreadable = np.asarray(s.unreadable, dtype=bool)
         info = s.variant_info(key)
-        y, classes = None, list(prompts)
+        y, classes, pos, pos_source = None, list(prompts), None, ""
         if task or s.tasks:
             spec_t = resolve_task(tiles, task or s.tasks[0])
             y, classes = task_labels(tiles, spec_t, min_per_class=1)
             task_classes(prompts, classes, str(prompts_file))
+            pos, pos_source = choose_positive(y[~unreadable], classes, positive)
         ctx = tile_contexts(tiles, context)
         stored = str(info.get("weights_sha256") or "")
         cached = cache_path(store, backbone, stored, prompts)
@@ -323,6 +325,8 @@ def run_zero_shot(
     if y is not None:
         known = df["label"].notna().to_numpy()
         if known.sum():
-            metrics = classification_metrics(df["label"][known].astype(str).tolist(), proba[known], classes)
+            metrics = classification_metrics(df["label"][known].astype(str).tolist(), proba[known], classes, pos)
             metrics["n"] = int(known.sum())
+            if pos is not None:
+                metrics["positive_source"] = pos_source.replace("training rows", "labelled tiles (no training rows)")
     return ZeroShotResult(df, metrics, tfile, key, classes, computed, time.perf_counter() - t0)

@@ -119,3 +119,50 @@ def test_ensemble_temperature_is_applied_once_to_the_averaged_probabilities(synt
     np.testing.assert_allclose(got[["p_Atypical", "p_Normal"]].to_numpy(), apply_temperature(mean, t), atol=1e-6)
     with pytest.raises(ValueError, match="--ensemble folds has none"):
         FitConfig(out=str(tmp_path / "f"), calibrate="temperature", **{**common, "ensemble": "folds:3"})
+
+
+# ------------------------------------------------------------------ issue 19, item 24: a temperature on its search bound
+def test_a_temperature_on_its_search_bound_is_not_applied() -> None:
+    from mito.heads.calibrate import LOG_T_BOUNDS, at_search_bound, calibrate_scored
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(["a", "b"], 200)
+    right = rng.random(200) < 0.45  # sure of itself, and wrong more often than right
+    sure = rng.uniform(0.7, 0.99, 200)
+    p_a = np.where((y == "a") == right, sure, 1 - sure)
+    confident = np.stack([p_a, 1 - p_a], axis=1)
+    assert at_search_bound(fit_temperature((y == "b").astype(int), confident))
+    scored = {"val": (y, confident), "test": (y[:50], confident[:50])}
+    out, info = calibrate_scored(scored, ["a", "b"], "a")
+    assert info["method"] == "none" and info["requested"] == "temperature" and info["n_val"] == 200
+    assert info["temperature_at_bound"] == pytest.approx(np.exp(LOG_T_BOUNDS[1]), rel=1e-3)
+    assert "search bound" in info["skipped"] and "no information" in info["skipped"] and "saved uncalibrated" in info["skipped"]
+    assert all(out[k][1] is scored[k][1] for k in scored)  # nothing rescaled
+    separable = np.where((y == "a")[:, None], [0.9, 0.1], [0.1, 0.9])  # every row right: T -> 0
+    sep = calibrate_scored({"val": (y, separable)}, ["a", "b"])[1]
+    assert sep["method"] == "none" and "separates them perfectly" in sep["skipped"]
+    assert not at_search_bound(3.0) and not at_search_bound(100.0)
+
+
+def test_fit_head_never_saves_a_bound_hitting_temperature(synth_store: Path, tmp_path: Path) -> None:
+    # the synthetic features carry no 'dataset' signal: the validation NLL falls all the way to T = e^5 (148.4)
+    args = ["fit-head", "--store", str(synth_store), "--task", "dataset", "--features", RGB, "--head", "logreg", "--split-column", "none"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "m"), "--calibrate", "temperature"])
+    assert r.exit_code == 0, r.output
+    assert "temperature scaling skipped: the fitted T (148.4) runs to its search bound" in r.output and "T = 148" not in r.output
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert "calibration" not in config and metrics["calibration"]["method"] == "none"
+    plain = fit_head(FitConfig(store=str(synth_store), task="dataset", features=[RGB], head="logreg", split_column=None))
+    assert metrics["ece"] == pytest.approx(plain["ece"]) and metrics["brier"] == pytest.approx(plain["brier"])
+
+
+def test_a_tiny_validation_split_is_refused_before_training(synth_store: Path, tmp_path: Path) -> None:
+    args = ["fit-head", "--store", str(synth_store), "--task", "mitosis", "--features", RGB, "--head", "knn", "--split-column", "none", "--group-column", "none"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "m"), "--calibrate", "temperature", "--val-fraction", "0.03"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "needs at least 30 validation rows" in lines[0] and "--val-fraction" in lines[0], r.output
+    assert not (tmp_path / "m").exists()
+    ok = runner.invoke(app, [*args, "--out", str(tmp_path / "n"), "--val-fraction", "0.03"])  # without --calibrate it trains
+    assert ok.exit_code == 0, ok.output

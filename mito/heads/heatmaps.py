@@ -12,10 +12,14 @@ from mito.heads.base import HeadError
 
 
 def prob_columns(preds: pd.DataFrame) -> list[str]:
-    """The p_<class> columns to draw: the positive (second) class of a binary model, else every class."""
+    """The p_<class> columns to draw: the positive class of a binary model (recorded in its config, which predict puts
+    in ``preds.attrs['positive']``; a model made before it was recorded: the second class), else every class."""
     cols = [c for c in preds.columns if c.startswith("p_")]
     if not cols:
         raise HeadError("the predictions have no p_<class> columns to draw")
+    positive = preds.attrs.get("positive")
+    if len(cols) == 2 and f"p_{positive}" in cols:
+        return [f"p_{positive}"]
     return cols[1:] if len(cols) == 2 else cols
 
 

@@ -229,6 +229,8 @@ def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.
     df["pred"] = classes[proba.argmax(axis=1)]
     for j, c in enumerate(classes.tolist()):
         df[f"p_{c}"] = proba[:, j]
+    if isinstance(config.get("positive"), str):
+        df.attrs["positive"] = config["positive"]  # the class heatmaps draw (mito.heads.heatmaps.prob_columns)
     return df
 
 

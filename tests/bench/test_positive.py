@@ -98,6 +98,11 @@ def test_fit_head_scores_the_minority_class(skewed: tuple[Path, Path], tmp_path:
     assert m["brier"] == pytest.approx(brier_score_loss(atypical, df["p_Atypical"]), abs=1e-6)
     old_rule = average_precision_score(df["label"], df["p_Normal"], pos_label="Normal")  # what the alphabetical rule reported
     assert abs(old_rule - ap) > 0.01
+    from mito.heads.heatmaps import prob_columns
+
+    assert prob_columns(df) == ["p_Atypical"]  # slide heatmaps draw the positive class
+    df.attrs.clear()
+    assert prob_columns(df) == ["p_Normal"]  # a model made before the positive class was recorded: the second class
 
 
 def test_positive_option_overrides_and_bad_classes_are_one_line(skewed: tuple[Path, Path], tmp_path: Path) -> None:

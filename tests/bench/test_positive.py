@@ -16,7 +16,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, precision
 from typer.testing import CliRunner
 
 from mito.cli import app
-from mito.metrics import classification_metrics, per_class_summary
+from mito.metrics import classification_metrics
 from tests.conftest import AMIBR
 
 runner = CliRunner()
@@ -86,18 +86,18 @@ def test_fit_head_scores_the_minority_class(skewed: tuple[Path, Path], tmp_path:
     out = tmp_path / "m"
     r = runner.invoke(app, ["fit-head", "--store", str(store), "--out", str(out), "--head", "logreg", "--features", RGB])
     assert r.exit_code == 0, r.output
-    assert POSITIVE_LINE in r.output
     m = json.loads((out / "metrics.json").read_text())
-    cfg = json.loads((out / "config.json").read_text())
     assert m["evaluated_on"] == "test" and m["classes"] == ["Atypical", "Normal"]
-    assert (m["positive"], cfg["positive"], cfg["positive_source"]) == ("Atypical", "Atypical", "minority of the training rows")
     df = _test_predictions(out, store)
     atypical = (df["label"] == "Atypical").to_numpy()
     ap = average_precision_score(df["label"], df["p_Atypical"], pos_label="Atypical")
-    assert m["pr_auc"] == pytest.approx(ap, abs=1e-6)
-    assert m["brier"] == pytest.approx(brier_score_loss(atypical, df["p_Atypical"]), abs=1e-6)
     old_rule = average_precision_score(df["label"], df["p_Normal"], pos_label="Normal")  # what the alphabetical rule reported
     assert abs(old_rule - ap) > 0.01
+    assert m["pr_auc"] == pytest.approx(ap, abs=1e-6)
+    assert m["brier"] == pytest.approx(brier_score_loss(atypical, df["p_Atypical"]), abs=1e-6)
+    cfg = json.loads((out / "config.json").read_text())
+    assert (m["positive"], cfg["positive"], cfg["positive_source"]) == ("Atypical", "Atypical", "minority of the training rows")
+    assert POSITIVE_LINE in r.output
     from mito.heads.heatmaps import prob_columns
 
     assert prob_columns(df) == ["p_Atypical"]  # slide heatmaps draw the positive class
@@ -138,26 +138,44 @@ def test_bench_records_and_uses_the_positive_class(bench: tuple[Path, str]) -> N
     from mito.bench import load_leaderboard
 
     out, printed = bench
-    assert POSITIVE_LINE in printed
+    lb = load_leaderboard(out)
+    assert len(lb.rows) == 2
+    for _, row in lb.rows.iterrows():
+        p = lb.predictions[row["row_id"]]  # y: class indices, 0 = Atypical
+        per_fold = [average_precision_score(p["y"][p["fold"] == f] == 0, p["proba"][p["fold"] == f, 0]) for f in np.unique(p["fold"])]
+        wrong = [average_precision_score(p["y"][p["fold"] == f] == 1, p["proba"][p["fold"] == f, 1]) for f in np.unique(p["fold"])]
+        assert abs(np.mean(wrong) - np.mean(per_fold)) > 0.01
+        assert row["pr_auc"] == pytest.approx(np.mean(per_fold), abs=1e-6)
+        assert row["positive"] == "Atypical" and int(p["positive"]) == 0
     doc = json.loads((out / "leaderboard.json").read_text())
     assert doc["meta"]["tasks"]["mitosis"]["positive"] == "Atypical"
     assert doc["meta"]["tasks"]["mitosis"]["positive_source"] == "minority of the training rows"
     assert pd.read_csv(out / "leaderboard.csv")["positive"].eq("Atypical").all()
-    lb = load_leaderboard(out)
-    assert len(lb.rows) == 2
-    for _, row in lb.rows.iterrows():
-        p = lb.predictions[row["row_id"]]
-        assert row["positive"] == "Atypical" and int(p["positive"]) == 0
-        per_fold = [average_precision_score(p["y"][p["fold"] == f] == 0, p["proba"][p["fold"] == f, 0]) for f in np.unique(p["fold"])]
-        assert row["pr_auc"] == pytest.approx(np.mean(per_fold), abs=1e-6)
-        wrong = [average_precision_score(p["y"][p["fold"] == f] == 1, p["proba"][p["fold"] == f, 1]) for f in np.unique(p["fold"])]
-        assert abs(np.mean(wrong) - row["pr_auc"]) > 0.01
+    assert POSITIVE_LINE in printed
     page = (out / "report.html").read_text()
     assert "Positive class: Atypical (minority of the training rows)" in page
     c = runner.invoke(app, ["compare", "--bench", str(out), "--rows", "1,2"])
     assert c.exit_code == 0, c.output
     assert "positive class: Atypical" in c.output
     assert "AUROC, 3 positive / 6 negative test cases" in c.output  # the published test split: 3 Atypical, 6 Normal
+
+
+def test_few_shot_rows_score_the_same_positive_class(skewed: tuple[Path, Path], tmp_path: Path) -> None:
+    from mito.bench import load_leaderboard
+
+    _, store = skewed
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["bench", "--store", str(store), "--task", "mitosis", "--out", str(out), "--features", RGB, "--heads", "logreg",
+                            "--folds", "2", "--jobs", "1", "--n-boot", "20", "--few-shot", "2", "--few-shot-draws", "2", "--no-umap"])
+    assert r.exit_code == 0, r.output
+    lb = load_leaderboard(out)
+    few = lb.rows[lb.rows["shots"] == "2"]
+    assert len(few) == 1 and (lb.rows["positive"] == "Atypical").all()
+    p = lb.predictions[few.iloc[0]["row_id"]]
+    assert int(p["positive"]) == 0
+    fits = [(p["draw"] == d) & (p["fold"] == f) for d in np.unique(p["draw"]) for f in np.unique(p["fold"])]
+    want = np.mean([average_precision_score(p["y"][m] == 0, p["proba"][m, 0]) for m in fits if m.any()])
+    assert few.iloc[0]["pr_auc"] == pytest.approx(want, abs=1e-6)
 
 
 def test_older_folder_falls_back_to_the_second_class_and_says_so(bench: tuple[Path, str], tmp_path: Path) -> None:
@@ -216,6 +234,7 @@ def test_per_class_recall_and_precision_match_sklearn() -> None:
 
 def test_multiclass_bench_reports_recall_and_precision_per_class(skewed: tuple[Path, Path], tmp_path: Path) -> None:
     from mito.bench import load_leaderboard
+    from mito.metrics import per_class_summary
 
     _, store = skewed
     out = tmp_path / "b"

@@ -175,6 +175,7 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
     assert m["level"] == "slide" and m["classes"] == ["no", "yes"] and m["n_train"] > m["n_test"] > 0
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["level"] == "slide" and cfg["bag_label"] == "any:Atypical" and (model / "model.safetensors").is_file()
+    assert m["positive"] == cfg["positive"] == "yes" and cfg["positive_source"].startswith("--bag-label any:Atypical")  # the bags it defines
 
     pics = tmp_path / "pics"
     r = runner.invoke(app, ["predict", "--model", str(model), "--store", str(amibr_store), "--out", str(out), "--heatmaps", str(pics)])
@@ -204,6 +205,10 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
     assert lb["ci_low"].le(lb["balanced_accuracy"]).all() and lb["balanced_accuracy"].le(lb["ci_high"]).all()
     doc = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
     assert doc["meta"]["level"] == "slide" and len(doc["meta"]["tasks"]["dataset"]["fold_fingerprint"]) == 64
+    with open_store(amibr_store) as s:  # the positive class of a bag task: the minority of the bags (every bag trains in some fold)
+        per_bag = s.tiles.dropna(subset=["slide"]).groupby("slide")["dataset"].first().value_counts()
+    minority = sorted(per_bag.index)[1] if per_bag.iloc[0] == per_bag.iloc[-1] else per_bag.idxmin()
+    assert doc["meta"]["tasks"]["dataset"]["positive"] == minority and f"positive class: {minority}" in r.output
     assert (tmp_path / "lb" / "report.html").is_file()
 
 

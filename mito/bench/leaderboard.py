@@ -399,7 +399,7 @@ def plan_positive(spec: TaskSpec, y: np.ndarray, classes: Sequence[str], plan: C
 
 def task_positive_lines(meta: dict[str, Any]) -> list[str]:
     """One line per two-class task of a leaderboard: its positive class and why (task named when there are several)."""
-    tasks = meta.get("tasks") if isinstance(meta.get("tasks"), dict) else {}
+    tasks: dict[str, Any] = meta["tasks"] if isinstance(meta.get("tasks"), dict) else {}
     out = []
     for t, info in tasks.items():
         pos, source = recorded_positive(info)

@@ -292,7 +292,7 @@ def positive_of(row: pd.Series, lb: Leaderboard) -> str:
     return str(recorded_positive(info, row.get("classes"))[0])
 
 
-def positive_sentence(tm: dict[str, Any], classes: list[Any]) -> str:
+def positive_sentence(tm: Any, classes: list[Any]) -> str:
     """'Positive class: Atypical (minority of the training rows).' for a two-class task, '' otherwise."""
     pos, source = recorded_positive(tm, classes)
     return f"Positive class: {pos} ({source}): PR-AUC, ECE, Brier, ROC, reliability and DeLong use it. " if pos is not None else ""

@@ -247,7 +247,6 @@ def test_multiclass_bench_reports_recall_and_precision_per_class(skewed: tuple[P
     assert lb.meta["tasks"]["expert2_label"]["classes"] == classes and "positive" not in lb.meta["tasks"]["expert2_label"]
     row = lb.rows.iloc[0]
     p = lb.predictions[row["row_id"]]
-    expected: dict[str, list[float]] = {c: [] for c in classes}
     folds = []
     for f in np.unique(p["fold"]):
         sel = p["fold"] == f

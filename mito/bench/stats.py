@@ -376,7 +376,7 @@ def compare_predictions(
         pos = prediction_positive(a)
         if prediction_positive(b) != pos:
             raise BenchError("the rows were scored with different positive classes")
-    paired = {m: paired_bootstrap(y, pa, pb, classes, m, fold=fold, tile=tile, n_boot=n_boot, seed=seed, positive=pos or 1) for m in metrics}
+    paired = {m: paired_bootstrap(y, pa, pb, classes, m, fold=fold, tile=tile, n_boot=n_boot, seed=seed, positive=1 if pos is None else pos) for m in metrics}
     delong, note = None, ""
     if pos is not None:
         try:  # the positive cases are the positive class's rows, scored by its probability (AUROC is the same either way)

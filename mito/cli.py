@@ -521,9 +521,10 @@ def zero_shot_cmd(
     """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
     from mito.extract import pick_device
     from mito.heads import run_zero_shot
+    from mito.cache import store_input_files
     from mito.io import atomic_write, check_output_file
 
-    check_output_file(out, overwrite, protect=(store,))
+    check_output_file(out, overwrite, protect=(store,), inputs=store_input_files(store))
     r = run_zero_shot(store, backbone, prompts, weights=weights, task=task, context=prompt_context, variant=variant, device=str(pick_device(device)))
     atomic_write(out, lambda p: r.predictions.to_csv(p, index=False, float_format="%.6g"), ".csv")
     how = "computed and cached" if r.computed else "read from the cache"
@@ -789,10 +790,11 @@ def umap_cmd(
 ) -> None:
     """2-D UMAP of a feature set, coloured by a label column; saved as PNG."""
     from mito.bench import umap_plot
+    from mito.cache import store_input_files
     from mito.io import check_output_file
 
     if out.suffix.lower() == ".png":
-        check_output_file(out, overwrite=overwrite, protect=(store,))
+        check_output_file(out, overwrite=overwrite, protect=(store,), inputs=store_input_files(store))
     path = umap_plot(store, split_list(features) or None, color_by, out, n_neighbors=neighbors, min_dist=min_dist,
                      max_points=max_points, seed=seed, progress=True)
     console.print(f"wrote {path}")

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from mito.cache import open_store
+from mito.cache import open_store, store_input_files
 from mito.heads.base import HEAD_FILE, Head, HeadError, read_json_file
 from mito.heads.ensemble import load_any_head
 from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
 from mito.heads.train import CONFIG_FILE
-from mito.io import atomic_write, check_output_file
+from mito.io import atomic_write, check_output_file, inside
 from mito.errors import TaskError
 from mito.tasks import resolve_task as resolve_spec
 from mito.heads.calibrate import apply_temperature, model_temperature
@@ -160,9 +160,31 @@ def check_predict_out(
     out_csv: str | os.PathLike, model_dir: str | os.PathLike, store: str | os.PathLike | None = None,
     source: str | os.PathLike | None = None, overwrite: bool = False,
 ) -> Path:
-    """Refuse a predictions CSV inside a model directory or a store, on an input, or on an existing file (unless overwrite)."""
+    """Refuse a predictions CSV inside a model directory or a store, on an input (a file the store was made from, an
+    image or slide of SOURCE, even with overwrite), or on an existing file (unless overwrite)."""
     protect = tuple(p for p in (store, source) if p is not None and not Path(p).is_dir())  # model dirs and stores: always
-    return check_output_file(out_csv, overwrite=overwrite, protect=protect)
+    inputs = store_input_files(store) if store is not None else source_input_files(source, out_csv)
+    return check_output_file(out_csv, overwrite=overwrite, protect=protect, inputs=inputs)
+
+
+def source_input_files(source: str | os.PathLike | None, out: str | os.PathLike) -> list[str]:
+    """The files of SOURCE that an output named ``out`` could replace: ``out`` itself when it is an image or slide
+    inside a SOURCE folder, the paths a SOURCE manifest lists."""
+    if source is None:
+        return []
+    src, o = Path(source), Path(out)
+    if src.is_dir():
+        from mito.extract.slides import WSI_EXTS
+        from mito.extract.sources import IMAGE_EXTS
+
+        return [str(o)] if o.is_file() and o.name.lower().endswith(IMAGE_EXTS + WSI_EXTS) and inside(o, src) else []
+    if src.suffix.lower() == ".csv" and src.is_file():
+        try:
+            listed = pd.read_csv(src, usecols=["path"], dtype=str)["path"].dropna()
+        except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            return []  # a bad manifest is refused in its own words when it is read
+        return [p if os.path.isabs(p) else os.path.join(os.path.dirname(os.path.abspath(src)), p) for p in listed]
+    return []
 
 
 def predict(

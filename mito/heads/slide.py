@@ -13,7 +13,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import mito
-from mito.cache import open_store
+from mito.cache import open_store, store_input_files
 from mito.errors import MitoError
 from mito.heads.bags import BagReader, Bags, bag_table, make_bags
 from mito.heads.base import HeadError, read_json_file
@@ -21,7 +21,7 @@ from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
 from mito.heads.split import make_split
 from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_dir
-from mito.io import atomic_dir, atomic_write, check_output_dir, check_output_file, safe_name, write_json
+from mito.io import atomic_dir, atomic_write, check_output_dir, check_output_file, is_mito_folder, unique_stems, write_json, write_manifest
 from mito.metrics import classification_metrics
 from mito.progress import add_task, progress_bar
 from mito.validation import one_line
@@ -156,10 +156,11 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
     cfg = read_json_file(model_dir / CONFIG_FILE, "model config")
     head = load_mil_head(model_dir)
     if out_csv is not None:
-        check_output_file(out_csv, overwrite, protect=(store_path,))
-        check_output_file(tiles_csv_path(out_csv), overwrite, protect=(store_path,))
+        inputs = store_input_files(store_path)
+        check_output_file(out_csv, overwrite, protect=(store_path,), inputs=inputs)
+        check_output_file(tiles_csv_path(out_csv), overwrite, protect=(store_path,), inputs=inputs)
     if pictures is not None:
-        check_output_dir(pictures, overwrite, is_ours=is_picture_dir, protect=(store_path, model_dir), what="picture folder")
+        check_output_dir(pictures, overwrite, protect=(store_path, model_dir), what="picture folder", kind=PICTURES_KIND)
     with open_store(store_path, "r") as store:
         check_store_matches(store, cfg["variants"])
         tiles = store.tiles
@@ -200,9 +201,12 @@ def _known_labels(tiles: pd.DataFrame, cfg: dict[str, Any], bags: Bags) -> np.nd
     return np.array([by_name.get(n, "") for n in bags.names], dtype=object)
 
 
+PICTURES_KIND = "slide-pictures"  # the kind in the folder's mito.json (mito.io.write_manifest)
+
+
 def is_picture_dir(path: Path) -> bool:
-    """True for a folder holding only <bag>.attention.png / <bag>.topk.png files (what predict writes)."""
-    return path.is_dir() and all(f.is_file() and f.name.endswith((".attention.png", ".topk.png")) for f in path.iterdir())
+    """True for a folder predict wrote with --heatmaps for a slide-level model (its mito.json says so and lists everything in it)."""
+    return is_mito_folder(path, PICTURES_KIND)
 
 
 def draw_pictures(slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFrame, bags: Bags, rows: list[np.ndarray],
@@ -214,6 +218,7 @@ def draw_pictures(slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFra
         raise HeadError("pictures need tile images: the tile table has neither slide boxes nor a path column")
     written: list[str] = []
     pcols = [c for c in slides.columns if c.startswith("p_")]
+    stems = unique_stems([str(n) for n in bags.names])  # bags 'a b.svs' and 'a_b.svs' get two pictures
 
     def fill(tmp: Path) -> None:
         for i, name in enumerate(bags.names):
@@ -222,12 +227,13 @@ def draw_pictures(slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFra
                 f", label {srow['label']}" if "label" in slides and srow["label"] else "")
             t = tiles.iloc[rows[i]]
             if on_slides:
-                f = tmp / f"{safe_name(name)}.attention.png"
+                f = tmp / f"{stems[str(name)]}.attention.png"
                 _attention_heatmap(str(t["slide_path"].iat[0]), t, att[i], title, f, head_name)
             else:
-                f = tmp / f"{safe_name(name)}.topk.png"
+                f = tmp / f"{stems[str(name)]}.topk.png"
                 _top_tiles(t["path"].astype(str).tolist(), att[i], title, f, top_k, head_name)
             written.append(f.name)
+        write_manifest(tmp, PICTURES_KIND, bags=dict(zip(written, map(str, bags.names))))
 
     atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_picture_dir(p)))
     return [out / n for n in written]

@@ -187,11 +187,12 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
     assert np.allclose(slides[["p_no", "p_yes"]].sum(axis=1), 1)
     assert len(tiles) == slides["n_tiles"].sum()
     assert np.allclose(tiles.groupby("slide")["attention"].sum(), 1, atol=1e-5)
-    assert sorted(p.name for p in pics.iterdir()) == sorted(f"{n.replace('/', '_')}.topk.png" for n in slides["slide"])
+    assert sorted(p.name for p in pics.iterdir() if p.name != "mito.json") == sorted(f"{n.replace('/', '_')}.topk.png" for n in slides["slide"])
+    assert json.loads((pics / "mito.json").read_text())["kind"] == "slide-pictures"
     from PIL import Image
 
     assert (slides["n_tiles"] < 3).any()  # small bags: their picture must still be wide enough for the title line
-    for p in pics.iterdir():
+    for p in pics.glob("*.png"):
         with Image.open(p) as im:
             assert im.width >= 440, (p.name, im.size)
 

@@ -496,6 +496,10 @@ def predict_cmd(
         )
     if heatmaps is not None:
         _heatmaps(df, store, heatmaps, overwrite, model)
+    from mito.heads.predict import not_predicted_lines
+
+    for note in not_predicted_lines(df):  # skipped slides and unreadable tiles, as extract lists them
+        console.print(note, style="yellow", highlight=False, markup=False)
     counts = ", ".join(f"{k} {v}" for k, v in df["pred"].value_counts().items())
     line = f"{len(df)} tiles predicted ({counts}) -> {out}"
     if "label" in df:

@@ -124,13 +124,15 @@ def id_columns(tiles: pd.DataFrame) -> list[str]:
 def _extract_tmp(
     config: dict[str, Any], source: str, tmp: str, device: str, weights: dict[str, str] | None,
     points: str | None = None, tile_size: int | None = None, progress: bool = False,
-) -> str:
-    """Embed ``source`` (folder, CSV manifest, or slide with ``points``) into a temporary store the model's way."""
+) -> tuple[str, list[dict[str, Any]]]:
+    """Embed ``source`` (folder, CSV manifest, or slide with ``points``) into a temporary store the model's way;
+    returns its path and the slides extraction skipped (slide, path, reason)."""
     try:
         from mito.extract import ExtractConfig, extract
     except ImportError:
         raise HeadError("this install cannot extract features (mito.extract is missing); extract first and pass --store") from None
     path = os.path.join(tmp, "tiles.zarr")
+    skipped: dict[str, dict[str, Any]] = {}
     for settings in config["extract"]:
         bb = settings["backbones"][0]
         settings = dict(settings)
@@ -152,8 +154,9 @@ def _extract_tmp(
             )
         except ValidationError as e:
             raise HeadError(f"cannot rebuild the model's extraction settings: {one_line(e)}") from None
-        extract(ecfg)
-    return path
+        summary = extract(ecfg)
+        skipped.update({s["path"]: s for s in summary.get("skipped_slides", [])})
+    return path, list(skipped.values())
 
 
 def check_predict_out(
@@ -209,13 +212,15 @@ def predict(
     if out_csv is not None:
         check_predict_out(out_csv, model_dir, store, source, overwrite)
     with tempfile.TemporaryDirectory(prefix="mito-predict-") as tmp:
+        skipped: list[dict[str, Any]] = []
         if store is not None:
             store_path = str(store)
         else:
-            store_path = _extract_tmp(
+            store_path, skipped = _extract_tmp(
                 model.config, str(source), tmp, device, weights, None if points is None else str(points), tile_size, progress
             )
         df = _predict_store(model, store_path, progress)
+        df.attrs["skipped_slides"] = skipped  # slides of SOURCE that could not be tiled, with the reason
     if out_csv is not None:
         atomic_write(out_csv, lambda p: df.to_csv(p, index=False), ".csv")
     return df
@@ -227,7 +232,8 @@ def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.
     with open_store(store_path, "r") as s:
         check_store_matches(s, config["variants"])
         tiles = s.tiles
-        rows = np.flatnonzero(~s.unreadable)
+        unreadable = np.asarray(s.unreadable, bool)
+        rows = np.flatnonzero(~unreadable)
         if len(rows) == 0:
             raise HeadError(f"{store_path} has no readable tile to predict")
         probs, order = [], []
@@ -245,6 +251,9 @@ def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.
     proba = np.concatenate(probs)
     classes = model.classes_
     df = tiles.iloc[idx][id_columns(tiles)].reset_index(drop=True)
+    bad = np.flatnonzero(unreadable)
+    df.attrs["unreadable"] = tiles.iloc[bad[:10]][id_columns(tiles)].astype(str).agg(":".join, axis=1).tolist() if len(bad) else []
+    df.attrs["n_unreadable"] = int(len(bad))
     known = task_labels_or_none(tiles, config["task"])
     if known is not None and known.iloc[idx].notna().any():
         df["label"] = known.iloc[idx].to_numpy()
@@ -252,6 +261,17 @@ def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.
     for j, c in enumerate(classes.tolist()):
         df[f"p_{c}"] = proba[:, j]
     return df
+
+
+def not_predicted_lines(df: pd.DataFrame) -> list[str]:
+    """What predict left out, one line each: slides of SOURCE that could not be tiled (as extract lists them), and
+    the count of unreadable tiles (with a few of them)."""
+    lines = [f"slide skipped: {s['reason']}" for s in df.attrs.get("skipped_slides") or []]
+    n = int(df.attrs.get("n_unreadable") or 0)
+    if n:
+        shown = ", ".join(df.attrs.get("unreadable") or [])
+        lines.append(f"{n} unreadable tile{'s' if n != 1 else ''} not predicted: {shown}{' ...' if n > 10 else ''}")
+    return lines
 
 
 def task_labels_or_none(tiles: pd.DataFrame, task: str) -> pd.Series | None:

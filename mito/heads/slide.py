@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import mito
 from mito.cache import open_store, store_input_files
 from mito.errors import MitoError
-from mito.heads.bags import BagReader, Bags, bag_table, make_bags
+from mito.heads.bags import BagReader, Bags, bag_table, left_out, left_out_line, make_bags
 from mito.heads.base import HeadError, read_json_file
 from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
@@ -110,6 +110,7 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
                 evals[name] = classification_metrics(bags.labels[parts[name]], proba, bags.classes)
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f != "added"} for k in keys}
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
+        dropped = left_out(bags, store.meta, cfg.bag_column)
     if not evals:
         raise HeadError("no validation or test bags to measure the head on")
     main = "test" if "test" in evals else "val"
@@ -117,6 +118,7 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
     metrics = {
         **evals[main], "evaluated_on": main, "level": "slide", "task": bags.task, "task_description": bags.description,
         "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
+        "n_left_out": len(dropped), "left_out": dropped,
         "n_tiles_per_bag_median": float(np.median(bags.sizes)), "train_seconds": round(t_train, 3),
         "best_epoch": head.best_epoch_, "epochs_run": len(head.history_), "features": keys, "features_default": not cfg.features,
         "split": f"random by {cfg.group_column or bag_column!r}: test {cfg.test_fraction:g}, val {cfg.val_fraction:g}",
@@ -165,6 +167,7 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
         check_store_matches(store, cfg["variants"])
         tiles = store.tiles
         bags = make_bags(tiles, None, cfg["bag_column"], None, None, store.unreadable)
+        dropped = left_out(bags, store.meta, cfg["bag_column"])
         proba, rows, att = head.predict_proba(BagReader(store, cfg["features"]), bags)
     classes = [str(c) for c in head.classes_]
     slides = pd.DataFrame({cfg["bag_column"]: bags.names, "n_tiles": bags.sizes})
@@ -174,6 +177,7 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
     slides["pred"] = np.asarray(classes)[proba.argmax(1)]
     for j, c in enumerate(classes):
         slides[f"p_{c}"] = proba[:, j]
+    slides.attrs["left_out"] = dropped  # bags with no readable tile (or slides with no tile): not predicted
     per_tile = []
     for name, r, a in zip(bags.names, rows, att):
         rank = np.empty(len(a), np.int64)
@@ -326,6 +330,8 @@ def fit_slide_head_cli(console: Any, *, store: str, out: Path, task: str | None,
         return m
     console.print(f"task: {m['task']} ({m['task_description']}); classes {', '.join(m['classes'])}", highlight=False, markup=False)
     console.print(f"bags: train {m['n_train']}, val {m['n_val']}, test {m['n_test']} (median {m['n_tiles_per_bag_median']:g} tiles); split {m['split']}", highlight=False, markup=False)
+    if m["left_out"]:
+        console.print(left_out_line(m["left_out"]), style="yellow", highlight=False, markup=False)
     console.print(
         f"{m['evaluated_on']}: balanced acc {m['balanced_accuracy']:.3f}, AUROC {m['auroc']:.3f}, kappa {m['kappa']:.3f}, "
         f"weighted F1 {m['weighted_f1']:.3f}; {m['epochs_run']} epochs (best {m['best_epoch']}), {m['train_seconds']:.1f} s",
@@ -349,5 +355,7 @@ def predict_slides_cli(console: Any, model: Path, store: str | None, source: str
         if known.any():
             line += f"; agreement with known labels {(slides['pred'][known].astype(str) == slides['label'][known].astype(str)).mean():.3f}"
     console.print(line, highlight=False, markup=False)
+    if slides.attrs.get("left_out"):
+        console.print(left_out_line(slides.attrs["left_out"], "not predicted"), style="yellow", highlight=False, markup=False)
     if pictures is not None:
         console.print(f"wrote {len(slides)} pictures to {pictures}", highlight=False, markup=False)

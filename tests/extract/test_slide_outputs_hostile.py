@@ -1,4 +1,4 @@
-"""Per-slide outputs under hostile names and paths (issue 19, items 17, 18, 23, 26): slides whose names collide,
+"""Per-slide outputs under hostile names and paths (issue 19, items 17, 18, 22, 23, 26): slides whose names collide,
 folders mito did not write, files a store reads, context-variant geometry, malformed annotations and options."""
 
 from __future__ import annotations
@@ -195,6 +195,25 @@ def test_no_output_replaces_a_file_the_store_reads(colliding: Path, tmp_path: Pa
     res = runner.invoke(app, ["predict", str(src), "--model", str(tmp_path / "m"), "--out", str(src / "x.svs"), "--overwrite"])
     assert res.exit_code == 2 and "an input this command reads" in " ".join(res.output.split()), res.output
     assert (src / "x.svs").read_bytes() == data
+
+
+# ------------------------------------------------------------------ item 22: predict lists what it skipped
+
+
+def test_predict_on_a_slide_folder_lists_skipped_slides(colliding: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["fit-head", "--store", str(colliding / "s.zarr"), "--out", str(tmp_path / "m"), "--head", "logreg",
+                              "--group-column", "none", "--features", KEY])
+    assert res.exit_code == 0, res.output
+    d = tmp_path / "new"
+    d.mkdir()
+    write_svs(d / "ok.svs", mosaic()[:, :768].copy())
+    write_plain(d / "nompp.tif", mosaic()[:256, :256].copy())
+    write_corrupt(d / "broken.svs")
+    res = runner.invoke(app, ["predict", str(d), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "p.csv"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "slide skipped: nompp.tif records no microns per pixel" in text and "broken.svs" in text, res.output
+    assert set(pd.read_csv(tmp_path / "p.csv")["slide"]) == {"ok.svs"}
 
 
 # ------------------------------------------------------------------ item 26: one line, exit 2, nothing written

@@ -523,9 +523,9 @@ def zero_shot_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
+    from mito.cache import store_input_files
     from mito.extract import pick_device
     from mito.heads import run_zero_shot
-    from mito.cache import store_input_files
     from mito.io import atomic_write, check_output_file
 
     check_output_file(out, overwrite, protect=(store,), inputs=store_input_files(store))

@@ -267,7 +267,9 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, is_ours: Callable
     if is_ours is None:
         if kind is None:
             raise ValueError("check_output_dir needs is_ours or kind")
-        is_ours = lambda q: is_mito_folder(q, kind)  # noqa: E731
+
+        def is_ours(q: Path) -> bool:
+            return is_mito_folder(q, kind)
     p = Path(path)
     if str(path) in ("", ".", "/", "..") or p.resolve() in (Path.cwd().resolve(), Path.home().resolve(), Path("/")):
         raise OutputError(f"refusing to use {path} as the {what}; give a new folder")

@@ -253,7 +253,7 @@ def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.
     df = tiles.iloc[idx][id_columns(tiles)].reset_index(drop=True)
     bad = np.flatnonzero(unreadable)
     df.attrs["unreadable"] = tiles.iloc[bad[:10]][id_columns(tiles)].astype(str).agg(":".join, axis=1).tolist() if len(bad) else []
-    df.attrs["n_unreadable"] = int(len(bad))
+    df.attrs["n_unreadable"] = len(bad)
     known = task_labels_or_none(tiles, config["task"])
     if known is not None and known.iloc[idx].notna().any():
         df["label"] = known.iloc[idx].to_numpy()

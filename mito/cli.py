@@ -511,6 +511,10 @@ def predict_cmd(
         )
     if heatmaps is not None:
         _heatmaps(df, store, heatmaps, overwrite, model)
+    from mito.heads.predict import not_predicted_lines
+
+    for note in not_predicted_lines(df):  # skipped slides and unreadable tiles, as extract lists them
+        console.print(note, style="yellow", highlight=False, markup=False)
     counts = ", ".join(f"{k} {v}" for k, v in df["pred"].value_counts().items())
     line = f"{len(df)} tiles predicted ({counts}) -> {out}"
     if "label" in df:
@@ -535,11 +539,12 @@ def zero_shot_cmd(
     positive: Optional[str] = typer.Option(None, "--positive", help="Two-class tasks: the positive class of PR-AUC and ECE (default: the minority class of the labelled tiles)."),
 ) -> None:
     """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
+    from mito.cache import store_input_files
     from mito.extract import pick_device
     from mito.heads import run_zero_shot
     from mito.io import atomic_write, check_output_file
 
-    check_output_file(out, overwrite, protect=(store,))
+    check_output_file(out, overwrite, protect=(store,), inputs=store_input_files(store))
     r = run_zero_shot(store, backbone, prompts, weights=weights, task=task, context=prompt_context, variant=variant, device=str(pick_device(device)),
                       positive=positive)
     atomic_write(out, lambda p: r.predictions.to_csv(p, index=False, float_format="%.6g"), ".csv")
@@ -817,10 +822,11 @@ def umap_cmd(
 ) -> None:
     """2-D UMAP of a feature set, coloured by a label column; saved as PNG."""
     from mito.bench import umap_plot
+    from mito.cache import store_input_files
     from mito.io import check_output_file
 
     if out.suffix.lower() == ".png":
-        check_output_file(out, overwrite=overwrite, protect=(store,))
+        check_output_file(out, overwrite=overwrite, protect=(store,), inputs=store_input_files(store))
     path = umap_plot(store, split_list(features) or None, color_by, out, n_neighbors=neighbors, min_dist=min_dist,
                      max_points=max_points, seed=seed, progress=True)
     console.print(f"wrote {path}")

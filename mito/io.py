@@ -1,14 +1,17 @@
 """Writing outputs safely: atomic files and folders, JSON of numpy values, names that are safe as path parts,
-and the guards that stop an output from replacing a store, a model or somebody's folder."""
+the manifest that marks a folder as mito's, and the guards that stop an output from replacing a store, a model,
+an input or somebody's folder."""
 
 from __future__ import annotations
 
+import datetime as _dt
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +96,48 @@ def safe_name(name: Any, fallback: str = "x") -> str:
     return s[:80]
 
 
+def unique_stems(ids: Sequence[str], stem: Callable[[str], str] | None = None, taken: Iterable[str] = ()) -> dict[str, str]:
+    """A distinct, safe file stem for each id, the same for the same set of ids (and never one in ``taken``);
+    names are compared ignoring case, as some file systems do.
+
+    Each id gets ``safe_name(stem(id))`` when no other id maps to that name. When several do, the one whose name
+    needed no change keeps it; the other ids whose names needed no change try their whole id (``x.svs`` and
+    ``x.ome.tif`` rather than ``x``); the rest get ``-`` and 8 hex digits of the id's SHA-1 appended
+    (``a b.svs`` beside ``a_b.svs``: ``a_b-1f0c...``). So one id's output never overwrites another's."""
+    ids = list(dict.fromkeys(str(i) for i in ids))
+    used = {t.casefold() for t in taken}
+    out: dict[str, str] = {}
+    hash_base: dict[str, str] = {}
+    tiers: list[Callable[[str], str]] = [*([stem] if stem is not None else []), lambda i: i]
+    todo = ids
+    for k, raw in enumerate(tiers):
+        names = {i: safe_name(raw(i)) for i in todo}
+        for i in todo:
+            hash_base.setdefault(i, names[i])
+        groups: dict[str, list[str]] = {}
+        for i in todo:
+            groups.setdefault(names[i].casefold(), []).append(i)
+        later = []
+        for key, members in groups.items():
+            faithful = [i for i in members if names[i] == raw(i)]
+            if key not in used and (len(members) == 1 or len(faithful) == 1):
+                keep = members[0] if len(members) == 1 else faithful[0]
+                out[keep] = names[keep]
+                used.add(key)
+                members = [i for i in members if i != keep]
+            later += [i for i in members if i in faithful and k + 1 < len(tiers)]  # the rest are hashed below
+        todo = later
+    for i in ids:
+        k = 8
+        while i not in out:  # two ids whose SHA-1s share a prefix: practically never
+            n = f"{hash_base[i][: 79 - k]}-{hashlib.sha1(i.encode('utf-8', 'surrogateescape')).hexdigest()[:k]}"
+            if n.casefold() not in used:
+                out[i] = n
+                used.add(n.casefold())
+            k += 8
+    return out
+
+
 def inside(path: str | os.PathLike, parent: str | os.PathLike) -> bool:
     """True when ``path`` is ``parent`` or lies below it (after resolving links)."""
     p, q = Path(path).resolve(), Path(parent).resolve()
@@ -119,11 +164,17 @@ def containing_artifact(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def check_output_file(path: str | os.PathLike, overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
-    """Refuse an output file that would land inside a store or model, on a folder, on a protected input, or on an existing file."""
+def check_output_file(path: str | os.PathLike, overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = (),
+                      inputs: Iterable[str] = ()) -> Path:
+    """Refuse an output file that would land inside a store or model, on a folder, on a protected input, on a file
+    listed in ``inputs`` (e.g. the slides and images a store was made from, even with ``overwrite``), or on an
+    existing file."""
     p = Path(path)
     if str(path) in ("", ".", "/") or p.is_dir():
         raise OutputError(f"{path} is a folder; give a file name for the output")
+    hit = same_file_as(p, inputs)
+    if hit is not None:
+        raise OutputError(f"{path} is {hit}, an input this command reads; write the output elsewhere")
     owner = containing_artifact(p.parent if not p.exists() else p)
     if owner is not None:
         raise OutputError(f"{path} lies inside {owner}, a mito store or model; write the output elsewhere")
@@ -135,10 +186,90 @@ def check_output_file(path: str | os.PathLike, overwrite: bool = False, protect:
     return p
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool, is_ours: Callable[[Path], bool],
-                     protect: tuple[str | os.PathLike, ...] = (), what: str = "output folder") -> Path:
+def same_file_as(path: str | os.PathLike, files: Iterable[str]) -> str | None:
+    """The entry of ``files`` that ``path`` names (same absolute or resolved path, or the same file on disk), if any.
+
+    Only entries with ``path``'s file name are looked at, so millions of tile paths cost one pass over strings."""
+    p = Path(path)
+    mine = {os.path.abspath(p), os.path.realpath(p)}
+    names = {os.path.basename(m) for m in mine} - {""}
+    ends = tuple(names)
+    cands = [f for f in map(str, files) if f.endswith(ends) and os.path.basename(f) in names] if names else []
+    if not cands:
+        return None
+    try:
+        st = p.stat()
+    except OSError:
+        st = None
+    for f in cands:
+        if os.path.abspath(f) in mine or os.path.realpath(f) in mine:
+            return str(f)
+        if st is not None:
+            try:
+                if os.path.samestat(st, os.stat(f)):
+                    return str(f)
+            except OSError:
+                continue
+    return None
+
+
+MANIFEST = "mito.json"
+MANIFEST_FORMAT = 1
+
+
+def write_manifest(folder: str | os.PathLike, kind: str, **info: Any) -> Path:
+    """Mark ``folder`` as written by mito: ``mito.json`` with its kind, format, mito's version, the time and every
+    entry the folder holds now (write it last). Only a folder with a manifest is ever replaced (see is_mito_folder)."""
+    import mito
+
+    folder = Path(folder)
+    files = sorted(f.name for f in folder.iterdir() if f.name != MANIFEST)
+    doc = {"kind": kind, "format_version": MANIFEST_FORMAT, "mito_version": mito.__version__,
+           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "files": files, **info}
+    return write_json(folder / MANIFEST, doc)
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of a folder mito wrote, or None (none there, unreadable, or not a manifest mito writes)."""
+    f = Path(folder) / MANIFEST
+    try:
+        if f.is_symlink() or not f.is_file() or f.stat().st_size > 16 << 20:
+            return None
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    ok = isinstance(doc, dict) and isinstance(doc.get("kind"), str) and isinstance(doc.get("format_version"), int)
+    return doc if ok else None
+
+
+def is_mito_folder(folder: str | os.PathLike, kind: str) -> bool:
+    """True for a folder whose manifest says ``kind`` and that holds nothing the manifest does not list (a file put
+    there since, e.g. a user's notes, makes the folder not mito's to delete)."""
+    p = Path(folder)
+    if p.is_symlink() or not p.is_dir():
+        return False
+    doc = read_manifest(p)
+    if doc is None or doc["kind"] != kind or not isinstance(doc.get("files"), list):
+        return False
+    listed = {str(f) for f in doc["files"]} | {MANIFEST}
+    try:
+        return all(f.name in listed for f in p.iterdir())
+    except OSError:
+        return False
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool, is_ours: Callable[[Path], bool] | None = None,
+                     protect: tuple[str | os.PathLike, ...] = (), what: str = "output folder", kind: str | None = None) -> Path:
     """Refuse an output folder that is '.', '/', a file, an input, inside a store/model, or an existing folder
-    that ``is_ours`` does not recognise (only folders mito wrote are ever replaced, and only with ``overwrite``)."""
+    that ``is_ours`` does not recognise (only folders mito wrote are ever replaced, and only with ``overwrite``).
+
+    With ``kind`` (and no ``is_ours``) a folder is ours when its manifest says ``kind`` (is_mito_folder)."""
+    if is_ours is None:
+        if kind is None:
+            raise ValueError("check_output_dir needs is_ours or kind")
+
+        def is_ours(q: Path) -> bool:
+            return is_mito_folder(q, kind)
     p = Path(path)
     if str(path) in ("", ".", "/", "..") or p.resolve() in (Path.cwd().resolve(), Path.home().resolve(), Path("/")):
         raise OutputError(f"refusing to use {path} as the {what}; give a new folder")
@@ -152,7 +283,8 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, is_ours: Callable
         raise OutputError(f"{path} lies inside or is {owner}, a mito store or model; choose another {what}")
     if p.exists() and any(p.iterdir()):
         if not is_ours(p):
-            raise OutputError(f"{path} holds files mito did not write; choose a new {what}")
+            hint = f" (it has no {MANIFEST}; if an earlier mito wrote it, delete it by hand)" if kind is not None and not (p / MANIFEST).exists() else ""
+            raise OutputError(f"{path} holds files mito did not write; choose a new {what}{hint}")
         if not overwrite:
             raise OutputError(f"{path} already exists; choose another {what} or pass --overwrite")
     return p

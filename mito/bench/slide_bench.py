@@ -41,7 +41,7 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
     """Fit every slide-level head on every fold of bags (stratified group k-fold) and rank them like tile heads."""
     from mito.cache import open_store
     from mito.bench.leaderboard import positive_meta, training_rows
-    from mito.heads import BagReader, bag_table, default_features, make_bags, make_mil_head, mil_head_names
+    from mito.heads import BagReader, bag_table, default_features, left_out, make_bags, make_mil_head, mil_head_names
     from mito.heads.slide import bag_positive
 
     unknown = [h for h in cfg.heads if h not in mil_head_names()]
@@ -92,7 +92,8 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
             "tasks": {bags.task: {"description": bags.description, "main_metric": spec.main_metric, "classes": bags.classes, **positive_meta(spec),
                                   "cv": plan.mode, "cv_description": plan.description.replace("by slide", f"by {cfg.group_column or 'slide'}")
                                   + f" (units: {len(bags)} bags, median {float(np.median(bags.sizes)):g} tiles)",
-                                  "n_folds": len(plan.folds), "fold_fingerprint": plan.fingerprint}},
+                                  "n_folds": len(plan.folds), "fold_fingerprint": plan.fingerprint,
+                                  "left_out": left_out(bags, store.meta, cfg.bag_column)}},
             "skipped_tasks": {},
             "config": cfg.model_dump(),
             "tile_ids": bags.names.tolist(),
@@ -136,5 +137,9 @@ def slide_bench_cli(console: Any, *, store: str, out: Any, task: str | None, fea
     console.print(f"{t['description']}; {t['cv_description']}", highlight=False, markup=False)
     for line in task_positive_lines(lb.meta):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if t.get("left_out"):
+        from mito.heads import left_out_line
+
+        console.print(left_out_line(t["left_out"]), style="yellow", highlight=False, markup=False)
     console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
     console.print(f"wrote {out}/leaderboard.csv, leaderboard.json and report.html", highlight=False, markup=False)

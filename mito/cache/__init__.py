@@ -7,6 +7,7 @@ from mito.cache.store import (
     Store,
     StoreError,
     Variant,
+    check_column_names,
     create_store,
     format_zoom,
     is_view,
@@ -14,6 +15,7 @@ from mito.cache.store import (
     parse_variant,
     store_exists,
     store_format,
+    store_input_files,
     tile_list_hash,
     views_of,
 )
@@ -27,6 +29,7 @@ __all__ = [
     "StoreError",
     "Variant",
     "backend_capabilities",
+    "check_column_names",
     "create_store",
     "format_zoom",
     "is_view",
@@ -34,6 +37,7 @@ __all__ = [
     "parse_variant",
     "store_exists",
     "store_format",
+    "store_input_files",
     "tile_list_hash",
     "views_of",
 ]

@@ -123,6 +123,40 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_ZARR_EXIT_GUARDED = False
+
+
+def guard_zarr_exit() -> None:
+    """Stop zarr's I/O event loop patiently when the process exits.
+
+    zarr 3 stops its loop thread at exit, waits 0.2 s and then closes the loop; on a loaded machine the thread has
+    not stopped by then and the close raises "Cannot close a running event loop", printed as a traceback after an
+    otherwise clean run. Call this after importing zarr (idempotent)."""
+    global _ZARR_EXIT_GUARDED
+    if _ZARR_EXIT_GUARDED:
+        return
+    import atexit
+
+    try:
+        from zarr.core import sync
+    except ImportError:  # another zarr layout: leave its exit alone
+        return
+
+    def cleanup() -> None:
+        loop, thread = sync.loop[0], sync.iothread[0]
+        if loop is not None and thread is not None and thread.is_alive() and not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+        try:
+            sync.cleanup_resources()
+        except RuntimeError:  # the loop thread is stuck for good: the process ends anyway
+            pass
+
+    atexit.unregister(sync.cleanup_resources)
+    atexit.register(cleanup)
+    _ZARR_EXIT_GUARDED = True
+
+
 class ZarrBackend:
     """Zarr v3: one file per chunk, written atomically (temporary file + rename) by zarr's LocalStore."""
 
@@ -131,6 +165,7 @@ class ZarrBackend:
     def __init__(self, path: str, mode: str) -> None:
         import zarr
 
+        guard_zarr_exit()
         self.path = path
         self.capabilities = backend_capabilities(path, "zarr")
         # fsspec URLs (s3://, gs://, memory://, file://) go through zarr's FsspecStore

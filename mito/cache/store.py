@@ -349,6 +349,20 @@ class Store:
                 data[c["name"]] = v.astype(np.int64)
         return pd.DataFrame(data, index=pd.RangeIndex(self.n_tiles))
 
+    def input_files(self) -> list[str]:
+        """The files this store was made from, which no output may replace: its source when that is a file, the
+        points file, every slide it lists (skipped ones too) and the tiles' ``path`` / ``slide_path`` values."""
+        src = self.meta.get("source") if isinstance(self.meta.get("source"), dict) else {}
+        out = [str(v) for v in (src.get("path"), src.get("points")) if v]
+        rec = self.meta.get("slides") if isinstance(self.meta.get("slides"), dict) else {}
+        out += [str(r["path"]) for part in ("slides", "skipped") for r in rec.get(part) or [] if isinstance(r, dict) and r.get("path")]
+        cols = [c for c in ("path", "slide_path") if c in self.tile_column_names]
+        if cols:
+            t = self.tile_table(cols)
+            for c in cols:
+                out += t[c].dropna().astype(str).unique().tolist()
+        return out
+
     @property
     def unreadable(self) -> np.ndarray:
         """Boolean mask of tiles that could not be decoded."""
@@ -856,6 +870,20 @@ def _write_tiles(b: StoreBackend, tiles: pd.DataFrame) -> list[dict[str, str]]:
     return cols
 
 
+RESERVED_NAMES = {"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"}  # Zarr metadata documents
+
+
+def check_column_names(names: Sequence[Any], where: str = "the tile table") -> None:
+    """Refuse tile-table column names a store cannot keep as arrays (each column is one array named after it):
+    empty, '.', '..', a name with '/', '\\' or NUL, a leading '.', or a Zarr metadata name such as zarr.json."""
+    for name in names:
+        n = str(name)
+        if (not n.strip() or n in (".", "..") or n.startswith(".") or any(c in n for c in "/\\\0")
+                or n.lower() in RESERVED_NAMES):
+            raise StoreError(f"{where}: column {n!r} cannot be stored (a column becomes an array of that name): rename it, "
+                             "e.g. without '/', '\\' or a leading '.'")
+
+
 def create_store(
     path: str | os.PathLike,
     tiles: pd.DataFrame,
@@ -868,6 +896,7 @@ def create_store(
     path = str(path)
     if "tile_id" not in tiles:
         raise StoreError("the tile table needs a tile_id column")
+    check_column_names(list(tiles.columns))
     if tiles["tile_id"].duplicated().any():
         dup = tiles["tile_id"][tiles["tile_id"].duplicated()].iloc[0]
         raise StoreError(f"duplicate tile id {dup!r} in the tile list")
@@ -930,6 +959,14 @@ def _tmp_sibling(path: str) -> str:
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     return str(tmp)
+
+
+def store_input_files(path: str | os.PathLike | None) -> list[str]:
+    """Store.input_files of the store at ``path`` ([] when there is none: the command then fails on it in its own words)."""
+    if path is None or not store_exists(path):
+        return []
+    with open_store(path, "r") as s:
+        return s.input_files()
 
 
 def open_store(path: str | os.PathLike, mode: str = "r", *, lock: bool = True, lenient: bool = False) -> Store:

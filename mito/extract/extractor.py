@@ -80,12 +80,12 @@ class ExtractConfig(BaseModel):
     limit: int | None = Field(None, ge=1)
     progress: bool = True
     # whole slides (mito.extract.slide_tiles): tiles of tile_px pixels at mpp um/px over tissue
-    mpp: float | None = Field(default=None, gt=0)
+    mpp: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     tile_px: int | None = Field(default=None, ge=8, le=MAX_TILE_SIZE)
-    tile_um: float | None = Field(default=None, gt=0)
+    tile_um: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     stride: int | None = Field(default=None, ge=1)
     min_tissue: float = Field(default=0.5, ge=0, le=1)
-    slide_mpp: float | None = Field(default=None, gt=0)
+    slide_mpp: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     reader: Literal["auto", "openslide", "tifffile"] = "auto"
     annotations: str | None = None
     label_overlap: float | None = Field(default=None, ge=0, le=1)

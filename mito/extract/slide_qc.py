@@ -16,6 +16,7 @@ from mito.extract.slides import (
     SlideReadError,
     close_slide,
     open_slide,
+    slide_file_stems,
     thumbnail,
 )
 
@@ -48,7 +49,7 @@ def _mask_rings(rec: dict[str, Any]) -> list[np.ndarray]:
         for f in doc.get("features", []):
             for poly in f["geometry"]["coordinates"]:
                 rings += [np.asarray(r, np.float64).reshape(-1, 2) for r in poly]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
         raise ExtractError(f"damaged tissue mask {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return rings
 
@@ -87,32 +88,41 @@ def draw_qc(rec: dict[str, Any], tiles: pd.DataFrame, reader: str, out: Path) ->
     return path
 
 
+KIND = "slides-qc"  # the kind in the folder's mito.json (mito.io.write_manifest)
+
+
 def is_qc_dir(path: Path) -> bool:
-    """True for a folder holding only <slide>.png files and skipped.csv (what qc_store writes)."""
-    return path.is_dir() and all(f.is_file() and (f.suffix == ".png" or f.name == "skipped.csv") for f in path.iterdir())
+    """True for a folder mito slides qc wrote (its mito.json says so and lists everything in it)."""
+    from mito.io import is_mito_folder
+
+    return is_mito_folder(path, KIND)
 
 
 def qc_store(store_path: str, out_dir: str | os.PathLike, reader: str = "auto", overwrite: bool = False) -> dict[str, Any]:
-    """Write <slide>.png per slide of a slide store (plus skipped.csv) as one new folder; returns what was written and skipped."""
+    """Write <slide>.png per slide of a slide store (plus skipped.csv and mito.json) as one new folder; returns what
+    was written and skipped. Slides whose names collide get distinct pictures (slide_file_stems)."""
     from mito.cache import open_store
-    from mito.io import atomic_dir, atomic_write_text, check_output_dir, safe_name
+    from mito.io import atomic_dir, atomic_write_text, check_output_dir, write_manifest
 
     if reader not in READERS:
         raise ExtractError(f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
-    out = check_output_dir(out_dir, overwrite, is_ours=is_qc_dir, protect=(store_path,), what="QC folder")
+    out = check_output_dir(out_dir, overwrite, protect=(store_path,), what="QC folder", kind=KIND)
     with open_store(store_path, "r") as s:
         rec = slide_records(s)
         tiles = s.tiles
-    names, failed = [], []
+    stems = slide_file_stems([r["slide"] for r in rec["slides"]])
+    drawn: dict[str, str] = {}  # picture -> slide
+    failed: list[dict[str, Any]] = []
 
     def fill(tmp: Path) -> None:
         for r in rec["slides"]:
             try:
-                names.append(draw_qc(r, tiles[tiles["slide"] == r["slide"]], reader, tmp / f"{safe_name(r['slide'])}.png").name)
+                drawn[draw_qc(r, tiles[tiles["slide"] == r["slide"]], reader, tmp / f"{stems[r['slide']]}.png").name] = r["slide"]
             except SlideReadError as e:
                 failed.append({"slide": r["slide"], "path": r["path"], "reason": str(e)})
         if rec.get("skipped", []) + failed:
             atomic_write_text(tmp / "skipped.csv", pd.DataFrame(rec.get("skipped", []) + failed).to_csv(index=False))
+        write_manifest(tmp, KIND, store=str(store_path), slides=drawn)
 
     atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_qc_dir(p)))
-    return {"written": [str(out / n) for n in names], "skipped": rec.get("skipped", []) + failed}
+    return {"written": [str(out / n) for n in drawn], "skipped": rec.get("skipped", []) + failed}

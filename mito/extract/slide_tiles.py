@@ -34,6 +34,7 @@ from mito.extract.slides import (
     open_slide,
     outside_fraction,
     read_box,
+    slide_file_stems,
     stem,
     thumbnail,
 )
@@ -228,29 +229,41 @@ class Region:
 
 
 def load_regions(path: Path) -> list[Region]:
-    """Polygon / MultiPolygon features with ``classification.name`` from a QuPath GeoJSON export."""
+    """Polygon / MultiPolygon features with ``classification.name`` from a QuPath GeoJSON export (other geometries
+    and unclassified features are ignored); anything malformed is refused in one line naming the file."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ExtractError(f"cannot read annotations {path}: JSON nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ExtractError(f"cannot read annotations {path}: {str(e).splitlines()[0]}") from None
     feats = doc.get("features", [doc]) if isinstance(doc, dict) else doc
+    if not isinstance(feats, list):
+        raise ExtractError(f"annotations {path}: 'features' must be a list of GeoJSON features")
     regions = []
-    for f in feats if isinstance(feats, list) else []:
+    for n, f in enumerate(feats):
         if not isinstance(f, dict):
             continue
         geom, props = f.get("geometry") or {}, f.get("properties") or {}
+        if not isinstance(geom, dict) or not isinstance(props, dict):
+            raise ExtractError(f"annotations {path}: feature {n} has a 'geometry' or 'properties' that is not a JSON object")
         cls = props.get("classification") or {}
         label = cls.get("name") if isinstance(cls, dict) else None
         if not label:
             continue
         kind, coords = geom.get("type"), geom.get("coordinates")
-        polys = [coords] if kind == "Polygon" else coords if kind == "MultiPolygon" else None
-        if not polys:
+        if kind not in ("Polygon", "MultiPolygon"):
             continue
+        polys = [coords] if kind == "Polygon" else coords
         try:
-            regions.append(Region(str(label), [[np.asarray(r, np.float64)[:, :2] for r in p] for p in polys]))
+            if not isinstance(polys, list) or not polys or not all(isinstance(p, list) and p for p in polys):
+                raise ValueError("no coordinates")
+            rings = [[np.asarray(r, np.float64) for r in p] for p in polys]
+            if any(r.ndim != 2 or r.shape[1] < 2 or len(r) == 0 or not np.isfinite(r).all() for p in rings for r in p):
+                raise ValueError("not a list of finite [x, y] points")
+            regions.append(Region(str(label), [[r[:, :2] for r in p] for p in rings]))
         except (ValueError, IndexError, TypeError):
-            raise ExtractError(f"{path}: a {kind} of class {label!r} has malformed coordinates") from None
+            raise ExtractError(f"annotations {path}: a {kind} of class {label!r} (feature {n}) has malformed or empty coordinates") from None
     return regions
 
 
@@ -555,22 +568,28 @@ def slide_tiling(opts: SlideOptions) -> dict[str, Any]:
     return {"mpp": opts.mpp, "tile_px": opts.tile_px}
 
 
-def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
-    """Write the per-slide records and skipped slides into the store, and each tissue mask as GeoJSON beside it."""
-    from mito.io import json_default, safe_name, write_json
+MASK_SUFFIX = ".tissue.geojson"
 
+
+def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
+    """Write the per-slide records and skipped slides into the store, and each tissue mask as GeoJSON beside it
+    (<store>.slides/<slide>.tissue.geojson; slides whose names collide get distinct files, see slide_file_stems)."""
+    from mito.io import json_default, write_json
+
+    now = {r["slide"] for r in info["slides"]}
+    held = set(store.tiles["slide"]) if "slide" in store.tiles else set()
+    kept = [dict(r, in_source=False) for r in (store.meta.get("slides") or {}).get("slides", [])  # slides no longer in
+            if r.get("slide") not in now and r.get("slide") in held]  # SOURCE keep their rows, record and mask file
+    taken = [Path(r["mask_geojson"]).name.removesuffix(MASK_SUFFIX) for r in kept if r.get("mask_geojson")]
+    stems = slide_file_stems(sorted(info["masks"]), taken=taken)
     mask_dir = None
     if info["masks"] and "://" not in store_path:
         mask_dir = Path(f"{str(store_path).rstrip('/')}.slides")
         mask_dir.mkdir(parents=True, exist_ok=True)
         for name, geo in info["masks"].items():
-            write_json(mask_dir / f"{safe_name(name)}.tissue.geojson", geo, indent=0)
-    slides = [dict(r, mask_geojson=str(mask_dir / f"{safe_name(r['slide'])}.tissue.geojson") if mask_dir and r["slide"] in info["masks"] else None) for r in info["slides"]]
-    now = {r["slide"] for r in slides}
-    held = set(store.tiles["slide"]) if "slide" in store.tiles else set()
-    for r in (store.meta.get("slides") or {}).get("slides", []):  # slides no longer in SOURCE keep their rows and record
-        if r.get("slide") not in now and r.get("slide") in held:
-            slides.append(dict(r, in_source=False))
+            write_json(mask_dir / f"{stems[name]}{MASK_SUFFIX}", geo, indent=0)
+    slides = [dict(r, mask_geojson=str(mask_dir / f"{stems[r['slide']]}{MASK_SUFFIX}") if mask_dir and r["slide"] in info["masks"] else None) for r in info["slides"]]
+    slides += kept
     doc = json.loads(json.dumps({"options": info["options"], "slides": slides, "skipped": info["skipped"]}, default=json_default))
     if store.meta.get("slides") != doc:  # a no-op re-run leaves the store alone (an HDF5 record rewrites the file)
         store.record("slides", doc)

@@ -19,6 +19,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 from PIL import Image
 
+from mito.io import unique_stems
+
 Reader = Literal["auto", "openslide", "tifffile"]
 READERS: tuple[str, ...] = get_args(Reader)
 OPENSLIDE_EXTS = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
@@ -60,6 +62,13 @@ def stem(name: str) -> str:
         if low.endswith(ext):
             return name[: -len(ext)]
     return name.rsplit(".", 1)[0]
+
+
+def slide_file_stems(ids: Any, keep_extension: bool = True, taken: Any = ()) -> dict[str, str]:
+    """Distinct, safe file stems for slide ids (file names), the one naming rule of every per-slide output (QC
+    pictures, heatmaps, tissue masks: the whole name, a.svs -> a.svs; exports: without the extension, a.svs -> a).
+    Names that collide (x.svs and x.ome.tif, 'a b.svs' and a_b.svs) are told apart (see mito.io.unique_stems)."""
+    return unique_stems(list(ids), None if keep_extension else stem, taken)
 
 
 def _first_line(e: BaseException) -> str:
@@ -155,6 +164,10 @@ def _mpp_of(tif: Any) -> float | None:
 def _open_tifffile(path: str) -> Slide:
     import tifffile
     import zarr
+
+    from mito.cache.backend import guard_zarr_exit
+
+    guard_zarr_exit()
 
     log = logging.getLogger("tifffile")
     level = log.level

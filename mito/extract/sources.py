@@ -181,6 +181,16 @@ def _check_manifest_rows(path: Path) -> None:
         raise ExtractError(f"cannot parse manifest {path}: {str(e).splitlines()[0]}") from None
 
 
+def check_columns(columns: Any, where: str) -> None:
+    """Refuse, before any work, CSV columns that cannot become tile-table columns ('.', '..', zarr.json, '../x' ...)."""
+    from mito.cache import StoreError, check_column_names
+
+    try:
+        check_column_names(list(columns), where)
+    except StoreError as e:
+        raise ExtractError(str(e)) from None
+
+
 def read_path_manifest(csv_path: Path, what: str = "manifest", items: str = "tiles") -> tuple[pd.DataFrame, list[str]]:
     """A CSV with a ``path`` column (tiles or slides): rows checked, no empty path, paths made absolute as given
     (relative to the CSV, symlinks not resolved); returns the table and the paths as written."""
@@ -191,6 +201,7 @@ def read_path_manifest(csv_path: Path, what: str = "manifest", items: str = "til
         raise ExtractError(f"cannot parse {what} {csv_path}: {str(e).splitlines()[0]}") from None
     if "path" not in df:
         raise ExtractError(f"{what} {csv_path} needs a 'path' column (has: {', '.join(map(str, df.columns))})")
+    check_columns(df.columns, f"{what} {csv_path}")
     if df.empty:
         raise ExtractError(f"{what} {csv_path} lists no {items}")
     empty = df["path"].isna() | (df["path"].astype(str).str.strip() == "")
@@ -220,6 +231,7 @@ def read_points(points: Path) -> pd.DataFrame:
         raise ExtractError(f"points file {points} needs x and y columns (has: {', '.join(map(str, df.columns))})")
     if df.empty:
         raise ExtractError(f"points file {points} lists no points")
+    check_columns(df.columns, f"points file {points}")
     if not (pd.api.types.is_numeric_dtype(df["x"]) and pd.api.types.is_numeric_dtype(df["y"])):
         raise ExtractError(f"x and y in {points} must be numbers")
     return df

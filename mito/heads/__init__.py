@@ -8,7 +8,7 @@ from mito.heads.stream import FeatureStream, fit_pipeline_stream, stream_proba
 from mito.heads.loop import CheckpointError, Checkpointer, EarlyStopping, LoopResult, TimeBudget, train_loop
 from mito.heads.train import FitConfig, default_features, fit_head, make_fit_config
 from mito.heads.predict import Model, check_predict_out, load_head, load_model, predict
-from mito.heads.bags import BagReader, Bags, bag_table, make_bags
+from mito.heads.bags import BagReader, Bags, bag_table, left_out, left_out_line, make_bags
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
 from mito.heads.slide import (
     SlideFitConfig, fit_slide_head, fit_slide_head_cli, is_slide_model, make_slide_fit_config, predict_slides,
@@ -40,6 +40,8 @@ __all__ = [
     "is_slide_model",
     "load_mil_head",
     "bag_table",
+    "left_out",
+    "left_out_line",
     "make_bags",
     "make_mil_head",
     "make_slide_fit_config",

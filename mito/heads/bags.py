@@ -36,6 +36,7 @@ class Bags:
     classes: list[str]
     task: str
     description: str
+    dropped: dict[str, str] = field(default_factory=dict)  # bag -> why it was left out (no readable tile, no label, rare class)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -106,12 +107,17 @@ def make_bags(
         tile_y = resolve_task(tiles, task).labels(tiles).to_numpy(dtype=object)
     bag_of = tiles[bag_column].astype(object).to_numpy()
     has_bag = np.array([not (v is None or v == "" or (not isinstance(v, str) and pd.isna(v))) for v in bag_of], bool)
-    keep = has_bag & ~(np.zeros(len(tiles), bool) if exclude is None else np.asarray(exclude, bool))
+    readable = has_bag & ~(np.zeros(len(tiles), bool) if exclude is None else np.asarray(exclude, bool))
+    keep = readable.copy()
     if value is None:
         keep &= np.array([v is not None for v in tile_y], bool)
+    dropped = {b: "no readable tile" for b in _bag_names(bag_of, has_bag) - _bag_names(bag_of, readable)}
+    dropped |= {b: f"no tile with a {task!r} label" for b in _bag_names(bag_of, readable) - _bag_names(bag_of, keep)}
     idx = np.flatnonzero(keep)
     if len(idx) == 0:
-        raise HeadError(f"no tile has both a {bag_column!r} value and a {task!r} label" if task else f"no tile has a {bag_column!r} value")
+        why = f"no tile has both a {bag_column!r} value and a {task!r} label" if task else f"no tile has a {bag_column!r} value"
+        unread = sum(1 for w in dropped.values() if w == "no readable tile")
+        raise HeadError(why + (f" ({unread} bags have no readable tile)" if unread else ""))
     names_all = np.array([str(v) for v in bag_of[idx]], dtype=str)
     order = np.lexsort((idx, names_all))
     idx, names_all = idx[order], names_all[order]
@@ -147,7 +153,7 @@ def make_bags(
                 raise HeadError(f"bag {str(names[i])!r} spans several {group_column!r} values; a bag must belong to one group")
             groups[i] = distinct.pop()
     if task is None:
-        return Bags(names.astype(str), offsets, idx.astype(np.int64), labels.astype(str), np.asarray(groups).astype(str), [], "", "")
+        return Bags(names.astype(str), offsets, idx.astype(np.int64), labels.astype(str), np.asarray(groups).astype(str), [], "", "", dropped)
     counts = pd.Series(labels).value_counts()
     classes = sorted(str(c) for c, n in counts.items() if n >= min_per_class)
     if len(classes) < 2:
@@ -157,6 +163,7 @@ def make_bags(
         )
     ok = np.isin(labels.astype(str), classes)
     if not ok.all():  # bags of a rare class are left out, as rare tile classes are
+        dropped |= {str(names[i]): f"class {labels[i]!r} has fewer than {min_per_class} bags" for i in np.flatnonzero(~ok)}
         sel = np.flatnonzero(ok)
         rows = np.concatenate([idx[offsets[i] : offsets[i + 1]] for i in sel])
         offsets = np.append(0, np.cumsum(np.diff(offsets)[sel])).astype(np.int64)
@@ -169,7 +176,37 @@ def make_bags(
         name = task
     # row order within a bag: sorted store rows (reads come chunk by chunk)
     rows = np.concatenate([np.sort(idx[offsets[i] : offsets[i + 1]]) for i in range(len(names))]).astype(np.int64)
-    return Bags(names.astype(str), offsets, rows, labels.astype(str), np.asarray(groups).astype(str), classes, name, desc)
+    return Bags(names.astype(str), offsets, rows, labels.astype(str), np.asarray(groups).astype(str), classes, name, desc, dropped)
+
+
+def _bag_names(bag_of: np.ndarray, mask: np.ndarray) -> set[str]:
+    return {str(v) for v in pd.unique(bag_of[mask])}
+
+
+def left_out(bags: Bags, store_meta: dict, bag_column: str | None = None) -> dict[str, str]:
+    """Bags of a store that ``bags`` leaves out, with why: those make_bags dropped and, for bags by slide, the slides
+    the store records that hold no tile on tissue. Reported, so no slide vanishes from a count unsaid."""
+    out = dict(bags.dropped)
+    if (bag_column or "slide") == "slide":
+        have = set(bags.names.tolist())
+        rec = store_meta.get("slides") if isinstance(store_meta.get("slides"), dict) else {}
+        for r in rec.get("slides") or []:
+            if isinstance(r, dict) and r.get("n_tiles") == 0 and str(r.get("slide")) not in have:
+                out.setdefault(str(r.get("slide")), "no tile on tissue")
+    return dict(sorted(out.items()))
+
+
+def left_out_line(dropped: dict[str, str], done: str = "left out", what: str = "bag") -> str | None:
+    """One line naming the bags left out and why: '3 bags left out: a.svs, b.svs (no readable tile); c.svs (...)'."""
+    if not dropped:
+        return None
+    by: dict[str, list[str]] = {}
+    for b, why in dropped.items():
+        by.setdefault(why, []).append(b)
+    parts = [", ".join(bs[:3]) + (f" and {len(bs) - 3} more" if len(bs) > 3 else "") + f" ({why})" for why, bs in by.items()]
+    n = len(dropped)
+    return f"{n} {what}{'s' if n != 1 else ''} {done}: " + "; ".join(parts)
+
 
 
 def subsample(rows: np.ndarray, max_tiles: int | None, dropout: float, rng: np.random.Generator | None) -> np.ndarray:

@@ -53,23 +53,30 @@ def draw_heatmap(slide_name: str, slide_path: str, tiles: pd.DataFrame, cols: li
     return path
 
 
+KIND = "heatmaps"  # the kind in the folder's mito.json (mito.io.write_manifest)
+
+
 def is_heatmap_dir(path: Path) -> bool:
-    """True for a folder holding only <slide>.heatmap.png files (what write_heatmaps writes)."""
-    return path.is_dir() and all(f.is_file() and f.name.endswith(".heatmap.png") for f in path.iterdir())
+    """True for a folder write_heatmaps wrote (its mito.json says so and lists everything in it)."""
+    from mito.io import is_mito_folder
+
+    return is_mito_folder(path, KIND)
 
 
 def check_heatmap_dir(out_dir: str | os.PathLike, overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
     """Refuse a heatmap folder inside a store or model, on an input, or already written (without ``overwrite``)."""
     from mito.io import check_output_dir
 
-    return check_output_dir(out_dir, overwrite, is_ours=is_heatmap_dir, protect=protect, what="heatmap folder")
+    return check_output_dir(out_dir, overwrite, protect=protect, what="heatmap folder", kind=KIND)
 
 
 def write_heatmaps(preds: pd.DataFrame, tiles: pd.DataFrame, out_dir: str | os.PathLike, reader: str = "auto",
                    overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
     """Heatmaps for every slide in ``preds`` (rows named slide,x,y) using a slide store's tile table (boxes, paths);
-    the folder is written whole (atomically) and replaces an earlier one only with ``overwrite``."""
-    from mito.io import atomic_dir, safe_name
+    the folder is written whole (atomically, with mito.json) and replaces an earlier one only with ``overwrite``.
+    Slides whose names collide get distinct files (mito.extract.slides.slide_file_stems)."""
+    from mito.extract.slides import slide_file_stems
+    from mito.io import atomic_dir, write_manifest
 
     out = check_heatmap_dir(out_dir, overwrite, protect)
 
@@ -79,11 +86,14 @@ def write_heatmaps(preds: pd.DataFrame, tiles: pd.DataFrame, out_dir: str | os.P
     cols = prob_columns(preds)
     merged = preds.merge(tiles[["slide", "x", "y", "slide_path", "x0", "y0", "x1", "y1"]].drop_duplicates(["slide", "x", "y"]),
                          on=["slide", "x", "y"], how="inner")
-    names: list[str] = []
+    stems = slide_file_stems(sorted(set(tiles["slide"].astype(str))))  # the store's slides: names as slides qc gives them
+    drawn: dict[str, str] = {}  # file -> slide
 
     def fill(tmp: Path) -> None:
         for name, g in merged.groupby("slide", sort=True):
-            names.append(draw_heatmap(name, str(g["slide_path"].iat[0]), g, cols, tmp / f"{safe_name(name)}.heatmap.png", reader).name)
+            f = draw_heatmap(name, str(g["slide_path"].iat[0]), g, cols, tmp / f"{stems[str(name)]}.heatmap.png", reader)
+            drawn[f.name] = str(name)
+        write_manifest(tmp, KIND, slides=drawn)
 
     atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_heatmap_dir(p)))
-    return [out / n for n in names]
+    return [out / n for n in drawn]

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from mito.cache import open_store
+from mito.cache import open_store, store_input_files
 from mito.heads.base import HEAD_FILE, Head, HeadError, read_json_file
 from mito.heads.ensemble import load_any_head
 from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
 from mito.heads.train import CONFIG_FILE
-from mito.io import atomic_write, check_output_file
+from mito.io import atomic_write, check_output_file, inside
 from mito.errors import TaskError
 from mito.tasks import resolve_task as resolve_spec
 from mito.heads.calibrate import apply_temperature, model_temperature
@@ -124,13 +124,15 @@ def id_columns(tiles: pd.DataFrame) -> list[str]:
 def _extract_tmp(
     config: dict[str, Any], source: str, tmp: str, device: str, weights: dict[str, str] | None,
     points: str | None = None, tile_size: int | None = None, progress: bool = False,
-) -> str:
-    """Embed ``source`` (folder, CSV manifest, or slide with ``points``) into a temporary store the model's way."""
+) -> tuple[str, list[dict[str, Any]]]:
+    """Embed ``source`` (folder, CSV manifest, or slide with ``points``) into a temporary store the model's way;
+    returns its path and the slides extraction skipped (slide, path, reason)."""
     try:
         from mito.extract import ExtractConfig, extract
     except ImportError:
         raise HeadError("this install cannot extract features (mito.extract is missing); extract first and pass --store") from None
     path = os.path.join(tmp, "tiles.zarr")
+    skipped: dict[str, dict[str, Any]] = {}
     for settings in config["extract"]:
         bb = settings["backbones"][0]
         settings = dict(settings)
@@ -152,17 +154,40 @@ def _extract_tmp(
             )
         except ValidationError as e:
             raise HeadError(f"cannot rebuild the model's extraction settings: {one_line(e)}") from None
-        extract(ecfg)
-    return path
+        summary = extract(ecfg)
+        skipped.update({s["path"]: s for s in summary.get("skipped_slides", [])})
+    return path, list(skipped.values())
 
 
 def check_predict_out(
     out_csv: str | os.PathLike, model_dir: str | os.PathLike, store: str | os.PathLike | None = None,
     source: str | os.PathLike | None = None, overwrite: bool = False,
 ) -> Path:
-    """Refuse a predictions CSV inside a model directory or a store, on an input, or on an existing file (unless overwrite)."""
+    """Refuse a predictions CSV inside a model directory or a store, on an input (a file the store was made from, an
+    image or slide of SOURCE, even with overwrite), or on an existing file (unless overwrite)."""
     protect = tuple(p for p in (store, source) if p is not None and not Path(p).is_dir())  # model dirs and stores: always
-    return check_output_file(out_csv, overwrite=overwrite, protect=protect)
+    inputs = store_input_files(store) if store is not None else source_input_files(source, out_csv)
+    return check_output_file(out_csv, overwrite=overwrite, protect=protect, inputs=inputs)
+
+
+def source_input_files(source: str | os.PathLike | None, out: str | os.PathLike) -> list[str]:
+    """The files of SOURCE that an output named ``out`` could replace: ``out`` itself when it is an image or slide
+    inside a SOURCE folder, the paths a SOURCE manifest lists."""
+    if source is None:
+        return []
+    src, o = Path(source), Path(out)
+    if src.is_dir():
+        from mito.extract.slides import WSI_EXTS
+        from mito.extract.sources import IMAGE_EXTS
+
+        return [str(o)] if o.is_file() and o.name.lower().endswith(IMAGE_EXTS + WSI_EXTS) and inside(o, src) else []
+    if src.suffix.lower() == ".csv" and src.is_file():
+        try:
+            listed = pd.read_csv(src, usecols=["path"], dtype=str)["path"].dropna()
+        except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            return []  # a bad manifest is refused in its own words when it is read
+        return [p if os.path.isabs(p) else os.path.join(os.path.dirname(os.path.abspath(src)), p) for p in listed]
+    return []
 
 
 def predict(
@@ -187,13 +212,15 @@ def predict(
     if out_csv is not None:
         check_predict_out(out_csv, model_dir, store, source, overwrite)
     with tempfile.TemporaryDirectory(prefix="mito-predict-") as tmp:
+        skipped: list[dict[str, Any]] = []
         if store is not None:
             store_path = str(store)
         else:
-            store_path = _extract_tmp(
+            store_path, skipped = _extract_tmp(
                 model.config, str(source), tmp, device, weights, None if points is None else str(points), tile_size, progress
             )
         df = _predict_store(model, store_path, progress)
+        df.attrs["skipped_slides"] = skipped  # slides of SOURCE that could not be tiled, with the reason
     if out_csv is not None:
         atomic_write(out_csv, lambda p: df.to_csv(p, index=False), ".csv")
     return df
@@ -205,7 +232,8 @@ def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.
     with open_store(store_path, "r") as s:
         check_store_matches(s, config["variants"])
         tiles = s.tiles
-        rows = np.flatnonzero(~s.unreadable)
+        unreadable = np.asarray(s.unreadable, bool)
+        rows = np.flatnonzero(~unreadable)
         if len(rows) == 0:
             raise HeadError(f"{store_path} has no readable tile to predict")
         probs, order = [], []
@@ -223,6 +251,9 @@ def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.
     proba = np.concatenate(probs)
     classes = model.classes_
     df = tiles.iloc[idx][id_columns(tiles)].reset_index(drop=True)
+    bad = np.flatnonzero(unreadable)
+    df.attrs["unreadable"] = tiles.iloc[bad[:10]][id_columns(tiles)].astype(str).agg(":".join, axis=1).tolist() if len(bad) else []
+    df.attrs["n_unreadable"] = len(bad)
     known = task_labels_or_none(tiles, config["task"])
     if known is not None and known.iloc[idx].notna().any():
         df["label"] = known.iloc[idx].to_numpy()
@@ -232,6 +263,17 @@ def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.
     if isinstance(config.get("positive"), str):
         df.attrs["positive"] = config["positive"]  # the class heatmaps draw (mito.heads.heatmaps.prob_columns)
     return df
+
+
+def not_predicted_lines(df: pd.DataFrame) -> list[str]:
+    """What predict left out, one line each: slides of SOURCE that could not be tiled (as extract lists them), and
+    the count of unreadable tiles (with a few of them)."""
+    lines = [f"slide skipped: {s['reason']}" for s in df.attrs.get("skipped_slides") or []]
+    n = int(df.attrs.get("n_unreadable") or 0)
+    if n:
+        shown = ", ".join(df.attrs.get("unreadable") or [])
+        lines.append(f"{n} unreadable tile{'s' if n != 1 else ''} not predicted: {shown}{' ...' if n > 10 else ''}")
+    return lines
 
 
 def task_labels_or_none(tiles: pd.DataFrame, task: str) -> pd.Series | None:

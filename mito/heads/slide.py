@@ -13,15 +13,15 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import mito
-from mito.cache import open_store
+from mito.cache import open_store, store_input_files
 from mito.errors import MitoError
-from mito.heads.bags import BagReader, Bags, bag_table, make_bags, parse_bag_label
+from mito.heads.bags import BagReader, Bags, bag_table, left_out, left_out_line, make_bags, parse_bag_label
 from mito.heads.base import HeadError, read_json_file
 from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
 from mito.heads.split import make_split
 from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_dir
-from mito.io import atomic_dir, atomic_write, check_output_dir, check_output_file, safe_name, write_json
+from mito.io import atomic_dir, atomic_write, check_output_dir, check_output_file, is_mito_folder, unique_stems, write_json, write_manifest
 from mito.metrics import classification_metrics
 from mito.progress import add_task, progress_bar
 from mito.tasks import choose_positive, positive_line
@@ -121,6 +121,7 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
                 evals[name] = classification_metrics(bags.labels[parts[name]], proba, bags.classes, positive)
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f != "added"} for k in keys}
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
+        dropped = left_out(bags, store.meta, cfg.bag_column)
     if not evals:
         raise HeadError("no validation or test bags to measure the head on")
     main = "test" if "test" in evals else "val"
@@ -128,6 +129,7 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
     metrics = {
         **evals[main], **({"positive_source": positive_source} if positive is not None else {}), "evaluated_on": main, "level": "slide", "task": bags.task, "task_description": bags.description,
         "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
+        "n_left_out": len(dropped), "left_out": dropped,
         "n_tiles_per_bag_median": float(np.median(bags.sizes)), "train_seconds": round(t_train, 3),
         "best_epoch": head.best_epoch_, "epochs_run": len(head.history_), "features": keys, "features_default": not cfg.features,
         "split": f"random by {cfg.group_column or bag_column!r}: test {cfg.test_fraction:g}, val {cfg.val_fraction:g}",
@@ -168,14 +170,16 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
     cfg = read_json_file(model_dir / CONFIG_FILE, "model config")
     head = load_mil_head(model_dir)
     if out_csv is not None:
-        check_output_file(out_csv, overwrite, protect=(store_path,))
-        check_output_file(tiles_csv_path(out_csv), overwrite, protect=(store_path,))
+        inputs = store_input_files(store_path)
+        check_output_file(out_csv, overwrite, protect=(store_path,), inputs=inputs)
+        check_output_file(tiles_csv_path(out_csv), overwrite, protect=(store_path,), inputs=inputs)
     if pictures is not None:
-        check_output_dir(pictures, overwrite, is_ours=is_picture_dir, protect=(store_path, model_dir), what="picture folder")
+        check_output_dir(pictures, overwrite, protect=(store_path, model_dir), what="picture folder", kind=PICTURES_KIND)
     with open_store(store_path, "r") as store:
         check_store_matches(store, cfg["variants"])
         tiles = store.tiles
         bags = make_bags(tiles, None, cfg["bag_column"], None, None, store.unreadable)
+        dropped = left_out(bags, store.meta, cfg["bag_column"])
         proba, rows, att = head.predict_proba(BagReader(store, cfg["features"]), bags)
     classes = [str(c) for c in head.classes_]
     slides = pd.DataFrame({cfg["bag_column"]: bags.names, "n_tiles": bags.sizes})
@@ -185,6 +189,7 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
     slides["pred"] = np.asarray(classes)[proba.argmax(1)]
     for j, c in enumerate(classes):
         slides[f"p_{c}"] = proba[:, j]
+    slides.attrs["left_out"] = dropped  # bags with no readable tile (or slides with no tile): not predicted
     per_tile = []
     for name, r, a in zip(bags.names, rows, att):
         rank = np.empty(len(a), np.int64)
@@ -212,9 +217,12 @@ def _known_labels(tiles: pd.DataFrame, cfg: dict[str, Any], bags: Bags) -> np.nd
     return np.array([by_name.get(n, "") for n in bags.names], dtype=object)
 
 
+PICTURES_KIND = "slide-pictures"  # the kind in the folder's mito.json (mito.io.write_manifest)
+
+
 def is_picture_dir(path: Path) -> bool:
-    """True for a folder holding only <bag>.attention.png / <bag>.topk.png files (what predict writes)."""
-    return path.is_dir() and all(f.is_file() and f.name.endswith((".attention.png", ".topk.png")) for f in path.iterdir())
+    """True for a folder predict wrote with --heatmaps for a slide-level model (its mito.json says so and lists everything in it)."""
+    return is_mito_folder(path, PICTURES_KIND)
 
 
 def draw_pictures(slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFrame, bags: Bags, rows: list[np.ndarray],
@@ -226,6 +234,7 @@ def draw_pictures(slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFra
         raise HeadError("pictures need tile images: the tile table has neither slide boxes nor a path column")
     written: list[str] = []
     pcols = [c for c in slides.columns if c.startswith("p_")]
+    stems = unique_stems([str(n) for n in bags.names])  # bags 'a b.svs' and 'a_b.svs' get two pictures
 
     def fill(tmp: Path) -> None:
         for i, name in enumerate(bags.names):
@@ -234,12 +243,13 @@ def draw_pictures(slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFra
                 f", label {srow['label']}" if "label" in slides and srow["label"] else "")
             t = tiles.iloc[rows[i]]
             if on_slides:
-                f = tmp / f"{safe_name(name)}.attention.png"
+                f = tmp / f"{stems[str(name)]}.attention.png"
                 _attention_heatmap(str(t["slide_path"].iat[0]), t, att[i], title, f, head_name)
             else:
-                f = tmp / f"{safe_name(name)}.topk.png"
+                f = tmp / f"{stems[str(name)]}.topk.png"
                 _top_tiles(t["path"].astype(str).tolist(), att[i], title, f, top_k, head_name)
             written.append(f.name)
+        write_manifest(tmp, PICTURES_KIND, bags=dict(zip(written, map(str, bags.names))))
 
     atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_picture_dir(p)))
     return [out / n for n in written]
@@ -332,6 +342,8 @@ def fit_slide_head_cli(console: Any, *, store: str, out: Path, task: str | None,
         return m
     console.print(f"task: {m['task']} ({m['task_description']}); classes {', '.join(m['classes'])}", highlight=False, markup=False)
     console.print(f"bags: train {m['n_train']}, val {m['n_val']}, test {m['n_test']} (median {m['n_tiles_per_bag_median']:g} tiles); split {m['split']}", highlight=False, markup=False)
+    if m["left_out"]:
+        console.print(left_out_line(m["left_out"]), style="yellow", highlight=False, markup=False)
     console.print(
         f"{m['evaluated_on']}: balanced acc {m['balanced_accuracy']:.3f}, AUROC {m['auroc']:.3f}, kappa {m['kappa']:.3f}, "
         f"weighted F1 {m['weighted_f1']:.3f}; {m['epochs_run']} epochs (best {m['best_epoch']}), {m['train_seconds']:.1f} s",
@@ -357,5 +369,7 @@ def predict_slides_cli(console: Any, model: Path, store: str | None, source: str
         if known.any():
             line += f"; agreement with known labels {(slides['pred'][known].astype(str) == slides['label'][known].astype(str)).mean():.3f}"
     console.print(line, highlight=False, markup=False)
+    if slides.attrs.get("left_out"):
+        console.print(left_out_line(slides.attrs["left_out"], "not predicted"), style="yellow", highlight=False, markup=False)
     if pictures is not None:
         console.print(f"wrote {len(slides)} pictures to {pictures}", highlight=False, markup=False)

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from mito.cache import StoreError
 from mito.cli import app
 from tests.heads.conftest import amibr_tiles, synthetic_store
 
@@ -97,9 +98,12 @@ def test_existing_out_needs_overwrite_and_must_be_a_bench_folder(amibr_store: Pa
 def test_a_path_like_task_name_stays_inside_out(tmp_path: Path) -> None:
     tiles = amibr_tiles(120)
     tiles["../../x"] = tiles["mitosis"]
+    with pytest.raises(StoreError, match="column '../../x' cannot be stored"):  # a store never holds such a column
+        synthetic_store(tmp_path / "deep" / "bad.h5", tiles, {"fakenet:z1:rgb": 8})
+    tiles = tiles.rename(columns={"../../x": "x:*?<>|"})  # the names a store keeps are still made safe as file names
     store = synthetic_store(tmp_path / "deep" / "s.h5", tiles, {"fakenet:z1:rgb": 8})
     out = tmp_path / "deep" / "a" / "b" / "out"
-    r = runner.invoke(app, ["bench", "--store", str(store), "--task", "../../x", "--out", str(out), "--folds", "2",
+    r = runner.invoke(app, ["bench", "--store", str(store), "--task", "x:*?<>|", "--out", str(out), "--folds", "2",
                             "--features", "fakenet:z1:rgb", "--heads", "knn", "--jobs", "1", "--n-boot", "0"])
     assert r.exit_code == 0, r.output
     # the store's writer-lock file (".s.h5.lock") lives beside the store by design

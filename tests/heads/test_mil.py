@@ -22,8 +22,10 @@ runner = CliRunner()
 KEY = "synth:z1:rgb"
 
 
-def planted_store(path: Path, slides: int = 120, tiles: int = 20, dims: int = 16, seed: int = 0) -> tuple[Path, np.ndarray]:
+def planted_store(path: Path, slides: int = 120, tiles: int = 20, dims: int = 16, seed: int = 0,
+                  unreadable_slides: tuple[int, ...] = ()) -> tuple[Path, np.ndarray]:
     """Bags of Gaussian tiles; odd slides are positive and hold ONE planted tile far along a fixed direction.
+    Every tile of ``unreadable_slides`` is written as the extractor writes a tile it could not read (NaN, flagged).
     Returns the store and the store row of each slide's planted tile (-1 for negatives)."""
     rng = np.random.default_rng(seed)
     n = slides * tiles
@@ -38,9 +40,11 @@ def planted_store(path: Path, slides: int = 120, tiles: int = 20, dims: int = 16
     for i in np.flatnonzero(pos):
         planted[i] = i * tiles + rng.integers(tiles)
         x[planted[i], :4] += 4.0
+    bad = np.isin(slide, unreadable_slides)
+    x[bad] = np.nan
     for c in range(s.n_chunks):
         a, b = s.chunk_rows_range(c)
-        s.write_chunk(KEY, c, x[a:b].astype(np.float16))
+        s.write_chunk(KEY, c, x[a:b].astype(np.float16), bad[a:b])
     s.close()
     return path, planted
 
@@ -188,11 +192,12 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
     assert np.allclose(slides[["p_no", "p_yes"]].sum(axis=1), 1)
     assert len(tiles) == slides["n_tiles"].sum()
     assert np.allclose(tiles.groupby("slide")["attention"].sum(), 1, atol=1e-5)
-    assert sorted(p.name for p in pics.iterdir()) == sorted(f"{n.replace('/', '_')}.topk.png" for n in slides["slide"])
+    assert sorted(p.name for p in pics.iterdir() if p.name != "mito.json") == sorted(f"{n.replace('/', '_')}.topk.png" for n in slides["slide"])
+    assert json.loads((pics / "mito.json").read_text())["kind"] == "slide-pictures"
     from PIL import Image
 
     assert (slides["n_tiles"] < 3).any()  # small bags: their picture must still be wide enough for the title line
-    for p in pics.iterdir():
+    for p in pics.glob("*.png"):
         with Image.open(p) as im:
             assert im.width >= 440, (p.name, im.size)
 
@@ -279,6 +284,58 @@ def test_attention_heatmaps_on_a_slide_store(tmp_path: Path) -> None:
     assert a.shape[0] > 200 and a.std() > 20  # a drawn thumbnail with a colour map, not a blank canvas
     with pytest.raises(OutputError, match="already exists"):  # nothing written over without --overwrite
         predict_slides(model, store, tmp_path / "slides.csv", None)
+
+
+def test_bags_left_out_are_named_with_the_reason() -> None:
+    tiles = pd.DataFrame({"tile_id": [f"t{i}" for i in range(14)], "slide": np.repeat(["s1", "s2", "s3", "s4", "s5", "s6", "s7"], 2),
+                          "grade": ["G1", "G1", "G2", "G2", "G1", "G1", "G2", "G2", None, None, "G3", "G3", "G2", "G2"]})
+    unreadable = np.zeros(14, bool)
+    unreadable[[2, 3]] = True  # every tile of s2
+    b = make_bags(tiles, "grade", exclude=unreadable, min_per_class=2)
+    assert list(b.names) == ["s1", "s3", "s4", "s7"] and b.dropped == {
+        "s2": "no readable tile", "s5": "no tile with a 'grade' label", "s6": "class 'G3' has fewer than 2 bags"}
+    from mito.heads.bags import left_out, left_out_line
+
+    meta = {"slides": {"slides": [{"slide": "s9", "n_tiles": 0}, {"slide": "s1", "n_tiles": 2}]}}
+    gone = left_out(b, meta)
+    assert gone == {**b.dropped, "s9": "no tile on tissue"}
+    assert left_out_line(gone) == ("4 bags left out: s2 (no readable tile); s5 (no tile with a 'grade' label); "
+                                   "s6 (class 'G3' has fewer than 2 bags); s9 (no tile on tissue)")
+    assert left_out(b, meta, "patient") == b.dropped  # bags by another column: the slide records do not apply
+
+
+def test_slides_with_no_readable_tile_are_reported_by_fit_predict_and_bench(tmp_path: Path) -> None:
+    """A slide whose tiles are all unreadable is not a bag; fit-head, predict and bench --level slide say so."""
+    store, _ = planted_store(tmp_path / "p.zarr", slides=40, unreadable_slides=(0, 3))
+    model = tmp_path / "m"
+    r = runner.invoke(app, ["fit-head", "--store", str(store), "--level", "slide", "--task", "label", "--head", "mean-linear",
+                            "--epochs", "2", "--out", str(model)])
+    assert r.exit_code == 0, r.output
+    assert "2 bags left out: s000, s003 (no readable tile)" in " ".join(r.output.split()), r.output
+    m = json.loads((model / "metrics.json").read_text())
+    assert m["n_left_out"] == 2 and m["left_out"] == {"s000": "no readable tile", "s003": "no readable tile"}
+    assert m["n_train"] + m["n_val"] + m["n_test"] == 38
+    r = runner.invoke(app, ["predict", "--model", str(model), "--store", str(store), "--out", str(tmp_path / "slides.csv")])
+    assert r.exit_code == 0, r.output
+    assert "38 bags predicted" in r.output and "2 bags not predicted: s000, s003 (no readable tile)" in " ".join(r.output.split())
+    assert len(pd.read_csv(tmp_path / "slides.csv")) == 38
+    r = runner.invoke(app, ["bench", "--store", str(store), "--level", "slide", "--task", "label", "--heads", "mean-linear", "--folds", "2",
+                            "--n-boot", "20", "--param", "mean-linear.epochs=2", "--out", str(tmp_path / "lb")])
+    assert r.exit_code == 0, r.output
+    assert "2 bags left out: s000, s003 (no readable tile)" in " ".join(r.output.split()), r.output
+    doc = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
+    assert doc["meta"]["tasks"]["label"]["left_out"] == {"s000": "no readable tile", "s003": "no readable tile"}
+
+
+def test_predict_says_how_many_unreadable_tiles_it_left_out(tmp_path: Path) -> None:
+    store, _ = planted_store(tmp_path / "p.zarr", slides=10, unreadable_slides=(2,))
+    r = runner.invoke(app, ["fit-head", "--store", str(store), "--task", "label", "--head", "logreg", "--group-column", "none",
+                            "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--store", str(store), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "20 unreadable tiles not predicted: t40, t41" in text and "180 tiles predicted" in text, text
 
 
 def test_finite16_matches_isfinite_on_every_float16() -> None:

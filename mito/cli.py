@@ -11,7 +11,6 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from mito import __version__
 from mito.errors import MitoError, os_error_line
@@ -244,15 +243,16 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
     if as_json:
         print(json.dumps([{**spec_summary(s), "available": available(s)} for s in specs], indent=2))
         return
-    t = Table(title="mito backbones (random_<name> = random-init control)")
-    t.add_column("name", no_wrap=True)
-    for col in ("arch", "dim", "input", "pooling", "weights", "available"):
-        t.add_column(col, overflow="fold")
+    from mito.tables import Col, FitTable
+
+    cols = [Col("name", "left"), Col("dim"), Col("input"), Col("available", "left"), Col("pooling", "left", drop=2),
+            Col("weights", "left", drop=3), Col("arch", "left", drop=4)]  # one line per backbone: columns drop, never wrap
+    body = []
     for s in specs:
         ws = s.weights
         src = f"pip {ws.package}" if ws.package else f"{ws.hf_id}{' (gated)' if ws.gated else ''}: {ws.files[0]}"
-        t.add_row(s.name, s.arch, str(s.embed_dim), str(s.input_size), s.pooling, src, "yes" if available(s) else "no: --weights")
-    console.print(t)
+        body.append([s.name, str(s.embed_dim), str(s.input_size), "yes" if available(s) else "no: --weights", s.pooling, src, s.arch])
+    console.print(FitTable(cols, body, title="mito backbones (random_<name> = random-init control)", see="mito backbones --json lists everything"))
 
 
 def _print_info(info: dict[str, Any]) -> None:
@@ -264,14 +264,14 @@ def _print_info(info: dict[str, Any]) -> None:
     console.print(f"columns: {', '.join(info['columns'])}")
     if info["unreadable"]:
         console.print(f"[yellow]unreadable tiles: {info['unreadable']}[/]")
-    t = Table()
-    t.add_column("feature", no_wrap=True)  # view keys (<variant>:<view>) are long
-    for col in ("dim", "done %", "input", "fit", "weights sha256"):
-        t.add_column(col)
+    from mito.tables import Col, FitTable
+
+    cols = [Col("feature", "left", fold=18), Col("dim"), Col("done %"), Col("input"), Col("fit", "left", drop=1), Col("weights sha256", "left", drop=2)]
+    body = []
     for key, v in info["variants"].items():
         p = v.get("preprocessing", {})
-        t.add_row(key, str(v["dim"]), f"{v['done_pct']:g}", str(p.get("input_size")), str(p.get("fit")), str(v.get("weights_sha256", ""))[:12])
-    console.print(t)
+        body.append([key, str(v["dim"]), f"{v['done_pct']:g}", str(p.get("input_size")), str(p.get("fit")), str(v.get("weights_sha256", ""))[:12]])
+    console.print(FitTable(cols, body, see="mito cache info --json lists everything"))
     if info.get("versions"):
         console.print("made with " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f", created {info['created']}")
 
@@ -337,11 +337,12 @@ def _head_params(pairs: list[str], **given: Any) -> dict[str, Any]:
 
 
 def _print_metrics(m: dict[str, Any]) -> None:
-    t = Table(title=f"{m['evaluated_on']}: {m['n']} tiles (train {m['n_train']}, val {m['n_val']})")
-    for col in ("balanced acc", "AUROC", "kappa", "weighted F1", "train s"):
-        t.add_column(col, justify="right")
-    t.add_row(*(f"{m[k]:.3f}" for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), f"{m['train_seconds']:.2f}")
-    console.print(t)
+    from mito.tables import Col, FitTable, number, seconds
+
+    cols = [Col(c, drop=d) for c, d in (("balanced acc", 0), ("AUROC", 0), ("kappa", 2), ("weighted F1", 1), ("train s", 3))]
+    row = [*(number(m[k]) for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), seconds(m["train_seconds"])]
+    console.print(FitTable(cols, [row], title=f"{m['evaluated_on']}: {m['n']} tiles (train {m['n_train']}, val {m['n_val']})",
+                           see="see metrics.json in the model folder"))
     console.print(f"confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}")
     if m.get("streamed"):
         console.print("features streamed from the store chunk by chunk (--stream), never loaded whole")
@@ -685,7 +686,7 @@ def bench_cmd(
             build_report(tmp)
 
         atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
-    console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
+    console.print(leaderboard_table(lb.rows, top=top))
     if cfg.few_shot:
         from mito.bench import curve_rich_table
 
@@ -767,7 +768,7 @@ def lora_cmd(
     )
     with sigterm_as_interrupt():
         lb = run_finetune(cfg)
-    console.print(leaderboard_table(lb.rows, compact=console.width < 120))
+    console.print(leaderboard_table(lb.rows))
     r = lb.rows.iloc[0]
     console.print(f"budget: {r['budget']}")
     console.print(f"models: {', '.join(r['models'])} (use with mito predict --model)")

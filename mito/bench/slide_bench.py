@@ -128,5 +128,5 @@ def slide_bench_cli(console: Any, *, store: str, out: Any, task: str | None, fea
     atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
     t = lb.meta["tasks"][lb.rows["task"].iat[0]]
     console.print(f"{t['description']}; {t['cv_description']}", highlight=False, markup=False)
-    console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
+    console.print(leaderboard_table(lb.rows, top=top))
     console.print(f"wrote {out}/leaderboard.csv, leaderboard.json and report.html", highlight=False, markup=False)

@@ -355,7 +355,7 @@ def fit_head_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (config.json, weights, metrics.json)."),
     task: Optional[str] = typer.Option(None, help="Label column to learn (default: the store's only task)."),
     head: str = typer.Option("mlp", help="mlp, linear, logreg, knn, lightgbm, or text-linear (-p text_embeddings=FILE from mito zero-shot)."),
-    features: Optional[str] = typer.Option(None, help="Variants to concatenate in this order, e.g. efficientnet_lite0:z1:rgb,efficientnet_lite0:z1:gray (default: every complete variant of the store's first backbone)."),
+    features: Optional[str] = typer.Option(None, help="Variant keys to concatenate in this order, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: every complete variant of the store's first backbone)."),
     metadata: Optional[str] = typer.Option(None, help="Tile-table columns added as one-hot side inputs, e.g. dataset,scanner."),
     standardize: bool = typer.Option(False, "--standardize/--no-standardize", help="Scale each feature to zero mean, unit variance (training rows)."),
     pca: Optional[int] = typer.Option(None, help="Reduce the features to N principal components (after --standardize)."),
@@ -510,7 +510,7 @@ def predict_cmd(
 def zero_shot_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Store extracted with a vision-language backbone (conch, plip, quiltnet-b-32)."),
     backbone: str = typer.Option(..., "--backbone", "-b", help="The vision-language backbone whose features and text tower to use."),
-    prompts: str = typer.Option(..., "--prompts", help="JSON {class: [prompt, ...]}, or a shipped set: mitosis, tissue."),
+    prompts: str = typer.Option(..., "--prompts", help="JSON {class: \\[prompt, ...]}, or a shipped set: mitosis, tissue."),
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write: tile_id, path, label when known, pred, p_<class>."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weight file or snapshot folder (as for mito extract)."),
     task: Optional[str] = typer.Option(None, help="Label column / proxy task for metrics and the class set (default: the store's first task)."),
@@ -858,6 +858,11 @@ def _heatmaps(df: Any, store: Optional[str], folder: Path, overwrite: bool, mode
         tiles = s.tiles
     paths = write_heatmaps(df, tiles, folder, overwrite=overwrite, protect=(store, model))
     console.print(f"wrote {len(paths)} heatmaps to {folder}")
+
+
+from mito.cli_help import install as _install_help  # noqa: E402  (after every command: their help groups)
+
+_install_help(app)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
 from mito.errors import MitoError
 from mito.io import atomic_write, json_default, write_npz
 from mito.bench.stats import PAIRED_COLUMNS, add_paired_columns
+from mito.bench.validate import check_predictions, check_rows
 from mito.metrics import CALIBRATION_NAMES, METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
 from mito.tasks import TaskSpec, resolve_task, task_labels
 
@@ -614,6 +615,7 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
     missing = [c for c in ("task", "backbone", "features", "head", "kind", "main_metric", "row_id", "rank") if len(rows) and c not in rows]
     if missing:
         raise BenchError(f"{lj} is not a leaderboard: rows lack {', '.join(missing)}")
+    check_rows(records, doc.get("meta", {}), lj)
     for c in NUMERIC_COLUMNS:
         if c in rows:
             try:
@@ -636,6 +638,7 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
                     preds.setdefault(rid, {})[part] = np.asarray(z[k])
         except Exception as e:  # numpy and zipfile raise many kinds for a truncated or tampered file
             raise BenchError(f"cannot read {npz} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'damaged'})") from None
+        check_predictions(preds, records, npz)
     return Leaderboard(rows, preds, {**doc.get("meta", {}), "source": str(d)})
 
 

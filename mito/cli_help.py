@@ -63,7 +63,6 @@ def _plain_help(cell: Any) -> Any:
 
 def options_panel(*, name: str, params: Sequence[Any], ctx: Any, markup_mode: Any, console: Any) -> None:
     """typer's options panel in two columns: '* --long, -s <type>' over '--no-long', and the description."""
-    from rich.padding import Padding  # noqa: F401  (typer's panel module imports rich; keep the same dependency)
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text

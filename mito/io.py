@@ -17,6 +17,16 @@ import numpy as np
 from mito.errors import OutputError
 
 
+PROBABILITY_DECIMALS = 6  # p_<class> columns of every predictions CSV (float32 and float64 models alike)
+METRIC_CSV_FORMAT = "%.4f"  # metric columns of leaderboard.csv
+
+
+def probability_column(p: Any) -> np.ndarray:
+    """Probabilities as CSV columns hold them: float64 rounded to PROBABILITY_DECIMALS (a float32 model's 0.62345678
+    and a float64 model's 0.6234567891234 both read 0.623457)."""
+    return np.round(np.asarray(p, dtype=np.float64), PROBABILITY_DECIMALS)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: str = "") -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then move it into place: readers never see half a file."""
     path = Path(path)

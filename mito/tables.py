@@ -184,10 +184,12 @@ class FitTable:
         pages.append(keys + page)
         return pages
 
-    def note(self, dropped: Sequence[str], width: int) -> str:
-        """The line under a table that left columns out."""
+    def note(self, dropped: Sequence[str], width: int, by_width: bool = True) -> str:
+        """The line under a table that left columns out (``by_width``: because the width was short)."""
         need = self.needed(range(len(self.columns)), natural=True)
         where = f"; {self.see}" if self.see else ""
+        if not by_width:
+            return f"columns not shown: {', '.join(dropped)}{where}"
         wider = f" (all of them need {need} columns)" if need > width else ""
         return f"columns not shown at this width{wider}: {', '.join(dropped)}{where}"
 
@@ -199,13 +201,13 @@ class FitTable:
                 title = self.title if n == 0 else (f"{self.title} (continued)" if self.title else None)
                 yield self._table(page, width, title)
             if self.hidden:
-                yield Text(self.note(self.hidden, width), style="dim")
+                yield Text(self.note(self.hidden, width, by_width=False), style="dim")
             return
         shown, dropped = self.choose(width)
         yield self._table(shown, width, self.title)
         names = [*self.hidden, *(self.columns[i].header for i in dropped)]
         if names:
-            yield Text(self.note(names, width), style="dim")
+            yield Text(self.note(names, width, by_width=bool(dropped)), style="dim")
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         shown, _ = self.choose(options.max_width)

@@ -27,7 +27,7 @@ from torch import nn
 from mito.bench.cv import CVMode, Fold
 from mito.bench.errors import BenchError
 from mito.metrics import metric_score
-from mito.io import atomic_write, check_output_dir, write_npz
+from mito.io import atomic_write, check_output_dir, probability_column, write_npz
 from mito.progress import add_task, advance, progress_bar
 from mito.bench.leaderboard import Leaderboard, is_run_folder, rank_rows, row_id, save_leaderboard, score_row, task_plan
 from mito.errors import TaskError
@@ -426,13 +426,17 @@ def _budget(cfg: FinetuneConfig, results: Sequence[dict[str, Any]], n_total: int
     parts = [f"{len(results)}/{n_total} folds"]
     eps = [r["epochs"] for r in results]
     per_epoch = cfg.epoch_samples or n_train
-    parts.append(f"{min(eps)}-{max(eps)} ep" if eps and min(eps) != max(eps) else f"{eps[0] if eps else 0} ep")
-    parts.append(f"x {per_epoch} samples (max {cfg.max_epochs} ep, patience {cfg.patience})")
+
+    def epochs(n: Any) -> str:
+        return f"{n} epoch" + ("" if n == 1 else "s")
+
+    ran = f"{min(eps)}-{max(eps)} epochs" if eps and min(eps) != max(eps) else epochs(eps[0] if eps else 0)
+    parts.append(f"{ran} of {per_epoch} tiles (at most {epochs(cfg.max_epochs)}; stops after {cfg.patience} without a validation gain)")
     if cap_minutes:
         parts.append(f"cap {cap_minutes:g} min/fold" + (" (CPU default; --max-minutes to change)" if cpu_default else ""))
     parts.append(f"{input_size} px")
     if cfg.val_samples:
-        parts.append(f"val <= {cfg.val_samples}")
+        parts.append(f"validation on at most {cfg.val_samples} tiles")
     stops = sorted({r["stopped"] for r in results})
     parts.append("stopped: " + "/".join(stops))
     return ", ".join(parts)
@@ -631,7 +635,7 @@ def predict_finetuned(
     classes = np.asarray(model.classes_)
     df["pred"] = classes[proba.argmax(axis=1)]
     for j, c in enumerate(model.classes_):
-        df[f"p_{c}"] = proba[:, j]
+        df[f"p_{c}"] = probability_column(proba[:, j])
     if out_csv is not None:
         out = Path(out_csv)
         out.parent.mkdir(parents=True, exist_ok=True)

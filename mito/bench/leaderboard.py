@@ -22,7 +22,7 @@ from mito.bench.cv import CVMode, CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
 from mito.errors import MitoError
-from mito.io import atomic_write, json_default, write_npz
+from mito.io import METRIC_CSV_FORMAT, atomic_write, json_default, write_npz
 from mito.bench.stats import PAIRED_COLUMNS, add_paired_columns
 from mito.bench.validate import check_predictions, check_rows
 from mito.metrics import CALIBRATION_NAMES, METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
@@ -583,7 +583,7 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = lb.rows
     flat = rows[[c for c in COLUMNS if c in rows]]
-    atomic_write(out / "leaderboard.csv", lambda p: flat.to_csv(p, index=False, float_format="%.4f"), ".csv")
+    atomic_write(out / "leaderboard.csv", lambda p: flat.to_csv(p, index=False, float_format=METRIC_CSV_FORMAT), ".csv")
     records = json.loads(rows.to_json(orient="records"))
     doc = {"meta": lb.meta, "rows": records}
     atomic_write(out / "leaderboard.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1, default=json_default)), ".json")
@@ -659,7 +659,7 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
     """The best rows of each task as a table that fits the terminal (main metric ± std over folds, its 95% CI, the
     paired test against #1, ...): numbers are never cut; at a narrow width the least important columns are left out
     and named under it. ``compact`` leaves out the secondary columns (CI, Δ, ECE, kappa, wF1, train/test) at any width."""
-    from mito.tables import Col, FitTable, number, p_value, seconds
+    from mito.tables import Col, FitTable, number, seconds
 
     many_tasks = rows["task"].nunique() > 1
     noisy = bool((rows["noise"].fillna(0) != 0).any())

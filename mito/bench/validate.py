@@ -79,7 +79,7 @@ def check_rows(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], pa
     normal: dict[str, bool] = {}
     for i, r in enumerate(records):
         where = f"{path}: row {i + 1} ({str(r.get('row_id', '?'))[:12]})"
-        rank = r.get("rank")
+        rank: Any = r.get("rank")
         if not (_whole(rank) and rank >= 1):
             raise BenchError(f"{where}: rank must be a whole number >= 1, got {str(rank)[:20]}")
         if not isinstance(r.get("task"), str) or not r["task"]:
@@ -114,17 +114,17 @@ def check_predictions(preds: Mapping[str, Mapping[str, np.ndarray]], records: Se
         if is_shot_row(r) and "draw" not in a:
             raise BenchError(f"{where} lacks its 'draw' array (a K-shot row)")
         n = None
-        for k in INDEX_ARRAYS:
-            if k not in a:
+        for name in INDEX_ARRAYS:
+            if name not in a:
                 continue
-            v = a[k]
+            v = a[name]
             if v.ndim != 1 or v.dtype.kind not in "iu":
-                raise BenchError(f"{where}: {k!r} must be a 1-D array of whole numbers, got {v.dtype} of shape {v.shape}")
+                raise BenchError(f"{where}: {name!r} must be a 1-D array of whole numbers, got {v.dtype} of shape {v.shape}")
             if n is not None and len(v) != n:
-                raise BenchError(f"{where}: arrays of different lengths ({k!r} has {len(v)}, 'fold' {n})")
+                raise BenchError(f"{where}: arrays of different lengths ({name!r} has {len(v)}, 'fold' {n})")
             n = len(v)
             if len(v) and v.min() < 0:
-                raise BenchError(f"{where}: {k!r} holds negative numbers")
+                raise BenchError(f"{where}: {name!r} holds negative numbers")
         p = a["proba"]
         if p.ndim != 2 or p.dtype.kind != "f":
             raise BenchError(f"{where}: 'proba' must be a 2-D array of probabilities, got {p.dtype} of shape {p.shape}")

@@ -21,7 +21,7 @@ from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
 from mito.heads.split import make_split
 from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_dir
-from mito.io import atomic_dir, atomic_write, check_output_dir, check_output_file, safe_name, write_json
+from mito.io import atomic_dir, atomic_write, check_output_dir, check_output_file, probability_column, safe_name, write_json
 from mito.metrics import classification_metrics
 from mito.progress import add_task, progress_bar
 from mito.validation import one_line
@@ -172,7 +172,7 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
         slides["label"] = known
     slides["pred"] = np.asarray(classes)[proba.argmax(1)]
     for j, c in enumerate(classes):
-        slides[f"p_{c}"] = proba[:, j]
+        slides[f"p_{c}"] = probability_column(proba[:, j])
     per_tile = []
     for name, r, a in zip(bags.names, rows, att):
         rank = np.empty(len(a), np.int64)

@@ -129,5 +129,5 @@ def test_report_has_calibration_and_critical_difference(bench2: Path) -> None:
         assert (bench2 / name).stat().st_size > 5000, name
     page = (bench2 / "report.html").read_text()
     assert "critical-difference diagram" in page and "p vs #1" in page and "ECE" in page
-    for col in ("AUROC p vs #1", "auroc", "kappa", "weighted_f1", "pr_auc"):  # DeLong's column next to, not instead of, the metrics
+    for col in ("AUROC p vs #1", "AUROC", "kappa", "weighted F1", "PR-AUC"):  # DeLong's column next to, not instead of, the metrics
         assert f'<th class="">{col}</th>' in page, col

@@ -266,7 +266,7 @@ def _print_info(info: dict[str, Any]) -> None:
         console.print(f"[yellow]unreadable tiles: {info['unreadable']}[/]")
     from mito.tables import Col, FitTable
 
-    cols = [Col("feature", "left", fold=18), Col("dim"), Col("done %"), Col("input"), Col("fit", "left", drop=1), Col("weights sha256", "left", drop=2)]
+    cols = [Col("feature", "left"), Col("dim"), Col("done %"), Col("input"), Col("fit", "left", drop=1), Col("weights sha256", "left", drop=2)]  # keys whole: users copy them
     body = []
     for key, v in info["variants"].items():
         p = v.get("preprocessing", {})
@@ -522,11 +522,11 @@ def zero_shot_cmd(
     """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
     from mito.extract import pick_device
     from mito.heads import run_zero_shot
-    from mito.io import atomic_write, check_output_file
+    from mito.io import atomic_write, check_output_file, csv_probabilities
 
     check_output_file(out, overwrite, protect=(store,))
     r = run_zero_shot(store, backbone, prompts, weights=weights, task=task, context=prompt_context, variant=variant, device=str(pick_device(device)))
-    atomic_write(out, lambda p: r.predictions.to_csv(p, index=False, float_format="%.6g"), ".csv")
+    atomic_write(out, lambda p: csv_probabilities(r.predictions).to_csv(p, index=False), ".csv")
     how = "computed and cached" if r.computed else "read from the cache"
     console.print(f"text embeddings {how}: {r.text_file}", highlight=False)
     counts = ", ".join(f"{k} {v}" for k, v in r.predictions["pred"].value_counts().items())

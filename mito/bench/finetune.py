@@ -27,7 +27,7 @@ from torch import nn
 from mito.bench.cv import CVMode, Fold
 from mito.bench.errors import BenchError
 from mito.metrics import metric_score
-from mito.io import atomic_write, check_output_dir, probability_column, write_npz
+from mito.io import atomic_write, check_output_dir, csv_probabilities, write_npz
 from mito.progress import add_task, advance, progress_bar
 from mito.bench.leaderboard import Leaderboard, is_run_folder, rank_rows, row_id, save_leaderboard, score_row, task_plan
 from mito.errors import TaskError
@@ -635,9 +635,9 @@ def predict_finetuned(
     classes = np.asarray(model.classes_)
     df["pred"] = classes[proba.argmax(axis=1)]
     for j, c in enumerate(model.classes_):
-        df[f"p_{c}"] = probability_column(proba[:, j])
+        df[f"p_{c}"] = proba[:, j]
     if out_csv is not None:
         out = Path(out_csv)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, lambda p: df.to_csv(p, index=False), ".csv")
+        atomic_write(out, lambda p: csv_probabilities(df).to_csv(p, index=False), ".csv")
     return df

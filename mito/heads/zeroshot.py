@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from mito.heads.base import HeadError
-from mito.io import probability_column
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "data" / "prompts"
 DEFAULT_PROMPTS = {"mitosis": "mitosis.json", "tissue": "tissue.json"}
@@ -317,7 +316,7 @@ def run_zero_shot(
         df["label"] = y.to_numpy()
     df["pred"] = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
     for j, c in enumerate(classes):
-        df[f"p_{c}"] = probability_column(proba[:, j])
+        df[f"p_{c}"] = proba[:, j]
     df = df[~unreadable].reset_index(drop=True)
     proba = proba[~unreadable]
     metrics = None

@@ -120,7 +120,7 @@ def test_run_resume_save_and_predict(amibr_dir: Path, tmp_path: Path, monkeypatc
     assert r.exit_code == 0, r.output
     assert "3 tiles predicted" in r.output and len(pd.read_csv(tmp_path / "cli.csv")) == 3
     written = [v for line in (tmp_path / "cli.csv").read_text().splitlines()[1:] for v in line.split(",")[-2:]]
-    assert all(len(v.split(".")[-1]) <= 6 for v in written), written  # probabilities: 6 decimals, as for heads (not float32 digits)
+    assert all(len(v.split("e")[0].replace(".", "").lstrip("0")) <= 6 for v in written), written  # 6 significant digits, as for heads
     r = CliRunner().invoke(app, ["predict", "--model", str(model_dir), "--store", str(tmp_path / "x.zarr"), "--out", str(tmp_path / "y.csv")])
     assert r.exit_code == 2 and "fine-tuned model" in r.output
 

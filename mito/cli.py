@@ -11,7 +11,6 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from mito import __version__
 from mito.errors import MitoError, os_error_line
@@ -244,15 +243,16 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
     if as_json:
         print(json.dumps([{**spec_summary(s), "available": available(s)} for s in specs], indent=2))
         return
-    t = Table(title="mito backbones (random_<name> = random-init control)")
-    t.add_column("name", no_wrap=True)
-    for col in ("arch", "dim", "input", "pooling", "weights", "available"):
-        t.add_column(col, overflow="fold")
+    from mito.tables import Col, FitTable
+
+    cols = [Col("name", "left"), Col("dim"), Col("input"), Col("available", "left"), Col("pooling", "left", drop=2),
+            Col("weights", "left", drop=3), Col("arch", "left", drop=4)]  # one line per backbone: columns drop, never wrap
+    body = []
     for s in specs:
         ws = s.weights
         src = f"pip {ws.package}" if ws.package else f"{ws.hf_id}{' (gated)' if ws.gated else ''}: {ws.files[0]}"
-        t.add_row(s.name, s.arch, str(s.embed_dim), str(s.input_size), s.pooling, src, "yes" if available(s) else "no: --weights")
-    console.print(t)
+        body.append([s.name, str(s.embed_dim), str(s.input_size), "yes" if available(s) else "no: --weights", s.pooling, src, s.arch])
+    console.print(FitTable(cols, body, title="mito backbones (random_<name> = random-init control)", see="mito backbones --json lists everything"))
 
 
 def _print_info(info: dict[str, Any]) -> None:
@@ -264,14 +264,14 @@ def _print_info(info: dict[str, Any]) -> None:
     console.print(f"columns: {', '.join(info['columns'])}")
     if info["unreadable"]:
         console.print(f"[yellow]unreadable tiles: {info['unreadable']}[/]")
-    t = Table()
-    t.add_column("feature", no_wrap=True)  # view keys (<variant>:<view>) are long
-    for col in ("dim", "done %", "input", "fit", "weights sha256"):
-        t.add_column(col)
+    from mito.tables import Col, FitTable
+
+    cols = [Col("feature", "left"), Col("dim"), Col("done %"), Col("input"), Col("fit", "left", drop=1), Col("weights sha256", "left", drop=2)]  # keys whole: users copy them
+    body = []
     for key, v in info["variants"].items():
         p = v.get("preprocessing", {})
-        t.add_row(key, str(v["dim"]), f"{v['done_pct']:g}", str(p.get("input_size")), str(p.get("fit")), str(v.get("weights_sha256", ""))[:12])
-    console.print(t)
+        body.append([key, str(v["dim"]), f"{v['done_pct']:g}", str(p.get("input_size")), str(p.get("fit")), str(v.get("weights_sha256", ""))[:12]])
+    console.print(FitTable(cols, body, see="mito cache info --json lists everything"))
     if info.get("versions"):
         console.print("made with " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f", created {info['created']}")
 
@@ -341,11 +341,12 @@ def _head_params(pairs: list[str], **given: Any) -> dict[str, Any]:
 
 
 def _print_metrics(m: dict[str, Any]) -> None:
-    t = Table(title=f"{m['evaluated_on']}: {m['n']} tiles (train {m['n_train']}, val {m['n_val']})")
-    for col in ("balanced acc", "AUROC", "kappa", "weighted F1", "train s"):
-        t.add_column(col, justify="right")
-    t.add_row(*(f"{m[k]:.3f}" for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), f"{m['train_seconds']:.2f}")
-    console.print(t)
+    from mito.tables import Col, FitTable, number, seconds
+
+    cols = [Col(c, drop=d) for c, d in (("balanced acc", 0), ("AUROC", 0), ("kappa", 2), ("weighted F1", 1), ("train s", 3))]
+    row = [*(number(m[k]) for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), seconds(m["train_seconds"])]
+    console.print(FitTable(cols, [row], title=f"{m['evaluated_on']}: {m['n']} tiles (train {m['n_train']}, val {m['n_val']})",
+                           see="see metrics.json in the model folder"))
     console.print(f"confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}")
     from mito.metrics import per_class_line
     from mito.tasks import positive_line
@@ -366,7 +367,7 @@ def fit_head_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (config.json, weights, metrics.json)."),
     task: Optional[str] = typer.Option(None, help="Label column to learn (default: the store's only task)."),
     head: str = typer.Option("mlp", help="mlp, linear, logreg, knn, lightgbm, or text-linear (-p text_embeddings=FILE from mito zero-shot)."),
-    features: Optional[str] = typer.Option(None, help="Variants to concatenate in this order, e.g. efficientnet_lite0:z1:rgb,efficientnet_lite0:z1:gray (default: every complete variant of the store's first backbone)."),
+    features: Optional[str] = typer.Option(None, help="Variant keys to concatenate in this order, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: every complete variant of the store's first backbone)."),
     metadata: Optional[str] = typer.Option(None, help="Tile-table columns added as one-hot side inputs, e.g. dataset,scanner."),
     standardize: bool = typer.Option(False, "--standardize/--no-standardize", help="Scale each feature to zero mean, unit variance (training rows)."),
     pca: Optional[int] = typer.Option(None, help="Reduce the features to N principal components (after --standardize)."),
@@ -528,7 +529,7 @@ def predict_cmd(
 def zero_shot_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Store extracted with a vision-language backbone (conch, plip, quiltnet-b-32)."),
     backbone: str = typer.Option(..., "--backbone", "-b", help="The vision-language backbone whose features and text tower to use."),
-    prompts: str = typer.Option(..., "--prompts", help="JSON {class: [prompt, ...]}, or a shipped set: mitosis, tissue."),
+    prompts: str = typer.Option(..., "--prompts", help="JSON {class: \\[prompt, ...]}, or a shipped set: mitosis, tissue."),
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write: tile_id, path, label when known, pred, p_<class>."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weight file or snapshot folder (as for mito extract)."),
     task: Optional[str] = typer.Option(None, help="Label column / proxy task for metrics and the class set (default: the store's first task)."),
@@ -542,12 +543,12 @@ def zero_shot_cmd(
     from mito.cache import store_input_files
     from mito.extract import pick_device
     from mito.heads import run_zero_shot
-    from mito.io import atomic_write, check_output_file
+    from mito.io import atomic_write, check_output_file, csv_probabilities
 
     check_output_file(out, overwrite, protect=(store,), inputs=store_input_files(store))
     r = run_zero_shot(store, backbone, prompts, weights=weights, task=task, context=prompt_context, variant=variant, device=str(pick_device(device)),
                       positive=positive)
-    atomic_write(out, lambda p: r.predictions.to_csv(p, index=False, float_format="%.6g"), ".csv")
+    atomic_write(out, lambda p: csv_probabilities(r.predictions).to_csv(p, index=False), ".csv")
     how = "computed and cached" if r.computed else "read from the cache"
     console.print(f"text embeddings {how}: {r.text_file}", highlight=False)
     counts = ", ".join(f"{k} {v}" for k, v in r.predictions["pred"].value_counts().items())
@@ -713,7 +714,7 @@ def bench_cmd(
             build_report(tmp)
 
         atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
-    console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
+    console.print(leaderboard_table(lb.rows, top=top))
     for line in task_summary_lines(lb):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     if cfg.few_shot:
@@ -798,7 +799,7 @@ def lora_cmd(
     )
     with sigterm_as_interrupt():
         lb = run_finetune(cfg)
-    console.print(leaderboard_table(lb.rows, compact=console.width < 120))
+    console.print(leaderboard_table(lb.rows))
     for line in task_summary_lines(lb):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     r = lb.rows.iloc[0]
@@ -891,6 +892,11 @@ def _heatmaps(df: Any, store: Optional[str], folder: Path, overwrite: bool, mode
         tiles = s.tiles
     paths = write_heatmaps(df, tiles, folder, overwrite=overwrite, protect=(store, model))
     console.print(f"wrote {len(paths)} heatmaps to {folder}")
+
+
+from mito.cli_help import install as _install_help  # noqa: E402  (after every command: their help groups)
+
+_install_help(app)
 
 
 def main() -> None:

@@ -20,6 +20,20 @@ import numpy as np
 from mito.errors import OutputError
 
 
+PROBABILITY_FORMAT = "%.6g"  # p_<class> columns of every predictions CSV: 6 significant digits, float32 and float64 models alike
+METRIC_CSV_FORMAT = "%.4f"  # metric columns of leaderboard.csv
+
+
+def csv_probabilities(df: Any) -> Any:
+    """A copy of a predictions table to write as CSV: the p_<class> columns as text in PROBABILITY_FORMAT (a float32
+    model's 0.62345678 and a float64 model's 0.6234567891234 both read 0.623457; other columns untouched)."""
+    out = df.copy()
+    for c in out.columns:
+        if str(c).startswith("p_"):
+            out[c] = np.char.mod(PROBABILITY_FORMAT, np.asarray(out[c], dtype=np.float64))
+    return out
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: str = "") -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then move it into place: readers never see half a file."""
     path = Path(path)

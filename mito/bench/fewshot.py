@@ -465,18 +465,20 @@ def _f(v: Any) -> str:
 
 
 def _two_lines(cell: str) -> str:
-    """'0.712 [0.650, 0.770]' -> '0.712' over '.65 to .77' (fits a narrow terminal)."""
+    """'0.712 [0.650, 0.770]' -> '0.712' over '0.650-0.770' (a narrower column)."""
     mean, _, ci = cell.partition(" [")
     if not ci:
         return mean
     lo, _, hi = ci.rstrip("]").partition(", ")
-    short = [f"{float(v):.2f}".replace("0.", ".", 1) for v in (lo, hi)]
-    return f"{mean}\n{short[0]} to {short[1]}"
+    return f"{mean}\n{lo}-{hi}"
 
 
 def curve_rich_table(rows: pd.DataFrame) -> Any:
-    """A rich Table of the learning curve(s) of a leaderboard, per task; None without K-shot rows."""
-    from rich.table import Table
+    """The learning curve(s) of a leaderboard, a table per task that fits the terminal (columns K continue in a second
+    table when the width is short; no number is cut); None without K-shot rows."""
+    from rich.console import Group
+
+    from mito.tables import Col, FitTable
 
     tables = []
     for task, g in rows.groupby("task", sort=True):
@@ -484,15 +486,7 @@ def curve_rich_table(rows: pd.DataFrame) -> Any:
         wide = curve_table(g, metric)
         if wide.empty:
             continue
-        t = Table(title=f"{task}: {metric} vs labelled tiles per class (mean [95% CI])", pad_edge=False)
-        t.add_column("feature set, head", overflow="fold", min_width=18)
-        for c in wide.columns:
-            t.add_column(f"K={c}" if c != SHOTS_ALL else "all", justify="right", no_wrap=True)
-        for line, r in wide.iterrows():
-            t.add_row(str(line), *[_two_lines(str(v)) for v in r])
-        tables.append(t)
-    if not tables:
-        return None
-    from rich.console import Group
-
-    return Group(*tables)
+        cols = [Col("feature set, head", "left", fold=18)] + [Col(f"K={c}" if c != SHOTS_ALL else "all") for c in wide.columns]
+        body = [[str(line), *[_two_lines(str(v)) for v in r]] for line, r in wide.iterrows()]
+        tables.append(FitTable(cols, body, title=f"{task}: {metric} vs labelled tiles per class (mean, 95% CI below)", wrap=True))
+    return Group(*tables) if tables else None

@@ -27,7 +27,7 @@ from torch import nn
 from mito.bench.cv import CVMode, Fold
 from mito.bench.errors import BenchError
 from mito.metrics import metric_score, positive_index
-from mito.io import atomic_write, check_output_dir, write_npz
+from mito.io import atomic_write, check_output_dir, csv_probabilities, write_npz
 from mito.progress import add_task, advance, progress_bar
 from mito.bench.leaderboard import Leaderboard, is_run_folder, positive_meta, rank_rows, row_id, save_leaderboard, score_row, task_plan
 from mito.errors import TaskError
@@ -429,13 +429,17 @@ def _budget(cfg: FinetuneConfig, results: Sequence[dict[str, Any]], n_total: int
     parts = [f"{len(results)}/{n_total} folds"]
     eps = [r["epochs"] for r in results]
     per_epoch = cfg.epoch_samples or n_train
-    parts.append(f"{min(eps)}-{max(eps)} ep" if eps and min(eps) != max(eps) else f"{eps[0] if eps else 0} ep")
-    parts.append(f"x {per_epoch} samples (max {cfg.max_epochs} ep, patience {cfg.patience})")
+
+    def epochs(n: Any) -> str:
+        return f"{n} epoch" + ("" if n == 1 else "s")
+
+    ran = f"{min(eps)}-{max(eps)} epochs" if eps and min(eps) != max(eps) else epochs(eps[0] if eps else 0)
+    parts.append(f"{ran} of {per_epoch} tiles (at most {epochs(cfg.max_epochs)}; stops after {cfg.patience} without a validation gain)")
     if cap_minutes:
         parts.append(f"cap {cap_minutes:g} min/fold" + (" (CPU default; --max-minutes to change)" if cpu_default else ""))
     parts.append(f"{input_size} px")
     if cfg.val_samples:
-        parts.append(f"val <= {cfg.val_samples}")
+        parts.append(f"validation on at most {cfg.val_samples} tiles")
     stops = sorted({r["stopped"] for r in results})
     parts.append("stopped: " + "/".join(stops))
     return ", ".join(parts)
@@ -640,5 +644,5 @@ def predict_finetuned(
     if out_csv is not None:
         out = Path(out_csv)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, lambda p: df.to_csv(p, index=False), ".csv")
+        atomic_write(out, lambda p: csv_probabilities(df).to_csv(p, index=False), ".csv")
     return df

@@ -22,8 +22,9 @@ from mito.bench.cv import CVMode, CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
 from mito.errors import MitoError
-from mito.io import atomic_write, json_default, write_npz
+from mito.io import METRIC_CSV_FORMAT, atomic_write, json_default, write_npz
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns
+from mito.bench.validate import check_predictions, check_rows
 from mito.metrics import CALIBRATION_NAMES, METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary, per_class_line, per_class_summary, positive_index
 from mito.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
 
@@ -670,7 +671,7 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = lb.rows
     flat = rows[[c for c in COLUMNS if c in rows]]
-    atomic_write(out / "leaderboard.csv", lambda p: flat.to_csv(p, index=False, float_format="%.4f"), ".csv")
+    atomic_write(out / "leaderboard.csv", lambda p: flat.to_csv(p, index=False, float_format=METRIC_CSV_FORMAT), ".csv")
     records = json.loads(rows.to_json(orient="records"))
     doc = {"meta": lb.meta, "rows": records}
     atomic_write(out / "leaderboard.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1, default=json_default)), ".json")
@@ -702,6 +703,7 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
     missing = [c for c in ("task", "backbone", "features", "head", "kind", "main_metric", "row_id", "rank") if len(rows) and c not in rows]
     if missing:
         raise BenchError(f"{lj} is not a leaderboard: rows lack {', '.join(missing)}")
+    check_rows(records, doc.get("meta", {}), lj)
     for c in NUMERIC_COLUMNS:
         if c in rows:
             try:
@@ -724,6 +726,7 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
                     preds.setdefault(rid, {})[part] = np.asarray(z[k])
         except Exception as e:  # numpy and zipfile raise many kinds for a truncated or tampered file
             raise BenchError(f"cannot read {npz} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'damaged'})") from None
+        check_predictions(preds, records, npz)
     return Leaderboard(rows, preds, {**doc.get("meta", {}), "source": str(d)})
 
 
@@ -744,54 +747,68 @@ def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:
 
 
 def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = False) -> Any:
-    """A rich Table of the best rows of each task (main metric with ± std over folds and its 95% CI); ``compact`` fits 80 columns."""
-    from rich.table import Table
+    """The best rows of each task as a table that fits the terminal (main metric ± std over folds, its 95% CI, the
+    paired test against #1, ...): numbers are never cut; at a narrow width the least important columns are left out
+    and named under it. ``compact`` leaves out the secondary columns (CI, Δ, ECE, kappa, wF1, train/test) at any width."""
+    from mito.tables import Col, FitTable, number, seconds
 
     many_tasks = rows["task"].nunique() > 1
     noisy = bool((rows["noise"].fillna(0) != 0).any())
     main = rows["main_metric"].iloc[0] if len(rows) and rows["main_metric"].nunique() == 1 else "main metric"
-    table = Table(title=f"leaderboard (ranked by {main})", pad_edge=False)
-    cols = [("#", "rank")] + ([("task", "task")] if many_tasks else []) + [("backbone", "backbone"), ("features", "features"), ("head", "head")]
     short = {"balanced_accuracy": "bal acc", "weighted_f1": "wF1", "auroc": "AUROC", "pr_auc": "PR-AUC"}.get(main, main)
     shifted = "held_out" in rows and bool((rows["held_out"].fillna("") != "").any())
-    cols += ([("noise", "noise")] if noisy else []) + ([("tested on", "_held"), ("gap", "_gap")] if shifted else []) + [(short, "_main"), ("95% CI", "_ci"), ("Δ #1", "_delta"), ("p vs #1", "_p"), ("AUROC", "auroc"), ("ECE", "ece"), ("kappa", "kappa"), ("wF1", "weighted_f1"), ("train s", "train_seconds"), ("train/test", "_n")]
-    if compact:
-        cols = [c for c in cols if c[1] not in ("_ci", "kappa", "weighted_f1", "_n", "_delta", "ece")]
+    # (key, column): drop 0 = always shown; at a short width the highest drop goes first
+    cols = [("rank", Col("#")), *([("task", Col("task", "left", fold=7))] if many_tasks else []),
+            ("backbone", Col("backbone", "left", fold=10)), ("features", Col("features", "left", fold=8)), ("head", Col("head", "left", fold=6)),
+            *([("noise", Col("noise", drop=4))] if noisy else []),
+            *([("_held", Col("tested on", "left", fold=9)), ("_gap", Col("gap", drop=1))] if shifted else []),
+            ("_main", Col(short)), ("_ci", Col("95% CI", drop=8)), ("_delta", Col("Δ #1", drop=7)), ("_p", Col("p vs #1", drop=2)),
+            ("auroc", Col("AUROC", drop=5)), ("ece", Col("ECE", drop=9)), ("kappa", Col("kappa", drop=10)), ("weighted_f1", Col("wF1", drop=11)),
+            ("train_seconds", Col("train s", drop=6)), ("_n", Col("train/test", drop=12))]
     if "p_vs_best" not in rows:
-        cols = [c for c in cols if c[1] not in ("_delta", "_p")]
+        cols = [c for c in cols if c[0] not in ("_delta", "_p")]
     if "ece" not in rows:
-        cols = [c for c in cols if c[1] != "ece"]
-    for title, key in cols:
-        text = key in ("task", "backbone", "features", "head", "_held")
-        width = {"task": 7, "backbone": 10, "features": 8, "head": 6, "_held": 9}.get(key)
-        table.add_column(title, justify="left" if text else "right", overflow="fold", no_wrap=not text, min_width=width)
+        cols = [c for c in cols if c[0] != "ece"]
+    one_backbone = rows["backbone"].nunique() == 1 and len(rows)
+    if one_backbone:  # said once in the title, not on every row
+        cols = [c for c in cols if c[0] != "backbone"]
+    hidden = [c.header for k, c in cols if compact and k in COMPACT_HIDDEN]
+    cols = [(k, c) for k, c in cols if not (compact and k in COMPACT_HIDDEN)]
     if "shots" in rows:  # K-shot rows are shown as learning curves (mito.bench.fewshot.curve_rich_table)
         rows = rows[rows["shots"].astype(str).isin(["all", "", "nan", "None"])]
     shown = rows if top is None else rows[rows["rank"] <= top]
+    body = []
     for _, r in shown.iterrows():
         m = r["main_metric"]
         std = r.get(f"{m}_std", math.nan)
         cells = {
-            "_main": f"{r[m]:.3f}" + ("" if std is None or math.isnan(std) else f"±{std:.3f}"),
-            "_ci": "" if math.isnan(r.get("ci_low", math.nan)) else f"{r['ci_low']:.3f}-{r['ci_high']:.3f}",
+            "rank": str(r["rank"]),
+            "_main": number(r[m]) + ("" if std is None or math.isnan(std) else f"±{number(std)}"),
+            "_ci": "" if math.isnan(r.get("ci_low", math.nan)) else f"{number(r['ci_low'])}-{number(r['ci_high'])}",
             "_n": f"{r['n_train']}/{r['n_test']}",
-            "train_seconds": f"{r['train_seconds']:.3g}",
+            "train_seconds": seconds(r["train_seconds"]),
             "noise": f"{r['noise']:g}",
             **paired_cells(r),
             "_held": str(r.get("held_out") or "in-domain"),
-            "_gap": "" if not isinstance(r.get("gap"), float) or math.isnan(r["gap"]) else f"{r['gap']:+.3f}",
+            "_gap": "" if not isinstance(r.get("gap"), float) or math.isnan(r["gap"]) else number(r["gap"], signed=True),
         }
-        table.add_row(*[cells[k] if k in cells else (f"{r[k]:.3f}" if k in (*METRIC_NAMES, *CALIBRATION_NAMES) else str(r[k])) for _, k in cols])
-    return table
+        body.append([cells[k] if k in cells else (number(r[k]) if k in (*METRIC_NAMES, *CALIBRATION_NAMES) else str(r[k])) for k, _ in cols])
+    title = f"leaderboard (ranked by {main})" + (f"; backbone {rows['backbone'].iloc[0]}" if one_backbone else "")
+    return FitTable([c for _, c in cols], body, title=title, see="see leaderboard.csv", hidden=hidden)
+
+
+COMPACT_HIDDEN = ("_ci", "kappa", "weighted_f1", "_n", "_delta", "ece")
 
 
 def paired_cells(r: Any) -> dict[str, str]:
-    """Table cells of a row's paired comparison with its task's best row: Δ and Holm-adjusted p ('tie' when not worse at 0.05)."""
+    """Table cells of a row's paired comparison with its task's best row: Δ and Holm-adjusted p, '(tie)' when not worse at 0.05."""
+    from mito.tables import number, p_value
+
     delta, p = r.get("delta_vs_best", math.nan), r.get("p_vs_best", math.nan)
     if r.get("rank") == 1:
         return {"_delta": "", "_p": "best"}
     if delta is None or (isinstance(delta, float) and math.isnan(delta)):
         return {"_delta": "", "_p": "n/a"}
-    tie = " tie" if r.get("tied_with_best") in (True,) else ""  # numpy or Python bool; None and NaN are not ties
+    tie = " (tie)" if r.get("tied_with_best") in (True,) else ""  # numpy or Python bool; None and NaN are not ties
     partial = "†" if str(r.get("paired_note") or "").startswith(PARTIAL_FOLDS) else ""  # compared on the folds both rows scored
-    return {"_delta": f"{delta:+.3f}{partial}", "_p": ("" if p is None or math.isnan(p) else f"{p:.3g}") + tie + partial}
+    return {"_delta": number(delta, signed=True) + partial, "_p": ("" if p is None or math.isnan(p) else p_value(p)) + tie + partial}

@@ -8,6 +8,7 @@ import html
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,7 @@ def counts_note(r: pd.Series) -> str:
     k = int(r.get("n_folds") or 1)
     if k == 1:
         return "counts: 1 fold's test set"
-    shared = " (the same test split k times)" if r.get("cv") == "split" else ""
+    shared = f" (one test split, counted {k} times)" if r.get("cv") == "split" else ""
     return f"counts summed over {k} folds{shared}"
 
 
@@ -166,7 +167,8 @@ def confusion_figure(rows: pd.DataFrame, path: Path, top: int = 3) -> Path | Non
     if not picked:
         return None
     k = len(picked[0]["classes"])
-    fig, axes = plt.subplots(1, len(picked), figsize=(max(3.2, 0.5 * k + 2.2) * len(picked), max(3.2, 0.45 * k + 2)), squeeze=False)
+    panel = max(3.2, 0.5 * k + 2.2)
+    fig, axes = plt.subplots(1, len(picked), figsize=(panel * len(picked), max(3.2, 0.45 * k + 2) + 0.6), squeeze=False)
     for ax, r in zip(axes[0], picked):
         cm = np.asarray(r["confusion_matrix"], dtype=float)
         share = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)
@@ -180,8 +182,10 @@ def confusion_figure(rows: pd.DataFrame, path: Path, top: int = 3) -> Path | Non
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
         held = r.get("held_out")
-        where = f"tested on {held}\n" if isinstance(held, str) and held else ""
-        ax.set_title(f"{_label(r, 38)}\n{where}{counts_note(r)}", fontsize=7)
+        where = f"tested on {held}" if isinstance(held, str) and held else ""
+        wrap = max(28, int(panel * 10.5))  # characters of 7 pt text over one (square) matrix
+        lines = [textwrap.fill(t, wrap, break_on_hyphens=False) for t in (_label(r, 2 * wrap), where, counts_note(r)) if t]
+        ax.set_title("\n".join(lines), fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -212,11 +216,18 @@ def time_figure(rows: pd.DataFrame, path: Path) -> Path | None:
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1400px;color:#222;padding:0 1rem}
 h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}h3{font-size:1rem}
-table{border-collapse:collapse;font-size:12px;margin:.5rem 0}th,td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
-td.w{white-space:normal;text-align:left;min-width:12rem;font-size:11px}.figs{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-start}figure{margin:0}
+.tw{overflow-x:auto;max-width:100%;margin:.5rem 0}
+table{border-collapse:collapse;font-size:12px}th,td{border:1px solid #ddd;padding:3px 5px;text-align:right;white-space:nowrap}
+th{white-space:normal;vertical-align:bottom;max-width:7rem}td .sd{color:#666;font-size:11px}
+td.w{white-space:normal;text-align:left;min-width:9rem;max-width:22rem;font-size:11px}.figs{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-start}figure{margin:0}
 th{background:#f4f4f4}td.l,th.l{text-align:left}tr.ft{background:#fff3e6}tr.rnd{color:#888}
 img{max-width:100%;border:1px solid #eee;margin:.5rem 0}.meta{color:#555;font-size:13px}code{background:#f4f4f4;padding:0 3px}
 """
+
+
+def scroll_tables(page: str) -> str:
+    """Every table in a box that scrolls sideways, so a wide leaderboard never widens the page."""
+    return page.replace("<table>", "<div class='tw'><table>").replace("</table>", "</table></div>")
 
 
 def _img(path: Path | None, alt: str) -> str:
@@ -235,39 +246,55 @@ def _fmt(v: Any, std: Any = None, digits: int = 3) -> str:
     return s
 
 
+def _cell(v: Any, std: Any = None) -> str:
+    """HTML of a metric cell: the mean, and its ± std over folds on a second, smaller line (a narrower column)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    out = f"{v:.3f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        out += f"<br><span class='sd'>± {std:.3f}</span>"
+    return out
+
+
+HEADERS = {"ci": "95% CI", "balanced_accuracy": "balanced accuracy", "weighted_f1": "weighted F1", "pr_auc": "PR-AUC", "auroc": "AUROC",
+           "kappa": "kappa", "ece": "ECE", "brier": "Brier", "train_seconds": "train s per fold", "train/test": "train / test tiles"}
+
+
 def _table(rows: pd.DataFrame, metric: str) -> str:
+    from mito.tables import p_value
+
     noisy = bool((rows["noise"].fillna(0) != 0).any())
     shifted = "held_out" in rows and bool((rows["held_out"].fillna("").astype(str) != "").any())  # --cv leave-group-out
     cols = ["rank", "backbone", "features", "head"] + (["noise"] if noisy else []) + (["tested on"] if shifted else [])
     cols += [metric, "ci"] + (["Δ vs #1", "p vs #1"] if "p_vs_best" in rows else [])
     cols += ["AUROC p vs #1"] if "auroc_p_vs_best" in rows and rows["auroc_p_vs_best"].notna().any() else []
-    cols += ["auroc", "kappa", "weighted_f1", "pr_auc"]
+    cols += [c for c in ("auroc", "kappa", "weighted_f1", "pr_auc") if c != metric]
     cols += [c for c in ("ece", "brier") if c in rows] + ["train_seconds", "train/test", "budget"]
     left = {"backbone", "features", "head", "tested on", "budget"}
-    head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape("95% CI" if c == "ci" else c)}</th>' for c in cols)
+    head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(HEADERS.get(c, c))}</th>' for c in cols)
     body = []
     for _, r in rows.iterrows():
         cells = []
         for c in cols:
             if c == "ci":
-                v = f"[{_fmt(r.get('ci_low'))}, {_fmt(r.get('ci_high'))}]"
+                v = f"{html.escape(_fmt(r.get('ci_low')))}–<br>{html.escape(_fmt(r.get('ci_high')))}"
             elif c == "AUROC p vs #1":
-                v = _fmt(r.get("auroc_p_vs_best"), digits=3) if r.get("rank") != 1 else ""
+                v = html.escape(p_value(r.get("auroc_p_vs_best"))) if r.get("rank") != 1 else ""
             elif c in ("Δ vs #1", "p vs #1"):
-                v = paired_cells(r)["_delta" if c == "Δ vs #1" else "_p"]
+                v = html.escape(paired_cells(r)["_delta" if c == "Δ vs #1" else "_p"])
             elif c in ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc", "ece", "brier"):
-                v = _fmt(r.get(c), r.get(f"{c}_std"))
+                v = _cell(r.get(c), r.get(f"{c}_std"))
             elif c == "train_seconds":
-                v = _fmt(r.get(c), digits=2)
+                v = html.escape(_fmt(r.get(c), digits=2))
             elif c == "noise":
-                v = f"{r.get(c, 0):g}"
+                v = html.escape(f"{r.get(c, 0):g}")
             elif c == "tested on":
-                v = str(r.get("held_out") or "in-domain")
+                v = html.escape(str(r.get("held_out") or "in-domain"))
             elif c == "train/test":
-                v = f"{r.get('n_train')}/{r.get('n_test')}"
+                v = html.escape(f"{r.get('n_train')}/{r.get('n_test')}")
             else:
-                v = str(r.get(c, ""))
-            cells.append(f'<td class="{"w" if c == "budget" else ("l" if c in left else "")}">{html.escape(v)}</td>')
+                v = html.escape(str(r.get(c, "")))
+            cells.append(f'<td class="{"w" if c == "budget" else ("l" if c in left else "")}">{v}</td>')
         cls = "ft" if r["kind"] in FT_KINDS else ("rnd" if str(r["backbone"]).startswith("random_") else "")
         body.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -275,7 +302,7 @@ def _table(rows: pd.DataFrame, metric: str) -> str:
 
 PAIRED_NOTE = (
     "Δ vs #1: the row's main metric minus the best row's; p vs #1: paired bootstrap over the same resampled test tiles, "
-    "Holm-adjusted within the task ('tie': not significantly worse at 0.05); AUROC p vs #1: DeLong's test (binary tasks), "
+    "Holm-adjusted within the task; '(tie)' after p: not significantly worse at 0.05; AUROC p vs #1: DeLong's test (binary tasks), "
     "Holm-adjusted; † : the row and #1 scored different folds (a fine-tuning run on some of them), so Δ and p compare "
     "them on the folds both scored. ECE: 15 equal-mass bins (positive class "
     "when binary, top label otherwise), mean over folds; Brier: scikit-learn's."
@@ -327,12 +354,13 @@ def cd_section(rows: pd.DataFrame, d: Path) -> list[str]:
     got = cd_figure(rows, d / "critical_difference.png")
     if got is None:
         return []
-    path, res, what = got
+    path, res, cs = got
     return [
         "<h2>Across tasks: critical-difference diagram</h2>"
-        f"<p class='meta'>Each {html.escape(what)} ranked by its best row's main metric in each task (1 = best); Friedman test over "
-        f"{res.n_tasks} tasks, Nemenyi critical difference {res.critical_difference:.2f} at α = {res.alpha:g}. With few tasks the CD is "
-        "wide: a joined group is not evidence of equality.</p><div class='figs'>" + _img(path, "critical-difference diagram") + "</div>"
+        f"<p class='meta'>Shown: {html.escape(cs.caption)}. Each is ranked by its best row's main metric in each task (1 = best); "
+        f"Friedman test over {res.n_tasks} tasks, Nemenyi critical difference {res.critical_difference:.2f} at α = {res.alpha:g}. "
+        "With few tasks the CD is wide: a joined group is not evidence of equality.</p><div class='figs'>"
+        + _img(path, "critical-difference diagram") + "</div>"
     ]
 
 
@@ -411,6 +439,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
         + invariance_section(store.get("path"))
         + "</body></html>"
     )
+    page = scroll_tables(page)
     atomic_write(d / "report.html", lambda p: Path(p).write_text(page, encoding="utf-8"), ".html")
     atomic_write(d / "report_summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1, default=float)), ".json")
     return d / "report.html"

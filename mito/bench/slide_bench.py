@@ -141,5 +141,5 @@ def slide_bench_cli(console: Any, *, store: str, out: Any, task: str | None, fea
         from mito.heads import left_out_line
 
         console.print(left_out_line(t["left_out"]), style="yellow", highlight=False, markup=False)
-    console.print(leaderboard_table(lb.rows, top=top, compact=console.width < 120))
+    console.print(leaderboard_table(lb.rows, top=top))
     console.print(f"wrote {out}/leaderboard.csv, leaderboard.json and report.html", highlight=False, markup=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,33 @@ def reliability_figure(rows: pd.DataFrame, predictions: dict[str, dict[str, np.n
     return _save(fig, path)
 
 
-def cd_scores(rows: pd.DataFrame, by: str = "backbone") -> tuple[np.ndarray, list[str], list[str], str]:
-    """(tasks x methods scores, methods, tasks, what a method is): the best main-metric value of each method in each task.
+CD_MAX_METHODS = 12  # a critical-difference diagram of more methods overprints its labels and its CD spans everything
+
+
+@dataclass(frozen=True)
+class CDScores:
+    """What a critical-difference diagram ranks: a (tasks x methods) score table and which methods those are."""
+
+    scores: np.ndarray
+    methods: list[str]
+    tasks: list[str]
+    what: str  # what one method is: "backbone" or "backbone + features + head"
+    n_all: int  # methods scored in every task, before keeping the best CD_MAX_METHODS
+
+    @property
+    def caption(self) -> str:
+        """Which methods the diagram shows, in words."""
+        if len(self.methods) == self.n_all:
+            return f"every {self.what} scored in all {len(self.tasks)} tasks ({self.n_all})"
+        return (f"the {len(self.methods)} best of {self.n_all} {self.what} configurations by mean rank over {len(self.tasks)} tasks "
+                "(ranked again among themselves)")
+
+
+def cd_scores(rows: pd.DataFrame, by: str = "backbone", top: int = CD_MAX_METHODS) -> CDScores:
+    """The best main-metric value of each method in each task, for the methods scored in every task.
 
     Methods are backbones when the leaderboard has two or more in every task, else feature set + head combinations;
-    only methods scored in every task count.
+    of more than ``top`` methods, the ``top`` with the best mean rank over the tasks are kept.
     """
     rows = rows.copy()
     rows["_score"] = [r[r["main_metric"]] for _, r in rows.iterrows()]
@@ -81,11 +104,19 @@ def cd_scores(rows: pd.DataFrame, by: str = "backbone") -> tuple[np.ndarray, lis
         by, what = "_m", "backbone + features + head"
     table = rows.groupby(["task", by])["_score"].max().unstack(by)
     table = table.loc[tasks].dropna(axis=1)
-    return table.to_numpy(dtype=np.float64), [str(c) for c in table.columns], tasks, what
+    n_all = table.shape[1]
+    if n_all > top:
+        from scipy.stats import rankdata
+
+        mean_rank = np.vstack([rankdata(-row, method="average") for row in table.to_numpy(np.float64)]).mean(axis=0)
+        keep = np.argsort(mean_rank, kind="stable")[:top]
+        table = table.iloc[:, np.sort(keep)]
+    return CDScores(table.to_numpy(dtype=np.float64), [str(c) for c in table.columns], tasks, what, n_all)
 
 
-def cd_diagram(result: FriedmanResult, path: Path, title: str = "") -> Path:
-    """Demšar's critical-difference diagram: mean ranks on an axis (1 = best, left), bars join methods closer than the CD."""
+def cd_axes(result: FriedmanResult, title: str = "") -> Any:
+    """Demšar's critical-difference diagram as a figure: mean ranks on an axis (1 = best, left), bars join methods
+    closer than the CD."""
     plt = _plt()
     k = len(result.methods)
     order = np.argsort(result.mean_ranks, kind="stable")
@@ -110,7 +141,8 @@ def cd_diagram(result: FriedmanResult, path: Path, title: str = "") -> Path:
         level = -(i + 0.8) if left else -(k - i - 0.2)
         x_text = 0.6 if left else k + 0.4
         ax.plot([r, r, x_text], [0, level, level], color="0.3", lw=0.8)
-        ax.text(x_text, level, f"{name} ({r:.2f})", ha="left" if not left else "right", va="center", fontsize=7.5,
+        label = name if len(name) <= 44 else name[:43] + "…"
+        ax.text(x_text, level, f"{label} ({r:.2f})", ha="left" if not left else "right", va="center", fontsize=7.5,
                 transform=ax.transData, clip_on=False)
     # cliques: maximal runs of methods whose rank spread is below the CD
     cliques = []
@@ -126,16 +158,22 @@ def cd_diagram(result: FriedmanResult, path: Path, title: str = "") -> Path:
     stat = "" if math.isnan(result.statistic) else f"Friedman χ² = {result.statistic:.2f}, p = {result.p_value:.3g}; "
     ax.set_title((title + "\n" if title else "") + f"{stat}Nemenyi α = {result.alpha:g}, {result.n_tasks} tasks; joined = not significantly different", fontsize=8.5)
     fig.subplots_adjust(left=0.28, right=0.72, top=0.8, bottom=0.02)
-    return _save(fig, path)
+    return fig
 
 
-def cd_figure(rows: pd.DataFrame, path: Path) -> tuple[Path, FriedmanResult, str] | None:
+def cd_diagram(result: FriedmanResult, path: Path, title: str = "") -> Path:
+    """Demšar's critical-difference diagram (see :func:`cd_axes`) saved as PNG."""
+    return _save(cd_axes(result, title), path)
+
+
+def cd_figure(rows: pd.DataFrame, path: Path) -> tuple[Path, FriedmanResult, CDScores] | None:
     """The critical-difference diagram of a leaderboard spanning two or more tasks (None when it cannot be drawn)."""
     if rows["task"].nunique() < 2:
         return None
-    scores, methods, tasks, what = cd_scores(rows)
+    cs = cd_scores(rows)
     try:
-        res = friedman_nemenyi(scores, methods)
+        res = friedman_nemenyi(cs.scores, cs.methods)
     except BenchError:
         return None
-    return cd_diagram(res, path, f"Mean rank of each {what} over {len(tasks)} tasks (best row per task)"), res, what
+    shown = f"the {len(cs.methods)} best of {cs.n_all} configurations" if len(cs.methods) < cs.n_all else f"each {cs.what}"
+    return cd_diagram(res, path, f"Mean rank of {shown} over {len(cs.tasks)} tasks (best row per task)"), res, cs

@@ -515,8 +515,9 @@ def compare_rows(lb: Any, ref_a: str, ref_b: str, task: str | None = None, n_boo
 
 def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]:
     """Rich renderables describing one paired comparison (what is compared, a table per metric, DeLong's test)."""
-    from rich.table import Table
     from rich.text import Text
+
+    from mito.tables import Col, FitTable, number, p_value
 
     def label(r: Any) -> str:
         group = row_group(r)
@@ -529,16 +530,16 @@ def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]
         f"paired bootstrap: {next(iter(comp.paired.values())).n_boot} replicates, the same resampled tiles for both rows; "
         "metric per fold, averaged over folds; 95% percentile interval; two-sided p (not adjusted)"
     )
-    t = Table(title="A - B", pad_edge=False)
-    for c in ("metric", "A", "B", "A - B", "95% CI", "p"):
-        t.add_column(c, justify="left" if c == "metric" else "right")
     def fmt(v: Any) -> str:
-        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+        return number(v, 4)
 
+    body = []
     for m, r in comp.paired.items():
-        star = " *" if m == a["main_metric"] else ""
         va, vb = (r.value_a, r.value_b) if comp.folds_note else (a.get(m), b.get(m))  # on the folds both scored
-        t.add_row(m + star, fmt(va), fmt(vb), f"{r.delta:+.4f}", f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", "–" if math.isnan(r.p_value) else f"{r.p_value:.4g}")
+        body.append([m + (" *" if m == a["main_metric"] else ""), fmt(va), fmt(vb), number(r.delta, 4, signed=True),
+                     f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", p_value(r.p_value, 4)])
+    cols = [Col("metric", "left", fold=10), Col("A"), Col("B"), Col("A - B"), Col("95% CI"), Col("p")]
+    t = FitTable(cols, body, title="A - B", wrap=True)
     out: list[Any] = [Text(head), t, Text("* main metric of the task")]
     positive = positive_name(a, comp.positive)
     if positive is not None:

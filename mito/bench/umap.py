@@ -39,7 +39,19 @@ def umap_embedding(X: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, 
     return umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1).fit_transform(Z)
 
 
-def _scatter(emb: np.ndarray, v: pd.Series, title: str, path: Path) -> Path:
+def title_for(keys: Sequence[str], color_by: str, n: int, width: int = 70) -> str:
+    """'UMAP of <backbone zooms:colours>' (the feature set's short name), wrapped to fit over the plot."""
+    import textwrap
+
+    from mito.bench.leaderboard import describe_keys
+
+    bb, name = describe_keys(list(keys))
+    head = textwrap.fill(f"UMAP of {bb} {name}", width, break_on_hyphens=False)
+    return f"{head}\ncoloured by {color_by}, {n} tiles"
+
+
+def scatter_figure(emb: np.ndarray, v: pd.Series, title: str) -> Any:
+    """The UMAP scatter as a matplotlib figure: points coloured by category (legend with counts) or by a numeric value."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
     size = float(np.clip(3000 / len(emb), 3, 25))
@@ -59,9 +71,14 @@ def _scatter(emb: np.ndarray, v: pd.Series, title: str, path: Path) -> Path:
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
+    return fig
+
+
+def _scatter(emb: np.ndarray, v: pd.Series, title: str, path: Path) -> Path:
+    fig = scatter_figure(emb, v, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: fig.savefig(p, format="png"), ".png")
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 
@@ -109,7 +126,7 @@ def umap_plots(
         emb = umap_embedding(X, n_neighbors, min_dist, seed=seed)
     with status("plotting ...", progress):
         return [
-            _scatter(emb, v.iloc[rows].reset_index(drop=True), f"UMAP of {' + '.join(keys)}\ncoloured by {c}, {len(rows)} tiles", p)
+            _scatter(emb, v.iloc[rows].reset_index(drop=True), title_for(keys, c, len(rows)), p)
             for c, v, p in zip(color_by, values, paths)
         ]
 

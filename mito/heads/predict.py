@@ -19,7 +19,7 @@ from mito.heads.base import HEAD_FILE, Head, HeadError, read_json_file
 from mito.heads.ensemble import load_any_head
 from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
 from mito.heads.train import CONFIG_FILE
-from mito.io import atomic_write, check_output_file, inside
+from mito.io import atomic_write, check_output_file, csv_probabilities, inside
 from mito.errors import TaskError
 from mito.tasks import resolve_task as resolve_spec
 from mito.heads.calibrate import apply_temperature, model_temperature
@@ -222,7 +222,7 @@ def predict(
         df = _predict_store(model, store_path, progress)
         df.attrs["skipped_slides"] = skipped  # slides of SOURCE that could not be tiled, with the reason
     if out_csv is not None:
-        atomic_write(out_csv, lambda p: df.to_csv(p, index=False), ".csv")
+        atomic_write(out_csv, lambda p: csv_probabilities(df).to_csv(p, index=False), ".csv")
     return df
 
 

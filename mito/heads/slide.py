@@ -21,7 +21,10 @@ from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
 from mito.heads.split import make_split
 from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_dir
-from mito.io import atomic_dir, atomic_write, check_output_dir, check_output_file, is_mito_folder, unique_stems, write_json, write_manifest
+from mito.io import (
+    atomic_dir, atomic_write, check_output_dir, check_output_file, csv_probabilities, is_mito_folder, unique_stems, write_json,
+    write_manifest,
+)
 from mito.metrics import classification_metrics
 from mito.progress import add_task, progress_bar
 from mito.tasks import choose_positive, positive_line
@@ -200,7 +203,7 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
     tile_df = pd.concat([tile_df.rename(columns={"bag": cfg["bag_column"]}), tiles.iloc[tile_df["row"].to_numpy()][extra].reset_index(drop=True)], axis=1)
     tile_df = tile_df.drop(columns="row")
     if out_csv is not None:
-        atomic_write(out_csv, lambda p: slides.to_csv(p, index=False), ".csv")
+        atomic_write(out_csv, lambda p: csv_probabilities(slides).to_csv(p, index=False), ".csv")
         atomic_write(tiles_csv_path(out_csv), lambda p: tile_df.to_csv(p, index=False), ".csv")
     if pictures is not None:
         draw_pictures(slides, tile_df, tiles, bags, rows, att, cfg["bag_column"], Path(pictures), overwrite, top_k, head.name)

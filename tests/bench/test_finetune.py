@@ -83,6 +83,7 @@ def test_run_resume_save_and_predict(amibr_dir: Path, tmp_path: Path, monkeypatc
     row = lb.rows.iloc[0]
     assert (row["kind"], row["head"], row["features"]) == ("lora", "lora-r8", "image:rgb@128px")
     assert row["budget"].startswith("1/3 folds") and "128 px" in row["budget"]
+    assert "2 epochs of 4 tiles (at most 2 epochs" in row["budget"] and " ep," not in row["budget"]  # not "2 ep, x 4 samples"
     assert row["train_seconds"] > 0 and 0 <= row["balanced_accuracy"] <= 1
     assert (tmp_path / "lora" / "leaderboard.csv").is_file()
 
@@ -118,6 +119,8 @@ def test_run_resume_save_and_predict(amibr_dir: Path, tmp_path: Path, monkeypatc
     r = CliRunner().invoke(app, ["predict", str(new), "--model", str(model_dir), "--out", str(tmp_path / "cli.csv"), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "3 tiles predicted" in r.output and len(pd.read_csv(tmp_path / "cli.csv")) == 3
+    written = [v for line in (tmp_path / "cli.csv").read_text().splitlines()[1:] for v in line.split(",")[-2:]]
+    assert all(len(v.split("e")[0].replace(".", "").lstrip("0")) <= 6 for v in written), written  # 6 significant digits, as for heads
     r = CliRunner().invoke(app, ["predict", "--model", str(model_dir), "--store", str(tmp_path / "x.zarr"), "--out", str(tmp_path / "y.csv")])
     assert r.exit_code == 2 and "fine-tuned model" in r.output
 

@@ -97,9 +97,9 @@ def test_multiclass_rows_get_bootstrap_but_no_delong() -> None:
     assert math.isnan(r["auroc_p_vs_best"]) and "multi-class" in r["paired_note"]
     from mito.bench.leaderboard import paired_cells
 
-    assert paired_cells(r) == {"_delta": f"{r['delta_vs_best']:+.3f}", "_p": f"{r['p_vs_best']:.3g}"}
+    assert paired_cells(r) == {"_delta": f"{r['delta_vs_best']:+.3f}", "_p": f"{r['p_vs_best']:.3f}" if r["p_vs_best"] >= 0.0005 else "<0.001"}
     same = add_paired_columns(rows, {"a": preds["a"], "b": preds["a"]}, n_boot=50).iloc[1]
-    assert same["p_vs_best"] == 1.0 and paired_cells(same)["_p"] == "1 tie"
+    assert same["p_vs_best"] == 1.0 and paired_cells(same)["_p"] == "1.000 (tie)"  # not "1 tie" (read as "one tie")
 
 
 def test_compare_command(bench2: Path) -> None:
@@ -129,5 +129,5 @@ def test_report_has_calibration_and_critical_difference(bench2: Path) -> None:
         assert (bench2 / name).stat().st_size > 5000, name
     page = (bench2 / "report.html").read_text()
     assert "critical-difference diagram" in page and "p vs #1" in page and "ECE" in page
-    for col in ("AUROC p vs #1", "auroc", "kappa", "weighted_f1", "pr_auc"):  # DeLong's column next to, not instead of, the metrics
+    for col in ("AUROC p vs #1", "AUROC", "kappa", "weighted F1", "PR-AUC"):  # DeLong's column next to, not instead of, the metrics
         assert f'<th class="">{col}</th>' in page, col

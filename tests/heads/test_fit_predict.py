@@ -61,6 +61,7 @@ def test_predict_store_matches_training_metrics(model: tuple[Path, dict], synth_
     assert list(df.columns) == ["path", "label", "pred", "p_Atypical", "p_Normal"]
     on_disk = pd.read_csv(tmp_path / "p.csv")
     assert len(on_disk) == len(df) and np.allclose(on_disk["p_Normal"], df["p_Normal"])
+    assert all(len(v.split("e")[0].replace(".", "").lstrip("0")) <= 6 for v in (tmp_path / "p.csv").read_text().split()[1].split(",")[-2:])
     with open_store(synth_store) as s:
         test = (s.tiles["split"] == "test").to_numpy()
     assert (df["pred"] == np.where(df["p_Atypical"] > df["p_Normal"], "Atypical", "Normal")).all()

@@ -104,7 +104,7 @@ def check_predictions(preds: Mapping[str, Mapping[str, np.ndarray]], records: Se
     rows = {str(r.get("row_id")): r for r in records}
     for rid, a in preds.items():
         where = f"{path}: row {rid}"
-        extra = sorted(set(a) - set(PREDICTION_ARRAYS) - {"draw"})
+        extra = sorted(set(a) - set(PREDICTION_ARRAYS) - {"draw", "positive"})
         if extra:
             raise BenchError(f"{where}: unexpected array {extra[0]!r}")
         missing = [k for k in PREDICTION_ARRAYS if k not in a]
@@ -137,5 +137,9 @@ def check_predictions(preds: Mapping[str, Mapping[str, np.ndarray]], records: Se
             raise BenchError(f"{where}: 'proba' holds NaN or infinite values")
         if len(p) and (p.min() < 0 or p.max() > 1 or np.abs(p.sum(axis=1) - 1).max() > SUM_TOLERANCE):
             raise BenchError(f"{where}: 'proba' is not probabilities (each must be in [0, 1], each row summing to 1)")
+        if "positive" in a:  # the positive class's column (two-class rows)
+            pos = a["positive"]
+            if pos.ndim != 0 or pos.dtype.kind not in "iu" or not 0 <= int(pos) < p.shape[1]:
+                raise BenchError(f"{where}: 'positive' must be one class index in [0, {p.shape[1]}), got {pos!r}")
         if len(a["y"]) and a["y"].max() >= p.shape[1]:
             raise BenchError(f"{where}: label {int(a['y'].max())} is not among the {p.shape[1]} classes")

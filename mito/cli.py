@@ -353,9 +353,9 @@ def _print_metrics(m: dict[str, Any]) -> None:
 
     if m.get("positive"):
         console.print(positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}, ECE {m['ece']:.3f}",
-                      highlight=False, markup=False, soft_wrap=True)
+                      highlight=False, markup=False)
     elif isinstance(m.get("per_class"), dict):
-        console.print(per_class_line(m["per_class"]), highlight=False, markup=False, soft_wrap=True)
+        console.print(per_class_line(m["per_class"]), highlight=False, markup=False)
     if m.get("streamed"):
         console.print("features streamed from the store chunk by chunk (--stream), never loaded whole")
 
@@ -716,7 +716,7 @@ def bench_cmd(
         atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
     console.print(leaderboard_table(lb.rows, top=top))
     for line in task_summary_lines(lb):
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
+        console.print(line, highlight=False, markup=False)
     if cfg.few_shot:
         from mito.bench import curve_rich_table
 
@@ -801,7 +801,7 @@ def lora_cmd(
         lb = run_finetune(cfg)
     console.print(leaderboard_table(lb.rows))
     for line in task_summary_lines(lb):
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
+        console.print(line, highlight=False, markup=False)
     r = lb.rows.iloc[0]
     console.print(f"budget: {r['budget']}")
     console.print(f"models: {', '.join(r['models'])} (use with mito predict --model)")

@@ -136,7 +136,7 @@ def slide_bench_cli(console: Any, *, store: str, out: Any, task: str | None, fea
     t = lb.meta["tasks"][lb.rows["task"].iat[0]]
     console.print(f"{t['description']}; {t['cv_description']}", highlight=False, markup=False)
     for line in task_positive_lines(lb.meta):
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
+        console.print(line, highlight=False, markup=False)
     if t.get("left_out"):
         from mito.heads import left_out_line
 

@@ -185,7 +185,7 @@ def extract(
     tile_um: Optional[float] = typer.Option(None, help="Whole slides: tile side in micrometres (instead of --mpp or --tile-px)."),
     stride: Optional[int] = typer.Option(None, help="Whole slides: grid step in pixels at --mpp (default: the tile size)."),
     min_tissue: float = typer.Option(0.5, help="Whole slides: keep grid tiles at least this much on tissue."),
-    slide_mpp: Optional[float] = typer.Option(None, help="Whole slides: um/px of level 0 when a slide records none (a manifest mpp column wins)."),
+    slide_mpp: Optional[float] = typer.Option(None, help="Whole slides: um/px of level 0 for slides that record none (a slide's own is kept; a manifest mpp column replaces it)."),
     reader: str = typer.Option("auto", help="Whole slides: auto, openslide or tifffile."),
     annotations: Optional[Path] = typer.Option(None, help="Whole slides: QuPath GeoJSON file, or folder of <slide stem>.geojson; tile label = region holding its centre."),
     label_overlap: Optional[float] = typer.Option(None, help="Whole slides: drop labelled tiles their region covers less than this."),
@@ -226,6 +226,8 @@ def extract(
         console.print(f"[yellow]{len(summary['unreadable'])} unreadable tiles skipped:[/] {shown}{more}")
     for s in summary.get("skipped_slides", []):
         console.print(f"[yellow]slide skipped:[/] {s['reason']}")
+    for note in summary.get("slide_notes", []):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     for line in growth_lines(summary["grown"]) if "grown" in summary else []:
         console.print(line, highlight=False)
     if summary.get("incomplete") and not summary.get("grown", {}).get("incomplete"):  # an append run already named them

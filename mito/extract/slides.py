@@ -298,15 +298,44 @@ def thumbnail(slide: Slide, downsample: float, max_bytes: int = 64 << 20) -> np.
     return np.concatenate(bands, axis=0)
 
 
-def check_mpp(slide: Slide, override: float | None) -> float:
-    """The slide's microns per pixel (``override`` wins); a missing or absurd value is refused naming the slide."""
-    mpp = override if override is not None else slide.mpp
+MPP_AGREE = 0.01  # relative difference below which a given and a recorded MPP are the same value
+
+
+def resolve_mpp(slide: Slide, fallback: float | None = None, manifest: float | None = None) -> tuple[float, str, str | None]:
+    """(um/px of level 0, where it came from, a note or None): a manifest ``mpp`` replaces what the slide records
+    (explicit, per slide); ``fallback`` (--slide-mpp) only fills in for a slide that records none or an implausible
+    value, so a slide that records its own keeps it (a note says so when the two disagree). Refused in one line naming
+    the slide when no usable value is left."""
     lo, hi = MPP_RANGE
-    if mpp is None or not math.isfinite(mpp):
+    rec = slide.mpp if slide.mpp is not None and math.isfinite(slide.mpp) else None
+    plausible = rec is not None and lo <= rec <= hi
+    if manifest is not None:
+        mpp, src = manifest, "manifest"
+    elif plausible:
+        assert rec is not None
+        note = None
+        if fallback is not None and abs(fallback - rec) > MPP_AGREE * rec:
+            note = (f"{slide.name} records {rec:g} um/px: kept (--slide-mpp {fallback:g} is only for slides that record none; "
+                    "an mpp column in a slide manifest replaces a slide's own)")
+        return float(rec), "recorded", note
+    elif fallback is not None:
+        mpp, src = fallback, "--slide-mpp"
+    elif rec is None:
         raise SlideReadError(f"{slide.name} records no microns per pixel: give --slide-mpp or an mpp column in the slide manifest")
-    if not lo <= mpp <= hi:
-        src = "given" if override is not None else "recorded"
+    else:
+        mpp, src = rec, "recorded"
+    if not math.isfinite(mpp) or not lo <= mpp <= hi:
+        what = "recorded" if src == "recorded" else "given"
+        by = "" if src == "recorded" else f" ({src})"
         raise SlideReadError(
-            f"{slide.name}: {src} microns per pixel {mpp:g} is outside {lo:g}..{hi:g}: give the real value with --slide-mpp or an mpp column"
+            f"{slide.name}: {what} microns per pixel {mpp:g}{by} is outside {lo:g}..{hi:g}: give the real value with --slide-mpp or an mpp column"
         )
-    return float(mpp)
+    note = None
+    if src == "manifest" and plausible and rec is not None and abs(mpp - rec) > MPP_AGREE * rec:
+        note = f"{slide.name} records {rec:g} um/px; the manifest's mpp {mpp:g} replaces it"
+    return float(mpp), src, note
+
+
+def check_mpp(slide: Slide, fallback: float | None, manifest: float | None = None) -> float:
+    """The slide's microns per pixel (see :func:`resolve_mpp`); a missing or absurd value is refused naming the slide."""
+    return resolve_mpp(slide, fallback, manifest)[0]

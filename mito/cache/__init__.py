@@ -14,6 +14,7 @@ from mito.cache.store import (
     parse_variant,
     store_exists,
     store_format,
+    stored_column,
     tile_list_hash,
     views_of,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "parse_variant",
     "store_exists",
     "store_format",
+    "stored_column",
     "tile_list_hash",
     "views_of",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -82,11 +83,29 @@ def friendly(fn: Callable[..., Any] | None = None, *, on_interrupt: str = "nothi
 _SKLEARN_NOTES = ("sklearn.model_selection._split", "sklearn.metrics._classification", "sklearn.metrics._ranking")
 
 
+_SHOWN_WARNINGS: set[tuple[type, str]] = set()
+
+
+def _one_line_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """A library warning as one line, once per text (not Python's file:line, source line and advice paragraphs)."""
+    text = str(message).strip()
+    text = text.splitlines()[0].rstrip(":") if text else category.__name__
+    if (category, text) in _SHOWN_WARNINGS:
+        return
+    _SHOWN_WARNINGS.add((category, text))
+    where = next((name for key, name in (("sklearn", "scikit-learn"), ("tifffile", "tifffile"), ("lightgbm", "LightGBM"), ("umap", "UMAP"),
+                                          ("torch", "torch"), ("zarr", "Zarr")) if f"{os.sep}{key}{os.sep}" in filename), "")
+    err_console.print(f"[yellow]warning:[/] {text} ({category.__name__}{' from ' + where if where else ''})", highlight=False, soft_wrap=True)
+
+
 def _quiet_library_warnings() -> None:
-    """Keep scikit-learn's UserWarnings off the user's terminal, here and in bench's worker processes."""
-    import os
+    """Keep scikit-learn's UserWarnings off the user's terminal, here and in bench's worker processes; every other
+    warning (e.g. a solver that did not converge) is one line, once, and tifffile's log records are dropped."""
+    import logging
     import warnings
 
+    warnings.showwarning = _one_line_warning
+    logging.getLogger("tifffile").setLevel(logging.ERROR + 1)  # mito reports unreadable slides and tiles itself
     for mod in _SKLEARN_NOTES:
         warnings.filterwarnings("ignore", category=UserWarning, module=mod.replace(".", r"\."))
     have = [w for w in os.environ.get("PYTHONWARNINGS", "").split(",") if w]

@@ -232,7 +232,7 @@ class Region:
 def load_regions(path: Path) -> list[Region]:
     """Polygon / MultiPolygon features with ``classification.name`` from a QuPath GeoJSON export."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))  # QuPath on Windows may write a byte-order mark
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ExtractError(f"cannot read annotations {path}: {str(e).splitlines()[0]}") from None
     feats = doc.get("features", [doc]) if isinstance(doc, dict) else doc

@@ -71,6 +71,19 @@ def _is_ome(path: str) -> bool:
     return path.lower().endswith((".ome.tif", ".ome.tiff", ".ome.btf"))
 
 
+@contextlib.contextmanager
+def _quiet_tifffile() -> Any:
+    """tifffile logs what it recovers from (a broken OME series, odd tags) straight to the terminal; mito reports
+    what matters about a slide in one line, so those records are dropped while a slide is opened."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def open_slide(path: str | os.PathLike, reader: str = "auto") -> Slide:
     """Open a slide with OpenSlide, or tifffile for OME-TIFF / pyramidal TIFFs OpenSlide does not take."""
     p = str(path)
@@ -81,10 +94,11 @@ def open_slide(path: str | os.PathLike, reader: str = "auto") -> Slide:
     if reader == "openslide" or (reader == "auto" and not _is_ome(p) and _openslide_format(p)):
         slide = _open_openslide(p)
         if slide.mpp is None and reader == "auto" and p.lower().endswith(TIFF_EXTS):
-            with contextlib.suppress(Exception):  # a generic TIFF: tifffile also reads OME-XML and resolution tags
+            with contextlib.suppress(Exception), _quiet_tifffile():  # a generic TIFF: tifffile also reads OME-XML and resolution tags
                 slide.mpp = _tiff_mpp(p)
         return slide
-    return _open_tifffile(p)
+    with _quiet_tifffile():
+        return _open_tifffile(p)
 
 
 def _openslide_format(path: str) -> str | None:
@@ -156,15 +170,10 @@ def _open_tifffile(path: str) -> Slide:
     import tifffile
     import zarr
 
-    log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.CRITICAL)  # the reason is reported in one line below, not as a log warning
-    try:
+    try:  # the reason is reported in one line, not as a log warning (open_slide keeps tifffile quiet)
         tif = tifffile.TiffFile(path)
     except Exception as e:
         raise SlideReadError(f"tifffile cannot open {Path(path).name}: {_first_line(e)}") from None
-    finally:
-        log.setLevel(level)
     try:
         series = tif.series[0]
         stores = [series.aszarr(level=lv) for lv in range(len(series.levels))]

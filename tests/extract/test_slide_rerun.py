@@ -234,3 +234,42 @@ def test_an_mpp_far_finer_than_the_slide_is_refused_naming_both(root: Path, tmp_
     monkeypatch.setattr(slide_tiles, "MAX_GRID", 100)  # a grid too large to plan is refused up front, with its size
     with pytest.raises(ExtractError, match=r"a.svs: --mpp 0.25 with 64 px steps plans 384 grid tiles on its 1536x1024 px"):
         open_source(root / "all" / "a.svs", slide_options=SlideOptions(mpp=0.25, tile_px=64), progress=False)
+
+
+# ---------------------------------------------------------------- item 28: slide messages
+
+
+def test_a_geojson_with_a_byte_order_mark_is_read(root: Path, tmp_path: Path) -> None:
+    from mito.extract.slide_tiles import load_regions
+    from tests.extract.slide_data import write_geojson
+
+    plain = write_geojson(tmp_path / "a.geojson")
+    bom = tmp_path / "bom.geojson"
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())  # as Windows tools write UTF-8
+    assert [r.label for r in load_regions(bom)] == [r.label for r in load_regions(plain)] == ["Atypical", "Normal"]
+    src = open_source(root / "all" / "a.svs", slide_options=SlideOptions(mpp=1.0, tile_px=64, annotations=str(bom)), progress=False)
+    assert set(src.tiles["label"].dropna()) == {"Atypical", "Normal"}
+
+
+def test_points_that_exist_but_hold_no_csv_are_named_as_such(root: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    for pts, said in ((os.devnull, f"points file {os.devnull} is empty: give a CSV with x,y columns"),
+                      (str(empty), f"points file {empty} is empty"), (str(tmp_path), "is a folder; give a CSV with x,y columns"),
+                      (str(tmp_path / "nope.csv"), "no such points file")):
+        res = runner.invoke(app, ["extract", str(root / "all" / "a.svs"), "--points", pts, "--store", str(tmp_path / "p.zarr")])
+        out = " ".join(res.output.split())
+        assert res.exit_code == 2 and said in out and "Traceback" not in out, (pts, out)
+
+
+def test_adding_slides_with_fewer_zooms_names_the_missing_zooms_and_the_command(root: Path, tmp_path: Path) -> None:
+    store = tmp_path / "z.zarr"
+    extract(ExtractConfig(source=str(_folder(root, tmp_path / "one", ["a.svs"])), store=str(store), **{**FAST, "zooms": [1.0, 0.25]}))
+    src = _folder(root, tmp_path / "two", ["a.svs", "b.ome.tif"])
+    before = _digest(store)
+    res = runner.invoke(app, ["extract", str(src), "--store", str(store), "--mpp", "1", "--tile-px", "64", *CLI])  # CLI: --zooms 1
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "Traceback" not in out, out
+    assert "they lack the store's columns level_z0.25, outside_z0.25: the store's tiles carry zoom(s) 0.25 that this run lacks" in out, out
+    assert f"`mito extract {src.resolve()} --store {store} --zooms 1,0.25 ...`" in out, out
+    assert _digest(store) == before

@@ -604,9 +604,9 @@ class Store:
 
         if pend:
             self._update_meta(commit)
-        with self._writing():
-            for a in list(self._b.arrays(STAGED)):
-                self._b.delete(a)
+        if self._has(STAGED):
+            with self._writing():
+                self._b.delete(STAGED)
         self._tiles = None
 
     def cancel_append(self) -> None:

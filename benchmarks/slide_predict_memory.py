@@ -12,6 +12,12 @@ Builds the store and fits an abmil head once under --dir, then scores every bag 
 is) and prints one JSON line: peak RSS (GiB) and wall seconds per mode, and whether the probabilities and attention
 weights of both modes are identical (bit for bit, else their largest difference: bags scored beside a huge bag are no
 longer padded to it, so float32 sums run over other lengths).
+
+Measured 2026 on the shared 2-core, 23 GiB machine, 4 x 50,000 + 36 x 200 tiles at 384 dims (abmil, 1 epoch):
+  load 11.5: before 2.17 GiB peak RSS, 71.4 s; after 1.15 GiB, 9.6 s
+  load 5.5:  before 2.17 GiB peak RSS,  9.9 s; after 1.01 GiB, 2.8 s
+  probabilities and attention equal to 3.0e-8 (not bit for bit), the same predicted class for every bag.
+What remains after is mostly torch, the tile table and the reader's 256 MiB chunk cache, not padding.
 """
 
 from __future__ import annotations

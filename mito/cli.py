@@ -245,8 +245,11 @@ def extract(
         console.print(f"[yellow]{len(summary['unreadable'])} unreadable tiles skipped:[/] {shown}{more}")
     for s in summary.get("skipped_slides", []):
         console.print(f"[yellow]slide skipped:[/] {s['reason']}")
-    for note in summary.get("slide_notes", []):
+    notes = summary.get("slide_notes", [])
+    for note in notes[:3]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if len(notes) > 3:
+        console.print(f"[yellow]note:[/] {len(notes) - 3} more slide(s) alike (the store's slide records say where each MPP came from)", highlight=False)
     for line in growth_lines(summary["grown"]) if "grown" in summary else []:
         console.print(line, highlight=False)
     if summary.get("incomplete") and not summary.get("grown", {}).get("incomplete"):  # an append run already named them

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -81,11 +82,29 @@ def friendly(fn: Callable[..., Any] | None = None, *, on_interrupt: str = "nothi
 _SKLEARN_NOTES = ("sklearn.model_selection._split", "sklearn.metrics._classification", "sklearn.metrics._ranking")
 
 
+_SHOWN_WARNINGS: set[tuple[type, str]] = set()
+
+
+def _one_line_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """A library warning as one line, once per text (not Python's file:line, source line and advice paragraphs)."""
+    text = str(message).strip()
+    text = text.splitlines()[0].rstrip(":") if text else category.__name__
+    if (category, text) in _SHOWN_WARNINGS:
+        return
+    _SHOWN_WARNINGS.add((category, text))
+    where = next((name for key, name in (("sklearn", "scikit-learn"), ("tifffile", "tifffile"), ("lightgbm", "LightGBM"), ("umap", "UMAP"),
+                                          ("torch", "torch"), ("zarr", "Zarr")) if f"{os.sep}{key}{os.sep}" in filename), "")
+    err_console.print(f"[yellow]warning:[/] {text} ({category.__name__}{' from ' + where if where else ''})", highlight=False, soft_wrap=True)
+
+
 def _quiet_library_warnings() -> None:
-    """Keep scikit-learn's UserWarnings off the user's terminal, here and in bench's worker processes."""
-    import os
+    """Keep scikit-learn's UserWarnings off the user's terminal, here and in bench's worker processes; every other
+    warning (e.g. a solver that did not converge) is one line, once, and tifffile's log records are dropped."""
+    import logging
     import warnings
 
+    warnings.showwarning = _one_line_warning
+    logging.getLogger("tifffile").setLevel(logging.ERROR + 1)  # mito reports unreadable slides and tiles itself
     for mod in _SKLEARN_NOTES:
         warnings.filterwarnings("ignore", category=UserWarning, module=mod.replace(".", r"\."))
     have = [w for w in os.environ.get("PYTHONWARNINGS", "").split(",") if w]
@@ -184,7 +203,7 @@ def extract(
     tile_um: Optional[float] = typer.Option(None, help="Whole slides: tile side in micrometres (instead of --mpp or --tile-px)."),
     stride: Optional[int] = typer.Option(None, help="Whole slides: grid step in pixels at --mpp (default: the tile size)."),
     min_tissue: float = typer.Option(0.5, help="Whole slides: keep grid tiles at least this much on tissue."),
-    slide_mpp: Optional[float] = typer.Option(None, help="Whole slides: um/px of level 0 when a slide records none (a manifest mpp column wins)."),
+    slide_mpp: Optional[float] = typer.Option(None, help="Whole slides: um/px of level 0 for slides that record none (a slide's own is kept; a manifest mpp column replaces it)."),
     reader: str = typer.Option("auto", help="Whole slides: auto, openslide or tifffile."),
     annotations: Optional[Path] = typer.Option(None, help="Whole slides: QuPath GeoJSON file, or folder of <slide stem>.geojson; tile label = region holding its centre."),
     label_overlap: Optional[float] = typer.Option(None, help="Whole slides: drop labelled tiles their region covers less than this."),
@@ -225,6 +244,11 @@ def extract(
         console.print(f"[yellow]{len(summary['unreadable'])} unreadable tiles skipped:[/] {shown}{more}")
     for s in summary.get("skipped_slides", []):
         console.print(f"[yellow]slide skipped:[/] {s['reason']}")
+    notes = summary.get("slide_notes", [])
+    for note in notes[:3]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if len(notes) > 3:
+        console.print(f"[yellow]note:[/] {len(notes) - 3} more slide(s) alike (the store's slide records say where each MPP came from)", highlight=False)
     for line in growth_lines(summary["grown"]) if "grown" in summary else []:
         console.print(line, highlight=False)
     if summary.get("incomplete") and not summary.get("grown", {}).get("incomplete"):  # an append run already named them

@@ -24,6 +24,7 @@ DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the fi
 
 def os_error_line(e: OSError) -> str:
     """One line for an OSError from writing or reading: what went wrong and on which file."""
-    what = DISK_ERRNOS.get(e.errno or -1) or (e.strerror or type(e).__name__)
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    what = DISK_ERRNOS.get(e.errno or -1) or e.strerror or (text if e.errno is None and text else type(e).__name__)
     where = e.filename if e.filename is not None else None
     return f"{what}: {where}" if where else what

@@ -290,8 +290,10 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, is_ours: Callable
     if p.exists() and not p.is_dir():
         raise OutputError(f"{path} exists and is not a folder")
     for q in protect:
-        if q and Path(str(q)).exists() and (inside(p, q) or inside(q, p)):
+        if q and Path(str(q)).exists() and inside(p, q):
             raise OutputError(f"{path} would replace or sit inside {q}, an input of this command")
+        if q and Path(str(q)).exists() and inside(q, p):
+            raise OutputError(f"{path} holds {q}, an input of this command (the {what} is written as a whole); give a new folder")
     owner = containing_artifact(p) if p.exists() else containing_artifact(p.parent)
     if owner is not None and not (p.exists() and owner == p.resolve() and is_ours(p)):
         raise OutputError(f"{path} lies inside or is {owner}, a mito store or model; choose another {what}")

@@ -67,7 +67,17 @@ def _carve_val(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: fl
         return rows, rows[:0]
     sgkf = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
     tr, va = next(iter(sgkf.split(rows, y, groups)))
-    return rows[tr], rows[va]
+    return _keep_classes(rows, y, groups, tr, va)
+
+
+def _keep_classes(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, tr: np.ndarray, va: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) rows where every class of the early-stopping part is also trained on: the groups of a class whose
+    every group landed in ``va`` go back to training (a head cannot early-stop on a class it never saw)."""
+    lost = np.setdiff1d(np.unique(y[va]), np.unique(y[tr]))
+    if len(lost):
+        back = np.isin(groups[va], np.unique(groups[va][np.isin(y[va], lost)]))
+        tr, va = np.concatenate([tr, va[back]]), va[~back]
+    return rows[np.sort(tr)], rows[np.sort(va)]
 
 
 def make_folds(
@@ -105,10 +115,12 @@ def make_folds(
         side = tiles["split"].astype(str).to_numpy()
         train_rows = np.flatnonzero(labelled & (side == "train"))
         test_rows = np.flatnonzero(labelled & (side == "test"))
-        parts = _group_folds(train_rows, labels[train_rows].astype(str), groups[train_rows], n_folds, seed)
+        yt, gt = labels[train_rows].astype(str), groups[train_rows]
+        parts = _group_folds(train_rows, yt, gt, n_folds, seed)
         for k, val in enumerate(parts):
-            train = np.setdiff1d(train_rows, val)
-            folds.append(Fold(k, train, np.sort(val), test_rows))
+            in_val = np.isin(train_rows, val)
+            train, val = _keep_classes(train_rows, yt, gt, np.flatnonzero(~in_val), np.flatnonzero(in_val))
+            folds.append(Fold(k, train, val, test_rows))
         desc = f"{n_folds} models, each trained on the train split minus one slide-grouped part (its early-stopping set), all scored on the test split"
     else:
         rows = np.flatnonzero(labelled)

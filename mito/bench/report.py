@@ -230,6 +230,24 @@ def scroll_tables(page: str) -> str:
     return page.replace("<table>", "<div class='tw'><table>").replace("</table>", "</table></div>")
 
 
+def _written_here(path: Path, folder: Path) -> bool:
+    """A regular file directly in ``folder`` (never a link: a report inlines nothing from outside its folder)."""
+    return not path.is_symlink() and path.is_file() and path.resolve().parent == folder.resolve()
+
+
+def _made_by_mito(path: Path) -> bool:
+    """A PNG that mito's UMAP wrote (its Software text chunk), not any picture a user left in the folder."""
+    from PIL import Image
+
+    from mito.bench.umap import PNG_SOFTWARE
+
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and str(im.info.get("Software", "")).startswith(PNG_SOFTWARE)
+    except OSError:
+        return False
+
+
 def _img(path: Path | None, alt: str) -> str:
     if path is None or not path.is_file():
         return ""
@@ -395,7 +413,8 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             (reliability_figure(rows, lb.predictions, d / f"{stem}_reliability.png", positive_of(rows.iloc[0], lb) if n_classes == 2 else None),
              f"{task}: reliability"),
         ]
-        umaps = [d / f"umap_{stem}.png"] if (d / f"umap_{stem}.png").is_file() else (sorted(d.glob("umap*.png")) if len(lb.rows["task"].unique()) == 1 else [])
+        umaps = [d / f"umap_{stem}.png"] if _written_here(d / f"umap_{stem}.png", d) else (
+            [p for p in sorted(d.glob("umap*.png")) if _written_here(p, d) and _made_by_mito(p)] if len(lb.rows["task"].unique()) == 1 else [])
         ratio = ""
         for f in tc.get("finetune", []):
             ratio += (

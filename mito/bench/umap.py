@@ -15,6 +15,8 @@ from mito.io import atomic_write, safe_name
 from mito.progress import status
 from mito.tasks import PROXY_TASKS, resolve_task
 
+PNG_SOFTWARE = "mito umap"  # the PNG's Software text chunk: how a report knows a umap*.png is one mito wrote
+
 
 def color_labels(tiles: pd.DataFrame, color_by: str) -> pd.Series:
     """Values to colour by: a proxy task's labels or a tile-table column (None = unlabelled)."""
@@ -77,7 +79,7 @@ def scatter_figure(emb: np.ndarray, v: pd.Series, title: str) -> Any:
 def _scatter(emb: np.ndarray, v: pd.Series, title: str, path: Path) -> Path:
     fig = scatter_figure(emb, v, title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: fig.savefig(p, format="png"), ".png")
+    atomic_write(path, lambda p: fig.savefig(p, format="png", metadata={"Software": PNG_SOFTWARE}), ".png")
     _plt().close(fig)
     return path
 

@@ -16,6 +16,7 @@ from mito.cache.store import (
     store_exists,
     store_format,
     store_input_files,
+    stored_column,
     tile_list_hash,
     views_of,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "store_exists",
     "store_format",
     "store_input_files",
+    "stored_column",
     "tile_list_hash",
     "views_of",
 ]

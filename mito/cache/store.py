@@ -49,6 +49,7 @@ DEFAULT_CHUNK_ROWS = 1024
 TILE_DIMS = ["tile"]
 FEATURE_DIMS = ["tile", "feature"]
 DONE_DIMS = ["chunk"]
+STAGED = "tiles_update"  # new tile-table columns wait here until an update commits
 
 @dataclass(frozen=True)
 class Variant:
@@ -188,7 +189,11 @@ class Store:
         if strict and self.meta.get("append") and not writable:
             self._abort()
             raise StoreError(f"{path}: adding tiles to it was interrupted; re-run the same `mito extract ... --store {path}` to finish it")
-        if strict and not self.meta.get("append"):  # a pending append is finished (or undone) before anything is read
+        if strict and self.meta.get("tile_update") and not writable:
+            self._abort()
+            raise StoreError(f"{path}: updating its tile table (labels) was interrupted; re-run the same `mito extract ... --store {path}` "
+                             "to finish it")
+        if strict and not self.meta.get("append") and not self.meta.get("tile_update"):  # a pending change is finished before anything is read
             found = self.meta_problems or self._structure_problems()
             if found:
                 self._abort()
@@ -439,19 +444,26 @@ class Store:
             self._b.set_attrs(meta)
         self.meta = meta
 
+    def check_variant(self, key: str, dim: int, provenance: dict[str, Any]) -> bool:
+        """True when the store holds ``key`` made this way, False when it lacks it; refused (nothing written) when it
+        holds it made differently."""
+        existing = self.meta.get("variants", {}).get(key)
+        if existing is None:
+            return False
+        diff = _differences(existing, {"dim": int(dim), **provenance})
+        if diff:
+            raise StoreError(
+                f"{self.path} already holds {key} made differently ({'; '.join(diff)}); "
+                "use a new --store or remove that variant first"
+            )
+        return True
+
     def ensure_variant(self, key: str, dim: int, provenance: dict[str, Any]) -> bool:
         """Create a variant's arrays, or check an existing one matches; returns True if newly created."""
         self._require_writable()
         v = parse_variant(key)
         self.meta = self._b.get_attrs(fresh=True) or self.meta
-        existing = self.meta.get("variants", {}).get(key)
-        if existing is not None:
-            diff = _differences(existing, {"dim": int(dim), **provenance})
-            if diff:
-                raise StoreError(
-                    f"{self.path} already holds {key} made differently ({'; '.join(diff)}); "
-                    "use a new --store or remove that variant first"
-                )
+        if self.check_variant(key, dim, provenance):
             return False
         rows = min(self.chunk_rows, self.n_tiles)
         with self._writing():
@@ -491,12 +503,9 @@ class Store:
             raise StoreError(f"{self.path}: this store format cannot grow; extract into a new --store")
         self.meta = self._b.get_attrs(fresh=True) or self.meta
         n_old, cols, pend = self.n_tiles, self.meta["tile_columns"], self.meta.get("append")
-        names = [c["name"] for c in cols]
-        if set(new.columns) != set(names):
-            extra, missing = sorted(set(new.columns) - set(names)), sorted(set(names) - set(new.columns))
-            raise StoreError(f"the new tiles' columns differ from {self.path}'s ("
-                             + "; ".join(x for x in (f"new: {', '.join(extra)}" if extra else "", f"missing: {', '.join(missing)}" if missing else "") if x)
-                             + "); extract them into a new --store")
+        problem = self.append_problem(new)
+        if problem:
+            raise StoreError(f"the new tiles' columns differ from {self.path}'s ({problem}); extract them into a new --store")
         old_ids = [str(t) for t in self._read("tiles/tile_id", slice(0, n_old))]
         new_ids = new["tile_id"].astype(str).tolist()
         ids = pd.Series(new_ids)
@@ -554,6 +563,64 @@ class Store:
             m.pop("append", None)
 
         self._update_meta(commit)
+        self._tiles = None
+
+    def append_problem(self, new: pd.DataFrame) -> str | None:
+        """Why ``new`` rows cannot be appended as they are (their columns differ from the store's), or None."""
+        names = self.tile_column_names
+        if set(new.columns) == set(names):
+            return None
+        extra, missing = sorted(set(new.columns) - set(names)), sorted(set(names) - set(new.columns))
+        return "; ".join(x for x in (f"new: {', '.join(extra)}" if extra else "", f"missing: {', '.join(missing)}" if missing else "") if x)
+
+    def update_tile_columns(self, columns: pd.DataFrame, note: dict[str, Any] | None = None, tasks: Sequence[str] = ()) -> None:
+        """Replace or add whole tile-table columns (labels and other metadata; never rows or embeddings), adding
+        ``tasks`` to the store's label columns. Readers see every new column or none: the columns are staged beside the
+        table, the intent is recorded, they are copied in and one attribute write commits; a store killed part-way
+        refuses readers in one line, and the next writer (the same `mito extract`) finishes it."""
+        self._require_writable()
+        if len(columns) != self.n_tiles:
+            raise StoreError(f"{len(columns)} values for the {self.n_tiles} rows of {self.path}")
+        if "tile_id" in columns:
+            raise StoreError("tile ids are the rows' identity; they are never updated")
+        self.finish_tile_update()
+        kinds = {}
+        with self._writing():
+            for name in columns.columns:
+                kinds[str(name)] = _write_column(self._b, f"{STAGED}/{name}", columns[name].reset_index(drop=True))
+        self._update_meta(lambda m: m.__setitem__("tile_update", {"columns": kinds, "tasks": list(tasks), **(note or {})}))
+        self.finish_tile_update()
+
+    def finish_tile_update(self) -> None:
+        """Copy the staged columns of a tile-table update into the table and commit it (nothing when none is pending);
+        staged columns a writer left before recording its intent are removed."""
+        self._require_writable()
+        self.meta = self._b.get_attrs(fresh=True) or self.meta
+        pend = self.meta.get("tile_update")
+        with self._writing():
+            if pend:
+                for name, kind in pend["columns"].items():
+                    _write_array(self._b, f"tiles/{name}", self._b.read(f"{STAGED}/{name}"), kind)
+
+        def commit(m: dict[str, Any]) -> None:
+            cols = list(m["tile_columns"])
+            names = [c["name"] for c in cols]
+            for name, kind in pend["columns"].items():
+                if name in names:
+                    cols[names.index(name)] = {"name": name, "kind": kind}
+                else:
+                    cols.append({"name": name, "kind": kind})
+            m["tile_columns"] = cols
+            m["tasks"] = [*m.get("tasks", []), *[t for t in pend.get("tasks", []) if t not in m.get("tasks", [])]]
+            done = {k: v for k, v in pend.items() if k not in ("columns", "tasks")}
+            m["tile_updates"] = [*m.get("tile_updates", []), {"columns": sorted(pend["columns"]), "added": _now(), **done}]
+            m.pop("tile_update", None)
+
+        if pend:
+            self._update_meta(commit)
+        if self._has(STAGED):
+            with self._writing():
+                self._b.delete(STAGED)
         self._tiles = None
 
     def cancel_append(self) -> None:
@@ -755,6 +822,9 @@ class Store:
             a = meta["append"]
             problems.append(f"adding tiles {a.get('from')}..{a.get('to')} was interrupted: re-run the same mito extract to finish it")
             return
+        if isinstance(meta.get("tile_update"), dict):
+            problems.append("updating the tile table (labels) was interrupted: re-run the same mito extract to finish it")
+            return
         n, cr = _pos_int(meta.get("n_tiles")), _pos_int(meta.get("chunk_rows"))
         n_chunks = math.ceil(n / cr) if n and cr else None
         cols = meta.get("tile_columns") if isinstance(meta.get("tile_columns"), list) else []
@@ -854,20 +924,31 @@ def _column_array(s: pd.Series, kind: str) -> np.ndarray:
     return s.to_numpy(dtype=np.int64 if kind == "int" else np.float64)
 
 
+def stored_column(s: pd.Series) -> tuple[str, np.ndarray]:
+    """(kind, values) of a tile-table column as a store keeps it (strings with '' for missing, int8 yes/no ...)."""
+    kind = _column_kind(s)
+    return kind, _column_array(s.reset_index(drop=True), kind)
+
+
+def _write_array(b: StoreBackend, name: str, arr: np.ndarray, kind: str) -> None:
+    """Write (or replace) one tile-table array already in its stored form."""
+    chunk = max(1, min(len(arr), 65536))
+    if kind == "str":
+        b.write_strings(name, np.asarray(arr).astype(object), chunk, TILE_DIMS)  # Zarr reads back StringDType
+    else:
+        b.create(name, arr.shape, arr.dtype, (chunk,), -1 if kind == "bool" else 0, TILE_DIMS)
+        b.write(name, slice(None), arr)
+
+
+def _write_column(b: StoreBackend, name: str, s: pd.Series) -> str:
+    """Write one tile-table column at ``name``; returns its kind."""
+    kind = _column_kind(s)
+    _write_array(b, name, _column_array(s, kind), kind)
+    return kind
+
+
 def _write_tiles(b: StoreBackend, tiles: pd.DataFrame) -> list[dict[str, str]]:
-    cols = []
-    chunk = max(1, min(len(tiles), 65536))
-    for name in tiles.columns:
-        s = tiles[name]
-        kind = _column_kind(s)
-        if kind == "str":
-            b.write_strings(f"tiles/{name}", _column_array(s, kind), chunk, TILE_DIMS)
-        else:
-            arr = _column_array(s, kind)
-            b.create(f"tiles/{name}", arr.shape, arr.dtype, (chunk,), -1 if kind == "bool" else 0, TILE_DIMS)
-            b.write(f"tiles/{name}", slice(None), arr)
-        cols.append({"name": str(name), "kind": kind})
-    return cols
+    return [{"name": str(name), "kind": _write_column(b, f"tiles/{name}", tiles[name])} for name in tiles.columns]
 
 
 RESERVED_NAMES = {"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"}  # Zarr metadata documents

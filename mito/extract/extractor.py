@@ -344,11 +344,22 @@ def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True) -
     if store_exists(cfg.store):
         store = open_store(cfg.store, mode="a", lock=lock)
         try:  # new slides (or crops) become new rows; the source's table is then the store's
-            return store, grow_store(store, source, cfg.store, may_write=lock, limited=cfg.limit is not None)
+            check_variants(cfg, store, source)  # before anything is written: a refused run leaves the store as it was
+            return store, grow_store(store, source, cfg.store, may_write=lock, limited=cfg.limit is not None, tasks=tuple(meta["tasks"]))
         except BaseException:
             store.close()
             raise
     return create_store(cfg.store, tiles, meta, chunk_rows=cfg.chunk_rows), None
+
+
+def check_variants(cfg: ExtractConfig, store: Store, source: TileSource) -> None:
+    """Refuse, before anything is written, a run whose variants the store already holds made differently."""
+    for name in cfg.backbones:
+        spec = get_backbone(name)
+        weights = resolve_weights(spec, cfg.weights.get(name))
+        sha = file_sha256(weights) if weights is not None else RANDOM_SHA
+        for v, p, w in variant_plan(cfg, name):
+            store.check_variant(v.key, spec.embed_dim, _provenance(spec, sha, p, source, w, cfg.augment_seed))
 
 
 def kept_rows(store: Store, keys: list[str], need: np.ndarray) -> np.ndarray:
@@ -446,10 +457,11 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         store, growth = opened
     try:  # from here on the store (and its writer lock) is closed whatever happens
         summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
-        if growth is not None and (growth.added_tiles or growth.kept_tiles):
+        if growth is not None and growth.changed:
             summary["grown"] = growth.as_dict()
         if source.slides is not None:
             summary["skipped_slides"] = source.slides["info"]["skipped"]
+            summary["slide_notes"] = source.slides["info"].get("notes", [])
             if dist.main:
                 record_slides(store, cfg.store, source.slides["info"])
         if dist.active:

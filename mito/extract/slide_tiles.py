@@ -29,12 +29,12 @@ from mito.extract.slides import (
     Slide,
     SlideReadError,
     best_level,
-    check_mpp,
     close_slide,
     open_slide,
     outside_fraction,
     read_box,
     slide_file_stems,
+    resolve_mpp,
     stem,
     thumbnail,
 )
@@ -44,6 +44,8 @@ MASK_TILE_PX = 16  # a tile spans at least this many mask pixels (when the slide
 MASK_MAX_SIDE = 8192
 MAX_TILE_PX = 16384  # as ExtractConfig's tile_size
 OPEN_SLIDES = 4  # handles kept open per DataLoader worker
+MAX_UPSAMPLE = 4.0  # --mpp may be at most this many times finer than a slide's level 0 (beyond: tiles of blur)
+MAX_GRID = 1 << 22  # grid positions planned per slide (~100 bytes each while the tissue is measured)
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ def load_regions(path: Path) -> list[Region]:
     """Polygon / MultiPolygon features with ``classification.name`` from a QuPath GeoJSON export (other geometries
     and unclassified features are ignored); anything malformed is refused in one line naming the file."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))  # QuPath on Windows may write a byte-order mark
     except RecursionError:
         raise ExtractError(f"cannot read annotations {path}: JSON nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -352,6 +354,11 @@ def _boxes_for(slide: Slide, opts: SlideOptions, smpp: float, centres: np.ndarra
     nx, ny = math.floor((W - side0) / step0) + 1, math.floor((H - side0) / step0) + 1
     if nx < 1 or ny < 1:
         return np.zeros((0, 4))
+    if nx * ny > MAX_GRID:
+        raise ExtractError(
+            f"{slide.name}: --mpp {opts.mpp:g} with {opts.stride} px steps plans {nx * ny:,} grid tiles on its {W}x{H} px "
+            f"(more than {MAX_GRID:,}, about {nx * ny * 100 / 2**30:.1f} GiB to plan): use a coarser --mpp, larger tiles or a larger --stride"
+        )
     gx, gy = np.meshgrid(np.arange(nx) * step0, np.arange(ny) * step0)  # row-major: tiles ordered top to bottom
     x0, y0 = gx.ravel(), gy.ravel()
     return np.stack([x0, y0, x0 + side0, y0 + side0], axis=1)
@@ -416,13 +423,13 @@ def build_slide_table(
     if points is not None and len(slides) != 1:
         raise ExtractError("--points needs a single slide as SOURCE")
     extra = [c for c in slides.columns if c not in ("path", "mpp")]
-    parts, records, skipped, masks = [], [], [], {}
+    parts, records, skipped, masks, notes = [], [], [], {}, []
     with progress_bar("slides", enabled=progress and len(slides) > 1) as bar:
         task = bar.add_task("tissue + grid", total=len(slides), rate="-", info="")
         for _, row in slides.iterrows():
             p = str(row["path"])
-            override = row.get("mpp") if "mpp" in slides else None
-            override = float(override) if override is not None and pd.notna(override) else opts.slide_mpp
+            given = row.get("mpp") if "mpp" in slides else None
+            given = float(given) if given is not None and pd.notna(given) else None
             try:
                 slide = open_slide(p, opts.reader)
             except SlideReadError as e:
@@ -430,7 +437,19 @@ def build_slide_table(
                 bar.update(task, advance=1)
                 continue
             try:
-                smpp = check_mpp(slide, override) if opts.mpp is not None else override or slide.mpp or math.nan
+                if opts.mpp is not None:
+                    smpp, mpp_from, note = resolve_mpp(slide, opts.slide_mpp, given)
+                else:  # level-0 crops: the mpp is only recorded
+                    try:
+                        smpp, mpp_from, note = resolve_mpp(slide, opts.slide_mpp, given)
+                    except SlideReadError:
+                        smpp, mpp_from, note = math.nan, None, None
+                if opts.mpp is not None and opts.mpp * MAX_UPSAMPLE < smpp * (1 - 1e-9):
+                    raise ExtractError(
+                        f"--mpp {opts.mpp:g} is {smpp / opts.mpp:.3g}x finer than {slide.name}'s level 0 ({smpp:g} um/px): "
+                        f"each {opts.tile_px} px tile would be blown up from {opts.tile_px * opts.mpp / smpp:.2g} level-0 px; use --mpp {smpp / MAX_UPSAMPLE:g} "
+                        f"or coarser (at most {MAX_UPSAMPLE:g}x finer than a slide)"
+                    )
                 centres = points[["x", "y"]].to_numpy(np.float64) if points is not None else None
                 if centres is not None and opts.mpp is None:
                     centres = np.round(centres)
@@ -458,6 +477,9 @@ def build_slide_table(
             if "patient" in df and "group" not in df:
                 df["group"] = df["patient"].astype(str)
             rec["n_tiles"] = len(df)
+            rec["mpp_from"] = mpp_from
+            if note:
+                notes.append(note)
             parts.append(df)
             records.append(rec)
             if geo is not None:
@@ -469,7 +491,7 @@ def build_slide_table(
     tiles = pd.concat(parts, ignore_index=True)
     if tiles.empty:
         raise ExtractError(f"no tiles on tissue in {path}: lower --min-tissue (now {opts.min_tissue:g}) or check the slides")
-    info = {"options": asdict(opts), "slides": records, "skipped": skipped, "masks": masks}
+    info = {"options": asdict(opts), "slides": records, "skipped": skipped, "masks": masks, "notes": notes}
     return tiles, info
 
 

@@ -80,6 +80,19 @@ def _is_ome(path: str) -> bool:
     return path.lower().endswith((".ome.tif", ".ome.tiff", ".ome.btf"))
 
 
+@contextlib.contextmanager
+def _quiet_tifffile() -> Any:
+    """tifffile logs what it recovers from (a broken OME series, odd tags) straight to the terminal; mito reports
+    what matters about a slide in one line, so those records are dropped while a slide is opened."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def open_slide(path: str | os.PathLike, reader: str = "auto") -> Slide:
     """Open a slide with OpenSlide, or tifffile for OME-TIFF / pyramidal TIFFs OpenSlide does not take."""
     p = str(path)
@@ -90,10 +103,11 @@ def open_slide(path: str | os.PathLike, reader: str = "auto") -> Slide:
     if reader == "openslide" or (reader == "auto" and not _is_ome(p) and _openslide_format(p)):
         slide = _open_openslide(p)
         if slide.mpp is None and reader == "auto" and p.lower().endswith(TIFF_EXTS):
-            with contextlib.suppress(Exception):  # a generic TIFF: tifffile also reads OME-XML and resolution tags
+            with contextlib.suppress(Exception), _quiet_tifffile():  # a generic TIFF: tifffile also reads OME-XML and resolution tags
                 slide.mpp = _tiff_mpp(p)
         return slide
-    return _open_tifffile(p)
+    with _quiet_tifffile():
+        return _open_tifffile(p)
 
 
 def _openslide_format(path: str) -> str | None:
@@ -169,15 +183,10 @@ def _open_tifffile(path: str) -> Slide:
 
     guard_zarr_exit()
 
-    log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.CRITICAL)  # the reason is reported in one line below, not as a log warning
-    try:
+    try:  # the reason is reported in one line, not as a log warning (open_slide keeps tifffile quiet)
         tif = tifffile.TiffFile(path)
     except Exception as e:
         raise SlideReadError(f"tifffile cannot open {Path(path).name}: {_first_line(e)}") from None
-    finally:
-        log.setLevel(level)
     try:
         series = tif.series[0]
         stores = [series.aszarr(level=lv) for lv in range(len(series.levels))]
@@ -311,15 +320,44 @@ def thumbnail(slide: Slide, downsample: float, max_bytes: int = 64 << 20) -> np.
     return np.concatenate(bands, axis=0)
 
 
-def check_mpp(slide: Slide, override: float | None) -> float:
-    """The slide's microns per pixel (``override`` wins); a missing or absurd value is refused naming the slide."""
-    mpp = override if override is not None else slide.mpp
+MPP_AGREE = 0.01  # relative difference below which a given and a recorded MPP are the same value
+
+
+def resolve_mpp(slide: Slide, fallback: float | None = None, manifest: float | None = None) -> tuple[float, str, str | None]:
+    """(um/px of level 0, where it came from, a note or None): a manifest ``mpp`` replaces what the slide records
+    (explicit, per slide); ``fallback`` (--slide-mpp) only fills in for a slide that records none or an implausible
+    value, so a slide that records its own keeps it (a note says so when the two disagree). Refused in one line naming
+    the slide when no usable value is left."""
     lo, hi = MPP_RANGE
-    if mpp is None or not math.isfinite(mpp):
+    rec = slide.mpp if slide.mpp is not None and math.isfinite(slide.mpp) else None
+    plausible = rec is not None and lo <= rec <= hi
+    if manifest is not None:
+        mpp, src = manifest, "manifest"
+    elif plausible:
+        assert rec is not None
+        note = None
+        if fallback is not None and abs(fallback - rec) > MPP_AGREE * rec:
+            note = (f"{slide.name} records {rec:g} um/px: kept (--slide-mpp {fallback:g} is only for slides that record none; "
+                    "an mpp column in a slide manifest replaces a slide's own)")
+        return float(rec), "recorded", note
+    elif fallback is not None:
+        mpp, src = fallback, "--slide-mpp"
+    elif rec is None:
         raise SlideReadError(f"{slide.name} records no microns per pixel: give --slide-mpp or an mpp column in the slide manifest")
-    if not lo <= mpp <= hi:
-        src = "given" if override is not None else "recorded"
+    else:
+        mpp, src = rec, "recorded"
+    if not math.isfinite(mpp) or not lo <= mpp <= hi:
+        what = "recorded" if src == "recorded" else "given"
+        by = "" if src == "recorded" else f" ({src})"
         raise SlideReadError(
-            f"{slide.name}: {src} microns per pixel {mpp:g} is outside {lo:g}..{hi:g}: give the real value with --slide-mpp or an mpp column"
+            f"{slide.name}: {what} microns per pixel {mpp:g}{by} is outside {lo:g}..{hi:g}: give the real value with --slide-mpp or an mpp column"
         )
-    return float(mpp)
+    note = None
+    if src == "manifest" and plausible and rec is not None and abs(mpp - rec) > MPP_AGREE * rec:
+        note = f"{slide.name} records {rec:g} um/px; the manifest's mpp {mpp:g} replaces it"
+    return float(mpp), src, note
+
+
+def check_mpp(slide: Slide, fallback: float | None, manifest: float | None = None) -> float:
+    """The slide's microns per pixel (see :func:`resolve_mpp`); a missing or absurd value is refused naming the slide."""
+    return resolve_mpp(slide, fallback, manifest)[0]

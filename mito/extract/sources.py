@@ -225,7 +225,9 @@ def read_points(points: Path) -> pd.DataFrame:
     """A points CSV: x, y (level-0 pixel centres, numbers) and any other columns, at least one row."""
     try:
         df = pd.read_csv(points)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except pd.errors.EmptyDataError:
+        raise ExtractError(f"points file {points} is empty: give a CSV with x,y columns (level-0 pixel centres)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ExtractError(f"cannot parse points {points}: {str(e).splitlines()[0]}") from None
     if not {"x", "y"} <= set(df.columns):
         raise ExtractError(f"points file {points} needs x and y columns (has: {', '.join(map(str, df.columns))})")
@@ -263,8 +265,10 @@ def open_source(
         from mito.extract.slide_tiles import slide_source
 
         pts_path = Path(points).expanduser() if points is not None else None
-        if pts_path is not None and not pts_path.is_file():
+        if pts_path is not None and not pts_path.exists():
             raise ExtractError(f"no such points file: {pts_path}")
+        if pts_path is not None and pts_path.is_dir():
+            raise ExtractError(f"--points {pts_path} is a folder; give a CSV with x,y columns (level-0 pixel centres)")
         df, slides = slide_source(p, pts_path, task, slide_options, progress and pts_path is None)
         native = slide_options.mpp is None
         return TileSource("slides", str(p.resolve()), df, tile_size=tile_size if native else None, slides=slides)

@@ -20,6 +20,7 @@ from mito.heads.base import HeadError
 from mito.tasks import PROXY_TASKS, resolve_task
 
 ANY_PREFIX = "any:"
+SCORE_TILES = 16384  # padded tiles (bags x longest bag) per scoring batch; a bag longer than this is scored alone
 DEFAULT_CACHE_BYTES = 256 << 20  # decoded chunks kept between batches (small stores are then read once)
 NEGATIVE, POSITIVE = "no", "yes"  # classes of a derived any:VALUE bag label
 
@@ -325,3 +326,22 @@ def local_batches(bags: Bags, which: np.ndarray, batch_bags: int, rng: np.random
     cuts = list(range(shift, len(ordered), batch_bags))
     parts = [p for p in np.split(ordered, cuts) if len(p)]
     return [parts[i] for i in rng.permutation(len(parts))]
+
+
+def tile_budget_batches(sizes: np.ndarray, which: np.ndarray, batch_bags: int, budget: int = SCORE_TILES) -> list[np.ndarray]:
+    """The bags ``which``, in order, cut into batches of at most ``batch_bags`` bags whose padded size (bags x the
+    longest bag) stays within ``budget`` tiles; a bag longer than the budget forms a batch of its own. Padding every
+    bag of a batch to its longest (float32) then costs at most ``budget`` tiles, or one bag, never bags x a huge bag."""
+    out: list[np.ndarray] = []
+    start, longest = 0, 0
+    which = np.asarray(which)
+    for j, i in enumerate(which):
+        n = int(sizes[int(i)])
+        wide = max(longest, n)
+        if j > start and (j - start >= batch_bags or (j - start + 1) * wide > budget):
+            out.append(which[start:j])
+            start, wide = j, n
+        longest = wide
+    if len(which) > start:
+        out.append(which[start:])
+    return out

@@ -283,7 +283,11 @@ class Head(ClassifierMixin, BaseEstimator):
         try:
             return np.array([index[v] for v in y.tolist()], dtype=np.int64)
         except KeyError as e:
-            raise HeadError(f"label {e.args[0]!r} was not among the training classes {self.classes_.tolist()}") from None
+            raise HeadError(
+                f"the validation rows hold label {e.args[0]!r}, which no training row has (training classes: "
+                f"{', '.join(map(repr, self.classes_.tolist()))}): every slide/group with it fell on the validation side; "
+                "give that class more slides or groups, use fewer folds, or set the split with a split column"
+            ) from None
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "classes_"):

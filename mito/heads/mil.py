@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import mito
-from mito.heads.bags import BagReader, Bags, local_batches
+from mito.heads.bags import SCORE_TILES, BagReader, Bags, local_batches, tile_budget_batches
 from mito.heads.base import (
     HEAD_FILE,
     HeadError,
@@ -171,6 +171,9 @@ class MILHead:
             net.train()
             rng = np.random.default_rng([self.seed, ep])
             batches = local_batches(bags, train, int(self.batch_bags), rng)
+            if self.max_tiles is None or int(self.max_tiles) * int(self.batch_bags) > SCORE_TILES:  # huge bags: bound the padding
+                shown = bags.sizes if self.max_tiles is None else np.minimum(bags.sizes, int(self.max_tiles))
+                batches = [b for batch in batches for b in tile_budget_batches(shown, batch, int(self.batch_bags))]
             total, seen = 0.0, 0
             read = reader.read_batches(bags, batches, rng, self.max_tiles, float(self.tile_dropout))
             for sel, x, mask in read_ahead((sel, *pad(xs)) for sel, _, xs in read):  # decode + pad overlap training
@@ -206,7 +209,8 @@ class MILHead:
         was = net.training
         net.eval()
         out, rows_out, att_out = [], [], []
-        read = reader.batches(bags, which, int(self.batch_bags), None, None)  # scoring sees every tile
+        # scoring sees every tile; batches are bounded by padded tiles, so a few huge bags never pad a whole batch
+        read = reader.read_batches(bags, tile_budget_batches(bags.sizes, which, int(self.batch_bags)))
         for rows, x, mask in read_ahead((rows, *pad(xs)) for _, rows, xs in read):
             logits, a = net(x, mask)
             out.append(logits)

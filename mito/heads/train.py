@@ -173,9 +173,10 @@ def is_model_dir(path: str | os.PathLike) -> bool:
 def check_model_out(out: str | os.PathLike, store: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse a model --out that exists (without overwrite), is not a model directory, is or holds the store, or is '.', '/', a file."""
     p = Path(out)
+    check_output_dir(p, True, is_model_dir, protect=(store,), what="model directory (--out)")  # what --overwrite cannot lift, links resolved
     if (p.exists() or p.is_symlink()) and not overwrite:
         raise HeadError(f"{out} already exists; choose another --out or pass --overwrite")
-    return check_output_dir(p, overwrite, is_model_dir, protect=(store,), what="model directory (--out)")
+    return p
 
 
 def split_description(split_column: str | None, group_column: str | None, val_fraction: float, test_fraction: float) -> str:

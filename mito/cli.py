@@ -306,6 +306,26 @@ def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
     console.print(f"ok: {n} tiles x {nv} variants, complete and sound")
 
 
+@cache_app.command("rm")
+@friendly(on_interrupt="the store is as before, or without the named variants (run mito cache verify)")
+def cache_rm(
+    store: str = typer.Argument(..., help="Store path"),
+    variants: list[str] = typer.Argument(..., help="Variant keys to remove, e.g. efficientnet_lite0:z1:rgb (their augmented views go too)."),
+) -> None:
+    """Remove variants (features, done flags, provenance) under the writer lock; the other variants stay as they are."""
+    from mito.cache import open_store
+
+    with open_store(store, "a", lenient=True) as s:  # lenient: a damaged variant is exactly what one removes
+        if s.meta_problems:
+            raise UserError(f"{store} has malformed attributes ({s.meta_problems[0]}); run mito cache verify {store}")
+        removed = s.remove_variants(variants)
+    with open_store(store) as s:  # the strict open checks every remaining array against the attributes
+        left = s.variants
+    views = [k for k in removed if k not in variants]
+    console.print(f"removed {', '.join(k for k in removed if k in variants)}" + (f" with its views {', '.join(views)}" if views else "")
+                  + f" from {store}; {len(left)} variant{'s' if len(left) != 1 else ''} left: {', '.join(left)}", highlight=False)
+
+
 @app.command()
 @friendly
 def demo(

@@ -177,7 +177,10 @@ def extract(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     chunk_rows: int = typer.Option(1024, help="Rows per store chunk (the unit of resume)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (CUDA; last batch padded)."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N tiles (for a quick look)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N tiles in sorted path order (often all of one class: for a labelled quick look use --sample)."),
+    sample: Optional[int] = typer.Option(None, help="N tiles drawn at random (--seed), stratified by label: classes in proportion, each at least one."),
+    sample_per_class: Optional[int] = typer.Option(None, help="N tiles per class drawn at random (--seed); all of a smaller class."),
+    seed: int = typer.Option(0, help="Seed of --sample / --sample-per-class (the same N and seed give the same tiles, so a re-run resumes)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     gpus: int = typer.Option(1, "--gpus", help="Run N ranks via torchrun (one per GPU), each writing whole chunks of the store."),
     mpp: Optional[float] = typer.Option(None, help="Whole slides: tiles at M um/px over tissue (SOURCE: a slide, folder of slides or slide manifest CSV)."),
@@ -206,7 +209,7 @@ def extract(
         augment=augment, augment_colors=split_list(augment_colors), augment_seed=augment_seed,
         fit=fit, pad_mode=pad_mode, input_size=input_size, tile_size=tile_size, task=task, label_column=label_column,
         batch_size=batch_size, num_workers=workers, device=device, chunk_rows=chunk_rows, compile=compile,
-        limit=limit, progress=not quiet, mpp=mpp, tile_px=tile_px, tile_um=tile_um, stride=stride,
+        limit=limit, sample=sample, sample_per_class=sample_per_class, seed=seed, progress=not quiet, mpp=mpp, tile_px=tile_px, tile_um=tile_um, stride=stride,
         min_tissue=min_tissue, slide_mpp=slide_mpp, reader=reader,
         annotations=str(annotations) if annotations else None, label_overlap=label_overlap,
     )
@@ -231,6 +234,10 @@ def extract(
     if summary.get("incomplete") and not summary.get("grown", {}).get("incomplete"):  # an append run already named them
         console.print(f"[yellow]not complete (this run did not extract them):[/] {', '.join(summary['incomplete'])}; "
                       "re-run with the zooms, colours and --augment views that made them", highlight=False)
+    if summary.get("sample"):
+        from mito.extract.sources import sample_line
+
+        console.print(f"sampled {sample_line(summary['sample'])}", highlight=False)
     console.print(f"store: {summary['store']} ({summary['n_tiles']} tiles)")
 
 
@@ -261,6 +268,11 @@ def _print_info(info: dict[str, Any]) -> None:
     console.print(f"source: {src.get('path')} ({src.get('kind')}); tile list sha256 {str(info['tile_list_sha256'])[:16]}...")
     for task, counts in info["tasks"].items():
         console.print(f"task {task}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if info.get("sample"):
+        from mito.extract.sources import sample_line
+
+        grown = f"; since grown to {info['sample']['grown_to']} tiles" if info["sample"].get("grown_to") else ""
+        console.print(f"sample: {sample_line(info['sample'])}{grown}", highlight=False)
     console.print(f"columns: {', '.join(info['columns'])}")
     if info["unreadable"]:
         console.print(f"[yellow]unreadable tiles: {info['unreadable']}[/]")

@@ -718,6 +718,7 @@ class Store:
             "unreadable": int(self.unreadable.sum()),
             "variants": variants,
             "source": self.meta.get("source"),
+            **({"sample": self.meta["sample"]} if isinstance(self.meta.get("sample"), dict) else {}),
             "tile_list_sha256": self.meta.get("tile_list_sha256"),
             "created": self.meta.get("created"),
             "versions": self.meta.get("versions"),

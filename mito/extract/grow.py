@@ -41,7 +41,7 @@ def _refuse(store: Store, path: str, why: str = "") -> StoreError:
 def grow_store(store: Store, source: TileSource, path: str, may_write: bool = True, limited: bool = False) -> Growth | None:
     """Append the tiles of ``source`` that ``store`` lacks (finishing an interrupted append) and align
     ``source.tiles`` with the store's rows; None when the store holds exactly this tile list already.
-    ``limited`` (a --limit run) never grows a store: its list is a cut, not new data."""
+    ``limited`` (a --limit or --sample run) never grows a store: its list is a cut, not new data."""
     ids = source.tiles["tile_id"].astype(str)
     pending = store.meta.get("append")
     if not pending and store.meta.get("tile_list_sha256") == tile_list_hash(ids.tolist()):
@@ -50,7 +50,7 @@ def grow_store(store: Store, source: TileSource, path: str, may_write: bool = Tr
     if source.kind not in APPENDABLE or made.get("kind") != source.kind or (source.kind != "slides" and made.get("path") != source.root):
         raise _refuse(store, path)
     if limited:
-        raise _refuse(store, path, "; --limit takes a fixed cut of SOURCE, so it never adds tiles")
+        raise _refuse(store, path, "; --limit and --sample take a fixed cut of SOURCE, so they never add tiles")
     held = store.tiles
     old = held["tile_id"].astype(str)
     growth = Growth()

@@ -466,6 +466,8 @@ def fit_head_cmd(
     how = " (default: every complete variant of the first backbone; choose with --features)" if m["features_default"] else ""
     console.print(f"features: {', '.join(m['features'])}{how}", highlight=False)
     console.print(f"split: {m['split']}", highlight=False)
+    for w in m.get("warnings", []):
+        err_console.print(f"warning: {w}", style="yellow", highlight=False, markup=False, soft_wrap=True)
     _print_metrics(m)
     if "calibration" in m:
         c = m["calibration"]
@@ -709,6 +711,9 @@ def bench_cmd(
             err_console.print(why, style="yellow", highlight=False, markup=False)
         for g, why in lb.meta.get("shift", {}).get("skipped", {}).items():
             err_console.print(f"no shift rows for {g}: {why}", style="yellow", highlight=False, markup=False)
+        for t, tm in lb.meta.get("tasks", {}).items():
+            if tm.get("cv_warning"):
+                err_console.print(f"warning ({t}): {tm['cv_warning']}", style="yellow", highlight=False, markup=False, soft_wrap=True)
 
         def fill(tmp: Path) -> None:
             save_leaderboard(lb, tmp)

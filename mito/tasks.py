@@ -117,3 +117,15 @@ def group_ids(tiles: pd.DataFrame, column: str = "group") -> np.ndarray:
     (pandas 3 keeps missing values as NaN through ``astype(str)``, which breaks sorting mixed with strings.)
     """
     return np.array([f"<no {column}>:{i}" if _missing(v) else str(v) for i, v in enumerate(tiles[column].tolist())], dtype=str)
+
+
+def one_group_per_tile(groups: np.ndarray) -> bool:
+    """True when every row is a group of its own (no slide information): a "grouped" split then splits tile by tile."""
+    return len(groups) > 1 and len(np.unique(groups)) == len(groups)
+
+
+def per_tile_warning(column: str = "group", option: str | None = "--group-column COL") -> str:
+    """The one warning line for a split made tile by tile because every tile is its own group."""
+    how = "extract from a CSV manifest with a slide column" + (f", or name a slide column with {option}" if option else "")
+    return (f"every tile is its own {column!r} (the store has no slide information), so tiles of one slide may land on both "
+            f"sides of the split and the scores may be optimistic; to keep slides together, {how}")

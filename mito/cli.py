@@ -530,12 +530,13 @@ def predict_cmd(
         )
     if heatmaps is not None:
         _heatmaps(df, store, heatmaps, overwrite, model)
+    from mito.heads.predict import agreement, agreement_text
+
     counts = ", ".join(f"{k} {v}" for k, v in df["pred"].value_counts().items())
-    line = f"{len(df)} tiles predicted ({counts}) -> {out}"
-    if "label" in df:
-        known = df["label"].notna()
-        line += f"; agreement with known labels {(df['pred'][known].astype(str) == df['label'][known].astype(str)).mean():.3f}"
-    console.print(line)
+    console.print(f"{len(df)} tiles predicted ({counts}) -> {out}", highlight=False)
+    said = agreement_text(agreement(df))
+    if said:
+        console.print(said, highlight=False)
 
 
 @app.command("zero-shot")

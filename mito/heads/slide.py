@@ -19,7 +19,8 @@ from mito.heads.bags import BagReader, Bags, bag_table, make_bags
 from mito.heads.base import HeadError, read_json_file
 from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
-from mito.heads.split import make_split
+from mito.heads.predict import agreement, agreement_text
+from mito.heads.split import make_split, recorded_split, save_split, side_of
 from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_dir
 from mito.io import atomic_dir, atomic_write, check_output_dir, check_output_file, safe_name, write_json
 from mito.metrics import classification_metrics
@@ -130,9 +131,13 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
         "variants": variants, "n_features_in": reader.d, "head": {"name": head.name, "params": head.params()},
         "training": {"store": store_meta, "seed": cfg.seed, "split": metrics["split"]},
     }
+    side = np.full(len(bags), "", dtype=object)
+    for name, idx in parts.items():
+        side[idx] = name
     if cfg.out is not None:
         def fill(tmp: Path) -> None:
             head.save(tmp)
+            save_split(tmp, pd.DataFrame({bag_column: bags.names}), side)  # predict tells the bags fitted on from the others
             write_json(tmp / CONFIG_FILE, config)
             write_json(tmp / METRICS_FILE, metrics)
 
@@ -170,6 +175,7 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
     known = _known_labels(tiles, cfg, bags)
     if known is not None:
         slides["label"] = known
+    slides["split"] = side_of(slides[[cfg["bag_column"]]], recorded_split(model_dir))
     slides["pred"] = np.asarray(classes)[proba.argmax(1)]
     for j, c in enumerate(classes):
         slides[f"p_{c}"] = proba[:, j]
@@ -337,11 +343,9 @@ def predict_slides_cli(console: Any, model: Path, store: str | None, source: str
         raise HeadError(f"{model} is a slide-level model: predict the bags of a store with --store (new tiles: mito extract them first)")
     slides, tile_df = predict_slides(model, store, out, pictures, overwrite)
     counts = ", ".join(f"{k} {v}" for k, v in slides["pred"].value_counts().items())
-    line = f"{len(slides)} bags predicted ({counts}) -> {out}; tile weights -> {tiles_csv_path(out)}"
-    if "label" in slides:
-        known = slides["label"].astype(str) != ""
-        if known.any():
-            line += f"; agreement with known labels {(slides['pred'][known].astype(str) == slides['label'][known].astype(str)).mean():.3f}"
-    console.print(line, highlight=False, markup=False)
+    console.print(f"{len(slides)} bags predicted ({counts}) -> {out}; tile weights -> {tiles_csv_path(out)}", highlight=False, markup=False)
+    said = agreement_text(agreement(slides), unit="bags")
+    if said:
+        console.print(said, highlight=False, markup=False)
     if pictures is not None:
         console.print(f"wrote {len(slides)} pictures to {pictures}", highlight=False, markup=False)

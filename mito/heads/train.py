@@ -23,7 +23,7 @@ from mito.heads.ensemble import fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
 from mito.heads.fit import fit_on_rows
 from mito.heads.shift_split import group_split, group_split_description
-from mito.heads.split import AUTO, PUBLISHED_SPLIT, make_split, published_split
+from mito.heads.split import AUTO, PUBLISHED_SPLIT, identity_columns, make_split, published_split, save_split
 from mito.heads.stream import DEFAULT_BUFFER_ROWS
 from mito.io import atomic_dir, check_output_dir, write_json
 from mito.progress import add_task, progress_bar
@@ -306,7 +306,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         },
     }
     if cfg.out is not None:
-        _write_model_dir(Path(cfg.out), head, pipe, config, metrics, cfg.overwrite)
+        _write_model_dir(Path(cfg.out), head, pipe, config, metrics, cfg.overwrite, (tiles[identity_columns(tiles)], side))
         metrics["model_dir"] = str(cfg.out)
     return metrics
 
@@ -349,12 +349,16 @@ def _epoch_progress(enabled: bool, head: Any) -> Iterator[None]:
         head.on_epoch = None
 
 
-def _write_model_dir(out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool) -> None:
+def _write_model_dir(out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool,
+                     split: tuple[Any, np.ndarray] | None = None) -> None:
     """Write into a hidden sibling, then move it into place (mito.io.atomic_dir): a crash never leaves a half-written
-    model, and only a model directory (or an empty folder) is ever replaced."""
+    model, and only a model directory (or an empty folder) is ever replaced. ``split``: (identity columns, side per
+    row), recorded so that predict can tell the tiles the model was fitted on from the others."""
 
     def fill(tmp: Path) -> None:
         head.save(tmp)
+        if split is not None:
+            save_split(tmp, *split)
         sha = pipe.save(tmp)
         doc = {**config, "pipeline": {**config["pipeline"], **({"sha256": sha} if sha else {})}}
         write_json(tmp / CONFIG_FILE, doc)

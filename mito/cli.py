@@ -505,9 +505,10 @@ def predict_cmd(
     if heatmaps is not None and not is_slide_model(model):  # before any work
         if store is None:
             raise UserError("--heatmaps needs --store (a store extracted from slides)")
-        from mito.heads.heatmaps import check_heatmap_dir
+        from mito.heads.heatmaps import check_heatmap_dir, check_heatmap_store
 
         check_heatmap_dir(heatmaps, overwrite, protect=(store, model))
+        check_heatmap_store(store)
     check_predict_out(out, model, store, source, overwrite)  # before any work, whatever kind of model
     if is_slide_model(model):
         predict_slides_cli(console, model, store, source, out, heatmaps, overwrite)

@@ -168,6 +168,8 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
     with open_store(store_path, "r") as store:
         check_store_matches(store, cfg["variants"])
         tiles = store.tiles
+        if pictures is not None:  # before anything is written
+            check_pictures(tiles)
         bags = make_bags(tiles, None, cfg["bag_column"], None, None, store.unreadable)
         proba, rows, att = head.predict_proba(BagReader(store, cfg["features"]), bags)
     classes = [str(c) for c in head.classes_]
@@ -211,13 +213,19 @@ def is_picture_dir(path: Path) -> bool:
     return path.is_dir() and all(f.is_file() and f.name.endswith((".attention.png", ".topk.png")) for f in path.iterdir())
 
 
+def check_pictures(tiles: pd.DataFrame) -> bool:
+    """True when the pictures are drawn over slide thumbnails, False for top-k tile grids; a HeadError when neither can be."""
+    on_slides = {"slide_path", "x0", "y0", "x1", "y1"} <= set(tiles.columns)
+    if not on_slides and "path" not in tiles:
+        raise HeadError("pictures need tile images: the tile table has neither slide boxes nor a path column")
+    return on_slides
+
+
 def draw_pictures(slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFrame, bags: Bags, rows: list[np.ndarray],
                   att: list[np.ndarray], bag_column: str, out: Path, overwrite: bool, top_k: int, head_name: str) -> list[Path]:
     """One PNG per bag, written as one folder: attention heatmap over the thumbnail when the tiles came from slides
     (slide_path and x0..y1 columns), else a grid of the top-k tiles by attention read from their paths."""
-    on_slides = {"slide_path", "x0", "y0", "x1", "y1"} <= set(tiles.columns)
-    if not on_slides and "path" not in tiles:
-        raise HeadError("pictures need tile images: the tile table has neither slide boxes nor a path column")
+    on_slides = check_pictures(tiles)
     written: list[str] = []
     pcols = [c for c in slides.columns if c.startswith("p_")]
 

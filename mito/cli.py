@@ -341,13 +341,21 @@ def cache_rm(
 @app.command()
 @friendly
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its store, model and report."),
+    out: Optional[Path] = typer.Option(None, help="Where the demo writes its store, model and report (default runs/demo, with --slides runs/demo-slides)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    slides: bool = typer.Option(False, "--slides", help="Whole slides: build toy slides (+ GeoJSON) from the bundled crops, then extract, slides qc, fit-head --level slide, predict --heatmaps."),
 ) -> None:
     """Run the whole pipeline on the bundled AMi-Br sample with the default backbone."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if slides:
+        from mito.demo import run_slide_demo
+
+        run_slide_demo(out or Path("runs/demo-slides"), device=device, console=console)
+        return
     from mito.demo import run_demo
 
-    run_demo(out, device=device, console=console, show_store=_print_info)
+    run_demo(out or Path("runs/demo"), device=device, console=console, show_store=_print_info)
 
 
 # ==================================================================== heads: fit-head / predict

@@ -37,7 +37,10 @@ def carve(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.n
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise HeadError("cannot split: all rows come from one slide/group; give a split column or more slides")
-    k = int(min(max(2, round(1 / fraction)), n_groups))
+    largest = int(np.unique(y, return_counts=True)[1].max())  # sklearn refuses more parts than the largest class has rows
+    k = int(min(max(2, round(1 / fraction)), n_groups, largest))
+    if k < 2:
+        raise HeadError("cannot split: every class has a single labelled row; give a split column or more data")
     folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     _, held = next(folds.split(np.zeros(len(y)), y, groups))
     mask = np.zeros(len(y), bool)

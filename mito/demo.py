@@ -39,7 +39,7 @@ def run_demo(
     store = out / "sample.zarr"
     keys = demo_features()
     shown = " + ".join(k.split(":", 1)[1] for k in keys)
-    console.rule(f"1. extract: the AMi-Br crops in {src.name}/ -> {DEMO_BACKBONE}, zooms {' and '.join(f'{z:g}' for z in DEMO_ZOOMS)}")
+    console.rule(f"1. extract: AMi-Br crops -> {DEMO_BACKBONE}, zooms {' and '.join(f'{z:g}' for z in DEMO_ZOOMS)}")
     summary = extract(
         ExtractConfig(
             source=str(src), store=str(store), task="mitosis", zooms=DEMO_ZOOMS, colors=DEMO_COLORS, device=device,
@@ -54,7 +54,9 @@ def run_demo(
 
     from mito.heads import fit_head, make_fit_config
 
-    console.rule(f"2. fit-head: mlp on {shown} (one feature set for every step), trained on the published train split, scored on its test split")
+    console.rule(f"2. fit-head: mlp on {shown}")
+    console.print(f"one feature set for every step ({shown}, concatenated); trained on the published train split, scored on its test split",
+                  highlight=False)
     cfg = make_fit_config(
         store=str(store), task="mitosis", head="mlp", features=keys, split_column="split",
         out=str(out / "model"), overwrite=True,
@@ -70,7 +72,8 @@ def run_demo(
 
     from mito.bench import leaderboard_table, load_leaderboard, quick_bench
 
-    console.rule(f"3. bench: logreg, knn and mlp on the same features ({shown}), their UMAP and the HTML report")
+    console.rule("3. bench: a small leaderboard, a UMAP and the HTML report")
+    console.print(f"logreg, knn and mlp on the same features ({shown}), 3 models each; the UMAP draws them too", highlight=False)
     report = quick_bench(store, out / "report", task="mitosis", features=keys)
     rows = load_leaderboard(out / "report").rows
     console.print(leaderboard_table(rows, top=6, compact=True))
@@ -165,7 +168,7 @@ def run_slide_demo(out: Path, device: str = "auto", console: Console | None = No
     src = Path(source) if source is not None else sample_dir()
     built = build_toy_slides(out, src, n_slides, seed)
     w, h = built["size"]
-    console.rule(f"0. {n_slides} toy slides from the crops in {src.name}/")
+    console.rule(f"0. {n_slides} toy slides from the bundled crops")
     console.print(
         f"{n_slides} pyramidal Aperio .svs slides of {w} x {h} px at {SLIDE_MPP} um/px, each {GRID[0]} x {GRID[1]} real crops on "
         f"white glass; {built['planted']} have a {PLANT[0]} x {PLANT[1]} block of Atypical crops planted among Normal ones "
@@ -176,11 +179,12 @@ def run_slide_demo(out: Path, device: str = "auto", console: Console | None = No
     )
     store, qc, model, preds, pics = out / "slides.zarr", out / "qc", out / "slide_model", out / "slides_pred.csv", out / "attention"
 
-    def step(title: str, command: str) -> None:
+    def step(title: str, what: str, command: str) -> None:
         console.rule(title)
+        console.print(what, highlight=False)
         console.print(f"(the same as: {command})", highlight=False, soft_wrap=True)
 
-    step("1. extract: one tile per crop over tissue, tile labels from the GeoJSON",
+    step("1. extract", "one tile per crop over tissue; tile labels from the GeoJSON, the slide's diagnosis from the manifest",
          f"mito extract {built['manifest']} --mpp {SLIDE_MPP} --tile-px {CROP_PX} --min-tissue {MIN_TISSUE:g} --zooms 1 --colors rgb "
          f"--annotations {built['annotations']} --store {store}")
     summary = extract(ExtractConfig(
@@ -190,11 +194,11 @@ def run_slide_demo(out: Path, device: str = "auto", console: Console | None = No
     b = summary["backbones"][DEMO_BACKBONE]
     console.print(f"{summary['n_tiles']} tiles from {n_slides} slides in {store} ({b['rows']} embedded now)", highlight=False)
 
-    step("2. slides qc: each slide's thumbnail, tissue outline and kept tiles", f"mito slides qc {store} --out {qc} --overwrite")
+    step("2. slides qc", "per slide: its thumbnail, the tissue outline and the kept tiles", f"mito slides qc {store} --out {qc} --overwrite")
     res = qc_store(str(store), qc, "auto", overwrite=True)
     console.print(f"{len(res['written'])} QC pictures in {qc}", highlight=False)
 
-    step("3. fit-head --level slide: an attention-MIL head on bags of tiles, one bag per slide, label = diagnosis",
+    step("3. fit-head --level slide", "an attention-MIL head (abmil) on bags of tiles: one bag per slide, its label the diagnosis",
          f"mito fit-head --store {store} --level slide --task diagnosis --out {model} --overwrite")
     m = fit_slide_head(make_slide_fit_config(store=str(store), out=str(model), task="diagnosis", head="abmil", seed=seed,
                                              overwrite=True))
@@ -205,7 +209,7 @@ def run_slide_demo(out: Path, device: str = "auto", console: Console | None = No
         highlight=False,
     )
 
-    step("4. predict --heatmaps: a prediction per slide, each tile's attention, a picture per slide",
+    step("4. predict --heatmaps", "a prediction per slide, each tile's attention weight, and a picture of it per slide",
          f"mito predict --model {model} --store {store} --out {preds} --heatmaps {pics} --overwrite")
     slides, _ = predict_slides(model, store, preds, pics, overwrite=True)
     from mito.heads.predict import agreement, agreement_text

@@ -279,7 +279,7 @@ def agreement_text(a: dict[str, Any], unit: str = "tiles") -> str:
         return ""
     if "all" in a:
         return (f"agreement with known labels over all {a['all']['n']} labelled {unit}, training {unit} included (this model "
-                f"records no split; refit it to tell them apart): {nums(a['all'])}")
+                f"records no split): {nums(a['all'])}")
     parts = []
     if "test" in a:
         parts.append(f"{a['test']['n']} test {unit} of the model's split: {nums(a['test'])}")

@@ -391,7 +391,7 @@ def _print_metrics(m: dict[str, Any]) -> None:
 @friendly
 def fit_head_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Embedding store made by mito extract."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (config.json, weights, metrics.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (config.json, weights, metrics.json, split.csv.gz: the tiles it was fitted on)."),
     task: Optional[str] = typer.Option(None, help="Label column to learn (default: the store's only task)."),
     head: str = typer.Option("mlp", help="mlp, linear, logreg, knn, lightgbm, or text-linear (-p text_embeddings=FILE from mito zero-shot)."),
     features: Optional[str] = typer.Option(None, help="Variants to concatenate in this order, e.g. efficientnet_lite0:z1:rgb,efficientnet_lite0:z1:gray (default: every complete variant of the store's first backbone)."),

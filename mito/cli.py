@@ -195,7 +195,10 @@ def extract(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     chunk_rows: int = typer.Option(1024, help="Rows per store chunk (the unit of resume)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (CUDA; last batch padded)."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N tiles (for a quick look)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N tiles in sorted path order (often all of one class: for a labelled quick look use --sample)."),
+    sample: Optional[int] = typer.Option(None, help="N tiles drawn at random (--seed), stratified by label: classes in proportion, each at least one."),
+    sample_per_class: Optional[int] = typer.Option(None, help="N tiles per class drawn at random (--seed); all of a smaller class."),
+    seed: int = typer.Option(0, help="Seed of --sample / --sample-per-class (the same N and seed give the same tiles, so a re-run resumes)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     gpus: int = typer.Option(1, "--gpus", help="Run N ranks via torchrun (one per GPU), each writing whole chunks of the store."),
     mpp: Optional[float] = typer.Option(None, help="Whole slides: tiles at M um/px over tissue (SOURCE: a slide, folder of slides or slide manifest CSV)."),
@@ -224,7 +227,7 @@ def extract(
         augment=augment, augment_colors=split_list(augment_colors), augment_seed=augment_seed,
         fit=fit, pad_mode=pad_mode, input_size=input_size, tile_size=tile_size, task=task, label_column=label_column,
         batch_size=batch_size, num_workers=workers, device=device, chunk_rows=chunk_rows, compile=compile,
-        limit=limit, progress=not quiet, mpp=mpp, tile_px=tile_px, tile_um=tile_um, stride=stride,
+        limit=limit, sample=sample, sample_per_class=sample_per_class, seed=seed, progress=not quiet, mpp=mpp, tile_px=tile_px, tile_um=tile_um, stride=stride,
         min_tissue=min_tissue, slide_mpp=slide_mpp, reader=reader,
         annotations=str(annotations) if annotations else None, label_overlap=label_overlap,
     )
@@ -254,6 +257,10 @@ def extract(
     if summary.get("incomplete") and not summary.get("grown", {}).get("incomplete"):  # an append run already named them
         console.print(f"[yellow]not complete (this run did not extract them):[/] {', '.join(summary['incomplete'])}; "
                       "re-run with the zooms, colours and --augment views that made them", highlight=False)
+    if summary.get("sample"):
+        from mito.extract.sources import sample_line
+
+        console.print(f"sampled {sample_line(summary['sample'])}", highlight=False)
     console.print(f"store: {summary['store']} ({summary['n_tiles']} tiles)")
 
 
@@ -285,6 +292,11 @@ def _print_info(info: dict[str, Any]) -> None:
     console.print(f"source: {src.get('path')} ({src.get('kind')}); tile list sha256 {str(info['tile_list_sha256'])[:16]}...")
     for task, counts in info["tasks"].items():
         console.print(f"task {task}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if info.get("sample"):
+        from mito.extract.sources import sample_line
+
+        grown = f"; since grown to {info['sample']['grown_to']} tiles" if info["sample"].get("grown_to") else ""
+        console.print(f"sample: {sample_line(info['sample'])}{grown}", highlight=False)
     console.print(f"columns: {', '.join(info['columns'])}")
     if info["unreadable"]:
         console.print(f"[yellow]unreadable tiles: {info['unreadable']}[/]")
@@ -330,16 +342,44 @@ def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
     console.print(f"ok: {n} tiles x {nv} variants, complete and sound")
 
 
+@cache_app.command("rm")
+@friendly(on_interrupt="the store is as before, or without the named variants (run mito cache verify)")
+def cache_rm(
+    store: str = typer.Argument(..., help="Store path"),
+    variants: list[str] = typer.Argument(..., help="Variant keys to remove, e.g. efficientnet_lite0:z1:rgb (their augmented views go too)."),
+) -> None:
+    """Remove variants (features, done flags, provenance) under the writer lock; the other variants stay as they are."""
+    from mito.cache import open_store
+
+    with open_store(store, "a", lenient=True) as s:  # lenient: a damaged variant is exactly what one removes
+        if s.meta_problems:
+            raise UserError(f"{store} has malformed attributes ({s.meta_problems[0]}); run mito cache verify {store}")
+        removed = s.remove_variants(variants)
+    with open_store(store) as s:  # the strict open checks every remaining array against the attributes
+        left = s.variants
+    views = [k for k in removed if k not in variants]
+    console.print(f"removed {', '.join(k for k in removed if k in variants)}" + (f" with its views {', '.join(views)}" if views else "")
+                  + f" from {store}; {len(left)} variant{'s' if len(left) != 1 else ''} left: {', '.join(left)}", highlight=False)
+
+
 @app.command()
 @friendly
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Where the demo writes its store, model and report."),
+    out: Optional[Path] = typer.Option(None, help="Where the demo writes its store, model and report (default runs/demo, with --slides runs/demo-slides)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    slides: bool = typer.Option(False, "--slides", help="Whole slides: build toy slides (+ GeoJSON) from the bundled crops, then extract, slides qc, fit-head --level slide, predict --heatmaps."),
 ) -> None:
     """Run the whole pipeline on the bundled AMi-Br sample with the default backbone."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if slides:
+        from mito.demo import run_slide_demo
+
+        run_slide_demo(out or Path("runs/demo-slides"), device=device, console=console)
+        return
     from mito.demo import run_demo
 
-    run_demo(out, device=device, console=console, show_store=_print_info)
+    run_demo(out or Path("runs/demo"), device=device, console=console, show_store=_print_info)
 
 
 # ==================================================================== heads: fit-head / predict
@@ -388,7 +428,7 @@ def _print_metrics(m: dict[str, Any]) -> None:
 @friendly
 def fit_head_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Embedding store made by mito extract."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (config.json, weights, metrics.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (config.json, weights, metrics.json, split.csv.gz: the tiles it was fitted on)."),
     task: Optional[str] = typer.Option(None, help="Label column to learn (default: the store's only task)."),
     head: str = typer.Option("mlp", help="mlp, linear, logreg, knn, lightgbm, or text-linear (-p text_embeddings=FILE from mito zero-shot)."),
     features: Optional[str] = typer.Option(None, help="Variant keys to concatenate in this order, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: every complete variant of the store's first backbone)."),
@@ -472,6 +512,8 @@ def fit_head_cmd(
     how = " (default: every complete variant of the first backbone; choose with --features)" if m["features_default"] else ""
     console.print(f"features: {', '.join(m['features'])}{how}", highlight=False)
     console.print(f"split: {m['split']}", highlight=False)
+    for w in m.get("warnings", []):
+        err_console.print(f"warning: {w}", style="yellow", highlight=False, markup=False, soft_wrap=True)
     _print_metrics(m)
     if "calibration" in m and m["calibration"].get("skipped"):
         err_console.print(m["calibration"]["skipped"], style="yellow", highlight=False, markup=False, soft_wrap=True)
@@ -511,9 +553,10 @@ def predict_cmd(
     if heatmaps is not None and not is_slide_model(model):  # before any work
         if store is None:
             raise UserError("--heatmaps needs --store (a store extracted from slides)")
-        from mito.heads.heatmaps import check_heatmap_dir
+        from mito.heads.heatmaps import check_heatmap_dir, check_heatmap_store
 
         check_heatmap_dir(heatmaps, overwrite, protect=(store, model))
+        check_heatmap_store(store)
     check_predict_out(out, model, store, source, overwrite)  # before any work, whatever kind of model
     if is_slide_model(model):
         predict_slides_cli(console, model, store, source, out, heatmaps, overwrite)
@@ -540,12 +583,14 @@ def predict_cmd(
 
     for note in not_predicted_lines(df):  # skipped slides and unreadable tiles, as extract lists them
         console.print(note, style="yellow", highlight=False, markup=False)
+
+    from mito.heads.predict import agreement, agreement_text
+
     counts = ", ".join(f"{k} {v}" for k, v in df["pred"].value_counts().items())
-    line = f"{len(df)} tiles predicted ({counts}) -> {out}"
-    if "label" in df:
-        known = df["label"].notna()
-        line += f"; agreement with known labels {(df['pred'][known].astype(str) == df['label'][known].astype(str)).mean():.3f}"
-    console.print(line)
+    console.print(f"{len(df)} tiles predicted ({counts}) -> {out}", highlight=False)
+    said = agreement_text(agreement(df))
+    if said:
+        console.print(said, highlight=False)
 
 
 @app.command("zero-shot")
@@ -730,6 +775,9 @@ def bench_cmd(
             err_console.print(why, style="yellow", highlight=False, markup=False)
         for g, why in lb.meta.get("shift", {}).get("skipped", {}).items():
             err_console.print(f"no shift rows for {g}: {why}", style="yellow", highlight=False, markup=False)
+        for t, tm in lb.meta.get("tasks", {}).items():
+            if tm.get("cv_warning"):
+                err_console.print(f"warning ({t}): {tm['cv_warning']}", style="yellow", highlight=False, markup=False, soft_wrap=True)
 
         def fill(tmp: Path) -> None:
             save_leaderboard(lb, tmp)

@@ -58,6 +58,7 @@ class GroupProgress:
     done: np.ndarray
     current: int = -1
     since: tuple[float, int] = (0.0, 0)  # (perf_counter, items done) when the line switched to the current group
+    last: float | None = None  # perf_counter of the previous update: a group that starts in a batch started then
 
     def advance(self, items: np.ndarray) -> None:
         """Count ``items`` (indices) as done; the line follows the group of the last one."""
@@ -71,9 +72,14 @@ class GroupProgress:
         g = int(c[-1])
         now = time.perf_counter()
         if g != self.current:  # a new group: restart the line (its rate and ETA are its own)
-            self.current, self.since = g, (now - 1e-9, before)
+            self.current = g  # its items of this update took since the previous update (the first update: untimed)
+            self.since = (self.last, before) if self.last is not None else (now, int(self.done[g]))
             self.bar.reset(self.task, total=int(self.totals[g]), completed=int(self.done[g]), description=f"  {self.names[g]}")
-        rate = (int(self.done[g]) - self.since[1]) / max(now - self.since[0], 1e-9)
+        self.last = now
+        if now <= self.since[0]:  # no time measured yet for this group: no rate rather than a made-up one
+            self.bar.update(self.task, completed=int(self.done[g]), rate="-")
+            return
+        rate = (int(self.done[g]) - self.since[1]) / (now - self.since[0])
         self.bar.update(self.task, completed=int(self.done[g]), rate=f"{rate:.1f}")
 
 

@@ -177,3 +177,15 @@ def recorded_positive(info: object, classes: Sequence[object] | None = None) -> 
     if isinstance(cls, (list, tuple)) and len(cls) == 2:
         return str(cls[1]), POSITIVE_LEGACY
     return None, ""
+
+
+def one_group_per_tile(groups: np.ndarray) -> bool:
+    """True when every row is a group of its own (no slide information): a "grouped" split then splits tile by tile."""
+    return len(groups) > 1 and len(np.unique(groups)) == len(groups)
+
+
+def per_tile_warning(column: str = "group", option: str | None = "--group-column COL") -> str:
+    """The one warning line for a split made tile by tile because every tile is its own group."""
+    how = "extract from a CSV manifest with a slide column" + (f", or name a slide column with {option}" if option else "")
+    return (f"every tile is its own {column!r} (the store has no slide information), so tiles of one slide may land on both "
+            f"sides of the split and the scores may be optimistic; to keep slides together, {how}")

@@ -12,7 +12,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mito.bench.errors import BenchError
-from mito.tasks import group_ids
+from mito.tasks import group_ids, one_group_per_tile, per_tile_warning
 
 CVMode = Literal["auto", "kfold", "split"]
 CV_MODES: tuple[str, ...] = get_args(CVMode)
@@ -36,6 +36,7 @@ class CVPlan:
     folds: list[Fold]
     fingerprint: str
     description: str
+    warning: str = ""  # e.g. the folds split tile by tile because the tiles carry no slide information
 
 
 def has_split(tiles: pd.DataFrame, y: pd.Series) -> bool:
@@ -88,12 +89,14 @@ def make_folds(
     seed: int = 0,
     exclude: np.ndarray | None = None,
     val_fraction: float = 0.15,
+    unit: str = "tile",
 ) -> CVPlan:
     """Stratified group k-fold by slide, or (``split``) k models trained on the train split and scored on its test split.
 
     ``y`` is aligned with ``tiles`` (None = unlabelled); ``exclude`` masks rows to drop (e.g. unreadable tiles).
     In ``kfold`` mode each fold tests on one part and early-stops on a slice of whole slides of the rest; in
     ``split`` mode fold k early-stops on part k of the train split, trains on the others and tests on the test split.
+    ``unit``: what a row is; for tiles, folds that split one group per row are described as tile by tile and warned of.
     """
     if cv not in CV_MODES:
         raise BenchError(f"cv must be one of {', '.join(CV_MODES)}, not {cv!r}")
@@ -121,7 +124,9 @@ def make_folds(
             in_val = np.isin(train_rows, val)
             train, val = _keep_classes(train_rows, yt, gt, np.flatnonzero(~in_val), np.flatnonzero(in_val))
             folds.append(Fold(k, train, val, test_rows))
-        desc = f"{n_folds} models, each trained on the train split minus one slide-grouped part (its early-stopping set), all scored on the test split"
+        per_tile = unit == "tile" and one_group_per_tile(groups[train_rows])
+        by = "part drawn tile by tile (every tile is its own group)" if per_tile else "slide-grouped part"
+        desc = f"{n_folds} models, each trained on the train split minus one {by} (its early-stopping set), all scored on the test split"
     else:
         rows = np.flatnonzero(labelled)
         parts = _group_folds(rows, labels[rows].astype(str), groups[rows], n_folds, seed)
@@ -129,8 +134,11 @@ def make_folds(
             rest = np.setdiff1d(rows, test)
             train, val = _carve_val(rest, labels[rest].astype(str), groups[rest], val_fraction, seed + 1 + k)
             folds.append(Fold(k, np.sort(train), np.sort(val), np.sort(test)))
-        desc = f"stratified group {n_folds}-fold by slide; {val_fraction:.0%} of each training part (whole slides) held out for early stopping"
-    return CVPlan(mode, folds, fold_fingerprint(tiles, folds), desc)
+        per_tile = unit == "tile" and one_group_per_tile(groups[rows])
+        desc = (f"stratified {n_folds}-fold tile by tile (every tile is its own group); {val_fraction:.0%} of each training part held out for early stopping"
+                if per_tile else
+                f"stratified group {n_folds}-fold by slide; {val_fraction:.0%} of each training part (whole slides) held out for early stopping")
+    return CVPlan(mode, folds, fold_fingerprint(tiles, folds), desc, per_tile_warning("group", None) if per_tile else "")
 
 
 def fold_fingerprint(tiles: pd.DataFrame, folds: list[Fold]) -> str:

@@ -567,7 +567,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             "variants": variant_info,
             "tasks": {
                 t: {"description": s.description, "main_metric": s.main_metric, "classes": c, **positive_meta(s), "cv": p.mode,
-                    "cv_description": p.description, "n_folds": len(p.folds), "fold_fingerprint": p.fingerprint}
+                    "cv_description": p.description, "n_folds": len(p.folds), "fold_fingerprint": p.fingerprint,
+                    **({"cv_warning": p.warning} if p.warning else {})}
                 for t, (s, _, c, p) in plans.items()
             },
             "skipped_tasks": skipped,

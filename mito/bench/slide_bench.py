@@ -55,7 +55,7 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
                          min_per_class=cfg.n_folds)
         table = bags.table()
         y_series = table["label"].astype(object)
-        plan = make_folds(table, y_series, n_folds=cfg.n_folds, cv="kfold", seed=cfg.seed)
+        plan = make_folds(table, y_series, n_folds=cfg.n_folds, cv="kfold", seed=cfg.seed, unit="bag")
         y = y_series.to_numpy()
         reader = BagReader(store, keys)
         backbone, fs_name = describe_keys(keys)

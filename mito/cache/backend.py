@@ -100,6 +100,10 @@ class StoreBackend(Protocol):
         """Write UTF-8 strings into rows ``start ...`` of a string array (widening it where the backend must)."""
         ...
 
+    def compact(self) -> None:
+        """Give back the space of deleted arrays where the format keeps it (HDF5); a no-op elsewhere."""
+        ...
+
     def close(self, commit: bool = True) -> None:
         """Close; ``commit=False`` drops what this session wrote where the backend can (HDF5)."""
         ...
@@ -253,6 +257,9 @@ class ZarrBackend:
 
     def write_strings_at(self, name: str, start: int, values: np.ndarray) -> None:
         self.root[name][start : start + len(values)] = np.asarray(values).astype(str)
+
+    def compact(self) -> None:
+        pass  # a deleted array's chunk files are gone with it
 
     def close(self, commit: bool = True) -> None:
         pass
@@ -459,6 +466,32 @@ class H5Backend:
         if ds.dtype.kind == "S" and enc.dtype.itemsize > ds.dtype.itemsize:  # fixed-width strings: widen first
             self.resize(name, ds.shape[0], dtype=enc.dtype)
         self.write(name, slice(start, start + len(enc)), enc)
+
+    def compact(self) -> None:
+        """Rewrite this session's copy object by object into a fresh file (HDF5 never gives a deleted dataset's space
+        back to the file system); the fresh file becomes the copy that replaces the store on close."""
+        import h5py
+
+        src = self._writable()
+        assert self.tmp is not None
+        fresh = self.tmp.with_name(self.tmp.name + ".compact")
+        try:
+            self._ensure_space(self.tmp.stat().st_size, self.tmp.parent)
+            with h5py.File(fresh, "w", libver="latest") as dst:
+                for k, v in src.attrs.items():
+                    dst.attrs[k] = v
+                for name in src:
+                    src.copy(src[name], dst, name=name)  # chunks, filters (fletcher32), fill values and maxshape kept
+            src.close()
+            self.f = None
+            os.replace(fresh, self.tmp)
+        except (RuntimeError, OSError) as e:
+            fresh.unlink(missing_ok=True)
+            _quiet_unraisable()
+            raise _h5_os_error(e, self.path) from None
+        finally:
+            if self.f is None:
+                self._open(self.tmp, "a")
 
     def close(self, commit: bool = True) -> None:
         if self.f is None:

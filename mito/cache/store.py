@@ -94,6 +94,13 @@ def parse_variant(key: str) -> Variant:
     return Variant(parts[0], zoom, parts[2], parts[3] if len(parts) == 4 else "")
 
 
+def variant_key(path: str) -> str:
+    """The key of the variant stored at array path ``bb/z1/rgb`` (a view: ``bb/z1/rgb.hed0`` -> ``bb:z1:rgb:hed0``)."""
+    bb, zoom, color = path.rsplit("/", 2)
+    color, _, view = color.partition(".")
+    return f"{bb}:{zoom}:{color}" + (f":{view}" if view else "")
+
+
 def is_view(key: str) -> bool:
     """True for an augmented view (``backbone:z<zoom>:<color>:<view>``), which is never a feature set of its own."""
     return key.count(":") == 3
@@ -454,7 +461,7 @@ class Store:
         if diff:
             raise StoreError(
                 f"{self.path} already holds {key} made differently ({'; '.join(diff)}); "
-                "use a new --store or remove that variant first"
+                f"use a new --store, or remove it with `mito cache rm {self.path} {key}` and re-run"
             )
         return True
 
@@ -644,15 +651,48 @@ class Store:
         self._update_meta(lambda m: m.pop("append", None))
         self._tiles = None
 
-    def remove_variant(self, key: str) -> None:
-        """Forget a variant: its provenance is dropped and its arrays deleted."""
+    def remove_variants(self, keys: Sequence[str]) -> list[str]:
+        """Remove variants: their provenance first, then their arrays and done flags (with the augmented views of each,
+        which are no features without it); returns every key removed. Everything is checked before anything changes:
+        an unknown key, a pending append, or removing every variant is refused. A key whose arrays are on disk but not
+        in the attributes (an interrupted writer's leftovers) is cleared too. HDF5 is rewritten without them (space
+        given back) in its private copy, which replaces the file when the store closes."""
         self._require_writable()
-        self.variant_info(key)
-        v = parse_variant(key)
-        self._update_meta(lambda m: m.get("variants", {}).pop(key, None))
+        self.meta = self._b.get_attrs(fresh=True) or self.meta
+        if self.meta.get("append"):
+            raise StoreError(f"{self.path}: adding tiles to it was interrupted; re-run that mito extract to finish it first")
+        known = self.variants
+        stray = {variant_key(a.removeprefix("features/")) for a in self._b.arrays("features")} - set(known)
+        wanted: list[str] = []
+        for k in keys:
+            parse_variant(k)
+            if k not in known and k not in stray:
+                raise StoreError(self._unknown_variant_msg(k))
+            for x in [k, *views_of(known, k)]:
+                if x not in wanted:
+                    wanted.append(x)
+        left = [k for k in known if k not in wanted]
+        if not left and known:
+            raise StoreError(f"that would remove the last variant of {self.path} ({', '.join(known)}), leaving a store with "
+                             "no features; delete the store instead (or extract another variant first)")
+
+        def forget(m: dict[str, Any]) -> None:
+            for k in wanted:
+                m.get("variants", {}).pop(k, None)
+            for rows in (m.get("partial_chunks") or {}).values():
+                for k in wanted:
+                    rows.pop(k, None)
+            m["partial_chunks"] = {c: r for c, r in (m.get("partial_chunks") or {}).items() if r}
+            m["removed"] = [*m.get("removed", []), {"variants": wanted, "removed": _now()}]
+
+        self._update_meta(forget)  # first: a kill before the arrays go leaves arrays verify names, never a dangling entry
         with self._writing():
-            self._b.delete(f"done/{v.path}")
-            self._b.delete(f"features/{v.path}")
+            for k in wanted:
+                v = parse_variant(k)
+                self._b.delete(f"done/{v.path}")
+                self._b.delete(f"features/{v.path}")
+            self._b.compact()
+        return wanted
 
     def record(self, name: str, value: Any) -> None:
         """Store a JSON-able value in the store's attributes (e.g. the last run's summary)."""
@@ -759,6 +799,7 @@ class Store:
             "unreadable": int(self.unreadable.sum()),
             "variants": variants,
             "source": self.meta.get("source"),
+            **({"sample": self.meta["sample"]} if isinstance(self.meta.get("sample"), dict) else {}),
             "tile_list_sha256": self.meta.get("tile_list_sha256"),
             "created": self.meta.get("created"),
             "versions": self.meta.get("versions"),
@@ -899,7 +940,8 @@ class Store:
                 problems.append(f"{k}: infinite values in {inf} written chunks")
         for a in self._b.arrays("features"):
             if a.removeprefix("features/") not in known:
-                problems.append(f"{a} is on disk but not in the attributes (left by an interrupted or concurrent writer)")
+                problems.append(f"{a} is on disk but not in the attributes (left by an interrupted or concurrent writer); "
+                                f"`mito cache rm {self.path} {variant_key(a.removeprefix('features/'))}` removes it")
 
 
 def _column_kind(s: pd.Series) -> str:

@@ -39,7 +39,7 @@ from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
 from mito.extract.errors import ExtractError
 from mito.extract.grow import Growth, grow_store
 from mito.extract.slide_tiles import close_handles, options_from, record_slides, slide_tiling
-from mito.extract.sources import TileSource, open_source
+from mito.extract.sources import TileSource, describe_sample, open_source, stratified_sample
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
 from mito.io import containing_artifact
 from mito.progress import add_task, advance, group_progress, progress_bar, status
@@ -77,7 +77,10 @@ class ExtractConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, ge=1, le=MAX_CHUNK_ROWS)
     compile: bool = False
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1)  # the first N tiles of SOURCE in its (sorted) order
+    sample: int | None = Field(None, ge=1)  # N tiles drawn at random (seed), stratified by label
+    sample_per_class: int | None = Field(None, ge=1)  # N tiles per class drawn at random (seed)
+    seed: int = Field(0, ge=0, lt=2**32)  # of sample / sample_per_class
     progress: bool = True
     # whole slides (mito.extract.slide_tiles): tiles of tile_px pixels at mpp um/px over tissue
     mpp: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -146,6 +149,8 @@ class ExtractConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fits(self) -> ExtractConfig:
+        if sum(v is not None for v in (self.limit, self.sample, self.sample_per_class)) > 1:
+            raise ValueError("give one of --limit, --sample and --sample-per-class: each picks the tiles its own way")
         stray = [b for b in self.weights if b not in self.backbones]
         if stray:
             raise ValueError(
@@ -334,18 +339,33 @@ def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, sourc
     }
 
 
-def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True) -> tuple[Store, Growth | None]:
+SAMPLE_SPEC = ("n", "per_class", "seed", "by")  # what draws a sample again (with the same SOURCE)
+
+
+def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True, sample: dict[str, Any] | None = None) -> tuple[Store, Growth | None]:
     tiles = source.tiles
     meta = {
         "source": {"path": source.root, "kind": source.kind, "points": cfg.points, "tile_size": source.tile_size},
         "tasks": [cfg.task or "label"] if (cfg.task or "label") in tiles else [],
         "versions": {"mito": mito.__version__, "torch": torch.__version__},
+        **({"sample": sample} if sample is not None else {}),
     }
     if store_exists(cfg.store):
         store = open_store(cfg.store, mode="a", lock=lock)
         try:  # new slides (or crops) become new rows; the source's table is then the store's
+            held = store.meta.get("sample")
+            held = None if not isinstance(held, dict) or held.get("grown_to") else held  # grown: it holds SOURCE now
+            if sample is not None and (not held or any(held.get(k) != sample.get(k) for k in SAMPLE_SPEC)):
+                raise StoreError(f"{cfg.store} holds {describe_sample(held)}; this run asks {describe_sample(sample)}, another cut of "
+                                 "SOURCE: use a new --store (the store's own options resume it)")
+            if held and cfg.limit is not None:
+                raise StoreError(f"{cfg.store} holds {describe_sample(held)}; --limit takes another cut of SOURCE: use a new --store")
             check_variants(cfg, store, source)  # before anything is written: a refused run leaves the store as it was
-            return store, grow_store(store, source, cfg.store, may_write=lock, limited=cfg.limit is not None, tasks=tuple(meta["tasks"]))
+            growth = grow_store(store, source, cfg.store, may_write=lock, limited=cfg.limit is not None or sample is not None,
+                                tasks=tuple(meta["tasks"]))
+            if held and sample is None and growth is not None and growth.added_tiles:  # the rest of SOURCE joined: no sample now
+                store.record("sample", {**held, "grown_to": store.n_tiles})
+            return store, growth
         except BaseException:
             store.close()
             raise
@@ -446,19 +466,27 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column, slide_opts, cfg.progress and dist.main)
         if cfg.limit is not None:
             source.tiles = source.tiles.iloc[: cfg.limit].reset_index(drop=True)
+        sample = None
+        if cfg.sample is not None or cfg.sample_per_class is not None:
+            if source.kind == "slides":
+                raise ExtractError("--sample and --sample-per-class draw crops from a folder or CSV manifest; for slides, list fewer slides in a manifest")
+            picked, sample = stratified_sample(source.tiles, cfg.task or "label", cfg.sample, cfg.sample_per_class, cfg.seed)
+            source.tiles = picked.reset_index(drop=True)
         if min(cfg.zooms) < 1 and not source.has_context:
             raise ExtractError(
                 f"zoom {min(cfg.zooms):g} needs pixels around each tile, but {source.kind} tiles are fixed crops; "
                 "use zooms >= 1 (or a slide with --points)"
             )
-        opened = dist.on_main(lambda: _open_or_create(cfg, source))  # only rank 0 creates or grows; the others wait
+        opened = dist.on_main(lambda: _open_or_create(cfg, source, sample=sample))  # only rank 0 creates or grows; the others wait
         if opened is None:  # rank 0 holds the writer lock for the whole job
-            opened = _open_or_create(cfg, source, lock=False)
+            opened = _open_or_create(cfg, source, lock=False, sample=sample)
         store, growth = opened
     try:  # from here on the store (and its writer lock) is closed whatever happens
         summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
         if growth is not None and growth.changed:
             summary["grown"] = growth.as_dict()
+        if sample is not None:
+            summary["sample"] = sample
         if source.slides is not None:
             summary["skipped_slides"] = source.slides["info"]["skipped"]
             summary["slide_notes"] = source.slides["info"].get("notes", [])

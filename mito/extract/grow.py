@@ -107,7 +107,7 @@ def grow_store(
     """Bring ``store`` up to ``source``: append the tiles it lacks (finishing an interrupted append), update the labels
     and other metadata of its rows where SOURCE now says otherwise, and align ``source.tiles`` with the store's rows;
     None when the store already holds exactly this tile table. Every check (tiles, tiling, columns) is made before
-    anything is written. ``limited`` (a --limit run) never grows a store: its list is a cut, not new data."""
+    anything is written. ``limited`` (a --limit or --sample run) never grows a store: its list is a cut, not new data."""
     if store.meta.get("tile_update"):
         if not may_write:
             raise StoreError(f"{path}: updating its tile table was interrupted; only rank 0 may finish it")
@@ -119,7 +119,7 @@ def grow_store(
     if not same and (source.kind not in APPENDABLE or made.get("kind") != source.kind or (source.kind != "slides" and made.get("path") != source.root)):
         raise _refuse(store, path)
     if not same and limited:
-        raise _refuse(store, path, "; --limit takes a fixed cut of SOURCE, so it never adds tiles")
+        raise _refuse(store, path, "; --limit and --sample take a fixed cut of SOURCE, so they never add tiles")
     if source.kind == "slides" and source.slides is not None and source.slides["opts"].mpp is not None:
         check_tiling(store, path, asdict(source.slides["opts"]))
     held = store.tiles

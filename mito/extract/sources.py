@@ -239,6 +239,70 @@ def read_points(points: Path) -> pd.DataFrame:
     return df
 
 
+UNLABELLED = "(no label)"  # the stratum of tiles without a label in a stratified sample
+
+
+def _allocate(sizes: dict[str, int], total: int) -> dict[str, int]:
+    """Split ``total`` over strata in proportion to their sizes (largest remainder), every stratum at least one while
+    ``total`` allows, none more than it holds."""
+    n = sum(sizes.values())
+    if total >= n:
+        return dict(sizes)
+    floor = {k: min(v, 1) for k, v in sizes.items()} if total >= len(sizes) else dict.fromkeys(sizes, 0)
+    left = total - sum(floor.values())
+    room = {k: sizes[k] - floor[k] for k in sizes}
+    share = {k: left * room[k] / max(1, sum(room.values())) for k in sizes}
+    out = {k: floor[k] + min(room[k], int(share[k])) for k in sizes}
+    for k in sorted(sizes, key=lambda k: (-(share[k] - int(share[k])), k)):  # largest remainders first, then by name
+        if sum(out.values()) >= total:
+            break
+        if out[k] < sizes[k]:
+            out[k] += 1
+    for k in sorted(sizes, key=lambda k: (-sizes[k], k)):  # what rounding left over goes where there is room
+        while sum(out.values()) < total and out[k] < sizes[k]:
+            out[k] += 1
+    return out
+
+
+def stratified_sample(
+    tiles: pd.DataFrame, label_column: str | None, total: int | None = None, per_class: int | None = None, seed: int = 0
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A seeded random sample of tiles stratified by ``label_column``: ``total`` tiles in all (classes in proportion,
+    each at least one while ``total`` allows) or ``per_class`` per class (all of a smaller class). Rows keep the
+    source's order; returns the sample and its record (what the store's provenance keeps)."""
+    if (total is None) == (per_class is None):
+        raise ExtractError("give one of --sample N or --sample-per-class N")
+    by = label_column if label_column is not None and label_column in tiles else None
+    strata = (
+        tiles[by].astype(object).map(lambda v: UNLABELLED if v is None or v != v else str(v))
+        if by is not None else pd.Series("all", index=tiles.index)
+    )
+    groups = {k: np.flatnonzero((strata == k).to_numpy()) for k in sorted(strata.unique())}
+    sizes = {k: len(v) for k, v in groups.items()}
+    want = _allocate(sizes, int(total)) if total is not None else {k: min(v, int(per_class or 0)) for k, v in sizes.items()}
+    rng = np.random.default_rng(seed)
+    picked = [rows[rng.permutation(len(rows))[: want[k]]] for k, rows in groups.items()]  # strata in sorted order: reproducible
+    keep = np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+    info = {"n": total, "per_class": per_class, "seed": int(seed), "by": by, "of": len(tiles), "size": len(keep),
+            "counts": {k: int(want[k]) for k in groups if by is not None}}
+    return tiles.iloc[keep], info
+
+
+def describe_sample(info: dict[str, Any] | None) -> str:
+    """How a store's sample was drawn, as the options that draw it again (``--sample 60 --seed 0``)."""
+    if not info:
+        return "every tile of SOURCE (no --sample)"
+    opt = f"--sample {info['n']}" if info.get("n") is not None else f"--sample-per-class {info['per_class']}"
+    return f"{opt} --seed {info['seed']}"
+
+
+def sample_line(info: dict[str, Any]) -> str:
+    """One line for the user: how many tiles of how many, stratified by what, which seed, per class."""
+    by = f"stratified by {info['by']}" if info.get("by") else "at random (no label column)"
+    counts = ", ".join(f"{k} {v}" for k, v in (info.get("counts") or {}).items())
+    return f"{info.get('size')} of {info.get('of')} tiles, {by} (seed {info.get('seed')})" + (f": {counts}" if counts else "")
+
+
 def open_source(
     path: str | os.PathLike,
     points: str | os.PathLike | None = None,

@@ -70,6 +70,21 @@ def check_heatmap_dir(out_dir: str | os.PathLike, overwrite: bool = False, prote
     return check_output_dir(out_dir, overwrite, protect=protect, what="heatmap folder", kind=KIND)
 
 
+SLIDE_COLUMNS = ("slide", "x", "y", "slide_path", "x0", "y0", "x1", "y1")  # what a store tiled from whole slides holds
+NOT_SLIDES = "--heatmaps needs a store extracted from whole slides (mito extract --mpp ...)"
+
+
+def check_heatmap_store(store: str | os.PathLike) -> None:
+    """Refuse, before anything is predicted or written, a store whose tiles were not tiled from whole slides."""
+    from mito.cache import open_store
+
+    with open_store(store, "r") as s:
+        cols = s.tile_column_names
+        named_by_path = "path" in cols and s.tile_table(["path"])["path"].notna().any()  # predictions would name tiles by path
+    if not set(SLIDE_COLUMNS) <= set(cols) or named_by_path:
+        raise HeadError(NOT_SLIDES)
+
+
 def write_heatmaps(preds: pd.DataFrame, tiles: pd.DataFrame, out_dir: str | os.PathLike, reader: str = "auto",
                    overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
     """Heatmaps for every slide in ``preds`` (rows named slide,x,y) using a slide store's tile table (boxes, paths);
@@ -82,7 +97,7 @@ def write_heatmaps(preds: pd.DataFrame, tiles: pd.DataFrame, out_dir: str | os.P
 
     need = {"slide", "x", "y"}
     if not need <= set(preds.columns) or not {"slide_path", "x0", "y0", "x1", "y1"} <= set(tiles.columns):
-        raise HeadError("--heatmaps needs a store extracted from whole slides (mito extract --mpp ...)")
+        raise HeadError(NOT_SLIDES)
     cols = prob_columns(preds)
     merged = preds.merge(tiles[["slide", "x", "y", "slide_path", "x0", "y0", "x1", "y1"]].drop_duplicates(["slide", "x", "y"]),
                          on=["slide", "x", "y"], how="inner")

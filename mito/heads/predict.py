@@ -18,6 +18,7 @@ from mito.cache import open_store, store_input_files
 from mito.heads.base import HEAD_FILE, Head, HeadError, read_json_file
 from mito.heads.ensemble import load_any_head
 from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
+from mito.heads.split import UNKNOWN, UNSEEN, identity_columns, recorded_split, side_of
 from mito.heads.train import CONFIG_FILE
 from mito.io import atomic_write, check_output_file, csv_probabilities, inside
 from mito.errors import TaskError
@@ -257,6 +258,8 @@ def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.
     known = task_labels_or_none(tiles, config["task"])
     if known is not None and known.iloc[idx].notna().any():
         df["label"] = known.iloc[idx].to_numpy()
+    picked = tiles.iloc[idx]
+    df["split"] = side_of(picked[identity_columns(picked)], recorded_split(model.path))
     df["pred"] = classes[proba.argmax(axis=1)]
     for j, c in enumerate(classes.tolist()):
         df[f"p_{c}"] = proba[:, j]
@@ -282,3 +285,51 @@ def task_labels_or_none(tiles: pd.DataFrame, task: str) -> pd.Series | None:
         return resolve_spec(tiles, task).labels(tiles)
     except TaskError:
         return None
+
+
+def agreement(preds: pd.DataFrame) -> dict[str, Any]:
+    """Agreement of ``pred`` with known ``label`` where it means something: on the test rows of the model's split and
+    on labelled rows it never saw, each on its own (n, agreement, balanced accuracy); ``seen``: labelled train/val rows
+    left out. A model that records no split is scored over every labelled row (``all``), training rows included."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    if "label" not in preds:
+        return {}
+    label = preds["label"]
+    known = (label.notna() & (label.astype(str) != "")).to_numpy()
+    side = preds["split"].astype(str).to_numpy() if "split" in preds else np.full(len(preds), UNKNOWN)
+
+    def score(rows: np.ndarray) -> dict[str, Any]:
+        y, p = label[rows].astype(str).to_numpy(), preds["pred"][rows].astype(str).to_numpy()
+        return {"n": int(rows.sum()), "agreement": float((y == p).mean()), "balanced_accuracy": float(balanced_accuracy_score(y, p))}
+
+    if (side[known] == UNKNOWN).all():
+        return {"all": score(known)} if known.any() else {}
+    out: dict[str, Any] = {}
+    for part in ("test", UNSEEN):
+        rows = known & (side == part)
+        if rows.any():
+            out[part] = score(rows)
+    out["seen"] = int((known & np.isin(side, ["train", "val"])).sum())
+    return out
+
+
+def agreement_text(a: dict[str, Any], unit: str = "tiles") -> str:
+    """The agreement summary in words, saying which rows each number is computed on."""
+    def nums(s: dict[str, Any]) -> str:
+        return f"balanced accuracy {s['balanced_accuracy']:.3f}, agreement {s['agreement']:.3f}"
+
+    if not a:
+        return ""
+    if "all" in a:
+        return (f"agreement with known labels over all {a['all']['n']} labelled {unit}, training {unit} included (this model "
+                f"records no split): {nums(a['all'])}")
+    parts = []
+    if "test" in a:
+        parts.append(f"{a['test']['n']} test {unit} of the model's split: {nums(a['test'])}")
+    if UNSEEN in a:
+        parts.append(f"{a[UNSEEN]['n']} labelled {unit} it never saw: {nums(a[UNSEEN])}")
+    if not parts:
+        return f"no agreement reported: every labelled {unit[:-1]} here ({a['seen']}) was used to fit the model"
+    seen = f"; {a['seen']} training and validation {unit} not scored (the model learned from them)" if a.get("seen") else ""
+    return "agreement with known labels on " + "; on ".join(parts) + seen

@@ -19,7 +19,8 @@ from mito.heads.bags import BagReader, Bags, bag_table, left_out, left_out_line,
 from mito.heads.base import HeadError, read_json_file
 from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
-from mito.heads.split import make_split
+from mito.heads.predict import agreement, agreement_text
+from mito.heads.split import make_split, recorded_split, save_split, side_of
 from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_dir
 from mito.io import (
     atomic_dir, atomic_write, check_output_dir, check_output_file, csv_probabilities, is_mito_folder, unique_stems, write_json,
@@ -147,9 +148,13 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
         "variants": variants, "n_features_in": reader.d, "head": {"name": head.name, "params": head.params()},
         "training": {"store": store_meta, "seed": cfg.seed, "split": metrics["split"]},
     }
+    side = np.full(len(bags), "", dtype=object)
+    for name, idx in parts.items():
+        side[idx] = name
     if cfg.out is not None:
         def fill(tmp: Path) -> None:
             head.save(tmp)
+            save_split(tmp, pd.DataFrame({bag_column: bags.names}), side)  # predict tells the bags fitted on from the others
             write_json(tmp / CONFIG_FILE, config)
             write_json(tmp / METRICS_FILE, metrics)
 
@@ -181,6 +186,8 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
     with open_store(store_path, "r") as store:
         check_store_matches(store, cfg["variants"])
         tiles = store.tiles
+        if pictures is not None:  # before anything is written
+            check_pictures(tiles)
         bags = make_bags(tiles, None, cfg["bag_column"], None, None, store.unreadable)
         dropped = left_out(bags, store.meta, cfg["bag_column"])
         proba, rows, att = head.predict_proba(BagReader(store, cfg["features"]), bags)
@@ -189,6 +196,7 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
     known = _known_labels(tiles, cfg, bags)
     if known is not None:
         slides["label"] = known
+    slides["split"] = side_of(slides[[cfg["bag_column"]]], recorded_split(model_dir))
     slides["pred"] = np.asarray(classes)[proba.argmax(1)]
     for j, c in enumerate(classes):
         slides[f"p_{c}"] = proba[:, j]
@@ -228,13 +236,19 @@ def is_picture_dir(path: Path) -> bool:
     return is_mito_folder(path, PICTURES_KIND)
 
 
+def check_pictures(tiles: pd.DataFrame) -> bool:
+    """True when the pictures are drawn over slide thumbnails, False for top-k tile grids; a HeadError when neither can be."""
+    on_slides = {"slide_path", "x0", "y0", "x1", "y1"} <= set(tiles.columns)
+    if not on_slides and "path" not in tiles:
+        raise HeadError("pictures need tile images: the tile table has neither slide boxes nor a path column")
+    return on_slides
+
+
 def draw_pictures(slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFrame, bags: Bags, rows: list[np.ndarray],
                   att: list[np.ndarray], bag_column: str, out: Path, overwrite: bool, top_k: int, head_name: str) -> list[Path]:
     """One PNG per bag, written as one folder: attention heatmap over the thumbnail when the tiles came from slides
     (slide_path and x0..y1 columns), else a grid of the top-k tiles by attention read from their paths."""
-    on_slides = {"slide_path", "x0", "y0", "x1", "y1"} <= set(tiles.columns)
-    if not on_slides and "path" not in tiles:
-        raise HeadError("pictures need tile images: the tile table has neither slide boxes nor a path column")
+    on_slides = check_pictures(tiles)
     written: list[str] = []
     pcols = [c for c in slides.columns if c.startswith("p_")]
     stems = unique_stems([str(n) for n in bags.names])  # bags 'a b.svs' and 'a_b.svs' get two pictures
@@ -366,12 +380,10 @@ def predict_slides_cli(console: Any, model: Path, store: str | None, source: str
         raise HeadError(f"{model} is a slide-level model: predict the bags of a store with --store (new tiles: mito extract them first)")
     slides, tile_df = predict_slides(model, store, out, pictures, overwrite)
     counts = ", ".join(f"{k} {v}" for k, v in slides["pred"].value_counts().items())
-    line = f"{len(slides)} bags predicted ({counts}) -> {out}; tile weights -> {tiles_csv_path(out)}"
-    if "label" in slides:
-        known = slides["label"].astype(str) != ""
-        if known.any():
-            line += f"; agreement with known labels {(slides['pred'][known].astype(str) == slides['label'][known].astype(str)).mean():.3f}"
-    console.print(line, highlight=False, markup=False)
+    console.print(f"{len(slides)} bags predicted ({counts}) -> {out}; tile weights -> {tiles_csv_path(out)}", highlight=False, markup=False)
+    said = agreement_text(agreement(slides), unit="bags")
+    if said:
+        console.print(said, highlight=False, markup=False)
     if slides.attrs.get("left_out"):
         console.print(left_out_line(slides.attrs["left_out"], "not predicted"), style="yellow", highlight=False, markup=False)
     if pictures is not None:

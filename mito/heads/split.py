@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
@@ -34,7 +37,10 @@ def carve(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.n
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise HeadError("cannot split: all rows come from one slide/group; give a split column or more slides")
-    k = int(min(max(2, round(1 / fraction)), n_groups))
+    largest = int(np.unique(y, return_counts=True)[1].max())  # sklearn refuses more parts than the largest class has rows
+    k = int(min(max(2, round(1 / fraction)), n_groups, largest))
+    if k < 2:
+        raise HeadError("cannot split: every class has a single labelled row; give a split column or more data")
     folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     _, held = next(folds.split(np.zeros(len(y)), y, groups))
     mask = np.zeros(len(y), bool)
@@ -103,3 +109,51 @@ def make_split(
     out[rest[held]] = "val"
     out[rest[~held]] = "train"
     return out.astype(str)
+
+
+# ---------------------------------------------------------------- the fitted split, recorded with the model
+
+SPLIT_FILE = "split.csv.gz"  # in a model directory: the identity and side (train/val/test) of every row it was fitted on
+UNSEEN, UNKNOWN = "unseen", "unknown"  # a predicted row the model never saw; a model that records no split
+
+
+def identity_columns(table: pd.DataFrame) -> list[str]:
+    """The columns that name a row across stores: its tile id and, when the table has it, the file it was read from."""
+    extra = next((c for c in ("path", "slide_path") if c in table), None)
+    return ["tile_id", *([extra] if extra else [])]
+
+
+def save_split(folder: str | os.PathLike, ids: pd.DataFrame, side: np.ndarray) -> Path:
+    """Write the rows a model was fitted on (``ids``: identity columns; ``side``: train/val/test, '' = not used)."""
+    from mito.io import atomic_write
+
+    used = np.asarray(side) != ""
+    table = ids.loc[used].astype(object).where(ids.loc[used].notna(), "").astype(str).reset_index(drop=True)
+    table["split"] = np.asarray(side)[used]
+    return atomic_write(Path(folder) / SPLIT_FILE, lambda p: table.to_csv(p, index=False, compression="gzip"), ".csv.gz")
+
+
+def recorded_split(folder: str | os.PathLike) -> pd.DataFrame | None:
+    """The split a model directory records (None for a model made before mito recorded it)."""
+    path = Path(folder) / SPLIT_FILE
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, compression="gzip")
+    except (OSError, ValueError, pd.errors.ParserError, EOFError) as e:
+        raise HeadError(f"{path} cannot be read ({type(e).__name__}); refit the model") from None
+    if "split" not in table or len(table.columns) < 2:
+        raise HeadError(f"{path} is not a split record (needs identity columns and split); refit the model")
+    return table
+
+
+def side_of(ids: pd.DataFrame, recorded: pd.DataFrame | None) -> np.ndarray:
+    """Per row of ``ids``: its side in the recorded split, 'unseen' when the model never saw it, 'unknown' without a record."""
+    if recorded is None:
+        return np.full(len(ids), UNKNOWN, dtype=object)
+    on = [c for c in recorded.columns if c != "split" and c in ids]
+    if not on:
+        return np.full(len(ids), UNSEEN, dtype=object)
+    left = ids[on].astype(object).where(ids[on].notna(), "").astype(str).reset_index(drop=True)
+    merged = left.merge(recorded.drop_duplicates(on)[[*on, "split"]], on=on, how="left")
+    return merged["split"].fillna(UNSEEN).to_numpy(dtype=object)

@@ -23,11 +23,11 @@ from mito.heads.ensemble import fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
 from mito.heads.fit import fit_on_rows
 from mito.heads.shift_split import group_split, group_split_description
-from mito.heads.split import AUTO, PUBLISHED_SPLIT, make_split, published_split
+from mito.heads.split import AUTO, PUBLISHED_SPLIT, identity_columns, make_split, published_split, save_split
 from mito.heads.stream import DEFAULT_BUFFER_ROWS
 from mito.io import atomic_dir, check_output_dir, write_json
 from mito.progress import add_task, progress_bar
-from mito.tasks import TaskSpec, choose_positive, group_ids
+from mito.tasks import TaskSpec, choose_positive, group_ids, one_group_per_tile, per_tile_warning
 from mito.tasks import resolve_task as resolve_spec
 from mito.validation import one_line
 
@@ -179,9 +179,13 @@ def check_model_out(out: str | os.PathLike, store: str | os.PathLike, overwrite:
     return p
 
 
-def split_description(split_column: str | None, group_column: str | None, val_fraction: float, test_fraction: float) -> str:
-    """How the rows were split, in words (printed by fit-head, saved in metrics.json)."""
-    by = f"by {group_column!r}" if group_column else "tile by tile"
+def split_description(split_column: str | None, group_column: str | None, val_fraction: float, test_fraction: float,
+                      per_tile: bool = False) -> str:
+    """How the rows were split, in words (printed by fit-head, saved in metrics.json); ``per_tile``: every tile is its
+    own group, so the grouped split is one tile by tile."""
+    by = f"by {group_column!r}" if group_column and not per_tile else "tile by tile"
+    if group_column and per_tile:
+        by += f" (every tile is its own {group_column!r})"
     if split_column is not None:
         return f"the store's {split_column!r} column (val carved from train {by} when it has none; --split-column none to opt out)"
     return f"random {by}: test {test_fraction:g}, val {val_fraction:g}"
@@ -222,6 +226,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         train_labels = labels.to_numpy()[parts["train"]]
         train_classes = sorted({str(v) for v in train_labels})
         positive, positive_source = choose_positive(train_labels, train_classes, cfg.positive) if len(train_classes) > 1 else (None, "")
+        per_tile = cfg.group_column is not None and one_group_per_tile(group_ids(tiles, cfg.group_column)[_carved(side, tiles, split_column, cfg)])
         cats = metadata_categories(tiles, cfg.metadata_columns)
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
@@ -256,7 +261,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         shared = len(g["train"] & g["test"]) + len(g["train"] & g["val"]) + len(g["val"] & g["test"])
     n_tr, n_va = len(parts["train"]), len(parts["val"])
     split = (group_split_description(cfg.test_group, cfg.train_groups, cfg.group_column, cfg.val_fraction) if cfg.test_group
-             else split_description(split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction))
+             else split_description(split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, per_tile))
     metrics = {
         **evals[main],
         **({"positive_source": positive_source} if positive is not None else {}),
@@ -272,6 +277,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         "features_default": not cfg.features,
         "split_column": split_column,
         "split": split,
+        **({"warnings": [per_tile_warning(cfg.group_column or "group")]} if per_tile else {}),
         **({"val": evals["val"]} if main == "test" and "val" in evals else {}),
         **({"ensemble": head.report} if ens is not None else {}),
         **{k: getattr(head, k) for k in ("best_epoch_", "epochs_run_", "best_iteration_", "C_", "precision_", "threads_") if hasattr(head, k)},
@@ -310,9 +316,22 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         },
     }
     if cfg.out is not None:
-        _write_model_dir(Path(cfg.out), head, pipe, config, metrics, cfg.overwrite)
+        _write_model_dir(Path(cfg.out), head, pipe, config, metrics, cfg.overwrite, (tiles[identity_columns(tiles)], side))
         metrics["model_dir"] = str(cfg.out)
     return metrics
+
+
+def _carved(side: np.ndarray, tiles: Any, split_column: str | None, cfg: FitConfig) -> np.ndarray:
+    """The rows a random grouped split divided (the others came from a split column): all used rows without a split
+    column, else the train and val rows when val was carved from train, else none; with --test-group the rows it
+    trained on (val carved from them)."""
+    used = side != ""
+    if cfg.test_group or split_column is None:
+        return np.flatnonzero(used & (side != "test")) if cfg.test_group else np.flatnonzero(used)
+    from mito.heads.split import SPLIT_NAMES, _normalized
+
+    had_val = _normalized(tiles[split_column]).map(lambda v: SPLIT_NAMES.get(v, "")).eq("val").to_numpy()
+    return np.zeros(0, np.int64) if (had_val & used).any() else np.flatnonzero(np.isin(side, ["train", "val"]))
 
 
 @contextmanager
@@ -340,12 +359,16 @@ def _epoch_progress(enabled: bool, head: Any) -> Iterator[None]:
         head.on_epoch = None
 
 
-def _write_model_dir(out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool) -> None:
+def _write_model_dir(out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool,
+                     split: tuple[Any, np.ndarray] | None = None) -> None:
     """Write into a hidden sibling, then move it into place (mito.io.atomic_dir): a crash never leaves a half-written
-    model, and only a model directory (or an empty folder) is ever replaced."""
+    model, and only a model directory (or an empty folder) is ever replaced. ``split``: (identity columns, side per
+    row), recorded so that predict can tell the tiles the model was fitted on from the others."""
 
     def fill(tmp: Path) -> None:
         head.save(tmp)
+        if split is not None:
+            save_split(tmp, *split)
         sha = pipe.save(tmp)
         doc = {**config, "pipeline": {**config["pipeline"], **({"sha256": sha} if sha else {})}}
         write_json(tmp / CONFIG_FILE, doc)

@@ -158,7 +158,8 @@ def test_arrays_no_attribute_knows_of_are_reported(tmp_path: Path) -> None:
     path = _small(tmp_path, "s.zarr")
     _edit(path, lambda m: m["variants"].pop("bb:z1:rgb"))
     with open_store(path, lenient=True) as s:
-        assert "features/bb/z1/rgb is on disk but not in the attributes (left by an interrupted or concurrent writer)" in s.verify()
+        assert (f"features/bb/z1/rgb is on disk but not in the attributes (left by an interrupted or concurrent writer); "
+                f"`mito cache rm {path} bb:z1:rgb` removes it") in s.verify()
 
 
 def test_a_store_made_before_checksums_still_reads(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def model(synth_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 
 def test_model_directory_describes_itself(model: tuple[Path, dict], synth_store: Path) -> None:
     out, m = model
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "head.json", "model.safetensors", "pipeline.safetensors"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "head.json", "model.safetensors", "pipeline.safetensors", "split.csv.gz"}
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["features"] == [GRAY, RGB] and cfg["classes"] == ["Atypical", "Normal"]
     assert cfg["variants"][RGB]["weights_sha256"] == PROV["weights_sha256"]
@@ -58,7 +58,7 @@ def test_model_directory_describes_itself(model: tuple[Path, dict], synth_store:
 def test_predict_store_matches_training_metrics(model: tuple[Path, dict], synth_store: Path, tmp_path: Path) -> None:
     out, m = model
     df = predict(out, store=synth_store, out_csv=tmp_path / "p.csv")
-    assert list(df.columns) == ["path", "label", "pred", "p_Atypical", "p_Normal"]
+    assert list(df.columns) == ["path", "label", "split", "pred", "p_Atypical", "p_Normal"]
     on_disk = pd.read_csv(tmp_path / "p.csv")
     assert len(on_disk) == len(df) and np.allclose(on_disk["p_Normal"], df["p_Normal"])
     assert all(len(v.split("e")[0].replace(".", "").lstrip("0")) <= 6 for v in (tmp_path / "p.csv").read_text().split()[1].split(",")[-2:])

@@ -91,3 +91,12 @@ def test_tiles_without_a_group_are_groups_of_their_own(tmp_path) -> None:
     r = runner.invoke(app, ["bench", "--store", str(store), "--heads", "knn", "--folds", "2", "--cv", "kfold", "--jobs", "1",
                             "--n-boot", "0", "--no-umap", "--out", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
+
+
+def test_a_small_set_is_split_not_refused_with_a_traceback() -> None:
+    """Eight slides, four per class (a slide-level head on a few slides): fewer parts than the 1/fraction asked for."""
+    t = pd.DataFrame({"tile_id": [f"s{i}" for i in range(8)], "group": [f"s{i}" for i in range(8)], "y": ["a", "b"] * 4})
+    side = make_split(t, t["y"], np.ones(8, bool), val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert set(side) == {"train", "val", "test"} and (side == "train").sum() >= 4
+    with pytest.raises(HeadError, match="cannot split"):
+        make_split(t.head(2), t["y"].head(2), np.ones(2, bool), val_fraction=0.2, test_fraction=0.2, seed=0)

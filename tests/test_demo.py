@@ -1,0 +1,77 @@
+"""mito demo: one feature set from fit-head to bench and UMAP, and the numbers' difference explained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from mito.demo import run_demo
+
+
+@pytest.mark.slow
+def test_demo_benches_and_draws_the_features_it_fitted_on(amibr_dir: Path, tmp_path: Path) -> None:
+    console = Console(record=True, width=200)
+    result = run_demo(tmp_path / "demo", device="cpu", console=console, source=amibr_dir)
+    text = console.export_text()
+    fitted = result["fit_head"]["features"]
+    assert fitted == ["efficientnet_lite0:z1:rgb", "efficientnet_lite0:z2:rgb"]
+    doc = json.loads((tmp_path / "demo" / "report" / "leaderboard.json").read_text())
+    assert {r["features"] for r in doc["rows"]} == {"z1+z2:rgb"}  # the bench ranks the set fit-head used
+    assert result["umap_features"] == fitted
+    assert (tmp_path / "demo" / "report" / "umap_mitosis.png").stat().st_size > 1000
+    mlp = next(r for r in doc["rows"] if r["head"] == "mlp")
+    assert mlp["n_test"] == result["fit_head"]["n_test"]  # the same test crops
+    said = " ".join(text.split())
+    assert f"fit-head's single mlp: {result['fit_head']['balanced_accuracy']:.3f}" in said
+    assert f"bench's mlp row: {mlp['balanced_accuracy']:.3f}" in said and "same features" in said
+
+
+@pytest.mark.slow
+def test_slide_demo_builds_slides_and_runs_every_slide_step(amibr_dir: Path, tmp_path: Path) -> None:
+    import openslide
+    import pandas as pd
+    from PIL import Image
+
+    from mito.cache import open_store
+    from mito.demo import GRID, PLANT, run_slide_demo
+    from mito.heads import is_slide_model
+
+    console = Console(record=True, width=200)
+    r = run_slide_demo(tmp_path / "ds", device="cpu", console=console, source=amibr_dir, n_slides=8)
+    text = " ".join(console.export_text().split())
+    slides = sorted((tmp_path / "ds" / "slides").glob("*.svs"))
+    assert len(slides) == 8
+    s = openslide.OpenSlide(str(slides[0]))
+    assert s.properties["openslide.vendor"] == "aperio" and float(s.properties["openslide.mpp-x"]) == 0.25 and s.level_count == 3
+    assert len(list((tmp_path / "ds" / "annotations").glob("*.geojson"))) == 8
+    with open_store(r["store"]) as st:
+        t = st.tiles
+    assert t["slide"].nunique() == 8 and len(t) == 8 * GRID[0] * GRID[1]  # one tile per crop, every crop on tissue
+    per_slide = t.groupby("slide")["label"].apply(lambda v: int((v == "Atypical").sum()))
+    assert sorted(set(per_slide)) == [0, PLANT[0] * PLANT[1]]  # the GeoJSON labels exactly the planted crops
+    assert (t.groupby("slide")["diagnosis"].first().str.contains("atyp") == (per_slide > 0)).all()
+    assert len(r["qc"]["written"]) == 8 and is_slide_model(r["model"])
+    preds = pd.read_csv(r["predictions"])
+    assert len(preds) == 8 and {"slide", "label", "split", "pred"} <= set(preds.columns)
+    assert set(preds["label"]) == {"atypical", "normal"} and set(preds["split"]) == {"train", "val", "test"}
+    pics = sorted(Path(r["pictures"]).glob("*.png"))
+    assert len(pics) == 8
+    with Image.open(pics[0]) as im:
+        assert im.width > 300
+    for where in (r["store"], r["model"], r["predictions"], r["pictures"], "mito extract", "mito slides qc",
+                  "mito fit-head", "--level slide", "mito predict", "--heatmaps", "a toy"):
+        assert where in text, where
+
+
+def test_demo_cli_offers_slides_and_checks_its_options(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mito.cli import app
+
+    r = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "--slides" in r.output
+    r = CliRunner().invoke(app, ["demo", "--slides", "--device", "tpu", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "--device must be auto, cpu or cuda" in r.output and not (tmp_path / "d").exists()

@@ -60,7 +60,7 @@ def test_help_reads_at_80_columns(path: tuple[str, ...]) -> None:
         missing = [w for w in _words(text) if w not in flat]
         assert not missing, (p.name, missing)  # every word whole: not cut, not folded, no markup swallowed
         key = p.name if isinstance(p, TyperArgument) else next(o for o in p.opts if o.startswith("--"))
-        row = re.compile(r"^│\s+(\*\s+)?" + re.escape(key) + r"[\s,]")
+        row = re.compile(r"^│\s+(\*\s+)?" + re.escape(key) + r"(\.\.\.)?[\s,]")
         first = next(x for x in lines if row.match(x))  # the option's first line in its panel
         start = first.find(_words(text)[0], row.match(first).end())
         assert start > 0 and WIDTH - 2 - start >= 30, (p.name, first)  # the description column keeps 30+ characters

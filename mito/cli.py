@@ -47,7 +47,8 @@ RESUME_HINT = "finished chunks are kept; re-run the same command to resume"
 
 
 def friendly(fn: Callable[..., Any] | None = None, *, on_interrupt: str = "nothing half-written was kept") -> Any:
-    """Turn mito's errors (and OS errors such as a full disk) into one red line and exit 2; Ctrl-C into exit 130.
+    """Turn mito's errors (and OS errors such as a full disk) into one red line and exit 2; Ctrl-C or SIGTERM into one
+    line and exit 130 or 143.
 
     ``on_interrupt`` says what the user has after Ctrl-C (only commands that resume promise a resume).
     """
@@ -58,13 +59,17 @@ def friendly(fn: Callable[..., Any] | None = None, *, on_interrupt: str = "nothi
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from pydantic import ValidationError
 
+        from mito.errors import Interrupted
+        from mito.interrupts import exit_code, handle_signals
         from mito.validation import one_line
 
         try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            err_console.print(f"[yellow]interrupted: {on_interrupt}[/]")
-            raise typer.Exit(130) from None
+            with handle_signals():  # Ctrl-C or SIGTERM: one line, and no second signal can cut the cleanup short
+                return fn(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            said = str(e) if isinstance(e, Interrupted) and str(e) else on_interrupt
+            err_console.print(f"interrupted: {said}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(exit_code()) from None
         except (MitoError, ValidationError, OSError) as e:
             if isinstance(e, ValidationError):
                 msg = one_line(e, as_option=True)

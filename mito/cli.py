@@ -43,7 +43,7 @@ class UserError(MitoError):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
-RESUME_HINT = "finished chunks are kept; re-run the same command to resume"
+RESUME_HINT = "what was finished is kept; re-run the same command to resume"
 
 
 def friendly(fn: Callable[..., Any] | None = None, *, on_interrupt: str = "nothing half-written was kept") -> Any:
@@ -198,6 +198,7 @@ def extract(
     """Embed every tile with each backbone, zoom and colour into a chunked store (re-run to resume)."""
     from mito.extract import extract as run_extract
     from mito.extract import growth_lines
+    from mito.wording import counted
 
     if gpus != 1:
         from mito.extract.distributed import launch, strip_option
@@ -220,7 +221,7 @@ def extract(
         return
     for name, b in summary["backbones"].items():
         rate = f"{b['tiles_per_s']} tiles/s" if b["tiles_per_s"] else "nothing left to do"
-        line = f"{name}: {b['rows']} tiles embedded, {b['skipped_chunks']} chunks already done, {rate}"
+        line = f"{name}: {counted(b['rows'], 'tile')} embedded, {counted(b['skipped_chunks'], 'chunk')} already done, {rate}"
         counts = b.get("variant_rows") or {}
         if b["rows"] and any(n < b["rows"] for n in counts.values()):  # some variants were already in the store
             line += " (new rows: " + ", ".join(f"{k.split(':', 1)[-1]} {n}" for k, n in counts.items() if n) + ")"
@@ -228,7 +229,7 @@ def extract(
     if summary["unreadable"]:
         shown = ", ".join(summary["unreadable"][:10])
         more = f" (+{len(summary['unreadable']) - 10} more)" if len(summary["unreadable"]) > 10 else ""
-        console.print(f"[yellow]{len(summary['unreadable'])} unreadable tiles skipped:[/] {shown}{more}")
+        console.print(f"[yellow]{counted(len(summary['unreadable']), 'unreadable tile')} skipped:[/] {shown}{more}")
     for s in summary.get("skipped_slides", []):
         console.print(f"[yellow]slide skipped:[/] {s['reason']}")
     for line in growth_lines(summary["grown"]) if "grown" in summary else []:
@@ -236,7 +237,7 @@ def extract(
     if summary.get("incomplete") and not summary.get("grown", {}).get("incomplete"):  # an append run already named them
         console.print(f"[yellow]not complete (this run did not extract them):[/] {', '.join(summary['incomplete'])}; "
                       "re-run with the zooms, colours and --augment views that made them", highlight=False)
-    console.print(f"store: {summary['store']} ({summary['n_tiles']} tiles)")
+    console.print(f"store: {summary['store']} ({counted(summary['n_tiles'], 'tile')})")
 
 
 @app.command()

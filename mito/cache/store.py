@@ -43,6 +43,7 @@ from mito.cache.errors import StoreError
 from mito.cache.lock import StoreLock
 from mito.cache.meta import meta_problems
 from mito.errors import os_error_line
+from mito.wording import counted
 
 STORE_VERSION = 1
 DEFAULT_CHUNK_ROWS = 1024
@@ -439,7 +440,9 @@ class Store:
                     "use a new --store or remove that variant first"
                 )
             return False
-        rows = min(self.chunk_rows, self.n_tiles)
+        rows = storage_rows(self.chunk_rows, self.n_tiles, self.capabilities.resizable_rows)
+        if self.variants:  # a store made before full chunks: its arrays' chunks, so that every variant agrees
+            rows = self._b.chunks(f"features/{parse_variant(self.variants[0]).path}")[0]
         with self._writing():
             self._b.create(f"features/{v.path}", (self.n_tiles, dim), "float16", (rows, dim), np.nan, FEATURE_DIMS)
             self._b.create(f"done/{v.path}", (self.n_chunks,), "bool", (1,), False, DONE_DIMS)
@@ -463,6 +466,43 @@ class Store:
                     self._b.write("unreadable", slice(start, stop), unreadable if cur is None else cur | unreadable)
             self._b.write(f"features/{v.path}", slice(start, stop), features.astype(np.float16))
             self._b.write(f"done/{v.path}", slice(chunk, chunk + 1), np.array([True]))
+
+    def write_rows(self, chunk: int, rows: int, features: dict[str, np.ndarray], unreadable: np.ndarray | None = None) -> None:
+        """Checkpoint an unfinished chunk: write its first ``rows`` rows for each variant in ``features`` and record
+        them (:meth:`kept_rows`), so a re-run embeds only the rest of the chunk. The chunk stays not done."""
+        self._require_writable()
+        start, stop = self.chunk_rows_range(chunk)
+        if not 0 < rows < stop - start:
+            raise StoreError(f"a checkpoint of chunk {chunk} needs 1..{stop - start - 1} rows, got {rows}")
+        with self._writing():
+            if unreadable is not None and unreadable[:rows].any():
+                cur = self._b.read("unreadable", slice(start, start + rows)).astype(bool)
+                self._b.write("unreadable", slice(start, start + rows), cur | unreadable[:rows])
+            for key, feats in features.items():
+                if feats.shape[0] != rows:
+                    raise StoreError(f"a checkpoint of {rows} rows of chunk {chunk} of {key} got {feats.shape[0]}")
+                self._b.write(f"features/{parse_variant(key).path}", slice(start, start + rows), feats.astype(np.float16))
+
+        def note(m: dict[str, Any]) -> None:
+            partial = dict(m.get("partial_chunks") or {})
+            kept = dict(partial.get(str(chunk)) or {})
+            kept.update({k: max(int(kept.get(k, 0)), rows) for k in features})
+            partial[str(chunk)] = kept
+            m["partial_chunks"] = partial
+
+        self._update_meta(note)
+
+    def forget_done_rows(self) -> None:
+        """Drop the record of checkpointed rows (:meth:`kept_rows`) of chunks that are done since."""
+        partial = self.meta.get("partial_chunks") or {}
+        if not partial or self.meta.get("append"):
+            return
+        done = {k: self.done_chunks(k) for k in {k for kept in partial.values() for k in kept} if k in self.variants}
+        left = {c: {k: r for k, r in kept.items() if k in done and int(c) < done[k].size and not done[k][int(c)]}
+                for c, kept in partial.items()}
+        left = {c: kept for c, kept in left.items() if kept}
+        if left != partial:
+            self._update_meta(lambda m: m.__setitem__("partial_chunks", left))
 
     def kept_rows(self, key: str, chunk: int) -> int:
         """Rows at the start of chunk ``chunk`` that already hold ``key``'s embeddings while the chunk is not done
@@ -493,7 +533,7 @@ class Store:
         sha = tile_list_hash(old_ids + new_ids)
         keys = self.variants
         cr = self.chunk_rows
-        if keys:  # a store smaller than one chunk is stored in chunks of its own size: keep that as the chunk
+        if keys:  # stores made before full chunks were stored in chunks of their own size when smaller: keep that
             cr = min(cr, self._b.chunks(f"features/{parse_variant(keys[0]).path}")[0])
         last = (n_old - 1) // cr
         if pend and pend.get("from") == n_old and pend.get("chunk_rows") == cr:
@@ -789,7 +829,7 @@ class Store:
                 except Exception as e:  # a damaged flag
                     problems.append(f"{k}: {flags} chunk {c} is damaged ({_damage(e)})")
             if not done.all():
-                problems.append(f"{k}: {int((~done).sum())} of {done.size} chunks not written")
+                problems.append(f"{k}: {int((~done).sum())} of {counted(done.size, 'chunk')} not written")
             if not feats_ok or not n or not cr:
                 continue
             nan_rows = inf = 0
@@ -840,9 +880,20 @@ def _column_array(s: pd.Series, kind: str) -> np.ndarray:
     return s.to_numpy(dtype=np.int64 if kind == "int" else np.float64)
 
 
-def _write_tiles(b: StoreBackend, tiles: pd.DataFrame) -> list[dict[str, str]]:
+TILE_COLUMN_CHUNK = 65536  # rows per chunk of a tile-table column (read whole; one chunk for most stores)
+
+
+def storage_rows(chunk_rows: int, n: int, can_grow: bool) -> int:
+    """Rows per storage chunk of a feature array: ``chunk_rows``, or the data's own length when that is shorter and
+    the store can never grow. A store that can grow keeps full chunks from the start (a chunk bigger than the data
+    costs only its compressed fill), so tiles appended later fill them instead of making one small chunk each."""
+    return chunk_rows if can_grow else max(1, min(chunk_rows, n))
+
+
+def _write_tiles(b: StoreBackend, tiles: pd.DataFrame, chunk_rows: int) -> list[dict[str, str]]:
     cols = []
-    chunk = max(1, min(len(tiles), 65536))
+    grow = b.capabilities.resizable_rows
+    chunk = max(1, min(max(len(tiles), chunk_rows) if grow else len(tiles), TILE_COLUMN_CHUNK))
     for name in tiles.columns:
         s = tiles[name]
         kind = _column_kind(s)
@@ -886,9 +937,9 @@ def create_store(
         try:
             b = open_backend(tmp, "w", fmt)
             try:
-                cols = _write_tiles(b, tiles)
+                cols = _write_tiles(b, tiles, chunk_rows)
                 n = len(tiles)
-                b.create("unreadable", (n,), "bool", (min(chunk_rows, n),), False, TILE_DIMS)
+                b.create("unreadable", (n,), "bool", (storage_rows(chunk_rows, n, b.capabilities.resizable_rows),), False, TILE_DIMS)
                 b.set_attrs({
                     "store_version": STORE_VERSION,
                     "format": fmt,

@@ -28,9 +28,17 @@ STUCK_S = 10.0  # a signal this long after the first one, while the cleanup stil
 _state: dict[str, Any] = {"signum": None, "at": 0.0, "active": False}
 
 
+def _quiet_child(signum: int, frame: Any) -> None:
+    """SIGCHLD while the process cleans up: its children are waited for by their owners. (PyTorch's handler would
+    raise "DataLoader worker ... killed by signal" in the middle of the cleanup when `timeout` or a process-group
+    kill also reached the workers.)"""
+
+
 def _handler(signum: int, frame: Any) -> None:
     if _state["signum"] is None:
         _state.update(signum=signum, at=time.monotonic())
+        if hasattr(signal, "SIGCHLD"):
+            signal.signal(signal.SIGCHLD, _quiet_child)
         raise KeyboardInterrupt
     if time.monotonic() - _state["at"] >= STUCK_S:  # the cleanup seems stuck: the user insists
         os._exit(128 + int(_state["signum"]))

@@ -262,7 +262,9 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
 
 
 def _print_info(info: dict[str, Any]) -> None:
-    console.print(f"[bold]{info['path']}[/] ({info['format']}), {info['n_tiles']} tiles, chunks of {info['chunk_rows']} rows")
+    from mito.wording import counted
+
+    console.print(f"[bold]{info['path']}[/] ({info['format']}), {counted(info['n_tiles'], 'tile')}, chunks of {counted(info['chunk_rows'], 'row')}")
     src = info.get("source") or {}
     console.print(f"source: {src.get('path')} ({src.get('kind')}); tile list sha256 {str(info['tile_list_sha256'])[:16]}...")
     for task, counts in info["tasks"].items():
@@ -301,6 +303,7 @@ def cache_info(store: str = typer.Argument(..., help="Store path"), as_json: boo
 def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
     """Exit 0 only if every variant is complete and every written row is sound."""
     from mito.cache import open_store
+    from mito.wording import counted
 
     with open_store(store, lenient=True) as s:  # lenient: report what is wrong with a damaged store, do not refuse it
         problems = s.verify()
@@ -309,7 +312,7 @@ def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
         for p in problems:
             err_console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"ok: {n} tiles x {nv} variants, complete and sound")
+    console.print(f"ok: {counted(n, 'tile')} x {counted(nv, 'variant')}, complete and sound")
 
 
 @app.command()

@@ -235,6 +235,11 @@ class Store:
         return self._b.format
 
     @property
+    def drops_session(self) -> bool:
+        """True when closing will drop this session's writes (HDF5 after a write that failed or was interrupted)."""
+        return self._failed and not self.capabilities.resumable_per_chunk
+
+    @property
     def capabilities(self) -> Capabilities:
         """What this store's backend guarantees (checksums, locking, resume per chunk ...)."""
         return self._b.capabilities

@@ -477,11 +477,8 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
                 record_slides(store, cfg.store, source.slides["info"])
         if dist.active:
             summary.update(rank=dist.rank, world_size=dist.world)
-        try:
-            for b in cfg.backbones:
-                summary["backbones"][b] = _extract_backbone(cfg, b, source, store, device, dist)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished row is on disk by now; say how many
-            raise Interrupted(kept_note(store, {b: [v.key for v, _, _ in variant_plan(cfg, b)] for b in cfg.backbones})) from None
+        for b in cfg.backbones:
+            summary["backbones"][b] = _extract_backbone(cfg, b, source, store, device, dist)
         parts = dist.sync(payload=summary["backbones"])  # every rank's chunks are on disk past this point
         if not dist.main:
             return summary
@@ -495,6 +492,11 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         if any(b["rows"] for b in summary["backbones"].values()):  # a no-op run keeps the record of the run that did the work
             store.record("unreadable_tiles", summary["unreadable"])
             store.record("last_run", {k: v for k, v in summary.items() if k != "unreadable"})
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished row is on disk by now; say how many
+        if store.drops_session:
+            raise Interrupted(f"{cfg.store} is as it was before this run (HDF5 keeps a run's work only when its writes "
+                              "end cleanly; a .zarr store keeps every finished chunk); re-run the same command") from None
+        raise Interrupted(kept_note(store, {b: [v.key for v, _, _ in variant_plan(cfg, b)] for b in cfg.backbones})) from None
     finally:
         store.close()
     return summary

@@ -513,7 +513,7 @@ def kept_note(store: Store, plans: dict[str, list[str]]) -> str:
         if keys:
             done = np.stack([store.done_chunks(k) for k in keys])
             held = np.where(done, sizes, [[store.kept_rows(k, c) for c in range(store.n_chunks)] for k in keys])
-            rows, whole = held.min(axis=0), done.all(axis=0)
+            rows, whole = held.min(axis=0), np.asarray(done.all(axis=0))
         kept, part = int(rows.sum()), int(rows[~whole].sum())
         kept_all, left_all = kept_all + kept, left_all + n - kept
         text = f"kept {kept:,} of {counted(n, 'tile')}"

@@ -400,7 +400,9 @@ class _TissueLine:
     pyramid): under the slides' bar, or in a bar of its own started on the first update (nothing is drawn otherwise)."""
 
     def __init__(self, bar: Any, enabled: bool) -> None:
-        self.bar, self.enabled, self.own, self.task = bar, enabled, None, None
+        self.bar, self.enabled = bar, enabled
+        self.own: Any = None  # the bar of its own, once started
+        self.task: Any = None
 
     def for_slide(self, name: str) -> Callable[[int, int], None] | None:
         import time

@@ -43,11 +43,12 @@ class UserError(MitoError):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
-RESUME_HINT = "finished chunks are kept; re-run the same command to resume"
+RESUME_HINT = "what was finished is kept; re-run the same command to resume"
 
 
 def friendly(fn: Callable[..., Any] | None = None, *, on_interrupt: str = "nothing half-written was kept") -> Any:
-    """Turn mito's errors (and OS errors such as a full disk) into one red line and exit 2; Ctrl-C into exit 130.
+    """Turn mito's errors (and OS errors such as a full disk) into one red line and exit 2; Ctrl-C or SIGTERM into one
+    line and exit 130 or 143.
 
     ``on_interrupt`` says what the user has after Ctrl-C (only commands that resume promise a resume).
     """
@@ -58,13 +59,17 @@ def friendly(fn: Callable[..., Any] | None = None, *, on_interrupt: str = "nothi
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from pydantic import ValidationError
 
+        from mito.errors import Interrupted
+        from mito.interrupts import exit_code, handle_signals
         from mito.validation import one_line
 
         try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            err_console.print(f"[yellow]interrupted: {on_interrupt}[/]")
-            raise typer.Exit(130) from None
+            with handle_signals():  # Ctrl-C or SIGTERM: one line, and no second signal can cut the cleanup short
+                return fn(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            said = str(e) if isinstance(e, Interrupted) and str(e) else on_interrupt
+            err_console.print(f"interrupted: {said}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(exit_code()) from None
         except (MitoError, ValidationError, OSError) as e:
             if isinstance(e, ValidationError):
                 msg = one_line(e, as_option=True)
@@ -214,6 +219,7 @@ def extract(
     """Embed every tile with each backbone, zoom and colour into a chunked store (re-run to resume)."""
     from mito.extract import extract as run_extract
     from mito.extract import growth_lines
+    from mito.wording import counted
 
     if gpus != 1:
         from mito.extract.distributed import launch, strip_option
@@ -236,7 +242,7 @@ def extract(
         return
     for name, b in summary["backbones"].items():
         rate = f"{b['tiles_per_s']} tiles/s" if b["tiles_per_s"] else "nothing left to do"
-        line = f"{name}: {b['rows']} tiles embedded, {b['skipped_chunks']} chunks already done, {rate}"
+        line = f"{name}: {counted(b['rows'], 'tile')} embedded, {counted(b['skipped_chunks'], 'chunk')} already done, {rate}"
         counts = b.get("variant_rows") or {}
         if b["rows"] and any(n < b["rows"] for n in counts.values()):  # some variants were already in the store
             line += " (new rows: " + ", ".join(f"{k.split(':', 1)[-1]} {n}" for k, n in counts.items() if n) + ")"
@@ -244,7 +250,7 @@ def extract(
     if summary["unreadable"]:
         shown = ", ".join(summary["unreadable"][:10])
         more = f" (+{len(summary['unreadable']) - 10} more)" if len(summary["unreadable"]) > 10 else ""
-        console.print(f"[yellow]{len(summary['unreadable'])} unreadable tiles skipped:[/] {shown}{more}")
+        console.print(f"[yellow]{counted(len(summary['unreadable']), 'unreadable tile')} skipped:[/] {shown}{more}")
     for s in summary.get("skipped_slides", []):
         console.print(f"[yellow]slide skipped:[/] {s['reason']}")
     notes = summary.get("slide_notes", [])
@@ -261,7 +267,7 @@ def extract(
         from mito.extract.sources import sample_line
 
         console.print(f"sampled {sample_line(summary['sample'])}", highlight=False)
-    console.print(f"store: {summary['store']} ({summary['n_tiles']} tiles)")
+    console.print(f"store: {summary['store']} ({counted(summary['n_tiles'], 'tile')})")
 
 
 @app.command()
@@ -287,7 +293,9 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
 
 
 def _print_info(info: dict[str, Any]) -> None:
-    console.print(f"[bold]{info['path']}[/] ({info['format']}), {info['n_tiles']} tiles, chunks of {info['chunk_rows']} rows")
+    from mito.wording import counted
+
+    console.print(f"[bold]{info['path']}[/] ({info['format']}), {counted(info['n_tiles'], 'tile')}, chunks of {counted(info['chunk_rows'], 'row')}")
     src = info.get("source") or {}
     console.print(f"source: {src.get('path')} ({src.get('kind')}); tile list sha256 {str(info['tile_list_sha256'])[:16]}...")
     for task, counts in info["tasks"].items():
@@ -331,6 +339,7 @@ def cache_info(store: str = typer.Argument(..., help="Store path"), as_json: boo
 def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
     """Exit 0 only if every variant is complete and every written row is sound."""
     from mito.cache import open_store
+    from mito.wording import counted
 
     with open_store(store, lenient=True) as s:  # lenient: report what is wrong with a damaged store, do not refuse it
         problems = s.verify()
@@ -339,7 +348,7 @@ def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
         for p in problems:
             err_console.print(f"[red]problem:[/] {p}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"ok: {n} tiles x {nv} variants, complete and sound")
+    console.print(f"ok: {counted(n, 'tile')} x {counted(nv, 'variant')}, complete and sound")
 
 
 @cache_app.command("rm")

@@ -17,6 +17,10 @@ class OutputError(MitoError):
     """An output path mito refuses to write (it would destroy a store, a model or a foreign folder)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run; the message says what the user has now (e.g. which work is kept)."""
+
+
 DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
                errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large for this file system",
                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}

@@ -30,7 +30,8 @@ def progress_bar(unit: str = "items", enabled: bool = True, transient: bool = Fa
     ]
     if info:
         cols.append(TextColumn("{task.fields[info]}"))
-    return Progress(*cols, console=_STDERR, disable=not enabled, transient=transient)
+    # a transient bar leaves nothing on a terminal; into a log or pipe rich would still write an empty line
+    return Progress(*cols, console=_STDERR, disable=not enabled or (transient and not _STDERR.is_terminal), transient=transient)
 
 
 def add_task(bar: Any, description: str, total: float | None) -> Any:

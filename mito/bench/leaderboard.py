@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import signal
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -608,26 +605,35 @@ def resolve_positives(plans: dict[str, Any], requested: str | None) -> None:
 
 
 def _run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, progress: bool, what: str) -> list[Any]:
-    """Run joblib calls keeping their order, with a rich progress bar."""
+    """Run joblib calls keeping their order, with a rich progress bar. On Ctrl-C, SIGTERM or a failed job, no
+    worker outlives the call: the workers ignore those signals (the parent decides) and are killed here."""
     import time
 
     from mito.progress import add_task, advance, progress_bar
 
     calls = list(calls)
-    if n_jobs == 1:
-        gen: Iterable[Any] = (fn(*a, **kw) for fn, a, kw in calls)
-    else:
-        gen = Parallel(n_jobs=n_jobs, return_as="generator")(calls)
+    gen: Iterable[Any] | None = None
     out = []
     try:
+        if n_jobs == 1:
+            gen = (fn(*a, **kw) for fn, a, kw in calls)
+        else:
+            from joblib.parallel import LokyBackend
+
+            from mito.interrupts import ignore_in_worker, spawning_workers, start_quiet_resource_tracker
+
+            start_quiet_resource_tracker()
+            with spawning_workers():  # the workers (and loky's threads that start more) inherit the blocked signals
+                backend = LokyBackend(initializer=ignore_in_worker, initargs=(os.getpid(),))
+                gen = Parallel(n_jobs=n_jobs, return_as="generator", backend=backend)(calls)
         with progress_bar(unit="jobs", enabled=progress) as bar:
             tid, t0 = add_task(bar, what, total), time.perf_counter()
             for r in gen:
                 out.append(r)
                 advance(bar, tid, 1, t0, len(out))
-    except BaseException:  # Ctrl-C, SIGTERM (see stop_workers_on_sigterm) or a failed job: no worker may outlive the bench
+    except BaseException:
         if n_jobs != 1:
-            kill_workers()
+            stop_workers(gen)
         raise
     return out
 
@@ -635,28 +641,26 @@ def _run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, 
 fit_one, run_parallel = _fit_one, _run_parallel  # public names for mito.bench.fewshot
 
 
-def kill_workers() -> None:
-    """Terminate joblib's reusable loky workers (they would otherwise keep computing after an interrupted bench)."""
-    from joblib.externals.loky import get_reusable_executor
+def stop_workers(gen: Any) -> None:
+    """Kill the loky workers still running ``gen``'s jobs and wait for them (seconds, not their jobs' minutes).
 
-    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    Closing joblib's generator aborts its run, which kills the workers (SIGKILL) and joins them; joblib's note that
+    the generator was left early is not news here."""
+    import warnings
 
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises KeyboardInterrupt, so the cleanup of an interrupted run (workers, temporary folders) happens."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if gen is None or not hasattr(gen, "close"):
         return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gen.close()
 
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+def sigterm_as_interrupt() -> Any:
+    """Within the block, SIGTERM (like Ctrl-C) raises KeyboardInterrupt once, so an interrupted run cleans up (workers,
+    temporary folders) and a second signal cannot cut that short (see :mod:`mito.interrupts`; the CLI does this)."""
+    from mito.interrupts import handle_signals
+
+    return handle_signals()
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:

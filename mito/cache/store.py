@@ -43,6 +43,7 @@ from mito.cache.errors import StoreError
 from mito.cache.lock import StoreLock
 from mito.cache.meta import meta_problems
 from mito.errors import os_error_line
+from mito.wording import counted
 
 STORE_VERSION = 1
 DEFAULT_CHUNK_ROWS = 1024
@@ -244,6 +245,11 @@ class Store:
     def format(self) -> str:
         """``zarr`` or ``hdf5``."""
         return self._b.format
+
+    @property
+    def drops_session(self) -> bool:
+        """True when closing will drop this session's writes (HDF5 after a write that failed or was interrupted)."""
+        return self._failed and not self.capabilities.resumable_per_chunk
 
     @property
     def capabilities(self) -> Capabilities:
@@ -472,7 +478,9 @@ class Store:
         self.meta = self._b.get_attrs(fresh=True) or self.meta
         if self.check_variant(key, dim, provenance):
             return False
-        rows = min(self.chunk_rows, self.n_tiles)
+        rows = storage_rows(self.chunk_rows, self.n_tiles, self.capabilities.resizable_rows)
+        if self.variants:  # a store made before full chunks: its arrays' chunks, so that every variant agrees
+            rows = self._b.chunks(f"features/{parse_variant(self.variants[0]).path}")[0]
         with self._writing():
             self._b.create(f"features/{v.path}", (self.n_tiles, dim), "float16", (rows, dim), np.nan, FEATURE_DIMS)
             self._b.create(f"done/{v.path}", (self.n_chunks,), "bool", (1,), False, DONE_DIMS)
@@ -496,6 +504,43 @@ class Store:
                     self._b.write("unreadable", slice(start, stop), unreadable if cur is None else cur | unreadable)
             self._b.write(f"features/{v.path}", slice(start, stop), features.astype(np.float16))
             self._b.write(f"done/{v.path}", slice(chunk, chunk + 1), np.array([True]))
+
+    def write_rows(self, chunk: int, rows: int, features: dict[str, np.ndarray], unreadable: np.ndarray | None = None) -> None:
+        """Checkpoint an unfinished chunk: write its first ``rows`` rows for each variant in ``features`` and record
+        them (:meth:`kept_rows`), so a re-run embeds only the rest of the chunk. The chunk stays not done."""
+        self._require_writable()
+        start, stop = self.chunk_rows_range(chunk)
+        if not 0 < rows < stop - start:
+            raise StoreError(f"a checkpoint of chunk {chunk} needs 1..{stop - start - 1} rows, got {rows}")
+        with self._writing():
+            if unreadable is not None and unreadable[:rows].any():
+                cur = self._b.read("unreadable", slice(start, start + rows)).astype(bool)
+                self._b.write("unreadable", slice(start, start + rows), cur | unreadable[:rows])
+            for key, feats in features.items():
+                if feats.shape[0] != rows:
+                    raise StoreError(f"a checkpoint of {rows} rows of chunk {chunk} of {key} got {feats.shape[0]}")
+                self._b.write(f"features/{parse_variant(key).path}", slice(start, start + rows), feats.astype(np.float16))
+
+        def note(m: dict[str, Any]) -> None:
+            partial = dict(m.get("partial_chunks") or {})
+            kept = dict(partial.get(str(chunk)) or {})
+            kept.update({k: max(int(kept.get(k, 0)), rows) for k in features})
+            partial[str(chunk)] = kept
+            m["partial_chunks"] = partial
+
+        self._update_meta(note)
+
+    def forget_done_rows(self) -> None:
+        """Drop the record of checkpointed rows (:meth:`kept_rows`) of chunks that are done since."""
+        partial = self.meta.get("partial_chunks") or {}
+        if not partial or self.meta.get("append"):
+            return
+        done = {k: self.done_chunks(k) for k in {k for kept in partial.values() for k in kept} if k in self.variants}
+        left = {c: {k: r for k, r in kept.items() if k in done and int(c) < done[k].size and not done[k][int(c)]}
+                for c, kept in partial.items()}
+        left = {c: kept for c, kept in left.items() if kept}
+        if left != partial:
+            self._update_meta(lambda m: m.__setitem__("partial_chunks", left))
 
     def kept_rows(self, key: str, chunk: int) -> int:
         """Rows at the start of chunk ``chunk`` that already hold ``key``'s embeddings while the chunk is not done
@@ -523,7 +568,7 @@ class Store:
         sha = tile_list_hash(old_ids + new_ids)
         keys = self.variants
         cr = self.chunk_rows
-        if keys:  # a store smaller than one chunk is stored in chunks of its own size: keep that as the chunk
+        if keys:  # stores made before full chunks were stored in chunks of their own size when smaller: keep that
             cr = min(cr, self._b.chunks(f"features/{parse_variant(keys[0]).path}")[0])
         last = (n_old - 1) // cr
         if pend and pend.get("from") == n_old and pend.get("chunk_rows") == cr:
@@ -594,7 +639,8 @@ class Store:
         kinds = {}
         with self._writing():
             for name in columns.columns:
-                kinds[str(name)] = _write_column(self._b, f"{STAGED}/{name}", columns[name].reset_index(drop=True))
+                kinds[str(name)] = _write_column(self._b, f"{STAGED}/{name}", columns[name].reset_index(drop=True),
+                                                 tile_column_chunk(self._b, self.n_tiles, self.chunk_rows))
         self._update_meta(lambda m: m.__setitem__("tile_update", {"columns": kinds, "tasks": list(tasks), **(note or {})}))
         self.finish_tile_update()
 
@@ -607,7 +653,8 @@ class Store:
         with self._writing():
             if pend:
                 for name, kind in pend["columns"].items():
-                    _write_array(self._b, f"tiles/{name}", self._b.read(f"{STAGED}/{name}"), kind)
+                    _write_array(self._b, f"tiles/{name}", self._b.read(f"{STAGED}/{name}"), kind,
+                                 tile_column_chunk(self._b, self.n_tiles, self.chunk_rows))
 
         def commit(m: dict[str, Any]) -> None:
             cols = list(m["tile_columns"])
@@ -914,7 +961,7 @@ class Store:
                 except Exception as e:  # a damaged flag
                     problems.append(f"{k}: {flags} chunk {c} is damaged ({_damage(e)})")
             if not done.all():
-                problems.append(f"{k}: {int((~done).sum())} of {done.size} chunks not written")
+                problems.append(f"{k}: {int((~done).sum())} of {counted(done.size, 'chunk')} not written")
             if not feats_ok or not n or not cr:
                 continue
             nan_rows = inf = 0
@@ -966,15 +1013,29 @@ def _column_array(s: pd.Series, kind: str) -> np.ndarray:
     return s.to_numpy(dtype=np.int64 if kind == "int" else np.float64)
 
 
+TILE_COLUMN_CHUNK = 65536  # rows per chunk of a tile-table column (read whole; one chunk for most stores)
+
+
+def storage_rows(chunk_rows: int, n: int, can_grow: bool) -> int:
+    """Rows per storage chunk of a feature array: ``chunk_rows``, or the data's own length when that is shorter and
+    the store can never grow. A store that can grow keeps full chunks from the start (a chunk bigger than the data
+    costs only its compressed fill), so tiles appended later fill them instead of making one small chunk each."""
+    return chunk_rows if can_grow else max(1, min(chunk_rows, n))
+
+
+def tile_column_chunk(b: StoreBackend, n: int, chunk_rows: int) -> int:
+    """Rows per chunk of a tile-table column of ``n`` rows: at least ``chunk_rows`` when the store can grow."""
+    return max(1, min(max(n, chunk_rows) if b.capabilities.resizable_rows else n, TILE_COLUMN_CHUNK))
+
+
 def stored_column(s: pd.Series) -> tuple[str, np.ndarray]:
     """(kind, values) of a tile-table column as a store keeps it (strings with '' for missing, int8 yes/no ...)."""
     kind = _column_kind(s)
     return kind, _column_array(s.reset_index(drop=True), kind)
 
 
-def _write_array(b: StoreBackend, name: str, arr: np.ndarray, kind: str) -> None:
-    """Write (or replace) one tile-table array already in its stored form."""
-    chunk = max(1, min(len(arr), 65536))
+def _write_array(b: StoreBackend, name: str, arr: np.ndarray, kind: str, chunk: int) -> None:
+    """Write (or replace) one tile-table array already in its stored form, ``chunk`` rows per chunk."""
     if kind == "str":
         b.write_strings(name, np.asarray(arr).astype(object), chunk, TILE_DIMS)  # Zarr reads back StringDType
     else:
@@ -982,15 +1043,16 @@ def _write_array(b: StoreBackend, name: str, arr: np.ndarray, kind: str) -> None
         b.write(name, slice(None), arr)
 
 
-def _write_column(b: StoreBackend, name: str, s: pd.Series) -> str:
+def _write_column(b: StoreBackend, name: str, s: pd.Series, chunk: int) -> str:
     """Write one tile-table column at ``name``; returns its kind."""
     kind = _column_kind(s)
-    _write_array(b, name, _column_array(s, kind), kind)
+    _write_array(b, name, _column_array(s, kind), kind, chunk)
     return kind
 
 
-def _write_tiles(b: StoreBackend, tiles: pd.DataFrame) -> list[dict[str, str]]:
-    return [{"name": str(name), "kind": _write_column(b, f"tiles/{name}", tiles[name])} for name in tiles.columns]
+def _write_tiles(b: StoreBackend, tiles: pd.DataFrame, chunk_rows: int) -> list[dict[str, str]]:
+    chunk = tile_column_chunk(b, len(tiles), chunk_rows)
+    return [{"name": str(name), "kind": _write_column(b, f"tiles/{name}", tiles[name], chunk)} for name in tiles.columns]
 
 
 RESERVED_NAMES = {"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"}  # Zarr metadata documents
@@ -1038,9 +1100,9 @@ def create_store(
         try:
             b = open_backend(tmp, "w", fmt)
             try:
-                cols = _write_tiles(b, tiles)
+                cols = _write_tiles(b, tiles, chunk_rows)
                 n = len(tiles)
-                b.create("unreadable", (n,), "bool", (min(chunk_rows, n),), False, TILE_DIMS)
+                b.create("unreadable", (n,), "bool", (storage_rows(chunk_rows, n, b.capabilities.resizable_rows),), False, TILE_DIMS)
                 b.set_attrs({
                     "store_version": STORE_VERSION,
                     "format": fmt,

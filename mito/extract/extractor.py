@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ from mito.cache import (
     store_exists,
     store_format,
 )
+from mito.errors import Interrupted
 from mito.extract import distributed
 from mito.extract.augment import View, apply_view, parse_augment
 from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
@@ -44,6 +45,7 @@ from mito.extract.variants import COLORS, Preprocess, normalize, prepare
 from mito.io import containing_artifact
 from mito.progress import add_task, advance, group_progress, progress_bar, status
 from mito.resources import available_memory, tune_cpu_allocator
+from mito.wording import counted
 
 MAX_ZOOM = 64.0
 MAX_CHUNK_ROWS = 1 << 20
@@ -76,6 +78,9 @@ class ExtractConfig(BaseModel):
     num_workers: int | None = Field(None, ge=0, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, ge=1, le=MAX_CHUNK_ROWS)
+    # seconds of embedding between checkpoints of an unfinished chunk: its finished rows are written, so a kill loses
+    # at most this much work however long a chunk takes on this machine (a Ctrl-C or SIGTERM loses none)
+    checkpoint_s: float = Field(60.0, gt=0)
     compile: bool = False
     limit: int | None = Field(None, ge=1)  # the first N tiles of SOURCE in its (sorted) order
     sample: int | None = Field(None, ge=1)  # N tiles drawn at random (seed), stratified by label
@@ -401,8 +406,19 @@ def kept_rows(store: Store, keys: list[str], need: np.ndarray) -> np.ndarray:
     return keep
 
 
+@dataclass
+class _Rows:
+    """The first ``rows`` rows of an unfinished chunk (a checkpoint), per variant key."""
+
+    chunk: int
+    rows: int
+    features: dict[str, np.ndarray]
+    unreadable: np.ndarray
+
+
 class _Writer:
-    """Writes finished chunks on a background thread so the model never waits for compression or disk."""
+    """Writes finished chunks (and checkpoints of unfinished ones) on a background thread so the model never waits
+    for compression or disk."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -415,12 +431,15 @@ class _Writer:
         while (item := self.q.get()) is not None:
             if self.error is None:
                 try:
+                    if isinstance(item, _Rows):
+                        self.store.write_rows(item.chunk, item.rows, item.features, item.unreadable)
+                        continue
                     for key, chunk, feats, bad in item:
                         self.store.write_chunk(key, chunk, feats, bad)
                 except BaseException as e:  # surfaced on the main thread
                     self.error = e
 
-    def put(self, item: list[tuple[str, int, np.ndarray, np.ndarray]]) -> None:
+    def put(self, item: list[tuple[str, int, np.ndarray, np.ndarray]] | _Rows) -> None:
         if self.error is not None:
             raise self.error
         self.q.put(item)
@@ -440,6 +459,10 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
     dist = distributed.setup()
     try:
         return _extract(cfg, dist)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:  # before any tile was embedded (reading the tile list, tissue, opening the store ...)
+        raise Interrupted("no tile was embedded by this run; re-run the same command to resume") from None
     except Exception as e:
         dist.fail(e)  # the other ranks stop at their next sync instead of waiting forever
         raise
@@ -505,12 +528,42 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         bad = np.flatnonzero(store.unreadable)
         summary["unreadable"] = store.tiles["tile_id"].iloc[bad].astype(str).tolist()
         summary["incomplete"] = [k for k in store.variants if not store.is_complete(k)]  # e.g. views of an earlier --augment after added tiles
+        store.forget_done_rows()  # checkpoints of chunks finished since
         if any(b["rows"] for b in summary["backbones"].values()):  # a no-op run keeps the record of the run that did the work
             store.record("unreadable_tiles", summary["unreadable"])
             store.record("last_run", {k: v for k, v in summary.items() if k != "unreadable"})
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished row is on disk by now; say how many
+        if store.drops_session:
+            raise Interrupted(f"{cfg.store} is as it was before this run (HDF5 keeps a run's work only when its writes "
+                              "end cleanly; a .zarr store keeps every finished chunk); re-run the same command") from None
+        raise Interrupted(kept_note(store, {b: [v.key for v, _, _ in variant_plan(cfg, b)] for b in cfg.backbones})) from None
     finally:
         store.close()
     return summary
+
+
+def kept_note(store: Store, plans: dict[str, list[str]]) -> str:
+    """What an interrupted run leaves, for each backbone's variant keys in ``plans``: tiles embedded in every variant
+    and on disk (whole chunks and checkpointed rows), and that a re-run embeds only the rest."""
+    n, parts, kept_all, left_all = store.n_tiles, [], 0, 0
+    sizes = np.array([b - a for a, b in map(store.chunk_rows_range, range(store.n_chunks))])
+    for name, keys in plans.items():
+        keys = [k for k in keys if k in store.variants]
+        rows, whole = np.zeros(store.n_chunks, np.int64), np.zeros(store.n_chunks, bool)  # rows every variant holds
+        if keys:
+            done = np.stack([store.done_chunks(k) for k in keys])
+            held = np.where(done, sizes, [[store.kept_rows(k, c) for c in range(store.n_chunks)] for k in keys])
+            rows, whole = held.min(axis=0), np.asarray(done.all(axis=0))
+        kept, part = int(rows.sum()), int(rows[~whole].sum())
+        kept_all, left_all = kept_all + kept, left_all + n - kept
+        text = f"kept {kept:,} of {counted(n, 'tile')}"
+        if kept < n:
+            text += f" ({int(whole.sum()):,} of {counted(store.n_chunks, 'chunk')} whole"
+            text += f", {counted(part, 'row')} of unfinished chunks checkpointed)" if part else ")"
+        parts.append(f"{name}: {text}" if len(plans) > 1 else text)
+    if kept_all == 0:
+        return "nothing was finished yet: no chunk completed and no rows checkpointed; re-run the same command to start over"
+    return "; ".join(parts) + ("; re-run the same command to embed only the rest" if left_all else "; re-run the same command to finish")
 
 
 def _extract_backbone(
@@ -569,7 +622,9 @@ def _extract_backbone(
         bar.update(task, info=f"loading {name} weights ...")
         enc = create_backbone(name, weights=cfg.weights.get(name), device=device)
         bar.update(task, info="embedding the first batch ...")
-        n_done, counts, secs = _embed_all(cfg, enc, device, batches, batch_size, n_var, keys, need, keep, store, bar, task, per_slide)
+        # checkpoints write the store's attributes: one writer of them, so not with several ranks (GPU chunks are quick)
+        n_done, counts, secs = _embed_all(cfg, enc, device, batches, batch_size, n_var, keys, need, keep, store, bar, task, per_slide,
+                                          checkpoints=not dist.active)
     return {
         "variants": keys,
         "rows": int(n_done),
@@ -597,9 +652,11 @@ def _embed_all(
     bar: Any,
     task: Any,
     per_slide: Any = None,
+    checkpoints: bool = True,
 ) -> tuple[int, dict[str, int], float]:
     """Embed every batch, one forward per variant still needed (at most ``batch_size`` tiles each, so memory does
-    not grow with the number of variants); returns (tiles, rows per variant, seconds)."""
+    not grow with the number of variants); returns (tiles, rows per variant, seconds). With ``checkpoints``, the
+    finished rows of unfinished chunks are written every ``cfg.checkpoint_s`` seconds and on Ctrl-C / SIGTERM."""
     spec = enc.spec
     model = enc.model
     cuda = device.type == "cuda"
@@ -618,6 +675,15 @@ def _embed_all(
     writer = _Writer(store)
     t0 = time.perf_counter()
     n_done = 0
+    pending = None  # CUDA: the previous batch, handled on the CPU while the device runs the next one
+    saved = t0  # when unfinished chunks were last checkpointed
+
+    def checkpoint(every: float) -> None:
+        nonlocal saved
+        if checkpoints and time.perf_counter() - saved >= every:
+            _checkpoint(store, buffers, keys, need, writer)
+            saved = time.perf_counter()
+
     try:
         with torch.inference_mode(), autocast:
 
@@ -634,7 +700,6 @@ def _embed_all(
                     bar.update(task, info="")
                 return len(idx)
 
-            pending = None  # CUDA: the previous batch, handled on the CPU while the device runs the next one
             for idx, x, bad in batches:
                 b = x.shape[0]
                 chunk_of = idx.numpy() // store.chunk_rows
@@ -651,14 +716,24 @@ def _embed_all(
                     counts[keys[j]] += len(sel)
                 if not cuda:  # nothing runs asynchronously on a CPU: hand the rows on (and move the bar) now
                     n_done += finish(idx, out, bad, None)
+                    checkpoint(cfg.checkpoint_s)
                     continue
                 out, ready = out.to("cpu", non_blocking=True), torch.cuda.Event()  # start the copy back, do not wait
                 ready.record()
                 if pending is not None:
-                    n_done += finish(*pending)
+                    prev, pending = pending, None  # an interrupt inside finish() must not hand its rows on twice
+                    n_done += finish(*prev)
+                    checkpoint(cfg.checkpoint_s)
                 pending = (idx, out, bad, ready)
             if pending is not None:
+                prev, pending = pending, None
+                n_done += finish(*prev)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (no second one can land here): keep every finished row
+        with torch.inference_mode():
+            if pending is not None:
                 n_done += finish(*pending)
+        checkpoint(0.0)
+        raise
     finally:
         writer.close()
     return n_done, counts, time.perf_counter() - t0
@@ -718,7 +793,7 @@ def _collect(
             for i, j in enumerate(cols):
                 if keep[c, j]:
                     buf["emb"][: keep[c, j], i] = store.read([keys[j]], slice(start, start + int(keep[c, j])), np.float16, allow_incomplete=True)
-            buf["n"] = int(keep[c, cols].min()) if len(cols) else 0
+            buf["n"] = buf["saved"] = int(keep[c, cols].min()) if len(cols) else 0  # saved: rows the store holds already
             buffers[c] = buf
         buf = buffers[c]
         sel = chunk_of == c
@@ -731,3 +806,18 @@ def _collect(
         if buf["n"] == stop - start:
             writer.put([(keys[j], c, buf["emb"][:, i], buf["bad"]) for i, j in enumerate(cols)])
             del buffers[c]
+
+
+def _checkpoint(store: Store, buffers: dict[int, dict[str, Any]], keys: list[str], need: np.ndarray, writer: _Writer) -> None:
+    """Hand the finished rows of every unfinished chunk to the writer: its first rows (rows arrive in order), recorded
+    as kept (:meth:`Store.write_rows`), so a re-run embeds only the rest; a chunk whose rows all arrived, whole."""
+    for c, buf in list(buffers.items()):
+        start, stop = store.chunk_rows_range(c)
+        cols = np.flatnonzero(need[c])
+        n = int(buf["n"])
+        if n >= stop - start:  # complete, but not yet handed on (the interrupt came in between)
+            writer.put([(keys[j], c, buf["emb"][:, i], buf["bad"]) for i, j in enumerate(cols)])
+            del buffers[c]
+        elif n > buf["saved"]:
+            writer.put(_Rows(c, n, {keys[j]: buf["emb"][:n, i].copy() for i, j in enumerate(cols)}, buf["bad"][:n].copy()))
+            buf["saved"] = n

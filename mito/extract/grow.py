@@ -16,6 +16,7 @@ import pandas as pd
 
 from mito.cache import Store, StoreError, stored_column, tile_list_hash
 from mito.extract.sources import TileSource
+from mito.wording import counted
 
 APPENDABLE = ("slides", "folder", "manifest")  # a slide with --points is one fixed list
 
@@ -203,8 +204,8 @@ def growth_lines(g: dict[str, Any]) -> list[str]:
     """One line per thing a user must know: what was added, what was kept although SOURCE no longer has it."""
     out = []
     if g["added_tiles"]:
-        what = f" from {len(g['added_slides'])} new slide(s) ({', '.join(g['added_slides'][:5])}{' ...' if len(g['added_slides']) > 5 else ''})" if g["added_slides"] else ""
-        out.append(f"added {g['added_tiles']} tiles{what}; the tiles already in the store were not embedded again")
+        what = f" from {counted(len(g['added_slides']), 'new slide')} ({', '.join(g['added_slides'][:5])}{' ...' if len(g['added_slides']) > 5 else ''})" if g["added_slides"] else ""
+        out.append(f"added {counted(g['added_tiles'], 'tile')}{what}; the tiles already in the store were not embedded again")
         if g.get("incomplete"):
             keys = g["incomplete"]
             out.append(f"{', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''} {'lacks' if len(keys) == 1 else 'lack'} the new tiles "
@@ -217,6 +218,6 @@ def growth_lines(g: dict[str, Any]) -> list[str]:
     if g.get("new_columns"):
         out.append(f"added column(s) {', '.join(g['new_columns'])} from SOURCE to the tile table")
     if g["kept_tiles"]:
-        what = f" of {len(g['kept_slides'])} slide(s) no longer in SOURCE ({', '.join(g['kept_slides'][:5])}{' ...' if len(g['kept_slides']) > 5 else ''})" if g["kept_slides"] else " no longer in SOURCE"
-        out.append(f"kept {g['kept_tiles']} tiles{what}: a store never drops rows (extract into a new --store to leave them out)")
+        what = f" of {counted(len(g['kept_slides']), 'slide')} no longer in SOURCE ({', '.join(g['kept_slides'][:5])}{' ...' if len(g['kept_slides']) > 5 else ''})" if g["kept_slides"] else " no longer in SOURCE"
+        out.append(f"kept {counted(g['kept_tiles'], 'tile')}{what}: a store never drops rows (extract into a new --store to leave them out)")
     return out

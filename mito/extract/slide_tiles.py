@@ -15,6 +15,7 @@ import json
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -365,9 +366,10 @@ def _boxes_for(slide: Slide, opts: SlideOptions, smpp: float, centres: np.ndarra
 
 
 def slide_tiles(
-    slide: Slide, opts: SlideOptions, smpp: float, centres: np.ndarray | None = None
+    slide: Slide, opts: SlideOptions, smpp: float, centres: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any] | None]:
-    """(tile table, slide record, tissue GeoJSON) of one open slide: the tissue grid, or boxes at given centres."""
+    """(tile table, slide record, tissue GeoJSON) of one open slide: the tissue grid, or boxes at given centres.
+    ``progress(done, total)`` follows the thumbnail's reading when that reads a whole level (a slide without a pyramid)."""
     boxes = _boxes_for(slide, opts, smpp, centres)
     side0 = opts.tile_px * opts.scale(smpp)
     geo = None
@@ -377,7 +379,7 @@ def slide_tiles(
     }
     if centres is None:
         ds = mask_downsample(slide, side0)
-        mask = tissue_mask(thumbnail(slide, ds))
+        mask = tissue_mask(thumbnail(slide, ds, progress=progress))
         geo = mask_geojson(mask, ds, slide.name)
         frac = tissue_fraction(mask, ds, boxes)
         keep = frac >= opts.min_tissue
@@ -413,6 +415,43 @@ def slide_tiles(
     return df, record, geo
 
 
+class _TissueLine:
+    """'  tissue <slide>' with the level rows read so far, for slides whose tissue detection reads a whole level (no
+    pyramid): under the slides' bar, or in a bar of its own started on the first update (nothing is drawn otherwise)."""
+
+    def __init__(self, bar: Any, enabled: bool) -> None:
+        self.bar, self.enabled = bar, enabled
+        self.own: Any = None  # the bar of its own, once started
+        self.task: Any = None
+
+    def for_slide(self, name: str) -> Callable[[int, int], None] | None:
+        import time
+
+        from mito.progress import add_task, progress_bar
+
+        if not self.enabled:
+            return None
+        t0 = time.perf_counter()
+
+        def update(done: int, total: int) -> None:
+            if self.bar is None:
+                self.own = self.bar = progress_bar("rows")
+                self.own.start()
+            if self.task is None:
+                self.task = add_task(self.bar, "", total)
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            self.bar.update(self.task, completed=done, total=total, description=f"  tissue {name}", rate=f"{rate:.0f}", refresh=True)
+
+        return update
+
+    def __enter__(self) -> _TissueLine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.own is not None:
+            self.own.stop()
+
+
 def build_slide_table(
     path: Path, opts: SlideOptions, points: pd.DataFrame | None = None, progress: bool = True
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -424,7 +463,7 @@ def build_slide_table(
         raise ExtractError("--points needs a single slide as SOURCE")
     extra = [c for c in slides.columns if c not in ("path", "mpp")]
     parts, records, skipped, masks, notes = [], [], [], {}, []
-    with progress_bar("slides", enabled=progress and len(slides) > 1) as bar:
+    with progress_bar("slides", enabled=progress and len(slides) > 1) as bar, _TissueLine(bar if len(slides) > 1 else None, progress) as tissue:
         task = bar.add_task("tissue + grid", total=len(slides), rate="-", info="")
         for _, row in slides.iterrows():
             p = str(row["path"])
@@ -459,7 +498,7 @@ def build_slide_table(
                     if out.any():
                         x, y = centres[np.argmax(out)]
                         raise ExtractError(f"point ({x:g}, {y:g}) lies outside the {W}x{H} slide {slide.name}")
-                df, rec, geo = slide_tiles(slide, opts, smpp, centres)
+                df, rec, geo = slide_tiles(slide, opts, smpp, centres, progress=tissue.for_slide(slide.name))
                 if points is not None:
                     keep = [c for c in points.columns if c not in ("x", "y") and c not in df]
                     df = pd.concat([df, points[keep].reset_index(drop=True)], axis=1)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -249,8 +250,11 @@ def read_region(slide: Slide, level: int, x: int, y: int, w: int, h: int) -> np.
         if slide.reader == "openslide":
             ds = slide.level_downsamples[level]
             rgba = np.asarray(slide.handle.read_region((round(xs * ds), round(ys * ds)), level, (xe - xs, ye - ys)))
-            alpha = rgba[..., 3:4].astype(np.uint16)
-            region = ((rgba[..., :3] * alpha + 255 * (255 - alpha)) // 255).astype(np.uint8)  # transparent = glass
+            if rgba[..., 3].min() == 255:  # opaque (most reads): no blending
+                region = rgba[..., :3]
+            else:
+                alpha = rgba[..., 3:4].astype(np.uint16)
+                region = ((rgba[..., :3] * alpha + 255 * (255 - alpha)) // 255).astype(np.uint8)  # transparent = glass
         else:
             region = np.asarray(slide.handle[1][level][ys:ye, xs:xe])
             if region.ndim == 2:
@@ -304,13 +308,26 @@ def outside_fraction(slide: Slide, box: tuple[float, float, float, float]) -> fl
     return float(1.0 - inside / ((x1 - x0) * (y1 - y0)))
 
 
-def thumbnail(slide: Slide, downsample: float, max_bytes: int = 64 << 20) -> np.ndarray:
-    """The whole slide at 1/``downsample``, read in bands so memory stays under ``max_bytes`` per read."""
+def thumbnail(
+    slide: Slide, downsample: float, max_bytes: int = 64 << 20, progress: Callable[[int, int], None] | None = None
+) -> np.ndarray:
+    """The whole slide at 1/``downsample``, read in bands so memory stays near ``max_bytes`` per read.
+
+    When the slide has no level within 4x of ``downsample`` (a slide without a pyramid), that finer level is read
+    once, strip by strip along its tile rows, each strip box-averaged as it comes, and only the small result is
+    resampled (Lanczos) to the exact size: work in proportion to the pixels, memory to one strip;
+    ``progress(rows done, rows)`` follows that read (the only slow case)."""
     W, H = slide.dimensions
     tw, th = max(1, round(W / downsample)), max(1, round(H / downsample))
     sx, sy = W / tw, H / th
     level = best_level(slide, min(sx, sy))
-    lw = slide.level_dimensions[level][0]
+    scale = min(sx, sy) / slide.level_downsamples[level]
+    lw, lh = slide.level_dimensions[level]
+    # box-average to about twice the thumbnail's resolution (then Lanczos gives the tissue of a Lanczos over the
+    # whole level: 99.8% of mask pixels on real H&E, 99.1% when averaging all the way), within max_bytes
+    factor = min(int(scale), max(int(scale / 2), math.ceil(math.sqrt(lw * lh * 3 / max_bytes))))
+    if factor >= 2:
+        return _reduced_thumbnail(slide, level, factor, tw, th, max_bytes, progress)
     rows_per_band = max(1, int(max_bytes / (lw * 3 * 4) * slide.level_downsamples[level] / sy))
     bands = []
     for r0 in range(0, th, rows_per_band):
@@ -318,6 +335,64 @@ def thumbnail(slide: Slide, downsample: float, max_bytes: int = 64 << 20) -> np.
         band, _ = read_box(slide, (0.0, r0 * sy, float(W), r1 * sy), tw, r1 - r0)
         bands.append(band)
     return np.concatenate(bands, axis=0)
+
+
+def tile_height(slide: Slide, level: int) -> int | None:
+    """Rows of the stored tiles (or strips) of ``level``, when the reader says: reads aligned to them decode each once."""
+    try:
+        if slide.reader == "openslide":
+            v = slide.handle.properties.get(f"openslide.level[{level}].tile-height")
+            return int(v) if v else None
+        return int(slide.handle[1][level].chunks[0])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _tiff_twin(slide: Slide, level: int) -> Any:
+    """(the slide opened by tifffile, its level equal to ``level``) for a TIFF-based slide OpenSlide reads; else None."""
+    if slide.reader != "openslide" or not slide.path.lower().endswith((*TIFF_EXTS, ".svs")):
+        yield None
+        return
+    try:
+        twin = _open_tifffile(slide.path)
+    except SlideReadError:
+        yield None
+        return
+    try:
+        same = [i for i, d in enumerate(twin.level_dimensions) if d == slide.level_dimensions[level]]
+        yield (twin, same[0]) if same and twin.dimensions == slide.dimensions else None
+    finally:
+        close_slide(twin)
+
+
+def _reduced_thumbnail(
+    slide: Slide, level: int, factor: int, tw: int, th: int, max_bytes: int, progress: Callable[[int, int], None] | None
+) -> np.ndarray:
+    """``level`` read in strips of whole tile rows, box-averaged by ``factor`` (rows left over from a strip go with
+    the next one, so every block is whole), then resampled to tw x th."""
+    with _tiff_twin(slide, level) as twin:  # tifffile decodes a TIFF's tiles ~3x faster than OpenSlide, same pixels
+        if twin is not None:
+            with contextlib.suppress(SlideReadError):  # else OpenSlide, which may read what tifffile cannot
+                return _reduced_thumbnail(twin[0], twin[1], factor, tw, th, max_bytes, progress)
+    lw, lh = slide.level_dimensions[level]
+    unit = tile_height(slide, level) or factor
+    # a strip of RGBA plus its RGB copy and the average's copies: about 12 bytes per pixel
+    rows = max(unit, max_bytes // max(1, lw * 12) // unit * unit)
+    small = np.empty((-(-lh // factor), -(-lw // factor), 3), np.uint8)
+    carry, filled = np.zeros((0, lw, 3), np.uint8), 0
+    for y in range(0, lh, rows):
+        strip = np.concatenate([carry, read_region(slide, level, 0, y, lw, min(rows, lh - y))])
+        whole = strip.shape[0] if y + rows >= lh else strip.shape[0] // factor * factor
+        strip, carry = strip[:whole], strip[whole:]
+        if len(strip):
+            part = np.asarray(Image.fromarray(strip).reduce(factor))  # edge blocks: the mean of what is there
+            small[filled : filled + len(part)] = part
+            filled += len(part)
+        if progress is not None:
+            progress(min(lh, y + rows), lh)
+    img = Image.fromarray(small)
+    return np.asarray(img.resize((tw, th), Image.Resampling.LANCZOS, box=(0.0, 0.0, lw / factor, lh / factor)))
 
 
 MPP_AGREE = 0.01  # relative difference below which a given and a recorded MPP are the same value

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,9 +14,9 @@ from typer.testing import CliRunner
 from mito.cache import StoreError
 from mito.cli import app
 from tests.heads.conftest import amibr_tiles, synthetic_store
+from tests.interrupts import assert_one_interrupted_line, cpu_seconds, needs_proc, session_processes, start
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["--features", "efficientnet_lite0:z1:rgb", "--heads", "knn", "--jobs", "1", "--n-boot", "0", "--no-umap"]
 
 
@@ -149,70 +146,69 @@ def test_damaged_leaderboard_files_are_one_line(small_bench: Path, tmp_path: Pat
     _one_line_error(runner.invoke(app, ["report", str(d)]), message)
 
 
-def _is_worker(pid: int) -> bool:
-    try:
-        return b"LokyProcess" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return False
+LONG_MLP = ["--heads", "mlp", "--param", "mlp.epochs=100000000", "--param", "mlp.patience=100000000"]
+AS_TIMEOUT = "timeout"  # GNU `timeout -s SIG`: the signal goes to the command, then to its whole process group
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(p.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
+def _send(run, signals: list[int], to: str) -> None:
+    for i, sig in enumerate(signals):
+        if i:
+            time.sleep(0.2)
+        if to == AS_TIMEOUT:
+            run.signal(sig, group=False)
+        run.signal(sig, group=to != "parent")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_bench_leaves_no_worker_and_no_output(amibr_store: Path, tmp_path: Path, sig: int) -> None:
-    if not Path("/proc/self/stat").is_file():
-        pytest.skip("needs /proc to list child processes")
-    out = tmp_path / "o"
-    cmd = [sys.executable, "-m", "mito", "bench", "--store", str(amibr_store), "--out", str(out), "--features", "efficientnet_lite0:z1:rgb",
-           "--heads", "mlp", "--param", "mlp.epochs=100000000", "--param", "mlp.patience=100000000", "--folds", "2", "--jobs", "2",
-           "--n-boot", "0", "--no-umap"]
-    # a shell's background job (CI runners, `cmd &`) inherits SIGINT ignored, and Python then never raises
-    # KeyboardInterrupt: give the child the default disposition, as a terminal would
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        seen: set[int] = set()
-        for _ in range(600):  # until both loky workers run (they train "forever"); loky's resource tracker does not count
-            seen |= _descendants(proc.pid)
-            if len([p for p in seen if _alive(p) and _is_worker(p)]) >= 2 or proc.poll() is not None:
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(3.0)  # the workers import mito and start training (slow on a loaded machine)
-        seen |= _descendants(proc.pid)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    assert "nothing was written" in err and "resume" not in err and "Traceback" not in err
+def _interrupted_cleanly(run, signals: list[int], out: Path, tmp_path: Path) -> None:
+    seconds = run.finish(timeout=120)
+    left = run.leftovers()
+    line = assert_one_interrupted_line(run.stderr)
+    assert "nothing was written" in line and "resume" not in line
+    assert not left, f"processes left behind: {left}"
+    assert seconds < 60, f"took {seconds:.0f} s to exit"
+    assert run.proc.returncode == 128 + signals[0], line  # 130 for SIGINT, 143 for SIGTERM, as a shell reports
     assert not out.exists() and not list(tmp_path.glob(".o.*"))
-    for _ in range(120):
-        if not any(_alive(p) for p in seen):
-            break
-        time.sleep(0.5)
-    assert not [p for p in seen if _alive(p)], "worker processes survived the interrupted bench"
+
+
+@pytest.mark.parametrize(
+    ("signals", "to"),
+    [
+        ([signal.SIGINT], "group"),  # Ctrl-C in a terminal: the whole process group, workers included
+        ([signal.SIGINT, signal.SIGINT], "group"),  # Ctrl-C twice in quick succession: the second lands in the cleanup
+        ([signal.SIGTERM], "parent"),  # `kill PID`: only the parent hears it, the workers keep training
+        ([signal.SIGTERM], AS_TIMEOUT),
+    ],
+    ids=["sigint", "double-sigint", "sigterm-parent", "sigterm-timeout"],
+)
+def test_interrupted_bench_exits_in_seconds_with_one_line_and_no_process_left(
+    amibr_store: Path, tmp_path: Path, signals: list[int], to: str
+) -> None:
+    needs_proc()
+    out = tmp_path / "o"
+    run = start(["bench", "--store", str(amibr_store), "--out", str(out), "--features", "efficientnet_lite0:z1:rgb", *LONG_MLP,
+                 "--folds", "2", "--jobs", "2", "--n-boot", "0", "--no-umap"])
+    try:
+        def workers_busy() -> bool:  # both loky workers exist and train (they would train "forever")
+            workers = [p for p, cmd in session_processes(run.proc.pid).items() if "LokyProcess" in cmd]
+            return len(workers) >= 2 and all(cpu_seconds(p) > 1.0 for p in workers)
+
+        run.wait_for(workers_busy, what="two busy workers")
+        _send(run, signals, to)
+        _interrupted_cleanly(run, signals, out, tmp_path)
+    finally:
+        run.kill_session()
+
+
+def test_few_shot_bench_interrupted_as_timeout_does_leaves_nothing_and_says_one_line(amibr_store: Path, tmp_path: Path) -> None:
+    """`timeout -s INT` on a few-shot bench (issue 19): many short jobs, workers that have read the store."""
+    needs_proc()
+    out = tmp_path / "o"
+    # FORCE_COLOR: rich draws its live bars into the pipe, so the stage is seen as it starts
+    run = start(["bench", "--store", str(amibr_store), "--out", str(out), "--features", "efficientnet_lite0:z1:rgb", "--heads", "knn,logreg",
+                 "--few-shot", "1,2", "--folds", "2", "--jobs", "2", "--n-boot", "0", "--no-umap"], env={"FORCE_COLOR": "1"})
+    try:
+        run.wait_for(lambda: "scoring few-shot rows" in run.stderr, what="the few-shot scoring stage")
+        _send(run, [signal.SIGINT], AS_TIMEOUT)
+        _interrupted_cleanly(run, [signal.SIGINT], out, tmp_path)
+    finally:
+        run.kill_session()

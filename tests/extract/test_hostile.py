@@ -103,7 +103,7 @@ def test_a_decompression_bomb_and_a_non_utf8_name_never_stop_the_run(amibr_dir: 
     store = tmp_path / "s.zarr"
     code, out = _run("extract", src, "--store", store, *FAST)
     assert code == 0, out
-    assert "1 unreadable tiles skipped: Normal/bomb.png" in out
+    assert "1 unreadable tile skipped: Normal/bomb.png" in out
     s = open_store(store)
     ids = s.tiles["tile_id"].tolist()
     assert "Normal/bad\\xff.jpg" in ids and len(ids) == 5

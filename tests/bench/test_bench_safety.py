@@ -92,6 +92,7 @@ def test_existing_out_needs_overwrite_and_must_be_a_bench_folder(amibr_store: Pa
     assert not (copy / "stale.png").exists() and (copy / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_a_path_like_task_name_stays_inside_out(tmp_path: Path) -> None:
     tiles = amibr_tiles(120)
     tiles["../../x"] = tiles["mitosis"]
@@ -180,6 +181,7 @@ def _interrupted_cleanly(run, signals: list[int], out: Path, tmp_path: Path) -> 
     ],
     ids=["sigint", "double-sigint", "sigterm-parent", "sigterm-timeout"],
 )
+@pytest.mark.slow
 def test_interrupted_bench_exits_in_seconds_with_one_line_and_no_process_left(
     amibr_store: Path, tmp_path: Path, signals: list[int], to: str
 ) -> None:
@@ -199,6 +201,7 @@ def test_interrupted_bench_exits_in_seconds_with_one_line_and_no_process_left(
         run.kill_session()
 
 
+@pytest.mark.slow
 def test_few_shot_bench_interrupted_as_timeout_does_leaves_nothing_and_says_one_line(amibr_store: Path, tmp_path: Path) -> None:
     """`timeout -s INT` on a few-shot bench (issue 19): many short jobs, workers that have read the store."""
     needs_proc()

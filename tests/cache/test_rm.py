@@ -34,6 +34,7 @@ def _store(path: Path, keys: list[str], n: int = 10, dim: int = 3) -> dict[str, 
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FORMATS)
 def test_rm_removes_arrays_and_provenance_keeps_the_rest_sound(tmp_path: Path, name: str) -> None:
     path = tmp_path / name

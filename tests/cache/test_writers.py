@@ -55,6 +55,7 @@ def _tiles(n: int) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- 10.2: fewer tiles than --chunk-rows
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["small.h5", "small.zarr"])
 def test_a_store_smaller_than_one_chunk_is_written_and_sound(amibr_dir: Path, tmp_path: Path, name: str) -> None:
     store = tmp_path / name
@@ -136,6 +137,7 @@ def test_creating_a_store_someone_else_is_writing_is_refused(tmp_path: Path) -> 
 
 
 # ---------------------------------------------------------------- 15.6: HDF5 survives kill -9
+@pytest.mark.slow
 def test_hdf5_killed_mid_run_keeps_the_previous_file_and_the_rerun_completes(amibr_dir: Path, tmp_path: Path) -> None:
     store = tmp_path / "s.h5"
     r = _mito("extract", str(amibr_dir), "--store", str(store), *SMALL, "--chunk-rows", "8")
@@ -160,6 +162,7 @@ def test_hdf5_killed_mid_run_keeps_the_previous_file_and_the_rerun_completes(ami
 
 
 # ---------------------------------------------------------------- 10.14 / 15.6: full and read-only disks
+@pytest.mark.slow
 @pytest.mark.parametrize("name, size", [("s.zarr", "300k"), ("s.h5", "650k")])  # HDF5 keeps 512 KiB free
 def test_a_full_disk_gives_one_line_leaves_a_sound_store_and_a_rerun_resumes(amibr_dir: Path, tmp_path: Path, name: str, size: str) -> None:
     args = ["extract", str(amibr_dir), "--task", "mitosis", "--zooms", "1,2", "--colors", "rgb,gray", "--input-size", "64",
@@ -187,6 +190,7 @@ def test_a_read_only_target_gives_one_line(amibr_dir: Path, tmp_path: Path) -> N
 
 
 # ---------------------------------------------------------------- 15.11: foreign folders are left alone
+@pytest.mark.slow
 def test_a_foreign_folder_or_zarr_group_is_refused_before_anything_is_written(amibr_dir: Path, tmp_path: Path) -> None:
     import zarr
 

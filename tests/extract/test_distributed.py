@@ -113,6 +113,7 @@ def reference(source: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     return path
 
 
+@pytest.mark.slow
 def test_gpus_2_runs_two_torchrun_ranks_that_write_the_single_process_store_through_a_url(
     source: Path, reference: str, tmp_path: Path
 ) -> None:
@@ -135,6 +136,7 @@ def test_gpus_2_runs_two_torchrun_ranks_that_write_the_single_process_store_thro
     _same_store(reference, url)
 
 
+@pytest.mark.slow
 def test_resume_after_a_partial_sharded_run_redoes_exactly_the_missing_chunks(source: Path, reference: str, tmp_path: Path) -> None:
     path = str(tmp_path / "resume.zarr")
     shutil.copytree(reference, path)

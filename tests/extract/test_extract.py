@@ -91,6 +91,7 @@ def _done(store: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_matches_an_uninterrupted_run(amibr_dir: Path, tmp_path: Path) -> None:
     killed = tmp_path / "killed.zarr"
     args = [sys.executable, "-m", "mito", "extract", str(amibr_dir), "--store", str(killed), "--task", "mitosis",
@@ -159,6 +160,7 @@ def test_store_rows_are_the_backbone_applied_to_preprocess(amibr_store: Path) ->
             assert not np.allclose(stored[0], stored[1], atol=1e-2)
 
 
+@pytest.mark.slow
 def test_compiled_extraction_matches_eager_with_a_ragged_last_batch(amibr_dir: Path, tmp_path: Path) -> None:
     """torch.compile (static shapes, the last batch of 20 rows padded to 8s) writes what eager writes."""
     extract(_cfg(amibr_dir, tmp_path / "eager.zarr", limit=20))

@@ -62,6 +62,7 @@ def _shown(err: str) -> int:
     return max([int(m) for m in re.findall(r"(\d+)/48", err)] or [0])
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_middle_of_a_chunk_keeps_its_finished_rows(amibr_dir: Path, reference: np.ndarray, tmp_path: Path) -> None:
     """48 crops fit one 1,024-row chunk: before, Ctrl-C threw all of them away and said "finished chunks are kept"."""
     needs_proc()
@@ -97,6 +98,7 @@ def _done_chunks(store: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sigterm_from_timeout_after_whole_chunks_keeps_them_and_says_how_many(amibr_dir: Path, reference: np.ndarray, tmp_path: Path) -> None:
     needs_proc()
     store = tmp_path / "s.zarr"
@@ -137,6 +139,7 @@ def _checkpointed(store: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_kill_9_loses_only_the_rows_since_the_last_checkpoint(amibr_dir: Path, reference: np.ndarray, tmp_path: Path) -> None:
     """Checkpoints come every ``checkpoint_s`` seconds of embedding (60 by default; here after every batch)."""
     store = tmp_path / "s.zarr"
@@ -157,6 +160,7 @@ def test_kill_9_loses_only_the_rows_since_the_last_checkpoint(amibr_dir: Path, r
     _same(store, reference)
 
 
+@pytest.mark.slow
 def test_a_finished_store_says_one_chunk_already_done(amibr_dir: Path, reference: np.ndarray, tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     extract(_cfg(amibr_dir, store))

@@ -130,6 +130,7 @@ app()
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_an_append_then_resume_equals_the_uninterrupted_append(two: dict[str, Path], tmp_path: Path) -> None:
     src = _source(two, tmp_path / "src", ["a.svs", "b.ome.tif"])
     store = tmp_path / "k.zarr"

@@ -188,6 +188,7 @@ def _done(store: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_equals_a_clean_run(slides: Path, tmp_path: Path) -> None:
     killed = tmp_path / "killed.zarr"
     src = tmp_path / "src"  # one slide (6 chunks of 8 tiles) and the corrupt one: small enough for 2 shared cores

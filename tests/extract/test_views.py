@@ -128,6 +128,7 @@ def test_view_keys_parse_and_stay_out_of_default_features(views_store: tuple[Pat
         parse_augment("hed:2,blur")
 
 
+@pytest.mark.slow
 def test_cli_extract_augment(amibr_dir: Path, tmp_path: Path) -> None:
     store = tmp_path / "cli.zarr"
     cmd = [sys.executable, "-m", "mito", "extract", str(amibr_dir), "--store", str(store), "--zooms", "1", "--colors", "rgb",

@@ -151,6 +151,7 @@ def quilt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "store": store}
 
 
+@pytest.mark.slow
 def test_zero_shot_cli_end_to_end(quilt: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "preds.csv"
     args = ["zero-shot", "--store", str(quilt["store"]), "--backbone", "quiltnet-b-32", "--weights", str(quilt["root"]),

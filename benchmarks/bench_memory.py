@@ -37,7 +37,7 @@ def build_store(store: str, n: int, dim: int, chunk_rows: int, seed: int) -> flo
     """Write the store one chunk at a time (float16; 30 % 'mitotic'; 1,000 slides, a fifth of them published as test)."""
     import pandas as pd
 
-    from mito.cache import create_store
+    from mito.store import create_store
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)

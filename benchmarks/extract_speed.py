@@ -58,7 +58,7 @@ def flops_per_tile(spec, size: int, enc=None) -> float:
     (no memory, no compute; the 1B-parameter models cost nothing), else on ``enc`` itself."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mito.extract.backbones.registry import Encoder, _timm_model
+    from mito.backbones.registry import Encoder, _timm_model
 
     try:
         with torch.device("meta"):
@@ -112,9 +112,10 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=AMIBR, help="AMi-Br-shaped folder of real crops")
     a = ap.parse_args()
 
-    from mito.extract import ExtractConfig, create_backbone, extract, get_backbone, pick_device
+    from mito.extract import ExtractConfig, extract, pick_device
+    from mito.backbones import create_backbone, get_backbone
     from mito.extract.extractor import default_batch_size, default_workers
-    from mito.resources import tune_cpu_allocator
+    from mito.core.resources import tune_cpu_allocator
     from mito.extract.variants import Preprocess, preprocess
     from mito.extract.sources import read_image
 

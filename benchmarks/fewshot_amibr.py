@@ -14,7 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
-from mito.bench import BenchConfig, build_report, run_bench, save_leaderboard
+from mito.bench import BenchConfig, run_bench, save_leaderboard
+from mito.report import build_report
 from mito.bench.fewshot import curve_table, main_rows
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mito.cache import open_store
+from mito.store import open_store
 from mito.heads import HEAD_NAMES, FitConfig, fit_head
 
 METRICS = ("balanced_accuracy", "auroc", "kappa", "weighted_f1")

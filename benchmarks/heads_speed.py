@@ -27,7 +27,7 @@ KEYS = ("synth:z1:rgb", "synth:z1:gray")
 
 def build_store(path: Path, rows: int, dim: int, seed: int = 0) -> float:
     """Write the synthetic store (labels 1 in 4.5 minority, 500 slides); returns seconds."""
-    from mito.cache import create_store
+    from mito.store import create_store
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)

@@ -21,20 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from mito.bench import (
-    BenchConfig,
-    FinetuneConfig,
-    build_report,
-    leaderboard_table,
-    load_leaderboard,
-    merge_leaderboards,
-    run_bench,
-    run_finetune,
-    save_leaderboard,
-)
-from mito.bench.report import time_comparison
-from mito.bench.umap import leaderboard_umaps
-from mito.cache import open_store
+from mito.bench import BenchConfig, FinetuneConfig, load_leaderboard, merge_leaderboards, run_bench, run_finetune, save_leaderboard
+from mito.report import build_report, leaderboard_table
+from mito.report.html import time_comparison
+from mito.report.umap import leaderboard_umaps
+from mito.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,7 @@ def build(path: Path, slides: int, tiles: int, dims: int, seed: int = 0) -> None
     """Write the synthetic store chunk by chunk (memory: one chunk)."""
     import pandas as pd
 
-    from mito.cache import create_store
+    from mito.store import create_store
 
     n = slides * tiles
     slide = np.repeat(np.arange(slides), tiles)
@@ -83,7 +83,7 @@ def main() -> None:
                         "--dims", str(a.dims), "--dir", a.dir], check=True)
         print(f"built {path} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
-    from mito.cache import open_store
+    from mito.store import open_store
     from mito.heads.bags import BagReader, bag_table, make_bags
     from mito.heads.mil import make_mil_head
 

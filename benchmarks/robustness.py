@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 
 from mito.bench.stats import paired_bootstrap
-from mito.cache import open_store
+from mito.store import open_store
 from mito.heads import fit_on_rows, make_head
 from mito.heads.split import make_split
-from mito.metrics import classification_metrics
-from mito.tasks import resolve_task
+from mito.core.metrics import classification_metrics
+from mito.core.tasks import resolve_task
+from mito.datasets import PROXY_TASKS
 
 GAUSS = {"noise": 0.5, "noise_mode": "global"}
 CONFIGS: dict[str, tuple[str, dict[str, Any], str]] = {  # name: (colour set, head params, reference row)
@@ -73,7 +74,7 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}  # protocol -> config -> {"proba": [seed arrays], "metrics": [...]}
     with open_store(args.store) as store:
         tiles = store.tiles
-        spec = resolve_task(tiles, "mitosis")
+        spec = resolve_task(tiles, "mitosis", PROXY_TASKS)
         labels = spec.labels(tiles)
         usable = labels.notna().to_numpy() & ~store.unreadable
         y_all = labels.to_numpy()

@@ -35,7 +35,7 @@ def step_write(store: str, n: int, dim: int, chunk_rows: int, seed: int) -> dict
     """Create the store and write every chunk (one chunk of features in memory at a time)."""
     import pandas as pd
 
-    from mito.cache import create_store
+    from mito.store import create_store
 
     y = _labels(n, seed)
     slides = np.arange(n) // max(1, n // 1000)
@@ -62,7 +62,7 @@ def step_write(store: str, n: int, dim: int, chunk_rows: int, seed: int) -> dict
 
 def step_verify(store: str) -> dict:
     """Check the whole store (tile hash, shapes, done flags, NaN/inf in every chunk)."""
-    from mito.cache import open_store
+    from mito.store import open_store
 
     with open_store(store) as s:
         problems = s.verify()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mito.bench import BenchConfig, classification_metrics, load_leaderboard, run_bench, save_leaderboard
-from mito.cache import open_store
+from mito.store import open_store
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def build(store: Path, model: Path, big: int, big_tiles: int, small: int, small_
     """The store (huge bags spread among the small ones, tiles of a bag contiguous) and a 1-epoch abmil head."""
     import pandas as pd
 
-    from mito.cache import create_store
+    from mito.store import create_store
     from mito.heads.bags import BagReader, make_bags
     from mito.heads.mil import make_mil_head
 
@@ -67,7 +67,7 @@ def build(store: Path, model: Path, big: int, big_tiles: int, small: int, small_
 SCORE = """
 import sys, time, numpy as np
 sys.path.insert(0, {root!r})
-from mito.cache import open_store
+from mito.store import open_store
 from mito.heads import bags as B, mil
 from mito.heads.mil import load_mil_head
 if sys.argv[1] == "before":  # the fixed cut of batch_bags bags, whatever their size

@@ -11,7 +11,7 @@
                          (and its CPU ms per tile: on a shared machine the CPU-time ratio is the robust one).
 ``workers_for_h100``     ceil(1650 / one worker's rate): workers needed to feed an H100 at ~1,650 tiles/s.
 
-The slide is a mosaic of real AMi-Br H&E crops (written by mito.extract.slide_writer) on white glass.
+The slide is a mosaic of real AMi-Br H&E crops (written by mito.wsi.writer) on white glass.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def build_slide(dest: Path, side: int) -> Path:
     from PIL import Image
 
     from tests.conftest import AMIBR
-    from mito.extract.slide_writer import write_svs
+    from mito.wsi.writer import write_svs
 
     crops = []
     for f in sorted(AMIBR.glob("*/*.jpg"))[:300]:
@@ -80,7 +80,7 @@ def read_rate(source, n: int, workers: int) -> tuple[float, float]:
 
 
 def forward_rate(n: int) -> tuple[float, float]:
-    from mito.extract import create_backbone
+    from mito.backbones import create_backbone
     from mito.extract.extractor import tune_cpu_allocator
 
     tune_cpu_allocator()  # as extract() does on CPU

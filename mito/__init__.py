@@ -1,3 +1,5 @@
 """mito: embed pathology tiles once with frozen backbones, then train tiny heads in seconds."""
 
-__version__ = "0.1.0"
+from mito.core.version import __version__
+
+__all__ = ["__version__"]

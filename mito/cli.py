@@ -13,8 +13,8 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from mito import __version__
-from mito.errors import MitoError, os_error_line
+from mito.core.version import __version__
+from mito.core.errors import MitoError, os_error_line
 
 def _hide_flag_types() -> None:
     """Recent typer prints ``<bool>`` beside every on/off flag; a flag takes no value, so show no type for it."""
@@ -59,9 +59,9 @@ def friendly(fn: Callable[..., Any] | None = None, *, on_interrupt: str = "nothi
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from pydantic import ValidationError
 
-        from mito.errors import Interrupted
-        from mito.interrupts import exit_code, handle_signals
-        from mito.validation import one_line
+        from mito.core.errors import Interrupted
+        from mito.core.interrupts import exit_code, handle_signals
+        from mito.core.validation import one_line
 
         try:
             with handle_signals():  # Ctrl-C or SIGTERM: one line, and no second signal can cut the cleanup short
@@ -219,7 +219,7 @@ def extract(
     """Embed every tile with each backbone, zoom and colour into a chunked store (re-run to resume)."""
     from mito.extract import extract as run_extract
     from mito.extract import growth_lines
-    from mito.wording import counted
+    from mito.core.wording import counted
 
     if gpus != 1:
         from mito.extract.distributed import launch, strip_option
@@ -274,13 +274,13 @@ def extract(
 @friendly
 def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the backbone registry: name, architecture, dimension, weights source, available here?"""
-    from mito.extract import available, list_backbones, spec_summary
+    from mito.backbones import available, list_backbones, spec_summary
 
     specs = list_backbones()
     if as_json:
         print(json.dumps([{**spec_summary(s), "available": available(s)} for s in specs], indent=2))
         return
-    from mito.tables import Col, FitTable
+    from mito.report.tables import Col, FitTable
 
     cols = [Col("name", "left"), Col("dim"), Col("input"), Col("available", "left"), Col("pooling", "left", drop=2),
             Col("weights", "left", drop=3), Col("arch", "left", drop=4)]  # one line per backbone: columns drop, never wrap
@@ -293,7 +293,7 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
 
 
 def _print_info(info: dict[str, Any]) -> None:
-    from mito.wording import counted
+    from mito.core.wording import counted
 
     console.print(f"[bold]{info['path']}[/] ({info['format']}), {counted(info['n_tiles'], 'tile')}, chunks of {counted(info['chunk_rows'], 'row')}")
     src = info.get("source") or {}
@@ -308,7 +308,7 @@ def _print_info(info: dict[str, Any]) -> None:
     console.print(f"columns: {', '.join(info['columns'])}")
     if info["unreadable"]:
         console.print(f"[yellow]unreadable tiles: {info['unreadable']}[/]")
-    from mito.tables import Col, FitTable
+    from mito.report.tables import Col, FitTable
 
     cols = [Col("feature", "left"), Col("dim"), Col("done %"), Col("input"), Col("fit", "left", drop=1), Col("weights sha256", "left", drop=2)]  # keys whole: users copy them
     body = []
@@ -324,7 +324,7 @@ def _print_info(info: dict[str, Any]) -> None:
 @friendly
 def cache_info(store: str = typer.Argument(..., help="Store path"), as_json: bool = typer.Option(False, "--json")) -> None:
     """Tiles, labels, variants, dimensions, provenance and how much is done."""
-    from mito.cache import open_store
+    from mito.store import open_store
 
     with open_store(store) as s:
         info = s.info()
@@ -338,8 +338,8 @@ def cache_info(store: str = typer.Argument(..., help="Store path"), as_json: boo
 @friendly
 def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
     """Exit 0 only if every variant is complete and every written row is sound."""
-    from mito.cache import open_store
-    from mito.wording import counted
+    from mito.store import open_store
+    from mito.core.wording import counted
 
     with open_store(store, lenient=True) as s:  # lenient: report what is wrong with a damaged store, do not refuse it
         problems = s.verify()
@@ -358,7 +358,7 @@ def cache_rm(
     variants: list[str] = typer.Argument(..., help="Variant keys to remove, e.g. efficientnet_lite0:z1:rgb (their augmented views go too)."),
 ) -> None:
     """Remove variants (features, done flags, provenance) under the writer lock; the other variants stay as they are."""
-    from mito.cache import open_store
+    from mito.store import open_store
 
     with open_store(store, "a", lenient=True) as s:  # lenient: a damaged variant is exactly what one removes
         if s.meta_problems:
@@ -382,13 +382,28 @@ def demo(
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
     if slides:
-        from mito.demo import run_slide_demo
+        from mito.app.demo import run_slide_demo
 
-        run_slide_demo(out or Path("runs/demo-slides"), device=device, console=console)
+        run_slide_demo(out or Path("runs/demo-slides"), device=device, say=narrator(console))
         return
-    from mito.demo import run_demo
+    from mito.app.demo import run_demo
 
-    run_demo(out or Path("runs/demo"), device=device, console=console, show_store=_print_info)
+    run_demo(out or Path("runs/demo"), device=device, say=narrator(console), show_store=_print_info)
+
+
+def narrator(con: Console) -> Callable[[Any], None]:
+    """How `mito demo` tells its steps on ``con``: a heading as a rule, a command whole (never cut), text and tables as they are."""
+    from mito.app.demo import Command, Heading
+
+    def say(item: Any) -> None:
+        if isinstance(item, Heading):
+            con.rule(item.text)
+        elif isinstance(item, Command):
+            con.print(item.text, highlight=False, soft_wrap=True)
+        else:
+            con.print(item, highlight=False)
+
+    return say
 
 
 # ==================================================================== heads: fit-head / predict
@@ -414,15 +429,15 @@ def _head_params(pairs: list[str], **given: Any) -> dict[str, Any]:
 
 
 def _print_metrics(m: dict[str, Any]) -> None:
-    from mito.tables import Col, FitTable, number, seconds
+    from mito.report.tables import Col, FitTable, number, seconds
 
     cols = [Col(c, drop=d) for c, d in (("balanced acc", 0), ("AUROC", 0), ("kappa", 2), ("weighted F1", 1), ("train s", 3))]
     row = [*(number(m[k]) for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), seconds(m["train_seconds"])]
     console.print(FitTable(cols, [row], title=f"{m['evaluated_on']}: {m['n']} tiles (train {m['n_train']}, val {m['n_val']})",
                            see="see metrics.json in the model folder"))
     console.print(f"confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}")
-    from mito.metrics import per_class_line
-    from mito.tasks import positive_line
+    from mito.core.metrics import per_class_line
+    from mito.core.tasks import positive_line
 
     if m.get("positive"):
         console.print(positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}, ECE {m['ece']:.3f}",
@@ -484,10 +499,8 @@ def fit_head_cmd(
     if level not in ("tile", "slide"):
         raise UserError(f"--level must be tile or slide, got {level!r}")
     if level == "slide":
-        from mito.heads import fit_slide_head_cli
-
-        fit_slide_head_cli(
-            console, store=store, out=out, task=task, head=head, features=split_list(features), bag_column=bag_column,
+        _fit_slide_head(
+            store=store, out=out, task=task, head=head, features=split_list(features), bag_column=bag_column,
             bag_label=bag_label, group_column=group_column, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
             overwrite=overwrite, as_json=as_json, positive=positive, ignored={"--metadata": metadata, "--pca": pca, "--standardize": standardize or None,
             "--stream/--in-memory": stream, "--batch-size": batch_size, "--precision": precision, "--threads": threads,
@@ -537,6 +550,49 @@ def fit_head_cmd(
     console.print(f"model: {out}")
 
 
+def _refuse_ignored(ignored: dict[str, Any], level: str = "--level slide") -> None:
+    """One line naming the first option given that ``level`` does not use."""
+    given = [k for k, v in ignored.items() if v is not None]
+    if given:
+        raise UserError(f"{given[0]} does not apply to {level}")
+
+
+def _fit_slide_head(*, store: str, out: Path, task: Optional[str], head: str, features: list[str], bag_column: Optional[str],
+                    bag_label: Optional[str], group_column: Optional[str], val_fraction: float, test_fraction: float, seed: int,
+                    overwrite: bool, as_json: bool, ignored: dict[str, Any], head_params: dict[str, Any], positive: Optional[str] = None) -> None:
+    """`mito fit-head --level slide`: check options, train, print the metrics (``group`` = the CLI default: by bag)."""
+    from mito.core.tasks import positive_line
+    from mito.heads import fit_slide_head, left_out_line, make_slide_fit_config
+
+    _refuse_ignored(ignored)
+    if task is None:
+        raise UserError("--level slide needs --task (the tile-table column giving the bag label, or with --bag-label any:VALUE the tile label)")
+    if head == "mlp":  # the tile-level default
+        head = "abmil"
+    cfg = make_slide_fit_config(
+        store=store, out=str(out), task=task, head=head, features=features, bag_column=bag_column, bag_label=bag_label,
+        group_column=None if group_column in ("group", "none") else group_column, val_fraction=val_fraction,
+        test_fraction=test_fraction, seed=seed, overwrite=overwrite, progress=not as_json, head_params=head_params, positive=positive,
+    )
+    m = fit_slide_head(cfg)
+    if as_json:
+        print(json.dumps(m, indent=2, default=str))
+        return
+    console.print(f"task: {m['task']} ({m['task_description']}); classes {', '.join(m['classes'])}", highlight=False, markup=False)
+    console.print(f"bags: train {m['n_train']}, val {m['n_val']}, test {m['n_test']} (median {m['n_tiles_per_bag_median']:g} tiles); split {m['split']}", highlight=False, markup=False)
+    if m["left_out"]:
+        console.print(left_out_line(m["left_out"]), style="yellow", highlight=False, markup=False)
+    console.print(
+        f"{m['evaluated_on']}: balanced acc {m['balanced_accuracy']:.3f}, AUROC {m['auroc']:.3f}, kappa {m['kappa']:.3f}, "
+        f"weighted F1 {m['weighted_f1']:.3f}; {m['epochs_run']} epochs (best {m['best_epoch']}), {m['train_seconds']:.1f} s",
+        highlight=False, markup=False,
+    )
+    console.print(f"confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}", highlight=False, markup=False)
+    if m.get("positive"):
+        console.print(positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}", highlight=False, markup=False)
+    console.print(f"model: {out}", highlight=False, markup=False)
+
+
 @app.command("predict")
 @friendly
 def predict_cmd(
@@ -553,7 +609,8 @@ def predict_cmd(
     heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for per-slide PNG heatmaps of the predicted probability (slide stores, with --store; --overwrite replaces an earlier one)."),
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
-    from mito.heads import check_predict_out, is_slide_model, predict, predict_slides_cli
+    from mito.app.predict import check_predict_out, predict
+    from mito.heads import is_slide_model
 
     if source is not None and store is not None:
         raise UserError("give either tiles to embed (SOURCE) or --store, not both")
@@ -562,13 +619,13 @@ def predict_cmd(
     if heatmaps is not None and not is_slide_model(model):  # before any work
         if store is None:
             raise UserError("--heatmaps needs --store (a store extracted from slides)")
-        from mito.heads.heatmaps import check_heatmap_dir, check_heatmap_store
+        from mito.report.slides import check_heatmap_dir, check_heatmap_store
 
         check_heatmap_dir(heatmaps, overwrite, protect=(store, model))
         check_heatmap_store(store)
     check_predict_out(out, model, store, source, overwrite)  # before any work, whatever kind of model
     if is_slide_model(model):
-        predict_slides_cli(console, model, store, source, out, heatmaps, overwrite)
+        _predict_slides(model, store, source, out, heatmaps, overwrite)
         return
     w = _parse_weights(weights, [])
     from mito.bench import is_finetuned, predict_finetuned
@@ -602,6 +659,26 @@ def predict_cmd(
         console.print(said, highlight=False)
 
 
+def _predict_slides(model: Path, store: Optional[str], source: Optional[str], out: Path, pictures: Optional[Path], overwrite: bool) -> None:
+    """`mito predict` with a slide-level model: slides.csv, slides.tiles.csv, optional pictures; prints a summary."""
+    from mito.app.predict import predict_slides
+    from mito.heads import left_out_line, tiles_csv_path
+    from mito.heads.predict import agreement, agreement_text
+
+    if store is None or source is not None:
+        raise UserError(f"{model} is a slide-level model: predict the bags of a store with --store (new tiles: mito extract them first)")
+    slides, _ = predict_slides(model, store, out, pictures, overwrite)
+    counts = ", ".join(f"{k} {v}" for k, v in slides["pred"].value_counts().items())
+    console.print(f"{len(slides)} bags predicted ({counts}) -> {out}; tile weights -> {tiles_csv_path(out)}", highlight=False, markup=False)
+    said = agreement_text(agreement(slides), unit="bags")
+    if said:
+        console.print(said, highlight=False, markup=False)
+    if slides.attrs.get("left_out"):
+        console.print(left_out_line(slides.attrs["left_out"], "not predicted"), style="yellow", highlight=False, markup=False)
+    if pictures is not None:
+        console.print(f"wrote {len(slides)} pictures to {pictures}", highlight=False, markup=False)
+
+
 @app.command("zero-shot")
 @friendly
 def zero_shot_cmd(
@@ -618,10 +695,10 @@ def zero_shot_cmd(
     positive: Optional[str] = typer.Option(None, "--positive", help="Two-class tasks: the positive class of PR-AUC and ECE (default: the minority class of the labelled tiles)."),
 ) -> None:
     """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
-    from mito.cache import store_input_files
+    from mito.store import store_input_files
     from mito.extract import pick_device
     from mito.heads import run_zero_shot
-    from mito.io import atomic_write, check_output_file, csv_probabilities
+    from mito.core.io import atomic_write, check_output_file, csv_probabilities
 
     check_output_file(out, overwrite, protect=(store,), inputs=store_input_files(store))
     r = run_zero_shot(store, backbone, prompts, weights=weights, task=task, context=prompt_context, variant=variant, device=str(pick_device(device)),
@@ -639,7 +716,7 @@ def zero_shot_cmd(
             highlight=False,
         )
         if m.get("positive"):
-            from mito.tasks import positive_line
+            from mito.core.tasks import positive_line
 
             console.print(positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}", highlight=False, markup=False)
 
@@ -656,7 +733,7 @@ def _bench_config(cls: Any, options: dict[str, str], **kw: Any) -> Any:
     """A pydantic bench/lora config; a validation error names the CLI option, not the field."""
     from pydantic import ValidationError
 
-    from mito.validation import one_line
+    from mito.core.validation import one_line
 
     try:
         return cls(**kw)
@@ -726,10 +803,8 @@ def bench_cmd(
     if level not in ("tile", "slide"):
         raise UserError(f"--level must be tile or slide, got {level!r}")
     if level == "slide":
-        from mito.bench import slide_bench_cli
-
-        slide_bench_cli(
-            console, store=store, out=out, task=task, features=split_list(features), heads=split_list(heads), params=_bench_params(param),
+        _bench_slides(
+            store=store, out=out, task=task, features=split_list(features), heads=split_list(heads), params=_bench_params(param),
             folds=folds, seed=seed, n_boot=n_boot, bag_column=bag_column, bag_label=bag_label, group_column=group_column,
             overwrite=overwrite, top=top, positive=positive, ignored={"--proxy": proxy, "--noise": noise, "--pca": pca, "--with": include or None,
             "--standardize": standardize or None, "--cv": None if cv == "auto" else cv, "--shift-column": shift_column,
@@ -738,17 +813,17 @@ def bench_cmd(
         return
     if bag_column or bag_label or group_column:
         raise UserError("--bag-column, --bag-label and --group-column go with --level slide")
-    from mito.bench import BenchConfig, available_tasks, build_report, leaderboard_table, run_bench, save_leaderboard
-    from mito.bench.leaderboard import is_run_folder, sigterm_as_interrupt, task_summary_lines
-    from mito.bench.umap import leaderboard_umaps
-    from mito.cache import open_store
-    from mito.io import atomic_dir, check_output_dir
+    from mito.bench import BenchConfig, available_tasks, is_run_folder, run_bench, save_leaderboard, sigterm_as_interrupt, task_summary_lines
+    from mito.datasets import PROXY_TASKS
+    from mito.report import build_report, leaderboard_table, leaderboard_umaps
+    from mito.store import open_store
+    from mito.core.io import atomic_dir, check_output_dir
 
     check_output_dir(out, overwrite, is_ours=is_run_folder, protect=(store, *include), what="bench folder")
     with open_store(store) as s:
         tiles, store_tasks = s.tiles, s.tasks
     if proxy:
-        tasks = available_tasks(tiles, store_tasks) if proxy.strip() == "all" else split_list(proxy)
+        tasks = available_tasks(tiles, store_tasks, PROXY_TASKS) if proxy.strip() == "all" else split_list(proxy)
     else:
         if task is None and not store_tasks:
             raise UserError(f"{store} has no label column to rank: name one with --task (a proxy task or a tile-table column)")
@@ -799,10 +874,50 @@ def bench_cmd(
     for line in task_summary_lines(lb):
         console.print(line, highlight=False, markup=False)
     if cfg.few_shot:
-        from mito.bench import curve_rich_table
+        from mito.report import curve_rich_table
 
         console.print(curve_rich_table(lb.rows) or "")
     console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {out / 'report.html'}")
+
+
+def _bench_slides(*, store: str, out: Path, task: Optional[str], features: list[str], heads: list[str], params: dict[str, dict[str, Any]],
+                  folds: int, seed: int, n_boot: int, bag_column: Optional[str], bag_label: Optional[str], group_column: Optional[str],
+                  overwrite: bool, top: int, ignored: dict[str, Any], positive: Optional[str] = None) -> None:
+    """`mito bench --level slide`: check options, rank the slide heads, write the leaderboard folder and report, print it."""
+    from pydantic import ValidationError
+
+    from mito.bench import DEFAULT_SLIDE_HEADS, SlideBenchConfig, is_run_folder, run_slide_bench, save_leaderboard
+    from mito.bench.leaderboard import task_positive_lines
+    from mito.core.io import atomic_dir, check_output_dir
+    from mito.core.validation import one_line
+    from mito.heads import left_out_line
+    from mito.report import build_report, leaderboard_table
+
+    _refuse_ignored(ignored)
+    if task is None:
+        raise UserError("--level slide needs --task (the bag label column, or the tile label with --bag-label any:VALUE)")
+    check_output_dir(out, overwrite, is_ours=is_run_folder, protect=(store,), what="bench folder")
+    try:
+        cfg = SlideBenchConfig(store=store, task=task, features=features, heads=heads or list(DEFAULT_SLIDE_HEADS), head_params=params,
+                               bag_column=bag_column, bag_label=bag_label, group_column=group_column, n_folds=folds, seed=seed, n_boot=n_boot,
+                               positive=positive)
+    except ValidationError as e:
+        raise UserError(one_line(e)) from None
+    lb = run_slide_bench(cfg)
+
+    def fill(tmp: Any) -> None:
+        save_leaderboard(lb, tmp)
+        build_report(tmp)
+
+    atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
+    t = lb.meta["tasks"][lb.rows["task"].iat[0]]
+    console.print(f"{t['description']}; {t['cv_description']}", highlight=False, markup=False)
+    for line in task_positive_lines(lb.meta):
+        console.print(line, highlight=False, markup=False)
+    if t.get("left_out"):
+        console.print(left_out_line(t["left_out"]), style="yellow", highlight=False, markup=False)
+    console.print(leaderboard_table(lb.rows, top=top))
+    console.print(f"wrote {out}/leaderboard.csv, leaderboard.json and report.html", highlight=False, markup=False)
 
 
 @app.command("compare")
@@ -817,7 +932,8 @@ def compare_cmd(
     """One paired comparison of two leaderboard rows on the same test tiles: every metric's A - B with CI and p, DeLong."""
     from rich.console import Console
 
-    from mito.bench import BenchError, compare_rows, comparison_text, load_leaderboard
+    from mito.bench import BenchError, compare_rows, load_leaderboard
+    from mito.report import comparison_text
 
     refs = split_list(rows)
     if len(refs) != 2:
@@ -866,8 +982,8 @@ def lora_cmd(
     positive: Optional[str] = typer.Option(None, "--positive", help=POSITIVE_HELP),
 ) -> None:
     """Fine-tune a backbone (LoRA, linear probe or full) on the leaderboard's folds; re-running resumes."""
-    from mito.bench import FinetuneConfig, leaderboard_table, run_finetune
-    from mito.bench.leaderboard import sigterm_as_interrupt, task_summary_lines
+    from mito.bench import FinetuneConfig, run_finetune, sigterm_as_interrupt, task_summary_lines
+    from mito.report import leaderboard_table
 
     cfg = _bench_config(
         FinetuneConfig,
@@ -879,7 +995,7 @@ def lora_cmd(
         device=device, num_workers=workers, n_boot=n_boot, positive=positive,
     )
     with sigterm_as_interrupt():
-        lb = run_finetune(cfg)
+        lb = run_finetune(cfg, note=lambda text: err_console.print(f"[yellow]{text}[/]", highlight=False))
     console.print(leaderboard_table(lb.rows))
     for line in task_summary_lines(lb):
         console.print(line, highlight=False, markup=False)
@@ -903,9 +1019,9 @@ def umap_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing PNG."),
 ) -> None:
     """2-D UMAP of a feature set, coloured by a label column; saved as PNG."""
-    from mito.bench import umap_plot
-    from mito.cache import store_input_files
-    from mito.io import check_output_file
+    from mito.report import umap_plot
+    from mito.store import store_input_files
+    from mito.core.io import check_output_file
 
     if out.suffix.lower() == ".png":
         check_output_file(out, overwrite=overwrite, protect=(store,), inputs=store_input_files(store))
@@ -918,7 +1034,7 @@ def umap_cmd(
 @friendly
 def report_cmd(folder: Path = typer.Argument(..., help="A folder written by mito bench or mito lora.")) -> None:
     """(Re)build report.html (self-contained) and its PNGs from a leaderboard folder."""
-    from mito.bench import build_report
+    from mito.report import build_report
 
     console.print(f"wrote {build_report(folder)}")
 
@@ -939,7 +1055,7 @@ def slides_qc_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only one that mito slides qc wrote)."),
 ) -> None:
     """Per slide: its thumbnail with the tissue mask outlined and every kept tile drawn (PNG)."""
-    from mito.extract.slide_qc import qc_store
+    from mito.report import qc_store
 
     res = qc_store(store, out, reader, overwrite)
     console.print(f"wrote {len(res['written'])} QC pictures to {out}")
@@ -957,15 +1073,15 @@ def export_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only one that mito export wrote)."),
 ) -> None:
     """Write a slide store's features per slide for MIL tools (TRIDENT / CLAM layout)."""
-    from mito.cache.export import export
+    from mito.interop.trident import export
 
     paths = export(store, format, out, features, overwrite)
     console.print(f"wrote {len(paths)} slide files to {out}")
 
 
 def _heatmaps(df: Any, store: Optional[str], folder: Path, overwrite: bool, model: Path) -> None:
-    from mito.cache import open_store
-    from mito.heads.heatmaps import write_heatmaps
+    from mito.store import open_store
+    from mito.report import write_heatmaps
 
     if store is None:
         raise UserError("--heatmaps needs --store (a store extracted from slides)")

@@ -48,7 +48,7 @@ def test_verify_fails_on_incomplete_store(tmp_path: Path) -> None:
     import numpy as np
     import pandas as pd
 
-    from mito.cache import create_store
+    from mito.store import create_store
 
     s = create_store(tmp_path / "s.zarr", pd.DataFrame({"tile_id": list("abcdef")}), {}, chunk_rows=2)
     s.ensure_variant("bb:z1:rgb", 2, {"backbone": "bb"})

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from mito.demo import run_demo
+from mito.app.demo import run_demo
 
 
 @pytest.mark.slow
@@ -35,8 +35,8 @@ def test_slide_demo_builds_slides_and_runs_every_slide_step(amibr_dir: Path, tmp
     import pandas as pd
     from PIL import Image
 
-    from mito.cache import open_store
-    from mito.demo import GRID, PLANT, run_slide_demo
+    from mito.store import open_store
+    from mito.app.demo import GRID, PLANT, run_slide_demo
     from mito.heads import is_slide_model
 
     console = Console(record=True, width=200)

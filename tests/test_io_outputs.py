@@ -1,4 +1,4 @@
-"""mito.io's output guards: distinct per-item file stems, the mito.json manifest, files an output may never replace."""
+"""mito.core.io's output guards: distinct per-item file stems, the mito.json manifest, files an output may never replace."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mito.errors import OutputError
-from mito.extract.slides import slide_file_stems, stem
-from mito.io import (
+from mito.core.errors import OutputError
+from mito.wsi.reader import slide_file_stems, stem
+from mito.core.io import (
     atomic_dir,
     check_output_dir,
     check_output_file,

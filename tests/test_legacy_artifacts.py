@@ -53,7 +53,7 @@ def test_the_legacy_folders_are_all_there() -> None:
 
 
 def test_the_legacy_store_opens_and_verifies(legacy: Path) -> None:
-    from mito.cache import open_store
+    from mito.store import open_store
 
     with open_store(legacy / "store.zarr") as s:
         assert s.verify() == []
@@ -74,7 +74,7 @@ def test_legacy_tile_models_predict_as_before(legacy: Path, name: str) -> None:
 
 def test_legacy_tile_models_load_as_models(legacy: Path) -> None:
     """load_model gives the sklearn-style object; its predict_proba on the raw store features is what predict wrote."""
-    from mito.cache import open_store
+    from mito.store import open_store
     from mito.heads import load_model
 
     with open_store(legacy / "store.zarr") as s:
@@ -129,7 +129,7 @@ def test_legacy_bench_folder_loads_and_compares_as_before(legacy: Path) -> None:
 
 
 def test_legacy_bench_folder_rebuilds_its_report(legacy: Path) -> None:
-    from mito.bench import build_report
+    from mito.report import build_report
 
     (legacy / "bench" / "report.html").unlink()
     assert Path(build_report(legacy / "bench")).is_file()
@@ -149,7 +149,7 @@ def test_legacy_lora_run_loads_and_its_models_predict_as_before(legacy: Path) ->
 
 
 def test_legacy_export_folder_is_recognised_and_reads_as_written(legacy: Path) -> None:
-    from mito.cache.export import is_export_dir
+    from mito.interop.trident import is_export_dir
 
     assert is_export_dir(legacy / "export")
     want = json.loads((legacy / "export.expected.json").read_text())

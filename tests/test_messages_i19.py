@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mito.cache import create_store
+from mito.store import create_store
 from mito.cli import app, friendly
 
 runner = CliRunner()
@@ -39,8 +39,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_slide_read_error_is_printed_with_its_text() -> None:
-    from mito.errors import os_error_line
-    from mito.extract.slides import SlideReadError
+    from mito.core.errors import os_error_line
+    from mito.wsi.reader import SlideReadError
 
     err = SlideReadError("no such slide file: /data/gone.svs")
     assert os_error_line(err) == "no such slide file: /data/gone.svs"
@@ -110,7 +110,7 @@ def test_tifffile_notes_on_a_broken_ome_series_stay_off_the_terminal(tmp_path: P
             'PhysicalSizeX="0.25"><Channel ID="Channel:0:0" SamplesPerPixel="3"/><TiffData IFD="5" PlaneCount="1"/></Pixels></Image></OME>')
     path = tmp_path / "odd.ome.tif"
     tifffile.imwrite(path, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256), photometric="rgb", description=desc, metadata=None)
-    code = ("import sys; from mito.extract.slides import open_slide, close_slide; s = open_slide(sys.argv[1]); "
+    code = ("import sys; from mito.wsi.reader import open_slide, close_slide; s = open_slide(sys.argv[1]); "
             "print(s.dimensions); close_slide(s)")  # a plain process: no test harness catches the log records
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=300)
@@ -123,7 +123,7 @@ def test_the_report_inlines_only_umaps_mito_wrote_in_its_folder(store: Path, tmp
 
     from PIL import Image
 
-    from mito.bench.umap import PNG_SOFTWARE, _scatter
+    from mito.report.umap import PNG_SOFTWARE, _scatter
 
     d = tmp_path / "bench"
     res = runner.invoke(app, ["bench", "--store", str(store), "--out", str(d), "--heads", "logreg", "--folds", "2", "--no-umap", "--jobs", "1"])

@@ -7,15 +7,15 @@ import io
 import pytest
 from rich.console import Console
 
-import mito.progress
-from mito.progress import add_task, progress_bar
-from mito.wording import counted
+import mito.core.progress
+from mito.core.progress import add_task, progress_bar
+from mito.core.wording import counted
 
 
 @pytest.mark.parametrize("terminal", [False, True])
 def test_a_transient_bar_leaves_nothing_in_a_log(monkeypatch: pytest.MonkeyPatch, terminal: bool) -> None:
     out = io.StringIO()
-    monkeypatch.setattr(mito.progress, "_STDERR", Console(file=out, force_terminal=terminal, width=100))
+    monkeypatch.setattr(mito.core.progress, "_STDERR", Console(file=out, force_terminal=terminal, width=100))
     with progress_bar("epochs", transient=True) as bar:
         bar.update(add_task(bar, "fold 0", 3), advance=3, refresh=True)
     if terminal:  # drawn while it runs, then erased

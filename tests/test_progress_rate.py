@@ -9,7 +9,7 @@ import pytest
 
 
 def test_a_slide_done_within_one_batch_gets_the_batch_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mito.progress import group_progress, progress_bar
+    from mito.core.progress import group_progress, progress_bar
 
     clock = iter([10.0, 12.0, 14.0, 16.0])
     monkeypatch.setattr(time, "perf_counter", lambda: next(clock))

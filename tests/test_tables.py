@@ -1,4 +1,4 @@
-"""Terminal tables (mito.tables.FitTable): at any width a number is shown whole or its column is named as not shown."""
+"""Terminal tables (mito.report.tables.FitTable): at any width a number is shown whole or its column is named as not shown."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from mito.tables import Col, FitTable, number, p_value, render_text, seconds
+from mito.report.tables import Col, FitTable, number, p_value, render_text, seconds
 
 NUM = re.compile(r"(?<![\d.])[+-]?\d+\.\d+")
 

@@ -1,55 +1,36 @@
-"""Metrics, cross-validation, leaderboards, LoRA runs, UMAP and reports.
-
-Torch, peft, umap and matplotlib load only when their functions are first used.
-"""
-
-from __future__ import annotations
-
-from typing import Any
+"""Leaderboards: every feature set x head of a store scored on the same folds with paired statistics, and the row
+kinds beside the heads (few-shot curves, zero-shot, domain shift, slide-level heads, LoRA runs). Pictures and reports of
+them: mito.report."""
 
 from mito.bench.cv import CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
-from mito.bench.slide_bench import SlideBenchConfig, run_slide_bench, slide_bench_cli
+from mito.bench.finetune import FinetuneConfig, is_finetuned, load_finetuned, predict_finetuned, run_finetune
+from mito.bench.fewshot import draw_shots, parse_shots
 from mito.bench.leaderboard import (
     BenchConfig,
     FeatureSet,
     Leaderboard,
     all_feature_sets,
-    leaderboard_table,
+    is_run_folder,
     load_leaderboard,
     merge_leaderboards,
     run_bench,
     save_leaderboard,
+    sigterm_as_interrupt,
+    task_summary_lines,
 )
+from mito.bench.slide_bench import DEFAULT_SLIDE_HEADS, SlideBenchConfig, run_slide_bench
 from mito.bench.stats import (
-    DelongResult, FriedmanResult, PairedResult, add_paired_columns, compare_rows, comparison_text, delong_test, friedman_nemenyi, holm,
+    DelongResult, FriedmanResult, PairedResult, add_paired_columns, compare_rows, delong_test, friedman_nemenyi, holm,
     paired_bootstrap,
 )
-from mito.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
-from mito.tasks import PROXY_TASKS, TaskSpec, available_tasks, resolve_task
-
-_LAZY = {
-    "FinetuneConfig": "mito.bench.finetune",
-    "run_finetune": "mito.bench.finetune",
-    "load_finetuned": "mito.bench.finetune",
-    "is_finetuned": "mito.bench.finetune",
-    "predict_finetuned": "mito.bench.finetune",
-    "umap_plot": "mito.bench.umap",
-    "build_report": "mito.bench.report",
-    "quick_bench": "mito.bench.report",
-    "draw_shots": "mito.bench.fewshot",
-    "parse_shots": "mito.bench.fewshot",
-    "learning_curve_figure": "mito.bench.fewshot",
-    "curve_rich_table": "mito.bench.fewshot",
-}
+from mito.bench.umap import umap_points
+from mito.core.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
+from mito.core.tasks import TaskSpec, available_tasks, resolve_task
+from mito.datasets import PROXY_TASKS
 
 __all__ = [
-    "add_paired_columns",
-    "compare_rows",
-    "comparison_text",
-    "SlideBenchConfig",
-    "run_slide_bench",
-    "slide_bench_cli",
+    "DEFAULT_SLIDE_HEADS",
     "METRIC_NAMES",
     "PROXY_TASKS",
     "BenchConfig",
@@ -57,34 +38,39 @@ __all__ = [
     "CVPlan",
     "DelongResult",
     "FeatureSet",
-    "FriedmanResult",
+    "FinetuneConfig",
     "Fold",
+    "FriedmanResult",
     "Leaderboard",
     "PairedResult",
+    "SlideBenchConfig",
     "TaskSpec",
+    "add_paired_columns",
     "all_feature_sets",
     "available_tasks",
     "bootstrap_ci",
     "classification_metrics",
+    "compare_rows",
     "delong_test",
+    "draw_shots",
+    "fold_summary",
     "friedman_nemenyi",
     "holm",
-    "fold_summary",
-    "leaderboard_table",
+    "is_finetuned",
+    "is_run_folder",
+    "load_finetuned",
     "load_leaderboard",
     "make_folds",
     "merge_leaderboards",
     "paired_bootstrap",
+    "parse_shots",
+    "predict_finetuned",
     "resolve_task",
     "run_bench",
+    "run_finetune",
+    "run_slide_bench",
     "save_leaderboard",
-    *_LAZY,
+    "sigterm_as_interrupt",
+    "task_summary_lines",
+    "umap_points",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mito.bench' has no attribute {name!r}")

@@ -12,7 +12,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mito.bench.errors import BenchError
-from mito.tasks import group_ids, one_group_per_tile, per_tile_warning
+from mito.core.tasks import group_ids, one_group_per_tile, per_tile_warning
 
 CVMode = Literal["auto", "kfold", "split"]
 CV_MODES: tuple[str, ...] = get_args(CVMode)

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -24,14 +24,20 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from mito.core.version import __version__
+from mito.backbones import create_backbone, get_backbone
 from mito.bench.cv import CVMode, Fold
+from mito.extract import Preprocess, open_source, pick_device, preprocess
+from mito.heads import CheckpointError, Checkpointer, EarlyStopping, TimeBudget, train_loop
 from mito.bench.errors import BenchError
-from mito.metrics import metric_score, positive_index
-from mito.io import atomic_write, check_output_dir, csv_probabilities, write_npz
-from mito.progress import add_task, advance, progress_bar
-from mito.bench.leaderboard import Leaderboard, is_run_folder, positive_meta, rank_rows, row_id, save_leaderboard, score_row, task_plan
-from mito.errors import TaskError
-from mito.tasks import PROXY_TASKS, resolve_task
+from mito.core.metrics import metric_score, positive_index
+from mito.core.io import atomic_write, check_output_dir, csv_probabilities, write_npz
+from mito.core.progress import add_task, advance, progress_bar
+from mito.bench.leaderboard import Leaderboard, is_run_folder, positive_meta, rank_rows, save_leaderboard, task_plan
+from mito.bench.rows import row_id, score_row
+from mito.core.errors import TaskError
+from mito.core.tasks import resolve_task
+from mito.datasets import PROXY_TASKS
 
 FTMode = Literal["lora", "linear-probe", "full"]
 FT_MODES: tuple[str, ...] = get_args(FTMode)
@@ -134,8 +140,6 @@ def _resolve_targets(model: nn.Module, family: str, targets: Sequence[str] | Non
 
 def build_net(cfg: FinetuneConfig, n_classes: int, device: torch.device | str = "cpu") -> tuple[FinetuneNet, dict[str, Any]]:
     """The backbone (with LoRA adapters, frozen, or trainable per ``cfg.mode``) plus a fresh linear classifier."""
-    from mito.extract import create_backbone
-
     if cfg.mode not in FT_MODES:
         raise BenchError(f"mode must be one of {', '.join(FT_MODES)}, not {cfg.mode!r}")
     torch.manual_seed(cfg.seed)
@@ -231,8 +235,6 @@ class Crops(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from mito.extract import preprocess
-
         img = self.source.read(int(self.rows[i]))
         if self.augment:
             img = self.jitter(torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)).permute(1, 2, 0).numpy()
@@ -253,8 +255,6 @@ def _loader(ds: Crops, batch: int, workers: int, sampler: Any = None) -> torch.u
 # ------------------------------------------------------------------ one fold
 def _save_model(path: Path, net: FinetuneNet, cfg: FinetuneConfig, info: dict[str, Any], classes: list[str], prep: Any, extra: dict[str, Any]) -> None:
     from safetensors.torch import save_file
-
-    from mito import __version__
 
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in trainable_state(net, cfg.mode).items()}
@@ -321,8 +321,6 @@ def _run_fold(
     positive: int = 1,
 ) -> dict[str, Any]:
     """Train (resuming from a checkpoint), early-stop on the fold's val set, score its test set, save the model."""
-    from mito.heads import CheckpointError, Checkpointer, EarlyStopping, TimeBudget, train_loop
-
     fold_dir.mkdir(parents=True, exist_ok=True)
     done = _read_result(fold_dir, cfg)
     if done is not None:
@@ -447,18 +445,13 @@ def _budget(cfg: FinetuneConfig, results: Sequence[dict[str, Any]], n_total: int
 
 def open_tiles(cfg: FinetuneConfig) -> Any:
     """The tile source with its label column named as ``mito extract --task`` named it (so the folds match)."""
-    from mito.extract import open_source
-
     label = cfg.label_name or ("mitosis" if cfg.task in PROXY_TASKS else cfg.task)
     return open_source(cfg.source, task=label)
 
 
-def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> Leaderboard:
-    """Fine-tune on each fold (resuming finished work), score like the heads, and write a leaderboard in ``cfg.out``."""
-    from rich.console import Console
-
-    from mito.extract import Preprocess, get_backbone, pick_device
-
+def run_finetune(cfg: FinetuneConfig, progress: bool = True, note: Callable[[str], None] | None = None) -> Leaderboard:
+    """Fine-tune on each fold (resuming finished work), score like the heads, and write a leaderboard in ``cfg.out``;
+    ``note`` is told, before training, when a CPU run stops each fold at the default time cap."""
     check_output_dir(cfg.out, overwrite=True, is_ours=is_run_folder, protect=(cfg.source,), what="run folder")
     src = open_tiles(cfg)
     tiles = src.tiles
@@ -470,8 +463,8 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True) -> Leaderboard:
     prep = Preprocess(input_size=size, mean=tuple(spec.mean), std=tuple(spec.std))
     device = pick_device(cfg.device)
     cap, cpu_default = time_cap_minutes(cfg, device)
-    if cpu_default and progress:
-        Console(stderr=True).print(f"[yellow]training on CPU: each fold stops after {cap:g} minutes (pass --max-minutes to change)[/]", highlight=False)
+    if cpu_default and note is not None:
+        note(f"training on CPU: each fold stops after {cap:g} minutes (pass --max-minutes to change)")
     folds = plan.folds[: cfg.folds] if cfg.folds else plan.folds
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -530,8 +523,6 @@ class FinetunedModel:
 
     def predict_proba(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Class probabilities for a list of uint8 HxWx3 images."""
-        from mito.extract import preprocess
-
         out = []
         self.net.eval()
         with torch.no_grad():
@@ -554,8 +545,6 @@ def is_finetuned(model_dir: str | os.PathLike) -> bool:
 def load_finetuned(model_dir: str | os.PathLike, weights: str | None = None, device: str = "cpu") -> FinetunedModel:
     """Rebuild a fine-tuned model from its folder (the base backbone's weights must be the ones it was trained on)."""
     from safetensors.torch import load_file
-
-    from mito.extract import Preprocess, pick_device
 
     d = Path(model_dir)
     try:
@@ -608,8 +597,6 @@ def predict_finetuned(
 
     The same columns as ``mito predict`` writes for heads; tiles that cannot be decoded are left out.
     """
-    from mito.extract import open_source
-
     model = load_finetuned(model_dir, weights=weights, device=device)
     task = model.config["task"]
     src = open_source(source, task="mitosis" if task in PROXY_TASKS else task)
@@ -632,7 +619,7 @@ def predict_finetuned(
     id_col = "path" if "path" in tiles and tiles["path"].notna().all() else "tile_id"
     df = tiles.iloc[keep][[id_col]].reset_index(drop=True)
     try:
-        labels = resolve_task(tiles, task).labels(tiles)
+        labels = resolve_task(tiles, task, PROXY_TASKS).labels(tiles)
     except TaskError:  # new tiles need not carry the task's columns
         labels = None
     if labels is not None and labels.iloc[keep].notna().any():

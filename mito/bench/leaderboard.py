@@ -16,14 +16,21 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mito.bench.cv import CVMode, CVPlan, Fold, make_folds
+from mito.bench.fewshot import fewshot_rows, parse_shots
+from mito.bench.zeroshot import TEXT_HEADS, plan_text, text_head_params, zero_shot_rows
+from mito.core.interrupts import handle_signals
+from mito.heads import HEAD_NAMES, head_names
+from mito.store import open_store
+from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, fit_one, row_id, run_parallel, score_row, split_key
 from mito.bench.errors import BenchError
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
-from mito.errors import MitoError
-from mito.io import METRIC_CSV_FORMAT, atomic_write, json_default, write_npz
+from mito.core.errors import MitoError
+from mito.core.io import METRIC_CSV_FORMAT, atomic_write, json_default, write_npz
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns
 from mito.bench.validate import check_predictions, check_rows
-from mito.metrics import CALIBRATION_NAMES, METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary, per_class_line, per_class_summary, positive_index
-from mito.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
+from mito.core.metrics import CALIBRATION_NAMES, METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary, per_class_line, per_class_summary, positive_index
+from mito.datasets import PROXY_TASKS
+from mito.core.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
 
 RANDOM_PREFIX = "random_"
 COLUMNS = [
@@ -58,15 +65,6 @@ COLUMNS = [
 ]
 
 
-@dataclass(frozen=True)
-class FeatureSet:
-    """Store variants read side by side as one feature matrix."""
-
-    backbone: str
-    name: str
-    keys: tuple[str, ...]
-
-
 class BenchConfig(BaseModel):
     """What to benchmark: tasks, feature sets (None = all), heads (None = all), noise levels, folds (validated; unknown fields are errors)."""
 
@@ -99,8 +97,6 @@ class BenchConfig(BaseModel):
     @field_validator("few_shot")
     @classmethod
     def _few_shot(cls, v: list[int | str] | None) -> list[int | str] | None:
-        from mito.bench.fewshot import parse_shots
-
         return None if v is None else parse_shots(v)
 
     @field_validator("noise")
@@ -129,23 +125,6 @@ class Leaderboard:
 
 
 # ------------------------------------------------------------------ feature sets
-def _split_key(key: str) -> tuple[str, str, str]:
-    bb, zoom, color = key.split(":", 2)  # an augmented view keeps its suffix in the colour: rgb:hed0
-    return bb, zoom, color
-
-
-def describe_keys(keys: Sequence[str]) -> tuple[str, str]:
-    """(backbone, features) labels for a list of variant keys, e.g. ``("efficientnet_lite0", "z1+z2:rgb+gray")``."""
-    parts = [_split_key(k) for k in keys]
-    bbs = list(dict.fromkeys(p[0] for p in parts))
-    zooms = list(dict.fromkeys(p[1] for p in parts))
-    colors = list(dict.fromkeys(p[2] for p in parts))
-    full_product = len(parts) == len(bbs) * len(zooms) * len(colors) and len(set(parts)) == len(parts)
-    if full_product:
-        return "+".join(bbs), f"{'+'.join(zooms)}:{'+'.join(colors)}"
-    return "+".join(bbs), "+".join(f"{p[0]}:{p[1]}:{p[2]}" if len(bbs) > 1 else f"{p[1]}:{p[2]}" for p in parts)
-
-
 def _fs(keys: Sequence[str]) -> FeatureSet:
     bb, name = describe_keys(keys)
     return FeatureSet(bb, name, tuple(keys))
@@ -157,7 +136,7 @@ def all_feature_sets(variants: Sequence[str]) -> list[FeatureSet]:
     for k in variants:
         if k.count(":") == 3:  # augmented views (mito extract --augment) are views of a feature, not feature sets
             continue
-        bb, z, c = _split_key(k)
+        bb, z, c = split_key(k)
         by_bb.setdefault(bb, []).append((bb, z, c))
     out: list[FeatureSet] = []
     for bb, parts in by_bb.items():
@@ -201,67 +180,8 @@ def parse_feature_sets(specs: Sequence[str] | None, variants: Sequence[str]) -> 
     return list(dict.fromkeys(out))
 
 
-# ------------------------------------------------------------------ fitting (runs in worker processes)
-# Bytes of features one bench job may hold (in memory up to half of it, else streamed with buffers in a quarter).
-# Fixed, not a share of the free memory or of the cores: whether a head streams, hence its scores, must not
-# depend on the machine the leaderboard runs on.
-JOB_FEATURE_BUDGET = 256 << 20
-
-
-def _features(store_path: str) -> Any:
-    """The store, opened for one job (features are read per job as float16, never cached whole; the caller closes it)."""
-    from mito.cache import open_store
-
-    return open_store(store_path)
-
-
-def _fit_one(
-    store_path: str,
-    keys: tuple[str, ...],
-    head: str,
-    params: dict[str, Any],
-    fold: Fold,
-    y: np.ndarray,
-    classes: list[str],
-    standardize: bool = False,
-    pca: int | None = None,
-    metadata_columns: Sequence[str] = (),
-    stream: bool | None = None,
-    memory_budget: int | None = None,
-    buffer_rows: int | None = None,
-) -> dict[str, Any]:
-    """Fit one head on one fold through mito.heads.fit_on_rows (the one fit path: float16 features, streamed when they
-    would not fit ``memory_budget``, metadata one-hots, the optional standardise/PCA pipeline fitted on the training rows).
-
-    Returns the test probabilities (columns = ``classes``) and timings.
-    """
-    from mito.heads import fit_on_rows, make_head, metadata_categories
-
-    h = make_head(head, **params)
-    with _features(store_path) as store:
-        cats = metadata_categories(store.tiles, metadata_columns) if metadata_columns else {}
-        r = fit_on_rows(
-            store, keys, {"train": fold.train, "val": fold.val, "test": fold.test}, y, h, standardize=standardize, pca=pca,
-            categories=cats, stream=stream, memory_budget=memory_budget, seed=int(params.get("seed", 0)),
-            **({"buffer_rows": buffer_rows} if buffer_rows else {}),
-        )
-    raw = np.asarray(r.scored["test"][1], dtype=np.float64)
-    proba = np.zeros((len(fold.test), len(classes)))
-    col = {str(c): i for i, c in enumerate(classes)}
-    for j, c in enumerate(h.classes_):
-        proba[:, col[str(c)]] = raw[:, j]
-    hp = h.get_params()
-    return {
-        "proba": proba,
-        "train_seconds": r.pipeline_seconds + r.train_seconds,
-        "predict_seconds": r.predict_seconds,
-        "streamed": r.streamed,
-        "params": {k: v for k, v in hp.items() if _jsonable(v)},
-    }
-
-
 def fit_options(cfg: BenchConfig, n_jobs: int) -> dict[str, Any]:
-    """_fit_one's keyword options from a BenchConfig: each job's feature budget (JOB_FEATURE_BUDGET, or its share of
+    """fit_one's keyword options from a BenchConfig: each job's feature budget (JOB_FEATURE_BUDGET, or its share of
     ``cfg.memory_budget`` over ``n_jobs`` workers)."""
     budget = JOB_FEATURE_BUDGET if cfg.memory_budget is None else cfg.memory_budget // max(1, n_jobs)
     return {
@@ -272,87 +192,7 @@ def fit_options(cfg: BenchConfig, n_jobs: int) -> dict[str, Any]:
     }
 
 
-def _jsonable(v: Any) -> bool:
-    try:
-        json.dumps(v)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
 # ------------------------------------------------------------------ rows
-def row_id(task: str, backbone: str, features: str, head: str, noise: float, extra: str = "") -> str:
-    """A short stable id for a leaderboard row (keys its predictions)."""
-    return hashlib.sha1(f"{task}|{backbone}|{features}|{head}|{noise!r}|{extra}".encode()).hexdigest()[:12]
-
-
-def score_row(
-    base: dict[str, Any],
-    spec: TaskSpec,
-    plan: CVPlan,
-    y: np.ndarray,
-    classes: list[str],
-    fold_results: Sequence[dict[str, Any]],
-    folds: Sequence[Fold],
-    n_boot: int,
-    seed: int,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Metrics per fold -> mean/std, a bootstrap CI of the main metric, summed confusion matrix, per-class recall and
-    precision; and the predictions (with the column of the task's positive class when it has two)."""
-    per_fold = []
-    preds = {"fold": [], "row": [], "y": [], "proba": []}
-    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    index = {c: i for i, c in enumerate(classes)}
-    positive = spec.positive if len(classes) == 2 else None
-    for f, r in zip(folds, fold_results):
-        m = classification_metrics(y[f.test], r["proba"], classes, positive)
-        per_fold.append(m)
-        cm += np.asarray(m["confusion_matrix"], dtype=np.int64)
-        preds["fold"].append(np.full(len(f.test), f.index))
-        preds["row"].append(f.test)
-        preds["y"].append(np.array([index[v] for v in y[f.test]]))
-        preds["proba"].append(r["proba"].astype(np.float32))
-    arrays = {k: np.concatenate(v) for k, v in preds.items()}
-    if positive is not None:
-        arrays["positive"] = np.array(positive_index(classes, positive), dtype=np.int64)
-    lo, hi = (
-        bootstrap_ci(
-            np.asarray(classes, dtype=object)[arrays["y"]],
-            arrays["proba"],
-            classes,
-            spec.main_metric,
-            fold=arrays["fold"],
-            tile=arrays["row"],
-            n_boot=n_boot,
-            seed=seed,
-            positive=positive,
-        )
-        if n_boot > 0
-        else (math.nan, math.nan)
-    )
-    row = {
-        **base,
-        **fold_summary(per_fold),
-        "main_metric": spec.main_metric,
-        "ci_low": lo,
-        "ci_high": hi,
-        "train_seconds": float(np.mean([r["train_seconds"] for r in fold_results])),
-        "predict_seconds": float(np.mean([r.get("predict_seconds", math.nan) for r in fold_results])),
-        "n_train": int(round(np.mean([len(f.train) for f in folds]))),
-        "n_val": int(round(np.mean([len(f.val) for f in folds]))),
-        "n_test": int(round(np.mean([len(f.test) for f in folds]))),
-        "n_folds": len(folds),
-        "cv": plan.mode,
-        "fold_fingerprint": plan.fingerprint,
-        "classes": list(classes),
-        "positive": positive,
-        "confusion_matrix": cm.tolist(),
-        "per_class": per_class_summary(per_fold, classes),
-        "per_fold": [{k: m[k] for k in METRIC_NAMES} for m in per_fold],
-    }
-    return row, arrays
-
-
 def rank_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """Sort by task, then the task's main metric (best first), and number the rows per task (K-shot rows: per task and K, after the normal rows)."""
     if rows.empty:
@@ -376,7 +216,7 @@ def task_plan(tiles: pd.DataFrame, task: str, n_folds: int, cv: str, seed: int, 
               positive: str | None = None) -> tuple[TaskSpec, np.ndarray, list[str], CVPlan]:
     """Resolve a task on a tile table: its spec (with the positive class of a two-class task: ``positive``, else the
     minority class of the folds' training rows), labels (object array, None = out), classes and folds."""
-    spec = resolve_task(tiles, task)
+    spec = resolve_task(tiles, task, PROXY_TASKS)
     y, classes = task_labels(tiles, spec, min_per_class=n_folds)
     plan = make_folds(tiles, y, n_folds=n_folds, cv=cv, seed=seed, exclude=exclude)
     y = y.astype(object).to_numpy()
@@ -391,7 +231,7 @@ def training_rows(plan: CVPlan) -> np.ndarray:
 
 def plan_positive(spec: TaskSpec, y: np.ndarray, classes: Sequence[str], plan: CVPlan, requested: str | None = None) -> TaskSpec:
     """``spec`` with its positive class: ``requested`` (--positive), else the minority class of the rows the folds
-    train on (mito.tasks.choose_positive)."""
+    train on (mito.core.tasks.choose_positive)."""
     return with_positive(spec, y[training_rows(plan)], classes, requested)
 
 
@@ -441,14 +281,6 @@ def check_positive_agrees(task: str, ours: TaskSpec, info: Any, where: str) -> N
 def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     """Fit every (task, feature set, head, noise) on every fold in parallel and rank the rows."""
     from joblib import Parallel, delayed
-
-    from mito.cache import open_store
-
-    try:
-        from mito.heads import HEAD_NAMES, head_names
-    except ImportError as e:
-        raise BenchError(f"heads are not available: {e}") from None
-    from mito.bench.zeroshot import TEXT_HEADS, plan_text, text_head_params, zero_shot_rows
 
     heads = list(cfg.heads or [*HEAD_NAMES, *(TEXT_HEADS if cfg.zero_shot else ())])
     unknown = [h for h in heads if h not in head_names()]
@@ -514,10 +346,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     n_jobs = cfg.n_jobs or os.cpu_count() or 1
     options = fit_options(cfg, n_jobs)
     calls = (
-        delayed(_fit_one)(str(cfg.store), fs.keys, head, params, f, plans[t][1], plans[t][2], cfg.standardize, cfg.pca, **options)
+        delayed(fit_one)(str(cfg.store), fs.keys, head, params, f, plans[t][1], plans[t][2], cfg.standardize, cfg.pca, **options)
         for t, g, fs, head, nz, params, f in jobs
     )
-    results = _run_parallel(Parallel, calls, len(jobs), n_jobs, progress, "fitting heads")
+    results = run_parallel(Parallel, calls, len(jobs), n_jobs, progress, "fitting heads")
 
     grouped: dict[tuple[Any, ...], list[tuple[Fold, dict[str, Any]]]] = {}
     for (t, g, fs, head, nz, params, f), r in zip(jobs, results):
@@ -546,14 +378,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
         score_calls.append(
             delayed(score_row)(base, spec, plan, y, classes, [r for _, r in items], [f for f, _ in items], cfg.n_boot, cfg.seed)
         )
-    scored = _run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring rows")
+    scored = run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring rows")
     if cfg.cv == LEAVE_GROUP_OUT and text.texts:  # zero-shot rows are scored on the in-domain folds only
         text.skipped.append("no zero-shot rows with --cv leave-group-out (they are scored on in-domain folds); the text-linear head's shift rows are kept")
     scored += zero_shot_rows(text, str(cfg.store), {} if cfg.cv == LEAVE_GROUP_OUT else plans, cfg.n_boot, cfg.seed)
     rows, preds, few_meta = [r for r, _ in scored], {r["row_id"]: a for r, a in scored}, None
     if cfg.few_shot and any(k != "all" for k in cfg.few_shot):
-        from mito.bench.fewshot import fewshot_rows
-
         few, few_preds, few_meta = fewshot_rows(cfg, plans, sets, heads, noises, n_jobs, options, progress, text)
         rows, preds = rows + few, {**preds, **few_preds}
     lb = Leaderboard(
@@ -594,7 +424,7 @@ def positive_meta(spec: TaskSpec) -> dict[str, Any]:
 def resolve_positives(plans: dict[str, Any], requested: str | None) -> None:
     """Give each planned task its positive class (in place): ``requested`` (--positive) for the two-class tasks that
     have that class, the minority class of the training rows for the others. With one task a class that is not
-    its own is refused (mito.tasks.choose_positive); with several, a class no two-class task has."""
+    its own is refused (mito.core.tasks.choose_positive); with several, a class no two-class task has."""
     binary = {t: p for t, p in plans.items() if len(p[2]) == 2}
     if requested is not None and len(plans) > 1 and not any(requested in p[2] for p in binary.values()):
         have = "; ".join(f"{t}: {', '.join(p[2])}" for t, p in binary.items()) or "none has two classes"
@@ -604,62 +434,9 @@ def resolve_positives(plans: dict[str, Any], requested: str | None) -> None:
         plans[t] = (plan_positive(spec, y, classes, plan, ask), y, classes, plan)
 
 
-def _run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, progress: bool, what: str) -> list[Any]:
-    """Run joblib calls keeping their order, with a rich progress bar. On Ctrl-C, SIGTERM or a failed job, no
-    worker outlives the call: the workers ignore those signals (the parent decides) and are killed here."""
-    import time
-
-    from mito.progress import add_task, advance, progress_bar
-
-    calls = list(calls)
-    gen: Iterable[Any] | None = None
-    out = []
-    try:
-        if n_jobs == 1:
-            gen = (fn(*a, **kw) for fn, a, kw in calls)
-        else:
-            from joblib.parallel import LokyBackend
-
-            from mito.interrupts import ignore_in_worker, spawning_workers, start_quiet_resource_tracker
-
-            start_quiet_resource_tracker()
-            with spawning_workers():  # the workers (and loky's threads that start more) inherit the blocked signals
-                backend = LokyBackend(initializer=ignore_in_worker, initargs=(os.getpid(),))
-                gen = Parallel(n_jobs=n_jobs, return_as="generator", backend=backend)(calls)
-        with progress_bar(unit="jobs", enabled=progress) as bar:
-            tid, t0 = add_task(bar, what, total), time.perf_counter()
-            for r in gen:
-                out.append(r)
-                advance(bar, tid, 1, t0, len(out))
-    except BaseException:
-        if n_jobs != 1:
-            stop_workers(gen)
-        raise
-    return out
-
-
-fit_one, run_parallel = _fit_one, _run_parallel  # public names for mito.bench.fewshot
-
-
-def stop_workers(gen: Any) -> None:
-    """Kill the loky workers still running ``gen``'s jobs and wait for them (seconds, not their jobs' minutes).
-
-    Closing joblib's generator aborts its run, which kills the workers (SIGKILL) and joins them; joblib's note that
-    the generator was left early is not news here."""
-    import warnings
-
-    if gen is None or not hasattr(gen, "close"):
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gen.close()
-
-
 def sigterm_as_interrupt() -> Any:
     """Within the block, SIGTERM (like Ctrl-C) raises KeyboardInterrupt once, so an interrupted run cleans up (workers,
-    temporary folders) and a second signal cannot cut that short (see :mod:`mito.interrupts`; the CLI does this)."""
-    from mito.interrupts import handle_signals
-
+    temporary folders) and a second signal cannot cut that short (see :mod:`mito.core.interrupts`; the CLI does this)."""
     return handle_signals()
 
 
@@ -749,71 +526,3 @@ def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:
     preds = {**b.predictions, **a.predictions}
     cfg = a.meta.get("config") or {}
     return Leaderboard(add_paired_columns(rank_rows(rows), preds, int(cfg.get("n_boot", 1000)), int(cfg.get("seed", 0))), preds, meta)
-
-
-def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = False) -> Any:
-    """The best rows of each task as a table that fits the terminal (main metric ± std over folds, its 95% CI, the
-    paired test against #1, ...): numbers are never cut; at a narrow width the least important columns are left out
-    and named under it. ``compact`` leaves out the secondary columns (CI, Δ, ECE, kappa, wF1, train/test) at any width."""
-    from mito.tables import Col, FitTable, number, seconds
-
-    many_tasks = rows["task"].nunique() > 1
-    noisy = bool((rows["noise"].fillna(0) != 0).any())
-    main = rows["main_metric"].iloc[0] if len(rows) and rows["main_metric"].nunique() == 1 else "main metric"
-    short = {"balanced_accuracy": "bal acc", "weighted_f1": "wF1", "auroc": "AUROC", "pr_auc": "PR-AUC"}.get(main, main)
-    shifted = "held_out" in rows and bool((rows["held_out"].fillna("") != "").any())
-    # (key, column): drop 0 = always shown; at a short width the highest drop goes first
-    cols = [("rank", Col("#")), *([("task", Col("task", "left", fold=7))] if many_tasks else []),
-            ("backbone", Col("backbone", "left", fold=10)), ("features", Col("features", "left", fold=8)), ("head", Col("head", "left", fold=6)),
-            *([("noise", Col("noise", drop=4))] if noisy else []),
-            *([("_held", Col("tested on", "left", fold=9)), ("_gap", Col("gap", drop=1))] if shifted else []),
-            ("_main", Col(short)), ("_ci", Col("95% CI", drop=8)), ("_delta", Col("Δ #1", drop=7)), ("_p", Col("p vs #1", drop=2)),
-            ("auroc", Col("AUROC", drop=5)), ("ece", Col("ECE", drop=9)), ("kappa", Col("kappa", drop=10)), ("weighted_f1", Col("wF1", drop=11)),
-            ("train_seconds", Col("train s", drop=6)), ("_n", Col("train/test", drop=12))]
-    if "p_vs_best" not in rows:
-        cols = [c for c in cols if c[0] not in ("_delta", "_p")]
-    if "ece" not in rows:
-        cols = [c for c in cols if c[0] != "ece"]
-    one_backbone = rows["backbone"].nunique() == 1 and len(rows)
-    if one_backbone:  # said once in the title, not on every row
-        cols = [c for c in cols if c[0] != "backbone"]
-    hidden = [c.header for k, c in cols if compact and k in COMPACT_HIDDEN]
-    cols = [(k, c) for k, c in cols if not (compact and k in COMPACT_HIDDEN)]
-    if "shots" in rows:  # K-shot rows are shown as learning curves (mito.bench.fewshot.curve_rich_table)
-        rows = rows[rows["shots"].astype(str).isin(["all", "", "nan", "None"])]
-    shown = rows if top is None else rows[rows["rank"] <= top]
-    body = []
-    for _, r in shown.iterrows():
-        m = r["main_metric"]
-        std = r.get(f"{m}_std", math.nan)
-        cells = {
-            "rank": str(r["rank"]),
-            "_main": number(r[m]) + ("" if std is None or math.isnan(std) else f"±{number(std)}"),
-            "_ci": "" if math.isnan(r.get("ci_low", math.nan)) else f"{number(r['ci_low'])}-{number(r['ci_high'])}",
-            "_n": f"{r['n_train']}/{r['n_test']}",
-            "train_seconds": seconds(r["train_seconds"]),
-            "noise": f"{r['noise']:g}",
-            **paired_cells(r),
-            "_held": str(r.get("held_out") or "in-domain"),
-            "_gap": "" if not isinstance(r.get("gap"), float) or math.isnan(r["gap"]) else number(r["gap"], signed=True),
-        }
-        body.append([cells[k] if k in cells else (number(r[k]) if k in (*METRIC_NAMES, *CALIBRATION_NAMES) else str(r[k])) for k, _ in cols])
-    title = f"leaderboard (ranked by {main})" + (f"; backbone {rows['backbone'].iloc[0]}" if one_backbone else "")
-    return FitTable([c for _, c in cols], body, title=title, see="see leaderboard.csv", hidden=hidden)
-
-
-COMPACT_HIDDEN = ("_ci", "kappa", "weighted_f1", "_n", "_delta", "ece")
-
-
-def paired_cells(r: Any) -> dict[str, str]:
-    """Table cells of a row's paired comparison with its task's best row: Δ and Holm-adjusted p, '(tie)' when not worse at 0.05."""
-    from mito.tables import number, p_value
-
-    delta, p = r.get("delta_vs_best", math.nan), r.get("p_vs_best", math.nan)
-    if r.get("rank") == 1:
-        return {"_delta": "", "_p": "best"}
-    if delta is None or (isinstance(delta, float) and math.isnan(delta)):
-        return {"_delta": "", "_p": "n/a"}
-    tie = " (tie)" if r.get("tied_with_best") in (True,) else ""  # numpy or Python bool; None and NaN are not ties
-    partial = "†" if str(r.get("paired_note") or "").startswith(PARTIAL_FOLDS) else ""  # compared on the folds both rows scored
-    return {"_delta": number(delta, signed=True) + partial, "_p": ("" if p is None or math.isnan(p) else p_value(p)) + tie + partial}

@@ -7,13 +7,18 @@ import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from mito.bench.cv import make_folds
 from mito.bench.errors import BenchError
-from mito.bench.leaderboard import Leaderboard, describe_keys, rank_rows, row_id, score_row
-from mito.progress import add_task, progress_bar
-from mito.tasks import TaskSpec
+from mito.bench.leaderboard import Leaderboard, positive_meta, rank_rows, training_rows
+from mito.bench.rows import describe_keys, row_id, score_row
+from mito.heads import BagReader, bag_table, default_features, left_out, make_bags, make_mil_head, mil_head_names
+from mito.heads.slide import bag_positive
+from mito.store import open_store
+from mito.core.progress import add_task, progress_bar
+from mito.core.tasks import TaskSpec
 
 DEFAULT_SLIDE_HEADS = ("mean-linear", "abmil")
 
@@ -39,11 +44,6 @@ class SlideBenchConfig(BaseModel):
 
 def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard:
     """Fit every slide-level head on every fold of bags (stratified group k-fold) and rank them like tile heads."""
-    from mito.cache import open_store
-    from mito.bench.leaderboard import positive_meta, training_rows
-    from mito.heads import BagReader, bag_table, default_features, left_out, make_bags, make_mil_head, mil_head_names
-    from mito.heads.slide import bag_positive
-
     unknown = [h for h in cfg.heads if h not in mil_head_names()]
     if unknown:
         raise BenchError(f"unknown slide-level head {unknown[0]!r}; use {', '.join(mil_head_names())}")
@@ -98,48 +98,4 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
             "config": cfg.model_dump(),
             "tile_ids": bags.names.tolist(),
         }
-    import pandas as pd
-
     return Leaderboard(rank_rows(pd.DataFrame(rows)), preds, meta)
-
-
-def slide_bench_cli(console: Any, *, store: str, out: Any, task: str | None, features: list[str], heads: list[str],
-                    params: dict[str, dict[str, Any]], folds: int, seed: int, n_boot: int, bag_column: str | None,
-                    bag_label: str | None, group_column: str | None, overwrite: bool, top: int, ignored: dict[str, Any],
-                    positive: str | None = None) -> None:
-    """`mito bench --level slide`: check options, rank the slide heads, write the leaderboard folder and report, print it."""
-    from pydantic import ValidationError
-
-    from mito.bench.leaderboard import is_run_folder, leaderboard_table, save_leaderboard, task_positive_lines
-    from mito.bench.report import build_report
-    from mito.heads import refuse_ignored
-    from mito.io import atomic_dir, check_output_dir
-    from mito.validation import one_line
-
-    refuse_ignored(ignored)
-    if task is None:
-        raise BenchError("--level slide needs --task (the bag label column, or the tile label with --bag-label any:VALUE)")
-    check_output_dir(out, overwrite, is_ours=is_run_folder, protect=(store,), what="bench folder")
-    try:
-        cfg = SlideBenchConfig(store=store, task=task, features=features, heads=heads or list(DEFAULT_SLIDE_HEADS), head_params=params,
-                               bag_column=bag_column, bag_label=bag_label, group_column=group_column, n_folds=folds, seed=seed, n_boot=n_boot,
-                               positive=positive)
-    except ValidationError as e:
-        raise BenchError(one_line(e)) from None
-    lb = run_slide_bench(cfg)
-
-    def fill(tmp: Any) -> None:
-        save_leaderboard(lb, tmp)
-        build_report(tmp)
-
-    atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
-    t = lb.meta["tasks"][lb.rows["task"].iat[0]]
-    console.print(f"{t['description']}; {t['cv_description']}", highlight=False, markup=False)
-    for line in task_positive_lines(lb.meta):
-        console.print(line, highlight=False, markup=False)
-    if t.get("left_out"):
-        from mito.heads import left_out_line
-
-        console.print(left_out_line(t["left_out"]), style="yellow", highlight=False, markup=False)
-    console.print(leaderboard_table(lb.rows, top=top))
-    console.print(f"wrote {out}/leaderboard.csv, leaderboard.json and report.html", highlight=False, markup=False)

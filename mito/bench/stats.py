@@ -1,7 +1,7 @@
 """Paired comparisons of leaderboard rows: paired bootstrap, DeLong's test, Holm's adjustment, Friedman + Nemenyi.
 
 scipy has the Friedman test and the studentized range; the paired bootstrap reuses the resampling of
-:func:`mito.metrics.bootstrap_replicates`; DeLong (fast algorithm of Sun & Xu 2014) and Holm are written here
+:func:`mito.core.metrics.bootstrap_replicates`; DeLong (fast algorithm of Sun & Xu 2014) and Holm are written here
 and tested against brute force and published values.
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 from scipy import stats as sps
 
 from mito.bench.errors import BenchError
-from mito.metrics import bootstrap_replicates, metric_score
+from mito.core.metrics import METRIC_NAMES, bootstrap_replicates, metric_score
+from mito.core.tasks import POSITIVE_LEGACY
 
 
 # ------------------------------------------------------------------ paired bootstrap
@@ -87,7 +88,7 @@ def paired_bootstrap(
     """Paired bootstrap of metric(a) - metric(b): both rows are scored on the SAME resampled tiles in each replicate.
 
     ``y`` (class labels or indices), ``fold`` and ``tile`` are shared by both rows, row i of ``proba_a`` and of
-    ``proba_b`` predicting the same tile in the same fold; folds are handled as by :func:`mito.metrics.bootstrap_ci`
+    ``proba_b`` predicting the same tile in the same fold; folds are handled as by :func:`mito.core.metrics.bootstrap_ci`
     (metric per fold, averaged; a tile in several folds drawn once per replicate). Two classes: column ``positive``
     of the probabilities is the positive class (PR-AUC).
     """
@@ -490,8 +491,6 @@ def find_row(rows: Any, ref: str, task: str | None = None) -> Any:
 
 def compare_rows(lb: Any, ref_a: str, ref_b: str, task: str | None = None, n_boot: int | None = None, seed: int | None = None) -> tuple[Any, Any, Comparison]:
     """Two rows of a leaderboard compared in full on every metric (row a minus row b), with the run's n_boot and seed by default."""
-    from mito.metrics import METRIC_NAMES
-
     a, b = find_row(lb.rows, ref_a, task), find_row(lb.rows, ref_b, task)
     if a["task"] != b["task"]:
         raise BenchError(f"the rows belong to different tasks ({a['task']} and {b['task']}); compare rows of one task")
@@ -513,54 +512,9 @@ def compare_rows(lb: Any, ref_a: str, ref_b: str, task: str | None = None, n_boo
     return a, b, comp
 
 
-def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]:
-    """Rich renderables describing one paired comparison (what is compared, a table per metric, DeLong's test)."""
-    from rich.text import Text
-
-    from mito.tables import Col, FitTable, number, p_value
-
-    def label(r: Any) -> str:
-        group = row_group(r)
-        return (f"#{r['rank']} {r['backbone']} {r['features']} {r['head']}" + (f" noise={r['noise']:g}" if r.get("noise") else "")
-                + (f" ({group})" if group else "") + f" [{r['row_id']}]")
-
-    head = (
-        f"task {a['task']}: A = {label(a)}\n            B = {label(b)}\n"
-        f"{comp.n_tiles} test tiles, {comp.n_folds} folds ({comp.n_predictions} predictions){'; ' + cv if cv else ''}\n"
-        f"paired bootstrap: {next(iter(comp.paired.values())).n_boot} replicates, the same resampled tiles for both rows; "
-        "metric per fold, averaged over folds; 95% percentile interval; two-sided p (not adjusted)"
-    )
-    def fmt(v: Any) -> str:
-        return number(v, 4)
-
-    body = []
-    for m, r in comp.paired.items():
-        va, vb = (r.value_a, r.value_b) if comp.folds_note else (a.get(m), b.get(m))  # on the folds both scored
-        body.append([m + (" *" if m == a["main_metric"] else ""), fmt(va), fmt(vb), number(r.delta, 4, signed=True),
-                     f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", p_value(r.p_value, 4)])
-    cols = [Col("metric", "left", fold=10), Col("A"), Col("B"), Col("A - B"), Col("95% CI"), Col("p")]
-    t = FitTable(cols, body, title="A - B", wrap=True)
-    out: list[Any] = [Text(head), t, Text("* main metric of the task")]
-    positive = positive_name(a, comp.positive)
-    if positive is not None:
-        out.append(Text(positive))
-    if comp.delong is not None:
-        d = comp.delong
-        out.append(Text(
-            f"DeLong's test (AUROC, {d.n_pos} positive / {d.n_neg} negative test cases): AUC A {d.auc_a:.4f}, B {d.auc_b:.4f}, "
-            f"A - B {d.delta:+.4f} (se {d.se:.4f}), z = {d.z:.3f}, p = {d.p_value:.4g}"
-        ))
-    for note in (comp.folds_note, comp.note):
-        if note:
-            out.append(Text(note))
-    return out
-
-
 def positive_name(row: Any, column: int | None) -> str | None:
     """'positive class: Atypical (...)' for a two-class row: its recorded positive class, or for a row of an older
     folder the class in ``column`` (the second), said so; None when multi-class."""
-    from mito.tasks import POSITIVE_LEGACY
-
     if column is None:
         return None
     pos = row.get("positive")

@@ -11,6 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from mito.backbones import create_backbone, get_backbone, resolve_weights
+from mito.backbones.registry import RANDOM_SHA, file_sha256, weights_help
+from mito.backbones.vlm import is_vlm, vlm_names
+from mito.bench.rows import describe_keys, row_id, score_row
+from mito.core.errors import MitoError
+from mito.heads.zeroshot import cache_path, load_prompts, pick_variant, read_text_embeddings, text_embeddings, zero_shot_proba
+from mito.store import open_store
+
 TEXT_HEADS = ("text-linear",)
 ZERO_SHOT = "zero-shot"
 
@@ -34,18 +42,6 @@ def plan_text(store: str, prompts_file: str | None, complete: Sequence[str], var
         if any(h in TEXT_HEADS for h in heads):
             plan.skipped.append("text-linear skipped: it needs class prompts, give --zero-shot PROMPTS.json")
         return plan
-    from mito.errors import MitoError
-    from mito.extract.backbones import create_backbone, get_backbone, resolve_weights
-    from mito.extract.backbones.registry import RANDOM_SHA, file_sha256, weights_help
-    from mito.extract.backbones.vlm import is_vlm, vlm_names
-    from mito.heads.zeroshot import (
-        cache_path,
-        load_prompts,
-        pick_variant,
-        read_text_embeddings,
-        text_embeddings,
-    )
-
     prompts = load_prompts(prompts_file)
     backbones = []
     for k in complete:
@@ -93,10 +89,6 @@ def text_head_params(head: str, backbone: str, params: dict[str, Any], plan: Tex
 
 def zero_shot_rows(plan: TextPlan, store: str, plans: dict[str, Any], n_boot: int, seed: int) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
     """Score each fold's test tiles with each VLM backbone's prompts: (row, arrays) as score_row gives for the head rows."""
-    from mito.bench.leaderboard import describe_keys, row_id, score_row
-    from mito.cache import open_store
-    from mito.heads.zeroshot import zero_shot_proba
-
     out = []
     for bb, te in plan.texts.items():
         key = plan.keys[bb]

@@ -1,17 +1,5 @@
-"""Tile sources, zoom/colour variants, the backbone registry and the extractor."""
+"""Tile sources, zoom/colour variants and the extractor (backbones: mito.backbones; slide reading: mito.wsi)."""
 
-from mito.extract.backbones import (
-    BackboneSpec,
-    Encoder,
-    WeightsSource,
-    available,
-    create_backbone,
-    get_backbone,
-    list_backbones,
-    register,
-    resolve_weights,
-    spec_summary,
-)
 from mito.extract.errors import ExtractError
 from mito.extract.extractor import ExtractConfig, extract, pick_device
 from mito.extract.grow import growth_lines
@@ -22,23 +10,13 @@ __all__ = [
     "COLORS",
     "FITS",
     "PAD_MODES",
-    "BackboneSpec",
-    "Encoder",
     "ExtractConfig",
     "ExtractError",
     "Preprocess",
     "TileSource",
-    "WeightsSource",
-    "available",
-    "create_backbone",
     "extract",
-    "get_backbone",
     "growth_lines",
-    "list_backbones",
     "open_source",
     "pick_device",
     "preprocess",
-    "register",
-    "resolve_weights",
-    "spec_summary",
 ]

@@ -1,4 +1,4 @@
-"""Augmented views of a tile (``mito extract --augment hed:4,flip``) and the haematoxylin colour mode.
+"""Augmented views of a tile (``mito extract --augment hed:4,flip``).
 
 Each view is stored as its own variant array with the same rows as the tile table (key ``<variant>:<view>``,
 e.g. ``efficientnet_lite0:z1:rgb:hed0``), so heads can sample a tile's views in feature space.
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mito.extract.colors import skimage_color
 from mito.extract.errors import ExtractError
 
 GEOMETRIC = ("flip", "vflip", "rot90")
@@ -80,34 +81,15 @@ def tile_rng(seed: int, tile_id: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), *words, int(index)])
 
 
-def _skimage_color():  # noqa: ANN202 - the module
-    try:
-        from skimage import color
-    except ImportError:
-        raise ExtractError("HED views and --colors hema need scikit-image: pip install scikit-image") from None
-    return color
-
-
 def hed_jitter(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """uint8 HxWx3 -> uint8 HxWx3 with each HED stain channel scaled by U(1-s, 1+s) and shifted by U(-s, s)."""
-    color = _skimage_color()
+    color = skimage_color()
     alpha = rng.uniform(1 - strength, 1 + strength, 3)
     beta = rng.uniform(-strength, strength, 3)
     hed = color.rgb2hed(img)
     # scikit-image >= 0.19 divides optical densities by -log(1e-6); Tellez's beta is in optical density units
     rgb = color.hed2rgb(hed * alpha + beta / OD_SCALE)
     return np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
-
-
-def to_hema(img: np.ndarray) -> np.ndarray:
-    """The haematoxylin channel from colour deconvolution, rendered as its RGB image, as luminance x3 (like gray)."""
-    from mito.extract.variants import to_gray
-
-    color = _skimage_color()
-    hed = color.rgb2hed(img)
-    hed[..., 1:] = 0
-    h = np.clip(np.rint(color.hed2rgb(hed) * 255), 0, 255).astype(np.uint8)
-    return to_gray(h)
 
 
 def apply_view(img: np.ndarray, view: View, seed: int, tile_id: str) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The extractor's user-facing error."""
 
-from mito.errors import MitoError
+from mito.core.errors import MitoError
 
 
 class ExtractError(MitoError):

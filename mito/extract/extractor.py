@@ -20,8 +20,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch.utils.data import DataLoader, Dataset
 
-import mito
-from mito.cache import (
+from mito.core.version import __version__
+from mito.store import (
     DEFAULT_CHUNK_ROWS,
     Store,
     StoreError,
@@ -32,20 +32,20 @@ from mito.cache import (
     store_exists,
     store_format,
 )
-from mito.errors import Interrupted
+from mito.core.errors import Interrupted
 from mito.extract import distributed
 from mito.extract.augment import View, apply_view, parse_augment
-from mito.extract.backbones import BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
-from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
+from mito.backbones import BackboneError, BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
+from mito.backbones.registry import RANDOM_SHA, file_sha256
 from mito.extract.errors import ExtractError
 from mito.extract.grow import Growth, grow_store
 from mito.extract.slide_tiles import close_handles, options_from, record_slides, slide_tiling
 from mito.extract.sources import TileSource, describe_sample, open_source, stratified_sample
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
-from mito.io import containing_artifact
-from mito.progress import add_task, advance, group_progress, progress_bar, status
-from mito.resources import available_memory, tune_cpu_allocator
-from mito.wording import counted
+from mito.core.io import containing_artifact
+from mito.core.progress import add_task, advance, group_progress, progress_bar, status
+from mito.core.resources import available_memory, tune_cpu_allocator
+from mito.core.wording import counted
 
 MAX_ZOOM = 64.0
 MAX_CHUNK_ROWS = 1 << 20
@@ -174,7 +174,7 @@ class ExtractConfig(BaseModel):
         for b in self.backbones:
             try:
                 specs.append(get_backbone(b))
-            except ExtractError:  # reported later, with the known names
+            except BackboneError:  # reported later, with the known names
                 pass
         n_var = len(self.zooms) * (len(self.colors) + len(set(self.colors) & set(self.augment_colors)) * len(parse_augment(self.augment)))
         dims = sum(sp.embed_dim for sp in specs) * n_var
@@ -340,7 +340,7 @@ def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, sourc
         "tile_size": source.tile_size,
         # micron tiles only: level-0 crops at points compare with crops, as they always did
         **({"slide_tiling": slide_tiling(source.slides["opts"])} if source.slides is not None and source.slides["opts"].mpp is not None else {}),
-        "versions": {"mito": mito.__version__, "timm": timm.__version__, "torch": torch.__version__},
+        "versions": {"mito": __version__, "timm": timm.__version__, "torch": torch.__version__},
     }
 
 
@@ -352,7 +352,7 @@ def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True, s
     meta = {
         "source": {"path": source.root, "kind": source.kind, "points": cfg.points, "tile_size": source.tile_size},
         "tasks": [cfg.task or "label"] if (cfg.task or "label") in tiles else [],
-        "versions": {"mito": mito.__version__, "torch": torch.__version__},
+        "versions": {"mito": __version__, "torch": torch.__version__},
         **({"sample": sample} if sample is not None else {}),
     }
     if store_exists(cfg.store):

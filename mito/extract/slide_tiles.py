@@ -1,11 +1,7 @@
-"""Slides as a dataset: tissue masks, a micron-defined tile grid (or points), annotations and context views.
+"""Slides as a dataset: a micron-defined tile grid over tissue (or points), annotations and context views.
 
-Tissue mask (documented, deliberately simple): a thumbnail is converted to HSV; pixels whose saturation is
-above Otsu's threshold clipped into 20..40 /255 (never lower, so blank glass is not split into noise; never
-higher, so a slide that is all tissue is not split into pale and dark tissue) and whose value is above
-30/255 (black pen, dust, scanner borders) are tissue; the mask is opened once, holes are filled and
-specks smaller than 0.05% of the thumbnail are dropped. A grid tile is kept when at least ``min_tissue`` of
-the mask pixels under its box are tissue.
+A grid tile is kept when at least ``min_tissue`` of the tissue-mask pixels under its box are tissue (the mask:
+mito.wsi.tissue).
 """
 
 from __future__ import annotations
@@ -25,7 +21,9 @@ import pandas as pd
 from PIL import Image
 
 from mito.extract.errors import ExtractError
-from mito.extract.slides import (
+from mito.extract.manifests import read_path_manifest, read_points
+from mito.wsi.tissue import mask_downsample, mask_geojson, tissue_fraction, tissue_mask
+from mito.wsi.reader import (
     WSI_EXTS,
     Slide,
     SlideReadError,
@@ -39,10 +37,11 @@ from mito.extract.slides import (
     stem,
     thumbnail,
 )
+from mito.core.io import json_default, write_json
+from mito.core.progress import add_task, progress_bar
+from mito.core.progress import progress_bar
+from mito.core.resources import available_memory
 
-SAT_MIN, SAT_MAX = 20.0, 40.0  # Otsu's saturation threshold is clipped into this range (0..255)
-MASK_TILE_PX = 16  # a tile spans at least this many mask pixels (when the slide allows)
-MASK_MAX_SIDE = 8192
 MAX_TILE_PX = 16384  # as ExtractConfig's tile_size
 OPEN_SLIDES = 4  # handles kept open per DataLoader worker
 MAX_UPSAMPLE = 4.0  # --mpp may be at most this many times finer than a slide's level 0 (beyond: tiles of blur)
@@ -111,7 +110,6 @@ def options_from(
 
 def check_view_memory(tile_px: int, zooms: list[float], workers: int = 1) -> None:
     """Refuse a widest view (tile_px / min zoom, RGB uint8, one per worker) that needs more than half the free memory."""
-    from mito.resources import available_memory
 
     free = available_memory()
     side = math.ceil(tile_px / min([*zooms, 1.0]))
@@ -121,88 +119,6 @@ def check_view_memory(tile_px: int, zooms: list[float], workers: int = 1) -> Non
             f"a {side} x {side} px view (tile {tile_px} px at zoom {min([*zooms, 1.0]):g}) x {max(1, workers)} worker(s) needs "
             f"{need / 2**30:.1f} GiB, more than half the {free / 2**30:.1f} GiB available: use smaller tiles or zooms nearer 1"
         )
-
-
-# ---------------------------------------------------------------- tissue
-
-
-def otsu(values: np.ndarray) -> float:
-    """Otsu's threshold of uint8 values (between-class variance maximised over the 256-bin histogram)."""
-    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
-    total = hist.sum()
-    if total == 0:
-        return 0.0
-    w0 = np.cumsum(hist)
-    m0 = np.cumsum(hist * np.arange(256))
-    w1 = total - w0
-    mean0 = np.divide(m0, w0, out=np.zeros(256), where=w0 > 0)
-    mean1 = np.divide(m0[-1] - m0, w1, out=np.zeros(256), where=w1 > 0)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(np.argmax(between))
-
-
-def tissue_mask(thumb: np.ndarray) -> np.ndarray:
-    """Boolean tissue mask of an RGB thumbnail (see the module docstring for the recipe)."""
-    from scipy import ndimage
-
-    hsv = np.asarray(Image.fromarray(thumb).convert("HSV"))
-    sat, val = hsv[..., 1], hsv[..., 2]
-    t = min(max(otsu(sat), SAT_MIN), SAT_MAX)
-    mask = (sat > t) & (val > 30)
-    mask = ndimage.binary_opening(mask, iterations=1)
-    mask = ndimage.binary_fill_holes(mask)
-    labels, n = ndimage.label(mask)
-    if n:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < max(4, 0.0005 * mask.size)
-        small[0] = False
-        mask[small[labels]] = False
-    return mask
-
-
-def mask_downsample(slide: Slide, tile_side0: float) -> float:
-    """Level-0 pixels per mask pixel: tiles span >= MASK_TILE_PX mask pixels, the mask stays <= MASK_MAX_SIDE."""
-    big = max(slide.dimensions)
-    return max(1.0, min(tile_side0 / MASK_TILE_PX, big / 1024), big / MASK_MAX_SIDE)
-
-
-def mask_geojson(mask: np.ndarray, downsample: float, name: str) -> dict[str, Any]:
-    """The mask as a GeoJSON FeatureCollection of tissue polygons (with holes) in level-0 pixels."""
-    import contourpy
-
-    z = np.pad(mask.astype(np.float64), 1)
-    gen = contourpy.contour_generator(z=z, fill_type=contourpy.FillType.OuterOffset)
-    points, offsets = gen.filled(0.5, 1.5)
-    polys = []
-    for pts, offs in zip(points, offsets):
-        rings = []
-        for a, b in itertools.pairwise(offs):
-            ring = (pts[a:b] - 1 + 0.5) * downsample  # mask pixel centres -> level-0 pixels
-            rings.append(np.round(ring, 1).tolist())
-        polys.append(rings)
-    return {
-        "type": "FeatureCollection",
-        "features": [
-            {
-                "type": "Feature",
-                "geometry": {"type": "MultiPolygon", "coordinates": polys},
-                "properties": {"objectType": "annotation", "name": f"tissue {name}", "classification": {"name": "Tissue"}},
-            }
-        ],
-    }
-
-
-def tissue_fraction(mask: np.ndarray, downsample: float, boxes: np.ndarray) -> np.ndarray:
-    """Share of mask pixels (by centre) inside each level-0 box (N x 4: x0, y0, x1, y1) that are tissue."""
-    ii = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    h, w = mask.shape
-    c0 = np.clip(np.ceil(boxes[:, 0] / downsample - 0.5), 0, w).astype(int)
-    c1 = np.clip(np.ceil(boxes[:, 2] / downsample - 0.5), 0, w).astype(int)
-    r0 = np.clip(np.ceil(boxes[:, 1] / downsample - 0.5), 0, h).astype(int)
-    r1 = np.clip(np.ceil(boxes[:, 3] / downsample - 0.5), 0, h).astype(int)
-    n = (c1 - c0) * (r1 - r0)
-    s = ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]
-    return np.where(n > 0, s / np.maximum(n, 1), 0.0)
 
 
 # ---------------------------------------------------------------- annotations
@@ -334,8 +250,6 @@ def _list_slides(path: Path) -> pd.DataFrame:
             raise ExtractError(f"no slides ({', '.join(WSI_EXTS)}) in {path}")
         return pd.DataFrame({"path": [os.path.abspath(f) for f in files]})
     if path.suffix.lower() == ".csv":
-        from mito.extract.sources import read_path_manifest  # sources calls into this module
-
         df, _ = read_path_manifest(path, "slide manifest", "slides")
         if "mpp" in df and not pd.api.types.is_numeric_dtype(df["mpp"]):
             raise ExtractError(f"the mpp column of {path} must hold numbers (empty where the slide knows its own)")
@@ -427,7 +341,6 @@ class _TissueLine:
     def for_slide(self, name: str) -> Callable[[int, int], None] | None:
         import time
 
-        from mito.progress import add_task, progress_bar
 
         if not self.enabled:
             return None
@@ -456,7 +369,6 @@ def build_slide_table(
     path: Path, opts: SlideOptions, points: pd.DataFrame | None = None, progress: bool = True
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The tile table of every readable slide, and what to record: per-slide records, skipped slides, masks."""
-    from mito.progress import progress_bar
 
     slides = list_slides(path)
     if points is not None and len(slides) != 1:
@@ -608,8 +520,6 @@ def slide_source(
     """(tile table, {"opts", "info"}) for a slide dataset, or for one slide with a points CSV of level-0 centres."""
     pts = None
     if points is not None:
-        from mito.extract.sources import read_points  # sources calls into this module
-
         if path.is_dir() or path.suffix.lower() == ".csv":
             raise ExtractError(f"--points needs a slide image, but {path} is a folder or manifest")
         pts = read_points(points)
@@ -635,7 +545,6 @@ MASK_SUFFIX = ".tissue.geojson"
 def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
     """Write the per-slide records and skipped slides into the store, and each tissue mask as GeoJSON beside it
     (<store>.slides/<slide>.tissue.geojson; slides whose names collide get distinct files, see slide_file_stems)."""
-    from mito.io import json_default, write_json
 
     now = {r["slide"] for r in info["slides"]}
     held = set(store.tiles["slide"]) if "slide" in store.tiles else set()

@@ -17,7 +17,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from mito.datasets import amibr
 from mito.extract.errors import ExtractError
+from mito.extract.manifests import read_path_manifest
+from mito.extract.slide_tiles import SlideOptions, read_views, slide_source
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 SLIDE_EXTS = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff", ".btf")
@@ -70,7 +73,7 @@ def centre_crop(img: np.ndarray, side: int) -> np.ndarray:
 class TileSource:
     """Tiles to embed: a table plus a reader of square regions centred on each tile."""
 
-    kind: str  # folder | manifest | slides (whole slides or points on one, read by mito.extract.slides)
+    kind: str  # folder | manifest | slides (whole slides or points on one, read by mito.wsi.reader)
     root: str
     tiles: pd.DataFrame
     tile_size: int | None = None  # points without --mpp: the tile side in level-0 pixels
@@ -96,8 +99,6 @@ class TileSource:
 
     def read_views(self, i: int, zooms: list[float]) -> list[np.ndarray]:
         """Kind "slides": one tile_px image per zoom, each read from the pyramid level that fits it."""
-        from mito.extract.slide_tiles import read_views
-
         return read_views(self, i, zooms)
 
 
@@ -138,78 +139,9 @@ def _folder(root: Path, task: str | None) -> tuple[pd.DataFrame, dict[str, str]]
         raise ExtractError(f"no images ({', '.join(IMAGE_EXTS)}) in {safe_text(str(root))}")
     df = pd.DataFrame(rows)
     labelled = df["label"].notna().any()
-    df = _join_known_metadata(root, df)
+    df = amibr.join_known_metadata(root, df)
     df = _finish(df, task, "label" if labelled else None) if labelled else _finish(df.drop(columns="label"), task, None)
     return df, fs_paths
-
-
-def _join_known_metadata(root: Path, df: pd.DataFrame) -> pd.DataFrame:
-    """AMi-Br layout: join slide, dataset, expert labels and the published split from amibr_train_split.csv."""
-    meta_csv = root / "amibr_train_split.csv"
-    if not meta_csv.is_file():
-        return df
-    meta = pd.read_csv(meta_csv)
-    meta = meta.drop(columns=[c for c in meta.columns if c.startswith("Unnamed")])
-    meta["_stem"] = meta["dataset_uid"].astype(str).str.rsplit(".", n=1).str[0]
-    meta = meta.rename(columns={"x": "slide_x", "y": "slide_y"}).drop(columns=["final_label", "dataset_uid", "uid"], errors="ignore")
-    df["_stem"] = df["tile_id"].str.rsplit("/", n=1).str[-1].str.rsplit(".", n=1).str[0]
-    df = df.merge(meta, on="_stem", how="left", validate="one_to_one")
-    df["split"] = np.where(df["slide"].notna(), "train", "test")
-    df["dataset"] = df["dataset"].fillna(df["_stem"].str.split("_").str[0])
-    df["group"] = df["slide"].where(df["slide"].notna(), "unknown-slide:" + df["_stem"])
-    for c in ("expert1_atypical", "expert2_atypical", "expert3_atypical", "majority_atypical"):
-        if c in df:
-            df[c] = df[c].astype("boolean")
-    return df.drop(columns="_stem")
-
-
-def _check_manifest_rows(path: Path) -> None:
-    """Every row has as many fields as the header (pandas would silently turn extra fields into an index)."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                return
-            for row in reader:
-                if row and len(row) != len(header):
-                    raise ExtractError(
-                        f"manifest {path} line {reader.line_num}: {len(row)} fields, the header has {len(header)} "
-                        "(a stray comma? quote values that contain commas)"
-                    )
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise ExtractError(f"cannot parse manifest {path}: {str(e).splitlines()[0]}") from None
-
-
-def check_columns(columns: Any, where: str) -> None:
-    """Refuse, before any work, CSV columns that cannot become tile-table columns ('.', '..', zarr.json, '../x' ...)."""
-    from mito.cache import StoreError, check_column_names
-
-    try:
-        check_column_names(list(columns), where)
-    except StoreError as e:
-        raise ExtractError(str(e)) from None
-
-
-def read_path_manifest(csv_path: Path, what: str = "manifest", items: str = "tiles") -> tuple[pd.DataFrame, list[str]]:
-    """A CSV with a ``path`` column (tiles or slides): rows checked, no empty path, paths made absolute as given
-    (relative to the CSV, symlinks not resolved); returns the table and the paths as written."""
-    _check_manifest_rows(csv_path)
-    try:
-        df = pd.read_csv(csv_path, index_col=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ExtractError(f"cannot parse {what} {csv_path}: {str(e).splitlines()[0]}") from None
-    if "path" not in df:
-        raise ExtractError(f"{what} {csv_path} needs a 'path' column (has: {', '.join(map(str, df.columns))})")
-    check_columns(df.columns, f"{what} {csv_path}")
-    if df.empty:
-        raise ExtractError(f"{what} {csv_path} lists no {items}")
-    empty = df["path"].isna() | (df["path"].astype(str).str.strip() == "")
-    if empty.any():
-        raise ExtractError(f"{what} {csv_path} line {int(np.flatnonzero(empty.to_numpy())[0]) + 2}: empty path")
-    given = df["path"].astype(str)
-    df["path"] = [p if os.path.isabs(p) else os.path.abspath(csv_path.parent / p) for p in given]
-    return df, given.tolist()
 
 
 def _manifest(csv_path: Path, task: str | None, label_column: str | None) -> pd.DataFrame:
@@ -219,24 +151,6 @@ def _manifest(csv_path: Path, task: str | None, label_column: str | None) -> pd.
     if label_column and label_column not in df:
         raise ExtractError(f"manifest {csv_path} has no column {label_column!r}")
     return _finish(df, task, label_col)
-
-
-def read_points(points: Path) -> pd.DataFrame:
-    """A points CSV: x, y (level-0 pixel centres, numbers) and any other columns, at least one row."""
-    try:
-        df = pd.read_csv(points)
-    except pd.errors.EmptyDataError:
-        raise ExtractError(f"points file {points} is empty: give a CSV with x,y columns (level-0 pixel centres)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ExtractError(f"cannot parse points {points}: {str(e).splitlines()[0]}") from None
-    if not {"x", "y"} <= set(df.columns):
-        raise ExtractError(f"points file {points} needs x and y columns (has: {', '.join(map(str, df.columns))})")
-    if df.empty:
-        raise ExtractError(f"points file {points} lists no points")
-    check_columns(df.columns, f"points file {points}")
-    if not (pd.api.types.is_numeric_dtype(df["x"]) and pd.api.types.is_numeric_dtype(df["y"])):
-        raise ExtractError(f"x and y in {points} must be numbers")
-    return df
 
 
 UNLABELLED = "(no label)"  # the stratum of tiles without a label in a stratified sample
@@ -318,16 +232,12 @@ def open_source(
     if not p.exists():
         raise ExtractError(f"no such file or folder: {p}")
     if points is not None and slide_options is None:  # level-0 crops of tile_size px around each point
-        from mito.extract.slide_tiles import SlideOptions
-
         if not p.is_file():
             raise ExtractError(f"--points needs a slide image, but {p} is a folder")
         if tile_size < 8:
             raise ExtractError("--tile-size must be at least 8 pixels")
         slide_options = SlideOptions(mpp=None, tile_px=tile_size)
     if slide_options is not None:
-        from mito.extract.slide_tiles import slide_source
-
         pts_path = Path(points).expanduser() if points is not None else None
         if pts_path is not None and not pts_path.exists():
             raise ExtractError(f"no such points file: {pts_path}")

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mito.extract.colors import to_gray, to_hema
+
 COLORS = ("rgb", "gray", "hema")
 FITS = ("resize", "pad")
 PAD_MODES = ("reflect", "white")
@@ -31,12 +33,6 @@ class Preprocess:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
-
-
-def to_gray(img: np.ndarray) -> np.ndarray:
-    """ITU-R 601 luminance replicated to three channels."""
-    lum = np.asarray(Image.fromarray(img).convert("L"))
-    return np.repeat(lum[..., None], 3, axis=2)
 
 
 def fit_to(img: np.ndarray, size: int, fit: str, pad_mode: str) -> np.ndarray:
@@ -67,8 +63,6 @@ def prepare(img: np.ndarray, p: Preprocess) -> torch.Tensor:
     if p.color == "gray":
         img = to_gray(img)
     elif p.color == "hema":
-        from mito.extract.augment import to_hema
-
         img = to_hema(np.ascontiguousarray(img))
     img = fit_to(np.ascontiguousarray(img), p.input_size, p.fit, p.pad_mode)
     return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)

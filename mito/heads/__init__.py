@@ -7,13 +7,10 @@ from mito.heads.split import make_split
 from mito.heads.stream import FeatureStream, fit_pipeline_stream, stream_proba
 from mito.heads.loop import CheckpointError, Checkpointer, EarlyStopping, LoopResult, TimeBudget, train_loop
 from mito.heads.train import FitConfig, default_features, fit_head, make_fit_config
-from mito.heads.predict import Model, check_predict_out, load_head, load_model, predict
+from mito.heads.predict import Model, load_head, load_model, predict, predict_store
 from mito.heads.bags import BagReader, Bags, bag_table, left_out, left_out_line, make_bags
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
-from mito.heads.slide import (
-    SlideFitConfig, fit_slide_head, fit_slide_head_cli, is_slide_model, make_slide_fit_config, predict_slides,
-    predict_slides_cli, refuse_ignored,
-)
+from mito.heads.slide import SlideFitConfig, fit_slide_head, is_slide_model, make_slide_fit_config, predict_slides, tiles_csv_path
 from mito.heads.ensemble import Ensemble, load_ensemble, parse_ensemble
 from mito.heads.calibrate import apply_temperature, fit_temperature
 from mito.heads.zeroshot import run_zero_shot, zero_shot_proba
@@ -36,7 +33,6 @@ __all__ = [
     "MILHead",
     "SlideFitConfig",
     "fit_slide_head",
-    "fit_slide_head_cli",
     "is_slide_model",
     "load_mil_head",
     "bag_table",
@@ -47,14 +43,13 @@ __all__ = [
     "make_slide_fit_config",
     "mil_head_names",
     "predict_slides",
-    "predict_slides_cli",
-    "refuse_ignored",
+    "predict_store",
+    "tiles_csv_path",
     "CheckpointError",
     "Checkpointer",
     "EarlyStopping",
     "LoopResult",
     "TimeBudget",
-    "check_predict_out",
     "default_features",
     "train_loop",
     "FeaturePipeline",

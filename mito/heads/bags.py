@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mito.cache import Store
+from mito.store import Store
 from mito.heads.base import HeadError
-from mito.tasks import PROXY_TASKS, resolve_task
+from mito.core.tasks import resolve_task
+from mito.datasets import PROXY_TASKS
+from mito.heads.base import column_moments
 
 ANY_PREFIX = "any:"
 SCORE_TILES = 16384  # padded tiles (bags x longest bag) per scoring batch; a bag longer than this is scored alone
@@ -105,7 +107,7 @@ def make_bags(
         tile_y = np.full(len(tiles), "", dtype=object)
         value = None
     else:
-        tile_y = resolve_task(tiles, task).labels(tiles).to_numpy(dtype=object)
+        tile_y = resolve_task(tiles, task, PROXY_TASKS).labels(tiles).to_numpy(dtype=object)
     bag_of = tiles[bag_column].astype(object).to_numpy()
     has_bag = np.array([not (v is None or v == "" or (not isinstance(v, str) and pd.isna(v))) for v in bag_of], bool)
     readable = has_bag & ~(np.zeros(len(tiles), bool) if exclude is None else np.asarray(exclude, bool))
@@ -309,7 +311,6 @@ class BagReader:
 
     def moments(self, bags: Bags, which: np.ndarray, batch_bags: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Per-column mean and variance over every tile of the bags ``which`` (one pass, batch by batch)."""
-        from mito.heads.base import column_moments
 
         return column_moments(x for _, _, xs in self.batches(bags, which, batch_bags) for x in xs)
 

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-import mito
-from mito.errors import MitoError
-from mito.resources import available_memory, idle_cores  # noqa: F401  (re-exported; tests patch idle_cores here)
+from mito.heads.view_noise import VIEW_NOISE_MODES, augment_with_views
+from mito.core.version import __version__
+from mito.core.errors import MitoError
+from mito.core.resources import available_memory, idle_cores  # noqa: F401  (re-exported; tests patch idle_cores here)
 
 HEAD_FILE = "head.json"
 NOISE_MODES = ("global", "per-dim", "absolute", "views", "view-cov")  # the last two: mito.heads.views
@@ -259,7 +260,7 @@ class Head(ClassifierMixin, BaseEstimator):
             "n_features_in": int(self.n_features_in_),
             "state": state,
             "sha256": {name: file_sha256(path / name) for name in files},
-            "mito_version": mito.__version__,
+            "mito_version": __version__,
         }
         (path / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -461,9 +462,7 @@ def augment_with_noise(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training set plus ``copies`` noisy copies (a fresh draw each): feature noise for heads without batches.
     ``views`` (V, n, d): the rows' augmented views, for the noise modes ``views`` and ``view-cov``."""
-    if mode in ("views", "view-cov"):
-        from mito.heads.views import augment_with_views
-
+    if mode in VIEW_NOISE_MODES:
         if views is None:
             raise HeadError(f"noise_mode {mode} needs the tiles' augmented views: train through fit-head or bench")
         return augment_with_views(X, y, views, mode, copies, float(noise) or 1.0, seed)

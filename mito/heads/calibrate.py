@@ -16,6 +16,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from mito.heads.base import HeadError
+from mito.core.metrics import expected_calibration_error, positive_index
 
 CALIBRATIONS = ("none", "temperature")
 Calibration = Literal["none", "temperature"]
@@ -65,13 +66,12 @@ def calibrate_scored(
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """Fit T on ``scored['val']`` (labels, probabilities) and apply it to every split; returns the rescaled splits and
     what was done (T, NLL and ECE on validation before and after, saved in the model's config; ECE of the two-class
-    ``positive`` class, as :func:`mito.metrics.classification_metrics`).
+    ``positive`` class, as :func:`mito.core.metrics.classification_metrics`).
 
     A T on its search bound (or one that drives the validation NLL to 0: every row separated, T -> 0) is not applied:
     the splits come back unchanged, with ``method`` 'none' and ``skipped`` saying why (the caller warns), so a model
     is never saved with a bound-hitting temperature.
     """
-    from mito.metrics import expected_calibration_error, positive_index
 
     if "val" not in scored or len(scored["val"][0]) == 0:
         raise HeadError("--calibrate temperature needs validation rows (use a split with a validation part)")

@@ -18,12 +18,13 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-import mito
-from mito.cache import Store
+from mito.core.version import __version__
+from mito.store import Store
 from mito.heads.base import HEAD_FILE, Head, HeadError, check_sha256, file_sha256, read_json_file
 from mito.heads.base import load_head as load_head_file
 from mito.heads.fit import FitResult, fit_on_rows
-from mito.metrics import classification_metrics
+from mito.core.metrics import classification_metrics
+from mito.core.progress import add_task, advance, progress_bar
 
 ENSEMBLE = "ensemble"
 MAX_MEMBERS = 100
@@ -117,7 +118,7 @@ class Ensemble:
             "classes": self.classes_.tolist(),
             "n_features_in": self.n_features_in_,
             "members": listing,
-            "mito_version": mito.__version__,
+            "mito_version": __version__,
         }
         (path / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -189,7 +190,6 @@ def fit_ensemble(
     into k slide-grouped parts (``groups``: one id per store row); member i early-stops on part i and trains on the
     rest (all with ``make(seed)``); its ``val`` score is then out-of-fold. The returned FitResult's head is the Ensemble.
     """
-    from mito.progress import add_task, advance, progress_bar
 
     if spec.mode == "folds" and (fit_kw.get("standardize") or fit_kw.get("pca")):
         raise HeadError("--ensemble folds trains each member on other rows, so they cannot share one --standardize/--pca pipeline; use --ensemble K")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mito.cache import Store, StoreError, open_store
+from mito.store import Store, StoreError, open_store
 from mito.heads.base import HeadError, check_sha256, column_moments, file_sha256, iter_blocks
 
 PIPELINE_FILE = "pipeline.safetensors"

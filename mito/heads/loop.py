@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mito.errors import MitoError
-from mito.io import atomic_write
+from mito.core.errors import MitoError
+from mito.core.io import atomic_write
 
 STOP_REASONS = ("max_epochs", "early_stopping", "time_budget")
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import mito
+from mito.core.version import __version__
 from mito.heads.bags import SCORE_TILES, BagReader, Bags, local_batches, tile_budget_batches
 from mito.heads.base import (
     HEAD_FILE,
@@ -245,7 +245,7 @@ class MILHead:
             "head": self.name, "level": "slide", "params": self.params(), "classes": self.classes_.tolist(),
             "n_features_in": int(self.n_features_in_), "state": {"file": MODEL_FILE, "best_epoch": int(self.best_epoch_),
             "epochs_run": len(self.history_)}, "sha256": {MODEL_FILE: file_sha256(path / MODEL_FILE)},
-            "mito_version": mito.__version__,
+            "mito_version": __version__,
         }
         (path / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 

@@ -14,18 +14,19 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from mito.cache import open_store, store_input_files
+from mito.store import open_store, store_input_files
 from mito.heads.base import HEAD_FILE, Head, HeadError, read_json_file
 from mito.heads.ensemble import load_any_head
 from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
 from mito.heads.split import UNKNOWN, UNSEEN, identity_columns, recorded_split, side_of
 from mito.heads.train import CONFIG_FILE
-from mito.io import atomic_write, check_output_file, csv_probabilities, inside
-from mito.errors import TaskError
-from mito.tasks import resolve_task as resolve_spec
+from mito.core.io import atomic_write, check_output_file, csv_probabilities, inside
+from mito.core.errors import TaskError
+from mito.core.tasks import resolve_task as resolve_spec
+from mito.datasets import PROXY_TASKS
 from mito.heads.calibrate import apply_temperature, model_temperature
-from mito.progress import add_task, advance, progress_bar
-from mito.validation import one_line
+from mito.core.progress import add_task, advance, progress_bar
+from mito.core.validation import one_line
 
 
 @dataclass
@@ -122,112 +123,39 @@ def id_columns(tiles: pd.DataFrame) -> list[str]:
     return ["tile_id"]
 
 
-def _extract_tmp(
-    config: dict[str, Any], source: str, tmp: str, device: str, weights: dict[str, str] | None,
-    points: str | None = None, tile_size: int | None = None, progress: bool = False,
-) -> tuple[str, list[dict[str, Any]]]:
-    """Embed ``source`` (folder, CSV manifest, or slide with ``points``) into a temporary store the model's way;
-    returns its path and the slides extraction skipped (slide, path, reason)."""
-    try:
-        from mito.extract import ExtractConfig, extract
-    except ImportError:
-        raise HeadError("this install cannot extract features (mito.extract is missing); extract first and pass --store") from None
-    path = os.path.join(tmp, "tiles.zarr")
-    skipped: dict[str, dict[str, Any]] = {}
-    for settings in config["extract"]:
-        bb = settings["backbones"][0]
-        settings = dict(settings)
-        trained = settings.pop("tile_size", None)
-        if trained is not None and tile_size is not None and int(tile_size) != int(trained):
-            raise HeadError(f"the model was trained on {trained}-px slide tiles; --tile-size {tile_size} would crop differently")
-        size = trained if trained is not None else tile_size
-        try:
-            ecfg = ExtractConfig(
-                source=source,
-                store=path,
-                task=config["task"],  # labels found with the tiles (e.g. subfolders) then show up in the CSV
-                device=device,
-                progress=progress,
-                **({"points": str(points)} if points is not None else {}),
-                **({"tile_size": int(size)} if size is not None else {}),
-                **settings,
-                **({"weights": {bb: weights[bb]}} if weights and bb in weights else {}),
-            )
-        except ValidationError as e:
-            raise HeadError(f"cannot rebuild the model's extraction settings: {one_line(e)}") from None
-        summary = extract(ecfg)
-        skipped.update({s["path"]: s for s in summary.get("skipped_slides", [])})
-    return path, list(skipped.values())
+def check_store_out(out_csv: str | os.PathLike, store: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse a predictions CSV inside a model directory or the store, on a file the store was made from (even with
+    overwrite), or on an existing file (unless overwrite)."""
+    protect = (store,) if not Path(store).is_dir() else ()  # model dirs and stores: always
+    return check_output_file(out_csv, overwrite=overwrite, protect=protect, inputs=store_input_files(store))
 
 
-def check_predict_out(
-    out_csv: str | os.PathLike, model_dir: str | os.PathLike, store: str | os.PathLike | None = None,
-    source: str | os.PathLike | None = None, overwrite: bool = False,
-) -> Path:
-    """Refuse a predictions CSV inside a model directory or a store, on an input (a file the store was made from, an
-    image or slide of SOURCE, even with overwrite), or on an existing file (unless overwrite)."""
-    protect = tuple(p for p in (store, source) if p is not None and not Path(p).is_dir())  # model dirs and stores: always
-    inputs = store_input_files(store) if store is not None else source_input_files(source, out_csv)
-    return check_output_file(out_csv, overwrite=overwrite, protect=protect, inputs=inputs)
-
-
-def source_input_files(source: str | os.PathLike | None, out: str | os.PathLike) -> list[str]:
-    """The files of SOURCE that an output named ``out`` could replace: ``out`` itself when it is an image or slide
-    inside a SOURCE folder, the paths a SOURCE manifest lists."""
-    if source is None:
-        return []
-    src, o = Path(source), Path(out)
-    if src.is_dir():
-        from mito.extract.slides import WSI_EXTS
-        from mito.extract.sources import IMAGE_EXTS
-
-        return [str(o)] if o.is_file() and o.name.lower().endswith(IMAGE_EXTS + WSI_EXTS) and inside(o, src) else []
-    if src.suffix.lower() == ".csv" and src.is_file():
-        try:
-            listed = pd.read_csv(src, usecols=["path"], dtype=str)["path"].dropna()
-        except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            return []  # a bad manifest is refused in its own words when it is read
-        return [p if os.path.isabs(p) else os.path.join(os.path.dirname(os.path.abspath(src)), p) for p in listed]
-    return []
+def write_predictions(df: pd.DataFrame, out_csv: str | os.PathLike) -> Path:
+    """The predictions CSV (probabilities to 6 significant digits), written atomically."""
+    return atomic_write(out_csv, lambda p: csv_probabilities(df).to_csv(p, index=False), ".csv")
 
 
 def predict(
     model_dir: str | os.PathLike,
-    store: str | os.PathLike | None = None,
-    source: str | os.PathLike | None = None,
+    store: str | os.PathLike,
     out_csv: str | os.PathLike | None = None,
-    device: str = "auto",
-    weights: dict[str, str] | None = None,
-    points: str | os.PathLike | None = None,
-    tile_size: int | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Predict every readable tile of ``store`` (or of ``source``, embedded the model's way: a folder, a CSV manifest,
-    or a slide with ``points``); optionally write a CSV (never over an existing file unless ``overwrite``)."""
-    if (store is None) == (source is None):
-        raise HeadError("give exactly one of a store (--store) or a folder/CSV/slide of new tiles")
-    if store is not None and (points is not None or tile_size is not None):
-        raise HeadError("--points and --tile-size are for new slide tiles, not for --store")
+    """Predict every readable tile of ``store`` (checked to match the model's provenance); optionally write a CSV (never
+    over an existing file unless ``overwrite``). New tiles (a folder, CSV or slide): mito.app.predict."""
     model = load_model(model_dir)
     if out_csv is not None:
-        check_predict_out(out_csv, model_dir, store, source, overwrite)
-    with tempfile.TemporaryDirectory(prefix="mito-predict-") as tmp:
-        skipped: list[dict[str, Any]] = []
-        if store is not None:
-            store_path = str(store)
-        else:
-            store_path, skipped = _extract_tmp(
-                model.config, str(source), tmp, device, weights, None if points is None else str(points), tile_size, progress
-            )
-        df = _predict_store(model, store_path, progress)
-        df.attrs["skipped_slides"] = skipped  # slides of SOURCE that could not be tiled, with the reason
+        check_store_out(out_csv, store, overwrite)
+    df = predict_store(model, str(store), progress)
+    df.attrs["skipped_slides"] = []
     if out_csv is not None:
-        atomic_write(out_csv, lambda p: csv_probabilities(df).to_csv(p, index=False), ".csv")
+        write_predictions(df, out_csv)
     return df
 
 
-def _predict_store(model: Model, store_path: str, progress: bool = False) -> pd.DataFrame:
+def predict_store(model: Model, store_path: str, progress: bool = False) -> pd.DataFrame:
+    """A loaded model's predictions for every readable tile of a store: id columns, label and split when known, pred, p_<class>."""
     config = model.config
     keys = config["features"]
     with open_store(store_path, "r") as s:
@@ -282,7 +210,7 @@ def not_predicted_lines(df: pd.DataFrame) -> list[str]:
 def task_labels_or_none(tiles: pd.DataFrame, task: str) -> pd.Series | None:
     """The model's task labels on a tile table (through the one task resolver), or None when the table lacks them."""
     try:
-        return resolve_spec(tiles, task).labels(tiles)
+        return resolve_spec(tiles, task, PROXY_TASKS).labels(tiles)
     except TaskError:
         return None
 

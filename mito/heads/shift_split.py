@@ -7,7 +7,7 @@ import pandas as pd
 
 from mito.heads.base import HeadError
 from mito.heads.split import carve
-from mito.tasks import group_ids
+from mito.core.tasks import group_ids
 
 
 def parse_test_group(value: str) -> tuple[str, str]:

@@ -10,7 +10,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mito.heads.base import HeadError
-from mito.tasks import group_ids
+from mito.core.tasks import group_ids
+from mito.core.io import atomic_write
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 AUTO = "auto"  # split_column value: the published split column when the store has one, else a random grouped split
@@ -125,7 +126,6 @@ def identity_columns(table: pd.DataFrame) -> list[str]:
 
 def save_split(folder: str | os.PathLike, ids: pd.DataFrame, side: np.ndarray) -> Path:
     """Write the rows a model was fitted on (``ids``: identity columns; ``side``: train/val/test, '' = not used)."""
-    from mito.io import atomic_write
 
     used = np.asarray(side) != ""
     table = ids.loc[used].astype(object).where(ids.loc[used].notna(), "").astype(str).reset_index(drop=True)

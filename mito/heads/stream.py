@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mito.cache import Store
+from mito.store import Store
 from mito.heads.base import HeadError, column_moments
 from mito.heads.features import FeaturePipeline, feature_dims, one_hot
 

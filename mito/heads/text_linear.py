@@ -17,6 +17,7 @@ from torch import nn
 
 from mito.heads.base import HeadError, register_head
 from mito.heads.torch_heads import LinearHead
+from mito.heads.zeroshot import read_text_embeddings
 
 
 class TextNet(nn.Module):
@@ -85,7 +86,6 @@ class TextLinearHead(LinearHead):
 
     def class_text(self) -> tuple[np.ndarray, float]:
         """The [k, D] text embeddings of this head's classes (in ``classes_`` order) and the logit scale."""
-        from mito.heads.zeroshot import read_text_embeddings
 
         te = read_text_embeddings(str(self.text_embeddings))
         missing = [str(c) for c in self.classes_ if str(c) not in te.classes]

@@ -26,7 +26,7 @@ from mito.heads.base import (
     register_head,
 )
 from mito.heads.loop import EarlyStopping, train_loop
-from mito.heads.views import VIEW_NOISE_MODES, pick_views, view_cov_noise
+from mito.heads.view_noise import VIEW_NOISE_MODES, pick_views, view_cov_noise
 
 MODEL_FILE = "model.safetensors"
 LOSSES = ("focal", "ce")

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-import mito
-from mito.metrics import classification_metrics
-from mito.cache import Store, is_view, open_store, parse_variant
-from mito.errors import OutputError
+from mito.core.version import __version__
+from mito.core.metrics import classification_metrics
+from mito.store import Store, is_view, open_store, parse_variant
+from mito.core.errors import OutputError
 from mito.heads.base import HEAD_FILE, HeadError, head_names, make_head
 from mito.heads.calibrate import MIN_CALIBRATION_ROWS, Calibration, calibrate_scored
 from mito.heads.ensemble import fit_ensemble, parse_ensemble
@@ -25,11 +25,13 @@ from mito.heads.fit import fit_on_rows
 from mito.heads.shift_split import group_split, group_split_description
 from mito.heads.split import AUTO, PUBLISHED_SPLIT, identity_columns, make_split, published_split, save_split
 from mito.heads.stream import DEFAULT_BUFFER_ROWS
-from mito.io import atomic_dir, check_output_dir, write_json
-from mito.progress import add_task, progress_bar
-from mito.tasks import TaskSpec, choose_positive, group_ids, one_group_per_tile, per_tile_warning
-from mito.tasks import resolve_task as resolve_spec
-from mito.validation import one_line
+from mito.core.io import atomic_dir, check_output_dir, write_json
+from mito.core.progress import add_task, progress_bar
+from mito.core.tasks import TaskSpec, choose_positive, group_ids, one_group_per_tile, per_tile_warning
+from mito.core.tasks import resolve_task as resolve_spec
+from mito.datasets import PROXY_TASKS
+from mito.core.validation import one_line
+from mito.heads.split import SPLIT_NAMES, _normalized
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -132,7 +134,7 @@ def resolve_task(store: Store, task: str | None) -> TaskSpec:
         if len(store.tasks) != 1:
             raise HeadError(f"choose a task with --task (the store has: {', '.join(store.tasks) or 'no label columns'})")
         task = store.tasks[0]
-    return resolve_spec(store.tiles, task)
+    return resolve_spec(store.tiles, task, PROXY_TASKS)
 
 
 def extract_settings(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -286,7 +288,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
     if calibration is not None:
         metrics["calibration"] = calibration
     config = {
-        "mito_version": mito.__version__,
+        "mito_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "task": task,
         "classes": classes,
@@ -328,7 +330,6 @@ def _carved(side: np.ndarray, tiles: Any, split_column: str | None, cfg: FitConf
     used = side != ""
     if cfg.test_group or split_column is None:
         return np.flatnonzero(used & (side != "test")) if cfg.test_group else np.flatnonzero(used)
-    from mito.heads.split import SPLIT_NAMES, _normalized
 
     had_val = _normalized(tiles[split_column]).map(lambda v: SPLIT_NAMES.get(v, "")).eq("val").to_numpy()
     return np.zeros(0, np.int64) if (had_val & used).any() else np.flatnonzero(np.isin(side, ["train", "val"]))
@@ -361,7 +362,7 @@ def _epoch_progress(enabled: bool, head: Any) -> Iterator[None]:
 
 def _write_model_dir(out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool,
                      split: tuple[Any, np.ndarray] | None = None) -> None:
-    """Write into a hidden sibling, then move it into place (mito.io.atomic_dir): a crash never leaves a half-written
+    """Write into a hidden sibling, then move it into place (mito.core.io.atomic_dir): a crash never leaves a half-written
     model, and only a model directory (or an empty folder) is ever replaced. ``split``: (identity columns, side per
     row), recorded so that predict can tell the tiles the model was fitted on from the others."""
 

@@ -18,6 +18,15 @@ import numpy as np
 import pandas as pd
 
 from mito.heads.base import HeadError
+from mito.backbones import create_backbone, get_backbone, resolve_weights
+from mito.backbones.registry import RANDOM_SHA, file_sha256
+from mito.backbones.vlm import encode_texts, logit_scale, tokenizer_for
+from mito.backbones.vlm import vlm_spec
+from mito.core.io import write_json
+from mito.core.metrics import classification_metrics
+from mito.core.tasks import choose_positive, resolve_task, task_labels
+from mito.datasets import PROXY_TASKS
+from mito.store import open_store
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "data" / "prompts"
 DEFAULT_PROMPTS = {"mitosis": "mitosis.json", "tissue": "tissue.json"}
@@ -185,7 +194,6 @@ def read_text_embeddings(path: str | Path) -> TextEmbeddings:
 
 def write_text_embeddings(te: TextEmbeddings, path: Path) -> Path:
     """Write (atomically) a text-embedding file."""
-    from mito.io import write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_json(path, te.to_json(), indent=None)
@@ -204,7 +212,6 @@ def text_embeddings(
     todo = [c for c in dict.fromkeys(contexts) if c not in te.contexts]
     if not todo:
         return te, path, False
-    from mito.extract.backbones.vlm import encode_texts, logit_scale, tokenizer_for
 
     enc = encoder_factory()
     tok = tokenizer_for(enc)
@@ -268,12 +275,6 @@ def run_zero_shot(
 ) -> ZeroShotResult:
     """Score every tile of ``store`` against the prompts' classes with ``backbone``'s text tower (two classes: metrics
     of ``positive``, else of the minority class of the labelled tiles, as there are no training rows)."""
-    from mito.cache import open_store
-    from mito.extract.backbones import create_backbone, get_backbone, resolve_weights
-    from mito.extract.backbones.registry import RANDOM_SHA, file_sha256
-    from mito.extract.backbones.vlm import vlm_spec
-    from mito.metrics import classification_metrics
-    from mito.tasks import choose_positive, resolve_task, task_labels
 
     t0 = time.perf_counter()
     spec = vlm_spec(backbone)
@@ -285,7 +286,7 @@ def run_zero_shot(
         info = s.variant_info(key)
         y, classes, pos, pos_source = None, list(prompts), None, ""
         if task or s.tasks:
-            spec_t = resolve_task(tiles, task or s.tasks[0])
+            spec_t = resolve_task(tiles, task or s.tasks[0], PROXY_TASKS)
             y, classes = task_labels(tiles, spec_t, min_per_class=1)
             task_classes(prompts, classes, str(prompts_file))
             pos, pos_source = choose_positive(y[~unreadable], classes, positive)

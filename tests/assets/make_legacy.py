@@ -64,7 +64,7 @@ def crops(dest: Path) -> Path:
 
 def slide_export(dest: Path, tmp: Path) -> None:
     """A one-slide store (a 512 x 384 px .svs of real crops at 0.25 um/px, 64-px tiles at 0.5 um/px) exported for TRIDENT."""
-    from mito.extract.slide_writer import mosaic, write_svs
+    from mito.wsi.writer import mosaic, write_svs
 
     slides = tmp / "slides"
     slides.mkdir(parents=True)

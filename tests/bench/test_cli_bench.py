@@ -118,7 +118,7 @@ def test_umap_command(amibr_store: Path, tmp_path: Path) -> None:
 
 
 def test_report_figures_say_what_they_show(bench_out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mito.bench.report as rep
+    import mito.report.html as rep
 
     figs = {}
 
@@ -149,7 +149,8 @@ def test_umap_defaults_to_the_heads_features_and_the_first_task(amibr_store: Pat
 def test_umap_shows_each_step(amibr_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import contextlib
 
-    import mito.bench.umap as um
+    import mito.bench.umap as points
+    import mito.report.umap as um
 
     steps = []
 
@@ -158,7 +159,8 @@ def test_umap_shows_each_step(amibr_store: Path, tmp_path: Path, monkeypatch: py
         steps.append((message, enabled))
         yield
 
-    monkeypatch.setattr(um, "status", record)
+    monkeypatch.setattr(points, "status", record)  # reading the features and the UMAP itself
+    monkeypatch.setattr(um, "status", record)  # drawing it
     path = um.umap_plot(amibr_store, None, None, tmp_path / "s.png", progress=True)
     assert path.is_file()
     assert [m.split()[0] for m, on in steps if on] == ["reading", "UMAP", "plotting"]

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from mito.bench import BenchError, all_feature_sets, available_tasks, make_folds, resolve_task
-from mito.errors import TaskError
-from mito.tasks import task_labels
+from mito.datasets import PROXY_TASKS
+from mito.core.errors import TaskError
+from mito.core.tasks import task_labels
 
 
 def _tiles(n_slides: int = 20, per_slide: int = 6, n_test: int = 30, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
@@ -84,7 +85,7 @@ def test_too_few_slides_is_a_clear_error() -> None:
 
 def test_real_store_folds_never_share_a_slide(amibr_store) -> None:
     from mito.bench.leaderboard import task_plan
-    from mito.cache import open_store
+    from mito.store import open_store
 
     with open_store(amibr_store) as s:
         tiles = s.tiles
@@ -113,22 +114,22 @@ def _expert_tiles() -> pd.DataFrame:
 
 def test_proxy_tasks_derive_consensus_labels() -> None:
     df = _expert_tiles()
-    phase = resolve_task(df, "phase").labels(df).tolist()
+    phase = resolve_task(df, "phase", PROXY_TASKS).labels(df).tolist()
     assert phase == ["metaphase", None, None, None, "metaphase", None]  # b: experts disagree; c, d: atypical
-    atypia = resolve_task(df, "atypia").labels(df).tolist()
+    atypia = resolve_task(df, "atypia", PROXY_TASKS).labels(df).tolist()
     assert atypia == [None, None, "segregation", "other", None, None]
-    assert resolve_task(df, "dataset").labels(df).tolist() == df["dataset"].tolist()
-    assert resolve_task(df, "mitosis").labels(df).tolist()[-1] is None
+    assert resolve_task(df, "dataset", PROXY_TASKS).labels(df).tolist() == df["dataset"].tolist()
+    assert resolve_task(df, "mitosis", PROXY_TASKS).labels(df).tolist()[-1] is None
 
 
 def test_any_label_column_is_a_task_and_unknown_names_fail() -> None:
     df = _expert_tiles()
-    assert resolve_task(df, "scanner_score").name == "scanner_score"
-    assert available_tasks(df, ["mitosis", "scanner_score"]) == ["mitosis", "phase", "atypia", "dataset", "scanner_score"]
+    assert resolve_task(df, "scanner_score", PROXY_TASKS).name == "scanner_score"
+    assert available_tasks(df, ["mitosis", "scanner_score"], PROXY_TASKS) == ["mitosis", "phase", "atypia", "dataset", "scanner_score"]
     with pytest.raises(TaskError, match="unknown task 'nope'"):
-        resolve_task(df, "nope")
+        resolve_task(df, "nope", PROXY_TASKS)
     with pytest.raises(TaskError, match="fewer than two classes"):
-        task_labels(df, resolve_task(df, "phase"))
+        task_labels(df, resolve_task(df, "phase", PROXY_TASKS))
 
 
 def test_all_feature_sets() -> None:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from mito.bench.cv import make_folds
 from mito.bench.fewshot import draw_fold_ci, draw_shots, parse_shots, shot_folds
 from mito.cli import app
-from mito.metrics import bootstrap_ci
+from mito.core.metrics import bootstrap_ci
 
 runner = CliRunner()
 
@@ -164,7 +164,8 @@ def test_bad_few_shot_is_one_line(args: list[str], message: str, amibr_store: Pa
 
 def test_zero_shot_rows_are_a_horizontal_line(fewshot_out: Path, tmp_path: Path) -> None:
     from mito.bench import load_leaderboard
-    from mito.bench.fewshot import curves, learning_curve_figure, report_section
+    from mito.bench.fewshot import curves
+    from mito.report.fewshot import learning_curve_figure, report_section
 
     rows = load_leaderboard(fewshot_out).rows
     zs = rows[rows["shots"] == "all"].iloc[[0]].assign(head="zero-shot", kind="zero-shot", balanced_accuracy=0.61, row_id="zs")

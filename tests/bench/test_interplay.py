@@ -10,7 +10,7 @@ import pytest
 
 from mito.bench.leaderboard import BenchConfig, rank_rows
 from mito.bench.stats import add_paired_columns
-from mito.metrics import classification_metrics
+from mito.core.metrics import classification_metrics
 
 
 def _row(score: float, held_out: str = "", shots: str = "all", head: str = "mlp") -> dict:

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mito.bench.invariance import invariance_section, invariance_table, mean_cosine
-from mito.cache import create_store, open_store
+from mito.report.invariance import invariance_section
+from mito.bench.invariance import invariance_table, mean_cosine
+from mito.store import create_store, open_store
 
 from tests.heads.conftest import PROV, amibr_tiles
 
@@ -60,7 +61,8 @@ def test_invariance_matches_a_hand_computation(tmp_path: Path) -> None:
 
 
 def test_report_has_the_invariance_section(tmp_path: Path) -> None:
-    from mito.bench import BenchConfig, build_report, run_bench, save_leaderboard
+    from mito.bench import BenchConfig, run_bench, save_leaderboard
+    from mito.report import build_report
 
     tiles = amibr_tiles(160)
     rng = np.random.default_rng(1)

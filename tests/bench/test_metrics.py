@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mito.metrics import bootstrap_ci, classification_metrics, confusion_metric, fold_summary, metric_score
+from mito.core.metrics import bootstrap_ci, classification_metrics, confusion_metric, fold_summary, metric_score
 
 # five tiles: truth A A B B B, predicted A B B B A (P(B) = 0.1 0.6 0.7 0.8 0.4)
 Y = ["A", "A", "B", "B", "B"]
@@ -114,7 +114,7 @@ def test_bootstrap_shared_test_split_draws_tiles_once() -> None:
 
 
 def test_ece_and_brier_by_hand() -> None:
-    from mito.metrics import brier_score, expected_calibration_error, reliability_bins
+    from mito.core.metrics import brier_score, expected_calibration_error, reliability_bins
 
     # binary, 4 bins of 2 rows over the positive-class probability (sorted: .1 .2 | .3 .4 | .6 .7 | .8 .9)
     p1 = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4])
@@ -137,7 +137,7 @@ def test_ece_and_brier_by_hand() -> None:
 
 
 def test_ece_keeps_equal_confidences_in_one_bin() -> None:
-    from mito.metrics import expected_calibration_error, reliability_bins
+    from mito.core.metrics import expected_calibration_error, reliability_bins
 
     y = np.array([0, 1] * 10)
     flat = np.full((20, 2), 0.5)
@@ -152,7 +152,7 @@ def test_ece_keeps_equal_confidences_in_one_bin() -> None:
 def test_weighted_binary_auc_matches_sklearn() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from mito.metrics import weighted_binary_auc
+    from mito.core.metrics import weighted_binary_auc
 
     rng = np.random.default_rng(2)
     y = rng.integers(0, 2, 60)

@@ -95,7 +95,7 @@ def test_multiclass_rows_get_bootstrap_but_no_delong() -> None:
     r = out.iloc[1]
     assert r["delta_vs_best"] < -0.3 and r["p_vs_best"] < 0.05 and r["tied_with_best"] is not None and not r["tied_with_best"]
     assert math.isnan(r["auroc_p_vs_best"]) and "multi-class" in r["paired_note"]
-    from mito.bench.leaderboard import paired_cells
+    from mito.report.leaderboard import paired_cells
 
     assert paired_cells(r) == {"_delta": f"{r['delta_vs_best']:+.3f}", "_p": f"{r['p_vs_best']:.3f}" if r["p_vs_best"] >= 0.0005 else "<0.001"}
     same = add_paired_columns(rows, {"a": preds["a"], "b": preds["a"]}, n_boot=50).iloc[1]

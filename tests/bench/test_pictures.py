@@ -46,7 +46,7 @@ def wide_bench(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_report_figures_keep_every_text_inside(wide_bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mito.bench.report as rep
+    import mito.report.html as rep
 
     figs = {}
 
@@ -66,7 +66,7 @@ def test_report_figures_keep_every_text_inside(wide_bench: Path, tmp_path: Path,
 
 
 def test_umap_title_of_four_variants_fits() -> None:
-    from mito.bench.umap import scatter_figure, title_for
+    from mito.report.umap import scatter_figure, title_for
 
     title = title_for(FOUR, "mitosis", 48)
     assert "efficientnet_lite0 z1+z2:rgb+gray" in title  # one short name for the four variants
@@ -79,7 +79,7 @@ def test_umap_title_of_four_variants_fits() -> None:
 
 
 def test_critical_difference_diagram_is_capped_and_readable(tmp_path: Path) -> None:
-    from mito.bench.stat_figures import CD_MAX_METHODS, cd_axes, cd_figure, cd_scores
+    from mito.report.stat_figures import CD_MAX_METHODS, cd_axes, cd_figure, cd_scores
     from mito.bench.stats import friedman_nemenyi
 
     rng = np.random.default_rng(0)
@@ -105,7 +105,7 @@ def test_critical_difference_diagram_is_capped_and_readable(tmp_path: Path) -> N
 
 
 def test_report_page_fits_1280_pixels(wide_bench: Path, tmp_path: Path) -> None:
-    from mito.bench import build_report
+    from mito.report import build_report
 
     d = tmp_path / "b"
     shutil.copytree(wide_bench, d)

@@ -16,7 +16,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, precision
 from typer.testing import CliRunner
 
 from mito.cli import app
-from mito.metrics import classification_metrics
+from mito.core.metrics import classification_metrics
 from tests.conftest import AMIBR
 
 runner = CliRunner()
@@ -69,7 +69,7 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _test_predictions(model: Path, store: Path) -> pd.DataFrame:
-    from mito.cache import open_store
+    from mito.store import open_store
     from mito.heads import predict
 
     with open_store(store) as s:
@@ -98,7 +98,7 @@ def test_fit_head_scores_the_minority_class(skewed: tuple[Path, Path], tmp_path:
     cfg = json.loads((out / "config.json").read_text())
     assert (m["positive"], cfg["positive"], cfg["positive_source"]) == ("Atypical", "Atypical", "minority of the training rows")
     assert POSITIVE_LINE in r.output
-    from mito.heads.heatmaps import prob_columns
+    from mito.report.slides import prob_columns
 
     assert prob_columns(df) == ["p_Atypical"]  # slide heatmaps draw the positive class
     df.attrs.clear()
@@ -237,7 +237,7 @@ def test_per_class_recall_and_precision_match_sklearn() -> None:
 
 def test_multiclass_bench_reports_recall_and_precision_per_class(skewed: tuple[Path, Path], tmp_path: Path) -> None:
     from mito.bench import load_leaderboard
-    from mito.metrics import per_class_summary
+    from mito.core.metrics import per_class_summary
 
     _, store = skewed
     out = tmp_path / "b"
@@ -296,7 +296,7 @@ def test_with_a_run_on_one_fold_is_paired_on_that_fold(skewed: tuple[Path, Path]
     y, pa, pb, fold, tile = align_predictions(keep[other["row_id"]], keep[best["row_id"]])
     pr = paired_bootstrap(y, pa, pb, [0, 1], "balanced_accuracy", fold=fold, tile=tile, n_boot=N_BOOT, seed=0, positive=0)
     assert other["delta_vs_best"] == pytest.approx(pr.delta)
-    from mito.bench.leaderboard import paired_cells
+    from mito.report.leaderboard import paired_cells
 
     cells = paired_cells(other)
     assert cells["_delta"] == f"{other['delta_vs_best']:+.3f}†" and cells["_p"].endswith("†") and cells["_p"] in r.output

@@ -100,7 +100,7 @@ def shift_bench(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_bench_shift_rows_carry_held_out_group_and_gap(shift_bench: Path, amibr_store: Path) -> None:
-    from mito.cache import open_store
+    from mito.store import open_store
 
     df = pd.read_csv(shift_bench / "leaderboard.csv", keep_default_na=False)
     assert {"held_out", "gap"} <= set(df.columns)
@@ -173,7 +173,7 @@ def test_gap_figure_keeps_a_long_legend_inside_the_picture(tmp_path: Path) -> No
     """Four held-out groups with long names (e.g. --shift-column slide): the legend used to run off the right edge."""
     from PIL import Image
 
-    from mito.bench.shift import gap_figure
+    from mito.report.shift import gap_figure
 
     groups = [f"a_rather_long_slide_name_{i}_stitched.tif" for i in range(4)]
     base = {"task": "mitosis", "backbone": "efficientnet_lite0", "features": "z1:rgb", "head": "logreg", "noise": 0.0}
@@ -188,7 +188,7 @@ def test_gap_figure_keeps_a_long_legend_inside_the_picture(tmp_path: Path) -> No
 
 def test_confusion_titles_say_which_group_a_shift_row_was_tested_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """leave-group-out rows of different held-out groups used to get indistinguishable confusion-matrix titles."""
-    from mito.bench import report
+    from mito.report import html as report
 
     titles: list[str] = []
 

@@ -18,7 +18,7 @@ from mito.bench.stats import (
     nemenyi_q,
     paired_bootstrap,
 )
-from mito.metrics import metric_score
+from mito.core.metrics import metric_score
 
 
 def two_rows(n: int = 300, seed: int = 0, gap: float = 1.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,7 +161,7 @@ def test_friedman_nemenyi() -> None:
 
 def test_delong_standard_error_agrees_with_the_bootstrap() -> None:
     """An independent check of DeLong's variance: the spread of the paired-bootstrap AUROC difference (seeded)."""
-    from mito.metrics import bootstrap_replicates
+    from mito.core.metrics import bootstrap_replicates
 
     y, pa, pb = two_rows(400, seed=5, gap=0.8)
     d = delong_test(y, pa[:, 1], pb[:, 1])

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import mito.cli
 from mito.cli import app
-from mito.tables import number, p_value, seconds
+from mito.report.tables import number, p_value, seconds
 
 NUM = re.compile(r"(?<![\d.])[+-]?\d+\.\d+")
 runner = CliRunner()
@@ -117,7 +117,7 @@ def test_fit_head_cache_info_and_backbones_at_80_columns(amibr_store: Path, tmp_
     assert "efficientnet_lite0:z1:rgb" in info.output.replace("\n", "").replace("│", "").replace(" ", "") or "feature" in _not_shown(info.output)
     bb = runner.invoke(app, ["backbones"])
     assert bb.exit_code == 0 and max(len(x) for x in bb.output.splitlines()) <= 80, bb.output
-    from mito.extract import list_backbones
+    from mito.backbones import list_backbones
 
     body = [x for x in bb.output.splitlines() if x.startswith("│")]
     assert len(body) == len(list_backbones()), bb.output  # one line per backbone

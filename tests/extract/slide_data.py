@@ -3,7 +3,7 @@
 Level 0 is 1536 x 1024 px at 0.25 um/px. Region "Atypical" fills x 128..640, y 128..896 with Atypical crops,
 region "Normal" fills x 896..1408 with Normal crops; everything else is white. At --mpp 0.5 --tile-px 64
 a tile is 128 level-0 px, so the regions hold exactly 4 x 6 grid tiles each. The writers are the library's
-(mito.extract.slide_writer, which `mito demo --slides` uses too).
+(mito.wsi.writer, which `mito demo --slides` uses too).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mito.extract import slide_writer
-from mito.extract.slide_writer import pyramid, write_ome, write_plain, write_svs  # noqa: F401  (the tests' names)
+from mito.wsi import writer as slide_writer
+from mito.wsi.writer import pyramid, write_ome, write_plain, write_svs  # noqa: F401  (the tests' names)
 from tests.conftest import AMIBR
 
 W, H = 1536, 1024

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mito.cache import open_store
+from mito.store import open_store
 from mito.extract import ExtractConfig, extract
 from mito.extract.distributed import Dist, merge_summaries, torchrun_command
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mito.extract import slides
-from mito.extract.slide_tiles import build_slide_table, mask_downsample, options_from, tissue_mask
+from mito.wsi import reader as slides
+from mito.extract.slide_tiles import build_slide_table, options_from
+from mito.wsi.tissue import mask_downsample, tissue_mask
 from tests.extract.slide_data import mosaic
 
 SIDE = 8192
@@ -65,11 +66,11 @@ def test_tissue_of_a_slide_without_a_pyramid_reads_it_once_in_strips_and_shows_p
 ) -> None:
     from rich.console import Console
 
-    import mito.progress
+    import mito.core.progress
 
     path, _ = flat
     shown = io.StringIO()
-    monkeypatch.setattr(mito.progress, "_STDERR", Console(file=shown, force_terminal=True, width=120))
+    monkeypatch.setattr(mito.core.progress, "_STDERR", Console(file=shown, force_terminal=True, width=120))
     reads = _count_reads(monkeypatch)
     tracemalloc.start()
     try:

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mito.cache import open_store
+from mito.store import open_store
 from mito.cli import app
 
 runner = CliRunner()

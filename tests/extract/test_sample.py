@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.cache import StoreError, open_store
+from mito.store import StoreError, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract, open_source
 from mito.extract.sources import stratified_sample

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mito.cache import StoreError, open_store
+from mito.store import StoreError, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract
 from tests.conftest import AMIBR, amibr_subset
@@ -58,7 +58,7 @@ def _source(two: dict[str, Path], d: Path, slides: list[str]) -> Path:
 def test_adding_a_slide_embeds_only_its_tiles_and_keeps_old_rows_bit_for_bit(
     two: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mito.progress import GroupProgress
+    from mito.core.progress import GroupProgress
 
     seen: list[tuple[str, int, int]] = []  # the per-slide line under the overall bar: slide, done, total
     real = GroupProgress.advance
@@ -110,7 +110,7 @@ def test_adding_a_slide_embeds_only_its_tiles_and_keeps_old_rows_bit_for_bit(
 
 KILLER = """
 import os, signal, sys
-from mito.cache import backend, store
+from mito.store import backend, store
 where, n = sys.argv[1], int(sys.argv[2])
 calls = [0]
 def hook(real):
@@ -188,7 +188,7 @@ def test_new_crops_in_a_tile_folder_are_appended_to_an_hdf5_store(tmp_path: Path
 
 
 def test_the_per_slide_line_follows_the_slide_being_embedded() -> None:
-    from mito.progress import group_progress, progress_bar
+    from mito.core.progress import group_progress, progress_bar
 
     with progress_bar("tiles", enabled=False) as bar:
         g = group_progress(bar, np.arange(2, 7), np.array(["a.svs"] * 4 + ["b.svs"] * 3), "slides")
@@ -205,8 +205,8 @@ def test_the_per_slide_line_follows_the_slide_being_embedded() -> None:
 def test_an_interrupted_append_no_longer_wanted_is_undone(tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import pandas as pd
 
-    from mito.cache import create_store
-    from mito.cache.backend import H5Backend, ZarrBackend
+    from mito.store import create_store
+    from mito.store.backend import H5Backend, ZarrBackend
 
     path = tmp_path / f"u.{fmt}"
     s = create_store(path, pd.DataFrame({"tile_id": [f"t{i}" for i in range(5)], "slide": "a"}), {}, chunk_rows=2)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mito.cache import open_store
+from mito.store import open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract
 from tests.extract.slide_data import slide_folder, write_geojson

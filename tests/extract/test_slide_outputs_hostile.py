@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.cache import create_store, open_store
+from mito.store import create_store, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract
 from tests.extract.slide_data import mosaic, write_corrupt, write_geojson, write_ome, write_plain, write_svs
@@ -323,7 +323,7 @@ def test_zarr_exit_is_quiet_when_its_io_thread_is_slow(tmp_path: Path) -> None:
         "sync._get_loop().call_soon_threadsafe(time.sleep, 1.0)\n"  # the I/O thread still busy as the process exits
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    guarded = subprocess.run([sys.executable, "-c", code.format(guard="from mito.cache.backend import guard_zarr_exit\nguard_zarr_exit()\n")],
+    guarded = subprocess.run([sys.executable, "-c", code.format(guard="from mito.core.interrupts import guard_zarr_exit\nguard_zarr_exit()\n")],
                              capture_output=True, text=True, timeout=60, env=env, check=False)
     assert guarded.returncode == 0 and "Traceback" not in guarded.stderr and "running event loop" not in guarded.stderr, guarded.stderr
     bare = subprocess.run([sys.executable, "-c", code.format(guard="")], capture_output=True, text=True, timeout=60, env=env, check=False)

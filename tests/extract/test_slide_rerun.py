@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.cache import StoreError, open_store
+from mito.store import StoreError, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract, open_source
 from mito.extract.errors import ExtractError
@@ -180,7 +180,7 @@ def test_label_changes_in_a_slide_manifest_update_the_tile_table(root: Path, tmp
 def test_label_changes_in_a_crop_manifest_update_the_store_and_survive_an_interrupt(
     tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mito.cache import store as store_mod
+    from mito.store import store as store_mod
 
     crops = sorted((AMIBR / "Atypical").glob("*.jpg"))[:2] + sorted((AMIBR / "Normal").glob("*.jpg"))[:2]
     man = tmp_path / "crops.csv"

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.cache import StoreError, open_store
+from mito.store import StoreError, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract, open_source
 from mito.extract.slide_tiles import SlideOptions, read_views
-from mito.extract.slides import (
+from mito.wsi.reader import (
     SlideReadError,
     check_mpp,
     close_slide,
@@ -285,15 +285,16 @@ def test_tile_size_is_bounded_and_the_widest_view_must_fit_in_memory(monkeypatch
         options_from(0.001, None, 500.0, [1.0])
     with pytest.raises(ValidationError, match="16384"):
         ExtractConfig(source="x", store="y.zarr", mpp=0.5, tile_px=20000)
-    monkeypatch.setattr("mito.resources.available_memory", lambda: 64 << 20)
+    monkeypatch.setattr("mito.core.resources.available_memory", lambda: 64 << 20)
     assert options_from(0.5, 1024, None, [1.0]).tile_px == 1024  # 3 MiB
     with pytest.raises(ExtractError, match=r"4096 x 4096 px view .* x 3 worker"):
         options_from(0.5, 1024, None, [1.0, 0.25], workers=3)  # 48 MiB x 3
 
 
 def test_one_slide_stem_for_annotations_and_export() -> None:
-    from mito.cache import export
-    from mito.extract import slide_tiles, slides
+    from mito.store import export
+    from mito.extract import slide_tiles
+    from mito.wsi import reader as slides
 
     assert slide_tiles.stem is slides.stem and not hasattr(export, "stem")
     assert [slides.stem(n) for n in ("a.svs", "b.ome.tif", "C.OME.TIFF", "d.x.tiff")] == ["a", "b", "C", "d.x"]
@@ -364,7 +365,7 @@ def test_no_slide_stays_open_after_an_extract_without_workers(slides: Path, tmp_
 
 
 def test_a_no_op_rerun_does_not_rewrite_the_slide_record(slides: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mito.cache.store import Store
+    from mito.store.store import Store
 
     written: list[str] = []
     real = Store.record

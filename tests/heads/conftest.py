@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mito.cache import create_store
+from mito.store import create_store
 
 from tests.conftest import AMIBR
 PROV = {

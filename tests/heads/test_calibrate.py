@@ -21,7 +21,7 @@ from mito.heads import (
     predict,
 )
 from mito.heads.calibrate import apply_temperature, fit_temperature, nll
-from mito.metrics import expected_calibration_error
+from mito.core.metrics import expected_calibration_error
 
 RGB = "fakenet:z1:rgb"
 runner = CliRunner()
@@ -80,7 +80,7 @@ def test_temperature_round_trip_save_load_predict(pair: tuple[Path, dict, Path, 
     on_disk = pd.read_csv(tmp_path / "p.csv")
     assert np.allclose(on_disk["p_Normal"], b["p_Normal"])
     m = load_model(calib_dir)
-    from mito.cache import open_store
+    from mito.store import open_store
 
     with open_store(synth_store) as s:
         X = np.concatenate([blk for _, blk in s.iter_chunks([RGB], np.arange(20))])
@@ -108,7 +108,7 @@ def test_ensemble_temperature_is_applied_once_to_the_averaged_probabilities(synt
     t = json.loads((tmp_path / "e" / "config.json").read_text())["calibration"]["temperature"]
     assert t == m["calibration"]["temperature"] and t != pytest.approx(1.0)
     model = load_model(tmp_path / "e")
-    from mito.cache import open_store
+    from mito.store import open_store
 
     with open_store(synth_store) as s:
         X = s.read([RGB]).astype(np.float32)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.cache import open_store
+from mito.store import open_store
 from mito.cli import app
 from mito.heads import HeadError, load_model, make_fit_config
 from mito.heads.base import load_head as load_bare_head

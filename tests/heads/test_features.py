@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mito.cache import open_store
+from mito.store import open_store
 from mito.heads import FeaturePipeline, HeadError, select_features
 from mito.heads.features import check_store_matches
 

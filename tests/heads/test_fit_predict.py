@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.cache import open_store
+from mito.store import open_store
 from mito.cli import app
+from mito.app.predict import predict as predict_tiles
 from mito.heads import FitConfig, HeadError, fit_head, load_model, make_fit_config, predict
-from mito.errors import TaskError
+from mito.core.errors import TaskError
 
 from .conftest import PROV, amibr_tiles, synthetic_store
 
@@ -65,7 +66,7 @@ def test_predict_store_matches_training_metrics(model: tuple[Path, dict], synth_
     with open_store(synth_store) as s:
         test = (s.tiles["split"] == "test").to_numpy()
     assert (df["pred"] == np.where(df["p_Atypical"] > df["p_Normal"], "Atypical", "Normal")).all()
-    from mito.metrics import classification_metrics
+    from mito.core.metrics import classification_metrics
 
     again = classification_metrics(df["label"][test], df[["p_Atypical", "p_Normal"]][test].to_numpy(), ["Atypical", "Normal"])
     assert again["balanced_accuracy"] == pytest.approx(m["balanced_accuracy"])
@@ -83,7 +84,7 @@ def test_predict_refuses_foreign_store(model: tuple[Path, dict], tmp_path: Path)
     with pytest.raises(HeadError, match="made differently .* fakenet:z1:rgb: weights_sha256"):
         predict(out, store=other)
     with pytest.raises(HeadError, match="exactly one of"):
-        predict(out)
+        predict_tiles(out)
     with pytest.raises(HeadError, match="not a mito model directory"):
         load_model(tmp_path)
 

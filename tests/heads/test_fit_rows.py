@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mito.cache import open_store
+from mito.store import open_store
 from mito.heads import fit_on_rows, make_head, select_features
 
 RGB, GRAY = "fakenet:z1:rgb", "fakenet:z1:gray"
@@ -33,16 +33,16 @@ def test_scores_come_back_in_the_order_the_rows_were_given(synth_store: Path) ->
 
 def test_bench_worker_streams_under_its_memory_budget(synth_store: Path) -> None:
     from mito.bench.cv import Fold
-    from mito.bench.leaderboard import _fit_one
+    from mito.bench.rows import fit_one
 
     with open_store(synth_store) as s:
         y = s.tiles["mitosis"].to_numpy().astype(object)
         p = _parts(s.n_tiles, seed=1)
     fold = Fold(0, np.sort(p["train"]), np.sort(p["val"]), p["test"])
-    big = _fit_one(str(synth_store), (RGB,), "linear", {"epochs": 3}, fold, y, ["Atypical", "Normal"], memory_budget=1 << 30)
-    small = _fit_one(str(synth_store), (RGB,), "linear", {"epochs": 3}, fold, y, ["Atypical", "Normal"], memory_budget=1000)
+    big = fit_one(str(synth_store), (RGB,), "linear", {"epochs": 3}, fold, y, ["Atypical", "Normal"], memory_budget=1 << 30)
+    small = fit_one(str(synth_store), (RGB,), "linear", {"epochs": 3}, fold, y, ["Atypical", "Normal"], memory_budget=1000)
     assert not big["streamed"] and small["streamed"]
     for r in (big, small):
         assert r["proba"].shape == (len(fold.test), 2) and np.allclose(r["proba"].sum(axis=1), 1)
-    meta = _fit_one(str(synth_store), (RGB,), "logreg", {}, fold, y, ["Atypical", "Normal"], metadata_columns=["dataset"])
+    meta = fit_one(str(synth_store), (RGB,), "logreg", {}, fold, y, ["Atypical", "Normal"], metadata_columns=["dataset"])
     assert meta["proba"].shape == (len(fold.test), 2)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mito.cache import create_store, open_store
+from mito.store import create_store, open_store
 from mito.cli import app
-from mito.errors import OutputError
+from mito.core.errors import OutputError
 from mito.heads.bags import BagReader, bag_table, make_bags
 from mito.heads.base import HeadError
 from mito.heads.mil import load_mil_head, make_mil_head
@@ -254,8 +254,8 @@ def test_attention_heatmaps_on_a_slide_store(tmp_path: Path) -> None:
     from PIL import Image
 
     from mito.extract import ExtractConfig, extract
-    from mito.heads.slide import predict_slides
-    from mito.io import write_json
+    from mito.app.predict import predict_slides
+    from mito.core.io import write_json
     from tests.extract.slide_data import slide_folder
 
     slide_folder(tmp_path / "slides")

@@ -16,7 +16,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mito.cli import app
-from mito.heads import FitConfig, fit_head, predict
+from mito.app.predict import predict
+from mito.heads import FitConfig, fit_head
 
 runner = CliRunner()
 ALL4 = [f"efficientnet_lite0:z{z}:{c}" for z in (1, 2) for c in ("rgb", "gray")]
@@ -30,7 +31,7 @@ def model(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_fit_head_defaults_use_every_variant_and_the_published_split(amibr_store: Path, tmp_path: Path) -> None:
-    from mito.cache import open_store
+    from mito.store import open_store
 
     r = runner.invoke(app, ["fit-head", "--store", str(amibr_store), "--out", str(tmp_path / "m"), "--head", "logreg"])
     assert r.exit_code == 0, r.output
@@ -88,18 +89,18 @@ def test_predict_slide_with_points_matches_the_crops(model: Path, amibr_store: P
 
 
 def test_predict_on_images_shows_extraction_and_scoring_progress(model: Path, amibr_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mito.extract
-    import mito.progress
+    import mito.app.predict
+    import mito.core.progress
 
     new = tmp_path / "new" / "Normal"
     new.mkdir(parents=True)
     for f in sorted((amibr_dir / "Normal").glob("*.jpg"))[:3]:
         shutil.copy(f, new / f.name)
     seen = []
-    real = mito.extract.extract
-    monkeypatch.setattr(mito.extract, "extract", lambda cfg: (seen.append(cfg.progress), real(cfg))[1])
+    real = mito.app.predict.extract
+    monkeypatch.setattr(mito.app.predict, "extract", lambda cfg: (seen.append(cfg.progress), real(cfg))[1])
     buf = io.StringIO()
-    monkeypatch.setattr(mito.progress, "_STDERR", Console(file=buf, force_terminal=True, width=120))
+    monkeypatch.setattr(mito.core.progress, "_STDERR", Console(file=buf, force_terminal=True, width=120))
     predict(model, source=str(tmp_path / "new"), device="cpu", progress=True)
     assert seen and all(seen)
     assert "scoring" in buf.getvalue() and "3/3" in buf.getvalue()
@@ -127,7 +128,7 @@ def test_predict_keeps_the_path_the_user_gave(model: Path, amibr_dir: Path, tmp_
 
 
 def test_fit_head_and_predict_take_every_proxy_task_through_the_one_resolver(tmp_path: Path) -> None:
-    """`phase` is not a column: it is derived from the expert labels, as bench derives it (mito.tasks)."""
+    """`phase` is not a column: it is derived from the expert labels, as bench derives it (mito.core.tasks)."""
     from tests.heads.conftest import amibr_tiles, synthetic_store
 
     tiles = amibr_tiles(300)

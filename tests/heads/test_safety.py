@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.cache import open_store
+from mito.store import open_store
 from mito.cli import app
 from mito.heads import HeadError, load_head, load_model, select_features
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mito.cache import create_store, open_store
+from mito.store import create_store, open_store
 from mito.heads import mil
 from mito.heads.bags import BagReader, make_bags, tile_budget_batches
 

@@ -77,7 +77,7 @@ def test_tiles_without_a_group_are_groups_of_their_own(tmp_path) -> None:
     from typer.testing import CliRunner
 
     from mito.cli import app
-    from mito.tasks import group_ids
+    from mito.core.tasks import group_ids
     from tests.heads.conftest import amibr_tiles, synthetic_store
 
     tiles = amibr_tiles(160)

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import FULL_AMIBR
-from mito.cache import create_store, open_store
+from mito.store import create_store, open_store
 from mito.cli import app
 from mito.heads import FeaturePipeline, FeatureStream, HeadError, fit_head, fit_pipeline_stream, make_fit_config, make_head, predict, select_features
 from mito.heads.fit import use_stream
@@ -167,7 +167,7 @@ def test_buffer_larger_than_the_stream_is_sized_to_it(synth_store: Path) -> None
 
 
 def test_memory_headroom_respects_cgroup_limits(tmp_path: Path) -> None:
-    from mito.resources import available_memory, cgroup_room as _cgroup_room
+    from mito.core.resources import available_memory, cgroup_room as _cgroup_room
 
     assert _cgroup_room(tmp_path) is None  # no cgroup files: no limit known
     (tmp_path / "memory.max").write_text("max\n")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mito.cache import open_store
+from mito.store import open_store
 from mito.heads import HEAD_NAMES, HeadError, load_head, make_head
 from mito.heads.zeroshot import (
     TextEmbeddings,

@@ -112,12 +112,12 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=AMIBR, help="AMi-Br-shaped folder of real crops")
     a = ap.parse_args()
 
-    from mito.extract import ExtractConfig, extract, pick_device
     from mito.backbones import create_backbone, get_backbone
-    from mito.extract.extractor import default_batch_size, default_workers
     from mito.core.resources import tune_cpu_allocator
-    from mito.extract.variants import Preprocess, preprocess
+    from mito.extract import ExtractConfig, extract, pick_device
+    from mito.extract.extractor import default_batch_size, default_workers
     from mito.extract.sources import read_image
+    from mito.extract.variants import Preprocess, preprocess
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from mito.bench import BenchConfig, run_bench, save_leaderboard
-from mito.report import build_report
 from mito.bench.fewshot import curve_table, main_rows
+from mito.report import build_report
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from mito.store import open_store
 from mito.heads import HEAD_NAMES, FitConfig, fit_head
+from mito.store import open_store
 
 METRICS = ("balanced_accuracy", "auroc", "kappa", "weighted_f1")
 

@@ -83,9 +83,9 @@ def main() -> None:
                         "--dims", str(a.dims), "--dir", a.dir], check=True)
         print(f"built {path} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
-    from mito.store import open_store
     from mito.heads.bags import BagReader, bag_table, make_bags
     from mito.heads.mil import make_mil_head
+    from mito.store import open_store
 
     with open_store(path) as store:
         bags = make_bags(bag_table(store, "label", "slide"), "label", "slide")

@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from mito.bench.stats import paired_bootstrap
-from mito.store import open_store
-from mito.heads import fit_on_rows, make_head
-from mito.heads.split import make_split
 from mito.core.metrics import classification_metrics
 from mito.core.tasks import resolve_task
 from mito.datasets import PROXY_TASKS
+from mito.heads import fit_on_rows, make_head
+from mito.heads.split import make_split
+from mito.store import open_store
 
 GAUSS = {"noise": 0.5, "noise_mode": "global"}
 CONFIGS: dict[str, tuple[str, dict[str, Any], str]] = {  # name: (colour set, head params, reference row)

@@ -41,9 +41,9 @@ def build(store: Path, model: Path, big: int, big_tiles: int, small: int, small_
     """The store (huge bags spread among the small ones, tiles of a bag contiguous) and a 1-epoch abmil head."""
     import pandas as pd
 
-    from mito.store import create_store
     from mito.heads.bags import BagReader, make_bags
     from mito.heads.mil import make_mil_head
+    from mito.store import create_store
 
     n_bags = big + small
     every = max(1, n_bags // max(1, big))

@@ -53,8 +53,8 @@ def build_slide(dest: Path, side: int) -> Path:
     """A side x side px .svs at 0.25 um/px covered with real crops (cycled), 3 levels (1, 2, 4), JPEG tiles."""
     from PIL import Image
 
-    from tests.conftest import AMIBR
     from mito.wsi.writer import write_svs
+    from tests.conftest import AMIBR
 
     crops = []
     for f in sorted(AMIBR.glob("*/*.jpg"))[:300]:

@@ -13,8 +13,9 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from mito.core.version import __version__
 from mito.core.errors import MitoError, os_error_line
+from mito.core.version import __version__
+
 
 def _hide_flag_types() -> None:
     """Recent typer prints ``<bool>`` beside every on/off flag; a flag takes no value, so show no type for it."""
@@ -217,9 +218,9 @@ def extract(
     label_overlap: Optional[float] = typer.Option(None, help="Whole slides: drop labelled tiles their region covers less than this."),
 ) -> None:
     """Embed every tile with each backbone, zoom and colour into a chunked store (re-run to resume)."""
+    from mito.core.wording import counted
     from mito.extract import extract as run_extract
     from mito.extract import growth_lines
-    from mito.core.wording import counted
 
     if gpus != 1:
         from mito.extract.distributed import launch, strip_option
@@ -338,8 +339,8 @@ def cache_info(store: str = typer.Argument(..., help="Store path"), as_json: boo
 @friendly
 def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
     """Exit 0 only if every variant is complete and every written row is sound."""
-    from mito.store import open_store
     from mito.core.wording import counted
+    from mito.store import open_store
 
     with open_store(store, lenient=True) as s:  # lenient: report what is wrong with a damaged store, do not refuse it
         problems = s.verify()
@@ -695,10 +696,10 @@ def zero_shot_cmd(
     positive: Optional[str] = typer.Option(None, "--positive", help="Two-class tasks: the positive class of PR-AUC and ECE (default: the minority class of the labelled tiles)."),
 ) -> None:
     """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
-    from mito.store import store_input_files
+    from mito.core.io import atomic_write, check_output_file, csv_probabilities
     from mito.extract import pick_device
     from mito.heads import run_zero_shot
-    from mito.core.io import atomic_write, check_output_file, csv_probabilities
+    from mito.store import store_input_files
 
     check_output_file(out, overwrite, protect=(store,), inputs=store_input_files(store))
     r = run_zero_shot(store, backbone, prompts, weights=weights, task=task, context=prompt_context, variant=variant, device=str(pick_device(device)),
@@ -813,11 +814,19 @@ def bench_cmd(
         return
     if bag_column or bag_label or group_column:
         raise UserError("--bag-column, --bag-label and --group-column go with --level slide")
-    from mito.bench import BenchConfig, available_tasks, is_run_folder, run_bench, save_leaderboard, sigterm_as_interrupt, task_summary_lines
+    from mito.bench import (
+        BenchConfig,
+        available_tasks,
+        is_run_folder,
+        run_bench,
+        save_leaderboard,
+        sigterm_as_interrupt,
+        task_summary_lines,
+    )
+    from mito.core.io import atomic_dir, check_output_dir
     from mito.datasets import PROXY_TASKS
     from mito.report import build_report, leaderboard_table, leaderboard_umaps
     from mito.store import open_store
-    from mito.core.io import atomic_dir, check_output_dir
 
     check_output_dir(out, overwrite, is_ours=is_run_folder, protect=(store, *include), what="bench folder")
     with open_store(store) as s:
@@ -1019,9 +1028,9 @@ def umap_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing PNG."),
 ) -> None:
     """2-D UMAP of a feature set, coloured by a label column; saved as PNG."""
+    from mito.core.io import check_output_file
     from mito.report import umap_plot
     from mito.store import store_input_files
-    from mito.core.io import check_output_file
 
     if out.suffix.lower() == ".png":
         check_output_file(out, overwrite=overwrite, protect=(store,), inputs=store_input_files(store))
@@ -1080,8 +1089,8 @@ def export_cmd(
 
 
 def _heatmaps(df: Any, store: Optional[str], folder: Path, overwrite: bool, model: Path) -> None:
-    from mito.store import open_store
     from mito.report import write_heatmaps
+    from mito.store import open_store
 
     if store is None:
         raise UserError("--heatmaps needs --store (a store extracted from slides)")

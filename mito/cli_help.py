@@ -84,7 +84,7 @@ def options_panel(*, name: str, params: Sequence[Any], ctx: Any, markup_mode: An
         if kind:
             names.append(" ")
             names.append(Text(str(kind) + (ru.RANGE_STRING.format(rng) if rng else ""), style=ru.STYLE_TYPES))
-        second = [o for o in param.secondary_opts]
+        second = list(param.secondary_opts)
         if second:
             names.append("\n")
             names.append(ru.negative_highlighter(", ".join(second)))

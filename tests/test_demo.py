@@ -35,9 +35,9 @@ def test_slide_demo_builds_slides_and_runs_every_slide_step(amibr_dir: Path, tmp
     import pandas as pd
     from PIL import Image
 
-    from mito.store import open_store
     from mito.app.demo import GRID, PLANT, run_slide_demo
     from mito.heads import is_slide_model
+    from mito.store import open_store
 
     console = Console(record=True, width=200)
     r = run_slide_demo(tmp_path / "ds", device="cpu", console=console, source=amibr_dir, n_slides=8)

@@ -74,8 +74,8 @@ def test_legacy_tile_models_predict_as_before(legacy: Path, name: str) -> None:
 
 def test_legacy_tile_models_load_as_models(legacy: Path) -> None:
     """load_model gives the sklearn-style object; its predict_proba on the raw store features is what predict wrote."""
-    from mito.store import open_store
     from mito.heads import load_model
+    from mito.store import open_store
 
     with open_store(legacy / "store.zarr") as s:
         x, paths = s.read(["efficientnet_lite0:z1:rgb"]), s.tiles["path"].tolist()

@@ -13,8 +13,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mito.store import create_store
 from mito.cli import app, friendly
+from mito.store import create_store
 
 runner = CliRunner()
 KEY = "synth:z1:rgb"

@@ -138,7 +138,7 @@ def build_toy_slides(folder: Path, crops: Path, n_slides: int = 20, seed: int = 
     rng = np.random.default_rng(seed)
     for label in pools:
         pools[label] = [pools[label][i] for i in rng.permutation(len(pools[label]))]
-    used = {label: 0 for label in pools}
+    used = dict.fromkeys(pools, 0)
 
     def take(label: str) -> Path:
         f = pools[label][used[label] % len(pools[label])]  # cycles only when the folder has fewer crops than cells

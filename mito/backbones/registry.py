@@ -191,7 +191,7 @@ def resolve_weights(spec: BackboneSpec, weights: str | None = None) -> Path | No
     raise BackboneError(weights_help(spec))
 
 
-def file_sha256(path: Path, _cache: dict[tuple[str, float, int], str] = {}) -> str:
+def file_sha256(path: Path, _cache: dict[tuple[str, float, int], str] = {}) -> str:  # noqa: B006 (the memo, on purpose)
     """sha256 of a file (cached per path, mtime and size within the process)."""
     st = path.stat()
     key = (str(path), st.st_mtime, st.st_size)

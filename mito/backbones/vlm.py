@@ -21,18 +21,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from mito.backbones.errors import BackboneError
 from mito.backbones.registry import (
     BackboneSpec,
     Encoder,
     WeightsSource,
     file_sha256,
     get_backbone,
+    list_backbones,
     load_state_dict,
     register,
     register_loader,
 )
-from mito.backbones.errors import BackboneError
-from mito.backbones.registry import list_backbones
 
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 VLM_LOADERS = ("open_clip", "conch")
@@ -243,7 +243,7 @@ def conch_tokenizer(tokenizer_file: Path) -> Tokenizer:
         raise BackboneError("the CONCH tokenizer needs the tokenizers package: pip install tokenizers") from None
     try:
         tok = HFTokenizer.from_file(str(tokenizer_file))
-    except Exception as e:  # noqa: BLE001  (the tokenizers library raises its own exception type for a bad file)
+    except Exception as e:
         raise BackboneError(f"cannot read the CONCH tokenizer {tokenizer_file}: {str(e).splitlines()[0]}") from None
     pad, bos, eos = (tok.token_to_id(t) for t in ("<pad>", "<start_of_text>", "<end_of_text>"))
     if None in (pad, bos, eos):

@@ -4,8 +4,8 @@ them: mito.report."""
 
 from mito.bench.cv import CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
-from mito.bench.finetune import FinetuneConfig, is_finetuned, load_finetuned, predict_finetuned, run_finetune
 from mito.bench.fewshot import draw_shots, parse_shots
+from mito.bench.finetune import FinetuneConfig, is_finetuned, load_finetuned, predict_finetuned, run_finetune
 from mito.bench.leaderboard import (
     BenchConfig,
     FeatureSet,
@@ -21,7 +21,14 @@ from mito.bench.leaderboard import (
 )
 from mito.bench.slide_bench import DEFAULT_SLIDE_HEADS, SlideBenchConfig, run_slide_bench
 from mito.bench.stats import (
-    DelongResult, FriedmanResult, PairedResult, add_paired_columns, compare_rows, delong_test, friedman_nemenyi, holm,
+    DelongResult,
+    FriedmanResult,
+    PairedResult,
+    add_paired_columns,
+    compare_rows,
+    delong_test,
+    friedman_nemenyi,
+    holm,
     paired_bootstrap,
 )
 from mito.bench.umap import umap_points

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-
 from typing import Literal, get_args
 
 import numpy as np

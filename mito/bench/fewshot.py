@@ -21,12 +21,10 @@ How a K-shot row is made (the same for every backbone and head):
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -247,12 +245,12 @@ def fewshot_rows(
     shots = finite_shots(cfg.few_shot)
     n_draws = int(cfg.few_shot_draws or DEFAULT_DRAWS)
     draws: dict[tuple[str, int], tuple[list[tuple[int, Fold]], dict[str, int]]] = {}
-    for t, (spec, y, classes, plan) in plans.items():
+    for t, (_spec, y, _classes, plan) in plans.items():
         for k in shots:
             draws[(t, k)] = shot_folds(plan.folds, y, k, n_draws, cfg.seed)
     jobs = []
     for fs in sets:
-        for t, (spec, y, classes, plan) in plans.items():
+        for t in plans:
             for head in heads:
                 for nz in noises:
                     params = dict(cfg.head_params.get(head, {}))
@@ -271,7 +269,7 @@ def fewshot_rows(
     )
     results = run_parallel(Parallel, calls, len(jobs), n_jobs, progress, "fitting few-shot heads")
     grouped: dict[tuple[Any, ...], list[tuple[tuple[int, Fold], dict[str, Any]]]] = {}
-    for (t, fs, head, nz, params, k, d, f), r in zip(jobs, results):
+    for (t, fs, head, nz, _params, k, d, f), r in zip(jobs, results):
         grouped.setdefault((t, fs, head, nz, k), []).append(((d, f), r))
     score_calls = []
     for (t, fs, head, nz, k), items in grouped.items():

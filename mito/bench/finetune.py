@@ -24,20 +24,20 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from mito.core.version import __version__
 from mito.backbones import create_backbone, get_backbone
 from mito.bench.cv import CVMode, Fold
-from mito.extract import Preprocess, open_source, pick_device, preprocess
-from mito.heads import CheckpointError, Checkpointer, EarlyStopping, TimeBudget, train_loop
 from mito.bench.errors import BenchError
-from mito.core.metrics import metric_score, positive_index
-from mito.core.io import atomic_write, check_output_dir, csv_probabilities, write_npz
-from mito.core.progress import add_task, advance, progress_bar
 from mito.bench.leaderboard import Leaderboard, is_run_folder, positive_meta, rank_rows, save_leaderboard, task_plan
 from mito.bench.rows import row_id, score_row
 from mito.core.errors import TaskError
+from mito.core.io import atomic_write, check_output_dir, csv_probabilities, write_npz
+from mito.core.metrics import metric_score, positive_index
+from mito.core.progress import add_task, advance, progress_bar
 from mito.core.tasks import resolve_task
+from mito.core.version import __version__
 from mito.datasets import PROXY_TASKS
+from mito.extract import Preprocess, open_source, pick_device, preprocess
+from mito.heads import Checkpointer, CheckpointError, EarlyStopping, TimeBudget, train_loop
 
 FTMode = Literal["lora", "linear-probe", "full"]
 FT_MODES: tuple[str, ...] = get_args(FTMode)

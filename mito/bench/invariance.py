@@ -8,11 +8,10 @@ stable under stain change.
 
 from __future__ import annotations
 
-import os
 import numpy as np
 import pandas as pd
 
-from mito.store import Store, format_zoom, is_view, open_store, parse_variant, views_of
+from mito.store import Store, format_zoom, is_view, parse_variant, views_of
 
 COLOR_COLUMNS = ("gray", "hema")
 

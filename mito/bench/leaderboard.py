@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,21 +16,25 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mito.bench.cv import CVMode, CVPlan, Fold, make_folds
-from mito.bench.fewshot import fewshot_rows, parse_shots
-from mito.bench.zeroshot import TEXT_HEADS, plan_text, text_head_params, zero_shot_rows
-from mito.core.interrupts import handle_signals
-from mito.heads import HEAD_NAMES, head_names
-from mito.store import open_store
-from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, fit_one, row_id, run_parallel, score_row, split_key
 from mito.bench.errors import BenchError
+from mito.bench.fewshot import fewshot_rows, parse_shots
+from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, fit_one, row_id, run_parallel, score_row, split_key
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
-from mito.core.errors import MitoError
-from mito.core.io import METRIC_CSV_FORMAT, atomic_write, json_default, write_npz
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns
 from mito.bench.validate import check_predictions, check_rows
-from mito.core.metrics import CALIBRATION_NAMES, METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary, per_class_line, per_class_summary, positive_index
-from mito.datasets import PROXY_TASKS
+from mito.bench.zeroshot import TEXT_HEADS, plan_text, text_head_params, zero_shot_rows
+from mito.core.errors import MitoError
+from mito.core.interrupts import handle_signals
+from mito.core.io import METRIC_CSV_FORMAT, atomic_write, json_default, write_npz
+from mito.core.metrics import (
+    CALIBRATION_NAMES,
+    METRIC_NAMES,
+    per_class_line,
+)
 from mito.core.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
+from mito.datasets import PROXY_TASKS
+from mito.heads import HEAD_NAMES, head_names
+from mito.store import open_store
 
 RANDOM_PREFIX = "random_"
 COLUMNS = [
@@ -143,7 +147,7 @@ def all_feature_sets(variants: Sequence[str]) -> list[FeatureSet]:
         zooms = list(dict.fromkeys(p[1] for p in parts))
         colors = list(dict.fromkeys(p[2] for p in parts))
         have = {(p[1], p[2]) for p in parts}
-        key = lambda z, c: f"{bb}:{z}:{c}"  # noqa: E731
+        key = lambda z, c: f"{bb}:{z}:{c}"  # noqa: E731, B023 (used at once, inside this iteration)
         out += [_fs([key(z, c)]) for z, c in ((p[1], p[2]) for p in parts)]
         if len(colors) > 1:
             out += [_fs([key(z, c) for c in colors]) for z in zooms if all((z, c) in have for c in colors)]
@@ -167,7 +171,7 @@ def parse_feature_sets(specs: Sequence[str] | None, variants: Sequence[str]) -> 
     out: list[FeatureSet] = []
     for spec in specs:
         if ":" not in spec:
-            sets = [fs for fs in all_feature_sets([v for v in variants if v.startswith(spec + ":")])]
+            sets = list(all_feature_sets([v for v in variants if v.startswith(spec + ":")]))
             if not sets:
                 raise BenchError(f"no features of backbone {spec!r} in the store (it has: {', '.join(variants)})")
             out += sets
@@ -352,7 +356,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     results = run_parallel(Parallel, calls, len(jobs), n_jobs, progress, "fitting heads")
 
     grouped: dict[tuple[Any, ...], list[tuple[Fold, dict[str, Any]]]] = {}
-    for (t, g, fs, head, nz, params, f), r in zip(jobs, results):
+    for (t, g, fs, head, nz, _params, f), r in zip(jobs, results):
         grouped.setdefault((t, g, fs, head, nz), []).append((f, r))
     score_calls = []
     for (t, g, fs, head, nz), items in grouped.items():

@@ -14,11 +14,11 @@ from mito.bench.cv import make_folds
 from mito.bench.errors import BenchError
 from mito.bench.leaderboard import Leaderboard, positive_meta, rank_rows, training_rows
 from mito.bench.rows import describe_keys, row_id, score_row
+from mito.core.progress import add_task, progress_bar
+from mito.core.tasks import TaskSpec
 from mito.heads import BagReader, bag_table, default_features, left_out, make_bags, make_mil_head, mil_head_names
 from mito.heads.slide import bag_positive
 from mito.store import open_store
-from mito.core.progress import add_task, progress_bar
-from mito.core.tasks import TaskSpec
 
 DEFAULT_SLIDE_HEADS = ("mean-linear", "abmil")
 

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 
 from mito.bench.errors import BenchError
-from mito.heads import default_features
-from mito.store import open_store
 from mito.core.progress import status
 from mito.core.tasks import resolve_task
 from mito.datasets import PROXY_TASKS
+from mito.heads import default_features
+from mito.store import open_store
+
 
 def color_labels(tiles: pd.DataFrame, color_by: str) -> pd.Series:
     """Values to colour by: a proxy task's labels or a tile-table column (None = unlabelled)."""

@@ -20,7 +20,6 @@ import numpy as np
 from mito.core.errors import OutputError
 from mito.core.version import __version__
 
-
 PROBABILITY_FORMAT = "%.6g"  # p_<class> columns of every predictions CSV: 6 significant digits, float32 and float64 models alike
 METRIC_CSV_FORMAT = "%.4f"  # metric columns of leaderboard.csv
 

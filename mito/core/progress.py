@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from rich.console import Console
 
 _STDERR = Console(stderr=True)
@@ -16,7 +15,15 @@ _STDERR = Console(stderr=True)
 
 def progress_bar(unit: str = "items", enabled: bool = True, transient: bool = False, info: bool = False) -> Any:
     """A rich Progress on stderr: description, bar, done/total, rate in ``unit``/s, elapsed, ETA (and an ``info`` field)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     cols: list[Any] = [
         TextColumn("{task.description}"),

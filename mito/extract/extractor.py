@@ -20,7 +20,21 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch.utils.data import DataLoader, Dataset
 
+from mito.backbones import BackboneError, BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
+from mito.backbones.registry import RANDOM_SHA, file_sha256
+from mito.core.errors import Interrupted
+from mito.core.io import containing_artifact
+from mito.core.progress import add_task, advance, group_progress, progress_bar, status
+from mito.core.resources import available_memory, tune_cpu_allocator
 from mito.core.version import __version__
+from mito.core.wording import counted
+from mito.extract import distributed
+from mito.extract.augment import View, apply_view, parse_augment
+from mito.extract.errors import ExtractError
+from mito.extract.grow import Growth, grow_store
+from mito.extract.slide_tiles import close_handles, options_from, record_slides, slide_tiling
+from mito.extract.sources import TileSource, describe_sample, open_source, stratified_sample
+from mito.extract.variants import COLORS, Preprocess, normalize, prepare
 from mito.store import (
     DEFAULT_CHUNK_ROWS,
     Store,
@@ -32,20 +46,6 @@ from mito.store import (
     store_exists,
     store_format,
 )
-from mito.core.errors import Interrupted
-from mito.extract import distributed
-from mito.extract.augment import View, apply_view, parse_augment
-from mito.backbones import BackboneError, BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
-from mito.backbones.registry import RANDOM_SHA, file_sha256
-from mito.extract.errors import ExtractError
-from mito.extract.grow import Growth, grow_store
-from mito.extract.slide_tiles import close_handles, options_from, record_slides, slide_tiling
-from mito.extract.sources import TileSource, describe_sample, open_source, stratified_sample
-from mito.extract.variants import COLORS, Preprocess, normalize, prepare
-from mito.core.io import containing_artifact
-from mito.core.progress import add_task, advance, group_progress, progress_bar, status
-from mito.core.resources import available_memory, tune_cpu_allocator
-from mito.core.wording import counted
 
 MAX_ZOOM = 64.0
 MAX_CHUNK_ROWS = 1 << 20
@@ -761,7 +761,7 @@ def _compiled(fn: Any, batch_size: int) -> Any:
             out = padded(x)
             state["fn"] = padded
         except Exception as e:  # compile errors surface on the first call
-            warnings.warn(f"torch.compile failed, running eager: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            warnings.warn(f"torch.compile failed, running eager: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")  # noqa: B028
             state["fn"] = fn
             out = fn(x)
         return out

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mito.store import Store, StoreError, stored_column, tile_list_hash
-from mito.extract.sources import TileSource
 from mito.core.wording import counted
+from mito.extract.sources import TileSource
+from mito.store import Store, StoreError, stored_column, tile_list_hash
 
 APPENDABLE = ("slides", "folder", "manifest")  # a slide with --points is one fixed list
 

@@ -6,7 +6,6 @@ mito.wsi.tissue).
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -18,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from mito.core.io import json_default, write_json
+from mito.core.progress import add_task, progress_bar
+from mito.core.resources import available_memory
 from mito.extract.errors import ExtractError
 from mito.extract.manifests import read_path_manifest, read_points
-from mito.wsi.tissue import mask_downsample, mask_geojson, tissue_fraction, tissue_mask
 from mito.wsi.reader import (
     WSI_EXTS,
     Slide,
@@ -32,15 +32,12 @@ from mito.wsi.reader import (
     open_slide,
     outside_fraction,
     read_box,
-    slide_file_stems,
     resolve_mpp,
+    slide_file_stems,
     stem,
     thumbnail,
 )
-from mito.core.io import json_default, write_json
-from mito.core.progress import add_task, progress_bar
-from mito.core.progress import progress_bar
-from mito.core.resources import available_memory
+from mito.wsi.tissue import mask_downsample, mask_geojson, tissue_fraction, tissue_mask
 
 MAX_TILE_PX = 16384  # as ExtractConfig's tile_size
 OPEN_SLIDES = 4  # handles kept open per DataLoader worker

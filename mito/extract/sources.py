@@ -6,7 +6,6 @@ and reads a square region centred on a tile at a given field of view.
 
 from __future__ import annotations
 
-import csv
 import os
 import warnings
 from dataclasses import dataclass, field

@@ -1,18 +1,18 @@
 """Heads trained from the embedding store: features, noise, training loop, save/load, predict."""
 
+from mito.heads.bags import BagReader, Bags, bag_table, left_out, left_out_line, make_bags
 from mito.heads.base import OPTIONAL_HEADS, HeadError, head_class, head_names, make_head, noise_variance, register_head
-from mito.heads.fit import FitResult, fit_on_rows
+from mito.heads.calibrate import apply_temperature, fit_temperature
+from mito.heads.ensemble import Ensemble, load_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, metadata_categories, one_hot, select_features
+from mito.heads.fit import FitResult, fit_on_rows
+from mito.heads.loop import Checkpointer, CheckpointError, EarlyStopping, LoopResult, TimeBudget, train_loop
+from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
+from mito.heads.predict import Model, load_head, load_model, predict, predict_store
+from mito.heads.slide import SlideFitConfig, fit_slide_head, is_slide_model, make_slide_fit_config, predict_slides, tiles_csv_path
 from mito.heads.split import make_split
 from mito.heads.stream import FeatureStream, fit_pipeline_stream, stream_proba
-from mito.heads.loop import CheckpointError, Checkpointer, EarlyStopping, LoopResult, TimeBudget, train_loop
 from mito.heads.train import FitConfig, default_features, fit_head, make_fit_config
-from mito.heads.predict import Model, load_head, load_model, predict, predict_store
-from mito.heads.bags import BagReader, Bags, bag_table, left_out, left_out_line, make_bags
-from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
-from mito.heads.slide import SlideFitConfig, fit_slide_head, is_slide_model, make_slide_fit_config, predict_slides, tiles_csv_path
-from mito.heads.ensemble import Ensemble, load_ensemble, parse_ensemble
-from mito.heads.calibrate import apply_temperature, fit_temperature
 from mito.heads.zeroshot import run_zero_shot, zero_shot_proba
 
 # the default set: heads that need only features (OPTIONAL_HEADS such as text-linear are asked for by name)

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mito.store import Store
-from mito.heads.base import HeadError
 from mito.core.tasks import resolve_task
 from mito.datasets import PROXY_TASKS
-from mito.heads.base import column_moments
+from mito.heads.base import HeadError, column_moments
+from mito.store import Store
 
 ANY_PREFIX = "any:"
 SCORE_TILES = 16384  # padded tiles (bags x longest bag) per scoring batch; a bag longer than this is scored alone
@@ -114,8 +113,8 @@ def make_bags(
     keep = readable.copy()
     if value is None:
         keep &= np.array([v is not None for v in tile_y], bool)
-    dropped = {b: "no readable tile" for b in _bag_names(bag_of, has_bag) - _bag_names(bag_of, readable)}
-    dropped |= {b: f"no tile with a {task!r} label" for b in _bag_names(bag_of, readable) - _bag_names(bag_of, keep)}
+    dropped = dict.fromkeys(_bag_names(bag_of, has_bag) - _bag_names(bag_of, readable), "no readable tile")
+    dropped |= dict.fromkeys(_bag_names(bag_of, readable) - _bag_names(bag_of, keep), f"no tile with a {task!r} label")
     idx = np.flatnonzero(keep)
     if len(idx) == 0:
         why = f"no tile has both a {bag_column!r} value and a {task!r} label" if task else f"no tile has a {bag_column!r} value"

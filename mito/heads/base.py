@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import sys
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from mito.heads.view_noise import VIEW_NOISE_MODES, augment_with_views
-from mito.core.version import __version__
 from mito.core.errors import MitoError
 from mito.core.resources import available_memory, idle_cores  # noqa: F401  (re-exported; tests patch idle_cores here)
+from mito.core.version import __version__
+from mito.heads.view_noise import VIEW_NOISE_MODES, augment_with_views
 
 HEAD_FILE = "head.json"
 NOISE_MODES = ("global", "per-dim", "absolute", "views", "view-cov")  # the last two: mito.heads.views

@@ -15,8 +15,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from mito.heads.base import HeadError
 from mito.core.metrics import expected_calibration_error, positive_index
+from mito.heads.base import HeadError
 
 CALIBRATIONS = ("none", "temperature")
 Calibration = Literal["none", "temperature"]

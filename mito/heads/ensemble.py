@@ -18,13 +18,13 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from mito.core.metrics import classification_metrics
+from mito.core.progress import add_task, advance, progress_bar
 from mito.core.version import __version__
-from mito.store import Store
 from mito.heads.base import HEAD_FILE, Head, HeadError, check_sha256, file_sha256, read_json_file
 from mito.heads.base import load_head as load_head_file
 from mito.heads.fit import FitResult, fit_on_rows
-from mito.core.metrics import classification_metrics
-from mito.core.progress import add_task, advance, progress_bar
+from mito.store import Store
 
 ENSEMBLE = "ensemble"
 MAX_MEMBERS = 100

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mito.store import Store, StoreError, open_store
 from mito.heads.base import HeadError, check_sha256, column_moments, file_sha256, iter_blocks
+from mito.store import Store, StoreError, open_store
 
 PIPELINE_FILE = "pipeline.safetensors"
 PCA_FIT_ROWS = 50_000

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mito.store import Store
+from mito.core.resources import available_memory
 from mito.heads.base import Head, HeadError, not_streamable
 from mito.heads.features import FeaturePipeline, feature_dims, one_hot, select_features
 from mito.heads.stream import DEFAULT_BUFFER_ROWS, FeatureStream, fit_pipeline_stream
 from mito.heads.view_noise import VIEW_NOISE_MODES
 from mito.heads.views import read_views
-from mito.core.resources import available_memory
+from mito.store import Store
 
 STREAM_MEMORY_SHARE = 0.5  # auto: stream when the features would take more than this share of the memory budget
 BUFFER_MEMORY_SHARE = 0.25  # streamed under an explicit memory budget: the two shuffle buffers take at most this share

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,21 +11,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
 
-from mito.store import open_store, store_input_files
+from mito.core.errors import TaskError
+from mito.core.io import atomic_write, check_output_file, csv_probabilities
+from mito.core.progress import add_task, advance, progress_bar
+from mito.core.tasks import resolve_task as resolve_spec
+from mito.datasets import PROXY_TASKS
 from mito.heads.base import HEAD_FILE, Head, HeadError, read_json_file
+from mito.heads.calibrate import apply_temperature, model_temperature
 from mito.heads.ensemble import load_any_head
 from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
 from mito.heads.split import UNKNOWN, UNSEEN, identity_columns, recorded_split, side_of
 from mito.heads.train import CONFIG_FILE
-from mito.core.io import atomic_write, check_output_file, csv_probabilities, inside
-from mito.core.errors import TaskError
-from mito.core.tasks import resolve_task as resolve_spec
-from mito.datasets import PROXY_TASKS
-from mito.heads.calibrate import apply_temperature, model_temperature
-from mito.core.progress import add_task, advance, progress_bar
-from mito.core.validation import one_line
+from mito.store import open_store, store_input_files
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mito.core.tasks import group_ids
 from mito.heads.base import HeadError
 from mito.heads.split import carve
-from mito.core.tasks import group_ids
 
 
 def parse_test_group(value: str) -> tuple[str, str]:

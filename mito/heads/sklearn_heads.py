@@ -168,7 +168,7 @@ class KNNHead(Head):
         for start in range(0, n, step):
             stop = min(n, start + step)
             D = np.concatenate([best_d, self._distances(Q, start, stop)], axis=1)
-            I = np.concatenate([best_i, np.broadcast_to(np.arange(start, stop), (len(Q), stop - start))], axis=1)
+            I = np.concatenate([best_i, np.broadcast_to(np.arange(start, stop), (len(Q), stop - start))], axis=1)  # noqa: E741 (distances D, indices I, as faiss names them)
             order = np.lexsort((I, D), axis=1)[:, :k]  # by distance, then index: deterministic under ties
             best_d = np.take_along_axis(D, order, axis=1)
             best_i = np.take_along_axis(I, order, axis=1)

@@ -12,24 +12,27 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mito.core.version import __version__
-from mito.store import open_store, store_input_files
 from mito.core.errors import MitoError
-from mito.heads.bags import BagReader, Bags, bag_table, left_out, left_out_line, make_bags, parse_bag_label
-from mito.heads.base import HeadError, read_json_file
-from mito.heads.features import check_store_matches, feature_dims
-from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
-from mito.heads.predict import agreement, agreement_text
-from mito.heads.split import make_split, recorded_split, save_split, side_of
-from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_dir
 from mito.core.io import (
-    atomic_dir, atomic_write, check_output_dir, check_output_file, csv_probabilities, is_mito_folder, unique_stems, write_json,
-    write_manifest,
+    atomic_dir,
+    atomic_write,
+    check_output_file,
+    csv_probabilities,
+    write_json,
 )
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, progress_bar
-from mito.core.tasks import choose_positive, positive_line
+from mito.core.tasks import choose_positive
 from mito.core.validation import one_line
+from mito.core.version import __version__
+from mito.heads.bags import BagReader, Bags, bag_table, left_out, make_bags, parse_bag_label
+from mito.heads.base import HeadError, read_json_file
+from mito.heads.features import check_store_matches, feature_dims
+from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
+from mito.heads.split import make_split, recorded_split, save_split, side_of
+from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_dir
+from mito.store import open_store, store_input_files
+
 
 class SlideFitConfig(BaseModel):
     """One `mito fit-head --level slide` run (validated; unknown fields are errors)."""

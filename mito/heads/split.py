@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from mito.heads.base import HeadError
-from mito.core.tasks import group_ids
 from mito.core.io import atomic_write
+from mito.core.tasks import group_ids
+from mito.heads.base import HeadError
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 AUTO = "auto"  # split_column value: the published split column when the store has one, else a random grouped split

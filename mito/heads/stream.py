@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mito.store import Store
 from mito.heads.base import HeadError, column_moments
 from mito.heads.features import FeaturePipeline, feature_dims, one_hot
+from mito.store import Store
 
 DEFAULT_BUFFER_ROWS = 65_536
 

@@ -13,25 +13,24 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mito.core.version import __version__
-from mito.core.metrics import classification_metrics
-from mito.store import Store, is_view, open_store, parse_variant
 from mito.core.errors import OutputError
+from mito.core.io import atomic_dir, check_output_dir, write_json
+from mito.core.metrics import classification_metrics
+from mito.core.progress import add_task, progress_bar
+from mito.core.tasks import TaskSpec, choose_positive, group_ids, one_group_per_tile, per_tile_warning
+from mito.core.tasks import resolve_task as resolve_spec
+from mito.core.validation import one_line
+from mito.core.version import __version__
+from mito.datasets import PROXY_TASKS
 from mito.heads.base import HEAD_FILE, HeadError, head_names, make_head
 from mito.heads.calibrate import MIN_CALIBRATION_ROWS, Calibration, calibrate_scored
 from mito.heads.ensemble import fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
 from mito.heads.fit import fit_on_rows
 from mito.heads.shift_split import group_split, group_split_description
-from mito.heads.split import AUTO, PUBLISHED_SPLIT, identity_columns, make_split, published_split, save_split
+from mito.heads.split import AUTO, PUBLISHED_SPLIT, SPLIT_NAMES, _normalized, identity_columns, make_split, published_split, save_split
 from mito.heads.stream import DEFAULT_BUFFER_ROWS
-from mito.core.io import atomic_dir, check_output_dir, write_json
-from mito.core.progress import add_task, progress_bar
-from mito.core.tasks import TaskSpec, choose_positive, group_ids, one_group_per_tile, per_tile_warning
-from mito.core.tasks import resolve_task as resolve_spec
-from mito.datasets import PROXY_TASKS
-from mito.core.validation import one_line
-from mito.heads.split import SPLIT_NAMES, _normalized
+from mito.store import Store, is_view, open_store, parse_variant
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"

@@ -17,15 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mito.heads.base import HeadError
 from mito.backbones import create_backbone, get_backbone, resolve_weights
 from mito.backbones.registry import RANDOM_SHA, file_sha256
-from mito.backbones.vlm import encode_texts, logit_scale, tokenizer_for
-from mito.backbones.vlm import vlm_spec
+from mito.backbones.vlm import encode_texts, logit_scale, tokenizer_for, vlm_spec
 from mito.core.io import write_json
 from mito.core.metrics import classification_metrics
 from mito.core.tasks import choose_positive, resolve_task, task_labels
 from mito.datasets import PROXY_TASKS
+from mito.heads.base import HeadError
 from mito.store import open_store
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "data" / "prompts"

@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from mito.core.io import atomic_dir, check_output_dir, is_mito_folder, write_manifest
 from mito.store.store import StoreError, is_view, open_store, parse_variant
-from mito.core.io import atomic_dir, check_output_dir, write_manifest
-from mito.core.io import is_mito_folder
 from mito.wsi.reader import slide_file_stems
 
 FORMATS = ("trident",)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Group
 
-from mito.bench.fewshot import SHOTS_ALL, is_zero_shot, curve_table, curves
+from mito.bench.fewshot import SHOTS_ALL, curve_table, curves, is_zero_shot
 from mito.core.io import atomic_write
 from mito.report.mpl import pyplot
 from mito.report.tables import Col, FitTable
@@ -31,7 +31,7 @@ def learning_curve_figure(rows: pd.DataFrame, metric: str, path: Path, chance: f
     colors = plt.get_cmap("tab10" if pts["line"].nunique() <= 10 else "tab20")
     styles = {"linear": "-", "mlp": "--", "logreg": "-.", "knn": ":", "lightgbm": (0, (5, 1, 1, 1))}
     fs_names = list(dict.fromkeys(pts["backbone"] + " " + pts["features"]))
-    for i, (line, g) in enumerate(pts.groupby("line", sort=False)):
+    for _i, (line, g) in enumerate(pts.groupby("line", sort=False)):
         x = g["k"].fillna(x_all).to_numpy(float)
         v = g[metric].to_numpy(float)
         c = colors(fs_names.index(g["backbone"].iloc[0] + " " + g["features"].iloc[0]) % colors.N)
@@ -43,7 +43,7 @@ def learning_curve_figure(rows: pd.DataFrame, metric: str, path: Path, chance: f
             ax.plot([x[last], x_all], [v[last], v[~few][0]], color=c, lw=0.8, ls=":")
             ax.plot([x_all], [v[~few][0]], marker="s", ms=5, color=c, ls="none")
     zs = rows[is_zero_shot(rows)]
-    for j, (_, r) in enumerate(zs.iterrows()):
+    for _j, (_, r) in enumerate(zs.iterrows()):
         ax.axhline(float(r[metric]), color="#7b3294", lw=1.3, ls=(0, (6, 2)), label=f"zero-shot {r['backbone']} {r['features']}")
         if np.isfinite(float(r.get("ci_low", math.nan))):
             ax.axhspan(float(r["ci_low"]), float(r["ci_high"]), color="#7b3294", alpha=0.07, lw=0)

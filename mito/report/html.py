@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from PIL import Image
 
 from mito.bench.errors import BenchError

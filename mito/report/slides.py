@@ -14,7 +14,13 @@ import pandas as pd
 from PIL import Image
 
 from mito.core.io import (
-    atomic_dir, atomic_write, atomic_write_text, check_output_dir, is_mito_folder, unique_stems, write_manifest,
+    atomic_dir,
+    atomic_write,
+    atomic_write_text,
+    check_output_dir,
+    is_mito_folder,
+    unique_stems,
+    write_manifest,
 )
 from mito.extract.errors import ExtractError
 from mito.heads.base import HeadError

@@ -13,8 +13,8 @@ import pandas as pd
 from mito.bench.errors import BenchError
 from mito.bench.stats import FriedmanResult, friedman_nemenyi, prediction_positive
 from mito.core.io import atomic_write
-from mito.report.mpl import pyplot
 from mito.core.metrics import ECE_BINS, expected_calibration_error, reliability_bins
+from mito.report.mpl import pyplot
 
 
 def _save(fig: Any, path: Path) -> Path:

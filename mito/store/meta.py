@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
+
 class TileColumn(BaseModel):
     """One column of the tile table and how it is stored."""
 

@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mito.core.errors import os_error_line
+from mito.core.wording import counted
 from mito.store.backend import Capabilities, StoreBackend, backend_capabilities, is_url, open_backend
 from mito.store.errors import StoreError
 from mito.store.lock import StoreLock
 from mito.store.meta import meta_problems
-from mito.core.errors import os_error_line
-from mito.core.wording import counted
 
 STORE_VERSION = 1
 DEFAULT_CHUNK_ROWS = 1024

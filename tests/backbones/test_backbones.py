@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mito.backbones import BackboneError
-from mito.backbones import create_backbone, get_backbone, list_backbones, register, resolve_weights
+from mito.backbones import BackboneError, create_backbone, get_backbone, list_backbones, register, resolve_weights
 from mito.backbones.registry import _hf_model, _timm_model, get_loader
 
 NAMES = [s.name for s in list_backbones()]

@@ -15,9 +15,7 @@ pytest.importorskip("open_clip")
 
 from typer.testing import CliRunner
 
-from mito.cli import app
-from mito.backbones import BackboneError
-from mito.backbones import create_backbone, get_backbone, resolve_weights
+from mito.backbones import BackboneError, create_backbone, get_backbone, resolve_weights
 from mito.backbones.vlm import (
     CONCH_TOKENIZER,
     ConchModel,
@@ -27,6 +25,7 @@ from mito.backbones.vlm import (
     hf_clip_to_open_clip,
     tokenizer_for,
 )
+from mito.cli import app
 from tests.conftest import amibr_subset
 
 runner = CliRunner()
@@ -204,8 +203,8 @@ def test_bench_zero_shot_row_same_folds_trains_nothing_and_text_linear(quilt: di
     assert zs["fold_fingerprint"] == rows["logreg"]["fold_fingerprint"] == doc["meta"]["tasks"]["mitosis"]["fold_fingerprint"]
     assert zs["n_test"] == rows["logreg"]["n_test"]
     # the zero-shot row's predictions are what the scoring function gives on each fold's test tiles
-    from mito.store import open_store
     from mito.heads.zeroshot import read_text_embeddings, zero_shot_proba
+    from mito.store import open_store
 
     te = read_text_embeddings(doc["meta"]["zero_shot"]["text_embeddings"]["quiltnet-b-32"])
     with np.load(out / "predictions.npz") as z:

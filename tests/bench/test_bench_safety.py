@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.store import StoreError
 from mito.cli import app
+from mito.store import StoreError
 from tests.heads.conftest import amibr_tiles, synthetic_store
 from tests.interrupts import assert_one_interrupted_line, cpu_seconds, needs_proc, session_processes, start
 

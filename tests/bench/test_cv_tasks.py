@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from mito.bench import BenchError, all_feature_sets, available_tasks, make_folds, resolve_task
-from mito.datasets import PROXY_TASKS
 from mito.core.errors import TaskError
 from mito.core.tasks import task_labels
+from mito.datasets import PROXY_TASKS
 
 
 def _tiles(n_slides: int = 20, per_slide: int = 6, n_test: int = 30, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:

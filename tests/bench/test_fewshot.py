@@ -25,7 +25,7 @@ def _labels(n_c: int = 12) -> np.ndarray:
 
 def test_draws_are_stratified_seeded_and_nested() -> None:
     y = _labels()
-    train = np.flatnonzero(y != None)[::2]
+    train = np.flatnonzero(y != None)[::2]  # noqa: E711 (elementwise on an object array)
     rows, short = draw_shots(train, y, 5, seed=0, fold=0, draw=0)
     assert sorted(pd.Series(y[rows]).value_counts().items()) == [("A", 5), ("B", 5), ("C", 5)]
     assert set(rows) <= set(train) and short == {}
@@ -50,7 +50,7 @@ def test_shot_folds_never_touch_validation_or_test_tiles(cv: str) -> None:
     fits, short = shot_folds(plan.folds, y, 4, n_draws=3, seed=0)
     assert len(fits) == 3 * 3 and short == {}
     by_index = {f.index: f for f in plan.folds}
-    for d, f in fits:
+    for _d, f in fits:
         orig = by_index[f.index]
         assert set(f.train) <= set(orig.train)
         assert not set(f.train) & set(orig.val) and not set(f.train) & set(orig.test)

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mito.report.invariance import invariance_section
 from mito.bench.invariance import invariance_table, mean_cosine
+from mito.report.invariance import invariance_section
 from mito.store import create_store, open_store
-
 from tests.heads.conftest import PROV, amibr_tiles
 
 
@@ -53,7 +52,9 @@ def test_invariance_matches_a_hand_computation(tmp_path: Path) -> None:
         assert mean_cosine(s, "bb:z1:rgb", "bb:z1:rgb:hed0") == pytest.approx(1.0, abs=1e-6)
         few = invariance_table(s, max_tiles=16)  # chunks of 16 rows: one whole chunk read, not every tile
         assert few.iloc[0]["n_tiles"] == 15  # chunk 0's readable rows (row 3 is not)
-        f16 = lambda a: a.astype(np.float16).astype(np.float64)[:16][ok[:16]]
+        def f16(a: np.ndarray) -> np.ndarray:
+            return a.astype(np.float16).astype(np.float64)[:16][ok[:16]]
+
         assert few.iloc[0]["gray"] == pytest.approx(hand(f16(rgb), f16(gray)), abs=1e-9)
     html = invariance_section(tmp_path / "s.zarr")
     assert "Invariance" in html and f"{r['gray']:.3f}" in html and "<td>bb</td><td>z1</td>" in html

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mito.heads.loop import CheckpointError, Checkpointer, EarlyStopping, TimeBudget, train_loop
+from mito.heads.loop import Checkpointer, CheckpointError, EarlyStopping, TimeBudget, train_loop
 
 
 def test_early_stopping_one_rule_ties_broken_by_lower_loss() -> None:

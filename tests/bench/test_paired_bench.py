@@ -45,7 +45,7 @@ def test_paired_columns_match_a_recomputation(bench2: Path) -> None:
         assert c in df.columns, c
     assert df["ece"].between(0, 1).all() and df["brier"].between(0, 1).all()
     lb = load_leaderboard(bench2)
-    for task, rows in lb.rows.groupby("task"):
+    for _task, rows in lb.rows.groupby("task"):
         rows = rows.sort_values("rank")
         best = rows.iloc[0]
         assert best["delta_vs_best"] == 0 and bool(best["tied_with_best"]) and math.isnan(best["p_vs_best"])

@@ -69,8 +69,8 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _test_predictions(model: Path, store: Path) -> pd.DataFrame:
-    from mito.store import open_store
     from mito.heads import predict
+    from mito.store import open_store
 
     with open_store(store) as s:
         split = dict(zip(s.tiles["path"].astype(str), s.tiles["split"].astype(str)))

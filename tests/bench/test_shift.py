@@ -192,7 +192,7 @@ def test_confusion_titles_say_which_group_a_shift_row_was_tested_on(tmp_path: Pa
 
     titles: list[str] = []
 
-    def keep(fig, path):  # noqa: ANN001, ANN202
+    def keep(fig, path):
         titles.extend(ax.get_title() for ax in fig.axes)
         return path
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mito.store import open_store
 from mito.extract import ExtractConfig, extract
 from mito.extract.distributed import Dist, merge_summaries, torchrun_command
+from mito.store import open_store
 
 KEYS = ["efficientnet_lite0:z1:gray", "efficientnet_lite0:z2:gray"]
 

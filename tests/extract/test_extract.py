@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mito.store import StoreError, open_store
 from mito.extract import ExtractConfig, ExtractError, extract
+from mito.store import StoreError, open_store
 
 FAST = dict(task="mitosis", input_size=64, chunk_rows=8, batch_size=8, num_workers=0, progress=False)
 
@@ -144,8 +144,8 @@ def test_store_rows_are_the_backbone_applied_to_preprocess(amibr_store: Path) ->
     import torch
     from PIL import Image
 
-    from mito.extract import Preprocess, preprocess
     from mito.backbones import create_backbone, get_backbone
+    from mito.extract import Preprocess, preprocess
 
     spec = get_backbone("efficientnet_lite0")
     enc = create_backbone("efficientnet_lite0")

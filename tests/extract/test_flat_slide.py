@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mito.wsi import reader as slides
 from mito.extract.slide_tiles import build_slide_table, options_from
+from mito.wsi import reader as slides
 from mito.wsi.tissue import mask_downsample, tissue_mask
 from tests.extract.slide_data import mosaic
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mito.store import open_store
 from mito.cli import app
+from mito.store import open_store
 
 runner = CliRunner()
 FAST = ["--zooms", "1", "--colors", "rgb", "--input-size", "64", "--workers", "0", "--batch-size", "8", "-q"]

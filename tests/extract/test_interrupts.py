@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mito.store import StoreError, open_store
-from mito.extract import ExtractConfig, extract
 from mito.core.wording import counted
+from mito.extract import ExtractConfig, extract
+from mito.store import StoreError, open_store
 from tests.conftest import AMIBR
 from tests.interrupts import ROOT, assert_one_interrupted_line, needs_proc, start
 

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.store import StoreError, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract, open_source
 from mito.extract.sources import stratified_sample
+from mito.store import StoreError, open_store
 
 runner = CliRunner()
 FAST = ["--task", "mitosis", "--zooms", "1", "--colors", "rgb", "--input-size", "64", "--workers", "0", "--quiet",

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mito.store import StoreError, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract
+from mito.store import StoreError, open_store
 from tests.conftest import AMIBR, amibr_subset
 from tests.extract.slide_data import mosaic, write_ome, write_svs
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from mito.store import open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract
+from mito.store import open_store
 from tests.extract.slide_data import slide_folder, write_geojson
 
 runner = CliRunner()

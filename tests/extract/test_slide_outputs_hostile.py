@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.store import create_store, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract
+from mito.store import create_store, open_store
 from tests.extract.slide_data import mosaic, write_corrupt, write_geojson, write_ome, write_plain, write_svs
 
 runner = CliRunner()

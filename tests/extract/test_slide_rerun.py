@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.store import StoreError, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract, open_source
 from mito.extract.errors import ExtractError
 from mito.extract.slide_tiles import SlideOptions
+from mito.store import StoreError, open_store
 from tests.conftest import AMIBR
 from tests.extract.slide_data import mosaic, write_ome, write_plain, write_svs
 

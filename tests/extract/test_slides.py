@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.store import StoreError, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract, open_source
 from mito.extract.slide_tiles import SlideOptions, read_views
+from mito.store import StoreError, open_store
 from mito.wsi.reader import (
     SlideReadError,
     check_mpp,
@@ -292,8 +292,8 @@ def test_tile_size_is_bounded_and_the_widest_view_must_fit_in_memory(monkeypatch
 
 
 def test_one_slide_stem_for_annotations_and_export() -> None:
-    from mito.store import export
     from mito.extract import slide_tiles
+    from mito.store import export
     from mito.wsi import reader as slides
 
     assert slide_tiles.stem is slides.stem and not hasattr(export, "stem")

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 
 from mito.extract import ExtractError, Preprocess, open_source, preprocess
-from mito.extract.variants import fit_to
 from mito.extract.colors import to_gray
+from mito.extract.variants import fit_to
 
 
 def test_folder_labels_metadata_and_published_split(amibr_dir: Path) -> None:

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mito.store import is_view, open_store, parse_variant, views_of
 from mito.extract import ExtractConfig, extract
 from mito.extract.augment import apply_view, parse_augment, tile_rng
-from mito.extract.colors import to_hema
+from mito.extract.colors import to_gray, to_hema
 from mito.extract.errors import ExtractError
-from mito.extract.colors import to_gray
+from mito.store import is_view, open_store, parse_variant, views_of
 
 BB = "efficientnet_lite0"
 SMALL = dict(input_size=128, chunk_rows=16, batch_size=16, num_workers=0, progress=False, task="mitosis")

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from mito.store import create_store
-
 from tests.conftest import AMIBR
+
 PROV = {
     "backbone": "fakenet",
     "weights_sha256": "a" * 64,

@@ -12,6 +12,7 @@ from scipy.special import softmax
 from typer.testing import CliRunner
 
 from mito.cli import app
+from mito.core.metrics import expected_calibration_error
 from mito.heads import (
     FitConfig,
     HeadError,
@@ -21,7 +22,6 @@ from mito.heads import (
     predict,
 )
 from mito.heads.calibrate import apply_temperature, fit_temperature, nll
-from mito.core.metrics import expected_calibration_error
 
 RGB = "fakenet:z1:rgb"
 runner = CliRunner()

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.store import open_store
 from mito.cli import app
 from mito.heads import HeadError, load_model, make_fit_config
 from mito.heads.base import load_head as load_bare_head
 from mito.heads.ensemble import Ensemble, load_ensemble, parse_ensemble
+from mito.store import open_store
 
 runner = CliRunner()
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mito.store import open_store
 from mito.heads import FeaturePipeline, HeadError, select_features
 from mito.heads.features import check_store_matches
+from mito.store import open_store
 
 RGB, GRAY = "fakenet:z1:rgb", "fakenet:z1:gray"
 

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.store import open_store
-from mito.cli import app
 from mito.app.predict import predict as predict_tiles
-from mito.heads import FitConfig, HeadError, fit_head, load_model, make_fit_config, predict
+from mito.cli import app
 from mito.core.errors import TaskError
+from mito.heads import FitConfig, HeadError, fit_head, load_model, make_fit_config, predict
+from mito.store import open_store
 
 from .conftest import PROV, amibr_tiles, synthetic_store
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mito.store import open_store
 from mito.heads import fit_on_rows, make_head, select_features
+from mito.store import open_store
 
 RGB, GRAY = "fakenet:z1:rgb", "fakenet:z1:gray"
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mito.store import create_store, open_store
 from mito.cli import app
 from mito.core.errors import OutputError
 from mito.heads.bags import BagReader, bag_table, make_bags
 from mito.heads.base import HeadError
 from mito.heads.mil import load_mil_head, make_mil_head
+from mito.store import create_store, open_store
 
 runner = CliRunner()
 KEY = "synth:z1:rgb"
@@ -253,9 +253,9 @@ def test_attention_heatmaps_on_a_slide_store(tmp_path: Path) -> None:
     """A store extracted from real (synthetic-mosaic) slides: predict draws attention over each slide's thumbnail."""
     from PIL import Image
 
-    from mito.extract import ExtractConfig, extract
     from mito.app.predict import predict_slides
     from mito.core.io import write_json
+    from mito.extract import ExtractConfig, extract
     from tests.extract.slide_data import slide_folder
 
     slide_folder(tmp_path / "slides")

@@ -15,8 +15,8 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mito.cli import app
 from mito.app.predict import predict
+from mito.cli import app
 from mito.heads import FitConfig, fit_head
 
 runner = CliRunner()

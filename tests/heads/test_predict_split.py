@@ -13,10 +13,10 @@ from sklearn.metrics import balanced_accuracy_score
 from typer.testing import CliRunner
 
 from mito.cli import app
+from mito.core.metrics import classification_metrics
 from mito.heads import FitConfig, fit_head, predict
 from mito.heads.predict import agreement
 from mito.heads.split import SPLIT_FILE
-from mito.core.metrics import classification_metrics
 
 from .conftest import amibr_tiles, synthetic_store
 from .test_mil import planted_store

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mito.store import open_store
 from mito.app.predict import predict
 from mito.heads import HEAD_NAMES, FitConfig, HeadError, fit_head, load_head, select_features
+from mito.store import open_store
 
 Z1RGB = "efficientnet_lite0:z1:rgb"
 QUICK = {"mlp": {"epochs": 20}, "linear": {"epochs": 20}, "lightgbm": {"n_estimators": 40}}

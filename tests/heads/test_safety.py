@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.store import open_store
 from mito.cli import app
 from mito.heads import HeadError, load_head, load_model, select_features
+from mito.store import open_store
 
 RGB, GRAY = "fakenet:z1:rgb", "fakenet:z1:gray"
 runner = CliRunner()

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mito.store import create_store, open_store
 from mito.heads import mil
 from mito.heads.bags import BagReader, make_bags, tile_budget_batches
+from mito.store import create_store, open_store
 
 KEY = "synth:z1:rgb"
 

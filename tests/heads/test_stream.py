@@ -12,11 +12,21 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import FULL_AMIBR
-from mito.store import create_store, open_store
 from mito.cli import app
-from mito.heads import FeaturePipeline, FeatureStream, HeadError, fit_head, fit_pipeline_stream, make_fit_config, make_head, predict, select_features
+from mito.heads import (
+    FeaturePipeline,
+    FeatureStream,
+    HeadError,
+    fit_head,
+    fit_pipeline_stream,
+    make_fit_config,
+    make_head,
+    predict,
+    select_features,
+)
 from mito.heads.fit import use_stream
+from mito.store import create_store, open_store
+from tests.conftest import FULL_AMIBR
 
 from .conftest import PROV
 
@@ -87,7 +97,7 @@ def test_an_epoch_holds_two_buffers_not_the_features(tmp_path: Path) -> None:
         full = n * d * 2
         tracemalloc.start()
         total = 0
-        for pos, x, order in st.shuffled(np.random.default_rng(0)):
+        for pos, _x, _order in st.shuffled(np.random.default_rng(0)):
             total += len(pos)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -167,7 +177,8 @@ def test_buffer_larger_than_the_stream_is_sized_to_it(synth_store: Path) -> None
 
 
 def test_memory_headroom_respects_cgroup_limits(tmp_path: Path) -> None:
-    from mito.core.resources import available_memory, cgroup_room as _cgroup_room
+    from mito.core.resources import available_memory
+    from mito.core.resources import cgroup_room as _cgroup_room
 
     assert _cgroup_room(tmp_path) is None  # no cgroup files: no limit known
     (tmp_path / "memory.max").write_text("max\n")

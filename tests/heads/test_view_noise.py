@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mito.store import create_store, open_store
 from mito.heads import HeadError, fit_on_rows, make_head
 from mito.heads.view_noise import augment_with_views, pick_views, view_cov_noise
 from mito.heads.views import read_views
-
+from mito.store import create_store, open_store
 from tests.heads.conftest import PROV, amibr_tiles
 
 VIEWS = ("hed0", "hed1", "flip")

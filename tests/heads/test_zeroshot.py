@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from mito.store import open_store
 from mito.heads import HEAD_NAMES, HeadError, load_head, make_head
 from mito.heads.zeroshot import (
     TextEmbeddings,
@@ -22,6 +21,7 @@ from mito.heads.zeroshot import (
     zero_shot_logits,
     zero_shot_proba,
 )
+from mito.store import open_store
 
 KEY = "efficientnet_lite0:z1:rgb"
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mito.store import StoreError, create_store, open_store
 from mito.cli import app
 from mito.extract import ExtractConfig, extract
+from mito.store import StoreError, create_store, open_store
 
 runner = CliRunner()
 KEY = "efficientnet_lite0:z1:rgb"

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mito.extract import ExtractConfig, extract
 from mito.store import StoreError, create_store, open_store
 from mito.store.store import store_exists
-from mito.extract import ExtractConfig, extract
 
 
 def _url() -> str:

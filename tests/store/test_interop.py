@@ -36,7 +36,7 @@ def test_yes_no_columns_are_stored_as_nullable_booleans(tmp_path: Path, amibr_st
             got = s.tiles
             assert str(got["flag"].dtype) == "boolean" and str(got["plain"].dtype) == "boolean"
             assert got["flag"].tolist()[0] is True and got["flag"].isna().tolist() == [False, True, False]
-            assert got["flag"].iloc[2] == False
+            assert got["flag"].iloc[2] == False  # noqa: E712 (a numpy bool, not the False singleton)
     with open_store(amibr_store) as s:  # the AMi-Br experts' yes/no columns, from a real extract
         col = s.tiles["majority_atypical"]
         assert str(col.dtype) == "boolean" and set(col.dropna().unique()) <= {True, False}

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from mito.cli import app
 from mito.store import StoreError, create_store, open_store
 from mito.store.lock import StoreLock
-from mito.cli import app
 
 FORMATS = ["s.zarr", "s.h5"]
 runner = CliRunner()

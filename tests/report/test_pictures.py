@@ -79,8 +79,8 @@ def test_umap_title_of_four_variants_fits() -> None:
 
 
 def test_critical_difference_diagram_is_capped_and_readable(tmp_path: Path) -> None:
-    from mito.report.stat_figures import CD_MAX_METHODS, cd_axes, cd_figure, cd_scores
     from mito.bench.stats import friedman_nemenyi
+    from mito.report.stat_figures import CD_MAX_METHODS, cd_axes, cd_figure, cd_scores
 
     rng = np.random.default_rng(0)
     rows = pd.DataFrame([

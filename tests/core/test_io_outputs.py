@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from mito.core.errors import OutputError
-from mito.wsi.reader import slide_file_stems, stem
 from mito.core.io import (
     atomic_dir,
     check_output_dir,
@@ -19,6 +18,7 @@ from mito.core.io import (
     unique_stems,
     write_manifest,
 )
+from mito.wsi.reader import slide_file_stems, stem
 
 
 @pytest.mark.parametrize(

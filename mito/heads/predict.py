@@ -189,7 +189,7 @@ def predict_store(model: Model, store_path: str, progress: bool = False) -> pd.D
     for j, c in enumerate(classes.tolist()):
         df[f"p_{c}"] = proba[:, j]
     if isinstance(config.get("positive"), str):
-        df.attrs["positive"] = config["positive"]  # the class heatmaps draw (mito.heads.heatmaps.prob_columns)
+        df.attrs["positive"] = config["positive"]  # the class heatmaps draw (mito.report.slides.prob_columns)
     return df
 
 

@@ -20,9 +20,9 @@ from mito.bench.errors import BenchError
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
 from mito.errors import MitoError
 from mito.io import METRIC_CSV_FORMAT, atomic_write, json_default, write_npz
-from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns
+from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns, prediction_positive, row_delong_ci
 from mito.bench.validate import check_predictions, check_rows
-from mito.metrics import CALIBRATION_NAMES, METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary, per_class_line, per_class_summary, positive_index
+from mito.metrics import CALIBRATION_NAMES, METRIC_NAMES, bootstrap_ci, classification_metrics, expected_calibration_error, fold_summary, per_class_line, per_class_summary, positive_index
 from mito.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
 
 RANDOM_PREFIX = "random_"
@@ -41,6 +41,8 @@ COLUMNS = [
     "main_metric",
     "ci_low",
     "ci_high",
+    "auroc_delong_low",
+    "auroc_delong_high",
     *PAIRED_COLUMNS,
     *CALIBRATION_NAMES,
     "gap",
@@ -297,8 +299,9 @@ def score_row(
     n_boot: int,
     seed: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Metrics per fold -> mean/std, a bootstrap CI of the main metric, summed confusion matrix, per-class recall and
-    precision; and the predictions (with the column of the task's positive class when it has two)."""
+    """Metrics per fold -> mean/std, a bootstrap CI of the main metric, DeLong's AUROC CI (two classes), summed
+    confusion matrix, per-class recall and precision; and the predictions (with the column of the task's positive
+    class when it has two)."""
     per_fold = []
     preds = {"fold": [], "row": [], "y": [], "proba": []}
     cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
@@ -336,6 +339,7 @@ def score_row(
         "main_metric": spec.main_metric,
         "ci_low": lo,
         "ci_high": hi,
+        **dict(zip(("auroc_delong_low", "auroc_delong_high"), row_delong_ci(arrays))),
         "train_seconds": float(np.mean([r["train_seconds"] for r in fold_results])),
         "predict_seconds": float(np.mean([r.get("predict_seconds", math.nan) for r in fold_results])),
         "n_train": int(round(np.mean([len(f.train) for f in folds]))),
@@ -732,7 +736,35 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
         except Exception as e:  # numpy and zipfile raise many kinds for a truncated or tampered file
             raise BenchError(f"cannot read {npz} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'damaged'})") from None
         check_predictions(preds, records, npz)
-    return Leaderboard(rows, preds, {**doc.get("meta", {}), "source": str(d)})
+    return Leaderboard(upgrade_rows(rows, preds), preds, {**doc.get("meta", {}), "source": str(d)})
+
+
+def upgrade_rows(rows: pd.DataFrame, preds: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Rows of a folder written before ECE meant equal-width bins: their ``ece`` (equal-mass) becomes ``ece_equal_mass``
+    and ``ece`` is recomputed per fold (and draw) from the kept predictions; DeLong's AUROC CI is added where missing.
+    A row without predictions gets NaN."""
+    if rows.empty:
+        return rows
+    rows = rows.copy()
+    if "ece" in rows and "ece_equal_mass" not in rows:
+        rows["ece_equal_mass"] = rows["ece"]
+        if "ece_std" in rows:
+            rows["ece_equal_mass_std"] = rows["ece_std"]
+            rows["ece_std"] = math.nan
+        rows["ece"] = [predictions_ece(preds[rid]) if rid in preds else math.nan for rid in rows["row_id"]]
+    if "auroc_delong_low" not in rows:
+        ci = [row_delong_ci(preds[rid]) if rid in preds else (math.nan, math.nan) for rid in rows["row_id"]]
+        rows["auroc_delong_low"], rows["auroc_delong_high"] = [c[0] for c in ci], [c[1] for c in ci]
+    return rows
+
+
+def predictions_ece(p: dict[str, np.ndarray]) -> float:
+    """A row's ECE (equal-width bins) from its kept predictions: per fit (fold, and draw for K-shot rows), averaged."""
+    proba = np.asarray(p["proba"], np.float64)
+    pos = prediction_positive(p) if proba.shape[1] == 2 else 1
+    fit = np.asarray(p["fold"], np.int64) * (int(np.max(p["draw"], initial=0)) + 1) + np.asarray(p["draw"], np.int64) if "draw" in p else np.asarray(p["fold"])
+    vals = [expected_calibration_error(np.asarray(p["y"])[fit == f], proba[fit == f], positive=pos) for f in np.unique(fit)]
+    return float(np.nanmean(vals)) if vals and not np.all(np.isnan(vals)) else math.nan
 
 
 def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:

@@ -3,8 +3,8 @@
     python benchmarks/calibration_amibr.py --store /work/runs/amibr.zarr [--seeds 3] [--bench-out /tmp/cal-bench]
 
 Part 1: for each head, fit-head on the published split (train minus a slide-grouped validation part; test = the
-published test split), with --calibrate temperature; prints the test balanced accuracy, ECE (15 equal-mass bins,
-positive class) and Brier score before and after, and T, as mean over seeds.
+published test split), with --calibrate temperature; prints the test balanced accuracy, ECE (15 equal-width bins since
+issue 23; the numbers below were measured with 15 equal-mass bins, now ece_equal_mass; positive class) and Brier score before and after, and T, as mean over seeds.
 Part 2 (with --bench-out): a bench of two feature sets x four heads, 5 folds of the published protocol, and its
 paired columns (delta and Holm-adjusted p against the best row, DeLong's AUROC p).
 Prints JSON lines and markdown tables.

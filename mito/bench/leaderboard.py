@@ -20,7 +20,7 @@ from mito.bench.errors import BenchError
 from mito.bench.fewshot import fewshot_rows, parse_shots
 from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, fit_one, row_id, run_parallel, score_row, split_key
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
-from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns
+from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns, prediction_positive, row_delong_ci
 from mito.bench.validate import check_predictions, check_rows
 from mito.bench.zeroshot import TEXT_HEADS, plan_text, text_head_params, zero_shot_rows
 from mito.core.errors import MitoError
@@ -29,6 +29,7 @@ from mito.core.io import METRIC_CSV_FORMAT, atomic_write, json_default, write_np
 from mito.core.metrics import (
     CALIBRATION_NAMES,
     METRIC_NAMES,
+    expected_calibration_error,
     per_class_line,
 )
 from mito.core.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
@@ -52,6 +53,8 @@ COLUMNS = [
     "main_metric",
     "ci_low",
     "ci_high",
+    "auroc_delong_low",
+    "auroc_delong_high",
     *PAIRED_COLUMNS,
     *CALIBRATION_NAMES,
     "gap",
@@ -513,7 +516,35 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
         except Exception as e:  # numpy and zipfile raise many kinds for a truncated or tampered file
             raise BenchError(f"cannot read {npz} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'damaged'})") from None
         check_predictions(preds, records, npz)
-    return Leaderboard(rows, preds, {**doc.get("meta", {}), "source": str(d)})
+    return Leaderboard(upgrade_rows(rows, preds), preds, {**doc.get("meta", {}), "source": str(d)})
+
+
+def upgrade_rows(rows: pd.DataFrame, preds: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Rows of a folder written before ECE meant equal-width bins: their ``ece`` (equal-mass) becomes ``ece_equal_mass``
+    and ``ece`` is recomputed per fold (and draw) from the kept predictions; DeLong's AUROC CI is added where missing.
+    A row without predictions gets NaN."""
+    if rows.empty:
+        return rows
+    rows = rows.copy()
+    if "ece" in rows and "ece_equal_mass" not in rows:
+        rows["ece_equal_mass"] = rows["ece"]
+        if "ece_std" in rows:
+            rows["ece_equal_mass_std"] = rows["ece_std"]
+            rows["ece_std"] = math.nan
+        rows["ece"] = [predictions_ece(preds[rid]) if rid in preds else math.nan for rid in rows["row_id"]]
+    if "auroc_delong_low" not in rows:
+        ci = [row_delong_ci(preds[rid]) if rid in preds else (math.nan, math.nan) for rid in rows["row_id"]]
+        rows["auroc_delong_low"], rows["auroc_delong_high"] = [c[0] for c in ci], [c[1] for c in ci]
+    return rows
+
+
+def predictions_ece(p: dict[str, np.ndarray]) -> float:
+    """A row's ECE (equal-width bins) from its kept predictions: per fit (fold, and draw for K-shot rows), averaged."""
+    proba = np.asarray(p["proba"], np.float64)
+    pos = prediction_positive(p) if proba.shape[1] == 2 else 1
+    fit = np.asarray(p["fold"], np.int64) * (int(np.max(p["draw"], initial=0)) + 1) + np.asarray(p["draw"], np.int64) if "draw" in p else np.asarray(p["fold"])
+    vals = [expected_calibration_error(np.asarray(p["y"])[fit == f], proba[fit == f], positive=pos) for f in np.unique(fit)]
+    return float(np.nanmean(vals)) if vals and not np.all(np.isnan(vals)) else math.nan
 
 
 def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:

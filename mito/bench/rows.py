@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mito.bench.cv import CVPlan, Fold
+from mito.bench.stats import row_delong_ci
 from mito.core.interrupts import ignore_in_worker, spawning_workers, start_quiet_resource_tracker
 from mito.core.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary, per_class_summary, positive_index
 from mito.core.progress import add_task, advance, progress_bar
@@ -133,8 +134,9 @@ def score_row(
     n_boot: int,
     seed: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Metrics per fold -> mean/std, a bootstrap CI of the main metric, summed confusion matrix, per-class recall and
-    precision; and the predictions (with the column of the task's positive class when it has two)."""
+    """Metrics per fold -> mean/std, a bootstrap CI of the main metric, DeLong's AUROC CI (two classes), summed
+    confusion matrix, per-class recall and precision; and the predictions (with the column of the task's positive
+    class when it has two)."""
     per_fold = []
     preds = {"fold": [], "row": [], "y": [], "proba": []}
     cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
@@ -172,6 +174,7 @@ def score_row(
         "main_metric": spec.main_metric,
         "ci_low": lo,
         "ci_high": hi,
+        **dict(zip(("auroc_delong_low", "auroc_delong_high"), row_delong_ci(arrays))),
         "train_seconds": float(np.mean([r["train_seconds"] for r in fold_results])),
         "predict_seconds": float(np.mean([r.get("predict_seconds", math.nan) for r in fold_results])),
         "n_train": int(round(np.mean([len(f.train) for f in folds]))),

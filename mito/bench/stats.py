@@ -141,8 +141,8 @@ def delong_components(y_binary: np.ndarray, scores: np.ndarray) -> tuple[np.ndar
     y = np.asarray(y_binary).astype(bool)
     scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     m, n = int(y.sum()), int((~y).sum())
-    if m == 0 or n == 0:
-        raise BenchError("DeLong's test needs both positive and negative cases")
+    if m < 2 or n < 2:  # the sample variances of the components divide by m - 1 and n - 1 (pROC: NA)
+        raise BenchError(f"DeLong's variance is undefined with fewer than 2 cases in a class ({m} positive, {n} negative)")
     pos, neg = scores[:, y], scores[:, ~y]
     v10 = np.empty((len(scores), m))
     v01 = np.empty((len(scores), n))
@@ -155,11 +155,9 @@ def delong_components(y_binary: np.ndarray, scores: np.ndarray) -> tuple[np.ndar
 
 
 def delong_covariance(v10: np.ndarray, v01: np.ndarray) -> np.ndarray:
-    """DeLong's covariance of the AUC estimates: S10/m + S01/n (sample covariances of the components)."""
+    """DeLong's covariance of the AUC estimates: S10/m + S01/n (sample covariances of the components; m, n >= 2)."""
     m, n = v10.shape[1], v01.shape[1]
-    s10 = np.cov(v10) if m > 1 else np.zeros((len(v10), len(v10)))
-    s01 = np.cov(v01) if n > 1 else np.zeros((len(v01), len(v01)))
-    return np.atleast_2d(s10) / m + np.atleast_2d(s01) / n
+    return np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
 
 
 def z_test(delta: float, var: float) -> tuple[float, float, float]:
@@ -186,14 +184,25 @@ def delong_test(y_binary: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) 
 def delong_folds(
     y_binary: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, fold: np.ndarray, tile: np.ndarray
 ) -> DelongResult:
-    """DeLong's test of the mean-over-folds AUC difference.
+    """DeLong's test of the mean-over-folds AUC difference (folds as in :func:`delong_fold_covariance`)."""
+    auc, cov, m, n = delong_fold_covariance(y_binary, np.vstack([score_a, score_b]), fold, tile)
+    delta = float(auc[0] - auc[1])
+    se, z, p = z_test(delta, cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    return DelongResult(float(auc[0]), float(auc[1]), delta, se, z, p, m, n)
+
+
+def delong_fold_covariance(
+    y_binary: np.ndarray, scores: np.ndarray, fold: np.ndarray, tile: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Mean-over-folds AUCs of several scores (rows of ``scores``), DeLong's covariance of them, and the positive and
+    negative cases counted.
 
     Disjoint test folds (k-fold) are independent samples: the fold AUCs are averaged and the variance is the sum of
     the per-fold variances over F^2. Folds that all score the same tiles (a shared test split) give every tile the
     mean of its structural components over the folds (the mean AUC is then one generalised U-statistic). Anything
     in between is refused.
     """
-    y, sa, sb = np.asarray(y_binary), np.asarray(score_a, np.float64), np.asarray(score_b, np.float64)
+    y, scores = np.asarray(y_binary), np.atleast_2d(np.asarray(scores, np.float64))
     fold, tile = np.asarray(fold), np.asarray(tile)
     folds = np.unique(fold)
     sets = [np.sort(tile[fold == f]) for f in folds]
@@ -202,18 +211,21 @@ def delong_folds(
         yy = y[order[0]]
         if any(not np.array_equal(y[o], yy) for o in order[1:]):
             raise BenchError("a tile has different labels in different folds")
-        parts = [delong_components(yy, np.vstack([sa[o], sb[o]])) for o in order]
+        parts = [delong_components(yy, scores[:, o]) for o in order]
         v10 = np.mean([p[1] for p in parts], axis=0)
         v01 = np.mean([p[2] for p in parts], axis=0)
         auc = v10.mean(axis=1)
         cov = delong_covariance(v10, v01)
         m, n = v10.shape[1], v01.shape[1]
     elif np.unique(tile).size == tile.size:
-        aucs, cov = [], np.zeros((2, 2))
+        aucs, cov = [], np.zeros((len(scores), len(scores)))
         m = n = 0
         for f in folds:
             sel = fold == f
-            a, v10, v01 = delong_components(y[sel], np.vstack([sa[sel], sb[sel]]))
+            try:
+                a, v10, v01 = delong_components(y[sel], scores[:, sel])
+            except BenchError as e:
+                raise BenchError(f"test fold {f}: {e}") from None
             aucs.append(a)
             cov += delong_covariance(v10, v01)
             m, n = m + v10.shape[1], n + v01.shape[1]
@@ -221,9 +233,33 @@ def delong_folds(
         cov /= len(folds) ** 2
     else:
         raise BenchError("the folds share some test tiles but not all; DeLong's test needs disjoint or identical test sets")
-    delta = float(auc[0] - auc[1])
-    se, z, p = z_test(delta, cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    return DelongResult(float(auc[0]), float(auc[1]), delta, se, z, p, m, n)
+    return auc, cov, m, n
+
+
+def delong_ci(
+    y_binary: np.ndarray, score: np.ndarray, fold: np.ndarray | None = None, tile: np.ndarray | None = None, level: float = 0.95
+) -> tuple[float, float]:
+    """DeLong's confidence interval of the (mean-over-folds) AUROC: AUC -/+ z * se, capped to [0, 1] (pROC's
+    ``ci.auc(method = "delong")``); (NaN, NaN) where the variance is undefined (fewer than 2 cases in a class)."""
+    score = np.asarray(score, np.float64)
+    fold = np.zeros(len(score), np.int64) if fold is None else fold
+    tile = np.arange(len(score)) if tile is None else tile
+    try:
+        auc, cov, _, _ = delong_fold_covariance(y_binary, score[None, :], fold, tile)
+    except BenchError:
+        return math.nan, math.nan
+    half = float(sps.norm.ppf(1 - (1 - level) / 2)) * math.sqrt(max(float(cov[0, 0]), 0.0))
+    return float(min(max(auc[0] - half, 0.0), 1.0)), float(min(max(auc[0] + half, 0.0), 1.0))
+
+
+def row_delong_ci(p: dict[str, np.ndarray], level: float = 0.95) -> tuple[float, float]:
+    """DeLong's AUROC interval of a leaderboard row from its kept predictions (two-class rows trained on every tile;
+    (NaN, NaN) for multi-class and K-shot rows, whose AUROC averages fits on different draws)."""
+    proba = np.asarray(p["proba"], np.float64)
+    if proba.ndim != 2 or proba.shape[1] != 2 or "draw" in p or not len(proba):
+        return math.nan, math.nan
+    pos = prediction_positive(p)
+    return delong_ci(np.asarray(p["y"]) == pos, proba[:, pos], np.asarray(p["fold"]), np.asarray(p["row"]), level)
 
 
 # ------------------------------------------------------------------ multiple comparisons

@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 
 METRIC_NAMES = ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc")
 # lower is better; summarised per row like the metrics above but never a main metric
-CALIBRATION_NAMES = ("ece", "brier")
+CALIBRATION_NAMES = ("ece", "ece_equal_mass", "brier")
 ECE_BINS = 15
 
 
@@ -71,6 +71,7 @@ def classification_metrics(y_true: Sequence[Any], proba: np.ndarray, classes: Se
         "classes": [str(c) for c in classes],
         **({"positive": str(classes[pos])} if len(classes) == 2 else {}),
         "ece": expected_calibration_error(yi, proba, positive=pos),
+        "ece_equal_mass": expected_calibration_error_equal_mass(yi, proba, positive=pos),
         "brier": brier_score(yi, proba, positive=pos),
         "per_class": per_class_scores(yi, pred, classes),
     }
@@ -97,27 +98,38 @@ def _present_proba(proba: np.ndarray, present: np.ndarray) -> np.ndarray:
     return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
 
 
-def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS, positive: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Equal-mass bins of predicted confidence: mean confidence, observed frequency and count per bin.
-
-    Two classes: the probability of the positive class (column ``positive``) against how often it is the truth. More classes:
-    top-label, the highest probability against how often the argmax is right. Bin edges are the confidence
-    quantiles at i/n_bins, so bins hold equally many rows (to within one) except that equal confidences always
-    share a bin (a constant prediction is one bin, not n_bins pieces of it).
-    """
+def calibration_pairs(yi: np.ndarray, proba: np.ndarray, positive: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, hit) per row: two classes, the probability of the positive class (column ``positive``) and whether
+    it is the truth; more classes, top-label: the highest probability and whether the argmax is right."""
     yi = np.asarray(yi, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     if proba.shape[1] == 2:
-        conf, hit = proba[:, positive], (yi == positive).astype(np.float64)
-    else:
-        conf, hit = proba.max(axis=1), (proba.argmax(axis=1) == yi).astype(np.float64)
-    if len(yi) == 0:
+        return proba[:, positive], (yi == positive).astype(np.float64)
+    return proba.max(axis=1), (proba.argmax(axis=1) == yi).astype(np.float64)
+
+
+def reliability_bins(
+    yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS, positive: int = 1, equal_mass: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bins of predicted confidence (see :func:`calibration_pairs`): mean confidence, observed frequency and count per
+    non-empty bin.
+
+    Equal width (the default, torchmetrics' and Guo et al. 2017's): bin b holds confidences in [b/n_bins, (b+1)/n_bins)
+    and a confidence of exactly 1 is a bin of its own, as ``torch.bucketize(..., right=True)`` places it in
+    torchmetrics. ``equal_mass``: the bin edges are the confidence quantiles at i/n_bins, so bins hold equally many
+    rows (to within one) except that equal confidences always share a bin.
+    """
+    conf, hit = calibration_pairs(yi, proba, positive)
+    if len(conf) == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
-    n = len(conf)
-    ranked = np.sort(conf)
-    edges = ranked[[round(i * n / n_bins) for i in range(1, n_bins) if 0 < round(i * n / n_bins) < n]]
-    which = np.searchsorted(edges, conf, side="right")
-    parts = [p for p in (np.flatnonzero(which == b) for b in range(n_bins)) if p.size]
+    if equal_mass:
+        n = len(conf)
+        ranked = np.sort(conf)
+        edges = ranked[[round(i * n / n_bins) for i in range(1, n_bins) if 0 < round(i * n / n_bins) < n]]
+        which = np.searchsorted(edges, conf, side="right")
+    else:
+        which = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1), conf, side="right") - 1
+    parts = [p for p in (np.flatnonzero(which == b) for b in np.unique(which)) if p.size]
     return (
         np.array([conf[p].mean() for p in parts]),
         np.array([hit[p].mean() for p in parts]),
@@ -125,12 +137,33 @@ def reliability_bins(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS, 
     )
 
 
-def expected_calibration_error(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS, positive: int = 1) -> float:
-    """ECE over equal-mass bins (see :func:`reliability_bins`): sum over bins of count/n * |confidence - frequency|."""
-    conf, freq, count = reliability_bins(yi, proba, n_bins, positive)
+def expected_calibration_error(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS, positive: int = 1, equal_mass: bool = False) -> float:
+    """ECE over 15 equal-width bins (torchmetrics' binary/multiclass calibration error, L1): sum over bins of
+    count/n * |confidence - frequency|; ``equal_mass`` bins instead (see :func:`reliability_bins`)."""
+    conf, freq, count = reliability_bins(yi, proba, n_bins, positive, equal_mass)
     if count.sum() == 0:
         return float("nan")
     return float(np.sum(count * np.abs(conf - freq)) / count.sum())
+
+
+def expected_calibration_error_equal_mass(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS, positive: int = 1) -> float:
+    """ECE over equal-mass bins (what mito called ``ece`` before issue 23; the leaderboard's ``ece_equal_mass``)."""
+    return expected_calibration_error(yi, proba, n_bins, positive, equal_mass=True)
+
+
+def calibrated_ece(proba: np.ndarray, positive: int = 1, n_rep: int = 200, seed: int = 0, n_bins: int = ECE_BINS) -> float:
+    """The mean ECE of a perfectly calibrated model with these predictions: labels drawn ``n_rep`` times so that each
+    row is a hit with probability its confidence (:func:`calibration_pairs`). ECE's upward bias at this many rows."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if len(proba) == 0:
+        return float("nan")
+    conf = proba[:, positive] if proba.shape[1] == 2 else proba.max(axis=1)
+    rng = np.random.default_rng(seed)
+    which = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1), conf, side="right") - 1
+    sum_conf = np.bincount(which, weights=conf, minlength=n_bins + 1)
+    hits = rng.random((n_rep, len(conf))) < conf
+    hit_sums = np.stack([np.bincount(which, weights=h, minlength=n_bins + 1) for h in hits.astype(np.float64)])
+    return float(np.mean(np.abs(hit_sums - sum_conf).sum(axis=1)) / len(conf))
 
 
 def brier_score(yi: np.ndarray, proba: np.ndarray, positive: int = 1) -> float:

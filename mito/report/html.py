@@ -21,6 +21,7 @@ from mito.bench.fewshot import main_rows
 from mito.bench.leaderboard import Leaderboard, load_leaderboard
 from mito.bench.stats import prediction_positive
 from mito.core.io import atomic_write, safe_name
+from mito.core.metrics import calibrated_ece
 from mito.core.tasks import recorded_positive
 from mito.core.version import __version__
 from mito.report.fewshot import report_section
@@ -271,17 +272,19 @@ def _cell(v: Any, std: Any = None) -> str:
 
 
 HEADERS = {"ci": "95% CI", "balanced_accuracy": "balanced accuracy", "weighted_f1": "weighted F1", "pr_auc": "PR-AUC", "auroc": "AUROC",
-           "kappa": "kappa", "ece": "ECE", "brier": "Brier", "train_seconds": "train s per fold", "train/test": "train / test tiles"}
+           "kappa": "kappa", "ece": "ECE", "ece_equal_mass": "ECE (equal-mass)", "brier": "Brier",
+           "auroc_delong": "AUROC 95% CI (DeLong)", "train_seconds": "train s per fold", "train/test": "train / test tiles"}
 
 
 def _table(rows: pd.DataFrame, metric: str) -> str:
     noisy = bool((rows["noise"].fillna(0) != 0).any())
     shifted = "held_out" in rows and bool((rows["held_out"].fillna("").astype(str) != "").any())  # --cv leave-group-out
     cols = ["rank", "backbone", "features", "head"] + (["noise"] if noisy else []) + (["tested on"] if shifted else [])
-    cols += [metric, "ci"] + (["Δ vs #1", "p vs #1"] if "p_vs_best" in rows else [])
+    cols += [metric, "ci"] + (["auroc_delong"] if "auroc_delong_low" in rows and rows["auroc_delong_low"].notna().any() else [])
+    cols += ["Δ vs #1", "p vs #1"] if "p_vs_best" in rows else []
     cols += ["AUROC p vs #1"] if "auroc_p_vs_best" in rows and rows["auroc_p_vs_best"].notna().any() else []
     cols += [c for c in ("auroc", "kappa", "weighted_f1", "pr_auc") if c != metric]
-    cols += [c for c in ("ece", "brier") if c in rows] + ["train_seconds", "train/test", "budget"]
+    cols += [c for c in ("ece", "ece_equal_mass", "brier") if c in rows] + ["train_seconds", "train/test", "budget"]
     left = {"backbone", "features", "head", "tested on", "budget"}
     head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(HEADERS.get(c, c))}</th>' for c in cols)
     body = []
@@ -290,11 +293,13 @@ def _table(rows: pd.DataFrame, metric: str) -> str:
         for c in cols:
             if c == "ci":
                 v = f"{html.escape(_fmt(r.get('ci_low')))}–<br>{html.escape(_fmt(r.get('ci_high')))}"
+            elif c == "auroc_delong":
+                v = f"{html.escape(_fmt(r.get('auroc_delong_low')))}–<br>{html.escape(_fmt(r.get('auroc_delong_high')))}"
             elif c == "AUROC p vs #1":
                 v = html.escape(p_value(r.get("auroc_p_vs_best"))) if r.get("rank") != 1 else ""
             elif c in ("Δ vs #1", "p vs #1"):
                 v = html.escape(paired_cells(r)["_delta" if c == "Δ vs #1" else "_p"])
-            elif c in ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc", "ece", "brier"):
+            elif c in ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc", "ece", "ece_equal_mass", "brier"):
                 v = _cell(r.get(c), r.get(f"{c}_std"))
             elif c == "train_seconds":
                 v = html.escape(_fmt(r.get(c), digits=2))
@@ -316,9 +321,27 @@ PAIRED_NOTE = (
     "Δ vs #1: the row's main metric minus the best row's; p vs #1: paired bootstrap over the same resampled test tiles, "
     "Holm-adjusted within the task; '(tie)' after p: not significantly worse at 0.05; AUROC p vs #1: DeLong's test (binary tasks), "
     "Holm-adjusted; † : the row and #1 scored different folds (a fine-tuning run on some of them), so Δ and p compare "
-    "them on the folds both scored. ECE: 15 equal-mass bins (positive class "
-    "when binary, top label otherwise), mean over folds; Brier: scikit-learn's."
+    "them on the folds both scored. AUROC 95% CI (DeLong): AUROC ± 1.96 DeLong standard errors, capped to [0, 1] "
+    "(pROC's ci.auc), none where a class has fewer than 2 test cases. ECE: 15 equal-width bins (torchmetrics' calibration "
+    "error; positive class when binary, top label otherwise), mean over folds; ECE (equal-mass): 15 equal-mass bins; "
+    "Brier: scikit-learn's."
 )
+
+
+def ece_bias_line(rows: pd.DataFrame, lb: Leaderboard) -> str:
+    """One sentence on ECE's upward bias at this task's fold size: the mean ECE of a perfectly calibrated model with
+    the best row's own confidences (labels drawn to match them), per fold, averaged; '' without its predictions."""
+    p = lb.predictions.get(str(rows.iloc[0]["row_id"]))
+    if not p or "proba" not in p or not len(p["proba"]):
+        return ""
+    proba = np.asarray(p["proba"], np.float64)
+    pos = prediction_positive(p) if proba.shape[1] == 2 else 1
+    fold = np.asarray(p["fold"])
+    bias = float(np.mean([calibrated_ece(proba[fold == f], pos) for f in np.unique(fold)]))
+    n = round(len(fold) / np.unique(fold).size)
+    return (f"ECE is biased upward on small test folds: a perfectly calibrated model with #1's confidences would still "
+            f"score ECE {bias:.3f} on average at {n} test cases per fold (labels drawn 200 times), so ECE differences "
+            "smaller than that say little. ")
 
 
 def positive_of(row: pd.Series, lb: Leaderboard) -> str:
@@ -422,7 +445,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             f"{html.escape(positive_sentence(tm, list(tm.get('classes', rows.iloc[0].get('classes', [])))))}"
             f"Ranked by {html.escape(metric)} (mean ± std over folds, bootstrap 95% CI over tiles). "
             f"Folds: {html.escape(tm.get('cv_description', ''))}; fingerprint {html.escape(str(tm.get('fold_fingerprint', ''))[:12])}. "
-            f"{html.escape(PAIRED_NOTE)}</p>"
+            f"{html.escape(PAIRED_NOTE)} {html.escape(ece_bias_line(rows, lb))}</p>"
             + _table(rows.head(top), metric)
             + (f"<details><summary>all {len(rows)} rows</summary>{_table(rows, metric)}</details>" if len(rows) > top else "")
             + (per_class_table(rows) if n_classes > 2 else "")

@@ -31,7 +31,7 @@ def row_label(r: pd.Series, width: int = 48) -> str:
 
 def reliability_figure(rows: pd.DataFrame, predictions: dict[str, dict[str, np.ndarray]], path: Path, positive: str | None = None,
                        top: int = 4) -> Path | None:
-    """Reliability diagram of the best rows of one task: test predictions pooled over folds, 15 equal-mass bins; two
+    """Reliability diagram of the best rows of one task: test predictions pooled over folds, 15 equal-width bins; two
     classes: the probability of each row's recorded positive class (named ``positive``)."""
     shown = [(r, predictions[r["row_id"]]) for _, r in rows.head(top).iterrows() if r["row_id"] in predictions]
     shown = [(r, p) for r, p in shown if "proba" in p and "y" in p and len(p["y"])]
@@ -53,7 +53,7 @@ def reliability_figure(rows: pd.DataFrame, predictions: dict[str, dict[str, np.n
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
     what = f"positive class: {positive}" if k == 2 and positive else ("positive class" if k == 2 else "top-label")
-    ax.set_title(f"Reliability, test predictions pooled over folds\n({ECE_BINS} equal-mass bins; {what})", fontsize=9)
+    ax.set_title(f"Reliability, test predictions pooled over folds\n({ECE_BINS} equal-width bins; {what})", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False, title="pooled ECE", title_fontsize=7)
     fig.tight_layout()
     return _save(fig, path)

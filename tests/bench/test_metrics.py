@@ -128,7 +128,9 @@ def test_ece_and_brier_by_hand() -> None:
     pm = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
     ym = np.array([0, 1, 2, 1])
     assert expected_calibration_error(ym, pm, n_bins=1) == pytest.approx(abs(0.6 - 0.75))
-    assert expected_calibration_error(ym, pm, n_bins=2) == pytest.approx(0.5 * abs(0.45 - 0.5) + 0.5 * abs(0.75 - 1.0))
+    # equal mass: .4 .5 | .7 .8; equal width: [0, .5) holds .4, [.5, 1) holds .5 .7 .8
+    assert expected_calibration_error(ym, pm, n_bins=2, equal_mass=True) == pytest.approx(0.5 * abs(0.45 - 0.5) + 0.5 * abs(0.75 - 1.0))
+    assert expected_calibration_error(ym, pm, n_bins=2) == pytest.approx(0.25 * abs(0.4 - 1.0) + 0.75 * abs(2.0 / 3 - 2.0 / 3))
     assert brier_score(ym, pm) == pytest.approx((0.14 + 0.06 + 0.54 + 0.62) / 4)
     m = classification_metrics(ym, pm, [0, 1, 2])
     assert m["ece"] == pytest.approx(expected_calibration_error(ym, pm)) and m["brier"] == pytest.approx(0.34)
@@ -142,10 +144,10 @@ def test_ece_keeps_equal_confidences_in_one_bin() -> None:
     y = np.array([0, 1] * 10)
     flat = np.full((20, 2), 0.5)
     assert expected_calibration_error(y, flat) == 0.0  # perfectly calibrated, whatever the bins
-    conf, freq, count = reliability_bins(y, flat)
+    conf, freq, count = reliability_bins(y, flat, equal_mass=True)
     assert count.tolist() == [20]
     p1 = np.linspace(0.01, 0.99, 45)
-    _, _, count = reliability_bins(np.zeros(45, int), np.column_stack([1 - p1, p1]))
+    _, _, count = reliability_bins(np.zeros(45, int), np.column_stack([1 - p1, p1]), equal_mass=True)
     assert count.tolist() == [3] * 15
 
 

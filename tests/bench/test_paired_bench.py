@@ -131,3 +131,50 @@ def test_report_has_calibration_and_critical_difference(bench2: Path) -> None:
     assert "critical-difference diagram" in page and "p vs #1" in page and "ECE" in page
     for col in ("AUROC p vs #1", "AUROC", "kappa", "weighted F1", "PR-AUC"):  # DeLong's column next to, not instead of, the metrics
         assert f'<th class="">{col}</th>' in page, col
+
+
+def test_rows_carry_delong_ci_and_both_eces_and_old_folders_load(bench2: Path, tmp_path: Path) -> None:
+    import re
+    import shutil
+
+    from mito.bench.stats import delong_ci
+    from mito.core.metrics import (
+        calibrated_ece,
+        expected_calibration_error,
+        expected_calibration_error_equal_mass,
+    )
+
+    df = pd.read_csv(bench2 / "leaderboard.csv")
+    assert {"auroc_delong_low", "auroc_delong_high", "ece", "ece_equal_mass"} <= set(df.columns)
+    lb = load_leaderboard(bench2)
+    for _, r in lb.rows.iterrows():
+        p = lb.predictions[r["row_id"]]
+        pos, folds = int(p["positive"]), np.unique(p["fold"])
+        lo, hi = delong_ci(p["y"] == pos, p["proba"][:, pos].astype(np.float64), p["fold"], p["row"])
+        assert (r["auroc_delong_low"], r["auroc_delong_high"]) == pytest.approx((lo, hi), abs=1e-9)
+        assert 0 <= lo <= r["auroc"] <= hi <= 1
+        per_fold = [(p["y"][p["fold"] == f], p["proba"][p["fold"] == f].astype(np.float64)) for f in folds]
+        assert r["ece"] == pytest.approx(np.mean([expected_calibration_error(y, q, positive=pos) for y, q in per_fold]), abs=1e-6)
+        assert r["ece_equal_mass"] == pytest.approx(np.mean([expected_calibration_error_equal_mass(y, q, positive=pos) for y, q in per_fold]), abs=1e-6)
+    page = (bench2 / "report.html").read_text()
+    assert '<th class="">AUROC 95% CI (DeLong)</th>' in page and '<th class="">ECE (equal-mass)</th>' in page
+    best = lb.rows[(lb.rows["task"] == "mitosis") & (lb.rows["rank"] == 1)].iloc[0]
+    p = lb.predictions[best["row_id"]]
+    bias = np.mean([calibrated_ece(p["proba"][p["fold"] == f].astype(np.float64), int(p["positive"])) for f in np.unique(p["fold"])])
+    said = re.findall(r"would still score ECE (0\.\d{3}) on average at (\d+) test cases per fold", page)
+    assert (f"{bias:.3f}", str(round(len(p["fold"]) / 2))) in said and 0 < bias < 0.5  # 12 test tiles per fold here: large
+    # a folder written before: 'ece' held the equal-mass value, no ece_equal_mass and no DeLong CI columns
+    old = tmp_path / "old"
+    shutil.copytree(bench2, old)
+    doc = json.loads((old / "leaderboard.json").read_text())
+    for r in doc["rows"]:
+        r["ece"], r["ece_std"] = r.pop("ece_equal_mass"), r.pop("ece_equal_mass_std")
+        r.pop("auroc_delong_low"), r.pop("auroc_delong_high")
+    (old / "leaderboard.json").write_text(json.dumps(doc))
+    back = load_leaderboard(old).rows.set_index("row_id")
+    now = lb.rows.set_index("row_id")
+    for c in ("ece", "ece_equal_mass", "auroc_delong_low", "auroc_delong_high"):
+        assert back.loc[now.index, c].to_numpy() == pytest.approx(now[c].to_numpy(), abs=1e-6), c
+    r = runner.invoke(app, ["report", str(old)])
+    assert r.exit_code == 0, r.output
+    assert '<th class="">ECE (equal-mass)</th>' in (old / "report.html").read_text()

@@ -1,5 +1,7 @@
 """Pathology foundation models (facts from shared/backbones.md): gated weights, loaded from local files only."""
 
+from typing import Any
+
 from mito.backbones.registry import HOPT, IMNET, BackboneSpec, WeightsSource, register
 
 _BIN = ("pytorch_model.bin", "model.safetensors")
@@ -24,7 +26,7 @@ def _vit(
     )
 
 
-_VIRCHOW = dict(init_values=1e-5, mlp_ratio=5.3375, swiglu=True)
+_VIRCHOW: dict[str, Any] = dict(init_values=1e-5, mlp_ratio=5.3375, swiglu=True)
 _vit("virchow2", "vit_huge_patch14_224", 2560, "paige-ai/Virchow2", "CC-BY-NC-ND-4.0", "cls+mean", reg_tokens=4, **_VIRCHOW)
 _vit("virchow", "vit_huge_patch14_224", 2560, "paige-ai/Virchow", "Apache-2.0 + extra terms", "cls+mean", **_VIRCHOW)
 _vit("uni", "vit_large_patch16_224", 1024, "MahmoodLab/UNI", "CC-BY-NC-ND-4.0", init_values=1e-5)

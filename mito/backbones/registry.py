@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -148,6 +148,8 @@ def _package_file(ws: WeightsSource) -> Path | None:
     try:
         mod = importlib.import_module(mod_name)
     except ImportError:
+        return None
+    if mod.__file__ is None:
         return None
     root = Path(mod.__file__).parent
     hits = sorted(root.rglob(ws.files[0])) if ws.files else []
@@ -361,7 +363,7 @@ def _timm_build(spec: BackboneSpec, path: Path | None) -> nn.Module:
 def _timm_embed(model: nn.Module, spec: BackboneSpec, x: torch.Tensor) -> torch.Tensor:
     if spec.pooling == "avg":
         return model(x)
-    tokens = model.forward_features(x)
+    tokens = cast(Any, model).forward_features(x)  # timm models have it; nn.Module does not declare it
     return pool_tokens(spec, tokens, int(getattr(model, "num_prefix_tokens", 1)))
 
 

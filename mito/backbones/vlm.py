@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -198,8 +198,9 @@ def _open_clip_build(spec: BackboneSpec, path: Path | None) -> nn.Module:
 
 
 def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], spec: BackboneSpec, path: Path) -> None:
-    if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
-        sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
+    scale = cast(torch.Tensor, model.logit_scale)
+    if "logit_scale" in sd and sd["logit_scale"].ndim != scale.ndim:
+        sd["logit_scale"] = sd["logit_scale"].reshape(scale.shape)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
@@ -207,7 +208,7 @@ def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], spec: BackboneSp
 
 
 def _vlm_embed(model: nn.Module, spec: BackboneSpec, x: torch.Tensor) -> torch.Tensor:
-    return model.encode_image(x, normalize=False)
+    return cast(Any, model).encode_image(x, normalize=False)  # open_clip models; nn.Module does not declare it
 
 
 register_loader("open_clip", _open_clip_build, _vlm_embed)
@@ -245,9 +246,10 @@ def conch_tokenizer(tokenizer_file: Path) -> Tokenizer:
         tok = HFTokenizer.from_file(str(tokenizer_file))
     except Exception as e:
         raise BackboneError(f"cannot read the CONCH tokenizer {tokenizer_file}: {str(e).splitlines()[0]}") from None
-    pad, bos, eos = (tok.token_to_id(t) for t in ("<pad>", "<start_of_text>", "<end_of_text>"))
-    if None in (pad, bos, eos):
+    found = [tok.token_to_id(t) for t in ("<pad>", "<start_of_text>", "<end_of_text>")]
+    if None in found:
         raise BackboneError(f"{tokenizer_file} lacks CONCH's <pad>/<start_of_text>/<end_of_text> tokens")
+    pad, bos, eos = (int(i) for i in found if i is not None)
     n = CONCH_CONFIG["text_cfg"]["context_length"]
 
     def encode(texts: list[str]) -> torch.Tensor:
@@ -274,7 +276,7 @@ def tokenizer_for(encoder: Encoder) -> Tokenizer:
             )
         return conch_tokenizer(f)
     if spec.loader == "open_clip":
-        return clip_tokenizer(int(encoder.model.context_length))
+        return clip_tokenizer(int(cast(Any, encoder.model).context_length))
     raise BackboneError(f"{spec.name} has no text tower: zero-shot needs a vision-language backbone ({', '.join(vlm_names())})")
 
 
@@ -285,13 +287,13 @@ def encode_texts(encoder: Encoder, tokenizer: Tokenizer, texts: list[str], batch
     out = []
     for s in range(0, len(texts), batch):
         ids = tokenizer.encode(texts[s : s + batch]).to(device)
-        out.append(nn.functional.normalize(encoder.model.encode_text(ids).float(), dim=-1).cpu())
+        out.append(nn.functional.normalize(cast(Any, encoder.model).encode_text(ids).float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, encoder.spec.embed_dim)
 
 
 def logit_scale(encoder: Encoder) -> float:
     """The model's learned temperature, exp(logit_scale) (100 for OpenAI CLIP)."""
-    return float(encoder.model.logit_scale.detach().float().exp().clamp(max=100.0))
+    return float(cast(torch.Tensor, encoder.model.logit_scale).detach().float().exp().clamp(max=100.0))
 
 
 def vlm_names() -> list[str]:

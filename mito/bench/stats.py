@@ -440,7 +440,7 @@ def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]],
         for c in PAIRED_COLUMNS:
             rows[c] = pd.Series(dtype=object)
         return rows
-    out = {c: [math.nan] * len(rows) for c in PAIRED_COLUMNS}
+    out: dict[str, list[Any]] = {c: [math.nan] * len(rows) for c in PAIRED_COLUMNS}
     out["tied_with_best"] = [None] * len(rows)
     out["paired_note"] = [""] * len(rows)
     pos = {idx: i for i, idx in enumerate(rows.index)}
@@ -456,6 +456,7 @@ def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]],
                 out["tied_with_best"][i], out["paired_note"][i] = True, "best row"
                 continue
             why = ""
+            cmp: Comparison | None = None
             fa, fb = r.get("fold_fingerprint"), best.get("fold_fingerprint")
             if isinstance(fa, str) and isinstance(fb, str) and fa != fb:
                 why = "scored on other folds than the best row"
@@ -463,20 +464,20 @@ def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]],
                 why = "no test predictions kept"
             if not why:
                 try:
-                    c = compare_predictions(predictions[r["row_id"]], predictions[best["row_id"]], [r["main_metric"]], n_boot, seed)
+                    cmp = compare_predictions(predictions[r["row_id"]], predictions[best["row_id"]], [r["main_metric"]], n_boot, seed)
                 except BenchError as e:
                     why = str(e)
-            if why:
+            if why or cmp is None:
                 out["paired_note"][i] = why
                 continue
-            pr = c.paired[r["main_metric"]]
+            pr = cmp.paired[r["main_metric"]]
             out["delta_vs_best"][i] = pr.delta
             members.append(i)
             raw_p.append(pr.p_value)
-            raw_auc_p.append(c.delong.p_value if c.delong else math.nan)
-            if c.delong:
-                out["auroc_delta_vs_best"][i] = c.delong.delta
-            out["paired_note"][i] = "; ".join(x for x in (c.folds_note, c.note if pr.n_boot else "no bootstrap (n_boot 0)") if x)
+            raw_auc_p.append(cmp.delong.p_value if cmp.delong else math.nan)
+            if cmp.delong:
+                out["auroc_delta_vs_best"][i] = cmp.delong.delta
+            out["paired_note"][i] = "; ".join(x for x in (cmp.folds_note, cmp.note if pr.n_boot else "no bootstrap (n_boot 0)") if x)
         for i, p, pa in zip(members, holm(raw_p), holm(raw_auc_p)):
             out["p_vs_best"][i] = float(p)
             out["auroc_p_vs_best"][i] = float(pa)

@@ -309,6 +309,7 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compressed
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a path would get ".npz" appended by numpy
-            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+            save: Any = np.savez_compressed if compressed else np.savez  # numpy's stubs type **arrays as its keywords
+            save(f, **arrays)
 
     return atomic_write(path, write, ".npz")

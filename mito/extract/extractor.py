@@ -271,12 +271,12 @@ class _TileDataset(Dataset):
             needed = np.flatnonzero(self.need[c] & (row - c * self.chunk_rows >= self.keep[c]))
             if self.views:
                 imgs = self.source.read_views(row, [self.zooms[j] for j in needed])  # only the zooms this chunk lacks
-                for j, img in zip(needed, imgs):
+                for j, img in zip(map(int, needed), imgs):
                     out[j] = prepare(self._view(img, j, row), self.preps[j])
                 return row, out, False
             img = self.source.read(row, self.context)
             seen: dict[str, np.ndarray] = {}  # one augmented image per view, shared by the colours that embed it
-            for j in needed:
+            for j in map(int, needed):
                 out[j] = prepare(self._view(img, j, row, seen), self.preps[j])
             return row, out, False
         except OSError:
@@ -746,7 +746,7 @@ def _compiled(fn: Any, batch_size: int) -> Any:
     import warnings
 
     compiled = torch.compile(fn, dynamic=False)
-    state = {"fn": None}  # decided by the first call
+    state: dict[str, Any] = {"fn": None}  # decided by the first call
 
     def padded(x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -789,7 +789,7 @@ def _collect(
         start, stop = store.chunk_rows_range(c)
         cols = np.flatnonzero(need[c])
         if c not in buffers:
-            buf = {"emb": np.empty((stop - start, len(cols), emb.shape[-1]), np.float16), "bad": np.zeros(stop - start, bool), "n": 0}
+            buf: dict[str, Any] = {"emb": np.empty((stop - start, len(cols), emb.shape[-1]), np.float16), "bad": np.zeros(stop - start, bool), "n": 0}
             for i, j in enumerate(cols):
                 if keep[c, j]:
                     buf["emb"][: keep[c, j], i] = store.read([keys[j]], slice(start, start + int(keep[c, j])), np.float16, allow_incomplete=True)

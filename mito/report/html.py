@@ -37,6 +37,12 @@ HEAD_KIND = "head"
 FT_KINDS = ("lora", "linear-probe", "full")
 
 
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a dict, else an empty one (metadata of a possibly older or damaged folder)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _label(r: pd.Series, width: int = 60) -> str:
     s = f"{r['backbone']} {r['features']} {r['head']}" + (f" σ={r['noise']:g}" if r.get("noise") else "")
     return s if len(s) <= width else s[: width - 1] + "…"
@@ -346,8 +352,8 @@ def ece_bias_line(rows: pd.DataFrame, lb: Leaderboard) -> str:
 
 def positive_of(row: pd.Series, lb: Leaderboard) -> str:
     """The positive class a two-class row was scored with: recorded, else (an older folder) its second class."""
-    tasks = lb.meta.get("tasks") if isinstance(lb.meta.get("tasks"), dict) else {}
-    info = tasks.get(row["task"]) if isinstance(tasks.get(row["task"]), dict) else {}
+    tasks = _as_dict(lb.meta.get("tasks"))
+    info = _as_dict(tasks.get(row["task"]))
     pos = row.get("positive")
     if isinstance(pos, str) and pos:
         return pos
@@ -403,13 +409,13 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
     lb = load_leaderboard(d)
     if lb.rows.empty:
         raise BenchError(f"the leaderboard in {d} has no rows")
-    tasks_meta = lb.meta.get("tasks") if isinstance(lb.meta.get("tasks"), dict) else {}
+    tasks_meta = _as_dict(lb.meta.get("tasks"))
     sections, summary = [], {}
     for task in sorted(lb.rows["task"].unique()):
         task_rows = lb.rows[lb.rows["task"] == task]
         rows = main_rows(task_rows)  # K-shot rows: the learning-curve section below; shift rows ranked per held-out group
         rows = rows.sort_values([c for c in ("held_out", "rank") if c in rows], kind="stable")
-        tm = tasks_meta.get(task) if isinstance(tasks_meta.get(task), dict) else {}
+        tm = _as_dict(tasks_meta.get(task))
         metric = tm.get("main_metric", rows.iloc[0]["main_metric"])
         shift = shift_section(rows, metric, d / f"{safe_name(task, 'task')}_shift.png", lb.meta.get("shift"))
         if "held_out" in rows and (rows["held_out"].fillna("") == "").any():
@@ -456,7 +462,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
         )
     sections += cd_section(in_domain_rows(lb.rows), d)
-    store = lb.meta.get("store") if isinstance(lb.meta.get("store"), dict) else {}
+    store = _as_dict(lb.meta.get("store"))
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     page = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>mito bench report</title>"

@@ -137,7 +137,7 @@ def cd_axes(result: FriedmanResult, title: str = "") -> Any:
         ax.text(x_text, level, f"{label} ({r:.2f})", ha="left" if not left else "right", va="center", fontsize=7.5,
                 transform=ax.transData, clip_on=False)
     # cliques: maximal runs of methods whose rank spread is below the CD
-    cliques = []
+    cliques: list[tuple[int, int]] = []
     for i in range(k):
         j = i
         while j + 1 < k and ranks[j + 1] - ranks[i] < cd:

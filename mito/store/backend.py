@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -140,10 +140,11 @@ class ZarrBackend:
         self.path = path
         self.capabilities = backend_capabilities(path, "zarr")
         # fsspec URLs (s3://, gs://, memory://, file://) go through zarr's FsspecStore
-        self._opts = {"storage_options": {"auto_mkdir": True}} if path.startswith("file://") else {}
+        self._opts: dict[str, Any] = {"storage_options": {"auto_mkdir": True}} if path.startswith("file://") else {}
         # read-only: array handles are kept (opening one re-reads its zarr.json, ~1.5 ms a chunk read)
         self._arrays: dict[str, Any] | None = {} if mode == "r" else None
-        zmode = {"r": "r", "a": "r+", "w": "w"}[mode]  # r+ never creates: a foreign folder gets no zarr.json
+        modes: dict[str, Literal["r", "r+", "w"]] = {"r": "r", "a": "r+", "w": "w"}
+        zmode = modes[mode]  # r+ never creates: a foreign folder gets no zarr.json
         try:
             self.root = zarr.open_group(path, mode=zmode, zarr_format=3, **self._opts)
         except OSError as e:
@@ -153,11 +154,16 @@ class ZarrBackend:
         except Exception as e:  # zarr raises several types for a missing or foreign folder
             raise StoreError(f"{path} is not a mito store (not a readable Zarr v3 group: {type(e).__name__})") from None
 
+    def _node(self, name: str) -> Any:
+        """The array (or group) at ``name``; typed Any: zarr types every node as Array | Group."""
+        return self.root[name]
+
     def get_attrs(self, fresh: bool = False) -> dict[str, Any]:
         import zarr
 
         root = zarr.open_group(self.path, mode="r", zarr_format=3, **self._opts) if fresh else self.root
-        return dict(root.attrs.get("mito", {}))
+        value = root.attrs.get("mito", {})
+        return dict(value) if isinstance(value, dict) else {}
 
     def set_attrs(self, meta: dict[str, Any]) -> None:
         self.root.attrs["mito"] = meta
@@ -196,13 +202,13 @@ class ZarrBackend:
         return np.asarray(arr[sel])
 
     def write(self, name: str, sel: Any, value: np.ndarray) -> None:
-        self.root[name][sel] = value
+        self._node(name)[sel] = value
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.root[name].shape)
+        return tuple(self._node(name).shape)
 
     def chunks(self, name: str) -> tuple[int, ...]:
-        return tuple(self.root[name].chunks)
+        return tuple(self._node(name).chunks)
 
     def arrays(self, group: str) -> Iterator[str]:
         try:
@@ -219,11 +225,11 @@ class ZarrBackend:
             del self.root[name]
 
     def resize(self, name: str, rows: int) -> None:
-        arr = self.root[name]
+        arr = self._node(name)
         arr.resize((rows, *arr.shape[1:]))  # one metadata file, replaced atomically
 
     def write_strings_at(self, name: str, start: int, values: np.ndarray) -> None:
-        self.root[name][start : start + len(values)] = np.asarray(values).astype(str)
+        self._node(name)[start : start + len(values)] = np.asarray(values).astype(str)
 
     def compact(self) -> None:
         pass  # a deleted array's chunk files are gone with it

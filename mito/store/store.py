@@ -78,6 +78,16 @@ class Variant:
         return f"{self.backbone}:z{format_zoom(self.zoom)}:{self.color}"
 
 
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a dict, else an empty one (metadata read from a possibly damaged store)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _as_list(value: Any) -> list[Any]:
+    """``value`` when it is a list, else an empty one."""
+    return value if isinstance(value, list) else []
+
 def format_zoom(zoom: float) -> str:
     """Format a zoom factor the way variant keys spell it (1, 2, 0.5)."""
     return f"{zoom:g}"
@@ -370,9 +380,9 @@ class Store:
     def input_files(self) -> list[str]:
         """The files this store was made from, which no output may replace: its source when that is a file, the
         points file, every slide it lists (skipped ones too) and the tiles' ``path`` / ``slide_path`` values."""
-        src = self.meta.get("source") if isinstance(self.meta.get("source"), dict) else {}
+        src = _as_dict(self.meta.get("source"))
         out = [str(v) for v in (src.get("path"), src.get("points")) if v]
-        rec = self.meta.get("slides") if isinstance(self.meta.get("slides"), dict) else {}
+        rec = _as_dict(self.meta.get("slides"))
         out += [str(r["path"]) for part in ("slides", "skipped") for r in rec.get(part) or [] if isinstance(r, dict) and r.get("path")]
         cols = [c for c in ("path", "slide_path") if c in self.tile_column_names]
         if cols:
@@ -406,8 +416,8 @@ class Store:
                     done[c] = bool(self._b.read(flags, slice(c, c + 1))[0])
         if done.shape != (self.n_chunks,):
             raise StoreError(f"{self.path}: {flags} has {done.size} flags for {self.n_chunks} chunks; run `mito cache verify {self.path}`")
-        for c in np.flatnonzero(done):
-            start, stop = self.chunk_rows_range(int(c))
+        for c in map(int, np.flatnonzero(done)):
+            start, stop = self.chunk_rows_range(c)
             try:
                 block = self._b.read(f"features/{v.path}", slice(start, stop))
                 bad = self._b.read("unreadable", slice(start, stop)).astype(bool)
@@ -649,7 +659,7 @@ class Store:
         staged columns a writer left before recording its intent are removed."""
         self._require_writable()
         self.meta = self._b.get_attrs(fresh=True) or self.meta
-        pend = self.meta.get("tile_update")
+        pend = _as_dict(self.meta.get("tile_update"))
         with self._writing():
             if pend:
                 for name, kind in pend["columns"].items():
@@ -915,7 +925,7 @@ class Store:
             return
         n, cr = _pos_int(meta.get("n_tiles")), _pos_int(meta.get("chunk_rows"))
         n_chunks = math.ceil(n / cr) if n and cr else None
-        cols = meta.get("tile_columns") if isinstance(meta.get("tile_columns"), list) else []
+        cols = _as_list(meta.get("tile_columns"))
         for c in cols:
             name = c.get("name") if isinstance(c, dict) else None
             if isinstance(name, str):
@@ -931,7 +941,7 @@ class Store:
             problems.append(p)
         elif self._scan("unreadable", problems):
             bad = self._b.read("unreadable").astype(bool)
-        variants = meta.get("variants") if isinstance(meta.get("variants"), dict) else {}
+        variants = _as_dict(meta.get("variants"))
         if not variants:
             problems.append("no feature variants")
         known = set()

@@ -137,7 +137,7 @@ def _open_openslide(path: str) -> Slide:
             mpp = (mx + my) / 2 if math.isfinite(my) else mx
     except ValueError:
         mpp = None
-    return Slide(path, "openslide", [tuple(map(int, d)) for d in h.level_dimensions], [float(d) for d in h.level_downsamples], mpp, h)
+    return Slide(path, "openslide", [(int(d[0]), int(d[1])) for d in h.level_dimensions], [float(d) for d in h.level_downsamples], mpp, h)
 
 
 def _tiff_mpp(path: str) -> float | None:
@@ -153,10 +153,11 @@ def _mpp_of(tif: Any) -> float | None:
         import xml.etree.ElementTree as ET
 
         for el in ET.fromstring(tif.ome_metadata).iter():
-            if el.tag.endswith("Pixels") and el.get("PhysicalSizeX"):
+            size = el.get("PhysicalSizeX")
+            if el.tag.endswith("Pixels") and size:
                 unit = el.get("PhysicalSizeXUnit", "µm")
                 scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(unit)
-                return float(el.get("PhysicalSizeX")) * scale if scale else None
+                return float(size) * scale if scale else None
     page = tif.pages.first
     desc = page.description or ""
     if desc.startswith("Aperio"):
@@ -170,10 +171,10 @@ def _mpp_of(tif: Any) -> float | None:
     tags = page.tags
     if "XResolution" in tags and "ResolutionUnit" in tags:
         num, den = tags["XResolution"].value
-        unit = int(tags["ResolutionUnit"].value)
-        if num and den and unit in (2, 3):
-            per_unit = num / den
-            return (25400.0 if unit == 2 else 10000.0) / per_unit
+        res_unit = int(tags["ResolutionUnit"].value)
+        if num and den and res_unit in (2, 3):
+            per_res_unit = num / den
+            return (25400.0 if res_unit == 2 else 10000.0) / per_res_unit
     return None
 
 
@@ -194,7 +195,7 @@ def _open_tifffile(path: str) -> Slide:
             stores += _reduced_pages(tif, series.shape)
         levels = []
         for store in stores:
-            arr = zarr.open(store, mode="r")
+            arr = zarr.open_array(store, mode="r")
             shape = arr.shape
             if len(shape) == 3 and shape[0] in (3, 4) and shape[2] not in (3, 4):
                 raise SlideReadError(f"{Path(path).name}: planar (channel-first) slides are not supported")

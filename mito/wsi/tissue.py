@@ -11,7 +11,7 @@ are tissue (:func:`tissue_fraction`).
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -69,7 +69,7 @@ def mask_geojson(mask: np.ndarray, downsample: float, name: str) -> dict[str, An
 
     z = np.pad(mask.astype(np.float64), 1)
     gen = contourpy.contour_generator(z=z, fill_type=contourpy.FillType.OuterOffset)
-    points, offsets = gen.filled(0.5, 1.5)
+    points, offsets = cast(Any, gen.filled(0.5, 1.5))  # OuterOffset: (points, offsets)
     polys = []
     for pts, offs in zip(points, offsets):
         rings = []

@@ -38,7 +38,9 @@ def _help(path: tuple[str, ...]) -> str:
 
     from mito.cli import app
 
-    r = CliRunner().invoke(app, [*path, "--help"], prog_name="mito", env={"COLUMNS": str(WIDTH), "TERMINAL_WIDTH": str(WIDTH), "NO_COLOR": "1"})
+    r = CliRunner().invoke(
+        app, [*path, "--help"], prog_name="mito", env={"COLUMNS": str(WIDTH), "TERMINAL_WIDTH": str(WIDTH), "NO_COLOR": "1"}
+    )
     if r.exit_code != 0:
         raise RuntimeError(f"mito {' '.join(path)} --help exited {r.exit_code}: {r.output}")
     return r.output.strip("\n")

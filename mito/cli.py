@@ -283,14 +283,17 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
         return
     from mito.report.tables import Col, FitTable
 
-    cols = [Col("name", "left"), Col("dim"), Col("input"), Col("available", "left"), Col("pooling", "left", drop=2),
-            Col("weights", "left", drop=3), Col("arch", "left", drop=4)]  # one line per backbone: columns drop, never wrap
+    # one line per backbone: columns drop, never wrap; at 80 columns name, dim, here? and the weights' source stay
+    cols = [Col("name", "left"), Col("dim"), Col("input", drop=1), Col("here", "left"), Col("weights from", "left"),
+            Col("pooling", "left", drop=2), Col("file", "left", drop=3), Col("arch", "left", drop=4)]
     body = []
     for s in specs:
         ws = s.weights
-        src = f"pip {ws.package}" if ws.package else f"{ws.hf_id}{' (gated)' if ws.gated else ''}: {ws.files[0]}"
-        body.append([s.name, str(s.embed_dim), str(s.input_size), "yes" if available(s) else "no: --weights", s.pooling, src, s.arch])
-    console.print(FitTable(cols, body, title="mito backbones (random_<name> = random-init control)", see="mito backbones --json lists everything"))
+        src = f"pip {ws.package}" if ws.package else f"{ws.hf_id}{' (gated)' if ws.gated else ''}"
+        file = "-" if ws.package else ws.files[0]
+        body.append([s.name, str(s.embed_dim), str(s.input_size), "yes" if available(s) else "no", src, s.pooling, file, s.arch])
+    see = "here: its weights are found on this machine, else pass --weights FILE; mito backbones --json lists everything"
+    console.print(FitTable(cols, body, title="mito backbones (random_<name> = random-init control)", see=see))
 
 
 def _print_info(info: dict[str, Any]) -> None:

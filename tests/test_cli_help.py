@@ -78,3 +78,30 @@ def test_square_brackets_survive_and_long_commands_are_grouped() -> None:
     assert {"Data", "Split", "Head", "Training", "Slide level", "Output"} <= set(panels), panels
     assert len(fit.splitlines()) < 130, len(fit.splitlines())  # was 235 lines at 80 columns
     assert {"Data", "Heads", "Folds and statistics", "Output"} <= set(re.findall(r"╭─ (.+?) ─", _help(("bench",))))
+
+
+def test_backbones_reads_at_80_columns() -> None:
+    """`mito backbones` piped at COLUMNS=80: one line per backbone, no line wider, and the columns a user acts on
+    (name, dimension, available here?, where the weights come from) are shown whole; the rest is named as left out."""
+    import os
+    import subprocess
+    import sys
+
+    from mito.backbones import available, list_backbones
+
+    env = {**os.environ, "COLUMNS": str(WIDTH), "OMP_NUM_THREADS": "1"}
+    env.pop("TERMINAL_WIDTH", None)
+    r = subprocess.run([sys.executable, "-m", "mito", "backbones"], capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert max(len(x) for x in lines) <= WIDTH, r.stdout
+    rows = {c[0]: c for c in ([x.strip() for x in line.strip("│").split("│")] for line in lines if line.startswith("│"))}
+    specs = list_backbones()
+    assert list(rows) == [s.name for s in specs], r.stdout  # one line per backbone, in registry order
+    for s in specs:
+        ws = s.weights
+        source = f"pip {ws.package}" if ws.package else f"{ws.hf_id}{' (gated)' if ws.gated else ''}"
+        assert str(s.embed_dim) in rows[s.name] and source in rows[s.name], (s.name, rows[s.name])
+        assert ("yes" if available(s) else "no") in rows[s.name], (s.name, rows[s.name])
+    flat = " ".join(r.stdout.split())
+    assert "not shown at this width" in flat and "arch" in flat and "--json" in flat and "--weights" in flat, r.stdout

@@ -121,4 +121,4 @@ def test_fit_head_cache_info_and_backbones_at_80_columns(amibr_store: Path, tmp_
 
     body = [x for x in bb.output.splitlines() if x.startswith("│")]
     assert len(body) == len(list_backbones()), bb.output  # one line per backbone
-    assert "weights" in _not_shown(bb.output) and "--json" in bb.output
+    assert "arch" in _not_shown(bb.output) and "--json" in bb.output

@@ -1088,7 +1088,7 @@ def export_cmd(
     paths, notes = export(store, format, out, features, overwrite)
     for n in notes:
         console.print(f"[yellow]note:[/] {n}", highlight=False)
-    console.print(f"wrote {len(paths)} {format} files to {out}")
+    console.print(f"wrote {len(paths)} slide files to {out} ({format})")
 
 
 @app.command("import")

@@ -115,7 +115,7 @@ def export_folder(store_path: str, out_dir: str | os.PathLike, fmt: str, feature
                   write: Callable[[Path, Path, StoreExport, SlideExport], list[str]],
                   finish: Callable[[Path, Path, StoreExport], None] | None = None) -> tuple[list[Path], list[str]]:
     """Build an export folder atomically: ``write(tmp, out, header, slide)`` per slide (returns its notes), then
-    ``finish(tmp, out, header)``, then mito.json. Returns the per-slide files written and the notes."""
+    ``finish(tmp, out, header)``, then mito.json. Returns each slide's (first) file and the notes."""
     out = check_output_dir(out_dir, overwrite, protect=(store_path,), what="export folder", kind=KIND)
     written: list[Path] = []
     notes: list[str] = []
@@ -130,9 +130,10 @@ def export_folder(store_path: str, out_dir: str | os.PathLike, fmt: str, feature
             assert isinstance(sl, SlideExport)
             before = {p for p in tmp.rglob("*") if p.is_file()}
             notes.extend(write(tmp, final, header, sl))
-            for p in sorted({p for p in tmp.rglob("*") if p.is_file()} - before):
+            made = sorted({p for p in tmp.rglob("*") if p.is_file()} - before)
+            for p in made:
                 files[p.relative_to(tmp).as_posix()] = sl.slide
-                written.append(final / p.relative_to(tmp))
+            written += [final / made[0].relative_to(tmp)] if made else []  # one per slide: its features file
             header.slides.append(sl)
             sl.features = np.empty((0, 0), np.float32)  # memory follows one slide
         if finish is not None:

@@ -26,7 +26,7 @@ from mito.interop.base import FLOAT16_MAX, SAFE_NAME, InteropError, SourceSlide,
 from mito.interop.formats import scan
 from mito.store import DEFAULT_CHUNK_ROWS, Store, create_store, open_store, store_exists
 
-SLIDE_KEYS = ("slide", "slide_id", "FILENAME")  # the slide column of a labels CSV (mito, CLAM, STAMP's slide table)
+SLIDE_KEYS = ("slide", "slide_id", "FILENAME", "path")  # a labels CSV's slide column (mito, CLAM, STAMP's slide table, a slide manifest)
 PATIENT_KEYS = ("patient", "case_id", "PATIENT")  # its patient column (mito, CLAM, STAMP)
 NOT_TASKS = ("patient", "group", "split")  # label-CSV columns that are no task
 BLOCK_ROWS = 16384  # rows read at a time when checking a file
@@ -149,6 +149,8 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
             df = df.rename(columns={pat: "patient"})
     if key == "FILENAME":
         df["slide"] = df["slide"].str.removesuffix(".h5")
+    if key == "path":
+        df["slide"] = [os.path.basename(v) for v in df["slide"]]
     df["slide"] = df["slide"].str.strip()
     dup = df["slide"][df["slide"].duplicated()]
     if len(dup):
@@ -300,8 +302,7 @@ def _append(s: Store, fmt: str, folder: Any, new: list[SourceSlide], digests: di
         order = list(dict.fromkeys(old))
         sizes = old.value_counts().reindex(order).tolist()
         lab, _, _ = _label_frame(order, sizes, table, [{} for _ in order])
-        pos = pd.Index(np.repeat(np.array(order, dtype=object), sizes)).get_indexer(old)  # rows of a slide are contiguous
-        if (np.diff(pos) < 0).any():
+        if np.repeat(np.array(order, dtype=object), sizes).tolist() != old.tolist():  # an import keeps a slide's rows together
             raise InteropError(f"{s.path}: the rows of a slide are not contiguous; import into a new --store")
         known = [c for c in lab.columns if c in have]
         cur = s.tile_table(known) if known else pd.DataFrame(index=range(len(old)))

@@ -133,7 +133,7 @@ def export_folder(store_path: str, out_dir: str | os.PathLike, fmt: str, feature
             made = sorted({p for p in tmp.rglob("*") if p.is_file()} - before)
             for p in made:
                 files[p.relative_to(tmp).as_posix()] = sl.slide
-            written += [final / made[0].relative_to(tmp)] if made else []  # one per slide: its features file
+            written.extend([final / made[0].relative_to(tmp)] if made else [])  # one per slide: its features file
             header.slides.append(sl)
             sl.features = np.empty((0, 0), np.float32)  # memory follows one slide
         if finish is not None:

@@ -48,8 +48,17 @@ def write_trident_folder(folder: Path, n_slides: int, patches: int, dim: int, se
             fd = f.create_dataset("features", data=x, maxshape=(None, dim), chunks=(1, dim))
             fd.attrs.update(name=name, savetodir=str(folder), encoder=encoder)
             cd = f.create_dataset("coords", data=coords.astype(np.int64), maxshape=(None, 2), chunks=(1, 2))
-            cd.attrs.update(patch_size=256, patch_size_level0=512, level0_magnification=40, target_magnification=20, overlap=0, name=name,
-                            savetodir=str(folder.parent / "patches"), level0_width=side * 512 + 512, level0_height=side * 512 + 512)
+            cd.attrs.update(
+                patch_size=256,
+                patch_size_level0=512,
+                level0_magnification=40,
+                target_magnification=20,
+                overlap=0,
+                name=name,
+                savetodir=str(folder.parent / "patches"),
+                level0_width=side * 512 + 512,
+                level0_height=side * 512 + 512,
+            )
         rows.append((f"{name}.svs", f"P{i // 2:04d}", label))  # two slides per patient; the CSV names the slide files
     csv = folder.parent / "labels.csv"
     csv.write_text("slide,patient,label\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
@@ -90,8 +99,21 @@ def main() -> None:
 
     with open_store(store) as s:
         tiles = s.n_tiles
-    print(json.dumps({"slides": a.slides, "tiles": tiles, "dim": a.dim, "write_features_s": round(made, 1), "import_s": round(t_import, 1),
-                      "bench_s": round(t_bench, 1), "best": best, "load_avg": os.getloadavg(), "cores": os.cpu_count()}))
+    print(
+        json.dumps(
+            {
+                "slides": a.slides,
+                "tiles": tiles,
+                "dim": a.dim,
+                "write_features_s": round(made, 1),
+                "import_s": round(t_import, 1),
+                "bench_s": round(t_bench, 1),
+                "best": best,
+                "load_avg": os.getloadavg(),
+                "cores": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -68,8 +68,14 @@ def variant_geometry(opts: dict[str, Any], rec: dict[str, Any], zoom: float) -> 
     level0 = rec.get("mpp")
     level0 = float(level0) if level0 is not None and math.isfinite(float(level0)) else math.nan
     stride0 = float(opts.get("stride_px") or tile_px) * float(rec["tile_side_level0"]) / max(tile_px, 1)
-    return {"patch_size": int(patch), "patch_size_level0": round(field0), "target_mpp": level0 * field0 / patch,
-            "level0_mpp": level0, "overlap": round(patch - stride0 * patch / field0), "zoom": float(zoom)}
+    return {
+        "patch_size": int(patch),
+        "patch_size_level0": round(field0),
+        "target_mpp": level0 * field0 / patch,
+        "level0_mpp": level0,
+        "overlap": round(patch - stride0 * patch / field0),
+        "zoom": float(zoom),
+    }
 
 
 def iter_slides(store_path: str, feature: str | None = None) -> Iterator[StoreExport | SlideExport]:
@@ -106,14 +112,28 @@ def iter_slides(store_path: str, feature: str | None = None) -> Iterator[StoreEx
             if "patient" in tiles and len(rows):
                 vals = tiles["patient"].iloc[rows].dropna().astype(str).unique()
                 patient = str(vals[0]) if len(vals) == 1 else None
-            yield SlideExport(rec["slide"], stems[rec["slide"]], str(rec.get("path", "")), s.read([key], rows).astype(np.float32),
-                              coords, variant_geometry(opts, rec, zoom), float(rec["tile_side_level0"]) / zoom,
-                              (int(dims[0]), int(dims[1])) if dims else None, patient)
+            yield SlideExport(
+                rec["slide"],
+                stems[rec["slide"]],
+                str(rec.get("path", "")),
+                s.read([key], rows).astype(np.float32),
+                coords,
+                variant_geometry(opts, rec, zoom),
+                float(rec["tile_side_level0"]) / zoom,
+                (int(dims[0]), int(dims[1])) if dims else None,
+                patient,
+            )
 
 
-def export_folder(store_path: str, out_dir: str | os.PathLike, fmt: str, feature: str | None, overwrite: bool,
-                  write: Callable[[Path, Path, StoreExport, SlideExport], list[str]],
-                  finish: Callable[[Path, Path, StoreExport], None] | None = None) -> tuple[list[Path], list[str]]:
+def export_folder(
+    store_path: str,
+    out_dir: str | os.PathLike,
+    fmt: str,
+    feature: str | None,
+    overwrite: bool,
+    write: Callable[[Path, Path, StoreExport, SlideExport], list[str]],
+    finish: Callable[[Path, Path, StoreExport], None] | None = None,
+) -> tuple[list[Path], list[str]]:
     """Build an export folder atomically: ``write(tmp, out, header, slide)`` per slide (returns its notes), then
     ``finish(tmp, out, header)``, then mito.json. Returns each slide's (first) file and the notes."""
     out = check_output_dir(out_dir, overwrite, protect=(store_path,), what="export folder", kind=KIND)
@@ -258,7 +278,9 @@ def load_tensor_file(path: Path) -> np.ndarray:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise InteropError(f"{path} is not a tensor file torch.load(weights_only=True) accepts (a pickle of other objects?): {first}") from None
+        raise InteropError(
+            f"{path} is not a tensor file torch.load(weights_only=True) accepts (a pickle of other objects?): {first}"
+        ) from None
     if isinstance(obj, torch.Tensor):
         parts = [obj]
     elif isinstance(obj, (list, tuple)) and obj and all(isinstance(t, torch.Tensor) for t in obj):

@@ -49,9 +49,15 @@ def _write(tmp: Path, out: Path, head: StoreExport, sl: SlideExport) -> list[str
     dims = tuple(sl.size) if sl.size is not None else (0, 0)
     with h5py.File(tmp / "patches" / f"{sl.stem}.h5", "w") as f:  # process_contour's attrs, read at level 0
         cd = f.create_dataset("coords", data=sl.coords.astype(np.int64), maxshape=(None, 2))
-        cd.attrs.update(patch_size=int(round(sl.field0)), patch_level=0, downsample=np.array([1.0, 1.0]),
-                        downsampled_level_dim=np.array(dims, np.int64), level_dim=np.array(dims, np.int64), name=sl.stem,
-                        save_path=str(out / "patches"))
+        cd.attrs.update(
+            patch_size=int(round(sl.field0)),
+            patch_level=0,
+            downsample=np.array([1.0, 1.0]),
+            downsampled_level_dim=np.array(dims, np.int64),
+            level_dim=np.array(dims, np.int64),
+            name=sl.stem,
+            save_path=str(out / "patches"),
+        )
     return []
 
 
@@ -63,7 +69,9 @@ def _finish(tmp: Path, out: Path, head: StoreExport) -> None:
             w.writerow([sl.patient or sl.stem, sl.stem])
 
 
-def export_clam(store_path: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False) -> tuple[list[Path], list[str]]:
+def export_clam(
+    store_path: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False
+) -> tuple[list[Path], list[str]]:
     """CLAM's layout: ``h5_files/<id>.h5`` (features float32, coords int64, no attrs), ``pt_files/<id>.pt`` (a bare
     float32 tensor), ``patches/<id>.h5`` (coords with patch_level 0 and the level-0 patch size, so CLAM's and TRIDENT's
     legacy readers re-read the field mito saw) and ``slides.csv`` (case_id, slide_id), plus mito.json."""

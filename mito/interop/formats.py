@@ -14,11 +14,18 @@ from mito.interop.trident import export_trident, is_trident_file, scan_trident
 
 EXPORTERS: dict[str, Callable[..., tuple[list[Path], list[str]]]] = {"trident": export_trident, "clam": export_clam, "stamp": export_stamp}
 FORMATS = tuple(EXPORTERS)  # what mito export writes
-SCANNERS: dict[str, Callable[[Path], list[SourceSlide]]] = {"trident": scan_trident, "clam": scan_clam, "stamp": scan_stamp, "eva": scan_eva}
+SCANNERS: dict[str, Callable[[Path], list[SourceSlide]]] = {
+    "trident": scan_trident,
+    "clam": scan_clam,
+    "stamp": scan_stamp,
+    "eva": scan_eva,
+}
 IMPORT_FORMATS = ("auto", *SCANNERS)  # what mito import reads
 
 
-def export(store_path: str, fmt: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False) -> tuple[list[Path], list[str]]:
+def export(
+    store_path: str, fmt: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False
+) -> tuple[list[Path], list[str]]:
     """Export ``store_path`` in format ``fmt`` to ``out_dir``: the per-slide files written, and notes for the user."""
     if fmt not in EXPORTERS:
         raise InteropError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -36,8 +43,9 @@ def detect_format(folder: Path) -> str:
     if first is None:
         if any(folder.glob("*.pt")):
             return "clam"
-        raise InteropError(f"no feature files in {folder}: expected TRIDENT/CLAM/STAMP .h5 files, CLAM h5_files/ or pt_files/, or an "
-                           "eva manifest.csv")
+        raise InteropError(
+            f"no feature files in {folder}: expected TRIDENT/CLAM/STAMP .h5 files, CLAM h5_files/ or pt_files/, or an eva manifest.csv"
+        )
     with open_h5(first) as f:
         if is_stamp_file(f):
             return "stamp"

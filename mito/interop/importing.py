@@ -67,8 +67,10 @@ def _variant_name(slides: list[SourceSlide], name: str | None) -> tuple[str, str
     """(backbone part of the variant key, the encoder the files record)."""
     recorded = sorted({s.encoder for s in slides if s.encoder})
     if len(recorded) > 1:
-        raise InteropError(f"the files record several encoders ({', '.join(recorded[:4])}): import one encoder's files per store "
-                           "(or per variant name: --name)")
+        raise InteropError(
+            f"the files record several encoders ({', '.join(recorded[:4])}): import one encoder's files per store "
+            "(or per variant name: --name)"
+        )
     enc = recorded[0] if recorded else None
     if name is not None:
         if not SAFE_NAME.match(name):
@@ -76,8 +78,9 @@ def _variant_name(slides: list[SourceSlide], name: str | None) -> tuple[str, str
         return name, enc
     unknown = [s.files[0].name for s in slides if not s.encoder]
     if unknown or enc is None:
-        raise InteropError(f"{unknown[0] if unknown else 'the files'} records no encoder (CLAM and eva files never do): pass "
-                           "--name ENCODER (e.g. uni_v1)")
+        raise InteropError(
+            f"{unknown[0] if unknown else 'the files'} records no encoder (CLAM and eva files never do): pass --name ENCODER (e.g. uni_v1)"
+        )
     safe = safe_encoder_name(enc)
     if not safe or not SAFE_NAME.match(safe):
         raise InteropError(f"the encoder name {enc!r} cannot name a variant: pass --name")
@@ -96,15 +99,18 @@ def _check_slide(s: SourceSlide, dim: int) -> None:
             raise InteropError(f"{where}: row {a + int(np.argmax(bad))} holds NaN or inf ({int(bad.sum())} such rows in this block)")
         big = (np.abs(x) > FLOAT16_MAX).any(axis=1)
         if big.any():
-            raise InteropError(f"{where}: row {a + int(np.argmax(big))} holds a value beyond float16's range (+-65504), which a "
-                               "store keeps as float16")
+            raise InteropError(
+                f"{where}: row {a + int(np.argmax(big))} holds a value beyond float16's range (+-65504), which a store keeps as float16"
+            )
     if s.coords is not None and s.size is not None and s.unit == "px":
         w, h = s.size
         out = (s.coords[:, 0] < 0) | (s.coords[:, 1] < 0) | (s.coords[:, 0] >= w) | (s.coords[:, 1] >= h)
         if out.any():
             i = int(np.argmax(out))
-            raise InteropError(f"{where}: patch {i} at ({s.coords[i, 0]:g}, {s.coords[i, 1]:g}) lies outside the {w}x{h} slide "
-                               f"({int(out.sum())} patches do)")
+            raise InteropError(
+                f"{where}: patch {i} at ({s.coords[i, 0]:g}, {s.coords[i, 1]:g}) lies outside the {w}x{h} slide "
+                f"({int(out.sum())} patches do)"
+            )
 
 
 def _geometry_columns(s: SourceSlide) -> dict[str, np.ndarray]:
@@ -122,8 +128,12 @@ def _geometry_columns(s: SourceSlide) -> dict[str, np.ndarray]:
     out = {"x0": xy[:, 0], "y0": xy[:, 1]}
     if s.side:
         side = int(s.side) if float(s.side).is_integer() and whole else float(s.side)
-        out.update(x1=xy[:, 0] + side, y1=xy[:, 1] + side, x=np.floor(c[:, 0] + s.side / 2).astype(np.int64),
-                   y=np.floor(c[:, 1] + s.side / 2).astype(np.int64))
+        out.update(
+            x1=xy[:, 0] + side,
+            y1=xy[:, 1] + side,
+            x=np.floor(c[:, 0] + s.side / 2).astype(np.int64),
+            y=np.floor(c[:, 1] + s.side / 2).astype(np.int64),
+        )
     return out
 
 
@@ -168,7 +178,9 @@ def _label_lookup(labels: pd.DataFrame, slide: str) -> pd.Series | None:
     return labels.loc[stems[slide]] if slide in stems else None
 
 
-def _label_frame(slides: list[str], sizes: list[int], labels: pd.DataFrame | None, own: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[str], set[str]]:
+def _label_frame(
+    slides: list[str], sizes: list[int], labels: pd.DataFrame | None, own: list[dict[str, Any]]
+) -> tuple[pd.DataFrame, list[str], set[str]]:
     """Per tile: the labels of its slide (the CSV's, else what the format carries); slides the CSV misses; CSV rows used."""
     cols: dict[str, list[Any]] = {}
     missing, used = [], set()
@@ -196,8 +208,15 @@ def _records(meta: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def import_features(folder: str | os.PathLike, store: str | os.PathLike, fmt: str = "auto", name: str | None = None,
-                    labels: str | os.PathLike | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: bool = False) -> ImportResult:
+def import_features(
+    folder: str | os.PathLike,
+    store: str | os.PathLike,
+    fmt: str = "auto",
+    name: str | None = None,
+    labels: str | os.PathLike | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: bool = False,
+) -> ImportResult:
     """Import a folder of peer features into ``store`` (created, or appended to when it is an earlier import)."""
     store = str(store)
     fmt, slides = scan(folder, fmt)
@@ -218,8 +237,10 @@ def import_features(folder: str | os.PathLike, store: str | os.PathLike, fmt: st
             if src.get("kind") != "import":
                 raise InteropError(f"{store} was made by mito extract, not mito import: import into a new --store")
             if s.variants != [key]:
-                raise InteropError(f"{store} holds {', '.join(s.variants)}; these files are {key}: import them into a new --store "
-                                   "(or give --name as before)")
+                raise InteropError(
+                    f"{store} holds {', '.join(s.variants)}; these files are {key}: import them into a new --store "
+                    "(or give --name as before)"
+                )
             if int(s.variant_info(key)["dim"]) != dim:
                 raise InteropError(f"mixed dimensions: {store} holds {s.variant_info(key)['dim']}-d features, these files {dim}-d")
             held = {r["slide"]: r for r in _records(s.meta)}
@@ -233,8 +254,10 @@ def import_features(folder: str | os.PathLike, store: str | os.PathLike, fmt: st
             if s.slide in held:
                 was = [f["sha256"] for f in held[s.slide]["files"]]
                 if was != [f["sha256"] for f in digests[s.slide]]:
-                    raise InteropError(f"slide {s.slide!r} is already in {store} from other bytes ({held[s.slide]['files'][0]['path']}); "
-                                       f"{s.files[0]} differs: import it into a new --store")
+                    raise InteropError(
+                        f"slide {s.slide!r} is already in {store} from other bytes ({held[s.slide]['files'][0]['path']}); "
+                        f"{s.files[0]} differs: import it into a new --store"
+                    )
                 result.known_slides.append(s.slide)
             else:
                 _check_slide(s, dim)
@@ -257,10 +280,12 @@ def import_features(folder: str | os.PathLike, store: str | os.PathLike, fmt: st
 def _tile_frame(new: list[SourceSlide], table: pd.DataFrame | None, result: ImportResult) -> tuple[pd.DataFrame, list[str]]:
     """The new slides' tile rows (id, slide, coordinates, labels) and which of their columns are labels."""
     sizes = [s.n for s in new]
-    base = pd.DataFrame({
-        "tile_id": [f"{s.slide}#{i}" for s in new for i in range(s.n)],
-        "slide": np.repeat(np.array([s.slide for s in new], dtype=object), sizes),
-    })
+    base = pd.DataFrame(
+        {
+            "tile_id": [f"{s.slide}#{i}" for s in new for i in range(s.n)],
+            "slide": np.repeat(np.array([s.slide for s in new], dtype=object), sizes),
+        }
+    )
     geo = [_geometry_columns(s) for s in new]
     for c in geo[0] if geo else {}:
         base[c] = np.concatenate([g[c] for g in geo]) if all(c in g for g in geo) else np.nan
@@ -282,20 +307,40 @@ def _entries(new: list[SourceSlide], digests: dict[str, list[dict[str, Any]]], s
     return out
 
 
-def _create(store: str, fmt: str, folder: Any, new: list[SourceSlide], digests: dict[str, list[dict[str, Any]]], key: str,
-            table: pd.DataFrame | None, result: ImportResult, chunk_rows: int) -> Store:
+def _create(
+    store: str,
+    fmt: str,
+    folder: Any,
+    new: list[SourceSlide],
+    digests: dict[str, list[dict[str, Any]]],
+    key: str,
+    table: pd.DataFrame | None,
+    result: ImportResult,
+    chunk_rows: int,
+) -> Store:
     tiles, tasks = _tile_frame(new, table, result)
     result.label_columns = tasks
     result.added_slides = [s.slide for s in new]
     result.added_tiles = len(tiles)
     run = {"format": fmt, "folder": str(Path(folder).resolve()), "added": _now(), "slides": _entries(new, digests, 0)}
-    meta = {"source": {"path": str(Path(folder).resolve()), "kind": "import", "format": fmt}, "tasks": tasks, "imports": [run],
-            "versions": {"mito": __version__}}
+    meta = {
+        "source": {"path": str(Path(folder).resolve()), "kind": "import", "format": fmt},
+        "tasks": tasks,
+        "imports": [run],
+        "versions": {"mito": __version__},
+    }
     return create_store(store, tiles, meta, chunk_rows=chunk_rows)
 
 
-def _append(s: Store, fmt: str, folder: Any, new: list[SourceSlide], digests: dict[str, list[dict[str, Any]]],
-            table: pd.DataFrame | None, result: ImportResult) -> None:
+def _append(
+    s: Store,
+    fmt: str,
+    folder: Any,
+    new: list[SourceSlide],
+    digests: dict[str, list[dict[str, Any]]],
+    table: pd.DataFrame | None,
+    result: ImportResult,
+) -> None:
     have = s.tile_column_names
     if table is not None:  # labels of the slides already in the store, as this CSV gives them
         old = s.tile_table(["slide"])["slide"].astype(str)
@@ -308,8 +353,11 @@ def _append(s: Store, fmt: str, folder: Any, new: list[SourceSlide], digests: di
         cur = s.tile_table(known) if known else pd.DataFrame(index=range(len(old)))
         change = [c for c in lab.columns if c not in have or not _same(cur[c], lab[c])]
         if change:
-            s.update_tile_columns(lab[change].reset_index(drop=True), {"labels": str(table.attrs.get("path", ""))},
-                                  tasks=[c for c in change if c not in NOT_TASKS])
+            s.update_tile_columns(
+                lab[change].reset_index(drop=True),
+                {"labels": str(table.attrs.get("path", ""))},
+                tasks=[c for c in change if c not in NOT_TASKS],
+            )
             have = s.tile_column_names
     if not new:
         return
@@ -319,8 +367,10 @@ def _append(s: Store, fmt: str, folder: Any, new: list[SourceSlide], digests: di
             tiles[c] = None
     extra = [c for c in tiles.columns if c not in have]
     if extra:
-        raise InteropError(f"these files give columns {', '.join(extra[:5])} that {s.path} lacks (another format or no patch size?): "
-                           "import them into a new --store")
+        raise InteropError(
+            f"these files give columns {', '.join(extra[:5])} that {s.path} lacks (another format or no patch size?): "
+            "import them into a new --store"
+        )
     result.added_slides = [x.slide for x in new]
     result.added_tiles = len(tiles)
     run = {"format": fmt, "folder": str(Path(folder).resolve()), "added": _now(), "slides": _entries(new, digests, s.n_tiles)}
@@ -359,10 +409,12 @@ def _fill(s: Store, key: str, sources: dict[str, SourceSlide], progress: bool) -
                     raise InteropError(f"{s.path}: row {row} belongs to no imported slide; import into a new --store")
                 src = sources.get(r["slide"])
                 if src is None:
-                    raise InteropError(f"{s.path} still lacks the features of slide {r['slide']!r} ({r['files'][0]['path']}): "
-                                       "re-run mito import with the folder that holds it")
+                    raise InteropError(
+                        f"{s.path} still lacks the features of slide {r['slide']!r} ({r['files'][0]['path']}): "
+                        "re-run mito import with the folder that holds it"
+                    )
                 stop = min(b, hi)
-                block[row - a: stop - a] = src.read(row - lo, stop - lo)
+                block[row - a : stop - a] = src.read(row - lo, stop - lo)
                 row, i = stop, i + 1
             s.write_chunk(key, int(c), block)
             bar.update(task, advance=1)

@@ -34,10 +34,39 @@ from mito.interop.base import (
 FORMAT = "stamp"
 STAMP_VERSION = "2.5.0"  # the STAMP release whose layout this follows; get_coords refuses files newer than the reader
 SLIDE_TABLE = "slide_table.csv"  # PATIENT, FILENAME (relative to the feature folder, ending in .h5)
-EXTRACTORS = ("ctranspath", "chief-ctranspath", "conch", "conch1_5", "uni", "uni2", "dino-bloom", "gigapath", "h-optimus-0",
-              "h-optimus-1", "virchow", "virchow-full", "virchow2", "musk", "mstar", "plip", "keep", "ticon", "empty", "red-dino")
-_ALIASES = {"uni_v1": "uni", "uni_v2": "uni2", "conch_v1": "conch", "conch_v15": "conch1_5", "hoptimus0": "h-optimus-0",
-            "hoptimus1": "h-optimus-1", "h_optimus_0": "h-optimus-0", "h_optimus_1": "h-optimus-1", "prov_gigapath": "gigapath"}
+EXTRACTORS = (
+    "ctranspath",
+    "chief-ctranspath",
+    "conch",
+    "conch1_5",
+    "uni",
+    "uni2",
+    "dino-bloom",
+    "gigapath",
+    "h-optimus-0",
+    "h-optimus-1",
+    "virchow",
+    "virchow-full",
+    "virchow2",
+    "musk",
+    "mstar",
+    "plip",
+    "keep",
+    "ticon",
+    "empty",
+    "red-dino",
+)
+_ALIASES = {
+    "uni_v1": "uni",
+    "uni_v2": "uni2",
+    "conch_v1": "conch",
+    "conch_v15": "conch1_5",
+    "hoptimus0": "h-optimus-0",
+    "hoptimus1": "h-optimus-1",
+    "h_optimus_0": "h-optimus-0",
+    "h_optimus_1": "h-optimus-1",
+    "prov_gigapath": "gigapath",
+}
 
 
 def stamp_extractor(backbone: str) -> str:
@@ -55,9 +84,17 @@ def _write(tmp: Path, out: Path, head: StoreExport, sl: SlideExport) -> list[str
     with h5py.File(tmp / f"{sl.stem}.h5", "w") as f:
         f["coords"] = (sl.coords.astype(np.float64) * mpp).astype(np.float32)
         f["feats"] = sl.features.astype(np.float16)  # the store's own float16 values, exactly
-        f.attrs.update(stamp_version=STAMP_VERSION, extractor=stamp_extractor(head.key.split(":")[0]), unit="um",
-                       tile_size_um=float(sl.field0 * mpp), tile_size_px=int(sl.geometry["patch_size"]), code_hash=head.tile_hash,
-                       feat_type="tile", mito_variant=head.key, mito_slide=sl.slide)
+        f.attrs.update(
+            stamp_version=STAMP_VERSION,
+            extractor=stamp_extractor(head.key.split(":")[0]),
+            unit="um",
+            tile_size_um=float(sl.field0 * mpp),
+            tile_size_px=int(sl.geometry["patch_size"]),
+            code_hash=head.tile_hash,
+            feat_type="tile",
+            mito_variant=head.key,
+            mito_slide=sl.slide,
+        )
     return []
 
 
@@ -69,7 +106,9 @@ def _finish(tmp: Path, out: Path, head: StoreExport) -> None:
             w.writerow([sl.patient or sl.stem, f"{sl.stem}.h5"])
 
 
-def export_stamp(store_path: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False) -> tuple[list[Path], list[str]]:
+def export_stamp(
+    store_path: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False
+) -> tuple[list[Path], list[str]]:
     """One ``<slide stem>.h5`` per slide as STAMP's ``extract_`` writes it (feats float16, coords float32 um of the
     level-0 top-left, root attrs) and ``slide_table.csv`` (PATIENT, FILENAME), plus mito.json. Slides without a
     level-0 um/px are refused (STAMP's coordinates are micrometres)."""
@@ -106,9 +145,21 @@ def _scan_file(folder: Path, path: Path) -> SourceSlide:
     if not side and a.get("tile_size") and a.get("unit") == "um":
         side = a.get("tile_size")
     if coords is not None and not side:
-        raise InteropError(f"{path}: its coords have no unit STAMP records (tile_size_um, or tile_size with unit um); historic "
-                           "224-px STAMP files are not read")
+        raise InteropError(
+            f"{path}: its coords have no unit STAMP records (tile_size_um, or tile_size with unit um); historic "
+            "224-px STAMP files are not read"
+        )
     keep = {k: a[k] for k in ("stamp_version", "extractor", "unit", "tile_size_um", "tile_size_px", "code_hash") if k in a}
     slide = attr_text(a.get("mito_slide")) or path.relative_to(folder).with_suffix("").as_posix()
-    return SourceSlide(slide, [path], n, d, h5_rows(path, name), encoder=attr_text(a.get("extractor")), coords=coords, unit="um",
-                       side=float(side) if side else None, attrs=keep)
+    return SourceSlide(
+        slide,
+        [path],
+        n,
+        d,
+        h5_rows(path, name),
+        encoder=attr_text(a.get("extractor")),
+        coords=coords,
+        unit="um",
+        side=float(side) if side else None,
+        attrs=keep,
+    )

@@ -65,8 +65,14 @@ def trident_coords_attrs(sl: SlideExport, savetodir: str) -> tuple[dict[str, Any
         attrs.update(patch_size_level0=int(g["patch_size"] * src // target), level0_magnification=int(src), target_magnification=target)
     if sl.size is not None:
         attrs.update(level0_width=int(sl.size[0]), level0_height=int(sl.size[1]))
-    attrs.update(mito_field_level0=float(sl.field0), target_mpp=float(g["target_mpp"]), level0_mpp=float(g["level0_mpp"]),
-                 zoom=float(g["zoom"]), slide=sl.slide, slide_path=sl.path)
+    attrs.update(
+        mito_field_level0=float(sl.field0),
+        target_mpp=float(g["target_mpp"]),
+        level0_mpp=float(g["level0_mpp"]),
+        zoom=float(g["zoom"]),
+        slide=sl.slide,
+        slide_path=sl.path,
+    )
     return attrs, notes
 
 
@@ -82,7 +88,9 @@ def _write(tmp: Path, out: Path, head: StoreExport, sl: SlideExport) -> list[str
     return notes
 
 
-def export_trident(store_path: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False) -> tuple[list[Path], list[str]]:
+def export_trident(
+    store_path: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False
+) -> tuple[list[Path], list[str]]:
     """One ``<slide stem>.h5`` per slide as ``WSI.extract_patch_features`` writes it: ``features`` (N x D float32) and
     ``coords`` (N x 2 int64, level-0 top-left of the field the features saw) with every attribute TRIDENT writes,
     plus mito.json. Unreadable tiles are left out; slides whose names collide get distinct files."""
@@ -120,6 +128,15 @@ def _scan_file(path: Path) -> SourceSlide:
     side = ca.get("patch_size_level0")
     size = (ca.get("level0_width"), ca.get("level0_height"))
     keep = {k: ca[k] for k in ("patch_size", "patch_size_level0", "level0_magnification", "target_magnification", "overlap") if k in ca}
-    return SourceSlide(slide, [path], n, d, h5_rows(path, "features"), encoder=attr_text(fa.get("encoder")), coords=coords,
-                       side=float(side) if isinstance(side, (int, float)) and side > 0 else None,
-                       size=(int(size[0]), int(size[1])) if all(isinstance(v, (int, float)) for v in size) else None, attrs=keep)
+    return SourceSlide(
+        slide,
+        [path],
+        n,
+        d,
+        h5_rows(path, "features"),
+        encoder=attr_text(fa.get("encoder")),
+        coords=coords,
+        side=float(side) if isinstance(side, (int, float)) and side > 0 else None,
+        size=(int(size[0]), int(size[1])) if all(isinstance(v, (int, float)) for v in size) else None,
+        attrs=keep,
+    )

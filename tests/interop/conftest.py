@@ -38,6 +38,19 @@ def slide_store(slide_labels: Path, tmp_path_factory: pytest.TempPathFactory) ->
     from mito.extract import ExtractConfig, extract
 
     store = tmp_path_factory.mktemp("interop-store") / "s.zarr"
-    extract(ExtractConfig(source=str(slide_labels / "manifest.csv"), store=str(store), mpp=0.5, tile_px=64, input_size=64, zooms=[1.0],
-                          colors=["rgb"], chunk_rows=32, batch_size=32, num_workers=0, progress=False))
+    extract(
+        ExtractConfig(
+            source=str(slide_labels / "manifest.csv"),
+            store=str(store),
+            mpp=0.5,
+            tile_px=64,
+            input_size=64,
+            zooms=[1.0],
+            colors=["rgb"],
+            chunk_rows=32,
+            batch_size=32,
+            num_workers=0,
+            progress=False,
+        )
+    )
     return store

@@ -175,7 +175,9 @@ def test_export_refuses_an_unknown_format_in_one_line(slide_store: Path, tmp_pat
     assert not (tmp_path / "f2").exists()
 
 
-@pytest.mark.parametrize("mpp, mag", [(0.12, 80), (0.18, 60), (0.2527, 40), (0.5, 20), (1.0, 10), (2.0, 5), (2.4, None), (float("nan"), None)])
+@pytest.mark.parametrize(
+    "mpp, mag", [(0.12, 80), (0.18, 60), (0.2527, 40), (0.5, 20), (1.0, 10), (2.0, 5), (2.4, None), (float("nan"), None)]
+)
 def test_nominal_magnification_follows_tridents_table(mpp: float, mag: int | None) -> None:
     """``WSI._fetch_magnification``: mpp < 0.16 -> 80, < 0.2 -> 60, < 0.3 -> 40, < 0.6 -> 20, < 1.2 -> 10, < 2.4 -> 5, else error."""
     from mito.interop.trident import nominal_magnification

@@ -53,15 +53,18 @@ def exported(slide_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 # ------------------------------------------------------------------ part 4 of issue 23: the round trip on real pixels
 
 
-def test_extract_export_import_round_trip_gives_a_slide_head_the_same_metrics(slide_store: Path, slide_labels: Path, exported: Path,
-                                                                                tmp_path: Path) -> None:
+def test_extract_export_import_round_trip_gives_a_slide_head_the_same_metrics(
+    slide_store: Path, slide_labels: Path, exported: Path, tmp_path: Path
+) -> None:
     store = tmp_path / "back.zarr"
     out = _said(_ok(["import", str(exported / "trident"), "--store", str(store), "--labels", str(slide_labels / "labels.csv"), "--quiet"]))
     assert "72 tiles of 8 trident slides as efficientnet_lite0:z1:rgb" in out
     with open_store(slide_store) as a, open_store(store) as b:
         ta, tb = a.tiles, b.tiles
         assert ta["slide"].tolist() == tb["slide"].tolist()  # mito's slide attr keeps a.svs, not TRIDENT's stem
-        np.testing.assert_array_equal(ta[["x0", "y0", "x1", "y1", "x", "y"]].to_numpy(np.float64), tb[["x0", "y0", "x1", "y1", "x", "y"]].to_numpy(np.float64))
+        np.testing.assert_array_equal(
+            ta[["x0", "y0", "x1", "y1", "x", "y"]].to_numpy(np.float64), tb[["x0", "y0", "x1", "y1", "x", "y"]].to_numpy(np.float64)
+        )
         for c in ("label", "patient", "group"):
             assert ta[c].tolist() == tb[c].tolist(), c
         np.testing.assert_array_equal(a.read([KEY], dtype=np.float16), b.read([KEY], dtype=np.float16))
@@ -70,8 +73,28 @@ def test_extract_export_import_round_trip_gives_a_slide_head_the_same_metrics(sl
         assert len(files) == 8 and all(f["sha256"] == sha256_file(Path(f["path"])) for f in files)
     metrics = []
     for s in (slide_store, store):
-        res = _ok(["fit-head", "--store", str(s), "--level", "slide", "--task", "label", "--head", "abmil", "--epochs", "4", "--seed", "3",
-                   "--test-fraction", "0.25", "--out", str(tmp_path / f"m-{s.stem}"), "--json"])
+        res = _ok(
+            [
+                "fit-head",
+                "--store",
+                str(s),
+                "--level",
+                "slide",
+                "--task",
+                "label",
+                "--head",
+                "abmil",
+                "--epochs",
+                "4",
+                "--seed",
+                "3",
+                "--test-fraction",
+                "0.25",
+                "--out",
+                str(tmp_path / f"m-{s.stem}"),
+                "--json",
+            ]
+        )
         m = json.loads(res)
         metrics.append({k: v for k, v in m.items() if isinstance(v, (int, float)) and "time" not in k and "seconds" not in k})
     assert metrics[0] == metrics[1] and {"balanced_accuracy", "auroc", "n_train"} <= set(metrics[0])
@@ -84,7 +107,9 @@ def test_extract_export_import_round_trip_gives_a_slide_head_the_same_metrics(sl
 # ------------------------------------------------------------------ every format in
 
 
-def test_clam_stamp_and_eva_folders_import_with_the_same_rows(slide_store: Path, slide_labels: Path, exported: Path, tmp_path: Path) -> None:
+def test_clam_stamp_and_eva_folders_import_with_the_same_rows(
+    slide_store: Path, slide_labels: Path, exported: Path, tmp_path: Path
+) -> None:
     with open_store(slide_store) as s:
         tiles, x = s.tiles, s.read([KEY])
     labels = str(slide_labels / "labels.csv")
@@ -102,7 +127,11 @@ def test_clam_stamp_and_eva_folders_import_with_the_same_rows(slide_store: Path,
         assert c.variants == ["lite0:z1:rgb"] and st.variants == [KEY]
         assert c.meta["source"]["format"] == "clam" and st.meta["source"]["format"] == "stamp"
         assert sorted(tiles["slide"].unique()) == tiles["slide"].unique().tolist()  # store order = file order
-        for got, names in ((c, tiles["slide"].str.removesuffix(".svs")), (p, tiles["slide"].str.removesuffix(".svs")), (st, tiles["slide"])):
+        for got, names in (
+            (c, tiles["slide"].str.removesuffix(".svs")),
+            (p, tiles["slide"].str.removesuffix(".svs")),
+            (st, tiles["slide"]),
+        ):
             mine = got.tiles  # CLAM names slides by file stem (the labels CSV's a.svs still matches); STAMP files keep mito's name
             assert mine["slide"].tolist() == names.tolist()
             np.testing.assert_array_equal(got.read(got.variants), x)
@@ -138,20 +167,32 @@ def test_eva_embeddings_import_by_wsi_id_with_their_targets(tmp_path: Path) -> N
         t = s.tiles
         assert t["slide"].tolist() == [f"s{i}" for i in range(4) for _ in range(6 + i)]
         assert t.groupby("slide")["label"].first().tolist() == ["0", "1", "0", "1"] and s.tasks == ["label"]
-        np.testing.assert_array_equal(s.read(["dinov2:z1:rgb"]), np.concatenate(list(slides.values())).astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(
+            s.read(["dinov2:z1:rgb"]), np.concatenate(list(slides.values())).astype(np.float16).astype(np.float32)
+        )
 
 
 # ------------------------------------------------------------------ bad input: one line, nothing written
 
 
-def _trident_file(path: Path, x: np.ndarray, coords: np.ndarray | None = None, size: tuple[int, int] = (4096, 4096), encoder: str = "uni_v1") -> Path:
+def _trident_file(
+    path: Path, x: np.ndarray, coords: np.ndarray | None = None, size: tuple[int, int] = (4096, 4096), encoder: str = "uni_v1"
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     coords = np.arange(len(x) * 2).reshape(-1, 2) * 256 if coords is None else coords
     with h5py.File(path, "w") as f:
         f.create_dataset("features", data=x).attrs.update(name=path.stem, savetodir=str(path.parent), encoder=encoder)
         f.create_dataset("coords", data=coords.astype(np.int64)).attrs.update(
-            patch_size=256, patch_size_level0=512, level0_magnification=40, target_magnification=20, overlap=0, name=path.stem,
-            savetodir="x", level0_width=size[0], level0_height=size[1])
+            patch_size=256,
+            patch_size_level0=512,
+            level0_magnification=40,
+            target_magnification=20,
+            overlap=0,
+            name=path.stem,
+            savetodir="x",
+            level0_width=size[0],
+            level0_height=size[1],
+        )
     return path
 
 
@@ -198,7 +239,9 @@ def test_bad_folders_are_refused_in_one_line_and_leave_no_store(tmp_path: Path) 
     torch.save(torch.from_numpy(good), d / "a.pt")
     with open(d / "b.pt", "wb") as fh:
         pickle.dump({"features": good}, fh)  # a pickle of a numpy array where a tensor should be
-    _refused(["import", str(d.parent), "--store", str(store), "--name", "x"], "b.pt is not a tensor file torch.load(weights_only=True)", store)
+    _refused(
+        ["import", str(d.parent), "--store", str(store), "--name", "x"], "b.pt is not a tensor file torch.load(weights_only=True)", store
+    )
     d = case("encoders")
     _trident_file(d / "other.h5", good, encoder="conch_v15")
     _refused(["import", str(d), "--store", str(store)], "several encoders", store)
@@ -233,11 +276,49 @@ def test_import_again_with_more_files_appends_and_benches_at_slide_level(tmp_pat
     with open_store(store) as s:
         assert s.tiles.equals(w.tiles.iloc[: s.n_tiles]) and s.verify() == []
     # the commands that read a store read it unchanged
-    _ok(["fit-head", "--store", str(whole), "--level", "slide", "--task", "label", "--head", "mean-linear", "--epochs", "3",
-         "--out", str(tmp_path / "m")])
-    _ok(["bench", "--store", str(whole), "--level", "slide", "--task", "label", "--group-column", "patient", "--folds", "3", "--n-boot", "20",
-         "--param", "abmil.epochs=2", "--param", "mean-linear.epochs=2", "--out", str(tmp_path / "lb")])
+    _ok(
+        [
+            "fit-head",
+            "--store",
+            str(whole),
+            "--level",
+            "slide",
+            "--task",
+            "label",
+            "--head",
+            "mean-linear",
+            "--epochs",
+            "3",
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
+    _ok(
+        [
+            "bench",
+            "--store",
+            str(whole),
+            "--level",
+            "slide",
+            "--task",
+            "label",
+            "--group-column",
+            "patient",
+            "--folds",
+            "3",
+            "--n-boot",
+            "20",
+            "--param",
+            "abmil.epochs=2",
+            "--param",
+            "mean-linear.epochs=2",
+            "--out",
+            str(tmp_path / "lb"),
+        ]
+    )
     board = pd.read_csv(tmp_path / "lb" / "leaderboard.csv")
     assert sorted(board["head"]) == ["abmil", "mean-linear"] and board["auroc"].notna().all()
     doc = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
     assert doc["meta"]["level"] == "slide" and doc["meta"]["store"]["path"] == str(whole)
+    said = _said(_ok(["compare", "--bench", str(tmp_path / "lb"), "--rows", "1,2"]))  # the paired test of the two rows
+    assert "DeLong's test (AUROC" in said and "balanced_accuracy" in said

@@ -236,12 +236,12 @@ def import_features(
             src = s.meta.get("source") or {}
             if src.get("kind") != "import":
                 raise InteropError(f"{store} was made by mito extract, not mito import: import into a new --store")
-            if s.variants != [key]:
+            if s.variants not in ([], [key]):  # none yet: a first import cut short before its variant was made
                 raise InteropError(
                     f"{store} holds {', '.join(s.variants)}; these files are {key}: import them into a new --store "
                     "(or give --name as before)"
                 )
-            if int(s.variant_info(key)["dim"]) != dim:
+            if s.variants and int(s.variant_info(key)["dim"]) != dim:
                 raise InteropError(f"mixed dimensions: {store} holds {s.variant_info(key)['dim']}-d features, these files {dim}-d")
             held = {r["slide"]: r for r in _records(s.meta)}
     result = ImportResult(store, fmt, key, created=not exists)

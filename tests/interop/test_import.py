@@ -322,3 +322,43 @@ def test_import_again_with_more_files_appends_and_benches_at_slide_level(tmp_pat
     assert doc["meta"]["level"] == "slide" and doc["meta"]["store"]["path"] == str(whole)
     said = _said(_ok(["compare", "--bench", str(tmp_path / "lb"), "--rows", "1,2"]))  # the paired test of the two rows
     assert "DeLong's test (AUROC" in said and "balanced_accuracy" in said
+
+
+def test_an_import_cut_short_is_finished_by_running_it_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mito.store import Store
+
+    feats = tmp_path / "f"
+    labels = write_trident_folder(feats, 12, 10, 16, seed=2)
+    whole = tmp_path / "whole.zarr"
+    import_features(feats, whole, labels=labels, chunk_rows=16)
+    real, calls = Store.write_chunk, []
+
+    def dies(self: Store, *a: object, **k: object) -> None:
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(Store, "write_chunk", dies)
+    store = tmp_path / "s.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        import_features(feats, store, labels=labels, chunk_rows=16)
+    monkeypatch.setattr(Store, "write_chunk", real)
+    with open_store(store) as s:
+        assert s.done_chunks("uni_v1:z1:rgb").sum() == 2 and not s.is_complete("uni_v1:z1:rgb")
+    r = import_features(feats, store, labels=labels, chunk_rows=16)
+    assert r.added_tiles == 0 and len(r.known_slides) == 12 and r.written_chunks > 0
+    with open_store(store) as s, open_store(whole) as w:
+        assert s.verify() == [] and s.tiles.equals(w.tiles)
+        np.testing.assert_array_equal(s.read(["uni_v1:z1:rgb"]), w.read(["uni_v1:z1:rgb"]))
+    # a labels CSV given again (one slide relabelled, a new column) updates the rows already there, nothing else
+    table = pd.read_csv(labels)
+    table.loc[table["slide"] == "TCGA-0001.svs", "label"] = "tumour"
+    table["stage"] = ["I", "II"] * 6
+    table.to_csv(tmp_path / "labels2.csv", index=False)
+    import_features(feats, store, labels=tmp_path / "labels2.csv")
+    with open_store(store) as s, open_store(whole) as w:
+        t = s.tiles
+        assert set(t.loc[t["slide"] == "TCGA-0001", "label"]) == {"tumour"} and "stage" in s.tasks
+        assert (t["label"] != w.tiles["label"]).sum() == (t["slide"] == "TCGA-0001").sum()
+        np.testing.assert_array_equal(s.read(["uni_v1:z1:rgb"]), w.read(["uni_v1:z1:rgb"]))

@@ -11,6 +11,10 @@ and prints one JSON line (seconds per command, slides, tiles, the leaderboard's 
 
     python benchmarks/import_trident.py --out /tmp/mito-import-bench            # 300 slides x ~200 x 1024
     python benchmarks/import_trident.py --out /tmp/x --slides 40 --patches 50   # a quick look
+
+Measured 2026-12-06 on the shared 2-core machine, load average 11-19 from other work: 300 slides, 59,877 patches,
+1024-d: writing 11 s, import 32 s, bench 1,191 s (ABMIL 147 s and mean-linear 85 s of training per fold); best row
+ABMIL AUROC 1.00, balanced accuracy 0.98 (the synthetic signal is easy: this times the pipeline).
 """
 
 from __future__ import annotations

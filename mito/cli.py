@@ -1080,15 +1080,46 @@ def slides_qc_cmd(
 def export_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Store made by mito extract --mpp ... from slides."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for one <slide>.h5 per slide."),
-    format: str = typer.Option("trident", "--format", help="trident: HDF5 with features (N x D) and coords (N x 2, level-0 top-left), as TRIDENT/CLAM read."),
+    format: str = typer.Option("trident", "--format", help="trident: <slide>.h5 with features + coords (level-0 px) and TRIDENT's attrs; clam: h5_files/, "
+                               "pt_files/, patches/, slides.csv; stamp: <slide>.h5 with feats (float16) + coords (um), slide_table.csv. See docs/interop.md."),
     features: Optional[str] = typer.Option(None, help="Variant key to export, e.g. efficientnet_lite0:z1:rgb (default: the first complete one)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only one that mito export wrote)."),
 ) -> None:
-    """Write a slide store's features per slide for MIL tools (TRIDENT / CLAM layout)."""
-    from mito.interop.trident import export
+    """Write a slide store's features per slide as TRIDENT, CLAM or STAMP read them."""
+    from mito.interop import export
 
-    paths = export(store, format, out, features, overwrite)
-    console.print(f"wrote {len(paths)} slide files to {out}")
+    paths, notes = export(store, format, out, features, overwrite)
+    for n in notes:
+        console.print(f"[yellow]note:[/] {n}", highlight=False)
+    console.print(f"wrote {len(paths)} slide files to {out} ({format})")
+
+
+@app.command("import")
+@friendly(on_interrupt="re-run the same mito import to finish it (every file was checked before the store was written)")
+def import_cmd(
+    folder: Path = typer.Argument(..., help="TRIDENT/CLAM/STAMP per-slide .h5 files (CLAM: h5_files/ or pt_files/), or an eva embeddings folder (manifest.csv)."),
+    store: str = typer.Option(..., "--store", "-s", help="Store to create (or an earlier import's store: its new slides are appended)."),
+    format: str = typer.Option("auto", "--format", help="auto, trident, clam, stamp or eva."),
+    name: Optional[str] = typer.Option(None, "--name", help="Encoder name for the variant <name>:z1:rgb (default: the one the files record)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with a slide column (slide, slide_id or FILENAME) and label columns; patient/case_id/PATIENT groups slides."),
+    chunk_rows: int = typer.Option(1024, "--chunk-rows", min=1, help="Rows per storage chunk."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Make a store from features TRIDENT, CLAM, STAMP or eva wrote, so fit-head, bench, compare and umap read them."""
+    from mito.interop import import_features
+
+    r = import_features(folder, store, format, name, labels, chunk_rows=chunk_rows, progress=not quiet)
+    if r.known_slides:
+        console.print(f"{len(r.known_slides)} slides were already in {store} from the same files")
+    if r.empty_slides:
+        console.print(f"[yellow]note:[/] {len(r.empty_slides)} files hold no patch ({', '.join(r.empty_slides[:3])}): no rows for them", highlight=False)
+    if r.unlabelled:
+        console.print(f"[yellow]note:[/] {len(r.unlabelled)} slides have no row in {labels} ({', '.join(r.unlabelled[:3])}): no labels", highlight=False)
+    if r.unused_labels:
+        console.print(f"{r.unused_labels} rows of {labels} name no slide of these files")
+    what = "created" if r.created else "appended to"
+    console.print(f"{what} {store}: {r.added_tiles} tiles of {len(r.added_slides)} {r.format} slides as {r.variant}"
+                  + (f"; labels: {', '.join(r.label_columns)}" if r.label_columns else ""), highlight=False)
 
 
 def _heatmaps(df: Any, store: Optional[str], folder: Path, overwrite: bool, model: Path) -> None:

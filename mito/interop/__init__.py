@@ -1,5 +1,17 @@
-"""Peer formats: a slide store's features exported for other tools (TRIDENT / CLAM per-slide HDF5)."""
+"""Peer formats: a slide store's features exported for TRIDENT / CLAM / STAMP, and their features (or eva's) imported."""
 
-from mito.interop.trident import FORMATS, export, export_trident, is_export_dir
+from mito.interop.base import InteropError, is_export_dir
+from mito.interop.formats import FORMATS, IMPORT_FORMATS, detect_format, export, scan
+from mito.interop.importing import ImportResult, import_features
 
-__all__ = ["FORMATS", "export", "export_trident", "is_export_dir"]
+__all__ = [
+    "FORMATS",
+    "IMPORT_FORMATS",
+    "ImportResult",
+    "InteropError",
+    "detect_format",
+    "export",
+    "import_features",
+    "is_export_dir",
+    "scan",
+]

@@ -1,4 +1,11 @@
-"""Export a slide store to the per-slide HDF5 files TRIDENT / CLAM-style MIL tools read."""
+"""TRIDENT (mahmoodlab/TRIDENT): per-slide HDF5 files of patch features, written and read as TRIDENT does.
+
+Writer matched: ``trident/IO.py::coords_to_h5`` (coords attrs) and ``WSI.extract_patch_features`` (features attrs
+``name``, ``savetodir``, ``encoder``; the coords file's attrs copied onto ``coords``). Readers matched:
+``IO.read_coords`` + ``WSI.extract_patch_features`` (``patch_size``, ``level0_magnification``,
+``target_magnification`` required) and ``WSI.extract_slide_features`` (``features``, ``coords``, the coords attrs,
+``int(patch_size_level0)``). See docs/interop.md.
+"""
 
 from __future__ import annotations
 
@@ -9,98 +16,127 @@ from typing import Any
 
 import numpy as np
 
-from mito.core.io import atomic_dir, check_output_dir, is_mito_folder, write_manifest
-from mito.store.store import StoreError, is_view, open_store, parse_variant
-from mito.wsi.reader import slide_file_stems
+from mito.interop.base import (
+    InteropError,
+    SlideExport,
+    SourceSlide,
+    StoreExport,
+    attr_text,
+    coords_of,
+    export_folder,
+    feature_shape,
+    h5_rows,
+    is_export_dir,
+    open_h5,
+    plain,
+)
 
-FORMATS = ("trident",)
-KIND = "export"  # the kind in the folder's mito.json (mito.core.io.write_manifest)
+FORMAT = "trident"
+__all__ = ["FORMAT", "export_trident", "is_export_dir", "nominal_magnification", "scan_trident", "trident_coords_attrs"]
 
 
-def export_trident(store_path: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False) -> list[Path]:
-    """One <slide stem>.h5 per slide: ``features`` (N x D float32) and ``coords`` (N x 2 int64, level-0 top-left of
-    the field the features saw), plus mito.json.
+def nominal_magnification(mpp: float) -> int | None:
+    """TRIDENT's level-0 magnification for a level-0 um/px (``WSI._fetch_magnification``: a 0.2527 um/px slide is
+    40x); None where TRIDENT raises (>= 2.4 um/px) or the um/px is unknown."""
+    if not math.isfinite(mpp) or mpp <= 0:
+        return None
+    for bound, mag in ((0.16, 80), (0.2, 60), (0.3, 40), (0.6, 20), (1.2, 10), (2.4, 5)):
+        if mpp < bound:
+            return mag
+    return None
 
-    Attributes follow TRIDENT: coords carry patch_size, patch_size_level0, target and level-0 mpp and the slide
-    name, all of the exported variant's own field (a context variant z0.25 saw 4x the tile's side at 1/4 the
-    resolution); features carry the encoder and mito's variant key. Unreadable tiles are left out. Slides whose
-    names collide (x.svs and x.ome.tif) get distinct files (mito.wsi.reader.slide_file_stems)."""
+
+def trident_coords_attrs(sl: SlideExport, savetodir: str) -> tuple[dict[str, Any], list[str]]:
+    """The ``coords`` attributes of ``coords_to_h5`` for one slide (plus mito's exact field), and notes on what
+    cannot be written. ``target_magnification`` is chosen so that TRIDENT's own 10/mag pixel size reproduces the
+    field mito read (``level0_mag * patch_size / field0``; an int when whole); ``patch_size_level0`` is TRIDENT's
+    floor ``patch_size * level0_mag // target_mag``."""
+    g = sl.geometry
+    attrs: dict[str, Any] = {"patch_size": int(g["patch_size"]), "overlap": int(g["overlap"]), "name": sl.stem, "savetodir": savetodir}
+    notes = []
+    src = nominal_magnification(float(g["level0_mpp"]))
+    if src is None:
+        attrs["patch_size_level0"] = round(sl.field0)
+        why = "records no um/px" if not math.isfinite(float(g["level0_mpp"])) else f"has {g['level0_mpp']:g} um/px (TRIDENT stops at 2.4)"
+        notes.append(f"{sl.slide} {why}: its coords lack level0_magnification/target_magnification, which TRIDENT's patch readers need")
+    else:
+        target: float = src * g["patch_size"] / sl.field0
+        target = int(round(target)) if abs(target - round(target)) < 1e-9 else round(target, 6)
+        attrs.update(patch_size_level0=int(g["patch_size"] * src // target), level0_magnification=int(src), target_magnification=target)
+    if sl.size is not None:
+        attrs.update(level0_width=int(sl.size[0]), level0_height=int(sl.size[1]))
+    attrs.update(
+        mito_field_level0=float(sl.field0),
+        target_mpp=float(g["target_mpp"]),
+        level0_mpp=float(g["level0_mpp"]),
+        zoom=float(g["zoom"]),
+        slide=sl.slide,
+        slide_path=sl.path,
+    )
+    return attrs, notes
+
+
+def _write(tmp: Path, out: Path, head: StoreExport, sl: SlideExport) -> list[str]:
     import h5py
 
-
-    out = check_output_dir(out_dir, overwrite, protect=(store_path,), what="export folder", kind=KIND)
-    with open_store(store_path, "r") as s:
-        slides: dict[str, Any] = s.meta.get("slides") or {}
-        if not slides:
-            raise StoreError(f"{store_path} was not made from whole slides: nothing to export per slide")
-        key = feature or next((k for k in s.variants if not is_view(k) and s.is_complete(k)), None)
-        if key is None:
-            raise StoreError(f"{store_path} has no complete feature array to export")
-        if key not in s.variants:
-            raise StoreError(f"feature {key!r} is not in {store_path} (it has: {', '.join(s.variants) or 'none'})")
-        if not s.is_complete(key):
-            raise StoreError(f"{key} is not complete in {store_path}: finish the extraction first")
-        zoom = parse_variant(key).zoom
-        tiles = s.tiles
-        ok = ~s.unreadable
-        opts = slides.get("options", {})
-        records = slides.get("slides", [])
-        stems = slide_file_stems([r["slide"] for r in records], keep_extension=False)
-        names: list[str] = []
-
-        def fill(tmp: Path) -> None:
-            for rec in records:
-                names.append(_write_slide(h5py, s, key, zoom, tiles, ok, opts, rec, store_path, tmp / f"{stems[rec['slide']]}.h5"))
-            if len(set(names)) != len(records):  # never: slide_file_stems keeps names apart; a count must equal the files
-                raise StoreError(f"two slides of {store_path} would share an export file")
-            write_manifest(tmp, KIND, format="trident", store=str(store_path), feature=key,
-                           slides={stems[r["slide"]] + ".h5": r["slide"] for r in records})
-
-        atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_export_dir(p)))
-    return [out / n for n in names]
+    attrs, notes = trident_coords_attrs(sl, str(out))
+    with h5py.File(tmp / f"{sl.stem}.h5", "w") as f:
+        fd = f.create_dataset("features", data=sl.features.astype(np.float32), maxshape=(None, sl.features.shape[1]))
+        fd.attrs.update(name=sl.stem, savetodir=str(out), encoder=head.key.split(":")[0], variant=head.key, store=head.store)
+        cd = f.create_dataset("coords", data=sl.coords.astype(np.int64), maxshape=(None, 2))
+        cd.attrs.update(**attrs)
+    return notes
 
 
-def is_export_dir(path: Path) -> bool:
-    """True for a folder mito export wrote (its mito.json says so and lists everything in it)."""
-
-    return is_mito_folder(path, KIND)
-
-
-def variant_geometry(opts: dict[str, Any], rec: dict[str, Any], zoom: float) -> dict[str, Any]:
-    """The field a variant at ``zoom`` saw around each tile of one slide, as TRIDENT records it: the output pixels
-    it was read at (patch_size; a field holding fewer level-0 pixels than the tile is read at its own size, as
-    mito.extract.slide_tiles.read_views does), its side in level-0 pixels, and its um/px (NaN when the slide's
-    level-0 um/px is unknown)."""
-    tile_px = int(opts.get("tile_px") or 0)
-    field0 = float(rec["tile_side_level0"]) / zoom
-    patch = max(1, min(tile_px, round(field0))) if tile_px else round(field0)
-    level0 = rec.get("mpp")
-    level0 = float(level0) if level0 is not None and math.isfinite(float(level0)) else math.nan
-    stride0 = float(opts.get("stride_px") or tile_px) * float(rec["tile_side_level0"]) / max(tile_px, 1)
-    return {"patch_size": int(patch), "patch_size_level0": round(field0), "target_mpp": level0 * field0 / patch,
-            "level0_mpp": level0, "overlap": round(patch - stride0 * patch / field0), "zoom": float(zoom)}
+def export_trident(
+    store_path: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False
+) -> tuple[list[Path], list[str]]:
+    """One ``<slide stem>.h5`` per slide as ``WSI.extract_patch_features`` writes it: ``features`` (N x D float32) and
+    ``coords`` (N x 2 int64, level-0 top-left of the field the features saw) with every attribute TRIDENT writes,
+    plus mito.json. Unreadable tiles are left out; slides whose names collide get distinct files."""
+    return export_folder(store_path, out_dir, FORMAT, feature, overwrite, _write)
 
 
-def _write_slide(h5py: Any, s: Any, key: str, zoom: float, tiles: Any, ok: np.ndarray, opts: dict[str, Any], rec: dict[str, Any],
-                 store_path: str, path: Path) -> str:
-    rows = np.flatnonzero((tiles["slide"] == rec["slide"]).to_numpy() & ok)
-    feats = s.read([key], rows)
-    x0, y0 = tiles["x0"].to_numpy()[rows], tiles["y0"].to_numpy()[rows]
-    if zoom != 1.0:  # the variant's field: 1/zoom of the tile's side around the tile's centre
-        half = (tiles["x1"].to_numpy()[rows] - x0) / zoom / 2
-        x0 = (x0 + tiles["x1"].to_numpy()[rows]) / 2 - half
-        y0 = (y0 + tiles["y1"].to_numpy()[rows]) / 2 - half
-    coords = np.stack([np.floor(x0), np.floor(y0)], axis=1).astype(np.int64).reshape(-1, 2)
-    with h5py.File(path, "w") as f:
-        fd = f.create_dataset("features", data=feats.astype(np.float32))
-        fd.attrs.update(encoder=key.split(":")[0], variant=key, store=str(store_path))
-        cd = f.create_dataset("coords", data=coords)
-        cd.attrs.update(**variant_geometry(opts, rec, zoom), name=path.stem, slide=rec["slide"], slide_path=rec["path"])
-    return path.name
+# ---------------------------------------------------------------- import
 
 
-def export(store_path: str, fmt: str, out_dir: str | os.PathLike, feature: str | None = None, overwrite: bool = False) -> list[Path]:
-    """Export ``store_path`` in format ``fmt`` (trident) to ``out_dir``."""
-    if fmt not in FORMATS:
-        raise StoreError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return export_trident(store_path, out_dir, feature, overwrite)
+def is_trident_file(f: Any) -> bool:
+    """A TRIDENT features file: ``features`` + ``coords``, with TRIDENT's attrs on either."""
+    if "features" not in f or "coords" not in f:
+        return False
+    fa, ca = f["features"].attrs, f["coords"].attrs
+    return "encoder" in fa or "savetodir" in fa or "level0_magnification" in ca or "patch_size_level0" in ca
+
+
+def scan_trident(folder: Path) -> list[SourceSlide]:
+    """Every ``*.h5`` in ``folder`` read as TRIDENT's readers do: ``features``, ``coords`` and the coords attrs
+    (``patch_size_level0`` gives the level-0 box, ``level0_width/height`` the slide's size); the encoder from
+    ``features.attrs['encoder']``, the slide from mito's ``slide`` attr, else ``name``, else the file stem."""
+    files = sorted(p for p in folder.glob("*.h5") if p.is_file())
+    return [_scan_file(p) for p in files]
+
+
+def _scan_file(path: Path) -> SourceSlide:
+    with open_h5(path) as f:
+        if "features" not in f:
+            raise InteropError(f"{path} has no 'features' dataset: not a TRIDENT features file (a patches/ coords file?)")
+        n, d = feature_shape(path, f["features"], "features")
+        coords = coords_of(path, f, n)
+        ca = {k: plain(v) for k, v in f["coords"].attrs.items()}
+        fa = {k: plain(v) for k, v in f["features"].attrs.items()}
+    slide = attr_text(ca.get("slide")) or attr_text(ca.get("name")) or attr_text(fa.get("name")) or path.stem
+    side = ca.get("patch_size_level0")
+    size = (ca.get("level0_width"), ca.get("level0_height"))
+    keep = {k: ca[k] for k in ("patch_size", "patch_size_level0", "level0_magnification", "target_magnification", "overlap") if k in ca}
+    return SourceSlide(
+        slide,
+        [path],
+        n,
+        d,
+        h5_rows(path, "features"),
+        encoder=attr_text(fa.get("encoder")),
+        coords=coords,
+        side=float(side) if isinstance(side, (int, float)) and side > 0 else None,
+        size=(int(size[0]), int(size[1])) if all(isinstance(v, (int, float)) for v in size) else None,
+        attrs=keep,
+    )

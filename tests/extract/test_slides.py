@@ -293,7 +293,7 @@ def test_tile_size_is_bounded_and_the_widest_view_must_fit_in_memory(monkeypatch
 
 def test_one_slide_stem_for_annotations_and_export() -> None:
     from mito.extract import slide_tiles
-    from mito.store import export
+    from mito.interop import trident as export
     from mito.wsi import reader as slides
 
     assert slide_tiles.stem is slides.stem and not hasattr(export, "stem")

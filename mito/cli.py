@@ -691,7 +691,7 @@ def zero_shot_cmd(
     prompts: str = typer.Option(..., "--prompts", help="JSON {class: \\[prompt, ...]}, or a shipped set: mitosis, tissue."),
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write: tile_id, path, label when known, pred, p_<class>."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weight file or snapshot folder (as for mito extract)."),
-    task: Optional[str] = typer.Option(None, help="Label column / proxy task for metrics and the class set (default: the store's first task)."),
+    task: Optional[str] = typer.Option(None, help="Label column / proxy task for metrics and the class set (default: the store's only task)."),
     prompt_context: Optional[str] = typer.Option(None, "--prompt-context", help="Tile-table columns formatted into every prompt, e.g. '{dataset} scanner' (a {context} slot in a prompt, else appended)."),
     variant: Optional[str] = typer.Option(None, help="Store variant to score, e.g. z1:rgb (default z1:rgb, else the backbone's first)."),
     device: str = typer.Option("auto", help="Text-tower device: auto, cpu or cuda."),
@@ -776,7 +776,7 @@ def _bench_params(pairs: list[str]) -> dict[str, dict[str, Any]]:
 def bench_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Embedding store made by mito extract."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for leaderboard.csv/.json, predictions, PNGs and report.html."),
-    task: Optional[str] = typer.Option(None, help="Task to rank: a proxy task (mitosis, phase, atypia, dataset) or a label column (default: the store's first task)."),
+    task: Optional[str] = typer.Option(None, help="Task to rank: a proxy task (mitosis, phase, atypia, dataset) or a label column (default: the store's only task)."),
     proxy: Optional[str] = typer.Option(None, help="'all' or comma-separated tasks: one leaderboard over several proxy tasks (overrides --task)."),
     features: Optional[str] = typer.Option(None, help="Comma-separated feature sets: all (default), a backbone name (all its sets), or variant keys joined by '+'."),
     heads: Optional[str] = typer.Option(None, help="Comma-separated heads (default: every head)."),
@@ -827,6 +827,7 @@ def bench_cmd(
         task_summary_lines,
     )
     from mito.core.io import atomic_dir, check_output_dir
+    from mito.core.tasks import default_task
     from mito.datasets import PROXY_TASKS
     from mito.report import build_report, leaderboard_table, leaderboard_umaps
     from mito.store import open_store
@@ -837,9 +838,7 @@ def bench_cmd(
     if proxy:
         tasks = available_tasks(tiles, store_tasks, PROXY_TASKS) if proxy.strip() == "all" else split_list(proxy)
     else:
-        if task is None and not store_tasks:
-            raise UserError(f"{store} has no label column to rank: name one with --task (a proxy task or a tile-table column)")
-        tasks = [task or store_tasks[0]]
+        tasks = [default_task(store_tasks, task)]
     cfg = _bench_config(
         BenchConfig,
         BENCH_OPTIONS,
@@ -1023,7 +1022,7 @@ def umap_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Embedding store."),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
     features: Optional[str] = typer.Option(None, help="Variant keys to concatenate, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: every complete variant of the store's first backbone, as fit-head)."),
-    color_by: Optional[str] = typer.Option(None, "--color-by", help="A label column or proxy task to colour the points by (default: the store's first task)."),
+    color_by: Optional[str] = typer.Option(None, "--color-by", help="A label column or proxy task to colour the points by (default: the store's only task)."),
     neighbors: int = typer.Option(15, help="UMAP n_neighbors."),
     min_dist: float = typer.Option(0.1, help="UMAP min_dist."),
     max_points: int = typer.Option(20000, help="Subsample to at most this many tiles."),

@@ -1,4 +1,5 @@
-"""Cross-validation folds grouped by slide: the same folds for every row of a leaderboard."""
+"""Cross-validation plans grouped by slide: the same folds for every row of a leaderboard (the splitting itself is
+mito.heads.split, which fit-head uses too)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,25 @@ from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from mito.bench.errors import BenchError
 from mito.core.tasks import group_ids, one_group_per_tile, per_tile_warning
+from mito.heads.split import (
+    PUBLISHED_SPLIT,
+    VAL_FRACTION,
+    Fold,
+    SplitError,
+    grouped_parts,
+    kfold_fold,
+    published_split,
+    split_fold,
+    split_sides,
+)
 
 CVMode = Literal["auto", "kfold", "split"]
 CV_MODES: tuple[str, ...] = get_args(CVMode)
 
-
-@dataclass(frozen=True)
-class Fold:
-    """Row indices (into the tile table) to train on, to early-stop on, and to score."""
-
-    index: int
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
+__all__ = ["CVMode", "CVPlan", "CV_MODES", "Fold", "fold_fingerprint", "make_folds"]
 
 
 @dataclass(frozen=True)
@@ -38,48 +41,6 @@ class CVPlan:
     warning: str = ""  # e.g. the folds split tile by tile because the tiles carry no slide information
 
 
-def has_split(tiles: pd.DataFrame, y: pd.Series) -> bool:
-    """True when labelled tiles exist on both sides of a train/test ``split`` column."""
-    if "split" not in tiles:
-        return False
-    side = tiles["split"].astype(str)
-    return all(y[y.notna() & (side == s)].nunique() >= 2 for s in ("train", "test"))
-
-
-def _group_folds(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
-    """Split ``rows`` into ``n`` parts, stratified by label, never splitting a group."""
-    n_groups = len(np.unique(groups))
-    if n_groups < n:
-        raise BenchError(f"{n} folds need at least {n} slides/groups, the labelled tiles have {n_groups}")
-    for c in np.unique(y):
-        k = len(np.unique(groups[y == c]))
-        if k < n:
-            raise BenchError(f"{n} folds need every class on at least {n} slides/groups; class '{c}' is on {k} (use fewer --folds)")
-    sgkf = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
-    return [rows[te] for _, te in sgkf.split(rows, y, groups)]
-
-
-def _carve_val(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Set about ``fraction`` of ``rows`` aside (whole groups) for early stopping; returns (train, val)."""
-    largest = int(np.unique(y, return_counts=True)[1].max()) if len(y) else 0
-    n = min(max(2, round(1 / fraction)), len(np.unique(groups)), largest)  # sklearn needs n <= some class's size
-    if n < 2:
-        return rows, rows[:0]
-    sgkf = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
-    tr, va = next(iter(sgkf.split(rows, y, groups)))
-    return _keep_classes(rows, y, groups, tr, va)
-
-
-def _keep_classes(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, tr: np.ndarray, va: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) rows where every class of the early-stopping part is also trained on: the groups of a class whose
-    every group landed in ``va`` go back to training (a head cannot early-stop on a class it never saw)."""
-    lost = np.setdiff1d(np.unique(y[va]), np.unique(y[tr]))
-    if len(lost):
-        back = np.isin(groups[va], np.unique(groups[va][np.isin(y[va], lost)]))
-        tr, va = np.concatenate([tr, va[back]]), va[~back]
-    return rows[np.sort(tr)], rows[np.sort(va)]
-
-
 def make_folds(
     tiles: pd.DataFrame,
     y: pd.Series,
@@ -87,15 +48,18 @@ def make_folds(
     cv: str = "auto",
     seed: int = 0,
     exclude: np.ndarray | None = None,
-    val_fraction: float = 0.15,
+    val_fraction: float = VAL_FRACTION,
     unit: str = "tile",
 ) -> CVPlan:
     """Stratified group k-fold by slide, or (``split``) k models trained on the train split and scored on its test split.
 
     ``y`` is aligned with ``tiles`` (None = unlabelled); ``exclude`` masks rows to drop (e.g. unreadable tiles).
-    In ``kfold`` mode each fold tests on one part and early-stops on a slice of whole slides of the rest; in
-    ``split`` mode fold k early-stops on part k of the train split, trains on the others and tests on the test split.
-    ``unit``: what a row is; for tiles, folds that split one group per row are described as tile by tile and warned of.
+    In ``kfold`` mode fold k tests on part k and early-stops on ``val_fraction`` of the rest (whole slides); in
+    ``split`` mode (the published ``split`` column, see mito.heads.split.published_split; its val rows join the train
+    rows) fold k early-stops on part k of the train split, trains on the others and tests on the test split.
+    Fold 0 is what fit-head carves with the same seed (``test_fraction = 1/n_folds``, or ``val_fraction = 1/n_folds``
+    on a published split). ``unit``: what a row is; for tiles, folds that split one group per row are described as
+    tile by tile and warned of.
     """
     if cv not in CV_MODES:
         raise BenchError(f"cv must be one of {', '.join(CV_MODES)}, not {cv!r}")
@@ -106,37 +70,35 @@ def make_folds(
     labelled = y.notna().to_numpy().copy()
     if exclude is not None:
         labelled = labelled & ~np.asarray(exclude, bool)
-    split_ok = has_split(tiles, y.where(labelled, None))
+    split_ok = published_split(tiles, y, labelled)
     if cv == "split" and not split_ok:
-        raise BenchError("cv=split needs labelled tiles in both split=train and split=test")
+        raise BenchError("cv=split needs labelled tiles of two classes in both split=train and split=test")
     mode = "split" if (cv == "split" or (cv == "auto" and split_ok)) else "kfold"
     groups = group_ids(tiles, "group")
     labels = y.astype(object).to_numpy()
-    folds: list[Fold] = []
+    try:
+        if mode == "split":
+            side = split_sides(tiles, PUBLISHED_SPLIT)
+            rows = np.flatnonzero(labelled & np.isin(side, ["train", "val"]))
+            test = np.flatnonzero(labelled & (side == "test"))
+            yr, gr = labels[rows].astype(str), groups[rows]
+            parts = grouped_parts(yr, gr, n_folds, seed, every_class=True)
+            folds = [split_fold(rows, yr, gr, parts, k, test) for k in range(n_folds)]
+        else:
+            rows = np.flatnonzero(labelled)
+            yr, gr = labels[rows].astype(str), groups[rows]
+            parts = grouped_parts(yr, gr, n_folds, seed, every_class=True)
+            folds = [kfold_fold(rows, yr, gr, parts, k, val_fraction, seed) for k in range(n_folds)]
+    except SplitError as e:
+        raise BenchError(str(e)) from None
+    per_tile = unit == "tile" and one_group_per_tile(gr)
     if mode == "split":
-        side = tiles["split"].astype(str).to_numpy()
-        train_rows = np.flatnonzero(labelled & (side == "train"))
-        test_rows = np.flatnonzero(labelled & (side == "test"))
-        yt, gt = labels[train_rows].astype(str), groups[train_rows]
-        parts = _group_folds(train_rows, yt, gt, n_folds, seed)
-        for k, val in enumerate(parts):
-            in_val = np.isin(train_rows, val)
-            train, val = _keep_classes(train_rows, yt, gt, np.flatnonzero(~in_val), np.flatnonzero(in_val))
-            folds.append(Fold(k, train, val, test_rows))
-        per_tile = unit == "tile" and one_group_per_tile(groups[train_rows])
         by = "part drawn tile by tile (every tile is its own group)" if per_tile else "slide-grouped part"
         desc = f"{n_folds} models, each trained on the train split minus one {by} (its early-stopping set), all scored on the test split"
+    elif per_tile:
+        desc = f"stratified {n_folds}-fold tile by tile (every tile is its own group); {val_fraction:.0%} of each training part held out for early stopping"
     else:
-        rows = np.flatnonzero(labelled)
-        parts = _group_folds(rows, labels[rows].astype(str), groups[rows], n_folds, seed)
-        for k, test in enumerate(parts):
-            rest = np.setdiff1d(rows, test)
-            train, val = _carve_val(rest, labels[rest].astype(str), groups[rest], val_fraction, seed + 1 + k)
-            folds.append(Fold(k, np.sort(train), np.sort(val), np.sort(test)))
-        per_tile = unit == "tile" and one_group_per_tile(groups[rows])
-        desc = (f"stratified {n_folds}-fold tile by tile (every tile is its own group); {val_fraction:.0%} of each training part held out for early stopping"
-                if per_tile else
-                f"stratified group {n_folds}-fold by slide; {val_fraction:.0%} of each training part (whole slides) held out for early stopping")
+        desc = f"stratified group {n_folds}-fold by slide; {val_fraction:.0%} of each training part (whole slides) held out for early stopping"
     return CVPlan(mode, folds, fold_fingerprint(tiles, folds), desc, per_tile_warning("group", None) if per_tile else "")
 
 

@@ -15,17 +15,11 @@ import pandas as pd
 
 from mito.bench.cv import CVPlan, make_folds
 from mito.bench.errors import BenchError
+from mito.heads.split import SplitError, group_values, leave_group_out
 
 SHIFT_MODE = "shift"  # the `cv` value of a shift row (in-domain rows: kfold or split)
 LEAVE_GROUP_OUT = "leave-group-out"  # --cv value: shift rows only
 SAME_MODEL = ["task", "backbone", "features", "head", "noise"]
-
-
-def group_values(tiles: pd.DataFrame, column: str) -> pd.Series:
-    """The shift column as text ('' where missing); an unknown column is a one-line BenchError."""
-    if column not in tiles:
-        raise BenchError(f"no shift column {column!r} in the tile table (it has: {', '.join(map(str, tiles.columns))})")
-    return tiles[column].astype(object).map(lambda v: "" if v is None or v != v else str(v).strip())
 
 
 def shift_plans(
@@ -42,8 +36,11 @@ def shift_plans(
     Tiles with no value in ``column`` are left out; a group that is one-class, or whose other groups cannot make
     ``n_folds`` slide-grouped parts per class, is skipped with its reason; fewer than two usable groups is an error.
     """
-    values = group_values(tiles, column)
-    usable = y.notna().to_numpy() & (values != "").to_numpy()
+    try:
+        values = group_values(tiles, column, "shift column")
+    except SplitError as e:
+        raise BenchError(str(e)) from None
+    usable = y.notna().to_numpy() & (values != "")
     if exclude is not None:
         usable &= ~np.asarray(exclude, bool)
     groups = sorted(set(values[usable]))
@@ -53,8 +50,8 @@ def shift_plans(
     plans: dict[str, CVPlan] = {}
     skipped: dict[str, str] = {}
     for g in groups:
-        held = usable & (values == g).to_numpy()
-        rest = usable & ~held
+        side = leave_group_out(values, usable, g)
+        held, rest = side == "test", side == "train"
         here = sorted(set(y[held].astype(str)))
         if len(here) < 2:
             skipped[g] = f"held-out group {g!r} has only class {here[0]!r} ({int(held.sum())} tiles): its scores need two classes"
@@ -63,7 +60,6 @@ def shift_plans(
         if lacking:
             skipped[g] = f"the groups other than {g!r} have no {lacking[0]!r} tile to learn from"
             continue
-        side = np.where(held, "test", np.where(rest, "train", ""))
         try:
             plan = make_folds(tiles.assign(split=side), y.where(held | rest, None), n_folds=n_folds, cv="split", seed=seed)
         except BenchError as e:

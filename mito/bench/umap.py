@@ -10,7 +10,7 @@ import pandas as pd
 
 from mito.bench.errors import BenchError
 from mito.core.progress import status
-from mito.core.tasks import resolve_task
+from mito.core.tasks import default_task, resolve_task
 from mito.datasets import PROXY_TASKS
 from mito.heads import default_features
 from mito.store import open_store
@@ -66,9 +66,7 @@ def umap_points(
     return emb, [v.iloc[rows].reset_index(drop=True) for v in values], keys, rows
 
 
-def first_task(store: str | os.PathLike) -> str:
-    """The store's first task (what a UMAP is coloured by when nothing is asked)."""
+def store_task(store: str | os.PathLike, option: str = "--color-by") -> str:
+    """The store's task (mito.core.tasks.default_task: its only one), what a UMAP is coloured by when nothing is asked."""
     with open_store(store) as s:
-        if not s.tasks:
-            raise BenchError(f"{store} has no label column to colour by; pass --color-by COLUMN")
-        return s.tasks[0]
+        return default_task(s.tasks, None, option)

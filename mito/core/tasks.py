@@ -56,6 +56,18 @@ def available_tasks(tiles: pd.DataFrame, label_columns: list[str] | None = None,
     return names
 
 
+def default_task(store_tasks: Sequence[str], requested: str | None = None, option: str = "--task") -> str:
+    """The task a command works on (fit-head, bench, zero-shot, umap alike): ``requested`` when given, else the store's
+    only task; a store with no task or several is a TaskError that names them and ``option``."""
+    if requested:
+        return requested
+    if len(store_tasks) == 1:
+        return str(store_tasks[0])
+    if not store_tasks:
+        raise TaskError(f"the store has no label column; name a task with {option} (a proxy task or a tile-table column)")
+    raise TaskError(f"the store has several tasks ({', '.join(store_tasks)}); choose one with {option}")
+
+
 def resolve_task(tiles: pd.DataFrame, name: str, catalog: Mapping[str, TaskSpec] | None = None) -> TaskSpec:
     """The catalogue task ``name`` (e.g. mito.datasets.PROXY_TASKS), or a task made from the tile-table column of that name."""
     catalog = catalog or {}

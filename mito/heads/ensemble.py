@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, advance, progress_bar
@@ -24,6 +23,7 @@ from mito.core.version import __version__
 from mito.heads.base import HEAD_FILE, Head, HeadError, check_sha256, file_sha256, read_json_file
 from mito.heads.base import load_head as load_head_file
 from mito.heads.fit import FitResult, fit_on_rows
+from mito.heads.split import SplitError, grouped_parts
 from mito.store import Store
 
 ENSEMBLE = "ensemble"
@@ -161,11 +161,11 @@ def load_any_head(path: str | Path) -> Head | Ensemble:
 
 def fold_parts(pool: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     """``k`` slide-grouped, label-stratified parts of the row indices ``pool`` (y, groups: per pool row)."""
-    n_groups = len(np.unique(groups))
-    if n_groups < k:
-        raise HeadError(f"--ensemble folds:{k} needs at least {k} slides/groups among the training rows, they have {n_groups}")
-    sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    parts = [pool[te] for _, te in sgkf.split(pool, y, groups)]
+    try:
+        parts = [pool[p] for p in grouped_parts(y, groups, k, seed)]
+    except SplitError:
+        n_groups = len(np.unique(groups))
+        raise HeadError(f"--ensemble folds:{k} needs at least {k} slides/groups among the training rows, they have {n_groups}") from None
     for i, p in enumerate(parts):
         if len(np.unique(y[np.isin(pool, np.setdiff1d(pool, p))])) < len(np.unique(y)):
             raise HeadError(f"--ensemble folds:{k}: fold {i} leaves a class out of training; use fewer folds")

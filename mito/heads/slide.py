@@ -29,7 +29,7 @@ from mito.heads.bags import BagReader, Bags, bag_table, left_out, make_bags, par
 from mito.heads.base import HeadError, read_json_file
 from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
-from mito.heads.split import make_split, recorded_split, save_split, side_of
+from mito.heads.split import TEST_FRACTION, VAL_FRACTION, make_split, recorded_split, save_split, side_of
 from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_dir
 from mito.store import open_store, store_input_files
 
@@ -47,8 +47,8 @@ class SlideFitConfig(BaseModel):
     bag_column: str | None = None
     bag_label: str | None = None
     group_column: str | None = None
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
+    val_fraction: float = VAL_FRACTION  # of the bags left after the test bags (fold 0 of `bench --level slide`)
+    test_fraction: float = TEST_FRACTION
     head_params: dict[str, Any] = Field(default_factory=dict)
     seed: int = Field(0, ge=0, lt=2**32)
     overwrite: bool = False
@@ -136,7 +136,7 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
         "n_left_out": len(dropped), "left_out": dropped,
         "n_tiles_per_bag_median": float(np.median(bags.sizes)), "train_seconds": round(t_train, 3),
         "best_epoch": head.best_epoch_, "epochs_run": len(head.history_), "features": keys, "features_default": not cfg.features,
-        "split": f"random by {cfg.group_column or bag_column!r}: test {cfg.test_fraction:g}, val {cfg.val_fraction:g}",
+        "split": f"random by {cfg.group_column or bag_column!r}: test {cfg.test_fraction:g}, val {cfg.val_fraction:g} of the rest",
         **({"val": evals["val"]} if main == "test" and "val" in evals else {}),
     }
     config = {

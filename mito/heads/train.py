@@ -17,7 +17,7 @@ from mito.core.errors import OutputError
 from mito.core.io import atomic_dir, check_output_dir, write_json
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, progress_bar
-from mito.core.tasks import TaskSpec, choose_positive, group_ids, one_group_per_tile, per_tile_warning
+from mito.core.tasks import TaskSpec, choose_positive, default_task, group_ids, one_group_per_tile, per_tile_warning
 from mito.core.tasks import resolve_task as resolve_spec
 from mito.core.validation import one_line
 from mito.core.version import __version__
@@ -27,8 +27,19 @@ from mito.heads.calibrate import MIN_CALIBRATION_ROWS, Calibration, calibrate_sc
 from mito.heads.ensemble import fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
 from mito.heads.fit import fit_on_rows
-from mito.heads.shift_split import group_split, group_split_description
-from mito.heads.split import AUTO, PUBLISHED_SPLIT, SPLIT_NAMES, _normalized, identity_columns, make_split, published_split, save_split
+from mito.heads.split import (
+    AUTO,
+    PUBLISHED_SPLIT,
+    TEST_FRACTION,
+    VAL_FRACTION,
+    group_split,
+    group_split_description,
+    identity_columns,
+    make_split,
+    published_split,
+    save_split,
+    split_sides,
+)
 from mito.heads.stream import DEFAULT_BUFFER_ROWS
 from mito.store import Store, is_view, open_store, parse_variant
 
@@ -55,8 +66,8 @@ class FitConfig(BaseModel):
     pca: int | None = None
     split_column: str | None = AUTO  # "auto": the store's published `split` column when it has one; None: random by group
     group_column: str | None = "group"
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
+    val_fraction: float = VAL_FRACTION  # share of the training rows (after the test rows) held out for early stopping
+    test_fraction: float = TEST_FRACTION
     head_params: dict[str, Any] = Field(default_factory=dict)
     seed: int = Field(0, ge=0, lt=2**32)
     overwrite: bool = False
@@ -129,11 +140,7 @@ def default_features(store: Store) -> list[str]:
 
 def resolve_task(store: Store, task: str | None) -> TaskSpec:
     """The task to learn (a proxy task such as phase/atypia/dataset, or a label column), or the store's only task."""
-    if task is None:
-        if len(store.tasks) != 1:
-            raise HeadError(f"choose a task with --task (the store has: {', '.join(store.tasks) or 'no label columns'})")
-        task = store.tasks[0]
-    return resolve_spec(store.tiles, task, PROXY_TASKS)
+    return resolve_spec(store.tiles, default_task(store.tasks, task), PROXY_TASKS)
 
 
 def extract_settings(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -189,7 +196,7 @@ def split_description(split_column: str | None, group_column: str | None, val_fr
         by += f" (every tile is its own {group_column!r})"
     if split_column is not None:
         return f"the store's {split_column!r} column (val carved from train {by} when it has none; --split-column none to opt out)"
-    return f"random {by}: test {test_fraction:g}, val {val_fraction:g}"
+    return f"random {by}: test {test_fraction:g}, val {val_fraction:g} of the rest"
 
 
 def fit_head(cfg: FitConfig) -> dict[str, Any]:
@@ -210,7 +217,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
             raise HeadError(f"no tile has a {task!r} label (and readable features) in {cfg.store}")
         split_column = cfg.split_column
         if split_column == AUTO:
-            split_column = PUBLISHED_SPLIT if published_split(tiles, usable, PUBLISHED_SPLIT) else None
+            split_column = PUBLISHED_SPLIT if published_split(tiles, labels, usable) else None
         if cfg.test_group:
             split_column = None
             side = group_split(tiles, labels, usable, cfg.test_group, cfg.train_groups or None, cfg.group_column, cfg.val_fraction, cfg.seed)
@@ -330,7 +337,7 @@ def _carved(side: np.ndarray, tiles: Any, split_column: str | None, cfg: FitConf
     if cfg.test_group or split_column is None:
         return np.flatnonzero(used & (side != "test")) if cfg.test_group else np.flatnonzero(used)
 
-    had_val = _normalized(tiles[split_column]).map(lambda v: SPLIT_NAMES.get(v, "")).eq("val").to_numpy()
+    had_val = split_sides(tiles, split_column) == "val"
     return np.zeros(0, np.int64) if (had_val & used).any() else np.flatnonzero(np.isin(side, ["train", "val"]))
 
 

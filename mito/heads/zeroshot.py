@@ -22,7 +22,7 @@ from mito.backbones.registry import RANDOM_SHA, file_sha256
 from mito.backbones.vlm import encode_texts, logit_scale, tokenizer_for, vlm_spec
 from mito.core.io import write_json
 from mito.core.metrics import classification_metrics
-from mito.core.tasks import choose_positive, resolve_task, task_labels
+from mito.core.tasks import choose_positive, default_task, resolve_task, task_labels
 from mito.datasets import PROXY_TASKS
 from mito.heads.base import HeadError
 from mito.store import open_store
@@ -285,7 +285,7 @@ def run_zero_shot(
         info = s.variant_info(key)
         y, classes, pos, pos_source = None, list(prompts), None, ""
         if task or s.tasks:
-            spec_t = resolve_task(tiles, task or s.tasks[0], PROXY_TASKS)
+            spec_t = resolve_task(tiles, default_task(s.tasks, task), PROXY_TASKS)
             y, classes = task_labels(tiles, spec_t, min_per_class=1)
             task_classes(prompts, classes, str(prompts_file))
             pos, pos_source = choose_positive(y[~unreadable], classes, positive)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from mito.bench.errors import BenchError
 from mito.bench.rows import describe_keys
-from mito.bench.umap import first_task, umap_points
+from mito.bench.umap import store_task, umap_points
 from mito.core.io import atomic_write, safe_name
 from mito.core.progress import status
 from mito.report.mpl import pyplot
@@ -98,9 +98,9 @@ def umap_plot(
     progress: bool = False,
 ) -> Path:
     """Embed the readable tiles' ``features`` (None = the heads' default set) with UMAP and save a scatter coloured by
-    ``color_by`` (None = the store's first task) at ``out`` (PNG)."""
+    ``color_by`` (None = the store's only task) at ``out`` (PNG)."""
     if color_by is None:
-        color_by = first_task(store)
+        color_by = store_task(store)
     return umap_plots(store, features, [color_by], [out], n_neighbors, min_dist, max_points, seed, progress)[0]
 
 

@@ -46,10 +46,11 @@ def amibr_tiles(n: int | None = None, seed: int = 0) -> pd.DataFrame:
     return df
 
 
-def synthetic_store(path: Path, tiles: pd.DataFrame, dims: dict[str, int], seed: int = 0, fmt_chunk: int = 64) -> Path:
+def synthetic_store(path: Path, tiles: pd.DataFrame, dims: dict[str, int], seed: int = 0, fmt_chunk: int = 64,
+                    tasks: list[str] | None = None) -> Path:
     """A store whose variants hold class-dependent Gaussian features (learnable, not trivially separable)."""
     rng = np.random.default_rng(seed)
-    s = create_store(path, tiles, {"tasks": ["mitosis"]}, chunk_rows=fmt_chunk)
+    s = create_store(path, tiles, {"tasks": tasks or ["mitosis"]}, chunk_rows=fmt_chunk)
     y = (tiles["mitosis"] == "Atypical").to_numpy()
     for i, (key, d) in enumerate(dims.items()):
         zoom, color = key.split(":")[1][1:], key.split(":")[2]

@@ -72,14 +72,14 @@ def test_library_fit_head_split_is_fold_0_for_other_fractions() -> None:
     published split make_split(val_fraction=1/K) = make_folds(K, split) fold 0; also for --test-group vs shift rows."""
     from mito.bench.cv import make_folds
     from mito.bench.shift import shift_plans
-    from mito.heads.split import group_split, make_split
+    from mito.heads.split import Fold, group_split, make_split
     from tests.heads.conftest import amibr_tiles
 
     tiles = amibr_tiles(600)
     y = tiles["mitosis"].astype(object)
     usable = np.ones(len(tiles), bool)
 
-    def sides(f) -> np.ndarray:  # noqa: ANN001
+    def sides(f: Fold) -> np.ndarray:
         out = np.full(len(tiles), "", dtype=object)
         out[f.train], out[f.val], out[f.test] = "train", "val", "test"
         return out.astype(str)

@@ -214,8 +214,10 @@ def make_split(
     parts and val ``val_fraction`` of the rest, i.e. fold 0 of a k-fold bench. ``group_column=None`` splits tiles
     independently (only safe when each slide gives one tile).
     """
-    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1:
-        raise SplitError(f"val_fraction ({val_fraction}) must be in (0, 1) and test_fraction ({test_fraction}) in [0, 1)")
+    if not 0 < val_fraction < 1:
+        raise SplitError(f"val_fraction ({val_fraction}) must be in (0, 1): the share of the training rows held out for early stopping")
+    if not 0 <= test_fraction < 1:
+        raise SplitError(f"test_fraction ({test_fraction}) must be in [0, 1)")
     groups = _row_groups(tiles, group_column)
     usable = np.asarray(usable, bool)
     y = labels.astype(str).to_numpy()

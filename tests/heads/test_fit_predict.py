@@ -131,7 +131,7 @@ def test_cli_fit_head_and_predict(synth_store: Path, tmp_path: Path) -> None:
         (["--features", "fakenet:z3:rgb"], "feature 'fakenet:z3:rgb' is not in"),
         (["--split-column", "dataset"], "split column 'dataset' holds"),
         (["-p", "C"], "--param takes KEY=VALUE"),
-        (["--head", "logreg", "-p", "C=auto", "--val-fraction", "1.5"], "must be in [0, 1)"),
+        (["--head", "logreg", "-p", "C=auto", "--val-fraction", "1.5"], "val_fraction (1.5) must be in (0, 1)"),
     ],
 )
 def test_cli_bad_options_one_line(synth_store: Path, tmp_path: Path, args: list[str], msg: str) -> None:

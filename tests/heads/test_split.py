@@ -62,7 +62,7 @@ def test_split_column_with_val_values_and_errors(tiles: pd.DataFrame) -> None:
     # val_fraction is a share of the rows left after the test rows, so the two need not sum below 1; each must be a share
     with pytest.raises(HeadError, match=r"val_fraction \(1.0\) must be in \(0, 1\)"):
         make_split(t, t["mitosis"], np.ones(40, bool), val_fraction=1.0, test_fraction=0.2)
-    with pytest.raises(HeadError, match=r"test_fraction \(1.0\) in \[0, 1\)"):
+    with pytest.raises(HeadError, match=r"test_fraction \(1.0\) must be in \[0, 1\)"):
         make_split(t, t["mitosis"], np.ones(40, bool), val_fraction=0.2, test_fraction=1.0)
     one = t.assign(group="same-slide")
     with pytest.raises(HeadError, match="one slide"):

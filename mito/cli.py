@@ -611,13 +611,15 @@ def predict_cmd(
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
     from mito.app.predict import check_predict_out, predict
-    from mito.heads import is_slide_model
+    from mito.core.io import artifact_kind
+
+    kind, level = artifact_kind(model)  # from its mito.json (or, for a folder an earlier mito wrote, from its files)
 
     if source is not None and store is not None:
         raise UserError("give either tiles to embed (SOURCE) or --store, not both")
     if (points is not None or tile_size is not None) and source is None:
         raise UserError("--points and --tile-size go with a slide SOURCE, not --store")
-    if heatmaps is not None and not is_slide_model(model):  # before any work
+    if heatmaps is not None and (kind, level) != ("model", "slide"):  # before any work
         if store is None:
             raise UserError("--heatmaps needs --store (a store extracted from slides)")
         from mito.report.slides import check_heatmap_dir, check_heatmap_store
@@ -625,13 +627,13 @@ def predict_cmd(
         check_heatmap_dir(heatmaps, overwrite, protect=(store, model))
         check_heatmap_store(store)
     check_predict_out(out, model, store, source, overwrite)  # before any work, whatever kind of model
-    if is_slide_model(model):
+    if (kind, level) == ("model", "slide"):
         _predict_slides(model, store, source, out, heatmaps, overwrite)
         return
     w = _parse_weights(weights, [])
-    from mito.bench import is_finetuned, predict_finetuned
+    from mito.bench import predict_finetuned
 
-    if is_finetuned(model):  # a fine-tuned network embeds its own images: it cannot read a store
+    if kind == "finetuned-model":  # a fine-tuned network embeds its own images: it cannot read a store
         if source is None:
             raise UserError(f"{model} is a fine-tuned model: give new tiles (SOURCE), not --store")
         if len(w) > 1:
@@ -817,18 +819,17 @@ def bench_cmd(
     from mito.bench import (
         BenchConfig,
         available_tasks,
-        is_run_folder,
         run_bench,
         save_leaderboard,
         sigterm_as_interrupt,
         task_summary_lines,
     )
-    from mito.core.io import atomic_dir, check_output_dir
+    from mito.core.io import RUN_KINDS, atomic_dir, check_output_dir, is_artifact
     from mito.datasets import PROXY_TASKS
     from mito.report import build_report, leaderboard_table, leaderboard_umaps
     from mito.store import open_store
 
-    check_output_dir(out, overwrite, is_ours=is_run_folder, protect=(store, *include), what="bench folder")
+    check_output_dir(out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(store, *include), what="bench folder")
     with open_store(store) as s:
         tiles, store_tasks = s.tiles, s.tasks
     if proxy:
@@ -878,7 +879,7 @@ def bench_cmd(
                 leaderboard_umaps(store, lb, tmp, progress=True)
             build_report(tmp)
 
-        atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
+        atomic_dir(out, fill, replace=lambda p: is_artifact(p, *RUN_KINDS) or not any(p.iterdir()))
     console.print(leaderboard_table(lb.rows, top=top))
     for line in task_summary_lines(lb):
         console.print(line, highlight=False, markup=False)
@@ -895,9 +896,9 @@ def _bench_slides(*, store: str, out: Path, task: Optional[str], features: list[
     """`mito bench --level slide`: check options, rank the slide heads, write the leaderboard folder and report, print it."""
     from pydantic import ValidationError
 
-    from mito.bench import DEFAULT_SLIDE_HEADS, SlideBenchConfig, is_run_folder, run_slide_bench, save_leaderboard
+    from mito.bench import DEFAULT_SLIDE_HEADS, SlideBenchConfig, run_slide_bench, save_leaderboard
     from mito.bench.leaderboard import task_positive_lines
-    from mito.core.io import atomic_dir, check_output_dir
+    from mito.core.io import RUN_KINDS, atomic_dir, check_output_dir, is_artifact
     from mito.core.validation import one_line
     from mito.heads import left_out_line
     from mito.report import build_report, leaderboard_table
@@ -905,7 +906,7 @@ def _bench_slides(*, store: str, out: Path, task: Optional[str], features: list[
     _refuse_ignored(ignored)
     if task is None:
         raise UserError("--level slide needs --task (the bag label column, or the tile label with --bag-label any:VALUE)")
-    check_output_dir(out, overwrite, is_ours=is_run_folder, protect=(store,), what="bench folder")
+    check_output_dir(out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(store,), what="bench folder")
     try:
         cfg = SlideBenchConfig(store=store, task=task, features=features, heads=heads or list(DEFAULT_SLIDE_HEADS), head_params=params,
                                bag_column=bag_column, bag_label=bag_label, group_column=group_column, n_folds=folds, seed=seed, n_boot=n_boot,
@@ -918,7 +919,7 @@ def _bench_slides(*, store: str, out: Path, task: Optional[str], features: list[
         save_leaderboard(lb, tmp)
         build_report(tmp)
 
-    atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
+    atomic_dir(out, fill, replace=lambda p: is_artifact(p, *RUN_KINDS) or not any(p.iterdir()))
     t = lb.meta["tasks"][lb.rows["task"].iat[0]]
     console.print(f"{t['description']}; {t['cv_description']}", highlight=False, markup=False)
     for line in task_positive_lines(lb.meta):

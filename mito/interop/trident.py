@@ -56,14 +56,8 @@ def export_trident(store_path: str, out_dir: str | os.PathLike, feature: str | N
             write_manifest(tmp, KIND, format="trident", store=str(store_path), feature=key,
                            slides={stems[r["slide"]] + ".h5": r["slide"] for r in records})
 
-        atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_export_dir(p)))
+        atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_mito_folder(p, KIND)))
     return [out / n for n in names]
-
-
-def is_export_dir(path: Path) -> bool:
-    """True for a folder mito export wrote (its mito.json says so and lists everything in it)."""
-
-    return is_mito_folder(path, KIND)
 
 
 def variant_geometry(opts: dict[str, Any], rec: dict[str, Any], zoom: float) -> dict[str, Any]:

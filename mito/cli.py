@@ -473,14 +473,14 @@ def fit_head_cmd(
     dropout: Optional[float] = typer.Option(None, help="mlp: dropout after the hidden layer (default 0.3)."),
     loss: Optional[str] = typer.Option(None, help="mlp/linear: focal or ce."),
     gamma: Optional[float] = typer.Option(None, help="mlp/linear: focal loss gamma (default 2)."),
-    balance: Optional[str] = typer.Option(None, help="mlp/linear: weights (class-weighted loss), sampler (balanced batches) or none."),
+    balance: Optional[str] = typer.Option(None, help="weights (class-weighted loss or vote), sampler (balanced batches; mlp/linear) or none; every head."),
     epochs: Optional[int] = typer.Option(None, help="mlp/linear: maximum epochs."),
     patience: Optional[int] = typer.Option(None, help="Epochs (boosting rounds for lightgbm) without validation gain before stopping."),
     lr: Optional[float] = typer.Option(None, help="mlp/linear: Adam learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="mlp/linear: rows per batch (default grows with the data, 256..2048)."),
     precision: Optional[str] = typer.Option(None, help="mlp/linear: auto (bf16 matmuls for big training sets on CPUs with native bf16), fp32 or bf16."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: 1 for small data, else the cores left idle by other processes)."),
-    param: list[str] = typer.Option([], "--param", "-p", help="Any other head option as KEY=VALUE, e.g. -p C=auto -p n_neighbors=25."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Any other head option as KEY=VALUE, e.g. -p C=auto -p n_neighbors=25; -p help lists --head's options."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation, batches and noise."),
     stream: Optional[bool] = typer.Option(None, "--stream/--in-memory", help="mlp/linear: read features from the store chunk by chunk every epoch (bounded memory) or load them once (default: stream only when they would fill half the free memory)."),
     buffer_rows: Optional[int] = typer.Option(None, help="--stream: rows mixed in the shuffle buffer (default 65,536; memory ~ 2 x rows x dims x 2 bytes)."),
@@ -497,6 +497,14 @@ def fit_head_cmd(
     """Train a head on stored embeddings in seconds; write the model directory and print its metrics."""
     from mito.heads import fit_head, make_fit_config
 
+    if param == ["help"]:  # the head's declared options (mito.heads.params), then stop
+        from mito.heads.base import head_param_help
+        from mito.heads.mil import mil_param_help
+
+        name = head if head != "mlp" or level != "slide" else "abmil"
+        for line in (mil_param_help(name) if level == "slide" else head_param_help(name)):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        return
     if level not in ("tile", "slide"):
         raise UserError(f"--level must be tile or slide, got {level!r}")
     if level == "slide":
@@ -509,7 +517,7 @@ def fit_head_cmd(
             "--ensemble": ensemble, "--calibrate": None if calibrate == "none" else calibrate, "--buffer-rows": buffer_rows},
             head_params=_head_params(param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
                                      epochs=epochs, patience=patience, lr=lr, max_tiles=max_tiles, tile_dropout=tile_dropout,
-                                     balance=None if balance is None else balance != "none"),
+                                     balance=balance),
         )
         return
     if bag_column or bag_label or max_tiles is not None or tile_dropout is not None:

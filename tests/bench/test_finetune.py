@@ -89,7 +89,8 @@ def test_run_resume_save_and_predict(amibr_dir: Path, tmp_path: Path, monkeypatc
     assert (tmp_path / "lora" / "leaderboard.csv").is_file()
 
     model_dir = tmp_path / "lora" / "fold0" / "model"
-    assert artifact_kind(model_dir) == ("finetuned-model", "tile") and artifact_kind(tmp_path) == ("lora-run", "tile")
+    assert artifact_kind(model_dir) == ("finetuned-model", "tile") and artifact_kind(tmp_path) == (None, None)
+    assert artifact_kind(tmp_path / "lora") == ("lora-run", "tile") and read_manifest(tmp_path / "lora")["kind"] == "lora-run"
     assert read_manifest(model_dir)["files"] == ["config.json", "model.safetensors"]
     config = json.loads((model_dir / "config.json").read_text())
     assert config["kind"] == "finetuned" and config["classes"] == ["Atypical", "Normal"]

@@ -4,7 +4,7 @@
 # imported for their loaders' registration: mito.heads (tile and slide models, ensembles, bare heads) and mito.bench
 # (fine-tuned models, bench and LoRA folders)
 import mito.bench
-import mito.heads
+import mito.heads  # noqa: F401
 from mito.app.demo import run_demo, run_slide_demo
 from mito.core.artifacts import Artifact, ArtifactError, describe_artifact, load_artifact
 

@@ -52,7 +52,9 @@ def describe_artifact(path: str | os.PathLike) -> Artifact:
         raise ArtifactError(f"{path} is not a folder mito wrote (no {MANIFEST}, and not a model, bench or LoRA folder of an earlier mito)")
     doc = read_manifest(p) or {}
     if int(doc.get("format_version", 0)) > MANIFEST_FORMAT:
-        raise ArtifactError(f"{p / MANIFEST} has format {doc['format_version']}, newer than this mito reads ({MANIFEST_FORMAT}): update mito")
+        raise ArtifactError(
+            f"{p / MANIFEST} has format {doc['format_version']}, newer than this mito reads ({MANIFEST_FORMAT}): update mito"
+        )
     return Artifact(p, kind, level, doc)
 
 

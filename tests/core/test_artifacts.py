@@ -17,7 +17,12 @@ def test_a_manifest_says_kind_and_level(tmp_path: Path) -> None:
     write_manifest(tmp_path, "bench", "slide")
     assert artifact_kind(tmp_path) == ("bench", "slide") and is_artifact(tmp_path, "bench", "lora-run")
     art = describe_artifact(tmp_path)
-    assert (art.kind, art.level, art.manifest["format_version"], art.manifest["files"]) == ("bench", "slide", MANIFEST_FORMAT, ["leaderboard.json"])
+    assert (art.kind, art.level, art.manifest["format_version"], art.manifest["files"]) == (
+        "bench",
+        "slide",
+        MANIFEST_FORMAT,
+        ["leaderboard.json"],
+    )
     with pytest.raises(ValueError, match="unknown artifact kind"):
         write_manifest(tmp_path, "nonsense")
 

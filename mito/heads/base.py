@@ -187,8 +187,9 @@ class Head(ClassifierMixin, BaseEstimator):
         raise NotImplementedError
 
     # -- the public interface
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> Head:
-        """Train on (X, y); (X_val, y_val), when given, drive early stopping. Returns self."""
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None, *, views: np.ndarray | None = None) -> Head:
+        """Train on (X, y); (X_val, y_val), when given, drive early stopping; ``views`` (V, n, d): the training rows'
+        augmented views, for the noise modes views and view-cov (held only while fitting). Returns self."""
         self._validate_params()
         X = check_X(X)
         y = np.asarray(y)
@@ -206,8 +207,12 @@ class Head(ClassifierMixin, BaseEstimator):
                 raise HeadError(f"y_val has {len(yv)} labels for {len(X_val)} rows")
             if len(yv) == 0:
                 X_val, yv = None, None
-        with cpu_threads(X.size, self._requested_threads()):
-            self._fit(X, yi.astype(np.int64), X_val, yv)
+        self.train_views_ = views
+        try:
+            with cpu_threads(X.size, self._requested_threads()):
+                self._fit(X, yi.astype(np.int64), X_val, yv)
+        finally:
+            del self.train_views_
         return self
 
     def fit_stream(self, train: Any, val: Any = None) -> Head:

@@ -476,14 +476,14 @@ def fit_head_cmd(
     dropout: Optional[float] = typer.Option(None, help="mlp: dropout after the hidden layer (default 0.3)."),
     loss: Optional[str] = typer.Option(None, help="mlp/linear: focal or ce."),
     gamma: Optional[float] = typer.Option(None, help="mlp/linear: focal loss gamma (default 2)."),
-    balance: Optional[str] = typer.Option(None, help="mlp/linear: weights (class-weighted loss), sampler (balanced batches) or none."),
+    balance: Optional[str] = typer.Option(None, help="weights (class-weighted loss or vote), sampler (balanced batches; mlp/linear) or none; every head."),
     epochs: Optional[int] = typer.Option(None, help="mlp/linear: maximum epochs."),
     patience: Optional[int] = typer.Option(None, help="Epochs (boosting rounds for lightgbm) without validation gain before stopping."),
     lr: Optional[float] = typer.Option(None, help="mlp/linear: Adam learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="mlp/linear: rows per batch (default grows with the data, 256..2048)."),
     precision: Optional[str] = typer.Option(None, help="mlp/linear: auto (bf16 matmuls for big training sets on CPUs with native bf16), fp32 or bf16."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: 1 for small data, else the cores left idle by other processes)."),
-    param: list[str] = typer.Option([], "--param", "-p", help="Any other head option as KEY=VALUE, e.g. -p C=auto -p n_neighbors=25."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Any other head option as KEY=VALUE, e.g. -p C=auto -p n_neighbors=25; -p help lists --head's options."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation, batches and noise."),
     stream: Optional[bool] = typer.Option(None, "--stream/--in-memory", help="mlp/linear: read features from the store chunk by chunk every epoch (bounded memory) or load them once (default: stream only when they would fill half the free memory)."),
     buffer_rows: Optional[int] = typer.Option(None, help="--stream: rows mixed in the shuffle buffer (default 65,536; memory ~ 2 x rows x dims x 2 bytes)."),
@@ -500,6 +500,14 @@ def fit_head_cmd(
     """Train a head on stored embeddings in seconds; write the model directory and print its metrics."""
     from mito.heads import fit_head, make_fit_config
 
+    if param == ["help"]:  # the head's declared options (mito.heads.params), then stop
+        from mito.heads.base import head_param_help
+        from mito.heads.mil import mil_param_help
+
+        name = head if head != "mlp" or level != "slide" else "abmil"
+        for line in (mil_param_help(name) if level == "slide" else head_param_help(name)):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        return
     if level not in ("tile", "slide"):
         raise UserError(f"--level must be tile or slide, got {level!r}")
     if level == "slide":
@@ -512,7 +520,7 @@ def fit_head_cmd(
             "--ensemble": ensemble, "--calibrate": None if calibrate == "none" else calibrate, "--buffer-rows": buffer_rows},
             head_params=_head_params(param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
                                      epochs=epochs, patience=patience, lr=lr, max_tiles=max_tiles, tile_dropout=tile_dropout,
-                                     balance=None if balance is None else balance != "none"),
+                                     balance=balance),
         )
         return
     if bag_column or bag_label or max_tiles is not None or tile_dropout is not None:
@@ -614,13 +622,15 @@ def predict_cmd(
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
     from mito.app.predict import check_predict_out, predict
-    from mito.heads import is_slide_model
+    from mito.core.io import artifact_kind
+
+    kind, level = artifact_kind(model)  # from its mito.json (or, for a folder an earlier mito wrote, from its files)
 
     if source is not None and store is not None:
         raise UserError("give either tiles to embed (SOURCE) or --store, not both")
     if (points is not None or tile_size is not None) and source is None:
         raise UserError("--points and --tile-size go with a slide SOURCE, not --store")
-    if heatmaps is not None and not is_slide_model(model):  # before any work
+    if heatmaps is not None and (kind, level) != ("model", "slide"):  # before any work
         if store is None:
             raise UserError("--heatmaps needs --store (a store extracted from slides)")
         from mito.report.slides import check_heatmap_dir, check_heatmap_store
@@ -628,13 +638,13 @@ def predict_cmd(
         check_heatmap_dir(heatmaps, overwrite, protect=(store, model))
         check_heatmap_store(store)
     check_predict_out(out, model, store, source, overwrite)  # before any work, whatever kind of model
-    if is_slide_model(model):
+    if (kind, level) == ("model", "slide"):
         _predict_slides(model, store, source, out, heatmaps, overwrite)
         return
     w = _parse_weights(weights, [])
-    from mito.bench import is_finetuned, predict_finetuned
+    from mito.bench import predict_finetuned
 
-    if is_finetuned(model):  # a fine-tuned network embeds its own images: it cannot read a store
+    if kind == "finetuned-model":  # a fine-tuned network embeds its own images: it cannot read a store
         if source is None:
             raise UserError(f"{model} is a fine-tuned model: give new tiles (SOURCE), not --store")
         if len(w) > 1:
@@ -820,19 +830,18 @@ def bench_cmd(
     from mito.bench import (
         BenchConfig,
         available_tasks,
-        is_run_folder,
         run_bench,
         save_leaderboard,
         sigterm_as_interrupt,
         task_summary_lines,
     )
-    from mito.core.io import atomic_dir, check_output_dir
+    from mito.core.io import RUN_KINDS, atomic_dir, check_output_dir, is_artifact
     from mito.core.tasks import default_task
     from mito.datasets import PROXY_TASKS
     from mito.report import build_report, leaderboard_table, leaderboard_umaps
     from mito.store import open_store
 
-    check_output_dir(out, overwrite, is_ours=is_run_folder, protect=(store, *include), what="bench folder")
+    check_output_dir(out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(store, *include), what="bench folder")
     with open_store(store) as s:
         tiles, store_tasks = s.tiles, s.tasks
     if proxy:
@@ -880,7 +889,7 @@ def bench_cmd(
                 leaderboard_umaps(store, lb, tmp, progress=True)
             build_report(tmp)
 
-        atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
+        atomic_dir(out, fill, replace=lambda p: is_artifact(p, *RUN_KINDS) or not any(p.iterdir()))
     console.print(leaderboard_table(lb.rows, top=top))
     for line in task_summary_lines(lb):
         console.print(line, highlight=False, markup=False)
@@ -897,9 +906,9 @@ def _bench_slides(*, store: str, out: Path, task: Optional[str], features: list[
     """`mito bench --level slide`: check options, rank the slide heads, write the leaderboard folder and report, print it."""
     from pydantic import ValidationError
 
-    from mito.bench import DEFAULT_SLIDE_HEADS, SlideBenchConfig, is_run_folder, run_slide_bench, save_leaderboard
+    from mito.bench import DEFAULT_SLIDE_HEADS, SlideBenchConfig, run_slide_bench, save_leaderboard
     from mito.bench.leaderboard import task_positive_lines
-    from mito.core.io import atomic_dir, check_output_dir
+    from mito.core.io import RUN_KINDS, atomic_dir, check_output_dir, is_artifact
     from mito.core.validation import one_line
     from mito.heads import left_out_line
     from mito.report import build_report, leaderboard_table
@@ -907,7 +916,7 @@ def _bench_slides(*, store: str, out: Path, task: Optional[str], features: list[
     _refuse_ignored(ignored)
     if task is None:
         raise UserError("--level slide needs --task (the bag label column, or the tile label with --bag-label any:VALUE)")
-    check_output_dir(out, overwrite, is_ours=is_run_folder, protect=(store,), what="bench folder")
+    check_output_dir(out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(store,), what="bench folder")
     try:
         cfg = SlideBenchConfig(store=store, task=task, features=features, heads=heads or list(DEFAULT_SLIDE_HEADS), head_params=params,
                                bag_column=bag_column, bag_label=bag_label, group_column=group_column, n_folds=folds, seed=seed, n_boot=n_boot,
@@ -920,7 +929,7 @@ def _bench_slides(*, store: str, out: Path, task: Optional[str], features: list[
         save_leaderboard(lb, tmp)
         build_report(tmp)
 
-    atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
+    atomic_dir(out, fill, replace=lambda p: is_artifact(p, *RUN_KINDS) or not any(p.iterdir()))
     t = lb.meta["tasks"][lb.rows["task"].iat[0]]
     console.print(f"{t['description']}; {t['cv_description']}", highlight=False, markup=False)
     for line in task_positive_lines(lb.meta):

@@ -36,7 +36,7 @@ def test_slide_demo_builds_slides_and_runs_every_slide_step(amibr_dir: Path, tmp
     from PIL import Image
 
     from mito.app.demo import GRID, PLANT, run_slide_demo
-    from mito.heads import is_slide_model
+    from mito.core.io import artifact_kind
     from mito.store import open_store
 
     console = Console(record=True, width=200)
@@ -53,7 +53,7 @@ def test_slide_demo_builds_slides_and_runs_every_slide_step(amibr_dir: Path, tmp
     per_slide = t.groupby("slide")["label"].apply(lambda v: int((v == "Atypical").sum()))
     assert sorted(set(per_slide)) == [0, PLANT[0] * PLANT[1]]  # the GeoJSON labels exactly the planted crops
     assert (t.groupby("slide")["diagnosis"].first().str.contains("atyp") == (per_slide > 0)).all()
-    assert len(r["qc"]["written"]) == 8 and is_slide_model(r["model"])
+    assert len(r["qc"]["written"]) == 8 and artifact_kind(r["model"]) == ("model", "slide")
     preds = pd.read_csv(r["predictions"])
     assert len(preds) == 8 and {"slide", "label", "split", "pred"} <= set(preds.columns)
     assert set(preds["label"]) == {"atypical", "normal"} and set(preds["split"]) == {"train", "val", "test"}

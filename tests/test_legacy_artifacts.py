@@ -88,10 +88,11 @@ def test_legacy_tile_models_load_as_models(legacy: Path) -> None:
 
 @pytest.mark.parametrize("name", SLIDE_MODELS)
 def test_legacy_slide_models_predict_as_before(legacy: Path, name: str) -> None:
-    from mito.heads import is_slide_model, predict_slides
+    from mito.core.io import artifact_kind
+    from mito.heads import predict_slides
 
     model = legacy / "models" / name
-    assert is_slide_model(model)
+    assert artifact_kind(model) == ("model", "slide")
     slides, tiles = predict_slides(model, legacy / "store.zarr")
     _same_predictions(slides, pd.read_csv(legacy / "models" / f"{name}.predictions.csv"), ["slide"])
     want_tiles = pd.read_csv(legacy / "models" / f"{name}.predictions.tiles.csv").sort_values(["slide", "tile_id"]).reset_index(drop=True)
@@ -114,9 +115,9 @@ def _expected_rows(folder: Path, expected: Path) -> tuple[Any, dict[str, Any]]:
 
 def test_legacy_bench_folder_loads_and_compares_as_before(legacy: Path) -> None:
     from mito.bench import compare_rows
-    from mito.bench.leaderboard import is_run_folder
+    from mito.core.io import artifact_kind
 
-    assert is_run_folder(legacy / "bench")
+    assert artifact_kind(legacy / "bench") == ("bench", "tile")
     lb, want = _expected_rows(legacy / "bench", legacy / "bench.expected.json")
     a, b, comp = compare_rows(lb, "1", "2")
     assert [a["row_id"], b["row_id"]] == [want["compare"]["a"], want["compare"]["b"]]
@@ -136,11 +137,12 @@ def test_legacy_bench_folder_rebuilds_its_report(legacy: Path) -> None:
 
 
 def test_legacy_lora_run_loads_and_its_models_predict_as_before(legacy: Path) -> None:
-    from mito.bench import is_finetuned, predict_finetuned
+    from mito.bench import predict_finetuned
+    from mito.core.io import artifact_kind
 
     _expected_rows(legacy / "lora", legacy / "lora.expected.json")
     model = legacy / "lora" / "fold0" / "model"
-    assert is_finetuned(model) and is_finetuned(legacy / "lora" / "fold1" / "model")
+    assert artifact_kind(model) == artifact_kind(legacy / "lora" / "fold1" / "model") == ("finetuned-model", "tile")
     got = predict_finetuned(model, legacy / "crops", device="cpu")
     want = pd.read_csv(legacy / "lora.predictions.csv")
     got["path"] = [Path(p).name for p in got["path"]]
@@ -149,9 +151,9 @@ def test_legacy_lora_run_loads_and_its_models_predict_as_before(legacy: Path) ->
 
 
 def test_legacy_export_folder_is_recognised_and_reads_as_written(legacy: Path) -> None:
-    from mito.interop.trident import is_export_dir
+    from mito.core.io import is_mito_folder
 
-    assert is_export_dir(legacy / "export")
+    assert is_mito_folder(legacy / "export", "export")
     want = json.loads((legacy / "export.expected.json").read_text())
     assert sorted(p.name for p in (legacy / "export").glob("*.h5")) == sorted(want)
     for name, w in want.items():
@@ -163,3 +165,37 @@ def test_legacy_export_folder_is_recognised_and_reads_as_written(legacy: Path) -
             assert coords.tolist() == w["coords"]
             for k, v in w["coords_attrs"].items():
                 assert f["coords"].attrs[k] == v, k
+
+
+# the kind each legacy folder holds, as load_artifact reads it (none of them has a mito.json but the export)
+LEGACY_KINDS = {
+    **{f"models/{n}": ("model", "tile") for n in TILE_MODELS if n != "ensemble"},
+    "models/ensemble": ("ensemble", "tile"),
+    **{f"models/{n}": ("model", "slide") for n in SLIDE_MODELS},
+    "models/ensemble/member0": ("head", "tile"),
+    "bench": ("bench", "tile"),
+    "lora": ("lora-run", "tile"),
+    "lora/fold0/model": ("finetuned-model", "tile"),
+    "export": ("export", None),
+}
+
+
+def test_legacy_folders_load_through_load_artifact(legacy: Path) -> None:
+    """One loader for every folder: the right kind without a manifest, and the object each kind loads as."""
+    from mito.app import load_artifact
+    from mito.bench import FinetunedModel, Leaderboard
+    from mito.core.artifacts import Artifact
+    from mito.core.io import artifact_kind
+    from mito.heads import Model, SlideModel
+    from mito.heads.base import Head
+
+    assert not any((legacy / p / "mito.json").exists() for p in LEGACY_KINDS if p != "export")
+    want_type = {"model": (Model, SlideModel), "ensemble": (Model,), "head": (Head,), "bench": (Leaderboard,),
+                 "lora-run": (Leaderboard,), "finetuned-model": (FinetunedModel,), "export": (Artifact,)}
+    for rel, kind in LEGACY_KINDS.items():
+        assert artifact_kind(legacy / rel) == kind, rel
+        obj = load_artifact(legacy / rel)
+        assert isinstance(obj, want_type[kind[0]]), (rel, type(obj))
+        if kind == ("model", "slide"):
+            assert isinstance(obj, SlideModel) and obj.head.name in ("abmil", "mean-mlp")
+    assert artifact_kind(legacy / "store.zarr") == (None, None) and artifact_kind(legacy / "crops") == (None, None)

@@ -5,13 +5,12 @@ them: mito.report."""
 from mito.bench.cv import CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
 from mito.bench.fewshot import draw_shots, parse_shots
-from mito.bench.finetune import FinetuneConfig, is_finetuned, load_finetuned, predict_finetuned, run_finetune
+from mito.bench.finetune import FinetuneConfig, FinetunedModel, load_finetuned, predict_finetuned, run_finetune
 from mito.bench.leaderboard import (
     BenchConfig,
     FeatureSet,
     Leaderboard,
     all_feature_sets,
-    is_run_folder,
     load_leaderboard,
     merge_leaderboards,
     run_bench,
@@ -63,8 +62,7 @@ __all__ = [
     "fold_summary",
     "friedman_nemenyi",
     "holm",
-    "is_finetuned",
-    "is_run_folder",
+    "FinetunedModel",
     "load_finetuned",
     "load_leaderboard",
     "make_folds",

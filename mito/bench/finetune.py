@@ -27,10 +27,11 @@ from torch import nn
 from mito.backbones import create_backbone, get_backbone
 from mito.bench.cv import CVMode, Fold
 from mito.bench.errors import BenchError
-from mito.bench.leaderboard import Leaderboard, is_run_folder, positive_meta, rank_rows, save_leaderboard, task_plan
+from mito.bench.leaderboard import Leaderboard, positive_meta, rank_rows, save_leaderboard, task_plan
 from mito.bench.rows import row_id, score_row
+from mito.core.artifacts import register_loader
 from mito.core.errors import TaskError
-from mito.core.io import atomic_write, check_output_dir, csv_probabilities, write_npz
+from mito.core.io import RUN_KINDS, atomic_write, check_output_dir, csv_probabilities, is_artifact, write_manifest, write_npz
 from mito.core.metrics import metric_score, positive_index
 from mito.core.progress import add_task, advance, progress_bar
 from mito.core.tasks import resolve_task
@@ -275,6 +276,7 @@ def _save_model(path: Path, net: FinetuneNet, cfg: FinetuneConfig, info: dict[st
         **extra,
     }
     atomic_write(path / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=1)), ".json")
+    write_manifest(path, "finetuned-model", "tile", head=config["head"], mode=cfg.mode)
 
 
 def bar_total(done: int, epoch_steps: int, seconds_per_step: float, seconds_left: float) -> int:
@@ -452,7 +454,7 @@ def open_tiles(cfg: FinetuneConfig) -> Any:
 def run_finetune(cfg: FinetuneConfig, progress: bool = True, note: Callable[[str], None] | None = None) -> Leaderboard:
     """Fine-tune on each fold (resuming finished work), score like the heads, and write a leaderboard in ``cfg.out``;
     ``note`` is told, before training, when a CPU run stops each fold at the default time cap."""
-    check_output_dir(cfg.out, overwrite=True, is_ours=is_run_folder, protect=(cfg.source,), what="run folder")
+    check_output_dir(cfg.out, overwrite=True, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(cfg.source,), what="run folder")
     src = open_tiles(cfg)
     tiles = src.tiles
     spec_task, y, classes, plan = task_plan(tiles, cfg.task, cfg.n_folds, cfg.cv, cfg.seed, None, cfg.positive)
@@ -532,16 +534,6 @@ class FinetunedModel:
         return np.concatenate(out) if out else np.zeros((0, len(self.classes_)))
 
 
-def is_finetuned(model_dir: str | os.PathLike) -> bool:
-    """True when ``model_dir/config.json`` says ``"kind": "finetuned"``."""
-    p = Path(model_dir) / "config.json"
-    try:
-        doc = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(doc, dict) and doc.get("kind") == MODEL_KIND
-
-
 def load_finetuned(model_dir: str | os.PathLike, weights: str | None = None, device: str = "cpu") -> FinetunedModel:
     """Rebuild a fine-tuned model from its folder (the base backbone's weights must be the ones it was trained on)."""
     from safetensors.torch import load_file
@@ -583,6 +575,9 @@ def load_finetuned(model_dir: str | os.PathLike, weights: str | None = None, dev
         if hasattr(m, "merge") and hasattr(m, "merged") and not m.merged:
             m.merge()
     return FinetunedModel(net.to(dev).eval(), list(config["classes"]), prep, config, dev)
+
+
+register_loader("finetuned-model", None, lambda a: load_finetuned(a.path))
 
 
 def predict_finetuned(

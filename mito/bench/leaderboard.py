@@ -23,9 +23,10 @@ from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns, prediction_positive, row_delong_ci
 from mito.bench.validate import check_predictions, check_rows
 from mito.bench.zeroshot import TEXT_HEADS, plan_text, text_head_params, zero_shot_rows
+from mito.core.artifacts import register_loader
 from mito.core.errors import MitoError
 from mito.core.interrupts import handle_signals
-from mito.core.io import METRIC_CSV_FORMAT, atomic_write, json_default, write_npz
+from mito.core.io import METRIC_CSV_FORMAT, atomic_write, json_default, write_manifest, write_npz
 from mito.core.metrics import (
     CALIBRATION_NAMES,
     METRIC_NAMES,
@@ -447,12 +448,6 @@ def sigterm_as_interrupt() -> Any:
     return handle_signals()
 
 
-def is_run_folder(path: str | os.PathLike) -> bool:
-    """True for a folder written by mito bench or mito lora (a leaderboard, or fine-tuning folds)."""
-    p = Path(path)
-    return p.is_dir() and ((p / "leaderboard.json").is_file() or any(p.glob("fold*/result.json")) or any(p.glob("fold*/checkpoint.pt")))
-
-
 # ------------------------------------------------------------------ save / load / merge
 def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     """Write leaderboard.csv (flat columns), leaderboard.json (rows + meta) and predictions.npz into ``out``."""
@@ -466,6 +461,7 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     atomic_write(out / "leaderboard.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1, default=json_default)), ".json")
     arrays = {f"{rid}.{k}": v for rid, a in lb.predictions.items() for k, v in a.items()}
     write_npz(out / "predictions.npz", arrays)
+    write_manifest(out, "lora-run" if "finetune" in lb.meta else "bench", str(lb.meta.get("level", "tile")))
     return out
 
 
@@ -518,6 +514,9 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
         check_predictions(preds, records, npz)
     return Leaderboard(upgrade_rows(rows, preds), preds, {**doc.get("meta", {}), "source": str(d)})
 
+
+register_loader("bench", None, lambda a: load_leaderboard(a.path))
+register_loader("lora-run", None, lambda a: load_leaderboard(a.path))
 
 def upgrade_rows(rows: pd.DataFrame, preds: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
     """Rows of a folder written before ECE meant equal-width bins: their ``ece`` (equal-mass) becomes ``ece_equal_mass``

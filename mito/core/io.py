@@ -173,7 +173,7 @@ def containing_artifact(path: str | os.PathLike) -> Path | None:
     """The mito store or model folder that ``path`` is inside of (or is), if any."""
     p = Path(path).resolve()
     for q in (p, *p.parents):
-        if is_store_dir(q) or (q / "config.json").is_file() and ((q / "head.json").is_file() or (q / "model.safetensors").is_file()):
+        if is_store_dir(q) or artifact_kind(q)[0] in MODEL_KINDS:
             return q
     return None
 
@@ -228,17 +228,84 @@ def same_file_as(path: str | os.PathLike, files: Iterable[str]) -> str | None:
 
 
 MANIFEST = "mito.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: adds "level"; a format-1 manifest (exports, QC, heatmaps, pictures) reads as its kind's level
+# The kinds of folder mito writes and the level each holds by default (None: no level of its own).
+ARTIFACT_KINDS: dict[str, str | None] = {
+    "model": "tile",  # fit-head (level tile) and fit-head --level slide (level slide): config.json + head.json
+    "ensemble": "tile",  # fit-head --ensemble
+    "finetuned-model": "tile",  # a fold's model of mito lora (config.json kind "finetuned" + model.safetensors)
+    "head": "tile",  # a bare head written by head.save (no config.json): level slide for MIL heads
+    "bench": "tile",  # mito bench --out (leaderboard.json, predictions.npz, report.html)
+    "lora-run": "tile",  # mito lora --out (fold*/ and a leaderboard)
+    "export": None,
+    "slides-qc": None,
+    "heatmaps": None,
+    "slide-pictures": None,
+}
+MODEL_KINDS = ("model", "ensemble", "finetuned-model", "head")  # folders an output file must never be written into
 
 
-def write_manifest(folder: str | os.PathLike, kind: str, **info: Any) -> Path:
-    """Mark ``folder`` as written by mito: ``mito.json`` with its kind, format, mito's version, the time and every
-    entry the folder holds now (write it last). Only a folder with a manifest is ever replaced (see is_mito_folder)."""
+def write_manifest(folder: str | os.PathLike, kind: str, level: str | None = None, **info: Any) -> Path:
+    """Mark ``folder`` as written by mito: ``mito.json`` with its kind, level, format, mito's version, the time and
+    every entry the folder holds now (write it last). Only a folder with a manifest is ever replaced (see
+    is_mito_folder); mito.core.io.artifact_kind reads it back."""
+    if kind not in ARTIFACT_KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}")
     folder = Path(folder)
     files = sorted(f.name for f in folder.iterdir() if f.name != MANIFEST)
-    doc = {"kind": kind, "format_version": MANIFEST_FORMAT, "mito_version": __version__,
+    doc = {"kind": kind, "level": level or ARTIFACT_KINDS[kind], "format_version": MANIFEST_FORMAT, "mito_version": __version__,
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "files": files, **info}
     return write_json(folder / MANIFEST, doc)
+
+
+def artifact_kind(folder: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(kind, level) of a folder mito wrote, from its mito.json; a folder without one (written before manifests, or a
+    bare head) is recognised by the files it holds (the one place that still guesses); (None, None) for anything else."""
+    p = Path(folder)
+    if p.is_symlink() or not p.is_dir():
+        return None, None
+    doc = read_manifest(p)
+    if doc is not None:
+        level = doc.get("level")
+        return doc["kind"], level if isinstance(level, str) else ARTIFACT_KINDS.get(doc["kind"])
+    return _kind_without_manifest(p)
+
+
+def is_artifact(folder: str | os.PathLike, *kinds: str) -> bool:
+    """True for a folder mito wrote whose kind is one of ``kinds`` (mito.json, else an earlier mito's files)."""
+    return artifact_kind(folder)[0] in kinds
+
+
+RUN_KINDS = ("bench", "lora-run")  # folders a bench or lora --out may replace (with --overwrite)
+
+
+def _read_object(f: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _kind_without_manifest(p: Path) -> tuple[str | None, str | None]:
+    """What the sniffers of mito <= 0.1 (is_model_dir, is_slide_model, is_ensemble, is_mil_head_dir, is_finetuned,
+    is_run_folder) said of a folder without mito.json, as (kind, level)."""
+    config = _read_object(p / "config.json")
+    head = _read_object(p / "head.json") if (p / "head.json").is_file() else None
+    if (p / "config.json").is_file() and (p / "head.json").is_file():
+        if config is not None and config.get("level") == "slide":
+            return "model", "slide"
+        return ("ensemble" if head is not None and head.get("head") == "ensemble" else "model"), "tile"
+    if config is not None and config.get("kind") == "finetuned":
+        return "finetuned-model", "tile"
+    if head is not None:
+        return ("ensemble", "tile") if head.get("head") == "ensemble" else ("head", "slide" if head.get("level") == "slide" else "tile")
+    if (p / "leaderboard.json").is_file() or any(p.glob("fold*/result.json")) or any(p.glob("fold*/checkpoint.pt")):
+        if any(q.is_dir() for q in p.glob("fold*")):
+            return "lora-run", "tile"
+        meta = (_read_object(p / "leaderboard.json") or {}).get("meta")
+        return "bench", "slide" if isinstance(meta, dict) and meta.get("level") == "slide" else "tile"
+    return None, None
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:

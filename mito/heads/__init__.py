@@ -9,7 +9,15 @@ from mito.heads.fit import FitResult, fit_on_rows
 from mito.heads.loop import Checkpointer, CheckpointError, EarlyStopping, LoopResult, TimeBudget, train_loop
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
 from mito.heads.predict import Model, load_head, load_model, predict, predict_store
-from mito.heads.slide import SlideFitConfig, fit_slide_head, is_slide_model, make_slide_fit_config, predict_slides, tiles_csv_path
+from mito.heads.slide import (
+    SlideFitConfig,
+    SlideModel,
+    fit_slide_head,
+    load_slide_model,
+    make_slide_fit_config,
+    predict_slides,
+    tiles_csv_path,
+)
 from mito.heads.split import make_split
 from mito.heads.stream import FeatureStream, fit_pipeline_stream, stream_proba
 from mito.heads.train import FitConfig, default_features, fit_head, make_fit_config
@@ -33,7 +41,8 @@ __all__ = [
     "MILHead",
     "SlideFitConfig",
     "fit_slide_head",
-    "is_slide_model",
+    "SlideModel",
+    "load_slide_model",
     "load_mil_head",
     "bag_table",
     "left_out",

@@ -4,30 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from mito.core.errors import MitoError
 from mito.core.resources import available_memory, idle_cores  # noqa: F401  (re-exported; tests patch idle_cores here)
 from mito.core.version import __version__
+from mito.heads.errors import HeadError
+from mito.heads.params import COMMON, Param, check_params, describe_params
 from mito.heads.view_noise import VIEW_NOISE_MODES, augment_with_views
 
 HEAD_FILE = "head.json"
-NOISE_MODES = ("global", "per-dim", "absolute", "views", "view-cov")  # the last two: mito.heads.views
 _ROWS_PER_BLOCK = 16384
 SMALL_DATA = 50_000_000  # rows x dims below which one thread is fastest (thread sync costs more, worse on a shared CPU)
-
-
-class HeadError(MitoError, ValueError):
-    """Bad input or options for a head (the message is one line for the user)."""
 
 
 # ---------------------------------------------------------------- registry
@@ -70,6 +67,13 @@ def head_class(name: str) -> type[Head]:
 def head_names() -> tuple[str, ...]:
     """Built-in head names, the optional ones (text-linear), then any registered by other code, in registration order."""
     return tuple(dict.fromkeys([*BUILTIN_HEADS, *OPTIONAL_HEADS, *_REGISTRY]))
+
+
+def head_param_help(name: str) -> list[str]:
+    """One line per option of the tile head ``name``: allowed values, default and purpose (from its declaration)."""
+    cls = head_class(name)
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    return describe_params(cls.param_spec, defaults)
 
 
 def not_streamable(name: str) -> HeadError:
@@ -162,10 +166,13 @@ class Head(ClassifierMixin, BaseEstimator):
 
     name: str = ""
     supports_stream: bool = False  # True when the head can train from a FeatureStream (fit_stream)
+    param_spec: ClassVar[dict[str, Param]] = dict(COMMON)  # every option, declared once (mito.heads.params)
+
+    def _validate_params(self) -> None:
+        """One-line HeadError naming the head, the option and its allowed values (from ``param_spec``)."""
+        check_params(self.name, self.param_spec, self.get_params())
 
     # -- subclasses implement these
-    def _validate_params(self) -> None:
-        check_common_params(self)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
         raise NotImplementedError
@@ -180,8 +187,9 @@ class Head(ClassifierMixin, BaseEstimator):
         raise NotImplementedError
 
     # -- the public interface
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> Head:
-        """Train on (X, y); (X_val, y_val), when given, drive early stopping. Returns self."""
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None, *, views: np.ndarray | None = None) -> Head:
+        """Train on (X, y); (X_val, y_val), when given, drive early stopping; ``views`` (V, n, d): the training rows'
+        augmented views, for the noise modes views and view-cov (held only while fitting). Returns self."""
         self._validate_params()
         X = check_X(X)
         y = np.asarray(y)
@@ -199,8 +207,12 @@ class Head(ClassifierMixin, BaseEstimator):
                 raise HeadError(f"y_val has {len(yv)} labels for {len(X_val)} rows")
             if len(yv) == 0:
                 X_val, yv = None, None
-        with cpu_threads(X.size, self._requested_threads()):
-            self._fit(X, yi.astype(np.int64), X_val, yv)
+        self.train_views_ = views
+        try:
+            with cpu_threads(X.size, self._requested_threads()):
+                self._fit(X, yi.astype(np.int64), X_val, yv)
+        finally:
+            del self.train_views_
         return self
 
     def fit_stream(self, train: Any, val: Any = None) -> Head:
@@ -398,43 +410,6 @@ def column_variance(X: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- feature noise
-def check_number(name: str, value: Any, low: float, high: float, *, integer: bool = False, low_open: bool = False,
-                 high_open: bool = False) -> None:
-    """One-line HeadError unless ``value`` is a finite number (a whole one when ``integer``) within [low, high]
-    (bounds excluded where ``low_open``/``high_open``); options reach heads as given on the command line."""
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and bool(np.isfinite(value))
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
-        raise HeadError(f"{name} must be a {'whole ' if integer else ''}number in {lo}, {hi}, got {value!r}")
-
-
-def check_common_params(head: Any) -> None:
-    """Check the options every head shares: noise, noise_mode, n_threads, seed."""
-    threads = getattr(head, "n_threads", None)
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise HeadError(f"n_threads must be a whole number >= 1, got {threads!r}")
-    seed = getattr(head, "seed", 0)
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise HeadError(f"seed must be a whole number in [0, 2**32), got {seed!r}")
-    noise, mode = getattr(head, "noise", 0.0), getattr(head, "noise_mode", "global")
-    if not isinstance(noise, (int, float)) or noise < 0 or not np.isfinite(noise):
-        raise HeadError(f"noise must be a number >= 0, got {noise!r}")
-    if mode not in NOISE_MODES:
-        raise HeadError(f"noise_mode must be one of {', '.join(NOISE_MODES)}, got {mode!r}")
-
-
-
-
-def check_copy_params(head: Any) -> None:
-    """Check the shared options plus ``noise_copies`` (heads that train on noisy copies of whole arrays)."""
-    check_common_params(head)
-    if not isinstance(head.noise_copies, int) or head.noise_copies < 0:
-        raise HeadError(f"noise_copies must be a whole number >= 0, got {head.noise_copies!r}")
-
-
 def noise_variance(X: np.ndarray, noise: float, mode: str) -> np.ndarray:
     """Per-dimension variance of the training noise.
 

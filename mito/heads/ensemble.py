@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mito.core.io import artifact_kind
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, advance, progress_bar
 from mito.core.version import __version__
@@ -123,14 +124,6 @@ class Ensemble:
         (path / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def is_ensemble(path: str | Path) -> bool:
-    """True when ``path/head.json`` describes an ensemble."""
-    try:
-        return read_json_file(Path(path) / HEAD_FILE).get("head") == ENSEMBLE
-    except HeadError:  # missing or not a JSON object: not an ensemble
-        return False
-
-
 def load_ensemble(path: str | Path) -> Ensemble:
     """The Ensemble saved in ``path``; a missing, changed or inconsistent member is a one-line HeadError."""
     path = Path(path)
@@ -156,7 +149,7 @@ def load_ensemble(path: str | Path) -> Ensemble:
 
 def load_any_head(path: str | Path) -> Head | Ensemble:
     """What a head folder holds: an Ensemble when its head.json says so, else the saved head."""
-    return load_ensemble(path) if is_ensemble(path) else load_head_file(path)
+    return load_ensemble(path) if artifact_kind(path)[0] == ENSEMBLE else load_head_file(path)
 
 
 def fold_parts(pool: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[np.ndarray]:

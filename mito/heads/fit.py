@@ -121,17 +121,14 @@ def _fit_in_memory(
     t1 = time.perf_counter()
     X_tr, X_va, X_te = X[:n_tr], X[n_tr : n_tr + n_va], X[n_tr + n_va :]
     y_tr, y_va, y_te = y[:n_tr], y[n_tr : n_tr + n_va], y[n_tr + n_va :]
+    views = None
     if getattr(head, "noise_mode", None) in VIEW_NOISE_MODES:  # the training rows' views, through the same pipeline
         views = read_views(store, keys, parts["train"])
         views = np.stack([pipe.transform(v) if pipe.pca else pipe.transform(v, out=v) for v in views])
         if cats:
             extra = one_hot(tiles, parts["train"], cats).astype(views.dtype)
             views = np.concatenate([views, np.broadcast_to(extra, (len(views), *extra.shape))], axis=2)
-        head.train_views_ = views
-    try:
-        head.fit(X_tr, y_tr, X_va if n_va else None, y_va if n_va else None)
-    finally:
-        head.__dict__.pop("train_views_", None)
+    head.fit(X_tr, y_tr, X_va if n_va else None, y_va if n_va else None, views=views)
     t2 = time.perf_counter()
     out = FitResult(head, pipe, X.shape[1], pipeline_seconds=t1 - t0, train_seconds=t2 - t1)
     for name, Xs, ys in (("val", X_va, y_va), ("test", X_te, y_te)):

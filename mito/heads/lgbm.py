@@ -5,6 +5,7 @@ Feature noise works as for the scikit-learn heads: the rows plus ``noise_copies`
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,11 @@ from mito.heads.base import (
     HeadError,
     augment_with_noise,
     balanced_accuracy,
-    check_copy_params,
     class_weights,
     default_threads,
     register_head,
 )
+from mito.heads.params import COMMON, COPIES, Param, balance_mode
 
 MODEL_FILE = "model.lgb.txt"
 
@@ -31,6 +32,17 @@ class LightGBMHead(Head):
 
     n_threads=None: one thread for small data, else the idle cores (see base.default_threads).
     """
+
+    param_spec = {
+        **{k: Param("int", 1) for k in ("n_estimators", "num_leaves", "min_child_samples", "patience")},
+        "learning_rate": Param("float", 0, math.inf, low_open=True),
+        "subsample": Param("float", 0, 1, low_open=True, help="share of rows per tree"),
+        "colsample": Param("float", 0, 1, low_open=True, help="share of feature columns per tree"),
+        "reg_lambda": Param("float", 0, math.inf, help="L2 on leaf values"),
+        "balance": Param("balance", choices=("weights", "none"), help="row weights inverse to class frequency"),
+        **COMMON,
+        **COPIES,
+    }
 
     def __init__(
         self,
@@ -64,17 +76,6 @@ class LightGBMHead(Head):
         self.n_threads = n_threads
         self.seed = seed
 
-    def _validate_params(self) -> None:
-        check_copy_params(self)
-        for k in ("n_estimators", "num_leaves", "min_child_samples", "patience"):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
-                raise HeadError(f"{k} must be a whole number >= 1, got {getattr(self, k)!r}")
-        for k in ("subsample", "colsample"):
-            if not 0 < getattr(self, k) <= 1:
-                raise HeadError(f"{k} must be in (0, 1], got {getattr(self, k)}")
-        if self.learning_rate <= 0:
-            raise HeadError(f"learning_rate must be > 0, got {self.learning_rate}")
-
     def _params(self, n_classes: int, n_values: int) -> dict[str, Any]:
         binary = n_classes == 2
         return {
@@ -100,7 +101,7 @@ class LightGBMHead(Head):
 
         k = len(self.classes_)
         Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, getattr(self, "train_views_", None))
-        w = class_weights(ya, k)[ya] if self.balance else None
+        w = class_weights(ya, k)[ya] if balance_mode(self.balance) == "weights" else None
         train = lgb.Dataset(Xa.astype(np.float32, copy=False), ya, weight=w, free_raw_data=True)
         kw: dict[str, Any] = {}
         if X_val is not None:

@@ -24,7 +24,6 @@ from mito.heads.base import (
     HEAD_FILE,
     HeadError,
     balanced_accuracy,
-    check_number,
     check_sha256,
     class_weights,
     cpu_threads,
@@ -33,6 +32,7 @@ from mito.heads.base import (
     read_json_file,
 )
 from mito.heads.loop import EarlyStopping, train_loop
+from mito.heads.params import COMMON, Param, balance_mode, check_params, describe_params
 from mito.heads.stream import read_ahead
 from mito.heads.torch_heads import LOSSES, focal_loss
 
@@ -79,6 +79,27 @@ class GatedAttention(nn.Module):
         return self.classify((a[..., None] * h).sum(1)), a
 
 
+# every option of the slide-level heads, declared once (mito.heads.params): validation, help, conformance tests
+MIL_PARAMS: dict[str, Param] = {
+    "hidden": Param("int", 1, 65536, help="tile embedding width (abmil, mean-mlp)"),
+    "attention": Param("int", 1, 65536, help="attention width (abmil)"),
+    "dropout": Param("float", 0, 1, high_open=True),
+    "loss": Param("choice", choices=LOSSES),
+    "gamma": Param("float", 0, 100, help="focal-loss exponent"),
+    "balance": Param("balance", choices=("weights", "none"), help="class weights inverse to bag frequency"),
+    "lr": Param("float", 0, 10, low_open=True),
+    "weight_decay": Param("float", 0, 10),
+    "epochs": Param("int", 1, 10**9),
+    "patience": Param("int", 1, 10**9),
+    "batch_bags": Param("int", 1, 10**9, help="bags per step"),
+    "max_tiles": Param("int", 1, 10**9, none=True, help="tiles sampled per bag in training (none: all)"),
+    "tile_dropout": Param("float", 0, 1, high_open=True, help="share of a bag's tiles dropped per step"),
+    "noise": Param("float", 0, 1e6, help="feature-noise scale (see noise_mode)"),
+    "noise_mode": Param("choice", choices=("global", "per-dim", "absolute")),
+    "seed": COMMON["seed"],
+}
+
+
 @dataclass
 class MILHead:
     """A slide-level head: its options (saved in head.json), and after fitting its classes and network."""
@@ -113,29 +134,12 @@ class MILHead:
         return {k: v for k, v in d.items() if not k.endswith("_") and k not in ("on_epoch", "name")}
 
     def validate(self) -> None:
-        """One-line HeadError for an option out of range."""
+        """One-line HeadError naming the head, the option and its allowed values (from ``param_spec``)."""
         if self.name not in MIL_HEADS:
             raise HeadError(f"unknown slide-level head {self.name!r}; choose one of {', '.join(MIL_HEADS)}")
-        check_number("hidden", self.hidden, 1, 65536, integer=True)
-        check_number("attention", self.attention, 1, 65536, integer=True)
-        check_number("dropout", self.dropout, 0, 1, high_open=True)
-        check_number("tile_dropout", self.tile_dropout, 0, 1, high_open=True)
-        check_number("gamma", self.gamma, 0, 100)
-        check_number("lr", self.lr, 0, 10, low_open=True)
-        check_number("weight_decay", self.weight_decay, 0, 10)
-        check_number("noise", self.noise, 0, 1e6)
-        for k in ("epochs", "patience", "batch_bags"):
-            check_number(k, getattr(self, k), 1, 10**9, integer=True)
-        if self.max_tiles is not None:
-            check_number("max_tiles", self.max_tiles, 1, 10**9, integer=True)
-        check_number("seed", self.seed, 0, 2**32 - 1, integer=True)
-        if self.loss not in LOSSES:
-            raise HeadError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.noise_mode not in ("global", "per-dim", "absolute"):
-            also = " (views and view-cov are for tile-level heads)" if self.noise_mode in ("views", "view-cov") else ""
-            raise HeadError(f"noise_mode must be global, per-dim or absolute, got {self.noise_mode!r}{also}")
-        if not isinstance(self.balance, bool):
-            raise HeadError(f"balance must be true or false, got {self.balance!r}")
+        if self.noise_mode in ("views", "view-cov"):
+            raise HeadError(f"head {self.name!r}: noise_mode must be global, per-dim or absolute, got {self.noise_mode!r} (views and view-cov are for tile-level heads)")
+        check_params(self.name, MIL_PARAMS, self.params())
 
     def build(self, d: int, k: int) -> nn.Module:
         """A fresh network for d-dim tiles and k classes."""
@@ -160,7 +164,7 @@ class MILHead:
         k = len(bags.classes)
         net = self.build(reader.d, k)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        cw = torch.tensor(class_weights(y[train], k), dtype=torch.float32) if self.balance else None
+        cw = torch.tensor(class_weights(y[train], k), dtype=torch.float32) if balance_mode(self.balance) == "weights" else None
         gamma = float(self.gamma) if self.loss == "focal" else 0.0
         sd = None
         if self.noise > 0:
@@ -250,6 +254,13 @@ class MILHead:
         (path / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def mil_param_help(name: str) -> list[str]:
+    """One line per option of the slide-level head ``name`` (from MIL_PARAMS)."""
+    if name not in MIL_HEADS:
+        raise HeadError(f"unknown slide-level head {name!r}; choose one of {', '.join(MIL_HEADS)}")
+    return describe_params(MIL_PARAMS, MILHead(name=name).params())
+
+
 def make_mil_head(name: str, **params: Any) -> MILHead:
     """A slide-level head by name; unknown options or values out of range are one-line HeadErrors."""
     if name not in MIL_HEADS:
@@ -261,14 +272,6 @@ def make_mil_head(name: str, **params: Any) -> MILHead:
     head = MILHead(name=name, **params)
     head.validate()
     return head
-
-
-def is_mil_head_dir(path: str | Path) -> bool:
-    """True when ``path`` holds a saved slide-level head."""
-    try:
-        return read_json_file(Path(path) / HEAD_FILE).get("level") == "slide"
-    except HeadError:  # missing or not a JSON object: not a slide-level head
-        return False
 
 
 def load_mil_head(path: str | Path) -> MILHead:

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mito.core.artifacts import register_loader
 from mito.core.errors import TaskError
-from mito.core.io import atomic_write, check_output_file, csv_probabilities
+from mito.core.io import artifact_kind, atomic_write, check_output_file, csv_probabilities
 from mito.core.progress import add_task, advance, progress_bar
 from mito.core.tasks import resolve_task as resolve_spec
 from mito.datasets import PROXY_TASKS
@@ -105,9 +106,14 @@ def load_head(path: str | os.PathLike) -> Head | Model:
     """Load what ``path`` holds: a model directory made by fit-head -> its Model (predicts from raw store features,
     pipeline applied, like mito predict); a folder written by ``head.save`` -> the bare head."""
     p = Path(path)
-    if (p / CONFIG_FILE).is_file():
+    if artifact_kind(p) in (("model", "tile"), ("ensemble", "tile")):
         return load_model(p)
     return load_any_head(p)
+
+
+register_loader("model", "tile", lambda a: load_model(a.path))
+register_loader("ensemble", "tile", lambda a: load_model(a.path))
+register_loader("head", "tile", lambda a: load_any_head(a.path))
 
 
 def id_columns(tiles: pd.DataFrame) -> list[str]:

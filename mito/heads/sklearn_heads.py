@@ -6,6 +6,7 @@ noisy copies of them (a fresh draw per copy).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 
-from mito.heads.base import Head, HeadError, augment_with_noise, balanced_accuracy, check_copy_params, register_head
+from mito.heads.base import Head, HeadError, augment_with_noise, balanced_accuracy, register_head
+from mito.heads.params import COMMON, COPIES, Param, balance_mode
 
 MODEL_FILE = "model.safetensors"
 AUTO_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -24,6 +26,14 @@ _BLOCK_VALUES = 1 << 22  # knn: distances computed in blocks of at most this man
 @register_head("logreg")
 class LogRegHead(Head):
     """L2 logistic regression (lbfgs); C="auto" picks C from 0.001..10 by validation balanced accuracy."""
+
+    param_spec = {
+        "C": Param("float", 0, math.inf, low_open=True, also=("auto",), help="inverse L2 strength; auto: chosen on the validation rows"),
+        "balance": Param("balance", choices=("weights", "none"), help="class weights inverse to frequency"),
+        "max_iter": Param("int", 1, help="lbfgs iterations"),
+        **COMMON,
+        **COPIES,
+    }
 
     def __init__(
         self,
@@ -45,14 +55,9 @@ class LogRegHead(Head):
         self.n_threads = n_threads
         self.seed = seed
 
-    def _validate_params(self) -> None:
-        check_copy_params(self)
-        if self.C != "auto" and (not isinstance(self.C, (int, float)) or self.C <= 0):
-            raise HeadError(f"C must be a number > 0 or 'auto', got {self.C!r}")
-
     def _model(self, C: float) -> LogisticRegression:
         return LogisticRegression(
-            C=C, class_weight="balanced" if self.balance else None, max_iter=self.max_iter, random_state=self.seed
+            C=C, class_weight="balanced" if balance_mode(self.balance) == "weights" else None, max_iter=self.max_iter, random_state=self.seed
         )
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
@@ -99,6 +104,15 @@ class KNNHead(Head):
     identical rows and do not depend on BLAS. Ties are broken by training-row index.
     """
 
+    param_spec = {
+        "n_neighbors": Param("int", 1, help="neighbours that vote"),
+        "metric": Param("choice", choices=("cosine", "euclidean", "manhattan")),
+        "weights": Param("choice", choices=("uniform", "distance"), help="distance: votes weighted by 1/distance"),
+        "balance": Param("balance", choices=("weights", "none"), help="weights: vote shares divided by the class priors"),
+        **COMMON,
+        **COPIES,
+    }
+
     def __init__(
         self,
         n_neighbors: int = 15,
@@ -120,15 +134,6 @@ class KNNHead(Head):
         self.noise_copies = noise_copies
         self.n_threads = n_threads
         self.seed = seed
-
-    def _validate_params(self) -> None:
-        check_copy_params(self)
-        if not isinstance(self.n_neighbors, int) or self.n_neighbors < 1:
-            raise HeadError(f"n_neighbors must be a whole number >= 1, got {self.n_neighbors!r}")
-        if self.weights not in ("uniform", "distance"):
-            raise HeadError(f"weights must be uniform or distance, got {self.weights!r}")
-        if self.metric not in ("cosine", "euclidean", "manhattan"):
-            raise HeadError(f"metric must be cosine, euclidean or manhattan, got {self.metric!r}")
 
     def _set(self, X: np.ndarray, y: np.ndarray) -> None:
         self.X_ = np.ascontiguousarray(X, dtype=np.float32)
@@ -189,7 +194,7 @@ class KNNHead(Head):
             for c in range(len(self.classes_)):
                 p[s : s + rows, c] = np.where(labels == c, w, 0.0).sum(axis=1)
         p = p / p.sum(axis=1, keepdims=True)
-        if self.balance:
+        if balance_mode(self.balance) == "weights":
             p = p / self.prior_
             p = p / p.sum(axis=1, keepdims=True)
         return p

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,16 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mito.core.artifacts import register_loader
 from mito.core.errors import MitoError
 from mito.core.io import (
+    artifact_kind,
     atomic_dir,
     atomic_write,
     check_output_file,
     csv_probabilities,
     write_json,
+    write_manifest,
 )
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, progress_bar
@@ -30,7 +34,7 @@ from mito.heads.base import HeadError, read_json_file
 from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
 from mito.heads.split import TEST_FRACTION, VAL_FRACTION, make_split, recorded_split, save_split, side_of
-from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_dir
+from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_folder
 from mito.store import open_store, store_input_files
 
 
@@ -72,15 +76,30 @@ def make_slide_fit_config(**kw: Any) -> SlideFitConfig:
         raise HeadError(one_line(e)) from None
 
 
-def is_slide_model(path: str | os.PathLike) -> bool:
-    """True for a model directory written by fit-head --level slide."""
-    p = Path(path)
-    if not is_model_dir(p):
-        return False
-    try:
-        return read_json_file(p / CONFIG_FILE, "model config").get("level") == "slide"
-    except HeadError:
-        return False
+@dataclass
+class SlideModel:
+    """A slide-level model directory loaded whole: its config and its MIL head (``predict_proba`` takes bags)."""
+
+    config: dict[str, Any]
+    head: MILHead
+    path: Path
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The classes, in the order of predict_proba's columns."""
+        return self.head.classes_
+
+
+def load_slide_model(model_dir: str | os.PathLike) -> SlideModel:
+    """The SlideModel in a directory written by fit-head --level slide; damaged files are one-line HeadErrors."""
+    path = Path(model_dir)
+    if artifact_kind(path) != ("model", "slide"):
+        raise HeadError(f"{path} is not a slide-level model directory (made by mito fit-head --level slide)")
+    return SlideModel(read_json_file(path / CONFIG_FILE, "model config"), load_mil_head(path), path)
+
+
+register_loader("model", "slide", lambda a: load_slide_model(a.path))
+register_loader("head", "slide", lambda a: load_mil_head(a.path))
 
 
 def bag_split(bags: Bags, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -157,8 +176,9 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
             save_split(tmp, pd.DataFrame({bag_column: bags.names}), side)  # predict tells the bags fitted on from the others
             write_json(tmp / CONFIG_FILE, config)
             write_json(tmp / METRICS_FILE, metrics)
+            write_manifest(tmp, "model", "slide", head=head.name)
 
-        atomic_dir(Path(cfg.out), fill, lambda p: cfg.overwrite and (is_model_dir(p) or (p.is_dir() and not any(p.iterdir()))))
+        atomic_dir(Path(cfg.out), fill, lambda p: cfg.overwrite and (is_model_folder(p) or (p.is_dir() and not any(p.iterdir()))))
         metrics["model_dir"] = str(cfg.out)
     return metrics
 
@@ -175,8 +195,8 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
     attention weight; written as ``out_csv`` and ``<stem>.tiles.csv``. The bag table's ``attrs`` name the bag column,
     the head and the bags left out (pictures of them: mito.report.slides.draw_pictures)."""
     model_dir = Path(model_dir)
-    cfg = read_json_file(model_dir / CONFIG_FILE, "model config")
-    head = load_mil_head(model_dir)
+    model = load_slide_model(model_dir)
+    cfg, head = model.config, model.head
     if out_csv is not None:
         inputs = store_input_files(store_path)
         check_output_file(out_csv, overwrite, protect=(store_path,), inputs=inputs)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mito.heads.base import HeadError, register_head
+from mito.heads.params import Param
 from mito.heads.torch_heads import LinearHead
 from mito.heads.zeroshot import read_text_embeddings
 
@@ -76,13 +77,18 @@ class TextLinearHead(LinearHead):
             batch_size=batch_size, noise=noise, noise_mode=noise_mode, precision=precision, n_threads=n_threads, seed=seed,
         )
 
+    param_spec = {
+        "text_embeddings": Param("path", help="the class text embeddings file `mito zero-shot` writes beside the store"),
+        **LinearHead.param_spec,
+    }
+
     def _validate_params(self) -> None:
-        super()._validate_params()
-        if not isinstance(self.text_embeddings, (str, Path)) or not str(self.text_embeddings):
+        if self.text_embeddings is None or self.text_embeddings == "":
             raise HeadError(
                 "text-linear needs text_embeddings=FILE: the class text embeddings `mito zero-shot` writes beside the store "
                 "(fit-head: -p text_embeddings=FILE; bench passes them itself with --zero-shot)"
             )
+        super()._validate_params()
 
     def class_text(self) -> tuple[np.ndarray, float]:
         """The [k, D] text embeddings of this head's classes (in ``classes_`` order) and the logit scale."""

@@ -17,8 +17,6 @@ from mito.heads.base import (
     Head,
     HeadError,
     balanced_accuracy,
-    check_common_params,
-    check_number,
     class_weights,
     iter_blocks,
     noise_variance,
@@ -26,11 +24,11 @@ from mito.heads.base import (
     register_head,
 )
 from mito.heads.loop import EarlyStopping, train_loop
+from mito.heads.params import BALANCES, COMMON, Param, balance_mode
 from mito.heads.view_noise import VIEW_NOISE_MODES, pick_views, view_cov_noise
 
 MODEL_FILE = "model.safetensors"
 LOSSES = ("focal", "ce")
-BALANCES = ("weights", "sampler", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 # first_layer_noise costs ~h*h*d per batch against b*d random draws for plain input noise: it pays off for big batches
 PROJECT_NOISE_ROWS_PER_UNIT = 4
@@ -115,26 +113,18 @@ class _TorchHead(Head):
     supports_stream = True
     on_epoch: Callable[[dict[str, float], int], None] | None = None  # progress hook, called after each epoch
 
-    def _validate_params(self) -> None:
-        check_common_params(self)
-        p = self.get_params()
-        if "hidden" in p:
-            check_number("hidden", p["hidden"], 1, MAX_HIDDEN, integer=True)
-        if "dropout" in p:
-            check_number("dropout", p["dropout"], 0, 1, high_open=True)
-        check_number("gamma", self.gamma, 0, 100)
-        check_number("lr", self.lr, 0, 10, low_open=True)
-        check_number("weight_decay", self.weight_decay, 0, 10)
-        for k in ("epochs", "patience"):
-            check_number(k, getattr(self, k), 1, 10**9, integer=True)
-        if self.batch_size is not None:
-            check_number("batch_size", self.batch_size, 1, 10**7, integer=True)
-        if self.loss not in LOSSES:
-            raise HeadError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.balance not in BALANCES:
-            raise HeadError(f"balance must be one of {', '.join(BALANCES)}, got {self.balance!r}")
-        if self.precision not in PRECISIONS:
-            raise HeadError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+    param_spec = {
+        "loss": Param("choice", choices=LOSSES, help="focal or cross-entropy"),
+        "gamma": Param("float", 0, 100, help="focal-loss exponent"),
+        "balance": Param("balance", choices=BALANCES, help="class weights in the loss, a balanced sampler, or none"),
+        "lr": Param("float", 0, 10, low_open=True, help="Adam learning rate"),
+        "weight_decay": Param("float", 0, 10),
+        "epochs": Param("int", 1, 10**9),
+        "patience": Param("int", 1, 10**9, help="epochs without validation gain before stopping"),
+        "batch_size": Param("int", 1, 10**7, none=True, help="none: 256, growing with the data up to 2048"),
+        "precision": Param("choice", choices=PRECISIONS, help="auto: bf16 for big sets on CPUs with native bf16"),
+        **COMMON,
+    }
 
     def _arch(self) -> tuple[int, float]:
         return 0, 0.0
@@ -220,8 +210,8 @@ class _TorchHead(Head):
         opt = _adam(net, self.lr, self.weight_decay)
         yt = torch.from_numpy(y)
         cw = torch.tensor(class_weights(y, k), dtype=torch.float32)
-        loss_w = cw if self.balance == "weights" else None
-        row_w = cw[yt] if self.balance == "sampler" else None
+        loss_w = cw if balance_mode(self.balance) == "weights" else None
+        row_w = cw[yt] if balance_mode(self.balance) == "sampler" else None
         gamma = float(self.gamma) if self.loss == "focal" else 0.0
         nv = torch.tensor(noise_var, dtype=torch.float32) if noise_var is not None else None
         self.precision_ = resolve_precision(self.precision, n * d)
@@ -302,6 +292,12 @@ def _logits(net: nn.Module, X: np.ndarray) -> torch.Tensor:
 @register_head("mlp")
 class MLPHead(_TorchHead):
     """One dense hidden layer + dropout + classifier, trained with Adam on focal or cross-entropy loss."""
+
+    param_spec = {
+        "hidden": Param("int", 1, MAX_HIDDEN, help="hidden units"),
+        "dropout": Param("float", 0, 1, high_open=True),
+        **_TorchHead.param_spec,
+    }
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mito.core.errors import OutputError
-from mito.core.io import atomic_dir, check_output_dir, write_json
+from mito.core.io import atomic_dir, check_output_dir, is_artifact, write_json, write_manifest
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, progress_bar
 from mito.core.tasks import TaskSpec, choose_positive, default_task, group_ids, one_group_per_tile, per_tile_warning
@@ -22,7 +22,7 @@ from mito.core.tasks import resolve_task as resolve_spec
 from mito.core.validation import one_line
 from mito.core.version import __version__
 from mito.datasets import PROXY_TASKS
-from mito.heads.base import HEAD_FILE, HeadError, head_names, make_head
+from mito.heads.base import HeadError, head_names, make_head
 from mito.heads.calibrate import MIN_CALIBRATION_ROWS, Calibration, calibrate_scored
 from mito.heads.ensemble import fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
@@ -172,16 +172,15 @@ def extract_settings(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]
     return list(out.values())
 
 
-def is_model_dir(path: str | os.PathLike) -> bool:
-    """True for a model directory written by fit-head (config.json and head.json)."""
-    p = Path(path)
-    return p.is_dir() and (p / CONFIG_FILE).is_file() and (p / HEAD_FILE).is_file()
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """True for a model directory written by fit-head (tile or slide level, ensembles too): what --overwrite may replace."""
+    return is_artifact(path, "model", "ensemble")
 
 
 def check_model_out(out: str | os.PathLike, store: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse a model --out that exists (without overwrite), is not a model directory, is or holds the store, or is '.', '/', a file."""
     p = Path(out)
-    check_output_dir(p, True, is_model_dir, protect=(store,), what="model directory (--out)")  # what --overwrite cannot lift, links resolved
+    check_output_dir(p, True, is_model_folder, protect=(store,), what="model directory (--out)")  # what --overwrite cannot lift, links resolved
     if (p.exists() or p.is_symlink()) and not overwrite:
         raise HeadError(f"{out} already exists; choose another --out or pass --overwrite")
     return p
@@ -380,9 +379,10 @@ def _write_model_dir(out: Path, head: Any, pipe: FeaturePipeline, config: dict, 
         doc = {**config, "pipeline": {**config["pipeline"], **({"sha256": sha} if sha else {})}}
         write_json(tmp / CONFIG_FILE, doc)
         write_json(tmp / METRICS_FILE, metrics)
+        write_manifest(tmp, "ensemble" if config["head"]["name"] == "ensemble" else "model", "tile", head=config["head"]["name"])
 
     def replace(p: Path) -> bool:
-        return overwrite and (is_model_dir(p) or (p.is_dir() and not p.is_symlink() and not any(p.iterdir())))
+        return overwrite and (is_model_folder(p) or (p.is_dir() and not p.is_symlink() and not any(p.iterdir())))
 
     try:
         atomic_dir(out, fill, replace)

@@ -87,11 +87,6 @@ def draw_qc(rec: dict[str, Any], tiles: pd.DataFrame, reader: str, out: Path) ->
 QC_KIND = "slides-qc"  # the kind in the folder's mito.json (mito.core.io.write_manifest)
 
 
-def is_qc_dir(path: Path) -> bool:
-    """True for a folder mito slides qc wrote (its mito.json says so and lists everything in it)."""
-    return is_mito_folder(path, QC_KIND)
-
-
 def qc_store(store_path: str, out_dir: str | os.PathLike, reader: str = "auto", overwrite: bool = False) -> dict[str, Any]:
     """Write <slide>.png per slide of a slide store (plus skipped.csv and mito.json) as one new folder; returns what
     was written and skipped. Slides whose names collide get distinct pictures (slide_file_stems)."""
@@ -115,7 +110,7 @@ def qc_store(store_path: str, out_dir: str | os.PathLike, reader: str = "auto", 
             atomic_write_text(tmp / "skipped.csv", pd.DataFrame(rec.get("skipped", []) + failed).to_csv(index=False))
         write_manifest(tmp, QC_KIND, store=str(store_path), slides=drawn)
 
-    atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_qc_dir(p)))
+    atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_mito_folder(p, QC_KIND)))
     return {"written": [str(out / n) for n in drawn], "skipped": rec.get("skipped", []) + failed}
 
 
@@ -158,11 +153,6 @@ def draw_heatmap(slide_name: str, slide_path: str, tiles: pd.DataFrame, cols: li
 HEATMAP_KIND = "heatmaps"  # the kind in the folder's mito.json (mito.core.io.write_manifest)
 
 
-def is_heatmap_dir(path: Path) -> bool:
-    """True for a folder write_heatmaps wrote (its mito.json says so and lists everything in it)."""
-    return is_mito_folder(path, HEATMAP_KIND)
-
-
 def check_heatmap_dir(out_dir: str | os.PathLike, overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
     """Refuse a heatmap folder inside a store or model, on an input, or already written (without ``overwrite``)."""
     return check_output_dir(out_dir, overwrite, protect=protect, what="heatmap folder", kind=HEATMAP_KIND)
@@ -203,17 +193,12 @@ def write_heatmaps(preds: pd.DataFrame, tiles: pd.DataFrame, out_dir: str | os.P
             drawn[f.name] = str(name)
         write_manifest(tmp, HEATMAP_KIND, slides=drawn)
 
-    atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_heatmap_dir(p)))
+    atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_mito_folder(p, HEATMAP_KIND)))
     return [out / n for n in drawn]
 
 
 # ---------------------------------------------------------------- attention of a slide-level model
 PICTURES_KIND = "slide-pictures"  # the kind in the folder's mito.json (mito.core.io.write_manifest)
-
-
-def is_picture_dir(path: Path) -> bool:
-    """True for a folder predict wrote with --heatmaps for a slide-level model (its mito.json says so and lists everything in it)."""
-    return is_mito_folder(path, PICTURES_KIND)
 
 
 def check_pictures(tiles: pd.DataFrame) -> bool:
@@ -253,7 +238,7 @@ def draw_pictures(slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFra
             written.append(f.name)
         write_manifest(tmp, PICTURES_KIND, bags=dict(zip(written, map(str, names))))
 
-    atomic_dir(Path(out), fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_picture_dir(p)))
+    atomic_dir(Path(out), fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_mito_folder(p, PICTURES_KIND)))
     return [Path(out) / n for n in written]
 
 

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mito.bench import BenchError, FinetuneConfig, is_finetuned, load_finetuned, run_finetune
+from mito.bench import BenchError, FinetuneConfig, load_finetuned, run_finetune
 from mito.bench.finetune import build_net, set_train_mode, train_step
+from mito.core.io import artifact_kind, read_manifest
 
 
 def _batch(amibr_dir: Path, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +89,9 @@ def test_run_resume_save_and_predict(amibr_dir: Path, tmp_path: Path, monkeypatc
     assert (tmp_path / "lora" / "leaderboard.csv").is_file()
 
     model_dir = tmp_path / "lora" / "fold0" / "model"
-    assert is_finetuned(model_dir) and not is_finetuned(tmp_path)
+    assert artifact_kind(model_dir) == ("finetuned-model", "tile") and artifact_kind(tmp_path) == (None, None)
+    assert artifact_kind(tmp_path / "lora") == ("lora-run", "tile") and read_manifest(tmp_path / "lora")["kind"] == "lora-run"
+    assert read_manifest(model_dir)["files"] == ["config.json", "model.safetensors"]
     config = json.loads((model_dir / "config.json").read_text())
     assert config["kind"] == "finetuned" and config["classes"] == ["Atypical", "Normal"]
     model = load_finetuned(model_dir)

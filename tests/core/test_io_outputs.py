@@ -54,7 +54,7 @@ def test_manifest_marks_a_folder_as_mitos_and_nothing_else(tmp_path: Path) -> No
 
     out = atomic_dir(tmp_path / "exp", fill)
     doc = read_manifest(out)
-    assert doc is not None and doc["kind"] == "export" and doc["format_version"] == 1 and doc["files"] == ["a.h5"]
+    assert doc is not None and doc["kind"] == "export" and doc["format_version"] == 2 and doc["files"] == ["a.h5"] and doc["level"] is None
     assert doc["store"] == "s.zarr" and doc["mito_version"]
     assert is_mito_folder(out, "export") and not is_mito_folder(out, "slides-qc")
     check_output_dir(out, True, kind="export")  # replaceable with --overwrite

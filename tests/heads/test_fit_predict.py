@@ -36,7 +36,13 @@ def model(synth_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 
 def test_model_directory_describes_itself(model: tuple[Path, dict], synth_store: Path) -> None:
     out, m = model
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "head.json", "model.safetensors", "pipeline.safetensors", "split.csv.gz"}
+    files = {"config.json", "metrics.json", "head.json", "model.safetensors", "pipeline.safetensors", "split.csv.gz"}
+    assert {p.name for p in out.iterdir()} == files | {"mito.json"}
+    manifest = json.loads((out / "mito.json").read_text())
+    assert (manifest["kind"], manifest["level"], manifest["head"], set(manifest["files"])) == ("model", "tile", "mlp", files)
+    from mito.app import load_artifact
+
+    assert load_artifact(out).config == json.loads((out / "config.json").read_text())
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["features"] == [GRAY, RGB] and cfg["classes"] == ["Atypical", "Normal"]
     assert cfg["variants"][RGB]["weights_sha256"] == PROV["weights_sha256"]

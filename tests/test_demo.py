@@ -38,10 +38,9 @@ def test_slide_demo_builds_slides_and_runs_every_slide_step(amibr_dir: Path, tmp
     from PIL import Image
 
     from mito.app.demo import GRID, PLANT, run_slide_demo
+    from mito.cli import narrator
     from mito.heads import is_slide_model
     from mito.store import open_store
-
-    from mito.cli import narrator
 
     console = Console(record=True, width=200)
     monkeypatch.chdir(tmp_path)  # a RELATIVE out, as `mito demo --slides` gives by default (runs/demo-slides)

@@ -228,7 +228,7 @@ table{border-collapse:collapse;font-size:12px}th,td{border:1px solid #ddd;paddin
 th{white-space:normal;vertical-align:bottom;max-width:7rem}td .sd{color:#666;font-size:11px}
 td.w{white-space:normal;text-align:left;min-width:9rem;max-width:22rem;font-size:11px}.figs{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-start}figure{margin:0}
 th{background:#f4f4f4}td.l,th.l{text-align:left}tr.ft{background:#fff3e6}tr.rnd{color:#888}
-img{max-width:100%;border:1px solid #eee;margin:.5rem 0}.meta{color:#555;font-size:13px}code{background:#f4f4f4;padding:0 3px}
+img{max-width:100%;border:1px solid #eee;margin:.5rem 0}.meta{color:#555;font-size:13px}.warn{color:#8a4b00;font-size:13px}code{background:#f4f4f4;padding:0 3px}
 """
 
 
@@ -452,6 +452,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             f"Ranked by {html.escape(metric)} (mean ± std over folds, bootstrap 95% CI over tiles). "
             f"Folds: {html.escape(tm.get('cv_description', ''))}; fingerprint {html.escape(str(tm.get('fold_fingerprint', ''))[:12])}. "
             f"{html.escape(PAIRED_NOTE)} {html.escape(ece_bias_line(rows, lb))}</p>"
+            + (f"<p class='warn'>Note: {html.escape(tm['small_test'])}.</p>" if tm.get("small_test") else "")
             + _table(rows.head(top), metric)
             + (f"<details><summary>all {len(rows)} rows</summary>{_table(rows, metric)}</details>" if len(rows) > top else "")
             + (per_class_table(rows) if n_classes > 2 else "")

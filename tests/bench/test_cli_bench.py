@@ -83,7 +83,14 @@ def test_proxy_tasks_on_one_leaderboard(amibr_store: Path, tmp_path: Path) -> No
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out / "leaderboard.csv")
     assert sorted(df["task"]) == ["dataset", "mitosis"]
-    assert "Task <code>dataset</code>" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "Task <code>dataset</code>" in page
+    # 48 tiles: the published test split holds a handful per class, too few to rank on (trial19: atypia ranked on 3 tiles)
+    meta = json.loads((out / "leaderboard.json").read_text())["meta"]["tasks"]
+    assert meta["mitosis"]["small_test"].startswith("too small to rank: the test split holds only ")
+    said = " ".join(r.output.split())
+    assert f"note (mitosis): {meta['mitosis']['small_test']}" in said
+    assert "<p class='warn'>Note: too small to rank: the test split holds only" in page
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,7 @@ def test_proxy_tasks_on_one_leaderboard(amibr_store: Path, tmp_path: Path) -> No
     assert sorted(df["task"]) == ["dataset", "mitosis"]
     page = (out / "report.html").read_text()
     assert "Task <code>dataset</code>" in page
+    assert "writing report.html (" in r.stderr  # after the last bar, a line says what the wait is for
     # 48 tiles: the published test split holds a handful per class, too few to rank on (trial19: atypia ranked on 3 tiles)
     meta = json.loads((out / "leaderboard.json").read_text())["meta"]["tasks"]
     assert meta["mitosis"]["small_test"].startswith("too small to rank: the test split holds only ")
@@ -121,6 +122,9 @@ def test_umap_command(amibr_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "u.png"
     r = runner.invoke(app, ["umap", "--store", str(amibr_store), "--features", "efficientnet_lite0:z1:rgb", "--color-by", "dataset", "--out", str(out)])
     assert r.exit_code == 0, r.output
+    # piped, each step says what it does (trial19: 79 s without a line; a spinner draws nothing into a pipe)
+    assert [ln.split()[0] for ln in r.stderr.splitlines()] == ["reading", "UMAP", "plotting"], r.stderr
+    assert "UMAP of 48 tiles x 1280 dims ..." in r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
 

@@ -435,7 +435,7 @@ def _head_params(pairs: list[str], **given: Any) -> dict[str, Any]:
 def _print_metrics(m: dict[str, Any]) -> None:
     from mito.report.tables import Col, FitTable, number, seconds
 
-    cols = [Col(c, drop=d) for c, d in (("balanced acc", 0), ("AUROC", 0), ("kappa", 2), ("weighted F1", 1), ("train s", 3))]
+    cols = [Col(c, drop=d, header_wraps=c != "train s") for c, d in (("balanced acc", 0), ("AUROC", 0), ("kappa", 2), ("weighted F1", 1), ("train s", 3))]
     row = [*(number(m[k]) for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), seconds(m["train_seconds"])]
     console.print(FitTable(cols, [row], title=f"{m['evaluated_on']}: {m['n']} tiles (train {m['n_train']}, val {m['n_val']})",
                            see="see metrics.json in the model folder"))

@@ -539,10 +539,10 @@ def fit_head_cmd(
     console.print(f"features: {', '.join(m['features'])}{how}", highlight=False)
     console.print(f"split: {m['split']}", highlight=False)
     for w in m.get("warnings", []):
-        err_console.print(f"warning: {w}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"warning: {w}", style="yellow", highlight=False, markup=False)
     _print_metrics(m)
     if "calibration" in m and m["calibration"].get("skipped"):
-        err_console.print(m["calibration"]["skipped"], style="yellow", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(m["calibration"]["skipped"], style="yellow", highlight=False, markup=False)
     elif "calibration" in m:
         c = m["calibration"]
         console.print(f"temperature scaling: T = {c['temperature']:.3f} (fitted on {c['n_val']} validation rows); "
@@ -873,7 +873,7 @@ def bench_cmd(
             err_console.print(f"no shift rows for {g}: {why}", style="yellow", highlight=False, markup=False)
         for t, tm in lb.meta.get("tasks", {}).items():
             if tm.get("cv_warning"):
-                err_console.print(f"warning ({t}): {tm['cv_warning']}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+                err_console.print(f"warning ({t}): {tm['cv_warning']}", style="yellow", highlight=False, markup=False)
 
         def fill(tmp: Path) -> None:
             from mito.core.progress import status

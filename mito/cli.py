@@ -876,13 +876,10 @@ def bench_cmd(
                 err_console.print(f"warning ({t}): {tm['cv_warning']}", style="yellow", highlight=False, markup=False)
 
         def fill(tmp: Path) -> None:
-            from mito.core.progress import status
-
             save_leaderboard(lb, tmp)
             if umap:
                 leaderboard_umaps(store, lb, tmp, progress=True)
-            with status(f"writing report.html ({len(lb.rows)} rows: tables and figures per task) ..."):
-                build_report(tmp)
+            build_report(tmp, progress=True)
 
         atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
     console.print(leaderboard_table(lb.rows, top=top))
@@ -921,11 +918,8 @@ def _bench_slides(*, store: str, out: Path, task: Optional[str], features: list[
     lb = run_slide_bench(cfg)
 
     def fill(tmp: Any) -> None:
-        from mito.core.progress import status
-
         save_leaderboard(lb, tmp)
-        with status(f"writing report.html ({len(lb.rows)} rows) ..."):
-            build_report(tmp)
+        build_report(tmp, progress=True)
 
     atomic_dir(out, fill, replace=lambda p: is_run_folder(p) or not any(p.iterdir()))
     t = lb.meta["tasks"][lb.rows["task"].iat[0]]
@@ -1052,12 +1046,9 @@ def umap_cmd(
 @friendly
 def report_cmd(folder: Path = typer.Argument(..., help="A folder written by mito bench or mito lora.")) -> None:
     """(Re)build report.html (self-contained) and its PNGs from a leaderboard folder."""
-    from mito.core.progress import status
     from mito.report import build_report
 
-    with status(f"writing {folder / 'report.html'} ..."):
-        path = build_report(folder)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {build_report(folder, progress=True)}")
 
 
 # ==================================================================== whole slides: qc / export / heatmaps

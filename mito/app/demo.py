@@ -17,7 +17,6 @@ from mito.app.predict import predict_slides
 from mito.bench import BenchConfig, BenchError, load_leaderboard, run_bench, save_leaderboard
 from mito.core.errors import MitoError
 from mito.core.io import safe_name
-from mito.core.progress import status
 from mito.extract import ExtractConfig, extract
 from mito.heads import fit_head, fit_slide_head, make_fit_config, make_slide_fit_config, tiles_csv_path
 from mito.heads.predict import agreement, agreement_text
@@ -253,5 +252,4 @@ def quick_bench(store: str | os.PathLike, out: str | os.PathLike, task: str = "m
     lb = run_bench(BenchConfig(store=str(store), tasks=[task], features=sets, heads=["logreg", "knn", "mlp"], n_folds=3, n_jobs=n_jobs, n_boot=500), progress=progress)
     save_leaderboard(lb, out)
     umap_plot(store, drawn, task, Path(out) / f"umap_{safe_name(task, 'task')}.png", progress=progress)
-    with status("writing report.html ...", progress):
-        return build_report(out)
+    return build_report(out, progress=progress)

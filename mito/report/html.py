@@ -22,6 +22,7 @@ from mito.bench.leaderboard import Leaderboard, load_leaderboard
 from mito.bench.stats import prediction_positive
 from mito.core.io import atomic_write, safe_name
 from mito.core.metrics import calibrated_ece
+from mito.core.progress import status
 from mito.core.tasks import recorded_positive
 from mito.core.version import __version__
 from mito.report.fewshot import report_section
@@ -403,12 +404,19 @@ def cd_section(rows: pd.DataFrame, d: Path) -> list[str]:
     ]
 
 
-def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
-    """(Re)build ``out_dir/report.html`` and its PNGs from the leaderboard files (and any umap*.png) in that folder."""
+def build_report(out_dir: str | os.PathLike, top: int = 25, progress: bool = False) -> Path:
+    """(Re)build ``out_dir/report.html`` and its PNGs from the leaderboard files (and any umap*.png) in that folder;
+    ``progress``: a status line while the figures are drawn (after the folder was found sound)."""
     d = Path(out_dir)
     lb = load_leaderboard(d)
     if lb.rows.empty:
         raise BenchError(f"the leaderboard in {d} has no rows")
+    n_tasks = lb.rows["task"].nunique()
+    with status(f"writing report.html: {len(lb.rows)} rows of {n_tasks} task{'s' if n_tasks > 1 else ''}, a table and figures each ...", progress):
+        return _write_report(d, lb, top)
+
+
+def _write_report(d: Path, lb: Leaderboard, top: int) -> Path:
     tasks_meta = _as_dict(lb.meta.get("tasks"))
     sections, summary = [], {}
     for task in sorted(lb.rows["task"].unique()):

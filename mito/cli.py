@@ -435,7 +435,7 @@ def _head_params(pairs: list[str], **given: Any) -> dict[str, Any]:
 def _print_metrics(m: dict[str, Any]) -> None:
     from mito.report.tables import Col, FitTable, number, seconds
 
-    cols = [Col(c, drop=d) for c, d in (("balanced acc", 0), ("AUROC", 0), ("kappa", 2), ("weighted F1", 1), ("train s", 3))]
+    cols = [Col(c, drop=d, header_wraps=c != "train s") for c, d in (("balanced acc", 0), ("AUROC", 0), ("kappa", 2), ("weighted F1", 1), ("train s", 3))]
     row = [*(number(m[k]) for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), seconds(m["train_seconds"])]
     console.print(FitTable(cols, [row], title=f"{m['evaluated_on']}: {m['n']} tiles (train {m['n_train']}, val {m['n_val']})",
                            see="see metrics.json in the model folder"))
@@ -547,10 +547,10 @@ def fit_head_cmd(
     console.print(f"features: {', '.join(m['features'])}{how}", highlight=False)
     console.print(f"split: {m['split']}", highlight=False)
     for w in m.get("warnings", []):
-        err_console.print(f"warning: {w}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"warning: {w}", style="yellow", highlight=False, markup=False)
     _print_metrics(m)
     if "calibration" in m and m["calibration"].get("skipped"):
-        err_console.print(m["calibration"]["skipped"], style="yellow", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(m["calibration"]["skipped"], style="yellow", highlight=False, markup=False)
     elif "calibration" in m:
         c = m["calibration"]
         console.print(f"temperature scaling: T = {c['temperature']:.3f} (fitted on {c['n_val']} validation rows); "
@@ -881,13 +881,13 @@ def bench_cmd(
             err_console.print(f"no shift rows for {g}: {why}", style="yellow", highlight=False, markup=False)
         for t, tm in lb.meta.get("tasks", {}).items():
             if tm.get("cv_warning"):
-                err_console.print(f"warning ({t}): {tm['cv_warning']}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+                err_console.print(f"warning ({t}): {tm['cv_warning']}", style="yellow", highlight=False, markup=False)
 
         def fill(tmp: Path) -> None:
             save_leaderboard(lb, tmp)
             if umap:
                 leaderboard_umaps(store, lb, tmp, progress=True)
-            build_report(tmp)
+            build_report(tmp, progress=True)
 
         atomic_dir(out, fill, replace=lambda p: is_artifact(p, *RUN_KINDS) or not any(p.iterdir()))
     console.print(leaderboard_table(lb.rows, top=top))
@@ -927,7 +927,7 @@ def _bench_slides(*, store: str, out: Path, task: Optional[str], features: list[
 
     def fill(tmp: Any) -> None:
         save_leaderboard(lb, tmp)
-        build_report(tmp)
+        build_report(tmp, progress=True)
 
     atomic_dir(out, fill, replace=lambda p: is_artifact(p, *RUN_KINDS) or not any(p.iterdir()))
     t = lb.meta["tasks"][lb.rows["task"].iat[0]]
@@ -1056,7 +1056,7 @@ def report_cmd(folder: Path = typer.Argument(..., help="A folder written by mito
     """(Re)build report.html (self-contained) and its PNGs from a leaderboard folder."""
     from mito.report import build_report
 
-    console.print(f"wrote {build_report(folder)}")
+    console.print(f"wrote {build_report(folder, progress=True)}")
 
 
 # ==================================================================== whole slides: qc / export / heatmaps

@@ -18,13 +18,13 @@ NAME_WIDTH = 26  # the options' name column at most, so a description keeps 45+ 
 # command -> help group -> parameters (their Python names); parameters not named stay under "Options"
 PANELS: dict[str, dict[str, Sequence[str]]] = {
     "extract": {
-        "Input and output": ("store", "task", "label_column", "limit", "points", "tile_size"),
+        "Input and output": ("store", "task", "label_column", "limit", "sample", "sample_per_class", "seed", "points", "tile_size"),
         "Backbone and views": ("backbone", "weights", "zooms", "colors", "fit", "pad_mode", "input_size", "augment", "augment_colors", "augment_seed"),
         "Whole slides": ("mpp", "tile_px", "tile_um", "stride", "min_tissue", "slide_mpp", "reader", "annotations", "label_overlap"),
         "Running": ("batch_size", "workers", "device", "chunk_rows", "compile", "gpus", "quiet"),
     },
     "fit-head": {
-        "Data": ("store", "task", "features", "metadata", "standardize", "pca", "stream", "buffer_rows"),
+        "Data": ("store", "task", "positive", "features", "metadata", "standardize", "pca", "stream", "buffer_rows"),
         "Split": ("split_column", "group_column", "val_fraction", "test_fraction", "test_group", "train_groups", "seed"),
         "Head": ("head", "hidden", "dropout", "loss", "gamma", "balance", "param", "ensemble", "calibrate"),
         "Training": ("noise", "noise_mode", "epochs", "patience", "lr", "batch_size", "precision", "threads"),
@@ -34,12 +34,12 @@ PANELS: dict[str, dict[str, Sequence[str]]] = {
     "bench": {
         "Data": ("store", "task", "proxy", "features", "standardize", "pca"),
         "Heads": ("heads", "noise", "param", "include", "zero_shot"),
-        "Folds and statistics": ("folds", "cv", "shift_column", "seed", "n_boot", "few_shot", "few_shot_draws"),
+        "Folds and statistics": ("folds", "cv", "shift_column", "seed", "n_boot", "positive", "few_shot", "few_shot_draws"),
         "Slide level": ("level", "bag_column", "bag_label", "group_column"),
         "Output": ("out", "overwrite", "umap", "top", "jobs"),
     },
     "lora": {
-        "Data and model": ("backbone", "weights", "task", "label_name", "mode", "input_size", "augment"),
+        "Data and model": ("backbone", "weights", "task", "positive", "label_name", "mode", "input_size", "augment"),
         "LoRA": ("rank", "alpha", "dropout", "targets"),
         "Training": ("lr", "weight_decay", "batch_size", "epochs", "patience", "epoch_samples", "val_samples", "max_minutes"),
         "Folds": ("folds", "run_folds", "cv", "seed", "n_boot"),

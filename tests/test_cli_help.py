@@ -105,3 +105,13 @@ def test_backbones_reads_at_80_columns() -> None:
         assert ("yes" if available(s) else "no") in rows[s.name], (s.name, rows[s.name])
     flat = " ".join(r.stdout.split())
     assert "not shown at this width" in flat and "arch" in flat and "--json" in flat and "--weights" in flat, r.stdout
+
+
+@pytest.mark.parametrize("command", ["extract", "fit-head", "bench", "lora"])
+def test_grouped_commands_leave_no_option_alone_under_options(command: str) -> None:
+    """trial19: --positive sat alone in the top 'Options' panel of fit-head and lora help (extract: --sample,
+    --sample-per-class, --seed): on a grouped command, every option is in a group; 'Options' keeps only --help."""
+    out = _help((command,))
+    panels = re.split(r"^╭─ ", out, flags=re.M)
+    options = next((p for p in panels if p.startswith("Options ")), "")
+    assert re.findall(r"^│\s+(?:\*\s+)?(--[\w-]+)", options, flags=re.M) == ["--help"], options

@@ -13,8 +13,10 @@ from mito.app.demo import run_demo
 
 @pytest.mark.slow
 def test_demo_benches_and_draws_the_features_it_fitted_on(amibr_dir: Path, tmp_path: Path) -> None:
+    from mito.cli import narrator
+
     console = Console(record=True, width=200)
-    result = run_demo(tmp_path / "demo", device="cpu", console=console, source=amibr_dir)
+    result = run_demo(tmp_path / "demo", device="cpu", say=narrator(console), source=amibr_dir)
     text = console.export_text()
     fitted = result["fit_head"]["features"]
     assert fitted == ["efficientnet_lite0:z1:rgb", "efficientnet_lite0:z2:rgb"]
@@ -30,17 +32,19 @@ def test_demo_benches_and_draws_the_features_it_fitted_on(amibr_dir: Path, tmp_p
 
 
 @pytest.mark.slow
-def test_slide_demo_builds_slides_and_runs_every_slide_step(amibr_dir: Path, tmp_path: Path) -> None:
+def test_slide_demo_builds_slides_and_runs_every_slide_step(amibr_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import openslide
     import pandas as pd
     from PIL import Image
 
     from mito.app.demo import GRID, PLANT, run_slide_demo
+    from mito.cli import narrator
     from mito.core.io import artifact_kind
     from mito.store import open_store
 
     console = Console(record=True, width=200)
-    r = run_slide_demo(tmp_path / "ds", device="cpu", console=console, source=amibr_dir, n_slides=8)
+    monkeypatch.chdir(tmp_path)  # a RELATIVE out, as `mito demo --slides` gives by default (runs/demo-slides)
+    r = run_slide_demo(Path("ds"), device="cpu", say=narrator(console), source=amibr_dir, n_slides=8)
     text = " ".join(console.export_text().split())
     slides = sorted((tmp_path / "ds" / "slides").glob("*.svs"))
     assert len(slides) == 8
@@ -64,6 +68,20 @@ def test_slide_demo_builds_slides_and_runs_every_slide_step(amibr_dir: Path, tmp
     for where in (r["store"], r["model"], r["predictions"], r["pictures"], "mito extract", "mito slides qc",
                   "mito fit-head", "--level slide", "mito predict", "--heatmaps", "a toy"):
         assert where in text, where
+
+
+def test_toy_slide_manifest_paths_resolve_from_the_manifests_folder(amibr_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """extract reads a manifest's relative paths from the manifest's folder: the demo's manifest, written to a relative
+    folder (the CLI's default runs/demo-slides), must name slides that exist when read that way (trial19's blocker)."""
+    from mito.app.demo import build_toy_slides
+    from mito.extract.manifests import read_path_manifest
+
+    monkeypatch.chdir(tmp_path)
+    built = build_toy_slides(Path("runs") / "demo-slides", amibr_dir, n_slides=2)
+    df, given = read_path_manifest(built["manifest"], "slide manifest", "slides")
+    assert given == ["slides/toy_00_normal.svs", "slides/toy_01_atypical.svs"]  # portable: the folder can move
+    assert all(Path(p).is_file() for p in df["path"]), list(df["path"])
+    assert [Path(p).parent.parent.name for p in df["path"]] == ["demo-slides"] * 2
 
 
 def test_demo_cli_offers_slides_and_checks_its_options(tmp_path: Path) -> None:

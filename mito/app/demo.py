@@ -167,7 +167,8 @@ def build_toy_slides(folder: Path, crops: Path, n_slides: int = 20, seed: int = 
         if not path.is_file():
             write_svs(path, mosaic(width, height, cells, CROP_PX), mpp=SLIDE_MPP)
         write_geojson(notes_dir / f"{name}.geojson", [("Atypical", planted), ("Normal", tissue)] if positive else [("Normal", tissue)])
-        rows.append({"path": str(path), "diagnosis": "atypical" if positive else "normal"})
+        # relative to the manifest's folder, as extract reads a manifest (never to the cwd): the folder can move
+        rows.append({"path": path.relative_to(folder).as_posix(), "diagnosis": "atypical" if positive else "normal"})
     manifest = folder / "slides.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return {"slides": slides_dir, "annotations": notes_dir, "manifest": manifest, "n_slides": n_slides,
@@ -250,5 +251,5 @@ def quick_bench(store: str | os.PathLike, out: str | os.PathLike, task: str = "m
     sets, drawn = (["+".join(features)], list(features)) if features else (keys, [keys[0]])
     lb = run_bench(BenchConfig(store=str(store), tasks=[task], features=sets, heads=["logreg", "knn", "mlp"], n_folds=3, n_jobs=n_jobs, n_boot=500), progress=progress)
     save_leaderboard(lb, out)
-    umap_plot(store, drawn, task, Path(out) / f"umap_{safe_name(task, 'task')}.png")
-    return build_report(out)
+    umap_plot(store, drawn, task, Path(out) / f"umap_{safe_name(task, 'task')}.png", progress=progress)
+    return build_report(out, progress=progress)

@@ -115,3 +115,28 @@ def fold_fingerprint(tiles: pd.DataFrame, folds: list[Fold]) -> str:
     for i in order:
         h.update(f"{ids[i]}\t{''.join(roles[:, i])}\n".encode())
     return h.hexdigest()
+
+
+# Fewer test tiles than this of one class in one fold and the fold's scores are too coarse to rank on: that class's
+# recall moves in steps of 1/n, so below 10 a single tile moves it by more than 10 points (and a two-class balanced
+# accuracy by more than 5), more than the gaps a leaderboard ranks; its binomial spread at recall 0.7 is already +-0.14.
+MIN_TEST_PER_CLASS = 10
+
+
+def small_test_note(plan: CVPlan, y: np.ndarray, classes: list[str], unit: str = "tiles") -> str:
+    """One line when some fold tests fewer than :data:`MIN_TEST_PER_CLASS` of some class (else ""): the ranks of such
+    a task are mostly noise."""
+    labels = np.asarray(y, dtype=object)
+    worst: tuple[int, str] | None = None  # (count, class)
+    for f in plan.folds:
+        got = pd.Series(labels[f.test]).dropna().astype(str).value_counts()
+        for c in classes:
+            n = int(got.get(str(c), 0))
+            if worst is None or n < worst[0]:
+                worst = (n, str(c))
+    if worst is None or worst[0] >= MIN_TEST_PER_CLASS:
+        return ""
+    n, c = worst
+    where = "the test split" if plan.mode == "split" else "a test fold"
+    return (f"too small to rank: {where} holds only {n} {unit} of class {c!r} (under {MIN_TEST_PER_CLASS} per class per fold, "
+            f"one {unit[:-1]} moves that class's recall by over {100 / max(n, 1):.0f} points): read its ranks and 'best' as noise")

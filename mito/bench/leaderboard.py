@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mito.bench.cv import CVMode, CVPlan, Fold, make_folds
+from mito.bench.cv import CVMode, CVPlan, Fold, make_folds, small_test_note
 from mito.bench.errors import BenchError
 from mito.bench.fewshot import fewshot_rows, parse_shots
 from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, fit_one, row_id, run_parallel, score_row, split_key
@@ -256,7 +256,8 @@ def task_positive_lines(meta: dict[str, Any]) -> list[str]:
 
 def task_summary_lines(lb: Leaderboard) -> list[str]:
     """Lines printed under the leaderboard table: each two-class task's positive class, each multi-class task's
-    per-class recall and precision of its best in-domain row, and which rows were paired with #1 on fewer folds."""
+    per-class recall and precision of its best in-domain row, a note on each task whose test folds are too small to
+    rank, and which rows were paired with #1 on fewer folds."""
     out = task_positive_lines(lb.meta)
     rows = lb.rows
     if rows.empty:
@@ -271,6 +272,10 @@ def task_summary_lines(lb: Leaderboard) -> list[str]:
         classes = best.get("classes")
         if isinstance(classes, list) and len(classes) > 2 and isinstance(best.get("per_class"), dict):
             out.append(f"task {t}, #1 {best['backbone']} {best['features']} {best['head']}: " + per_class_line(best["per_class"]) + " (mean over folds)")
+    tasks = lb.meta.get("tasks") if isinstance(lb.meta.get("tasks"), dict) else {}
+    for t, tm in tasks.items():
+        if isinstance(tm, dict) and tm.get("small_test"):
+            out.append(f"note ({t}): {tm['small_test']}")
     partial = rows[rows["paired_note"].fillna("").astype(str).str.startswith(PARTIAL_FOLDS)] if "paired_note" in rows else rows.iloc[:0]
     for _, r in partial.iterrows():
         out.append(f"† {r['task']} #{r['rank']} {r['backbone']} {r['features']} {r['head']}: {r['paired_note']}")
@@ -403,8 +408,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             "tasks": {
                 t: {"description": s.description, "main_metric": s.main_metric, "classes": c, **positive_meta(s), "cv": p.mode,
                     "cv_description": p.description, "n_folds": len(p.folds), "fold_fingerprint": p.fingerprint,
-                    **({"cv_warning": p.warning} if p.warning else {})}
-                for t, (s, _, c, p) in plans.items()
+                    **({"cv_warning": p.warning} if p.warning else {}),
+                    **({"small_test": note} if (note := small_test_note(p, yy, c)) else {})}
+                for t, (s, yy, c, p) in plans.items()
             },
             "skipped_tasks": skipped,
             "zero_shot": {"prompts": text.prompts, "text_embeddings": text.files, "skipped": text.skipped},

@@ -51,8 +51,11 @@ def umap_points(
 ) -> tuple[np.ndarray, list[pd.Series], list[str], np.ndarray]:
     """One UMAP of the readable tiles' ``features`` (variant keys, concatenated; None = the heads' default set): the 2-D
     points, the values of each colouring on those tiles, the keys and the store rows drawn (at most ``max_points``)."""
-    with status("reading features ...", progress), open_store(store) as s:
+    with open_store(store) as s:  # every check before the first status line: bad input stays one line
         keys = list(features) if features else default_features(s)
+        missing = [k for k in keys if k not in s.variants]
+        if missing:
+            raise BenchError(f"feature variant {missing[0]!r} is not in {store} (has: {', '.join(s.variants)})")
         tiles = s.tiles
         values = [color_labels(tiles, c) for c in color_by]
         rows = np.flatnonzero(~s.unreadable)
@@ -60,7 +63,8 @@ def umap_points(
             rows = np.sort(np.random.default_rng(seed).choice(rows, max_points, replace=False))
         if len(rows) < 5:
             raise BenchError(f"UMAP needs at least 5 readable tiles, {store} has {len(rows)}")
-        X = s.read(keys, rows)
+        with status(f"reading features of {len(rows)} tiles ...", progress):
+            X = s.read(keys, rows)
     with status(f"UMAP of {len(rows)} tiles x {X.shape[1]} dims ...", progress):
         emb = umap_embedding(X, n_neighbors, min_dist, seed=seed)
     return emb, [v.iloc[rows].reset_index(drop=True) for v in values], keys, rows

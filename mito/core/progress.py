@@ -103,9 +103,18 @@ def group_progress(bar: Any, items: np.ndarray, groups: Any, unit: str = "") -> 
 
 @contextmanager
 def status(message: str, enabled: bool = True) -> Iterator[None]:
-    """A spinner with ``message`` on stderr while a step without a count runs (building a model, fitting UMAP ...)."""
+    """A spinner with ``message`` and the time so far on stderr while a step without a count runs (building a model,
+    fitting UMAP, writing a report ...); into a log or pipe, where a spinner draws nothing, ``message`` once as a line."""
     if not enabled:
         yield
         return
-    with _STDERR.status(message, spinner="dots"):
+    if not _STDERR.is_terminal:
+        _STDERR.print(message, highlight=False, markup=False, soft_wrap=True)
+        yield
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn("dots"), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=_STDERR,
+                  transient=True) as bar:
+        bar.add_task(message, total=None)
         yield

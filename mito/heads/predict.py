@@ -158,7 +158,8 @@ def predict(
 
 
 def predict_store(model: Model, store_path: str, progress: bool = False) -> pd.DataFrame:
-    """A loaded model's predictions for every readable tile of a store: id columns, label and split when known, pred, p_<class>."""
+    """A loaded model's predictions for every readable tile of a store: tile_id and the id columns, label and split when
+    known, pred, p_<class>."""
     config = model.config
     keys = config["features"]
     with open_store(store_path, "r") as s:
@@ -182,7 +183,8 @@ def predict_store(model: Model, store_path: str, progress: bool = False) -> pd.D
     idx = np.concatenate(order)
     proba = np.concatenate(probs)
     classes = model.classes_
-    df = tiles.iloc[idx][id_columns(tiles)].reset_index(drop=True)
+    ids = ["tile_id", *(c for c in id_columns(tiles) if c != "tile_id")]  # tile_id first: joins with the store's tile table
+    df = tiles.iloc[idx][ids].reset_index(drop=True)
     bad = np.flatnonzero(unreadable)
     df.attrs["unreadable"] = tiles.iloc[bad[:10]][id_columns(tiles)].astype(str).agg(":".join, axis=1).tolist() if len(bad) else []
     df.attrs["n_unreadable"] = len(bad)

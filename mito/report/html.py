@@ -22,6 +22,7 @@ from mito.bench.leaderboard import Leaderboard, load_leaderboard
 from mito.bench.stats import prediction_positive
 from mito.core.io import atomic_write, safe_name
 from mito.core.metrics import calibrated_ece
+from mito.core.progress import status
 from mito.core.tasks import recorded_positive
 from mito.core.version import __version__
 from mito.report.fewshot import report_section
@@ -228,7 +229,7 @@ table{border-collapse:collapse;font-size:12px}th,td{border:1px solid #ddd;paddin
 th{white-space:normal;vertical-align:bottom;max-width:7rem}td .sd{color:#666;font-size:11px}
 td.w{white-space:normal;text-align:left;min-width:9rem;max-width:22rem;font-size:11px}.figs{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-start}figure{margin:0}
 th{background:#f4f4f4}td.l,th.l{text-align:left}tr.ft{background:#fff3e6}tr.rnd{color:#888}
-img{max-width:100%;border:1px solid #eee;margin:.5rem 0}.meta{color:#555;font-size:13px}code{background:#f4f4f4;padding:0 3px}
+img{max-width:100%;border:1px solid #eee;margin:.5rem 0}.meta{color:#555;font-size:13px}.warn{color:#8a4b00;font-size:13px}code{background:#f4f4f4;padding:0 3px}
 """
 
 
@@ -403,12 +404,19 @@ def cd_section(rows: pd.DataFrame, d: Path) -> list[str]:
     ]
 
 
-def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
-    """(Re)build ``out_dir/report.html`` and its PNGs from the leaderboard files (and any umap*.png) in that folder."""
+def build_report(out_dir: str | os.PathLike, top: int = 25, progress: bool = False) -> Path:
+    """(Re)build ``out_dir/report.html`` and its PNGs from the leaderboard files (and any umap*.png) in that folder;
+    ``progress``: a status line while the figures are drawn (after the folder was found sound)."""
     d = Path(out_dir)
     lb = load_leaderboard(d)
     if lb.rows.empty:
         raise BenchError(f"the leaderboard in {d} has no rows")
+    n_tasks = lb.rows["task"].nunique()
+    with status(f"writing report.html: {len(lb.rows)} rows of {n_tasks} task{'s' if n_tasks > 1 else ''}, a table and figures each ...", progress):
+        return _write_report(d, lb, top)
+
+
+def _write_report(d: Path, lb: Leaderboard, top: int) -> Path:
     tasks_meta = _as_dict(lb.meta.get("tasks"))
     sections, summary = [], {}
     for task in sorted(lb.rows["task"].unique()):
@@ -452,6 +460,7 @@ def build_report(out_dir: str | os.PathLike, top: int = 25) -> Path:
             f"Ranked by {html.escape(metric)} (mean ± std over folds, bootstrap 95% CI over tiles). "
             f"Folds: {html.escape(tm.get('cv_description', ''))}; fingerprint {html.escape(str(tm.get('fold_fingerprint', ''))[:12])}. "
             f"{html.escape(PAIRED_NOTE)} {html.escape(ece_bias_line(rows, lb))}</p>"
+            + (f"<p class='warn'>Note: {html.escape(tm['small_test'])}.</p>" if tm.get("small_test") else "")
             + _table(rows.head(top), metric)
             + (f"<details><summary>all {len(rows)} rows</summary>{_table(rows, metric)}</details>" if len(rows) > top else "")
             + (per_class_table(rows) if n_classes > 2 else "")

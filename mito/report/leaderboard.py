@@ -29,7 +29,7 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
             *([("_held", Col("tested on", "left", fold=9)), ("_gap", Col("gap", drop=1))] if shifted else []),
             ("_main", Col(short)), ("_ci", Col("95% CI", drop=8)), ("_delta", Col("Δ #1", drop=7)), ("_p", Col("p vs #1", drop=2)),
             ("auroc", Col("AUROC", drop=5)), ("ece", Col("ECE", drop=9)), ("kappa", Col("kappa", drop=10)), ("weighted_f1", Col("wF1", drop=11)),
-            ("train_seconds", Col("train s", drop=6)), ("_n", Col("train/test", drop=12))]
+            ("train_seconds", Col("train s", drop=6, header_wraps=False)), ("_n", Col("train/test", drop=12))]
     if "p_vs_best" not in rows:
         cols = [c for c in cols if c[0] not in ("_delta", "_p")]
     if "ece" not in rows:
@@ -59,7 +59,12 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
         }
         body.append([cells[k] if k in cells else (number(r[k]) if k in (*METRIC_NAMES, *CALIBRATION_NAMES) else str(r[k])) for k, _ in cols])
     title = f"leaderboard (ranked by {main})" + (f"; backbone {rows['backbone'].iloc[0]}" if one_backbone else "")
-    return FitTable([c for _, c in cols], body, title=title, see="see leaderboard.csv", hidden=hidden)
+    return FitTable([c for _, c in cols], body, title=title, see="see leaderboard.csv", hidden=hidden, notes={"p vs #1": P_VS_BEST_NOTE})
+
+
+# what the "p vs #1" header cannot say (report.html says it too, in its PAIRED_NOTE)
+P_VS_BEST_NOTE = ("p vs #1: paired bootstrap against the task's #1 on the same test tiles, Holm-adjusted within the task; "
+                  "(tie): not significantly worse at 0.05")
 
 
 COMPACT_HIDDEN = ("_ci", "kappa", "weighted_f1", "_n", "_delta", "ece")
@@ -88,7 +93,8 @@ def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]
         f"task {a['task']}: A = {label(a)}\n            B = {label(b)}\n"
         f"{comp.n_tiles} test tiles, {comp.n_folds} folds ({comp.n_predictions} predictions){'; ' + cv if cv else ''}\n"
         f"paired bootstrap: {next(iter(comp.paired.values())).n_boot} replicates, the same resampled tiles for both rows; "
-        "metric per fold, averaged over folds; 95% percentile interval; two-sided p (not adjusted)"
+        "metric per fold, averaged over folds; 95% percentile interval; two-sided p of this one pair, not adjusted "
+        "(the leaderboard's p vs #1 is Holm-adjusted within the task, so it is the same or larger)"
     )
     def fmt(v: Any) -> str:
         return number(v, 4)

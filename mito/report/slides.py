@@ -247,20 +247,40 @@ def check_picture_dir(out_dir: str | os.PathLike, overwrite: bool = False, prote
     return check_output_dir(out_dir, overwrite, protect=protect, what="picture folder", kind=PICTURES_KIND)
 
 
+ATTENTION_RANGE = 8.0  # the colour scale of attention x n tiles: 1/8 .. 8 times uniform (log), the same for every bag
+
+
+def relative_attention(a: np.ndarray) -> np.ndarray:
+    """A bag's attention weights as multiples of uniform attention (weight x number of tiles, the weights summing to 1):
+    1 everywhere for a head that attends to every tile alike, whatever the bag's size."""
+    a = np.asarray(a, dtype=float)
+    total = float(a.sum())
+    return a * len(a) / total if total > 0 else np.ones_like(a)
+
+
 def _attention_heatmap(slide_path: str, t: pd.DataFrame, a: np.ndarray, title: str, out: Path, head_name: str) -> None:
+    from matplotlib.colors import LogNorm
+
     plt = pyplot()
     thumb, ds = slide_thumbnail(slide_path, "auto", max_side=800)
     h, w = thumb.shape[:2]
-    rel = a / max(float(a.max()), 1e-12)  # 1 = the bag's most attended tile
+    # not scaled to the bag's maximum: that paints a near-uniform bag all in the top colour; x n tiles on a fixed log
+    # range shows uniform attention as uniform (the middle colour), above-uniform red, below-uniform blue
+    lo, hi = 1 / ATTENTION_RANGE, ATTENTION_RANGE
+    rel = np.clip(relative_attention(a), lo, hi)
     heat = np.full((h, w), np.nan)
     for (x0, y0, x1, y1), v in zip(t[["x0", "y0", "x1", "y1"]].to_numpy() / ds, rel):
         heat[max(0, round(y0)) : round(y1), max(0, round(x0)) : round(x1)] = v
     fig, ax = plt.subplots(figsize=(max(4.0, w / 110) + 1.0, max(3.0, h / 110) + 0.6), dpi=100)
     ax.imshow(thumb)
-    im = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.6, interpolation="nearest")
+    im = ax.imshow(np.ma.masked_invalid(heat), cmap="coolwarm", norm=LogNorm(lo, hi), alpha=0.6, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, label=f"{head_name} attention / bag max ({len(t)} tiles)")
+    ticks = [2.0**k for k in range(-int(np.log2(hi)), int(np.log2(hi)) + 1)]
+    bar = fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, extend="both", ticks=ticks,
+                       label=f"{head_name} attention x {len(t)} tiles (1 = uniform)")
+    bar.ax.set_yticklabels([f"{v:g}" if v >= 1 else f"1/{1 / v:g}" for v in ticks])
+    bar.ax.minorticks_off()
     fig.tight_layout()
     atomic_write(out, lambda p: fig.savefig(p, format="png"), ".png")
     plt.close(fig)

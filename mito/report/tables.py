@@ -10,6 +10,7 @@ characters, and when that does not fit either, the least important columns are l
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,6 +36,7 @@ class Col:
     fold: int | None = None
     drop: int = 0
     style: str | None = None
+    header_wraps: bool = True  # False: the header stays on one line (e.g. "train s": never "train" over "s")
 
 
 def _lines(s: str) -> list[str]:
@@ -43,6 +45,33 @@ def _lines(s: str) -> list[str]:
 
 def _longest_word(s: str) -> int:
     return max((cell_len(w) for w in s.split()), default=0)
+
+
+BREAKS = "+:,/ "  # a text cell may break after these (feature sets: z1+z2:rgb+gray; lists: a, b)
+_PIECE = re.compile(r"[^+:,/ ]*[+:,/]| +|[^+:,/ ]+")
+
+
+def break_lines(text: str, width: int) -> str:
+    """``text`` wrapped to ``width`` cells at :data:`BREAKS` (after a '+', ':', ',' or '/', or at a space), never inside
+    a word; a single word wider than ``width`` is cut as a last resort. Rich alone breaks only at spaces and folds
+    the rest mid-word ('z2:rgb+gr' over 'ay')."""
+    if width < 1:
+        return text
+    out: list[str] = []
+    for line in _lines(text):
+        cur = ""
+        for piece in _PIECE.findall(line):
+            if cell_len(cur + piece.rstrip()) <= width:
+                cur += piece
+                continue
+            if cur.strip():
+                out.append(cur.rstrip())
+            cur = piece.lstrip()
+            while cell_len(cur.rstrip()) > width:  # no break character inside: fold, as rich would
+                out.append(cur[:width])
+                cur = cur[width:]
+        out.append(cur.rstrip())
+    return "\n".join(out)
 
 
 def number(v: Any, digits: int = 3, signed: bool = False) -> str:
@@ -90,6 +119,7 @@ class FitTable:
         wrap: bool = False,
         keys: int = 1,
         hidden: Sequence[str] = (),
+        notes: dict[str, str] | None = None,
     ) -> None:
         self.columns = list(columns)
         self.rows = [[str(c) for c in r] for r in rows]
@@ -98,6 +128,7 @@ class FitTable:
                 raise ValueError(f"a row has {len(r)} cells for {len(self.columns)} columns")
         self.title, self.see, self.wrap, self.keys = title, see, wrap, keys
         self.hidden = list(hidden)  # columns the caller left out on purpose: named in the same note
+        self.notes = dict(notes or {})  # header -> a line under the table, printed when that column is shown
 
     # ------------------------------------------------------------------ widths
     def _cells(self, i: int) -> int:
@@ -112,7 +143,7 @@ class FitTable:
         text column's fold to ``fold`` characters."""
         c = self.columns[i]
         cells = self._cells(i) if c.fold is None else min(self._cells(i), c.fold)
-        return max(cells, _longest_word(c.header), 1)
+        return max(cells, _longest_word(c.header) if c.header_wraps else cell_len(c.header), 1)
 
     @staticmethod
     def overhead(n: int) -> int:
@@ -162,12 +193,13 @@ class FitTable:
     # ------------------------------------------------------------------ rendering
     def _table(self, idx: Sequence[int], width: int, title: str | None) -> Table:
         t = Table(title=title)
-        for i, w in zip(idx, self.widths(idx, width)):
+        widths = self.widths(idx, width)
+        for i, w in zip(idx, widths):
             c = self.columns[i]
-            header = Text(c.header, no_wrap=False, overflow="fold", justify=c.justify)
+            header = Text(c.header, no_wrap=not c.header_wraps, overflow="fold", justify=c.justify)
             t.add_column(header, justify=c.justify, width=w, no_wrap=c.fold is None, overflow="fold", style=c.style)
-        for r in self.rows:
-            t.add_row(*[r[i] for i in idx])
+        for r in self.rows:  # text cells broken at '+', ':', ',' ... here: rich would fold a long feature set mid-word
+            t.add_row(*[r[i] if self.columns[i].fold is None else break_lines(r[i], w) for i, w in zip(idx, widths)])
         return t
 
     def pages(self, width: int) -> list[list[int]]:
@@ -200,14 +232,23 @@ class FitTable:
             for n, page in enumerate(pages):
                 title = self.title if n == 0 else (f"{self.title} (continued)" if self.title else None)
                 yield self._table(page, width, title)
+            yield from self._notes(range(len(self.columns)))
             if self.hidden:
                 yield Text(self.note(self.hidden, width, by_width=False), style="dim")
             return
         shown, dropped = self.choose(width)
         yield self._table(shown, width, self.title)
+        yield from self._notes(shown)
         names = [*self.hidden, *(self.columns[i].header for i in dropped)]
         if names:
             yield Text(self.note(names, width, by_width=bool(dropped)), style="dim")
+
+    def _notes(self, shown: Iterable[int]) -> Iterable[Text]:
+        """The notes of the shown columns (what a header cannot say: how a number was adjusted ...)."""
+        for i in shown:
+            note = self.notes.get(self.columns[i].header)
+            if note:
+                yield Text(note, style="dim")
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         shown, _ = self.choose(options.max_width)

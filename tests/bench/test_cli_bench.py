@@ -83,7 +83,15 @@ def test_proxy_tasks_on_one_leaderboard(amibr_store: Path, tmp_path: Path) -> No
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out / "leaderboard.csv")
     assert sorted(df["task"]) == ["dataset", "mitosis"]
-    assert "Task <code>dataset</code>" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "Task <code>dataset</code>" in page
+    assert "writing report.html: " in r.stderr  # after the last bar, a line says what the wait is for
+    # 48 tiles: the published test split holds a handful per class, too few to rank on (trial19: atypia ranked on 3 tiles)
+    meta = json.loads((out / "leaderboard.json").read_text())["meta"]["tasks"]
+    assert meta["mitosis"]["small_test"].startswith("too small to rank: the test split holds only ")
+    said = " ".join(r.output.split())
+    assert f"note (mitosis): {meta['mitosis']['small_test']}" in said
+    assert "<p class='warn'>Note: too small to rank: the test split holds only" in page
 
 
 @pytest.mark.parametrize(
@@ -92,6 +100,7 @@ def test_proxy_tasks_on_one_leaderboard(amibr_store: Path, tmp_path: Path) -> No
         (["bench", "--store", "/nonexistent.zarr", "--out", "x"], "no store at"),
         (["umap", "--store", "STORE", "--features", "efficientnet_lite0:z1:rgb", "--color-by", "mitosis", "--out", "u.jpg"], "must end in .png"),
         (["umap", "--store", "STORE", "--features", "efficientnet_lite0:z1:rgb", "--color-by", "nope", "--out", "u.png"], "cannot colour by"),
+        (["umap", "--store", "STORE", "--features", "vit:z1:rgb", "--color-by", "mitosis", "--out", "OUT.png"], "'vit:z1:rgb' is not in"),
         (["bench", "--store", "STORE", "--out", "OUT", "--task", "nope"], "unknown task"),
         (["bench", "--store", "STORE", "--out", "OUT", "--heads", "svm"], "unknown head"),
         (["bench", "--store", "STORE", "--out", "OUT", "--features", "vit:z1:rgb"], "not in the store"),
@@ -106,7 +115,7 @@ def test_proxy_tasks_on_one_leaderboard(amibr_store: Path, tmp_path: Path) -> No
     ],
 )
 def test_bad_input_is_one_line(args: list[str], message: str, amibr_store: Path, amibr_dir: Path, tmp_path: Path) -> None:
-    sub = {"STORE": str(amibr_store), "OUT": str(tmp_path / "o"), "SRC": str(amibr_dir)}
+    sub = {"STORE": str(amibr_store), "OUT": str(tmp_path / "o"), "OUT.png": str(tmp_path / "o.png"), "SRC": str(amibr_dir)}
     _one_line_error(runner.invoke(app, [sub.get(a, a) for a in args]), message)
 
 
@@ -114,6 +123,9 @@ def test_umap_command(amibr_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "u.png"
     r = runner.invoke(app, ["umap", "--store", str(amibr_store), "--features", "efficientnet_lite0:z1:rgb", "--color-by", "dataset", "--out", str(out)])
     assert r.exit_code == 0, r.output
+    # piped, each step says what it does (trial19: 79 s without a line; a spinner draws nothing into a pipe)
+    assert [ln.split()[0] for ln in r.stderr.splitlines()] == ["reading", "UMAP", "plotting"], r.stderr
+    assert "UMAP of 48 tiles x 1280 dims ..." in r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
 

@@ -141,3 +141,19 @@ def test_all_feature_sets() -> None:
     assert sets[("lite0+lite1+lite2", "z1:rgb")] == ("lite0:z1:rgb", "lite1:z1:rgb", "lite2:z1:rgb")  # controls stay out
     assert ("random_lite0", "z1:rgb") in sets and ("lite1", "z1:rgb") in sets
     assert len(sets) == 4 + 2 + 2 + 1 + 3 + 1
+
+
+def test_tiny_test_folds_get_a_note_and_ample_ones_none() -> None:
+    from mito.bench.cv import MIN_TEST_PER_CLASS, small_test_note
+
+    df, y = _tiles(n_test=30)  # test split: 10 Atypical, 20 Normal = the threshold exactly
+    plan = make_folds(df, y, n_folds=3, cv="split", seed=0)
+    labels = y.to_numpy()
+    assert MIN_TEST_PER_CLASS == 10 and small_test_note(plan, labels, ["Atypical", "Normal"]) == ""
+    df, y = _tiles(n_test=27)  # 9 Atypical
+    note = small_test_note(make_folds(df, y, n_folds=3, cv="split", seed=0), y.to_numpy(), ["Atypical", "Normal"])
+    assert note.startswith("too small to rank: the test split holds only 9 tiles of class 'Atypical'") and "\n" not in note
+    df, y = _tiles(n_slides=12, per_slide=3, n_test=0)  # 36 tiles in 4 folds: ~3 Atypical per test fold, as trial19's atypia
+    plan = make_folds(df, y, n_folds=4, cv="kfold", seed=0)
+    smallest = min(int((y.to_numpy()[f.test] == "Atypical").sum()) for f in plan.folds)
+    assert f"a test fold holds only {smallest} tiles of class 'Atypical'" in small_test_note(plan, y.to_numpy(), ["Atypical", "Normal"])

@@ -104,6 +104,8 @@ def test_compare_table_at_80_columns(bench80: tuple[Path, str]) -> None:
     got = NUM.findall(r.stdout)
     for m in ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc"):
         assert number(rows[1][m], 4) in got and number(rows[2][m], 4) in got, (m, r.stdout)
+    said = " ".join(r.stdout.split())  # its p is this pair's alone; the leaderboard's is Holm-adjusted: both said
+    assert "two-sided p of this one pair, not adjusted (the leaderboard's p vs #1 is Holm-adjusted within the task" in said, said
 
 
 def test_fit_head_cache_info_and_backbones_at_80_columns(amibr_store: Path, tmp_path: Path, console80: None) -> None:
@@ -122,3 +124,30 @@ def test_fit_head_cache_info_and_backbones_at_80_columns(amibr_store: Path, tmp_
     body = [x for x in bb.output.splitlines() if x.startswith("│")]
     assert len(body) == len(list_backbones()), bb.output  # one line per backbone
     assert "arch" in _not_shown(bb.output) and "--json" in bb.output
+
+
+def test_feature_sets_break_at_plus_and_colon_piped_at_80_columns(amibr_store: Path, tmp_path: Path) -> None:
+    """trial19: `COLUMNS=80 mito bench ... | cat` wrapped 'z2:rgb+gr' over 'ay' and the header 'train s' over two lines;
+    and the p of each row against #1 is Holm-adjusted, which the terminal must say as report.html does."""
+    e = "efficientnet_lite0"
+    sets = [f"{e}:z2:rgb+{e}:z2:gray", f"{e}:z1:gray+{e}:z2:gray", f"{e}:z1:rgb+{e}:z2:rgb+{e}:z2:gray"]
+    out = tmp_path / "b"
+    r = _mito80("bench", "--store", str(amibr_store), "--proxy", "mitosis,dataset", "--out", str(out), "--features", ",".join(sets),
+                "--heads", "logreg,knn", "--folds", "2", "--jobs", "1", "--n-boot", "20", "--no-umap")
+    assert r.returncode == 0, r.stderr
+    names = sorted({x["features"] for x in json.loads((out / "leaderboard.json").read_text())["rows"]})
+    assert all("+" in n for n in names), names
+
+    def runs(name: str) -> set[str]:
+        toks = re.findall(r"[^+:,/ ]*[+:,/]|[^+:,/ ]+", name)
+        return {"".join(toks[i:j]) for i in range(len(toks)) for j in range(i + 1, len(toks) + 1)}
+
+    table = r.stdout.split("leaderboard (ranked by", 1)[1]
+    header = next(x for x in table.splitlines() if "features" in x).split("┃")
+    col = next(i for i, h in enumerate(header) if h.strip() == "features")
+    cells = [parts[col].strip() for x in table.splitlines() if len(parts := x.split("│")) > col and parts[col].strip()]
+    assert cells and all(any(c in runs(n) for n in names) for c in cells), r.stdout  # whole tokens only
+    assert any(c not in names for c in cells), r.stdout  # at 80 columns some set does wrap (else this tests nothing)
+    assert "train s" in r.stdout or "train s" in _not_shown(table), r.stdout
+    said = " ".join(r.stdout.split())
+    assert "p vs #1" in said and "Holm-adjusted within the task" in said, r.stdout

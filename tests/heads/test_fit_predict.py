@@ -65,8 +65,10 @@ def test_model_directory_describes_itself(model: tuple[Path, dict], synth_store:
 def test_predict_store_matches_training_metrics(model: tuple[Path, dict], synth_store: Path, tmp_path: Path) -> None:
     out, m = model
     df = predict(out, store=synth_store, out_csv=tmp_path / "p.csv")
-    assert list(df.columns) == ["path", "label", "split", "pred", "p_Atypical", "p_Normal"]
+    assert list(df.columns) == ["tile_id", "path", "label", "split", "pred", "p_Atypical", "p_Normal"]  # tile_id first (trial19)
     on_disk = pd.read_csv(tmp_path / "p.csv")
+    with open_store(synth_store) as s:
+        assert on_disk["tile_id"].astype(str).tolist() == s.tiles["tile_id"].astype(str).tolist()  # joins with the store's tile table
     assert len(on_disk) == len(df) and np.allclose(on_disk["p_Normal"], df["p_Normal"])
     assert all(len(v.split("e")[0].replace(".", "").lstrip("0")) <= 6 for v in (tmp_path / "p.csv").read_text().split()[1].split(",")[-2:])
     with open_store(synth_store) as s:

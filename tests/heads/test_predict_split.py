@@ -36,7 +36,7 @@ def test_predict_marks_each_tile_with_its_side_of_the_fitted_split(fitted: tuple
     model, m = fitted
     assert (model / SPLIT_FILE).is_file()
     df = predict(model, store=synth_store)
-    assert list(df.columns[:3]) == ["path", "label", "split"]
+    assert list(df.columns[:4]) == ["tile_id", "path", "label", "split"]
     counts = df["split"].value_counts().to_dict()
     assert counts == {"train": m["n_train"], "val": m["n_val"], "test": m["n_test"]}
     test = (df["split"] == "test").to_numpy()

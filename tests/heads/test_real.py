@@ -53,7 +53,7 @@ def test_predict_new_tiles_extracts_like_the_store(amibr_store: Path, amibr_dir:
         (new / f.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(f, new / f.parent.name / f.name)
     fresh = predict(model, source=str(new), out_csv=tmp_path / "p.csv", device="cpu")
-    assert len(fresh) == 4 and list(fresh.columns) == ["path", "label", "split", "pred", "p_Atypical", "p_Normal"]
+    assert len(fresh) == 4 and list(fresh.columns) == ["tile_id", "path", "label", "split", "pred", "p_Atypical", "p_Normal"]
     assert set(fresh["split"]) == {"unseen"}  # copies in another folder: not the files the model was fitted on
     assert sorted(fresh["label"]) == ["Atypical", "Atypical", "Normal", "Normal"]
     stored = predict(model, store=amibr_store)

@@ -57,3 +57,19 @@ def test_bench_warns_when_its_folds_split_tile_by_tile(per_tile_store: Path, tmp
     assert len(_warnings(r.output)) == 1, r.output
     meta = json.loads((tmp_path / "b" / "leaderboard.json").read_text())["meta"]["tasks"]["mitosis"]
     assert "by slide" not in meta["cv_description"] and WARNING in meta["cv_warning"]
+
+
+def test_the_warning_wraps_at_the_terminal_width(per_tile_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trial19: the warning was one 280-character line; it wraps like the other warnings (words whole, nothing lost)."""
+    from rich.console import Console
+
+    import mito.cli
+    monkeypatch.setattr(mito.cli, "err_console", Console(stderr=True, width=80))
+    for args in (["fit-head", "--head", "logreg", "--out", str(tmp_path / "m")],
+                 ["bench", "--heads", "logreg", "--folds", "3", "--jobs", "1", "--n-boot", "0", "--no-umap", "--out", str(tmp_path / "b")]):
+        r = runner.invoke(app, [*args, "--store", str(per_tile_store), "--task", "mitosis"])
+        assert r.exit_code == 0, r.output
+        start = r.stderr.index("warning")
+        said = r.stderr[start:].split("\n\n")[0]
+        assert max(len(line) for line in said.splitlines()) <= 80 and len(said.splitlines()) >= 3, said
+        assert WARNING in " ".join(said.split()) and "extract from a CSV manifest with a slide column" in " ".join(said.split()), said

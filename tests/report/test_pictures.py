@@ -122,3 +122,46 @@ def test_report_page_fits_1280_pixels(wide_bench: Path, tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=120)
     width = int(re.search(r"<title>W(\d+)</title>", r.stdout).group(1))
     assert width <= 1280, width
+
+
+def _attention_figure(slide: Path, a: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The figure _attention_heatmap draws for attention ``a`` over the 4 x 3 crops of a demo toy slide."""
+    import mito.report.slides as sl
+    from mito.app.demo import CROP_PX, GRID, MARGIN
+
+    real, figs = sl.pyplot(), []
+
+    class Keep:
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def subplots(self, *args, **kw):
+            fig, ax = real.subplots(*args, **kw)
+            figs.append(fig)
+            return fig, ax
+
+    monkeypatch.setattr(sl, "pyplot", lambda: Keep())
+    boxes = [(MARGIN + cx * CROP_PX, MARGIN + cy * CROP_PX) for cy in range(GRID[1]) for cx in range(GRID[0])]
+    t = pd.DataFrame([{"x0": x, "y0": y, "x1": x + CROP_PX, "y1": y + CROP_PX} for x, y in boxes])
+    sl._attention_heatmap(str(slide), t, a, "a bag", tmp_path / "a.png", "abmil")
+    assert (tmp_path / "a.png").stat().st_size > 5000
+    return figs[0]
+
+
+def test_attention_heatmap_shows_uniform_attention_as_uniform(amibr_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trial19: attention scaled to the bag's maximum painted a near-uniform ABMIL (weights 1/12 +- 3%) all in the top
+    colour. Now: attention x n tiles on a fixed log scale, so uniform is the middle colour and a peak stands out."""
+    from mito.app.demo import build_toy_slides
+
+    slide = build_toy_slides(tmp_path / "toy", amibr_dir, n_slides=1)["slides"] / "toy_00_normal.svs"
+    near = np.full(12, 1 / 12) * np.linspace(0.97, 1.03, 12)
+    fig = _attention_figure(slide, near / near.sum(), tmp_path, monkeypatch)
+    im = fig.axes[0].images[1]
+    shade = np.asarray(im.norm(im.get_array().compressed()))
+    assert 0.48 < shade.min() and shade.max() < 0.52, (shade.min(), shade.max())  # the middle of the scale, everywhere
+    assert "x 12 tiles (1 = uniform)" in fig.axes[1].get_ylabel()
+    peak = np.full(12, 0.6 / 10)
+    peak[3], peak[7] = 0.3, 0.1
+    im = _attention_figure(slide, peak, tmp_path, monkeypatch).axes[0].images[1]
+    shade = np.asarray(im.norm(im.get_array().compressed()))
+    assert shade.max() > 0.8 and np.median(shade) < 0.5  # the 3.6x-uniform tile near the top, the rest below uniform

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mito.bench.cv import CVMode, CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
 from mito.bench.fewshot import fewshot_rows, parse_shots
+from mito.bench.proxy import bench_validity
 from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, fit_one, row_id, run_parallel, score_row, split_key
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns, prediction_positive, row_delong_ci
@@ -100,6 +101,7 @@ class BenchConfig(BaseModel):
     few_shot: list[int | str] | None = None  # labelled tiles per class for learning-curve rows (mito.bench.fewshot); 'all' = the normal rows
     few_shot_draws: int | None = Field(None, ge=1, le=1000)  # seeded draws per K (default fewshot.DEFAULT_DRAWS)
     positive: str | None = None  # two-class tasks: the positive class (default: each task's minority class of the training rows)
+    target: str | None = None  # several tasks: the task the others are proxies for (mito.bench.proxy; default: the first task)
 
     @field_validator("few_shot")
     @classmethod
@@ -117,6 +119,8 @@ class BenchConfig(BaseModel):
     def _shift(self) -> BenchConfig:
         if self.cv == LEAVE_GROUP_OUT and not self.shift_column:
             raise ValueError("--cv leave-group-out needs --shift-column (e.g. --shift-column dataset)")
+        if self.target is not None and self.target not in self.tasks:
+            raise ValueError(f"target task {self.target!r} is not among the tasks ({', '.join(self.tasks)})")
         if self.cv == LEAVE_GROUP_OUT and self.few_shot and any(k != "all" for k in self.few_shot):
             raise ValueError("few_shot rows are scored on the in-domain folds, which cv leave-group-out has none of; use --cv auto with --shift-column")
         return self
@@ -420,6 +424,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     )
     for other in included:
         lb = merge_leaderboards(lb, other)
+    validity = bench_validity(lb.rows, lb.predictions, cfg.target or cfg.tasks[0], cfg.n_boot, cfg.seed)
+    if validity is not None:
+        lb.meta["proxy_validity"] = validity
     return lb
 
 

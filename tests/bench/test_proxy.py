@@ -220,3 +220,40 @@ def test_target_needs_proxy_and_must_be_a_task(three_backbone_store: Path, tmp_p
         ],
     )
     assert r.exit_code == 2 and "nosuch" in r.output and "Traceback" not in r.output, r.output
+
+
+# ------------------------------------------------------------------ part 2: feature sets across backbones
+def test_fit_head_concatenates_backbones_and_predict_embeds_new_tiles_with_both(three_backbone_store: Path, amibr_dir: Path, tmp_path: Path) -> None:
+    """fit-head takes bench's spelling a+b; the model keeps both backbones' features in order, and predicting new
+    crops embeds them with both backbones, giving the probabilities of the same tiles in the store."""
+    import shutil
+
+    out = tmp_path / "m"
+    keys = "efficientnet_lite0:z1:rgb+efficientnet_lite1:z1:rgb"
+    r = runner.invoke(app, ["fit-head", "--store", str(three_backbone_store), "--task", "mitosis", "--out", str(out), "--head", "logreg",
+                            "--features", keys, "--split-column", "none", "--json"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["features"] == keys.split("+")
+    assert {s["backbones"][0] for s in cfg["extract"]} == {"efficientnet_lite0", "efficientnet_lite1"}
+    assert cfg["n_features_in"] == 2 * 1280 and json.loads(r.output)["features"] == keys.split("+")
+    src = tmp_path / "new" / "Atypical"
+    src.mkdir(parents=True)
+    picked = sorted((amibr_dir / "Atypical").glob("*.jpg"))[:3]
+    for f in picked:
+        shutil.copy(f, src / f.name)
+    a = runner.invoke(app, ["predict", "--model", str(out), str(tmp_path / "new"), "--out", str(tmp_path / "a.csv"), "-q"])
+    assert a.exit_code == 0, a.output
+    b = runner.invoke(app, ["predict", "--model", str(out), "--store", str(three_backbone_store), "--out", str(tmp_path / "b.csv"), "-q"])
+    assert b.exit_code == 0, b.output
+    pa, pb = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    pcol = [c for c in pa.columns if c.startswith("p_")][0]
+    pb = pb[pb["path"].map(lambda p: Path(str(p)).name).isin([f.name for f in picked])]
+    assert len(pb) == 3
+    assert sorted(pa[pcol].round(3)) == sorted(pb[pcol].round(3))
+
+
+def test_fit_head_names_a_feature_twice_in_one_line(three_backbone_store: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["fit-head", "--store", str(three_backbone_store), "--task", "mitosis", "--out", str(tmp_path / "m"),
+                            "--features", "efficientnet_lite0:z1:rgb+efficientnet_lite0:z1:rgb"])
+    assert r.exit_code == 2 and "named twice" in r.output and "Traceback" not in r.output, r.output

@@ -20,7 +20,7 @@ from mito.bench.errors import BenchError
 from mito.bench.fewshot import fewshot_rows, parse_shots
 from mito.bench.proxy import bench_validity
 from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, fit_one, row_id, run_parallel, score_row, split_key
-from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
+from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, cross_group_lines, shift_plans
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns, prediction_positive, row_delong_ci
 from mito.bench.validate import check_predictions, check_rows
 from mito.bench.zeroshot import TEXT_HEADS, plan_text, text_head_params, zero_shot_rows
@@ -274,6 +274,8 @@ def task_summary_lines(lb: Leaderboard) -> list[str]:
         classes = best.get("classes")
         if isinstance(classes, list) and len(classes) > 2 and isinstance(best.get("per_class"), dict):
             out.append(f"task {t}, #1 {best['backbone']} {best['features']} {best['head']}: " + per_class_line(best["per_class"]) + " (mean over folds)")
+    shift_meta = lb.meta.get("shift") if isinstance(lb.meta.get("shift"), dict) else {}
+    out += cross_group_lines(rows, str(shift_meta.get("column") or "group"))
     partial = rows[rows["paired_note"].fillna("").astype(str).str.startswith(PARTIAL_FOLDS)] if "paired_note" in rows else rows.iloc[:0]
     for _, r in partial.iterrows():
         out.append(f"† {r['task']} #{r['rank']} {r['backbone']} {r['features']} {r['head']}: {r['paired_note']}")

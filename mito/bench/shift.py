@@ -150,7 +150,7 @@ def cross_group_lines(rows: pd.DataFrame, column: str = "group") -> list[str]:
     lines = []
     for w in cross_group_winners(rows):
         st = ", ".join(f"{g}: {s}" for g, s in w["winner_standing"].items())
-        line = (f"task {w['task']}, across {column} (each held out in turn): {w['winner']} wins, mean {w['metric']} {w['winner_mean']:.3f} "
+        line = (f"task {w['task']}, across {column} (each held out in turn): {w['winner']} has the best mean {w['metric']} held out, {w['winner_mean']:.3f} "
                 f"over {', '.join(w['groups'])} ({st})")
         if w["in_domain_best"] and w["in_domain_best"] != w["winner"]:
             st2 = ", ".join(f"{g}: {s}" for g, s in w["in_domain_best_standing"].items())

@@ -788,6 +788,7 @@ def bench_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for leaderboard.csv/.json, predictions, PNGs and report.html."),
     task: Optional[str] = typer.Option(None, help="Task to rank: a proxy task (mitosis, phase, atypia, dataset) or a label column (default: the store's only task)."),
     proxy: Optional[str] = typer.Option(None, help="'all' or comma-separated tasks: one leaderboard over several proxy tasks (overrides --task)."),
+    target: Optional[str] = typer.Option(None, "--target", help="With --proxy: the task the others should predict; the report checks whether each proxy ranks the backbones as it does (default: --task, else the store's first task)."),
     features: Optional[str] = typer.Option(None, help="Comma-separated feature sets: all (default), a backbone name (all its sets), or variant keys joined by '+'."),
     heads: Optional[str] = typer.Option(None, help="Comma-separated heads (default: every head)."),
     noise: Optional[str] = typer.Option(None, help="Comma-separated feature-noise levels, one row each (default: each head's default)."),
@@ -844,8 +845,16 @@ def bench_cmd(
     check_output_dir(out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(store, *include), what="bench folder")
     with open_store(store) as s:
         tiles, store_tasks = s.tiles, s.tasks
+    if target and not proxy:
+        raise UserError("--target goes with --proxy (the tasks whose rankings it is compared with)")
     if proxy:
         tasks = available_tasks(tiles, store_tasks, PROXY_TASKS) if proxy.strip() == "all" else split_list(proxy)
+        target = target or task or (store_tasks[0] if store_tasks else None)
+        if target:
+            from mito.core.tasks import resolve_task
+
+            resolve_task(tiles, target, PROXY_TASKS)  # an unknown target: one line now, not a skipped task after the fits
+        tasks = [*tasks, *([target] if target and target not in tasks else [])]
     else:
         tasks = [default_task(store_tasks, task)]
     cfg = _bench_config(
@@ -870,6 +879,7 @@ def bench_cmd(
         few_shot=split_list(few_shot) if few_shot is not None else None,
         few_shot_draws=few_shot_draws,
         positive=positive,
+        target=target if proxy else None,
     )
     with sigterm_as_interrupt():
         lb = run_bench(cfg)
@@ -897,6 +907,13 @@ def bench_cmd(
         from mito.report import curve_rich_table
 
         console.print(curve_rich_table(lb.rows) or "")
+    if lb.meta.get("proxy_validity"):
+        from mito.report import proxy_rich_table
+
+        table, warn = proxy_rich_table(lb.meta)
+        console.print(table or "")
+        for line in warn:
+            err_console.print(f"warning: {line}", style="yellow", highlight=False, markup=False, soft_wrap=True)
     console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {out / 'report.html'}")
 
 

@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mito.bench.cv import CVMode, CVPlan, Fold, make_folds, small_test_note
 from mito.bench.errors import BenchError
 from mito.bench.fewshot import fewshot_rows, parse_shots
+from mito.bench.proxy import bench_validity
 from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, fit_one, row_id, run_parallel, score_row, split_key
-from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, shift_plans
+from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, cross_group_lines, shift_plans
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns, prediction_positive, row_delong_ci
 from mito.bench.validate import check_predictions, check_rows
 from mito.bench.zeroshot import TEXT_HEADS, plan_text, text_head_params, zero_shot_rows
@@ -101,6 +102,7 @@ class BenchConfig(BaseModel):
     few_shot: list[int | str] | None = None  # labelled tiles per class for learning-curve rows (mito.bench.fewshot); 'all' = the normal rows
     few_shot_draws: int | None = Field(None, ge=1, le=1000)  # seeded draws per K (default fewshot.DEFAULT_DRAWS)
     positive: str | None = None  # two-class tasks: the positive class (default: each task's minority class of the training rows)
+    target: str | None = None  # several tasks: the task the others are proxies for (mito.bench.proxy; default: the first task)
 
     @field_validator("few_shot")
     @classmethod
@@ -118,6 +120,8 @@ class BenchConfig(BaseModel):
     def _shift(self) -> BenchConfig:
         if self.cv == LEAVE_GROUP_OUT and not self.shift_column:
             raise ValueError("--cv leave-group-out needs --shift-column (e.g. --shift-column dataset)")
+        if self.target is not None and self.target not in self.tasks:
+            raise ValueError(f"target task {self.target!r} is not among the tasks ({', '.join(self.tasks)})")
         if self.cv == LEAVE_GROUP_OUT and self.few_shot and any(k != "all" for k in self.few_shot):
             raise ValueError("few_shot rows are scored on the in-domain folds, which cv leave-group-out has none of; use --cv auto with --shift-column")
         return self
@@ -276,6 +280,8 @@ def task_summary_lines(lb: Leaderboard) -> list[str]:
     for t, tm in tasks.items():
         if isinstance(tm, dict) and tm.get("small_test"):
             out.append(f"note ({t}): {tm['small_test']}")
+    shift_meta = lb.meta.get("shift") if isinstance(lb.meta.get("shift"), dict) else {}
+    out += cross_group_lines(rows, str(shift_meta.get("column") or "group"))
     partial = rows[rows["paired_note"].fillna("").astype(str).str.startswith(PARTIAL_FOLDS)] if "paired_note" in rows else rows.iloc[:0]
     for _, r in partial.iterrows():
         out.append(f"† {r['task']} #{r['rank']} {r['backbone']} {r['features']} {r['head']}: {r['paired_note']}")
@@ -427,6 +433,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
     )
     for other in included:
         lb = merge_leaderboards(lb, other)
+    validity = bench_validity(lb.rows, lb.predictions, cfg.target or cfg.tasks[0], cfg.n_boot, cfg.seed)
+    if validity is not None:
+        lb.meta["proxy_validity"] = validity
     return lb
 
 

@@ -89,3 +89,70 @@ def add_gaps(rows: pd.DataFrame) -> pd.DataFrame:
     shifted = rows["held_out"] != ""
     rows["gap"] = [score[i] - ref[key[i]] if shifted[i] and key[i] in ref else math.nan for i in rows.index]
     return rows
+
+
+def cross_group_winners(rows: pd.DataFrame) -> list[dict]:
+    """Per task with shift rows: the model (backbone, features, head, noise) with the best main metric averaged over the
+    held-out groups it was tested on (only models tested on every group), beside the in-domain #1; per group, whether
+    each is that group's #1 or tied with it (the paired test of mito.bench.stats.add_paired_columns)."""
+    if "held_out" not in rows or rows.empty:
+        return []
+    out = []
+    full = rows["shots"].astype(str).isin(["all", "", "nan", "None"]) if "shots" in rows else pd.Series(True, index=rows.index)
+    rows = rows[full & (rows["kind"].astype(str) == "head")] if "kind" in rows else rows[full]
+    for task, t in rows.groupby("task", sort=True):
+        held = t["held_out"].fillna("").astype(str)
+        shift, domain = t[held != ""], t[held == ""]
+        groups = sorted(shift["held_out"].astype(str).unique())
+        if len(groups) < 1:
+            continue
+        key = model_labels
+        sk = key(shift)
+        score = pd.Series([r[r["main_metric"]] for _, r in shift.iterrows()], index=shift.index, dtype=float)
+        per = {k: g for k, g in shift.groupby(sk) if set(g["held_out"].astype(str)) == set(groups)}
+        if not per:
+            continue
+        means = {k: float(score[g.index].mean()) for k, g in per.items()}
+        best = max(sorted(means), key=lambda k: means[k])
+
+        dom_best = key(domain.sort_values("rank")).iloc[0] if len(domain) else None
+        dom_score = pd.Series([r[r["main_metric"]] for _, r in domain.iterrows()], index=domain.index, dtype=float) if len(domain) else None
+        in_domain = dict(zip(key(domain), dom_score)) if dom_score is not None else {}
+        out.append({
+            "task": task, "metric": str(t["main_metric"].iloc[0]), "groups": groups, "winner": best, "winner_mean": means[best],
+            "winner_standing": _standing(per.get(best)), "winner_in_domain": in_domain.get(best, math.nan),
+            "in_domain_best": dom_best, "in_domain_best_mean": means.get(dom_best, math.nan) if dom_best else math.nan,
+            "in_domain_best_standing": _standing(per.get(dom_best)) if dom_best else {}, "in_domain_best_score": in_domain.get(dom_best, math.nan),
+        })
+    return out
+
+
+def model_labels(d: pd.DataFrame) -> pd.Series:
+    """'backbone features head' per row (with 'noise S' when the row trained with feature noise)."""
+    noise = pd.to_numeric(d["noise"], errors="coerce").fillna(0.0) if "noise" in d else pd.Series(0.0, index=d.index)
+    return d["backbone"].astype(str) + " " + d["features"].astype(str) + " " + d["head"].astype(str) + noise.map(lambda n: f" noise {n:g}" if n else "")
+
+
+def _standing(g: pd.DataFrame | None) -> dict[str, str]:
+    """A model's place in each held-out group: #1, tied with #1 (paired test), or behind."""
+    if g is None:
+        return {}
+    return {str(r["held_out"]): ("#1" if int(r["rank"]) == 1 else ("tied" if r.get("tied_with_best") is True else "behind")) for _, r in g.iterrows()}
+
+
+def cross_group_lines(rows: pd.DataFrame, column: str = "group") -> list[str]:
+    """One line per task of a bench with shift rows: which model wins across the held-out groups, and how the
+    in-domain #1 fares there (#1 / tied / behind in each group, by the paired test against each group's #1)."""
+    lines = []
+    for w in cross_group_winners(rows):
+        st = ", ".join(f"{g}: {s}" for g, s in w["winner_standing"].items())
+        line = (f"task {w['task']}, across {column} (each held out in turn): {w['winner']} has the best mean {w['metric']} held out, {w['winner_mean']:.3f} "
+                f"over {', '.join(w['groups'])} ({st})")
+        if w["in_domain_best"] and w["in_domain_best"] != w["winner"]:
+            st2 = ", ".join(f"{g}: {s}" for g, s in w["in_domain_best_standing"].items())
+            line += (f"; the in-domain #1 {w['in_domain_best']} ({w['in_domain_best_score']:.3f} in-domain) scores {w['in_domain_best_mean']:.3f} "
+                     f"held out ({st2})")
+        elif w["in_domain_best"]:
+            line += "; it is also the in-domain #1"
+        lines.append(line)
+    return lines

@@ -272,6 +272,7 @@ def bootstrap_replicates(
     n_boot: int = 1000,
     seed: int = 0,
     positive: int = 1,
+    universe: np.ndarray | None = None,
 ) -> np.ndarray:
     """The mean-over-folds ``metric`` of ``n_boot`` bootstrap replicates (NaN where a replicate cannot be scored).
 
@@ -279,13 +280,15 @@ def bootstrap_replicates(
     tile scored by several folds (a shared test split) is drawn once per replicate and counts in every fold that
     scored it. Without ``fold``/``tile`` every row is its own tile in a single fold. The draws depend only on the
     sorted distinct tiles, ``n_boot`` and ``seed``: two prediction sets on the same tiles get the same resamples.
+    ``universe`` (a superset of ``tile``): draw over its distinct tiles instead, so prediction sets on different
+    subsets of one tile table (e.g. two tasks) share each replicate's draws.
     """
     yi = np.asarray(yi, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     n = len(yi)
     fold = np.zeros(n, np.int64) if fold is None else np.asarray(fold)
     tile = np.arange(n) if tile is None else np.asarray(tile)
-    tpos, counts = tile_draw_counts(tile, n_boot, np.random.default_rng(seed))
+    tpos, counts = tile_draw_counts(tile, n_boot, np.random.default_rng(seed), universe)
     per_fold = []
     for f in np.unique(fold):
         sel = np.flatnonzero(fold == f)
@@ -295,10 +298,16 @@ def bootstrap_replicates(
         return np.nanmean(np.vstack(per_fold), axis=0) if per_fold else np.full(n_boot, np.nan)
 
 
-def tile_draw_counts(tile: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def tile_draw_counts(tile: np.ndarray, n_boot: int, rng: np.random.Generator, universe: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's index among the sorted distinct tiles, and how often each tile is drawn in each of ``n_boot``
-    replicates (tiles drawn with replacement)."""
-    tiles, tpos = np.unique(tile, return_inverse=True)
+    replicates (tiles drawn with replacement); ``universe``: the tiles to draw from (a superset of ``tile``)."""
+    if universe is None:
+        tiles, tpos = np.unique(tile, return_inverse=True)
+    else:
+        tiles = np.unique(universe)
+        tpos = np.searchsorted(tiles, tile)
+        if tile.size and (tpos.max() >= tiles.size or not np.array_equal(tiles[tpos], tile)):
+            raise ValueError("universe must hold every tile")
     draws = rng.integers(0, tiles.size, (n_boot, tiles.size))
     counts = np.zeros((n_boot, tiles.size), np.int32)
     np.add.at(counts, (np.repeat(np.arange(n_boot), tiles.size), draws.ravel()), 1)

@@ -101,6 +101,15 @@ class FitConfig(BaseModel):
             raise ValueError("--calibrate temperature needs validation rows no member trained on; --ensemble folds has none (use --ensemble K)")
         return self
 
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v: list[str]) -> list[str]:
+        """Bench's spelling too: ``a:z2:rgb+b:z2:rgb`` is the same feature set as ``a:z2:rgb,b:z2:rgb`` (any backbones)."""
+        keys = [k.strip() for item in v for k in item.split("+") if k.strip()]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"feature {next(k for k in keys if keys.count(k) > 1)!r} is named twice")
+        return keys
+
     @field_validator("head")
     @classmethod
     def _head(cls, v: str) -> str:

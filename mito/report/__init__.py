@@ -4,6 +4,7 @@ and the terminal's rich tables."""
 from mito.report.fewshot import curve_rich_table, learning_curve_figure
 from mito.report.html import build_report
 from mito.report.leaderboard import comparison_text, leaderboard_table, paired_cells
+from mito.report.proxy import proxy_rich_table, proxy_section
 from mito.report.slides import check_heatmap_dir, check_heatmap_store, draw_pictures, qc_store, write_heatmaps
 from mito.report.tables import Col, FitTable
 from mito.report.umap import leaderboard_umaps, umap_plot, umap_plots
@@ -21,6 +22,8 @@ __all__ = [
     "leaderboard_table",
     "leaderboard_umaps",
     "paired_cells",
+    "proxy_rich_table",
+    "proxy_section",
     "qc_store",
     "umap_plot",
     "umap_plots",

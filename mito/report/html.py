@@ -29,6 +29,7 @@ from mito.report.fewshot import report_section
 from mito.report.invariance import invariance_section
 from mito.report.leaderboard import paired_cells
 from mito.report.mpl import pyplot
+from mito.report.proxy import proxy_section
 from mito.report.shift import shift_section
 from mito.report.stat_figures import cd_figure, reliability_figure
 from mito.report.tables import p_value
@@ -471,6 +472,8 @@ def _write_report(d: Path, lb: Leaderboard, top: int) -> Path:
             + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
         )
     sections += cd_section(in_domain_rows(lb.rows), d)
+    proxy = proxy_section(lb.meta, d / "proxy_validity.png")
+    sections += [proxy] if proxy else []
     store = _as_dict(lb.meta.get("store"))
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     page = (

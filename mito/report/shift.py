@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mito.bench.shift import SAME_MODEL
+from mito.bench.shift import SAME_MODEL, cross_group_lines
 from mito.core.io import atomic_write
 from mito.report.mpl import pyplot
 
@@ -94,6 +94,7 @@ def shift_section(rows: pd.DataFrame, metric: str, path: Path, shift_meta: dict 
         f"<h3>Domain shift (leave one {html.escape(str(meta.get('column', 'group')))} out)</h3>"
         "<p class='meta'>Each held-out group is scored by models trained on all other groups (validation carved from them by slide). "
         f"gap = score on the held-out group - in-domain score of the same model ({html.escape(metric)}); negative: the model loses that much on a new domain.</p>"
+        + "".join(f"<p><b>{html.escape(line)}</b></p>" for line in cross_group_lines(rows, str(meta.get("column", "group"))))
         + shift_table(shift, domain, metric)
         + (f"<p class='meta'>Skipped:</p><ul>{note}</ul>" if note else "")
         + (f"<figure><img alt='domain shift' src='data:image/png;base64,{base64.b64encode(fig.read_bytes()).decode()}'>"

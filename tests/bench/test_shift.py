@@ -96,6 +96,8 @@ def shift_bench(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     assert r.exit_code == 0, r.output
     assert "tested on" in r.output.replace("\n", " ") or "tested" in r.output
+    flat = " ".join(r.output.split())
+    assert "task mitosis, across dataset (each held out in turn): efficientnet_lite0 z1:rgb " in flat and " has the best mean balanced_accuracy held out, " in flat
     return out
 
 
@@ -124,6 +126,9 @@ def test_bench_shift_rows_carry_held_out_group_and_gap(shift_bench: Path, amibr_
     assert set(doc["meta"]["shift"]["tasks"]["mitosis"]) == {"MIDOG21", "TUPAC16"}
     page = (shift_bench / "report.html").read_text()
     assert "Domain shift" in page and "test on TUPAC16" in page
+    shift = df[df["held_out"] != ""]
+    means = shift.groupby("head")["balanced_accuracy"].mean()
+    assert f"across dataset (each held out in turn): efficientnet_lite0 z1:rgb {means.idxmax()} has the best mean balanced_accuracy held out, {means.max():.3f}" in page
     assert (shift_bench / "mitosis_shift.png").stat().st_size > 1000
 
 

@@ -1,0 +1,152 @@
+"""The report's proxy-validity block: does each proxy task rank the backbones as the target does (table, scatter, warnings)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mito.bench.proxy import BEST, ProxyAgreement, agreements_from_meta
+from mito.core.io import atomic_write
+from mito.report.mpl import pyplot
+
+RANDOM_PREFIX = "random_"
+
+
+def _ci(v: float, lo: float, hi: float, sign: bool = True) -> str:
+    f = (lambda x: f"{x:+.2f}") if sign else (lambda x: f"{x:.3f}")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{f(v)} [{f(lo)}, {f(hi)}]" if not (math.isnan(lo) or math.isnan(hi)) else f(v)
+
+
+def proxy_lines(agreements: Sequence[ProxyAgreement]) -> list[str]:
+    """The one-line warnings of the proxies whose ranking disagrees with the target's (best head per backbone first)."""
+    order = sorted(agreements, key=lambda a: (a.head != BEST, a.proxy, a.head))
+    return [a.warning() for a in order if a.disagrees]
+
+
+def scatter_figure(agreements: Sequence[ProxyAgreement], path: Path) -> Path | None:
+    """One panel per proxy (each backbone's best head): proxy score vs target score, a dot per backbone."""
+    best = [a for a in agreements if a.head == BEST]
+    if not best:
+        return None
+    plt = pyplot()
+    n = len(best)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax, a in zip(axes.ravel(), best):
+        for bb, x, y in zip(a.backbones, a.proxy_scores, a.target_scores):
+            color = "#999999" if bb.startswith(RANDOM_PREFIX) else ("#c0392b" if a.disagrees else "#2e7d32")
+            ax.plot(x, y, "o", color=color, ms=7)
+            ax.annotate(bb, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel(f"{a.proxy} ({a.proxy_metric})", fontsize=8)
+        ax.set_ylabel(f"{a.target} ({a.target_metric})", fontsize=8)
+        ax.set_title(
+            f"{a.proxy}: tau-b {_ci(a.tau, a.tau_low, a.tau_high)}" + (" (disagrees)" if a.disagrees else ""),
+            fontsize=8,
+            color="#c0392b" if a.disagrees else "black",
+        )
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.margins(0.25)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.suptitle(f"proxy score vs {best[0].target} score, one dot per backbone (its best row on each task)", fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"), ".png")
+    plt.close(fig)
+    return path
+
+
+def _rows(agreements: Sequence[ProxyAgreement]) -> list[list[str]]:
+    out = []
+    for a in sorted(agreements, key=lambda a: (a.head != BEST, a.proxy, a.head)):
+        out.append(
+            [
+                a.proxy,
+                a.head,
+                str(len(a.backbones)),
+                _ci(a.tau, a.tau_low, a.tau_high),
+                _ci(a.rho, a.rho_low, a.rho_high),
+                a.proxy_pick,
+                a.target_pick,
+                _ci(a.regret, a.regret_low, a.regret_high, sign=False),
+                "DISAGREES" if a.disagrees else "agrees",
+            ]
+        )
+    return out
+
+
+HEADER = [
+    "proxy",
+    "head",
+    "backbones",
+    "Kendall tau-b [95% CI]",
+    "Spearman rho [95% CI]",
+    "proxy's pick",
+    "target's best",
+    "regret [95% CI]",
+    "verdict",
+]
+SHORT = ["proxy", "head", "n", "tau-b [95% CI]", "rho [95% CI]", "proxy's pick", "target's best", "regret [95% CI]", "verdict"]
+
+
+def proxy_section(meta: dict[str, Any], path: Path) -> str:
+    """HTML: the proxy-validity table, the scatter and the warnings (empty when the bench has no proxy_validity)."""
+    pv = meta.get("proxy_validity") if isinstance(meta.get("proxy_validity"), dict) else None
+    if not pv:
+        return ""
+    agreements = agreements_from_meta(meta)
+    target = html.escape(str(pv.get("target", "")))
+    if not agreements:
+        return f"<h2>Proxy validity (target <code>{target}</code>)</h2><p class='meta'>{html.escape(str(pv.get('skipped', 'nothing to compare')))}</p>"
+    fig = scatter_figure(agreements, path)
+    a0 = agreements[0]
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td class='l'>{html.escape(c)}</td>" if i in (0, 1, 5, 6, 8) else f"<td>{html.escape(c)}</td>" for i, c in enumerate(r))
+        + "</tr>"
+        for r in _rows(agreements)
+    )
+    head = "".join(
+        f"<th class='l'>{html.escape(h)}</th>" if i in (0, 1, 5, 6, 8) else f"<th>{html.escape(h)}</th>" for i, h in enumerate(HEADER)
+    )
+    warn = "".join(f"<li>{html.escape(w)}</li>" for w in proxy_lines(agreements))
+    return (
+        f"<h2>Proxy validity (target <code>{target}</code>)</h2>"
+        "<p class='meta'>Does each proxy task rank the backbones as the target does? Each backbone scores its best in-domain row on each task "
+        "(best feature set; head 'best' = best head too, else that head). Kendall tau-b and Spearman rho of the two score vectors; 95% percentile "
+        f"bootstrap intervals resample the test tiles ({a0.n_boot} replicates over {a0.n_tiles} tiles, one draw shared by both tasks, rows chosen on the full data; "
+        "nothing re-fitted). regret = the target score of the target's best backbone minus that of the proxy's pick. "
+        f"{html.escape(str(pv.get('rule', '')))}.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        + (f"<p class='meta'>Warnings:</p><ul>{warn}</ul>" if warn else "")
+        + (
+            f"<figure><img alt='proxy vs target' src='data:image/png;base64,{base64.b64encode(fig.read_bytes()).decode()}'>"
+            f"<figcaption class='meta'>{html.escape(fig.name)}</figcaption></figure>"
+            if fig is not None
+            else ""
+        )
+    )
+
+
+def proxy_rich_table(meta: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The terminal's proxy-validity table (rich; None when nothing was compared) and its warning lines."""
+    from rich.table import Table
+
+    agreements = agreements_from_meta(meta)
+    if not agreements:
+        return None, []
+    t = Table(
+        title=f"proxy validity: target {agreements[0].target}", caption="tau-b: Kendall, rho: Spearman; 95% CI: bootstrap of the test tiles"
+    )
+    for h in SHORT:
+        t.add_column(h, overflow="fold")
+    for r in _rows(agreements):
+        t.add_row(*r)
+    return t, proxy_lines(agreements)

@@ -24,11 +24,10 @@ from mito.heads.base import (
     register_head,
 )
 from mito.heads.loop import EarlyStopping, train_loop
-from mito.heads.params import BALANCES, COMMON, Param, balance_mode
+from mito.heads.params import BALANCES, COMMON, LOSSES, Param, balance_mode
 from mito.heads.view_noise import VIEW_NOISE_MODES, pick_views, view_cov_noise
 
 MODEL_FILE = "model.safetensors"
-LOSSES = ("focal", "ce")
 PRECISIONS = ("auto", "fp32", "bf16")
 # first_layer_noise costs ~h*h*d per batch against b*d random draws for plain input noise: it pays off for big batches
 PROJECT_NOISE_ROWS_PER_UNIT = 4

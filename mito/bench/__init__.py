@@ -50,6 +50,7 @@ def __getattr__(name: str) -> Any:
         return getattr(finetune, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "DEFAULT_SLIDE_HEADS",
     "METRIC_NAMES",

@@ -170,6 +170,7 @@ class MILHead:
             return {"train_loss": total / max(seen, 1)}
 
         def validate() -> tuple[float, float]:
+            assert val is not None  # train_loop gets validate only with validation bags
             logits = self._logits(net, reader, bags, val)[0]
             loss = float(focal_loss(logits, torch.from_numpy(y[val]), gamma, cw))
             return balanced_accuracy(y[val], logits.argmax(1).numpy()), loss
@@ -200,7 +201,8 @@ class MILHead:
                 rows_out += rows
                 att_out += [a[i, : len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)]
         net.train(was)
-        return (torch.cat(out) if out else torch.zeros(0, len(self.classes_))), rows_out, att_out
+        k = len(self.classes_) if self.classes_ is not None else 0
+        return (torch.cat(out) if out else torch.zeros(0, k)), rows_out, att_out
 
     def predict_proba(self, reader: BagReader, bags: Bags, which: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """Class probabilities per bag (columns = ``classes_``), and per bag its store rows and tile weights

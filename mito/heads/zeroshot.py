@@ -117,6 +117,8 @@ def zero_shot_proba(features: np.ndarray, text: np.ndarray, scale: float, contex
     text = np.asarray(text)
     if text.ndim == 2:
         return softmax(zero_shot_logits(features, text, scale))
+    if context_index is None:
+        raise HeadError(f"{text.shape[0]} text matrices (one per context) need each row's context_index")
     out = np.zeros((len(features), text.shape[1]))
     for c in np.unique(context_index):
         rows = context_index == c

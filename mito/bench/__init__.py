@@ -2,10 +2,11 @@
 kinds beside the heads (few-shot curves, zero-shot, domain shift, slide-level heads, LoRA runs). Pictures and reports of
 them: mito.report."""
 
+from typing import TYPE_CHECKING, Any
+
 from mito.bench.cv import CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
 from mito.bench.fewshot import draw_shots, parse_shots
-from mito.bench.finetune import FinetuneConfig, FinetunedModel, load_finetuned, predict_finetuned, run_finetune
 from mito.bench.leaderboard import (
     BenchConfig,
     FeatureSet,
@@ -34,6 +35,21 @@ from mito.bench.umap import umap_points
 from mito.core.metrics import METRIC_NAMES, bootstrap_ci, classification_metrics, fold_summary
 from mito.core.tasks import TaskSpec, available_tasks, resolve_task
 from mito.datasets import PROXY_TASKS
+
+# LoRA fine-tuning needs torch: its names load on first use, so that importing mito.bench (every bench worker does, to
+# unpickle its job) does not load torch for knn, logreg or lightgbm
+if TYPE_CHECKING:
+    from mito.bench.finetune import FinetuneConfig, FinetunedModel, load_finetuned, predict_finetuned, run_finetune
+_FINETUNE = ("FinetuneConfig", "FinetunedModel", "load_finetuned", "predict_finetuned", "run_finetune")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FINETUNE:
+        from mito.bench import finetune
+
+        return getattr(finetune, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_SLIDE_HEADS",

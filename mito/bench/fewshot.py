@@ -255,9 +255,10 @@ def fewshot_rows(
                 for nz in noises:
                     params = dict(cfg.head_params.get(head, {}))
                     if text is not None:
-                        params = text_head_params(head, fs.backbone, params, text)
-                        if params is None:  # a text head on features without text embeddings
+                        with_text = text_head_params(head, fs.backbone, params, text)
+                        if with_text is None:  # a text head on features without text embeddings
                             continue
+                        params = with_text
                     if nz is not None:
                         params["noise"] = nz
                     for k in shots:

@@ -336,7 +336,9 @@ def _run_fold(
     counts = np.bincount(yi[fold.train], minlength=len(classes)).astype(np.float64)
     weights = 1.0 / np.maximum(counts[yi[fold.train]], 1.0)
     n_epoch = cfg.epoch_samples or len(fold.train)
-    sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights), n_epoch, replacement=True, generator=gen)
+    sampler = torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(weights), n_epoch, replacement=True, generator=gen  # type: ignore[arg-type]  # torch's stub says Sequence[float]; it takes a tensor
+    )
     train_dl = _loader(Crops(source, fold.train, yi[fold.train], prep, cfg.augment), cfg.batch_size, workers, sampler)
     val_rows = fold.val
     if cfg.val_samples and len(val_rows) > cfg.val_samples:
@@ -349,7 +351,7 @@ def _run_fold(
     per_epoch = len(train_dl)
     label = f"fold {fold.index}" + (f" (cap {cap_minutes:g} min)" if cap_minutes else "")
     bar = add_task(progress, label, cfg.max_epochs * per_epoch)
-    run = {"steps": 0, "steps_in_epoch": 0, "t0": time.perf_counter(), "spent0": 0.0, "started": False}
+    run: dict[str, Any] = {"steps": 0, "steps_in_epoch": 0, "t0": time.perf_counter(), "spent0": 0.0, "started": False}
 
     def tick(epoch: int) -> None:
         """Advance the bar one step; under a time cap the total is what the cap still allows, so the ETA follows the binding budget."""
@@ -462,7 +464,7 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, note: Callable[[str
     yi = np.array([classes.index(v) if v is not None else -1 for v in y])
     spec = get_backbone(cfg.backbone)
     size = cfg.input_size or int(min(src.read(int(plan.folds[0].train[0])).shape[:2]))
-    prep = Preprocess(input_size=size, mean=tuple(spec.mean), std=tuple(spec.std))
+    prep = Preprocess(input_size=size, mean=(*spec.mean,), std=(*spec.std,))
     device = pick_device(cfg.device)
     cap, cpu_default = time_cap_minutes(cfg, device)
     if cpu_default and note is not None:
@@ -572,8 +574,9 @@ def load_finetuned(model_dir: str | os.PathLike, weights: str | None = None, dev
     prep = Preprocess(**{**p, "mean": tuple(p["mean"]), "std": tuple(p["std"])})
     dev = pick_device(device)
     for m in net.modules():  # inference only: fold the adapters in once
-        if hasattr(m, "merge") and hasattr(m, "merged") and not m.merged:
-            m.merge()
+        merge = getattr(m, "merge", None)
+        if callable(merge) and hasattr(m, "merged") and not m.merged:
+            merge()
     return FinetunedModel(net.to(dev).eval(), list(config["classes"]), prep, config, dev)
 
 

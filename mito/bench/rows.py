@@ -138,7 +138,7 @@ def score_row(
     confusion matrix, per-class recall and precision; and the predictions (with the column of the task's positive
     class when it has two)."""
     per_fold = []
-    preds = {"fold": [], "row": [], "y": [], "proba": []}
+    preds: dict[str, list[Any]] = {"fold": [], "row": [], "y": [], "proba": []}
     cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
     index = {c: i for i, c in enumerate(classes)}
     positive = spec.positive if len(classes) == 2 else None

@@ -11,9 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from mito.backbones import create_backbone, get_backbone, resolve_weights
-from mito.backbones.registry import RANDOM_SHA, file_sha256, weights_help
-from mito.backbones.vlm import is_vlm, vlm_names
 from mito.bench.rows import describe_keys, row_id, score_row
 from mito.core.errors import MitoError
 from mito.heads.zeroshot import cache_path, load_prompts, pick_variant, read_text_embeddings, text_embeddings, zero_shot_proba
@@ -42,6 +39,11 @@ def plan_text(store: str, prompts_file: str | None, complete: Sequence[str], var
         if any(h in TEXT_HEADS for h in heads):
             plan.skipped.append("text-linear skipped: it needs class prompts, give --zero-shot PROMPTS.json")
         return plan
+    # the backbone registry loads torch: only a bench asked for zero-shot rows pays for it, never a head worker
+    from mito.backbones import create_backbone, get_backbone, resolve_weights
+    from mito.backbones.registry import RANDOM_SHA, file_sha256, weights_help
+    from mito.backbones.vlm import is_vlm, vlm_names
+
     prompts = load_prompts(prompts_file)
     backbones = []
     for k in complete:

@@ -66,7 +66,7 @@ def json_default(o: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
-def write_json(path: str | os.PathLike, doc: Any, indent: int = 2) -> Path:
+def write_json(path: str | os.PathLike, doc: Any, indent: int | None = 2) -> Path:
     """Write JSON atomically (numpy values allowed)."""
     return atomic_write_text(path, json.dumps(doc, indent=indent, default=json_default) + "\n")
 

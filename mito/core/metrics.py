@@ -38,7 +38,7 @@ def per_class_scores(yi: np.ndarray, pred: np.ndarray, classes: Sequence[Any]) -
     }
 
 
-def classification_metrics(y_true: Sequence[Any] | np.ndarray, proba: np.ndarray, classes: Sequence[Any], positive: Any = None) -> dict[str, Any]:
+def classification_metrics(y_true: Sequence[Any] | np.ndarray, proba: np.ndarray, classes: Sequence[Any] | np.ndarray, positive: Any = None) -> dict[str, Any]:
     """Balanced accuracy, AUROC (one-vs-rest macro when multi-class), Cohen's kappa, weighted F1, PR-AUC, confusion
     matrix, ECE, Brier and each class's recall and precision.
 

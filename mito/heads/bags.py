@@ -150,10 +150,10 @@ def make_bags(
         g_all = tiles[group_column].astype(object).to_numpy()[idx]
         groups = np.empty(len(names), dtype=object)
         for i in range(len(names)):
-            distinct = {str(v) for v in g_all[offsets[i] : offsets[i + 1]]}
-            if len(distinct) > 1:
+            in_bag = {str(v) for v in g_all[offsets[i] : offsets[i + 1]]}
+            if len(in_bag) > 1:
                 raise HeadError(f"bag {str(names[i])!r} spans several {group_column!r} values; a bag must belong to one group")
-            groups[i] = distinct.pop()
+            groups[i] = in_bag.pop()
     if task is None:
         return Bags(names.astype(str), offsets, idx.astype(np.int64), labels.astype(str), np.asarray(groups).astype(str), [], "", "", dropped)
     counts = pd.Series(labels).value_counts()
@@ -191,7 +191,8 @@ def left_out(bags: Bags, store_meta: dict, bag_column: str | None = None) -> dic
     out = dict(bags.dropped)
     if (bag_column or "slide") == "slide":
         have = set(bags.names.tolist())
-        rec = store_meta.get("slides") if isinstance(store_meta.get("slides"), dict) else {}
+        slides = store_meta.get("slides")
+        rec = slides if isinstance(slides, dict) else {}
         for r in rec.get("slides") or []:
             if isinstance(r, dict) and r.get("n_tiles") == 0 and str(r.get("slide")) not in have:
                 out.setdefault(str(r.get("slide")), "no tile on tissue")

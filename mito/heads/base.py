@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -161,6 +161,22 @@ def load_head(path: str | os.PathLike) -> Head:
 
 
 # ---------------------------------------------------------------- the shared contract
+class FittedHead(Protocol):
+    """What fitting returns and prediction uses: a fitted Head, or an Ensemble of heads (mito.heads.ensemble)."""
+
+    @property
+    def classes_(self) -> np.ndarray: ...
+
+    @property
+    def n_features_in_(self) -> int: ...
+
+    def predict_proba(self, X: Any) -> np.ndarray: ...
+
+    def get_params(self) -> dict[str, Any]: ...
+
+    def save(self, path: str | Path) -> None: ...
+
+
 class Head(ClassifierMixin, BaseEstimator):
     """Shared plumbing for heads: sklearn-style params, label encoding, predict, save; subclasses add the model."""
 

@@ -176,7 +176,7 @@ def fit_ensemble(
     groups: np.ndarray | None,
     progress: bool = False,
     **fit_kw: Any,
-) -> FitResult:
+) -> FitResult[Ensemble]:
     """Fit ``spec.k`` heads through fit_on_rows and average their val/test probabilities.
 
     ``seeds``: member i is ``make(seed + i)`` on the same train/val rows. ``folds``: train and val are pooled and cut
@@ -222,7 +222,7 @@ def fit_ensemble(
         **{f"member_{m}_std": round(float(np.std([s[m] for s in member_scores])), 4) for m in ("balanced_accuracy", "auroc")},
     }
     return FitResult(
-        ens,  # type: ignore[arg-type]  (an Ensemble stands in for a Head)
+        ens,
         results[0].pipeline,
         results[0].n_features_in,
         scored,

@@ -160,6 +160,7 @@ class FeaturePipeline:
         for s in iter_blocks(n):
             b = self._standardized(X[s].astype(np.float32))
             if self.pca:
+                assert self.components_ is not None and self.pca_mean_ is not None, "transform before fit"
                 b = (b - self.pca_mean_) @ self.components_.T
             out[s] = b
         return out

@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from mito.core.resources import available_memory
-from mito.heads.base import Head, HeadError, not_streamable
+from mito.heads.base import FittedHead, Head, HeadError, not_streamable
 from mito.heads.features import FeaturePipeline, feature_dims, one_hot, select_features
 from mito.heads.stream import DEFAULT_BUFFER_ROWS, FeatureStream, fit_pipeline_stream
 from mito.heads.view_noise import VIEW_NOISE_MODES
@@ -29,11 +30,14 @@ PARTS = ("train", "val", "test")
 Scored = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
+H = TypeVar("H", bound=FittedHead)
+
+
 @dataclass
-class FitResult:
+class FitResult(Generic[H]):
     """A fitted head with its pipeline, and its probabilities on the val/test rows (in the order the rows were given)."""
 
-    head: Head
+    head: H  # a Head (fit_on_rows) or an Ensemble (mito.heads.ensemble.fit_ensemble)
     pipeline: FeaturePipeline
     n_features_in: int
     scored: Scored = field(default_factory=dict)
@@ -70,7 +74,7 @@ def fit_on_rows(
     memory_budget: int | None = None,
     seed: int = 0,
     buffer_rows: int = DEFAULT_BUFFER_ROWS,
-) -> FitResult:
+) -> FitResult[Head]:
     """Fit ``head`` (after the standardise/PCA pipeline, fitted on the training rows) on ``parts['train']`` of ``store``,
     early-stopping on ``parts['val']``, and score ``parts['val']`` and ``parts['test']``.
 
@@ -104,7 +108,7 @@ def fit_on_rows(
 def _fit_in_memory(
     store: Store, keys: list[str], parts: dict[str, np.ndarray], labels: np.ndarray, head: Head,
     tiles: pd.DataFrame | None, cats: dict[str, Sequence[str]], pipe: FeaturePipeline, seed: int, buffer_rows: int,
-) -> FitResult:
+) -> FitResult[Head]:
     """All chosen features in one float16 array (the only full-size array), then fit and score."""
     rows = np.concatenate([parts[name] for name in PARTS])
     X = select_features(store, keys, rows, categories={}, dtype=np.float16)
@@ -143,7 +147,7 @@ def _fit_in_memory(
 def _fit_streamed(
     store: Store, keys: list[str], parts: dict[str, np.ndarray], labels: np.ndarray, head: Head,
     tiles: pd.DataFrame | None, cats: dict[str, Sequence[str]], pipe: FeaturePipeline, seed: int, buffer_rows: int,
-) -> FitResult:
+) -> FitResult[Head]:
     """Fit the pipeline, train and score reading the store chunk by chunk: memory bounded by the shuffle buffer."""
     order = {name: np.argsort(parts[name], kind="stable") for name in PARTS}
 

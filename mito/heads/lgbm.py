@@ -104,12 +104,13 @@ class LightGBMHead(Head):
         w = class_weights(ya, k)[ya] if balance_mode(self.balance) == "weights" else None
         train = lgb.Dataset(Xa.astype(np.float32, copy=False), ya, weight=w, free_raw_data=True)
         kw: dict[str, Any] = {}
-        if X_val is not None:
-            valid = lgb.Dataset(X_val.astype(np.float32, copy=False), y_val, reference=train)
+        if X_val is not None and y_val is not None:  # Head.fit passes both or neither
+            y_true = y_val
+            valid = lgb.Dataset(X_val.astype(np.float32, copy=False), y_true, reference=train)
 
             def bal_acc(preds: np.ndarray, data: Any) -> tuple[str, float, bool]:
-                p = preds.reshape(len(y_val), -1) if k > 2 else np.stack([1 - preds, preds], axis=1)
-                return "balanced_accuracy", balanced_accuracy(y_val, p.argmax(axis=1)), True
+                p = preds.reshape(len(y_true), -1) if k > 2 else np.stack([1 - preds, preds], axis=1)
+                return "balanced_accuracy", balanced_accuracy(y_true, p.argmax(axis=1)), True
 
             kw = {
                 "valid_sets": [valid],
@@ -120,7 +121,7 @@ class LightGBMHead(Head):
         self.best_iteration_ = int(self.booster_.best_iteration or self.booster_.current_iteration())
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
-        p = self.booster_.predict(X.astype(np.float32, copy=False), num_iteration=self.best_iteration_)
+        p = np.asarray(self.booster_.predict(X.astype(np.float32, copy=False), num_iteration=self.best_iteration_))
         return p if p.ndim == 2 else np.stack([1 - p, p], axis=1)
 
     def _save_state(self, path: Path) -> dict[str, Any]:

@@ -13,13 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mito.core.errors import MitoError
 from mito.core.io import atomic_write
+
+if TYPE_CHECKING:  # torch is imported where it is used: importing mito.heads must not load it
+    import torch
 
 STOP_REASONS = ("max_epochs", "early_stopping", "time_budget")
 
@@ -82,7 +84,10 @@ class TimeBudget:
 
 def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
     """Every RNG state a training run draws from: torch (CPU and CUDA), numpy's global, python's ``random``, and named generators."""
-    np_state = np.random.get_state()
+    import torch
+
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the global RandomState is MT19937, whose legacy state is a tuple
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -98,6 +103,8 @@ def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str,
 
 def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
     """Restore what :func:`rng_state` saved."""
+    import torch
+
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
@@ -125,6 +132,8 @@ class Checkpointer:
 
     def save(self, loop: dict[str, Any]) -> None:
         """Write the checkpoint (replacing the previous one in one step)."""
+        import torch
+
         doc = {
             "tag": self.tag,
             "model": self.get_model(),
@@ -138,6 +147,8 @@ class Checkpointer:
         """Load the checkpoint into the model, optimiser and RNGs; the loop's saved state, or None when there is none."""
         if not self.path.is_file():
             return None
+        import torch
+
         try:
             doc = torch.load(self.path, map_location="cpu", weights_only=True)
             if not isinstance(doc, dict) or not {"tag", "model", "rng", "loop"} <= set(doc):

@@ -12,11 +12,9 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from mito.core.version import __version__
 from mito.heads.bags import SCORE_TILES, BagReader, Bags, local_batches, tile_budget_batches
@@ -32,9 +30,12 @@ from mito.heads.base import (
     read_json_file,
 )
 from mito.heads.loop import EarlyStopping, train_loop
-from mito.heads.params import COMMON, Param, balance_mode, check_params, describe_params
+from mito.heads.params import COMMON, LOSSES, Param, balance_mode, check_params, describe_params
 from mito.heads.stream import read_ahead
-from mito.heads.torch_heads import LOSSES, focal_loss
+
+if TYPE_CHECKING:  # torch (and the networks, mito.heads.mil_nets) load on first use: importing mito.heads must not load it
+    import torch
+    from torch import nn
 
 MODEL_FILE = "model.safetensors"
 MIL_HEADS: dict[str, str] = {
@@ -47,36 +48,6 @@ MIL_HEADS: dict[str, str] = {
 def mil_head_names() -> tuple[str, ...]:
     """The slide-level heads, in registration order."""
     return tuple(MIL_HEADS)
-
-
-class MeanPool(nn.Module):
-    """Masked mean of the tiles, then a linear layer (hidden=0) or an MLP."""
-
-    def __init__(self, d: int, k: int, hidden: int, dropout: float) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, k)) if hidden else nn.Linear(d, k)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = mask.float() / mask.float().sum(1, keepdim=True).clamp_min(1)
-        return self.net((x * w[..., None]).sum(1)), w
-
-
-class GatedAttention(nn.Module):
-    """ABMIL: h = ReLU(W x); a = softmax_bag(w^T (tanh(V h) * sigmoid(U h))); logits = C (sum a h)."""
-
-    def __init__(self, d: int, k: int, hidden: int, attention: int, dropout: float) -> None:
-        super().__init__()
-        self.embed = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout))
-        self.v = nn.Linear(hidden, attention)
-        self.u = nn.Linear(hidden, attention)
-        self.w = nn.Linear(attention, 1)
-        self.classify = nn.Linear(hidden, k)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.embed(x)
-        score = self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)
-        a = torch.softmax(score.masked_fill(~mask, float("-inf")), dim=1)
-        return self.classify((a[..., None] * h).sum(1)), a
 
 
 # every option of the slide-level heads, declared once (mito.heads.params): validation, help, conformance tests
@@ -143,6 +114,8 @@ class MILHead:
 
     def build(self, d: int, k: int) -> nn.Module:
         """A fresh network for d-dim tiles and k classes."""
+        from mito.heads.mil_nets import GatedAttention, MeanPool
+
         if self.name == "abmil":
             return GatedAttention(d, k, int(self.hidden), int(self.attention), float(self.dropout))
         return MeanPool(d, k, int(self.hidden) if self.name == "mean-mlp" else 0, float(self.dropout))
@@ -155,6 +128,10 @@ class MILHead:
             return self._fit(reader, bags, train, val)
 
     def _fit(self, reader: BagReader, bags: Bags, train: np.ndarray, val: np.ndarray | None) -> MILHead:
+        import torch
+
+        from mito.heads.torch_heads import focal_loss
+
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         self.classes_ = np.asarray(bags.classes)
@@ -193,6 +170,7 @@ class MILHead:
             return {"train_loss": total / max(seen, 1)}
 
         def validate() -> tuple[float, float]:
+            assert val is not None  # train_loop gets validate only with validation bags
             logits = self._logits(net, reader, bags, val)[0]
             loss = float(focal_loss(logits, torch.from_numpy(y[val]), gamma, cw))
             return balanced_accuracy(y[val], logits.argmax(1).numpy()), loss
@@ -208,20 +186,23 @@ class MILHead:
         self.net_, self.history_, self.best_epoch_ = net, result.history, result.best_epoch
         return self
 
-    @torch.no_grad()
     def _logits(self, net: nn.Module, reader: BagReader, bags: Bags, which: np.ndarray) -> tuple[torch.Tensor, list[np.ndarray], list[np.ndarray]]:
+        import torch
+
         was = net.training
         net.eval()
         out, rows_out, att_out = [], [], []
         # scoring sees every tile; batches are bounded by padded tiles, so a few huge bags never pad a whole batch
         read = reader.read_batches(bags, tile_budget_batches(bags.sizes, which, int(self.batch_bags)))
-        for rows, x, mask in read_ahead((rows, *pad(xs)) for _, rows, xs in read):
-            logits, a = net(x, mask)
-            out.append(logits)
-            rows_out += rows
-            att_out += [a[i, : len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)]
+        with torch.no_grad():
+            for rows, x, mask in read_ahead((rows, *pad(xs)) for _, rows, xs in read):
+                logits, a = net(x, mask)
+                out.append(logits)
+                rows_out += rows
+                att_out += [a[i, : len(r)].numpy().astype(np.float64) for i, r in enumerate(rows)]
         net.train(was)
-        return (torch.cat(out) if out else torch.zeros(0, len(self.classes_))), rows_out, att_out
+        k = len(self.classes_) if self.classes_ is not None else 0
+        return (torch.cat(out) if out else torch.zeros(0, k)), rows_out, att_out
 
     def predict_proba(self, reader: BagReader, bags: Bags, which: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """Class probabilities per bag (columns = ``classes_``), and per bag its store rows and tile weights
@@ -230,6 +211,8 @@ class MILHead:
             raise HeadError(f"this {self.name} head is not fitted yet")
         if reader.d != self.n_features_in_:
             raise HeadError(f"features have {reader.d} dims, the head was trained on {self.n_features_in_}")
+        import torch
+
         which = np.arange(len(bags)) if which is None else which
         with cpu_threads(int(bags.sizes[which].sum()) * reader.d, reserve=1):
             logits, rows, att = self._logits(self.net_, reader, bags, which)
@@ -302,6 +285,8 @@ def load_mil_head(path: str | Path) -> MILHead:
 
 def pad(xs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of bags as one zero-padded float32 tensor (bags x max tiles x dims) and its mask."""
+    import torch
+
     n = max(len(x) for x in xs)
     d = xs[0].shape[1]
     out = np.zeros((len(xs), n, d), np.float32)

@@ -16,6 +16,7 @@ import numpy as np
 from mito.heads.errors import HeadError
 
 BALANCES = ("weights", "sampler", "none")  # class balance: loss weights, a balanced sampler, or none
+LOSSES = ("focal", "ce")  # torch heads, tile and slide level (mito.heads.torch_heads.focal_loss)
 NOISE_MODES = ("global", "per-dim", "absolute", "views", "view-cov")  # the last two: mito.heads.view_noise
 
 

@@ -18,9 +18,9 @@ from mito.core.io import artifact_kind, atomic_write, check_output_file, csv_pro
 from mito.core.progress import add_task, advance, progress_bar
 from mito.core.tasks import resolve_task as resolve_spec
 from mito.datasets import PROXY_TASKS
-from mito.heads.base import HEAD_FILE, Head, HeadError, read_json_file
+from mito.heads.base import HEAD_FILE, FittedHead, Head, HeadError, read_json_file
 from mito.heads.calibrate import apply_temperature, model_temperature
-from mito.heads.ensemble import load_any_head
+from mito.heads.ensemble import Ensemble, load_any_head
 from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
 from mito.heads.split import UNKNOWN, UNSEEN, identity_columns, recorded_split, side_of
 from mito.heads.train import CONFIG_FILE
@@ -37,7 +37,7 @@ class Model:
     """
 
     config: dict[str, Any]
-    head: Head
+    head: FittedHead
     pipeline: FeaturePipeline
     path: Path
 
@@ -102,7 +102,7 @@ def load_model(model_dir: str | os.PathLike) -> Model:
     return Model(config, head, pipeline, path)
 
 
-def load_head(path: str | os.PathLike) -> Head | Model:
+def load_head(path: str | os.PathLike) -> Head | Ensemble | Model:
     """Load what ``path`` holds: a model directory made by fit-head -> its Model (predicts from raw store features,
     pipeline applied, like mito predict); a folder written by ``head.save`` -> the bare head."""
     p = Path(path)

@@ -64,7 +64,7 @@ class LogRegHead(Head):
         Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, getattr(self, "train_views_", None))
         Xa = Xa.astype(np.float32, copy=False)
         if self.C == "auto":
-            if X_val is None:
+            if X_val is None or y_val is None:  # Head.fit passes both or neither
                 raise HeadError("C='auto' needs a validation set to choose C")
             scores = []
             for C in AUTO_CS:

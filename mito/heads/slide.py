@@ -87,6 +87,8 @@ class SlideModel:
     @property
     def classes_(self) -> np.ndarray:
         """The classes, in the order of predict_proba's columns."""
+        if self.head.classes_ is None:
+            raise HeadError(f"the slide-level head in {self.path} is not fitted")
         return self.head.classes_
 
 
@@ -207,7 +209,7 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
         bags = make_bags(tiles, None, cfg["bag_column"], None, None, store.unreadable)
         dropped = left_out(bags, store.meta, cfg["bag_column"])
         proba, rows, att = head.predict_proba(BagReader(store, cfg["features"]), bags)
-    classes = [str(c) for c in head.classes_]
+    classes = [str(c) for c in model.classes_]
     slides = pd.DataFrame({cfg["bag_column"]: bags.names, "n_tiles": bags.sizes})
     known = _known_labels(tiles, cfg, bags)
     if known is not None:

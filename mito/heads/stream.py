@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +70,7 @@ class FeatureStream:
         """Store chunks holding at least one of the rows, in store order."""
         return np.unique(self.rows // self.store.chunk_rows)
 
-    def _read(self, chunk_order: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _read(self, chunk_order: Sequence[int] | np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for idx, block in self.store.iter_chunks(self.keys, self.rows, dtype=np.float16, chunks=chunk_order):
             if self.pipeline is not None and self.pipeline.active:
                 block = self.pipeline.transform(block)
@@ -164,7 +164,7 @@ def stream_proba(head: Any, stream: FeatureStream) -> np.ndarray:
     return head.predict_proba_stream(stream)
 
 
-def read_ahead(it: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+def read_ahead(it: Iterator[Any], depth: int = 1) -> Generator[Any, None, None]:
     """Run ``it`` in a background thread, ``depth`` items ahead of the consumer (reading overlaps training)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -24,11 +24,10 @@ from mito.heads.base import (
     register_head,
 )
 from mito.heads.loop import EarlyStopping, train_loop
-from mito.heads.params import BALANCES, COMMON, Param, balance_mode
+from mito.heads.params import BALANCES, COMMON, LOSSES, Param, balance_mode
 from mito.heads.view_noise import VIEW_NOISE_MODES, pick_views, view_cov_noise
 
 MODEL_FILE = "model.safetensors"
-LOSSES = ("focal", "ce")
 PRECISIONS = ("auto", "fp32", "bf16")
 # first_layer_noise costs ~h*h*d per batch against b*d random draws for plain input noise: it pays off for big batches
 PROJECT_NOISE_ROWS_PER_UNIT = 4
@@ -112,6 +111,8 @@ class _TorchHead(Head):
 
     supports_stream = True
     on_epoch: Callable[[dict[str, float], int], None] | None = None  # progress hook, called after each epoch
+    best_epoch_: int | None  # after fit or load (None: a head saved without it)
+    epochs_run_: int | None
 
     param_spec = {
         "loss": Param("choice", choices=LOSSES, help="focal or cross-entropy"),
@@ -219,8 +220,6 @@ class _TorchHead(Head):
         dtype = torch.bfloat16 if self.precision_ == "bf16" else torch.float32
         bs = self._batch(n)
 
-        yv = torch.from_numpy(y_val) if y_val is not None else None
-
         def run_epoch(ep: int) -> dict[str, float]:
             net.train()
             total, seen = 0.0, 0
@@ -236,8 +235,9 @@ class _TorchHead(Head):
             return {"train_loss": total / max(seen, 1)}
 
         def validate() -> tuple[float, float]:
+            assert val_logits is not None and y_val is not None  # train_loop gets validate only when both are given
             vlogits = val_logits(net)
-            vloss = float(focal_loss(vlogits, yv, gamma, loss_w))
+            vloss = float(focal_loss(vlogits, torch.from_numpy(y_val), gamma, loss_w))
             return balanced_accuracy(y_val, vlogits.argmax(1).numpy()), vloss
 
         result = train_loop(

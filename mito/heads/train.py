@@ -22,11 +22,11 @@ from mito.core.tasks import resolve_task as resolve_spec
 from mito.core.validation import one_line
 from mito.core.version import __version__
 from mito.datasets import PROXY_TASKS
-from mito.heads.base import HeadError, head_names, make_head
+from mito.heads.base import Head, HeadError, head_names, make_head
 from mito.heads.calibrate import MIN_CALIBRATION_ROWS, Calibration, calibrate_scored
-from mito.heads.ensemble import fit_ensemble, parse_ensemble
+from mito.heads.ensemble import Ensemble, fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
-from mito.heads.fit import fit_on_rows
+from mito.heads.fit import FitResult, fit_on_rows
 from mito.heads.split import (
     AUTO,
     PUBLISHED_SPLIT,
@@ -211,6 +211,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
     """Train a head from a store as ``cfg`` says; write the model directory when ``cfg.out`` is set; return the metrics."""
     if cfg.out is not None:
         check_model_out(cfg.out, cfg.store, cfg.overwrite)
+    head: Head | Ensemble  # an Ensemble of such heads with --ensemble
     head = make_head(cfg.head, **{"seed": cfg.seed, **cfg.head_params})
     t_start = time.perf_counter()
     with open_store(cfg.store, "r") as store:
@@ -246,9 +247,10 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         cats = metadata_categories(tiles, cfg.metadata_columns)
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
-        groups = group_ids(tiles, cfg.group_column) if cfg.group_column in tiles else None
+        groups = group_ids(tiles, cfg.group_column) if cfg.group_column is not None and cfg.group_column in tiles else None
         fit_kw = dict(standardize=cfg.standardize, pca=cfg.pca, categories=cats, tiles=tiles, stream=cfg.stream, buffer_rows=cfg.buffer_rows)
         ens = parse_ensemble(cfg.ensemble)
+        fitted: FitResult[Head] | FitResult[Ensemble]
         if ens is not None:
             base_seed = int(cfg.head_params.get("seed", cfg.seed))
             fitted = fit_ensemble(

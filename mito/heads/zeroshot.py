@@ -17,9 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mito.backbones import create_backbone, get_backbone, resolve_weights
-from mito.backbones.registry import RANDOM_SHA, file_sha256
-from mito.backbones.vlm import encode_texts, logit_scale, tokenizer_for, vlm_spec
 from mito.core.io import write_json
 from mito.core.metrics import classification_metrics
 from mito.core.tasks import choose_positive, default_task, resolve_task, task_labels
@@ -120,6 +117,8 @@ def zero_shot_proba(features: np.ndarray, text: np.ndarray, scale: float, contex
     text = np.asarray(text)
     if text.ndim == 2:
         return softmax(zero_shot_logits(features, text, scale))
+    if context_index is None:
+        raise HeadError(f"{text.shape[0]} text matrices (one per context) need each row's context_index")
     out = np.zeros((len(features), text.shape[1]))
     for c in np.unique(context_index):
         rows = context_index == c
@@ -206,6 +205,8 @@ def text_embeddings(
 
     ``encoder_factory()`` builds the VLM encoder, called only on a cache miss. Returns (embeddings, file, computed).
     """
+    from mito.backbones.vlm import encode_texts, logit_scale, tokenizer_for  # loads torch: only when zero-shot runs
+
     path = cache_path(store, backbone, weights_sha256, prompts)
     te = read_text_embeddings(path) if path.is_file() else TextEmbeddings(backbone, weights_sha256, prompts)
     todo = [c for c in dict.fromkeys(contexts) if c not in te.contexts]
@@ -274,6 +275,9 @@ def run_zero_shot(
 ) -> ZeroShotResult:
     """Score every tile of ``store`` against the prompts' classes with ``backbone``'s text tower (two classes: metrics
     of ``positive``, else of the minority class of the labelled tiles, as there are no training rows)."""
+    from mito.backbones import create_backbone, get_backbone, resolve_weights  # loads torch: only when zero-shot runs
+    from mito.backbones.registry import RANDOM_SHA, file_sha256
+    from mito.backbones.vlm import vlm_spec
 
     t0 = time.perf_counter()
     spec = vlm_spec(backbone)

@@ -232,18 +232,18 @@ def import_features(
     exists = store_exists(store)
     held: dict[str, dict[str, Any]] = {}
     if exists:
-        with open_store(store, "a") as s:
-            src = s.meta.get("source") or {}
+        with open_store(store, "a") as st:
+            src = st.meta.get("source") or {}
             if src.get("kind") != "import":
                 raise InteropError(f"{store} was made by mito extract, not mito import: import into a new --store")
-            if s.variants not in ([], [key]):  # none yet: a first import cut short before its variant was made
+            if st.variants not in ([], [key]):  # none yet: a first import cut short before its variant was made
                 raise InteropError(
-                    f"{store} holds {', '.join(s.variants)}; these files are {key}: import them into a new --store "
+                    f"{store} holds {', '.join(st.variants)}; these files are {key}: import them into a new --store "
                     "(or give --name as before)"
                 )
-            if s.variants and int(s.variant_info(key)["dim"]) != dim:
-                raise InteropError(f"mixed dimensions: {store} holds {s.variant_info(key)['dim']}-d features, these files {dim}-d")
-            held = {r["slide"]: r for r in _records(s.meta)}
+            if st.variants and int(st.variant_info(key)["dim"]) != dim:
+                raise InteropError(f"mixed dimensions: {store} holds {st.variant_info(key)['dim']}-d features, these files {dim}-d")
+            held = {r["slide"]: r for r in _records(st.meta)}
     result = ImportResult(store, fmt, key, created=not exists)
     new: list[SourceSlide] = []
     digests: dict[str, list[dict[str, Any]]] = {}
@@ -268,12 +268,12 @@ def import_features(
             bar.update(task, advance=1)
     if not exists and not new:
         raise InteropError(f"no patches in the files of {folder}: nothing to import")
-    with open_store(store, "a") if exists else _create(store, fmt, folder, new, digests, key, table, result, chunk_rows) as s:
+    with open_store(store, "a") if exists else _create(store, fmt, folder, new, digests, key, table, result, chunk_rows) as st:
         if exists:
-            _append(s, fmt, folder, new, digests, table, result)
-        s.ensure_variant(key, dim, {"backbone": backbone, "imported": {"format": fmt, "encoder": encoder}})
-        result.written_chunks = _fill(s, key, {x.slide: x for x in slides}, progress)
-        s.forget_done_rows()
+            _append(st, fmt, folder, new, digests, table, result)
+        st.ensure_variant(key, dim, {"backbone": backbone, "imported": {"format": fmt, "encoder": encoder}})
+        result.written_chunks = _fill(st, key, {x.slide: x for x in slides}, progress)
+        st.forget_done_rows()
     return result
 
 

@@ -126,7 +126,7 @@ def _scan_file(path: Path) -> SourceSlide:
         fa = {k: plain(v) for k, v in f["features"].attrs.items()}
     slide = attr_text(ca.get("slide")) or attr_text(ca.get("name")) or attr_text(fa.get("name")) or path.stem
     side = ca.get("patch_size_level0")
-    size = (ca.get("level0_width"), ca.get("level0_height"))
+    width, height = ca.get("level0_width"), ca.get("level0_height")
     keep = {k: ca[k] for k in ("patch_size", "patch_size_level0", "level0_magnification", "target_magnification", "overlap") if k in ca}
     return SourceSlide(
         slide,
@@ -137,6 +137,6 @@ def _scan_file(path: Path) -> SourceSlide:
         encoder=attr_text(fa.get("encoder")),
         coords=coords,
         side=float(side) if isinstance(side, (int, float)) and side > 0 else None,
-        size=(int(size[0]), int(size[1])) if all(isinstance(v, (int, float)) for v in size) else None,
+        size=(int(width), int(height)) if isinstance(width, (int, float)) and isinstance(height, (int, float)) else None,
         attrs=keep,
     )

@@ -812,7 +812,7 @@ class Store:
         keys: Sequence[str],
         rows: np.ndarray | None = None,
         dtype: Any = np.float32,
-        chunks: Sequence[int] | None = None,
+        chunks: Sequence[int] | np.ndarray | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (row_indices, features) one storage chunk at a time (in ``chunks`` order when given): memory stays bounded by a chunk."""
         vs = self._check_readable(keys, allow_incomplete=False)

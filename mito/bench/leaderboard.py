@@ -35,6 +35,7 @@ from mito.core.metrics import (
     per_class_line,
 )
 from mito.core.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
+from mito.core.validation import as_dict
 from mito.datasets import PROXY_TASKS
 from mito.heads import HEAD_NAMES, head_names
 from mito.store import open_store
@@ -276,11 +277,11 @@ def task_summary_lines(lb: Leaderboard) -> list[str]:
         classes = best.get("classes")
         if isinstance(classes, list) and len(classes) > 2 and isinstance(best.get("per_class"), dict):
             out.append(f"task {t}, #1 {best['backbone']} {best['features']} {best['head']}: " + per_class_line(best["per_class"]) + " (mean over folds)")
-    tasks = lb.meta.get("tasks") if isinstance(lb.meta.get("tasks"), dict) else {}
+    tasks = as_dict(lb.meta.get("tasks"))
     for t, tm in tasks.items():
         if isinstance(tm, dict) and tm.get("small_test"):
             out.append(f"note ({t}): {tm['small_test']}")
-    shift_meta = lb.meta.get("shift") if isinstance(lb.meta.get("shift"), dict) else {}
+    shift_meta = as_dict(lb.meta.get("shift"))
     out += cross_group_lines(rows, str(shift_meta.get("column") or "group"))
     partial = rows[rows["paired_note"].fillna("").astype(str).str.startswith(PARTIAL_FOLDS)] if "paired_note" in rows else rows.iloc[:0]
     for _, r in partial.iterrows():

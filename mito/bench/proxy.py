@@ -26,6 +26,7 @@ import pandas as pd
 from mito.bench.errors import BenchError
 from mito.bench.stats import prediction_positive
 from mito.core.metrics import bootstrap_replicates
+from mito.core.validation import as_dict
 
 BEST = "best"  # the head label of the best-head-per-backbone comparison
 LEVEL = 0.95
@@ -257,11 +258,12 @@ def bench_validity(
 
 def agreements_from_meta(meta: dict[str, Any]) -> list[ProxyAgreement]:
     """The ProxyAgreement rows kept in a leaderboard's meta (none when it has no proxy_validity)."""
-    pv = meta.get("proxy_validity") if isinstance(meta.get("proxy_validity"), dict) else {}
+    pv = as_dict(meta.get("proxy_validity"))
     out = []
     for r in pv.get("rows") or []:
         try:
-            out.append(ProxyAgreement(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items()}))
+            fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in r.items()}
+            out.append(ProxyAgreement(**fields))
         except TypeError:
             continue
     return out

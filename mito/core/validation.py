@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import ValidationError
 
 
@@ -15,3 +17,13 @@ def one_line(e: ValidationError, as_option: bool = False) -> str:
     if as_option:
         where = "--" + where.replace("_", "-")
     return f"{where}: {msg}"
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a dict, else an empty one (metadata of an older or damaged folder or store)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """``value`` when it is a list, else an empty one."""
+    return value if isinstance(value, list) else []

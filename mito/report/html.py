@@ -24,6 +24,7 @@ from mito.core.io import atomic_write, safe_name
 from mito.core.metrics import calibrated_ece
 from mito.core.progress import status
 from mito.core.tasks import recorded_positive
+from mito.core.validation import as_dict
 from mito.core.version import __version__
 from mito.report.fewshot import report_section
 from mito.report.invariance import invariance_section
@@ -39,10 +40,6 @@ HEAD_KIND = "head"
 FT_KINDS = ("lora", "linear-probe", "full")
 
 
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    """``value`` when it is a dict, else an empty one (metadata of a possibly older or damaged folder)."""
-    return value if isinstance(value, dict) else {}
 
 
 def _label(r: pd.Series, width: int = 60) -> str:
@@ -354,8 +351,8 @@ def ece_bias_line(rows: pd.DataFrame, lb: Leaderboard) -> str:
 
 def positive_of(row: pd.Series, lb: Leaderboard) -> str:
     """The positive class a two-class row was scored with: recorded, else (an older folder) its second class."""
-    tasks = _as_dict(lb.meta.get("tasks"))
-    info = _as_dict(tasks.get(row["task"]))
+    tasks = as_dict(lb.meta.get("tasks"))
+    info = as_dict(tasks.get(row["task"]))
     pos = row.get("positive")
     if isinstance(pos, str) and pos:
         return pos
@@ -418,13 +415,13 @@ def build_report(out_dir: str | os.PathLike, top: int = 25, progress: bool = Fal
 
 
 def _write_report(d: Path, lb: Leaderboard, top: int) -> Path:
-    tasks_meta = _as_dict(lb.meta.get("tasks"))
+    tasks_meta = as_dict(lb.meta.get("tasks"))
     sections, summary = [], {}
     for task in sorted(lb.rows["task"].unique()):
         task_rows = lb.rows[lb.rows["task"] == task]
         rows = main_rows(task_rows)  # K-shot rows: the learning-curve section below; shift rows ranked per held-out group
         rows = rows.sort_values([c for c in ("held_out", "rank") if c in rows], kind="stable")
-        tm = _as_dict(tasks_meta.get(task))
+        tm = as_dict(tasks_meta.get(task))
         metric = tm.get("main_metric", rows.iloc[0]["main_metric"])
         shift = shift_section(rows, metric, d / f"{safe_name(task, 'task')}_shift.png", lb.meta.get("shift"))
         if "held_out" in rows and (rows["held_out"].fillna("") == "").any():
@@ -474,7 +471,7 @@ def _write_report(d: Path, lb: Leaderboard, top: int) -> Path:
     sections += cd_section(in_domain_rows(lb.rows), d)
     proxy = proxy_section(lb.meta, d / "proxy_validity.png")
     sections += [proxy] if proxy else []
-    store = _as_dict(lb.meta.get("store"))
+    store = as_dict(lb.meta.get("store"))
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     page = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>mito bench report</title>"

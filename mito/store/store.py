@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from mito.core.errors import os_error_line
+from mito.core.validation import as_dict, as_list
 from mito.core.wording import counted
 from mito.store.backend import Capabilities, StoreBackend, backend_capabilities, is_url, open_backend
 from mito.store.errors import StoreError
@@ -79,14 +80,6 @@ class Variant:
 
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    """``value`` when it is a dict, else an empty one (metadata read from a possibly damaged store)."""
-    return value if isinstance(value, dict) else {}
-
-
-def _as_list(value: Any) -> list[Any]:
-    """``value`` when it is a list, else an empty one."""
-    return value if isinstance(value, list) else []
 
 def format_zoom(zoom: float) -> str:
     """Format a zoom factor the way variant keys spell it (1, 2, 0.5)."""
@@ -380,9 +373,9 @@ class Store:
     def input_files(self) -> list[str]:
         """The files this store was made from, which no output may replace: its source when that is a file, the
         points file, every slide it lists (skipped ones too) and the tiles' ``path`` / ``slide_path`` values."""
-        src = _as_dict(self.meta.get("source"))
+        src = as_dict(self.meta.get("source"))
         out = [str(v) for v in (src.get("path"), src.get("points")) if v]
-        rec = _as_dict(self.meta.get("slides"))
+        rec = as_dict(self.meta.get("slides"))
         out += [str(r["path"]) for part in ("slides", "skipped") for r in rec.get(part) or [] if isinstance(r, dict) and r.get("path")]
         cols = [c for c in ("path", "slide_path") if c in self.tile_column_names]
         if cols:
@@ -659,7 +652,7 @@ class Store:
         staged columns a writer left before recording its intent are removed."""
         self._require_writable()
         self.meta = self._b.get_attrs(fresh=True) or self.meta
-        pend = _as_dict(self.meta.get("tile_update"))
+        pend = as_dict(self.meta.get("tile_update"))
         with self._writing():
             if pend:
                 for name, kind in pend["columns"].items():
@@ -925,7 +918,7 @@ class Store:
             return
         n, cr = _pos_int(meta.get("n_tiles")), _pos_int(meta.get("chunk_rows"))
         n_chunks = math.ceil(n / cr) if n and cr else None
-        cols = _as_list(meta.get("tile_columns"))
+        cols = as_list(meta.get("tile_columns"))
         for c in cols:
             name = c.get("name") if isinstance(c, dict) else None
             if isinstance(name, str):
@@ -941,7 +934,7 @@ class Store:
             problems.append(p)
         elif self._scan("unreadable", problems):
             bad = self._b.read("unreadable").astype(bool)
-        variants = _as_dict(meta.get("variants"))
+        variants = as_dict(meta.get("variants"))
         if not variants:
             problems.append("no feature variants")
         known = set()

@@ -285,7 +285,7 @@ def test_tile_size_is_bounded_and_the_widest_view_must_fit_in_memory(monkeypatch
         options_from(0.001, None, 500.0, [1.0])
     with pytest.raises(ValidationError, match="16384"):
         ExtractConfig(source="x", store="y.zarr", mpp=0.5, tile_px=20000)
-    monkeypatch.setattr("mito.core.resources.available_memory", lambda: 64 << 20)
+    monkeypatch.setattr("mito.extract.slide_tiles.available_memory", lambda: 64 << 20)
     assert options_from(0.5, 1024, None, [1.0]).tile_px == 1024  # 3 MiB
     with pytest.raises(ExtractError, match=r"4096 x 4096 px view .* x 3 worker"):
         options_from(0.5, 1024, None, [1.0, 0.25], workers=3)  # 48 MiB x 3

@@ -133,17 +133,50 @@ def main() -> None:
     shutil.rmtree(report, ignore_errors=True)
     params = [p for h in a.heads.split(",") if h in ("mlp", "linear") for p in ("--param", f"{h}.epochs={a.epochs}")]
     cmd = [
-        sys.executable, "-m", "mito", "bench", "--store", store, "--out", str(report), "--task", "label",
-        "--features", KEY, "--heads", a.heads, "--folds", "2", "--cv", "kfold", "--jobs", str(a.jobs),
-        "--n-boot", "0", "--no-umap", *params,
+        sys.executable,
+        "-m",
+        "mito",
+        "bench",
+        "--store",
+        store,
+        "--out",
+        str(report),
+        "--task",
+        "label",
+        "--features",
+        KEY,
+        "--heads",
+        a.heads,
+        "--folds",
+        "2",
+        "--cv",
+        "kfold",
+        "--jobs",
+        str(a.jobs),
+        "--n-boot",
+        "0",
+        "--no-umap",
+        *params,
     ]
     m = run_measured(cmd)
     rows = json.loads((report / "leaderboard.json").read_text())["rows"]
-    print(json.dumps({
-        "n": a.n, "dim": a.dim, "heads": a.heads, "jobs": a.jobs, "folds": 2, "epochs": a.epochs,
-        "store_build_s": build_s, **m, "goal_gib": 2.0, "under_goal": m["peak_pss_gib"] < 2.0,
-        "balanced_accuracy": {r["head"]: round(r["balanced_accuracy"], 3) for r in rows},
-    }))
+    print(
+        json.dumps(
+            {
+                "n": a.n,
+                "dim": a.dim,
+                "heads": a.heads,
+                "jobs": a.jobs,
+                "folds": 2,
+                "epochs": a.epochs,
+                "store_build_s": build_s,
+                **m,
+                "goal_gib": 2.0,
+                "under_goal": m["peak_pss_gib"] < 2.0,
+                "balanced_accuracy": {r["head"]: round(r["balanced_accuracy"], 3) for r in rows},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

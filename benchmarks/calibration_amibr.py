@@ -37,12 +37,20 @@ def calibration_table(store: str, features: list[str], seeds: int) -> list[dict]
             t0 = time.perf_counter()
             m = fit_head(FitConfig(store=store, task="mitosis", head=head, features=features, seed=seed, calibrate="temperature"))
             c = m["calibration"]
-            runs.append({
-                "bal_acc_before": c["test_balanced_accuracy_before"], "bal_acc_after": m["balanced_accuracy"],
-                "ece_before": c["test_ece_before"], "ece_after": m["ece"],
-                "brier_before": c["test_brier_before"], "brier_after": m["brier"], "T": c["temperature"],
-                "n_val": c["n_val"], "n_test": m["n_test"], "seconds": time.perf_counter() - t0,
-            })
+            runs.append(
+                {
+                    "bal_acc_before": c["test_balanced_accuracy_before"],
+                    "bal_acc_after": m["balanced_accuracy"],
+                    "ece_before": c["test_ece_before"],
+                    "ece_after": m["ece"],
+                    "brier_before": c["test_brier_before"],
+                    "brier_after": m["brier"],
+                    "T": c["temperature"],
+                    "n_val": c["n_val"],
+                    "n_test": m["n_test"],
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
         row = {"head": head, "seeds": seeds, **{k: float(np.mean([r[k] for r in runs])) for k in runs[0]}}
         row["max_bal_acc_change"] = float(max(abs(r["bal_acc_after"] - r["bal_acc_before"]) for r in runs))
         print(json.dumps(row), flush=True)
@@ -50,8 +58,10 @@ def calibration_table(store: str, features: list[str], seeds: int) -> list[dict]
     print("\n| head | T | ECE before | ECE after | Brier before | Brier after | bal. acc. before | after |")
     print("|---|---|---|---|---|---|---|---|")
     for r in out:
-        print(f"| {r['head']} | {r['T']:.2f} | {r['ece_before']:.3f} | {r['ece_after']:.3f} | {r['brier_before']:.3f} | "
-              f"{r['brier_after']:.3f} | {r['bal_acc_before']:.3f} | {r['bal_acc_after']:.3f} |")
+        print(
+            f"| {r['head']} | {r['T']:.2f} | {r['ece_before']:.3f} | {r['ece_after']:.3f} | {r['brier_before']:.3f} | "
+            f"{r['brier_after']:.3f} | {r['bal_acc_before']:.3f} | {r['bal_acc_after']:.3f} |"
+        )
     return out
 
 
@@ -59,14 +69,18 @@ def paired_bench(store: str, out: str, features: list[str]) -> None:
     from mito.bench import BenchConfig, run_bench, save_leaderboard
 
     t0 = time.perf_counter()
-    lb = run_bench(BenchConfig(store=store, tasks=["mitosis"], features=features, heads=["logreg", "linear", "mlp", "knn"], n_jobs=2, n_boot=1000))
+    lb = run_bench(
+        BenchConfig(store=store, tasks=["mitosis"], features=features, heads=["logreg", "linear", "mlp", "knn"], n_jobs=2, n_boot=1000)
+    )
     save_leaderboard(lb, out)
     print(f"\nbench: {len(lb.rows)} rows in {time.perf_counter() - t0:.0f} s -> {out}")
     print("\n| rank | features | head | balanced acc. | Δ vs #1 | p vs #1 (Holm) | tied | AUROC | DeLong p (Holm) | ECE | Brier |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for _, r in lb.rows.iterrows():
-        print(f"| {r['rank']} | {r['features']} | {r['head']} | {r['balanced_accuracy']:.3f} | {r['delta_vs_best']:+.3f} | "
-              f"{r['p_vs_best']:.3g} | {r['tied_with_best']} | {r['auroc']:.3f} | {r['auroc_p_vs_best']:.3g} | {r['ece']:.3f} | {r['brier']:.3f} |")
+        print(
+            f"| {r['rank']} | {r['features']} | {r['head']} | {r['balanced_accuracy']:.3f} | {r['delta_vs_best']:+.3f} | "
+            f"{r['p_vs_best']:.3g} | {r['tied_with_best']} | {r['auroc']:.3f} | {r['auroc_p_vs_best']:.3g} | {r['ece']:.3f} | {r['brier']:.3f} |"
+        )
 
 
 def main() -> None:

@@ -41,8 +41,14 @@ def main() -> None:
         ens = {"balanced_accuracy": [], "auroc": []}
         t0 = time.perf_counter()
         for j in range(args.runs):
-            cfg = make_fit_config(store=args.store, head=args.head, ensemble=str(args.k), seed=args.k * j, **PROTOCOLS[name],
-                                  features=args.features.split(",") if args.features else [])
+            cfg = make_fit_config(
+                store=args.store,
+                head=args.head,
+                ensemble=str(args.k),
+                seed=args.k * j,
+                **PROTOCOLS[name],
+                features=args.features.split(",") if args.features else [],
+            )
             m = fit_head(cfg)
             for metric in single:
                 single[metric] += m["ensemble"][f"member_{metric}"]
@@ -65,8 +71,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in table:
         f = lambda t: f"{t[0]:.3f} ± {t[1]:.3f}"  # noqa: E731
-        print(f"| {r['protocol']} | {f(r['single_balanced_accuracy'])} (n={r['n_single']}) | {f(r['ensemble_balanced_accuracy'])} (n={r['n_ensembles']}) "
-              f"| {f(r['single_auroc'])} | {f(r['ensemble_auroc'])} |")
+        print(
+            f"| {r['protocol']} | {f(r['single_balanced_accuracy'])} (n={r['n_single']}) | {f(r['ensemble_balanced_accuracy'])} (n={r['n_ensembles']}) "
+            f"| {f(r['single_auroc'])} | {f(r['ensemble_auroc'])} |"
+        )
 
 
 if __name__ == "__main__":

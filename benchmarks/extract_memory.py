@@ -148,20 +148,24 @@ def main() -> None:
     pss = [r["peak_pss"] / mib for r in runs if r["peak_pss"] is not None]
     tps = [a.n / r["wall"] for r in runs]
     loop = [r["loop_rate"] for r in runs if r["loop_rate"] is not None]
-    print(json.dumps({
-        "n": a.n,
-        "extract_args": a.extra or "defaults (zooms 1,2 x rgb,gray, efficientnet_lite0)",
-        "cpus": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "peak_rss_mib": round(max(rss), 1),
-        "peak_rss_mib_runs": [round(v, 1) for v in rss],
-        "peak_pss_mib": round(max(pss), 1) if pss else None,
-        "peak_pss_mib_runs": [round(v, 1) for v in pss],
-        "tiles_per_s": round(max(tps), 2),
-        "tiles_per_s_runs": [round(v, 2) for v in tps],
-        "loop_tiles_per_s_runs": loop,
-        "processes": max(r["procs"] for r in runs),
-    }))
+    print(
+        json.dumps(
+            {
+                "n": a.n,
+                "extract_args": a.extra or "defaults (zooms 1,2 x rgb,gray, efficientnet_lite0)",
+                "cpus": os.cpu_count(),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+                "peak_rss_mib": round(max(rss), 1),
+                "peak_rss_mib_runs": [round(v, 1) for v in rss],
+                "peak_pss_mib": round(max(pss), 1) if pss else None,
+                "peak_pss_mib_runs": [round(v, 1) for v in pss],
+                "tiles_per_s": round(max(tps), 2),
+                "tiles_per_s_runs": [round(v, 2) for v in tps],
+                "loop_tiles_per_s_runs": loop,
+                "processes": max(r["procs"] for r in runs),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -158,8 +158,15 @@ def main() -> None:
             fwd.append(rate)
             cpu_fwd.append(cpu_ms)
             cfg = ExtractConfig(
-                source=str(src), store=str(work / f"run{r}.zarr"), backbones=[name], input_size=a.input_size,
-                batch_size=bs, num_workers=workers, device=device.type, compile=a.compile, progress=False,
+                source=str(src),
+                store=str(work / f"run{r}.zarr"),
+                backbones=[name],
+                input_size=a.input_size,
+                batch_size=bs,
+                num_workers=workers,
+                device=device.type,
+                compile=a.compile,
+                progress=False,
             )
             c0, t0 = cpu_seconds(), time.perf_counter()
             summary = extract(cfg)
@@ -173,7 +180,9 @@ def main() -> None:
         out = {
             "arch": a.arch,
             "backbone": name,
-            "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+            "device": torch.cuda.get_device_name(device)
+            if cuda
+            else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
             "dtype": "bf16 autocast" if cuda else "float32",
             "n": n,
             "batch_size": bs,

@@ -32,8 +32,16 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     a = ap.parse_args()
     cfg = BenchConfig(
-        store=a.store, tasks=["mitosis"], features=a.features.split(","), heads=a.heads.split(","), n_folds=a.folds, cv="split",
-        n_jobs=a.jobs, n_boot=a.n_boot, few_shot=a.shots.split(","), few_shot_draws=a.draws,
+        store=a.store,
+        tasks=["mitosis"],
+        features=a.features.split(","),
+        heads=a.heads.split(","),
+        n_folds=a.folds,
+        cv="split",
+        n_jobs=a.jobs,
+        n_boot=a.n_boot,
+        few_shot=a.shots.split(","),
+        few_shot_draws=a.draws,
     )
     t0 = time.perf_counter()
     lb = run_bench(cfg)
@@ -43,8 +51,10 @@ def main() -> None:
     build_report(out)
     rows = lb.rows
     wide = curve_table(rows, "balanced_accuracy")
-    lines = ["| feature set, head | " + " | ".join(f"K={c}" if c != "all" else "all" for c in wide.columns) + " |",
-             "|---|" + "---|" * len(wide.columns)]
+    lines = [
+        "| feature set, head | " + " | ".join(f"K={c}" if c != "all" else "all" for c in wide.columns) + " |",
+        "|---|" + "---|" * len(wide.columns),
+    ]
     lines += [f"| {line} | " + " | ".join(str(v).replace(" [", "<br>[") for v in r) + " |" for line, r in wide.iterrows()]
     few = rows[rows["kind"] == "few-shot"]
     lines += [

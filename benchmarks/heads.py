@@ -75,8 +75,11 @@ def main() -> None:
     heads = args.heads.split(",")
     print(f"store {args.store}: {n} tiles; split x label counts {counts}; seeds {seeds}")
     print(f"noise rows: sigma {args.noise} ({args.noise_mode}); standardize={args.standardize}\n")
-    fit_head(FitConfig(store=args.store, task="mitosis", head="mlp", features=sets[next(iter(sets))], split_column="split",
-                       head_params={"epochs": 1}))  # warm-up: torch's first optimizer pays one-off imports
+    fit_head(
+        FitConfig(
+            store=args.store, task="mitosis", head="mlp", features=sets[next(iter(sets))], split_column="split", head_params={"epochs": 1}
+        )
+    )  # warm-up: torch's first optimizer pays one-off imports
     print("| features | head | noise | bal. acc | AUROC | kappa | weighted F1 | train s | val bal. acc |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     results = []

@@ -63,14 +63,27 @@ def run_one(store: str, setting: dict[str, Any], epochs: int, threads: int | Non
     t0 = time.perf_counter()
     m = fit_head(
         FitConfig(
-            store=store, task="mitosis", head="mlp", features=list(KEYS), split_column="split",
+            store=store,
+            task="mitosis",
+            head="mlp",
+            features=list(KEYS),
+            split_column="split",
             head_params={"epochs": epochs, "patience": epochs, "n_threads": threads, **setting},
         )
     )
     total = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"precision": m["precision"], "threads": m["threads"], "fit_s": m["train_seconds"], "total_s": total, "epochs": m["epochs_run"], "n_train": m["n_train"],
-            "peak_mib": peak / 1024, "grow_mib": (peak - base) / 1024, "val_ba": m["balanced_accuracy"]}
+    return {
+        "precision": m["precision"],
+        "threads": m["threads"],
+        "fit_s": m["train_seconds"],
+        "total_s": total,
+        "epochs": m["epochs_run"],
+        "n_train": m["n_train"],
+        "peak_mib": peak / 1024,
+        "grow_mib": (peak - base) / 1024,
+        "val_ba": m["balanced_accuracy"],
+    }
 
 
 SETTINGS = {
@@ -97,13 +110,18 @@ def main() -> None:
     feat_mib = args.rows * args.dim * 2 / 2**20
     names = [n.strip() for n in args.only.split(",")] if args.only else list(SETTINGS)
     print(f"features in memory (float16): {feat_mib:.0f} MiB; cpu: {os.cpu_count()} cores; load before: {os.getloadavg()[0]:.1f}")
-    print("| setting | precision | threads | epochs | train rows | fit s | fit_head total s | peak RSS MiB | RSS growth in fit_head MiB | val bal. acc |")
+    print(
+        "| setting | precision | threads | epochs | train rows | fit s | fit_head total s | peak RSS MiB | RSS growth in fit_head MiB | val bal. acc |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     ctx = mp.get_context("spawn")
     for name in names:
         with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
             r = ex.submit(run_one, str(store), SETTINGS[name], args.epochs, args.threads).result()
-        print(f"| {name} | {r['precision']} | {r['threads']} | {r['epochs']} | {r['n_train']:,} | {r['fit_s']:.1f} | {r['total_s']:.1f} | {r['peak_mib']:.0f} | {r['grow_mib']:.0f} | {r['val_ba']:.3f} |", flush=True)
+        print(
+            f"| {name} | {r['precision']} | {r['threads']} | {r['epochs']} | {r['n_train']:,} | {r['fit_s']:.1f} | {r['total_s']:.1f} | {r['peak_mib']:.0f} | {r['grow_mib']:.0f} | {r['val_ba']:.3f} |",
+            flush=True,
+        )
     print(f"load average after: {os.getloadavg()[0]:.1f} (other processes share these cores)")
 
 

@@ -39,7 +39,11 @@ def stage(out: Path, name: str) -> bool:
 
 def markdown(rows: pd.DataFrame, top: int) -> str:
     """The best rows as a Markdown table."""
-    cols = ["rank"] + (["task"] if rows["task"].nunique() > 1 else []) + ["backbone", "features", "head", "balanced_accuracy", "ci", "auroc", "kappa", "weighted_f1", "train_seconds", "budget"]
+    cols = (
+        ["rank"]
+        + (["task"] if rows["task"].nunique() > 1 else [])
+        + ["backbone", "features", "head", "balanced_accuracy", "ci", "auroc", "kappa", "weighted_f1", "train_seconds", "budget"]
+    )
     lines = ["| " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, r in rows.head(top).iterrows():
         cells = []
@@ -101,8 +105,16 @@ def main() -> None:
             print(f"== {mode} ({args.ft_backbone}): {args.ft_folds} folds, cap {args.ft_minutes:g} min each", flush=True)
             run_finetune(
                 FinetuneConfig(
-                    source=args.source, out=str(out / mode), backbone=args.ft_backbone, task="mitosis", mode=mode, n_folds=args.folds,
-                    folds=args.ft_folds, max_minutes=args.ft_minutes, epoch_samples=args.ft_epoch_samples, val_samples=args.ft_val_samples,
+                    source=args.source,
+                    out=str(out / mode),
+                    backbone=args.ft_backbone,
+                    task="mitosis",
+                    mode=mode,
+                    n_folds=args.folds,
+                    folds=args.ft_folds,
+                    max_minutes=args.ft_minutes,
+                    epoch_samples=args.ft_epoch_samples,
+                    val_samples=args.ft_val_samples,
                 )
             )
             timings[f"{mode}_wall_seconds"] = time.perf_counter() - t
@@ -118,7 +130,14 @@ def main() -> None:
     if not args.skip_proxies and not stage(out, "proxies"):
         base = [v for v in variants if v.endswith(":z1:rgb")]
         lb = run_bench(
-            BenchConfig(store=args.store, tasks=["mitosis", "phase", "atypia", "dataset"], features=base, heads=["logreg", "knn", "mlp"], n_folds=args.folds, n_jobs=args.jobs)
+            BenchConfig(
+                store=args.store,
+                tasks=["mitosis", "phase", "atypia", "dataset"],
+                features=base,
+                heads=["logreg", "knn", "mlp"],
+                n_folds=args.folds,
+                n_jobs=args.jobs,
+            )
         )
         save_leaderboard(lb, out / "proxies")
         leaderboard_umaps(args.store, lb, out / "proxies")

@@ -40,12 +40,17 @@ def build(path: Path, slides: int, tiles: int, dims: int, seed: int = 0) -> None
     n = slides * tiles
     slide = np.repeat(np.arange(slides), tiles)
     pos = np.arange(slides) % 2 == 1
-    table = pd.DataFrame({
-        "tile_id": [f"t{i}" for i in range(n)], "slide": [f"s{s:05d}" for s in slide],
-        "label": np.where(pos[slide], "tumour", "normal"),
-    })
+    table = pd.DataFrame(
+        {
+            "tile_id": [f"t{i}" for i in range(n)],
+            "slide": [f"s{s:05d}" for s in slide],
+            "label": np.where(pos[slide], "tumour", "normal"),
+        }
+    )
     s = create_store(path, table, {"tasks": ["label"]}, chunk_rows=1024)
-    s.ensure_variant("synth:z1:rgb", dims, {"backbone": "synth", "weights_sha256": "0" * 64, "preprocessing": {"zoom": 1.0, "color": "rgb"}})
+    s.ensure_variant(
+        "synth:z1:rgb", dims, {"backbone": "synth", "weights_sha256": "0" * 64, "preprocessing": {"zoom": 1.0, "color": "rgb"}}
+    )
     rng = np.random.default_rng(seed)
     direction = rng.normal(size=dims).astype(np.float32)
     direction /= np.linalg.norm(direction)
@@ -79,8 +84,22 @@ def main() -> None:
         return
     if not path.exists():
         t = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--build-only", "--slides", str(a.slides), "--tiles", str(a.tiles),
-                        "--dims", str(a.dims), "--dir", a.dir], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--build-only",
+                "--slides",
+                str(a.slides),
+                "--tiles",
+                str(a.tiles),
+                "--dims",
+                str(a.dims),
+                "--dir",
+                a.dir,
+            ],
+            check=True,
+        )
         print(f"built {path} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
     from mito.heads.bags import BagReader, bag_table, make_bags
@@ -99,22 +118,38 @@ def main() -> None:
 
         def on_epoch(rec: dict, m: int) -> None:
             cpu.append(time.process_time())
-            print(f"epoch {rec['epoch']}/{m}: {rec['seconds']:.1f} s, {cpu[-1] - cpu[-2]:.1f} CPU s, loss {rec['train_loss']:.4f}, "
-                  f"val bal acc {rec.get('val_balanced_accuracy', float('nan')):.3f}, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+            print(
+                f"epoch {rec['epoch']}/{m}: {rec['seconds']:.1f} s, {cpu[-1] - cpu[-2]:.1f} CPU s, loss {rec['train_loss']:.4f}, "
+                f"val bal acc {rec.get('val_balanced_accuracy', float('nan')):.3f}, load {os.getloadavg()[0]:.1f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
         head.on_epoch = on_epoch
         t0 = time.perf_counter()
         head.fit(reader, bags, train, val)
         total = time.perf_counter() - t0
     secs = np.diff([0.0] + [r["seconds"] for r in head.history_])
-    print(json.dumps({
-        "store": f"{a.slides} slides x {a.tiles} tiles x {a.dims} dims (float16)", "head": a.head, "max_tiles": a.max_tiles,
-        "batch_bags": a.batch_bags, "epochs": len(head.history_), "seconds_total": round(total, 1),
-        "seconds_per_epoch": round(float(np.median(secs)), 2), "cpu_seconds_per_epoch": round(float(np.median(np.diff(cpu))), 2), "val_balanced_accuracy_last": head.history_[-1].get("val_balanced_accuracy"),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "peak_chunk_rows": reader.peak_chunk_rows, "chunks_read": reader.chunks_read, "cpus": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "store": f"{a.slides} slides x {a.tiles} tiles x {a.dims} dims (float16)",
+                "head": a.head,
+                "max_tiles": a.max_tiles,
+                "batch_bags": a.batch_bags,
+                "epochs": len(head.history_),
+                "seconds_total": round(total, 1),
+                "seconds_per_epoch": round(float(np.median(secs)), 2),
+                "cpu_seconds_per_epoch": round(float(np.median(np.diff(cpu))), 2),
+                "val_balanced_accuracy_last": head.history_[-1].get("val_balanced_accuracy"),
+                "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                "peak_chunk_rows": reader.peak_chunk_rows,
+                "chunks_read": reader.chunks_read,
+                "cpus": os.cpu_count(),
+                "load_avg_1m": round(os.getloadavg()[0], 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

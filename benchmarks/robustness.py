@@ -63,8 +63,12 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated row names (see CONFIGS)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", default=None, help="write the table (and every seed's metrics) as JSON here")
-    ap.add_argument("--cache", default=None, help="folder keeping each fit's test probabilities (keyed by the store's tile list, "
-                    "protocol, row and seed), so a second run, e.g. on a copy of the store with more variants, refits nothing")
+    ap.add_argument(
+        "--cache",
+        default=None,
+        help="folder keeping each fit's test probabilities (keyed by the store's tile list, "
+        "protocol, row and seed), so a second run, e.g. on a copy of the store with more variants, refits nothing",
+    )
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -91,7 +95,9 @@ def main() -> None:
                     parts = {p: np.flatnonzero(side == p) for p in ("train", "val", "test")}
                     test_rows = parts["test"] if test_rows is None else test_rows
                     assert np.array_equal(test_rows, parts["test"])  # every row and seed scores the same tiles
-                    cached = Path(args.cache) / f"{tag}_{proto}_{name}_{seed}.npz".replace(" ", "").replace("/", "_") if args.cache else None
+                    cached = (
+                        Path(args.cache) / f"{tag}_{proto}_{name}_{seed}.npz".replace(" ", "").replace("/", "_") if args.cache else None
+                    )
                     t0 = time.perf_counter()
                     if cached is not None and cached.is_file():
                         z_ = np.load(cached, allow_pickle=False)
@@ -108,8 +114,11 @@ def main() -> None:
                     rec["metrics"].append({k: m[k] for k in METRICS})
                     rec["seconds"].append(time.perf_counter() - t0)
                     rec["classes"], rec["y"] = classes, yt
-                    print(f"{proto:18s} {name:22s} seed {seed}: bal acc {m['balanced_accuracy']:.3f} AUROC {m['auroc']:.3f} "
-                          f"({rec['seconds'][-1]:.1f} s, {len(parts['train'])}/{len(parts['val'])}/{len(parts['test'])})", flush=True)
+                    print(
+                        f"{proto:18s} {name:22s} seed {seed}: bal acc {m['balanced_accuracy']:.3f} AUROC {m['auroc']:.3f} "
+                        f"({rec['seconds'][-1]:.1f} s, {len(parts['train'])}/{len(parts['val'])}/{len(parts['test'])})",
+                        flush=True,
+                    )
                 results[proto][name] = rec
 
     table = []
@@ -125,8 +134,15 @@ def main() -> None:
                     fold = np.repeat(np.arange(n_s), len(rec["y"]))
                     tile = np.tile(np.arange(len(rec["y"])), n_s)
                     res = paired_bootstrap(
-                        np.tile(rec["y"], n_s), np.concatenate(rec["proba"]), np.concatenate(recs[ref]["proba"]), rec["classes"], k,
-                        fold=fold, tile=tile, n_boot=args.n_boot, seed=0,
+                        np.tile(rec["y"], n_s),
+                        np.concatenate(rec["proba"]),
+                        np.concatenate(recs[ref]["proba"]),
+                        rec["classes"],
+                        k,
+                        fold=fold,
+                        tile=tile,
+                        n_boot=args.n_boot,
+                        seed=0,
                     )
                     row[f"{k}_delta"], row[f"{k}_p"] = res.delta, res.p_value
             row["seconds"] = float(np.mean(rec["seconds"]))
@@ -136,7 +152,9 @@ def main() -> None:
     print()
     for proto in results:
         d = df[df["protocol"] == proto]
-        print(f"== {proto} (n_test {int(d['n_test'].iloc[0])}, mean of {len(seeds)} seeds; delta and paired-bootstrap p vs the reference row)")
+        print(
+            f"== {proto} (n_test {int(d['n_test'].iloc[0])}, mean of {len(seeds)} seeds; delta and paired-bootstrap p vs the reference row)"
+        )
         for _, r in d.iterrows():
             cells = []
             for k, short in (("balanced_accuracy", "bal acc"), ("auroc", "AUROC")):
@@ -145,8 +163,16 @@ def main() -> None:
             print(f"  {r['config']:22s} " + "   ".join(cells) + (f"   vs {r['reference']}" if r["reference"] != r["config"] else ""))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"table": table, "seeds": seeds, "store": args.store,
-                       "per_seed": {p: {n: r["metrics"] for n, r in recs.items()} for p, recs in results.items()}}, f, indent=1)
+            json.dump(
+                {
+                    "table": table,
+                    "seeds": seeds,
+                    "store": args.store,
+                    "per_seed": {p: {n: r["metrics"] for n, r in recs.items()} for p, recs in results.items()},
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

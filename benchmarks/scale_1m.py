@@ -118,8 +118,20 @@ def main() -> None:
         return
 
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    me = [sys.executable, os.path.abspath(__file__), "--out", a.out, "--n", str(a.n), "--dim", str(a.dim),
-          "--chunk-rows", str(a.chunk_rows), "--seed", str(a.seed)]
+    me = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--out",
+        a.out,
+        "--n",
+        str(a.n),
+        "--dim",
+        str(a.dim),
+        "--chunk-rows",
+        str(a.chunk_rows),
+        "--seed",
+        str(a.seed),
+    ]
     res: dict = {"n_tiles": a.n, "dim": a.dim, "chunk_rows": a.chunk_rows, "cpus": os.cpu_count(), "store": store}
     if not (a.keep and os.path.exists(store)):
         shutil.rmtree(store, ignore_errors=True)
@@ -130,13 +142,41 @@ def main() -> None:
     res["verify"] = {**json.loads(v.pop("last_line")), **v}
     if not a.skip_fit:
         model = str(Path(a.out) / "head")
-        cmd = [sys.executable, "-m", "mito", "fit-head", "--store", store, "--task", "label", "--out", model,
-               "--head", a.head, "--overwrite", "--json", *a.fit_args.split()]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mito",
+            "fit-head",
+            "--store",
+            store,
+            "--task",
+            "label",
+            "--out",
+            model,
+            "--head",
+            a.head,
+            "--overwrite",
+            "--json",
+            *a.fit_args.split(),
+        ]
         f = _child(cmd)
         f.pop("last_line")
         res["fit_head"] = {"cmd": " ".join(cmd[2:]), **f, "metrics": json.loads((Path(model) / "metrics.json").read_text())}
         m = res["fit_head"]["metrics"]
-        res["fit_head"]["metrics"] = {k: m.get(k) for k in ("auroc", "balanced_accuracy", "n_train", "n_val", "n_test", "streamed", "epochs_run", "train_seconds", "total_seconds")}
+        res["fit_head"]["metrics"] = {
+            k: m.get(k)
+            for k in (
+                "auroc",
+                "balanced_accuracy",
+                "n_train",
+                "n_val",
+                "n_test",
+                "streamed",
+                "epochs_run",
+                "train_seconds",
+                "total_seconds",
+            )
+        }
     print(json.dumps(res))
 
 

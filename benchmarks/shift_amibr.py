@@ -36,15 +36,26 @@ def main() -> None:
     out = Path(args.out)
     t0 = time.perf_counter()
     if not (args.keep and (out / "leaderboard.json").is_file()):
-        cfg = BenchConfig(store=args.store, tasks=["mitosis"], features=[features], heads=args.heads.split(","), n_folds=args.folds,
-                          shift_column="dataset", n_jobs=args.jobs, n_boot=1000)
+        cfg = BenchConfig(
+            store=args.store,
+            tasks=["mitosis"],
+            features=[features],
+            heads=args.heads.split(","),
+            n_folds=args.folds,
+            shift_column="dataset",
+            n_jobs=args.jobs,
+            n_boot=1000,
+        )
         save_leaderboard(run_bench(cfg), out)
     lb = load_leaderboard(out)
     rows = lb.rows
     print(f"bench: {time.perf_counter() - t0:.0f} s; features {features}")
     groups = sorted(g for g in rows["held_out"].unique() if g)
-    print("\n| head | in-domain bal. acc (AUROC) | " + " | ".join(
-        f"in-domain on {g} test tiles | trained without {g}, tested on all {g} | gap" for g in groups) + " |")
+    print(
+        "\n| head | in-domain bal. acc (AUROC) | "
+        + " | ".join(f"in-domain on {g} test tiles | trained without {g}, tested on all {g} | gap" for g in groups)
+        + " |"
+    )
     print("|---" * (2 + 3 * len(groups)) + "|")
     for head in args.heads.split(","):
         dom = rows[(rows["head"] == head) & (rows["held_out"] == "")].iloc[0]
@@ -52,17 +63,25 @@ def main() -> None:
         p = lb.predictions[dom["row_id"]]
         for g in groups:
             keep = site[p["row"]] == g
-            per_fold = [classification_metrics(np.asarray(dom["classes"])[p["y"][keep & (p["fold"] == f)]], p["proba"][keep & (p["fold"] == f)], dom["classes"])
-                        for f in np.unique(p["fold"])]
+            per_fold = [
+                classification_metrics(
+                    np.asarray(dom["classes"])[p["y"][keep & (p["fold"] == f)]], p["proba"][keep & (p["fold"] == f)], dom["classes"]
+                )
+                for f in np.unique(p["fold"])
+            ]
             on_g = np.mean([m["balanced_accuracy"] for m in per_fold]), np.mean([m["auroc"] for m in per_fold])
             sh = rows[(rows["head"] == head) & (rows["held_out"] == g)].iloc[0]
-            cells += [f"{on_g[0]:.3f} ({on_g[1]:.3f})",
-                      f"{sh['balanced_accuracy']:.3f} ± {sh['balanced_accuracy_std']:.3f} ({sh['auroc']:.3f}), CI {sh['ci_low']:.3f}-{sh['ci_high']:.3f}",
-                      f"{sh['gap']:+.3f}"]
+            cells += [
+                f"{on_g[0]:.3f} ({on_g[1]:.3f})",
+                f"{sh['balanced_accuracy']:.3f} ± {sh['balanced_accuracy_std']:.3f} ({sh['auroc']:.3f}), CI {sh['ci_low']:.3f}-{sh['ci_high']:.3f}",
+                f"{sh['gap']:+.3f}",
+            ]
         print("| " + " | ".join(cells) + " |")
     for g in groups:
         sh = rows[rows["held_out"] == g].iloc[0]
-        print(f"held out {g}: n_train {sh['n_train']}, n_val {sh['n_val']}, n_test {sh['n_test']}, train s/fold (best row) {sh['train_seconds']:.1f}")
+        print(
+            f"held out {g}: n_train {sh['n_train']}, n_val {sh['n_val']}, n_test {sh['n_test']}, train s/fold (best row) {sh['train_seconds']:.1f}"
+        )
 
 
 if __name__ == "__main__":

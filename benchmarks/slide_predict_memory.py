@@ -49,8 +49,13 @@ def build(store: Path, model: Path, big: int, big_tiles: int, small: int, small_
     every = max(1, n_bags // max(1, big))
     sizes = np.array([big_tiles if i % every == 0 and i // every < big else small_tiles for i in range(n_bags)])
     bag = np.repeat(np.arange(n_bags), sizes)
-    table = pd.DataFrame({"tile_id": [f"t{i}" for i in range(len(bag))], "slide": [f"s{b:03d}" for b in bag],
-                          "label": np.where(bag % 2 == 1, "tumour", "normal")})
+    table = pd.DataFrame(
+        {
+            "tile_id": [f"t{i}" for i in range(len(bag))],
+            "slide": [f"s{b:03d}" for b in bag],
+            "label": np.where(bag % 2 == 1, "tumour", "normal"),
+        }
+    )
     s = create_store(store, table, {"tasks": ["label"]}, chunk_rows=1024)
     s.ensure_variant(KEY, dims, {"backbone": "synth", "weights_sha256": "0" * 64, "preprocessing": {"zoom": 1.0, "color": "rgb"}})
     rng = np.random.default_rng(seed)
@@ -85,8 +90,12 @@ np.savez(sys.argv[4], proba=proba, att=np.concatenate(att))
 def score(mode: str, store: Path, model: Path, out: Path) -> dict[str, float]:
     """Score in a child process under /usr/bin/time -v: its peak RSS and the scoring seconds."""
     code = SCORE.format(root=str(Path(__file__).resolve().parents[1]), key=KEY)
-    p = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", code, mode, str(store), str(model), str(out)],
-                       capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        ["/usr/bin/time", "-v", sys.executable, "-c", code, mode, str(store), str(model), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if p.returncode != 0:
         raise SystemExit(p.stderr[-3000:])
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))

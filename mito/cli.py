@@ -98,9 +98,24 @@ def _one_line_warning(message: Any, category: type, filename: str, lineno: int, 
     if (category, text) in _SHOWN_WARNINGS:
         return
     _SHOWN_WARNINGS.add((category, text))
-    where = next((name for key, name in (("sklearn", "scikit-learn"), ("tifffile", "tifffile"), ("lightgbm", "LightGBM"), ("umap", "UMAP"),
-                                          ("torch", "torch"), ("zarr", "Zarr")) if f"{os.sep}{key}{os.sep}" in filename), "")
-    err_console.print(f"[yellow]warning:[/] {text} ({category.__name__}{' from ' + where if where else ''})", highlight=False, soft_wrap=True)
+    where = next(
+        (
+            name
+            for key, name in (
+                ("sklearn", "scikit-learn"),
+                ("tifffile", "tifffile"),
+                ("lightgbm", "LightGBM"),
+                ("umap", "UMAP"),
+                ("torch", "torch"),
+                ("zarr", "Zarr"),
+            )
+            if f"{os.sep}{key}{os.sep}" in filename
+        ),
+        "",
+    )
+    err_console.print(
+        f"[yellow]warning:[/] {text} ({category.__name__}{' from ' + where if where else ''})", highlight=False, soft_wrap=True
+    )
 
 
 def _quiet_library_warnings() -> None:
@@ -180,13 +195,24 @@ def _floats(value: str, what: str) -> list[float]:
 @app.command()
 @friendly(on_interrupt=RESUME_HINT)
 def extract(
-    source: Path = typer.Argument(..., help="Folder of tiles (label = subfolder), CSV manifest (path,label,...), or a slide with --points."),
-    store: str = typer.Option(..., "--store", "-s", help="Output store: a .zarr folder (default) or a .h5 file; fsspec URLs work for Zarr."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name(s), comma-separated (see `mito backbones`)."),
+    source: Path = typer.Argument(
+        ..., help="Folder of tiles (label = subfolder), CSV manifest (path,label,...), or a slide with --points."
+    ),
+    store: str = typer.Option(
+        ..., "--store", "-s", help="Output store: a .zarr folder (default) or a .h5 file; fsspec URLs work for Zarr."
+    ),
+    backbone: str = typer.Option(
+        "efficientnet_lite0", "--backbone", "-b", help="Backbone name(s), comma-separated (see `mito backbones`)."
+    ),
     weights: list[str] = typer.Option([], "--weights", "-w", help="Weight file or snapshot folder; NAME=PATH with several backbones."),
     zooms: str = typer.Option("1,2", help="Magnifications relative to the tile (2 = central half; <1 needs a slide). 1,2 won on AMi-Br."),
-    colors: str = typer.Option("rgb,gray", help="Colour modes: rgb, gray (luminance x3), hema (haematoxylin from colour deconvolution x3); rgb,gray won on AMi-Br."),
-    augment: Optional[str] = typer.Option(None, help="Also embed augmented views as extra arrays <variant>:<view>: hed:K[:S] (HED stain jitter), flip, vflip, rot90; e.g. hed:4,flip."),
+    colors: str = typer.Option(
+        "rgb,gray", help="Colour modes: rgb, gray (luminance x3), hema (haematoxylin from colour deconvolution x3); rgb,gray won on AMi-Br."
+    ),
+    augment: Optional[str] = typer.Option(
+        None,
+        help="Also embed augmented views as extra arrays <variant>:<view>: hed:K[:S] (HED stain jitter), flip, vflip, rot90; e.g. hed:4,flip.",
+    ),
     augment_colors: str = typer.Option("rgb", help="Colour modes that get the --augment views."),
     augment_seed: int = typer.Option(0, help="Seed of the HED jitter (per tile: seed and tile id)."),
     fit: str = typer.Option("resize", help="Bring crops to the backbone input: resize (aspect kept) or pad (native scale)."),
@@ -201,20 +227,32 @@ def extract(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     chunk_rows: int = typer.Option(1024, help="Rows per store chunk (the unit of resume)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (CUDA; last batch padded)."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N tiles in sorted path order (often all of one class: for a labelled quick look use --sample)."),
-    sample: Optional[int] = typer.Option(None, help="N tiles drawn at random (--seed), stratified by label: classes in proportion, each at least one."),
+    limit: Optional[int] = typer.Option(
+        None, help="Only the first N tiles in sorted path order (often all of one class: for a labelled quick look use --sample)."
+    ),
+    sample: Optional[int] = typer.Option(
+        None, help="N tiles drawn at random (--seed), stratified by label: classes in proportion, each at least one."
+    ),
     sample_per_class: Optional[int] = typer.Option(None, help="N tiles per class drawn at random (--seed); all of a smaller class."),
-    seed: int = typer.Option(0, help="Seed of --sample / --sample-per-class (the same N and seed give the same tiles, so a re-run resumes)."),
+    seed: int = typer.Option(
+        0, help="Seed of --sample / --sample-per-class (the same N and seed give the same tiles, so a re-run resumes)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     gpus: int = typer.Option(1, "--gpus", help="Run N ranks via torchrun (one per GPU), each writing whole chunks of the store."),
-    mpp: Optional[float] = typer.Option(None, help="Whole slides: tiles at M um/px over tissue (SOURCE: a slide, folder of slides or slide manifest CSV)."),
+    mpp: Optional[float] = typer.Option(
+        None, help="Whole slides: tiles at M um/px over tissue (SOURCE: a slide, folder of slides or slide manifest CSV)."
+    ),
     tile_px: Optional[int] = typer.Option(None, help="Whole slides: tile side in pixels at --mpp (default 224)."),
     tile_um: Optional[float] = typer.Option(None, help="Whole slides: tile side in micrometres (instead of --mpp or --tile-px)."),
     stride: Optional[int] = typer.Option(None, help="Whole slides: grid step in pixels at --mpp (default: the tile size)."),
     min_tissue: float = typer.Option(0.5, help="Whole slides: keep grid tiles at least this much on tissue."),
-    slide_mpp: Optional[float] = typer.Option(None, help="Whole slides: um/px of level 0 for slides that record none (a slide's own is kept; a manifest mpp column replaces it)."),
+    slide_mpp: Optional[float] = typer.Option(
+        None, help="Whole slides: um/px of level 0 for slides that record none (a slide's own is kept; a manifest mpp column replaces it)."
+    ),
     reader: str = typer.Option("auto", help="Whole slides: auto, openslide or tifffile."),
-    annotations: Optional[Path] = typer.Option(None, help="Whole slides: QuPath GeoJSON file, or folder of <slide stem>.geojson; tile label = region holding its centre."),
+    annotations: Optional[Path] = typer.Option(
+        None, help="Whole slides: QuPath GeoJSON file, or folder of <slide stem>.geojson; tile label = region holding its centre."
+    ),
     label_overlap: Optional[float] = typer.Option(None, help="Whole slides: drop labelled tiles their region covers less than this."),
 ) -> None:
     """Embed every tile with each backbone, zoom and colour into a chunked store (re-run to resume)."""
@@ -229,14 +267,41 @@ def extract(
 
     backbones = split_list(backbone)
     cfg = _extract_config(
-        source=str(source), store=store, points=str(points) if points else None, backbones=backbones,
-        weights=_parse_weights(weights, backbones), zooms=_floats(zooms, "--zooms"), colors=split_list(colors),
-        augment=augment, augment_colors=split_list(augment_colors), augment_seed=augment_seed,
-        fit=fit, pad_mode=pad_mode, input_size=input_size, tile_size=tile_size, task=task, label_column=label_column,
-        batch_size=batch_size, num_workers=workers, device=device, chunk_rows=chunk_rows, compile=compile,
-        limit=limit, sample=sample, sample_per_class=sample_per_class, seed=seed, progress=not quiet, mpp=mpp, tile_px=tile_px, tile_um=tile_um, stride=stride,
-        min_tissue=min_tissue, slide_mpp=slide_mpp, reader=reader,
-        annotations=str(annotations) if annotations else None, label_overlap=label_overlap,
+        source=str(source),
+        store=store,
+        points=str(points) if points else None,
+        backbones=backbones,
+        weights=_parse_weights(weights, backbones),
+        zooms=_floats(zooms, "--zooms"),
+        colors=split_list(colors),
+        augment=augment,
+        augment_colors=split_list(augment_colors),
+        augment_seed=augment_seed,
+        fit=fit,
+        pad_mode=pad_mode,
+        input_size=input_size,
+        tile_size=tile_size,
+        task=task,
+        label_column=label_column,
+        batch_size=batch_size,
+        num_workers=workers,
+        device=device,
+        chunk_rows=chunk_rows,
+        compile=compile,
+        limit=limit,
+        sample=sample,
+        sample_per_class=sample_per_class,
+        seed=seed,
+        progress=not quiet,
+        mpp=mpp,
+        tile_px=tile_px,
+        tile_um=tile_um,
+        stride=stride,
+        min_tissue=min_tissue,
+        slide_mpp=slide_mpp,
+        reader=reader,
+        annotations=str(annotations) if annotations else None,
+        label_overlap=label_overlap,
     )
     summary = run_extract(cfg)
     if summary.get("rank", 0):  # under torchrun only rank 0 reports
@@ -258,12 +323,18 @@ def extract(
     for note in notes[:3]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     if len(notes) > 3:
-        console.print(f"[yellow]note:[/] {len(notes) - 3} more slide(s) alike (the store's slide records say where each MPP came from)", highlight=False)
+        console.print(
+            f"[yellow]note:[/] {len(notes) - 3} more slide(s) alike (the store's slide records say where each MPP came from)",
+            highlight=False,
+        )
     for line in growth_lines(summary["grown"]) if "grown" in summary else []:
         console.print(line, highlight=False)
     if summary.get("incomplete") and not summary.get("grown", {}).get("incomplete"):  # an append run already named them
-        console.print(f"[yellow]not complete (this run did not extract them):[/] {', '.join(summary['incomplete'])}; "
-                      "re-run with the zooms, colours and --augment views that made them", highlight=False)
+        console.print(
+            f"[yellow]not complete (this run did not extract them):[/] {', '.join(summary['incomplete'])}; "
+            "re-run with the zooms, colours and --augment views that made them",
+            highlight=False,
+        )
     if summary.get("sample"):
         from mito.extract.sources import sample_line
 
@@ -284,8 +355,16 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
     from mito.report.tables import Col, FitTable
 
     # one line per backbone: columns drop, never wrap; at 80 columns name, dim, here? and the weights' source stay
-    cols = [Col("name", "left"), Col("dim"), Col("input", drop=1), Col("here", "left"), Col("weights from", "left"),
-            Col("pooling", "left", drop=2), Col("file", "left", drop=3), Col("arch", "left", drop=4)]
+    cols = [
+        Col("name", "left"),
+        Col("dim"),
+        Col("input", drop=1),
+        Col("here", "left"),
+        Col("weights from", "left"),
+        Col("pooling", "left", drop=2),
+        Col("file", "left", drop=3),
+        Col("arch", "left", drop=4),
+    ]
     body = []
     for s in specs:
         ws = s.weights
@@ -299,7 +378,9 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
 def _print_info(info: dict[str, Any]) -> None:
     from mito.core.wording import counted
 
-    console.print(f"[bold]{info['path']}[/] ({info['format']}), {counted(info['n_tiles'], 'tile')}, chunks of {counted(info['chunk_rows'], 'row')}")
+    console.print(
+        f"[bold]{info['path']}[/] ({info['format']}), {counted(info['n_tiles'], 'tile')}, chunks of {counted(info['chunk_rows'], 'row')}"
+    )
     src = info.get("source") or {}
     console.print(f"source: {src.get('path')} ({src.get('kind')}); tile list sha256 {str(info['tile_list_sha256'])[:16]}...")
     for task, counts in info["tasks"].items():
@@ -314,11 +395,20 @@ def _print_info(info: dict[str, Any]) -> None:
         console.print(f"[yellow]unreadable tiles: {info['unreadable']}[/]")
     from mito.report.tables import Col, FitTable
 
-    cols = [Col("feature", "left"), Col("dim"), Col("done %"), Col("input"), Col("fit", "left", drop=1), Col("weights sha256", "left", drop=2)]  # keys whole: users copy them
+    cols = [
+        Col("feature", "left"),
+        Col("dim"),
+        Col("done %"),
+        Col("input"),
+        Col("fit", "left", drop=1),
+        Col("weights sha256", "left", drop=2),
+    ]  # keys whole: users copy them
     body = []
     for key, v in info["variants"].items():
         p = v.get("preprocessing", {})
-        body.append([key, str(v["dim"]), f"{v['done_pct']:g}", str(p.get("input_size")), str(p.get("fit")), str(v.get("weights_sha256", ""))[:12]])
+        body.append(
+            [key, str(v["dim"]), f"{v['done_pct']:g}", str(p.get("input_size")), str(p.get("fit")), str(v.get("weights_sha256", ""))[:12]]
+        )
     console.print(FitTable(cols, body, see="mito cache info --json lists everything"))
     if info.get("versions"):
         console.print("made with " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f", created {info['created']}")
@@ -359,7 +449,9 @@ def cache_verify(store: str = typer.Argument(..., help="Store path")) -> None:
 @friendly(on_interrupt="the store is as before, or without the named variants (run mito cache verify)")
 def cache_rm(
     store: str = typer.Argument(..., help="Store path"),
-    variants: list[str] = typer.Argument(..., help="Variant keys to remove, e.g. efficientnet_lite0:z1:rgb (their augmented views go too)."),
+    variants: list[str] = typer.Argument(
+        ..., help="Variant keys to remove, e.g. efficientnet_lite0:z1:rgb (their augmented views go too)."
+    ),
 ) -> None:
     """Remove variants (features, done flags, provenance) under the writer lock; the other variants stay as they are."""
     from mito.store import open_store
@@ -371,16 +463,26 @@ def cache_rm(
     with open_store(store) as s:  # the strict open checks every remaining array against the attributes
         left = s.variants
     views = [k for k in removed if k not in variants]
-    console.print(f"removed {', '.join(k for k in removed if k in variants)}" + (f" with its views {', '.join(views)}" if views else "")
-                  + f" from {store}; {len(left)} variant{'s' if len(left) != 1 else ''} left: {', '.join(left)}", highlight=False)
+    console.print(
+        f"removed {', '.join(k for k in removed if k in variants)}"
+        + (f" with its views {', '.join(views)}" if views else "")
+        + f" from {store}; {len(left)} variant{'s' if len(left) != 1 else ''} left: {', '.join(left)}",
+        highlight=False,
+    )
 
 
 @app.command()
 @friendly
 def demo(
-    out: Optional[Path] = typer.Option(None, help="Where the demo writes its store, model and report (default runs/demo, with --slides runs/demo-slides)."),
+    out: Optional[Path] = typer.Option(
+        None, help="Where the demo writes its store, model and report (default runs/demo, with --slides runs/demo-slides)."
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    slides: bool = typer.Option(False, "--slides", help="Whole slides: build toy slides (+ GeoJSON) from the bundled crops, then extract, slides qc, fit-head --level slide, predict --heatmaps."),
+    slides: bool = typer.Option(
+        False,
+        "--slides",
+        help="Whole slides: build toy slides (+ GeoJSON) from the bundled crops, then extract, slides qc, fit-head --level slide, predict --heatmaps.",
+    ),
 ) -> None:
     """Run the whole pipeline on the bundled AMi-Br sample with the default backbone."""
     if device not in ("auto", "cpu", "cuda"):
@@ -414,8 +516,10 @@ def narrator(con: Console) -> Callable[[Any], None]:
 # (heads section)
 
 
-POSITIVE_HELP = ("Two-class tasks: the positive class of PR-AUC, ECE/Brier, ROC, reliability and DeLong (default: the minority "
-                 "class of the training rows; ties: the alphabetically second).")
+POSITIVE_HELP = (
+    "Two-class tasks: the positive class of PR-AUC, ECE/Brier, ROC, reliability and DeLong (default: the minority "
+    "class of the training rows; ties: the alphabetically second)."
+)
 
 
 def _head_params(pairs: list[str], **given: Any) -> dict[str, Any]:
@@ -435,17 +539,29 @@ def _head_params(pairs: list[str], **given: Any) -> dict[str, Any]:
 def _print_metrics(m: dict[str, Any]) -> None:
     from mito.report.tables import Col, FitTable, number, seconds
 
-    cols = [Col(c, drop=d, header_wraps=c != "train s") for c, d in (("balanced acc", 0), ("AUROC", 0), ("kappa", 2), ("weighted F1", 1), ("train s", 3))]
+    cols = [
+        Col(c, drop=d, header_wraps=c != "train s")
+        for c, d in (("balanced acc", 0), ("AUROC", 0), ("kappa", 2), ("weighted F1", 1), ("train s", 3))
+    ]
     row = [*(number(m[k]) for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")), seconds(m["train_seconds"])]
-    console.print(FitTable(cols, [row], title=f"{m['evaluated_on']}: {m['n']} tiles (train {m['n_train']}, val {m['n_val']})",
-                           see="see metrics.json in the model folder"))
+    console.print(
+        FitTable(
+            cols,
+            [row],
+            title=f"{m['evaluated_on']}: {m['n']} tiles (train {m['n_train']}, val {m['n_val']})",
+            see="see metrics.json in the model folder",
+        )
+    )
     console.print(f"confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}")
     from mito.core.metrics import per_class_line
     from mito.core.tasks import positive_line
 
     if m.get("positive"):
-        console.print(positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}, ECE {m['ece']:.3f}",
-                      highlight=False, markup=False)
+        console.print(
+            positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}, ECE {m['ece']:.3f}",
+            highlight=False,
+            markup=False,
+        )
     elif isinstance(m.get("per_class"), dict):
         console.print(per_class_line(m["per_class"]), highlight=False, markup=False)
     if m.get("streamed"):
@@ -456,46 +572,92 @@ def _print_metrics(m: dict[str, Any]) -> None:
 @friendly
 def fit_head_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Embedding store made by mito extract."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (config.json, weights, metrics.json, split.csv.gz: the tiles it was fitted on)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Model directory to write (config.json, weights, metrics.json, split.csv.gz: the tiles it was fitted on)."
+    ),
     task: Optional[str] = typer.Option(None, help="Label column to learn (default: the store's only task)."),
-    head: str = typer.Option("mlp", help="mlp, linear, logreg, knn, lightgbm, or text-linear (-p text_embeddings=FILE from mito zero-shot)."),
-    features: Optional[str] = typer.Option(None, help="Variant keys to concatenate in this order, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: every complete variant of the store's first backbone)."),
+    head: str = typer.Option(
+        "mlp", help="mlp, linear, logreg, knn, lightgbm, or text-linear (-p text_embeddings=FILE from mito zero-shot)."
+    ),
+    features: Optional[str] = typer.Option(
+        None,
+        help="Variant keys to concatenate in this order, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: every complete variant of the store's first backbone).",
+    ),
     metadata: Optional[str] = typer.Option(None, help="Tile-table columns added as one-hot side inputs, e.g. dataset,scanner."),
-    standardize: bool = typer.Option(False, "--standardize/--no-standardize", help="Scale each feature to zero mean, unit variance (training rows)."),
+    standardize: bool = typer.Option(
+        False, "--standardize/--no-standardize", help="Scale each feature to zero mean, unit variance (training rows)."
+    ),
     pca: Optional[int] = typer.Option(None, help="Reduce the features to N principal components (after --standardize)."),
-    split_column: str = typer.Option("auto", help="Column with train/val/test per tile (val carved from train by slide when absent); auto: the store's published 'split' column when it has one; none: a random split by slide."),
+    split_column: str = typer.Option(
+        "auto",
+        help="Column with train/val/test per tile (val carved from train by slide when absent); auto: the store's published 'split' column when it has one; none: a random split by slide.",
+    ),
     group_column: str = typer.Option("group", help="Slide column for grouped splits ('none': split tiles independently)."),
     val_fraction: float = typer.Option(0.2, help="Share of training rows held out (by slide) for early stopping."),
     test_fraction: float = typer.Option(0.2, help="Share held out (by slide) for the metrics when there is no split column."),
-    test_group: Optional[str] = typer.Option(None, help="Domain shift: test on the tiles of COL=VALUE (e.g. dataset=TUPAC16), train on the other values of COL (val carved by slide)."),
-    train_groups: Optional[str] = typer.Option(None, help="With --test-group: train only on these values of COL, comma-separated (default: all others)."),
-    ensemble: Optional[str] = typer.Option(None, help="Average K heads' probabilities, saved as one model: K (seeds seed..seed+K-1, same split), folds (5 fold models of the training rows, by slide) or folds:K."),
+    test_group: Optional[str] = typer.Option(
+        None,
+        help="Domain shift: test on the tiles of COL=VALUE (e.g. dataset=TUPAC16), train on the other values of COL (val carved by slide).",
+    ),
+    train_groups: Optional[str] = typer.Option(
+        None, help="With --test-group: train only on these values of COL, comma-separated (default: all others)."
+    ),
+    ensemble: Optional[str] = typer.Option(
+        None,
+        help="Average K heads' probabilities, saved as one model: K (seeds seed..seed+K-1, same split), folds (5 fold models of the training rows, by slide) or folds:K.",
+    ),
     noise: Optional[float] = typer.Option(None, help="Training-time Gaussian feature noise SIGMA (see --noise-mode); 0 = off."),
-    noise_mode: Optional[str] = typer.Option(None, help="global: SIGMA x the features' RMS spread, same for every dim; per-dim: SIGMA x each dim's std; absolute: SIGMA in feature units; views: each epoch a tile is one of its augmented views or itself (mito extract --augment); view-cov: Gaussian noise with the covariance of the tile's views, x SIGMA (default 1)."),
+    noise_mode: Optional[str] = typer.Option(
+        None,
+        help="global: SIGMA x the features' RMS spread, same for every dim; per-dim: SIGMA x each dim's std; absolute: SIGMA in feature units; views: each epoch a tile is one of its augmented views or itself (mito extract --augment); view-cov: Gaussian noise with the covariance of the tile's views, x SIGMA (default 1).",
+    ),
     hidden: Optional[int] = typer.Option(None, help="mlp: hidden layer width (default 256)."),
     dropout: Optional[float] = typer.Option(None, help="mlp: dropout after the hidden layer (default 0.3)."),
     loss: Optional[str] = typer.Option(None, help="mlp/linear: focal or ce."),
     gamma: Optional[float] = typer.Option(None, help="mlp/linear: focal loss gamma (default 2)."),
-    balance: Optional[str] = typer.Option(None, help="weights (class-weighted loss or vote), sampler (balanced batches; mlp/linear) or none; every head."),
+    balance: Optional[str] = typer.Option(
+        None, help="weights (class-weighted loss or vote), sampler (balanced batches; mlp/linear) or none; every head."
+    ),
     epochs: Optional[int] = typer.Option(None, help="mlp/linear: maximum epochs."),
     patience: Optional[int] = typer.Option(None, help="Epochs (boosting rounds for lightgbm) without validation gain before stopping."),
     lr: Optional[float] = typer.Option(None, help="mlp/linear: Adam learning rate."),
     batch_size: Optional[int] = typer.Option(None, help="mlp/linear: rows per batch (default grows with the data, 256..2048)."),
-    precision: Optional[str] = typer.Option(None, help="mlp/linear: auto (bf16 matmuls for big training sets on CPUs with native bf16), fp32 or bf16."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (default: 1 for small data, else the cores left idle by other processes)."),
-    param: list[str] = typer.Option([], "--param", "-p", help="Any other head option as KEY=VALUE, e.g. -p C=auto -p n_neighbors=25; -p help lists --head's options."),
+    precision: Optional[str] = typer.Option(
+        None, help="mlp/linear: auto (bf16 matmuls for big training sets on CPUs with native bf16), fp32 or bf16."
+    ),
+    threads: Optional[int] = typer.Option(
+        None, help="CPU threads (default: 1 for small data, else the cores left idle by other processes)."
+    ),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help="Any other head option as KEY=VALUE, e.g. -p C=auto -p n_neighbors=25; -p help lists --head's options."
+    ),
     seed: int = typer.Option(0, help="Seed for splits, initialisation, batches and noise."),
-    stream: Optional[bool] = typer.Option(None, "--stream/--in-memory", help="mlp/linear: read features from the store chunk by chunk every epoch (bounded memory) or load them once (default: stream only when they would fill half the free memory)."),
-    buffer_rows: Optional[int] = typer.Option(None, help="--stream: rows mixed in the shuffle buffer (default 65,536; memory ~ 2 x rows x dims x 2 bytes)."),
-    calibrate: str = typer.Option("none", "--calibrate", help="temperature: fit temperature scaling on the validation split (saved in the model, applied by predict; predictions unchanged, probabilities calibrated); none."),
+    stream: Optional[bool] = typer.Option(
+        None,
+        "--stream/--in-memory",
+        help="mlp/linear: read features from the store chunk by chunk every epoch (bounded memory) or load them once (default: stream only when they would fill half the free memory).",
+    ),
+    buffer_rows: Optional[int] = typer.Option(
+        None, help="--stream: rows mixed in the shuffle buffer (default 65,536; memory ~ 2 x rows x dims x 2 bytes)."
+    ),
+    calibrate: str = typer.Option(
+        "none",
+        "--calibrate",
+        help="temperature: fit temperature scaling on the validation split (saved in the model, applied by predict; predictions unchanged, probabilities calibrated); none.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of a table."),
     positive: Optional[str] = typer.Option(None, "--positive", help=POSITIVE_HELP),
     level: str = typer.Option("tile", help="tile: one label per tile; slide: one per bag of tiles (heads mean-linear, mean-mlp, abmil)."),
     bag_column: Optional[str] = typer.Option(None, help="--level slide: tile-table column grouping tiles into bags (default: slide)."),
-    bag_label: Optional[str] = typer.Option(None, help="--level slide: any:VALUE = the bag is 'yes' when any tile's --task label is VALUE (default: --task is constant within each bag)."),
+    bag_label: Optional[str] = typer.Option(
+        None,
+        help="--level slide: any:VALUE = the bag is 'yes' when any tile's --task label is VALUE (default: --task is constant within each bag).",
+    ),
     max_tiles: Optional[int] = typer.Option(None, help="--level slide: tiles drawn at random per bag and epoch (default 512)."),
-    tile_dropout: Optional[float] = typer.Option(None, help="--level slide: share of a bag's tiles dropped at random per epoch (default 0)."),
+    tile_dropout: Optional[float] = typer.Option(
+        None, help="--level slide: share of a bag's tiles dropped at random per epoch (default 0)."
+    ),
 ) -> None:
     """Train a head on stored embeddings in seconds; write the model directory and print its metrics."""
     from mito.heads import fit_head, make_fit_config
@@ -505,37 +667,99 @@ def fit_head_cmd(
         from mito.heads.mil import mil_param_help
 
         name = head if head != "mlp" or level != "slide" else "abmil"
-        for line in (mil_param_help(name) if level == "slide" else head_param_help(name)):
+        for line in mil_param_help(name) if level == "slide" else head_param_help(name):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         return
     if level not in ("tile", "slide"):
         raise UserError(f"--level must be tile or slide, got {level!r}")
     if level == "slide":
         _fit_slide_head(
-            store=store, out=out, task=task, head=head, features=split_list(features), bag_column=bag_column,
-            bag_label=bag_label, group_column=group_column, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-            overwrite=overwrite, as_json=as_json, positive=positive, ignored={"--metadata": metadata, "--pca": pca, "--standardize": standardize or None,
-            "--stream/--in-memory": stream, "--batch-size": batch_size, "--precision": precision, "--threads": threads,
-            "--split-column": None if split_column == "auto" else split_column, "--test-group": test_group, "--train-groups": train_groups,
-            "--ensemble": ensemble, "--calibrate": None if calibrate == "none" else calibrate, "--buffer-rows": buffer_rows},
-            head_params=_head_params(param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
-                                     epochs=epochs, patience=patience, lr=lr, max_tiles=max_tiles, tile_dropout=tile_dropout,
-                                     balance=balance),
+            store=store,
+            out=out,
+            task=task,
+            head=head,
+            features=split_list(features),
+            bag_column=bag_column,
+            bag_label=bag_label,
+            group_column=group_column,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            overwrite=overwrite,
+            as_json=as_json,
+            positive=positive,
+            ignored={
+                "--metadata": metadata,
+                "--pca": pca,
+                "--standardize": standardize or None,
+                "--stream/--in-memory": stream,
+                "--batch-size": batch_size,
+                "--precision": precision,
+                "--threads": threads,
+                "--split-column": None if split_column == "auto" else split_column,
+                "--test-group": test_group,
+                "--train-groups": train_groups,
+                "--ensemble": ensemble,
+                "--calibrate": None if calibrate == "none" else calibrate,
+                "--buffer-rows": buffer_rows,
+            },
+            head_params=_head_params(
+                param,
+                noise=noise,
+                noise_mode=noise_mode,
+                hidden=hidden,
+                dropout=dropout,
+                loss=loss,
+                gamma=gamma,
+                epochs=epochs,
+                patience=patience,
+                lr=lr,
+                max_tiles=max_tiles,
+                tile_dropout=tile_dropout,
+                balance=balance,
+            ),
         )
         return
     if bag_column or bag_label or max_tiles is not None or tile_dropout is not None:
         raise UserError("--bag-column, --bag-label, --max-tiles and --tile-dropout go with --level slide")
 
     cfg = make_fit_config(
-        store=store, out=str(out), task=task, head=head, features=split_list(features), metadata_columns=split_list(metadata),
-        standardize=standardize, pca=pca, split_column=None if split_column.lower() == "none" else split_column,
+        store=store,
+        out=str(out),
+        task=task,
+        head=head,
+        features=split_list(features),
+        metadata_columns=split_list(metadata),
+        standardize=standardize,
+        pca=pca,
+        split_column=None if split_column.lower() == "none" else split_column,
         group_column=None if group_column.lower() == "none" else group_column,
-        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, overwrite=overwrite,
-        test_group=test_group, train_groups=split_list(train_groups), ensemble=ensemble, positive=positive,
-        stream=stream, progress=not as_json, calibrate=calibrate, **({"buffer_rows": buffer_rows} if buffer_rows is not None else {}),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        overwrite=overwrite,
+        test_group=test_group,
+        train_groups=split_list(train_groups),
+        ensemble=ensemble,
+        positive=positive,
+        stream=stream,
+        progress=not as_json,
+        calibrate=calibrate,
+        **({"buffer_rows": buffer_rows} if buffer_rows is not None else {}),
         head_params=_head_params(
-            param, noise=noise, noise_mode=noise_mode, hidden=hidden, dropout=dropout, loss=loss, gamma=gamma,
-            balance=balance, epochs=epochs, patience=patience, lr=lr, batch_size=batch_size, precision=precision,
+            param,
+            noise=noise,
+            noise_mode=noise_mode,
+            hidden=hidden,
+            dropout=dropout,
+            loss=loss,
+            gamma=gamma,
+            balance=balance,
+            epochs=epochs,
+            patience=patience,
+            lr=lr,
+            batch_size=batch_size,
+            precision=precision,
             n_threads=threads,
         ),
     )
@@ -553,12 +777,19 @@ def fit_head_cmd(
         err_console.print(m["calibration"]["skipped"], style="yellow", highlight=False, markup=False)
     elif "calibration" in m:
         c = m["calibration"]
-        console.print(f"temperature scaling: T = {c['temperature']:.3f} (fitted on {c['n_val']} validation rows); "
-                      f"{m['evaluated_on']} ECE {c.get(m['evaluated_on'] + '_ece_before', c['val_ece_before']):.3f} -> {m['ece']:.3f}", highlight=False)
+        console.print(
+            f"temperature scaling: T = {c['temperature']:.3f} (fitted on {c['n_val']} validation rows); "
+            f"{m['evaluated_on']} ECE {c.get(m['evaluated_on'] + '_ece_before', c['val_ece_before']):.3f} -> {m['ece']:.3f}",
+            highlight=False,
+        )
     if "ensemble" in m:
         e = m["ensemble"]
-        console.print(f"ensemble of {e['members']} heads ({e['mode']}); member balanced accuracy on {e['member_scores_on']}: "
-                      + ", ".join(f"{v:.3f}" for v in e["member_balanced_accuracy"]) + f" (std {e['member_balanced_accuracy_std']:.3f})", highlight=False)
+        console.print(
+            f"ensemble of {e['members']} heads ({e['mode']}); member balanced accuracy on {e['member_scores_on']}: "
+            + ", ".join(f"{v:.3f}" for v in e["member_balanced_accuracy"])
+            + f" (std {e['member_balanced_accuracy_std']:.3f})",
+            highlight=False,
+        )
     console.print(f"model: {out}")
 
 
@@ -569,56 +800,103 @@ def _refuse_ignored(ignored: dict[str, Any], level: str = "--level slide") -> No
         raise UserError(f"{given[0]} does not apply to {level}")
 
 
-def _fit_slide_head(*, store: str, out: Path, task: Optional[str], head: str, features: list[str], bag_column: Optional[str],
-                    bag_label: Optional[str], group_column: Optional[str], val_fraction: float, test_fraction: float, seed: int,
-                    overwrite: bool, as_json: bool, ignored: dict[str, Any], head_params: dict[str, Any], positive: Optional[str] = None) -> None:
+def _fit_slide_head(
+    *,
+    store: str,
+    out: Path,
+    task: Optional[str],
+    head: str,
+    features: list[str],
+    bag_column: Optional[str],
+    bag_label: Optional[str],
+    group_column: Optional[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    overwrite: bool,
+    as_json: bool,
+    ignored: dict[str, Any],
+    head_params: dict[str, Any],
+    positive: Optional[str] = None,
+) -> None:
     """`mito fit-head --level slide`: check options, train, print the metrics (``group`` = the CLI default: by bag)."""
     from mito.core.tasks import positive_line
     from mito.heads import fit_slide_head, left_out_line, make_slide_fit_config
 
     _refuse_ignored(ignored)
     if task is None:
-        raise UserError("--level slide needs --task (the tile-table column giving the bag label, or with --bag-label any:VALUE the tile label)")
+        raise UserError(
+            "--level slide needs --task (the tile-table column giving the bag label, or with --bag-label any:VALUE the tile label)"
+        )
     if head == "mlp":  # the tile-level default
         head = "abmil"
     cfg = make_slide_fit_config(
-        store=store, out=str(out), task=task, head=head, features=features, bag_column=bag_column, bag_label=bag_label,
-        group_column=None if group_column in ("group", "none") else group_column, val_fraction=val_fraction,
-        test_fraction=test_fraction, seed=seed, overwrite=overwrite, progress=not as_json, head_params=head_params, positive=positive,
+        store=store,
+        out=str(out),
+        task=task,
+        head=head,
+        features=features,
+        bag_column=bag_column,
+        bag_label=bag_label,
+        group_column=None if group_column in ("group", "none") else group_column,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        overwrite=overwrite,
+        progress=not as_json,
+        head_params=head_params,
+        positive=positive,
     )
     m = fit_slide_head(cfg)
     if as_json:
         print(json.dumps(m, indent=2, default=str))
         return
     console.print(f"task: {m['task']} ({m['task_description']}); classes {', '.join(m['classes'])}", highlight=False, markup=False)
-    console.print(f"bags: train {m['n_train']}, val {m['n_val']}, test {m['n_test']} (median {m['n_tiles_per_bag_median']:g} tiles); split {m['split']}", highlight=False, markup=False)
+    console.print(
+        f"bags: train {m['n_train']}, val {m['n_val']}, test {m['n_test']} (median {m['n_tiles_per_bag_median']:g} tiles); split {m['split']}",
+        highlight=False,
+        markup=False,
+    )
     if m["left_out"]:
         console.print(left_out_line(m["left_out"]), style="yellow", highlight=False, markup=False)
     console.print(
         f"{m['evaluated_on']}: balanced acc {m['balanced_accuracy']:.3f}, AUROC {m['auroc']:.3f}, kappa {m['kappa']:.3f}, "
         f"weighted F1 {m['weighted_f1']:.3f}; {m['epochs_run']} epochs (best {m['best_epoch']}), {m['train_seconds']:.1f} s",
-        highlight=False, markup=False,
+        highlight=False,
+        markup=False,
     )
     console.print(f"confusion matrix (rows = true {', '.join(m['classes'])}): {m['confusion_matrix']}", highlight=False, markup=False)
     if m.get("positive"):
-        console.print(positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}", highlight=False, markup=False)
+        console.print(
+            positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}", highlight=False, markup=False
+        )
     console.print(f"model: {out}", highlight=False, markup=False)
 
 
 @app.command("predict")
 @friendly
 def predict_cmd(
-    source: Optional[str] = typer.Argument(None, help="New tiles (folder, CSV manifest or slide) to embed the model's way; or use --store."),
+    source: Optional[str] = typer.Argument(
+        None, help="New tiles (folder, CSV manifest or slide) to embed the model's way; or use --store."
+    ),
     model: Path = typer.Option(..., "--model", "-m", help="Model directory made by mito fit-head."),
     store: Optional[str] = typer.Option(None, "--store", "-s", help="Predict the tiles of an existing store instead."),
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write: path (or slide,x,y), label when known, pred, p_<class>."),
     points: Optional[Path] = typer.Option(None, help="SOURCE is a slide: CSV of x,y[,label,...] tile centres (level-0 pixels)."),
-    tile_size: Optional[int] = typer.Option(None, help="SOURCE is a slide: side of the tile in level-0 pixels (default: the model's, else 224)."),
+    tile_size: Optional[int] = typer.Option(
+        None, help="SOURCE is a slide: side of the tile in level-0 pixels (default: the model's, else 224)."
+    ),
     device: str = typer.Option("auto", help="Extraction device for SOURCE: auto, cpu or cuda."),
-    weights: list[str] = typer.Option([], "--weights", "-w", help="Backbone weight file for SOURCE, NAME=PATH (checked against the model's hash)."),
+    weights: list[str] = typer.Option(
+        [], "--weights", "-w", help="Backbone weight file for SOURCE, NAME=PATH (checked against the model's hash)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    heatmaps: Optional[Path] = typer.Option(None, "--heatmaps", help="Folder for per-slide PNG heatmaps of the predicted probability (slide stores, with --store; --overwrite replaces an earlier one)."),
+    heatmaps: Optional[Path] = typer.Option(
+        None,
+        "--heatmaps",
+        help="Folder for per-slide PNG heatmaps of the predicted probability (slide stores, with --store; --overwrite replaces an earlier one).",
+    ),
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
     from mito.app.predict import check_predict_out, predict
@@ -654,8 +932,16 @@ def predict_cmd(
         df = predict_finetuned(model, source, out_csv=out, device=device, weights=next(iter(w.values()), None))
     else:
         df = predict(
-            model, store=store, source=source, out_csv=out, device=device, weights=w or None,
-            points=points, tile_size=tile_size, overwrite=overwrite, progress=not quiet,
+            model,
+            store=store,
+            source=source,
+            out_csv=out,
+            device=device,
+            weights=w or None,
+            points=points,
+            tile_size=tile_size,
+            overwrite=overwrite,
+            progress=not quiet,
         )
     if heatmaps is not None:
         _heatmaps(df, store, heatmaps, overwrite, model)
@@ -701,12 +987,22 @@ def zero_shot_cmd(
     prompts: str = typer.Option(..., "--prompts", help="JSON {class: \\[prompt, ...]}, or a shipped set: mitosis, tissue."),
     out: Path = typer.Option(..., "--out", "-o", help="CSV to write: tile_id, path, label when known, pred, p_<class>."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weight file or snapshot folder (as for mito extract)."),
-    task: Optional[str] = typer.Option(None, help="Label column / proxy task for metrics and the class set (default: the store's only task)."),
-    prompt_context: Optional[str] = typer.Option(None, "--prompt-context", help="Tile-table columns formatted into every prompt, e.g. '{dataset} scanner' (a {context} slot in a prompt, else appended)."),
+    task: Optional[str] = typer.Option(
+        None, help="Label column / proxy task for metrics and the class set (default: the store's only task)."
+    ),
+    prompt_context: Optional[str] = typer.Option(
+        None,
+        "--prompt-context",
+        help="Tile-table columns formatted into every prompt, e.g. '{dataset} scanner' (a {context} slot in a prompt, else appended).",
+    ),
     variant: Optional[str] = typer.Option(None, help="Store variant to score, e.g. z1:rgb (default z1:rgb, else the backbone's first)."),
     device: str = typer.Option("auto", help="Text-tower device: auto, cpu or cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
-    positive: Optional[str] = typer.Option(None, "--positive", help="Two-class tasks: the positive class of PR-AUC and ECE (default: the minority class of the labelled tiles)."),
+    positive: Optional[str] = typer.Option(
+        None,
+        "--positive",
+        help="Two-class tasks: the positive class of PR-AUC and ECE (default: the minority class of the labelled tiles).",
+    ),
 ) -> None:
     """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
     from mito.core.io import atomic_write, check_output_file, csv_probabilities
@@ -715,8 +1011,17 @@ def zero_shot_cmd(
     from mito.store import store_input_files
 
     check_output_file(out, overwrite, protect=(store,), inputs=store_input_files(store))
-    r = run_zero_shot(store, backbone, prompts, weights=weights, task=task, context=prompt_context, variant=variant, device=str(pick_device(device)),
-                      positive=positive)
+    r = run_zero_shot(
+        store,
+        backbone,
+        prompts,
+        weights=weights,
+        task=task,
+        context=prompt_context,
+        variant=variant,
+        device=str(pick_device(device)),
+        positive=positive,
+    )
     atomic_write(out, lambda p: csv_probabilities(r.predictions).to_csv(p, index=False), ".csv")
     how = "computed and cached" if r.computed else "read from the cache"
     console.print(f"text embeddings {how}: {r.text_file}", highlight=False)
@@ -732,7 +1037,9 @@ def zero_shot_cmd(
         if m.get("positive"):
             from mito.core.tasks import positive_line
 
-            console.print(positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}", highlight=False, markup=False)
+            console.print(
+                positive_line(m["positive"], m.get("positive_source", "")) + f"; PR-AUC {m['pr_auc']:.3f}", highlight=False, markup=False
+            )
 
 
 # ==================================================================== bench: bench / lora / umap / report
@@ -786,32 +1093,64 @@ def _bench_params(pairs: list[str]) -> dict[str, dict[str, Any]]:
 def bench_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Embedding store made by mito extract."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for leaderboard.csv/.json, predictions, PNGs and report.html."),
-    task: Optional[str] = typer.Option(None, help="Task to rank: a proxy task (mitosis, phase, atypia, dataset) or a label column (default: the store's only task)."),
-    proxy: Optional[str] = typer.Option(None, help="'all' or comma-separated tasks: one leaderboard over several proxy tasks (overrides --task)."),
-    target: Optional[str] = typer.Option(None, "--target", help="With --proxy: the task the others should predict; the report checks whether each proxy ranks the backbones as it does (default: --task, else the store's first task)."),
-    features: Optional[str] = typer.Option(None, help="Comma-separated feature sets: all (default), a backbone name (all its sets), or variant keys joined by '+'."),
+    task: Optional[str] = typer.Option(
+        None, help="Task to rank: a proxy task (mitosis, phase, atypia, dataset) or a label column (default: the store's only task)."
+    ),
+    proxy: Optional[str] = typer.Option(
+        None, help="'all' or comma-separated tasks: one leaderboard over several proxy tasks (overrides --task)."
+    ),
+    target: Optional[str] = typer.Option(
+        None,
+        "--target",
+        help="With --proxy: the task the others should predict; the report checks whether each proxy ranks the backbones as it does (default: --task, else the store's first task).",
+    ),
+    features: Optional[str] = typer.Option(
+        None, help="Comma-separated feature sets: all (default), a backbone name (all its sets), or variant keys joined by '+'."
+    ),
     heads: Optional[str] = typer.Option(None, help="Comma-separated heads (default: every head)."),
     noise: Optional[str] = typer.Option(None, help="Comma-separated feature-noise levels, one row each (default: each head's default)."),
     param: list[str] = typer.Option([], "--param", help="Head option HEAD.KEY=VALUE, e.g. mlp.hidden=512 (repeatable)."),
     folds: int = typer.Option(5, help="Number of folds."),
-    cv: str = typer.Option("auto", help="auto (the split column when the task has one, else kfold), kfold (stratified group k-fold by slide), split, or leave-group-out (only the --shift-column rows)."),
-    shift_column: Optional[str] = typer.Option(None, help="Domain shift: also hold out each value of this column (e.g. dataset) in turn, train on the others; rows 'tested on' it, with the gap to in-domain."),
+    cv: str = typer.Option(
+        "auto",
+        help="auto (the split column when the task has one, else kfold), kfold (stratified group k-fold by slide), split, or leave-group-out (only the --shift-column rows).",
+    ),
+    shift_column: Optional[str] = typer.Option(
+        None,
+        help="Domain shift: also hold out each value of this column (e.g. dataset) in turn, train on the others; rows 'tested on' it, with the gap to in-domain.",
+    ),
     seed: int = typer.Option(0, help="Seed of the folds and bootstrap."),
     jobs: int = typer.Option(0, help="Parallel worker processes (0 = every core)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the 95% CI (0 = none)."),
     standardize: bool = typer.Option(False, "--standardize/--no-standardize", help="Scale each feature on the training rows first."),
     pca: Optional[int] = typer.Option(None, help="Reduce the features to N principal components first."),
-    include: list[str] = typer.Option([], "--with", help="Another leaderboard folder to merge in, e.g. a mito lora --out (its folds must match; repeatable)."),
-    zero_shot: Optional[str] = typer.Option(None, "--zero-shot", help="Prompts JSON (or: mitosis, tissue): a zero-shot row per vision-language backbone and the text-linear head."),
+    include: list[str] = typer.Option(
+        [], "--with", help="Another leaderboard folder to merge in, e.g. a mito lora --out (its folds must match; repeatable)."
+    ),
+    zero_shot: Optional[str] = typer.Option(
+        None,
+        "--zero-shot",
+        help="Prompts JSON (or: mitosis, tissue): a zero-shot row per vision-language backbone and the text-linear head.",
+    ),
     umap: bool = typer.Option(True, "--umap/--no-umap", help="UMAP of the best feature set, coloured by each task."),
     top: int = typer.Option(20, help="Rows per task to print."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only one that mito bench or mito lora wrote)."),
-    few_shot: Optional[str] = typer.Option(None, "--few-shot", help="Learning curve: labelled tiles per class, e.g. 1,2,4,8,16,32,all: extra rows with each head trained on K tiles per class drawn from each fold's training part ('all' = the normal rows)."),
-    few_shot_draws: Optional[int] = typer.Option(None, "--few-shot-draws", help="Seeded draws per K (default 5; one when K covers every class)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing --out folder (only one that mito bench or mito lora wrote)."
+    ),
+    few_shot: Optional[str] = typer.Option(
+        None,
+        "--few-shot",
+        help="Learning curve: labelled tiles per class, e.g. 1,2,4,8,16,32,all: extra rows with each head trained on K tiles per class drawn from each fold's training part ('all' = the normal rows).",
+    ),
+    few_shot_draws: Optional[int] = typer.Option(
+        None, "--few-shot-draws", help="Seeded draws per K (default 5; one when K covers every class)."
+    ),
     level: str = typer.Option("tile", help="tile, or slide: rank slide-level heads (default mean-linear,abmil) on folds of bags."),
     bag_column: Optional[str] = typer.Option(None, help="--level slide: column grouping tiles into bags (default: slide)."),
     bag_label: Optional[str] = typer.Option(None, help="--level slide: any:VALUE = a bag is 'yes' when any tile's --task label is VALUE."),
-    group_column: Optional[str] = typer.Option(None, help="--level slide: keep bags of one group (e.g. patient) in one fold (default: by bag)."),
+    group_column: Optional[str] = typer.Option(
+        None, help="--level slide: keep bags of one group (e.g. patient) in one fold (default: by bag)."
+    ),
     positive: Optional[str] = typer.Option(None, "--positive", help=POSITIVE_HELP + " With several tasks: those that have that class."),
 ) -> None:
     """Rank every feature set x head of a store on slide-grouped folds; write the leaderboard and report.html."""
@@ -819,11 +1158,33 @@ def bench_cmd(
         raise UserError(f"--level must be tile or slide, got {level!r}")
     if level == "slide":
         _bench_slides(
-            store=store, out=out, task=task, features=split_list(features), heads=split_list(heads), params=_bench_params(param),
-            folds=folds, seed=seed, n_boot=n_boot, bag_column=bag_column, bag_label=bag_label, group_column=group_column,
-            overwrite=overwrite, top=top, positive=positive, ignored={"--proxy": proxy, "--noise": noise, "--pca": pca, "--with": include or None,
-            "--standardize": standardize or None, "--cv": None if cv == "auto" else cv, "--shift-column": shift_column,
-            "--zero-shot": zero_shot, "--few-shot": few_shot, "--few-shot-draws": few_shot_draws},
+            store=store,
+            out=out,
+            task=task,
+            features=split_list(features),
+            heads=split_list(heads),
+            params=_bench_params(param),
+            folds=folds,
+            seed=seed,
+            n_boot=n_boot,
+            bag_column=bag_column,
+            bag_label=bag_label,
+            group_column=group_column,
+            overwrite=overwrite,
+            top=top,
+            positive=positive,
+            ignored={
+                "--proxy": proxy,
+                "--noise": noise,
+                "--pca": pca,
+                "--with": include or None,
+                "--standardize": standardize or None,
+                "--cv": None if cv == "auto" else cv,
+                "--shift-column": shift_column,
+                "--zero-shot": zero_shot,
+                "--few-shot": few_shot,
+                "--few-shot-draws": few_shot_draws,
+            },
         )
         return
     if bag_column or bag_label or group_column:
@@ -917,9 +1278,25 @@ def bench_cmd(
     console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {out / 'report.html'}")
 
 
-def _bench_slides(*, store: str, out: Path, task: Optional[str], features: list[str], heads: list[str], params: dict[str, dict[str, Any]],
-                  folds: int, seed: int, n_boot: int, bag_column: Optional[str], bag_label: Optional[str], group_column: Optional[str],
-                  overwrite: bool, top: int, ignored: dict[str, Any], positive: Optional[str] = None) -> None:
+def _bench_slides(
+    *,
+    store: str,
+    out: Path,
+    task: Optional[str],
+    features: list[str],
+    heads: list[str],
+    params: dict[str, dict[str, Any]],
+    folds: int,
+    seed: int,
+    n_boot: int,
+    bag_column: Optional[str],
+    bag_label: Optional[str],
+    group_column: Optional[str],
+    overwrite: bool,
+    top: int,
+    ignored: dict[str, Any],
+    positive: Optional[str] = None,
+) -> None:
     """`mito bench --level slide`: check options, rank the slide heads, write the leaderboard folder and report, print it."""
     from pydantic import ValidationError
 
@@ -935,9 +1312,20 @@ def _bench_slides(*, store: str, out: Path, task: Optional[str], features: list[
         raise UserError("--level slide needs --task (the bag label column, or the tile label with --bag-label any:VALUE)")
     check_output_dir(out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(store,), what="bench folder")
     try:
-        cfg = SlideBenchConfig(store=store, task=task, features=features, heads=heads or list(DEFAULT_SLIDE_HEADS), head_params=params,
-                               bag_column=bag_column, bag_label=bag_label, group_column=group_column, n_folds=folds, seed=seed, n_boot=n_boot,
-                               positive=positive)
+        cfg = SlideBenchConfig(
+            store=store,
+            task=task,
+            features=features,
+            heads=heads or list(DEFAULT_SLIDE_HEADS),
+            head_params=params,
+            bag_column=bag_column,
+            bag_label=bag_label,
+            group_column=group_column,
+            n_folds=folds,
+            seed=seed,
+            n_boot=n_boot,
+            positive=positive,
+        )
     except ValidationError as e:
         raise UserError(one_line(e)) from None
     lb = run_slide_bench(cfg)
@@ -994,24 +1382,33 @@ def lora_cmd(
     task: str = typer.Option("mitosis", help="Task: a proxy task or label column, as in mito bench."),
     mode: str = typer.Option("lora", help="lora (peft adapters + linear classifier), linear-probe (frozen backbone) or full (end-to-end)."),
     weights: Optional[str] = typer.Option(None, help="Backbone weight file or folder (default: resolved as mito extract does)."),
-    label_name: Optional[str] = typer.Option(None, help="Name the folder labels got at extraction (mito extract --task; default: mitosis for proxy tasks, else the task)."),
+    label_name: Optional[str] = typer.Option(
+        None, help="Name the folder labels got at extraction (mito extract --task; default: mitosis for proxy tasks, else the task)."
+    ),
     rank: int = typer.Option(8, help="LoRA rank."),
     alpha: int = typer.Option(16, help="LoRA alpha."),
     dropout: float = typer.Option(0.3, help="LoRA dropout."),
-    targets: Optional[str] = typer.Option(None, help="Comma-separated layer names (suffixes) to adapt (default: every linear layer, i.e. attention + MLP, for ViTs; every non-grouped conv for CNNs)."),
+    targets: Optional[str] = typer.Option(
+        None,
+        help="Comma-separated layer names (suffixes) to adapt (default: every linear layer, i.e. attention + MLP, for ViTs; every non-grouped conv for CNNs).",
+    ),
     lr: float = typer.Option(1e-4, help="Adam learning rate."),
     weight_decay: float = typer.Option(1e-5, help="Adam weight decay."),
     batch_size: int = typer.Option(32, help="Batch size."),
     epochs: int = typer.Option(100, help="Maximum epochs per fold."),
     patience: int = typer.Option(15, help="Epochs without validation gain before stopping."),
-    epoch_samples: Optional[int] = typer.Option(None, help="Tiles drawn (class-balanced, with replacement) per epoch (default: the training-set size)."),
+    epoch_samples: Optional[int] = typer.Option(
+        None, help="Tiles drawn (class-balanced, with replacement) per epoch (default: the training-set size)."
+    ),
     val_samples: Optional[int] = typer.Option(None, help="Score early stopping on at most this many validation tiles (a fixed subset)."),
     input_size: Optional[int] = typer.Option(None, help="Input pixels (default: the crops' native size)."),
     folds: int = typer.Option(5, help="Number of folds (as in mito bench, so the rows join its leaderboard)."),
     run_folds: Optional[int] = typer.Option(None, help="Train only the first N folds (a budget)."),
     cv: str = typer.Option("auto", help="auto, kfold or split, as in mito bench."),
     seed: int = typer.Option(0, help="Seed of folds, sampling and initialisation."),
-    max_minutes: Optional[float] = typer.Option(None, help="Training-time cap per fold in minutes, > 0 (a budget; the best epoch so far is kept). Default on CPU: 10; on GPU: none."),
+    max_minutes: Optional[float] = typer.Option(
+        None, help="Training-time cap per fold in minutes, > 0 (a budget; the best epoch so far is kept). Default on CPU: 10; on GPU: none."
+    ),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Flips, 90-degree rotations and mild colour jitter."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: Optional[int] = typer.Option(None, help="Image-decoding workers (default: 0 on CPU, up to 8 on GPU)."),
@@ -1025,11 +1422,35 @@ def lora_cmd(
     cfg = _bench_config(
         FinetuneConfig,
         LORA_OPTIONS,
-        source=source, out=str(out), backbone=backbone, task=task, mode=mode, weights=weights, label_name=label_name,
-        rank=rank, alpha=alpha, dropout=dropout, targets=split_list(targets) or None, lr=lr, weight_decay=weight_decay,
-        batch_size=batch_size, max_epochs=epochs, patience=patience, epoch_samples=epoch_samples, val_samples=val_samples,
-        input_size=input_size, n_folds=folds, folds=run_folds, cv=cv, seed=seed, max_minutes=max_minutes, augment=augment,
-        device=device, num_workers=workers, n_boot=n_boot, positive=positive,
+        source=source,
+        out=str(out),
+        backbone=backbone,
+        task=task,
+        mode=mode,
+        weights=weights,
+        label_name=label_name,
+        rank=rank,
+        alpha=alpha,
+        dropout=dropout,
+        targets=split_list(targets) or None,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        max_epochs=epochs,
+        patience=patience,
+        epoch_samples=epoch_samples,
+        val_samples=val_samples,
+        input_size=input_size,
+        n_folds=folds,
+        folds=run_folds,
+        cv=cv,
+        seed=seed,
+        max_minutes=max_minutes,
+        augment=augment,
+        device=device,
+        num_workers=workers,
+        n_boot=n_boot,
+        positive=positive,
     )
     with sigterm_as_interrupt():
         lb = run_finetune(cfg, note=lambda text: err_console.print(f"[yellow]{text}[/]", highlight=False))
@@ -1039,7 +1460,10 @@ def lora_cmd(
     r = lb.rows.iloc[0]
     console.print(f"budget: {r['budget']}")
     console.print(f"models: {', '.join(r['models'])} (use with mito predict --model)")
-    console.print(f"join the heads' leaderboard: mito bench --store STORE --task {task} --with {out} --out REPORT_DIR" + (f" --positive {positive}" if positive else ""))
+    console.print(
+        f"join the heads' leaderboard: mito bench --store STORE --task {task} --with {out} --out REPORT_DIR"
+        + (f" --positive {positive}" if positive else "")
+    )
 
 
 @app.command("umap")
@@ -1047,8 +1471,13 @@ def lora_cmd(
 def umap_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Embedding store."),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
-    features: Optional[str] = typer.Option(None, help="Variant keys to concatenate, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: every complete variant of the store's first backbone, as fit-head)."),
-    color_by: Optional[str] = typer.Option(None, "--color-by", help="A label column or proxy task to colour the points by (default: the store's only task)."),
+    features: Optional[str] = typer.Option(
+        None,
+        help="Variant keys to concatenate, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: every complete variant of the store's first backbone, as fit-head).",
+    ),
+    color_by: Optional[str] = typer.Option(
+        None, "--color-by", help="A label column or proxy task to colour the points by (default: the store's only task)."
+    ),
     neighbors: int = typer.Option(15, help="UMAP n_neighbors."),
     min_dist: float = typer.Option(0.1, help="UMAP min_dist."),
     max_points: int = typer.Option(20000, help="Subsample to at most this many tiles."),
@@ -1062,8 +1491,17 @@ def umap_cmd(
 
     if out.suffix.lower() == ".png":
         check_output_file(out, overwrite=overwrite, protect=(store,), inputs=store_input_files(store))
-    path = umap_plot(store, split_list(features) or None, color_by, out, n_neighbors=neighbors, min_dist=min_dist,
-                     max_points=max_points, seed=seed, progress=True)
+    path = umap_plot(
+        store,
+        split_list(features) or None,
+        color_by,
+        out,
+        n_neighbors=neighbors,
+        min_dist=min_dist,
+        max_points=max_points,
+        seed=seed,
+        progress=True,
+    )
     console.print(f"wrote {path}")
 
 
@@ -1105,9 +1543,15 @@ def slides_qc_cmd(
 def export_cmd(
     store: str = typer.Option(..., "--store", "-s", help="Store made by mito extract --mpp ... from slides."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for one <slide>.h5 per slide."),
-    format: str = typer.Option("trident", "--format", help="trident: <slide>.h5 with features + coords (level-0 px) and TRIDENT's attrs; clam: h5_files/, "
-                               "pt_files/, patches/, slides.csv; stamp: <slide>.h5 with feats (float16) + coords (um), slide_table.csv. See docs/interop.md."),
-    features: Optional[str] = typer.Option(None, help="Variant key to export, e.g. efficientnet_lite0:z1:rgb (default: the first complete one)."),
+    format: str = typer.Option(
+        "trident",
+        "--format",
+        help="trident: <slide>.h5 with features + coords (level-0 px) and TRIDENT's attrs; clam: h5_files/, "
+        "pt_files/, patches/, slides.csv; stamp: <slide>.h5 with feats (float16) + coords (um), slide_table.csv. See docs/interop.md.",
+    ),
+    features: Optional[str] = typer.Option(
+        None, help="Variant key to export, e.g. efficientnet_lite0:z1:rgb (default: the first complete one)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder (only one that mito export wrote)."),
 ) -> None:
     """Write a slide store's features per slide as TRIDENT, CLAM or STAMP read them."""
@@ -1122,11 +1566,19 @@ def export_cmd(
 @app.command("import")
 @friendly(on_interrupt="re-run the same mito import to finish it (every file was checked before the store was written)")
 def import_cmd(
-    folder: Path = typer.Argument(..., help="TRIDENT/CLAM/STAMP per-slide .h5 files (CLAM: h5_files/ or pt_files/), or an eva embeddings folder (manifest.csv)."),
+    folder: Path = typer.Argument(
+        ..., help="TRIDENT/CLAM/STAMP per-slide .h5 files (CLAM: h5_files/ or pt_files/), or an eva embeddings folder (manifest.csv)."
+    ),
     store: str = typer.Option(..., "--store", "-s", help="Store to create (or an earlier import's store: its new slides are appended)."),
     format: str = typer.Option("auto", "--format", help="auto, trident, clam, stamp or eva."),
-    name: Optional[str] = typer.Option(None, "--name", help="Encoder name for the variant <name>:z1:rgb (default: the one the files record)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with a slide column (slide, slide_id or FILENAME) and label columns; patient/case_id/PATIENT groups slides."),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Encoder name for the variant <name>:z1:rgb (default: the one the files record)."
+    ),
+    labels: Optional[Path] = typer.Option(
+        None,
+        "--labels",
+        help="CSV with a slide column (slide, slide_id or FILENAME) and label columns; patient/case_id/PATIENT groups slides.",
+    ),
     chunk_rows: int = typer.Option(1024, "--chunk-rows", min=1, help="Rows per storage chunk."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -1137,14 +1589,23 @@ def import_cmd(
     if r.known_slides:
         console.print(f"{len(r.known_slides)} slides were already in {store} from the same files")
     if r.empty_slides:
-        console.print(f"[yellow]note:[/] {len(r.empty_slides)} files hold no patch ({', '.join(r.empty_slides[:3])}): no rows for them", highlight=False)
+        console.print(
+            f"[yellow]note:[/] {len(r.empty_slides)} files hold no patch ({', '.join(r.empty_slides[:3])}): no rows for them",
+            highlight=False,
+        )
     if r.unlabelled:
-        console.print(f"[yellow]note:[/] {len(r.unlabelled)} slides have no row in {labels} ({', '.join(r.unlabelled[:3])}): no labels", highlight=False)
+        console.print(
+            f"[yellow]note:[/] {len(r.unlabelled)} slides have no row in {labels} ({', '.join(r.unlabelled[:3])}): no labels",
+            highlight=False,
+        )
     if r.unused_labels:
         console.print(f"{r.unused_labels} rows of {labels} name no slide of these files")
     what = "created" if r.created else "appended to"
-    console.print(f"{what} {store}: {r.added_tiles} tiles of {len(r.added_slides)} {r.format} slides as {r.variant}"
-                  + (f"; labels: {', '.join(r.label_columns)}" if r.label_columns else ""), highlight=False)
+    console.print(
+        f"{what} {store}: {r.added_tiles} tiles of {len(r.added_slides)} {r.format} slides as {r.variant}"
+        + (f"; labels: {', '.join(r.label_columns)}" if r.label_columns else ""),
+        highlight=False,
+    )
 
 
 def _heatmaps(df: Any, store: Optional[str], folder: Path, overwrite: bool, model: Path) -> None:

@@ -19,7 +19,18 @@ NAME_WIDTH = 26  # the options' name column at most, so a description keeps 45+ 
 PANELS: dict[str, dict[str, Sequence[str]]] = {
     "extract": {
         "Input and output": ("store", "task", "label_column", "limit", "sample", "sample_per_class", "seed", "points", "tile_size"),
-        "Backbone and views": ("backbone", "weights", "zooms", "colors", "fit", "pad_mode", "input_size", "augment", "augment_colors", "augment_seed"),
+        "Backbone and views": (
+            "backbone",
+            "weights",
+            "zooms",
+            "colors",
+            "fit",
+            "pad_mode",
+            "input_size",
+            "augment",
+            "augment_colors",
+            "augment_seed",
+        ),
         "Whole slides": ("mpp", "tile_px", "tile_um", "stride", "min_tissue", "slide_mpp", "reader", "annotations", "label_overlap"),
         "Running": ("batch_size", "workers", "device", "chunk_rows", "compile", "gpus", "quiet"),
     },
@@ -127,7 +138,9 @@ def set_panels(command: Callable[..., Any], panels: dict[str, Sequence[str]]) ->
                     p.default.rich_help_panel = panel
                 rank[n] = i
     params = list(sig.parameters.values())
-    order = sorted(range(len(params)), key=lambda j: (-1 if isinstance(params[j].default, ArgumentInfo) else rank.get(params[j].name, len(panels)), j))
+    order = sorted(
+        range(len(params)), key=lambda j: (-1 if isinstance(params[j].default, ArgumentInfo) else rank.get(params[j].name, len(panels)), j)
+    )
     command.__signature__ = sig.replace(parameters=[params[j] for j in order])  # type: ignore[attr-defined]
 
 

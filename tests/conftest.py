@@ -23,6 +23,7 @@ def needs_full_amibr() -> None:
     if not FULL_AMIBR:
         pytest.skip(f"needs the full AMi-Br set at {SHARED / 'data' / 'amibr'}")
 
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -125,16 +125,22 @@ MITO = "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_i
 def start(args: list[str], env: dict[str, str] | None = None) -> Run:
     """Start ``mito ARGS`` in a new session (its own process group), as a terminal would run it."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", MITO, *args], env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [sys.executable, "-c", MITO, *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     run = Run(proc)
 
     def pump(stream, into: list[str]) -> None:
         into.extend(iter(stream.readline, ""))
 
-    run.threads = [threading.Thread(target=pump, args=(proc.stderr, run.err), daemon=True),
-                   threading.Thread(target=pump, args=(proc.stdout, run.out), daemon=True)]
+    run.threads = [
+        threading.Thread(target=pump, args=(proc.stderr, run.err), daemon=True),
+        threading.Thread(target=pump, args=(proc.stdout, run.out), daemon=True),
+    ]
     for t in run.threads:
         t.start()
     return run

@@ -30,8 +30,27 @@ def test_backbones_table_and_json() -> None:
 
 def test_extract_info_verify(amibr_dir: Path, tmp_path: Path) -> None:
     store = tmp_path / "s.h5"
-    code, out = _run("extract", str(amibr_dir), "--store", str(store), "--task", "mitosis", "--zooms", "1,2",
-                     "--colors", "gray", "--input-size", "64", "--limit", "12", "--chunk-rows", "8", "--workers", "0", "-q")
+    code, out = _run(
+        "extract",
+        str(amibr_dir),
+        "--store",
+        str(store),
+        "--task",
+        "mitosis",
+        "--zooms",
+        "1,2",
+        "--colors",
+        "gray",
+        "--input-size",
+        "64",
+        "--limit",
+        "12",
+        "--chunk-rows",
+        "8",
+        "--workers",
+        "0",
+        "-q",
+    )
     assert code == 0, out
     assert "12 tiles embedded" in out
     code, out = _run("cache", "info", str(store), "--json")

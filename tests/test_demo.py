@@ -65,12 +65,25 @@ def test_slide_demo_builds_slides_and_runs_every_slide_step(amibr_dir: Path, tmp
     assert len(pics) == 8
     with Image.open(pics[0]) as im:
         assert im.width > 300
-    for where in (r["store"], r["model"], r["predictions"], r["pictures"], "mito extract", "mito slides qc",
-                  "mito fit-head", "--level slide", "mito predict", "--heatmaps", "a toy"):
+    for where in (
+        r["store"],
+        r["model"],
+        r["predictions"],
+        r["pictures"],
+        "mito extract",
+        "mito slides qc",
+        "mito fit-head",
+        "--level slide",
+        "mito predict",
+        "--heatmaps",
+        "a toy",
+    ):
         assert where in text, where
 
 
-def test_toy_slide_manifest_paths_resolve_from_the_manifests_folder(amibr_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_toy_slide_manifest_paths_resolve_from_the_manifests_folder(
+    amibr_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """extract reads a manifest's relative paths from the manifest's folder: the demo's manifest, written to a relative
     folder (the CLI's default runs/demo-slides), must name slides that exist when read that way (trial19's blocker)."""
     from mito.app.demo import build_toy_slides

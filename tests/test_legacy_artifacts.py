@@ -47,8 +47,17 @@ def test_the_legacy_folders_are_all_there() -> None:
     for name in (*TILE_MODELS, *SLIDE_MODELS):
         assert (LEGACY / "models" / name / "config.json").is_file(), name
         assert (LEGACY / "models" / f"{name}.predictions.csv").is_file(), name
-    for path in ("store.zarr/zarr.json", "bench/leaderboard.json", "lora/leaderboard.json", "lora/fold0/model/config.json",
-                 "export/mito.json", "export/a.h5", "bench.expected.json", "lora.expected.json", "export.expected.json"):
+    for path in (
+        "store.zarr/zarr.json",
+        "bench/leaderboard.json",
+        "lora/leaderboard.json",
+        "lora/fold0/model/config.json",
+        "export/mito.json",
+        "export/a.h5",
+        "bench.expected.json",
+        "lora.expected.json",
+        "export.expected.json",
+    ):
         assert (LEGACY / path).is_file(), path
 
 
@@ -190,8 +199,15 @@ def test_legacy_folders_load_through_load_artifact(legacy: Path) -> None:
     from mito.heads.base import Head
 
     assert not any((legacy / p / "mito.json").exists() for p in LEGACY_KINDS if p != "export")
-    want_type = {"model": (Model, SlideModel), "ensemble": (Model,), "head": (Head,), "bench": (Leaderboard,),
-                 "lora-run": (Leaderboard,), "finetuned-model": (FinetunedModel,), "export": (Artifact,)}
+    want_type = {
+        "model": (Model, SlideModel),
+        "ensemble": (Model,),
+        "head": (Head,),
+        "bench": (Leaderboard,),
+        "lora-run": (Leaderboard,),
+        "finetuned-model": (FinetunedModel,),
+        "export": (Artifact,),
+    }
     for rel, kind in LEGACY_KINDS.items():
         assert artifact_kind(legacy / rel) == kind, rel
         obj = load_artifact(legacy / rel)

@@ -26,8 +26,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("msg") / "s.zarr"
     rng = np.random.default_rng(0)
     n = 60
-    table = pd.DataFrame({"tile_id": [f"t{i}" for i in range(n)], "slide": [f"s{i % 6}" for i in range(n)],
-                          "group": [f"s{i % 6}" for i in range(n)], "label": np.where(np.arange(n) % 2 == 1, "pos", "neg")})
+    table = pd.DataFrame(
+        {
+            "tile_id": [f"t{i}" for i in range(n)],
+            "slide": [f"s{i % 6}" for i in range(n)],
+            "group": [f"s{i % 6}" for i in range(n)],
+            "label": np.where(np.arange(n) % 2 == 1, "pos", "neg"),
+        }
+    )
     s = create_store(path, table, {"tasks": ["label"]}, chunk_rows=32)
     s.ensure_variant(KEY, 16, {"backbone": "synth", "weights_sha256": "0" * 64, "preprocessing": {"zoom": 1.0, "color": "rgb"}})
     x = rng.standard_normal((n, 16)).astype(np.float32) + (np.arange(n) % 2 == 1)[:, None] * 0.3
@@ -105,13 +111,17 @@ def test_tifffile_notes_on_a_broken_ome_series_stay_off_the_terminal(tmp_path: P
 
     import tifffile
 
-    desc = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
-            '<Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="10" SizeY="10" SizeC="3" SizeZ="1" SizeT="1" '
-            'PhysicalSizeX="0.25"><Channel ID="Channel:0:0" SamplesPerPixel="3"/><TiffData IFD="5" PlaneCount="1"/></Pixels></Image></OME>')
+    desc = (
+        '<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
+        '<Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="10" SizeY="10" SizeC="3" SizeZ="1" SizeT="1" '
+        'PhysicalSizeX="0.25"><Channel ID="Channel:0:0" SamplesPerPixel="3"/><TiffData IFD="5" PlaneCount="1"/></Pixels></Image></OME>'
+    )
     path = tmp_path / "odd.ome.tif"
     tifffile.imwrite(path, np.full((512, 512, 3), 200, np.uint8), tile=(256, 256), photometric="rgb", description=desc, metadata=None)
-    code = ("import sys; from mito.wsi.reader import open_slide, close_slide; s = open_slide(sys.argv[1]); "
-            "print(s.dimensions); close_slide(s)")  # a plain process: no test harness catches the log records
+    code = (
+        "import sys; from mito.wsi.reader import open_slide, close_slide; s = open_slide(sys.argv[1]); "
+        "print(s.dimensions); close_slide(s)"
+    )  # a plain process: no test harness catches the log records
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0 and p.stdout.strip() == "(512, 512)", p.stderr
@@ -126,7 +136,9 @@ def test_the_report_inlines_only_umaps_mito_wrote_in_its_folder(store: Path, tmp
     from mito.report.umap import PNG_SOFTWARE, _scatter
 
     d = tmp_path / "bench"
-    res = runner.invoke(app, ["bench", "--store", str(store), "--out", str(d), "--heads", "logreg", "--folds", "2", "--no-umap", "--jobs", "1"])
+    res = runner.invoke(
+        app, ["bench", "--store", str(store), "--out", str(d), "--heads", "logreg", "--folds", "2", "--no-umap", "--jobs", "1"]
+    )
     assert res.exit_code == 0, res.output
     ours = _scatter(np.random.default_rng(0).standard_normal((30, 2)), pd.Series(["a", "b"] * 15), "ours", d / "umap.png")
     secret = tmp_path / "secret.png"  # a file outside the folder, reached by a link named like a UMAP

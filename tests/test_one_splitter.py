@@ -33,8 +33,26 @@ def _bench_fold0(store: Path, out: Path, *extra: str) -> tuple[dict[str, set[str
     from mito.bench.leaderboard import task_plan
     from mito.store import open_store
 
-    r = runner.invoke(app, ["bench", "--store", str(store), "--heads", "logreg", "--features", FEATURE, "--n-boot", "0", "--no-umap",
-                            "--jobs", "1", "--out", str(out), *extra])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(store),
+            "--heads",
+            "logreg",
+            "--features",
+            FEATURE,
+            "--n-boot",
+            "0",
+            "--no-umap",
+            "--jobs",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ],
+    )
     assert r.exit_code == 0, r.output
     meta = json.loads((out / "leaderboard.json").read_text())["meta"]["tasks"]["mitosis"]
     with open_store(store) as s:
@@ -105,8 +123,29 @@ def test_an_old_split_bench_folder_keeps_its_fingerprint_and_merges(tmp_path: Pa
     with open_store(legacy / "store.zarr") as s:
         _, _, _, plan = task_plan(s.tiles, "mitosis", 2, "auto", 0, s.unreadable)
     assert old["cv"] == plan.mode == "split" and plan.fingerprint == old["fold_fingerprint"]
-    r = runner.invoke(app, ["bench", "--store", str(legacy / "store.zarr"), "--task", "mitosis", "--heads", "linear", "--folds", "2",
-                            "--n-boot", "0", "--no-umap", "--jobs", "1", "--with", str(legacy / "bench"), "--out", str(tmp_path / "b")])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(legacy / "store.zarr"),
+            "--task",
+            "mitosis",
+            "--heads",
+            "linear",
+            "--folds",
+            "2",
+            "--n-boot",
+            "0",
+            "--no-umap",
+            "--jobs",
+            "1",
+            "--with",
+            str(legacy / "bench"),
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = pd.read_csv(tmp_path / "b" / "leaderboard.csv")
     assert {"logreg", "knn", "linear"} <= set(rows["head"])
@@ -131,7 +170,9 @@ def test_default_task_rule() -> None:
 def two_task_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.heads.conftest import amibr_tiles, synthetic_store
 
-    return synthetic_store(tmp_path_factory.mktemp("tasks") / "s.zarr", amibr_tiles(120), {"fakenet:z1:rgb": 8}, tasks=["dataset", "mitosis"])
+    return synthetic_store(
+        tmp_path_factory.mktemp("tasks") / "s.zarr", amibr_tiles(120), {"fakenet:z1:rgb": 8}, tasks=["dataset", "mitosis"]
+    )
 
 
 @pytest.mark.parametrize("command", ["fit-head", "bench"])

@@ -62,7 +62,10 @@ def demo_features() -> list[str]:
 
 
 def run_demo(
-    out: Path, device: str = "auto", say: Say = _silent, show_store: Callable[[dict[str, Any]], None] | None = None,
+    out: Path,
+    device: str = "auto",
+    say: Say = _silent,
+    show_store: Callable[[dict[str, Any]], None] | None = None,
     source: Path | None = None,
 ) -> dict[str, Any]:
     """Extract the sample (or ``source``, an AMi-Br-shaped folder), fit a head, bench the same features; returns what
@@ -75,7 +78,12 @@ def run_demo(
     say(Heading(f"1. extract: AMi-Br crops -> {DEMO_BACKBONE}, zooms {' and '.join(f'{z:g}' for z in DEMO_ZOOMS)}"))
     summary = extract(
         ExtractConfig(
-            source=str(src), store=str(store), task="mitosis", zooms=DEMO_ZOOMS, colors=DEMO_COLORS, device=device,
+            source=str(src),
+            store=str(store),
+            task="mitosis",
+            zooms=DEMO_ZOOMS,
+            colors=DEMO_COLORS,
+            device=device,
             backbones=[DEMO_BACKBONE],
         )
     )
@@ -88,8 +96,13 @@ def run_demo(
     say(Heading(f"2. fit-head: mlp on {shown}"))
     say(f"one feature set for every step ({shown}, concatenated); trained on the published train split, scored on its test split")
     cfg = make_fit_config(
-        store=str(store), task="mitosis", head="mlp", features=keys, split_column="split",
-        out=str(out / "model"), overwrite=True,
+        store=str(store),
+        task="mitosis",
+        head="mlp",
+        features=keys,
+        split_column="split",
+        out=str(out / "model"),
+        overwrite=True,
     )
     metrics = fit_head(cfg)
     say(
@@ -171,12 +184,19 @@ def build_toy_slides(folder: Path, crops: Path, n_slides: int = 20, seed: int = 
         rows.append({"path": path.relative_to(folder).as_posix(), "diagnosis": "atypical" if positive else "normal"})
     manifest = folder / "slides.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
-    return {"slides": slides_dir, "annotations": notes_dir, "manifest": manifest, "n_slides": n_slides,
-            "size": (width, height), "planted": sum(r["diagnosis"] == "atypical" for r in rows)}
+    return {
+        "slides": slides_dir,
+        "annotations": notes_dir,
+        "manifest": manifest,
+        "n_slides": n_slides,
+        "size": (width, height),
+        "planted": sum(r["diagnosis"] == "atypical" for r in rows),
+    }
 
 
-def run_slide_demo(out: Path, device: str = "auto", say: Say = _silent, source: Path | None = None,
-                   n_slides: int = 20, seed: int = 0) -> dict[str, Any]:
+def run_slide_demo(
+    out: Path, device: str = "auto", say: Say = _silent, source: Path | None = None, n_slides: int = 20, seed: int = 0
+) -> dict[str, Any]:
     """`mito demo --slides`: build toy slides from the bundled crops, then extract -> slides qc -> fit-head --level slide
     -> predict with attention pictures; tells each step's equivalent command and where its output is."""
     out.mkdir(parents=True, exist_ok=True)
@@ -198,32 +218,52 @@ def run_slide_demo(out: Path, device: str = "auto", say: Say = _silent, source: 
         say(what)
         say(Command(f"(the same as: {command})"))
 
-    step("1. extract", "one tile per crop over tissue; tile labels from the GeoJSON, the slide's diagnosis from the manifest",
-         f"mito extract {built['manifest']} --mpp {SLIDE_MPP} --tile-px {CROP_PX} --min-tissue {MIN_TISSUE:g} --zooms 1 --colors rgb "
-         f"--annotations {built['annotations']} --store {store}")
-    summary = extract(ExtractConfig(
-        source=str(built["manifest"]), store=str(store), mpp=SLIDE_MPP, tile_px=CROP_PX, min_tissue=MIN_TISSUE, zooms=[1.0],
-        colors=["rgb"], annotations=str(built["annotations"]), device=device, backbones=[DEMO_BACKBONE],
-    ))
+    step(
+        "1. extract",
+        "one tile per crop over tissue; tile labels from the GeoJSON, the slide's diagnosis from the manifest",
+        f"mito extract {built['manifest']} --mpp {SLIDE_MPP} --tile-px {CROP_PX} --min-tissue {MIN_TISSUE:g} --zooms 1 --colors rgb "
+        f"--annotations {built['annotations']} --store {store}",
+    )
+    summary = extract(
+        ExtractConfig(
+            source=str(built["manifest"]),
+            store=str(store),
+            mpp=SLIDE_MPP,
+            tile_px=CROP_PX,
+            min_tissue=MIN_TISSUE,
+            zooms=[1.0],
+            colors=["rgb"],
+            annotations=str(built["annotations"]),
+            device=device,
+            backbones=[DEMO_BACKBONE],
+        )
+    )
     b = summary["backbones"][DEMO_BACKBONE]
     say(f"{summary['n_tiles']} tiles from {n_slides} slides in {store} ({b['rows']} embedded now)")
 
-    step("2. slides qc", "per slide: its thumbnail, the tissue outline and the kept tiles", f"mito slides qc {store} --out {qc} --overwrite")
+    step(
+        "2. slides qc", "per slide: its thumbnail, the tissue outline and the kept tiles", f"mito slides qc {store} --out {qc} --overwrite"
+    )
     res = qc_store(str(store), qc, "auto", overwrite=True)
     say(f"{len(res['written'])} QC pictures in {qc}")
 
-    step("3. fit-head --level slide", "an attention-MIL head (abmil) on bags of tiles: one bag per slide, its label the diagnosis",
-         f"mito fit-head --store {store} --level slide --task diagnosis --out {model} --overwrite")
-    m = fit_slide_head(make_slide_fit_config(store=str(store), out=str(model), task="diagnosis", head="abmil", seed=seed,
-                                             overwrite=True))
+    step(
+        "3. fit-head --level slide",
+        "an attention-MIL head (abmil) on bags of tiles: one bag per slide, its label the diagnosis",
+        f"mito fit-head --store {store} --level slide --task diagnosis --out {model} --overwrite",
+    )
+    m = fit_slide_head(make_slide_fit_config(store=str(store), out=str(model), task="diagnosis", head="abmil", seed=seed, overwrite=True))
     say(
         f"bags: train {m['n_train']}, val {m['n_val']}, test {m['n_test']}; {m['evaluated_on']}: balanced accuracy "
         f"{m['balanced_accuracy']:.3f}, AUROC {m['auroc']:.3f}; confusion matrix (rows = true {', '.join(m['classes'])}): "
         f"{m['confusion_matrix']} -> {model}"
     )
 
-    step("4. predict --heatmaps", "a prediction per slide, each tile's attention weight, and a picture of it per slide",
-         f"mito predict --model {model} --store {store} --out {preds} --heatmaps {pics} --overwrite")
+    step(
+        "4. predict --heatmaps",
+        "a prediction per slide, each tile's attention weight, and a picture of it per slide",
+        f"mito predict --model {model} --store {store} --out {preds} --heatmaps {pics} --overwrite",
+    )
     slides, _ = predict_slides(model, store, preds, pics, overwrite=True)
     say(f"slides: {preds}; tile attention: {tiles_csv_path(preds)}; pictures: {pics}")
     said = agreement_text(agreement(slides), unit="bags")
@@ -235,21 +275,40 @@ def run_slide_demo(out: Path, device: str = "auto", say: Say = _silent, source: 
         "ImageNet backbone), so slide scores near chance are expected here: the numbers above say the pipeline runs end "
         "to end, not how well a slide head works. Real slides go through the same commands."
     )
-    return {"built": built, "extract": summary, "qc": res, "fit_head": m, "predictions": str(preds), "pictures": str(pics),
-            "store": str(store), "model": str(model)}
+    return {
+        "built": built,
+        "extract": summary,
+        "qc": res,
+        "fit_head": m,
+        "predictions": str(preds),
+        "pictures": str(pics),
+        "store": str(store),
+        "model": str(model),
+    }
 
 
-def quick_bench(store: str | os.PathLike, out: str | os.PathLike, task: str = "mitosis", n_jobs: int = 0, progress: bool = True,
-                features: list[str] | None = None) -> Path:
+def quick_bench(
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    task: str = "mitosis",
+    n_jobs: int = 0,
+    progress: bool = True,
+    features: list[str] | None = None,
+) -> Path:
     """A small leaderboard (logreg/knn/mlp, 3 folds), a UMAP and the report; for mito demo. ``features``: the variant keys
     of ONE feature set (concatenated) that the leaderboard ranks and the UMAP draws; default: z1 RGB of every backbone
     (the UMAP: of the first)."""
     with open_store(store) as s:
-        keys = [k for k in s.variants if k.endswith(":z1:rgb") and s.is_complete(k)] or [k for k in s.variants if not is_view(k) and s.is_complete(k)][:1]
+        keys = [k for k in s.variants if k.endswith(":z1:rgb") and s.is_complete(k)] or [
+            k for k in s.variants if not is_view(k) and s.is_complete(k)
+        ][:1]
     if not keys:
         raise BenchError(f"{store} has no complete feature variant")
     sets, drawn = (["+".join(features)], list(features)) if features else (keys, [keys[0]])
-    lb = run_bench(BenchConfig(store=str(store), tasks=[task], features=sets, heads=["logreg", "knn", "mlp"], n_folds=3, n_jobs=n_jobs, n_boot=500), progress=progress)
+    lb = run_bench(
+        BenchConfig(store=str(store), tasks=[task], features=sets, heads=["logreg", "knn", "mlp"], n_folds=3, n_jobs=n_jobs, n_boot=500),
+        progress=progress,
+    )
     save_leaderboard(lb, out)
     umap_plot(store, drawn, task, Path(out) / f"umap_{safe_name(task, 'task')}.png", progress=progress)
     return build_report(out, progress=progress)

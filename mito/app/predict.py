@@ -59,8 +59,14 @@ def predict(
 
 
 def _extract_tmp(
-    config: dict[str, Any], source: str, tmp: str, device: str, weights: dict[str, str] | None,
-    points: str | None = None, tile_size: int | None = None, progress: bool = False,
+    config: dict[str, Any],
+    source: str,
+    tmp: str,
+    device: str,
+    weights: dict[str, str] | None,
+    points: str | None = None,
+    tile_size: int | None = None,
+    progress: bool = False,
 ) -> tuple[str, list[dict[str, Any]]]:
     """Embed ``source`` (folder, CSV manifest, or slide with ``points``) into a temporary store the model's way;
     returns its path and the slides extraction skipped (slide, path, reason)."""
@@ -93,8 +99,11 @@ def _extract_tmp(
 
 
 def check_predict_out(
-    out_csv: str | os.PathLike, model_dir: str | os.PathLike, store: str | os.PathLike | None = None,
-    source: str | os.PathLike | None = None, overwrite: bool = False,
+    out_csv: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    store: str | os.PathLike | None = None,
+    source: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Refuse a predictions CSV inside a model directory or a store, on an input (a file the store was made from, an
     image or slide of SOURCE, even with overwrite), or on an existing file (unless overwrite)."""
@@ -121,8 +130,14 @@ def source_input_files(source: str | os.PathLike | None, out: str | os.PathLike)
     return []
 
 
-def predict_slides(model_dir: str | os.PathLike, store: str | os.PathLike, out_csv: str | os.PathLike | None = None,
-                   pictures: str | os.PathLike | None = None, overwrite: bool = False, top_k: int = TOP_K) -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict_slides(
+    model_dir: str | os.PathLike,
+    store: str | os.PathLike,
+    out_csv: str | os.PathLike | None = None,
+    pictures: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    top_k: int = TOP_K,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A slide-level model on the bags of a store (mito.heads.predict_slides: slides.csv and slides.tiles.csv), and with
     ``pictures`` one PNG per bag: attention over the slide thumbnail (slide stores), else its top-k tiles."""
     if pictures is not None:  # before any work

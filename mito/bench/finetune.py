@@ -85,7 +85,6 @@ class FinetuneConfig(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
-
 def time_cap_minutes(cfg: FinetuneConfig, device: torch.device) -> tuple[float | None, bool]:
     """The training-time cap per fold in minutes (None = none) and whether it is the CPU default."""
     if cfg.max_minutes is not None:
@@ -103,7 +102,11 @@ def head_name(cfg: FinetuneConfig) -> str:
 def _config_hash(cfg: FinetuneConfig) -> str:
     """Hash of everything that changes what a fold computes (not the budget knobs that only stop it earlier, nor the
     positive class, which only scores the saved predictions: early stopping is on the task's balanced accuracy)."""
-    keep = {k: v for k, v in cfg.model_dump().items() if k not in ("out", "folds", "max_minutes", "max_epochs", "device", "num_workers", "n_boot", "positive")}
+    keep = {
+        k: v
+        for k, v in cfg.model_dump().items()
+        if k not in ("out", "folds", "max_minutes", "max_epochs", "device", "num_workers", "n_boot", "positive")
+    }
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -254,7 +257,9 @@ def _loader(ds: Crops, batch: int, workers: int, sampler: Any = None) -> torch.u
 
 
 # ------------------------------------------------------------------ one fold
-def _save_model(path: Path, net: FinetuneNet, cfg: FinetuneConfig, info: dict[str, Any], classes: list[str], prep: Any, extra: dict[str, Any]) -> None:
+def _save_model(
+    path: Path, net: FinetuneNet, cfg: FinetuneConfig, info: dict[str, Any], classes: list[str], prep: Any, extra: dict[str, Any]
+) -> None:
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
@@ -304,7 +309,9 @@ def _read_result(fold_dir: Path, cfg: FinetuneConfig) -> dict[str, Any] | None:
         with np.load(npz, allow_pickle=False) as z:
             res["proba"] = np.asarray(z["proba"], dtype=np.float64)
     except Exception as e:  # numpy/zipfile raise many kinds for a truncated file
-        raise BenchError(f"cannot read {npz} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'damaged'}); delete the fold folder to redo it") from None
+        raise BenchError(
+            f"cannot read {npz} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'damaged'}); delete the fold folder to redo it"
+        ) from None
     return res
 
 
@@ -337,7 +344,10 @@ def _run_fold(
     weights = 1.0 / np.maximum(counts[yi[fold.train]], 1.0)
     n_epoch = cfg.epoch_samples or len(fold.train)
     sampler = torch.utils.data.WeightedRandomSampler(
-        torch.as_tensor(weights), n_epoch, replacement=True, generator=gen  # type: ignore[arg-type]  # torch's stub says Sequence[float]; it takes a tensor
+        torch.as_tensor(weights),
+        n_epoch,
+        replacement=True,
+        generator=gen,  # type: ignore[arg-type]  # torch's stub says Sequence[float]; it takes a tensor
     )
     train_dl = _loader(Crops(source, fold.train, yi[fold.train], prep, cfg.augment), cfg.batch_size, workers, sampler)
     val_rows = fold.val
@@ -345,8 +355,14 @@ def _run_fold(
         val_rows = np.sort(np.random.default_rng(cfg.seed + fold.index).choice(val_rows, cfg.val_samples, replace=False))
     val_dl = _loader(Crops(source, val_rows, yi[val_rows], prep, False), cfg.batch_size * 2, workers)
 
-    ckpt = Checkpointer(fold_dir / "checkpoint.pt", _config_hash(cfg), get_model=lambda: trainable_state(net, cfg.mode),
-                        set_model=lambda st: net.load_state_dict(st, strict=False), optimizer=opt, generators={"sampler": gen})
+    ckpt = Checkpointer(
+        fold_dir / "checkpoint.pt",
+        _config_hash(cfg),
+        get_model=lambda: trainable_state(net, cfg.mode),
+        set_model=lambda st: net.load_state_dict(st, strict=False),
+        optimizer=opt,
+        generators={"sampler": gen},
+    )
     budget = TimeBudget(cap_minutes * 60 if cap_minutes else math.inf)
     per_epoch = len(train_dl)
     label = f"fold {fold.index}" + (f" (cap {cap_minutes:g} min)" if cap_minutes else "")
@@ -414,10 +430,19 @@ def _run_fold(
         "best_val_score": result.best_score,
         "history": result.history,
         "config_hash": _config_hash(cfg),
-        "params": {k: v for k, v in info.items() if k != "lora"} | ({"lora_targets": len(info["lora"]["targets"])} if info.get("lora") else {}),
+        "params": {k: v for k, v in info.items() if k != "lora"}
+        | ({"lora_targets": len(info["lora"]["targets"])} if info.get("lora") else {}),
         "device": str(device),
     }
-    _save_model(fold_dir / "model", net, cfg, info, classes, prep, {"fold": fold.index, "trained": {k: res[k] for k in ("epochs", "steps", "stopped", "train_seconds")}})
+    _save_model(
+        fold_dir / "model",
+        net,
+        cfg,
+        info,
+        classes,
+        prep,
+        {"fold": fold.index, "trained": {k: res[k] for k in ("epochs", "steps", "stopped", "train_seconds")}},
+    )
     write_npz(fold_dir / "result.npz", {"proba": proba}, compressed=False)
     atomic_write(fold_dir / "result.json", lambda p: Path(p).write_text(json.dumps(res, indent=1, default=float)), ".json")
     ckpt.path.unlink(missing_ok=True)
@@ -426,8 +451,15 @@ def _run_fold(
 
 
 # ------------------------------------------------------------------ the run
-def _budget(cfg: FinetuneConfig, results: Sequence[dict[str, Any]], n_total: int, input_size: int, n_train: int,
-            cap_minutes: float | None = None, cpu_default: bool = False) -> str:
+def _budget(
+    cfg: FinetuneConfig,
+    results: Sequence[dict[str, Any]],
+    n_total: int,
+    input_size: int,
+    n_train: int,
+    cap_minutes: float | None = None,
+    cpu_default: bool = False,
+) -> str:
     parts = [f"{len(results)}/{n_total} folds"]
     eps = [r["epochs"] for r in results]
     per_epoch = cfg.epoch_samples or n_train
@@ -476,7 +508,9 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, note: Callable[[str
     with progress_bar(unit="steps", enabled=progress) as bar:
         for f in folds:
             try:
-                results.append(_run_fold(cfg, src, f, yi, classes, prep, device, out / f"fold{f.index}", bar, spec_task.main_metric, cap, pos))
+                results.append(
+                    _run_fold(cfg, src, f, yi, classes, prep, device, out / f"fold{f.index}", bar, spec_task.main_metric, cap, pos)
+                )
             except OSError as e:
                 if e.filename is not None and Path(str(e.filename)).is_relative_to(out):
                     raise
@@ -491,9 +525,19 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, note: Callable[[str
         "noise": 0.0,
         "kind": cfg.mode,
         "budget": _budget(cfg, results, len(plan.folds), size, int(np.mean([len(f.train) for f in folds])), cap, cpu_default),
-        "params": json.dumps({**results[0]["params"], "lr": cfg.lr, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size,
-                              "rank": cfg.rank if cfg.mode == "lora" else None, "alpha": cfg.alpha if cfg.mode == "lora" else None,
-                              "dropout": cfg.dropout if cfg.mode == "lora" else None, "device": results[0]["device"]}, sort_keys=True),
+        "params": json.dumps(
+            {
+                **results[0]["params"],
+                "lr": cfg.lr,
+                "weight_decay": cfg.weight_decay,
+                "batch_size": cfg.batch_size,
+                "rank": cfg.rank if cfg.mode == "lora" else None,
+                "alpha": cfg.alpha if cfg.mode == "lora" else None,
+                "dropout": cfg.dropout if cfg.mode == "lora" else None,
+                "device": results[0]["device"],
+            },
+            sort_keys=True,
+        ),
         "row_id": rid,
         "samples_seen": float(np.mean([r.get("samples_seen", 0) for r in results])),
         "models": [str(out / f"fold{f.index}" / "model") for f in folds],
@@ -504,9 +548,18 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, note: Callable[[str
         {rid: arrays},
         {
             "source": str(cfg.out),
-            "tasks": {cfg.task: {"description": spec_task.description, "main_metric": spec_task.main_metric, "classes": classes,
-                                 **positive_meta(spec_task), "cv": plan.mode,
-                                 "cv_description": plan.description, "n_folds": len(plan.folds), "fold_fingerprint": plan.fingerprint}},
+            "tasks": {
+                cfg.task: {
+                    "description": spec_task.description,
+                    "main_metric": spec_task.main_metric,
+                    "classes": classes,
+                    **positive_meta(spec_task),
+                    "cv": plan.mode,
+                    "cv_description": plan.description,
+                    "n_folds": len(plan.folds),
+                    "fold_fingerprint": plan.fingerprint,
+                }
+            },
             "finetune": {**cfg.model_dump(), "config_hash": _config_hash(cfg)},
         },
     )
@@ -556,11 +609,22 @@ def load_finetuned(model_dir: str | os.PathLike, weights: str | None = None, dev
     if Path(wname).name != wname:
         raise BenchError(f"{d / 'config.json'} names a weights file outside the model folder: {wname!r}")
     lora = config.get("lora") or {}
-    cfg = FinetuneConfig(source="", out="", backbone=config["backbone"], mode=config["mode"], weights=weights,
-                         rank=lora.get("rank", 8), alpha=lora.get("alpha", 16), dropout=lora.get("dropout", 0.0), targets=lora.get("targets"))
+    cfg = FinetuneConfig(
+        source="",
+        out="",
+        backbone=config["backbone"],
+        mode=config["mode"],
+        weights=weights,
+        rank=lora.get("rank", 8),
+        alpha=lora.get("alpha", 16),
+        dropout=lora.get("dropout", 0.0),
+        targets=lora.get("targets"),
+    )
     net, info = build_net(cfg, len(config["classes"]))
     if config["mode"] != "full" and info["weights_sha256"] != config["weights_sha256"]:
-        raise BenchError(f"{d} was trained on other {config['backbone']} weights (sha256 {config['weights_sha256'][:12]}...); pass the same --weights")
+        raise BenchError(
+            f"{d} was trained on other {config['backbone']} weights (sha256 {config['weights_sha256'][:12]}...); pass the same --weights"
+        )
     wfile = d / wname
     try:
         state = load_file(str(wfile))

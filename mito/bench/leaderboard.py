@@ -100,7 +100,9 @@ class BenchConfig(BaseModel):
     memory_budget: int | None = Field(None, ge=1)  # bytes all workers together may use for features (default: JOB_FEATURE_BUDGET per job)
     buffer_rows: int | None = Field(None, ge=1)  # streamed jobs: shuffle-buffer rows (default: the heads' default)
     zero_shot: str | None = None  # prompts JSON: a zero-shot row per VLM backbone, and the text-linear head (mito.bench.zeroshot)
-    few_shot: list[int | str] | None = None  # labelled tiles per class for learning-curve rows (mito.bench.fewshot); 'all' = the normal rows
+    few_shot: list[int | str] | None = (
+        None  # labelled tiles per class for learning-curve rows (mito.bench.fewshot); 'all' = the normal rows
+    )
     few_shot_draws: int | None = Field(None, ge=1, le=1000)  # seeded draws per K (default fewshot.DEFAULT_DRAWS)
     positive: str | None = None  # two-class tasks: the positive class (default: each task's minority class of the training rows)
     target: str | None = None  # several tasks: the task the others are proxies for (mito.bench.proxy; default: the first task)
@@ -124,7 +126,9 @@ class BenchConfig(BaseModel):
         if self.target is not None and self.target not in self.tasks:
             raise ValueError(f"target task {self.target!r} is not among the tasks ({', '.join(self.tasks)})")
         if self.cv == LEAVE_GROUP_OUT and self.few_shot and any(k != "all" for k in self.few_shot):
-            raise ValueError("few_shot rows are scored on the in-domain folds, which cv leave-group-out has none of; use --cv auto with --shift-column")
+            raise ValueError(
+                "few_shot rows are scored on the in-domain folds, which cv leave-group-out has none of; use --cv auto with --shift-column"
+            )
         return self
 
 
@@ -215,7 +219,11 @@ def rank_rows(rows: pd.DataFrame) -> pd.DataFrame:
     by = ["task", "held_out"] if "held_out" in rows else ["task"]  # shift rows rank among rows of their held-out group
     if "held_out" in rows:
         rows["held_out"] = rows["held_out"].fillna("").astype(str)
-    shots = rows["shots"].map(lambda v: "all" if v is None or str(v) in ("", "nan", "None") else str(v)) if "shots" in rows else pd.Series("all", index=rows.index)
+    shots = (
+        rows["shots"].map(lambda v: "all" if v is None or str(v) in ("", "nan", "None") else str(v))
+        if "shots" in rows
+        else pd.Series("all", index=rows.index)
+    )
     rows["shots"] = shots
     rows["_k"] = [int(v) if v.isdigit() else 0 for v in shots]  # K-shot rows rank among rows of the same K
     by = [*by, "_k"]
@@ -225,8 +233,9 @@ def rank_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ the run
-def task_plan(tiles: pd.DataFrame, task: str, n_folds: int, cv: str, seed: int, exclude: np.ndarray | None,
-              positive: str | None = None) -> tuple[TaskSpec, np.ndarray, list[str], CVPlan]:
+def task_plan(
+    tiles: pd.DataFrame, task: str, n_folds: int, cv: str, seed: int, exclude: np.ndarray | None, positive: str | None = None
+) -> tuple[TaskSpec, np.ndarray, list[str], CVPlan]:
     """Resolve a task on a tile table: its spec (with the positive class of a two-class task: ``positive``, else the
     minority class of the folds' training rows), labels (object array, None = out), classes and folds."""
     spec = resolve_task(tiles, task, PROXY_TASKS)
@@ -276,7 +285,11 @@ def task_summary_lines(lb: Leaderboard) -> list[str]:
         best = sel.sort_values("rank").iloc[0]
         classes = best.get("classes")
         if isinstance(classes, list) and len(classes) > 2 and isinstance(best.get("per_class"), dict):
-            out.append(f"task {t}, #1 {best['backbone']} {best['features']} {best['head']}: " + per_class_line(best["per_class"]) + " (mean over folds)")
+            out.append(
+                f"task {t}, #1 {best['backbone']} {best['features']} {best['head']}: "
+                + per_class_line(best["per_class"])
+                + " (mean over folds)"
+            )
     tasks = as_dict(lb.meta.get("tasks"))
     for t, tm in tasks.items():
         if isinstance(tm, dict) and tm.get("small_test"):
@@ -294,8 +307,10 @@ def check_positive_agrees(task: str, ours: TaskSpec, info: Any, where: str) -> N
     theirs, source = recorded_positive(info)
     if ours.positive is None or theirs is None or theirs == ours.positive:
         return
-    raise BenchError(f"task {task!r}: {where} scored {theirs!r} as the positive class ({source}), this run {ours.positive!r} "
-                     f"({ours.positive_source}); pass --positive {theirs}, or re-run it with --positive {ours.positive}")
+    raise BenchError(
+        f"task {task!r}: {where} scored {theirs!r} as the positive class ({source}), this run {ours.positive!r} "
+        f"({ours.positive_source}); pass --positive {theirs}, or re-run it with --positive {ours.positive}"
+    )
 
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
@@ -343,12 +358,17 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
         for t in plans:  # the leaderboard's folds are the shift folds
             sps = shifts[t][0]
             fp = hashlib.sha256("".join(sp.fingerprint for sp in sps.values()).encode()).hexdigest()
-            plans[t] = (*plans[t][:3], CVPlan(LEAVE_GROUP_OUT, [], fp, "; ".join(f"held out {g}: {sp.description}" for g, sp in sps.items())))
+            plans[t] = (
+                *plans[t][:3],
+                CVPlan(LEAVE_GROUP_OUT, [], fp, "; ".join(f"held out {g}: {sp.description}" for g, sp in sps.items())),
+            )
     included = [load_leaderboard(p) for p in cfg.include]
     for other in included:  # fail before fitting anything (leave-group-out: against its shift folds)
         for t, info in other.meta.get("tasks", {}).items():
             if t in plans and info.get("fold_fingerprint") != plans[t][3].fingerprint:
-                raise BenchError(f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ)")
+                raise BenchError(
+                    f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ)"
+                )
             if t in plans:
                 check_positive_agrees(t, plans[t][0], info, other.meta.get("source") or "the --with leaderboard")
     jobs = []
@@ -390,7 +410,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             "kind": "head",
             "held_out": g,
             "shots": "all",
-            "budget": f"{len(items)}/{len(plan.folds)} folds{trained_on}, head's own stopping rule" + (", standardised" if cfg.standardize else "") + (f", pca {cfg.pca}" if cfg.pca else ""),
+            "budget": f"{len(items)}/{len(plan.folds)} folds{trained_on}, head's own stopping rule"
+            + (", standardised" if cfg.standardize else "")
+            + (f", pca {cfg.pca}" if cfg.pca else ""),
             "params": json.dumps(items[0][1]["params"], sort_keys=True),
             "row_id": rid,
             "keys": list(fs.keys),
@@ -400,7 +422,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
         )
     scored = run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring rows")
     if cfg.cv == LEAVE_GROUP_OUT and text.texts:  # zero-shot rows are scored on the in-domain folds only
-        text.skipped.append("no zero-shot rows with --cv leave-group-out (they are scored on in-domain folds); the text-linear head's shift rows are kept")
+        text.skipped.append(
+            "no zero-shot rows with --cv leave-group-out (they are scored on in-domain folds); the text-linear head's shift rows are kept"
+        )
     scored += zero_shot_rows(text, str(cfg.store), {} if cfg.cv == LEAVE_GROUP_OUT else plans, cfg.n_boot, cfg.seed)
     rows, preds, few_meta = [r for r, _ in scored], {r["row_id"]: a for r, a in scored}, None
     if cfg.few_shot and any(k != "all" for k in cfg.few_shot):
@@ -413,20 +437,39 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
             "store": meta_store,
             "variants": variant_info,
             "tasks": {
-                t: {"description": s.description, "main_metric": s.main_metric, "classes": c, **positive_meta(s), "cv": p.mode,
-                    "cv_description": p.description, "n_folds": len(p.folds), "fold_fingerprint": p.fingerprint,
+                t: {
+                    "description": s.description,
+                    "main_metric": s.main_metric,
+                    "classes": c,
+                    **positive_meta(s),
+                    "cv": p.mode,
+                    "cv_description": p.description,
+                    "n_folds": len(p.folds),
+                    "fold_fingerprint": p.fingerprint,
                     **({"cv_warning": p.warning} if p.warning else {}),
-                    **({"small_test": note} if (note := small_test_note(p, yy, c)) else {})}
+                    **({"small_test": note} if (note := small_test_note(p, yy, c)) else {}),
+                }
                 for t, (s, yy, c, p) in plans.items()
             },
             "skipped_tasks": skipped,
             "zero_shot": {"prompts": text.prompts, "text_embeddings": text.files, "skipped": text.skipped},
-            **({"shift": {
-                "column": cfg.shift_column,
-                "tasks": {t: {g: {"cv_description": sp.description, "n_folds": len(sp.folds), "fold_fingerprint": sp.fingerprint} for g, sp in sps.items()}
-                          for t, (sps, _) in shifts.items()},
-                "skipped": {**{f"{t}/{g}": why for t, (_, sk) in shifts.items() for g, why in sk.items()}, **shifts_skipped},
-            }} if cfg.shift_column else {}),
+            **(
+                {
+                    "shift": {
+                        "column": cfg.shift_column,
+                        "tasks": {
+                            t: {
+                                g: {"cv_description": sp.description, "n_folds": len(sp.folds), "fold_fingerprint": sp.fingerprint}
+                                for g, sp in sps.items()
+                            }
+                            for t, (sps, _) in shifts.items()
+                        },
+                        "skipped": {**{f"{t}/{g}": why for t, (_, sk) in shifts.items() for g, why in sk.items()}, **shifts_skipped},
+                    }
+                }
+                if cfg.shift_column
+                else {}
+            ),
             **({"few_shot": few_meta} if few_meta else {}),
             "config": cfg.model_dump(),
             "tile_ids": tiles["tile_id"].astype(str).tolist(),
@@ -481,7 +524,28 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     return out
 
 
-NUMERIC_COLUMNS = [c for c in COLUMNS if c not in ("task", "backbone", "features", "head", "kind", "held_out", "shots", "positive", "main_metric", "cv", "budget", "params", "row_id", "tied_with_best", "paired_note")]
+NUMERIC_COLUMNS = [
+    c
+    for c in COLUMNS
+    if c
+    not in (
+        "task",
+        "backbone",
+        "features",
+        "head",
+        "kind",
+        "held_out",
+        "shots",
+        "positive",
+        "main_metric",
+        "cv",
+        "budget",
+        "params",
+        "row_id",
+        "tied_with_best",
+        "paired_note",
+    )
+]
 TEXT_COLUMNS = ("task", "backbone", "features", "head", "kind", "held_out", "shots", "main_metric", "row_id", "paired_note")
 
 
@@ -534,6 +598,7 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
 register_loader("bench", None, lambda a: load_leaderboard(a.path))
 register_loader("lora-run", None, lambda a: load_leaderboard(a.path))
 
+
 def upgrade_rows(rows: pd.DataFrame, preds: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
     """Rows of a folder written before ECE meant equal-width bins: their ``ece`` (equal-mass) becomes ``ece_equal_mass``
     and ``ece`` is recomputed per fold (and draw) from the kept predictions; DeLong's AUROC CI is added where missing.
@@ -557,7 +622,11 @@ def predictions_ece(p: dict[str, np.ndarray]) -> float:
     """A row's ECE (equal-width bins) from its kept predictions: per fit (fold, and draw for K-shot rows), averaged."""
     proba = np.asarray(p["proba"], np.float64)
     pos = prediction_positive(p) if proba.shape[1] == 2 else 1
-    fit = np.asarray(p["fold"], np.int64) * (int(np.max(p["draw"], initial=0)) + 1) + np.asarray(p["draw"], np.int64) if "draw" in p else np.asarray(p["fold"])
+    fit = (
+        np.asarray(p["fold"], np.int64) * (int(np.max(p["draw"], initial=0)) + 1) + np.asarray(p["draw"], np.int64)
+        if "draw" in p
+        else np.asarray(p["fold"])
+    )
     vals = [expected_calibration_error(np.asarray(p["y"])[fit == f], proba[fit == f], positive=pos) for f in np.unique(fit)]
     return float(np.nanmean(vals)) if vals and not np.all(np.isnan(vals)) else math.nan
 
@@ -567,12 +636,21 @@ def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:
     ta, tb = a.meta.get("tasks", {}), b.meta.get("tasks", {})
     for t in set(ta) & set(tb):
         if ta[t].get("fold_fingerprint") != tb[t].get("fold_fingerprint"):
-            raise BenchError(f"task {t!r} was scored on different folds in the two leaderboards (tiles, labels, --folds, --cv or --seed differ)")
+            raise BenchError(
+                f"task {t!r} was scored on different folds in the two leaderboards (tiles, labels, --folds, --cv or --seed differ)"
+            )
         pa, sa = recorded_positive(ta[t])
         if pa is not None:
-            check_positive_agrees(t, TaskSpec(t, "", (), lambda x: x, positive=pa, positive_source=sa), tb[t], b.meta.get("source") or "the other leaderboard")
+            check_positive_agrees(
+                t, TaskSpec(t, "", (), lambda x: x, positive=pa, positive_source=sa), tb[t], b.meta.get("source") or "the other leaderboard"
+            )
     rows = pd.concat([a.rows, b.rows[~b.rows["row_id"].isin(a.rows["row_id"])]], ignore_index=True) if len(b.rows) else a.rows
-    meta = {**b.meta, **a.meta, "tasks": {**tb, **ta}, "merged": [*a.meta.get("merged", []), *b.meta.get("merged", []), b.meta.get("source", "")]}
+    meta = {
+        **b.meta,
+        **a.meta,
+        "tasks": {**tb, **ta},
+        "merged": [*a.meta.get("merged", []), *b.meta.get("merged", []), b.meta.get("source", "")],
+    }
     preds = {**b.predictions, **a.predictions}
     cfg = a.meta.get("config") or {}
     return Leaderboard(add_paired_columns(rank_rows(rows), preds, int(cfg.get("n_boot", 1000)), int(cfg.get("seed", 0))), preds, meta)

@@ -90,8 +90,17 @@ def fit_one(
     with _features(store_path) as store:
         cats = metadata_categories(store.tiles, metadata_columns) if metadata_columns else {}
         r = fit_on_rows(
-            store, keys, {"train": fold.train, "val": fold.val, "test": fold.test}, y, h, standardize=standardize, pca=pca,
-            categories=cats, stream=stream, memory_budget=memory_budget, seed=int(params.get("seed", 0)),
+            store,
+            keys,
+            {"train": fold.train, "val": fold.val, "test": fold.test},
+            y,
+            h,
+            standardize=standardize,
+            pca=pca,
+            categories=cats,
+            stream=stream,
+            memory_budget=memory_budget,
+            seed=int(params.get("seed", 0)),
             **({"buffer_rows": buffer_rows} if buffer_rows else {}),
         )
     raw = np.asarray(r.scored["test"][1], dtype=np.float64)
@@ -231,5 +240,3 @@ def stop_workers(gen: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gen.close()
-
-

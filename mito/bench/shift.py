@@ -45,7 +45,9 @@ def shift_plans(
         usable &= ~np.asarray(exclude, bool)
     groups = sorted(set(values[usable]))
     if len(groups) < 2:
-        raise BenchError(f"shift column {column!r} has {len(groups)} value(s) among the labelled tiles ({', '.join(groups) or 'none'}); leave-group-out needs at least 2")
+        raise BenchError(
+            f"shift column {column!r} has {len(groups)} value(s) among the labelled tiles ({', '.join(groups) or 'none'}); leave-group-out needs at least 2"
+        )
     classes = set(y[usable].astype(str))
     plans: dict[str, CVPlan] = {}
     skipped: dict[str, str] = {}
@@ -66,8 +68,10 @@ def shift_plans(
             skipped[g] = f"holding out {g!r}: {e}"
             continue
         train_groups = ", ".join(x for x in groups if x != g)
-        desc = (f"{n_folds} models, each trained on {column} in {{{train_groups}}} minus one slide-grouped part (its early-stopping set), "
-                f"all scored on {column} = {g}")
+        desc = (
+            f"{n_folds} models, each trained on {column} in {{{train_groups}}} minus one slide-grouped part (its early-stopping set), "
+            f"all scored on {column} = {g}"
+        )
         fp = hashlib.sha256(f"{column}\t{g}\t{plan.fingerprint}".encode()).hexdigest()
         plans[g] = CVPlan(SHIFT_MODE, plan.folds, fp, desc)
     if not plans:
@@ -118,26 +122,45 @@ def cross_group_winners(rows: pd.DataFrame) -> list[dict]:
         dom_best = key(domain.sort_values("rank")).iloc[0] if len(domain) else None
         dom_score = pd.Series([r[r["main_metric"]] for _, r in domain.iterrows()], index=domain.index, dtype=float) if len(domain) else None
         in_domain = dict(zip(key(domain), dom_score)) if dom_score is not None else {}
-        out.append({
-            "task": task, "metric": str(t["main_metric"].iloc[0]), "groups": groups, "winner": best, "winner_mean": means[best],
-            "winner_standing": _standing(per.get(best)), "winner_in_domain": in_domain.get(best, math.nan),
-            "in_domain_best": dom_best, "in_domain_best_mean": means.get(dom_best, math.nan) if dom_best else math.nan,
-            "in_domain_best_standing": _standing(per.get(dom_best)) if dom_best else {}, "in_domain_best_score": in_domain.get(dom_best, math.nan),
-        })
+        out.append(
+            {
+                "task": task,
+                "metric": str(t["main_metric"].iloc[0]),
+                "groups": groups,
+                "winner": best,
+                "winner_mean": means[best],
+                "winner_standing": _standing(per.get(best)),
+                "winner_in_domain": in_domain.get(best, math.nan),
+                "in_domain_best": dom_best,
+                "in_domain_best_mean": means.get(dom_best, math.nan) if dom_best else math.nan,
+                "in_domain_best_standing": _standing(per.get(dom_best)) if dom_best else {},
+                "in_domain_best_score": in_domain.get(dom_best, math.nan),
+            }
+        )
     return out
 
 
 def model_labels(d: pd.DataFrame) -> pd.Series:
     """'backbone features head' per row (with 'noise S' when the row trained with feature noise)."""
     noise = pd.to_numeric(d["noise"], errors="coerce").fillna(0.0) if "noise" in d else pd.Series(0.0, index=d.index)
-    return d["backbone"].astype(str) + " " + d["features"].astype(str) + " " + d["head"].astype(str) + noise.map(lambda n: f" noise {n:g}" if n else "")
+    return (
+        d["backbone"].astype(str)
+        + " "
+        + d["features"].astype(str)
+        + " "
+        + d["head"].astype(str)
+        + noise.map(lambda n: f" noise {n:g}" if n else "")
+    )
 
 
 def _standing(g: pd.DataFrame | None) -> dict[str, str]:
     """A model's place in each held-out group: #1, tied with #1 (paired test), or behind."""
     if g is None:
         return {}
-    return {str(r["held_out"]): ("#1" if int(r["rank"]) == 1 else ("tied" if r.get("tied_with_best") is True else "behind")) for _, r in g.iterrows()}
+    return {
+        str(r["held_out"]): ("#1" if int(r["rank"]) == 1 else ("tied" if r.get("tied_with_best") is True else "behind"))
+        for _, r in g.iterrows()
+    }
 
 
 def cross_group_lines(rows: pd.DataFrame, column: str = "group") -> list[str]:
@@ -146,12 +169,16 @@ def cross_group_lines(rows: pd.DataFrame, column: str = "group") -> list[str]:
     lines = []
     for w in cross_group_winners(rows):
         st = ", ".join(f"{g}: {s}" for g, s in w["winner_standing"].items())
-        line = (f"task {w['task']}, across {column} (each held out in turn): {w['winner']} has the best mean {w['metric']} held out, {w['winner_mean']:.3f} "
-                f"over {', '.join(w['groups'])} ({st})")
+        line = (
+            f"task {w['task']}, across {column} (each held out in turn): {w['winner']} has the best mean {w['metric']} held out, {w['winner_mean']:.3f} "
+            f"over {', '.join(w['groups'])} ({st})"
+        )
         if w["in_domain_best"] and w["in_domain_best"] != w["winner"]:
             st2 = ", ".join(f"{g}: {s}" for g, s in w["in_domain_best_standing"].items())
-            line += (f"; the in-domain #1 {w['in_domain_best']} ({w['in_domain_best_score']:.3f} in-domain) scores {w['in_domain_best_mean']:.3f} "
-                     f"held out ({st2})")
+            line += (
+                f"; the in-domain #1 {w['in_domain_best']} ({w['in_domain_best_score']:.3f} in-domain) scores {w['in_domain_best_mean']:.3f} "
+                f"held out ({st2})"
+            )
         elif w["in_domain_best"]:
             line += "; it is also the in-domain #1"
         lines.append(line)

@@ -39,7 +39,9 @@ class SlideBenchConfig(BaseModel):
     n_folds: int = Field(5, ge=2, le=100)
     seed: int = Field(0, ge=0, lt=2**32)
     n_boot: int = Field(1000, ge=0, le=1_000_000)
-    positive: str | None = None  # two classes: the positive class (default: 'yes' with --bag-label any:VALUE, else the minority of the training bags)
+    positive: str | None = (
+        None  # two classes: the positive class (default: 'yes' with --bag-label any:VALUE, else the minority of the training bags)
+    )
 
 
 def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard:
@@ -51,8 +53,15 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
         make_mil_head(h, **cfg.head_params.get(h, {}))
     with open_store(cfg.store) as store:
         keys = list(cfg.features) or default_features(store)
-        bags = make_bags(bag_table(store, cfg.task, cfg.bag_column, cfg.group_column), cfg.task, cfg.bag_column, cfg.bag_label, cfg.group_column, store.unreadable,
-                         min_per_class=cfg.n_folds)
+        bags = make_bags(
+            bag_table(store, cfg.task, cfg.bag_column, cfg.group_column),
+            cfg.task,
+            cfg.bag_column,
+            cfg.bag_label,
+            cfg.group_column,
+            store.unreadable,
+            min_per_class=cfg.n_folds,
+        )
         table = bags.table()
         y_series = table["label"].astype(object)
         plan = make_folds(table, y_series, n_folds=cfg.n_folds, cv="kfold", seed=cfg.seed, unit="bag")
@@ -77,9 +86,15 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
                     bar.update(task_id, advance=1, info=f"{h} fold {f.index + 1}")
                 params = head.params()
                 base = {
-                    "task": bags.task, "backbone": backbone, "features": fs_name, "head": h, "noise": float(head.noise),
-                    "kind": "slide head", "budget": f"{len(plan.folds)} folds of bags, early stopping on whole slides",
-                    "params": json.dumps(params, sort_keys=True), "row_id": row_id(bags.task, backbone, fs_name, h, float(head.noise), "slide"),
+                    "task": bags.task,
+                    "backbone": backbone,
+                    "features": fs_name,
+                    "head": h,
+                    "noise": float(head.noise),
+                    "kind": "slide head",
+                    "budget": f"{len(plan.folds)} folds of bags, early stopping on whole slides",
+                    "params": json.dumps(params, sort_keys=True),
+                    "row_id": row_id(bags.task, backbone, fs_name, h, float(head.noise), "slide"),
                     "keys": keys,
                 }
                 row, arrays = score_row(base, spec, plan, y, bags.classes, results, plan.folds, cfg.n_boot, cfg.seed)
@@ -89,11 +104,20 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
             "level": "slide",
             "store": {"path": str(cfg.store), "n_tiles": store.n_tiles, "tile_list_sha256": store.meta.get("tile_list_sha256")},
             "variants": {k: store.variant_info(k) for k in keys},
-            "tasks": {bags.task: {"description": bags.description, "main_metric": spec.main_metric, "classes": bags.classes, **positive_meta(spec),
-                                  "cv": plan.mode, "cv_description": plan.description.replace("by slide", f"by {cfg.group_column or 'slide'}")
-                                  + f" (units: {len(bags)} bags, median {float(np.median(bags.sizes)):g} tiles)",
-                                  "n_folds": len(plan.folds), "fold_fingerprint": plan.fingerprint,
-                                  "left_out": left_out(bags, store.meta, cfg.bag_column)}},
+            "tasks": {
+                bags.task: {
+                    "description": bags.description,
+                    "main_metric": spec.main_metric,
+                    "classes": bags.classes,
+                    **positive_meta(spec),
+                    "cv": plan.mode,
+                    "cv_description": plan.description.replace("by slide", f"by {cfg.group_column or 'slide'}")
+                    + f" (units: {len(bags)} bags, median {float(np.median(bags.sizes)):g} tiles)",
+                    "n_folds": len(plan.folds),
+                    "fold_fingerprint": plan.fingerprint,
+                    "left_out": left_out(bags, store.meta, cfg.bag_column),
+                }
+            },
             "skipped_tasks": {},
             "config": cfg.model_dump(),
             "tile_ids": bags.names.tolist(),

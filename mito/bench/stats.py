@@ -181,9 +181,7 @@ def delong_test(y_binary: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) 
     return DelongResult(float(auc[0]), float(auc[1]), delta, se, z, p, v10.shape[1], v01.shape[1])
 
 
-def delong_folds(
-    y_binary: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, fold: np.ndarray, tile: np.ndarray
-) -> DelongResult:
+def delong_folds(y_binary: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, fold: np.ndarray, tile: np.ndarray) -> DelongResult:
     """DeLong's test of the mean-over-folds AUC difference (folds as in :func:`delong_fold_covariance`)."""
     auc, cov, m, n = delong_fold_covariance(y_binary, np.vstack([score_a, score_b]), fold, tile)
     delta = float(auc[0] - auc[1])
@@ -370,12 +368,16 @@ def common_folds(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[di
         sel = np.isin(p["fold"], common)
         return {k: (np.asarray(v)[sel] if np.ndim(v) and len(v) == len(sel) else v) for k, v in p.items()}
 
-    note = (f"{PARTIAL_FOLDS} (fold {', '.join(map(str, common))}; the rows scored {fa.size} and {fb.size} folds): "
-            "Δ, p and DeLong are on those folds only")
+    note = (
+        f"{PARTIAL_FOLDS} (fold {', '.join(map(str, common))}; the rows scored {fa.size} and {fb.size} folds): "
+        "Δ, p and DeLong are on those folds only"
+    )
     return keep(a), keep(b), note
 
 
-def align_predictions(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def align_predictions(
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(y, proba_a, proba_b, fold, tile) of two rows' predictions sorted by (fold, tile); refused unless both rows
     scored exactly the same tiles in the same folds with the same labels. K-shot rows (a ``draw`` array) are paired per
     (draw, fold) fit: the returned ``fold`` numbers those fits, so per-fold metrics average over draws x folds."""
@@ -413,7 +415,10 @@ def compare_predictions(
         pos = prediction_positive(a)
         if prediction_positive(b) != pos:
             raise BenchError("the rows were scored with different positive classes")
-    paired = {m: paired_bootstrap(y, pa, pb, classes, m, fold=fold, tile=tile, n_boot=n_boot, seed=seed, positive=1 if pos is None else pos) for m in metrics}
+    paired = {
+        m: paired_bootstrap(y, pa, pb, classes, m, fold=fold, tile=tile, n_boot=n_boot, seed=seed, positive=1 if pos is None else pos)
+        for m in metrics
+    }
     delong, note = None, ""
     if pos is not None:
         try:  # the positive cases are the positive class's rows, scored by its probability (AUROC is the same either way)
@@ -526,7 +531,9 @@ def find_row(rows: Any, ref: str, task: str | None = None) -> Any:
     return hit.iloc[0]
 
 
-def compare_rows(lb: Any, ref_a: str, ref_b: str, task: str | None = None, n_boot: int | None = None, seed: int | None = None) -> tuple[Any, Any, Comparison]:
+def compare_rows(
+    lb: Any, ref_a: str, ref_b: str, task: str | None = None, n_boot: int | None = None, seed: int | None = None
+) -> tuple[Any, Any, Comparison]:
     """Two rows of a leaderboard compared in full on every metric (row a minus row b), with the run's n_boot and seed by default."""
     a, b = find_row(lb.rows, ref_a, task), find_row(lb.rows, ref_b, task)
     if a["task"] != b["task"]:
@@ -535,7 +542,9 @@ def compare_rows(lb: Any, ref_a: str, ref_b: str, task: str | None = None, n_boo
         raise BenchError("that is the same row twice")
     ga, gb = (str(r.get("held_out") or "") for r in (a, b))
     if ga != gb:  # shift rows: each held-out group is its own test set (rows with other K shots share the test tiles)
-        raise BenchError(f"the rows were scored on different test tiles ({ga or 'in-domain'} vs {gb or 'in-domain'}); compare rows of one held-out group")
+        raise BenchError(
+            f"the rows were scored on different test tiles ({ga or 'in-domain'} vs {gb or 'in-domain'}); compare rows of one held-out group"
+        )
     fa, fb = a.get("fold_fingerprint"), b.get("fold_fingerprint")
     if isinstance(fa, str) and isinstance(fb, str) and fa != fb:
         raise BenchError("the rows were scored on different folds; a paired comparison needs the same folds and test tiles")

@@ -31,8 +31,14 @@ class TextPlan:
     skipped: list[str] = field(default_factory=list)
 
 
-def plan_text(store: str, prompts_file: str | None, complete: Sequence[str], variant_info: dict[str, dict[str, Any]],
-              heads: Sequence[str], progress: bool = False) -> TextPlan:
+def plan_text(
+    store: str,
+    prompts_file: str | None,
+    complete: Sequence[str],
+    variant_info: dict[str, dict[str, Any]],
+    heads: Sequence[str],
+    progress: bool = False,
+) -> TextPlan:
     """Find (or compute once and cache) the class text embeddings of every VLM backbone in the store."""
     plan = TextPlan(prompts_file)
     if not prompts_file:
@@ -55,7 +61,9 @@ def plan_text(store: str, prompts_file: str | None, complete: Sequence[str], var
         if vlm and bb not in backbones:
             backbones.append(bb)
     if not backbones:
-        plan.skipped.append(f"--zero-shot skipped: the store has no vision-language backbone features ({', '.join(vlm_names())}); no zero-shot or text-linear rows")
+        plan.skipped.append(
+            f"--zero-shot skipped: the store has no vision-language backbone features ({', '.join(vlm_names())}); no zero-shot or text-linear rows"
+        )
         return plan
     for bb in backbones:
         key = pick_variant(list(complete), bb)
@@ -89,7 +97,9 @@ def text_head_params(head: str, backbone: str, params: dict[str, Any], plan: Tex
     return {**params, "text_embeddings": params.get("text_embeddings", plan.files[backbone])}
 
 
-def zero_shot_rows(plan: TextPlan, store: str, plans: dict[str, Any], n_boot: int, seed: int) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+def zero_shot_rows(
+    plan: TextPlan, store: str, plans: dict[str, Any], n_boot: int, seed: int
+) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
     """Score each fold's test tiles with each VLM backbone's prompts: (row, arrays) as score_row gives for the head rows."""
     out = []
     for bb, te in plan.texts.items():
@@ -97,7 +107,9 @@ def zero_shot_rows(plan: TextPlan, store: str, plans: dict[str, Any], n_boot: in
         for t, (spec, y, classes, cv) in plans.items():
             missing = [c for c in classes if c not in te.classes]
             if missing:
-                plan.skipped.append(f"zero-shot {bb} on task {t} skipped: no prompts for class {missing[0]!r} (prompt classes: {', '.join(te.classes)})")
+                plan.skipped.append(
+                    f"zero-shot {bb} on task {t} skipped: no prompts for class {missing[0]!r} (prompt classes: {', '.join(te.classes)})"
+                )
                 continue
             T = te.matrix("", list(classes))
             results = []
@@ -105,13 +117,23 @@ def zero_shot_rows(plan: TextPlan, store: str, plans: dict[str, Any], n_boot: in
                 for f in cv.folds:
                     t0 = time.perf_counter()
                     X = s.read([key], rows=np.asarray(f.test))
-                    results.append({"proba": zero_shot_proba(X, T, te.logit_scale), "train_seconds": 0.0, "predict_seconds": time.perf_counter() - t0})
+                    results.append(
+                        {"proba": zero_shot_proba(X, T, te.logit_scale), "train_seconds": 0.0, "predict_seconds": time.perf_counter() - t0}
+                    )
             _, fname = describe_keys([key])
             base = {
-                "task": t, "backbone": bb, "features": fname, "head": ZERO_SHOT, "noise": 0.0, "kind": ZERO_SHOT,
+                "task": t,
+                "backbone": bb,
+                "features": fname,
+                "head": ZERO_SHOT,
+                "noise": 0.0,
+                "kind": ZERO_SHOT,
                 "budget": f"no training: prompts only ({len(cv.folds)}/{len(cv.folds)} folds' test tiles scored)",
-                "params": json.dumps({"prompts": plan.prompts, "text_embeddings": plan.files[bb], "logit_scale": te.logit_scale}, sort_keys=True),
-                "row_id": row_id(t, bb, fname, ZERO_SHOT, 0.0), "keys": [key],
+                "params": json.dumps(
+                    {"prompts": plan.prompts, "text_embeddings": plan.files[bb], "logit_scale": te.logit_scale}, sort_keys=True
+                ),
+                "row_id": row_id(t, bb, fname, ZERO_SHOT, 0.0),
+                "keys": [key],
             }
             row, arrays = score_row(base, spec, cv, y, classes, results, list(cv.folds), n_boot, seed)
             row["n_train"], row["n_val"] = 0, 0

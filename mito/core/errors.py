@@ -21,9 +21,14 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a run; the message says what the user has now (e.g. which work is kept)."""
 
 
-DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
-               errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large for this file system",
-               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EROFS: "the file system is read-only",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
 
 
 def os_error_line(e: OSError) -> str:

@@ -178,8 +178,9 @@ def containing_artifact(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def check_output_file(path: str | os.PathLike, overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = (),
-                      inputs: Iterable[str] = ()) -> Path:
+def check_output_file(
+    path: str | os.PathLike, overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = (), inputs: Iterable[str] = ()
+) -> Path:
     """Refuse an output file that would land inside a store or model, on a folder, on a protected input, on a file
     listed in ``inputs`` (e.g. the slides and images a store was made from, even with ``overwrite``), or on an
     existing file."""
@@ -253,8 +254,15 @@ def write_manifest(folder: str | os.PathLike, kind: str, level: str | None = Non
         raise ValueError(f"unknown artifact kind {kind!r}")
     folder = Path(folder)
     files = sorted(f.name for f in folder.iterdir() if f.name != MANIFEST)
-    doc = {"kind": kind, "level": level or ARTIFACT_KINDS[kind], "format_version": MANIFEST_FORMAT, "mito_version": __version__,
-           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "files": files, **info}
+    doc = {
+        "kind": kind,
+        "level": level or ARTIFACT_KINDS[kind],
+        "format_version": MANIFEST_FORMAT,
+        "mito_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": files,
+        **info,
+    }
     return write_json(folder / MANIFEST, doc)
 
 
@@ -337,8 +345,14 @@ def is_mito_folder(folder: str | os.PathLike, kind: str) -> bool:
         return False
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool, is_ours: Callable[[Path], bool] | None = None,
-                     protect: tuple[str | os.PathLike, ...] = (), what: str = "output folder", kind: str | None = None) -> Path:
+def check_output_dir(
+    path: str | os.PathLike,
+    overwrite: bool,
+    is_ours: Callable[[Path], bool] | None = None,
+    protect: tuple[str | os.PathLike, ...] = (),
+    what: str = "output folder",
+    kind: str | None = None,
+) -> Path:
     """Refuse an output folder that is '.', '/', a file, an input, inside a store/model, or an existing folder
     that ``is_ours`` does not recognise (only folders mito wrote are ever replaced, and only with ``overwrite``).
 
@@ -349,6 +363,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, is_ours: Callable
 
         def is_ours(q: Path) -> bool:
             return is_mito_folder(q, kind)
+
     p = Path(path)
     if str(path) in ("", ".", "/", "..") or p.resolve() in (Path.cwd().resolve(), Path.home().resolve(), Path("/")):
         raise OutputError(f"refusing to use {path} as the {what}; give a new folder")
@@ -364,7 +379,11 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, is_ours: Callable
         raise OutputError(f"{path} lies inside or is {owner}, a mito store or model; choose another {what}")
     if p.exists() and any(p.iterdir()):
         if not is_ours(p):
-            hint = f" (it has no {MANIFEST}; if an earlier mito wrote it, delete it by hand)" if kind is not None and not (p / MANIFEST).exists() else ""
+            hint = (
+                f" (it has no {MANIFEST}; if an earlier mito wrote it, delete it by hand)"
+                if kind is not None and not (p / MANIFEST).exists()
+                else ""
+            )
             raise OutputError(f"{path} holds files mito did not write; choose a new {what}{hint}")
         if not overwrite:
             raise OutputError(f"{path} already exists; choose another {what} or pass --overwrite")

@@ -32,13 +32,12 @@ def per_class_scores(yi: np.ndarray, pred: np.ndarray, classes: Sequence[Any]) -
     recall NaN for a class absent from the truth)."""
     labels = list(range(len(classes)))
     prec, rec, _, support = skm.precision_recall_fscore_support(yi, pred, labels=labels, zero_division=np.nan)
-    return {
-        str(c): {"recall": float(rec[i]), "precision": float(prec[i]), "support": int(support[i])}
-        for i, c in enumerate(classes)
-    }
+    return {str(c): {"recall": float(rec[i]), "precision": float(prec[i]), "support": int(support[i])} for i, c in enumerate(classes)}
 
 
-def classification_metrics(y_true: Sequence[Any] | np.ndarray, proba: np.ndarray, classes: Sequence[Any] | np.ndarray, positive: Any = None) -> dict[str, Any]:
+def classification_metrics(
+    y_true: Sequence[Any] | np.ndarray, proba: np.ndarray, classes: Sequence[Any] | np.ndarray, positive: Any = None
+) -> dict[str, Any]:
     """Balanced accuracy, AUROC (one-vs-rest macro when multi-class), Cohen's kappa, weighted F1, PR-AUC, confusion
     matrix, ECE, Brier and each class's recall and precision.
 
@@ -137,7 +136,9 @@ def reliability_bins(
     )
 
 
-def expected_calibration_error(yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS, positive: int = 1, equal_mass: bool = False) -> float:
+def expected_calibration_error(
+    yi: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS, positive: int = 1, equal_mass: bool = False
+) -> float:
     """ECE over 15 equal-width bins (torchmetrics' binary/multiclass calibration error, L1): sum over bins of
     count/n * |confidence - frequency|; ``equal_mass`` bins instead (see :func:`reliability_bins`)."""
     conf, freq, count = reliability_bins(yi, proba, n_bins, positive, equal_mass)
@@ -298,7 +299,9 @@ def bootstrap_replicates(
         return np.nanmean(np.vstack(per_fold), axis=0) if per_fold else np.full(n_boot, np.nan)
 
 
-def tile_draw_counts(tile: np.ndarray, n_boot: int, rng: np.random.Generator, universe: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def tile_draw_counts(
+    tile: np.ndarray, n_boot: int, rng: np.random.Generator, universe: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Each row's index among the sorted distinct tiles, and how often each tile is drawn in each of ``n_boot``
     replicates (tiles drawn with replacement); ``universe``: the tiles to draw from (a superset of ``tile``)."""
     if universe is None:

@@ -114,7 +114,8 @@ def status(message: str, enabled: bool = True) -> Iterator[None]:
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn("dots"), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=_STDERR,
-                  transient=True) as bar:
+    with Progress(
+        SpinnerColumn("dots"), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=_STDERR, transient=True
+    ) as bar:
         bar.add_task(message, total=None)
         yield

@@ -45,7 +45,9 @@ def column_labels(name: str) -> Callable[[pd.DataFrame], pd.Series]:
     return labels
 
 
-def available_tasks(tiles: pd.DataFrame, label_columns: list[str] | None = None, catalog: Mapping[str, TaskSpec] | None = None) -> list[str]:
+def available_tasks(
+    tiles: pd.DataFrame, label_columns: list[str] | None = None, catalog: Mapping[str, TaskSpec] | None = None
+) -> list[str]:
     """Catalogue tasks whose columns the tile table has, then every other label column of the manifest."""
     catalog = catalog or {}
     names = [t.name for t in catalog.values() if all(c in tiles for c in t.columns)]
@@ -121,7 +123,9 @@ def choose_positive(train_labels: Iterable[object], classes: Sequence[str], requ
     classes = [str(c) for c in classes]
     if len(classes) != 2:
         if requested is not None:
-            raise TaskError(f"--positive {requested!r}: the task has {len(classes)} classes ({', '.join(classes)}); --positive applies to two-class tasks")
+            raise TaskError(
+                f"--positive {requested!r}: the task has {len(classes)} classes ({', '.join(classes)}); --positive applies to two-class tasks"
+            )
         return None, ""
     if requested is not None:
         if str(requested) not in classes:
@@ -170,5 +174,7 @@ def one_group_per_tile(groups: np.ndarray) -> bool:
 def per_tile_warning(column: str = "group", option: str | None = "--group-column COL") -> str:
     """The one warning line for a split made tile by tile because every tile is its own group."""
     how = "extract from a CSV manifest with a slide column" + (f", or name a slide column with {option}" if option else "")
-    return (f"every tile is its own {column!r} (the store has no slide information), so tiles of one slide may land on both "
-            f"sides of the split and the scores may be optimistic; to keep slides together, {how}")
+    return (
+        f"every tile is its own {column!r} (the store has no slide information), so tiles of one slide may land on both "
+        f"sides of the split and the scores may be optimistic; to keep slides together, {how}"
+    )

@@ -42,8 +42,13 @@ class View:
         """Provenance recorded with the view's variant."""
         d: dict[str, object] = {"name": self.name, "kind": self.kind}
         if self.kind == "hed":
-            d.update(index=self.index, alpha=[1 - self.strength, 1 + self.strength], beta=[-self.strength, self.strength],
-                     seed=seed, method="Tellez 2018 HED jitter (skimage rgb2hed/hed2rgb), per tile rng([seed, sha256(tile_id), index])")
+            d.update(
+                index=self.index,
+                alpha=[1 - self.strength, 1 + self.strength],
+                beta=[-self.strength, self.strength],
+                seed=seed,
+                method="Tellez 2018 HED jitter (skimage rgb2hed/hed2rgb), per tile rng([seed, sha256(tile_id), index])",
+            )
         return d
 
 
@@ -65,7 +70,9 @@ def parse_augment(spec: str | None) -> list[View]:
             except ValueError:
                 k, s = -1, -1.0
             if not 1 <= k <= MAX_HED_VIEWS or not 0 < s < 1:
-                raise ExtractError(f"--augment {part}: expected hed:K[:S] with K in 1..{MAX_HED_VIEWS} and S in (0, 1), e.g. hed:4 or hed:4:0.05")
+                raise ExtractError(
+                    f"--augment {part}: expected hed:K[:S] with K in 1..{MAX_HED_VIEWS} and S in (0, 1), e.g. hed:4 or hed:4:0.05"
+                )
             views += [View(f"hed{i}", "hed", i, s) for i in range(k)]
         else:
             raise ExtractError(f"--augment: unknown view {part!r}; use hed:K[:S], {', '.join(GEOMETRIC)} (e.g. hed:4,flip)")

@@ -242,8 +242,15 @@ class _TileDataset(Dataset):
     """Reads each tile once at the widest field of view and returns the variants its chunk still needs."""
 
     def __init__(
-        self, source: TileSource, rows: np.ndarray, preps: list[Preprocess], need: np.ndarray, chunk_rows: int,
-        views: list[View | None] | None = None, seed: int = 0, keep: np.ndarray | None = None,
+        self,
+        source: TileSource,
+        rows: np.ndarray,
+        preps: list[Preprocess],
+        need: np.ndarray,
+        chunk_rows: int,
+        views: list[View | None] | None = None,
+        seed: int = 0,
+        keep: np.ndarray | None = None,
     ) -> None:
         self.source, self.rows = source, rows
         self.aug = views or [None] * len(preps)  # the augmented view each variant embeds (None: the tile itself)
@@ -281,7 +288,6 @@ class _TileDataset(Dataset):
             return row, out, False
         except OSError:
             return row, out, True
-
 
     def _view(self, img: np.ndarray, j: int, row: int, seen: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """The image variant j embeds: the tile itself, or its augmented view (seeded by the tile id)."""
@@ -328,7 +334,9 @@ def loader_plan(workers: int, batch_bytes: int, budget: int) -> tuple[int, int |
     return workers, max(1, min(2, budget // max(1, batch_bytes * workers)))
 
 
-def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, source: TileSource, view: View | None = None, seed: int = 0) -> dict[str, Any]:
+def _provenance(
+    spec: BackboneSpec, weights_sha256: str, prep: Preprocess, source: TileSource, view: View | None = None, seed: int = 0
+) -> dict[str, Any]:
     import timm
 
     return {
@@ -339,7 +347,11 @@ def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, sourc
         "spec": spec_summary(spec),
         "tile_size": source.tile_size,
         # micron tiles only: level-0 crops at points compare with crops, as they always did
-        **({"slide_tiling": slide_tiling(source.slides["opts"])} if source.slides is not None and source.slides["opts"].mpp is not None else {}),
+        **(
+            {"slide_tiling": slide_tiling(source.slides["opts"])}
+            if source.slides is not None and source.slides["opts"].mpp is not None
+            else {}
+        ),
         "versions": {"mito": __version__, "timm": timm.__version__, "torch": torch.__version__},
     }
 
@@ -347,7 +359,9 @@ def _provenance(spec: BackboneSpec, weights_sha256: str, prep: Preprocess, sourc
 SAMPLE_SPEC = ("n", "per_class", "seed", "by")  # what draws a sample again (with the same SOURCE)
 
 
-def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True, sample: dict[str, Any] | None = None) -> tuple[Store, Growth | None]:
+def _open_or_create(
+    cfg: ExtractConfig, source: TileSource, lock: bool = True, sample: dict[str, Any] | None = None
+) -> tuple[Store, Growth | None]:
     tiles = source.tiles
     meta = {
         "source": {"path": source.root, "kind": source.kind, "points": cfg.points, "tile_size": source.tile_size},
@@ -361,13 +375,16 @@ def _open_or_create(cfg: ExtractConfig, source: TileSource, lock: bool = True, s
             held = store.meta.get("sample")
             held = None if not isinstance(held, dict) or held.get("grown_to") else held  # grown: it holds SOURCE now
             if sample is not None and (not held or any(held.get(k) != sample.get(k) for k in SAMPLE_SPEC)):
-                raise StoreError(f"{cfg.store} holds {describe_sample(held)}; this run asks {describe_sample(sample)}, another cut of "
-                                 "SOURCE: use a new --store (the store's own options resume it)")
+                raise StoreError(
+                    f"{cfg.store} holds {describe_sample(held)}; this run asks {describe_sample(sample)}, another cut of "
+                    "SOURCE: use a new --store (the store's own options resume it)"
+                )
             if held and cfg.limit is not None:
                 raise StoreError(f"{cfg.store} holds {describe_sample(held)}; --limit takes another cut of SOURCE: use a new --store")
             check_variants(cfg, store, source)  # before anything is written: a refused run leaves the store as it was
-            growth = grow_store(store, source, cfg.store, may_write=lock, limited=cfg.limit is not None or sample is not None,
-                                tasks=tuple(meta["tasks"]))
+            growth = grow_store(
+                store, source, cfg.store, may_write=lock, limited=cfg.limit is not None or sample is not None, tasks=tuple(meta["tasks"])
+            )
             if held and sample is None and growth is not None and growth.added_tiles:  # the rest of SOURCE joined: no sample now
                 store.record("sample", {**held, "grown_to": store.n_tiles})
             return store, growth
@@ -479,11 +496,23 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
     for b in cfg.backbones:  # fail before any work when a backbone or its weights are missing
         resolve_weights(get_backbone(b), cfg.weights.get(b))
     slide_opts = options_from(
-        cfg.mpp, cfg.tile_px, cfg.tile_um, cfg.zooms, workers=cfg.num_workers or 1, stride_px=cfg.stride, min_tissue=cfg.min_tissue,
-        slide_mpp=cfg.slide_mpp, reader=cfg.reader, annotations=cfg.annotations, label_overlap=cfg.label_overlap,
+        cfg.mpp,
+        cfg.tile_px,
+        cfg.tile_um,
+        cfg.zooms,
+        workers=cfg.num_workers or 1,
+        stride_px=cfg.stride,
+        min_tissue=cfg.min_tissue,
+        slide_mpp=cfg.slide_mpp,
+        reader=cfg.reader,
+        annotations=cfg.annotations,
+        label_overlap=cfg.label_overlap,
     )
     if dist.main and not backend_capabilities(cfg.store, store_format(cfg.store)).resumable_per_chunk:
-        print(f"note: {cfg.store} is HDF5: a killed run or a full disk loses that run's chunks (a .zarr store resumes per chunk: use one for long runs)", file=sys.stderr)
+        print(
+            f"note: {cfg.store} is HDF5: a killed run or a full disk loses that run's chunks (a .zarr store resumes per chunk: use one for long runs)",
+            file=sys.stderr,
+        )
     # slide tiling shows its own per-slide bar; rich allows one live display at a time
     with status(f"reading the tile list of {cfg.source} ...", enabled=cfg.progress and dist.main and slide_opts is None):
         source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column, slide_opts, cfg.progress and dist.main)
@@ -492,7 +521,9 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         sample = None
         if cfg.sample is not None or cfg.sample_per_class is not None:
             if source.kind == "slides":
-                raise ExtractError("--sample and --sample-per-class draw crops from a folder or CSV manifest; for slides, list fewer slides in a manifest")
+                raise ExtractError(
+                    "--sample and --sample-per-class draw crops from a folder or CSV manifest; for slides, list fewer slides in a manifest"
+                )
             picked, sample = stratified_sample(source.tiles, cfg.task or "label", cfg.sample, cfg.sample_per_class, cfg.seed)
             source.tiles = picked.reset_index(drop=True)
         if min(cfg.zooms) < 1 and not source.has_context:
@@ -527,15 +558,19 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
             summary["grown"]["incomplete"] = [v for v in store.variants if not store.is_complete(v)]
         bad = np.flatnonzero(store.unreadable)
         summary["unreadable"] = store.tiles["tile_id"].iloc[bad].astype(str).tolist()
-        summary["incomplete"] = [k for k in store.variants if not store.is_complete(k)]  # e.g. views of an earlier --augment after added tiles
+        summary["incomplete"] = [
+            k for k in store.variants if not store.is_complete(k)
+        ]  # e.g. views of an earlier --augment after added tiles
         store.forget_done_rows()  # checkpoints of chunks finished since
         if any(b["rows"] for b in summary["backbones"].values()):  # a no-op run keeps the record of the run that did the work
             store.record("unreadable_tiles", summary["unreadable"])
             store.record("last_run", {k: v for k, v in summary.items() if k != "unreadable"})
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished row is on disk by now; say how many
         if store.drops_session:
-            raise Interrupted(f"{cfg.store} is as it was before this run (HDF5 keeps a run's work only when its writes "
-                              "end cleanly; a .zarr store keeps every finished chunk); re-run the same command") from None
+            raise Interrupted(
+                f"{cfg.store} is as it was before this run (HDF5 keeps a run's work only when its writes "
+                "end cleanly; a .zarr store keeps every finished chunk); re-run the same command"
+            ) from None
         raise Interrupted(kept_note(store, {b: [v.key for v, _, _ in variant_plan(cfg, b)] for b in cfg.backbones})) from None
     finally:
         store.close()
@@ -586,7 +621,14 @@ def _extract_backbone(
     skipped = int((~todo).sum())  # chunks finished before this run (the same on every rank)
     todo &= dist.owned(store.n_chunks)  # rank r embeds chunks c with c % world == r
     if not todo.any():
-        return {"variants": keys, "rows": 0, "variant_rows": dict.fromkeys(keys, 0), "skipped_chunks": skipped, "seconds": 0.0, "tiles_per_s": None}
+        return {
+            "variants": keys,
+            "rows": 0,
+            "variant_rows": dict.fromkeys(keys, 0),
+            "skipped_chunks": skipped,
+            "seconds": 0.0,
+            "tiles_per_s": None,
+        }
 
     n_var = len(plan)
     need = np.stack([~done[k] for k in keys], axis=1) & todo[:, None]  # need[chunk, variant]
@@ -612,7 +654,9 @@ def _extract_backbone(
     )
     with progress_bar("tiles", enabled=cfg.progress and dist.main, info=True) as bar:
         task = add_task(bar, f"{name} x{n_var}", total=len(rows))
-        per_slide = group_progress(bar, rows, source.tiles["slide"], "slides") if source.kind == "slides" and cfg.progress and dist.main else None
+        per_slide = (
+            group_progress(bar, rows, source.tiles["slide"], "slides") if source.kind == "slides" and cfg.progress and dist.main else None
+        )
         bar.update(task, info=f"starting {workers} decoding worker(s) ..." if workers else "")
         gc.freeze()  # the forked workers' collections then never touch (and so copy) the parent's objects
         try:
@@ -623,8 +667,9 @@ def _extract_backbone(
         enc = create_backbone(name, weights=cfg.weights.get(name), device=device)
         bar.update(task, info="embedding the first batch ...")
         # checkpoints write the store's attributes: one writer of them, so not with several ranks (GPU chunks are quick)
-        n_done, counts, secs = _embed_all(cfg, enc, device, batches, batch_size, n_var, keys, need, keep, store, bar, task, per_slide,
-                                          checkpoints=not dist.active)
+        n_done, counts, secs = _embed_all(
+            cfg, enc, device, batches, batch_size, n_var, keys, need, keep, store, bar, task, per_slide, checkpoints=not dist.active
+        )
     return {
         "variants": keys,
         "rows": int(n_done),
@@ -789,10 +834,16 @@ def _collect(
         start, stop = store.chunk_rows_range(c)
         cols = np.flatnonzero(need[c])
         if c not in buffers:
-            buf: dict[str, Any] = {"emb": np.empty((stop - start, len(cols), emb.shape[-1]), np.float16), "bad": np.zeros(stop - start, bool), "n": 0}
+            buf: dict[str, Any] = {
+                "emb": np.empty((stop - start, len(cols), emb.shape[-1]), np.float16),
+                "bad": np.zeros(stop - start, bool),
+                "n": 0,
+            }
             for i, j in enumerate(cols):
                 if keep[c, j]:
-                    buf["emb"][: keep[c, j], i] = store.read([keys[j]], slice(start, start + int(keep[c, j])), np.float16, allow_incomplete=True)
+                    buf["emb"][: keep[c, j], i] = store.read(
+                        [keys[j]], slice(start, start + int(keep[c, j])), np.float16, allow_incomplete=True
+                    )
             buf["n"] = buf["saved"] = int(keep[c, cols].min()) if len(cols) else 0  # saved: rows the store holds already
             buffers[c] = buf
         buf = buffers[c]

@@ -46,9 +46,16 @@ class Growth:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary (recorded in the run summary)."""
-        return {"added_tiles": self.added_tiles, "added_slides": self.added_slides, "kept_tiles": self.kept_tiles,
-                "kept_slides": self.kept_slides, "updated_tiles": self.updated_tiles, "updated_slides": self.updated_slides,
-                "updated_columns": self.updated_columns, "new_columns": self.new_columns}
+        return {
+            "added_tiles": self.added_tiles,
+            "added_slides": self.added_slides,
+            "kept_tiles": self.kept_tiles,
+            "kept_slides": self.kept_slides,
+            "updated_tiles": self.updated_tiles,
+            "updated_slides": self.updated_slides,
+            "updated_columns": self.updated_columns,
+            "new_columns": self.new_columns,
+        }
 
     @property
     def changed(self) -> bool:
@@ -76,9 +83,14 @@ def check_tiling(store: Store, path: str, options: dict[str, Any]) -> None:
     diff = [k for k in TILING if old[k] != new[k]]
     if diff:
         shown = {"mpp": "--mpp {:g}", "tile_px": "--tile-px {:g}", "stride": "a grid step of {:g} um", "min_tissue": "--min-tissue {:g}"}
-        raise StoreError(f"{path} was tiled with " + " ".join(shown[k].format(old[k]) for k in diff) + ", this run "
-                         + " ".join(shown[k].format(new[k]) for k in diff) + ": its rows share one tiling; "
-                         "give the store's values or use a new --store")
+        raise StoreError(
+            f"{path} was tiled with "
+            + " ".join(shown[k].format(old[k]) for k in diff)
+            + ", this run "
+            + " ".join(shown[k].format(new[k]) for k in diff)
+            + ": its rows share one tiling; "
+            "give the store's values or use a new --store"
+        )
 
 
 def _differs(a: pd.Series, b: pd.Series) -> np.ndarray:
@@ -98,8 +110,10 @@ def _zoom_fix(store: Store, source: TileSource, missing: list[str]) -> str:
     if not zooms:
         return ""
     have = sorted({c.split("_z", 1)[1] for c in store.tile_column_names if c.startswith("outside_z")}, key=float, reverse=True)
-    return (f": the store's tiles carry zoom(s) {', '.join(zooms)} that this run lacks; add the slides with the store's zooms, "
-            f"`mito extract {source.root} --store {store.path} --zooms {','.join(have)} ...` (its other options as before)")
+    return (
+        f": the store's tiles carry zoom(s) {', '.join(zooms)} that this run lacks; add the slides with the store's zooms, "
+        f"`mito extract {source.root} --store {store.path} --zooms {','.join(have)} ...` (its other options as before)"
+    )
 
 
 def grow_store(
@@ -117,7 +131,9 @@ def grow_store(
     pending = store.meta.get("append")
     same = not pending and store.meta.get("tile_list_sha256") == tile_list_hash(ids.tolist())
     made = store.meta.get("source") or {}
-    if not same and (source.kind not in APPENDABLE or made.get("kind") != source.kind or (source.kind != "slides" and made.get("path") != source.root)):
+    if not same and (
+        source.kind not in APPENDABLE or made.get("kind") != source.kind or (source.kind != "slides" and made.get("path") != source.root)
+    ):
         raise _refuse(store, path)
     if not same and limited:
         raise _refuse(store, path, "; --limit and --sample take a fixed cut of SOURCE, so they never add tiles")
@@ -138,16 +154,20 @@ def grow_store(
         if bad.any():
             i = int(np.argmax(bad))
             where = f"slide {mine['slide'].iat[i]}" if "slide" in mine else f"tile {mine['tile_id'].iat[i]}"
-            raise StoreError(f"{path}: {where} is now tiled otherwise ({c}: the store has {mine[c].iat[i]}, this run "
-                             f"{theirs[c].iat[i]}); its rows would no longer say what was embedded: give the store's "
-                             "--mpp/--tile-px/--slide-mpp or use a new --store")
+            raise StoreError(
+                f"{path}: {where} is now tiled otherwise ({c}: the store has {mine[c].iat[i]}, this run "
+                f"{theirs[c].iat[i]}); its rows would no longer say what was embedded: give the store's "
+                "--mpp/--tile-px/--slide-mpp or use a new --store"
+            )
     new = source.tiles[~ids.isin(set(old)).to_numpy()].reset_index(drop=True)
     update = _metadata_update(held, source.tiles, pos, growth)
     if len(new):
         missing = sorted(set(store.tile_column_names) - set(source.tiles.columns))
         if missing:
-            raise StoreError(f"cannot add {len(new)} tiles to {path}: they lack the store's columns {', '.join(missing[:6])}"
-                             + (_zoom_fix(store, source, missing) or "; give the same manifest columns or use a new --store"))
+            raise StoreError(
+                f"cannot add {len(new)} tiles to {path}: they lack the store's columns {', '.join(missing[:6])}"
+                + (_zoom_fix(store, source, missing) or "; give the same manifest columns or use a new --store")
+            )
     gone = ~both
     growth.kept_tiles = int(gone.sum())
     if source.kind == "slides":
@@ -204,20 +224,34 @@ def growth_lines(g: dict[str, Any]) -> list[str]:
     """One line per thing a user must know: what was added, what was kept although SOURCE no longer has it."""
     out = []
     if g["added_tiles"]:
-        what = f" from {counted(len(g['added_slides']), 'new slide')} ({', '.join(g['added_slides'][:5])}{' ...' if len(g['added_slides']) > 5 else ''})" if g["added_slides"] else ""
+        what = (
+            f" from {counted(len(g['added_slides']), 'new slide')} ({', '.join(g['added_slides'][:5])}{' ...' if len(g['added_slides']) > 5 else ''})"
+            if g["added_slides"]
+            else ""
+        )
         out.append(f"added {counted(g['added_tiles'], 'tile')}{what}; the tiles already in the store were not embedded again")
         if g.get("incomplete"):
             keys = g["incomplete"]
-            out.append(f"{', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''} {'lacks' if len(keys) == 1 else 'lack'} the new tiles "
-                       "(not in this run): re-run with the store's --backbone/--zooms/--colors/--augment to embed them")
+            out.append(
+                f"{', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''} {'lacks' if len(keys) == 1 else 'lack'} the new tiles "
+                "(not in this run): re-run with the store's --backbone/--zooms/--colors/--augment to embed them"
+            )
     if g.get("updated_tiles"):
         slides = g.get("updated_slides") or []
         where = f" in {len(slides)} slide(s) ({', '.join(slides[:5])}{' ...' if len(slides) > 5 else ''})" if slides else ""
-        out.append(f"updated {', '.join(g['updated_columns'])} of {g['updated_tiles']} tiles{where} as SOURCE now gives them "
-                   "(metadata only: no tile was embedded again)")
+        out.append(
+            f"updated {', '.join(g['updated_columns'])} of {g['updated_tiles']} tiles{where} as SOURCE now gives them "
+            "(metadata only: no tile was embedded again)"
+        )
     if g.get("new_columns"):
         out.append(f"added column(s) {', '.join(g['new_columns'])} from SOURCE to the tile table")
     if g["kept_tiles"]:
-        what = f" of {counted(len(g['kept_slides']), 'slide')} no longer in SOURCE ({', '.join(g['kept_slides'][:5])}{' ...' if len(g['kept_slides']) > 5 else ''})" if g["kept_slides"] else " no longer in SOURCE"
-        out.append(f"kept {counted(g['kept_tiles'], 'tile')}{what}: a store never drops rows (extract into a new --store to leave them out)")
+        what = (
+            f" of {counted(len(g['kept_slides']), 'slide')} no longer in SOURCE ({', '.join(g['kept_slides'][:5])}{' ...' if len(g['kept_slides']) > 5 else ''})"
+            if g["kept_slides"]
+            else " no longer in SOURCE"
+        )
+        out.append(
+            f"kept {counted(g['kept_tiles'], 'tile')}{what}: a store never drops rows (extract into a new --store to leave them out)"
+        )
     return out

@@ -78,9 +78,20 @@ def options_from(
 
     The tile and its widest context view (tile_px / min zoom, RGB, once per decoding worker) must fit in memory."""
     if mpp is None and tile_um is None:
-        given = [n for n, v in (("--tile-px", tile_px), ("--stride", kw.get("stride_px")), ("--slide-mpp", kw.get("slide_mpp")),
-                                ("--annotations", kw.get("annotations")), ("--label-overlap", kw.get("label_overlap"))) if v is not None]
-        given += [n for n, v, d in (("--min-tissue", kw.get("min_tissue"), 0.5), ("--reader", kw.get("reader"), "auto")) if v not in (None, d)]
+        given = [
+            n
+            for n, v in (
+                ("--tile-px", tile_px),
+                ("--stride", kw.get("stride_px")),
+                ("--slide-mpp", kw.get("slide_mpp")),
+                ("--annotations", kw.get("annotations")),
+                ("--label-overlap", kw.get("label_overlap")),
+            )
+            if v is not None
+        ]
+        given += [
+            n for n, v, d in (("--min-tissue", kw.get("min_tissue"), 0.5), ("--reader", kw.get("reader"), "auto")) if v not in (None, d)
+        ]
         if given:
             raise ExtractError(f"{', '.join(given)} tile whole slides: also give --mpp M (or --tile-um U)")
         return None
@@ -100,7 +111,9 @@ def options_from(
     if tile_px < 8:
         raise ExtractError("--tile-px must be at least 8 pixels")
     if tile_px > MAX_TILE_PX:
-        raise ExtractError(f"a tile of {tile_px} px at {mpp:g} um/px is more than {MAX_TILE_PX} px: use a larger --mpp or a smaller --tile-um/--tile-px")
+        raise ExtractError(
+            f"a tile of {tile_px} px at {mpp:g} um/px is more than {MAX_TILE_PX} px: use a larger --mpp or a smaller --tile-um/--tile-px"
+        )
     check_view_memory(tile_px, zooms, workers)
     return SlideOptions(mpp=float(mpp), tile_px=int(tile_px), zooms=tuple(zooms), **kw)
 
@@ -179,7 +192,9 @@ def load_regions(path: Path) -> list[Region]:
                 raise ValueError("not a list of finite [x, y] points")
             regions.append(Region(str(label), [[r[:, :2] for r in p] for p in rings]))
         except (ValueError, IndexError, TypeError):
-            raise ExtractError(f"annotations {path}: a {kind} of class {label!r} (feature {n}) has malformed or empty coordinates") from None
+            raise ExtractError(
+                f"annotations {path}: a {kind} of class {label!r} (feature {n}) has malformed or empty coordinates"
+            ) from None
     return regions
 
 
@@ -260,7 +275,9 @@ def _boxes_for(slide: Slide, opts: SlideOptions, smpp: float, centres: np.ndarra
         x0, y0 = centres[:, 0] - opts.tile_px // 2, centres[:, 1] - opts.tile_px // 2
         return np.stack([x0, y0, x0 + opts.tile_px, y0 + opts.tile_px], axis=1)
     if centres is not None:
-        return np.stack([centres[:, 0] - side0 / 2, centres[:, 1] - side0 / 2, centres[:, 0] + side0 / 2, centres[:, 1] + side0 / 2], axis=1)
+        return np.stack(
+            [centres[:, 0] - side0 / 2, centres[:, 1] - side0 / 2, centres[:, 0] + side0 / 2, centres[:, 1] + side0 / 2], axis=1
+        )
     step0 = opts.stride * opts.scale(smpp)
     W, H = slide.dimensions
     nx, ny = math.floor((W - side0) / step0) + 1, math.floor((H - side0) / step0) + 1
@@ -285,8 +302,14 @@ def slide_tiles(
     side0 = opts.tile_px * opts.scale(smpp)
     geo = None
     record: dict[str, Any] = {
-        "slide": slide.name, "path": slide.path, "reader": slide.reader, "mpp": smpp if math.isfinite(smpp) else None, "mpp_recorded": slide.mpp,
-        "dimensions": list(slide.dimensions), "level_downsamples": slide.level_downsamples, "tile_side_level0": side0,
+        "slide": slide.name,
+        "path": slide.path,
+        "reader": slide.reader,
+        "mpp": smpp if math.isfinite(smpp) else None,
+        "mpp_recorded": slide.mpp,
+        "dimensions": list(slide.dimensions),
+        "level_downsamples": slide.level_downsamples,
+        "tile_side_level0": side0,
     }
     if centres is None:
         ds = mask_downsample(slide, side0)
@@ -306,7 +329,10 @@ def slide_tiles(
             "slide_path": slide.path,
             "x": np.floor(cx).astype(np.int64),
             "y": np.floor(cy).astype(np.int64),
-            "x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
+            "x0": boxes[:, 0],
+            "y0": boxes[:, 1],
+            "x1": boxes[:, 2],
+            "y1": boxes[:, 3],
             "level": np.int64(level),
             "source_mpp": smpp * slide.level_downsamples[level],
             "slide_mpp": smpp,
@@ -337,7 +363,6 @@ class _TissueLine:
 
     def for_slide(self, name: str) -> Callable[[int, int], None] | None:
         import time
-
 
         if not self.enabled:
             return None
@@ -372,7 +397,10 @@ def build_slide_table(
         raise ExtractError("--points needs a single slide as SOURCE")
     extra = [c for c in slides.columns if c not in ("path", "mpp")]
     parts, records, skipped, masks, notes = [], [], [], {}, []
-    with progress_bar("slides", enabled=progress and len(slides) > 1) as bar, _TissueLine(bar if len(slides) > 1 else None, progress) as tissue:
+    with (
+        progress_bar("slides", enabled=progress and len(slides) > 1) as bar,
+        _TissueLine(bar if len(slides) > 1 else None, progress) as tissue,
+    ):
         task = bar.add_task("tissue + grid", total=len(slides), rate="-", info="")
         for _, row in slides.iterrows():
             p = str(row["path"])
@@ -545,8 +573,11 @@ def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
 
     now = {r["slide"] for r in info["slides"]}
     held = set(store.tiles["slide"]) if "slide" in store.tiles else set()
-    kept = [dict(r, in_source=False) for r in (store.meta.get("slides") or {}).get("slides", [])  # slides no longer in
-            if r.get("slide") not in now and r.get("slide") in held]  # SOURCE keep their rows, record and mask file
+    kept = [
+        dict(r, in_source=False)
+        for r in (store.meta.get("slides") or {}).get("slides", [])  # slides no longer in
+        if r.get("slide") not in now and r.get("slide") in held
+    ]  # SOURCE keep their rows, record and mask file
     taken = [Path(r["mask_geojson"]).name.removesuffix(MASK_SUFFIX) for r in kept if r.get("mask_geojson")]
     stems = slide_file_stems(sorted(info["masks"]), taken=taken)
     mask_dir = None
@@ -555,7 +586,10 @@ def record_slides(store: Any, store_path: str, info: dict[str, Any]) -> None:
         mask_dir.mkdir(parents=True, exist_ok=True)
         for name, geo in info["masks"].items():
             write_json(mask_dir / f"{stems[name]}{MASK_SUFFIX}", geo, indent=0)
-    slides = [dict(r, mask_geojson=str(mask_dir / f"{stems[r['slide']]}{MASK_SUFFIX}") if mask_dir and r["slide"] in info["masks"] else None) for r in info["slides"]]
+    slides = [
+        dict(r, mask_geojson=str(mask_dir / f"{stems[r['slide']]}{MASK_SUFFIX}") if mask_dir and r["slide"] in info["masks"] else None)
+        for r in info["slides"]
+    ]
     slides += kept
     doc = json.loads(json.dumps({"options": info["options"], "slides": slides, "skipped": info["skipped"]}, default=json_default))
     if store.meta.get("slides") != doc:  # a no-op re-run leaves the store alone (an HDF5 record rewrites the file)

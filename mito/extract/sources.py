@@ -188,7 +188,8 @@ def stratified_sample(
     by = label_column if label_column is not None and label_column in tiles else None
     strata = (
         tiles[by].astype(object).map(lambda v: UNLABELLED if v is None or v != v else str(v))
-        if by is not None else pd.Series("all", index=tiles.index)
+        if by is not None
+        else pd.Series("all", index=tiles.index)
     )
     groups = {k: np.flatnonzero((strata == k).to_numpy()) for k in sorted(strata.unique())}
     sizes = {k: len(v) for k, v in groups.items()}
@@ -196,8 +197,15 @@ def stratified_sample(
     rng = np.random.default_rng(seed)
     picked = [rows[rng.permutation(len(rows))[: want[k]]] for k, rows in groups.items()]  # strata in sorted order: reproducible
     keep = np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
-    info = {"n": total, "per_class": per_class, "seed": int(seed), "by": by, "of": len(tiles), "size": len(keep),
-            "counts": {k: int(want[k]) for k in groups if by is not None}}
+    info = {
+        "n": total,
+        "per_class": per_class,
+        "seed": int(seed),
+        "by": by,
+        "of": len(tiles),
+        "size": len(keep),
+        "counts": {k: int(want[k]) for k in groups if by is not None},
+    }
     return tiles.iloc[keep], info
 
 

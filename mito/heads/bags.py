@@ -61,13 +61,14 @@ def parse_bag_label(spec: str | None) -> str | None:
     """The VALUE of ``any:VALUE`` (None when the bag label is a column constant within the bag)."""
     if spec is None:
         return None
-    if not spec.startswith(ANY_PREFIX) or not spec[len(ANY_PREFIX):].strip():
+    if not spec.startswith(ANY_PREFIX) or not spec[len(ANY_PREFIX) :].strip():
         raise HeadError(f"--bag-label takes any:VALUE (a bag is positive when any tile's label is VALUE), got {spec!r}")
-    return spec[len(ANY_PREFIX):].strip()
+    return spec[len(ANY_PREFIX) :].strip()
 
 
-def bag_table(store: Store, task: str | None, bag_column: str | None = None, group_column: str | None = None,
-              extra: Sequence[str] = ()) -> pd.DataFrame:
+def bag_table(
+    store: Store, task: str | None, bag_column: str | None = None, group_column: str | None = None, extra: Sequence[str] = ()
+) -> pd.DataFrame:
     """The tile-table columns bags need (bag, group, the task's columns, ``extra``): a 4M-tile table read whole
     holds every column in memory. When a named column is missing the whole table comes back, so make_bags' error
     lists every column there is."""
@@ -129,7 +130,9 @@ def make_bags(
     if value is not None:
         seen = {str(v) for v in tile_y if v is not None}
         if value not in seen:
-            raise HeadError(f"--bag-label {bag_label}: no tile of task {task!r} has the label {value!r} (it has: {', '.join(sorted(seen))})")
+            raise HeadError(
+                f"--bag-label {bag_label}: no tile of task {task!r} has the label {value!r} (it has: {', '.join(sorted(seen))})"
+            )
     for i in range(len(names)):
         if task is None:
             labels[i] = ""
@@ -155,7 +158,9 @@ def make_bags(
                 raise HeadError(f"bag {str(names[i])!r} spans several {group_column!r} values; a bag must belong to one group")
             groups[i] = in_bag.pop()
     if task is None:
-        return Bags(names.astype(str), offsets, idx.astype(np.int64), labels.astype(str), np.asarray(groups).astype(str), [], "", "", dropped)
+        return Bags(
+            names.astype(str), offsets, idx.astype(np.int64), labels.astype(str), np.asarray(groups).astype(str), [], "", "", dropped
+        )
     counts = pd.Series(labels).value_counts()
     classes = sorted(str(c) for c, n in counts.items() if n >= min_per_class)
     if len(classes) < 2:
@@ -209,7 +214,6 @@ def left_out_line(dropped: dict[str, str], done: str = "left out", what: str = "
     parts = [", ".join(bs[:3]) + (f" and {len(bs) - 3} more" if len(bs) > 3 else "") + f" ({why})" for why, bs in by.items()]
     n = len(dropped)
     return f"{n} {what}{'s' if n != 1 else ''} {done}: " + "; ".join(parts)
-
 
 
 def subsample(rows: np.ndarray, max_tiles: int | None, dropout: float, rng: np.random.Generator | None) -> np.ndarray:
@@ -297,13 +301,26 @@ class BagReader:
                 o[m] = held[int(c)][r[m] - int(c) * cr]
         return out
 
-    def batches(self, bags: Bags, which: np.ndarray, batch_bags: int, rng: np.random.Generator | None = None,
-                max_tiles: int | None = None, dropout: float = 0.0) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
+    def batches(
+        self,
+        bags: Bags,
+        which: np.ndarray,
+        batch_bags: int,
+        rng: np.random.Generator | None = None,
+        max_tiles: int | None = None,
+        dropout: float = 0.0,
+    ) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
         """(bag indices, store rows per bag, features per bag) batch by batch over the bags ``which`` (in that order)."""
         yield from self.read_batches(bags, [which[s : s + batch_bags] for s in range(0, len(which), batch_bags)], rng, max_tiles, dropout)
 
-    def read_batches(self, bags: Bags, batches: Sequence[np.ndarray], rng: np.random.Generator | None = None,
-                     max_tiles: int | None = None, dropout: float = 0.0) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
+    def read_batches(
+        self,
+        bags: Bags,
+        batches: Sequence[np.ndarray],
+        rng: np.random.Generator | None = None,
+        max_tiles: int | None = None,
+        dropout: float = 0.0,
+    ) -> Iterator[tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]]:
         """(bag indices, store rows per bag, features per bag) for each batch of bag indices given."""
         for sel in batches:
             rows = [subsample(bags.bag_rows(int(i)), max_tiles, dropout, rng) for i in sel]

@@ -81,13 +81,16 @@ def calibrate_scored(
     yi = np.array([index[v] for v in np.asarray(y).tolist()], dtype=np.int64)
     t = fit_temperature(yi, p)
     if at_search_bound(t) or nll(yi, p, t) < 1e-9:  # the second: separated perfectly, the NLL flat at 0 before the bound
-        why = ("the head's probabilities carry no information (T -> infinity: every probability ~1/k)" if t > 1
-               else "the head separates them perfectly (T -> 0: every probability 0 or 1)")
+        why = (
+            "the head's probabilities carry no information (T -> infinity: every probability ~1/k)"
+            if t > 1
+            else "the head separates them perfectly (T -> 0: every probability 0 or 1)"
+        )
         return dict(scored), {
             "method": "none",
             "requested": "temperature",
             "skipped": f"temperature scaling skipped: the fitted T ({t:.4g}) runs to its search bound: on these {len(yi)} validation rows "
-                       f"{why}; the model is saved uncalibrated",
+            f"{why}; the model is saved uncalibrated",
             "temperature_at_bound": t,
             "fitted_on": "val",
             "n_val": len(yi),

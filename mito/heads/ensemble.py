@@ -75,7 +75,9 @@ class Ensemble:
         ref = self.members[0]
         for i, m in enumerate(self.members[1:], 1):
             if list(map(str, m.classes_)) != list(map(str, ref.classes_)) or int(m.n_features_in_) != int(ref.n_features_in_):
-                raise HeadError(f"ensemble member {i} has classes/inputs {m.classes_.tolist()}/{m.n_features_in_}, member 0 {ref.classes_.tolist()}/{ref.n_features_in_}")
+                raise HeadError(
+                    f"ensemble member {i} has classes/inputs {m.classes_.tolist()}/{m.n_features_in_}, member 0 {ref.classes_.tolist()}/{ref.n_features_in_}"
+                )
 
     @property
     def classes_(self) -> np.ndarray:
@@ -100,8 +102,13 @@ class Ensemble:
 
     def get_params(self) -> dict[str, Any]:
         """What the model config records: member head, how many, how they differ, the members' options."""
-        return {"head": self.members[0].name, "members": len(self.members), "mode": self.mode, "seeds": list(self.seeds),
-                "member_params": self.members[0].get_params()}
+        return {
+            "head": self.members[0].name,
+            "members": len(self.members),
+            "mode": self.mode,
+            "seeds": list(self.seeds),
+            "member_params": self.members[0].get_params(),
+        }
 
     def save(self, path: str | Path) -> None:
         """Write member0/ ... member{K-1}/ (each a saved head) and the listing head.json into ``path``."""
@@ -111,7 +118,9 @@ class Ensemble:
         for i, m in enumerate(self.members):
             sub = path / f"member{i}"
             m.save(sub)
-            listing.append({"dir": sub.name, "sha256": file_sha256(sub / HEAD_FILE), **({"seed": self.seeds[i]} if i < len(self.seeds) else {})})
+            listing.append(
+                {"dir": sub.name, "sha256": file_sha256(sub / HEAD_FILE), **({"seed": self.seeds[i]} if i < len(self.seeds) else {})}
+            )
         meta = {
             "head": ENSEMBLE,
             "member_head": self.members[0].name,
@@ -185,7 +194,9 @@ def fit_ensemble(
     """
 
     if spec.mode == "folds" and (fit_kw.get("standardize") or fit_kw.get("pca")):
-        raise HeadError("--ensemble folds trains each member on other rows, so they cannot share one --standardize/--pca pipeline; use --ensemble K")
+        raise HeadError(
+            "--ensemble folds trains each member on other rows, so they cannot share one --standardize/--pca pipeline; use --ensemble K"
+        )
     tr = np.asarray(parts.get("train", []), dtype=np.int64)
     va = np.asarray(parts.get("val", []), dtype=np.int64)
     te = np.asarray(parts.get("test", []), dtype=np.int64)

@@ -231,7 +231,8 @@ def check_store_matches(store: Store, variants: Mapping[str, Mapping[str, Any]])
             if have.get(field_) != want.get(field_):
                 if field_ == "preprocessing":
                     diff = sorted(
-                        k for k in set(have.get(field_) or {}) | set(want.get(field_) or {})
+                        k
+                        for k in set(have.get(field_) or {}) | set(want.get(field_) or {})
                         if (have.get(field_) or {}).get(k) != (want.get(field_) or {}).get(k)
                     )
                     detail = f"preprocessing differs in {', '.join(diff)}"

@@ -106,8 +106,16 @@ def fit_on_rows(
 
 
 def _fit_in_memory(
-    store: Store, keys: list[str], parts: dict[str, np.ndarray], labels: np.ndarray, head: Head,
-    tiles: pd.DataFrame | None, cats: dict[str, Sequence[str]], pipe: FeaturePipeline, seed: int, buffer_rows: int,
+    store: Store,
+    keys: list[str],
+    parts: dict[str, np.ndarray],
+    labels: np.ndarray,
+    head: Head,
+    tiles: pd.DataFrame | None,
+    cats: dict[str, Sequence[str]],
+    pipe: FeaturePipeline,
+    seed: int,
+    buffer_rows: int,
 ) -> FitResult[Head]:
     """All chosen features in one float16 array (the only full-size array), then fit and score."""
     rows = np.concatenate([parts[name] for name in PARTS])
@@ -145,8 +153,16 @@ def _fit_in_memory(
 
 
 def _fit_streamed(
-    store: Store, keys: list[str], parts: dict[str, np.ndarray], labels: np.ndarray, head: Head,
-    tiles: pd.DataFrame | None, cats: dict[str, Sequence[str]], pipe: FeaturePipeline, seed: int, buffer_rows: int,
+    store: Store,
+    keys: list[str],
+    parts: dict[str, np.ndarray],
+    labels: np.ndarray,
+    head: Head,
+    tiles: pd.DataFrame | None,
+    cats: dict[str, Sequence[str]],
+    pipe: FeaturePipeline,
+    seed: int,
+    buffer_rows: int,
 ) -> FitResult[Head]:
     """Fit the pipeline, train and score reading the store chunk by chunk: memory bounded by the shuffle buffer."""
     order = {name: np.argsort(parts[name], kind="stable") for name in PARTS}

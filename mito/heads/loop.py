@@ -91,8 +91,13 @@ def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str,
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
         "generators": {k: g.get_state() for k, g in (generators or {}).items()},
     }
@@ -164,7 +169,9 @@ class Checkpointer:
                 self.optimizer.load_state_dict(doc["optimizer"])
             set_rng_state(doc["rng"], self.generators)
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(f"checkpoint {self.path} does not fit this model ({str(e).splitlines()[0][:160]}); delete it to start over") from None
+            raise CheckpointError(
+                f"checkpoint {self.path} does not fit this model ({str(e).splitlines()[0][:160]}); delete it to start over"
+            ) from None
         return doc["loop"]
 
 

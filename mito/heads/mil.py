@@ -109,7 +109,9 @@ class MILHead:
         if self.name not in MIL_HEADS:
             raise HeadError(f"unknown slide-level head {self.name!r}; choose one of {', '.join(MIL_HEADS)}")
         if self.noise_mode in ("views", "view-cov"):
-            raise HeadError(f"head {self.name!r}: noise_mode must be global, per-dim or absolute, got {self.noise_mode!r} (views and view-cov are for tile-level heads)")
+            raise HeadError(
+                f"head {self.name!r}: noise_mode must be global, per-dim or absolute, got {self.noise_mode!r} (views and view-cov are for tile-level heads)"
+            )
         check_params(self.name, MIL_PARAMS, self.params())
 
     def build(self, d: int, k: int) -> nn.Module:
@@ -177,8 +179,12 @@ class MILHead:
 
         has_val = val is not None and len(val) > 0
         result = train_loop(
-            run_epoch, int(self.epochs), validate=validate if has_val else None, stopping=EarlyStopping(int(self.patience)),
-            snapshot=lambda: copy.deepcopy(net.state_dict()), on_epoch=self.on_epoch,
+            run_epoch,
+            int(self.epochs),
+            validate=validate if has_val else None,
+            stopping=EarlyStopping(int(self.patience)),
+            snapshot=lambda: copy.deepcopy(net.state_dict()),
+            on_epoch=self.on_epoch,
         )
         if result.best_state is not None:
             net.load_state_dict(result.best_state)
@@ -186,7 +192,9 @@ class MILHead:
         self.net_, self.history_, self.best_epoch_ = net, result.history, result.best_epoch
         return self
 
-    def _logits(self, net: nn.Module, reader: BagReader, bags: Bags, which: np.ndarray) -> tuple[torch.Tensor, list[np.ndarray], list[np.ndarray]]:
+    def _logits(
+        self, net: nn.Module, reader: BagReader, bags: Bags, which: np.ndarray
+    ) -> tuple[torch.Tensor, list[np.ndarray], list[np.ndarray]]:
         import torch
 
         was = net.training
@@ -204,7 +212,9 @@ class MILHead:
         k = len(self.classes_) if self.classes_ is not None else 0
         return (torch.cat(out) if out else torch.zeros(0, k)), rows_out, att_out
 
-    def predict_proba(self, reader: BagReader, bags: Bags, which: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    def predict_proba(
+        self, reader: BagReader, bags: Bags, which: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """Class probabilities per bag (columns = ``classes_``), and per bag its store rows and tile weights
         (attention for abmil; 1/n for mean pooling)."""
         if self.net_ is None or self.classes_ is None:
@@ -229,9 +239,13 @@ class MILHead:
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.net_.state_dict().items()}, str(path / MODEL_FILE))
         meta = {
-            "head": self.name, "level": "slide", "params": self.params(), "classes": self.classes_.tolist(),
-            "n_features_in": int(self.n_features_in_), "state": {"file": MODEL_FILE, "best_epoch": int(self.best_epoch_),
-            "epochs_run": len(self.history_)}, "sha256": {MODEL_FILE: file_sha256(path / MODEL_FILE)},
+            "head": self.name,
+            "level": "slide",
+            "params": self.params(),
+            "classes": self.classes_.tolist(),
+            "n_features_in": int(self.n_features_in_),
+            "state": {"file": MODEL_FILE, "best_epoch": int(self.best_epoch_), "epochs_run": len(self.history_)},
+            "sha256": {MODEL_FILE: file_sha256(path / MODEL_FILE)},
             "mito_version": __version__,
         }
         (path / HEAD_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -277,7 +291,9 @@ def load_mil_head(path: str | Path) -> MILHead:
     try:
         net.load_state_dict(load_file(str(path / MODEL_FILE)))
     except Exception as e:  # safetensors / torch errors on a damaged file become one line
-        raise HeadError(f"cannot load the {head.name} weights in {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise HeadError(
+            f"cannot load the {head.name} weights in {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     net.eval()
     head.net_ = net
     return head

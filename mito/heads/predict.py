@@ -66,7 +66,9 @@ class Model:
         cats = self.config.get("metadata_categories") or {}
         if cats:
             if metadata is None or len(metadata) != len(X):
-                raise HeadError(f"the model also needs metadata columns {', '.join(cats)}: pass metadata=, a table with one row per row of X")
+                raise HeadError(
+                    f"the model also needs metadata columns {', '.join(cats)}: pass metadata=, a table with one row per row of X"
+                )
             X = np.concatenate([X, one_hot(metadata, np.arange(len(X)), cats).astype(X.dtype)], axis=1)
         return X
 
@@ -249,14 +251,17 @@ def agreement(preds: pd.DataFrame) -> dict[str, Any]:
 
 def agreement_text(a: dict[str, Any], unit: str = "tiles") -> str:
     """The agreement summary in words, saying which rows each number is computed on."""
+
     def nums(s: dict[str, Any]) -> str:
         return f"balanced accuracy {s['balanced_accuracy']:.3f}, agreement {s['agreement']:.3f}"
 
     if not a:
         return ""
     if "all" in a:
-        return (f"agreement with known labels over all {a['all']['n']} labelled {unit}, training {unit} included (this model "
-                f"records no split): {nums(a['all'])}")
+        return (
+            f"agreement with known labels over all {a['all']['n']} labelled {unit}, training {unit} included (this model "
+            f"records no split): {nums(a['all'])}"
+        )
     parts = []
     if "test" in a:
         parts.append(f"{a['test']['n']} test {unit} of the model's split: {nums(a['test'])}")

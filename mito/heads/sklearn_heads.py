@@ -57,7 +57,10 @@ class LogRegHead(Head):
 
     def _model(self, C: float) -> LogisticRegression:
         return LogisticRegression(
-            C=C, class_weight="balanced" if balance_mode(self.balance) == "weights" else None, max_iter=self.max_iter, random_state=self.seed
+            C=C,
+            class_weight="balanced" if balance_mode(self.balance) == "weights" else None,
+            max_iter=self.max_iter,
+            random_state=self.seed,
         )
 
     def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:

@@ -57,7 +57,9 @@ class SlideFitConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**32)
     overwrite: bool = False
     progress: bool = False
-    positive: str | None = None  # two classes: the positive class (default: 'yes' with --bag-label any:VALUE, else the training bags' minority)
+    positive: str | None = (
+        None  # two classes: the positive class (default: 'yes' with --bag-label any:VALUE, else the training bags' minority)
+    )
 
 
 def bag_positive(bags: Bags, train: np.ndarray, bag_label: str | None, requested: str | None) -> tuple[str | None, str]:
@@ -131,7 +133,9 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
         task_id = add_task(bar, f"training {head.name} on {len(parts['train'])} bags", head.epochs)
 
         def on_epoch(rec: dict[str, float], max_epochs: int) -> None:
-            info = f"loss {rec['train_loss']:.4f}" + (f", val bal acc {rec['val_balanced_accuracy']:.3f}" if "val_balanced_accuracy" in rec else "")
+            info = f"loss {rec['train_loss']:.4f}" + (
+                f", val bal acc {rec['val_balanced_accuracy']:.3f}" if "val_balanced_accuracy" in rec else ""
+            )
             bar.update(task_id, completed=rec["epoch"], info=info)
 
         head.on_epoch = on_epoch
@@ -152,27 +156,49 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
     main = "test" if "test" in evals else "val"
     bag_column = cfg.bag_column or "slide"
     metrics = {
-        **evals[main], **({"positive_source": positive_source} if positive is not None else {}), "evaluated_on": main, "level": "slide", "task": bags.task, "task_description": bags.description,
-        "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"]),
-        "n_left_out": len(dropped), "left_out": dropped,
-        "n_tiles_per_bag_median": float(np.median(bags.sizes)), "train_seconds": round(t_train, 3),
-        "best_epoch": head.best_epoch_, "epochs_run": len(head.history_), "features": keys, "features_default": not cfg.features,
+        **evals[main],
+        **({"positive_source": positive_source} if positive is not None else {}),
+        "evaluated_on": main,
+        "level": "slide",
+        "task": bags.task,
+        "task_description": bags.description,
+        "n_train": len(parts["train"]),
+        "n_val": len(parts["val"]),
+        "n_test": len(parts["test"]),
+        "n_left_out": len(dropped),
+        "left_out": dropped,
+        "n_tiles_per_bag_median": float(np.median(bags.sizes)),
+        "train_seconds": round(t_train, 3),
+        "best_epoch": head.best_epoch_,
+        "epochs_run": len(head.history_),
+        "features": keys,
+        "features_default": not cfg.features,
         "split": f"random by {cfg.group_column or bag_column!r}: test {cfg.test_fraction:g}, val {cfg.val_fraction:g} of the rest",
         **({"val": evals["val"]} if main == "test" and "val" in evals else {}),
     }
     config = {
-        "mito_version": __version__, "level": "slide",
+        "mito_version": __version__,
+        "level": "slide",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "task": cfg.task, "bag_column": bag_column, "bag_label": cfg.bag_label, "group_column": cfg.group_column,
-        "task_description": bags.description, "classes": list(bags.classes),
-        **({"positive": positive, "positive_source": positive_source} if positive is not None else {}), "features": keys, "feature_dims": dims,
-        "variants": variants, "n_features_in": reader.d, "head": {"name": head.name, "params": head.params()},
+        "task": cfg.task,
+        "bag_column": bag_column,
+        "bag_label": cfg.bag_label,
+        "group_column": cfg.group_column,
+        "task_description": bags.description,
+        "classes": list(bags.classes),
+        **({"positive": positive, "positive_source": positive_source} if positive is not None else {}),
+        "features": keys,
+        "feature_dims": dims,
+        "variants": variants,
+        "n_features_in": reader.d,
+        "head": {"name": head.name, "params": head.params()},
         "training": {"store": store_meta, "seed": cfg.seed, "split": metrics["split"]},
     }
     side = np.full(len(bags), "", dtype=object)
     for name, idx in parts.items():
         side[idx] = name
     if cfg.out is not None:
+
         def fill(tmp: Path) -> None:
             head.save(tmp)
             save_split(tmp, pd.DataFrame({bag_column: bags.names}), side)  # predict tells the bags fitted on from the others
@@ -191,8 +217,9 @@ def tiles_csv_path(out_csv: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".tiles.csv")
 
 
-def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, out_csv: str | os.PathLike | None = None,
-                   overwrite: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict_slides(
+    model_dir: str | os.PathLike, store_path: str | os.PathLike, out_csv: str | os.PathLike | None = None, overwrite: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per bag of the store (pred, p_<class>, label when the store has it) and one row per tile with its
     attention weight; written as ``out_csv`` and ``<stem>.tiles.csv``. The bag table's ``attrs`` name the bag column,
     the head and the bags left out (pictures of them: mito.report.slides.draw_pictures)."""
@@ -227,7 +254,9 @@ def predict_slides(model_dir: str | os.PathLike, store_path: str | os.PathLike, 
         per_tile.append(pd.DataFrame({"bag": name, "row": r, "attention": a, "rank": rank}))
     tile_df = pd.concat(per_tile, ignore_index=True)
     extra = [c for c in ("tile_id", "path", "x", "y", "slide_x", "slide_y") if c in tiles]
-    tile_df = pd.concat([tile_df.rename(columns={"bag": cfg["bag_column"]}), tiles.iloc[tile_df["row"].to_numpy()][extra].reset_index(drop=True)], axis=1)
+    tile_df = pd.concat(
+        [tile_df.rename(columns={"bag": cfg["bag_column"]}), tiles.iloc[tile_df["row"].to_numpy()][extra].reset_index(drop=True)], axis=1
+    )
     tile_df = tile_df.drop(columns="row")
     if out_csv is not None:
         atomic_write(out_csv, lambda p: csv_probabilities(slides).to_csv(p, index=False), ".csv")

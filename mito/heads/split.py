@@ -136,8 +136,16 @@ def carve(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int, strict:
 # ---------------------------------------------------------------- folds
 
 
-def kfold_fold(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, parts: list[np.ndarray], k: int, val_fraction: float, seed: int,
-               strict: bool = False) -> Fold:
+def kfold_fold(
+    rows: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    parts: list[np.ndarray],
+    k: int,
+    val_fraction: float,
+    seed: int,
+    strict: bool = False,
+) -> Fold:
     """Fold ``k`` of a grouped k-fold over ``rows`` (y, groups and ``parts`` by position in rows): test on part k,
     early-stop on ``val_fraction`` of the rest (carved with seed + 1 + k), train on the others."""
     test = np.zeros(len(rows), bool)

@@ -62,8 +62,14 @@ class FeatureStream:
     def with_pipeline(self, pipeline: FeaturePipeline | None, categories: Mapping[str, Sequence[str]] | None = None) -> FeatureStream:
         """The same rows through another pipeline (and metadata vocabulary)."""
         return FeatureStream(
-            self.store, self.keys, self.rows, self.labels, self.tiles,
-            self.categories if categories is None else categories, pipeline, self.buffer_rows,
+            self.store,
+            self.keys,
+            self.rows,
+            self.labels,
+            self.tiles,
+            self.categories if categories is None else categories,
+            pipeline,
+            self.buffer_rows,
         )
 
     def chunks(self) -> np.ndarray:
@@ -98,9 +104,7 @@ class FeatureStream:
             for _ in range(2):
                 free.put((np.empty(cap, np.int64), np.empty((cap, self.d), np.float16)))
         except MemoryError:
-            raise HeadError(
-                f"two shuffle buffers of {cap:,} x {self.d} do not fit in memory; lower --buffer-rows"
-            ) from None
+            raise HeadError(f"two shuffle buffers of {cap:,} x {self.d} do not fit in memory; lower --buffer-rows") from None
         chunk_order = rng.permutation(self.chunks())
         stop = threading.Event()
 

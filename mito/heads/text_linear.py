@@ -73,8 +73,19 @@ class TextLinearHead(LinearHead):
     ) -> None:
         self.text_embeddings = text_embeddings
         super().__init__(
-            loss=loss, gamma=gamma, balance=balance, lr=lr, weight_decay=weight_decay, epochs=epochs, patience=patience,
-            batch_size=batch_size, noise=noise, noise_mode=noise_mode, precision=precision, n_threads=n_threads, seed=seed,
+            loss=loss,
+            gamma=gamma,
+            balance=balance,
+            lr=lr,
+            weight_decay=weight_decay,
+            epochs=epochs,
+            patience=patience,
+            batch_size=batch_size,
+            noise=noise,
+            noise_mode=noise_mode,
+            precision=precision,
+            n_threads=n_threads,
+            seed=seed,
         )
 
     param_spec = {

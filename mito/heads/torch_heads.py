@@ -178,7 +178,9 @@ class _TorchHead(Head):
             for pos, block, order in train.shuffled(np.random.default_rng([seed, e])):
                 xt, pt = torch.from_numpy(block), torch.from_numpy(pos)
                 # class balance: sample the buffer's rows with replacement, as the in-memory sampler does over all rows
-                j_all = torch.multinomial(row_w[pt], len(pt), replacement=True, generator=gen) if row_w is not None else torch.from_numpy(order)
+                j_all = (
+                    torch.multinomial(row_w[pt], len(pt), replacement=True, generator=gen) if row_w is not None else torch.from_numpy(order)
+                )
                 edges = list(range(0, len(pt), bs))
                 if len(edges) > 1 and len(pt) - edges[-1] < bs:  # the remainder joins the last full batch
                     edges.pop()

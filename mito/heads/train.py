@@ -94,11 +94,15 @@ class FitConfig(BaseModel):
             raise ValueError("give either split_column or test_group, not both")
         spec = parse_ensemble(self.ensemble)
         if spec is not None and spec.mode == "seeds" and self.head in DETERMINISTIC_HEADS:
-            raise ValueError(f"--ensemble {spec.k} trains {self.head} {spec.k} times with other seeds, which changes nothing for {self.head}: "
-                             "use --ensemble folds (members trained on different data)")
+            raise ValueError(
+                f"--ensemble {spec.k} trains {self.head} {spec.k} times with other seeds, which changes nothing for {self.head}: "
+                "use --ensemble folds (members trained on different data)"
+            )
         if self.calibrate == "temperature" and spec is not None and spec.mode == "folds":
             # each fold member trained on the others' validation rows: no held-out rows score the averaged model
-            raise ValueError("--calibrate temperature needs validation rows no member trained on; --ensemble folds has none (use --ensemble K)")
+            raise ValueError(
+                "--calibrate temperature needs validation rows no member trained on; --ensemble folds has none (use --ensemble K)"
+            )
         return self
 
     @field_validator("features")
@@ -171,7 +175,11 @@ def extract_settings(variants: dict[str, dict[str, Any]]) -> list[dict[str, Any]
                 **(info.get("slide_tiling") or {}),  # whole slides: mpp and tile_px
             },
         )
-        for field_, val in (("fit", prep.get("fit", "resize")), ("pad_mode", prep.get("pad_mode", "reflect")), ("input_size", prep.get("input_size"))):
+        for field_, val in (
+            ("fit", prep.get("fit", "resize")),
+            ("pad_mode", prep.get("pad_mode", "reflect")),
+            ("input_size", prep.get("input_size")),
+        ):
             if cfg[field_] != val:
                 raise HeadError(f"features of {v.backbone} mix {field_} settings; use variants extracted in one run")
         if v.zoom not in cfg["zooms"]:
@@ -189,14 +197,17 @@ def is_model_folder(path: str | os.PathLike) -> bool:
 def check_model_out(out: str | os.PathLike, store: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse a model --out that exists (without overwrite), is not a model directory, is or holds the store, or is '.', '/', a file."""
     p = Path(out)
-    check_output_dir(p, True, is_model_folder, protect=(store,), what="model directory (--out)")  # what --overwrite cannot lift, links resolved
+    check_output_dir(
+        p, True, is_model_folder, protect=(store,), what="model directory (--out)"
+    )  # what --overwrite cannot lift, links resolved
     if (p.exists() or p.is_symlink()) and not overwrite:
         raise HeadError(f"{out} already exists; choose another --out or pass --overwrite")
     return p
 
 
-def split_description(split_column: str | None, group_column: str | None, val_fraction: float, test_fraction: float,
-                      per_tile: bool = False) -> str:
+def split_description(
+    split_column: str | None, group_column: str | None, val_fraction: float, test_fraction: float, per_tile: bool = False
+) -> str:
     """How the rows were split, in words (printed by fit-head, saved in metrics.json); ``per_tile``: every tile is its
     own group, so the grouped split is one tile by tile."""
     by = f"by {group_column!r}" if group_column and not per_tile else "tile by tile"
@@ -229,33 +240,47 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
             split_column = PUBLISHED_SPLIT if published_split(tiles, labels, usable) else None
         if cfg.test_group:
             split_column = None
-            side = group_split(tiles, labels, usable, cfg.test_group, cfg.train_groups or None, cfg.group_column, cfg.val_fraction, cfg.seed)
-        else:
-            side = make_split(
-                tiles, labels, usable, split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, cfg.seed
+            side = group_split(
+                tiles, labels, usable, cfg.test_group, cfg.train_groups or None, cfg.group_column, cfg.val_fraction, cfg.seed
             )
+        else:
+            side = make_split(tiles, labels, usable, split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         parts = {name: np.flatnonzero(side == name) for name in ("train", "val", "test")}
         if len(parts["train"]) == 0:
             raise HeadError("the split left no training rows")
         if cfg.calibrate == "temperature" and 0 < len(parts["val"]) < MIN_CALIBRATION_ROWS:
-            raise HeadError(f"--calibrate temperature needs at least {MIN_CALIBRATION_ROWS} validation rows to fit a temperature; "
-                            f"this split has {len(parts['val'])} (raise --val-fraction, or drop --calibrate)")
+            raise HeadError(
+                f"--calibrate temperature needs at least {MIN_CALIBRATION_ROWS} validation rows to fit a temperature; "
+                f"this split has {len(parts['val'])} (raise --val-fraction, or drop --calibrate)"
+            )
         train_labels = labels.to_numpy()[parts["train"]]
         train_classes = sorted({str(v) for v in train_labels})
         positive, positive_source = choose_positive(train_labels, train_classes, cfg.positive) if len(train_classes) > 1 else (None, "")
-        per_tile = cfg.group_column is not None and one_group_per_tile(group_ids(tiles, cfg.group_column)[_carved(side, tiles, split_column, cfg)])
+        per_tile = cfg.group_column is not None and one_group_per_tile(
+            group_ids(tiles, cfg.group_column)[_carved(side, tiles, split_column, cfg)]
+        )
         cats = metadata_categories(tiles, cfg.metadata_columns)
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
         groups = group_ids(tiles, cfg.group_column) if cfg.group_column is not None and cfg.group_column in tiles else None
-        fit_kw = dict(standardize=cfg.standardize, pca=cfg.pca, categories=cats, tiles=tiles, stream=cfg.stream, buffer_rows=cfg.buffer_rows)
+        fit_kw = dict(
+            standardize=cfg.standardize, pca=cfg.pca, categories=cats, tiles=tiles, stream=cfg.stream, buffer_rows=cfg.buffer_rows
+        )
         ens = parse_ensemble(cfg.ensemble)
         fitted: FitResult[Head] | FitResult[Ensemble]
         if ens is not None:
             base_seed = int(cfg.head_params.get("seed", cfg.seed))
             fitted = fit_ensemble(
-                ens, lambda s: make_head(cfg.head, **{**cfg.head_params, "seed": s}), base_seed, store, keys, parts,
-                labels.to_numpy(), groups, cfg.progress, **fit_kw,
+                ens,
+                lambda s: make_head(cfg.head, **{**cfg.head_params, "seed": s}),
+                base_seed,
+                store,
+                keys,
+                parts,
+                labels.to_numpy(),
+                groups,
+                cfg.progress,
+                **fit_kw,
             )
             head = fitted.head
         else:
@@ -278,8 +303,11 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         g = {name: set(groups[r]) for name, r in parts.items()}
         shared = len(g["train"] & g["test"]) + len(g["train"] & g["val"]) + len(g["val"] & g["test"])
     n_tr, n_va = len(parts["train"]), len(parts["val"])
-    split = (group_split_description(cfg.test_group, cfg.train_groups, cfg.group_column, cfg.val_fraction) if cfg.test_group
-             else split_description(split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, per_tile))
+    split = (
+        group_split_description(cfg.test_group, cfg.train_groups, cfg.group_column, cfg.val_fraction)
+        if cfg.test_group
+        else split_description(split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, per_tile)
+    )
     metrics = {
         **evals[main],
         **({"positive_source": positive_source} if positive is not None else {}),
@@ -298,7 +326,11 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         **({"warnings": [per_tile_warning(cfg.group_column or "group")]} if per_tile else {}),
         **({"val": evals["val"]} if main == "test" and "val" in evals else {}),
         **({"ensemble": head.report} if ens is not None else {}),
-        **{k: getattr(head, k) for k in ("best_epoch_", "epochs_run_", "best_iteration_", "C_", "precision_", "threads_") if hasattr(head, k)},
+        **{
+            k: getattr(head, k)
+            for k in ("best_epoch_", "epochs_run_", "best_iteration_", "C_", "precision_", "threads_")
+            if hasattr(head, k)
+        },
     }
     metrics = {k.rstrip("_"): v for k, v in metrics.items()}
     if calibration is not None:
@@ -317,7 +349,11 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         "pipeline": pipe.config(),
         "n_features_in": int(fitted.n_features_in),
         "head": {"name": head.name, "params": head.get_params()},
-        **({"calibration": {k: calibration[k] for k in ("method", "temperature", "fitted_on", "n_val")}} if calibration and calibration["method"] == "temperature" else {}),
+        **(
+            {"calibration": {k: calibration[k] for k in ("method", "temperature", "fitted_on", "n_val")}}
+            if calibration and calibration["method"] == "temperature"
+            else {}
+        ),
         "extract": extract_settings(variants),
         "training": {
             "store": store_meta,
@@ -376,8 +412,9 @@ def _epoch_progress(enabled: bool, head: Any) -> Iterator[None]:
         head.on_epoch = None
 
 
-def _write_model_dir(out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool,
-                     split: tuple[Any, np.ndarray] | None = None) -> None:
+def _write_model_dir(
+    out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool, split: tuple[Any, np.ndarray] | None = None
+) -> None:
     """Write into a hidden sibling, then move it into place (mito.core.io.atomic_dir): a crash never leaves a half-written
     model, and only a model directory (or an empty folder) is ever replaced. ``split``: (identity columns, side per
     row), recorded so that predict can tell the tiles the model was fitted on from the others."""

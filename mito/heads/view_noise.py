@@ -35,8 +35,9 @@ def view_cov_noise(stack: torch.Tensor, idx: torch.Tensor, gen: torch.Generator,
     return x[0] + noise
 
 
-def augment_with_views(X: np.ndarray, y: np.ndarray, views: np.ndarray, mode: str, copies: int, scale: float,
-                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+def augment_with_views(
+    X: np.ndarray, y: np.ndarray, views: np.ndarray, mode: str, copies: int, scale: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Heads without batches: ``views`` trains on the rows plus every view; ``view-cov`` on the rows plus ``copies``
     draws of view-covariance noise (a fresh draw each)."""
     import torch

@@ -32,8 +32,10 @@ def read_views(store: Store, keys: Sequence[str], rows: np.ndarray, dtype: type 
     names = view_names(store, keys)
     partial = sorted({v for k in keys for v in views_of(store.variants, k) if not store.is_complete(v)})
     if not names and partial:
-        raise HeadError(f"the augmented views {', '.join(partial)} in {store.path} lack some tiles (added after them); "
-                        "finish them with mito extract --augment (the same views)")
+        raise HeadError(
+            f"the augmented views {', '.join(partial)} in {store.path} lack some tiles (added after them); "
+            "finish them with mito extract --augment (the same views)"
+        )
     if not names:
         colors = list(dict.fromkeys(k.split(":")[2] for k in keys if k.count(":") >= 2))
         also = f" --augment-colors {','.join(colors)}" if colors and colors != ["rgb"] else ""

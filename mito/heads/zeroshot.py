@@ -74,7 +74,9 @@ def tile_contexts(tiles: pd.DataFrame, template: str | None) -> list[str]:
     names = [f for _, f, _, _ in string.Formatter().parse(template) if f]
     missing = [n for n in names if n not in tiles]
     if missing:
-        raise HeadError(f"--prompt-context names column {missing[0]!r}, which the tile table lacks (it has: {', '.join(map(str, tiles.columns))})")
+        raise HeadError(
+            f"--prompt-context names column {missing[0]!r}, which the tile table lacks (it has: {', '.join(map(str, tiles.columns))})"
+        )
     out = []
     for row in tiles[names].itertuples(index=False) if names else [()] * len(tiles):
         vals = dict(zip(names, row))
@@ -153,9 +155,15 @@ class TextEmbeddings:
     def to_json(self) -> dict[str, Any]:
         """A JSON-able document."""
         return {
-            "kind": "mito text embeddings", "backbone": self.backbone, "weights_sha256": self.weights_sha256,
-            "tokenizer": self.tokenizer, "tokenizer_sha256": self.tokenizer_sha256, "logit_scale": self.logit_scale,
-            "classes": self.classes, "prompts": self.prompts, "contexts": self.contexts,
+            "kind": "mito text embeddings",
+            "backbone": self.backbone,
+            "weights_sha256": self.weights_sha256,
+            "tokenizer": self.tokenizer,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "logit_scale": self.logit_scale,
+            "classes": self.classes,
+            "prompts": self.prompts,
+            "contexts": self.contexts,
         }
 
 
@@ -177,9 +185,13 @@ def read_text_embeddings(path: str | Path) -> TextEmbeddings:
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
         te = TextEmbeddings(
-            backbone=str(doc["backbone"]), weights_sha256=str(doc["weights_sha256"]), prompts=dict(doc["prompts"]),
-            logit_scale=float(doc["logit_scale"]), tokenizer=str(doc.get("tokenizer", "")),
-            tokenizer_sha256=str(doc.get("tokenizer_sha256", "")), contexts=dict(doc["contexts"]),
+            backbone=str(doc["backbone"]),
+            weights_sha256=str(doc["weights_sha256"]),
+            prompts=dict(doc["prompts"]),
+            logit_scale=float(doc["logit_scale"]),
+            tokenizer=str(doc.get("tokenizer", "")),
+            tokenizer_sha256=str(doc.get("tokenizer_sha256", "")),
+            contexts=dict(doc["contexts"]),
         )
     except FileNotFoundError:
         raise HeadError(f"text embeddings {p} do not exist: run mito zero-shot (it writes them and prints the path)") from None
@@ -198,8 +210,13 @@ def write_text_embeddings(te: TextEmbeddings, path: Path) -> Path:
 
 
 def text_embeddings(
-    store: str, backbone: str, weights_sha256: str, prompts: dict[str, list[str]], contexts: list[str],
-    encoder_factory: Any, progress: bool = False,
+    store: str,
+    backbone: str,
+    weights_sha256: str,
+    prompts: dict[str, list[str]],
+    contexts: list[str],
+    encoder_factory: Any,
+    progress: bool = False,
 ) -> tuple[TextEmbeddings, Path, bool]:
     """The cached text embeddings for ``contexts``, computing (and caching) only the missing ones.
 
@@ -257,8 +274,10 @@ def pick_variant(variants: list[str], backbone: str, wanted: str | None = None) 
             raise HeadError(f"variant {key!r} is not in the store (its {backbone} variants: {', '.join(own) or 'none'})")
         return key
     if not own:
-        have = sorted({k.split(':')[0] for k in variants})
-        raise HeadError(f"the store has no {backbone} features (it has: {', '.join(have) or 'none'}); run mito extract --backbone {backbone} first")
+        have = sorted({k.split(":")[0] for k in variants})
+        raise HeadError(
+            f"the store has no {backbone} features (it has: {', '.join(have) or 'none'}); run mito extract --backbone {backbone} first"
+        )
     return f"{backbone}:z1:rgb" if f"{backbone}:z1:rgb" in own else own[0]
 
 
@@ -266,12 +285,22 @@ def task_classes(prompts: dict[str, list[str]], classes: list[str], where: str) 
     """Every task class needs prompts."""
     missing = [c for c in classes if c not in prompts]
     if missing:
-        raise HeadError(f"{where} has no prompts for class {missing[0]!r} (task classes: {', '.join(classes)}; prompt classes: {', '.join(prompts)})")
+        raise HeadError(
+            f"{where} has no prompts for class {missing[0]!r} (task classes: {', '.join(classes)}; prompt classes: {', '.join(prompts)})"
+        )
 
 
 def run_zero_shot(
-    store: str, backbone: str, prompts_file: str, weights: str | None = None, task: str | None = None,
-    context: str | None = None, variant: str | None = None, device: str = "cpu", progress: bool = False, positive: str | None = None,
+    store: str,
+    backbone: str,
+    prompts_file: str,
+    weights: str | None = None,
+    task: str | None = None,
+    context: str | None = None,
+    variant: str | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    positive: str | None = None,
 ) -> ZeroShotResult:
     """Score every tile of ``store`` against the prompts' classes with ``backbone``'s text tower (two classes: metrics
     of ``positive``, else of the minority class of the labelled tiles, as there are no training rows)."""

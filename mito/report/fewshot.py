@@ -61,12 +61,16 @@ def learning_curve_figure(rows: pd.DataFrame, metric: str, path: Path, chance: f
     folds = int(pts["n_folds"].dropna().max()) if pts["n_folds"].notna().any() else 1
     ax.set_title(
         f"How many labels? {metric} vs labels per class\n"
-        f"mean over up to {n_draws} draws x {folds} folds; band: 95% bootstrap CI over test tiles and draws", fontsize=9
+        f"mean over up to {n_draws} draws x {folds} folds; band: 95% bootstrap CI over test tiles and draws",
+        fontsize=9,
     )
     ax.grid(alpha=0.3)
     n_lines = pts["line"].nunique() + len(zs)
-    ax.legend(fontsize=7 if n_lines <= 8 else 6, loc="lower right" if n_lines <= 8 else "center left",
-              bbox_to_anchor=None if n_lines <= 8 else (1.01, 0.5))
+    ax.legend(
+        fontsize=7 if n_lines <= 8 else 6,
+        loc="lower right" if n_lines <= 8 else "center left",
+        bbox_to_anchor=None if n_lines <= 8 else (1.01, 0.5),
+    )
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110), ".png")
     plt.close(fig)
@@ -85,10 +89,18 @@ def report_section(rows: pd.DataFrame, metric: str, path: Path, chance: float | 
         for line, r in wide.iterrows()
     )
     pts = curves(rows)
-    short = sorted({f"K={r['shots']}: " + ", ".join(f"{c} has {n}" for c, n in r["short_classes"].items())
-                    for _, r in pts.iterrows() if isinstance(r.get("short_classes"), dict) and r["short_classes"]})
+    short = sorted(
+        {
+            f"K={r['shots']}: " + ", ".join(f"{c} has {n}" for c, n in r["short_classes"].items())
+            for _, r in pts.iterrows()
+            if isinstance(r.get("short_classes"), dict) and r["short_classes"]
+        }
+    )
     zs = rows[is_zero_shot(rows)]
-    zs_note = "".join(f"<li>zero-shot {html.escape(str(r['backbone']))}: {_f(r[metric])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]</li>" for _, r in zs.iterrows())
+    zs_note = "".join(
+        f"<li>zero-shot {html.escape(str(r['backbone']))}: {_f(r[metric])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]</li>"
+        for _, r in zs.iterrows()
+    )
     return (
         "<h3>How many labels do we need? (few-shot learning curve)</h3>"
         f"<p class='meta'>{html.escape(metric)} when each head is trained on K labelled tiles per class, drawn (stratified, seeded, "

@@ -40,8 +40,6 @@ HEAD_KIND = "head"
 FT_KINDS = ("lora", "linear-probe", "full")
 
 
-
-
 def _label(r: pd.Series, width: int = 60) -> str:
     s = f"{r['backbone']} {r['features']} {r['head']}" + (f" σ={r['noise']:g}" if r.get("noise") else "")
     return s if len(s) <= width else s[: width - 1] + "…"
@@ -97,7 +95,9 @@ def bar_chart(rows: pd.DataFrame, metric: str, path: Path, top: int = 20, n_clas
     lo = np.clip(vals - r["ci_low"].to_numpy(float), 0, None)
     hi = np.clip(r["ci_high"].to_numpy(float) - vals, 0, None)
     err = np.nan_to_num(np.vstack([lo, hi]))
-    colors = ["#d95f02" if k in FT_KINDS else ("#999999" if str(b).startswith("random_") else "#1b9e77") for k, b in zip(r["kind"], r["backbone"])]
+    colors = [
+        "#d95f02" if k in FT_KINDS else ("#999999" if str(b).startswith("random_") else "#1b9e77") for k, b in zip(r["kind"], r["backbone"])
+    ]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(r) + 1.2))
     ax.barh(range(len(r)), vals, xerr=err, color=colors, capsize=2, error_kw={"lw": 0.8})
     ax.set_yticks(range(len(r)), [_label(x) for _, x in r.iterrows()], fontsize=7)
@@ -146,8 +146,9 @@ def roc_figure(rows: pd.DataFrame, lb: Leaderboard, path: Path, top: int = 5) ->
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     what = f"positive class: {positive_of(picked[0][1], lb)}" if k == 2 else "micro-average"
-    ax.set_title(f"ROC, test predictions pooled over folds ({what})"
-                 + "\nlegend: pooled AUROC, and the table's mean over folds", fontsize=8)
+    ax.set_title(
+        f"ROC, test predictions pooled over folds ({what})" + "\nlegend: pooled AUROC, and the table's mean over folds", fontsize=8
+    )
     ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
@@ -276,9 +277,20 @@ def _cell(v: Any, std: Any = None) -> str:
     return out
 
 
-HEADERS = {"ci": "95% CI", "balanced_accuracy": "balanced accuracy", "weighted_f1": "weighted F1", "pr_auc": "PR-AUC", "auroc": "AUROC",
-           "kappa": "kappa", "ece": "ECE", "ece_equal_mass": "ECE (equal-mass)", "brier": "Brier",
-           "auroc_delong": "AUROC 95% CI (DeLong)", "train_seconds": "train s per fold", "train/test": "train / test tiles"}
+HEADERS = {
+    "ci": "95% CI",
+    "balanced_accuracy": "balanced accuracy",
+    "weighted_f1": "weighted F1",
+    "pr_auc": "PR-AUC",
+    "auroc": "AUROC",
+    "kappa": "kappa",
+    "ece": "ECE",
+    "ece_equal_mass": "ECE (equal-mass)",
+    "brier": "Brier",
+    "auroc_delong": "AUROC 95% CI (DeLong)",
+    "train_seconds": "train s per fold",
+    "train/test": "train / test tiles",
+}
 
 
 def _table(rows: pd.DataFrame, metric: str) -> str:
@@ -344,9 +356,11 @@ def ece_bias_line(rows: pd.DataFrame, lb: Leaderboard) -> str:
     fold = np.asarray(p["fold"])
     bias = float(np.mean([calibrated_ece(proba[fold == f], pos) for f in np.unique(fold)]))
     n = round(len(fold) / np.unique(fold).size)
-    return (f"ECE is biased upward on small test folds: a perfectly calibrated model with #1's confidences would still "
-            f"score ECE {bias:.3f} on average at {n} test cases per fold (labels drawn 200 times), so ECE differences "
-            "smaller than that say little. ")
+    return (
+        f"ECE is biased upward on small test folds: a perfectly calibrated model with #1's confidences would still "
+        f"score ECE {bias:.3f} on average at {n} test cases per fold (labels drawn 200 times), so ECE differences "
+        "smaller than that say little. "
+    )
 
 
 def positive_of(row: pd.Series, lb: Leaderboard) -> str:
@@ -367,18 +381,27 @@ def positive_sentence(tm: Any, classes: list[Any]) -> str:
 
 def per_class_table(rows: pd.DataFrame, top: int = 5) -> str:
     """Recall and precision of each class (mean over folds) for the best rows of a multi-class task."""
-    rows = rows[[isinstance(v, dict) for v in rows.get("per_class", pd.Series(None, index=rows.index))]] if "per_class" in rows else rows.iloc[:0]
+    rows = (
+        rows[[isinstance(v, dict) for v in rows.get("per_class", pd.Series(None, index=rows.index))]]
+        if "per_class" in rows
+        else rows.iloc[:0]
+    )
     if rows.empty:
         return ""
     classes = list(rows.iloc[0]["per_class"])
     head = "<th>rank</th><th class='l'>row</th>" + "".join(f"<th>{html.escape(str(c))}<br>recall / precision</th>" for c in classes)
     body = []
     for _, r in rows.head(top).iterrows():
-        cells = "".join(f"<td>{_fmt(r['per_class'].get(c, {}).get('recall'), digits=2)} / {_fmt(r['per_class'].get(c, {}).get('precision'), digits=2)}</td>" for c in classes)
+        cells = "".join(
+            f"<td>{_fmt(r['per_class'].get(c, {}).get('recall'), digits=2)} / {_fmt(r['per_class'].get(c, {}).get('precision'), digits=2)}</td>"
+            for c in classes
+        )
         body.append(f"<tr><td>{html.escape(str(r['rank']))}</td><td class='l'>{html.escape(_label(r))}</td>{cells}</tr>")
-    return ("<h3>Per class (mean over folds)</h3><p class='meta'>Recall (share of a class's tiles predicted as it) and precision "
-            "(share of the tiles predicted as a class that are it; – when a fold never predicts it).</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return (
+        "<h3>Per class (mean over folds)</h3><p class='meta'>Recall (share of a class's tiles predicted as it) and precision "
+        "(share of the tiles predicted as a class that are it; – when a fold never predicts it).</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def in_domain_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -398,7 +421,8 @@ def cd_section(rows: pd.DataFrame, d: Path) -> list[str]:
         f"<p class='meta'>Shown: {html.escape(cs.caption)}. Each is ranked by its best row's main metric in each task (1 = best); "
         f"Friedman test over {res.n_tasks} tasks, Nemenyi critical difference {res.critical_difference:.2f} at α = {res.alpha:g}. "
         "With few tasks the CD is wide: a joined group is not evidence of equality.</p><div class='figs'>"
-        + _img(path, "critical-difference diagram") + "</div>"
+        + _img(path, "critical-difference diagram")
+        + "</div>"
     ]
 
 
@@ -410,7 +434,9 @@ def build_report(out_dir: str | os.PathLike, top: int = 25, progress: bool = Fal
     if lb.rows.empty:
         raise BenchError(f"the leaderboard in {d} has no rows")
     n_tasks = lb.rows["task"].nunique()
-    with status(f"writing report.html: {len(lb.rows)} rows of {n_tasks} task{'s' if n_tasks > 1 else ''}, a table and figures each ...", progress):
+    with status(
+        f"writing report.html: {len(lb.rows)} rows of {n_tasks} task{'s' if n_tasks > 1 else ''}, a table and figures each ...", progress
+    ):
         return _write_report(d, lb, top)
 
 
@@ -435,19 +461,33 @@ def _write_report(d: Path, lb: Leaderboard, top: int) -> Path:
             (roc_figure(rows, lb, d / f"{stem}_roc.png"), f"{task}: ROC"),
             (confusion_figure(rows, d / f"{stem}_confusion.png"), f"{task}: confusion matrices"),
             (time_figure(rows, d / f"{stem}_time.png"), f"{task}: training time"),
-            (reliability_figure(rows, lb.predictions, d / f"{stem}_reliability.png", positive_of(rows.iloc[0], lb) if n_classes == 2 else None),
-             f"{task}: reliability"),
+            (
+                reliability_figure(
+                    rows, lb.predictions, d / f"{stem}_reliability.png", positive_of(rows.iloc[0], lb) if n_classes == 2 else None
+                ),
+                f"{task}: reliability",
+            ),
         ]
-        umaps = [d / f"umap_{stem}.png"] if _written_here(d / f"umap_{stem}.png", d) else (
-            [p for p in sorted(d.glob("umap*.png")) if _written_here(p, d) and _made_by_mito(p)] if len(lb.rows["task"].unique()) == 1 else [])
+        umaps = (
+            [d / f"umap_{stem}.png"]
+            if _written_here(d / f"umap_{stem}.png", d)
+            else (
+                [p for p in sorted(d.glob("umap*.png")) if _written_here(p, d) and _made_by_mito(p)]
+                if len(lb.rows["task"].unique()) == 1
+                else []
+            )
+        )
         ratio = ""
         for f in tc.get("finetune", []):
             ratio += (
                 f"<li><b>{html.escape(f['label'])}</b>: {f['train_seconds']:.1f} s per fold = "
                 f"{f['ratio_vs_best_head']:.0f}× the best head ({tc['best_head']['train_seconds']:.2f} s), "
                 f"{f['ratio_vs_median_head']:.0f}× the median head ({tc['median_head_train_seconds']:.2f} s); budget: {html.escape(str(f['budget']))}"
-                + (f"; {f['samples_per_second']:.1f} training tiles/s, so one pass over the training set takes about {f['epoch_seconds']:.0f} s"
-                   if f["epoch_seconds"] == f["epoch_seconds"] else "")
+                + (
+                    f"; {f['samples_per_second']:.1f} training tiles/s, so one pass over the training set takes about {f['epoch_seconds']:.0f} s"
+                    if f["epoch_seconds"] == f["epoch_seconds"]
+                    else ""
+                )
                 + "</li>"
             )
         classes = ", ".join(map(str, tm.get("classes", rows.iloc[0].get("classes", []))))
@@ -462,7 +502,9 @@ def _write_report(d: Path, lb: Leaderboard, top: int) -> Path:
             + _table(rows.head(top), metric)
             + (f"<details><summary>all {len(rows)} rows</summary>{_table(rows, metric)}</details>" if len(rows) > top else "")
             + (per_class_table(rows) if n_classes > 2 else "")
-            + "<div class='figs'>" + "".join(_img(p, a) for p, a in figs) + "</div>"
+            + "<div class='figs'>"
+            + "".join(_img(p, a) for p, a in figs)
+            + "</div>"
             + shift
             + (f"<h3>Heads vs fine-tuning: training time</h3><ul>{ratio}</ul>" if ratio else "")
             + report_section(task_rows, metric, d / f"{stem}_fewshot.png", chance_level(metric, n_classes), _img)

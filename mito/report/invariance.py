@@ -26,7 +26,8 @@ def invariance_section(store_path: str | os.PathLike | None) -> str:
     cols = [c for c in table.columns if c not in ("backbone", "zoom", "n_tiles")]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["backbone", "zoom", *cols, "tiles"])
     body = "".join(
-        "<tr>" + f"<td>{html.escape(str(r['backbone']))}</td><td>z{html.escape(str(r['zoom']))}</td>"
+        "<tr>"
+        + f"<td>{html.escape(str(r['backbone']))}</td><td>z{html.escape(str(r['zoom']))}</td>"
         + "".join(f"<td>{r[c]:.3f}</td>" if pd.notna(r.get(c)) else "<td>–</td>" for c in cols)
         + f"<td>{int(r['n_tiles'])}</td></tr>"
         for _, r in table.iterrows()

@@ -23,13 +23,25 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
     short = {"balanced_accuracy": "bal acc", "weighted_f1": "wF1", "auroc": "AUROC", "pr_auc": "PR-AUC"}.get(main, main)
     shifted = "held_out" in rows and bool((rows["held_out"].fillna("") != "").any())
     # (key, column): drop 0 = always shown; at a short width the highest drop goes first
-    cols = [("rank", Col("#")), *([("task", Col("task", "left", fold=7))] if many_tasks else []),
-            ("backbone", Col("backbone", "left", fold=10)), ("features", Col("features", "left", fold=8)), ("head", Col("head", "left", fold=6)),
-            *([("noise", Col("noise", drop=4))] if noisy else []),
-            *([("_held", Col("tested on", "left", fold=9)), ("_gap", Col("gap", drop=1))] if shifted else []),
-            ("_main", Col(short)), ("_ci", Col("95% CI", drop=8)), ("_delta", Col("Δ #1", drop=7)), ("_p", Col("p vs #1", drop=2)),
-            ("auroc", Col("AUROC", drop=5)), ("ece", Col("ECE", drop=9)), ("kappa", Col("kappa", drop=10)), ("weighted_f1", Col("wF1", drop=11)),
-            ("train_seconds", Col("train s", drop=6, header_wraps=False)), ("_n", Col("train/test", drop=12))]
+    cols = [
+        ("rank", Col("#")),
+        *([("task", Col("task", "left", fold=7))] if many_tasks else []),
+        ("backbone", Col("backbone", "left", fold=10)),
+        ("features", Col("features", "left", fold=8)),
+        ("head", Col("head", "left", fold=6)),
+        *([("noise", Col("noise", drop=4))] if noisy else []),
+        *([("_held", Col("tested on", "left", fold=9)), ("_gap", Col("gap", drop=1))] if shifted else []),
+        ("_main", Col(short)),
+        ("_ci", Col("95% CI", drop=8)),
+        ("_delta", Col("Δ #1", drop=7)),
+        ("_p", Col("p vs #1", drop=2)),
+        ("auroc", Col("AUROC", drop=5)),
+        ("ece", Col("ECE", drop=9)),
+        ("kappa", Col("kappa", drop=10)),
+        ("weighted_f1", Col("wF1", drop=11)),
+        ("train_seconds", Col("train s", drop=6, header_wraps=False)),
+        ("_n", Col("train/test", drop=12)),
+    ]
     if "p_vs_best" not in rows:
         cols = [c for c in cols if c[0] not in ("_delta", "_p")]
     if "ece" not in rows:
@@ -57,14 +69,18 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
             "_held": str(r.get("held_out") or "in-domain"),
             "_gap": "" if not isinstance(r.get("gap"), float) or math.isnan(r["gap"]) else number(r["gap"], signed=True),
         }
-        body.append([cells[k] if k in cells else (number(r[k]) if k in (*METRIC_NAMES, *CALIBRATION_NAMES) else str(r[k])) for k, _ in cols])
+        body.append(
+            [cells[k] if k in cells else (number(r[k]) if k in (*METRIC_NAMES, *CALIBRATION_NAMES) else str(r[k])) for k, _ in cols]
+        )
     title = f"leaderboard (ranked by {main})" + (f"; backbone {rows['backbone'].iloc[0]}" if one_backbone else "")
     return FitTable([c for _, c in cols], body, title=title, see="see leaderboard.csv", hidden=hidden, notes={"p vs #1": P_VS_BEST_NOTE})
 
 
 # what the "p vs #1" header cannot say (report.html says it too, in its PAIRED_NOTE)
-P_VS_BEST_NOTE = ("p vs #1: paired bootstrap against the task's #1 on the same test tiles, Holm-adjusted within the task; "
-                  "(tie): not significantly worse at 0.05")
+P_VS_BEST_NOTE = (
+    "p vs #1: paired bootstrap against the task's #1 on the same test tiles, Holm-adjusted within the task; "
+    "(tie): not significantly worse at 0.05"
+)
 
 
 COMPACT_HIDDEN = ("_ci", "kappa", "weighted_f1", "_n", "_delta", "ece")
@@ -84,10 +100,15 @@ def paired_cells(r: Any) -> dict[str, str]:
 
 def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]:
     """Rich renderables describing one paired comparison (what is compared, a table per metric, DeLong's test)."""
+
     def label(r: Any) -> str:
         group = row_group(r)
-        return (f"#{r['rank']} {r['backbone']} {r['features']} {r['head']}" + (f" noise={r['noise']:g}" if r.get("noise") else "")
-                + (f" ({group})" if group else "") + f" [{r['row_id']}]")
+        return (
+            f"#{r['rank']} {r['backbone']} {r['features']} {r['head']}"
+            + (f" noise={r['noise']:g}" if r.get("noise") else "")
+            + (f" ({group})" if group else "")
+            + f" [{r['row_id']}]"
+        )
 
     head = (
         f"task {a['task']}: A = {label(a)}\n            B = {label(b)}\n"
@@ -96,14 +117,23 @@ def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]
         "metric per fold, averaged over folds; 95% percentile interval; two-sided p of this one pair, not adjusted "
         "(the leaderboard's p vs #1 is Holm-adjusted within the task, so it is the same or larger)"
     )
+
     def fmt(v: Any) -> str:
         return number(v, 4)
 
     body = []
     for m, r in comp.paired.items():
         va, vb = (r.value_a, r.value_b) if comp.folds_note else (a.get(m), b.get(m))  # on the folds both scored
-        body.append([m + (" *" if m == a["main_metric"] else ""), fmt(va), fmt(vb), number(r.delta, 4, signed=True),
-                     f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]", p_value(r.p_value, 4)])
+        body.append(
+            [
+                m + (" *" if m == a["main_metric"] else ""),
+                fmt(va),
+                fmt(vb),
+                number(r.delta, 4, signed=True),
+                f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]",
+                p_value(r.p_value, 4),
+            ]
+        )
     cols = [Col("metric", "left", fold=10), Col("A"), Col("B"), Col("A - B"), Col("95% CI"), Col("p")]
     t = FitTable(cols, body, title="A - B", wrap=True)
     out: list[Any] = [Text(head), t, Text("* main metric of the task")]
@@ -112,10 +142,12 @@ def comparison_text(a: Any, b: Any, comp: Comparison, cv: str = "") -> list[Any]
         out.append(Text(positive))
     if comp.delong is not None:
         d = comp.delong
-        out.append(Text(
-            f"DeLong's test (AUROC, {d.n_pos} positive / {d.n_neg} negative test cases): AUC A {d.auc_a:.4f}, B {d.auc_b:.4f}, "
-            f"A - B {d.delta:+.4f} (se {d.se:.4f}), z = {d.z:.3f}, p = {d.p_value:.4g}"
-        ))
+        out.append(
+            Text(
+                f"DeLong's test (AUROC, {d.n_pos} positive / {d.n_neg} negative test cases): AUC A {d.auc_a:.4f}, B {d.auc_b:.4f}, "
+                f"A - B {d.delta:+.4f} (se {d.se:.4f}), z = {d.z:.3f}, p = {d.p_value:.4g}"
+            )
+        )
     for note in (comp.folds_note, comp.note):
         if note:
             out.append(Text(note))

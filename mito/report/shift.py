@@ -97,6 +97,10 @@ def shift_section(rows: pd.DataFrame, metric: str, path: Path, shift_meta: dict 
         + "".join(f"<p><b>{html.escape(line)}</b></p>" for line in cross_group_lines(rows, str(meta.get("column", "group"))))
         + shift_table(shift, domain, metric)
         + (f"<p class='meta'>Skipped:</p><ul>{note}</ul>" if note else "")
-        + (f"<figure><img alt='domain shift' src='data:image/png;base64,{base64.b64encode(fig.read_bytes()).decode()}'>"
-           f"<figcaption class='meta'>{html.escape(fig.name)}</figcaption></figure>" if fig is not None else "")
+        + (
+            f"<figure><img alt='domain shift' src='data:image/png;base64,{base64.b64encode(fig.read_bytes()).decode()}'>"
+            f"<figcaption class='meta'>{html.escape(fig.name)}</figcaption></figure>"
+            if fig is not None
+            else ""
+        )
     )

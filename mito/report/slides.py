@@ -171,8 +171,14 @@ def check_heatmap_store(store: str | os.PathLike) -> None:
         raise HeadError(NOT_SLIDES)
 
 
-def write_heatmaps(preds: pd.DataFrame, tiles: pd.DataFrame, out_dir: str | os.PathLike, reader: str = "auto",
-                   overwrite: bool = False, protect: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
+def write_heatmaps(
+    preds: pd.DataFrame,
+    tiles: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    reader: str = "auto",
+    overwrite: bool = False,
+    protect: tuple[str | os.PathLike, ...] = (),
+) -> list[Path]:
     """Heatmaps for every slide in ``preds`` (rows named slide,x,y) using a slide store's tile table (boxes, paths);
     the folder is written whole (atomically, with mito.json) and replaces an earlier one only with ``overwrite``.
     Slides whose names collide get distinct files (mito.wsi.reader.slide_file_stems)."""
@@ -182,8 +188,11 @@ def write_heatmaps(preds: pd.DataFrame, tiles: pd.DataFrame, out_dir: str | os.P
     if not need <= set(preds.columns) or not {"slide_path", "x0", "y0", "x1", "y1"} <= set(tiles.columns):
         raise HeadError(NOT_SLIDES)
     cols = prob_columns(preds)
-    merged = preds.merge(tiles[["slide", "x", "y", "slide_path", "x0", "y0", "x1", "y1"]].drop_duplicates(["slide", "x", "y"]),
-                         on=["slide", "x", "y"], how="inner")
+    merged = preds.merge(
+        tiles[["slide", "x", "y", "slide_path", "x0", "y0", "x1", "y1"]].drop_duplicates(["slide", "x", "y"]),
+        on=["slide", "x", "y"],
+        how="inner",
+    )
     stems = slide_file_stems(sorted(set(tiles["slide"].astype(str))))  # the store's slides: names as slides qc gives them
     drawn: dict[str, str] = {}  # file -> slide
 
@@ -209,8 +218,9 @@ def check_pictures(tiles: pd.DataFrame) -> bool:
     return on_slides
 
 
-def draw_pictures(slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFrame, out: str | os.PathLike, overwrite: bool = False,
-                  top_k: int = TOP_K) -> list[Path]:
+def draw_pictures(
+    slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFrame, out: str | os.PathLike, overwrite: bool = False, top_k: int = TOP_K
+) -> list[Path]:
     """One PNG per bag of a slide-level prediction (``slides``, ``tile_df`` as mito.heads.predict_slides returns them,
     ``tiles`` the store's tile table), written as one folder: attention heatmap over the thumbnail when the tiles came
     from slides (slide_path and x0..y1 columns), else a grid of the top-k tiles by attention read from their paths."""
@@ -226,7 +236,8 @@ def draw_pictures(slides: pd.DataFrame, tile_df: pd.DataFrame, tiles: pd.DataFra
         for i, name in enumerate(names):
             srow = slides.iloc[i]
             title = f"{name}: pred {srow['pred']} ({', '.join(f'{c[2:]} {srow[c]:.2f}' for c in pcols)})" + (
-                f", label {srow['label']}" if "label" in slides and srow["label"] else "")
+                f", label {srow['label']}" if "label" in slides and srow["label"] else ""
+            )
             mine = (tile_df[bag_column] == name).to_numpy()
             t, att = tiles.iloc[row_of[mine]], tile_df["attention"].to_numpy()[mine]
             if on_slides:
@@ -277,8 +288,9 @@ def _attention_heatmap(slide_path: str, t: pd.DataFrame, a: np.ndarray, title: s
     ax.set_axis_off()
     ax.set_title(title, fontsize=8)
     ticks = [2.0**k for k in range(-int(np.log2(hi)), int(np.log2(hi)) + 1)]
-    bar = fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, extend="both", ticks=ticks,
-                       label=f"{head_name} attention x {len(t)} tiles (1 = uniform)")
+    bar = fig.colorbar(
+        im, ax=ax, fraction=0.035, pad=0.02, extend="both", ticks=ticks, label=f"{head_name} attention x {len(t)} tiles (1 = uniform)"
+    )
     bar.ax.set_yticklabels([f"{v:g}" if v >= 1 else f"1/{1 / v:g}" for v in ticks])
     bar.ax.minorticks_off()
     fig.tight_layout()

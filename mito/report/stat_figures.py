@@ -29,8 +29,9 @@ def row_label(r: pd.Series, width: int = 48) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
-def reliability_figure(rows: pd.DataFrame, predictions: dict[str, dict[str, np.ndarray]], path: Path, positive: str | None = None,
-                       top: int = 4) -> Path | None:
+def reliability_figure(
+    rows: pd.DataFrame, predictions: dict[str, dict[str, np.ndarray]], path: Path, positive: str | None = None, top: int = 4
+) -> Path | None:
     """Reliability diagram of the best rows of one task: test predictions pooled over folds, 15 equal-width bins; two
     classes: the probability of each row's recorded positive class (named ``positive``)."""
     shown = [(r, predictions[r["row_id"]]) for _, r in rows.head(top).iterrows() if r["row_id"] in predictions]
@@ -77,8 +78,10 @@ class CDScores:
         """Which methods the diagram shows, in words."""
         if len(self.methods) == self.n_all:
             return f"every {self.what} scored in all {len(self.tasks)} tasks ({self.n_all})"
-        return (f"the {len(self.methods)} best of {self.n_all} {self.what} configurations by mean rank over {len(self.tasks)} tasks "
-                "(ranked again among themselves)")
+        return (
+            f"the {len(self.methods)} best of {self.n_all} {self.what} configurations by mean rank over {len(self.tasks)} tasks "
+            "(ranked again among themselves)"
+        )
 
 
 def cd_scores(rows: pd.DataFrame, by: str = "backbone", top: int = CD_MAX_METHODS) -> CDScores:
@@ -134,8 +137,16 @@ def cd_axes(result: FriedmanResult, title: str = "") -> Any:
         x_text = 0.6 if left else k + 0.4
         ax.plot([r, r, x_text], [0, level, level], color="0.3", lw=0.8)
         label = name if len(name) <= 44 else name[:43] + "…"
-        ax.text(x_text, level, f"{label} ({r:.2f})", ha="left" if not left else "right", va="center", fontsize=7.5,
-                transform=ax.transData, clip_on=False)
+        ax.text(
+            x_text,
+            level,
+            f"{label} ({r:.2f})",
+            ha="left" if not left else "right",
+            va="center",
+            fontsize=7.5,
+            transform=ax.transData,
+            clip_on=False,
+        )
     # cliques: maximal runs of methods whose rank spread is below the CD
     cliques: list[tuple[int, int]] = []
     for i in range(k):
@@ -148,7 +159,11 @@ def cd_axes(result: FriedmanResult, title: str = "") -> Any:
         y = -0.25 - 0.18 * n
         ax.hlines(y, ranks[i] - 0.03, ranks[j] + 0.03, color="black", lw=3)
     stat = "" if math.isnan(result.statistic) else f"Friedman χ² = {result.statistic:.2f}, p = {result.p_value:.3g}; "
-    ax.set_title((title + "\n" if title else "") + f"{stat}Nemenyi α = {result.alpha:g}, {result.n_tasks} tasks; joined = not significantly different", fontsize=8.5)
+    ax.set_title(
+        (title + "\n" if title else "")
+        + f"{stat}Nemenyi α = {result.alpha:g}, {result.n_tasks} tasks; joined = not significantly different",
+        fontsize=8.5,
+    )
     fig.subplots_adjust(left=0.28, right=0.72, top=0.8, bottom=0.02)
     return fig
 

@@ -98,7 +98,7 @@ def p_value(p: Any, digits: int = 3) -> str:
         return "–"
     if math.isnan(f):
         return "–"
-    return f"<{10.0 ** -digits:.{digits}f}" if f < 0.5 * 10.0 ** -digits else f"{f:.{digits}f}"
+    return f"<{10.0**-digits:.{digits}f}" if f < 0.5 * 10.0**-digits else f"{f:.{digits}f}"
 
 
 class FitTable:

@@ -43,7 +43,16 @@ def scatter_figure(emb: np.ndarray, v: pd.Series, title: str) -> Any:
         for i, c in enumerate(cats):
             m = (v == c).to_numpy()
             color = "#cccccc" if c == "unlabelled" else cmap(i % cmap.N)
-            ax.scatter(emb[m, 0], emb[m, 1], s=size, color=color, label=f"{c} ({m.sum()})", linewidths=0, alpha=0.8, zorder=1 if c == "unlabelled" else 2)
+            ax.scatter(
+                emb[m, 0],
+                emb[m, 1],
+                s=size,
+                color=color,
+                label=f"{c} ({m.sum()})",
+                linewidths=0,
+                alpha=0.8,
+                zorder=1 if c == "unlabelled" else 2,
+            )
         ax.legend(markerscale=2, fontsize=8, frameon=False, loc="best")
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
@@ -80,10 +89,7 @@ def umap_plots(
         raise BenchError("give one output path per colouring")
     emb, values, keys, rows = umap_points(store, features, color_by, n_neighbors, min_dist, max_points, seed, progress)
     with status("plotting ...", progress):
-        return [
-            _scatter(emb, v, title_for(keys, c, len(rows)), p)
-            for c, v, p in zip(color_by, values, paths)
-        ]
+        return [_scatter(emb, v, title_for(keys, c, len(rows)), p) for c, v, p in zip(color_by, values, paths)]
 
 
 def umap_plot(

@@ -180,16 +180,27 @@ class ZarrBackend:
 
         first = BloscCodec(**FEATURE_BLOSC) if np.dtype(dtype) == np.float16 else ZstdCodec()
         self.root.create_array(
-            name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill, overwrite=True,
-            compressors=[first, Crc32cCodec()], dimension_names=dims,
+            name,
+            shape=shape,
+            dtype=dtype,
+            chunks=chunks,
+            fill_value=fill,
+            overwrite=True,
+            compressors=[first, Crc32cCodec()],
+            dimension_names=dims,
         )
 
     def write_strings(self, name: str, values: np.ndarray, chunk: int, dims: list[str]) -> None:
         from zarr.codecs import Crc32cCodec, ZstdCodec
 
         arr = self.root.create_array(
-            name, shape=values.shape, dtype=str, chunks=(chunk,), overwrite=True,
-            compressors=[ZstdCodec(), Crc32cCodec()], dimension_names=dims,
+            name,
+            shape=values.shape,
+            dtype=str,
+            chunks=(chunk,),
+            overwrite=True,
+            compressors=[ZstdCodec(), Crc32cCodec()],
+            dimension_names=dims,
         )
         arr[:] = values.astype(str)
 
@@ -269,8 +280,12 @@ class H5Backend:
 
     format = "hdf5"
     capabilities = Capabilities(
-        supports_checksums=True, supports_locking=True, atomic_chunk_writes=False, resumable_per_chunk=False,
-        supports_urls=False, shared_writers=False,
+        supports_checksums=True,
+        supports_locking=True,
+        atomic_chunk_writes=False,
+        resumable_per_chunk=False,
+        supports_urls=False,
+        shared_writers=False,
     )
 
     def __init__(self, path: str, mode: str) -> None:
@@ -360,8 +375,9 @@ class H5Backend:
         def make(f: Any) -> None:
             if name in f:
                 del f[name]
-            f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, fletcher32=True,
-                             maxshape=(None, *shape[1:]), **kw)
+            f.create_dataset(
+                name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, fletcher32=True, maxshape=(None, *shape[1:]), **kw
+            )
 
         self._guarded(int(np.prod(chunks)) * np.dtype(dtype).itemsize, make)
 
@@ -421,8 +437,16 @@ class H5Backend:
             if tmp in f:
                 del f[tmp]
             kw = {"compression": ds.compression, "compression_opts": ds.compression_opts, "shuffle": ds.shuffle}
-            new = f.create_dataset(tmp, shape=(rows, *ds.shape[1:]), maxshape=(None, *ds.shape[1:]), dtype=dtype or ds.dtype,
-                                   chunks=ds.chunks, fillvalue=ds.fillvalue, fletcher32=True, **kw)
+            new = f.create_dataset(
+                tmp,
+                shape=(rows, *ds.shape[1:]),
+                maxshape=(None, *ds.shape[1:]),
+                dtype=dtype or ds.dtype,
+                chunks=ds.chunks,
+                fillvalue=ds.fillvalue,
+                fletcher32=True,
+                **kw,
+            )
             step = ds.chunks[0] if ds.chunks else max(1, ds.shape[0])
             for a in range(0, min(rows, ds.shape[0]), step):  # one chunk at a time: memory stays bounded
                 b = min(rows, ds.shape[0], a + step)
@@ -501,8 +525,14 @@ def backend_capabilities(path: str, fmt: str) -> Capabilities:
     if fmt == "hdf5":
         return H5Backend.capabilities
     url = is_url(path)
-    return Capabilities(supports_checksums=True, supports_locking=not url, atomic_chunk_writes=not url,
-                        resumable_per_chunk=True, supports_urls=True, shared_writers=True)
+    return Capabilities(
+        supports_checksums=True,
+        supports_locking=not url,
+        atomic_chunk_writes=not url,
+        resumable_per_chunk=True,
+        supports_urls=True,
+        shared_writers=True,
+    )
 
 
 def open_backend(path: str, mode: str, fmt: str) -> StoreBackend:

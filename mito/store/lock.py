@@ -58,7 +58,11 @@ class StoreLock:
             try:  # who holds it, for the refusal line (best effort: a full disk must not stop the lock)
                 fh.seek(0)
                 fh.truncate()
-                fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _dt.datetime.now().isoformat(timespec="seconds")}))
+                fh.write(
+                    json.dumps(
+                        {"pid": os.getpid(), "host": socket.gethostname(), "since": _dt.datetime.now().isoformat(timespec="seconds")}
+                    )
+                )
                 fh.flush()
             except OSError:
                 pass

@@ -53,6 +53,7 @@ FEATURE_DIMS = ["tile", "feature"]
 DONE_DIMS = ["chunk"]
 STAGED = "tiles_update"  # new tile-table columns wait here until an update commits
 
+
 @dataclass(frozen=True)
 class Variant:
     """One embedding variant: a backbone seen at one zoom in one colour mode, optionally an augmented view of it
@@ -77,8 +78,6 @@ class Variant:
     def base(self) -> str:
         """Key of the variant this is a view of (its own key when it is no view)."""
         return f"{self.backbone}:z{format_zoom(self.zoom)}:{self.color}"
-
-
 
 
 def format_zoom(zoom: float) -> str:
@@ -183,9 +182,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 class Store:
     """An open embedding store; use :func:`create_store` or :func:`open_store`."""
 
-    def __init__(
-        self, backend: StoreBackend, path: str, writable: bool, lock: StoreLock | None = None, strict: bool = True
-    ) -> None:
+    def __init__(self, backend: StoreBackend, path: str, writable: bool, lock: StoreLock | None = None, strict: bool = True) -> None:
         self._b = backend
         self.path = path
         self.writable = writable
@@ -202,15 +199,20 @@ class Store:
             raise StoreError(f"{path}: adding tiles to it was interrupted; re-run the same `mito extract ... --store {path}` to finish it")
         if strict and self.meta.get("tile_update") and not writable:
             self._abort()
-            raise StoreError(f"{path}: updating its tile table (labels) was interrupted; re-run the same `mito extract ... --store {path}` "
-                             "to finish it")
-        if strict and not self.meta.get("append") and not self.meta.get("tile_update"):  # a pending change is finished before anything is read
+            raise StoreError(
+                f"{path}: updating its tile table (labels) was interrupted; re-run the same `mito extract ... --store {path}` to finish it"
+            )
+        if (
+            strict and not self.meta.get("append") and not self.meta.get("tile_update")
+        ):  # a pending change is finished before anything is read
             found = self.meta_problems or self._structure_problems()
             if found:
                 self._abort()
                 more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
-                raise StoreError(f"{path} is damaged: {found[0]}{more}; `mito cache verify {path}` lists every defect; "
-                                 "a store missing its own bookkeeping cannot be repaired in place: extract into a new --store")
+                raise StoreError(
+                    f"{path} is damaged: {found[0]}{more}; `mito cache verify {path}` lists every defect; "
+                    "a store missing its own bookkeeping cannot be repaired in place: extract into a new --store"
+                )
 
     def _abort(self) -> None:
         try:
@@ -539,8 +541,9 @@ class Store:
         if not partial or self.meta.get("append"):
             return
         done = {k: self.done_chunks(k) for k in {k for kept in partial.values() for k in kept} if k in self.variants}
-        left = {c: {k: r for k, r in kept.items() if k in done and int(c) < done[k].size and not done[k][int(c)]}
-                for c, kept in partial.items()}
+        left = {
+            c: {k: r for k, r in kept.items() if k in done and int(c) < done[k].size and not done[k][int(c)]} for c, kept in partial.items()
+        }
         left = {c: kept for c, kept in left.items() if kept}
         if left != partial:
             self._update_meta(lambda m: m.__setitem__("partial_chunks", left))
@@ -642,8 +645,12 @@ class Store:
         kinds = {}
         with self._writing():
             for name in columns.columns:
-                kinds[str(name)] = _write_column(self._b, f"{STAGED}/{name}", columns[name].reset_index(drop=True),
-                                                 tile_column_chunk(self._b, self.n_tiles, self.chunk_rows))
+                kinds[str(name)] = _write_column(
+                    self._b,
+                    f"{STAGED}/{name}",
+                    columns[name].reset_index(drop=True),
+                    tile_column_chunk(self._b, self.n_tiles, self.chunk_rows),
+                )
         self._update_meta(lambda m: m.__setitem__("tile_update", {"columns": kinds, "tasks": list(tasks), **(note or {})}))
         self.finish_tile_update()
 
@@ -656,8 +663,13 @@ class Store:
         with self._writing():
             if pend:
                 for name, kind in pend["columns"].items():
-                    _write_array(self._b, f"tiles/{name}", self._b.read(f"{STAGED}/{name}"), kind,
-                                 tile_column_chunk(self._b, self.n_tiles, self.chunk_rows))
+                    _write_array(
+                        self._b,
+                        f"tiles/{name}",
+                        self._b.read(f"{STAGED}/{name}"),
+                        kind,
+                        tile_column_chunk(self._b, self.n_tiles, self.chunk_rows),
+                    )
 
         def commit(m: dict[str, Any]) -> None:
             cols = list(m["tile_columns"])
@@ -723,8 +735,10 @@ class Store:
                     wanted.append(x)
         left = [k for k in known if k not in wanted]
         if not left and known:
-            raise StoreError(f"that would remove the last variant of {self.path} ({', '.join(known)}), leaving a store with "
-                             "no features; delete the store instead (or extract another variant first)")
+            raise StoreError(
+                f"that would remove the last variant of {self.path} ({', '.join(known)}), leaving a store with "
+                "no features; delete the store instead (or extract another variant first)"
+            )
 
         def forget(m: dict[str, Any]) -> None:
             for k in wanted:
@@ -758,9 +772,7 @@ class Store:
             self.variant_info(k)
             if not allow_incomplete and not self.is_complete(k):
                 done = self.done_chunks(k)
-                raise StoreError(
-                    f"{k} in {self.path} is incomplete ({done.sum()}/{done.size} chunks); re-run mito extract to finish it"
-                )
+                raise StoreError(f"{k} in {self.path} is incomplete ({done.sum()}/{done.size} chunks); re-run mito extract to finish it")
             out.append(parse_variant(k))
         return out
 
@@ -984,14 +996,18 @@ class Store:
                 inf += int(np.isinf(block).any())
             if nan_rows:
                 where = ", ".join(map(str, holed[:5])) + (" ..." if len(holed) > 5 else "")
-                problems.append(f"{k}: {nan_rows} readable rows hold NaN in written chunks ({where}: a chunk file missing or "
-                                "overwritten); re-run mito extract to rewrite them")
+                problems.append(
+                    f"{k}: {nan_rows} readable rows hold NaN in written chunks ({where}: a chunk file missing or "
+                    "overwritten); re-run mito extract to rewrite them"
+                )
             if inf:
                 problems.append(f"{k}: infinite values in {inf} written chunks")
         for a in self._b.arrays("features"):
             if a.removeprefix("features/") not in known:
-                problems.append(f"{a} is on disk but not in the attributes (left by an interrupted or concurrent writer); "
-                                f"`mito cache rm {self.path} {variant_key(a.removeprefix('features/'))}` removes it")
+                problems.append(
+                    f"{a} is on disk but not in the attributes (left by an interrupted or concurrent writer); "
+                    f"`mito cache rm {self.path} {variant_key(a.removeprefix('features/'))}` removes it"
+                )
 
 
 def _column_kind(s: pd.Series) -> str:
@@ -1066,10 +1082,11 @@ def check_column_names(names: Sequence[Any], where: str = "the tile table") -> N
     empty, '.', '..', a name with '/', '\\' or NUL, a leading '.', or a Zarr metadata name such as zarr.json."""
     for name in names:
         n = str(name)
-        if (not n.strip() or n in (".", "..") or n.startswith(".") or any(c in n for c in "/\\\0")
-                or n.lower() in RESERVED_NAMES):
-            raise StoreError(f"{where}: column {n!r} cannot be stored (a column becomes an array of that name): rename it, "
-                             "e.g. without '/', '\\' or a leading '.'")
+        if not n.strip() or n in (".", "..") or n.startswith(".") or any(c in n for c in "/\\\0") or n.lower() in RESERVED_NAMES:
+            raise StoreError(
+                f"{where}: column {n!r} cannot be stored (a column becomes an array of that name): rename it, "
+                "e.g. without '/', '\\' or a leading '.'"
+            )
 
 
 def create_store(
@@ -1106,18 +1123,20 @@ def create_store(
                 cols = _write_tiles(b, tiles, chunk_rows)
                 n = len(tiles)
                 b.create("unreadable", (n,), "bool", (storage_rows(chunk_rows, n, b.capabilities.resizable_rows),), False, TILE_DIMS)
-                b.set_attrs({
-                    "store_version": STORE_VERSION,
-                    "format": fmt,
-                    "created": _now(),
-                    "n_tiles": n,
-                    "chunk_rows": int(chunk_rows),
-                    "tile_columns": cols,
-                    "tile_list_sha256": tile_list_hash(tiles["tile_id"].astype(str).tolist()),
-                    "checksums": "fletcher32" if fmt == "hdf5" else "crc32c",
-                    "variants": {},
-                    **meta,
-                })
+                b.set_attrs(
+                    {
+                        "store_version": STORE_VERSION,
+                        "format": fmt,
+                        "created": _now(),
+                        "n_tiles": n,
+                        "chunk_rows": int(chunk_rows),
+                        "tile_columns": cols,
+                        "tile_list_sha256": tile_list_hash(tiles["tile_id"].astype(str).tolist()),
+                        "checksums": "fletcher32" if fmt == "hdf5" else "crc32c",
+                        "variants": {},
+                        **meta,
+                    }
+                )
             finally:
                 b.close()
             if tmp != path:

@@ -294,9 +294,7 @@ def read_box(slide: Slide, box: tuple[float, float, float, float], out_w: int, o
     ix0, iy0 = math.floor(bx0) - margin, math.floor(by0) - margin
     ix1, iy1 = math.ceil(bx1) + margin, math.ceil(by1) + margin
     region = read_region(slide, level, ix0, iy0, ix1 - ix0, iy1 - iy0)
-    img = Image.fromarray(region).resize(
-        (out_w, out_h), Image.Resampling.LANCZOS, box=(bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0)
-    )
+    img = Image.fromarray(region).resize((out_w, out_h), Image.Resampling.LANCZOS, box=(bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0))
     return np.asarray(img), level
 
 
@@ -318,9 +316,7 @@ def outside_fraction(slide: Slide, box: tuple[float, float, float, float]) -> fl
     return float(1.0 - inside / ((x1 - x0) * (y1 - y0)))
 
 
-def thumbnail(
-    slide: Slide, downsample: float, max_bytes: int = 64 << 20, progress: Callable[[int, int], None] | None = None
-) -> np.ndarray:
+def thumbnail(slide: Slide, downsample: float, max_bytes: int = 64 << 20, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """The whole slide at 1/``downsample``, read in bands so memory stays near ``max_bytes`` per read.
 
     When the slide has no level within 4x of ``downsample`` (a slide without a pyramid), that finer level is read
@@ -422,8 +418,10 @@ def resolve_mpp(slide: Slide, fallback: float | None = None, manifest: float | N
         assert rec is not None
         note = None
         if fallback is not None and abs(fallback - rec) > MPP_AGREE * rec:
-            note = (f"{slide.name} records {rec:g} um/px: kept (--slide-mpp {fallback:g} is only for slides that record none; "
-                    "an mpp column in a slide manifest replaces a slide's own)")
+            note = (
+                f"{slide.name} records {rec:g} um/px: kept (--slide-mpp {fallback:g} is only for slides that record none; "
+                "an mpp column in a slide manifest replaces a slide's own)"
+            )
         return float(rec), "recorded", note
     elif fallback is not None:
         mpp, src = fallback, "--slide-mpp"

@@ -51,9 +51,14 @@ def write_svs(path: str | os.PathLike, img: np.ndarray, mpp: float = 0.25, level
     with tifffile.TiffWriter(path) as tif:
         for i, lv in enumerate(pyramid(img, levels)):
             tif.write(
-                lv, tile=(256, 256), compression="jpeg", compressionargs={"level": 90}, photometric="rgb",
+                lv,
+                tile=(256, 256),
+                compression="jpeg",
+                compressionargs={"level": 90},
+                photometric="rgb",
                 description=desc if i == 0 else f"Aperio Image Library v12.0.0\n{lv.shape[1]}x{lv.shape[0]}",
-                subfiletype=0 if i == 0 else 1, metadata=None,
+                subfiletype=0 if i == 0 else 1,
+                metadata=None,
             )
     return Path(path)
 
@@ -79,8 +84,9 @@ def write_plain(path: str | os.PathLike, img: np.ndarray) -> Path:
     return Path(path)
 
 
-def write_geojson(path: str | os.PathLike, regions: Mapping[str, Box] | Sequence[tuple[str, Box]],
-                  shift: tuple[float, float] = (0, 0)) -> Path:
+def write_geojson(
+    path: str | os.PathLike, regions: Mapping[str, Box] | Sequence[tuple[str, Box]], shift: tuple[float, float] = (0, 0)
+) -> Path:
     """QuPath-style GeoJSON: one rectangular Polygon annotation per (class, box), ``classification.name`` = class."""
     items = list(regions.items()) if isinstance(regions, Mapping) else list(regions)
     dx, dy = shift
@@ -88,7 +94,13 @@ def write_geojson(path: str | os.PathLike, regions: Mapping[str, Box] | Sequence
     labels = [label for label, _ in items]
     for i, (label, (x0, y0, x1, y1)) in enumerate(items):
         ring = [[x0 + dx, y0 + dy], [x1 + dx, y0 + dy], [x1 + dx, y1 + dy], [x0 + dx, y1 + dy], [x0 + dx, y0 + dy]]
-        feats.append({"type": "Feature", "id": label if labels.count(label) == 1 else f"{label}-{i}", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                      "properties": {"objectType": "annotation", "classification": {"name": label, "color": [255, 0, 0]}}})
+        feats.append(
+            {
+                "type": "Feature",
+                "id": label if labels.count(label) == 1 else f"{label}-{i}",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "classification": {"name": label, "color": [255, 0, 0]}},
+            }
+        )
     Path(path).write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
     return Path(path)

@@ -71,8 +71,25 @@ def slide_export(dest: Path, tmp: Path) -> None:
     atyp, norm = sorted((SAMPLE / "Atypical").glob("*.jpg")), sorted((SAMPLE / "Normal").glob("*.jpg"))
     write_svs(slides / "a.svs", mosaic(512, 384, [((0, 0, 256, 384), atyp), ((256, 0, 512, 384), norm)], 128))
     store = tmp / "slides.zarr"
-    mito("extract", str(slides), "--store", str(store), "--mpp", "0.5", "--tile-px", "64", "--input-size", "64", "--zooms", "1",
-         "--colors", "rgb", "--min-tissue", "0.1", "--quiet")
+    mito(
+        "extract",
+        str(slides),
+        "--store",
+        str(store),
+        "--mpp",
+        "0.5",
+        "--tile-px",
+        "64",
+        "--input-size",
+        "64",
+        "--zooms",
+        "1",
+        "--colors",
+        "rgb",
+        "--min-tissue",
+        "0.1",
+        "--quiet",
+    )
     mito("export", "--store", str(store), "--out", str(dest / "export"))
     import h5py
 
@@ -80,10 +97,15 @@ def slide_export(dest: Path, tmp: Path) -> None:
     for f in sorted((dest / "export").glob("*.h5")):
         with h5py.File(f, "r") as h:
             feats, coords = h["features"][:], h["coords"][:]
-            expected[f.name] = {"shape": list(feats.shape), "features_sum": float(feats.astype("float64").sum()),
-                                "features_first": feats[0, :8].tolist(), "coords": coords.tolist(),
-                                "coords_attrs": {k: (v.item() if hasattr(v, "item") else v) for k, v in h["coords"].attrs.items()
-                                                 if k not in ("slide_path",)}}
+            expected[f.name] = {
+                "shape": list(feats.shape),
+                "features_sum": float(feats.astype("float64").sum()),
+                "features_first": feats[0, :8].tolist(),
+                "coords": coords.tolist(),
+                "coords_attrs": {
+                    k: (v.item() if hasattr(v, "item") else v) for k, v in h["coords"].attrs.items() if k not in ("slide_path",)
+                },
+            }
     (dest / "export.expected.json").write_text(json.dumps(expected, indent=1) + "\n")
 
 
@@ -93,7 +115,9 @@ def bench_expected(bench: Path, dest: Path) -> None:
 
     lb = load_leaderboard(bench)
     rows = lb.rows
-    doc: dict = {"rows": {r["row_id"]: {k: float(r[k]) for k in ("balanced_accuracy", "auroc", "ci_low", "ci_high")} for _, r in rows.iterrows()}}
+    doc: dict = {
+        "rows": {r["row_id"]: {k: float(r[k]) for k in ("balanced_accuracy", "auroc", "ci_low", "ci_high")} for _, r in rows.iterrows()}
+    }
     if len(rows) >= 2:
         a, b, comp = compare_rows(lb, "1", "2")
         doc["compare"] = {"a": a["row_id"], "b": b["row_id"], "result": dataclasses.asdict(comp)}
@@ -106,29 +130,126 @@ def main() -> None:
     OUT.mkdir(parents=True)
     src = crops(OUT / "crops")
     store = OUT / "store.zarr"
-    mito("extract", str(src), "--store", str(store), "--task", "mitosis", "--zooms", "1", "--colors", "rgb", "--input-size", "64",
-         "--chunk-rows", "16", "--batch-size", "16", "--quiet")
+    mito(
+        "extract",
+        str(src),
+        "--store",
+        str(store),
+        "--task",
+        "mitosis",
+        "--zooms",
+        "1",
+        "--colors",
+        "rgb",
+        "--input-size",
+        "64",
+        "--chunk-rows",
+        "16",
+        "--batch-size",
+        "16",
+        "--quiet",
+    )
     models = OUT / "models"
     for head, opts in TILE_HEADS.items():
         mito("fit-head", "--store", str(store), "--head", head, "--out", str(models / head), *opts)
-    mito("fit-head", "--store", str(store), "--head", "mlp", "--ensemble", "2", "--epochs", "5", "--hidden", "16",
-         "--out", str(models / "ensemble"))
+    mito(
+        "fit-head",
+        "--store",
+        str(store),
+        "--head",
+        "mlp",
+        "--ensemble",
+        "2",
+        "--epochs",
+        "5",
+        "--hidden",
+        "16",
+        "--out",
+        str(models / "ensemble"),
+    )
     for name in (*TILE_HEADS, "ensemble"):
         mito("predict", "--model", str(models / name), "--store", str(store), "--out", str(models / f"{name}.predictions.csv"), "--quiet")
     for head in ("abmil", "mean-mlp"):
-        mito("fit-head", "--store", str(store), "--level", "slide", "--task", "dataset", "--head", head, "--epochs", "5", "--hidden", "16",
-             *(["-p", "attention=8"] if head == "abmil" else []), "--test-fraction", "0.25", "--out", str(models / f"slide-{head}"))
-        mito("predict", "--model", str(models / f"slide-{head}"), "--store", str(store), "--out", str(models / f"slide-{head}.predictions.csv"))
+        mito(
+            "fit-head",
+            "--store",
+            str(store),
+            "--level",
+            "slide",
+            "--task",
+            "dataset",
+            "--head",
+            head,
+            "--epochs",
+            "5",
+            "--hidden",
+            "16",
+            *(["-p", "attention=8"] if head == "abmil" else []),
+            "--test-fraction",
+            "0.25",
+            "--out",
+            str(models / f"slide-{head}"),
+        )
+        mito(
+            "predict",
+            "--model",
+            str(models / f"slide-{head}"),
+            "--store",
+            str(store),
+            "--out",
+            str(models / f"slide-{head}.predictions.csv"),
+        )
     bench = OUT / "bench"
-    mito("bench", "--store", str(store), "--task", "mitosis", "--heads", "logreg,knn", "--param", "knn.n_neighbors=3", "--folds", "2",
-         "--n-boot", "50", "--no-umap", "--out", str(bench))
+    mito(
+        "bench",
+        "--store",
+        str(store),
+        "--task",
+        "mitosis",
+        "--heads",
+        "logreg,knn",
+        "--param",
+        "knn.n_neighbors=3",
+        "--folds",
+        "2",
+        "--n-boot",
+        "50",
+        "--no-umap",
+        "--out",
+        str(bench),
+    )
     bench_expected(bench, OUT / "bench.expected.json")
-    mito("lora", str(src), "--out", str(OUT / "lora"), "--task", "mitosis", "--mode", "lora", "--rank", "2", "--folds", "2", "--epochs", "1",
-         "--batch-size", "8", "--input-size", "64", "--n-boot", "50", "--device", "cpu", "--no-augment")
+    mito(
+        "lora",
+        str(src),
+        "--out",
+        str(OUT / "lora"),
+        "--task",
+        "mitosis",
+        "--mode",
+        "lora",
+        "--rank",
+        "2",
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--input-size",
+        "64",
+        "--n-boot",
+        "50",
+        "--device",
+        "cpu",
+        "--no-augment",
+    )
     for fold in sorted((OUT / "lora").glob("fold*")):
         (fold / "checkpoint.pt").unlink(missing_ok=True)  # resumable state of an unfinished fold: not part of the artifact
     bench_expected(OUT / "lora", OUT / "lora.expected.json")
-    mito("predict", "--model", str(OUT / "lora" / "fold0" / "model"), str(src), "--out", str(OUT / "lora.predictions.csv"), "--device", "cpu")
+    mito(
+        "predict", "--model", str(OUT / "lora" / "fold0" / "model"), str(src), "--out", str(OUT / "lora.predictions.csv"), "--device", "cpu"
+    )
     tmp = OUT.parent / "_legacy_tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -14,8 +14,24 @@ NAMES = [s.name for s in list_backbones()]
 
 
 def test_registry_has_the_documented_models() -> None:
-    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "virchow2", "virchow", "uni", "uni2-h",
-                 "h-optimus-0", "h-optimus-1", "h0-mini", "prov-gigapath", "phikon", "phikon-v2", "dinov2-s14", "dinov2-b14", "resnet50"):
+    for name in (
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "virchow2",
+        "virchow",
+        "uni",
+        "uni2-h",
+        "h-optimus-0",
+        "h-optimus-1",
+        "h0-mini",
+        "prov-gigapath",
+        "phikon",
+        "phikon-v2",
+        "dinov2-s14",
+        "dinov2-b14",
+        "resnet50",
+    ):
         assert name in NAMES
     assert get_backbone("virchow2").embed_dim == 2560 and get_backbone("virchow2").pooling == "cls+mean"
     with pytest.raises(ValueError, match="twice"):

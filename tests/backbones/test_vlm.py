@@ -70,8 +70,11 @@ def test_conch_dims_on_the_meta_device() -> None:
 
 def test_missing_weights_name_the_file_and_repo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, amibr_dir: Path) -> None:
     monkeypatch.setenv("MITO_WEIGHTS_CONFIG", str(tmp_path / "none.json"))
-    for name, file, repo in (("conch", "pytorch_model.bin", "MahmoodLab/CONCH"), ("plip", "pytorch_model.bin", "vinid/plip"),
-                             ("quiltnet-b-32", "open_clip_pytorch_model.bin", "wisdomik/QuiltNet-B-32")):
+    for name, file, repo in (
+        ("conch", "pytorch_model.bin", "MahmoodLab/CONCH"),
+        ("plip", "pytorch_model.bin", "vinid/plip"),
+        ("quiltnet-b-32", "open_clip_pytorch_model.bin", "wisdomik/QuiltNet-B-32"),
+    ):
         monkeypatch.delenv("MITO_WEIGHTS_" + name.upper().replace("-", "_"), raising=False)
         with pytest.raises(BackboneError) as e:
             resolve_weights(get_backbone(name))
@@ -88,8 +91,12 @@ def test_plip_hf_weights_are_renamed_to_open_clip_exactly(tmp_path: Path) -> Non
     vc = {"hidden_size": 96, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 64, "patch_size": 16}
     torch.manual_seed(0)
     hf = transformers.CLIPModel(transformers.CLIPConfig(text_config=tc, vision_config=vc, projection_dim=32)).eval()
-    oc_cfg = {"embed_dim": 32, "quick_gelu": True, "vision_cfg": {"image_size": 64, "layers": 2, "width": 96, "patch_size": 16, "head_width": 24},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}
+    oc_cfg = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 96, "patch_size": 16, "head_width": 24},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+    }
     oc = clip_model(oc_cfg).eval()
     oc.load_state_dict(hf_clip_to_open_clip(hf.state_dict()), strict=True)
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -130,7 +137,12 @@ def test_conch_tokeniser_127_ids_then_a_cls_slot(tmp_path: Path) -> None:
     assert ids[1, 126] == 2  # a long text is cut to 127 ids, ending in <end_of_text>
     from mito.backbones.registry import Encoder
 
-    enc = Encoder(model=torch.nn.Identity(), spec=get_backbone("conch"), weights_sha256="x", weights_path=str(tmp_path / "elsewhere" / "pytorch_model.bin"))
+    enc = Encoder(
+        model=torch.nn.Identity(),
+        spec=get_backbone("conch"),
+        weights_sha256="x",
+        weights_path=str(tmp_path / "elsewhere" / "pytorch_model.bin"),
+    )
     with pytest.raises(BackboneError, match=f"{CONCH_TOKENIZER}.*mahmoodlab/CONCH"):
         tokenizer_for(enc)
 
@@ -145,8 +157,28 @@ def quilt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.save(sd, root / "open_clip_pytorch_model.bin")
     crops = amibr_subset(root / "crops", 8)
     store = root / "s.zarr"
-    r = runner.invoke(app, ["extract", str(crops), "--backbone", "quiltnet-b-32", "--weights", str(root), "--store", str(store),
-                            "--zooms", "1", "--colors", "rgb", "--task", "mitosis", "--workers", "0", "-q"])
+    r = runner.invoke(
+        app,
+        [
+            "extract",
+            str(crops),
+            "--backbone",
+            "quiltnet-b-32",
+            "--weights",
+            str(root),
+            "--store",
+            str(store),
+            "--zooms",
+            "1",
+            "--colors",
+            "rgb",
+            "--task",
+            "mitosis",
+            "--workers",
+            "0",
+            "-q",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return {"root": root, "store": store}
 
@@ -154,8 +186,19 @@ def quilt(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.slow
 def test_zero_shot_cli_end_to_end(quilt: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "preds.csv"
-    args = ["zero-shot", "--store", str(quilt["store"]), "--backbone", "quiltnet-b-32", "--weights", str(quilt["root"]),
-            "--prompts", "mitosis", "--out", str(out)]
+    args = [
+        "zero-shot",
+        "--store",
+        str(quilt["store"]),
+        "--backbone",
+        "quiltnet-b-32",
+        "--weights",
+        str(quilt["root"]),
+        "--prompts",
+        "mitosis",
+        "--out",
+        str(out),
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "computed and cached" in r.output and "labelled tiles: balanced acc" in r.output
@@ -171,8 +214,12 @@ def test_zero_shot_cli_end_to_end(quilt: dict[str, Path], tmp_path: Path) -> Non
     # the text tower agrees with the cached embedding: recompute one class by hand
     enc = create_backbone("quiltnet-b-32", weights=str(quilt["root"]))
     with torch.no_grad():
-        t = torch.nn.functional.normalize(enc.model.encode_text(clip_tokenizer().encode(json.loads(
-            (Path(__file__).parents[2] / "mito/data/prompts/mitosis.json").read_text())["Normal"])), dim=-1).mean(0)
+        t = torch.nn.functional.normalize(
+            enc.model.encode_text(
+                clip_tokenizer().encode(json.loads((Path(__file__).parents[2] / "mito/data/prompts/mitosis.json").read_text())["Normal"])
+            ),
+            dim=-1,
+        ).mean(0)
     np.testing.assert_allclose(np.asarray(doc["contexts"][""][1]), (t / t.norm()).numpy(), atol=1e-5)
     # second run: read from the cache; with a per-tile context, one text set per distinct context
     r = runner.invoke(app, [*args, "--overwrite", "--prompt-context", "scanned at {slide}"])
@@ -189,11 +236,36 @@ def test_zero_shot_cli_end_to_end(quilt: dict[str, Path], tmp_path: Path) -> Non
     assert bad.exit_code == 2 and "scanner" in bad.output and "Traceback" not in bad.output
 
 
-def test_bench_zero_shot_row_same_folds_trains_nothing_and_text_linear(quilt: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_zero_shot_row_same_folds_trains_nothing_and_text_linear(
+    quilt: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MITO_WEIGHTS_QUILTNET_B_32", str(quilt["root"]))
     out = tmp_path / "bench"
-    r = runner.invoke(app, ["bench", "--store", str(quilt["store"]), "--task", "mitosis", "--zero-shot", "mitosis", "--heads",
-                            "logreg,text-linear", "--folds", "2", "--cv", "kfold", "--jobs", "1", "--n-boot", "0", "--no-umap", "--out", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(quilt["store"]),
+            "--task",
+            "mitosis",
+            "--zero-shot",
+            "mitosis",
+            "--heads",
+            "logreg,text-linear",
+            "--folds",
+            "2",
+            "--cv",
+            "kfold",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "0",
+            "--no-umap",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads((out / "leaderboard.json").read_text())
     rows = {row["head"]: row for row in doc["rows"]}
@@ -214,21 +286,71 @@ def test_bench_zero_shot_row_same_folds_trains_nothing_and_text_linear(quilt: di
     np.testing.assert_allclose(proba, zero_shot_proba(X, te.matrix("", ["Atypical", "Normal"]), te.logit_scale), atol=1e-5)
     # fit-head with the same text embeddings: the head trains, saves and predicts
     model = tmp_path / "tl"
-    r = runner.invoke(app, ["fit-head", "--store", str(quilt["store"]), "--out", str(model), "--head", "text-linear", "--task", "mitosis",
-                            "--epochs", "3", "-p", f"text_embeddings={te_path(doc)}", "--split-column", "none"])
+    r = runner.invoke(
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(quilt["store"]),
+            "--out",
+            str(model),
+            "--head",
+            "text-linear",
+            "--task",
+            "mitosis",
+            "--epochs",
+            "3",
+            "-p",
+            f"text_embeddings={te_path(doc)}",
+            "--split-column",
+            "none",
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["predict", "--model", str(model), "--store", str(quilt["store"]), "--out", str(tmp_path / "p.csv")])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["fit-head", "--store", str(quilt["store"]), "--out", str(tmp_path / "x"), "--head", "text-linear", "--task", "mitosis"])
+    r = runner.invoke(
+        app, ["fit-head", "--store", str(quilt["store"]), "--out", str(tmp_path / "x"), "--head", "text-linear", "--task", "mitosis"]
+    )
     assert r.exit_code == 2 and "text_embeddings" in r.output
 
 
-def test_bench_few_shot_text_linear_gets_the_text_embeddings(quilt: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_few_shot_text_linear_gets_the_text_embeddings(
+    quilt: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MITO_WEIGHTS_QUILTNET_B_32", str(quilt["root"]))
     out = tmp_path / "bench"
-    r = runner.invoke(app, ["bench", "--store", str(quilt["store"]), "--task", "mitosis", "--zero-shot", "mitosis", "--heads", "text-linear",
-                            "--param", "text-linear.epochs=2", "--few-shot", "2", "--few-shot-draws", "1", "--folds", "2", "--cv", "kfold",
-                            "--jobs", "1", "--n-boot", "0", "--no-umap", "--out", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(quilt["store"]),
+            "--task",
+            "mitosis",
+            "--zero-shot",
+            "mitosis",
+            "--heads",
+            "text-linear",
+            "--param",
+            "text-linear.epochs=2",
+            "--few-shot",
+            "2",
+            "--few-shot-draws",
+            "1",
+            "--folds",
+            "2",
+            "--cv",
+            "kfold",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "0",
+            "--no-umap",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads((out / "leaderboard.json").read_text())["rows"]
     shot = [row for row in rows if row["shots"] == "2"]
@@ -240,9 +362,31 @@ def te_path(doc: dict) -> str:
 
 
 def test_bench_zero_shot_without_a_vlm_skips_in_one_line(amibr_store: Path, tmp_path: Path) -> None:
-    r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--task", "mitosis", "--zero-shot", "mitosis", "--heads", "logreg",
-                            "--features", "efficientnet_lite0:z1:rgb", "--folds", "2", "--jobs", "1", "--n-boot", "0", "--no-umap",
-                            "--out", str(tmp_path / "b")])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--task",
+            "mitosis",
+            "--zero-shot",
+            "mitosis",
+            "--heads",
+            "logreg",
+            "--features",
+            "efficientnet_lite0:z1:rgb",
+            "--folds",
+            "2",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "0",
+            "--no-umap",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "--zero-shot skipped: the store has no vision-language backbone" in r.output.replace("\n", " ")
     doc = json.loads((tmp_path / "b" / "leaderboard.json").read_text())

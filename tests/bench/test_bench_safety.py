@@ -56,8 +56,29 @@ def test_proxy_all_never_crashes_on_a_small_store(amibr_store: Path, tmp_path: P
 
 def test_an_impossible_task_is_skipped_with_its_reason(rare_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "two"
-    r = runner.invoke(app, ["bench", "--store", str(rare_store), "--proxy", "mitosis,rare", "--out", str(out), "--folds", "3",
-                            "--features", "fakenet:z1:rgb", "--heads", "knn", "--jobs", "1", "--n-boot", "0", "--no-umap"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(rare_store),
+            "--proxy",
+            "mitosis,rare",
+            "--out",
+            str(out),
+            "--folds",
+            "3",
+            "--features",
+            "fakenet:z1:rgb",
+            "--heads",
+            "knn",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "0",
+            "--no-umap",
+        ],
+    )
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     assert "skipped task rare" in r.output
     assert "slides/groups" in json.loads((out / "leaderboard.json").read_text())["meta"]["skipped_tasks"]["rare"]
@@ -65,8 +86,29 @@ def test_an_impossible_task_is_skipped_with_its_reason(rare_store: Path, tmp_pat
 
 
 def test_a_single_impossible_task_is_one_line(rare_store: Path, tmp_path: Path) -> None:
-    r = runner.invoke(app, ["bench", "--store", str(rare_store), "--task", "rare", "--out", str(tmp_path / "a"), "--folds", "3",
-                            "--features", "fakenet:z1:rgb", "--heads", "knn", "--jobs", "1", "--n-boot", "0", "--no-umap"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(rare_store),
+            "--task",
+            "rare",
+            "--out",
+            str(tmp_path / "a"),
+            "--folds",
+            "3",
+            "--features",
+            "fakenet:z1:rgb",
+            "--heads",
+            "knn",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "0",
+            "--no-umap",
+        ],
+    )
     _one_line_error(r, "slides/groups")
     assert not (tmp_path / "a").exists()
 
@@ -101,8 +143,28 @@ def test_a_path_like_task_name_stays_inside_out(tmp_path: Path) -> None:
     tiles = tiles.rename(columns={"../../x": "x:*?<>|"})  # the names a store keeps are still made safe as file names
     store = synthetic_store(tmp_path / "deep" / "s.h5", tiles, {"fakenet:z1:rgb": 8})
     out = tmp_path / "deep" / "a" / "b" / "out"
-    r = runner.invoke(app, ["bench", "--store", str(store), "--task", "x:*?<>|", "--out", str(out), "--folds", "2",
-                            "--features", "fakenet:z1:rgb", "--heads", "knn", "--jobs", "1", "--n-boot", "0"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(store),
+            "--task",
+            "x:*?<>|",
+            "--out",
+            str(out),
+            "--folds",
+            "2",
+            "--features",
+            "fakenet:z1:rgb",
+            "--heads",
+            "knn",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "0",
+        ],
+    )
     assert r.exit_code == 0, r.output
     # the store's writer-lock file (".s.h5.lock") lives beside the store by design
     outside = {p for p in (tmp_path / "deep").rglob("*") if not p.is_relative_to(out) and not p.name.endswith(".lock")}
@@ -187,9 +249,27 @@ def test_interrupted_bench_exits_in_seconds_with_one_line_and_no_process_left(
 ) -> None:
     needs_proc()
     out = tmp_path / "o"
-    run = start(["bench", "--store", str(amibr_store), "--out", str(out), "--features", "efficientnet_lite0:z1:rgb", *LONG_MLP,
-                 "--folds", "2", "--jobs", "2", "--n-boot", "0", "--no-umap"])
+    run = start(
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--out",
+            str(out),
+            "--features",
+            "efficientnet_lite0:z1:rgb",
+            *LONG_MLP,
+            "--folds",
+            "2",
+            "--jobs",
+            "2",
+            "--n-boot",
+            "0",
+            "--no-umap",
+        ]
+    )
     try:
+
         def workers_busy() -> bool:  # both loky workers exist and train (they would train "forever")
             workers = [p for p, cmd in session_processes(run.proc.pid).items() if "LokyProcess" in cmd]
             return len(workers) >= 2 and all(cpu_seconds(p) > 1.0 for p in workers)
@@ -207,8 +287,29 @@ def test_few_shot_bench_interrupted_as_timeout_does_leaves_nothing_and_says_one_
     needs_proc()
     out = tmp_path / "o"
     # FORCE_COLOR: rich draws its live bars into the pipe, so the stage is seen as it starts
-    run = start(["bench", "--store", str(amibr_store), "--out", str(out), "--features", "efficientnet_lite0:z1:rgb", "--heads", "knn,logreg",
-                 "--few-shot", "1,2", "--folds", "2", "--jobs", "2", "--n-boot", "0", "--no-umap"], env={"FORCE_COLOR": "1"})
+    run = start(
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--out",
+            str(out),
+            "--features",
+            "efficientnet_lite0:z1:rgb",
+            "--heads",
+            "knn,logreg",
+            "--few-shot",
+            "1,2",
+            "--folds",
+            "2",
+            "--jobs",
+            "2",
+            "--n-boot",
+            "0",
+            "--no-umap",
+        ],
+        env={"FORCE_COLOR": "1"},
+    )
     try:
         run.wait_for(lambda: "scoring few-shot rows" in run.stderr, what="the few-shot scoring stage")
         _send(run, [signal.SIGINT], AS_TIMEOUT)

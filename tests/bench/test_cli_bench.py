@@ -13,7 +13,20 @@ from typer.testing import CliRunner
 from mito.cli import app
 
 runner = CliRunner()
-REQUIRED = ["task", "backbone", "features", "head", "noise", "balanced_accuracy", "auroc", "kappa", "weighted_f1", "train_seconds", "n_train", "n_test"]
+REQUIRED = [
+    "task",
+    "backbone",
+    "features",
+    "head",
+    "noise",
+    "balanced_accuracy",
+    "auroc",
+    "kappa",
+    "weighted_f1",
+    "train_seconds",
+    "n_train",
+    "n_test",
+]
 
 
 def _one_line_error(result, text: str) -> None:
@@ -28,9 +41,25 @@ def bench_out(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("bench") / "mitosis"
     r = runner.invoke(
         app,
-        ["bench", "--store", str(amibr_store), "--task", "mitosis", "--out", str(out),
-         "--features", "efficientnet_lite0:z1:rgb,efficientnet_lite0:z1:rgb+efficientnet_lite0:z2:rgb",
-         "--heads", "logreg,knn", "--folds", "3", "--jobs", "2", "--n-boot", "200"],
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(out),
+            "--features",
+            "efficientnet_lite0:z1:rgb,efficientnet_lite0:z1:rgb+efficientnet_lite0:z2:rgb",
+            "--heads",
+            "logreg,knn",
+            "--folds",
+            "3",
+            "--jobs",
+            "2",
+            "--n-boot",
+            "200",
+        ],
     )
     assert r.exit_code == 0, r.output
     return out
@@ -67,8 +96,24 @@ def test_report_rebuilds_and_errors(bench_out: Path, tmp_path: Path) -> None:
 def test_bench_refuses_to_merge_other_folds(amibr_store: Path, bench_out: Path, tmp_path: Path) -> None:
     r = runner.invoke(
         app,
-        ["bench", "--store", str(amibr_store), "--out", str(tmp_path / "b"), "--features", "efficientnet_lite0:z1:rgb",
-         "--heads", "knn", "--folds", "2", "--jobs", "1", "--no-umap", "--with", str(bench_out)],
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--out",
+            str(tmp_path / "b"),
+            "--features",
+            "efficientnet_lite0:z1:rgb",
+            "--heads",
+            "knn",
+            "--folds",
+            "2",
+            "--jobs",
+            "1",
+            "--no-umap",
+            "--with",
+            str(bench_out),
+        ],
     )
     _one_line_error(r, "different folds")
 
@@ -77,8 +122,26 @@ def test_proxy_tasks_on_one_leaderboard(amibr_store: Path, tmp_path: Path) -> No
     out = tmp_path / "proxies"
     r = runner.invoke(
         app,
-        ["bench", "--store", str(amibr_store), "--proxy", "mitosis,dataset", "--out", str(out), "--features", "efficientnet_lite0:z1:gray",
-         "--heads", "knn", "--folds", "2", "--jobs", "1", "--n-boot", "50", "--no-umap"],
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--proxy",
+            "mitosis,dataset",
+            "--out",
+            str(out),
+            "--features",
+            "efficientnet_lite0:z1:gray",
+            "--heads",
+            "knn",
+            "--folds",
+            "2",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "50",
+            "--no-umap",
+        ],
     )
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out / "leaderboard.csv")
@@ -98,8 +161,14 @@ def test_proxy_tasks_on_one_leaderboard(amibr_store: Path, tmp_path: Path) -> No
     ("args", "message"),
     [
         (["bench", "--store", "/nonexistent.zarr", "--out", "x"], "no store at"),
-        (["umap", "--store", "STORE", "--features", "efficientnet_lite0:z1:rgb", "--color-by", "mitosis", "--out", "u.jpg"], "must end in .png"),
-        (["umap", "--store", "STORE", "--features", "efficientnet_lite0:z1:rgb", "--color-by", "nope", "--out", "u.png"], "cannot colour by"),
+        (
+            ["umap", "--store", "STORE", "--features", "efficientnet_lite0:z1:rgb", "--color-by", "mitosis", "--out", "u.jpg"],
+            "must end in .png",
+        ),
+        (
+            ["umap", "--store", "STORE", "--features", "efficientnet_lite0:z1:rgb", "--color-by", "nope", "--out", "u.png"],
+            "cannot colour by",
+        ),
         (["umap", "--store", "STORE", "--features", "vit:z1:rgb", "--color-by", "mitosis", "--out", "OUT.png"], "'vit:z1:rgb' is not in"),
         (["bench", "--store", "STORE", "--out", "OUT", "--task", "nope"], "unknown task"),
         (["bench", "--store", "STORE", "--out", "OUT", "--heads", "svm"], "unknown head"),
@@ -121,7 +190,9 @@ def test_bad_input_is_one_line(args: list[str], message: str, amibr_store: Path,
 
 def test_umap_command(amibr_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "u.png"
-    r = runner.invoke(app, ["umap", "--store", str(amibr_store), "--features", "efficientnet_lite0:z1:rgb", "--color-by", "dataset", "--out", str(out)])
+    r = runner.invoke(
+        app, ["umap", "--store", str(amibr_store), "--features", "efficientnet_lite0:z1:rgb", "--color-by", "dataset", "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
     # piped, each step says what it does (trial19: 79 s without a line; a spinner draws nothing into a pipe)
     assert [ln.split()[0] for ln in r.stderr.splitlines()] == ["reading", "UMAP", "plotting"], r.stderr

@@ -17,9 +17,13 @@ def _tiles(n_slides: int = 20, per_slide: int = 6, n_test: int = 30, seed: int =
     rows = []
     for s in range(n_slides):
         for i in range(per_slide):
-            rows.append({"tile_id": f"s{s}_{i}", "group": f"slide{s}", "split": "train", "mitosis": "Atypical" if rng.random() < 0.3 else "Normal"})
+            rows.append(
+                {"tile_id": f"s{s}_{i}", "group": f"slide{s}", "split": "train", "mitosis": "Atypical" if rng.random() < 0.3 else "Normal"}
+            )
     for i in range(n_test):
-        rows.append({"tile_id": f"t{i}", "group": f"unknown-slide:t{i}", "split": "test", "mitosis": "Atypical" if i % 3 == 0 else "Normal"})
+        rows.append(
+            {"tile_id": f"t{i}", "group": f"unknown-slide:t{i}", "split": "test", "mitosis": "Atypical" if i % 3 == 0 else "Normal"}
+        )
     df = pd.DataFrame(rows)
     return df, df["mitosis"].astype(object)
 

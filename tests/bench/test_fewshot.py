@@ -44,8 +44,13 @@ def test_draws_are_stratified_seeded_and_nested() -> None:
 def test_shot_folds_never_touch_validation_or_test_tiles(cv: str) -> None:
     y = _labels(40)
     rng = np.random.default_rng(0)
-    tiles = pd.DataFrame({"tile_id": [f"t{i}" for i in range(len(y))], "group": rng.integers(0, 20, len(y)).astype(str),
-                          "split": np.where(np.arange(len(y)) % 4 == 0, "test", "train")})
+    tiles = pd.DataFrame(
+        {
+            "tile_id": [f"t{i}" for i in range(len(y))],
+            "group": rng.integers(0, 20, len(y)).astype(str),
+            "split": np.where(np.arange(len(y)) % 4 == 0, "test", "train"),
+        }
+    )
     plan = make_folds(tiles, pd.Series(y), n_folds=3, cv=cv, seed=0)
     fits, short = shot_folds(plan.folds, y, 4, n_draws=3, seed=0)
     assert len(fits) == 3 * 3 and short == {}
@@ -109,9 +114,32 @@ def fewshot_out(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("fewshot") / "bench"
     r = runner.invoke(
         app,
-        ["bench", "--store", str(amibr_store), "--task", "mitosis", "--out", str(out), "--features", "efficientnet_lite0:z1:rgb",
-         "--heads", "linear,knn", "--folds", "3", "--jobs", "1", "--n-boot", "100", "--no-umap",
-         "--few-shot", "1,2,16,all", "--few-shot-draws", "2", "--param", "linear.epochs=20"],
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(out),
+            "--features",
+            "efficientnet_lite0:z1:rgb",
+            "--heads",
+            "linear,knn",
+            "--folds",
+            "3",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "100",
+            "--no-umap",
+            "--few-shot",
+            "1,2,16,all",
+            "--few-shot-draws",
+            "2",
+            "--param",
+            "linear.epochs=20",
+        ],
     )
     assert r.exit_code == 0, r.output
     assert "labelled tiles per class" in r.output

@@ -60,7 +60,15 @@ def test_run_resume_save_and_predict(amibr_dir: Path, tmp_path: Path, monkeypatc
     import mito.bench.finetune as ft
 
     cfg = FinetuneConfig(
-        source=str(amibr_dir), out=str(tmp_path / "lora"), n_folds=3, folds=1, max_epochs=2, epoch_samples=4, batch_size=2, val_samples=4, n_boot=50
+        source=str(amibr_dir),
+        out=str(tmp_path / "lora"),
+        n_folds=3,
+        folds=1,
+        max_epochs=2,
+        epoch_samples=4,
+        batch_size=2,
+        val_samples=4,
+        n_boot=50,
     )
     real_step, calls = ft.train_step, []
 
@@ -124,7 +132,9 @@ def test_run_resume_save_and_predict(amibr_dir: Path, tmp_path: Path, monkeypatc
     assert "3 tiles predicted" in r.output and len(pd.read_csv(tmp_path / "cli.csv")) == 3
     written = [v for line in (tmp_path / "cli.csv").read_text().splitlines()[1:] for v in line.split(",")[-2:]]
     assert all(len(v.split("e")[0].replace(".", "").lstrip("0")) <= 6 for v in written), written  # 6 significant digits, as for heads
-    r = CliRunner().invoke(app, ["predict", "--model", str(model_dir), "--store", str(tmp_path / "x.zarr"), "--out", str(tmp_path / "y.csv")])
+    r = CliRunner().invoke(
+        app, ["predict", "--model", str(model_dir), "--store", str(tmp_path / "x.zarr"), "--out", str(tmp_path / "y.csv")]
+    )
     assert r.exit_code == 2 and "fine-tuned model" in r.output
 
     mtime = (tmp_path / "lora" / "fold0" / "result.json").stat().st_mtime

@@ -14,9 +14,20 @@ from mito.core.metrics import classification_metrics
 
 
 def _row(score: float, held_out: str = "", shots: str = "all", head: str = "mlp") -> dict:
-    return {"task": "mitosis", "backbone": "b", "features": "z1 rgb", "head": head, "noise": 0.0, "kind": "head",
-            "held_out": held_out, "shots": shots, "main_metric": "balanced_accuracy", "balanced_accuracy": score,
-            "auroc": score, "row_id": f"{head}-{held_out}-{shots}"}
+    return {
+        "task": "mitosis",
+        "backbone": "b",
+        "features": "z1 rgb",
+        "head": head,
+        "noise": 0.0,
+        "kind": "head",
+        "held_out": held_out,
+        "shots": shots,
+        "main_metric": "balanced_accuracy",
+        "balanced_accuracy": score,
+        "auroc": score,
+        "row_id": f"{head}-{held_out}-{shots}",
+    }
 
 
 def test_gap_is_against_the_full_row_not_a_k_shot_row_of_the_same_model() -> None:
@@ -56,8 +67,14 @@ def test_k_shot_paired_delta_is_the_difference_of_the_rows_values() -> None:
     y = rng.integers(0, 2, 40)
     pa, pb = _shot_predictions(rng, tiles, y, 3), _shot_predictions(rng, tiles, y, 3)
     va, vb = _mean_over_fits(pa, "auroc"), _mean_over_fits(pb, "auroc")  # the K-shot rows' value: mean over draws x folds
-    rows = rank_rows(pd.DataFrame([{**_row(va, shots="4"), "row_id": "a", "main_metric": "auroc"},
-                                   {**_row(vb, shots="4", head="knn"), "row_id": "b", "main_metric": "auroc"}]))
+    rows = rank_rows(
+        pd.DataFrame(
+            [
+                {**_row(va, shots="4"), "row_id": "a", "main_metric": "auroc"},
+                {**_row(vb, shots="4", head="knn"), "row_id": "b", "main_metric": "auroc"},
+            ]
+        )
+    )
     out = add_paired_columns(rows, {"a": pa, "b": pb}, n_boot=50, seed=0)
     worse = out[out["rank"] == 2].iloc[0]
     assert worse["delta_vs_best"] == pytest.approx(min(va, vb) - max(va, vb))

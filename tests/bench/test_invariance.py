@@ -34,9 +34,12 @@ def test_invariance_matches_a_hand_computation(tmp_path: Path) -> None:
     rgb[3] = np.nan  # an unreadable tile counts nowhere
     gray = rgb + rng.normal(size=(n, 4))
     arrays = {
-        "bb:z1:rgb": rgb, "bb:z1:gray": gray, "bb:z1:rgb:hed0": rgb * 2.0,  # cos 1
+        "bb:z1:rgb": rgb,
+        "bb:z1:gray": gray,
+        "bb:z1:rgb:hed0": rgb * 2.0,  # cos 1
         "bb:z1:rgb:hed1": -rgb,  # cos -1: the two HED draws average to 0
-        "bb:z1:rgb:flip": np.roll(rgb, 1, axis=1), "bb:z2:gray": gray,
+        "bb:z1:rgb:flip": np.roll(rgb, 1, axis=1),
+        "bb:z2:gray": gray,
     }
     with open_store(_store(tmp_path / "s.zarr", arrays, tiles)) as s:
         t = invariance_table(s)
@@ -52,6 +55,7 @@ def test_invariance_matches_a_hand_computation(tmp_path: Path) -> None:
         assert mean_cosine(s, "bb:z1:rgb", "bb:z1:rgb:hed0") == pytest.approx(1.0, abs=1e-6)
         few = invariance_table(s, max_tiles=16)  # chunks of 16 rows: one whole chunk read, not every tile
         assert few.iloc[0]["n_tiles"] == 15  # chunk 0's readable rows (row 3 is not)
+
         def f16(a: np.ndarray) -> np.ndarray:
             return a.astype(np.float16).astype(np.float64)[:16][ok[:16]]
 

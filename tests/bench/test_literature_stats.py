@@ -109,7 +109,13 @@ def test_delong_with_one_case_in_a_class_has_no_variance() -> None:
     with pytest.raises(BenchError, match="fewer than 2 cases in a class .1 positive, 40 negative"):
         delong_test(y, a, b)
     with pytest.raises(BenchError, match="test fold 1: DeLong's variance is undefined"):  # a fold of k-fold with one positive
-        delong_folds(np.r_[y, 1, 1, 0, 0], np.r_[a, 0.9, 0.8, 0.1, 0.2], np.r_[b, 0.9, 0.8, 0.1, 0.2], np.r_[np.ones(41, int), np.zeros(4, int)], np.arange(45))
+        delong_folds(
+            np.r_[y, 1, 1, 0, 0],
+            np.r_[a, 0.9, 0.8, 0.1, 0.2],
+            np.r_[b, 0.9, 0.8, 0.1, 0.2],
+            np.r_[np.ones(41, int), np.zeros(4, int)],
+            np.arange(45),
+        )
     assert all(math.isnan(v) for v in delong_ci(y, a))
     # a leaderboard comparison: no DeLong p-value, the reason in the note (the bootstrap still runs)
     pa, pb = np.column_stack([1 - a, a]), np.column_stack([1 - b, b])

@@ -33,7 +33,9 @@ def _draws(gen: torch.Generator) -> list[float]:
 def test_checkpoint_restores_model_optimizer_and_every_rng(tmp_path: Path) -> None:
     net, opt = _net_and_opt()
     gen = torch.Generator().manual_seed(5)
-    ck = Checkpointer(tmp_path / "c.pt", "tag", lambda: {k: v.clone() for k, v in net.state_dict().items()}, net.load_state_dict, opt, {"g": gen})
+    ck = Checkpointer(
+        tmp_path / "c.pt", "tag", lambda: {k: v.clone() for k, v in net.state_dict().items()}, net.load_state_dict, opt, {"g": gen}
+    )
     net(torch.ones(3, 4)).sum().backward()
     opt.step()
     ck.save({"history": [], "best": None})
@@ -84,7 +86,9 @@ def _fit(tmp_path: Path, max_epochs: int, budget: TimeBudget | None = None) -> t
             out = net(X)
         return float((out.argmax(1) == y).float().mean()), float(torch.nn.functional.cross_entropy(out, y))
 
-    ck = Checkpointer(tmp_path / "ck.pt", "t", lambda: {k: v.clone() for k, v in net.state_dict().items()}, net.load_state_dict, opt, {"g": gen})
+    ck = Checkpointer(
+        tmp_path / "ck.pt", "t", lambda: {k: v.clone() for k, v in net.state_dict().items()}, net.load_state_dict, opt, {"g": gen}
+    )
     res = train_loop(run_epoch, max_epochs, validate, EarlyStopping(50), lambda: None, budget=budget, checkpoint=ck)
     return res.history, net
 

@@ -20,8 +20,20 @@ runner = CliRunner()
 
 
 def _cfg(amibr_dir: Path, out: Path, **kw: object) -> FinetuneConfig:
-    base = dict(source=str(amibr_dir), out=str(out), n_folds=3, folds=1, max_epochs=3, patience=10, epoch_samples=4, batch_size=2,
-                val_samples=4, input_size=64, n_boot=0, device="cpu")
+    base = dict(
+        source=str(amibr_dir),
+        out=str(out),
+        n_folds=3,
+        folds=1,
+        max_epochs=3,
+        patience=10,
+        epoch_samples=4,
+        batch_size=2,
+        val_samples=4,
+        input_size=64,
+        n_boot=0,
+        device="cpu",
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -37,7 +49,9 @@ def _losses(out: Path) -> list[tuple[float, float, float]]:
     return [(h["train_loss"], h["val_loss"], h["val_balanced_accuracy"]) for h in hist]
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(amibr_dir: Path, uninterrupted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_a_crash_equals_an_uninterrupted_run(
+    amibr_dir: Path, uninterrupted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mito.bench.finetune as ft
 
     ref, _ = uninterrupted

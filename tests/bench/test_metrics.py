@@ -109,7 +109,9 @@ def test_bootstrap_shared_test_split_draws_tiles_once() -> None:
     y = rng.integers(0, 2, 50)
     p = np.clip(np.eye(2)[y] * 0.4 + rng.random((50, 2)) * 0.6, 0, 1)
     one = bootstrap_ci(y, p, [0, 1], n_boot=300, seed=0)
-    two = bootstrap_ci(np.tile(y, 2), np.vstack([p, p]), [0, 1], fold=np.repeat([0, 1], 50), tile=np.tile(np.arange(50), 2), n_boot=300, seed=0)
+    two = bootstrap_ci(
+        np.tile(y, 2), np.vstack([p, p]), [0, 1], fold=np.repeat([0, 1], 50), tile=np.tile(np.arange(50), 2), n_boot=300, seed=0
+    )
     assert two == pytest.approx(one)
 
 

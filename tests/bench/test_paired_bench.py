@@ -30,9 +30,26 @@ def bench2(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("paired") / "b"
     r = runner.invoke(
         app,
-        ["bench", "--store", str(amibr_store), "--proxy", "mitosis,dataset", "--out", str(out),
-         "--features", "efficientnet_lite0:z1:gray,efficientnet_lite0:z1:rgb", "--heads", "knn,logreg",
-         "--folds", "2", "--jobs", "1", "--n-boot", str(N_BOOT), "--no-umap"],
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--proxy",
+            "mitosis,dataset",
+            "--out",
+            str(out),
+            "--features",
+            "efficientnet_lite0:z1:gray,efficientnet_lite0:z1:rgb",
+            "--heads",
+            "knn,logreg",
+            "--folds",
+            "2",
+            "--jobs",
+            "1",
+            "--n-boot",
+            str(N_BOOT),
+            "--no-umap",
+        ],
     )
     assert r.exit_code == 0, r.output
     assert "p vs #1" in r.output or "Δ #1" in r.output
@@ -97,7 +114,10 @@ def test_multiclass_rows_get_bootstrap_but_no_delong() -> None:
     assert math.isnan(r["auroc_p_vs_best"]) and "multi-class" in r["paired_note"]
     from mito.report.leaderboard import paired_cells
 
-    assert paired_cells(r) == {"_delta": f"{r['delta_vs_best']:+.3f}", "_p": f"{r['p_vs_best']:.3f}" if r["p_vs_best"] >= 0.0005 else "<0.001"}
+    assert paired_cells(r) == {
+        "_delta": f"{r['delta_vs_best']:+.3f}",
+        "_p": f"{r['p_vs_best']:.3f}" if r["p_vs_best"] >= 0.0005 else "<0.001",
+    }
     same = add_paired_columns(rows, {"a": preds["a"], "b": preds["a"]}, n_boot=50).iloc[1]
     assert same["p_vs_best"] == 1.0 and paired_cells(same)["_p"] == "1.000 (tie)"  # not "1 tie" (read as "one tie")
 
@@ -155,7 +175,9 @@ def test_rows_carry_delong_ci_and_both_eces_and_old_folders_load(bench2: Path, t
         assert 0 <= lo <= r["auroc"] <= hi <= 1
         per_fold = [(p["y"][p["fold"] == f], p["proba"][p["fold"] == f].astype(np.float64)) for f in folds]
         assert r["ece"] == pytest.approx(np.mean([expected_calibration_error(y, q, positive=pos) for y, q in per_fold]), abs=1e-6)
-        assert r["ece_equal_mass"] == pytest.approx(np.mean([expected_calibration_error_equal_mass(y, q, positive=pos) for y, q in per_fold]), abs=1e-6)
+        assert r["ece_equal_mass"] == pytest.approx(
+            np.mean([expected_calibration_error_equal_mass(y, q, positive=pos) for y, q in per_fold]), abs=1e-6
+        )
     page = (bench2 / "report.html").read_text()
     assert '<th class="">AUROC 95% CI (DeLong)</th>' in page and '<th class="">ECE (equal-mass)</th>' in page
     best = lb.rows[(lb.rows["task"] == "mitosis") & (lb.rows["rank"] == 1)].iloc[0]

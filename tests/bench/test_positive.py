@@ -32,7 +32,12 @@ def skewed_subset(dest: Path) -> Path:
     meta = pd.read_csv(AMIBR / "amibr_train_split.csv")
     meta["stem"] = meta["dataset_uid"].str.rsplit(".", n=1).str[0]
     by_stem = meta.set_index("stem")
-    want = {("Atypical", "AMF segregation"): 4, ("Atypical", "AMF other"): 4, ("Normal", "NMF metaphase"): 9, ("Normal", "NMF prometaphase"): 9}
+    want = {
+        ("Atypical", "AMF segregation"): 4,
+        ("Atypical", "AMF other"): 4,
+        ("Normal", "NMF metaphase"): 9,
+        ("Normal", "NMF prometaphase"): 9,
+    }
     slides: dict[tuple[str, str], set[str]] = {k: set() for k in want}
     test_n = {"Atypical": 3, "Normal": 6}
     for label in ("Atypical", "Normal"):
@@ -63,8 +68,20 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("skewed")
     src = skewed_subset(d / "crops")
     store = d / "skewed.zarr"
-    extract(ExtractConfig(source=str(src), store=str(store), task="mitosis", zooms=[1.0], colors=["rgb"], input_size=128,
-                          chunk_rows=16, batch_size=16, num_workers=0, progress=False))
+    extract(
+        ExtractConfig(
+            source=str(src),
+            store=str(store),
+            task="mitosis",
+            zooms=[1.0],
+            colors=["rgb"],
+            input_size=128,
+            chunk_rows=16,
+            batch_size=16,
+            num_workers=0,
+            progress=False,
+        )
+    )
     return src, store
 
 
@@ -108,14 +125,19 @@ def test_fit_head_scores_the_minority_class(skewed: tuple[Path, Path], tmp_path:
 def test_positive_option_overrides_and_bad_classes_are_one_line(skewed: tuple[Path, Path], tmp_path: Path) -> None:
     _, store = skewed
     out = tmp_path / "m"
-    r = runner.invoke(app, ["fit-head", "--store", str(store), "--out", str(out), "--head", "logreg", "--features", RGB, "--positive", "Normal"])
+    r = runner.invoke(
+        app, ["fit-head", "--store", str(store), "--out", str(out), "--head", "logreg", "--features", RGB, "--positive", "Normal"]
+    )
     assert r.exit_code == 0, r.output
     assert "positive class: Normal (--positive)" in r.output
     m = json.loads((out / "metrics.json").read_text())
     assert (m["positive"], m["positive_source"]) == ("Normal", "--positive")
     df = _test_predictions(out, store)
     assert m["pr_auc"] == pytest.approx(average_precision_score(df["label"], df["p_Normal"], pos_label="Normal"), abs=1e-6)
-    for cmd in (["fit-head", "--out", str(tmp_path / "x"), "--head", "logreg"], ["bench", "--out", str(tmp_path / "b"), "--heads", "logreg", "--folds", "2"]):
+    for cmd in (
+        ["fit-head", "--out", str(tmp_path / "x"), "--head", "logreg"],
+        ["bench", "--out", str(tmp_path / "b"), "--heads", "logreg", "--folds", "2"],
+    ):
         bad = runner.invoke(app, [*cmd, "--store", str(store), "--features", RGB, "--positive", "Mitotic"])
         assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output
         lines = [x for x in bad.output.splitlines() if x.strip()]
@@ -128,8 +150,29 @@ def test_positive_option_overrides_and_bad_classes_are_one_line(skewed: tuple[Pa
 def bench(skewed: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     _, store = skewed
     out = tmp_path_factory.mktemp("pos") / "b"
-    r = runner.invoke(app, ["bench", "--store", str(store), "--task", "mitosis", "--out", str(out), "--features", RGB,
-                            "--heads", "logreg,knn", "--folds", "2", "--jobs", "1", "--n-boot", str(N_BOOT), "--no-umap"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(out),
+            "--features",
+            RGB,
+            "--heads",
+            "logreg,knn",
+            "--folds",
+            "2",
+            "--jobs",
+            "1",
+            "--n-boot",
+            str(N_BOOT),
+            "--no-umap",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return out, r.output
 
@@ -168,8 +211,33 @@ def test_few_shot_rows_score_the_same_positive_class(skewed: tuple[Path, Path], 
 
     _, store = skewed
     out = tmp_path / "b"
-    r = runner.invoke(app, ["bench", "--store", str(store), "--task", "mitosis", "--out", str(out), "--features", RGB, "--heads", "logreg",
-                            "--folds", "2", "--jobs", "1", "--n-boot", "20", "--few-shot", "2", "--few-shot-draws", "2", "--no-umap"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(out),
+            "--features",
+            RGB,
+            "--heads",
+            "logreg",
+            "--folds",
+            "2",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "20",
+            "--few-shot",
+            "2",
+            "--few-shot-draws",
+            "2",
+            "--no-umap",
+        ],
+    )
     assert r.exit_code == 0, r.output
     lb = load_leaderboard(out)
     few = lb.rows[lb.rows["shots"] == "2"]
@@ -203,11 +271,36 @@ def test_older_folder_falls_back_to_the_second_class_and_says_so(bench: tuple[Pa
     assert "positive class: Normal (not recorded" in c.output and "AUROC, 6 positive / 3 negative test cases" in c.output
 
 
-def test_with_a_leaderboard_of_another_positive_class_is_refused(skewed: tuple[Path, Path], bench: tuple[Path, str], tmp_path: Path) -> None:
+def test_with_a_leaderboard_of_another_positive_class_is_refused(
+    skewed: tuple[Path, Path], bench: tuple[Path, str], tmp_path: Path
+) -> None:
     _, store = skewed
     out, _ = bench
-    r = runner.invoke(app, ["bench", "--store", str(store), "--task", "mitosis", "--out", str(tmp_path / "b"), "--features", RGB,
-                            "--heads", "logreg", "--folds", "2", "--jobs", "1", "--positive", "Normal", "--with", str(out), "--no-umap"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(tmp_path / "b"),
+            "--features",
+            RGB,
+            "--heads",
+            "logreg",
+            "--folds",
+            "2",
+            "--jobs",
+            "1",
+            "--positive",
+            "Normal",
+            "--with",
+            str(out),
+            "--no-umap",
+        ],
+    )
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert len(lines) == 1 and "'Atypical' as the positive class" in lines[0] and "--positive Atypical" in lines[0], r.output
@@ -217,8 +310,18 @@ def test_with_a_leaderboard_of_another_positive_class_is_refused(skewed: tuple[P
 # ------------------------------------------------------------------ multi-class: recall and precision per class
 def test_per_class_recall_and_precision_match_sklearn() -> None:
     y = np.array(["a", "a", "b", "b", "b", "c", "c", "a"])
-    proba = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1], [0.5, 0.4, 0.1],
-                      [0.1, 0.6, 0.3], [0.6, 0.3, 0.1], [0.9, 0.05, 0.05]])
+    proba = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.3, 0.6, 0.1],
+            [0.5, 0.4, 0.1],
+            [0.1, 0.6, 0.3],
+            [0.6, 0.3, 0.1],
+            [0.9, 0.05, 0.05],
+        ]
+    )
     m = classification_metrics(y, proba, ["a", "b", "c"])
     pred = np.array(["a", "b", "c"])[proba.argmax(1)]
     rec = recall_score(y, pred, labels=["a", "b", "c"], average=None)
@@ -241,8 +344,29 @@ def test_multiclass_bench_reports_recall_and_precision_per_class(skewed: tuple[P
 
     _, store = skewed
     out = tmp_path / "b"
-    r = runner.invoke(app, ["bench", "--store", str(store), "--task", "expert2_label", "--out", str(out), "--features", RGB,
-                            "--heads", "logreg", "--folds", "2", "--jobs", "1", "--n-boot", "20", "--no-umap"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(store),
+            "--task",
+            "expert2_label",
+            "--out",
+            str(out),
+            "--features",
+            RGB,
+            "--heads",
+            "logreg",
+            "--folds",
+            "2",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "20",
+            "--no-umap",
+        ],
+    )
     assert r.exit_code == 0, r.output
     said = " ".join(r.output.split())  # the line wraps at the terminal width
     assert "recall / precision per class: AMF other" in said and "positive class" not in said
@@ -265,8 +389,28 @@ def test_multiclass_bench_reports_recall_and_precision_per_class(skewed: tuple[P
             assert (math.isnan(want[c][k]) and got is None) or got == pytest.approx(want[c][k]), (c, k)
     page = (out / "report.html").read_text()
     assert "Per class (mean over folds)" in page and "NMF prometaphase<br>recall / precision" in page
-    bad = runner.invoke(app, ["bench", "--store", str(store), "--task", "expert2_label", "--out", str(tmp_path / "c"), "--features", RGB,
-                              "--heads", "logreg", "--folds", "2", "--jobs", "1", "--positive", "AMF other"])
+    bad = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(store),
+            "--task",
+            "expert2_label",
+            "--out",
+            str(tmp_path / "c"),
+            "--features",
+            RGB,
+            "--heads",
+            "logreg",
+            "--folds",
+            "2",
+            "--jobs",
+            "1",
+            "--positive",
+            "AMF other",
+        ],
+    )
     assert bad.exit_code == 2 and "applies to two-class tasks" in bad.output and len([x for x in bad.output.splitlines() if x.strip()]) == 1
 
 
@@ -277,11 +421,47 @@ def test_with_a_run_on_one_fold_is_paired_on_that_fold(skewed: tuple[Path, Path]
 
     src, store = skewed
     lora = tmp_path / "lora"
-    run_finetune(FinetuneConfig(source=str(src), out=str(lora), n_folds=2, folds=1, max_epochs=1, epoch_samples=4, batch_size=2,
-                                val_samples=4, input_size=64, n_boot=20), progress=False)
+    run_finetune(
+        FinetuneConfig(
+            source=str(src),
+            out=str(lora),
+            n_folds=2,
+            folds=1,
+            max_epochs=1,
+            epoch_samples=4,
+            batch_size=2,
+            val_samples=4,
+            input_size=64,
+            n_boot=20,
+        ),
+        progress=False,
+    )
     out = tmp_path / "b"
-    r = runner.invoke(app, ["bench", "--store", str(store), "--task", "mitosis", "--out", str(out), "--features", RGB, "--heads", "logreg",
-                            "--folds", "2", "--jobs", "1", "--n-boot", str(N_BOOT), "--with", str(lora), "--no-umap"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(out),
+            "--features",
+            RGB,
+            "--heads",
+            "logreg",
+            "--folds",
+            "2",
+            "--jobs",
+            "1",
+            "--n-boot",
+            str(N_BOOT),
+            "--with",
+            str(lora),
+            "--no-umap",
+        ],
+    )
     assert r.exit_code == 0, r.output
     lb = load_leaderboard(out)
     ft = lb.rows[lb.rows["kind"] == "lora"].iloc[0]
@@ -291,8 +471,10 @@ def test_with_a_run_on_one_fold_is_paired_on_that_fold(skewed: tuple[Path, Path]
     assert str(other["paired_note"]).startswith(PARTIAL_FOLDS), other["paired_note"]
     assert not math.isnan(other["delta_vs_best"]) and not math.isnan(other["p_vs_best"]) and not math.isnan(other["auroc_p_vs_best"])
     # the delta is both rows' balanced accuracy on fold 0, the one fold both scored
-    keep = {k: {n: (v[v_sel] if np.ndim(v) else v) for n, v in lb.predictions[k].items() for v_sel in [lb.predictions[k]["fold"] == 0]}
-            for k in (other["row_id"], best["row_id"])}
+    keep = {
+        k: {n: (v[v_sel] if np.ndim(v) else v) for n, v in lb.predictions[k].items() for v_sel in [lb.predictions[k]["fold"] == 0]}
+        for k in (other["row_id"], best["row_id"])
+    }
     y, pa, pb, fold, tile = align_predictions(keep[other["row_id"]], keep[best["row_id"]])
     pr = paired_bootstrap(y, pa, pb, [0, 1], "balanced_accuracy", fold=fold, tile=tile, n_boot=N_BOOT, seed=0, positive=0)
     assert other["delta_vs_best"] == pytest.approx(pr.delta)

@@ -224,15 +224,34 @@ def test_target_needs_proxy_and_must_be_a_task(three_backbone_store: Path, tmp_p
 
 
 # ------------------------------------------------------------------ part 2: feature sets across backbones
-def test_fit_head_concatenates_backbones_and_predict_embeds_new_tiles_with_both(three_backbone_store: Path, amibr_dir: Path, tmp_path: Path) -> None:
+def test_fit_head_concatenates_backbones_and_predict_embeds_new_tiles_with_both(
+    three_backbone_store: Path, amibr_dir: Path, tmp_path: Path
+) -> None:
     """fit-head takes bench's spelling a+b; the model keeps both backbones' features in order, and predicting new
     crops embeds them with both backbones, giving the probabilities of the same tiles in the store."""
     import shutil
 
     out = tmp_path / "m"
     keys = "efficientnet_lite0:z1:rgb+efficientnet_lite1:z1:rgb"
-    r = runner.invoke(app, ["fit-head", "--store", str(three_backbone_store), "--task", "mitosis", "--out", str(out), "--head", "logreg",
-                            "--features", keys, "--split-column", "none", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(three_backbone_store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(out),
+            "--head",
+            "logreg",
+            "--features",
+            keys,
+            "--split-column",
+            "none",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["features"] == keys.split("+")
@@ -255,6 +274,18 @@ def test_fit_head_concatenates_backbones_and_predict_embeds_new_tiles_with_both(
 
 
 def test_fit_head_names_a_feature_twice_in_one_line(three_backbone_store: Path, tmp_path: Path) -> None:
-    r = runner.invoke(app, ["fit-head", "--store", str(three_backbone_store), "--task", "mitosis", "--out", str(tmp_path / "m"),
-                            "--features", "efficientnet_lite0:z1:rgb+efficientnet_lite0:z1:rgb"])
+    r = runner.invoke(
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(three_backbone_store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(tmp_path / "m"),
+            "--features",
+            "efficientnet_lite0:z1:rgb+efficientnet_lite0:z1:rgb",
+        ],
+    )
     assert r.exit_code == 2 and "named twice" in r.output and "Traceback" not in r.output, r.output

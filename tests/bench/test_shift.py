@@ -25,7 +25,15 @@ def _tiles(sites: dict[str, int], per_slide: int = 5, seed: int = 0) -> tuple[pd
         for s in range(n_slides):
             for i in range(per_slide):
                 label = "Atypical" if i % 2 == 0 else "Normal"
-                rows.append({"tile_id": f"{site}{s}_{i}", "group": f"{site}-slide{s}", "dataset": site, "split": rng.choice(["train", "test"]), "mitosis": label})
+                rows.append(
+                    {
+                        "tile_id": f"{site}{s}_{i}",
+                        "group": f"{site}-slide{s}",
+                        "dataset": site,
+                        "split": rng.choice(["train", "test"]),
+                        "mitosis": label,
+                    }
+                )
     df = pd.DataFrame(rows)
     return df, df["mitosis"].astype(object)
 
@@ -77,9 +85,36 @@ def test_unusable_shift_columns_are_one_line_errors() -> None:
 def test_gap_is_shift_minus_in_domain_of_the_same_model() -> None:
     rows = pd.DataFrame(
         [
-            {"task": "t", "backbone": "b", "features": "f", "head": "mlp", "noise": 0.0, "held_out": "", "main_metric": "auroc", "auroc": 0.9},
-            {"task": "t", "backbone": "b", "features": "f", "head": "mlp", "noise": 0.0, "held_out": "X", "main_metric": "auroc", "auroc": 0.7},
-            {"task": "t", "backbone": "b", "features": "f", "head": "knn", "noise": 0.0, "held_out": "X", "main_metric": "auroc", "auroc": 0.6},
+            {
+                "task": "t",
+                "backbone": "b",
+                "features": "f",
+                "head": "mlp",
+                "noise": 0.0,
+                "held_out": "",
+                "main_metric": "auroc",
+                "auroc": 0.9,
+            },
+            {
+                "task": "t",
+                "backbone": "b",
+                "features": "f",
+                "head": "mlp",
+                "noise": 0.0,
+                "held_out": "X",
+                "main_metric": "auroc",
+                "auroc": 0.7,
+            },
+            {
+                "task": "t",
+                "backbone": "b",
+                "features": "f",
+                "head": "knn",
+                "noise": 0.0,
+                "held_out": "X",
+                "main_metric": "auroc",
+                "auroc": 0.6,
+            },
         ]
     )
     out = add_gaps(rows)
@@ -91,13 +126,36 @@ def shift_bench(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("shift") / "bench"
     r = runner.invoke(
         app,
-        ["bench", "--store", str(amibr_store), "--task", "mitosis", "--out", str(out), "--features", "efficientnet_lite0:z1:rgb",
-         "--heads", "logreg,knn", "--folds", "3", "--jobs", "1", "--n-boot", "50", "--no-umap", "--shift-column", "dataset"],
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(out),
+            "--features",
+            "efficientnet_lite0:z1:rgb",
+            "--heads",
+            "logreg,knn",
+            "--folds",
+            "3",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "50",
+            "--no-umap",
+            "--shift-column",
+            "dataset",
+        ],
     )
     assert r.exit_code == 0, r.output
     assert "tested on" in r.output.replace("\n", " ") or "tested" in r.output
     flat = " ".join(r.output.split())
-    assert "task mitosis, across dataset (each held out in turn): efficientnet_lite0 z1:rgb " in flat and " has the best mean balanced_accuracy held out, " in flat
+    assert (
+        "task mitosis, across dataset (each held out in turn): efficientnet_lite0 z1:rgb " in flat
+        and " has the best mean balanced_accuracy held out, " in flat
+    )
     return out
 
 
@@ -128,7 +186,10 @@ def test_bench_shift_rows_carry_held_out_group_and_gap(shift_bench: Path, amibr_
     assert "Domain shift" in page and "test on TUPAC16" in page
     shift = df[df["held_out"] != ""]
     means = shift.groupby("head")["balanced_accuracy"].mean()
-    assert f"across dataset (each held out in turn): efficientnet_lite0 z1:rgb {means.idxmax()} has the best mean balanced_accuracy held out, {means.max():.3f}" in page
+    assert (
+        f"across dataset (each held out in turn): efficientnet_lite0 z1:rgb {means.idxmax()} has the best mean balanced_accuracy held out, {means.max():.3f}"
+        in page
+    )
     assert (shift_bench / "mitosis_shift.png").stat().st_size > 1000
 
 
@@ -151,27 +212,74 @@ def test_leave_group_out_gives_only_shift_rows_and_needs_a_column(amibr_store: P
     r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--out", str(tmp_path / "x"), "--cv", "leave-group-out"])
     assert r.exit_code == 2 and "--shift-column" in r.output and "Traceback" not in r.output
     assert len([x for x in r.output.splitlines() if x.strip()]) == 1, r.output
-    r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--out", str(tmp_path / "y"), "--shift-column", "scanner", "--heads", "logreg"])
+    r = runner.invoke(
+        app, ["bench", "--store", str(amibr_store), "--out", str(tmp_path / "y"), "--shift-column", "scanner", "--heads", "logreg"]
+    )
     assert r.exit_code == 2 and "no shift column 'scanner'" in r.output and "Traceback" not in r.output
     out = tmp_path / "lgo"
     r = runner.invoke(
         app,
-        ["bench", "--store", str(amibr_store), "--task", "mitosis", "--out", str(out), "--features", "efficientnet_lite0:z1:rgb",
-         "--heads", "logreg", "--folds", "3", "--jobs", "1", "--n-boot", "0", "--no-umap", "--cv", "leave-group-out", "--shift-column", "dataset"],
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(out),
+            "--features",
+            "efficientnet_lite0:z1:rgb",
+            "--heads",
+            "logreg",
+            "--folds",
+            "3",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "0",
+            "--no-umap",
+            "--cv",
+            "leave-group-out",
+            "--shift-column",
+            "dataset",
+        ],
     )
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out / "leaderboard.csv", keep_default_na=False)
     assert sorted(df["held_out"]) == ["MIDOG21", "TUPAC16"] and (df["gap"] == "").all()
     more = runner.invoke(  # another leave-group-out run on the same folds merges (its folds are the shift folds)
         app,
-        ["bench", "--store", str(amibr_store), "--task", "mitosis", "--out", str(tmp_path / "lgo2"), "--features", "efficientnet_lite0:z1:rgb",
-         "--heads", "knn", "--folds", "3", "--jobs", "1", "--n-boot", "0", "--no-umap", "--cv", "leave-group-out", "--shift-column", "dataset",
-         "--with", str(out)],
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(tmp_path / "lgo2"),
+            "--features",
+            "efficientnet_lite0:z1:rgb",
+            "--heads",
+            "knn",
+            "--folds",
+            "3",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "0",
+            "--no-umap",
+            "--cv",
+            "leave-group-out",
+            "--shift-column",
+            "dataset",
+            "--with",
+            str(out),
+        ],
     )
     assert more.exit_code == 0, more.output
     assert sorted(pd.read_csv(tmp_path / "lgo2" / "leaderboard.csv")["head"]) == ["knn", "knn", "logreg", "logreg"]
     page = (out / "report.html").read_text()  # the main table says which group each rank-1 row was tested on
-    assert '<th class="l">tested on</th>' in page and page.index("<td class=\"l\">MIDOG21</td>") < page.index("<td class=\"l\">TUPAC16</td>")
+    assert '<th class="l">tested on</th>' in page and page.index('<td class="l">MIDOG21</td>') < page.index('<td class="l">TUPAC16</td>')
 
 
 def test_gap_figure_keeps_a_long_legend_inside_the_picture(tmp_path: Path) -> None:
@@ -202,8 +310,18 @@ def test_confusion_titles_say_which_group_a_shift_row_was_tested_on(tmp_path: Pa
         return path
 
     monkeypatch.setattr(report, "_save", keep)
-    base = {"task": "mitosis", "backbone": "efficientnet_lite0", "features": "z1:rgb", "head": "logreg", "noise": 0.0, "kind": "head",
-            "confusion_matrix": [[3, 1], [1, 3]], "classes": ["Atypical", "Normal"], "n_folds": 2, "cv": "shift"}
+    base = {
+        "task": "mitosis",
+        "backbone": "efficientnet_lite0",
+        "features": "z1:rgb",
+        "head": "logreg",
+        "noise": 0.0,
+        "kind": "head",
+        "confusion_matrix": [[3, 1], [1, 3]],
+        "classes": ["Atypical", "Normal"],
+        "n_folds": 2,
+        "cv": "shift",
+    }
     rows = pd.DataFrame([{**base, "held_out": g, "rank": 1, "row_id": g} for g in ("MIDOG21", "TUPAC16")])
     report.confusion_figure(rows, tmp_path / "c.png")
     assert len(titles) == 2 and "tested on MIDOG21" in titles[0] and "tested on TUPAC16" in titles[1]

@@ -85,7 +85,9 @@ def test_delong_folds() -> None:
     one = delong_folds(y, pa[:, 1], pb[:, 1], np.zeros(200), tile)
     assert one.p_value == pytest.approx(delong_test(y, pa[:, 1], pb[:, 1]).p_value)
     # the same tiles scored twice by identical models: the same as once
-    twice = delong_folds(np.r_[y, y], np.r_[pa[:, 1], pa[:, 1]], np.r_[pb[:, 1], pb[:, 1]], np.r_[np.zeros(200), np.ones(200)], np.r_[tile, tile])
+    twice = delong_folds(
+        np.r_[y, y], np.r_[pa[:, 1], pa[:, 1]], np.r_[pb[:, 1], pb[:, 1]], np.r_[np.zeros(200), np.ones(200)], np.r_[tile, tile]
+    )
     assert twice.z == pytest.approx(one.z)
 
 

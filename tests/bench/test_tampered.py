@@ -20,8 +20,29 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def clean_bench(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tamper") / "bench"
-    r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--task", "mitosis", "--out", str(out), "--features", "efficientnet_lite0:z1:rgb",
-                            "--heads", "logreg,knn", "--folds", "2", "--jobs", "1", "--n-boot", "20", "--no-umap"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(out),
+            "--features",
+            "efficientnet_lite0:z1:rgb",
+            "--heads",
+            "logreg,knn",
+            "--folds",
+            "2",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "20",
+            "--no-umap",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return out
 
@@ -32,6 +53,7 @@ def _npz(fn: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path], None]:
             arrays = {k: z[k] for k in z.files}
         fn(arrays)
         np.savez(d / "predictions.npz", **arrays)
+
     return go
 
 
@@ -40,6 +62,7 @@ def _json(fn: Callable[[dict], None]) -> Callable[[Path], None]:
         doc = json.loads((d / "leaderboard.json").read_text())
         fn(doc)
         (d / "leaderboard.json").write_text(json.dumps(doc))
+
     return go
 
 
@@ -48,6 +71,7 @@ def _each(suffix: str, fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[dict
         for k in list(a):
             if k.endswith(suffix):
                 a[k] = fn(a[k])
+
     return go
 
 
@@ -55,6 +79,7 @@ def _drop(suffix: str) -> Callable[[dict[str, np.ndarray]], None]:
     def go(a: dict[str, np.ndarray]) -> None:
         for k in [k for k in a if k.endswith(suffix)]:
             del a[k]
+
     return go
 
 
@@ -62,6 +87,7 @@ def _rows(**set_: object) -> Callable[[dict], None]:
     def go(doc: dict) -> None:
         for r in doc["rows"]:
             r.update(set_)
+
     return go
 
 

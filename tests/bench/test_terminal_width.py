@@ -47,18 +47,49 @@ def console80(monkeypatch: pytest.MonkeyPatch) -> None:
 def bench80(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """Two proxy tasks, shift rows held out by dataset and a learning curve: the widest leaderboard there is."""
     out = tmp_path_factory.mktemp("bench80") / "b"
-    r = _mito80("bench", "--store", str(amibr_store), "--proxy", "mitosis,dataset", "--shift-column", "dataset", "--out", str(out),
-                "--features", "efficientnet_lite0:z1:rgb,efficientnet_lite0:z1:gray", "--heads", "logreg,knn", "--folds", "2",
-                "--jobs", "1", "--n-boot", "50", "--no-umap", "--few-shot", "1,2,all", "--few-shot-draws", "2")
+    r = _mito80(
+        "bench",
+        "--store",
+        str(amibr_store),
+        "--proxy",
+        "mitosis,dataset",
+        "--shift-column",
+        "dataset",
+        "--out",
+        str(out),
+        "--features",
+        "efficientnet_lite0:z1:rgb,efficientnet_lite0:z1:gray",
+        "--heads",
+        "logreg,knn",
+        "--folds",
+        "2",
+        "--jobs",
+        "1",
+        "--n-boot",
+        "50",
+        "--no-umap",
+        "--few-shot",
+        "1,2,all",
+        "--few-shot-draws",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     return out, r.stdout
 
 
 # leaderboard.json column -> the header it is shown under, and how the table writes it
 SHOWN = {
-    "main": ("bal acc", number), "main_std": ("bal acc", number), "ci_low": ("95% CI", number), "ci_high": ("95% CI", number),
-    "delta_vs_best": ("Δ #1", lambda v: number(v, signed=True)), "p_vs_best": ("p vs #1", p_value), "auroc": ("AUROC", number),
-    "ece": ("ECE", number), "kappa": ("kappa", number), "weighted_f1": ("wF1", number), "train_seconds": ("train s", seconds),
+    "main": ("bal acc", number),
+    "main_std": ("bal acc", number),
+    "ci_low": ("95% CI", number),
+    "ci_high": ("95% CI", number),
+    "delta_vs_best": ("Δ #1", lambda v: number(v, signed=True)),
+    "p_vs_best": ("p vs #1", p_value),
+    "auroc": ("AUROC", number),
+    "ece": ("ECE", number),
+    "kappa": ("kappa", number),
+    "weighted_f1": ("wF1", number),
+    "train_seconds": ("train s", seconds),
     "gap": ("gap", lambda v: number(v, signed=True)),
 }
 
@@ -74,8 +105,13 @@ def test_bench_table_never_cuts_a_number(bench80: tuple[Path, str]) -> None:
     checked = 0
     for key, (header, fmt) in SHOWN.items():
         col = {"main": rows[0]["main_metric"], "main_std": rows[0]["main_metric"] + "_std"}.get(key, key)
-        want = Counter(fmt(r[col]) for r in rows if r.get(col) is not None and not (isinstance(r[col], float) and math.isnan(r[col]))
-                       and not (col in ("delta_vs_best", "p_vs_best") and r["rank"] == 1))
+        want = Counter(
+            fmt(r[col])
+            for r in rows
+            if r.get(col) is not None
+            and not (isinstance(r[col], float) and math.isnan(r[col]))
+            and not (col in ("delta_vs_best", "p_vs_best") and r["rank"] == 1)
+        )
         if header in dropped:
             continue
         assert not want - got, (header, want - got, table)
@@ -99,8 +135,11 @@ def test_compare_table_at_80_columns(bench80: tuple[Path, str]) -> None:
     r = _mito80("compare", "--bench", str(out_dir), "--rows", "1,2", "--task", "mitosis")
     assert r.returncode == 0, r.stderr
     assert max(len(x) for x in r.stdout.splitlines()) <= 80, r.stdout
-    rows = {x["rank"]: x for x in json.loads((out_dir / "leaderboard.json").read_text())["rows"]
-            if x["task"] == "mitosis" and not x["held_out"] and str(x.get("shots")) == "all"}
+    rows = {
+        x["rank"]: x
+        for x in json.loads((out_dir / "leaderboard.json").read_text())["rows"]
+        if x["task"] == "mitosis" and not x["held_out"] and str(x.get("shots")) == "all"
+    }
     got = NUM.findall(r.stdout)
     for m in ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc"):
         assert number(rows[1][m], 4) in got and number(rows[2][m], 4) in got, (m, r.stdout)
@@ -116,7 +155,9 @@ def test_fit_head_cache_info_and_backbones_at_80_columns(amibr_store: Path, tmp_
     assert all(number(m[k]) in got for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1")) and seconds(m["train_seconds"]) in got
     info = runner.invoke(app, ["cache", "info", str(amibr_store)])
     assert info.exit_code == 0 and max(len(x) for x in info.output.splitlines()) <= 80, info.output
-    assert "efficientnet_lite0:z1:rgb" in info.output.replace("\n", "").replace("│", "").replace(" ", "") or "feature" in _not_shown(info.output)
+    assert "efficientnet_lite0:z1:rgb" in info.output.replace("\n", "").replace("│", "").replace(" ", "") or "feature" in _not_shown(
+        info.output
+    )
     bb = runner.invoke(app, ["backbones"])
     assert bb.exit_code == 0 and max(len(x) for x in bb.output.splitlines()) <= 80, bb.output
     from mito.backbones import list_backbones
@@ -132,8 +173,26 @@ def test_feature_sets_break_at_plus_and_colon_piped_at_80_columns(amibr_store: P
     e = "efficientnet_lite0"
     sets = [f"{e}:z2:rgb+{e}:z2:gray", f"{e}:z1:gray+{e}:z2:gray", f"{e}:z1:rgb+{e}:z2:rgb+{e}:z2:gray"]
     out = tmp_path / "b"
-    r = _mito80("bench", "--store", str(amibr_store), "--proxy", "mitosis,dataset", "--out", str(out), "--features", ",".join(sets),
-                "--heads", "logreg,knn", "--folds", "2", "--jobs", "1", "--n-boot", "20", "--no-umap")
+    r = _mito80(
+        "bench",
+        "--store",
+        str(amibr_store),
+        "--proxy",
+        "mitosis,dataset",
+        "--out",
+        str(out),
+        "--features",
+        ",".join(sets),
+        "--heads",
+        "logreg,knn",
+        "--folds",
+        "2",
+        "--jobs",
+        "1",
+        "--n-boot",
+        "20",
+        "--no-umap",
+    )
     assert r.returncode == 0, r.stderr
     names = sorted({x["features"] for x in json.loads((out / "leaderboard.json").read_text())["rows"]})
     assert all("+" in n for n in names), names

@@ -24,8 +24,16 @@ KEYS = ["efficientnet_lite0:z1:gray", "efficientnet_lite0:z2:gray"]
 
 def _cfg(source: Path, store: str, **kw: object) -> ExtractConfig:
     base = dict(
-        source=str(source), store=store, task="mitosis", zooms=[1.0, 2.0], colors=["gray"],
-        input_size=128, chunk_rows=8, batch_size=8, num_workers=0, progress=False,
+        source=str(source),
+        store=store,
+        task="mitosis",
+        zooms=[1.0, 2.0],
+        colors=["gray"],
+        input_size=128,
+        chunk_rows=8,
+        batch_size=8,
+        num_workers=0,
+        progress=False,
     )
     return ExtractConfig(**{**base, **kw})
 
@@ -36,9 +44,7 @@ def _rank_main(rank: int, world: int, port: int, cfg: dict, out: str) -> None:
 
     import torch
 
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
         res = {"ok": True, "summary": extract(ExtractConfig(**cfg))}
@@ -119,9 +125,32 @@ def test_gpus_2_runs_two_torchrun_ranks_that_write_the_single_process_store_thro
 ) -> None:
     url = (tmp_path / "two.zarr").as_uri()  # file:// goes through fsspec, as s3:// would
     cmd = [
-        sys.executable, "-m", "mito", "extract", str(source), "--store", url, "--task", "mitosis", "--zooms", "1,2",
-        "--colors", "gray", "--input-size", "128", "--chunk-rows", "8", "--batch-size", "8", "--workers", "0",
-        "--device", "cpu", "--quiet", "--gpus", "2",
+        sys.executable,
+        "-m",
+        "mito",
+        "extract",
+        str(source),
+        "--store",
+        url,
+        "--task",
+        "mitosis",
+        "--zooms",
+        "1,2",
+        "--colors",
+        "gray",
+        "--input-size",
+        "128",
+        "--chunk-rows",
+        "8",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--gpus",
+        "2",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]

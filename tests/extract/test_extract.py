@@ -94,8 +94,30 @@ def _done(store: Path) -> int:
 @pytest.mark.slow
 def test_resume_after_kill_9_matches_an_uninterrupted_run(amibr_dir: Path, tmp_path: Path) -> None:
     killed = tmp_path / "killed.zarr"
-    args = [sys.executable, "-m", "mito", "extract", str(amibr_dir), "--store", str(killed), "--task", "mitosis",
-            "--zooms", "1", "--colors", "rgb", "--input-size", "128", "--chunk-rows", "4", "--batch-size", "4", "--workers", "0", "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "mito",
+        "extract",
+        str(amibr_dir),
+        "--store",
+        str(killed),
+        "--task",
+        "mitosis",
+        "--zooms",
+        "1",
+        "--colors",
+        "rgb",
+        "--input-size",
+        "128",
+        "--chunk-rows",
+        "4",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     while _done(killed) < 3 and time.time() < deadline and proc.poll() is None:
@@ -128,8 +150,19 @@ def test_slide_with_points_at_three_zooms(tmp_path: Path) -> None:
         tw.write(img[::2, ::2], tile=(256, 256), subfiletype=1, photometric="rgb")
     pts = tmp_path / "pts.csv"
     pd.DataFrame({"x": [100, 400, 700], "y": [300, 384, 50], "label": ["a", "b", "a"], "scanner": "S1"}).to_csv(pts, index=False)
-    cfg = ExtractConfig(source=str(slide), points=str(pts), store=str(tmp_path / "s.zarr"), zooms=[0.5, 1, 2], tile_size=64,
-                        input_size=64, chunk_rows=2, batch_size=2, num_workers=0, progress=False, task="kind")
+    cfg = ExtractConfig(
+        source=str(slide),
+        points=str(pts),
+        store=str(tmp_path / "s.zarr"),
+        zooms=[0.5, 1, 2],
+        tile_size=64,
+        input_size=64,
+        chunk_rows=2,
+        batch_size=2,
+        num_workers=0,
+        progress=False,
+        task="kind",
+    )
     extract(cfg)
     s = open_store(tmp_path / "s.zarr")
     assert s.variants == [f"efficientnet_lite0:z{z}:rgb" for z in ("0.5", "1", "2")]

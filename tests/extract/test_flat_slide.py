@@ -42,7 +42,9 @@ def flat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     path = tmp_path_factory.mktemp("flat") / "flat.svs"
     desc = f"Aperio Image Library v12.0.0\n{SIDE}x{SIDE} -> test|AppMag = 40|MPP = 0.25"
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        tif.write(img, tile=(256, 256), compression="jpeg", compressionargs={"level": 90}, photometric="rgb", description=desc, metadata=None)
+        tif.write(
+            img, tile=(256, 256), compression="jpeg", compressionargs={"level": 90}, photometric="rgb", description=desc, metadata=None
+        )
     with _open(path) as s:
         assert s.level_dimensions == [(SIDE, SIDE)]
         decoded = np.asarray(slides.read_region(s, 0, 0, 0, SIDE, SIDE))  # the pixels the readers give (JPEG decoded)

@@ -28,8 +28,17 @@ ARGS = ["--zooms", "1", "--colors", "rgb", "--input-size", "128", "--batch-size"
 
 
 def _cfg(src: Path, store: Path, **kw: object) -> ExtractConfig:
-    base = {"source": str(src), "store": str(store), "zooms": [1.0], "colors": ["rgb"], "input_size": 128, "batch_size": 4,
-            "task": "mitosis", "num_workers": 0, "progress": False}
+    base = {
+        "source": str(src),
+        "store": str(store),
+        "zooms": [1.0],
+        "colors": ["rgb"],
+        "input_size": 128,
+        "batch_size": 4,
+        "task": "mitosis",
+        "num_workers": 0,
+        "progress": False,
+    }
     return ExtractConfig(**{**base, **kw})
 
 
@@ -51,8 +60,14 @@ def _same(store: Path, reference: np.ndarray) -> None:
 
 
 def _resume(amibr_dir: Path, store: Path, *extra: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "mito", "extract", str(amibr_dir), "--store", str(store), *ARGS, "--workers", "0", *extra],
-                       capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "mito", "extract", str(amibr_dir), "--store", str(store), *ARGS, "--workers", "0", *extra],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
 
@@ -77,8 +92,11 @@ def test_ctrl_c_in_the_middle_of_a_chunk_keeps_its_finished_rows(amibr_dir: Path
     finally:
         run.kill_session()
     line = assert_one_interrupted_line(run.stderr)
-    m = re.search(r"kept (\d+) of 48 tiles \(0 of 1 chunk whole, (\d+) rows of unfinished chunks checkpointed\); "
-                  r"re-run the same command to embed only the rest", line)
+    m = re.search(
+        r"kept (\d+) of 48 tiles \(0 of 1 chunk whole, (\d+) rows of unfinished chunks checkpointed\); "
+        r"re-run the same command to embed only the rest",
+        line,
+    )
     assert m and m[1] == m[2], line
     kept = int(m[1])
     assert 8 <= kept < 48 and kept % 4 == 0, line  # whole batches, the first 8 at least
@@ -99,7 +117,9 @@ def _done_chunks(store: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigterm_from_timeout_after_whole_chunks_keeps_them_and_says_how_many(amibr_dir: Path, reference: np.ndarray, tmp_path: Path) -> None:
+def test_sigterm_from_timeout_after_whole_chunks_keeps_them_and_says_how_many(
+    amibr_dir: Path, reference: np.ndarray, tmp_path: Path
+) -> None:
     needs_proc()
     store = tmp_path / "s.zarr"
     run = start(["extract", str(amibr_dir), "--store", str(store), *ARGS, "--chunk-rows", "8", "--workers", "1", "--quiet"])
@@ -143,8 +163,12 @@ def _checkpointed(store: Path) -> int:
 def test_kill_9_loses_only_the_rows_since_the_last_checkpoint(amibr_dir: Path, reference: np.ndarray, tmp_path: Path) -> None:
     """Checkpoints come every ``checkpoint_s`` seconds of embedding (60 by default; here after every batch)."""
     store = tmp_path / "s.zarr"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(amibr_dir), str(store)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(amibr_dir), str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         deadline = time.monotonic() + 600
         while _checkpointed(store) < 12 and proc.poll() is None and time.monotonic() < deadline:

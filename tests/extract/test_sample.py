@@ -14,8 +14,23 @@ from mito.extract.sources import stratified_sample
 from mito.store import StoreError, open_store
 
 runner = CliRunner()
-FAST = ["--task", "mitosis", "--zooms", "1", "--colors", "rgb", "--input-size", "64", "--workers", "0", "--quiet",
-        "--chunk-rows", "8", "--batch-size", "8"]
+FAST = [
+    "--task",
+    "mitosis",
+    "--zooms",
+    "1",
+    "--colors",
+    "rgb",
+    "--input-size",
+    "64",
+    "--workers",
+    "0",
+    "--quiet",
+    "--chunk-rows",
+    "8",
+    "--batch-size",
+    "8",
+]
 
 
 def test_sample_is_stratified_seeded_and_keeps_the_source_order(amibr_dir: Path) -> None:
@@ -61,21 +76,32 @@ def test_sample_store_records_it_resumes_it_and_refuses_another_cut(amibr_dir: P
     assert "sample: 12 of 48 tiles, stratified by mitosis (seed 3)" in r.output
     r = runner.invoke(app, ["extract", str(amibr_dir), "--store", str(store), "--sample", "12", "--seed", "3", *FAST])
     assert r.exit_code == 0 and "nothing left to do" in r.output  # the same N and seed: the same tiles, resumed
-    for other in (["--sample", "12", "--seed", "4"], ["--sample", "16", "--seed", "3"], ["--sample-per-class", "6", "--seed", "3"], ["--limit", "12"]):
+    for other in (
+        ["--sample", "12", "--seed", "4"],
+        ["--sample", "16", "--seed", "3"],
+        ["--sample-per-class", "6", "--seed", "3"],
+        ["--limit", "12"],
+    ):
         r = runner.invoke(app, ["extract", str(amibr_dir), "--store", str(store), *other, *FAST])
         assert r.exit_code == 2 and "--sample 12 --seed 3" in r.output and "Traceback" not in r.output, (other, r.output)
     with open_store(store) as s:
         assert s.tiles["tile_id"].tolist() == ids and s.verify() == []
     full = tmp_path / "full.zarr"
-    extract(ExtractConfig(source=str(amibr_dir), store=str(full), task="mitosis", input_size=64, chunk_rows=8, batch_size=8,
-                          num_workers=0, progress=False))
+    extract(
+        ExtractConfig(
+            source=str(amibr_dir), store=str(full), task="mitosis", input_size=64, chunk_rows=8, batch_size=8, num_workers=0, progress=False
+        )
+    )
     r = runner.invoke(app, ["extract", str(amibr_dir), "--store", str(full), "--sample", "12", *FAST])
     assert r.exit_code == 2 and "every tile of SOURCE" in r.output
 
 
 def test_sample_options_are_checked(amibr_dir: Path, tmp_path: Path) -> None:
-    for args, msg in ((["--sample", "0"], "--sample"), (["--sample", "5", "--limit", "5"], "one of --limit, --sample"),
-                      (["--sample", "5", "--sample-per-class", "2"], "one of --limit, --sample")):
+    for args, msg in (
+        (["--sample", "0"], "--sample"),
+        (["--sample", "5", "--limit", "5"], "one of --limit, --sample"),
+        (["--sample", "5", "--sample-per-class", "2"], "one of --limit, --sample"),
+    ):
         r = runner.invoke(app, ["extract", str(amibr_dir), "--store", str(tmp_path / "x.zarr"), *args, *FAST])
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
         assert not (tmp_path / "x.zarr").exists()

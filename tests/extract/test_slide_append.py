@@ -22,10 +22,36 @@ from tests.extract.slide_data import mosaic, write_ome, write_svs
 runner = CliRunner()
 KEY = "efficientnet_lite0:z1:rgb"
 # 48 tiles per slide in chunks of 20: the second slide's first 12 tiles land in the old last chunk (8 old rows)
-SMALL = {"mpp": 0.5, "tile_px": 64, "input_size": 64, "zooms": [1.0], "colors": ["rgb"], "chunk_rows": 20, "batch_size": 16,
-         "num_workers": 0, "progress": False}
-CLI = ["--mpp", "0.5", "--tile-px", "64", "--input-size", "64", "--zooms", "1", "--colors", "rgb", "--chunk-rows", "20",
-       "--batch-size", "16", "--workers", "0", "-q"]
+SMALL = {
+    "mpp": 0.5,
+    "tile_px": 64,
+    "input_size": 64,
+    "zooms": [1.0],
+    "colors": ["rgb"],
+    "chunk_rows": 20,
+    "batch_size": 16,
+    "num_workers": 0,
+    "progress": False,
+}
+CLI = [
+    "--mpp",
+    "0.5",
+    "--tile-px",
+    "64",
+    "--input-size",
+    "64",
+    "--zooms",
+    "1",
+    "--colors",
+    "rgb",
+    "--chunk-rows",
+    "20",
+    "--batch-size",
+    "16",
+    "--workers",
+    "0",
+    "-q",
+]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +130,11 @@ def test_adding_a_slide_embeds_only_its_tiles_and_keeps_old_rows_bit_for_bit(
     # an existing slide tiled otherwise is refused in one line, the store untouched
     os.symlink(root / "both" / "a.svs", src / "a.svs")
     res = runner.invoke(app, ["extract", str(src), "--store", str(store), *CLI, "--min-tissue", "0.95"])
-    assert res.exit_code == 2 and "was tiled with --min-tissue 0.5, this run --min-tissue 0.95" in " ".join(res.output.split()) and "Traceback" not in res.output
+    assert (
+        res.exit_code == 2
+        and "was tiled with --min-tissue 0.5, this run --min-tissue 0.95" in " ".join(res.output.split())
+        and "Traceback" not in res.output
+    )
     assert open_store(store).n_tiles == 96
 
 
@@ -137,7 +167,11 @@ def test_kill_9_during_an_append_then_resume_equals_the_uninterrupted_append(two
     shutil.copytree(two["one"], store)
     before = open_store(store).read([KEY], dtype=np.float16)
     args = ["extract", str(src), "--store", str(store), *CLI]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
     # 1) killed while the arrays grow: the intent is written, some tile columns are longer, nothing committed
     p = subprocess.run([sys.executable, "-c", KILLER, "resize", "5", *args], env=env, capture_output=True, timeout=600)
     assert p.returncode == -9, p.stderr.decode()[-2000:]
@@ -249,8 +283,25 @@ def test_views_left_behind_by_added_tiles_are_named_and_finished_by_a_rerun_with
     extra = [f for f in sorted((AMIBR / "Normal").glob("*.jpg")) if f.name not in have][:2]
     for f in extra:
         shutil.copy(f, crops / "Normal" / f.name)
-    args = ["extract", str(crops), "--store", str(store), "--zooms", "1", "--colors", "rgb", "--input-size", "64",
-            "--chunk-rows", "3", "--batch-size", "4", "--workers", "0", "-q"]
+    args = [
+        "extract",
+        str(crops),
+        "--store",
+        str(store),
+        "--zooms",
+        "1",
+        "--colors",
+        "rgb",
+        "--input-size",
+        "64",
+        "--chunk-rows",
+        "3",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "-q",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
@@ -263,6 +314,8 @@ def test_views_left_behind_by_added_tiles_are_named_and_finished_by_a_rerun_with
         read_views(open_store(store), [KEY], np.arange(4))
     summary = extract(ExtractConfig(source=str(crops), store=str(store), augment="flip", **cfg))
     assert summary["incomplete"] == [] and open_store(store).verify() == []
+
+
 def test_an_append_run_names_the_variants_it_left_without_the_new_tiles(tmp_path: Path) -> None:
     """Appending with fewer --colors than the store has used to say only 'added N tiles'; gray then silently lacked them."""
     from mito.extract import growth_lines

@@ -26,8 +26,22 @@ def slide_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     slide_folder(root / "slides")
     write_geojson(root / "a.geojson")
     store = root / "s.zarr"
-    extract(ExtractConfig(source=str(root / "slides"), store=str(store), mpp=0.5, tile_px=64, input_size=64, zooms=[1.0],
-                          colors=["rgb"], annotations=str(root / "a.geojson"), chunk_rows=32, batch_size=32, num_workers=0, progress=False))
+    extract(
+        ExtractConfig(
+            source=str(root / "slides"),
+            store=str(store),
+            mpp=0.5,
+            tile_px=64,
+            input_size=64,
+            zooms=[1.0],
+            colors=["rgb"],
+            annotations=str(root / "a.geojson"),
+            chunk_rows=32,
+            batch_size=32,
+            num_workers=0,
+            progress=False,
+        )
+    )
     return store
 
 
@@ -54,7 +68,9 @@ def test_qc_draws_each_slide_and_lists_the_skipped(slide_store: Path, tmp_path: 
 
 
 def test_trident_export_round_trips(slide_store: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["export", "--store", str(slide_store), "--format", "trident", "--out", str(tmp_path / "feats"), "--features", KEY])
+    res = runner.invoke(
+        app, ["export", "--store", str(slide_store), "--format", "trident", "--out", str(tmp_path / "feats"), "--features", KEY]
+    )
     assert res.exit_code == 0, res.output
     s = open_store(slide_store)
     t, x = s.tiles, s.read([KEY])
@@ -73,11 +89,37 @@ def test_trident_export_round_trips(slide_store: Path, tmp_path: Path) -> None:
 
 
 def test_predict_writes_a_heatmap_per_slide(slide_store: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["fit-head", "--store", str(slide_store), "--out", str(tmp_path / "m"), "--head", "logreg",
-                              "--group-column", "none", "--features", KEY])
+    res = runner.invoke(
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(slide_store),
+            "--out",
+            str(tmp_path / "m"),
+            "--head",
+            "logreg",
+            "--group-column",
+            "none",
+            "--features",
+            KEY,
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--store", str(slide_store), "--out", str(tmp_path / "p.csv"),
-                              "--heatmaps", str(tmp_path / "heat")])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "m"),
+            "--store",
+            str(slide_store),
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--heatmaps",
+            str(tmp_path / "heat"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     preds = pd.read_csv(tmp_path / "p.csv")
     assert {"slide", "x", "y", "pred", "p_Atypical", "p_Normal"} <= set(preds.columns)
@@ -85,24 +127,49 @@ def test_predict_writes_a_heatmap_per_slide(slide_store: Path, tmp_path: Path) -
         img = _png(tmp_path / "heat" / f"{name}.heatmap.png")
         assert img.shape[0] > 200 and img.std() > 10
     # new slides are embedded the model's way (0.5 um/px, 64 px tiles): the same predictions as from the store
-    res = runner.invoke(app, ["predict", str(slide_store.parent / "slides" / "a.svs"), "--model", str(tmp_path / "m"),
-                              "--out", str(tmp_path / "p2.csv"), "--device", "cpu"])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(slide_store.parent / "slides" / "a.svs"),
+            "--model",
+            str(tmp_path / "m"),
+            "--out",
+            str(tmp_path / "p2.csv"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     again = pd.read_csv(tmp_path / "p2.csv")
     mine = preds[preds["slide"] == "a.svs"].reset_index(drop=True)
     assert again[["slide", "x", "y", "pred"]].equals(mine[["slide", "x", "y", "pred"]])
     # a store tiled at another mpp is refused
     other = tmp_path / "other.zarr"
-    extract(ExtractConfig(source=str(slide_store.parent / "slides" / "a.svs"), store=str(other), mpp=0.25, tile_px=64, input_size=64,
-                          zooms=[1.0], colors=["rgb"], limit=4, num_workers=0, progress=False))
+    extract(
+        ExtractConfig(
+            source=str(slide_store.parent / "slides" / "a.svs"),
+            store=str(other),
+            mpp=0.25,
+            tile_px=64,
+            input_size=64,
+            zooms=[1.0],
+            colors=["rgb"],
+            limit=4,
+            num_workers=0,
+            progress=False,
+        )
+    )
     res = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--store", str(other), "--out", str(tmp_path / "p3.csv")])
     assert res.exit_code == 2 and "slide_tiling" in res.output
 
 
 def test_heatmaps_without_a_store_are_refused_before_any_work(slide_store: Path, tmp_path: Path) -> None:
     a = slide_store.parent / "slides" / "a.svs"
-    res = runner.invoke(app, ["predict", str(a), "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "p.csv"),
-                              "--heatmaps", str(tmp_path / "heat")])
+    res = runner.invoke(
+        app,
+        ["predict", str(a), "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "p.csv"), "--heatmaps", str(tmp_path / "heat")],
+    )
     assert res.exit_code == 2 and "--heatmaps needs --store" in res.output
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "heat").exists()
 
@@ -127,12 +194,38 @@ def test_outputs_refuse_stores_and_earlier_outputs_without_overwrite(slide_store
 
 
 def test_predict_heatmaps_refuse_a_folder_inside_the_store_before_any_work(slide_store: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["fit-head", "--store", str(slide_store), "--out", str(tmp_path / "m"), "--head", "logreg",
-                              "--group-column", "none", "--features", KEY])
+    res = runner.invoke(
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(slide_store),
+            "--out",
+            str(tmp_path / "m"),
+            "--head",
+            "logreg",
+            "--group-column",
+            "none",
+            "--features",
+            KEY,
+        ],
+    )
     assert res.exit_code == 0, res.output
     for heat in (slide_store / "heat", tmp_path / "m" / "heat"):
-        res = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--store", str(slide_store), "--out", str(tmp_path / "p.csv"),
-                                  "--heatmaps", str(heat)])
+        res = runner.invoke(
+            app,
+            [
+                "predict",
+                "--model",
+                str(tmp_path / "m"),
+                "--store",
+                str(slide_store),
+                "--out",
+                str(tmp_path / "p.csv"),
+                "--heatmaps",
+                str(heat),
+            ],
+        )
         assert res.exit_code == 2 and "Traceback" not in res.output, res.output
         assert not heat.exists() and not (tmp_path / "p.csv").exists()
 

@@ -40,8 +40,22 @@ def colliding(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "ann").mkdir()
     for s in ("x", "a b", "a_b"):
         write_geojson(root / "ann" / f"{s}.geojson")
-    extract(ExtractConfig(source=str(d), store=str(root / "s.zarr"), mpp=0.5, tile_px=64, input_size=64, zooms=[1.0, 0.25],
-                          colors=["rgb"], annotations=str(root / "ann"), chunk_rows=64, batch_size=64, num_workers=0, progress=False))
+    extract(
+        ExtractConfig(
+            source=str(d),
+            store=str(root / "s.zarr"),
+            mpp=0.5,
+            tile_px=64,
+            input_size=64,
+            zooms=[1.0, 0.25],
+            colors=["rgb"],
+            annotations=str(root / "ann"),
+            chunk_rows=64,
+            batch_size=64,
+            num_workers=0,
+            progress=False,
+        )
+    )
     return root
 
 
@@ -89,11 +103,25 @@ def test_qc_heatmaps_and_tissue_masks_one_file_per_colliding_slide(colliding: Pa
     assert "wrote 4 QC pictures" in res.output and len(_pngs(tmp_path / "qc")) == 4
     assert {"x.svs.png", "x.ome.tif.png", "a_b.svs.png"} <= set(_pngs(tmp_path / "qc"))
 
-    res = runner.invoke(app, ["fit-head", "--store", str(store), "--out", str(tmp_path / "m"), "--head", "logreg",
-                              "--group-column", "none", "--features", KEY])
+    res = runner.invoke(
+        app,
+        ["fit-head", "--store", str(store), "--out", str(tmp_path / "m"), "--head", "logreg", "--group-column", "none", "--features", KEY],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--store", str(store), "--out", str(tmp_path / "p.csv"),
-                              "--heatmaps", str(tmp_path / "heat")])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "m"),
+            "--store",
+            str(store),
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--heatmaps",
+            str(tmp_path / "heat"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     heat = _pngs(tmp_path / "heat")
     assert "wrote 4 heatmaps" in res.output and len(heat) == 4, (res.output, heat)
@@ -149,10 +177,34 @@ def test_overwrite_refuses_folders_mito_did_not_write(cmd: str, colliding: Path,
         argv = ["slides", "qc", str(store), "--out", str(foreign)]
     else:
         (foreign / "x.svs.heatmap.png").write_bytes(b"\x89PNG\r\n\x1a\n my own heatmap")
-        res = runner.invoke(app, ["fit-head", "--store", str(store), "--out", str(tmp_path / "m"), "--head", "logreg",
-                                  "--group-column", "none", "--features", KEY])
+        res = runner.invoke(
+            app,
+            [
+                "fit-head",
+                "--store",
+                str(store),
+                "--out",
+                str(tmp_path / "m"),
+                "--head",
+                "logreg",
+                "--group-column",
+                "none",
+                "--features",
+                KEY,
+            ],
+        )
         assert res.exit_code == 0, res.output
-        argv = ["predict", "--model", str(tmp_path / "m"), "--store", str(store), "--out", str(tmp_path / "p.csv"), "--heatmaps", str(foreign)]
+        argv = [
+            "predict",
+            "--model",
+            str(tmp_path / "m"),
+            "--store",
+            str(store),
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--heatmaps",
+            str(foreign),
+        ]
     before = {f.name: f.read_bytes() for f in foreign.iterdir()}
     res = runner.invoke(app, [*argv, "--overwrite"])
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
@@ -178,8 +230,10 @@ def test_overwrite_replaces_mito_folders_but_not_files_added_to_them(colliding: 
 
 def test_no_output_replaces_a_file_the_store_reads(colliding: Path, tmp_path: Path) -> None:
     store = colliding / "s.zarr"
-    res = runner.invoke(app, ["fit-head", "--store", str(store), "--out", str(tmp_path / "m"), "--head", "logreg",
-                              "--group-column", "none", "--features", KEY])
+    res = runner.invoke(
+        app,
+        ["fit-head", "--store", str(store), "--out", str(tmp_path / "m"), "--head", "logreg", "--group-column", "none", "--features", KEY],
+    )
     assert res.exit_code == 0, res.output
     slide = colliding / "slides" / "x.svs"
     link = tmp_path / "link.svs"
@@ -201,8 +255,22 @@ def test_no_output_replaces_a_file_the_store_reads(colliding: Path, tmp_path: Pa
 
 
 def test_predict_on_a_slide_folder_lists_skipped_slides(colliding: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["fit-head", "--store", str(colliding / "s.zarr"), "--out", str(tmp_path / "m"), "--head", "logreg",
-                              "--group-column", "none", "--features", KEY])
+    res = runner.invoke(
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(colliding / "s.zarr"),
+            "--out",
+            str(tmp_path / "m"),
+            "--head",
+            "logreg",
+            "--group-column",
+            "none",
+            "--features",
+            KEY,
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = tmp_path / "new"
     d.mkdir()
@@ -227,8 +295,19 @@ def test_export_of_a_points_store_made_without_mpp(tmp_path: Path) -> None:
     pts.write_text("x,y\n300,300\n1000,500\n")
     for slide, level0 in (("a.svs", 0.25), ("plain.tif", None)):
         store = tmp_path / f"{slide}.zarr"
-        extract(ExtractConfig(source=str(tmp_path / slide), points=str(pts), tile_size=64, input_size=64, zooms=[1.0, 0.5],
-                              colors=["rgb"], store=str(store), num_workers=0, progress=False))
+        extract(
+            ExtractConfig(
+                source=str(tmp_path / slide),
+                points=str(pts),
+                tile_size=64,
+                input_size=64,
+                zooms=[1.0, 0.5],
+                colors=["rgb"],
+                store=str(store),
+                num_workers=0,
+                progress=False,
+            )
+        )
         for key, side, mpp in ((KEY, 64, level0), ("efficientnet_lite0:z0.5:rgb", 128, None if level0 is None else 0.5)):
             out = tmp_path / f"{slide}-{key.split(':')[1]}"
             res = runner.invoke(app, ["export", "--store", str(store), "--out", str(out), "--features", key])
@@ -252,16 +331,42 @@ def _geojson(path: Path, geometry: object, properties: object = None) -> Path:
 @pytest.mark.parametrize(
     "name, make, message",
     [
-        ("deep", lambda p: p.write_text('{"type": "FeatureCollection", "features": [{"geometry": {"type": "Polygon", "coordinates": '
-                                        + "[" * 100_000 + "]" * 100_000 + "}}]}"), "nested too deeply"),
+        (
+            "deep",
+            lambda p: p.write_text(
+                '{"type": "FeatureCollection", "features": [{"geometry": {"type": "Polygon", "coordinates": '
+                + "[" * 100_000
+                + "]" * 100_000
+                + "}}]}"
+            ),
+            "nested too deeply",
+        ),
         ("empty-polygon", lambda p: _geojson(p, {"type": "Polygon", "coordinates": []}), "empty coordinates"),
         ("empty-ring", lambda p: _geojson(p, {"type": "Polygon", "coordinates": [[]]}), "empty coordinates"),
         ("empty-multi", lambda p: _geojson(p, {"type": "MultiPolygon", "coordinates": []}), "empty coordinates"),
         ("string-geometry", lambda p: _geojson(p, "abc"), "not a JSON object"),
-        ("string-properties", lambda p: _geojson(p, {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]}, "abc"), "not a JSON object"),
+        (
+            "string-properties",
+            lambda p: _geojson(p, {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]}, "abc"),
+            "not a JSON object",
+        ),
         ("1d-ring", lambda p: _geojson(p, {"type": "Polygon", "coordinates": [[1, 2, 3]]}), "malformed"),
-        ("nan-point", lambda p: p.write_text(json.dumps({"features": [{"geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]},
-                                                                     "properties": {"classification": {"name": "T"}}}]}).replace("[1, 1]", "[NaN, 1]")), "malformed"),
+        (
+            "nan-point",
+            lambda p: p.write_text(
+                json.dumps(
+                    {
+                        "features": [
+                            {
+                                "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]},
+                                "properties": {"classification": {"name": "T"}},
+                            }
+                        ]
+                    }
+                ).replace("[1, 1]", "[NaN, 1]")
+            ),
+            "malformed",
+        ),
         ("features-not-a-list", lambda p: p.write_text('{"type": "FeatureCollection", "features": "abc"}'), "must be a list"),
     ],
 )
@@ -269,8 +374,22 @@ def test_malformed_annotations_are_one_line(name: str, make, message: str, tmp_p
     write_svs(tmp_path / "a.svs", mosaic())
     geo = tmp_path / f"{name}.geojson"
     make(geo)
-    res = runner.invoke(app, ["extract", str(tmp_path / "a.svs"), "--mpp", "0.5", "--tile-px", "64", "--annotations", str(geo),
-                              "--store", str(tmp_path / "s.zarr"), "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "extract",
+            str(tmp_path / "a.svs"),
+            "--mpp",
+            "0.5",
+            "--tile-px",
+            "64",
+            "--annotations",
+            str(geo),
+            "--store",
+            str(tmp_path / "s.zarr"),
+            "-q",
+        ],
+    )
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     text = " ".join(res.output.split())
     assert message in text and geo.name in text, text
@@ -300,8 +419,11 @@ def test_manifest_columns_that_cannot_be_stored_are_refused_up_front(column: str
     pd.DataFrame({"path": ["a.svs"], column: [1]}).to_csv(slide_manifest, index=False)
     points = tmp_path / "pts.csv"
     pd.DataFrame({"x": [300], "y": [300], column: [1]}).to_csv(points, index=False)
-    for argv, name in (([str(tile_manifest)], "tiles.csv"), ([str(slide_manifest), "--mpp", "0.5"], "slides.csv"),
-                       ([str(tmp_path / "a.svs"), "--points", str(points)], "pts.csv")):
+    for argv, name in (
+        ([str(tile_manifest)], "tiles.csv"),
+        ([str(slide_manifest), "--mpp", "0.5"], "slides.csv"),
+        ([str(tmp_path / "a.svs"), "--points", str(points)], "pts.csv"),
+    ):
         res = runner.invoke(app, ["extract", *argv, "--store", str(tmp_path / "s.zarr"), "-q"])
         assert res.exit_code == 2 and "Traceback" not in res.output, res.output
         text = " ".join(res.output.split())
@@ -323,8 +445,14 @@ def test_zarr_exit_is_quiet_when_its_io_thread_is_slow(tmp_path: Path) -> None:
         "sync._get_loop().call_soon_threadsafe(time.sleep, 1.0)\n"  # the I/O thread still busy as the process exits
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    guarded = subprocess.run([sys.executable, "-c", code.format(guard="from mito.core.interrupts import guard_zarr_exit\nguard_zarr_exit()\n")],
-                             capture_output=True, text=True, timeout=60, env=env, check=False)
+    guarded = subprocess.run(
+        [sys.executable, "-c", code.format(guard="from mito.core.interrupts import guard_zarr_exit\nguard_zarr_exit()\n")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
     assert guarded.returncode == 0 and "Traceback" not in guarded.stderr and "running event loop" not in guarded.stderr, guarded.stderr
     bare = subprocess.run([sys.executable, "-c", code.format(guard="")], capture_output=True, text=True, timeout=60, env=env, check=False)
     if "Cannot close a running event loop" not in bare.stderr:

@@ -24,8 +24,17 @@ from tests.extract.slide_data import mosaic, write_ome, write_plain, write_svs
 runner = CliRunner()
 KEY = "efficientnet_lite0:z1:rgb"
 # 1 um/px tiles of 64 px: 256 level-0 px on the 0.25 um/px test slides (a few tiles per slide), in chunks of 5
-FAST = {"mpp": 1.0, "tile_px": 64, "input_size": 64, "zooms": [1.0], "colors": ["rgb"], "chunk_rows": 5, "batch_size": 8,
-        "num_workers": 0, "progress": False}
+FAST = {
+    "mpp": 1.0,
+    "tile_px": 64,
+    "input_size": 64,
+    "zooms": [1.0],
+    "colors": ["rgb"],
+    "chunk_rows": 5,
+    "batch_size": 8,
+    "num_workers": 0,
+    "progress": False,
+}
 CLI = ["--input-size", "64", "--zooms", "1", "--colors", "rgb", "--chunk-rows", "5", "--batch-size", "8", "--workers", "0", "-q"]
 
 
@@ -84,8 +93,24 @@ def test_slide_mpp_is_used_only_for_slides_that_record_none(root: Path, tmp_path
     assert (src.tiles["slide_mpp"] == 0.25).all() and src.slides["info"]["slides"][0]["mpp_from"] == "manifest"
     assert src.slides["info"]["notes"] == ["half.svs records 0.5 um/px; the manifest's mpp 0.25 replaces it"]
     # the CLI prints the note and the store keeps the slide's own MPP
-    res = runner.invoke(app, ["extract", str(d / "half.svs"), "--mpp", "1", "--tile-px", "64", "--slide-mpp", "0.25", "--limit", "2",
-                              "--store", str(tmp_path / "h.zarr"), *CLI])
+    res = runner.invoke(
+        app,
+        [
+            "extract",
+            str(d / "half.svs"),
+            "--mpp",
+            "1",
+            "--tile-px",
+            "64",
+            "--slide-mpp",
+            "0.25",
+            "--limit",
+            "2",
+            "--store",
+            str(tmp_path / "h.zarr"),
+            *CLI,
+        ],
+    )
     out = " ".join(res.output.split())
     assert res.exit_code == 0, res.output
     assert "note: half.svs records 0.5 um/px: kept (--slide-mpp 0.25 is only for slides that record none" in out
@@ -133,9 +158,14 @@ def test_rows_whose_geometry_would_change_are_refused_before_anything_is_written
     store = tmp_path / "g.zarr"
     shutil.copytree(root / "one.zarr", store)
     before = _digest(store)
-    src = open_source(_folder(root, tmp_path / "src", ["a.svs", "b.ome.tif"]), slide_options=SlideOptions(mpp=1.0, tile_px=64), progress=False)
+    src = open_source(
+        _folder(root, tmp_path / "src", ["a.svs", "b.ome.tif"]), slide_options=SlideOptions(mpp=1.0, tile_px=64), progress=False
+    )
     src.tiles["level"] = 1  # as another reader or pyramid would say
-    with open_store(store, "a") as s, pytest.raises(StoreError, match=r"slide a.svs is now tiled otherwise \(level: the store has 2, this run 1\)"):
+    with (
+        open_store(store, "a") as s,
+        pytest.raises(StoreError, match=r"slide a.svs is now tiled otherwise \(level: the store has 2, this run 1\)"),
+    ):
         grow_store(s, src, str(store))
     assert _digest(store) == before
 
@@ -254,9 +284,12 @@ def test_a_geojson_with_a_byte_order_mark_is_read(root: Path, tmp_path: Path) ->
 def test_points_that_exist_but_hold_no_csv_are_named_as_such(root: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    for pts, said in ((os.devnull, f"points file {os.devnull} is empty: give a CSV with x,y columns"),
-                      (str(empty), f"points file {empty} is empty"), (str(tmp_path), "is a folder; give a CSV with x,y columns"),
-                      (str(tmp_path / "nope.csv"), "no such points file")):
+    for pts, said in (
+        (os.devnull, f"points file {os.devnull} is empty: give a CSV with x,y columns"),
+        (str(empty), f"points file {empty} is empty"),
+        (str(tmp_path), "is a folder; give a CSV with x,y columns"),
+        (str(tmp_path / "nope.csv"), "no such points file"),
+    ):
         res = runner.invoke(app, ["extract", str(root / "all" / "a.svs"), "--points", pts, "--store", str(tmp_path / "p.zarr")])
         out = " ".join(res.output.split())
         assert res.exit_code == 2 and said in out and "Traceback" not in out, (pts, out)

@@ -31,7 +31,16 @@ from mito.wsi.reader import (
 from tests.extract.slide_data import REGIONS, slide_folder, write_geojson
 
 runner = CliRunner()
-SMALL = {"mpp": 0.5, "tile_px": 64, "input_size": 64, "colors": ["rgb"], "chunk_rows": 16, "batch_size": 16, "num_workers": 0, "progress": False}
+SMALL = {
+    "mpp": 0.5,
+    "tile_px": 64,
+    "input_size": 64,
+    "colors": ["rgb"],
+    "chunk_rows": 16,
+    "batch_size": 16,
+    "num_workers": 0,
+    "progress": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -135,23 +144,53 @@ def test_grid_tiles_lie_on_tissue_only_and_take_labels_from_geojson(slides: Path
     # regions shifted by a quarter tile: left edge tiles are 3/4 covered, and --label-overlap drops them
     (slides / "shift").mkdir()
     write_geojson(slides / "shift" / "a.geojson", shift=(32, 0))
-    t2 = open_source(slides / "slides" / "a.svs", slide_options=SlideOptions(mpp=0.5, tile_px=64, annotations=str(slides / "shift")), progress=False).tiles
+    t2 = open_source(
+        slides / "slides" / "a.svs", slide_options=SlideOptions(mpp=0.5, tile_px=64, annotations=str(slides / "shift")), progress=False
+    ).tiles
     assert sorted(set(np.round(t2["label_cover"].dropna(), 2))) == [0.75, 1.0] and t2["label"].notna().all()
     t3 = open_source(
         slides / "slides" / "a.svs",
-        slide_options=SlideOptions(mpp=0.5, tile_px=64, annotations=str(slides / "shift"), label_overlap=0.8), progress=False,
+        slide_options=SlideOptions(mpp=0.5, tile_px=64, annotations=str(slides / "shift"), label_overlap=0.8),
+        progress=False,
     ).tiles
-    assert len(t3) == len(t2) - int(((t2["label_cover"] == 0.75) & t2["label"].notna()).sum()) and (t3["label"].isna() | (t3["label_cover"] == 1)).all()
+    assert (
+        len(t3) == len(t2) - int(((t2["label_cover"] == 0.75) & t2["label"].notna()).sum())
+        and (t3["label"].isna() | (t3["label_cover"] == 1)).all()
+    )
 
 
 def test_manifest_columns_flow_and_bad_slides_are_listed_not_fatal(slides: Path, tmp_path: Path) -> None:
     d = slides / "slides"
     pd.DataFrame(
-        {"path": ["a.svs", "nompp.tif", "broken.svs", "b.ome.tif"], "label": ["tumour", "normal", "x", "normal"],
-         "patient": ["p1", "p2", "p3", "p1"], "mpp": [None, 0.25, None, 1000.0]}
+        {
+            "path": ["a.svs", "nompp.tif", "broken.svs", "b.ome.tif"],
+            "label": ["tumour", "normal", "x", "normal"],
+            "patient": ["p1", "p2", "p3", "p1"],
+            "mpp": [None, 0.25, None, 1000.0],
+        }
     ).to_csv(d / "manifest.csv", index=False)
-    res = runner.invoke(app, ["extract", str(d / "manifest.csv"), "--mpp", "0.5", "--tile-px", "64", "--input-size", "64",
-                              "--zooms", "1", "--colors", "rgb", "--store", str(tmp_path / "m.zarr"), "--limit", "8", "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "extract",
+            str(d / "manifest.csv"),
+            "--mpp",
+            "0.5",
+            "--tile-px",
+            "64",
+            "--input-size",
+            "64",
+            "--zooms",
+            "1",
+            "--colors",
+            "rgb",
+            "--store",
+            str(tmp_path / "m.zarr"),
+            "--limit",
+            "8",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
     assert "slide skipped: tifffile cannot read broken.svs" in out and "b.ome.tif: given microns per pixel 1000" in out
@@ -169,8 +208,15 @@ def test_manifest_columns_flow_and_bad_slides_are_listed_not_fatal(slides: Path,
 def test_points_on_an_svs_at_a_given_mpp(slides: Path, tmp_path: Path) -> None:
     pts = tmp_path / "points.csv"
     pd.DataFrame({"x": [300, 1000, 5], "y": [300, 500, 5], "label": ["a", "b", "a"]}).to_csv(pts, index=False)
-    summary = extract(ExtractConfig(source=str(slides / "slides" / "a.svs"), points=str(pts), store=str(tmp_path / "p.zarr"),
-                                    zooms=[1.0, 0.5], **{**SMALL, "mpp": 0.25, "tile_px": 32}))
+    summary = extract(
+        ExtractConfig(
+            source=str(slides / "slides" / "a.svs"),
+            points=str(pts),
+            store=str(tmp_path / "p.zarr"),
+            zooms=[1.0, 0.5],
+            **{**SMALL, "mpp": 0.25, "tile_px": 32},
+        )
+    )
     s = open_store(tmp_path / "p.zarr")
     t = s.tiles
     assert summary["n_tiles"] == 3 and t["label"].tolist() == ["a", "b", "a"] and (t["level"] == 0).all()
@@ -195,9 +241,34 @@ def test_kill_9_mid_run_then_resume_equals_a_clean_run(slides: Path, tmp_path: P
     src.mkdir()
     for name in ("a.svs", "broken.svs"):
         os.symlink(slides / "slides" / name, src / name)
-    args = [sys.executable, "-m", "mito", "extract", str(src), "--mpp", "0.5", "--tile-px", "64", "--input-size", "64",
-            "--zooms", "1,0.25", "--colors", "rgb", "--store", str(killed), "--chunk-rows", "8", "--batch-size", "8",
-            "--workers", "0", "--annotations", str(slides / "a.geojson"), "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "mito",
+        "extract",
+        str(src),
+        "--mpp",
+        "0.5",
+        "--tile-px",
+        "64",
+        "--input-size",
+        "64",
+        "--zooms",
+        "1,0.25",
+        "--colors",
+        "rgb",
+        "--store",
+        str(killed),
+        "--chunk-rows",
+        "8",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--annotations",
+        str(slides / "a.geojson"),
+        "--quiet",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 600  # generous: the 2 cores are shared
     while _done(killed) < 1 and time.time() < deadline and proc.poll() is None:
@@ -213,7 +284,9 @@ def test_kill_9_mid_run_then_resume_equals_a_clean_run(slides: Path, tmp_path: P
     extract(ExtractConfig(source=str(src), store=str(tmp_path / "full.zarr"), **cfg))
     a, b = open_store(killed), open_store(tmp_path / "full.zarr")
     assert a.verify() == [] and a.tiles.equals(b.tiles) and len(a.tiles) == 48
-    assert [dict(r, mask_geojson=None) for r in a.meta["slides"]["slides"]] == [dict(r, mask_geojson=None) for r in b.meta["slides"]["slides"]]
+    assert [dict(r, mask_geojson=None) for r in a.meta["slides"]["slides"]] == [
+        dict(r, mask_geojson=None) for r in b.meta["slides"]["slides"]
+    ]
     keys = ["efficientnet_lite0:z1:rgb", "efficientnet_lite0:z0.25:rgb"]
     xa, xb = a.read(keys), b.read(keys)
     for i in range(len(xa)):
@@ -228,7 +301,9 @@ def test_slide_options_need_mpp(slides: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--tile-px, --min-tissue tile whole slides: also give --mpp" in " ".join(res.output.split())
     res = runner.invoke(app, ["extract", str(d / "a.svs"), "--mpp", "0.5", "--label-overlap", "0.5", "--store", str(tmp_path / "x.zarr")])
     assert res.exit_code == 2 and "--label-overlap needs --annotations" in res.output
-    res = runner.invoke(app, ["extract", str(d / "a.svs"), "--mpp", "0.5", "--annotations", str(tmp_path / "nope"), "--store", str(tmp_path / "x.zarr")])
+    res = runner.invoke(
+        app, ["extract", str(d / "a.svs"), "--mpp", "0.5", "--annotations", str(tmp_path / "nope"), "--store", str(tmp_path / "x.zarr")]
+    )
     assert res.exit_code == 2 and "no such annotations" in res.output
     assert not (tmp_path / "x.zarr").exists()
 
@@ -387,7 +462,9 @@ def test_points_with_and_without_mpp_go_through_the_one_slide_reader(slides: Pat
     common = ["--input-size", "64", "--zooms", "1", "--colors", "rgb", "--workers", "0", "-q"]
     res = runner.invoke(app, ["extract", str(svs), "--points", str(pts), "--tile-size", "64", "--store", str(tmp_path / "n.zarr"), *common])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["extract", str(svs), "--points", str(pts), "--mpp", "0.25", "--tile-px", "64", "--store", str(tmp_path / "m.zarr"), *common])
+    res = runner.invoke(
+        app, ["extract", str(svs), "--points", str(pts), "--mpp", "0.25", "--tile-px", "64", "--store", str(tmp_path / "m.zarr"), *common]
+    )
     assert res.exit_code == 0, res.output
     n, m = open_store(tmp_path / "n.zarr"), open_store(tmp_path / "m.zarr")
     assert n.meta["source"]["kind"] == m.meta["source"]["kind"] == "slides" and not hasattr(sources, "_open_slide")

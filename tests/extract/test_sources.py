@@ -30,7 +30,9 @@ def test_folder_labels_metadata_and_published_split(amibr_dir: Path) -> None:
 def test_manifest_keeps_metadata_and_resolves_paths(amibr_dir: Path, tmp_path: Path) -> None:
     files = sorted(amibr_dir.glob("*/*.jpg"))[:4]
     man = tmp_path / "m.csv"
-    pd.DataFrame({"path": [str(f.relative_to(amibr_dir)) for f in files], "grade": ["a", "b", "a", "b"], "scanner": "XR"}).to_csv(man, index=False)
+    pd.DataFrame({"path": [str(f.relative_to(amibr_dir)) for f in files], "grade": ["a", "b", "a", "b"], "scanner": "XR"}).to_csv(
+        man, index=False
+    )
     (tmp_path / "Atypical").symlink_to(amibr_dir / "Atypical")
     (tmp_path / "Normal").symlink_to(amibr_dir / "Normal")
     src = open_source(man, task="atypia", label_column="grade")

@@ -48,10 +48,14 @@ def test_adding_views_embeds_only_the_new_arrays(views_store: tuple[Path, dict],
         info = s.variant_info(f"{BB}:z1:rgb:hed0")["view"]
         assert info["kind"] == "hed" and info["seed"] == 0 and info["alpha"] == [0.95, 1.05]
         assert s.variant_info(f"{BB}:z1:rgb:flip")["view"] == {"name": "flip", "kind": "flip"}
-    again = extract(ExtractConfig(source=_source(path), store=str(path), zooms=[1.0], colors=["rgb", "hema"], augment="hed:2,flip", **SMALL))
+    again = extract(
+        ExtractConfig(source=_source(path), store=str(path), zooms=[1.0], colors=["rgb", "hema"], augment="hed:2,flip", **SMALL)
+    )
     assert again["backbones"][BB]["rows"] == 0  # re-running resumes: nothing left to do
     with pytest.raises(Exception, match="made differently"):  # another jitter seed is another view
-        extract(ExtractConfig(source=_source(path), store=str(path), zooms=[1.0], colors=["rgb"], augment="hed:2,flip", augment_seed=1, **SMALL))
+        extract(
+            ExtractConfig(source=_source(path), store=str(path), zooms=[1.0], colors=["rgb"], augment="hed:2,flip", augment_seed=1, **SMALL)
+        )
 
 
 def _source(path: Path) -> str:
@@ -74,7 +78,11 @@ def test_views_are_aligned_with_their_tiles(views_store: tuple[Path, dict], tmp_
             out = tmp_path / name / "x" / f"{r:03d}.png"  # png: lossless, so the model sees exactly the view
             out.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(apply_view(img, view, 0, str(tiles["tile_id"][r]))).save(out)
-        extract(ExtractConfig(source=str(tmp_path / name), store=str(tmp_path / f"{name}.zarr"), zooms=[1.0], colors=["rgb"], **{**SMALL, "task": None}))
+        extract(
+            ExtractConfig(
+                source=str(tmp_path / name), store=str(tmp_path / f"{name}.zarr"), zooms=[1.0], colors=["rgb"], **{**SMALL, "task": None}
+            )
+        )
     with open_store(tmp_path / "flip.zarr") as f, open_store(tmp_path / "hed.zarr") as h:
         got_flip, got_hed = f.read([f"{BB}:z1:rgb"]), h.read([f"{BB}:z1:rgb"])
     assert np.all(_cos(flip, got_flip) > 0.999) and np.all(_cos(hed0, got_hed) > 0.999)
@@ -131,8 +139,28 @@ def test_view_keys_parse_and_stay_out_of_default_features(views_store: tuple[Pat
 @pytest.mark.slow
 def test_cli_extract_augment(amibr_dir: Path, tmp_path: Path) -> None:
     store = tmp_path / "cli.zarr"
-    cmd = [sys.executable, "-m", "mito", "extract", str(amibr_dir), "--store", str(store), "--zooms", "1", "--colors", "rgb",
-           "--augment", "flip,rot90", "--limit", "8", "--input-size", "96", "--workers", "0", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mito",
+        "extract",
+        str(amibr_dir),
+        "--store",
+        str(store),
+        "--zooms",
+        "1",
+        "--colors",
+        "rgb",
+        "--augment",
+        "flip,rot90",
+        "--limit",
+        "8",
+        "--input-size",
+        "96",
+        "--workers",
+        "0",
+        "-q",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     info = subprocess.run([sys.executable, "-m", "mito", "cache", "info", str(store)], capture_output=True, text=True)
@@ -147,8 +175,15 @@ def test_augment_colors_outside_colors_is_refused(amibr_dir: Path, tmp_path: Pat
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="--augment-colors gray is not among --colors"):
-        ExtractConfig(source=str(amibr_dir), store=str(tmp_path / "a.zarr"), zooms=[1.0], colors=["rgb"], augment="flip",
-                      augment_colors=["gray"], **SMALL)
+        ExtractConfig(
+            source=str(amibr_dir),
+            store=str(tmp_path / "a.zarr"),
+            zooms=[1.0],
+            colors=["rgb"],
+            augment="flip",
+            augment_colors=["gray"],
+            **SMALL,
+        )
     with pytest.raises(ValidationError, match="--augment-colors rgb is not among --colors"):
         ExtractConfig(source=str(amibr_dir), store=str(tmp_path / "b.zarr"), zooms=[1.0], colors=["gray"], augment="flip", **SMALL)
     ok = ExtractConfig(source=str(amibr_dir), store=str(tmp_path / "c.zarr"), zooms=[1.0], colors=["gray"], **SMALL)

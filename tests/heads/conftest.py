@@ -41,13 +41,17 @@ def amibr_tiles(n: int | None = None, seed: int = 0) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if n is not None:
         rng = np.random.default_rng(seed)
-        keep = [rng.choice(ix, max(1, min(len(ix), round(len(ix) * n / len(df)))), replace=False) for ix in df.groupby(["mitosis", "split"]).indices.values()]
+        keep = [
+            rng.choice(ix, max(1, min(len(ix), round(len(ix) * n / len(df)))), replace=False)
+            for ix in df.groupby(["mitosis", "split"]).indices.values()
+        ]
         df = df.iloc[np.sort(np.concatenate(keep))].reset_index(drop=True)
     return df
 
 
-def synthetic_store(path: Path, tiles: pd.DataFrame, dims: dict[str, int], seed: int = 0, fmt_chunk: int = 64,
-                    tasks: list[str] | None = None) -> Path:
+def synthetic_store(
+    path: Path, tiles: pd.DataFrame, dims: dict[str, int], seed: int = 0, fmt_chunk: int = 64, tasks: list[str] | None = None
+) -> Path:
     """A store whose variants hold class-dependent Gaussian features (learnable, not trivially separable)."""
     rng = np.random.default_rng(seed)
     s = create_store(path, tiles, {"tasks": tasks or ["mitosis"]}, chunk_rows=fmt_chunk)
@@ -70,6 +74,4 @@ def synthetic_store(path: Path, tiles: pd.DataFrame, dims: dict[str, int], seed:
 def synth_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~600 real AMi-Br tiles (labels, slides, published split) with two synthetic 32-dim variants."""
     tiles = amibr_tiles(600)
-    return synthetic_store(
-        tmp_path_factory.mktemp("heads") / "synth.zarr", tiles, {"fakenet:z1:rgb": 32, "fakenet:z1:gray": 32}
-    )
+    return synthetic_store(tmp_path_factory.mktemp("heads") / "synth.zarr", tiles, {"fakenet:z1:rgb": 32, "fakenet:z1:gray": 32})

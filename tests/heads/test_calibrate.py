@@ -102,8 +102,16 @@ def test_cli_calibrate(synth_store: Path, tmp_path: Path) -> None:
 def test_ensemble_temperature_is_applied_once_to_the_averaged_probabilities(synth_store: Path, tmp_path: Path) -> None:
     from mito.heads import load_head
 
-    common: dict = {"store": str(synth_store), "task": "mitosis", "features": [RGB], "head": "mlp", "split_column": "split",
-                    "seed": 3, "head_params": {"hidden": 8, "epochs": 3}, "ensemble": "2"}
+    common: dict = {
+        "store": str(synth_store),
+        "task": "mitosis",
+        "features": [RGB],
+        "head": "mlp",
+        "split_column": "split",
+        "seed": 3,
+        "head_params": {"hidden": 8, "epochs": 3},
+        "ensemble": "2",
+    }
     m = fit_head(FitConfig(out=str(tmp_path / "e"), calibrate="temperature", **common))
     t = json.loads((tmp_path / "e" / "config.json").read_text())["calibration"]["temperature"]
     assert t == m["calibration"]["temperature"] and t != pytest.approx(1.0)
@@ -158,7 +166,21 @@ def test_fit_head_never_saves_a_bound_hitting_temperature(synth_store: Path, tmp
 
 
 def test_a_tiny_validation_split_is_refused_before_training(synth_store: Path, tmp_path: Path) -> None:
-    args = ["fit-head", "--store", str(synth_store), "--task", "mitosis", "--features", RGB, "--head", "knn", "--split-column", "none", "--group-column", "none"]
+    args = [
+        "fit-head",
+        "--store",
+        str(synth_store),
+        "--task",
+        "mitosis",
+        "--features",
+        RGB,
+        "--head",
+        "knn",
+        "--split-column",
+        "none",
+        "--group-column",
+        "none",
+    ]
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "m"), "--calibrate", "temperature", "--val-fraction", "0.03"])
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     lines = [x for x in r.output.splitlines() if x.strip()]

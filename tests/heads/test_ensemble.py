@@ -43,8 +43,26 @@ def ens_model(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("ens") / "model"
     r = runner.invoke(
         app,
-        ["fit-head", "--store", str(amibr_store), "--out", str(out), "--head", "mlp", "--hidden", "16", "--epochs", "4",
-         "--features", "efficientnet_lite0:z1:rgb", "--ensemble", "3", "--seed", "7", "--standardize"],
+        [
+            "fit-head",
+            "--store",
+            str(amibr_store),
+            "--out",
+            str(out),
+            "--head",
+            "mlp",
+            "--hidden",
+            "16",
+            "--epochs",
+            "4",
+            "--features",
+            "efficientnet_lite0:z1:rgb",
+            "--ensemble",
+            "3",
+            "--seed",
+            "7",
+            "--standardize",
+        ],
     )
     assert r.exit_code == 0, r.output
     assert "ensemble of 3 heads" in r.output
@@ -59,7 +77,9 @@ def test_ensemble_is_one_model_dir_whose_probabilities_are_the_members_mean(ens_
     assert isinstance(model.head, Ensemble) and len(model.head.members) == 3
     with open_store(amibr_store) as s:
         X = s.read(["efficientnet_lite0:z1:rgb"]).astype(np.float32)
-    by_hand = np.mean([load_bare_head(ens_model / f"member{i}").predict_proba(model.pipeline.transform(X.copy())) for i in range(3)], axis=0)
+    by_hand = np.mean(
+        [load_bare_head(ens_model / f"member{i}").predict_proba(model.pipeline.transform(X.copy())) for i in range(3)], axis=0
+    )
     got = model.predict_proba(X)
     np.testing.assert_allclose(got, by_hand, rtol=0, atol=1e-12)
     singles = [load_bare_head(ens_model / f"member{i}").predict_proba(model.pipeline.transform(X.copy())) for i in range(3)]
@@ -80,7 +100,9 @@ def test_ensemble_predict_round_trip(ens_model: Path, amibr_store: Path, tmp_pat
         X = s.read(["efficientnet_lite0:z1:rgb"]).astype(np.float32)
     p = model.predict_proba(X)
     np.testing.assert_allclose(a[["p_Atypical", "p_Normal"]].to_numpy(), p, atol=1e-6)
-    np.testing.assert_array_equal(again.predict_proba(model.pipeline.transform(X.copy())), model.head.predict_proba(model.pipeline.transform(X.copy())))
+    np.testing.assert_array_equal(
+        again.predict_proba(model.pipeline.transform(X.copy())), model.head.predict_proba(model.pipeline.transform(X.copy()))
+    )
     r = runner.invoke(app, ["predict", "--model", str(ens_model), "--store", str(amibr_store), "--out", str(tmp_path / "b.csv"), "-q"])
     assert r.exit_code == 0, r.output
     b = pd.read_csv(tmp_path / "b.csv")
@@ -109,8 +131,22 @@ def test_fold_ensemble_on_a_domain_shift_split(amibr_store: Path, tmp_path: Path
     out = tmp_path / "folds"
     r = runner.invoke(
         app,
-        ["fit-head", "--store", str(amibr_store), "--out", str(out), "--head", "logreg", "--features", "efficientnet_lite0:z1:rgb",
-         "--ensemble", "folds:3", "--test-group", "dataset=TUPAC16", "--json"],
+        [
+            "fit-head",
+            "--store",
+            str(amibr_store),
+            "--out",
+            str(out),
+            "--head",
+            "logreg",
+            "--features",
+            "efficientnet_lite0:z1:rgb",
+            "--ensemble",
+            "folds:3",
+            "--test-group",
+            "dataset=TUPAC16",
+            "--json",
+        ],
     )
     assert r.exit_code == 0, r.output
     m = json.loads(r.output)
@@ -126,10 +162,17 @@ def test_fold_ensemble_on_a_domain_shift_split(amibr_store: Path, tmp_path: Path
 def test_cli_refusals(amibr_store: Path, tmp_path: Path) -> None:
     base = ["fit-head", "--store", str(amibr_store), "--head", "logreg", "--features", "efficientnet_lite0:z1:rgb"]
     _one_line(runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--ensemble", "0"]), "between 2 and 100")
-    _one_line(runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--ensemble", "folds", "--standardize"]), "cannot share one --standardize/--pca")
+    _one_line(
+        runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--ensemble", "folds", "--standardize"]),
+        "cannot share one --standardize/--pca",
+    )
     _one_line(runner.invoke(app, [*base, "--out", str(tmp_path / "c"), "--test-group", "dataset"]), "COLUMN=VALUE")
-    _one_line(runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--test-group", "dataset=GTEx"]), "dataset='GTEx' has no labelled tile")
-    _one_line(runner.invoke(app, [*base, "--out", str(tmp_path / "e"), "--test-group", "dataset=TUPAC16", "--split-column", "split"]), "not both")
+    _one_line(
+        runner.invoke(app, [*base, "--out", str(tmp_path / "d"), "--test-group", "dataset=GTEx"]), "dataset='GTEx' has no labelled tile"
+    )
+    _one_line(
+        runner.invoke(app, [*base, "--out", str(tmp_path / "e"), "--test-group", "dataset=TUPAC16", "--split-column", "split"]), "not both"
+    )
     _one_line(runner.invoke(app, [*base, "--out", str(tmp_path / "f"), "--train-groups", "MIDOG21"]), "test_group")
     assert not any((tmp_path / x).exists() for x in "abcdef")
 

@@ -28,8 +28,14 @@ runner = CliRunner()
 def model(synth_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("models") / "m"
     cfg = FitConfig(
-        store=str(synth_store), out=str(out), task="mitosis", features=[GRAY, RGB], metadata_columns=["dataset"],
-        standardize=True, split_column="split", head_params={**QUICK, "noise": 0.3, "noise_mode": "per-dim"},
+        store=str(synth_store),
+        out=str(out),
+        task="mitosis",
+        features=[GRAY, RGB],
+        metadata_columns=["dataset"],
+        standardize=True,
+        split_column="split",
+        head_params={**QUICK, "noise": 0.3, "noise_mode": "per-dim"},
     )
     return out, fit_head(cfg)
 
@@ -118,8 +124,28 @@ def test_cli_fit_head_and_predict(synth_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli_model"
     r = runner.invoke(
         app,
-        ["fit-head", "--store", str(synth_store), "--task", "mitosis", "--out", str(out), "--head", "mlp", "--noise", "0.5",
-         "--features", f"{RGB},{GRAY}", "--split-column", "split", "--epochs", "10", "--hidden", "16", "--json"],
+        [
+            "fit-head",
+            "--store",
+            str(synth_store),
+            "--task",
+            "mitosis",
+            "--out",
+            str(out),
+            "--head",
+            "mlp",
+            "--noise",
+            "0.5",
+            "--features",
+            f"{RGB},{GRAY}",
+            "--split-column",
+            "split",
+            "--epochs",
+            "10",
+            "--hidden",
+            "16",
+            "--json",
+        ],
     )
     assert r.exit_code == 0, r.output
     m = json.loads(r.output)

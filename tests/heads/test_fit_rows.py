@@ -22,8 +22,7 @@ def test_scores_come_back_in_the_order_the_rows_were_given(synth_store: Path) ->
         y = s.tiles["mitosis"].to_numpy()
         parts = _parts(s.n_tiles)
         for stream, head in ((False, "logreg"), (True, "linear")):
-            r = fit_on_rows(s, [RGB, GRAY], parts, y, make_head(head, **({"epochs": 5} if stream else {})), stream=stream,
-                            buffer_rows=100)
+            r = fit_on_rows(s, [RGB, GRAY], parts, y, make_head(head, **({"epochs": 5} if stream else {})), stream=stream, buffer_rows=100)
             assert r.streamed == stream and r.n_features_in == 64
             ys, proba = r.scored["test"]
             assert (ys == y[parts["test"]]).all()

@@ -22,8 +22,9 @@ runner = CliRunner()
 KEY = "synth:z1:rgb"
 
 
-def planted_store(path: Path, slides: int = 120, tiles: int = 20, dims: int = 16, seed: int = 0,
-                  unreadable_slides: tuple[int, ...] = ()) -> tuple[Path, np.ndarray]:
+def planted_store(
+    path: Path, slides: int = 120, tiles: int = 20, dims: int = 16, seed: int = 0, unreadable_slides: tuple[int, ...] = ()
+) -> tuple[Path, np.ndarray]:
     """Bags of Gaussian tiles; odd slides are positive and hold ONE planted tile far along a fixed direction.
     Every tile of ``unreadable_slides`` is written as the extractor writes a tile it could not read (NaN, flagged).
     Returns the store and the store row of each slide's planted tile (-1 for negatives)."""
@@ -31,8 +32,9 @@ def planted_store(path: Path, slides: int = 120, tiles: int = 20, dims: int = 16
     n = slides * tiles
     slide = np.repeat(np.arange(slides), tiles)
     pos = np.arange(slides) % 2 == 1
-    table = pd.DataFrame({"tile_id": [f"t{i}" for i in range(n)], "slide": [f"s{s:03d}" for s in slide],
-                          "label": np.where(pos[slide], "tumour", "normal")})
+    table = pd.DataFrame(
+        {"tile_id": [f"t{i}" for i in range(n)], "slide": [f"s{s:03d}" for s in slide], "label": np.where(pos[slide], "tumour", "normal")}
+    )
     s = create_store(path, table, {"tasks": ["label"]}, chunk_rows=tiles)
     s.ensure_variant(KEY, dims, {"backbone": "synth", "weights_sha256": "0" * 64, "preprocessing": {"zoom": 1.0, "color": "rgb"}})
     x = rng.standard_normal((n, dims)).astype(np.float32)
@@ -89,8 +91,9 @@ def test_bag_table_reads_only_the_columns_bags_need_and_gives_the_same_bags(amib
 
 
 def test_bag_label_must_be_constant() -> None:
-    tiles = pd.DataFrame({"tile_id": list("abcdef"), "slide": ["s1", "s1", "s2", "s2", "s3", "s3"],
-                          "grade": ["G1", "G2", "G1", "G1", "G2", "G2"]})
+    tiles = pd.DataFrame(
+        {"tile_id": list("abcdef"), "slide": ["s1", "s1", "s2", "s2", "s3", "s3"], "grade": ["G1", "G2", "G1", "G1", "G2", "G2"]}
+    )
     with pytest.raises(HeadError, match="bag 's1' mixes 'grade' labels"):
         make_bags(tiles, "grade", min_per_class=1)
     with pytest.raises(HeadError, match="no tile of task 'grade' has the label 'G9'"):
@@ -151,8 +154,10 @@ def test_same_seed_same_weights_and_save_load(planted: tuple[Path, np.ndarray], 
         reader = BagReader(s, [KEY])
         idx = np.arange(len(bags))
         opts = dict(epochs=3, max_tiles=7, tile_dropout=0.2, noise=0.5, loss="focal")
-        fits = [make_mil_head(h, seed=s_, **opts).fit(reader, bags, idx[:80], idx[80:]) for h, s_ in
-                (("abmil", 3), ("abmil", 3), ("abmil", 4), ("mean-mlp", 0))]
+        fits = [
+            make_mil_head(h, seed=s_, **opts).fit(reader, bags, idx[:80], idx[80:])
+            for h, s_ in (("abmil", 3), ("abmil", 3), ("abmil", 4), ("mean-mlp", 0))
+        ]
         a, b, c = (f.net_.state_dict() for f in fits[:3])
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -172,14 +177,37 @@ def test_same_seed_same_weights_and_save_load(planted: tuple[Path, np.ndarray], 
 # ------------------------------------------------------------------ CLI
 def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) -> None:
     model, out = tmp_path / "m", tmp_path / "slides.csv"
-    r = runner.invoke(app, ["fit-head", "--store", str(amibr_store), "--level", "slide", "--task", "mitosis", "--bag-label",
-                            "any:Atypical", "--head", "abmil", "--epochs", "3", "--test-fraction", "0.25", "--out", str(model), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(amibr_store),
+            "--level",
+            "slide",
+            "--task",
+            "mitosis",
+            "--bag-label",
+            "any:Atypical",
+            "--head",
+            "abmil",
+            "--epochs",
+            "3",
+            "--test-fraction",
+            "0.25",
+            "--out",
+            str(model),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     m = json.loads(r.output)
     assert m["level"] == "slide" and m["classes"] == ["no", "yes"] and m["n_train"] > m["n_test"] > 0
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["level"] == "slide" and cfg["bag_label"] == "any:Atypical" and (model / "model.safetensors").is_file()
-    assert m["positive"] == cfg["positive"] == "yes" and cfg["positive_source"].startswith("--bag-label any:Atypical")  # the bags it defines
+    assert m["positive"] == cfg["positive"] == "yes" and cfg["positive_source"].startswith(
+        "--bag-label any:Atypical"
+    )  # the bags it defines
 
     pics = tmp_path / "pics"
     r = runner.invoke(app, ["predict", "--model", str(model), "--store", str(amibr_store), "--out", str(out), "--heatmaps", str(pics)])
@@ -192,7 +220,9 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
     assert np.allclose(slides[["p_no", "p_yes"]].sum(axis=1), 1)
     assert len(tiles) == slides["n_tiles"].sum()
     assert np.allclose(tiles.groupby("slide")["attention"].sum(), 1, atol=1e-5)
-    assert sorted(p.name for p in pics.iterdir() if p.name != "mito.json") == sorted(f"{n.replace('/', '_')}.topk.png" for n in slides["slide"])
+    assert sorted(p.name for p in pics.iterdir() if p.name != "mito.json") == sorted(
+        f"{n.replace('/', '_')}.topk.png" for n in slides["slide"]
+    )
     assert json.loads((pics / "mito.json").read_text())["kind"] == "slide-pictures"
     from PIL import Image
 
@@ -201,9 +231,30 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
         with Image.open(p) as im:
             assert im.width >= 440, (p.name, im.size)
 
-    r = runner.invoke(app, ["bench", "--store", str(amibr_store), "--level", "slide", "--task", "dataset", "--heads", "mean-linear,abmil",
-                            "--folds", "2", "--n-boot", "50", "--param", "abmil.epochs=3", "--param", "mean-linear.epochs=3",
-                            "--out", str(tmp_path / "lb")])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(amibr_store),
+            "--level",
+            "slide",
+            "--task",
+            "dataset",
+            "--heads",
+            "mean-linear,abmil",
+            "--folds",
+            "2",
+            "--n-boot",
+            "50",
+            "--param",
+            "abmil.epochs=3",
+            "--param",
+            "mean-linear.epochs=3",
+            "--out",
+            str(tmp_path / "lb"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     lb = pd.read_csv(tmp_path / "lb" / "leaderboard.csv")
     assert sorted(lb["head"]) == ["abmil", "mean-linear"] and (lb["n_folds"] == 2).all()
@@ -223,7 +274,10 @@ def test_cli_fit_predict_bench_slide_level(amibr_store: Path, tmp_path: Path) ->
         (["fit-head", "--level", "slide", "--task", "dataset", "--pca", "8"], "--pca does not apply to --level slide"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--ensemble", "3"], "--ensemble does not apply to --level slide"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--noise-mode", "views"], "views and view-cov are for tile-level heads"),
-        (["fit-head", "--level", "slide", "--task", "dataset", "--calibrate", "temperature"], "--calibrate does not apply to --level slide"),
+        (
+            ["fit-head", "--level", "slide", "--task", "dataset", "--calibrate", "temperature"],
+            "--calibrate does not apply to --level slide",
+        ),
         (["fit-head", "--level", "slide", "--task", "dataset", "--test-group", "dataset=TUPAC16"], "--test-group does not apply"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--split-column", "split"], "--split-column does not apply"),
         (["fit-head", "--level", "slide", "--task", "dataset", "--bag-label", "Atypical"], "any:VALUE"),
@@ -260,8 +314,21 @@ def test_attention_heatmaps_on_a_slide_store(tmp_path: Path) -> None:
 
     slide_folder(tmp_path / "slides")
     store = tmp_path / "s.zarr"
-    extract(ExtractConfig(source=str(tmp_path / "slides" / "a.svs"), store=str(store), mpp=0.5, tile_px=64, input_size=64,
-                          zooms=[1.0], colors=["rgb"], chunk_rows=32, batch_size=32, num_workers=0, progress=False))
+    extract(
+        ExtractConfig(
+            source=str(tmp_path / "slides" / "a.svs"),
+            store=str(store),
+            mpp=0.5,
+            tile_px=64,
+            input_size=64,
+            zooms=[1.0],
+            colors=["rgb"],
+            chunk_rows=32,
+            batch_size=32,
+            num_workers=0,
+            progress=False,
+        )
+    )
     key = "efficientnet_lite0:z1:rgb"
     with open_store(store) as s:
         tiles = s.tiles.copy()
@@ -274,8 +341,18 @@ def test_attention_heatmaps_on_a_slide_store(tmp_path: Path) -> None:
         variants = {key: {f: v for f, v in s.variant_info(key).items() if f != "added"}}
     model = tmp_path / "m"
     head.save(model)
-    write_json(model / "config.json", {"level": "slide", "task": "side", "bag_column": "slide", "bag_label": None,
-                                      "features": [key], "variants": variants, "classes": list(bags.classes)})
+    write_json(
+        model / "config.json",
+        {
+            "level": "slide",
+            "task": "side",
+            "bag_column": "slide",
+            "bag_label": None,
+            "features": [key],
+            "variants": variants,
+            "classes": list(bags.classes),
+        },
+    )
     slides, per_tile = predict_slides(model, store, tmp_path / "slides.csv", tmp_path / "heat")
     assert list(slides["slide"]) == ["a.svs"] and len(per_tile) == slides["n_tiles"].iat[0] > 4
     png = tmp_path / "heat" / "a.svs.attention.png"
@@ -287,20 +364,30 @@ def test_attention_heatmaps_on_a_slide_store(tmp_path: Path) -> None:
 
 
 def test_bags_left_out_are_named_with_the_reason() -> None:
-    tiles = pd.DataFrame({"tile_id": [f"t{i}" for i in range(14)], "slide": np.repeat(["s1", "s2", "s3", "s4", "s5", "s6", "s7"], 2),
-                          "grade": ["G1", "G1", "G2", "G2", "G1", "G1", "G2", "G2", None, None, "G3", "G3", "G2", "G2"]})
+    tiles = pd.DataFrame(
+        {
+            "tile_id": [f"t{i}" for i in range(14)],
+            "slide": np.repeat(["s1", "s2", "s3", "s4", "s5", "s6", "s7"], 2),
+            "grade": ["G1", "G1", "G2", "G2", "G1", "G1", "G2", "G2", None, None, "G3", "G3", "G2", "G2"],
+        }
+    )
     unreadable = np.zeros(14, bool)
     unreadable[[2, 3]] = True  # every tile of s2
     b = make_bags(tiles, "grade", exclude=unreadable, min_per_class=2)
     assert list(b.names) == ["s1", "s3", "s4", "s7"] and b.dropped == {
-        "s2": "no readable tile", "s5": "no tile with a 'grade' label", "s6": "class 'G3' has fewer than 2 bags"}
+        "s2": "no readable tile",
+        "s5": "no tile with a 'grade' label",
+        "s6": "class 'G3' has fewer than 2 bags",
+    }
     from mito.heads.bags import left_out, left_out_line
 
     meta = {"slides": {"slides": [{"slide": "s9", "n_tiles": 0}, {"slide": "s1", "n_tiles": 2}]}}
     gone = left_out(b, meta)
     assert gone == {**b.dropped, "s9": "no tile on tissue"}
-    assert left_out_line(gone) == ("4 bags left out: s2 (no readable tile); s5 (no tile with a 'grade' label); "
-                                   "s6 (class 'G3' has fewer than 2 bags); s9 (no tile on tissue)")
+    assert left_out_line(gone) == (
+        "4 bags left out: s2 (no readable tile); s5 (no tile with a 'grade' label); "
+        "s6 (class 'G3' has fewer than 2 bags); s9 (no tile on tissue)"
+    )
     assert left_out(b, meta, "patient") == b.dropped  # bags by another column: the slide records do not apply
 
 
@@ -308,8 +395,24 @@ def test_slides_with_no_readable_tile_are_reported_by_fit_predict_and_bench(tmp_
     """A slide whose tiles are all unreadable is not a bag; fit-head, predict and bench --level slide say so."""
     store, _ = planted_store(tmp_path / "p.zarr", slides=40, unreadable_slides=(0, 3))
     model = tmp_path / "m"
-    r = runner.invoke(app, ["fit-head", "--store", str(store), "--level", "slide", "--task", "label", "--head", "mean-linear",
-                            "--epochs", "2", "--out", str(model)])
+    r = runner.invoke(
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(store),
+            "--level",
+            "slide",
+            "--task",
+            "label",
+            "--head",
+            "mean-linear",
+            "--epochs",
+            "2",
+            "--out",
+            str(model),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "2 bags left out: s000, s003 (no readable tile)" in " ".join(r.output.split()), r.output
     m = json.loads((model / "metrics.json").read_text())
@@ -319,8 +422,28 @@ def test_slides_with_no_readable_tile_are_reported_by_fit_predict_and_bench(tmp_
     assert r.exit_code == 0, r.output
     assert "38 bags predicted" in r.output and "2 bags not predicted: s000, s003 (no readable tile)" in " ".join(r.output.split())
     assert len(pd.read_csv(tmp_path / "slides.csv")) == 38
-    r = runner.invoke(app, ["bench", "--store", str(store), "--level", "slide", "--task", "label", "--heads", "mean-linear", "--folds", "2",
-                            "--n-boot", "20", "--param", "mean-linear.epochs=2", "--out", str(tmp_path / "lb")])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(store),
+            "--level",
+            "slide",
+            "--task",
+            "label",
+            "--heads",
+            "mean-linear",
+            "--folds",
+            "2",
+            "--n-boot",
+            "20",
+            "--param",
+            "mean-linear.epochs=2",
+            "--out",
+            str(tmp_path / "lb"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "2 bags left out: s000, s003 (no readable tile)" in " ".join(r.output.split()), r.output
     doc = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
@@ -329,8 +452,10 @@ def test_slides_with_no_readable_tile_are_reported_by_fit_predict_and_bench(tmp_
 
 def test_predict_says_how_many_unreadable_tiles_it_left_out(tmp_path: Path) -> None:
     store, _ = planted_store(tmp_path / "p.zarr", slides=10, unreadable_slides=(2,))
-    r = runner.invoke(app, ["fit-head", "--store", str(store), "--task", "label", "--head", "logreg", "--group-column", "none",
-                            "--out", str(tmp_path / "m")])
+    r = runner.invoke(
+        app,
+        ["fit-head", "--store", str(store), "--task", "label", "--head", "logreg", "--group-column", "none", "--out", str(tmp_path / "m")],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["predict", "--model", str(tmp_path / "m"), "--store", str(store), "--out", str(tmp_path / "p.csv")])
     assert r.exit_code == 0, r.output

@@ -19,8 +19,9 @@ def test_heatmaps_of_a_tile_store_are_refused_before_the_csv_is_written(synth_st
     model = tmp_path / "m"
     fit_head(FitConfig(store=str(synth_store), out=str(model), task="mitosis", features=["fakenet:z1:rgb"], head="logreg"))
     out = tmp_path / "p.csv"
-    r = runner.invoke(app, ["predict", "--model", str(model), "--store", str(synth_store), "--out", str(out), "--heatmaps",
-                            str(tmp_path / "heat")])
+    r = runner.invoke(
+        app, ["predict", "--model", str(model), "--store", str(synth_store), "--out", str(out), "--heatmaps", str(tmp_path / "heat")]
+    )
     assert r.exit_code == 2 and "extracted from whole slides" in r.output and "Traceback" not in r.output
     assert not out.exists() and not (tmp_path / "heat").exists()
     r = runner.invoke(app, ["predict", "--model", str(model), "--store", str(synth_store), "--out", str(out)])
@@ -30,11 +31,30 @@ def test_heatmaps_of_a_tile_store_are_refused_before_the_csv_is_written(synth_st
 def test_slide_model_pictures_that_cannot_be_drawn_are_refused_before_any_csv(tmp_path: Path) -> None:
     store, _ = planted_store(tmp_path / "planted.zarr", slides=20, tiles=6)  # neither slide boxes nor tile paths
     model = tmp_path / "m"
-    r = runner.invoke(app, ["fit-head", "--store", str(store), "--level", "slide", "--task", "label", "--head", "mean-linear",
-                            "--epochs", "2", "--out", str(model), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(store),
+            "--level",
+            "slide",
+            "--task",
+            "label",
+            "--head",
+            "mean-linear",
+            "--epochs",
+            "2",
+            "--out",
+            str(model),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["level"] == "slide"
     out = tmp_path / "slides.csv"
-    r = runner.invoke(app, ["predict", "--model", str(model), "--store", str(store), "--out", str(out), "--heatmaps", str(tmp_path / "pics")])
+    r = runner.invoke(
+        app, ["predict", "--model", str(model), "--store", str(store), "--out", str(out), "--heatmaps", str(tmp_path / "pics")]
+    )
     assert r.exit_code == 2 and "pictures need tile images" in r.output and "Traceback" not in r.output
     assert not out.exists() and not (tmp_path / "slides.tiles.csv").exists() and not (tmp_path / "pics").exists()

@@ -44,8 +44,9 @@ def test_fit_head_defaults_use_every_variant_and_the_published_split(amibr_store
         assert m["n_train"] + m["n_val"] == int((s.tiles["split"] == "train").sum())
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["features"] == ALL4 and cfg["training"]["split_column"] == "split"
-    r = runner.invoke(app, ["fit-head", "--store", str(amibr_store), "--out", str(tmp_path / "r"), "--head", "logreg",
-                            "--split-column", "none", "--json"])
+    r = runner.invoke(
+        app, ["fit-head", "--store", str(amibr_store), "--out", str(tmp_path / "r"), "--head", "logreg", "--split-column", "none", "--json"]
+    )
     assert r.exit_code == 0, r.output
     m = json.loads(r.output)
     assert m["split_column"] is None and m["split"].startswith("random")
@@ -71,11 +72,29 @@ def test_predict_slide_with_points_matches_the_crops(model: Path, amibr_store: P
     slide = tmp_path / "slide.ome.tif"
     centres = _mosaic_slide(crops, slide)
     pts = tmp_path / "points.csv"
-    pd.DataFrame({"x": [c[0] for c in centres], "y": [c[1] for c in centres], "label": ["Atypical"] * 2 + ["Normal"] * 2}).to_csv(pts, index=False)
+    pd.DataFrame({"x": [c[0] for c in centres], "y": [c[1] for c in centres], "label": ["Atypical"] * 2 + ["Normal"] * 2}).to_csv(
+        pts, index=False
+    )
     r = runner.invoke(app, ["predict", str(slide), "--model", str(model), "--out", str(tmp_path / "p.csv")])
     assert r.exit_code == 2 and "--points" in r.output  # the hint names an option predict has
-    r = runner.invoke(app, ["predict", str(slide), "--model", str(model), "--points", str(pts), "--tile-size", "128",
-                            "--out", str(tmp_path / "p.csv"), "--device", "cpu", "--quiet"])
+    r = runner.invoke(
+        app,
+        [
+            "predict",
+            str(slide),
+            "--model",
+            str(model),
+            "--points",
+            str(pts),
+            "--tile-size",
+            "128",
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output
     df = pd.read_csv(tmp_path / "p.csv")
     assert list(df[["x", "y"]].itertuples(index=False, name=None)) == centres
@@ -84,11 +103,15 @@ def test_predict_slide_with_points_matches_the_crops(model: Path, amibr_store: P
     by_name = stored.assign(name=stored["path"].map(lambda p: Path(p).name)).set_index("name")
     want = by_name.loc[[f.name for f in crops], "p_Atypical"].to_numpy()
     np.testing.assert_allclose(df["p_Atypical"], want, atol=2e-3)
-    r = runner.invoke(app, ["predict", "--model", str(model), "--store", str(amibr_store), "--points", str(pts), "--out", str(tmp_path / "q.csv")])
+    r = runner.invoke(
+        app, ["predict", "--model", str(model), "--store", str(amibr_store), "--points", str(pts), "--out", str(tmp_path / "q.csv")]
+    )
     assert r.exit_code == 2 and "slide SOURCE" in r.output
 
 
-def test_predict_on_images_shows_extraction_and_scoring_progress(model: Path, amibr_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_predict_on_images_shows_extraction_and_scoring_progress(
+    model: Path, amibr_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mito.app.predict
     import mito.core.progress
 
@@ -137,8 +160,10 @@ def test_fit_head_and_predict_take_every_proxy_task_through_the_one_resolver(tmp
     tiles["expert2_label"] = phases
     tiles.loc[tiles.index[::7], "expert2_label"] = "NMF prophase"  # experts disagree: left out of the task
     store = synthetic_store(tmp_path / "s.zarr", tiles, {"fakenet:z1:rgb": 16})
-    r = runner.invoke(app, ["fit-head", "--store", str(store), "--task", "phase", "--head", "logreg", "--split-column", "none",
-                            "--out", str(tmp_path / "m")])
+    r = runner.invoke(
+        app,
+        ["fit-head", "--store", str(store), "--task", "phase", "--head", "logreg", "--split-column", "none", "--out", str(tmp_path / "m")],
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["task"] == "phase" and cfg["classes"] == ["anaphase", "metaphase"]

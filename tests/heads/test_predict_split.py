@@ -50,8 +50,9 @@ def test_predict_marks_each_tile_with_its_side_of_the_fitted_split(fitted: tuple
 def test_tiles_the_model_never_saw_are_unseen_and_scored_apart(fitted: tuple[Path, dict], synth_store: Path, tmp_path: Path) -> None:
     model, m = fitted
     bigger = synthetic_store(tmp_path / "more.zarr", amibr_tiles(), {RGB: 32, "fakenet:z1:gray": 32})  # a superset of the tiles
-    r = runner.invoke(app, ["predict", "--model", str(model), "--store", str(bigger), "--out", str(tmp_path / "p.csv")],
-                      env={"COLUMNS": "300"})
+    r = runner.invoke(
+        app, ["predict", "--model", str(model), "--store", str(bigger), "--out", str(tmp_path / "p.csv")], env={"COLUMNS": "300"}
+    )
     assert r.exit_code == 0, r.output
     df = pd.read_csv(tmp_path / "p.csv")
     n_unseen = len(df) - m["n_train"] - m["n_val"] - m["n_test"]
@@ -73,8 +74,9 @@ def test_a_model_without_a_recorded_split_says_so(fitted: tuple[Path, dict], syn
     old = tmp_path / "old"
     shutil.copytree(model, old)
     (old / SPLIT_FILE).unlink()
-    r = runner.invoke(app, ["predict", "--model", str(old), "--store", str(synth_store), "--out", str(tmp_path / "p.csv")],
-                      env={"COLUMNS": "300"})
+    r = runner.invoke(
+        app, ["predict", "--model", str(old), "--store", str(synth_store), "--out", str(tmp_path / "p.csv")], env={"COLUMNS": "300"}
+    )
     assert r.exit_code == 0, r.output
     assert set(pd.read_csv(tmp_path / "p.csv")["split"]) == {"unknown"}
     assert "records no split" in " ".join(r.output.split()) and "training tiles included" in " ".join(r.output.split())
@@ -83,12 +85,30 @@ def test_a_model_without_a_recorded_split_says_so(fitted: tuple[Path, dict], syn
 def test_slide_predict_marks_bags_with_their_side(tmp_path: Path) -> None:
     store, _ = planted_store(tmp_path / "planted.zarr", slides=40, tiles=8)
     model = tmp_path / "m"
-    r = runner.invoke(app, ["fit-head", "--store", str(store), "--level", "slide", "--task", "label", "--head", "mean-linear",
-                            "--epochs", "3", "--out", str(model), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(store),
+            "--level",
+            "slide",
+            "--task",
+            "label",
+            "--head",
+            "mean-linear",
+            "--epochs",
+            "3",
+            "--out",
+            str(model),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     m = json.loads(r.output)
-    r = runner.invoke(app, ["predict", "--model", str(model), "--store", str(store), "--out", str(tmp_path / "s.csv")],
-                      env={"COLUMNS": "300"})
+    r = runner.invoke(
+        app, ["predict", "--model", str(model), "--store", str(store), "--out", str(tmp_path / "s.csv")], env={"COLUMNS": "300"}
+    )
     assert r.exit_code == 0, r.output
     slides = pd.read_csv(tmp_path / "s.csv")
     assert slides["split"].value_counts().to_dict() == {"train": m["n_train"], "val": m["n_val"], "test": m["n_test"]}

@@ -22,8 +22,13 @@ def test_each_head_trains_saves_loads_predicts_identically(name: str, amibr_stor
     out = tmp_path / name
     m = fit_head(
         FitConfig(
-            store=str(amibr_store), out=str(out), task="mitosis", head=name, split_column="split",
-            features=[Z1RGB, "efficientnet_lite0:z2:rgb"], head_params={**QUICK.get(name, {}), "noise": 0.5},
+            store=str(amibr_store),
+            out=str(out),
+            task="mitosis",
+            head=name,
+            split_column="split",
+            features=[Z1RGB, "efficientnet_lite0:z2:rgb"],
+            head_params={**QUICK.get(name, {}), "noise": 0.5},
         )
     )
     assert m["n_test"] > 0 and 0 <= m["balanced_accuracy"] <= 1 and m["train_seconds"] < 30

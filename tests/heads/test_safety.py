@@ -21,9 +21,7 @@ runner = CliRunner()
 
 
 def fit(store: Path, out: Path, *extra: str) -> object:
-    return runner.invoke(
-        app, ["fit-head", "--store", str(store), "--out", str(out), "--head", "logreg", "--features", RGB, *extra]
-    )
+    return runner.invoke(app, ["fit-head", "--store", str(store), "--out", str(out), "--head", "logreg", "--features", RGB, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,9 @@ def test_overwrite_never_deletes_the_store(synth_store: Path, tmp_path: Path) ->
         assert s.is_complete(RGB)
 
 
-def test_overwrite_refuses_a_folder_of_other_files_a_file_and_dot(synth_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_overwrite_refuses_a_folder_of_other_files_a_file_and_dot(
+    synth_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     other = tmp_path / "notes"
     other.mkdir()
     (other / "thesis.txt").write_text("years of work")

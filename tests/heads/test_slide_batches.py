@@ -27,7 +27,11 @@ def test_batches_keep_the_order_and_bound_the_padding() -> None:
     assert sum(len(b) == 1 and sizes[b[0]] == 50_000 for b in batches) == 4  # each huge bag alone
     # bags that fit are cut exactly as before: batch_bags at a time
     small = np.full(40, 100)
-    assert [b.tolist() for b in tile_budget_batches(small, np.arange(40), 16)] == [list(range(16)), list(range(16, 32)), list(range(32, 40))]
+    assert [b.tolist() for b in tile_budget_batches(small, np.arange(40), 16)] == [
+        list(range(16)),
+        list(range(16, 32)),
+        list(range(32, 40)),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +40,13 @@ def huge(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("huge") / "h.zarr"
     sizes = np.array([3000 if i % 8 == 0 else 20 for i in range(24)])
     bag = np.repeat(np.arange(24), sizes)
-    table = pd.DataFrame({"tile_id": [f"t{i}" for i in range(len(bag))], "slide": [f"s{b:02d}" for b in bag],
-                          "label": np.where(bag % 2 == 1, "tumour", "normal")})
+    table = pd.DataFrame(
+        {
+            "tile_id": [f"t{i}" for i in range(len(bag))],
+            "slide": [f"s{b:02d}" for b in bag],
+            "label": np.where(bag % 2 == 1, "tumour", "normal"),
+        }
+    )
     s = create_store(path, table, {"tasks": ["label"]}, chunk_rows=512)
     s.ensure_variant(KEY, 16, {"backbone": "synth", "weights_sha256": "0" * 64, "preprocessing": {"zoom": 1.0, "color": "rgb"}})
     rng = np.random.default_rng(0)

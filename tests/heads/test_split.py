@@ -91,8 +91,27 @@ def test_tiles_without_a_group_are_groups_of_their_own(tmp_path) -> None:
     runner = CliRunner()
     r = runner.invoke(app, ["fit-head", "--store", str(store), "--head", "knn", "--split-column", "none", "--out", str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["bench", "--store", str(store), "--heads", "knn", "--folds", "2", "--cv", "kfold", "--jobs", "1",
-                            "--n-boot", "0", "--no-umap", "--out", str(tmp_path / "b")])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(store),
+            "--heads",
+            "knn",
+            "--folds",
+            "2",
+            "--cv",
+            "kfold",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "0",
+            "--no-umap",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
     assert r.exit_code == 0, r.output
 
 

@@ -37,22 +37,60 @@ def _warnings(output: str) -> list[str]:
 
 
 def test_fit_head_warns_once_when_every_tile_is_its_own_group(per_tile_store: Path, synth_store: Path, tmp_path: Path) -> None:
-    r = runner.invoke(app, ["fit-head", "--store", str(per_tile_store), "--task", "mitosis", "--head", "logreg",
-                            "--out", str(tmp_path / "m")], env={"COLUMNS": "300"})
+    r = runner.invoke(
+        app,
+        ["fit-head", "--store", str(per_tile_store), "--task", "mitosis", "--head", "logreg", "--out", str(tmp_path / "m")],
+        env={"COLUMNS": "300"},
+    )
     assert r.exit_code == 0, r.output
     lines = _warnings(r.output)
     assert len(lines) == 1 and "--group-column" in lines[0] and "manifest" in lines[0], r.output
     assert "random by 'group'" not in r.output  # no longer reads as grouped by slide
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert "tile by tile" in metrics["split"] and metrics["warnings"] and WARNING in metrics["warnings"][0]
-    r = runner.invoke(app, ["fit-head", "--store", str(synth_store), "--task", "mitosis", "--head", "logreg",
-                            "--split-column", "none", "--out", str(tmp_path / "m2")], env={"COLUMNS": "300"})
+    r = runner.invoke(
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(synth_store),
+            "--task",
+            "mitosis",
+            "--head",
+            "logreg",
+            "--split-column",
+            "none",
+            "--out",
+            str(tmp_path / "m2"),
+        ],
+        env={"COLUMNS": "300"},
+    )
     assert r.exit_code == 0 and not _warnings(r.output)  # real slides: grouped, no warning
 
 
 def test_bench_warns_when_its_folds_split_tile_by_tile(per_tile_store: Path, tmp_path: Path) -> None:
-    r = runner.invoke(app, ["bench", "--store", str(per_tile_store), "--task", "mitosis", "--heads", "logreg", "--folds", "3",
-                            "--jobs", "1", "--n-boot", "0", "--no-umap", "--out", str(tmp_path / "b")], env={"COLUMNS": "300"})
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "--store",
+            str(per_tile_store),
+            "--task",
+            "mitosis",
+            "--heads",
+            "logreg",
+            "--folds",
+            "3",
+            "--jobs",
+            "1",
+            "--n-boot",
+            "0",
+            "--no-umap",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+        env={"COLUMNS": "300"},
+    )
     assert r.exit_code == 0, r.output
     assert len(_warnings(r.output)) == 1, r.output
     meta = json.loads((tmp_path / "b" / "leaderboard.json").read_text())["meta"]["tasks"]["mitosis"]
@@ -64,9 +102,12 @@ def test_the_warning_wraps_at_the_terminal_width(per_tile_store: Path, tmp_path:
     from rich.console import Console
 
     import mito.cli
+
     monkeypatch.setattr(mito.cli, "err_console", Console(stderr=True, width=80))
-    for args in (["fit-head", "--head", "logreg", "--out", str(tmp_path / "m")],
-                 ["bench", "--heads", "logreg", "--folds", "3", "--jobs", "1", "--n-boot", "0", "--no-umap", "--out", str(tmp_path / "b")]):
+    for args in (
+        ["fit-head", "--head", "logreg", "--out", str(tmp_path / "m")],
+        ["bench", "--heads", "logreg", "--folds", "3", "--jobs", "1", "--n-boot", "0", "--no-umap", "--out", str(tmp_path / "b")],
+    ):
         r = runner.invoke(app, [*args, "--store", str(per_tile_store), "--task", "mitosis"])
         assert r.exit_code == 0, r.output
         start = r.stderr.index("warning")

@@ -159,8 +159,24 @@ def test_stream_choice(synth_store: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["fit-head", "--store", str(synth_store), "--out", str(tmp_path / "m"), "--head", "knn", "--stream"])
     assert r.exit_code == 2 and "Traceback" not in r.output and "in memory" in r.output
     r = runner.invoke(
-        app, ["fit-head", "--store", str(synth_store), "--out", str(tmp_path / "m"), "--task", "mitosis", "--head", "linear",
-              "--stream", "--buffer-rows", "100", "--epochs", "3", "--json"]
+        app,
+        [
+            "fit-head",
+            "--store",
+            str(synth_store),
+            "--out",
+            str(tmp_path / "m"),
+            "--task",
+            "mitosis",
+            "--head",
+            "linear",
+            "--stream",
+            "--buffer-rows",
+            "100",
+            "--epochs",
+            "3",
+            "--json",
+        ],
     )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["streamed"] is True

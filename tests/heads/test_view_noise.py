@@ -73,8 +73,14 @@ def test_read_views_aligns_rows_and_falls_back_to_the_tile(view_store: Path) -> 
         with pytest.raises(HeadError, match="--augment hed:4,flip --augment-colors gray"):  # the default rgb would add none
             read_views(s, ["fakenet:z1:gray"], rows)
         with pytest.raises(HeadError, match="no-stream"):
-            fit_on_rows(s, ["fakenet:z1:rgb"], {"train": np.arange(100)}, s.tiles["mitosis"].to_numpy(),
-                        make_head("mlp", noise_mode="views", epochs=1), stream=True)
+            fit_on_rows(
+                s,
+                ["fakenet:z1:rgb"],
+                {"train": np.arange(100)},
+                s.tiles["mitosis"].to_numpy(),
+                make_head("mlp", noise_mode="views", epochs=1),
+                stream=True,
+            )
 
 
 def test_pick_views_draws_each_rows_own_images() -> None:

@@ -32,15 +32,25 @@ def _inside(fig, tol: float = 0.01) -> list[str]:
 
 def _overlaps(texts, renderer) -> list[tuple[str, str]]:
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
-    return [(a, b) for i, (a, ea) in enumerate(boxes) for b, eb in boxes[i + 1:] if ea.overlaps(eb)]
+    return [(a, b) for i, (a, ea) in enumerate(boxes) for b, eb in boxes[i + 1 :] if ea.overlaps(eb)]
 
 
 @pytest.fixture(scope="module")
 def wide_bench(amibr_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two tasks, the four-variant feature set (long labels) and z1:rgb, two heads: a real leaderboard folder."""
     out = tmp_path_factory.mktemp("pictures") / "bench"
-    lb = run_bench(BenchConfig(store=str(amibr_store), tasks=["mitosis", "dataset"], features=["+".join(FOUR), FOUR[0]], heads=["logreg", "knn"],
-                               n_folds=2, n_jobs=1, n_boot=20), progress=False)
+    lb = run_bench(
+        BenchConfig(
+            store=str(amibr_store),
+            tasks=["mitosis", "dataset"],
+            features=["+".join(FOUR), FOUR[0]],
+            heads=["logreg", "knn"],
+            n_folds=2,
+            n_jobs=1,
+            n_boot=20,
+        ),
+        progress=False,
+    )
     save_leaderboard(lb, out)
     return out
 
@@ -83,11 +93,22 @@ def test_critical_difference_diagram_is_capped_and_readable(tmp_path: Path) -> N
     from mito.report.stat_figures import CD_MAX_METHODS, cd_axes, cd_figure, cd_scores
 
     rng = np.random.default_rng(0)
-    rows = pd.DataFrame([
-        {"task": t, "backbone": "efficientnet_lite0", "features": f"z{z}:{c}", "head": h, "main_metric": "balanced_accuracy",
-         "balanced_accuracy": rng.random()}
-        for t in ("mitosis", "dataset", "phase") for z in (1, 2, 3) for c in ("rgb", "gray", "rgb+gray") for h in ("logreg", "knn", "mlp", "linear", "lightgbm")
-    ])
+    rows = pd.DataFrame(
+        [
+            {
+                "task": t,
+                "backbone": "efficientnet_lite0",
+                "features": f"z{z}:{c}",
+                "head": h,
+                "main_metric": "balanced_accuracy",
+                "balanced_accuracy": rng.random(),
+            }
+            for t in ("mitosis", "dataset", "phase")
+            for z in (1, 2, 3)
+            for c in ("rgb", "gray", "rgb+gray")
+            for h in ("logreg", "knn", "mlp", "linear", "lightgbm")
+        ]
+    )
     cs = cd_scores(rows)
     assert cs.n_all == 45 and len(cs.methods) == CD_MAX_METHODS and "12 best of 45" in cs.caption
     assert cs.scores.shape == (3, CD_MAX_METHODS)
@@ -118,8 +139,12 @@ def test_report_page_fits_1280_pixels(wide_bench: Path, tmp_path: Path) -> None:
         pytest.skip("no chromium here to measure the page")
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", "<script>document.title='W'+document.documentElement.scrollWidth;</script></body>"))
-    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,2000", "--dump-dom", probe.as_uri()],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,2000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     width = int(re.search(r"<title>W(\d+)</title>", r.stdout).group(1))
     assert width <= 1280, width
 

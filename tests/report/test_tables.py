@@ -88,8 +88,15 @@ def _runs(name: str) -> set[str]:
 def test_text_cells_break_at_plus_colon_comma_never_mid_word(width: int) -> None:
     """trial19: at 80 columns 'z2:rgb+gray' showed as 'z2:rgb+gr' over 'ay', and the header 'train s' as 'train' over 's'."""
     names = ["z2:rgb+gray", "z1+z2:gray", "z1+z2:rgb+gray", "z1:rgb"]
-    cols = [Col("#"), Col("features", "left", fold=6), Col("head", "left", fold=6), Col("bal acc"), Col("95% CI", drop=3),
-            Col("AUROC", drop=2), Col("train s", drop=1, header_wraps=False)]
+    cols = [
+        Col("#"),
+        Col("features", "left", fold=6),
+        Col("head", "left", fold=6),
+        Col("bal acc"),
+        Col("95% CI", drop=3),
+        Col("AUROC", drop=2),
+        Col("train s", drop=1, header_wraps=False),
+    ]
     rows = [[str(i + 1), n, "logreg", "0.612±0.034", "0.551-0.668", "0.701", "0.12"] for i, n in enumerate(names)]
     out = render_text(FitTable(cols, rows), width)
     shown = [c for c in _cells(out, 1) if c and c != "features"]

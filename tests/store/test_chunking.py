@@ -36,8 +36,13 @@ def test_a_store_started_with_one_tile_keeps_full_chunks_when_tiles_are_added(tm
         with open_store(path, "a") as s:
             s.append_tiles(_tiles(a, a + 20))
             assert s.chunk_rows == 1024 and s.n_chunks == 1
-            s.write_chunk(KEY, 0, np.concatenate([s.read([KEY], slice(0, a), np.float16, allow_incomplete=True),
-                                                  rng.normal(size=(20, 8)).astype(np.float16)]))
+            s.write_chunk(
+                KEY,
+                0,
+                np.concatenate(
+                    [s.read([KEY], slice(0, a), np.float16, allow_incomplete=True), rng.normal(size=(20, 8)).astype(np.float16)]
+                ),
+            )
     with open_store(path) as s:
         assert s.n_tiles == 61 and s.chunk_rows == 1024 and s.verify() == []
         assert s._b.chunks("features/bb/z1/rgb")[0] == 1024 and s._b.chunks("unreadable")[0] == 1024
@@ -55,7 +60,8 @@ def test_a_checkpoint_keeps_the_first_rows_of_an_unfinished_chunk(tmp_path: Path
     with create_store(path, _tiles(0, 12), {"tasks": ["label"]}, chunk_rows=8) as s:
         s.ensure_variant(KEY, 4, {"backbone": "bb"})
         assert kept_note(s, {"bb": [KEY]}) == (
-            "nothing was finished yet: no chunk completed and no rows checkpointed; re-run the same command to start over")
+            "nothing was finished yet: no chunk completed and no rows checkpointed; re-run the same command to start over"
+        )
         rows = np.arange(20, dtype=np.float16).reshape(5, 4)
         bad = np.array([False, False, True, False, False])
         rows[2] = np.nan  # an unreadable tile's row
@@ -63,7 +69,8 @@ def test_a_checkpoint_keeps_the_first_rows_of_an_unfinished_chunk(tmp_path: Path
         assert s.kept_rows(KEY, 0) == 5 and not s.done_chunks(KEY).any()
         assert s.unreadable[:5].tolist() == bad.tolist()
         assert kept_note(s, {"bb": [KEY]}) == (
-            "kept 5 of 12 tiles (0 of 2 chunks whole, 5 rows of unfinished chunks checkpointed); re-run the same command to embed only the rest")
+            "kept 5 of 12 tiles (0 of 2 chunks whole, 5 rows of unfinished chunks checkpointed); re-run the same command to embed only the rest"
+        )
         s.write_chunk(KEY, 1, np.ones((4, 4), np.float16))
         assert kept_note(s, {"bb": [KEY]}).startswith("kept 9 of 12 tiles (1 of 2 chunks whole, 5 rows")
         with pytest.raises(StoreError, match="needs 1..7 rows"):

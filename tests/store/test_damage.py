@@ -25,8 +25,16 @@ CHUNK = "features/efficientnet_lite0/z1/rgb/c/1/0"
 def _fixture_cfg(amibr_dir: Path, store: Path) -> ExtractConfig:
     """Exactly the settings tests/conftest.py's amibr_store was made with (so a re-run only repairs)."""
     return ExtractConfig(
-        source=str(amibr_dir), store=str(store), task="mitosis", zooms=[1.0, 2.0], colors=["rgb", "gray"],
-        input_size=128, chunk_rows=16, batch_size=16, num_workers=0, progress=False,
+        source=str(amibr_dir),
+        store=str(store),
+        task="mitosis",
+        zooms=[1.0, 2.0],
+        colors=["rgb", "gray"],
+        input_size=128,
+        chunk_rows=16,
+        batch_size=16,
+        num_workers=0,
+        progress=False,
     )
 
 
@@ -77,7 +85,9 @@ def test_a_truncated_chunk_is_reported_and_refused(amibr_store: Path, tmp_path: 
     f.write_bytes(f.read_bytes()[:7])
     code, out = _cli("cache", "verify", str(store))
     assert code == 1 and "features/efficientnet_lite0/z2/gray chunk 2 is damaged" in out
-    code, out = _cli("fit-head", "--store", str(store), "--task", "mitosis", "--features", "efficientnet_lite0:z2:gray", "--out", str(tmp_path / "m"))
+    code, out = _cli(
+        "fit-head", "--store", str(store), "--task", "mitosis", "--features", "efficientnet_lite0:z2:gray", "--out", str(tmp_path / "m")
+    )
     assert code != 0 and "chunk 2 is damaged" in out and not (tmp_path / "m").exists()
 
 
@@ -158,8 +168,10 @@ def test_arrays_no_attribute_knows_of_are_reported(tmp_path: Path) -> None:
     path = _small(tmp_path, "s.zarr")
     _edit(path, lambda m: m["variants"].pop("bb:z1:rgb"))
     with open_store(path, lenient=True) as s:
-        assert (f"features/bb/z1/rgb is on disk but not in the attributes (left by an interrupted or concurrent writer); "
-                f"`mito cache rm {path} bb:z1:rgb` removes it") in s.verify()
+        assert (
+            f"features/bb/z1/rgb is on disk but not in the attributes (left by an interrupted or concurrent writer); "
+            f"`mito cache rm {path} bb:z1:rgb` removes it"
+        ) in s.verify()
 
 
 def test_a_store_made_before_checksums_still_reads(tmp_path: Path) -> None:

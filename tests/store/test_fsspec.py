@@ -55,8 +55,16 @@ def test_hdf5_at_a_url_is_refused_with_a_hint() -> None:
 def test_extract_into_a_memory_url_matches_the_local_store_and_resumes(amibr_dir: Path, amibr_store: Path) -> None:
     url = _url()
     cfg = ExtractConfig(
-        source=str(amibr_dir), store=url, task="mitosis", zooms=[2.0], colors=["gray"],  # one of the fixture's four
-        input_size=128, chunk_rows=16, batch_size=16, num_workers=0, progress=False,
+        source=str(amibr_dir),
+        store=url,
+        task="mitosis",
+        zooms=[2.0],
+        colors=["gray"],  # one of the fixture's four
+        input_size=128,
+        chunk_rows=16,
+        batch_size=16,
+        num_workers=0,
+        progress=False,
     )
     first = extract(cfg)
     assert first["backbones"]["efficientnet_lite0"]["rows"] == 48

@@ -46,7 +46,10 @@ def test_yes_no_columns_are_stored_as_nullable_booleans(tmp_path: Path, amibr_st
 def test_a_different_preprocessing_is_named_with_both_values(tmp_path: Path) -> None:
     s = create_store(tmp_path / "s.zarr", pd.DataFrame({"tile_id": ["a", "b"]}), {})
     s.ensure_variant("bb:z1:rgb", 3, {"backbone": "bb", "preprocessing": {"fit": "resize", "input_size": 224}})
-    with pytest.raises(StoreError, match=r"\(preprocessing\.fit: the store has resize, this run pad; preprocessing\.input_size: the store has 224, this run 128\)"):
+    with pytest.raises(
+        StoreError,
+        match=r"\(preprocessing\.fit: the store has resize, this run pad; preprocessing\.input_size: the store has 224, this run 128\)",
+    ):
         s.ensure_variant("bb:z1:rgb", 3, {"backbone": "bb", "preprocessing": {"fit": "pad", "input_size": 128}})
     with pytest.raises(StoreError, match=r"dim: the store has 3, this run 4"):
         s.ensure_variant("bb:z1:rgb", 4, {"backbone": "bb", "preprocessing": {"fit": "resize", "input_size": 224}})

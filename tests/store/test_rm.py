@@ -73,9 +73,19 @@ def test_rm_is_refused_while_another_writer_holds_the_lock(tmp_path: Path) -> No
     import subprocess
     import sys
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from mito.store.lock import StoreLock; StoreLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
-    ), str(path)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from mito.store.lock import StoreLock; StoreLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+            ),
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         r = runner.invoke(app, ["cache", "rm", str(path), "bb:z1:rgb"])

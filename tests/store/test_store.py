@@ -15,7 +15,12 @@ FORMATS = ["s.zarr", "s.h5"]
 
 def _tiles(n: int) -> pd.DataFrame:
     return pd.DataFrame(
-        {"tile_id": [f"t{i}" for i in range(n)], "mitosis": (["Atypical", "Normal", None] * n)[:n], "x": np.arange(n), "w": np.linspace(0, 1, n)}
+        {
+            "tile_id": [f"t{i}" for i in range(n)],
+            "mitosis": (["Atypical", "Normal", None] * n)[:n],
+            "x": np.arange(n),
+            "w": np.linspace(0, 1, n),
+        }
     )
 
 

@@ -83,8 +83,27 @@ def test_a_second_writer_is_refused_in_one_line_and_a_killed_holder_leaves_no_st
     try:
         assert holder.stdout.readline().strip() == "ready"
         # the fixture's own settings: without the lock this run would go ahead (and exit 0)
-        r = _mito("extract", str(amibr_dir), "--store", str(store), "--task", "mitosis", "--zooms", "1,2", "--colors", "rgb,gray",
-                  "--input-size", "128", "--chunk-rows", "16", "--batch-size", "16", "--workers", "0", "--quiet")
+        r = _mito(
+            "extract",
+            str(amibr_dir),
+            "--store",
+            str(store),
+            "--task",
+            "mitosis",
+            "--zooms",
+            "1,2",
+            "--colors",
+            "rgb,gray",
+            "--input-size",
+            "128",
+            "--chunk-rows",
+            "16",
+            "--batch-size",
+            "16",
+            "--workers",
+            "0",
+            "--quiet",
+        )
         line = _one_error_line(r)
         assert f"is being written by pid {holder.pid} on host " in line and "wait for it to finish or stop it" in line
         with pytest.raises(LockedError):
@@ -143,8 +162,29 @@ def test_hdf5_killed_mid_run_keeps_the_previous_file_and_the_rerun_completes(ami
     r = _mito("extract", str(amibr_dir), "--store", str(store), *SMALL, "--chunk-rows", "8")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("is HDF5") == 1  # one line up front: HDF5 resumes per run, use .zarr for long runs
-    more = ["extract", str(amibr_dir), "--store", str(store), "--task", "mitosis", "--zooms", "1,2", "--colors", "rgb",
-            "--input-size", "224", "--chunk-rows", "8", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--quiet"]
+    more = [
+        "extract",
+        str(amibr_dir),
+        "--store",
+        str(store),
+        "--task",
+        "mitosis",
+        "--zooms",
+        "1,2",
+        "--colors",
+        "rgb",
+        "--input-size",
+        "224",
+        "--chunk-rows",
+        "8",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     p = subprocess.Popen([sys.executable, "-m", "mito", *more], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     copy = tmp_path / ".s.h5.writing"
     while not copy.exists() and p.poll() is None:  # the run has started writing its copy
@@ -165,8 +205,25 @@ def test_hdf5_killed_mid_run_keeps_the_previous_file_and_the_rerun_completes(ami
 @pytest.mark.slow
 @pytest.mark.parametrize("name, size", [("s.zarr", "300k"), ("s.h5", "650k")])  # HDF5 keeps 512 KiB free
 def test_a_full_disk_gives_one_line_leaves_a_sound_store_and_a_rerun_resumes(amibr_dir: Path, tmp_path: Path, name: str, size: str) -> None:
-    args = ["extract", str(amibr_dir), "--task", "mitosis", "--zooms", "1,2", "--colors", "rgb,gray", "--input-size", "64",
-            "--chunk-rows", "8", "--workers", "0", "--device", "cpu", "--quiet"]
+    args = [
+        "extract",
+        str(amibr_dir),
+        "--task",
+        "mitosis",
+        "--zooms",
+        "1,2",
+        "--colors",
+        "rgb,gray",
+        "--input-size",
+        "64",
+        "--chunk-rows",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     with _tmpfs(tmp_path / "mnt", f"size={size}") as mnt:
         store = mnt / name
         r = _mito(*args, "--store", str(store))

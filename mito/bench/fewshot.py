@@ -43,6 +43,7 @@ from mito.core.metrics import (
     tile_draw_counts,
     weighted_metric,
 )
+from mito.heads import head_modules
 
 SHOTS_ALL = "all"
 DEFAULT_DRAWS = 5
@@ -282,7 +283,9 @@ def fewshot_rows(
         delayed(fit_one)(str(cfg.store), fs.keys, head, params, f, plans[t][1], plans[t][2], cfg.standardize, cfg.pca, **options)
         for t, fs, head, nz, params, k, d, f in jobs
     )
-    results = run_parallel(Parallel, calls, len(jobs), n_jobs, progress, "fitting few-shot heads")
+    results = run_parallel(
+        Parallel, calls, len(jobs), n_jobs, progress, "fitting few-shot heads", preload=head_modules({j[2] for j in jobs})
+    )
     grouped: dict[tuple[Any, ...], list[tuple[tuple[int, Fold], dict[str, Any]]]] = {}
     for (t, fs, head, nz, _params, k, d, f), r in zip(jobs, results):
         grouped.setdefault((t, fs, head, nz, k), []).append(((d, f), r))

@@ -37,7 +37,7 @@ from mito.core.metrics import (
 from mito.core.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
 from mito.core.validation import as_dict
 from mito.datasets import PROXY_TASKS
-from mito.heads import HEAD_NAMES, head_names
+from mito.heads import HEAD_NAMES, head_modules, head_names
 from mito.store import open_store
 
 RANDOM_PREFIX = "random_"
@@ -389,7 +389,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
         delayed(fit_one)(str(cfg.store), fs.keys, head, params, f, plans[t][1], plans[t][2], cfg.standardize, cfg.pca, **options)
         for t, g, fs, head, nz, params, f in jobs
     )
-    results = run_parallel(Parallel, calls, len(jobs), n_jobs, progress, "fitting heads")
+    results = run_parallel(Parallel, calls, len(jobs), n_jobs, progress, "fitting heads", preload=head_modules({j[3] for j in jobs}))
 
     grouped: dict[tuple[Any, ...], list[tuple[Fold, dict[str, Any]]]] = {}
     for (t, g, fs, head, nz, _params, f), r in zip(jobs, results):

@@ -202,9 +202,12 @@ def score_row(
 
 
 # ------------------------------------------------------------------ parallel jobs
-def run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, progress: bool, what: str) -> list[Any]:
+def run_parallel(
+    Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, progress: bool, what: str, preload: Sequence[str] = ()
+) -> list[Any]:
     """Run joblib calls keeping their order, with a rich progress bar. On Ctrl-C, SIGTERM or a failed job, no
-    worker outlives the call: the workers ignore those signals (the parent decides) and are killed here."""
+    worker outlives the call: the workers ignore those signals (the parent decides) and are killed here. Each
+    worker imports ``preload`` first (the modules of the heads it will train, see ``ignore_in_worker``)."""
     calls = list(calls)
     gen: Iterable[Any] | None = None
     out = []
@@ -216,7 +219,7 @@ def run_parallel(Parallel: Any, calls: Iterable[Any], total: int, n_jobs: int, p
 
             start_quiet_resource_tracker()
             with spawning_workers():  # the workers (and loky's threads that start more) inherit the blocked signals
-                backend = LokyBackend(initializer=ignore_in_worker, initargs=(os.getpid(),))
+                backend = LokyBackend(initializer=ignore_in_worker, initargs=(os.getpid(), tuple(preload)))
                 gen = Parallel(n_jobs=n_jobs, return_as="generator", backend=backend)(calls)
         with progress_bar(unit="jobs", enabled=progress) as bar:
             tid, t0 = add_task(bar, what, total), time.perf_counter()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -110,9 +111,11 @@ def spawning_workers() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def ignore_in_worker(parent: int) -> None:
+def ignore_in_worker(parent: int, preload: tuple[str, ...] = ()) -> None:
     """Worker-process initializer: ignore SIGINT and SIGTERM (a terminal's Ctrl-C reaches the whole process group;
-    the parent decides and stops its workers) and, on Linux, die with the parent process ``parent``."""
+    the parent decides and stops its workers), on Linux die with the parent process ``parent``, and import the
+    modules ``preload`` names. loky takes a worker's memory after its first job as the reference and restarts a worker
+    that grows 300 MB beyond it ("A worker stopped ... memory leak"): torch imported by a later job is such growth."""
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
@@ -124,6 +127,8 @@ def ignore_in_worker(parent: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before that took effect
             os._exit(1)
+    for name in preload:
+        importlib.import_module(name)
 
 
 # The workers a parent kills cannot release the semaphores they made (numcodecs' blosc lock, made on a worker's

@@ -1,7 +1,7 @@
 """Heads trained from the embedding store: features, noise, training loop, save/load, predict."""
 
 from mito.heads.bags import BagReader, Bags, bag_table, left_out, left_out_line, make_bags
-from mito.heads.base import OPTIONAL_HEADS, HeadError, head_class, head_names, make_head, noise_variance, register_head
+from mito.heads.base import OPTIONAL_HEADS, HeadError, head_class, head_modules, head_names, make_head, noise_variance, register_head
 from mito.heads.calibrate import apply_temperature, fit_temperature
 from mito.heads.ensemble import Ensemble, load_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, metadata_categories, one_hot, select_features
@@ -28,6 +28,7 @@ HEAD_NAMES: tuple[str, ...] = tuple(n for n in head_names() if n not in OPTIONAL
 
 __all__ = [
     "HEAD_NAMES",
+    "head_modules",
     "Ensemble",
     "load_ensemble",
     "parse_ensemble",

@@ -64,6 +64,11 @@ def head_class(name: str) -> type[Head]:
         raise HeadError(f"unknown head {name!r}; choose one of {', '.join(head_names())}") from None
 
 
+def head_modules(names: Iterable[str]) -> tuple[str, ...]:
+    """The modules the built-in heads ``names`` live in (what a worker imports before training them)."""
+    return tuple(sorted({m for n in names if (m := BUILTIN_HEADS.get(n) or OPTIONAL_HEADS.get(n))}))
+
+
 def head_names() -> tuple[str, ...]:
     """Built-in head names, the optional ones (text-linear), then any registered by other code, in registration order."""
     return tuple(dict.fromkeys([*BUILTIN_HEADS, *OPTIONAL_HEADS, *_REGISTRY]))

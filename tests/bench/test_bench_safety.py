@@ -316,3 +316,25 @@ def test_few_shot_bench_interrupted_as_timeout_does_leaves_nothing_and_says_one_
         _interrupted_cleanly(run, [signal.SIGINT], out, tmp_path)
     finally:
         run.kill_session()
+
+
+def _has_module(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
+
+
+def test_workers_import_the_heads_they_will_train_before_their_first_job() -> None:
+    """loky measures a worker's memory after its first job and restarts a worker that then grows 300 MB ('A worker
+    stopped ... memory leak' in the demo): a torch head's module is imported up front, and only when one is planned."""
+    from joblib import Parallel, delayed
+
+    from mito.bench.rows import run_parallel
+    from mito.heads import head_modules
+
+    torch_heads = "mito.heads.torch_heads"
+    assert head_modules(["logreg", "knn"]) == ("mito.heads.sklearn_heads",)
+    assert torch_heads in head_modules(["logreg", "mlp"])
+    calls = [delayed(_has_module)(torch_heads) for _ in range(2)]
+    assert run_parallel(Parallel, calls, 2, 2, False, "x", preload=head_modules(["mlp"])) == [True, True]
+    assert run_parallel(Parallel, calls, 2, 2, False, "x", preload=head_modules(["logreg"])) == [False, False]

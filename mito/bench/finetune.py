@@ -343,12 +343,8 @@ def _run_fold(
     counts = np.bincount(yi[fold.train], minlength=len(classes)).astype(np.float64)
     weights = 1.0 / np.maximum(counts[yi[fold.train]], 1.0)
     n_epoch = cfg.epoch_samples or len(fold.train)
-    sampler = torch.utils.data.WeightedRandomSampler(
-        torch.as_tensor(weights),
-        n_epoch,
-        replacement=True,
-        generator=gen,  # type: ignore[arg-type]  # torch's stub says Sequence[float]; it takes a tensor
-    )
+    # a list, as torch's stub types it (the sampler makes the same float64 tensor of it)
+    sampler = torch.utils.data.WeightedRandomSampler(weights.tolist(), n_epoch, replacement=True, generator=gen)
     train_dl = _loader(Crops(source, fold.train, yi[fold.train], prep, cfg.augment), cfg.batch_size, workers, sampler)
     val_rows = fold.val
     if cfg.val_samples and len(val_rows) > cfg.val_samples:

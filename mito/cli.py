@@ -1102,7 +1102,7 @@ def bench_cmd(
     target: Optional[str] = typer.Option(
         None,
         "--target",
-        help="With --proxy: the task the others should predict; the report checks whether each proxy ranks the backbones as it does (default: --task, else the store's first task).",
+        help="With --proxy: the task the others should predict; the report checks whether each proxy ranks the backbones as it does (default: --task, else the store's only task).",
     ),
     features: Optional[str] = typer.Option(
         None, help="Comma-separated feature sets: all (default), a backbone name (all its sets), or variant keys joined by '+'."
@@ -1210,7 +1210,7 @@ def bench_cmd(
         raise UserError("--target goes with --proxy (the tasks whose rankings it is compared with)")
     if proxy:
         tasks = available_tasks(tiles, store_tasks, PROXY_TASKS) if proxy.strip() == "all" else split_list(proxy)
-        target = target or task or (store_tasks[0] if store_tasks else None)
+        target = target or task or (default_task(store_tasks, None, "--target") if store_tasks else None)
         if target:
             from mito.core.tasks import resolve_task
 

@@ -367,7 +367,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
         for t, info in other.meta.get("tasks", {}).items():
             if t in plans and info.get("fold_fingerprint") != plans[t][3].fingerprint:
                 raise BenchError(
-                    f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ)"
+                    f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ, or its k-fold folds come from a mito before the one splitter, "
+                    "which held out 15% of each training part for early stopping, 20% now)"
                 )
             if t in plans:
                 check_positive_agrees(t, plans[t][0], info, other.meta.get("source") or "the --with leaderboard")

@@ -67,7 +67,7 @@ class ProxyAgreement:
             return ""
         why = (
             f"tau-b {self.tau:+.2f} [{self.tau_low:+.2f}, {self.tau_high:+.2f}]"
-            if self.tau <= 0 or math.isnan(self.tau)
+            if self.tau <= 0
             else f"its pick scores {self.regret:.3f} [{self.regret_low:.3f}, {self.regret_high:.3f}] below the best on {self.target}"
         )
         head = "" if self.head == BEST else f" ({self.head} head)"

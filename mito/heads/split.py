@@ -281,6 +281,8 @@ def group_split(
     y = labels.astype(str).to_numpy()
     if len(set(y[side == "test"])) < 2:
         raise SplitError(f"the test group {column}={value} has only class {y[side == 'test'][0]!r}: its scores need two classes")
+    if not (side == "train").any():
+        raise SplitError(f"no labelled tile has another value of {column} than {value!r} to train on")
     if len(set(y[side == "train"])) < 2:
         raise SplitError(f"the training groups of {column} have only class {y[side == 'train'][0]!r}")
     groups = _row_groups(tiles, group_column)

@@ -342,35 +342,44 @@ def _append(
     result: ImportResult,
 ) -> None:
     have = s.tile_column_names
+    labels: pd.DataFrame | None = None
+    change: list[str] = []
     if table is not None:  # labels of the slides already in the store, as this CSV gives them
         old = s.tile_table(["slide"])["slide"].astype(str)
         order = list(dict.fromkeys(old))
         sizes = old.value_counts().reindex(order).tolist()
-        lab, _, _ = _label_frame(order, sizes, table, [{} for _ in order])
+        lab, unnamed, _ = _label_frame(order, sizes, table, [{} for _ in order])
         if np.repeat(np.array(order, dtype=object), sizes).tolist() != old.tolist():  # an import keeps a slide's rows together
             raise InteropError(f"{s.path}: the rows of a slide are not contiguous; import into a new --store")
         known = [c for c in lab.columns if c in have]
         cur = s.tile_table(known) if known else pd.DataFrame(index=range(len(old)))
+        keep = old.isin(unnamed).to_numpy()  # slides this CSV does not name keep the labels they have
+        for c in known:
+            lab.loc[keep, c] = cur[c].astype(object).where(cur[c].notna(), None).to_numpy()[keep]
         change = [c for c in lab.columns if c not in have or not _same(cur[c], lab[c])]
-        if change:
-            s.update_tile_columns(
-                lab[change].reset_index(drop=True),
-                {"labels": str(table.attrs.get("path", ""))},
-                tasks=[c for c in change if c not in NOT_TASKS],
+        labels = lab
+    after = [*have, *[c for c in change if c not in have]]
+    tiles = None
+    if new:  # every check of the new files before anything is written
+        tiles, _ = _tile_frame(new, table, result)
+        for c in after:
+            if c not in tiles:
+                tiles[c] = None
+        extra = [c for c in tiles.columns if c not in after]
+        if extra:
+            raise InteropError(
+                f"these files give columns {', '.join(extra[:5])} that {s.path} lacks (another format or no patch size?): "
+                "import them into a new --store"
             )
-            have = s.tile_column_names
-    if not new:
-        return
-    tiles, _ = _tile_frame(new, table, result)
-    for c in have:
-        if c not in tiles:
-            tiles[c] = None
-    extra = [c for c in tiles.columns if c not in have]
-    if extra:
-        raise InteropError(
-            f"these files give columns {', '.join(extra[:5])} that {s.path} lacks (another format or no patch size?): "
-            "import them into a new --store"
+    if labels is not None and change and table is not None:
+        s.update_tile_columns(
+            labels[change].reset_index(drop=True),
+            {"labels": str(table.attrs.get("path", ""))},
+            tasks=[c for c in change if c not in NOT_TASKS],
         )
+        have = s.tile_column_names
+    if tiles is None:
+        return
     result.added_slides = [x.slide for x in new]
     result.added_tiles = len(tiles)
     run = {"format": fmt, "folder": str(Path(folder).resolve()), "added": _now(), "slides": _entries(new, digests, s.n_tiles)}

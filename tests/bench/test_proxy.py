@@ -87,6 +87,11 @@ def test_an_inverted_proxy_is_flagged_and_an_aligned_one_is_not() -> None:
     w = bad.warning()
     assert w.startswith("proxy bad does not predict target: tau-b -1.00") and "ranks c first" in w and "target ranks a first" in w
     assert (bad.tau, bad.rho) == pytest.approx((kendalltau(bad.proxy_scores, bad.target_scores).statistic, -1.0))
+    import dataclasses
+    import math
+
+    tied = dataclasses.replace(bad, tau=math.nan, tau_low=math.nan, tau_high=math.nan)  # a proxy scoring every backbone alike
+    assert "its pick scores" in tied.warning() and "nan" not in tied.warning()  # flagged by its regret, and said so
 
 
 def test_a_noisy_tie_keeps_a_wide_interval_and_no_warning() -> None:

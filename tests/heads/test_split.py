@@ -122,3 +122,12 @@ def test_a_small_set_is_split_not_refused_with_a_traceback() -> None:
     assert set(side) == {"train", "val", "test"} and (side == "train").sum() >= 4
     with pytest.raises(HeadError, match="cannot split"):
         make_split(t.head(2), t["y"].head(2), np.ones(2, bool), val_fraction=0.2, test_fraction=0.2, seed=0)
+
+
+def test_test_group_without_other_labelled_groups_is_one_line() -> None:
+    from mito.heads.split import group_split
+
+    tiles = pd.DataFrame({"dataset": ["A"] * 8 + [""] * 4, "group": [f"s{i}" for i in range(12)]})
+    labels = pd.Series(["a", "b"] * 6)
+    with pytest.raises(HeadError, match="no labelled tile has another value of dataset than 'A'"):
+        group_split(tiles, labels, np.ones(12, bool), "dataset=A")

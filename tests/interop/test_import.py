@@ -362,3 +362,48 @@ def test_an_import_cut_short_is_finished_by_running_it_again(tmp_path: Path, mon
         assert set(t.loc[t["slide"] == "TCGA-0001", "label"]) == {"tumour"} and "stage" in s.tasks
         assert (t["label"] != w.tiles["label"]).sum() == (t["slide"] == "TCGA-0001").sum()
         np.testing.assert_array_equal(s.read(["uni_v1:z1:rgb"]), w.read(["uni_v1:z1:rgb"]))
+
+
+def test_appending_with_a_labels_csv_of_the_new_slides_keeps_the_labels_of_the_others(tmp_path: Path) -> None:
+    feats = tmp_path / "features_uni_v1"
+    labels = write_trident_folder(feats, 12, 12, 32, seed=2)
+    table = pd.read_csv(labels)
+    files = sorted(feats.glob("*.h5"))
+    first, rest = tmp_path / "first", tmp_path / "rest"
+    for folder, part in ((first, files[:6]), (rest, files)):
+        folder.mkdir()
+        for p in part:
+            shutil.copy(p, folder / p.name)
+    store, whole = tmp_path / "s.zarr", tmp_path / "whole.zarr"
+    import_features(first, store, labels=labels, chunk_rows=64)
+    new_only = tmp_path / "new_only.csv"
+    named = table["slide"].astype(str).map(lambda v: Path(v).stem).isin([p.stem for p in files[6:]])
+    assert named.sum() == 6
+    table[named].to_csv(new_only, index=False)
+    import_features(rest, store, labels=new_only, chunk_rows=64)  # a CSV that names only the slides it adds
+    import_features(rest, whole, labels=labels, chunk_rows=64)
+    with open_store(store) as s, open_store(whole) as w:
+        assert s.tiles.equals(w.tiles)  # the first six slides kept their labels
+
+
+def test_an_append_refused_for_its_files_changes_nothing_not_even_labels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    bare = tmp_path / "bare"
+    for i in range(3):  # no patch size: the store gets no level-0 box columns
+        with h5py.File(_trident_file(bare / f"s{i}.h5", rng.normal(size=(8, 16)).astype(np.float32)), "a") as f:
+            for a in ("patch_size", "patch_size_level0", "level0_magnification", "target_magnification"):
+                del f["coords"].attrs[a]
+    store = tmp_path / "s.zarr"
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"slide": ["s0", "s1", "s2"], "label": ["a", "b", "a"]}).to_csv(labels, index=False)
+    import_features(bare, store, labels=labels)
+    with open_store(store) as s:
+        before = s.tiles.copy()
+    boxed = tmp_path / "boxed"
+    _trident_file(boxed / "s3.h5", rng.normal(size=(8, 16)).astype(np.float32))
+    relabel = tmp_path / "relabel.csv"
+    pd.DataFrame({"slide": ["s0", "s1", "s2", "s3"], "label": ["b", "a", "b", "a"]}).to_csv(relabel, index=False)
+    res = runner.invoke(app, ["import", str(boxed), "--store", str(store), "--labels", str(relabel), "--quiet"])
+    assert res.exit_code == 2 and "lacks" in _said(res.output), res.output
+    with open_store(store) as s:
+        assert s.tiles.equals(before) and s.verify() == []

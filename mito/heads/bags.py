@@ -9,8 +9,9 @@ decoded chunks, so memory follows the batch, never the store.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ import pandas as pd
 from mito.core.tasks import resolve_task
 from mito.datasets import PROXY_TASKS
 from mito.heads.base import HeadError, column_moments
+from mito.heads.engine import Prepared, keep_order
 from mito.store import Store
 
 ANY_PREFIX = "any:"
@@ -363,3 +365,36 @@ def tile_budget_batches(sizes: np.ndarray, which: np.ndarray, batch_bags: int, b
     if len(which) > start:
         out.append(which[start:])
     return out
+
+
+@dataclass(frozen=True)
+class BagSet:
+    """Bags of store rows as a slide-level model's X (mito.heads.model.Model): the reader, the bags, and which of them
+    (bag indices; None: every bag). Its labels are the y of the chosen bags."""
+
+    reader: BagReader
+    bags: Bags
+    which: np.ndarray | None = None
+
+    @property
+    def index(self) -> np.ndarray:
+        """The chosen bags' indices into ``bags``."""
+        return np.arange(len(self.bags)) if self.which is None else np.asarray(self.which, dtype=np.int64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The chosen bags' labels."""
+        return self.bags.labels[self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, which: np.ndarray) -> BagSet:
+        """The same reader and bags with other bags chosen (indices into ``bags``)."""
+        return BagSet(self.reader, self.bags, np.asarray(which, dtype=np.int64))
+
+    def prepare(self, model: Any, parts: Mapping[str, np.ndarray]) -> Prepared:
+        """The engine's inputs (mito.heads.engine): ``parts`` are bag indices; the labels come with the bags."""
+        score = {n: (self.take(parts[n]), self.bags.labels[parts[n]], keep_order) for n in ("val", "test") if len(parts[n])}
+        eval_set = self.take(parts["val"]) if len(parts["val"]) else None
+        return Prepared(self.take(parts["train"]), None, eval_set, None, score, n_features_in=self.reader.d)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from mito.heads.base import (
     default_threads,
     register_head,
 )
+from mito.heads.model import Callback
 from mito.heads.params import COMMON, COPIES, Param, balance_mode
 
 MODEL_FILE = "model.lgb.txt"
@@ -96,11 +98,20 @@ class LightGBMHead(Head):
             "metric": "None",
         }
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+    def _fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray | None,
+        y_val: np.ndarray | None,
+        *,
+        views: np.ndarray | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
         import lightgbm as lgb
 
         k = len(self.classes_)
-        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, getattr(self, "train_views_", None))
+        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, views)
         w = class_weights(ya, k)[ya] if balance_mode(self.balance) == "weights" else None
         train = lgb.Dataset(Xa.astype(np.float32, copy=False), ya, weight=w, free_raw_data=True)
         kw: dict[str, Any] = {}

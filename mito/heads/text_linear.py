@@ -8,6 +8,7 @@ The class text embeddings come from the file `mito zero-shot` writes (param ``te
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from mito.heads.base import HeadError, register_head
+from mito.heads.model import Callback
 from mito.heads.params import Param
 from mito.heads.torch_heads import LinearHead
 from mito.heads.zeroshot import read_text_embeddings
@@ -110,13 +112,13 @@ class TextLinearHead(LinearHead):
             raise HeadError(f"{self.text_embeddings} has no text embedding for class {missing[0]!r} (it has: {', '.join(te.classes)})")
         return te.matrix("", [str(c) for c in self.classes_]), te.logit_scale
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, **kw: Any) -> None:
         self._init = self.class_text()
-        super()._fit(X, y, X_val, y_val)
+        super()._fit(X, y, X_val, y_val, **kw)
 
-    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None) -> None:
+    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None, callbacks: Sequence[Callback] = ()) -> None:
         self._init = self.class_text()
-        super()._fit_stream(train, y, val, y_val)
+        super()._fit_stream(train, y, val, y_val, callbacks)
 
     def _build(self, d: int, n_classes: int) -> TextNet:  # type: ignore[override]
         init = self.__dict__.pop("_init", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from mito.heads.base import (
     register_head,
 )
 from mito.heads.loop import EarlyStopping, train_loop
+from mito.heads.model import Callback
 from mito.heads.params import BALANCES, COMMON, LOSSES, Param, balance_mode
 from mito.heads.view_noise import VIEW_NOISE_MODES, pick_views, view_cov_noise
 
@@ -110,7 +111,6 @@ class _TorchHead(Head):
     """Shared fit/predict/save for the torch heads; subclasses only declare their options."""
 
     supports_stream = True
-    on_epoch: Callable[[dict[str, float], int], None] | None = None  # progress hook, called after each epoch
     best_epoch_: int | None  # after fit or load (None: a head saved without it)
     epochs_run_: int | None
 
@@ -140,10 +140,19 @@ class _TorchHead(Head):
             return int(self.batch_size)
         return int(min(2048, max(256, n // 64)))
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+    def _fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray | None,
+        y_val: np.ndarray | None,
+        *,
+        views: np.ndarray | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
         n, d = X.shape
         Xt = torch.from_numpy(np.ascontiguousarray(X))
-        stack = self._view_stack(X)  # [V+1, n, d] for the noise modes views / view-cov, else None
+        stack = self._view_stack(X, views)  # [V+1, n, d] for the noise modes views / view-cov, else None
         mode, scale = self.noise_mode, float(self.noise) or 1.0
 
         def epoch(gen: torch.Generator, bs: int, row_w: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -157,18 +166,17 @@ class _TorchHead(Head):
 
         val = (lambda net: _logits(net, X_val)) if X_val is not None else None
         nv = noise_variance(X, self.noise, self.noise_mode) if self.noise > 0 and stack is None else None
-        self._train(n, d, y, epoch, val, y_val, nv)
+        self._train(n, d, y, epoch, val, y_val, nv, callbacks)
 
-    def _view_stack(self, X: np.ndarray) -> torch.Tensor | None:
+    def _view_stack(self, X: np.ndarray, views: np.ndarray | None) -> torch.Tensor | None:
         """The rows and their augmented views, [V+1, n, d], when the noise mode trains on views."""
         if self.noise_mode not in VIEW_NOISE_MODES:
             return None
-        views = getattr(self, "train_views_", None)
         if views is None or views.shape[1:] != X.shape:
             raise HeadError(f"noise_mode {self.noise_mode} needs the tiles' augmented views: train through fit-head or bench")
         return torch.from_numpy(np.concatenate([X[None], views.astype(X.dtype, copy=False)]))
 
-    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None) -> None:
+    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None, callbacks: Sequence[Callback] = ()) -> None:
         if self.noise_mode in VIEW_NOISE_MODES:
             raise HeadError(f"noise_mode {self.noise_mode} trains from memory: use --no-stream")
         seed = int(self.seed)
@@ -193,7 +201,7 @@ class _TorchHead(Head):
         nv = None
         if self.noise > 0:
             nv = noise_variance_from(lambda: train.moments()[1], train.d, self.noise, self.noise_mode)
-        self._train(train.n, train.d, y, epoch, val_fn, y_val, nv)
+        self._train(train.n, train.d, y, epoch, val_fn, y_val, nv, callbacks)
 
     def _train(
         self,
@@ -204,6 +212,7 @@ class _TorchHead(Head):
         val_logits: Callable[[nn.Module], torch.Tensor] | None,
         y_val: np.ndarray | None,
         noise_var: np.ndarray | None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         """The training loop: ``epoch_batches`` yields (features, row positions) for one epoch, ``val_logits`` scores the val rows."""
         torch.manual_seed(self.seed)
@@ -248,7 +257,7 @@ class _TorchHead(Head):
             validate=validate if val_logits is not None and y_val is not None else None,
             stopping=EarlyStopping(int(self.patience)),
             snapshot=lambda: copy.deepcopy(net.state_dict()),
-            on_epoch=self.on_epoch,
+            callbacks=callbacks,
         )
         if result.best_state is not None:
             net.load_state_dict(result.best_state)

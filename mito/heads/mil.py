@@ -94,6 +94,11 @@ class MILHead:
     history_: list[dict[str, float]] = field(default_factory=list, repr=False)
     best_epoch_: int = 0
     level: ClassVar[str] = "slide"
+    param_spec: ClassVar[dict[str, Param]] = MIL_PARAMS  # every option, declared once (mito.heads.params)
+
+    def get_params(self) -> dict[str, Any]:
+        """The options, as saved (scikit-learn's name; params() too)."""
+        return self.params()
 
     def params(self) -> dict[str, Any]:
         """The options, as saved."""

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -142,6 +143,15 @@ def load_head(path: str | os.PathLike) -> Head:
 
 
 # ---------------------------------------------------------------- the shared contract
+@dataclass(frozen=True)
+class FitArgs:
+    """What Head.fit hands a head's ``_fit`` beside the rows: the training rows' augmented views (noise modes views and
+    view-cov) and the epoch callbacks; held only while fitting."""
+
+    views: np.ndarray | None = None
+    callbacks: Sequence[Callback] = ()
+
+
 class FittedHead(Model, Protocol):
     """The tile-level refinement of the one contract (mito.heads.model.Model): a fitted Head, or an Ensemble of heads
     (mito.heads.ensemble), which also tell their input width and options."""
@@ -184,16 +194,7 @@ class Head(ClassifierMixin, BaseEstimator):
 
     # -- subclasses implement these
 
-    def _fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        X_val: np.ndarray | None,
-        y_val: np.ndarray | None,
-        *,
-        views: np.ndarray | None = None,
-        callbacks: Sequence[Callback] = (),
-    ) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
         raise NotImplementedError
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
@@ -227,7 +228,7 @@ class Head(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         X_val, yv = self._eval_rows(eval_set)
         with cpu_threads(X.size, self._requested_threads()):
-            self._fit(X, yi.astype(np.int64), X_val, yv, views=views, callbacks=callbacks)
+            self._fit(X, yi.astype(np.int64), X_val, yv, FitArgs(views, tuple(callbacks)))
         return self
 
     def _eval_rows(self, eval_set: Any) -> tuple[np.ndarray | None, np.ndarray | None]:

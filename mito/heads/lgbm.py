@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mito.heads.base import (
+    FitArgs,
     Head,
     HeadError,
     augment_with_noise,
@@ -22,7 +22,6 @@ from mito.heads.base import (
     default_threads,
     register_head,
 )
-from mito.heads.model import Callback
 from mito.heads.params import COMMON, COPIES, Param, balance_mode
 
 MODEL_FILE = "model.lgb.txt"
@@ -98,20 +97,11 @@ class LightGBMHead(Head):
             "metric": "None",
         }
 
-    def _fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        X_val: np.ndarray | None,
-        y_val: np.ndarray | None,
-        *,
-        views: np.ndarray | None = None,
-        callbacks: Sequence[Callback] = (),
-    ) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
         import lightgbm as lgb
 
         k = len(self.classes_)
-        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, views)
+        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, extra.views)
         w = class_weights(ya, k)[ya] if balance_mode(self.balance) == "weights" else None
         train = lgb.Dataset(Xa.astype(np.float32, copy=False), ya, weight=w, free_raw_data=True)
         kw: dict[str, Any] = {}

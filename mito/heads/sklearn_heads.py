@@ -7,7 +7,6 @@ noisy copies of them (a fresh draw per copy).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 
-from mito.heads.base import Head, HeadError, augment_with_noise, balanced_accuracy, register_head
-from mito.heads.model import Callback
+from mito.heads.base import FitArgs, Head, HeadError, augment_with_noise, balanced_accuracy, register_head
 from mito.heads.params import COMMON, COPIES, Param, balance_mode
 
 MODEL_FILE = "model.safetensors"
@@ -65,17 +63,8 @@ class LogRegHead(Head):
             random_state=self.seed,
         )
 
-    def _fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        X_val: np.ndarray | None,
-        y_val: np.ndarray | None,
-        *,
-        views: np.ndarray | None = None,
-        callbacks: Sequence[Callback] = (),
-    ) -> None:
-        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, views)
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
+        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, extra.views)
         Xa = Xa.astype(np.float32, copy=False)
         if self.C == "auto":
             if X_val is None or y_val is None:  # Head.fit passes both or neither
@@ -160,17 +149,8 @@ class KNNHead(Head):
         prior = np.bincount(self.y_, minlength=len(self.classes_)) / len(self.y_)
         self.prior_ = np.maximum(prior, 1e-12)
 
-    def _fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        X_val: np.ndarray | None,
-        y_val: np.ndarray | None,
-        *,
-        views: np.ndarray | None = None,
-        callbacks: Sequence[Callback] = (),
-    ) -> None:
-        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, views)
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
+        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, extra.views)
         self._set(Xa, ya)
 
     def _distances(self, Q: np.ndarray, start: int, stop: int) -> np.ndarray:

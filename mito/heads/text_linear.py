@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mito.heads.base import HeadError, register_head
+from mito.heads.base import FitArgs, HeadError, register_head
 from mito.heads.model import Callback
 from mito.heads.params import Param
 from mito.heads.torch_heads import LinearHead
@@ -112,9 +112,9 @@ class TextLinearHead(LinearHead):
             raise HeadError(f"{self.text_embeddings} has no text embedding for class {missing[0]!r} (it has: {', '.join(te.classes)})")
         return te.matrix("", [str(c) for c in self.classes_]), te.logit_scale
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, **kw: Any) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
         self._init = self.class_text()
-        super()._fit(X, y, X_val, y_val, **kw)
+        super()._fit(X, y, X_val, y_val, extra)
 
     def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None, callbacks: Sequence[Callback] = ()) -> None:
         self._init = self.class_text()

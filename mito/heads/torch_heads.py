@@ -14,6 +14,7 @@ from torch import nn
 
 from mito.heads.base import (
     SMALL_DATA,
+    FitArgs,
     Head,
     HeadError,
     balanced_accuracy,
@@ -140,19 +141,10 @@ class _TorchHead(Head):
             return int(self.batch_size)
         return int(min(2048, max(256, n // 64)))
 
-    def _fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        X_val: np.ndarray | None,
-        y_val: np.ndarray | None,
-        *,
-        views: np.ndarray | None = None,
-        callbacks: Sequence[Callback] = (),
-    ) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
         n, d = X.shape
         Xt = torch.from_numpy(np.ascontiguousarray(X))
-        stack = self._view_stack(X, views)  # [V+1, n, d] for the noise modes views / view-cov, else None
+        stack = self._view_stack(X, extra.views)  # [V+1, n, d] for the noise modes views / view-cov, else None
         mode, scale = self.noise_mode, float(self.noise) or 1.0
 
         def epoch(gen: torch.Generator, bs: int, row_w: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -166,7 +158,7 @@ class _TorchHead(Head):
 
         val = (lambda net: _logits(net, X_val)) if X_val is not None else None
         nv = noise_variance(X, self.noise, self.noise_mode) if self.noise > 0 and stack is None else None
-        self._train(n, d, y, epoch, val, y_val, nv, callbacks)
+        self._train(n, d, y, epoch, val, y_val, nv, extra.callbacks)
 
     def _view_stack(self, X: np.ndarray, views: np.ndarray | None) -> torch.Tensor | None:
         """The rows and their augmented views, [V+1, n, d], when the noise mode trains on views."""

@@ -27,7 +27,7 @@ class NearestCentroidHead(Head):
     ) -> None:
         self.shrink, self.noise, self.noise_mode, self.n_threads, self.seed = shrink, noise, noise_mode, n_threads, seed
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: Any, y_val: Any, **kw: Any) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: Any, y_val: Any, extra: Any) -> None:
         X = X.astype(np.float64)
         means = np.stack([X[y == k].mean(0) for k in range(len(self.classes_))])
         self.centroids_ = (1 - self.shrink) * means + self.shrink * X.mean(0)

@@ -21,7 +21,7 @@ from mito.core.version import __version__
 from mito.heads import model as model_registry
 from mito.heads.errors import HeadError
 from mito.heads.model import Callback, Model
-from mito.heads.params import COMMON, Param, check_params, describe_params
+from mito.heads.params import COMMON, Param, check_options, check_params, describe_params
 from mito.heads.view_noise import VIEW_NOISE_MODES, augment_with_views
 
 HEAD_FILE = "head.json"
@@ -180,10 +180,7 @@ class Head(ClassifierMixin, BaseEstimator):
     @classmethod
     def create(cls, **params: Any) -> Head:
         """This head with ``params``; unknown or invalid options raise HeadError."""
-        allowed = cls._get_param_names()
-        unknown = sorted(set(params) - set(allowed))
-        if unknown:
-            raise HeadError(f"head {cls.name!r} has no option {', '.join(unknown)} (it takes: {', '.join(allowed)})")
+        check_options(cls.name, cls._get_param_names(), params)
         head = cls(**params)
         head._validate_params()
         return head
@@ -337,6 +334,23 @@ class Head(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
+
+
+@dataclass(eq=False, repr=False)
+class CopiesHead(Head):
+    """The options of the whole-array heads (logreg, knn, lightgbm): they take feature noise as ``noise_copies`` noisy
+    copies of the training rows (a fresh draw each). Heads declare their options as dataclass fields: the constructor's
+    signature scikit-learn's get_params reads."""
+
+    noise: float = 0.0
+    noise_mode: str = "global"
+    noise_copies: int = 4
+    n_threads: int | None = None
+    seed: int = 0
+
+    def _with_copies(self, X: np.ndarray, y: np.ndarray, extra: FitArgs) -> tuple[np.ndarray, np.ndarray]:
+        """The training rows plus their noisy copies (or their augmented views, noise modes views and view-cov)."""
+        return augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, extra.views)
 
 
 def _has_missing(y: np.ndarray) -> bool:

@@ -7,6 +7,7 @@ optimiser and every RNG state) and reports each epoch to a progress hook.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -253,3 +254,27 @@ def train_loop(
         stopped=stopped,
         seconds=budget.elapsed(),
     )
+
+
+def train_best(
+    net: Any,
+    run_epoch: Callable[[int], dict[str, float]],
+    max_epochs: int,
+    patience: int,
+    validate: Callable[[], tuple[float, float]] | None,
+    callbacks: Sequence[Callback] = (),
+) -> LoopResult:
+    """train_loop for a torch network in memory: early stopping after ``patience`` epochs without a validation gain,
+    then the best epoch's weights loaded back and the network left in eval mode."""
+    result = train_loop(
+        run_epoch,
+        max_epochs,
+        validate=validate,
+        stopping=EarlyStopping(patience),
+        snapshot=lambda: copy.deepcopy(net.state_dict()),
+        callbacks=callbacks,
+    )
+    if result.best_state is not None:
+        net.load_state_dict(result.best_state)
+    net.eval()
+    return result

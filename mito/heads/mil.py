@@ -7,7 +7,6 @@ head.json + model.safetensors like the tile heads.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,9 +28,9 @@ from mito.heads.base import (
     noise_variance_from,
     read_json_file,
 )
-from mito.heads.loop import EarlyStopping, train_loop
+from mito.heads.loop import train_best
 from mito.heads.model import Callback, lookup, make, names, register
-from mito.heads.params import COMMON, LOSSES, Param, balance_mode, check_params, describe_params
+from mito.heads.params import COMMON, LOSSES, Param, balance_mode, check_options, check_params, describe_params
 from mito.heads.stream import read_ahead
 
 if TYPE_CHECKING:  # torch (and the networks, mito.heads.mil_nets) load on first use: importing mito.heads must not load it
@@ -126,10 +125,7 @@ class MILHead:
     @classmethod
     def create(cls, **params: Any) -> MILHead:
         """This head with ``params``; unknown options or values out of range are one-line HeadErrors."""
-        allowed = sorted(MILHead().params())
-        unknown = sorted(set(params) - set(allowed))
-        if unknown:
-            raise HeadError(f"slide-level head {cls.name!r} has no option {', '.join(unknown)} (it takes: {', '.join(allowed)})")
+        check_options(cls.name, sorted(MILHead().params()), params, "slide-level head")
         head = cls(**params)
         head.validate()
         return head
@@ -165,17 +161,8 @@ class MILHead:
             logits = self._logits(net, reader, bags, val)[0]
             return balanced_accuracy(y[val], logits.argmax(1).numpy()), float(loss_fn(logits, torch.from_numpy(y[val])))
 
-        result = train_loop(
-            run_epoch,
-            int(self.epochs),
-            validate=validate if val is not None and len(val) > 0 else None,
-            stopping=EarlyStopping(int(self.patience)),
-            snapshot=lambda: copy.deepcopy(net.state_dict()),
-            callbacks=callbacks,
-        )
-        if result.best_state is not None:
-            net.load_state_dict(result.best_state)
-        net.eval()
+        has_val = val is not None and len(val) > 0
+        result = train_best(net, run_epoch, int(self.epochs), int(self.patience), validate if has_val else None, callbacks)
         self.net_, self.history_, self.best_epoch_ = net, result.history, result.best_epoch
         return self
 

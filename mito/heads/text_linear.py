@@ -9,6 +9,7 @@ The class text embeddings come from the file `mito zero-shot` writes (param ``te
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,42 +54,12 @@ def text_init(text: np.ndarray, scale: float, d: int) -> tuple[torch.Tensor, tor
 
 
 @register_head("text-linear")
+@dataclass(eq=False, repr=False)
 class TextLinearHead(LinearHead):
     """A linear probe initialised from the class text embeddings of a vision-language backbone."""
 
-    def __init__(
-        self,
-        text_embeddings: str | None = None,
-        loss: str = "ce",
-        gamma: float = 2.0,
-        balance: str = "weights",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        epochs: int = 100,
-        patience: int = 15,
-        batch_size: int | None = None,
-        noise: float = 0.0,
-        noise_mode: str = "global",
-        precision: str = "auto",
-        n_threads: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.text_embeddings = text_embeddings
-        super().__init__(
-            loss=loss,
-            gamma=gamma,
-            balance=balance,
-            lr=lr,
-            weight_decay=weight_decay,
-            epochs=epochs,
-            patience=patience,
-            batch_size=batch_size,
-            noise=noise,
-            noise_mode=noise_mode,
-            precision=precision,
-            n_threads=n_threads,
-            seed=seed,
-        )
+    text_embeddings: str | None = None
+    weight_decay: float = 0.0
 
     param_spec = {
         "text_embeddings": Param("path", help="the class text embeddings file `mito zero-shot` writes beside the store"),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from mito.heads.base import (
     noise_variance_from,
     register_head,
 )
-from mito.heads.loop import EarlyStopping, train_loop
+from mito.heads.loop import train_best
 from mito.heads.model import Callback
 from mito.heads.params import BALANCES, COMMON, LOSSES, Param, balance_mode
 from mito.heads.view_noise import VIEW_NOISE_MODES, pick_views, view_cov_noise
@@ -108,12 +108,26 @@ def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, weight: torc
     return (w * loss).sum() / w.sum()
 
 
+@dataclass(eq=False, repr=False)
 class _TorchHead(Head):
-    """Shared fit/predict/save for the torch heads; subclasses only declare their options."""
+    """Shared fit/predict/save for the torch heads; subclasses only declare their options (dataclass fields, in
+    the constructor's signature, as scikit-learn's get_params reads them)."""
+
+    loss: str = "focal"
+    gamma: float = 2.0
+    balance: str = "weights"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epochs: int = 100
+    patience: int = 15
+    batch_size: int | None = None
+    noise: float = 0.0
+    noise_mode: str = "global"
+    precision: str = "auto"
+    n_threads: int | None = None
+    seed: int = 0
 
     supports_stream = True
-    best_epoch_: int | None  # after fit or load (None: a head saved without it)
-    epochs_run_: int | None
 
     param_spec = {
         "loss": Param("choice", choices=LOSSES, help="focal or cross-entropy"),
@@ -243,20 +257,11 @@ class _TorchHead(Head):
             vloss = float(focal_loss(vlogits, torch.from_numpy(y_val), gamma, loss_w))
             return balanced_accuracy(y_val, vlogits.argmax(1).numpy()), vloss
 
-        result = train_loop(
-            run_epoch,
-            int(self.epochs),
-            validate=validate if val_logits is not None and y_val is not None else None,
-            stopping=EarlyStopping(int(self.patience)),
-            snapshot=lambda: copy.deepcopy(net.state_dict()),
-            callbacks=callbacks,
-        )
-        if result.best_state is not None:
-            net.load_state_dict(result.best_state)
-        net.eval()
+        has_val = val_logits is not None and y_val is not None
+        result = train_best(net, run_epoch, int(self.epochs), int(self.patience), validate if has_val else None, callbacks)
         self.net_ = net
-        self.best_epoch_ = result.best_epoch
-        self.epochs_run_ = result.epochs_run
+        self.best_epoch_: int | None = result.best_epoch  # after fit or load (None: a head saved without it)
+        self.epochs_run_: int | None = result.epochs_run
         self.history_ = result.history
         self.fit_seconds_ = result.seconds
 
@@ -293,8 +298,12 @@ def _logits(net: nn.Module, X: np.ndarray) -> torch.Tensor:
 
 
 @register_head("mlp")
+@dataclass(eq=False, repr=False)
 class MLPHead(_TorchHead):
     """One dense hidden layer + dropout + classifier, trained with Adam on focal or cross-entropy loss."""
+
+    hidden: int = 256
+    dropout: float = 0.3
 
     param_spec = {
         "hidden": Param("int", 1, MAX_HIDDEN, help="hidden units"),
@@ -302,77 +311,16 @@ class MLPHead(_TorchHead):
         **_TorchHead.param_spec,
     }
 
-    def __init__(
-        self,
-        hidden: int = 256,
-        dropout: float = 0.3,
-        loss: str = "focal",
-        gamma: float = 2.0,
-        balance: str = "weights",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        epochs: int = 100,
-        patience: int = 15,
-        batch_size: int | None = None,
-        noise: float = 0.0,
-        noise_mode: str = "global",
-        precision: str = "auto",
-        n_threads: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.hidden = hidden
-        self.dropout = dropout
-        self.loss = loss
-        self.gamma = gamma
-        self.balance = balance
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.epochs = epochs
-        self.patience = patience
-        self.batch_size = batch_size
-        self.noise = noise
-        self.noise_mode = noise_mode
-        self.precision = precision
-        self.n_threads = n_threads
-        self.seed = seed
-
     def _arch(self) -> tuple[int, float]:
         return int(self.hidden), float(self.dropout)
 
 
 @register_head("linear")
+@dataclass(eq=False, repr=False)
 class LinearHead(_TorchHead):
     """A single linear layer trained by the same loop as mlp (a torch linear probe)."""
 
-    def __init__(
-        self,
-        loss: str = "ce",
-        gamma: float = 2.0,
-        balance: str = "weights",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        epochs: int = 100,
-        patience: int = 15,
-        batch_size: int | None = None,
-        noise: float = 0.0,
-        noise_mode: str = "global",
-        precision: str = "auto",
-        n_threads: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.loss = loss
-        self.gamma = gamma
-        self.balance = balance
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.epochs = epochs
-        self.patience = patience
-        self.batch_size = batch_size
-        self.noise = noise
-        self.noise_mode = noise_mode
-        self.precision = precision
-        self.n_threads = n_threads
-        self.seed = seed
+    loss: str = "ce"
 
 
 def _stream_logits(net: nn.Module, stream: Any) -> torch.Tensor:

@@ -315,18 +315,8 @@ def _check_parts(parts: dict[str, np.ndarray], cfg: FitConfig) -> None:
 
 def _fit(store: Store, cfg: FitConfig, run: _Run, head: Head) -> FitResult[Head] | FitResult[Ensemble]:
     """One head through the engine (mito.heads.engine on StoreRows), or an ensemble of them (--ensemble)."""
-    data = StoreRows(
-        store,
-        run.keys,
-        run.labels,
-        standardize=cfg.standardize,
-        pca=cfg.pca,
-        categories=run.cats,
-        tiles=run.tiles,
-        stream=cfg.stream,
-        seed=cfg.seed,
-        buffer_rows=cfg.buffer_rows,
-    )
+    pipeline = {"standardize": cfg.standardize, "pca": cfg.pca, "categories": run.cats, "tiles": run.tiles}
+    data = StoreRows(store, run.keys, run.labels, **pipeline, stream=cfg.stream, seed=cfg.seed, buffer_rows=cfg.buffer_rows)
     ens = parse_ensemble(cfg.ensemble)
     if ens is None:
         with _epoch_progress(cfg.progress, head) as callbacks:

@@ -494,56 +494,63 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, note: Callable[[str
                 if e.filename is not None and Path(str(e.filename)).is_relative_to(out):
                     raise
                 raise BenchError(f"cannot read a tile: {str(e).splitlines()[0]}") from None
+    base = _base_row(cfg, results, len(plan.folds), folds, size, out, cap, cpu_default)
+    row, arrays = score_row(base, spec_task, plan, y, classes, results, folds, cfg.n_boot, cfg.seed)
+    meta = {
+        "source": str(cfg.out),
+        "tasks": {
+            cfg.task: {
+                "description": spec_task.description,
+                "main_metric": spec_task.main_metric,
+                "classes": classes,
+                **positive_meta(spec_task),
+                "cv": plan.mode,
+                "cv_description": plan.description,
+                "n_folds": len(plan.folds),
+                "fold_fingerprint": plan.fingerprint,
+            }
+        },
+        "finetune": {**cfg.model_dump(), "config_hash": _config_hash(cfg)},
+    }
+    lb = Leaderboard(rank_rows(pd.DataFrame([row])), {base["row_id"]: arrays}, meta)
+    save_leaderboard(lb, out)
+    return lb
+
+
+def _base_row(
+    cfg: FinetuneConfig,
+    results: Sequence[dict[str, Any]],
+    n_folds: int,
+    folds: Sequence[Fold],
+    size: int,
+    out: Path,
+    cap: float | None,
+    cpu_default: bool,
+) -> dict[str, Any]:
+    """The leaderboard row's description of the run (score_row adds the scores): what was tuned, how, on what budget."""
     features = f"image:rgb@{size}px"
-    rid = row_id(cfg.task, cfg.backbone, features, head_name(cfg), 0.0, extra=_config_hash(cfg))
-    base = {
+    lora = cfg.mode == "lora"
+    params = {
+        **results[0]["params"],
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "batch_size": cfg.batch_size,
+        **{k: getattr(cfg, k) if lora else None for k in ("rank", "alpha", "dropout")},
+        "device": results[0]["device"],
+    }
+    return {
         "task": cfg.task,
         "backbone": cfg.backbone,
         "features": features,
         "head": head_name(cfg),
         "noise": 0.0,
         "kind": cfg.mode,
-        "budget": _budget(cfg, results, len(plan.folds), size, int(np.mean([len(f.train) for f in folds])), cap, cpu_default),
-        "params": json.dumps(
-            {
-                **results[0]["params"],
-                "lr": cfg.lr,
-                "weight_decay": cfg.weight_decay,
-                "batch_size": cfg.batch_size,
-                "rank": cfg.rank if cfg.mode == "lora" else None,
-                "alpha": cfg.alpha if cfg.mode == "lora" else None,
-                "dropout": cfg.dropout if cfg.mode == "lora" else None,
-                "device": results[0]["device"],
-            },
-            sort_keys=True,
-        ),
-        "row_id": rid,
+        "budget": _budget(cfg, results, n_folds, size, int(np.mean([len(f.train) for f in folds])), cap, cpu_default),
+        "params": json.dumps(params, sort_keys=True),
+        "row_id": row_id(cfg.task, cfg.backbone, features, head_name(cfg), 0.0, extra=_config_hash(cfg)),
         "samples_seen": float(np.mean([r.get("samples_seen", 0) for r in results])),
         "models": [str(out / f"fold{f.index}" / "model") for f in folds],
     }
-    row, arrays = score_row(base, spec_task, plan, y, classes, results, folds, cfg.n_boot, cfg.seed)
-    lb = Leaderboard(
-        rank_rows(pd.DataFrame([row])),
-        {rid: arrays},
-        {
-            "source": str(cfg.out),
-            "tasks": {
-                cfg.task: {
-                    "description": spec_task.description,
-                    "main_metric": spec_task.main_metric,
-                    "classes": classes,
-                    **positive_meta(spec_task),
-                    "cv": plan.mode,
-                    "cv_description": plan.description,
-                    "n_folds": len(plan.folds),
-                    "fold_fingerprint": plan.fingerprint,
-                }
-            },
-            "finetune": {**cfg.model_dump(), "config_hash": _config_hash(cfg)},
-        },
-    )
-    save_leaderboard(lb, out)
-    return lb
 
 
 # ------------------------------------------------------------------ using a fine-tuned model

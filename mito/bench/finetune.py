@@ -40,6 +40,7 @@ from mito.datasets import PROXY_TASKS
 from mito.extract import Preprocess, open_source, pick_device, preprocess
 from mito.heads import Checkpointer, CheckpointError, EarlyStopping, LoopResult, TimeBudget, fit_and_score, train_loop
 from mito.heads.engine import Prepared, keep_order
+from mito.heads.model import register
 
 FTMode = Literal["lora", "linear-probe", "full"]
 FT_MODES: tuple[str, ...] = get_args(FTMode)
@@ -554,6 +555,7 @@ def _base_row(
 
 
 # ------------------------------------------------------------------ using a fine-tuned model
+@register("image", "finetuned")
 @dataclass
 class FinetunedModel:
     """A fine-tuned backbone plus classifier (the one model contract, level "image"): ``fit`` trains it on an ImageSet

@@ -91,7 +91,8 @@ def register(level: str, name: str) -> Callable[[type[M]], type[M]]:
     def deco(cls: type[M]) -> type[M]:
         if (level, name) in _REGISTRY:
             raise RuntimeError(f"{level} model {name!r} registered twice")
-        cls.name = name  # type: ignore[attr-defined]
+        if not isinstance(getattr(cls, "name", None), property):  # a model whose name depends on its settings keeps it
+            cls.name = name  # type: ignore[attr-defined]
         _REGISTRY[level, name] = cls
         return cls
 
@@ -116,11 +117,11 @@ def names(level: str) -> tuple[str, ...]:
 
 
 def keys() -> tuple[tuple[str, str], ...]:
-    """Every registered (level, name), built-ins imported (what the conformance tests walk)."""
-    for level in LEVELS:
-        for n in names(level):
-            lookup(level, n)
-    return tuple(_REGISTRY)
+    """Every (level, name), level by level in names() order, built-ins imported (what the conformance tests walk)."""
+    out = tuple((level, n) for level in LEVELS for n in names(level))
+    for key in out:
+        lookup(*key)
+    return out
 
 
 def module_of(level: str, name: str) -> str | None:
@@ -133,16 +134,3 @@ def make(level: str, name: str, **params: Any) -> Any:
     cls = lookup(level, name)
     build = getattr(cls, "create", None)
     return build(**params) if callable(build) else cls(**params)
-
-
-def fit_callbacks(callbacks: Sequence[Callback]) -> Callable[[dict[str, float], int], None] | None:
-    """One epoch hook telling every callback in turn (None when there is none): what train_loop takes."""
-    cbs = tuple(callbacks)
-    if not cbs:
-        return None
-
-    def tell(rec: dict[str, float], max_epochs: int) -> None:
-        for cb in cbs:
-            cb.on_epoch(rec, max_epochs)
-
-    return tell

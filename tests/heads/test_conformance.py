@@ -33,7 +33,9 @@ NEEDS = {("tile", "text-linear"): {"text_embeddings": "text.npz"}}  # options a 
 FIT_SKIPS = {
     ("tile", "text-linear"): "needs the class text embeddings of a vision-language backbone (tests/heads/test_zeroshot.py fits it)"
 }
-KEYS = registry.keys()  # every registered (level, name): built-ins, optional ones and any added (example_head)
+# every registered tile and slide (level, name): built-ins, optional ones and any added (example_head); image-level
+# models (fine-tuned backbones, registered by mito.bench.finetune) train on images: tests/bench/test_finetune.py
+KEYS = tuple(k for k in registry.keys() if k[0] in ("tile", "slide"))
 
 
 def _ids(key: tuple[str, str]) -> str:

@@ -158,8 +158,10 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
         positive = bag_positive(bags, parts["train"], cfg.bag_label, cfg.positive)
         bar = progress_bar(unit="epochs", transient=True, info=True, enabled=cfg.progress)
         task_id = add_task(bar, f"training {head.name} on {len(parts['train'])} bags", head.epochs)
+        t_fit = time.perf_counter()
         with bar:
             fitted = fit_and_score(head, BagSet(BagReader(store, keys), bags), parts, callbacks=[_BagEpochBar(bar, task_id)])
+        seconds = t_fit - t0 + fitted.train_seconds  # bags made and head trained (scoring not counted)
         evals = {name: classification_metrics(ys, proba, bags.classes, positive[0]) for name, (ys, proba) in fitted.scored.items()}
         provenance = {
             "dims": feature_dims(store, keys),
@@ -169,7 +171,7 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
         }
     if not evals:
         raise HeadError("no validation or test bags to measure the head on")
-    metrics = _slide_metrics(cfg, head, bags, parts, evals, positive, keys, provenance, time.perf_counter() - t0)
+    metrics = _slide_metrics(cfg, head, bags, parts, evals, positive, keys, provenance, seconds)
     config = _slide_config(cfg, head, bags, positive, keys, provenance, fitted.n_features_in, metrics["split"])
     if cfg.out is not None:
         _write_slide_model(cfg, head, bags, parts, config, metrics)

@@ -137,7 +137,9 @@ def test_abmil_attends_to_the_planted_tile(planted: tuple[Path, np.ndarray]) -> 
         reader = BagReader(s, [KEY])
         idx = np.arange(len(bags))
         train, val = idx[idx % 5 != 0], idx[idx % 5 == 0]
-        head = make_mil_head("abmil", epochs=40, patience=40, lr=1e-3, hidden=32, attention=16, dropout=0.0).fit(BagSet(reader, bags, train), eval_set=BagSet(reader, bags, val))
+        head = make_mil_head("abmil", epochs=40, patience=40, lr=1e-3, hidden=32, attention=16, dropout=0.0).fit(
+            BagSet(reader, bags, train), eval_set=BagSet(reader, bags, val)
+        )
         proba, rows, att = head.predict_bags(BagSet(reader, bags, val))
     y = (bags.labels[val] == "tumour").astype(int)
     assert ((proba[:, 1] > 0.5).astype(int) == y).mean() >= 0.9

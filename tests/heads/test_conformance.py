@@ -150,3 +150,29 @@ def test_cli_param_help_comes_from_the_declaration() -> None:
             assert p.allowed() in ln
     r = runner.invoke(app, ["fit-head", "--store", "unused.zarr", "--out", "unused", "-p", "help", "--head", "nope"])
     assert r.exit_code == 2 and "unknown head 'nope'" in r.output
+
+
+@pytest.mark.parametrize("name", ["mlp", "logreg", "ensemble", "slide-abmil"])
+def test_model_directories_keep_the_contract(name: str, tmp_path: Path) -> None:
+    """Model directories (tile, ensemble, slide; written before this change) load as Models, save back to a folder that
+    loads to the same probabilities, and re-fit through the contract (tile: raw store features, pipeline included)."""
+    from mito.app import load_artifact
+    from mito.heads.bags import BagReader, BagSet, make_bags
+    from mito.store import open_store
+
+    model = load_artifact(STORE.parent / "models" / name)
+    assert isinstance(model, Model) and model.level == ("slide" if name.startswith("slide") else "tile")
+    with open_store(STORE) as s:
+        if model.level == "slide":
+            X: object = BagSet(BagReader(s, model.config["features"]), make_bags(s.tiles, None, model.config["bag_column"]))
+        else:
+            X = s.read(model.config["features"]).astype(np.float32)
+        want = model.predict_proba(X)
+        model.save(tmp_path / "m")
+        back = load_artifact(tmp_path / "m")
+        assert type(back) is type(model)
+        np.testing.assert_array_equal(back.predict_proba(X), want)
+        if model.level == "tile":
+            y = s.tiles["mitosis"].astype(str).to_numpy()
+            refit = back.fit(X[:20], y[:20], eval_set=(X[20:], y[20:]))
+            assert refit is back and refit.predict_proba(X).shape == want.shape

@@ -317,7 +317,7 @@ def _table_columns(rows: pd.DataFrame, metric: str) -> list[str]:
     return cols + [c for c in ("ece", "ece_equal_mass", "brier") if c in rows] + ["train_seconds", "train/test", "budget"]
 
 
-def _table_cell(r: pd.Series, c: str) -> str:  # a flat table of cases: one branch per kind of column
+def _table_cell(r: pd.Series, c: str) -> str:
     """The HTML of row ``r``'s cell in column ``c``."""
     if c == "ci":
         return f"{html.escape(_fmt(r.get('ci_low')))}–<br>{html.escape(_fmt(r.get('ci_high')))}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -16,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from mito.core.io import file_sha256
 from mito.core.resources import available_memory, idle_cores  # noqa: F401  (re-exported; tests patch idle_cores here)
 from mito.core.version import __version__
 from mito.heads import model as model_registry
@@ -87,15 +87,6 @@ def read_json_file(f: Path, what: str = "file") -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise HeadError(f"{f} is not a valid {what}: expected a JSON object")
     return doc
-
-
-def file_sha256(f: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(f, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_sha256(f: Path, want: str | None) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,29 @@ def h5_rows(path: Path, dataset: str) -> Callable[[int, int], np.ndarray]:
             return np.asarray(f[dataset][a:b], dtype=np.float32)
 
     return read
+
+
+def held_rows(load: Callable[[], np.ndarray]) -> Callable[[int, int], np.ndarray]:
+    """A reader of rows a..b of what ``load`` returns, loaded once for the chunks that read it and let go after its last row."""
+    held: list[np.ndarray] = []
+
+    def read(a: int, b: int) -> np.ndarray:
+        if not held:
+            held.append(load())
+        x = held[0][a:b]
+        if b >= held[0].shape[0]:
+            held.clear()
+        return x
+
+    return read
+
+
+def write_slide_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
+    """The slide list a peer tool reads beside its feature files: a CSV of ``header`` and one row per slide."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
 
 
 def open_h5(path: Path) -> Any:

@@ -26,6 +26,7 @@ from mito.core.errors import Interrupted
 from mito.core.io import containing_artifact
 from mito.core.progress import add_task, advance, group_progress, progress_bar, status
 from mito.core.resources import available_memory, tune_cpu_allocator
+from mito.core.runrecord import run_record
 from mito.core.version import __version__
 from mito.core.wording import counted
 from mito.extract import distributed
@@ -565,6 +566,7 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         if any(b["rows"] for b in summary["backbones"].values()):  # a no-op run keeps the record of the run that did the work
             store.record("unreadable_tiles", summary["unreadable"])
             store.record("last_run", {k: v for k, v in summary.items() if k != "unreadable"})
+            store.add_run(run_record("extract", cfg, store.meta.get("tile_list_sha256")))  # the spec, for mito rerun and predict
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished row is on disk by now; say how many
         if store.drops_session:
             raise Interrupted(

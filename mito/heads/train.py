@@ -17,6 +17,7 @@ from mito.core.errors import OutputError
 from mito.core.io import atomic_dir, check_output_dir, is_artifact, write_json, write_manifest
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, progress_bar
+from mito.core.runrecord import write_run_record
 from mito.core.tasks import TaskSpec, choose_positive, default_task, group_ids, one_group_per_tile, per_tile_warning
 from mito.core.tasks import resolve_task as resolve_spec
 from mito.core.validation import one_line
@@ -27,6 +28,7 @@ from mito.heads.calibrate import MIN_CALIBRATION_ROWS, Calibration, calibrate_sc
 from mito.heads.ensemble import Ensemble, fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
 from mito.heads.fit import FitResult, fit_on_rows
+from mito.heads.recorded import recorded_extract_settings
 from mito.heads.split import (
     AUTO,
     PUBLISHED_SPLIT,
@@ -261,6 +263,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         )
         cats = metadata_categories(tiles, cfg.metadata_columns)
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
+        recorded = recorded_extract_settings(store.runs, keys)  # the store's extract specs (None: an older store)
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
         groups = group_ids(tiles, cfg.group_column) if cfg.group_column is not None and cfg.group_column in tiles else None
         fit_kw = dict(
@@ -354,7 +357,8 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
             if calibration and calibration["method"] == "temperature"
             else {}
         ),
-        "extract": extract_settings(variants),
+        "extract": recorded or extract_settings(variants),
+        "extract_from": "the store's recorded extract runs" if recorded else "the variants' provenance",
         "training": {
             "store": store_meta,
             "split_column": split_column,
@@ -370,7 +374,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         },
     }
     if cfg.out is not None:
-        _write_model_dir(Path(cfg.out), head, pipe, config, metrics, cfg.overwrite, (tiles[identity_columns(tiles)], side))
+        _write_model_dir(Path(cfg.out), head, pipe, config, metrics, cfg.overwrite, (tiles[identity_columns(tiles)], side), spec=cfg)
         metrics["model_dir"] = str(cfg.out)
     return metrics
 
@@ -413,7 +417,14 @@ def _epoch_progress(enabled: bool, head: Any) -> Iterator[None]:
 
 
 def _write_model_dir(
-    out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool, split: tuple[Any, np.ndarray] | None = None
+    out: Path,
+    head: Any,
+    pipe: FeaturePipeline,
+    config: dict,
+    metrics: dict,
+    overwrite: bool,
+    split: tuple[Any, np.ndarray] | None = None,
+    spec: FitConfig | None = None,
 ) -> None:
     """Write into a hidden sibling, then move it into place (mito.core.io.atomic_dir): a crash never leaves a half-written
     model, and only a model directory (or an empty folder) is ever replaced. ``split``: (identity columns, side per
@@ -427,6 +438,8 @@ def _write_model_dir(
         doc = {**config, "pipeline": {**config["pipeline"], **({"sha256": sha} if sha else {})}}
         write_json(tmp / CONFIG_FILE, doc)
         write_json(tmp / METRICS_FILE, metrics)
+        if spec is not None:  # run.yaml: how to make this model again (mito rerun)
+            write_run_record(tmp, "fit-head", spec, config["training"]["store"].get("tile_list_sha256"))
         write_manifest(tmp, "ensemble" if config["head"]["name"] == "ensemble" else "model", "tile", head=config["head"]["name"])
 
     def replace(p: Path) -> bool:

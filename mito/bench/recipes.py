@@ -63,7 +63,7 @@ def row_recipe(row: pd.Series, meta: dict[str, Any]) -> dict[str, Any] | None:
         "seed": int(cfg.get("seed", 0)),
         "stream": cfg.get("stream"),
         **({"buffer_rows": int(cfg["buffer_rows"])} if cfg.get("buffer_rows") else {}),
-        **({"positive": tmeta["positive"]} if tmeta.get("positive") else {}),
+        **({"positive": tmeta["positive"]} if cfg.get("positive") and tmeta.get("positive") else {}),  # else: fit-head's own rule
     }
     if held:  # a domain-shift row: train on the other values of the column, test on this one
         recipe.update(split_column=None, test_group=f"{cfg.get('shift_column')}={held}")

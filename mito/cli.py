@@ -666,8 +666,9 @@ def fit_head_cmd(
     """Train a head on stored embeddings in seconds; write the model directory and print its metrics."""
     from mito.heads import fit_head, make_fit_config
 
-    if from_bench is not None or row is not None:
-        return _fit_from_bench(from_bench, row, out, overwrite, as_json, store)
+    store = _fit_from_bench(from_bench, row, out, overwrite, as_json, store)  # --from-bench DIR --row ID: that row's recipe
+    if store is None:
+        return
 
     if param == ["help"]:  # the head's declared options (mito.heads.params), then stop
         from mito.heads.base import head_param_help
@@ -677,8 +678,6 @@ def fit_head_cmd(
         for line in mil_param_help(name) if level == "slide" else head_param_help(name):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         return
-    if store is None:
-        raise UserError("fit-head needs --store (or --from-bench BENCH_DIR --row ROW_ID)")
     if level not in ("tile", "slide"):
         raise UserError(f"--level must be tile or slide, got {level!r}")
     if level == "slide":
@@ -802,10 +801,17 @@ def fit_head_cmd(
     console.print(f"model: {out}")
 
 
-def _fit_from_bench(bench: Optional[Path], row: Optional[str], out: Path, overwrite: bool, as_json: bool, store: Optional[str]) -> None:
-    """`mito fit-head --from-bench DIR --row ID --out MODEL`: train a bench row's recipe; say which rows it trained on."""
+def _fit_from_bench(
+    bench: Optional[Path], row: Optional[str], out: Path, overwrite: bool, as_json: bool, store: Optional[str]
+) -> Optional[str]:
+    """`mito fit-head --from-bench DIR --row ID --out MODEL`: train a bench row's recipe and say which rows it trained
+    on (returns None); without those options, the --store to train from (required then)."""
     from mito.bench.recipes import fit_from_bench
 
+    if bench is None and row is None:
+        if store is None:
+            raise UserError("fit-head needs --store (or --from-bench BENCH_DIR --row ROW_ID)")
+        return store
     if bench is None or row is None:
         raise UserError("--from-bench and --row go together: mito fit-head --from-bench BENCH_DIR --row ROW_ID --out MODEL_DIR")
     if store is not None:
@@ -813,11 +819,12 @@ def _fit_from_bench(bench: Optional[Path], row: Optional[str], out: Path, overwr
     m = fit_from_bench(bench, row, out, overwrite, progress=not as_json)
     if as_json:
         print(json.dumps(m, indent=2))
-        return
+        return None
     console.print(f"bench row {row} of {bench}: {', '.join(m['features'])}", highlight=False, markup=False)
     console.print(f"trained on {m['from_bench']['trained_on']}", highlight=False, markup=False)
     _print_metrics(m)
     console.print(f"model: {out}")
+    return None
 
 
 def _refuse_ignored(ignored: dict[str, Any], level: str = "--level slide") -> None:

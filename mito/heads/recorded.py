@@ -4,7 +4,7 @@ back to the variants' provenance (mito.heads.train.extract_settings)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mito.store import parse_variant
@@ -51,3 +51,14 @@ def recorded_extract_settings(runs: Sequence[dict[str, Any]], keys: Sequence[str
         if v.color not in cfg["colors"]:
             cfg["colors"].append(v.color)
     return list(out.values())
+
+
+def model_extract_settings(
+    runs: Sequence[dict[str, Any]], keys: Sequence[str], provenance: Callable[[], list[dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], str]:
+    """What a model records of how its features were extracted, and from where: the store's recorded extract specs,
+    else (an older store) ``provenance()``, the settings read back from the variants."""
+    recorded = recorded_extract_settings(runs, keys)
+    if recorded is not None:
+        return recorded, "the store's recorded extract runs"
+    return provenance(), "the variants' provenance"

@@ -28,7 +28,7 @@ from mito.heads.calibrate import MIN_CALIBRATION_ROWS, Calibration, calibrate_sc
 from mito.heads.ensemble import Ensemble, fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
 from mito.heads.fit import FitResult, fit_on_rows
-from mito.heads.recorded import recorded_extract_settings
+from mito.heads.recorded import model_extract_settings
 from mito.heads.split import (
     AUTO,
     PUBLISHED_SPLIT,
@@ -263,7 +263,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         )
         cats = metadata_categories(tiles, cfg.metadata_columns)
         variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
-        recorded = recorded_extract_settings(store.runs, keys)  # the store's extract specs (None: an older store)
+        extract_spec, extract_from = model_extract_settings(store.runs, keys, lambda: extract_settings(variants))
         store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
         groups = group_ids(tiles, cfg.group_column) if cfg.group_column is not None and cfg.group_column in tiles else None
         fit_kw = dict(
@@ -357,8 +357,8 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
             if calibration and calibration["method"] == "temperature"
             else {}
         ),
-        "extract": recorded or extract_settings(variants),
-        "extract_from": "the store's recorded extract runs" if recorded else "the variants' provenance",
+        "extract": extract_spec,
+        "extract_from": extract_from,
         "training": {
             "store": store_meta,
             "split_column": split_column,

@@ -75,6 +75,9 @@ def test_rerun_without_or_with_damaged_record_is_one_line(amibr_store: Path, tmp
     (a / RUN_FILE).write_text("job: dance\nspec: {}\n")
     code, text = _run("rerun", a, "--out", tmp_path / "b")
     assert code == 2 and "unknown job 'dance'" in text
+    (a / RUN_FILE).write_text("job: export\nspec: {format: trident}\n")
+    code, text = _run("rerun", a, "--out", tmp_path / "b")
+    assert code == 2 and "has no 'store' entry" in text
     code, text = _run("rerun", tmp_path / "nothing", "--out", tmp_path / "b")
     assert code == 2 and "does not exist" in text
     assert not (tmp_path / "b").exists()

@@ -81,7 +81,15 @@ def _lora(spec: dict[str, Any], out: Path, overwrite: bool, where: str) -> Any:
     return run_finetune(_validate(FinetuneConfig, {**spec, "out": str(out)}, where), progress=False)
 
 
+def _need(spec: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    """Jobs without a config class (export, import): a hand-edited spec that lacks an entry is one line."""
+    missing = [k for k in keys if spec.get(k) is None]
+    if missing:
+        raise RerunError(f"the spec in {where} has no {missing[0]!r} entry")
+
+
 def _export(spec: dict[str, Any], out: Path, overwrite: bool, where: str) -> Any:
+    _need(spec, ("store", "format"), where)
     return export(str(spec["store"]), str(spec["format"]), out, spec.get("feature"), overwrite)
 
 
@@ -90,6 +98,7 @@ def _extract(spec: dict[str, Any], out: Path, overwrite: bool, where: str) -> An
 
 
 def _import(spec: dict[str, Any], out: Path, overwrite: bool, where: str) -> Any:
+    _need(spec, ("folder", "chunk_rows"), where)
     return import_features(spec["folder"], out, spec.get("format", "auto"), spec.get("name"), spec.get("labels"), int(spec["chunk_rows"]))
 
 
@@ -114,7 +123,11 @@ def store_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         runs = s.runs
     if not runs:
         raise RerunError(f"{path} records no runs (made by a mito before stores kept their specs): re-run its extract by hand")
-    return [check_record(r, f"{path} (run {i + 1})") for i, r in enumerate(runs)]
+    records = [check_record(r, f"{path} (run {i + 1})") for i, r in enumerate(runs)]
+    stray = next((r["job"] for r in records if r["job"] not in STORE_JOBS), None)
+    if stray is not None:
+        raise RerunError(f"{path} records a {stray} run, which does not write a store")
+    return records
 
 
 def rerun(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Rerun:

@@ -662,11 +662,12 @@ def fit_head_cmd(
         None, "--from-bench", help="A bench folder: train its row --row's recipe (rows/ROW.yaml) on all the bench's training rows."
     ),
     row: Optional[str] = typer.Option(None, "--row", help="--from-bench: the leaderboard's row_id to train."),
+    ctx: typer.Context = typer.Option(None),  # which options were given (--from-bench refuses the others)
 ) -> None:
     """Train a head on stored embeddings in seconds; write the model directory and print its metrics."""
     from mito.heads import fit_head, make_fit_config
 
-    store = _fit_from_bench(from_bench, row, out, overwrite, as_json, store)  # --from-bench DIR --row ID: that row's recipe
+    store = _fit_from_bench(ctx, from_bench, row, out, overwrite, as_json, store)  # --from-bench DIR --row ID: that row's recipe
     if store is None:
         return
 
@@ -802,7 +803,7 @@ def fit_head_cmd(
 
 
 def _fit_from_bench(
-    bench: Optional[Path], row: Optional[str], out: Path, overwrite: bool, as_json: bool, store: Optional[str]
+    ctx: typer.Context, bench: Optional[Path], row: Optional[str], out: Path, overwrite: bool, as_json: bool, store: Optional[str]
 ) -> Optional[str]:
     """`mito fit-head --from-bench DIR --row ID --out MODEL`: train a bench row's recipe and say which rows it trained
     on (returns None); without those options, the --store to train from (required then)."""
@@ -814,8 +815,12 @@ def _fit_from_bench(
         return store
     if bench is None or row is None:
         raise UserError("--from-bench and --row go together: mito fit-head --from-bench BENCH_DIR --row ROW_ID --out MODEL_DIR")
-    if store is not None:
-        raise UserError("--store does not apply to --from-bench: the row's recipe names its store")
+    own = ("from_bench", "row", "out", "overwrite", "as_json")
+    given = [
+        p.opts[0] for p in ctx.command.params if p.name not in own and str(ctx.get_parameter_source(p.name or "")).endswith("COMMANDLINE")
+    ]
+    if given:
+        raise UserError(f"{given[0]} does not apply to --from-bench: the row's recipe sets it (edit {bench}/rows/{row}.yaml to change it)")
     m = fit_from_bench(bench, row, out, overwrite, progress=not as_json)
     if as_json:
         print(json.dumps(m, indent=2))

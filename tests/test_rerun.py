@@ -145,6 +145,10 @@ def test_bench_rerun_and_fit_from_bench(amibr_store: Path, tmp_path: Path) -> No
     assert ("the store's train split" in text) == (cv == "split") and ("all labelled rows" in text) == (cv == "kfold")
     code, text = _run("fit-head", "--from-bench", a, "--row", "nope", "--out", tmp_path / "m2")
     assert code == 2 and "no head row 'nope'" in text and len(text.strip().splitlines()) == 1
+    code, text = _run("fit-head", "--from-bench", a, "--row", top["row_id"], "--out", tmp_path / "m2", "--head", "knn")
+    assert code == 2 and "--head does not apply to --from-bench" in text and not (tmp_path / "m2").exists()
+    code, text = _run("fit-head", "--from-bench", a, "--row", top["row_id"], "--out", tmp_path / "m2", "-s", amibr_store)
+    assert code == 2 and "--store does not apply" in text
     code, text = _run("fit-head", "--from-bench", a, "--out", tmp_path / "m2")
     assert code == 2 and "go together" in text
     code, text = _run("fit-head", "--out", tmp_path / "m2")

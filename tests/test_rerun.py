@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -229,3 +230,23 @@ def test_row_recipe_kfold_and_shift_rows(amibr_store: Path, tmp_path: Path) -> N
     assert shift is not None and shift["test_group"] == "dataset=TUPAC" and "outside dataset=TUPAC" in trained_on(shift)
     assert row_recipe(pd.Series({**row.to_dict(), "kind": "zero-shot"}), meta) is None
     assert row_recipe(pd.Series({**row.to_dict(), "shots": "8"}), meta) is None
+
+
+def test_lora_run_records_and_reruns(amibr_dir: Path, tmp_path: Path) -> None:
+    from mito.bench import FinetuneConfig, run_finetune
+
+    a, b = tmp_path / "lora", tmp_path / "again"
+    cfg = FinetuneConfig(
+        source=str(amibr_dir), out=str(a), n_folds=3, folds=1, max_epochs=2, epoch_samples=4, batch_size=2, val_samples=4, n_boot=50
+    )
+    lb = run_finetune(cfg, progress=False)
+    rec = read_run_record(a)
+    assert rec["job"] == "lora" and rec["spec"]["max_epochs"] == 2 and "config_hash" not in rec["spec"]
+    code, text = _run("rerun", a, "--out", b)
+    assert code == 0, text
+    with np.load(a / "fold0" / "result.npz") as x, np.load(b / "fold0" / "result.npz") as y:
+        np.testing.assert_array_equal(x["proba"], y["proba"])
+    again = pd.read_csv(b / "leaderboard.csv")
+    assert again["balanced_accuracy"].iloc[0] == pytest.approx(lb.rows["balanced_accuracy"].iloc[0], abs=1e-4)
+    code, text = _run("rerun", a, "--out", b)
+    assert code == 2 and "resumes into an existing run folder" in text

@@ -26,6 +26,7 @@ from mito.core.errors import Interrupted
 from mito.core.io import containing_artifact
 from mito.core.progress import add_task, advance, group_progress, progress_bar, status
 from mito.core.resources import available_memory, tune_cpu_allocator
+from mito.core.runrecord import run_record
 from mito.core.version import __version__
 from mito.core.wording import counted
 from mito.extract import distributed
@@ -512,7 +513,7 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
         if not dist.main:
             return summary
         summary["backbones"] = {b: distributed.merge_summaries([p[b] for p in parts]) for b in cfg.backbones} if dist.active else parts[0]
-        _finish_summary(store, summary)
+        _finish_summary(cfg, store, summary)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished row is on disk by now; say how many
         raise _interrupted(cfg, store) from None
     finally:
@@ -594,7 +595,7 @@ def _start_summary(
     return summary
 
 
-def _finish_summary(store: Store, summary: dict[str, Any]) -> None:
+def _finish_summary(cfg: ExtractConfig, store: Store, summary: dict[str, Any]) -> None:
     """Rank 0, once every backbone ran: what is unreadable or incomplete, recorded in the store when work was done."""
     if "grown" in summary and summary["grown"]["added_tiles"]:  # variants this run did not name now lack the new rows
         summary["grown"]["incomplete"] = [v for v in store.variants if not store.is_complete(v)]
@@ -605,6 +606,7 @@ def _finish_summary(store: Store, summary: dict[str, Any]) -> None:
     if any(b["rows"] for b in summary["backbones"].values()):  # a no-op run keeps the record of the run that did the work
         store.record("unreadable_tiles", summary["unreadable"])
         store.record("last_run", {k: v for k, v in summary.items() if k != "unreadable"})
+        store.add_run(run_record("extract", cfg, store.meta.get("tile_list_sha256")))  # the spec, for mito rerun and predict
 
 
 def _interrupted(cfg: ExtractConfig, store: Store) -> Interrupted:

@@ -27,6 +27,7 @@ from mito.core.io import (
 )
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, progress_bar
+from mito.core.runrecord import write_run_record
 from mito.core.tasks import choose_positive
 from mito.core.validation import one_line
 from mito.core.version import __version__
@@ -275,6 +276,8 @@ def _write_slide_model(
         save_split(tmp, pd.DataFrame({bag_column: bags.names}), side)  # predict tells the bags fitted on from the others
         write_json(tmp / CONFIG_FILE, config)
         write_json(tmp / METRICS_FILE, metrics)
+        sha = str(config["training"]["store"].get("tile_list_sha256") or "")
+        write_run_record(tmp, "fit-slide", cfg, sha)  # how to make it again (mito rerun)
         write_manifest(tmp, "model", "slide", head=head.name)
 
     atomic_dir(Path(cfg.out or ""), fill, lambda p: cfg.overwrite and (is_model_folder(p) or (p.is_dir() and not any(p.iterdir()))))

@@ -19,6 +19,7 @@ from mito.core.errors import OutputError
 from mito.core.io import atomic_dir, check_output_dir, is_artifact, write_json, write_manifest
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, progress_bar
+from mito.core.runrecord import write_run_record
 from mito.core.tasks import TaskSpec, choose_positive, default_task, group_ids, one_group_per_tile, per_tile_warning
 from mito.core.tasks import resolve_task as resolve_spec
 from mito.core.validation import one_line
@@ -31,6 +32,7 @@ from mito.heads.ensemble import Ensemble, fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
 from mito.heads.fit import StoreRows
 from mito.heads.model import CONFIG_FILE, METRICS_FILE, Callback
+from mito.heads.recorded import model_extract_settings
 from mito.heads.split import (
     AUTO,
     PUBLISHED_SPLIT,
@@ -239,6 +241,7 @@ class _Run:
     variants: dict[str, dict[str, Any]]
     store_meta: dict[str, Any]
     groups: np.ndarray | None
+    extract: tuple[Any, str]  # the model's extract settings and where they came from (mito.heads.recorded)
 
 
 def fit_head(cfg: FitConfig) -> dict[str, Any]:
@@ -254,7 +257,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
     config = _config(cfg, run, fitted, calibration)
     if cfg.out is not None:
         split = (run.tiles[identity_columns(run.tiles)], run.side)
-        _write_model_dir(Path(cfg.out), fitted.head, fitted.pipeline, config, metrics, cfg.overwrite, split)
+        _write_model_dir(Path(cfg.out), fitted.head, fitted.pipeline, config, metrics, cfg.overwrite, split, spec=cfg)
         metrics["model_dir"] = str(cfg.out)
     return metrics
 
@@ -284,6 +287,7 @@ def _plan(store: Store, cfg: FitConfig) -> _Run:
     positive, positive_source = choose_positive(train_labels, train_classes, cfg.positive) if len(train_classes) > 1 else (None, "")
     carved = _carved(side, tiles, split_column, cfg)
     per_tile = cfg.group_column is not None and one_group_per_tile(group_ids(tiles, cfg.group_column)[carved])
+    variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
     return _Run(
         task=spec.name,
         keys=keys,
@@ -297,9 +301,10 @@ def _plan(store: Store, cfg: FitConfig) -> _Run:
         positive_source=positive_source,
         per_tile=per_tile,
         cats=metadata_categories(tiles, cfg.metadata_columns),
-        variants={k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys},
+        variants=variants,
         store_meta={"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles},
         groups=group_ids(tiles, cfg.group_column) if cfg.group_column is not None and cfg.group_column in tiles else None,
+        extract=model_extract_settings(store.runs, keys, lambda: extract_settings(variants)),
     )
 
 
@@ -408,7 +413,8 @@ def _config(cfg: FitConfig, run: _Run, fitted: FitResult[Head] | FitResult[Ensem
             if calibration and calibration["method"] == "temperature"
             else {}
         ),
-        "extract": extract_settings(run.variants),
+        "extract": run.extract[0],
+        "extract_from": run.extract[1],
         "training": {
             "store": run.store_meta,
             "split_column": run.split_column,
@@ -465,7 +471,14 @@ class EpochBar:
 
 
 def _write_model_dir(
-    out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool, split: tuple[Any, np.ndarray] | None = None
+    out: Path,
+    head: Any,
+    pipe: FeaturePipeline,
+    config: dict,
+    metrics: dict,
+    overwrite: bool,
+    split: tuple[Any, np.ndarray] | None = None,
+    spec: FitConfig | None = None,
 ) -> None:
     """Write into a hidden sibling, then move it into place (mito.core.io.atomic_dir): a crash never leaves a half-written
     model, and only a model directory (or an empty folder) is ever replaced. ``split``: (identity columns, side per
@@ -479,6 +492,8 @@ def _write_model_dir(
         doc = {**config, "pipeline": {**config["pipeline"], **({"sha256": sha} if sha else {})}}
         write_json(tmp / CONFIG_FILE, doc)
         write_json(tmp / METRICS_FILE, metrics)
+        if spec is not None:  # run.yaml: how to make this model again (mito rerun)
+            write_run_record(tmp, "fit-head", spec, config["training"]["store"].get("tile_list_sha256"))
         write_manifest(tmp, "ensemble" if config["head"]["name"] == "ensemble" else "model", "tile", head=config["head"]["name"])
 
     def replace(p: Path) -> bool:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from mito.core.io import file_sha256 as sha256_file
 from mito.core.progress import add_task, progress_bar
+from mito.core.runrecord import run_record
 from mito.core.version import __version__
 from mito.interop.base import FLOAT16_MAX, SAFE_NAME, InteropError, SourceSlide, safe_encoder_name
 from mito.interop.formats import scan
@@ -232,6 +233,8 @@ def import_features(
         st.ensure_variant(key, dim, {"backbone": backbone, "imported": {"format": fmt, "encoder": encoder}})
         result.written_chunks = _fill(st, key, {x.slide: x for x in slides}, progress)
         st.forget_done_rows()
+        spec = dict(folder=str(folder), format=fmt, name=name, labels=None if labels is None else str(labels), chunk_rows=chunk_rows)
+        st.add_run(run_record("import", spec, st.meta.get("tile_list_sha256")))
     return result
 
 

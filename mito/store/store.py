@@ -779,6 +779,16 @@ class Store:
         self._require_writable()
         self._update_meta(lambda m: m.__setitem__(name, value))
 
+    def add_run(self, record: dict[str, Any]) -> None:
+        """Append a run's record (mito.core.runrecord.run_record: job, spec, versions) to the store's ``runs`` history."""
+        self._require_writable()
+        self._update_meta(lambda m: m.__setitem__("runs", [*as_list(m.get("runs")), record]))
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        """The records of the runs that wrote this store, oldest first (empty for a store made before they were kept)."""
+        return [r for r in as_list(self.meta.get("runs")) if isinstance(r, dict)]
+
     # -- reading features
     def _check_readable(self, keys: Sequence[str], allow_incomplete: bool) -> list[Variant]:
         if not keys:

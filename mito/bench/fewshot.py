@@ -21,7 +21,6 @@ How a K-shot row is made (the same for every backbone and head):
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -32,8 +31,9 @@ import pandas as pd
 
 from mito.bench.cv import Fold
 from mito.bench.errors import BenchError
-from mito.bench.rows import fit_one, row_id, run_parallel
-from mito.bench.zeroshot import text_head_params
+from mito.bench.row import FitJob, Producer, grouped, row_base
+from mito.bench.rows import row_id
+from mito.bench.zeroshot import job_params
 from mito.core.metrics import (
     CALIBRATION_NAMES,
     METRIC_NAMES,
@@ -43,7 +43,6 @@ from mito.core.metrics import (
     tile_draw_counts,
     weighted_metric,
 )
-from mito.heads import head_modules
 
 SHOTS_ALL = "all"
 DEFAULT_DRAWS = 5
@@ -238,99 +237,78 @@ def score_shot_row(
     return row, arrays
 
 
-# ------------------------------------------------------------------ the run
-def fewshot_rows(
-    cfg: Any,
-    plans: dict[str, Any],
-    sets: Sequence[Any],
-    heads: Sequence[str],
-    noises: Sequence[float | None],
-    n_jobs: int,
-    options: dict[str, Any],
-    progress: bool = True,
-    text: Any = None,
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """Fit every (task, feature set, head, noise, K, draw, fold) of a bench config's --few-shot list; score the K-shot rows.
+# ------------------------------------------------------------------ the row producer
+class FewShotRows(Producer):
+    """--few-shot: a row per (task, feature set, head, noise, K): the head fitted on K labelled tiles per class of
+    each fold's training part (seeded draws), no validation set, scored on the fold's usual test tiles."""
 
-    ``text`` (the bench's :class:`mito.bench.zeroshot.TextPlan`) gives text heads their class text embeddings, as for
-    the normal rows. Returns the rows, their predictions (by row id) and a description for the leaderboard's meta.
-    """
-    from joblib import Parallel, delayed
+    pool = "few-shot"
+    fit_label = "fitting few-shot heads"
+    score_label = "scoring few-shot rows"
 
-    shots = finite_shots(cfg.few_shot)
-    n_draws = int(cfg.few_shot_draws or DEFAULT_DRAWS)
-    draws: dict[tuple[str, int], tuple[list[tuple[int, Fold]], dict[str, int]]] = {}
-    for t, (_spec, y, _classes, plan) in plans.items():
-        for k in shots:
-            draws[(t, k)] = shot_folds(plan.folds, y, k, n_draws, cfg.seed)
-    jobs = []
-    for fs in sets:
-        for t in plans:
-            for head in heads:
-                for nz in noises:
-                    params = dict(cfg.head_params.get(head, {}))
-                    if text is not None:
-                        with_text = text_head_params(head, fs.backbone, params, text)
-                        if with_text is None:  # a text head on features without text embeddings
+    def plan(self, ctx: Any) -> list[FitJob]:
+        cfg = ctx.cfg
+        self.shots = finite_shots(cfg.few_shot)
+        self.n_draws = int(cfg.few_shot_draws or DEFAULT_DRAWS)
+        self.draws = {(t, k): shot_folds(p[3].folds, p[1], k, self.n_draws, cfg.seed) for t, p in ctx.plans.items() for k in self.shots}
+        jobs: list[FitJob] = []
+        for fs in ctx.sets if self.shots else ():
+            for t in ctx.plans:
+                for head in ctx.heads:
+                    for nz in ctx.noises:
+                        params = job_params(head, fs.backbone, cfg.head_params, nz, ctx.text)
+                        if params is None:  # a text head on features without text embeddings
                             continue
-                        params = with_text
-                    if nz is not None:
-                        params["noise"] = nz
-                    for k in shots:
-                        for d, f in draws[(t, k)][0]:
-                            jobs.append((t, fs, head, nz, params, k, d, f))
-    calls = (
-        delayed(fit_one)(str(cfg.store), fs.keys, head, params, f, plans[t][1], plans[t][2], cfg.standardize, cfg.pca, **options)
-        for t, fs, head, nz, params, k, d, f in jobs
-    )
-    results = run_parallel(
-        Parallel, calls, len(jobs), n_jobs, progress, "fitting few-shot heads", preload=head_modules({j[2] for j in jobs})
-    )
-    grouped: dict[tuple[Any, ...], list[tuple[tuple[int, Fold], dict[str, Any]]]] = {}
-    for (t, fs, head, nz, _params, k, d, f), r in zip(jobs, results):
-        grouped.setdefault((t, fs, head, nz, k), []).append(((d, f), r))
-    score_calls = []
-    for (t, fs, head, nz, k), items in grouped.items():
-        spec, y, classes, plan = plans[t]
-        noise = float(items[0][1]["params"].get("noise", nz if nz is not None else 0.0) or 0.0)
-        short = draws[(t, k)][1]
-        n_d = len({d for (d, _), _ in items})
-        note = f"; fewer than {k} training tiles, all used: " + ", ".join(f"{c} {n}" for c, n in sorted(short.items())) if short else ""
-        base = {
-            "task": t,
-            "backbone": fs.backbone,
-            "features": fs.name,
-            "head": head,
-            "noise": noise,
-            "kind": KIND,
-            "shots": str(k),
-            "short_classes": short,
-            "budget": f"{k} labelled tiles per class from each fold's training part, {n_d} seeded draw{'s' if n_d > 1 else ''} x "
-            f"{len(plan.folds)} folds, no validation set (the head's fixed budget)"
-            + note
-            + (", standardised" if cfg.standardize else "")
-            + (f", pca {cfg.pca}" if cfg.pca else ""),
-            "params": json.dumps(items[0][1]["params"], sort_keys=True),
-            "row_id": row_id(t, fs.backbone, fs.name, head, noise, f"shots={k}"),
-            "keys": list(fs.keys),
+                        for k in self.shots:
+                            fits = self.draws[(t, k)][0]
+                            jobs += [FitJob((t, fs, head, nz, k), ctx.fit_call(fs, head, params, f, t), (d, f), head) for d, f in fits]
+        return jobs
+
+    def score(self, ctx: Any, jobs: Sequence[FitJob], results: Sequence[Any]) -> list[Any]:
+        from joblib import delayed
+
+        cfg, calls = ctx.cfg, []
+        for (t, fs, head, nz, k), items in grouped(jobs, results).items():
+            spec, y, classes, plan = ctx.plans[t]
+            fits = [r for _, r in items]
+            noise = float(fits[0]["params"].get("noise", nz if nz is not None else 0.0) or 0.0)
+            short = self.draws[(t, k)][1]
+            base = {
+                **row_base(t, fs, head, noise, fits[0]["params"]),
+                "kind": KIND,
+                "shots": str(k),
+                "short_classes": short,
+                "budget": shot_budget(k, len({j.unit[0] for j, _ in items}), len(plan.folds), short) + ctx.budget_suffix(),
+                "row_id": row_id(t, fs.backbone, fs.name, head, noise, f"shots={k}"),
+            }
+            units = [j.unit for j, _ in items]
+            calls.append(delayed(score_shot_row)(base, spec.main_metric, y, classes, fits, units, cfg.n_boot, cfg.seed, spec.positive))
+        return calls
+
+    def meta(self, ctx: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        if not self.shots:
+            return meta
+        n = self.n_draws
+        few = {
+            "shots": self.shots,
+            "draws": n,
+            "description": (
+                f"K labelled tiles per class drawn from each fold's training part ({n} seeded, stratified, nested draws per K; one "
+                "when K covers every class), no validation set (fixed training budget); value: mean over draws x folds; "
+                "std: over draws; 95% CI: bootstrap over test tiles and draws"
+            ),
+            "short_classes": {f"{t}:{k}": s for (t, k), (_, s) in self.draws.items() if s},
         }
-        score_calls.append(
-            delayed(score_shot_row)(
-                base, spec.main_metric, y, classes, [r for _, r in items], [df for df, _ in items], cfg.n_boot, cfg.seed, spec.positive
-            )
-        )
-    scored = run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring few-shot rows")
-    meta = {
-        "shots": shots,
-        "draws": n_draws,
-        "description": (
-            f"K labelled tiles per class drawn from each fold's training part ({n_draws} seeded, stratified, nested draws per K; one "
-            "when K covers every class), no validation set (fixed training budget); value: mean over draws x folds; "
-            "std: over draws; 95% CI: bootstrap over test tiles and draws"
-        ),
-        "short_classes": {f"{t}:{k}": s for (t, k), (_, s) in draws.items() if s},
-    }
-    return [r for r, _ in scored], {r["row_id"]: a for r, a in scored}, meta
+        return {**meta, "few_shot": few}
+
+
+def shot_budget(k: int, n_draws: int, n_folds: int, short: dict[str, int]) -> str:
+    """The budget line of a K-shot row."""
+    note = f"; fewer than {k} training tiles, all used: " + ", ".join(f"{c} {n}" for c, n in sorted(short.items())) if short else ""
+    return (
+        f"{k} labelled tiles per class from each fold's training part, {n_draws} seeded draw{'s' if n_draws > 1 else ''} x "
+        f"{n_folds} folds, no validation set (the head's fixed budget)" + note
+    )
 
 
 # ------------------------------------------------------------------ rows for display

@@ -15,16 +15,30 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mito.bench.cv import CVMode, CVPlan, Fold, make_folds, small_test_note
+from mito.bench.cv import CVMode, CVPlan, make_folds, small_test_note
 from mito.bench.errors import BenchError
-from mito.bench.fewshot import fewshot_rows, parse_shots
+from mito.bench.fewshot import FewShotRows, parse_shots
 from mito.bench.proxy import bench_validity
 from mito.bench.recipes import write_bench_record
-from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, fit_one, row_id, run_parallel, score_row, split_key
+from mito.bench.row import (
+    PRODUCERS,
+    BenchContext,
+    FitJob,
+    Producer,
+    Row,
+    Runner,
+    Scored,
+    grouped,
+    produce,
+    register_producer,
+    row_base,
+    table,
+)
+from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, row_id, score_row, split_key
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, cross_group_lines, shift_plans
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns, prediction_positive, row_delong_ci
 from mito.bench.validate import check_predictions, check_rows
-from mito.bench.zeroshot import TEXT_HEADS, plan_text, text_head_params, zero_shot_rows
+from mito.bench.zeroshot import TEXT_HEADS, ZeroShotRows, job_params, plan_text
 from mito.core.artifacts import register_loader
 from mito.core.errors import MitoError
 from mito.core.interrupts import handle_signals
@@ -38,7 +52,7 @@ from mito.core.metrics import (
 from mito.core.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
 from mito.core.validation import as_dict
 from mito.datasets import PROXY_TASKS
-from mito.heads import HEAD_NAMES, head_modules, head_names
+from mito.heads import HEAD_NAMES, head_names
 from mito.store import open_store
 
 RANDOM_PREFIX = "random_"
@@ -314,175 +328,261 @@ def check_positive_agrees(task: str, ours: TaskSpec, info: Any, where: str) -> N
     )
 
 
-def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
-    """Fit every (task, feature set, head, noise) on every fold in parallel and rank the rows."""
-    from joblib import Parallel, delayed
+@dataclass
+class StoreView:
+    """What a bench reads of its store once: the tile table, unreadable rows, complete variants and their info."""
 
+    tiles: pd.DataFrame
+    exclude: np.ndarray
+    complete: list[str]
+    meta: dict[str, Any]
+    variant_info: dict[str, dict[str, Any]]
+
+
+def read_store(path: str) -> StoreView:
+    """The store's tiles and complete variants (views too: ``--features`` may name them); none complete is an error."""
+    with open_store(path) as store:
+        complete = [k for k in store.variants if store.is_complete(k)]
+        view = StoreView(
+            store.tiles,
+            store.unreadable,
+            complete,
+            {"path": str(path), "n_tiles": store.n_tiles, "tile_list_sha256": store.meta.get("tile_list_sha256")},
+            {k: store.variant_info(k) for k in complete},
+        )
+    if not complete:
+        raise BenchError(f"{path} has no complete feature variant; run mito extract first")
+    return view
+
+
+def bench_heads(cfg: BenchConfig) -> list[str]:
+    """The heads a bench fits: ``cfg.heads``, else every head (and the text heads with --zero-shot); unknown ones refused."""
     heads = list(cfg.heads or [*HEAD_NAMES, *(TEXT_HEADS if cfg.zero_shot else ())])
     unknown = [h for h in heads if h not in head_names()]
     if unknown:
         raise BenchError(f"unknown head {unknown[0]!r}; use {', '.join(head_names())}")
-    with open_store(cfg.store) as store:
-        tiles = store.tiles
-        exclude = store.unreadable
-        complete = [k for k in store.variants if store.is_complete(k)]  # views too: `--features` may name them
-        meta_store = {"path": str(cfg.store), "n_tiles": store.n_tiles, "tile_list_sha256": store.meta.get("tile_list_sha256")}
-        variant_info = {k: store.variant_info(k) for k in complete}
-    if not complete:
-        raise BenchError(f"{cfg.store} has no complete feature variant; run mito extract first")
-    sets = parse_feature_sets(cfg.features, complete)
-    noises: list[float | None] = list(cfg.noise) if cfg.noise else [None]
+    return heads
 
-    plans, skipped, shifts, shifts_skipped = {}, {}, {}, {}
-    domain_cv = "auto" if cfg.cv == LEAVE_GROUP_OUT else cfg.cv
+
+@dataclass
+class TaskPlans:
+    """Each usable task's (spec, labels, classes, folds), its shift plans, and why the other tasks (or shift rows) were left out."""
+
+    plans: dict[str, Any]
+    skipped: dict[str, str]
+    shifts: dict[str, tuple[dict[str, CVPlan], dict[str, str]]]
+    shifts_skipped: dict[str, str]
+
+
+def plan_tasks(cfg: BenchConfig, view: StoreView) -> TaskPlans:
+    """Folds of every task (and its shift plans with --shift-column); with several tasks an unusable one is left out
+    with its reason, with one it is the error."""
+    out = TaskPlans({}, {}, {}, {})
+    lgo = cfg.cv == LEAVE_GROUP_OUT
     for t in dict.fromkeys(cfg.tasks):
         try:
-            plans[t] = task_plan(tiles, t, cfg.n_folds, domain_cv, cfg.seed, exclude)
+            out.plans[t] = task_plan(view.tiles, t, cfg.n_folds, "auto" if lgo else cfg.cv, cfg.seed, view.exclude)
             if cfg.shift_column:
-                shifts[t] = shift_plans(tiles, pd.Series(plans[t][1], index=tiles.index), cfg.shift_column, cfg.n_folds, cfg.seed, exclude)
+                y = pd.Series(out.plans[t][1], index=view.tiles.index)
+                out.shifts[t] = shift_plans(view.tiles, y, cfg.shift_column, cfg.n_folds, cfg.seed, view.exclude)
         except MitoError as e:
             if len(cfg.tasks) == 1:
                 raise
-            if t in plans and cfg.cv != LEAVE_GROUP_OUT:  # no shift rows for this task (e.g. task dataset, shift column dataset)
-                shifts_skipped[t] = str(e)
+            if t in out.plans and not lgo:  # no shift rows for this task (e.g. task dataset, shift column dataset)
+                out.shifts_skipped[t] = str(e)
                 continue
-            plans.pop(t, None)
-            skipped[t] = str(e)  # several tasks: rank the usable ones, say why the others were left out
-    if not plans:
-        raise BenchError("no usable task: " + "; ".join(f"{t}: {why}" for t, why in skipped.items()))
-    resolve_positives(plans, cfg.positive)
-    text = plan_text(str(cfg.store), cfg.zero_shot, complete, variant_info, heads, progress)
-    # (task, held-out group) -> folds; "" = in-domain
-    evals = {} if cfg.cv == LEAVE_GROUP_OUT else {(t, ""): p[3] for t, p in plans.items()}
-    evals.update({(t, g): sp for t, (sps, _) in shifts.items() for g, sp in sps.items()})
-    if cfg.cv == LEAVE_GROUP_OUT:
-        for t in plans:  # the leaderboard's folds are the shift folds
-            sps = shifts[t][0]
+            out.plans.pop(t, None)
+            out.skipped[t] = str(e)  # several tasks: rank the usable ones, say why the others were left out
+    if not out.plans:
+        raise BenchError("no usable task: " + "; ".join(f"{t}: {why}" for t, why in out.skipped.items()))
+    resolve_positives(out.plans, cfg.positive)
+    if lgo:
+        for t in out.plans:  # the leaderboard's folds are the shift folds
+            sps = out.shifts[t][0]
             fp = hashlib.sha256("".join(sp.fingerprint for sp in sps.values()).encode()).hexdigest()
-            plans[t] = (
-                *plans[t][:3],
-                CVPlan(LEAVE_GROUP_OUT, [], fp, "; ".join(f"held out {g}: {sp.description}" for g, sp in sps.items())),
-            )
-    included = [load_leaderboard(p) for p in cfg.include]
-    for other in included:  # fail before fitting anything (leave-group-out: against its shift folds)
-        for t, info in other.meta.get("tasks", {}).items():
-            if t in plans and info.get("fold_fingerprint") != plans[t][3].fingerprint:
-                raise BenchError(
-                    f"task {t!r} was scored on different folds in {other.meta.get('source') or 'the --with leaderboard'} (tiles, labels, --folds, --cv or --seed differ, or its k-fold folds come from a mito before the one splitter, "
-                    "which held out 15% of each training part for early stopping, 20% now)"
-                )
-            if t in plans:
-                check_positive_agrees(t, plans[t][0], info, other.meta.get("source") or "the --with leaderboard")
-    jobs = []
-    for fs in sets:  # grouped by feature set so each worker reads a matrix once
-        for (t, g), plan in evals.items():
-            for head in heads:
-                for nz in noises:
-                    params = text_head_params(head, fs.backbone, dict(cfg.head_params.get(head, {})), text)
-                    if params is None:  # a text head on features without text embeddings
-                        continue
-                    if nz is not None:
-                        params["noise"] = nz
-                    for f in plan.folds:
-                        jobs.append((t, g, fs, head, nz, params, f))
-    n_jobs = cfg.n_jobs or os.cpu_count() or 1
-    options = fit_options(cfg, n_jobs)
-    calls = (
-        delayed(fit_one)(str(cfg.store), fs.keys, head, params, f, plans[t][1], plans[t][2], cfg.standardize, cfg.pca, **options)
-        for t, g, fs, head, nz, params, f in jobs
-    )
-    results = run_parallel(Parallel, calls, len(jobs), n_jobs, progress, "fitting heads", preload=head_modules({j[3] for j in jobs}))
+            desc = "; ".join(f"held out {g}: {sp.description}" for g, sp in sps.items())
+            out.plans[t] = (*out.plans[t][:3], CVPlan(LEAVE_GROUP_OUT, [], fp, desc))
+    return out
 
-    grouped: dict[tuple[Any, ...], list[tuple[Fold, dict[str, Any]]]] = {}
-    for (t, g, fs, head, nz, _params, f), r in zip(jobs, results):
-        grouped.setdefault((t, g, fs, head, nz), []).append((f, r))
-    score_calls = []
-    for (t, g, fs, head, nz), items in grouped.items():
-        spec, y, classes, _ = plans[t]
-        plan = evals[(t, g)]
-        noise = float(items[0][1]["params"].get("noise", nz if nz is not None else 0.0) or 0.0)
-        rid = row_id(t, fs.backbone, fs.name, head, noise, f"shift:{cfg.shift_column}={g}" if g else "")
-        trained_on = f", trained on {cfg.shift_column} other than {g}, tested on {g}" if g else ""
-        base = {
-            "task": t,
-            "backbone": fs.backbone,
-            "features": fs.name,
-            "head": head,
-            "noise": noise,
-            "kind": "head",
-            "held_out": g,
-            "shots": "all",
-            "budget": f"{len(items)}/{len(plan.folds)} folds{trained_on}, head's own stopping rule"
-            + (", standardised" if cfg.standardize else "")
-            + (f", pca {cfg.pca}" if cfg.pca else ""),
-            "params": json.dumps(items[0][1]["params"], sort_keys=True),
-            "row_id": rid,
-            "keys": list(fs.keys),
-        }
-        score_calls.append(
-            delayed(score_row)(base, spec, plan, y, classes, [r for _, r in items], [f for f, _ in items], cfg.n_boot, cfg.seed)
-        )
-    scored = run_parallel(Parallel, score_calls, len(score_calls), n_jobs, progress, "scoring rows")
-    if cfg.cv == LEAVE_GROUP_OUT and text.texts:  # zero-shot rows are scored on the in-domain folds only
-        text.skipped.append(
-            "no zero-shot rows with --cv leave-group-out (they are scored on in-domain folds); the text-linear head's shift rows are kept"
-        )
-    scored += zero_shot_rows(text, str(cfg.store), {} if cfg.cv == LEAVE_GROUP_OUT else plans, cfg.n_boot, cfg.seed)
-    rows, preds, few_meta = [r for r, _ in scored], {r["row_id"]: a for r, a in scored}, None
-    if cfg.few_shot and any(k != "all" for k in cfg.few_shot):
-        few, few_preds, few_meta = fewshot_rows(cfg, plans, sets, heads, noises, n_jobs, options, progress, text)
-        rows, preds = rows + few, {**preds, **few_preds}
-    lb = Leaderboard(
-        add_paired_columns(rank_rows(pd.DataFrame(rows)), preds, cfg.n_boot, cfg.seed),
-        preds,
-        {
-            "store": meta_store,
-            "variants": variant_info,
-            "tasks": {
-                t: {
-                    "description": s.description,
-                    "main_metric": s.main_metric,
-                    "classes": c,
-                    **positive_meta(s),
-                    "cv": p.mode,
-                    "cv_description": p.description,
-                    "n_folds": len(p.folds),
-                    "fold_fingerprint": p.fingerprint,
-                    **({"cv_warning": p.warning} if p.warning else {}),
-                    **({"small_test": note} if (note := small_test_note(p, yy, c)) else {}),
-                }
-                for t, (s, yy, c, p) in plans.items()
-            },
-            "skipped_tasks": skipped,
-            "zero_shot": {"prompts": text.prompts, "text_embeddings": text.files, "skipped": text.skipped},
-            **(
-                {
-                    "shift": {
-                        "column": cfg.shift_column,
-                        "tasks": {
-                            t: {
-                                g: {"cv_description": sp.description, "n_folds": len(sp.folds), "fold_fingerprint": sp.fingerprint}
-                                for g, sp in sps.items()
-                            }
-                            for t, (sps, _) in shifts.items()
-                        },
-                        "skipped": {**{f"{t}/{g}": why for t, (_, sk) in shifts.items() for g, why in sk.items()}, **shifts_skipped},
-                    }
-                }
-                if cfg.shift_column
-                else {}
-            ),
-            **({"few_shot": few_meta} if few_meta else {}),
-            "config": cfg.model_dump(),
-            "tile_ids": tiles["tile_id"].astype(str).tolist(),
-        },
+
+def bench_context(cfg: BenchConfig, view: StoreView, tasks: TaskPlans, heads: list[str], n_jobs: int, progress: bool) -> BenchContext:
+    """What the producers plan from; the folds rows are scored on: (task, "") in-domain, (task, group) per shift plan."""
+    evals = {} if cfg.cv == LEAVE_GROUP_OUT else {(t, ""): p[3] for t, p in tasks.plans.items()}
+    evals.update({(t, g): sp for t, (sps, _) in tasks.shifts.items() for g, sp in sps.items()})
+    return BenchContext(
+        cfg,
+        parse_feature_sets(cfg.features, view.complete),
+        heads,
+        list(cfg.noise) if cfg.noise else [None],
+        tasks.plans,
+        evals,
+        plan_text(str(cfg.store), cfg.zero_shot, view.complete, view.variant_info, heads, progress),
+        fit_options(cfg, n_jobs),
+        extra={"shifts": tasks.shifts, "shifts_skipped": tasks.shifts_skipped},
     )
-    for other in included:
-        lb = merge_leaderboards(lb, other)
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> Leaderboard:
+    """Every row producer (mito.bench.row.PRODUCERS: heads with their noise levels, shift, zero-shot, few-shot, rows
+    of --with leaderboards) plans its fits, fits them in parallel and scores its rows; the rows are ranked per task
+    with paired statistics against each ranking's best row."""
+    heads = bench_heads(cfg)
+    view = read_store(cfg.store)
+    tasks = plan_tasks(cfg, view)
+    n_jobs = cfg.n_jobs or os.cpu_count() or 1
+    ctx = bench_context(cfg, view, tasks, heads, n_jobs, progress)
+    producers = [cls() for cls in PRODUCERS]
+    rows, preds = unique_rows(produce(ctx, producers, Runner(n_jobs, progress)))
+    meta = bench_meta(cfg, ctx, view, tasks)
+    for p in producers:
+        meta = p.meta(ctx, meta)
+    lb = Leaderboard(add_paired_columns(rank_rows(table(rows)), preds, cfg.n_boot, cfg.seed), preds, meta)
     validity = bench_validity(lb.rows, lb.predictions, cfg.target or cfg.tasks[0], cfg.n_boot, cfg.seed)
     if validity is not None:
         lb.meta["proxy_validity"] = validity
     return lb
+
+
+def unique_rows(scored: Sequence[Scored]) -> tuple[list[Row], dict[str, dict[str, np.ndarray]]]:
+    """The rows and their predictions by row id; a row id made twice keeps its first row (a --with leaderboard's rows
+    never replace this run's)."""
+    rows: dict[str, Row] = {}
+    preds: dict[str, dict[str, np.ndarray]] = {}
+    for s in scored:
+        rows.setdefault(s.row.row_id, s.row)
+        if s.arrays is not None:
+            preds.setdefault(s.row.row_id, s.arrays)
+    return list(rows.values()), preds
+
+
+def task_meta(plans: dict[str, Any]) -> dict[str, Any]:
+    """leaderboard.json's ``tasks``: each task's description, metric, classes, positive class and folds."""
+    return {
+        t: {
+            "description": s.description,
+            "main_metric": s.main_metric,
+            "classes": c,
+            **positive_meta(s),
+            "cv": p.mode,
+            "cv_description": p.description,
+            "n_folds": len(p.folds),
+            "fold_fingerprint": p.fingerprint,
+            **({"cv_warning": p.warning} if p.warning else {}),
+            **({"small_test": note} if (note := small_test_note(p, yy, c)) else {}),
+        }
+        for t, (s, yy, c, p) in plans.items()
+    }
+
+
+def bench_meta(cfg: BenchConfig, ctx: BenchContext, view: StoreView, tasks: TaskPlans) -> dict[str, Any]:
+    """How the run was made (the producers add theirs): store, variants, tasks, skipped tasks, zero-shot, config, tile ids."""
+    text = ctx.text
+    return {
+        "store": view.meta,
+        "variants": view.variant_info,
+        "tasks": task_meta(tasks.plans),
+        "skipped_tasks": tasks.skipped,
+        "zero_shot": {"prompts": text.prompts, "text_embeddings": text.files, "skipped": text.skipped},
+        "config": cfg.model_dump(),
+        "tile_ids": view.tiles["tile_id"].astype(str).tolist(),
+    }
+
+
+# ------------------------------------------------------------------ row producers of `mito bench`
+class HeadRows(Producer):
+    """A row per (task, feature set, head, noise level): the head fitted on every fold, scored on the fold's test tiles."""
+
+    pool = "heads"
+    shift = False  # ShiftRows: the same fits on the held-out groups of --shift-column
+
+    def plan(self, ctx: BenchContext) -> list[FitJob]:
+        jobs = []
+        evals = {k: p for k, p in ctx.evals.items() if bool(k[1]) == self.shift}
+        for fs in ctx.sets:  # grouped by feature set so each worker reads a matrix once
+            for (t, g), plan in evals.items():
+                for head in ctx.heads:
+                    for nz in ctx.noises:
+                        params = job_params(head, fs.backbone, ctx.cfg.head_params, nz, ctx.text)
+                        if params is None:  # a text head on features without text embeddings
+                            continue
+                        jobs += [FitJob((t, g, fs, head, nz), ctx.fit_call(fs, head, params, f, t), f, head) for f in plan.folds]
+        return jobs
+
+    def score(self, ctx: BenchContext, jobs: Sequence[FitJob], results: Sequence[Any]) -> list[Any]:
+        from joblib import delayed
+
+        cfg, calls = ctx.cfg, []
+        for (t, g, fs, head, nz), items in grouped(jobs, results).items():
+            spec, y, classes, _ = ctx.plans[t]
+            plan = ctx.evals[(t, g)]
+            fits = [r for _, r in items]
+            noise = float(fits[0]["params"].get("noise", nz if nz is not None else 0.0) or 0.0)
+            trained_on = f", trained on {cfg.shift_column} other than {g}, tested on {g}" if g else ""
+            base = {
+                **row_base(t, fs, head, noise, fits[0]["params"]),
+                "kind": "head",
+                "held_out": g,
+                "shots": "all",
+                "budget": f"{len(items)}/{len(plan.folds)} folds{trained_on}, head's own stopping rule" + ctx.budget_suffix(),
+                "row_id": row_id(t, fs.backbone, fs.name, head, noise, f"shift:{cfg.shift_column}={g}" if g else ""),
+            }
+            calls.append(delayed(score_row)(base, spec, plan, y, classes, fits, [j.unit for j, _ in items], cfg.n_boot, cfg.seed))
+        return calls
+
+
+class ShiftRows(HeadRows):
+    """--shift-column: a row per (task, held-out group, feature set, head, noise), trained on the other groups."""
+
+    shift = True
+
+    def meta(self, ctx: BenchContext, meta: dict[str, Any]) -> dict[str, Any]:
+        if not ctx.cfg.shift_column:
+            return meta
+        shifts, skipped = ctx.extra["shifts"], ctx.extra["shifts_skipped"]
+        tasks = {
+            t: {
+                g: {"cv_description": sp.description, "n_folds": len(sp.folds), "fold_fingerprint": sp.fingerprint} for g, sp in sps.items()
+            }
+            for t, (sps, _) in shifts.items()
+        }
+        why = {**{f"{t}/{g}": w for t, (_, sk) in shifts.items() for g, w in sk.items()}, **skipped}
+        return {**meta, "shift": {"column": ctx.cfg.shift_column, "tasks": tasks, "skipped": why}}
+
+
+class IncludedRows(Producer):
+    """--with: the rows of other leaderboard folders (e.g. mito lora runs) scored on the same folds; this run's rows
+    win over theirs with the same id, their tasks and sources join the meta."""
+
+    def plan(self, ctx: BenchContext) -> list[FitJob]:
+        self.others = [load_leaderboard(p) for p in ctx.cfg.include]
+        for other in self.others:  # fail before fitting anything (leave-group-out: against its shift folds)
+            where = other.meta.get("source") or "the --with leaderboard"
+            for t, info in other.meta.get("tasks", {}).items():
+                if t not in ctx.plans:
+                    continue
+                if info.get("fold_fingerprint") != ctx.plans[t][3].fingerprint:
+                    raise BenchError(
+                        f"task {t!r} was scored on different folds in {where} (tiles, labels, --folds, --cv or --seed differ, or its k-fold folds come from a mito before the one splitter, "
+                        "which held out 15% of each training part for early stopping, 20% now)"
+                    )
+                check_positive_agrees(t, ctx.plans[t][0], info, where)
+        return []
+
+    def score(self, ctx: BenchContext, jobs: Sequence[FitJob], results: Sequence[Any]) -> list[Any]:
+        return [
+            Scored(Row.from_record(r), other.predictions.get(str(r["row_id"])))
+            for other in self.others
+            for r in other.rows.to_dict("records")
+        ]
+
+    def meta(self, ctx: BenchContext, meta: dict[str, Any]) -> dict[str, Any]:
+        for other in self.others:
+            meta = merge_meta(meta, other.meta)
+        return meta
+
+
+for _producer in (HeadRows, ShiftRows, ZeroShotRows, FewShotRows, IncludedRows):  # the row kinds of `mito bench`, in order
+    register_producer(_producer)
 
 
 def positive_meta(spec: TaskSpec) -> dict[str, Any]:
@@ -634,6 +734,16 @@ def predictions_ece(p: dict[str, np.ndarray]) -> float:
     return float(np.nanmean(vals)) if vals and not np.all(np.isnan(vals)) else math.nan
 
 
+def merge_meta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The meta of leaderboard ``a`` with ``b`` merged in: ``a`` wins, tasks of both, ``b``'s source added to ``merged``."""
+    return {
+        **b,
+        **a,
+        "tasks": {**b.get("tasks", {}), **a.get("tasks", {})},
+        "merged": [*a.get("merged", []), *b.get("merged", []), b.get("source", "")],
+    }
+
+
 def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:
     """Rows of both, re-ranked; a task present in both must have been scored on identical folds."""
     ta, tb = a.meta.get("tasks", {}), b.meta.get("tasks", {})
@@ -648,12 +758,7 @@ def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:
                 t, TaskSpec(t, "", (), lambda x: x, positive=pa, positive_source=sa), tb[t], b.meta.get("source") or "the other leaderboard"
             )
     rows = pd.concat([a.rows, b.rows[~b.rows["row_id"].isin(a.rows["row_id"])]], ignore_index=True) if len(b.rows) else a.rows
-    meta = {
-        **b.meta,
-        **a.meta,
-        "tasks": {**tb, **ta},
-        "merged": [*a.meta.get("merged", []), *b.meta.get("merged", []), b.meta.get("source", "")],
-    }
+    meta = merge_meta(a.meta, b.meta)
     preds = {**b.predictions, **a.predictions}
     cfg = a.meta.get("config") or {}
     return Leaderboard(add_paired_columns(rank_rows(rows), preds, int(cfg.get("n_boot", 1000)), int(cfg.get("seed", 0))), preds, meta)

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from mito.bench.row import FitJob, Producer, scored
 from mito.bench.rows import describe_keys, row_id, score_row
+from mito.bench.shift import LEAVE_GROUP_OUT
 from mito.core.errors import MitoError
 from mito.heads.zeroshot import cache_path, load_prompts, pick_variant, read_text_embeddings, text_embeddings, zero_shot_proba
 from mito.store import open_store
@@ -95,6 +97,29 @@ def text_head_params(head: str, backbone: str, params: dict[str, Any], plan: Tex
     if backbone not in plan.files:
         return None
     return {**params, "text_embeddings": params.get("text_embeddings", plan.files[backbone])}
+
+
+def job_params(
+    head: str, backbone: str, head_params: dict[str, dict[str, Any]], noise: float | None, plan: TextPlan
+) -> dict[str, Any] | None:
+    """A head's params for one bench job: the user's options, the text embeddings of its backbone (text heads; None:
+    not on this backbone) and the noise level (None: the head's default)."""
+    params = text_head_params(head, backbone, dict(head_params.get(head, {})), plan)
+    if params is not None and noise is not None:
+        params["noise"] = noise
+    return params
+
+
+class ZeroShotRows(Producer):
+    """--zero-shot: a row per (vision-language backbone, task), each fold's test tiles scored by the prompts (no fits)."""
+
+    def score(self, ctx: Any, jobs: Sequence[FitJob], results: Sequence[Any]) -> list[Any]:
+        lgo = ctx.cfg.cv == LEAVE_GROUP_OUT
+        if lgo and ctx.text.texts:  # zero-shot rows are scored on the in-domain folds only
+            ctx.text.skipped.append(
+                "no zero-shot rows with --cv leave-group-out (they are scored on in-domain folds); the text-linear head's shift rows are kept"
+            )
+        return [scored(p) for p in zero_shot_rows(ctx.text, str(ctx.cfg.store), {} if lgo else ctx.plans, ctx.cfg.n_boot, ctx.cfg.seed)]
 
 
 def zero_shot_rows(

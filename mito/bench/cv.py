@@ -77,31 +77,39 @@ def make_folds(
     groups = group_ids(tiles, "group")
     labels = y.astype(object).to_numpy()
     try:
-        if mode == "split":
-            side = split_sides(tiles, PUBLISHED_SPLIT)
-            rows = np.flatnonzero(labelled & np.isin(side, ["train", "val"]))
-            test = np.flatnonzero(labelled & (side == "test"))
-            yr, gr = labels[rows].astype(str), groups[rows]
-            parts = grouped_parts(yr, gr, n_folds, seed, every_class=True)
-            folds = [split_fold(rows, yr, gr, parts, k, test) for k in range(n_folds)]
-        else:
-            rows = np.flatnonzero(labelled)
-            yr, gr = labels[rows].astype(str), groups[rows]
-            parts = grouped_parts(yr, gr, n_folds, seed, every_class=True)
-            folds = [kfold_fold(rows, yr, gr, parts, k, val_fraction, seed) for k in range(n_folds)]
+        side = split_sides(tiles, PUBLISHED_SPLIT) if mode == "split" else None
+        folds, gr = _folds(labelled, labels, groups, side, n_folds, seed, val_fraction)
     except SplitError as e:
         raise BenchError(str(e)) from None
     per_tile = unit == "tile" and one_group_per_tile(gr)
+    desc = _describe(mode, n_folds, per_tile, val_fraction)
+    return CVPlan(mode, folds, fold_fingerprint(tiles, folds), desc, per_tile_warning("group", None) if per_tile else "")
+
+
+def _folds(
+    labelled: np.ndarray, labels: np.ndarray, groups: np.ndarray, side: np.ndarray | None, n_folds: int, seed: int, val_fraction: float
+) -> tuple[list[Fold], np.ndarray]:
+    """The folds (``side``: the published split of each row, else k-fold) and the groups of the rows they split."""
+    if side is not None:
+        rows = np.flatnonzero(labelled & np.isin(side, ["train", "val"]))
+        test = np.flatnonzero(labelled & (side == "test"))
+    else:
+        rows = np.flatnonzero(labelled)
+    yr, gr = labels[rows].astype(str), groups[rows]
+    parts = grouped_parts(yr, gr, n_folds, seed, every_class=True)
+    if side is not None:
+        return [split_fold(rows, yr, gr, parts, k, test) for k in range(n_folds)], gr
+    return [kfold_fold(rows, yr, gr, parts, k, val_fraction, seed) for k in range(n_folds)], gr
+
+
+def _describe(mode: str, n_folds: int, per_tile: bool, val_fraction: float) -> str:
+    """How the folds were made, in one line."""
     if mode == "split":
         by = "part drawn tile by tile (every tile is its own group)" if per_tile else "slide-grouped part"
-        desc = f"{n_folds} models, each trained on the train split minus one {by} (its early-stopping set), all scored on the test split"
-    elif per_tile:
-        desc = f"stratified {n_folds}-fold tile by tile (every tile is its own group); {val_fraction:.0%} of each training part held out for early stopping"
-    else:
-        desc = (
-            f"stratified group {n_folds}-fold by slide; {val_fraction:.0%} of each training part (whole slides) held out for early stopping"
-        )
-    return CVPlan(mode, folds, fold_fingerprint(tiles, folds), desc, per_tile_warning("group", None) if per_tile else "")
+        return f"{n_folds} models, each trained on the train split minus one {by} (its early-stopping set), all scored on the test split"
+    if per_tile:
+        return f"stratified {n_folds}-fold tile by tile (every tile is its own group); {val_fraction:.0%} of each training part held out for early stopping"
+    return f"stratified group {n_folds}-fold by slide; {val_fraction:.0%} of each training part (whole slides) held out for early stopping"
 
 
 def fold_fingerprint(tiles: pd.DataFrame, folds: list[Fold]) -> str:

@@ -32,13 +32,13 @@ import pandas as pd
 from mito.bench.cv import Fold
 from mito.bench.errors import BenchError
 from mito.bench.row import FitJob, Producer, grouped, row_base
-from mito.bench.rows import row_id
+from mito.bench.rows import class_summary, fit_sizes, fold_predictions, row_id
+from mito.bench.stats import percentile_interval
 from mito.bench.zeroshot import job_params
 from mito.core.metrics import (
     CALIBRATION_NAMES,
     METRIC_NAMES,
     classification_metrics,
-    per_class_summary,
     positive_index,
     tile_draw_counts,
     weighted_metric,
@@ -155,12 +155,7 @@ def draw_fold_ci(
         per_draw = np.stack([np.nanmean(stats[:, draw_of_fit == d], axis=1) for d in draws], axis=1)  # (n_boot, D)
         chosen = rng.integers(0, len(draws), (n_boot, len(draws)))
         values = np.nanmean(np.take_along_axis(per_draw, chosen, axis=1), axis=1)
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return math.nan, math.nan
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(values, [tail, 100 - tail])
-    return float(lo), float(hi)
+    return percentile_interval(values, level)
 
 
 def score_shot_row(
@@ -176,27 +171,12 @@ def score_shot_row(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A K-shot row: metrics per (draw, fold) fit, their mean, the spread over draws, the two-level bootstrap CI; and
     the predictions (two classes: ``positive`` is the task's positive class, as in score_row)."""
-    index = {c: i for i, c in enumerate(classes)}
     positive = positive if len(classes) == 2 else None
     pos = positive_index(classes, positive) if positive is not None else 1
     per_fit = [classification_metrics(y[f.test], r["proba"], classes, positive) for (_, f), r in zip(fits, results)]
     draw_ids = np.array([d for d, _ in fits])
-    summary: dict[str, float] = {}
-    for m in (*METRIC_NAMES, *CALIBRATION_NAMES):  # ECE and Brier too, as the normal rows have them
-        vals = np.array([float(p[m]) for p in per_fit])
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            per_draw = np.array([np.nanmean(vals[draw_ids == d]) for d in np.unique(draw_ids)])
-            summary[m] = float(np.nanmean(vals))
-            summary[f"{m}_std"] = float(np.nanstd(per_draw, ddof=1)) if len(per_draw) > 1 else 0.0
-    arrays = {
-        "fold": np.concatenate([np.full(len(f.test), f.index) for _, f in fits]),
-        "draw": np.concatenate([np.full(len(f.test), d) for d, f in fits]),
-        "row": np.concatenate([f.test for _, f in fits]),
-        "y": np.concatenate([np.array([index[v] for v in y[f.test]]) for _, f in fits]),
-        "proba": np.concatenate([r["proba"].astype(np.float32) for r in results]),
-        **({"positive": np.array(pos, dtype=np.int64)} if positive is not None else {}),
-    }
+    arrays = fold_predictions([f for _, f in fits], results, y, classes, positive)
+    arrays = {"fold": arrays.pop("fold"), "draw": np.concatenate([np.full(len(f.test), d) for d, f in fits]), **arrays}
     fit_of_row = np.concatenate([np.full(len(f.test), j) for j, (_, f) in enumerate(fits)])
     lo, hi = (
         draw_fold_ci(
@@ -213,28 +193,32 @@ def score_shot_row(
         if n_boot > 0
         else (math.nan, math.nan)
     )
-    cm = np.sum([np.asarray(p["confusion_matrix"], dtype=np.int64) for p in per_fit], axis=0)
-    n_draws = len(np.unique(draw_ids))
     row = {
         **base,
-        **summary,
+        **draw_summary(per_fit, draw_ids),
         "main_metric": main_metric,
         "ci_low": lo,
         "ci_high": hi,
-        "train_seconds": float(np.mean([r["train_seconds"] for r in results])),
-        "predict_seconds": float(np.mean([r.get("predict_seconds", math.nan) for r in results])),
-        "n_train": int(round(np.mean([len(f.train) for _, f in fits]))),
-        "n_val": 0,
-        "n_test": int(round(np.mean([len(f.test) for _, f in fits]))),
+        **fit_sizes([f for _, f in fits], results),
         "n_folds": len({f.index for _, f in fits}),
-        "draws": n_draws,
-        "classes": list(classes),
-        "positive": positive,
-        "confusion_matrix": cm.tolist(),
-        "per_class": per_class_summary(per_fit, classes),
+        "draws": len(np.unique(draw_ids)),
+        **class_summary(per_fit, classes, positive),
         "per_fold": [{"draw": int(d), "fold": int(f.index), **{k: p[k] for k in METRIC_NAMES}} for (d, f), p in zip(fits, per_fit)],
     }
     return row, arrays
+
+
+def draw_summary(per_fit: Sequence[dict[str, Any]], draw_ids: np.ndarray) -> dict[str, float]:
+    """Each metric's mean over draws x folds and its spread over draws (std of the per-draw means; 0 for one draw)."""
+    summary: dict[str, float] = {}
+    for m in (*METRIC_NAMES, *CALIBRATION_NAMES):  # ECE and Brier too, as the normal rows have them
+        vals = np.array([float(p[m]) for p in per_fit])
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_draw = np.array([np.nanmean(vals[draw_ids == d]) for d in np.unique(draw_ids)])
+            summary[m] = float(np.nanmean(vals))
+            summary[f"{m}_std"] = float(np.nanstd(per_draw, ddof=1)) if len(per_draw) > 1 else 0.0
+    return summary
 
 
 # ------------------------------------------------------------------ the row producer

@@ -164,31 +164,37 @@ def _fs(keys: Sequence[str]) -> FeatureSet:
 
 def all_feature_sets(variants: Sequence[str]) -> list[FeatureSet]:
     """Every variant alone, RGB+gray per zoom, multi-zoom per colour, everything per backbone, and the backbones concatenated."""
-    by_bb: dict[str, list[tuple[str, str, str]]] = {}
+    by_bb: dict[str, list[tuple[str, str]]] = {}
     for k in variants:
         if k.count(":") == 3:  # augmented views (mito extract --augment) are views of a feature, not feature sets
             continue
         bb, z, c = split_key(k)
-        by_bb.setdefault(bb, []).append((bb, z, c))
-    out: list[FeatureSet] = []
-    for bb, parts in by_bb.items():
-        zooms = list(dict.fromkeys(p[1] for p in parts))
-        colors = list(dict.fromkeys(p[2] for p in parts))
-        have = {(p[1], p[2]) for p in parts}
-        key = lambda z, c: f"{bb}:{z}:{c}"  # noqa: E731, B023 (used at once, inside this iteration)
-        out += [_fs([key(z, c)]) for z, c in ((p[1], p[2]) for p in parts)]
-        if len(colors) > 1:
-            out += [_fs([key(z, c) for c in colors]) for z in zooms if all((z, c) in have for c in colors)]
-        if len(zooms) > 1:
-            out += [_fs([key(z, c) for z in zooms]) for c in colors if all((z, c) in have for z in zooms)]
-        if len(zooms) > 1 and len(colors) > 1 and len(have) == len(zooms) * len(colors):
-            out.append(_fs([key(z, c) for z in zooms for c in colors]))
-    trained = [bb for bb in by_bb if not bb.startswith(RANDOM_PREFIX)]
-    if len(trained) > 1:
-        common = [zc for zc in ((p[1], p[2]) for p in by_bb[trained[0]]) if all(zc in {(p[1], p[2]) for p in by_bb[b]} for b in trained)]
-        if common:
-            z, c = ("z1", "rgb") if ("z1", "rgb") in common else common[0]
-            out.append(_fs([f"{bb}:{z}:{c}" for bb in trained]))
+        by_bb.setdefault(bb, []).append((z, c))
+    out = [fs for bb, parts in by_bb.items() for fs in backbone_sets(bb, parts)]
+    trained = {bb: parts for bb, parts in by_bb.items() if not bb.startswith(RANDOM_PREFIX)}
+    if len(trained) > 1 and (common := [zc for zc in next(iter(trained.values())) if all(zc in p for p in trained.values())]):
+        z, c = ("z1", "rgb") if ("z1", "rgb") in common else common[0]
+        out.append(_fs([f"{bb}:{z}:{c}" for bb in trained]))
+    return out
+
+
+def backbone_sets(bb: str, parts: Sequence[tuple[str, str]]) -> list[FeatureSet]:
+    """The feature sets of one backbone's (zoom, colour) variants: each alone, the colours of each zoom, the zooms of
+    each colour (where all are there), and all of them when they make the full grid."""
+    zooms = list(dict.fromkeys(z for z, _ in parts))
+    colors = list(dict.fromkeys(c for _, c in parts))
+    have = set(parts)
+
+    def fs(zcs: Sequence[tuple[str, str]]) -> FeatureSet:
+        return _fs([f"{bb}:{z}:{c}" for z, c in zcs])
+
+    out = [fs([zc]) for zc in parts]
+    if len(colors) > 1:
+        out += [fs([(z, c) for c in colors]) for z in zooms if all((z, c) in have for c in colors)]
+    if len(zooms) > 1:
+        out += [fs([(z, c) for z in zooms]) for c in colors if all((z, c) in have for z in zooms)]
+    if len(zooms) > 1 and len(colors) > 1 and len(have) == len(zooms) * len(colors):
+        out.append(fs([(z, c) for z in zooms for c in colors]))
     return out
 
 
@@ -658,6 +664,16 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
     lj, npz = d / "leaderboard.json", d / "predictions.npz"
     if not lj.is_file():
         raise BenchError(f"no leaderboard.json in {d}: run mito bench (or mito lora) with --out {d} first")
+    doc = read_leaderboard_json(lj)
+    records = doc.get("rows", [])
+    check_rows(records, doc.get("meta", {}), lj)
+    rows = typed_columns(pd.DataFrame(records), lj)
+    preds = read_predictions(npz, records) if npz.is_file() else {}
+    return Leaderboard(upgrade_rows(rows, preds), preds, {**doc.get("meta", {}), "source": str(d)})
+
+
+def read_leaderboard_json(lj: Path) -> dict[str, Any]:
+    """leaderboard.json: an object with a 'rows' list of objects and a 'meta' object, else one line naming the file."""
     try:
         doc = json.loads(lj.read_text(encoding="utf-8"))
     except (ValueError, OSError) as e:
@@ -667,11 +683,15 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
     records = doc.get("rows", [])
     if not all(isinstance(r, dict) for r in records):
         raise BenchError(f"{lj} is not a leaderboard (every row must be an object)")
-    rows = pd.DataFrame(records)
-    missing = [c for c in ("task", "backbone", "features", "head", "kind", "main_metric", "row_id", "rank") if len(rows) and c not in rows]
+    required = ("task", "backbone", "features", "head", "kind", "main_metric", "row_id", "rank")
+    missing = [c for c in required if records and not any(c in r for r in records)]
     if missing:
         raise BenchError(f"{lj} is not a leaderboard: rows lack {', '.join(missing)}")
-    check_rows(records, doc.get("meta", {}), lj)
+    return doc
+
+
+def typed_columns(rows: pd.DataFrame, lj: Path) -> pd.DataFrame:
+    """The table with its number columns as numbers and its text columns as text; a cell that cannot be is refused."""
     for c in NUMERIC_COLUMNS:
         if c in rows:
             try:
@@ -683,19 +703,23 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
             rows[c] = rows[c].map(lambda v: "" if v is None else str(v))
     if len(rows) and not rows["main_metric"].isin(METRIC_NAMES).all():
         raise BenchError(f"{lj} is not a leaderboard: main_metric must be one of {', '.join(METRIC_NAMES)}")
+    return rows
+
+
+def read_predictions(npz: Path, records: Sequence[dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+    """predictions.npz: each row's arrays by row id, checked against the rows (mito.bench.validate)."""
     preds: dict[str, dict[str, np.ndarray]] = {}
-    if npz.is_file():
-        try:
-            with np.load(npz, allow_pickle=False) as z:
-                for k in z.files:
-                    rid, sep, part = k.partition(".")
-                    if not sep:
-                        raise ValueError(f"unexpected entry {k!r}")
-                    preds.setdefault(rid, {})[part] = np.asarray(z[k])
-        except Exception as e:  # numpy and zipfile raise many kinds for a truncated or tampered file
-            raise BenchError(f"cannot read {npz} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'damaged'})") from None
-        check_predictions(preds, records, npz)
-    return Leaderboard(upgrade_rows(rows, preds), preds, {**doc.get("meta", {}), "source": str(d)})
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            for k in z.files:
+                rid, sep, part = k.partition(".")
+                if not sep:
+                    raise ValueError(f"unexpected entry {k!r}")
+                preds.setdefault(rid, {})[part] = np.asarray(z[k])
+    except Exception as e:  # numpy and zipfile raise many kinds for a truncated or tampered file
+        raise BenchError(f"cannot read {npz} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'damaged'})") from None
+    check_predictions(preds, records, npz)
+    return preds
 
 
 register_loader("bench", None, lambda a: load_leaderboard(a.path))

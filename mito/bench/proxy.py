@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mito.bench.errors import BenchError
-from mito.bench.stats import prediction_positive
+from mito.bench.stats import percentile_interval, prediction_positive
 from mito.core.metrics import bootstrap_replicates
 from mito.core.validation import as_dict
 
@@ -132,15 +132,6 @@ def rank_agreement(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         return float(kendalltau(x, y).statistic), float(spearmanr(x, y).statistic)
 
 
-def _interval(v: np.ndarray) -> tuple[float, float]:
-    v = v[~np.isnan(v)]
-    if v.size == 0:
-        return math.nan, math.nan
-    tail = (1 - LEVEL) / 2 * 100
-    lo, hi = np.percentile(v, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
 def proxy_validity(
     rows: pd.DataFrame,
     predictions: dict[str, dict[str, np.ndarray]],
@@ -161,75 +152,91 @@ def proxy_validity(
     if missing:
         raise BenchError(f"proxy task {missing[0]!r} is not in the leaderboard (it has: {', '.join(tasks)})")
     heads = [BEST, *sorted(set(cand["head"].astype(str)))] if len(cand) else []
-    universe = np.unique(np.concatenate([np.asarray(p["row"]) for p in predictions.values()])) if predictions else np.zeros(0, np.int64)
-    cache: dict[str, np.ndarray] = {}
-
-    def reps(r: pd.Series) -> np.ndarray:
-        rid = str(r["row_id"])
-        if rid not in cache:
-            cache[rid] = (
-                _replicates(predictions[rid], str(r["main_metric"]), universe, n_boot, seed)
-                if n_boot > 0 and rid in predictions
-                else np.full(max(n_boot, 0), np.nan)
-            )
-        return cache[rid]
-
+    reps = Replicates(predictions, n_boot, seed)
     out = []
     for proxy in proxies:
         for head in heads:
             pr, tr = best_rows(cand, proxy, head), best_rows(cand, target, head)
             bbs = tuple(b for b in pr if b in tr)
-            if len(bbs) < 2:
-                continue
-            px = np.array([pr[b]["_score"] for b in bbs])
-            tx = np.array([tr[b]["_score"] for b in bbs])
-            tau, rho = rank_agreement(px, tx)
-            pick, best = int(np.argmax(px)), int(np.argmax(tx))
-            taus, rhos, regrets = [], [], []
-            if n_boot > 0:
-                pb = np.vstack([reps(pr[b]) for b in bbs]).T  # replicates x backbones
-                tb = np.vstack([reps(tr[b]) for b in bbs]).T
-                for a, b in zip(pb, tb):
-                    if np.isnan(a).any() or np.isnan(b).any():
-                        continue
-                    t, r = rank_agreement(a, b)
-                    taus.append(t)
-                    rhos.append(r)
-                    regrets.append(b[best] - b[pick])
-            tlo, thi = _interval(np.array(taus, float))
-            rlo, rhi = _interval(np.array(rhos, float))
-            glo, ghi = _interval(np.array(regrets, float))
-            regret = float(tx[best] - tx[pick])
-            disagrees = bool((not math.isnan(tau) and tau <= 0) or (pick != best and not math.isnan(glo) and glo > 0))
-            out.append(
-                ProxyAgreement(
-                    proxy,
-                    target,
-                    head,
-                    bbs,
-                    tuple(map(float, px)),
-                    tuple(map(float, tx)),
-                    tuple(str(pr[b]["row_id"]) for b in bbs),
-                    tuple(str(tr[b]["row_id"]) for b in bbs),
-                    str(pr[bbs[0]]["main_metric"]),
-                    str(tr[bbs[0]]["main_metric"]),
-                    tau,
-                    tlo,
-                    thi,
-                    rho,
-                    rlo,
-                    rhi,
-                    bbs[pick],
-                    bbs[best],
-                    regret,
-                    glo,
-                    ghi,
-                    n_boot,
-                    int(universe.size),
-                    disagrees,
-                )
-            )
+            if len(bbs) >= 2:
+                out.append(agreement(proxy, target, head, [pr[b] for b in bbs], [tr[b] for b in bbs], reps))
     return out
+
+
+class Replicates:
+    """Each row's bootstrap replicates of its main metric (computed once), drawn over one universe of tiles."""
+
+    def __init__(self, predictions: dict[str, dict[str, np.ndarray]], n_boot: int, seed: int) -> None:
+        self.predictions, self.n_boot, self.seed = predictions, n_boot, seed
+        self.universe = (
+            np.unique(np.concatenate([np.asarray(p["row"]) for p in predictions.values()])) if predictions else np.zeros(0, np.int64)
+        )
+        self.cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, r: pd.Series) -> np.ndarray:
+        rid = str(r["row_id"])
+        if rid not in self.cache:
+            self.cache[rid] = (
+                _replicates(self.predictions[rid], str(r["main_metric"]), self.universe, self.n_boot, self.seed)
+                if self.n_boot > 0 and rid in self.predictions
+                else np.full(max(self.n_boot, 0), np.nan)
+            )
+        return self.cache[rid]
+
+
+def agreement(proxy: str, target: str, head: str, pr: Sequence[pd.Series], tr: Sequence[pd.Series], reps: Replicates) -> ProxyAgreement:
+    """One (proxy, head) comparison over the backbones of rows ``pr`` (proxy) and ``tr`` (target), in the same order."""
+    bbs = tuple(str(r["backbone"]) for r in pr)
+    px = np.array([r["_score"] for r in pr])
+    tx = np.array([r["_score"] for r in tr])
+    tau, rho = rank_agreement(px, tx)
+    pick, best = int(np.argmax(px)), int(np.argmax(tx))
+    taus, rhos, regrets = replicate_agreement(np.vstack([reps(r) for r in pr]).T, np.vstack([reps(r) for r in tr]).T, pick, best)
+    tlo, thi = percentile_interval(taus, LEVEL)
+    rlo, rhi = percentile_interval(rhos, LEVEL)
+    glo, ghi = percentile_interval(regrets, LEVEL)
+    regret = float(tx[best] - tx[pick])
+    disagrees = bool((not math.isnan(tau) and tau <= 0) or (pick != best and not math.isnan(glo) and glo > 0))
+    return ProxyAgreement(
+        proxy,
+        target,
+        head,
+        bbs,
+        tuple(map(float, px)),
+        tuple(map(float, tx)),
+        tuple(str(r["row_id"]) for r in pr),
+        tuple(str(r["row_id"]) for r in tr),
+        str(pr[0]["main_metric"]),
+        str(tr[0]["main_metric"]),
+        tau,
+        tlo,
+        thi,
+        rho,
+        rlo,
+        rhi,
+        bbs[pick],
+        bbs[best],
+        regret,
+        glo,
+        ghi,
+        reps.n_boot,
+        int(reps.universe.size),
+        disagrees,
+    )
+
+
+def replicate_agreement(pb: np.ndarray, tb: np.ndarray, pick: int, best: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per bootstrap replicate (rows of ``pb``/``tb``: replicates x backbones) with no NaN: tau-b, rho and the regret
+    of the proxy's pick."""
+    taus, rhos, regrets = [], [], []
+    for a, b in zip(pb, tb):
+        if np.isnan(a).any() or np.isnan(b).any():
+            continue
+        t, r = rank_agreement(a, b)
+        taus.append(t)
+        rhos.append(r)
+        regrets.append(b[best] - b[pick])
+    return np.array(taus, float), np.array(rhos, float), np.array(regrets, float)
 
 
 def validity_meta(agreements: Sequence[ProxyAgreement], target: str, why_none: str = "") -> dict[str, Any]:

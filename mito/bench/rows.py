@@ -146,22 +146,9 @@ def score_row(
     """Metrics per fold -> mean/std, a bootstrap CI of the main metric, DeLong's AUROC CI (two classes), summed
     confusion matrix, per-class recall and precision; and the predictions (with the column of the task's positive
     class when it has two)."""
-    per_fold = []
-    preds: dict[str, list[Any]] = {"fold": [], "row": [], "y": [], "proba": []}
-    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    index = {c: i for i, c in enumerate(classes)}
     positive = spec.positive if len(classes) == 2 else None
-    for f, r in zip(folds, fold_results):
-        m = classification_metrics(y[f.test], r["proba"], classes, positive)
-        per_fold.append(m)
-        cm += np.asarray(m["confusion_matrix"], dtype=np.int64)
-        preds["fold"].append(np.full(len(f.test), f.index))
-        preds["row"].append(f.test)
-        preds["y"].append(np.array([index[v] for v in y[f.test]]))
-        preds["proba"].append(r["proba"].astype(np.float32))
-    arrays = {k: np.concatenate(v) for k, v in preds.items()}
-    if positive is not None:
-        arrays["positive"] = np.array(positive_index(classes, positive), dtype=np.int64)
+    per_fold = [classification_metrics(y[f.test], r["proba"], classes, positive) for f, r in zip(folds, fold_results)]
+    arrays = fold_predictions(folds, fold_results, y, classes, positive)
     lo, hi = (
         bootstrap_ci(
             np.asarray(classes, dtype=object)[arrays["y"]],
@@ -184,21 +171,53 @@ def score_row(
         "ci_low": lo,
         "ci_high": hi,
         **dict(zip(("auroc_delong_low", "auroc_delong_high"), row_delong_ci(arrays))),
-        "train_seconds": float(np.mean([r["train_seconds"] for r in fold_results])),
-        "predict_seconds": float(np.mean([r.get("predict_seconds", math.nan) for r in fold_results])),
-        "n_train": int(round(np.mean([len(f.train) for f in folds]))),
-        "n_val": int(round(np.mean([len(f.val) for f in folds]))),
-        "n_test": int(round(np.mean([len(f.test) for f in folds]))),
+        **fit_sizes(folds, fold_results),
         "n_folds": len(folds),
         "cv": plan.mode,
         "fold_fingerprint": plan.fingerprint,
-        "classes": list(classes),
-        "positive": positive,
-        "confusion_matrix": cm.tolist(),
-        "per_class": per_class_summary(per_fold, classes),
+        **class_summary(per_fold, classes, positive),
         "per_fold": [{k: m[k] for k in METRIC_NAMES} for m in per_fold],
     }
     return row, arrays
+
+
+def fold_predictions(
+    folds: Sequence[Fold], fold_results: Sequence[dict[str, Any]], y: np.ndarray, classes: list[str], positive: str | None
+) -> dict[str, np.ndarray]:
+    """A row's predictions.npz arrays: fold, store row, label index and probabilities of every test prediction (and
+    the positive class's column when the task has two classes)."""
+    index = {c: i for i, c in enumerate(classes)}
+    arrays = {
+        "fold": np.concatenate([np.full(len(f.test), f.index) for f in folds]),
+        "row": np.concatenate([f.test for f in folds]),
+        "y": np.concatenate([np.array([index[v] for v in y[f.test]]) for f in folds]),
+        "proba": np.concatenate([r["proba"].astype(np.float32) for r in fold_results]),
+    }
+    if positive is not None:
+        arrays["positive"] = np.array(positive_index(classes, positive), dtype=np.int64)
+    return arrays
+
+
+def fit_sizes(folds: Sequence[Fold], results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean seconds to train and to predict per fit, and mean training, validation and test rows per fit."""
+    return {
+        "train_seconds": float(np.mean([r["train_seconds"] for r in results])),
+        "predict_seconds": float(np.mean([r.get("predict_seconds", math.nan) for r in results])),
+        "n_train": int(round(np.mean([len(f.train) for f in folds]))),
+        "n_val": int(round(np.mean([len(f.val) for f in folds]))),
+        "n_test": int(round(np.mean([len(f.test) for f in folds]))),
+    }
+
+
+def class_summary(per_fit: Sequence[dict[str, Any]], classes: list[str], positive: str | None) -> dict[str, Any]:
+    """The classes, the positive one, the confusion matrix summed over fits and per-class recall and precision."""
+    cm = np.sum([np.asarray(m["confusion_matrix"], dtype=np.int64) for m in per_fit], axis=0)
+    return {
+        "classes": list(classes),
+        "positive": positive,
+        "confusion_matrix": cm.tolist(),
+        "per_class": per_class_summary(per_fit, classes),
+    }
 
 
 # ------------------------------------------------------------------ parallel jobs

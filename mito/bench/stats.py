@@ -71,6 +71,17 @@ def class_indices(y: np.ndarray, classes: Sequence[Any]) -> np.ndarray:
     raise BenchError(f"labels not among the classes {list(classes)}")
 
 
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap values, NaN ones left out ((NaN, NaN) when none is left)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return math.nan, math.nan
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def paired_bootstrap(
     y: np.ndarray,
     proba_a: np.ndarray,
@@ -430,6 +441,21 @@ def compare_predictions(
     return Comparison(int(np.unique(tile).size), int(np.unique(fold).size), len(y), paired, delong, note, pos, folds_note)
 
 
+def pair_with_best(
+    r: Any, best: Any, predictions: dict[str, dict[str, np.ndarray]], n_boot: int, seed: int
+) -> tuple[Comparison | None, str]:
+    """Row ``r`` compared with its ranking's ``best`` row on the same test predictions, or None and why it cannot be."""
+    fa, fb = r.get("fold_fingerprint"), best.get("fold_fingerprint")
+    if isinstance(fa, str) and isinstance(fb, str) and fa != fb:
+        return None, "scored on other folds than the best row"
+    if r["row_id"] not in predictions or best["row_id"] not in predictions:
+        return None, "no test predictions kept"
+    try:
+        return compare_predictions(predictions[r["row_id"]], predictions[best["row_id"]], [r["main_metric"]], n_boot, seed), ""
+    except BenchError as e:
+        return None, str(e)
+
+
 def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]], n_boot: int = 1000, seed: int = 0) -> Any:
     """Every ranked row against its task's best row (rank 1): ``delta_vs_best`` (row - best, main metric, the same
     value the leaderboard shows), ``p_vs_best`` (paired bootstrap, Holm-adjusted within the task), ``tied_with_best``
@@ -453,26 +479,15 @@ def add_paired_columns(rows: Any, predictions: dict[str, dict[str, np.ndarray]],
     by = ["task", *[c for c in ("held_out", "shots") if c in rows]]
     for _, group in rows.groupby(by, sort=False):
         best = group.sort_values("rank").iloc[0]
-        raw_p, raw_auc_p, members = [], [], []
+        members, raw_p, raw_auc_p = [], [], []
         for idx, r in group.iterrows():
             i = pos[idx]
             if r["row_id"] == best["row_id"]:
                 out["delta_vs_best"][i], out["auroc_delta_vs_best"][i] = 0.0, 0.0
                 out["tied_with_best"][i], out["paired_note"][i] = True, "best row"
                 continue
-            why = ""
-            cmp: Comparison | None = None
-            fa, fb = r.get("fold_fingerprint"), best.get("fold_fingerprint")
-            if isinstance(fa, str) and isinstance(fb, str) and fa != fb:
-                why = "scored on other folds than the best row"
-            elif r["row_id"] not in predictions or best["row_id"] not in predictions:
-                why = "no test predictions kept"
-            if not why:
-                try:
-                    cmp = compare_predictions(predictions[r["row_id"]], predictions[best["row_id"]], [r["main_metric"]], n_boot, seed)
-                except BenchError as e:
-                    why = str(e)
-            if why or cmp is None:
+            cmp, why = pair_with_best(r, best, predictions, n_boot, seed)
+            if cmp is None:
                 out["paired_note"][i] = why
                 continue
             pr = cmp.paired[r["main_metric"]]

@@ -78,25 +78,31 @@ def check_rows(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], pa
             raise BenchError(f"{path}: task {t!r}: {why}")
     normal: dict[str, bool] = {}
     for i, r in enumerate(records):
-        where = f"{path}: row {i + 1} ({str(r.get('row_id', '?'))[:12]})"
-        rank: Any = r.get("rank")
-        if not (_whole(rank) and rank >= 1):
-            raise BenchError(f"{where}: rank must be a whole number >= 1, got {str(rank)[:20]}")
-        if not isinstance(r.get("task"), str) or not r["task"]:
-            raise BenchError(f"{where}: task must be a name")
-        if "classes" in r and (why := _classes_defect(r["classes"])):
-            raise BenchError(f"{where}: {why}")
-        k = len(r["classes"]) if isinstance(r.get("classes"), list) else None
-        if "confusion_matrix" in r and (why := _cm_defect(r["confusion_matrix"], k)):
-            raise BenchError(f"{where}: {why}")
-        if not _shots_ok(r.get("shots")):
-            raise BenchError(f"{where}: shots must be 'all' or a whole number >= 1, got {str(r.get('shots'))[:20]}")
-        if is_shot_row(r) and not (_whole(r.get("draws")) and r["draws"] >= 1):
-            raise BenchError(f"{where}: a K-shot row (shots {r['shots']}) needs its number of draws")
+        if why := _row_defect(r):
+            raise BenchError(f"{path}: row {i + 1} ({str(r.get('row_id', '?'))[:12]}): {why}")
         normal[r["task"]] = normal.get(r["task"], False) or not is_shot_row(r)
     lacking = [t for t, ok in normal.items() if not ok]
     if lacking:
         raise BenchError(f"{path}: task {lacking[0]!r} has only K-shot rows; a leaderboard ranks rows trained on every tile (shots 'all')")
+
+
+def _row_defect(r: Mapping[str, Any]) -> str:
+    """What is wrong with one leaderboard.json row ("" when nothing)."""
+    rank: Any = r.get("rank")
+    if not (_whole(rank) and rank >= 1):
+        return f"rank must be a whole number >= 1, got {str(rank)[:20]}"
+    if not isinstance(r.get("task"), str) or not r["task"]:
+        return "task must be a name"
+    if "classes" in r and (why := _classes_defect(r["classes"])):
+        return why
+    k = len(r["classes"]) if isinstance(r.get("classes"), list) else None
+    if "confusion_matrix" in r and (why := _cm_defect(r["confusion_matrix"], k)):
+        return why
+    if not _shots_ok(r.get("shots")):
+        return f"shots must be 'all' or a whole number >= 1, got {str(r.get('shots'))[:20]}"
+    if is_shot_row(r) and not (_whole(r.get("draws")) and r["draws"] >= 1):
+        return f"a K-shot row (shots {r['shots']}) needs its number of draws"
+    return ""
 
 
 def check_predictions(preds: Mapping[str, Mapping[str, np.ndarray]], records: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -104,42 +110,60 @@ def check_predictions(preds: Mapping[str, Mapping[str, np.ndarray]], records: Se
     rows = {str(r.get("row_id")): r for r in records}
     for rid, a in preds.items():
         where = f"{path}: row {rid}"
-        extra = sorted(set(a) - set(PREDICTION_ARRAYS) - {"draw", "positive"})
-        if extra:
-            raise BenchError(f"{where}: unexpected array {extra[0]!r}")
-        missing = [k for k in PREDICTION_ARRAYS if k not in a]
-        if missing:
-            raise BenchError(f"{where} lacks its {missing[0]!r} array")
         r = rows.get(rid, {})
-        if is_shot_row(r) and "draw" not in a:
-            raise BenchError(f"{where} lacks its 'draw' array (a K-shot row)")
-        n = None
-        for name in INDEX_ARRAYS:
-            if name not in a:
-                continue
-            v = a[name]
-            if v.ndim != 1 or v.dtype.kind not in "iu":
-                raise BenchError(f"{where}: {name!r} must be a 1-D array of whole numbers, got {v.dtype} of shape {v.shape}")
-            if n is not None and len(v) != n:
-                raise BenchError(f"{where}: arrays of different lengths ({name!r} has {len(v)}, 'fold' {n})")
-            n = len(v)
-            if len(v) and v.min() < 0:
-                raise BenchError(f"{where}: {name!r} holds negative numbers")
-        p = a["proba"]
-        if p.ndim != 2 or p.dtype.kind != "f":
-            raise BenchError(f"{where}: 'proba' must be a 2-D array of probabilities, got {p.dtype} of shape {p.shape}")
-        if len(p) != n:
-            raise BenchError(f"{where}: 'proba' has {len(p)} rows for {n} test predictions")
+        n, why = _index_arrays(a, r)
         k = len(r["classes"]) if isinstance(r.get("classes"), list) else None
-        if p.shape[1] < 2 or (k is not None and p.shape[1] != k):
-            raise BenchError(f"{where}: 'proba' has {p.shape[1]} columns for {k if k is not None else 'two or more'} classes")
-        if not np.isfinite(p).all():
-            raise BenchError(f"{where}: 'proba' holds NaN or infinite values")
-        if len(p) and (p.min() < 0 or p.max() > 1 or np.abs(p.sum(axis=1) - 1).max() > SUM_TOLERANCE):
-            raise BenchError(f"{where}: 'proba' is not probabilities (each must be in [0, 1], each row summing to 1)")
-        if "positive" in a:  # the positive class's column (two-class rows)
-            pos = a["positive"]
-            if pos.ndim != 0 or pos.dtype.kind not in "iu" or not 0 <= int(pos) < p.shape[1]:
-                raise BenchError(f"{where}: 'positive' must be one class index in [0, {p.shape[1]}), got {pos!r}")
-        if len(a["y"]) and a["y"].max() >= p.shape[1]:
-            raise BenchError(f"{where}: label {int(a['y'].max())} is not among the {p.shape[1]} classes")
+        why = why or _proba_defect(a["proba"], n, k) or _labels_defect(a)
+        if why:
+            raise BenchError(f"{where}{why}")
+
+
+def _index_arrays(a: Mapping[str, np.ndarray], r: Mapping[str, Any]) -> tuple[int | None, str]:
+    """The number of test predictions of a row's arrays, and what is wrong with its array names and index arrays
+    ("" when nothing; the text follows the row's name)."""
+    extra = sorted(set(a) - set(PREDICTION_ARRAYS) - {"draw", "positive"})
+    if extra:
+        return None, f": unexpected array {extra[0]!r}"
+    missing = [k for k in PREDICTION_ARRAYS if k not in a]
+    if missing:
+        return None, f" lacks its {missing[0]!r} array"
+    if is_shot_row(r) and "draw" not in a:
+        return None, " lacks its 'draw' array (a K-shot row)"
+    n = None
+    for name in (x for x in INDEX_ARRAYS if x in a):
+        v = a[name]
+        if v.ndim != 1 or v.dtype.kind not in "iu":
+            return n, f": {name!r} must be a 1-D array of whole numbers, got {v.dtype} of shape {v.shape}"
+        if n is not None and len(v) != n:
+            return n, f": arrays of different lengths ({name!r} has {len(v)}, 'fold' {n})"
+        n = len(v)
+        if len(v) and v.min() < 0:
+            return n, f": {name!r} holds negative numbers"
+    return n, ""
+
+
+def _proba_defect(p: np.ndarray, n: int | None, k: int | None) -> str:
+    """What is wrong with a row's probabilities for ``n`` test predictions of ``k`` classes ("" when nothing)."""
+    if p.ndim != 2 or p.dtype.kind != "f":
+        return f": 'proba' must be a 2-D array of probabilities, got {p.dtype} of shape {p.shape}"
+    if len(p) != n:
+        return f": 'proba' has {len(p)} rows for {n} test predictions"
+    if p.shape[1] < 2 or (k is not None and p.shape[1] != k):
+        return f": 'proba' has {p.shape[1]} columns for {k if k is not None else 'two or more'} classes"
+    if not np.isfinite(p).all():
+        return ": 'proba' holds NaN or infinite values"
+    if len(p) and (p.min() < 0 or p.max() > 1 or np.abs(p.sum(axis=1) - 1).max() > SUM_TOLERANCE):
+        return ": 'proba' is not probabilities (each must be in [0, 1], each row summing to 1)"
+    return ""
+
+
+def _labels_defect(a: Mapping[str, np.ndarray]) -> str:
+    """What is wrong with a row's positive-class index (two-class rows) and label indices ("" when nothing)."""
+    width = a["proba"].shape[1]
+    if "positive" in a:  # the positive class's column (two-class rows)
+        pos = a["positive"]
+        if pos.ndim != 0 or pos.dtype.kind not in "iu" or not 0 <= int(pos) < width:
+            return f": 'positive' must be one class index in [0, {width}), got {pos!r}"
+    if len(a["y"]) and a["y"].max() >= width:
+        return f": label {int(a['y'].max())} is not among the {width} classes"
+    return ""

@@ -1,6 +1,6 @@
 """Leaderboards: every feature set x head of a store scored on the same folds with paired statistics, and the row
-kinds beside the heads (few-shot curves, zero-shot, domain shift, slide-level heads, LoRA runs). Pictures and reports of
-them: mito.report."""
+kinds beside the heads (few-shot curves, zero-shot, domain shift, slide-level heads, LoRA runs), each made by a row
+producer (mito.bench.row) on a typed :class:`Row`. Pictures and reports of them: mito.report."""
 
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from mito.bench.leaderboard import (
     sigterm_as_interrupt,
     task_summary_lines,
 )
+from mito.bench.row import Producer, Row, RowProducer, register_producer
 from mito.bench.slide_bench import DEFAULT_SLIDE_HEADS, SlideBenchConfig, run_slide_bench
 from mito.bench.stats import (
     DelongResult,
@@ -65,6 +66,9 @@ __all__ = [
     "FriedmanResult",
     "Leaderboard",
     "PairedResult",
+    "Producer",
+    "Row",
+    "RowProducer",
     "SlideBenchConfig",
     "TaskSpec",
     "add_paired_columns",
@@ -86,6 +90,7 @@ __all__ = [
     "paired_bootstrap",
     "parse_shots",
     "predict_finetuned",
+    "register_producer",
     "resolve_task",
     "run_bench",
     "run_finetune",

@@ -139,9 +139,11 @@ def draw_fold_ci(
     ``positive`` is the positive class).
 
     Prediction row i belongs to ``fit[i]`` (one (draw, fold) model) and test ``tile[i]``; ``draw_of_fit[j]`` is
-    fit j's draw. Each replicate draws the tiles with replacement (a tile counts in every fit that scored it),
+    fit j's draw (no replicates: NaN). Each replicate draws the tiles with replacement (a tile counts in every fit that scored it),
     then the draws with replacement, and averages the chosen draws' per-fit metrics.
     """
+    if n_boot <= 0:
+        return math.nan, math.nan
     rng = np.random.default_rng(seed)
     tpos, counts = tile_draw_counts(tile, n_boot, rng)
     n_fits = len(draw_of_fit)
@@ -178,21 +180,8 @@ def score_shot_row(
     arrays = fold_predictions([f for _, f in fits], results, y, classes, positive)
     arrays = {"fold": arrays.pop("fold"), "draw": np.concatenate([np.full(len(f.test), d) for d, f in fits]), **arrays}
     fit_of_row = np.concatenate([np.full(len(f.test), j) for j, (_, f) in enumerate(fits)])
-    lo, hi = (
-        draw_fold_ci(
-            arrays["y"],
-            arrays["proba"].astype(np.float64),
-            fit_of_row,
-            arrays["row"],
-            draw_ids,
-            main_metric,
-            n_boot=n_boot,
-            seed=seed,
-            positive=pos,
-        )
-        if n_boot > 0
-        else (math.nan, math.nan)
-    )
+    proba = arrays["proba"].astype(np.float64)
+    lo, hi = draw_fold_ci(arrays["y"], proba, fit_of_row, arrays["row"], draw_ids, main_metric, n_boot=n_boot, seed=seed, positive=pos)
     row = {
         **base,
         **draw_summary(per_fit, draw_ids),

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mito.bench.cv import CVMode, CVPlan, make_folds, small_test_note
 from mito.bench.errors import BenchError
@@ -668,6 +668,7 @@ def load_leaderboard(path: str | os.PathLike) -> Leaderboard:
     records = doc.get("rows", [])
     check_rows(records, doc.get("meta", {}), lj)
     rows = typed_columns(pd.DataFrame(records), lj)
+    typed_rows(rows, lj)
     preds = read_predictions(npz, records) if npz.is_file() else {}
     return Leaderboard(upgrade_rows(rows, preds), preds, {**doc.get("meta", {}), "source": str(d)})
 
@@ -704,6 +705,19 @@ def typed_columns(rows: pd.DataFrame, lj: Path) -> pd.DataFrame:
     if len(rows) and not rows["main_metric"].isin(METRIC_NAMES).all():
         raise BenchError(f"{lj} is not a leaderboard: main_metric must be one of {', '.join(METRIC_NAMES)}")
     return rows
+
+
+def typed_rows(rows: pd.DataFrame, lj: Path) -> list[Row]:
+    """The table's rows as :class:`Row` s; a cell of the wrong type is refused in one line naming the row and field."""
+    out = []
+    for i, r in enumerate(rows.to_dict("records")):
+        try:
+            out.append(Row.from_record(r))
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(x) for x in err["loc"])
+            raise BenchError(f"{lj}: row {i + 1} ({str(r.get('row_id', '?'))[:12]}): {field}: {err['msg']}") from None
+    return out
 
 
 def read_predictions(npz: Path, records: Sequence[dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:

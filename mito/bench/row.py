@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, get_args
 
 import numpy as np
 import pandas as pd
@@ -98,11 +98,20 @@ class Row(BaseModel):
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Row:
-        """A row read back from a leaderboard table (a NaN cell of a field that is no number is a field the row does not have)."""
-        return cls(**{k: v for k, v in record.items() if not (isinstance(v, float) and math.isnan(v)) or k in _NAN_OK})
+        """A row read back from a leaderboard table: an empty cell (None, or NaN where the field is no number) is a
+        field the row does not have."""
+        return cls(**{k: v for k, v in record.items() if not _missing(k, v)})
 
 
 _NAN_OK = {k for k, f in Row.model_fields.items() if f.annotation in (float, float | None, Any)}
+_NONE_OK = {k for k, f in Row.model_fields.items() if f.annotation is Any or type(None) in get_args(f.annotation)}
+
+
+def _missing(field: str, v: Any) -> bool:
+    """Whether a cell read back for ``field`` is empty (and not a value the field holds, like NaN for a metric)."""
+    if v is None:
+        return field in Row.model_fields and field not in _NONE_OK
+    return isinstance(v, float) and math.isnan(v) and field in Row.model_fields and field not in _NAN_OK
 
 
 @dataclass

@@ -561,17 +561,20 @@ class IncludedRows(Producer):
 
     def plan(self, ctx: BenchContext) -> list[FitJob]:
         self.others = [load_leaderboard(p) for p in ctx.cfg.include]
+        seen: dict[str, Any] = {}  # tasks of --with leaderboards that this run does not score
         for other in self.others:  # fail before fitting anything (leave-group-out: against its shift folds)
             where = other.meta.get("source") or "the --with leaderboard"
             for t, info in other.meta.get("tasks", {}).items():
-                if t not in ctx.plans:
-                    continue
-                if info.get("fold_fingerprint") != ctx.plans[t][3].fingerprint:
-                    raise BenchError(
-                        f"task {t!r} was scored on different folds in {where} (tiles, labels, --folds, --cv or --seed differ, or its k-fold folds come from a mito before the one splitter, "
-                        "which held out 15% of each training part for early stopping, 20% now)"
-                    )
-                check_positive_agrees(t, ctx.plans[t][0], info, where)
+                if t in ctx.plans:
+                    if info.get("fold_fingerprint") != ctx.plans[t][3].fingerprint:
+                        raise BenchError(
+                            f"task {t!r} was scored on different folds in {where} (tiles, labels, --folds, --cv or --seed differ, or its k-fold folds come from a mito before the one splitter, "
+                            "which held out 15% of each training part for early stopping, 20% now)"
+                        )
+                    check_positive_agrees(t, ctx.plans[t][0], info, where)
+                elif t in seen:  # a task of two --with leaderboards only
+                    check_same_task(t, seen[t], info, where)
+                seen.setdefault(t, info)
         return []
 
     def score(self, ctx: BenchContext, jobs: Sequence[FitJob], results: Sequence[Any]) -> list[Any]:
@@ -772,6 +775,17 @@ def predictions_ece(p: dict[str, np.ndarray]) -> float:
     return float(np.nanmean(vals)) if vals and not np.all(np.isnan(vals)) else math.nan
 
 
+def check_same_task(t: str, ours: dict[str, Any], theirs: dict[str, Any], where: str) -> None:
+    """Refuse to merge two leaderboards' rows of task ``t`` scored on other folds or with another positive class."""
+    if ours.get("fold_fingerprint") != theirs.get("fold_fingerprint"):
+        raise BenchError(
+            f"task {t!r} was scored on different folds in the two leaderboards (tiles, labels, --folds, --cv or --seed differ)"
+        )
+    pa, sa = recorded_positive(ours)
+    if pa is not None:
+        check_positive_agrees(t, TaskSpec(t, "", (), lambda x: x, positive=pa, positive_source=sa), theirs, where)
+
+
 def merge_meta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """The meta of leaderboard ``a`` with ``b`` merged in: ``a`` wins, tasks of both, ``b``'s source added to ``merged``."""
     return {
@@ -786,15 +800,7 @@ def merge_leaderboards(a: Leaderboard, b: Leaderboard) -> Leaderboard:
     """Rows of both, re-ranked; a task present in both must have been scored on identical folds."""
     ta, tb = a.meta.get("tasks", {}), b.meta.get("tasks", {})
     for t in set(ta) & set(tb):
-        if ta[t].get("fold_fingerprint") != tb[t].get("fold_fingerprint"):
-            raise BenchError(
-                f"task {t!r} was scored on different folds in the two leaderboards (tiles, labels, --folds, --cv or --seed differ)"
-            )
-        pa, sa = recorded_positive(ta[t])
-        if pa is not None:
-            check_positive_agrees(
-                t, TaskSpec(t, "", (), lambda x: x, positive=pa, positive_source=sa), tb[t], b.meta.get("source") or "the other leaderboard"
-            )
+        check_same_task(t, ta[t], tb[t], b.meta.get("source") or "the other leaderboard")
     rows = pd.concat([a.rows, b.rows[~b.rows["row_id"].isin(a.rows["row_id"])]], ignore_index=True) if len(b.rows) else a.rows
     meta = merge_meta(a.meta, b.meta)
     preds = {**b.predictions, **a.predictions}

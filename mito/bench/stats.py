@@ -118,9 +118,8 @@ def paired_bootstrap(
     ok = diffs[~np.isnan(diffs)]
     if ok.size == 0:
         return PairedResult(metric, delta, math.nan, math.nan, math.nan, n_boot, n_tiles, va, vb)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(ok, [tail, 100 - tail])
-    return PairedResult(metric, float(delta), float(lo), float(hi), bootstrap_p_value(ok), n_boot, n_tiles, va, vb)
+    lo, hi = percentile_interval(ok, level)
+    return PairedResult(metric, float(delta), lo, hi, bootstrap_p_value(ok), n_boot, n_tiles, va, vb)
 
 
 # ------------------------------------------------------------------ DeLong

@@ -24,6 +24,8 @@ from mito.bench.rows import FeatureSet, fit_one, run_parallel
 from mito.core.tasks import TaskSpec
 from mito.heads import head_modules
 
+ALWAYS = ("noise", "kind")  # fields every row's record has, set or default (rank_rows and add_gaps key on them)
+
 
 class Row(BaseModel):
     """One leaderboard row: what was fitted (task, feature set, head, noise, kind), how (budget, params, folds) and its
@@ -93,8 +95,8 @@ class Row(BaseModel):
     paired_note: str | None = None
 
     def record(self) -> dict[str, Any]:
-        """The row as the table holds it: the fields that were set, in column order."""
-        return self.model_dump(exclude_unset=True)
+        """The row as the table holds it: the fields that were set (and what every row has: noise, kind), in column order."""
+        return {k: v for k, v in self.model_dump().items() if k in self.model_fields_set or k in ALWAYS}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Row:

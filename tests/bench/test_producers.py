@@ -20,7 +20,17 @@ def test_row_fields_cover_the_leaderboard_columns() -> None:
     assert {c for m in (*METRIC_NAMES, *CALIBRATION_NAMES) for c in (m, f"{m}_std")} <= fields
     assert set(COLUMNS) <= fields
     r = Row(task="t", backbone="b", features="f", head="h", row_id="x", main_metric="auroc", auroc=0.7)
-    assert r.record() == {"task": "t", "backbone": "b", "features": "f", "head": "h", "row_id": "x", "auroc": 0.7, "main_metric": "auroc"}
+    assert r.record() == {
+        "task": "t",
+        "backbone": "b",
+        "features": "f",
+        "head": "h",
+        "noise": 0.0,
+        "kind": "head",
+        "row_id": "x",
+        "auroc": 0.7,
+        "main_metric": "auroc",
+    }
     with pytest.raises(ValueError):
         Row(task="t", backbone="b", features="f", head="h", row_id="x", main_metric="auroc", n_train="many")
 

@@ -41,3 +41,19 @@ def test_rows_of_a_folder_written_before_the_row_model_validate_into_it() -> Non
     assert len(rows) == len(lb.rows) > 0
     assert [r.row_id for r in rows] == lb.rows["row_id"].tolist()
     assert [r.auroc for r in rows] == pytest.approx(lb.rows["auroc"].tolist(), nan_ok=True)
+
+
+def test_a_cell_of_the_wrong_type_is_refused_in_one_line(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from mito.bench import BenchError
+
+    d = tmp_path / "lb"
+    shutil.copytree(LEGACY_BENCH, d)
+    doc = json.loads((d / "leaderboard.json").read_text())
+    doc["rows"][0]["keys"] = 5
+    (d / "leaderboard.json").write_text(json.dumps(doc))
+    with pytest.raises(BenchError, match=r"row 1 \(.*\): keys: Input should be a valid list") as e:
+        load_leaderboard(d)
+    assert "\n" not in str(e.value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from mito.bench.leaderboard import Leaderboard, positive_meta, rank_rows, traini
 from mito.bench.row import FitJob, Producer, Runner, grouped, produce, scored, table
 from mito.bench.rows import describe_keys, row_id, score_row
 from mito.core.tasks import TaskSpec
-from mito.heads import BagReader, bag_table, default_features, left_out, make_bags, make_mil_head, mil_head_names
+from mito.heads import BagReader, BagSet, bag_table, default_features, fit_and_score, left_out, make_bags, make_mil_head, mil_head_names
 from mito.heads.slide import bag_positive
 from mito.store import open_store
 
@@ -61,14 +60,11 @@ class SlideContext:
 def fit_slide_fold(h: str, params: dict[str, Any], reader: Any, bags: Any, f: Fold) -> dict[str, Any]:
     """Fit MIL head ``h`` on one fold of bags (early stopping on its validation bags), predict its test bags."""
     head = make_mil_head(h, **params)
-    t0 = time.perf_counter()
-    head.fit(reader, bags, f.train, f.val)
-    t1 = time.perf_counter()
-    proba, _, _ = head.predict_proba(reader, bags, f.test)
+    r = fit_and_score(head, BagSet(reader, bags), {"train": f.train, "val": f.val, "test": f.test})
     return {
-        "proba": proba,
-        "train_seconds": t1 - t0,
-        "predict_seconds": time.perf_counter() - t1,
+        "proba": r.scored["test"][1],
+        "train_seconds": r.train_seconds,
+        "predict_seconds": r.predict_seconds,
         "params": head.params(),
         "noise": head.noise,
     }

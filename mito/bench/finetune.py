@@ -41,6 +41,7 @@ from mito.extract import Preprocess, open_source, pick_device, preprocess
 from mito.heads import Checkpointer, CheckpointError, EarlyStopping, LoopResult, TimeBudget, fit_and_score, train_loop
 from mito.heads.engine import Prepared, keep_order
 from mito.heads.model import register
+from mito.heads.torch_heads import optimizer_step
 
 FTMode = Literal["lora", "linear-probe", "full"]
 FT_MODES: tuple[str, ...] = get_args(FTMode)
@@ -189,10 +190,7 @@ def train_step(net: FinetuneNet, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     """One optimiser step on a batch; returns the loss."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         loss = nn.functional.cross_entropy(net(x).float(), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
+    return optimizer_step(opt, loss)
 
 
 @contextlib.contextmanager

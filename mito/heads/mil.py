@@ -188,6 +188,8 @@ class MILHead:
         """One training epoch over the bags ``train``: shuffled batches of bags, tiles subsampled, feature noise."""
         import torch
 
+        from mito.heads.torch_heads import optimizer_step
+
         gen = torch.Generator().manual_seed(self.seed)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         sd = None
@@ -207,11 +209,7 @@ class MILHead:
             for sel, x, mask in read_ahead((sel, *pad(xs)) for sel, _, xs in read):  # decode + pad overlap training
                 if sd is not None:
                     x = x + torch.randn(x.shape, generator=gen) * sd
-                loss = loss_fn(net(x, mask)[0], torch.from_numpy(y[sel]))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(sel)
+                total += optimizer_step(opt, loss_fn(net(x, mask)[0], torch.from_numpy(y[sel]))) * len(sel)
                 seen += len(sel)
             return {"train_loss": total / max(seen, 1)}
 

@@ -100,6 +100,14 @@ def _adam(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimiz
         return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One step of ``opt`` on ``loss`` (gradients cleared first); the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
 def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, weight: torch.Tensor | None) -> torch.Tensor:
     """Weighted focal loss, sum(w_y (1-p_y)^gamma * -log p_y) / sum(w_y); gamma 0 is weighted cross-entropy."""
     logp = torch.log_softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
@@ -243,11 +251,7 @@ class _TorchHead(Head):
             for xb, idx in epoch_batches(gen, bs, row_w):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                     logits = net(xb.to(dtype), nv, gen)
-                loss = focal_loss(logits, yt[idx], gamma, loss_w)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
+                total += optimizer_step(opt, focal_loss(logits, yt[idx], gamma, loss_w)) * len(idx)
                 seen += len(idx)
             return {"train_loss": total / max(seen, 1)}
 

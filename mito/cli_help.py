@@ -139,8 +139,16 @@ def set_panels(command: Callable[..., Any], panels: dict[str, Sequence[str]]) ->
                 rank[n] = i
     params = list(sig.parameters.values())
     order = sorted(
-        range(len(params)), key=lambda j: (-1 if isinstance(params[j].default, ArgumentInfo) else rank.get(params[j].name, len(panels)), j)
-    )
+        range(len(params)),
+        key=lambda j: (
+            -2
+            if params[j].default is inspect.Parameter.empty
+            else -1
+            if isinstance(params[j].default, ArgumentInfo)
+            else rank.get(params[j].name, len(panels)),
+            j,
+        ),
+    )  # typer's context first (no default), then arguments, then the groups in order
     command.__signature__ = sig.replace(parameters=[params[j] for j in order])  # type: ignore[attr-defined]
 
 

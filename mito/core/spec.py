@@ -59,7 +59,7 @@ def load_spec(path: str | Path) -> RawSpec:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+        mark = getattr(e, "context_mark", None) or getattr(e, "problem_mark", None)  # where the broken construct starts
         where = f"{p.name}:{mark.line + 1}" if mark is not None else p.name
         raise SpecError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     if data is None:
@@ -76,15 +76,19 @@ def load_spec(path: str | Path) -> RawSpec:
 
 
 def parse_value(raw: str) -> Any:
-    """A value given on the command line: JSON when it parses (1e-3, [1, 2], true), else a YAML scalar or list, else text."""
+    """A value given on the command line: JSON when it parses (1e-3, [1, 2], true), else a YAML scalar or list, else text
+    (``yes``, ``no``, ``on`` and ``off`` stay text)."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
         pass
     try:
-        return yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         return raw
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        return raw  # YAML 1.1 reads yes/no/on/off as booleans: only true and false are
+    return value
 
 
 def parse_sets(items: list[str]) -> dict[Key, Any]:

@@ -151,7 +151,10 @@ CONFIG_OPTION: Any = typer.Option(
     rich_help_panel="Spec",
 )
 SET_OPTION: Any = typer.Option(
-    [], "--set", help="KEY=VALUE or KEY.SUB=VALUE over --config (VALUE read as YAML), e.g. --set seed=1; repeatable.", rich_help_panel="Spec"
+    [],
+    "--set",
+    help="KEY=VALUE or KEY.SUB=VALUE over --config (VALUE read as YAML), e.g. --set seed=1; repeatable.",
+    rich_help_panel="Spec",
 )
 
 
@@ -683,9 +686,7 @@ def _refuse_strays(ctx: Any, job: str, jobs: tuple[str, str], command: tuple[str
         raise UserError(f"{stray[0]} does not apply to --level slide")
     slide_only = [option_name(ctx, p) for p in used_params(jobs[1], command) - used_params(jobs[0], command)]
     order = [option_name(ctx, p.name) for p in ctx.command.params]
-    raise UserError(
-        f"{stray[0]} does not apply to --level tile; {', '.join(sorted(slide_only, key=order.index))} go with --level slide"
-    )
+    raise UserError(f"{stray[0]} does not apply to --level tile; {', '.join(sorted(slide_only, key=order.index))} go with --level slide")
 
 
 def _fit_tile_head(cfg: Any, as_json: bool) -> None:
@@ -786,7 +787,9 @@ def predict_cmd(  # options only: the spec is built by mito.cli_spec.gather
     from mito.app.predict import check_predict_out, predict
     from mito.core.io import artifact_kind
 
-    g = gather(ctx, "predict", ctx.params, raw=read_config(config, ("predict",)), sets=sets, convert={"weights": lambda v: _parse_weights(v, [])})
+    g = gather(
+        ctx, "predict", ctx.params, raw=read_config(config, ("predict",)), sets=sets, convert={"weights": lambda v: _parse_weights(v, [])}
+    )
     cfg = g.validate()
     source, store, model, out = cfg.source, cfg.store, Path(cfg.model), Path(cfg.out)
     points, tile_size, device, overwrite = (Path(cfg.points) if cfg.points else None), cfg.tile_size, cfg.device, cfg.overwrite
@@ -944,8 +947,6 @@ def zero_shot_cmd(  # options only: the spec is built by mito.cli_spec.gather
 # (bench section)
 
 
-
-
 def _bench_floats(value: str, what: str) -> list[float]:
     try:
         return [float(v) for v in split_list(value)]
@@ -1040,7 +1041,9 @@ def bench_cmd(  # options only: the spec is built by mito.cli_spec.gather
     store = g.values["store"]
     from mito.core.io import RUN_KINDS, check_output_dir, is_artifact
 
-    check_output_dir(out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(store, *g.values.get("include", [])), what="bench folder")
+    check_output_dir(
+        out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(store, *g.values.get("include", [])), what="bench folder"
+    )
     if target and not proxy:
         raise UserError("--target goes with --proxy (the tasks whose rankings it is compared with)")
     if "tasks" not in g.values or given(ctx, "task") or proxy:  # a file's tasks stand unless the command line names tasks

@@ -784,7 +784,7 @@ def predict_cmd(  # options only: the spec is built by mito.cli_spec.gather
     sets: list[str] = SET_OPTION,
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
-    from mito.app.predict import check_predict_out, predict
+    from mito.app.predict import check_predict_out
     from mito.core.io import artifact_kind
 
     g = gather(
@@ -792,7 +792,7 @@ def predict_cmd(  # options only: the spec is built by mito.cli_spec.gather
     )
     cfg = g.validate()
     source, store, model, out = cfg.source, cfg.store, Path(cfg.model), Path(cfg.out)
-    points, tile_size, device, overwrite = (Path(cfg.points) if cfg.points else None), cfg.tile_size, cfg.device, cfg.overwrite
+    points, tile_size, overwrite = cfg.points, cfg.tile_size, cfg.overwrite
     heatmaps = Path(cfg.heatmaps) if cfg.heatmaps else None
     kind, level = artifact_kind(model)  # from its mito.json (or, for a folder an earlier mito wrote, from its files)
 
@@ -811,30 +811,7 @@ def predict_cmd(  # options only: the spec is built by mito.cli_spec.gather
     if (kind, level) == ("model", "slide"):
         _predict_slides(model, store, source, out, heatmaps, overwrite)
         return
-    w = cfg.weights
-    from mito.bench import predict_finetuned
-
-    if kind == "finetuned-model":  # a fine-tuned network embeds its own images: it cannot read a store
-        if source is None:
-            raise UserError(f"{model} is a fine-tuned model: give new tiles (SOURCE), not --store")
-        if len(w) > 1:
-            raise UserError("a fine-tuned model takes one --weights NAME=PATH")
-        if points is not None or tile_size is not None:
-            raise UserError("a fine-tuned model predicts tile images (a folder or CSV), not slide points")
-        df = predict_finetuned(model, source, out_csv=out, device=device, weights=next(iter(w.values()), None))
-    else:
-        df = predict(
-            model,
-            store=store,
-            source=source,
-            out_csv=out,
-            device=device,
-            weights=w or None,
-            points=points,
-            tile_size=tile_size,
-            overwrite=overwrite,
-            progress=cfg.progress,
-        )
+    df = _predict_tiles(cfg, kind)
     if heatmaps is not None:
         _heatmaps(df, store, heatmaps, overwrite, model)
     from mito.heads.predict import not_predicted_lines
@@ -849,6 +826,35 @@ def predict_cmd(  # options only: the spec is built by mito.cli_spec.gather
     said = agreement_text(agreement(df))
     if said:
         console.print(said, highlight=False)
+
+
+def _predict_tiles(cfg: Any, kind: Optional[str]) -> Any:
+    """`mito predict` with a tile-level model: a fine-tuned network embeds its own images, a head reads a store or
+    the features of new tiles embedded the model's way; returns the predictions."""
+    from mito.app.predict import predict
+    from mito.bench import predict_finetuned
+
+    w, model, out, points = cfg.weights, Path(cfg.model), Path(cfg.out), Path(cfg.points) if cfg.points else None
+    if kind != "finetuned-model":
+        return predict(
+            model,
+            store=cfg.store,
+            source=cfg.source,
+            out_csv=out,
+            device=cfg.device,
+            weights=w or None,
+            points=points,
+            tile_size=cfg.tile_size,
+            overwrite=cfg.overwrite,
+            progress=cfg.progress,
+        )
+    if cfg.source is None:  # a fine-tuned network embeds its own images: it cannot read a store
+        raise UserError(f"{model} is a fine-tuned model: give new tiles (SOURCE), not --store")
+    if len(w) > 1:
+        raise UserError("a fine-tuned model takes one --weights NAME=PATH")
+    if points is not None or cfg.tile_size is not None:
+        raise UserError("a fine-tuned model predicts tile images (a folder or CSV), not slide points")
+    return predict_finetuned(model, cfg.source, out_csv=out, device=cfg.device, weights=next(iter(w.values()), None))
 
 
 def _predict_slides(model: Path, store: Optional[str], source: Optional[str], out: Path, pictures: Optional[Path], overwrite: bool) -> None:

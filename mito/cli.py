@@ -653,16 +653,14 @@ def fit_head_cmd(  # options only: the spec is built by mito.cli_spec.gather
     if slide and not given(ctx, "head") and g.values.get("head") == "mlp":  # the tile-level default
         g.values["head"] = "abmil"
     g.merge("head_params", {**head_flag_params(ctx, job, ctx.params), **_one_head(param, g.values.get("head"))})
-    if g.values.get("out") is None:
+    if slide and g.values.get("task") is None:
+        raise UserError(
+            "--level slide needs --task (the tile-table column giving the bag label, or with --bag-label any:VALUE the tile label)"
+        )
+    cfg = g.validate()
+    if cfg.out is None:
         raise UserError("fit-head needs --out (the model directory to write), or out: in the --config file")
-    if slide:
-        if g.values.get("task") is None:
-            raise UserError(
-                "--level slide needs --task (the tile-table column giving the bag label, or with --bag-label any:VALUE the tile label)"
-            )
-        _fit_slide_head(g.validate(), as_json)
-    else:
-        _fit_tile_head(g.validate(), as_json)
+    (_fit_slide_head if slide else _fit_tile_head)(cfg, as_json)
 
 
 FIT_COMMAND = ("level", "param")  # fit-head's parameters that are no spec field

@@ -14,9 +14,10 @@ import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mito.core.spec import Key, RawSpec, SpecError, file_where, load_spec, parse_sets, parse_value, set_path, validate_spec
+if TYPE_CHECKING:  # mito.core.spec loads pydantic and yaml: imported when a command runs, so `mito --help` stays fast
+    from mito.core.spec import Key, RawSpec
 
 # job -> where its spec model lives (imported when used: `mito --help` stays fast)
 JOBS: dict[str, tuple[str, str]] = {
@@ -75,6 +76,8 @@ SPEC_OPTIONS = ("config", "sets")  # every job command's --config and --set para
 
 def job_model(job: str) -> Any:
     """The pydantic spec model of ``job`` (see :data:`JOBS`)."""
+    from mito.core.spec import SpecError
+
     job = JOB_ALIASES.get(job, job)
     if job not in JOBS:
         raise SpecError(f"unknown job {job!r}; choose one of {', '.join(JOBS)}")
@@ -125,6 +128,8 @@ def to_field(model: Any, name: str, value: Any) -> Any:
 def parse_head_params(pairs: Iterable[str], option: str, head: str | None = None) -> dict[str, dict[str, Any]]:
     """The one grammar of head options: HEAD.KEY=VALUE (bench and fit-head), or KEY=VALUE for ``head`` (fit-head's
     one head); VALUE parsed as on ``--set`` (JSON, else a YAML scalar or list, else text) -> {head: {key: value}}."""
+    from mito.core.spec import SpecError, parse_value
+
     out: dict[str, dict[str, Any]] = {}
     for p in pairs:
         key, sep, raw = p.partition("=")
@@ -152,6 +157,8 @@ class Gathered:
             return "" if self.raw is None else Path(self.raw.path).name
         kind = self.origin.get(loc[0], "default")
         if kind == "file" and self.raw is not None:
+            from mito.core.spec import file_where
+
             return file_where(self.raw)(loc)
         if kind == "set":
             return f"--set {'.'.join(loc)}"
@@ -167,11 +174,15 @@ class Gathered:
 
     def validate(self, model: Any = None) -> Any:
         """The job's spec model, or one SpecError line naming the option, ``--set`` key or file:line."""
+        from mito.core.spec import validate_spec
+
         return validate_spec(model or job_model(self.job), self.values, self.where)
 
 
 def read_config(config: Path | None, jobs: tuple[str, ...]) -> RawSpec | None:
     """The spec file of ``--config``, refused when it names a job of another command."""
+    from mito.core.spec import SpecError, load_spec
+
     if config is None:
         return None
     raw = load_spec(config)
@@ -192,6 +203,8 @@ def gather(
     """A job's values, lowest first: the command's defaults, the spec file, ``--set``, options given on the command
     line (``params``: the command's parameters by Python name, mapped to fields by :data:`RENAMES`; ``convert``: how a
     command-line value becomes the field's where splitting a comma list is not enough)."""
+    from mito.core.spec import parse_sets, set_path
+
     model = job_model(job)
     out = Gathered(job, raw=raw, ctx=ctx)
     flags: dict[str, Any] = {}

@@ -176,3 +176,26 @@ def test_extract_memory_checks_are_a_preflight_not_validation(monkeypatch: pytes
     with pytest.raises(ExtractError, match="more than a quarter"):
         ex.extract(cfg)
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_extract_from_a_spec_makes_the_same_store_as_the_flags(amibr_dir: Path, tmp_path: Path) -> None:
+    """extract's own conversions (comma lists, --zooms numbers, --weights NAME=PATH, --quiet) give the file's values."""
+    import numpy as np
+
+    from mito.store import open_store
+
+    flags = ["--zooms", "1,2", "--colors", "rgb", "--input-size", "64", "--sample", "6", "--seed", "2"]
+    flags += ["--chunk-rows", "4", "--batch-size", "4", "--workers", "0", "-q", "--task", "mitosis"]
+    a = runner.invoke(app, ["extract", str(amibr_dir), "--store", str(tmp_path / "a.zarr"), *flags])
+    assert a.exit_code == 0, a.output
+    spec = _write(
+        tmp_path / "extract.yaml",
+        f"job: extract\nsource: {amibr_dir}\nstore: {tmp_path / 'b.zarr'}\nzooms: [1, 2]\ncolors: [rgb]\ninput_size: 64\n"
+        "sample: 6\nseed: 2\nchunk_rows: 4\nbatch_size: 4\nnum_workers: 0\nprogress: false\ntask: mitosis\n",
+    )
+    b = runner.invoke(app, ["extract", "--config", str(spec)])
+    assert b.exit_code == 0, b.output
+    with open_store(tmp_path / "a.zarr") as sa, open_store(tmp_path / "b.zarr") as sb:
+        assert sa.variants == sb.variants == ["efficientnet_lite0:z1:rgb", "efficientnet_lite0:z2:rgb"]
+        assert sa.tiles["path"].tolist() == sb.tiles["path"].tolist()
+        np.testing.assert_array_equal(sa.read(sa.variants), sb.read(sb.variants))

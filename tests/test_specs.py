@@ -199,3 +199,24 @@ def test_extract_from_a_spec_makes_the_same_store_as_the_flags(amibr_dir: Path, 
         assert sa.variants == sb.variants == ["efficientnet_lite0:z1:rgb", "efficientnet_lite0:z2:rgb"]
         assert sa.tiles["path"].tolist() == sb.tiles["path"].tolist()
         np.testing.assert_array_equal(sa.read(sa.variants), sb.read(sb.variants))
+
+
+def test_bench_from_a_spec_ranks_as_the_flags(amibr_store: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    flags = ["--task", "mitosis", "--features", "efficientnet_lite0:z1:rgb", "--heads", "logreg,knn", "--folds", "2", "--n-boot", "0", "--jobs", "1"]
+    a = runner.invoke(
+        app, ["bench", "--store", str(amibr_store), "--out", str(tmp_path / "a"), "--no-umap", *flags, "--param", "knn.n_neighbors=3"]
+    )
+    assert a.exit_code == 0, a.output
+    spec = _write(
+        tmp_path / "bench.yaml",
+        f"job: bench\nstore: {amibr_store}\ntasks: [mitosis]\nfeatures: ['efficientnet_lite0:z1:rgb']\nheads: [logreg, knn]\n"
+        "n_folds: 3\nn_boot: 0\nn_jobs: 1\nhead_params: {knn: {n_neighbors: 3}}\n",
+    )
+    b = runner.invoke(app, ["bench", "--config", str(spec), "--set", "n_folds=2", "--out", str(tmp_path / "b"), "--no-umap"])
+    assert b.exit_code == 0, b.output
+    cols = ["task", "features", "head", "balanced_accuracy", "auroc"]
+    ra, rb = (pd.read_csv(tmp_path / d / "leaderboard.csv")[cols] for d in ("a", "b"))
+    pd.testing.assert_frame_equal(ra, rb)
+    assert len(ra) == 2

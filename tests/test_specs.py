@@ -204,7 +204,8 @@ def test_extract_from_a_spec_makes_the_same_store_as_the_flags(amibr_dir: Path, 
 def test_bench_from_a_spec_ranks_as_the_flags(amibr_store: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    flags = ["--task", "mitosis", "--features", "efficientnet_lite0:z1:rgb", "--heads", "logreg,knn", "--folds", "2", "--n-boot", "0", "--jobs", "1"]
+    flags = ["--task", "mitosis", "--features", "efficientnet_lite0:z1:rgb", "--heads", "logreg,knn", "--folds", "2"]
+    flags += ["--n-boot", "0", "--jobs", "1"]
     a = runner.invoke(
         app, ["bench", "--store", str(amibr_store), "--out", str(tmp_path / "a"), "--no-umap", *flags, "--param", "knn.n_neighbors=3"]
     )

@@ -1465,6 +1465,8 @@ def spec_show_cmd(path: Path = typer.Argument(..., help="A spec file, a run.yaml
     if raw.job is None:
         raise UserError(f"{file.name}: names no job (a spec starts with job: fit, bench, extract, ...; mito spec init JOB)")
     spec = validate_spec(job_model(raw.job), raw.values, file_where(raw))
+    for key, value in raw.record.items():  # how a run.yaml's output was made, as comments: the spec stays loadable
+        print(f"# {key}: {json.dumps(value, default=str)}")
     print(dump_spec(spec, JOB_ALIASES.get(raw.job, raw.job)), end="")
 
 

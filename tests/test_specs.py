@@ -128,6 +128,7 @@ def test_spec_show_reads_run_yaml_of_an_output_and_says_when_there_is_none(tmp_p
     r = runner.invoke(app, ["spec", "show", str(tmp_path)])
     assert r.exit_code == 0, r.output
     shown = yaml.safe_load(r.stdout)
+    assert '# versions: {"mito": "x"}' in r.stdout.splitlines()
     assert shown["job"] == "bench" and shown["n_folds"] == 3 and shown["n_boot"] == 1000 and shown["tasks"] == ["mitosis"]
     run["spec"]["n_foldz"] = 3  # type: ignore[index]
     _write(tmp_path / "run.yaml", yaml.safe_dump(run))

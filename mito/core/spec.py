@@ -37,6 +37,7 @@ class RawSpec:
     lines: dict[Key, int] = field(default_factory=dict)
     path: str = ""
     job: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)  # a run.yaml's other keys: versions, the store's tile-list sha256
 
 
 def _key_lines(node: Any, prefix: Key, out: dict[Key, int]) -> None:
@@ -69,10 +70,12 @@ def load_spec(path: str | Path) -> RawSpec:
     lines: dict[Key, int] = {}
     _key_lines(node, (), lines)
     job = data.pop("job", None)
+    record: dict[str, Any] = {}
     if isinstance(data.get("spec"), dict):  # run.yaml: {job, spec, versions, ...}
         lines = {k[1:]: n for k, n in lines.items() if k[:1] == ("spec",) and len(k) > 1}
+        record = {k: v for k, v in data.items() if k != "spec"}
         data = dict(data["spec"])
-    return RawSpec(data, lines, str(p), str(job) if job is not None else None)
+    return RawSpec(data, lines, str(p), str(job) if job is not None else None, record)
 
 
 def parse_value(raw: str) -> Any:

@@ -1455,7 +1455,7 @@ def spec_init_cmd(
 @friendly
 def spec_show_cmd(path: Path = typer.Argument(..., help="A spec file, a run.yaml, or an output folder holding run.yaml.")) -> None:
     """Print the effective spec (every key, defaults filled in) of a spec file or of an output's run.yaml."""
-    from mito.cli_spec import JOB_ALIASES, job_model
+    from mito.cli_spec import job_model, resolve_job
     from mito.core.spec import dump_spec, file_where, load_spec, validate_spec
 
     file = path / "run.yaml" if path.is_dir() else path
@@ -1464,10 +1464,11 @@ def spec_show_cmd(path: Path = typer.Argument(..., help="A spec file, a run.yaml
     raw = load_spec(file)
     if raw.job is None:
         raise UserError(f"{file.name}: names no job (a spec starts with job: fit, bench, extract, ...; mito spec init JOB)")
-    spec = validate_spec(job_model(raw.job), raw.values, file_where(raw))
+    job = resolve_job(raw.job, raw.values)
+    spec = validate_spec(job_model(job), raw.values, file_where(raw))
     for key, value in raw.record.items():  # how a run.yaml's output was made, as comments: the spec stays loadable
         print(f"# {key}: {json.dumps(value, default=str)}")
-    print(dump_spec(spec, JOB_ALIASES.get(raw.job, raw.job)), end="")
+    print(dump_spec(spec, job), end="")
 
 
 from mito.cli_help import install as _install_help  # noqa: E402  (after every command: their help groups)

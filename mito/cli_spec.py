@@ -85,6 +85,16 @@ def job_model(job: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def resolve_job(job: str, values: dict[str, Any]) -> str:
+    """The job a spec is for: ``job`` (aliases resolved), or its slide-level sibling when the keys are that one's only
+    (a run.yaml that names the command, e.g. fit-head, for a --level slide run)."""
+    job = JOB_ALIASES.get(job, job)
+    slide = f"{job}-slide"
+    if slide in JOBS and not set(values) <= set(job_model(job).model_fields) and set(values) <= set(job_model(slide).model_fields):
+        return slide
+    return job
+
+
 def given(ctx: Any, name: str) -> bool:
     """True when the parameter ``name`` was given on the command line (or by its environment variable), not defaulted."""
     source = ctx.get_parameter_source(name)
@@ -186,7 +196,9 @@ def read_config(config: Path | None, jobs: tuple[str, ...]) -> RawSpec | None:
     if config is None:
         return None
     raw = load_spec(config)
-    if raw.job is not None and JOB_ALIASES.get(raw.job, raw.job) not in jobs:
+    if raw.job is not None:
+        raw.job = resolve_job(raw.job, raw.values)
+    if raw.job is not None and raw.job not in jobs:
         raise SpecError(f"{Path(raw.path).name}: a spec of job {raw.job!r}; this command runs {' or '.join(jobs)}")
     return raw
 

@@ -130,6 +130,10 @@ def test_spec_show_reads_run_yaml_of_an_output_and_says_when_there_is_none(tmp_p
     shown = yaml.safe_load(r.stdout)
     assert '# versions: {"mito": "x"}' in r.stdout.splitlines()
     assert shown["job"] == "bench" and shown["n_folds"] == 3 and shown["n_boot"] == 1000 and shown["tasks"] == ["mitosis"]
+    slide = {"job": "fit-head", "spec": {"store": "s.zarr", "task": "label", "bag_column": "slide"}}  # the command's name
+    _write(tmp_path / "run.yaml", yaml.safe_dump(slide))
+    r = runner.invoke(app, ["spec", "show", str(tmp_path / "run.yaml")])
+    assert r.exit_code == 0 and yaml.safe_load(r.stdout)["job"] == "fit-slide" and "head: abmil" in r.stdout, r.output
     run["spec"]["n_foldz"] = 3  # type: ignore[index]
     _write(tmp_path / "run.yaml", yaml.safe_dump(run))
     r = runner.invoke(app, ["spec", "show", str(tmp_path)])

@@ -147,12 +147,14 @@ def _quiet_library_warnings() -> None:
 CONFIG_OPTION: Any = typer.Option(
     None,
     "--config",
+    metavar="FILE.yaml",
     help="Spec file (YAML; mito spec init JOB writes one). Precedence: options given here > --set > the file > defaults.",
     rich_help_panel="Spec",
 )
 SET_OPTION: Any = typer.Option(
     [],
     "--set",
+    metavar="KEY=VALUE",
     help="KEY=VALUE or KEY.SUB=VALUE over --config (VALUE read as YAML), e.g. --set seed=1; repeatable.",
     rich_help_panel="Spec",
 )

@@ -17,6 +17,7 @@ from mito.cli_spec import (
     gather,
     given,
     head_flag_params,
+    list_or_none,
     option_name,
     parse_head_params,
     read_config,
@@ -1035,7 +1036,14 @@ def bench_cmd(  # options only: the spec is built by mito.cli_spec.gather
     slide = level == "slide" or (raw is not None and raw.job == "bench-slide" and not given(ctx, "level"))
     job = "bench-slide" if slide else "bench"
     _refuse_strays(ctx, job, ("bench", "bench-slide"), BENCH_COMMAND)
-    g = gather(ctx, job, ctx.params, raw=raw, sets=sets, convert={"noise": lambda v: _bench_floats(v, "--noise")})
+    g = gather(
+        ctx,
+        job,
+        ctx.params,
+        raw=raw,
+        sets=sets,
+        convert={"noise": lambda v: _bench_floats(v, "--noise"), **({} if slide else {"features": list_or_none, "heads": list_or_none})},
+    )
     g.merge("head_params", parse_head_params(param, "--param"))
     if slide:
         _bench_slides(g, out, overwrite, top)
@@ -1241,7 +1249,7 @@ def lora_cmd(  # options only: the spec is built by mito.cli_spec.gather
     from mito.bench import run_finetune, sigterm_as_interrupt, task_summary_lines
     from mito.report import leaderboard_table
 
-    cfg = gather(ctx, "lora", ctx.params, raw=read_config(config, ("lora",)), sets=sets).validate()
+    cfg = gather(ctx, "lora", ctx.params, raw=read_config(config, ("lora",)), sets=sets, convert={"targets": list_or_none}).validate()
     with sigterm_as_interrupt():
         lb = run_finetune(cfg, note=lambda text: err_console.print(f"[yellow]{text}[/]", highlight=False))
     console.print(leaderboard_table(lb.rows))

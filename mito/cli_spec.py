@@ -130,9 +130,13 @@ def to_field(model: Any, name: str, value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, str) and _accepts_list(info.annotation):
-        items = split_list(value)
-        return items if items or info.default is not None else None
+        return split_list(value)
     return value
+
+
+def list_or_none(value: str) -> list[str] | None:
+    """A comma list where an empty one means the default (every feature set, every head, every layer)."""
+    return split_list(value) or None
 
 
 def parse_head_params(pairs: Iterable[str], option: str, head: str | None = None) -> dict[str, dict[str, Any]]:

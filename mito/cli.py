@@ -638,21 +638,8 @@ def fit_head_cmd(  # options only: the spec is built by mito.cli_spec.gather
         for line in mil_param_help(name) if level == "slide" else head_param_help(name):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         return
-    if level not in ("tile", "slide"):
-        raise UserError(f"--level must be tile or slide, got {level!r}")
-    raw = read_config(config, ("fit", "fit-slide"))
-    slide = level == "slide" or (raw is not None and raw.job == "fit-slide" and not given(ctx, "level"))
-    job = "fit-slide" if slide else "fit"
-    _refuse_strays(ctx, job, ("fit", "fit-slide"), FIT_COMMAND)
-    no_column = ("group", "none") if slide else ("none",)
-    g = gather(
-        ctx,
-        job,
-        ctx.params,
-        raw=raw,
-        sets=sets,
-        convert={c: (lambda v: None if str(v).lower() in no_column else v) for c in ("split_column", "group_column")},
-    )
+    slide, g = _level_spec(ctx, ("fit", "fit-slide"), FIT_COMMAND, _no_column)
+    job = g.job
     if slide and not given(ctx, "head") and g.values.get("head") == "mlp":  # the tile-level default
         g.values["head"] = "abmil"
     g.merge("head_params", {**head_flag_params(ctx, job, ctx.params), **_one_head(param, g.values.get("head"))})
@@ -667,6 +654,25 @@ def fit_head_cmd(  # options only: the spec is built by mito.cli_spec.gather
 
 
 FIT_COMMAND = ("level", "param")  # fit-head's parameters that are no spec field
+
+
+def _level_spec(ctx: Any, jobs: tuple[str, str], command: tuple[str, ...], convert: Callable[[bool], dict[str, Any]]) -> tuple[bool, Any]:
+    """fit-head and bench: the job of --level (or of the --config file's job: tile, or slide), the options the other
+    level takes refused, the values gathered (``convert(slide)``: the command's own conversions)."""
+    level = ctx.params["level"]
+    if level not in ("tile", "slide"):
+        raise UserError(f"--level must be tile or slide, got {level!r}")
+    raw = read_config(ctx.params["config"], jobs)
+    slide = level == "slide" or (raw is not None and raw.job == jobs[1] and not given(ctx, "level"))
+    job = jobs[1] if slide else jobs[0]
+    _refuse_strays(ctx, job, jobs, command)
+    return slide, gather(ctx, job, ctx.params, raw=raw, sets=ctx.params["sets"], convert=convert(slide))
+
+
+def _no_column(slide: bool) -> dict[str, Any]:
+    """fit-head's split and group columns: 'none' is no column (at slide level 'group', the tile default, too)."""
+    words = ("group", "none") if slide else ("none",)
+    return {c: (lambda v: None if str(v).lower() in words else v) for c in ("split_column", "group_column")}
 
 
 def _one_head(pairs: list[str], head: Any) -> dict[str, Any]:
@@ -1030,19 +1036,14 @@ def bench_cmd(  # options only: the spec is built by mito.cli_spec.gather
     sets: list[str] = SET_OPTION,
 ) -> None:
     """Rank every feature set x head of a store on slide-grouped folds; write the leaderboard and report.html."""
-    if level not in ("tile", "slide"):
-        raise UserError(f"--level must be tile or slide, got {level!r}")
-    raw = read_config(config, ("bench", "bench-slide"))
-    slide = level == "slide" or (raw is not None and raw.job == "bench-slide" and not given(ctx, "level"))
-    job = "bench-slide" if slide else "bench"
-    _refuse_strays(ctx, job, ("bench", "bench-slide"), BENCH_COMMAND)
-    g = gather(
+    slide, g = _level_spec(
         ctx,
-        job,
-        ctx.params,
-        raw=raw,
-        sets=sets,
-        convert={"noise": lambda v: _bench_floats(v, "--noise"), **({} if slide else {"features": list_or_none, "heads": list_or_none})},
+        ("bench", "bench-slide"),
+        BENCH_COMMAND,
+        lambda slide: {
+            "noise": lambda v: _bench_floats(v, "--noise"),
+            **({} if slide else {"features": list_or_none, "heads": list_or_none}),
+        },
     )
     g.merge("head_params", parse_head_params(param, "--param"))
     if slide:

@@ -102,8 +102,9 @@ def main() -> None:
         )
         print(f"built {path} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
-    from mito.heads.bags import BagReader, bag_table, make_bags
+    from mito.heads.bags import BagReader, BagSet, bag_table, make_bags
     from mito.heads.mil import make_mil_head
+    from mito.heads.model import EpochCallback
     from mito.store import open_store
 
     with open_store(path) as store:
@@ -125,9 +126,8 @@ def main() -> None:
                 flush=True,
             )
 
-        head.on_epoch = on_epoch
         t0 = time.perf_counter()
-        head.fit(reader, bags, train, val)
+        head.fit(BagSet(reader, bags, train), eval_set=BagSet(reader, bags, val), callbacks=[EpochCallback(on_epoch)])
         total = time.perf_counter() - t0
     secs = np.diff([0.0] + [r["seconds"] for r in head.history_])
     print(

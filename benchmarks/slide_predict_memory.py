@@ -41,7 +41,7 @@ def build(store: Path, model: Path, big: int, big_tiles: int, small: int, small_
     """The store (huge bags spread among the small ones, tiles of a bag contiguous) and a 1-epoch abmil head."""
     import pandas as pd
 
-    from mito.heads.bags import BagReader, make_bags
+    from mito.heads.bags import BagReader, BagSet, make_bags
     from mito.heads.mil import make_mil_head
     from mito.store import create_store
 
@@ -64,7 +64,7 @@ def build(store: Path, model: Path, big: int, big_tiles: int, small: int, small_
         a, b = s.chunk_rows_range(c)
         s.write_chunk(KEY, c, (rng.standard_normal((b - a, dims), dtype=np.float32) + shift[a:b]).astype(np.float16))
     bags = make_bags(s.tiles, "label")
-    head = make_mil_head("abmil", epochs=1, batch_bags=16, max_tiles=512).fit(BagReader(s, [KEY]), bags, np.arange(len(bags)))
+    head = make_mil_head("abmil", epochs=1, batch_bags=16, max_tiles=512).fit(BagSet(BagReader(s, [KEY]), bags))
     head.save(model)
     s.close()
 

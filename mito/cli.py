@@ -536,7 +536,9 @@ def _print_metrics(m: dict[str, Any]) -> None:
 @friendly
 def fit_head_cmd(  # options only: the spec is built by mito.cli_spec.gather
     ctx: typer.Context,
-    store: Optional[str] = typer.Option(None, "--store", "-s", help="Embedding store made by mito extract (required here or in --config)."),
+    store: Optional[str] = typer.Option(
+        None, "--store", "-s", help="Embedding store made by mito extract (required: here, in the spec file, or from a bench row)."
+    ),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Model directory to write (config.json, weights, metrics.json, split.csv.gz: the tiles it was fitted on)."
     ),
@@ -626,10 +628,16 @@ def fit_head_cmd(  # options only: the spec is built by mito.cli_spec.gather
     tile_dropout: Optional[float] = typer.Option(
         None, help="--level slide: share of a bag's tiles dropped at random per epoch (default 0)."
     ),
+    from_bench: Optional[Path] = typer.Option(
+        None, "--from-bench", help="A bench folder: train its row --row's recipe (rows/ROW.yaml) on all the bench's training rows."
+    ),
+    row: Optional[str] = typer.Option(None, "--row", help="--from-bench: the leaderboard's row_id to train."),
     config: Optional[Path] = CONFIG_OPTION,
     sets: list[str] = SET_OPTION,
 ) -> None:
     """Train a head on stored embeddings in seconds; write the model directory and print its metrics."""
+    if _fit_from_bench(ctx, from_bench, row, out, overwrite, as_json):  # --from-bench DIR --row ID: that row's recipe
+        return
     if param == ["help"]:  # the head's declared options (mito.heads.params), then stop
         from mito.heads.base import head_param_help
         from mito.heads.mil import mil_param_help
@@ -647,6 +655,8 @@ def fit_head_cmd(  # options only: the spec is built by mito.cli_spec.gather
         raise UserError(
             "--level slide needs --task (the tile-table column giving the bag label, or with --bag-label any:VALUE the tile label)"
         )
+    if g.values.get("store") is None:
+        raise UserError("fit-head needs --store (or store: in --config, or --from-bench BENCH_DIR --row ROW_ID)")
     cfg = g.validate()
     if cfg.out is None:
         raise UserError("fit-head needs --out (the model directory to write), or out: in the --config file")
@@ -728,6 +738,34 @@ def _fit_tile_head(cfg: Any, as_json: bool) -> None:
             highlight=False,
         )
     console.print(f"model: {cfg.out}")
+
+
+def _fit_from_bench(
+    ctx: typer.Context, bench: Optional[Path], row: Optional[str], out: Optional[Path], overwrite: bool, as_json: bool
+) -> bool:
+    """`mito fit-head --from-bench DIR --row ID --out MODEL`: train a bench row's recipe and say which rows it trained
+    on (True); without those options, False (the spec of the options and --config is trained)."""
+    from mito.bench.recipes import fit_from_bench
+
+    if bench is None and row is None:
+        return False
+    if bench is None or row is None or out is None:
+        raise UserError("--from-bench and --row go together: mito fit-head --from-bench BENCH_DIR --row ROW_ID --out MODEL_DIR")
+    own = ("from_bench", "row", "out", "overwrite", "as_json")
+    given = [
+        p.opts[0] for p in ctx.command.params if p.name not in own and str(ctx.get_parameter_source(p.name or "")).endswith("COMMANDLINE")
+    ]
+    if given:
+        raise UserError(f"{given[0]} does not apply to --from-bench: the row's recipe sets it (edit {bench}/rows/{row}.yaml to change it)")
+    m = fit_from_bench(bench, row, out, overwrite, progress=not as_json)
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return True
+    console.print(f"bench row {row} of {bench}: {', '.join(m['features'])}", highlight=False, markup=False)
+    console.print(f"trained on {m['from_bench']['trained_on']}", highlight=False, markup=False)
+    _print_metrics(m)
+    console.print(f"model: {out}")
+    return True
 
 
 def _fit_slide_head(cfg: Any, as_json: bool) -> None:
@@ -1405,6 +1443,26 @@ def import_cmd(
         + (f"; labels: {', '.join(r.label_columns)}" if r.label_columns else ""),
         highlight=False,
     )
+
+
+@app.command("rerun")
+@friendly
+def rerun_cmd(
+    folder: Path = typer.Argument(..., help="An output mito wrote: a model, bench, LoRA or export folder (its run.yaml), or a store."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to make it again (a new folder or store)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out that mito wrote (never a store)."),
+) -> None:
+    """Make an output again from the spec it recorded (same store, settings and seed: the same numbers)."""
+    from mito.app.rerun import rerun
+
+    r = rerun(folder, out, overwrite)
+    console.print(f"re-ran {r.job} of {folder} ({len(r.results)} run{'s' * (len(r.results) != 1)}) into {out}", highlight=False)
+    if r.job == "fit-head":
+        _print_metrics(r.results[0])
+    elif r.job in ("bench", "bench-slide", "lora"):
+        from mito.report import leaderboard_table
+
+        console.print(leaderboard_table(r.results[0].rows, top=10))
 
 
 def _heatmaps(df: Any, store: Optional[str], folder: Path, overwrite: bool, model: Path) -> None:

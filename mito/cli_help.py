@@ -41,6 +41,7 @@ PANELS: dict[str, dict[str, Sequence[str]]] = {
         "Head": ("head", "hidden", "dropout", "loss", "gamma", "balance", "param", "ensemble", "calibrate"),
         "Training": ("noise", "noise_mode", "epochs", "patience", "lr", "batch_size", "precision", "threads"),
         "Slide level": ("level", "bag_column", "bag_label", "max_tiles", "tile_dropout"),
+        "From a bench": ("from_bench", "row"),
         "Output": ("out", "overwrite", "as_json"),
     },
     "bench": {

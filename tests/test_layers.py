@@ -42,7 +42,7 @@ print("import", "torch" in sys.modules)
 rng = np.random.default_rng(0)
 X, y = rng.normal(size=(60, 8)).astype(np.float32), np.repeat(["a", "b"], 30)
 for name in ("knn", "logreg", "lightgbm"):
-    p = make_head(name, seed=0).fit(X[:40], y[:40], X[40:], y[40:]).predict_proba(X[40:])
+    p = make_head(name, seed=0).fit(X[:40], y[:40], eval_set=(X[40:], y[40:])).predict_proba(X[40:])
     assert p.shape == (20, 2), p.shape
 print("fit", "torch" in sys.modules)
 make_head("mlp")

@@ -68,7 +68,7 @@ def test_a_validation_label_no_training_row_has_names_the_fix_and_bench_folds_av
 
     X = np.random.default_rng(0).standard_normal((20, 4))
     with pytest.raises(HeadError, match=r"the validation rows hold label '1.0', which no training row has .*fewer folds"):
-        make_head("logreg").fit(X[:16], np.array(["0.0", "2.0"] * 8), X[16:], np.array(["1.0"] * 4))
+        make_head("logreg").fit(X[:16], np.array(["0.0", "2.0"] * 8), eval_set=(X[16:], np.array(["1.0"] * 4)))
     # the bench accepted 2 folds (class 1.0 on 2 slides), then carved a fold's only 1.0 slide out for early stopping
     groups = np.repeat([f"g{i}" for i in range(8)], 10)
     y = np.where(np.isin(groups, ["g0", "g1"]), 1.0, 0.0)

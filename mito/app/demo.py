@@ -74,7 +74,6 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     store = out / "sample.zarr"
     keys = demo_features()
-    shown = " + ".join(k.split(":", 1)[1] for k in keys)
     say(Heading(f"1. extract: AMi-Br crops -> {DEMO_BACKBONE}, zooms {' and '.join(f'{z:g}' for z in DEMO_ZOOMS)}"))
     summary = extract(
         ExtractConfig(
@@ -92,7 +91,15 @@ def run_demo(
     if show_store is not None:
         show_store(info)
     result: dict[str, Any] = {"extract": summary, "store": str(store)}
+    result["fit_head"] = metrics = _demo_fit(store, out, keys, say)
+    result["report"] = str(_demo_bench(store, out, keys, metrics, say))
+    result["umap_features"] = keys
+    return result
 
+
+def _demo_fit(store: Path, out: Path, keys: list[str], say: Say) -> dict[str, Any]:
+    """Step 2 of the demo: fit-head's mlp on the demo's features; its metrics."""
+    shown = " + ".join(k.split(":", 1)[1] for k in keys)
     say(Heading(f"2. fit-head: mlp on {shown}"))
     say(f"one feature set for every step ({shown}, concatenated); trained on the published train split, scored on its test split")
     cfg = make_fit_config(
@@ -110,8 +117,12 @@ def run_demo(
         + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("balanced_accuracy", "auroc", "kappa", "weighted_f1"))
         + f"; trained in {metrics['train_seconds']:.2f} s -> {out / 'model'}"
     )
-    result["fit_head"] = metrics
+    return metrics
 
+
+def _demo_bench(store: Path, out: Path, keys: list[str], metrics: dict[str, Any], say: Say) -> Path:
+    """Step 3 of the demo: a small bench of the same features, set against fit-head's mlp; the report's path."""
+    shown = " + ".join(k.split(":", 1)[1] for k in keys)
     say(Heading("3. bench: a small leaderboard, a UMAP and the HTML report"))
     say(f"logreg, knn and mlp on the same features ({shown}), 3 models each; the UMAP draws them too")
     report = quick_bench(store, out / "report", task="mitosis", features=keys)
@@ -125,9 +136,7 @@ def run_demo(
         "validation carve-outs), which the bench's spread (±) measures."
     )
     say(f"report: {report}")
-    result["report"] = str(report)
-    result["umap_features"] = keys
-    return result
+    return report
 
 
 # ---------------------------------------------------------------- mito demo --slides
@@ -212,13 +221,46 @@ def run_slide_demo(
         f"slide manifest (path, diagnosis): {built['manifest']}"
     )
     store, qc, model, preds, pics = out / "slides.zarr", out / "qc", out / "slide_model", out / "slides_pred.csv", out / "attention"
+    summary = _slides_extract(built, store, device, say)
+    _step(
+        say,
+        "2. slides qc",
+        "per slide: its thumbnail, the tissue outline and the kept tiles",
+        f"mito slides qc {store} --out {qc} --overwrite",
+    )
+    res = qc_store(str(store), qc, "auto", overwrite=True)
+    say(f"{len(res['written'])} QC pictures in {qc}")
+    m = _slides_fit(store, model, seed, say)
+    _slides_predict(store, model, preds, pics, say)
+    say(
+        f"[yellow]a toy:[/] {m['n_train']} slides of {w} x {h} px to learn from and {m['n_test']} to test on are far too few "
+        "to measure anything, and Atypical mitoses differ from Normal ones subtly (hard even crop by crop for this small "
+        "ImageNet backbone), so slide scores near chance are expected here: the numbers above say the pipeline runs end "
+        "to end, not how well a slide head works. Real slides go through the same commands."
+    )
+    return {
+        "built": built,
+        "extract": summary,
+        "qc": res,
+        "fit_head": m,
+        "predictions": str(preds),
+        "pictures": str(pics),
+        "store": str(store),
+        "model": str(model),
+    }
 
-    def step(title: str, what: str, command: str) -> None:
-        say(Heading(title))
-        say(what)
-        say(Command(f"(the same as: {command})"))
 
-    step(
+def _step(say: Say, title: str, what: str, command: str) -> None:
+    """A demo step's title, what it does and the mito command it equals."""
+    say(Heading(title))
+    say(what)
+    say(Command(f"(the same as: {command})"))
+
+
+def _slides_extract(built: dict[str, Any], store: Path, device: str, say: Say) -> dict[str, Any]:
+    """Step 1 of the slide demo: extract the toy slides with their annotations; the extract summary."""
+    _step(
+        say,
         "1. extract",
         "one tile per crop over tissue; tile labels from the GeoJSON, the slide's diagnosis from the manifest",
         f"mito extract {built['manifest']} --mpp {SLIDE_MPP} --tile-px {CROP_PX} --min-tissue {MIN_TISSUE:g} --zooms 1 --colors rgb "
@@ -239,15 +281,14 @@ def run_slide_demo(
         )
     )
     b = summary["backbones"][DEMO_BACKBONE]
-    say(f"{summary['n_tiles']} tiles from {n_slides} slides in {store} ({b['rows']} embedded now)")
+    say(f"{summary['n_tiles']} tiles from {built['n_slides']} slides in {store} ({b['rows']} embedded now)")
+    return summary
 
-    step(
-        "2. slides qc", "per slide: its thumbnail, the tissue outline and the kept tiles", f"mito slides qc {store} --out {qc} --overwrite"
-    )
-    res = qc_store(str(store), qc, "auto", overwrite=True)
-    say(f"{len(res['written'])} QC pictures in {qc}")
 
-    step(
+def _slides_fit(store: Path, model: Path, seed: int, say: Say) -> dict[str, Any]:
+    """Step 3 of the slide demo: an attention-MIL head on one bag per slide; its metrics."""
+    _step(
+        say,
         "3. fit-head --level slide",
         "an attention-MIL head (abmil) on bags of tiles: one bag per slide, its label the diagnosis",
         f"mito fit-head --store {store} --level slide --task diagnosis --out {model} --overwrite",
@@ -258,8 +299,13 @@ def run_slide_demo(
         f"{m['balanced_accuracy']:.3f}, AUROC {m['auroc']:.3f}; confusion matrix (rows = true {', '.join(m['classes'])}): "
         f"{m['confusion_matrix']} -> {model}"
     )
+    return m
 
-    step(
+
+def _slides_predict(store: Path, model: Path, preds: Path, pics: Path, say: Say) -> None:
+    """Step 4 of the slide demo: a prediction per slide and attention pictures."""
+    _step(
+        say,
         "4. predict --heatmaps",
         "a prediction per slide, each tile's attention weight, and a picture of it per slide",
         f"mito predict --model {model} --store {store} --out {preds} --heatmaps {pics} --overwrite",
@@ -269,22 +315,6 @@ def run_slide_demo(
     said = agreement_text(agreement(slides), unit="bags")
     if said:
         say(said)
-    say(
-        f"[yellow]a toy:[/] {m['n_train']} slides of {w} x {h} px to learn from and {m['n_test']} to test on are far too few "
-        "to measure anything, and Atypical mitoses differ from Normal ones subtly (hard even crop by crop for this small "
-        "ImageNet backbone), so slide scores near chance are expected here: the numbers above say the pipeline runs end "
-        "to end, not how well a slide head works. Real slides go through the same commands."
-    )
-    return {
-        "built": built,
-        "extract": summary,
-        "qc": res,
-        "fit_head": m,
-        "predictions": str(preds),
-        "pictures": str(pics),
-        "store": str(store),
-        "model": str(model),
-    }
 
 
 def quick_bench(

@@ -74,35 +74,42 @@ _vit(
     in_chans=3,
 )
 
-register(
-    BackboneSpec(
-        name="phikon",
-        arch="transformers:ViTModel",
-        embed_dim=768,
-        pooling="cls",
-        family="vit",
-        loader="transformers",
-        kwargs={"config": "ViTConfig", "model": "ViTModel", "config_kwargs": {"image_size": 224, "patch_size": 16}},
-        weights=WeightsSource(files=("model.safetensors", "pytorch_model.bin"), hf_id="owkin/phikon"),
-        license="Owkin non-commercial",
-        params="85.8M",
+
+def _phikon(name: str, arch: str, dim: int, kwargs: dict[str, Any], files: tuple[str, ...], params: str) -> None:
+    """Owkin's Phikon models: transformers weights (ViT or DINOv2), the CLS token."""
+    register(
+        BackboneSpec(
+            name=name,
+            arch=f"transformers:{arch}",
+            embed_dim=dim,
+            pooling="cls",
+            family="vit",
+            loader="transformers",
+            kwargs=kwargs,
+            weights=WeightsSource(files=files, hf_id=f"owkin/{name}"),
+            license="Owkin non-commercial",
+            params=params,
+        )
     )
+
+
+_phikon(
+    "phikon",
+    "ViTModel",
+    768,
+    {"config": "ViTConfig", "model": "ViTModel", "config_kwargs": {"image_size": 224, "patch_size": 16}},
+    ("model.safetensors", "pytorch_model.bin"),
+    "85.8M",
 )
-register(
-    BackboneSpec(
-        name="phikon-v2",
-        arch="transformers:Dinov2Model",
-        embed_dim=1024,
-        pooling="cls",
-        family="vit",
-        loader="transformers",
-        kwargs={
-            "config": "Dinov2Config",
-            "model": "Dinov2Model",
-            "config_kwargs": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14, "image_size": 224},
-        },
-        weights=WeightsSource(files=("model.safetensors",), hf_id="owkin/phikon-v2"),
-        license="Owkin non-commercial",
-        params="303.4M",
-    )
+_phikon(
+    "phikon-v2",
+    "Dinov2Model",
+    1024,
+    {
+        "config": "Dinov2Config",
+        "model": "Dinov2Model",
+        "config_kwargs": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14, "image_size": 224},
+    },
+    ("model.safetensors",),
+    "303.4M",
 )

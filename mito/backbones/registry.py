@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from mito.backbones.errors import BackboneError
+from mito.core.io import file_sha256 as sha256_of
 
 IMNET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HOPT = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
@@ -200,11 +200,7 @@ def file_sha256(path: Path, _cache: dict[tuple[str, float, int], str] = {}) -> s
     st = path.stat()
     key = (str(path), st.st_mtime, st.st_size)
     if key not in _cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _cache[key] = h.hexdigest()
+        _cache[key] = sha256_of(path)
     return _cache[key]
 
 

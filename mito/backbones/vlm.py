@@ -358,38 +358,29 @@ register(
         note=f"zero-shot also needs {CONCH_TOKENIZER} beside the weights ({CONCH_TOKENIZER_SRC})",
     )
 )
+
+
+# what PLIP and QuiltNet-B-32 share: an open_clip ViT-B/32 (QuickGELU) with OpenAI CLIP's normalisation (an
+# open_clip_config.json beside the weights wins over the config named in kwargs)
+_OPEN_CLIP_B32: dict[str, Any] = dict(embed_dim=512, mean=OPENAI_CLIP[0], std=OPENAI_CLIP[1], pooling="cls+proj", family="vit")
+_OPEN_CLIP_B32.update(loader="open_clip", license="unconfirmed (see the model card)", params="151M")
 register(
     BackboneSpec(
         name="plip",
         arch="open_clip ViT-B-32-quickgelu (transformers CLIPModel weights, renamed)",
-        embed_dim=512,
-        mean=OPENAI_CLIP[0],
-        std=OPENAI_CLIP[1],
-        pooling="cls+proj",
-        family="vit",
-        loader="open_clip",
         kwargs={"config": "ViT-B-32-quickgelu"},
         weights=WeightsSource(files=("pytorch_model.bin", "model.safetensors"), hf_id="vinid/plip"),
-        license="unconfirmed (see the model card)",
-        params="151M",
+        **_OPEN_CLIP_B32,
     )
 )
-register(
+register(  # fine-tuned from OpenAI CLIP ViT-B/32 (QuickGELU)
     BackboneSpec(
         name="quiltnet-b-32",
         arch="open_clip ViT-B-32-quickgelu",
-        embed_dim=512,
-        mean=OPENAI_CLIP[0],
-        std=OPENAI_CLIP[1],
-        pooling="cls+proj",
-        family="vit",
-        loader="open_clip",
-        # fine-tuned from OpenAI CLIP ViT-B/32 (QuickGELU); an open_clip_config.json beside the weights wins
         kwargs={"config": "ViT-B-32-quickgelu"},
         weights=WeightsSource(
             files=("open_clip_pytorch_model.bin", "open_clip_model.safetensors"), hf_id="wisdomik/QuiltNet-B-32", gated=True
         ),
-        license="unconfirmed (see the model card)",
-        params="151M",
+        **_OPEN_CLIP_B32,
     )
 )

@@ -13,10 +13,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -39,7 +39,9 @@ from mito.core.tasks import resolve_task
 from mito.core.version import __version__
 from mito.datasets import PROXY_TASKS
 from mito.extract import Preprocess, open_source, pick_device, preprocess
-from mito.heads import Checkpointer, CheckpointError, EarlyStopping, TimeBudget, train_loop
+from mito.heads import Checkpointer, CheckpointError, EarlyStopping, LoopResult, TimeBudget, fit_and_score, train_loop
+from mito.heads.engine import Prepared, keep_order
+from mito.heads.model import register
 
 FTMode = Literal["lora", "linear-probe", "full"]
 FT_MODES: tuple[str, ...] = get_args(FTMode)
@@ -314,6 +316,64 @@ def _read_result(fold_dir: Path, cfg: FinetuneConfig) -> dict[str, Any] | None:
     return res
 
 
+@dataclass(frozen=True)
+class ImageSet:
+    """Images through a backbone as a fine-tuned model's X (mito.heads.model.Model, mito.heads.engine): tiles of a
+    source (``rows``; None: every tile), their class indices ``targets`` (one per source tile) and the preprocessing."""
+
+    source: Any
+    targets: np.ndarray
+    prep: Any
+    rows: np.ndarray | None = None
+    augment: bool = False
+
+    @property
+    def index(self) -> np.ndarray:
+        """The chosen tiles."""
+        return np.arange(len(self.targets)) if self.rows is None else np.asarray(self.rows, dtype=np.int64)
+
+    def crops(self, augment: bool | None = None) -> Crops:
+        """The chosen tiles as a torch Dataset (augmented when training)."""
+        idx = self.index
+        return Crops(self.source, idx, self.targets[idx], self.prep, self.augment if augment is None else augment)
+
+    def take(self, rows: np.ndarray, augment: bool = False) -> ImageSet:
+        """Other tiles of the same source."""
+        return ImageSet(self.source, self.targets, self.prep, np.asarray(rows, dtype=np.int64), augment)
+
+    def prepare(self, model: Any, parts: Mapping[str, np.ndarray]) -> Prepared:
+        """The engine's inputs: the training tiles augmented (as the run asks), val and test tiles as they are; only the
+        test tiles are scored after training (validation already scored every epoch, and a pass costs minutes)."""
+        score = {"test": (self.take(parts["test"]), self.targets[parts["test"]], keep_order)} if len(parts["test"]) else {}
+        eval_set = self.take(parts["val"]) if len(parts["val"]) else None
+        return Prepared(self.take(parts["train"], self.augment), None, eval_set, None, score)
+
+
+class FoldBar:
+    """A fit callback moving a fold's progress bar step by step (its total follows the time cap when that binds)."""
+
+    def __init__(self, progress: Any, label: str) -> None:
+        self.progress, self.task, self.t0, self.steps = progress, add_task(progress, label, None), 0.0, 0
+
+    def on_step(self, done: int, total: int) -> None:
+        """A training step ended: ``done`` steps of at most ``total``."""
+        if self.steps == 0:
+            self.t0 = time.perf_counter()
+        self.steps += 1
+        self.progress.update(self.task, completed=done, total=total)
+        advance(self.progress, self.task, 0, self.t0, self.steps)
+
+    def on_epoch(self, metrics: dict[str, float], max_epochs: int) -> None:
+        """Nothing more per epoch (the steps moved the bar)."""
+
+
+def _val_rows(cfg: FinetuneConfig, fold: Fold) -> np.ndarray:
+    """The fold's validation tiles, at most ``cfg.val_samples`` of them (a seeded sample)."""
+    if cfg.val_samples and len(fold.val) > cfg.val_samples:
+        return np.sort(np.random.default_rng(cfg.seed + fold.index).choice(fold.val, cfg.val_samples, replace=False))
+    return fold.val
+
+
 def _run_fold(
     cfg: FinetuneConfig,
     source: Any,
@@ -328,95 +388,25 @@ def _run_fold(
     cap_minutes: float | None = None,
     positive: int = 1,
 ) -> dict[str, Any]:
-    """Train (resuming from a checkpoint), early-stop on the fold's val set, score its test set, save the model."""
+    """Train (resuming from a checkpoint), early-stop on the fold's val set, score its test set, save the model: the
+    engine (mito.heads.engine.fit_and_score) on the fold's images."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     done = _read_result(fold_dir, cfg)
     if done is not None:
         return done
-    amp = device.type == "cuda"
-    workers = cfg.num_workers if cfg.num_workers is not None else (min(8, os.cpu_count() or 1) if amp else 0)
-    net, info = build_net(cfg, len(classes), device)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed + 1000 * fold.index)
-    counts = np.bincount(yi[fold.train], minlength=len(classes)).astype(np.float64)
-    weights = 1.0 / np.maximum(counts[yi[fold.train]], 1.0)
-    n_epoch = cfg.epoch_samples or len(fold.train)
-    # a list, as torch's stub types it (the sampler makes the same float64 tensor of it)
-    sampler = torch.utils.data.WeightedRandomSampler(weights.tolist(), n_epoch, replacement=True, generator=gen)
-    train_dl = _loader(Crops(source, fold.train, yi[fold.train], prep, cfg.augment), cfg.batch_size, workers, sampler)
-    val_rows = fold.val
-    if cfg.val_samples and len(val_rows) > cfg.val_samples:
-        val_rows = np.sort(np.random.default_rng(cfg.seed + fold.index).choice(val_rows, cfg.val_samples, replace=False))
-    val_dl = _loader(Crops(source, val_rows, yi[val_rows], prep, False), cfg.batch_size * 2, workers)
-
-    ckpt = Checkpointer(
-        fold_dir / "checkpoint.pt",
-        _config_hash(cfg),
-        get_model=lambda: trainable_state(net, cfg.mode),
-        set_model=lambda st: net.load_state_dict(st, strict=False),
-        optimizer=opt,
-        generators={"sampler": gen},
-    )
-    budget = TimeBudget(cap_minutes * 60 if cap_minutes else math.inf)
-    per_epoch = len(train_dl)
+    model = FinetunedModel.create(cfg, classes, device, fold.index, fold_dir / "checkpoint.pt", cap_minutes, main, positive)
+    split = {"train": fold.train, "val": _val_rows(cfg, fold), "test": fold.test}
     label = f"fold {fold.index}" + (f" (cap {cap_minutes:g} min)" if cap_minutes else "")
-    bar = add_task(progress, label, cfg.max_epochs * per_epoch)
-    run: dict[str, Any] = {"steps": 0, "steps_in_epoch": 0, "t0": time.perf_counter(), "spent0": 0.0, "started": False}
-
-    def tick(epoch: int) -> None:
-        """Advance the bar one step; under a time cap the total is what the cap still allows, so the ETA follows the binding budget."""
-        run["steps"] += 1
-        done_steps = (epoch - 1) * per_epoch + (run["steps_in_epoch"])
-        per_step = (budget.elapsed() - run["spent0"]) / run["steps"]
-        total = bar_total(done_steps, cfg.max_epochs * per_epoch, per_step, budget.remaining())
-        progress.update(bar, completed=done_steps, total=total)
-        advance(progress, bar, 0, run["t0"], run["steps"])
-
-    def run_epoch(epoch: int) -> dict[str, float]:
-        if not run["started"]:
-            run["started"], run["spent0"], run["t0"] = True, budget.spent, time.perf_counter()
-        set_train_mode(net, cfg.mode)
-        losses, seen = [], 0
-        run["steps_in_epoch"] = 0
-        for x, yb in train_dl:
-            losses.append(train_step(net, opt, x.to(device, non_blocking=True), yb.to(device), amp))
-            seen += len(yb)
-            run["steps_in_epoch"] += 1
-            tick(epoch)
-            if budget.exhausted():
-                break
-        return {"train_loss": float(np.mean(losses)) if losses else math.nan, "steps": len(losses), "samples": seen}
-
-    def validate() -> tuple[float, float]:
-        pv = predict_batches(net, val_dl, device, amp)
-        yv = yi[val_rows]
-        loss = float(-np.mean(np.log(np.clip(pv[np.arange(len(yv)), yv], 1e-12, None))))
-        return metric_score(main, yv, pv, positive), loss
-
     try:
-        result = train_loop(
-            run_epoch,
-            cfg.max_epochs,
-            validate=validate if len(val_rows) else None,
-            stopping=EarlyStopping(cfg.patience),
-            snapshot=lambda: trainable_state(net, cfg.mode),
-            metric=main,
-            budget=budget,
-            checkpoint=ckpt,
-        )
+        fitted = fit_and_score(model, ImageSet(source, yi, prep, augment=cfg.augment), split, callbacks=[FoldBar(progress, label)])
     except CheckpointError as e:
         raise BenchError(str(e)) from None
-    if result.best_state is not None:
-        net.load_state_dict(result.best_state, strict=False)
-    t1 = time.perf_counter()
-    test_dl = _loader(Crops(source, fold.test, yi[fold.test], prep, False), cfg.batch_size * 2, workers)
-    proba = predict_batches(net, test_dl, device, amp)
-    predict_seconds = time.perf_counter() - t1
+    result, info = model.result_, model.info
+    assert result is not None
     res = {
         "fold": fold.index,
         "train_seconds": result.seconds,
-        "predict_seconds": predict_seconds,
+        "predict_seconds": fitted.predict_seconds,
         "epochs": result.epochs_run,
         "best_epoch": result.best_epoch,
         "steps": int(sum(h.get("steps", 0) for h in result.history)),
@@ -429,18 +419,12 @@ def _run_fold(
         | ({"lora_targets": len(info["lora"]["targets"])} if info.get("lora") else {}),
         "device": str(device),
     }
-    _save_model(
-        fold_dir / "model",
-        net,
-        cfg,
-        info,
-        classes,
-        prep,
-        {"fold": fold.index, "trained": {k: res[k] for k in ("epochs", "steps", "stopped", "train_seconds")}},
-    )
+    model.config["trained"] = {k: res[k] for k in ("epochs", "steps", "stopped", "train_seconds")}
+    model.save(fold_dir / "model")
+    proba = fitted.scored["test"][1]
     write_npz(fold_dir / "result.npz", {"proba": proba}, compressed=False)
     atomic_write(fold_dir / "result.json", lambda p: Path(p).write_text(json.dumps(res, indent=1, default=float)), ".json")
-    ckpt.path.unlink(missing_ok=True)
+    (fold_dir / "checkpoint.pt").unlink(missing_ok=True)
     res["proba"] = proba
     return res
 
@@ -510,78 +494,229 @@ def run_finetune(cfg: FinetuneConfig, progress: bool = True, note: Callable[[str
                 if e.filename is not None and Path(str(e.filename)).is_relative_to(out):
                     raise
                 raise BenchError(f"cannot read a tile: {str(e).splitlines()[0]}") from None
+    base = _base_row(cfg, results, len(plan.folds), folds, size, out, cap, cpu_default)
+    row, arrays = score_row(base, spec_task, plan, y, classes, results, folds, cfg.n_boot, cfg.seed)
+    meta = {
+        "source": str(cfg.out),
+        "tasks": {
+            cfg.task: {
+                "description": spec_task.description,
+                "main_metric": spec_task.main_metric,
+                "classes": classes,
+                **positive_meta(spec_task),
+                "cv": plan.mode,
+                "cv_description": plan.description,
+                "n_folds": len(plan.folds),
+                "fold_fingerprint": plan.fingerprint,
+            }
+        },
+        "finetune": {**cfg.model_dump(), "config_hash": _config_hash(cfg)},
+    }
+    lb = Leaderboard(rank_rows(pd.DataFrame([row])), {base["row_id"]: arrays}, meta)
+    save_leaderboard(lb, out)
+    return lb
+
+
+def _base_row(
+    cfg: FinetuneConfig,
+    results: Sequence[dict[str, Any]],
+    n_folds: int,
+    folds: Sequence[Fold],
+    size: int,
+    out: Path,
+    cap: float | None,
+    cpu_default: bool,
+) -> dict[str, Any]:
+    """The leaderboard row's description of the run (score_row adds the scores): what was tuned, how, on what budget."""
     features = f"image:rgb@{size}px"
-    rid = row_id(cfg.task, cfg.backbone, features, head_name(cfg), 0.0, extra=_config_hash(cfg))
-    base = {
+    lora = cfg.mode == "lora"
+    params = {
+        **results[0]["params"],
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "batch_size": cfg.batch_size,
+        **{k: getattr(cfg, k) if lora else None for k in ("rank", "alpha", "dropout")},
+        "device": results[0]["device"],
+    }
+    return {
         "task": cfg.task,
         "backbone": cfg.backbone,
         "features": features,
         "head": head_name(cfg),
         "noise": 0.0,
         "kind": cfg.mode,
-        "budget": _budget(cfg, results, len(plan.folds), size, int(np.mean([len(f.train) for f in folds])), cap, cpu_default),
-        "params": json.dumps(
-            {
-                **results[0]["params"],
-                "lr": cfg.lr,
-                "weight_decay": cfg.weight_decay,
-                "batch_size": cfg.batch_size,
-                "rank": cfg.rank if cfg.mode == "lora" else None,
-                "alpha": cfg.alpha if cfg.mode == "lora" else None,
-                "dropout": cfg.dropout if cfg.mode == "lora" else None,
-                "device": results[0]["device"],
-            },
-            sort_keys=True,
-        ),
-        "row_id": rid,
+        "budget": _budget(cfg, results, n_folds, size, int(np.mean([len(f.train) for f in folds])), cap, cpu_default),
+        "params": json.dumps(params, sort_keys=True),
+        "row_id": row_id(cfg.task, cfg.backbone, features, head_name(cfg), 0.0, extra=_config_hash(cfg)),
         "samples_seen": float(np.mean([r.get("samples_seen", 0) for r in results])),
         "models": [str(out / f"fold{f.index}" / "model") for f in folds],
     }
-    row, arrays = score_row(base, spec_task, plan, y, classes, results, folds, cfg.n_boot, cfg.seed)
-    lb = Leaderboard(
-        rank_rows(pd.DataFrame([row])),
-        {rid: arrays},
-        {
-            "source": str(cfg.out),
-            "tasks": {
-                cfg.task: {
-                    "description": spec_task.description,
-                    "main_metric": spec_task.main_metric,
-                    "classes": classes,
-                    **positive_meta(spec_task),
-                    "cv": plan.mode,
-                    "cv_description": plan.description,
-                    "n_folds": len(plan.folds),
-                    "fold_fingerprint": plan.fingerprint,
-                }
-            },
-            "finetune": {**cfg.model_dump(), "config_hash": _config_hash(cfg)},
-        },
-    )
-    save_leaderboard(lb, out)
-    return lb
 
 
 # ------------------------------------------------------------------ using a fine-tuned model
+@register("image", "finetuned")
 @dataclass
 class FinetunedModel:
-    """A loaded fine-tuned model: ``predict_proba`` on uint8 HxWx3 images, columns follow ``classes_``."""
+    """A fine-tuned backbone plus classifier (the one model contract, level "image"): ``fit`` trains it on an ImageSet
+    (resumable through ``checkpoint``, stopped by ``cap_minutes``), ``predict_proba`` takes an ImageSet or uint8
+    HxWx3 images; columns follow ``classes_``."""
 
-    net: FinetuneNet
+    net: FinetuneNet | None
     classes_: list[str]
     prep: Any
     config: dict[str, Any]
     device: torch.device
+    cfg: FinetuneConfig | None = None  # how to train (None: a loaded model)
+    fold: int = 0
+    checkpoint: Path | None = None
+    cap_minutes: float | None = None
+    main: str = "balanced_accuracy"
+    positive: int = 1
+    info: dict[str, Any] = field(default_factory=dict)
+    result_: LoopResult | None = None
+    level: ClassVar[str] = "image"
 
-    def predict_proba(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities for a list of uint8 HxWx3 images."""
+    @property
+    def name(self) -> str:
+        """The leaderboard's head label: lora-r8, linear-probe or full-ft."""
+        return str(self.config.get("head") or (head_name(self.cfg) if self.cfg is not None else "finetuned"))
+
+    @classmethod
+    def create(
+        cls,
+        cfg: FinetuneConfig,
+        classes: list[str],
+        device: torch.device,
+        fold: int = 0,
+        checkpoint: Path | None = None,
+        cap_minutes: float | None = None,
+        main: str = "balanced_accuracy",
+        positive: int = 1,
+    ) -> FinetunedModel:
+        """An untrained model for ``cfg`` (its network is built when fit starts)."""
+        return cls(None, list(classes), None, {"fold": fold}, device, cfg, fold, checkpoint, cap_minutes, main, positive)
+
+    def get_params(self) -> dict[str, Any]:
+        """The run settings (FinetuneConfig) this model trains with."""
+        return self.cfg.model_dump() if self.cfg is not None else {}
+
+    def _workers(self) -> int:
+        amp = self.device.type == "cuda"
+        n = self.cfg.num_workers if self.cfg is not None else None
+        return n if n is not None else (min(8, os.cpu_count() or 1) if amp else 0)
+
+    def fit(
+        self, X: ImageSet, y: Any = None, *, eval_set: ImageSet | None = None, views: Any = None, callbacks: Sequence[Any] = ()
+    ) -> FinetunedModel:
+        """Train on the tiles of ``X`` (their targets are y), early-stopping on ``eval_set``; callbacks get on_epoch and,
+        when they have it, on_step(done, total)."""
+        if self.cfg is None:
+            raise BenchError("a loaded fine-tuned model is not trained again; run mito lora")
+        cfg, device = self.cfg, self.device
+        net, self.info = build_net(cfg, len(self.classes_), device)
+        self.net, self.prep = net, X.prep
+        opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(cfg.seed + 1000 * self.fold)
+        train_dl = self._train_loader(X, gen)
+        budget = TimeBudget(self.cap_minutes * 60 if self.cap_minutes else math.inf)
+        ckpt = None
+        if self.checkpoint is not None:
+            get, put = (lambda: trainable_state(net, cfg.mode)), (lambda st: net.load_state_dict(st, strict=False))
+            ckpt = Checkpointer(self.checkpoint, _config_hash(cfg), get, put, optimizer=opt, generators={"sampler": gen})
+        result = train_loop(
+            self._epoch_runner(net, opt, train_dl, budget, callbacks),
+            cfg.max_epochs,
+            validate=self._validator(net, eval_set) if eval_set is not None else None,
+            stopping=EarlyStopping(cfg.patience),
+            snapshot=lambda: trainable_state(net, cfg.mode),
+            metric=self.main,
+            budget=budget,
+            checkpoint=ckpt,
+            callbacks=callbacks,
+        )
+        if result.best_state is not None:
+            net.load_state_dict(result.best_state, strict=False)
+        self.result_ = result
+        return self
+
+    def _train_loader(self, X: ImageSet, gen: torch.Generator) -> torch.utils.data.DataLoader:
+        """Class-balanced sampling with replacement, ``epoch_samples`` tiles an epoch (default: as many as X has)."""
+        assert self.cfg is not None
+        y = X.targets[X.index]
+        counts = np.bincount(y, minlength=len(self.classes_)).astype(np.float64)
+        weights = 1.0 / np.maximum(counts[y], 1.0)
+        n_epoch = self.cfg.epoch_samples or len(y)
+        # a list, as torch's stub types it (the sampler makes the same float64 tensor of it)
+        sampler = torch.utils.data.WeightedRandomSampler(weights.tolist(), n_epoch, replacement=True, generator=gen)
+        return _loader(X.crops(), self.cfg.batch_size, self._workers(), sampler)
+
+    def _epoch_runner(
+        self, net: FinetuneNet, opt: torch.optim.Optimizer, train_dl: Any, budget: TimeBudget, callbacks: Sequence[Any]
+    ) -> Callable[[int], dict[str, float]]:
+        """One epoch of optimiser steps (stopping mid-epoch when the time cap is reached), telling on_step callbacks."""
+        assert self.cfg is not None
+        cfg, device, amp = self.cfg, self.device, self.device.type == "cuda"
+        per_epoch, stepped = len(train_dl), [cb for cb in callbacks if hasattr(cb, "on_step")]
+        run = {"steps": 0.0, "spent0": -1.0}  # steps taken in this process; budget spent before its first epoch
+
+        def run_epoch(epoch: int) -> dict[str, float]:
+            if run["spent0"] < 0:
+                run["spent0"] = budget.spent
+            set_train_mode(net, cfg.mode)
+            losses, seen = [], 0
+            for x, yb in train_dl:
+                losses.append(train_step(net, opt, x.to(device, non_blocking=True), yb.to(device), amp))
+                seen += len(yb)
+                run["steps"] += 1
+                done = (epoch - 1) * per_epoch + len(losses)
+                per_step = (budget.elapsed() - run["spent0"]) / run["steps"]
+                for cb in stepped:
+                    cb.on_step(done, bar_total(done, cfg.max_epochs * per_epoch, per_step, budget.remaining()))
+                if budget.exhausted():
+                    break
+            return {"train_loss": float(np.mean(losses)) if losses else math.nan, "steps": len(losses), "samples": seen}
+
+        return run_epoch
+
+    def _validator(self, net: FinetuneNet, val: ImageSet) -> Callable[[], tuple[float, float]]:
+        """The early-stopping score (the task's main metric) and loss on the validation tiles."""
+        assert self.cfg is not None
+        amp, yv = self.device.type == "cuda", val.targets[val.index]
+        val_dl = _loader(val.crops(False), self.cfg.batch_size * 2, self._workers())
+
+        def validate() -> tuple[float, float]:
+            pv = predict_batches(net, val_dl, self.device, amp)
+            loss = float(-np.mean(np.log(np.clip(pv[np.arange(len(yv)), yv], 1e-12, None))))
+            return metric_score(self.main, yv, pv, self.positive), loss
+
+        return validate
+
+    def predict_proba(self, X: ImageSet | Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities of the tiles of an ImageSet, or of a list of uint8 HxWx3 images."""
+        if self.net is None:
+            raise BenchError("this fine-tuned model is not trained yet; call fit first")
+        if isinstance(X, ImageSet):
+            assert self.cfg is not None
+            dl = _loader(X.crops(False), self.cfg.batch_size * 2, self._workers())
+            return predict_batches(self.net, dl, self.device, self.device.type == "cuda")
         out = []
         self.net.eval()
         with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                x = torch.stack([preprocess(im, self.prep) for im in images[i : i + batch_size]]).to(self.device)
+            for i in range(0, len(X), batch_size):
+                x = torch.stack([preprocess(im, self.prep) for im in X[i : i + batch_size]]).to(self.device)
                 out.append(torch.softmax(self.net(x).float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes_)))
+
+    def save(self, path: str | Path) -> None:
+        """config.json (kind finetuned, backbone, LoRA settings, preprocessing) + model.safetensors + the manifest."""
+        if self.net is None or self.cfg is None:
+            raise BenchError("only a model trained in this run is saved (a loaded one is already in its folder)")
+        _save_model(Path(path), self.net, self.cfg, self.info, self.classes_, self.prep, self.config)
+
+    @classmethod
+    def load(cls, path: str | Path) -> FinetunedModel:
+        """A fine-tuned model folder (load_finetuned)."""
+        return load_finetuned(path)
 
 
 def load_finetuned(model_dir: str | os.PathLike, weights: str | None = None, device: str = "cpu") -> FinetunedModel:

@@ -19,6 +19,7 @@ from mito.bench.cv import CVMode, CVPlan, Fold, make_folds, small_test_note
 from mito.bench.errors import BenchError
 from mito.bench.fewshot import fewshot_rows, parse_shots
 from mito.bench.proxy import bench_validity
+from mito.bench.recipes import write_bench_record
 from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, fit_one, row_id, run_parallel, score_row, split_key
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, cross_group_lines, shift_plans
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns, prediction_positive, row_delong_ci
@@ -529,6 +530,7 @@ def save_leaderboard(lb: Leaderboard, out: str | os.PathLike) -> Path:
     atomic_write(out / "leaderboard.json", lambda p: Path(p).write_text(json.dumps(doc, indent=1, default=json_default)), ".json")
     arrays = {f"{rid}.{k}": v for rid, a in lb.predictions.items() for k, v in a.items()}
     write_npz(out / "predictions.npz", arrays)
+    write_bench_record(out, rows, lb.meta)  # run.yaml and rows/<ROW_ID>.yaml: re-run it, train a row (mito.bench.recipes)
     write_manifest(out, "lora-run" if "finetune" in lb.meta else "bench", str(lb.meta.get("level", "tile")))
     return out
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from mito.bench.rows import describe_keys, row_id, score_row
 from mito.core.progress import add_task, progress_bar
 from mito.core.sections import FoldsSection, PositiveSection, StoreSection
 from mito.core.tasks import TaskSpec
-from mito.heads import BagReader, bag_table, default_features, left_out, make_bags, make_mil_head, mil_head_names
+from mito.heads import BagReader, BagSet, bag_table, default_features, fit_and_score, left_out, make_bags, make_mil_head, mil_head_names
 from mito.heads.slide import bag_positive
 from mito.store import open_store
 
@@ -74,11 +73,8 @@ def run_slide_bench(cfg: SlideBenchConfig, progress: bool = True) -> Leaderboard
                 results = []
                 for f in plan.folds:
                     head = make_mil_head(h, **{"seed": cfg.seed, **cfg.head_params.get(h, {})})
-                    t0 = time.perf_counter()
-                    head.fit(reader, bags, f.train, f.val)
-                    t1 = time.perf_counter()
-                    proba, _, _ = head.predict_proba(reader, bags, f.test)
-                    results.append({"proba": proba, "train_seconds": t1 - t0, "predict_seconds": time.perf_counter() - t1})
+                    r = fit_and_score(head, BagSet(reader, bags), {"train": f.train, "val": f.val, "test": f.test})
+                    results.append({"proba": r.scored["test"][1], "train_seconds": r.train_seconds, "predict_seconds": r.predict_seconds})
                     bar.update(task_id, advance=1, info=f"{h} fold {f.index + 1}")
                 params = head.params()
                 base = {

@@ -66,6 +66,15 @@ def json_default(o: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_json(path: str | os.PathLike, doc: Any, indent: int | None = 2) -> Path:
     """Write JSON atomically (numpy values allowed)."""
     return atomic_write_text(path, json.dumps(doc, indent=indent, default=json_default) + "\n")
@@ -128,28 +137,41 @@ def unique_stems(ids: Sequence[str], stem: Callable[[str], str] | None = None, t
         names = {i: safe_name(raw(i)) for i in todo}
         for i in todo:
             hash_base.setdefault(i, names[i])
-        groups: dict[str, list[str]] = {}
-        for i in todo:
-            groups.setdefault(names[i].casefold(), []).append(i)
-        later = []
-        for key, members in groups.items():
-            faithful = [i for i in members if names[i] == raw(i)]
-            if key not in used and (len(members) == 1 or len(faithful) == 1):
-                keep = members[0] if len(members) == 1 else faithful[0]
-                out[keep] = names[keep]
-                used.add(key)
-                members = [i for i in members if i != keep]
-            later += [i for i in members if i in faithful and k + 1 < len(tiers)]  # the rest are hashed below
-        todo = later
+        later = _name_tier(todo, names, raw, used, out)
+        todo = later if k + 1 < len(tiers) else []  # the rest are hashed below
     for i in ids:
-        k = 8
-        while i not in out:  # two ids whose SHA-1s share a prefix: practically never
-            n = f"{hash_base[i][: 79 - k]}-{hashlib.sha1(i.encode('utf-8', 'surrogateescape')).hexdigest()[:k]}"
-            if n.casefold() not in used:
-                out[i] = n
-                used.add(n.casefold())
-            k += 8
+        if i not in out:
+            out[i] = _hashed_stem(i, hash_base[i], used)
     return out
+
+
+def _name_tier(todo: list[str], names: dict[str, str], raw: Callable[[str], str], used: set[str], out: dict[str, str]) -> list[str]:
+    """Give each name that one id alone claims (or the one id whose name needed no change) to that id, in ``out``;
+    the other ids whose names needed no change, to try the next tier."""
+    groups: dict[str, list[str]] = {}
+    for i in todo:
+        groups.setdefault(names[i].casefold(), []).append(i)
+    later = []
+    for key, members in groups.items():
+        faithful = [i for i in members if names[i] == raw(i)]
+        if key not in used and (len(members) == 1 or len(faithful) == 1):
+            keep = members[0] if len(members) == 1 else faithful[0]
+            out[keep] = names[keep]
+            used.add(key)
+            members = [i for i in members if i != keep]
+        later += [i for i in members if i in faithful]
+    return later
+
+
+def _hashed_stem(i: str, base: str, used: set[str]) -> str:
+    """``base`` with ``-`` and hex digits of ``i``'s SHA-1 appended (more digits until the name is free); marked used."""
+    k = 8
+    while True:  # two ids whose SHA-1s share a prefix: practically never
+        n = f"{base[: 79 - k]}-{hashlib.sha1(i.encode('utf-8', 'surrogateescape')).hexdigest()[:k]}"
+        if n.casefold() not in used:
+            used.add(n.casefold())
+            return n
+        k += 8
 
 
 def inside(path: str | os.PathLike, parent: str | os.PathLike) -> bool:
@@ -308,6 +330,11 @@ def _kind_without_manifest(p: Path) -> tuple[str | None, str | None]:
         return "finetuned-model", "tile"
     if head is not None:
         return ("ensemble", "tile") if head.get("head") == "ensemble" else ("head", "slide" if head.get("level") == "slide" else "tile")
+    return _run_kind_without_manifest(p)
+
+
+def _run_kind_without_manifest(p: Path) -> tuple[str | None, str | None]:
+    """A bench or lora run folder without mito.json, as (kind, level); (None, None) for anything else."""
     if (p / "leaderboard.json").is_file() or any(p.glob("fold*/result.json")) or any(p.glob("fold*/checkpoint.pt")):
         if any(q.is_dir() for q in p.glob("fold*")):
             return "lora-run", "tile"
@@ -369,25 +396,36 @@ def check_output_dir(
         raise OutputError(f"refusing to use {path} as the {what}; give a new folder")
     if p.exists() and not p.is_dir():
         raise OutputError(f"{path} exists and is not a folder")
-    for q in protect:
-        if q and Path(str(q)).exists() and inside(p, q):
-            raise OutputError(f"{path} would replace or sit inside {q}, an input of this command")
-        if q and Path(str(q)).exists() and inside(q, p):
-            raise OutputError(f"{path} holds {q}, an input of this command (the {what} is written as a whole); give a new folder")
+    _check_not_input(path, protect, what)
     owner = containing_artifact(p) if p.exists() else containing_artifact(p.parent)
     if owner is not None and not (p.exists() and owner == p.resolve() and is_ours(p)):
         raise OutputError(f"{path} lies inside or is {owner}, a mito store or model; choose another {what}")
     if p.exists() and any(p.iterdir()):
-        if not is_ours(p):
-            hint = (
-                f" (it has no {MANIFEST}; if an earlier mito wrote it, delete it by hand)"
-                if kind is not None and not (p / MANIFEST).exists()
-                else ""
-            )
-            raise OutputError(f"{path} holds files mito did not write; choose a new {what}{hint}")
-        if not overwrite:
-            raise OutputError(f"{path} already exists; choose another {what} or pass --overwrite")
+        _check_replaceable(path, overwrite, is_ours, what, kind)
     return p
+
+
+def _check_not_input(path: str | os.PathLike, protect: tuple[str | os.PathLike, ...], what: str) -> None:
+    """Refuse an output folder that is, lies inside or holds an existing input in ``protect``."""
+    for q in protect:
+        if q and Path(str(q)).exists() and inside(path, q):
+            raise OutputError(f"{path} would replace or sit inside {q}, an input of this command")
+        if q and Path(str(q)).exists() and inside(q, path):
+            raise OutputError(f"{path} holds {q}, an input of this command (the {what} is written as a whole); give a new folder")
+
+
+def _check_replaceable(path: str | os.PathLike, overwrite: bool, is_ours: Callable[[Path], bool], what: str, kind: str | None) -> None:
+    """Refuse to replace a non-empty folder mito did not write, or one it did without ``overwrite``."""
+    p = Path(path)
+    if not is_ours(p):
+        hint = (
+            f" (it has no {MANIFEST}; if an earlier mito wrote it, delete it by hand)"
+            if kind is not None and not (p / MANIFEST).exists()
+            else ""
+        )
+        raise OutputError(f"{path} holds files mito did not write; choose a new {what}{hint}")
+    if not overwrite:
+        raise OutputError(f"{path} already exists; choose another {what} or pass --overwrite")
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compressed: bool = True) -> Path:

@@ -26,6 +26,7 @@ from mito.core.errors import Interrupted
 from mito.core.io import containing_artifact
 from mito.core.progress import add_task, advance, group_progress, progress_bar, status
 from mito.core.resources import available_memory, tune_cpu_allocator
+from mito.core.runrecord import run_record
 from mito.core.sections import SeedSection
 from mito.core.version import __version__
 from mito.core.wording import counted
@@ -33,7 +34,7 @@ from mito.extract import distributed
 from mito.extract.augment import View, apply_view, parse_augment
 from mito.extract.errors import ExtractError
 from mito.extract.grow import Growth, grow_store
-from mito.extract.slide_tiles import close_handles, options_from, record_slides, slide_tiling
+from mito.extract.slide_tiles import SlideOptions, close_handles, options_from, record_slides, slide_tiling
 from mito.extract.sources import TileSource, describe_sample, open_source, stratified_sample
 from mito.extract.variants import COLORS, Preprocess, normalize, prepare
 from mito.store import (
@@ -127,18 +128,12 @@ class ExtractConfig(SeedSection):
     @field_validator("colors")
     @classmethod
     def _colors(cls, v: list[str]) -> list[str]:
-        bad = [c for c in v if c not in COLORS]
-        if not v or bad:
-            raise ValueError(f"colors must be among {', '.join(COLORS)} (got {', '.join(bad) or 'none'})")
-        return sorted(set(v), key=v.index)
+        return _color_list(v, "colors", required=True)
 
     @field_validator("augment_colors")
     @classmethod
     def _augment_colors(cls, v: list[str]) -> list[str]:
-        bad = [c for c in v if c not in COLORS]
-        if bad:
-            raise ValueError(f"augment colors must be among {', '.join(COLORS)} (got {', '.join(bad)})")
-        return sorted(set(v), key=v.index)
+        return _color_list(v, "augment colors", required=False)
 
     @field_validator("augment")
     @classmethod
@@ -207,6 +202,14 @@ class ExtractConfig(SeedSection):
                     f"({region * region * 12 / GiB:.1f} GiB with their copies), more than a quarter of the "
                     f"{free / GiB:.1f} GiB available"
                 )
+
+
+def _color_list(v: list[str], what: str, *, required: bool) -> list[str]:
+    """``v`` without repeats, in its order; each one of COLORS, and at least one when ``required``."""
+    bad = [c for c in v if c not in COLORS]
+    if bad or (required and not v):
+        raise ValueError(f"{what} must be among {', '.join(COLORS)} (got {', '.join(bad) or 'none'})")
+    return sorted(set(v), key=v.index)
 
 
 def pick_device(name: str) -> torch.device:
@@ -500,6 +503,33 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
     device = dist.device(pick_device(cfg.device))
     if device.type == "cpu":
         tune_cpu_allocator()
+    slide_opts = _run_options(cfg, dist)
+    # slide tiling shows its own per-slide bar; rich allows one live display at a time
+    with status(f"reading the tile list of {cfg.source} ...", enabled=cfg.progress and dist.main and slide_opts is None):
+        source, sample = _read_tiles(cfg, slide_opts, dist)
+        opened = dist.on_main(lambda: _open_or_create(cfg, source, sample=sample))  # only rank 0 creates or grows; the others wait
+        if opened is None:  # rank 0 holds the writer lock for the whole job
+            opened = _open_or_create(cfg, source, lock=False, sample=sample)
+        store, growth = opened
+    try:  # from here on the store (and its writer lock) is closed whatever happens
+        summary = _start_summary(cfg, store, growth, sample, source, device, dist)
+        for b in cfg.backbones:
+            summary["backbones"][b] = _extract_backbone(cfg, b, source, store, device, dist)
+        parts = dist.sync(payload=summary["backbones"])  # every rank's chunks are on disk past this point
+        if not dist.main:
+            return summary
+        summary["backbones"] = {b: distributed.merge_summaries([p[b] for p in parts]) for b in cfg.backbones} if dist.active else parts[0]
+        _finish_summary(cfg, store, summary)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished row is on disk by now; say how many
+        raise _interrupted(cfg, store) from None
+    finally:
+        store.close()
+    return summary
+
+
+def _run_options(cfg: ExtractConfig, dist: distributed.Dist) -> SlideOptions | None:
+    """Refuse what cannot run before any work (a store several ranks cannot share, a missing backbone or weights);
+    the slide tiling options (None: not whole slides)."""
     if dist.active and not backend_capabilities(cfg.store, store_format(cfg.store)).shared_writers:
         raise ExtractError("several ranks cannot write one HDF5 file: use a .zarr store with torchrun")
     for b in cfg.backbones:  # fail before any work when a backbone or its weights are missing
@@ -522,68 +552,77 @@ def _extract(cfg: ExtractConfig, dist: distributed.Dist) -> dict[str, Any]:
             f"note: {cfg.store} is HDF5: a killed run or a full disk loses that run's chunks (a .zarr store resumes per chunk: use one for long runs)",
             file=sys.stderr,
         )
-    # slide tiling shows its own per-slide bar; rich allows one live display at a time
-    with status(f"reading the tile list of {cfg.source} ...", enabled=cfg.progress and dist.main and slide_opts is None):
-        source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column, slide_opts, cfg.progress and dist.main)
-        if cfg.limit is not None:
-            source.tiles = source.tiles.iloc[: cfg.limit].reset_index(drop=True)
-        sample = None
-        if cfg.sample is not None or cfg.sample_per_class is not None:
-            if source.kind == "slides":
-                raise ExtractError(
-                    "--sample and --sample-per-class draw crops from a folder or CSV manifest; for slides, list fewer slides in a manifest"
-                )
-            picked, sample = stratified_sample(source.tiles, cfg.task or "label", cfg.sample, cfg.sample_per_class, cfg.seed)
-            source.tiles = picked.reset_index(drop=True)
-        if min(cfg.zooms) < 1 and not source.has_context:
+    return slide_opts
+
+
+def _read_tiles(cfg: ExtractConfig, slide_opts: SlideOptions | None, dist: distributed.Dist) -> tuple[TileSource, dict[str, Any] | None]:
+    """The source's tiles cut to ``--limit`` or a drawn sample (and the sample's record, None without one)."""
+    source = open_source(cfg.source, cfg.points, cfg.task, cfg.tile_size, cfg.label_column, slide_opts, cfg.progress and dist.main)
+    if cfg.limit is not None:
+        source.tiles = source.tiles.iloc[: cfg.limit].reset_index(drop=True)
+    sample = None
+    if cfg.sample is not None or cfg.sample_per_class is not None:
+        if source.kind == "slides":
             raise ExtractError(
-                f"zoom {min(cfg.zooms):g} needs pixels around each tile, but {source.kind} tiles are fixed crops; "
-                "use zooms >= 1 (or a slide with --points)"
+                "--sample and --sample-per-class draw crops from a folder or CSV manifest; for slides, list fewer slides in a manifest"
             )
-        opened = dist.on_main(lambda: _open_or_create(cfg, source, sample=sample))  # only rank 0 creates or grows; the others wait
-        if opened is None:  # rank 0 holds the writer lock for the whole job
-            opened = _open_or_create(cfg, source, lock=False, sample=sample)
-        store, growth = opened
-    try:  # from here on the store (and its writer lock) is closed whatever happens
-        summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
-        if growth is not None and growth.changed:
-            summary["grown"] = growth.as_dict()
-        if sample is not None:
-            summary["sample"] = sample
-        if source.slides is not None:
-            summary["skipped_slides"] = source.slides["info"]["skipped"]
-            summary["slide_notes"] = source.slides["info"].get("notes", [])
-            if dist.main:
-                record_slides(store, cfg.store, source.slides["info"])
-        if dist.active:
-            summary.update(rank=dist.rank, world_size=dist.world)
-        for b in cfg.backbones:
-            summary["backbones"][b] = _extract_backbone(cfg, b, source, store, device, dist)
-        parts = dist.sync(payload=summary["backbones"])  # every rank's chunks are on disk past this point
-        if not dist.main:
-            return summary
-        summary["backbones"] = {b: distributed.merge_summaries([p[b] for p in parts]) for b in cfg.backbones} if dist.active else parts[0]
-        if "grown" in summary and summary["grown"]["added_tiles"]:  # variants this run did not name now lack the new rows
-            summary["grown"]["incomplete"] = [v for v in store.variants if not store.is_complete(v)]
-        bad = np.flatnonzero(store.unreadable)
-        summary["unreadable"] = store.tiles["tile_id"].iloc[bad].astype(str).tolist()
-        summary["incomplete"] = [
-            k for k in store.variants if not store.is_complete(k)
-        ]  # e.g. views of an earlier --augment after added tiles
-        store.forget_done_rows()  # checkpoints of chunks finished since
-        if any(b["rows"] for b in summary["backbones"].values()):  # a no-op run keeps the record of the run that did the work
-            store.record("unreadable_tiles", summary["unreadable"])
-            store.record("last_run", {k: v for k, v in summary.items() if k != "unreadable"})
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every finished row is on disk by now; say how many
-        if store.drops_session:
-            raise Interrupted(
-                f"{cfg.store} is as it was before this run (HDF5 keeps a run's work only when its writes "
-                "end cleanly; a .zarr store keeps every finished chunk); re-run the same command"
-            ) from None
-        raise Interrupted(kept_note(store, {b: [v.key for v, _, _ in variant_plan(cfg, b)] for b in cfg.backbones})) from None
-    finally:
-        store.close()
+        picked, sample = stratified_sample(source.tiles, cfg.task or "label", cfg.sample, cfg.sample_per_class, cfg.seed)
+        source.tiles = picked.reset_index(drop=True)
+    if min(cfg.zooms) < 1 and not source.has_context:
+        raise ExtractError(
+            f"zoom {min(cfg.zooms):g} needs pixels around each tile, but {source.kind} tiles are fixed crops; "
+            "use zooms >= 1 (or a slide with --points)"
+        )
+    return source, sample
+
+
+def _start_summary(
+    cfg: ExtractConfig,
+    store: Store,
+    growth: Growth | None,
+    sample: dict[str, Any] | None,
+    source: TileSource,
+    device: torch.device,
+    dist: distributed.Dist,
+) -> dict[str, Any]:
+    """The run's summary before any backbone ran (rank 0 also records the slides' tiling in the store)."""
+    summary: dict[str, Any] = {"store": cfg.store, "n_tiles": store.n_tiles, "device": str(device), "backbones": {}}
+    if growth is not None and growth.changed:
+        summary["grown"] = growth.as_dict()
+    if sample is not None:
+        summary["sample"] = sample
+    if source.slides is not None:
+        summary["skipped_slides"] = source.slides["info"]["skipped"]
+        summary["slide_notes"] = source.slides["info"].get("notes", [])
+        if dist.main:
+            record_slides(store, cfg.store, source.slides["info"])
+    if dist.active:
+        summary.update(rank=dist.rank, world_size=dist.world)
     return summary
+
+
+def _finish_summary(cfg: ExtractConfig, store: Store, summary: dict[str, Any]) -> None:
+    """Rank 0, once every backbone ran: what is unreadable or incomplete, recorded in the store when work was done."""
+    if "grown" in summary and summary["grown"]["added_tiles"]:  # variants this run did not name now lack the new rows
+        summary["grown"]["incomplete"] = [v for v in store.variants if not store.is_complete(v)]
+    bad = np.flatnonzero(store.unreadable)
+    summary["unreadable"] = store.tiles["tile_id"].iloc[bad].astype(str).tolist()
+    summary["incomplete"] = [k for k in store.variants if not store.is_complete(k)]  # e.g. views of an earlier --augment after added tiles
+    store.forget_done_rows()  # checkpoints of chunks finished since
+    if any(b["rows"] for b in summary["backbones"].values()):  # a no-op run keeps the record of the run that did the work
+        store.record("unreadable_tiles", summary["unreadable"])
+        store.record("last_run", {k: v for k, v in summary.items() if k != "unreadable"})
+        store.add_run(run_record("extract", cfg, store.meta.get("tile_list_sha256")))  # the spec, for mito rerun and predict
+
+
+def _interrupted(cfg: ExtractConfig, store: Store) -> Interrupted:
+    """What a Ctrl-C or SIGTERM leaves in the store, as the error that says so."""
+    if store.drops_session:
+        return Interrupted(
+            f"{cfg.store} is as it was before this run (HDF5 keeps a run's work only when its writes "
+            "end cleanly; a .zarr store keeps every finished chunk); re-run the same command"
+        )
+    return Interrupted(kept_note(store, {b: [v.key for v, _, _ in variant_plan(cfg, b)] for b in cfg.backbones}))
 
 
 def kept_note(store: Store, plans: dict[str, list[str]]) -> str:
@@ -614,21 +653,9 @@ def _extract_backbone(
     cfg: ExtractConfig, name: str, source: TileSource, store: Store, device: torch.device, dist: distributed.Dist
 ) -> dict[str, Any]:
     plan = variant_plan(cfg, name)
-    spec = get_backbone(name)
-    weights = resolve_weights(spec, cfg.weights.get(name))
-    sha = file_sha256(weights) if weights is not None else RANDOM_SHA
     keys = [v.key for v, _, _ in plan]
-    # refuse mismatched preprocessing before loading the model; rank 0 adds the variants, the others re-read them
-    seed = cfg.augment_seed
-    dist.on_main(lambda: [store.ensure_variant(v.key, spec.embed_dim, _provenance(spec, sha, p, source, w, seed)) for v, p, w in plan])
-    if not dist.main:
-        store.refresh()
-    todo = np.zeros(store.n_chunks, bool)
-    done = {k: store.sound_done_chunks(k) for k in keys}  # a chunk that fails its checksum is redone
-    for k in keys:
-        todo |= ~done[k]
-    skipped = int((~todo).sum())  # chunks finished before this run (the same on every rank)
-    todo &= dist.owned(store.n_chunks)  # rank r embeds chunks c with c % world == r
+    _add_variants(cfg, name, plan, source, store, dist)
+    todo, need, skipped = _chunks_to_embed(store, keys, dist)
     if not todo.any():
         return {
             "variants": keys,
@@ -638,29 +665,9 @@ def _extract_backbone(
             "seconds": 0.0,
             "tiles_per_s": None,
         }
-
     n_var = len(plan)
-    need = np.stack([~done[k] for k in keys], axis=1) & todo[:, None]  # need[chunk, variant]
     keep = kept_rows(store, keys, need)
-    first = np.where(need, keep, store.chunk_rows).min(axis=1)  # rows before this one no variant needs
-    spans = [(a + int(first[c]), b) for c, (a, b) in ((int(c), store.chunk_rows_range(int(c))) for c in np.flatnonzero(todo))]
-    rows = np.concatenate([np.arange(a, b) for a, b in spans])
-    size = plan[0][1].input_size
-    ds = _TileDataset(source, rows, [p for _, p, _ in plan], need, store.chunk_rows, [w for _, _, w in plan], seed, keep)
-    batch_size = cfg.batch_size or default_batch_size(device)
-    cuda = device.type == "cuda"
-    workers, prefetch = loader_plan(
-        cfg.num_workers if cfg.num_workers is not None else default_workers(device), batch_size * n_var * 3 * size * size, input_budget()
-    )
-    sizes = [b - a for a, b in spans]
-    loader = DataLoader(
-        ds,
-        batch_sampler=_Batches(sizes, batch_size),
-        num_workers=workers,
-        pin_memory=cuda,
-        persistent_workers=False,
-        prefetch_factor=prefetch,
-    )
+    loader, rows, workers, batch_size = _loader(cfg, source, store, plan, todo, need, keep, device)
     with progress_bar("tiles", enabled=cfg.progress and dist.main, info=True) as bar:
         task = add_task(bar, f"{name} x{n_var}", total=len(rows))
         per_slide = (
@@ -675,10 +682,11 @@ def _extract_backbone(
         bar.update(task, info=f"loading {name} weights ...")
         enc = create_backbone(name, weights=cfg.weights.get(name), device=device)
         bar.update(task, info="embedding the first batch ...")
-        # checkpoints write the store's attributes: one writer of them, so not with several ranks (GPU chunks are quick)
-        n_done, counts, secs = _embed_all(
-            cfg, enc, device, batches, batch_size, n_var, keys, need, keep, store, bar, task, per_slide, checkpoints=not dist.active
+        run = _Embedding(
+            _forward(cfg, enc, device, batch_size), enc.spec.embed_dim, device, store, keys, need, keep, (bar, task, per_slide)
         )
+        # checkpoints write the store's attributes: one writer of them, so not with several ranks (GPU chunks are quick)
+        n_done, counts, secs = run.run(batches, None if dist.active else cfg.checkpoint_s)
     return {
         "variants": keys,
         "rows": int(n_done),
@@ -692,105 +700,177 @@ def _extract_backbone(
     }
 
 
-def _embed_all(
+def _add_variants(
     cfg: ExtractConfig,
-    enc: Any,
-    device: torch.device,
-    batches: Any,
-    batch_size: int,
-    n_var: int,
-    keys: list[str],
+    name: str,
+    plan: list[tuple[Variant, Preprocess, View | None]],
+    source: TileSource,
+    store: Store,
+    dist: distributed.Dist,
+) -> None:
+    """Rank 0 adds the backbone's variants to the store (refusing mismatched preprocessing before the model loads);
+    the other ranks re-read them."""
+    spec = get_backbone(name)
+    weights = resolve_weights(spec, cfg.weights.get(name))
+    sha = file_sha256(weights) if weights is not None else RANDOM_SHA
+    seed = cfg.augment_seed
+    dist.on_main(lambda: [store.ensure_variant(v.key, spec.embed_dim, _provenance(spec, sha, p, source, w, seed)) for v, p, w in plan])
+    if not dist.main:
+        store.refresh()
+
+
+def _chunks_to_embed(store: Store, keys: list[str], dist: distributed.Dist) -> tuple[np.ndarray, np.ndarray, int]:
+    """(todo[chunk]: this rank embeds it, need[chunk, variant]: not yet in the store, chunks done before this run)."""
+    todo = np.zeros(store.n_chunks, bool)
+    done = {k: store.sound_done_chunks(k) for k in keys}  # a chunk that fails its checksum is redone
+    for k in keys:
+        todo |= ~done[k]
+    skipped = int((~todo).sum())  # chunks finished before this run (the same on every rank)
+    todo &= dist.owned(store.n_chunks)  # rank r embeds chunks c with c % world == r
+    need = np.stack([~done[k] for k in keys], axis=1) & todo[:, None]  # need[chunk, variant]
+    return todo, need, skipped
+
+
+def _loader(
+    cfg: ExtractConfig,
+    source: TileSource,
+    store: Store,
+    plan: list[tuple[Variant, Preprocess, View | None]],
+    todo: np.ndarray,
     need: np.ndarray,
     keep: np.ndarray,
-    store: Store,
-    bar: Any,
-    task: Any,
-    per_slide: Any = None,
-    checkpoints: bool = True,
-) -> tuple[int, dict[str, int], float]:
-    """Embed every batch, one forward per variant still needed (at most ``batch_size`` tiles each, so memory does
-    not grow with the number of variants); returns (tiles, rows per variant, seconds). With ``checkpoints``, the
-    finished rows of unfinished chunks are written every ``cfg.checkpoint_s`` seconds and on Ctrl-C / SIGTERM."""
-    spec = enc.spec
-    model = enc.model
-    cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
-    std = torch.tensor(spec.std, dtype=torch.float32, device=device)
+    device: torch.device,
+) -> tuple[DataLoader, np.ndarray, int, int]:
+    """(the loader of every row still to embed, those rows, decoding workers, batch size)."""
+    first = np.where(need, keep, store.chunk_rows).min(axis=1)  # rows before this one no variant needs
+    spans = [(a + int(first[c]), b) for c, (a, b) in ((int(c), store.chunk_rows_range(int(c))) for c in np.flatnonzero(todo))]
+    rows = np.concatenate([np.arange(a, b) for a, b in spans])
+    size = plan[0][1].input_size
+    ds = _TileDataset(source, rows, [p for _, p, _ in plan], need, store.chunk_rows, [w for _, _, w in plan], cfg.augment_seed, keep)
+    batch_size = cfg.batch_size or default_batch_size(device)
+    workers, prefetch = loader_plan(
+        cfg.num_workers if cfg.num_workers is not None else default_workers(device),
+        batch_size * len(plan) * 3 * size * size,
+        input_budget(),
+    )
+    loader = DataLoader(
+        ds,
+        batch_sampler=_Batches([b - a for a, b in spans], batch_size),
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=prefetch,
+    )
+    return loader, rows, workers, batch_size
+
+
+def _forward(cfg: ExtractConfig, enc: Any, device: torch.device, batch_size: int) -> Any:
+    """The backbone's forward on uint8 batches: normalised on the device, compiled with ``cfg.compile``."""
+    if device.type == "cuda":
+        enc.model.to(memory_format=torch.channels_last)  # in place
+    mean = torch.tensor(enc.spec.mean, dtype=torch.float32, device=device)
+    std = torch.tensor(enc.spec.std, dtype=torch.float32, device=device)
 
     def embed(x: torch.Tensor) -> torch.Tensor:  # normalising on the device fuses into the compiled graph
         return enc.embed(normalize(x, mean, std))
 
-    forward = _compiled(embed, batch_size) if cfg.compile else embed
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    counts = dict.fromkeys(keys, 0)
-    buffers: dict[int, dict[str, Any]] = {}
-    writer = _Writer(store)
-    t0 = time.perf_counter()
-    n_done = 0
-    pending = None  # CUDA: the previous batch, handled on the CPU while the device runs the next one
-    saved = t0  # when unfinished chunks were last checkpointed
+    return _compiled(embed, batch_size) if cfg.compile else embed
 
-    def checkpoint(every: float) -> None:
-        nonlocal saved
-        if checkpoints and time.perf_counter() - saved >= every:
-            _checkpoint(store, buffers, keys, need, writer)
-            saved = time.perf_counter()
 
-    try:
-        with torch.inference_mode(), autocast:
+class _Embedding:
+    """One backbone's embedding loop, one forward per variant still needed (at most ``batch_size`` tiles each, so
+    memory does not grow with the number of variants), and its state: rows per variant, the buffers of unfinished
+    chunks, the writer, and (CUDA) the previous batch, handled on the CPU while the device runs the next one.
+    ``bars``: the progress bar, its task and the per-slide progress (or None)."""
 
-            def finish(idx: torch.Tensor, out: torch.Tensor, bad: torch.Tensor, ready: Any) -> int:
-                if ready is not None:
-                    ready.synchronize()  # the copy back from the GPU has landed
-                emb = out.numpy()
-                emb[bad.numpy()] = np.nan
-                _collect(store, buffers, idx.numpy(), emb, bad.numpy(), keys, need, keep, writer)
-                advance(bar, task, len(idx), t0, n_done + len(idx))
-                if per_slide is not None:  # which slide, and its tiles done / total in this run
-                    per_slide.advance(idx.numpy())
-                if n_done == 0:
-                    bar.update(task, info="")
-                return len(idx)
+    def __init__(
+        self,
+        forward: Any,
+        dim: int,
+        device: torch.device,
+        store: Store,
+        keys: list[str],
+        need: np.ndarray,
+        keep: np.ndarray,
+        bars: tuple[Any, Any, Any],
+    ) -> None:
+        self.forward, self.dim, self.device, self.cuda = forward, dim, device, device.type == "cuda"
+        self.keys, self.need, self.keep, self.store = keys, need, keep, store
+        self.bar, self.task, self.per_slide = bars
+        self.counts = dict.fromkeys(keys, 0)
+        self.buffers: dict[int, dict[str, Any]] = {}
+        self.writer = _Writer(store)
+        self.t0 = self.saved = time.perf_counter()  # saved: when unfinished chunks were last checkpointed
+        self.n_done = 0
+        self.pending: tuple[Any, ...] | None = None
 
-            for idx, x, bad in batches:
-                b = x.shape[0]
-                chunk_of = idx.numpy() // store.chunk_rows
-                rows_need = need[chunk_of] & ((idx.numpy() - chunk_of * store.chunk_rows)[:, None] >= keep[chunk_of])  # [b, variants]
-                out = torch.zeros(b, n_var, spec.embed_dim, dtype=torch.float32, device=device)
-                if cuda:  # uint8 from pinned memory, one transfer per batch
-                    x = x.to(device, non_blocking=True)
-                for j in np.flatnonzero(rows_need.any(axis=0)):
-                    sel = torch.from_numpy(np.flatnonzero(rows_need[:, j])).to(device)
-                    xj = x[sel, int(j)]
-                    if cuda:
-                        xj = xj.contiguous(memory_format=torch.channels_last)
-                    out[sel, int(j)] = forward(xj).float()
-                    counts[keys[j]] += len(sel)
-                if not cuda:  # nothing runs asynchronously on a CPU: hand the rows on (and move the bar) now
-                    n_done += finish(idx, out, bad, None)
-                    checkpoint(cfg.checkpoint_s)
-                    continue
-                out, ready = out.to("cpu", non_blocking=True), torch.cuda.Event()  # start the copy back, do not wait
-                ready.record()
-                if pending is not None:
-                    prev, pending = pending, None  # an interrupt inside finish() must not hand its rows on twice
-                    n_done += finish(*prev)
-                    checkpoint(cfg.checkpoint_s)
-                pending = (idx, out, bad, ready)
-            if pending is not None:
-                prev, pending = pending, None
-                n_done += finish(*prev)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (no second one can land here): keep every finished row
-        with torch.inference_mode():
-            if pending is not None:
-                n_done += finish(*pending)
-        checkpoint(0.0)
-        raise
-    finally:
-        writer.close()
-    return n_done, counts, time.perf_counter() - t0
+    def run(self, batches: Any, every: float | None) -> tuple[int, dict[str, int], float]:
+        """Embed every batch; returns (tiles, rows per variant, seconds). The finished rows of unfinished chunks are
+        written every ``every`` seconds and on Ctrl-C / SIGTERM (None: never)."""
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+        try:
+            with torch.inference_mode(), autocast:
+                for idx, x, bad in batches:
+                    out = self._forward_batch(idx, x)
+                    if not self.cuda:  # nothing runs asynchronously on a CPU: hand the rows on (and move the bar) now
+                        self.n_done += self._finish(idx, out, bad, None)
+                        self._checkpoint(every)
+                        continue
+                    out, ready = out.to("cpu", non_blocking=True), torch.cuda.Event()  # start the copy back, do not wait
+                    ready.record()
+                    if self.pending is not None:
+                        prev, self.pending = self.pending, None  # an interrupt inside _finish() must not hand its rows on twice
+                        self.n_done += self._finish(*prev)
+                        self._checkpoint(every)
+                    self.pending = (idx, out, bad, ready)
+                if self.pending is not None:
+                    prev, self.pending = self.pending, None
+                    self.n_done += self._finish(*prev)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (no second one can land here): keep every finished row
+            with torch.inference_mode():
+                if self.pending is not None:
+                    self.n_done += self._finish(*self.pending)
+            self._checkpoint(0.0 if every is not None else None)
+            raise
+        finally:
+            self.writer.close()
+        return self.n_done, self.counts, time.perf_counter() - self.t0
+
+    def _forward_batch(self, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """[b, variants, dim] embeddings of one batch: one forward per variant some of its rows still need."""
+        cr = self.store.chunk_rows
+        chunk_of = idx.numpy() // cr
+        rows_need = self.need[chunk_of] & ((idx.numpy() - chunk_of * cr)[:, None] >= self.keep[chunk_of])  # [b, variants]
+        out = torch.zeros(x.shape[0], len(self.keys), self.dim, dtype=torch.float32, device=self.device)
+        if self.cuda:  # uint8 from pinned memory, one transfer per batch
+            x = x.to(self.device, non_blocking=True)
+        for j in np.flatnonzero(rows_need.any(axis=0)):
+            sel = torch.from_numpy(np.flatnonzero(rows_need[:, j])).to(self.device)
+            xj = x[sel, int(j)]
+            if self.cuda:
+                xj = xj.contiguous(memory_format=torch.channels_last)
+            out[sel, int(j)] = self.forward(xj).float()
+            self.counts[self.keys[j]] += len(sel)
+        return out
+
+    def _finish(self, idx: torch.Tensor, out: torch.Tensor, bad: torch.Tensor, ready: Any) -> int:
+        """Hand a batch's rows on to their chunks' buffers and move the bars; the number of rows."""
+        if ready is not None:
+            ready.synchronize()  # the copy back from the GPU has landed
+        emb = out.numpy()
+        emb[bad.numpy()] = np.nan
+        _collect(self.store, self.buffers, idx.numpy(), emb, bad.numpy(), self.keys, self.need, self.keep, self.writer)
+        advance(self.bar, self.task, len(idx), self.t0, self.n_done + len(idx))
+        if self.per_slide is not None:  # which slide, and its tiles done / total in this run
+            self.per_slide.advance(idx.numpy())
+        if self.n_done == 0:
+            self.bar.update(self.task, info="")
+        return len(idx)
+
+    def _checkpoint(self, every: float | None) -> None:
+        if every is not None and time.perf_counter() - self.saved >= every:
+            _checkpoint(self.store, self.buffers, self.keys, self.need, self.writer)
+            self.saved = time.perf_counter()
 
 
 def _compiled(fn: Any, batch_size: int) -> Any:

@@ -130,15 +130,7 @@ def grow_store(
     ids = source.tiles["tile_id"].astype(str)
     pending = store.meta.get("append")
     same = not pending and store.meta.get("tile_list_sha256") == tile_list_hash(ids.tolist())
-    made = store.meta.get("source") or {}
-    if not same and (
-        source.kind not in APPENDABLE or made.get("kind") != source.kind or (source.kind != "slides" and made.get("path") != source.root)
-    ):
-        raise _refuse(store, path)
-    if not same and limited:
-        raise _refuse(store, path, "; --limit and --sample take a fixed cut of SOURCE, so they never add tiles")
-    if source.kind == "slides" and source.slides is not None and source.slides["opts"].mpp is not None:
-        check_tiling(store, path, asdict(source.slides["opts"]))
+    _check_source(store, source, path, same, limited)
     held = store.tiles
     old = held["tile_id"].astype(str)
     growth = Growth()
@@ -148,26 +140,11 @@ def grow_store(
                 raise _refuse(store, path, f": slide {s} now gives other tiles (other --mpp, --stride, --min-tissue or annotations?)")
     pos = pd.Index(ids).get_indexer(old)  # each store row's row in SOURCE (-1: no longer there)
     both = pos >= 0
-    mine, theirs = held[both].reset_index(drop=True), source.tiles.iloc[pos[both]].reset_index(drop=True)
-    for c in [c for c in held.columns if c in source.tiles and _geometry(c)]:
-        bad = _differs(mine[c], theirs[c])
-        if bad.any():
-            i = int(np.argmax(bad))
-            where = f"slide {mine['slide'].iat[i]}" if "slide" in mine else f"tile {mine['tile_id'].iat[i]}"
-            raise StoreError(
-                f"{path}: {where} is now tiled otherwise ({c}: the store has {mine[c].iat[i]}, this run "
-                f"{theirs[c].iat[i]}); its rows would no longer say what was embedded: give the store's "
-                "--mpp/--tile-px/--slide-mpp or use a new --store"
-            )
+    _check_geometry(path, held[both].reset_index(drop=True), source.tiles.iloc[pos[both]].reset_index(drop=True))
     new = source.tiles[~ids.isin(set(old)).to_numpy()].reset_index(drop=True)
     update = _metadata_update(held, source.tiles, pos, growth)
     if len(new):
-        missing = sorted(set(store.tile_column_names) - set(source.tiles.columns))
-        if missing:
-            raise StoreError(
-                f"cannot add {len(new)} tiles to {path}: they lack the store's columns {', '.join(missing[:6])}"
-                + (_zoom_fix(store, source, missing) or "; give the same manifest columns or use a new --store")
-            )
+        _check_columns(store, source, path, len(new))
     gone = ~both
     growth.kept_tiles = int(gone.sum())
     if source.kind == "slides":
@@ -186,6 +163,43 @@ def grow_store(
         return None
     source.tiles = store.tiles.copy()
     return growth
+
+
+def _check_source(store: Store, source: TileSource, path: str, same: bool, limited: bool) -> None:
+    """Refuse a SOURCE that cannot grow this store: another kind or folder, a cut (--limit, --sample), another tiling."""
+    made = store.meta.get("source") or {}
+    if not same and (
+        source.kind not in APPENDABLE or made.get("kind") != source.kind or (source.kind != "slides" and made.get("path") != source.root)
+    ):
+        raise _refuse(store, path)
+    if not same and limited:
+        raise _refuse(store, path, "; --limit and --sample take a fixed cut of SOURCE, so they never add tiles")
+    if source.kind == "slides" and source.slides is not None and source.slides["opts"].mpp is not None:
+        check_tiling(store, path, asdict(source.slides["opts"]))
+
+
+def _check_geometry(path: str, mine: pd.DataFrame, theirs: pd.DataFrame) -> None:
+    """Refuse when a row both tables hold (aligned) now says other pixels were embedded."""
+    for c in [c for c in mine.columns if c in theirs and _geometry(c)]:
+        bad = _differs(mine[c], theirs[c])
+        if bad.any():
+            i = int(np.argmax(bad))
+            where = f"slide {mine['slide'].iat[i]}" if "slide" in mine else f"tile {mine['tile_id'].iat[i]}"
+            raise StoreError(
+                f"{path}: {where} is now tiled otherwise ({c}: the store has {mine[c].iat[i]}, this run "
+                f"{theirs[c].iat[i]}); its rows would no longer say what was embedded: give the store's "
+                "--mpp/--tile-px/--slide-mpp or use a new --store"
+            )
+
+
+def _check_columns(store: Store, source: TileSource, path: str, n_new: int) -> None:
+    """Refuse new tiles that lack a column of the store's tile table."""
+    missing = sorted(set(store.tile_column_names) - set(source.tiles.columns))
+    if missing:
+        raise StoreError(
+            f"cannot add {n_new} tiles to {path}: they lack the store's columns {', '.join(missing[:6])}"
+            + (_zoom_fix(store, source, missing) or "; give the same manifest columns or use a new --store")
+        )
 
 
 def _metadata_update(held: pd.DataFrame, tiles: pd.DataFrame, pos: np.ndarray, growth: Growth) -> pd.DataFrame | None:

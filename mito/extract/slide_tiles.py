@@ -78,20 +78,7 @@ def options_from(
 
     The tile and its widest context view (tile_px / min zoom, RGB, once per decoding worker) must fit in memory."""
     if mpp is None and tile_um is None:
-        given = [
-            n
-            for n, v in (
-                ("--tile-px", tile_px),
-                ("--stride", kw.get("stride_px")),
-                ("--slide-mpp", kw.get("slide_mpp")),
-                ("--annotations", kw.get("annotations")),
-                ("--label-overlap", kw.get("label_overlap")),
-            )
-            if v is not None
-        ]
-        given += [
-            n for n, v, d in (("--min-tissue", kw.get("min_tissue"), 0.5), ("--reader", kw.get("reader"), "auto")) if v not in (None, d)
-        ]
+        given = _slide_only_options(tile_px, kw)
         if given:
             raise ExtractError(f"{', '.join(given)} tile whole slides: also give --mpp M (or --tile-um U)")
         return None
@@ -99,15 +86,7 @@ def options_from(
         raise ExtractError(f"no such annotations file or folder: {kw['annotations']}")
     if kw.get("label_overlap") is not None and kw.get("annotations") is None:
         raise ExtractError("--label-overlap needs --annotations")
-    if tile_um is not None and mpp is not None:
-        if tile_px is not None:
-            raise ExtractError("give two of --mpp, --tile-px and --tile-um, not all three")
-        tile_px = max(1, round(tile_um / mpp))
-    elif tile_um is not None:
-        tile_px = tile_px or 224
-        mpp = tile_um / tile_px
-    tile_px = tile_px or 224
-    assert mpp is not None
+    mpp, tile_px = _micron_tile(mpp, tile_px, tile_um)
     if tile_px < 8:
         raise ExtractError("--tile-px must be at least 8 pixels")
     if tile_px > MAX_TILE_PX:
@@ -116,6 +95,37 @@ def options_from(
         )
     check_view_memory(tile_px, zooms, workers)
     return SlideOptions(mpp=float(mpp), tile_px=int(tile_px), zooms=tuple(zooms), **kw)
+
+
+def _slide_only_options(tile_px: int | None, kw: dict[str, Any]) -> list[str]:
+    """The options given that only tile whole slides (refused without --mpp or --tile-um)."""
+    given = [
+        n
+        for n, v in (
+            ("--tile-px", tile_px),
+            ("--stride", kw.get("stride_px")),
+            ("--slide-mpp", kw.get("slide_mpp")),
+            ("--annotations", kw.get("annotations")),
+            ("--label-overlap", kw.get("label_overlap")),
+        )
+        if v is not None
+    ]
+    return given + [
+        n for n, v, d in (("--min-tissue", kw.get("min_tissue"), 0.5), ("--reader", kw.get("reader"), "auto")) if v not in (None, d)
+    ]
+
+
+def _micron_tile(mpp: float | None, tile_px: int | None, tile_um: float | None) -> tuple[float, int]:
+    """(um/px, tile pixels) from two of --mpp, --tile-px and --tile-um (tile_px 224 when only one is given)."""
+    if tile_um is not None and mpp is not None:
+        if tile_px is not None:
+            raise ExtractError("give two of --mpp, --tile-px and --tile-um, not all three")
+        tile_px = max(1, round(tile_um / mpp))
+    elif tile_um is not None:
+        tile_px = tile_px or 224
+        mpp = tile_um / tile_px
+    assert mpp is not None
+    return mpp, tile_px or 224
 
 
 def check_view_memory(tile_px: int, zooms: list[float], workers: int = 1) -> None:
@@ -169,33 +179,38 @@ def load_regions(path: Path) -> list[Region]:
     feats = doc.get("features", [doc]) if isinstance(doc, dict) else doc
     if not isinstance(feats, list):
         raise ExtractError(f"annotations {path}: 'features' must be a list of GeoJSON features")
-    regions = []
-    for n, f in enumerate(feats):
-        if not isinstance(f, dict):
-            continue
-        geom, props = f.get("geometry") or {}, f.get("properties") or {}
-        if not isinstance(geom, dict) or not isinstance(props, dict):
-            raise ExtractError(f"annotations {path}: feature {n} has a 'geometry' or 'properties' that is not a JSON object")
-        cls = props.get("classification") or {}
-        label = cls.get("name") if isinstance(cls, dict) else None
-        if not label:
-            continue
-        kind, coords = geom.get("type"), geom.get("coordinates")
-        if kind not in ("Polygon", "MultiPolygon"):
-            continue
-        polys = [coords] if kind == "Polygon" else coords
-        try:
-            if not isinstance(polys, list) or not polys or not all(isinstance(p, list) and p for p in polys):
-                raise ValueError("no coordinates")
-            rings = [[np.asarray(r, np.float64) for r in p] for p in polys]
-            if any(r.ndim != 2 or r.shape[1] < 2 or len(r) == 0 or not np.isfinite(r).all() for p in rings for r in p):
-                raise ValueError("not a list of finite [x, y] points")
-            regions.append(Region(str(label), [[r[:, :2] for r in p] for p in rings]))
-        except (ValueError, IndexError, TypeError):
-            raise ExtractError(
-                f"annotations {path}: a {kind} of class {label!r} (feature {n}) has malformed or empty coordinates"
-            ) from None
-    return regions
+    return [r for n, f in enumerate(feats) if (r := _region(path, n, f)) is not None]
+
+
+def _region(path: Path, n: int, f: Any) -> Region | None:
+    """Feature ``n`` as a Region; None when it is not a classified Polygon / MultiPolygon."""
+    if not isinstance(f, dict):
+        return None
+    geom, props = f.get("geometry") or {}, f.get("properties") or {}
+    if not isinstance(geom, dict) or not isinstance(props, dict):
+        raise ExtractError(f"annotations {path}: feature {n} has a 'geometry' or 'properties' that is not a JSON object")
+    cls = props.get("classification") or {}
+    label = cls.get("name") if isinstance(cls, dict) else None
+    if not label:
+        return None
+    kind, coords = geom.get("type"), geom.get("coordinates")
+    if kind not in ("Polygon", "MultiPolygon"):
+        return None
+    polys = [coords] if kind == "Polygon" else coords
+    try:
+        return Region(str(label), _polygons(polys))
+    except (ValueError, IndexError, TypeError):
+        raise ExtractError(f"annotations {path}: a {kind} of class {label!r} (feature {n}) has malformed or empty coordinates") from None
+
+
+def _polygons(polys: Any) -> list[list[np.ndarray]]:
+    """GeoJSON polygon coordinates as rings of [x, y] points; ValueError (or IndexError, TypeError) when malformed."""
+    if not isinstance(polys, list) or not polys or not all(isinstance(p, list) and p for p in polys):
+        raise ValueError("no coordinates")
+    rings = [[np.asarray(r, np.float64) for r in p] for p in polys]
+    if any(r.ndim != 2 or r.shape[1] < 2 or len(r) == 0 or not np.isfinite(r).all() for p in rings for r in p):
+        raise ValueError("not a list of finite [x, y] points")
+    return [[r[:, :2] for r in p] for p in rings]
 
 
 def annotation_file(annotations: str, slide_name: str, n_slides: int) -> Path | None:
@@ -404,8 +419,7 @@ def build_slide_table(
         task = bar.add_task("tissue + grid", total=len(slides), rate="-", info="")
         for _, row in slides.iterrows():
             p = str(row["path"])
-            given = row.get("mpp") if "mpp" in slides else None
-            given = float(given) if given is not None and pd.notna(given) else None
+            given = _manifest_mpp(row)
             try:
                 slide = open_slide(p, opts.reader)
             except SlideReadError as e:
@@ -413,29 +427,8 @@ def build_slide_table(
                 bar.update(task, advance=1)
                 continue
             try:
-                if opts.mpp is not None:
-                    smpp, mpp_from, note = resolve_mpp(slide, opts.slide_mpp, given)
-                else:  # level-0 crops: the mpp is only recorded
-                    try:
-                        smpp, mpp_from, note = resolve_mpp(slide, opts.slide_mpp, given)
-                    except SlideReadError:
-                        smpp, mpp_from, note = math.nan, None, None
-                if opts.mpp is not None and opts.mpp * MAX_UPSAMPLE < smpp * (1 - 1e-9):
-                    raise ExtractError(
-                        f"--mpp {opts.mpp:g} is {smpp / opts.mpp:.3g}x finer than {slide.name}'s level 0 ({smpp:g} um/px): "
-                        f"each {opts.tile_px} px tile would be blown up from {opts.tile_px * opts.mpp / smpp:.2g} level-0 px; use --mpp {smpp / MAX_UPSAMPLE:g} "
-                        f"or coarser (at most {MAX_UPSAMPLE:g}x finer than a slide)"
-                    )
-                centres = points[["x", "y"]].to_numpy(np.float64) if points is not None else None
-                if centres is not None and opts.mpp is None:
-                    centres = np.round(centres)
-                if centres is not None:
-                    W, H = slide.dimensions
-                    out = (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= W) | (centres[:, 1] >= H)
-                    if out.any():
-                        x, y = centres[np.argmax(out)]
-                        raise ExtractError(f"point ({x:g}, {y:g}) lies outside the {W}x{H} slide {slide.name}")
-                df, rec, geo = slide_tiles(slide, opts, smpp, centres, progress=tissue.for_slide(slide.name))
+                smpp, mpp_from, note = _slide_mpp(slide, opts, given)
+                df, rec, geo = slide_tiles(slide, opts, smpp, _point_centres(slide, opts, points), progress=tissue.for_slide(slide.name))
                 if points is not None:
                     keep = [c for c in points.columns if c not in ("x", "y") and c not in df]
                     df = pd.concat([df, points[keep].reset_index(drop=True)], axis=1)
@@ -446,12 +439,7 @@ def build_slide_table(
                 continue
             finally:
                 close_slide(slide)
-            if opts.annotations is not None:
-                df = _annotate(df, opts, slide.name, len(slides))
-            for c in extra:
-                df[c if not (c == "label" and "label" in df) else "slide_label"] = row[c]
-            if "patient" in df and "group" not in df:
-                df["group"] = df["patient"].astype(str)
+            df = _slide_columns(df, opts, slide.name, len(slides), {c: row[c] for c in extra})
             rec["n_tiles"] = len(df)
             rec["mpp_from"] = mpp_from
             if note:
@@ -469,6 +457,57 @@ def build_slide_table(
         raise ExtractError(f"no tiles on tissue in {path}: lower --min-tissue (now {opts.min_tissue:g}) or check the slides")
     info = {"options": asdict(opts), "slides": records, "skipped": skipped, "masks": masks, "notes": notes}
     return tiles, info
+
+
+def _manifest_mpp(row: pd.Series) -> float | None:
+    """The um/px a slide manifest gives for a slide (None: none given)."""
+    given = row.get("mpp") if "mpp" in row.index else None
+    return float(given) if given is not None and pd.notna(given) else None
+
+
+def _slide_mpp(slide: Slide, opts: SlideOptions, given: float | None) -> tuple[float, str | None, str | None]:
+    """(the slide's um/px, where it came from, a note); NaN for level-0 crops of a slide that does not say.
+    Refuses a --mpp more than MAX_UPSAMPLE times finer than the slide."""
+    if opts.mpp is not None:
+        smpp, mpp_from, note = resolve_mpp(slide, opts.slide_mpp, given)
+    else:  # level-0 crops: the mpp is only recorded
+        try:
+            smpp, mpp_from, note = resolve_mpp(slide, opts.slide_mpp, given)
+        except SlideReadError:
+            smpp, mpp_from, note = math.nan, None, None
+    if opts.mpp is not None and opts.mpp * MAX_UPSAMPLE < smpp * (1 - 1e-9):
+        raise ExtractError(
+            f"--mpp {opts.mpp:g} is {smpp / opts.mpp:.3g}x finer than {slide.name}'s level 0 ({smpp:g} um/px): "
+            f"each {opts.tile_px} px tile would be blown up from {opts.tile_px * opts.mpp / smpp:.2g} level-0 px; use --mpp {smpp / MAX_UPSAMPLE:g} "
+            f"or coarser (at most {MAX_UPSAMPLE:g}x finer than a slide)"
+        )
+    return smpp, mpp_from, note
+
+
+def _point_centres(slide: Slide, opts: SlideOptions, points: pd.DataFrame | None) -> np.ndarray | None:
+    """The --points as level-0 centres (whole pixels for level-0 crops); refuses one outside the slide."""
+    if points is None:
+        return None
+    centres = points[["x", "y"]].to_numpy(np.float64)
+    if opts.mpp is None:
+        centres = np.round(centres)
+    W, H = slide.dimensions
+    out = (centres[:, 0] < 0) | (centres[:, 1] < 0) | (centres[:, 0] >= W) | (centres[:, 1] >= H)
+    if out.any():
+        x, y = centres[np.argmax(out)]
+        raise ExtractError(f"point ({x:g}, {y:g}) lies outside the {W}x{H} slide {slide.name}")
+    return centres
+
+
+def _slide_columns(df: pd.DataFrame, opts: SlideOptions, name: str, n_slides: int, given: dict[str, Any]) -> pd.DataFrame:
+    """A slide's tiles with their annotation labels, the manifest's columns for the slide, and a group per patient."""
+    if opts.annotations is not None:
+        df = _annotate(df, opts, name, n_slides)
+    for c, v in given.items():
+        df[c if not (c == "label" and "label" in df) else "slide_label"] = v
+    if "patient" in df and "group" not in df:
+        df["group"] = df["patient"].astype(str)
+    return df
 
 
 def _annotate(df: pd.DataFrame, opts: SlideOptions, name: str, n_slides: int) -> pd.DataFrame:

@@ -1,14 +1,16 @@
 """Heads trained from the embedding store: features, noise, training loop, save/load, predict."""
 
-from mito.heads.bags import BagReader, Bags, bag_table, left_out, left_out_line, make_bags
+from mito.heads.bags import BagReader, Bags, BagSet, bag_table, left_out, left_out_line, make_bags
 from mito.heads.base import OPTIONAL_HEADS, HeadError, head_class, head_modules, head_names, make_head, noise_variance, register_head
 from mito.heads.calibrate import apply_temperature, fit_temperature
+from mito.heads.engine import fit_and_score
 from mito.heads.ensemble import Ensemble, load_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, metadata_categories, one_hot, select_features
-from mito.heads.fit import FitResult, fit_on_rows
+from mito.heads.fit import FitResult, StoreRows, fit_on_rows
 from mito.heads.loop import Checkpointer, CheckpointError, EarlyStopping, LoopResult, TimeBudget, train_loop
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
-from mito.heads.predict import Model, load_head, load_model, predict, predict_store
+from mito.heads.model import Callback, EpochCallback, Model, lookup, make, names, register
+from mito.heads.predict import TileModel, load_head, load_model, predict, predict_store
 from mito.heads.slide import (
     SlideFitConfig,
     SlideModel,
@@ -68,6 +70,16 @@ __all__ = [
     "FitResult",
     "HeadError",
     "Model",
+    "TileModel",
+    "Callback",
+    "EpochCallback",
+    "lookup",
+    "make",
+    "names",
+    "register",
+    "fit_and_score",
+    "StoreRows",
+    "BagSet",
     "fit_head",
     "fit_on_rows",
     "fit_pipeline_stream",

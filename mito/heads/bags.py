@@ -9,8 +9,9 @@ decoded chunks, so memory follows the batch, never the store.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ import pandas as pd
 from mito.core.tasks import resolve_task
 from mito.datasets import PROXY_TASKS
 from mito.heads.base import HeadError, column_moments
+from mito.heads.engine import Prepared, keep_order
 from mito.store import Store
 
 ANY_PREFIX = "any:"
@@ -108,11 +110,55 @@ def make_bags(
         value = None
     else:
         tile_y = resolve_task(tiles, task, PROXY_TASKS).labels(tiles).to_numpy(dtype=object)
+    idx, bag_of, dropped = _bag_tiles(tiles, task, bag_column, tile_y, value is None, exclude)
+    names_all = np.array([str(v) for v in bag_of[idx]], dtype=str)
+    order = np.lexsort((idx, names_all))
+    idx, names_all = idx[order], names_all[order]
+    names, starts = np.unique(names_all, return_index=True)
+    offsets = np.append(starts, len(idx)).astype(np.int64)
+    labels = _bag_labels(names, offsets, idx, tile_y, task, value, bag_label)
+    groups = names.astype(object) if group_column is None else _bag_groups(tiles[group_column], group_column, names, offsets, idx)
+    if task is None:
+        return Bags(
+            names.astype(str), offsets, idx.astype(np.int64), labels.astype(str), np.asarray(groups).astype(str), [], "", "", dropped
+        )
+    counts = pd.Series(labels).value_counts()
+    classes = sorted(str(c) for c, n in counts.items() if n >= min_per_class)
+    if len(classes) < 2:
+        raise HeadError(
+            f"slide-level task {task!r} needs two classes with >= {min_per_class} bags each; the bags have "
+            + ", ".join(f"{c}: {n}" for c, n in counts.items())
+        )
+    ok = np.isin(labels.astype(str), classes)
+    if not ok.all():  # bags of a rare class are left out, as rare tile classes are
+        dropped |= {str(names[i]): f"class {labels[i]!r} has fewer than {min_per_class} bags" for i in np.flatnonzero(~ok)}
+        sel = np.flatnonzero(ok)
+        rows = np.concatenate([idx[offsets[i] : offsets[i + 1]] for i in sel])
+        offsets = np.append(0, np.cumsum(np.diff(offsets)[sel])).astype(np.int64)
+        names, labels, groups, idx = names[sel], labels[sel], groups[sel], rows
+    name, desc = _bag_task(task, value, bag_column)
+    # row order within a bag: sorted store rows (reads come chunk by chunk)
+    rows = np.concatenate([np.sort(idx[offsets[i] : offsets[i + 1]]) for i in range(len(names))]).astype(np.int64)
+    return Bags(names.astype(str), offsets, rows, labels.astype(str), np.asarray(groups).astype(str), classes, name, desc, dropped)
+
+
+def _bag_task(task: str, value: str | None, bag_column: str) -> tuple[str, str]:
+    """(the bag task's name, what its label says)."""
+    if value is not None:
+        desc = f"{POSITIVE} = the {bag_column} has at least one tile labelled {value!r} in {task!r}, {NEGATIVE} = none has"
+        return f"{task}:{ANY_PREFIX}{value}", desc
+    return task, f"the {task!r} label of the {bag_column} (constant within each {bag_column})"
+
+
+def _bag_tiles(
+    tiles: pd.DataFrame, task: str | None, bag_column: str, tile_y: np.ndarray, need_label: bool, exclude: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """(the rows that join a bag, every row's bag value, bags left out with why); refuses a table where no row joins one."""
     bag_of = tiles[bag_column].astype(object).to_numpy()
     has_bag = np.array([not (v is None or v == "" or (not isinstance(v, str) and pd.isna(v))) for v in bag_of], bool)
     readable = has_bag & ~(np.zeros(len(tiles), bool) if exclude is None else np.asarray(exclude, bool))
     keep = readable.copy()
-    if value is None:
+    if need_label:
         keep &= np.array([v is not None for v in tile_y], bool)
     dropped = dict.fromkeys(_bag_names(bag_of, has_bag) - _bag_names(bag_of, readable), "no readable tile")
     dropped |= dict.fromkeys(_bag_names(bag_of, readable) - _bag_names(bag_of, keep), f"no tile with a {task!r} label")
@@ -121,11 +167,19 @@ def make_bags(
         why = f"no tile has both a {bag_column!r} value and a {task!r} label" if task else f"no tile has a {bag_column!r} value"
         unread = sum(1 for w in dropped.values() if w == "no readable tile")
         raise HeadError(why + (f" ({unread} bags have no readable tile)" if unread else ""))
-    names_all = np.array([str(v) for v in bag_of[idx]], dtype=str)
-    order = np.lexsort((idx, names_all))
-    idx, names_all = idx[order], names_all[order]
-    names, starts = np.unique(names_all, return_index=True)
-    offsets = np.append(starts, len(idx)).astype(np.int64)
+    return idx, bag_of, dropped
+
+
+def _bag_labels(
+    names: np.ndarray,
+    offsets: np.ndarray,
+    idx: np.ndarray,
+    tile_y: np.ndarray,
+    task: str | None,
+    value: str | None,
+    bag_label: str | None,
+) -> np.ndarray:
+    """Each bag's label: '' without a task, yes/no for any:VALUE, else its tiles' one label (mixed labels are refused)."""
     labels = np.empty(len(names), dtype=object)
     if value is not None:
         seen = {str(v) for v in tile_y if v is not None}
@@ -148,42 +202,19 @@ def make_bags(
                     "within a bag (use --bag-label any:VALUE for a derived one)"
                 )
             labels[i] = distinct[0]
-    groups = names.astype(object)
-    if group_column is not None:
-        g_all = tiles[group_column].astype(object).to_numpy()[idx]
-        groups = np.empty(len(names), dtype=object)
-        for i in range(len(names)):
-            in_bag = {str(v) for v in g_all[offsets[i] : offsets[i + 1]]}
-            if len(in_bag) > 1:
-                raise HeadError(f"bag {str(names[i])!r} spans several {group_column!r} values; a bag must belong to one group")
-            groups[i] = in_bag.pop()
-    if task is None:
-        return Bags(
-            names.astype(str), offsets, idx.astype(np.int64), labels.astype(str), np.asarray(groups).astype(str), [], "", "", dropped
-        )
-    counts = pd.Series(labels).value_counts()
-    classes = sorted(str(c) for c, n in counts.items() if n >= min_per_class)
-    if len(classes) < 2:
-        raise HeadError(
-            f"slide-level task {task!r} needs two classes with >= {min_per_class} bags each; the bags have "
-            + ", ".join(f"{c}: {n}" for c, n in counts.items())
-        )
-    ok = np.isin(labels.astype(str), classes)
-    if not ok.all():  # bags of a rare class are left out, as rare tile classes are
-        dropped |= {str(names[i]): f"class {labels[i]!r} has fewer than {min_per_class} bags" for i in np.flatnonzero(~ok)}
-        sel = np.flatnonzero(ok)
-        rows = np.concatenate([idx[offsets[i] : offsets[i + 1]] for i in sel])
-        offsets = np.append(0, np.cumsum(np.diff(offsets)[sel])).astype(np.int64)
-        names, labels, groups, idx = names[sel], labels[sel], groups[sel], rows
-    if value is not None:
-        desc = f"{POSITIVE} = the {bag_column} has at least one tile labelled {value!r} in {task!r}, {NEGATIVE} = none has"
-        name = f"{task}:{ANY_PREFIX}{value}"
-    else:
-        desc = f"the {task!r} label of the {bag_column} (constant within each {bag_column})"
-        name = task
-    # row order within a bag: sorted store rows (reads come chunk by chunk)
-    rows = np.concatenate([np.sort(idx[offsets[i] : offsets[i + 1]]) for i in range(len(names))]).astype(np.int64)
-    return Bags(names.astype(str), offsets, rows, labels.astype(str), np.asarray(groups).astype(str), classes, name, desc, dropped)
+    return labels
+
+
+def _bag_groups(column: pd.Series, group_column: str, names: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Each bag's group (its tiles' one value of ``column``; a bag spanning several is refused)."""
+    g_all = column.astype(object).to_numpy()[idx]
+    groups = np.empty(len(names), dtype=object)
+    for i in range(len(names)):
+        in_bag = {str(v) for v in g_all[offsets[i] : offsets[i + 1]]}
+        if len(in_bag) > 1:
+            raise HeadError(f"bag {str(names[i])!r} spans several {group_column!r} values; a bag must belong to one group")
+        groups[i] = in_bag.pop()
+    return groups
 
 
 def _bag_names(bag_of: np.ndarray, mask: np.ndarray) -> set[str]:
@@ -363,3 +394,36 @@ def tile_budget_batches(sizes: np.ndarray, which: np.ndarray, batch_bags: int, b
     if len(which) > start:
         out.append(which[start:])
     return out
+
+
+@dataclass(frozen=True)
+class BagSet:
+    """Bags of store rows as a slide-level model's X (mito.heads.model.Model): the reader, the bags, and which of them
+    (bag indices; None: every bag). Its labels are the y of the chosen bags."""
+
+    reader: BagReader
+    bags: Bags
+    which: np.ndarray | None = None
+
+    @property
+    def index(self) -> np.ndarray:
+        """The chosen bags' indices into ``bags``."""
+        return np.arange(len(self.bags)) if self.which is None else np.asarray(self.which, dtype=np.int64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The chosen bags' labels."""
+        return self.bags.labels[self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, which: np.ndarray) -> BagSet:
+        """The same reader and bags with other bags chosen (indices into ``bags``)."""
+        return BagSet(self.reader, self.bags, np.asarray(which, dtype=np.int64))
+
+    def prepare(self, model: Any, parts: Mapping[str, np.ndarray]) -> Prepared:
+        """The engine's inputs (mito.heads.engine): ``parts`` are bag indices; the labels come with the bags."""
+        score = {n: (self.take(parts[n]), self.bags.labels[parts[n]], keep_order) for n in ("val", "test") if len(parts[n])}
+        eval_set = self.take(parts["val"]) if len(parts["val"]) else None
+        return Prepared(self.take(parts["train"]), None, eval_set, None, score, n_features_in=self.reader.d)

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import inspect
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from mito.core.io import file_sha256
 from mito.core.resources import available_memory, idle_cores  # noqa: F401  (re-exported; tests patch idle_cores here)
 from mito.core.version import __version__
+from mito.heads import model as model_registry
 from mito.heads.errors import HeadError
-from mito.heads.params import COMMON, Param, check_params, describe_params
+from mito.heads.model import Callback, Model
+from mito.heads.params import COMMON, Param, check_options, check_params, describe_params
 from mito.heads.view_noise import VIEW_NOISE_MODES, augment_with_views
 
 HEAD_FILE = "head.json"
@@ -27,51 +29,32 @@ _ROWS_PER_BLOCK = 16384
 SMALL_DATA = 50_000_000  # rows x dims below which one thread is fastest (thread sync costs more, worse on a shared CPU)
 
 
-# ---------------------------------------------------------------- registry
-_REGISTRY: dict[str, type[Head]] = {}
-# built-in heads, imported on first use: a process that never trains a torch head never imports torch (~0.5 GB)
-BUILTIN_HEADS: dict[str, str] = {
-    "mlp": "mito.heads.torch_heads",
-    "linear": "mito.heads.torch_heads",
-    "logreg": "mito.heads.sklearn_heads",
-    "knn": "mito.heads.sklearn_heads",
-    "lightgbm": "mito.heads.lgbm",
-}
-# heads that need more than features (class text embeddings): usable by name, left out of the default set (HEAD_NAMES)
-OPTIONAL_HEADS: dict[str, str] = {"text-linear": "mito.heads.text_linear"}
+# ---------------------------------------------------------------- registry (views of mito.heads.model's, level "tile")
+# built-in tile heads, imported on first use (mito.heads.model.BUILTIN); heads that need more than features (class text
+# embeddings, OPTIONAL_HEADS such as text-linear) are usable by name, left out of the default set (HEAD_NAMES)
+BUILTIN_HEADS: dict[str, str] = {n: m for (lv, n), m in model_registry.BUILTIN.items() if lv == "tile"}
+OPTIONAL_HEADS: dict[str, str] = {n: m for (lv, n), m in model_registry.OPTIONAL.items() if lv == "tile"}
 
 
 def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
-    """Class decorator: make a head available to make_head/load_head under ``name`` (duplicates fail)."""
-
-    def deco(cls: type[Head]) -> type[Head]:
-        if name in _REGISTRY:
-            raise RuntimeError(f"head {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    """Class decorator: make a tile head available to make_head/load_head under ``name`` (duplicates fail)."""
+    return model_registry.register("tile", name)
 
 
 def head_class(name: str) -> type[Head]:
-    """The head class registered under ``name`` (a built-in head's module is imported on first use)."""
-    if name not in _REGISTRY and (name in BUILTIN_HEADS or name in OPTIONAL_HEADS):
-        importlib.import_module(BUILTIN_HEADS.get(name) or OPTIONAL_HEADS[name])
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise HeadError(f"unknown head {name!r}; choose one of {', '.join(head_names())}") from None
+    """The tile head class registered under ``name`` (a built-in head's module is imported on first use)."""
+    cls: type[Head] = model_registry.lookup("tile", name)
+    return cls
 
 
 def head_modules(names: Iterable[str]) -> tuple[str, ...]:
     """The modules the built-in heads ``names`` live in (what a worker imports before training them)."""
-    return tuple(sorted({m for n in names if (m := BUILTIN_HEADS.get(n) or OPTIONAL_HEADS.get(n))}))
+    return tuple(sorted({m for n in names if (m := model_registry.module_of("tile", n))}))
 
 
 def head_names() -> tuple[str, ...]:
-    """Built-in head names, the optional ones (text-linear), then any registered by other code, in registration order."""
-    return tuple(dict.fromkeys([*BUILTIN_HEADS, *OPTIONAL_HEADS, *_REGISTRY]))
+    """Built-in tile head names, the optional ones (text-linear), then any registered by other code, in registration order."""
+    return model_registry.names("tile")
 
 
 def head_param_help(name: str) -> list[str]:
@@ -88,14 +71,8 @@ def not_streamable(name: str) -> HeadError:
 
 
 def make_head(name: str, **params: Any) -> Head:
-    """Build a head by name; unknown or invalid options raise HeadError."""
-    cls = head_class(name)
-    allowed = cls._get_param_names()
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise HeadError(f"head {name!r} has no option {', '.join(unknown)} (it takes: {', '.join(allowed)})")
-    head = cls(**params)
-    head._validate_params()
+    """Build a tile head by name; unknown or invalid options raise HeadError."""
+    head: Head = model_registry.make("tile", name, **params)
     return head
 
 
@@ -110,15 +87,6 @@ def read_json_file(f: Path, what: str = "file") -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise HeadError(f"{f} is not a valid {what}: expected a JSON object")
     return doc
-
-
-def file_sha256(f: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(f, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_sha256(f: Path, want: str | None) -> None:
@@ -166,8 +134,18 @@ def load_head(path: str | os.PathLike) -> Head:
 
 
 # ---------------------------------------------------------------- the shared contract
-class FittedHead(Protocol):
-    """What fitting returns and prediction uses: a fitted Head, or an Ensemble of heads (mito.heads.ensemble)."""
+@dataclass(frozen=True)
+class FitArgs:
+    """What Head.fit hands a head's ``_fit`` beside the rows: the training rows' augmented views (noise modes views and
+    view-cov) and the epoch callbacks; held only while fitting."""
+
+    views: np.ndarray | None = None
+    callbacks: Sequence[Callback] = ()
+
+
+class FittedHead(Model, Protocol):
+    """The tile-level refinement of the one contract (mito.heads.model.Model): a fitted Head, or an Ensemble of heads
+    (mito.heads.ensemble), which also tell their input width and options."""
 
     @property
     def classes_(self) -> np.ndarray: ...
@@ -185,9 +163,18 @@ class FittedHead(Protocol):
 class Head(ClassifierMixin, BaseEstimator):
     """Shared plumbing for heads: sklearn-style params, label encoding, predict, save; subclasses add the model."""
 
+    level: ClassVar[str] = "tile"
     name: str = ""
     supports_stream: bool = False  # True when the head can train from a FeatureStream (fit_stream)
     param_spec: ClassVar[dict[str, Param]] = dict(COMMON)  # every option, declared once (mito.heads.params)
+
+    @classmethod
+    def create(cls, **params: Any) -> Head:
+        """This head with ``params``; unknown or invalid options raise HeadError."""
+        check_options(cls.name, cls._get_param_names(), params)
+        head = cls(**params)
+        head._validate_params()
+        return head
 
     def _validate_params(self) -> None:
         """One-line HeadError naming the head, the option and its allowed values (from ``param_spec``)."""
@@ -195,7 +182,7 @@ class Head(ClassifierMixin, BaseEstimator):
 
     # -- subclasses implement these
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
         raise NotImplementedError
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
@@ -207,40 +194,47 @@ class Head(ClassifierMixin, BaseEstimator):
     def _load_state(self, path: Path, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    # -- the public interface
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None, *, views: np.ndarray | None = None) -> Head:
-        """Train on (X, y); (X_val, y_val), when given, drive early stopping; ``views`` (V, n, d): the training rows'
-        augmented views, for the noise modes views and view-cov (held only while fitting). Returns self."""
+    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None, callbacks: Sequence[Callback] = ()) -> None:
+        raise NotImplementedError
+
+    # -- the public interface (mito.heads.model.Model)
+    def fit(
+        self, X: Any, y: Any = None, *, eval_set: Any = None, views: np.ndarray | None = None, callbacks: Sequence[Callback] = ()
+    ) -> Head:
+        """Train on (X, y): X rows x dims, or a FeatureStream (features read from the store chunk by chunk, its labels
+        as y; only heads with ``supports_stream``). ``eval_set`` (X_val, y_val), or a validation FeatureStream, drives
+        early stopping; ``views`` (V, n, d): the training rows' augmented views, for the noise modes views and
+        view-cov (held only while fitting); ``callbacks`` are told after every epoch. Returns self."""
         self._validate_params()
+        if is_stream(X):
+            return self._fit_from_stream(X, eval_set, callbacks)
         X = check_X(X)
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != len(X):
             raise HeadError(f"y must be one label per row of X ({len(X)} rows), got shape {y.shape}")
         yi = self._learn_classes(y)
         self.n_features_in_ = X.shape[1]
-        yv = None
-        if X_val is not None or y_val is not None:
-            if X_val is None or y_val is None:
-                raise HeadError("give both X_val and y_val, or neither")
-            X_val = check_X(X_val, self.n_features_in_)
-            yv = self._encode(y_val)
-            if len(yv) != len(X_val):
-                raise HeadError(f"y_val has {len(yv)} labels for {len(X_val)} rows")
-            if len(yv) == 0:
-                X_val, yv = None, None
-        self.train_views_ = views
-        try:
-            with cpu_threads(X.size, self._requested_threads()):
-                self._fit(X, yi.astype(np.int64), X_val, yv)
-        finally:
-            del self.train_views_
+        X_val, yv = self._eval_rows(eval_set)
+        with cpu_threads(X.size, self._requested_threads()):
+            self._fit(X, yi.astype(np.int64), X_val, yv, FitArgs(views, tuple(callbacks)))
         return self
 
-    def fit_stream(self, train: Any, val: Any = None) -> Head:
+    def _eval_rows(self, eval_set: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The validation rows of ``eval_set`` (X_val, y_val), checked and encoded; (None, None) when there are none."""
+        if eval_set is None:
+            return None, None
+        if not isinstance(eval_set, (tuple, list)) or len(eval_set) != 2 or eval_set[0] is None or eval_set[1] is None:
+            raise HeadError("eval_set must be a pair (X_val, y_val)")
+        X_val = check_X(eval_set[0], self.n_features_in_)
+        yv = self._encode(eval_set[1])
+        if len(yv) != len(X_val):
+            raise HeadError(f"y_val has {len(yv)} labels for {len(X_val)} rows")
+        return (None, None) if len(yv) == 0 else (X_val, yv)
+
+    def _fit_from_stream(self, train: Any, val: Any, callbacks: Sequence[Callback]) -> Head:
         """Train from FeatureStreams (features read from the store chunk by chunk); only heads with ``supports_stream``."""
         if not self.supports_stream:
             raise not_streamable(self.name)
-        self._validate_params()
         y = np.asarray(train.labels)
         if len(y) == 0:
             raise HeadError("no rows to work on")
@@ -255,29 +249,29 @@ class Head(ClassifierMixin, BaseEstimator):
                 val, yv = None, None
         # one core stays with the thread that reads and decompresses the next shuffle buffer
         with cpu_threads(train.n * train.d, self._requested_threads(), reserve=1):
-            self._fit_stream(train, yi.astype(np.int64), val, yv)
+            self._fit_stream(train, yi.astype(np.int64), val, yv, callbacks)
         return self
 
-    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None) -> None:
-        raise NotImplementedError
-
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, one column per entry of ``classes_``."""
+        """Class probabilities, one column per entry of ``classes_``; X rows x dims, or a FeatureStream (every row, in
+        row order, predicted block by block)."""
         self._check_fitted()
+        if is_stream(X):
+            with cpu_threads(X.n * X.d, self._requested_threads()):  # set up once, not per block
+                return X.map(lambda b: np.asarray(self._proba(check_X(b, self.n_features_in_)), dtype=np.float64))
         X = check_X(X, self.n_features_in_)
         with cpu_threads(X.size, self._requested_threads()):
             return np.asarray(self._proba(X), dtype=np.float64)
-
-    def predict_proba_stream(self, stream: Any) -> np.ndarray:
-        """Class probabilities of every row of a FeatureStream (in row order), predicted block by block."""
-        self._check_fitted()
-        with cpu_threads(stream.n * stream.d, self._requested_threads()):  # set up once, not per block
-            return stream.map(lambda X: np.asarray(self._proba(check_X(X, self.n_features_in_)), dtype=np.float64))
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row."""
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(axis=1)]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Head:
+        """A head saved with ``save`` (mito.heads.base.load_head)."""
+        return load_head(path)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the head to a folder: head.json plus the model file (safetensors or native)."""
@@ -333,6 +327,23 @@ class Head(ClassifierMixin, BaseEstimator):
         return tags
 
 
+@dataclass(eq=False, repr=False)
+class CopiesHead(Head):
+    """The options of the whole-array heads (logreg, knn, lightgbm): they take feature noise as ``noise_copies`` noisy
+    copies of the training rows (a fresh draw each). Heads declare their options as dataclass fields: the constructor's
+    signature scikit-learn's get_params reads."""
+
+    noise: float = 0.0
+    noise_mode: str = "global"
+    noise_copies: int = 4
+    n_threads: int | None = None
+    seed: int = 0
+
+    def _with_copies(self, X: np.ndarray, y: np.ndarray, extra: FitArgs) -> tuple[np.ndarray, np.ndarray]:
+        """The training rows plus their noisy copies (or their augmented views, noise modes views and view-cov)."""
+        return augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, extra.views)
+
+
 def _has_missing(y: np.ndarray) -> bool:
     if y.dtype.kind == "f":
         return bool(np.isnan(y).any())
@@ -379,6 +390,11 @@ def default_threads(n_values: int, available: int) -> int:
 
 
 # ---------------------------------------------------------------- inputs
+def is_stream(X: Any) -> bool:
+    """True for a FeatureStream (mito.heads.stream): rows read from the store chunk by chunk, labels with them."""
+    return hasattr(X, "shuffled") and hasattr(X, "map") and hasattr(X, "labels")
+
+
 def iter_blocks(n: int, size: int = _ROWS_PER_BLOCK) -> Iterator[slice]:
     """Row slices of at most ``size`` rows covering range(n)."""
     for start in range(0, n, size):

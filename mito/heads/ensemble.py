@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,9 +23,10 @@ from mito.core.progress import add_task, advance, progress_bar
 from mito.core.version import __version__
 from mito.heads.base import HEAD_FILE, Head, HeadError, check_sha256, file_sha256, read_json_file
 from mito.heads.base import load_head as load_head_file
-from mito.heads.fit import FitResult, fit_on_rows
+from mito.heads.engine import FitResult, Scored, fit_and_score
+from mito.heads.fit import StoreRows
+from mito.heads.model import Callback
 from mito.heads.split import SplitError, grouped_parts
-from mito.store import Store
 
 ENSEMBLE = "ensemble"
 MAX_MEMBERS = 100
@@ -68,10 +69,34 @@ class Ensemble:
     seeds: list[int] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)  # member scores, set by fit_ensemble (not saved)
     name: ClassVar[str] = ENSEMBLE
+    level: ClassVar[str] = "tile"
 
     def __post_init__(self) -> None:
         if len(self.members) < 1:
             raise HeadError("an ensemble needs at least one member")
+        if all(hasattr(m, "classes_") for m in self.members):
+            self._check_members()
+
+    def fit(
+        self, X: Any, y: Any = None, *, eval_set: Any = None, views: np.ndarray | None = None, callbacks: Sequence[Callback] = ()
+    ) -> Ensemble:
+        """Fit every member on the same rows (a seeds ensemble: the members differ by their seeds). A folds ensemble
+        trains each member on other rows of a store, split by group: fit_ensemble fits it."""
+        if self.mode != "seeds":
+            raise HeadError(
+                "a folds ensemble trains each member on other slides' rows: fit it with fit_ensemble (fit-head --ensemble folds)"
+            )
+        for m in self.members:
+            m.fit(X, y, eval_set=eval_set, views=views, callbacks=callbacks)
+        self._check_members()
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path) -> Ensemble:
+        """An ensemble written by ``save`` (load_ensemble)."""
+        return load_ensemble(path)
+
+    def _check_members(self) -> None:
         ref = self.members[0]
         for i, m in enumerate(self.members[1:], 1):
             if list(map(str, m.classes_)) != list(map(str, ref.classes_)) or int(m.n_features_in_) != int(ref.n_features_in_):
@@ -178,60 +203,33 @@ def fit_ensemble(
     spec: EnsembleSpec,
     make: Callable[[int], Head],
     seed: int,
-    store: Store,
-    keys: Sequence[str],
+    data: StoreRows,
     parts: Mapping[str, np.ndarray],
-    labels: np.ndarray,
     groups: np.ndarray | None,
     progress: bool = False,
-    **fit_kw: Any,
 ) -> FitResult[Ensemble]:
-    """Fit ``spec.k`` heads through fit_on_rows and average their val/test probabilities.
+    """Fit ``spec.k`` heads through the engine (mito.heads.engine.fit_and_score on ``data``) and average their val/test
+    probabilities.
 
     ``seeds``: member i is ``make(seed + i)`` on the same train/val rows. ``folds``: train and val are pooled and cut
     into k slide-grouped parts (``groups``: one id per store row); member i early-stops on part i and trains on the
     rest (all with ``make(seed)``); its ``val`` score is then out-of-fold. The returned FitResult's head is the Ensemble.
     """
-
-    if spec.mode == "folds" and (fit_kw.get("standardize") or fit_kw.get("pca")):
+    if spec.mode == "folds" and (data.standardize or data.pca):
         raise HeadError(
             "--ensemble folds trains each member on other rows, so they cannot share one --standardize/--pca pipeline; use --ensemble K"
         )
-    tr = np.asarray(parts.get("train", []), dtype=np.int64)
-    va = np.asarray(parts.get("val", []), dtype=np.int64)
-    te = np.asarray(parts.get("test", []), dtype=np.int64)
-    if spec.mode == "folds":
-        pool = np.concatenate([tr, va])
-        g = groups[pool] if groups is not None else pool.astype(str)
-        cut = fold_parts(pool, np.asarray(labels)[pool].astype(str), g, spec.k, seed)
-        jobs = [({"train": np.setdiff1d(pool, c), "val": c, "test": te}, seed) for c in cut]
-    else:
-        jobs = [({"train": tr, "val": va, "test": te}, seed + i) for i in range(spec.k)]
-    results: list[FitResult] = []
+    data = replace(data, seed=seed)  # the members' pipeline is seeded like their heads
+    jobs = _member_jobs(spec, seed, parts, np.asarray(data.labels), groups)
+    results: list[FitResult[Head]] = []
     with progress_bar(unit="heads", enabled=progress, transient=True) as bar:
         task, t0 = add_task(bar, f"training {spec.k} ensemble members", spec.k), time.perf_counter()
         for i, (rows, s) in enumerate(jobs):
-            results.append(fit_on_rows(store, keys, rows, labels, make(s), seed=seed, **fit_kw))
+            results.append(fit_and_score(make(s), data, rows))
             advance(bar, task, 1, t0, i + 1)
-    heads = [r.head for r in results]
-    ens = Ensemble(heads, spec.mode, [s for _, s in jobs])
-    scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if len(te):
-        scored["test"] = (results[0].scored["test"][0], np.mean([r.scored["test"][1] for r in results], axis=0))
-    if spec.mode == "seeds" and len(va):
-        scored["val"] = (results[0].scored["val"][0], np.mean([r.scored["val"][1] for r in results], axis=0))
-    elif spec.mode == "folds":  # out-of-fold: each pooled row scored by the member that did not train on it
-        scored["val"] = (np.concatenate([r.scored["val"][0] for r in results]), np.concatenate([r.scored["val"][1] for r in results]))
-    side = "test" if len(te) else "val"
-    member_scores = [classification_metrics(*r.scored[side], r.head.classes_) for r in results if side in r.scored]
-    ens.report = {
-        "members": spec.k,
-        "mode": spec.mode,
-        "seeds": ens.seeds,
-        "member_scores_on": side,
-        **{f"member_{m}": [round(float(s[m]), 4) for s in member_scores] for m in ("balanced_accuracy", "auroc")},
-        **{f"member_{m}_std": round(float(np.std([s[m] for s in member_scores])), 4) for m in ("balanced_accuracy", "auroc")},
-    }
+    ens = Ensemble([r.head for r in results], spec.mode, [s for _, s in jobs])
+    scored = _ensemble_scores(spec, results, len(parts.get("val", [])) > 0, len(parts.get("test", [])) > 0)
+    ens.report = _member_report(spec, ens, results, "test" if "test" in scored and len(parts.get("test", [])) else "val")
     return FitResult(
         ens,
         results[0].pipeline,
@@ -242,3 +240,42 @@ def fit_ensemble(
         predict_seconds=sum(r.predict_seconds for r in results),
         streamed=results[0].streamed,
     )
+
+
+def _member_jobs(
+    spec: EnsembleSpec, seed: int, parts: Mapping[str, np.ndarray], labels: np.ndarray, groups: np.ndarray | None
+) -> list[tuple[dict[str, np.ndarray], int]]:
+    """Each member's rows (train/val/test) and seed."""
+    tr, va, te = (np.asarray(parts.get(n, []), dtype=np.int64) for n in ("train", "val", "test"))
+    if spec.mode != "folds":
+        return [({"train": tr, "val": va, "test": te}, seed + i) for i in range(spec.k)]
+    pool = np.concatenate([tr, va])
+    g = groups[pool] if groups is not None else pool.astype(str)
+    cut = fold_parts(pool, labels[pool].astype(str), g, spec.k, seed)
+    return [({"train": np.setdiff1d(pool, c), "val": c, "test": te}, seed) for c in cut]
+
+
+def _ensemble_scores(spec: EnsembleSpec, results: Sequence[FitResult[Head]], has_val: bool, has_test: bool) -> Scored:
+    """The averaged test (and, seeds, val) probabilities; folds: out-of-fold val, each row scored by the member that
+    did not train on it."""
+    scored: Scored = {}
+    if has_test:
+        scored["test"] = (results[0].scored["test"][0], np.mean([r.scored["test"][1] for r in results], axis=0))
+    if spec.mode == "seeds" and has_val:
+        scored["val"] = (results[0].scored["val"][0], np.mean([r.scored["val"][1] for r in results], axis=0))
+    elif spec.mode == "folds":
+        scored["val"] = (np.concatenate([r.scored["val"][0] for r in results]), np.concatenate([r.scored["val"][1] for r in results]))
+    return scored
+
+
+def _member_report(spec: EnsembleSpec, ens: Ensemble, results: Sequence[FitResult[Head]], side: str) -> dict[str, Any]:
+    """The members' own scores on ``side`` (test, else val), for metrics.json."""
+    member_scores = [classification_metrics(*r.scored[side], r.head.classes_) for r in results if side in r.scored]
+    return {
+        "members": spec.k,
+        "mode": spec.mode,
+        "seeds": ens.seeds,
+        "member_scores_on": side,
+        **{f"member_{m}": [round(float(s[m]), 4) for s in member_scores] for m in ("balanced_accuracy", "auroc")},
+        **{f"member_{m}_std": round(float(np.std([s[m] for s in member_scores])), 4) for m in ("balanced_accuracy", "auroc")},
+    }

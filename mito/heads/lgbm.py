@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mito.heads.base import (
-    Head,
+    CopiesHead,
+    FitArgs,
     HeadError,
-    augment_with_noise,
     balanced_accuracy,
     class_weights,
     default_threads,
@@ -27,11 +28,22 @@ MODEL_FILE = "model.lgb.txt"
 
 
 @register_head("lightgbm")
-class LightGBMHead(Head):
+@dataclass(eq=False, repr=False)
+class LightGBMHead(CopiesHead):
     """Boosted trees (lightgbm.train); with a validation set, stops after ``patience`` rounds without gain.
 
     n_threads=None: one thread for small data, else the idle cores (see base.default_threads).
     """
+
+    n_estimators: int = 500
+    learning_rate: float = 0.05
+    num_leaves: int = 15
+    min_child_samples: int = 20
+    subsample: float = 0.8
+    colsample: float = 0.3
+    reg_lambda: float = 1.0
+    balance: bool = True
+    patience: int = 50
 
     param_spec = {
         **{k: Param("int", 1) for k in ("n_estimators", "num_leaves", "min_child_samples", "patience")},
@@ -43,38 +55,6 @@ class LightGBMHead(Head):
         **COMMON,
         **COPIES,
     }
-
-    def __init__(
-        self,
-        n_estimators: int = 500,
-        learning_rate: float = 0.05,
-        num_leaves: int = 15,
-        min_child_samples: int = 20,
-        subsample: float = 0.8,
-        colsample: float = 0.3,
-        reg_lambda: float = 1.0,
-        balance: bool = True,
-        patience: int = 50,
-        noise: float = 0.0,
-        noise_mode: str = "global",
-        noise_copies: int = 4,
-        n_threads: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.subsample = subsample
-        self.colsample = colsample
-        self.reg_lambda = reg_lambda
-        self.balance = balance
-        self.patience = patience
-        self.noise = noise
-        self.noise_mode = noise_mode
-        self.noise_copies = noise_copies
-        self.n_threads = n_threads
-        self.seed = seed
 
     def _params(self, n_classes: int, n_values: int) -> dict[str, Any]:
         binary = n_classes == 2
@@ -96,11 +76,11 @@ class LightGBMHead(Head):
             "metric": "None",
         }
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
         import lightgbm as lgb
 
         k = len(self.classes_)
-        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, getattr(self, "train_views_", None))
+        Xa, ya = self._with_copies(X, y, extra)
         w = class_weights(ya, k)[ya] if balance_mode(self.balance) == "weights" else None
         train = lgb.Dataset(Xa.astype(np.float32, copy=False), ya, weight=w, free_raw_data=True)
         kw: dict[str, Any] = {}

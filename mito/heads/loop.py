@@ -7,10 +7,11 @@ optimiser and every RNG state) and reports each epoch to a progress hook.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ import numpy as np
 
 from mito.core.errors import MitoError
 from mito.core.io import atomic_write
+from mito.heads.model import Callback
 
 if TYPE_CHECKING:  # torch is imported where it is used: importing mito.heads must not load it
     import torch
@@ -201,12 +203,13 @@ def train_loop(
     metric: str = "balanced_accuracy",
     budget: TimeBudget | None = None,
     checkpoint: Checkpointer | None = None,
-    on_epoch: Callable[[dict[str, float], int], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> LoopResult:
     """Train epoch by epoch until ``max_epochs``, early stopping or the time budget; resume from ``checkpoint`` when it holds one.
 
     ``run_epoch(epoch)`` trains one epoch and returns at least ``train_loss``; ``validate()`` returns the validation
-    (score, loss); ``snapshot()`` copies the weights kept when an epoch is the new best.
+    (score, loss); ``snapshot()`` copies the weights kept when an epoch is the new best; ``callbacks`` are told after
+    every epoch (mito.heads.model.Callback).
     """
     stopping = stopping or EarlyStopping(patience=max_epochs + 1)
     budget = budget or TimeBudget()
@@ -241,8 +244,8 @@ def train_loop(
         history.append(rec)
         if checkpoint is not None:
             checkpoint.save({"history": history, "best": best_state, "stopping": asdict(stopping), "seconds": budget.elapsed()})
-        if on_epoch is not None:
-            on_epoch(rec, max_epochs)
+        for cb in callbacks:
+            cb.on_epoch(rec, max_epochs)
     return LoopResult(
         best_state=best_state,
         best_epoch=stopping.best_epoch if validate is not None and stopping.best_epoch else len(history),
@@ -251,3 +254,27 @@ def train_loop(
         stopped=stopped,
         seconds=budget.elapsed(),
     )
+
+
+def train_best(
+    net: Any,
+    run_epoch: Callable[[int], dict[str, float]],
+    max_epochs: int,
+    patience: int,
+    validate: Callable[[], tuple[float, float]] | None,
+    callbacks: Sequence[Callback] = (),
+) -> LoopResult:
+    """train_loop for a torch network in memory: early stopping after ``patience`` epochs without a validation gain,
+    then the best epoch's weights loaded back and the network left in eval mode."""
+    result = train_loop(
+        run_epoch,
+        max_epochs,
+        validate=validate,
+        stopping=EarlyStopping(patience),
+        snapshot=lambda: copy.deepcopy(net.state_dict()),
+        callbacks=callbacks,
+    )
+    if result.best_state is not None:
+        net.load_state_dict(result.best_state)
+    net.eval()
+    return result

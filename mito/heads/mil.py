@@ -7,17 +7,16 @@ head.json + model.safetensors like the tile heads.
 
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from mito.core.version import __version__
-from mito.heads.bags import SCORE_TILES, BagReader, Bags, local_batches, tile_budget_batches
+from mito.heads.bags import SCORE_TILES, BagReader, Bags, BagSet, local_batches, tile_budget_batches
 from mito.heads.base import (
     HEAD_FILE,
     HeadError,
@@ -29,8 +28,9 @@ from mito.heads.base import (
     noise_variance_from,
     read_json_file,
 )
-from mito.heads.loop import EarlyStopping, train_loop
-from mito.heads.params import COMMON, LOSSES, Param, balance_mode, check_params, describe_params
+from mito.heads.loop import train_best
+from mito.heads.model import Callback, lookup, make, names, register
+from mito.heads.params import COMMON, LOSSES, Param, balance_mode, check_options, check_params, describe_params
 from mito.heads.stream import read_ahead
 
 if TYPE_CHECKING:  # torch (and the networks, mito.heads.mil_nets) load on first use: importing mito.heads must not load it
@@ -38,16 +38,11 @@ if TYPE_CHECKING:  # torch (and the networks, mito.heads.mil_nets) load on first
     from torch import nn
 
 MODEL_FILE = "model.safetensors"
-MIL_HEADS: dict[str, str] = {
-    "mean-linear": "mean pooling of the tile features, then one linear layer",
-    "mean-mlp": "mean pooling, then one hidden layer (ReLU, dropout) and a linear classifier",
-    "abmil": "gated attention pooling over tile embeddings (Ilse et al. 2018), then a linear classifier",
-}
 
 
 def mil_head_names() -> tuple[str, ...]:
-    """The slide-level heads, in registration order."""
-    return tuple(MIL_HEADS)
+    """The slide-level heads (level "slide" of the model registry, mito.heads.model), in registration order."""
+    return names("slide")
 
 
 # every option of the slide-level heads, declared once (mito.heads.params): validation, help, conformance tests
@@ -97,17 +92,21 @@ class MILHead:
     net_: nn.Module | None = field(default=None, repr=False)
     history_: list[dict[str, float]] = field(default_factory=list, repr=False)
     best_epoch_: int = 0
-    on_epoch: Callable[[dict[str, float], int], None] | None = field(default=None, repr=False)
+    level: ClassVar[str] = "slide"
+    param_spec: ClassVar[dict[str, Param]] = MIL_PARAMS  # every option, declared once (mito.heads.params)
+
+    def get_params(self) -> dict[str, Any]:
+        """The options, as saved (scikit-learn's name; params() too)."""
+        return self.params()
 
     def params(self) -> dict[str, Any]:
         """The options, as saved."""
         d = asdict(self)
-        return {k: v for k, v in d.items() if not k.endswith("_") and k not in ("on_epoch", "name")}
+        return {k: v for k, v in d.items() if not k.endswith("_") and k != "name"}
 
     def validate(self) -> None:
         """One-line HeadError naming the head, the option and its allowed values (from ``param_spec``)."""
-        if self.name not in MIL_HEADS:
-            raise HeadError(f"unknown slide-level head {self.name!r}; choose one of {', '.join(MIL_HEADS)}")
+        lookup("slide", self.name)  # an unknown name is a one-line HeadError listing the others
         if self.noise_mode in ("views", "view-cov"):
             raise HeadError(
                 f"head {self.name!r}: noise_mode must be global, per-dim or absolute, got {self.noise_mode!r} (views and view-cov are for tile-level heads)"
@@ -123,28 +122,74 @@ class MILHead:
         return MeanPool(d, k, int(self.hidden) if self.name == "mean-mlp" else 0, float(self.dropout))
 
     # -- training
-    def fit(self, reader: BagReader, bags: Bags, train: np.ndarray, val: np.ndarray | None = None) -> MILHead:
-        """Train on the bags ``train`` (indices into ``bags``), early-stopping on ``val``."""
-        self.validate()
-        with cpu_threads(int(bags.sizes[train].sum()) * reader.d, reserve=1):  # one core reads ahead (read_ahead)
-            return self._fit(reader, bags, train, val)
+    @classmethod
+    def create(cls, **params: Any) -> MILHead:
+        """This head with ``params``; unknown options or values out of range are one-line HeadErrors."""
+        check_options(cls.name, sorted(MILHead().params()), params, "slide-level head")
+        head = cls(**params)
+        head.validate()
+        return head
 
-    def _fit(self, reader: BagReader, bags: Bags, train: np.ndarray, val: np.ndarray | None) -> MILHead:
+    def fit(
+        self, X: BagSet, y: Any = None, *, eval_set: BagSet | None = None, views: Any = None, callbacks: Sequence[Callback] = ()
+    ) -> MILHead:
+        """Train on the bags of ``X`` (their labels are y), early-stopping on the bags of ``eval_set``; ``callbacks``
+        are told after every epoch. ``views`` are for tile heads (None here)."""
+        self.validate()
+        if views is not None:
+            raise HeadError(f"head {self.name!r}: augmented views are for tile-level heads")
+        if y is not None and list(map(str, np.asarray(y))) != list(map(str, X.labels)):
+            raise HeadError("a slide-level head takes its labels from the bags (give y=None)")
+        train, val = X.index, (eval_set.index if eval_set is not None else None)
+        with cpu_threads(int(X.bags.sizes[train].sum()) * X.reader.d, reserve=1):  # one core reads ahead (read_ahead)
+            return self._fit(X.reader, X.bags, train, val, callbacks)
+
+    def _fit(self, reader: BagReader, bags: Bags, train: np.ndarray, val: np.ndarray | None, callbacks: Sequence[Callback]) -> MILHead:
         import torch
 
-        from mito.heads.torch_heads import focal_loss
-
         torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
         self.classes_ = np.asarray(bags.classes)
         self.n_features_in_ = reader.d
         index = {c: i for i, c in enumerate(bags.classes)}
         y = np.array([index[v] for v in bags.labels], dtype=np.int64)
-        k = len(bags.classes)
-        net = self.build(reader.d, k)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        cw = torch.tensor(class_weights(y[train], k), dtype=torch.float32) if balance_mode(self.balance) == "weights" else None
+        net = self.build(reader.d, len(bags.classes))
+        loss_fn = self._loss(y[train], len(bags.classes))
+        run_epoch = self._epoch_runner(net, reader, bags, train, y, loss_fn)
+
+        def validate() -> tuple[float, float]:
+            assert val is not None  # train_loop gets validate only with validation bags
+            logits = self._logits(net, reader, bags, val)[0]
+            return balanced_accuracy(y[val], logits.argmax(1).numpy()), float(loss_fn(logits, torch.from_numpy(y[val])))
+
+        has_val = val is not None and len(val) > 0
+        result = train_best(net, run_epoch, int(self.epochs), int(self.patience), validate if has_val else None, callbacks)
+        self.net_, self.history_, self.best_epoch_ = net, result.history, result.best_epoch
+        return self
+
+    def _loss(self, y_train: np.ndarray, k: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The training loss: focal or cross-entropy, class-weighted by the training bags when balance says so."""
+        import torch
+
+        from mito.heads.torch_heads import focal_loss
+
+        cw = torch.tensor(class_weights(y_train, k), dtype=torch.float32) if balance_mode(self.balance) == "weights" else None
         gamma = float(self.gamma) if self.loss == "focal" else 0.0
+        return lambda logits, target: focal_loss(logits, target, gamma, cw)
+
+    def _epoch_runner(
+        self,
+        net: nn.Module,
+        reader: BagReader,
+        bags: Bags,
+        train: np.ndarray,
+        y: np.ndarray,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> Callable[[int], dict[str, float]]:
+        """One training epoch over the bags ``train``: shuffled batches of bags, tiles subsampled, feature noise."""
+        import torch
+
+        gen = torch.Generator().manual_seed(self.seed)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         sd = None
         if self.noise > 0:
             var = noise_variance_from(lambda: reader.moments(bags, train)[1], reader.d, self.noise, self.noise_mode)
@@ -162,8 +207,7 @@ class MILHead:
             for sel, x, mask in read_ahead((sel, *pad(xs)) for sel, _, xs in read):  # decode + pad overlap training
                 if sd is not None:
                     x = x + torch.randn(x.shape, generator=gen) * sd
-                logits, _ = net(x, mask)
-                loss = focal_loss(logits, torch.from_numpy(y[sel]), gamma, cw)
+                loss = loss_fn(net(x, mask)[0], torch.from_numpy(y[sel]))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -171,26 +215,7 @@ class MILHead:
                 seen += len(sel)
             return {"train_loss": total / max(seen, 1)}
 
-        def validate() -> tuple[float, float]:
-            assert val is not None  # train_loop gets validate only with validation bags
-            logits = self._logits(net, reader, bags, val)[0]
-            loss = float(focal_loss(logits, torch.from_numpy(y[val]), gamma, cw))
-            return balanced_accuracy(y[val], logits.argmax(1).numpy()), loss
-
-        has_val = val is not None and len(val) > 0
-        result = train_loop(
-            run_epoch,
-            int(self.epochs),
-            validate=validate if has_val else None,
-            stopping=EarlyStopping(int(self.patience)),
-            snapshot=lambda: copy.deepcopy(net.state_dict()),
-            on_epoch=self.on_epoch,
-        )
-        if result.best_state is not None:
-            net.load_state_dict(result.best_state)
-        net.eval()
-        self.net_, self.history_, self.best_epoch_ = net, result.history, result.best_epoch
-        return self
+        return run_epoch
 
     def _logits(
         self, net: nn.Module, reader: BagReader, bags: Bags, which: np.ndarray
@@ -212,23 +237,29 @@ class MILHead:
         k = len(self.classes_) if self.classes_ is not None else 0
         return (torch.cat(out) if out else torch.zeros(0, k)), rows_out, att_out
 
-    def predict_proba(
-        self, reader: BagReader, bags: Bags, which: np.ndarray | None = None
-    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-        """Class probabilities per bag (columns = ``classes_``), and per bag its store rows and tile weights
+    def predict_proba(self, X: BagSet) -> np.ndarray:
+        """Class probabilities per bag of ``X`` (columns = ``classes_``)."""
+        return self.predict_bags(X)[0]
+
+    def predict_bags(self, X: BagSet) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """Class probabilities per bag of ``X`` (columns = ``classes_``), and per bag its store rows and tile weights
         (attention for abmil; 1/n for mean pooling)."""
         if self.net_ is None or self.classes_ is None:
             raise HeadError(f"this {self.name} head is not fitted yet")
-        if reader.d != self.n_features_in_:
-            raise HeadError(f"features have {reader.d} dims, the head was trained on {self.n_features_in_}")
+        if X.reader.d != self.n_features_in_:
+            raise HeadError(f"features have {X.reader.d} dims, the head was trained on {self.n_features_in_}")
         import torch
 
-        which = np.arange(len(bags)) if which is None else which
-        with cpu_threads(int(bags.sizes[which].sum()) * reader.d, reserve=1):
-            logits, rows, att = self._logits(self.net_, reader, bags, which)
+        with cpu_threads(int(X.bags.sizes[X.index].sum()) * X.reader.d, reserve=1):
+            logits, rows, att = self._logits(self.net_, X.reader, X.bags, X.index)
         return torch.softmax(logits, 1).numpy().astype(np.float64), rows, att
 
     # -- save / load
+    @classmethod
+    def load(cls, path: str | Path) -> MILHead:
+        """A head written by ``save`` (load_mil_head)."""
+        return load_mil_head(path)
+
     def save(self, path: str | Path) -> None:
         """head.json (options, classes, width, weight hash) and model.safetensors."""
         from safetensors.torch import save_file
@@ -253,22 +284,37 @@ class MILHead:
 
 def mil_param_help(name: str) -> list[str]:
     """One line per option of the slide-level head ``name`` (from MIL_PARAMS)."""
-    if name not in MIL_HEADS:
-        raise HeadError(f"unknown slide-level head {name!r}; choose one of {', '.join(MIL_HEADS)}")
-    return describe_params(MIL_PARAMS, MILHead(name=name).params())
+    return describe_params(MIL_PARAMS, lookup("slide", name)().params())
 
 
 def make_mil_head(name: str, **params: Any) -> MILHead:
     """A slide-level head by name; unknown options or values out of range are one-line HeadErrors."""
-    if name not in MIL_HEADS:
-        raise HeadError(f"unknown slide-level head {name!r}; choose one of {', '.join(MIL_HEADS)}")
-    allowed = sorted(MILHead().params())
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise HeadError(f"slide-level head {name!r} has no option {', '.join(unknown)} (it takes: {', '.join(allowed)})")
-    head = MILHead(name=name, **params)
-    head.validate()
+    head: MILHead = make("slide", name, **params)
     return head
+
+
+@register("slide", "mean-linear")
+@dataclass
+class MeanLinear(MILHead):
+    """Mean pooling of the tile features, then one linear layer."""
+
+    name: str = "mean-linear"
+
+
+@register("slide", "mean-mlp")
+@dataclass
+class MeanMLP(MILHead):
+    """Mean pooling, then one hidden layer (ReLU, dropout) and a linear classifier."""
+
+    name: str = "mean-mlp"
+
+
+@register("slide", "abmil")
+@dataclass
+class ABMIL(MILHead):
+    """Gated attention pooling over tile embeddings (Ilse et al. 2018), then a linear classifier."""
+
+    name: str = "abmil"
 
 
 def load_mil_head(path: str | Path) -> MILHead:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -106,6 +106,13 @@ COMMON: dict[str, Param] = {
     "seed": Param("int", 0, 2**32, high_open=True, help="random seed"),
 }
 COPIES: dict[str, Param] = {"noise_copies": Param("int", 0, help="noisy copies of the training rows (whole-array heads)")}
+
+
+def check_options(head: str, allowed: Sequence[str], given: Mapping[str, Any], what: str = "head") -> None:
+    """One-line HeadError when ``given`` names an option the head does not take (listing those it takes)."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise HeadError(f"{what} {head!r} has no option {', '.join(unknown)} (it takes: {', '.join(allowed)})")
 
 
 def check_params(head: str, spec: Mapping[str, Param], values: Mapping[str, Any]) -> None:

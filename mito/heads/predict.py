@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from mito.core.artifacts import register_loader
 from mito.core.errors import TaskError
-from mito.core.io import artifact_kind, atomic_write, check_output_file, csv_probabilities
+from mito.core.io import artifact_kind, atomic_write, check_output_file, csv_probabilities, write_json, write_manifest
 from mito.core.progress import add_task, advance, progress_bar
 from mito.core.tasks import resolve_task as resolve_spec
 from mito.datasets import PROXY_TASKS
@@ -22,14 +22,14 @@ from mito.heads.base import HEAD_FILE, FittedHead, Head, HeadError, read_json_fi
 from mito.heads.calibrate import apply_temperature, model_temperature
 from mito.heads.ensemble import Ensemble, load_any_head
 from mito.heads.features import PIPELINE_FILE, FeaturePipeline, check_store_matches, one_hot
+from mito.heads.model import CONFIG_FILE, Callback
 from mito.heads.split import UNKNOWN, UNSEEN, identity_columns, recorded_split, side_of
-from mito.heads.train import CONFIG_FILE
 from mito.store import open_store, store_input_files
 
 
 @dataclass
-class Model:
-    """A model directory loaded whole: config, head and the saved standardise/PCA pipeline.
+class TileModel:
+    """A tile-level model directory loaded whole: config, head and the saved standardise/PCA pipeline.
 
     ``predict_proba(X)`` takes the RAW store features (the variants of ``config['features']`` side by side, as
     ``select_features`` reads them) and applies the pipeline and metadata one-hots exactly as ``mito predict`` does.
@@ -41,8 +41,41 @@ class Model:
     pipeline: FeaturePipeline
     path: Path
 
+    level: ClassVar[str] = "tile"
+
     def __iter__(self) -> Iterator[Any]:
         return iter((self.config, self.head, self.pipeline))
+
+    @property
+    def name(self) -> str:
+        """The head's name (``ensemble`` for an ensemble)."""
+        return str(self.head.name)
+
+    def fit(
+        self, X: Any, y: Any = None, *, eval_set: Any = None, views: np.ndarray | None = None, callbacks: Sequence[Callback] = ()
+    ) -> TileModel:
+        """Re-fit the pipeline and the head on raw store features (fit_head makes a model directory from a store);
+        the model's metadata columns are not refitted (a model with metadata columns is refused)."""
+        if self.config.get("metadata_categories"):
+            raise HeadError("this model also takes metadata columns: re-train it with mito fit-head")
+        X = np.asarray(X, dtype=np.float32)
+        self.pipeline.fit(X, seed=int(self.config.get("training", {}).get("seed", 0)))
+        ev = None if eval_set is None else (self.pipeline.transform(np.asarray(eval_set[0], dtype=np.float32)), eval_set[1])
+        self.head.fit(self.pipeline.transform(X), y, eval_set=ev, views=views, callbacks=callbacks)
+        return self
+
+    def save(self, path: str | Path) -> None:
+        """The head, the pipeline, config.json and the manifest: a model directory load_model reads back."""
+        path = Path(path)
+        self.head.save(path)
+        sha = self.pipeline.save(path)
+        write_json(path / CONFIG_FILE, {**self.config, "pipeline": {**self.pipeline.config(), **({"sha256": sha} if sha else {})}})
+        write_manifest(path, "ensemble" if self.name == "ensemble" else "model", "tile", head=self.name)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TileModel:
+        """A tile-level model directory (load_model)."""
+        return load_model(path)
 
     @property
     def classes_(self) -> np.ndarray:
@@ -84,8 +117,8 @@ class Model:
         return self.classes_[self.predict_proba(X, metadata).argmax(axis=1)]
 
 
-def load_model(model_dir: str | os.PathLike) -> Model:
-    """The Model in a directory written by fit_head; a missing or damaged file is a one-line HeadError naming it."""
+def load_model(model_dir: str | os.PathLike) -> TileModel:
+    """The TileModel in a directory written by fit_head; a missing or damaged file is a one-line HeadError naming it."""
     path = Path(model_dir)
     if not (path / CONFIG_FILE).is_file() or not (path / HEAD_FILE).is_file():
         raise HeadError(f"{path} is not a mito model directory (needs {CONFIG_FILE} and {HEAD_FILE}; made by mito fit-head)")
@@ -101,11 +134,11 @@ def load_model(model_dir: str | os.PathLike) -> Model:
     width = pipeline.out_dim(raw_d) + sum(len(c) for c in (config.get("metadata_categories") or {}).values())
     if width != head.n_features_in_:
         raise HeadError(f"{path / CONFIG_FILE} describes {width} head inputs, {path / HEAD_FILE} says {head.n_features_in_}")
-    return Model(config, head, pipeline, path)
+    return TileModel(config, head, pipeline, path)
 
 
-def load_head(path: str | os.PathLike) -> Head | Ensemble | Model:
-    """Load what ``path`` holds: a model directory made by fit-head -> its Model (predicts from raw store features,
+def load_head(path: str | os.PathLike) -> Head | Ensemble | TileModel:
+    """Load what ``path`` holds: a model directory made by fit-head -> its TileModel (predicts from raw store features,
     pipeline applied, like mito predict); a folder written by ``head.save`` -> the bare head."""
     p = Path(path)
     if artifact_kind(p) in (("model", "tile"), ("ensemble", "tile")):
@@ -159,7 +192,7 @@ def predict(
     return df
 
 
-def predict_store(model: Model, store_path: str, progress: bool = False) -> pd.DataFrame:
+def predict_store(model: TileModel, store_path: str, progress: bool = False) -> pd.DataFrame:
     """A loaded model's predictions for every readable tile of a store: tile_id and the id columns, label and split when
     known, pred, p_<class>."""
     config = model.config

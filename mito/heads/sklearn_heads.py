@@ -7,6 +7,7 @@ noisy copies of them (a fresh draw per copy).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 
-from mito.heads.base import Head, HeadError, augment_with_noise, balanced_accuracy, register_head
+from mito.heads.base import CopiesHead, FitArgs, HeadError, balanced_accuracy, register_head
 from mito.heads.params import COMMON, COPIES, Param, balance_mode
 
 MODEL_FILE = "model.safetensors"
@@ -24,8 +25,13 @@ _BLOCK_VALUES = 1 << 22  # knn: distances computed in blocks of at most this man
 
 
 @register_head("logreg")
-class LogRegHead(Head):
+@dataclass(eq=False, repr=False)
+class LogRegHead(CopiesHead):
     """L2 logistic regression (lbfgs); C="auto" picks C from 0.001..10 by validation balanced accuracy."""
+
+    C: float | str = 1.0
+    balance: bool = True
+    max_iter: int = 2000
 
     param_spec = {
         "C": Param("float", 0, math.inf, low_open=True, also=("auto",), help="inverse L2 strength; auto: chosen on the validation rows"),
@@ -35,26 +41,6 @@ class LogRegHead(Head):
         **COPIES,
     }
 
-    def __init__(
-        self,
-        C: float | str = 1.0,
-        balance: bool = True,
-        max_iter: int = 2000,
-        noise: float = 0.0,
-        noise_mode: str = "global",
-        noise_copies: int = 4,
-        n_threads: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.C = C
-        self.balance = balance
-        self.max_iter = max_iter
-        self.noise = noise
-        self.noise_mode = noise_mode
-        self.noise_copies = noise_copies
-        self.n_threads = n_threads
-        self.seed = seed
-
     def _model(self, C: float) -> LogisticRegression:
         return LogisticRegression(
             C=C,
@@ -63,8 +49,8 @@ class LogRegHead(Head):
             random_state=self.seed,
         )
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
-        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, getattr(self, "train_views_", None))
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
+        Xa, ya = self._with_copies(X, y, extra)
         Xa = Xa.astype(np.float32, copy=False)
         if self.C == "auto":
             if X_val is None or y_val is None:  # Head.fit passes both or neither
@@ -97,7 +83,8 @@ class LogRegHead(Head):
 
 
 @register_head("knn")
-class KNNHead(Head):
+@dataclass(eq=False, repr=False)
+class KNNHead(CopiesHead):
     """k nearest neighbours (cosine by default); balance=True divides the vote shares by the class priors.
 
     Exact and reproducible: a row's probabilities depend on that row alone, never on the other rows predicted with
@@ -107,6 +94,11 @@ class KNNHead(Head):
     identical rows and do not depend on BLAS. Ties are broken by training-row index.
     """
 
+    n_neighbors: int = 15
+    metric: str = "cosine"
+    weights: str = "distance"
+    balance: bool = True
+
     param_spec = {
         "n_neighbors": Param("int", 1, help="neighbours that vote"),
         "metric": Param("choice", choices=("cosine", "euclidean", "manhattan")),
@@ -115,28 +107,6 @@ class KNNHead(Head):
         **COMMON,
         **COPIES,
     }
-
-    def __init__(
-        self,
-        n_neighbors: int = 15,
-        metric: str = "cosine",
-        weights: str = "distance",
-        balance: bool = True,
-        noise: float = 0.0,
-        noise_mode: str = "global",
-        noise_copies: int = 4,
-        n_threads: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.n_neighbors = n_neighbors
-        self.metric = metric
-        self.weights = weights
-        self.balance = balance
-        self.noise = noise
-        self.noise_mode = noise_mode
-        self.noise_copies = noise_copies
-        self.n_threads = n_threads
-        self.seed = seed
 
     def _set(self, X: np.ndarray, y: np.ndarray) -> None:
         self.X_ = np.ascontiguousarray(X, dtype=np.float32)
@@ -149,8 +119,8 @@ class KNNHead(Head):
         prior = np.bincount(self.y_, minlength=len(self.classes_)) / len(self.y_)
         self.prior_ = np.maximum(prior, 1e-12)
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
-        Xa, ya = augment_with_noise(X, y, self.noise, self.noise_mode, self.noise_copies, self.seed, getattr(self, "train_views_", None))
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
+        Xa, ya = self._with_copies(X, y, extra)
         self._set(Xa, ya)
 
     def _distances(self, Q: np.ndarray, start: int, stop: int) -> np.ndarray:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -26,16 +27,19 @@ from mito.core.io import (
 )
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, progress_bar
+from mito.core.runrecord import write_run_record
 from mito.core.sections import OutputSection, PositiveSection, SeedSection, StoreSection
 from mito.core.tasks import choose_positive
 from mito.core.validation import one_line
 from mito.core.version import __version__
-from mito.heads.bags import BagReader, Bags, bag_table, left_out, make_bags, parse_bag_label
+from mito.heads.bags import BagReader, Bags, BagSet, bag_table, left_out, make_bags, parse_bag_label
 from mito.heads.base import HeadError, read_json_file
+from mito.heads.engine import fit_and_score
 from mito.heads.features import check_store_matches, feature_dims
-from mito.heads.mil import MILHead, load_mil_head, make_mil_head, mil_head_names
+from mito.heads.mil import MILHead, load_mil_head, make_mil_head
+from mito.heads.model import CONFIG_FILE, METRICS_FILE, Callback, lookup
 from mito.heads.split import TEST_FRACTION, VAL_FRACTION, make_split, recorded_split, save_split, side_of
-from mito.heads.train import CONFIG_FILE, METRICS_FILE, check_model_out, default_features, is_model_folder
+from mito.heads.train import check_model_out, default_features, is_model_folder
 from mito.store import open_store, store_input_files
 
 
@@ -80,11 +84,17 @@ def make_slide_fit_config(**kw: Any) -> SlideFitConfig:
 
 @dataclass
 class SlideModel:
-    """A slide-level model directory loaded whole: its config and its MIL head (``predict_proba`` takes bags)."""
+    """A slide-level model directory loaded whole: its config and its MIL head (``predict_proba`` takes a BagSet)."""
 
     config: dict[str, Any]
     head: MILHead
     path: Path
+    level: ClassVar[str] = "slide"
+
+    @property
+    def name(self) -> str:
+        """The head's name."""
+        return self.head.name
 
     @property
     def classes_(self) -> np.ndarray:
@@ -92,6 +102,27 @@ class SlideModel:
         if self.head.classes_ is None:
             raise HeadError(f"the slide-level head in {self.path} is not fitted")
         return self.head.classes_
+
+    def fit(self, X: BagSet, y: Any = None, *, eval_set: Any = None, views: Any = None, callbacks: Sequence[Callback] = ()) -> SlideModel:
+        """Re-fit the head on the bags of ``X`` (fit_slide_head makes a model directory from a store)."""
+        self.head.fit(X, y, eval_set=eval_set, views=views, callbacks=callbacks)
+        return self
+
+    def predict_proba(self, X: BagSet) -> np.ndarray:
+        """Class probabilities per bag of ``X``."""
+        return self.head.predict_proba(X)
+
+    def save(self, path: str | Path) -> None:
+        """The head, its config and the manifest (a model directory predict can load)."""
+        path = Path(path)
+        self.head.save(path)
+        write_json(path / CONFIG_FILE, self.config)
+        write_manifest(path, "model", "slide", head=self.head.name)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SlideModel:
+        """A slide-level model directory (load_slide_model)."""
+        return load_slide_model(path)
 
 
 def load_slide_model(model_dir: str | os.PathLike) -> SlideModel:
@@ -115,49 +146,71 @@ def bag_split(bags: Bags, val_fraction: float, test_fraction: float, seed: int) 
 
 def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
     """Train a slide-level head from a store's bags as ``cfg`` says; write the model directory; return the metrics."""
-    if cfg.head not in mil_head_names():
-        raise HeadError(f"unknown slide-level head {cfg.head!r}; choose one of {', '.join(mil_head_names())}")
+    lookup("slide", cfg.head)  # an unknown head is one line before anything else is checked
     if cfg.out is not None:
         check_model_out(cfg.out, cfg.store, cfg.overwrite)
     head = make_mil_head(cfg.head, **{"seed": cfg.seed, **cfg.head_params})
     t0 = time.perf_counter()
     with open_store(cfg.store, "r") as store:
         keys = list(cfg.features) or default_features(store)
-        dims = feature_dims(store, keys)
         tiles = bag_table(store, cfg.task, cfg.bag_column, cfg.group_column)
         bags = make_bags(tiles, cfg.task, cfg.bag_column, cfg.bag_label, cfg.group_column, store.unreadable)
         parts = bag_split(bags, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-        positive, positive_source = bag_positive(bags, parts["train"], cfg.bag_label, cfg.positive)
-        reader = BagReader(store, keys)
+        positive = bag_positive(bags, parts["train"], cfg.bag_label, cfg.positive)
         bar = progress_bar(unit="epochs", transient=True, info=True, enabled=cfg.progress)
         task_id = add_task(bar, f"training {head.name} on {len(parts['train'])} bags", head.epochs)
-
-        def on_epoch(rec: dict[str, float], max_epochs: int) -> None:
-            info = f"loss {rec['train_loss']:.4f}" + (
-                f", val bal acc {rec['val_balanced_accuracy']:.3f}" if "val_balanced_accuracy" in rec else ""
-            )
-            bar.update(task_id, completed=rec["epoch"], info=info)
-
-        head.on_epoch = on_epoch
+        t_fit = time.perf_counter()
         with bar:
-            head.fit(reader, bags, parts["train"], parts["val"])
-        head.on_epoch = None
-        t_train = time.perf_counter() - t0
-        evals = {}
-        for name in ("val", "test"):
-            if len(parts[name]):
-                proba, _, _ = head.predict_proba(reader, bags, parts[name])
-                evals[name] = classification_metrics(bags.labels[parts[name]], proba, bags.classes, positive)
-        variants = {k: {f: v for f, v in store.variant_info(k).items() if f != "added"} for k in keys}
-        store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
-        dropped = left_out(bags, store.meta, cfg.bag_column)
+            fitted = fit_and_score(head, BagSet(BagReader(store, keys), bags), parts, callbacks=[_BagEpochBar(bar, task_id)])
+        seconds = t_fit - t0 + fitted.train_seconds  # bags made and head trained (scoring not counted)
+        evals = {name: classification_metrics(ys, proba, bags.classes, positive[0]) for name, (ys, proba) in fitted.scored.items()}
+        provenance = {
+            "dims": feature_dims(store, keys),
+            "variants": {k: {f: v for f, v in store.variant_info(k).items() if f != "added"} for k in keys},
+            "store": {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles},
+            "dropped": left_out(bags, store.meta, cfg.bag_column),
+        }
     if not evals:
         raise HeadError("no validation or test bags to measure the head on")
+    metrics = _slide_metrics(cfg, head, bags, parts, evals, positive, keys, provenance, seconds)
+    config = _slide_config(cfg, head, bags, positive, keys, provenance, fitted.n_features_in, metrics["split"])
+    if cfg.out is not None:
+        _write_slide_model(cfg, head, bags, parts, config, metrics)
+        metrics["model_dir"] = str(cfg.out)
+    return metrics
+
+
+class _BagEpochBar:
+    """A Callback moving the slide-level fit's progress bar one epoch at a time."""
+
+    def __init__(self, bar: Any, task: Any) -> None:
+        self.bar, self.task = bar, task
+
+    def on_epoch(self, rec: dict[str, float], max_epochs: int) -> None:
+        """Advance the bar to this epoch, showing the loss and the validation score."""
+        info = f"loss {rec['train_loss']:.4f}" + (
+            f", val bal acc {rec['val_balanced_accuracy']:.3f}" if "val_balanced_accuracy" in rec else ""
+        )
+        self.bar.update(self.task, completed=rec["epoch"], info=info)
+
+
+def _slide_metrics(
+    cfg: SlideFitConfig,
+    head: MILHead,
+    bags: Bags,
+    parts: dict[str, np.ndarray],
+    evals: dict[str, dict[str, Any]],
+    positive: tuple[str | None, str],
+    keys: list[str],
+    provenance: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """metrics.json of a slide-level model: scores on the test (else val) bags, the split and training facts."""
     main = "test" if "test" in evals else "val"
-    bag_column = cfg.bag_column or "slide"
-    metrics = {
+    dropped = provenance["dropped"]
+    return {
         **evals[main],
-        **({"positive_source": positive_source} if positive is not None else {}),
+        **({"positive_source": positive[1]} if positive[0] is not None else {}),
         "evaluated_on": main,
         "level": "slide",
         "task": bags.task,
@@ -168,47 +221,66 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
         "n_left_out": len(dropped),
         "left_out": dropped,
         "n_tiles_per_bag_median": float(np.median(bags.sizes)),
-        "train_seconds": round(t_train, 3),
+        "train_seconds": round(seconds, 3),
         "best_epoch": head.best_epoch_,
         "epochs_run": len(head.history_),
         "features": keys,
         "features_default": not cfg.features,
-        "split": f"random by {cfg.group_column or bag_column!r}: test {cfg.test_fraction:g}, val {cfg.val_fraction:g} of the rest",
+        "split": f"random by {cfg.group_column or cfg.bag_column or 'slide'!r}: test {cfg.test_fraction:g}, val {cfg.val_fraction:g} of the rest",
         **({"val": evals["val"]} if main == "test" and "val" in evals else {}),
     }
-    config = {
+
+
+def _slide_config(
+    cfg: SlideFitConfig,
+    head: MILHead,
+    bags: Bags,
+    positive: tuple[str | None, str],
+    keys: list[str],
+    provenance: dict[str, Any],
+    width: int,
+    split: str,
+) -> dict[str, Any]:
+    """config.json of a slide-level model: what it is, what predict needs, how it was trained."""
+    return {
         "mito_version": __version__,
         "level": "slide",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "task": cfg.task,
-        "bag_column": bag_column,
+        "bag_column": cfg.bag_column or "slide",
         "bag_label": cfg.bag_label,
         "group_column": cfg.group_column,
         "task_description": bags.description,
         "classes": list(bags.classes),
-        **({"positive": positive, "positive_source": positive_source} if positive is not None else {}),
+        **({"positive": positive[0], "positive_source": positive[1]} if positive[0] is not None else {}),
         "features": keys,
-        "feature_dims": dims,
-        "variants": variants,
-        "n_features_in": reader.d,
+        "feature_dims": provenance["dims"],
+        "variants": provenance["variants"],
+        "n_features_in": width,
         "head": {"name": head.name, "params": head.params()},
-        "training": {"store": store_meta, "seed": cfg.seed, "split": metrics["split"]},
+        "training": {"store": provenance["store"], "seed": cfg.seed, "split": split},
     }
+
+
+def _write_slide_model(
+    cfg: SlideFitConfig, head: MILHead, bags: Bags, parts: dict[str, np.ndarray], config: dict[str, Any], metrics: dict[str, Any]
+) -> None:
+    """The model directory, written into a hidden sibling and moved into place (mito.core.io.atomic_dir)."""
     side = np.full(len(bags), "", dtype=object)
     for name, idx in parts.items():
         side[idx] = name
-    if cfg.out is not None:
+    bag_column = config["bag_column"]
 
-        def fill(tmp: Path) -> None:
-            head.save(tmp)
-            save_split(tmp, pd.DataFrame({bag_column: bags.names}), side)  # predict tells the bags fitted on from the others
-            write_json(tmp / CONFIG_FILE, config)
-            write_json(tmp / METRICS_FILE, metrics)
-            write_manifest(tmp, "model", "slide", head=head.name)
+    def fill(tmp: Path) -> None:
+        head.save(tmp)
+        save_split(tmp, pd.DataFrame({bag_column: bags.names}), side)  # predict tells the bags fitted on from the others
+        write_json(tmp / CONFIG_FILE, config)
+        write_json(tmp / METRICS_FILE, metrics)
+        sha = str(config["training"]["store"].get("tile_list_sha256") or "")
+        write_run_record(tmp, "fit-slide", cfg, sha)  # how to make it again (mito rerun)
+        write_manifest(tmp, "model", "slide", head=head.name)
 
-        atomic_dir(Path(cfg.out), fill, lambda p: cfg.overwrite and (is_model_folder(p) or (p.is_dir() and not any(p.iterdir()))))
-        metrics["model_dir"] = str(cfg.out)
-    return metrics
+    atomic_dir(Path(cfg.out or ""), fill, lambda p: cfg.overwrite and (is_model_folder(p) or (p.is_dir() and not any(p.iterdir()))))
 
 
 def tiles_csv_path(out_csv: str | os.PathLike) -> Path:
@@ -235,7 +307,7 @@ def predict_slides(
         tiles = store.tiles
         bags = make_bags(tiles, None, cfg["bag_column"], None, None, store.unreadable)
         dropped = left_out(bags, store.meta, cfg["bag_column"])
-        proba, rows, att = head.predict_proba(BagReader(store, cfg["features"]), bags)
+        proba, rows, att = head.predict_bags(BagSet(BagReader(store, cfg["features"]), bags))
     classes = [str(c) for c in model.classes_]
     slides = pd.DataFrame({cfg["bag_column"]: bags.names, "n_tiles": bags.sizes})
     known = _known_labels(tiles, cfg, bags)

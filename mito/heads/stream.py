@@ -165,7 +165,7 @@ def fit_pipeline_stream(pipeline: FeaturePipeline, stream: FeatureStream, seed: 
 
 def stream_proba(head: Any, stream: FeatureStream) -> np.ndarray:
     """Class probabilities of every row of ``stream`` (in row order), predicted block by block."""
-    return head.predict_proba_stream(stream)
+    return head.predict_proba(stream)
 
 
 def read_ahead(it: Iterator[Any], depth: int = 1) -> Generator[Any, None, None]:

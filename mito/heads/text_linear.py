@@ -8,6 +8,8 @@ The class text embeddings come from the file `mito zero-shot` writes (param ``te
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mito.heads.base import HeadError, register_head
+from mito.heads.base import FitArgs, HeadError, register_head
+from mito.heads.model import Callback
 from mito.heads.params import Param
 from mito.heads.torch_heads import LinearHead
 from mito.heads.zeroshot import read_text_embeddings
@@ -51,42 +54,12 @@ def text_init(text: np.ndarray, scale: float, d: int) -> tuple[torch.Tensor, tor
 
 
 @register_head("text-linear")
+@dataclass(eq=False, repr=False)
 class TextLinearHead(LinearHead):
     """A linear probe initialised from the class text embeddings of a vision-language backbone."""
 
-    def __init__(
-        self,
-        text_embeddings: str | None = None,
-        loss: str = "ce",
-        gamma: float = 2.0,
-        balance: str = "weights",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        epochs: int = 100,
-        patience: int = 15,
-        batch_size: int | None = None,
-        noise: float = 0.0,
-        noise_mode: str = "global",
-        precision: str = "auto",
-        n_threads: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.text_embeddings = text_embeddings
-        super().__init__(
-            loss=loss,
-            gamma=gamma,
-            balance=balance,
-            lr=lr,
-            weight_decay=weight_decay,
-            epochs=epochs,
-            patience=patience,
-            batch_size=batch_size,
-            noise=noise,
-            noise_mode=noise_mode,
-            precision=precision,
-            n_threads=n_threads,
-            seed=seed,
-        )
+    text_embeddings: str | None = None
+    weight_decay: float = 0.0
 
     param_spec = {
         "text_embeddings": Param("path", help="the class text embeddings file `mito zero-shot` writes beside the store"),
@@ -110,13 +83,13 @@ class TextLinearHead(LinearHead):
             raise HeadError(f"{self.text_embeddings} has no text embedding for class {missing[0]!r} (it has: {', '.join(te.classes)})")
         return te.matrix("", [str(c) for c in self.classes_]), te.logit_scale
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
         self._init = self.class_text()
-        super()._fit(X, y, X_val, y_val)
+        super()._fit(X, y, X_val, y_val, extra)
 
-    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None) -> None:
+    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None, callbacks: Sequence[Callback] = ()) -> None:
         self._init = self.class_text()
-        super()._fit_stream(train, y, val, y_val)
+        super()._fit_stream(train, y, val, y_val, callbacks)
 
     def _build(self, d: int, n_classes: int) -> TextNet:  # type: ignore[override]
         init = self.__dict__.pop("_init", None)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from torch import nn
 
 from mito.heads.base import (
     SMALL_DATA,
+    FitArgs,
     Head,
     HeadError,
     balanced_accuracy,
@@ -23,7 +24,8 @@ from mito.heads.base import (
     noise_variance_from,
     register_head,
 )
-from mito.heads.loop import EarlyStopping, train_loop
+from mito.heads.loop import train_best
+from mito.heads.model import Callback
 from mito.heads.params import BALANCES, COMMON, LOSSES, Param, balance_mode
 from mito.heads.view_noise import VIEW_NOISE_MODES, pick_views, view_cov_noise
 
@@ -106,13 +108,26 @@ def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, weight: torc
     return (w * loss).sum() / w.sum()
 
 
+@dataclass(eq=False, repr=False)
 class _TorchHead(Head):
-    """Shared fit/predict/save for the torch heads; subclasses only declare their options."""
+    """Shared fit/predict/save for the torch heads; subclasses only declare their options (dataclass fields, in
+    the constructor's signature, as scikit-learn's get_params reads them)."""
+
+    loss: str = "focal"
+    gamma: float = 2.0
+    balance: str = "weights"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epochs: int = 100
+    patience: int = 15
+    batch_size: int | None = None
+    noise: float = 0.0
+    noise_mode: str = "global"
+    precision: str = "auto"
+    n_threads: int | None = None
+    seed: int = 0
 
     supports_stream = True
-    on_epoch: Callable[[dict[str, float], int], None] | None = None  # progress hook, called after each epoch
-    best_epoch_: int | None  # after fit or load (None: a head saved without it)
-    epochs_run_: int | None
 
     param_spec = {
         "loss": Param("choice", choices=LOSSES, help="focal or cross-entropy"),
@@ -140,10 +155,10 @@ class _TorchHead(Head):
             return int(self.batch_size)
         return int(min(2048, max(256, n // 64)))
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None, extra: FitArgs) -> None:
         n, d = X.shape
         Xt = torch.from_numpy(np.ascontiguousarray(X))
-        stack = self._view_stack(X)  # [V+1, n, d] for the noise modes views / view-cov, else None
+        stack = self._view_stack(X, extra.views)  # [V+1, n, d] for the noise modes views / view-cov, else None
         mode, scale = self.noise_mode, float(self.noise) or 1.0
 
         def epoch(gen: torch.Generator, bs: int, row_w: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -157,18 +172,17 @@ class _TorchHead(Head):
 
         val = (lambda net: _logits(net, X_val)) if X_val is not None else None
         nv = noise_variance(X, self.noise, self.noise_mode) if self.noise > 0 and stack is None else None
-        self._train(n, d, y, epoch, val, y_val, nv)
+        self._train(n, d, y, epoch, val, y_val, nv, extra.callbacks)
 
-    def _view_stack(self, X: np.ndarray) -> torch.Tensor | None:
+    def _view_stack(self, X: np.ndarray, views: np.ndarray | None) -> torch.Tensor | None:
         """The rows and their augmented views, [V+1, n, d], when the noise mode trains on views."""
         if self.noise_mode not in VIEW_NOISE_MODES:
             return None
-        views = getattr(self, "train_views_", None)
         if views is None or views.shape[1:] != X.shape:
             raise HeadError(f"noise_mode {self.noise_mode} needs the tiles' augmented views: train through fit-head or bench")
         return torch.from_numpy(np.concatenate([X[None], views.astype(X.dtype, copy=False)]))
 
-    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None) -> None:
+    def _fit_stream(self, train: Any, y: np.ndarray, val: Any, y_val: np.ndarray | None, callbacks: Sequence[Callback] = ()) -> None:
         if self.noise_mode in VIEW_NOISE_MODES:
             raise HeadError(f"noise_mode {self.noise_mode} trains from memory: use --no-stream")
         seed = int(self.seed)
@@ -193,7 +207,7 @@ class _TorchHead(Head):
         nv = None
         if self.noise > 0:
             nv = noise_variance_from(lambda: train.moments()[1], train.d, self.noise, self.noise_mode)
-        self._train(train.n, train.d, y, epoch, val_fn, y_val, nv)
+        self._train(train.n, train.d, y, epoch, val_fn, y_val, nv, callbacks)
 
     def _train(
         self,
@@ -204,6 +218,7 @@ class _TorchHead(Head):
         val_logits: Callable[[nn.Module], torch.Tensor] | None,
         y_val: np.ndarray | None,
         noise_var: np.ndarray | None,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         """The training loop: ``epoch_batches`` yields (features, row positions) for one epoch, ``val_logits`` scores the val rows."""
         torch.manual_seed(self.seed)
@@ -242,20 +257,11 @@ class _TorchHead(Head):
             vloss = float(focal_loss(vlogits, torch.from_numpy(y_val), gamma, loss_w))
             return balanced_accuracy(y_val, vlogits.argmax(1).numpy()), vloss
 
-        result = train_loop(
-            run_epoch,
-            int(self.epochs),
-            validate=validate if val_logits is not None and y_val is not None else None,
-            stopping=EarlyStopping(int(self.patience)),
-            snapshot=lambda: copy.deepcopy(net.state_dict()),
-            on_epoch=self.on_epoch,
-        )
-        if result.best_state is not None:
-            net.load_state_dict(result.best_state)
-        net.eval()
+        has_val = val_logits is not None and y_val is not None
+        result = train_best(net, run_epoch, int(self.epochs), int(self.patience), validate if has_val else None, callbacks)
         self.net_ = net
-        self.best_epoch_ = result.best_epoch
-        self.epochs_run_ = result.epochs_run
+        self.best_epoch_: int | None = result.best_epoch  # after fit or load (None: a head saved without it)
+        self.epochs_run_: int | None = result.epochs_run
         self.history_ = result.history
         self.fit_seconds_ = result.seconds
 
@@ -292,8 +298,12 @@ def _logits(net: nn.Module, X: np.ndarray) -> torch.Tensor:
 
 
 @register_head("mlp")
+@dataclass(eq=False, repr=False)
 class MLPHead(_TorchHead):
     """One dense hidden layer + dropout + classifier, trained with Adam on focal or cross-entropy loss."""
+
+    hidden: int = 256
+    dropout: float = 0.3
 
     param_spec = {
         "hidden": Param("int", 1, MAX_HIDDEN, help="hidden units"),
@@ -301,77 +311,16 @@ class MLPHead(_TorchHead):
         **_TorchHead.param_spec,
     }
 
-    def __init__(
-        self,
-        hidden: int = 256,
-        dropout: float = 0.3,
-        loss: str = "focal",
-        gamma: float = 2.0,
-        balance: str = "weights",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        epochs: int = 100,
-        patience: int = 15,
-        batch_size: int | None = None,
-        noise: float = 0.0,
-        noise_mode: str = "global",
-        precision: str = "auto",
-        n_threads: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.hidden = hidden
-        self.dropout = dropout
-        self.loss = loss
-        self.gamma = gamma
-        self.balance = balance
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.epochs = epochs
-        self.patience = patience
-        self.batch_size = batch_size
-        self.noise = noise
-        self.noise_mode = noise_mode
-        self.precision = precision
-        self.n_threads = n_threads
-        self.seed = seed
-
     def _arch(self) -> tuple[int, float]:
         return int(self.hidden), float(self.dropout)
 
 
 @register_head("linear")
+@dataclass(eq=False, repr=False)
 class LinearHead(_TorchHead):
     """A single linear layer trained by the same loop as mlp (a torch linear probe)."""
 
-    def __init__(
-        self,
-        loss: str = "ce",
-        gamma: float = 2.0,
-        balance: str = "weights",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        epochs: int = 100,
-        patience: int = 15,
-        batch_size: int | None = None,
-        noise: float = 0.0,
-        noise_mode: str = "global",
-        precision: str = "auto",
-        n_threads: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.loss = loss
-        self.gamma = gamma
-        self.balance = balance
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.epochs = epochs
-        self.patience = patience
-        self.batch_size = batch_size
-        self.noise = noise
-        self.noise_mode = noise_mode
-        self.precision = precision
-        self.n_threads = n_threads
-        self.seed = seed
+    loss: str = "ce"
 
 
 def _stream_logits(net: nn.Module, stream: Any) -> torch.Tensor:

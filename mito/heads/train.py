@@ -7,16 +7,19 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mito.core.errors import OutputError
 from mito.core.io import atomic_dir, check_output_dir, is_artifact, write_json, write_manifest
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, progress_bar
+from mito.core.runrecord import write_run_record
 from mito.core.sections import OutputSection, PositiveSection, SeedSection, StoreSection
 from mito.core.tasks import TaskSpec, choose_positive, default_task, group_ids, one_group_per_tile, per_tile_warning
 from mito.core.tasks import resolve_task as resolve_spec
@@ -25,9 +28,12 @@ from mito.core.version import __version__
 from mito.datasets import PROXY_TASKS
 from mito.heads.base import Head, HeadError, head_names, make_head
 from mito.heads.calibrate import MIN_CALIBRATION_ROWS, Calibration, calibrate_scored
+from mito.heads.engine import FitResult, fit_and_score
 from mito.heads.ensemble import Ensemble, fit_ensemble, parse_ensemble
 from mito.heads.features import FeaturePipeline, feature_dims, metadata_categories
-from mito.heads.fit import FitResult, fit_on_rows
+from mito.heads.fit import StoreRows
+from mito.heads.model import CONFIG_FILE, METRICS_FILE, Callback
+from mito.heads.recorded import model_extract_settings
 from mito.heads.split import (
     AUTO,
     PUBLISHED_SPLIT,
@@ -44,8 +50,6 @@ from mito.heads.split import (
 from mito.heads.stream import DEFAULT_BUFFER_ROWS
 from mito.store import Store, is_view, open_store, parse_variant
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
 _VOLATILE = ("added",)
 
 
@@ -225,114 +229,148 @@ def split_description(
     return f"random {by}: test {test_fraction:g}, val {val_fraction:g} of the rest"
 
 
+@dataclass
+class _Run:
+    """What fit-head decided before training: the task, features, split and the provenance it records."""
+
+    task: str
+    keys: list[str]
+    dims: list[int]
+    tiles: pd.DataFrame
+    labels: np.ndarray
+    split_column: str | None
+    side: np.ndarray
+    parts: dict[str, np.ndarray]
+    positive: str | None
+    positive_source: str
+    per_tile: bool
+    cats: dict[str, list[str]]
+    variants: dict[str, dict[str, Any]]
+    store_meta: dict[str, Any]
+    groups: np.ndarray | None
+    extract: tuple[Any, str]  # the model's extract settings and where they came from (mito.heads.recorded)
+
+
 def fit_head(cfg: FitConfig) -> dict[str, Any]:
     """Train a head from a store as ``cfg`` says; write the model directory when ``cfg.out`` is set; return the metrics."""
     if cfg.out is not None:
         check_model_out(cfg.out, cfg.store, cfg.overwrite)
-    head: Head | Ensemble  # an Ensemble of such heads with --ensemble
     head = make_head(cfg.head, **{"seed": cfg.seed, **cfg.head_params})
     t_start = time.perf_counter()
     with open_store(cfg.store, "r") as store:
-        spec = resolve_task(store, cfg.task)
-        task = spec.name
-        keys = list(cfg.features) or default_features(store)
-        dims = feature_dims(store, keys)
-        tiles = store.tiles
-        labels = spec.labels(tiles)  # the one task resolver: None where a tile is not in the task
-        usable = labels.notna().to_numpy() & ~store.unreadable
-        if not usable.any():
-            raise HeadError(f"no tile has a {task!r} label (and readable features) in {cfg.store}")
-        split_column = cfg.split_column
-        if split_column == AUTO:
-            split_column = PUBLISHED_SPLIT if published_split(tiles, labels, usable) else None
-        if cfg.test_group:
-            split_column = None
-            side = group_split(
-                tiles, labels, usable, cfg.test_group, cfg.train_groups or None, cfg.group_column, cfg.val_fraction, cfg.seed
-            )
-        else:
-            side = make_split(tiles, labels, usable, split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-        parts = {name: np.flatnonzero(side == name) for name in ("train", "val", "test")}
-        if len(parts["train"]) == 0:
-            raise HeadError("the split left no training rows")
-        if cfg.calibrate == "temperature" and 0 < len(parts["val"]) < MIN_CALIBRATION_ROWS:
-            raise HeadError(
-                f"--calibrate temperature needs at least {MIN_CALIBRATION_ROWS} validation rows to fit a temperature; "
-                f"this split has {len(parts['val'])} (raise --val-fraction, or drop --calibrate)"
-            )
-        train_labels = labels.to_numpy()[parts["train"]]
-        train_classes = sorted({str(v) for v in train_labels})
-        positive, positive_source = choose_positive(train_labels, train_classes, cfg.positive) if len(train_classes) > 1 else (None, "")
-        per_tile = cfg.group_column is not None and one_group_per_tile(
-            group_ids(tiles, cfg.group_column)[_carved(side, tiles, split_column, cfg)]
-        )
-        cats = metadata_categories(tiles, cfg.metadata_columns)
-        variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
-        store_meta = {"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles}
-        groups = group_ids(tiles, cfg.group_column) if cfg.group_column is not None and cfg.group_column in tiles else None
-        fit_kw = dict(
-            standardize=cfg.standardize, pca=cfg.pca, categories=cats, tiles=tiles, stream=cfg.stream, buffer_rows=cfg.buffer_rows
-        )
-        ens = parse_ensemble(cfg.ensemble)
-        fitted: FitResult[Head] | FitResult[Ensemble]
-        if ens is not None:
-            base_seed = int(cfg.head_params.get("seed", cfg.seed))
-            fitted = fit_ensemble(
-                ens,
-                lambda s: make_head(cfg.head, **{**cfg.head_params, "seed": s}),
-                base_seed,
-                store,
-                keys,
-                parts,
-                labels.to_numpy(),
-                groups,
-                cfg.progress,
-                **fit_kw,
-            )
-            head = fitted.head
-        else:
-            with _epoch_progress(cfg.progress, head):
-                fitted = fit_on_rows(store, keys, parts, labels.to_numpy(), head, seed=cfg.seed, **fit_kw)
-    pipe, streamed = fitted.pipeline, fitted.streamed
+        run = _plan(store, cfg)
+        fitted = _fit(store, cfg, run, head)
+    metrics, calibration = _metrics(cfg, run, fitted, t_start)
+    config = _config(cfg, run, fitted, calibration)
+    if cfg.out is not None:
+        split = (run.tiles[identity_columns(run.tiles)], run.side)
+        _write_model_dir(Path(cfg.out), fitted.head, fitted.pipeline, config, metrics, cfg.overwrite, split, spec=cfg)
+        metrics["model_dir"] = str(cfg.out)
+    return metrics
 
-    classes = head.classes_.tolist()
+
+def _plan(store: Store, cfg: FitConfig) -> _Run:
+    """Resolve the task and features, and split the labelled readable rows (published split, --test-group or random)."""
+    spec = resolve_task(store, cfg.task)
+    keys = list(cfg.features) or default_features(store)
+    tiles = store.tiles
+    labels = spec.labels(tiles)  # the one task resolver: None where a tile is not in the task
+    usable = labels.notna().to_numpy() & ~store.unreadable
+    if not usable.any():
+        raise HeadError(f"no tile has a {spec.name!r} label (and readable features) in {cfg.store}")
+    split_column = cfg.split_column
+    if split_column == AUTO:
+        split_column = PUBLISHED_SPLIT if published_split(tiles, labels, usable) else None
+    if cfg.test_group:
+        split_column = None
+        args = (cfg.test_group, cfg.train_groups or None, cfg.group_column, cfg.val_fraction, cfg.seed)
+        side = group_split(tiles, labels, usable, *args)
+    else:
+        side = make_split(tiles, labels, usable, split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    parts = {name: np.flatnonzero(side == name) for name in ("train", "val", "test")}
+    _check_parts(parts, cfg)
+    train_labels = labels.to_numpy()[parts["train"]]
+    train_classes = sorted({str(v) for v in train_labels})
+    positive, positive_source = choose_positive(train_labels, train_classes, cfg.positive) if len(train_classes) > 1 else (None, "")
+    carved = _carved(side, tiles, split_column, cfg)
+    per_tile = cfg.group_column is not None and one_group_per_tile(group_ids(tiles, cfg.group_column)[carved])
+    variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
+    return _Run(
+        task=spec.name,
+        keys=keys,
+        dims=feature_dims(store, keys),
+        tiles=tiles,
+        labels=labels.to_numpy(),
+        split_column=split_column,
+        side=side,
+        parts=parts,
+        positive=positive,
+        positive_source=positive_source,
+        per_tile=per_tile,
+        cats=metadata_categories(tiles, cfg.metadata_columns),
+        variants=variants,
+        store_meta={"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles},
+        groups=group_ids(tiles, cfg.group_column) if cfg.group_column is not None and cfg.group_column in tiles else None,
+        extract=model_extract_settings(store.runs, keys, lambda: extract_settings(variants)),
+    )
+
+
+def _check_parts(parts: dict[str, np.ndarray], cfg: FitConfig) -> None:
+    if len(parts["train"]) == 0:
+        raise HeadError("the split left no training rows")
+    if cfg.calibrate == "temperature" and 0 < len(parts["val"]) < MIN_CALIBRATION_ROWS:
+        raise HeadError(
+            f"--calibrate temperature needs at least {MIN_CALIBRATION_ROWS} validation rows to fit a temperature; "
+            f"this split has {len(parts['val'])} (raise --val-fraction, or drop --calibrate)"
+        )
+
+
+def _fit(store: Store, cfg: FitConfig, run: _Run, head: Head) -> FitResult[Head] | FitResult[Ensemble]:
+    """One head through the engine (mito.heads.engine on StoreRows), or an ensemble of them (--ensemble)."""
+    pipeline = {"standardize": cfg.standardize, "pca": cfg.pca, "categories": run.cats, "tiles": run.tiles}
+    data = StoreRows(store, run.keys, run.labels, **pipeline, stream=cfg.stream, seed=cfg.seed, buffer_rows=cfg.buffer_rows)
+    ens = parse_ensemble(cfg.ensemble)
+    if ens is None:
+        with _epoch_progress(cfg.progress, head) as callbacks:
+            return fit_and_score(head, data, run.parts, callbacks=callbacks)
+    base_seed = int(cfg.head_params.get("seed", cfg.seed))
+    return fit_ensemble(
+        ens, lambda s: make_head(cfg.head, **{**cfg.head_params, "seed": s}), base_seed, data, run.parts, run.groups, cfg.progress
+    )
+
+
+def _metrics(
+    cfg: FitConfig, run: _Run, fitted: FitResult[Head] | FitResult[Ensemble], t_start: float
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """metrics.json: the scores on test (else val), calibration, split and training facts."""
+    head = fitted.head
     scored, calibration = fitted.scored, None
     if cfg.calibrate == "temperature":
-        raw = {name: classification_metrics(ys, proba, head.classes_, positive) for name, (ys, proba) in scored.items()}
-        scored, calibration = calibrate_scored(scored, classes, positive)
+        raw = {name: classification_metrics(ys, proba, head.classes_, run.positive) for name, (ys, proba) in scored.items()}
+        scored, calibration = calibrate_scored(scored, head.classes_.tolist(), run.positive)
         calibration.update({f"{n}_{k}_before": raw[n][k] for n in ("test",) if n in raw for k in ("ece", "brier", "balanced_accuracy")})
-    evals = {name: classification_metrics(ys, proba, head.classes_, positive) for name, (ys, proba) in scored.items()}
+    evals = {name: classification_metrics(ys, proba, head.classes_, run.positive) for name, (ys, proba) in scored.items()}
     if not evals:
         raise HeadError("no validation or test rows to measure the head on")
     main = "test" if "test" in evals else "val"
-    shared = 0
-    if groups is not None:
-        g = {name: set(groups[r]) for name, r in parts.items()}
-        shared = len(g["train"] & g["test"]) + len(g["train"] & g["val"]) + len(g["val"] & g["test"])
-    n_tr, n_va = len(parts["train"]), len(parts["val"])
-    split = (
-        group_split_description(cfg.test_group, cfg.train_groups, cfg.group_column, cfg.val_fraction)
-        if cfg.test_group
-        else split_description(split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, per_tile)
-    )
     metrics = {
         **evals[main],
-        **({"positive_source": positive_source} if positive is not None else {}),
+        **({"positive_source": run.positive_source} if run.positive is not None else {}),
         "evaluated_on": main,
         "train_seconds": round(fitted.train_seconds, 3),
         "total_seconds": round(time.perf_counter() - t_start, 3),
-        "n_train": n_tr,
-        "n_val": n_va,
-        "n_test": len(parts["test"]),
-        "groups_shared_between_sides": shared,
-        "streamed": streamed,
-        "features": keys,
+        "n_train": len(run.parts["train"]),
+        "n_val": len(run.parts["val"]),
+        "n_test": len(run.parts["test"]),
+        "groups_shared_between_sides": _shared_groups(run),
+        "streamed": fitted.streamed,
+        "features": run.keys,
         "features_default": not cfg.features,
-        "split_column": split_column,
-        "split": split,
-        **({"warnings": [per_tile_warning(cfg.group_column or "group")]} if per_tile else {}),
+        "split_column": run.split_column,
+        "split": _split_text(cfg, run),
+        **({"warnings": [per_tile_warning(cfg.group_column or "group")]} if run.per_tile else {}),
         **({"val": evals["val"]} if main == "test" and "val" in evals else {}),
-        **({"ensemble": head.report} if ens is not None else {}),
+        **({"ensemble": head.report} if isinstance(head, Ensemble) else {}),
         **{
             k: getattr(head, k)
             for k in ("best_epoch_", "epochs_run_", "best_iteration_", "C_", "precision_", "threads_")
@@ -342,18 +380,39 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
     metrics = {k.rstrip("_"): v for k, v in metrics.items()}
     if calibration is not None:
         metrics["calibration"] = calibration
-    config = {
+    return metrics, calibration
+
+
+def _shared_groups(run: _Run) -> int:
+    """Groups found on two sides of the split (0 when rows have no group)."""
+    if run.groups is None:
+        return 0
+    g = {name: set(run.groups[r]) for name, r in run.parts.items()}
+    return len(g["train"] & g["test"]) + len(g["train"] & g["val"]) + len(g["val"] & g["test"])
+
+
+def _split_text(cfg: FitConfig, run: _Run) -> str:
+    if cfg.test_group:
+        return group_split_description(cfg.test_group, cfg.train_groups, cfg.group_column, cfg.val_fraction)
+    return split_description(run.split_column, cfg.group_column, cfg.val_fraction, cfg.test_fraction, run.per_tile)
+
+
+def _config(cfg: FitConfig, run: _Run, fitted: FitResult[Head] | FitResult[Ensemble], calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """config.json: what the model is, what it needs to predict, and how it was trained."""
+    head, streamed = fitted.head, fitted.streamed
+    ensembled = isinstance(head, Ensemble)
+    return {
         "mito_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "task": task,
-        "classes": classes,
-        **({"positive": positive, "positive_source": positive_source} if positive is not None else {}),
-        "features": keys,
-        "feature_dims": dims,
-        "variants": variants,
+        "task": run.task,
+        "classes": head.classes_.tolist(),
+        **({"positive": run.positive, "positive_source": run.positive_source} if run.positive is not None else {}),
+        "features": run.keys,
+        "feature_dims": run.dims,
+        "variants": run.variants,
         "metadata_columns": list(cfg.metadata_columns),
-        "metadata_categories": cats,
-        "pipeline": pipe.config(),
+        "metadata_categories": run.cats,
+        "pipeline": fitted.pipeline.config(),
         "n_features_in": int(fitted.n_features_in),
         "head": {"name": head.name, "params": head.get_params()},
         **(
@@ -361,25 +420,22 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
             if calibration and calibration["method"] == "temperature"
             else {}
         ),
-        "extract": extract_settings(variants),
+        "extract": run.extract[0],
+        "extract_from": run.extract[1],
         "training": {
-            "store": store_meta,
-            "split_column": split_column,
-            "split": split,
+            "store": run.store_meta,
+            "split_column": run.split_column,
+            "split": _split_text(cfg, run),
             "group_column": cfg.group_column,
             "val_fraction": cfg.val_fraction,
             "test_fraction": cfg.test_fraction,
             "seed": cfg.seed,
             "streamed": streamed,
             **({"test_group": cfg.test_group, "train_groups": cfg.train_groups} if cfg.test_group else {}),
-            **({"ensemble": cfg.ensemble} if ens is not None else {}),
+            **({"ensemble": cfg.ensemble} if ensembled else {}),
             **({"buffer_rows": cfg.buffer_rows} if streamed else {}),
         },
     }
-    if cfg.out is not None:
-        _write_model_dir(Path(cfg.out), head, pipe, config, metrics, cfg.overwrite, (tiles[identity_columns(tiles)], side))
-        metrics["model_dir"] = str(cfg.out)
-    return metrics
 
 
 def _carved(side: np.ndarray, tiles: Any, split_column: str | None, cfg: FitConfig) -> np.ndarray:
@@ -395,32 +451,41 @@ def _carved(side: np.ndarray, tiles: Any, split_column: str | None, cfg: FitConf
 
 
 @contextmanager
-def _epoch_progress(enabled: bool, head: Any) -> Iterator[None]:
-    """A rich progress bar over epochs (rate in rows/s, ETA) for heads that train in epochs."""
-    if not enabled or not hasattr(head, "on_epoch"):
-        yield
+def _epoch_progress(enabled: bool, head: Any) -> Iterator[list[Callback]]:
+    """The fit callbacks: a rich progress bar over epochs (rate in epochs/s, ETA) for heads that train in epochs."""
+    if not enabled or "epochs" not in head.get_params():
+        yield []
         return
     bar = progress_bar(unit="epochs", transient=True, info=True)
     task = add_task(bar, f"training {head.name}", None)
-    t0 = time.perf_counter()
+    with bar:
+        yield [EpochBar(bar, task)]
 
-    def on_epoch(rec: dict[str, float], max_epochs: int) -> None:
+
+class EpochBar:
+    """A Callback that moves a progress bar one epoch at a time, showing the loss and the validation score."""
+
+    def __init__(self, bar: Any, task: Any) -> None:
+        self.bar, self.task, self.t0 = bar, task, time.perf_counter()
+
+    def on_epoch(self, rec: dict[str, float], max_epochs: int) -> None:
+        """Advance the bar to this epoch."""
         info = f"loss {rec['train_loss']:.4f}"
         if "val_balanced_accuracy" in rec:
             info += f", val bal acc {rec['val_balanced_accuracy']:.3f}"
-        rate = rec["epoch"] / max(time.perf_counter() - t0, 1e-9)
-        bar.update(task, total=max_epochs, completed=rec["epoch"], info=info, rate=f"{rate:.2f}")
-
-    head.on_epoch = on_epoch
-    try:
-        with bar:
-            yield
-    finally:
-        head.on_epoch = None
+        rate = rec["epoch"] / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.update(self.task, total=max_epochs, completed=rec["epoch"], info=info, rate=f"{rate:.2f}")
 
 
 def _write_model_dir(
-    out: Path, head: Any, pipe: FeaturePipeline, config: dict, metrics: dict, overwrite: bool, split: tuple[Any, np.ndarray] | None = None
+    out: Path,
+    head: Any,
+    pipe: FeaturePipeline,
+    config: dict,
+    metrics: dict,
+    overwrite: bool,
+    split: tuple[Any, np.ndarray] | None = None,
+    spec: FitConfig | None = None,
 ) -> None:
     """Write into a hidden sibling, then move it into place (mito.core.io.atomic_dir): a crash never leaves a half-written
     model, and only a model directory (or an empty folder) is ever replaced. ``split``: (identity columns, side per
@@ -434,6 +499,8 @@ def _write_model_dir(
         doc = {**config, "pipeline": {**config["pipeline"], **({"sha256": sha} if sha else {})}}
         write_json(tmp / CONFIG_FILE, doc)
         write_json(tmp / METRICS_FILE, metrics)
+        if spec is not None:  # run.yaml: how to make this model again (mito rerun)
+            write_run_record(tmp, "fit-head", spec, config["training"]["store"].get("tile_list_sha256"))
         write_manifest(tmp, "ensemble" if config["head"]["name"] == "ensemble" else "model", "tile", head=config["head"]["name"])
 
     def replace(p: Path) -> bool:

@@ -324,8 +324,7 @@ def run_zero_shot(
 ) -> ZeroShotResult:
     """Score every tile of ``store`` against the prompts' classes with ``backbone``'s text tower (two classes: metrics
     of ``positive``, else of the minority class of the labelled tiles, as there are no training rows)."""
-    from mito.backbones import create_backbone, get_backbone, resolve_weights  # loads torch: only when zero-shot runs
-    from mito.backbones.registry import RANDOM_SHA, file_sha256
+    from mito.backbones import create_backbone  # loads torch: only when zero-shot runs
     from mito.backbones.vlm import vlm_spec
 
     t0 = time.perf_counter()
@@ -343,15 +342,7 @@ def run_zero_shot(
             task_classes(prompts, classes, str(prompts_file))
             pos, pos_source = choose_positive(y[~unreadable], classes, positive)
         ctx = tile_contexts(tiles, context)
-        stored = str(info.get("weights_sha256") or "")
-        cached = cache_path(store, backbone, stored, prompts)
-        sha = stored
-        # the weights are needed only for texts not cached yet (or to check the ones given against the store)
-        if weights is not None or not stored or not cached.is_file() or not set(ctx) <= set(read_text_embeddings(cached).contexts):
-            path = resolve_weights(get_backbone(spec.name), weights)
-            sha = file_sha256(path) if path is not None else RANDOM_SHA
-            if stored and stored != sha:
-                raise HeadError(f"{key} was extracted with other {backbone} weights (sha256 {stored[:12]}..., these are {sha[:12]}...)")
+        sha = _weights_sha(store, backbone, spec.name, key, str(info.get("weights_sha256") or ""), prompts, ctx, weights)
         te, tfile, computed = text_embeddings(
             store, backbone, sha, prompts, ctx, lambda: create_backbone(spec.name, weights=weights, device=device), progress
         )
@@ -361,25 +352,51 @@ def run_zero_shot(
         proba = np.zeros((s.n_tiles, len(classes)))
         for rows, X in s.iter_chunks([key]):
             proba[rows] = zero_shot_proba(X, T, te.logit_scale, cidx[rows])
+    df = _scores_frame(tiles, ctx if context else None, y, classes, proba)[~unreadable].reset_index(drop=True)
+    metrics = _zero_shot_metrics(df, proba[~unreadable], classes, pos, pos_source) if y is not None else None
+    return ZeroShotResult(df, metrics, tfile, key, classes, computed, time.perf_counter() - t0)
+
+
+def _weights_sha(store: str, backbone: str, name: str, key: str, stored: str, prompts: Any, ctx: list[str], weights: str | None) -> str:
+    """The SHA-256 of the text tower's weights: the store's, or (when texts must be embedded, or weights were given)
+    that of the weights file, checked against the store's."""
+    from mito.backbones import get_backbone, resolve_weights
+    from mito.backbones.registry import RANDOM_SHA, file_sha256
+
+    cached = cache_path(store, backbone, stored, prompts)
+    # the weights are needed only for texts not cached yet (or to check the ones given against the store)
+    if weights is None and stored and cached.is_file() and set(ctx) <= set(read_text_embeddings(cached).contexts):
+        return stored
+    path = resolve_weights(get_backbone(name), weights)
+    sha = file_sha256(path) if path is not None else RANDOM_SHA
+    if stored and stored != sha:
+        raise HeadError(f"{key} was extracted with other {backbone} weights (sha256 {stored[:12]}..., these are {sha[:12]}...)")
+    return sha
+
+
+def _scores_frame(tiles: pd.DataFrame, ctx: list[str] | None, y: pd.Series | None, classes: list[str], proba: np.ndarray) -> pd.DataFrame:
+    """One row per tile: tile_id, where it is, its prompt context, label when known, pred and p_<class>."""
     df = pd.DataFrame({"tile_id": tiles["tile_id"].astype(str)})
     for col in ("path", "slide", "x", "y"):
         if col in tiles:
             df[col] = tiles[col].to_numpy()
-    if context:
+    if ctx is not None:
         df["context"] = ctx
     if y is not None:
         df["label"] = y.to_numpy()
     df["pred"] = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
     for j, c in enumerate(classes):
         df[f"p_{c}"] = proba[:, j]
-    df = df[~unreadable].reset_index(drop=True)
-    proba = proba[~unreadable]
-    metrics = None
-    if y is not None:
-        known = df["label"].notna().to_numpy()
-        if known.sum():
-            metrics = classification_metrics(df["label"][known].astype(str).tolist(), proba[known], classes, pos)
-            metrics["n"] = int(known.sum())
-            if pos is not None:
-                metrics["positive_source"] = pos_source.replace("training rows", "labelled tiles (no training rows)")
-    return ZeroShotResult(df, metrics, tfile, key, classes, computed, time.perf_counter() - t0)
+    return df
+
+
+def _zero_shot_metrics(df: pd.DataFrame, proba: np.ndarray, classes: list[str], pos: str | None, pos_source: str) -> dict[str, Any] | None:
+    """Metrics over the labelled tiles (None when none is labelled)."""
+    known = df["label"].notna().to_numpy()
+    if not known.sum():
+        return None
+    metrics = classification_metrics(df["label"][known].astype(str).tolist(), proba[known], classes, pos)
+    metrics["n"] = int(known.sum())
+    if pos is not None:
+        metrics["positive_source"] = pos_source.replace("training rows", "labelled tiles (no training rows)")
+    return metrics

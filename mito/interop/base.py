@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 
 from mito.core.errors import MitoError
 from mito.core.io import atomic_dir, check_output_dir, is_mito_folder, write_manifest
+from mito.core.runrecord import write_run_record
 from mito.store.store import StoreError, is_view, open_store, parse_variant
 from mito.wsi.reader import slide_file_stems
 
@@ -51,6 +53,7 @@ class StoreExport:
     key: str
     tile_hash: str
     slides: list[SlideExport] = field(default_factory=list)
+    tile_list_sha256: str = ""  # the whole hash (run.yaml)
 
 
 def is_export_dir(path: Path) -> bool:
@@ -97,7 +100,8 @@ def iter_slides(store_path: str, feature: str | None = None) -> Iterator[StoreEx
         opts = slides.get("options", {})
         records = slides.get("slides", [])
         stems = slide_file_stems([r["slide"] for r in records], keep_extension=False)
-        yield StoreExport(str(store_path), key, str(s.meta.get("tile_list_sha256") or "")[:8])
+        sha = str(s.meta.get("tile_list_sha256") or "")
+        yield StoreExport(str(store_path), key, sha[:8], tile_list_sha256=sha)
         names = tiles["slide"].to_numpy()
         for rec in records:
             rows = np.flatnonzero((names == rec["slide"]) & ok)
@@ -158,6 +162,8 @@ def export_folder(
             sl.features = np.empty((0, 0), np.float32)  # memory follows one slide
         if finish is not None:
             finish(tmp, final, header)
+        spec = {"store": str(store_path), "format": fmt, "feature": feature}
+        write_run_record(tmp, "export", spec, header.tile_list_sha256)
         write_manifest(tmp, KIND, format=fmt, store=str(store_path), feature=header.key, slides=files)
 
     atomic_dir(out, fill, replace=lambda p: not any(p.iterdir()) or (overwrite and is_export_dir(p)))
@@ -233,6 +239,29 @@ def h5_rows(path: Path, dataset: str) -> Callable[[int, int], np.ndarray]:
             return np.asarray(f[dataset][a:b], dtype=np.float32)
 
     return read
+
+
+def held_rows(load: Callable[[], np.ndarray]) -> Callable[[int, int], np.ndarray]:
+    """A reader of rows a..b of what ``load`` returns, loaded once for the chunks that read it and let go after its last row."""
+    held: list[np.ndarray] = []
+
+    def read(a: int, b: int) -> np.ndarray:
+        if not held:
+            held.append(load())
+        x = held[0][a:b]
+        if b >= held[0].shape[0]:
+            held.clear()
+        return x
+
+    return read
+
+
+def write_slide_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
+    """The slide list a peer tool reads beside its feature files: a CSV of ``header`` and one row per slide."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
 
 
 def open_h5(path: Path) -> Any:

@@ -10,7 +10,6 @@ attrs patch_size, patch_level, downsample, downsampled_level_dim, level_dim, nam
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,11 @@ from mito.interop.base import (
     export_folder,
     feature_shape,
     h5_rows,
+    held_rows,
     load_tensor_file,
     open_h5,
     plain,
+    write_slide_csv,
 )
 
 FORMAT = "clam"
@@ -62,11 +63,7 @@ def _write(tmp: Path, out: Path, head: StoreExport, sl: SlideExport) -> list[str
 
 
 def _finish(tmp: Path, out: Path, head: StoreExport) -> None:
-    with open(tmp / SLIDE_LIST, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["case_id", "slide_id"])
-        for sl in head.slides:
-            w.writerow([sl.patient or sl.stem, sl.stem])
+    write_slide_csv(tmp / SLIDE_LIST, ["case_id", "slide_id"], ([sl.patient or sl.stem, sl.stem] for sl in head.slides))
 
 
 def export_clam(
@@ -104,17 +101,7 @@ def scan_clam(folder: Path) -> list[SourceSlide]:
 
 
 def _pt_rows(path: Path) -> Any:
-    held: list[np.ndarray] = []  # the whole tensor, loaded once for the chunks that read it
-
-    def read(a: int, b: int) -> np.ndarray:
-        if not held:
-            held.append(load_tensor_file(path))
-        x = held[0][a:b]
-        if b >= held[0].shape[0]:
-            held.clear()
-        return x
-
-    return read
+    return held_rows(lambda: load_tensor_file(path))  # the whole tensor, loaded once for the chunks that read it
 
 
 def _scan_h5(path: Path, patches: Path | None) -> SourceSlide:

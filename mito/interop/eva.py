@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mito.interop.base import InteropError, SourceSlide, load_tensor_file
+from mito.interop.base import InteropError, SourceSlide, held_rows, load_tensor_file
 
 FORMAT = "eva"
 MANIFEST = "manifest.csv"
@@ -75,14 +75,4 @@ def _load(paths: list[Path]) -> np.ndarray:
 
 
 def _rows(paths: list[Path]) -> Any:
-    held: list[np.ndarray] = []  # the slide's rows, loaded once for the chunks that read them
-
-    def read(a: int, b: int) -> np.ndarray:
-        if not held:
-            held.append(_load(paths))
-        x = held[0][a:b]
-        if b >= held[0].shape[0]:
-            held.clear()
-        return x
-
-    return read
+    return held_rows(lambda: _load(paths))  # the slide's rows, loaded once for the chunks that read them

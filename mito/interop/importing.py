@@ -10,7 +10,6 @@ slides (Store.append_tiles); a run cut short is finished by running it again.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -20,7 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mito.core.io import file_sha256 as sha256_file
 from mito.core.progress import add_task, progress_bar
+from mito.core.runrecord import run_record
 from mito.core.version import __version__
 from mito.interop.base import FLOAT16_MAX, SAFE_NAME, InteropError, SourceSlide, safe_encoder_name
 from mito.interop.formats import scan
@@ -52,15 +53,6 @@ class ImportResult:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _variant_name(slides: list[SourceSlide], name: str | None) -> tuple[str, str | None]:
@@ -230,21 +222,42 @@ def import_features(
     dim = slides[0].dim
     table = read_labels(labels) if labels is not None else None
     exists = store_exists(store)
-    held: dict[str, dict[str, Any]] = {}
-    if exists:
-        with open_store(store, "a") as st:
-            src = st.meta.get("source") or {}
-            if src.get("kind") != "import":
-                raise InteropError(f"{store} was made by mito extract, not mito import: import into a new --store")
-            if st.variants not in ([], [key]):  # none yet: a first import cut short before its variant was made
-                raise InteropError(
-                    f"{store} holds {', '.join(st.variants)}; these files are {key}: import them into a new --store "
-                    "(or give --name as before)"
-                )
-            if st.variants and int(st.variant_info(key)["dim"]) != dim:
-                raise InteropError(f"mixed dimensions: {store} holds {st.variant_info(key)['dim']}-d features, these files {dim}-d")
-            held = {r["slide"]: r for r in _records(st.meta)}
+    held = _held_slides(store, key, dim) if exists else {}
     result = ImportResult(store, fmt, key, created=not exists)
+    new, digests = _new_slides(slides, held, store, dim, result, progress)
+    if not exists and not new:
+        raise InteropError(f"no patches in the files of {folder}: nothing to import")
+    with open_store(store, "a") if exists else _create(store, fmt, folder, new, digests, key, table, result, chunk_rows) as st:
+        if exists:
+            _append(st, fmt, folder, new, digests, table, result)
+        st.ensure_variant(key, dim, {"backbone": backbone, "imported": {"format": fmt, "encoder": encoder}})
+        result.written_chunks = _fill(st, key, {x.slide: x for x in slides}, progress)
+        st.forget_done_rows()
+        spec = dict(folder=str(folder), format=fmt, name=name, labels=None if labels is None else str(labels), chunk_rows=chunk_rows)
+        st.add_run(run_record("import", spec, st.meta.get("tile_list_sha256")))
+    return result
+
+
+def _held_slides(store: str, key: str, dim: int) -> dict[str, dict[str, Any]]:
+    """The slides an earlier import put in ``store`` (by name); refuses a store these files cannot join."""
+    with open_store(store, "a") as st:
+        src = st.meta.get("source") or {}
+        if src.get("kind") != "import":
+            raise InteropError(f"{store} was made by mito extract, not mito import: import into a new --store")
+        if st.variants not in ([], [key]):  # none yet: a first import cut short before its variant was made
+            raise InteropError(
+                f"{store} holds {', '.join(st.variants)}; these files are {key}: import them into a new --store (or give --name as before)"
+            )
+        if st.variants and int(st.variant_info(key)["dim"]) != dim:
+            raise InteropError(f"mixed dimensions: {store} holds {st.variant_info(key)['dim']}-d features, these files {dim}-d")
+        return {r["slide"]: r for r in _records(st.meta)}
+
+
+def _new_slides(
+    slides: list[SourceSlide], held: dict[str, dict[str, Any]], store: str, dim: int, result: ImportResult, progress: bool
+) -> tuple[list[SourceSlide], dict[str, list[dict[str, Any]]]]:
+    """(the slides with patches the store lacks, every slide's files with their sha256); refuses a slide the store holds
+    from other bytes, notes the known and empty slides in ``result``."""
     new: list[SourceSlide] = []
     digests: dict[str, list[dict[str, Any]]] = {}
     with progress_bar("files", enabled=progress) as bar:
@@ -266,15 +279,7 @@ def import_features(
                 else:
                     new.append(s)
             bar.update(task, advance=1)
-    if not exists and not new:
-        raise InteropError(f"no patches in the files of {folder}: nothing to import")
-    with open_store(store, "a") if exists else _create(store, fmt, folder, new, digests, key, table, result, chunk_rows) as st:
-        if exists:
-            _append(st, fmt, folder, new, digests, table, result)
-        st.ensure_variant(key, dim, {"backbone": backbone, "imported": {"format": fmt, "encoder": encoder}})
-        result.written_chunks = _fill(st, key, {x.slide: x for x in slides}, progress)
-        st.forget_done_rows()
-    return result
+    return new, digests
 
 
 def _tile_frame(new: list[SourceSlide], table: pd.DataFrame | None, result: ImportResult) -> tuple[pd.DataFrame, list[str]]:
@@ -342,35 +347,9 @@ def _append(
     result: ImportResult,
 ) -> None:
     have = s.tile_column_names
-    labels: pd.DataFrame | None = None
-    change: list[str] = []
-    if table is not None:  # labels of the slides already in the store, as this CSV gives them
-        old = s.tile_table(["slide"])["slide"].astype(str)
-        order = list(dict.fromkeys(old))
-        sizes = old.value_counts().reindex(order).tolist()
-        lab, unnamed, _ = _label_frame(order, sizes, table, [{} for _ in order])
-        if np.repeat(np.array(order, dtype=object), sizes).tolist() != old.tolist():  # an import keeps a slide's rows together
-            raise InteropError(f"{s.path}: the rows of a slide are not contiguous; import into a new --store")
-        known = [c for c in lab.columns if c in have]
-        cur = s.tile_table(known) if known else pd.DataFrame(index=range(len(old)))
-        keep = old.isin(unnamed).to_numpy()  # slides this CSV does not name keep the labels they have
-        for c in known:
-            lab.loc[keep, c] = cur[c].astype(object).where(cur[c].notna(), None).to_numpy()[keep]
-        change = [c for c in lab.columns if c not in have or not _same(cur[c], lab[c])]
-        labels = lab
+    labels, change = _relabelled(s, table, have) if table is not None else (None, [])
     after = [*have, *[c for c in change if c not in have]]
-    tiles = None
-    if new:  # every check of the new files before anything is written
-        tiles, _ = _tile_frame(new, table, result)
-        for c in after:
-            if c not in tiles:
-                tiles[c] = None
-        extra = [c for c in tiles.columns if c not in after]
-        if extra:
-            raise InteropError(
-                f"these files give columns {', '.join(extra[:5])} that {s.path} lacks (another format or no patch size?): "
-                "import them into a new --store"
-            )
+    tiles = _appended_tiles(s, new, table, result, after) if new else None  # every check of the new files before anything is written
     if labels is not None and change and table is not None:
         s.update_tile_columns(
             labels[change].reset_index(drop=True),
@@ -384,6 +363,37 @@ def _append(
     result.added_tiles = len(tiles)
     run = {"format": fmt, "folder": str(Path(folder).resolve()), "added": _now(), "slides": _entries(new, digests, s.n_tiles)}
     s.append_tiles(tiles[have], {"slides": result.added_slides, "import": run})
+
+
+def _relabelled(s: Store, table: pd.DataFrame, have: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """(the labels of the slides already in the store, as the CSV ``table`` gives them, the columns that change)."""
+    old = s.tile_table(["slide"])["slide"].astype(str)
+    order = list(dict.fromkeys(old))
+    sizes = old.value_counts().reindex(order).tolist()
+    lab, unnamed, _ = _label_frame(order, sizes, table, [{} for _ in order])
+    if np.repeat(np.array(order, dtype=object), sizes).tolist() != old.tolist():  # an import keeps a slide's rows together
+        raise InteropError(f"{s.path}: the rows of a slide are not contiguous; import into a new --store")
+    known = [c for c in lab.columns if c in have]
+    cur = s.tile_table(known) if known else pd.DataFrame(index=range(len(old)))
+    keep = old.isin(unnamed).to_numpy()  # slides this CSV does not name keep the labels they have
+    for c in known:
+        lab.loc[keep, c] = cur[c].astype(object).where(cur[c].notna(), None).to_numpy()[keep]
+    return lab, [c for c in lab.columns if c not in have or not _same(cur[c], lab[c])]
+
+
+def _appended_tiles(s: Store, new: list[SourceSlide], table: pd.DataFrame | None, result: ImportResult, after: list[str]) -> pd.DataFrame:
+    """The new slides' tile rows with every column in ``after``; refuses files that give columns the store lacks."""
+    tiles, _ = _tile_frame(new, table, result)
+    for c in after:
+        if c not in tiles:
+            tiles[c] = None
+    extra = [c for c in tiles.columns if c not in after]
+    if extra:
+        raise InteropError(
+            f"these files give columns {', '.join(extra[:5])} that {s.path} lacks (another format or no patch size?): "
+            "import them into a new --store"
+        )
+    return tiles
 
 
 def _same(a: pd.Series, b: pd.Series) -> bool:

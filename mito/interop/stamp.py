@@ -10,7 +10,6 @@ attrs stamp_version, extractor, unit, tile_size_um, tile_size_px, code_hash, fea
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from pathlib import Path
@@ -29,6 +28,7 @@ from mito.interop.base import (
     h5_rows,
     open_h5,
     plain,
+    write_slide_csv,
 )
 
 FORMAT = "stamp"
@@ -99,11 +99,7 @@ def _write(tmp: Path, out: Path, head: StoreExport, sl: SlideExport) -> list[str
 
 
 def _finish(tmp: Path, out: Path, head: StoreExport) -> None:
-    with open(tmp / SLIDE_TABLE, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["PATIENT", "FILENAME"])
-        for sl in head.slides:
-            w.writerow([sl.patient or sl.stem, f"{sl.stem}.h5"])
+    write_slide_csv(tmp / SLIDE_TABLE, ["PATIENT", "FILENAME"], ([sl.patient or sl.stem, f"{sl.stem}.h5"] for sl in head.slides))
 
 
 def export_stamp(

@@ -258,23 +258,21 @@ def _img(path: Path | None, alt: str) -> str:
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption class="meta">{html.escape(path.name)}</figcaption></figure>'
 
 
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _fmt(v: Any, std: Any = None, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if _missing(v):
         return "–"
-    s = f"{v:.{digits}f}"
-    if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        s += f" ± {std:.{digits}f}"
-    return s
+    return f"{v:.{digits}f}" + ("" if _missing(std) else f" ± {std:.{digits}f}")
 
 
 def _cell(v: Any, std: Any = None) -> str:
     """HTML of a metric cell: the mean, and its ± std over folds on a second, smaller line (a narrower column)."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if _missing(v):
         return "–"
-    out = f"{v:.3f}"
-    if std is not None and not (isinstance(std, float) and math.isnan(std)):
-        out += f"<br><span class='sd'>± {std:.3f}</span>"
-    return out
+    return f"{v:.3f}" + ("" if _missing(std) else f"<br><span class='sd'>± {std:.3f}</span>")
 
 
 HEADERS = {
@@ -294,6 +292,21 @@ HEADERS = {
 
 
 def _table(rows: pd.DataFrame, metric: str) -> str:
+    cols = _table_columns(rows, metric)
+    head = "".join(f'<th class="{"l" if c in LEFT else ""}">{html.escape(HEADERS.get(c, c))}</th>' for c in cols)
+    body = []
+    for _, r in rows.iterrows():
+        cells = [f'<td class="{"w" if c == "budget" else ("l" if c in LEFT else "")}">{_table_cell(r, c)}</td>' for c in cols]
+        cls = "ft" if r["kind"] in FT_KINDS else ("rnd" if str(r["backbone"]).startswith("random_") else "")
+        body.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+LEFT = {"backbone", "features", "head", "tested on", "budget"}  # left-aligned columns of the HTML table
+
+
+def _table_columns(rows: pd.DataFrame, metric: str) -> list[str]:
+    """The HTML leaderboard's columns, of those the rows fill."""
     noisy = bool((rows["noise"].fillna(0) != 0).any())
     shifted = "held_out" in rows and bool((rows["held_out"].fillna("").astype(str) != "").any())  # --cv leave-group-out
     cols = ["rank", "backbone", "features", "head"] + (["noise"] if noisy else []) + (["tested on"] if shifted else [])
@@ -301,37 +314,30 @@ def _table(rows: pd.DataFrame, metric: str) -> str:
     cols += ["Δ vs #1", "p vs #1"] if "p_vs_best" in rows else []
     cols += ["AUROC p vs #1"] if "auroc_p_vs_best" in rows and rows["auroc_p_vs_best"].notna().any() else []
     cols += [c for c in ("auroc", "kappa", "weighted_f1", "pr_auc") if c != metric]
-    cols += [c for c in ("ece", "ece_equal_mass", "brier") if c in rows] + ["train_seconds", "train/test", "budget"]
-    left = {"backbone", "features", "head", "tested on", "budget"}
-    head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(HEADERS.get(c, c))}</th>' for c in cols)
-    body = []
-    for _, r in rows.iterrows():
-        cells = []
-        for c in cols:
-            if c == "ci":
-                v = f"{html.escape(_fmt(r.get('ci_low')))}–<br>{html.escape(_fmt(r.get('ci_high')))}"
-            elif c == "auroc_delong":
-                v = f"{html.escape(_fmt(r.get('auroc_delong_low')))}–<br>{html.escape(_fmt(r.get('auroc_delong_high')))}"
-            elif c == "AUROC p vs #1":
-                v = html.escape(p_value(r.get("auroc_p_vs_best"))) if r.get("rank") != 1 else ""
-            elif c in ("Δ vs #1", "p vs #1"):
-                v = html.escape(paired_cells(r)["_delta" if c == "Δ vs #1" else "_p"])
-            elif c in ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc", "ece", "ece_equal_mass", "brier"):
-                v = _cell(r.get(c), r.get(f"{c}_std"))
-            elif c == "train_seconds":
-                v = html.escape(_fmt(r.get(c), digits=2))
-            elif c == "noise":
-                v = html.escape(f"{r.get(c, 0):g}")
-            elif c == "tested on":
-                v = html.escape(str(r.get("held_out") or "in-domain"))
-            elif c == "train/test":
-                v = html.escape(f"{r.get('n_train')}/{r.get('n_test')}")
-            else:
-                v = html.escape(str(r.get(c, "")))
-            cells.append(f'<td class="{"w" if c == "budget" else ("l" if c in left else "")}">{v}</td>')
-        cls = "ft" if r["kind"] in FT_KINDS else ("rnd" if str(r["backbone"]).startswith("random_") else "")
-        body.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return cols + [c for c in ("ece", "ece_equal_mass", "brier") if c in rows] + ["train_seconds", "train/test", "budget"]
+
+
+def _table_cell(r: pd.Series, c: str) -> str:
+    """The HTML of row ``r``'s cell in column ``c``."""
+    if c == "ci":
+        return f"{html.escape(_fmt(r.get('ci_low')))}–<br>{html.escape(_fmt(r.get('ci_high')))}"
+    if c == "auroc_delong":
+        return f"{html.escape(_fmt(r.get('auroc_delong_low')))}–<br>{html.escape(_fmt(r.get('auroc_delong_high')))}"
+    if c == "AUROC p vs #1":
+        return html.escape(p_value(r.get("auroc_p_vs_best"))) if r.get("rank") != 1 else ""
+    if c in ("Δ vs #1", "p vs #1"):
+        return html.escape(paired_cells(r)["_delta" if c == "Δ vs #1" else "_p"])
+    if c in ("balanced_accuracy", "auroc", "kappa", "weighted_f1", "pr_auc", "ece", "ece_equal_mass", "brier"):
+        return _cell(r.get(c), r.get(f"{c}_std"))
+    if c == "train_seconds":
+        return html.escape(_fmt(r.get(c), digits=2))
+    if c == "noise":
+        return html.escape(f"{r.get(c, 0):g}")
+    if c == "tested on":
+        return html.escape(str(r.get("held_out") or "in-domain"))
+    if c == "train/test":
+        return html.escape(f"{r.get('n_train')}/{r.get('n_test')}")
+    return html.escape(str(r.get(c, "")))
 
 
 PAIRED_NOTE = (
@@ -444,72 +450,8 @@ def _write_report(d: Path, lb: Leaderboard, top: int) -> Path:
     tasks_meta = as_dict(lb.meta.get("tasks"))
     sections, summary = [], {}
     for task in sorted(lb.rows["task"].unique()):
-        task_rows = lb.rows[lb.rows["task"] == task]
-        rows = main_rows(task_rows)  # K-shot rows: the learning-curve section below; shift rows ranked per held-out group
-        rows = rows.sort_values([c for c in ("held_out", "rank") if c in rows], kind="stable")
-        tm = as_dict(tasks_meta.get(task))
-        metric = tm.get("main_metric", rows.iloc[0]["main_metric"])
-        shift = shift_section(rows, metric, d / f"{safe_name(task, 'task')}_shift.png", lb.meta.get("shift"))
-        if "held_out" in rows and (rows["held_out"].fillna("") == "").any():
-            rows = rows[rows["held_out"].fillna("") == ""]  # the figures and table below are in-domain
-        tc = time_comparison(rows)
-        summary[task] = {"best": rows.iloc[0][["backbone", "features", "head", metric, "ci_low", "ci_high", "auroc"]].to_dict(), "time": tc}
-        n_classes = len(tm.get("classes") or rows.iloc[0].get("classes") or [0, 1])
-        stem = safe_name(task, "task")  # a task name is the user's text: never a path
-        figs = [
-            (bar_chart(rows, metric, d / f"{stem}_bars.png", n_classes=n_classes), f"{task}: {metric} with 95% CI"),
-            (roc_figure(rows, lb, d / f"{stem}_roc.png"), f"{task}: ROC"),
-            (confusion_figure(rows, d / f"{stem}_confusion.png"), f"{task}: confusion matrices"),
-            (time_figure(rows, d / f"{stem}_time.png"), f"{task}: training time"),
-            (
-                reliability_figure(
-                    rows, lb.predictions, d / f"{stem}_reliability.png", positive_of(rows.iloc[0], lb) if n_classes == 2 else None
-                ),
-                f"{task}: reliability",
-            ),
-        ]
-        umaps = (
-            [d / f"umap_{stem}.png"]
-            if _written_here(d / f"umap_{stem}.png", d)
-            else (
-                [p for p in sorted(d.glob("umap*.png")) if _written_here(p, d) and _made_by_mito(p)]
-                if len(lb.rows["task"].unique()) == 1
-                else []
-            )
-        )
-        ratio = ""
-        for f in tc.get("finetune", []):
-            ratio += (
-                f"<li><b>{html.escape(f['label'])}</b>: {f['train_seconds']:.1f} s per fold = "
-                f"{f['ratio_vs_best_head']:.0f}× the best head ({tc['best_head']['train_seconds']:.2f} s), "
-                f"{f['ratio_vs_median_head']:.0f}× the median head ({tc['median_head_train_seconds']:.2f} s); budget: {html.escape(str(f['budget']))}"
-                + (
-                    f"; {f['samples_per_second']:.1f} training tiles/s, so one pass over the training set takes about {f['epoch_seconds']:.0f} s"
-                    if f["epoch_seconds"] == f["epoch_seconds"]
-                    else ""
-                )
-                + "</li>"
-            )
-        classes = ", ".join(map(str, tm.get("classes", rows.iloc[0].get("classes", []))))
-        sections.append(
-            f"<h2>Task <code>{html.escape(task)}</code></h2>"
-            f"<p class='meta'>{html.escape(tm.get('description', ''))}. Classes: {html.escape(classes)}. "
-            f"{html.escape(positive_sentence(tm, list(tm.get('classes', rows.iloc[0].get('classes', [])))))}"
-            f"Ranked by {html.escape(metric)} (mean ± std over folds, bootstrap 95% CI over tiles). "
-            f"Folds: {html.escape(tm.get('cv_description', ''))}; fingerprint {html.escape(str(tm.get('fold_fingerprint', ''))[:12])}. "
-            f"{html.escape(PAIRED_NOTE)} {html.escape(ece_bias_line(rows, lb))}</p>"
-            + (f"<p class='warn'>Note: {html.escape(tm['small_test'])}.</p>" if tm.get("small_test") else "")
-            + _table(rows.head(top), metric)
-            + (f"<details><summary>all {len(rows)} rows</summary>{_table(rows, metric)}</details>" if len(rows) > top else "")
-            + (per_class_table(rows) if n_classes > 2 else "")
-            + "<div class='figs'>"
-            + "".join(_img(p, a) for p, a in figs)
-            + "</div>"
-            + shift
-            + (f"<h3>Heads vs fine-tuning: training time</h3><ul>{ratio}</ul>" if ratio else "")
-            + report_section(task_rows, metric, d / f"{stem}_fewshot.png", chance_level(metric, n_classes), _img)
-            + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
-        )
+        section, summary[task] = _task_section(d, lb, task, as_dict(tasks_meta.get(task)), top)
+        sections.append(section)
     sections += cd_section(in_domain_rows(lb.rows), d)
     proxy = proxy_section(lb.meta, d / "proxy_validity.png")
     sections += [proxy] if proxy else []
@@ -528,3 +470,87 @@ def _write_report(d: Path, lb: Leaderboard, top: int) -> Path:
     atomic_write(d / "report.html", lambda p: Path(p).write_text(page, encoding="utf-8"), ".html")
     atomic_write(d / "report_summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=1, default=float)), ".json")
     return d / "report.html"
+
+
+def _task_section(d: Path, lb: Leaderboard, task: str, tm: dict[str, Any], top: int) -> tuple[str, dict[str, Any]]:
+    """One task's report section (its table, figures, shift, few-shot and UMAP parts) and its summary."""
+    task_rows = lb.rows[lb.rows["task"] == task]
+    rows = main_rows(task_rows)  # K-shot rows: the learning-curve section below; shift rows ranked per held-out group
+    rows = rows.sort_values([c for c in ("held_out", "rank") if c in rows], kind="stable")
+    metric = tm.get("main_metric", rows.iloc[0]["main_metric"])
+    shift = shift_section(rows, metric, d / f"{safe_name(task, 'task')}_shift.png", lb.meta.get("shift"))
+    if "held_out" in rows and (rows["held_out"].fillna("") == "").any():
+        rows = rows[rows["held_out"].fillna("") == ""]  # the figures and table below are in-domain
+    tc = time_comparison(rows)
+    summary = {"best": rows.iloc[0][["backbone", "features", "head", metric, "ci_low", "ci_high", "auroc"]].to_dict(), "time": tc}
+    n_classes = len(tm.get("classes") or rows.iloc[0].get("classes") or [0, 1])
+    stem = safe_name(task, "task")  # a task name is the user's text: never a path
+    figs = _task_figures(d, lb, rows, task, metric, stem, n_classes)
+    umaps = _umaps(d, stem, lb)
+    ratio = _finetune_ratios(tc)
+    classes = ", ".join(map(str, tm.get("classes", rows.iloc[0].get("classes", []))))
+    section = (
+        f"<h2>Task <code>{html.escape(task)}</code></h2>"
+        f"<p class='meta'>{html.escape(tm.get('description', ''))}. Classes: {html.escape(classes)}. "
+        f"{html.escape(positive_sentence(tm, list(tm.get('classes', rows.iloc[0].get('classes', [])))))}"
+        f"Ranked by {html.escape(metric)} (mean ± std over folds, bootstrap 95% CI over tiles). "
+        f"Folds: {html.escape(tm.get('cv_description', ''))}; fingerprint {html.escape(str(tm.get('fold_fingerprint', ''))[:12])}. "
+        f"{html.escape(PAIRED_NOTE)} {html.escape(ece_bias_line(rows, lb))}</p>"
+        + (f"<p class='warn'>Note: {html.escape(tm['small_test'])}.</p>" if tm.get("small_test") else "")
+        + _table(rows.head(top), metric)
+        + (f"<details><summary>all {len(rows)} rows</summary>{_table(rows, metric)}</details>" if len(rows) > top else "")
+        + (per_class_table(rows) if n_classes > 2 else "")
+        + "<div class='figs'>"
+        + "".join(_img(p, a) for p, a in figs)
+        + "</div>"
+        + shift
+        + (f"<h3>Heads vs fine-tuning: training time</h3><ul>{ratio}</ul>" if ratio else "")
+        + report_section(task_rows, metric, d / f"{stem}_fewshot.png", chance_level(metric, n_classes), _img)
+        + ("<h3>UMAP</h3><div class='figs'>" + "".join(_img(p, p.stem) for p in umaps) + "</div>" if umaps else "")
+    )
+    return section, summary
+
+
+def _task_figures(
+    d: Path, lb: Leaderboard, rows: pd.DataFrame, task: str, metric: str, stem: str, n_classes: int
+) -> list[tuple[Path | None, str]]:
+    """A task's figures (drawn now) with their captions: bars, ROC, confusion, training time, reliability."""
+    return [
+        (bar_chart(rows, metric, d / f"{stem}_bars.png", n_classes=n_classes), f"{task}: {metric} with 95% CI"),
+        (roc_figure(rows, lb, d / f"{stem}_roc.png"), f"{task}: ROC"),
+        (confusion_figure(rows, d / f"{stem}_confusion.png"), f"{task}: confusion matrices"),
+        (time_figure(rows, d / f"{stem}_time.png"), f"{task}: training time"),
+        (
+            reliability_figure(
+                rows, lb.predictions, d / f"{stem}_reliability.png", positive_of(rows.iloc[0], lb) if n_classes == 2 else None
+            ),
+            f"{task}: reliability",
+        ),
+    ]
+
+
+def _umaps(d: Path, stem: str, lb: Leaderboard) -> list[Path]:
+    """The UMAP pictures of a task in the folder: its own, else (a one-task bench) every umap*.png mito wrote there."""
+    if _written_here(d / f"umap_{stem}.png", d):
+        return [d / f"umap_{stem}.png"]
+    if len(lb.rows["task"].unique()) == 1:
+        return [p for p in sorted(d.glob("umap*.png")) if _written_here(p, d) and _made_by_mito(p)]
+    return []
+
+
+def _finetune_ratios(tc: dict[str, Any]) -> str:
+    """HTML list items: each fine-tuning run's training time against the heads'."""
+    ratio = ""
+    for f in tc.get("finetune", []):
+        ratio += (
+            f"<li><b>{html.escape(f['label'])}</b>: {f['train_seconds']:.1f} s per fold = "
+            f"{f['ratio_vs_best_head']:.0f}× the best head ({tc['best_head']['train_seconds']:.2f} s), "
+            f"{f['ratio_vs_median_head']:.0f}× the median head ({tc['median_head_train_seconds']:.2f} s); budget: {html.escape(str(f['budget']))}"
+            + (
+                f"; {f['samples_per_second']:.1f} training tiles/s, so one pass over the training set takes about {f['epoch_seconds']:.0f} s"
+                if f["epoch_seconds"] == f["epoch_seconds"]
+                else ""
+            )
+            + "</li>"
+        )
+    return ratio

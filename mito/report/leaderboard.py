@@ -17,12 +17,27 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
     """The best rows of each task as a table that fits the terminal (main metric ± std over folds, its 95% CI, the
     paired test against #1, ...): numbers are never cut; at a narrow width the least important columns are left out
     and named under it. ``compact`` leaves out the secondary columns (CI, Δ, ECE, kappa, wF1, train/test) at any width."""
+    main = rows["main_metric"].iloc[0] if len(rows) and rows["main_metric"].nunique() == 1 else "main metric"
+    cols = _leaderboard_columns(rows, main)
+    one_backbone = rows["backbone"].nunique() == 1 and len(rows)
+    if one_backbone:  # said once in the title, not on every row
+        cols = [c for c in cols if c[0] != "backbone"]
+    hidden = [c.header for k, c in cols if compact and k in COMPACT_HIDDEN]
+    cols = [(k, c) for k, c in cols if not (compact and k in COMPACT_HIDDEN)]
+    if "shots" in rows:  # K-shot rows are shown as learning curves (mito.bench.fewshot.curve_rich_table)
+        rows = rows[rows["shots"].astype(str).isin(["all", "", "nan", "None"])]
+    shown = rows if top is None else rows[rows["rank"] <= top]
+    body = [_leaderboard_row(r, [k for k, _ in cols]) for _, r in shown.iterrows()]
+    title = f"leaderboard (ranked by {main})" + (f"; backbone {rows['backbone'].iloc[0]}" if one_backbone else "")
+    return FitTable([c for _, c in cols], body, title=title, see="see leaderboard.csv", hidden=hidden, notes={"p vs #1": P_VS_BEST_NOTE})
+
+
+def _leaderboard_columns(rows: pd.DataFrame, main: str) -> list[tuple[str, Col]]:
+    """(key, column) of every column the rows can fill; drop 0 = always shown, at a short width the highest drop goes first."""
     many_tasks = rows["task"].nunique() > 1
     noisy = bool((rows["noise"].fillna(0) != 0).any())
-    main = rows["main_metric"].iloc[0] if len(rows) and rows["main_metric"].nunique() == 1 else "main metric"
     short = {"balanced_accuracy": "bal acc", "weighted_f1": "wF1", "auroc": "AUROC", "pr_auc": "PR-AUC"}.get(main, main)
     shifted = "held_out" in rows and bool((rows["held_out"].fillna("") != "").any())
-    # (key, column): drop 0 = always shown; at a short width the highest drop goes first
     cols = [
         ("rank", Col("#")),
         *([("task", Col("task", "left", fold=7))] if many_tasks else []),
@@ -46,34 +61,25 @@ def leaderboard_table(rows: pd.DataFrame, top: int | None = 20, compact: bool = 
         cols = [c for c in cols if c[0] not in ("_delta", "_p")]
     if "ece" not in rows:
         cols = [c for c in cols if c[0] != "ece"]
-    one_backbone = rows["backbone"].nunique() == 1 and len(rows)
-    if one_backbone:  # said once in the title, not on every row
-        cols = [c for c in cols if c[0] != "backbone"]
-    hidden = [c.header for k, c in cols if compact and k in COMPACT_HIDDEN]
-    cols = [(k, c) for k, c in cols if not (compact and k in COMPACT_HIDDEN)]
-    if "shots" in rows:  # K-shot rows are shown as learning curves (mito.bench.fewshot.curve_rich_table)
-        rows = rows[rows["shots"].astype(str).isin(["all", "", "nan", "None"])]
-    shown = rows if top is None else rows[rows["rank"] <= top]
-    body = []
-    for _, r in shown.iterrows():
-        m = r["main_metric"]
-        std = r.get(f"{m}_std", math.nan)
-        cells = {
-            "rank": str(r["rank"]),
-            "_main": number(r[m]) + ("" if std is None or math.isnan(std) else f"±{number(std)}"),
-            "_ci": "" if math.isnan(r.get("ci_low", math.nan)) else f"{number(r['ci_low'])}-{number(r['ci_high'])}",
-            "_n": f"{r['n_train']}/{r['n_test']}",
-            "train_seconds": seconds(r["train_seconds"]),
-            "noise": f"{r['noise']:g}",
-            **paired_cells(r),
-            "_held": str(r.get("held_out") or "in-domain"),
-            "_gap": "" if not isinstance(r.get("gap"), float) or math.isnan(r["gap"]) else number(r["gap"], signed=True),
-        }
-        body.append(
-            [cells[k] if k in cells else (number(r[k]) if k in (*METRIC_NAMES, *CALIBRATION_NAMES) else str(r[k])) for k, _ in cols]
-        )
-    title = f"leaderboard (ranked by {main})" + (f"; backbone {rows['backbone'].iloc[0]}" if one_backbone else "")
-    return FitTable([c for _, c in cols], body, title=title, see="see leaderboard.csv", hidden=hidden, notes={"p vs #1": P_VS_BEST_NOTE})
+    return cols
+
+
+def _leaderboard_row(r: Any, keys: list[str]) -> list[str]:
+    """One leaderboard row's cells for the column ``keys``."""
+    m = r["main_metric"]
+    std = r.get(f"{m}_std", math.nan)
+    cells = {
+        "rank": str(r["rank"]),
+        "_main": number(r[m]) + ("" if std is None or math.isnan(std) else f"±{number(std)}"),
+        "_ci": "" if math.isnan(r.get("ci_low", math.nan)) else f"{number(r['ci_low'])}-{number(r['ci_high'])}",
+        "_n": f"{r['n_train']}/{r['n_test']}",
+        "train_seconds": seconds(r["train_seconds"]),
+        "noise": f"{r['noise']:g}",
+        **paired_cells(r),
+        "_held": str(r.get("held_out") or "in-domain"),
+        "_gap": "" if not isinstance(r.get("gap"), float) or math.isnan(r["gap"]) else number(r["gap"], signed=True),
+    }
+    return [cells[k] if k in cells else (number(r[k]) if k in (*METRIC_NAMES, *CALIBRATION_NAMES) else str(r[k])) for k in keys]
 
 
 # what the "p vs #1" header cannot say (report.html says it too, in its PAIRED_NOTE)

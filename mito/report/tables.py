@@ -74,12 +74,17 @@ def break_lines(text: str, width: int) -> str:
     return "\n".join(out)
 
 
+def _float(v: Any) -> float:
+    """``v`` as a float; NaN when it is missing or not a number."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def number(v: Any, digits: int = 3, signed: bool = False) -> str:
     """A float with ``digits`` decimals ('–' for a missing value): the one way tables show metrics."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "–"
+    f = _float(v)
     if math.isnan(f):
         return "–"
     return f"{f:+.{digits}f}" if signed else f"{f:.{digits}f}"
@@ -92,10 +97,7 @@ def seconds(v: Any) -> str:
 
 def p_value(p: Any, digits: int = 3) -> str:
     """A p-value with ``digits`` decimals, '<0.001' (for 3) below that ('–' when missing)."""
-    try:
-        f = float(p)
-    except (TypeError, ValueError):
-        return "–"
+    f = _float(p)
     if math.isnan(f):
         return "–"
     return f"<{10.0**-digits:.{digits}f}" if f < 0.5 * 10.0**-digits else f"{f:.{digits}f}"

@@ -564,14 +564,8 @@ class Store:
         problem = self.append_problem(new)
         if problem:
             raise StoreError(f"the new tiles' columns differ from {self.path}'s ({problem}); extract them into a new --store")
-        old_ids = [str(t) for t in self._read("tiles/tile_id", slice(0, n_old))]
-        new_ids = new["tile_id"].astype(str).tolist()
-        ids = pd.Series(new_ids)
-        clash = sorted(set(old_ids) & set(new_ids)) or ids[ids.duplicated()].tolist()
-        if clash:
-            raise StoreError(f"tile id {clash[0]!r} would be in {self.path} twice")
+        sha = self._appended_hash(new, n_old)
         n_new = n_old + len(new)
-        sha = tile_list_hash(old_ids + new_ids)
         keys = self.variants
         cr = self.chunk_rows
         if keys:  # stores made before full chunks were stored in chunks of their own size when smaller: keep that
@@ -580,37 +574,13 @@ class Store:
         if pend and pend.get("from") == n_old and pend.get("chunk_rows") == cr:
             straddle, was_done = dict(pend["straddle"]), list(pend["was_done"])  # read before the flags were reset
         else:
-            straddle, was_done = {}, []
-            kept = (self.meta.get("partial_chunks") or {}).get(str(last), {})
-            for k in keys if n_old % cr else []:
-                if bool(self._read(f"done/{parse_variant(k).path}", slice(last, last + 1))[0]):
-                    straddle[k] = n_old - last * cr
-                    was_done.append(k)
-                elif kept.get(k):
-                    straddle[k] = int(kept[k])
+            straddle, was_done = self._straddle(keys, n_old, cr)
         intent = {"from": n_old, "to": n_new, "chunk_rows": cr, "tile_list_sha256": sha, "straddle": straddle, "was_done": was_done}
         self._update_meta(lambda m: m.__setitem__("append", intent))
         n_chunks = math.ceil(n_new / cr)
         first = last if n_old % cr else n_old // cr  # the first chunk that is not done any more
         with self._writing():
-            for c in cols:
-                name, kind = f"tiles/{c['name']}", c["kind"]
-                try:
-                    arr = _column_array(new[c["name"]].reset_index(drop=True), kind)
-                except (TypeError, ValueError):
-                    raise StoreError(f"column {c['name']} of the new tiles does not fit its type in {self.path} ({kind})") from None
-                self._b.resize(name, n_new)
-                if kind == "str":
-                    self._b.write_strings_at(name, n_old, arr)
-                else:
-                    self._b.write(name, slice(n_old, n_new), arr)
-            self._b.resize("unreadable", n_new)
-            self._b.write("unreadable", slice(n_old, n_new), np.zeros(n_new - n_old, bool))
-            for k in keys:
-                v = parse_variant(k)
-                self._b.resize(f"features/{v.path}", n_new)  # new rows read NaN (the fill value) until written
-                self._b.resize(f"done/{v.path}", n_chunks)
-                self._b.write(f"done/{v.path}", slice(first, n_chunks), np.zeros(n_chunks - first, bool))
+            self._grow_arrays(new, cols, keys, n_old, n_chunks, first)
 
         def commit(m: dict[str, Any]) -> None:
             partial = dict(m.get("partial_chunks") or {})
@@ -622,6 +592,52 @@ class Store:
 
         self._update_meta(commit)
         self._tiles = None
+
+    def _appended_hash(self, new: pd.DataFrame, n_old: int) -> str:
+        """The tile-list hash once ``new`` follows the first ``n_old`` rows; refuses a tile id that would be there twice."""
+        old_ids = [str(t) for t in self._read("tiles/tile_id", slice(0, n_old))]
+        new_ids = new["tile_id"].astype(str).tolist()
+        ids = pd.Series(new_ids)
+        clash = sorted(set(old_ids) & set(new_ids)) or ids[ids.duplicated()].tolist()
+        if clash:
+            raise StoreError(f"tile id {clash[0]!r} would be in {self.path} twice")
+        return tile_list_hash(old_ids + new_ids)
+
+    def _straddle(self, keys: list[str], n_old: int, cr: int) -> tuple[dict[str, int], list[str]]:
+        """Per variant, the rows its last (partly filled) chunk already holds, and the variants that had it done."""
+        last = (n_old - 1) // cr
+        straddle: dict[str, int] = {}
+        was_done: list[str] = []
+        kept = (self.meta.get("partial_chunks") or {}).get(str(last), {})
+        for k in keys if n_old % cr else []:
+            if bool(self._read(f"done/{parse_variant(k).path}", slice(last, last + 1))[0]):
+                straddle[k] = n_old - last * cr
+                was_done.append(k)
+            elif kept.get(k):
+                straddle[k] = int(kept[k])
+        return straddle, was_done
+
+    def _grow_arrays(self, new: pd.DataFrame, cols: list[dict[str, Any]], keys: list[str], n_old: int, n_chunks: int, first: int) -> None:
+        """Write ``new``'s tile-table rows after the first ``n_old``; grow every variant, its flags from chunk ``first`` not done."""
+        n_new = n_old + len(new)
+        for c in cols:
+            name, kind = f"tiles/{c['name']}", c["kind"]
+            try:
+                arr = _column_array(new[c["name"]].reset_index(drop=True), kind)
+            except (TypeError, ValueError):
+                raise StoreError(f"column {c['name']} of the new tiles does not fit its type in {self.path} ({kind})") from None
+            self._b.resize(name, n_new)
+            if kind == "str":
+                self._b.write_strings_at(name, n_old, arr)
+            else:
+                self._b.write(name, slice(n_old, n_new), arr)
+        self._b.resize("unreadable", n_new)
+        self._b.write("unreadable", slice(n_old, n_new), np.zeros(n_new - n_old, bool))
+        for k in keys:
+            v = parse_variant(k)
+            self._b.resize(f"features/{v.path}", n_new)  # new rows read NaN (the fill value) until written
+            self._b.resize(f"done/{v.path}", n_chunks)
+            self._b.write(f"done/{v.path}", slice(first, n_chunks), np.zeros(n_chunks - first, bool))
 
     def append_problem(self, new: pd.DataFrame) -> str | None:
         """Why ``new`` rows cannot be appended as they are (their columns differ from the store's), or None."""
@@ -762,6 +778,16 @@ class Store:
         """Store a JSON-able value in the store's attributes (e.g. the last run's summary)."""
         self._require_writable()
         self._update_meta(lambda m: m.__setitem__(name, value))
+
+    def add_run(self, record: dict[str, Any]) -> None:
+        """Append a run's record (mito.core.runrecord.run_record: job, spec, versions) to the store's ``runs`` history."""
+        self._require_writable()
+        self._update_meta(lambda m: m.__setitem__("runs", [*as_list(m.get("runs")), record]))
+
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        """The records of the runs that wrote this store, oldest first (empty for a store made before they were kept)."""
+        return [r for r in as_list(self.meta.get("runs")) if isinstance(r, dict)]
 
     # -- reading features
     def _check_readable(self, keys: Sequence[str], allow_incomplete: bool) -> list[Variant]:
@@ -929,23 +955,7 @@ class Store:
             problems.append("updating the tile table (labels) was interrupted: re-run the same mito extract to finish it")
             return
         n, cr = _pos_int(meta.get("n_tiles")), _pos_int(meta.get("chunk_rows"))
-        n_chunks = math.ceil(n / cr) if n and cr else None
-        cols = as_list(meta.get("tile_columns"))
-        for c in cols:
-            name = c.get("name") if isinstance(c, dict) else None
-            if isinstance(name, str):
-                p = self._array_problem(f"tiles/{name}", (n,) if n else None)
-                problems.append(p) if p else self._scan(f"tiles/{name}", problems)
-        if self._array_problem("tiles/tile_id", None) is None and self._bad_chunks("tiles/tile_id") == []:
-            ids = self._b.read("tiles/tile_id")
-            if tile_list_hash([str(t) for t in ids]) != meta.get("tile_list_sha256"):
-                problems.append("tile list hash does not match the tile table")
-        bad: np.ndarray | None = None
-        p = self._array_problem("unreadable", (n,) if n else None)
-        if p:
-            problems.append(p)
-        elif self._scan("unreadable", problems):
-            bad = self._b.read("unreadable").astype(bool)
+        bad = self._verify_tiles(n, problems)
         variants = as_dict(meta.get("variants"))
         if not variants:
             problems.append("no feature variants")
@@ -956,58 +966,86 @@ class Store:
             except StoreError:
                 continue  # reported with the attributes
             known.add(v.path)
-            dim = _pos_int(vi.get("dim")) if isinstance(vi, dict) else None
-            feats, flags = f"features/{v.path}", f"done/{v.path}"
-            p = self._array_problem(feats, (n, dim))
-            feats_ok = p is None
-            if p:
-                problems.append(f"{k}: {p}")
-            elif cr and self._b.chunks(feats)[0] not in (cr, min(cr, n or cr)):
-                problems.append(f"{k}: {feats} is stored in chunks of {self._b.chunks(feats)[0]} rows, the attributes say chunk_rows {cr}")
-                feats_ok = False
-            p = self._array_problem(flags, (n_chunks,))
-            if p:
-                problems.append(f"{k}: {p}")
-                continue
-            done = np.zeros(self._b.shape(flags)[0], bool)
-            for c in range(done.size):
-                try:
-                    done[c] = bool(self._b.read(flags, slice(c, c + 1))[0])
-                except Exception as e:  # a damaged flag
-                    problems.append(f"{k}: {flags} chunk {c} is damaged ({_damage(e)})")
-            if not done.all():
-                problems.append(f"{k}: {int((~done).sum())} of {counted(done.size, 'chunk')} not written")
-            if not feats_ok or not n or not cr:
-                continue
-            nan_rows = inf = 0
-            holed: list[int] = []
-            for c in np.flatnonzero(done):
-                start, stop = int(c) * cr, min(n, (int(c) + 1) * cr)
-                try:
-                    block = self._b.read(feats, slice(start, stop))
-                except Exception as e:  # checksum, codec, truncation
-                    problems.append(f"{k}: {feats} chunk {c} is damaged ({_damage(e)})")
-                    continue
-                holes = np.isnan(block).any(axis=1)
-                if bad is not None:
-                    holes &= ~bad[start:stop]
-                nan_rows += int(holes.sum())
-                holed += [int(c)] if holes.any() else []
-                inf += int(np.isinf(block).any())
-            if nan_rows:
-                where = ", ".join(map(str, holed[:5])) + (" ..." if len(holed) > 5 else "")
-                problems.append(
-                    f"{k}: {nan_rows} readable rows hold NaN in written chunks ({where}: a chunk file missing or "
-                    "overwritten); re-run mito extract to rewrite them"
-                )
-            if inf:
-                problems.append(f"{k}: infinite values in {inf} written chunks")
+            self._verify_variant(k, v, vi, n, cr, bad, problems)
         for a in self._b.arrays("features"):
             if a.removeprefix("features/") not in known:
                 problems.append(
                     f"{a} is on disk but not in the attributes (left by an interrupted or concurrent writer); "
                     f"`mito cache rm {self.path} {variant_key(a.removeprefix('features/'))}` removes it"
                 )
+
+    def _verify_tiles(self, n: int | None, problems: list[str]) -> np.ndarray | None:
+        """Check the tile table, its hash and the unreadable flags; those flags (None when they do not read back)."""
+        for c in as_list(self.meta.get("tile_columns")):
+            name = c.get("name") if isinstance(c, dict) else None
+            if isinstance(name, str):
+                p = self._array_problem(f"tiles/{name}", (n,) if n else None)
+                problems.append(p) if p else self._scan(f"tiles/{name}", problems)
+        if self._array_problem("tiles/tile_id", None) is None and self._bad_chunks("tiles/tile_id") == []:
+            ids = self._b.read("tiles/tile_id")
+            if tile_list_hash([str(t) for t in ids]) != self.meta.get("tile_list_sha256"):
+                problems.append("tile list hash does not match the tile table")
+        p = self._array_problem("unreadable", (n,) if n else None)
+        if p:
+            problems.append(p)
+        elif self._scan("unreadable", problems):
+            return self._b.read("unreadable").astype(bool)
+        return None
+
+    def _verify_variant(
+        self, k: str, v: Variant, vi: Any, n: int | None, cr: int | None, bad: np.ndarray | None, problems: list[str]
+    ) -> None:
+        """Check one variant: its arrays' shapes and chunking, its done flags, and the values of its written chunks."""
+        n_chunks = math.ceil(n / cr) if n and cr else None
+        dim = _pos_int(vi.get("dim")) if isinstance(vi, dict) else None
+        feats, flags = f"features/{v.path}", f"done/{v.path}"
+        p = self._array_problem(feats, (n, dim))
+        feats_ok = p is None
+        if p:
+            problems.append(f"{k}: {p}")
+        elif cr and self._b.chunks(feats)[0] not in (cr, min(cr, n or cr)):
+            problems.append(f"{k}: {feats} is stored in chunks of {self._b.chunks(feats)[0]} rows, the attributes say chunk_rows {cr}")
+            feats_ok = False
+        p = self._array_problem(flags, (n_chunks,))
+        if p:
+            problems.append(f"{k}: {p}")
+            return
+        done = np.zeros(self._b.shape(flags)[0], bool)
+        for c in range(done.size):
+            try:
+                done[c] = bool(self._b.read(flags, slice(c, c + 1))[0])
+            except Exception as e:  # a damaged flag
+                problems.append(f"{k}: {flags} chunk {c} is damaged ({_damage(e)})")
+        if not done.all():
+            problems.append(f"{k}: {int((~done).sum())} of {counted(done.size, 'chunk')} not written")
+        if feats_ok and n and cr:
+            self._verify_values(k, feats, done, n, cr, bad, problems)
+
+    def _verify_values(self, k: str, feats: str, done: np.ndarray, n: int, cr: int, bad: np.ndarray | None, problems: list[str]) -> None:
+        """Read every written chunk of ``feats``: checksums, NaN in readable rows, infinities."""
+        nan_rows = inf = 0
+        holed: list[int] = []
+        for c in np.flatnonzero(done):
+            start, stop = int(c) * cr, min(n, (int(c) + 1) * cr)
+            try:
+                block = self._b.read(feats, slice(start, stop))
+            except Exception as e:  # checksum, codec, truncation
+                problems.append(f"{k}: {feats} chunk {c} is damaged ({_damage(e)})")
+                continue
+            holes = np.isnan(block).any(axis=1)
+            if bad is not None:
+                holes &= ~bad[start:stop]
+            nan_rows += int(holes.sum())
+            holed += [int(c)] if holes.any() else []
+            inf += int(np.isinf(block).any())
+        if nan_rows:
+            where = ", ".join(map(str, holed[:5])) + (" ..." if len(holed) > 5 else "")
+            problems.append(
+                f"{k}: {nan_rows} readable rows hold NaN in written chunks ({where}: a chunk file missing or "
+                "overwritten); re-run mito extract to rewrite them"
+            )
+        if inf:
+            problems.append(f"{k}: infinite values in {inf} written chunks")
 
 
 def _column_kind(s: pd.Series) -> str:
@@ -1099,16 +1137,7 @@ def create_store(
 
     The store is built in a hidden sibling and moved into place, so a failure leaves nothing behind."""
     path = str(path)
-    if "tile_id" not in tiles:
-        raise StoreError("the tile table needs a tile_id column")
-    check_column_names(list(tiles.columns))
-    if tiles["tile_id"].duplicated().any():
-        dup = tiles["tile_id"][tiles["tile_id"].duplicated()].iloc[0]
-        raise StoreError(f"duplicate tile id {dup!r} in the tile list")
-    if len(tiles) == 0:
-        raise StoreError("no tiles to store")
-    if chunk_rows < 1:
-        raise StoreError("chunk_rows must be >= 1")
+    _check_tile_table(tiles, chunk_rows)
     fmt = store_format(path)
     if not backend_capabilities(path, fmt).supports_urls and is_url(path):
         raise StoreError(f"{fmt} stores must be local files ({path}); use a .zarr store for fsspec URLs")
@@ -1118,27 +1147,7 @@ def create_store(
             raise StoreError(f"{path} already exists")
         tmp = path if is_url(path) else _tmp_sibling(path)
         try:
-            b = open_backend(tmp, "w", fmt)
-            try:
-                cols = _write_tiles(b, tiles, chunk_rows)
-                n = len(tiles)
-                b.create("unreadable", (n,), "bool", (storage_rows(chunk_rows, n, b.capabilities.resizable_rows),), False, TILE_DIMS)
-                b.set_attrs(
-                    {
-                        "store_version": STORE_VERSION,
-                        "format": fmt,
-                        "created": _now(),
-                        "n_tiles": n,
-                        "chunk_rows": int(chunk_rows),
-                        "tile_columns": cols,
-                        "tile_list_sha256": tile_list_hash(tiles["tile_id"].astype(str).tolist()),
-                        "checksums": "fletcher32" if fmt == "hdf5" else "crc32c",
-                        "variants": {},
-                        **meta,
-                    }
-                )
-            finally:
-                b.close()
+            _write_new_store(tmp, fmt, tiles, meta, chunk_rows)
             if tmp != path:
                 os.replace(tmp, path)
         except BaseException as e:
@@ -1151,6 +1160,45 @@ def create_store(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _check_tile_table(tiles: pd.DataFrame, chunk_rows: int) -> None:
+    """Refuse a tile table a store cannot hold: no or duplicate tile ids, bad column names, no rows."""
+    if "tile_id" not in tiles:
+        raise StoreError("the tile table needs a tile_id column")
+    check_column_names(list(tiles.columns))
+    if tiles["tile_id"].duplicated().any():
+        dup = tiles["tile_id"][tiles["tile_id"].duplicated()].iloc[0]
+        raise StoreError(f"duplicate tile id {dup!r} in the tile list")
+    if len(tiles) == 0:
+        raise StoreError("no tiles to store")
+    if chunk_rows < 1:
+        raise StoreError("chunk_rows must be >= 1")
+
+
+def _write_new_store(tmp: str, fmt: str, tiles: pd.DataFrame, meta: dict[str, Any], chunk_rows: int) -> None:
+    """Write a store with ``tiles`` and no variants at ``tmp``."""
+    b = open_backend(tmp, "w", fmt)
+    try:
+        cols = _write_tiles(b, tiles, chunk_rows)
+        n = len(tiles)
+        b.create("unreadable", (n,), "bool", (storage_rows(chunk_rows, n, b.capabilities.resizable_rows),), False, TILE_DIMS)
+        b.set_attrs(
+            {
+                "store_version": STORE_VERSION,
+                "format": fmt,
+                "created": _now(),
+                "n_tiles": n,
+                "chunk_rows": int(chunk_rows),
+                "tile_columns": cols,
+                "tile_list_sha256": tile_list_hash(tiles["tile_id"].astype(str).tolist()),
+                "checksums": "fletcher32" if fmt == "hdf5" else "crc32c",
+                "variants": {},
+                **meta,
+            }
+        )
+    finally:
+        b.close()
 
 
 def _remove(path: str | Path) -> None:

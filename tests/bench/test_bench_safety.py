@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -125,9 +126,7 @@ def test_existing_out_needs_overwrite_and_must_be_a_bench_folder(amibr_store: Pa
     assert (foreign / "thesis.tex").read_text() == "precious"
     _one_line_error(runner.invoke(app, [*args, "--out", str(amibr_store / "x"), "--overwrite"]), str(amibr_store))
     copy = tmp_path / "copy"
-    copy.mkdir()
-    for f in small_bench.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(small_bench, copy)  # files and the rows/ recipes
     (copy / "stale.png").write_bytes(b"old")
     r = runner.invoke(app, [*args, "--out", str(copy), "--overwrite"])
     assert r.exit_code == 0, r.output
@@ -174,9 +173,7 @@ def test_a_path_like_task_name_stays_inside_out(tmp_path: Path) -> None:
 
 def test_tampered_leaderboard_values_are_escaped_in_the_report(small_bench: Path, tmp_path: Path) -> None:
     d = tmp_path / "t"
-    d.mkdir()
-    for f in small_bench.iterdir():
-        (d / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(small_bench, d)  # files and the rows/ recipes
     doc = json.loads((d / "leaderboard.json").read_text())
     evil = "<script>alert(1)</script>"
     for k in ("features", "backbone", "head", "budget", "task", "cv"):
@@ -202,9 +199,7 @@ def test_tampered_leaderboard_values_are_escaped_in_the_report(small_bench: Path
 )
 def test_damaged_leaderboard_files_are_one_line(small_bench: Path, tmp_path: Path, damage, message: str) -> None:
     d = tmp_path / "t"
-    d.mkdir()
-    for f in small_bench.iterdir():
-        (d / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(small_bench, d)  # files and the rows/ recipes
     damage(d)
     _one_line_error(runner.invoke(app, ["report", str(d)]), message)
 

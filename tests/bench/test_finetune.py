@@ -103,6 +103,10 @@ def test_run_resume_save_and_predict(amibr_dir: Path, tmp_path: Path, monkeypatc
     config = json.loads((model_dir / "config.json").read_text())
     assert config["kind"] == "finetuned" and config["classes"] == ["Atypical", "Normal"]
     model = load_finetuned(model_dir)
+    from mito.heads import Model, lookup
+
+    assert isinstance(model, Model) and model.level == "image" and model.name == "lora-r8"  # the one model contract
+    assert lookup("image", "finetuned") is type(model)
     from mito.extract import open_source
 
     src = open_source(amibr_dir, task="mitosis")

@@ -42,7 +42,7 @@ def model(synth_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 
 def test_model_directory_describes_itself(model: tuple[Path, dict], synth_store: Path) -> None:
     out, m = model
-    files = {"config.json", "metrics.json", "head.json", "model.safetensors", "pipeline.safetensors", "split.csv.gz"}
+    files = {"config.json", "metrics.json", "head.json", "model.safetensors", "pipeline.safetensors", "split.csv.gz", "run.yaml"}
     assert {p.name for p in out.iterdir()} == files | {"mito.json"}
     manifest = json.loads((out / "mito.json").read_text())
     assert (manifest["kind"], manifest["level"], manifest["head"], set(manifest["files"])) == ("model", "tile", "mlp", files)

@@ -37,7 +37,7 @@ def head(name: str, **kw: object):
 def test_fit_predict_save_load_identical(name: str, tmp_path: Path) -> None:
     X, y = blobs()
     Xv, yv = blobs(80, seed=1)
-    h = head(name).fit(X, y, Xv, yv)
+    h = head(name).fit(X, y, eval_set=(Xv, yv))
     assert list(h.classes_) == ["Atypical", "Normal"]
     p = h.predict_proba(Xv)
     assert p.shape == (80, 2) and np.allclose(p.sum(1), 1) and (p >= 0).all()
@@ -66,12 +66,12 @@ def test_params_clone_and_int_labels_float16(name: str) -> None:
 def test_noise_train_only_and_seeded(name: str) -> None:
     X, y = blobs()
     Xv, yv = blobs(60, seed=2)
-    noisy = head(name, noise=0.5, seed=1).fit(X, y, Xv, yv)
+    noisy = head(name, noise=0.5, seed=1).fit(X, y, eval_set=(Xv, yv))
     p1, p2 = noisy.predict_proba(Xv), noisy.predict_proba(Xv)
     np.testing.assert_array_equal(p1, p2)  # no noise at prediction time
-    again = head(name, noise=0.5, seed=1).fit(X, y, Xv, yv)
+    again = head(name, noise=0.5, seed=1).fit(X, y, eval_set=(Xv, yv))
     np.testing.assert_array_equal(again.predict_proba(Xv), p1)  # seeded
-    clean = head(name, noise=0.0, seed=1).fit(X, y, Xv, yv)
+    clean = head(name, noise=0.0, seed=1).fit(X, y, eval_set=(Xv, yv))
     if name != "knn":  # knn with noisy copies still votes among mostly-clean neighbours; probas may coincide
         assert not np.array_equal(clean.predict_proba(Xv), p1), "noise had no effect on training"
 
@@ -112,7 +112,7 @@ def test_focal_gamma0_is_weighted_ce() -> None:
 def test_early_stopping_restores_best_epoch() -> None:
     X, y = blobs()
     Xv, yv = blobs(80, seed=1)
-    h = make_head("mlp", hidden=16, epochs=200, patience=3, lr=0.01).fit(X, y, Xv, yv)
+    h = make_head("mlp", hidden=16, epochs=200, patience=3, lr=0.01).fit(X, y, eval_set=(Xv, yv))
     assert h.epochs_run_ < 200 and h.epochs_run_ - h.best_epoch_ == 3
     best = max(r["val_balanced_accuracy"] for r in h.history_)
     assert h.history_[h.best_epoch_ - 1]["val_balanced_accuracy"] == best
@@ -159,10 +159,10 @@ def test_bad_inputs() -> None:
         h.fit(bad, y)
     with pytest.raises(HeadError, match="not fitted"):
         h.predict(X)
-    with pytest.raises(HeadError, match="both X_val and y_val"):
-        h.fit(X, y, X_val=X)
+    with pytest.raises(HeadError, match=r"eval_set must be a pair \(X_val, y_val\)"):
+        h.fit(X, y, eval_set=(X, None))
     with pytest.raises(HeadError, match="which no training row has"):
-        h.fit(X, y, X, np.full(60, "Mitosis-like"))
+        h.fit(X, y, eval_set=(X, np.full(60, "Mitosis-like")))
     h.fit(X, y)
     with pytest.raises(HeadError, match="trained on 24"):
         h.predict_proba(X[:, :10])

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from mito.cli import app
 from mito.core.errors import OutputError
-from mito.heads.bags import BagReader, bag_table, make_bags
+from mito.heads.bags import BagReader, BagSet, bag_table, make_bags
 from mito.heads.base import HeadError
 from mito.heads.mil import load_mil_head, make_mil_head
 from mito.store import create_store, open_store
@@ -137,8 +137,10 @@ def test_abmil_attends_to_the_planted_tile(planted: tuple[Path, np.ndarray]) -> 
         reader = BagReader(s, [KEY])
         idx = np.arange(len(bags))
         train, val = idx[idx % 5 != 0], idx[idx % 5 == 0]
-        head = make_mil_head("abmil", epochs=40, patience=40, lr=1e-3, hidden=32, attention=16, dropout=0.0).fit(reader, bags, train, val)
-        proba, rows, att = head.predict_proba(reader, bags, val)
+        head = make_mil_head("abmil", epochs=40, patience=40, lr=1e-3, hidden=32, attention=16, dropout=0.0).fit(
+            BagSet(reader, bags, train), eval_set=BagSet(reader, bags, val)
+        )
+        proba, rows, att = head.predict_bags(BagSet(reader, bags, val))
     y = (bags.labels[val] == "tumour").astype(int)
     assert ((proba[:, 1] > 0.5).astype(int) == y).mean() >= 0.9
     pos = [i for i, b in enumerate(val) if where[b] >= 0]
@@ -155,7 +157,7 @@ def test_same_seed_same_weights_and_save_load(planted: tuple[Path, np.ndarray], 
         idx = np.arange(len(bags))
         opts = dict(epochs=3, max_tiles=7, tile_dropout=0.2, noise=0.5, loss="focal")
         fits = [
-            make_mil_head(h, seed=s_, **opts).fit(reader, bags, idx[:80], idx[80:])
+            make_mil_head(h, seed=s_, **opts).fit(BagSet(reader, bags, idx[:80]), eval_set=BagSet(reader, bags, idx[80:]))
             for h, s_ in (("abmil", 3), ("abmil", 3), ("abmil", 4), ("mean-mlp", 0))
         ]
         a, b, c = (f.net_.state_dict() for f in fits[:3])
@@ -164,8 +166,8 @@ def test_same_seed_same_weights_and_save_load(planted: tuple[Path, np.ndarray], 
         for head in (fits[0], fits[3]):
             head.save(tmp_path / head.name)
             back = load_mil_head(tmp_path / head.name)
-            p1, _, w1 = head.predict_proba(reader, bags)
-            p2, _, w2 = back.predict_proba(reader, bags)
+            p1, _, w1 = head.predict_bags(BagSet(reader, bags))
+            p2, _, w2 = back.predict_bags(BagSet(reader, bags))
             assert np.array_equal(p1, p2) and all(np.array_equal(x, y) for x, y in zip(w1, w2))
             assert back.params() == head.params()
     with pytest.raises(HeadError, match="has no option"):
@@ -337,7 +339,7 @@ def test_attention_heatmaps_on_a_slide_store(tmp_path: Path) -> None:
         tiles["side"] = np.where(tiles["x"].astype(float) < tiles["x"].astype(float).median(), "left", "right")
         tiles["region"] = tiles["side"] + tiles["region"]
         bags = make_bags(tiles, "side", "region", min_per_class=1)
-        head = make_mil_head("abmil", epochs=2, hidden=16, attention=8).fit(BagReader(s, [key]), bags, np.arange(len(bags)))
+        head = make_mil_head("abmil", epochs=2, hidden=16, attention=8).fit(BagSet(BagReader(s, [key]), bags))
         variants = {key: {f: v for f, v in s.variant_info(key).items() if f != "added"}}
     model = tmp_path / "m"
     head.save(model)

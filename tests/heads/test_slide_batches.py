@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mito.heads import mil
-from mito.heads.bags import BagReader, make_bags, tile_budget_batches
+from mito.heads.bags import BagReader, BagSet, make_bags, tile_budget_batches
 from mito.store import create_store, open_store
 
 KEY = "synth:z1:rgb"
@@ -63,16 +63,16 @@ def test_scoring_pads_a_huge_bag_alone_and_matches_scoring_each_bag_alone(huge: 
     s = open_store(huge)
     bags = make_bags(s.tiles, "label")
     reader = BagReader(s, [KEY])
-    head = mil.make_mil_head(name, epochs=2, batch_bags=8, max_tiles=64).fit(reader, bags, np.arange(len(bags)))
+    head = mil.make_mil_head(name, epochs=2, batch_bags=8, max_tiles=64).fit(BagSet(reader, bags))
     monkeypatch.setattr(mil, "tile_budget_batches", lambda sizes, which, batch_bags: tile_budget_batches(sizes, which, batch_bags, 1000))
     shapes: list[tuple[int, ...]] = []
     real = mil.pad
     monkeypatch.setattr(mil, "pad", lambda xs: shapes.append((len(xs), max(len(x) for x in xs))) or real(xs))
-    proba, rows, att = head.predict_proba(reader, bags)
+    proba, rows, att = head.predict_bags(BagSet(reader, bags))
     # before: 8 bags a batch, each padded to the 3,000-tile bag among them (24,000 padded tiles); now at most one bag
     assert max(n * m for n, m in shapes) == 3000 and sorted(shapes).count((1, 3000)) == 3
     assert [len(r) for r in rows] == bags.sizes.tolist() and all(abs(a.sum() - 1) < 1e-5 for a in att)
-    alone = [head.predict_proba(reader, bags, np.array([i])) for i in range(len(bags))]  # one bag a batch: no padding
+    alone = [head.predict_bags(BagSet(reader, bags, np.array([i]))) for i in range(len(bags))]  # one bag a batch: no padding
     np.testing.assert_allclose(proba, np.concatenate([p for p, _, _ in alone]), rtol=0, atol=1e-6)
     for a, (_, _, b) in zip(att, alone):
         np.testing.assert_allclose(a, b[0], rtol=0, atol=1e-6)

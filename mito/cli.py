@@ -13,6 +13,18 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from mito.cli_spec import (
+    gather,
+    given,
+    head_flag_params,
+    list_or_none,
+    option_name,
+    parse_head_params,
+    read_config,
+    split_list,
+    stray_options,
+    used_params,
+)
 from mito.core.errors import MitoError, os_error_line
 from mito.core.version import __version__
 
@@ -133,9 +145,20 @@ def _quiet_library_warnings() -> None:
     os.environ["PYTHONWARNINGS"] = ",".join(have + [w for w in want if w not in have])
 
 
-def split_list(value: Optional[str]) -> list[str]:
-    """Split a comma-separated option into stripped non-empty items."""
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
+CONFIG_OPTION: Any = typer.Option(
+    None,
+    "--config",
+    metavar="FILE.yaml",
+    help="Spec file (YAML; mito spec init JOB writes one). Precedence: options given here > --set > the file > defaults.",
+    rich_help_panel="Spec",
+)
+SET_OPTION: Any = typer.Option(
+    [],
+    "--set",
+    metavar="KEY=VALUE",
+    help="KEY=VALUE or KEY.SUB=VALUE over --config (VALUE read as YAML), e.g. --set seed=1; repeatable.",
+    rich_help_panel="Spec",
+)
 
 
 @app.callback(invoke_without_command=True)
@@ -166,25 +189,6 @@ def _parse_weights(values: list[str], backbones: list[str]) -> dict[str, str]:
     return out
 
 
-EXTRACT_OPTIONS = {"num_workers": "--workers", "backbones": "--backbone", "source": "SOURCE", "progress": "--quiet"}
-
-
-def _extract_config(**kw: Any) -> Any:
-    from pydantic import ValidationError
-
-    from mito.extract import ExtractConfig
-
-    try:
-        return ExtractConfig(**kw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if not err["loc"]:  # a check across options names them itself
-            raise UserError(msg) from None
-        field = str(err["loc"][0])
-        raise UserError(f"{EXTRACT_OPTIONS.get(field, '--' + field.replace('_', '-'))}: {msg}") from None
-
-
 def _floats(value: str, what: str) -> list[float]:
     try:
         return [float(v) for v in split_list(value)]
@@ -194,12 +198,13 @@ def _floats(value: str, what: str) -> list[float]:
 
 @app.command()
 @friendly(on_interrupt=RESUME_HINT)
-def extract(
-    source: Path = typer.Argument(
-        ..., help="Folder of tiles (label = subfolder), CSV manifest (path,label,...), or a slide with --points."
+def extract(  # options only: the spec is built by mito.cli_spec.gather
+    ctx: typer.Context,
+    source: Optional[Path] = typer.Argument(
+        None, help="Folder of tiles (label = subfolder), CSV manifest (path,label,...), or a slide with --points."
     ),
-    store: str = typer.Option(
-        ..., "--store", "-s", help="Output store: a .zarr folder (default) or a .h5 file; fsspec URLs work for Zarr."
+    store: Optional[str] = typer.Option(
+        None, "--store", "-s", help="Output store: a .zarr folder (default) or a .h5 file; fsspec URLs work for Zarr."
     ),
     backbone: str = typer.Option(
         "efficientnet_lite0", "--backbone", "-b", help="Backbone name(s), comma-separated (see `mito backbones`)."
@@ -254,6 +259,8 @@ def extract(
         None, help="Whole slides: QuPath GeoJSON file, or folder of <slide stem>.geojson; tile label = region holding its centre."
     ),
     label_overlap: Optional[float] = typer.Option(None, help="Whole slides: drop labelled tiles their region covers less than this."),
+    config: Optional[Path] = CONFIG_OPTION,
+    sets: list[str] = SET_OPTION,
 ) -> None:
     """Embed every tile with each backbone, zoom and colour into a chunked store (re-run to resume)."""
     from mito.core.wording import counted
@@ -265,44 +272,15 @@ def extract(
 
         raise typer.Exit(launch(gpus, strip_option(sys.argv[1:], "--gpus")))
 
-    backbones = split_list(backbone)
-    cfg = _extract_config(
-        source=str(source),
-        store=store,
-        points=str(points) if points else None,
-        backbones=backbones,
-        weights=_parse_weights(weights, backbones),
-        zooms=_floats(zooms, "--zooms"),
-        colors=split_list(colors),
-        augment=augment,
-        augment_colors=split_list(augment_colors),
-        augment_seed=augment_seed,
-        fit=fit,
-        pad_mode=pad_mode,
-        input_size=input_size,
-        tile_size=tile_size,
-        task=task,
-        label_column=label_column,
-        batch_size=batch_size,
-        num_workers=workers,
-        device=device,
-        chunk_rows=chunk_rows,
-        compile=compile,
-        limit=limit,
-        sample=sample,
-        sample_per_class=sample_per_class,
-        seed=seed,
-        progress=not quiet,
-        mpp=mpp,
-        tile_px=tile_px,
-        tile_um=tile_um,
-        stride=stride,
-        min_tissue=min_tissue,
-        slide_mpp=slide_mpp,
-        reader=reader,
-        annotations=str(annotations) if annotations else None,
-        label_overlap=label_overlap,
+    g = gather(
+        ctx,
+        "extract",
+        ctx.params,
+        raw=read_config(config, ("extract",)),
+        sets=sets,
+        convert={"weights": lambda v: _parse_weights(v, split_list(backbone)), "zooms": lambda v: _floats(v, "--zooms")},
     )
+    cfg = g.validate()
     summary = run_extract(cfg)
     if summary.get("rank", 0):  # under torchrun only rank 0 reports
         return
@@ -522,20 +500,6 @@ POSITIVE_HELP = (
 )
 
 
-def _head_params(pairs: list[str], **given: Any) -> dict[str, Any]:
-    """Head options: the explicit flags that were set, plus --param KEY=VALUE (VALUE parsed as JSON when it can be)."""
-    out = {k: v for k, v in given.items() if v is not None}
-    for p in pairs:
-        key, sep, raw = p.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--param takes KEY=VALUE, got {p!r}")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
-
-
 def _print_metrics(m: dict[str, Any]) -> None:
     from mito.report.tables import Col, FitTable, number, seconds
 
@@ -570,10 +534,13 @@ def _print_metrics(m: dict[str, Any]) -> None:
 
 @app.command("fit-head")
 @friendly
-def fit_head_cmd(
-    store: Optional[str] = typer.Option(None, "--store", "-s", help="Embedding store made by mito extract (required unless --from-bench)."),
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="Model directory to write (config.json, weights, metrics.json, split.csv.gz: the tiles it was fitted on)."
+def fit_head_cmd(  # options only: the spec is built by mito.cli_spec.gather
+    ctx: typer.Context,
+    store: Optional[str] = typer.Option(
+        None, "--store", "-s", help="Embedding store made by mito extract (required: here, in the spec file, or from a bench row)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Model directory to write (config.json, weights, metrics.json, split.csv.gz: the tiles it was fitted on)."
     ),
     task: Optional[str] = typer.Option(None, help="Label column to learn (default: the store's only task)."),
     head: str = typer.Option(
@@ -629,7 +596,10 @@ def fit_head_cmd(
         None, help="CPU threads (default: 1 for small data, else the cores left idle by other processes)."
     ),
     param: list[str] = typer.Option(
-        [], "--param", "-p", help="Any other head option as KEY=VALUE, e.g. -p C=auto -p n_neighbors=25; -p help lists --head's options."
+        [],
+        "--param",
+        "-p",
+        help="Any other head option as KEY=VALUE or HEAD.KEY=VALUE (as in bench), e.g. -p C=auto; -p help lists --head's options.",
     ),
     seed: int = typer.Option(0, help="Seed for splits, initialisation, batches and noise."),
     stream: Optional[bool] = typer.Option(
@@ -662,15 +632,12 @@ def fit_head_cmd(
         None, "--from-bench", help="A bench folder: train its row --row's recipe (rows/ROW.yaml) on all the bench's training rows."
     ),
     row: Optional[str] = typer.Option(None, "--row", help="--from-bench: the leaderboard's row_id to train."),
-    ctx: typer.Context = typer.Option(None),  # which options were given (--from-bench refuses the others)
+    config: Optional[Path] = CONFIG_OPTION,
+    sets: list[str] = SET_OPTION,
 ) -> None:
     """Train a head on stored embeddings in seconds; write the model directory and print its metrics."""
-    from mito.heads import fit_head, make_fit_config
-
-    store = _fit_from_bench(ctx, from_bench, row, out, overwrite, as_json, store)  # --from-bench DIR --row ID: that row's recipe
-    if store is None:
+    if _fit_from_bench(ctx, from_bench, row, out, overwrite, as_json):  # --from-bench DIR --row ID: that row's recipe
         return
-
     if param == ["help"]:  # the head's declared options (mito.heads.params), then stop
         from mito.heads.base import head_param_help
         from mito.heads.mil import mil_param_help
@@ -679,99 +646,70 @@ def fit_head_cmd(
         for line in mil_param_help(name) if level == "slide" else head_param_help(name):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         return
+    slide, g = _level_spec(ctx, ("fit", "fit-slide"), FIT_COMMAND, _no_column)
+    job = g.job
+    if slide and not given(ctx, "head") and g.values.get("head") == "mlp":  # the tile-level default
+        g.values["head"] = "abmil"
+    g.merge("head_params", {**head_flag_params(ctx, job, ctx.params), **_one_head(param, g.values.get("head"))})
+    if slide and g.values.get("task") is None:
+        raise UserError(
+            "--level slide needs --task (the tile-table column giving the bag label, or with --bag-label any:VALUE the tile label)"
+        )
+    if g.values.get("store") is None:
+        raise UserError("fit-head needs --store (or store: in --config, or --from-bench BENCH_DIR --row ROW_ID)")
+    cfg = g.validate()
+    if cfg.out is None:
+        raise UserError("fit-head needs --out (the model directory to write), or out: in the --config file")
+    (_fit_slide_head if slide else _fit_tile_head)(cfg, as_json)
+
+
+FIT_COMMAND = ("level", "param")  # fit-head's parameters that are no spec field
+
+
+def _level_spec(ctx: Any, jobs: tuple[str, str], command: tuple[str, ...], convert: Callable[[bool], dict[str, Any]]) -> tuple[bool, Any]:
+    """fit-head and bench: the job of --level (or of the --config file's job: tile, or slide), the options the other
+    level takes refused, the values gathered (``convert(slide)``: the command's own conversions)."""
+    level = ctx.params["level"]
     if level not in ("tile", "slide"):
         raise UserError(f"--level must be tile or slide, got {level!r}")
-    if level == "slide":
-        _fit_slide_head(
-            store=store,
-            out=out,
-            task=task,
-            head=head,
-            features=split_list(features),
-            bag_column=bag_column,
-            bag_label=bag_label,
-            group_column=group_column,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            overwrite=overwrite,
-            as_json=as_json,
-            positive=positive,
-            ignored={
-                "--metadata": metadata,
-                "--pca": pca,
-                "--standardize": standardize or None,
-                "--stream/--in-memory": stream,
-                "--batch-size": batch_size,
-                "--precision": precision,
-                "--threads": threads,
-                "--split-column": None if split_column == "auto" else split_column,
-                "--test-group": test_group,
-                "--train-groups": train_groups,
-                "--ensemble": ensemble,
-                "--calibrate": None if calibrate == "none" else calibrate,
-                "--buffer-rows": buffer_rows,
-            },
-            head_params=_head_params(
-                param,
-                noise=noise,
-                noise_mode=noise_mode,
-                hidden=hidden,
-                dropout=dropout,
-                loss=loss,
-                gamma=gamma,
-                epochs=epochs,
-                patience=patience,
-                lr=lr,
-                max_tiles=max_tiles,
-                tile_dropout=tile_dropout,
-                balance=balance,
-            ),
-        )
-        return
-    if bag_column or bag_label or max_tiles is not None or tile_dropout is not None:
-        raise UserError("--bag-column, --bag-label, --max-tiles and --tile-dropout go with --level slide")
+    raw = read_config(ctx.params["config"], jobs)
+    slide = level == "slide" or (raw is not None and raw.job == jobs[1] and not given(ctx, "level"))
+    job = jobs[1] if slide else jobs[0]
+    _refuse_strays(ctx, job, jobs, command)
+    return slide, gather(ctx, job, ctx.params, raw=raw, sets=ctx.params["sets"], convert=convert(slide))
 
-    cfg = make_fit_config(
-        store=store,
-        out=str(out),
-        task=task,
-        head=head,
-        features=split_list(features),
-        metadata_columns=split_list(metadata),
-        standardize=standardize,
-        pca=pca,
-        split_column=None if split_column.lower() == "none" else split_column,
-        group_column=None if group_column.lower() == "none" else group_column,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        overwrite=overwrite,
-        test_group=test_group,
-        train_groups=split_list(train_groups),
-        ensemble=ensemble,
-        positive=positive,
-        stream=stream,
-        progress=not as_json,
-        calibrate=calibrate,
-        **({"buffer_rows": buffer_rows} if buffer_rows is not None else {}),
-        head_params=_head_params(
-            param,
-            noise=noise,
-            noise_mode=noise_mode,
-            hidden=hidden,
-            dropout=dropout,
-            loss=loss,
-            gamma=gamma,
-            balance=balance,
-            epochs=epochs,
-            patience=patience,
-            lr=lr,
-            batch_size=batch_size,
-            precision=precision,
-            n_threads=threads,
-        ),
-    )
+
+def _no_column(slide: bool) -> dict[str, Any]:
+    """fit-head's split and group columns: 'none' is no column (at slide level 'group', the tile default, too)."""
+    words = ("group", "none") if slide else ("none",)
+    return {c: (lambda v: None if str(v).lower() in words else v) for c in ("split_column", "group_column")}
+
+
+def _one_head(pairs: list[str], head: Any) -> dict[str, Any]:
+    """fit-head's -p items (KEY=VALUE, or HEAD.KEY=VALUE naming the head it trains) as that head's options."""
+    parsed = parse_head_params(pairs, "--param", str(head))
+    other = next((h for h in parsed if h != head), None)
+    if other is not None:
+        raise UserError(f"--param names {other}, but fit-head trains {head} (--head); give {head}'s options or KEY=VALUE")
+    return parsed.get(str(head), {})
+
+
+def _refuse_strays(ctx: Any, job: str, jobs: tuple[str, str], command: tuple[str, ...]) -> None:
+    """One line naming the first option given on the command line that ``job`` (one level of a command) does not use."""
+    stray = stray_options(ctx, job, command)
+    if not stray:
+        return
+    if job == jobs[1]:
+        raise UserError(f"{stray[0]} does not apply to --level slide")
+    slide_only = [option_name(ctx, p) for p in used_params(jobs[1], command) - used_params(jobs[0], command)]
+    order = [option_name(ctx, p.name) for p in ctx.command.params]
+    raise UserError(f"{stray[0]} does not apply to --level tile; {', '.join(sorted(slide_only, key=order.index))} go with --level slide")
+
+
+def _fit_tile_head(cfg: Any, as_json: bool) -> None:
+    """`mito fit-head` at tile level: train as ``cfg`` says, print the metrics."""
+    from mito.heads import fit_head
+
     m = fit_head(cfg)
     if as_json:
         print(json.dumps(m, indent=2))
@@ -799,21 +737,19 @@ def fit_head_cmd(
             + f" (std {e['member_balanced_accuracy_std']:.3f})",
             highlight=False,
         )
-    console.print(f"model: {out}")
+    console.print(f"model: {cfg.out}")
 
 
 def _fit_from_bench(
-    ctx: typer.Context, bench: Optional[Path], row: Optional[str], out: Path, overwrite: bool, as_json: bool, store: Optional[str]
-) -> Optional[str]:
+    ctx: typer.Context, bench: Optional[Path], row: Optional[str], out: Optional[Path], overwrite: bool, as_json: bool
+) -> bool:
     """`mito fit-head --from-bench DIR --row ID --out MODEL`: train a bench row's recipe and say which rows it trained
-    on (returns None); without those options, the --store to train from (required then)."""
+    on (True); without those options, False (the spec of the options and --config is trained)."""
     from mito.bench.recipes import fit_from_bench
 
     if bench is None and row is None:
-        if store is None:
-            raise UserError("fit-head needs --store (or --from-bench BENCH_DIR --row ROW_ID)")
-        return store
-    if bench is None or row is None:
+        return False
+    if bench is None or row is None or out is None:
         raise UserError("--from-bench and --row go together: mito fit-head --from-bench BENCH_DIR --row ROW_ID --out MODEL_DIR")
     own = ("from_bench", "row", "out", "overwrite", "as_json")
     given = [
@@ -824,68 +760,20 @@ def _fit_from_bench(
     m = fit_from_bench(bench, row, out, overwrite, progress=not as_json)
     if as_json:
         print(json.dumps(m, indent=2))
-        return None
+        return True
     console.print(f"bench row {row} of {bench}: {', '.join(m['features'])}", highlight=False, markup=False)
     console.print(f"trained on {m['from_bench']['trained_on']}", highlight=False, markup=False)
     _print_metrics(m)
     console.print(f"model: {out}")
-    return None
+    return True
 
 
-def _refuse_ignored(ignored: dict[str, Any], level: str = "--level slide") -> None:
-    """One line naming the first option given that ``level`` does not use."""
-    given = [k for k, v in ignored.items() if v is not None]
-    if given:
-        raise UserError(f"{given[0]} does not apply to {level}")
-
-
-def _fit_slide_head(
-    *,
-    store: str,
-    out: Path,
-    task: Optional[str],
-    head: str,
-    features: list[str],
-    bag_column: Optional[str],
-    bag_label: Optional[str],
-    group_column: Optional[str],
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    overwrite: bool,
-    as_json: bool,
-    ignored: dict[str, Any],
-    head_params: dict[str, Any],
-    positive: Optional[str] = None,
-) -> None:
-    """`mito fit-head --level slide`: check options, train, print the metrics (``group`` = the CLI default: by bag)."""
+def _fit_slide_head(cfg: Any, as_json: bool) -> None:
+    """`mito fit-head --level slide`: train as ``cfg`` says, print the metrics."""
     from mito.core.tasks import positive_line
-    from mito.heads import fit_slide_head, left_out_line, make_slide_fit_config
+    from mito.heads import fit_slide_head, left_out_line
 
-    _refuse_ignored(ignored)
-    if task is None:
-        raise UserError(
-            "--level slide needs --task (the tile-table column giving the bag label, or with --bag-label any:VALUE the tile label)"
-        )
-    if head == "mlp":  # the tile-level default
-        head = "abmil"
-    cfg = make_slide_fit_config(
-        store=store,
-        out=str(out),
-        task=task,
-        head=head,
-        features=features,
-        bag_column=bag_column,
-        bag_label=bag_label,
-        group_column=None if group_column in ("group", "none") else group_column,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        overwrite=overwrite,
-        progress=not as_json,
-        head_params=head_params,
-        positive=positive,
-    )
+    out = cfg.out
     m = fit_slide_head(cfg)
     if as_json:
         print(json.dumps(m, indent=2, default=str))
@@ -914,13 +802,14 @@ def _fit_slide_head(
 
 @app.command("predict")
 @friendly
-def predict_cmd(
+def predict_cmd(  # options only: the spec is built by mito.cli_spec.gather
+    ctx: typer.Context,
     source: Optional[str] = typer.Argument(
         None, help="New tiles (folder, CSV manifest or slide) to embed the model's way; or use --store."
     ),
-    model: Path = typer.Option(..., "--model", "-m", help="Model directory made by mito fit-head."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model directory made by mito fit-head."),
     store: Optional[str] = typer.Option(None, "--store", "-s", help="Predict the tiles of an existing store instead."),
-    out: Path = typer.Option(..., "--out", "-o", help="CSV to write: path (or slide,x,y), label when known, pred, p_<class>."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write: path (or slide,x,y), label when known, pred, p_<class>."),
     points: Optional[Path] = typer.Option(None, help="SOURCE is a slide: CSV of x,y[,label,...] tile centres (level-0 pixels)."),
     tile_size: Optional[int] = typer.Option(
         None, help="SOURCE is a slide: side of the tile in level-0 pixels (default: the model's, else 224)."
@@ -936,11 +825,20 @@ def predict_cmd(
         "--heatmaps",
         help="Folder for per-slide PNG heatmaps of the predicted probability (slide stores, with --store; --overwrite replaces an earlier one).",
     ),
+    config: Optional[Path] = CONFIG_OPTION,
+    sets: list[str] = SET_OPTION,
 ) -> None:
     """Predict tiles with a trained head; refuses stores made with other backbones, weights or preprocessing."""
-    from mito.app.predict import check_predict_out, predict
+    from mito.app.predict import check_predict_out
     from mito.core.io import artifact_kind
 
+    g = gather(
+        ctx, "predict", ctx.params, raw=read_config(config, ("predict",)), sets=sets, convert={"weights": lambda v: _parse_weights(v, [])}
+    )
+    cfg = g.validate()
+    source, store, model, out = cfg.source, cfg.store, Path(cfg.model), Path(cfg.out)
+    points, tile_size, overwrite = cfg.points, cfg.tile_size, cfg.overwrite
+    heatmaps = Path(cfg.heatmaps) if cfg.heatmaps else None
     kind, level = artifact_kind(model)  # from its mito.json (or, for a folder an earlier mito wrote, from its files)
 
     if source is not None and store is not None:
@@ -958,30 +856,7 @@ def predict_cmd(
     if (kind, level) == ("model", "slide"):
         _predict_slides(model, store, source, out, heatmaps, overwrite)
         return
-    w = _parse_weights(weights, [])
-    from mito.bench import predict_finetuned
-
-    if kind == "finetuned-model":  # a fine-tuned network embeds its own images: it cannot read a store
-        if source is None:
-            raise UserError(f"{model} is a fine-tuned model: give new tiles (SOURCE), not --store")
-        if len(w) > 1:
-            raise UserError("a fine-tuned model takes one --weights NAME=PATH")
-        if points is not None or tile_size is not None:
-            raise UserError("a fine-tuned model predicts tile images (a folder or CSV), not slide points")
-        df = predict_finetuned(model, source, out_csv=out, device=device, weights=next(iter(w.values()), None))
-    else:
-        df = predict(
-            model,
-            store=store,
-            source=source,
-            out_csv=out,
-            device=device,
-            weights=w or None,
-            points=points,
-            tile_size=tile_size,
-            overwrite=overwrite,
-            progress=not quiet,
-        )
+    df = _predict_tiles(cfg, kind)
     if heatmaps is not None:
         _heatmaps(df, store, heatmaps, overwrite, model)
     from mito.heads.predict import not_predicted_lines
@@ -996,6 +871,35 @@ def predict_cmd(
     said = agreement_text(agreement(df))
     if said:
         console.print(said, highlight=False)
+
+
+def _predict_tiles(cfg: Any, kind: Optional[str]) -> Any:
+    """`mito predict` with a tile-level model: a fine-tuned network embeds its own images, a head reads a store or
+    the features of new tiles embedded the model's way; returns the predictions."""
+    from mito.app.predict import predict
+    from mito.bench import predict_finetuned
+
+    w, model, out, points = cfg.weights, Path(cfg.model), Path(cfg.out), Path(cfg.points) if cfg.points else None
+    if kind != "finetuned-model":
+        return predict(
+            model,
+            store=cfg.store,
+            source=cfg.source,
+            out_csv=out,
+            device=cfg.device,
+            weights=w or None,
+            points=points,
+            tile_size=cfg.tile_size,
+            overwrite=cfg.overwrite,
+            progress=cfg.progress,
+        )
+    if cfg.source is None:  # a fine-tuned network embeds its own images: it cannot read a store
+        raise UserError(f"{model} is a fine-tuned model: give new tiles (SOURCE), not --store")
+    if len(w) > 1:
+        raise UserError("a fine-tuned model takes one --weights NAME=PATH")
+    if points is not None or cfg.tile_size is not None:
+        raise UserError("a fine-tuned model predicts tile images (a folder or CSV), not slide points")
+    return predict_finetuned(model, cfg.source, out_csv=out, device=cfg.device, weights=next(iter(w.values()), None))
 
 
 def _predict_slides(model: Path, store: Optional[str], source: Optional[str], out: Path, pictures: Optional[Path], overwrite: bool) -> None:
@@ -1020,11 +924,16 @@ def _predict_slides(model: Path, store: Optional[str], source: Optional[str], ou
 
 @app.command("zero-shot")
 @friendly
-def zero_shot_cmd(
-    store: str = typer.Option(..., "--store", "-s", help="Store extracted with a vision-language backbone (conch, plip, quiltnet-b-32)."),
-    backbone: str = typer.Option(..., "--backbone", "-b", help="The vision-language backbone whose features and text tower to use."),
-    prompts: str = typer.Option(..., "--prompts", help="JSON {class: \\[prompt, ...]}, or a shipped set: mitosis, tissue."),
-    out: Path = typer.Option(..., "--out", "-o", help="CSV to write: tile_id, path, label when known, pred, p_<class>."),
+def zero_shot_cmd(  # options only: the spec is built by mito.cli_spec.gather
+    ctx: typer.Context,
+    store: Optional[str] = typer.Option(
+        None, "--store", "-s", help="Store extracted with a vision-language backbone (conch, plip, quiltnet-b-32)."
+    ),
+    backbone: Optional[str] = typer.Option(
+        None, "--backbone", "-b", help="The vision-language backbone whose features and text tower to use."
+    ),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="JSON {class: \\[prompt, ...]}, or a shipped set: mitosis, tissue."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV to write: tile_id, path, label when known, pred, p_<class>."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Weight file or snapshot folder (as for mito extract)."),
     task: Optional[str] = typer.Option(
         None, help="Label column / proxy task for metrics and the class set (default: the store's only task)."
@@ -1042,6 +951,8 @@ def zero_shot_cmd(
         "--positive",
         help="Two-class tasks: the positive class of PR-AUC and ECE (default: the minority class of the labelled tiles).",
     ),
+    config: Optional[Path] = CONFIG_OPTION,
+    sets: list[str] = SET_OPTION,
 ) -> None:
     """Classify stored tiles from text prompts alone (cosine similarity x the model's logit scale, prompt ensembles)."""
     from mito.core.io import atomic_write, check_output_file, csv_probabilities
@@ -1049,17 +960,19 @@ def zero_shot_cmd(
     from mito.heads import run_zero_shot
     from mito.store import store_input_files
 
-    check_output_file(out, overwrite, protect=(store,), inputs=store_input_files(store))
+    cfg = gather(ctx, "zero-shot", ctx.params, raw=read_config(config, ("zero-shot",)), sets=sets).validate()
+    out = Path(cfg.out)
+    check_output_file(out, cfg.overwrite, protect=(cfg.store,), inputs=store_input_files(cfg.store))
     r = run_zero_shot(
-        store,
-        backbone,
-        prompts,
-        weights=weights,
-        task=task,
-        context=prompt_context,
-        variant=variant,
-        device=str(pick_device(device)),
-        positive=positive,
+        cfg.store,
+        cfg.backbone,
+        cfg.prompts,
+        weights=cfg.weights,
+        task=cfg.task,
+        context=cfg.prompt_context,
+        variant=cfg.variant,
+        device=str(pick_device(cfg.device)),
+        positive=cfg.positive,
     )
     atomic_write(out, lambda p: csv_probabilities(r.predictions).to_csv(p, index=False), ".csv")
     how = "computed and cached" if r.computed else "read from the cache"
@@ -1085,26 +998,6 @@ def zero_shot_cmd(
 # (bench section)
 
 
-BENCH_OPTIONS = {"n_folds": "folds", "n_jobs": "jobs", "tasks": "task", "include": "with", "head_params": "param"}
-LORA_OPTIONS = {"n_folds": "folds", "folds": "run_folds", "max_epochs": "epochs", "num_workers": "workers"}
-
-
-def _bench_config(cls: Any, options: dict[str, str], **kw: Any) -> Any:
-    """A pydantic bench/lora config; a validation error names the CLI option, not the field."""
-    from pydantic import ValidationError
-
-    from mito.core.validation import one_line
-
-    try:
-        return cls(**kw)
-    except ValidationError as e:
-        if not e.errors()[0]["loc"]:  # a check across several fields names its options itself
-            raise UserError(one_line(e)) from None
-        field, _, msg = one_line(e).partition(": ")
-        name = options.get(field.split(".")[0], field.split(".")[0])
-        raise UserError(f"--{name.replace('_', '-')}: {msg}") from None
-
-
 def _bench_floats(value: str, what: str) -> list[float]:
     try:
         return [float(v) for v in split_list(value)]
@@ -1112,25 +1005,11 @@ def _bench_floats(value: str, what: str) -> list[float]:
         raise UserError(f"{what} must be numbers separated by commas, got {value!r}") from None
 
 
-def _bench_params(pairs: list[str]) -> dict[str, dict[str, Any]]:
-    """--param HEAD.KEY=VALUE (VALUE parsed as JSON when it can be) -> {head: {key: value}}."""
-    out: dict[str, dict[str, Any]] = {}
-    for p in pairs:
-        key, sep, raw = p.partition("=")
-        head, dot, name = key.strip().partition(".")
-        if not sep or not dot or not head or not name:
-            raise UserError(f"--param takes HEAD.KEY=VALUE (e.g. mlp.hidden=512), got {p!r}")
-        try:
-            out.setdefault(head, {})[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            out.setdefault(head, {})[name] = raw
-    return out
-
-
 @app.command("bench")
 @friendly(on_interrupt="nothing was written; re-run to start over")
-def bench_cmd(
-    store: str = typer.Option(..., "--store", "-s", help="Embedding store made by mito extract."),
+def bench_cmd(  # options only: the spec is built by mito.cli_spec.gather
+    ctx: typer.Context,
+    store: Optional[str] = typer.Option(None, "--store", "-s", help="Embedding store made by mito extract (required here or in --config)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for leaderboard.csv/.json, predictions, PNGs and report.html."),
     task: Optional[str] = typer.Option(
         None, help="Task to rank: a proxy task (mitosis, phase, atypia, dataset) or a label column (default: the store's only task)."
@@ -1191,115 +1070,97 @@ def bench_cmd(
         None, help="--level slide: keep bags of one group (e.g. patient) in one fold (default: by bag)."
     ),
     positive: Optional[str] = typer.Option(None, "--positive", help=POSITIVE_HELP + " With several tasks: those that have that class."),
+    config: Optional[Path] = CONFIG_OPTION,
+    sets: list[str] = SET_OPTION,
 ) -> None:
     """Rank every feature set x head of a store on slide-grouped folds; write the leaderboard and report.html."""
-    if level not in ("tile", "slide"):
-        raise UserError(f"--level must be tile or slide, got {level!r}")
-    if level == "slide":
-        _bench_slides(
-            store=store,
-            out=out,
-            task=task,
-            features=split_list(features),
-            heads=split_list(heads),
-            params=_bench_params(param),
-            folds=folds,
-            seed=seed,
-            n_boot=n_boot,
-            bag_column=bag_column,
-            bag_label=bag_label,
-            group_column=group_column,
-            overwrite=overwrite,
-            top=top,
-            positive=positive,
-            ignored={
-                "--proxy": proxy,
-                "--noise": noise,
-                "--pca": pca,
-                "--with": include or None,
-                "--standardize": standardize or None,
-                "--cv": None if cv == "auto" else cv,
-                "--shift-column": shift_column,
-                "--zero-shot": zero_shot,
-                "--few-shot": few_shot,
-                "--few-shot-draws": few_shot_draws,
-            },
-        )
-        return
-    if bag_column or bag_label or group_column:
-        raise UserError("--bag-column, --bag-label and --group-column go with --level slide")
-    from mito.bench import (
-        BenchConfig,
-        available_tasks,
-        run_bench,
-        save_leaderboard,
-        sigterm_as_interrupt,
-        task_summary_lines,
+    slide, g = _level_spec(
+        ctx,
+        ("bench", "bench-slide"),
+        BENCH_COMMAND,
+        lambda slide: {
+            "noise": lambda v: _bench_floats(v, "--noise"),
+            **({} if slide else {"features": list_or_none, "heads": list_or_none}),
+        },
     )
-    from mito.core.io import RUN_KINDS, atomic_dir, check_output_dir, is_artifact
-    from mito.core.tasks import default_task
-    from mito.datasets import PROXY_TASKS
-    from mito.report import build_report, leaderboard_table, leaderboard_umaps
-    from mito.store import open_store
+    g.merge("head_params", parse_head_params(param, "--param"))
+    if slide:
+        _bench_slides(g, out, overwrite, top)
+        return
+    from mito.bench import sigterm_as_interrupt
 
-    check_output_dir(out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(store, *include), what="bench folder")
-    with open_store(store) as s:
-        tiles, store_tasks = s.tiles, s.tasks
+    if not isinstance(g.values.get("store"), str):
+        raise UserError("bench needs --store (the embedding store), or store: in the --config file")
+    store = g.values["store"]
+    from mito.core.io import RUN_KINDS, check_output_dir, is_artifact
+
+    check_output_dir(
+        out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(store, *g.values.get("include", [])), what="bench folder"
+    )
     if target and not proxy:
         raise UserError("--target goes with --proxy (the tasks whose rankings it is compared with)")
-    if proxy:
-        tasks = available_tasks(tiles, store_tasks, PROXY_TASKS) if proxy.strip() == "all" else split_list(proxy)
-        target = target or task or (default_task(store_tasks, None, "--target") if store_tasks else None)
-        if target:
-            from mito.core.tasks import resolve_task
-
-            resolve_task(tiles, target, PROXY_TASKS)  # an unknown target: one line now, not a skipped task after the fits
-        tasks = [*tasks, *([target] if target and target not in tasks else [])]
-    else:
-        tasks = [default_task(store_tasks, task)]
-    cfg = _bench_config(
-        BenchConfig,
-        BENCH_OPTIONS,
-        store=store,
-        tasks=tasks,
-        features=split_list(features) or None,
-        heads=split_list(heads) or None,
-        noise=_bench_floats(noise, "--noise") if noise else None,
-        head_params=_bench_params(param),
-        n_folds=folds,
-        cv=cv,
-        shift_column=shift_column,
-        seed=seed,
-        n_jobs=jobs,
-        n_boot=n_boot,
-        standardize=standardize,
-        pca=pca,
-        include=include,
-        zero_shot=zero_shot,
-        few_shot=split_list(few_shot) if few_shot is not None else None,
-        few_shot_draws=few_shot_draws,
-        positive=positive,
-        target=target if proxy else None,
-    )
+    if "tasks" not in g.values or given(ctx, "task") or proxy:  # a file's tasks stand unless the command line names tasks
+        g.values["tasks"], g.values["target"] = _bench_tasks(store, task, proxy, target)
+        g.origin["tasks"] = "flag"
+    cfg = g.validate()
     with sigterm_as_interrupt():
-        lb = run_bench(cfg)
-        for t, why in lb.meta.get("skipped_tasks", {}).items():
-            err_console.print(f"skipped task {t}: {why}", style="yellow", highlight=False, markup=False)
-        for why in lb.meta.get("zero_shot", {}).get("skipped", []):
-            err_console.print(why, style="yellow", highlight=False, markup=False)
-        for g, why in lb.meta.get("shift", {}).get("skipped", {}).items():
-            err_console.print(f"no shift rows for {g}: {why}", style="yellow", highlight=False, markup=False)
-        for t, tm in lb.meta.get("tasks", {}).items():
-            if tm.get("cv_warning"):
-                err_console.print(f"warning ({t}): {tm['cv_warning']}", style="yellow", highlight=False, markup=False)
+        lb = _run_bench(cfg, out, umap)
+    _print_bench(lb, cfg, out, top)
 
-        def fill(tmp: Path) -> None:
-            save_leaderboard(lb, tmp)
-            if umap:
-                leaderboard_umaps(store, lb, tmp, progress=True)
-            build_report(tmp, progress=True)
 
-        atomic_dir(out, fill, replace=lambda p: is_artifact(p, *RUN_KINDS) or not any(p.iterdir()))
+BENCH_COMMAND = ("out", "overwrite", "top", "umap", "level", "param", "proxy", "jobs")  # bench's parameters that are no spec field
+
+
+def _bench_tasks(store: str, task: Optional[str], proxy: Optional[str], target: Optional[str]) -> tuple[list[str], Optional[str]]:
+    """The tasks `mito bench` ranks (--proxy, else --task, else the store's only task) and the --proxy target."""
+    from mito.bench import available_tasks
+    from mito.core.tasks import default_task, resolve_task
+    from mito.datasets import PROXY_TASKS
+    from mito.store import open_store
+
+    with open_store(store) as s:
+        tiles, store_tasks = s.tiles, s.tasks
+    if not proxy:
+        return [default_task(store_tasks, task)], None
+    tasks = available_tasks(tiles, store_tasks, PROXY_TASKS) if proxy.strip() == "all" else split_list(proxy)
+    target = target or task or (default_task(store_tasks, None, "--target") if store_tasks else None)
+    if target:
+        resolve_task(tiles, target, PROXY_TASKS)  # an unknown target: one line now, not a skipped task after the fits
+    return [*tasks, *([target] if target and target not in tasks else [])], target
+
+
+def _run_bench(cfg: Any, out: Path, umap: bool) -> Any:
+    """Run the leaderboard of ``cfg``, say what was skipped, write the folder (leaderboard, UMAPs, report) atomically."""
+    from mito.bench import run_bench, save_leaderboard
+    from mito.core.io import RUN_KINDS, atomic_dir, is_artifact
+    from mito.report import build_report, leaderboard_umaps
+
+    lb = run_bench(cfg)
+    for t, why in lb.meta.get("skipped_tasks", {}).items():
+        err_console.print(f"skipped task {t}: {why}", style="yellow", highlight=False, markup=False)
+    for why in lb.meta.get("zero_shot", {}).get("skipped", []):
+        err_console.print(why, style="yellow", highlight=False, markup=False)
+    for grp, why in lb.meta.get("shift", {}).get("skipped", {}).items():
+        err_console.print(f"no shift rows for {grp}: {why}", style="yellow", highlight=False, markup=False)
+    for t, tm in lb.meta.get("tasks", {}).items():
+        if tm.get("cv_warning"):
+            err_console.print(f"warning ({t}): {tm['cv_warning']}", style="yellow", highlight=False, markup=False)
+
+    def fill(tmp: Path) -> None:
+        save_leaderboard(lb, tmp)
+        if umap:
+            leaderboard_umaps(cfg.store, lb, tmp, progress=True)
+        build_report(tmp, progress=True)
+
+    atomic_dir(out, fill, replace=lambda p: is_artifact(p, *RUN_KINDS) or not any(p.iterdir()))
+    return lb
+
+
+def _print_bench(lb: Any, cfg: Any, out: Path, top: int) -> None:
+    """The leaderboard table, the tasks' summaries, the learning curve and proxy validity, and where it was written."""
+    from mito.bench import task_summary_lines
+    from mito.report import leaderboard_table
+
     console.print(leaderboard_table(lb.rows, top=top))
     for line in task_summary_lines(lb):
         console.print(line, highlight=False, markup=False)
@@ -1317,56 +1178,20 @@ def bench_cmd(
     console.print(f"wrote {out / 'leaderboard.csv'}, {out / 'leaderboard.json'} and {out / 'report.html'}")
 
 
-def _bench_slides(
-    *,
-    store: str,
-    out: Path,
-    task: Optional[str],
-    features: list[str],
-    heads: list[str],
-    params: dict[str, dict[str, Any]],
-    folds: int,
-    seed: int,
-    n_boot: int,
-    bag_column: Optional[str],
-    bag_label: Optional[str],
-    group_column: Optional[str],
-    overwrite: bool,
-    top: int,
-    ignored: dict[str, Any],
-    positive: Optional[str] = None,
-) -> None:
-    """`mito bench --level slide`: check options, rank the slide heads, write the leaderboard folder and report, print it."""
-    from pydantic import ValidationError
-
-    from mito.bench import DEFAULT_SLIDE_HEADS, SlideBenchConfig, run_slide_bench, save_leaderboard
+def _bench_slides(g: Any, out: Path, overwrite: bool, top: int) -> None:
+    """`mito bench --level slide`: rank the slide heads, write the leaderboard folder and report, print it."""
+    from mito.bench import DEFAULT_SLIDE_HEADS, run_slide_bench, save_leaderboard
     from mito.bench.leaderboard import task_positive_lines
     from mito.core.io import RUN_KINDS, atomic_dir, check_output_dir, is_artifact
-    from mito.core.validation import one_line
     from mito.heads import left_out_line
     from mito.report import build_report, leaderboard_table
 
-    _refuse_ignored(ignored)
-    if task is None:
+    if g.values.get("task") is None:
         raise UserError("--level slide needs --task (the bag label column, or the tile label with --bag-label any:VALUE)")
-    check_output_dir(out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(store,), what="bench folder")
-    try:
-        cfg = SlideBenchConfig(
-            store=store,
-            task=task,
-            features=features,
-            heads=heads or list(DEFAULT_SLIDE_HEADS),
-            head_params=params,
-            bag_column=bag_column,
-            bag_label=bag_label,
-            group_column=group_column,
-            n_folds=folds,
-            seed=seed,
-            n_boot=n_boot,
-            positive=positive,
-        )
-    except ValidationError as e:
-        raise UserError(one_line(e)) from None
+    if not g.values.get("heads"):
+        g.values["heads"] = list(DEFAULT_SLIDE_HEADS)
+    check_output_dir(out, overwrite, is_ours=lambda p: is_artifact(p, *RUN_KINDS), protect=(g.values.get("store"),), what="bench folder")
+    cfg = g.validate()
     lb = run_slide_bench(cfg)
 
     def fill(tmp: Any) -> None:
@@ -1414,9 +1239,12 @@ def compare_cmd(
 
 @app.command("lora")
 @friendly(on_interrupt="finished epochs are kept (a checkpoint per fold); re-run the same command to resume")
-def lora_cmd(
-    source: str = typer.Argument(..., help="The tiles: an ImageFolder folder or CSV manifest (the same one the store was extracted from)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints (resumable), fold models, leaderboard files."),
+def lora_cmd(  # options only: the spec is built by mito.cli_spec.gather
+    ctx: typer.Context,
+    source: Optional[str] = typer.Argument(
+        None, help="The tiles: an ImageFolder folder or CSV manifest (the same one the store was extracted from)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder: checkpoints (resumable), fold models, leaderboard files."),
     backbone: str = typer.Option("efficientnet_lite0", help="Backbone to fine-tune."),
     task: str = typer.Option("mitosis", help="Task: a proxy task or label column, as in mito bench."),
     mode: str = typer.Option("lora", help="lora (peft adapters + linear classifier), linear-probe (frozen backbone) or full (end-to-end)."),
@@ -1453,44 +1281,14 @@ def lora_cmd(
     workers: Optional[int] = typer.Option(None, help="Image-decoding workers (default: 0 on CPU, up to 8 on GPU)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the 95% CI."),
     positive: Optional[str] = typer.Option(None, "--positive", help=POSITIVE_HELP),
+    config: Optional[Path] = CONFIG_OPTION,
+    sets: list[str] = SET_OPTION,
 ) -> None:
     """Fine-tune a backbone (LoRA, linear probe or full) on the leaderboard's folds; re-running resumes."""
-    from mito.bench import FinetuneConfig, run_finetune, sigterm_as_interrupt, task_summary_lines
+    from mito.bench import run_finetune, sigterm_as_interrupt, task_summary_lines
     from mito.report import leaderboard_table
 
-    cfg = _bench_config(
-        FinetuneConfig,
-        LORA_OPTIONS,
-        source=source,
-        out=str(out),
-        backbone=backbone,
-        task=task,
-        mode=mode,
-        weights=weights,
-        label_name=label_name,
-        rank=rank,
-        alpha=alpha,
-        dropout=dropout,
-        targets=split_list(targets) or None,
-        lr=lr,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        max_epochs=epochs,
-        patience=patience,
-        epoch_samples=epoch_samples,
-        val_samples=val_samples,
-        input_size=input_size,
-        n_folds=folds,
-        folds=run_folds,
-        cv=cv,
-        seed=seed,
-        max_minutes=max_minutes,
-        augment=augment,
-        device=device,
-        num_workers=workers,
-        n_boot=n_boot,
-        positive=positive,
-    )
+    cfg = gather(ctx, "lora", ctx.params, raw=read_config(config, ("lora",)), sets=sets, convert={"targets": list_or_none}).validate()
     with sigterm_as_interrupt():
         lb = run_finetune(cfg, note=lambda text: err_console.print(f"[yellow]{text}[/]", highlight=False))
     console.print(leaderboard_table(lb.rows))
@@ -1500,8 +1298,8 @@ def lora_cmd(
     console.print(f"budget: {r['budget']}")
     console.print(f"models: {', '.join(r['models'])} (use with mito predict --model)")
     console.print(
-        f"join the heads' leaderboard: mito bench --store STORE --task {task} --with {out} --out REPORT_DIR"
-        + (f" --positive {positive}" if positive else "")
+        f"join the heads' leaderboard: mito bench --store STORE --task {cfg.task} --with {cfg.out} --out REPORT_DIR"
+        + (f" --positive {cfg.positive}" if cfg.positive else "")
     )
 
 
@@ -1677,6 +1475,69 @@ def _heatmaps(df: Any, store: Optional[str], folder: Path, overwrite: bool, mode
         tiles = s.tiles
     paths = write_heatmaps(df, tiles, folder, overwrite=overwrite, protect=(store, model))
     console.print(f"wrote {len(paths)} heatmaps to {folder}")
+
+
+# ==================================================================== specs: spec init / spec show
+
+
+spec_app = typer.Typer(no_args_is_help=True, help="Job specs: write a commented template; show the spec of a file or output.")
+app.add_typer(spec_app, name="spec")
+JOB_COMMANDS: dict[str, Callable[..., Any]] = {
+    "extract": extract,
+    "fit": fit_head_cmd,
+    "fit-slide": fit_head_cmd,
+    "bench": bench_cmd,
+    "bench-slide": bench_cmd,
+    "lora": lora_cmd,
+    "zero-shot": zero_shot_cmd,
+    "predict": predict_cmd,
+}
+
+
+@spec_app.command("init")
+@friendly
+def spec_init_cmd(
+    job: str = typer.Argument(..., help="extract, fit, fit-slide, bench, bench-slide, lora, zero-shot or predict."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="YAML file to write (default: print the template)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+) -> None:
+    """Write a commented spec template: every key with its default and what it means (then run with --config)."""
+    from mito.cli_spec import command_defaults, job_model
+    from mito.core.io import atomic_write
+    from mito.core.spec import spec_template
+
+    if job not in JOB_COMMANDS:
+        raise UserError(f"unknown job {job!r}; choose one of {', '.join(JOB_COMMANDS)}")
+    defaults = command_defaults(JOB_COMMANDS[job], job) if not job.endswith("-slide") else {}
+    text = spec_template(job_model(job), job, defaults)
+    if out is None:
+        print(text, end="")
+        return
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    atomic_write(out, lambda p: Path(p).write_text(text, encoding="utf-8"), ".yaml")
+    command = {"fit": "fit-head", "fit-slide": "fit-head", "bench-slide": "bench"}.get(job, job)
+    console.print(f"wrote {out}; edit it, then: mito {command} --config {out}", highlight=False, markup=False, soft_wrap=True)
+
+
+@spec_app.command("show")
+@friendly
+def spec_show_cmd(path: Path = typer.Argument(..., help="A spec file, a run.yaml, or an output folder holding run.yaml.")) -> None:
+    """Print the effective spec (every key, defaults filled in) of a spec file or of an output's run.yaml."""
+    from mito.cli_spec import job_model, resolve_job
+    from mito.core.spec import dump_spec, file_where, load_spec, validate_spec
+
+    file = path / "run.yaml" if path.is_dir() else path
+    if path.is_dir() and not file.is_file():
+        raise UserError(f"{path} has no run.yaml: it was made before mito recorded its specs, or not by mito")
+    raw = load_spec(file)
+    if raw.job is None:
+        raise UserError(f"{file.name}: names no job (a spec starts with job: fit, bench, extract, ...; mito spec init JOB)")
+    job = resolve_job(raw.job, raw.values)
+    spec = validate_spec(job_model(job), raw.values, file_where(raw))
+    for key, value in raw.record.items():  # how a run.yaml's output was made, as comments: the spec stays loadable
+        print(f"# {key}: {json.dumps(value, default=str)}")
+    print(dump_spec(spec, job), end="")
 
 
 from mito.cli_help import install as _install_help  # noqa: E402  (after every command: their help groups)

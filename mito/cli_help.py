@@ -15,7 +15,8 @@ from typing import Any
 
 NAME_WIDTH = 26  # the options' name column at most, so a description keeps 45+ of 80 columns
 
-# command -> help group -> parameters (their Python names); parameters not named stay under "Options"
+# command -> help group -> parameters (their Python names); parameters not named stay under "Options"; every job
+# command's --config and --set come last, in their own "Spec" group (mito.cli CONFIG_OPTION, SET_OPTION)
 PANELS: dict[str, dict[str, Sequence[str]]] = {
     "extract": {
         "Input and output": ("store", "task", "label_column", "limit", "sample", "sample_per_class", "seed", "points", "tile_size"),
@@ -49,6 +50,14 @@ PANELS: dict[str, dict[str, Sequence[str]]] = {
         "Folds and statistics": ("folds", "cv", "shift_column", "seed", "n_boot", "positive", "few_shot", "few_shot_draws"),
         "Slide level": ("level", "bag_column", "bag_label", "group_column"),
         "Output": ("out", "overwrite", "umap", "top", "jobs"),
+    },
+    "zero-shot": {
+        "Data": ("store", "backbone", "prompts", "weights", "variant", "task", "positive", "prompt_context", "device"),
+        "Output": ("out", "overwrite"),
+    },
+    "predict": {
+        "Input": ("model", "store", "points", "tile_size", "weights", "device"),
+        "Output": ("out", "overwrite", "heatmaps", "quiet"),
     },
     "lora": {
         "Data and model": ("backbone", "weights", "task", "positive", "label_name", "mode", "input_size", "augment"),
@@ -140,8 +149,16 @@ def set_panels(command: Callable[..., Any], panels: dict[str, Sequence[str]]) ->
                 rank[n] = i
     params = list(sig.parameters.values())
     order = sorted(
-        range(len(params)), key=lambda j: (-1 if isinstance(params[j].default, ArgumentInfo) else rank.get(params[j].name, len(panels)), j)
-    )
+        range(len(params)),
+        key=lambda j: (
+            -2
+            if params[j].default is inspect.Parameter.empty
+            else -1
+            if isinstance(params[j].default, ArgumentInfo)
+            else rank.get(params[j].name, len(panels)),
+            j,
+        ),
+    )  # typer's context first (no default), then arguments, then the groups in order
     command.__signature__ = sig.replace(parameters=[params[j] for j in order])  # type: ignore[attr-defined]
 
 

@@ -107,7 +107,7 @@ def test_backbones_reads_at_80_columns() -> None:
     assert "not shown at this width" in flat and "arch" in flat and "--json" in flat and "--weights" in flat, r.stdout
 
 
-@pytest.mark.parametrize("command", ["extract", "fit-head", "bench", "lora"])
+@pytest.mark.parametrize("command", ["extract", "fit-head", "bench", "lora", "zero-shot", "predict"])
 def test_grouped_commands_leave_no_option_alone_under_options(command: str) -> None:
     """trial19: --positive sat alone in the top 'Options' panel of fit-head and lora help (extract: --sample,
     --sample-per-class, --seed): on a grouped command, every option is in a group; 'Options' keeps only --help."""
@@ -115,3 +115,5 @@ def test_grouped_commands_leave_no_option_alone_under_options(command: str) -> N
     panels = re.split(r"^╭─ ", out, flags=re.M)
     options = next((p for p in panels if p.startswith("Options ")), "")
     assert re.findall(r"^│\s+(?:\*\s+)?(--[\w-]+)", options, flags=re.M) == ["--help"], options
+    spec = next((p for p in panels if p.startswith("Spec ")), "")  # issue 21: every job command takes a spec file
+    assert re.findall(r"^│\s+(--[\w-]+)", spec, flags=re.M) == ["--config", "--set"], out

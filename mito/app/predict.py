@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from mito.core.io import check_output_file, inside
+from mito.core.sections import OutputSection
 from mito.core.validation import one_line
 from mito.extract import ExtractConfig, extract
 from mito.extract.sources import IMAGE_EXTS
@@ -22,6 +23,23 @@ from mito.heads.predict import check_store_out, predict_store, write_predictions
 from mito.report.slides import TOP_K, check_picture_dir, check_pictures, draw_pictures
 from mito.store import open_store
 from mito.wsi.reader import WSI_EXTS
+
+
+class PredictConfig(OutputSection):
+    """One `mito predict` run: a trained model applied to new tiles or to a store (validated; unknown fields are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Model directory made by mito fit-head (or mito lora).", examples=["runs/model"])
+    out: str = Field(description="CSV to write: path (or slide,x,y), label when known, pred, p_<class>.", examples=["pred.csv"])
+    source: str | None = Field(None, description="New tiles (folder, CSV manifest or slide) to embed the model's way; or store.")
+    store: str | None = Field(None, description="Predict the tiles of an existing store instead.")
+    points: str | None = Field(None, description="source is a slide: CSV of x,y[,label,...] tile centres (level-0 pixels).")
+    tile_size: int | None = Field(None, ge=8, description="source is a slide: tile side in level-0 pixels (default: the model's).")
+    device: str = Field("auto", description="Extraction device for source: auto, cpu or cuda.")
+    weights: dict[str, str] = Field(default_factory=dict, description="Backbone weight file per backbone for source: {name: path}.")
+    progress: bool = Field(True, description="Show progress bars.")
+    heatmaps: str | None = Field(None, description="Folder for per-slide PNG heatmaps of the predicted probability (with store).")
 
 
 def predict(

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal, get_args
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
 from mito.backbones import create_backbone, get_backbone
@@ -34,6 +34,7 @@ from mito.core.errors import TaskError
 from mito.core.io import RUN_KINDS, atomic_write, check_output_dir, csv_probabilities, is_artifact, write_manifest, write_npz
 from mito.core.metrics import metric_score, positive_index
 from mito.core.progress import add_task, advance, progress_bar
+from mito.core.sections import FoldsSection, PositiveSection
 from mito.core.tasks import resolve_task
 from mito.core.version import __version__
 from mito.datasets import PROXY_TASKS
@@ -51,41 +52,39 @@ MODEL_KIND = "finetuned"
 CPU_DEFAULT_MINUTES = 10.0  # a CPU fold without --max-minutes stops here (100 LoRA epochs would take hours)
 
 
-class FinetuneConfig(BaseModel):
+class FinetuneConfig(PositiveSection, FoldsSection):
     """A fine-tuning run: backbone, mode, LoRA and optimiser settings, and the budget per fold (validated; unknown fields are errors)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str
-    out: str
-    backbone: str = "efficientnet_lite0"
-    task: str = "mitosis"
-    mode: FTMode = "lora"
-    weights: str | None = None
-    label_name: str | None = None
-    rank: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.3, ge=0, lt=1)
-    targets: list[str] | None = None
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    batch_size: int = Field(32, ge=1)
-    max_epochs: int = Field(100, ge=1)
-    patience: int = Field(15, ge=1)
-    epoch_samples: int | None = Field(None, ge=1)
-    val_samples: int | None = Field(None, ge=1)
-    input_size: int | None = Field(None, ge=8, le=4096)
-    folds: int | None = Field(None, ge=1)
-    n_folds: int = Field(5, ge=2)
-    cv: CVMode = "auto"
-    seed: int = Field(0, ge=0, lt=2**32)
-    max_minutes: float | None = Field(None, gt=0, allow_inf_nan=False)
-    augment: bool = True
-    device: str = "auto"
-    num_workers: int | None = Field(None, ge=0, le=256)
-    n_boot: int = Field(1000, ge=0)
-    positive: str | None = None  # two classes: the positive class of the scores (default: the minority of the training rows)
-    extra: dict[str, Any] = Field(default_factory=dict)
+    source: str = Field(description="The tiles: an ImageFolder folder or CSV manifest (the store's source).", examples=["tiles/"])
+    out: str = Field(description="Run folder: checkpoints (resumable), fold models, leaderboard files.", examples=["runs/lora"])
+    backbone: str = Field("efficientnet_lite0", description="Backbone to fine-tune.")
+    task: str = Field("mitosis", description="Task: a proxy task or label column, as in mito bench.")
+    mode: FTMode = Field("lora", description="lora (adapters + linear classifier), linear-probe (frozen backbone) or full.")
+    weights: str | None = Field(None, description="Backbone weight file or folder (default: resolved as mito extract does).")
+    label_name: str | None = Field(None, description="Name the folder labels got at extraction (mito extract --task).")
+    rank: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    dropout: float = Field(0.3, ge=0, lt=1, description="LoRA dropout.")
+    targets: list[str] | None = Field(None, description="Layer names (suffixes) to adapt (default: every linear layer or conv).")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(1e-5, ge=0, description="Adam weight decay.")
+    batch_size: int = Field(32, ge=1, description="Batch size.")
+    max_epochs: int = Field(100, ge=1, description="Maximum epochs per fold.")
+    patience: int = Field(15, ge=1, description="Epochs without validation gain before stopping.")
+    epoch_samples: int | None = Field(None, ge=1, description="Tiles drawn (class-balanced) per epoch (default: the training-set size).")
+    val_samples: int | None = Field(None, ge=1, description="Score early stopping on at most this many validation tiles.")
+    input_size: int | None = Field(None, ge=8, le=4096, description="Input pixels (default: the crops' native size).")
+    folds: int | None = Field(None, ge=1, description="Train only the first N folds (a budget).")
+    cv: CVMode = Field("auto", description="auto, kfold or split, as in mito bench.")
+    max_minutes: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Training-time cap per fold in minutes (default: 10 on CPU, none on GPU)."
+    )
+    augment: bool = Field(True, description="Flips, 90-degree rotations and mild colour jitter.")
+    device: str = Field("auto", description="auto, cpu or cuda.")
+    num_workers: int | None = Field(None, ge=0, le=256, description="Image-decoding workers (default: 0 on CPU, up to 8 on GPU).")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Extra settings recorded with the run.")
 
 
 def time_cap_minutes(cfg: FinetuneConfig, device: torch.device) -> tuple[float | None, bool]:

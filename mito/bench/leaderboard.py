@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mito.bench.cv import CVMode, CVPlan, make_folds, small_test_note
 from mito.bench.errors import BenchError
@@ -49,6 +49,7 @@ from mito.core.metrics import (
     expected_calibration_error,
     per_class_line,
 )
+from mito.core.sections import FoldsSection, PositiveSection, StoreSection
 from mito.core.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
 from mito.core.validation import as_dict
 from mito.datasets import PROXY_TASKS
@@ -90,37 +91,44 @@ COLUMNS = [
 ]
 
 
-class BenchConfig(BaseModel):
+class BenchConfig(PositiveSection, FoldsSection, StoreSection):
     """What to benchmark: tasks, feature sets (None = all), heads (None = all), noise levels, folds (validated; unknown fields are errors)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    store: str
-    tasks: list[str] = Field(min_length=1)
-    features: list[str] | None = None
-    heads: list[str] | None = None
-    noise: list[float] | None = None
-    head_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    n_folds: int = Field(5, ge=2, le=100)
-    cv: CVMode | Literal["leave-group-out"] = "auto"  # leave-group-out: only the shift rows of shift_column
-    shift_column: str | None = None  # also score each value of this column held out (trained on the others)
-    seed: int = Field(0, ge=0, lt=2**32)
-    n_jobs: int = Field(0, ge=0, le=1024)
-    n_boot: int = Field(1000, ge=0, le=1_000_000)
-    standardize: bool = False
-    pca: int | None = Field(None, ge=1)
-    include: list[str] = Field(default_factory=list)
-    metadata_columns: list[str] = Field(default_factory=list)
-    stream: bool | None = None  # None: stream a job's features when they would not fit its share of memory_budget
-    memory_budget: int | None = Field(None, ge=1)  # bytes all workers together may use for features (default: JOB_FEATURE_BUDGET per job)
-    buffer_rows: int | None = Field(None, ge=1)  # streamed jobs: shuffle-buffer rows (default: the heads' default)
-    zero_shot: str | None = None  # prompts JSON: a zero-shot row per VLM backbone, and the text-linear head (mito.bench.zeroshot)
-    few_shot: list[int | str] | None = (
-        None  # labelled tiles per class for learning-curve rows (mito.bench.fewshot); 'all' = the normal rows
+    tasks: list[str] = Field(min_length=1, description="Tasks to rank: proxy tasks or label columns.", examples=[["mitosis"]])
+    features: list[str] | None = Field(
+        None, description="Feature sets: a backbone name (all its sets) or variant keys joined by '+' (null: all)."
     )
-    few_shot_draws: int | None = Field(None, ge=1, le=1000)  # seeded draws per K (default fewshot.DEFAULT_DRAWS)
-    positive: str | None = None  # two-class tasks: the positive class (default: each task's minority class of the training rows)
-    target: str | None = None  # several tasks: the task the others are proxies for (mito.bench.proxy; default: the first task)
+    heads: list[str] | None = Field(None, description="Heads to rank (null: every head).")
+    noise: list[float] | None = Field(None, description="Feature-noise levels, one row each (null: each head's default).")
+    head_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Head options per head, e.g. {mlp: {hidden: 512}}.")
+    cv: CVMode | Literal["leave-group-out"] = Field(
+        "auto", description="auto, kfold, split, or leave-group-out (only the shift_column rows)."
+    )
+    shift_column: str | None = Field(
+        None, description="Domain shift: also hold out each value of this column in turn, trained on the others."
+    )
+    n_jobs: int = Field(0, ge=0, le=1024, description="Parallel worker processes (0 = every core).")
+    standardize: bool = Field(False, description="Scale each feature on the training rows first.")
+    pca: int | None = Field(None, ge=1, description="Reduce the features to N principal components first.")
+    include: list[str] = Field(default_factory=list, description="Other leaderboard folders to merge in (e.g. a mito lora --out).")
+    metadata_columns: list[str] = Field(default_factory=list, description="Tile-table columns added as one-hot side inputs.")
+    stream: bool | None = Field(
+        None, description="Stream a job's features from the store (null: when they would not fit its share of memory_budget)."
+    )
+    memory_budget: int | None = Field(
+        None, ge=1, description="Bytes all workers together may use for features (default: a fixed budget per job)."
+    )
+    buffer_rows: int | None = Field(None, ge=1, description="Streamed jobs: shuffle-buffer rows (default: the heads' default).")
+    zero_shot: str | None = Field(
+        None, description="Prompts JSON (or mitosis, tissue): a zero-shot row per vision-language backbone and text-linear."
+    )
+    few_shot: list[int | str] | None = Field(
+        None, description="Learning curve: labelled tiles per class, e.g. [1, 4, 16, all] ('all' = the normal rows)."
+    )
+    few_shot_draws: int | None = Field(None, ge=1, le=1000, description="Seeded draws per few-shot K (default 5).")
+    target: str | None = Field(None, description="Several tasks: the task the others are proxies for (default: the first task).")
 
     @field_validator("few_shot")
     @classmethod

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from mito.bench.cv import CVPlan, Fold, make_folds
 from mito.bench.errors import BenchError
 from mito.bench.leaderboard import Leaderboard, positive_meta, rank_rows, training_rows, unique_rows
 from mito.bench.row import FitJob, Producer, Runner, grouped, produce, scored, table
 from mito.bench.rows import describe_keys, row_id, score_row
+from mito.core.sections import FoldsSection, PositiveSection, StoreSection
 from mito.core.tasks import TaskSpec
 from mito.heads import BagReader, BagSet, bag_table, default_features, fit_and_score, left_out, make_bags, make_mil_head, mil_head_names
 from mito.heads.slide import bag_positive
@@ -23,25 +24,20 @@ from mito.store import open_store
 DEFAULT_SLIDE_HEADS = ("mean-linear", "abmil")
 
 
-class SlideBenchConfig(BaseModel):
+class SlideBenchConfig(PositiveSection, FoldsSection, StoreSection):
     """What `mito bench --level slide` ranks (validated; unknown fields are errors)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    store: str
-    task: str
-    features: list[str] = Field(default_factory=list)
-    heads: list[str] = Field(default_factory=lambda: list(DEFAULT_SLIDE_HEADS))
-    head_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    bag_column: str | None = None
-    bag_label: str | None = None
-    group_column: str | None = None
-    n_folds: int = Field(5, ge=2, le=100)
-    seed: int = Field(0, ge=0, lt=2**32)
-    n_boot: int = Field(1000, ge=0, le=1_000_000)
-    positive: str | None = (
-        None  # two classes: the positive class (default: 'yes' with --bag-label any:VALUE, else the minority of the training bags)
+    task: str = Field(description="The bag label column, or the tile label with bag_label any:VALUE.", examples=["label"])
+    features: list[str] = Field(default_factory=list, description="Variant keys to concatenate (default: as fit-head).")
+    heads: list[str] = Field(default_factory=lambda: list(DEFAULT_SLIDE_HEADS), description="Slide-level heads to rank.")
+    head_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Head options per head, e.g. {abmil: {max_tiles: 256}}."
     )
+    bag_column: str | None = Field(None, description="Column grouping tiles into bags (default: slide).")
+    bag_label: str | None = Field(None, description="any:VALUE = a bag is 'yes' when any tile's task label is VALUE.")
+    group_column: str | None = Field(None, description="Keep bags of one group (e.g. patient) in one fold (default: by bag).")
 
 
 @dataclass

@@ -6,11 +6,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mito.core.spec import error_message  # the one wording of a validation problem (spec keys, options, fields)
+
 
 def one_line(e: ValidationError, as_option: bool = False) -> str:
     """``field: message`` of the first error; ``as_option`` writes the field as a CLI option (``--batch-size``)."""
     err = e.errors()[0]
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = error_message(err)
     where = ".".join(str(x) for x in err["loc"])
     if not where:  # a check across several fields says which options itself
         return msg

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from torch.utils.data import DataLoader, Dataset
 
 from mito.backbones import BackboneError, BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
@@ -27,6 +27,7 @@ from mito.core.io import containing_artifact
 from mito.core.progress import add_task, advance, group_progress, progress_bar, status
 from mito.core.resources import available_memory, tune_cpu_allocator
 from mito.core.runrecord import run_record
+from mito.core.sections import SeedSection
 from mito.core.version import __version__
 from mito.core.wording import counted
 from mito.extract import distributed
@@ -54,50 +55,53 @@ MAX_TILE_SIZE = 16384
 GiB = 1 << 30
 
 
-class ExtractConfig(BaseModel):
-    """Everything one `mito extract` run needs (validated; unknown fields are errors; sizes bounded by the machine)."""
+class ExtractConfig(SeedSection):
+    """Everything one `mito extract` run needs (validated; unknown fields are errors; machine checks in preflight())."""
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str
-    store: str
-    points: str | None = None
-    backbones: list[str] = Field(default_factory=lambda: ["efficientnet_lite0"])
-    weights: dict[str, str] = Field(default_factory=dict)
-    zooms: list[float] = Field(default_factory=lambda: [1.0])
-    colors: list[str] = Field(default_factory=lambda: ["rgb"])
-    augment: str | None = None  # augmented views, e.g. "hed:4,flip" (mito.extract.augment)
-    augment_colors: list[str] = Field(default_factory=lambda: ["rgb"])  # the colour variants that get views
-    augment_seed: int = Field(0, ge=0, lt=2**32)
-    fit: Literal["resize", "pad"] = "resize"
-    pad_mode: Literal["reflect", "white"] = "reflect"
-    input_size: int | None = Field(None, ge=16, le=4096)
-    tile_size: int = Field(224, ge=8, le=MAX_TILE_SIZE)
-    task: str | None = None
-    label_column: str | None = None
-    batch_size: int | None = Field(None, ge=1, le=65536)  # None: default_batch_size(device)
-    num_workers: int | None = Field(None, ge=0, le=64)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, ge=1, le=MAX_CHUNK_ROWS)
-    # seconds of embedding between checkpoints of an unfinished chunk: its finished rows are written, so a kill loses
-    # at most this much work however long a chunk takes on this machine (a Ctrl-C or SIGTERM loses none)
-    checkpoint_s: float = Field(60.0, gt=0)
-    compile: bool = False
-    limit: int | None = Field(None, ge=1)  # the first N tiles of SOURCE in its (sorted) order
-    sample: int | None = Field(None, ge=1)  # N tiles drawn at random (seed), stratified by label
-    sample_per_class: int | None = Field(None, ge=1)  # N tiles per class drawn at random (seed)
-    seed: int = Field(0, ge=0, lt=2**32)  # of sample / sample_per_class
-    progress: bool = True
-    # whole slides (mito.extract.slide_tiles): tiles of tile_px pixels at mpp um/px over tissue
-    mpp: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    tile_px: int | None = Field(default=None, ge=8, le=MAX_TILE_SIZE)
-    tile_um: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    stride: int | None = Field(default=None, ge=1)
-    min_tissue: float = Field(default=0.5, ge=0, le=1)
-    slide_mpp: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    reader: Literal["auto", "openslide", "tifffile"] = "auto"
-    annotations: str | None = None
-    label_overlap: float | None = Field(default=None, ge=0, le=1)
+    source: str = Field(
+        description="Folder of tiles (label = subfolder), CSV manifest, a slide (with points) or slides.", examples=["tiles/"]
+    )
+    store: str = Field(description="Output store: a .zarr folder or a .h5 file; fsspec URLs work for Zarr.", examples=["runs/tiles.zarr"])
+    points: str | None = Field(None, description="CSV of x,y[,label,...] crop centres on a slide source.")
+    backbones: list[str] = Field(default_factory=lambda: ["efficientnet_lite0"], description="Backbone names (see mito backbones).")
+    weights: dict[str, str] = Field(default_factory=dict, description="Weight file or snapshot folder per backbone: {name: path}.")
+    zooms: list[float] = Field(default_factory=lambda: [1.0], description="Magnifications relative to the tile (2 = central half).")
+    colors: list[str] = Field(default_factory=lambda: ["rgb"], description="Colour modes: rgb, gray, hema.")
+    augment: str | None = Field(None, description="Augmented views as extra arrays: hed:K[:S], flip, vflip, rot90; e.g. hed:4,flip.")
+    augment_colors: list[str] = Field(default_factory=lambda: ["rgb"], description="Colour modes that get the augment views.")
+    augment_seed: int = Field(0, ge=0, lt=2**32, description="Seed of the HED jitter (per tile: seed and tile id).")
+    fit: Literal["resize", "pad"] = Field("resize", description="Bring crops to the backbone input: resize or pad.")
+    pad_mode: Literal["reflect", "white"] = Field("reflect", description="Padding for fit pad: reflect or white.")
+    input_size: int | None = Field(None, ge=16, le=4096, description="Backbone input side in px (default: the backbone's own).")
+    tile_size: int = Field(224, ge=8, le=MAX_TILE_SIZE, description="Slides with points: side of the base crop in level-0 pixels.")
+    task: str | None = Field(None, description="Name of the label column (default 'label').")
+    label_column: str | None = Field(None, description="Manifest column holding the labels (default: label).")
+    batch_size: int | None = Field(None, ge=1, le=65536, description="Tiles per forward pass (default 256 on CUDA, 32 on CPU).")
+    num_workers: int | None = Field(None, ge=0, le=64, description="DataLoader decoding workers (default: by device and cores).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda.")
+    chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, ge=1, le=MAX_CHUNK_ROWS, description="Rows per store chunk (the unit of resume).")
+    # a kill loses at most this much work however long a chunk takes on this machine (a Ctrl-C or SIGTERM loses none)
+    checkpoint_s: float = Field(60.0, gt=0, description="Seconds of embedding between checkpoints of an unfinished chunk.")
+    compile: bool = Field(False, description="torch.compile the backbone (CUDA).")
+    limit: int | None = Field(None, ge=1, description="Only the first N tiles in sorted path order.")
+    sample: int | None = Field(None, ge=1, description="N tiles drawn at random (seed), stratified by label.")
+    sample_per_class: int | None = Field(None, ge=1, description="N tiles per class drawn at random (seed).")
+    progress: bool = Field(True, description="Show a progress bar.")
+    mpp: float | None = Field(None, gt=0, allow_inf_nan=False, description="Whole slides: tiles at M um/px over tissue.")
+    tile_px: int | None = Field(None, ge=8, le=MAX_TILE_SIZE, description="Whole slides: tile side in pixels at mpp.")
+    tile_um: float | None = Field(None, gt=0, allow_inf_nan=False, description="Whole slides: tile side in micrometres.")
+    stride: int | None = Field(None, ge=1, description="Whole slides: grid step in pixels at mpp (default: the tile size).")
+    min_tissue: float = Field(0.5, ge=0, le=1, description="Whole slides: keep grid tiles at least this much on tissue.")
+    slide_mpp: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Whole slides: um/px of level 0 for slides that record none."
+    )
+    reader: Literal["auto", "openslide", "tifffile"] = Field("auto", description="Whole slides: auto, openslide or tifffile.")
+    annotations: str | None = Field(None, description="Whole slides: QuPath GeoJSON file or folder; tile label = its region.")
+    label_overlap: float | None = Field(
+        None, ge=0, le=1, description="Whole slides: drop labelled tiles their region covers less than this."
+    )
 
     @field_validator("store")
     @classmethod
@@ -162,13 +166,14 @@ class ExtractConfig(BaseModel):
                 f"--augment-colors {missing[0]} is not among --colors ({', '.join(self.colors)}): it would get no views; "
                 f"add it to --colors or pass --augment-colors {','.join(c for c in self.colors)}"
             )
-        free = available_memory()
-        if free is not None:
-            self._fits_memory(free)
         return self
 
-    def _fits_memory(self, free: int) -> None:
-        """Refuse sizes that cannot fit in ``free`` bytes: a chunk of every variant, one forward, one region read."""
+    def preflight(self) -> None:
+        """The checks that depend on this machine (free memory for a chunk, a batch, a slide region), run before the
+        job and not in validation, so a spec valid on one machine validates on another; a problem is an ExtractError."""
+        free = available_memory()
+        if free is None:
+            return
         specs = []
         for b in self.backbones:
             try:
@@ -178,13 +183,13 @@ class ExtractConfig(BaseModel):
         n_var = len(self.zooms) * (len(self.colors) + len(set(self.colors) & set(self.augment_colors)) * len(parse_augment(self.augment)))
         dims = sum(sp.embed_dim for sp in specs) * n_var
         if self.chunk_rows * dims * 4 > free // 4:
-            raise ValueError(
+            raise ExtractError(
                 f"--chunk-rows {self.chunk_rows} x {dims} dims x 4 bytes = {self.chunk_rows * dims * 4 / GiB:.1f} GiB, "
                 f"more than a quarter of the {free / GiB:.1f} GiB available; use fewer rows per chunk"
             )
         side = max([self.input_size or sp.input_size for sp in specs] or [self.input_size or 224])
         if self.batch_size is not None and self.batch_size * 3 * side * side * 4 * 16 > free // 2:
-            raise ValueError(
+            raise ExtractError(
                 f"--batch-size {self.batch_size} at {side} px needs about "
                 f"{self.batch_size * 3 * side * side * 64 / GiB:.1f} GiB for one forward, more than half the "
                 f"{free / GiB:.1f} GiB available; use a smaller batch"
@@ -192,7 +197,7 @@ class ExtractConfig(BaseModel):
         if self.points is not None:
             region = round(self.tile_size * max(1.0, 1.0 / min(self.zooms)))
             if region * region * 3 * 4 > free // 4:
-                raise ValueError(
+                raise ExtractError(
                     f"--tile-size {self.tile_size} at zoom {min(self.zooms):g} reads {region} x {region} px regions "
                     f"({region * region * 12 / GiB:.1f} GiB with their copies), more than a quarter of the "
                     f"{free / GiB:.1f} GiB available"
@@ -479,6 +484,7 @@ def extract(cfg: ExtractConfig) -> dict[str, Any]:
 
     Under torchrun each rank embeds its share of the chunks (see :mod:`mito.extract.distributed`).
     """
+    cfg.preflight()
     dist = distributed.setup()
     try:
         return _extract(cfg, dist)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from mito.core.artifacts import register_loader
 from mito.core.errors import MitoError
@@ -28,6 +28,7 @@ from mito.core.io import (
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, progress_bar
 from mito.core.runrecord import write_run_record
+from mito.core.sections import OutputSection, PositiveSection, SeedSection, StoreSection
 from mito.core.tasks import choose_positive
 from mito.core.validation import one_line
 from mito.core.version import __version__
@@ -42,28 +43,27 @@ from mito.heads.train import check_model_out, default_features, is_model_folder
 from mito.store import open_store, store_input_files
 
 
-class SlideFitConfig(BaseModel):
+class SlideFitConfig(PositiveSection, SeedSection, OutputSection, StoreSection):
     """One `mito fit-head --level slide` run (validated; unknown fields are errors)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    store: str
-    out: str | None = None
-    task: str
-    head: str = "abmil"
-    features: list[str] = Field(default_factory=list)
-    bag_column: str | None = None
-    bag_label: str | None = None
-    group_column: str | None = None
-    val_fraction: float = VAL_FRACTION  # of the bags left after the test bags (fold 0 of `bench --level slide`)
-    test_fraction: float = TEST_FRACTION
-    head_params: dict[str, Any] = Field(default_factory=dict)
-    seed: int = Field(0, ge=0, lt=2**32)
-    overwrite: bool = False
-    progress: bool = False
-    positive: str | None = (
-        None  # two classes: the positive class (default: 'yes' with --bag-label any:VALUE, else the training bags' minority)
+    task: str = Field(
+        description="Tile-table column giving the bag label (or, with bag_label any:VALUE, the tile label).", examples=["label"]
     )
+    head: str = Field("abmil", description="The slide-level head: mean-linear, mean-mlp or abmil.")
+    features: list[str] = Field(default_factory=list, description="Variant keys to concatenate (default: as fit-head).")
+    bag_column: str | None = Field(None, description="Tile-table column grouping tiles into bags (default: slide).")
+    bag_label: str | None = Field(
+        None, description="any:VALUE = the bag is 'yes' when any tile's task label is VALUE (default: task is constant per bag)."
+    )
+    group_column: str | None = Field(None, description="Keep bags of one group (e.g. patient) on one side (default: by bag).")
+    val_fraction: float = Field(VAL_FRACTION, description="Share of the bags left after the test bags held out for early stopping.")
+    test_fraction: float = Field(TEST_FRACTION, description="Share of the bags held out for the metrics.")
+    head_params: dict[str, Any] = Field(
+        default_factory=dict, description="The head's own options, e.g. {max_tiles: 256} (fit-head --level slide -p help lists them)."
+    )
+    progress: bool = Field(False, description="Show progress bars.")
 
 
 def bag_positive(bags: Bags, train: np.ndarray, bag_label: str | None, requested: str | None) -> tuple[str | None, str]:

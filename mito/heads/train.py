@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mito.core.errors import OutputError
 from mito.core.io import atomic_dir, check_output_dir, is_artifact, write_json, write_manifest
 from mito.core.metrics import classification_metrics
 from mito.core.progress import add_task, progress_bar
 from mito.core.runrecord import write_run_record
+from mito.core.sections import OutputSection, PositiveSection, SeedSection, StoreSection
 from mito.core.tasks import TaskSpec, choose_positive, default_task, group_ids, one_group_per_tile, per_tile_warning
 from mito.core.tasks import resolve_task as resolve_spec
 from mito.core.validation import one_line
@@ -55,34 +56,40 @@ _VOLATILE = ("added",)
 DETERMINISTIC_HEADS = ("knn", "logreg")  # a seed changes nothing: seed ensembles of them are K copies
 
 
-class FitConfig(BaseModel):
+class FitConfig(PositiveSection, SeedSection, OutputSection, StoreSection):
     """Everything one `mito fit-head` run needs (validated; unknown fields are errors)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    store: str
-    out: str | None = None
-    task: str | None = None
-    head: str = "mlp"
-    features: list[str] = Field(default_factory=list)
-    metadata_columns: list[str] = Field(default_factory=list)
-    standardize: bool = False
-    pca: int | None = None
-    split_column: str | None = AUTO  # "auto": the store's published `split` column when it has one; None: random by group
-    group_column: str | None = "group"
-    val_fraction: float = VAL_FRACTION  # share of the training rows (after the test rows) held out for early stopping
-    test_fraction: float = TEST_FRACTION
-    head_params: dict[str, Any] = Field(default_factory=dict)
-    seed: int = Field(0, ge=0, lt=2**32)
-    overwrite: bool = False
-    stream: bool | None = None
-    buffer_rows: int = Field(DEFAULT_BUFFER_ROWS, ge=1)
-    progress: bool = False
-    calibrate: Calibration = "none"  # "temperature": fit temperature scaling on the validation split, saved in the model
-    test_group: str | None = None  # COL=VALUE: test on those tiles, train on the other values of COL (domain shift)
-    train_groups: list[str] = Field(default_factory=list)  # with test_group: train only on these values of COL
-    ensemble: str | None = None  # K (seeds), "folds" or "folds:K": average K heads' probabilities (mito.heads.ensemble)
-    positive: str | None = None  # two classes: the positive class of PR-AUC, ECE, Brier (default: the training rows' minority)
+    task: str | None = Field(None, description="Label column or proxy task to learn (default: the store's only task).")
+    head: str = Field("mlp", description="The head: mlp, linear, logreg, knn, lightgbm or text-linear.")
+    features: list[str] = Field(
+        default_factory=list,
+        description="Variant keys to concatenate, in order (default: every complete variant of the store's first backbone).",
+    )
+    metadata_columns: list[str] = Field(default_factory=list, description="Tile-table columns added as one-hot side inputs.")
+    standardize: bool = Field(False, description="Scale each feature to zero mean, unit variance (training rows).")
+    pca: int | None = Field(None, description="Reduce the features to N principal components (after standardize).")
+    split_column: str | None = Field(
+        AUTO,
+        description="Column with train/val/test per tile; auto: the store's published 'split' column when it has one; "
+        "null: a random split by group.",
+    )
+    group_column: str | None = Field("group", description="Slide column for grouped splits (null: split tiles independently).")
+    val_fraction: float = Field(VAL_FRACTION, description="Share of the training rows held out (by group) for early stopping.")
+    test_fraction: float = Field(TEST_FRACTION, description="Share held out (by group) for the metrics when there is no split column.")
+    head_params: dict[str, Any] = Field(
+        default_factory=dict, description="The head's own options, e.g. {hidden: 512, noise: 0.5} (fit-head -p help lists them)."
+    )
+    stream: bool | None = Field(
+        None, description="mlp/linear: read features chunk by chunk every epoch (null: only when they would fill half the free memory)."
+    )
+    buffer_rows: int = Field(DEFAULT_BUFFER_ROWS, ge=1, description="stream: rows mixed in the shuffle buffer.")
+    progress: bool = Field(False, description="Show progress bars.")
+    calibrate: Calibration = Field("none", description="temperature: fit temperature scaling on the validation split; none.")
+    test_group: str | None = Field(None, description="Domain shift: test on the tiles of COL=VALUE, train on the other values of COL.")
+    train_groups: list[str] = Field(default_factory=list, description="With test_group: train only on these values of COL.")
+    ensemble: str | None = Field(None, description="Average K heads' probabilities: K (seeds), folds (5 fold models) or folds:K.")
 
     @field_validator("ensemble")
     @classmethod

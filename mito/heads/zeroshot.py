@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ConfigDict, Field
 
 from mito.core.io import write_json
 from mito.core.metrics import classification_metrics
+from mito.core.sections import OutputSection, PositiveSection, StoreSection
 from mito.core.tasks import choose_positive, default_task, resolve_task, task_labels
 from mito.datasets import PROXY_TASKS
 from mito.heads.base import HeadError
@@ -252,6 +254,24 @@ def text_embeddings(
 
 
 # ------------------------------------------------------------------ mito zero-shot
+class ZeroShotConfig(PositiveSection, OutputSection, StoreSection):
+    """One `mito zero-shot` run: a store's tiles scored against text prompts (validated; unknown fields are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str = Field(
+        description="Store extracted with a vision-language backbone (conch, plip, quiltnet-b-32).", examples=["runs/vlm.zarr"]
+    )
+    backbone: str = Field(description="The vision-language backbone whose features and text tower to use.", examples=["plip"])
+    prompts: str = Field(description="JSON {class: [prompt, ...]}, or a shipped set: mitosis, tissue.", examples=["mitosis"])
+    out: str = Field(description="CSV to write: tile_id, path, label when known, pred, p_<class>.", examples=["zero-shot.csv"])
+    weights: str | None = Field(None, description="Weight file or snapshot folder (as for mito extract).")
+    task: str | None = Field(None, description="Label column or proxy task for metrics and the class set (default: the store's only task).")
+    prompt_context: str | None = Field(None, description="Tile-table columns formatted into every prompt, e.g. '{dataset} scanner'.")
+    variant: str | None = Field(None, description="Store variant to score, e.g. z1:rgb (default z1:rgb, else the backbone's first).")
+    device: str = Field("auto", description="Text-tower device: auto, cpu or cuda.")
+
+
 @dataclass
 class ZeroShotResult:
     """Per-tile predictions, metrics on the labelled tiles (None without labels) and where the text embeddings are."""

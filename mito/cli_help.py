@@ -86,32 +86,11 @@ def options_panel(*, name: str, params: Sequence[Any], ctx: Any, markup_mode: An
     """typer's options panel in two columns: '* --long, -s <type>' over '--no-long', and the description."""
     from rich.panel import Panel
     from rich.table import Table
-    from rich.text import Text
     from typer import rich_utils as ru
-    from typer.core import TyperArgument
 
     if not params:
         return
-    rows = []
-    for param in params:
-        display = param.display_name_raw if isinstance(param, TyperArgument) else None
-        if isinstance(param, TyperArgument) and param.metavar is None and param.nargs != 1:
-            display = (display or "") + "..."
-        longs = [o for o in param.opts if "--" in o]
-        shorts = [display if display else o for o in param.opts if "--" not in o]
-        names = ru.highlighter(", ".join([*longs, *dict.fromkeys(shorts)]))
-        kind = param.display_type_rich(ctx=ctx)
-        rng = param._get_number_range_help_str() if hasattr(param, "_get_number_range_help_str") else ""
-        if kind:
-            names.append(" ")
-            names.append(Text(str(kind) + (ru.RANGE_STRING.format(rng) if rng else ""), style=ru.STYLE_TYPES))
-        second = list(param.secondary_opts)
-        if second:
-            names.append("\n")
-            names.append(ru.negative_highlighter(", ".join(second)))
-        names.overflow = "fold"
-        req = Text(ru.REQUIRED_SHORT_STRING, style=ru.STYLE_REQUIRED_SHORT) if param.required else Text("")
-        rows.append((req, names, _plain_help(ru._get_parameter_help(param=param, ctx=ctx, markup_mode=markup_mode))))
+    rows = [_option_row(param, ctx, markup_mode) for param in params]
     width = min(NAME_WIDTH if console.width <= 120 else 2 * NAME_WIDTH, max(len(line) for _, n, _ in rows for line in n.plain.splitlines()))
     table = Table(highlight=True, show_header=False, expand=True, box=None, pad_edge=False, padding=(0, 1))
     if any(r[0].plain for r in rows):
@@ -121,6 +100,32 @@ def options_panel(*, name: str, params: Sequence[Any], ctx: Any, markup_mode: An
     for req, names, text in rows:
         table.add_row(*([req] if any(r[0].plain for r in rows) else []), names, text)
     console.print(Panel(table, border_style=ru.STYLE_OPTIONS_PANEL_BORDER, title=name, title_align=ru.ALIGN_OPTIONS_PANEL))
+
+
+def _option_row(param: Any, ctx: Any, markup_mode: Any) -> tuple[Any, Any, Any]:
+    """One option's (required mark, names with type over the --no- form, description) for options_panel."""
+    from rich.text import Text
+    from typer import rich_utils as ru
+    from typer.core import TyperArgument
+
+    display = param.display_name_raw if isinstance(param, TyperArgument) else None
+    if isinstance(param, TyperArgument) and param.metavar is None and param.nargs != 1:
+        display = (display or "") + "..."
+    longs = [o for o in param.opts if "--" in o]
+    shorts = [display if display else o for o in param.opts if "--" not in o]
+    names = ru.highlighter(", ".join([*longs, *dict.fromkeys(shorts)]))
+    kind = param.display_type_rich(ctx=ctx)
+    rng = param._get_number_range_help_str() if hasattr(param, "_get_number_range_help_str") else ""
+    if kind:
+        names.append(" ")
+        names.append(Text(str(kind) + (ru.RANGE_STRING.format(rng) if rng else ""), style=ru.STYLE_TYPES))
+    second = list(param.secondary_opts)
+    if second:
+        names.append("\n")
+        names.append(ru.negative_highlighter(", ".join(second)))
+    names.overflow = "fold"
+    req = Text(ru.REQUIRED_SHORT_STRING, style=ru.STYLE_REQUIRED_SHORT) if param.required else Text("")
+    return req, names, _plain_help(ru._get_parameter_help(param=param, ctx=ctx, markup_mode=markup_mode))
 
 
 def _expected_signature() -> bool:

@@ -554,6 +554,13 @@ def fit_head_cmd(  # options only: the spec is built by mito.cli_spec.gather
         None,
         help="Variant keys to concatenate in this order, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: every complete variant of the store's first backbone).",
     ),
+    feature_search: bool = typer.Option(
+        False,
+        "--feature-search",
+        help="Choose the variants by forward selection on inner folds (by slide) of the training rows, never the test rows (candidates: --features, else every complete variant); reports the path and a paired test against the default set.",
+    ),
+    search_folds: int = typer.Option(3, help="--feature-search: inner folds of the training rows (by slide)."),
+    search_max: int = typer.Option(4, help="--feature-search: most variants to select."),
     metadata: Optional[str] = typer.Option(None, help="Tile-table columns added as one-hot side inputs, e.g. dataset,scanner."),
     standardize: bool = typer.Option(
         False, "--standardize/--no-standardize", help="Scale each feature to zero mean, unit variance (training rows)."
@@ -721,6 +728,8 @@ def _fit_tile_head(cfg: Any, as_json: bool) -> None:
     how = " (default: every complete variant of the first backbone; choose with --features)" if m["features_default"] else ""
     console.print(f"features: {', '.join(m['features'])}{how}", highlight=False)
     console.print(f"split: {m['split']}", highlight=False)
+    if "feature_search" in m:
+        _print_search(m["feature_search"])
     for w in m.get("warnings", []):
         err_console.print(f"warning: {w}", style="yellow", highlight=False, markup=False)
     _print_metrics(m)
@@ -742,6 +751,33 @@ def _fit_tile_head(cfg: Any, as_json: bool) -> None:
             highlight=False,
         )
     console.print(f"model: {cfg.out}")
+
+
+def _print_search(fs: dict[str, Any]) -> None:
+    """fit-head --feature-search: each step's best candidates, the selected set and the paired test against the default."""
+    for step in fs["path"]:
+        top = sorted(step["scores"].items(), key=lambda kv: -kv[1])[:3]
+        added = step["added"] or "none (no gain above the margin)"
+        console.print(
+            f"search step {step['step']}: added {added}; best: " + ", ".join(f"{k} {v:.3f}" for k, v in top),
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"selected features: {', '.join(fs['selected'])} (forward selection on {fs['folds']} inner folds of the training rows)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    vs = fs["vs_default"]
+    if "skipped" in vs:
+        console.print(f"selected vs default: {vs['skipped']}", highlight=False, soft_wrap=True)
+        return
+    console.print(
+        f"selected vs default ({'+'.join(vs['default'])}) on {vs['on']}: balanced accuracy {vs['metric_a']:.3f} vs {vs['metric_b']:.3f}, "
+        f"delta {vs['delta']:+.3f} [{vs['ci_low']:+.3f}, {vs['ci_high']:+.3f}], paired bootstrap p = {vs['p_value']:.3g}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _fit_from_bench(

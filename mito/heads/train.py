@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import time
@@ -17,7 +18,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 
 from mito.core.errors import OutputError
 from mito.core.io import atomic_dir, check_output_dir, is_artifact, write_json, write_manifest
-from mito.core.metrics import classification_metrics
+from mito.core.metrics import classification_metrics, paired_bootstrap_delta
 from mito.core.progress import add_task, progress_bar
 from mito.core.runrecord import write_run_record
 from mito.core.sections import OutputSection, PositiveSection, SeedSection, StoreSection
@@ -34,6 +35,7 @@ from mito.heads.features import FeaturePipeline, feature_dims, metadata_categori
 from mito.heads.fit import StoreRows
 from mito.heads.model import CONFIG_FILE, METRICS_FILE, Callback
 from mito.heads.recorded import model_extract_settings
+from mito.heads.search import SEARCH_METRIC, SearchResult, feature_search
 from mito.heads.split import (
     AUTO,
     PUBLISHED_SPLIT,
@@ -90,6 +92,12 @@ class FitConfig(PositiveSection, SeedSection, OutputSection, StoreSection):
     test_group: str | None = Field(None, description="Domain shift: test on the tiles of COL=VALUE, train on the other values of COL.")
     train_groups: list[str] = Field(default_factory=list, description="With test_group: train only on these values of COL.")
     ensemble: str | None = Field(None, description="Average K heads' probabilities: K (seeds), folds (5 fold models) or folds:K.")
+    feature_search: bool = Field(
+        False, description="Pick the variants (of features, else every complete one) by forward selection on inner folds of the training rows."
+    )
+    search_folds: int = Field(3, ge=2, description="feature_search: grouped inner folds of the non-test rows.")
+    search_max: int = Field(4, ge=1, description="feature_search: most variants in the selected set.")
+    search_margin: float = Field(0.005, ge=0, description="feature_search: least gain in mean inner-fold balanced accuracy to add one.")
 
     @field_validator("ensemble")
     @classmethod
@@ -259,9 +267,16 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     with open_store(cfg.store, "r") as store:
         run = _plan(store, cfg)
+        searched = _search(store, cfg, run) if cfg.feature_search else None
+        if searched is not None:
+            default_run, run = run, _with_keys(store, run, searched.selected)
         fitted = _fit(store, cfg, run, head)
+        if searched is not None:
+            search = {**searched.report(), "vs_default": _vs_default(store, cfg, default_run, run, fitted)}
     metrics, calibration = _metrics(cfg, run, fitted, t_start)
     config = _config(cfg, run, fitted, calibration)
+    if searched is not None:
+        metrics["feature_search"] = config["feature_search"] = search
     if cfg.out is not None:
         split = (run.tiles[identity_columns(run.tiles)], run.side)
         _write_model_dir(Path(cfg.out), fitted.head, fitted.pipeline, config, metrics, cfg.overwrite, split, spec=cfg)
@@ -272,7 +287,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
 def _plan(store: Store, cfg: FitConfig) -> _Run:
     """Resolve the task and features, and split the labelled readable rows (published split, --test-group or random)."""
     spec = resolve_task(store, cfg.task)
-    keys = list(cfg.features) or default_features(store)
+    keys = default_features(store) if cfg.feature_search or not cfg.features else list(cfg.features)
     tiles = store.tiles
     labels = spec.labels(tiles)  # the one task resolver: None where a tile is not in the task
     usable = labels.notna().to_numpy() & ~store.unreadable
@@ -294,11 +309,9 @@ def _plan(store: Store, cfg: FitConfig) -> _Run:
     positive, positive_source = choose_positive(train_labels, train_classes, cfg.positive) if len(train_classes) > 1 else (None, "")
     carved = _carved(side, tiles, split_column, cfg)
     per_tile = cfg.group_column is not None and one_group_per_tile(group_ids(tiles, cfg.group_column)[carved])
-    variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
     return _Run(
         task=spec.name,
-        keys=keys,
-        dims=feature_dims(store, keys),
+        **_key_facts(store, keys),
         tiles=tiles,
         labels=labels.to_numpy(),
         split_column=split_column,
@@ -308,11 +321,77 @@ def _plan(store: Store, cfg: FitConfig) -> _Run:
         positive_source=positive_source,
         per_tile=per_tile,
         cats=metadata_categories(tiles, cfg.metadata_columns),
-        variants=variants,
         store_meta={"path": str(cfg.store), "tile_list_sha256": store.meta.get("tile_list_sha256"), "n_tiles": store.n_tiles},
         groups=group_ids(tiles, cfg.group_column) if cfg.group_column is not None and cfg.group_column in tiles else None,
-        extract=model_extract_settings(store.runs, keys, lambda: extract_settings(variants)),
     )
+
+
+def _key_facts(store: Store, keys: list[str]) -> dict[str, Any]:
+    """The _Run fields that follow from the feature keys: dims, variant provenance and extract settings."""
+    variants = {k: {f: v for f, v in store.variant_info(k).items() if f not in _VOLATILE} for k in keys}
+    extract = model_extract_settings(store.runs, keys, lambda: extract_settings(variants))
+    return {"keys": keys, "dims": feature_dims(store, keys), "variants": variants, "extract": extract}
+
+
+def _with_keys(store: Store, run: _Run, keys: list[str]) -> _Run:
+    return dataclasses.replace(run, **_key_facts(store, keys))
+
+
+def search_candidates(store: Store, features: list[str]) -> list[str]:
+    """--feature-search's candidates: ``features`` when given, else every complete variant of the store (views are not)."""
+    missing = [k for k in features if k not in store.variants or not store.is_complete(k)]
+    if missing:
+        raise HeadError(f"--features {missing[0]!r} is not a complete variant of {store.path}")
+    return list(features) or [k for k in store.variants if not is_view(k) and store.is_complete(k)]
+
+
+def _search(store: Store, cfg: FitConfig, run: _Run) -> SearchResult:
+    """Forward selection on inner grouped folds of the train + val rows (never the test rows)."""
+    rows = np.sort(np.concatenate([run.parts["train"], run.parts["val"]]))
+    groups = run.groups if run.groups is not None else np.arange(len(run.labels)).astype(str)
+    return feature_search(
+        store,
+        search_candidates(store, list(cfg.features)),
+        run.labels,
+        rows,
+        groups,
+        lambda: make_head(cfg.head, **{"seed": cfg.seed, **cfg.head_params}),
+        folds=cfg.search_folds,
+        max_size=cfg.search_max,
+        margin=cfg.search_margin,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        data_kw={"standardize": cfg.standardize, "pca": cfg.pca, "categories": run.cats, "tiles": run.tiles},
+    )
+
+
+def _vs_default(
+    store: Store, cfg: FitConfig, default_run: _Run, run: _Run, fitted: FitResult[Head] | FitResult[Ensemble]
+) -> dict[str, Any]:
+    """The selected set vs fit-head's default set on the test rows (else val), both trained the same way at the same seed."""
+    name = "test" if len(run.parts["test"]) else "val"
+    if name not in fitted.scored:
+        return {"skipped": "no test or validation rows to compare on"}
+    same = list(default_run.keys) == list(run.keys)
+    base = (
+        fitted
+        if same
+        else _fit(
+            store, cfg.model_copy(update={"progress": False}), default_run, make_head(cfg.head, **{"seed": cfg.seed, **cfg.head_params})
+        )
+    )
+    (y, pa), (_, pb) = fitted.scored[name], base.scored[name]
+    index = {c: i for i, c in enumerate(fitted.head.classes_.tolist())}
+    yi = np.array([index[v] for v in np.asarray(y).tolist()], dtype=np.int64)
+    pos = index.get(run.positive, 1) if run.positive is not None else 1
+    stats = paired_bootstrap_delta(yi, pa, pb, SEARCH_METRIC, seed=cfg.seed, positive=pos)
+    return {
+        "default": list(default_run.keys),
+        "on": name,
+        "metric": SEARCH_METRIC,
+        "n_boot": 1000,
+        **{k: round(v, 4) for k, v in stats.items()},
+    }
 
 
 def _check_parts(parts: dict[str, np.ndarray], cfg: FitConfig) -> None:
@@ -365,7 +444,7 @@ def _metrics(
         "groups_shared_between_sides": _shared_groups(run),
         "streamed": fitted.streamed,
         "features": run.keys,
-        "features_default": not cfg.features,
+        "features_default": not cfg.features and not cfg.feature_search,
         "split_column": run.split_column,
         "split": _split_text(cfg, run),
         **({"warnings": [per_tile_warning(cfg.group_column or "group")]} if run.per_tile else {}),

@@ -728,8 +728,7 @@ def _fit_tile_head(cfg: Any, as_json: bool) -> None:
     how = " (default: every complete variant of the first backbone; choose with --features)" if m["features_default"] else ""
     console.print(f"features: {', '.join(m['features'])}{how}", highlight=False)
     console.print(f"split: {m['split']}", highlight=False)
-    if "feature_search" in m:
-        _print_search(m["feature_search"])
+    _print_search(m.get("feature_search"))
     for w in m.get("warnings", []):
         err_console.print(f"warning: {w}", style="yellow", highlight=False, markup=False)
     _print_metrics(m)
@@ -753,8 +752,10 @@ def _fit_tile_head(cfg: Any, as_json: bool) -> None:
     console.print(f"model: {cfg.out}")
 
 
-def _print_search(fs: dict[str, Any]) -> None:
+def _print_search(fs: dict[str, Any] | None) -> None:
     """fit-head --feature-search: each step's best candidates, the selected set and the paired test against the default."""
+    if fs is None:
+        return
     for step in fs["path"]:
         top = sorted(step["scores"].items(), key=lambda kv: -kv[1])[:3]
         added = step["added"] or "none (no gain above the margin)"

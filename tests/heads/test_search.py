@@ -96,3 +96,17 @@ def test_cli_bad_value_is_one_line(three_store: Path, tmp_path: Path, bad: list[
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2, r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_paired_bootstrap_delta() -> None:
+    from mito.core.metrics import paired_bootstrap_delta
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    good = np.eye(2)[np.where(rng.random(300) < 0.85, y, 1 - y)]
+    poor = np.eye(2)[np.where(rng.random(300) < 0.6, y, 1 - y)]
+    same = paired_bootstrap_delta(y, good, good)
+    assert same["delta"] == 0 and same["p_value"] == 1
+    better = paired_bootstrap_delta(y, good, poor, n_boot=500)
+    assert better["delta"] > 0.15 and better["ci_low"] > 0 and better["p_value"] < 0.01
+    assert paired_bootstrap_delta(y, poor, good, n_boot=500)["delta"] == pytest.approx(-better["delta"])

@@ -47,7 +47,13 @@ def inner_folds(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int
 
 
 def fold_score(
-    store: Store, keys: Sequence[str], labels: np.ndarray, folds: Sequence[Fold], make: Callable[[], Head], data_kw: dict[str, Any]
+    store: Store,
+    keys: Sequence[str],
+    labels: np.ndarray,
+    folds: Sequence[Fold],
+    make: Callable[[], Head],
+    data_kw: dict[str, Any],
+    on_fit: Callable[[], None] = lambda: None,
 ) -> float:
     """Mean over ``folds`` of the balanced accuracy on each fold's scored rows of a fresh head on ``keys``."""
     data = StoreRows(store, list(keys), labels, **data_kw)
@@ -58,7 +64,13 @@ def fold_score(
         index = {c: i for i, c in enumerate(fitted.head.classes_.tolist())}
         yi = np.array([index[v] for v in np.asarray(y).tolist()], dtype=np.int64)
         scores.append(metric_score(SEARCH_METRIC, yi, proba))
+        on_fit()
     return float(np.nanmean(scores))
+
+
+def max_fits(n_candidates: int, folds: int, max_size: int) -> int:
+    """The most heads a search fits: every remaining candidate on every fold at each of up to ``max_size`` steps."""
+    return folds * sum(n_candidates - i for i in range(min(max_size, n_candidates)))
 
 
 def forward_select(
@@ -98,10 +110,12 @@ def feature_search(
     val_fraction: float = 0.2,
     seed: int = 0,
     data_kw: dict[str, Any] | None = None,
+    on_fit: Callable[[], None] = lambda: None,
 ) -> SearchResult:
-    """Forward selection of ``candidates`` on ``folds`` inner grouped folds of ``rows`` (never give it test rows)."""
+    """Forward selection of ``candidates`` on ``folds`` inner grouped folds of ``rows`` (never give it test rows);
+    ``on_fit`` is called after every head fitted (at most :func:`max_fits`)."""
     split = inner_folds(np.asarray(rows, np.int64), labels, groups, folds, val_fraction, seed)
     kw = {"seed": seed, **(data_kw or {})}
-    selected, path = forward_select(lambda keys: fold_score(store, keys, labels, split, make, kw), candidates, max_size, margin)
+    selected, path = forward_select(lambda keys: fold_score(store, keys, labels, split, make, kw, on_fit), candidates, max_size, margin)
     used = np.unique(np.concatenate([np.concatenate([f.train, f.val, f.test]) for f in split]))
     return SearchResult(selected, path, folds, used)

@@ -35,7 +35,7 @@ from mito.heads.features import FeaturePipeline, feature_dims, metadata_categori
 from mito.heads.fit import StoreRows
 from mito.heads.model import CONFIG_FILE, METRICS_FILE, Callback
 from mito.heads.recorded import model_extract_settings
-from mito.heads.search import SEARCH_METRIC, SearchResult, feature_search
+from mito.heads.search import SEARCH_METRIC, SearchResult, feature_search, max_fits
 from mito.heads.split import (
     AUTO,
     PUBLISHED_SPLIT,
@@ -349,20 +349,25 @@ def _search(store: Store, cfg: FitConfig, run: _Run) -> SearchResult:
     """Forward selection on inner grouped folds of the train + val rows (never the test rows)."""
     rows = np.sort(np.concatenate([run.parts["train"], run.parts["val"]]))
     groups = run.groups if run.groups is not None else np.arange(len(run.labels)).astype(str)
-    return feature_search(
-        store,
-        search_candidates(store, list(cfg.features)),
-        run.labels,
-        rows,
-        groups,
-        lambda: make_head(cfg.head, **{"seed": cfg.seed, **cfg.head_params}),
-        folds=cfg.search_folds,
-        max_size=cfg.search_max,
-        margin=cfg.search_margin,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-        data_kw={"standardize": cfg.standardize, "pca": cfg.pca, "categories": run.cats, "tiles": run.tiles},
-    )
+    candidates = search_candidates(store, list(cfg.features))
+    bar = progress_bar(unit="", enabled=cfg.progress, transient=True)  # fits of the inner folds, at most max_fits
+    task = add_task(bar, "feature search", max_fits(len(candidates), cfg.search_folds, cfg.search_max))
+    with bar:
+        return feature_search(
+            store,
+            candidates,
+            run.labels,
+            rows,
+            groups,
+            lambda: make_head(cfg.head, **{"seed": cfg.seed, **cfg.head_params}),
+            folds=cfg.search_folds,
+            max_size=cfg.search_max,
+            margin=cfg.search_margin,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            data_kw={"standardize": cfg.standardize, "pca": cfg.pca, "categories": run.cats, "tiles": run.tiles},
+            on_fit=lambda: bar.update(task, advance=1),
+        )
 
 
 def _vs_default(

@@ -557,10 +557,10 @@ def fit_head_cmd(  # options only: the spec is built by mito.cli_spec.gather
     feature_search: bool = typer.Option(
         False,
         "--feature-search",
-        help="Choose the variants by forward selection on inner folds (by slide) of the training rows, never the test rows (candidates: --features, else every complete variant); reports the path and a paired test against the default set.",
+        help="Pick variants (of --features, else all) by forward selection on inner folds of the training rows; paired test vs the default.",
     ),
-    search_folds: int = typer.Option(3, help="--feature-search: inner folds of the training rows (by slide)."),
-    search_max: int = typer.Option(4, help="--feature-search: most variants to select."),
+    search_folds: int = typer.Option(3, help="Inner folds (by slide)."),
+    search_max: int = typer.Option(4, help="Most variants to select."),
     metadata: Optional[str] = typer.Option(None, help="Tile-table columns added as one-hot side inputs, e.g. dataset,scanner."),
     standardize: bool = typer.Option(
         False, "--standardize/--no-standardize", help="Scale each feature to zero mean, unit variance (training rows)."

@@ -555,12 +555,8 @@ def fit_head_cmd(  # options only: the spec is built by mito.cli_spec.gather
         help="Variant keys to concatenate in this order, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: every complete variant of the store's first backbone).",
     ),
     feature_search: bool = typer.Option(
-        False,
-        "--feature-search",
-        help="Pick variants (of --features, else all) by forward selection on inner folds of the training rows; paired test vs the default.",
+        False, "--feature-search", help="Forward-select variants on inner folds (--set search_max=N, search_folds=K)."
     ),
-    search_folds: int = typer.Option(3, help="Inner folds (by slide)."),
-    search_max: int = typer.Option(4, help="Most variants to select."),
     metadata: Optional[str] = typer.Option(None, help="Tile-table columns added as one-hot side inputs, e.g. dataset,scanner."),
     standardize: bool = typer.Option(
         False, "--standardize/--no-standardize", help="Scale each feature to zero mean, unit variance (training rows)."

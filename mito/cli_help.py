@@ -36,8 +36,7 @@ PANELS: dict[str, dict[str, Sequence[str]]] = {
         "Running": ("batch_size", "workers", "device", "chunk_rows", "compile", "gpus", "quiet"),
     },
     "fit-head": {
-        "Data": ("store", "task", "positive", "features", "metadata", "standardize", "pca", "stream", "buffer_rows"),
-        "Feature search": ("feature_search", "search_folds", "search_max"),  # issue 22
+        "Data": ("store", "task", "positive", "features", "feature_search", "metadata", "standardize", "pca", "stream", "buffer_rows"),
         "Split": ("split_column", "group_column", "val_fraction", "test_fraction", "test_group", "train_groups", "seed"),
         "Head": ("head", "hidden", "dropout", "loss", "gamma", "balance", "param", "ensemble", "calibrate"),
         "Training": ("noise", "noise_mode", "epochs", "patience", "lr", "batch_size", "precision", "threads"),

@@ -93,7 +93,8 @@ class FitConfig(PositiveSection, SeedSection, OutputSection, StoreSection):
     train_groups: list[str] = Field(default_factory=list, description="With test_group: train only on these values of COL.")
     ensemble: str | None = Field(None, description="Average K heads' probabilities: K (seeds), folds (5 fold models) or folds:K.")
     feature_search: bool = Field(
-        False, description="Pick the variants (of features, else every complete one) by forward selection on inner folds of the training rows."
+        False,
+        description="Pick the variants (of features, else every complete one) by forward selection on inner folds of the training rows.",
     )
     search_folds: int = Field(3, ge=2, description="feature_search: grouped inner folds of the non-test rows.")
     search_max: int = Field(4, ge=1, description="feature_search: most variants in the selected set.")

@@ -90,7 +90,9 @@ def test_cli_prints_selected_set_and_paired_line(three_store: Path, tmp_path: Pa
     assert "selected vs default (fakenet:z1:rgb+fakenet:z2:rgb+fakenet:z1:gray) on test" in r.output and "paired bootstrap p =" in r.output
 
 
-@pytest.mark.parametrize("bad", [["--set", "search_folds=1"], ["--set", "search_max=0"], ["--features", "fakenet:z9:rgb"], ["--level", "slide"]])
+@pytest.mark.parametrize(
+    "bad", [["--set", "search_folds=1"], ["--set", "search_max=0"], ["--features", "fakenet:z9:rgb"], ["--level", "slide"]]
+)
 def test_cli_bad_value_is_one_line(three_store: Path, tmp_path: Path, bad: list[str]) -> None:
     args = ["fit-head", "--store", str(three_store), "--out", str(tmp_path / "m"), "--head", "logreg", "--feature-search", *bad]
     r = CliRunner().invoke(app, args)

@@ -238,6 +238,10 @@ def gather(
         out.values.update(raw.values)
         out.origin.update(dict.fromkeys(raw.values, "file"))
     for key, value in parse_sets(sets).items():
+        if len(key) == 1 and key[0] in model.model_fields:  # a list field takes a comma list or one item, as its option does
+            value = to_field(model, key[0], value)
+            if value is not None and not isinstance(value, list) and _accepts_list(model.model_fields[key[0]].annotation):
+                value = [value]
         set_path(out.values, key, value)
         out.origin[key[0]] = "set"
     out.values.update(flags)

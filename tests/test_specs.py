@@ -226,3 +226,21 @@ def test_bench_from_a_spec_ranks_as_the_flags(amibr_store: Path, tmp_path: Path)
     ra, rb = (pd.read_csv(tmp_path / d / "leaderboard.csv")[cols] for d in ("a", "b"))
     pd.testing.assert_frame_equal(ra, rb)
     assert len(ra) == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fit-head", "--set", "features=efficientnet_lite0:z1:rgb,efficientnet_lite0:z2:gray"],
+        ["fit-head", "--set", "features=efficientnet_lite0:z1:rgb"],
+        ["bench", "--set", "tasks=mitosis", "--set", "noise=0.1"],
+    ],
+)
+def test_set_takes_a_list_field_as_its_option_does(tmp_path: Path, args: list[str]) -> None:
+    """--set features=a,b (or one item) is the list --features a,b gives, not a validation error."""
+    missing = tmp_path / "missing.zarr"
+    r = runner.invoke(app, [*args, "--store", str(missing), "--out", str(tmp_path / "out")])
+    assert r.exit_code != 0
+    assert "valid list" not in r.output, r.output
+    assert str(missing) in r.output, r.output
+

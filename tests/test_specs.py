@@ -244,3 +244,10 @@ def test_set_takes_a_list_field_as_its_option_does(tmp_path: Path, args: list[st
     assert "valid list" not in r.output, r.output
     assert str(missing) in r.output, r.output
 
+
+def test_run_record_keeps_overwrite_off() -> None:
+    """A run made with --overwrite records overwrite: false, so its run.yaml given to --config never replaces it."""
+    from mito.core.runrecord import run_record
+
+    rec = run_record("fit-head", {"store": "s.zarr", "out": "model", "overwrite": True, "seed": 1})
+    assert rec["spec"]["overwrite"] is False and rec["spec"]["seed"] == 1

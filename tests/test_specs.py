@@ -251,3 +251,20 @@ def test_run_record_keeps_overwrite_off() -> None:
 
     rec = run_record("fit-head", {"store": "s.zarr", "out": "model", "overwrite": True, "seed": 1})
     assert rec["spec"]["overwrite"] is False and rec["spec"]["seed"] == 1
+
+
+def test_spec_show_prints_a_stores_runs_and_an_exports_spec(amibr_store: Path, tmp_path: Path) -> None:
+    """`mito spec show` of any output: a store (its recorded extract runs, no run.yaml) and an export folder (a job
+    with no spec model) print their specs instead of an error."""
+    from mito.core.runrecord import write_run_record
+
+    r = runner.invoke(app, ["spec", "show", str(amibr_store)])
+    assert r.exit_code == 0, r.output
+    doc = yaml.safe_load(r.stdout)
+    assert doc["job"] == "extract" and doc["store"] == str(amibr_store) and doc["zooms"] == [1.0, 2.0]
+    folder = tmp_path / "export"
+    folder.mkdir()
+    write_run_record(folder, "export", {"store": str(amibr_store), "format": "clam", "feature": None})
+    r = runner.invoke(app, ["spec", "show", str(folder)])
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load(r.stdout) == {"job": "export", "store": str(amibr_store), "format": "clam", "feature": None}

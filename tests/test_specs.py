@@ -268,3 +268,15 @@ def test_spec_show_prints_a_stores_runs_and_an_exports_spec(amibr_store: Path, t
     r = runner.invoke(app, ["spec", "show", str(folder)])
     assert r.exit_code == 0, r.output
     assert yaml.safe_load(r.stdout) == {"job": "export", "store": str(amibr_store), "format": "clam", "feature": None}
+
+
+@pytest.mark.parametrize("sets", [["positive=1"], ["task=2024-01-01"], ["positive=1", "task=0x10"]])
+def test_set_keeps_text_fields_as_text(tmp_path: Path, sets: list[str]) -> None:
+    """--set positive=1 (a 0/1 label) or task=2024-01-01 is the text, as --positive 1 is; not 'Input should be a valid
+    string'."""
+    missing = tmp_path / "missing.zarr"
+    args = [a for s in sets for a in ("--set", s)]
+    r = runner.invoke(app, ["fit-head", *args, "--store", str(missing), "--out", str(tmp_path / "out")])
+    assert r.exit_code != 0
+    assert "valid string" not in r.output, r.output
+    assert str(missing) in r.output, r.output

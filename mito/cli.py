@@ -1559,21 +1559,43 @@ def spec_init_cmd(
 
 @spec_app.command("show")
 @friendly
-def spec_show_cmd(path: Path = typer.Argument(..., help="A spec file, a run.yaml, or an output folder holding run.yaml.")) -> None:
-    """Print the effective spec (every key, defaults filled in) of a spec file or of an output's run.yaml."""
+def spec_show_cmd(
+    path: Path = typer.Argument(..., help="A spec file, a run.yaml, an output folder holding run.yaml, or a store (its recorded runs)."),
+) -> None:
+    """Print the effective spec (every key, defaults filled in) of a spec file, of an output's run.yaml or of each run
+    that wrote a store."""
     from mito.cli_spec import job_model, resolve_job
+    from mito.core.io import is_store_dir
+    from mito.core.runrecord import check_record, dump_record
     from mito.core.spec import dump_spec, file_where, load_spec, validate_spec
+    from mito.store import open_store
 
+    if is_store_dir(path):  # a store keeps its records in its attributes (one per extract or import run), no run.yaml
+        with open_store(path, "r") as s:
+            runs = s.runs
+        if not runs:
+            raise UserError(f"{path} records no runs: it was made before mito recorded its specs")
+        for i, doc in enumerate(runs):
+            rec = check_record(doc, f"{path} (run {i + 1})")
+            print(f"# run {i + 1} of {len(runs)}")
+            for key, value in rec.items():
+                if key not in ("job", "spec"):
+                    print(f"# {key}: {json.dumps(value, default=str)}")
+            print(dump_record({"job": rec["job"], **rec["spec"]}), end="" if i == len(runs) - 1 else "---\n")
+        return
     file = path / "run.yaml" if path.is_dir() else path
     if path.is_dir() and not file.is_file():
         raise UserError(f"{path} has no run.yaml: it was made before mito recorded its specs, or not by mito")
     raw = load_spec(file)
     if raw.job is None:
         raise UserError(f"{file.name}: names no job (a spec starts with job: fit, bench, extract, ...; mito spec init JOB)")
-    job = resolve_job(raw.job, raw.values)
-    spec = validate_spec(job_model(job), raw.values, file_where(raw))
     for key, value in raw.record.items():  # how a run.yaml's output was made, as comments: the spec stays loadable
         print(f"# {key}: {json.dumps(value, default=str)}")
+    if raw.job in ("export", "import"):  # jobs with no spec model: the recorded spec as written
+        print(dump_record({"job": raw.job, **raw.values}), end="")
+        return
+    job = resolve_job(raw.job, raw.values)
+    spec = validate_spec(job_model(job), raw.values, file_where(raw))
     print(dump_spec(spec, job), end="")
 
 

@@ -119,6 +119,16 @@ def _accepts_list(annotation: Any) -> bool:
     return False
 
 
+def _text_only(annotation: Any) -> bool:
+    """True for a field that takes text only (``str`` or ``str | None``)."""
+    if annotation is str:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(a is str for a in args)
+    return False
+
+
 def split_list(value: str | None) -> list[str]:
     """Split a comma-separated option into stripped non-empty items."""
     return [v.strip() for v in (value or "").split(",") if v.strip()]
@@ -237,7 +247,14 @@ def gather(
     if raw is not None:
         out.values.update(raw.values)
         out.origin.update(dict.fromkeys(raw.values, "file"))
+    texts = {tuple(k.strip() for k in item.partition("=")[0].split(".")): item.partition("=")[2] for item in sets}
     for key, value in parse_sets(sets).items():
+        if len(key) == 1 and key[0] in model.model_fields and _text_only(model.model_fields[key[0]].annotation):
+            value = value if value is None else texts[key]  # --set positive=1 or task=2024 is the text, as its option takes it
+        if len(key) == 1 and key[0] in model.model_fields:  # a list field takes a comma list or one item, as its option does
+            value = to_field(model, key[0], value)
+            if value is not None and not isinstance(value, list) and _accepts_list(model.model_fields[key[0]].annotation):
+                value = [value]
         set_path(out.values, key, value)
         out.origin[key[0]] = "set"
     out.values.update(flags)

@@ -250,3 +250,21 @@ def test_lora_run_records_and_reruns(amibr_dir: Path, tmp_path: Path) -> None:
     assert again["balanced_accuracy"].iloc[0] == pytest.approx(lb.rows["balanced_accuracy"].iloc[0], abs=1e-4)
     code, text = _run("rerun", a, "--out", b)
     assert code == 2 and "resumes into an existing run folder" in text
+
+
+def test_fit_from_bench_of_a_relative_store_from_another_folder(amibr_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bench run with --store given relative to its folder: --from-bench (and --config DIR/rows/ID.yaml) from any
+    other folder still finds the store (was: 'no store at amibr.zarr')."""
+    monkeypatch.chdir(amibr_store.parent)
+    bench = tmp_path / "bench"
+    code, text = _run(
+        "bench", "--store", amibr_store.name, "--heads", "logreg", "--features", "efficientnet_lite0:z1:rgb", "--folds", "2",
+        "--out", bench,
+    )  # fmt: skip
+    assert code == 0, text
+    row = pd.read_csv(bench / "leaderboard.csv").iloc[0]["row_id"]
+    monkeypatch.chdir(tmp_path)
+    code, text = _run("fit-head", "--from-bench", bench, "--row", row, "--out", tmp_path / "m")
+    assert code == 0, text
+    code, text = _run("fit-head", "--config", bench / "rows" / f"{row}.yaml", "--out", tmp_path / "m2")
+    assert code == 0, text

@@ -226,3 +226,57 @@ def test_bench_from_a_spec_ranks_as_the_flags(amibr_store: Path, tmp_path: Path)
     ra, rb = (pd.read_csv(tmp_path / d / "leaderboard.csv")[cols] for d in ("a", "b"))
     pd.testing.assert_frame_equal(ra, rb)
     assert len(ra) == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fit-head", "--set", "features=efficientnet_lite0:z1:rgb,efficientnet_lite0:z2:gray"],
+        ["fit-head", "--set", "features=efficientnet_lite0:z1:rgb"],
+        ["bench", "--set", "tasks=mitosis", "--set", "noise=0.1"],
+    ],
+)
+def test_set_takes_a_list_field_as_its_option_does(tmp_path: Path, args: list[str]) -> None:
+    """--set features=a,b (or one item) is the list --features a,b gives, not a validation error."""
+    missing = tmp_path / "missing.zarr"
+    r = runner.invoke(app, [*args, "--store", str(missing), "--out", str(tmp_path / "out")])
+    assert r.exit_code != 0
+    assert "valid list" not in r.output, r.output
+    assert str(missing) in r.output, r.output
+
+
+def test_run_record_keeps_overwrite_off() -> None:
+    """A run made with --overwrite records overwrite: false, so its run.yaml given to --config never replaces it."""
+    from mito.core.runrecord import run_record
+
+    rec = run_record("fit-head", {"store": "s.zarr", "out": "model", "overwrite": True, "seed": 1})
+    assert rec["spec"]["overwrite"] is False and rec["spec"]["seed"] == 1
+
+
+def test_spec_show_prints_a_stores_runs_and_an_exports_spec(amibr_store: Path, tmp_path: Path) -> None:
+    """`mito spec show` of any output: a store (its recorded extract runs, no run.yaml) and an export folder (a job
+    with no spec model) print their specs instead of an error."""
+    from mito.core.runrecord import write_run_record
+
+    r = runner.invoke(app, ["spec", "show", str(amibr_store)])
+    assert r.exit_code == 0, r.output
+    doc = yaml.safe_load(r.stdout)
+    assert doc["job"] == "extract" and doc["store"] == str(amibr_store) and doc["zooms"] == [1.0, 2.0]
+    folder = tmp_path / "export"
+    folder.mkdir()
+    write_run_record(folder, "export", {"store": str(amibr_store), "format": "clam", "feature": None})
+    r = runner.invoke(app, ["spec", "show", str(folder)])
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load(r.stdout) == {"job": "export", "store": str(amibr_store), "format": "clam", "feature": None}
+
+
+@pytest.mark.parametrize("sets", [["positive=1"], ["task=2024-01-01"], ["positive=1", "task=0x10"]])
+def test_set_keeps_text_fields_as_text(tmp_path: Path, sets: list[str]) -> None:
+    """--set positive=1 (a 0/1 label) or task=2024-01-01 is the text, as --positive 1 is; not 'Input should be a valid
+    string'."""
+    missing = tmp_path / "missing.zarr"
+    args = [a for s in sets for a in ("--set", s)]
+    r = runner.invoke(app, ["fit-head", *args, "--store", str(missing), "--out", str(tmp_path / "out")])
+    assert r.exit_code != 0
+    assert "valid string" not in r.output, r.output
+    assert str(missing) in r.output, r.output

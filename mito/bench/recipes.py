@@ -52,7 +52,8 @@ def row_recipe(row: pd.Series, meta: dict[str, Any]) -> dict[str, Any] | None:
     held = str(row.get("held_out") or "")
     params = json.loads(row["params"]) if isinstance(row.get("params"), str) else {}
     recipe: dict[str, Any] = {
-        "store": str(cfg.get("store", as_dict(meta.get("store")).get("path"))),
+        # absolute: the recipe is read from wherever its user stands (--from-bench DIR, --config DIR/rows/ID.yaml)
+        "store": os.path.abspath(str(cfg.get("store", as_dict(meta.get("store")).get("path")))),
         "task": task,
         "head": str(row["head"]),
         "features": [str(k) for k in row["keys"]],

@@ -50,6 +50,15 @@ def spec_dict(spec: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(spec), default=json_default))
 
 
+def recorded_spec(spec: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+    """The spec as a run record keeps it: ``overwrite`` is how that run treated an existing output, not how the output
+    is made, so it is recorded off (a run.yaml given to --config never replaces the output it describes)."""
+    out = spec_dict(spec)
+    if out.get("overwrite"):
+        out["overwrite"] = False
+    return out
+
+
 def run_record(job: str, spec: BaseModel | Mapping[str, Any], store_sha256: str | None = None, **extra: Any) -> dict[str, Any]:
     """The record of one run: job, effective spec, versions, the store's tile-list sha256 (when a store is involved), time."""
     if job not in JOBS:
@@ -57,7 +66,7 @@ def run_record(job: str, spec: BaseModel | Mapping[str, Any], store_sha256: str 
     return {
         "job": job,
         "format_version": RUN_FORMAT,
-        "spec": spec_dict(spec),
+        "spec": recorded_spec(spec),
         "versions": versions(),
         **({"store_tiles_sha256": store_sha256} if store_sha256 else {}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

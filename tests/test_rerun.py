@@ -268,3 +268,18 @@ def test_fit_from_bench_of_a_relative_store_from_another_folder(amibr_store: Pat
     assert code == 0, text
     code, text = _run("fit-head", "--config", bench / "rows" / f"{row}.yaml", "--out", tmp_path / "m2")
     assert code == 0, text
+
+
+def test_rerun_of_a_model_made_with_a_relative_store_from_another_folder(
+    amibr_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model folder sent to a colleague re-runs from wherever they stand: input paths are recorded absolute."""
+    monkeypatch.chdir(amibr_store.parent)
+    m = _fit(Path(amibr_store.name), tmp_path / "m", "--features", "efficientnet_lite0:z1:rgb")
+    assert read_run_record(tmp_path / "m")["spec"]["store"] == str(amibr_store.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, text = _run("rerun", tmp_path / "m", "--out", "again")
+    assert code == 0, text
+    assert _strip(json.loads((elsewhere / "again" / "metrics.json").read_text())) == _strip(m)

@@ -50,12 +50,29 @@ def spec_dict(spec: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(spec), default=json_default))
 
 
+# spec keys that name input files or folders: recorded as absolute paths, so that a record re-runs from any folder
+INPUT_PATHS = ("store", "source", "points", "annotations", "include", "prompts", "zero_shot", "model", "folder", "labels", "checkpoint")
+
+
+def _absolute(value: Any) -> Any:
+    """A relative path that exists from here, made absolute (other values, e.g. a built-in prompt set's name, as given)."""
+    if isinstance(value, list):
+        return [_absolute(v) for v in value]
+    if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
+        return os.path.abspath(value)
+    return value
+
+
 def recorded_spec(spec: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     """The spec as a run record keeps it: ``overwrite`` is how that run treated an existing output, not how the output
-    is made, so it is recorded off (a run.yaml given to --config never replaces the output it describes)."""
+    is made, so it is recorded off (a run.yaml given to --config never replaces the output it describes); input paths
+    are absolute (mito rerun from another folder reads the same store and source)."""
     out = spec_dict(spec)
     if out.get("overwrite"):
         out["overwrite"] = False
+    for key in INPUT_PATHS:
+        if key in out:
+            out[key] = _absolute(out[key])
     return out
 
 

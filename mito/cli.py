@@ -1488,11 +1488,14 @@ def rerun_cmd(
     folder: Path = typer.Argument(..., help="An output mito wrote: a model, bench, LoRA or export folder (its run.yaml), or a store."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to make it again (a new folder or store)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out that mito wrote (never a store)."),
+    store: Optional[str] = typer.Option(
+        None, "--store", "-s", help="Where the store the run read is now (it must hold the recorded tiles; default: the recorded path)."
+    ),
 ) -> None:
     """Make an output again from the spec it recorded (same store, settings and seed: the same numbers)."""
     from mito.app.rerun import rerun
 
-    r = rerun(folder, out, overwrite)
+    r = rerun(folder, out, overwrite, store)
     console.print(f"re-ran {r.job} of {folder} ({len(r.results)} run{'s' * (len(r.results) != 1)}) into {out}", highlight=False)
     if r.job == "fit-head":
         _print_metrics(r.results[0])

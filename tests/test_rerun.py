@@ -283,3 +283,37 @@ def test_rerun_of_a_model_made_with_a_relative_store_from_another_folder(
     code, text = _run("rerun", tmp_path / "m", "--out", "again")
     assert code == 0, text
     assert _strip(json.loads((elsewhere / "again" / "metrics.json").read_text())) == _strip(m)
+
+
+def test_rerun_reads_a_moved_store_and_refuses_other_tiles(amibr_store: Path, amibr_dir: Path, tmp_path: Path) -> None:
+    """A colleague's copy of the store is named with --store; a store holding other tiles is one line, nothing written."""
+    import shutil
+
+    from mito.extract import ExtractConfig, extract
+
+    m = _fit(amibr_store, tmp_path / "m", "--features", "efficientnet_lite0:z1:rgb")
+    copy = tmp_path / "colleague" / "same.zarr"
+    shutil.copytree(amibr_store, copy)
+    code, text = _run("rerun", tmp_path / "m", "--out", tmp_path / "again", "--store", copy)
+    assert code == 0, text
+    assert _strip(json.loads((tmp_path / "again" / "metrics.json").read_text())) == _strip(m)
+    assert read_run_record(tmp_path / "again")["spec"]["store"] == str(copy)
+    other = tmp_path / "other.zarr"
+    extract(
+        ExtractConfig(
+            source=str(amibr_dir),
+            store=str(other),
+            task="mitosis",
+            zooms=[1.0],
+            colors=["rgb"],
+            input_size=128,
+            limit=20,
+            chunk_rows=16,
+            batch_size=16,
+            num_workers=0,
+            progress=False,
+        )
+    )
+    code, text = _run("rerun", tmp_path / "m", "--out", tmp_path / "wrong", "--store", other)
+    assert code == 2 and "holds other tiles than the recorded run read" in text and len(text.strip().splitlines()) == 1
+    assert not (tmp_path / "wrong").exists()

@@ -130,14 +130,37 @@ def store_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def rerun(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Rerun:
-    """Make the output at ``source`` again into ``out`` from its run record (a store: every recorded run, in order)."""
+def _same_store(rec: dict[str, Any], store: str | None, where: str) -> dict[str, Any]:
+    """The record's spec reading ``store`` instead of the recorded one (when given); a store whose tiles differ from the
+    recorded run's (tile-list sha256) is refused: re-running on it would not give the recorded numbers."""
+    spec = dict(rec["spec"])
+    if store is not None:
+        if "store" not in spec:
+            raise RerunError(f"{where} records a {rec['job']} run, which reads no store: --store does not apply")
+        spec["store"] = os.path.abspath(store)
+    want = rec.get("store_tiles_sha256")
+    if want and spec.get("store") and store_exists(spec["store"]):
+        with open_store(spec["store"], "r") as s:
+            have = s.meta.get("tile_list_sha256")
+        if have and have != want:
+            raise RerunError(
+                f"{spec['store']} holds other tiles than the recorded run read (tile-list sha256 {have[:12]}..., recorded "
+                f"{want[:12]}...): a re-run would not reproduce it; give the store it was made from (--store PATH)"
+            )
+    return spec
+
+
+def rerun(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False, store: str | None = None) -> Rerun:
+    """Make the output at ``source`` again into ``out`` from its run record (a store: every recorded run, in order);
+    ``store``: where the store it read lives now (a colleague's copy), checked to hold the recorded tiles."""
     src, new = Path(source), Path(out)
     if not src.exists():
         raise RerunError(f"{source} does not exist")
     if src.resolve() == new.resolve():
         raise RerunError(f"--out {out} is {source} itself: re-run into a new folder")
     if is_store_dir(src):
+        if store is not None:
+            raise RerunError("--store names the store a model or bench read; a store re-runs from its own recorded source")
         records = store_records(src)
         if store_exists(new):
             raise RerunError(f"{out} already holds a store: a re-run writes a new one (delete it or give another --out)")
@@ -148,4 +171,5 @@ def rerun(source: str | os.PathLike, out: str | os.PathLike, overwrite: bool = F
     rec = read_run_record(src)
     if rec["job"] in STORE_JOBS:
         raise RerunError(f"{src}'s run.yaml describes a store ({rec['job']}); re-run the store itself")
-    return Rerun(rec["job"], new, src, [RUNNERS[rec["job"]](rec["spec"], new, overwrite, str(src / "run.yaml"))])
+    where = str(src / "run.yaml")
+    return Rerun(rec["job"], new, src, [RUNNERS[rec["job"]](_same_store(rec, store, where), new, overwrite, where)])

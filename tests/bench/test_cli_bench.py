@@ -174,6 +174,8 @@ def test_proxy_tasks_on_one_leaderboard(amibr_store: Path, tmp_path: Path) -> No
         (["bench", "--store", "STORE", "--out", "OUT", "--heads", "svm"], "unknown head"),
         (["bench", "--store", "STORE", "--out", "OUT", "--features", "vit:z1:rgb"], "not in the store"),
         (["bench", "--store", "STORE", "--out", "OUT", "--param", "hidden=3"], "HEAD.KEY=VALUE"),
+        # a wrong head option: one line before any fit (trial21: it came after the 'fitting heads' bar, from a worker)
+        (["bench", "--store", "STORE", "--out", "OUT", "--heads", "logreg", "--param", "logreg.C=abc"], "head 'logreg': C must be"),
         (["lora", "SRC", "--out", "OUT", "--mode", "half"], "--mode: Input should be 'lora', 'linear-probe' or 'full'"),
         (["lora", "/nonexistent/folder", "--out", "OUT"], "no such file or folder"),
         (["bench", "--store", "STORE", "--out", "OUT", "--folds", "1"], "--folds: "),

@@ -53,7 +53,8 @@ from mito.core.sections import FoldsSection, PositiveSection, StoreSection
 from mito.core.tasks import TaskSpec, positive_line, recorded_positive, resolve_task, task_labels, with_positive
 from mito.core.validation import as_dict
 from mito.datasets import PROXY_TASKS
-from mito.heads import HEAD_NAMES, head_names, make_head
+from mito.heads import HEAD_NAMES, head_class, head_names
+from mito.heads.params import check_params
 from mito.store import open_store
 
 RANDOM_PREFIX = "random_"
@@ -375,9 +376,9 @@ def bench_heads(cfg: BenchConfig) -> list[str]:
     unknown = [h for h in heads if h not in head_names()]
     if unknown:
         raise BenchError(f"unknown head {unknown[0]!r}; use {', '.join(head_names())}")
-    for h in heads:  # a wrong head option is one line before any fit starts (not in a worker, after the bars)
-        if cfg.head_params.get(h):
-            make_head(h, **cfg.head_params[h])
+    for h in heads:  # a wrong head option is one line before any fit starts (not in a worker, after the bars); values
+        if cfg.head_params.get(h):  # only: what the bench adds itself (text-linear's text embeddings) comes later
+            check_params(h, head_class(h).param_spec, cfg.head_params[h])
     return heads
 
 

@@ -20,6 +20,7 @@ HOPT = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 RANDOM_PREFIX = "random_"
 RANDOM_SHA = "random-init-seed0"
+SIZE_SEP = "@"  # efficientnet_lite0@128: the same network fed 128 px inputs, a backbone of its own
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,33 @@ def list_backbones() -> list[BackboneSpec]:
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The spec for ``name``; ``random_<name>`` gives the same architecture with random weights."""
+    """The spec for ``name``; ``random_<name>`` gives the same architecture with random weights, ``<name>@<px>`` the
+    same CNN fed ``px``-pixel inputs (its own store variants, ranked as another backbone)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if SIZE_SEP in name:
+        return sized_backbone(name)
     if name.startswith(RANDOM_PREFIX) and name[len(RANDOM_PREFIX) :] in _REGISTRY:
         base = _REGISTRY[name[len(RANDOM_PREFIX) :]]
         return replace(base, name=name, weights=WeightsSource(), license="n/a", note=f"random-init control for {base.name}")
     known = ", ".join(sorted(_REGISTRY))
-    raise BackboneError(f"unknown backbone {name!r}; known: {known} (or random_<name>)")
+    raise BackboneError(f"unknown backbone {name!r}; known: {known} (or random_<name>, <name>@<px>)")
+
+
+def sized_backbone(name: str) -> BackboneSpec:
+    """``<name>@<px>``: the spec of ``<name>`` with ``input_size`` = px; only CNNs (a ViT's position embeddings are
+    fixed at the size it was trained at)."""
+    base_name, _, px = name.rpartition(SIZE_SEP)
+    base = get_backbone(base_name)
+    if not px.isdigit() or not 16 <= int(px) <= 4096:
+        raise BackboneError(f"backbone {name!r}: '{SIZE_SEP}{px}' is not an input side in px (an integer, 16-4096)")
+    if base.family != "cnn":
+        raise BackboneError(
+            f"backbone {name!r}: input-size variants are for CNN backbones; {base.name} is a {base.family} whose "
+            f"position embeddings are fixed at {base.input_size} px"
+        )
+    note = f"{base.name} fed {px} px inputs" + (f" ({base.note})" if base.note else "")
+    return replace(base, name=name, input_size=int(px), note=note)
 
 
 # ------------------------------------------------------------------ loaders

@@ -170,3 +170,18 @@ def test_loader_table_declares_each_family_and_a_new_one_plugs_in() -> None:
 
         LOADERS.pop("toy-family", None)
         registry._REGISTRY.pop("random_toy", None)
+
+
+def test_sized_names_keep_the_weights_and_change_only_the_input() -> None:
+    base, small = get_backbone("efficientnet_lite0"), get_backbone("efficientnet_lite0@128")
+    assert small.input_size == 128 and small.name == "efficientnet_lite0@128" and not small.random
+    assert (small.weights, small.arch, small.embed_dim, small.mean) == (base.weights, base.arch, base.embed_dim, base.mean)
+    ctrl = get_backbone("random_efficientnet_lite0@128")
+    assert ctrl.random and ctrl.input_size == 128 and ctrl.weights.package is None
+    for bad, says in (
+        ("efficientnet_lite0@0", "not an input side"),
+        ("efficientnet_lite0@12x", "not an input side"),
+        ("virchow2@448", "CNN"),
+    ):
+        with pytest.raises(BackboneError, match=says):
+            get_backbone(bad)

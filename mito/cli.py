@@ -354,7 +354,7 @@ def backbones(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
         file = "-" if ws.package else ws.files[0]
         body.append([s.name, str(s.embed_dim), str(s.input_size), "yes" if available(s) else "no", src, s.pooling, file, s.arch])
     see = "here: its weights are found on this machine, else pass --weights FILE; mito backbones --json lists everything"
-    console.print(FitTable(cols, body, title="mito backbones (random_<name> = random-init control)", see=see))
+    console.print(FitTable(cols, body, title="mito backbones (random_<name>: random init; <name>@<px>: CNN at px input)", see=see))
 
 
 def _print_info(info: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from mito.bench.seeds import Reference, pool_benches
+from mito.core.errors import MitoError
 
 # the feature sets compared by default (bench --features specs: variant keys joined by '+'); the first is fit-head's default
 DEFAULT_FEATURES = [
@@ -129,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     out = Path(args.out)
     ref = args.reference or f"{features[0]},{'mlp' if 'mlp' in heads else heads[0]}"
+    try:
+        reference = Reference.parse(ref)  # before hours of benches
+    except MitoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     folders = []
     for k in seeds:
         folder = out / f"seed{k}"
@@ -142,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
     if args.dry_run:
         return 0
-    table = pool_benches(folders, Reference.parse(ref), n_boot=args.n_boot)
+    try:
+        table = pool_benches(folders, reference, n_boot=args.n_boot)
+    except MitoError as e:  # bad input: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     table.to_csv(out / "ceiling.csv", index=False, float_format="%.6g")
     (out / "ceiling.json").write_text(
         json.dumps({"reference": ref, "seeds": seeds, "rows": json.loads(table.to_json(orient="records"))}, indent=1)

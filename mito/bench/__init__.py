@@ -20,6 +20,7 @@ from mito.bench.leaderboard import (
     task_summary_lines,
 )
 from mito.bench.row import Producer, Row, RowProducer, register_producer
+from mito.bench.seeds import Reference, pool_benches
 from mito.bench.slide_bench import DEFAULT_SLIDE_HEADS, SlideBenchConfig, run_slide_bench
 from mito.bench.stats import (
     DelongResult,
@@ -67,6 +68,7 @@ __all__ = [
     "Leaderboard",
     "PairedResult",
     "Producer",
+    "Reference",
     "Row",
     "RowProducer",
     "SlideBenchConfig",
@@ -89,6 +91,7 @@ __all__ = [
     "merge_leaderboards",
     "paired_bootstrap",
     "parse_shots",
+    "pool_benches",
     "predict_finetuned",
     "register_producer",
     "resolve_task",

@@ -35,7 +35,8 @@ DEFAULT_FEATURES = [
     "efficientnet_lite0:z2:rgb+efficientnet_lite0:z2:gray+efficientnet_lite1:z2:rgb+efficientnet_lite1:z2:gray",
     "efficientnet_lite0:z2:rgb+efficientnet_lite0:z2:gray+efficientnet_lite1:z2:rgb+efficientnet_lite1:z2:gray"
     "+efficientnet_lite2:z2:rgb+efficientnet_lite2:z2:gray",
-    "efficientnet_lite0:z2:gray+efficientnet_lite0:z1:hema",
+    "efficientnet_lite0:z2:rgb+efficientnet_lite0:z2:gray+efficientnet_lite0:z2:hema+efficientnet_lite1:z2:rgb"
+    "+efficientnet_lite1:z2:gray",
 ]
 
 

@@ -35,6 +35,7 @@ from mito.bench.row import (
     table,
 )
 from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, row_id, score_row, split_key
+from mito.bench.search_rows import SearchRows
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, cross_group_lines, shift_plans
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns, prediction_positive, row_delong_ci
 from mito.bench.validate import check_predictions, check_rows
@@ -130,6 +131,12 @@ class BenchConfig(PositiveSection, FoldsSection, StoreSection):
     )
     few_shot_draws: int | None = Field(None, ge=1, le=1000, description="Seeded draws per few-shot K (default 5).")
     target: str | None = Field(None, description="Several tasks: the task the others are proxies for (default: the first task).")
+    feature_search: bool = Field(
+        False, description="Add a row per head whose variants are forward-selected inside each fold, on its training rows only."
+    )
+    search_folds: int = Field(3, ge=2, description="feature_search: grouped inner folds of each fold's training rows.")
+    search_max: int = Field(4, ge=1, description="feature_search: most variants in a selected set.")
+    search_margin: float = Field(0.005, ge=0, description="feature_search: least gain in mean inner-fold balanced accuracy to add one.")
 
     @field_validator("few_shot")
     @classmethod
@@ -602,7 +609,7 @@ class IncludedRows(Producer):
         return meta
 
 
-for _producer in (HeadRows, ShiftRows, ZeroShotRows, FewShotRows, IncludedRows):  # the row kinds of `mito bench`, in order
+for _producer in (HeadRows, ShiftRows, SearchRows, ZeroShotRows, FewShotRows, IncludedRows):  # the row kinds of `mito bench`, in order
     register_producer(_producer)
 
 

@@ -35,7 +35,7 @@ from mito.bench.row import (
     table,
 )
 from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, row_id, score_row, split_key
-from mito.bench.search_rows import SearchRows
+from mito.bench.search_rows import SearchRows, search_lines
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, cross_group_lines, shift_plans
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns, prediction_positive, row_delong_ci
 from mito.bench.validate import check_predictions, check_rows
@@ -308,7 +308,7 @@ def task_positive_lines(meta: dict[str, Any]) -> list[str]:
 def task_summary_lines(lb: Leaderboard) -> list[str]:
     """Lines printed under the leaderboard table: each two-class task's positive class, each multi-class task's
     per-class recall and precision of its best in-domain row, a note on each task whose test folds are too small to
-    rank, and which rows were paired with #1 on fewer folds."""
+    rank, the sets each search row selected per fold, and which rows were paired with #1 on fewer folds."""
     out = task_positive_lines(lb.meta)
     rows = lb.rows
     if rows.empty:
@@ -333,6 +333,7 @@ def task_summary_lines(lb: Leaderboard) -> list[str]:
             out.append(f"note ({t}): {tm['small_test']}")
     shift_meta = as_dict(lb.meta.get("shift"))
     out += cross_group_lines(rows, str(shift_meta.get("column") or "group"))
+    out += search_lines(rows)
     partial = rows[rows["paired_note"].fillna("").astype(str).str.startswith(PARTIAL_FOLDS)] if "paired_note" in rows else rows.iloc[:0]
     for _, r in partial.iterrows():
         out.append(f"† {r['task']} #{r['rank']} {r['backbone']} {r['features']} {r['head']}: {r['paired_note']}")

@@ -225,3 +225,16 @@ def search_budget(found: Sequence[dict[str, Any]], n_folds: int, cfg: Any, held_
         f"training rows (max {cfg.search_max}, margin {cfg.search_margin:g}, {SEARCH_METRIC}), head's own stopping rule; "
         f"selected: {sets}"
     )
+
+
+def search_lines(rows: Any) -> list[str]:
+    """One line per search row of a leaderboard table: the set each fold selected."""
+    if "kind" not in rows or "search" not in rows:
+        return []
+    out = []
+    for _, r in rows[rows["kind"] == KIND].iterrows():
+        found = r["search"] if isinstance(r["search"], list) else []
+        held = f", held out {r['held_out']}" if str(r.get("held_out") or "") else ""
+        sets = "; ".join(f"fold {s['fold']}: {describe_keys(s['selected'])[1]}" for s in found if isinstance(s, dict))
+        out.append(f"search row ({r['task']}{held}, {r['head']}, #{r['rank']}) selected per fold: {sets or 'not recorded'}")
+    return out

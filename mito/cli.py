@@ -800,6 +800,7 @@ def _fit_from_bench(
         return True
     console.print(f"bench row {row} of {bench}: {', '.join(m['features'])}", highlight=False, markup=False)
     console.print(f"trained on {m['from_bench']['trained_on']}", highlight=False, markup=False)
+    _print_search(m.get("feature_search"))  # a bench search row's recipe re-runs the search
     _print_metrics(m)
     console.print(f"model: {out}")
     return True

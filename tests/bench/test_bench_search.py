@@ -39,7 +39,8 @@ def _cfg(store: Path, **kw: Any) -> BenchConfig:
 
 @dataclass
 class Spied:
-    """What the search fitted: the fold each search ran for, and per fold every inner fit's rows (train + val + test)."""
+    """What the search fitted: the fold of each search job, and per job the rows searched on and every inner fit's rows
+    (train + val + test), keyed by the job's number (shift folds reuse the in-domain folds' indices)."""
 
     folds: list[Any] = field(default_factory=list)
     fits: dict[int, list[np.ndarray]] = field(default_factory=dict)
@@ -55,12 +56,12 @@ def _run_spied(cfg: BenchConfig) -> tuple[Leaderboard, Spied]:
         return real_job(store_path, candidates, head, params, fold, *a, **kw)
 
     def search(store, candidates, labels, rows, *a, **kw):  # type: ignore[no-untyped-def]
-        spied.searched_on[spied.folds[-1].index] = np.asarray(rows)
+        spied.searched_on[len(spied.folds) - 1] = np.asarray(rows)
         return real_search(store, candidates, labels, rows, *a, **kw)
 
     def fit(model, data, split, **kw):  # type: ignore[no-untyped-def]
         rows = np.concatenate([np.asarray(split[p]) for p in ("train", "val", "test")])
-        spied.fits.setdefault(spied.folds[-1].index, []).append(rows)
+        spied.fits.setdefault(len(spied.folds) - 1, []).append(rows)
         return real_fit(model, data, split, **kw)
 
     with pytest.MonkeyPatch.context() as mp:  # n_jobs=1: the fold jobs run in this process, one after the other
@@ -84,11 +85,10 @@ def _search_row(lb: Leaderboard) -> Any:
 
 def _check_no_test_row_searched(lb: Leaderboard, spied: Spied) -> None:
     assert spied.folds and spied.fits, "the search fitted nothing"
-    assert sorted(f.index for f in spied.folds) == list(range(lb.meta["tasks"]["mitosis"]["n_folds"]))
-    for f in spied.folds:
-        assert np.array_equal(np.sort(spied.searched_on[f.index]), np.sort(f.train))  # the fold's training rows, all of them
-        assert spied.fits[f.index], f"fold {f.index}: no inner fit"
-        for rows in spied.fits[f.index]:
+    for i, f in enumerate(spied.folds):
+        assert np.array_equal(np.sort(spied.searched_on[i]), np.sort(f.train))  # the fold's training rows, all of them
+        assert spied.fits[i], f"fold {f.index}: no inner fit"
+        for rows in spied.fits[i]:
             assert np.isin(rows, f.train).all()
             assert not np.isin(rows, f.test).any() and not np.isin(rows, f.val).any()
 
@@ -97,6 +97,7 @@ def test_search_never_fits_or_scores_a_test_or_val_row(searched: tuple[Leaderboa
     lb, spied = searched
     assert lb.meta["tasks"]["mitosis"]["cv"] == "split"
     _check_no_test_row_searched(lb, spied)
+    assert sorted(f.index for f in spied.folds) == [0, 1]
     # each fold's inner fits: at most max_fits (3 candidates, 2 inner folds, 2 steps), at least one step's
     assert 2 * 3 <= min(len(v) for v in spied.fits.values()) <= search_mod.max_fits(3, 2, 2)
 
@@ -105,8 +106,21 @@ def test_kfold_folds_search_their_own_training_rows(amibr_store: Path) -> None:
     lb, spied = _run_spied(_cfg(amibr_store, cv="kfold"))
     assert lb.meta["tasks"]["mitosis"]["cv"] == "kfold"
     _check_no_test_row_searched(lb, spied)
+    assert sorted(f.index for f in spied.folds) == [0, 1]
     a, b = (set(spied.searched_on[i].tolist()) for i in (0, 1))
     assert a != b  # each fold searched on its own rows
+
+
+def test_shift_column_adds_a_search_row_per_held_out_group(amibr_store: Path) -> None:
+    lb, spied = _run_spied(_cfg(amibr_store, search_max=1, shift_column="dataset"))
+    _check_no_test_row_searched(lb, spied)  # a held-out group's fold tests on that group: never searched on
+    rows = lb.rows[lb.rows["kind"] == "search"]
+    groups = sorted(lb.meta["shift"]["tasks"]["mitosis"])
+    assert len(groups) == 2 and sorted(rows["held_out"]) == ["", *groups]
+    assert len(spied.folds) == 2 * (1 + len(groups))  # every fold of every plan searched once
+    shifted = rows[rows["held_out"] != ""]
+    assert all(f"trained on dataset other than {g}" in b for g, b in zip(shifted["held_out"], shifted["budget"]))
+    assert shifted["gap"].notna().all()
 
 
 def test_search_row_records_each_folds_selected_set(searched: tuple[Leaderboard, Spied]) -> None:
@@ -119,7 +133,7 @@ def test_search_row_records_each_folds_selected_set(searched: tuple[Leaderboard,
     for s in found:
         assert 1 <= len(s["selected"]) <= 2 and set(s["selected"]) <= set(KEYS)
         assert set(s["path"][0]["scores"]) == set(KEYS)  # every candidate scored at step 1
-        assert s["n_rows"] == len(spied.searched_on[s["fold"]])
+        assert s["n_rows"] == len(spied.searched_on[s["fold"]])  # in-domain jobs only: job i is fold i
         assert all(k.split(":", 1)[1] in row["budget"] for k in s["selected"])
     assert lb.meta["feature_search"]["candidates"] == KEYS and lb.meta["feature_search"]["search_max"] == 2
     assert int(row["rank"]) >= 1 and row["n_folds"] == 2

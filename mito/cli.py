@@ -800,6 +800,7 @@ def _fit_from_bench(
         return True
     console.print(f"bench row {row} of {bench}: {', '.join(m['features'])}", highlight=False, markup=False)
     console.print(f"trained on {m['from_bench']['trained_on']}", highlight=False, markup=False)
+    _print_search(m.get("feature_search"))  # a bench search row's recipe re-runs the search
     _print_metrics(m)
     console.print(f"model: {out}")
     return True
@@ -1079,6 +1080,11 @@ def bench_cmd(  # options only: the spec is built by mito.cli_spec.gather
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the 95% CI (0 = none)."),
     standardize: bool = typer.Option(False, "--standardize/--no-standardize", help="Scale each feature on the training rows first."),
     pca: Optional[int] = typer.Option(None, help="Reduce the features to N principal components first."),
+    feature_search: bool = typer.Option(
+        False,
+        "--feature-search",
+        help="Add a row per head whose variants are forward-selected inside each fold on its training rows (--set search_max=N, search_folds=K).",
+    ),
     include: list[str] = typer.Option(
         [], "--with", help="Another leaderboard folder to merge in, e.g. a mito lora --out (its folds must match; repeatable)."
     ),

@@ -45,7 +45,7 @@ PANELS: dict[str, dict[str, Sequence[str]]] = {
         "Output": ("out", "overwrite", "as_json"),
     },
     "bench": {
-        "Data": ("store", "task", "proxy", "target", "features", "standardize", "pca"),
+        "Data": ("store", "task", "proxy", "target", "features", "feature_search", "standardize", "pca"),
         "Heads": ("heads", "noise", "param", "include", "zero_shot"),
         "Folds and statistics": ("folds", "cv", "shift_column", "seed", "n_boot", "positive", "few_shot", "few_shot_draws"),
         "Slide level": ("level", "bag_column", "bag_label", "group_column"),

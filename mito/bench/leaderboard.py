@@ -35,6 +35,7 @@ from mito.bench.row import (
     table,
 )
 from mito.bench.rows import JOB_FEATURE_BUDGET, FeatureSet, describe_keys, row_id, score_row, split_key
+from mito.bench.search_rows import SearchRows, search_lines
 from mito.bench.shift import LEAVE_GROUP_OUT, add_gaps, cross_group_lines, shift_plans
 from mito.bench.stats import PAIRED_COLUMNS, PARTIAL_FOLDS, add_paired_columns, prediction_positive, row_delong_ci
 from mito.bench.validate import check_predictions, check_rows
@@ -130,6 +131,12 @@ class BenchConfig(PositiveSection, FoldsSection, StoreSection):
     )
     few_shot_draws: int | None = Field(None, ge=1, le=1000, description="Seeded draws per few-shot K (default 5).")
     target: str | None = Field(None, description="Several tasks: the task the others are proxies for (default: the first task).")
+    feature_search: bool = Field(
+        False, description="Add a row per head whose variants are forward-selected inside each fold, on its training rows only."
+    )
+    search_folds: int = Field(3, ge=2, description="feature_search: grouped inner folds of each fold's training rows.")
+    search_max: int = Field(4, ge=1, description="feature_search: most variants in a selected set.")
+    search_margin: float = Field(0.005, ge=0, description="feature_search: least gain in mean inner-fold balanced accuracy to add one.")
 
     @field_validator("few_shot")
     @classmethod
@@ -301,7 +308,7 @@ def task_positive_lines(meta: dict[str, Any]) -> list[str]:
 def task_summary_lines(lb: Leaderboard) -> list[str]:
     """Lines printed under the leaderboard table: each two-class task's positive class, each multi-class task's
     per-class recall and precision of its best in-domain row, a note on each task whose test folds are too small to
-    rank, and which rows were paired with #1 on fewer folds."""
+    rank, the sets each search row selected per fold, and which rows were paired with #1 on fewer folds."""
     out = task_positive_lines(lb.meta)
     rows = lb.rows
     if rows.empty:
@@ -326,6 +333,7 @@ def task_summary_lines(lb: Leaderboard) -> list[str]:
             out.append(f"note ({t}): {tm['small_test']}")
     shift_meta = as_dict(lb.meta.get("shift"))
     out += cross_group_lines(rows, str(shift_meta.get("column") or "group"))
+    out += search_lines(rows)
     partial = rows[rows["paired_note"].fillna("").astype(str).str.startswith(PARTIAL_FOLDS)] if "paired_note" in rows else rows.iloc[:0]
     for _, r in partial.iterrows():
         out.append(f"† {r['task']} #{r['rank']} {r['backbone']} {r['features']} {r['head']}: {r['paired_note']}")
@@ -602,7 +610,7 @@ class IncludedRows(Producer):
         return meta
 
 
-for _producer in (HeadRows, ShiftRows, ZeroShotRows, FewShotRows, IncludedRows):  # the row kinds of `mito bench`, in order
+for _producer in (HeadRows, ShiftRows, SearchRows, ZeroShotRows, FewShotRows, IncludedRows):  # the row kinds of `mito bench`, in order
     register_producer(_producer)
 
 

@@ -43,8 +43,9 @@ def write_bench_record(out: str | os.PathLike, rows: pd.DataFrame, meta: dict[st
 
 def row_recipe(row: pd.Series, meta: dict[str, Any]) -> dict[str, Any] | None:
     """The FitConfig-shaped spec that trains one leaderboard row's recipe on all the bench's training rows (None for rows
-    that are not a head fitted on all labels: zero-shot, few-shot, LoRA rows)."""
-    if row.get("kind") != "head" or str(row.get("shots", "all")) != "all" or not isinstance(row.get("keys"), list):
+    that are not a head fitted on all labels: zero-shot, few-shot, LoRA rows; a search row's is fit-head's
+    --feature-search over the row's candidates)."""
+    if row.get("kind") not in ("head", "search") or str(row.get("shots", "all")) != "all" or not isinstance(row.get("keys"), list):
         return None
     cfg = as_dict(meta.get("config"))
     task = str(row["task"])
@@ -66,6 +67,8 @@ def row_recipe(row: pd.Series, meta: dict[str, Any]) -> dict[str, Any] | None:
         **({"buffer_rows": int(cfg["buffer_rows"])} if cfg.get("buffer_rows") else {}),
         **({"positive": tmeta["positive"]} if cfg.get("positive") and tmeta.get("positive") else {}),  # else: fit-head's own rule
     }
+    if row.get("kind") == "search":  # the row scores a procedure (each fold may select another set): fit-head runs it
+        recipe.update(feature_search=True, **{k: cfg[k] for k in ("search_folds", "search_max", "search_margin") if k in cfg})
     if held:  # a domain-shift row: train on the other values of the column, test on this one
         recipe.update(split_column=None, test_group=f"{cfg.get('shift_column')}={held}")
     elif tmeta.get("cv") == "split":  # the bench trained on the store's train split and scored its test split
@@ -88,6 +91,8 @@ def write_recipes(folder: Path, rows: pd.DataFrame, meta: dict[str, Any]) -> int
             f"# bench row {row['row_id']} (rank {row.get('rank')} of task {row['task']}): {row['features']} x {row['head']}, "
             f"noise {row.get('noise')}\n# train it: mito fit-head --from-bench BENCH_DIR --row {row['row_id']} --out MODEL_DIR\n"
         )
+        if row.get("kind") == "search":
+            head += "# a search row: fit-head re-runs the forward selection over these candidates on its own training rows\n"
         atomic_write_text(folder / f"{safe_name(row['row_id'])}.yaml", head + dump_record(recipe))
         n += 1
     return n

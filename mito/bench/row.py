@@ -84,6 +84,7 @@ class Row(BaseModel):
     per_fold: list[dict[str, Any]] = Field(default_factory=list)
     short_classes: dict[str, int] | None = None  # K-shot rows: classes with fewer than K training tiles
     draws: int | None = None  # K-shot rows: seeded draws per fold
+    search: list[dict[str, Any]] | None = None  # search rows: per fold, the selected variants and the search path
     # columns of the ranked table (rank, gap, paired statistics): set on rows read back from a leaderboard
     rank: int | None = None
     gap: float | None = None

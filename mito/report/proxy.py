@@ -29,6 +29,39 @@ def proxy_lines(agreements: Sequence[ProxyAgreement]) -> list[str]:
     return [a.warning() for a in order if a.disagrees]
 
 
+LABEL_TRIES = ((4, 4), (4, -11), (-4, 4), (-4, -11), (4, 13), (4, -20), (-4, 13), (-4, -20))  # offsets in points
+
+
+def label_points(ax: Any, points: Sequence[tuple[str, float, float]], fontsize: float = 7) -> None:
+    """Name each dot beside it, at the first of LABEL_TRIES whose box (estimated from the text length) stays inside
+    the panel and overlaps no label placed before; dots are labelled from the top down."""
+    scale = ax.figure.dpi / 72.0
+    frame = ax.get_window_extent()
+    taken: list[tuple[float, float, float, float]] = []
+    for name, x, y in sorted(points, key=lambda p: -p[2]):
+        px, py = ax.transData.transform((x, y))
+        w, h = len(name) * fontsize * 0.56 * scale, fontsize * 1.25 * scale
+        boxes = []
+        for dx, dy in LABEL_TRIES:
+            x0 = px + dx * scale - (w if dx < 0 else 0)
+            boxes.append(((dx, dy), (x0, py + dy * scale, x0 + w, py + dy * scale + h)))
+        free = [
+            (o, b)
+            for o, b in boxes
+            if frame.x0 <= b[0]
+            and b[2] <= frame.x1
+            and frame.y0 <= b[1]
+            and b[3] <= frame.y1
+            and not any(b[0] < t[2] and t[0] < b[2] and b[1] < t[3] and t[1] < b[3] for t in taken)
+        ]
+        (dx, dy), box = (free or boxes)[0]
+        taken.append(box)
+        line = None if (dx, dy) == LABEL_TRIES[0] else {"arrowstyle": "-", "lw": 0.5, "color": "#888888", "shrinkB": 4}
+        ax.annotate(
+            name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize, ha="right" if dx < 0 else "left", arrowprops=line
+        )
+
+
 def scatter_figure(agreements: Sequence[ProxyAgreement], path: Path) -> Path | None:
     """One panel per proxy (each backbone's best head): proxy score vs target score, a dot per backbone."""
     best = [a for a in agreements if a.head == BEST]
@@ -43,7 +76,6 @@ def scatter_figure(agreements: Sequence[ProxyAgreement], path: Path) -> Path | N
         for bb, x, y in zip(a.backbones, a.proxy_scores, a.target_scores):
             color = "#999999" if bb.startswith(RANDOM_PREFIX) else ("#c0392b" if a.disagrees else "#2e7d32")
             ax.plot(x, y, "o", color=color, ms=7)
-            ax.annotate(bb, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xlabel(f"{a.proxy} ({a.proxy_metric})", fontsize=8)
         ax.set_ylabel(f"{a.target} ({a.target_metric})", fontsize=8)
         ax.set_title(
@@ -58,6 +90,8 @@ def scatter_figure(agreements: Sequence[ProxyAgreement], path: Path) -> Path | N
         ax.axis("off")
     fig.suptitle(f"proxy score vs {best[0].target} score, one dot per backbone (its best row on each task)", fontsize=9)
     fig.tight_layout()
+    for ax, a in zip(axes.ravel(), best):  # after the layout, so label boxes are measured at their final scale
+        label_points(ax, list(zip(a.backbones, a.proxy_scores, a.target_scores)))
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"), ".png")
     plt.close(fig)
     return path

@@ -190,3 +190,34 @@ def test_attention_heatmap_shows_uniform_attention_as_uniform(amibr_dir: Path, t
     im = _attention_figure(slide, peak, tmp_path, monkeypatch).axes[0].images[1]
     shade = np.asarray(im.norm(im.get_array().compressed()))
     assert shade.max() > 0.8 and np.median(shade) < 0.5  # the 3.6x-uniform tile near the top, the rest below uniform
+
+
+def test_proxy_scatter_labels_neither_overlap_nor_leave_their_panel() -> None:
+    from mito.report.mpl import pyplot
+    from mito.report.proxy import label_points
+
+    plt = pyplot()
+    # the full-AMi-Br layout that used to print efficientnet_lite1@128 over efficientnet_lite1 (dataset panel)
+    pts = [
+        ("efficientnet_lite0", 0.907, 0.690),
+        ("efficientnet_lite0@128", 0.857, 0.664),
+        ("efficientnet_lite1", 0.920, 0.655),
+        ("efficientnet_lite1@128", 0.848, 0.656),
+        ("efficientnet_lite2", 0.951, 0.637),
+        ("efficientnet_lite2@128", 0.885, 0.679),
+        ("random_efficientnet_lite0", 0.707, 0.606),
+    ]
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.plot([p[1] for p in pts], [p[2] for p in pts], "o")
+    ax.margins(0.25)
+    fig.tight_layout()
+    label_points(ax, pts)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert len(ax.texts) == len(pts)
+    assert not _overlaps(ax.texts, renderer)
+    frame = ax.get_window_extent(renderer)
+    for t in ax.texts:
+        e = t.get_window_extent(renderer)
+        assert frame.x0 <= e.x0 and e.x1 <= frame.x1, t.get_text()
+    plt.close(fig)

@@ -6,7 +6,7 @@ For each seed K it runs `mito bench ... --seed K --param HEAD.seed=K` into OUT/s
 parts and the heads' initialisation change with K; a seed folder that already holds leaderboard.json is kept, so an
 interrupted run resumes), then pools the folders: per configuration (feature set x head x noise, in-domain and
 each held-out cohort) the mean and sd over seeds, the ensemble of each run's fold models, and a paired bootstrap
-against the reference configuration. Writes OUT/ceiling.csv, .json and .md and prints the Markdown.
+against the reference configuration. Writes OUT/ceiling.csv, .json, .md and .png and prints the Markdown.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pandas as pd
 
 from mito.bench.seeds import Reference, pool_benches
 from mito.core.errors import MitoError
+from mito.report.pooled import pooled_figure
 
 # the feature sets compared by default (bench --features specs: variant keys joined by '+'); the first is fit-head's default
 DEFAULT_FEATURES = [
@@ -35,8 +36,7 @@ DEFAULT_FEATURES = [
     "efficientnet_lite0:z2:rgb+efficientnet_lite0:z2:gray+efficientnet_lite1:z2:rgb+efficientnet_lite1:z2:gray",
     "efficientnet_lite0:z2:rgb+efficientnet_lite0:z2:gray+efficientnet_lite1:z2:rgb+efficientnet_lite1:z2:gray"
     "+efficientnet_lite2:z2:rgb+efficientnet_lite2:z2:gray",
-    "efficientnet_lite0:z2:rgb+efficientnet_lite0:z2:gray+efficientnet_lite0:z2:hema+efficientnet_lite1:z2:rgb"
-    "+efficientnet_lite1:z2:gray",
+    "efficientnet_lite0:z2:rgb+efficientnet_lite0:z2:gray+efficientnet_lite0:z2:hema+efficientnet_lite1:z2:rgb+efficientnet_lite1:z2:gray",
 ]
 
 
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "ceiling.json").write_text(
         json.dumps({"reference": ref, "seeds": seeds, "rows": json.loads(table.to_json(orient="records"))}, indent=1)
     )
+    pooled_figure(table, out / "ceiling.png")
     md = f"Reference: {ref}; seeds {', '.join(map(str, seeds))}.\n\n" + markdown(table)
     (out / "ceiling.md").write_text(md)
     print(md)

@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--feature-search", action="store_true", help="also a searched row per head (bench --feature-search)")
     ap.add_argument("--dry-run", action="store_true", help="print the bench commands and stop")
     return ap.parse_args(argv)
 
@@ -69,6 +70,7 @@ def bench_command(args: argparse.Namespace, features: list[str], seed: int, out:
     cmd += ["--jobs", str(args.jobs), "--no-umap", "--out", str(out)]
     cmd += ["--shift-column", args.shift_column] if args.shift_column else []
     cmd += ["--noise", args.noise] if args.noise else []
+    cmd += ["--feature-search"] if args.feature_search else []
     for h in heads:  # the seed also initialises the heads, not only the folds' early-stopping parts
         cmd += ["--param", f"{h}.seed={seed}"]
     return cmd

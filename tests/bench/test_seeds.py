@@ -222,3 +222,47 @@ def test_pooled_figure_has_a_panel_per_setting_and_a_label_per_configuration(cei
     assert sorted(t.get_text() for t in fig.axes[0].get_yticklabels()) == ["lite0 z1:gray, logreg", "lite0 z1:rgb, logreg"]
     assert fig.axes[0].lines, "no dots drawn"
     pyplot().close(fig)
+
+
+def test_frozen_ceiling_resumes_and_dry_run_only_prints(ceiling: Path, amibr_store: Path, tmp_path: Path) -> None:
+    before = (ceiling / "seed0" / "leaderboard.json").stat().st_mtime_ns
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--store",
+        str(amibr_store),
+        "--out",
+        str(ceiling),
+        "--seeds",
+        "0,1",
+        "--features",
+        ";".join(FEATURES),
+    ]
+    r = subprocess.run([*cmd, "--heads", "logreg", "--folds", "3", "--n-boot", "50"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "seed 0:" not in r.stderr and (ceiling / "seed0" / "leaderboard.json").stat().st_mtime_ns == before
+    dry = tmp_path / "dry"
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--store", str(amibr_store), "--out", str(dry), "--seeds", "3,4", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and "--seed 3" in lines[0] and "--seed 4" in lines[1] and "--shift-column dataset" in lines[0]
+    assert (
+        "efficientnet_lite0:z2:rgb+efficientnet_lite0:z2:gray,efficientnet_lite0:z2:rgb+efficientnet_lite0:z2:gray+efficientnet_lite0:z2:hema"
+        in lines[0]
+    )
+    assert "--heads mlp,linear" in lines[0] and "--param mlp.seed=3" in lines[0] and not dry.exists()
+    assert "--feature-search" not in lines[0]
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--store", str(amibr_store), "--out", str(dry), "--seeds", "0", "--feature-search", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert r.returncode == 0 and "--feature-search" in r.stdout, r.stderr

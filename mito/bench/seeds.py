@@ -56,7 +56,9 @@ class Reference:
         same = want in (row["features"], f"{row['backbone']} {row['features']}") or (
             ":" in want and {k.strip() for k in want.split("+")} == set(map(str, keys))
         )
-        return same and row["head"] == self.head and (self.noise is None or math.isclose(float(row["noise"]), self.noise))
+        # a head row on all labels: a few-shot or search row (same features and head) is another configuration
+        plain = str(row.get("kind") or "head") == "head" and str(row.get("shots") or "all") == "all"
+        return plain and same and row["head"] == self.head and (self.noise is None or math.isclose(float(row["noise"]), self.noise))
 
     def __str__(self) -> str:
         return f"{self.features} {self.head}" + ("" if self.noise is None else f" noise {self.noise:g}")
@@ -304,8 +306,10 @@ PAIRED_OUT = ("delta_vs_ref", "ci_low", "ci_high", "p_vs_ref", "ens_delta_vs_ref
 def _group_reference(group: list[tuple[list[dict[str, Any]], Models | None]], ref: Reference) -> int | None:
     hits = [i for i, (rows, _) in enumerate(group) if ref.matches(rows[0])]
     if len(hits) > 1:
-        noises = ", ".join(f"{group[i][0][0]['noise']:g}" for i in hits)
-        raise BenchError(f"reference {ref} matches {len(hits)} rows (noise {noises}): give its noise, FEATURES,HEAD,NOISE")
+        found = "; ".join(f"{group[i][0][0]['backbone']} {group[i][0][0]['features']} noise {group[i][0][0]['noise']:g}" for i in hits)
+        raise BenchError(
+            f"reference {ref} matches {len(hits)} rows ({found}): name one, FEATURES as variant keys and NOISE (FEATURES,HEAD,NOISE)"
+        )
     return hits[0] if hits else None
 
 

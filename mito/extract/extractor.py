@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from torch.utils.data import DataLoader, Dataset
 
 from mito.backbones import BackboneError, BackboneSpec, create_backbone, get_backbone, resolve_weights, spec_summary
-from mito.backbones.registry import RANDOM_SHA, file_sha256
+from mito.backbones.registry import RANDOM_SHA, SIZE_SEP, file_sha256
 from mito.core.errors import Interrupted
 from mito.core.io import containing_artifact
 from mito.core.progress import add_task, advance, group_progress, progress_bar, status
@@ -159,6 +159,14 @@ class ExtractConfig(SeedSection):
         if stray:
             raise ValueError(
                 f"--weights names {stray[0]}, which is not among --backbone ({', '.join(self.backbones)}): its weights would be ignored"
+            )
+        sized = [b.rpartition(SIZE_SEP) for b in self.backbones if SIZE_SEP in b]
+        clash = [(base, px) for base, _, px in sized if px.isdigit() and int(px) != self.input_size]
+        if self.input_size is not None and clash:  # --input-size would silently win over the size the name promises
+            base, px = clash[0]
+            raise ValueError(
+                f"--input-size {self.input_size} would embed {base}{SIZE_SEP}{px} at {self.input_size} px: drop --input-size "
+                f"or name the size in the backbone ({base}{SIZE_SEP}{self.input_size})"
             )
         missing = [c for c in self.augment_colors if c not in self.colors] if self.augment else []
         if missing:

@@ -40,6 +40,16 @@ def _keys(row: dict[str, Any]) -> list[str]:
     return [f"{row['backbone']}:{f}" for f in str(row["features"]).split("+")]
 
 
+def row_label(row: dict[str, Any]) -> str:
+    """A pooled row's label: :func:`short_label`, naming a search row's candidates as such and a K-shot row's K (else
+    they would read, and sit on the same line, as the head row of the same variants)."""
+    label = short_label(_keys(row), str(row["head"]), float(row.get("noise") or 0))
+    if str(row.get("kind") or "head") == "search":
+        label = "search over " + label
+    shots = str(row.get("shots") or "all")
+    return label + ("" if shots in ("all", "nan", "None") else f", {shots}-shot")
+
+
 def _setting(held: Any) -> str:
     return "in-domain" if not held else f"tested on {held} (trained without it)"
 
@@ -63,12 +73,12 @@ def pooled_plot(table: pd.DataFrame, task: str | None = None) -> Any:
     metric = str(t["main_metric"].iloc[0])
     settings = list(dict.fromkeys(t["held_out"].fillna("")))
     first = t[t["held_out"].fillna("") == settings[0]].sort_values(metric)
-    order = [short_label(_keys(r), r["head"], float(r["noise"] or 0)) for r in first.to_dict("records")]
+    order = [row_label(r) for r in first.to_dict("records")]
     fig, axes = plt.subplots(1, len(settings), figsize=(3.6 * len(settings) + 3.2, 0.32 * len(order) + 1.4), sharey=True, squeeze=False)
     for ax, held in zip(axes[0], settings):
         g = t[t["held_out"].fillna("") == held]
         for r in g.to_dict("records"):
-            label = short_label(_keys(r), r["head"], float(r["noise"] or 0))
+            label = row_label(r)
             if label not in order:
                 continue
             y, c = order.index(label), _color(r)

@@ -266,3 +266,16 @@ def test_frozen_ceiling_resumes_and_dry_run_only_prints(ceiling: Path, amibr_sto
         timeout=120,
     )
     assert r.returncode == 0 and "--feature-search" in r.stdout, r.stderr
+
+
+def test_reference_is_the_head_row_not_a_few_shot_or_search_row_of_the_same_features() -> None:
+    from mito.report.pooled import row_label
+
+    keys = ["efficientnet_lite0:z1:rgb", "efficientnet_lite0:z1:gray"]
+    base = {"backbone": "efficientnet_lite0", "features": "z1:rgb+gray", "keys": keys, "head": "logreg", "noise": 0.0}
+    head, shot = {**base, "kind": "head", "shots": "all"}, {**base, "kind": "few-shot", "shots": "8"}
+    search = {**base, "features": "search", "kind": "search", "shots": "all"}
+    ref = Reference.parse("efficientnet_lite0:z1:rgb+efficientnet_lite0:z1:gray,logreg")
+    assert [ref.matches(r) for r in (head, shot, search)] == [True, False, False]
+    labels = [row_label(r) for r in (head, shot, search)]
+    assert labels == ["lite0 z1:rgb+gray, logreg", "lite0 z1:rgb+gray, logreg, 8-shot", "search over lite0 z1:rgb+gray, logreg"]

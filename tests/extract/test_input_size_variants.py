@@ -71,3 +71,10 @@ def test_bad_sizes_and_vit_sizes_are_one_line(tmp_path: Path, amibr_dir: Path) -
         r = runner.invoke(app, ["extract", str(amibr_dir), "--store", str(tmp_path / "x.zarr"), "--backbone", name, "--quiet"])
         assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
         assert not (tmp_path / "x.zarr").exists()
+
+
+def test_input_size_cannot_override_the_size_a_name_promises(tmp_path: Path, amibr_dir: Path) -> None:
+    args = ["extract", str(amibr_dir), "--store", str(tmp_path / "x.zarr"), "--backbone", SMALL, "--input-size", "128", "--quiet"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "efficientnet_lite0@128" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "x.zarr").exists()

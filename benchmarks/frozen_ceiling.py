@@ -76,6 +76,23 @@ def bench_command(args: argparse.Namespace, features: list[str], seed: int, out:
     return cmd
 
 
+def stale_reason(args: argparse.Namespace, features: list[str], seed: int, folder: Path) -> str | None:
+    """Why a finished seed folder is not this command's run (other features, heads, folds, seed, task, shift column or
+    search), else None: resuming from it would silently pool only the configurations both runs share."""
+    cfg = json.loads((folder / "leaderboard.json").read_text()).get("meta", {}).get("config") or {}
+    want = {
+        "features": features,
+        "heads": [h.strip() for h in args.heads.split(",") if h.strip()],
+        "n_folds": args.folds,
+        "seed": seed,
+        "tasks": [args.task],
+        "shift_column": args.shift_column or None,
+        "feature_search": bool(args.feature_search),
+    }
+    diff = [k for k, v in want.items() if cfg.get(k) != v]
+    return f"{folder} holds a bench run with other {', '.join(diff)}: remove it or pass another --out" if diff else None
+
+
 def _fmt(v: Any, sd: Any = None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -145,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd = bench_command(args, features, k, folder)
         if args.dry_run:
             print(" ".join(cmd))
-        elif not (folder / "leaderboard.json").is_file():
+        elif (folder / "leaderboard.json").is_file():
+            why = stale_reason(args, features, k, folder)
+            if why:
+                print(f"error: {why}", file=sys.stderr)
+                return 2
+        else:
             print(f"seed {k}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
             if subprocess.run(cmd).returncode:
                 return 1

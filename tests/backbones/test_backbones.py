@@ -185,3 +185,18 @@ def test_sized_names_keep_the_weights_and_change_only_the_input() -> None:
     ):
         with pytest.raises(BackboneError, match=says):
             get_backbone(bad)
+
+
+def test_sized_names_have_one_spelling_and_find_the_base_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad, says in (
+        ("efficientnet_lite0@0128", "not an input side"),
+        ("efficientnet_lite0@128@96", "not an input side"),
+        ("efficientnet_lite0@\u00b2", "not an input side"),  # a digit to str.isdigit, not to int()
+        ("efficientnet_lite0@224", "own input size"),
+    ):
+        with pytest.raises(BackboneError, match=says):
+            get_backbone(bad)
+    w = tmp_path / "model.safetensors"
+    w.write_bytes(b"x")
+    monkeypatch.setenv("MITO_WEIGHTS_RESNET50", str(w))
+    assert resolve_weights(get_backbone("resnet50@128")) == w

@@ -3,8 +3,8 @@
     python benchmarks/frozen_ceiling.py --store runs/amibr.zarr --out runs/ceiling
 
 For each seed K it runs `mito bench ... --seed K --param HEAD.seed=K` into OUT/seedK (the folds' early-stopping
-parts and the heads' initialisation change with K; a seed folder that already holds leaderboard.json is kept, so an
-interrupted run resumes), then pools the folders: per configuration (feature set x head x noise, in-domain and
+parts and the heads' initialisation change with K; a seed folder that already holds this command's leaderboard.json is kept, so
+an interrupted run resumes; one of other features, heads or folds is refused), then pools the folders: per configuration (feature set x head x noise, in-domain and
 each held-out cohort) the mean and sd over seeds, the ensemble of each run's fold models, and a paired bootstrap
 against the reference configuration. Writes OUT/ceiling.csv, .json, .md and .png and prints the Markdown.
 """

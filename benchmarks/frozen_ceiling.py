@@ -89,7 +89,8 @@ def stale_reason(args: argparse.Namespace, features: list[str], seed: int, folde
         "shift_column": args.shift_column or None,
         "feature_search": bool(args.feature_search),
     }
-    diff = [k for k, v in want.items() if cfg.get(k) != v]
+    recorded = {"feature_search": False, **cfg}  # runs from before bench --feature-search have no such key
+    diff = [k for k, v in want.items() if recorded.get(k) != v]
     return f"{folder} holds a bench run with other {', '.join(diff)}: remove it or pass another --out" if diff else None
 
 

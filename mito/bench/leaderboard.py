@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from mito.bench.cv import CVMode, CVPlan, make_folds, small_test_note
 from mito.bench.errors import BenchError
 from mito.bench.fewshot import FewShotRows, parse_shots
-from mito.bench.proxy import bench_validity
+from mito.bench.proxy import RANDOM_PREFIX, bench_validity
 from mito.bench.recipes import write_bench_record
 from mito.bench.row import (
     PRODUCERS,
@@ -58,7 +58,6 @@ from mito.heads import HEAD_NAMES, head_class, head_names
 from mito.heads.params import check_params
 from mito.store import open_store
 
-RANDOM_PREFIX = "random_"
 COLUMNS = [
     "rank",
     "task",

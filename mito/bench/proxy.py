@@ -30,6 +30,7 @@ from mito.core.validation import as_dict
 
 BEST = "best"  # the head label of the best-head-per-backbone comparison
 LEVEL = 0.95
+RANDOM_PREFIX = "random_"  # random-init controls: ranked last by every proxy, so tau-b is also given without them
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class ProxyAgreement:
     n_boot: int
     n_tiles: int
     disagrees: bool
+    tau_trained: float = math.nan  # tau-b over the trained backbones only (NaN: no control, or under 3 trained)
+    tau_trained_low: float = math.nan
+    tau_trained_high: float = math.nan
 
     def warning(self) -> str:
         """One line for a proxy whose ranking disagrees with the target's ('' when it agrees)."""
@@ -197,6 +201,12 @@ def agreement(proxy: str, target: str, head: str, pr: Sequence[pd.Series], tr: S
     glo, ghi = percentile_interval(regrets, LEVEL)
     regret = float(tx[best] - tx[pick])
     disagrees = bool((not math.isnan(tau) and tau <= 0) or (pick != best and not math.isnan(glo) and glo > 0))
+    trained = [i for i, b in enumerate(bbs) if not b.startswith(RANDOM_PREFIX)]
+    tt, tt_lo, tt_hi = math.nan, math.nan, math.nan
+    if len(trained) < len(bbs) and len(trained) >= 3:
+        tt = rank_agreement(px[trained], tx[trained])[0]
+        pb, tb = np.vstack([reps(r) for r in pr]).T, np.vstack([reps(r) for r in tr]).T  # cached replicates
+        tt_lo, tt_hi = percentile_interval(replicate_agreement(pb[:, trained], tb[:, trained], 0, 0)[0], LEVEL)
     return ProxyAgreement(
         proxy,
         target,
@@ -222,6 +232,9 @@ def agreement(proxy: str, target: str, head: str, pr: Sequence[pd.Series], tr: S
         reps.n_boot,
         int(reps.universe.size),
         disagrees,
+        tt,
+        tt_lo,
+        tt_hi,
     )
 
 

@@ -9,11 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mito.bench.proxy import BEST, ProxyAgreement, agreements_from_meta
+from mito.bench.proxy import BEST, RANDOM_PREFIX, ProxyAgreement, agreements_from_meta
 from mito.core.io import atomic_write
 from mito.report.mpl import pyplot
-
-RANDOM_PREFIX = "random_"
 
 
 def _ci(v: float, lo: float, hi: float, sign: bool = True) -> str:
@@ -107,6 +105,7 @@ def _rows(agreements: Sequence[ProxyAgreement]) -> list[list[str]]:
                 str(len(a.backbones)),
                 _ci(a.tau, a.tau_low, a.tau_high),
                 _ci(a.rho, a.rho_low, a.rho_high),
+                _ci(a.tau_trained, a.tau_trained_low, a.tau_trained_high),
                 a.proxy_pick,
                 a.target_pick,
                 _ci(a.regret, a.regret_low, a.regret_high, sign=False),
@@ -122,12 +121,24 @@ HEADER = [
     "backbones",
     "Kendall tau-b [95% CI]",
     "Spearman rho [95% CI]",
+    "tau-b, trained backbones only",
     "proxy's pick",
     "target's best",
     "regret [95% CI]",
     "verdict",
 ]
-SHORT = ["proxy", "head", "n", "tau-b [95% CI]", "rho [95% CI]", "proxy's pick", "target's best", "regret [95% CI]", "verdict"]
+SHORT = [
+    "proxy",
+    "head",
+    "n",
+    "tau-b [95% CI]",
+    "rho [95% CI]",
+    "tau-b trained",
+    "proxy's pick",
+    "target's best",
+    "regret [95% CI]",
+    "verdict",
+]
 
 
 def proxy_section(meta: dict[str, Any], path: Path) -> str:
@@ -143,12 +154,12 @@ def proxy_section(meta: dict[str, Any], path: Path) -> str:
     a0 = agreements[0]
     body = "".join(
         "<tr>"
-        + "".join(f"<td class='l'>{html.escape(c)}</td>" if i in (0, 1, 5, 6, 8) else f"<td>{html.escape(c)}</td>" for i, c in enumerate(r))
+        + "".join(f"<td class='l'>{html.escape(c)}</td>" if i in (0, 1, 6, 7, 9) else f"<td>{html.escape(c)}</td>" for i, c in enumerate(r))
         + "</tr>"
         for r in _rows(agreements)
     )
     head = "".join(
-        f"<th class='l'>{html.escape(h)}</th>" if i in (0, 1, 5, 6, 8) else f"<th>{html.escape(h)}</th>" for i, h in enumerate(HEADER)
+        f"<th class='l'>{html.escape(h)}</th>" if i in (0, 1, 6, 7, 9) else f"<th>{html.escape(h)}</th>" for i, h in enumerate(HEADER)
     )
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in proxy_lines(agreements))
     return (
@@ -156,7 +167,8 @@ def proxy_section(meta: dict[str, Any], path: Path) -> str:
         "<p class='meta'>Does each proxy task rank the backbones as the target does? Each backbone scores its best in-domain row on each task "
         "(best feature set; head 'best' = best head too, else that head). Kendall tau-b and Spearman rho of the two score vectors; 95% percentile "
         f"bootstrap intervals resample the test tiles ({a0.n_boot} replicates over {a0.n_tiles} tiles, one draw shared by both tasks, rows chosen on the full data; "
-        "nothing re-fitted). regret = the target score of the target's best backbone minus that of the proxy's pick. "
+        "nothing re-fitted). 'tau-b, trained backbones only' leaves the random-init controls out (every proxy ranks them last, which "
+        "inflates tau-b); given with 3 or more trained backbones. regret = the target score of the target's best backbone minus that of the proxy's pick. "
         f"{html.escape(str(pv.get('rule', '')))}.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         + (f"<p class='meta'>Warnings:</p><ul>{warn}</ul>" if warn else "")

@@ -294,3 +294,20 @@ def test_fit_head_names_a_feature_twice_in_one_line(three_backbone_store: Path, 
         ],
     )
     assert r.exit_code == 2 and "named twice" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_tau_without_the_random_controls_is_reported_beside_it() -> None:
+    # the proxy inverts the three trained backbones; the control, last on both tasks, lifts the overall tau-b
+    rows, preds = _bench(
+        {
+            "target": {"a": 0.90, "b": 0.80, "c": 0.70, "random_a": 0.52},
+            "proxy": {"a": 0.66, "b": 0.74, "c": 0.82, "random_a": 0.50},
+        }
+    )
+    got = {a.head: a for a in proxy_validity(rows, preds, "target", n_boot=200, seed=0)}[BEST]
+    trained = [i for i, b in enumerate(got.backbones) if not b.startswith("random_")]
+    want = kendalltau([got.proxy_scores[i] for i in trained], [got.target_scores[i] for i in trained]).statistic
+    assert got.tau_trained == pytest.approx(want) and got.tau_trained < got.tau
+    assert got.tau_trained_low <= got.tau_trained <= got.tau_trained_high
+    rows2, preds2 = _bench({"target": {"a": 0.9, "b": 0.8, "c": 0.7}, "proxy": {"a": 0.8, "b": 0.7, "c": 0.6}})
+    assert np.isnan(proxy_validity(rows2, preds2, "target", n_boot=50, seed=0)[0].tau_trained)  # no control: nothing to leave out

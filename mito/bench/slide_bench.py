@@ -17,7 +17,7 @@ from mito.bench.row import FitJob, Producer, Runner, grouped, produce, scored, t
 from mito.bench.rows import describe_keys, row_id, score_row
 from mito.core.sections import FoldsSection, PositiveSection, StoreSection
 from mito.core.tasks import TaskSpec
-from mito.heads import BagReader, BagSet, bag_table, default_features, fit_and_score, left_out, make_bags, make_mil_head, mil_head_names
+from mito.heads import BagReader, BagSet, backbone_variants, bag_table, fit_and_score, left_out, make_bags, make_mil_head, mil_head_names
 from mito.heads.slide import bag_positive
 from mito.store import open_store
 
@@ -120,7 +120,7 @@ SLIDE_PRODUCERS: list[type] = [SlideHeadRows]  # the row kinds of `mito bench --
 
 def slide_context(cfg: SlideBenchConfig, store: Any) -> SlideContext:
     """Bags of the store's tiles, their folds (stratified group k-fold of bags) and the task with its positive class."""
-    keys = list(cfg.features) or default_features(store)
+    keys = list(cfg.features) or backbone_variants(store)
     table = bag_table(store, cfg.task, cfg.bag_column, cfg.group_column)
     bags = make_bags(table, cfg.task, cfg.bag_column, cfg.bag_label, cfg.group_column, store.unreadable, min_per_class=cfg.n_folds)
     units = bags.table()

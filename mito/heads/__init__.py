@@ -22,7 +22,7 @@ from mito.heads.slide import (
 )
 from mito.heads.split import make_split
 from mito.heads.stream import FeatureStream, fit_pipeline_stream, stream_proba
-from mito.heads.train import FitConfig, default_features, fit_head, make_fit_config
+from mito.heads.train import FitConfig, backbone_variants, default_features, fit_head, make_fit_config
 from mito.heads.zeroshot import run_zero_shot, zero_shot_proba
 
 # the default set: heads that need only features (OPTIONAL_HEADS such as text-linear are asked for by name)
@@ -62,6 +62,7 @@ __all__ = [
     "EarlyStopping",
     "LoopResult",
     "TimeBudget",
+    "backbone_variants",
     "default_features",
     "train_loop",
     "FeaturePipeline",

@@ -39,7 +39,7 @@ from mito.heads.features import check_store_matches, feature_dims
 from mito.heads.mil import MILHead, load_mil_head, make_mil_head
 from mito.heads.model import CONFIG_FILE, METRICS_FILE, Callback, lookup
 from mito.heads.split import TEST_FRACTION, VAL_FRACTION, make_split, recorded_split, save_split, side_of
-from mito.heads.train import check_model_out, default_features, is_model_folder
+from mito.heads.train import backbone_variants, check_model_out, is_model_folder
 from mito.store import open_store, store_input_files
 
 
@@ -152,7 +152,7 @@ def fit_slide_head(cfg: SlideFitConfig) -> dict[str, Any]:
     head = make_mil_head(cfg.head, **{"seed": cfg.seed, **cfg.head_params})
     t0 = time.perf_counter()
     with open_store(cfg.store, "r") as store:
-        keys = list(cfg.features) or default_features(store)
+        keys = list(cfg.features) or backbone_variants(store)
         tiles = bag_table(store, cfg.task, cfg.bag_column, cfg.group_column)
         bags = make_bags(tiles, cfg.task, cfg.bag_column, cfg.bag_label, cfg.group_column, store.unreadable)
         parts = bag_split(bags, cfg.val_fraction, cfg.test_fraction, cfg.seed)

@@ -67,7 +67,7 @@ class FitConfig(PositiveSection, SeedSection, OutputSection, StoreSection):
     head: str = Field("mlp", description="The head: mlp, linear, logreg, knn, lightgbm or text-linear.")
     features: list[str] = Field(
         default_factory=list,
-        description="Variant keys to concatenate, in order (default: every complete variant of the store's first backbone).",
+        description="Variant keys to concatenate, in order (default: the zoom-2 variants of the store's first backbone, else all of its variants).",
     )
     metadata_columns: list[str] = Field(default_factory=list, description="Tile-table columns added as one-hot side inputs.")
     standardize: bool = Field(False, description="Scale each feature to zero mean, unit variance (training rows).")
@@ -157,18 +157,30 @@ def make_fit_config(**kw: Any) -> FitConfig:
         raise HeadError(one_line(e)) from None
 
 
-def default_features(store: Store) -> list[str]:
-    """The default feature set: every complete variant of the store's first backbone, in store order.
+DEFAULT_ZOOM = 2.0  # its variants won on AMi-Br in-domain and on each held-out cohort (docs/backbone-selection.md)
 
-    mito extract's defaults (zooms 1,2 x rgb,gray) exist because the zoom-2 views win on AMi-Br (README's
-    leaderboard: z1 rgb alone 0.62 balanced accuracy, all four variants 0.69-0.70), so training on all of
-    them is the pipeline's best known default; one backbone, because mixing backbones is a choice to make.
-    """
+
+def backbone_variants(store: Store) -> list[str]:
+    """Every complete variant of the store's first backbone, in store order (views excluded): the candidates of
+    --feature-search and the slide heads' default."""
     complete = [k for k in store.variants if not is_view(k) and store.is_complete(k)]  # views are not features of their own
     if not complete:
         raise HeadError(f"{store.path} has no complete feature variant; run mito extract first")
     first = parse_variant(complete[0]).backbone
     return [k for k in complete if parse_variant(k).backbone == first]
+
+
+def default_features(store: Store) -> list[str]:
+    """The tile heads' default feature set: the first backbone's zoom-2 variants (z2 rgb+gray from mito extract's
+    defaults, plus z2 hema when extracted), else every complete variant of that backbone.
+
+    Chosen by benchmarks/frozen_ceiling.py (5 seeds, published split and each cohort held out): z2 rgb+gray matched
+    z1+z2 rgb+gray in-domain and across cohorts with half the variants, and z2 rgb+gray+hema was the best lite0 set on
+    every held-out cohort; one backbone, because mixing backbones is a choice to make.
+    """
+    keys = backbone_variants(store)
+    zoomed = [k for k in keys if parse_variant(k).zoom == DEFAULT_ZOOM]
+    return zoomed or keys
 
 
 def resolve_task(store: Store, task: str | None) -> TaskSpec:
@@ -270,7 +282,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         run = _plan(store, cfg)
         searched = _search(store, cfg, run) if cfg.feature_search else None
         if searched is not None:
-            default_run, run = run, _with_keys(store, run, searched.selected)
+            default_run, run = _with_keys(store, run, default_features(store)), _with_keys(store, run, searched.selected)
         fitted = _fit(store, cfg, run, head)
         if searched is not None:
             search = {**searched.report(), "vs_default": _vs_default(store, cfg, default_run, run, fitted)}
@@ -288,7 +300,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
 def _plan(store: Store, cfg: FitConfig) -> _Run:
     """Resolve the task and features, and split the labelled readable rows (published split, --test-group or random)."""
     spec = resolve_task(store, cfg.task)
-    keys = default_features(store) if cfg.feature_search or not cfg.features else list(cfg.features)
+    keys = backbone_variants(store) if cfg.feature_search else list(cfg.features) or default_features(store)
     tiles = store.tiles
     labels = spec.labels(tiles)  # the one task resolver: None where a tile is not in the task
     usable = labels.notna().to_numpy() & ~store.unreadable

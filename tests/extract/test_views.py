@@ -122,15 +122,17 @@ def test_hema_is_deterministic_and_differs_from_gray(views_store: tuple[Path, di
 
 def test_view_keys_parse_and_stay_out_of_default_features(views_store: tuple[Path, dict]) -> None:
     from mito.bench.leaderboard import all_feature_sets
-    from mito.heads.train import default_features
+    from mito.heads.train import backbone_variants, default_features
 
     v = parse_variant(f"{BB}:z1:rgb:hed0")
     assert (v.view, v.base, v.path) == ("hed0", f"{BB}:z1:rgb", f"{BB}/z1/rgb.hed0") and is_view(v.key)
     path, _ = views_store
     with open_store(path) as s:
-        feats = default_features(s)
+        feats, default = backbone_variants(s), default_features(s)
         sets = all_feature_sets([k for k in s.variants if s.is_complete(k)])
     assert feats and not any(is_view(k) for k in feats) and f"{BB}:z1:hema" in feats
+    zoom2 = [k for k in feats if parse_variant(k).zoom == 2]
+    assert default == (zoom2 or feats) and not any(is_view(k) for k in default)
     assert sets and not any(is_view(k) for fs in sets for k in fs.keys)
     with pytest.raises(ExtractError, match="unknown view"):
         parse_augment("hed:2,blur")

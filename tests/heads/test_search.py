@@ -63,7 +63,7 @@ def test_selected_set_recorded_and_reproducible(three_store: Path, tmp_path: Pat
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["features"] == a["feature_search"]["selected"] == config["feature_search"]["selected"]
     vs = a["feature_search"]["vs_default"]
-    assert vs["default"] == list(KEYS) and vs["on"] == "test" and 0 < vs["p_value"] <= 1
+    assert vs["default"] == ["fakenet:z2:rgb"] and vs["on"] == "test" and 0 < vs["p_value"] <= 1  # fit-head's default: zoom 2
     assert vs["metric_a"] == pytest.approx(a["balanced_accuracy"], abs=1e-4)
 
 
@@ -87,7 +87,7 @@ def test_cli_prints_selected_set_and_paired_line(three_store: Path, tmp_path: Pa
     r = CliRunner().invoke(app, [*args, "--feature-search", "--set", "search_max=2"])
     assert r.exit_code == 0, r.output
     assert "selected features: fakenet:" in r.output
-    assert "selected vs default (fakenet:z1:rgb+fakenet:z2:rgb+fakenet:z1:gray) on test" in r.output and "paired bootstrap p =" in r.output
+    assert "selected vs default (fakenet:z2:rgb) on test" in r.output and "paired bootstrap p =" in r.output
 
 
 @pytest.mark.parametrize(

@@ -161,8 +161,8 @@ DEFAULT_ZOOM = 2.0  # its variants won on AMi-Br in-domain and on each held-out 
 
 
 def backbone_variants(store: Store) -> list[str]:
-    """Every complete variant of the store's first backbone, in store order (views excluded): the candidates of
-    --feature-search and the slide heads' default."""
+    """Every complete variant of the store's first backbone, in store order (views excluded): the slide heads'
+    default."""
     complete = [k for k in store.variants if not is_view(k) and store.is_complete(k)]  # views are not features of their own
     if not complete:
         raise HeadError(f"{store.path} has no complete feature variant; run mito extract first")
@@ -282,7 +282,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
         run = _plan(store, cfg)
         searched = _search(store, cfg, run) if cfg.feature_search else None
         if searched is not None:
-            default_run, run = _with_keys(store, run, default_features(store)), _with_keys(store, run, searched.selected)
+            default_run, run = run, _with_keys(store, run, searched.selected)
         fitted = _fit(store, cfg, run, head)
         if searched is not None:
             search = {**searched.report(), "vs_default": _vs_default(store, cfg, default_run, run, fitted)}
@@ -300,7 +300,7 @@ def fit_head(cfg: FitConfig) -> dict[str, Any]:
 def _plan(store: Store, cfg: FitConfig) -> _Run:
     """Resolve the task and features, and split the labelled readable rows (published split, --test-group or random)."""
     spec = resolve_task(store, cfg.task)
-    keys = backbone_variants(store) if cfg.feature_search else list(cfg.features) or default_features(store)
+    keys = default_features(store) if cfg.feature_search or not cfg.features else list(cfg.features)
     tiles = store.tiles
     labels = spec.labels(tiles)  # the one task resolver: None where a tile is not in the task
     usable = labels.notna().to_numpy() & ~store.unreadable

@@ -552,7 +552,7 @@ def fit_head_cmd(  # options only: the spec is built by mito.cli_spec.gather
     ),
     features: Optional[str] = typer.Option(
         None,
-        help="Variant keys to concatenate in this order, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: the zoom-2 variants of the store's first backbone, else all of its variants).",
+        help="Variant keys to concatenate in this order, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: the store's first backbone's variants at zoom 2 and above, else all of them).",
     ),
     feature_search: bool = typer.Option(
         False, "--feature-search", help="Forward-select variants on inner folds (--set search_max=N, search_folds=K)."
@@ -721,7 +721,7 @@ def _fit_tile_head(cfg: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(m, indent=2))
         return
-    how = " (default: the first backbone's zoom-2 variants; choose with --features)" if m["features_default"] else ""
+    how = " (default: the first backbone's variants at zoom >= 2; choose with --features)" if m["features_default"] else ""
     console.print(f"features: {', '.join(m['features'])}{how}", highlight=False)
     console.print(f"split: {m['split']}", highlight=False)
     _print_search(m.get("feature_search"))
@@ -1353,7 +1353,7 @@ def umap_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
     features: Optional[str] = typer.Option(
         None,
-        help="Variant keys to concatenate, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: fit-head's, the zoom-2 variants of the store's first backbone).",
+        help="Variant keys to concatenate, comma-separated, e.g. efficientnet_lite0:z1:rgb (default: fit-head's, the first backbone's variants at zoom 2 and above).",
     ),
     color_by: Optional[str] = typer.Option(
         None, "--color-by", help="A label column or proxy task to colour the points by (default: the store's only task)."

@@ -67,7 +67,7 @@ class FitConfig(PositiveSection, SeedSection, OutputSection, StoreSection):
     head: str = Field("mlp", description="The head: mlp, linear, logreg, knn, lightgbm or text-linear.")
     features: list[str] = Field(
         default_factory=list,
-        description="Variant keys to concatenate, in order (default: the zoom-2 variants of the store's first backbone, else all of its variants).",
+        description="Variant keys to concatenate, in order (default: the store's first backbone's variants at zoom 2 and above, else all of its variants).",
     )
     metadata_columns: list[str] = Field(default_factory=list, description="Tile-table columns added as one-hot side inputs.")
     standardize: bool = Field(False, description="Scale each feature to zero mean, unit variance (training rows).")
@@ -157,7 +157,7 @@ def make_fit_config(**kw: Any) -> FitConfig:
         raise HeadError(one_line(e)) from None
 
 
-DEFAULT_ZOOM = 2.0  # its variants won on AMi-Br in-domain and on each held-out cohort (docs/backbone-selection.md)
+MIN_DEFAULT_ZOOM = 2.0  # zooms below it lost on AMi-Br in-domain and on each held-out cohort (docs/backbone-selection.md)
 
 
 def backbone_variants(store: Store) -> list[str]:
@@ -171,15 +171,15 @@ def backbone_variants(store: Store) -> list[str]:
 
 
 def default_features(store: Store) -> list[str]:
-    """The tile heads' default feature set: the first backbone's zoom-2 variants (z2 rgb+gray from mito extract's
-    defaults, plus z2 hema when extracted), else every complete variant of that backbone.
+    """The tile heads' default feature set: the first backbone's variants at zoom 2 and above (z2 rgb+gray from
+    mito extract's defaults; z2+z3 from --zooms 2,3; hema when extracted), else every complete variant of it.
 
     Chosen by benchmarks/frozen_ceiling.py (5 seeds, published split and each cohort held out): z2 rgb+gray matched
-    z1+z2 rgb+gray in-domain and across cohorts with half the variants, and z2 rgb+gray+hema was the best lite0 set on
-    every held-out cohort; one backbone, because mixing backbones is a choice to make.
+    or beat z1+z2 rgb+gray in every setting with half the variants, and z2+z3 beat both on both held-out cohorts;
+    one backbone, because mixing backbones is a choice to make.
     """
     keys = backbone_variants(store)
-    zoomed = [k for k in keys if parse_variant(k).zoom == DEFAULT_ZOOM]
+    zoomed = [k for k in keys if parse_variant(k).zoom >= MIN_DEFAULT_ZOOM]
     return zoomed or keys
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from mito.bench.seeds import Reference, pool_benches
 from mito.core.errors import MitoError
 from mito.report.pooled import pooled_figure
+from mito.report.tables import number, p_value
 
 # the feature sets compared by default (bench --features specs: variant keys joined by '+'); the first is fit-head's default
 DEFAULT_FEATURES = [
@@ -95,13 +96,7 @@ def stale_reason(args: argparse.Namespace, features: list[str], seed: int, folde
 
 
 def _fmt(v: Any, sd: Any = None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{v:.3f}" if sd is None or math.isnan(sd) else f"{v:.3f} ± {sd:.3f}"
-
-
-def _p(v: float) -> str:
-    return "–" if math.isnan(v) else f"{v:.3f}" if v >= 0.001 else "<0.001"
+    return number(v) if sd is None or math.isnan(sd) or number(v) == "–" else f"{number(v)} ± {number(sd)}"
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -126,9 +121,9 @@ def markdown(table: pd.DataFrame) -> str:
             delta = (
                 "–"
                 if math.isnan(r["delta_vs_ref"])
-                else f"{r['delta_vs_ref']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] p {_p(r['p_vs_ref'])}"
+                else f"{r['delta_vs_ref']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] p {p_value(r['p_vs_ref'])}"
             )
-            ens = "–" if math.isnan(r["ens_delta_vs_ref"]) else f"{r['ens_delta_vs_ref']:+.3f}, p {_p(r['ens_p_vs_ref'])}"
+            ens = "–" if math.isnan(r["ens_delta_vs_ref"]) else f"{r['ens_delta_vs_ref']:+.3f}, p {p_value(r['ens_p_vs_ref'])}"
             cells = [
                 name,
                 _fmt(r[metric], r[f"{metric}_sd"]),

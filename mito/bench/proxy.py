@@ -195,7 +195,8 @@ def agreement(proxy: str, target: str, head: str, pr: Sequence[pd.Series], tr: S
     tx = np.array([r["_score"] for r in tr])
     tau, rho = rank_agreement(px, tx)
     pick, best = int(np.argmax(px)), int(np.argmax(tx))
-    taus, rhos, regrets = replicate_agreement(np.vstack([reps(r) for r in pr]).T, np.vstack([reps(r) for r in tr]).T, pick, best)
+    pb, tb = np.vstack([reps(r) for r in pr]).T, np.vstack([reps(r) for r in tr]).T  # replicates x backbones
+    taus, rhos, regrets = replicate_agreement(pb, tb, pick, best)
     tlo, thi = percentile_interval(taus, LEVEL)
     rlo, rhi = percentile_interval(rhos, LEVEL)
     glo, ghi = percentile_interval(regrets, LEVEL)
@@ -205,7 +206,6 @@ def agreement(proxy: str, target: str, head: str, pr: Sequence[pd.Series], tr: S
     tt, tt_lo, tt_hi = math.nan, math.nan, math.nan
     if len(trained) < len(bbs) and len(trained) >= 3:
         tt = rank_agreement(px[trained], tx[trained])[0]
-        pb, tb = np.vstack([reps(r) for r in pr]).T, np.vstack([reps(r) for r in tr]).T  # cached replicates
         tt_lo, tt_hi = percentile_interval(replicate_agreement(pb[:, trained], tb[:, trained], 0, 0)[0], LEVEL)
     return ProxyAgreement(
         proxy,

@@ -38,7 +38,7 @@ from mito.core.tasks import group_ids
 from mito.heads import make_head, metadata_categories
 from mito.heads.search import SEARCH_METRIC, feature_search, inner_folds, max_fits
 from mito.heads.split import VAL_FRACTION, SplitError
-from mito.store import open_store
+from mito.store import is_view, open_store
 
 KIND = "search"
 FEATURES = "search"  # the features column of a search row (its candidates are its keys)
@@ -46,7 +46,7 @@ FEATURES = "search"  # the features column of a search row (its candidates are i
 
 def search_candidates(sets: Sequence[FeatureSet]) -> list[str]:
     """The variants the bench's feature sets use, in order, without augmented views (a view is no feature)."""
-    return [k for k in dict.fromkeys(k for fs in sets for k in fs.keys) if k.count(":") != 3]
+    return [k for k in dict.fromkeys(k for fs in sets for k in fs.keys) if not is_view(k)]
 
 
 def search_fit_one(
